@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine of this kind: system packages (only when missing), a virtual
+# environment in .venv, and fastml installed in editable mode with its [dev] extra.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again at any time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages: liblmdb-dev (the native feature cache), libb64-0d (perf_analyzer), wrk (load),
+# postgresql (registry tests on a real server), chromium (report rendering tests), unzip.
+need=()
+dpkg -s liblmdb-dev >/dev/null 2>&1 || need+=(liblmdb-dev)
+dpkg -s libb64-0d >/dev/null 2>&1 || need+=(libb64-0d)
+dpkg -s unzip >/dev/null 2>&1 || need+=(unzip)
+if [ "${FASTML_SETUP_MINIMAL:-0}" != "1" ]; then
+  dpkg -s wrk >/dev/null 2>&1 || need+=(wrk)
+  dpkg -s postgresql >/dev/null 2>&1 || need+=(postgresql)
+  dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# Reinstall only when the package metadata or native sources changed since the last install.
+stamp=.venv/.fastml-installed
+sig=$(cat pyproject.toml setup.py csrc/* 2>/dev/null | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c "import fastml._core" 2>/dev/null; then
+  echo "setup: pip install -e .[dev] (a few minutes on a fresh machine)"
+  .venv/bin/pip install -q --upgrade pip setuptools wheel pybind11
+  .venv/bin/pip install -q -e ".[dev]"
+  echo "$sig" > "$stamp"
+fi

@@ -1,0 +1,32 @@
+"""Declares the native extension fastml._core; everything else lives in pyproject.toml.
+
+FASTML_DEBUG=1 builds without optimisation and with assertions; FASTML_SANITIZE=address|thread adds a
+sanitizer (run the tests with the matching LD_PRELOAD).
+"""
+import glob
+import os
+
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
+from setuptools import setup
+
+ParallelCompile("FASTML_BUILD_JOBS", default=0).install()
+
+debug = os.environ.get("FASTML_DEBUG") == "1"
+sanitize = os.environ.get("FASTML_SANITIZE")
+compile_args = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG"]
+link_args = []
+if sanitize:
+    compile_args += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
+    link_args += [f"-fsanitize={sanitize}"]
+
+core = Pybind11Extension(
+    "fastml._core",
+    sorted(glob.glob("csrc/*.cc")),
+    include_dirs=["csrc"],
+    libraries=["lmdb"],
+    cxx_std=17,
+    extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_link_args=link_args,
+)
+
+setup(ext_modules=[core], cmdclass={"build_ext": build_ext})
