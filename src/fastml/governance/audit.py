@@ -1,0 +1,361 @@
+"""Append-only, hash-chained audit log under ``$FASTML_HOME/audit/``.
+
+Layout:
+    ``audit.log``  one entry per line, canonical JSON (sorted keys, no spaces).
+    ``HEAD``       ``{"seq": N, "hash": "..."}`` of the last entry: the anchor that exposes truncation.
+    ``audit.lock`` the file every writer takes an exclusive ``flock`` on.
+
+Each entry holds ``seq`` (1, 2, ...), ``at`` (UTC, ISO 8601), ``actor``, ``action``, ``target``, ``before``,
+``after``, ``details``, ``prev`` (the previous entry's ``hash``; 64 zeros for the first) and ``hash``, the
+SHA-256 of the entry's canonical bytes without ``hash``. Changing an entry breaks its own hash; changing and
+re-hashing it breaks the next entry's ``prev``; deleting, inserting or reordering breaks ``seq`` and ``prev``;
+cutting entries off the end no longer matches ``HEAD``.
+
+Writers serialise on an OS file lock (``fcntl.flock``), read the tail of the log *under the lock* to chain
+onto it, write the line with one ``write`` and ``fsync`` it before moving ``HEAD`` (written to a temporary
+file, fsynced and renamed), so concurrent writers in any number of processes produce one chain and an
+appended entry survives a crash. A crash between the two steps leaves ``HEAD`` one entry behind, which
+:meth:`AuditLog.verify` accepts and the next append repairs.
+
+Rewriting the whole chain *and* ``HEAD`` cannot be detected from inside the directory; copy ``HEAD``'s hash
+somewhere else (``fastml audit head``) and pass it back as ``expected_head`` to pin the past.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import fcntl
+import hashlib
+import io
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from fastml.errors import IntegrityError, InvalidInput
+
+GENESIS = "0" * 64
+LOG_NAME = "audit.log"
+HEAD_NAME = "HEAD"
+LOCK_NAME = "audit.lock"
+FIELDS = ("seq", "at", "actor", "action", "target", "before", "after", "details", "prev", "hash")
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    """The one byte form that is hashed: JSON with sorted keys and no whitespace."""
+    return msgspec.json.encode(obj, order="sorted")
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of an entry's canonical bytes, leaving out its own ``hash`` field."""
+    return hashlib.sha256(canonical_bytes({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so what is hashed now is exactly what is read back later."""
+    def default(obj):
+        if hasattr(obj, "tolist"):  # numpy scalars and arrays
+            return obj.tolist()
+        if isinstance(obj, (set, frozenset)):
+            return sorted(obj, key=str)
+        return str(obj)
+
+    return msgspec.json.decode(msgspec.json.encode(value, enc_hook=default))
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :meth:`AuditLog.verify`. ``first_bad_line`` is 1-based; ``None`` when the log is intact."""
+
+    ok: bool
+    entries: int
+    head_hash: str
+    first_bad_line: int | None = None
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"notes": list(self.notes)}
+
+
+class AuditLog:
+    """The audit log of one ``FASTML_HOME`` (or of ``directory``).
+
+    Args:
+        directory: where the files live; default ``$FASTML_HOME/audit``.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        if directory is None:
+            from fastml.config import get_settings
+
+            directory = get_settings().home / "audit"
+        self.directory = Path(directory)
+        self.log_path = self.directory / LOG_NAME
+        self.head_path = self.directory / HEAD_NAME
+        self.lock_path = self.directory / LOCK_NAME
+
+    # ----------------------------------------------------------------------------------------- writing
+
+    def append(
+        self,
+        action: str,
+        *,
+        target: str | None = None,
+        before: Any = None,
+        after: Any = None,
+        details: Any = None,
+        actor: str | None = None,
+        at: str | None = None,
+    ) -> dict[str, Any]:
+        """Append one entry and return it (with ``seq``, ``prev`` and ``hash`` filled in).
+
+        Args:
+            action: what happened, dotted (``registry.transition``, ``governance.gate.block``).
+            target: what it happened to (``credit-scoring@3``).
+            before, after: the state before and after (any JSON-able values).
+            details: anything else worth keeping.
+            actor: who; default the configured user.
+            at: when (ISO 8601); default now, UTC.
+
+        Raises:
+            InvalidInput: an empty action.
+            IntegrityError: the last line of the log is unreadable, so nothing can be chained onto it.
+        """
+        if not action or not isinstance(action, str):
+            raise InvalidInput("audit action must be a non-empty string")
+        if actor is None:
+            from fastml.config import get_settings
+
+            actor = get_settings().actor
+        body = {
+            "at": at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+            "actor": str(actor),
+            "action": action,
+            "target": None if target is None else str(target),
+            "before": _jsonable(before),
+            "after": _jsonable(after),
+            "details": _jsonable(details),
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            last = self._last_entry()
+            entry = dict(body, seq=(last["seq"] + 1) if last else 1, prev=last["hash"] if last else GENESIS)
+            entry["hash"] = entry_hash(entry)
+            line = canonical_bytes(entry) + b"\n"
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, line)  # one write of one line: readers never see half an entry
+                if written != len(line):
+                    raise IntegrityError(f"short write to {self.log_path}: {written} of {len(line)} bytes")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._write_head(entry["seq"], entry["hash"])
+        return entry
+
+    @contextlib.contextmanager
+    def _locked(self):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # serialises writers across processes: the chain cannot fork
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        tmp = self.head_path.with_suffix(".tmp")
+        data = canonical_bytes({"seq": seq, "hash": digest}) + b"\n"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.head_path)
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # make the rename itself durable
+        finally:
+            os.close(dfd)
+
+    def _last_entry(self) -> dict[str, Any] | None:
+        """The last complete entry, read from the end of the file (cheap for long logs)."""
+        try:
+            size = self.log_path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size == 0:
+            return None
+        with open(self.log_path, "rb") as fh:
+            block = 4096
+            buf = b""
+            pos = size
+            while pos > 0:
+                step = min(block, pos)
+                pos -= step
+                fh.seek(pos)
+                buf = fh.read(step) + buf
+                if buf.count(b"\n") >= 2 or pos == 0:
+                    break
+                block *= 2
+        if not buf.endswith(b"\n"):
+            raise IntegrityError(f"{self.log_path}: the last line is incomplete (torn write?); run `fastml audit verify`")
+        last_line = buf[:-1].rsplit(b"\n", 1)[-1]
+        try:
+            entry = msgspec.json.decode(last_line)
+            int(entry["seq"]), str(entry["hash"])
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{self.log_path}: the last entry is unreadable ({exc}); run `fastml audit verify`") from exc
+        return entry
+
+    # ----------------------------------------------------------------------------------------- reading
+
+    def entries(self) -> Iterator[dict[str, Any]]:
+        """Every entry in file order (no verification; see :meth:`verify`)."""
+        if not self.log_path.exists():
+            return
+        with open(self.log_path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    yield msgspec.json.decode(raw)
+                except msgspec.DecodeError as exc:
+                    raise IntegrityError(f"{self.log_path} line {lineno} is not valid JSON: {exc}") from exc
+
+    def head(self) -> dict[str, Any] | None:
+        """The ``HEAD`` anchor: ``{"seq": N, "hash": "..."}``, or ``None`` before the first entry."""
+        try:
+            return msgspec.json.decode(self.head_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except msgspec.DecodeError as exc:
+            raise IntegrityError(f"{self.head_path} is not valid JSON: {exc}") from exc
+
+    def verify(self, expected_head: str | None = None) -> VerifyResult:
+        """Walk the chain and report the first entry that is not what the chain says it should be.
+
+        Detects an edited entry (its hash), an edited-and-rehashed entry, deletion, insertion and
+        reordering (``seq`` / ``prev`` links), truncation (``HEAD``), and a torn or garbled line.
+
+        Args:
+            expected_head: a hash of some earlier entry kept outside the log (``fastml audit head``); the
+                check fails unless an entry with that hash is in the chain.
+        """
+        prev = GENESIS
+        expected_seq = 1
+        count = 0
+        notes: list[str] = []
+        seen_expected = expected_head is None
+        hashes_by_seq: dict[int, str] = {}
+
+        def bad(lineno, seq, problem):
+            return VerifyResult(False, count, prev, lineno, seq, problem, tuple(notes))
+
+        raw_lines = self.log_path.read_bytes().split(b"\n") if self.log_path.exists() else [b""]
+        if raw_lines[-1] != b"":
+            return bad(len(raw_lines), None, f"line {len(raw_lines)} is incomplete (no newline): a torn or truncated write")
+        for lineno, raw in enumerate(raw_lines[:-1], 1):
+            try:
+                entry = msgspec.json.decode(raw)
+            except msgspec.DecodeError as exc:
+                return bad(lineno, None, f"line {lineno} is not valid JSON ({exc})")
+            if not isinstance(entry, dict) or set(entry) != set(FIELDS):
+                keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                return bad(lineno, None, f"line {lineno} does not have the entry fields {list(FIELDS)} (has {keys})")
+            seq = entry["seq"]
+            if entry_hash(entry) != entry["hash"]:
+                return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) was modified: its content does not match its hash")
+            if seq != expected_seq:
+                return bad(lineno, seq, f"entry at line {lineno} has seq {seq}, expected {expected_seq}: "
+                                        "entries were deleted, inserted or reordered here")
+            if entry["prev"] != prev:
+                return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) does not chain to the entry before it: "
+                                        "that entry was modified, or entries were deleted, inserted or reordered")
+            prev = entry["hash"]
+            hashes_by_seq[seq] = prev
+            if prev == expected_head:
+                seen_expected = True
+            expected_seq += 1
+            count += 1
+
+        head = None
+        try:
+            head = self.head()
+        except IntegrityError as exc:
+            return bad(None, None, str(exc))
+        if head is None:
+            if count:
+                return bad(None, None, f"{self.head_path} is missing while the log has {count} entries")
+        else:
+            hseq, hhash = head.get("seq"), head.get("hash")
+            if not isinstance(hseq, int) or hseq > count:
+                return bad(count + 1 if isinstance(hseq, int) else None, hseq,
+                           f"HEAD says the log ends at seq {hseq} but it has {count} entries: entries were removed from the end")
+            if hashes_by_seq.get(hseq) != hhash:
+                return bad(hseq, hseq, f"HEAD's hash does not match entry seq {hseq}: the log or HEAD was rewritten")
+            if hseq < count:
+                if hseq == count - 1:
+                    notes.append("HEAD is one entry behind (a crash between append and HEAD update); the next append repairs it")
+                else:
+                    return bad(hseq + 1, hseq + 1, f"HEAD ends at seq {hseq} but entries up to {count} follow it: entries were appended around the lock")
+        if not seen_expected:
+            return bad(None, None, f"no entry has the expected head hash {expected_head}: the chain was rewritten")
+        return VerifyResult(True, count, prev, notes=tuple(notes))
+
+    def export(self, out: io.IOBase | str | os.PathLike, fmt: str = "jsonl", *, verify: bool = True) -> VerifyResult | None:
+        """Write every entry to ``out`` as ``jsonl``, ``json`` (with the verification result) or ``csv``.
+
+        Raises:
+            IntegrityError: ``verify`` is true and the chain is broken (nothing is written).
+            InvalidInput: an unknown format.
+        """
+        if fmt not in ("jsonl", "json", "csv"):
+            raise InvalidInput(f"export format must be jsonl, json or csv, got {fmt!r}")
+        result = self.verify() if verify else None
+        if result is not None and not result.ok:
+            raise IntegrityError(f"audit log fails verification: {result.problem}")
+        entries = list(self.entries())
+        if fmt == "jsonl":
+            data = b"".join(canonical_bytes(e) + b"\n" for e in entries)
+        elif fmt == "json":
+            doc = {"verified": result.to_dict() if result else None, "head": self.head(), "entries": entries}
+            data = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
+        else:
+            import csv
+
+            sio = io.StringIO()
+            writer = csv.writer(sio)
+            writer.writerow(FIELDS)
+            for e in entries:
+                writer.writerow([e[f] if f in ("seq", "at", "actor", "action", "target", "prev", "hash")
+                                 else canonical_bytes(e[f]).decode() for f in FIELDS])
+            data = sio.getvalue().encode()
+        if isinstance(out, (str, os.PathLike)):
+            path = Path(out)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # all or nothing
+        elif isinstance(out, io.TextIOBase):
+            out.write(data.decode())
+        else:
+            out.write(data)
+        return result
+
+
+def registry_event_to_entry(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Map a registry event (``id, at, actor, kind, model, version, from, to, reason, details``) to
+    :meth:`AuditLog.append` keyword arguments."""
+    model, version = event.get("model"), event.get("version")
+    target = f"{model}@{version}" if version is not None else model
+    details = {"event_id": event.get("id"), "event_at": event.get("at"), "reason": event.get("reason"),
+               "details": event.get("details")}
+    before = {"stage": event["from"]} if event.get("from") is not None else None
+    after = {"stage": event["to"]} if event.get("to") is not None else None
+    return {"action": f"registry.{event.get('kind', 'event')}", "target": target, "before": before, "after": after,
+            "details": details, "actor": event.get("actor")}
