@@ -12,7 +12,360 @@ static void bind_batcher(py::module_& m) {}
 // ===== end batcher section =====
 
 // ===== feature cache section (csrc/feature_cache.h) =====
-static void bind_feature_cache(py::module_& m) {}
+#include <chrono>
+#include <charconv>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "feature_cache.h"
+
+namespace fc_bind {
+
+using fastml::CacheCode;
+using fastml::CacheStatus;
+using fastml::FeatureCache;
+using fastml::KeyView;
+
+// The one place where feature-cache status codes become fastml.errors classes.
+[[noreturn]] void Raise(const CacheStatus& st) {
+  static const char* const kNames[] = {"InternalError", "InvalidInput", "NotFound", "Overloaded", "IntegrityError",
+                                       "InternalError"};
+  int code = static_cast<int>(st.code);
+  const char* name = (code >= 0 && code <= 5) ? kNames[code] : "InternalError";
+  py::object cls = py::module_::import("fastml.errors").attr(name);
+  PyErr_SetString(cls.ptr(), st.message.c_str());
+  throw py::error_already_set();
+}
+
+[[noreturn]] void RaiseInvalid(const std::string& msg) { Raise(CacheStatus::Error(CacheCode::kInvalid, msg)); }
+
+int64_t NowUs() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Encoded entity keys, copied out of the Python objects so the GIL can be released safely (another
+// thread could drop a str while we read its UTF-8 buffer otherwise).
+struct KeyBatch {
+  std::string arena;
+  std::vector<std::pair<size_t, size_t>> spans;  // (offset, size) into arena
+  std::vector<KeyView> views;
+
+  void Finish() {
+    views.resize(spans.size());
+    for (size_t i = 0; i < spans.size(); ++i) views[i] = KeyView{arena.data() + spans[i].first, spans[i].second};
+  }
+};
+
+// Appends one scalar key component (str, bytes, or an integer in decimal) to the arena.
+bool AppendScalar(PyObject* item, std::string* arena) {
+  if (PyUnicode_Check(item)) {
+    Py_ssize_t size = 0;
+    const char* data = PyUnicode_AsUTF8AndSize(item, &size);
+    if (data == nullptr) throw py::error_already_set();
+    arena->append(data, size_t(size));
+    return true;
+  }
+  if (PyBytes_Check(item)) {
+    arena->append(PyBytes_AS_STRING(item), size_t(PyBytes_GET_SIZE(item)));
+    return true;
+  }
+  if (PyIndex_Check(item) && !PyFloat_Check(item)) {  // int, numpy integers
+    long long v = PyLong_Check(item) ? PyLong_AsLongLong(item) : -1;
+    if (!PyLong_Check(item)) {
+      py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(item));
+      if (!as_int) throw py::error_already_set();
+      v = PyLong_AsLongLong(as_int.ptr());
+    }
+    if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+    char buf[24];
+    auto res = std::to_chars(buf, buf + sizeof buf, v);
+    arena->append(buf, size_t(res.ptr - buf));
+    return true;
+  }
+  return false;
+}
+
+// Encodes a sequence of keys: str/bytes/int as is, a tuple as its components joined by 0x1f (the
+// same encoding fastml.features.keys uses for Arrow columns).
+void EncodeKeys(py::handle keys, KeyBatch* out) {
+  py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(keys.ptr(), "entity keys must be a sequence"));
+  if (!fast) throw py::error_already_set();
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
+  PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
+  out->arena.reserve(size_t(n) * 16);
+  out->spans.reserve(size_t(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = items[i];
+    size_t start = out->arena.size();
+    bool ok;
+    if (PyTuple_Check(item)) {
+      Py_ssize_t m = PyTuple_GET_SIZE(item);
+      ok = m > 0;
+      for (Py_ssize_t j = 0; ok && j < m; ++j) {
+        if (j > 0) out->arena.push_back('\x1f');
+        ok = AppendScalar(PyTuple_GET_ITEM(item, j), &out->arena);
+      }
+    } else {
+      ok = AppendScalar(item, &out->arena);
+    }
+    if (!ok) {
+      RaiseInvalid("entity key at position " + std::to_string(i) + " has type " + Py_TYPE(item)->tp_name +
+                   "; use str, int, bytes or a tuple of them");
+    }
+    out->spans.emplace_back(start, out->arena.size() - start);
+  }
+  out->Finish();
+}
+
+struct PyFeatureCache {
+  std::shared_ptr<FeatureCache> cache;
+};
+
+struct PyTable {
+  std::shared_ptr<FeatureCache> cache;
+  fastml::TableInfo info;
+};
+
+struct PyReadPlan {
+  std::shared_ptr<FeatureCache> cache;
+  std::vector<fastml::ReadSpec> specs;
+  size_t n_columns = 0;
+  size_t n_key_sets = 1;
+
+  // Encodes the key list(s): one sequence when the plan has one key set, else a sequence of them.
+  size_t Encode(py::handle keys, std::vector<KeyBatch>* batches, std::vector<const KeyView*>* sets) const {
+    batches->resize(n_key_sets);
+    if (n_key_sets == 1) {
+      EncodeKeys(keys, &(*batches)[0]);
+    } else {
+      py::sequence seq = py::reinterpret_borrow<py::sequence>(keys);
+      if (size_t(py::len(seq)) != n_key_sets) {
+        RaiseInvalid("this lookup needs " + std::to_string(n_key_sets) + " key lists, got " +
+                     std::to_string(py::len(seq)));
+      }
+      for (size_t s = 0; s < n_key_sets; ++s) EncodeKeys(seq[s], &(*batches)[s]);
+    }
+    size_t n = (*batches)[0].views.size();
+    for (auto& b : *batches) {
+      if (b.views.size() != n) RaiseInvalid("every key list of one lookup must have the same length");
+      sets->push_back(b.views.data());
+    }
+    return n;
+  }
+
+  template <typename T>
+  void Run(size_t n, const std::vector<const KeyView*>& sets, T* out, uint8_t* present, int64_t* et,
+           int64_t now_us) const {
+    CacheStatus st;
+    {
+      // Native LMDB reads only; no Python object is touched until the GIL is back.
+      py::gil_scoped_release release;
+      st = cache->GetMany<T>(specs, sets, n, n_columns, out, present, et, now_us);
+    }
+    if (!st.ok()) Raise(st);
+  }
+};
+
+template <typename T>
+T* CheckedOut(py::handle arr, const char* what, size_t rows, size_t cols) {
+  auto a = py::reinterpret_borrow<py::array>(arr);
+  if (!(a.flags() & py::array::c_style) || !a.writeable()) {
+    RaiseInvalid(std::string(what) + " must be a writeable C-contiguous numpy array");
+  }
+  if (a.ndim() != 2 || size_t(a.shape(0)) != rows || size_t(a.shape(1)) != cols) {
+    RaiseInvalid(std::string(what) + " must have shape (" + std::to_string(rows) + ", " + std::to_string(cols) + ")");
+  }
+  return static_cast<T*>(a.mutable_data());
+}
+
+}  // namespace fc_bind
+
+static void bind_feature_cache(py::module_& m) {
+  using namespace fc_bind;
+  py::class_<PyTable>(m, "FeatureTable", "One online table (a feature group version) of a FeatureCache.")
+      .def_property_readonly("name", [](const PyTable& t) { return t.info.name; })
+      .def_property_readonly("n_features", [](const PyTable& t) { return t.info.n_features; })
+      .def(
+          "put_many",
+          [](PyTable& t, py::array_t<uint8_t, py::array::c_style | py::array::forcecast> keys_data,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> keys_offsets,
+             py::array_t<double, py::array::c_style | py::array::forcecast> values,
+             py::array_t<bool, py::array::c_style | py::array::forcecast> present,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> event_time_us) {
+            const size_t n = size_t(event_time_us.size());
+            const size_t w = t.info.n_features;
+            if (size_t(keys_offsets.size()) != n + 1) RaiseInvalid("keys_offsets must have n + 1 entries");
+            if (size_t(values.size()) != n * w || size_t(present.size()) != n * w) {
+              RaiseInvalid("values and present must have shape (n, " + std::to_string(w) + ")");
+            }
+            const int64_t* off = keys_offsets.data();
+            const char* data = reinterpret_cast<const char*>(keys_data.data());
+            std::vector<KeyView> keys(n);
+            for (size_t i = 0; i < n; ++i) {
+              if (off[i] < 0 || off[i + 1] < off[i] || off[i + 1] > keys_data.size()) {
+                RaiseInvalid("keys_offsets is not a valid offsets array at row " + std::to_string(i));
+              }
+              keys[i] = KeyView{data + off[i], size_t(off[i + 1] - off[i])};
+            }
+            fastml::PutResult res;
+            CacheStatus st;
+            {
+              // One LMDB write transaction; the arrays are held by this frame's py::array objects.
+              py::gil_scoped_release release;
+              st = t.cache->PutMany(t.info, keys.data(), n, values.data(), reinterpret_cast<const uint8_t*>(present.data()),
+                                    event_time_us.data(), &res);
+            }
+            if (!st.ok()) Raise(st);
+            return py::make_tuple(res.written, res.skipped_older);
+          },
+          py::arg("keys_data"), py::arg("keys_offsets"), py::arg("values"), py::arg("present"),
+          py::arg("event_time_us"),
+          "Write rows in one transaction (keys as Arrow-style data + int64 offsets). Returns (written, "
+          "skipped_older).")
+      .def(
+          "put",
+          [](PyTable& t, py::handle keys, py::array_t<double, py::array::c_style | py::array::forcecast> values,
+             py::array_t<bool, py::array::c_style | py::array::forcecast> present,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> event_time_us) {
+            KeyBatch batch;
+            EncodeKeys(keys, &batch);
+            const size_t n = batch.views.size();
+            const size_t w = t.info.n_features;
+            if (size_t(event_time_us.size()) != n || size_t(values.size()) != n * w || size_t(present.size()) != n * w) {
+              RaiseInvalid("put: need n keys, values/present of shape (n, " + std::to_string(w) + ") and n event times");
+            }
+            fastml::PutResult res;
+            CacheStatus st;
+            {
+              // One LMDB write transaction over copied keys and held arrays.
+              py::gil_scoped_release release;
+              st = t.cache->PutMany(t.info, batch.views.data(), n, values.data(),
+                                    reinterpret_cast<const uint8_t*>(present.data()), event_time_us.data(), &res);
+            }
+            if (!st.ok()) Raise(st);
+            return py::make_tuple(res.written, res.skipped_older);
+          },
+          py::arg("keys"), py::arg("values"), py::arg("present"), py::arg("event_time_us"),
+          "Write rows keyed by Python keys (str, int, bytes or tuples). Returns (written, skipped_older).")
+      .def("count", [](PyTable& t) {
+        size_t n = 0;
+        CacheStatus st = t.cache->Count(t.info, &n);
+        if (!st.ok()) Raise(st);
+        return n;
+      });
+
+  py::class_<PyReadPlan>(m, "FeatureReadPlan",
+                         "A prepared lookup: which tables and features fill which output columns.")
+      .def_property_readonly("n_columns", [](const PyReadPlan& p) { return p.n_columns; })
+      .def_property_readonly("n_key_sets", [](const PyReadPlan& p) { return p.n_key_sets; })
+      .def(
+          "get",
+          [](const PyReadPlan& p, py::handle keys, bool as_float32, int64_t now_us) -> py::tuple {
+            std::vector<KeyBatch> batches;
+            std::vector<const KeyView*> sets;
+            size_t n = p.Encode(keys, &batches, &sets);
+            std::vector<py::ssize_t> shape{py::ssize_t(n), py::ssize_t(p.n_columns)};
+            py::array_t<bool> present(shape);
+            py::array_t<int64_t> et(shape);
+            int64_t now = now_us == 0 ? NowUs() : now_us;
+            auto* pres = reinterpret_cast<uint8_t*>(present.mutable_data());
+            if (as_float32) {
+              py::array_t<float> out(shape);
+              p.Run<float>(n, sets, out.mutable_data(), pres, et.mutable_data(), now);
+              return py::make_tuple(out, present, et);
+            }
+            py::array_t<double> out(shape);
+            p.Run<double>(n, sets, out.mutable_data(), pres, et.mutable_data(), now);
+            return py::make_tuple(out, present, et);
+          },
+          py::arg("keys"), py::arg("as_float32") = false, py::arg("now_us") = 0,
+          "Look up keys; returns (values [n, f], present [n, f] bool, event_time_us [n, f] int64).")
+      .def(
+          "get_into",
+          [](const PyReadPlan& p, py::handle keys, py::array out, py::object present, py::object event_time,
+             int64_t now_us) {
+            std::vector<KeyBatch> batches;
+            std::vector<const KeyView*> sets;
+            size_t n = p.Encode(keys, &batches, &sets);
+            uint8_t* pres = nullptr;
+            int64_t* et = nullptr;
+            if (!present.is_none()) {
+              if (!py::isinstance<py::array_t<bool>>(present)) RaiseInvalid("present must be a numpy bool array");
+              pres = CheckedOut<uint8_t>(present, "present", n, p.n_columns);
+            }
+            if (!event_time.is_none()) {
+              if (!py::isinstance<py::array_t<int64_t>>(event_time)) {
+                RaiseInvalid("event_time must be a numpy int64 array");
+              }
+              et = CheckedOut<int64_t>(event_time, "event_time", n, p.n_columns);
+            }
+            int64_t now = now_us == 0 ? NowUs() : now_us;
+            if (py::isinstance<py::array_t<float>>(out)) {
+              p.Run<float>(n, sets, CheckedOut<float>(out, "out", n, p.n_columns), pres, et, now);
+            } else if (py::isinstance<py::array_t<double>>(out)) {
+              p.Run<double>(n, sets, CheckedOut<double>(out, "out", n, p.n_columns), pres, et, now);
+            } else {
+              RaiseInvalid("out must be a float32 or float64 numpy array");
+            }
+            return n;
+          },
+          py::arg("keys"), py::arg("out"), py::arg("present") = py::none(), py::arg("event_time") = py::none(),
+          py::arg("now_us") = 0, "Look up keys into caller-owned arrays without allocating them; returns n.");
+
+  py::class_<PyFeatureCache>(m, "FeatureCache", "An LMDB environment holding one table per feature group version.")
+      .def(py::init([](const std::string& path, size_t map_size_bytes, unsigned max_readers, unsigned max_tables,
+                       bool sync) {
+             FeatureCache::Options opts;
+             opts.map_size_bytes = map_size_bytes;
+             opts.max_readers = max_readers;
+             opts.max_tables = max_tables;
+             opts.sync = sync;
+             std::unique_ptr<FeatureCache> cache;
+             CacheStatus st = FeatureCache::Open(path, opts, &cache);
+             if (!st.ok()) Raise(st);
+             return PyFeatureCache{std::shared_ptr<FeatureCache>(std::move(cache))};
+           }),
+           py::arg("path"), py::arg("map_size_bytes") = size_t(32) << 30, py::arg("max_readers") = 1024,
+           py::arg("max_tables") = 4096, py::arg("sync") = true)
+      .def_property_readonly("path", [](const PyFeatureCache& c) { return c.cache->path(); })
+      .def(
+          "open_table",
+          [](PyFeatureCache& c, const std::string& name, uint32_t n_features) {
+            PyTable t{c.cache, {}};
+            CacheStatus st = c.cache->OpenTable(name, n_features, &t.info);
+            if (!st.ok()) Raise(st);
+            return t;
+          },
+          py::arg("name"), py::arg("n_features"))
+      .def(
+          "plan",
+          [](PyFeatureCache& c, py::list specs, size_t n_key_sets) {
+            // specs: [(FeatureTable, [feature positions], key_set, max_age_us)], columns in list order.
+            PyReadPlan plan{c.cache, {}, 0, n_key_sets};
+            if (n_key_sets == 0) RaiseInvalid("n_key_sets must be >= 1");
+            for (py::handle h : specs) {
+              auto tup = py::reinterpret_borrow<py::tuple>(h);
+              const PyTable& t = tup[0].cast<const PyTable&>();
+              if (t.cache != c.cache) RaiseInvalid("table belongs to another FeatureCache");
+              fastml::ReadSpec spec;
+              spec.table = t.info;
+              spec.feature_index = tup[1].cast<std::vector<uint32_t>>();
+              spec.key_set = tup[2].cast<uint32_t>();
+              spec.max_age_us = tup[3].cast<int64_t>();
+              spec.out_column = uint32_t(plan.n_columns);
+              if (spec.key_set >= n_key_sets) RaiseInvalid("key_set out of range");
+              for (uint32_t j : spec.feature_index) {
+                if (j >= t.info.n_features) RaiseInvalid("feature position out of range for " + t.info.name);
+              }
+              plan.n_columns += spec.feature_index.size();
+              plan.specs.push_back(std::move(spec));
+            }
+            return plan;
+          },
+          py::arg("specs"), py::arg("n_key_sets") = 1);
+}
 // ===== end feature cache section =====
 
 PYBIND11_MODULE(_core, m) {

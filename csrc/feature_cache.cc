@@ -1,0 +1,326 @@
+#include "feature_cache.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+
+namespace fastml {
+
+namespace {
+
+constexpr const char* kMetaTable = "__fastml_tables__";
+
+CacheStatus FromMdb(int rc, const std::string& what) {
+  if (rc == MDB_SUCCESS) return CacheStatus::Ok();
+  if (rc == MDB_MAP_FULL) {
+    return CacheStatus::Error(CacheCode::kMapFull,
+                              what + ": the online store's LMDB map is full; open it with a larger map_size_bytes");
+  }
+  if (rc == MDB_READERS_FULL) {
+    return CacheStatus::Error(CacheCode::kMapFull, what + ": all LMDB reader slots are taken; raise max_readers");
+  }
+  return CacheStatus::Error(CacheCode::kIo, what + ": " + mdb_strerror(rc));
+}
+
+// Aborts a transaction on scope exit unless released (commit paths release it first).
+struct TxnGuard {
+  MDB_txn* txn = nullptr;
+  ~TxnGuard() {
+    if (txn != nullptr) mdb_txn_abort(txn);
+  }
+};
+
+inline int64_t LoadI64(const char* p) {
+  int64_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline uint32_t LoadU32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline double LoadF64(const char* p) {
+  double v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+}  // namespace
+
+RowLayout::RowLayout(uint32_t n) : n_features(n) {
+  bitmap_bytes = ((size_t(n) + 7) / 8 + 7) / 8 * 8;
+  row_bytes = kHeaderBytes + bitmap_bytes + size_t(n) * sizeof(double);
+}
+
+CacheStatus FeatureCache::Open(const std::string& path, const Options& options, std::unique_ptr<FeatureCache>* out) {
+  MDB_env* env = nullptr;
+  int rc = mdb_env_create(&env);
+  if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_env_create");
+  auto fail = [&](int code, const char* what) {
+    mdb_env_close(env);
+    return FromMdb(code, std::string(what) + " (" + path + ")");
+  };
+  if ((rc = mdb_env_set_mapsize(env, options.map_size_bytes)) != MDB_SUCCESS) return fail(rc, "mdb_env_set_mapsize");
+  if ((rc = mdb_env_set_maxreaders(env, options.max_readers)) != MDB_SUCCESS) return fail(rc, "mdb_env_set_maxreaders");
+  if ((rc = mdb_env_set_maxdbs(env, options.max_tables + 1)) != MDB_SUCCESS) return fail(rc, "mdb_env_set_maxdbs");
+  // MDB_NOTLS: read transactions are not bound to a thread, so pooled ones can be renewed anywhere.
+  // MDB_NORDAHEAD: lookups are random point reads; read-ahead only pollutes the page cache.
+  unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (options.sync ? 0u : unsigned(MDB_NOSYNC));
+  if ((rc = mdb_env_open(env, path.c_str(), flags, 0664)) != MDB_SUCCESS) return fail(rc, "mdb_env_open");
+  // A process killed while reading leaves its reader slot behind; reclaim such slots now.
+  int dead = 0;
+  mdb_reader_check(env, &dead);
+
+  std::unique_ptr<FeatureCache> cache(new FeatureCache(env, path));
+  MDB_txn* txn = nullptr;
+  if ((rc = mdb_txn_begin(env, nullptr, 0, &txn)) != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_begin");
+  if ((rc = mdb_dbi_open(txn, kMetaTable, MDB_CREATE, &cache->meta_dbi_)) != MDB_SUCCESS) {
+    mdb_txn_abort(txn);
+    return FromMdb(rc, "mdb_dbi_open(meta)");
+  }
+  if ((rc = mdb_txn_commit(txn)) != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_commit(meta)");
+  *out = std::move(cache);
+  return CacheStatus::Ok();
+}
+
+FeatureCache::~FeatureCache() {
+  for (MDB_txn* txn : idle_readers_) mdb_txn_abort(txn);
+  idle_readers_.clear();
+  mdb_env_close(env_);
+}
+
+CacheStatus FeatureCache::OpenTable(const std::string& name, uint32_t n_features, TableInfo* out) {
+  if (name.empty() || name == kMetaTable || name.size() > 400) {
+    return CacheStatus::Error(CacheCode::kInvalid, "invalid online table name '" + name + "'");
+  }
+  if (n_features == 0) {
+    return CacheStatus::Error(CacheCode::kInvalid, "online table '" + name + "' must have at least one feature");
+  }
+  std::lock_guard<std::mutex> lock(open_mutex_);
+  auto it = tables_.find(name);
+  if (it != tables_.end()) {
+    if (it->second.n_features != n_features) {
+      return CacheStatus::Error(CacheCode::kInvalid, "online table '" + name + "' has " +
+                                                         std::to_string(it->second.n_features) + " features, not " +
+                                                         std::to_string(n_features));
+    }
+    *out = it->second;
+    return CacheStatus::Ok();
+  }
+  TxnGuard guard;
+  int rc = mdb_txn_begin(env_, nullptr, 0, &guard.txn);
+  if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_begin(open table)");
+  MDB_val key{name.size(), const_cast<char*>(name.data())};
+  MDB_val val;
+  rc = mdb_get(guard.txn, meta_dbi_, &key, &val);
+  if (rc == MDB_SUCCESS) {
+    uint32_t stored = val.mv_size == sizeof(uint32_t) ? LoadU32(static_cast<const char*>(val.mv_data)) : 0;
+    if (stored != n_features) {
+      return CacheStatus::Error(CacheCode::kInvalid, "online table '" + name + "' was created with " +
+                                                         std::to_string(stored) + " features, not " +
+                                                         std::to_string(n_features));
+    }
+  } else if (rc == MDB_NOTFOUND) {
+    MDB_val width{sizeof n_features, &n_features};
+    if ((rc = mdb_put(guard.txn, meta_dbi_, &key, &width, 0)) != MDB_SUCCESS) return FromMdb(rc, "mdb_put(meta)");
+  } else {
+    return FromMdb(rc, "mdb_get(meta)");
+  }
+  TableInfo info;
+  info.name = name;
+  info.n_features = n_features;
+  if ((rc = mdb_dbi_open(guard.txn, name.c_str(), MDB_CREATE, &info.dbi)) != MDB_SUCCESS) {
+    return FromMdb(rc, "mdb_dbi_open(" + name + ")");
+  }
+  rc = mdb_txn_commit(guard.txn);
+  guard.txn = nullptr;  // commit frees the transaction whatever it returns
+  if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_commit(open table)");
+  tables_.emplace(name, info);
+  *out = info;
+  return CacheStatus::Ok();
+}
+
+CacheStatus FeatureCache::PutMany(const TableInfo& table, const KeyView* keys, size_t n, const double* values,
+                                  const uint8_t* present, const int64_t* event_time_us, PutResult* result) {
+  const RowLayout layout(table.n_features);
+  const size_t width = table.n_features;
+  *result = PutResult{};
+  for (size_t i = 0; i < n; ++i) {
+    if (keys[i].size == 0 || keys[i].size > 511) {  // 511: LMDB's default maximum key size
+      return CacheStatus::Error(CacheCode::kInvalid,
+                                "entity key at row " + std::to_string(i) + " must be 1..511 bytes, got " +
+                                    std::to_string(keys[i].size));
+    }
+  }
+  // Writing in key order touches each B-tree page once instead of randomly; stable so that, for a key
+  // repeated in the batch with equal event times, the later row still wins.
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(), [keys](size_t a, size_t b) {
+    const KeyView& x = keys[a];
+    const KeyView& y = keys[b];
+    int c = std::memcmp(x.data, y.data, std::min(x.size, y.size));
+    return c != 0 ? c < 0 : x.size < y.size;
+  });
+
+  TxnGuard guard;
+  int rc = mdb_txn_begin(env_, nullptr, 0, &guard.txn);
+  if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_begin(put)");
+  MDB_cursor* cursor = nullptr;
+  if ((rc = mdb_cursor_open(guard.txn, table.dbi, &cursor)) != MDB_SUCCESS) return FromMdb(rc, "mdb_cursor_open");
+  PutResult counts;
+  for (size_t i : order) {
+    MDB_val key{keys[i].size, const_cast<char*>(keys[i].data)};
+    MDB_val val;
+    rc = mdb_cursor_get(cursor, &key, &val, MDB_SET_KEY);
+    if (rc == MDB_SUCCESS) {
+      if (val.mv_size >= sizeof(int64_t) && LoadI64(static_cast<const char*>(val.mv_data)) > event_time_us[i]) {
+        ++counts.skipped_older;
+        continue;
+      }
+    } else if (rc != MDB_NOTFOUND) {
+      mdb_cursor_close(cursor);
+      return FromMdb(rc, "mdb_cursor_get(put)");
+    }
+    // MDB_RESERVE: LMDB hands back the row's space and we fill it in place (no staging copy).
+    MDB_val out{layout.row_bytes, nullptr};
+    key = MDB_val{keys[i].size, const_cast<char*>(keys[i].data)};
+    if ((rc = mdb_cursor_put(cursor, &key, &out, MDB_RESERVE)) != MDB_SUCCESS) {
+      mdb_cursor_close(cursor);
+      return FromMdb(rc, "mdb_cursor_put");
+    }
+    char* row = static_cast<char*>(out.mv_data);
+    std::memset(row, 0, RowLayout::kHeaderBytes + layout.bitmap_bytes);
+    std::memcpy(row, &event_time_us[i], sizeof(int64_t));
+    std::memcpy(row + 8, &table.n_features, sizeof(uint32_t));
+    unsigned char* bitmap = reinterpret_cast<unsigned char*>(row + RowLayout::kHeaderBytes);
+    char* vals = row + RowLayout::kHeaderBytes + layout.bitmap_bytes;
+    const double* src = values + i * width;
+    const uint8_t* has = present + i * width;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    for (size_t j = 0; j < width; ++j) {
+      double v = has[j] ? src[j] : nan;
+      if (has[j]) bitmap[j >> 3] |= static_cast<unsigned char>(1u << (j & 7));
+      std::memcpy(vals + j * sizeof(double), &v, sizeof v);
+    }
+    ++counts.written;
+  }
+  mdb_cursor_close(cursor);
+  rc = mdb_txn_commit(guard.txn);
+  guard.txn = nullptr;
+  if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_commit(put)");
+  *result = counts;
+  return CacheStatus::Ok();
+}
+
+CacheStatus FeatureCache::AcquireReader(MDB_txn** txn) const {
+  MDB_txn* reused = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(readers_mutex_);
+    if (!idle_readers_.empty()) {
+      reused = idle_readers_.back();
+      idle_readers_.pop_back();
+    }
+  }
+  if (reused != nullptr) {
+    int rc = mdb_txn_renew(reused);
+    if (rc == MDB_SUCCESS) {
+      *txn = reused;
+      return CacheStatus::Ok();
+    }
+    mdb_txn_abort(reused);
+  }
+  int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, txn);
+  return FromMdb(rc, "mdb_txn_begin(read)");
+}
+
+void FeatureCache::ReleaseReader(MDB_txn* txn) const {
+  // reset ends the snapshot now (so writers can reuse pages) but keeps the handle for renewal.
+  mdb_txn_reset(txn);
+  std::lock_guard<std::mutex> lock(readers_mutex_);
+  if (idle_readers_.size() < 64) {
+    idle_readers_.push_back(txn);
+    return;
+  }
+  mdb_txn_abort(txn);
+}
+
+template <typename T>
+CacheStatus FeatureCache::GetMany(const std::vector<ReadSpec>& specs, const std::vector<const KeyView*>& key_sets,
+                                  size_t n_keys, size_t out_columns, T* out, uint8_t* present, int64_t* event_time_us,
+                                  int64_t now_us) const {
+  MDB_txn* txn = nullptr;
+  CacheStatus st = AcquireReader(&txn);
+  if (!st.ok()) return st;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (const ReadSpec& spec : specs) {
+    const RowLayout layout(spec.table.n_features);
+    const KeyView* keys = key_sets[spec.key_set];
+    const size_t n_sel = spec.feature_index.size();
+    const uint32_t* sel = spec.feature_index.data();
+    for (size_t i = 0; i < n_keys; ++i) {
+      T* o = out + i * out_columns + spec.out_column;
+      // present and event_time_us are optional (nullptr): the serving hook asks only for values.
+      uint8_t* p = present != nullptr ? present + i * out_columns + spec.out_column : nullptr;
+      int64_t* t = event_time_us != nullptr ? event_time_us + i * out_columns + spec.out_column : nullptr;
+      MDB_val key{keys[i].size, const_cast<char*>(keys[i].data)};
+      MDB_val val;
+      int rc = keys[i].size == 0 ? MDB_NOTFOUND : mdb_get(txn, spec.table.dbi, &key, &val);
+      if (rc == MDB_NOTFOUND) {
+        for (size_t k = 0; k < n_sel; ++k) o[k] = nan;
+        if (p != nullptr) std::memset(p, 0, n_sel);
+        if (t != nullptr) std::fill(t, t + n_sel, int64_t(0));
+        continue;
+      }
+      if (rc != MDB_SUCCESS) {
+        ReleaseReader(txn);
+        return FromMdb(rc, "mdb_get(" + spec.table.name + ")");
+      }
+      // The row is copied out below while the transaction is open; no pointer into it survives.
+      const char* row = static_cast<const char*>(val.mv_data);
+      if (val.mv_size != layout.row_bytes || LoadU32(row + 8) != spec.table.n_features) {
+        ReleaseReader(txn);
+        return CacheStatus::Error(CacheCode::kCorrupt, "online table '" + spec.table.name + "': stored row of " +
+                                                           std::to_string(val.mv_size) + " bytes, expected " +
+                                                           std::to_string(layout.row_bytes));
+      }
+      const int64_t et = LoadI64(row);
+      const bool expired = spec.max_age_us > 0 && now_us - et > spec.max_age_us;
+      const unsigned char* bitmap = reinterpret_cast<const unsigned char*>(row + RowLayout::kHeaderBytes);
+      const char* vals = row + RowLayout::kHeaderBytes + layout.bitmap_bytes;
+      for (size_t k = 0; k < n_sel; ++k) {
+        const uint32_t j = sel[k];
+        const bool has = !expired && ((bitmap[j >> 3] >> (j & 7)) & 1u);
+        o[k] = has ? static_cast<T>(LoadF64(vals + size_t(j) * sizeof(double))) : nan;
+        if (p != nullptr) p[k] = has ? 1 : 0;
+      }
+      if (t != nullptr) std::fill(t, t + n_sel, et);
+    }
+  }
+  ReleaseReader(txn);
+  return CacheStatus::Ok();
+}
+
+template CacheStatus FeatureCache::GetMany<float>(const std::vector<ReadSpec>&, const std::vector<const KeyView*>&,
+                                                  size_t, size_t, float*, uint8_t*, int64_t*, int64_t) const;
+template CacheStatus FeatureCache::GetMany<double>(const std::vector<ReadSpec>&, const std::vector<const KeyView*>&,
+                                                   size_t, size_t, double*, uint8_t*, int64_t*, int64_t) const;
+
+CacheStatus FeatureCache::Count(const TableInfo& table, size_t* n) const {
+  MDB_txn* txn = nullptr;
+  CacheStatus st = AcquireReader(&txn);
+  if (!st.ok()) return st;
+  MDB_stat stat;
+  int rc = mdb_stat(txn, table.dbi, &stat);
+  ReleaseReader(txn);
+  if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_stat(" + table.name + ")");
+  *n = stat.ms_entries;
+  return CacheStatus::Ok();
+}
+
+}  // namespace fastml

@@ -1,0 +1,146 @@
+// LMDB-backed online feature cache (ARCHITECTURE.md "Feature cache").
+//
+// One LMDB environment per cache; one named database ("table") per feature group version. Each entity
+// key maps to one fixed-width row:
+//
+//   offset 0   int64   event_time_us      event time of the values, microseconds since the Unix epoch
+//   offset 8   uint32  n_features         must equal the table's width (checked on every read)
+//   offset 12  uint32  reserved (0)
+//   offset 16  uint8   presence bitmap    bit i set = feature i has a value; padded to a multiple of 8
+//   then       float64 values[n_features] NaN where absent
+//
+// All integers are little-endian (the host order on every platform we build for). Writers use one
+// write transaction per PutMany and never replace a row with one whose event time is older; readers
+// use one read transaction per GetMany and copy out of LMDB's pages before the transaction ends, so a
+// reader sees a whole committed row or none (LMDB's MVCC), never a torn one.
+//
+// Nothing here touches Python; csrc/bindings.cc converts arguments and releases the GIL around calls.
+#pragma once
+
+#include <lmdb.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace fastml {
+
+// Outcome kinds; bindings.cc maps each to one fastml.errors class.
+enum class CacheCode : int {
+  kOk = 0,
+  kInvalid = 1,   // caller error: width mismatch, bad name           -> InvalidInput
+  kNotFound = 2,  // no such table                                     -> NotFound
+  kMapFull = 3,   // the LMDB map size is exhausted                    -> Overloaded
+  kCorrupt = 4,   // a stored row does not have the table's layout     -> IntegrityError
+  kIo = 5,        // any other LMDB / OS failure                       -> InternalError
+};
+
+struct CacheStatus {
+  CacheCode code = CacheCode::kOk;
+  std::string message;
+
+  bool ok() const { return code == CacheCode::kOk; }
+  static CacheStatus Ok() { return CacheStatus{}; }
+  static CacheStatus Error(CacheCode c, std::string msg) { return CacheStatus{c, std::move(msg)}; }
+};
+
+// A borrowed byte string (an encoded entity key); the caller keeps the bytes alive for the call.
+struct KeyView {
+  const char* data;
+  size_t size;
+};
+
+// Byte layout of one row for a given width.
+struct RowLayout {
+  static constexpr size_t kHeaderBytes = 16;
+  uint32_t n_features = 0;
+  size_t bitmap_bytes = 0;  // ceil(n/8) rounded up to 8 so the values stay 8-byte aligned in the row
+  size_t row_bytes = 0;
+
+  explicit RowLayout(uint32_t n);
+};
+
+// An opened table. The dbi handle is valid for the life of the environment.
+struct TableInfo {
+  MDB_dbi dbi = 0;
+  uint32_t n_features = 0;
+  std::string name;
+};
+
+// One group version's share of a lookup: which of its features go to which output columns.
+struct ReadSpec {
+  TableInfo table;
+  std::vector<uint32_t> feature_index;  // row positions of the selected features, in output order
+  uint32_t out_column = 0;              // output column of feature_index[0]; the rest follow
+  uint32_t key_set = 0;                 // which key list (of GetMany's key_sets) addresses this table
+  int64_t max_age_us = 0;               // TTL: rows older than now - max_age_us read as absent; 0 = none
+};
+
+struct PutResult {
+  size_t written = 0;        // rows inserted or replaced
+  size_t skipped_older = 0;  // rows not written because the stored row has a newer event time
+};
+
+class FeatureCache {
+ public:
+  struct Options {
+    size_t map_size_bytes = size_t(32) << 30;  // address space reserved, not disk used
+    unsigned max_readers = 1024;               // concurrent read transactions across processes
+    unsigned max_tables = 4096;                // named databases (group versions)
+    bool sync = true;                          // fsync on commit (durable across power loss)
+  };
+
+  // Opens (creating if needed) the environment in directory `path`, which must exist.
+  static CacheStatus Open(const std::string& path, const Options& options, std::unique_ptr<FeatureCache>* out);
+  ~FeatureCache();
+  FeatureCache(const FeatureCache&) = delete;
+  FeatureCache& operator=(const FeatureCache&) = delete;
+
+  // Opens or creates the table `name` with rows of `n_features` values; an existing table must have
+  // been created with the same width.
+  CacheStatus OpenTable(const std::string& name, uint32_t n_features, TableInfo* out);
+
+  // Writes n rows in one write transaction. values and present are row-major [n, n_features];
+  // a row replaces the stored one only if its event time is >= the stored event time (equal times:
+  // the later write wins, which makes re-materialisation idempotent).
+  CacheStatus PutMany(const TableInfo& table, const KeyView* keys, size_t n, const double* values,
+                      const uint8_t* present, const int64_t* event_time_us, PutResult* result);
+
+  // Reads n_keys entities for every spec in one read transaction. Outputs are row-major
+  // [n_keys, out_columns]: out (NaN where absent), present (0/1) and event_time_us (0 where no row);
+  // present and event_time_us may be nullptr when the caller does not want them.
+  // key_sets[s][i] is entity i's key for specs whose key_set == s.
+  template <typename T>
+  CacheStatus GetMany(const std::vector<ReadSpec>& specs, const std::vector<const KeyView*>& key_sets,
+                      size_t n_keys, size_t out_columns, T* out, uint8_t* present, int64_t* event_time_us,
+                      int64_t now_us) const;
+
+  // Number of rows stored in the table (one read transaction).
+  CacheStatus Count(const TableInfo& table, size_t* n) const;
+
+  const std::string& path() const { return path_; }
+
+ private:
+  FeatureCache(MDB_env* env, std::string path) : env_(env), path_(std::move(path)) {}
+
+  // Read transactions are reused (reset/renew) rather than created per call: creating one takes a
+  // reader-table slot and a lock each time. MDB_NOTLS lets any thread renew any of them.
+  CacheStatus AcquireReader(MDB_txn** txn) const;
+  void ReleaseReader(MDB_txn* txn) const;
+
+  MDB_env* env_;
+  std::string path_;
+  MDB_dbi meta_dbi_ = 0;  // "__fastml_tables__": table name -> uint32 width
+
+  std::mutex open_mutex_;  // guards tables_ and serialises mdb_dbi_open (LMDB requires it)
+  std::unordered_map<std::string, TableInfo> tables_;
+
+  mutable std::mutex readers_mutex_;  // guards idle_readers_
+  mutable std::vector<MDB_txn*> idle_readers_;
+};
+
+}  // namespace fastml
