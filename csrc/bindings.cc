@@ -8,7 +8,233 @@
 namespace py = pybind11;
 
 // ===== batcher section (csrc/batcher.h) =====
-static void bind_batcher(py::module_& m) {}
+#include "batcher.h"
+
+namespace batcher_py {
+
+using fastml::Batcher;
+using fastml::BatcherOptions;
+using fastml::BatchInfo;
+using fastml::Completion;
+using fastml::CompletionQueue;
+using fastml::InputSpec;
+using fastml::Request;
+using fastml::Status;
+using fastml::StatusCode;
+using fastml::TensorView;
+
+// Raises fastml._core.CoreError(code, message); fastml.engine maps the code to a fastml.errors class.
+[[noreturn]] static void RaiseStatus(const py::object& error_type, const Status& st) {
+    PyErr_SetObject(error_type.ptr(), py::make_tuple(static_cast<int>(st.code), st.message).ptr());
+    throw py::error_already_set();
+}
+
+// The Python-facing batcher: the core plus what converting needs (dtypes, the error type).
+struct PyBatcher {
+    std::unique_ptr<Batcher> core;
+    std::vector<py::dtype> dtypes;  // per input, for the views next_batch returns
+    py::object error_type;          // fastml._core.CoreError
+    py::object view_base;           // base object of gathered-buffer views, so numpy never copies
+
+    // Converts arrays to borrowed views with the GIL held; the caller keeps the arrays alive until
+    // the request completes (fastml.engine holds them with the ticket).
+    std::vector<TensorView> Views(const py::handle& arrays) {
+        std::vector<TensorView> views;
+        py::sequence seq = py::reinterpret_borrow<py::sequence>(arrays);
+        const size_t n = py::len(seq);
+        views.reserve(n);
+        for (size_t i = 0; i < n; ++i) {
+            py::handle h = seq[i];
+            if (!py::isinstance<py::array>(h)) {
+                const std::string name = i < core->inputs().size() ? core->inputs()[i].name : std::to_string(i);
+                RaiseStatus(error_type, Status::Error(StatusCode::kInvalidInput,
+                                                      "input '" + name + "': expected a numpy array, got " +
+                                                          std::string(py::str(py::type::handle_of(h).attr("__name__")))));
+            }
+            auto a = py::reinterpret_borrow<py::array>(h);
+            TensorView v;
+            v.data = a.data();
+            py::dtype dt = a.dtype();
+            v.kind = dt.kind();
+            v.itemsize = static_cast<int64_t>(dt.itemsize());
+            const char order = dt.byteorder();
+            constexpr bool little = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+            v.native_order = order == '=' || order == '|' || (order == '<' && little) || (order == '>' && !little);
+            v.c_contiguous = (a.flags() & py::array::c_style) != 0;
+            v.shape.assign(a.shape(), a.shape() + a.ndim());
+            views.push_back(std::move(v));
+        }
+        return views;
+    }
+};
+
+static void bind_batcher(py::module_& m) {
+    py::object core_error = py::reinterpret_steal<py::object>(
+        PyErr_NewException("fastml._core.CoreError", PyExc_RuntimeError, nullptr));
+    m.attr("CoreError") = core_error;
+
+    py::dict codes;
+    for (int c = 0; c < fastml::kStatusCodeCount; ++c) {
+        codes[py::str(fastml::StatusCodeName(static_cast<StatusCode>(c)))] = c;
+    }
+    m.attr("STATUS_CODES") = codes;
+
+    py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(
+        m, "CompletionQueue", "Completions for one event loop: watch `fd` (an eventfd), then drain().")
+        .def(py::init<>())
+        .def_property_readonly("fd", &CompletionQueue::fd)
+        .def(
+            "drain",
+            [](CompletionQueue& q) {
+                std::vector<Completion> items = q.Drain();
+                py::list out(items.size());
+                for (size_t i = 0; i < items.size(); ++i) {
+                    const Completion& c = items[i];
+                    py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
+                    out[i] = py::make_tuple(c.ticket, c.batch, c.row_offset, c.rows, static_cast<int>(c.code), msg,
+                                            c.last_of_batch);
+                }
+                return out;
+            },
+            "Takes every completion so far: [(ticket, batch, row_offset, rows, code, message|None, last_of_batch)].");
+
+    py::class_<Request, std::shared_ptr<Request>>(m, "Ticket", "A blocking request handle.")
+        .def_property_readonly("id", [](const Request& r) { return r.id; })
+        .def(
+            "wait",
+            [](Request& r) {
+                Completion c;
+                {
+                    py::gil_scoped_release nogil;  // the waiter blocks; runners and the loop keep going
+                    c = r.Wait();
+                }
+                py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
+                return py::make_tuple(c.ticket, c.batch, c.row_offset, c.rows, static_cast<int>(c.code), msg,
+                                      c.last_of_batch);
+            },
+            "Blocks (GIL released) until done: (ticket, batch, row_offset, rows, code, message|None, last_of_batch).");
+
+    py::class_<PyBatcher>(m, "Batcher", "The native micro-batcher of one model (see csrc/batcher.h).")
+        .def(py::init([core_error](const std::vector<std::tuple<std::string, py::dtype, std::vector<int64_t>>>& inputs,
+                                   int64_t max_batch_size, int64_t max_queue_size, int64_t max_queue_delay_us,
+                                   int instances) {
+                 auto b = std::make_unique<PyBatcher>();
+                 std::vector<InputSpec> specs;
+                 for (const auto& [name, dtype, dims] : inputs) {
+                     InputSpec s;
+                     s.name = name;
+                     s.kind = dtype.kind();
+                     s.itemsize = static_cast<int64_t>(dtype.itemsize());
+                     s.dims = dims;
+                     if (s.kind == 'O') throw py::value_error("input '" + name + "': object dtype cannot be batched natively");
+                     specs.push_back(std::move(s));
+                     b->dtypes.push_back(dtype);
+                 }
+                 BatcherOptions opt;
+                 opt.max_batch_size = max_batch_size;
+                 opt.max_queue_size = max_queue_size;
+                 opt.max_queue_delay_us = max_queue_delay_us;
+                 opt.instances = instances;
+                 try {
+                     b->core = std::make_unique<Batcher>(std::move(specs), opt);
+                 } catch (const std::invalid_argument& e) {
+                     throw py::value_error(e.what());
+                 }
+                 b->error_type = core_error;
+                 b->view_base = py::capsule(b.get(), "fastml.batcher.view_base");
+                 return b;
+             }),
+             py::arg("inputs"), py::arg("max_batch_size"), py::arg("max_queue_size"), py::arg("max_queue_delay_us"),
+             py::arg("instances"))
+        .def(
+            "submit_async",
+            [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue, py::handle arrays, int64_t timeout_us) {
+                std::shared_ptr<Request> req;
+                Status st = self.core->Submit(self.Views(arrays), timeout_us, queue, &req);
+                if (!st.ok()) RaiseStatus(self.error_type, st);
+                return req->id;
+            },
+            py::arg("queue"), py::arg("arrays"), py::arg("timeout_us"),
+            "Enqueues arrays (kept by reference: the caller holds them until completion); returns the ticket id.")
+        .def(
+            "submit_sync",
+            [](PyBatcher& self, py::handle arrays, int64_t timeout_us) {
+                std::shared_ptr<Request> req;
+                Status st = self.core->Submit(self.Views(arrays), timeout_us, nullptr, &req);
+                if (!st.ok()) RaiseStatus(self.error_type, st);
+                return req;
+            },
+            py::arg("arrays"), py::arg("timeout_us"), "Enqueues arrays for a blocking waiter; returns a Ticket.")
+        .def(
+            "next_batch",
+            [](PyBatcher& self, int runner) -> py::object {
+                BatchInfo info;
+                bool ok;
+                {
+                    py::gil_scoped_release nogil;  // blocks for work, then gathers rows with memcpy
+                    ok = self.core->NextBatch(runner, &info);
+                }
+                if (!ok) return py::none();
+                py::list arrays(info.input_data.size());
+                for (size_t i = 0; i < info.input_data.size(); ++i) {
+                    // A view, not a copy: of the runner's reused buffer, or of the lone request's array.
+                    arrays[i] = py::array(self.dtypes[i], info.input_shapes[i], {}, info.input_data[i], self.view_base);
+                }
+                return py::make_tuple(info.id, info.rows, arrays);
+            },
+            py::arg("runner"),
+            "Blocks (GIL released) for runner `runner`'s next batch: (batch_id, rows, [input arrays]) or None "
+            "after shutdown. The arrays are valid until this runner's complete().")
+        .def(
+            "complete",
+            [](PyBatcher& self, int runner, int code, const std::string& message) {
+                if (code < 0 || code >= fastml::kStatusCodeCount) throw py::value_error("unknown status code");
+                py::gil_scoped_release nogil;  // delivery touches no Python object
+                self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
+            },
+            py::arg("runner"), py::arg("code") = 0, py::arg("message") = "",
+            "Completes runner `runner`'s batch: code 0 = its outputs are ready, else every request fails.")
+        .def(
+            "shutdown",
+            [](PyBatcher& self, const std::string& reason) {
+                py::gil_scoped_release nogil;  // joins the deadline thread
+                self.core->Shutdown(reason);
+            },
+            py::arg("reason") = "closed")
+        .def("stats", [](PyBatcher& self) {
+            fastml::BatcherStats s = self.core->Stats();
+            py::dict d;
+            d["requests"] = s.requests;
+            d["failures"] = s.failures;
+            d["rows"] = s.rows;
+            d["batches"] = s.batches;
+            d["pending"] = s.pending;
+            d["queue_ns"] = s.queue_ns;
+            d["compute_input_ns"] = s.compute_input_ns;
+            d["compute_infer_ns"] = s.compute_infer_ns;
+            d["compute_output_ns"] = s.compute_output_ns;
+            d["request_ns"] = s.request_ns;
+            d["fail_ns"] = s.fail_ns;
+            d["last_inference_ms"] = s.last_inference_ms;
+            py::dict hist, per_size;
+            for (const auto& [rows, b] : s.batch_stats) {
+                hist[py::int_(rows)] = b.count;
+                py::dict e;
+                e["count"] = b.count;
+                e["compute_input_ns"] = b.compute_input_ns;
+                e["compute_infer_ns"] = b.compute_infer_ns;
+                e["compute_output_ns"] = b.compute_output_ns;
+                per_size[py::int_(rows)] = e;
+            }
+            d["batch_size_histogram"] = hist;
+            d["batch_stats"] = per_size;
+            d["mean_batch_size"] = s.batches ? static_cast<double>(s.rows) / static_cast<double>(s.batches) : 0.0;
+            return d;
+        });
+}
+
+}  // namespace batcher_py
+using batcher_py::bind_batcher;
 // ===== end batcher section =====
 
 // ===== feature cache section (csrc/feature_cache.h) =====
