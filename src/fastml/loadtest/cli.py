@@ -1,0 +1,144 @@
+"""``python -m fastml.loadtest``: drive a KServe v2 server with binary infer requests and report.
+
+Examples:
+    python -m fastml.loadtest http://127.0.0.1:8000 -m mlp -c 32 --duration-s 10
+    python -m fastml.loadtest http://127.0.0.1:8000 -m mlp --mode open --rate 20000 --duration-s 5 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from urllib.parse import urlsplit
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``http://host:port`` -> (host, port); the port defaults to 8000 (Triton's HTTP port).
+
+    Raises:
+        InvalidInput: not an ``http://`` URL with a host.
+    """
+    from fastml.errors import InvalidInput
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise InvalidInput(f"expected an http://HOST[:PORT] URL, got {url!r}")
+    try:
+        port = parts.port or 8000
+    except ValueError:
+        raise InvalidInput(f"bad port in {url!r}") from None
+    return parts.hostname, port
+
+
+def fetch_model_metadata(host: str, port: int, model: str, version: str | None = None, timeout_s: float = 10.0) -> dict:
+    """``GET /v2/models/<model>[/versions/<v>]`` and return the decoded JSON.
+
+    Raises:
+        NotFound: the server answers 404.
+        Unavailable: the server cannot be reached or answers another error.
+    """
+    import http.client
+
+    from fastml.errors import NotFound, Unavailable
+
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as exc:
+        raise Unavailable(f"cannot reach http://{host}:{port}{path}: {exc}") from None
+    finally:
+        conn.close()
+    if resp.status == 404:
+        raise NotFound(f"model {model!r} not found at http://{host}:{port} ({body[:200]!r})")
+    if resp.status != 200:
+        raise Unavailable(f"GET {path} answered {resp.status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+def build_parser(prog: str = "python -m fastml.loadtest") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Load-test a KServe v2 / Triton HTTP server with binary infer requests.")
+    p.add_argument("url", help="server, e.g. http://127.0.0.1:8000")
+    p.add_argument("-m", "--model", required=True, help="model name")
+    p.add_argument("--model-version", default=None, help="model version (digits)")
+    p.add_argument("--mode", choices=("closed", "open"), default="closed",
+                   help="closed: fixed concurrency; open: fixed arrival rate (default closed)")
+    p.add_argument("-c", "--concurrency", type=int, default=1, help="closed loop: requests in flight (default 1)")
+    p.add_argument("--rate", type=float, default=None, help="open loop: requests per second")
+    p.add_argument("--max-connections", type=int, default=512, help="open loop: connection cap (default 512)")
+    p.add_argument("-n", "--requests", type=int, default=None, help="stop after this many requests")
+    p.add_argument("--duration-s", type=float, default=None, help="stop after this many seconds (default 10 if no -n)")
+    p.add_argument("--warmup-s", type=float, default=0.0, help="uncounted warm-up period (default 0)")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="per-request timeout (default 10)")
+    p.add_argument("-b", "--batch-size", type=int, default=1, help="rows per request for generated inputs (default 1)")
+    p.add_argument("--input-npy", action="append", default=[], metavar="NAME=PATH",
+                   help="send this .npy as input NAME instead of random data from the model metadata (repeatable)")
+    p.add_argument("--output", action="append", default=None, metavar="NAME",
+                   help="request only this output (repeatable; default all outputs)")
+    p.add_argument("--json-outputs", action="store_true", help="ask for JSON outputs instead of binary")
+    p.add_argument("--validate", action="store_true", help="decode every 2xx body; failures count as bad_response")
+    p.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
+    p.add_argument("--save-body", metavar="PATH",
+                   help="also write the request body to PATH (for wrk); prints its JSON header length")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 on bad input, 1 when the server cannot be used)."""
+    args = build_parser().parse_args(argv)
+    from fastml.errors import FastMLError, InvalidInput, NotFound
+
+    try:
+        return _run(args)
+    except FastMLError as exc:
+        print(f"loadtest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fastml.errors import InvalidInput
+    from fastml.loadtest.protocol import build_infer_request, random_inputs
+    from fastml.loadtest.runner import run, run_closed_loop, run_open_loop
+
+    host, port = parse_url(args.url)
+    if args.input_npy:
+        inputs = {}
+        for item in args.input_npy:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise InvalidInput(f"--input-npy wants NAME=PATH, got {item!r}")
+            try:
+                inputs[name] = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InvalidInput(f"cannot read {path!r}: {exc}") from None
+    else:
+        meta = fetch_model_metadata(host, port, args.model, args.model_version, args.timeout_s)
+        inputs = random_inputs(meta, batch_size=args.batch_size, seed=args.seed)
+    request = build_infer_request(args.model, inputs, outputs=args.output, version=args.model_version,
+                                  host=f"{host}:{port}", binary_output=not args.json_outputs)
+    if args.save_body:
+        with open(args.save_body, "wb") as fh:
+            fh.write(request.body)
+        print(f"wrote {len(request.body)} bytes to {args.save_body}; "
+              f"Inference-Header-Content-Length: {request.header_length}", file=sys.stderr)
+    duration_s = args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
+    common = dict(max_requests=args.requests, duration_s=duration_s, timeout_s=args.timeout_s,
+                  warmup_s=args.warmup_s, validate=args.validate)
+    if args.mode == "closed":
+        coro = run_closed_loop(host, port, request, concurrency=args.concurrency, **common)
+    else:
+        if args.rate is None:
+            raise InvalidInput("--mode open needs --rate")
+        coro = run_open_loop(host, port, request, rate_per_s=args.rate, max_connections=args.max_connections, **common)
+    result = run(coro)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.format_text())
+    return 0
