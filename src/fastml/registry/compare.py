@@ -1,0 +1,111 @@
+"""Significance tests for comparing model versions on the same evaluation examples.
+
+Per-example evaluation results stored with a version (``eval_results``) take one of two forms:
+
+- ``{"correct": [bool, ...]}`` (or ``{"y_true": [...], "y_pred": [...]}``): classification correctness.
+  Two versions are compared with **McNemar's test** on the discordant pairs (b = only A right, c = only
+  B right): the exact two-sided binomial test when b + c < 25, otherwise the chi-squared statistic
+  with continuity correction, ``(|b - c| - 1)^2 / (b + c)`` on 1 degree of freedom.
+- ``{"scores": [float, ...]}``: a per-example score (e.g. log-loss, absolute error, or a 0/1 hit).
+  Two versions are compared with a **paired bootstrap** of the mean difference: examples are resampled
+  with replacement (10,000 resamples, fixed seed, so the answer is reproducible) and the two-sided
+  p-value is ``min(1, 2 * min(P(d* <= 0), P(d* >= 0)))`` where d* is the resampled mean difference.
+
+Optionally ``"example_ids": [...]`` aligns the two result sets on shared ids; without ids both lists must
+have the same length and order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastml.errors import InvalidInput
+
+ALPHA = 0.05
+BOOTSTRAP_RESAMPLES = 10_000
+_MCNEMAR_EXACT_BELOW = 25
+
+
+def _values(results: dict, what: str) -> tuple[str, np.ndarray, list | None]:
+    if not isinstance(results, dict):
+        raise InvalidInput(f"eval_results of {what} must be a dict; got {type(results).__name__}")
+    ids = results.get("example_ids")
+    if "correct" in results:
+        kind, vals = "correct", np.asarray(results["correct"], dtype=bool)
+    elif "y_true" in results and "y_pred" in results:
+        yt, yp = np.asarray(results["y_true"]), np.asarray(results["y_pred"])
+        if yt.shape != yp.shape:
+            raise InvalidInput(f"eval_results of {what}: y_true has {yt.shape[0]} values, y_pred {yp.shape[0]}")
+        kind, vals = "correct", yt == yp
+    elif "scores" in results:
+        kind, vals = "scores", np.asarray(results["scores"], dtype=np.float64)
+    else:
+        raise InvalidInput(f"eval_results of {what} need 'correct', 'y_true'+'y_pred' or 'scores'; got keys {sorted(results)}")
+    if vals.ndim != 1 or vals.size == 0:
+        raise InvalidInput(f"eval_results of {what} must be a non-empty flat list")
+    if ids is not None and len(ids) != vals.size:
+        raise InvalidInput(f"eval_results of {what}: {len(ids)} example_ids for {vals.size} values")
+    return kind, vals, ids
+
+
+def check_eval_results(results: dict, what: str) -> None:
+    """Raise InvalidInput unless ``results`` has one of the accepted shapes."""
+    _values(results, what)
+
+
+def _align(a: dict, b: dict, what_a: str, what_b: str):
+    kind_a, va, ids_a = _values(a, what_a)
+    kind_b, vb, ids_b = _values(b, what_b)
+    if kind_a != kind_b:
+        raise InvalidInput(f"cannot compare {what_a} ({kind_a}) with {what_b} ({kind_b}): different eval_results kinds")
+    if ids_a is not None and ids_b is not None:
+        index_b = {k: i for i, k in enumerate(ids_b)}
+        pairs = [(i, index_b[k]) for i, k in enumerate(ids_a) if k in index_b]
+        if not pairs:
+            raise InvalidInput(f"{what_a} and {what_b} share no example_ids")
+        ia, ib = map(np.asarray, zip(*pairs))
+        va, vb = va[ia], vb[ib]
+    elif va.size != vb.size:
+        raise InvalidInput(f"{what_a} has {va.size} eval results and {what_b} {vb.size}; add example_ids to align them")
+    return kind_a, va, vb
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """McNemar's test on paired correctness; returns b, c, statistic, p_value and method."""
+    from scipy import stats
+
+    b = int(np.sum(correct_a & ~correct_b))
+    c = int(np.sum(~correct_a & correct_b))
+    n = b + c
+    if n == 0:
+        return {"test": "mcnemar_exact", "b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0}
+    if n < _MCNEMAR_EXACT_BELOW:
+        p = stats.binomtest(b, n, 0.5, alternative="two-sided").pvalue
+        return {"test": "mcnemar_exact", "b": b, "c": c, "statistic": float(min(b, c)), "p_value": float(p)}
+    stat = (abs(b - c) - 1) ** 2 / n
+    return {"test": "mcnemar_chi2", "b": b, "c": c, "statistic": float(stat), "p_value": float(stats.chi2.sf(stat, 1))}
+
+
+def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """Paired bootstrap of mean(scores_a - scores_b); two-sided p-value for "no difference"."""
+    diff = scores_a - scores_b
+    rng = np.random.default_rng(seed)
+    n = diff.size
+    # Resample in blocks to bound memory (resamples x n indices).
+    block = max(1, min(resamples, 4_000_000 // max(n, 1)))
+    means = np.empty(resamples)
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = diff[idx].mean(axis=1)
+    p = min(1.0, 2.0 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"test": "paired_bootstrap", "mean_difference": float(diff.mean()), "ci95": [float(lo), float(hi)], "resamples": resamples, "p_value": p}
+
+
+def significance(a: dict, b: dict, what_a: str, what_b: str) -> tuple[dict, float, float]:
+    """Test A against B. Returns (test result, A's mean, B's mean) on the aligned examples."""
+    kind, va, vb = _align(a, b, what_a, what_b)
+    if kind == "correct":
+        return mcnemar(va, vb), float(va.mean()), float(vb.mean())
+    return paired_bootstrap(va, vb), float(va.mean()), float(vb.mean())
