@@ -1,0 +1,431 @@
+"""Model: one ONNX Runtime session behind a micro-batcher, with blocking and asyncio entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastml.engine.session import create_session, warm_up
+from fastml.engine.signature import Signature, signature_of
+from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
+from fastml.errors import InvalidInput, Unavailable
+
+BATCHERS = ("native", "python")
+
+
+def _shape(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+class Model:
+    """A loaded model: call ``predict``/``predict_async``/``submit`` from any number of callers.
+
+    Requests are batched per model by the batcher; ``instances`` runner threads share one
+    InferenceSession and each runs one batch at a time. Create with :func:`load_model`.
+    """
+
+    def __init__(
+        self,
+        session,
+        *,
+        name: str,
+        version: str = "1",
+        max_batch_size: int = 32,
+        max_queue_delay_us: int = 0,
+        instances: int = 1,
+        max_queue_size: int = 1024,
+        timeout_us: int = 0,
+        batcher: str = "native",
+        prediction_logger: Any = None,
+        warmup: bool = True,
+    ) -> None:
+        for field, value, low in (
+            ("max_batch_size", max_batch_size, 1),
+            ("max_queue_delay_us", max_queue_delay_us, 0),
+            ("instances", instances, 1),
+            ("max_queue_size", max_queue_size, 1),
+            ("timeout_us", timeout_us, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidInput(f"{field} must be an int >= {low}; got {value!r}")
+        if batcher not in BATCHERS:
+            raise InvalidInput(f"batcher must be one of {', '.join(BATCHERS)}; got {batcher!r}")
+        self.name = name
+        self.version = str(version)
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_us = max_queue_delay_us
+        self.instances = instances
+        self.max_queue_size = max_queue_size
+        self.timeout_us = timeout_us
+        self.batcher = batcher
+        self.prediction_logger = prediction_logger
+        self.signature: Signature = signature_of(session)
+        self._session = session
+        self._input_names = tuple(s.name for s in self.signature.inputs)
+        self._output_names = [s.name for s in self.signature.outputs]
+        self._n_inputs = len(self._input_names)
+        self.warmup_batch_sizes = warm_up(session, self.signature, max_batch_size) if warmup else []
+
+        specs = [(s.name, s.dtype, s.shape) for s in self.signature.inputs]
+        if batcher == "native":
+            bytes_inputs = [s.name for s in self.signature.inputs if s.datatype == "BYTES"]
+            if bytes_inputs:
+                raise InvalidInput(
+                    f"model {name!r} has BYTES input(s) {bytes_inputs}; the native batcher batches fixed-size "
+                    "dtypes only: load it with batcher='python'"
+                )
+            from fastml import _core
+
+            self._core = _core.Batcher(specs, max_batch_size, max_queue_size, max_queue_delay_us, instances)
+            self._queue_type = _core.CompletionQueue
+            self._core_error = _core.CoreError
+        else:
+            from fastml.engine import reference
+
+            self._core = reference.ReferenceBatcher(specs, max_batch_size, max_queue_size, max_queue_delay_us, instances)
+            self._queue_type = reference.CompletionQueue
+            self._core_error = reference.CoreError
+
+        # batch id -> ONNX Runtime outputs of that batch; written by a runner before it completes the
+        # batch, removed by whoever consumes the batch's last request (dict ops are atomic under the GIL).
+        self._batch_outputs: dict[int, list[np.ndarray]] = {}
+        # event loop -> (CompletionQueue, {ticket: waiter}); touched only on that loop's thread, except
+        # close(), which hands detaching to the loop.
+        self._loops: dict[asyncio.AbstractEventLoop, tuple[Any, dict]] = {}
+        self._loops_lock = threading.Lock()
+        self._closed = False
+        self._runners = [
+            threading.Thread(target=self._run_batches, args=(i,), name=f"fastml-runner-{name}-{i}", daemon=True)
+            for i in range(instances)
+        ]
+        for t in self._runners:
+            t.start()
+        self.ready = True
+
+    # ------------------------------------------------------------------ inference hook
+    def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Runs one batch through ONNX Runtime (which releases the GIL while it computes)."""
+        return self._session.run(self._output_names, feed)
+
+    def _run_batches(self, runner: int) -> None:
+        core = self._core
+        names = self._input_names
+        n_outputs = len(self._output_names)
+        store = self._batch_outputs
+        while True:
+            batch = core.next_batch(runner)  # blocks with the GIL released
+            if batch is None:
+                return
+            batch_id, rows, arrays = batch
+            try:
+                outputs = self._run(dict(zip(names, arrays)))
+                if len(outputs) != n_outputs:
+                    raise RuntimeError(f"expected {n_outputs} outputs, got {len(outputs)}")
+                for out_name, out in zip(self._output_names, outputs):
+                    if out.ndim == 0 or out.shape[0] != rows:
+                        raise RuntimeError(f"output '{out_name}' has shape {_shape(out.shape)} for a batch of {rows} rows")
+            except BaseException as exc:  # noqa: BLE001 - every failure must complete the batch
+                core.complete(runner, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
+                                                f"{type(exc).__name__}: {exc}")
+                continue
+            store[batch_id] = outputs
+            core.complete(runner, OK, "")  # scatters row ranges and signals the waiters, GIL released
+
+    # ------------------------------------------------------------------ inputs
+    def _arrays(self, inputs) -> tuple:
+        """Fast path: the arrays in input order; the core checks dtypes and shapes."""
+        if type(inputs) is dict:
+            if len(inputs) == self._n_inputs:
+                try:
+                    return tuple([inputs[n] for n in self._input_names])
+                except KeyError:
+                    pass
+            return self._validate(inputs)
+        if type(inputs) is np.ndarray and self._n_inputs == 1:
+            return (inputs,)
+        return self._validate(inputs)
+
+    def _validate(self, inputs) -> tuple:
+        """Slow path: checks names, dtypes and shapes with messages naming the tensor; returns C-contiguous
+        arrays in input order. No casts: a wrong dtype is an error."""
+        names = self._input_names
+        if isinstance(inputs, np.ndarray):
+            if self._n_inputs != 1:
+                raise InvalidInput(
+                    f"model {self.name!r} has {self._n_inputs} inputs {list(names)}; pass a dict name -> array"
+                )
+            inputs = {names[0]: inputs}
+        if not isinstance(inputs, dict):
+            raise InvalidInput(
+                f"inputs must be a numpy array or a dict of name -> numpy array; got {type(inputs).__name__}"
+            )
+        unknown = sorted(set(inputs) - set(names))
+        missing = [n for n in names if n not in inputs]
+        if unknown or missing:
+            raise InvalidInput(
+                f"model {self.name!r} expects inputs {list(names)}; "
+                + (f"unknown {unknown}" if unknown else "")
+                + ("; " if unknown and missing else "")
+                + (f"missing {missing}" if missing else "")
+            )
+        arrays = []
+        rows = None
+        for spec in self.signature.inputs:
+            a = inputs[spec.name]
+            where = f"input '{spec.name}'"
+            if not isinstance(a, np.ndarray):
+                raise InvalidInput(f"{where}: expected a numpy array of {spec.dtype} ({spec.datatype}), "
+                                   f"got {type(a).__name__}")
+            if a.dtype != spec.dtype:
+                raise InvalidInput(f"{where}: expected dtype {spec.dtype} ({spec.datatype}), got {a.dtype}")
+            if a.ndim != len(spec.shape) or any(d >= 0 and d != s for d, s in zip(spec.shape[1:], a.shape[1:])):
+                raise InvalidInput(f"{where}: expected shape {_shape(spec.shape)}, got {_shape(a.shape)}")
+            if a.shape[0] < 1:
+                raise InvalidInput(f"{where}: needs at least one row, got shape {_shape(a.shape)}")
+            if rows is not None and a.shape[0] != rows:
+                raise InvalidInput(f"{where}: has {a.shape[0]} rows but input '{names[0]}' has {rows}")
+            rows = a.shape[0]
+            if rows > self.max_batch_size:
+                raise InvalidInput(f"request has {rows} rows, more than max_batch_size {self.max_batch_size}")
+            # A layout change, not a cast: the batcher copies whole rows.
+            arrays.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        return tuple(arrays)
+
+    def _raise(self, exc: Exception, inputs):
+        code, message = exc.args
+        if code == INVALID_INPUT:
+            self._validate(inputs)  # raises with the friendlier message when it can
+        raise status_error(code, message) from None
+
+    # ------------------------------------------------------------------ results
+    def _result(self, batch_id: int, offset: int, rows: int, last: bool, outputs) -> dict[str, np.ndarray]:
+        batch_outputs = self._batch_outputs.pop(batch_id) if last else self._batch_outputs[batch_id]
+        if offset == 0 and batch_outputs[0].shape[0] == rows:
+            # The whole batch is this request: hand ORT's arrays over as they are.
+            result = dict(zip(self._output_names, batch_outputs))
+        else:
+            # Zero-copy scatter: each request gets views of its own rows of the batch outputs.
+            end = offset + rows
+            result = {n: o[offset:end] for n, o in zip(self._output_names, batch_outputs)}
+        if outputs is not None:
+            result = {n: result[n] for n in outputs}
+        return result
+
+    def _check_outputs(self, outputs):
+        if outputs is None:
+            return None
+        if isinstance(outputs, str):
+            outputs = [outputs]
+        outputs = list(outputs)
+        unknown = [n for n in outputs if n not in self._output_names]
+        if unknown:
+            raise InvalidInput(f"model {self.name!r} has outputs {self._output_names}; unknown {unknown}")
+        return outputs
+
+    def _log(self, inputs, arrays, result, t0_ns: int, request_id) -> None:
+        named = dict(zip(self._input_names, arrays))
+        self.prediction_logger.log(
+            model=self.name, version=self.version, inputs=named, outputs=result,
+            latency_us=(time.perf_counter_ns() - t0_ns) / 1000.0, request_id=request_id, variant=None,
+        )
+
+    # ------------------------------------------------------------------ blocking
+    def predict(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id: str | None = None):
+        """Runs one request (any rows up to max_batch_size) and blocks until its outputs are ready.
+
+        Args:
+            inputs: one array (one-input models) or a dict name -> array; leading dim = rows.
+            outputs: output names to return (default: all).
+            timeout_us: queueing deadline in microseconds (default: the model's timeout_us; 0 = none).
+
+        Returns:
+            dict output name -> array with the request's rows.
+
+        Raises:
+            InvalidInput, Overloaded, DeadlineExceeded, Unavailable, InternalError.
+        """
+        outputs = self._check_outputs(outputs)
+        arrays = self._arrays(inputs)
+        t0 = time.perf_counter_ns()
+        timeout = self.timeout_us if timeout_us is None else timeout_us
+        try:
+            ticket = self._core.submit_sync(arrays, timeout)
+        except self._core_error as exc:
+            if exc.args[0] == INVALID_INPUT:
+                arrays = self._validate(inputs)
+                ticket = self._submit_sync_checked(arrays, timeout)
+            else:
+                raise status_error(*exc.args) from None
+        _, batch_id, offset, rows, code, message, last = ticket.wait()  # GIL released while waiting
+        if code:
+            raise status_error(code, message)
+        result = self._result(batch_id, offset, rows, last, outputs)
+        if self.prediction_logger is not None:
+            self._log(inputs, arrays, result, t0, request_id)
+        return result
+
+    def _submit_sync_checked(self, arrays, timeout):
+        try:
+            return self._core.submit_sync(arrays, timeout)
+        except self._core_error as exc:
+            raise status_error(*exc.args) from None
+
+    # ------------------------------------------------------------------ asyncio
+    def _attach(self, loop: asyncio.AbstractEventLoop):
+        if self._closed:
+            raise Unavailable(f"model {self.name!r} is closed")
+        with self._loops_lock:
+            for old in [lp for lp in self._loops if lp.is_closed()]:
+                del self._loops[old]  # its reader went with the loop
+            queue = self._queue_type()
+            waiters: dict[int, tuple] = {}
+            entry = (queue, waiters)
+            self._loops[loop] = entry
+        loop.add_reader(queue.fd, self._on_completions, queue, waiters)
+        return entry
+
+    def _on_completions(self, queue, waiters: dict) -> None:
+        """eventfd readable: one call per batch (or fewer), resolving every finished future."""
+        logger = self.prediction_logger
+        for ticket, batch_id, offset, rows, code, message, last in queue.drain():
+            waiter = waiters.pop(ticket, None)
+            if code:
+                if waiter is not None and not waiter[0].done():
+                    waiter[0].set_exception(status_error(code, message))
+                continue
+            if waiter is None:
+                if last:
+                    self._batch_outputs.pop(batch_id, None)
+                continue
+            result = self._result(batch_id, offset, rows, last, waiter[2])
+            fut = waiter[0]
+            if not fut.done():
+                fut.set_result(result)
+            if logger is not None:
+                self._log(None, waiter[1], result, waiter[3], waiter[4])
+
+    def submit(self, inputs, timeout_us: int | None = None, *, outputs=None, request_id: str | None = None):
+        """Enqueues a request from the running event loop's thread; returns an asyncio.Future.
+
+        Validation errors (InvalidInput) and a full queue (Overloaded) raise here; the future resolves to
+        dict name -> array or fails with DeadlineExceeded / Unavailable / InternalError.
+        """
+        loop = asyncio.get_running_loop()
+        entry = self._loops.get(loop)
+        if entry is None:
+            entry = self._attach(loop)
+        arrays = self._arrays(inputs)
+        try:
+            ticket = self._core.submit_async(entry[0], arrays, self.timeout_us if timeout_us is None else timeout_us)
+        except self._core_error as exc:
+            if exc.args[0] != INVALID_INPUT:
+                raise status_error(*exc.args) from None
+            arrays = self._validate(inputs)
+            try:
+                ticket = self._core.submit_async(
+                    entry[0], arrays, self.timeout_us if timeout_us is None else timeout_us
+                )
+            except self._core_error as exc2:
+                raise status_error(*exc2.args) from None
+        fut = loop.create_future()
+        if outputs is None and self.prediction_logger is None:
+            # The waiter keeps the input arrays alive until the batch has gathered them.
+            entry[1][ticket] = (fut, arrays, None)
+        else:
+            entry[1][ticket] = (fut, arrays, self._check_outputs(outputs), time.perf_counter_ns(), request_id)
+        return fut
+
+    async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
+        """``await``-able predict: same arguments, result and errors as :meth:`predict`."""
+        return await self.submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+
+    # ------------------------------------------------------------------ stats & lifecycle
+    def stats(self) -> dict:
+        """Cumulative counters (Triton statistics semantics, ns); see docs/engine.md."""
+        return self._core.stats()
+
+    def close(self) -> None:
+        """Fails every pending request with Unavailable, stops and joins the runners. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.ready = False
+        self._core.shutdown(f"model {self.name!r} closed")
+        for t in self._runners:
+            if t is not threading.current_thread():
+                t.join()
+        with self._loops_lock:
+            loops = list(self._loops.items())
+            self._loops.clear()
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, (queue, waiters) in loops:
+            if loop.is_closed():
+                continue
+            if loop is current:
+                self._detach(loop, queue, waiters)
+            else:
+                try:
+                    loop.call_soon_threadsafe(self._detach, loop, queue, waiters)
+                except RuntimeError:  # the loop closed meanwhile
+                    pass
+
+    def _detach(self, loop, queue, waiters) -> None:
+        self._on_completions(queue, waiters)  # deliver the shutdown failures first
+        loop.remove_reader(queue.fd)
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Model(name={self.name!r}, version={self.version!r}, batcher={self.batcher!r}, "
+                f"max_batch_size={self.max_batch_size}, instances={self.instances}, ready={self.ready})")
+
+
+def load_model(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    max_batch_size: int = 32,
+    max_queue_delay_us: int = 0,
+    instances: int = 1,
+    max_queue_size: int = 1024,
+    timeout_us: int = 0,
+    intra_op_threads: int = 1,
+    graph_optimization_level: str = "all",
+    warmup: bool = True,
+    batcher: str = "native",
+    prediction_logger: Any = None,
+) -> Model:
+    """Loads an .onnx file into a batched Model (one InferenceSession, ``instances`` runner threads).
+
+    Raises:
+        NotFound: no such file.
+        InvalidInput: a bad option, or a model fastml cannot serve (non-tensor outputs, fixed batch dim).
+    """
+    path = Path(path)
+    session = create_session(path, intra_op_threads=intra_op_threads, graph_optimization_level=graph_optimization_level)
+    return Model(
+        session,
+        name=name or path.stem,
+        version=version,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        max_queue_size=max_queue_size,
+        timeout_us=timeout_us,
+        batcher=batcher,
+        prediction_logger=prediction_logger,
+        warmup=warmup,
+    )

@@ -1,0 +1,362 @@
+"""The pure-Python reference batcher: the same contract as the native ``fastml._core.Batcher``.
+
+It exists to check the native core against (tests/engine/ runs one conformance suite over both, as
+uvloop tests against asyncio) and to show in benchmarks what the native core buys. Select it with
+``load_model(..., batcher="python")``. It also batches BYTES (object) inputs, which the native core
+refuses.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+
+import numpy as np
+
+from fastml.engine.status import DEADLINE_EXCEEDED, INVALID_INPUT, OK, OVERLOADED, UNAVAILABLE
+
+
+class CoreError(RuntimeError):
+    """A failure with args (code, message), like ``fastml._core.CoreError``."""
+
+
+class CompletionQueue:
+    """Completions for one event loop: watch ``fd`` (an eventfd), then call ``drain()``."""
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._lock = threading.Lock()
+        self._items: list[list] = []  # guarded by _lock
+
+    def push(self, items: list[list]) -> None:
+        with self._lock:
+            self._items.extend(items)
+        os.eventfd_write(self.fd, 1)  # one write per delivery, like the native core
+
+    def drain(self) -> list[tuple]:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            items, self._items = self._items, []
+        return [_consume(c) for c in items]
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _consume(c: list) -> tuple:
+    """Turns a completion record into the drained tuple, marking the last consumer of its batch."""
+    refs = c[7]
+    last = False
+    if refs is not None:
+        with refs[1]:
+            refs[0] -= 1
+            last = refs[0] == 0
+    return (c[0], c[1], c[2], c[3], c[4], c[5], last)
+
+
+class _Request:
+    __slots__ = ("id", "arrays", "rows", "key", "enqueue_ns", "deadline_ns", "timeout_us", "queue", "event", "result")
+
+
+class Ticket:
+    """A blocking request handle, like ``fastml._core.Ticket``."""
+
+    __slots__ = ("_req",)
+
+    def __init__(self, req: _Request) -> None:
+        self._req = req
+
+    @property
+    def id(self) -> int:
+        return self._req.id
+
+    def wait(self) -> tuple:
+        self._req.event.wait()
+        return _consume(self._req.result)
+
+
+def _shape(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+class ReferenceBatcher:
+    """Pure-Python twin of ``fastml._core.Batcher`` (see csrc/batcher.h for the contract)."""
+
+    def __init__(self, inputs, max_batch_size: int, max_queue_size: int, max_queue_delay_us: int, instances: int):
+        if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_us < 0 or instances < 1:
+            raise ValueError("max_batch_size, max_queue_size, instances must be >= 1 and max_queue_delay_us >= 0")
+        self._specs = [(name, np.dtype(dtype), list(dims)) for name, dtype, dims in inputs]
+        self._max_rows = max_batch_size
+        self._max_queue = max_queue_size
+        self._delay_ns = max_queue_delay_us * 1000
+        self._cv = threading.Condition()  # guards every field below
+        self._buckets: dict[tuple, list[_Request]] = {}
+        self._queued = 0
+        self._deadlines: list[tuple[int, int]] = []  # heap of (deadline_ns, ticket); may hold stale entries
+        self._next_ticket = 1
+        self._next_batch = 1
+        self._last_arrival_ns = 0
+        self._arrival_gap_ns = 1e18
+        self._shutdown = False
+        self._reason = ""
+        self._slots = [None] * instances  # runner -> (batch_id, [requests], [offsets], rows, t_dispatch, t_gathered)
+        self._stats = {
+            "requests": 0, "failures": 0, "rows": 0, "batches": 0, "queue_ns": 0, "compute_input_ns": 0,
+            "compute_infer_ns": 0, "compute_output_ns": 0, "request_ns": 0, "fail_ns": 0, "last_inference_ms": 0,
+        }
+        self._batch_stats: dict[int, dict] = {}
+        self._deadline_thread = threading.Thread(target=self._deadline_loop, name="fastml-ref-deadlines", daemon=True)
+        self._deadline_thread.start()
+
+    # ------------------------------------------------------------------ submit
+    def _validate(self, arrays) -> tuple[int, tuple]:
+        if len(arrays) != len(self._specs):
+            raise CoreError(INVALID_INPUT, f"expected {len(self._specs)} input tensors, got {len(arrays)}")
+        rows = -1
+        key = []
+        for (name, dtype, dims), a in zip(self._specs, arrays):
+            where = f"input '{name}'"
+            if not isinstance(a, np.ndarray):
+                raise CoreError(INVALID_INPUT, f"{where}: expected a numpy array, got {type(a).__name__}")
+            if a.dtype != dtype:
+                raise CoreError(INVALID_INPUT, f"{where}: expected dtype {dtype}, got {a.dtype}")
+            if a.ndim != len(dims) or any(d >= 0 and d != s for d, s in zip(dims[1:], a.shape[1:])):
+                raise CoreError(INVALID_INPUT, f"{where}: expected shape {_shape(dims)}, got {_shape(a.shape)}")
+            if a.shape[0] < 1:
+                raise CoreError(INVALID_INPUT, f"{where}: needs at least one row, got shape {_shape(a.shape)}")
+            if not a.flags.c_contiguous:
+                raise CoreError(INVALID_INPUT, f"{where}: must be C-contiguous")
+            if rows >= 0 and a.shape[0] != rows:
+                raise CoreError(
+                    INVALID_INPUT, f"{where}: has {a.shape[0]} rows but input '{self._specs[0][0]}' has {rows}"
+                )
+            rows = a.shape[0]
+            key.append(a.shape[1:])
+        if rows > self._max_rows:
+            raise CoreError(INVALID_INPUT, f"request has {rows} rows, more than max_batch_size {self._max_rows}")
+        return rows, tuple(key)
+
+    def _submit(self, arrays, timeout_us: int, queue) -> _Request:
+        rows, key = self._validate(arrays)
+        r = _Request()
+        r.arrays, r.rows, r.key, r.queue = tuple(arrays), rows, key, queue
+        r.timeout_us = timeout_us if timeout_us and timeout_us > 0 else 0
+        r.event = threading.Event() if queue is None else None
+        r.result = None
+        with self._cv:
+            if self._shutdown:
+                raise CoreError(UNAVAILABLE, f"model is shut down: {self._reason}")
+            if self._queued >= self._max_queue:
+                raise CoreError(
+                    OVERLOADED,
+                    f"queue is full: {self._queued} requests pending (max_queue_size {self._max_queue})",
+                )
+            now = time.monotonic_ns()
+            r.id = self._next_ticket
+            self._next_ticket += 1
+            r.enqueue_ns = now
+            if self._last_arrival_ns:
+                gap = now - self._last_arrival_ns
+                self._arrival_gap_ns = gap if self._arrival_gap_ns >= 1e17 else 0.8 * self._arrival_gap_ns + 0.2 * gap
+            self._last_arrival_ns = now
+            r.deadline_ns = now + r.timeout_us * 1000 if r.timeout_us else 0
+            if r.deadline_ns:
+                heapq.heappush(self._deadlines, (r.deadline_ns, r.id))
+            self._buckets.setdefault(key, []).append(r)
+            self._queued += 1
+            self._cv.notify_all()
+        return r
+
+    def submit_async(self, queue: CompletionQueue, arrays, timeout_us: int) -> int:
+        return self._submit(arrays, timeout_us, queue).id
+
+    def submit_sync(self, arrays, timeout_us: int) -> Ticket:
+        return Ticket(self._submit(arrays, timeout_us, None))
+
+    # ------------------------------------------------------------------ runners
+    def _take_expired_locked(self, now: int) -> list[_Request]:
+        expired = []
+        for key in list(self._buckets):
+            keep = []
+            for r in self._buckets[key]:
+                (expired if r.deadline_ns and r.deadline_ns <= now else keep).append(r)
+            if keep:
+                self._buckets[key] = keep
+            else:
+                del self._buckets[key]
+        self._queued -= len(expired)
+        while self._deadlines and self._deadlines[0][0] <= now:
+            heapq.heappop(self._deadlines)
+        return expired
+
+    def _fail_expired(self, expired: list[_Request], now: int) -> None:
+        self._fail(
+            expired,
+            DEADLINE_EXCEEDED,
+            [f"deadline of {r.timeout_us} us passed after {(now - r.enqueue_ns) // 1000} us in the queue; not run"
+             for r in expired],
+        )
+
+    def next_batch(self, runner: int):
+        with self._cv:
+            while True:
+                if self._shutdown:
+                    return None
+                if not self._buckets:
+                    self._cv.wait()
+                    continue
+                now = time.monotonic_ns()
+                if self._deadlines and self._deadlines[0][0] <= now:
+                    expired = self._take_expired_locked(now)
+                    if expired:
+                        self._cv.release()
+                        try:
+                            self._fail_expired(expired, now)
+                        finally:
+                            self._cv.acquire()
+                    continue
+                key = min(self._buckets, key=lambda k: self._buckets[k][0].id)
+                bucket = self._buckets[key]
+                rows = n = 0
+                for r in bucket:
+                    if rows + r.rows > self._max_rows:
+                        break
+                    rows += r.rows
+                    n += 1
+                full = n < len(bucket) or rows == self._max_rows
+                age = now - bucket[0].enqueue_ns
+                if not full and self._delay_ns and age < self._delay_ns:
+                    remaining = self._delay_ns - age
+                    if self._arrival_gap_ns < remaining:  # another arrival is due: wait for it
+                        self._cv.wait(remaining / 1e9)
+                        continue
+                taken, rest = bucket[:n], bucket[n:]
+                if rest:
+                    self._buckets[key] = rest
+                else:
+                    del self._buckets[key]
+                self._queued -= n
+                batch_id = self._next_batch
+                self._next_batch += 1
+                break
+        offsets, off = [], 0
+        for r in taken:
+            offsets.append(off)
+            off += r.rows
+        if len(taken) == 1:
+            arrays = list(taken[0].arrays)  # zero-copy: the request's own arrays
+        else:
+            arrays = [np.concatenate([r.arrays[i] for r in taken]) for i in range(len(self._specs))]
+        self._slots[runner] = (batch_id, taken, offsets, rows, now, time.monotonic_ns())
+        return batch_id, rows, arrays
+
+    def complete(self, runner: int, code: int = OK, message: str = "") -> None:
+        slot = self._slots[runner]
+        if slot is None:
+            raise RuntimeError(f"runner {runner} has no batch")
+        self._slots[runner] = None
+        batch_id, taken, offsets, rows, t_dispatch, t_gathered = slot
+        start = time.monotonic_ns()
+        if code != OK:
+            self._fail(taken, code, [message] * len(taken))
+            return
+        refs = [len(taken), threading.Lock()]
+        groups: dict[int, tuple[CompletionQueue, list]] = {}
+        for r, off in zip(taken, offsets):
+            c = [r.id, batch_id, off, r.rows, OK, None, False, refs]
+            self._deliver(r, c, groups)
+        for q, items in groups.values():
+            q.push(items)
+        end = time.monotonic_ns()
+        with self._cv:
+            s = self._stats
+            s["requests"] += len(taken)
+            s["rows"] += rows
+            s["batches"] += 1
+            s["queue_ns"] += sum(t_dispatch - r.enqueue_ns for r in taken)
+            s["compute_input_ns"] += t_gathered - t_dispatch
+            s["compute_infer_ns"] += start - t_gathered
+            s["compute_output_ns"] += end - start
+            s["request_ns"] += sum(end - r.enqueue_ns for r in taken)
+            s["last_inference_ms"] = time.time_ns() // 1_000_000
+            b = self._batch_stats.setdefault(
+                rows, {"count": 0, "compute_input_ns": 0, "compute_infer_ns": 0, "compute_output_ns": 0}
+            )
+            b["count"] += 1
+            b["compute_input_ns"] += t_gathered - t_dispatch
+            b["compute_infer_ns"] += start - t_gathered
+            b["compute_output_ns"] += end - start
+
+    @staticmethod
+    def _deliver(r: _Request, c: list, groups: dict) -> None:
+        if r.queue is None:
+            r.result = c
+            r.event.set()
+        else:
+            groups.setdefault(id(r.queue), (r.queue, []))[1].append(c)
+
+    def _fail(self, requests: list[_Request], code: int, messages: list[str]) -> None:
+        if not requests:
+            return
+        groups: dict[int, tuple[CompletionQueue, list]] = {}
+        for r, msg in zip(requests, messages):
+            self._deliver(r, [r.id, 0, 0, r.rows, code, msg, False, None], groups)
+        for q, items in groups.values():
+            q.push(items)
+        end = time.monotonic_ns()
+        with self._cv:
+            self._stats["failures"] += len(requests)
+            self._stats["fail_ns"] += sum(end - r.enqueue_ns for r in requests)
+
+    def _deadline_loop(self) -> None:
+        with self._cv:
+            while not self._shutdown:
+                if not self._deadlines:
+                    self._cv.wait()
+                    continue
+                now = time.monotonic_ns()
+                earliest = self._deadlines[0][0]
+                if earliest > now:
+                    self._cv.wait((earliest - now) / 1e9)
+                    continue
+                expired = self._take_expired_locked(now)
+                self._cv.release()
+                try:
+                    self._fail_expired(expired, now)
+                finally:
+                    self._cv.acquire()
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self, reason: str = "closed") -> None:
+        with self._cv:
+            first = not self._shutdown
+            pending = []
+            if first:
+                self._shutdown = True
+                self._reason = reason
+                for bucket in self._buckets.values():
+                    pending.extend(bucket)
+                self._buckets.clear()
+                self._deadlines.clear()
+                self._queued = 0
+            self._cv.notify_all()
+        self._fail(pending, UNAVAILABLE, [f"model is shut down: {reason}"] * len(pending))
+        if first and self._deadline_thread is not threading.current_thread():
+            self._deadline_thread.join()
+
+    def stats(self) -> dict:
+        with self._cv:
+            d = dict(self._stats)
+            d["pending"] = self._queued
+            d["batch_size_histogram"] = {rows: b["count"] for rows, b in sorted(self._batch_stats.items())}
+            d["batch_stats"] = {rows: dict(b) for rows, b in sorted(self._batch_stats.items())}
+            d["mean_batch_size"] = d["rows"] / d["batches"] if d["batches"] else 0.0
+        return d

@@ -1,0 +1,75 @@
+"""ONNX Runtime sessions: options, loading with clear errors, and warm-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastml.errors import InvalidInput, NotFound
+from fastml.engine.signature import Signature
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def create_session(path: str | Path, *, intra_op_threads: int = 1, graph_optimization_level: str = "all"):
+    """One onnxruntime.InferenceSession on the CPU provider, shared by every runner of a model.
+
+    Raises:
+        NotFound: the file does not exist.
+        InvalidInput: bad options, or the file is not a model ONNX Runtime can load.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"model file {str(path)!r} does not exist")
+    if graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
+        raise InvalidInput(
+            f"graph_optimization_level must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}; "
+            f"got {graph_optimization_level!r}"
+        )
+    if not isinstance(intra_op_threads, int) or intra_op_threads < 0:
+        raise InvalidInput(f"intra_op_threads must be an int >= 0 (0 = one per core); got {intra_op_threads!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    # Runners give parallelism across batches; inside one batch the graph runs sequentially.
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization_level]
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
+        raise InvalidInput(f"cannot load {str(path)!r} with ONNX Runtime: {exc}") from exc
+
+
+def warmup_batch_sizes(max_batch_size: int) -> list[int]:
+    """The batch sizes a model will see most: powers of two up to max_batch_size, and max_batch_size."""
+    sizes, n = [], 1
+    while n < max_batch_size:
+        sizes.append(n)
+        n *= 2
+    sizes.append(max_batch_size)
+    return sizes
+
+
+def example_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]:
+    """Zero-filled inputs of `rows` rows (dynamic non-batch dims become 1)."""
+    feed = {}
+    for spec in signature.inputs:
+        shape = [rows] + [d if d > 0 else 1 for d in spec.shape[1:]]
+        feed[spec.name] = np.full(shape, "", dtype=object) if spec.dtype == object else np.zeros(shape, spec.dtype)
+    return feed
+
+
+def warm_up(session, signature: Signature, max_batch_size: int) -> list[int]:
+    """Runs the session once per warm-up batch size so first requests do not pay for allocation."""
+    sizes = warmup_batch_sizes(max_batch_size)
+    for rows in sizes:
+        session.run(None, example_inputs(signature, rows))
+    return sizes
