@@ -1,0 +1,260 @@
+"""Online store: the facade over the native LMDB feature cache (``fastml._core.FeatureCache``).
+
+``features/`` is the only package that talks to the core's feature cache (ARCHITECTURE.md). A lookup
+is resolved once per feature list into a *plan* (which table, which row positions, which output
+columns); after that a lookup is one native call that encodes the keys, releases the GIL and reads
+every table in one LMDB read transaction.
+
+Values come back as float (float64 by default): int64 features as their value (exact below 2**53), bool
+as 0/1, categorical strings as their code in the group version's vocabulary (``as_dict=True`` decodes
+them). Absent values are NaN with ``present`` False; a row older than the group's TTL reads as absent.
+``event_time`` is microseconds since the epoch of the row each value came from (0 when there is none).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from fastml.errors import InvalidInput
+from fastml.features.groups import FeatureGroup, parse_ref, table_name
+
+BACKENDS = ("native", "reference")
+
+# LMDB forbids opening one environment twice in a process, so caches are shared per (backend, path).
+_open_caches: "weakref.WeakValueDictionary[tuple[str, str], _Cache]" = weakref.WeakValueDictionary()
+_open_lock = threading.Lock()
+
+
+class _Cache:
+    """Holds one backend cache object (weak-referenceable wrapper)."""
+
+    def __init__(self, impl):
+        self.impl = impl
+
+
+def open_cache(path: Path, backend: str = "native", map_size_bytes: int = 32 << 30, max_readers: int = 1024,
+               sync: bool = True) -> _Cache:
+    if backend not in BACKENDS:
+        raise InvalidInput(f"online backend {backend!r} is not one of {BACKENDS}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    key = (backend, os.path.realpath(path))
+    with _open_lock:
+        cache = _open_caches.get(key)
+        if cache is None:
+            if backend == "native":
+                from fastml import _core
+
+                impl = _core.FeatureCache(str(path), map_size_bytes=map_size_bytes, max_readers=max_readers, sync=sync)
+            else:
+                from fastml.features.reference_online import ReferenceFeatureCache
+
+                impl = ReferenceFeatureCache(str(path), map_size_bytes=map_size_bytes, max_readers=max_readers, sync=sync)
+            cache = _Cache(impl)
+            _open_caches[key] = cache
+        return cache
+
+
+class Plan:
+    """A resolved lookup: output columns in the order asked, their dtypes, and the native plan."""
+
+    def __init__(self, native, refs: list, columns: list[dict], key_entities: list[tuple[str, ...]]):
+        self.native = native
+        self.refs = refs
+        self.columns = columns  # per output column: {"ref", "name", "dtype", "group", "version", "feature"}
+        self.key_entities = key_entities  # entity columns of each key set
+        self.vocab: dict[int, list[str]] = {}
+
+
+class OnlineStore:
+    """Online lookups and writes for a FeatureStore (``fs.online``).
+
+    Args:
+        path: the LMDB environment directory.
+        resolver: ``resolver(name, version) -> (FeatureGroup, version)`` (the metadata store).
+        vocab: ``vocab(name, version, feature) -> list[str]`` for decoding categorical codes.
+        backend: ``native`` (the C++ core) or ``reference`` (python-lmdb).
+    """
+
+    def __init__(self, path: Path, resolver, vocab, backend: str = "native", map_size_bytes: int = 32 << 30,
+                 sync: bool = True):
+        self.path = Path(path)
+        self.backend = backend
+        self._cache = open_cache(self.path, backend, map_size_bytes=map_size_bytes, sync=sync)
+        self._resolver = resolver
+        self._vocab = vocab
+        self._tables: dict[tuple[str, int], object] = {}
+        self._plans: dict[tuple, Plan] = {}
+        self._lock = threading.Lock()
+
+    # --- tables and writes ----------------------------------------------------------------------
+
+    def table(self, group: FeatureGroup, version: int):
+        key = (group.name, version)
+        t = self._tables.get(key)
+        if t is None:
+            t = self._cache.impl.open_table(table_name(group.name, version), len(group.features))
+            self._tables[key] = t
+        return t
+
+    def write(self, group: FeatureGroup, version: int, keys, values: np.ndarray, present: np.ndarray,
+              event_time_us: np.ndarray) -> tuple[int, int]:
+        """Write rows in one transaction; ``keys`` is an Arrow string array (encoded keys) or a list.
+
+        Returns (written, skipped_older).
+        """
+        t = self.table(group, version)
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        present = np.ascontiguousarray(present, dtype=bool)
+        event_time_us = np.ascontiguousarray(event_time_us, dtype=np.int64)
+        if isinstance(keys, (list, tuple)):
+            return t.put(list(keys), values, present, event_time_us)
+        import pyarrow as pa
+
+        arr = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        arr = arr.cast(pa.large_string())
+        n = len(arr)
+        bufs = arr.buffers()
+        offsets = np.frombuffer(bufs[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
+        data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.empty(0, np.uint8)
+        return t.put_many(data, offsets, values, present, event_time_us)
+
+    def count(self, group: FeatureGroup, version: int) -> int:
+        return self.table(group, version).count()
+
+    # --- lookups --------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Forget resolved plans (``group:feature`` then re-resolves to the newest version)."""
+        with self._lock:
+            self._plans.clear()
+
+    def plan(self, features) -> Plan:
+        key = tuple(features)
+        p = self._plans.get(key)
+        if p is None:
+            p = self._build_plan(key)
+            with self._lock:
+                self._plans[key] = p
+        return p
+
+    def _build_plan(self, features: tuple) -> Plan:
+        if not features:
+            raise InvalidInput("ask for at least one feature")
+        refs = [parse_ref(f) for f in features]
+        columns, runs = [], []  # runs: contiguous output columns read from one table
+        key_entities: list[tuple[str, ...]] = []
+        for ref in refs:
+            group, version = self._resolver(ref.group, ref.version)
+            feat = group.feature(ref.feature)
+            pos = group.feature_names.index(ref.feature)
+            if group.entities not in key_entities:
+                key_entities.append(group.entities)
+            ks = key_entities.index(group.entities)
+            columns.append({"ref": str(ref), "name": ref.feature, "dtype": feat.dtype, "group": group.name,
+                            "version": version, "feature": ref.feature, "key_set": ks,
+                            "entities": group.entities})
+            if runs and runs[-1][0] == (group.name, version):
+                runs[-1][2].append(pos)
+            else:
+                runs.append(((group.name, version), group, [pos], ks, int(round(group.ttl_s * 1e6))))
+        specs = [(self.table(g, gv[1]), positions, ks, ttl) for gv, g, positions, ks, ttl in runs]
+        native = self._cache.impl.plan(specs, len(key_entities))
+        return Plan(native, refs, columns, key_entities)
+
+    def _key_lists(self, plan: Plan, entity_keys):
+        """Keys in the plan's shape: one list, or one list per key set (for groups with other entities)."""
+        if isinstance(entity_keys, dict):  # columns: {"driver_id": [...], ...}
+            rows = None
+            cols = entity_keys
+        elif entity_keys and isinstance(entity_keys[0], dict):  # Feast entity rows
+            rows = entity_keys
+            cols = None
+        else:
+            if len(plan.key_entities) != 1:
+                raise InvalidInput("these features come from groups with different entity columns "
+                                   f"{plan.key_entities}; pass entity rows as dicts")
+            return entity_keys
+        sets = []
+        for ents in plan.key_entities:
+            try:
+                if cols is not None:
+                    parts = [list(cols[e]) for e in ents]
+                else:
+                    parts = [[r[e] for r in rows] for e in ents]
+            except KeyError as exc:
+                raise InvalidInput(f"entity rows lack entity column {exc.args[0]!r}") from None
+            sets.append(parts[0] if len(parts) == 1 else list(zip(*parts)))
+        return sets[0] if len(sets) == 1 else sets
+
+    def get(self, features, entity_keys, as_dict: bool = False, as_float32: bool = False, now_us: int = 0):
+        """Latest values of ``features`` for ``entity_keys``.
+
+        Args:
+            features: feature references (``group:feature`` / ``group@v2:feature``), output column order.
+            entity_keys: keys (str, int, or tuples for composite keys), or entity rows as dicts.
+            as_dict: return Feast's ``to_dict()`` shape instead of arrays.
+            as_float32: values as float32 (what models take) instead of float64.
+            now_us: the "now" for TTL checks (default: the clock).
+
+        Returns:
+            ``(values [n, f], present [n, f] bool, event_time_us [n, f] int64)`` or a dict of columns.
+        """
+        plan = self.plan(features)
+        values, present, event_time = plan.native.get(self._key_lists(plan, entity_keys), as_float32, now_us)
+        if not as_dict:
+            return values, present, event_time
+        return self._as_dict(plan, entity_keys, values, present)
+
+    def lookup_into(self, features, keys, out: np.ndarray, present: np.ndarray | None = None,
+                    event_time: np.ndarray | None = None, now_us: int = 0) -> int:
+        """Fill the caller's ``out`` [n, f] (float32 or float64) without allocating; returns n.
+
+        The serving hook: call it with the batch's key list and a slice of the model input.
+        """
+        plan = self._plans.get(tuple(features)) or self.plan(features)
+        return plan.native.get_into(self._key_lists(plan, keys), out, present, event_time, now_us)
+
+    def _decode_vocab(self, plan: Plan, j: int, codes: np.ndarray) -> list[str]:
+        col = plan.columns[j]
+        vocab = plan.vocab.get(j)
+        if vocab is None or (len(codes) and codes.max() >= len(vocab)):
+            vocab = plan.vocab[j] = self._vocab(col["group"], col["version"], col["feature"])
+        return [vocab[c] if 0 <= c < len(vocab) else None for c in codes]
+
+    def _as_dict(self, plan: Plan, entity_keys, values, present) -> dict:
+        out: dict[str, list] = {}
+        if isinstance(entity_keys, dict):
+            out.update({k: list(v) for k, v in entity_keys.items()})
+        elif entity_keys and isinstance(entity_keys[0], dict):
+            for k in entity_keys[0]:
+                out[k] = [r.get(k) for r in entity_keys]
+        else:
+            ents = plan.key_entities[0]
+            if len(ents) == 1:
+                out[ents[0]] = list(entity_keys)
+            else:
+                for i, e in enumerate(ents):
+                    out[e] = [k[i] for k in entity_keys]
+        names = [c["name"] for c in plan.columns]
+        dupes = {n for n in names if names.count(n) > 1}
+        for j, col in enumerate(plan.columns):
+            name = f"{col['group']}__{col['name']}" if col["name"] in dupes else col["name"]
+            mask = present[:, j]
+            dtype = col["dtype"]
+            if dtype == "string":
+                vals = self._decode_vocab(plan, j, np.where(mask, values[:, j], -1).astype(np.int64))
+            elif dtype == "int64":
+                vals = values[:, j].astype(np.int64).tolist() if mask.all() else [int(v) for v in np.nan_to_num(values[:, j])]
+            elif dtype == "bool":
+                vals = (values[:, j] != 0).tolist()
+            else:
+                vals = values[:, j].tolist()
+            out[name] = [v if m else None for v, m in zip(vals, mask.tolist())]
+        return out
+
