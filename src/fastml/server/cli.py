@@ -1,0 +1,54 @@
+"""``fastml serve``: the KServe v2 / Triton HTTP server (see docs/server.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve models over the KServe v2 / Triton HTTP protocol",
+        description="Serve a model repository (<repo>/<model>/<version>/model.onnx), an .onnx file or a registry "
+        "reference (name@stage, name:version) over KServe v2 / Triton HTTP; Prometheus metrics on --metrics-port.",
+    )
+    p.add_argument("targets", nargs="+", metavar="REPO_OR_REF", help="model repository directory, .onnx file or registry reference")
+    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: settings http_port, 8000; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: settings metrics_port, 8002; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--workers", type=int, default=1, help="server processes sharing the HTTP port via SO_REUSEPORT (default 1)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max_batch_size")
+    p.add_argument("--max-queue-delay-us", type=int, default=None, help="override every model's max_queue_delay_us")
+    p.add_argument("--instances", type=int, default=None, help="override every model's instance count (runner threads)")
+    p.add_argument("--max-queue-size", type=int, default=None, help="override every model's queue capacity (503 beyond)")
+    p.add_argument("--grace-period-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take (default 30)")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body (413 beyond)")
+    p.add_argument("--idle-timeout-s", type=float, default=60.0, help="close keep-alive connections idle this long")
+    p.set_defaults(handler=_serve)
+
+
+def _serve(args) -> int:
+    from fastml.config import get_settings
+    from fastml.errors import InvalidInput
+    from fastml.server.workers import ServeOptions, serve
+
+    settings = get_settings()
+    if args.workers < 1:
+        raise InvalidInput(f"--workers must be >= 1, got {args.workers}")
+    opts = ServeOptions(
+        targets=list(args.targets),
+        host=args.host,
+        http_port=settings.http_port if args.http_port is None else args.http_port,
+        metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
+        workers=args.workers,
+        overrides={
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "instances": args.instances,
+            "max_queue_size": args.max_queue_size,
+        },
+        grace_period_s=args.grace_period_s,
+        max_body_bytes=args.max_body_bytes,
+        idle_timeout_s=args.idle_timeout_s,
+    )
+    return serve(opts)

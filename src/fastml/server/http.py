@@ -1,0 +1,539 @@
+"""HTTP/1.1 transport: one asyncio Protocol per connection, requests parsed by httptools.
+
+Keep-alive and pipelining: every request takes a slot in ``pending`` in arrival order; a response is
+written when its slot reaches the head, so pipelined answers never overtake each other even when
+inference completes out of order. Reading pauses while too many responses are outstanding or the
+transport's write buffer is full, so a client that never reads cannot grow our memory.
+
+Limits: body size (413), header count and bytes (431), request completion and idle time (checked by the
+server's once-a-second sweep, not a timer per request).
+
+The inference path is inlined here for speed: route cache -> model entry -> cached request plan ->
+``np.frombuffer`` views -> ``Model.submit`` -> done callback -> pre-encoded response header + tensor bytes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+
+import httptools
+
+from fastml.errors import InvalidInput
+from fastml.server import routes
+from fastml.server.status import REASONS, failure_reason, http_status
+from fastml.server.tensors import (
+    build_plan,
+    datatype_of,
+    decode_request,
+    encode_json,
+    output_bytes,
+    output_json_data,
+    plan_inputs,
+    raw_input,
+)
+
+_OK_BINARY = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\nContent-Length: %d\r\n%s\r\n"
+_OK_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+_PLAN_CACHE_MAX = 256  # distinct request headers remembered per model (a fuzzer must not grow it)
+_ROUTE_CACHE_MAX = 1024
+
+
+class _Reject(Exception):
+    """Private control flow: stop parsing this connection and answer ``status`` then close."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        self.message = message
+
+
+class _Slot:
+    """A response position in a connection's pipeline; ``data`` is None until the answer is ready."""
+
+    __slots__ = ("data", "close")
+
+    def __init__(self):
+        self.data = None
+        self.close = False
+
+
+class _InferCall:
+    """State of one submitted inference, completed by the engine future's done callback."""
+
+    __slots__ = ("conn", "slot", "entry", "plan", "encoding", "keep_alive_hdr")
+
+    def __init__(self, conn, slot, entry, plan, encoding, keep_alive_hdr):
+        self.conn = conn
+        self.slot = slot
+        self.entry = entry
+        self.plan = plan
+        self.encoding = encoding
+        self.keep_alive_hdr = keep_alive_hdr
+
+    def done(self, fut):
+        entry = self.entry
+        entry.inflight -= 1
+        conn = self.conn
+        server = conn.server
+        server.inflight -= 1
+        slot = self.slot
+        if fut.cancelled():
+            entry.failures["OTHER"] = entry.failures.get("OTHER", 0) + 1
+            slot.data = error_response(503, "request cancelled", self.keep_alive_hdr)
+        else:
+            exc = fut.exception()
+            if exc is None:
+                try:
+                    slot.data = encode_infer_response(entry, self.plan, fut.result(), self.encoding, self.keep_alive_hdr)
+                    server.ok_count += 1
+                except Exception as exc2:  # a fault while encoding is ours: 500, but keep serving
+                    slot.data = error_response(http_status(exc2), f"encoding the response failed: {exc2}", self.keep_alive_hdr)
+            else:
+                # Engine-side failures are counted by the engine's own stats (failures).
+                slot.data = error_response(http_status(exc), str(exc) or type(exc).__name__, self.keep_alive_hdr)
+                server.count_error(slot.data)
+        if self.keep_alive_hdr is _CLOSE_HDR:
+            slot.close = True
+        conn.flush()
+
+
+_CLOSE_HDR = b"Connection: close\r\n"
+_KEEP_HDR = b"Connection: keep-alive\r\n"
+
+
+def error_response(status: int, message: str, conn_hdr: bytes = b"") -> bytes:
+    body = encode_json({"error": message})
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status,
+        REASONS.get(status, b"Error"),
+        len(body),
+        conn_hdr,
+        body,
+    )
+
+
+def simple_response(status: int, body: bytes, content_type: bytes, conn_hdr: bytes = b"", encoding: bytes | None = None) -> bytes:
+    extra = conn_hdr
+    if encoding is not None and body:
+        body = compress(body, encoding)
+        extra += b"Content-Encoding: " + encoding + b"\r\n"
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status,
+        REASONS.get(status, b"Error"),
+        content_type,
+        len(body),
+        extra,
+        body,
+    )
+
+
+def compress(data: bytes, encoding: bytes) -> bytes:
+    if encoding == b"gzip":
+        c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    else:  # deflate = zlib format, as curl and tritonclient expect
+        c = zlib.compressobj(1, zlib.DEFLATED, 15)
+    return c.compress(data) + c.flush()
+
+
+def decompress(data: bytes, encoding: str, limit: int) -> bytes:
+    """Inflate a gzip/deflate request body, refusing to produce more than ``limit`` bytes."""
+    if encoding == "gzip":
+        wbits = 31
+    elif encoding == "deflate":
+        wbits = 15
+    else:
+        raise _Reject(415, f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise _Reject(400, f"request body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise _Reject(413, f"decompressed request body exceeds the {limit}-byte limit")
+    if not d.eof:
+        raise _Reject(400, f"request body is truncated {encoding} data")
+    return out
+
+
+def _accepts(value: bytes | None) -> bytes | None:
+    if not value:
+        return None
+    v = value.lower()
+    if b"gzip" in v:
+        return b"gzip"
+    if b"deflate" in v:
+        return b"deflate"
+    return None
+
+
+def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, conn_hdr: bytes) -> bytes:
+    """The full HTTP response for a successful inference."""
+    specs = plan.outputs
+    if specs is None:
+        specs = entry.cache.get(("all_outputs", plan.all_binary))
+        if specs is None:
+            specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
+            entry.cache[("all_outputs", plan.all_binary)] = specs
+    arrays = [outputs[name] for name, _ in specs]
+    key = tuple([a.shape for a in arrays])
+    header = plan.response_headers.get(key)
+    if header is not None:
+        # Fast path: all outputs binary fixed-size tensors with shapes seen before.
+        parts = [a.tobytes() for a in arrays]
+        blob = b"".join(parts)
+        if encoding is None:
+            return _OK_BINARY % (len(header), len(header) + len(blob), conn_hdr) + header + blob
+        body = compress(header + blob, encoding)
+        return (
+            _OK_BINARY % (len(header), len(body), conn_hdr + b"Content-Encoding: " + encoding + b"\r\n") + body
+        )
+    out_json = []
+    blobs = []
+    cacheable = True
+    for (name, binary), arr in zip(specs, arrays):
+        dt = datatype_of(arr)
+        if binary:
+            b = output_bytes(arr, dt)
+            blobs.append(b)
+            out_json.append({"name": name, "datatype": dt, "shape": list(arr.shape), "parameters": {"binary_data_size": len(b)}})
+            if dt == "BYTES":
+                cacheable = False
+        else:
+            cacheable = False
+            out_json.append({"name": name, "datatype": dt, "shape": list(arr.shape), "data": output_json_data(arr, dt)})
+    resp = {}
+    if plan.request_id is not None:
+        resp["id"] = plan.request_id
+    resp["model_name"] = entry.name
+    resp["model_version"] = entry.version
+    resp["outputs"] = out_json
+    header = encode_json(resp)
+    if cacheable and len(plan.response_headers) < 16:
+        plan.response_headers[key] = header
+    if blobs:
+        body = header + b"".join(blobs)
+        extra = conn_hdr
+        if encoding is not None:
+            body = compress(body, encoding)
+            extra += b"Content-Encoding: " + encoding + b"\r\n"
+        return _OK_BINARY % (len(header), len(body), extra) + body
+    body = header
+    extra = conn_hdr
+    if encoding is not None:
+        body = compress(body, encoding)
+        extra += b"Content-Encoding: " + encoding + b"\r\n"
+    return _OK_JSON % (len(body), extra) + body
+
+
+class HttpProtocol:
+    """One HTTP/1.1 connection (an asyncio Protocol; ``server`` is the owning fastml Server)."""
+
+    __slots__ = (
+        "server", "limits", "parser", "transport", "url", "body", "body_len", "ihcl", "content_encoding",
+        "accept_encoding", "header_bytes", "header_count", "pending", "closed", "last_tick", "msg_tick",
+        "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length",
+    )
+
+    def __init__(self, server, metrics_only: bool = False):
+        self.server = server
+        self.limits = server.limits
+        self.metrics_only = metrics_only
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport = None
+        self.pending: deque[_Slot] = deque()
+        self.closed = False
+        self.last_tick = server.tick
+        self.msg_tick = -1
+        self.reading_paused = False
+        self.writing_paused = False
+        self._reset()
+
+    def _reset(self):
+        self.url = b""
+        self.body = None
+        self.body_len = 0
+        self.ihcl = -1
+        self.content_encoding = None
+        self.accept_encoding = None
+        self.header_bytes = 0
+        self.header_count = 0
+        self.expect_continue = False
+        self.content_length = -1
+
+    # ----- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        self.server.connections.add(self)
+        if self.server.draining:
+            transport.close()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.server.connections.discard(self)
+        self.pending.clear()
+
+    def pause_writing(self):
+        self.writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self):
+        self.writing_paused = False
+        self._maybe_resume_reading()
+
+    def eof_received(self):
+        return False  # close our side too; pending answers are dropped with the connection
+
+    def data_received(self, data):
+        self.last_tick = self.server.tick
+        try:
+            self.parser.feed_data(data)
+        except _Reject as r:
+            self._fail(r.status, r.message)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrade is not supported")
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+
+    def _fail(self, status: int, message: str):
+        """Answer a request we cannot parse any further, then close the connection."""
+        self.server.count_status(status)
+        slot = _Slot()
+        slot.data = error_response(status, message, _CLOSE_HDR)
+        slot.close = True
+        self.pending.append(slot)
+        self.flush()
+        self._pause_reading()
+
+    # ----- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self):
+        self._reset()
+        self.msg_tick = self.server.tick
+
+    def on_url(self, url: bytes):
+        self.url += url
+        self.header_bytes += len(url)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, f"request line and headers exceed {self.limits.max_header_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes):
+        self.header_count += 1
+        self.header_bytes += len(name) + len(value)
+        if self.header_count > self.limits.max_headers or self.header_bytes > self.limits.max_header_bytes:
+            raise _Reject(431, f"more than {self.limits.max_headers} headers or {self.limits.max_header_bytes} header bytes")
+        n = len(name)
+        # Dispatch on length first: most headers are never lower-cased.
+        if n == 31:
+            if name.lower() == b"inference-header-content-length":
+                try:
+                    self.ihcl = int(value)
+                except ValueError:
+                    raise _Reject(400, f"Inference-Header-Content-Length {value[:40]!r} is not an integer") from None
+                if self.ihcl < 0:
+                    raise _Reject(400, "Inference-Header-Content-Length must not be negative")
+        elif n == 14:
+            if name.lower() == b"content-length":
+                try:
+                    cl = int(value)
+                except ValueError:
+                    raise _Reject(400, "Content-Length is not an integer") from None
+                if cl > self.limits.max_body_bytes:
+                    raise _Reject(413, f"request body of {cl} bytes exceeds the {self.limits.max_body_bytes}-byte limit")
+                self.content_length = cl
+        elif n == 16:
+            if name.lower() == b"content-encoding":
+                self.content_encoding = value.strip().lower().decode("latin-1")
+        elif n == 15:
+            if name.lower() == b"accept-encoding":
+                self.accept_encoding = value
+        elif n == 6:
+            if name.lower() == b"expect" and value.strip().lower() == b"100-continue":
+                self.expect_continue = True
+
+    def on_headers_complete(self):
+        if self.expect_continue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, chunk: bytes):
+        self.body_len += len(chunk)
+        if self.body_len > self.limits.max_body_bytes:
+            raise _Reject(413, f"request body exceeds the {self.limits.max_body_bytes}-byte limit")
+        body = self.body
+        if body is None:
+            self.body = chunk
+        elif type(body) is list:
+            body.append(chunk)
+        else:
+            self.body = [body, chunk]
+
+    def on_message_complete(self):
+        self.msg_tick = -1
+        if self.closed:
+            return
+        parser = self.parser
+        keep_alive = parser.should_keep_alive() and not self.server.draining
+        if keep_alive:
+            conn_hdr = b"" if parser.get_http_version() == "1.1" else _KEEP_HDR
+        else:
+            conn_hdr = _CLOSE_HDR
+        body = self.body
+        if type(body) is list:
+            body = b"".join(body)
+        elif body is None:
+            body = b""
+        try:
+            self._dispatch(parser.get_method(), body, conn_hdr)
+        except _Reject as r:
+            self._respond(error_response(r.status, r.message, conn_hdr), conn_hdr)
+            self.server.count_status(r.status)
+        if len(self.pending) >= self.limits.max_pipelined:
+            self._pause_reading()
+
+    # ----- responses ----------------------------------------------------------------------------
+    def _respond(self, data: bytes, conn_hdr: bytes):
+        """Answer the current request now (after any earlier pipelined answers)."""
+        if not self.pending and not self.closed:
+            self.transport.write(data)
+            if conn_hdr is _CLOSE_HDR:
+                self.closed = True
+                self.transport.close()
+            return
+        slot = _Slot()
+        slot.data = data
+        slot.close = conn_hdr is _CLOSE_HDR
+        self.pending.append(slot)
+        self.flush()
+
+    def flush(self):
+        """Write every answer at the head of the pipeline that is ready, in order."""
+        pending = self.pending
+        if self.closed:
+            pending.clear()
+            return
+        write = self.transport.write
+        while pending:
+            slot = pending[0]
+            if slot.data is None:
+                break
+            pending.popleft()
+            write(slot.data)
+            if slot.close:
+                self.closed = True
+                pending.clear()
+                self.transport.close()
+                return
+        self._maybe_resume_reading()
+
+    def _pause_reading(self):
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self):
+        if self.reading_paused and not self.writing_paused and len(self.pending) < self.limits.max_pipelined and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # ----- dispatch -----------------------------------------------------------------------------
+    def _dispatch(self, method: bytes, body: bytes, conn_hdr: bytes):
+        server = self.server
+        url = self.url
+        r = server.route_cache.get(url)
+        if r is None:
+            path = url.split(b"?", 1)[0].decode("latin-1")
+            r = routes.route(path)
+            if self.metrics_only and r[0] != routes.METRICS:
+                r = (routes.NOT_FOUND, None, None)
+            elif not self.metrics_only and r[0] == routes.METRICS:
+                r = (routes.NOT_FOUND, None, None)
+            if len(server.route_cache) < _ROUTE_CACHE_MAX:
+                server.route_cache[url] = r
+        kind, name, version = r
+        if kind == routes.NOT_FOUND:
+            raise _Reject(404, "Not Found")
+        if method != routes.METHOD[kind]:
+            raise _Reject(405, f"Method Not Allowed: {method.decode('latin-1')} on {url[:200].decode('latin-1')} (use {routes.METHOD[kind].decode()})")
+        if self.content_encoding is not None and body:
+            body = decompress(body, self.content_encoding, self.limits.max_body_bytes)
+        if kind == routes.INFER:
+            self._infer(name, version, body, conn_hdr)
+            return
+        if kind in server.async_kinds:
+            slot = _Slot()
+            slot.close = conn_hdr is _CLOSE_HDR
+            self.pending.append(slot)
+            server.spawn(self._run_async(slot, kind, name, version, body, conn_hdr))
+            return
+        status, payload, ctype = server.handle(kind, name, version, body)
+        if status >= 400:
+            server.count_status(status)
+        encoding = _accepts(self.accept_encoding) if len(payload) > 512 else None
+        self._respond(simple_response(status, payload, ctype, conn_hdr, encoding), conn_hdr)
+
+    async def _run_async(self, slot, kind, name, version, body, conn_hdr):
+        status, payload, ctype = await self.server.handle_async(kind, name, version, body)
+        if status >= 400:
+            self.server.count_status(status)
+        slot.data = simple_response(status, payload, ctype, conn_hdr)
+        self.flush()
+
+    def _infer(self, name: str, version: str | None, body: bytes, conn_hdr: bytes):
+        server = self.server
+        try:
+            entry = server.manager.get(name, version)
+        except Exception as exc:
+            raise _Reject(http_status(exc), str(exc)) from None
+        if not entry.cache:
+            server.prepare_entry(entry)
+        try:
+            inputs, plan, timeout_us = self._decode_infer(entry, body)
+            model = entry.model
+            fut = model.submit(inputs) if timeout_us is None else model.submit(inputs, timeout_us=timeout_us)
+        except Exception as exc:
+            reason = failure_reason(exc)
+            entry.failures[reason] = entry.failures.get(reason, 0) + 1
+            raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
+        entry.inflight += 1
+        server.inflight += 1
+        slot = _Slot()
+        self.pending.append(slot)
+        encoding = None if self.accept_encoding is None else _accepts(self.accept_encoding)
+        fut.add_done_callback(_InferCall(self, slot, entry, plan, encoding, conn_hdr).done)
+
+    def _decode_infer(self, entry, body: bytes):
+        ihcl = self.ihcl
+        n = len(body)
+        cache = entry.cache
+        if ihcl == 0:
+            return self._raw_infer(entry, body)
+        if ihcl < 0 or ihcl == n:
+            header = body
+            ihcl = n
+        elif ihcl > n:
+            raise InvalidInput(f"Inference-Header-Content-Length {ihcl} exceeds the body length {n}")
+        else:
+            header = body[:ihcl]
+        plans = cache["plans"]
+        plan = plans.get(header)
+        if plan is None:
+            req = decode_request(header)
+            plan = build_plan(req, cache["output_names"], entry.name)
+            if plan.cacheable and len(plans) < _PLAN_CACHE_MAX:
+                plans[header] = plan
+        return plan_inputs(plan, body, ihcl), plan, plan.timeout_us
+
+    def _raw_infer(self, entry, body: bytes):
+        sig = entry.model.signature
+        if len(sig.inputs) != 1:
+            raise InvalidInput(
+                f"a raw binary request (Inference-Header-Content-Length: 0) needs a one-input model; {entry.name!r} has {len(sig.inputs)}"
+            )
+        spec = sig.inputs[0]
+        inputs = raw_input(body, spec.name, spec.datatype, list(spec.shape))
+        plan = entry.cache.get("raw_plan")
+        if plan is None:
+            from fastml.server.tensors import Plan
+
+            plan = Plan()
+            plan.all_binary = True
+            entry.cache["raw_plan"] = plan
+        return inputs, plan, None

@@ -1,0 +1,65 @@
+"""THE one table from fastml.errors classes to HTTP status codes (and the reason phrases we send).
+
+Triton answers most failures with 400; we follow the finer KServe/Triton protocol table
+(docs/protocol/README.md): unknown model 404, queue full / deadline / not ready 503, internal 500.
+Anything that is not a FastMLError is a genuine internal fault: 500.
+"""
+
+from __future__ import annotations
+
+from fastml import errors
+
+HTTP_STATUS: dict[type[errors.FastMLError], int] = {
+    errors.InvalidInput: 400,
+    errors.NotFound: 404,
+    errors.PermissionDenied: 403,
+    errors.Conflict: 409,
+    errors.Overloaded: 503,
+    errors.DeadlineExceeded: 503,
+    errors.Unavailable: 503,
+    errors.IntegrityError: 500,
+    errors.InternalError: 500,
+    errors.FastMLError: 500,
+}
+
+# Prometheus failure reason (Triton's nv_inference_request_failure{reason=...}) per error class.
+FAILURE_REASON: dict[type[errors.FastMLError], str] = {
+    errors.Overloaded: "REJECTED",
+    errors.DeadlineExceeded: "REJECTED",
+    errors.Unavailable: "REJECTED",
+    errors.InternalError: "BACKEND",
+}
+
+REASONS: dict[int, bytes] = {
+    200: b"OK",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    413: b"Payload Too Large",
+    415: b"Unsupported Media Type",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+}
+
+
+def http_status(exc: BaseException) -> int:
+    """HTTP status for an exception: the entry of its nearest class in HTTP_STATUS, else 500."""
+    for cls in type(exc).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Triton-style failure reason label for the failure counter (REJECTED, BACKEND or OTHER)."""
+    for cls in type(exc).__mro__:
+        reason = FAILURE_REASON.get(cls)
+        if reason is not None:
+            return reason
+    return "OTHER" if isinstance(exc, errors.FastMLError) else "BACKEND"

@@ -1,0 +1,350 @@
+"""KServe v2 tensor codec: JSON tensors and Triton's binary tensor extension, both directions.
+
+Requests are decoded with msgspec Structs. A request whose tensors are all binary has a JSON header that
+is byte-for-byte the same from one request to the next (perf_analyzer, tritonclient with a fixed batch),
+so its decoded form is cached as a :class:`Plan` keyed by those bytes: the hot path then only slices the
+body with ``np.frombuffer`` and reuses a pre-encoded response header. Every malformed input raises
+:class:`fastml.errors.InvalidInput` saying what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from fastml.errors import InvalidInput
+
+# KServe datatype string -> numpy dtype (little-endian, as the binary extension requires).
+NP_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+# numpy dtype kind+size -> KServe datatype string, for outputs.
+_DATATYPE_BY_NP = {np.dtype(v).str.lstrip("<>|=") if k != "BYTES" else "O": k for k, v in NP_DTYPES.items()}
+CONFIG_DTYPES = {k: ("TYPE_STRING" if k == "BYTES" else f"TYPE_{k}") for k in NP_DTYPES}
+
+_U32 = struct.Struct("<I")
+
+
+def datatype_of(arr: np.ndarray) -> str:
+    """The KServe datatype string of a numpy array (object/str/bytes arrays are BYTES)."""
+    dt = arr.dtype
+    if dt.kind in "OUS":
+        return "BYTES"
+    try:
+        return _DATATYPE_BY_NP[dt.str.lstrip("<>|=")]
+    except KeyError:
+        raise InvalidInput(f"numpy dtype {dt} has no KServe datatype") from None
+
+
+class InferInputJSON(msgspec.Struct, omit_defaults=True):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = {}
+    data: Any = msgspec.UNSET
+
+
+class InferOutputJSON(msgspec.Struct, omit_defaults=True):
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class InferRequestJSON(msgspec.Struct, omit_defaults=True):
+    inputs: list[InferInputJSON]
+    id: str | None = None
+    parameters: dict[str, Any] = {}
+    outputs: list[InferOutputJSON] | None = None
+
+
+_request_decoder = msgspec.json.Decoder(InferRequestJSON)
+_encoder = msgspec.json.Encoder()
+encode_json = _encoder.encode
+
+
+def decode_request(header: bytes | memoryview) -> InferRequestJSON:
+    """Decode the JSON part of an inference request."""
+    try:
+        return _request_decoder.decode(header)
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"malformed inference request JSON: {exc}") from None
+
+
+def _shape_size(shape: list[int], where: str) -> int:
+    n = 1
+    for d in shape:
+        if d < 0:
+            raise InvalidInput(f"{where}: shape {shape} has a negative dimension")
+        n *= d
+    return n
+
+
+def _param_bool(params: dict, key: str, where: str) -> bool:
+    v = params.get(key, False)
+    if not isinstance(v, bool):
+        raise InvalidInput(f"{where}: parameter {key!r} must be a bool, got {v!r}")
+    return v
+
+
+def decode_bytes_tensor(buf, count: int, where: str) -> np.ndarray:
+    """Parse ``count`` BYTES elements (4-byte little-endian length + raw bytes each) filling ``buf``."""
+    mv = memoryview(buf)
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(mv)
+    for i in range(count):
+        if pos + 4 > end:
+            raise InvalidInput(f"{where}: BYTES data ends after {i} of {count} elements")
+        (n,) = _U32.unpack_from(mv, pos)
+        pos += 4
+        if pos + n > end:
+            raise InvalidInput(f"{where}: BYTES element {i} claims {n} bytes but only {end - pos} remain")
+        out[i] = bytes(mv[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise InvalidInput(f"{where}: {end - pos} bytes left over after {count} BYTES elements")
+    return out
+
+
+def encode_bytes_tensor(arr: np.ndarray) -> bytes:
+    """Serialize a BYTES tensor (str or bytes elements) as length-prefixed elements in row-major order."""
+    parts = []
+    pack = _U32.pack
+    for item in arr.reshape(-1):
+        b = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _json_tensor(spec: InferInputJSON, where: str) -> np.ndarray:
+    dtype = NP_DTYPES[spec.datatype]
+    count = _shape_size(spec.shape, where)
+    data = spec.data
+    if spec.datatype == "FP16":
+        raise InvalidInput(f"{where}: FP16 has no JSON representation; send it as binary data")
+    if spec.datatype == "BYTES":
+        flat = _flatten(data, where)
+        if len(flat) != count:
+            raise InvalidInput(f"{where}: shape {spec.shape} needs {count} elements, data has {len(flat)}")
+        out = np.empty(count, dtype=object)
+        for i, item in enumerate(flat):
+            if isinstance(item, str):
+                out[i] = item.encode("utf-8")
+            else:
+                raise InvalidInput(f"{where}: BYTES data element {i} is {type(item).__name__}, expected a string")
+        return out.reshape(spec.shape)
+    try:
+        arr = np.asarray(data, dtype=dtype) if not isinstance(data, (str, bytes, dict)) else None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInput(f"{where}: data cannot be read as {spec.datatype}: {exc}") from None
+    if arr is None or arr.dtype == object:
+        raise InvalidInput(f"{where}: data must be a (nested) list of numbers")
+    if arr.size != count:
+        raise InvalidInput(f"{where}: shape {spec.shape} needs {count} elements, data has {arr.size}")
+    if spec.datatype != "BOOL" and _has_bool(data):
+        raise InvalidInput(f"{where}: data holds booleans but the datatype is {spec.datatype}")
+    return arr.reshape(spec.shape)
+
+
+def _has_bool(data) -> bool:
+    # Only the first element is checked: numpy already refuses mixed nesting and most type mix-ups.
+    while isinstance(data, list) and data:
+        data = data[0]
+    return isinstance(data, bool)
+
+
+def _flatten(data, where: str) -> list:
+    if not isinstance(data, list):
+        raise InvalidInput(f"{where}: data must be a list")
+    if data and isinstance(data[0], list):
+        out: list = []
+        for row in data:
+            out.extend(_flatten(row, where))
+        return out
+    return data
+
+
+class Plan:
+    """A decoded inference request header, reusable for every request with the same header bytes.
+
+    Attributes:
+        binary: ``(name, dtype, shape, offset, nbytes, is_bytes)`` per binary input, in body order.
+        json_inputs: ``{name: array}`` decoded from JSON ``data`` (only in uncached plans).
+        outputs: ``(name, binary)`` per requested output, or None for all outputs.
+        all_binary: binary flag used for every output when ``outputs`` is None.
+        binary_size: total bytes of binary input data the body must carry after the header.
+        request_id: the request's ``id`` (None if absent).
+        response_headers: cache of pre-encoded response JSON headers keyed by output shapes.
+    """
+
+    __slots__ = (
+        "binary", "json_inputs", "outputs", "all_binary", "binary_size", "request_id", "response_headers", "cacheable",
+        "timeout_us",
+    )
+
+    def __init__(self):
+        self.binary: list[tuple] = []
+        self.json_inputs: dict[str, np.ndarray] = {}
+        self.outputs: list[tuple[str, bool]] | None = None
+        self.all_binary = False
+        self.binary_size = 0
+        self.request_id: str | None = None
+        self.response_headers: dict = {}
+        self.cacheable = True
+        self.timeout_us: int | None = None
+
+
+def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], model_name: str) -> Plan:
+    """Validate a decoded request's structure and turn it into a :class:`Plan`.
+
+    Names and dtypes of inputs are checked by the engine (it knows the signature); here we check what the
+    wire format itself requires, and that requested outputs exist.
+    """
+    plan = Plan()
+    plan.request_id = req.id
+    params = req.parameters
+    if params:
+        for key in ("sequence_id", "sequence_start", "sequence_end"):
+            if key in params and params[key] not in (0, False, ""):
+                raise InvalidInput(f"parameter {key!r}: model {model_name!r} is not a sequence model")
+        plan.all_binary = _param_bool(params, "binary_data_output", "request")
+        timeout = params.get("timeout")
+        if timeout is not None:
+            if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+                raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
+            plan.timeout_us = timeout or None
+    if not req.inputs:
+        raise InvalidInput("request has no inputs")
+    offset = 0
+    seen: set[str] = set()
+    for i, spec in enumerate(req.inputs):
+        where = f"input {spec.name!r}"
+        if spec.name in seen:
+            raise InvalidInput(f"{where} appears twice")
+        seen.add(spec.name)
+        if spec.datatype not in NP_DTYPES:
+            raise InvalidInput(f"{where}: unknown datatype {spec.datatype!r}; known: {', '.join(NP_DTYPES)}")
+        count = _shape_size(spec.shape, where)
+        size = spec.parameters.get("binary_data_size") if spec.parameters else None
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+            if spec.data is not msgspec.UNSET:
+                raise InvalidInput(f"{where}: has both binary_data_size and JSON data")
+            is_bytes = spec.datatype == "BYTES"
+            dtype = NP_DTYPES[spec.datatype]
+            if not is_bytes and size != count * dtype.itemsize:
+                raise InvalidInput(
+                    f"{where}: binary_data_size {size} does not match shape {spec.shape} of {spec.datatype} "
+                    f"({count * dtype.itemsize} bytes)"
+                )
+            plan.binary.append((spec.name, dtype, tuple(spec.shape), offset, size, is_bytes))
+            offset += size
+        else:
+            if spec.data is msgspec.UNSET:
+                raise InvalidInput(f"{where}: has neither data nor parameters.binary_data_size")
+            plan.json_inputs[spec.name] = _json_tensor(spec, where)
+            plan.cacheable = False
+    plan.binary_size = offset
+    if req.outputs is not None and len(req.outputs) > 0:
+        outs = []
+        for spec in req.outputs:
+            if spec.name not in output_names:
+                raise InvalidInput(
+                    f"unknown output {spec.name!r} for model {model_name!r}; it has: {', '.join(sorted(output_names))}"
+                )
+            p = spec.parameters
+            if p and p.get("classification"):
+                raise InvalidInput(f"output {spec.name!r}: the classification extension is not supported")
+            binary = _param_bool(p, "binary_data", f"output {spec.name!r}") if p and "binary_data" in p else plan.all_binary
+            outs.append((spec.name, binary))
+        plan.outputs = outs
+    # A plan with an id is reused only for the same header bytes, hence the same id: still cacheable.
+    return plan
+
+
+def plan_inputs(plan: Plan, body, header_len: int) -> dict[str, np.ndarray]:
+    """Materialise the input arrays of a plan from a request body (zero-copy views for numeric data)."""
+    if len(body) - header_len != plan.binary_size:
+        raise InvalidInput(
+            f"binary_data_size of the inputs adds up to {plan.binary_size} bytes but the body carries "
+            f"{len(body) - header_len} bytes after the {header_len}-byte JSON header"
+        )
+    if plan.json_inputs:
+        inputs = dict(plan.json_inputs)
+    else:
+        inputs = {}
+    for name, dtype, shape, offset, nbytes, is_bytes in plan.binary:
+        start = header_len + offset
+        if is_bytes:
+            count = 1
+            for d in shape:
+                count *= d
+            inputs[name] = decode_bytes_tensor(memoryview(body)[start : start + nbytes], count, f"input {name!r}").reshape(shape)
+        else:
+            inputs[name] = np.frombuffer(body, dtype, nbytes // dtype.itemsize, start).reshape(shape)
+    return inputs
+
+
+def raw_input(body, spec_name: str, datatype: str, sig_shape: list[int]) -> dict[str, np.ndarray]:
+    """Decode a raw binary request (``Inference-Header-Content-Length: 0``) for a one-input model.
+
+    The body is the data of the one input, treated as batch 1; at most one other dimension may be
+    variable and it is inferred from the body size.
+    """
+    where = f"raw binary request for input {spec_name!r}"
+    if datatype == "BYTES":
+        return {spec_name: decode_bytes_tensor(body, 1, where).reshape(1, *([1] * (len(sig_shape) - 1)))}
+    dtype = NP_DTYPES[datatype]
+    dims = list(sig_shape)
+    if dims and dims[0] == -1:
+        dims[0] = 1
+    unknown = [i for i, d in enumerate(dims) if d < 0]
+    if len(unknown) > 1:
+        raise InvalidInput(f"{where}: the input has {len(unknown)} variable dimensions; at most one is allowed")
+    known = 1
+    for d in dims:
+        if d >= 0:
+            known *= d
+    if len(body) % dtype.itemsize:
+        raise InvalidInput(f"{where}: {len(body)} bytes is not a multiple of the {datatype} size {dtype.itemsize}")
+    count = len(body) // dtype.itemsize
+    if unknown:
+        if known == 0 or count % known:
+            raise InvalidInput(f"{where}: {count} elements do not fit shape {sig_shape}")
+        dims[unknown[0]] = count // known
+    elif count != known:
+        raise InvalidInput(f"{where}: {len(body)} bytes do not match shape {dims} of {datatype}")
+    return {spec_name: np.frombuffer(body, dtype, count).reshape(dims)}
+
+
+def output_bytes(arr: np.ndarray, datatype: str) -> bytes:
+    """The binary-extension bytes of one output tensor."""
+    if datatype == "BYTES":
+        return encode_bytes_tensor(arr)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr.tobytes()
+
+
+def output_json_data(arr: np.ndarray, datatype: str) -> list:
+    """The flat row-major JSON ``data`` list of one output tensor."""
+    if datatype == "BYTES":
+        return [x.decode("utf-8", "replace") if isinstance(x, (bytes, bytearray)) else str(x) for x in arr.reshape(-1)]
+    if datatype == "FP16":
+        arr = arr.astype(np.float32)
+    return arr.reshape(-1).tolist()

@@ -1,0 +1,276 @@
+"""Server processes: one in-process server, or a supervisor with N workers on one port (SO_REUSEPORT).
+
+With ``workers == 1`` everything runs in this process. With N > 1 the supervisor reserves the HTTP port
+(binding it with SO_REUSEPORT, never listening), starts N worker processes that each load the models and
+bind the same port (the kernel spreads connections across them), and serves /metrics itself by summing the
+snapshots the workers write every 0.2 s. Each worker's statistics endpoint answers with the same sum, so
+perf_analyzer sees one consistent, monotone view whichever worker it reaches. A worker that dies is
+restarted. The model repository extension (load/unload) is process-local, so it is switched off (and not
+advertised) with N > 1.
+
+SIGTERM (or SIGINT): stop accepting, finish in-flight requests within the grace period, exit 0. The
+supervisor forwards the signal to its workers and exits 0 when they all did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SNAPSHOT_INTERVAL_S = 0.2
+
+
+@dataclasses.dataclass
+class ServeOptions:
+    """What ``fastml serve`` was asked to do (see fastml.server.cli for each flag)."""
+
+    targets: list[str]
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    metrics_port: int | None = 8002
+    workers: int = 1
+    overrides: dict = dataclasses.field(default_factory=dict)
+    grace_period_s: float = 30.0
+    max_body_bytes: int = 64 * 1024 * 1024
+    idle_timeout_s: float = 60.0
+
+
+def serve(opts: ServeOptions) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit code."""
+    import uvloop
+
+    if opts.workers <= 1:
+        return uvloop.run(_single(opts))
+    return uvloop.run(_supervise(opts))
+
+
+def _models_line(manager) -> str:
+    return ", ".join(f"{e.name}:{e.version}" for e in manager.entries())
+
+
+def _startup_line(host: str, port: int, models: str, mport, workers: int) -> str:
+    metrics = f"metrics http://{host}:{mport}/metrics" if mport is not None else "metrics off"
+    return f"fastml serve: http://{host}:{port} (models: {models}) {metrics} workers {workers}"
+
+
+def _limits(opts: ServeOptions):
+    from fastml.server.app import Limits
+
+    return Limits(max_body_bytes=opts.max_body_bytes, idle_timeout_s=opts.idle_timeout_s)
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _single(opts: ServeOptions) -> int:
+    from fastml.server.app import Server
+    from fastml.serving import ModelManager
+
+    manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
+    manager.load_all()
+    server = Server(manager, opts.host, opts.http_port, opts.metrics_port, limits=_limits(opts))
+    await server.start()
+    print(_startup_line(opts.host, server.http_port, _models_line(manager), server.metrics_port, 1), flush=True)
+    await _wait_for_signal()
+    clean = await server.drain(opts.grace_period_s)
+    manager.close()
+    print(f"fastml serve: stopped ({'drained' if clean else 'grace period expired'})", flush=True)
+    return 0
+
+
+# ----- worker side ---------------------------------------------------------------------------------
+async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
+    from fastml.server import routes
+    from fastml.server.app import EXTENSIONS, Server
+    from fastml.server.tensors import encode_json
+    from fastml.serving import ModelManager
+
+    manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
+    manager.load_all()
+    server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True)
+    # Repository load/unload would change one worker only: not offered with several workers.
+    server.async_kinds = set()
+    server._server_meta = encode_json(
+        {"name": "fastml", "version": _version(), "extensions": [e for e in EXTENSIONS if e != "model_repository"]}
+    )
+    original_handle = server._handle
+
+    def handle(kind, name, version, body):
+        if kind in (routes.REPO_LOAD, routes.REPO_UNLOAD):
+            from fastml.errors import InvalidInput
+
+            raise InvalidInput("model repository load/unload is not available with --workers > 1")
+        if kind in (routes.MODEL_STATS, routes.ALL_STATS):
+            return _aggregate_stats(server, snapshot_dir, kind, name, version)
+        return original_handle(kind, name, version, body)
+
+    server._handle = handle
+    await server.start()
+    me = snapshot_dir / f"worker-{os.getpid()}.json"
+
+    async def write_snapshots():
+        while True:
+            _write_atomic(me, json.dumps(server.snapshot()))
+            await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+
+    snap_task = asyncio.get_running_loop().create_task(write_snapshots())
+    print(f"READY {os.getpid()} {server.http_port}", flush=True)
+    await _wait_for_signal()
+    clean = await server.drain(opts.grace_period_s)
+    snap_task.cancel()
+    _write_atomic(me, json.dumps(server.snapshot()))
+    manager.close()
+    print(f"fastml serve worker {os.getpid()}: stopped ({'drained' if clean else 'grace period expired'})", file=sys.stderr, flush=True)
+    return 0
+
+
+def _version() -> str:
+    from fastml import __version__
+
+    return __version__
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_snapshots(snapshot_dir: Path) -> list[dict]:
+    out = []
+    for p in sorted(snapshot_dir.glob("worker-*.json")):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue  # being replaced right now; the next scrape sees it
+    return out
+
+
+def _aggregate_stats(server, snapshot_dir: Path, kind, name, version):
+    """Statistics summed over every worker's latest snapshot (monotone across workers)."""
+    from fastml.server import routes
+    from fastml.server.app import model_statistics_from_snapshot
+    from fastml.server.metrics import merge_snapshots
+    from fastml.server.tensors import encode_json
+
+    merged = merge_snapshots(read_snapshots(snapshot_dir))
+    models = merged["models"]
+    if kind == routes.MODEL_STATS:
+        server.manager.get(name, version)  # 404 / 503 as for one process
+        models = [m for m in models if m["name"] == name and (version is None or m["version"] == version)]
+    return 200, encode_json({"model_stats": [model_statistics_from_snapshot(m) for m in models]}), b"application/json"
+
+
+# ----- supervisor side -----------------------------------------------------------------------------
+class _Supervisor:
+    def __init__(self, opts: ServeOptions, port: int, snapshot_dir: Path):
+        self.opts = opts
+        self.port = port
+        self.snapshot_dir = snapshot_dir
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.stopping = False
+
+    def spawn(self) -> subprocess.Popen:
+        wopts = dataclasses.replace(self.opts, http_port=self.port, metrics_port=None)
+        cmd = [sys.executable, "-m", "fastml.server.workers", json.dumps(dataclasses.asdict(wopts)), str(self.snapshot_dir)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = proc.stdout.readline()
+        if not line.startswith("READY"):
+            proc.wait(timeout=10)
+            raise RuntimeError(f"worker failed to start (exit {proc.returncode})")
+        self.procs[proc.pid] = proc
+        return proc
+
+
+async def _supervise(opts: ServeOptions) -> int:
+    from fastml.server.app import Server
+    from fastml.server.metrics import merge_snapshots
+    from fastml.serving.repository import scan_target
+
+    # Reserve the port with SO_REUSEPORT (bound, never listening: it receives no connections).
+    fam = socket.AF_INET6 if ":" in opts.host else socket.AF_INET
+    reserve = socket.socket(fam, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind((opts.host, opts.http_port))
+    port = reserve.getsockname()[1]
+    snapshot_dir = Path(tempfile.mkdtemp(prefix="fastml-serve-"))
+    sup = _Supervisor(opts, port, snapshot_dir)
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(opts.workers):
+            await loop.run_in_executor(None, sup.spawn)
+    except BaseException:
+        for p in sup.procs.values():
+            p.terminate()
+        raise
+    metrics = Server(None, opts.host, None, opts.metrics_port, snapshot_fn=lambda: merge_snapshots(read_snapshots(snapshot_dir)))
+    await metrics.start()
+    names = []
+    for t in opts.targets:
+        for name, sources in scan_target(t).items():
+            names += [f"{name}:{s.version}" for s in sources]
+    print(_startup_line(opts.host, port, ", ".join(names), metrics.metrics_port, opts.workers), flush=True)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def watch():
+        while not stop.is_set():
+            await asyncio.sleep(0.5)
+            for pid, proc in list(sup.procs.items()):
+                if proc.poll() is not None and not stop.is_set():
+                    del sup.procs[pid]
+                    print(f"fastml serve: worker {pid} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
+                    try:
+                        (snapshot_dir / f"worker-{pid}.json").unlink(missing_ok=True)
+                        await loop.run_in_executor(None, sup.spawn)
+                    except Exception as exc:
+                        print(f"fastml serve: restart failed: {exc}", file=sys.stderr, flush=True)
+
+    watcher = loop.create_task(watch())
+    await stop.wait()
+    watcher.cancel()
+    for proc in sup.procs.values():
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + opts.grace_period_s + 10
+    codes = []
+    for proc in sup.procs.values():
+        left = max(0.1, deadline - time.monotonic())
+        try:
+            codes.append(await loop.run_in_executor(None, proc.wait, left))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    await metrics.drain(0)
+    reserve.close()
+    for p in snapshot_dir.iterdir():
+        p.unlink(missing_ok=True)
+    snapshot_dir.rmdir()
+    print(f"fastml serve: stopped (worker exit codes {codes})", flush=True)
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def _worker_main(argv: list[str]) -> int:
+    import uvloop
+
+    opts = ServeOptions(**json.loads(argv[0]))
+    return uvloop.run(_worker(opts, Path(argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+"""Model repository in Triton's layout, plus single files and registry references.
+
+::
+
+    <repo>/<model>/config.toml          optional: batching and instance settings (RepositoryConfig)
+    <repo>/<model>/<version>/model.onnx versions are positive integers; the highest is served unless
+                                        config.toml says version_policy = "all"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from fastml.errors import InvalidInput, NotFound
+
+
+class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-model serving settings (``<repo>/<model>/config.toml``); all optional.
+
+    Attributes mirror :func:`fastml.engine.load_model` keyword arguments, plus ``version_policy``
+    (``"latest"``: only the highest version; ``"all"``: every version directory).
+    """
+
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 0
+    instances: int = 1
+    max_queue_size: int = 1024
+    timeout_us: int = 0
+    intra_op_threads: int = 1
+    version_policy: str = "latest"
+
+    def engine_kwargs(self) -> dict:
+        d = msgspec.structs.asdict(self)
+        d.pop("version_policy")
+        return d
+
+    def with_overrides(self, overrides: dict) -> "RepositoryConfig":
+        """A copy with the given fields replaced (None values are ignored); validated."""
+        fields = {k: v for k, v in overrides.items() if v is not None}
+        merged = {**msgspec.structs.asdict(self), **fields}
+        return _validate(merged, "overrides")
+
+
+def _validate(raw: dict, source: str) -> RepositoryConfig:
+    try:
+        cfg = msgspec.convert(raw, RepositoryConfig)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{source}: {exc}") from None
+    if cfg.max_batch_size < 0 or cfg.instances < 1 or cfg.max_queue_delay_us < 0 or cfg.max_queue_size < 1:
+        raise InvalidInput(
+            f"{source}: need max_batch_size >= 0, instances >= 1, max_queue_delay_us >= 0, max_queue_size >= 1"
+        )
+    if cfg.version_policy not in ("latest", "all"):
+        raise InvalidInput(f"{source}: version_policy must be 'latest' or 'all', got {cfg.version_policy!r}")
+    return cfg
+
+
+def read_config(model_dir: Path) -> RepositoryConfig:
+    """The model directory's config.toml as a RepositoryConfig (defaults if the file is absent)."""
+    path = model_dir / "config.toml"
+    if not path.is_file():
+        return RepositoryConfig()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: {exc}") from None
+    return _validate(raw, str(path))
+
+
+@dataclass
+class ModelSource:
+    """Where one servable model version comes from.
+
+    Attributes:
+        name: model name as served. version: version string (a directory name, "1" for a lone file, or the
+        registry's version). target: the .onnx path or registry reference. config: serving settings.
+    """
+
+    name: str
+    version: str
+    target: str
+    config: RepositoryConfig = field(default_factory=RepositoryConfig)
+    is_ref: bool = False
+
+
+def is_repository(path: Path) -> bool:
+    return path.is_dir() and not (path / "model.onnx").is_file()
+
+
+def scan_model_dir(model_dir: Path) -> list[ModelSource]:
+    """Sources for the versions of one model directory, per its version policy (may be empty)."""
+    cfg = read_config(model_dir)
+    versions = sorted(
+        (int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / "model.onnx").is_file()),
+    )
+    if cfg.version_policy == "latest":
+        versions = versions[-1:]
+    return [ModelSource(model_dir.name, str(v), str(model_dir / str(v) / "model.onnx"), cfg) for v in versions]
+
+
+def scan_target(target: str) -> dict[str, list[ModelSource]]:
+    """Model name -> sources for a serve target: a repository directory, a model directory with
+    model.onnx, an .onnx file, or a registry reference (resolved now; raises NotFound if unknown)."""
+    from fastml.serving.loader import parse_target, resolve_ref
+
+    kind, _ = parse_target(target)
+    if kind == "ref":
+        mv, _path = resolve_ref(target)
+        return {mv.name: [ModelSource(mv.name, str(mv.version), target, RepositoryConfig(), is_ref=True)]}
+    path = Path(target)
+    if path.is_file():
+        if path.suffix != ".onnx":
+            raise InvalidInput(f"{target}: expected an .onnx file, a model repository directory or a registry reference")
+        return {path.stem: [ModelSource(path.stem, "1", str(path))]}
+    if (path / "model.onnx").is_file():
+        return {path.name: [ModelSource(path.name, "1", str(path / "model.onnx"), read_config(path))]}
+    out: dict[str, list[ModelSource]] = {}
+    for model_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        sources = scan_model_dir(model_dir)
+        if sources:
+            out[model_dir.name] = sources
+    if not out:
+        raise NotFound(f"{target}: no models found (expected <repo>/<model>/<version>/model.onnx)")
+    return out
