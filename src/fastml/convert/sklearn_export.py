@@ -1,0 +1,87 @@
+"""scikit-learn Pipelines (final step sklearn, XGBoost or LightGBM) -> one ONNX graph via skl2onnx."""
+
+from __future__ import annotations
+
+import functools
+
+from fastml.convert.spec import InputSpec
+from fastml.errors import InvalidInput
+
+
+@functools.cache
+def register_converters() -> None:
+    """Teach skl2onnx about XGBoost, LightGBM (onnxmltools converters) and fastml's transformers."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    from fastml.convert.derived import register_derived_converter
+
+    register_derived_converter()
+    _patch_hist_gradient_boosting()
+    cls_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    try:
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        from xgboost import XGBClassifier, XGBRegressor
+
+        update_registered_converter(XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes, convert_xgboost, options=cls_options)
+        update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost)
+    except ImportError:
+        pass
+    try:
+        from lightgbm import LGBMClassifier, LGBMRegressor
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes, convert_lightgbm, options=cls_options)
+        update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes, convert_lightgbm)
+    except ImportError:
+        pass
+
+
+def _patch_hist_gradient_boosting() -> None:
+    # skl2onnx 1.20 passes numpy booleans for nodes_missing_value_tracks_true, which onnx >= 1.18
+    # refuses in an INTS attribute; convert them to ints after each tree is added.
+    import skl2onnx.operator_converters.random_forest as rf
+
+    orig = rf.add_tree_to_attribute_pairs_hist_gradient_boosting
+    if getattr(orig, "_fastml_fixed", False):
+        return
+
+    @functools.wraps(orig)
+    def fixed(attr_pairs, *args, **kwargs):
+        orig(attr_pairs, *args, **kwargs)
+        key = "nodes_missing_value_tracks_true"
+        if key in attr_pairs:
+            attr_pairs[key] = [int(v) for v in attr_pairs[key]]
+
+    fixed._fastml_fixed = True
+    rf.add_tree_to_attribute_pairs_hist_gradient_boosting = fixed
+
+
+def initial_types(spec: InputSpec):
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    if spec.layout == "matrix":
+        return [("input", FloatTensorType([None, len(spec.numeric)]))]
+    return [(c, FloatTensorType([None, 1])) for c in spec.numeric] + [(c, StringTensorType([None, 1])) for c in spec.categorical]
+
+
+def sklearn_to_onnx(pipeline, spec: InputSpec, *, opset: int = 17):
+    """Convert a fitted scikit-learn Pipeline to an ``onnx.ModelProto`` (probabilities as a tensor)."""
+    from skl2onnx import convert_sklearn
+    from sklearn.base import is_classifier
+
+    register_converters()
+    model = pipeline.steps[-1][1]
+    options = {id(model): {"zipmap": False}} if is_classifier(model) else None
+    try:
+        return convert_sklearn(
+            pipeline,
+            initial_types=initial_types(spec),
+            target_opset={"": opset, "ai.onnx.ml": 3},
+            options=options,
+        )
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        raise InvalidInput(f"cannot convert {type(model).__name__} to ONNX: {exc}") from exc

@@ -1,0 +1,419 @@
+"""The ten stages. Each reads what earlier stages wrote under the run directory (so a resumed run
+needs nothing from memory), writes its own outputs to its ``NN_<stage>/`` directory and returns a
+small JSON summary that goes into ``run.json``.
+
+Stage functions are looked up by name (``stage_<name>``) at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fastml.errors import FastMLError, IntegrityError, InternalError, InvalidInput, NotFound
+
+log = logging.getLogger("fastml.pipeline")
+
+
+class Context:
+    """What a stage needs: the run, its config, progress reporting and loaders for earlier outputs."""
+
+    def __init__(self, run, cfg, progress, workers: int = 1):
+        self.run = run
+        self.cfg = cfg
+        self.progress = progress
+        self.workers = workers
+
+    def out(self, stage: str) -> Path:
+        return self.run.stage_dir(stage)
+
+    @functools.cached_property
+    def frame(self):
+        import pandas as pd
+
+        return pd.read_parquet(self.out("ingest") / "data.parquet")
+
+    @functools.cached_property
+    def spec(self):
+        from fastml.convert import InputSpec
+
+        return InputSpec.from_dict(json.loads((self.out("features") / "spec.json").read_text()))
+
+    @functools.cached_property
+    def split(self) -> tuple[np.ndarray, np.ndarray]:
+        z = np.load(self.out("split") / "split.npz")
+        return z["train"], z["holdout"]
+
+    @functools.cached_property
+    def target(self) -> np.ndarray:
+        return self.frame[self.cfg.data.target].to_numpy()
+
+    def xy(self, part: str):
+        idx = self.split[0] if part == "train" else self.split[1]
+        sub = self.frame.iloc[idx].reset_index(drop=True)
+        return self.spec.model_input(sub), self.target[idx]
+
+    @functools.cached_property
+    def best_params(self) -> dict:
+        return json.loads((self.out("tune") / "best_params.json").read_text())
+
+    @functools.cached_property
+    def model(self):
+        import joblib
+
+        return joblib.load(self.out("train") / "model.joblib")
+
+
+# 1 -------------------------------------------------------------------------------------------------
+def _read_table(path: Path):
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise NotFound(f"data.path: {str(path)!r}: no such file") from None
+    except Exception as exc:  # parser errors of either format
+        raise InvalidInput(f"data.path: cannot read {str(path)!r}: {exc}") from exc
+
+
+def dataset_fingerprint(frame) -> str:
+    """sha256 over column names, dtypes and row hashes: same data, same fingerprint."""
+    import pandas as pd
+
+    h = hashlib.sha256()
+    h.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def stage_ingest(ctx: Context) -> dict:
+    import pandas as pd
+
+    cfg = ctx.cfg
+    feature_refs = None
+    if cfg.data.path is not None:
+        frame = _read_table(cfg.data_path())
+        source = str(cfg.data_path())
+    else:
+        try:
+            from fastml.features import FeatureStore
+        except ImportError as exc:
+            raise InvalidInput(f"data.training_set: the feature store is not available in this build ({exc})") from exc
+        ts = cfg.data.training_set
+        ent_path = Path(ts.entity_rows)
+        if not ent_path.is_absolute():
+            ent_path = Path(cfg.base_dir) / ent_path
+        entities = _read_table(ent_path)
+        got = FeatureStore().get_training_set(entities, list(ts.features))
+        frame = got.to_pandas() if hasattr(got, "to_pandas") else pd.DataFrame(got)
+        source = f"feature store training set ({len(ts.features)} features, entities {ent_path})"
+        feature_refs = list(ts.features)
+    frame = frame.drop(columns=[c for c in cfg.data.drop if c in frame.columns])
+    frame.columns = [str(c) for c in frame.columns]
+    out = ctx.out("ingest")
+    frame.to_parquet(out / "data.parquet", index=False)
+    fp = dataset_fingerprint(frame)
+    info = {"rows": int(len(frame)), "columns": list(frame.columns), "source": source, "dataset_fingerprint": fp,
+            "feature_refs": feature_refs}
+    (out / "ingest.json").write_text(json.dumps(info, indent=2))
+    return {"rows": info["rows"], "columns": len(frame.columns), "dataset_fingerprint": fp}
+
+
+# 2 -------------------------------------------------------------------------------------------------
+def validation_checks(frame, cfg) -> list[dict]:
+    """Every check with its outcome: ``{"check", "column", "passed", "detail"}``."""
+    import pandas as pd
+
+    v = cfg.validate
+    checks: list[dict] = []
+
+    def add(check, column, passed, detail):
+        checks.append({"check": check, "column": column, "passed": bool(passed), "detail": detail})
+
+    target = cfg.data.target
+    add("schema", target, target in frame.columns,
+        "target column present" if target in frame.columns else f"target column missing; columns are {list(frame.columns)}")
+    for col, kind in v.columns.items():
+        if col not in frame.columns:
+            add("schema", col, False, f"expected column ({kind}) is missing")
+            continue
+        is_num = pd.api.types.is_numeric_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col])
+        ok = is_num if kind == "number" else not is_num
+        add("schema", col, ok, f"expected {kind}, found dtype {frame[col].dtype}")
+    for col in cfg.features.numeric or []:
+        if col in frame.columns and not pd.api.types.is_numeric_dtype(frame[col]):
+            add("schema", col, False, f"declared numeric feature has dtype {frame[col].dtype}")
+    add("rows", None, len(frame) >= v.min_rows, f"{len(frame)} rows (minimum {v.min_rows})")
+    for col in frame.columns:
+        frac = float(frame[col].isna().mean()) if len(frame) else 0.0
+        limit = 0.0 if col == target else v.max_null_fraction
+        if frac > limit:
+            add("nulls", col, False, f"{frac:.1%} null (maximum {limit:.1%})")
+    if v.max_null_fraction >= 0 and not any(c["check"] == "nulls" for c in checks):
+        add("nulls", None, True, f"every column at most {v.max_null_fraction:.1%} null, target none")
+    for col, (lo, hi) in v.ranges.items():
+        if col not in frame.columns:
+            add("range", col, False, "column for range check is missing")
+            continue
+        vals = pd.to_numeric(frame[col], errors="coerce")
+        bad = int(((vals < lo) | (vals > hi)).sum())
+        add("range", col, bad == 0, f"{bad} value(s) outside [{lo}, {hi}]" if bad else f"all within [{lo}, {hi}]")
+    if target in frame.columns and len(frame):
+        y = frame[target].dropna()
+        if cfg.task == "classification":
+            shares = y.value_counts(normalize=True)
+            counts = y.value_counts()
+            add("class_balance", target, len(shares) >= 2, f"{len(shares)} class(es) (need at least 2)")
+            if len(shares) >= 2:
+                worst = shares.idxmin()
+                add("class_balance", target, shares.min() >= v.min_class_fraction,
+                    f"smallest class {worst!r} has {shares.min():.2%} of rows (minimum {v.min_class_fraction:.2%})")
+                add("class_balance", target, counts.min() >= cfg.folds + 1,
+                    f"smallest class has {int(counts.min())} rows (needs at least folds + 1 = {cfg.folds + 1} for stratified CV and holdout)")
+        else:
+            ok = pd.api.types.is_numeric_dtype(frame[target])
+            add("schema", target, ok, f"regression target dtype {frame[target].dtype}" + ("" if ok else " is not numeric"))
+    return checks
+
+
+def format_report(checks: list[dict]) -> str:
+    failed = [c for c in checks if not c["passed"]]
+    lines = [f"data validation failed: {len(failed)} of {len(checks)} check(s) failed"]
+    for c in failed:
+        where = f" [{c['column']}]" if c["column"] is not None else ""
+        lines.append(f"  - {c['check']}{where}: {c['detail']}")
+    return "\n".join(lines)
+
+
+def stage_validate(ctx: Context) -> dict:
+    checks = validation_checks(ctx.frame, ctx.cfg)
+    out = ctx.out("validate")
+    (out / "report.json").write_text(json.dumps({"checks": checks}, indent=2, default=str))
+    failed = [c for c in checks if not c["passed"]]
+    if failed:
+        report = format_report(checks)
+        (out / "report.txt").write_text(report + "\n")
+        raise InvalidInput(report)
+    return {"checks": len(checks), "failed": 0}
+
+
+# 3 -------------------------------------------------------------------------------------------------
+def stage_features(ctx: Context) -> dict:
+    import joblib
+
+    from fastml.pipeline.features import build_preprocessor, infer_spec
+    from fastml.pipeline.models import FAMILIES
+
+    spec = infer_spec(ctx.frame, ctx.cfg)
+    out = ctx.out("features")
+    (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+    pre = build_preprocessor(ctx.cfg, spec, FAMILIES[ctx.cfg.model.family].scaled)
+    joblib.dump(pre, out / "preprocessor.joblib")  # unfitted; fitted inside each model's Pipeline
+    (out / "preprocessor.txt").write_text(repr(pre) + "\n")
+    ctx.__dict__.pop("spec", None)
+    return {"numeric": len(spec.numeric), "categorical": len(spec.categorical), "derived": len(ctx.cfg.features.derived),
+            "layout": spec.layout}
+
+
+# 4 -------------------------------------------------------------------------------------------------
+def stage_split(ctx: Context) -> dict:
+    from sklearn.model_selection import train_test_split
+
+    cfg = ctx.cfg
+    y = ctx.target
+    idx = np.arange(len(y))
+    strat = y if cfg.task == "classification" else None
+    try:
+        tr, ho = train_test_split(idx, test_size=cfg.split.holdout_fraction, random_state=cfg.seed, stratify=strat)
+    except ValueError as exc:
+        raise InvalidInput(f"split: {exc}") from exc
+    tr, ho = np.sort(tr), np.sort(ho)
+    np.savez(ctx.out("split") / "split.npz", train=tr, holdout=ho)
+    ctx.__dict__.pop("split", None)
+    return {"train_rows": int(len(tr)), "holdout_rows": int(len(ho)), "stratified": strat is not None}
+
+
+# 5 -------------------------------------------------------------------------------------------------
+def stage_tune(ctx: Context) -> dict:
+    from fastml.pipeline import tune
+
+    cfg = ctx.cfg
+    out = ctx.out("tune")
+    storage = tune.make_storage(cfg, out)
+    study = tune.open_study(cfg, storage)
+    n_total = cfg.tune.n_trials
+    if cfg.tune.sampler == "grid":
+        n_total = min(n_total, int(np.prod([len(v) for v in tune.grid_of(tune.search_space(cfg)).values()])))
+    todo = tune.remaining_trials(study, n_total)
+    ctx.progress.trials_started(n_total, n_total - todo)
+    workers_info: list[dict] = []
+    if todo:
+        if ctx.workers > 1:
+            workers_info = tune.run_workers(ctx.run.dir, tune.split_trials(todo, ctx.workers), ctx.progress, study, n_total)
+        else:
+            X, y = ctx.xy("train")
+            objective = tune.make_objective(cfg, ctx.spec, X, y, tune.fold_indices(cfg, y))
+            def cb(st, trial):
+                done = sum(1 for t in st.get_trials(deepcopy=False) if t.state.is_finished())
+                ctx.progress.trials_update(min(done, n_total), n_total, tune._best(st))
+
+            tune.optimize(study, objective, todo, timeout_s=cfg.tune.timeout_s, callbacks=[cb])
+    summary = tune.trial_summary(study)
+    summary["study_name"] = study.study_name
+    summary["workers"] = workers_info
+    (out / "tune.json").write_text(json.dumps(summary, indent=2, default=str))
+    if summary["best_params"] is None:
+        first = summary["failed"][0]["error"] if summary["failed"] else "no trial finished"
+        raise InternalError(f"tune: no trial completed ({summary['counts'].get('fail', 0)} failed; first error: {first})")
+    (out / "best_params.json").write_text(json.dumps(summary["best_params"], indent=2))
+    ctx.__dict__.pop("best_params", None)
+    c = summary["counts"]
+    return {"trials": summary["total"], "complete": c.get("complete", 0), "pruned": c.get("pruned", 0),
+            "failed": c.get("fail", 0), "best_value": summary["best_value"], "best_params": summary["best_params"],
+            "metric": cfg.metric_name, "study": study.study_name}
+
+
+# 6 -------------------------------------------------------------------------------------------------
+def stage_train(ctx: Context) -> dict:
+    import joblib
+
+    from fastml.pipeline.features import build_model_pipeline
+
+    X, y = ctx.xy("train")
+    model = build_model_pipeline(ctx.cfg, ctx.spec, ctx.best_params, final=True)
+    model.fit(X, y)
+    out = ctx.out("train")
+    tmp = out / "model.joblib.tmp"
+    joblib.dump(model, tmp)
+    tmp.replace(out / "model.joblib")
+    params = {**ctx.cfg.model.params, **ctx.best_params}
+    (out / "params.json").write_text(json.dumps(params, indent=2, default=str))
+    ddp = getattr(model.steps[-1][1], "ddp_info_", None)
+    if ddp is not None:
+        (out / "ddp.json").write_text(json.dumps(ddp, indent=2))
+    ctx.__dict__.pop("model", None)
+    return {"params": params, "train_rows": int(len(y)), **({"ddp_world_size": ddp["world_size"]} if ddp else {})}
+
+
+# 7 -------------------------------------------------------------------------------------------------
+def stage_cross_validate(ctx: Context) -> dict:
+    from fastml.pipeline import tune
+    from fastml.pipeline.features import build_model_pipeline
+    from fastml.pipeline.metrics import all_metrics
+
+    X, y = ctx.xy("train")
+    per_fold = []
+    for tr, va in tune.fold_indices(ctx.cfg, y):
+        est = build_model_pipeline(ctx.cfg, ctx.spec, ctx.best_params)
+        est.fit(tune._take(X, tr), y[tr])
+        per_fold.append(all_metrics(ctx.cfg.task, est, tune._take(X, va), y[va]))
+    names = per_fold[0].keys()
+    result = {n: {"mean": float(np.nanmean([f[n] for f in per_fold])), "std": float(np.nanstd([f[n] for f in per_fold]))}
+              for n in names}
+    (ctx.out("cross_validate") / "cv.json").write_text(json.dumps({"folds": per_fold, "summary": result}, indent=2))
+    m = ctx.cfg.metric_name
+    return {"folds": len(per_fold), "metric": m, "mean": result[m]["mean"], "std": result[m]["std"]}
+
+
+# 8 -------------------------------------------------------------------------------------------------
+def stage_evaluate(ctx: Context) -> dict:
+    from fastml.pipeline.metrics import all_metrics
+
+    X, y = ctx.xy("holdout")
+    metrics = all_metrics(ctx.cfg.task, ctx.model, X, y)
+    (ctx.out("evaluate") / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+# 9 -------------------------------------------------------------------------------------------------
+def stage_export(ctx: Context) -> dict:
+    from fastml.convert import check_parity, compile_onnx, to_onnx
+
+    cfg = ctx.cfg
+    out = ctx.out("export")
+    onx = to_onnx(ctx.model, ctx.spec, opset=cfg.export.opset)
+    raw = out / "model.onnx"
+    raw.write_bytes(onx.SerializeToString())
+    compiled = compile_onnx(raw, out / "model.optimized.onnx")
+    X, _ = ctx.xy("holdout")
+    reports = {}
+    for label, path in (("onnx", raw), ("optimized", compiled)):
+        reports[label] = check_parity(ctx.model, path, X, ctx.spec, task=cfg.task,
+                                      atol=cfg.export.parity_atol, rtol=cfg.export.parity_rtol).to_dict()
+    (out / "parity.json").write_text(json.dumps(reports, indent=2))
+    bad = {k: r["failures"] for k, r in reports.items() if not r["ok"]}
+    if bad:
+        raise IntegrityError(f"export: ONNX parity check failed on the holdout: {bad}")
+    return {"onnx": str(raw), "optimized": str(compiled), "onnx_bytes": raw.stat().st_size,
+            "parity_max_abs_diff": max(r["max_abs_diff"] for r in reports.values()),
+            "parity_atol": cfg.export.parity_atol, "parity_rtol": cfg.export.parity_rtol}
+
+
+# 10 ------------------------------------------------------------------------------------------------
+_ONNX_TYPES = {1: "FP32", 7: "INT64", 8: "BYTES", 11: "FP64", 6: "INT32", 9: "BOOL"}
+
+
+def onnx_signature(path: Path) -> dict:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def io(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+            out.append({"name": v.name, "datatype": _ONNX_TYPES.get(t.elem_type, str(t.elem_type)), "shape": dims})
+        return out
+
+    return {"inputs": io(m.graph.input), "outputs": io(m.graph.output)}
+
+
+def stage_register(ctx: Context) -> dict:
+    cfg = ctx.cfg
+    out = ctx.out("register")
+    if not cfg.register.enabled:
+        (out / "registration.json").write_text(json.dumps({"registered": False}))
+        return {"registered": False}
+    from fastml.registry import Registry
+
+    exp = ctx.out("export")
+    ingest = json.loads((ctx.out("ingest") / "ingest.json").read_text())
+    metrics = json.loads((ctx.out("evaluate") / "metrics.json").read_text())
+    cv = json.loads((ctx.out("cross_validate") / "cv.json").read_text())["summary"]
+    metrics.update({f"cv_{k}_mean": v["mean"] for k, v in cv.items()})
+    metrics.update({f"cv_{k}_std": v["std"] for k, v in cv.items()})
+    metrics = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN (undefined scores)
+    params = json.loads((ctx.out("train") / "params.json").read_text())
+    name = cfg.register.model_name or cfg.name
+    tags = {**cfg.register.tags, "config_hash": cfg.config_hash(), "task": cfg.task, "family": cfg.model.family,
+            "pipeline_run": ctx.run.run_id}
+    card = {"task": cfg.task, "family": cfg.model.family, "metric": cfg.metric_name,
+            "training_rows": len(ctx.split[0]), "holdout_rows": len(ctx.split[1]), "data_source": ingest["source"],
+            "features": ctx.spec.to_dict()}
+    mv = Registry().register(
+        name,
+        exp / "model.optimized.onnx",
+        bump=cfg.register.bump,
+        metrics=metrics,
+        params={k: v for k, v in params.items()},
+        tags=tags,
+        description=cfg.register.description or f"{cfg.model.family} trained by fastml pipeline run {ctx.run.run_id}",
+        parent=cfg.register.parent,
+        signature=onnx_signature(exp / "model.optimized.onnx"),
+        model_card=card,
+        source_artifact=exp / "model.onnx",
+        run_id=ctx.run.run_id,
+        dataset_fingerprint=ingest["dataset_fingerprint"],
+        feature_refs=ingest.get("feature_refs"),
+    )
+    reg = {"registered": True, "name": mv.name, "version": str(mv.version), "ref": f"{mv.name}:{mv.version}"}
+    (out / "registration.json").write_text(json.dumps(reg, indent=2))
+    return reg
