@@ -253,7 +253,9 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         throw std::out_of_range("runner index " + std::to_string(runner) + " out of range");
     }
     RunnerSlot& slot = runners_[runner];
-    slot.requests.clear();
+    if (!slot.requests.empty()) {
+        throw std::logic_error("runner " + std::to_string(runner) + " must complete its batch before taking another");
+    }
     slot.offsets.clear();
     const int64_t delay_ns = options_.max_queue_delay_us * 1000;
     std::vector<std::shared_ptr<Request>> expired;

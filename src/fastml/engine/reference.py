@@ -206,6 +206,8 @@ class ReferenceBatcher:
         )
 
     def next_batch(self, runner: int):
+        if self._slots[runner] is not None:
+            raise RuntimeError(f"runner {runner} must complete its batch before taking another")
         with self._cv:
             while True:
                 if self._shutdown:

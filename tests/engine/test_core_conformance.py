@@ -1,0 +1,212 @@
+"""One conformance suite for the batcher core, run against the native C++ core and the pure-Python
+reference (tests drive next_batch/complete themselves, so every step is deterministic)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from fastml.engine.status import DEADLINE_EXCEEDED, INTERNAL, INVALID_INPUT, OK, OVERLOADED, UNAVAILABLE
+
+F32_4 = [("x", np.dtype(np.float32), [-1, 4])]
+
+
+def rows(n, start=0.0, width=4):
+    return np.arange(start, start + n * width, dtype=np.float32).reshape(n, width)
+
+
+def test_batch_gathers_requests_in_order_and_completes_each_with_its_rows(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4, max_batch_size=8)
+    q = Queue()
+    a, b = rows(2), rows(3, 100)
+    ta = core.submit_async(q, (a,), 0)
+    tb = core.submit_async(q, (b,), 0)
+    batch_id, n, arrays = core.next_batch(0)
+    assert n == 5
+    np.testing.assert_array_equal(arrays[0], np.concatenate([a, b]))
+    core.complete(0)
+    done = {c[0]: c for c in q.drain()}
+    assert done[ta][1:5] == (batch_id, 0, 2, OK) and done[tb][1:5] == (batch_id, 2, 3, OK)
+    # exactly one of the two is the last consumer of the batch
+    assert sorted([done[ta][6], done[tb][6]]) == [False, True]
+    s = core.stats()
+    assert (s["requests"], s["rows"], s["batches"], s["batch_size_histogram"]) == (2, 5, 1, {5: 1})
+    core.shutdown("done")
+
+
+def test_lone_request_is_zero_copy(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    x = rows(3)
+    core.submit_async(Queue(), (x,), 0)
+    _, _, arrays = core.next_batch(0)
+    assert np.shares_memory(arrays[0], x)  # held by reference, not copied at submit
+    core.complete(0)
+    core.shutdown("done")
+
+
+def test_requests_are_never_split_and_batches_stay_within_max_rows(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4, max_batch_size=8)
+    q = Queue()
+    for i in range(4):
+        core.submit_async(q, (rows(3, i),), 0)
+    sizes = []
+    for _ in range(2):
+        _, n, arrays = core.next_batch(0)
+        sizes.append(n)
+        assert arrays[0].shape == (n, 4)
+        core.complete(0)
+    assert sizes == [6, 6]  # 3+3 fits 8, a third request of 3 would not
+    core.shutdown("done")
+
+
+def test_oversized_request_is_refused_naming_both_numbers(batcher, make_core):
+    core, Queue, Err = make_core(batcher, F32_4, max_batch_size=8)
+    with pytest.raises(Err) as ei:
+        core.submit_async(Queue(), (rows(9),), 0)
+    code, message = ei.value.args
+    assert code == INVALID_INPUT and "9" in message and "8" in message
+    core.shutdown("done")
+
+
+def test_full_queue_refuses_with_overloaded(batcher, make_core):
+    core, Queue, Err = make_core(batcher, F32_4, max_queue_size=2)
+    q = Queue()
+    core.submit_async(q, (rows(1),), 0)
+    core.submit_async(q, (rows(1),), 0)
+    with pytest.raises(Err) as ei:
+        core.submit_async(q, (rows(1),), 0)
+    assert ei.value.args[0] == OVERLOADED and "max_queue_size 2" in ei.value.args[1]
+    assert core.stats()["pending"] == 2
+    core.shutdown("done")
+
+
+def test_deadline_fails_a_queued_request_without_running_it(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    ticket = core.submit_sync((rows(1),), 1000)  # no runner pulls: it can only expire
+    _, batch, _, _, code, message, _ = ticket.wait()
+    assert (batch, code) == (0, DEADLINE_EXCEEDED) and "1000 us" in message
+    s = core.stats()
+    assert (s["failures"], s["requests"], s["batches"], s["pending"]) == (1, 0, 0, 0)
+    core.shutdown("done")
+
+
+def test_mixed_shapes_never_share_a_batch(batcher, make_core):
+    core, Queue, _ = make_core(batcher, [("x", np.dtype(np.float32), [-1, -1])], max_batch_size=16)
+    q = Queue()
+    t4a = core.submit_async(q, (rows(1, 0, 4),), 0)
+    t5 = core.submit_async(q, (rows(2, 0, 5),), 0)
+    t4b = core.submit_async(q, (rows(3, 50, 4),), 0)
+    seen = {}
+    for _ in range(2):
+        batch_id, n, arrays = core.next_batch(0)
+        seen[arrays[0].shape] = batch_id
+        core.complete(0)
+    assert set(seen) == {(4, 4), (2, 5)}
+    done = {c[0]: c for c in q.drain()}
+    assert done[t4a][1] == done[t4b][1] == seen[(4, 4)] and done[t5][1] == seen[(2, 5)]
+    assert (done[t4a][2], done[t4b][2]) == (0, 1)
+    core.shutdown("done")
+
+
+def test_validation_errors_name_the_tensor(batcher, make_core):
+    core, Queue, Err = make_core(
+        batcher, [("a", np.dtype(np.float32), [-1, 3]), ("b", np.dtype(np.int64), [-1, 2])], max_batch_size=8
+    )
+    q = Queue()
+    cases = [
+        ((np.zeros((1, 3), np.float64), np.zeros((1, 2), np.int64)), "input 'a'"),
+        ((np.zeros((1, 4), np.float32), np.zeros((1, 2), np.int64)), "input 'a'"),
+        ((np.zeros((1, 3), np.float32), np.zeros((2, 2), np.int64)), "input 'b'"),
+        ((np.zeros((1, 3), np.float32),), "2 input tensors"),
+        ((np.zeros((0, 3), np.float32), np.zeros((0, 2), np.int64)), "at least one row"),
+    ]
+    for arrays, expected in cases:
+        with pytest.raises(Err) as ei:
+            core.submit_async(q, arrays, 0)
+        assert ei.value.args[0] == INVALID_INPUT and expected in ei.value.args[1], ei.value.args
+    core.shutdown("done")
+
+
+def test_failed_batch_fails_every_request_with_the_runner_code(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    q = Queue()
+    core.submit_async(q, (rows(1),), 0)
+    core.submit_async(q, (rows(2),), 0)
+    core.next_batch(0)
+    core.complete(0, INTERNAL, "model exploded")
+    done = q.drain()
+    assert [(c[4], c[5]) for c in done] == [(INTERNAL, "model exploded")] * 2
+    assert core.stats()["failures"] == 2
+    core.shutdown("done")
+
+
+def test_shutdown_fails_queued_requests_stops_runners_and_lets_running_batches_finish(batcher, make_core):
+    core, Queue, Err = make_core(batcher, F32_4, max_batch_size=2, instances=2)
+    q = Queue()
+    running = core.submit_async(q, (rows(2),), 0)
+    core.next_batch(0)  # in flight on runner 0
+    queued = [core.submit_async(q, (rows(2),), 0) for _ in range(3)]
+    sync_ticket = core.submit_sync((rows(2),), 0)
+    core.shutdown("going away")
+    assert core.next_batch(1) is None
+    _, _, _, _, code, message, _ = sync_ticket.wait()
+    assert code == UNAVAILABLE and "going away" in message
+    core.complete(0)  # the batch that was running still completes normally
+    assert core.next_batch(0) is None
+    done = {c[0]: c for c in q.drain()}
+    assert done[running][4] == OK
+    assert [done[t][4] for t in queued] == [UNAVAILABLE] * 3
+    with pytest.raises(Err) as ei:
+        core.submit_async(q, (rows(1),), 0)
+    assert ei.value.args[0] == UNAVAILABLE
+
+
+def test_lone_request_is_not_held_for_the_queue_delay(batcher, make_core):
+    delay_us = 5_000_000
+    core, Queue, _ = make_core(batcher, F32_4, max_queue_delay_us=delay_us)
+    core.submit_async(Queue(), (rows(1),), 0)
+    core.next_batch(0)
+    core.complete(0)
+    assert core.stats()["queue_ns"] < delay_us * 1000  # recorded queue time, not wall clock
+    core.shutdown("done")
+
+
+def test_one_eventfd_signal_per_batch(batcher, make_core):
+    import os
+
+    core, Queue, _ = make_core(batcher, F32_4, max_batch_size=8)
+    q = Queue()
+    for _ in range(4):
+        core.submit_async(q, (rows(1),), 0)
+    core.next_batch(0)
+    core.complete(0)
+    assert os.eventfd_read(q.fd) == 1  # four requests, one batch, one write
+    assert len(q.drain()) == 4
+    core.shutdown("done")
+
+
+def test_runner_waiting_for_work_releases_the_gil(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    got = []
+    runner = threading.Thread(target=lambda: got.append(core.next_batch(0)))
+    runner.start()
+    # Pure-Python progress on this thread while the runner blocks; then hand it work.
+    total = sum(i * i for i in range(200_000))
+    assert total > 0
+    core.submit_async(Queue(), (rows(1),), 0)
+    runner.join()
+    assert got[0][1] == 1
+    core.complete(0)
+    core.shutdown("done")
+
+
+def test_shutdown_wakes_a_runner_waiting_for_work(batcher, make_core):
+    core, _, _ = make_core(batcher, F32_4)
+    got = []
+    runner = threading.Thread(target=lambda: got.append(core.next_batch(0)))
+    runner.start()
+    core.shutdown("bye")
+    runner.join()
+    assert got == [None]
