@@ -140,7 +140,8 @@ class FeatureStore:
             entity_rows: Table/DataFrame with the entity column(s) of every group asked for and
                 ``timestamp_column``; other columns (labels) are carried through.
             features: references ``group:feature`` or ``group@v2:feature``.
-            full_feature_names: name columns ``group__feature`` instead of ``feature``.
+            full_feature_names: name columns ``group__feature`` (``group_v1__feature`` for a reference
+                pinned to a version) instead of ``feature``.
 
         Returns:
             A pyarrow Table: the entity rows (same order, same count) plus one column per feature.
@@ -158,7 +159,7 @@ class FeatureStore:
             g, version = self.metadata.group(ref.group, ref.version)
             g.feature(ref.feature)
             by_group.setdefault((g.name, version), (g, []))[1].append(ref)
-        names = [(f"{r.group}__{r.feature}" if full_feature_names else r.feature) for r in refs]
+        names = [_column_name(r, full_feature_names) for r in refs]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise InvalidInput(f"feature column names {dupes} repeat; pass full_feature_names=True or ask once")
@@ -178,8 +179,7 @@ class FeatureStore:
                 e_code, e_ts, f_code, f_ts,
                 _np(rows, "_ingest_seq"), _np(rows, "_ingest_row"), int(round(g.ttl_s * 1e6)))
             for r in grefs:
-                name = f"{r.group}__{r.feature}" if full_feature_names else r.feature
-                result[str(r)] = (name, _pit.take_valid(rows.column(r.feature), src, valid))
+                result[str(r)] = (_column_name(r, full_feature_names), _pit.take_valid(rows.column(r.feature), src, valid))
         out = entity
         for r in refs:
             name, arr = result[str(r)]
@@ -267,6 +267,14 @@ class FeatureStore:
 
     def close(self) -> None:
         self.metadata.close()
+
+
+def _column_name(ref, full: bool) -> str:
+    """``feature``, or with full names ``group__feature`` (``group_v1__feature`` for a pinned version)."""
+    if not full:
+        return ref.feature
+    v = f"_v{ref.version}" if ref.version is not None else ""
+    return f"{ref.group}{v}__{ref.feature}"
 
 
 def _np(table: pa.Table, name: str) -> np.ndarray:
