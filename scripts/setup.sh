@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: liblmdb-dev (the native feature cache), libb64-0d (perf_analyzer), wrk (load),
-# postgresql (registry tests on a real server), chromium (report rendering tests), unzip.
+# postgresql (registry tests on a real server), chromium (report rendering tests), graphviz (lineage DOT
+# export is checked with `dot`), unzip.
 need=()
 dpkg -s liblmdb-dev >/dev/null 2>&1 || need+=(liblmdb-dev)
 dpkg -s libb64-0d >/dev/null 2>&1 || need+=(libb64-0d)
@@ -15,6 +16,7 @@ if [ "${FASTML_SETUP_MINIMAL:-0}" != "1" ]; then
   dpkg -s wrk >/dev/null 2>&1 || need+=(wrk)
   dpkg -s postgresql >/dev/null 2>&1 || need+=(postgresql)
   dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
+  dpkg -s graphviz >/dev/null 2>&1 || need+=(graphviz)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}"
