@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (re-exports only; loaded lazily)
 _EXPORTS = {
-    "load_model": "fastml.engine",
+    # load_model accepts a file path or a registry reference (name@stage, name:1.2.0)
+    "load_model": "fastml.serving",
     "Model": "fastml.engine",
     "Registry": "fastml.registry",
     "FeatureStore": "fastml.features",
