@@ -36,6 +36,17 @@ def encode_key(key) -> bytes:
     raise InvalidInput(f"entity key {key!r} has type {type(key).__name__}; use str, int, bytes or a tuple of them")
 
 
+def _encode_all(keys) -> list[bytes]:
+    out = []
+    for i, k in enumerate(keys):
+        try:
+            out.append(encode_key(k))
+        except InvalidInput:
+            raise InvalidInput(f"entity key at position {i} has type {type(k).__name__}; "
+                               "use str, int, bytes or a tuple of them") from None
+    return out
+
+
 def _layout(n: int) -> tuple[int, int]:
     bitmap = ((n + 7) // 8 + 7) // 8 * 8
     return bitmap, 16 + bitmap + 8 * n
@@ -74,7 +85,7 @@ class ReferenceTable:
         return self._put(keys, values, present, event_time_us)
 
     def put(self, keys, values, present, event_time_us):
-        return self._put([encode_key(k) for k in keys], values, present, event_time_us)
+        return self._put(_encode_all(keys), values, present, event_time_us)
 
     def count(self) -> int:
         with self.cache.env.begin(db=self.db) as txn:
@@ -98,7 +109,7 @@ class ReferencePlan:
         sets = [keys] if self.n_key_sets == 1 else list(keys)
         if len(sets) != self.n_key_sets:
             raise InvalidInput(f"this lookup needs {self.n_key_sets} key lists, got {len(sets)}")
-        encoded = [[encode_key(k) for k in s] for s in sets]
+        encoded = [_encode_all(s) for s in sets]
         if len({len(s) for s in encoded}) > 1:
             raise InvalidInput("every key list of one lookup must have the same length")
         return encoded
@@ -145,13 +156,17 @@ class ReferencePlan:
     def get_into(self, keys, out, present=None, event_time=None, now_us=0):
         key_sets = self._keys(keys)
         n = len(key_sets[0])
-        for name, arr, dtypes in (("out", out, (np.float32, np.float64)), ("present", present, (np.bool_,)),
-                                  ("event_time", event_time, (np.int64,))):
+        checks = (("out", out, (np.float32, np.float64), "out must be a float32 or float64 numpy array"),
+                  ("present", present, (np.bool_,), "present must be a numpy bool array"),
+                  ("event_time", event_time, (np.int64,), "event_time must be a numpy int64 array"))
+        for name, arr, dtypes, type_error in checks:
             if arr is None:
                 continue
-            if arr.dtype.type not in dtypes or not arr.flags.c_contiguous or not arr.flags.writeable:
-                raise InvalidInput(f"{name} must be a writeable C-contiguous numpy array of {dtypes}")
-            if arr.shape != (n, self.n_columns):
+            if not isinstance(arr, np.ndarray) or arr.dtype.type not in dtypes:
+                raise InvalidInput(type_error)
+            if not arr.flags.c_contiguous or not arr.flags.writeable:
+                raise InvalidInput(f"{name} must be a writeable C-contiguous numpy array")
+            if arr.ndim != 2 or arr.shape != (n, self.n_columns):
                 raise InvalidInput(f"{name} must have shape ({n}, {self.n_columns})")
         self._fill(key_sets, out, present, event_time, now_us)
         return n
