@@ -122,3 +122,17 @@ def test_pandas_entity_rows_round_trip(fastml_home):
     er = pd.DataFrame({"k": ["a", "b"], "event_timestamp": pd.to_datetime([BASE_US + 1, BASE_US], unit="us", utc=True)})
     df = fs.get_training_set(er, ["g:v"]).to_pandas()
     assert df["v"].iloc[0] == 1.5 and np.isnan(df["v"].iloc[1])
+
+
+def test_sort_with_ties_orders_by_seq_then_row_even_when_rows_arrive_shuffled():
+    from fastml.features.pit import sort_with_ties
+
+    rng = np.random.default_rng(5)
+    packed = rng.integers(0, 20, 500)
+    seq = rng.integers(0, 5, 500)
+    row = rng.permutation(500)
+    order = sort_with_ties(packed, seq, row)
+    assert (order == np.lexsort((row, seq, packed))).all()
+    in_order = np.lexsort((row, seq))  # rows already in (seq, row) order: the fast path
+    order2 = sort_with_ties(packed[in_order], seq[in_order], row[in_order])
+    assert (order2 == np.lexsort((row[in_order], seq[in_order], packed[in_order]))).all()

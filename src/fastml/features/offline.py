@@ -207,7 +207,7 @@ class OfflineStore:
                 part = staging / f"event_date={date}"
                 part.mkdir(exist_ok=True)
                 path = part / f"part-{seq}.parquet"
-                pq.write_table(table.slice(s, e - s), path, compression="zstd")
+                pq.write_table(table.slice(s, e - s), path, compression="snappy")  # fast to decode for training reads
                 staged.append((path, f"event_date={date}/part-{seq}.parquet"))
             for path, rel in staged:
                 final = vdir / rel

@@ -51,14 +51,30 @@ def latest_at_or_before(e_code: np.ndarray, e_ts: np.ndarray, f_code: np.ndarray
         e_t, f_t = inv[:n_e], inv[n_e:]
     f_packed = f_code * span + f_t
     e_packed = e_code * span + e_t
-    # Ties in (key, time): sort by ingest seq then row, so side="right" lands on the latest ingest.
-    order = np.lexsort((f_row, f_seq, f_packed))
+    order = sort_with_ties(f_packed, f_seq, f_row)
     pos = np.searchsorted(f_packed[order], e_packed, side="right") - 1
     src = order[np.maximum(pos, 0)]
     valid = (pos >= 0) & (e_code >= 0) & (f_code[src] == e_code)
     if ttl_us > 0:
         valid &= (e_ts - f_ts[src]) <= ttl_us
     return src, valid
+
+
+def sort_with_ties(packed: np.ndarray, seq: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """Indices sorting by (packed, seq, row): ties in (key, time) end with the latest ingest and row.
+
+    Rows usually arrive in (seq, row) order within equal (key, time) already, so a stable sort on the
+    packed key alone is tried first and checked; the three-key lexsort is the fallback.
+    """
+    order = np.argsort(packed, kind="stable")
+    p = packed[order]
+    same = np.flatnonzero(p[1:] == p[:-1])
+    if len(same):
+        s, r = seq[order], row[order]
+        a, b = same, same + 1
+        if np.any((s[b] < s[a]) | ((s[b] == s[a]) & (r[b] < r[a]))):
+            return np.lexsort((row, seq, packed))
+    return order
 
 
 def take_valid(column: pa.Array | pa.ChunkedArray, src: np.ndarray, valid: np.ndarray) -> pa.Array:
