@@ -77,6 +77,7 @@ def _closed_port() -> int:
 def test_refused_connections_are_connect_errors():
     res = run(run_closed_loop("127.0.0.1", _closed_port(), REQUEST, concurrency=2, max_requests=6))
     assert res.outcomes == {"connect_error": 6}
+    assert "refused" in res.error_samples["connect_error"].lower()
     assert res.ok == 0 and res.throughput_per_s == 0
 
 

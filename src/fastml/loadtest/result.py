@@ -65,6 +65,8 @@ class LoadResult:
         latency_all_us: latencies of every HTTP answer, whatever its status.
         late_starts: open loop only: requests sent after their scheduled time because no
             connection was free (the latency still counts from the scheduled time).
+        error_samples: for connect errors and timeouts before a connection was had: the first
+            exception seen, as text (e.g. to tell refused connections from exhausted ports).
     """
 
     mode: str
@@ -75,6 +77,7 @@ class LoadResult:
     latency_ok_us: np.ndarray = field(repr=False)
     latency_all_us: np.ndarray = field(repr=False)
     late_starts: int = 0
+    error_samples: dict[str, str] = field(default_factory=dict)
 
     @property
     def sent(self) -> int:
@@ -116,6 +119,7 @@ class LoadResult:
             "latency_ok_us": percentiles_us(self.latency_ok_us),
             "latency_all_us": percentiles_us(self.latency_all_us),
             "late_starts": self.late_starts,
+            "error_samples": dict(self.error_samples),
         }
 
     def format_text(self) -> str:
@@ -141,6 +145,8 @@ class LoadResult:
         ]
         if self.mode == "open":
             lines.append(f"late starts (no free connection): {self.late_starts}")
+        for kind, text in sorted(self.error_samples.items()):
+            lines.append(f"first {kind}: {text}")
         return "\n".join(lines)
 
 

@@ -57,6 +57,7 @@ class _Recorder:
         self.all = LatencyLog()
         self.last_finish = measure_from
         self.late_starts = 0
+        self.error_samples: dict[str, str] = {}
 
     def response(self, started: float, finished: float, resp: Response) -> None:
         if started < self.measure_from:
@@ -72,11 +73,13 @@ class _Recorder:
         if 200 <= status < 300:
             self.ok.add(latency_us)
 
-    def error(self, started: float, finished: float, outcome: str) -> None:
+    def error(self, started: float, finished: float, outcome: str, detail: BaseException | None = None) -> None:
         if started < self.measure_from:
             return
         self.last_finish = max(self.last_finish, finished)
         self.outcomes[outcome] += 1
+        if outcome not in self.error_samples and detail is not None:
+            self.error_samples[outcome] = f"{type(detail).__name__}: {detail}"[:200]
 
     def _valid(self, resp: Response) -> bool:
         try:
@@ -95,6 +98,7 @@ class _Recorder:
             latency_ok_us=self.ok.values(),
             latency_all_us=self.all.values(),
             late_starts=self.late_starts,
+            error_samples=dict(self.error_samples),
         )
 
 
@@ -175,9 +179,9 @@ async def run_closed_loop(
                 if conn is None or conn.closed:
                     try:
                         conn = await asyncio.wait_for(open_connection(host, port, keep_body=keep_body), timeout_s)
-                    except (OSError, asyncio.TimeoutError):
+                    except (OSError, asyncio.TimeoutError) as exc:
                         conn = None
-                        recorder.error(started, clock(), CONNECT_ERROR)
+                        recorder.error(started, clock(), CONNECT_ERROR, exc)
                         continue
                 outcome = await _send(conn, wire, timeout_s)
                 finished = clock()
@@ -317,8 +321,11 @@ async def run_open_loop(
         try:
             async with asyncio.timeout(deadline - clock()):
                 conn = await pool.acquire()
-        except (OSError, TimeoutError):
-            recorder.error(due, clock(), TIMEOUT if clock() >= deadline else CONNECT_ERROR)
+        except TimeoutError as exc:  # before OSError: TimeoutError is one of its subclasses
+            recorder.error(due, clock(), TIMEOUT, exc)
+            return
+        except OSError as exc:
+            recorder.error(due, clock(), CONNECT_ERROR, exc)
             return
         outcome = await _send(conn, wire, max(deadline - clock(), 1e-6))
         pool.release(conn)
