@@ -153,6 +153,19 @@ def test_audit_commands(capsys, tmp_path, fastml_home):
     assert head_hash and len(head_hash) == 64
 
 
+def test_import_registry_command(capsys, artifact):
+    from fastml.registry import Registry
+
+    with Registry() as reg:
+        reg.register("recsys", artifact)
+    rc, out, _ = _run(capsys, "audit", "import-registry")
+    assert rc == 0 and out.strip() == "imported 1 registry event(s)"
+    rc, out, _ = _run(capsys, "audit", "import-registry", "--json")
+    assert json.loads(out) == {"added": 0}
+    rc, out, _ = _run(capsys, "audit", "log", "--action", "registry.")
+    assert "registry.register" in out
+
+
 def test_cli_runs_as_a_command(tmp_path, fastml_home):
     # The installed entry point, in a fresh process: group help works and verify of an empty log passes.
     out = subprocess.run([sys.executable, "-m", "fastml.cli", "audit", "verify"], capture_output=True, text=True,

@@ -124,7 +124,7 @@ def test_gate_blocks_then_allows_promotion_in_registry(fastml_home, artifact):
     assert actions[-2:] == ["registry.approve", "registry.transition"] or actions[-2:] == ["registry.transition", "registry.approve"]
     last_move = [e for e in audit.entries() if e["action"] == "registry.transition"][-1]
     assert last_move["before"] == {"stage": "staging"} and last_move["after"] == {"stage": "production"}
-    assert last_move["target"] == f"credit-scoring@{mv.version}"
+    assert last_move["target"] == f"credit-scoring:{mv.version}"
     block = next(e for e in audit.entries() if e["action"] == "governance.gate.block")
     assert block["details"]["reasons"] and block["after"] == {"stage": "production"}
     reg.close()
@@ -158,3 +158,23 @@ def test_evidence_store_rejects_path_tricks(tmp_path):
         store.save("../etc", "1.0.0", {})
     path = store.save("m", "1.0.0", {"metrics": {}})
     assert json.loads(path.read_text()) == {"metrics": {}}
+
+
+def test_registry_events_backfilled_once(fastml_home, artifact):
+    from fastml.governance.audit import import_registry_events
+    from fastml.registry import Registry
+
+    reg = Registry()
+    audit = AuditLog()
+    mv = reg.register("recsys", artifact, actor="alice")  # before governance was attached: not audited yet
+    reg.transition(mv.ref, "staging", actor="alice")
+    gov = attach(reg, audit=audit)
+    reg.transition(mv.ref, "archived", actor="bob")  # audited live
+    assert [e["action"] for e in audit.entries()] == ["registry.transition"]
+    assert gov.sync() == 2
+    assert import_registry_events(reg, audit) == 0  # idempotent
+    entries = list(audit.entries())
+    assert sorted(e["details"]["event_id"] for e in entries) == [ev["id"] for ev in reg.events()]
+    assert {e["actor"] for e in entries} == {"alice", "bob"}
+    assert audit.verify().ok
+    reg.close()

@@ -60,11 +60,19 @@ def _jsonable(value: Any) -> Any:
     def default(obj):
         if hasattr(obj, "tolist"):  # numpy scalars and arrays
             return obj.tolist()
-        if isinstance(obj, (set, frozenset)):
-            return sorted(obj, key=str)
         return str(obj)
 
-    return msgspec.json.decode(msgspec.json.encode(value, enc_hook=default))
+    def sets_sorted(obj):
+        # msgspec writes sets in iteration order, which varies between processes; sort them first.
+        if isinstance(obj, (set, frozenset)):
+            return sorted((sets_sorted(v) for v in obj), key=str)
+        if isinstance(obj, dict):
+            return {k: sets_sorted(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [sets_sorted(v) for v in obj]
+        return obj
+
+    return msgspec.json.decode(msgspec.json.encode(sets_sorted(value), enc_hook=default))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +125,7 @@ class AuditLog:
 
         Args:
             action: what happened, dotted (``registry.transition``, ``governance.gate.block``).
-            target: what it happened to (``credit-scoring@3``).
+            target: what it happened to (``credit-scoring:1.2.0``).
             before, after: the state before and after (any JSON-able values).
             details: anything else worth keeping.
             actor: who; default the configured user.
@@ -127,13 +135,20 @@ class AuditLog:
             InvalidInput: an empty action.
             IntegrityError: the last line of the log is unreadable, so nothing can be chained onto it.
         """
+        body = self._body(action, target, before, after, details, actor, at)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            return self._append_locked(body)
+
+    @staticmethod
+    def _body(action, target, before, after, details, actor, at) -> dict[str, Any]:
         if not action or not isinstance(action, str):
             raise InvalidInput("audit action must be a non-empty string")
         if actor is None:
             from fastml.config import get_settings
 
             actor = get_settings().actor
-        body = {
+        return {
             "at": at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
             "actor": str(actor),
             "action": action,
@@ -142,21 +157,22 @@ class AuditLog:
             "after": _jsonable(after),
             "details": _jsonable(details),
         }
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            last = self._last_entry()
-            entry = dict(body, seq=(last["seq"] + 1) if last else 1, prev=last["hash"] if last else GENESIS)
-            entry["hash"] = entry_hash(entry)
-            line = canonical_bytes(entry) + b"\n"
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                written = os.write(fd, line)  # one write of one line: readers never see half an entry
-                if written != len(line):
-                    raise IntegrityError(f"short write to {self.log_path}: {written} of {len(line)} bytes")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._write_head(entry["seq"], entry["hash"])
+
+    def _append_locked(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Chain ``body`` onto the last entry; the caller holds the lock."""
+        last = self._last_entry()
+        entry = dict(body, seq=(last["seq"] + 1) if last else 1, prev=last["hash"] if last else GENESIS)
+        entry["hash"] = entry_hash(entry)
+        line = canonical_bytes(entry) + b"\n"
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)  # one write of one line: readers never see half an entry
+            if written != len(line):
+                raise IntegrityError(f"short write to {self.log_path}: {written} of {len(line)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._write_head(entry["seq"], entry["hash"])
         return entry
 
     @contextlib.contextmanager
@@ -348,11 +364,33 @@ class AuditLog:
         return result
 
 
+def import_registry_events(registry, audit: AuditLog) -> int:
+    """Append the registry events the audit log does not hold yet (matched by event id), in id order.
+
+    The live subscription (:func:`fastml.governance.attach`) records events as they happen; this catches up
+    on events committed while no subscriber was attached (another process, a failed append). It holds the
+    audit lock throughout, so two importers never add an event twice. Returns how many were added.
+    """
+    audit.directory.mkdir(parents=True, exist_ok=True)
+    with audit._locked():
+        seen = {e["details"].get("event_id") for e in audit.entries()
+                if e["action"].startswith("registry.") and isinstance(e.get("details"), dict)}
+        added = 0
+        for event in registry.events():
+            if event.get("id") in seen:
+                continue
+            kw = registry_event_to_entry(event)
+            audit._append_locked(audit._body(kw["action"], kw["target"], kw["before"], kw["after"], kw["details"],
+                                             kw["actor"], None))
+            added += 1
+    return added
+
+
 def registry_event_to_entry(event: Mapping[str, Any]) -> dict[str, Any]:
     """Map a registry event (``id, at, actor, kind, model, version, from, to, reason, details``) to
     :meth:`AuditLog.append` keyword arguments."""
     model, version = event.get("model"), event.get("version")
-    target = f"{model}@{version}" if version is not None else model
+    target = f"{model}:{version}" if version is not None else model  # the registry's own ref syntax
     details = {"event_id": event.get("id"), "event_at": event.get("at"), "reason": event.get("reason"),
                "details": event.get("details")}
     before = {"stage": event["from"]} if event.get("from") is not None else None

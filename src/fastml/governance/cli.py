@@ -366,6 +366,11 @@ def _add_audit(subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_head)
 
+    p = sub.add_parser("import-registry", parents=[common],
+                       help="append the registry events the audit log does not hold yet")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_import_registry)
+
     p = sub.add_parser("record", parents=[common], help="append an entry (e.g. a deployment made outside fastml)")
     p.add_argument("action", help="dotted action name, e.g. deployment.rollout")
     p.add_argument("--target")
@@ -436,6 +441,16 @@ def _head(args) -> int:
         print("audit log is empty")
     else:
         print(f"{head['seq']} {head['hash']}")
+    return 0
+
+
+def _import_registry(args) -> int:
+    from fastml.governance.audit import import_registry_events
+    from fastml.registry import Registry
+
+    with Registry() as reg:
+        added = import_registry_events(reg, _audit_log(args))
+    print(json.dumps({"added": added}) if args.json else f"imported {added} registry event(s)")
     return 0
 
 

@@ -307,6 +307,12 @@ class Governance:
         if self.audit is not None:
             self.audit.append(**registry_event_to_entry(event))
 
+    def sync(self) -> int:
+        """Audit the registry events committed while nothing was subscribed; returns how many."""
+        from fastml.governance.audit import import_registry_events
+
+        return import_registry_events(self.registry, self.audit) if self.audit is not None else 0
+
     def record_fairness(self, ref: str, report: FairnessReport, *, actor: str | None = None) -> Path:
         """Store ``report`` as the fairness evidence of registry version ``ref``."""
         mv = self.registry.resolve(ref)
