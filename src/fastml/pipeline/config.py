@@ -38,6 +38,8 @@ class TrainingSetSource(_Base):
     """CSV or Parquet file of entity rows (entity keys and an event timestamp column)."""
     features: list[str]
     """Feature references ``group:feature``."""
+    timestamp_column: str = "event_timestamp"
+    """Event time of each entity row; used for the point-in-time join, then dropped."""
 
 
 class DataConfig(_Base):
@@ -139,6 +141,9 @@ class PipelineConfig(_Base):
     folds: int = 5
     metric: str | None = None
     """Default accuracy (classification) or rmse (regression)."""
+    threads: int = 1
+    """BLAS/OpenMP threads per process. Parallelism comes from tuning workers; on small data extra
+    BLAS threads only spin (40x slower logistic regression fits on a busy 2-core machine)."""
     validate: ValidateConfig = msgspec.field(default_factory=ValidateConfig)
     features: FeaturesConfig = msgspec.field(default_factory=FeaturesConfig)
     split: SplitConfig = msgspec.field(default_factory=SplitConfig)
@@ -249,6 +254,8 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         metrics = CLASSIFICATION_METRICS if cfg.task == "classification" else REGRESSION_METRICS
         if cfg.metric is not None and cfg.metric not in metrics:
             err("metric", f"{cfg.metric!r} is not a {cfg.task} metric; expected one of {sorted(metrics)}")
+    if cfg.threads < 1:
+        err("threads", f"must be >= 1, got {cfg.threads}")
     if cfg.folds < 2:
         err("folds", f"must be >= 2, got {cfg.folds}")
     if not 0.0 < cfg.split.holdout_fraction < 1.0:

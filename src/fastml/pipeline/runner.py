@@ -80,6 +80,9 @@ def _execute(run: Run, cfg, progress, workers: int) -> RunResult:
     run.save()
     ctx = stage_mod.Context(run, cfg, progress, workers)
     progress.run_started(run.run_id, todo, resume_from)
+    from threadpoolctl import threadpool_limits
+
+    limits = threadpool_limits(cfg.threads)
     try:
         for name in todo:
             index = STAGES.index(name) + 1
@@ -107,6 +110,7 @@ def _execute(run: Run, cfg, progress, workers: int) -> RunResult:
         run.save()
         return _result(run)
     finally:
+        limits.restore_original_limits()
         progress.run_finished(run.state)
         log.removeHandler(handler)
         handler.close()

@@ -111,8 +111,10 @@ def stage_ingest(ctx: Context) -> dict:
         if not ent_path.is_absolute():
             ent_path = Path(cfg.base_dir) / ent_path
         entities = _read_table(ent_path)
-        got = FeatureStore().get_training_set(entities, list(ts.features))
+        got = FeatureStore().get_training_set(entities, list(ts.features), timestamp_column=ts.timestamp_column)
         frame = got.to_pandas() if hasattr(got, "to_pandas") else pd.DataFrame(got)
+        # The point-in-time timestamp places rows in time; it is not a feature.
+        frame = frame.drop(columns=[ts.timestamp_column])
         source = f"feature store training set ({len(ts.features)} features, entities {ent_path})"
         feature_refs = list(ts.features)
     frame = frame.drop(columns=[c for c in cfg.data.drop if c in frame.columns])
@@ -164,7 +166,7 @@ def validation_checks(frame, cfg) -> list[dict]:
             continue
         vals = pd.to_numeric(frame[col], errors="coerce")
         bad = int(((vals < lo) | (vals > hi)).sum())
-        add("range", col, bad == 0, f"{bad} value(s) outside [{lo}, {hi}]" if bad else f"all within [{lo}, {hi}]")
+        add("range", col, bad == 0, f"{bad} value(s) outside [{lo:g}, {hi:g}]" if bad else f"all within [{lo:g}, {hi:g}]")
     if target in frame.columns and len(frame):
         y = frame[target].dropna()
         if cfg.task == "classification":
@@ -173,6 +175,7 @@ def validation_checks(frame, cfg) -> list[dict]:
             add("class_balance", target, len(shares) >= 2, f"{len(shares)} class(es) (need at least 2)")
             if len(shares) >= 2:
                 worst = shares.idxmin()
+                worst = worst.item() if hasattr(worst, "item") else worst
                 add("class_balance", target, shares.min() >= v.min_class_fraction,
                     f"smallest class {worst!r} has {shares.min():.2%} of rows (minimum {v.min_class_fraction:.2%})")
                 add("class_balance", target, counts.min() >= cfg.folds + 1,
@@ -328,7 +331,17 @@ def stage_evaluate(ctx: Context) -> dict:
 
     X, y = ctx.xy("holdout")
     metrics = all_metrics(ctx.cfg.task, ctx.model, X, y)
-    (ctx.out("evaluate") / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    out = ctx.out("evaluate")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # Per-example results (keyed by row number in the ingested data) let the registry compare versions
+    # with McNemar's test (classification) or a paired bootstrap of absolute errors (regression).
+    pred = ctx.model.predict(X)
+    ids = [int(i) for i in ctx.split[1]]
+    if ctx.cfg.task == "classification":
+        per_example = {"correct": [bool(v) for v in (np.asarray(pred) == y)], "example_ids": ids}
+    else:
+        per_example = {"scores": [float(v) for v in np.abs(np.asarray(pred, dtype=np.float64) - y.astype(np.float64))], "example_ids": ids}
+    (out / "eval_results.json").write_text(json.dumps(per_example))
     return metrics
 
 
@@ -384,6 +397,16 @@ def stage_register(ctx: Context) -> dict:
         return {"registered": False}
     from fastml.registry import Registry
 
+    registry = Registry()
+    name = cfg.register.model_name or cfg.name
+    parent = cfg.register.parent
+    if parent is None:
+        # Default lineage: the newest version already registered under this name.
+        try:
+            versions = registry.list_versions(name)
+        except NotFound:
+            versions = []
+        parent = versions[-1].ref if versions else None
     exp = ctx.out("export")
     ingest = json.loads((ctx.out("ingest") / "ingest.json").read_text())
     metrics = json.loads((ctx.out("evaluate") / "metrics.json").read_text())
@@ -392,13 +415,13 @@ def stage_register(ctx: Context) -> dict:
     metrics.update({f"cv_{k}_std": v["std"] for k, v in cv.items()})
     metrics = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN (undefined scores)
     params = json.loads((ctx.out("train") / "params.json").read_text())
-    name = cfg.register.model_name or cfg.name
     tags = {**cfg.register.tags, "config_hash": cfg.config_hash(), "task": cfg.task, "family": cfg.model.family,
             "pipeline_run": ctx.run.run_id}
     card = {"task": cfg.task, "family": cfg.model.family, "metric": cfg.metric_name,
             "training_rows": len(ctx.split[0]), "holdout_rows": len(ctx.split[1]), "data_source": ingest["source"],
             "features": ctx.spec.to_dict()}
-    mv = Registry().register(
+    eval_results = json.loads((ctx.out("evaluate") / "eval_results.json").read_text())
+    mv = registry.register(
         name,
         exp / "model.optimized.onnx",
         bump=cfg.register.bump,
@@ -406,14 +429,16 @@ def stage_register(ctx: Context) -> dict:
         params={k: v for k, v in params.items()},
         tags=tags,
         description=cfg.register.description or f"{cfg.model.family} trained by fastml pipeline run {ctx.run.run_id}",
-        parent=cfg.register.parent,
+        parent=parent,
         signature=onnx_signature(exp / "model.optimized.onnx"),
         model_card=card,
         source_artifact=exp / "model.onnx",
         run_id=ctx.run.run_id,
         dataset_fingerprint=ingest["dataset_fingerprint"],
         feature_refs=ingest.get("feature_refs"),
+        eval_results=eval_results,
     )
-    reg = {"registered": True, "name": mv.name, "version": str(mv.version), "ref": f"{mv.name}:{mv.version}"}
+    reg = {"registered": True, "name": mv.name, "version": str(mv.version), "ref": f"{mv.name}:{mv.version}",
+           "parent": parent}
     (out / "registration.json").write_text(json.dumps(reg, indent=2))
     return reg

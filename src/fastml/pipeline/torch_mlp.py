@@ -64,7 +64,8 @@ class _TorchMLP(BaseEstimator):
     task = "classification"
 
     def __init__(self, hidden_units: int = 64, n_layers: int = 2, lr: float = 1e-2, epochs: int = 30,
-                 batch_size: int = 128, weight_decay: float = 0.0, random_state: int = 0, ddp_processes: int = 1):
+                 batch_size: int = 128, weight_decay: float = 0.0, random_state: int = 0, ddp_processes: int = 1,
+                 n_threads: int = 1):
         self.hidden_units = hidden_units
         self.n_layers = n_layers
         self.lr = lr
@@ -73,11 +74,17 @@ class _TorchMLP(BaseEstimator):
         self.weight_decay = weight_decay
         self.random_state = random_state
         self.ddp_processes = ddp_processes
+        self.n_threads = n_threads
 
     def _targets(self, y):
         raise NotImplementedError
 
     def fit(self, X, y):
+        import torch
+
+        # Small MLPs gain nothing from intra-op threads, and on a shared machine the thread pool's
+        # spinning costs 10-20x; tuning parallelism comes from Optuna workers instead.
+        torch.set_num_threads(int(self.n_threads))
         X = np.asarray(X, dtype=np.float32)
         y_enc, n_out = self._targets(np.asarray(y))
         self.n_features_in_ = X.shape[1]

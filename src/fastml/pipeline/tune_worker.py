@@ -27,6 +27,9 @@ def main(argv=None) -> int:
     run_dir = Path(args.run_dir)
     run = Run(run_dir, json.loads((run_dir / "run.json").read_text()))
     cfg = load_run_config(run)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(cfg.threads)
     ctx = Context(run, cfg, LogProgress())
     storage = tune.make_storage(cfg, ctx.out("tune"))
     # Each worker samples from its own seed stream, or all would propose the same parameters.
