@@ -135,6 +135,11 @@ class Server:
             for conn in list(self.connections):
                 if conn.closed or conn.transport is None:
                     continue
+                if conn.lingering:
+                    if tick - conn.last_tick > 2:
+                        conn.closed = True
+                        conn.transport.close()
+                    continue
                 if conn.msg_tick >= 0:
                     if tick - conn.msg_tick > slow:
                         conn._fail(408, f"request not received completely within {self.limits.request_timeout_s} s")

@@ -14,6 +14,7 @@ The inference path is inlined here for speed: route cache -> model entry -> cach
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections import deque
 
@@ -32,6 +33,8 @@ from fastml.server.tensors import (
     plan_inputs,
     raw_input,
 )
+
+log = logging.getLogger("fastml.server")
 
 _OK_BINARY = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\nContent-Length: %d\r\n%s\r\n"
 _OK_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
@@ -231,7 +234,8 @@ class HttpProtocol:
     __slots__ = (
         "server", "limits", "parser", "transport", "url", "body", "body_len", "ihcl", "content_encoding",
         "accept_encoding", "header_bytes", "header_count", "pending", "closed", "last_tick", "msg_tick",
-        "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length",
+        "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length", "lingering",
+        "discarded",
     )
 
     def __init__(self, server, metrics_only: bool = False):
@@ -246,6 +250,8 @@ class HttpProtocol:
         self.msg_tick = -1
         self.reading_paused = False
         self.writing_paused = False
+        self.lingering = False
+        self.discarded = 0
         self._reset()
 
     def _reset(self):
@@ -281,28 +287,47 @@ class HttpProtocol:
         self._maybe_resume_reading()
 
     def eof_received(self):
-        return False  # close our side too; pending answers are dropped with the connection
+        if self.pending and not self.lingering:
+            # The client half-closed after its last request: answer what it sent, then close.
+            self.pending[-1].close = True
+            return True
+        return False
 
     def data_received(self, data):
         self.last_tick = self.server.tick
+        if self.lingering:
+            # After an answer that ends the connection, the client may still be sending (a body over the
+            # limit): read and drop it, so closing does not reset the connection before it reads the answer.
+            self.discarded += len(data)
+            if self.discarded > self.limits.max_body_bytes:
+                self.closed = True
+                self.transport.close()
+            return
         try:
             self.parser.feed_data(data)
-        except _Reject as r:
-            self._fail(r.status, r.message)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrade is not supported")
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps what a callback raised; the original is the context.
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._fail(cause.status, cause.message)
+            else:
+                log.error("internal error while handling a request", exc_info=cause)
+                self._fail(500, f"internal error: {type(cause).__name__}: {cause}")
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed HTTP request: {exc}")
 
     def _fail(self, status: int, message: str):
-        """Answer a request we cannot parse any further, then close the connection."""
+        """Answer a request we cannot parse any further, then end the connection (lingering close)."""
         self.server.count_status(status)
         slot = _Slot()
         slot.data = error_response(status, message, _CLOSE_HDR)
         slot.close = True
+        self.lingering = True
+        self.msg_tick = -1
         self.pending.append(slot)
         self.flush()
-        self._pause_reading()
 
     # ----- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self):
@@ -417,9 +442,12 @@ class HttpProtocol:
             pending.popleft()
             write(slot.data)
             if slot.close:
-                self.closed = True
                 pending.clear()
-                self.transport.close()
+                if self.lingering and self.transport.can_write_eof():
+                    self.transport.write_eof()  # half-close; the sweep closes it if the peer does not
+                else:
+                    self.closed = True
+                    self.transport.close()
                 return
         self._maybe_resume_reading()
 
@@ -437,16 +465,18 @@ class HttpProtocol:
     def _dispatch(self, method: bytes, body: bytes, conn_hdr: bytes):
         server = self.server
         url = self.url
-        r = server.route_cache.get(url)
-        if r is None:
-            path = url.split(b"?", 1)[0].decode("latin-1")
-            r = routes.route(path)
-            if self.metrics_only and r[0] != routes.METRICS:
+        if self.metrics_only:
+            r = routes.route(url.split(b"?", 1)[0].decode("latin-1"))
+            if r[0] != routes.METRICS:
                 r = (routes.NOT_FOUND, None, None)
-            elif not self.metrics_only and r[0] == routes.METRICS:
-                r = (routes.NOT_FOUND, None, None)
-            if len(server.route_cache) < _ROUTE_CACHE_MAX:
-                server.route_cache[url] = r
+        else:
+            r = server.route_cache.get(url)
+            if r is None:
+                r = routes.route(url.split(b"?", 1)[0].decode("latin-1"))
+                if r[0] == routes.METRICS:
+                    r = (routes.NOT_FOUND, None, None)
+                if len(server.route_cache) < _ROUTE_CACHE_MAX:
+                    server.route_cache[url] = r
         kind, name, version = r
         if kind == routes.NOT_FOUND:
             raise _Reject(404, "Not Found")

@@ -101,7 +101,11 @@ def _param_bool(params: dict, key: str, where: str) -> bool:
 
 
 def decode_bytes_tensor(buf, count: int, where: str) -> np.ndarray:
-    """Parse ``count`` BYTES elements (4-byte little-endian length + raw bytes each) filling ``buf``."""
+    """Parse ``count`` BYTES elements (4-byte little-endian length + raw bytes each) filling ``buf``.
+
+    Elements become ``str``: ONNX string tensors hold UTF-8 text and ONNX Runtime's Python binding turns
+    a ``bytes`` object into its repr, so bytes that are not UTF-8 are refused here with InvalidInput.
+    """
     mv = memoryview(buf)
     out = np.empty(count, dtype=object)
     pos, end = 0, len(mv)
@@ -112,7 +116,10 @@ def decode_bytes_tensor(buf, count: int, where: str) -> np.ndarray:
         pos += 4
         if pos + n > end:
             raise InvalidInput(f"{where}: BYTES element {i} claims {n} bytes but only {end - pos} remain")
-        out[i] = bytes(mv[pos : pos + n])
+        try:
+            out[i] = str(mv[pos : pos + n], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{where}: BYTES element {i} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         pos += n
     if pos != end:
         raise InvalidInput(f"{where}: {end - pos} bytes left over after {count} BYTES elements")
@@ -143,7 +150,7 @@ def _json_tensor(spec: InferInputJSON, where: str) -> np.ndarray:
         out = np.empty(count, dtype=object)
         for i, item in enumerate(flat):
             if isinstance(item, str):
-                out[i] = item.encode("utf-8")
+                out[i] = item
             else:
                 raise InvalidInput(f"{where}: BYTES data element {i} is {type(item).__name__}, expected a string")
         return out.reshape(spec.shape)

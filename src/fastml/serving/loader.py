@@ -47,8 +47,6 @@ def load_model(ref_or_path: str | Path, **engine_kwargs):
         NotFound: no such file or reference. InvalidInput: not an ONNX file. IntegrityError: the artifact
         does not match its checksum.
     """
-    from fastml.engine import load_model as engine_load
-
     target = str(ref_or_path)
     kind, _ = parse_target(target)
     if kind == "path":
@@ -59,8 +57,31 @@ def load_model(ref_or_path: str | Path, **engine_kwargs):
                 raise NotFound(f"{target}: directory has no model.onnx")
         if path.suffix != ".onnx":
             raise InvalidInput(f"{target}: expected an .onnx file")
-        return engine_load(path, **engine_kwargs)
+        return _engine_load(path, engine_kwargs)
     mv, path = resolve_ref(target)
     engine_kwargs.setdefault("name", mv.name)
     engine_kwargs.setdefault("version", str(mv.version))
-    return engine_load(path, **engine_kwargs)
+    return _engine_load(path, engine_kwargs)
+
+
+def _engine_load(path: Path, kw: dict):
+    """engine.load_model with ``batcher="auto"``: the native batcher, or the Python one for models with
+    BYTES (string) inputs, which the native batcher cannot batch."""
+    from fastml.engine import load_model as engine_load
+
+    if kw.get("batcher", "auto") != "auto":
+        return engine_load(path, **kw)
+    kw = {k: v for k, v in kw.items() if k != "batcher"}
+    try:
+        return engine_load(path, batcher="native", **kw)
+    except InvalidInput:
+        if not _has_string_input(path):
+            raise
+    return engine_load(path, batcher="python", **kw)
+
+
+def _has_string_input(path: Path) -> bool:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return any(i.type == "tensor(string)" for i in sess.get_inputs())

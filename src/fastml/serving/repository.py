@@ -22,7 +22,8 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     """Per-model serving settings (``<repo>/<model>/config.toml``); all optional.
 
     Attributes mirror :func:`fastml.engine.load_model` keyword arguments, plus ``version_policy``
-    (``"latest"``: only the highest version; ``"all"``: every version directory).
+    (``"latest"``: only the highest version; ``"all"``: every version directory). ``batcher="auto"`` uses
+    the native batcher unless the model has BYTES inputs (then the Python reference batcher).
     """
 
     max_batch_size: int = 32
@@ -31,6 +32,7 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     max_queue_size: int = 1024
     timeout_us: int = 0
     intra_op_threads: int = 1
+    batcher: str = "auto"
     version_policy: str = "latest"
 
     def engine_kwargs(self) -> dict:
@@ -54,6 +56,8 @@ def _validate(raw: dict, source: str) -> RepositoryConfig:
         raise InvalidInput(
             f"{source}: need max_batch_size >= 0, instances >= 1, max_queue_delay_us >= 0, max_queue_size >= 1"
         )
+    if cfg.batcher not in ("auto", "native", "python"):
+        raise InvalidInput(f"{source}: batcher must be 'auto', 'native' or 'python', got {cfg.batcher!r}")
     if cfg.version_policy not in ("latest", "all"):
         raise InvalidInput(f"{source}: version_policy must be 'latest' or 'all', got {cfg.version_policy!r}")
     return cfg
