@@ -1,0 +1,234 @@
+"""Explanations for ONNX models: SHAP (model-agnostic over ONNX Runtime, or TreeSHAP on the source tree
+model), LIME for tabular rows, and global importance (mean |SHAP| per feature).
+
+The model is run with ONNX Runtime directly (monitoring never imports the engine). Model-agnostic SHAP
+uses shap's ``KernelExplainer`` over the ORT predictions with a background sample; with ``2**features``
+samples (the default up to 12 features) it enumerates every coalition and the values are the exact
+Shapley values of the independent-masking game, beyond that it samples coalitions (seeded). shap's
+``Exact`` and ``Permutation`` explainers compute the same quantity but pay a numba compilation of 10-20 s
+per process on this hardware, so they are not used.
+
+With the source tree model at hand (``source_model=``), ``algorithm="tree"`` uses ``shap.TreeExplainer``
+(interventional, same background). In margin space (``link="logit"`` for a classifier's probability:
+the explained function is log(p / (1 - p)), the trees' raw output) TreeSHAP is exact and equals the
+model-agnostic values; in probability space shap's TreeExplainer rescales margin attributions, which is
+close to but not the same as the Shapley values of the probability.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fastml.errors import InvalidInput
+
+
+@dataclasses.dataclass
+class ShapResult:
+    """SHAP values of some rows.
+
+    Attributes:
+        values: (rows, features) contributions to the explained output.
+        base_value: expected output over the background.
+        feature_names: names of the features.
+        algorithm: ``kernel`` or ``tree``.
+        output: what was explained (e.g. ``probabilities[1]``).
+    """
+
+    values: np.ndarray
+    base_value: float
+    feature_names: list[str]
+    algorithm: str
+    output: str
+
+    def global_importance(self) -> dict[str, float]:
+        """Mean |SHAP| per feature, largest first."""
+        imp = np.abs(self.values).mean(axis=0)
+        order = np.argsort(-imp, kind="stable")
+        return {self.feature_names[i]: float(imp[i]) for i in order}
+
+    def to_dict(self) -> dict:
+        return {"algorithm": self.algorithm, "output": self.output, "base_value": self.base_value,
+                "feature_names": self.feature_names, "values": self.values.tolist(),
+                "global_importance": self.global_importance()}
+
+
+class OnnxExplainer:
+    """Explain one output of an ONNX model.
+
+    Args:
+        model: path to the ``.onnx`` file.
+        background: (rows, features) background sample (the masker's reference data).
+        input_name: model input to feed (default: the only/first input).
+        output: output to explain (default: the first floating-point output, e.g. ``probabilities``).
+        class_index: column of a 2-D output to explain (default: the last, i.e. the positive class of a
+            binary classifier).
+        feature_names: names of the features (default ``f0``, ``f1``, ...).
+        source_model: the fitted tree model the ONNX file came from, enabling ``algorithm="tree"``.
+        max_background: background rows kept (a seeded sample when there are more).
+        seed: seed for background sampling, kernel sampling and LIME.
+        link: ``"identity"`` explains the output as is; ``"logit"`` explains log(p / (1 - p)) of a
+            probability (the margin of a tree ensemble or logistic model).
+    """
+
+    def __init__(self, model: str | Path, background: Any, *, input_name: str | None = None, output: str | None = None,
+                 class_index: int | None = None, feature_names: Sequence[str] | None = None, source_model: Any = None,
+                 max_background: int = 100, seed: int = 0, link: str = "identity"):
+        import onnxruntime as ort
+
+        path = Path(model)
+        if not path.is_file():
+            from fastml.errors import NotFound
+
+            raise NotFound(f"model file {path} does not exist")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1  # explanations run beside serving; stay off other cores
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        names = [i.name for i in inputs]
+        self.input_name = input_name or names[0]
+        if self.input_name not in names:
+            raise InvalidInput(f"model has no input {self.input_name!r}; inputs are {names}")
+        outs = {o.name: o for o in self.session.get_outputs()}
+        if output is None:
+            output = next((n for n, o in outs.items() if "float" in o.type), None)
+            if output is None:
+                raise InvalidInput(f"model has no floating-point output to explain; outputs are {list(outs)}")
+        if output not in outs:
+            raise InvalidInput(f"model has no output {output!r}; outputs are {list(outs)}")
+        self.output = output
+        bg = np.asarray(background, dtype=np.float32)
+        if bg.ndim != 2 or bg.shape[0] == 0:
+            raise InvalidInput(f"background must be a non-empty 2-D array, got shape {bg.shape}")
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        if bg.shape[0] > max_background:
+            bg = bg[np.sort(self.rng.choice(bg.shape[0], max_background, replace=False))]
+        self.background = bg
+        self.n_features = bg.shape[1]
+        self.feature_names = list(feature_names) if feature_names is not None else [f"f{j}" for j in range(self.n_features)]
+        if len(self.feature_names) != self.n_features:
+            raise InvalidInput(f"{len(self.feature_names)} feature names for {self.n_features} features")
+        probe = self._run(bg[:1])
+        if probe.ndim == 2:
+            self.class_index = probe.shape[1] - 1 if class_index is None else class_index
+            if not 0 <= self.class_index < probe.shape[1]:
+                raise InvalidInput(f"class_index {self.class_index} out of range for output of width {probe.shape[1]}")
+            self.output_label = f"{output}[{self.class_index}]"
+        else:
+            self.class_index = None
+            self.output_label = output
+        self.source_model = source_model
+        if link not in ("identity", "logit"):
+            raise InvalidInput(f"link must be 'identity' or 'logit', got {link!r}")
+        self.link = link
+        if link == "logit":
+            self.output_label = f"logit({self.output_label})"
+
+    # ----------------------------------------------------------------------------------- predictions
+    def _run(self, X: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output], {self.input_name: np.ascontiguousarray(X, dtype=np.float32)})[0]
+        return np.asarray(out)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The explained output for each row (1-D), after the link."""
+        out = self._run(self._rows(X)).astype(np.float64)
+        out = out[:, self.class_index] if self.class_index is not None else out.reshape(out.shape[0], -1)[:, 0]
+        if self.link == "logit":
+            p = np.clip(out, 1e-12, 1 - 1e-12)
+            out = np.log(p / (1 - p))
+        return out
+
+    def predict_all(self, X: Any) -> np.ndarray:
+        """The whole output (2-D), as LIME's classifier mode wants."""
+        out = self._run(self._rows(X)).astype(np.float64)
+        return out if out.ndim == 2 else out.reshape(-1, 1)
+
+    def _rows(self, X: Any) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim == 1:
+            X = X[None, :]
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise InvalidInput(f"rows must have shape (n, {self.n_features}), got {X.shape}")
+        return X
+
+    # ------------------------------------------------------------------------------------------ SHAP
+    def shap_values(self, X: Any, *, algorithm: str = "auto", nsamples: int | None = None) -> ShapResult:
+        """SHAP values of ``X``'s rows for the explained output.
+
+        Args:
+            X: rows to explain.
+            algorithm: ``auto`` (``tree`` when a source tree model was given, else ``kernel``), ``kernel``
+                or ``tree``.
+            nsamples: coalitions evaluated per row; default all ``2**features`` up to 12 features
+                (exact), else 2 x features + 2048 (shap's "auto").
+        """
+        import shap
+
+        X = self._rows(X)
+        if algorithm == "auto":
+            algorithm = "tree" if self.source_model is not None else "kernel"
+        if algorithm == "tree":
+            return self._tree_shap(X)
+        if algorithm == "kernel":
+            n = nsamples or (2 ** self.n_features if self.n_features <= 12 else 2 * self.n_features + 2048)
+            explainer = shap.KernelExplainer(self.predict, self.background.astype(np.float64))
+            state = np.random.get_state()
+            np.random.seed(self.seed)  # the kernel explainer samples coalitions with numpy's global generator
+            try:
+                values = explainer.shap_values(X.astype(np.float64), nsamples=n, silent=True)
+            finally:
+                np.random.set_state(state)
+            base = float(np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)[0])
+            return ShapResult(np.asarray(values, dtype=np.float64).reshape(X.shape[0], -1), base, self.feature_names,
+                              "kernel", self.output_label)
+        raise InvalidInput(f"algorithm must be auto, kernel or tree, got {algorithm!r}")
+
+    def _tree_shap(self, X: np.ndarray) -> ShapResult:
+        import shap
+
+        if self.source_model is None:
+            raise InvalidInput("algorithm 'tree' needs the source tree model (source_model=...)")
+        explainer = shap.TreeExplainer(self.source_model, data=self.background.astype(np.float64),
+                                       feature_perturbation="interventional",
+                                       model_output="raw" if self.link == "logit" else "probability")
+        values = explainer.shap_values(X.astype(np.float64), check_additivity=False)
+        expected = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim == 3:  # (rows, features, classes)
+            k = self.class_index if self.class_index is not None else 0
+            values, base = values[:, :, k], expected[k]
+        elif isinstance(values, list):  # older shap: one array per class
+            k = self.class_index if self.class_index is not None else 0
+            values, base = np.asarray(values[k]), expected[k]
+        else:
+            # one output: for a binary classifier it is the positive class
+            base = expected[0]
+            if self.class_index == 0:  # the single output is the positive class: mirror it
+                values, base = -values, (-base if self.link == "logit" else 1.0 - base)
+        return ShapResult(values, float(base), self.feature_names, "tree", self.output_label)
+
+    def global_importance(self, X: Any, **kwargs) -> dict[str, float]:
+        """Mean |SHAP| per feature over ``X``'s rows, largest first."""
+        return self.shap_values(X, **kwargs).global_importance()
+
+    # ------------------------------------------------------------------------------------------ LIME
+    def lime(self, row: Any, *, num_features: int = 10, num_samples: int = 2000, mode: str | None = None) -> list[tuple[str, float]]:
+        """LIME explanation of one row: ``[(feature condition, weight), ...]`` by |weight|, for the explained
+        class (classification) or output (regression)."""
+        from lime.lime_tabular import LimeTabularExplainer
+
+        r = self._rows(row)[0].astype(np.float64)
+        mode = mode or ("classification" if self.class_index is not None else "regression")
+        explainer = LimeTabularExplainer(self.background.astype(np.float64), feature_names=self.feature_names,
+                                         mode=mode, random_state=self.seed, discretize_continuous=True)
+        if mode == "classification":
+            label = self.class_index
+            exp = explainer.explain_instance(r, self.predict_all, labels=(label,), num_features=num_features,
+                                             num_samples=num_samples)
+            return [(name, float(w)) for name, w in exp.as_list(label=label)]
+        exp = explainer.explain_instance(r, self.predict, num_features=num_features, num_samples=num_samples)
+        return [(name, float(w)) for name, w in exp.as_list()]
