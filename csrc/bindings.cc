@@ -316,8 +316,14 @@ bool AppendScalar(PyObject* item, std::string* arena) {
 // Encodes a sequence of keys: str/bytes/int as is, a tuple as its components joined by 0x1f (the
 // same encoding fastml.features.keys uses for Arrow columns).
 void EncodeKeys(py::handle keys, KeyBatch* out) {
+  if (PyUnicode_Check(keys.ptr()) || PyBytes_Check(keys.ptr())) {
+    RaiseInvalid("entity keys must be a sequence of keys, not a single string");
+  }
   py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(keys.ptr(), "entity keys must be a sequence"));
-  if (!fast) throw py::error_already_set();
+  if (!fast) {
+    PyErr_Clear();
+    RaiseInvalid(std::string("entity keys must be a sequence of keys, got ") + Py_TYPE(keys.ptr())->tp_name);
+  }
   Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
   PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
   out->arena.reserve(size_t(n) * 16);

@@ -156,3 +156,19 @@ def test_native_and_reference_files_are_interchangeable(fastml_home, driver_grou
     shutil.copytree(src, dst)
     fs2 = FeatureStore(fastml_home, online_backend=other)
     assert _dump(fs2, [1, 2, 3]) == expected
+
+
+def test_key_containers(store, driver_group):
+    import pandas as pd
+
+    store.register(driver_group)
+    store.ingest("driver", driver_table([1, 2], [0, 0], [5, 6]))
+    store.materialize("driver")
+    assert store.get_online(["driver:trips"], np.array([2, 1]))[0][:, 0].tolist() == [6, 5]
+    assert store.get_online(["driver:trips"], {"driver_id": [1]})[0][0, 0] == 5
+    df = pd.DataFrame({"driver_id": [2, 3]})
+    assert store.get_online(["driver:trips"], df, as_dict=True) == {"driver_id": [2, 3], "trips": [6, None]}
+    with pytest.raises(InvalidInput, match="entity keys must be"):
+        store.get_online(["driver:trips"], "12")
+    with pytest.raises(InvalidInput, match="entity keys must be"):
+        store.get_online(["driver:trips"], 12)

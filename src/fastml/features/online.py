@@ -30,6 +30,15 @@ _open_caches: "weakref.WeakValueDictionary[tuple[str, str], _Cache]" = weakref.W
 _open_lock = threading.Lock()
 
 
+def _forget_caches_after_fork() -> None:
+    # An LMDB environment must not be used across fork(); stores created in the child open their own.
+    _open_caches.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_caches_after_fork)
+
+
 class _Cache:
     """Holds one backend cache object (weak-referenceable wrapper)."""
 
@@ -170,11 +179,13 @@ class OnlineStore:
     def _key_lists(self, plan: Plan, entity_keys):
         """Keys in the plan's shape: one list, or one list per key set (for groups with other entities)."""
         if isinstance(entity_keys, dict):  # columns: {"driver_id": [...], ...}
-            rows = None
-            cols = entity_keys
-        elif entity_keys and isinstance(entity_keys[0], dict):  # Feast entity rows
-            rows = entity_keys
-            cols = None
+            rows, cols = None, entity_keys
+        elif hasattr(entity_keys, "columns") and hasattr(entity_keys, "to_dict"):  # a pandas DataFrame
+            rows, cols = None, {c: entity_keys[c].tolist() for c in entity_keys.columns}
+        elif isinstance(entity_keys, (str, bytes)) or not hasattr(entity_keys, "__len__"):
+            raise InvalidInput(f"entity keys must be a list of keys (or of entity-row dicts), got {entity_keys!r}")
+        elif isinstance(entity_keys, list) and entity_keys and isinstance(entity_keys[0], dict):  # Feast rows
+            rows, cols = entity_keys, None
         else:
             if len(plan.key_entities) != 1:
                 raise InvalidInput("these features come from groups with different entity columns "
@@ -229,9 +240,11 @@ class OnlineStore:
 
     def _as_dict(self, plan: Plan, entity_keys, values, present) -> dict:
         out: dict[str, list] = {}
-        if isinstance(entity_keys, dict):
+        if hasattr(entity_keys, "columns") and hasattr(entity_keys, "to_dict"):
+            out.update({c: entity_keys[c].tolist() for c in entity_keys.columns})
+        elif isinstance(entity_keys, dict):
             out.update({k: list(v) for k, v in entity_keys.items()})
-        elif entity_keys and isinstance(entity_keys[0], dict):
+        elif isinstance(entity_keys, list) and entity_keys and isinstance(entity_keys[0], dict):
             for k in entity_keys[0]:
                 out[k] = [r.get(k) for r in entity_keys]
         else:
