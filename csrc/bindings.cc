@@ -314,7 +314,7 @@ bool AppendScalar(PyObject* item, std::string* arena) {
 }
 
 // Encodes a sequence of keys: str/bytes/int as is, a tuple as its components joined by 0x1f (the
-// same encoding fastml.features.keys uses for Arrow columns).
+// same encoding fastml.features.offline.key_strings gives Arrow columns).
 void EncodeKeys(py::handle keys, KeyBatch* out) {
   if (PyUnicode_Check(keys.ptr()) || PyBytes_Check(keys.ptr())) {
     RaiseInvalid("entity keys must be a sequence of keys, not a single string");
