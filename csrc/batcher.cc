@@ -77,9 +77,6 @@ std::vector<Completion> CompletionQueue::Drain() {
         std::lock_guard<std::mutex> lk(mu_);
         out.swap(items_);
     }
-    for (auto& c : out) {
-        if (c.batch_refs) c.last_of_batch = c.batch_refs->fetch_sub(1) == 1;
-    }
     return out;
 }
 
@@ -88,9 +85,7 @@ std::vector<Completion> CompletionQueue::Drain() {
 Completion Request::Wait() {
     std::unique_lock<std::mutex> lk(done_mu);
     done_cv.wait(lk, [this] { return done; });
-    Completion c = result;
-    if (c.batch_refs) c.last_of_batch = c.batch_refs->fetch_sub(1) == 1;
-    return c;
+    return result;
 }
 
 // ---------------------------------------------------------------- Batcher
@@ -366,10 +361,9 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         slot.requests.clear();
         return;
     }
-    auto refs = std::make_shared<std::atomic<int64_t>>(static_cast<int64_t>(slot.requests.size()));
     // Group completions by destination queue (usually one event loop): one Push, one eventfd write each.
     std::vector<std::pair<CompletionQueue*, std::vector<Completion>>> groups;
-    std::vector<std::shared_ptr<CompletionQueue>> keep;
+    std::vector<std::pair<Request*, Completion>> sync;  // blocking waiters, woken after the counters
     int64_t queue_ns = 0, request_end = 0;
     for (size_t i = 0; i < slot.requests.size(); ++i) {
         Request& r = *slot.requests[i];
@@ -378,25 +372,21 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         c.batch = slot.batch_id;
         c.row_offset = slot.offsets[i];
         c.rows = r.rows;
-        c.batch_refs = refs;
+        c.batch_requests = static_cast<int64_t>(slot.requests.size());
         queue_ns += slot.dispatch_ns - r.enqueue_ns;
         if (r.queue) {
             auto it = std::find_if(groups.begin(), groups.end(),
                                    [&](const auto& g) { return g.first == r.queue.get(); });
             if (it == groups.end()) {
                 groups.emplace_back(r.queue.get(), std::vector<Completion>{});
-                keep.push_back(r.queue);
                 it = std::prev(groups.end());
             }
             it->second.push_back(std::move(c));
         } else {
-            std::lock_guard<std::mutex> lk(r.done_mu);
-            r.result = std::move(c);
-            r.done = true;
-            r.done_cv.notify_all();
+            sync.emplace_back(&r, std::move(c));
         }
     }
-    for (auto& g : groups) g.first->Push(std::move(g.second));
+    // Counters first, so a caller woken below already sees its request counted.
     const int64_t end = SteadyNowNs();
     for (const auto& r : slot.requests) request_end += end - r->enqueue_ns;
     {
@@ -416,6 +406,13 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         b.compute_infer_ns += start - slot.gathered_ns;
         b.compute_output_ns += end - start;
     }
+    for (auto& g : groups) g.first->Push(std::move(g.second));
+    for (auto& [r, c] : sync) {
+        std::lock_guard<std::mutex> lk(r->done_mu);
+        r->result = std::move(c);
+        r->done = true;
+        r->done_cv.notify_all();
+    }
     slot.requests.clear();
 }
 
@@ -423,6 +420,7 @@ void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, Status
                    const std::vector<std::string>& messages) {
     if (requests.empty()) return;
     std::vector<std::pair<CompletionQueue*, std::vector<Completion>>> groups;
+    std::vector<std::pair<Request*, Completion>> sync;
     for (size_t i = 0; i < requests.size(); ++i) {
         Request& r = *requests[i];
         Completion c;
@@ -439,18 +437,24 @@ void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, Status
             }
             it->second.push_back(std::move(c));
         } else {
-            std::lock_guard<std::mutex> lk(r.done_mu);
-            r.result = std::move(c);
-            r.done = true;
-            r.done_cv.notify_all();
+            sync.emplace_back(&r, std::move(c));
         }
+    }
+    {
+        // Counters first, so a caller woken below already sees its failure counted.
+        const int64_t end = SteadyNowNs();
+        std::lock_guard<std::mutex> lk(mu_);
+        stats_.failures += static_cast<int64_t>(requests.size());
+        for (const auto& r : requests) stats_.fail_ns += end - r->enqueue_ns;
     }
     // `requests` holds a reference to every queue, so the raw pointers above stay valid.
     for (auto& g : groups) g.first->Push(std::move(g.second));
-    const int64_t end = SteadyNowNs();
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_.failures += static_cast<int64_t>(requests.size());
-    for (const auto& r : requests) stats_.fail_ns += end - r->enqueue_ns;
+    for (auto& [r, c] : sync) {
+        std::lock_guard<std::mutex> lk(r->done_mu);
+        r->result = std::move(c);
+        r->done = true;
+        r->done_cv.notify_all();
+    }
 }
 
 void Batcher::DeadlineLoop() {

@@ -74,10 +74,9 @@ struct Completion {
     int64_t rows = 0;
     StatusCode code = StatusCode::kOk;
     std::string message;
-    // Set on consumption (Drain/Wait): true for the last request of `batch` to be consumed, so the
-    // owner of the batch outputs can drop them.
-    bool last_of_batch = false;
-    std::shared_ptr<std::atomic<int64_t>> batch_refs;  // requests of `batch` not yet consumed
+    // How many requests share `batch` (0 when it never ran), so the owner of the batch outputs knows
+    // when every one of them has taken its rows.
+    int64_t batch_requests = 0;
 };
 
 // Where completions for one event loop go: a list plus an eventfd written once per delivery.
@@ -117,7 +116,7 @@ struct Request {
     bool done = false;                             // guarded by done_mu
     Completion result;                             // guarded by done_mu
 
-    // Blocks until the request completes (call without the GIL). Marks the completion consumed.
+    // Blocks until the request completes (call without the GIL).
     Completion Wait();
 };
 

@@ -92,11 +92,11 @@ static void bind_batcher(py::module_& m) {
                     const Completion& c = items[i];
                     py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
                     out[i] = py::make_tuple(c.ticket, c.batch, c.row_offset, c.rows, static_cast<int>(c.code), msg,
-                                            c.last_of_batch);
+                                            c.batch_requests);
                 }
                 return out;
             },
-            "Takes every completion so far: [(ticket, batch, row_offset, rows, code, message|None, last_of_batch)].");
+            "Takes every completion so far: [(ticket, batch, row_offset, rows, code, message|None, batch_requests)].");
 
     py::class_<Request, std::shared_ptr<Request>>(m, "Ticket", "A blocking request handle.")
         .def_property_readonly("id", [](const Request& r) { return r.id; })
@@ -110,9 +110,9 @@ static void bind_batcher(py::module_& m) {
                 }
                 py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
                 return py::make_tuple(c.ticket, c.batch, c.row_offset, c.rows, static_cast<int>(c.code), msg,
-                                      c.last_of_batch);
+                                      c.batch_requests);
             },
-            "Blocks (GIL released) until done: (ticket, batch, row_offset, rows, code, message|None, last_of_batch).");
+            "Blocks (GIL released) until done: (ticket, batch, row_offset, rows, code, message|None, batch_requests).");
 
     py::class_<PyBatcher>(m, "Batcher", "The native micro-batcher of one model (see csrc/batcher.h).")
         .def(py::init([core_error](const std::vector<std::tuple<std::string, py::dtype, std::vector<int64_t>>>& inputs,

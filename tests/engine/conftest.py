@@ -157,3 +157,22 @@ class Gate:
 
     def release(self):
         self.released.set()
+
+
+@pytest.fixture
+def gate():
+    """Gate(model, hold_batches=1): holds the model's runner inside its first batch(es) until released."""
+    return Gate
+
+
+@pytest.fixture(scope="session")
+def mlp_reference(onnx_models):
+    """(direct ONNX Runtime session on the MLP, X) to compare batched results against."""
+    session = ort_session(onnx_models["mlp"])
+    return session, np.load(onnx_models["data"])
+
+
+def ort_session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

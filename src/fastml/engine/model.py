@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -91,9 +92,10 @@ class Model:
             self._queue_type = reference.CompletionQueue
             self._core_error = reference.CoreError
 
-        # batch id -> ONNX Runtime outputs of that batch; written by a runner before it completes the
-        # batch, removed by whoever consumes the batch's last request (dict ops are atomic under the GIL).
-        self._batch_outputs: dict[int, list[np.ndarray]] = {}
+        # batch id -> (ONNX Runtime outputs of that batch, consumed-counter); written by a runner before
+        # it completes the batch, removed by whoever takes the batch's last request's rows. next() on an
+        # itertools.count is one C call, so the count is exact across threads under the GIL.
+        self._batch_outputs: dict[int, tuple[list[np.ndarray], Any]] = {}
         # event loop -> (CompletionQueue, {ticket: waiter}); touched only on that loop's thread, except
         # close(), which hands detaching to the loop.
         self._loops: dict[asyncio.AbstractEventLoop, tuple[Any, dict]] = {}
@@ -133,7 +135,7 @@ class Model:
                 core.complete(runner, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
                                                 f"{type(exc).__name__}: {exc}")
                 continue
-            store[batch_id] = outputs
+            store[batch_id] = (outputs, itertools.count(1))
             core.complete(runner, OK, "")  # scatters row ranges and signals the waiters, GIL released
 
     # ------------------------------------------------------------------ inputs
@@ -203,15 +205,18 @@ class Model:
         raise status_error(code, message) from None
 
     # ------------------------------------------------------------------ results
-    def _result(self, batch_id: int, offset: int, rows: int, last: bool, outputs) -> dict[str, np.ndarray]:
-        batch_outputs = self._batch_outputs.pop(batch_id) if last else self._batch_outputs[batch_id]
-        if offset == 0 and batch_outputs[0].shape[0] == rows:
+    def _result(self, batch_id: int, offset: int, rows: int, batch_requests: int, outputs) -> dict[str, np.ndarray]:
+        if batch_requests == 1:
             # The whole batch is this request: hand ORT's arrays over as they are.
-            result = dict(zip(self._output_names, batch_outputs))
+            result = dict(zip(self._output_names, self._batch_outputs.pop(batch_id)[0]))
         else:
-            # Zero-copy scatter: each request gets views of its own rows of the batch outputs.
+            entry = self._batch_outputs[batch_id]
+            # Zero-copy scatter: the core computed each request's row range; the request gets views of
+            # exactly its rows of the batch outputs.
             end = offset + rows
-            result = {n: o[offset:end] for n, o in zip(self._output_names, batch_outputs)}
+            result = {n: o[offset:end] for n, o in zip(self._output_names, entry[0])}
+            if next(entry[1]) == batch_requests:  # read first, then count: the last reader drops the batch
+                del self._batch_outputs[batch_id]
         if outputs is not None:
             result = {n: result[n] for n in outputs}
         return result
@@ -261,10 +266,10 @@ class Model:
                 ticket = self._submit_sync_checked(arrays, timeout)
             else:
                 raise status_error(*exc.args) from None
-        _, batch_id, offset, rows, code, message, last = ticket.wait()  # GIL released while waiting
+        _, batch_id, offset, rows, code, message, batch_requests = ticket.wait()  # GIL released while waiting
         if code:
             raise status_error(code, message)
-        result = self._result(batch_id, offset, rows, last, outputs)
+        result = self._result(batch_id, offset, rows, batch_requests, outputs)
         if self.prediction_logger is not None:
             self._log(inputs, arrays, result, t0, request_id)
         return result
@@ -292,17 +297,16 @@ class Model:
     def _on_completions(self, queue, waiters: dict) -> None:
         """eventfd readable: one call per batch (or fewer), resolving every finished future."""
         logger = self.prediction_logger
-        for ticket, batch_id, offset, rows, code, message, last in queue.drain():
+        for ticket, batch_id, offset, rows, code, message, batch_requests in queue.drain():
             waiter = waiters.pop(ticket, None)
             if code:
                 if waiter is not None and not waiter[0].done():
                     waiter[0].set_exception(status_error(code, message))
                 continue
-            if waiter is None:
-                if last:
-                    self._batch_outputs.pop(batch_id, None)
+            if waiter is None:  # its loop went away: still count the rows as taken
+                self._result(batch_id, offset, rows, batch_requests, None)
                 continue
-            result = self._result(batch_id, offset, rows, last, waiter[2])
+            result = self._result(batch_id, offset, rows, batch_requests, waiter[2])
             fut = waiter[0]
             if not fut.done():
                 fut.set_result(result)

@@ -28,9 +28,9 @@ class CompletionQueue:
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._lock = threading.Lock()
-        self._items: list[list] = []  # guarded by _lock
+        self._items: list[tuple] = []  # guarded by _lock
 
-    def push(self, items: list[list]) -> None:
+    def push(self, items: list[tuple]) -> None:
         with self._lock:
             self._items.extend(items)
         os.eventfd_write(self.fd, 1)  # one write per delivery, like the native core
@@ -42,24 +42,13 @@ class CompletionQueue:
             pass
         with self._lock:
             items, self._items = self._items, []
-        return [_consume(c) for c in items]
+        return items
 
     def __del__(self) -> None:
         try:
             os.close(self.fd)
         except OSError:
             pass
-
-
-def _consume(c: list) -> tuple:
-    """Turns a completion record into the drained tuple, marking the last consumer of its batch."""
-    refs = c[7]
-    last = False
-    if refs is not None:
-        with refs[1]:
-            refs[0] -= 1
-            last = refs[0] == 0
-    return (c[0], c[1], c[2], c[3], c[4], c[5], last)
 
 
 class _Request:
@@ -80,7 +69,7 @@ class Ticket:
 
     def wait(self) -> tuple:
         self._req.event.wait()
-        return _consume(self._req.result)
+        return self._req.result
 
 
 def _shape(dims) -> str:
@@ -270,13 +259,6 @@ class ReferenceBatcher:
         if code != OK:
             self._fail(taken, code, [message] * len(taken))
             return
-        refs = [len(taken), threading.Lock()]
-        groups: dict[int, tuple[CompletionQueue, list]] = {}
-        for r, off in zip(taken, offsets):
-            c = [r.id, batch_id, off, r.rows, OK, None, False, refs]
-            self._deliver(r, c, groups)
-        for q, items in groups.values():
-            q.push(items)
         end = time.monotonic_ns()
         with self._cv:
             s = self._stats
@@ -296,9 +278,15 @@ class ReferenceBatcher:
             b["compute_input_ns"] += t_gathered - t_dispatch
             b["compute_infer_ns"] += start - t_gathered
             b["compute_output_ns"] += end - start
+        # Deliver after the counters, so a woken caller already sees its request counted.
+        groups: dict[int, tuple[CompletionQueue, list]] = {}
+        for r, off in zip(taken, offsets):
+            self._deliver(r, (r.id, batch_id, off, r.rows, OK, None, len(taken)), groups)
+        for q, items in groups.values():
+            q.push(items)
 
     @staticmethod
-    def _deliver(r: _Request, c: list, groups: dict) -> None:
+    def _deliver(r: _Request, c: tuple, groups: dict) -> None:
         if r.queue is None:
             r.result = c
             r.event.set()
@@ -308,15 +296,15 @@ class ReferenceBatcher:
     def _fail(self, requests: list[_Request], code: int, messages: list[str]) -> None:
         if not requests:
             return
-        groups: dict[int, tuple[CompletionQueue, list]] = {}
-        for r, msg in zip(requests, messages):
-            self._deliver(r, [r.id, 0, 0, r.rows, code, msg, False, None], groups)
-        for q, items in groups.values():
-            q.push(items)
         end = time.monotonic_ns()
         with self._cv:
             self._stats["failures"] += len(requests)
             self._stats["fail_ns"] += sum(end - r.enqueue_ns for r in requests)
+        groups: dict[int, tuple[CompletionQueue, list]] = {}
+        for r, msg in zip(requests, messages):
+            self._deliver(r, (r.id, 0, 0, r.rows, code, msg, 0), groups)
+        for q, items in groups.values():
+            q.push(items)
 
     def _deadline_loop(self) -> None:
         with self._cv:

@@ -1,0 +1,41 @@
+"""The core's status codes map to fastml.errors in exactly one table, one class per code."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastml import _core, errors
+from fastml.engine import CORE_STATUS, status_error
+from fastml.engine import status
+
+
+def test_native_and_python_codes_agree():
+    assert dict(_core.STATUS_CODES) == status.STATUS_NAMES
+
+
+def test_every_failure_code_maps_to_its_own_class():
+    failure_codes = {code for name, code in _core.STATUS_CODES.items() if name != "OK"}
+    assert set(CORE_STATUS) == failure_codes
+    classes = list(CORE_STATUS.values())
+    assert len(set(classes)) == len(classes)
+    assert all(issubclass(c, errors.FastMLError) for c in classes)
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("INVALID_INPUT", errors.InvalidInput),
+        ("OVERLOADED", errors.Overloaded),
+        ("DEADLINE_EXCEEDED", errors.DeadlineExceeded),
+        ("UNAVAILABLE", errors.Unavailable),
+        ("INTERNAL", errors.InternalError),
+    ],
+)
+def test_status_error_builds_the_mapped_exception(name, cls):
+    exc = status_error(_core.STATUS_CODES[name], "what happened")
+    assert type(exc) is cls and str(exc) == "what happened"
+
+
+def test_unknown_code_is_an_internal_error():
+    exc = status_error(99, "odd")
+    assert type(exc) is errors.InternalError and "99" in str(exc)
