@@ -102,6 +102,8 @@ def test_open_loop_sends_the_whole_schedule():
     assert res.outcomes == {"200": 225, "503": 75}
     assert srv.received == 300
     assert 1 <= res.concurrency <= 512
+    assert len(res.send_lag_us) == 300 and (res.send_lag_us >= 0).all()
+    assert res.to_dict()["send_lag_us"]["p50"] is not None
 
 
 def test_open_loop_caps_connections_and_times_out_a_hung_server():

@@ -67,6 +67,9 @@ class LoadResult:
             connection was free (the latency still counts from the scheduled time).
         error_samples: for connect errors and timeouts before a connection was had: the first
             exception seen, as text (e.g. to tell refused connections from exhausted ports).
+        send_lag_us: open loop only: for each request sent, how long after its due time it was
+            written (waiting for a connection, or the generator itself falling behind). A large p99
+            means the load generator, not the server, limited the run.
     """
 
     mode: str
@@ -78,6 +81,7 @@ class LoadResult:
     latency_all_us: np.ndarray = field(repr=False)
     late_starts: int = 0
     error_samples: dict[str, str] = field(default_factory=dict)
+    send_lag_us: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
     @property
     def sent(self) -> int:
@@ -119,6 +123,7 @@ class LoadResult:
             "latency_ok_us": percentiles_us(self.latency_ok_us),
             "latency_all_us": percentiles_us(self.latency_all_us),
             "late_starts": self.late_starts,
+            "send_lag_us": percentiles_us(self.send_lag_us) if self.mode == "open" else None,
             "error_samples": dict(self.error_samples),
         }
 
@@ -144,7 +149,9 @@ class LoadResult:
             "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.outcomes.items())),
         ]
         if self.mode == "open":
-            lines.append(f"late starts (no free connection): {self.late_starts}")
+            lag = percentiles_us(self.send_lag_us)
+            lines.append(f"late starts (no free connection): {self.late_starts}; send lag after due time: "
+                         f"p50 {_fmt_us(lag['p50'])}, p99 {_fmt_us(lag['p99'])}")
         for kind, text in sorted(self.error_samples.items()):
             lines.append(f"first {kind}: {text}")
         return "\n".join(lines)

@@ -25,6 +25,7 @@ from fastml.errors import InvalidInput
 from fastml.loadtest.connection import (
     ConnectionClosed,
     HttpConnection,
+    RequestTimeout,
     Response,
     ResponseParseError,
     open_connection,
@@ -55,6 +56,7 @@ class _Recorder:
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.ok = LatencyLog()
         self.all = LatencyLog()
+        self.send_lag = LatencyLog()  # open loop: due time -> write, µs (the generator's own delay)
         self.last_finish = measure_from
         self.late_starts = 0
         self.error_samples: dict[str, str] = {}
@@ -99,6 +101,7 @@ class _Recorder:
             latency_all_us=self.all.values(),
             late_starts=self.late_starts,
             error_samples=dict(self.error_samples),
+            send_lag_us=self.send_lag.values(),
         )
 
 
@@ -200,9 +203,8 @@ async def run_closed_loop(
 async def _send(conn: HttpConnection, wire: bytes, timeout_s: float) -> Response | str:
     """Send one request; return the response or the error outcome (closing the connection on error)."""
     try:
-        return await asyncio.wait_for(conn.request(wire), timeout_s)
-    except asyncio.TimeoutError:
-        conn.close()  # a late answer would arrive out of step with the next request
+        return await conn.request(wire, timeout_s)
+    except RequestTimeout:  # the connection closed itself: a late answer would be out of step
         return TIMEOUT
     except ResponseParseError:
         conn.close()
@@ -225,6 +227,15 @@ class _ConnectionPool:
 
     def has_free(self) -> bool:
         return bool(self._idle) or self._total < self._max
+
+    def try_acquire(self) -> HttpConnection | None:
+        """An idle open connection, or None (then use :meth:`acquire`)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                return conn
+            self._total -= 1
+        return None
 
     async def acquire(self) -> HttpConnection:
         while True:
@@ -318,16 +329,21 @@ async def run_open_loop(
         if not pool.has_free() and due >= recorder.measure_from:
             recorder.late_starts += 1
         deadline = due + timeout_s
+        conn = pool.try_acquire()  # fast path: no timeout context needed
         try:
-            async with asyncio.timeout(deadline - clock()):
-                conn = await pool.acquire()
+            if conn is None:
+                async with asyncio.timeout(deadline - clock()):
+                    conn = await pool.acquire()
         except TimeoutError as exc:  # before OSError: TimeoutError is one of its subclasses
             recorder.error(due, clock(), TIMEOUT, exc)
             return
         except OSError as exc:
             recorder.error(due, clock(), CONNECT_ERROR, exc)
             return
-        outcome = await _send(conn, wire, max(deadline - clock(), 1e-6))
+        sent_at = clock()
+        if due >= recorder.measure_from:
+            recorder.send_lag.add((sent_at - due) * 1e6)
+        outcome = await _send(conn, wire, max(deadline - sent_at, 1e-6))
         pool.release(conn)
         finished = clock()
         if isinstance(outcome, Response):
