@@ -80,6 +80,8 @@ class _InferCall:
         server = conn.server
         server.inflight -= 1
         slot = self.slot
+        if server.draining:
+            self.keep_alive_hdr = _CLOSE_HDR  # shutting down: this is the connection's last answer
         if fut.cancelled():
             entry.failures["OTHER"] = entry.failures.get("OTHER", 0) + 1
             slot.data = error_response(503, "request cancelled", self.keep_alive_hdr)
