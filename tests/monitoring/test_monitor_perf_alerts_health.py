@@ -245,11 +245,11 @@ def test_health_never_rises_when_an_input_worsens(base, which, delta):
     assert 0.0 <= s1 <= s0 <= 100.0
 
 
-def test_baseline_from_registry(tmp_path, onnx_models):
+def test_baseline_from_registry(tmp_path, small_models):
     from fastml.registry import Registry
 
     reg = Registry()
-    reg.register("clf", str(onnx_models["mlp"]), metrics={"accuracy": 0.93})
+    reg.register("clf", str(small_models["logreg_onnx"]), metrics={"accuracy": 0.93})
     assert baseline_from_registry("clf@latest", "accuracy", reg) == 0.93
     with pytest.raises(NotFound, match="no metric"):
         baseline_from_registry("clf@latest", "auc", reg)

@@ -1,0 +1,188 @@
+"""``fastml monitor``: drift, report and explain from the command line.
+
+    fastml monitor drift --reference train.parquet --current today.csv [--json]
+    fastml monitor report --reference train.parquet (--current today.csv | --model NAME) [--out DIR]
+    fastml monitor explain MODEL --rows rows.csv [--background bg.parquet] [--json]
+
+Tables are read from CSV (``.csv``), Parquet (``.parquet``/``.pq``), numpy (``.npy``, 2-D: columns
+``f0``...) or, for ``--reference``, a saved reference profile (``.arrow``). Top-level imports stay light;
+everything heavy is imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers) -> None:
+    mon = subparsers.add_parser("monitor", help="data drift, reports and explanations")
+    sub = mon.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
+
+    d = sub.add_parser("drift", help="per-column drift of current data against a reference")
+    d.add_argument("--reference", required=True, help="reference table (CSV, Parquet, .npy) or saved profile (.arrow)")
+    d.add_argument("--current", required=True, help="current table (CSV, Parquet, .npy)")
+    d.add_argument("--columns", help="comma-separated columns to check (default: all reference columns)")
+    d.add_argument("--method", help="one drift method for every column (ks, chisquare, chi2_contingency, z, psi, "
+                                    "wasserstein, jensenshannon); default Evidently's choice per column")
+    d.add_argument("--threshold", type=float, help="one threshold for every column (default per method)")
+    d.add_argument("--drift-share", type=float, default=0.5, help="share of drifted columns that makes dataset drift")
+    d.add_argument("--all-statistics", action="store_true", help="also compute every applicable statistic")
+    d.add_argument("--fail-on-drift", action="store_true", help="exit 1 when the dataset drifted")
+    d.add_argument("--json", action="store_true", help="print JSON")
+    d.set_defaults(handler=_drift)
+
+    r = sub.add_parser("report", help="write an HTML report and its JSON twin")
+    r.add_argument("--reference", required=True, help="reference table or saved profile (.arrow)")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--current", help="current table (CSV, Parquet, .npy)")
+    src.add_argument("--model", help="take current data, performance and latency from this model's prediction log")
+    r.add_argument("--version", help="model version in the log (default: all)")
+    r.add_argument("--tensor", default="input.input", help="logged input tensor holding the features")
+    r.add_argument("--log-dir", help="prediction log directory (default $FASTML_HOME/logs)")
+    r.add_argument("--window-s", type=float, default=60.0, help="time window of the performance history")
+    r.add_argument("--out", help="output directory (default $FASTML_HOME/reports/<UTC time>)")
+    r.add_argument("--title", default="fastml monitoring report")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    r.set_defaults(handler=_report)
+
+    e = sub.add_parser("explain", help="SHAP (and optionally LIME) explanations of rows for an ONNX model")
+    e.add_argument("model", help="path to an .onnx file or a registry reference (name@stage, name:version)")
+    e.add_argument("--rows", required=True, help="rows to explain (CSV, Parquet, .npy)")
+    e.add_argument("--background", help="background sample (default: the rows themselves, up to 100)")
+    e.add_argument("--output", help="model output to explain (default: first floating-point output)")
+    e.add_argument("--class-index", type=int, help="column of a 2-D output (default: last)")
+    e.add_argument("--link", choices=["identity", "logit"], default="identity")
+    e.add_argument("--lime", action="store_true", help="also explain the first row with LIME")
+    e.add_argument("--top", type=int, default=10, help="features shown in the text output")
+    e.add_argument("--json", action="store_true", help="print JSON (values per row and global importance)")
+    e.set_defaults(handler=_explain)
+
+
+def read_table(path: str) -> dict:
+    """Read a CSV/Parquet/.npy table into ``{column: numpy array}``."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from fastml.errors import InvalidInput, NotFound
+    from fastml.monitoring.profile import as_columns
+
+    p = Path(path)
+    if not p.is_file():
+        raise NotFound(f"file {p} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        import pyarrow.csv as pacsv
+
+        return as_columns(pacsv.read_csv(p), name=str(p))
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return as_columns(pq.read_table(p), name=str(p))
+    if suffix == ".npy":
+        return as_columns(np.load(p, allow_pickle=False), name=str(p))
+    raise InvalidInput(f"{p}: unsupported file type {suffix!r}; use .csv, .parquet or .npy")
+
+
+def _reference(path: str):
+    from pathlib import Path
+
+    from fastml.monitoring.profile import ReferenceProfile
+
+    if Path(path).suffix.lower() == ".arrow":
+        return ReferenceProfile.load(path)
+    return read_table(path)
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from fastml.monitoring.drift import detect_drift
+
+    cols = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    rep = detect_drift(_reference(args.reference), read_table(args.current), columns=cols, methods=args.method,
+                       thresholds=args.threshold, drift_share=args.drift_share, all_statistics=args.all_statistics)
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=1))
+    else:
+        print(f"{'column':<24} {'kind':<12} {'method':<17} {'score':>12} {'threshold':>10}  drifted")
+        for c in rep.columns:
+            print(f"{c.column:<24} {c.kind:<12} {c.method:<17} {c.score:>12.6g} {c.threshold:>10g}  {'yes' if c.drifted else 'no'}")
+        print(f"dataset drift: {'yes' if rep.dataset_drift else 'no'} "
+              f"({rep.number_drifted}/{len(rep.columns)} columns, share {rep.share_drifted:.2f} vs {rep.drift_share:g})")
+    return 1 if args.fail_on_drift and rep.dataset_drift else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from fastml.config import get_settings
+    from fastml.errors import InvalidInput
+    from fastml.monitoring.report import write_report
+
+    reference = _reference(args.reference)
+    windows = None
+    if args.model:
+        from fastml.monitoring.log import read_log, tensor_columns
+        from fastml.monitoring.performance import windows_from_log
+
+        table = read_log(args.log_dir, model=args.model, version=args.version)
+        if table.num_rows == 0:
+            raise InvalidInput(f"no logged predictions for model {args.model!r}")
+        ref_names = list(reference.columns) if hasattr(reference, "columns") and isinstance(reference.columns, dict) else list(reference)
+        current = tensor_columns(table, args.tensor)
+        if len(current) == len(ref_names) and set(current) != set(ref_names):
+            current = dict(zip(ref_names, current.values()))  # logged tensor positions map onto reference columns
+        windows = windows_from_log(table, window_s=args.window_s)
+    else:
+        current = read_table(args.current)
+    out = Path(args.out) if args.out else get_settings().home / "reports" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    html_path, json_path = write_report(out, reference, current, windows=windows, title=args.title)
+    data = json.loads(json_path.read_text())
+    summary = {"html": str(html_path), "json": str(json_path),
+               "dataset_drift": data["drift"]["dataset_drift"] if data["drift"] else None,
+               "share_drifted": data["drift"]["share_drifted"] if data["drift"] else None}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"wrote {html_path}\nwrote {json_path}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from fastml.monitoring.explain import OnnxExplainer
+
+    model = Path(args.model)
+    if not model.is_file():
+        from fastml.registry import Registry
+
+        model = Registry().artifact_path(args.model)
+    rows_cols = read_table(args.rows)
+    names = list(rows_cols)
+    rows = np.column_stack([np.asarray(rows_cols[n], dtype=np.float32) for n in names])
+    if args.background:
+        bg_cols = read_table(args.background)
+        bg = np.column_stack([np.asarray(bg_cols[n], dtype=np.float32) for n in names])
+    else:
+        bg = rows
+    ex = OnnxExplainer(model, bg, output=args.output, class_index=args.class_index, feature_names=names, link=args.link)
+    res = ex.shap_values(rows)
+    out = res.to_dict()
+    if args.lime:
+        out["lime_row0"] = ex.lime(rows[0], num_features=min(args.top, len(names)))
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"explained output: {res.output} ({res.algorithm} SHAP, base value {res.base_value:.6g}, {rows.shape[0]} rows)")
+    print("global importance (mean |SHAP|):")
+    for name, v in list(res.global_importance().items())[: args.top]:
+        print(f"  {name:<24} {v:.6g}")
+    if args.lime:
+        print("LIME, row 0:")
+        for cond, w in out["lime_row0"]:
+            print(f"  {cond:<32} {w:+.6g}")
+    return 0
