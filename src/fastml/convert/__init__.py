@@ -50,8 +50,12 @@ def to_onnx(pipeline, spec: InputSpec, *, opset: int = 17):
     """
     model = pipeline.steps[-1][1]
     if getattr(model, "_fastml_torch", False):
-        return torch_pipeline_to_onnx(pipeline, spec, opset=opset)
-    return sklearn_to_onnx(pipeline, spec, opset=opset)
+        onx = torch_pipeline_to_onnx(pipeline, spec, opset=opset)
+    else:
+        onx = sklearn_to_onnx(pipeline, spec, opset=opset)
+    # skl2onnx names the graph with a random uuid; a fixed name makes same model -> same bytes.
+    onx.graph.name = f"fastml_{type(model).__name__}"
+    return onx
 
 
 __all__ = [

@@ -131,6 +131,16 @@ def make_objective(cfg, spec, X, y, folds):
     metric = cfg.metric_name
 
     def objective(trial) -> float:
+        try:
+            return evaluate(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            # Kept on the trial so every worker's failures are visible in the shared study.
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+            raise
+
+    def evaluate(trial) -> float:
         params = suggest(trial, space)
         scores: list[float] = []
         for k, (tr, va) in enumerate(folds):
@@ -172,7 +182,7 @@ def trial_summary(study) -> dict:
     counts = {s.name.lower(): 0 for s in optuna.trial.TrialState}
     for t in trials:
         counts[t.state.name.lower()] += 1
-    failed = [{"number": t.number, "error": t.system_attrs.get("fail_reason", "")[:500], "params": t.params}
+    failed = [{"number": t.number, "error": t.user_attrs.get("error") or t.system_attrs.get("fail_reason", ""), "params": t.params}
               for t in trials if t.state == optuna.trial.TrialState.FAIL]
     out = {"total": len(trials), "counts": counts, "failed": failed}
     try:
