@@ -62,6 +62,9 @@ def test_ties_latest_ingest_wins_then_latest_row(fastml_home):
     fs.ingest("g", pa.table({"k": ["b"], "event_timestamp": ts([10]), "v": [4]}))
     entity = pa.table({"k": ["a", "b", "b"], "event_timestamp": ts([10, 10, 9])})
     assert fs.get_training_set(entity, ["g:v"]).column("v").to_pylist() == [2, 4, None]
+    # The cached index follows new ingests.
+    fs.ingest("g", pa.table({"k": ["a", "b"], "event_timestamp": ts([10, 9]), "v": [5, 6]}))
+    assert fs.get_training_set(entity, ["g:v"]).column("v").to_pylist() == [5, 4, 6]
 
 
 def test_never_a_future_value_and_ttl_boundary(fastml_home):

@@ -78,6 +78,9 @@ class Plan:
         self.columns = columns  # per output column: {"ref", "name", "dtype", "group", "version", "feature"}
         self.key_entities = key_entities  # entity columns of each key set
         self.vocab: dict[int, list[str]] = {}
+        names = [c["name"] for c in columns]
+        # as_dict column names: the feature name, or group__feature where two groups share a name
+        self.dict_names = [f"{c['group']}__{c['name']}" if names.count(c["name"]) > 1 else c["name"] for c in columns]
 
 
 class OnlineStore:
@@ -254,20 +257,19 @@ class OnlineStore:
             else:
                 for i, e in enumerate(ents):
                     out[e] = [k[i] for k in entity_keys]
-        names = [c["name"] for c in plan.columns]
-        dupes = {n for n in names if names.count(n) > 1}
+        # Column-wise Python lists once; per-element work is plain Python, no numpy scalar access.
+        vals_t = values.T.tolist()
+        pres_t = present.T.tolist()
         for j, col in enumerate(plan.columns):
-            name = f"{col['group']}__{col['name']}" if col["name"] in dupes else col["name"]
-            mask = present[:, j]
+            v, m = vals_t[j], pres_t[j]
             dtype = col["dtype"]
             if dtype == "string":
-                vals = self._decode_vocab(plan, j, np.where(mask, values[:, j], -1).astype(np.int64))
+                codes = [int(x) if ok else -1 for x, ok in zip(v, m)]
+                out[plan.dict_names[j]] = self._decode_vocab(plan, j, np.asarray(codes, dtype=np.int64))
             elif dtype == "int64":
-                vals = values[:, j].astype(np.int64).tolist() if mask.all() else [int(v) for v in np.nan_to_num(values[:, j])]
+                out[plan.dict_names[j]] = [int(x) if ok else None for x, ok in zip(v, m)]
             elif dtype == "bool":
-                vals = (values[:, j] != 0).tolist()
+                out[plan.dict_names[j]] = [x != 0 if ok else None for x, ok in zip(v, m)]
             else:
-                vals = values[:, j].tolist()
-            out[name] = [v if m else None for v, m in zip(vals, mask.tolist())]
+                out[plan.dict_names[j]] = [x if ok else None for x, ok in zip(v, m)]
         return out
-

@@ -6,10 +6,10 @@ ingest the later input row wins. The value is null when there is no such row or 
 the group's TTL (t - event_time > ttl). The value is the whole latest row's: a null in that row stays
 null (it does not fall back to an older non-null value). One output row per entity row, input order.
 
-How: the entity keys of both sides are encoded to shared integer codes, each (code, time) pair is packed
-into one int64 (code * span + time offset, or the time's rank when the span would overflow), feature rows
-are sorted by (packed, ingest seq, ingest row), and ``searchsorted(side="right") - 1`` finds the answer
-for every entity row at once.
+How (:class:`FeatureIndex`): feature keys get integer codes, each (code, time) pair is packed into one
+int64, feature rows are sorted once by (packed, ingest seq, ingest row); entity keys are mapped to the
+same codes with ``index_in`` and ``searchsorted(side="right") - 1`` answers every entity row at once.
+The index is cached per set of committed ingests, so repeated training-set builds skip the sort.
 """
 
 from __future__ import annotations
@@ -19,45 +19,56 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def joint_codes(entity_keys: pa.Array, feature_keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes shared by both key columns (strings); -1 for a null entity key."""
-    both = pa.concat_arrays([entity_keys.cast(pa.string()), feature_keys.cast(pa.string())])
-    enc = both.dictionary_encode()
-    idx = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    n = len(entity_keys)
-    return idx[:n], idx[n:]
+class FeatureIndex:
+    """The feature side of a point-in-time join, built once per set of committed rows and reused.
 
-
-def latest_at_or_before(e_code: np.ndarray, e_ts: np.ndarray, f_code: np.ndarray, f_ts: np.ndarray,
-                        f_seq: np.ndarray, f_row: np.ndarray, ttl_us: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each entity row, the index of the matching feature row and whether there is one.
-
-    Returns (index into the feature arrays, valid mask); index is meaningless where valid is False.
+    Feature keys get integer codes (``dictionary_encode``); each row's (code, time) is packed into one
+    int64 — ``code * span + (time - min_time)``, or the time's rank among the distinct feature times when
+    that would overflow — and the rows are sorted by (packed, ingest seq, ingest row).
     """
-    n_e = len(e_code)
-    if len(f_code) == 0:
-        return np.zeros(n_e, dtype=np.int64), np.zeros(n_e, dtype=bool)
-    lo = min(int(e_ts.min()), int(f_ts.min())) if n_e else int(f_ts.min())
-    hi = max(int(e_ts.max()), int(f_ts.max())) if n_e else int(f_ts.max())
-    n_codes = int(max(f_code.max(), e_code.max() if n_e else 0)) + 1
-    span = hi - lo + 1
-    if n_codes * span < 2**62:
-        f_t = f_ts - lo
-        e_t = e_ts - lo
-    else:
-        # Rank the times instead, so code * span stays inside int64.
-        uniq, inv = np.unique(np.concatenate([e_ts, f_ts]), return_inverse=True)
-        span = len(uniq)
-        e_t, f_t = inv[:n_e], inv[n_e:]
-    f_packed = f_code * span + f_t
-    e_packed = e_code * span + e_t
-    order = sort_with_ties(f_packed, f_seq, f_row)
-    pos = np.searchsorted(f_packed[order], e_packed, side="right") - 1
-    src = order[np.maximum(pos, 0)]
-    valid = (pos >= 0) & (e_code >= 0) & (f_code[src] == e_code)
-    if ttl_us > 0:
-        valid &= (e_ts - f_ts[src]) <= ttl_us
-    return src, valid
+
+    def __init__(self, keys: pa.Array, ts_us: np.ndarray, seq: np.ndarray, row: np.ndarray):
+        self.n = len(ts_us)
+        self.ts_us = ts_us
+        if self.n == 0:
+            return
+        enc = keys.cast(pa.string()).dictionary_encode()
+        self.dictionary = enc.dictionary
+        self.code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        n_codes = len(self.dictionary)
+        self.lo = int(ts_us.min())
+        span = int(ts_us.max()) - self.lo + 1
+        self.uniq = None
+        if n_codes * (span + 1) < 2**62:
+            t = ts_us - self.lo
+        else:
+            self.uniq = np.unique(ts_us)
+            span = len(self.uniq)
+            t = np.searchsorted(self.uniq, ts_us)
+        self.span = span
+        packed = self.code * span + t
+        self.order = sort_with_ties(packed, seq, row)
+        self.packed_sorted = packed[self.order]
+
+    def lookup(self, keys: pa.Array, ts_us: np.ndarray, ttl_us: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each entity row, (index of the matching feature row, whether there is one)."""
+        n_e = len(ts_us)
+        if self.n == 0:
+            return np.zeros(n_e, dtype=np.int64), np.zeros(n_e, dtype=bool)
+        code = pc.index_in(keys.cast(pa.string()), value_set=self.dictionary).fill_null(-1)
+        code = code.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if self.uniq is None:
+            # Before the first feature time: -1 (matches nothing); after the last: clamp to the last.
+            t = np.clip(ts_us - self.lo, -1, self.span - 1)
+        else:
+            t = np.searchsorted(self.uniq, ts_us, side="right") - 1  # rank of the latest time <= ts
+        packed = code * self.span + t
+        pos = np.searchsorted(self.packed_sorted, packed, side="right") - 1
+        src = self.order[np.maximum(pos, 0)]
+        valid = (pos >= 0) & (code >= 0) & (t >= 0) & (self.code[src] == code)
+        if ttl_us > 0:
+            valid &= (ts_us - self.ts_us[src]) <= ttl_us
+        return src, valid
 
 
 def sort_with_ties(packed: np.ndarray, seq: np.ndarray, row: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ class FeatureStore:
         self._online: OnlineStore | None = None
         self._lock = threading.Lock()
         self._read_cache: dict[tuple, pa.Table] = {}  # (group, version, committed seqs) -> offline rows
+        self._pit_cache: dict[tuple, tuple] = {}  # (group, version) -> (committed seqs, rows, FeatureIndex)
 
     # --- definitions ----------------------------------------------------------------------------
 
@@ -127,6 +128,24 @@ class FeatureStore:
                 self._read_cache[key] = t
         return t
 
+    def _pit_index(self, g: FeatureGroup, version: int) -> tuple[pa.Table, _pit.FeatureIndex]:
+        """All committed rows of a version and their point-in-time index (cached together)."""
+        ingests = self.metadata.ingests(g.name, version)
+        seqs = tuple(i["seq"] for i in ingests)
+        hit = self._pit_cache.get((g.name, version))
+        if hit is not None and hit[0] == seqs:
+            return hit[1], hit[2]
+        rows = self.offline.read(g, version, ingests)
+        if rows.num_rows:
+            f_keys = _offline.key_strings(rows, g.entities)
+            f_ts = rows.column(g.timestamp_column).combine_chunks().view(pa.int64()).to_numpy()
+        else:
+            f_keys, f_ts = pa.array([], pa.string()), np.empty(0, np.int64)
+        index = _pit.FeatureIndex(f_keys, f_ts, _np(rows, "_ingest_seq"), _np(rows, "_ingest_row"))
+        with self._lock:
+            self._pit_cache[(g.name, version)] = (seqs, rows, index)
+        return rows, index
+
     def read_offline(self, group, start=None, end=None) -> pa.Table:
         """Every committed row of a group version (optionally start <= event time < end)."""
         g, version = self.get_group(group)
@@ -169,15 +188,8 @@ class FeatureStore:
         result: dict[str, pa.Array] = {}
         for (gname, version), (g, grefs) in by_group.items():
             keys = _offline.key_strings(entity, g.entities, "entity_rows")
-            cols = [f.feature for f in grefs]
-            rows = self._read(g, version, [*g.entities, g.timestamp_column, "_ingest_seq", "_ingest_row",
-                                           *dict.fromkeys(cols)])
-            f_keys = _offline.key_strings(rows, g.entities) if rows.num_rows else pa.array([], pa.string())
-            e_code, f_code = _pit.joint_codes(keys, f_keys)
-            f_ts = rows.column(g.timestamp_column).combine_chunks().view(pa.int64()).to_numpy() if rows.num_rows else np.empty(0, np.int64)
-            src, valid = _pit.latest_at_or_before(
-                e_code, e_ts, f_code, f_ts,
-                _np(rows, "_ingest_seq"), _np(rows, "_ingest_row"), int(round(g.ttl_s * 1e6)))
+            rows, index = self._pit_index(g, version)
+            src, valid = index.lookup(keys, e_ts, int(round(g.ttl_s * 1e6)))
             for r in grefs:
                 result[str(r)] = (_column_name(r, full_feature_names), _pit.take_valid(rows.column(r.feature), src, valid))
         out = entity
