@@ -117,35 +117,36 @@ Status Batcher::Validate(const std::vector<TensorView>& inputs, int64_t* rows, s
     for (size_t i = 0; i < inputs.size(); ++i) {
         const InputSpec& spec = inputs_[i];
         const TensorView& v = inputs[i];
-        const std::string where = "input '" + spec.name + "'";
+        // Built only on the error paths (the success path allocates nothing here).
+        auto where_fn = [&spec] { return "input '" + spec.name + "'"; };
         if (v.kind != spec.kind || v.itemsize != spec.itemsize || !v.native_order) {
             return Status::Error(StatusCode::kInvalidInput,
-                                 where + ": expected dtype kind '" + std::string(1, spec.kind) + "' of " +
+                                 where_fn() + ": expected dtype kind '" + std::string(1, spec.kind) + "' of " +
                                      std::to_string(spec.itemsize) + " bytes (native order), got kind '" +
                                      std::string(1, v.kind) + "' of " + std::to_string(v.itemsize) + " bytes" +
                                      (v.native_order ? "" : " (byte-swapped)"));
         }
         if (v.shape.size() != spec.dims.size()) {
-            return Status::Error(StatusCode::kInvalidInput, where + ": expected shape " + ShapeString(spec.dims) +
+            return Status::Error(StatusCode::kInvalidInput, where_fn() + ": expected shape " + ShapeString(spec.dims) +
                                                                 ", got " + ShapeString(v.shape));
         }
         for (size_t d = 1; d < v.shape.size(); ++d) {
             if (spec.dims[d] >= 0 && spec.dims[d] != v.shape[d]) {
-                return Status::Error(StatusCode::kInvalidInput, where + ": expected shape " +
+                return Status::Error(StatusCode::kInvalidInput, where_fn() + ": expected shape " +
                                                                     ShapeString(spec.dims) + ", got " +
                                                                     ShapeString(v.shape));
             }
         }
         if (v.shape[0] < 1) {
-            return Status::Error(StatusCode::kInvalidInput, where + ": needs at least one row, got shape " +
+            return Status::Error(StatusCode::kInvalidInput, where_fn() + ": needs at least one row, got shape " +
                                                                 ShapeString(v.shape));
         }
         if (!v.c_contiguous) {
-            return Status::Error(StatusCode::kInvalidInput, where + ": must be C-contiguous");
+            return Status::Error(StatusCode::kInvalidInput, where_fn() + ": must be C-contiguous");
         }
         if (n >= 0 && v.shape[0] != n) {
             return Status::Error(StatusCode::kInvalidInput,
-                                 where + ": has " + std::to_string(v.shape[0]) + " rows but input '" +
+                                 where_fn() + ": has " + std::to_string(v.shape[0]) + " rows but input '" +
                                      inputs_[0].name + "' has " + std::to_string(n));
         }
         n = v.shape[0];
@@ -172,6 +173,7 @@ Status Batcher::Submit(std::vector<TensorView> inputs, int64_t timeout_us, std::
     req->inputs = std::move(inputs);
     req->queue = std::move(queue);
     req->timeout_us = timeout_us > 0 ? timeout_us : 0;
+    bool wake = false;
     {
         std::lock_guard<std::mutex> lk(mu_);
         if (shutdown_) return Status::Error(StatusCode::kUnavailable, "model is shut down: " + shutdown_reason_);
@@ -197,8 +199,9 @@ Status Batcher::Submit(std::vector<TensorView> inputs, int64_t timeout_us, std::
         buckets_[req->shape_key].requests.push_back(req);
         ++queued_;
         stats_.pending = queued_;
+        wake = idle_runners_ > 0;
     }
-    work_cv_.notify_one();
+    if (wake) work_cv_.notify_one();  // a futex wake only when some runner sleeps
     *out = std::move(req);
     return Status::Ok();
 }
@@ -260,7 +263,9 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         std::string key;
         Bucket* bucket = OldestBucketLocked(&key);
         if (!bucket) {
+            ++idle_runners_;
             work_cv_.wait(lk);
+            --idle_runners_;
             continue;
         }
         const int64_t now = SteadyNowNs();
@@ -292,7 +297,9 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
             // Work-conserving: wait for more rows only when another arrival is expected within the
             // remaining delay; a lone request at low load goes at once.
             if (arrival_gap_ns_ < static_cast<double>(remaining)) {
+                ++idle_runners_;
                 work_cv_.wait_for(lk, std::chrono::nanoseconds(remaining));
+                --idle_runners_;
                 continue;
             }
         }
@@ -311,7 +318,7 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         if (bucket->requests.empty()) buckets_.erase(key);
         queued_ -= static_cast<int64_t>(n);
         stats_.pending = queued_;
-        if (queued_ > 0) work_cv_.notify_one();  // more work for another idle runner
+        if (queued_ > 0 && idle_runners_ > 0) work_cv_.notify_one();  // more work for another idle runner
         break;
     }
     lk.unlock();

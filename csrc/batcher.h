@@ -228,6 +228,7 @@ class Batcher {
     std::multiset<int64_t> deadlines_;                     // guarded by mu_; deadlines of queued requests
     uint64_t next_ticket_ = 1;                             // guarded by mu_
     uint64_t next_batch_ = 1;                              // guarded by mu_
+    int idle_runners_ = 0;                                 // guarded by mu_; runners waiting on work_cv_
     int64_t last_arrival_ns_ = 0;                          // guarded by mu_
     double arrival_gap_ns_ = 1e18;                         // guarded by mu_; EWMA of inter-arrival gaps
     BatcherStats stats_;                                   // guarded by mu_

@@ -29,6 +29,27 @@ using fastml::TensorView;
     throw py::error_already_set();
 }
 
+// (ticket, batch, row_offset, rows, code, message|None, batch_requests), built with the C API because the
+// event loop makes one per request.
+static py::object CompletionTuple(const Completion& c) {
+    // New references, each stolen by PyTuple_SET_ITEM; the tuple itself is owned by the returned object.
+    py::object t = py::reinterpret_steal<py::object>(PyTuple_New(7));
+    if (!t) throw py::error_already_set();
+    PyObject* msg = c.code == StatusCode::kOk ? (Py_INCREF(Py_None), Py_None)  // stolen by the tuple
+                                              : PyUnicode_FromStringAndSize(c.message.data(), c.message.size());
+    PyObject* items[7] = {PyLong_FromUnsignedLongLong(c.ticket), PyLong_FromUnsignedLongLong(c.batch),
+                          PyLong_FromLongLong(c.row_offset),    PyLong_FromLongLong(c.rows),
+                          PyLong_FromLong(static_cast<long>(c.code)), msg,
+                          PyLong_FromLongLong(c.batch_requests)};
+    bool failed = false;
+    for (int i = 0; i < 7; ++i) {
+        if (!items[i]) failed = true;
+        PyTuple_SET_ITEM(t.ptr(), i, items[i]);  // a NULL slot is fine: tuple dealloc skips it
+    }
+    if (failed) throw py::error_already_set();
+    return t;
+}
+
 // The Python-facing batcher: the core plus what converting needs (dtypes, the error type).
 struct PyBatcher {
     std::unique_ptr<Batcher> core;
@@ -66,6 +87,16 @@ struct PyBatcher {
         }
         return views;
     }
+
+    // (batch_id, rows, [input arrays]); the arrays are views, not copies: of the runner's reused
+    // buffer, or of the lone request's own array.
+    py::object BatchTuple(const BatchInfo& info) {
+        py::list arrays(info.input_data.size());
+        for (size_t i = 0; i < info.input_data.size(); ++i) {
+            arrays[i] = py::array(dtypes[i], info.input_shapes[i], {}, info.input_data[i], view_base);
+        }
+        return py::make_tuple(info.id, info.rows, arrays);
+    }
 };
 
 static void bind_batcher(py::module_& m) {
@@ -88,12 +119,7 @@ static void bind_batcher(py::module_& m) {
             [](CompletionQueue& q) {
                 std::vector<Completion> items = q.Drain();
                 py::list out(items.size());
-                for (size_t i = 0; i < items.size(); ++i) {
-                    const Completion& c = items[i];
-                    py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
-                    out[i] = py::make_tuple(c.ticket, c.batch, c.row_offset, c.rows, static_cast<int>(c.code), msg,
-                                            c.batch_requests);
-                }
+                for (size_t i = 0; i < items.size(); ++i) out[i] = CompletionTuple(items[i]);
                 return out;
             },
             "Takes every completion so far: [(ticket, batch, row_offset, rows, code, message|None, batch_requests)].");
@@ -108,9 +134,7 @@ static void bind_batcher(py::module_& m) {
                     py::gil_scoped_release nogil;  // the waiter blocks; runners and the loop keep going
                     c = r.Wait();
                 }
-                py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
-                return py::make_tuple(c.ticket, c.batch, c.row_offset, c.rows, static_cast<int>(c.code), msg,
-                                      c.batch_requests);
+                return CompletionTuple(c);
             },
             "Blocks (GIL released) until done: (ticket, batch, row_offset, rows, code, message|None, batch_requests).");
 
@@ -174,17 +198,27 @@ static void bind_batcher(py::module_& m) {
                     py::gil_scoped_release nogil;  // blocks for work, then gathers rows with memcpy
                     ok = self.core->NextBatch(runner, &info);
                 }
-                if (!ok) return py::none();
-                py::list arrays(info.input_data.size());
-                for (size_t i = 0; i < info.input_data.size(); ++i) {
-                    // A view, not a copy: of the runner's reused buffer, or of the lone request's array.
-                    arrays[i] = py::array(self.dtypes[i], info.input_shapes[i], {}, info.input_data[i], self.view_base);
-                }
-                return py::make_tuple(info.id, info.rows, arrays);
+                return ok ? self.BatchTuple(info) : py::none();
             },
             py::arg("runner"),
             "Blocks (GIL released) for runner `runner`'s next batch: (batch_id, rows, [input arrays]) or None "
             "after shutdown. The arrays are valid until this runner's complete().")
+        .def(
+            "complete_next",
+            [](PyBatcher& self, int runner, int code, const std::string& message) -> py::object {
+                if (code < 0 || code >= fastml::kStatusCodeCount) throw py::value_error("unknown status code");
+                BatchInfo info;
+                bool ok;
+                {
+                    // One GIL hand-off per batch instead of two: deliver this batch, then wait for the next.
+                    py::gil_scoped_release nogil;
+                    self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
+                    ok = self.core->NextBatch(runner, &info);
+                }
+                return ok ? self.BatchTuple(info) : py::none();
+            },
+            py::arg("runner"), py::arg("code") = 0, py::arg("message") = "",
+            "complete() then next_batch() under one GIL release.")
         .def(
             "complete",
             [](PyBatcher& self, int runner, int code, const std::string& message) {

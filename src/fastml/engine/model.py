@@ -119,10 +119,8 @@ class Model:
         names = self._input_names
         n_outputs = len(self._output_names)
         store = self._batch_outputs
-        while True:
-            batch = core.next_batch(runner)  # blocks with the GIL released
-            if batch is None:
-                return
+        batch = core.next_batch(runner)  # blocks with the GIL released
+        while batch is not None:
             batch_id, rows, arrays = batch
             try:
                 outputs = self._run(dict(zip(names, arrays)))
@@ -132,11 +130,13 @@ class Model:
                     if out.ndim == 0 or out.shape[0] != rows:
                         raise RuntimeError(f"output '{out_name}' has shape {_shape(out.shape)} for a batch of {rows} rows")
             except BaseException as exc:  # noqa: BLE001 - every failure must complete the batch
-                core.complete(runner, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
-                                                f"{type(exc).__name__}: {exc}")
+                batch = core.complete_next(runner, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
+                                                             f"{type(exc).__name__}: {exc}")
                 continue
             store[batch_id] = (outputs, itertools.count(1))
-            core.complete(runner, OK, "")  # scatters row ranges and signals the waiters, GIL released
+            # Signals this batch's waiters (one eventfd write per event loop) and waits for the next
+            # batch, all with the GIL released.
+            batch = core.complete_next(runner, OK, "")
 
     # ------------------------------------------------------------------ inputs
     def _arrays(self, inputs) -> tuple:

@@ -249,6 +249,11 @@ class ReferenceBatcher:
         self._slots[runner] = (batch_id, taken, offsets, rows, now, time.monotonic_ns())
         return batch_id, rows, arrays
 
+    def complete_next(self, runner: int, code: int = OK, message: str = ""):
+        """complete() then next_batch(), like the native core's single-hand-off call."""
+        self.complete(runner, code, message)
+        return self.next_batch(runner)
+
     def complete(self, runner: int, code: int = OK, message: str = "") -> None:
         slot = self._slots[runner]
         if slot is None:
