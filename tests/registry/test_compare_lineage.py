@@ -48,6 +48,8 @@ def test_compare_side_by_side_with_significant_winner(reg, artifact):
     truth_b = rng.random(n) < 0.80
     reg.register("m", artifact("a"), metrics={"acc": float(truth_a.mean())}, params={"depth": 6, "lr": 0.1}, eval_results=_eval(truth_a), actor="ana")
     reg.register("m", artifact("b"), metrics={"acc": float(truth_b.mean())}, params={"depth": 3, "lr": 0.1}, eval_results=_eval(truth_b), actor="ana")
+    assert reg.get_eval_results("m:1.0.0") == _eval(truth_a)
+    assert reg.get_eval_results("m:1.0.0")["correct"][:3] == truth_a[:3].tolist()
     res = reg.compare(["m:1.0.1", "m:1.0.0"], metric="acc")
     assert res["winner"] == "m:1.0.0" and res["significant"] is True
     assert res["p_value"] < 0.01 and res["tests"][0]["test"] == "mcnemar_chi2"
@@ -86,6 +88,7 @@ def test_compare_by_metric_only_and_errors(reg, artifact):
     reg.register("m", artifact("a"), metrics={"auc": 0.8}, actor="ana")
     reg.register("m", artifact("b"), metrics={"auc": 0.9}, actor="ana")
     reg.register("m", artifact("c"), metrics={"f1": 0.9}, actor="ana")
+    assert reg.get_eval_results("m:1.0.0") is None
     res = reg.compare(["m:1.0.0", "m:1.0.1"], metric="auc")
     assert res["winner"] == "m:1.0.1" and res["significant"] is None and "significance not tested" in res["decision"]
     assert reg.compare(["m:1.0.0", "m:1.0.1"], metric="auc", higher_is_better=False)["winner"] == "m:1.0.0"

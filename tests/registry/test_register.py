@@ -139,15 +139,35 @@ def test_source_artifact_stored_and_verified(reg, artifact, tmp_path):
         reg.source_artifact_path("m:1.0.1")
 
 
-def test_real_onnx_model_loads_from_registry(reg, onnx_models):
+def _tiny_onnx(path):
+    """A real ONNX model (input FP32 [-1, 32] -> MatMul -> output FP32 [-1, 2]), built directly with onnx.helper
+    (training the shared sklearn fixtures would dominate this directory's run time)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(32, 2) / 64, name="w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["probabilities"])], "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 32])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])], initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_real_onnx_model_loads_from_registry(reg, tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    reg.register("mlp", onnx_models["mlp"], metrics={"acc": 0.9}, actor="ana")
-    sess = ort.InferenceSession(str(reg.artifact_path("mlp@latest")), providers=["CPUExecutionProvider"])
-    X = np.load(onnx_models["data"])[:5]
-    label, proba = sess.run(None, {"input": X})
-    assert label.shape == (5,) and proba.shape == (5, 2)
+    reg.register("tiny", _tiny_onnx(tmp_path / "tiny.onnx"), metrics={"acc": 0.9}, actor="ana")
+    sess = ort.InferenceSession(str(reg.artifact_path("tiny@latest")), providers=["CPUExecutionProvider"])
+    X = np.ones((5, 32), dtype=np.float32)
+    (proba,) = sess.run(None, {"input": X})
+    assert proba.shape == (5, 2)
+    np.testing.assert_allclose(proba[0], np.arange(64, dtype=np.float32).reshape(32, 2).sum(axis=0) / 64, rtol=1e-6)
 
 
 def test_list_models_and_search_by_tags(reg, artifact):

@@ -52,10 +52,12 @@ class ArtifactStore:
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._root_text = str(self.root)
         self._tmp = self.root / ".tmp"
 
     def path_for(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
+        # One Path parse instead of two joins: this runs on every resolve().
+        return Path(f"{self._root_text}/{sha256[:2]}/{sha256}")
 
     def put(self, source: str | os.PathLike) -> StoredArtifact:
         """Copy ``source`` in (hashing while copying) and return where it lives.

@@ -32,6 +32,15 @@ DEFAULT_PROTECTED = {"production": 2}
 _v, _m, _a, _t = store.versions, store.models, store.aliases, store.version_tags
 _req, _appr, _ev = store.requests, store.approvals, store.events
 
+# Statements on the hot paths are built once; values travel as parameters, so SQLAlchemy reuses the
+# compiled statement instead of rebuilding and re-hashing an expression tree on every call.
+_INS_VERSION = _v.insert().returning(_v.c.id)
+_INS_TAGS = _t.insert()
+_INS_EVENT = _ev.insert().returning(_ev.c.id)
+_SEL_MODEL_ID = sa.select(_m.c.id).where(_m.c.name == sa.bindparam("name"))
+_SEL_TOP_VERSION = sa.select(_v.c.version).where(_v.c.model_id == sa.bindparam("mid")).order_by(_v.c.sort_key.desc()).limit(1)
+_SEL_CLASH = sa.select(_v.c.version, _v.c.deleted_at).where(_v.c.model_id == sa.bindparam("mid"), _v.c.sort_key == sa.bindparam("key"))
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -64,21 +73,18 @@ class ModelVersion:
     source_sha256: str | None = None
     source_size_bytes: int | None = None
     source_path: Path | None = None
-    eval_results: dict | None = field(default=None, repr=False)
     id: int = field(default=0, repr=False)
 
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
 
-    def to_dict(self, *, eval_results: bool = False) -> dict:
+    def to_dict(self) -> dict:
         d = asdict(self)
         d["ref"] = self.ref
         d["artifact_path"] = str(self.artifact_path)
         d["source_path"] = str(self.source_path) if self.source_path else None
         d.pop("id")
-        if not eval_results:
-            d.pop("eval_results")
         return d
 
 
@@ -187,6 +193,7 @@ class Registry:
         self._gates: list[Callable] = []
         self._select_version = self._build_version_select()
         self._build_lookups()
+        self._search_cache: dict[tuple, object] = {}
 
     # ----------------------------------------------------------------- plumbing
     def close(self) -> None:
@@ -221,7 +228,9 @@ class Registry:
             .where(parent.c.id == _v.c.parent_id)
             .scalar_subquery()
         )
-        return sa.select(_v, _m.c.name, alias_list.label("alias_list"), parent_ref.label("parent_ref")).join(_m, _m.c.id == _v.c.model_id)
+        # eval_results (per-example lists, possibly large) are left out: only compare() reads them.
+        cols = [c for c in _v.c if c.name != "eval_results"]
+        return sa.select(*cols, _m.c.name, alias_list.label("alias_list"), parent_ref.label("parent_ref")).join(_m, _m.c.id == _v.c.model_id)
 
     def _to_mv(self, row) -> ModelVersion:
         src = row.source_sha256
@@ -248,7 +257,6 @@ class Registry:
             source_sha256=src,
             source_size_bytes=row.source_size_bytes,
             source_path=self.artifacts.path_for(src) if src else None,
-            eval_results=row.eval_results,
             id=row.id,
         )
 
@@ -256,7 +264,7 @@ class Registry:
         at = _now()
         details = details or {}
         eid = conn.execute(
-            _ev.insert().values(at=at, actor=actor, kind=kind, model=model, version=version, from_value=from_, to_value=to, reason=reason or "", details=details).returning(_ev.c.id)
+            _INS_EVENT, {"at": at, "actor": actor, "kind": kind, "model": model, "version": version, "from_value": from_, "to_value": to, "reason": reason or "", "details": details}
         ).scalar_one()
         pending.append({"id": eid, "at": at, "actor": actor, "kind": kind, "model": model, "version": version, "from": from_, "to": to, "reason": reason or "", "details": details})
 
@@ -266,7 +274,7 @@ class Registry:
 
     # ----------------------------------------------------------------- lookups
     def _model_id(self, conn, name: str) -> int:
-        mid = conn.execute(sa.select(_m.c.id).where(_m.c.name == name)).scalar()
+        mid = conn.execute(_SEL_MODEL_ID, {"name": name}).scalar()
         if mid is None:
             names = conn.execute(sa.select(_m.c.name)).scalars().all()
             raise NotFound(f"model {name!r} is not registered{_close(name, names)}")
@@ -372,21 +380,34 @@ class Registry:
     def search(self, tags: dict | None = None, stage: str | None = None, name: str | None = None, *, limit: int | None = None) -> list[ModelVersion]:
         """Live versions having every tag in ``tags`` (exact values), optionally in ``stage`` and of ``name``."""
         tags = _check_tags(tags)
-        q = self._select_version.where(_v.c.deleted_at.is_(None))
-        if stage is not None:
-            if stage not in self.stages:
-                raise InvalidInput(f"unknown stage {stage!r}{_close(stage, self.stages)}; stages: {self.stages}")
-            q = q.where(_v.c.stage == stage)
+        if stage is not None and stage not in self.stages:
+            raise InvalidInput(f"unknown stage {stage!r}{_close(stage, self.stages)}; stages: {self.stages}")
         if name is not None:
-            q = q.where(_m.c.name == check_name(name))
-        for k, val in tags.items():
-            t = _t.alias()
-            q = q.where(sa.exists().where(t.c.version_id == _v.c.id, t.c.key == k, t.c.value == val))
-        q = q.order_by(_m.c.name, _v.c.sort_key)
-        if limit is not None:
-            q = q.limit(int(limit))
+            check_name(name)
+        shape = (len(tags), stage is not None, name is not None, limit is not None)
+        q = self._search_cache.get(shape)
+        if q is None:
+            q = self._build_search(*shape)
+            self._search_cache[shape] = q
+        params = {f"k{i}": k for i, k in enumerate(tags)} | {f"v{i}": v for i, v in enumerate(tags.values())}
+        params |= {"stage": stage, "name": name, "limit": limit}
         with self.engine.connect() as conn:
-            return [self._to_mv(r) for r in conn.execute(q)]
+            return [self._to_mv(r) for r in conn.execute(q, {k: v for k, v in params.items() if v is not None})]
+
+    def _build_search(self, n_tags: int, by_stage: bool, by_name: bool, limited: bool):
+        """The search statement for one combination of filters (cached; values are bind parameters)."""
+        q = self._select_version.where(_v.c.deleted_at.is_(None))
+        if by_stage:
+            q = q.where(_v.c.stage == sa.bindparam("stage"))
+        if by_name:
+            q = q.where(_m.c.name == sa.bindparam("name"))
+        for i in range(n_tags):
+            t = _t.alias(f"tag{i}")
+            q = q.where(sa.exists().where(t.c.version_id == _v.c.id, t.c.key == sa.bindparam(f"k{i}"), t.c.value == sa.bindparam(f"v{i}")))
+        q = q.order_by(_m.c.name, _v.c.sort_key)
+        if limited:
+            q = q.limit(sa.bindparam("limit", type_=sa.Integer))
+        return q
 
     # ----------------------------------------------------------------- register
     def register(
@@ -451,29 +472,28 @@ class Registry:
             store.lock_model(conn, mid)
             parent_id = self._find_row(conn, parent_ref).id if parent_ref is not None else None
             if wanted is None:
-                top = conn.execute(sa.select(_v.c.version).where(_v.c.model_id == mid).order_by(_v.c.sort_key.desc()).limit(1)).scalar()
+                top = conn.execute(_SEL_TOP_VERSION, {"mid": mid}).scalar()
                 wanted = semver.parse(top).bump(bump) if top else semver.SemVer(1, 0, 0)
             key = semver.sort_key(wanted)
-            clash = conn.execute(sa.select(_v.c.version, _v.c.deleted_at).where(_v.c.model_id == mid, _v.c.sort_key == key)).first()
+            clash = conn.execute(_SEL_CLASH, {"mid": mid, "key": key}).first()
             if clash is not None:
                 note = " (deleted; version numbers are never reused)" if clash.deleted_at else ""
                 raise Conflict(f"model {name!r} already has version {clash.version}{note}")
             now = _now()
             vid = conn.execute(
-                _v.insert()
-                .values(
-                    model_id=mid, version=str(wanted), sort_key=key, stage=self.initial_stage, exclusive_stage=None,
-                    sha256=stored.sha256, size_bytes=stored.size_bytes, artifact_name=Path(artifact).name,
-                    source_sha256=source.sha256 if source else None, source_size_bytes=source.size_bytes if source else None,
-                    source_name=Path(source_artifact).name if source else None,
-                    metrics=metrics, params=params, tags=tags, description=description, parent_id=parent_id,
-                    signature=signature, model_card=model_card, run_id=run_id, dataset_fingerprint=dataset_fingerprint,
-                    feature_refs=feature_refs, eval_results=eval_results, created_at=now, created_by=actor,
-                )
-                .returning(_v.c.id)
+                _INS_VERSION,
+                {
+                    "model_id": mid, "version": str(wanted), "sort_key": key, "stage": self.initial_stage, "exclusive_stage": None,
+                    "sha256": stored.sha256, "size_bytes": stored.size_bytes, "artifact_name": Path(artifact).name,
+                    "source_sha256": source.sha256 if source else None, "source_size_bytes": source.size_bytes if source else None,
+                    "source_name": Path(source_artifact).name if source else None,
+                    "metrics": metrics, "params": params, "tags": tags, "description": description, "parent_id": parent_id,
+                    "signature": signature, "model_card": model_card, "run_id": run_id, "dataset_fingerprint": dataset_fingerprint,
+                    "feature_refs": feature_refs, "eval_results": eval_results, "created_at": now, "created_by": actor, "deleted_at": None,
+                },
             ).scalar_one()
             if tags:
-                conn.execute(_t.insert(), [{"version_id": vid, "key": k, "value": val} for k, val in tags.items()])
+                conn.execute(_INS_TAGS, [{"version_id": vid, "key": k, "value": val} for k, val in tags.items()])
             self._emit(conn, pending, "register", name, str(wanted), None, self.initial_stage, description, actor,
                        {"sha256": stored.sha256, "size_bytes": stored.size_bytes, "parent": str(parent_ref) if parent_ref else None, "run_id": run_id})
         self._publish(pending)
@@ -484,7 +504,7 @@ class Registry:
             signature=signature, model_card=model_card, run_id=run_id, dataset_fingerprint=dataset_fingerprint,
             feature_refs=feature_refs, created_at=now, created_by=actor,
             source_sha256=source.sha256 if source else None, source_size_bytes=source.size_bytes if source else None,
-            source_path=source.path if source else None, eval_results=eval_results, id=vid,
+            source_path=source.path if source else None, id=vid,
         )
 
     def _ref_of_id(self, vid: int) -> str:
@@ -493,7 +513,7 @@ class Registry:
         return f"{row.name}:{row.version}"
 
     def _get_or_create_model(self, conn, name: str, actor: str) -> int:
-        mid = conn.execute(sa.select(_m.c.id).where(_m.c.name == name)).scalar()
+        mid = conn.execute(_SEL_MODEL_ID, {"name": name}).scalar()
         if mid is not None:
             return mid
         try:
@@ -832,7 +852,8 @@ class Registry:
         mvs = [self.resolve(r) for r in refs]
         if len({mv.id for mv in mvs}) != len(mvs):
             raise InvalidInput(f"compare() got the same version twice: {[mv.ref for mv in mvs]}")
-        have_eval = all(mv.eval_results for mv in mvs)
+        evals = self._eval_results([mv.id for mv in mvs])
+        have_eval = all(evals.get(mv.id) for mv in mvs)
         missing = [mv.ref for mv in mvs if metric not in mv.metrics]
         if missing and not have_eval:
             raise InvalidInput(f"metric {metric!r} is not recorded for {missing}; recorded metrics: "
@@ -853,7 +874,7 @@ class Registry:
                 result["decision"] = f"tie on {metric}; no winner"
                 return result
         else:
-            means = [_compare.significance(mv.eval_results, mv.eval_results, mv.ref, mv.ref)[1] for mv in mvs]
+            means = [_compare.significance(evals[mv.id], evals[mv.id], mv.ref, mv.ref)[1] for mv in mvs]
             best = max(range(len(mvs)), key=lambda i: sign * means[i])
         if not have_eval:
             result["winner"] = mvs[best].ref
@@ -863,7 +884,7 @@ class Registry:
         for i, mv in enumerate(mvs):
             if i == best:
                 continue
-            test, mean_best, mean_other = _compare.significance(mvs[best].eval_results, mv.eval_results, mvs[best].ref, mv.ref)
+            test, mean_best, mean_other = _compare.significance(evals[mvs[best].id], evals[mv.id], mvs[best].ref, mv.ref)
             better = sign * (mean_best - mean_other) > 0
             test.update({"a": mvs[best].ref, "b": mv.ref, "mean_a": mean_best, "mean_b": mean_other, "a_better": better})
             result["tests"].append(test)
@@ -877,6 +898,15 @@ class Registry:
         else:
             result["decision"] = f"no significant winner (best candidate {mvs[best].ref}, p = {p_max:.3g}, alpha = {alpha})"
         return result
+
+    def _eval_results(self, ids: list[int]) -> dict[int, dict | None]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(_v.c.id, _v.c.eval_results).where(_v.c.id.in_(ids))).all())
+
+    def get_eval_results(self, ref: str) -> dict | None:
+        """The per-example evaluation results stored with a version (None if none were given)."""
+        mv = self.resolve(ref)
+        return self._eval_results([mv.id])[mv.id]
 
     # ----------------------------------------------------------------- integrity
     def verify(self) -> list[dict]:

@@ -226,6 +226,10 @@ def create_engine(url: str) -> sa.Engine:
         raise InvalidInput(f"invalid registry URL {url!r}: {exc}") from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            from pathlib import Path
+
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)  # a fresh $FASTML_HOME
         engine = sa.create_engine(url, connect_args={"timeout": 30.0, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
