@@ -172,3 +172,13 @@ def test_key_containers(store, driver_group):
         store.get_online(["driver:trips"], "12")
     with pytest.raises(InvalidInput, match="entity keys must be"):
         store.get_online(["driver:trips"], 12)
+
+
+def test_materialize_tie_rule_matches_training_sets(store):
+    store.register(FeatureGroup("g", entities=["k"], features=[Feature("v", "int64")]))
+    store.ingest("g", pa.table({"k": ["a", "a", "b"], "event_timestamp": ts([10, 10, 10]), "v": [1, 2, 3]}))
+    store.ingest("g", pa.table({"k": ["b", "c"], "event_timestamp": ts([10, 3]), "v": [4, 5]}))
+    store.materialize("g")
+    online = store.get_online(["g:v"], ["a", "b", "c"])[0][:, 0].tolist()
+    offline = store.get_training_set(pa.table({"k": ["a", "b", "c"], "event_timestamp": ts([10, 10, 10])}), ["g:v"])
+    assert online == offline.column("v").to_pylist() == [2, 4, 5]

@@ -88,6 +88,21 @@ def sort_with_ties(packed: np.ndarray, seq: np.ndarray, row: np.ndarray) -> np.n
     return order
 
 
+def latest_per_key(code: np.ndarray, n_codes: int, ts_us: np.ndarray, seq: np.ndarray,
+                   row: np.ndarray) -> np.ndarray:
+    """Index of each key's latest row (greatest time, then ingest seq, then row), one per key."""
+    if n_codes == len(code):
+        return np.arange(len(code))  # one row per key: nothing to choose
+    lo = int(ts_us.min())
+    span = int(ts_us.max()) - lo + 1
+    if n_codes * (span + 1) < 2**62:
+        order = sort_with_ties(code * span + (ts_us - lo), seq, row)
+    else:
+        order = np.lexsort((row, seq, ts_us, code))
+    sc = code[order]
+    return order[np.flatnonzero(np.append(sc[1:] != sc[:-1], True))]
+
+
 def take_valid(column: pa.Array | pa.ChunkedArray, src: np.ndarray, valid: np.ndarray) -> pa.Array:
     """column[src] where valid, null elsewhere."""
     indices = pa.array(src, type=pa.int64(), mask=~valid)

@@ -110,12 +110,13 @@ class FeatureStore:
     def _update_stats(self, g: FeatureGroup, version: int) -> None:
         from fastml.features.stats import group_stats
 
-        rows = self._read(g, version, g.feature_names)
+        rows = self._read(g, version)  # the whole-version read, reused by training sets and materialize
         self.metadata.put_stats(g.name, version, group_stats(g, rows))
 
     def _read(self, g: FeatureGroup, version: int, columns: list[str] | None = None, start_us=None,
-              end_us=None) -> pa.Table:
-        ingests = self.metadata.ingests(g.name, version)
+              end_us=None, ingests: list[dict] | None = None) -> pa.Table:
+        if ingests is None:
+            ingests = self.metadata.ingests(g.name, version)
         if start_us is not None or end_us is not None:
             return self.offline.read(g, version, ingests, columns, start_us, end_us)
         # Whole-version reads are cached per set of committed ingests (a new ingest changes the key).
@@ -135,7 +136,7 @@ class FeatureStore:
         hit = self._pit_cache.get((g.name, version))
         if hit is not None and hit[0] == seqs:
             return hit[1], hit[2]
-        rows = self.offline.read(g, version, ingests)
+        rows = self._read(g, version, ingests=ingests)  # shared with materialize()'s whole-version reads
         if rows.num_rows:
             f_keys = _offline.key_strings(rows, g.entities)
             f_ts = rows.column(g.timestamp_column).combine_chunks().view(pa.int64()).to_numpy()
@@ -228,12 +229,15 @@ class FeatureStore:
             self.metadata.record_materialization(g.name, version, start_us, end_us, 0, 0, 0)
             return {"group": g.name, "version": version, "entities": 0, "written": 0, "skipped_older": 0}
         keys = _offline.key_strings(rows, g.entities)
-        codes = keys.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        enc = keys.dictionary_encode()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         ts = rows.column(g.timestamp_column).combine_chunks().view(pa.int64()).to_numpy()
-        order = np.lexsort((_np(rows, "_ingest_row"), _np(rows, "_ingest_seq"), ts, codes))
-        sc = codes[order]
-        last = order[np.flatnonzero(np.append(sc[1:] != sc[:-1], True))]  # the latest row of each entity
-        latest = rows.take(pa.array(last))
+        last = _pit.latest_per_key(codes, len(enc.dictionary), ts, _np(rows, "_ingest_seq"), _np(rows, "_ingest_row"))
+        if len(last) == n_total:
+            latest, latest_keys, latest_ts = rows, keys, ts  # one row per entity: no need to gather
+        else:
+            idx = pa.array(last)
+            latest, latest_keys, latest_ts = rows.take(idx), keys.take(idx), ts[last]
         n = latest.num_rows
         values = np.empty((n, len(g.features)), dtype=np.float64)
         present = np.empty((n, len(g.features)), dtype=bool)
@@ -247,8 +251,7 @@ class FeatureStore:
                 values[:, j] = coded.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
             else:
                 values[:, j] = col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-        written, skipped = online.write(g, version, keys.take(pa.array(last)), values, present,
-                                        ts[last])
+        written, skipped = online.write(g, version, latest_keys, values, present, latest_ts)
         self.metadata.record_materialization(g.name, version, start_us, end_us, n, written, skipped)
         return {"group": g.name, "version": version, "entities": n, "written": written, "skipped_older": skipped}
 
