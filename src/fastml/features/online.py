@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,10 @@ from fastml.features.groups import FeatureGroup, parse_ref, table_name
 
 BACKENDS = ("native", "reference")
 
-# LMDB forbids opening one environment twice in a process, so caches are shared per (backend, path).
-_open_caches: "weakref.WeakValueDictionary[tuple[str, str], _Cache]" = weakref.WeakValueDictionary()
+# LMDB forbids opening one environment twice in a process (closing a second handle drops the first
+# one's locks), so caches are shared per (backend, path) and, as LMDB recommends, stay open for the
+# life of the process: a weak registry could forget an environment that a reference cycle still holds open.
+_open_caches: dict[tuple[str, str], "_Cache"] = {}
 _open_lock = threading.Lock()
 
 
@@ -40,7 +41,7 @@ if hasattr(os, "register_at_fork"):
 
 
 class _Cache:
-    """Holds one backend cache object (weak-referenceable wrapper)."""
+    """Holds one backend cache object."""
 
     def __init__(self, impl):
         self.impl = impl
