@@ -42,6 +42,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -178,7 +179,7 @@ class Server:
     port: int
     pid: int
     pa_args: list[str]
-    stop: callable  # type: ignore[valid-type]
+    stop: Callable[[], None]
     counter: str  # "stats" (v2 statistics extension) or "kserve_metrics"
 
     def inferences(self, model: str) -> int:

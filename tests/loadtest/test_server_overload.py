@@ -4,6 +4,7 @@ and answers correctly afterwards."""
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import subprocess
@@ -73,6 +74,7 @@ def test_past_capacity_gets_503_not_timeouts_then_recovers(small_queue_server, o
     expected = ort.InferenceSession(str(onnx_models["mlp"]), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"input": x})[0]
     request = build_infer_request("mlp", {"input": x}, outputs=["probabilities"])
+    served_before = _inference_count(port)
 
     # 64 requests in flight against a queue of 2: most must be refused at once.
     closed = run(run_closed_loop("127.0.0.1", port, request, concurrency=64, max_requests=3000, timeout_s=30))
@@ -100,3 +102,11 @@ def test_past_capacity_gets_503_not_timeouts_then_recovers(small_queue_server, o
     after = run(run_closed_loop("127.0.0.1", port, request, concurrency=2, max_requests=300, timeout_s=30,
                                 validate=correct))
     assert after.outcomes == {"200": 300}
+    # The harness's count of successes agrees with the server's own statistics.
+    assert _inference_count(port) - served_before == closed.ok + opened.ok + after.ok
+
+
+def _inference_count(port: int) -> int:
+    status, body = _get(port, "/v2/models/mlp/stats")
+    assert status == 200, body
+    return sum(s["inference_count"] for s in json.loads(body)["model_stats"])
