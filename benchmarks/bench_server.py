@@ -391,7 +391,8 @@ def overload(server: Server, model: str, rate: float, duration_s: float) -> dict
     d = res.to_dict()
     return {"server": server.name, "model": model, "rate_per_s": rate, "ok_per_s": d["throughput_per_s"],
             "outcomes": d["outcomes"], "p50_ok_us": d["latency_ok_us"]["p50"], "p99_ok_us": d["latency_ok_us"]["p99"],
-            "p99_all_us": d["latency_all_us"]["p99"], "send_lag_p99_us": d["send_lag_us"]["p99"]}
+            "p99_all_us": d["latency_all_us"]["p99"], "send_lag_p99_us": d["send_lag_us"]["p99"],
+            "error_samples": d["error_samples"]}
 
 
 def overload_rate(points: list[Point]) -> float:
@@ -454,6 +455,8 @@ def report(env: str, floor: dict, points: list[Point], overloads: list[dict], la
                 "|---|---|---:|---:|---|---:|---:|---:|"]
         for o in overloads:
             outcomes = ", ".join(f"{k}: {v:,}" for k, v in sorted(o["outcomes"].items()))
+            if o.get("error_samples", {}).get("connect_error"):
+                outcomes += f" (first connect error: {o['error_samples']['connect_error'][:60]})"
             out.append(f"| {o['server']} | {o['model']} | {o['rate_per_s']:,.0f} | {o['ok_per_s']:,.0f} | {outcomes} | "
                        f"{_f(o['p99_ok_us'])} | {_f(o['p99_all_us'])} | {_f(o.get('send_lag_p99_us'))} |")
     out += ["", "### Targets (issue 3, MLP)", "", "| target | measured | verdict |", "|---|---|---|"]
