@@ -178,3 +178,28 @@ def test_registry_events_backfilled_once(fastml_home, artifact):
     assert {e["actor"] for e in entries} == {"alice", "bob"}
     assert audit.verify().ok
     reg.close()
+
+
+def test_edited_evidence_is_not_evidence(tmp_path):
+    store = EvidenceStore(tmp_path / "ev")
+    audit = AuditLog(tmp_path / "audit")
+    credit = load_card(CARDS["credit"])
+    biased = assess_fairness(*_predictions(True), privileged="M", unprivileged="F")
+    path = record_fairness("credit-scoring", "1.0.0", biased, store=store, audit=audit)
+    d = evaluate(_mv(credit), "production", evidence=store, audit=audit)
+    assert not d.allowed and any(r.startswith("fairness: demographic_parity_difference") for r in d.reasons)
+    # Someone "fixes" the numbers in the evidence file by hand: the gate no longer trusts it.
+    doc = json.loads(path.read_text())
+    for name, m in doc["metrics"].items():
+        m["value"] = 1.0 if ("ratio" in name or "disparate_impact" in name) else 0.0
+    path.write_text(json.dumps(doc))
+    assert evaluate(_mv(credit), "production", evidence=store).allowed  # without the audit log it would pass
+    d = evaluate(_mv(credit), "production", evidence=store, audit=audit)
+    assert not d.allowed and "was changed after it was recorded" in d.reasons[-1]
+    # Evidence written without going through record_fairness has no audit record at all.
+    store.save("credit-scoring", "2.0.0", doc)
+    d = evaluate(_mv(credit, version="2.0.0"), "production", evidence=store, audit=audit)
+    assert "has no audit record" in d.reasons[-1]
+    # Recording properly again restores trust.
+    record_fairness("credit-scoring", "1.0.0", assess_fairness(*_predictions(False)), store=store, audit=audit)
+    assert evaluate(_mv(credit), "production", evidence=store, audit=audit).allowed

@@ -23,10 +23,12 @@ Policy file (TOML or JSON)::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
 import tomllib
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -162,12 +164,20 @@ class EvidenceStore:
         path = self._path(name, version)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(report, fh, indent=2, allow_nan=False)
+        data = json.dumps(report, indent=2, allow_nan=False).encode()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)  # readers see the old evidence or the new, never half
         return path
+
+    def digest(self, name: str, version: str) -> str | None:
+        """SHA-256 of the stored evidence file, or None when there is none."""
+        try:
+            return hashlib.sha256(self._path(name, version).read_bytes()).hexdigest()
+        except FileNotFoundError:
+            return None
 
     def load(self, name: str, version: str) -> dict[str, Any] | None:
         path = self._path(name, version)
@@ -184,11 +194,12 @@ def record_fairness(model: str, version: str, report: FairnessReport, *, store: 
     doc = report.to_dict()
     path = store.save(model, version, doc)
     if audit is not None:
+        # The file's hash goes into the chain, so a gate can tell the evidence was edited afterwards.
         audit.append("governance.fairness.record", target=f"{model}:{version}", actor=actor,
                      after={"passed": report.passed,
                             "metrics": {k: m["value"] for k, m in doc["metrics"].items()}},
                      details={"sensitive_columns": doc["sensitive_columns"], "method": doc["method"],
-                              "failures": report.failures})
+                              "failures": report.failures, "evidence_sha256": store.digest(model, version)})
     return path
 
 
@@ -226,10 +237,22 @@ def _metric_evidence(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     return out
 
 
+def _audited_digest(audit, name: str, version: str) -> str | None:
+    """The evidence hash of the last ``governance.fairness.record`` entry for this version."""
+    digest = None
+    for e in audit.entries():
+        if e["action"] == "governance.fairness.record" and e["target"] == f"{name}:{version}":
+            digest = (e.get("details") or {}).get("evidence_sha256")
+    return digest
+
+
 def evaluate(mv, target_stage: str, policy: GatePolicy | PolicySet | None = None, *,
-             evidence: EvidenceStore | None = None) -> GateDecision:
+             evidence: EvidenceStore | None = None, audit=None) -> GateDecision:
     """Decide whether ``mv`` (a registry ``ModelVersion`` or a dict with the same fields) may enter
-    ``target_stage`` under ``policy``."""
+    ``target_stage`` under ``policy``.
+
+    With ``audit`` given, recorded fairness evidence counts only if the audit log holds its hash (it was
+    recorded through :func:`record_fairness` and not edited since)."""
     from fastml.governance.compliance import assess
 
     name, version = str(_field(mv, "name")), str(_field(mv, "version"))
@@ -252,14 +275,21 @@ def evaluate(mv, target_stage: str, policy: GatePolicy | PolicySet | None = None
             for f in report.findings:
                 if f.verdict in policy.block_on:
                     reasons.append(f"{f.rule_id} ({f.article}) {f.verdict}: " + "; ".join(f.evidence))
-    stored = (evidence or EvidenceStore()).load(name, version)
+    evidence = evidence or EvidenceStore()
+    stored = evidence.load(name, version)
+    fairness = None
+    if stored is not None and audit is not None and _audited_digest(audit, name, version) != evidence.digest(name, version):
+        # Evidence that the audit log does not vouch for is not evidence (it may have been edited by hand).
+        why = "has no audit record" if _audited_digest(audit, name, version) is None else "was changed after it was recorded"
+        reasons.append(f"fairness evidence for {name}:{version} {why} (its sha256 does not match the audit log); "
+                       "record it again with record_fairness")
+        return GateDecision(name, version, target_stage, False, tuple(reasons), report, None)
     if stored is not None:
         values = {k: m.get("value") for k, m in stored.get("metrics", {}).items()}
         source = "recorded fairness report"
     else:
         values = _metric_evidence(_field(mv, "metrics"))
         source = "registered metrics"
-    fairness = None
     if not values:
         if policy.require_fairness:
             reasons.append("no fairness evidence: record a fairness report for this version "
@@ -285,11 +315,11 @@ class Governance:
         self.policy = policy
         self.audit = audit
         self.evidence = evidence
-        self.decisions: list[GateDecision] = []
+        self.decisions: deque[GateDecision] = deque(maxlen=1000)  # recent decisions, for inspection
 
     def gate(self, mv, target_stage: str) -> list[str]:
         """The registry gate: reasons that block the move (empty list allows it)."""
-        decision = evaluate(mv, target_stage, self.policy, evidence=self.evidence)
+        decision = evaluate(mv, target_stage, self.policy, evidence=self.evidence, audit=self.audit)
         self.decisions.append(decision)
         if self.audit is not None and target_stage in self.policy.for_model(decision.model).protected_stages:
             self.audit.append("governance.gate." + ("allow" if decision.allowed else "block"),
