@@ -151,3 +151,9 @@ def test_undefined_ratio_fails_and_report_serialises():
     d = rep.to_dict()
     assert d["metrics"]["demographic_parity_ratio"]["value"] is None
     assert d["groups"][0]["key"] == ["a"]
+
+
+def test_missing_values_form_their_own_group():
+    rep = assess_fairness([1, 0, 1, 0, 1, 0], [1, 0, 1, 1, 0, 0], np.array(["a", "a", None, None, "b", "b"], dtype=object))
+    assert [g.label for g in rep.groups] == ["None", "a", "b"]
+    assert rep.group("None").selection_rate == 1.0

@@ -110,3 +110,13 @@ def test_graph_api_errors():
     g.add_node('dataset:a"b', "dataset")
     g.add_edge('dataset:a"b', "run:r", "trained_on")
     assert '\\"' in g.to_dot() and "#quot;" in g.to_mermaid()
+
+
+def test_cli_lineage_reads_the_feature_store(populated, capsys):
+    from fastml.cli import main
+
+    reg, fs, v1, v2 = populated
+    assert main(["governance", "lineage", v2.ref, "--json"]) == 0
+    ids = {n["id"] for n in json.loads(capsys.readouterr().out)["nodes"]}
+    assert {"features:applicants@v1", "dataset:s3://bank/applications_2025", "run:run-2",
+            f"model:credit-scoring:{v2.version}", "deployment:credit-scoring@production"} <= ids

@@ -342,7 +342,10 @@ def _group_ids(columns: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
     """One integer id per row for its combination of values, and the sorted combinations (keys)."""
     uniques, codes = [], []
     for c in columns:
-        u, inv = np.unique(c.astype(object) if c.dtype.kind == "O" else c, return_inverse=True)
+        try:
+            u, inv = np.unique(c, return_inverse=True)
+        except TypeError:  # mixed types (e.g. strings and None) cannot be ordered: group by their text
+            u, inv = np.unique(c.astype(str), return_inverse=True)
         uniques.append(u)
         codes.append(inv.ravel())
     combined = np.ravel_multi_index(codes, [len(u) for u in uniques]) if len(codes) > 1 else codes[0]
