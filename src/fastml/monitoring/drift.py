@@ -30,9 +30,11 @@ and current together: reference <= 1,000 rows: numeric with n_values > 5 -> ``ks
 ``wasserstein``; otherwise ``jensenshannon``. Default thresholds: 0.05 for p-values, 0.1 for distances.
 The dataset drifts when the share of drifted columns is >= ``drift_share`` (0.5).
 
-Speed: a numeric column is sorted once (the reference once per profile); the two empirical CDFs are
-evaluated on the merged sorted values with two ``searchsorted`` calls, and KS, Wasserstein and the
-histogram all come from those sorted arrays — no per-test re-sorting as in a loop over scipy calls.
+Speed: a numeric column is sorted once (the reference once per profile); the two sorted runs are merged
+by a stable sort whose order says which side each value came from, so both empirical CDFs at every
+merged value are two cumulative counts (ties take the count at the end of their run, which is exactly
+``searchsorted(side="right")``). KS, Wasserstein and the histogram all come from those sorted arrays —
+no per-test re-sorting as in a loop over scipy calls.
 """
 
 from __future__ import annotations
@@ -81,22 +83,38 @@ class _NumericPair:
         self._merged = None
         self._cdfs = None
 
+    def _build(self) -> None:
+        both = np.concatenate((self.ref, self.cur))
+        # Two sorted runs: the stable sort (timsort) merges them in linear time; the order tells which
+        # side each merged value came from, so counting replaces two searchsorted passes (10x cheaper).
+        order = np.argsort(both, kind="stable")
+        merged = both[order]
+        n = merged.size
+        ref_le = np.cumsum(order < self.ref.size)
+        cur_le = np.arange(1, n + 1) - ref_le
+        last = np.empty(n, dtype=bool)
+        last[:-1] = merged[1:] != merged[:-1]
+        last[-1] = True
+        if not last.all():
+            # Ties: a right-continuous CDF takes the count at the end of each run of equal values.
+            end = np.where(last, np.arange(n), n)
+            end = np.minimum.accumulate(end[::-1])[::-1]
+            ref_le, cur_le = ref_le[end], cur_le[end]
+        self._merged = merged
+        self._cdfs = (ref_le / self.ref.size, cur_le / self.cur.size)
+
     @property
     def merged(self) -> np.ndarray:
         if self._merged is None:
-            m = np.concatenate((self.ref, self.cur))
-            # Two sorted runs: the stable sort (timsort) merges them in linear time.
-            m.sort(kind="stable")
-            self._merged = m
+            self._build()
         return self._merged
 
     @property
     def cdfs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Right-continuous empirical CDFs of reference and current at every merged value."""
+        """Right-continuous empirical CDFs of reference and current at every merged value (the same
+        numbers as ``searchsorted(side="right") / n``)."""
         if self._cdfs is None:
-            m = self.merged
-            self._cdfs = (np.searchsorted(self.ref, m, "right") / self.ref.size,
-                          np.searchsorted(self.cur, m, "right") / self.cur.size)
+            self._build()
         return self._cdfs
 
     def n_values(self) -> int:
@@ -116,7 +134,9 @@ class _NumericPair:
         m = self.merged
         c1, c2 = self.cdfs
         # scipy integrates |U - V| between successive merged values, with the CDFs taken at the left end.
-        return float(np.dot(np.abs(c1[:-1] - c2[:-1]), np.diff(m)))
+        # A plain reduction, not np.dot: BLAS may spin up threads for a 20k-element dot product, which
+        # costs ten times the arithmetic on a shared machine.
+        return float(np.add.reduce(np.abs(c1[:-1] - c2[:-1]) * np.diff(m)))
 
     def wasserstein_normed(self) -> float:
         return self.wasserstein() / max(self.ref_std, 0.001)
