@@ -392,7 +392,8 @@ class Registry:
         params = {f"k{i}": k for i, k in enumerate(tags)} | {f"v{i}": v for i, v in enumerate(tags.values())}
         params |= {"stage": stage, "name": name, "limit": limit}
         with self.engine.connect() as conn:
-            return [self._to_mv(r) for r in conn.execute(q, {k: v for k, v in params.items() if v is not None})]
+            rows = conn.execute(q, {k: v for k, v in params.items() if v is not None}).all()
+        return [self._to_mv(r) for r in rows]
 
     def _build_search(self, n_tags: int, by_stage: bool, by_name: bool, limited: bool):
         """The search statement for one combination of filters (cached; values are bind parameters)."""
