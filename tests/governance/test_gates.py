@@ -203,3 +203,26 @@ def test_edited_evidence_is_not_evidence(tmp_path):
     # Recording properly again restores trust.
     record_fairness("credit-scoring", "1.0.0", assess_fairness(*_predictions(False)), store=store, audit=audit)
     assert evaluate(_mv(credit), "production", evidence=store, audit=audit).allowed
+
+
+def test_attach_configured_uses_the_policy_file(fastml_home, artifact, capsys):
+    from fastml.cli import main
+    from fastml.governance.gates import attach_configured
+    from fastml.registry import Registry
+
+    reg = Registry(protected={"production": 1})
+    assert attach_configured(reg) is None  # no policy file: nothing attached
+    assert main(["governance", "policy", "--init"]) == 0
+    assert (fastml_home / "governance" / "policy.toml").is_file()
+    assert main(["governance", "policy", "--init"]) == 1  # never overwrites
+    capsys.readouterr()
+    assert main(["governance", "policy", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["source"].endswith("policy.toml") and shown["default"]["fairness_thresholds"]["disparate_impact"] == 0.8
+    gov = attach_configured(reg)
+    assert gov is not None and gov.policy.default.protected_stages == ("production",)
+    mv = reg.register("m", artifact)
+    rid = reg.request_transition(mv.ref, "production", actor="alice")
+    with pytest.raises(PermissionDenied, match="no model card"):
+        reg.approve(rid, reviewer="bob")
+    reg.close()

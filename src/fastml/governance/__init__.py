@@ -23,6 +23,7 @@ _EXPORTS = {
     "scan": "fastml.governance.pii",
     "AuditLog": "fastml.governance.audit",
     "attach": "fastml.governance.gates",
+    "attach_configured": "fastml.governance.gates",
     "evaluate": "fastml.governance.gates",
     "record_fairness": "fastml.governance.gates",
     "GatePolicy": "fastml.governance.gates",

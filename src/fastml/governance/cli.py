@@ -74,6 +74,11 @@ def _add_governance(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(handler=_lineage)
 
+    p = sub.add_parser("policy", help="show the gate policy in force; --init writes the default policy file")
+    p.add_argument("--init", action="store_true", help="write $FASTML_HOME/governance/policy.toml (not over an existing one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_policy)
+
     p = sub.add_parser("rules", help="list every compliance rule with its article")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_rules)
@@ -320,6 +325,44 @@ def _lineage(args) -> int:
         _write(args.out, text)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+_DEFAULT_POLICY_TOML = """\
+# Promotion gate policy (fastml governance). Keys: protected_stages, require_model_card, rulesets,
+# block_on, require_fairness, required_fairness_metrics, fairness_thresholds. [models.NAME] tables start
+# from [default] and override it for one model.
+[default]
+protected_stages = ["production"]
+require_model_card = true
+block_on = ["fail", "needs_review"]
+require_fairness = true
+required_fairness_metrics = ["demographic_parity_difference", "equalized_odds_difference"]
+
+[default.fairness_thresholds]
+demographic_parity_difference = 0.1
+equalized_odds_difference = 0.1
+disparate_impact = 0.8
+"""
+
+
+def _policy(args) -> int:
+    from fastml.config import get_settings
+    from fastml.errors import Conflict
+    from fastml.governance.gates import PolicySet, configured_policy_path
+
+    path = configured_policy_path()
+    if args.init:
+        if path is not None:
+            raise Conflict(f"{path} already exists; edit it instead")
+        path = get_settings().path("governance", "policy.toml")
+        PolicySet.from_dict(__import__("tomllib").loads(_DEFAULT_POLICY_TOML))  # the template must be valid
+        _write(str(path), _DEFAULT_POLICY_TOML)
+        print(f"wrote {path}")
+        return 0
+    policy = PolicySet.load(path) if path is not None else PolicySet()
+    doc = {"source": str(path) if path else "built-in default", **policy.to_dict()}
+    print(json.dumps(doc, indent=2))
     return 0
 
 

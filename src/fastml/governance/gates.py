@@ -387,3 +387,28 @@ def attach(registry, policy: PolicySet | GatePolicy | Mapping | str | os.PathLik
         registry.subscribe(gov.on_event)
     return gov
 
+
+
+POLICY_FILES = ("policy.toml", "policy.json")
+
+
+def configured_policy_path() -> Path | None:
+    """``$FASTML_HOME/governance/policy.toml`` (or ``.json``) if it exists."""
+    from fastml.config import get_settings
+
+    for name in POLICY_FILES:
+        p = get_settings().home / "governance" / name
+        if p.is_file():
+            return p
+    return None
+
+
+def attach_configured(registry) -> Governance | None:
+    """Attach governance with the policy file of this ``FASTML_HOME``, if there is one.
+
+    Meant for every place that opens a registry to change it (the ``fastml registry`` commands, the
+    pipeline): once an operator writes ``$FASTML_HOME/governance/policy.toml`` (``fastml governance policy
+    --init``), promotions through them are gated and audited. Returns None when no policy file exists.
+    """
+    path = configured_policy_path()
+    return attach(registry, path) if path is not None else None
