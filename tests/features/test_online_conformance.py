@@ -182,3 +182,24 @@ def test_materialize_tie_rule_matches_training_sets(store):
     online = store.get_online(["g:v"], ["a", "b", "c"])[0][:, 0].tolist()
     offline = store.get_training_set(pa.table({"k": ["a", "b", "c"], "event_timestamp": ts([10, 10, 10])}), ["g:v"])
     assert online == offline.column("v").to_pylist() == [2, 4, 5]
+
+
+def test_lookups_do_not_leak_references(store, driver_group):
+    """Refcount check (msgspec style): keys and output arrays are not kept alive by lookups."""
+    import gc
+    import sys
+
+    store.register(driver_group)
+    store.ingest("driver", driver_table([1, 2], [0, 0], [5, 6]))
+    store.materialize("driver")
+    keys = ["1", "2", ("x", 1)[0], 12345678901]
+    out = np.empty((len(keys), 2), np.float64)
+    feats = ["driver:trips", "driver:score"]
+    store.get_online(feats, keys)  # warm the plan cache
+    before = [sys.getrefcount(k) for k in keys] + [sys.getrefcount(keys), sys.getrefcount(out)]
+    for _ in range(200):
+        store.get_online(feats, keys)
+        store.online.lookup_into(feats, keys, out)
+    gc.collect()
+    after = [sys.getrefcount(k) for k in keys] + [sys.getrefcount(keys), sys.getrefcount(out)]
+    assert after == before
