@@ -38,9 +38,16 @@ def populated(fastml_home, artifact):
     fs.close()
 
 
-def test_graph_from_registry_and_feature_store(populated):
+def test_graph_from_registry_and_feature_store(populated, fastml_home):
     reg, fs, v1, v2 = populated
+    # What the training pipeline recorded about run-2 ($FASTML_HOME/runs/<id>/run.json) enriches its node.
+    run_dir = fastml_home / "runs" / "run-2"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"run_id": "run-2", "name": "credit", "task": "classification",
+                                                  "family": "gbt", "status": "completed", "stages": []}))
     g = build_lineage(reg, fs)
+    assert g.node("run:run-2").attrs["family"] == "gbt" and g.node("run:run-2").attrs["status"] == "completed"
+    assert "family" not in g.node("run:run-1").attrs
     m1, m2 = f"model:credit-scoring:{v1.version}", f"model:credit-scoring:{v2.version}"
     assert {n.kind for n in g.nodes.values()} == {"dataset", "features", "run", "model", "deployment"}
     # dataset -> feature group version -> run -> model -> deployment

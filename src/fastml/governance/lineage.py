@@ -287,6 +287,8 @@ def build_lineage(registry=None, feature_store=None, *, models: Iterable[str] | 
                 group_versions.setdefault((mname, mver), {})[group] = gver
     for mv in versions:
         add_model_version(g, mv, feature_versions=group_versions.get((mv.name, mv.version)))
+        if mv.run_id:
+            g.nodes[f"run:{mv.run_id}"].attrs.update(_run_attrs(mv.run_id))
         if mv.stage in stages:
             add_deployment(g, mv.name, mv.version, mv.stage, current=True)
     for name in names:
@@ -296,3 +298,17 @@ def build_lineage(registry=None, feature_store=None, *, models: Iterable[str] | 
                 if not current:
                     add_deployment(g, name, ev["version"], ev["to"], current=False, at=ev.get("at"), actor=ev.get("actor"))
     return g
+
+
+def _run_attrs(run_id: str) -> dict[str, Any]:
+    """What the training pipeline recorded about a run in this FASTML_HOME (empty if it is not there)."""
+    try:
+        from fastml.pipeline.run import open_run
+    except ImportError:  # the pipeline is optional for governance
+        return {}
+    try:
+        state = open_run(run_id).state
+    except (NotFound, InvalidInput, ValueError, OSError):
+        return {}
+    return {k: state.get(k) for k in ("name", "task", "family", "config_hash", "status", "created_at")
+            if state.get(k) is not None}
