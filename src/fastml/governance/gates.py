@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fastml.errors import InvalidInput, NotFound
+from fastml.errors import InvalidInput
 from fastml.governance.fairness import DEFAULT_THRESHOLDS, FairnessReport, check_values
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
