@@ -100,3 +100,22 @@ def test_ingest_unknown_group_and_empty_table(fastml_home, driver_group):
         fs.ingest("driver", driver_table([1], [0], [1]).slice(0, 0))
     with pytest.raises(InvalidInput, match="pyarrow Table or a pandas DataFrame"):
         fs.ingest("driver", [1, 2, 3])
+
+
+def test_files_of_an_ingest_killed_before_commit_are_invisible_then_removed(fastml_home, driver_group):
+    fs = FeatureStore(fastml_home)
+    fs.register(driver_group)
+    g, version = fs.get_group("driver")
+    # What a writer killed between moving its files and committing leaves behind.
+    seq = fs.metadata.begin_ingest("driver", version, "killed")
+    from fastml.features.offline import validate
+
+    files, _, _ = fs.offline.write(g, version, validate(g, driver_table([7], [0], [70])), seq)
+    assert (fs.offline.version_dir("driver", 1) / files[0]).exists()
+    fs.ingest("driver", driver_table([1], [0], [1]))
+    assert fs.read_offline("driver").column("driver_id").to_pylist() == ["1"]  # never visible
+    assert (fs.offline.version_dir("driver", 1) / files[0]).exists()  # recent: maybe still running
+    fs.metadata._tx(lambda cur: cur.execute("UPDATE ingests SET created_at = created_at - 7200 WHERE seq=?", (seq,)))
+    fs.ingest("driver", driver_table([2], [0], [2]))
+    assert not (fs.offline.version_dir("driver", 1) / files[0]).exists()
+    assert sorted(fs.read_offline("driver").column("driver_id").to_pylist()) == ["1", "2"]

@@ -12,6 +12,7 @@ import json
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("features", help="feature groups, training sets and the online store")
     sub = p.add_subparsers(dest="features_command", metavar="COMMAND")
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
     r = sub.add_parser("register", help="register a feature group (a new version when the schema changed)")
     r.add_argument("name", nargs="?", help="group name (or give --file)")

@@ -150,6 +150,12 @@ class MetadataStore:
     def abandon_ingest(self, seq: int) -> None:
         self._tx(lambda cur: cur.execute("DELETE FROM ingests WHERE seq=? AND committed=0", (seq,)))
 
+    def dead_ingests(self, name: str, version: int, older_than_s: float) -> list[int]:
+        """Ingests begun more than ``older_than_s`` ago and never committed (their writer died)."""
+        rows = self._read("SELECT seq FROM ingests WHERE name=? AND version=? AND committed=0 AND created_at < ?",
+                          (name, version, time.time() - older_than_s))
+        return [r[0] for r in rows]
+
     def ingests(self, name: str, version: int) -> list[dict]:
         rows = self._read(
             "SELECT seq, files, n_rows, min_event_us, max_event_us, source, created_at FROM ingests "

@@ -95,6 +95,7 @@ class FeatureStore:
         """
         g, version = self.get_group(group)
         validated = _offline.validate(g, table)
+        self._remove_dead_ingests(g, version)
         seq = self.metadata.begin_ingest(g.name, version, source if source is not None else g.source)
         files: list[str] = []
         try:
@@ -106,6 +107,17 @@ class FeatureStore:
             raise
         self._update_stats(g, version)
         return {"group": g.name, "version": version, "seq": seq, "rows": validated.num_rows, "files": files}
+
+    def _remove_dead_ingests(self, g: FeatureGroup, version: int, older_than_s: float = 3600.0) -> None:
+        """Delete the files of ingests whose writer died (killed) before committing; they were never visible.
+
+        Only ingests begun over an hour ago count as dead, so a slow ingest in another process is safe.
+        """
+        vdir = self.offline.version_dir(g.name, version)
+        for seq in self.metadata.dead_ingests(g.name, version, older_than_s):
+            for path in vdir.glob(f"event_date=*/part-{seq}.parquet"):
+                path.unlink(missing_ok=True)
+            self.metadata.abandon_ingest(seq)
 
     def _update_stats(self, g: FeatureGroup, version: int) -> None:
         from fastml.features.stats import group_stats
