@@ -51,3 +51,21 @@ def test_zipmap_outputs_are_refused_with_a_hint(tmp_path):
     path.write_bytes(onx.SerializeToString())
     with pytest.raises(InvalidInput, match="zipmap"):
         load_model(path)
+
+
+def test_outputs_that_do_not_follow_the_batch_are_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["X", "X"], ["T"], axis=0)],  # twice the rows: not batch-major
+        "doubled",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("T", TensorProto.FLOAT, ["M", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "total.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(InvalidInput, match="output 'T' has shape \\[2, 3\\] for a batch of 1 rows"):
+        load_model(path)

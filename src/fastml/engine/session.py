@@ -68,8 +68,21 @@ def example_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]:
 
 
 def warm_up(session, signature: Signature, max_batch_size: int) -> list[int]:
-    """Runs the session once per warm-up batch size so first requests do not pay for allocation."""
+    """Runs the session once per warm-up batch size so first requests do not pay for allocation.
+
+    Also checks that every output has one row per input row: the batcher hands each request a row range
+    of the batch outputs, which is only right for batch-major outputs.
+
+    Raises:
+        InvalidInput: an output's leading dimension does not follow the batch.
+    """
     sizes = warmup_batch_sizes(max_batch_size)
     for rows in sizes:
-        session.run(None, example_inputs(signature, rows))
+        outputs = session.run(None, example_inputs(signature, rows))
+        for spec, out in zip(signature.outputs, outputs):
+            if np.ndim(out) == 0 or out.shape[0] != rows:
+                raise InvalidInput(
+                    f"output '{spec.name}' has shape {list(np.shape(out))} for a batch of {rows} rows; fastml "
+                    "needs outputs with one row per input row"
+                )
     return sizes
