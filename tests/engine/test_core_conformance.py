@@ -209,3 +209,27 @@ def test_shutdown_wakes_a_runner_waiting_for_work(batcher, make_core):
     core.shutdown("bye")
     runner.join()
     assert got == [None]
+
+
+def test_partial_batch_waits_for_the_queue_delay_under_load(batcher, make_core):
+    delay_us = 100_000
+    core, Queue, _ = make_core(batcher, F32_4, max_batch_size=8, max_queue_delay_us=delay_us)
+    q = Queue()
+    for _ in range(3):  # back-to-back arrivals: more are expected within the delay, so the batch waits
+        core.submit_async(q, (rows(1),), 0)
+    _, n, _ = core.next_batch(0)
+    core.complete(0)
+    assert n == 3
+    # each of the three was held until the oldest had waited max_queue_delay_us (recorded, not timed)
+    assert core.stats()["queue_ns"] >= delay_us * 1000
+
+
+def test_full_batch_closes_without_waiting_for_the_delay(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4, max_batch_size=8, max_queue_delay_us=60_000_000)
+    q = Queue()
+    for _ in range(4):
+        core.submit_async(q, (rows(2),), 0)
+    _, n, _ = core.next_batch(0)  # would block for a minute if a full batch waited for the delay
+    core.complete(0)
+    assert n == 8
+    assert core.stats()["queue_ns"] < 60_000_000 * 1000
