@@ -235,3 +235,24 @@ def test_values_are_normalised_to_json(tmp_path):
     assert e["details"]["v"] == 0.5 and e["details"]["arr"] == [0, 1, 2] and e["details"]["s"] == ["a", "b"]
     assert log.verify().ok
     assert msgspec.json.decode(log.log_path.read_bytes().strip()) == e
+
+
+def test_verify_while_another_process_appends_sees_a_consistent_log(tmp_path):
+    directory = str(tmp_path / "audit")
+    AuditLog(directory).append("first", actor="t")
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(2)
+    writer = ctx.Process(target=_writer, args=(directory, "w", 80, start))
+    writer.start()
+    start.wait()
+    log = AuditLog(directory)
+    results = []
+    while writer.is_alive():
+        results.append(log.verify())
+    writer.join(60)
+    assert writer.exitcode == 0
+    results.append(log.verify())
+    bad = [r.problem for r in results if not r.ok]
+    assert not bad, bad[:3]
+    assert results[-1].entries == 81
+    assert [r.entries for r in results] == sorted(r.entries for r in results)  # each snapshot is a prefix

@@ -176,10 +176,15 @@ class AuditLog:
         return entry
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self, shared: bool = False):
+        if shared and not self.directory.exists():
+            yield  # nothing written yet: nothing to keep consistent
+            return
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # serialises writers across processes: the chain cannot fork
+            # Exclusive: serialises writers across processes, so the chain cannot fork. Shared: a reader
+            # (verify) sees no append between reading the log and reading HEAD.
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -263,57 +268,66 @@ class AuditLog:
             expected_head: a hash of some earlier entry kept outside the log (``fastml audit head``); the
                 check fails unless an entry with that hash is in the chain.
         """
+        try:
+            with self._locked(shared=True):  # a consistent snapshot: no append between the log and HEAD
+                return self._verify(expected_head)
+        except PermissionError:  # a read-only copy (e.g. an archived export): no writer can interfere
+            return self._verify(expected_head)
+
+    def _verify(self, expected_head: str | None) -> VerifyResult:
         prev = GENESIS
         expected_seq = 1
         count = 0
         notes: list[str] = []
         seen_expected = expected_head is None
-        hashes_by_seq: dict[int, str] = {}
 
         def bad(lineno, seq, problem):
             return VerifyResult(False, count, prev, lineno, seq, problem, tuple(notes))
 
-        raw_lines = self.log_path.read_bytes().split(b"\n") if self.log_path.exists() else [b""]
-        if raw_lines[-1] != b"":
-            return bad(len(raw_lines), None, f"line {len(raw_lines)} is incomplete (no newline): a torn or truncated write")
-        for lineno, raw in enumerate(raw_lines[:-1], 1):
-            try:
-                entry = msgspec.json.decode(raw)
-            except msgspec.DecodeError as exc:
-                return bad(lineno, None, f"line {lineno} is not valid JSON ({exc})")
-            if not isinstance(entry, dict) or set(entry) != set(FIELDS):
-                keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-                return bad(lineno, None, f"line {lineno} does not have the entry fields {list(FIELDS)} (has {keys})")
-            seq = entry["seq"]
-            if entry_hash(entry) != entry["hash"]:
-                return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) was modified: its content does not match its hash")
-            if seq != expected_seq:
-                return bad(lineno, seq, f"entry at line {lineno} has seq {seq}, expected {expected_seq}: "
-                                        "entries were deleted, inserted or reordered here")
-            if entry["prev"] != prev:
-                return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) does not chain to the entry before it: "
-                                        "that entry was modified, or entries were deleted, inserted or reordered")
-            prev = entry["hash"]
-            hashes_by_seq[seq] = prev
-            if prev == expected_head:
-                seen_expected = True
-            expected_seq += 1
-            count += 1
-
-        head = None
         try:
             head = self.head()
         except IntegrityError as exc:
             return bad(None, None, str(exc))
+        hseq = head.get("seq") if head else None
+        hash_at_head = None
+        lines = open(self.log_path, "rb") if self.log_path.exists() else contextlib.nullcontext([])
+        with lines as fh:
+            for lineno, raw in enumerate(fh, 1):  # streamed: memory does not grow with the log
+                if not raw.endswith(b"\n"):
+                    return bad(lineno, None, f"line {lineno} is incomplete (no newline): a torn or truncated write")
+                try:
+                    entry = msgspec.json.decode(raw)
+                except msgspec.DecodeError as exc:
+                    return bad(lineno, None, f"line {lineno} is not valid JSON ({exc})")
+                if not isinstance(entry, dict) or set(entry) != set(FIELDS):
+                    keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                    return bad(lineno, None, f"line {lineno} does not have the entry fields {list(FIELDS)} (has {keys})")
+                seq = entry["seq"]
+                if entry_hash(entry) != entry["hash"]:
+                    return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) was modified: its content does not match its hash")
+                if seq != expected_seq:
+                    return bad(lineno, seq, f"entry at line {lineno} has seq {seq}, expected {expected_seq}: "
+                                            "entries were deleted, inserted or reordered here")
+                if entry["prev"] != prev:
+                    return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) does not chain to the entry before it: "
+                                            "that entry was modified, or entries were deleted, inserted or reordered")
+                prev = entry["hash"]
+                if seq == hseq:
+                    hash_at_head = prev
+                if prev == expected_head:
+                    seen_expected = True
+                expected_seq += 1
+                count += 1
+
         if head is None:
             if count:
                 return bad(None, None, f"{self.head_path} is missing while the log has {count} entries")
         else:
-            hseq, hhash = head.get("seq"), head.get("hash")
+            hhash = head.get("hash")
             if not isinstance(hseq, int) or hseq > count:
                 return bad(count + 1 if isinstance(hseq, int) else None, hseq,
                            f"HEAD says the log ends at seq {hseq} but it has {count} entries: entries were removed from the end")
-            if hashes_by_seq.get(hseq) != hhash:
+            if hash_at_head != hhash:
                 return bad(hseq, hseq, f"HEAD's hash does not match entry seq {hseq}: the log or HEAD was rewritten")
             if hseq < count:
                 if hseq == count - 1:
