@@ -49,7 +49,9 @@ class InputSpec:
         if missing:
             raise InvalidInput(f"input table lacks columns {missing}")
         if self.layout == "matrix":
-            return frame[list(self.numeric)].to_numpy(dtype=np.float32, na_value=np.nan)
+            # C order: pandas hands back a column-major block, and row slicing for CV folds is faster
+            # on row-major data.
+            return np.ascontiguousarray(frame[list(self.numeric)].to_numpy(dtype=np.float32, na_value=np.nan))
         import pandas as pd
 
         out = {c: frame[c].to_numpy(dtype=np.float32, na_value=np.nan) for c in self.numeric}

@@ -8,9 +8,9 @@ error and the study goes on.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -70,6 +70,45 @@ def make_pruner(cfg):
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
 
 
+def _local_journal_backend(path: str):
+    """A JournalFileBackend for the run's own journal: flock instead of symlink locks, no fsync.
+
+    Optuna's default backend creates, renames and unlinks a symlink and fsyncs for every append (a
+    trial is ~8 appends: create, params, one report per fold, finish); on a busy disk that more than
+    doubled the tune stage of a 50-trial logistic regression. ``flock`` on a lock file held open
+    serialises local worker processes just as well. Without fsync a crashed *process* loses nothing
+    (its writes are in the page cache); only an operating-system crash can drop the last trials, and
+    resume re-runs them. An explicit ``journal://`` storage (e.g. on NFS) keeps Optuna's backend.
+    """
+    import fcntl
+
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._file import BaseJournalFileLock
+
+    class FlockLock(BaseJournalFileLock):
+        def __init__(self, lock_path: str):
+            self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+
+        def acquire(self) -> bool:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            return True
+
+        def release(self) -> None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    class LocalJournalFileBackend(JournalFileBackend):
+        def append_logs(self, logs):
+            data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode()
+            self._lock.acquire()
+            try:
+                with open(self._file_path, "ab") as f:
+                    f.write(data)
+            finally:
+                self._lock.release()
+
+    return LocalJournalFileBackend(path, lock_obj=FlockLock(path + ".flock"))
+
+
 def make_storage(cfg, run_dir: Path):
     """Optuna storage for the study: ``tune.storage`` or a journal file in the run's tune directory."""
     import optuna
@@ -77,8 +116,11 @@ def make_storage(cfg, run_dir: Path):
     from optuna.storages.journal import JournalFileBackend
 
     url = cfg.tune.storage
-    if url is None or url.startswith("journal://"):
-        path = Path(url[len("journal://"):]) if url else run_dir / "optuna.journal"
+    if url is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(_local_journal_backend(str(run_dir / "optuna.journal")))
+    if url.startswith("journal://"):
+        path = Path(url[len("journal://"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url == "memory":
