@@ -347,14 +347,16 @@ class AuditLog:
         """
         if fmt not in ("jsonl", "json", "csv"):
             raise InvalidInput(f"export format must be jsonl, json or csv, got {fmt!r}")
-        result = self.verify() if verify else None
-        if result is not None and not result.ok:
-            raise IntegrityError(f"audit log fails verification: {result.problem}")
-        entries = list(self.entries())
+        with self._locked(shared=True):  # export exactly what was verified
+            result = self._verify(None) if verify else None
+            if result is not None and not result.ok:
+                raise IntegrityError(f"audit log fails verification: {result.problem}")
+            entries = list(self.entries())
+            head = self.head()
         if fmt == "jsonl":
             data = b"".join(canonical_bytes(e) + b"\n" for e in entries)
         elif fmt == "json":
-            doc = {"verified": result.to_dict() if result else None, "head": self.head(), "entries": entries}
+            doc = {"verified": result.to_dict() if result else None, "head": head, "entries": entries}
             data = msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n"
         else:
             import csv
