@@ -472,6 +472,8 @@ def _log(args) -> int:
         change = ""
         if e["before"] is not None or e["after"] is not None:
             change = f" {json.dumps(e['before'])} -> {json.dumps(e['after'])}"
+            if len(change) > 100:  # the full values are in --json / export
+                change = change[:99] + "…"
         print(f"{e['seq']:>6} {e['at']} {e['actor']:<12} {e['action']:<28} {e['target'] or '-'}{change}")
     return 0
 
