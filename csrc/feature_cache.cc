@@ -270,7 +270,8 @@ CacheStatus FeatureCache::GetMany(const std::vector<ReadSpec>& specs, const std:
       int64_t* t = event_time_us != nullptr ? event_time_us + i * out_columns + spec.out_column : nullptr;
       MDB_val key{keys[i].size, const_cast<char*>(keys[i].data)};
       MDB_val val;
-      int rc = keys[i].size == 0 ? MDB_NOTFOUND : mdb_get(txn, spec.table.dbi, &key, &val);
+      // Keys outside 1..511 bytes can never have been stored (PutMany refuses them): not found.
+      int rc = (keys[i].size == 0 || keys[i].size > 511) ? MDB_NOTFOUND : mdb_get(txn, spec.table.dbi, &key, &val);
       if (rc == MDB_NOTFOUND) {
         for (size_t k = 0; k < n_sel; ++k) o[k] = nan;
         if (p != nullptr) std::memset(p, 0, n_sel);

@@ -203,3 +203,12 @@ def test_lookups_do_not_leak_references(store, driver_group):
     gc.collect()
     after = [sys.getrefcount(k) for k in keys] + [sys.getrefcount(keys), sys.getrefcount(out)]
     assert after == before
+
+
+def test_overlong_keys_read_as_absent_and_are_refused_on_write(store, driver_group):
+    store.register(driver_group)
+    v, p, _ = store.get_online(["driver:trips"], ["x" * 600, ""])
+    assert not p.any()
+    g, version = store.get_group("driver")
+    with pytest.raises(InvalidInput, match="1..511 bytes"):
+        store.online.write(g, version, ["y" * 600], np.zeros((1, 5)), np.ones((1, 5), bool), np.zeros(1, np.int64))

@@ -122,7 +122,8 @@ class ReferencePlan:
                 bitmap_bytes, row_bytes = _layout(table.n_features)
                 cols = slice(col, col + len(positions))
                 for i in range(n):
-                    raw = txn.get(key_sets[key_set][i], db=table.db)
+                    key = key_sets[key_set][i]
+                    raw = txn.get(key, db=table.db) if 1 <= len(key) <= 511 else None
                     if raw is None:
                         out[i, cols] = math.nan
                         if present is not None:
