@@ -61,7 +61,7 @@ def _add_governance(subparsers) -> None:
     p = sub.add_parser("gate", help="evaluate the promotion gate for a registry version (dry run)")
     p.add_argument("ref", help="registry version, e.g. credit-scoring:1.2.0")
     p.add_argument("--stage", default="production")
-    p.add_argument("--policy", help="policy file (.toml/.json); default the built-in policy")
+    p.add_argument("--policy", help="policy file (.toml/.json); default $FASTML_HOME/governance/policy.toml, else built-in")
     p.add_argument("--html", metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_gate)
@@ -280,10 +280,15 @@ def _gate(args) -> int:
     from fastml.governance.report import build_report, to_html, to_json
     from fastml.registry import Registry
 
-    policy = PolicySet.load(args.policy) if args.policy else PolicySet()
+    from fastml.governance.gates import configured_policy_path
+
+    path = args.policy or configured_policy_path()
+    policy = PolicySet.load(path) if path else PolicySet()
     with Registry() as reg:
         mv = reg.resolve(args.ref)
-    decision = evaluate(mv, args.stage, policy)
+    from fastml.governance.audit import AuditLog
+
+    decision = evaluate(mv, args.stage, policy, audit=AuditLog())  # as attach() runs it
     doc = build_report(compliance=decision.compliance, gate=decision.to_dict(), model=mv.ref)
     if args.html:
         _write(args.html, to_html(doc))

@@ -278,9 +278,10 @@ def evaluate(mv, target_stage: str, policy: GatePolicy | PolicySet | None = None
     evidence = evidence or EvidenceStore()
     stored = evidence.load(name, version)
     fairness = None
-    if stored is not None and audit is not None and _audited_digest(audit, name, version) != evidence.digest(name, version):
+    audited = _audited_digest(audit, name, version) if stored is not None and audit is not None else None
+    if stored is not None and audit is not None and audited != evidence.digest(name, version):
         # Evidence that the audit log does not vouch for is not evidence (it may have been edited by hand).
-        why = "has no audit record" if _audited_digest(audit, name, version) is None else "was changed after it was recorded"
+        why = "has no audit record" if audited is None else "was changed after it was recorded"
         reasons.append(f"fairness evidence for {name}:{version} {why} (its sha256 does not match the audit log); "
                        "record it again with record_fairness")
         return GateDecision(name, version, target_stage, False, tuple(reasons), report, None)
