@@ -12,7 +12,10 @@ Configurations (issue 2, "Proof"):
 All asyncio configurations run on uvloop. Prints rows/s, p50/p99 latency per call and the ratios
 d/a, d/b, d/c (at 32 tasks) and d/e.
 
-Usage: python benchmarks/bench_engine.py [--quick] [--seconds S] [--models mlp,gbt]
+Every configuration runs in several short interleaved rounds (median rows/s reported), so load from
+other jobs on a shared machine hits all configurations alike.
+
+Usage: python benchmarks/bench_engine.py [--quick] [--seconds S] [--rounds R] [--models mlp,gbt]
 """
 
 from __future__ import annotations
@@ -89,7 +92,14 @@ def session_for(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def raw_serial(session, x: np.ndarray, seconds: float) -> dict:
+class Sample:
+    """One measured window: rows done, seconds, per-call latencies (ns), mean batch (fastml only)."""
+
+    def __init__(self, rows: int, seconds: float, cpu_s: float, lat_ns: list[int], mean_batch: float | None = None):
+        self.rows, self.seconds, self.cpu_s, self.lat_ns, self.mean_batch = rows, seconds, cpu_s, lat_ns, mean_batch
+
+
+def raw_serial(session, x: np.ndarray, seconds: float) -> Sample:
     """(a)/(b): one caller, back-to-back session.run on `x`."""
     feed = {"input": x}
     run = session.run
@@ -98,18 +108,16 @@ def raw_serial(session, x: np.ndarray, seconds: float) -> dict:
         run(None, feed)
     lat = []
     end = time.perf_counter() + seconds
-    t_start = pc()
+    t_start, cpu_start = pc(), time.process_time()
     while time.perf_counter() < end:
         t0 = pc()
         run(None, feed)
         lat.append(pc() - t0)
-    elapsed = (pc() - t_start) / 1e9
-    p50, p99 = percentiles(lat)
-    return {"rows_s": len(lat) * len(x) / elapsed, "p50": p50, "p99": p99}
+    return Sample(len(lat) * len(x), (pc() - t_start) / 1e9, time.process_time() - cpu_start, lat)
 
 
-async def _drive(tasks: int, seconds: float, call) -> dict:
-    """N tasks, each awaiting call() back-to-back; rows/s and per-call latency."""
+async def _drive(tasks: int, seconds: float, call) -> Sample:
+    """N tasks, each awaiting call() back-to-back, for `seconds` after a short warm-up."""
     pc = time.perf_counter_ns
     lat: list[int] = []
     stop = False
@@ -120,24 +128,21 @@ async def _drive(tasks: int, seconds: float, call) -> dict:
             await call()
             lat.append(pc() - t0)
 
-    # warm-up, then the measured window
     warm = [asyncio.ensure_future(worker()) for _ in range(tasks)]
-    await asyncio.sleep(min(0.3, seconds / 5))  # benchmark pacing, not synchronisation
+    await asyncio.sleep(min(0.2, seconds / 5))  # benchmark pacing, not synchronisation
     stop = True
     await asyncio.gather(*warm)
     lat.clear()
     stop = False
-    t_start = pc()
+    t_start, cpu_start = pc(), time.process_time()
     workers = [asyncio.ensure_future(worker()) for _ in range(tasks)]
     await asyncio.sleep(seconds)
     stop = True
     await asyncio.gather(*workers)
-    elapsed = (pc() - t_start) / 1e9
-    p50, p99 = percentiles(lat)
-    return {"rows_s": len(lat) / elapsed, "p50": p50, "p99": p99}
+    return Sample(len(lat), (pc() - t_start) / 1e9, time.process_time() - cpu_start, lat)
 
 
-def executor_tasks(session, x1: np.ndarray, tasks: int, seconds: float) -> dict:
+def executor_tasks(session, x1: np.ndarray, tasks: int, seconds: float) -> Sample:
     """(c): what users write today, session.run in a thread pool from asyncio."""
     import uvloop
 
@@ -154,7 +159,7 @@ def executor_tasks(session, x1: np.ndarray, tasks: int, seconds: float) -> dict:
         pool.shutdown()
 
 
-def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher: str) -> dict:
+def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher: str) -> Sample:
     """(d)/(e): N tasks awaiting predict_async on batch-1 inputs."""
     import uvloop
 
@@ -164,45 +169,54 @@ def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher
         async def main():
             return await _drive(tasks, seconds, lambda: model.predict_async(x1))
 
-        result = uvloop.run(main())
+        sample = uvloop.run(main())
         stats = model.stats()
-    result["mean_batch"] = stats["mean_batch_size"]
-    return result
+    sample.mean_batch = stats["mean_batch_size"]
+    return sample
 
 
-def bench_model(name: str, path: Path, seconds: float, task_counts: list[int]) -> str:
+def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts: list[int]) -> str:
+    """Runs every configuration `rounds` times, interleaved, so load changes on a shared machine hit all
+    of them alike; reports the median rows/s over rounds and latency percentiles over all calls."""
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, 32), dtype=np.float32)
     x32 = rng.standard_normal((32, 32), dtype=np.float32)
     session = session_for(path)
-    rows = []
-    a = raw_serial(session, x1, seconds)
-    rows.append(("(a) raw ORT, serial batch-1", "1", a))
-    b = raw_serial(session, x32, seconds)
-    rows.append(("(b) raw ORT, batch 32 (ceiling)", "1", b))
-    c = executor_tasks(session, x1, 32, seconds)
-    rows.append(("(c) asyncio + run_in_executor", "32", c))
-    d = {}
+    configs = [
+        ("a", "(a) raw ORT, serial batch-1", 1, lambda: raw_serial(session, x1, seconds)),
+        ("b", "(b) raw ORT, batch 32 (ceiling)", 1, lambda: raw_serial(session, x32, seconds)),
+        ("c", "(c) asyncio + run_in_executor", 32, lambda: executor_tasks(session, x1, 32, seconds)),
+    ]
     for n in task_counts:
-        d[n] = fastml_tasks(path, x1, n, seconds, "native")
-        rows.append(("(d) fastml predict_async", str(n), d[n]))
-    e = {}
+        configs.append((f"d{n}", "(d) fastml predict_async", n,
+                        lambda n=n: fastml_tasks(path, x1, n, seconds, "native")))
     for n in task_counts:
-        e[n] = fastml_tasks(path, x1, n, seconds, "python")
-        rows.append(("(e) fastml, Python reference batcher", str(n), e[n]))
+        configs.append((f"e{n}", "(e) fastml, Python reference batcher", n,
+                        lambda n=n: fastml_tasks(path, x1, n, seconds, "python")))
+    samples: dict[str, list[Sample]] = {key: [] for key, *_ in configs}
+    for _ in range(rounds):
+        for key, _, _, run in configs:
+            samples[key].append(run())
 
-    out = [f"### {name}", "", "| configuration | tasks | rows/s | p50 us | p99 us | mean batch |",
-           "|---|---:|---:|---:|---:|---:|"]
-    for label, tasks, r in rows:
-        mb = f"{r['mean_batch']:.1f}" if "mean_batch" in r else ""
-        out.append(f"| {label} | {tasks} | {r['rows_s']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {mb} |")
-    ref = 32 if 32 in d else task_counts[-1]
-    dd = d[ref]["rows_s"]
+    rate = {key: float(np.median([s.rows / s.seconds for s in ss])) for key, ss in samples.items()}
+    # CPU time per row (all threads of this process): robust to the machine's other jobs
+    cpu = {key: float(np.median([s.cpu_s / s.rows * 1e6 for s in ss])) for key, ss in samples.items()}
+    out = [f"### {name}", "",
+           "| configuration | tasks | rows/s (median of rounds) | p50 us | p99 us | CPU us/row | mean batch |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, label, tasks, _ in configs:
+        ss = samples[key]
+        p50, p99 = percentiles([v for s in ss for v in s.lat_ns])
+        mb = f"{np.mean([s.mean_batch for s in ss]):.1f}" if ss[0].mean_batch is not None else ""
+        out.append(f"| {label} | {tasks} | {rate[key]:,.0f} | {p50:.1f} | {p99:.1f} | {cpu[key]:.2f} | {mb} |")
+    ref = 32 if 32 in task_counts else task_counts[-1]
+    d, e = rate[f"d{ref}"], rate[f"e{ref}"]
     out += [
         "",
-        f"Ratios at {ref} tasks: **d/a = {dd / a['rows_s']:.2f}x**, d/b = {dd / b['rows_s']:.2f}x, "
-        f"**d/c = {dd / c['rows_s']:.2f}x**, d/e = {dd / e[ref]['rows_s']:.2f}x "
-        f"(e/a = {e[ref]['rows_s'] / a['rows_s']:.2f}x).",
+        f"Ratios at {ref} tasks: **d/a = {d / rate['a']:.2f}x**, d/b = {d / rate['b']:.2f}x, "
+        f"**d/c = {d / rate['c']:.2f}x**, d/e = {d / e:.2f}x (e/a = {e / rate['a']:.2f}x).",
+        f"CPU cost per row at {ref} tasks relative to fastml: a/d = {cpu['a'] / cpu[f'd{ref}']:.2f}x, "
+        f"c/d = {cpu['c'] / cpu[f'd{ref}']:.2f}x, e/d = {cpu[f'e{ref}'] / cpu[f'd{ref}']:.2f}x.",
         "",
     ]
     return "\n".join(out)
@@ -210,16 +224,18 @@ def bench_model(name: str, path: Path, seconds: float, task_counts: list[int]) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 s per point instead of 3 s")
-    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per point")
+    parser.add_argument("--quick", action="store_true", help="one round of 0.5 s per configuration")
+    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per configuration per round")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (median reported)")
     parser.add_argument("--models", default="mlp,gbt", help="comma-separated subset of mlp,gbt")
     args = parser.parse_args()
-    seconds = args.seconds or (1.0 if args.quick else 3.0)
+    seconds = args.seconds or (0.5 if args.quick else 1.0)
+    rounds = args.rounds or (1 if args.quick else 5)
     model_dir = ensure_models()
     print("## fastml engine benchmark\n")
-    print(env_header() + "\n", flush=True)
+    print(env_header() + f"\n- {rounds} interleaved rounds of {seconds:g} s per configuration\n", flush=True)
     for name in args.models.split(","):
-        print(bench_model(name, model_dir / f"{name}.onnx", seconds, [1, 8, 32, 128]), flush=True)
+        print(bench_model(name, model_dir / f"{name}.onnx", seconds, rounds, [1, 8, 32, 128]), flush=True)
     return 0
 
 
