@@ -148,7 +148,7 @@ class OnlineStore:
             self._plans.clear()
 
     def plan(self, features) -> Plan:
-        key = tuple(features)
+        key = (features,) if isinstance(features, str) else tuple(features)
         p = self._plans.get(key)
         if p is None:
             p = self._build_plan(key)
@@ -232,7 +232,7 @@ class OnlineStore:
 
         The serving hook: call it with the batch's key list and a slice of the model input.
         """
-        plan = self._plans.get(tuple(features)) or self.plan(features)
+        plan = self.plan(features)
         return plan.native.get_into(self._key_lists(plan, keys), out, present, event_time, now_us)
 
     def _decode_vocab(self, plan: Plan, j: int, codes: np.ndarray) -> list[str]:
