@@ -24,6 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--grace-period-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take (default 30)")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body (413 beyond)")
     p.add_argument("--idle-timeout-s", type=float, default=60.0, help="close keep-alive connections idle this long")
+    p.add_argument("--request-timeout-s", type=float, default=30.0, help="a started request must arrive completely within this (408)")
     p.set_defaults(handler=_serve)
 
 
@@ -50,5 +51,6 @@ def _serve(args) -> int:
         grace_period_s=args.grace_period_s,
         max_body_bytes=args.max_body_bytes,
         idle_timeout_s=args.idle_timeout_s,
+        request_timeout_s=args.request_timeout_s,
     )
     return serve(opts)

@@ -326,10 +326,9 @@ class HttpProtocol:
         slot = _Slot()
         slot.data = error_response(status, message, _CLOSE_HDR)
         slot.close = True
-        self.lingering = True
-        self.msg_tick = -1
         self.pending.append(slot)
         self.flush()
+        self.lingering = True  # parse nothing more, even while earlier answers are still pending
 
     # ----- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self):
@@ -394,7 +393,7 @@ class HttpProtocol:
 
     def on_message_complete(self):
         self.msg_tick = -1
-        if self.closed:
+        if self.closed or self.lingering:
             return
         parser = self.parser
         keep_alive = parser.should_keep_alive() and not self.server.draining
@@ -418,11 +417,10 @@ class HttpProtocol:
     # ----- responses ----------------------------------------------------------------------------
     def _respond(self, data: bytes, conn_hdr: bytes):
         """Answer the current request now (after any earlier pipelined answers)."""
-        if not self.pending and not self.closed:
+        if not self.pending and not self.closed and not self.lingering:
             self.transport.write(data)
             if conn_hdr is _CLOSE_HDR:
-                self.closed = True
-                self.transport.close()
+                self._finish()
             return
         slot = _Slot()
         slot.data = data
@@ -445,13 +443,24 @@ class HttpProtocol:
             write(slot.data)
             if slot.close:
                 pending.clear()
-                if self.lingering and self.transport.can_write_eof():
-                    self.transport.write_eof()  # half-close; the sweep closes it if the peer does not
-                else:
-                    self.closed = True
-                    self.transport.close()
+                self._finish()
                 return
         self._maybe_resume_reading()
+
+    def _finish(self):
+        """End the connection after its last answer: half-close and drop whatever the client still sends
+        (a lingering close), so the client reads our answer instead of a reset. The peer's close, or the
+        sweep two seconds later, closes it for good."""
+        self.lingering = True
+        self.msg_tick = -1
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()
+        else:
+            self.closed = True
+            self.transport.close()
 
     def _pause_reading(self):
         if not self.reading_paused and self.transport is not None and not self.closed:

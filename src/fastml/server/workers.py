@@ -42,6 +42,7 @@ class ServeOptions:
     grace_period_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
     idle_timeout_s: float = 60.0
+    request_timeout_s: float = 30.0
 
 
 def serve(opts: ServeOptions) -> int:
@@ -65,7 +66,7 @@ def _startup_line(host: str, port: int, models: str, mport, workers: int) -> str
 def _limits(opts: ServeOptions):
     from fastml.server.app import Limits
 
-    return Limits(max_body_bytes=opts.max_body_bytes, idle_timeout_s=opts.idle_timeout_s)
+    return Limits(max_body_bytes=opts.max_body_bytes, idle_timeout_s=opts.idle_timeout_s, request_timeout_s=opts.request_timeout_s)
 
 
 async def _wait_for_signal() -> None:
