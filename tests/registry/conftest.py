@@ -134,6 +134,16 @@ def reg(make_registry):
 
 
 @pytest.fixture
+def sqlite_reg(fastml_home):
+    """A SQLite registry, for input-validation tests whose outcome cannot depend on the backend."""
+    from fastml.registry import Registry
+
+    reg = Registry(f"sqlite:///{fastml_home / 'registry.db'}")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
 def artifact(tmp_path):
     """Factory for small distinct artifact files: artifact("a") -> Path with content derived from the tag."""
 

@@ -195,6 +195,8 @@ def test_webhooks_never_block_the_operation(make_registry, artifact, hook):
 @pytest.mark.parametrize("cfg,match", [({"url": "ftp://x", "secret": "s"}, "http"), ({"url": "http://x"}, "secret"),
                                        ({"url": "http://x", "secret": "s", "kinds": ["boom"]}, "kinds"),
                                        ({"url": "http://x", "secret": "s", "retries": 3}, "unknown")])
-def test_bad_webhook_config(make_registry, cfg, match):
+def test_bad_webhook_config(fastml_home, cfg, match):
+    from fastml.registry import Registry
+
     with pytest.raises(InvalidInput, match=match):
-        make_registry(webhooks=[cfg])
+        Registry(f"sqlite:///{fastml_home / 'registry.db'}", webhooks=[cfg])

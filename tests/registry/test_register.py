@@ -45,17 +45,17 @@ def test_duplicate_version_is_conflict(reg, artifact):
      ({"params": [1, 2]}, "params"), ({"feature_refs": ["ok", ""]}, "feature_refs"), ({"eval_results": {"foo": [1]}}, "eval_results"),
      ({"run_id": ""}, "run_id")],
 )
-def test_invalid_input_registers_nothing(reg, artifact, kwargs, match):
+def test_invalid_input_registers_nothing(sqlite_reg, artifact, kwargs, match):
     with pytest.raises(InvalidInput, match=match):
-        reg.register("m", artifact(), actor="ana", **kwargs)
+        sqlite_reg.register("m", artifact(), actor="ana", **kwargs)
     with pytest.raises(NotFound):
-        reg.list_versions("m")
+        sqlite_reg.list_versions("m")
 
 
 @pytest.mark.parametrize("name", ["", "has space", "a:b", "a@b", "-lead", "x" * 200])
-def test_invalid_model_names(reg, artifact, name):
+def test_invalid_model_names(sqlite_reg, artifact, name):
     with pytest.raises(InvalidInput, match="model name"):
-        reg.register(name, artifact(), actor="ana")
+        sqlite_reg.register(name, artifact(), actor="ana")
 
 
 def test_missing_artifact_is_invalid_input(reg, tmp_path):

@@ -191,7 +191,7 @@ class Registry:
         self.artifacts = ArtifactStore(Path(artifacts_dir))
         self.events_bus = EventBus(webhooks)
         self._gates: list[Callable] = []
-        self._select_version = self._build_version_select()
+        self._select_version = self._build_version_select()  # needs self.engine (dialect)
         self._build_lookups()
         self._search_cache: dict[tuple, object] = {}
 
@@ -219,7 +219,10 @@ class Registry:
     def _build_version_select(self):
         # One query returns the version row, its model name and its aliases (comma-joined: alias names
         # cannot contain commas), so resolve() is a single round trip.
-        alias_list = sa.select(sa.func.aggregate_strings(_a.c.alias, ",")).where(_a.c.version_id == _v.c.id).scalar_subquery()
+        # The separator is a literal (not a bind parameter) so the statement needs no per-call
+        # post-compilation; the function is each dialect's own string aggregate.
+        agg = sa.func.string_agg if self.engine.dialect.name == "postgresql" else sa.func.group_concat
+        alias_list = sa.select(agg(_a.c.alias, sa.literal_column("','"))).where(_a.c.version_id == _v.c.id).scalar_subquery()
         parent = _v.alias("parent")
         parent_model = _m.alias("parent_model")
         parent_ref = (
@@ -404,7 +407,9 @@ class Registry:
             q = q.where(_m.c.name == sa.bindparam("name"))
         for i in range(n_tags):
             t = _t.alias(f"tag{i}")
-            q = q.where(sa.exists().where(t.c.version_id == _v.c.id, t.c.key == sa.bindparam(f"k{i}"), t.c.value == sa.bindparam(f"v{i}")))
+            # IN (subquery) lets the database start from the (key, value) index instead of probing
+            # every version row with EXISTS.
+            q = q.where(_v.c.id.in_(sa.select(t.c.version_id).where(t.c.key == sa.bindparam(f"k{i}"), t.c.value == sa.bindparam(f"v{i}"))))
         q = q.order_by(_m.c.name, _v.c.sort_key)
         if limited:
             q = q.limit(sa.bindparam("limit", type_=sa.Integer))
