@@ -144,3 +144,31 @@ def test_read_log_of_empty_directory(tmp_path):
     t = read_log(tmp_path)
     assert t.num_rows == 0 and "label" in t.column_names
     assert pc.sum(t["latency_us"]).as_py() is None
+
+
+def test_concurrent_callers_and_repeated_flushes_lose_nothing(tmp_path):
+    lg = PredictionLogger(tmp_path, capacity=100_000, segment_rows=500)
+    per_thread = 1500
+    problems = []
+
+    def work(k):
+        for i in range(per_thread):
+            lg.log(model="m", version=1, inputs={"x": np.full((1, 2), i, np.float32)}, outputs={"y": np.ones(1)},
+                   latency_us=1, request_id=f"{k}-{i}")
+            if i % 500 == 499:
+                if not lg.flush():
+                    problems.append(f"flush timed out in thread {k}")
+                # everything this thread queued is now readable
+                if f"{k}-{i}" not in set(read_log(tmp_path, feedback=False)["request_id"].to_pylist()):
+                    problems.append(f"{k}-{i} not visible after flush")
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lg.close()
+    assert problems == []
+    assert lg.dropped == 0 and lg.written == 4 * per_thread
+    ids = read_log(tmp_path)["request_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 4 * per_thread

@@ -131,9 +131,10 @@ class PredictionLogger:
         self.rows_written = 0
         self._enqueued = 0
         self._done = 0  # records taken off the buffer and handled (written or counted invalid)
-        self._done_cv = threading.Condition()
+        self._done_cv = threading.Condition()  # guards _done, _flush_target, _flushed
+        self._flush_target = 0  # highest enqueue count a flush() asked to make visible
+        self._flushed = 0  # _done at the last time every open segment was closed
         self._wake = threading.Event()
-        self._close_segments = False
         self._closed = False
         self._segments: dict[tuple[str, str], _Segment] = {}
         self._thread = threading.Thread(target=self._run, name="fastml-prediction-log", daemon=True)
@@ -173,11 +174,11 @@ class PredictionLogger:
         :func:`read_log`). Returns False if ``timeout_s`` passed first."""
         with self._lock:
             target = self._enqueued
-        self._close_segments = True
-        self._wake.set()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._done_cv:
-            while self._done < target or self._close_segments:
+            self._flush_target = max(self._flush_target, target)
+            self._wake.set()
+            while self._flushed < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -212,20 +213,27 @@ class PredictionLogger:
     # ------------------------------------------------------------------------------- writer side
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.flush_interval_s)
+            with self._done_cv:
+                flush_pending = self._flush_target > self._flushed
+            if not flush_pending:
+                self._wake.wait(self.flush_interval_s)
             self._wake.clear()
             try:
                 self._drain()
             except Exception:  # keep logging alive; the loss is counted in _drain
                 log.exception("prediction log writer failed")
             stop = self._closed and not self._buffer
-            if self._close_segments or stop:
+            with self._done_cv:
+                flush_pending = self._flush_target > self._flushed
+            if flush_pending or stop:
+                # Records queued before the flush may still be in the buffer (appended after this
+                # drain began); then _flushed stays below the target and the loop goes round again.
                 self._close_all()
-                self._close_segments = False
+                with self._done_cv:
+                    self._flushed = self._done
+                    self._done_cv.notify_all()
             else:
                 self._close_old()
-            with self._done_cv:
-                self._done_cv.notify_all()
             if stop:
                 return
 
