@@ -334,6 +334,7 @@ bool AppendScalar(PyObject* item, std::string* arena) {
   if (PyIndex_Check(item) && !PyFloat_Check(item)) {  // int, numpy integers
     long long v = PyLong_Check(item) ? PyLong_AsLongLong(item) : -1;
     if (!PyLong_Check(item)) {
+      // PyNumber_Index returns a new reference: the py::object owns it and releases it on scope exit.
       py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(item));
       if (!as_int) throw py::error_already_set();
       v = PyLong_AsLongLong(as_int.ptr());
@@ -353,6 +354,7 @@ void EncodeKeys(py::handle keys, KeyBatch* out) {
   if (PyUnicode_Check(keys.ptr()) || PyBytes_Check(keys.ptr())) {
     RaiseInvalid("entity keys must be a sequence of keys, not a single string");
   }
+  // PySequence_Fast returns a new reference (the list itself or a copy): owned by `fast` from here on.
   py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(keys.ptr(), "entity keys must be a sequence"));
   if (!fast) {
     PyErr_Clear();
