@@ -34,6 +34,7 @@ from pipeline_data import cls_config
         ({"features": {"derived": [{"name": "z", "op": "log1p", "inputs": ["x0", "x1"]}]}}, "features.derived[0].inputs", "takes 1 column"),
         ({"model": {"family": "logistic_regression", "ddp_processes": 2}}, "model.ddp_processes", "'torch_mlp' only"),
         ({"register": {"bump": "huge"}}, "register.bump", "'huge' is not one of"),
+        ({"model": {"family": "random_forest", "params": {"n_trees": 5}}}, "model.params", "unknown hyperparameters for random_forest: ['n_trees']"),
     ],
 )
 def test_bad_field_named(cls_csv, override, field, words):
@@ -90,6 +91,13 @@ sampler = "random"
     with pytest.raises(InvalidInput, match="task:"):
         train(PipelineConfig(name="x", task="ranking", data=DataConfig(target="label", path=str(cls_csv)),
                              model=ModelConfig(family="random_forest")))
+
+
+def test_memory_storage_refused_for_workers(cls_csv):
+    with pytest.raises(InvalidInput, match="tune.storage: 'memory' cannot be shared"):
+        train(cls_config(cls_csv, tune={"storage": "memory"}), workers=2)
+    with pytest.raises(InvalidInput, match="workers: must be >= 1"):
+        train(cls_config(cls_csv), workers=0)
 
 
 def test_cli_bad_config_exit_code(tmp_path, capsys):

@@ -95,7 +95,8 @@ class TuneConfig(_Base):
     sampler: str = "tpe"
     pruner: str = "median"
     storage: str | None = None
-    """Optuna storage: a SQLAlchemy URL, or ``journal:///path/file``; default a journal file in the run."""
+    """Optuna storage: a SQLAlchemy URL, ``journal:///path/file``, or ``memory`` (in-process only, no
+    resume inside the stage, no workers); default a journal file in the run."""
     study_name: str | None = None
     """Default ``<name>-<config hash>``: the same config on another machine joins the same study."""
     timeout_s: float | None = None
@@ -309,10 +310,14 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
                 err(field, "log scale needs low > 0")
             if t.sampler == "grid" and ps.type == "float" and ps.step is None:
                 err(field, "the grid sampler needs 'choices' or a 'step' for float parameters")
-    if fam is not None and t.search_space is not None:
-        unknown = fam.unknown_params(cfg.task, list(t.search_space) + list(cfg.model.params))
+    if fam is not None and cfg.task in fam.tasks:
+        unknown = fam.unknown_params(cfg.task, list(cfg.model.params))
         if unknown:
-            err("tune.search_space", f"unknown hyperparameters for {cfg.model.family}: {unknown}")
+            err("model.params", f"unknown hyperparameters for {cfg.model.family}: {unknown}")
+        if t.search_space is not None:
+            unknown = fam.unknown_params(cfg.task, list(t.search_space))
+            if unknown:
+                err("tune.search_space", f"unknown hyperparameters for {cfg.model.family}: {unknown}")
     if cfg.export.parity_atol < 0 or cfg.export.parity_rtol < 0:
         err("export", "parity_atol and parity_rtol must be >= 0")
     if cfg.register.bump not in ("major", "minor", "patch"):

@@ -73,7 +73,8 @@ class RichProgress(LogProgress):
         self.bars.update(self._stage_task, description=f"stage {index}/{total}: {name}")
 
     def stage_finished(self, name, index, total, duration_s, status, summary):
-        self.bars.advance(self._stage_task) if status == "completed" else None
+        if status == "completed":
+            self.bars.advance(self._stage_task)
         colour = "green" if status == "completed" else "red"
         self.console.print(f"  [{colour}]{status}[/] {name} ({duration_s:.2f} s)")
 

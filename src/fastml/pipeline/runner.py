@@ -50,6 +50,8 @@ def train(config, *, run_id: str | None = None, workers: int = 1, progress=None)
     if workers < 1:
         raise InvalidInput(f"workers: must be >= 1, got {workers}")
     cfg = _as_config(config)
+    if workers > 1 and cfg.tune.storage == "memory":
+        raise InvalidInput("tune.storage: 'memory' cannot be shared by --workers processes; use the default journal or a URL")
     run = create_run(cfg, run_id)
     return _execute(run, cfg, progress, workers)
 
@@ -64,6 +66,8 @@ def resume(run_id: str, *, workers: int = 1, progress=None) -> RunResult:
 
 
 def _execute(run: Run, cfg, progress, workers: int) -> RunResult:
+    if workers > 1 and cfg.tune.storage == "memory":
+        raise InvalidInput("tune.storage: 'memory' cannot be shared by --workers processes; use the default journal or a URL")
     from fastml.pipeline import stages as stage_mod
     from fastml.pipeline.progress import LogProgress
 
