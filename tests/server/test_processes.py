@@ -123,3 +123,24 @@ def test_overload_sheds_503_then_recovers(tmp_path):
         assert float(failures[0].split()[-1]) == statuses.count(503)
     finally:
         assert srv.stop() == 0
+
+
+def test_serve_registry_reference(onnx_models, tmp_path, monkeypatch):
+    from fastml.config import reset_settings
+    from fastml.registry import Registry
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("FASTML_HOME", str(home))
+    reset_settings()
+    with Registry() as reg:
+        mv = reg.register("fraud", onnx_models["mlp"])
+        reg.transition(mv.ref, "staging")
+    srv = ServerProcess(["fraud@staging", "--http-port", "0", "--metrics-port", "0"], home)
+    try:
+        assert srv.models == f"fraud:{mv.version}"
+        x = np.load(onnx_models["data"])[:1]
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.tolist()}]}).encode()
+        status, payload = request("POST", f"http://{srv.url}/v2/models/fraud/versions/{mv.version}/infer", body)
+        assert status == 200 and payload["model_version"] == mv.version
+    finally:
+        assert srv.stop() == 0
