@@ -334,7 +334,7 @@ def jensen_shannon(reference, current, *, kind: str | None = None) -> float:
 
 def chisquare_gof(reference, current) -> tuple[float, float]:
     """Evidently's chi-square goodness of fit: ``(statistic, p_value)``."""
-    return _as_categories(_any_pair(reference, current, CATEGORICAL if np.asarray(reference).dtype.kind not in "iuf" else None)).chisquare()
+    return _as_categories(_any_pair(reference, current, None)).chisquare()
 
 
 def chi2_contingency_test(reference, current) -> tuple[float, float]:

@@ -261,8 +261,6 @@ class PredictionLogger:
             self._done += len(records)
 
     def _write_group(self, key: tuple[str, str], recs: list) -> None:
-        import pyarrow as pa
-
         # Records with the same tensor layout are written together; a layout change starts a new segment.
         by_layout: dict[tuple, list] = {}
         bad = 0
@@ -299,7 +297,6 @@ class PredictionLogger:
             with self._lock:
                 self.written += len(group)
                 self.rows_written += batch.num_rows
-        del pa
 
     def _close_all(self) -> None:
         for key, seg in list(self._segments.items()):

@@ -183,8 +183,9 @@ def windows_from_log(table, *, window_s: float = 60.0, task: str = "classificati
                      prediction: str = "output.label", score: str | None = None, positive: Any = 1) -> list[dict]:
     """Metrics per consecutive time window of a prediction log (for reports and history).
 
-    Returns one dict per non-empty window: ``start`` (Unix seconds) plus the latency metrics (per
-    request) and, where labels were joined, the quality metrics of that window.
+    Returns one dict per non-empty window: ``start`` (Unix seconds), ``requests``, ``throughput_rps``
+    (requests in the window / ``window_s``, so a partial last window reads low), the latency metrics (one
+    latency per request) and, where labels were joined, the quality metrics of that window.
     """
     if table.num_rows == 0:
         return []
@@ -193,7 +194,6 @@ def windows_from_log(table, *, window_s: float = 60.0, task: str = "classificati
     ts = pc.cast(table["timestamp"], "int64").to_numpy() / 1e6
     start0 = math.floor(ts.min() / window_s) * window_s
     bucket = np.floor((ts - start0) / window_s).astype(np.int64)
-    rid = np.asarray(table["request_id"].to_pylist(), dtype=object)
     rows = table["row"].to_numpy()
     lat = table["latency_us"].to_numpy()
     has_label = "label" in table.column_names and prediction in table.column_names
@@ -225,5 +225,4 @@ def windows_from_log(table, *, window_s: float = 60.0, task: str = "classificati
                 else:
                     rec.update(regression_metrics(y[lm], p[lm]))
         out.append(rec)
-    del rid
     return out
