@@ -645,78 +645,83 @@ class Registry:
             "created_at": req.created_at, "closed_at": req.closed_at,
         }
 
-    def _decide(self, request_id: int, reviewer: str, comment: str, decision: str):
-        """Shared front of approve/reject: lock, check the request is open and the reviewer may decide."""
-        pending: list = []
-        conn_cm = store.write_transaction(self.engine)
-        conn = conn_cm.__enter__()
-        try:
-            req = self._load_request(conn, request_id)
-            model_id = conn.execute(sa.select(_v.c.model_id).where(_v.c.id == req.version_id)).scalar_one()
-            store.lock_model(conn, model_id)
-            req = self._load_request(conn, request_id)  # re-read under the lock
-            if req.status != "open":
-                raise Conflict(f"request {request_id} is {req.status}; it cannot be {decision}d")
-            if decision == "approve" and reviewer == req.requester:
-                raise PermissionDenied(f"{reviewer!r} requested request {request_id} and cannot approve it; approvals must come from other reviewers")
-            prior = conn.execute(sa.select(_appr.c.decision).where(_appr.c.request_id == request_id, _appr.c.reviewer == reviewer)).scalar()
-            if prior is not None:
-                raise Conflict(f"{reviewer!r} already decided on request {request_id} ({prior})")
-            conn.execute(_appr.insert().values(request_id=request_id, reviewer=reviewer, decision=decision, comment=comment or "", at=_now()))
-        except BaseException:
-            conn_cm.__exit__(*__import__("sys").exc_info())
-            raise
-        return conn_cm, conn, req, pending
+    def _record_decision(self, conn, request_id: int, reviewer: str, comment: str, decision: str):
+        """Inside a write transaction: lock the model, check the request is open and the reviewer may
+        decide, and record the decision. Returns the request row."""
+        req = self._load_request(conn, request_id)
+        model_id = conn.execute(sa.select(_v.c.model_id).where(_v.c.id == req.version_id)).scalar_one()
+        store.lock_model(conn, model_id)
+        req = self._load_request(conn, request_id)  # re-read under the lock
+        if req.status != "open":
+            raise Conflict(f"request {request_id} is {req.status}; it cannot be {decision}d")
+        if decision == "approve" and reviewer == req.requester:
+            raise PermissionDenied(f"{reviewer!r} requested request {request_id} and cannot approve it; approvals must come from other reviewers")
+        prior = conn.execute(sa.select(_appr.c.decision).where(_appr.c.request_id == request_id, _appr.c.reviewer == reviewer)).scalar()
+        if prior is not None:
+            raise Conflict(f"{reviewer!r} already decided on request {request_id} ({prior})")
+        conn.execute(_appr.insert().values(request_id=request_id, reviewer=reviewer, decision=decision, comment=comment or "", at=_now()))
+        return req
 
     def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "") -> dict:
         """Approve a request. The approval that completes the count performs the move in the same
-        transaction (gates run first; the previous occupant of an exclusive stage is archived).
-        Returns the request as :meth:`get_request` does."""
+        transaction (gates run first; the previous occupant of an exclusive stage is archived). If the
+        model changed since the request was made, the approval is refused with ``Conflict`` and the
+        request closed as ``stale``. Returns the request as :meth:`get_request` does."""
         reviewer = self._actor(reviewer)
-        conn_cm, conn, req, pending = self._decide(request_id, reviewer, comment, "approve")
-        stale = None
+        pending: list = []
         try:
+            with store.write_transaction(self.engine) as conn:
+                req = self._record_decision(conn, request_id, reviewer, comment, "approve")
+                row = self._select_row_by_id(conn, req.version_id)
+                self._emit(conn, pending, "approve", row.name, row.version, row.stage, req.target_stage, comment, reviewer, {"request_id": request_id})
+                approvers = conn.execute(
+                    sa.select(_appr.c.reviewer).where(_appr.c.request_id == request_id, _appr.c.decision == "approve").order_by(_appr.c.at)
+                ).scalars().all()
+                if len(approvers) >= req.required_approvals:
+                    occupant = None
+                    if req.target_stage in self.exclusive:
+                        occupant = conn.execute(sa.select(_v.c.id).where(_v.c.model_id == row.model_id, _v.c.exclusive_stage == req.target_stage)).scalar()
+                    if row.deleted_at is not None or row.stage != req.from_stage or occupant != req.base_version_id:
+                        raise _Stale(row, occupant)  # rolls this approval back
+                    mv = self._to_mv(row)
+                    reasons: list[str] = []
+                    for gate in self._gates:
+                        reasons.extend(gate(mv, req.target_stage) or [])
+                    if reasons:
+                        raise PermissionDenied(f"promotion of {row.name}:{row.version} to {req.target_stage!r} blocked: " + "; ".join(reasons))
+                    self._move(conn, pending, row, req.target_stage, req.requester, req.reason, {"request_id": request_id, "approved_by": list(approvers)})
+                    conn.execute(_req.update().where(_req.c.id == request_id).values(status="approved", closed_at=_now()))
+        except _Stale as stale:
+            self._close_stale(request_id)
+            raise Conflict(self._stale_message(request_id, stale.row, stale.occupant)) from None
+        self._publish(pending)
+        return self.get_request(request_id)
+
+    def reject(self, request_id: int, *, reviewer: str | None = None, comment: str) -> dict:
+        """Reject (and close) a request; the comment saying why is required. The requester may reject
+        (withdraw) their own request."""
+        reviewer = self._actor(reviewer)
+        if not isinstance(comment, str) or not comment.strip():
+            raise InvalidInput("a rejection needs a comment saying why")
+        pending: list = []
+        with store.write_transaction(self.engine) as conn:
+            req = self._record_decision(conn, request_id, reviewer, comment, "reject")
             row = self._select_row_by_id(conn, req.version_id)
-            self._emit(conn, pending, "approve", row.name, row.version, row.stage, req.target_stage, comment, reviewer, {"request_id": request_id})
-            count = conn.execute(sa.select(sa.func.count()).select_from(_appr).where(_appr.c.request_id == request_id, _appr.c.decision == "approve")).scalar_one()
-            if count >= req.required_approvals:
-                occupant = None
-                if req.target_stage in self.exclusive:
-                    occupant = conn.execute(sa.select(_v.c.id).where(_v.c.model_id == row.model_id, _v.c.exclusive_stage == req.target_stage)).scalar()
-                if row.deleted_at is not None or row.stage != req.from_stage or occupant != req.base_version_id:
-                    stale = (row, occupant)
-                    raise _Stale()
-                reasons: list[str] = []
-                mv = self._to_mv(row)
-                for gate in self._gates:
-                    reasons.extend(gate(mv, req.target_stage) or [])
-                if reasons:
-                    raise PermissionDenied(f"promotion of {row.name}:{row.version} to {req.target_stage!r} blocked: " + "; ".join(reasons))
-                self._move(conn, pending, row, req.target_stage, req.requester, req.reason,
-                           {"request_id": request_id, "approved_by": [r for r in conn.execute(sa.select(_appr.c.reviewer).where(_appr.c.request_id == request_id, _appr.c.decision == "approve").order_by(_appr.c.at)).scalars()]})
-                conn.execute(_req.update().where(_req.c.id == request_id).values(status="approved", closed_at=_now()))
-        except _Stale:
-            conn_cm.__exit__(Conflict, None, None)  # roll back this approval
-            self._close_stale(request_id, stale)
-            raise Conflict(self._stale_message(request_id, stale)) from None
-        except BaseException:
-            conn_cm.__exit__(*__import__("sys").exc_info())
-            raise
-        conn_cm.__exit__(None, None, None)
+            conn.execute(_req.update().where(_req.c.id == request_id).values(status="rejected", closed_at=_now()))
+            self._emit(conn, pending, "reject", row.name, row.version, row.stage, req.target_stage, comment, reviewer, {"request_id": request_id})
         self._publish(pending)
         return self.get_request(request_id)
 
     def _select_row_by_id(self, conn, vid: int):
         return conn.execute(self._q_by_id, {"vid": vid}).one()
 
-    def _stale_message(self, request_id: int, stale) -> str:
-        row, occupant = stale
+    def _stale_message(self, request_id: int, row, occupant) -> str:
         with self.engine.connect() as conn:
             now = self._select_row_by_id(conn, occupant).version if occupant is not None else "none"
         return (f"request {request_id} is stale: {row.name} changed since it was made (it is now in {row.stage!r}; "
                 f"current occupant of the target stage: {now}); request the transition again")
 
-    def _close_stale(self, request_id: int, stale) -> None:
+    def _close_stale(self, request_id: int) -> None:
         pending: list = []
         with store.write_transaction(self.engine) as conn:
             req = self._load_request(conn, request_id)
@@ -727,23 +732,6 @@ class Registry:
             self._emit(conn, pending, "reject", row.name, row.version, row.stage, req.target_stage,
                        "stale: the model changed since the request was made", "fastml-registry", {"request_id": request_id, "status": "stale"})
         self._publish(pending)
-
-    def reject(self, request_id: int, *, reviewer: str | None = None, comment: str) -> dict:
-        """Reject (and close) a request; the comment saying why is required."""
-        reviewer = self._actor(reviewer)
-        if not isinstance(comment, str) or not comment.strip():
-            raise InvalidInput("a rejection needs a comment saying why")
-        conn_cm, conn, req, pending = self._decide(request_id, reviewer, comment, "reject")
-        try:
-            row = self._select_row_by_id(conn, req.version_id)
-            conn.execute(_req.update().where(_req.c.id == request_id).values(status="rejected", closed_at=_now()))
-            self._emit(conn, pending, "reject", row.name, row.version, row.stage, req.target_stage, comment, reviewer, {"request_id": request_id})
-        except BaseException:
-            conn_cm.__exit__(*__import__("sys").exc_info())
-            raise
-        conn_cm.__exit__(None, None, None)
-        self._publish(pending)
-        return self.get_request(request_id)
 
     # ----------------------------------------------------------------- aliases, deletion
     def set_alias(self, name: str, alias: str, version: str, *, actor: str | None = None) -> ModelVersion:
@@ -951,7 +939,11 @@ class Registry:
 
 
 class _Stale(Exception):
-    pass
+    """Raised inside approve()'s transaction so it rolls back; carries what changed."""
+
+    def __init__(self, row, occupant):
+        super().__init__("stale request")
+        self.row, self.occupant = row, occupant
 
 
 def _event_dict(r) -> dict:
