@@ -269,4 +269,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        import shutil
+
+        for d in Path(tempfile.gettempdir()).glob("fastml-bench-features-*"):
+            if str(d) == os.environ.get("FASTML_HOME"):
+                shutil.rmtree(d, ignore_errors=True)
