@@ -259,3 +259,30 @@ def test_scores_equal_evidentlys_own_stattests():
                 continue
             mine = col.statistics[name] if name in col.statistics else D.detect_drift({"c": ref}, {"c": cur}, methods=name)["c"].score
             assert close(mine, value), (name, mine, value)
+
+
+def test_profile_from_feature_store_offline_rows():
+    import pyarrow as pa
+
+    from fastml.features import Feature, FeatureGroup, FeatureStore
+
+    rng = np.random.default_rng(9)
+    n = 400
+    fs = FeatureStore()
+    fs.register(FeatureGroup("driver", entities=["driver_id"], features=[
+        Feature("trips", "int64"), Feature("rating", "float32"), Feature("city", "string")]))
+    trips = rng.integers(0, 100, n)
+    rating = rng.normal(4, 0.5, n).astype(np.float32)
+    city = rng.choice(np.array(["a", "b", "c"]), n)
+    fs.ingest("driver", pa.table({
+        "driver_id": pa.array(np.arange(n), pa.int64()),
+        "event_timestamp": pa.array(np.full(n, 1_700_000_000_000_000), pa.int64()).view(pa.timestamp("us", tz="UTC")),
+        "trips": pa.array(trips), "rating": pa.array(rating), "city": pa.array(city.tolist(), pa.string())}))
+    prof = ReferenceProfile.from_feature_store("driver", store=fs)
+    fs.close()
+    assert set(prof.columns) == {"trips", "rating", "city"} and prof["city"].kind == "categorical"
+    np.testing.assert_array_equal(prof["trips"].values, np.sort(trips.astype(float)))
+    rep = D.detect_drift(prof, {"trips": trips + 30, "rating": rating, "city": city})
+    want = D.detect_drift({"trips": trips, "rating": rating, "city": city}, {"trips": trips + 30, "rating": rating, "city": city})
+    assert [c.score for c in rep.columns] == [c.score for c in want.columns]
+    assert rep["trips"].drifted and not rep["rating"].drifted and not rep["city"].drifted

@@ -180,6 +180,30 @@ class ReferenceProfile:
         kinds = dict(kinds or {})
         return cls({n: profile_column(n, cols[n], kinds.get(n)) for n in names})
 
+    @classmethod
+    def from_feature_store(cls, group: Any, *, store: Any = None, features: list[str] | None = None,
+                           start: Any = None, end: Any = None) -> "ReferenceProfile":
+        """Profile a feature group version's offline rows (the data its training sets were built from).
+
+        The feature store's own ingest statistics are summaries (20-bin histograms, top-10 values); the
+        exact drift statistics need the values, so this reads the committed Parquet rows.
+
+        Args:
+            group: group name, ``name@v2`` or FeatureGroup.
+            store: a :class:`fastml.features.FeatureStore` (default: one at ``$FASTML_HOME``).
+            features: restrict to these features (default: all of the group's features).
+            start, end: optional event-time bounds (start inclusive, end exclusive).
+        """
+        if store is None:
+            from fastml.features import FeatureStore
+
+            store = FeatureStore()
+        g, _ = store.get_group(group)
+        table = store.read_offline(group, start, end)
+        names = features or [f.name for f in g.features]
+        kinds = {f.name: (CATEGORICAL if f.dtype in ("string", "bool") else NUMERIC) for f in g.features}
+        return cls.from_data(table.select(names), kinds={n: kinds[n] for n in names if n in kinds}, columns=names)
+
     def __contains__(self, name: str) -> bool:
         return name in self.columns
 
