@@ -341,6 +341,10 @@ async def run_open_loop(
             recorder.error(due, clock(), CONNECT_ERROR, exc)
             return
         sent_at = clock()
+        if sent_at >= deadline:  # over budget before it could be sent: do not load the server with it
+            pool.release(conn)
+            recorder.error(due, sent_at, TIMEOUT)
+            return
         if due >= recorder.measure_from:
             recorder.send_lag.add((sent_at - due) * 1e6)
         outcome = await _send(conn, wire, max(deadline - sent_at, 1e-6))
