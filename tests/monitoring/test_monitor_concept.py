@@ -104,3 +104,23 @@ def test_error_stream_from_log_table_skips_unlabelled_rows():
     np.testing.assert_array_equal(error_stream(t), [0, 1, 0, 0])
     with pytest.raises(InvalidInput, match="no column"):
         error_stream(t, prediction="output.nope")
+
+
+def test_performance_drift_from_labelled_log(tmp_path):
+    from fastml.monitoring import PredictionLogger
+    from fastml.monitoring.concept import performance_drift
+    from fastml.monitoring.log import read_log
+
+    rng = np.random.default_rng(11)
+    truth = rng.integers(0, 2, 2000)
+    wrong = np.concatenate([rng.random(1000) < 0.1, rng.random(1000) < 0.45])  # the model degrades at 1000
+    pred = np.where(wrong, 1 - truth, truth)
+    with PredictionLogger(tmp_path) as lg:
+        for i in range(2000):
+            lg.log(model="m", version=1, inputs={"x": np.zeros((1, 2))}, outputs={"label": pred[i:i + 1]},
+                   latency_us=1, request_id=f"r{i:04d}")
+    lg.feedback([f"r{i:04d}" for i in range(2000)], truth)
+    hits = performance_drift(read_log(tmp_path))
+    assert any(CHANGE <= h["index"] < CHANGE + 200 for h in hits), hits
+    assert all(h["request_id"] == f"r{h['index']:04d}" for h in hits)
+    assert [h["index"] for h in hits] == DDM().detect(error_stream(read_log(tmp_path)))

@@ -355,3 +355,22 @@ def error_stream(table, *, prediction: str = "output.label", label: str = "label
     p = table[prediction].to_numpy(zero_copy_only=False).astype(np.float64)
     have = ~np.isnan(y)
     return (p[have] != y[have]).astype(np.int8)
+
+
+def performance_drift(table, detector: _Detector | None = None, *, prediction: str = "output.label",
+                      label: str = "label") -> list[dict]:
+    """Run a detector (default :class:`DDM`) over the error stream of a labelled prediction log.
+
+    Returns:
+        One ``{"index", "timestamp_us", "request_id"}`` per detection, where ``index`` counts labelled rows.
+    """
+    import pyarrow.compute as pc
+
+    detector = detector or DDM()
+    errors = error_stream(table, prediction=prediction, label=label)
+    y = table[label].to_numpy(zero_copy_only=False).astype(np.float64)
+    labelled = np.flatnonzero(~np.isnan(y))
+    ts = pc.cast(table["timestamp"], "int64").to_numpy()
+    ids = table["request_id"]
+    return [{"index": i, "timestamp_us": int(ts[labelled[i]]), "request_id": ids[int(labelled[i])].as_py()}
+            for i in detector.detect(errors)]
