@@ -75,3 +75,17 @@ def test_registry_url_from_settings(fastml_home, monkeypatch):
         assert reg.url.endswith("other.db") and (fastml_home / "other.db").is_file()
     finally:
         reg.close()
+
+
+def test_public_names_and_light_cli_import():
+    import subprocess
+    import sys
+
+    import fastml
+    from fastml.registry import ModelVersion, Registry, parse_ref
+
+    assert fastml.Registry is Registry and ModelVersion.__name__ == "ModelVersion" and parse_ref("m").name == "m"
+    # `fastml registry --help` imports only the CLI module: no SQLAlchemy, no numpy.
+    code = "import sys, fastml.registry.cli; print(sorted(m for m in ('sqlalchemy', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

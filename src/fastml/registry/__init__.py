@@ -7,12 +7,45 @@ artifacts, lineage, history and events.
     rid = reg.request_transition("churn:1.0.0", "production", actor="ana")
     reg.approve(rid, reviewer="bo"); reg.approve(rid, reviewer="cy")
     reg.artifact_path("churn@production")   # verified path of the ONNX file
+
+Names are resolved on first use, so ``fastml registry --help`` (which imports ``fastml.registry.cli``)
+does not load SQLAlchemy.
 """
 
-from fastml.registry.events import Webhook, verify_signature
-from fastml.registry.refs import Ref, parse_ref
-from fastml.registry.registry import DEFAULT_PROTECTED, DEFAULT_STAGES, ModelVersion, Registry
-from fastml.registry.semver import SemVer
-from fastml.registry.semver import parse as parse_version
+from __future__ import annotations
 
-__all__ = ["Registry", "ModelVersion", "Ref", "parse_ref", "SemVer", "parse_version", "Webhook", "verify_signature", "DEFAULT_STAGES", "DEFAULT_PROTECTED"]
+import importlib
+
+_EXPORTS = {
+    "Registry": "fastml.registry.registry",
+    "ModelVersion": "fastml.registry.registry",
+    "DEFAULT_STAGES": "fastml.registry.registry",
+    "DEFAULT_PROTECTED": "fastml.registry.registry",
+    "Ref": "fastml.registry.refs",
+    "parse_ref": "fastml.registry.refs",
+    "SemVer": "fastml.registry.semver",
+    "parse_version": "fastml.registry.semver",
+    "Webhook": "fastml.registry.events",
+    "verify_signature": "fastml.registry.events",
+}
+_RENAMED = {"parse_version": "parse"}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        # Submodules (fastml.registry.store, ...) are still importable the usual way.
+        try:
+            return importlib.import_module(f"fastml.registry.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'fastml.registry' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = list(_EXPORTS)
