@@ -165,6 +165,11 @@ def test_detect_drift_defaults_thresholds_and_dataset_share():
     want = stats.ks_2samp(ref["x0"], cur["x0"])
     assert close(rep["x0"].score, want.pvalue) and close(rep["x0"].statistic, want.statistic)
     assert rep["x2"].method == "psi" and rep["x3"].threshold == 10.0 and not rep["x3"].drifted
+    cats = {"c": rng.choice(np.array(["a", "b", "c"]), 800)}
+    cur_cats = {"c": rng.choice(np.array(["a", "b", "c"]), 600, p=[0.5, 0.3, 0.2])}
+    for method, fn in (("chi2_contingency", D.chi2_contingency_test), ("chisquare", D.chisquare_gof), ("z", D.z_test)):
+        col = D.detect_drift(cats, cur_cats, methods=method)["c"]
+        assert (col.statistic, col.score) == fn(cats["c"], cur_cats["c"]) and col.drifted == (col.score < 0.05)
 
 
 def test_detect_drift_identical_data_has_no_drift_and_profile_roundtrip(tmp_path):

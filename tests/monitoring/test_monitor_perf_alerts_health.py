@@ -183,12 +183,14 @@ def test_prometheus_sink_gauges_in_private_registry():
     from prometheus_client import CollectorRegistry
 
     reg = CollectorRegistry()
-    mgr = AlertManager([AlertRule("err", "error_rate", ">", 0.01, severity="critical")], [PrometheusSink(reg)])
+    mgr = AlertManager([AlertRule("err", "error_rate", ">", 0.01, severity="critical")], [PrometheusSink(reg, model="clf")])
     mgr.evaluate({"error_rate": 0.05, "accuracy": 0.9})
-    assert reg.get_sample_value("fastml_monitor_alert_firing", {"rule": "err", "severity": "critical"}) == 1.0
-    assert reg.get_sample_value("fastml_monitor_metric", {"metric": "accuracy"}) == 0.9
+    labels = {"model": "clf", "rule": "err", "severity": "critical"}
+    assert reg.get_sample_value("fastml_monitor_alert_firing", labels) == 1.0
+    assert reg.get_sample_value("fastml_monitor_metric", {"model": "clf", "metric": "accuracy"}) == 0.9
     mgr.evaluate({"error_rate": 0.0})
-    assert reg.get_sample_value("fastml_monitor_alert_firing", {"rule": "err", "severity": "critical"}) == 0.0
+    assert reg.get_sample_value("fastml_monitor_alert_firing", labels) == 0.0
+    assert reg.get_sample_value("fastml_monitor_metric", {"model": "clf", "metric": "error_rate"}) == 0.0
 
 
 # ----------------------------------------------------------------------------------------- health

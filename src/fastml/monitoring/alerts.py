@@ -10,8 +10,8 @@ it emits one ``firing`` event when a rule starts firing, nothing while it keeps 
 - :class:`WebhookSink`: HTTP POST of the JSON event, signed with HMAC-SHA256 over
   ``"<timestamp>.<body>"`` in ``X-FastML-Signature: sha256=<hex>`` with ``X-FastML-Timestamp`` (verify with
   :func:`verify_signature`); delivery failures are counted, never raised into the caller;
-- :class:`PrometheusSink`: gauges ``<prefix>_alert_firing{rule,severity}`` (1 firing / 0 not) and
-  ``<prefix>_metric{metric}`` (the last evaluated values) in a given (or the default) registry.
+- :class:`PrometheusSink`: gauges ``<prefix>_alert_firing{model,rule,severity}`` (1 firing / 0 not) and
+  ``<prefix>_metric{model,metric}`` (the last evaluated values) in a given (or the default) registry.
 """
 
 from __future__ import annotations
@@ -240,20 +240,24 @@ class PrometheusSink:
     Args:
         registry: a ``prometheus_client.CollectorRegistry`` (default: the global one).
         prefix: metric name prefix.
+        model: value of the ``model`` label on every sample (one sink per watched model).
     """
 
-    def __init__(self, registry=None, prefix: str = "fastml_monitor"):
+    def __init__(self, registry=None, prefix: str = "fastml_monitor", model: str = ""):
         from prometheus_client import REGISTRY, Gauge
 
         registry = REGISTRY if registry is None else registry
+        self.model = model
         self.alert_firing = Gauge(f"{prefix}_alert_firing", "1 while the alert rule fires, else 0",
-                                  ["rule", "severity"], registry=registry)
-        self.metric = Gauge(f"{prefix}_metric", "Last evaluated monitoring metric value", ["metric"], registry=registry)
+                                  ["model", "rule", "severity"], registry=registry)
+        self.metric = Gauge(f"{prefix}_metric", "Last evaluated monitoring metric value", ["model", "metric"],
+                            registry=registry)
 
     def observe(self, metrics: Mapping[str, float | None]) -> None:
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
-                self.metric.labels(metric=k).set(v)
+                self.metric.labels(model=self.model, metric=k).set(v)
 
     def send(self, event: AlertEvent) -> None:
-        self.alert_firing.labels(rule=event.rule, severity=event.severity).set(1 if event.status == "firing" else 0)
+        self.alert_firing.labels(model=self.model, rule=event.rule, severity=event.severity).set(
+            1 if event.status == "firing" else 0)
