@@ -200,3 +200,19 @@ def test_bad_webhook_config(fastml_home, cfg, match):
 
     with pytest.raises(InvalidInput, match=match):
         Registry(f"sqlite:///{fastml_home / 'registry.db'}", webhooks=[cfg])
+
+
+def test_webhooks_file_configures_registries_built_without_webhooks(fastml_home, artifact, hook, capsys):
+    from fastml.cli import main
+
+    h = hook()
+    (fastml_home / "registry-webhooks.json").write_text(json.dumps([{"url": h.url, "secret": "k", "kinds": ["register"]}]))
+    assert main(["registry", "register", "m", str(artifact())]) == 0  # the CLI waits for delivery on exit
+    assert [json.loads(b)["kind"] for _, b in h.received] == ["register"]
+    headers, body = h.received[0]
+    assert verify_signature(body, headers["x-fastml-signature"], "k")
+    (fastml_home / "registry-webhooks.json").write_text("{not json")
+    with pytest.raises(InvalidInput, match="registry-webhooks.json"):
+        from fastml.registry import Registry
+
+        Registry()

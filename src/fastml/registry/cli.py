@@ -244,6 +244,7 @@ def _request(args) -> int:
     reg = _registry(args)
     rid = reg.request_transition(args.ref, args.stage, actor=args.actor, reason=args.reason)
     req = reg.get_request(rid)
+    reg.close()  # waits (briefly) for webhook deliveries
     if args.json:
         _print_json(req)
     else:

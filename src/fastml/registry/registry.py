@@ -28,6 +28,8 @@ from fastml.registry.refs import LATEST, Ref, check_alias, check_name, parse_ref
 
 DEFAULT_STAGES = ("development", "staging", "production", "archived")
 DEFAULT_PROTECTED = {"production": 2}
+# Webhooks for registries built without webhooks= (the CLI, servers): a JSON list of webhook configs.
+WEBHOOKS_FILE = "registry-webhooks.json"
 
 _v, _m, _a, _t = store.versions, store.models, store.aliases, store.version_tags
 _req, _appr, _ev = store.requests, store.approvals, store.events
@@ -136,6 +138,18 @@ def _parse_at(at) -> str:
     raise InvalidInput(f"time must be a datetime, date or ISO-8601 string; got {type(at).__name__}")
 
 
+def _webhooks_from_file(path: Path) -> list:
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"webhook config {path}: {exc}") from exc
+    if not isinstance(data, list):
+        raise InvalidInput(f"webhook config {path}: expected a JSON list of {{'url', 'secret', ...}} objects")
+    return data
+
+
 def _close(word: str, options: Iterable[str]) -> str:
     matches = difflib.get_close_matches(word, list(options), n=3, cutoff=0.5)
     return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
@@ -151,7 +165,8 @@ class Registry:
             replaced version of an exclusive stage goes. Default development, staging, production, archived.
         protected: stage -> number of distinct approvals a move into it needs (a list means 2 each).
             Default ``{"production": 2}``. Protected stages hold one version per model at a time.
-        webhooks: list of ``{"url", "secret", "kinds"?, "max_attempts"?, "backoff_s"?, "timeout_s"?}``.
+        webhooks: list of ``{"url", "secret", "kinds"?, "max_attempts"?, "backoff_s"?, "timeout_s"?}``;
+            None reads ``$FASTML_HOME/registry-webhooks.json`` when it exists (so the CLI delivers too).
         artifacts_dir: where artifacts live; default ``$FASTML_HOME/artifacts``.
         exclusive: stages holding at most one version per model (default: the protected stages).
     """
@@ -189,6 +204,8 @@ class Registry:
         if artifacts_dir is None:
             artifacts_dir = settings.home / "artifacts"
         self.artifacts = ArtifactStore(Path(artifacts_dir))
+        if webhooks is None:
+            webhooks = _webhooks_from_file(settings.home / WEBHOOKS_FILE)
         self.events_bus = EventBus(webhooks)
         self._gates: list[Callable] = []
         self._select_version = self._build_version_select()  # needs self.engine (dialect)
