@@ -412,7 +412,7 @@ class DriftReport:
                 "drift_share": self.drift_share, "columns": [c.to_dict() for c in self.columns]}
 
 
-def _per_column(option, column: str, what: str):
+def _per_column(option, column: str):
     if isinstance(option, Mapping):
         return option.get(column)
     return option
@@ -512,8 +512,8 @@ def detect_drift(reference: Any, current: Any, *, columns: list[str] | None = No
             from fastml.monitoring.profile import profile_column
 
             ref_prof = profile_column(name, ref_cols[name], (kinds or {}).get(name))
-        results.append(_column_drift(ref_prof, cur_cols[name], _per_column(methods, name, "method"),
-                                     _per_column(thresholds, name, "threshold"), all_statistics))
+        results.append(_column_drift(ref_prof, cur_cols[name], _per_column(methods, name),
+                                     _per_column(thresholds, name), all_statistics))
     return DriftReport(results, drift_share)
 
 
