@@ -3,7 +3,6 @@ lineage, history, verify (plus requests, delete, events). Read commands take ``-
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
