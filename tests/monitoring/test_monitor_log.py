@@ -172,3 +172,25 @@ def test_concurrent_callers_and_repeated_flushes_lose_nothing(tmp_path):
     assert lg.dropped == 0 and lg.written == 4 * per_thread
     ids = read_log(tmp_path)["request_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 4 * per_thread
+
+
+def test_segment_write_failure_is_counted_and_logging_continues(tmp_path, monkeypatch):
+    from fastml.monitoring import log as logmod
+
+    real_close = logmod._Segment.close
+    calls = []
+
+    def failing_close(self):
+        calls.append(self.path)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        real_close(self)
+
+    monkeypatch.setattr(logmod._Segment, "close", failing_close)
+    lg = PredictionLogger(tmp_path)
+    lg.log(model="m", version=1, inputs={"x": np.ones(1)}, outputs={"y": np.ones(1)}, latency_us=1, request_id="lost")
+    assert lg.flush()  # does not hang
+    assert lg.write_errors == 1
+    lg.log(model="m", version=1, inputs={"x": np.ones(1)}, outputs={"y": np.ones(1)}, latency_us=1, request_id="kept")
+    lg.close()
+    assert read_log(tmp_path)["request_id"].to_pylist() == ["kept"]

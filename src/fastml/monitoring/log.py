@@ -100,6 +100,7 @@ class PredictionLogger:
         sampled_out: records skipped by sampling (not losses).
         written: requests written to segments.
         rows_written: instance rows written.
+        write_errors: failures to finish a segment file (logged); its rows may be lost.
     """
 
     def __init__(self, directory: str | Path | None = None, *, sample_rate: float | None = None,
@@ -129,6 +130,7 @@ class PredictionLogger:
         self.sampled_out = 0
         self.written = 0
         self.rows_written = 0
+        self.write_errors = 0
         self._enqueued = 0
         self._done = 0  # records taken off the buffer and handled (written or counted invalid)
         self._done_cv = threading.Condition()  # guards _done, _flush_target, _flushed
@@ -228,12 +230,22 @@ class PredictionLogger:
             if flush_pending or stop:
                 # Records queued before the flush may still be in the buffer (appended after this
                 # drain began); then _flushed stays below the target and the loop goes round again.
-                self._close_all()
+                try:
+                    self._close_all()
+                except Exception:  # e.g. disk full: counted and logged, and flush() must not hang
+                    log.exception("prediction log: could not close segments")
+                    with self._lock:
+                        self.write_errors += 1
                 with self._done_cv:
                     self._flushed = self._done
                     self._done_cv.notify_all()
             else:
-                self._close_old()
+                try:
+                    self._close_old()
+                except Exception:
+                    log.exception("prediction log: could not close an old segment")
+                    with self._lock:
+                        self.write_errors += 1
             if stop:
                 return
 
@@ -299,14 +311,21 @@ class PredictionLogger:
                 self.rows_written += batch.num_rows
 
     def _close_all(self) -> None:
-        for key, seg in list(self._segments.items()):
-            if seg.rows:
-                seg.close()
-            else:
-                seg.writer.close()
-                seg.sink.close()
-                seg.tmp.unlink(missing_ok=True)
-            del self._segments[key]
+        failed = 0
+        for key in list(self._segments):
+            seg = self._segments.pop(key)  # forget it first: a segment that fails to close is not retried
+            try:
+                if seg.rows:
+                    seg.close()
+                else:
+                    seg.writer.close()
+                    seg.sink.close()
+                    seg.tmp.unlink(missing_ok=True)
+            except Exception:
+                log.exception("prediction log: could not close segment %s", seg.path)
+                failed += 1
+        if failed:
+            raise OSError(f"{failed} prediction log segment(s) could not be closed")
 
     def _close_old(self) -> None:
         now = time.monotonic()
