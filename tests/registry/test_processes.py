@@ -179,3 +179,35 @@ def test_kill_9_at_an_arbitrary_moment_keeps_invariants(reg, registry_url, fastm
     assert reg.verify() == []  # every committed row has its complete artifact
     for path in _stored_files(fastml_home):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+
+
+REGISTER_CHILD = r"""
+import sys
+from pathlib import Path
+from fastml.registry import Registry
+reg = Registry(sys.argv[1])
+art = Path(sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(8):
+    reg.register("shared", art, actor=sys.argv[3])  # auto-bumped versions, model created by whoever is first
+reg.close()
+"""
+
+
+def test_concurrent_auto_bumped_registers_never_collide(reg, registry_url, artifact):
+    art = artifact("x")
+    procs = [subprocess.Popen([PY, "-c", REGISTER_CHILD, registry_url, str(art), who], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for who in ("p1", "p2")]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+    versions = reg.list_versions("shared")
+    assert [mv.version for mv in versions] == [f"1.0.{i}" for i in range(16)]
+    assert sorted(mv.created_by for mv in versions) == ["p1"] * 8 + ["p2"] * 8
+    assert len(reg.list_models()) == 1
