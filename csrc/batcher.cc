@@ -166,12 +166,13 @@ Status Batcher::Validate(const std::vector<TensorView>& inputs, int64_t* rows, s
 }
 
 Status Batcher::Submit(std::vector<TensorView> inputs, int64_t timeout_us, std::shared_ptr<CompletionQueue> queue,
-                       std::shared_ptr<Request>* out) {
+                       void* user_data, std::shared_ptr<Request>* out) {
     auto req = std::make_shared<Request>();
     Status st = Validate(inputs, &req->rows, &req->shape_key);
     if (!st.ok()) return st;
     req->inputs = std::move(inputs);
     req->queue = std::move(queue);
+    req->user_data = user_data;
     req->timeout_us = timeout_us > 0 ? timeout_us : 0;
     bool wake = false;
     {
@@ -380,6 +381,7 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         c.row_offset = slot.offsets[i];
         c.rows = r.rows;
         c.batch_requests = static_cast<int64_t>(slot.requests.size());
+        c.user_data = r.user_data;
         queue_ns += slot.dispatch_ns - r.enqueue_ns;
         if (r.queue) {
             auto it = std::find_if(groups.begin(), groups.end(),
@@ -435,6 +437,7 @@ void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, Status
         c.rows = r.rows;
         c.code = code;
         c.message = messages[i];
+        c.user_data = r.user_data;
         if (r.queue) {
             auto it = std::find_if(groups.begin(), groups.end(),
                                    [&](const auto& g) { return g.first == r.queue.get(); });
@@ -517,6 +520,13 @@ void Batcher::Shutdown(const std::string& reason) {
     if (first && deadline_thread_.joinable() && deadline_thread_.get_id() != std::this_thread::get_id()) {
         deadline_thread_.join();
     }
+}
+
+int64_t Batcher::CurrentBatchRequests(int runner) const {
+    if (runner < 0 || runner >= static_cast<int>(runners_.size())) {
+        throw std::out_of_range("runner index " + std::to_string(runner) + " out of range");
+    }
+    return static_cast<int64_t>(runners_[runner].requests.size());
 }
 
 BatcherStats Batcher::Stats() {

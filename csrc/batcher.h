@@ -77,6 +77,8 @@ struct Completion {
     // How many requests share `batch` (0 when it never ran), so the owner of the batch outputs knows
     // when every one of them has taken its rows.
     int64_t batch_requests = 0;
+    // The request's user_data, handed back untouched (the core never dereferences it).
+    void* user_data = nullptr;
 };
 
 // Where completions for one event loop go: a list plus an eventfd written once per delivery.
@@ -109,6 +111,9 @@ struct Request {
     int64_t deadline_ns = 0;                       // steady clock, 0 = none; immutable after Submit
     int64_t timeout_us = 0;                        // as submitted, for messages; immutable after Submit
     std::shared_ptr<CompletionQueue> queue;        // null = blocking waiter; immutable after Submit
+    // Opaque to the core: the submitter's handle (the bindings keep an owned reference to the caller's
+    // future and arrays there and release it when the completion is consumed). Immutable after Submit.
+    void* user_data = nullptr;
 
     // Blocking waiters only: the result, handed over under done_mu.
     std::mutex done_mu;
@@ -171,9 +176,13 @@ class Batcher {
     const BatcherOptions& options() const { return options_; }
 
     // Validates and enqueues. `timeout_us` <= 0 means no deadline. `queue` null = blocking waiter.
+    // `user_data` comes back in the request's Completion. On error nothing is enqueued.
     // Errors: InvalidInput (names the tensor / both row counts), Overloaded, Unavailable.
     Status Submit(std::vector<TensorView> inputs, int64_t timeout_us, std::shared_ptr<CompletionQueue> queue,
-                  std::shared_ptr<Request>* out);
+                  void* user_data, std::shared_ptr<Request>* out);
+
+    // Requests in runner `runner`'s current batch (0 when it has none). Runner thread only.
+    int64_t CurrentBatchRequests(int runner) const;
 
     // Blocks until a batch is ready for runner `runner` (0 <= runner < instances) and gathers its rows.
     // Returns false once shut down. Call without the GIL.

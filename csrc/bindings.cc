@@ -10,6 +10,8 @@ namespace py = pybind11;
 // ===== batcher section (csrc/batcher.h) =====
 #include "batcher.h"
 
+#include <unordered_map>
+
 namespace batcher_py {
 
 using fastml::Batcher;
@@ -29,8 +31,13 @@ using fastml::TensorView;
     throw py::error_already_set();
 }
 
-// (ticket, batch, row_offset, rows, code, message|None, batch_requests), built with the C API because the
-// event loop makes one per request.
+// Takes back the reference submit_async put into a request's user_data (GIL held).
+static py::object TakeUserData(const Completion& c) {
+    // Steals the reference submit_async handed to the core.
+    return py::reinterpret_steal<py::object>(static_cast<PyObject*>(c.user_data));
+}
+
+// (ticket, batch, row_offset, rows, code, message|None, batch_requests), built with the C API.
 static py::object CompletionTuple(const Completion& c) {
     // New references, each stolen by PyTuple_SET_ITEM; the tuple itself is owned by the returned object.
     py::object t = py::reinterpret_steal<py::object>(PyTuple_New(7));
@@ -50,15 +57,26 @@ static py::object CompletionTuple(const Completion& c) {
     return t;
 }
 
-// The Python-facing batcher: the core plus what converting needs (dtypes, the error type).
+// The Python-facing batcher: the core plus what converting needs (dtypes, output names, error type)
+// and the outputs of batches whose requests have not all been handed their rows yet.
 struct PyBatcher {
     std::unique_ptr<Batcher> core;
-    std::vector<py::dtype> dtypes;  // per input, for the views next_batch returns
-    py::object error_type;          // fastml._core.CoreError
-    py::object view_base;           // base object of gathered-buffer views, so numpy never copies
+    std::vector<py::dtype> dtypes;   // per input, for the views next_batch returns; immutable
+    std::vector<py::str> outputs;    // output names, in the order runners pass outputs; immutable
+    py::object error_type;           // fastml._core.CoreError; immutable
+    py::object view_base;            // base object of gathered-buffer views, so numpy never copies
+    py::str set_result_name{"set_result"};        // immutable
+    py::str set_exception_name{"set_exception"};  // immutable
+
+    struct BatchOutputs {
+        py::list arrays;         // what the runner's model returned for the whole batch
+        int64_t remaining = -1;  // requests not yet handed their rows (-1: not counted yet)
+    };
+    std::unordered_map<uint64_t, BatchOutputs> batch_outputs;  // guarded by the GIL
+    std::vector<uint64_t> runner_batch;                        // guarded by the GIL; runner -> batch id
 
     // Converts arrays to borrowed views with the GIL held; the caller keeps the arrays alive until
-    // the request completes (fastml.engine holds them with the ticket).
+    // the request completes (submit_async keeps them with the future in the request's user_data).
     std::vector<TensorView> Views(const py::handle& arrays) {
         std::vector<TensorView> views;
         py::sequence seq = py::reinterpret_borrow<py::sequence>(arrays);
@@ -90,14 +108,62 @@ struct PyBatcher {
 
     // (batch_id, rows, [input arrays]); the arrays are views, not copies: of the runner's reused
     // buffer, or of the lone request's own array.
-    py::object BatchTuple(const BatchInfo& info) {
+    py::object BatchTuple(int runner, const BatchInfo& info) {
         py::list arrays(info.input_data.size());
         for (size_t i = 0; i < info.input_data.size(); ++i) {
             arrays[i] = py::array(dtypes[i], info.input_shapes[i], {}, info.input_data[i], view_base);
         }
+        runner_batch[runner] = info.id;
         return py::make_tuple(info.id, info.rows, arrays);
     }
+
+    // Before a runner completes its batch OK: keep the batch outputs for the consumers (GIL held).
+    void KeepOutputs(int runner, int code, const py::object& outputs) {
+        if (code != 0 || outputs.is_none()) return;
+        py::list arrays = py::list(outputs);
+        if (arrays.size() != this->outputs.size()) {
+            throw py::value_error("expected " + std::to_string(this->outputs.size()) + " outputs, got " +
+                                  std::to_string(arrays.size()));
+        }
+        if (core->CurrentBatchRequests(runner) == 0) throw std::logic_error("runner has no batch");
+        batch_outputs[runner_batch[runner]] = BatchOutputs{std::move(arrays), -1};
+    }
+
+    // The request's result dict: views of its rows of the batch outputs (the arrays themselves when
+    // the request had the batch to itself). Returns None when no outputs were kept. GIL held.
+    py::object Result(const Completion& c) {
+        auto it = batch_outputs.find(c.batch);
+        if (it == batch_outputs.end()) return py::none();
+        BatchOutputs& b = it->second;
+        if (b.remaining < 0) b.remaining = c.batch_requests;
+        py::dict result;
+        const bool whole = c.batch_requests == 1;
+        for (size_t i = 0; i < outputs.size(); ++i) {
+            PyObject* arr = PyList_GET_ITEM(b.arrays.ptr(), i);  // borrowed from b.arrays
+            if (whole) {
+                result[outputs[i]] = py::reinterpret_borrow<py::object>(arr);
+            } else {
+                // New reference: a numpy view of rows [row_offset, row_offset + rows).
+                PyObject* view = PySequence_GetSlice(arr, c.row_offset, c.row_offset + c.rows);
+                if (!view) throw py::error_already_set();
+                result[outputs[i]] = py::reinterpret_steal<py::object>(view);
+            }
+        }
+        if (--b.remaining == 0) batch_outputs.erase(it);
+        return std::move(result);
+    }
 };
+
+// Calls fut.<method>(arg). A future its caller cancelled meanwhile raises InvalidStateError; that error is
+// dropped so one abandoned future cannot strand the rest of the drained batch.
+static void SettleFuture(PyObject* fut, PyObject* method, PyObject* arg) {
+    PyObject* r = PyObject_CallMethodOneArg(fut, method, arg);  // new reference or NULL
+    if (r) {
+        Py_DECREF(r);  // the None set_result returns
+        return;
+    }
+    PyErr_Clear();
+}
 
 static void bind_batcher(py::module_& m) {
     py::object core_error = py::reinterpret_steal<py::object>(
@@ -111,7 +177,7 @@ static void bind_batcher(py::module_& m) {
     m.attr("STATUS_CODES") = codes;
 
     py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(
-        m, "CompletionQueue", "Completions for one event loop: watch `fd` (an eventfd), then drain().")
+        m, "CompletionQueue", "Completions for one event loop: watch `fd` (an eventfd), then resolve().")
         .def(py::init<>())
         .def_property_readonly("fd", &CompletionQueue::fd)
         .def(
@@ -119,29 +185,22 @@ static void bind_batcher(py::module_& m) {
             [](CompletionQueue& q) {
                 std::vector<Completion> items = q.Drain();
                 py::list out(items.size());
-                for (size_t i = 0; i < items.size(); ++i) out[i] = CompletionTuple(items[i]);
+                for (size_t i = 0; i < items.size(); ++i) {
+                    TakeUserData(items[i]);  // released here: drain() is the raw view used by tests
+                    out[i] = CompletionTuple(items[i]);
+                }
                 return out;
             },
-            "Takes every completion so far: [(ticket, batch, row_offset, rows, code, message|None, batch_requests)].");
+            "Takes every completion so far as raw tuples "
+            "[(ticket, batch, row_offset, rows, code, message|None, batch_requests)]; no futures are settled.");
 
-    py::class_<Request, std::shared_ptr<Request>>(m, "Ticket", "A blocking request handle.")
-        .def_property_readonly("id", [](const Request& r) { return r.id; })
-        .def(
-            "wait",
-            [](Request& r) {
-                Completion c;
-                {
-                    py::gil_scoped_release nogil;  // the waiter blocks; runners and the loop keep going
-                    c = r.Wait();
-                }
-                return CompletionTuple(c);
-            },
-            "Blocks (GIL released) until done: (ticket, batch, row_offset, rows, code, message|None, batch_requests).");
+    py::class_<Request, std::shared_ptr<Request>>(m, "Ticket", "A blocking request handle (see Batcher.wait).")
+        .def_property_readonly("id", [](const Request& r) { return r.id; });
 
     py::class_<PyBatcher>(m, "Batcher", "The native micro-batcher of one model (see csrc/batcher.h).")
         .def(py::init([core_error](const std::vector<std::tuple<std::string, py::dtype, std::vector<int64_t>>>& inputs,
-                                   int64_t max_batch_size, int64_t max_queue_size, int64_t max_queue_delay_us,
-                                   int instances) {
+                                   const std::vector<std::string>& outputs, int64_t max_batch_size,
+                                   int64_t max_queue_size, int64_t max_queue_delay_us, int instances) {
                  auto b = std::make_unique<PyBatcher>();
                  std::vector<InputSpec> specs;
                  for (const auto& [name, dtype, dims] : inputs) {
@@ -154,6 +213,7 @@ static void bind_batcher(py::module_& m) {
                      specs.push_back(std::move(s));
                      b->dtypes.push_back(dtype);
                  }
+                 for (const auto& name : outputs) b->outputs.emplace_back(name);
                  BatcherOptions opt;
                  opt.max_batch_size = max_batch_size;
                  opt.max_queue_size = max_queue_size;
@@ -164,31 +224,82 @@ static void bind_batcher(py::module_& m) {
                  } catch (const std::invalid_argument& e) {
                      throw py::value_error(e.what());
                  }
+                 b->runner_batch.assign(static_cast<size_t>(instances), 0);
                  b->error_type = core_error;
                  b->view_base = py::capsule(b.get(), "fastml.batcher.view_base");
                  return b;
              }),
-             py::arg("inputs"), py::arg("max_batch_size"), py::arg("max_queue_size"), py::arg("max_queue_delay_us"),
-             py::arg("instances"))
+             py::arg("inputs"), py::arg("outputs"), py::arg("max_batch_size"), py::arg("max_queue_size"),
+             py::arg("max_queue_delay_us"), py::arg("instances"))
         .def(
             "submit_async",
-            [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue, py::handle arrays, int64_t timeout_us) {
+            [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue, py::handle arrays, int64_t timeout_us,
+               py::handle future) {
+                std::vector<TensorView> views = self.Views(arrays);
+                // New reference owned by the request until resolve()/drain() takes it back: keeps the
+                // future and, through the tuple, the input arrays alive while the core reads them.
+                PyObject* keep = PyTuple_Pack(2, future.ptr(), arrays.ptr());
+                if (!keep) throw py::error_already_set();
                 std::shared_ptr<Request> req;
-                Status st = self.core->Submit(self.Views(arrays), timeout_us, queue, &req);
-                if (!st.ok()) RaiseStatus(self.error_type, st);
+                Status st = self.core->Submit(std::move(views), timeout_us, queue, keep, &req);
+                if (!st.ok()) {
+                    Py_DECREF(keep);  // never enqueued: drop the reference made above
+                    RaiseStatus(self.error_type, st);
+                }
                 return req->id;
             },
-            py::arg("queue"), py::arg("arrays"), py::arg("timeout_us"),
-            "Enqueues arrays (kept by reference: the caller holds them until completion); returns the ticket id.")
+            py::arg("queue"), py::arg("arrays"), py::arg("timeout_us"), py::arg("future") = py::none(),
+            "Enqueues arrays (kept by reference until completion, with `future`); returns the ticket id. "
+            "resolve(queue) later settles `future` with the result dict or an error.")
         .def(
             "submit_sync",
             [](PyBatcher& self, py::handle arrays, int64_t timeout_us) {
                 std::shared_ptr<Request> req;
-                Status st = self.core->Submit(self.Views(arrays), timeout_us, nullptr, &req);
+                Status st = self.core->Submit(self.Views(arrays), timeout_us, nullptr, nullptr, &req);
                 if (!st.ok()) RaiseStatus(self.error_type, st);
                 return req;
             },
-            py::arg("arrays"), py::arg("timeout_us"), "Enqueues arrays for a blocking waiter; returns a Ticket.")
+            py::arg("arrays"), py::arg("timeout_us"),
+            "Enqueues arrays for a blocking waiter (who keeps them alive); returns a Ticket for wait().")
+        .def(
+            "wait",
+            [](PyBatcher& self, const std::shared_ptr<Request>& ticket) {
+                Completion c;
+                {
+                    py::gil_scoped_release nogil;  // the waiter blocks; runners and the loop keep going
+                    c = ticket->Wait();
+                }
+                py::object result = c.code == StatusCode::kOk ? self.Result(c) : py::none();
+                py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
+                return py::make_tuple(static_cast<int>(c.code), msg, result);
+            },
+            py::arg("ticket"), "Blocks (GIL released) until the ticket completes: (code, message|None, result|None).")
+        .def(
+            "resolve",
+            [](PyBatcher& self, CompletionQueue& q, py::handle make_error) {
+                // On the event loop's thread, once per eventfd wake-up: settles every finished future
+                // here, so no Python code runs per request.
+                std::vector<Completion> items = q.Drain();
+                size_t n = 0;
+                for (const Completion& c : items) {
+                    py::object keep = TakeUserData(c);
+                    py::object result = c.code == StatusCode::kOk ? self.Result(c) : py::none();
+                    if (!keep) continue;
+                    PyObject* fut = PyTuple_GET_ITEM(keep.ptr(), 0);  // borrowed from keep
+                    if (fut == Py_None) continue;
+                    if (c.code == StatusCode::kOk) {
+                        SettleFuture(fut, self.set_result_name.ptr(), result.ptr());
+                    } else {
+                        py::object exc = make_error(static_cast<int>(c.code), c.message);
+                        SettleFuture(fut, self.set_exception_name.ptr(), exc.ptr());
+                    }
+                    ++n;
+                }
+                return n;
+            },
+            py::arg("queue"), py::arg("make_error"),
+            "Drains `queue` and settles each request's future: set_result(dict of its rows) or "
+            "set_exception(make_error(code, message)). Returns how many futures it settled.")
         .def(
             "next_batch",
             [](PyBatcher& self, int runner) -> py::object {
@@ -198,15 +309,27 @@ static void bind_batcher(py::module_& m) {
                     py::gil_scoped_release nogil;  // blocks for work, then gathers rows with memcpy
                     ok = self.core->NextBatch(runner, &info);
                 }
-                return ok ? self.BatchTuple(info) : py::none();
+                return ok ? self.BatchTuple(runner, info) : py::none();
             },
             py::arg("runner"),
             "Blocks (GIL released) for runner `runner`'s next batch: (batch_id, rows, [input arrays]) or None "
             "after shutdown. The arrays are valid until this runner's complete().")
         .def(
-            "complete_next",
-            [](PyBatcher& self, int runner, int code, const std::string& message) -> py::object {
+            "complete",
+            [](PyBatcher& self, int runner, int code, const std::string& message, const py::object& outputs) {
                 if (code < 0 || code >= fastml::kStatusCodeCount) throw py::value_error("unknown status code");
+                self.KeepOutputs(runner, code, outputs);
+                py::gil_scoped_release nogil;  // delivery touches no Python object
+                self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
+            },
+            py::arg("runner"), py::arg("code") = 0, py::arg("message") = "", py::arg("outputs") = py::none(),
+            "Completes runner `runner`'s batch: code 0 = `outputs` (the batch's output arrays, in output "
+            "order) are ready, else every request fails with code/message.")
+        .def(
+            "complete_next",
+            [](PyBatcher& self, int runner, int code, const std::string& message, const py::object& outputs) -> py::object {
+                if (code < 0 || code >= fastml::kStatusCodeCount) throw py::value_error("unknown status code");
+                self.KeepOutputs(runner, code, outputs);
                 BatchInfo info;
                 bool ok;
                 {
@@ -215,19 +338,10 @@ static void bind_batcher(py::module_& m) {
                     self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
                     ok = self.core->NextBatch(runner, &info);
                 }
-                return ok ? self.BatchTuple(info) : py::none();
+                return ok ? self.BatchTuple(runner, info) : py::none();
             },
-            py::arg("runner"), py::arg("code") = 0, py::arg("message") = "",
+            py::arg("runner"), py::arg("code") = 0, py::arg("message") = "", py::arg("outputs") = py::none(),
             "complete() then next_batch() under one GIL release.")
-        .def(
-            "complete",
-            [](PyBatcher& self, int runner, int code, const std::string& message) {
-                if (code < 0 || code >= fastml::kStatusCodeCount) throw py::value_error("unknown status code");
-                py::gil_scoped_release nogil;  // delivery touches no Python object
-                self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
-            },
-            py::arg("runner"), py::arg("code") = 0, py::arg("message") = "",
-            "Completes runner `runner`'s batch: code 0 = its outputs are ready, else every request fails.")
         .def(
             "shutdown",
             [](PyBatcher& self, const std::string& reason) {

@@ -31,16 +31,18 @@ def make_core():
         core.shutdown("test over")
 
 
-def _make_core(kind: str, inputs, *, max_batch_size=8, max_queue_size=64, max_queue_delay_us=0, instances=1):
+def _make_core(kind: str, inputs, *, outputs=("y",), max_batch_size=8, max_queue_size=64, max_queue_delay_us=0,
+               instances=1):
     """(batcher, CompletionQueue class, CoreError class) of the given kind."""
     if kind == "native":
         from fastml import _core
 
-        core = _core.Batcher(inputs, max_batch_size, max_queue_size, max_queue_delay_us, instances)
+        core = _core.Batcher(inputs, list(outputs), max_batch_size, max_queue_size, max_queue_delay_us, instances)
         return core, _core.CompletionQueue, _core.CoreError
     from fastml.engine import reference
 
-    core = reference.ReferenceBatcher(inputs, max_batch_size, max_queue_size, max_queue_delay_us, instances)
+    core = reference.ReferenceBatcher(inputs, list(outputs), max_batch_size, max_queue_size, max_queue_delay_us,
+                                      instances)
     return core, reference.CompletionQueue, reference.CoreError
 
 

@@ -84,8 +84,8 @@ def test_full_queue_refuses_with_overloaded(batcher, make_core):
 def test_deadline_fails_a_queued_request_without_running_it(batcher, make_core):
     core, Queue, _ = make_core(batcher, F32_4)
     ticket = core.submit_sync((rows(1),), 1000)  # no runner pulls: it can only expire
-    _, batch, _, _, code, message, _ = ticket.wait()
-    assert (batch, code) == (0, DEADLINE_EXCEEDED) and "1000 us" in message
+    code, message, result = core.wait(ticket)
+    assert (code, result) == (DEADLINE_EXCEEDED, None) and "1000 us" in message
     s = core.stats()
     assert (s["failures"], s["requests"], s["batches"], s["pending"]) == (1, 0, 0, 0)
     core.shutdown("done")
@@ -150,7 +150,7 @@ def test_shutdown_fails_queued_requests_stops_runners_and_lets_running_batches_f
     sync_ticket = core.submit_sync((rows(2),), 0)
     core.shutdown("going away")
     assert core.next_batch(1) is None
-    _, _, _, _, code, message, _ = sync_ticket.wait()
+    code, message, _ = core.wait(sync_ticket)
     assert code == UNAVAILABLE and "going away" in message
     core.complete(0)  # the batch that was running still completes normally
     assert core.next_batch(0) is None
@@ -233,3 +233,35 @@ def test_full_batch_closes_without_waiting_for_the_delay(batcher, make_core):
     core.complete(0)
     assert n == 8
     assert core.stats()["queue_ns"] < 60_000_000 * 1000
+
+
+def test_resolve_settles_futures_with_views_of_their_rows(batcher, make_core):
+    import asyncio
+
+    from fastml.engine import status_error
+    from fastml.errors import DeadlineExceeded
+
+    core, Queue, _ = make_core(batcher, F32_4, outputs=("y", "z"), max_batch_size=8)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        q = Queue()
+        futs = [loop.create_future() for _ in range(3)]
+        core.submit_async(q, (rows(2),), 0, futs[0])
+        core.submit_async(q, (rows(3, 10),), 0, futs[1])
+        batch_id, n, arrays = core.next_batch(0)
+        y = arrays[0].sum(axis=1)
+        z = arrays[0] * 2
+        core.complete(0, OK, "", [y, z])
+        core.submit_async(q, (rows(1),), 1, futs[2])  # a 1 us deadline nobody serves in time
+        loop.add_reader(q.fd, core.resolve, q, status_error)  # as Model does: one drain per eventfd wake-up
+        await asyncio.gather(*futs, return_exceptions=True)
+        loop.remove_reader(q.fd)
+        a, b = futs[0].result(), futs[1].result()
+        assert list(a) == ["y", "z"] and a["y"].shape == (2,) and b["z"].shape == (3, 4)
+        np.testing.assert_array_equal(np.concatenate([a["y"], b["y"]]), y)
+        assert np.shares_memory(a["z"], z) and np.shares_memory(b["z"], z)
+        with pytest.raises(DeadlineExceeded):
+            futs[2].result()
+
+    asyncio.run(main())

@@ -374,3 +374,37 @@ def test_bytes_inputs_need_the_python_batcher(string_model):
         xs, results = asyncio.run(main())
         for x, r in zip(xs, results):
             assert r["T"].tolist() == x.tolist()
+
+
+def test_no_reference_leaks_on_success_failure_and_shutdown(batcher, onnx_models, mlp_reference, gate):
+    import sys
+
+    _, X = mlp_reference
+    x = np.ascontiguousarray(X[:1])
+    baseline = sys.getrefcount(x)
+    model = load_model(onnx_models["mlp"], batcher=batcher)
+    g = gate(model)
+
+    async def main():
+        ok = [model.submit(x) for _ in range(20)]
+        await asyncio.to_thread(g.entered.wait)
+        late = [model.submit(x, timeout_us=1) for _ in range(5)]
+        for fut in late:
+            with pytest.raises(DeadlineExceeded):
+                await fut
+        g.release()
+        results = await asyncio.gather(*ok)
+        queued = [model.submit(x) for _ in range(5)]
+        model.close()
+        for fut in queued:
+            try:
+                await fut
+            except Unavailable:
+                pass
+        return results
+
+    results = asyncio.run(main())
+    del results
+    g.feeds.clear()
+    g.batches.clear()
+    assert sys.getrefcount(x) == baseline  # the core released every reference it took

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 from pathlib import Path
@@ -83,24 +82,26 @@ class Model:
                 )
             from fastml import _core
 
-            self._core = _core.Batcher(specs, max_batch_size, max_queue_size, max_queue_delay_us, instances)
+            self._core = _core.Batcher(
+                specs, self._output_names, max_batch_size, max_queue_size, max_queue_delay_us, instances
+            )
             self._queue_type = _core.CompletionQueue
             self._core_error = _core.CoreError
         else:
             from fastml.engine import reference
 
-            self._core = reference.ReferenceBatcher(specs, max_batch_size, max_queue_size, max_queue_delay_us, instances)
+            self._core = reference.ReferenceBatcher(
+                specs, self._output_names, max_batch_size, max_queue_size, max_queue_delay_us, instances
+            )
             self._queue_type = reference.CompletionQueue
             self._core_error = reference.CoreError
 
-        self._submit_async = self._core.submit_async  # bound once: the hot path calls it per request
-        # batch id -> (ONNX Runtime outputs of that batch, consumed-counter); written by a runner before
-        # it completes the batch, removed by whoever takes the batch's last request's rows. next() on an
-        # itertools.count is one C call, so the count is exact across threads under the GIL.
-        self._batch_outputs: dict[int, tuple[list[np.ndarray], Any]] = {}
-        # event loop -> (CompletionQueue, {ticket: waiter}); touched only on that loop's thread, except
-        # close(), which hands detaching to the loop.
-        self._loops: dict[asyncio.AbstractEventLoop, tuple[Any, dict]] = {}
+        # Bound once: the hot path calls these per request / per wake-up.
+        self._submit_async = self._core.submit_async
+        self._resolve = self._core.resolve
+        # event loop -> its CompletionQueue; added on the loop's thread, removed by close() (which hands
+        # the reader's removal to the loop).
+        self._loops: dict[asyncio.AbstractEventLoop, Any] = {}
         self._loops_lock = threading.Lock()
         self._closed = False
         self._runners = [
@@ -120,7 +121,6 @@ class Model:
         core = self._core
         names = self._input_names
         n_outputs = len(self._output_names)
-        store = self._batch_outputs
         batch = core.next_batch(runner)  # blocks with the GIL released
         while batch is not None:
             batch_id, rows, arrays = batch
@@ -135,10 +135,9 @@ class Model:
                 batch = core.complete_next(runner, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
                                                              f"{type(exc).__name__}: {exc}")
                 continue
-            store[batch_id] = (outputs, itertools.count(1))
-            # Signals this batch's waiters (one eventfd write per event loop) and waits for the next
-            # batch, all with the GIL released.
-            batch = core.complete_next(runner, OK, "")
+            # Hands the batch outputs to the core's bindings, then (GIL released) computes each request's
+            # row range, signals the waiters (one eventfd write per event loop) and waits for the next batch.
+            batch = core.complete_next(runner, OK, "", outputs)
 
     # ------------------------------------------------------------------ inputs
     def _arrays(self, inputs) -> tuple:
@@ -207,22 +206,6 @@ class Model:
         raise status_error(code, message) from None
 
     # ------------------------------------------------------------------ results
-    def _result(self, batch_id: int, offset: int, rows: int, batch_requests: int, outputs) -> dict[str, np.ndarray]:
-        if batch_requests == 1:
-            # The whole batch is this request: hand ORT's arrays over as they are.
-            result = dict(zip(self._output_names, self._batch_outputs.pop(batch_id)[0]))
-        else:
-            entry = self._batch_outputs[batch_id]
-            # Zero-copy scatter: the core computed each request's row range; the request gets views of
-            # exactly its rows of the batch outputs.
-            end = offset + rows
-            result = {n: o[offset:end] for n, o in zip(self._output_names, entry[0])}
-            if next(entry[1]) == batch_requests:  # read first, then count: the last reader drops the batch
-                del self._batch_outputs[batch_id]
-        if outputs is not None:
-            result = {n: result[n] for n in outputs}
-        return result
-
     def _check_outputs(self, outputs):
         if outputs is None:
             return None
@@ -268,10 +251,11 @@ class Model:
                 ticket = self._submit_sync_checked(arrays, timeout)
             else:
                 raise status_error(*exc.args) from None
-        _, batch_id, offset, rows, code, message, batch_requests = ticket.wait()  # GIL released while waiting
+        code, message, result = self._core.wait(ticket)  # GIL released while waiting
         if code:
             raise status_error(code, message)
-        result = self._result(batch_id, offset, rows, batch_requests, outputs)
+        if outputs is not None:
+            result = {n: result[n] for n in outputs}
         if self.prediction_logger is not None:
             self._log(inputs, arrays, result, t0, request_id)
         return result
@@ -290,49 +274,14 @@ class Model:
             for old in [lp for lp in self._loops if lp.is_closed()]:
                 del self._loops[old]  # its reader went with the loop
             queue = self._queue_type()
-            waiters: dict[int, tuple] = {}
-            entry = (queue, waiters)
-            self._loops[loop] = entry
-        loop.add_reader(queue.fd, self._on_completions, queue, waiters)
-        return entry
+            self._loops[loop] = queue
+        loop.add_reader(queue.fd, self._on_completions, queue)
+        return queue
 
-    def _on_completions(self, queue, waiters: dict) -> None:
-        """eventfd readable: one call per batch (or fewer), resolving every finished future.
-
-        The per-request path is written out inline (no helper calls, no comprehensions): it runs once
-        per request on the event loop thread, which is where the server's CPU budget goes.
-        """
-        logger = self.prediction_logger
-        store = self._batch_outputs
-        names = self._output_names
-        pop = waiters.pop
-        for ticket, batch_id, offset, rows, code, message, batch_requests in queue.drain():
-            waiter = pop(ticket, None)
-            if code:
-                if waiter is not None and not waiter[0].done():
-                    waiter[0].set_exception(status_error(code, message))
-                continue
-            if batch_requests == 1:
-                # The whole batch is this request: ORT's arrays as they are.
-                result = dict(zip(names, store.pop(batch_id)[0]))
-            else:
-                # Zero-copy scatter: views of exactly this request's rows of the batch outputs.
-                entry = store[batch_id]
-                rows_slice = slice(offset, offset + rows)
-                result = {}
-                for name, out in zip(names, entry[0]):
-                    result[name] = out[rows_slice]
-                if next(entry[1]) == batch_requests:  # read first, then count: the last reader drops it
-                    del store[batch_id]
-            if waiter is None:  # its caller went away (a closed loop); the rows are still accounted
-                continue
-            if waiter[2] is not None:
-                result = {n: result[n] for n in waiter[2]}
-            fut = waiter[0]
-            if not fut.done():
-                fut.set_result(result)
-            if logger is not None:
-                self._log(None, waiter[1], result, waiter[3], waiter[4])
+    def _on_completions(self, queue) -> None:
+        """eventfd readable (one write per batch): the core settles every finished future in one call,
+        building each request's dict of row views natively, with no Python code per request."""
+        self._resolve(queue, status_error)
 
     def submit(self, inputs, timeout_us: int | None = None, *, outputs=None, request_id: str | None = None):
         """Enqueues a request from the running event loop's thread; returns an asyncio.Future.
@@ -341,32 +290,56 @@ class Model:
         dict name -> array or fails with DeadlineExceeded / Unavailable / InternalError.
         """
         loop = _get_running_loop()
-        entry = self._loops.get(loop)
-        if entry is None:
-            entry = self._attach(loop)
+        queue = self._loops.get(loop)
+        if queue is None:
+            queue = self._attach(loop)
         if type(inputs) is np.ndarray and self._n_inputs == 1:
             arrays = (inputs,)
         else:
             arrays = self._arrays(inputs)
         if timeout_us is None:
             timeout_us = self.timeout_us
+        fut = loop.create_future()
         try:
-            ticket = self._submit_async(entry[0], arrays, timeout_us)
+            # The core keeps the future and the input arrays alive until the request completes.
+            self._submit_async(queue, arrays, timeout_us, fut)
         except self._core_error as exc:
             if exc.args[0] != INVALID_INPUT:
                 raise status_error(*exc.args) from None
             arrays = self._validate(inputs)
             try:
-                ticket = self._submit_async(entry[0], arrays, timeout_us)
+                self._submit_async(queue, arrays, timeout_us, fut)
             except self._core_error as exc2:
                 raise status_error(*exc2.args) from None
-        fut = loop.create_future()
         if outputs is None and self.prediction_logger is None:
-            # The waiter keeps the input arrays alive until the batch has gathered them.
-            entry[1][ticket] = (fut, arrays, None)
-        else:
-            entry[1][ticket] = (fut, arrays, self._check_outputs(outputs), time.perf_counter_ns(), request_id)
-        return fut
+            return fut
+        return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id)
+
+    def _chain(self, loop, inner, arrays, outputs, request_id):
+        """A future that filters outputs and logs the prediction when `inner` settles (the extras stay off
+        the plain path)."""
+        outer = loop.create_future()
+        t0 = time.perf_counter_ns()
+
+        def settle(done):
+            if outer.done():
+                return
+            if done.cancelled():
+                outer.cancel()
+                return
+            exc = done.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+                return
+            result = done.result()
+            if outputs is not None:
+                result = {n: result[n] for n in outputs}
+            outer.set_result(result)
+            if self.prediction_logger is not None:
+                self._log(None, arrays, result, t0, request_id)
+
+        inner.add_done_callback(settle)
+        return outer
 
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able predict: same arguments, result and errors as :meth:`predict`."""
@@ -394,19 +367,19 @@ class Model:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, (queue, waiters) in loops:
+        for loop, queue in loops:
             if loop.is_closed():
                 continue
             if loop is current:
-                self._detach(loop, queue, waiters)
+                self._detach(loop, queue)
             else:
                 try:
-                    loop.call_soon_threadsafe(self._detach, loop, queue, waiters)
+                    loop.call_soon_threadsafe(self._detach, loop, queue)
                 except RuntimeError:  # the loop closed meanwhile
                     pass
 
-    def _detach(self, loop, queue, waiters) -> None:
-        self._on_completions(queue, waiters)  # deliver the shutdown failures first
+    def _detach(self, loop, queue) -> None:
+        self._on_completions(queue)  # deliver the shutdown failures first
         loop.remove_reader(queue.fd)
 
     def __enter__(self) -> "Model":

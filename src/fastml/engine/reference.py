@@ -23,7 +23,7 @@ class CoreError(RuntimeError):
 
 
 class CompletionQueue:
-    """Completions for one event loop: watch ``fd`` (an eventfd), then call ``drain()``."""
+    """Completions for one event loop: watch ``fd`` (an eventfd), then call ``ReferenceBatcher.resolve``."""
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -35,7 +35,8 @@ class CompletionQueue:
             self._items.extend(items)
         os.eventfd_write(self.fd, 1)  # one write per delivery, like the native core
 
-    def drain(self) -> list[tuple]:
+    def take(self) -> list[tuple]:
+        """Every completion so far: (ticket, batch, row_offset, rows, code, message, batch_requests, future)."""
         try:
             os.eventfd_read(self.fd)
         except BlockingIOError:
@@ -43,6 +44,11 @@ class CompletionQueue:
         with self._lock:
             items, self._items = self._items, []
         return items
+
+    def drain(self) -> list[tuple]:
+        """Raw completions without settling futures: (ticket, batch, row_offset, rows, code, message,
+        batch_requests)."""
+        return [c[:7] for c in self.take()]
 
     def __del__(self) -> None:
         try:
@@ -52,11 +58,12 @@ class CompletionQueue:
 
 
 class _Request:
-    __slots__ = ("id", "arrays", "rows", "key", "enqueue_ns", "deadline_ns", "timeout_us", "queue", "event", "result")
+    __slots__ = ("id", "arrays", "rows", "key", "enqueue_ns", "deadline_ns", "timeout_us", "queue", "event", "result",
+                 "future")
 
 
 class Ticket:
-    """A blocking request handle, like ``fastml._core.Ticket``."""
+    """A blocking request handle, like ``fastml._core.Ticket`` (see ``ReferenceBatcher.wait``)."""
 
     __slots__ = ("_req",)
 
@@ -67,10 +74,6 @@ class Ticket:
     def id(self) -> int:
         return self._req.id
 
-    def wait(self) -> tuple:
-        self._req.event.wait()
-        return self._req.result
-
 
 def _shape(dims) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
@@ -79,10 +82,15 @@ def _shape(dims) -> str:
 class ReferenceBatcher:
     """Pure-Python twin of ``fastml._core.Batcher`` (see csrc/batcher.h for the contract)."""
 
-    def __init__(self, inputs, max_batch_size: int, max_queue_size: int, max_queue_delay_us: int, instances: int):
+    def __init__(self, inputs, outputs, max_batch_size: int, max_queue_size: int, max_queue_delay_us: int,
+                 instances: int):
         if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_us < 0 or instances < 1:
             raise ValueError("max_batch_size, max_queue_size, instances must be >= 1 and max_queue_delay_us >= 0")
         self._specs = [(name, np.dtype(dtype), list(dims)) for name, dtype, dims in inputs]
+        self._outputs = list(outputs)
+        # batch id -> [output arrays, requests not yet handed their rows]; guarded by _outputs_lock
+        self._batch_outputs: dict[int, list] = {}
+        self._outputs_lock = threading.Lock()
         self._max_rows = max_batch_size
         self._max_queue = max_queue_size
         self._delay_ns = max_queue_delay_us * 1000
@@ -133,9 +141,10 @@ class ReferenceBatcher:
             raise CoreError(INVALID_INPUT, f"request has {rows} rows, more than max_batch_size {self._max_rows}")
         return rows, tuple(key)
 
-    def _submit(self, arrays, timeout_us: int, queue) -> _Request:
+    def _submit(self, arrays, timeout_us: int, queue, future=None) -> _Request:
         rows, key = self._validate(arrays)
         r = _Request()
+        r.future = future
         r.arrays, r.rows, r.key, r.queue = tuple(arrays), rows, key, queue
         r.timeout_us = timeout_us if timeout_us and timeout_us > 0 else 0
         r.event = threading.Event() if queue is None else None
@@ -164,11 +173,47 @@ class ReferenceBatcher:
             self._cv.notify_all()
         return r
 
-    def submit_async(self, queue: CompletionQueue, arrays, timeout_us: int) -> int:
-        return self._submit(arrays, timeout_us, queue).id
+    def submit_async(self, queue: CompletionQueue, arrays, timeout_us: int, future=None) -> int:
+        return self._submit(arrays, timeout_us, queue, future).id
 
     def submit_sync(self, arrays, timeout_us: int) -> Ticket:
         return Ticket(self._submit(arrays, timeout_us, None))
+
+    def wait(self, ticket: Ticket) -> tuple:
+        """Blocks until the ticket completes: (code, message|None, result|None)."""
+        req = ticket._req
+        req.event.wait()
+        c = req.result
+        return (c[4], c[5], self._result(c) if c[4] == OK else None)
+
+    def _result(self, c: tuple):
+        """The request's dict of row views of its batch outputs (None when the runner kept none)."""
+        with self._outputs_lock:
+            entry = self._batch_outputs.get(c[1])
+            if entry is None:
+                return None
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._batch_outputs[c[1]]
+        if c[6] == 1:
+            return dict(zip(self._outputs, entry[0]))
+        rows = slice(c[2], c[2] + c[3])
+        return {name: out[rows] for name, out in zip(self._outputs, entry[0])}
+
+    def resolve(self, queue: CompletionQueue, make_error) -> int:
+        """Drains `queue` and settles each request's future, like the native core."""
+        n = 0
+        for c in queue.take():
+            result = self._result(c) if c[4] == OK else None
+            fut = c[7]
+            if fut is None or fut.done():
+                continue
+            if c[4] == OK:
+                fut.set_result(result)
+            else:
+                fut.set_exception(make_error(c[4], c[5]))
+            n += 1
+        return n
 
     # ------------------------------------------------------------------ runners
     def _take_expired_locked(self, now: int) -> list[_Request]:
@@ -249,17 +294,23 @@ class ReferenceBatcher:
         self._slots[runner] = (batch_id, taken, offsets, rows, now, time.monotonic_ns())
         return batch_id, rows, arrays
 
-    def complete_next(self, runner: int, code: int = OK, message: str = ""):
+    def complete_next(self, runner: int, code: int = OK, message: str = "", outputs=None):
         """complete() then next_batch(), like the native core's single-hand-off call."""
-        self.complete(runner, code, message)
+        self.complete(runner, code, message, outputs)
         return self.next_batch(runner)
 
-    def complete(self, runner: int, code: int = OK, message: str = "") -> None:
+    def complete(self, runner: int, code: int = OK, message: str = "", outputs=None) -> None:
         slot = self._slots[runner]
         if slot is None:
             raise RuntimeError(f"runner {runner} has no batch")
-        self._slots[runner] = None
         batch_id, taken, offsets, rows, t_dispatch, t_gathered = slot
+        if code == OK and outputs is not None:
+            outputs = list(outputs)
+            if len(outputs) != len(self._outputs):
+                raise ValueError(f"expected {len(self._outputs)} outputs, got {len(outputs)}")
+            with self._outputs_lock:
+                self._batch_outputs[batch_id] = [outputs, len(taken)]
+        self._slots[runner] = None
         start = time.monotonic_ns()
         if code != OK:
             self._fail(taken, code, [message] * len(taken))
@@ -286,7 +337,7 @@ class ReferenceBatcher:
         # Deliver after the counters, so a woken caller already sees its request counted.
         groups: dict[int, tuple[CompletionQueue, list]] = {}
         for r, off in zip(taken, offsets):
-            self._deliver(r, (r.id, batch_id, off, r.rows, OK, None, len(taken)), groups)
+            self._deliver(r, (r.id, batch_id, off, r.rows, OK, None, len(taken), r.future), groups)
         for q, items in groups.values():
             q.push(items)
 
@@ -307,7 +358,7 @@ class ReferenceBatcher:
             self._stats["fail_ns"] += sum(end - r.enqueue_ns for r in requests)
         groups: dict[int, tuple[CompletionQueue, list]] = {}
         for r, msg in zip(requests, messages):
-            self._deliver(r, (r.id, 0, 0, r.rows, code, msg, 0), groups)
+            self._deliver(r, (r.id, 0, 0, r.rows, code, msg, 0, r.future), groups)
         for q, items in groups.values():
             q.push(items)
 
