@@ -143,3 +143,18 @@ def test_delete_refused_while_referenced_or_in_production(reg, artifact):
         reg.register("m", artifact("e"), version="1.0.1", actor="ana")
     reg.delete_version("m:1.0.0", actor="ana")  # its only child is gone now
     assert reg.register("m", artifact("f"), actor="ana").version == "1.0.4"
+
+
+def test_compare_scores_direction_declared_in_eval_results(reg, artifact):
+    # Absolute errors (lower is better) compared under a higher-is-better summary metric (r2).
+    rng = np.random.default_rng(5)
+    err = rng.gamma(2.0, 0.5, size=300)
+    res_a = {"scores": err.tolist(), "higher_is_better": False}
+    res_b = {"scores": (err * 1.5).tolist(), "higher_is_better": False}
+    reg.register("m", artifact("a"), metrics={"r2": 0.8}, eval_results=res_a, actor="ana")
+    reg.register("m", artifact("b"), metrics={"r2": 0.7}, eval_results=res_b, actor="ana")
+    res = reg.compare(["m:1.0.0", "m:1.0.1"], metric="r2", higher_is_better=True)
+    assert res["winner"] == "m:1.0.0" and res["significant"] is True
+    assert res["tests"][0]["a_better"] is True and res["tests"][0]["mean_difference"] < 0
+    with pytest.raises(InvalidInput, match="higher_is_better"):
+        reg.register("m", artifact("c"), eval_results={"scores": [1.0], "higher_is_better": "no"}, actor="ana")

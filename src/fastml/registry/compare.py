@@ -12,7 +12,8 @@ Per-example evaluation results stored with a version (``eval_results``) take one
   p-value is ``min(1, 2 * min(P(d* <= 0), P(d* >= 0)))`` where d* is the resampled mean difference.
 
 Optionally ``"example_ids": [...]`` aligns the two result sets on shared ids; without ids both lists must
-have the same length and order.
+have the same length and order. Scores may say which way is better with ``"higher_is_better": false``
+(e.g. absolute errors); otherwise they follow the ``higher_is_better`` given to ``compare()``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,19 @@ def _values(results: dict, what: str) -> tuple[str, np.ndarray, list | None]:
         raise InvalidInput(f"eval_results of {what} need 'correct', 'y_true'+'y_pred' or 'scores'; got keys {sorted(results)}")
     if vals.ndim != 1 or vals.size == 0:
         raise InvalidInput(f"eval_results of {what} must be a non-empty flat list")
+    hib = results.get("higher_is_better")
+    if hib is not None and not isinstance(hib, bool):
+        raise InvalidInput(f"eval_results of {what}: higher_is_better must be true or false")
     if ids is not None and len(ids) != vals.size:
         raise InvalidInput(f"eval_results of {what}: {len(ids)} example_ids for {vals.size} values")
     return kind, vals, ids
+
+
+def direction(results: dict, higher_is_better: bool) -> float:
+    """+1 when a higher per-example value is better, -1 when lower is better."""
+    if "scores" not in results:
+        return 1.0  # correctness: more correct is better, whatever the summary metric's direction
+    return 1.0 if results.get("higher_is_better", higher_is_better) else -1.0
 
 
 def check_eval_results(results: dict, what: str) -> None:

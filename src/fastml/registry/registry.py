@@ -886,7 +886,7 @@ class Registry:
                 return result
         else:
             means = [_compare.significance(evals[mv.id], evals[mv.id], mv.ref, mv.ref)[1] for mv in mvs]
-            best = max(range(len(mvs)), key=lambda i: sign * means[i])
+            best = max(range(len(mvs)), key=lambda i: _compare.direction(evals[mvs[i].id], higher_is_better) * means[i])
         if not have_eval:
             result["winner"] = mvs[best].ref
             result["decision"] = f"{mvs[best].ref} by {metric} only (no per-example eval results stored; significance not tested)"
@@ -896,7 +896,8 @@ class Registry:
             if i == best:
                 continue
             test, mean_best, mean_other = _compare.significance(evals[mvs[best].id], evals[mv.id], mvs[best].ref, mv.ref)
-            better = sign * (mean_best - mean_other) > 0
+            # Correctness is always higher-is-better; scores follow their own "higher_is_better" if given.
+            better = _compare.direction(evals[mvs[best].id], higher_is_better) * (mean_best - mean_other) > 0
             test.update({"a": mvs[best].ref, "b": mv.ref, "mean_a": mean_best, "mean_b": mean_other, "a_better": better})
             result["tests"].append(test)
             p_max = max(p_max, test["p_value"])
