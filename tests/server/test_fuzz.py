@@ -87,7 +87,11 @@ def exchange(srv, chunks: list[bytes], drop: bool) -> int | None:
         if not first:
             return None
         status, headers, body = read_response(f)
-        if status != 200 and status != 100:
+        while status == 100:  # "Expect: 100-continue" got its interim answer; the real one follows
+            if not f.peek(1):
+                return None
+            status, headers, body = read_response(f)
+        if status != 200:
             assert json.loads(body)["error"], body
         return status
 

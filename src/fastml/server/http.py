@@ -14,6 +14,7 @@ The inference path is inlined here for speed: route cache -> model entry -> cach
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections import deque
@@ -60,18 +61,19 @@ class _Slot:
         self.close = False
 
 
-class _InferCall:
-    """State of one submitted inference, completed by the engine future's done callback."""
+class _InferCall(_Slot):
+    """A pipeline slot for one submitted inference, filled by the engine future's done callback."""
 
-    __slots__ = ("conn", "slot", "entry", "plan", "encoding", "keep_alive_hdr")
+    __slots__ = ("conn", "entry", "plan", "encoding", "conn_hdr")
 
-    def __init__(self, conn, slot, entry, plan, encoding, keep_alive_hdr):
+    def __init__(self, conn, entry, plan, encoding, conn_hdr):
+        self.data = None
+        self.close = False
         self.conn = conn
-        self.slot = slot
         self.entry = entry
         self.plan = plan
         self.encoding = encoding
-        self.keep_alive_hdr = keep_alive_hdr
+        self.conn_hdr = conn_hdr
 
     def done(self, fut):
         entry = self.entry
@@ -79,26 +81,27 @@ class _InferCall:
         conn = self.conn
         server = conn.server
         server.inflight -= 1
-        slot = self.slot
+        conn_hdr = self.conn_hdr
         if server.draining:
-            self.keep_alive_hdr = _CLOSE_HDR  # shutting down: this is the connection's last answer
-        if fut.cancelled():
-            entry.failures["OTHER"] = entry.failures.get("OTHER", 0) + 1
-            slot.data = error_response(503, "request cancelled", self.keep_alive_hdr)
+            conn_hdr = _CLOSE_HDR  # shutting down: this is the connection's last answer
+        try:
+            outputs = fut.result()
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error answer
+            # Engine-side failures (deadline, unavailable, model error) are in the engine's own stats.
+            if isinstance(exc, asyncio.CancelledError):
+                entry.failures["OTHER"] = entry.failures.get("OTHER", 0) + 1
+            self.data = error_response(http_status(exc), str(exc) or type(exc).__name__, conn_hdr)
+            server.count_error(self.data)
         else:
-            exc = fut.exception()
-            if exc is None:
-                try:
-                    slot.data = encode_infer_response(entry, self.plan, fut.result(), self.encoding, self.keep_alive_hdr)
-                    server.ok_count += 1
-                except Exception as exc2:  # a fault while encoding is ours: 500, but keep serving
-                    slot.data = error_response(http_status(exc2), f"encoding the response failed: {exc2}", self.keep_alive_hdr)
-            else:
-                # Engine-side failures are counted by the engine's own stats (failures).
-                slot.data = error_response(http_status(exc), str(exc) or type(exc).__name__, self.keep_alive_hdr)
-                server.count_error(slot.data)
-        if self.keep_alive_hdr is _CLOSE_HDR:
-            slot.close = True
+            try:
+                self.data = encode_infer_response(entry, self.plan, outputs, self.encoding, conn_hdr)
+                server.ok_count += 1
+            except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
+                log.exception("encoding an inference response failed")
+                self.data = error_response(500, f"encoding the response failed: {type(exc).__name__}: {exc}", conn_hdr)
+                server.count_error(self.data)
+        if conn_hdr is _CLOSE_HDR:
+            self.close = True
         conn.flush()
 
 
@@ -184,10 +187,16 @@ def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, co
     header = plan.response_headers.get(key)
     if header is not None:
         # Fast path: all outputs binary fixed-size tensors with shapes seen before.
-        parts = [a.tobytes() for a in arrays]
-        blob = b"".join(parts)
         if encoding is None:
-            return _OK_BINARY % (len(header), len(header) + len(blob), conn_hdr) + header + blob
+            parts = [b"", header]
+            n = len(header)
+            for a in arrays:
+                b = a.tobytes()
+                n += len(b)
+                parts.append(b)
+            parts[0] = _OK_BINARY % (len(header), n, conn_hdr)
+            return b"".join(parts)
+        blob = b"".join([a.tobytes() for a in arrays])
         body = compress(header + blob, encoding)
         return (
             _OK_BINARY % (len(header), len(body), conn_hdr + b"Content-Encoding: " + encoding + b"\r\n") + body
@@ -237,12 +246,14 @@ class HttpProtocol:
         "server", "limits", "parser", "transport", "url", "body", "body_len", "ihcl", "content_encoding",
         "accept_encoding", "header_bytes", "header_count", "pending", "closed", "last_tick", "msg_tick",
         "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length", "lingering",
-        "discarded",
+        "discarded", "max_headers", "max_header_bytes",
     )
 
     def __init__(self, server, metrics_only: bool = False):
         self.server = server
         self.limits = server.limits
+        self.max_headers = server.limits.max_headers
+        self.max_header_bytes = server.limits.max_header_bytes
         self.metrics_only = metrics_only
         self.parser = httptools.HttpRequestParser(self)
         self.transport = None
@@ -342,11 +353,13 @@ class HttpProtocol:
             raise _Reject(431, f"request line and headers exceed {self.limits.max_header_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes):
-        self.header_count += 1
-        self.header_bytes += len(name) + len(value)
-        if self.header_count > self.limits.max_headers or self.header_bytes > self.limits.max_header_bytes:
-            raise _Reject(431, f"more than {self.limits.max_headers} headers or {self.limits.max_header_bytes} header bytes")
         n = len(name)
+        count = self.header_count + 1
+        size = self.header_bytes + n + len(value)
+        self.header_count = count
+        self.header_bytes = size
+        if count > self.max_headers or size > self.max_header_bytes:
+            raise _Reject(431, f"more than {self.max_headers} headers or {self.max_header_bytes} header bytes")
         # Dispatch on length first: most headers are never lower-cased.
         if n == 31:
             if name.lower() == b"inference-header-content-length":
@@ -535,10 +548,9 @@ class HttpProtocol:
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
         entry.inflight += 1
         server.inflight += 1
-        slot = _Slot()
-        self.pending.append(slot)
-        encoding = None if self.accept_encoding is None else _accepts(self.accept_encoding)
-        fut.add_done_callback(_InferCall(self, slot, entry, plan, encoding, conn_hdr).done)
+        call = _InferCall(self, entry, plan, None if self.accept_encoding is None else _accepts(self.accept_encoding), conn_hdr)
+        self.pending.append(call)
+        fut.add_done_callback(call.done)
 
     def _decode_infer(self, entry, body: bytes):
         ihcl = self.ihcl

@@ -200,7 +200,7 @@ class Plan:
 
     __slots__ = (
         "binary", "json_inputs", "outputs", "all_binary", "binary_size", "request_id", "response_headers", "cacheable",
-        "timeout_us",
+        "timeout_us", "single",
     )
 
     def __init__(self):
@@ -213,6 +213,7 @@ class Plan:
         self.response_headers: dict = {}
         self.cacheable = True
         self.timeout_us: int | None = None
+        self.single: tuple | None = None  # (name, dtype, count, shape) when the one input is numeric binary
 
 
 def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], model_name: str) -> Plan:
@@ -267,6 +268,9 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
             plan.json_inputs[spec.name] = _json_tensor(spec, where)
             plan.cacheable = False
     plan.binary_size = offset
+    if len(plan.binary) == 1 and not plan.json_inputs and not plan.binary[0][5]:
+        name, dtype, shape, _, nbytes, _ = plan.binary[0]
+        plan.single = (name, dtype, nbytes // dtype.itemsize, shape)
     if req.outputs is not None and len(req.outputs) > 0:
         outs = []
         for spec in req.outputs:
@@ -286,6 +290,10 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
 
 def plan_inputs(plan: Plan, body, header_len: int) -> dict[str, np.ndarray]:
     """Materialise the input arrays of a plan from a request body (zero-copy views for numeric data)."""
+    single = plan.single
+    if single is not None and len(body) - header_len == plan.binary_size:
+        name, dtype, count, shape = single
+        return {name: np.frombuffer(body, dtype, count, header_len).reshape(shape)}
     if len(body) - header_len != plan.binary_size:
         raise InvalidInput(
             f"binary_data_size of the inputs adds up to {plan.binary_size} bytes but the body carries "
