@@ -18,6 +18,8 @@ have the same length and order. Scores may say which way is better with ``"highe
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from fastml.errors import InvalidInput
@@ -120,3 +122,48 @@ def significance(a: dict, b: dict, what_a: str, what_b: str) -> tuple[dict, floa
     if kind == "correct":
         return mcnemar(va, vb), float(va.mean()), float(vb.mean())
     return paired_bootstrap(va, vb), float(va.mean()), float(vb.mean())
+
+def compare_versions(mvs: list, evals: dict, metric: str, higher_is_better: bool, alpha: float) -> dict:
+    """The comparison behind ``Registry.compare``: ``mvs`` are resolved ModelVersions, ``evals`` maps
+    version id -> eval_results (or None). See the registry method for the meaning of the result."""
+    missing = [mv.ref for mv in mvs if metric not in mv.metrics]
+    have_eval = all(evals.get(mv.id) for mv in mvs)
+    sign = 1.0 if higher_is_better else -1.0
+    rows = [{"ref": mv.ref, "name": mv.name, "version": mv.version, "stage": mv.stage, "aliases": mv.aliases,
+             "metric": mv.metrics.get(metric), "metrics": mv.metrics, "params": mv.params} for mv in mvs]
+    params_keys = sorted(set().union(*(mv.params for mv in mvs)))
+    differing = {k: {mv.ref: mv.params.get(k) for mv in mvs} for k in params_keys if len({json.dumps(mv.params.get(k), sort_keys=True) for mv in mvs}) > 1}
+    result = {"metric": metric, "higher_is_better": higher_is_better, "alpha": alpha, "versions": rows,
+              "params_differ": differing, "winner": None, "significant": None, "p_value": None, "tests": [], "decision": ""}
+    if not missing:
+        order = sorted(range(len(mvs)), key=lambda i: -sign * mvs[i].metrics[metric])
+        best = order[0]
+        if mvs[order[1]].metrics[metric] == mvs[best].metrics[metric] and not have_eval:
+            result["decision"] = f"tie on {metric}; no winner"
+            return result
+    else:
+        means = [significance(evals[mv.id], evals[mv.id], mv.ref, mv.ref)[1] for mv in mvs]
+        best = max(range(len(mvs)), key=lambda i: direction(evals[mvs[i].id], higher_is_better) * means[i])
+    if not have_eval:
+        result["winner"] = mvs[best].ref
+        result["decision"] = f"{mvs[best].ref} by {metric} only (no per-example eval results stored; significance not tested)"
+        return result
+    p_max, ok = 0.0, True
+    for i, mv in enumerate(mvs):
+        if i == best:
+            continue
+        test, mean_best, mean_other = significance(evals[mvs[best].id], evals[mv.id], mvs[best].ref, mv.ref)
+        # Correctness is always higher-is-better; scores follow their own "higher_is_better" if given.
+        better = direction(evals[mvs[best].id], higher_is_better) * (mean_best - mean_other) > 0
+        test.update({"a": mvs[best].ref, "b": mv.ref, "mean_a": mean_best, "mean_b": mean_other, "a_better": better})
+        result["tests"].append(test)
+        p_max = max(p_max, test["p_value"])
+        ok = ok and better and test["p_value"] < alpha
+    result["p_value"] = p_max
+    result["significant"] = ok
+    if ok:
+        result["winner"] = mvs[best].ref
+        result["decision"] = f"{mvs[best].ref} wins on {metric} (p = {p_max:.3g} < {alpha})"
+    else:
+        result["decision"] = f"no significant winner (best candidate {mvs[best].ref}, p = {p_max:.3g}, alpha = {alpha})"
+    return result

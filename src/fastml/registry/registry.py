@@ -869,47 +869,7 @@ class Registry:
         if missing and not have_eval:
             raise InvalidInput(f"metric {metric!r} is not recorded for {missing}; recorded metrics: "
                                f"{sorted(set().union(*(mv.metrics for mv in mvs)))}")
-        sign = 1.0 if higher_is_better else -1.0
-        rows = []
-        for mv in mvs:
-            rows.append({"ref": mv.ref, "stage": mv.stage, "aliases": mv.aliases, "metric": mv.metrics.get(metric),
-                         "metrics": mv.metrics, "params": mv.params})
-        params_keys = sorted(set().union(*(mv.params for mv in mvs)))
-        differing = {k: {mv.ref: mv.params.get(k) for mv in mvs} for k in params_keys if len({json.dumps(mv.params.get(k), sort_keys=True) for mv in mvs}) > 1}
-        result = {"metric": metric, "higher_is_better": higher_is_better, "alpha": alpha, "versions": rows,
-                  "params_differ": differing, "winner": None, "significant": None, "p_value": None, "tests": [], "decision": ""}
-        if not missing:
-            order = sorted(range(len(mvs)), key=lambda i: -sign * mvs[i].metrics[metric])
-            best = order[0]
-            if mvs[order[1]].metrics[metric] == mvs[best].metrics[metric] and not have_eval:
-                result["decision"] = f"tie on {metric}; no winner"
-                return result
-        else:
-            means = [_compare.significance(evals[mv.id], evals[mv.id], mv.ref, mv.ref)[1] for mv in mvs]
-            best = max(range(len(mvs)), key=lambda i: _compare.direction(evals[mvs[i].id], higher_is_better) * means[i])
-        if not have_eval:
-            result["winner"] = mvs[best].ref
-            result["decision"] = f"{mvs[best].ref} by {metric} only (no per-example eval results stored; significance not tested)"
-            return result
-        p_max, ok = 0.0, True
-        for i, mv in enumerate(mvs):
-            if i == best:
-                continue
-            test, mean_best, mean_other = _compare.significance(evals[mvs[best].id], evals[mv.id], mvs[best].ref, mv.ref)
-            # Correctness is always higher-is-better; scores follow their own "higher_is_better" if given.
-            better = _compare.direction(evals[mvs[best].id], higher_is_better) * (mean_best - mean_other) > 0
-            test.update({"a": mvs[best].ref, "b": mv.ref, "mean_a": mean_best, "mean_b": mean_other, "a_better": better})
-            result["tests"].append(test)
-            p_max = max(p_max, test["p_value"])
-            ok = ok and better and test["p_value"] < alpha
-        result["p_value"] = p_max
-        result["significant"] = ok
-        if ok:
-            result["winner"] = mvs[best].ref
-            result["decision"] = f"{mvs[best].ref} wins on {metric} (p = {p_max:.3g} < {alpha})"
-        else:
-            result["decision"] = f"no significant winner (best candidate {mvs[best].ref}, p = {p_max:.3g}, alpha = {alpha})"
-        return result
+        return _compare.compare_versions(mvs, evals, metric, higher_is_better, alpha)
 
     def _eval_results(self, ids: list[int]) -> dict[int, dict | None]:
         with self.engine.connect() as conn:
