@@ -185,3 +185,16 @@ def test_list_models_and_search_by_tags(reg, artifact):
     models = {m["name"]: m for m in reg.list_models()}
     assert models["a"]["versions"] == 2 and models["a"]["latest"] == "1.0.1"
     assert models["a"]["stages"] == {"development": ["1.0.0"], "staging": ["1.0.1"]}
+
+
+def test_gc_removes_only_old_unreferenced_files(reg, artifact, fastml_home):
+    mv = reg.register("m", artifact("kept"), actor="ana")
+    orphan = reg.artifacts.put(artifact("orphan"))  # as left by a crash between rename and commit
+    tmp = fastml_home / "artifacts" / ".tmp" / "dead.part"
+    tmp.write_bytes(b"half a model")  # as left by a crash during a copy
+    assert reg.gc() == []  # younger than the grace period: may belong to a registration in flight
+    assert orphan.path.exists() and tmp.exists()
+    assert reg.gc(older_than_s=0) == [orphan.sha256]
+    assert not orphan.path.exists() and not tmp.exists()
+    assert reg.artifact_path("m").exists() and reg.verify() == []
+    assert mv.sha256 != orphan.sha256
