@@ -109,7 +109,17 @@ def summary_rows(state: dict) -> list[tuple[str, str, str, str]]:
         if s.get("error"):
             text = s["error"].splitlines()[0][:100]
         else:
-            text = ", ".join(f"{k}={_short(v)}" for k, v in summ.items() if not isinstance(v, (dict, list)))[:100]
+            # Whole items only (a number cut in half misleads); file paths are in run.json.
+            parts, width = [], 0
+            for k, v in summ.items():
+                if isinstance(v, (dict, list)) or k in ("onnx", "optimized"):
+                    continue
+                item = f"{k}={_short(v)}"
+                if width + len(item) > 110:
+                    break
+                parts.append(item)
+                width += len(item) + 2
+            text = ", ".join(parts)
         dur = s.get("duration_s")
         rows.append((s["name"], s["status"], "" if dur is None else f"{dur:.2f}", text))
     return rows

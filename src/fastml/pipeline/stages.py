@@ -263,9 +263,12 @@ def stage_tune(ctx: Context) -> dict:
         else:
             X, y = ctx.xy("train")
             objective = tune.make_objective(cfg, ctx.spec, X, y, tune.fold_indices(cfg, y))
+            done = [n_total - todo]
+
             def cb(st, trial):
-                done = sum(1 for t in st.get_trials(deepcopy=False) if t.state.is_finished())
-                ctx.progress.trials_update(min(done, n_total), n_total, tune._best(st))
+                # Count locally: listing every trial after each one would cost O(n^2) storage reads.
+                done[0] += 1
+                ctx.progress.trials_update(min(done[0], n_total), n_total, tune._best(st))
 
             tune.optimize(study, objective, todo, timeout_s=cfg.tune.timeout_s, callbacks=[cb])
     summary = tune.trial_summary(study)
