@@ -306,11 +306,14 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         }
         slot.batch_id = next_batch_++;
         slot.rows = rows;
-        slot.dispatch_ns = now;
+        slot.shape_key = key;
+        slot.queue_ns = 0;
+        slot.input_ns = 0;
         int64_t offset = 0;
         for (size_t i = 0; i < n; ++i) {
             auto& r = bucket->requests.front();
             RemoveDeadlineLocked(*r);
+            slot.queue_ns += now - r->enqueue_ns;
             slot.offsets.push_back(offset);
             offset += r->rows;
             slot.requests.push_back(std::move(r));
@@ -323,8 +326,50 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         break;
     }
     lk.unlock();
+    GatherSlot(slot, out);  // without the lock (and without the GIL)
+    return true;
+}
 
-    // Gather without the lock (and without the GIL): one contiguous buffer per input, reused.
+bool Batcher::TakeMore(int runner) {
+    if (runner < 0 || runner >= static_cast<int>(runners_.size())) {
+        throw std::out_of_range("runner index " + std::to_string(runner) + " out of range");
+    }
+    RunnerSlot& slot = runners_[runner];
+    if (slot.requests.empty() || slot.rows >= options_.max_batch_size) return false;
+    std::lock_guard<std::mutex> lk(mu_);
+    if (shutdown_) return false;
+    auto it = buckets_.find(slot.shape_key);
+    if (it == buckets_.end()) return false;
+    auto& q = it->second.requests;
+    const int64_t now = SteadyNowNs();
+    size_t n = 0;
+    while (!q.empty()) {
+        const auto& r = q.front();
+        // An expired request is the deadline thread's to fail; it never rides along.
+        if (slot.rows + r->rows > options_.max_batch_size || (r->deadline_ns != 0 && r->deadline_ns <= now)) break;
+        RemoveDeadlineLocked(*r);
+        slot.queue_ns += now - r->enqueue_ns;
+        slot.offsets.push_back(slot.rows);
+        slot.rows += r->rows;
+        slot.requests.push_back(std::move(q.front()));
+        q.pop_front();
+        ++n;
+    }
+    if (q.empty()) buckets_.erase(it);
+    queued_ -= static_cast<int64_t>(n);
+    stats_.pending = queued_;
+    return n > 0;
+}
+
+void Batcher::Gather(int runner, BatchInfo* out) {
+    if (runner < 0 || runner >= static_cast<int>(runners_.size())) {
+        throw std::out_of_range("runner index " + std::to_string(runner) + " out of range");
+    }
+    GatherSlot(runners_[runner], out);
+}
+
+void Batcher::GatherSlot(RunnerSlot& slot, BatchInfo* out) {
+    const int64_t start = SteadyNowNs();
     out->id = slot.batch_id;
     out->rows = slot.rows;
     out->input_data.assign(inputs_.size(), nullptr);
@@ -353,7 +398,7 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         out->input_shapes[i] = std::move(shape);
     }
     slot.gathered_ns = SteadyNowNs();
-    return true;
+    slot.input_ns += slot.gathered_ns - start;
 }
 
 void Batcher::CompleteBatch(int runner, const Status& status) {
@@ -372,7 +417,7 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
     // Group completions by destination queue (usually one event loop): one Push, one eventfd write each.
     std::vector<std::pair<CompletionQueue*, std::vector<Completion>>> groups;
     std::vector<std::pair<Request*, Completion>> sync;  // blocking waiters, woken after the counters
-    int64_t queue_ns = 0, request_end = 0;
+    int64_t request_end = 0;
     for (size_t i = 0; i < slot.requests.size(); ++i) {
         Request& r = *slot.requests[i];
         Completion c;
@@ -382,7 +427,6 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         c.rows = r.rows;
         c.batch_requests = static_cast<int64_t>(slot.requests.size());
         c.user_data = r.user_data;
-        queue_ns += slot.dispatch_ns - r.enqueue_ns;
         if (r.queue) {
             auto it = std::find_if(groups.begin(), groups.end(),
                                    [&](const auto& g) { return g.first == r.queue.get(); });
@@ -403,15 +447,15 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         stats_.requests += static_cast<int64_t>(slot.requests.size());
         stats_.rows += slot.rows;
         stats_.batches += 1;
-        stats_.queue_ns += queue_ns;
-        stats_.compute_input_ns += slot.gathered_ns - slot.dispatch_ns;
+        stats_.queue_ns += slot.queue_ns;
+        stats_.compute_input_ns += slot.input_ns;
         stats_.compute_infer_ns += start - slot.gathered_ns;
         stats_.compute_output_ns += end - start;
         stats_.request_ns += request_end;
         stats_.last_inference_ms = EpochNowMs();
         BatchSizeStats& b = stats_.batch_stats[slot.rows];
         b.count += 1;
-        b.compute_input_ns += slot.gathered_ns - slot.dispatch_ns;
+        b.compute_input_ns += slot.input_ns;
         b.compute_infer_ns += start - slot.gathered_ns;
         b.compute_output_ns += end - start;
     }

@@ -188,6 +188,15 @@ class Batcher {
     // Returns false once shut down. Call without the GIL.
     bool NextBatch(int runner, BatchInfo* out);
 
+    // Top-up, between NextBatch and CompleteBatch, before the runner starts the batch: moves requests of
+    // the batch's bucket that were queued meanwhile and still fit into the batch (without copying; short
+    // lock only, so it may be called with the GIL held). Returns false when it added none. A batch only
+    // starts once its runner holds the GIL, and requests that arrive while it waits for it ride along
+    // instead of forming a batch of their own; no waiting is added.
+    bool TakeMore(int runner);
+    // Re-gathers runner `runner`'s batch after TakeMore added requests. Call without the GIL.
+    void Gather(int runner, BatchInfo* out);
+
     // Ends runner `runner`'s current batch: every request gets `status` (OK: its row range of the
     // batch outputs). Call without the GIL.
     void CompleteBatch(int runner, const Status& status);
@@ -208,8 +217,10 @@ class Batcher {
         std::vector<std::shared_ptr<Request>> requests;  // owned by the runner thread
         std::vector<int64_t> offsets;                    // owned by the runner thread
         int64_t rows = 0;                                // owned by the runner thread
-        int64_t dispatch_ns = 0;                         // owned by the runner thread
-        int64_t gathered_ns = 0;                         // owned by the runner thread
+        std::string shape_key;                           // owned by the runner thread; the batch's bucket
+        int64_t queue_ns = 0;                            // owned by the runner thread; summed at take time
+        int64_t input_ns = 0;                            // owned by the runner thread; time spent gathering
+        int64_t gathered_ns = 0;                         // owned by the runner thread; end of the last gather
         std::vector<std::vector<char>> buffers;          // owned by the runner thread; reused per batch
     };
 
@@ -223,6 +234,8 @@ class Batcher {
     void Fail(const std::vector<std::shared_ptr<Request>>& requests, StatusCode code,
               const std::vector<std::string>& messages);
     void DeadlineLoop();
+    // Without mu_: copies the slot's rows into its buffers (or points at a lone request's memory).
+    void GatherSlot(RunnerSlot& slot, BatchInfo* out);
 
     const std::vector<InputSpec> inputs_;  // immutable
     const BatcherOptions options_;         // immutable

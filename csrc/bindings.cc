@@ -106,6 +106,14 @@ struct PyBatcher {
         return views;
     }
 
+    // Called once the runner holds the GIL again, i.e. when it can really start the batch: requests that
+    // queued while it waited for the GIL join the batch (re-gathered with the GIL released).
+    void TopUp(int runner, BatchInfo* info) {
+        if (!core->TakeMore(runner)) return;  // a short lock, no copying: fine with the GIL held
+        py::gil_scoped_release nogil;          // memcpy of the grown batch
+        core->Gather(runner, info);
+    }
+
     // (batch_id, rows, [input arrays]); the arrays are views, not copies: of the runner's reused
     // buffer, or of the lone request's own array.
     py::object BatchTuple(int runner, const BatchInfo& info) {
@@ -309,7 +317,9 @@ static void bind_batcher(py::module_& m) {
                     py::gil_scoped_release nogil;  // blocks for work, then gathers rows with memcpy
                     ok = self.core->NextBatch(runner, &info);
                 }
-                return ok ? self.BatchTuple(runner, info) : py::none();
+                if (!ok) return py::none();
+                self.TopUp(runner, &info);
+                return self.BatchTuple(runner, info);
             },
             py::arg("runner"),
             "Blocks (GIL released) for runner `runner`'s next batch: (batch_id, rows, [input arrays]) or None "
@@ -338,7 +348,9 @@ static void bind_batcher(py::module_& m) {
                     self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
                     ok = self.core->NextBatch(runner, &info);
                 }
-                return ok ? self.BatchTuple(runner, info) : py::none();
+                if (!ok) return py::none();
+                self.TopUp(runner, &info);
+                return self.BatchTuple(runner, info);
             },
             py::arg("runner"), py::arg("code") = 0, py::arg("message") = "", py::arg("outputs") = py::none(),
             "complete() then next_batch() under one GIL release.")
