@@ -109,9 +109,15 @@ def add_parser(subparsers) -> None:
 
 # ---------------------------------------------------------------------------- helpers
 def _registry(args):
+    from fastml.governance import attach_configured
     from fastml.registry import Registry
 
-    return Registry(args.url)
+    reg = Registry(args.url)
+    # This module is part of the `fastml` command (the CLI layer may use every library), so promotions
+    # made from the command line pass the same governance gates and reach the same audit log as the API
+    # when $FASTML_HOME/governance/policy.toml exists; the registry library itself never imports governance.
+    attach_configured(reg)
+    return reg
 
 
 def _pairs(items: list[str], what: str, *, numbers: bool = False, json_values: bool = False) -> dict:
