@@ -188,6 +188,124 @@ def demo_server(model_path: Path, X: np.ndarray, workdir: Path) -> None:
     check(rc == 0, "SIGTERM: server drained and exited 0")
 
 
+# ------------------------------------------------------------------------------ registry + governance
+def demo_registry_governance(model_path: Path, X: np.ndarray) -> str:
+    section("4. registry + governance: versions, a gated two-reviewer promotion, audit chain, lineage")
+    import fastml
+    from fastml.errors import PermissionDenied
+    from fastml.governance import AuditLog, assess, assess_fairness, attach, build_lineage, load_card
+    from fastml.registry import Registry
+
+    card = load_card(str(ROOT / "examples" / "credit_scoring" / "model_card.toml"))
+    report = assess(card)
+    print(f"  compliance of examples/credit_scoring: {report.verdict}")
+    reg = Registry()  # SQLite at $FASTML_HOME/registry.db, protected production stage needs 2 approvals
+    gov = attach(reg)  # fairness + compliance gate on production, every registry event into the audit log
+    v1 = reg.register("credit-scoring", model_path, metrics={"accuracy": 0.93}, tags={"team": "risk"},
+                      model_card=card, dataset_fingerprint="sha256:demo", actor="ana")
+    v2 = reg.register("credit-scoring", model_path, bump="minor", parent=v1.ref, metrics={"accuracy": 0.94},
+                      model_card=card, actor="ana")
+    print(f"  registered {v1.ref} and {v2.ref} (sha256 {v2.sha256[:12]}..., {v2.size_bytes} bytes)")
+    rid = reg.request_transition(v2.ref, "production", actor="ana", reason="better accuracy")
+    reg.approve(rid, reviewer="bo", comment="metrics reviewed")
+    try:
+        reg.approve(rid, reviewer="cy")
+        blocked = False
+    except PermissionDenied as exc:
+        blocked = True
+        print(f"  second approval blocked by the governance gate: {str(exc).splitlines()[0][:110]}")
+    check(blocked, "promotion without fairness evidence is blocked")
+    # Fairness evidence: predictions on a labelled sample, by a sensitive attribute.
+    rng = np.random.default_rng(1)
+    with fastml.load_model(model_path, max_batch_size=2000) as model:
+        y_pred = model.predict(X[:2000])["label"]
+    y_true = y_pred.copy()
+    y_true[rng.random(2000) < 0.1] ^= 1  # a model that is right 90% of the time, equally for both groups
+    gender = rng.choice(["F", "M"], size=2000)
+    fairness = assess_fairness(y_true, y_pred, {"gender": gender}, privileged="M", unprivileged="F")
+    print(f"  fairness: demographic parity difference {fairness.value('demographic_parity_difference'):.3f},"
+          f" disparate impact {fairness.value('disparate_impact'):.3f}, passed {fairness.passed}")
+    gov.record_fairness(v2.ref, fairness, actor="ana")
+    reg.approve(rid, reviewer="cy", comment="fairness evidence attached")
+    prod = reg.resolve("credit-scoring@production")
+    check(prod.version == v2.version, f"credit-scoring@production resolves to {prod.version} after two approvals")
+    with fastml.load_model("credit-scoring@production") as model:
+        out = model.predict(X[:3])
+    check(out["probabilities"].shape == (3, 2), "fastml.load_model('credit-scoring@production') predicts")
+    verdict = AuditLog().verify()
+    check(verdict.ok, f"audit log hash chain verifies ({sum(1 for _ in AuditLog().entries())} entries)")
+    print("  lineage (mermaid):\n    " + build_lineage(reg).to_mermaid().replace("\n", "\n    "))
+    return prod.ref
+
+
+# ----------------------------------------------------------------------------------------- features
+def demo_features() -> None:
+    section("5. feature store: Parquet offline, point-in-time training set, native LMDB online lookups")
+    import pandas as pd
+
+    from fastml.features import Feature, FeatureGroup, FeatureStore
+
+    fs = FeatureStore()
+    fs.register(FeatureGroup("driver", entities=["driver_id"],
+                             features=[Feature("trips", "int64"), Feature("rating", "float32"), Feature("city", "string")],
+                             ttl_s=7 * 86400, source="warehouse.driver_daily"))
+    # three daily snapshots ending yesterday (online lookups apply the 7-day TTL against the current time)
+    t0 = pd.Timestamp.now(tz="UTC").floor("D") - pd.Timedelta(days=3)
+    rows = []
+    for day in range(3):
+        for d in range(1000):
+            rows.append({"driver_id": d, "event_timestamp": t0 + pd.Timedelta(days=day),
+                         "trips": 10 * day + d % 7, "rating": 4.0 + (d % 10) / 10, "city": ["paris", "lyon"][d % 2]})
+    fs.ingest("driver", pd.DataFrame(rows))
+    entity_rows = pd.DataFrame({"driver_id": [1, 2, 3, 4],
+                                "event_timestamp": [t0 + pd.Timedelta(hours=12), t0 + pd.Timedelta(days=1, hours=1),
+                                                    t0 - pd.Timedelta(days=1), t0 + pd.Timedelta(days=30)]})
+    train = fs.get_training_set(entity_rows, ["driver:trips", "driver:rating"]).to_pandas()
+    print(train.to_string(index=False).replace("\n", "\n  ").join(["  ", ""]))
+    check(len(train) == 4, "training set has exactly one row per entity row")
+    check(train["trips"].tolist()[:2] == [1, 12] and pd.isna(train["trips"][2]) and pd.isna(train["trips"][3]),
+          "point in time: value as of each row's timestamp, null before the first value and past the TTL")
+    fs.materialize("driver")
+    values, present, _ = fs.get_online(["driver:trips", "driver:rating"], [1, 2, 999, 5000])
+    print(f"  online lookup [trips, rating] for drivers 1, 2, 999, 5000:\n    {values.tolist()}\n    present {present.tolist()}")
+    check(values[0, 0] == 21 and bool(present[:3].all()) and not bool(present[3].any()),
+          "online store returns the latest values; unknown entity reported absent")
+
+
+# ----------------------------------------------------------------------------------------- monitoring
+def demo_monitoring(model_path: Path, X: np.ndarray) -> None:
+    section("6. monitoring: prediction log, drift against the training profile, health score, HTML report")
+    from fastml.engine import load_model as engine_load_model
+    from fastml.monitoring import (HealthInputs, PredictionLogger, ReferenceProfile, detect_drift,
+                                   health_score, read_log)
+    from fastml.monitoring.log import tensor_columns
+    from fastml.monitoring.report import write_report
+
+    names = [f"x{i}" for i in range(X.shape[1])]
+    profile = ReferenceProfile.from_data({n: X[:2000, j] for j, n in enumerate(names)})
+    logger = PredictionLogger()
+    current = X[2000:3000].copy()
+    current[:, 0] += 1.5  # a shifted upstream feature
+    current[:, 5] *= 2.0
+    with engine_load_model(model_path, name="mlp", prediction_logger=logger) as model:
+        for i in range(0, len(current), 10):
+            model.predict(current[i : i + 10])
+    logger.flush()
+    table = read_log(model="mlp")
+    check(table.num_rows == len(current) and logger.dropped == 0,
+          f"prediction log holds every predicted row ({table.num_rows} records, {logger.dropped} dropped)")
+    logged = tensor_columns(table, "input.input", names)
+    drift = detect_drift(profile, logged)
+    drifted = [c.column for c in drift.columns if c.drifted]
+    print(f"  drifted columns: {drifted} (share {drift.share_drifted:.2f}, dataset drift {drift.dataset_drift})")
+    check({"x0", "x5"} <= set(drifted), "planted drift found in x0 and x5")
+    health = health_score(HealthInputs(drift_share=drift.share_drifted, performance=0.9, baseline=0.93,
+                                       latency_p99_ms=2.0, latency_slo_ms=5.0, error_rate=0.0))
+    print(f"  health score {health.score:.1f}")
+    html, js = write_report(str(Path(os.environ["FASTML_HOME"]) / "reports"), profile, logged, health=health.to_dict())
+    print(f"  report: {html} (and its JSON twin {js.name})")
+
+
 def main() -> int:
     home = make_home()
     print(f"fastml demo; FASTML_HOME={home}")
@@ -195,6 +313,9 @@ def main() -> int:
     model_path, X = build_onnx_model(workdir)
     demo_engine(model_path, X)
     demo_server(model_path, X, workdir)
+    demo_registry_governance(model_path, X)
+    demo_features()
+    demo_monitoring(model_path, X)
     print("\ndemo: all steps passed")
     return 0
 
