@@ -133,22 +133,26 @@ def run_plain_optuna(cfg_dict: dict, data_path: Path) -> tuple[float, float, flo
     splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
     cols = list(range(X.shape[1]))
 
-    def build(trial):
+    def suggest(trial) -> dict:
         if family == "logistic_regression":
-            model = LogisticRegression(C=trial.suggest_float("C", 1e-3, 1e2, log=True), max_iter=1000, random_state=seed)
+            return {"C": trial.suggest_float("C", 1e-3, 1e2, log=True)}
+        return {"n_estimators": trial.suggest_int("n_estimators", 10, 50, step=10),
+                "max_depth": trial.suggest_int("max_depth", 2, 12)}
+
+    def build(params: dict):
+        if family == "logistic_regression":
+            model = LogisticRegression(**params, max_iter=1000, random_state=seed)
             num = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         else:
-            model = RandomForestClassifier(n_estimators=trial.suggest_int("n_estimators", 10, 50, step=10),
-                                           max_depth=trial.suggest_int("max_depth", 2, 12), n_jobs=1, random_state=seed)
+            model = RandomForestClassifier(**params, n_jobs=1, random_state=seed)
             num = Pipeline([("impute", SimpleImputer(strategy="median"))])
         return Pipeline([("pre", ColumnTransformer([("num", num, cols)], sparse_threshold=0.0)), ("model", model)])
 
     def objective(trial):
+        params = suggest(trial)
         scores = []
-        params_est = None
         for k, (a, b) in enumerate(splits):
-            est = build(trial) if params_est is None else params_est
-            params_est = None
+            est = build(params)
             est.fit(X[a], y[a])
             scores.append(accuracy_score(y[b], est.predict(X[b])))
             trial.report(float(np.mean(scores)), k)
