@@ -85,3 +85,34 @@ def test_ddp_two_processes_trains_and_exports(tmp_path):
     assert label.dtype == np.int64 and proba.shape == (10, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     assert result.model_ref == "clf:1.0.0"
+
+
+def test_same_command_elsewhere_joins_the_study(cls_csv, tmp_path):
+    # Two independent `fastml train` processes (as on two machines) with a shared storage URL work on
+    # one study: together they run the configured number of trials, not twice as many.
+    import os
+    import subprocess
+    import sys
+
+    journal = tmp_path / "shared" / "study.journal"
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'name = "joined"\ntask = "classification"\nfolds = 2\n[data]\npath = "{cls_csv}"\ntarget = "label"\n'
+                    f'[model]\nfamily = "logistic_regression"\n[tune]\nn_trials = 12\nsampler = "random"\n'
+                    f'storage = "journal://{journal}"\n[register]\nenabled = false\n')
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, FASTML_HOME=str(tmp_path / f"machine{i}"))
+        procs.append(subprocess.Popen([sys.executable, "-m", "fastml.cli", "train", str(toml), "--json"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    states = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+        states.append(json.loads(out))
+    import optuna
+
+    study = optuna.load_study(study_name=states[0]["stages"][4]["summary"]["study"],
+                              storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert 12 <= len(study.trials) <= 13  # at most one extra trial per additional process
+    assert all(s["status"] == "completed" for s in states)
+    assert {s["stages"][4]["summary"]["study"] for s in states} == {study.study_name}

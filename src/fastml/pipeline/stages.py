@@ -270,7 +270,7 @@ def stage_tune(ctx: Context) -> dict:
                 done[0] += 1
                 ctx.progress.trials_update(min(done[0], n_total), n_total, tune._best(st))
 
-            tune.optimize(study, objective, todo, timeout_s=cfg.tune.timeout_s, callbacks=[cb])
+            tune.optimize(study, objective, todo, study_total=n_total, timeout_s=cfg.tune.timeout_s, callbacks=[cb])
     summary = tune.trial_summary(study)
     summary["study_name"] = study.study_name
     summary["workers"] = workers_info

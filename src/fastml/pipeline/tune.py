@@ -199,15 +199,25 @@ def make_objective(cfg, spec, X, y, folds):
 
 
 
-def optimize(study, objective, n_trials: int, *, timeout_s: float | None = None, callbacks=()):
-    """Run ``n_trials`` trials in this process; trials that raise are recorded as FAIL."""
+def optimize(study, objective, n_trials: int, *, study_total: int | None = None, timeout_s: float | None = None,
+             callbacks=()):
+    """Run up to ``n_trials`` trials in this process; trials that raise are recorded as FAIL.
+
+    With ``study_total``, stop once the study holds that many trials (any state, counting those other
+    processes are running): a second machine running the same command on shared storage then shares
+    the work instead of repeating it (the total can exceed ``study_total`` by at most one trial per
+    extra process).
+    """
     import logging
 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.ERROR)
-    study.optimize(objective, n_trials=n_trials, timeout=timeout_s, catch=(Exception,), callbacks=list(callbacks),
+    cbs = list(callbacks)
+    if study_total is not None:
+        cbs.append(optuna.study.MaxTrialsCallback(study_total, states=None))
+    study.optimize(objective, n_trials=n_trials, timeout=timeout_s, catch=(Exception,), callbacks=cbs,
                    gc_after_trial=False)
 
 
@@ -259,7 +269,8 @@ def run_workers(run_dir: Path, per_worker: list[int], progress, study, n_total: 
     for i, n in enumerate(per_worker):
         if n == 0:
             continue
-        cmd = [sys.executable, "-m", "fastml.pipeline.tune_worker", str(run_dir), "--worker", str(i), "--trials", str(n)]
+        cmd = [sys.executable, "-m", "fastml.pipeline.tune_worker", str(run_dir), "--worker", str(i), "--trials", str(n),
+               "--total", str(n_total)]
         log = open(out_dir / f"worker_{i}.log", "w")
         procs.append((i, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")), log))
     seen = 0

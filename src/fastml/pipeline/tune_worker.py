@@ -17,6 +17,7 @@ def main(argv=None) -> int:
     ap.add_argument("run_dir")
     ap.add_argument("--worker", type=int, required=True)
     ap.add_argument("--trials", type=int, required=True)
+    ap.add_argument("--total", type=int, default=None, help="stop once the study holds this many trials")
     args = ap.parse_args(argv)
 
     from fastml.pipeline import tune
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     X, y = ctx.xy("train")
     mine: list[int] = []
     objective = tune.make_objective(cfg, ctx.spec, X, y, tune.fold_indices(cfg, y))
-    tune.optimize(study, objective, args.trials, timeout_s=cfg.tune.timeout_s,
+    tune.optimize(study, objective, args.trials, study_total=args.total, timeout_s=cfg.tune.timeout_s,
                   callbacks=[lambda st, t: mine.append(t.number)])
     out = run_dir / "workers" / f"worker_{args.worker}.json"
     tmp = out.with_suffix(".tmp")
