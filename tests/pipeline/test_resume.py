@@ -8,7 +8,7 @@ import pytest
 
 from fastml.errors import InternalError
 from fastml.pipeline import resume, train
-from fastml.pipeline.run import open_run
+from fastml.pipeline.run import load_run_config, open_run
 
 from pipeline_data import cls_config, make_classification_frame
 
@@ -89,3 +89,44 @@ def test_cli_resume(tmp_path, monkeypatch, capsys):
 
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "completed" and out["attempts"][-1]["resumed_from"] == "cross_validate"
+
+
+def test_resume_inside_tuning_keeps_finished_trials(cls_csv, monkeypatch):
+    """A crash in the middle of the study: resume keeps the finished trials and runs only the rest."""
+    import optuna
+
+    from fastml.pipeline import tune
+
+    real = tune.make_objective
+    calls = {"n": 0}
+
+    def crashing_objective(*args, **kwargs):
+        inner = real(*args, **kwargs)
+
+        def objective(trial):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt  # the process is interrupted during trial 3
+            return inner(trial)
+
+        return objective
+
+    cfg = cls_config(cls_csv, tune={"n_trials": 5, "sampler": "random", "pruner": "none"}, register={"enabled": False})
+    monkeypatch.setattr(tune, "make_objective", crashing_objective)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_id="mid-tune")
+    run = open_run("mid-tune")
+    assert run.state["stages"][4]["status"] == "failed"
+    load_cfg = load_run_config(run)
+    study = tune.open_study(load_cfg, tune.make_storage(load_cfg, run.dir / "05_tune"))
+    before = [(t.number, t.params, t.state.name) for t in study.get_trials()]
+    assert [s for _, _, s in before] == ["COMPLETE", "COMPLETE", "FAIL"]
+    study.ask()  # a trial a hard-killed process left RUNNING
+    monkeypatch.undo()
+    result = resume("mid-tune")
+    study = tune.open_study(load_cfg, tune.make_storage(load_cfg, run.dir / "05_tune"))
+    trials = study.get_trials()
+    assert [(t.number, t.params, t.state.name) for t in trials[:3]] == before  # kept, not re-run
+    assert trials[3].state == optuna.trial.TrialState.FAIL  # the stale RUNNING trial
+    assert len(trials) == 5 and trials[4].state == optuna.trial.TrialState.COMPLETE
+    assert result.state["status"] == "completed"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastml.errors import FastMLError, IntegrityError, InternalError, InvalidInput, NotFound
+from fastml.errors import IntegrityError, InternalError, InvalidInput, NotFound
 
 log = logging.getLogger("fastml.pipeline")
 
@@ -251,6 +251,10 @@ def stage_tune(ctx: Context) -> dict:
     out = ctx.out("tune")
     storage = tune.make_storage(cfg, out)
     study = tune.open_study(cfg, storage)
+    if cfg.tune.storage is None:
+        stale = tune.fail_stale_trials(study)
+        if stale:
+            log.warning("tune: %d trial(s) left running by a crashed process marked failed", stale)
     n_total = cfg.tune.n_trials
     if cfg.tune.sampler == "grid":
         n_total = min(n_total, int(np.prod([len(v) for v in tune.grid_of(tune.search_space(cfg)).values()])))

@@ -221,6 +221,17 @@ def optimize(study, objective, n_trials: int, *, study_total: int | None = None,
                    gc_after_trial=False)
 
 
+def fail_stale_trials(study) -> int:
+    """Mark RUNNING trials FAIL: called before tuning resumes on the run's own journal, where no other
+    process can be running them (they belong to a process that crashed)."""
+    import optuna
+
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
 def split_trials(n_trials: int, workers: int) -> list[int]:
     """Trials per worker, summing to ``n_trials``."""
     base, extra = divmod(n_trials, workers)
@@ -247,8 +258,6 @@ def trial_summary(study) -> dict:
 
 
 def remaining_trials(study, n_trials: int) -> int:
-    import optuna
-
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     return max(0, n_trials - len(finished))
 
@@ -257,7 +266,6 @@ def run_workers(run_dir: Path, per_worker: list[int], progress, study, n_total: 
     """Start one ``python -m fastml.pipeline.tune_worker`` process per entry of ``per_worker`` on the
     run's study, report progress from the shared storage until they exit, and return each worker's
     own account (trials it ran)."""
-    import os
     import subprocess
     import sys
 
