@@ -270,24 +270,31 @@ def test_resolve_settles_futures_with_views_of_their_rows(batcher, make_core):
 def test_native_batch_takes_requests_queued_while_its_runner_waited_for_the_gil(make_core):
     """The native runner takes one request the moment it arrives, but can only start the batch once it
     holds the GIL; requests queued meanwhile join that batch (top-up) instead of waiting for the next."""
+    import gc
     import sys
 
     core, Queue, _ = make_core("native", F32_4, max_batch_size=8)
     q = Queue()
     got = []
     runner = threading.Thread(target=lambda: got.append(core.next_batch(0)))
+    first = (rows(1),)
+    more = [(rows(1, 10 * (i + 1)),) for i in range(3)]
     old_interval = sys.getswitchinterval()
+    gc.collect()
+    print("THREADS", threading.enumerate())
+    gc.disable()  # no finalizer of an earlier test's objects may release the GIL in the middle
     sys.setswitchinterval(30.0)  # this thread keeps the GIL until it blocks (join below)
     try:
         runner.start()
-        core.submit_async(q, (rows(1),), 0)
+        core.submit_async(q, first, 0)
         while core.stats()["pending"]:  # the runner takes it without the GIL; no sleeping involved
             pass
-        for i in range(3):
-            core.submit_async(q, (rows(1, 10 * (i + 1)),), 0)
+        for arrays in more:  # pybind calls only: numpy itself may release the GIL, so no numpy here
+            core.submit_async(q, arrays, 0)
         runner.join()  # releases the GIL: the runner's next_batch can return now
     finally:
         sys.setswitchinterval(old_interval)
+        gc.enable()
     _, n, arrays = got[0]
     assert n == 4
     np.testing.assert_array_equal(arrays[0][:, 0], [0, 10, 20, 30])

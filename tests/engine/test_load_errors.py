@@ -28,7 +28,7 @@ def test_garbage_file_is_invalid_input(tmp_path):
         ({"max_queue_size": 0}, "max_queue_size"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
         ({"timeout_us": -5}, "timeout_us"),
-        ({"batcher": "gpu"}, "batcher must be one of native, python"),
+        ({"batcher": "gpu"}, "batcher must be one of native, python, auto"),
         ({"graph_optimization_level": "max"}, "graph_optimization_level"),
         ({"intra_op_threads": -1}, "intra_op_threads"),
     ],

@@ -361,9 +361,13 @@ def test_signature_warmup_and_metadata(onnx_models):
     assert model.ready is False
 
 
-def test_bytes_inputs_need_the_python_batcher(string_model):
+def test_bytes_inputs_need_the_python_batcher(string_model, onnx_models):
     with pytest.raises(InvalidInput, match="batcher='python'"):
         load_model(string_model)
+    with load_model(string_model, batcher="auto") as auto:
+        assert auto.batcher == "python"
+    with load_model(onnx_models["mlp"], batcher="auto") as auto:
+        assert auto.batcher == "native"
     with load_model(string_model, batcher="python", max_batch_size=8) as model:
         assert model.signature.inputs[0].datatype == "BYTES"
 

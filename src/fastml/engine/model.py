@@ -15,7 +15,7 @@ from fastml.engine.signature import Signature, signature_of
 from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
 from fastml.errors import InvalidInput, Unavailable
 
-BATCHERS = ("native", "python")
+BATCHERS = ("native", "python", "auto")
 _get_running_loop = asyncio.get_running_loop
 
 
@@ -56,6 +56,9 @@ class Model:
                 raise InvalidInput(f"{field} must be an int >= {low}; got {value!r}")
         if batcher not in BATCHERS:
             raise InvalidInput(f"batcher must be one of {', '.join(BATCHERS)}; got {batcher!r}")
+        self.signature: Signature = signature_of(session)
+        if batcher == "auto":  # the native batcher unless an input is BYTES, which only "python" batches
+            batcher = "python" if any(s.datatype == "BYTES" for s in self.signature.inputs) else "native"
         self.name = name
         self.version = str(version)
         self.max_batch_size = max_batch_size
@@ -65,7 +68,6 @@ class Model:
         self.timeout_us = timeout_us
         self.batcher = batcher
         self.prediction_logger = prediction_logger
-        self.signature: Signature = signature_of(session)
         self._session = session
         self._input_names = tuple(s.name for s in self.signature.inputs)
         self._output_names = [s.name for s in self.signature.outputs]
