@@ -140,14 +140,21 @@ struct PyBatcher {
     // The request's result dict: views of its rows of the batch outputs (the arrays themselves when
     // the request had the batch to itself). Returns None when no outputs were kept. GIL held.
     py::object Result(const Completion& c) {
-        auto it = batch_outputs.find(c.batch);
-        if (it == batch_outputs.end()) return py::none();
-        BatchOutputs& b = it->second;
-        if (b.remaining < 0) b.remaining = c.batch_requests;
+        py::list arrays;
+        {
+            // Map bookkeeping first, running no Python code: building the views below may run a
+            // finalizer that lets another thread in, and that thread may change the map.
+            auto it = batch_outputs.find(c.batch);
+            if (it == batch_outputs.end()) return py::none();
+            BatchOutputs& b = it->second;
+            if (b.remaining < 0) b.remaining = c.batch_requests;
+            arrays = b.arrays;  // our own reference; the entry may go right below
+            if (--b.remaining == 0) batch_outputs.erase(it);
+        }
         py::dict result;
         const bool whole = c.batch_requests == 1;
         for (size_t i = 0; i < outputs.size(); ++i) {
-            PyObject* arr = PyList_GET_ITEM(b.arrays.ptr(), i);  // borrowed from b.arrays
+            PyObject* arr = PyList_GET_ITEM(arrays.ptr(), i);  // borrowed from arrays
             if (whole) {
                 result[outputs[i]] = py::reinterpret_borrow<py::object>(arr);
             } else {
@@ -157,7 +164,6 @@ struct PyBatcher {
                 result[outputs[i]] = py::reinterpret_steal<py::object>(view);
             }
         }
-        if (--b.remaining == 0) batch_outputs.erase(it);
         return std::move(result);
     }
 };
