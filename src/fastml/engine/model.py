@@ -201,12 +201,6 @@ class Model:
             arrays.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
         return tuple(arrays)
 
-    def _raise(self, exc: Exception, inputs):
-        code, message = exc.args
-        if code == INVALID_INPUT:
-            self._validate(inputs)  # raises with the friendlier message when it can
-        raise status_error(code, message) from None
-
     # ------------------------------------------------------------------ results
     def _check_outputs(self, outputs):
         if outputs is None:
@@ -219,7 +213,7 @@ class Model:
             raise InvalidInput(f"model {self.name!r} has outputs {self._output_names}; unknown {unknown}")
         return outputs
 
-    def _log(self, inputs, arrays, result, t0_ns: int, request_id) -> None:
+    def _log(self, arrays, result, t0_ns: int, request_id) -> None:
         named = dict(zip(self._input_names, arrays))
         self.prediction_logger.log(
             model=self.name, version=self.version, inputs=named, outputs=result,
@@ -259,7 +253,7 @@ class Model:
         if outputs is not None:
             result = {n: result[n] for n in outputs}
         if self.prediction_logger is not None:
-            self._log(inputs, arrays, result, t0, request_id)
+            self._log(arrays, result, t0, request_id)
         return result
 
     def _submit_sync_checked(self, arrays, timeout):
@@ -338,7 +332,7 @@ class Model:
                 result = {n: result[n] for n in outputs}
             outer.set_result(result)
             if self.prediction_logger is not None:
-                self._log(None, arrays, result, t0, request_id)
+                self._log(arrays, result, t0, request_id)
 
         inner.add_done_callback(settle)
         return outer
