@@ -173,7 +173,9 @@ Status Batcher::Submit(std::vector<TensorView> inputs, int64_t timeout_us, std::
     req->inputs = std::move(inputs);
     req->queue = std::move(queue);
     req->user_data = user_data;
-    req->timeout_us = timeout_us > 0 ? timeout_us : 0;
+    // Deadlines past ~100 years are as good as none, and keep now + timeout within int64 ns.
+    constexpr int64_t kMaxTimeoutUs = int64_t{100} * 365 * 24 * 3600 * 1000 * 1000;
+    req->timeout_us = timeout_us > 0 ? std::min(timeout_us, kMaxTimeoutUs) : 0;
     bool wake = false;
     {
         std::lock_guard<std::mutex> lk(mu_);
