@@ -23,7 +23,7 @@ import time
 import msgspec
 
 from fastml import __version__
-from fastml.errors import FastMLError, InvalidInput, NotFound
+from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
 from fastml.server import routes
 from fastml.server.http import HttpProtocol
 from fastml.server.metrics import make_registry, merge_snapshots, model_snapshot
@@ -120,7 +120,11 @@ class Server:
         if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((self.host, port))
+        try:
+            sock.bind((self.host, port))
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"cannot listen on {self.host}:{port}: {exc.strerror or exc}") from None
         sock.setblocking(False)
         return sock
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
