@@ -75,7 +75,7 @@ def test_ddp_two_processes_trains_and_exports(tmp_path):
     assert [r["rows_seen"] for r in ddp["ranks"]] == [1600, 1600]
     assert result.state["stages"][5]["summary"]["ddp_world_size"] == 2
     parity = json.loads((result.run_dir / "09_export/parity.json").read_text())
-    assert parity["optimized"]["ok"] and parity["optimized"]["max_abs_diff"] < 1e-4
+    assert parity["optimized"]["ok"] and parity["onnx"]["ok"]  # within 1e-4 + 1e-3 * |p|
     assert result.metrics["accuracy"] > 0.6
     import onnxruntime as ort
 

@@ -34,7 +34,12 @@ def train_distributed(X: np.ndarray, y: np.ndarray, *, n_out: int, hidden_units:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                f"--nproc_per_node={nproc}", "-m", "fastml.pipeline.ddp", str(d)]
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        for _attempt in range(2):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+            # --standalone picks a free port and binds it a moment later; on a busy machine another
+            # process can take it in between. That one failure is worth a second try.
+            if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
+                break
         if proc.returncode != 0 or not (d / "state.pt").exists():
             raise InternalError(f"torchrun DDP training failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
         state = torch.load(d / "state.pt", weights_only=True)
