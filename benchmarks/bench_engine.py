@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import datetime
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from envinfo import machine_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / ".cache" / "bench_models"
@@ -51,28 +49,9 @@ def env_header() -> str:
     import onnxruntime
     import uvloop
 
-    import fastml
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown"
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     return "\n".join([
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- fastml {fastml.__version__} (git {sha}); Python {platform.python_version()}; "
-        f"onnxruntime {onnxruntime.__version__}; numpy {np.__version__}; uvloop {uvloop.__version__}",
-        f"- CPU: {cpu}, {os.cpu_count()} logical cores; load average {', '.join(f'{x:.1f}' for x in load)} "
-        "(shared machine: other jobs were running)",
+        *machine_lines(),
+        f"- onnxruntime {onnxruntime.__version__}; numpy {np.__version__}; uvloop {uvloop.__version__}",
         "- ORT sessions: CPU provider, intra_op_threads=1; fastml: max_batch_size=32, max_queue_delay_us=0, "
         "instances=1",
     ])

@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from envinfo import machine_lines
 import pyarrow as pa
 
 N_FEATURES = 10
@@ -35,27 +34,10 @@ def env_header() -> str:
     import lmdb
     import pandas
 
-    import fastml
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        sha = "?"
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return "\n".join([
-        f"- fastml {fastml.__version__} (git {sha}), Python {platform.python_version()}, {platform.system()}",
-        f"- CPU: {cpu} x {os.cpu_count()} (shared with other jobs; numbers are indicative)",
+        *machine_lines(),
         f"- numpy {np.__version__}, pyarrow {pa.__version__}, pandas {pandas.__version__}, python-lmdb {lmdb.__version__} "
         f"(LMDB {'.'.join(map(str, lmdb.version()))}); feast: not installed",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
     ])
 
 

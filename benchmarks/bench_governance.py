@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from envinfo import machine_lines
 
 
 def env_header() -> str:
@@ -31,26 +29,9 @@ def env_header() -> str:
     import msgspec
     import sklearn
 
-    import fastml
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        sha = "?"
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return "\n".join([
-        f"- fastml {fastml.__version__} (git {sha}), Python {platform.python_version()}, {platform.system()}",
-        f"- CPU: {cpu} x {os.cpu_count()} (shared with other jobs; numbers are indicative)",
+        *machine_lines(),
         f"- numpy {np.__version__}, fairlearn {fairlearn.__version__}, scikit-learn {sklearn.__version__}, msgspec {msgspec.__version__}",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}",
     ])
 
 

@@ -28,9 +28,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse
-import datetime as dt
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from envinfo import machine_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENTLY_PY = ROOT / ".cache" / "evidently-venv" / "bin" / "python"
@@ -49,30 +48,14 @@ def env_header() -> str:
     import pyarrow
     import scipy
 
-    import fastml
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-    except Exception:
-        sha = "?"
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     ev = "not installed"
     if EVIDENTLY_PY.exists():
         r = subprocess.run([str(EVIDENTLY_PY), "-c", "import importlib.metadata as m; print(m.version('evidently'), m.version('pandas'))"],
                            capture_output=True, text=True, timeout=60)
         ev = "evidently {} (pandas {})".format(*r.stdout.split()) if r.returncode == 0 else "broken venv"
     return "\n".join([
-        f"- fastml {fastml.__version__} @ {sha}; date {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}",
-        f"- CPU: {cpu} ({os.cpu_count()} logical CPUs visible, shared with other jobs: numbers are noisy)",
-        f"- Python {platform.python_version()}; numpy {np.__version__}; scipy {scipy.__version__}; pyarrow {pyarrow.__version__}; {ev}",
+        *machine_lines(),
+        f"- numpy {np.__version__}; scipy {scipy.__version__}; pyarrow {pyarrow.__version__}; {ev}",
     ])
 
 

@@ -15,11 +15,8 @@ Usage: python benchmarks/bench_registry.py [--quick] [--versions N] [--repeats N
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,7 @@ from pathlib import Path
 # Module level: the ORM resolves these names in the string annotations of the baseline's classes.
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from envinfo import machine_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,32 +35,15 @@ def env_header() -> str:
 
     import sqlalchemy
 
-    import fastml
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown"
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         import mlflow
 
         mlflow_v = mlflow.__version__
     except ImportError:
         mlflow_v = "not installed"
-    load = os.getloadavg()
     return "\n".join([
-        f"- fastml {fastml.__version__} @ {sha}; Python {platform.python_version()}; SQLAlchemy {sqlalchemy.__version__}; "
-        f"SQLite {sqlite3.sqlite_version}; mlflow {mlflow_v}",
-        f"- CPU: {cpu} ({os.cpu_count()} logical CPUs); load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (shared, busy machine)",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        *machine_lines(),
+        f"- SQLAlchemy {sqlalchemy.__version__}; SQLite {sqlite3.sqlite_version}; mlflow {mlflow_v}",
     ])
 
 
