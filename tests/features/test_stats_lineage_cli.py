@@ -47,14 +47,13 @@ def test_lineage_sources_ingests_and_model_users(fastml_home, driver_group):
     assert v1["materializations"][0]["written"] == 1
     assert v1["models"] == [] and "no model registry" in lin["note"]
 
-    registry = pytest.importorskip("fastml.registry")
+    from fastml.registry import Registry
+
     artifact = fastml_home / "m.onnx"
     artifact.write_bytes(b"not really onnx, the registry stores bytes")
-    reg = registry.Registry()
+    reg = Registry()
     try:
         reg.register("churn", artifact, feature_refs=["driver:trips", "driver@v1:rating", "other:x"])
-    except Exception as exc:  # the registry may validate artifacts as ONNX
-        pytest.skip(f"registry refused a placeholder artifact: {exc}")
     finally:
         reg.close()
     fs.register(FeatureGroup("driver", entities=["driver_id"], features=[Feature("trips", "float64")]))  # v2
