@@ -20,7 +20,6 @@ from fastml.loadtest import build_infer_request, run, run_closed_loop, run_open_
 @pytest.fixture
 def small_queue_server(onnx_models, tmp_path):
     """`fastml serve` on a free port with a 2-request queue and batching off: easy to overload."""
-    pytest.importorskip("fastml.server.cli", reason="fastml serve is not in this build")
     repo = tmp_path / "repo"
     (repo / "mlp" / "1").mkdir(parents=True)
     shutil.copyfile(onnx_models["mlp"], repo / "mlp" / "1" / "model.onnx")
