@@ -69,7 +69,7 @@ def test_ddp_two_processes_trains_and_exports(tmp_path):
                      tune={"n_trials": 1, "search_space": {"lr": {"type": "float", "low": 0.01, "high": 0.02}}})
     result = train(cfg)
     ddp = json.loads((result.run_dir / "06_train/ddp.json").read_text())
-    assert ddp["world_size"] == 2 and ddp["backend"] == "gloo"
+    assert ddp["world_size"] == 2 and ddp["backend"] == "gloo" and "torchrun_exit_code" in ddp
     # each rank trained on its half of every epoch: 160 training rows, 20 epochs
     assert [r["rank"] for r in ddp["ranks"]] == [0, 1]
     assert [r["rows_seen"] for r in ddp["ranks"]] == [1600, 1600]
