@@ -88,6 +88,12 @@ def test_regression_run_parity_within_tolerance(reg_parquet):
     sess = ort.InferenceSession(str(result.onnx_path))
     assert [i.name for i in sess.get_inputs()] == ["input"]
     assert sess.get_inputs()[0].shape == [None, 4]
+    # per-example results are absolute errors: the registry must treat lower as better
+    from fastml.registry import Registry
+
+    stored = Registry().get_eval_results(result.model_ref)
+    assert stored["higher_is_better"] is False and len(stored["scores"]) == 60
+    assert min(stored["scores"]) >= 0.0
 
 
 def test_parity_failure_fails_the_run(cls_csv, monkeypatch):

@@ -347,7 +347,9 @@ def stage_evaluate(ctx: Context) -> dict:
     if ctx.cfg.task == "classification":
         per_example = {"correct": [bool(v) for v in (np.asarray(pred) == y)], "example_ids": ids}
     else:
-        per_example = {"scores": [float(v) for v in np.abs(np.asarray(pred, dtype=np.float64) - y.astype(np.float64))], "example_ids": ids}
+        # absolute errors: lower is better, whatever direction compare() is asked for the headline metric
+        per_example = {"scores": [float(v) for v in np.abs(np.asarray(pred, dtype=np.float64) - y.astype(np.float64))],
+                       "higher_is_better": False, "example_ids": ids}
     (out / "eval_results.json").write_text(json.dumps(per_example))
     return metrics
 
