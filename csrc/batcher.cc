@@ -54,30 +54,38 @@ CompletionQueue::CompletionQueue() : fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC))
 CompletionQueue::~CompletionQueue() { close(fd_); }
 
 void CompletionQueue::Push(std::vector<Completion>&& items) {
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        if (items_.empty()) {
-            items_ = std::move(items);
-        } else {
-            for (auto& c : items) items_.push_back(std::move(c));
-        }
+    std::lock_guard<std::mutex> lk(mu_);
+    if (items_.empty()) {
+        items_ = std::move(items);
+    } else {
+        for (auto& c : items) items_.push_back(std::move(c));
     }
-    // One write per delivered batch: the event loop wakes once and drains everything.
+    // The quiet thread drains right after pushing: no wake-up needed.
+    if (signalled_ || std::this_thread::get_id() == quiet_thread_) return;
+    // One write per delivered batch: the event loop wakes once and drains everything. Written under mu_
+    // so that signalled_ always says whether the counter is non-zero.
     uint64_t one = 1;
     ssize_t n = write(fd_, &one, sizeof(one));
     (void)n;  // EAGAIN only when the counter would overflow: the reader is already due to wake
+    signalled_ = true;
 }
 
 std::vector<Completion> CompletionQueue::Drain() {
-    uint64_t count;
-    ssize_t n = read(fd_, &count, sizeof(count));
-    (void)n;  // EAGAIN: nothing signalled since the last drain, items_ may still hold late pushes
     std::vector<Completion> out;
-    {
-        std::lock_guard<std::mutex> lk(mu_);
-        out.swap(items_);
+    std::lock_guard<std::mutex> lk(mu_);
+    if (signalled_) {
+        uint64_t count;
+        ssize_t n = read(fd_, &count, sizeof(count));
+        (void)n;
+        signalled_ = false;
     }
+    out.swap(items_);
     return out;
+}
+
+void CompletionQueue::SetQuietThread() {
+    std::lock_guard<std::mutex> lk(mu_);
+    quiet_thread_ = std::this_thread::get_id();
 }
 
 // ---------------------------------------------------------------- Request
@@ -249,7 +257,7 @@ void Batcher::TakeExpiredLocked(int64_t now_ns, std::vector<std::shared_ptr<Requ
     stats_.pending = queued_;
 }
 
-bool Batcher::NextBatch(int runner, BatchInfo* out) {
+bool Batcher::NextBatch(int runner, BatchInfo* out, bool wait) {
     if (runner < 0 || runner >= static_cast<int>(runners_.size())) {
         throw std::out_of_range("runner index " + std::to_string(runner) + " out of range");
     }
@@ -266,6 +274,7 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         std::string key;
         Bucket* bucket = OldestBucketLocked(&key);
         if (!bucket) {
+            if (!wait) return false;
             ++idle_runners_;
             work_cv_.wait(lk);
             --idle_runners_;
@@ -295,7 +304,7 @@ bool Batcher::NextBatch(int runner, BatchInfo* out) {
         }
         const bool full = n < bucket->requests.size() || rows == options_.max_batch_size;
         const int64_t age = now - bucket->requests.front()->enqueue_ns;
-        if (!full && delay_ns > 0 && age < delay_ns) {
+        if (wait && !full && delay_ns > 0 && age < delay_ns) {
             const int64_t remaining = delay_ns - age;
             // Work-conserving: wait for more rows only when another arrival is expected within the
             // remaining delay; a lone request at low load goes at once.

@@ -90,15 +90,21 @@ class CompletionQueue {
     CompletionQueue& operator=(const CompletionQueue&) = delete;
 
     int fd() const { return fd_; }
-    // Appends `items` and writes the eventfd once. Never blocks for long (one short lock, one write).
+    // Appends `items` and writes the eventfd once (not when called on the quiet thread, see below).
+    // Never blocks for long (one short lock, one write).
     void Push(std::vector<Completion>&& items);
-    // Clears the eventfd counter and takes every completion queued so far.
+    // Clears the eventfd counter (only when it was written) and takes every completion queued so far.
     std::vector<Completion> Drain();
+    // Pushes made from the calling thread from now on skip the eventfd write: that thread (an event loop
+    // running batches inline) drains the queue itself right after completing a batch.
+    void SetQuietThread();
 
    private:
     int fd_;                        // eventfd, non-blocking; immutable after construction
-    std::mutex mu_;                 // guards items_
+    std::mutex mu_;                 // guards the fields below; the eventfd is written and read under it
     std::vector<Completion> items_; // guarded by mu_
+    bool signalled_ = false;        // guarded by mu_; the eventfd counter is non-zero
+    std::thread::id quiet_thread_;  // guarded by mu_; default id = none
 };
 
 // One submitted request. Shared by the queue, the batch it runs in and the submitter.
@@ -186,7 +192,9 @@ class Batcher {
 
     // Blocks until a batch is ready for runner `runner` (0 <= runner < instances) and gathers its rows.
     // Returns false once shut down. Call without the GIL.
-    bool NextBatch(int runner, BatchInfo* out);
+    // wait=false (inline runners on an event loop): never blocks; takes the oldest bucket's requests that
+    // are queued now, ignoring max_queue_delay_us, and returns false when none is queued.
+    bool NextBatch(int runner, BatchInfo* out, bool wait = true);
 
     // Top-up, between NextBatch and CompleteBatch, before the runner starts the batch: moves requests of
     // the batch's bucket that were queued meanwhile and still fit into the batch (without copying; short

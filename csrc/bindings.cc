@@ -194,6 +194,8 @@ static void bind_batcher(py::module_& m) {
         m, "CompletionQueue", "Completions for one event loop: watch `fd` (an eventfd), then resolve().")
         .def(py::init<>())
         .def_property_readonly("fd", &CompletionQueue::fd)
+        .def("set_quiet_thread", &CompletionQueue::SetQuietThread,
+             "Pushes from the calling thread stop writing the eventfd: it drains the queue itself (inline runner).")
         .def(
             "drain",
             [](CompletionQueue& q) {
@@ -330,6 +332,17 @@ static void bind_batcher(py::module_& m) {
             py::arg("runner"),
             "Blocks (GIL released) for runner `runner`'s next batch: (batch_id, rows, [input arrays]) or None "
             "after shutdown. The arrays are valid until this runner's complete().")
+        .def(
+            "try_next_batch",
+            [](PyBatcher& self, int runner) -> py::object {
+                BatchInfo info;
+                // Never blocks; the memcpy of a small batch is cheaper than a GIL hand-off, so the GIL stays.
+                if (!self.core->NextBatch(runner, &info, /*wait=*/false)) return py::none();
+                return self.BatchTuple(runner, info);
+            },
+            py::arg("runner"),
+            "Non-blocking next_batch for an inline runner: the requests queued now (max_queue_delay_us is not "
+            "waited for) as (batch_id, rows, [input arrays]), or None when nothing is queued or after shutdown.")
         .def(
             "complete",
             [](PyBatcher& self, int runner, int code, const std::string& message, const py::object& outputs) {

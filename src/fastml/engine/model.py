@@ -10,12 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from fastml.engine.session import create_session, warm_up
+from fastml.engine.session import create_session, example_inputs, warm_up
 from fastml.engine.signature import Signature, signature_of
 from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
 from fastml.errors import InvalidInput, Unavailable
 
 BATCHERS = ("native", "python", "auto")
+RUNNERS = ("threads", "loop", "auto")
+# runner="auto" runs batches inline on the event loop when a full batch takes at most this long (the MLP
+# takes about 10 us for 32 rows here): a longer batch would hold up the loop's I/O (new requests, responses,
+# signals) for a noticeable part of the 200 us latency target.
+AUTO_LOOP_MAX_BATCH_US = 100
 _get_running_loop = asyncio.get_running_loop
 
 
@@ -27,7 +32,9 @@ class Model:
     """A loaded model: call ``predict``/``predict_async``/``submit`` from any number of callers.
 
     Requests are batched per model by the batcher; ``instances`` runner threads share one
-    InferenceSession and each runs one batch at a time. Create with :func:`load_model`.
+    InferenceSession and each runs one batch at a time. With ``runner="loop"`` there are no runner
+    threads: each event loop that submits runs the batches itself, inline, once per loop iteration
+    (see docs/engine.md, "Inline runner"). Create with :func:`load_model`.
     """
 
     def __init__(
@@ -44,6 +51,7 @@ class Model:
         batcher: str = "native",
         prediction_logger: Any = None,
         warmup: bool = True,
+        runner: str = "threads",
     ) -> None:
         for field, value, low in (
             ("max_batch_size", max_batch_size, 1),
@@ -54,6 +62,8 @@ class Model:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidInput(f"{field} must be an int >= {low}; got {value!r}")
+        if runner not in RUNNERS:
+            raise InvalidInput(f"runner must be one of {', '.join(RUNNERS)}; got {runner!r}")
         if batcher not in BATCHERS:
             raise InvalidInput(f"batcher must be one of {', '.join(BATCHERS)}; got {batcher!r}")
         self.signature: Signature = signature_of(session)
@@ -67,6 +77,11 @@ class Model:
         self.max_queue_size = max_queue_size
         self.timeout_us = timeout_us
         self.batcher = batcher
+        if runner == "auto":
+            runner = self._pick_runner(session, batcher, max_batch_size)
+        self.runner = runner
+        if runner == "loop" and batcher != "native":
+            raise InvalidInput(f"model {name!r}: runner='loop' needs the native batcher (got batcher={batcher!r})")
         self.prediction_logger = prediction_logger
         self._session = session
         self._input_names = tuple(s.name for s in self.signature.inputs)
@@ -85,7 +100,9 @@ class Model:
             from fastml import _core
 
             self._core = _core.Batcher(
-                specs, self._output_names, max_batch_size, max_queue_size, max_queue_delay_us, instances
+                # The inline runner uses one runner slot, taken under _inline_lock.
+                specs, self._output_names, max_batch_size, max_queue_size, max_queue_delay_us,
+                1 if runner == "loop" else instances,
             )
             self._queue_type = _core.CompletionQueue
             self._core_error = _core.CoreError
@@ -106,13 +123,34 @@ class Model:
         self._loops: dict[asyncio.AbstractEventLoop, Any] = {}
         self._loops_lock = threading.Lock()
         self._closed = False
-        self._runners = [
+        self._inline = runner == "loop"
+        # Loops with a flush scheduled (call_soon) and not yet run; touched on each loop's own thread only.
+        self._flush_due: set = set()
+        # One inline flush at a time (several loops in several threads share the core's single runner slot).
+        self._inline_lock = threading.Lock()
+        self._runners = [] if self._inline else [
             threading.Thread(target=self._run_batches, args=(i,), name=f"fastml-runner-{name}-{i}", daemon=True)
             for i in range(instances)
         ]
         for t in self._runners:
             t.start()
         self.ready = True
+
+    def _pick_runner(self, session, batcher: str, max_batch_size: int) -> str:
+        """runner="auto": "loop" when the native batcher is used and a full batch runs within
+        AUTO_LOOP_MAX_BATCH_US (best of three timed runs), else "threads"."""
+        if batcher != "native":
+            return "threads"
+        feed = example_inputs(self.signature, max_batch_size)
+        best_ns = None
+        for _ in range(3):
+            t0 = time.perf_counter_ns()
+            session.run(None, feed)
+            took = time.perf_counter_ns() - t0
+            best_ns = took if best_ns is None else min(best_ns, took)
+            if took > AUTO_LOOP_MAX_BATCH_US * 1000 * 4:  # clearly heavy: no need to time it again
+                break
+        return "loop" if best_ns <= AUTO_LOOP_MAX_BATCH_US * 1000 else "threads"
 
     # ------------------------------------------------------------------ inference hook
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -140,6 +178,35 @@ class Model:
             # Hands the batch outputs to the core's bindings, then (GIL released) computes each request's
             # row range, signals the waiters (one eventfd write per event loop) and waits for the next batch.
             batch = core.complete_next(runner, OK, "", outputs)
+
+    def _run_batch_inline(self, batch) -> None:
+        """Runs one batch taken with try_next_batch and completes it (runner slot 0, caller holds _inline_lock)."""
+        core = self._core
+        batch_id, rows, arrays = batch
+        try:
+            outputs = self._run(dict(zip(self._input_names, arrays)))
+            if len(outputs) != len(self._output_names):
+                raise RuntimeError(f"expected {len(self._output_names)} outputs, got {len(outputs)}")
+            for out_name, out in zip(self._output_names, outputs):
+                if out.ndim == 0 or out.shape[0] != rows:
+                    raise RuntimeError(f"output '{out_name}' has shape {_shape(out.shape)} for a batch of {rows} rows")
+        except BaseException as exc:  # noqa: BLE001 - every failure must complete the batch
+            core.complete(0, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
+                                       f"{type(exc).__name__}: {exc}")
+            return
+        core.complete(0, OK, "", outputs)
+
+    def _flush(self, loop, queue) -> None:
+        """The inline runner (runner="loop"): scheduled once per loop iteration by the first submit. Runs
+        every batch queued now on this thread, then settles the futures straight from the queue."""
+        self._flush_due.discard(loop)
+        try_next = self._core.try_next_batch
+        with self._inline_lock:
+            batch = try_next(0)
+            while batch is not None:
+                self._run_batch_inline(batch)
+                batch = try_next(0)
+        self._resolve(queue, status_error)
 
     # ------------------------------------------------------------------ inputs
     def _arrays(self, inputs) -> tuple:
@@ -247,6 +314,14 @@ class Model:
                 ticket = self._submit_sync_checked(arrays, timeout)
             else:
                 raise status_error(*exc.args) from None
+        if self._inline:
+            # No runner threads: the caller runs what is queued (its own request included) on its own
+            # thread; async requests that ride along are delivered to their loops via the eventfd.
+            with self._inline_lock:
+                batch = self._core.try_next_batch(0)
+                while batch is not None:
+                    self._run_batch_inline(batch)
+                    batch = self._core.try_next_batch(0)
         code, message, result = self._core.wait(ticket)  # GIL released while waiting
         if code:
             raise status_error(code, message)
@@ -270,6 +345,8 @@ class Model:
             for old in [lp for lp in self._loops if lp.is_closed()]:
                 del self._loops[old]  # its reader went with the loop
             queue = self._queue_type()
+            if self._inline:
+                queue.set_quiet_thread()  # _flush drains it right after completing, on this thread
             self._loops[loop] = queue
         loop.add_reader(queue.fd, self._on_completions, queue)
         return queue
@@ -307,6 +384,9 @@ class Model:
                 self._submit_async(queue, arrays, timeout_us, fut)
             except self._core_error as exc2:
                 raise status_error(*exc2.args) from None
+        if self._inline and loop not in self._flush_due:
+            self._flush_due.add(loop)
+            loop.call_soon(self._flush, loop, queue)
         if outputs is None and self.prediction_logger is None:
             return fut
         return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id)
@@ -386,7 +466,8 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"Model(name={self.name!r}, version={self.version!r}, batcher={self.batcher!r}, "
-                f"max_batch_size={self.max_batch_size}, instances={self.instances}, ready={self.ready})")
+                f"max_batch_size={self.max_batch_size}, instances={self.instances}, runner={self.runner!r}, "
+                f"ready={self.ready})")
 
 
 def load_model(
@@ -404,8 +485,15 @@ def load_model(
     warmup: bool = True,
     batcher: str = "native",
     prediction_logger: Any = None,
+    runner: str = "threads",
 ) -> Model:
     """Loads an .onnx file into a batched Model (one InferenceSession, ``instances`` runner threads).
+
+    ``runner="loop"`` runs batches inline on the submitting event loop's thread instead (no runner
+    threads, no GIL hand-off; ``instances`` is then unused): cheapest per request for small models, but a
+    batch blocks that loop's I/O while it runs. ``predict()`` then runs the queued batch on the caller's
+    thread. Needs the native batcher. ``runner="auto"`` picks "loop" when a full batch runs within
+    AUTO_LOOP_MAX_BATCH_US (timed at load) and the batcher is native, else "threads".
 
     Raises:
         NotFound: no such file.
@@ -425,4 +513,5 @@ def load_model(
         batcher=batcher,
         prediction_logger=prediction_logger,
         warmup=warmup,
+        runner=runner,
     )

@@ -18,6 +18,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max_batch_size")
     p.add_argument("--max-queue-delay-us", type=int, default=None, help="override every model's max_queue_delay_us")
     p.add_argument("--instances", type=int, default=None, help="override every model's instance count (runner threads)")
+    p.add_argument("--runner", choices=("auto", "threads", "loop"), default=None,
+                   help="override every model's runner: 'loop' runs batches inline on the event loop (no runner "
+                   "threads; cheapest for small models), 'threads' on --instances runner threads (heavy models), "
+                   "'auto' (default) picks 'loop' when a full batch runs within 100 us")
     p.add_argument("--max-queue-size", type=int, default=None, help="override every model's queue capacity (503 beyond)")
     p.add_argument("--grace-period-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take (default 30)")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body (413 beyond)")
@@ -45,6 +49,7 @@ def _serve(args) -> int:
             "max_queue_delay_us": args.max_queue_delay_us,
             "instances": args.instances,
             "max_queue_size": args.max_queue_size,
+            "runner": args.runner,
         },
         grace_period_s=args.grace_period_s,
         max_body_bytes=args.max_body_bytes,

@@ -77,6 +77,9 @@ def _engine_load(path: Path, kw: dict):
     except InvalidInput:
         if not _has_string_input(path):
             raise
+    # The Python batcher has no inline runner: BYTES-input models always use runner threads.
+    if kw.get("runner") == "loop":
+        kw["runner"] = "threads"
     return engine_load(path, batcher="python", **kw)
 
 

@@ -21,7 +21,8 @@ from fastml.errors import InvalidInput, NotFound
 class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Per-model serving settings (``<repo>/<model>/config.toml``); all optional.
 
-    Attributes mirror :func:`fastml.engine.load_model` keyword arguments, plus ``version_policy``
+    Attributes mirror :func:`fastml.engine.load_model` keyword arguments (except that ``runner`` defaults
+    to ``"auto"`` here, to ``"threads"`` in the engine), plus ``version_policy``
     (``"latest"``: only the highest version; ``"all"``: every version directory). ``batcher="auto"`` uses
     the native batcher unless the model has BYTES inputs (then the Python reference batcher).
     """
@@ -33,6 +34,10 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     timeout_us: int = 0
     intra_op_threads: int = 1
     batcher: str = "auto"
+    # "auto": batches of small models run inline on the server's event loop (no GIL hand-off to runner
+    # threads: about half the server CPU per inference); models whose full batch takes over 100 us get
+    # runner threads, so their batches never block the loop's I/O. See docs/server.md.
+    runner: str = "auto"
     version_policy: str = "latest"
 
     def engine_kwargs(self) -> dict:
@@ -58,6 +63,8 @@ def _validate(raw: dict, source: str) -> RepositoryConfig:
         )
     if cfg.batcher not in ("auto", "native", "python"):
         raise InvalidInput(f"{source}: batcher must be 'auto', 'native' or 'python', got {cfg.batcher!r}")
+    if cfg.runner not in ("auto", "threads", "loop"):
+        raise InvalidInput(f"{source}: runner must be 'auto', 'threads' or 'loop', got {cfg.runner!r}")
     if cfg.version_policy not in ("latest", "all"):
         raise InvalidInput(f"{source}: version_policy must be 'latest' or 'all', got {cfg.version_policy!r}")
     return cfg
