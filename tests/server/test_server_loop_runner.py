@@ -51,6 +51,13 @@ def test_concurrent_requests_each_get_their_rows(loop_client, onnx_models):
         np.testing.assert_allclose(res.as_numpy("probabilities"), ref["probabilities"], rtol=1e-6, atol=1e-6)
 
 
+def test_model_config_says_where_batches_run(loop_server):
+    status, cfg = loop_server.get("/v2/models/mlp/config")
+    assert status == 200 and cfg["parameters"]["runner"] == {"string_value": "loop"}
+    status, cfg = loop_server.get("/v2/models/strings/config")
+    assert status == 200 and cfg["parameters"]["runner"] == {"string_value": "threads"}
+
+
 def test_bytes_model_falls_back_to_runner_threads(loop_client):
     words = np.array([[b"alpha"], [b"beta"]], dtype=np.object_)
     inp = httpclient.InferInput("text", list(words.shape), "BYTES")

@@ -213,6 +213,8 @@ class Server:
             "output": [{"name": t.name, "data_type": CONFIG_DTYPES[t.datatype], "dims": cfg_dims(t)} for t in sig.outputs],
             "instance_group": [{"name": entry.name, "count": entry.config.instances, "kind": "KIND_CPU"}],
             "default_model_filename": "model.onnx",
+            # Where batches run ("loop": inline on the event loop; "threads": runner threads), after "auto" chose.
+            "parameters": {"runner": {"string_value": str(getattr(entry.model, "runner", "threads"))}},
         }
         if mbs > 0:
             config["dynamic_batching"] = {

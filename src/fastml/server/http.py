@@ -311,8 +311,10 @@ class HttpProtocol:
         if self.lingering:
             # After an answer that ends the connection, the client may still be sending (a body over the
             # limit): read and drop it, so closing does not reset the connection before it reads the answer.
+            # The cap is well above the body limit: a client sending a body just over the limit must be able
+            # to finish (the sweep ends the linger after two seconds anyway).
             self.discarded += len(data)
-            if self.discarded > self.limits.max_body_bytes:
+            if self.discarded > 4 * self.limits.max_body_bytes:
                 self.closed = True
                 self.transport.close()
             return
