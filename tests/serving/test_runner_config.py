@@ -16,6 +16,16 @@ def test_runner_defaults_to_auto_and_reaches_the_engine(tmp_path):
     assert cfg.with_overrides({"runner": "loop", "instances": None}).runner == "loop"
 
 
+def test_explicit_instances_without_runner_mean_runner_threads(tmp_path):
+    (tmp_path / "config.toml").write_text("instances = 3\n")
+    assert read_config(tmp_path).runner == "threads"
+    (tmp_path / "config.toml").write_text('instances = 3\nrunner = "loop"\n')
+    assert read_config(tmp_path).runner == "loop"
+    assert RepositoryConfig().with_overrides({"instances": 2, "runner": None}).runner == "threads"
+    assert RepositoryConfig().with_overrides({"instances": 2, "runner": "auto"}).runner == "auto"
+    assert RepositoryConfig().with_overrides({"instances": None, "runner": None}).runner == "auto"
+
+
 def test_bad_runner_is_invalid_input(tmp_path):
     (tmp_path / "config.toml").write_text('runner = "inline"\n')
     with pytest.raises(InvalidInput, match="runner must be 'auto', 'threads' or 'loop'"):

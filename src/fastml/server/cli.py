@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1, help="server processes sharing the HTTP port via SO_REUSEPORT (default 1)")
     p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max_batch_size")
     p.add_argument("--max-queue-delay-us", type=int, default=None, help="override every model's max_queue_delay_us")
-    p.add_argument("--instances", type=int, default=None, help="override every model's instance count (runner threads)")
+    p.add_argument("--instances", type=int, default=None, help="override every model's instance count (runner threads; implies --runner threads unless --runner is given)")
     p.add_argument("--runner", choices=("auto", "threads", "loop"), default=None,
                    help="override every model's runner: 'loop' runs batches inline on the event loop (no runner "
                    "threads; cheapest for small models), 'threads' on --instances runner threads (heavy models), "

@@ -34,6 +34,7 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     timeout_us: int = 0
     intra_op_threads: int = 1
     batcher: str = "auto"
+    # Setting ``instances`` (config.toml or --instances) without ``runner`` means "threads".
     # "auto": batches of small models run inline on the server's event loop (no GIL hand-off to runner
     # threads: about half the server CPU per inference); models whose full batch takes over 100 us get
     # runner threads, so their batches never block the loop's I/O. See docs/server.md.
@@ -46,10 +47,19 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
         return d
 
     def with_overrides(self, overrides: dict) -> "RepositoryConfig":
-        """A copy with the given fields replaced (None values are ignored); validated."""
-        fields = {k: v for k, v in overrides.items() if v is not None}
+        """A copy with the given fields replaced (None values are ignored); validated. An explicit
+        ``instances`` without an explicit ``runner`` asks for runner threads (see _pin_runner)."""
+        fields = _pin_runner({k: v for k, v in overrides.items() if v is not None})
         merged = {**msgspec.structs.asdict(self), **fields}
         return _validate(merged, "overrides")
+
+
+def _pin_runner(raw: dict) -> dict:
+    """``instances`` counts runner threads: whoever sets it without choosing a runner gets runner threads
+    rather than the "auto" choice (which may run batches on the event loop and ignore ``instances``)."""
+    if "instances" in raw and "runner" not in raw:
+        return {**raw, "runner": "threads"}
+    return raw
 
 
 def _validate(raw: dict, source: str) -> RepositoryConfig:
@@ -79,7 +89,7 @@ def read_config(model_dir: Path) -> RepositoryConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: {exc}") from None
-    return _validate(raw, str(path))
+    return _validate(_pin_runner(raw), str(path))
 
 
 @dataclass
