@@ -64,3 +64,45 @@ def test_bytes_model_falls_back_to_runner_threads(loop_client):
     inp.set_data_from_numpy(words)
     res = loop_client.infer("strings", [inp])
     assert res.as_numpy("text_out").reshape(-1).tolist() == [b"alpha", b"beta"]
+
+
+def test_hot_reload_keeps_in_flight_requests(loop_server, onnx_models):
+    import threading
+
+    x = np.load(onnx_models["data"]).astype(np.float32)[:4]
+    expected = ort_reference(onnx_models["mlp"], x)["label"]
+    stop = threading.Event()
+    counts: list[tuple[int, list[str]]] = []
+
+    def hammer():
+        c = httpclient.InferenceServerClient(loop_server.url)
+        inp = httpclient.InferInput("input", [4, 32], "FP32")
+        inp.set_data_from_numpy(x)
+        ok, errors = 0, []
+        while True:  # at least one request per client, however fast the reloads go
+            try:
+                np.testing.assert_array_equal(c.infer("mlp", [inp]).as_numpy("label"), expected)
+                ok += 1
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+            if stop.is_set():
+                break
+        counts.append((ok, errors))
+        c.close()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    admin = httpclient.InferenceServerClient(loop_server.url)
+    try:
+        for _ in range(3):
+            admin.load_model("mlp")  # rebuild and swap while the clients keep sending
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert admin.get_model_config("mlp")["parameters"]["runner"] == {"string_value": "loop"}
+    admin.close()
+    assert len(counts) == 4
+    assert [e for _, errors in counts for e in errors] == []
+    assert all(ok > 0 for ok, _ in counts)
