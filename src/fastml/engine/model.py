@@ -346,6 +346,7 @@ class Model:
         with self._loops_lock:
             for old in [lp for lp in self._loops if lp.is_closed()]:
                 del self._loops[old]  # its reader went with the loop
+                self._flush_due.discard(old)  # a flush it never ran
             queue = self._queue_type()
             if self._inline:
                 queue.set_quiet_thread()  # _flush drains it right after completing, on this thread
