@@ -439,6 +439,10 @@ class Model:
         for t in self._runners:
             if t is not threading.current_thread():
                 t.join()
+        flush = getattr(self.prediction_logger, "flush", None)  # optional in the logger contract
+        if flush is not None:
+            # Records of this model's last requests reach the log files before the process may exit.
+            flush()
         with self._loops_lock:
             loops = list(self._loops.items())
             self._loops.clear()

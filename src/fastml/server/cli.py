@@ -18,6 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max_batch_size")
     p.add_argument("--max-queue-delay-us", type=int, default=None, help="override every model's max_queue_delay_us")
     p.add_argument("--instances", type=int, default=None, help="override every model's instance count (runner threads; implies --runner threads unless --runner is given)")
+    p.add_argument("--log-sample-rate", type=float, default=None,
+                   help="write this fraction of requests (0-1) to the prediction log under $FASTML_HOME/logs (default 0: off)")
     p.add_argument("--runner", choices=("auto", "threads", "loop"), default=None,
                    help="override every model's runner: 'loop' runs batches inline on the event loop (no runner "
                    "threads; cheapest for small models), 'threads' on --instances runner threads (heavy models), "
@@ -49,6 +51,7 @@ def _serve(args) -> int:
             "max_queue_delay_us": args.max_queue_delay_us,
             "instances": args.instances,
             "max_queue_size": args.max_queue_size,
+            "log_sample_rate": args.log_sample_rate,
             "runner": args.runner,
         },
         grace_period_s=args.grace_period_s,

@@ -30,13 +30,16 @@ def resolve_ref(ref: str):
     return mv, Path(reg.artifact_path(ref))
 
 
-def load_model(ref_or_path: str | Path, **engine_kwargs):
+def load_model(ref_or_path: str | Path, *, log_predictions: bool | float = False, **engine_kwargs):
     """Load a model for serving through the engine.
 
     Args:
         ref_or_path: path to an ``.onnx`` file, or a registry reference (``name@stage`` / ``name:version``);
             a reference is resolved with ``fastml.registry.Registry`` and its artifact is checked against its
             sha256 before loading.
+        log_predictions: write every request (True) or this fraction of requests (a float in (0, 1]) to
+            the prediction log under ``$FASTML_HOME/logs`` through a :class:`fastml.monitoring.PredictionLogger`
+            (asynchronous, bounded, never blocks a request). ``prediction_logger=`` passes your own instead.
         **engine_kwargs: passed to :func:`fastml.engine.load_model` (``max_batch_size``, ``instances``, ...).
             For a reference, ``name`` and ``version`` default to the registry's.
 
@@ -55,13 +58,24 @@ def load_model(ref_or_path: str | Path, **engine_kwargs):
             path = path / "model.onnx"
             if not path.is_file():
                 raise NotFound(f"{target}: directory has no model.onnx")
-        if path.suffix != ".onnx":
-            raise InvalidInput(f"{target}: expected an .onnx file")
-        return _engine_load(path, engine_kwargs)
+        # No suffix check: registry artifacts are stored by hash without one; ONNX Runtime refuses a file
+        # that is not a model (InvalidInput from the engine).
+        return _engine_load(path, _with_logger(engine_kwargs, log_predictions))
     mv, path = resolve_ref(target)
     engine_kwargs.setdefault("name", mv.name)
     engine_kwargs.setdefault("version", str(mv.version))
-    return _engine_load(path, engine_kwargs)
+    return _engine_load(path, _with_logger(engine_kwargs, log_predictions))
+
+
+def _with_logger(kw: dict, log_predictions: bool | float) -> dict:
+    if not log_predictions or kw.get("prediction_logger") is not None:
+        return kw
+    rate = 1.0 if log_predictions is True else float(log_predictions)
+    if not 0.0 < rate <= 1.0:
+        raise InvalidInput(f"log_predictions must be True or a sample rate in (0, 1], got {log_predictions!r}")
+    from fastml.monitoring import PredictionLogger
+
+    return {**kw, "prediction_logger": PredictionLogger(sample_rate=rate)}
 
 
 def _engine_load(path: Path, kw: dict):
@@ -86,5 +100,8 @@ def _engine_load(path: Path, kw: dict):
 def _has_string_input(path: Path) -> bool:
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - not a loadable model: the engine's InvalidInput says why
+        return False
     return any(i.type == "tensor(string)" for i in sess.get_inputs())

@@ -40,10 +40,16 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     # runner threads, so their batches never block the loop's I/O. See docs/server.md.
     runner: str = "auto"
     version_policy: str = "latest"
+    # Fraction of requests written to the prediction log ($FASTML_HOME/logs, fastml.monitoring); 0 = off.
+    log_sample_rate: float = 0.0
 
     def engine_kwargs(self) -> dict:
+        """Keyword arguments for :func:`fastml.serving.load_model`."""
         d = msgspec.structs.asdict(self)
         d.pop("version_policy")
+        rate = d.pop("log_sample_rate")
+        if rate > 0:
+            d["log_predictions"] = rate
         return d
 
     def with_overrides(self, overrides: dict) -> "RepositoryConfig":
@@ -75,6 +81,8 @@ def _validate(raw: dict, source: str) -> RepositoryConfig:
         raise InvalidInput(f"{source}: batcher must be 'auto', 'native' or 'python', got {cfg.batcher!r}")
     if cfg.runner not in ("auto", "threads", "loop"):
         raise InvalidInput(f"{source}: runner must be 'auto', 'threads' or 'loop', got {cfg.runner!r}")
+    if not 0.0 <= cfg.log_sample_rate <= 1.0:
+        raise InvalidInput(f"{source}: log_sample_rate must be between 0 and 1, got {cfg.log_sample_rate!r}")
     if cfg.version_policy not in ("latest", "all"):
         raise InvalidInput(f"{source}: version_policy must be 'latest' or 'all', got {cfg.version_policy!r}")
     return cfg
