@@ -138,13 +138,14 @@ def executor_tasks(session, x1: np.ndarray, tasks: int, seconds: float) -> Sampl
         pool.shutdown()
 
 
-def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher: str) -> Sample:
+def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher: str,
+                 runner: str = "threads") -> Sample:
     """(d)/(e): N tasks awaiting predict_async on batch-1 inputs."""
     import uvloop
 
     from fastml.engine import load_model
 
-    with load_model(path, max_batch_size=32, batcher=batcher) as model:
+    with load_model(path, max_batch_size=32, batcher=batcher, runner=runner) as model:
         async def main():
             return await _drive(tasks, seconds, lambda: model.predict_async(x1))
 
@@ -169,6 +170,10 @@ def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts:
     for n in task_counts:
         configs.append((f"d{n}", "(d) fastml predict_async", n,
                         lambda n=n: fastml_tasks(path, x1, n, seconds, "native")))
+    for n in task_counts:
+        # the inline runner (batches run on the event loop's thread; what `fastml serve` picks for small models)
+        configs.append((f"l{n}", "(d) fastml predict_async, runner=loop", n,
+                        lambda n=n: fastml_tasks(path, x1, n, seconds, "native", "loop")))
     for n in task_counts:
         configs.append((f"e{n}", "(e) fastml, Python reference batcher", n,
                         lambda n=n: fastml_tasks(path, x1, n, seconds, "python")))
@@ -196,6 +201,9 @@ def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts:
         f"**d/c = {d / rate['c']:.2f}x**, d/e = {d / e:.2f}x (e/a = {e / rate['a']:.2f}x).",
         f"CPU cost per row at {ref} tasks relative to fastml: a/d = {cpu['a'] / cpu[f'd{ref}']:.2f}x, "
         f"c/d = {cpu['c'] / cpu[f'd{ref}']:.2f}x, e/d = {cpu[f'e{ref}'] / cpu[f'd{ref}']:.2f}x.",
+        f"With runner=loop at {ref} tasks: **d/a = {rate[f'l{ref}'] / rate['a']:.2f}x**, "
+        f"**d/c = {rate[f'l{ref}'] / rate['c']:.2f}x**, d/b = {rate[f'l{ref}'] / rate['b']:.2f}x; "
+        f"CPU per row a/d = {cpu['a'] / cpu[f'l{ref}']:.2f}x.",
         "",
     ]
     return "\n".join(out)

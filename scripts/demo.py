@@ -74,7 +74,9 @@ def demo_engine(model_path: Path, X: np.ndarray) -> None:
     direct = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     expected = direct.run(["probabilities"], {"input": X[:512]})[0]
 
-    with fastml.load_model(model_path, max_batch_size=32, max_queue_delay_us=200, instances=1) as model:
+    with fastml.load_model(model_path, max_batch_size=32, max_queue_delay_us=200) as model:
+        print(f"  runner: {model.runner} (the default \"auto\" runs batches inline on the event loop when a full"
+              " batch takes under 100 us, else on runner threads)")
         print(f"  signature: inputs {[(s.name, s.datatype, s.shape) for s in model.signature.inputs]}"
               f" outputs {[(s.name, s.datatype, s.shape) for s in model.signature.outputs]}")
 
