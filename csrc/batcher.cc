@@ -412,6 +412,44 @@ void Batcher::GatherSlot(RunnerSlot& slot, BatchInfo* out) {
     slot.input_ns += slot.gathered_ns - start;
 }
 
+namespace {
+
+// Collects the completions of one batch (or one set of failures) and delivers them: grouped by
+// destination queue (usually one event loop), so each queue gets one Push and one eventfd write; blocking
+// waiters are woken one by one. The caller's requests keep every queue alive until Deliver returns.
+class CompletionRouter {
+   public:
+    void Add(Request& r, Completion&& c) {
+        if (!r.queue) {
+            sync_.emplace_back(&r, std::move(c));
+            return;
+        }
+        auto it = std::find_if(groups_.begin(), groups_.end(),
+                               [&](const auto& g) { return g.first == r.queue.get(); });
+        if (it == groups_.end()) {
+            groups_.emplace_back(r.queue.get(), std::vector<Completion>{});
+            it = std::prev(groups_.end());
+        }
+        it->second.push_back(std::move(c));
+    }
+
+    void Deliver() {
+        for (auto& g : groups_) g.first->Push(std::move(g.second));
+        for (auto& [r, c] : sync_) {
+            std::lock_guard<std::mutex> lk(r->done_mu);
+            r->result = std::move(c);
+            r->done = true;
+            r->done_cv.notify_all();
+        }
+    }
+
+   private:
+    std::vector<std::pair<CompletionQueue*, std::vector<Completion>>> groups_;
+    std::vector<std::pair<Request*, Completion>> sync_;
+};
+
+}  // namespace
+
 void Batcher::CompleteBatch(int runner, const Status& status) {
     if (runner < 0 || runner >= static_cast<int>(runners_.size())) {
         throw std::out_of_range("runner index " + std::to_string(runner) + " out of range");
@@ -425,9 +463,7 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         slot.requests.clear();
         return;
     }
-    // Group completions by destination queue (usually one event loop): one Push, one eventfd write each.
-    std::vector<std::pair<CompletionQueue*, std::vector<Completion>>> groups;
-    std::vector<std::pair<Request*, Completion>> sync;  // blocking waiters, woken after the counters
+    CompletionRouter out;  // delivered after the counters are updated
     int64_t request_end = 0;
     for (size_t i = 0; i < slot.requests.size(); ++i) {
         Request& r = *slot.requests[i];
@@ -438,17 +474,7 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         c.rows = r.rows;
         c.batch_requests = static_cast<int64_t>(slot.requests.size());
         c.user_data = r.user_data;
-        if (r.queue) {
-            auto it = std::find_if(groups.begin(), groups.end(),
-                                   [&](const auto& g) { return g.first == r.queue.get(); });
-            if (it == groups.end()) {
-                groups.emplace_back(r.queue.get(), std::vector<Completion>{});
-                it = std::prev(groups.end());
-            }
-            it->second.push_back(std::move(c));
-        } else {
-            sync.emplace_back(&r, std::move(c));
-        }
+        out.Add(r, std::move(c));
     }
     // Counters first, so a caller woken below already sees its request counted.
     const int64_t end = SteadyNowNs();
@@ -470,21 +496,14 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         b.compute_infer_ns += start - slot.gathered_ns;
         b.compute_output_ns += end - start;
     }
-    for (auto& g : groups) g.first->Push(std::move(g.second));
-    for (auto& [r, c] : sync) {
-        std::lock_guard<std::mutex> lk(r->done_mu);
-        r->result = std::move(c);
-        r->done = true;
-        r->done_cv.notify_all();
-    }
+    out.Deliver();
     slot.requests.clear();
 }
 
 void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, StatusCode code,
                    const std::vector<std::string>& messages) {
     if (requests.empty()) return;
-    std::vector<std::pair<CompletionQueue*, std::vector<Completion>>> groups;
-    std::vector<std::pair<Request*, Completion>> sync;
+    CompletionRouter out;
     for (size_t i = 0; i < requests.size(); ++i) {
         Request& r = *requests[i];
         Completion c;
@@ -493,17 +512,7 @@ void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, Status
         c.code = code;
         c.message = messages[i];
         c.user_data = r.user_data;
-        if (r.queue) {
-            auto it = std::find_if(groups.begin(), groups.end(),
-                                   [&](const auto& g) { return g.first == r.queue.get(); });
-            if (it == groups.end()) {
-                groups.emplace_back(r.queue.get(), std::vector<Completion>{});
-                it = std::prev(groups.end());
-            }
-            it->second.push_back(std::move(c));
-        } else {
-            sync.emplace_back(&r, std::move(c));
-        }
+        out.Add(r, std::move(c));
     }
     {
         // Counters first, so a caller woken below already sees its failure counted.
@@ -513,13 +522,7 @@ void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, Status
         for (const auto& r : requests) stats_.fail_ns += end - r->enqueue_ns;
     }
     // `requests` holds a reference to every queue, so the raw pointers above stay valid.
-    for (auto& g : groups) g.first->Push(std::move(g.second));
-    for (auto& [r, c] : sync) {
-        std::lock_guard<std::mutex> lk(r->done_mu);
-        r->result = std::move(c);
-        r->done = true;
-        r->done_cv.notify_all();
-    }
+    out.Deliver();
 }
 
 void Batcher::DeadlineLoop() {
