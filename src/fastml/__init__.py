@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-import importlib
+from fastml._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -20,18 +20,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastml' has no attribute {name!r}")
-    mod = importlib.import_module(module)
-    value = mod if module.rsplit(".", 1)[-1] == name else getattr(mod, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("fastml", _EXPORTS, globals())
 
 
 __all__ = ["__version__", *_EXPORTS]

@@ -12,7 +12,7 @@ Names are resolved lazily so ``import fastml.governance`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
+from fastml._lazy import lazy_exports
 
 _EXPORTS = {
     "assess_fairness": "fastml.governance.fairness",
@@ -35,17 +35,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastml.governance' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("fastml.governance", _EXPORTS, globals())
 
 
 __all__ = list(_EXPORTS)

@@ -7,7 +7,7 @@ import) does not pull in scipy or matplotlib.
 
 from __future__ import annotations
 
-import importlib
+from fastml._lazy import lazy_exports
 
 _EXPORTS = {
     "PredictionLogger": "fastml.monitoring.log",
@@ -34,17 +34,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fastml.monitoring' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("fastml.monitoring", _EXPORTS, globals())
 
 
 __all__ = list(_EXPORTS)

@@ -14,7 +14,7 @@ does not load SQLAlchemy.
 
 from __future__ import annotations
 
-import importlib
+from fastml._lazy import lazy_exports
 
 _EXPORTS = {
     "Registry": "fastml.registry.registry",
@@ -24,28 +24,13 @@ _EXPORTS = {
     "Ref": "fastml.registry.refs",
     "parse_ref": "fastml.registry.refs",
     "SemVer": "fastml.registry.semver",
-    "parse_version": "fastml.registry.semver",
+    "parse_version": "fastml.registry.semver:parse",
     "Webhook": "fastml.registry.events",
     "verify_signature": "fastml.registry.events",
 }
-_RENAMED = {"parse_version": "parse"}
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        # Submodules (fastml.registry.store, ...) are still importable the usual way.
-        try:
-            return importlib.import_module(f"fastml.registry.{name}")
-        except ModuleNotFoundError:
-            raise AttributeError(f"module 'fastml.registry' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports("fastml.registry", _EXPORTS, globals(), submodules=True)
 
 
 __all__ = list(_EXPORTS)
