@@ -214,6 +214,8 @@ class ModelManager:
         try:
             names |= set(self._sources())
         except FastMLError:
+            # The repository cannot be scanned right now (a directory removed, a registry reference that no
+            # longer resolves): the index still lists what is loaded or known to be unavailable.
             pass
         for name in sorted(names):
             if name in self.models:
