@@ -12,7 +12,11 @@ from serverkit import ROOT
 PA = ROOT / ".cache" / "perf_analyzer" / "pa"
 
 
-@pytest.mark.skipif(not PA.exists(), reason=f"perf_analyzer not installed at {PA} (scripts/test.sh installs it via ../shared/bench/get_perf_analyzer.sh)")
+@pytest.mark.skipif(
+    not PA.exists(),
+    reason=f"perf_analyzer not installed at {PA}; scripts/test.sh installs it, or run "
+    "`bash scripts/get_perf_analyzer.sh .cache/perf_analyzer .venv/bin/pip` (needs libb64-0d and unzip)",
+)
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_perf_analyzer_concurrency_1_and_8(server, tmp_path, binary):
     out = tmp_path / "pa.csv"

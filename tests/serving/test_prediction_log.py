@@ -1,4 +1,4 @@
-"""Prediction logging wired into fastml.load_model and fastml serve (issue 7: the engine feeds monitoring)."""
+"""Prediction logging wired into fastml.load_model and fastml serve (the engine feeds monitoring)."""
 
 from __future__ import annotations
 
