@@ -1,7 +1,10 @@
 """One settings object: built-in defaults < config file < ``FASTML_*`` environment variables.
 
-The config file is ``$FASTML_CONFIG`` if set, else ``$FASTML_HOME/config.toml`` when it exists. Each
-field maps to the environment variable ``FASTML_<FIELD>`` (upper case). Settings are read once per
+The home directory is ``$FASTML_HOME`` if set, else the per-user data directory
+``$XDG_DATA_HOME/fastml`` (``~/.local/share/fastml`` when ``XDG_DATA_HOME`` is unset), the same place
+MLflow- and Feast-style tools keep local state, so every command finds the same registry whatever the
+current directory. The config file is ``$FASTML_CONFIG`` if set, else ``<home>/config.toml`` when it
+exists; it may set ``home`` too. Each field maps to the environment variable ``FASTML_<FIELD>`` (upper case). Settings are read once per
 process by :func:`get_settings`; tests call :func:`reset_settings` after changing the environment.
 """
 
@@ -15,12 +18,24 @@ from pathlib import Path
 from fastml.errors import InvalidInput
 
 
+def default_home(environ: dict[str, str] | None = None) -> Path:
+    """The per-user home used when neither ``FASTML_HOME`` nor the config file names one:
+    ``$XDG_DATA_HOME/fastml``, else ``~/.local/share/fastml`` (XDG base directory specification)."""
+    env = os.environ if environ is None else environ
+    xdg = env.get("XDG_DATA_HOME", "")
+    # The XDG spec says a relative XDG_DATA_HOME is invalid and must be ignored.
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "fastml"
+    return Path(env.get("HOME") or Path.home()) / ".local" / "share" / "fastml"
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Process-wide settings. Paths are absolute once loaded."""
 
-    home: Path = Path(".fastml")
-    """Root of all embedded state (registry.db, artifacts/, features/, logs/, audit/, runs/)."""
+    home: Path = dataclasses.field(default_factory=default_home)
+    """Root of all embedded state (registry.db, artifacts/, features/, logs/, audit/, runs/); default
+    :func:`default_home`."""
     registry_url: str = ""
     """SQLAlchemy URL of the registry; empty means SQLite at ``home/registry.db``."""
     user: str = ""
@@ -65,7 +80,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     values: dict = {}
     fields = {f.name: f for f in dataclasses.fields(Settings)}
-    home = Path(env.get("FASTML_HOME", str(Settings.home)))
+    home = Path(env["FASTML_HOME"]) if env.get("FASTML_HOME") else default_home(env)
     cfg_path = Path(env["FASTML_CONFIG"]) if env.get("FASTML_CONFIG") else home / "config.toml"
     if cfg_path.is_file():
         with open(cfg_path, "rb") as fh:
@@ -79,10 +94,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             values[key] = _coerce(fields[key], raw, str(cfg_path))
     for name, field in fields.items():
         var = f"FASTML_{name.upper()}"
-        if var in env:
+        if var in env and not (name == "home" and not env[var]):  # an empty FASTML_HOME means "unset"
             values[name] = _coerce(field, env[var], var)
+    values.setdefault("home", home)
     settings = Settings(**values)
-    return dataclasses.replace(settings, home=Path(settings.home).absolute())
+    return dataclasses.replace(settings, home=Path(settings.home).expanduser().absolute())
 
 
 _settings: Settings | None = None

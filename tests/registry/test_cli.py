@@ -71,10 +71,14 @@ def test_reject_requests_and_delete(cli, artifact):
     assert "NotFound" in cli("show", "m:1.0.1", expect=2)
 
 
-def test_errors_are_one_line_with_suggestions(cli, artifact):
+def test_errors_are_one_line_with_suggestions(cli, artifact, registry_url):
+    from fastml.registry.registry import describe_location
+    from sqlalchemy.engine import make_url
+
     cli("register", "churn", str(artifact("a")))
     err = cli("show", "chrun", expect=2)
-    assert err.strip() == "fastml: error: NotFound: model 'chrun' is not registered; did you mean 'churn'?"
+    where = describe_location(make_url(registry_url))  # the registry file (SQLite) or URL it looked in
+    assert err.strip() == f"fastml: error: NotFound: model 'chrun' is not registered in {where}; did you mean 'churn'?"
     assert "InvalidInput" in cli("register", "churn", str(artifact("b")), "--version", "1.0", expect=2)
     assert "Conflict" in cli("register", "churn", str(artifact("b")), "--version", "1.0.0", expect=1)
     assert "not a number" in cli("register", "churn", str(artifact("b")), "--metric", "auc=high", expect=2)

@@ -104,8 +104,8 @@ class MetadataStore:
         if not rows:
             known = self.versions(name)
             if known:
-                raise NotFound(f"feature group {name!r} has no version {version}; versions: {known}")
-            raise NotFound(f"feature group {name!r} is not registered; known groups: {self.group_names()}")
+                raise NotFound(f"feature group {name!r} has no version {version} in {self.path}; versions: {known}")
+            raise NotFound(f"feature group {name!r} is not registered in {self.path}; known groups: {self.group_names()}")
         return FeatureGroup.from_dict(json.loads(rows[0][0])), rows[0][1]
 
     def versions(self, name: str) -> list[int]:

@@ -318,9 +318,11 @@ def _alias(args) -> int:
 
 def _delete(args) -> int:
     reg = _registry(args)
-    reg.delete_version(args.ref, actor=args.actor, reason=args.reason)
+    # Resolve first so a bare name or alias deletes exactly the version printed (churn -> churn:1.0.1).
+    exact = reg.resolve(args.ref).ref
+    reg.delete_version(exact, actor=args.actor, reason=args.reason)
     reg.close()
-    print(f"deleted {args.ref}")
+    print(f"deleted {exact}")
     return 0
 
 

@@ -150,6 +150,14 @@ def _webhooks_from_file(path: Path) -> list:
     return data
 
 
+def describe_location(url: sa.engine.URL) -> str:
+    """Where a registry lives, for error messages: ``registry /path/registry.db`` for SQLite, else the URL
+    without its password."""
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return f"registry {Path(url.database).absolute()}"
+    return f"registry {url.render_as_string(hide_password=True)}"
+
+
 def _close(word: str, options: Iterable[str]) -> str:
     matches = difflib.get_close_matches(word, list(options), n=3, cutoff=0.5)
     return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
@@ -200,6 +208,7 @@ class Registry:
             if s in self.protected or s in self.exclusive:
                 raise InvalidInput(f"the first and last stages ({s!r}) cannot be protected or exclusive")
         self.engine = store.create_engine(self.url)
+        self.location = describe_location(self.engine.url)
         store.migrate(self.engine)
         if artifacts_dir is None:
             artifacts_dir = settings.home / "artifacts"
@@ -297,7 +306,7 @@ class Registry:
         mid = conn.execute(_SEL_MODEL_ID, {"name": name}).scalar()
         if mid is None:
             names = conn.execute(sa.select(_m.c.name)).scalars().all()
-            raise NotFound(f"model {name!r} is not registered{_close(name, names)}")
+            raise NotFound(f"model {name!r} is not registered in {self.location}{_close(name, names)}")
         return mid
 
     def _build_lookups(self) -> None:
@@ -332,15 +341,15 @@ class Registry:
         mid = self._model_id(conn, r.name)  # raises NotFound with close model names
         if r.version is not None:
             known = conn.execute(sa.select(_v.c.version).where(_v.c.model_id == mid, _v.c.deleted_at.is_(None))).scalars().all()
-            raise NotFound(f"model {r.name!r} has no version {r.version!r}{_close(r.version, known)}")
+            raise NotFound(f"model {r.name!r} has no version {r.version!r} in {self.location}{_close(r.version, known)}")
         if r.selector == LATEST:
-            raise NotFound(f"model {r.name!r} has no versions")
+            raise NotFound(f"model {r.name!r} has no live versions in {self.location}")
         if r.selector in self.stages:
-            raise NotFound(f"model {r.name!r} has no version in stage {r.selector!r}")
+            raise NotFound(f"model {r.name!r} has no version in stage {r.selector!r} in {self.location}")
         known = conn.execute(sa.select(_a.c.alias).where(_a.c.model_id == mid)).scalars().all()
         raise NotFound(
             f"model {r.name!r} has no alias or stage {r.selector!r}{_close(r.selector, [*known, *self.stages, LATEST])} "
-            f"(aliases: {sorted(known) or 'none'}; stages: {self.stages})"
+            f"(aliases: {sorted(known) or 'none'}; stages: {self.stages}) in {self.location}"
         )
 
     def resolve(self, ref: str) -> ModelVersion:
@@ -362,7 +371,7 @@ class Registry:
         """The verified source-framework file registered with ``ref`` (``NotFound`` if none)."""
         mv = self.resolve(ref)
         if not mv.source_sha256:
-            raise NotFound(f"{mv.ref} was registered without a source artifact")
+            raise NotFound(f"{mv.ref} was registered without a source artifact ({self.location})")
         return self.artifacts.verified_path(mv.source_sha256, mv.source_size_bytes, f"{mv.ref} (source)")
 
     def get_model_card(self, ref: str) -> dict | None:
@@ -632,7 +641,7 @@ class Registry:
             raise InvalidInput(f"request id must be an integer; got {request_id!r}")
         req = conn.execute(sa.select(_req).where(_req.c.id == request_id)).first()
         if req is None:
-            raise NotFound(f"no transition request {request_id}")
+            raise NotFound(f"no transition request {request_id} in {self.location}")
         return req
 
     def get_request(self, request_id: int) -> dict:

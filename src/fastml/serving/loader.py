@@ -7,8 +7,9 @@ from pathlib import Path
 
 from fastml.errors import InvalidInput, NotFound
 
-# name@stage or name:version; a registry model name never contains '/' (paths do).
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?P<sep>[@:])(?P<tag>[A-Za-z0-9_.\-+]+)$")
+# name, name@stage or name:version; a registry model name never contains '/' (paths do). A bare name
+# means name@latest, as MLflow's models:/name/latest (the highest live version).
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:(?P<sep>[@:])(?P<tag>[A-Za-z0-9_.\-+]+))?$")
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -16,9 +17,14 @@ def parse_target(target: str) -> tuple[str, str]:
     for a registry reference. Raises NotFound when it is neither."""
     if Path(target).exists():
         return "path", target
-    if _REF.match(target):
+    m = _REF.match(target)
+    # A bare word ending in .onnx is a mistyped path, not a model name: say so instead of asking the registry.
+    if m and (m.group("sep") or not target.lower().endswith(".onnx")):
         return "ref", target
-    raise NotFound(f"{target!r} is neither an existing file or directory nor a registry reference like name@stage or name:version")
+    raise NotFound(
+        f"{target!r} is neither an existing file or directory (looked in {Path.cwd()}) nor a registry reference "
+        "like name, name@stage or name:version"
+    )
 
 
 def resolve_ref(ref: str):
@@ -34,7 +40,8 @@ def load_model(ref_or_path: str | Path, *, log_predictions: bool | float = False
     """Load a model for serving through the engine.
 
     Args:
-        ref_or_path: path to an ``.onnx`` file, or a registry reference (``name@stage`` / ``name:version``);
+        ref_or_path: path to an ``.onnx`` file, or a registry reference (``name@stage`` / ``name:version``,
+            or a bare ``name`` for its highest live version, like ``name@latest``);
             a reference is resolved with ``fastml.registry.Registry`` and its artifact is checked against its
             sha256 before loading.
         log_predictions: write every request (True) or this fraction of requests (a float in (0, 1]) to
