@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # group name -> module defining add_parser(subparsers) for it
@@ -55,7 +56,37 @@ def _version() -> str:
     return f"fastml {__version__}"
 
 
+# Exit status of a command whose reader went away (`fastml ... | head`): what a shell reports for a
+# process ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``fastml`` command; returns its exit code."""
+    try:
+        code = _run(argv)
+        # Flush here, inside the handler: a pipe closed by the reader fails on this flush, not at exit.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader (head, grep -q) stopped reading: not an error of ours. Python keeps SIGPIPE ignored
+        # (the server needs EPIPE as an exception on sockets), so end quietly like a tool killed by
+        # SIGPIPE. Pointing stdout at /dev/null stops the interpreter's final flush from printing
+        # "Exception ignored ... BrokenPipeError" on the way out.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout has no file descriptor (captured in tests)
+        pass
+
+
+def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
