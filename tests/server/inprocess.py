@@ -160,7 +160,7 @@ class InProcessServer:
             server = Server(manager, http_port=0, metrics_port=None)
             await server.start()
             self.http_port = server.http_port
-            self.dataplane = server.dataplane
+            self.dataplane = server.plane
         else:
             from fastml.serving.dataplane import DataPlane
 
