@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,31 +96,17 @@ async def _single(opts: ServeOptions) -> int:
 
 # ----- worker side ---------------------------------------------------------------------------------
 async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
-    from fastml.server import routes
-    from fastml.server.app import EXTENSIONS, Server
-    from fastml.server.tensors import encode_json
+    from fastml.server.app import Server
+    from fastml.server.metrics import merge_snapshots
     from fastml.serving import ModelManager
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all()
     server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True)
     # Repository load/unload would change one worker only: not offered with several workers.
-    server.async_kinds = set()
-    server._server_meta = encode_json(
-        {"name": "fastml", "version": _version(), "extensions": [e for e in EXTENSIONS if e != "model_repository"]}
-    )
-    original_handle = server._handle
-
-    def handle(kind, name, version, body):
-        if kind in (routes.REPO_LOAD, routes.REPO_UNLOAD):
-            from fastml.errors import InvalidInput
-
-            raise InvalidInput("model repository load/unload is not available with --workers > 1")
-        if kind in (routes.MODEL_STATS, routes.ALL_STATS):
-            return _aggregate_stats(server, snapshot_dir, kind, name, version)
-        return original_handle(kind, name, version, body)
-
-    server._handle = handle
+    server.plane.disable_repository("the server runs with --workers > 1")
+    # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
+    server.plane.snapshot_source = lambda: merge_snapshots(read_snapshots(snapshot_dir))["models"]
     await server.start()
     me = snapshot_dir / f"worker-{os.getpid()}.json"
 
@@ -139,12 +126,6 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
     return 0
 
 
-def _version() -> str:
-    from fastml import __version__
-
-    return __version__
-
-
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -159,21 +140,6 @@ def read_snapshots(snapshot_dir: Path) -> list[dict]:
         except (OSError, ValueError):
             continue  # being replaced right now; the next scrape sees it
     return out
-
-
-def _aggregate_stats(server, snapshot_dir: Path, kind, name, version):
-    """Statistics summed over every worker's latest snapshot (monotone across workers)."""
-    from fastml.server import routes
-    from fastml.server.app import model_statistics_from_snapshot
-    from fastml.server.metrics import merge_snapshots
-    from fastml.server.tensors import encode_json
-
-    merged = merge_snapshots(read_snapshots(snapshot_dir))
-    models = merged["models"]
-    if kind == routes.MODEL_STATS:
-        server.manager.get(name, version)  # 404 / 503 as for one process
-        models = [m for m in models if m["name"] == name and (version is None or m["version"] == version)]
-    return 200, encode_json({"model_stats": [model_statistics_from_snapshot(m) for m in models]}), b"application/json"
 
 
 # ----- supervisor side -----------------------------------------------------------------------------
@@ -192,7 +158,7 @@ class _Supervisor:
         line = proc.stdout.readline()
         if not line.startswith("READY"):
             proc.wait(timeout=10)
-            raise RuntimeError(f"worker failed to start (exit {proc.returncode})")
+            raise _startup_error(line, proc.returncode)
         self.procs[proc.pid] = proc
         return proc
 
@@ -217,6 +183,10 @@ async def _supervise(opts: ServeOptions) -> int:
     except BaseException:
         for p in sup.procs.values():
             p.terminate()
+        for p in sup.procs.values():
+            p.wait()
+        reserve.close()
+        shutil.rmtree(snapshot_dir, ignore_errors=True)
         raise
     metrics = Server(None, opts.host, None, opts.metrics_port, snapshot_fn=lambda: merge_snapshots(read_snapshots(snapshot_dir)))
     await metrics.start()
@@ -266,11 +236,38 @@ async def _supervise(opts: ServeOptions) -> int:
     return 0 if all(c == 0 for c in codes) else 1
 
 
+# A worker that cannot start writes this prefix and its error as JSON on stdout instead of READY; the
+# supervisor raises the same error, so `fastml serve --workers N` fails with the one line that
+# `fastml serve` prints, not a traceback per process.
+_FAILED = "FAILED "
+
+
+def _startup_error(line: str, returncode: int | None) -> Exception:
+    """The error a worker reported on its first stdout line (see ``_FAILED``)."""
+    from fastml import errors
+
+    if line.startswith(_FAILED):
+        try:
+            info = json.loads(line[len(_FAILED):])
+            cls = getattr(errors, info["kind"], None)
+            if isinstance(cls, type) and issubclass(cls, errors.FastMLError):
+                return cls(info["message"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return errors.InternalError(f"a server worker failed to start (exit {returncode}); its error is printed above")
+
+
 def _worker_main(argv: list[str]) -> int:
     import uvloop
 
+    from fastml.errors import FastMLError, InvalidInput, NotFound
+
     opts = ServeOptions(**json.loads(argv[0]))
-    return uvloop.run(_worker(opts, Path(argv[1])))
+    try:
+        return uvloop.run(_worker(opts, Path(argv[1])))
+    except FastMLError as exc:
+        print(_FAILED + json.dumps({"kind": type(exc).__name__, "message": str(exc)}), flush=True)
+        return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
 
 
 if __name__ == "__main__":
