@@ -96,17 +96,31 @@ async def _single(opts: ServeOptions) -> int:
 
 # ----- worker side ---------------------------------------------------------------------------------
 async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
-    from fastml.server.app import Server
-    from fastml.server.metrics import merge_snapshots
+    from fastml.server import routes
+    from fastml.server.app import EXTENSIONS, Server
+    from fastml.server.tensors import encode_json
     from fastml.serving import ModelManager
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all()
     server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True)
     # Repository load/unload would change one worker only: not offered with several workers.
-    server.plane.disable_repository("the server runs with --workers > 1")
-    # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
-    server.plane.snapshot_source = lambda: merge_snapshots(read_snapshots(snapshot_dir))["models"]
+    server.async_kinds = set()
+    server._server_meta = encode_json(
+        {"name": "fastml", "version": _version(), "extensions": [e for e in EXTENSIONS if e != "model_repository"]}
+    )
+    original_handle = server._handle
+
+    def handle(kind, name, version, body):
+        if kind in (routes.REPO_LOAD, routes.REPO_UNLOAD):
+            from fastml.errors import InvalidInput
+
+            raise InvalidInput("model repository load/unload is not available with --workers > 1")
+        if kind in (routes.MODEL_STATS, routes.ALL_STATS):
+            return _aggregate_stats(server, snapshot_dir, kind, name, version)
+        return original_handle(kind, name, version, body)
+
+    server._handle = handle
     await server.start()
     me = snapshot_dir / f"worker-{os.getpid()}.json"
 
@@ -126,6 +140,12 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
     return 0
 
 
+def _version() -> str:
+    from fastml import __version__
+
+    return __version__
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -140,6 +160,21 @@ def read_snapshots(snapshot_dir: Path) -> list[dict]:
         except (OSError, ValueError):
             continue  # being replaced right now; the next scrape sees it
     return out
+
+
+def _aggregate_stats(server, snapshot_dir: Path, kind, name, version):
+    """Statistics summed over every worker's latest snapshot (monotone across workers)."""
+    from fastml.server import routes
+    from fastml.server.app import model_statistics_from_snapshot
+    from fastml.server.metrics import merge_snapshots
+    from fastml.server.tensors import encode_json
+
+    merged = merge_snapshots(read_snapshots(snapshot_dir))
+    models = merged["models"]
+    if kind == routes.MODEL_STATS:
+        server.manager.get(name, version)  # 404 / 503 as for one process
+        models = [m for m in models if m["name"] == name and (version is None or m["version"] == version)]
+    return 200, encode_json({"model_stats": [model_statistics_from_snapshot(m) for m in models]}), b"application/json"
 
 
 # ----- supervisor side -----------------------------------------------------------------------------
