@@ -42,7 +42,9 @@ def fetch_model_metadata(host: str, port: int, model: str, version: str | None =
 
     from fastml.errors import NotFound, Unavailable
 
-    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    from urllib.parse import quote
+
+    path = f"/v2/models/{quote(model, safe='')}" + (f"/versions/{quote(version, safe='')}" if version else "")
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
         conn.request("GET", path)
@@ -63,7 +65,7 @@ def build_parser(prog: str = "python -m fastml.loadtest") -> argparse.ArgumentPa
     p = argparse.ArgumentParser(prog=prog, description="Load-test a KServe v2 / Triton HTTP server with binary infer requests.")
     p.add_argument("url", help="server, e.g. http://127.0.0.1:8000")
     p.add_argument("-m", "--model", required=True, help="model name")
-    p.add_argument("--model-version", default=None, help="model version (digits)")
+    p.add_argument("--model-version", default=None, help="model version: digits or a registry version like 1.0.0")
     p.add_argument("--mode", choices=("closed", "open"), default="closed",
                    help="closed: fixed concurrency; open: fixed arrival rate (default closed)")
     p.add_argument("-c", "--concurrency", type=int, default=1, help="closed loop: requests in flight (default 1)")

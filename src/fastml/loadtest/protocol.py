@@ -7,9 +7,11 @@ when a run asks to validate answers.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Mapping, Sequence
+from urllib.parse import quote
 
 import msgspec
 import numpy as np
@@ -80,6 +82,19 @@ def _tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+# Triton's versions are digits; the registry's are semantic versions (with an optional pre-release and
+# build part), which fastml serve routes too.
+_VERSION = re.compile(r"^(?:\d+|\d+\.\d+\.\d+(?:-[0-9A-Za-z.\-]+)?(?:\+[0-9A-Za-z.\-]+)?)$")
+
+
+def check_version(version) -> str:
+    """``version`` as text if it is digits or a semantic version; else InvalidInput."""
+    text = str(version)
+    if not _VERSION.match(text):
+        raise InvalidInput(f"model version must be digits (Triton) or a semantic version like 1.0.0 (registry); got {version!r}")
+    return text
+
+
 def build_infer_request(
     model: str,
     inputs: Mapping[str, np.ndarray],
@@ -95,7 +110,8 @@ def build_infer_request(
         model: model name in the URL.
         inputs: input name -> array (numeric, or object/str arrays sent as BYTES).
         outputs: output names to request; None asks for all outputs.
-        version: model version for ``/versions/<v>/`` in the URL (digits only, as in Triton).
+        version: model version for ``/versions/<v>/`` in the URL: digits (Triton's) or a semantic
+            version such as ``1.0.0`` or ``2.1.0-rc.1`` (the registry's, which fastml serve answers to).
         host: value of the ``Host`` header.
         binary_output: ask for binary outputs (``binary_data`` / ``binary_data_output``).
 
@@ -107,8 +123,8 @@ def build_infer_request(
     """
     if not model or "/" in model:
         raise InvalidInput(f"model name must be non-empty without '/', got {model!r}")
-    if version is not None and not str(version).isdigit():
-        raise InvalidInput(f"model version must be digits, got {version!r}")
+    if version is not None:
+        version = check_version(version)
     if not inputs:
         raise InvalidInput("an infer request needs at least one input")
     header_inputs = []
@@ -138,7 +154,7 @@ def build_infer_request(
         ]
     header_json = _json_encoder.encode(header)
     body = header_json + b"".join(blobs)
-    path = f"/v2/models/{model}" + (f"/versions/{version}" if version is not None else "") + "/infer"
+    path = f"/v2/models/{model}" + (f"/versions/{quote(version, safe='')}" if version is not None else "") + "/infer"
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: {host}\r\n"
