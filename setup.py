@@ -29,4 +29,14 @@ core = Pybind11Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=[core], cmdclass={"build_ext": build_ext})
+# The binary protocol's frame parser: its own small module, so the parser never rebuilds the core.
+frames = Pybind11Extension(
+    "fastml._frames",
+    sorted(glob.glob("csrc/frames/*.cc")),
+    include_dirs=["csrc/frames"],
+    cxx_std=17,
+    extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_link_args=link_args,
+)
+
+setup(ext_modules=[core, frames], cmdclass={"build_ext": build_ext})

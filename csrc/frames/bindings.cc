@@ -1,0 +1,452 @@
+// pybind11 module fastml._frames: the binary protocol's frames <-> Python objects (numpy arrays, tuples).
+//
+// Parsing turns each complete frame in a receive buffer into one tuple whose tensors are read-only numpy
+// views of that buffer (the array's base is the buffer object, so the memory lives as long as any view).
+// Encoding writes a whole frame into one bytes object sized in advance. Only this file includes pybind11;
+// frame_parser.{h,cc} are plain C++.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <array>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "frame_parser.h"
+
+namespace py = pybind11;
+using namespace fastml::frames;
+
+namespace {
+
+// numpy dtype per protocol dtype code (index = code; 0 unused). Filled once at import.
+std::array<py::object, kMaxDType + 1>& dtype_table() {
+  static std::array<py::object, kMaxDType + 1>* table = new std::array<py::object, kMaxDType + 1>();  // leaked on purpose: lives until interpreter exit
+  return *table;
+}
+
+py::object decode_name(std::string_view s, bool* ok) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "strict");
+  if (o == nullptr) {
+    PyErr_Clear();
+    *ok = false;
+    return py::none();
+  }
+  return py::reinterpret_steal<py::object>(o);
+}
+
+// A read-only numpy view of one tensor's bytes inside `base`, or (BYTES) an object array of str.
+py::object tensor_array(const Tensor& t, py::handle base, std::string* error) {
+  std::vector<py::ssize_t> shape(t.dims.begin(), t.dims.end());
+  if (t.dtype == kBytes) {
+    // ONNX string tensors hold text: elements become str, and bytes that are not UTF-8 are refused (the
+    // HTTP transport does the same).
+    py::list items(static_cast<size_t>(t.count));
+    size_t i = 0;
+    bool ok = for_each_bytes_element(
+        t.data, t.nbytes, t.count,
+        [&](const uint8_t* p, size_t n) {
+          PyObject* s = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(p), static_cast<Py_ssize_t>(n), "strict");
+          if (s == nullptr) {
+            PyErr_Clear();
+            *error = "BYTES element " + std::to_string(i) + " of tensor '" + std::string(t.name) + "' is not UTF-8 text";
+            return false;
+          }
+          PyList_SET_ITEM(items.ptr(), static_cast<Py_ssize_t>(i), s);  // steals the new reference
+          ++i;
+          return true;
+        },
+        error);
+    if (!ok) return py::object();
+    py::array flat(py::dtype("O"), std::vector<py::ssize_t>{static_cast<py::ssize_t>(t.count)});
+    auto** slots = static_cast<PyObject**>(flat.mutable_data());
+    for (size_t k = 0; k < t.count; ++k) {
+      PyObject* item = PyList_GET_ITEM(items.ptr(), static_cast<Py_ssize_t>(k));
+      Py_INCREF(item);  // the array keeps its own reference; the list drops its one when it dies
+      Py_XDECREF(slots[k]);
+      slots[k] = item;
+    }
+    py::tuple dims(shape.size());
+    for (size_t k = 0; k < shape.size(); ++k) dims[k] = py::int_(shape[k]);
+    return flat.attr("reshape")(dims);
+  }
+  py::array arr(py::reinterpret_borrow<py::dtype>(dtype_table()[t.dtype]), std::move(shape), t.data, base);
+  // Views of the receive buffer are read-only: a model that writes into its input would corrupt the
+  // bytes of a neighbouring frame.
+  py::detail::array_proxy(arr.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return std::move(arr);
+}
+
+py::object tensors_dict(const Frame& f, py::handle base, std::string* error) {
+  py::dict out;
+  for (size_t i = 0; i < f.n_tensors; ++i) {
+    const Tensor& t = f.tensors[i];
+    bool ok = true;
+    py::object name = decode_name(t.name, &ok);
+    if (!ok) {
+      *error = "tensor " + std::to_string(i) + " name is not UTF-8";
+      return py::object();
+    }
+    if (PyDict_Contains(out.ptr(), name.ptr()) == 1) {
+      *error = "tensor '" + std::string(t.name) + "' appears twice";
+      return py::object();
+    }
+    py::object arr = tensor_array(t, base, error);
+    if (!arr) return py::object();
+    out[name] = arr;
+  }
+  return std::move(out);
+}
+
+// Turns one parsed frame into its tuple; on a body error returns (0, request_id or None, 400, message).
+py::tuple frame_tuple(const Frame& f, py::handle base) {
+  std::string error;
+  bool ok = true;
+  switch (f.type) {
+    case kInferRequest: {
+      py::object model = decode_name(f.model, &ok);
+      py::object version = f.version.empty() ? py::none() : decode_name(f.version, &ok);
+      py::object outputs = py::none();
+      if (!f.outputs.empty()) {
+        py::list names;
+        for (auto s : f.outputs) names.append(decode_name(s, &ok));
+        outputs = std::move(names);
+      }
+      if (!ok) {
+        error = "a model, version or output name is not UTF-8";
+        break;
+      }
+      py::object inputs = tensors_dict(f, base, &error);
+      if (!inputs) break;
+      return py::make_tuple(int(kInferRequest), f.request_id, model, version, f.timeout_us, inputs, outputs);
+    }
+    case kInferResponse: {
+      py::object model = decode_name(f.model, &ok);
+      py::object version = decode_name(f.version, &ok);
+      if (!ok) {
+        error = "the model name or version is not UTF-8";
+        break;
+      }
+      py::object outputs = tensors_dict(f, base, &error);
+      if (!outputs) break;
+      return py::make_tuple(int(kInferResponse), f.request_id, model, version, outputs);
+    }
+    case kError: {
+      py::object message = py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeUTF8(f.message.data(), static_cast<Py_ssize_t>(f.message.size()), "replace"));
+      return py::make_tuple(int(kError), f.request_id, f.status, f.error_kind, message, f.flags);
+    }
+    default:
+      return py::make_tuple(int(f.type), f.request_id);
+  }
+  return py::make_tuple(0, f.request_id, 400, error);
+}
+
+class PyParser {
+ public:
+  PyParser(uint64_t max_frame_bytes, uint32_t max_tensors, uint32_t max_rank, uint32_t max_name_bytes)
+      : parser_(Limits{max_frame_bytes, max_tensors, max_rank, max_name_bytes}) {}
+
+  // Parses up to max_frames complete frames from buf[start:end].
+  // Returns (consumed, items, need, fatal): consumed = bytes used from start; items = one tuple per frame;
+  // need = total size of the next, incomplete frame once its prefix is known (else 0); fatal = None or
+  // (status, message, request_id or None) when the stream cannot continue.
+  py::tuple parse(py::object buf, size_t start, size_t end, size_t max_frames) {
+    py::buffer_info info = py::reinterpret_borrow<py::buffer>(buf).request();
+    if (end > static_cast<size_t>(info.size * info.itemsize) || start > end) {
+      throw py::value_error("parse range outside the buffer");
+    }
+    const uint8_t* base = static_cast<const uint8_t*>(info.ptr);
+    py::list items;
+    size_t pos = start;
+    uint64_t need = 0;
+    py::object fatal = py::none();
+    while (static_cast<size_t>(py::len(items)) < max_frames) {
+      uint64_t frame_bytes = 0;
+      int status = 0;
+      std::string error;
+      Scan s = parser_.scan(base + pos, end - pos, &frame_bytes, &status, &error);
+      if (s == Scan::kNeedMore) {
+        need = frame_bytes;
+        break;
+      }
+      if (s == Scan::kFatal) {
+        py::object rid = py::none();
+        if (end - pos >= kPrefixBytes + kHeaderBytes) {
+          uint64_t id;
+          std::memcpy(&id, base + pos + kPrefixBytes + 8, 8);
+          rid = py::int_(id);
+        }
+        fatal = py::make_tuple(status, error, rid);
+        break;
+      }
+      if (!parser_.parse(base + pos, static_cast<size_t>(frame_bytes), &frame_, &error)) {
+        py::object rid = frame_.header_ok ? py::object(py::int_(frame_.request_id)) : py::object(py::none());
+        items.append(py::make_tuple(0, rid, 400, error));
+      } else {
+        items.append(frame_tuple(frame_, buf));
+      }
+      pos += static_cast<size_t>(frame_bytes);
+    }
+    return py::make_tuple(pos - start, items, need, fatal);
+  }
+
+ private:
+  Parser parser_;
+  Frame frame_;  // scratch reused across frames
+};
+
+// ---- encoding --------------------------------------------------------------------------------------------
+
+struct OutTensor {
+  py::object name_obj;  // keeps the UTF-8 buffer of `name` alive
+  std::string_view name;
+  uint8_t dtype = 0;
+  std::vector<int64_t> dims;
+  py::array arr;                                // fixed-size dtypes: C-contiguous little-endian
+  std::vector<py::object> keep;                 // BYTES: encoded elements kept alive while writing
+  std::vector<std::string_view> elements;       // BYTES: element bytes
+  uint64_t nbytes = 0;
+};
+
+std::string_view utf8_of(py::handle s, const char* what) {
+  if (!PyUnicode_Check(s.ptr())) throw py::type_error(std::string(what) + " must be a str");
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(s.ptr(), &n);
+  if (p == nullptr) throw py::error_already_set();
+  if (n > 0xFFFF) throw py::value_error(std::string(what) + " is longer than 65535 bytes");
+  return std::string_view(p, static_cast<size_t>(n));
+}
+
+uint8_t dtype_code(const py::dtype& dt) {
+  char kind = dt.kind();
+  py::ssize_t size = dt.itemsize();
+  switch (kind) {
+    case 'b':
+      return kBool;
+    case 'u':
+      return size == 1 ? kUint8 : size == 2 ? kUint16 : size == 4 ? kUint32 : size == 8 ? kUint64 : 0;
+    case 'i':
+      return size == 1 ? kInt8 : size == 2 ? kInt16 : size == 4 ? kInt32 : size == 8 ? kInt64 : 0;
+    case 'f':
+      return size == 2 ? kFp16 : size == 4 ? kFp32 : size == 8 ? kFp64 : 0;
+    case 'O':
+    case 'U':
+    case 'S':
+      return kBytes;
+    default:
+      return 0;
+  }
+}
+
+void prepare(py::handle name, py::handle value, OutTensor* t) {
+  // Leaked on purpose: a static py::object would be destroyed after the interpreter finalised.
+  static py::object& ascontiguous = *new py::object(py::module_::import("numpy").attr("ascontiguousarray"));
+  t->name_obj = py::reinterpret_borrow<py::object>(name);
+  t->name = utf8_of(name, "a tensor name");
+  py::array arr = py::array::ensure(value);
+  if (!arr) {
+    PyErr_Clear();
+    throw py::value_error("tensor '" + std::string(t->name) + "' is not convertible to a numpy array");
+  }
+  py::dtype dt = arr.dtype();
+  t->dtype = dtype_code(dt);
+  if (t->dtype == 0) {
+    throw py::value_error("tensor '" + std::string(t->name) + "': numpy dtype " + py::str(dt).cast<std::string>() +
+                          " has no KServe datatype");
+  }
+  if (arr.ndim() > 255) throw py::value_error("tensor '" + std::string(t->name) + "' has more than 255 dimensions");
+  t->dims.assign(arr.shape(), arr.shape() + arr.ndim());
+  if (t->dtype == kBytes) {
+    py::object flat = arr.attr("reshape")(-1);
+    size_t n = static_cast<size_t>(arr.size());
+    t->keep.reserve(n);
+    t->elements.reserve(n);
+    size_t i = 0;
+    for (py::handle item : flat) {
+      py::object keep = py::reinterpret_borrow<py::object>(item);
+      char* p = nullptr;
+      Py_ssize_t len = 0;
+      if (PyUnicode_Check(item.ptr())) {
+        const char* u = PyUnicode_AsUTF8AndSize(item.ptr(), &len);
+        if (u == nullptr) throw py::error_already_set();
+        p = const_cast<char*>(u);
+      } else if (PyBytes_Check(item.ptr())) {
+        PyBytes_AsStringAndSize(item.ptr(), &p, &len);
+      } else {
+        throw py::value_error("tensor '" + std::string(t->name) + "': BYTES element " + std::to_string(i) + " is " +
+                              std::string(Py_TYPE(item.ptr())->tp_name) + ", expected str or bytes");
+      }
+      if (static_cast<uint64_t>(len) > 0xFFFFFFFFull) throw py::value_error("a BYTES element exceeds 4 GiB");
+      t->elements.emplace_back(p, static_cast<size_t>(len));
+      t->keep.push_back(std::move(keep));
+      t->nbytes += 4 + static_cast<uint64_t>(len);
+      ++i;
+    }
+    return;
+  }
+  bool swap = dt.byteorder() == '>';
+  bool contiguous = (arr.flags() & py::array::c_style) != 0;
+  if (swap) {
+    arr = ascontiguous(arr, dt.attr("newbyteorder")("<"));
+  } else if (!contiguous) {
+    arr = ascontiguous(arr);
+  }
+  t->arr = arr;
+  t->nbytes = static_cast<uint64_t>(arr.nbytes());
+}
+
+void collect(py::handle tensors, std::vector<OutTensor>* out) {
+  py::object items = py::isinstance<py::dict>(tensors) ? py::reinterpret_borrow<py::dict>(tensors).attr("items")()
+                                                       : py::reinterpret_borrow<py::object>(tensors);
+  for (py::handle pair : items) {
+    py::tuple kv = py::reinterpret_borrow<py::tuple>(pair);
+    if (kv.size() != 2) throw py::value_error("tensors must be a dict or (name, array) pairs");
+    out->emplace_back();
+    prepare(kv[0], kv[1], &out->back());
+  }
+  if (out->size() > 0xFFFF) throw py::value_error("more than 65535 tensors");
+}
+
+void size_tensors(const std::vector<OutTensor>& ts, FrameSize* size) {
+  size->add(2);
+  for (const auto& t : ts) size->add_tensor(t.name.size(), t.dims.size(), static_cast<size_t>(t.nbytes));
+}
+
+void write_tensors(const std::vector<OutTensor>& ts, Writer* w) {
+  w->u16(static_cast<uint16_t>(ts.size()));
+  for (const auto& t : ts) {
+    w->tensor_header(t.name, t.dtype, t.dims.data(), t.dims.size(), t.nbytes);
+    if (t.dtype == kBytes) {
+      for (auto e : t.elements) {
+        w->u32(static_cast<uint32_t>(e.size()));
+        w->bytes(e.data(), e.size());
+      }
+    } else {
+      w->bytes(t.arr.data(), static_cast<size_t>(t.nbytes));
+    }
+  }
+}
+
+py::bytes new_frame(size_t total, uint8_t** data) {
+  if (total - kPrefixBytes > 0xFFFFFFFFull) throw py::value_error("frame exceeds 4 GiB");
+  PyObject* b = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(total));
+  if (b == nullptr) throw py::error_already_set();
+  *data = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(b));
+  return py::reinterpret_steal<py::bytes>(b);
+}
+
+py::bytes encode_request(uint64_t request_id, py::object model, py::object version, py::handle tensors,
+                         py::object outputs, uint32_t timeout_us) {
+  std::string_view model_s = utf8_of(model, "the model name");
+  std::string_view version_s = version.is_none() ? std::string_view() : utf8_of(version, "the model version");
+  std::vector<std::string_view> outs;
+  if (!outputs.is_none()) {
+    for (py::handle o : outputs) outs.push_back(utf8_of(o, "an output name"));  // kept alive by `outputs`
+    if (outs.size() > 0xFFFF) throw py::value_error("more than 65535 requested outputs");
+  }
+  std::vector<OutTensor> ts;
+  collect(tensors, &ts);
+  FrameSize size;
+  size.add(4);
+  size.add_name(model_s.size());
+  size.add_name(version_s.size());
+  size.add(2);
+  for (auto o : outs) size.add_name(o.size());
+  size_tensors(ts, &size);
+  uint8_t* data = nullptr;
+  py::bytes frame = new_frame(size.total(), &data);
+  Writer w(data, size.total());
+  w.header(kInferRequest, 0, request_id);
+  w.u32(timeout_us);
+  w.name(model_s);
+  w.name(version_s);
+  w.u16(static_cast<uint16_t>(outs.size()));
+  for (auto o : outs) w.name(o);
+  write_tensors(ts, &w);
+  if (!w.finish()) throw std::logic_error("frame size computation is wrong");
+  return frame;
+}
+
+py::bytes encode_response(uint64_t request_id, py::object model, py::object version, py::handle tensors) {
+  std::string_view model_s = utf8_of(model, "the model name");
+  std::string_view version_s = utf8_of(version, "the model version");
+  std::vector<OutTensor> ts;
+  collect(tensors, &ts);
+  FrameSize size;
+  size.add_name(model_s.size());
+  size.add_name(version_s.size());
+  size_tensors(ts, &size);
+  uint8_t* data = nullptr;
+  py::bytes frame = new_frame(size.total(), &data);
+  Writer w(data, size.total());
+  w.header(kInferResponse, 0, request_id);
+  w.name(model_s);
+  w.name(version_s);
+  write_tensors(ts, &w);
+  if (!w.finish()) throw std::logic_error("frame size computation is wrong");
+  return frame;
+}
+
+py::bytes encode_error(uint64_t request_id, uint16_t status, uint8_t kind, py::object message, uint16_t flags) {
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(message.ptr(), &n);
+  if (p == nullptr) throw py::error_already_set();
+  FrameSize size;
+  size.add(8 + static_cast<size_t>(n));
+  uint8_t* data = nullptr;
+  py::bytes frame = new_frame(size.total(), &data);
+  Writer w(data, size.total());
+  w.header(kError, flags, request_id);
+  w.u16(status);
+  w.u8(kind);
+  w.u8(0);
+  w.u32(static_cast<uint32_t>(n));
+  w.bytes(p, static_cast<size_t>(n));
+  if (!w.finish()) throw std::logic_error("frame size computation is wrong");
+  return frame;
+}
+
+py::bytes encode_control(uint8_t type, uint64_t request_id) {
+  if (type != kPing && type != kPong) throw py::value_error("control frames are PING (4) or PONG (5)");
+  FrameSize size;
+  uint8_t* data = nullptr;
+  py::bytes frame = new_frame(size.total(), &data);
+  Writer w(data, size.total());
+  w.header(type, 0, request_id);
+  if (!w.finish()) throw std::logic_error("frame size computation is wrong");
+  return frame;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_frames, m) {
+  m.doc() = "fastml binary protocol v1: native frame parser and encoder (see docs/protocol.md)";
+  auto& table = dtype_table();
+  const char* names[kMaxDType + 1] = {nullptr, "?", "<u1", "<u2", "<u4", "<u8", "<i1", "<i2",
+                                      "<i4",   "<i8", "<f2", "<f4", "<f8", "O"};
+  for (int i = 1; i <= kMaxDType; ++i) table[i] = py::dtype(names[i]);
+
+  m.attr("MAGIC") = kMagic;
+  m.attr("VERSION") = kVersion;
+  m.attr("INVALID") = 0;
+  m.attr("INFER_REQUEST") = int(kInferRequest);
+  m.attr("INFER_RESPONSE") = int(kInferResponse);
+  m.attr("ERROR") = int(kError);
+  m.attr("PING") = int(kPing);
+  m.attr("PONG") = int(kPong);
+
+  py::class_<PyParser>(m, "Parser")
+      .def(py::init<uint64_t, uint32_t, uint32_t, uint32_t>(), py::arg("max_frame_bytes") = 64ull << 20,
+           py::arg("max_tensors") = 64, py::arg("max_rank") = 16, py::arg("max_name_bytes") = 1024)
+      .def("parse", &PyParser::parse, py::arg("buf"), py::arg("start"), py::arg("end"), py::arg("max_frames"),
+           "Parse up to max_frames frames of buf[start:end] -> (consumed, items, need, fatal).");
+  m.def("encode_request", &encode_request, py::arg("request_id"), py::arg("model"), py::arg("version"),
+        py::arg("tensors"), py::arg("outputs") = py::none(), py::arg("timeout_us") = 0);
+  m.def("encode_response", &encode_response, py::arg("request_id"), py::arg("model"), py::arg("version"),
+        py::arg("tensors"));
+  m.def("encode_error", &encode_error, py::arg("request_id"), py::arg("status"), py::arg("kind"),
+        py::arg("message"), py::arg("flags") = 0);
+  m.def("encode_control", &encode_control, py::arg("type"), py::arg("request_id"));
+}
