@@ -115,7 +115,9 @@ def test_manager_hot_swap_keeps_inflight_requests(repo, onnx_models):
             await mgr.unload("gbt")
             with pytest.raises(Unavailable):
                 mgr.get("gbt")
-            assert [m["state"] for m in mgr.index() if m["name"] == "gbt"] == ["UNAVAILABLE"]
+            assert [m for m in mgr.index() if m["name"] == "gbt"] == [
+                {"name": "gbt", "version": v, "state": "UNAVAILABLE", "reason": "unloaded"} for v in ("1", "3")
+            ]
             assert [m["name"] for m in mgr.index(ready_only=True)] == ["mlp"]
             await mgr.load("gbt", '{"max_batch_size": 2}')
             assert mgr.get("gbt").model.max_batch_size == 2

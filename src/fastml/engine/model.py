@@ -10,9 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from fastml.engine.session import create_session, example_inputs, warm_up
+from fastml.engine.session import create_session
 from fastml.engine.signature import Signature, signature_of
 from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
+from fastml.engine.warmup import check_samples, unsampled_inputs
+from fastml.engine.warmup import feed as warmup_feed
+from fastml.engine.warmup import run as run_warmup
+from fastml.engine.warmup import run_once
 from fastml.errors import InvalidInput, Unavailable
 
 BATCHERS = ("native", "python", "auto")
@@ -50,7 +54,7 @@ class Model:
         timeout_us: int = 0,
         batcher: str = "native",
         prediction_logger: Any = None,
-        warmup: bool = True,
+        warmup: bool | dict[str, np.ndarray] = True,
         runner: str = "threads",
     ) -> None:
         for field, value, low in (
@@ -77,6 +81,18 @@ class Model:
         self.max_queue_size = max_queue_size
         self.timeout_us = timeout_us
         self.batcher = batcher
+        # Warm-up inputs: declared samples (warmup=dict name -> rows), zeros for numeric inputs. A BYTES input
+        # is usually parsed by the model, so without a sample it is not invented: the warm-up and the
+        # runner="auto" timing are skipped rather than failing the load (engine/warmup.py).
+        self._warmup_samples = check_samples(self.signature, warmup) if isinstance(warmup, dict) else {}
+        self.warmup_unsampled = unsampled_inputs(self.signature, self._warmup_samples)
+        if warmup is False:
+            self.warmup_note = "off"
+        elif self.warmup_unsampled:
+            self.warmup_note = f"skipped: no warm-up sample for BYTES input(s) {', '.join(self.warmup_unsampled)}"
+        else:
+            self.warmup_note = "declared samples" if self._warmup_samples else "zeros"
+        self.runner_note = ""
         if runner == "auto":
             runner = self._pick_runner(session, batcher, max_batch_size)
         self.runner = runner
@@ -87,7 +103,10 @@ class Model:
         self._input_names = tuple(s.name for s in self.signature.inputs)
         self._output_names = [s.name for s in self.signature.outputs]
         self._n_inputs = len(self._input_names)
-        self.warmup_batch_sizes = warm_up(session, self.signature, max_batch_size) if warmup else []
+        self.warmup_batch_sizes = (
+            [] if warmup is False or self.warmup_unsampled
+            else run_warmup(session, self.signature, max_batch_size, self._warmup_samples)
+        )
 
         specs = [(s.name, s.dtype, s.shape) for s in self.signature.inputs]
         if batcher == "native":
@@ -140,13 +159,17 @@ class Model:
         """runner="auto": "loop" when the native batcher is used and a full batch runs within
         AUTO_LOOP_MAX_BATCH_US, else "threads". Up to ten timed runs, stopping at the first fast one: on a
         busy machine a single run is often slow (the first on fresh inputs always is), the best one is not."""
+        if self.warmup_unsampled:
+            self.runner_note = ("threads, the safe default: no warm-up sample to time the model with for "
+                                + ", ".join(self.warmup_unsampled))
+            return "threads"
         if batcher != "native":
             return "threads"
-        feed = example_inputs(self.signature, max_batch_size)
+        feed = warmup_feed(self.signature, max_batch_size, self._warmup_samples)
         limit_ns = AUTO_LOOP_MAX_BATCH_US * 1000
         for _ in range(10):
             t0 = time.perf_counter_ns()
-            session.run(None, feed)
+            run_once(session, feed, max_batch_size, bool(self._warmup_samples))
             took = time.perf_counter_ns() - t0
             if took <= limit_ns:
                 return "loop"
@@ -489,7 +512,7 @@ def load_model(
     timeout_us: int = 0,
     intra_op_threads: int = 1,
     graph_optimization_level: str = "all",
-    warmup: bool = True,
+    warmup: bool | dict[str, np.ndarray] = True,
     batcher: str = "native",
     prediction_logger: Any = None,
     runner: str = "threads",

@@ -3,6 +3,11 @@
 A reload builds the new model beside the old one (off the event loop), swaps the table entry in one
 assignment, then waits for the old model's in-flight requests (counted by the server in
 ``ModelEntry.inflight``) before closing it; requests that arrive after the swap go to the new model.
+
+Like Triton, one model that fails to load (a bad file, a bad config.toml, a failing warm-up) does not stop
+the others: it is listed UNAVAILABLE with its reason in the repository index, and requests for it get
+Triton's "has no available versions" / "is not at ready state" errors. ``load_all(exit_on_error=True)``
+opts into Triton's default strictness instead; with no model loaded at all, ``load_all`` always raises.
 """
 
 from __future__ import annotations
@@ -13,8 +18,17 @@ import logging
 import time
 from pathlib import Path
 
-from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
-from fastml.serving.repository import ModelSource, RepositoryConfig, is_repository, scan_model_dir, scan_target
+from fastml.errors import FastMLError, InternalError, InvalidInput, NotFound, Unavailable
+from fastml.serving import messages
+from fastml.serving.repository import (
+    ModelSource,
+    RepositoryConfig,
+    is_repository,
+    scan_model_dir,
+    scan_repository,
+    scan_target,
+    warmup_samples,
+)
 
 log = logging.getLogger("fastml.serving")
 
@@ -43,13 +57,39 @@ class ModelEntry:
         self.cache: dict = {}
         self.loaded_at = time.time()
 
+    def config_parameters(self) -> dict:
+        """The model config's ``parameters`` (Triton's string_value form): where batches run (``runner``,
+        after "auto" chose), how the load-time warm-up went (``warmup``: "zeros", "declared samples", "off",
+        or "skipped: ..." naming the BYTES inputs without a sample), and why the runner is the safe default
+        when "auto" could not time the model (``runner_reason``)."""
+        m = self.model
+        out = {"runner": {"string_value": str(getattr(m, "runner", "threads"))}}
+        note = getattr(m, "warmup_note", "")
+        if note:
+            out["warmup"] = {"string_value": note}
+        why = getattr(m, "runner_note", "")
+        if why:
+            out["runner_reason"] = {"string_value": why}
+        return out
+
 
 def _load_entry(source: ModelSource) -> ModelEntry:
     from fastml.serving.loader import load_model
 
     kw = source.config.engine_kwargs()
+    kw["warmup"] = warmup_samples(source)
     model = load_model(source.target, name=source.name, version=source.version, **kw)
     return ModelEntry(source, model)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the repository index: fastml errors already say what and where; others get their type."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, FastMLError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _where(name: str, version: str) -> str:
+    return f"model {name!r} version {version}" if version else f"model {name!r}"
 
 
 class ModelManager:
@@ -68,44 +108,80 @@ class ModelManager:
         self.drain_timeout_s = drain_timeout_s
         self.models: dict[str, dict[str, ModelEntry]] = {}
         self.latest: dict[str, ModelEntry] = {}
-        self.unavailable: dict[str, str] = {}  # name -> reason, for models known but not loaded
+        # name -> version -> why it is not loaded (a load failure, "unloaded"); version "" when the model
+        # failed before its versions were known (a bad config.toml, a registry reference that does not resolve).
+        self.failed: dict[str, dict[str, str]] = {}
         self.generation = 0  # bumped on every change; the server's route cache checks it
         self._lock: asyncio.Lock | None = None
 
     # ----- lookups (hot path) -------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelEntry:
-        """The entry serving ``name`` (latest version when ``version`` is None).
+        """The entry serving ``name`` (latest version when ``version`` is None). Errors carry Triton's
+        texts (``Request for unknown model: 'x' is not found``, see :mod:`fastml.serving.messages`).
 
         Raises:
-            NotFound: unknown model or version. Unavailable: the model is known but unloaded.
+            NotFound: unknown model or version. Unavailable: the model (version) is known but not loaded
+                (it failed to load, or was unloaded); the message ends with the reason.
         """
         if version is None:
             entry = self.latest.get(name)
             if entry is not None:
                 return entry
-        else:
-            versions = self.models.get(name)
-            if versions is not None:
-                entry = versions.get(version)
-                if entry is not None:
-                    return entry
-                raise NotFound(f"model {name!r} has no version {version!r}; served: {', '.join(versions)}")
-        if name in self.unavailable:
-            raise Unavailable(f"model {name!r} is not loaded: {self.unavailable[name]}")
-        raise NotFound(f"unknown model {name!r}")
+            reasons = self.failed.get(name)
+            if reasons:
+                raise Unavailable(messages.no_available_versions(name, _summary(reasons)))
+            raise NotFound(messages.unknown_model(name))
+        versions = self.models.get(name)
+        if versions is not None:
+            entry = versions.get(version)
+            if entry is not None:
+                return entry
+        reasons = self.failed.get(name, {})
+        reason = reasons.get(version, reasons.get(""))
+        if reason is not None:
+            raise Unavailable(messages.version_not_ready(name, version, reason))
+        raise NotFound(messages.unknown_model(name, version))
 
     def entries(self) -> list[ModelEntry]:
         return [e for versions in self.models.values() for e in versions.values()]
 
     # ----- loading --------------------------------------------------------------------------------
     def _sources(self) -> dict[str, list[ModelSource]]:
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[dict[str, list[ModelSource]], dict[str, str]]:
+        """``(sources, failed)`` over every target. A model that cannot be read (a bad config.toml, a registry
+        reference that no longer resolves) goes to ``failed`` with its reason; a target that does not exist, a
+        repository without any model, and one name served by two targets are errors of the command line
+        and raise."""
+        from fastml.serving.loader import parse_target
+
         out: dict[str, list[ModelSource]] = {}
+        failed: dict[str, str] = {}
         for target in self.targets:
-            for name, sources in scan_target(target).items():
-                if name in out:
+            kind, _ = parse_target(target)  # NotFound: neither a path nor a reference
+            path = Path(target)
+            found: dict[str, list[ModelSource]] = {}
+            if kind == "path" and is_repository(path):
+                found, bad = scan_repository(path)
+                if not found and not bad:
+                    raise NotFound(f"{target}: no models found (expected <repo>/<model>/<version>/model.onnx)")
+                failed.update(bad)
+            elif kind == "ref":
+                try:
+                    found = scan_target(target)
+                except FastMLError as exc:
+                    failed[_ref_name(target)] = _reason(exc)
+            else:
+                try:
+                    found = scan_target(target)
+                except FastMLError as exc:
+                    failed[path.stem if path.is_file() else path.name] = _reason(exc)
+            for name, sources in found.items():
+                if name in out or name in failed:
                     raise InvalidInput(f"model name {name!r} is served by two targets")
                 out[name] = sources
-        return out
+        return out, failed
 
     def _apply_overrides(self, source: ModelSource) -> ModelSource:
         if self.overrides:
@@ -128,25 +204,59 @@ class ModelManager:
                     return found[name]
         raise NotFound(f"model {name!r} is in none of the served repositories")
 
-    def load_all(self) -> None:
-        """Load every model of every target (blocking; used at start-up). All or nothing."""
+    def load_all(self, exit_on_error: bool = False) -> list[tuple[str, str, str]]:
+        """Load every model version of every target (blocking; used at start-up).
+
+        A version that fails to load is recorded (UNAVAILABLE with its reason in :meth:`index`, logged as an
+        error) and the others are served.
+
+        Args:
+            exit_on_error: Triton's default strictness: any failure closes what loaded and raises.
+
+        Returns:
+            ``(name, version, reason)`` for each failure ("" version: the model failed before its versions
+            were known).
+
+        Raises:
+            the first failure's error class (a FastMLError), listing every failure, when no model version
+            loaded at all, or when ``exit_on_error`` and anything failed. InvalidInput / NotFound for a bad
+            command line (see :meth:`_scan`).
+        """
+        sources, bad = self._scan()
+        failures: list[tuple[str, str, str, BaseException | None]] = [(n, "", r, None) for n, r in bad.items()]
         loaded: list[ModelEntry] = []
         try:
-            for name, sources in self._sources().items():
-                for s in sources:
-                    loaded.append(_load_entry(self._apply_overrides(s)))
+            for name, versions in sources.items():
+                for s in versions:
+                    try:
+                        loaded.append(_load_entry(self._apply_overrides(s)))
+                    except Exception as exc:  # noqa: BLE001 - one model's failure is recorded, not fatal
+                        failures.append((name, s.version, _reason(exc), exc))
         except BaseException:
             for e in loaded:
                 e.model.close()
             raise
+        if failures and (exit_on_error or not loaded):
+            for e in loaded:
+                e.model.close()
+            raise _load_error(failures, exit_on_error and bool(loaded))
+        for name, version, reason, _exc in failures:
+            log.error("%s failed to load and is UNAVAILABLE: %s", _where(name, version), reason)
+            self.failed.setdefault(name, {})[version] = reason
         for e in loaded:
             self._install_version(e)
         self.generation += 1
+        return [(n, v, r) for n, v, r, _ in failures]
 
     def _install_version(self, entry: ModelEntry) -> None:
         self.models.setdefault(entry.name, {})[entry.version] = entry
         self.latest[entry.name] = max(self.models[entry.name].values(), key=lambda e: _version_key(e.version))
-        self.unavailable.pop(entry.name, None)
+        reasons = self.failed.get(entry.name)
+        if reasons is not None:
+            reasons.pop(entry.version, None)
+            reasons.pop("", None)
+            if not reasons:
+                del self.failed[entry.name]
 
     def _lock_(self) -> asyncio.Lock:
         if self._lock is None:
@@ -162,25 +272,38 @@ class ModelManager:
                 the model's settings for this load.
         """
         async with self._lock_():
-            sources = [self._apply_overrides(s) for s in self._sources_for(name)]
-            if config_json is not None:
-                extra = _config_overrides(config_json)
-                for s in sources:
-                    s.config = s.config.with_overrides(extra)
+            served = name in self.models
+            try:
+                sources = [self._apply_overrides(s) for s in self._sources_for(name)]
+                if config_json is not None:
+                    extra = _config_overrides(config_json)
+                    for s in sources:
+                        s.config = s.config.with_overrides(extra)
+            except InvalidInput as exc:
+                # A bad config.toml marks a model that is not served; a bad load request changes nothing.
+                if not served and config_json is None:
+                    self.failed[name] = {"": _reason(exc)}
+                raise
             loop = asyncio.get_running_loop()
             new: list[ModelEntry] = []
+            version = ""
             try:
                 for s in sources:
+                    version = s.version
                     new.append(await loop.run_in_executor(None, _load_entry, s))
-            except BaseException:
+            except BaseException as exc:
                 for e in new:
                     e.model.close()
+                # A served model keeps serving its old versions (as Triton does); one that is not served shows
+                # the reason in the repository index.
+                if not served and isinstance(exc, Exception):
+                    self.failed[name] = {version: _reason(exc)}
                 raise
             old = list(self.models.get(name, {}).values())
             # One assignment each: a request sees either the old or the new table, never a half.
             self.models[name] = {e.version: e for e in new}
             self.latest[name] = max(new, key=lambda e: _version_key(e.version))
-            self.unavailable.pop(name, None)
+            self.failed.pop(name, None)
             self.generation += 1
             log.info("loaded model %s versions %s", name, [e.version for e in new])
         await self._drain_and_close(old)
@@ -190,12 +313,12 @@ class ModelManager:
         """Stop serving a model: new requests get 503, in-flight ones finish, then it is closed."""
         async with self._lock_():
             if name not in self.models:
-                if name in self.unavailable:
+                if name in self.failed:
                     return
-                raise NotFound(f"unknown model {name!r}")
+                raise NotFound(messages.unknown_model(name))
             old = list(self.models.pop(name).values())
             self.latest.pop(name, None)
-            self.unavailable[name] = "unloaded"
+            self.failed[name] = {e.version: "unloaded" for e in old}
             self.generation += 1
         await self._drain_and_close(old)
 
@@ -208,21 +331,34 @@ class ModelManager:
             await loop.run_in_executor(None, e.model.close)
 
     def index(self, ready_only: bool = False) -> list[dict]:
-        """Triton repository index: ``[{"name", "version", "state", "reason"}]`` for every known model."""
-        out = []
-        names: set[str] = set(self.models) | set(self.unavailable)
+        """Triton's repository index: ``{"name", "version", "state", "reason"}`` per loaded or failed model
+        version (state READY or UNAVAILABLE; the reason says why a version is unavailable), and just
+        ``{"name"}`` for a model in a repository that was never loaded, as Triton lists it. A model that failed
+        before its versions were known has no ``version``. ``ready_only``: READY versions only."""
+        out: list[dict] = []
+        names: set[str] = set(self.models) | set(self.failed)
         try:
-            names |= set(self._sources())
+            sources, bad = self._scan()
+            names |= set(sources) | set(bad)
         except FastMLError:
             # The repository cannot be scanned right now (a directory removed, a registry reference that no
             # longer resolves): the index still lists what is loaded or known to be unavailable.
             pass
         for name in sorted(names):
-            if name in self.models:
-                for v, e in sorted(self.models[name].items(), key=lambda kv: _version_key(kv[0])):
-                    out.append({"name": name, "version": v, "state": "READY" if e.model.ready else "UNAVAILABLE", "reason": ""})
-            elif not ready_only:
-                out.append({"name": name, "state": "UNAVAILABLE", "reason": self.unavailable.get(name, "not loaded")})
+            rows: dict[str, dict] = {}
+            for v, reason in self.failed.get(name, {}).items():
+                rows[v] = {"name": name, "version": v, "state": "UNAVAILABLE", "reason": reason}
+                if not v:
+                    del rows[v]["version"]
+            for v, e in self.models.get(name, {}).items():
+                state = "READY" if e.model.ready else "UNAVAILABLE"
+                rows[v] = {"name": name, "version": v, "state": state, "reason": "" if e.model.ready else "closed"}
+            if ready_only:
+                out.extend(r for _, r in sorted(rows.items(), key=lambda kv: _version_key(kv[0])) if r["state"] == "READY")
+            elif rows:
+                out.extend(r for _, r in sorted(rows.items(), key=lambda kv: _version_key(kv[0])))
+            else:
+                out.append({"name": name})
         return out
 
     def close(self) -> None:
@@ -233,8 +369,35 @@ class ModelManager:
         self.generation += 1
 
 
+def _ref_name(ref: str) -> str:
+    """The model name of a registry reference (``fraud@production`` -> ``fraud``)."""
+    return ref.split("@", 1)[0].split(":", 1)[0]
+
+
 def _version_key(v: str):
     return (0, int(v), "") if v.isdigit() else (1, 0, v)
+
+
+def _summary(reasons: dict[str, str]) -> str:
+    """Why a model has no available version: the reason, or one per version when they differ."""
+    distinct = set(reasons.values())
+    if len(distinct) == 1:
+        return next(iter(distinct))
+    return "; ".join(f"version {v}: {r}" if v else r for v, r in sorted(reasons.items(), key=lambda kv: _version_key(kv[0])))
+
+
+def _load_error(failures: list[tuple[str, str, str, BaseException | None]], strict: bool) -> FastMLError:
+    """The error ``load_all`` raises: the first failure's fastml error class, naming every failure."""
+    listed = "; ".join(f"{_where(n, v)}: {r}" for n, v, r, _ in failures)
+    head = "a model failed to load (exit_on_error)" if strict else "no model could be loaded"
+    first = failures[0][3]
+    if first is None:  # a model that failed while scanning: its reason came from InvalidInput or NotFound
+        cls: type[FastMLError] = InvalidInput
+    elif isinstance(first, FastMLError):
+        cls = type(first)
+    else:
+        cls = InternalError
+    return cls(f"{head}: {listed}")
 
 
 def _config_overrides(config_json: str) -> dict:

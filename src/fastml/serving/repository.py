@@ -5,6 +5,9 @@
     <repo>/<model>/config.toml          optional: batching and instance settings (RepositoryConfig)
     <repo>/<model>/<version>/model.onnx versions are positive integers; the highest is served unless
                                         config.toml says version_policy = "all"
+    <repo>/<model>/warmup/<input>.npy   optional: warm-up samples for an input (rows), like Triton's
+                                        model_warmup input_data_file; config.toml [warmup.inputs] gives
+                                        them inline
 """
 
 from __future__ import annotations
@@ -14,8 +17,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
-from fastml.errors import InvalidInput, NotFound
+from fastml.errors import FastMLError, InvalidInput, NotFound
+
+WARMUP_DIR = "warmup"
+
+
+class WarmupConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The ``[warmup]`` table of config.toml (Triton's ``model_warmup`` idea).
+
+    Attributes:
+        enabled: run the load-time warm-up (False: no warm-up run; runner "auto" still times the model).
+        inputs: input name -> sample rows (a list, nested for multi-dimensional inputs; a flat list fills an
+            input whose other dimensions are fixed, ``text = ["1.5", "2"]`` for a ``[-1, 1]`` BYTES input).
+            Samples are repeated to fill each warm-up batch. ``warmup/<input>.npy`` files in the model
+            directory give samples too; config.toml wins for an input named in both.
+
+    Inputs without a sample are warmed up with zeros, except BYTES inputs: a made-up string can make a model
+    that parses its text fail, so a BYTES input without a sample skips the warm-up (and runner "auto" falls
+    back to runner threads); the model config's ``parameters.warmup`` says so.
+    """
+
+    enabled: bool = True
+    inputs: dict[str, list] = {}
 
 
 class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -42,11 +67,14 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     version_policy: str = "latest"
     # Fraction of requests written to the prediction log ($FASTML_HOME/logs, fastml.monitoring); 0 = off.
     log_sample_rate: float = 0.0
+    warmup: WarmupConfig = msgspec.field(default_factory=WarmupConfig)
 
     def engine_kwargs(self) -> dict:
-        """Keyword arguments for :func:`fastml.serving.load_model`."""
+        """Keyword arguments for :func:`fastml.serving.load_model` (warm-up samples come from
+        :func:`warmup_samples`, which also reads the model directory)."""
         d = msgspec.structs.asdict(self)
         d.pop("version_policy")
+        d.pop("warmup")
         rate = d.pop("log_sample_rate")
         if rate > 0:
             d["log_predictions"] = rate
@@ -114,6 +142,7 @@ class ModelSource:
     target: str
     config: RepositoryConfig = field(default_factory=RepositoryConfig)
     is_ref: bool = False
+    model_dir: str | None = None  # the directory holding config.toml and warmup/ (None for a lone file)
 
 
 def is_repository(path: Path) -> bool:
@@ -128,7 +157,10 @@ def scan_model_dir(model_dir: Path) -> list[ModelSource]:
     )
     if cfg.version_policy == "latest":
         versions = versions[-1:]
-    return [ModelSource(model_dir.name, str(v), str(model_dir / str(v) / "model.onnx"), cfg) for v in versions]
+    return [
+        ModelSource(model_dir.name, str(v), str(model_dir / str(v) / "model.onnx"), cfg, model_dir=str(model_dir))
+        for v in versions
+    ]
 
 
 def scan_target(target: str) -> dict[str, list[ModelSource]]:
@@ -146,12 +178,55 @@ def scan_target(target: str) -> dict[str, list[ModelSource]]:
             raise InvalidInput(f"{target}: expected an .onnx file, a model repository directory or a registry reference")
         return {path.stem: [ModelSource(path.stem, "1", str(path))]}
     if (path / "model.onnx").is_file():
-        return {path.name: [ModelSource(path.name, "1", str(path / "model.onnx"), read_config(path))]}
-    out: dict[str, list[ModelSource]] = {}
-    for model_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        sources = scan_model_dir(model_dir)
-        if sources:
-            out[model_dir.name] = sources
-    if not out:
+        source = ModelSource(path.name, "1", str(path / "model.onnx"), read_config(path), model_dir=str(path))
+        return {path.name: [source]}
+    found, failed = scan_repository(path)
+    if failed:
+        name, reason = next(iter(failed.items()))
+        raise InvalidInput(f"model {name!r}: {reason}")
+    if not found:
         raise NotFound(f"{target}: no models found (expected <repo>/<model>/<version>/model.onnx)")
-    return out
+    return found
+
+
+def scan_repository(path: Path) -> tuple[dict[str, list[ModelSource]], dict[str, str]]:
+    """Scan a repository directory model by model: ``(found, failed)`` where ``failed`` maps the name of
+    each model directory that cannot be served as configured (a bad config.toml) to the reason, so one
+    broken model does not hide the others. Model directories without versions are skipped."""
+    found: dict[str, list[ModelSource]] = {}
+    failed: dict[str, str] = {}
+    for model_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            sources = scan_model_dir(model_dir)
+        except FastMLError as exc:
+            failed[model_dir.name] = str(exc)
+            continue
+        if sources:
+            found[model_dir.name] = sources
+    return found, failed
+
+
+def warmup_samples(source: ModelSource) -> dict[str, np.ndarray] | bool:
+    """The ``warmup=`` argument for the engine: False when config.toml turns the warm-up off, else the
+    declared samples (``warmup/<input>.npy`` files, then config.toml's ``[warmup.inputs]``), or True (no
+    samples: numeric inputs get zeros, BYTES inputs skip the warm-up).
+
+    Raises:
+        InvalidInput: a sample file that is not a plain .npy array (pickled objects are refused).
+    """
+    cfg = source.config.warmup
+    if not cfg.enabled:
+        return False
+    samples: dict[str, np.ndarray] = {}
+    if source.model_dir is not None:
+        folder = Path(source.model_dir) / WARMUP_DIR
+        if folder.is_dir():
+            for f in sorted(folder.glob("*.npy")):
+                try:
+                    # Strings are stored as fixed-width unicode ("<U8"), which needs no pickle.
+                    samples[f.stem] = np.load(f, allow_pickle=False)
+                except (ValueError, OSError) as exc:
+                    raise InvalidInput(f"{f}: not a warm-up sample array: {exc}") from None
+    for name, rows in cfg.inputs.items():
+        samples[name] = np.asarray(rows)
+    return samples or True
