@@ -22,18 +22,17 @@ import time
 
 import msgspec
 
-from fastml import __version__
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
 from fastml.server import routes
 from fastml.server.http import HttpProtocol
-from fastml.server.metrics import make_registry, merge_snapshots, model_snapshot
+from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
-from fastml.server.tensors import CONFIG_DTYPES, encode_json
+from fastml.server.tensors import encode_json
+from fastml.serving.dataplane import EXTENSIONS, DataPlane, model_snapshot, model_statistics_from_snapshot
 
 log = logging.getLogger("fastml.server")
 
-# Exactly the Triton extensions that work here (perf_analyzer reads "statistics" from this list).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "parameters", "schedule_policy", "model_repository"]
+__all__ = ["EXTENSIONS", "Limits", "Server", "model_statistics", "model_statistics_from_snapshot"]
 
 _JSON = b"application/json"
 _EMPTY = b""
@@ -68,18 +67,20 @@ class _IndexRequest(msgspec.Struct):
 
 
 class Server:
-    """HTTP front end over a :class:`fastml.serving.ModelManager`.
+    """The listeners over one :class:`fastml.serving.dataplane.DataPlane` (HTTP today).
 
     Args:
         manager: the loaded models. host: bind address. http_port / metrics_port: 0 picks free ports;
         metrics_port None disables the metrics listener. limits: :class:`Limits`.
         reuse_port: bind with SO_REUSEPORT (several worker processes on one port).
         snapshot_fn: what /metrics reports; default is this process's own snapshot.
+        plane: the data plane every transport calls (default: a new one over ``manager``).
     """
 
     def __init__(self, manager, host: str = "127.0.0.1", http_port: int = 8000, metrics_port: int | None = 8002,
-                 limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None):
+                 limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None, plane: DataPlane | None = None):
         self.manager = manager
+        self.plane = plane if plane is not None else DataPlane(manager)
         self.host = host
         self.http_port = http_port
         self.metrics_port = metrics_port
@@ -88,17 +89,23 @@ class Server:
         self.tick = 0
         self.connections: set[HttpProtocol] = set()
         self.route_cache: dict[bytes, tuple] = {}
-        self.draining = False
-        self.inflight = 0
         self.ok_count = 0
         self.status_counts: dict[int, int] = {}
         self.async_kinds = {routes.REPO_LOAD, routes.REPO_UNLOAD}
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
-        self._generation = -1
-        self._server_meta = encode_json({"name": "fastml", "version": __version__, "extensions": EXTENSIONS})
         self.metrics_registry = make_registry(snapshot_fn or (lambda: merge_snapshots([self.snapshot()])))
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: the data plane's flag, shared by every transport."""
+        return self.plane.draining
+
+    @property
+    def inflight(self) -> int:
+        """Inference requests in flight over every transport."""
+        return self.plane.inflight
 
     # ----- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -162,7 +169,7 @@ class Server:
         Returns:
             True when every in-flight request was answered within the grace period.
         """
-        self.draining = True
+        self.plane.draining = True
         for srv in self._servers:
             srv.close()
         # Idle keep-alive connections are closed now; busy ones after their answers (Connection: close).
@@ -181,66 +188,13 @@ class Server:
             self._sweeper.cancel()
         return clean
 
-    # ----- per-model caches ---------------------------------------------------------------------
-    def prepare_entry(self, entry) -> None:
-        """Fill a model entry's server cache (pre-encoded metadata and config, output names)."""
-        sig = entry.model.signature
-        mbs = int(entry.model.max_batch_size)
-        outs = [t.name for t in sig.outputs]
-
-        def meta_shape(t):
-            shape = [int(d) for d in t.shape]
-            return shape
-
-        def cfg_dims(t):
-            dims = [int(d) for d in t.shape]
-            return dims[1:] if mbs > 0 and dims else dims
-
-        meta = {
-            "name": entry.name,
-            "versions": [entry.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": meta_shape(t)} for t in sig.inputs],
-            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": meta_shape(t)} for t in sig.outputs],
-        }
-        config = {
-            "name": entry.name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "version_policy": {"latest": {"num_versions": 1}} if entry.config.version_policy == "latest" else {"all": {}},
-            "max_batch_size": mbs,
-            "input": [{"name": t.name, "data_type": CONFIG_DTYPES[t.datatype], "dims": cfg_dims(t)} for t in sig.inputs],
-            "output": [{"name": t.name, "data_type": CONFIG_DTYPES[t.datatype], "dims": cfg_dims(t)} for t in sig.outputs],
-            "instance_group": [{"name": entry.name, "count": entry.config.instances, "kind": "KIND_CPU"}],
-            "default_model_filename": "model.onnx",
-            # Where batches run ("loop": inline on the event loop; "threads": runner threads), after "auto" chose.
-            "parameters": {"runner": {"string_value": str(getattr(entry.model, "runner", "threads"))}},
-        }
-        if mbs > 0:
-            config["dynamic_batching"] = {
-                "max_queue_delay_microseconds": entry.config.max_queue_delay_us,
-                "default_queue_policy": {
-                    "timeout_action": "REJECT",
-                    "default_timeout_microseconds": entry.config.timeout_us,
-                    "allow_timeout_override": True,
-                    "max_queue_size": entry.config.max_queue_size,
-                },
-            }
-        entry.cache.update(
-            {
-                "plans": {},
-                "output_names": frozenset(outs),
-                "output_names_ordered": outs,
-                "meta": encode_json(meta),
-                "config": encode_json(config),
-            }
-        )
-
-    def _entry(self, name, version):
-        entry = self.manager.get(name, version)
-        if not entry.cache:
-            self.prepare_entry(entry)
-        return entry
+    def encoded(self, entry, key: str) -> bytes:
+        """The JSON bytes of one of the data plane's per-entry dicts ("metadata", "config"), encoded once."""
+        ck = ("http", key)
+        data = entry.cache.get(ck)
+        if data is None:
+            data = entry.cache[ck] = encode_json(entry.cache[key])
+        return data
 
     # ----- counters and snapshots ---------------------------------------------------------------
     def count_status(self, status: int) -> None:
@@ -254,12 +208,13 @@ class Server:
         responses = {str(k): v for k, v in self.status_counts.items()}
         responses["200"] = self.ok_count
         return {
-            "models": [model_snapshot(e) for e in self.manager.entries()],
+            "models": [model_snapshot(e) for e in self.manager.entries()] if self.manager is not None else [],
             "server": {"inflight": self.inflight, "connections": len(self.connections), "responses": responses},
         }
 
     # ----- endpoints other than infer ----------------------------------------------------------
     def handle(self, kind: int, name, version, body: bytes) -> tuple[int, bytes, bytes]:
+        """Answer a control/metadata request: ``(status, body, content type)``."""
         try:
             return self._handle(kind, name, version, body)
         except FastMLError as exc:
@@ -269,37 +224,31 @@ class Server:
             return 500, encode_json({"error": f"internal error: {type(exc).__name__}: {exc}"}), _JSON
 
     def _handle(self, kind, name, version, body):
+        plane = self.plane
         if kind == routes.LIVE:
             return 200, _EMPTY, b"text/plain"
         if kind == routes.READY:
-            ok = not self.draining and all(e.model.ready for e in self.manager.entries())
-            if ok:
+            if plane.server_ready():
                 return 200, _EMPTY, b"text/plain"
-            return 503, encode_json({"error": "server is draining" if self.draining else "a model is not ready"}), _JSON
+            return 503, encode_json({"error": "server is draining" if plane.draining else "a model is not ready"}), _JSON
         if kind == routes.SERVER_META:
-            return 200, self._server_meta, _JSON
+            return 200, encode_json(plane.server_metadata()), _JSON
         if kind == routes.MODEL_META:
-            return 200, self._entry(name, version).cache["meta"], _JSON
+            return 200, self.encoded(plane.resolve(name, version), "metadata"), _JSON
         if kind == routes.MODEL_READY:
-            entry = self._entry(name, version)
-            if entry.model.ready and not self.draining:
+            if plane.model_ready(name, version):
                 return 200, _EMPTY, b"text/plain"
+            entry = plane.resolve(name, version)
             return 503, encode_json({"error": f"model {name!r} version {entry.version} is not ready"}), _JSON
         if kind == routes.MODEL_CONFIG:
-            return 200, self._entry(name, version).cache["config"], _JSON
+            return 200, self.encoded(plane.resolve(name, version), "config"), _JSON
         if kind == routes.MODEL_STATS:
-            if version is None:
-                entries = list(self.manager.models.get(name, {}).values())
-                if not entries:
-                    self.manager.get(name)  # raises NotFound / Unavailable
-            else:
-                entries = [self._entry(name, version)]
-            return 200, encode_json({"model_stats": [model_statistics(e) for e in entries]}), _JSON
+            return 200, encode_json(plane.model_statistics(name, version)), _JSON
         if kind == routes.ALL_STATS:
-            return 200, encode_json({"model_stats": [model_statistics(e) for e in self.manager.entries()]}), _JSON
+            return 200, encode_json(plane.model_statistics()), _JSON
         if kind == routes.REPO_INDEX:
             req = _decode(body, _IndexRequest, "repository index request")
-            return 200, encode_json(self.manager.index(ready_only=req.ready)), _JSON
+            return 200, encode_json(plane.repository_index(ready_only=req.ready)), _JSON
         if kind == routes.METRICS:
             from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -307,19 +256,14 @@ class Server:
         raise NotFound("Not Found")
 
     async def handle_async(self, kind, name, version, body) -> tuple[int, bytes, bytes]:
+        """Answer a repository load/unload request (they wait for the model swap)."""
         try:
             req = _decode(body, _LoadRequest, "repository request")
             if kind == routes.REPO_LOAD:
                 params = req.parameters
-                files = [k for k in params if k.startswith("file:")]
-                if files:
-                    raise InvalidInput("load parameters 'file:...' (model file overrides) are not supported")
-                cfg = params.get("config")
-                if cfg is not None and not isinstance(cfg, str):
-                    raise InvalidInput("load parameter 'config' must be a string holding ModelConfig JSON")
-                await self.manager.load(name, cfg)
+                await self.plane.load_model(name, params.get("config"), parameters=params)
             else:
-                await self.manager.unload(name)
+                await self.plane.unload_model(name)
             self.route_cache.clear()
             return 200, _EMPTY, _JSON
         except FastMLError as exc:
@@ -338,47 +282,6 @@ def _decode(body: bytes, typ, what: str):
         raise InvalidInput(f"malformed {what}: {exc}") from None
 
 
-def _d(count, ns) -> dict:
-    return {"count": int(count), "ns": int(ns)}
-
-
 def model_statistics(entry) -> dict:
     """Triton statistics-extension JSON for one model version (every field perf_analyzer reads)."""
     return model_statistics_from_snapshot(model_snapshot(entry))
-
-
-def model_statistics_from_snapshot(m: dict) -> dict:
-    """Statistics JSON from a (possibly merged) model snapshot, see fastml.server.metrics."""
-    s = m["stats"]
-    req = int(s.get("requests", 0))
-    server_fails = sum(m["server_failures"].values())
-    batch_stats = []
-    for size, b in sorted(m["batch_stats"].items(), key=lambda kv: int(kv[0])):
-        batch_stats.append(
-            {
-                "batch_size": int(size),
-                "compute_input": _d(b.get("count", 0), b.get("compute_input_ns", 0)),
-                "compute_infer": _d(b.get("count", 0), b.get("compute_infer_ns", 0)),
-                "compute_output": _d(b.get("count", 0), b.get("compute_output_ns", 0)),
-            }
-        )
-    return {
-        "name": m["name"],
-        "version": m["version"],
-        "last_inference": int(s.get("last_inference_ms", 0)),
-        "inference_count": int(s.get("rows", 0)),
-        "execution_count": int(s.get("batches", 0)),
-        "inference_stats": {
-            "success": _d(req, s.get("request_ns", 0)),
-            "fail": _d(int(s.get("failures", 0)) + server_fails, s.get("fail_ns", 0)),
-            "queue": _d(req, s.get("queue_ns", 0)),
-            "compute_input": _d(req, s.get("compute_input_ns", 0)),
-            "compute_infer": _d(req, s.get("compute_infer_ns", 0)),
-            "compute_output": _d(req, s.get("compute_output_ns", 0)),
-            "cache_hit": _d(0, 0),
-            "cache_miss": _d(0, 0),
-        },
-        "response_stats": {},
-        "batch_stats": batch_stats,
-        "memory_usage": [],
-    }

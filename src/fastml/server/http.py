@@ -8,13 +8,14 @@ transport's write buffer is full, so a client that never reads cannot grow our m
 Limits: body size (413), header count and bytes (431), request completion and idle time (checked by the
 server's once-a-second sweep, not a timer per request).
 
-The inference path is inlined here for speed: route cache -> model entry -> cached request plan ->
-``np.frombuffer`` views -> ``Model.submit`` -> done callback -> pre-encoded response header + tensor bytes.
+Inference goes through the data plane (``fastml.serving.dataplane``) by its staged way in, with the
+HTTP-specific work kept here: route cache -> ``DataPlane.resolve`` -> cached request plan (keyed by the
+JSON header bytes) -> ``np.frombuffer`` views -> ``DataPlane.submit_arrays`` -> done callback ->
+``DataPlane.settle`` -> pre-encoded response header + tensor bytes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import zlib
 from collections import deque
@@ -23,8 +24,9 @@ import httptools
 
 from fastml.errors import InvalidInput
 from fastml.server import routes
-from fastml.server.status import REASONS, failure_reason, http_status
+from fastml.server.status import REASONS, http_status
 from fastml.server.tensors import (
+    Plan,
     build_plan,
     datatype_of,
     decode_request,
@@ -77,19 +79,15 @@ class _InferCall(_Slot):
 
     def done(self, fut):
         entry = self.entry
-        entry.inflight -= 1
         conn = self.conn
         server = conn.server
-        server.inflight -= 1
+        plane = server.plane
         conn_hdr = self.conn_hdr
-        if server.draining:
+        if plane.draining:
             conn_hdr = _CLOSE_HDR  # shutting down: this is the connection's last answer
         try:
-            outputs = fut.result()
+            outputs = plane.settle(entry, fut)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error answer
-            # Engine-side failures (deadline, unavailable, model error) are in the engine's own stats.
-            if isinstance(exc, asyncio.CancelledError):
-                entry.failures["OTHER"] = entry.failures.get("OTHER", 0) + 1
             self.data = error_response(http_status(exc), str(exc) or type(exc).__name__, conn_hdr)
             server.count_error(self.data)
         else:
@@ -178,10 +176,10 @@ def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, co
     """The full HTTP response for a successful inference."""
     specs = plan.outputs
     if specs is None:
-        specs = entry.cache.get(("all_outputs", plan.all_binary))
+        specs = entry.cache.get(("http_all_outputs", plan.all_binary))
         if specs is None:
             specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
-            entry.cache[("all_outputs", plan.all_binary)] = specs
+            entry.cache[("http_all_outputs", plan.all_binary)] = specs
     arrays = [outputs[name] for name, _ in specs]
     key = tuple([a.shape for a in arrays])
     header = plan.response_headers.get(key)
@@ -411,7 +409,7 @@ class HttpProtocol:
         if self.closed or self.lingering:
             return
         parser = self.parser
-        keep_alive = parser.should_keep_alive() and not self.server.draining
+        keep_alive = parser.should_keep_alive() and not self.server.plane.draining
         if keep_alive:
             conn_hdr = b"" if parser.get_http_version() == "1.1" else _KEEP_HDR
         else:
@@ -533,23 +531,20 @@ class HttpProtocol:
         self.flush()
 
     def _infer(self, name: str, version: str | None, body: bytes, conn_hdr: bytes):
-        server = self.server
+        plane = self.server.plane
         try:
-            entry = server.manager.get(name, version)
+            entry = plane.resolve(name, version)
         except Exception as exc:
             raise _Reject(http_status(exc), str(exc)) from None
-        if not entry.cache:
-            server.prepare_entry(entry)
         try:
             inputs, plan, timeout_us = self._decode_infer(entry, body)
-            model = entry.model
-            fut = model.submit(inputs) if timeout_us is None else model.submit(inputs, timeout_us=timeout_us)
         except Exception as exc:
-            reason = failure_reason(exc)
-            entry.failures[reason] = entry.failures.get(reason, 0) + 1
+            plane.count_failure(entry, exc)
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-        entry.inflight += 1
-        server.inflight += 1
+        try:
+            fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
+        except Exception as exc:  # counted by the data plane
+            raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
         call = _InferCall(self, entry, plan, None if self.accept_encoding is None else _accepts(self.accept_encoding), conn_hdr)
         self.pending.append(call)
         fut.add_done_callback(call.done)
@@ -557,7 +552,6 @@ class HttpProtocol:
     def _decode_infer(self, entry, body: bytes):
         ihcl = self.ihcl
         n = len(body)
-        cache = entry.cache
         if ihcl == 0:
             return self._raw_infer(entry, body)
         if ihcl < 0 or ihcl == n:
@@ -567,11 +561,13 @@ class HttpProtocol:
             raise InvalidInput(f"Inference-Header-Content-Length {ihcl} exceeds the body length {n}")
         else:
             header = body[:ihcl]
-        plans = cache["plans"]
+        plans = entry.cache.get("http_plans")
+        if plans is None:
+            plans = entry.cache["http_plans"] = {}
         plan = plans.get(header)
         if plan is None:
             req = decode_request(header)
-            plan = build_plan(req, cache["output_names"], entry.name)
+            plan = build_plan(req, entry.cache["output_names"], entry.name)
             if plan.cacheable and len(plans) < _PLAN_CACHE_MAX:
                 plans[header] = plan
         return plan_inputs(plan, body, ihcl), plan, plan.timeout_us
@@ -584,11 +580,9 @@ class HttpProtocol:
             )
         spec = sig.inputs[0]
         inputs = raw_input(body, spec.name, spec.datatype, list(spec.shape))
-        plan = entry.cache.get("raw_plan")
+        plan = entry.cache.get("http_raw_plan")
         if plan is None:
-            from fastml.server.tensors import Plan
-
             plan = Plan()
             plan.all_binary = True
-            entry.cache["raw_plan"] = plan
+            entry.cache["http_raw_plan"] = plan
         return inputs, plan, None

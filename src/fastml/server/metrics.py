@@ -11,6 +11,8 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
+from fastml.serving.dataplane import model_snapshot  # noqa: F401 - where snapshots come from, re-exported
+
 # (fastml name, Triton name it mirrors, stats key, scale from ns or 1) -- the documented mapping table.
 COUNTERS = [
     ("fastml_inference_request_success", "nv_inference_request_success", "requests", 1, "Successful inference requests (a batch-N request counts 1)."),
@@ -23,21 +25,6 @@ COUNTERS = [
     ("fastml_inference_compute_output_duration_us", "nv_inference_compute_output_duration_us", "compute_output_ns", 1e-3, "Cumulative output extraction time (us)."),
 ]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-
-
-def model_snapshot(entry) -> dict:
-    """A JSON-able snapshot of one served model version: engine stats plus server-side counters."""
-    stats = entry.model.stats()
-    return {
-        "name": entry.name,
-        "version": entry.version,
-        "ready": bool(entry.model.ready),
-        "stats": {k: v for k, v in stats.items() if not isinstance(v, dict)},
-        "batch_size_histogram": {str(k): int(v) for k, v in (stats.get("batch_size_histogram") or {}).items()},
-        "batch_stats": {str(k): {kk: int(vv) for kk, vv in v.items()} for k, v in (stats.get("batch_stats") or {}).items()},
-        "server_failures": dict(entry.failures),
-        "inflight": entry.inflight,
-    }
 
 
 def merge_snapshots(snapshots: list[dict]) -> dict:

@@ -8,6 +8,7 @@ Anything that is not a FastMLError is a genuine internal fault: 500.
 from __future__ import annotations
 
 from fastml import errors
+from fastml.serving.dataplane import FAILURE_REASON, failure_reason  # noqa: F401 - the metrics label table, re-exported
 
 HTTP_STATUS: dict[type[errors.FastMLError], int] = {
     errors.InvalidInput: 400,
@@ -20,14 +21,6 @@ HTTP_STATUS: dict[type[errors.FastMLError], int] = {
     errors.IntegrityError: 500,
     errors.InternalError: 500,
     errors.FastMLError: 500,
-}
-
-# Prometheus failure reason (Triton's nv_inference_request_failure{reason=...}) per error class.
-FAILURE_REASON: dict[type[errors.FastMLError], str] = {
-    errors.Overloaded: "REJECTED",
-    errors.DeadlineExceeded: "REJECTED",
-    errors.Unavailable: "REJECTED",
-    errors.InternalError: "BACKEND",
 }
 
 REASONS: dict[int, bytes] = {
@@ -54,12 +47,3 @@ def http_status(exc: BaseException) -> int:
         if status is not None:
             return status
     return 500
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Triton-style failure reason label for the failure counter (REJECTED, BACKEND or OTHER)."""
-    for cls in type(exc).__mro__:
-        reason = FAILURE_REASON.get(cls)
-        if reason is not None:
-            return reason
-    return "OTHER" if isinstance(exc, errors.FastMLError) else "BACKEND"

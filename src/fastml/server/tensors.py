@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 
 from fastml.errors import InvalidInput
+from fastml.serving.dataplane import CONFIG_DTYPES, request_timeout_us  # noqa: F401 - CONFIG_DTYPES re-exported
 
 # KServe datatype string -> numpy dtype (little-endian, as the binary extension requires).
 NP_DTYPES: dict[str, np.dtype] = {
@@ -35,7 +36,6 @@ NP_DTYPES: dict[str, np.dtype] = {
 }
 # numpy dtype kind+size -> KServe datatype string, for outputs.
 _DATATYPE_BY_NP = {np.dtype(v).str.lstrip("<>|=") if k != "BYTES" else "O": k for k, v in NP_DTYPES.items()}
-CONFIG_DTYPES = {k: ("TYPE_STRING" if k == "BYTES" else f"TYPE_{k}") for k in NP_DTYPES}
 
 _U32 = struct.Struct("<I")
 
@@ -226,15 +226,8 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
     plan.request_id = req.id
     params = req.parameters
     if params:
-        for key in ("sequence_id", "sequence_start", "sequence_end"):
-            if key in params and params[key] not in (0, False, ""):
-                raise InvalidInput(f"parameter {key!r}: model {model_name!r} is not a sequence model")
+        plan.timeout_us = request_timeout_us(params, model_name)
         plan.all_binary = _param_bool(params, "binary_data_output", "request")
-        timeout = params.get("timeout")
-        if timeout is not None:
-            if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-                raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
-            plan.timeout_us = timeout or None
     if not req.inputs:
         raise InvalidInput("request has no inputs")
     offset = 0

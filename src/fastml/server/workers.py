@@ -44,6 +44,9 @@ class ServeOptions:
     max_body_bytes: int = 64 * 1024 * 1024
     idle_timeout_s: float = 60.0
     request_timeout_s: float = 30.0
+    # Triton's --exit-on-error: exit when any model fails to load. Default: serve the others and list the
+    # failed ones UNAVAILABLE with their reason (with no model loaded at all, serve always exits non-zero).
+    exit_on_error: bool = False
 
 
 def serve(opts: ServeOptions) -> int:
@@ -83,7 +86,7 @@ async def _single(opts: ServeOptions) -> int:
     from fastml.serving import ModelManager
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
-    manager.load_all()
+    manager.load_all(exit_on_error=opts.exit_on_error)
     server = Server(manager, opts.host, opts.http_port, opts.metrics_port, limits=_limits(opts))
     await server.start()
     print(_startup_line(opts.host, server.http_port, _models_line(manager), server.metrics_port, 1), flush=True)
@@ -96,31 +99,17 @@ async def _single(opts: ServeOptions) -> int:
 
 # ----- worker side ---------------------------------------------------------------------------------
 async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
-    from fastml.server import routes
-    from fastml.server.app import EXTENSIONS, Server
-    from fastml.server.tensors import encode_json
+    from fastml.server.app import Server
+    from fastml.server.metrics import merge_snapshots
     from fastml.serving import ModelManager
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
-    manager.load_all()
+    manager.load_all(exit_on_error=opts.exit_on_error)
     server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True)
     # Repository load/unload would change one worker only: not offered with several workers.
-    server.async_kinds = set()
-    server._server_meta = encode_json(
-        {"name": "fastml", "version": _version(), "extensions": [e for e in EXTENSIONS if e != "model_repository"]}
-    )
-    original_handle = server._handle
-
-    def handle(kind, name, version, body):
-        if kind in (routes.REPO_LOAD, routes.REPO_UNLOAD):
-            from fastml.errors import InvalidInput
-
-            raise InvalidInput("model repository load/unload is not available with --workers > 1")
-        if kind in (routes.MODEL_STATS, routes.ALL_STATS):
-            return _aggregate_stats(server, snapshot_dir, kind, name, version)
-        return original_handle(kind, name, version, body)
-
-    server._handle = handle
+    server.plane.disable_repository("the server runs with --workers > 1")
+    # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
+    server.plane.snapshot_source = lambda: merge_snapshots(read_snapshots(snapshot_dir))["models"]
     await server.start()
     me = snapshot_dir / f"worker-{os.getpid()}.json"
 
@@ -140,12 +129,6 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
     return 0
 
 
-def _version() -> str:
-    from fastml import __version__
-
-    return __version__
-
-
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
@@ -160,21 +143,6 @@ def read_snapshots(snapshot_dir: Path) -> list[dict]:
         except (OSError, ValueError):
             continue  # being replaced right now; the next scrape sees it
     return out
-
-
-def _aggregate_stats(server, snapshot_dir: Path, kind, name, version):
-    """Statistics summed over every worker's latest snapshot (monotone across workers)."""
-    from fastml.server import routes
-    from fastml.server.app import model_statistics_from_snapshot
-    from fastml.server.metrics import merge_snapshots
-    from fastml.server.tensors import encode_json
-
-    merged = merge_snapshots(read_snapshots(snapshot_dir))
-    models = merged["models"]
-    if kind == routes.MODEL_STATS:
-        server.manager.get(name, version)  # 404 / 503 as for one process
-        models = [m for m in models if m["name"] == name and (version is None or m["version"] == version)]
-    return 200, encode_json({"model_stats": [model_statistics_from_snapshot(m) for m in models]}), b"application/json"
 
 
 # ----- supervisor side -----------------------------------------------------------------------------

@@ -1,0 +1,483 @@
+"""The transport-neutral data plane: what every transport (HTTP, gRPC, the binary protocol) calls.
+
+A transport decodes its wire format into an :class:`InferRequest` (or, on a hot path that keeps its own
+decoded-request cache, straight into arrays), hands it to :class:`DataPlane`, and encodes the
+:class:`InferResponse` or the raised :mod:`fastml.errors` class into its wire format. Everything between
+is here, once: validate -> batch (engine submit) -> statistics and failure counting -> prediction logging
+(the engine model logs when it has a logger) -> response assembly as arrays. The control and metadata
+answers (health, metadata, config, statistics, repository index, load/unload) are plain dicts that each
+transport encodes.
+
+Two ways in:
+
+* ``submit(req)`` / ``await infer(req)``: an :class:`InferRequest` in, an :class:`InferResponse` out.
+* ``resolve`` + ``submit_arrays`` + ``settle``: the same stages without the request/response objects, for a
+  transport whose hot path already holds the model entry and decoded arrays (HTTP's cached plans). Every
+  future ``submit_arrays`` returns must be passed to ``settle`` exactly once (it closes the in-flight count).
+
+Errors: validation and admission failures raise synchronously (``NotFound``, ``Unavailable``,
+``InvalidInput``, ``Overloaded``); engine failures (``DeadlineExceeded``, ``Unavailable``, ``InternalError``)
+surface from the future. The mapping to wire status codes lives in ``fastml.server.status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from fastml import errors
+from fastml.errors import FastMLError, InvalidInput, NotFound
+
+log = logging.getLogger("fastml.serving")
+
+# Exactly the Triton extensions that work here (perf_analyzer reads "statistics" from this list).
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters", "schedule_policy", "model_repository")
+
+# KServe datatype -> Triton model-config data type.
+CONFIG_DTYPES = {
+    k: ("TYPE_STRING" if k == "BYTES" else f"TYPE_{k}")
+    for k in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
+}
+
+# Triton sequence-batcher parameters: refused for the stateless models we serve.
+_SEQUENCE_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
+
+# Prometheus failure reason (Triton's nv_inference_request_failure{reason=...}) per error class.
+FAILURE_REASON: dict[type[FastMLError], str] = {
+    errors.Overloaded: "REJECTED",
+    errors.DeadlineExceeded: "REJECTED",
+    errors.Unavailable: "REJECTED",
+    errors.InternalError: "BACKEND",
+}
+
+
+class InferRequest:
+    """One inference request, as a transport decoded it.
+
+    Attributes:
+        model_name: the model to run. model_version: a version string, None for the latest.
+        id: the client's request id (echoed in the response and kept in the prediction log), or None.
+        inputs: input name -> array (zero-copy, read-only views of the wire buffer are fine).
+        outputs: requested output names in the order wanted, or None for all outputs in model order.
+        parameters: request parameters, KServe/Triton names: ``timeout`` (microseconds, 0 = the model's
+            default), ``priority``, ``routing_key``, ``sequence_*`` (refused), and whatever else the
+            client sent (ignored).
+    """
+
+    __slots__ = ("model_name", "model_version", "id", "inputs", "outputs", "parameters")
+
+    def __init__(self, model_name: str, inputs: dict[str, np.ndarray], *, model_version: str | None = None,
+                 id: str | None = None, outputs: list[str] | None = None, parameters: dict | None = None):  # noqa: A002
+        self.model_name = model_name
+        self.model_version = model_version
+        self.id = id
+        self.inputs = inputs
+        self.outputs = outputs
+        self.parameters = parameters if parameters is not None else {}
+
+    def __repr__(self) -> str:
+        shapes = {k: tuple(v.shape) for k, v in self.inputs.items()}
+        return f"InferRequest({self.model_name!r}, version={self.model_version!r}, id={self.id!r}, inputs={shapes})"
+
+
+class InferResponse:
+    """The answer to one :class:`InferRequest`.
+
+    Attributes:
+        model_name, model_version: the model version that answered. id: the request's id.
+        outputs: output name -> array, in the requested order (or the model's output order).
+        parameters: response parameters (empty today; carried for the wire formats that have them).
+    """
+
+    __slots__ = ("model_name", "model_version", "id", "outputs", "parameters")
+
+    def __init__(self, model_name: str, model_version: str, id: str | None, outputs: dict[str, np.ndarray],  # noqa: A002
+                 parameters: dict | None = None):
+        self.model_name = model_name
+        self.model_version = model_version
+        self.id = id
+        self.outputs = outputs
+        self.parameters = parameters if parameters is not None else {}
+
+    def __repr__(self) -> str:
+        shapes = {k: tuple(v.shape) for k, v in self.outputs.items()}
+        return f"InferResponse({self.model_name!r}, version={self.model_version!r}, id={self.id!r}, outputs={shapes})"
+
+
+def request_timeout_us(params: dict, model_name: str) -> int | None:
+    """Check the transport-neutral request parameters; return the ``timeout`` in microseconds or None.
+
+    Raises:
+        InvalidInput: a sequence parameter (our models are stateless) or a timeout that is not a
+            non-negative integer.
+    """
+    if not params:
+        return None
+    for key in _SEQUENCE_PARAMS:
+        if key in params and params[key] not in (0, False, ""):
+            raise InvalidInput(f"parameter {key!r}: model {model_name!r} is not a sequence model")
+    timeout = params.get("timeout")
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+        raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
+    return timeout or None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Triton's failure reason label for the failure counter (REJECTED, BACKEND or OTHER)."""
+    for cls in type(exc).__mro__:
+        reason = FAILURE_REASON.get(cls)
+        if reason is not None:
+            return reason
+    return "OTHER" if isinstance(exc, FastMLError) else "BACKEND"
+
+
+def model_snapshot(entry) -> dict:
+    """A JSON-able snapshot of one served model version: engine counters plus the data plane's failures."""
+    stats = entry.model.stats()
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "ready": bool(entry.model.ready),
+        "stats": {k: v for k, v in stats.items() if not isinstance(v, dict)},
+        "batch_size_histogram": {str(k): int(v) for k, v in (stats.get("batch_size_histogram") or {}).items()},
+        "batch_stats": {str(k): {kk: int(vv) for kk, vv in v.items()} for k, v in (stats.get("batch_stats") or {}).items()},
+        "server_failures": dict(entry.failures),
+        "inflight": entry.inflight,
+    }
+
+
+def _d(count, ns) -> dict:
+    return {"count": int(count), "ns": int(ns)}
+
+
+def model_statistics_from_snapshot(m: dict) -> dict:
+    """Triton statistics-extension JSON for one model version (every field perf_analyzer reads), from a
+    (possibly merged, see ``fastml.server.metrics.merge_snapshots``) :func:`model_snapshot`."""
+    s = m["stats"]
+    req = int(s.get("requests", 0))
+    server_fails = sum(m["server_failures"].values())
+    batch_stats = []
+    for size, b in sorted(m["batch_stats"].items(), key=lambda kv: int(kv[0])):
+        batch_stats.append(
+            {
+                "batch_size": int(size),
+                "compute_input": _d(b.get("count", 0), b.get("compute_input_ns", 0)),
+                "compute_infer": _d(b.get("count", 0), b.get("compute_infer_ns", 0)),
+                "compute_output": _d(b.get("count", 0), b.get("compute_output_ns", 0)),
+            }
+        )
+    return {
+        "name": m["name"],
+        "version": m["version"],
+        "last_inference": int(s.get("last_inference_ms", 0)),
+        "inference_count": int(s.get("rows", 0)),
+        "execution_count": int(s.get("batches", 0)),
+        "inference_stats": {
+            "success": _d(req, s.get("request_ns", 0)),
+            "fail": _d(int(s.get("failures", 0)) + server_fails, s.get("fail_ns", 0)),
+            "queue": _d(req, s.get("queue_ns", 0)),
+            "compute_input": _d(req, s.get("compute_input_ns", 0)),
+            "compute_infer": _d(req, s.get("compute_infer_ns", 0)),
+            "compute_output": _d(req, s.get("compute_output_ns", 0)),
+            "cache_hit": _d(0, 0),
+            "cache_miss": _d(0, 0),
+        },
+        "response_stats": {},
+        "batch_stats": batch_stats,
+        "memory_usage": [],
+    }
+
+
+class DataPlane:
+    """The inference and control paths over a :class:`fastml.serving.ModelManager`, shared by transports.
+
+    Args:
+        manager: the served models (None for a process that serves metrics only).
+        version: the server version reported by :meth:`server_metadata`.
+
+    Attributes:
+        draining: set by the server on shutdown; health and readiness answer "not ready" from then on.
+        inflight: inference requests submitted and not yet settled, over every transport.
+        snapshot_source: where :meth:`model_statistics` reads counters: None for this process's models, or
+            a callable returning model snapshots (a multi-worker server sums its workers').
+        shm: the system-shared-memory region registry transports resolve region references through
+            (None until a transport that supports shared memory installs one).
+    """
+
+    def __init__(self, manager, version: str | None = None):
+        if version is None:
+            from fastml import __version__ as version
+        self.manager = manager
+        self.version = version
+        self.draining = False
+        self.inflight = 0
+        self.snapshot_source: Callable[[], list[dict]] | None = None
+        self.shm: Any = None
+        self._repository_off: str | None = None
+
+    # ----- inference: the request/response way in ---------------------------------------------------
+    def submit(self, req: InferRequest) -> asyncio.Future:
+        """Validate and enqueue one request; the future resolves to an :class:`InferResponse`.
+
+        Must be called on the thread running the event loop the future belongs to.
+
+        Raises:
+            NotFound / Unavailable: unknown or unloaded model. InvalidInput: bad inputs, outputs or
+            parameters. Overloaded: the model's queue is full.
+        """
+        entry = self.resolve(req.model_name, req.model_version)
+        try:
+            names = self._output_names(entry, req.outputs)
+            timeout_us = request_timeout_us(req.parameters, entry.name)
+        except FastMLError as exc:
+            self.count_failure(entry, exc)
+            raise
+        inner = self.submit_arrays(entry, req.inputs, timeout_us, req.id)
+        outer = inner.get_loop().create_future()
+        inner.add_done_callback(lambda fut: self._answer(entry, req.id, names, fut, outer))
+        return outer
+
+    async def infer(self, req: InferRequest) -> InferResponse:
+        """``await submit(req)``: the response, or the engine's error raised."""
+        return await self.submit(req)
+
+    def _output_names(self, entry, requested: list[str] | None) -> list[str]:
+        ordered = entry.cache["output_names_ordered"]
+        if not requested:
+            return ordered
+        known = entry.cache["output_names"]
+        for name in requested:
+            if name not in known:
+                raise InvalidInput(f"unknown output {name!r} for model {entry.name!r}; it has: {', '.join(sorted(known))}")
+        if len(set(requested)) != len(requested):
+            raise InvalidInput(f"an output is requested twice: {list(requested)}")
+        return list(requested)
+
+    def _answer(self, entry, request_id, names, fut, outer) -> None:
+        try:
+            result = self.settle(entry, fut)
+        except BaseException as exc:  # noqa: BLE001 - the engine's error goes to the caller's future
+            if not outer.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    outer.cancel()
+                else:
+                    outer.set_exception(exc)
+            return
+        if not outer.done():  # the caller may have given up (cancelled) meanwhile
+            outer.set_result(InferResponse(entry.name, entry.version, request_id, {n: result[n] for n in names}))
+
+    # ----- inference: the staged way in (hot paths) ---------------------------------------------------
+    def resolve(self, name: str, version: str | None = None):
+        """The :class:`fastml.serving.ModelEntry` serving ``name`` (latest version if ``version`` is None),
+        with the data plane's per-entry cache filled.
+
+        Raises:
+            NotFound: unknown model or version. Unavailable: known but not loaded.
+        """
+        if self.manager is None:
+            raise NotFound(f"unknown model {name!r}")
+        entry = self.manager.get(name, version)
+        if "output_names" not in entry.cache:
+            self._prepare(entry)
+        return entry
+
+    def submit_arrays(self, entry, inputs: dict[str, np.ndarray], timeout_us: int | None = None,
+                      request_id: str | None = None) -> asyncio.Future:
+        """Enqueue decoded inputs on ``entry``'s model; the future resolves to ``{output name: array}``
+        (every output, model order). Pass the future to :meth:`settle` exactly once when it is done.
+
+        Raises:
+            InvalidInput (names, dtypes, shapes), Overloaded (queue full), Unavailable (model closed):
+            each counted as a failure of ``entry``.
+        """
+        model = entry.model
+        try:
+            if timeout_us is None and request_id is None:
+                fut = model.submit(inputs)
+            else:
+                fut = model.submit(inputs, timeout_us, request_id=request_id)
+        except Exception as exc:
+            self.count_failure(entry, exc)
+            raise
+        entry.inflight += 1
+        self.inflight += 1
+        return fut
+
+    def settle(self, entry, fut: asyncio.Future) -> dict:
+        """Close the books on a future from :meth:`submit_arrays`: return its outputs or raise its error.
+
+        Engine-side failures are in the engine's own counters; a cancelled request is counted here.
+        """
+        entry.inflight -= 1
+        self.inflight -= 1
+        if fut.cancelled():
+            entry.failures["OTHER"] = entry.failures.get("OTHER", 0) + 1
+        return fut.result()
+
+    def count_failure(self, entry, exc: BaseException) -> None:
+        """Count a request refused before it reached the engine (a transport's decode error included)."""
+        reason = failure_reason(exc)
+        entry.failures[reason] = entry.failures.get(reason, 0) + 1
+
+    # ----- health and metadata ------------------------------------------------------------------------
+    def server_live(self) -> bool:
+        """The process is up and answering (Triton: live even while draining)."""
+        return True
+
+    def server_ready(self) -> bool:
+        """Not draining and every loaded model ready."""
+        if self.draining:
+            return False
+        return self.manager is None or all(e.model.ready for e in self.manager.entries())
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether the model version can serve now.
+
+        Raises:
+            NotFound: unknown model or version. Unavailable: known but not loaded.
+        """
+        return bool(self.resolve(name, version).model.ready) and not self.draining
+
+    @property
+    def extensions(self) -> list[str]:
+        """The Triton protocol extensions this server supports."""
+        return [e for e in EXTENSIONS if e != "model_repository" or self._repository_off is None]
+
+    def server_metadata(self) -> dict:
+        """``{"name", "version", "extensions"}`` (KServe v2 server metadata)."""
+        return {"name": "fastml", "version": self.version, "extensions": self.extensions}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict:
+        """KServe v2 model metadata: name, versions, platform, inputs and outputs with datatypes and shapes."""
+        return self.resolve(name, version).cache["metadata"]
+
+    def model_config(self, name: str, version: str | None = None) -> dict:
+        """Triton's model configuration JSON (what perf_analyzer and tritonclient read)."""
+        return self.resolve(name, version).cache["config"]
+
+    def model_statistics(self, name: str | None = None, version: str | None = None) -> dict:
+        """Triton statistics: ``{"model_stats": [...]}`` for every model, one model, or one version.
+
+        Raises:
+            NotFound / Unavailable: ``name`` (or its ``version``) is not served.
+        """
+        if name is not None:
+            if version is None:
+                if not self.manager.models.get(name):
+                    self.manager.get(name)  # raises NotFound / Unavailable
+            else:
+                self.resolve(name, version)
+        if self.snapshot_source is not None:
+            snaps = self.snapshot_source()
+        else:
+            entries = self.manager.entries() if self.manager is not None else []
+            snaps = [model_snapshot(e) for e in entries if name is None or e.name == name]
+        if name is not None:
+            snaps = [m for m in snaps if m["name"] == name and (version is None or m["version"] == version)]
+        return {"model_stats": [model_statistics_from_snapshot(m) for m in snaps]}
+
+    # ----- model repository ---------------------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        """Triton repository index: ``[{"name", "version", "state", "reason"}]`` for every known model."""
+        if self.manager is None:
+            return []
+        return self.manager.index(ready_only=ready_only)
+
+    def disable_repository(self, reason: str) -> None:
+        """Refuse load/unload from now on (and stop advertising the extension), saying ``reason``."""
+        self._repository_off = reason
+
+    async def load_model(self, name: str, config_json: str | None = None, *, parameters: dict | None = None) -> None:
+        """(Re)load ``name`` from the served repositories, swapping without failing in-flight requests.
+
+        Args:
+            name: the model. config_json: Triton ModelConfig JSON overriding settings for this load.
+            parameters: the load request's other parameters as received; ``file:...`` model-file overrides
+                are refused (a request never names or carries a file).
+
+        Raises:
+            InvalidInput: repository operations are off, or a bad parameter. NotFound: no such model.
+        """
+        self._check_repository()
+        if parameters:
+            if any(k.startswith("file:") for k in parameters):
+                raise InvalidInput("load parameters 'file:...' (model file overrides) are not supported")
+        if config_json is not None and not isinstance(config_json, str):
+            raise InvalidInput("load parameter 'config' must be a string holding ModelConfig JSON")
+        await self.manager.load(name, config_json)
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving ``name``: new requests get Unavailable, in-flight ones finish, then it is closed."""
+        self._check_repository()
+        await self.manager.unload(name)
+
+    def _check_repository(self) -> None:
+        if self._repository_off is not None:
+            raise InvalidInput(f"model repository load/unload is not available: {self._repository_off}")
+        if self.manager is None:
+            raise InvalidInput("this server has no model repository")
+
+    # ----- per-entry cache ----------------------------------------------------------------------------
+    def _prepare(self, entry) -> None:
+        """Fill ``entry.cache`` with what every transport reuses: output names, metadata and config dicts."""
+        sig = entry.model.signature
+        mbs = int(entry.model.max_batch_size)
+        outs = [t.name for t in sig.outputs]
+
+        def dims(t):
+            d = [int(x) for x in t.shape]
+            return d[1:] if mbs > 0 and d else d
+
+        metadata = {
+            "name": entry.name,
+            "versions": [entry.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": [int(x) for x in t.shape]} for t in sig.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": [int(x) for x in t.shape]} for t in sig.outputs],
+        }
+        config = {
+            "name": entry.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"latest": {"num_versions": 1}} if entry.config.version_policy == "latest" else {"all": {}},
+            "max_batch_size": mbs,
+            "input": [{"name": t.name, "data_type": CONFIG_DTYPES[t.datatype], "dims": dims(t)} for t in sig.inputs],
+            "output": [{"name": t.name, "data_type": CONFIG_DTYPES[t.datatype], "dims": dims(t)} for t in sig.outputs],
+            "instance_group": [{"name": entry.name, "count": entry.config.instances, "kind": "KIND_CPU"}],
+            "default_model_filename": "model.onnx",
+            # Where batches run ("loop": inline on the event loop; "threads": runner threads), after "auto" chose.
+            "parameters": {"runner": {"string_value": str(getattr(entry.model, "runner", "threads"))}},
+        }
+        if mbs > 0:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": entry.config.max_queue_delay_us,
+                "default_queue_policy": {
+                    "timeout_action": "REJECT",
+                    "default_timeout_microseconds": entry.config.timeout_us,
+                    "allow_timeout_override": True,
+                    "max_queue_size": entry.config.max_queue_size,
+                },
+            }
+        entry.cache["output_names_ordered"] = outs
+        entry.cache["metadata"] = metadata
+        entry.cache["config"] = config
+        # Set last: its presence is what resolve() checks.
+        entry.cache["output_names"] = frozenset(outs)
+
+
+__all__ = [
+    "DataPlane",
+    "EXTENSIONS",
+    "FAILURE_REASON",
+    "InferRequest",
+    "InferResponse",
+    "failure_reason",
+    "model_snapshot",
+    "model_statistics_from_snapshot",
+    "request_timeout_us",
+]
