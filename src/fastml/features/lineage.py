@@ -7,8 +7,8 @@ attributed to the group version that was newest when the model version was regis
 
 from __future__ import annotations
 
-import datetime as _dt
-
+from fastml.errors import InvalidInput
+from fastml.features import timestamps as _timestamps
 from fastml.features.groups import parse_ref
 from fastml.features.metadata import MetadataStore
 
@@ -32,20 +32,15 @@ def _registry_models(home) -> tuple[list, str | None]:
 
 
 def _ts(value) -> float | None:
+    """Seconds since the epoch (UTC) of a recorded time; numbers are seconds already; None if unreadable."""
     if value is None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, _dt.datetime):
-        dt = value
-    else:
-        try:
-            dt = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=_dt.timezone.utc)
-    return dt.timestamp()
+    try:
+        return _timestamps.to_us(value) / 1e6
+    except InvalidInput:
+        return None
 
 
 def lineage(meta: MetadataStore, name: str, home=None) -> dict:

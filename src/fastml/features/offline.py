@@ -23,6 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from fastml.errors import InvalidInput
+from fastml.features import timestamps as _timestamps
 from fastml.features.groups import RESERVED_COLUMNS, FeatureGroup
 
 US_PER_DAY = 86_400_000_000
@@ -66,26 +67,8 @@ def _column(table: pa.Table, name: str) -> pa.Array:
 
 
 def timestamps_us(table: pa.Table, name: str, what: str = "table") -> np.ndarray:
-    """The column as int64 microseconds since the epoch (UTC; naive timestamps are taken as UTC)."""
-    if name not in table.column_names:
-        raise InvalidInput(f"{what}: missing timestamp column {name!r}; columns: {table.column_names}")
-    col = _column(table, name)
-    t = col.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        try:
-            col = pc.cast(col, pa.timestamp("us"))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise InvalidInput(f"column {name!r}: cannot parse as timestamps: {exc}") from exc
-    elif pa.types.is_date(t):
-        col = pc.cast(col, pa.timestamp("us"))
-    elif not pa.types.is_timestamp(t):
-        raise InvalidInput(f"column {name!r}: expected a timestamp, got {t}")
-    if col.null_count:
-        raise InvalidInput(f"column {name!r}: {col.null_count} null timestamps; every row needs an event time")
-    # Sub-microsecond digits are dropped (the store's resolution is 1 us).
-    tz = getattr(col.type, "tz", None)
-    us = pc.cast(col, pa.timestamp("us", tz=tz), safe=False)
-    return us.view(pa.int64()).to_numpy(zero_copy_only=False)
+    """The column as int64 microseconds since the epoch (UTC), read by :func:`fastml.features.timestamps.column_us`."""
+    return _timestamps.column_us(table, name, what)
 
 
 def key_strings(table: pa.Table, entities: tuple[str, ...], what: str = "table") -> pa.Array:

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from fastml.errors import InvalidInput
 from fastml.features import offline as _offline
 from fastml.features import pit as _pit
+from fastml.features import timestamps as _timestamps
 from fastml.features.groups import FeatureGroup, parse_group_ref, parse_ref
 from fastml.features.metadata import MetadataStore
 from fastml.features.online import OnlineStore
@@ -311,28 +312,5 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _to_us(value) -> int | None:
-    """A time bound as microseconds since the epoch: None, datetime, ISO string, numpy/pandas time."""
-    if value is None:
-        return None
-    import datetime as dt
-
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise InvalidInput(f"time bound {value!r} is not an ISO 8601 date/time") from exc
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-        return (value - epoch) // dt.timedelta(microseconds=1)
-    if isinstance(value, dt.date):
-        return int(np.datetime64(value, "us").astype(np.int64))
-    if isinstance(value, np.datetime64):
-        return int(value.astype("datetime64[us]").astype(np.int64))
-    if hasattr(value, "to_datetime64"):  # pandas Timestamp
-        ts = value.tz_convert("UTC").tz_localize(None) if getattr(value, "tzinfo", None) else value
-        return int(ts.to_datetime64().astype("datetime64[us]").astype(np.int64))
-    raise InvalidInput(f"time bound {value!r} must be a datetime, ISO string or microseconds since the epoch")
+    """A time bound as microseconds since the epoch (UTC): None, datetime, ISO string, numpy/pandas time."""
+    return _timestamps.to_us(value, "time bound")
