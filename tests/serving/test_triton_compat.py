@@ -334,3 +334,47 @@ def test_tritonclient_http_aio_sees_the_same(live_server):
             await c.close()
 
     asyncio.run(scenario())
+
+
+# ----- fastml serve ----------------------------------------------------------------------------------------------
+def _serve(args: list[str], home: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FASTML_HOME=str(home), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fastml.cli", "serve", *args, "--http-port", "0", "--metrics-port", "0"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_fastml_serve_keeps_serving_when_one_model_fails(repo, fastml_home):
+    import re
+    import signal
+
+    import tritonclient.http as httpclient
+
+    proc = _serve([str(repo)], fastml_home)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://([\d.]+):(\d+) \(models: (.*)\)", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert sorted(m.group(3).split(", ")) == ["mlp:1", "parse:1"]
+        c = httpclient.InferenceServerClient(f"{m.group(1)}:{m.group(2)}")
+        _check_index(c.get_model_repository_index())
+        assert c.is_model_ready("mlp") and not c.is_model_ready("broken")
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert "model 'broken' version 1 failed to load and is UNAVAILABLE: cannot load" in err
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["nothing-loaded", "exit-on-error"])
+def test_fastml_serve_exits_non_zero_with_the_reasons(repo, fastml_home, strict):
+    args = [str(repo), "--exit-on-error"] if strict else [only(repo, "broken", "badcfg")]
+    proc = _serve(args, fastml_home)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "fastml serve: http" not in out
+    head = "a model failed to load (exit_on_error)" if strict else "no model could be loaded"
+    assert head in err and "model 'broken' version 1: cannot load" in err and "model 'badcfg': " in err

@@ -29,6 +29,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body (413 beyond)")
     p.add_argument("--idle-timeout-s", type=float, default=60.0, help="close keep-alive connections idle this long")
     p.add_argument("--request-timeout-s", type=float, default=30.0, help="a started request must arrive completely within this (408)")
+    p.add_argument("--exit-on-error", action="store_true",
+                   help="exit non-zero when any model fails to load (Triton's default); without it the other models "
+                   "are served and a failed one is UNAVAILABLE with its reason in the repository index (with no model "
+                   "loaded at all, serve always exits non-zero)")
     p.set_defaults(handler=_serve)
 
 
@@ -58,5 +62,6 @@ def _serve(args) -> int:
         max_body_bytes=args.max_body_bytes,
         idle_timeout_s=args.idle_timeout_s,
         request_timeout_s=args.request_timeout_s,
+        exit_on_error=args.exit_on_error,
     )
     return serve(opts)
