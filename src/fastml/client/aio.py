@@ -1,0 +1,239 @@
+"""The asyncio client of the fastml binary protocol: :class:`AsyncClient`.
+
+Concurrent ``await client.infer(...)`` calls share the client's connections (round robin over
+``connections`` of them): each call writes its frame and waits on a future keyed by its request id, and the
+connection's protocol resolves futures as answers arrive, in any order. Frames written in one event-loop
+pass go out in one ``writelines``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fastml.client import wire
+from fastml.client.sync import _timeout_us
+from fastml.errors import DeadlineExceeded, FastMLError, InternalError, InvalidInput, Unavailable
+
+
+class _ClientProtocol(asyncio.BufferedProtocol):
+    """One connection: request id -> future, answers parsed from a FrameBuffer."""
+
+    def __init__(self, address: str, parser, chunk_bytes: int):
+        self.address = address
+        self.parser = parser
+        self.buffer = wire.FrameBuffer(chunk_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.next_id = 1
+        self.out: list[bytes] = []
+        self.flush_due = False
+        self.lost: Exception | None = None
+        self._loop = asyncio.get_event_loop()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.lost = Unavailable(f"connection to {self.address} lost" + (f": {exc}" if exc else ""))
+        waiting, self.waiting = self.waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(self.lost)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buffer.advance(nbytes)
+        items, fatal = self.buffer.parse(self.parser, 1 << 30)
+        waiting = self.waiting
+        for item in items:
+            fut = waiting.pop(item[1], None)
+            if fut is None:
+                if item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL:
+                    self._fail_all(wire.error_from_frame(item[3], item[2], item[4]))
+                continue  # an answer to a call that gave up (timed out or cancelled)
+            if fut.done():
+                continue
+            try:
+                fut.set_result(wire.result_of(item))
+            except FastMLError as exc:
+                fut.set_exception(exc)
+        if fatal is not None:
+            self._fail_all(InternalError(f"the server sent bytes that are not a frame: {fatal[1]}"))
+
+    def eof_received(self) -> bool:
+        return False  # the server closed: close our side too (connection_lost fails what is waiting)
+
+    def _fail_all(self, exc: Exception) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def new_id(self) -> int:
+        rid = self.next_id
+        self.next_id = rid + 1 if rid < wire.MAX_REQUEST_ID else 1
+        return rid
+
+    def send(self, frame: bytes) -> None:
+        self.out.append(frame)
+        if not self.flush_due:
+            self.flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_due = False
+        out, self.out = self.out, []
+        if self.transport is None or not out:
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.writelines(out)
+
+
+class AsyncClient:
+    """asyncio client of the fastml binary protocol: many concurrent calls pipelined on few connections.
+
+    Args:
+        address: ``"host:port"`` or ``"unix:/path/to/socket"``.
+        connections: connections opened (lazily) and used round robin.
+        timeout_s: default per-call timeout. connect_timeout_s: opening a connection.
+        retries / retry_backoff_s: as :class:`fastml.client.Client` (on Unavailable, idempotent inference).
+
+    Example:
+        >>> async with AsyncClient("127.0.0.1:8001") as client:                          # doctest: +SKIP
+        ...     outs = await asyncio.gather(*(client.infer("mlp", {"input": x}) for x in xs))
+    """
+
+    def __init__(self, address: str, *, connections: int = 1, timeout_s: float = 30.0, connect_timeout_s: float = 5.0,
+                 retries: int = 2, retry_backoff_s: float = 0.05, chunk_bytes: int = 256 * 1024):
+        self._family, self._addr = wire.parse_address(address)
+        if connections < 1:
+            raise InvalidInput(f"connections must be >= 1, got {connections}")
+        self.address = address
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self.chunk_bytes = chunk_bytes
+        self._parser = wire.Parser((1 << 32) - 1, 0xFFFF, 255, 0xFFFF)
+        self._conns: list[_ClientProtocol | None] = [None] * connections
+        self._opening: list[asyncio.Future | None] = [None] * connections
+        self._next = 0
+        self._closed = False
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None = None, *,
+                    outputs: Sequence[str] | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Run one inference; returns output name -> array (read-only arrays). Errors as :meth:`Client.infer`."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        timeout_us = _timeout_us(timeout_s)
+        attempt = 0
+        while True:
+            try:
+                return await self._call(model, inputs, version, outputs, timeout_us, deadline)
+            except Unavailable:
+                backoff_s = self.retry_backoff_s * 2**attempt
+                if attempt >= self.retries or time.monotonic() + backoff_s >= deadline:
+                    raise
+                await asyncio.sleep(backoff_s)
+                attempt += 1
+
+    async def ping(self) -> float:
+        """Round-trip time of a PING frame on the next connection, in seconds."""
+        conn = await self._connection()
+        rid = conn.new_id()
+        fut = asyncio.get_running_loop().create_future()
+        conn.waiting[rid] = fut
+        t0 = time.perf_counter()
+        conn.send(wire.encode_control(wire.PING, rid))
+        await asyncio.wait_for(fut, self.timeout_s)
+        return time.perf_counter() - t0
+
+    async def close(self) -> None:
+        """Close every connection; calls still waiting fail with Unavailable."""
+        self._closed = True
+        for i, conn in enumerate(self._conns):
+            if conn is not None and conn.transport is not None:
+                conn.transport.close()
+            self._conns[i] = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # ----- internals ------------------------------------------------------------------------------
+    async def _call(self, model, inputs, version, outputs, timeout_us, deadline) -> dict:
+        conn = await self._connection()
+        rid = conn.new_id()
+        try:
+            frame = wire.encode_request(rid, model, version, inputs, outputs, timeout_us)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        conn.waiting[rid] = fut
+        conn.send(frame)
+        remaining_s = deadline - time.monotonic()
+        timer = loop.call_later(max(remaining_s, 0), _expire, fut, remaining_s)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            conn.waiting.pop(rid, None)
+
+    async def _connection(self) -> _ClientProtocol:
+        if self._closed:
+            raise Unavailable("the client is closed")
+        i = self._next
+        self._next = (i + 1) % len(self._conns)
+        conn = self._conns[i]
+        if conn is not None and conn.transport is not None:
+            return conn
+        opening = self._opening[i]
+        if opening is None:
+            opening = asyncio.ensure_future(self._open())
+            self._opening[i] = opening
+            try:
+                conn = await opening
+            finally:
+                self._opening[i] = None
+            self._conns[i] = conn
+            return conn
+        return await asyncio.shield(opening)
+
+    async def _open(self) -> _ClientProtocol:
+        loop = asyncio.get_running_loop()
+
+        def factory():
+            return _ClientProtocol(self.address, self._parser, self.chunk_bytes)
+
+        try:
+            if self._family == "unix":
+                coro = loop.create_unix_connection(factory, self._addr)
+            else:
+                coro = loop.create_connection(factory, *self._addr)
+            _, proto = await asyncio.wait_for(coro, self.connect_timeout_s)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"cannot connect to {self.address}: {getattr(exc, 'strerror', None) or exc}") from None
+        return proto
+
+
+def _expire(fut: asyncio.Future, timeout_s: float) -> None:
+    if not fut.done():
+        fut.set_exception(DeadlineExceeded(f"no answer within {timeout_s:.3f} s"))

@@ -1,0 +1,292 @@
+"""The blocking client of the fastml binary protocol: :class:`Client`.
+
+Each call leases a connection from a small pool (so threads can share one client), writes its request
+frames and reads answers until it has them all. :meth:`Client.infer_many` pipelines: up to ``window``
+requests are in flight on one connection and answers are matched by request id, in whatever order the
+server sends them. Reading and writing are interleaved on a non-blocking socket, so a large batch never
+deadlocks with a server that stops reading while its answers wait to be read.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from fastml.client import wire
+from fastml.errors import DeadlineExceeded, FastMLError, InternalError, InvalidInput, Unavailable
+
+
+def _connect(address: str, connect_timeout_s: float) -> socket.socket:
+    family, addr = wire.parse_address(address)
+    if family == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        sock = socket.socket(socket.AF_INET6 if family == "tcp6" else socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(connect_timeout_s)
+    try:
+        sock.connect(addr)
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    if family != "unix":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    return sock
+
+
+class _Connection:
+    """One socket, its receive buffer and its request-id counter; used by one thread at a time."""
+
+    def __init__(self, address: str, connect_timeout_s: float, parser, chunk_bytes: int):
+        self.address = address
+        self.sock = _connect(address, connect_timeout_s)
+        self.parser = parser
+        self.buffer = wire.FrameBuffer(chunk_bytes)
+        self.next_id = 1
+        self.poller = select.poll()
+        self.poller.register(self.sock.fileno(), select.POLLIN)
+        self.broken = False
+
+    def new_id(self) -> int:
+        rid = self.next_id
+        self.next_id = rid + 1 if rid < wire.MAX_REQUEST_ID else 1
+        return rid
+
+    def close(self) -> None:
+        self.broken = True
+        self.sock.close()
+
+    def exchange(self, frames: Sequence[tuple[int, bytes]], deadline: float, window: int) -> dict[int, tuple]:
+        """Send ``(request id, frame)`` pairs, at most ``window`` unanswered at a time; return id -> item.
+
+        Raises:
+            DeadlineExceeded: not every answer arrived by ``deadline`` (time.monotonic()).
+            Unavailable: the connection failed or the server closed it.
+        """
+        try:
+            return self._exchange(frames, deadline, window)
+        except FastMLError:
+            self.close()  # a half-finished exchange leaves unread answers: the connection is done
+            raise
+        except OSError as exc:
+            self.close()
+            raise Unavailable(f"connection to {self.address} failed: {exc.strerror or exc}") from None
+
+    def _exchange(self, frames, deadline, window) -> dict[int, tuple]:
+        sock, buffer, parser = self.sock, self.buffer, self.parser
+        queue = deque(frames)
+        results: dict[int, tuple] = {}
+        outstanding: set[int] = set()
+        wanted = len(frames)
+        sending: memoryview | None = None
+        while len(results) < wanted:
+            progressed = False
+            if sending is None and queue and len(outstanding) < window:
+                # Frames that fit the window are sent together (one send for a pipelined burst).
+                parts = []
+                while queue and len(outstanding) < window:
+                    rid, frame = queue.popleft()
+                    outstanding.add(rid)
+                    parts.append(frame)
+                sending = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+            if sending is not None:
+                try:
+                    n = sock.send(sending)
+                except BlockingIOError:
+                    n = 0
+                if n:
+                    progressed = True
+                    sending = sending[n:] if n < len(sending) else None
+            try:
+                n = sock.recv_into(buffer.get_buffer())
+            except BlockingIOError:
+                n = -1
+            if n == 0:
+                raise Unavailable(f"{self.address} closed the connection")
+            if n > 0:
+                progressed = True
+                buffer.advance(n)
+                items, fatal = buffer.parse(parser, 1 << 30)
+                for item in items:
+                    rid = item[1]
+                    if rid in outstanding:
+                        outstanding.discard(rid)
+                        results[rid] = item
+                    elif item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL:
+                        raise wire.error_from_frame(item[3], item[2], item[4])
+                if fatal is not None:
+                    raise InternalError(f"the server sent bytes that are not a frame: {fatal[1]}")
+            if progressed:
+                continue
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise DeadlineExceeded(f"no answer from {self.address} within the timeout ({len(results)} of {wanted} answered)")
+            self.poller.modify(sock.fileno(), select.POLLIN | (select.POLLOUT if sending is not None else 0))
+            self.poller.poll(max(1, int(remaining_s * 1000) + 1))
+        return results
+
+
+class Client:
+    """Blocking client of the fastml binary protocol.
+
+    Args:
+        address: ``"host:port"`` or ``"unix:/path/to/socket"``.
+        timeout_s: default per-call timeout. connect_timeout_s: connecting a new socket.
+        pool_size: idle connections kept for reuse (threads beyond it open extra ones for the call).
+        retries: how many times a call refused with :class:`fastml.errors.Unavailable` (or whose connection
+            failed) is tried again on a fresh connection; inference is idempotent.
+        retry_backoff_s: wait before the first retry, doubled for each next one.
+        window: requests :meth:`infer_many` keeps in flight on its connection.
+
+    Example:
+        >>> with Client("127.0.0.1:8001") as client:            # doctest: +SKIP
+        ...     out = client.infer("mlp", {"input": x})          # {"probabilities": array(...)}
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 30.0, connect_timeout_s: float = 5.0, pool_size: int = 4,
+                 retries: int = 2, retry_backoff_s: float = 0.05, window: int = 64, chunk_bytes: int = 256 * 1024):
+        wire.parse_address(address)  # refuse a malformed address now, not on first use
+        self.address = address
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.pool_size = pool_size
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self.window = window
+        self.chunk_bytes = chunk_bytes
+        # Answers are parsed with a generous frame limit: the server bounds what it sends.
+        self._parser = wire.Parser((1 << 32) - 1, 0xFFFF, 255, 0xFFFF)
+        self._idle: list[_Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ----- public API -----------------------------------------------------------------------------
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None = None, *,
+              outputs: Sequence[str] | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Run one inference; returns output name -> array (read-only arrays).
+
+        Raises:
+            InvalidInput, NotFound, Overloaded, DeadlineExceeded, Unavailable, InternalError: as the server
+            answered (the same classes and messages as its HTTP endpoint), or DeadlineExceeded when no answer
+            came within the timeout.
+        """
+        return self.infer_many(model, [inputs], version, outputs=outputs, timeout_s=timeout_s)[0]
+
+    def infer_many(self, model: str, batch: Iterable[Mapping[str, np.ndarray]], version: str | None = None, *,
+                   outputs: Sequence[str] | None = None, timeout_s: float | None = None,
+                   return_exceptions: bool = False) -> list:
+        """Run many inferences pipelined on one connection; results in the order of ``batch``.
+
+        Args:
+            return_exceptions: put each failed request's exception in its slot instead of raising the first.
+        """
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        timeout_us = _timeout_us(timeout_s)
+        todo = list(batch)
+        results: list = [None] * len(todo)
+        pending = list(range(len(todo)))
+        attempt = 0
+        while True:
+            try:
+                failed = self._attempt(model, version, outputs, timeout_us, todo, pending, results, deadline)
+            except Unavailable as exc:
+                failed, error = pending, exc
+            else:
+                if not failed:
+                    break
+                error = results[failed[0]]
+            if attempt >= self.retries or time.monotonic() + self.retry_backoff_s * 2**attempt >= deadline:
+                for i in failed:
+                    results[i] = results[i] if isinstance(results[i], Unavailable) else error
+                break
+            time.sleep(self.retry_backoff_s * 2**attempt)
+            attempt += 1
+            pending = failed
+        if not return_exceptions:
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        return results
+
+    def ping(self, timeout_s: float | None = None) -> float:
+        """Round-trip time of a PING frame, in seconds."""
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        conn = self._lease()
+        t0 = time.perf_counter()
+        rid = conn.new_id()
+        conn.exchange([(rid, wire.encode_control(wire.PING, rid))], deadline, 1)
+        rtt = time.perf_counter() - t0
+        self._release(conn)
+        return rtt
+
+    def close(self) -> None:
+        """Close every pooled connection (calls in progress keep theirs until they finish)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- internals ------------------------------------------------------------------------------
+    def _attempt(self, model, version, outputs, timeout_us, todo, pending, results, deadline) -> list[int]:
+        """One try over the ``pending`` indexes; fills ``results``; returns the indexes refused as Unavailable."""
+        conn = self._lease()
+        frames = []
+        index_of = {}
+        for i in pending:
+            rid = conn.new_id()
+            try:
+                frames.append((rid, wire.encode_request(rid, model, version, todo[i], outputs, timeout_us)))
+            except (ValueError, TypeError) as exc:
+                self._release(conn)
+                raise InvalidInput(f"request {i}: {exc}") from None
+            index_of[rid] = i
+        answers = conn.exchange(frames, deadline, self.window)
+        self._release(conn)
+        failed = []
+        for rid, item in answers.items():
+            i = index_of[rid]
+            try:
+                results[i] = wire.result_of(item)
+            except FastMLError as exc:
+                results[i] = exc
+                if isinstance(exc, Unavailable):
+                    failed.append(i)
+        return failed
+
+    def _lease(self) -> _Connection:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the client is closed")
+            if self._idle:
+                return self._idle.pop()
+        return _Connection(self.address, self.connect_timeout_s, self._parser, self.chunk_bytes)
+
+    def _release(self, conn: _Connection) -> None:
+        if conn.broken:
+            return
+        with self._lock:
+            if not self._closed and len(self._idle) < self.pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+
+def _timeout_us(timeout_s: float | None) -> int:
+    """The server-side deadline sent with a request: the client's timeout, capped to the u32 field."""
+    if timeout_s is None or timeout_s <= 0:
+        return 0
+    return min(int(timeout_s * 1_000_000), 0xFFFFFFFF)

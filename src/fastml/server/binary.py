@@ -1,0 +1,365 @@
+"""The fastml binary protocol transport: length-prefixed frames over TCP and Unix sockets (docs/protocol.md).
+
+One :class:`BinaryProtocol` (an ``asyncio.BufferedProtocol``) per connection. Received bytes land in a
+:class:`fastml.client.wire.FrameBuffer`; the native parser turns each complete frame into a tuple whose
+input tensors are read-only numpy views of that buffer, and the request goes to the data plane with no
+per-tensor Python work here. Many requests are in flight per connection and each answer is written as soon
+as its inference completes (out of order, matched by request id); answers completed in one event-loop
+pass are written with one ``writelines``.
+
+Bounds: frame size, tensor count, rank and name length are checked natively; at most ``max_inflight``
+requests per connection (reading pauses at the limit and frames already received wait unparsed, so there is
+no queue beyond the socket buffers); reading also pauses while the transport's write buffer is full (a
+client that does not read its answers cannot grow our memory). A malformed frame is answered with an
+error frame for its request id; a frame that breaks the stream (bad magic or version, oversized) is
+answered with a fatal error frame and the connection is closed. Other connections never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+
+from fastml.client import wire
+from fastml.errors import FastMLError, InvalidInput, Unavailable
+from fastml.server.status import http_status
+from fastml.serving.dataplane import InferRequest
+
+log = logging.getLogger("fastml.server")
+
+_INFER_REQUEST = wire.INFER_REQUEST
+_encode_response = wire.encode_response
+_encode_error = wire.encode_error
+
+
+@dataclasses.dataclass
+class BinaryLimits:
+    """Per-connection bounds of the binary protocol.
+
+    Attributes:
+        max_frame_bytes: largest frame (its length prefix); larger closes the connection with 413.
+        max_tensors: tensors (and requested outputs) per frame. max_rank: dimensions per tensor.
+        max_name_bytes: model, version, tensor and output names.
+        max_inflight: unanswered requests per connection before reading pauses.
+        chunk_bytes: receive-buffer chunk size (frames larger than this get a buffer of their own).
+    """
+
+    max_frame_bytes: int = 64 * 1024 * 1024
+    max_tensors: int = 64
+    max_rank: int = 16
+    max_name_bytes: int = 1024
+    max_inflight: int = 128
+    chunk_bytes: int = 256 * 1024
+
+
+class _Call:
+    """One in-flight request: answers its connection when the data plane's future settles."""
+
+    __slots__ = ("conn", "request_id", "entry")
+
+    def __init__(self, conn: "BinaryProtocol", request_id: int, entry):
+        self.conn = conn
+        self.request_id = request_id
+        self.entry = entry  # None when the request went through DataPlane.submit (requested outputs)
+
+    def done(self, fut: asyncio.Future) -> None:
+        conn = self.conn
+        rid = self.request_id
+        plane = conn.plane
+        try:
+            if self.entry is not None:
+                entry = self.entry
+                outputs = plane.settle(entry, fut)
+                frame = _encode_response(rid, entry.name, entry.version, outputs)
+            else:
+                resp = fut.result()
+                frame = _encode_response(rid, resp.model_name, resp.model_version, resp.outputs)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes this request's error frame
+            frame = conn.error_frame(rid, exc)
+        conn.finish(rid, frame)
+
+
+class BinaryProtocol(asyncio.BufferedProtocol):
+    """One binary-protocol connection (see the module docstring)."""
+
+    def __init__(self, listener: "BinaryListener"):
+        self.listener = listener
+        self.plane = listener.plane
+        self.limits = listener.limits
+        self.parser = listener.parser
+        self.buffer = wire.FrameBuffer(listener.limits.chunk_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.inflight: dict[int, _Call] = {}
+        self.out: list[bytes] = []
+        self.flush_due = False
+        self.read_paused = False
+        self.write_paused = False
+        self.closing = False  # no more requests are parsed (drain, fatal error, connection gone)
+        self.eof = False  # the client half-closed: parse what it sent, answer it, then close
+        self._loop = asyncio.get_event_loop()
+
+    # ----- asyncio callbacks ----------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.listener.connections.add(self)
+
+    def connection_lost(self, exc) -> None:
+        self.listener.connections.discard(self)
+        self.closing = True
+        self.transport = None
+        # In-flight requests still complete in the engine; their answers are dropped in finish().
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.buffer.advance(nbytes)
+        self.process()
+
+    def eof_received(self) -> bool:
+        # A client may half-close after its last request: answer what it sent, then close.
+        self.eof = True
+        self._maybe_close()
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._maybe_resume()
+
+    # ----- requests -------------------------------------------------------------------------------
+    def process(self) -> None:
+        """Parse and dispatch received frames, as many as the in-flight bound allows."""
+        if self.closing:
+            return
+        room = self.limits.max_inflight - len(self.inflight)
+        if room <= 0:
+            self._pause_reading()
+            return
+        items, fatal = self.buffer.parse(self.parser, room)
+        for item in items:
+            if item[0] == _INFER_REQUEST:
+                self._infer(item)
+            else:
+                self._other(item)
+        if fatal is not None:
+            status, message, rid = fatal
+            self._write(_encode_error(rid or 0, status, 1, message, wire.FLAG_FATAL))
+            self._shut()
+            return
+        if len(self.inflight) >= self.limits.max_inflight:
+            self._pause_reading()
+
+    def _infer(self, item) -> None:
+        _, rid, model, version, timeout_us, inputs, outputs = item
+        inflight = self.inflight
+        if rid in inflight:
+            self._write(self.error_frame(rid, InvalidInput(f"request id {rid} is already in flight on this connection")))
+            return
+        plane = self.plane
+        try:
+            if plane.draining:
+                raise Unavailable("the server is shutting down")
+            if outputs is None:
+                entry = plane.resolve(model, version)
+                fut = plane.submit_arrays(entry, inputs, timeout_us or None)
+                call = _Call(self, rid, entry)
+            else:
+                params = {"timeout": timeout_us} if timeout_us else {}
+                fut = plane.submit(InferRequest(model, inputs, model_version=version, outputs=outputs, parameters=params))
+                call = _Call(self, rid, None)
+        except Exception as exc:  # noqa: BLE001 - refused requests are answered, never raised into asyncio
+            self._write(self.error_frame(rid, exc))
+            return
+        inflight[rid] = call
+        fut.add_done_callback(call.done)
+
+    def _other(self, item) -> None:
+        kind = item[0]
+        if kind == wire.PING:
+            self._write(wire.encode_control(wire.PONG, item[1]))
+        elif kind == wire.PONG:
+            pass
+        elif kind == wire.INVALID:
+            _, rid, status, message = item
+            self._write(_encode_error(rid or 0, status, 1, message))
+        else:
+            self._write(self.error_frame(item[1], InvalidInput(f"a client may not send frames of type {kind}")))
+
+    def error_frame(self, rid: int, exc: BaseException) -> bytes:
+        """The error frame for ``exc``: the HTTP transport's status code and message, plus the error kind."""
+        if not isinstance(exc, FastMLError):
+            if isinstance(exc, asyncio.CancelledError):
+                exc = Unavailable("the request was cancelled")
+            else:
+                log.error("binary protocol: internal error", exc_info=exc)
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                return _encode_error(rid, 500, 9, message)
+        return _encode_error(rid, http_status(exc), wire.error_kind(exc), str(exc) or type(exc).__name__)
+
+    def finish(self, rid: int, frame: bytes) -> None:
+        """An in-flight request is answered: write its frame and maybe resume reading."""
+        self.inflight.pop(rid, None)
+        if self.transport is None:
+            return
+        self._write(frame)
+        if self.closing or self.eof:
+            self._maybe_close()
+        elif self.read_paused:
+            self._maybe_resume()
+
+    # ----- writing and flow control ---------------------------------------------------------------
+    def _write(self, frame: bytes) -> None:
+        self.out.append(frame)
+        if not self.flush_due:
+            self.flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_due = False
+        out = self.out
+        if not out or self.transport is None:
+            out.clear()
+            return
+        self.out = []
+        if len(out) == 1:
+            self.transport.write(out[0])
+        else:
+            self.transport.writelines(out)
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume(self) -> None:
+        if not self.read_paused or self.write_paused or self.transport is None or self.eof:
+            return
+        if len(self.inflight) >= self.limits.max_inflight:
+            return
+        # Frames that arrived while paused are parsed before more bytes are read.
+        self.process()
+        if not self.closing and len(self.inflight) < self.limits.max_inflight and self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _shut(self) -> None:
+        """Stop reading; close after the pending writes (used for a fatal frame error)."""
+        self.closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _maybe_close(self) -> None:
+        if self.inflight or self.transport is None:
+            return
+        if self.eof and not self.closing:
+            self.process()  # frames received before the half-close that waited for in-flight room
+            if self.inflight or self.transport is None:
+                return
+        self._flush()
+        self.transport.close()
+
+    def close_when_idle(self) -> None:
+        """Drain: read no more requests; close once the in-flight ones are answered."""
+        self.closing = True
+        if self.transport is not None and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self._maybe_close()
+
+
+class BinaryListener:
+    """Accepts binary-protocol connections on a TCP port and/or a Unix socket, over one data plane.
+
+    Args:
+        plane: the :class:`fastml.serving.dataplane.DataPlane` requests go to. limits: :class:`BinaryLimits`.
+
+    Attributes:
+        port: the bound TCP port (after :meth:`start_tcp`). path: the Unix socket path (after :meth:`start_unix`).
+    """
+
+    def __init__(self, plane, limits: BinaryLimits | None = None):
+        self.plane = plane
+        self.limits = limits or BinaryLimits()
+        lim = self.limits
+        self.parser = wire.Parser(lim.max_frame_bytes, lim.max_tensors, lim.max_rank, lim.max_name_bytes)
+        self.connections: set[BinaryProtocol] = set()
+        self.port: int | None = None
+        self.path: str | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+
+    async def start_tcp(self, host: str = "127.0.0.1", port: int = 0, reuse_port: bool = False) -> int:
+        """Listen on ``host:port`` (0 = any free port); returns the bound port."""
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        sock.setblocking(False)
+        srv = await asyncio.get_running_loop().create_server(lambda: BinaryProtocol(self), sock=sock, backlog=1024)
+        self._servers.append(srv)
+        self.port = srv.sockets[0].getsockname()[1]
+        return self.port
+
+    async def start_unix(self, path: str) -> str:
+        """Listen on the Unix socket ``path`` (a stale socket file left by a dead server is replaced)."""
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # nobody listens there: a leftover of a server that died
+            else:
+                raise Unavailable(f"cannot listen on {path}: another server is listening there")
+            finally:
+                probe.close()
+        try:
+            srv = await asyncio.get_running_loop().create_unix_server(lambda: BinaryProtocol(self), path=path, backlog=1024)
+        except OSError as exc:
+            raise Unavailable(f"cannot listen on {path}: {exc.strerror or exc}") from None
+        self._servers.append(srv)
+        self.path = path
+        return path
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets; connections stay open."""
+        for srv in self._servers:
+            srv.close()
+        self._servers.clear()
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def drain(self) -> None:
+        """Stop accepting and reading; every connection closes after answering its in-flight requests."""
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
+    @property
+    def inflight(self) -> int:
+        """Requests in flight over every binary connection."""
+        return sum(len(c.inflight) for c in self.connections)
+
+    def close(self) -> None:
+        """Stop accepting and close every connection now."""
+        self.stop_accepting()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
