@@ -25,18 +25,6 @@ static int64_t EpochNowMs() {
         .count();
 }
 
-const char* StatusCodeName(StatusCode code) {
-    switch (code) {
-        case StatusCode::kOk: return "OK";
-        case StatusCode::kInvalidInput: return "INVALID_INPUT";
-        case StatusCode::kOverloaded: return "OVERLOADED";
-        case StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-        case StatusCode::kUnavailable: return "UNAVAILABLE";
-        case StatusCode::kInternal: return "INTERNAL";
-    }
-    return "UNKNOWN";
-}
-
 static std::string ShapeString(const std::vector<int64_t>& dims) {
     std::ostringstream s;
     s << "[";
@@ -59,6 +47,11 @@ void CompletionQueue::Push(std::vector<Completion>&& items) {
         items_ = std::move(items);
     } else {
         for (auto& c : items) items_.push_back(std::move(c));
+    }
+    if (sweep_due_) {
+        // Abandoned: no event loop reads the eventfd any more; the bindings release these items.
+        sweep_due_->store(true);
+        return;
     }
     // The quiet thread drains right after pushing: no wake-up needed.
     if (signalled_ || std::this_thread::get_id() == quiet_thread_) return;
@@ -88,12 +81,40 @@ void CompletionQueue::SetQuietThread() {
     quiet_thread_ = std::this_thread::get_id();
 }
 
+void CompletionQueue::Abandon(std::shared_ptr<std::atomic<bool>> sweep_due) {
+    std::lock_guard<std::mutex> lk(mu_);
+    sweep_due_ = std::move(sweep_due);
+    if (!items_.empty()) sweep_due_->store(true);
+}
+
 // ---------------------------------------------------------------- Request
 
 Completion Request::Wait() {
     std::unique_lock<std::mutex> lk(done_mu);
     done_cv.wait(lk, [this] { return done; });
     return result;
+}
+
+bool Request::WaitFor(int64_t timeout_ns, Completion* out) {
+    std::unique_lock<std::mutex> lk(done_mu);
+    if (!done && timeout_ns > 0) done_cv.wait_for(lk, std::chrono::nanoseconds(timeout_ns), [this] { return done; });
+    if (!done) return false;
+    *out = result;
+    return true;
+}
+
+void* Request::TakeUserData() {
+    std::lock_guard<std::mutex> lk(done_mu);
+    if (!done) return nullptr;
+    void* p = result.user_data;
+    result.user_data = nullptr;
+    return p;
+}
+
+void Request::Orphan(std::shared_ptr<std::atomic<bool>> flag) {
+    std::lock_guard<std::mutex> lk(done_mu);
+    sweep_due = std::move(flag);
+    if (done) sweep_due->store(true);
 }
 
 // ---------------------------------------------------------------- Batcher
@@ -439,6 +460,7 @@ class CompletionRouter {
             std::lock_guard<std::mutex> lk(r->done_mu);
             r->result = std::move(c);
             r->done = true;
+            if (r->sweep_due) r->sweep_due->store(true);  // an orphan: its waiter gave up
             r->done_cv.notify_all();
         }
     }

@@ -23,28 +23,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "status.h"
+
 namespace fastml {
-
-// The core's error kinds. fastml.engine maps each one to its own fastml.errors class (CORE_STATUS);
-// keep the two lists in step (tests/engine/test_errors.py checks it).
-enum class StatusCode : int {
-    kOk = 0,
-    kInvalidInput = 1,
-    kOverloaded = 2,
-    kDeadlineExceeded = 3,
-    kUnavailable = 4,
-    kInternal = 5,
-};
-constexpr int kStatusCodeCount = 6;
-const char* StatusCodeName(StatusCode code);
-
-struct Status {
-    StatusCode code = StatusCode::kOk;
-    std::string message;
-    bool ok() const { return code == StatusCode::kOk; }
-    static Status Ok() { return Status{}; }
-    static Status Error(StatusCode c, std::string msg) { return Status{c, std::move(msg)}; }
-};
 
 // What one model input accepts: dtype as numpy's (kind, itemsize) and dims with -1 for "any".
 // dims[0] is the batch dimension and is always treated as dynamic.
@@ -98,6 +79,9 @@ class CompletionQueue {
     // Pushes made from the calling thread from now on skip the eventfd write: that thread (an event loop
     // running batches inline) drains the queue itself right after completing a batch.
     void SetQuietThread();
+    // The queue's event loop is gone: later pushes write no eventfd (nobody reads it) and raise
+    // *sweep_due instead, so the owner of the completions' user_data (the bindings) can release them.
+    void Abandon(std::shared_ptr<std::atomic<bool>> sweep_due);
 
    private:
     int fd_;                        // eventfd, non-blocking; immutable after construction
@@ -105,6 +89,7 @@ class CompletionQueue {
     std::vector<Completion> items_; // guarded by mu_
     bool signalled_ = false;        // guarded by mu_; the eventfd counter is non-zero
     std::thread::id quiet_thread_;  // guarded by mu_; default id = none
+    std::shared_ptr<std::atomic<bool>> sweep_due_;  // guarded by mu_; set = abandoned
 };
 
 // One submitted request. Shared by the queue, the batch it runs in and the submitter.
@@ -127,8 +112,20 @@ struct Request {
     bool done = false;                             // guarded by done_mu
     Completion result;                             // guarded by done_mu
 
+    // Blocking waiters only: set by Orphan; raised once the request completes. Guarded by done_mu.
+    std::shared_ptr<std::atomic<bool>> sweep_due;
+
     // Blocks until the request completes (call without the GIL).
     Completion Wait();
+    // Waits at most timeout_ns (0 = just look); true and *out = the result once the request completed.
+    // Lets a waiter wait in slices and check for signals in between.
+    bool WaitFor(int64_t timeout_ns, Completion* out);
+    // The result's user_data, handed out once (nullptr before completion and after the first call), so the
+    // waiter and a later sweep of an orphaned request never both release it.
+    void* TakeUserData();
+    // The waiter gave up (interrupted): raises *flag when the request completes (at once if it has), so
+    // whoever holds user_data can release it then.
+    void Orphan(std::shared_ptr<std::atomic<bool>> flag);
 };
 
 struct BatcherOptions {

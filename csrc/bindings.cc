@@ -5,9 +5,86 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+
 namespace py = pybind11;
 
+// ===== status section (csrc/status.h): the one boundary from core Status to fastml.errors =====
+#include <cstdlib>
+
+#include "status.h"
+
+namespace status_py {
+
+using fastml::Status;
+using fastml::StatusCode;
+
+// THE table: every failure code of the core and the fastml.errors class it becomes, one class per code.
+// Nothing else in the core or in Python maps codes (fastml.engine reads it as _core.ERROR_CLASSES).
+struct ErrorEntry {
+    StatusCode code;
+    const char* error_class;  // a name in fastml.errors
+};
+constexpr ErrorEntry kErrorTable[] = {
+    {StatusCode::kInvalidInput, "InvalidInput"},
+    {StatusCode::kOverloaded, "Overloaded"},
+    {StatusCode::kDeadlineExceeded, "DeadlineExceeded"},
+    {StatusCode::kUnavailable, "Unavailable"},
+    {StatusCode::kInternal, "InternalError"},
+    {StatusCode::kNotFound, "NotFound"},
+    {StatusCode::kIntegrity, "IntegrityError"},
+};
+static_assert(sizeof(kErrorTable) / sizeof(kErrorTable[0]) == fastml::kStatusCodeCount - 1,
+              "every failure code needs its row in kErrorTable");
+
+// code -> class; filled once at import. Owned references, deliberately never released: the classes
+// live as long as the interpreter and the module can never be unloaded.
+PyObject* g_error_classes[fastml::kStatusCodeCount] = {};
+
+void LoadErrorClasses(py::module_& m) {
+    py::module_ errors = py::module_::import("fastml.errors");
+    py::dict classes;
+    for (const ErrorEntry& e : kErrorTable) {
+        py::object cls = errors.attr(e.error_class);
+        classes[py::int_(static_cast<int>(e.code))] = cls;
+        g_error_classes[static_cast<int>(e.code)] = cls.release().ptr();  // the reference kept above
+    }
+    for (int c = 1; c < fastml::kStatusCodeCount; ++c) {
+        if (g_error_classes[c] == nullptr) throw std::logic_error("status code without an error class");
+    }
+    m.attr("ERROR_CLASSES") = classes;
+}
+
+// Raises the fastml.errors exception of a failed status (InternalError for an unknown code).
+[[noreturn]] void Raise(const Status& st) {
+    const int code = static_cast<int>(st.code);
+    const bool known = code > 0 && code < fastml::kStatusCodeCount;
+    PyObject* cls = g_error_classes[known ? code : static_cast<int>(StatusCode::kInternal)];
+    const std::string msg = known ? st.message : "unknown core status code " + std::to_string(code) + ": " + st.message;
+    PyErr_SetString(cls, msg.c_str());
+    throw py::error_already_set();
+}
+
+void bind_status(py::module_& m) {
+    py::dict codes;
+    for (int c = 0; c < fastml::kStatusCodeCount; ++c) {
+        codes[py::str(fastml::StatusCodeName(static_cast<StatusCode>(c)))] = c;
+    }
+    m.attr("STATUS_CODES") = codes;
+    LoadErrorClasses(m);
+    m.def(
+        "raise_status",
+        [](int code, const std::string& message) { Raise(Status{static_cast<StatusCode>(code), message}); },
+        py::arg("code"), py::arg("message"),
+        "Raises the fastml.errors exception that the core's status `code` maps to (the one table).");
+}
+
+}  // namespace status_py
+// ===== end status section =====
+
 // ===== batcher section (csrc/batcher.h) =====
+#include <atomic>
+
 #include "batcher.h"
 
 #include <unordered_map>
@@ -25,16 +102,17 @@ using fastml::Status;
 using fastml::StatusCode;
 using fastml::TensorView;
 
-// Raises fastml._core.CoreError(code, message); fastml.engine maps the code to a fastml.errors class.
-[[noreturn]] static void RaiseStatus(const py::object& error_type, const Status& st) {
+// Raises fastml._core.CoreError(code, message): the batcher's callers branch on the code (a refused input
+// is re-validated in Python for a better message), then convert it through the one table (ERROR_CLASSES).
+[[noreturn]] static void RaiseCoreError(const py::object& error_type, const Status& st) {
     PyErr_SetObject(error_type.ptr(), py::make_tuple(static_cast<int>(st.code), st.message).ptr());
     throw py::error_already_set();
 }
 
-// Takes back the reference submit_async put into a request's user_data (GIL held).
-static py::object TakeUserData(const Completion& c) {
-    // Steals the reference submit_async handed to the core.
-    return py::reinterpret_steal<py::object>(static_cast<PyObject*>(c.user_data));
+// Takes back the reference submit_async / submit_sync put into a request's user_data (GIL held).
+static py::object TakeUserData(void* user_data) {
+    // Steals the reference the submit call handed to the core (a null pointer gives a null object).
+    return py::reinterpret_steal<py::object>(static_cast<PyObject*>(user_data));
 }
 
 // (ticket, batch, row_offset, rows, code, message|None, batch_requests), built with the C API.
@@ -59,12 +137,20 @@ static py::object CompletionTuple(const Completion& c) {
 
 // The Python-facing batcher: the core plus what converting needs (dtypes, output names, error type)
 // and the outputs of batches whose requests have not all been handed their rows yet.
+//
+// Ownership across the boundary: each request's user_data is an owned (future, arrays) tuple (future None
+// for blocking waiters) that keeps the caller's input memory alive while the core reads it. It is released
+// exactly once, with the GIL: by resolve()/drain() for an event loop's queue, by wait() for a blocking
+// waiter, or by Sweep() for the requests whose event loop closed (abandon()) or whose waiter was
+// interrupted (wait() orphans its ticket). Batch outputs are released when the last request of the batch
+// has taken (or given up) its rows.
 struct PyBatcher {
     std::unique_ptr<Batcher> core;
     std::vector<py::dtype> dtypes;   // per input, for the views next_batch returns; immutable
     std::vector<py::str> outputs;    // output names, in the order runners pass outputs; immutable
     py::object error_type;           // fastml._core.CoreError; immutable
     py::object view_base;            // base object of gathered-buffer views, so numpy never copies
+    py::object invalid_state;        // asyncio.InvalidStateError: settling a cancelled future; immutable
     py::str set_result_name{"set_result"};        // immutable
     py::str set_exception_name{"set_exception"};  // immutable
 
@@ -75,8 +161,27 @@ struct PyBatcher {
     std::unordered_map<uint64_t, BatchOutputs> batch_outputs;  // guarded by the GIL
     std::vector<uint64_t> runner_batch;                        // guarded by the GIL; runner -> batch id
 
+    // Raised (by the core, without the GIL) when an abandoned queue or an orphaned request got a completion
+    // whose user_data waits for Sweep(). Read without the GIL, so runners only take the GIL when needed.
+    std::shared_ptr<std::atomic<bool>> sweep_due = std::make_shared<std::atomic<bool>>(false);
+    std::vector<std::shared_ptr<CompletionQueue>> abandoned;  // guarded by the GIL; queues of closed loops
+    std::vector<std::shared_ptr<Request>> orphans;            // guarded by the GIL; interrupted waiters
+    bool sweeping = false;                                    // guarded by the GIL; Sweep() is running
+
+    ~PyBatcher() {
+        // Destroyed with the GIL held (pybind11 dealloc). Fail what is queued, then release every
+        // reference the core still holds for requests of closed loops and interrupted waiters.
+        if (!core) return;
+        {
+            py::gil_scoped_release nogil;  // joins the deadline thread
+            core->Shutdown("batcher destroyed");
+        }
+        sweep_due->store(true);
+        Sweep();
+    }
+
     // Converts arrays to borrowed views with the GIL held; the caller keeps the arrays alive until
-    // the request completes (submit_async keeps them with the future in the request's user_data).
+    // the request completes (the submit calls keep them in the request's user_data).
     std::vector<TensorView> Views(const py::handle& arrays) {
         std::vector<TensorView> views;
         py::sequence seq = py::reinterpret_borrow<py::sequence>(arrays);
@@ -86,9 +191,9 @@ struct PyBatcher {
             py::handle h = seq[i];
             if (!py::isinstance<py::array>(h)) {
                 const std::string name = i < core->inputs().size() ? core->inputs()[i].name : std::to_string(i);
-                RaiseStatus(error_type, Status::Error(StatusCode::kInvalidInput,
-                                                      "input '" + name + "': expected a numpy array, got " +
-                                                          std::string(py::str(py::type::handle_of(h).attr("__name__")))));
+                RaiseCoreError(error_type, Status::Error(StatusCode::kInvalidInput,
+                                                         "input '" + name + "': expected a numpy array, got " +
+                                                             std::string(py::str(py::type::handle_of(h).attr("__name__")))));
             }
             auto a = py::reinterpret_borrow<py::array>(h);
             TensorView v;
@@ -114,12 +219,15 @@ struct PyBatcher {
         core->Gather(runner, info);
     }
 
-    // (batch_id, rows, [input arrays]); the arrays are views, not copies: of the runner's reused
-    // buffer, or of the lone request's own array.
+    // (batch_id, rows, [input arrays]); the arrays are read-only views, not copies: of the runner's reused
+    // buffer, or of the lone request's own memory, which may be a read-only bytes object (a request
+    // body): no runner, model or callback may write through them.
     py::object BatchTuple(int runner, const BatchInfo& info) {
         py::list arrays(info.input_data.size());
         for (size_t i = 0; i < info.input_data.size(); ++i) {
-            arrays[i] = py::array(dtypes[i], info.input_shapes[i], {}, info.input_data[i], view_base);
+            py::array view(dtypes[i], info.input_shapes[i], {}, info.input_data[i], view_base);
+            py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+            arrays[i] = std::move(view);
         }
         runner_batch[runner] = info.id;
         return py::make_tuple(info.id, info.rows, arrays);
@@ -137,20 +245,27 @@ struct PyBatcher {
         batch_outputs[runner_batch[runner]] = BatchOutputs{std::move(arrays), -1};
     }
 
+    // Counts request `c` off its batch's outputs and returns them (None when none were kept, or the request
+    // failed). Map bookkeeping only, running no Python code: the caller drops or uses the list afterwards.
+    py::object TakeOutputs(const Completion& c) {
+        if (c.code != StatusCode::kOk) return py::none();
+        auto it = batch_outputs.find(c.batch);
+        if (it == batch_outputs.end()) return py::none();
+        BatchOutputs& b = it->second;
+        if (b.remaining < 0) b.remaining = c.batch_requests;
+        py::object arrays = b.arrays;  // our own reference; the entry may go right below
+        if (--b.remaining == 0) batch_outputs.erase(it);
+        return arrays;
+    }
+
     // The request's result dict: views of its rows of the batch outputs (the arrays themselves when
-    // the request had the batch to itself). Returns None when no outputs were kept. GIL held.
+    // the request had the batch to itself). Returns None when no outputs were kept. GIL held. Throws
+    // (after its bookkeeping) when an output cannot be sliced.
     py::object Result(const Completion& c) {
-        py::list arrays;
-        {
-            // Map bookkeeping first, running no Python code: building the views below may run a
-            // finalizer that lets another thread in, and that thread may change the map.
-            auto it = batch_outputs.find(c.batch);
-            if (it == batch_outputs.end()) return py::none();
-            BatchOutputs& b = it->second;
-            if (b.remaining < 0) b.remaining = c.batch_requests;
-            arrays = b.arrays;  // our own reference; the entry may go right below
-            if (--b.remaining == 0) batch_outputs.erase(it);
-        }
+        // Bookkeeping first: building the views below may run a finalizer that lets another thread in,
+        // and that thread may change the map.
+        py::object arrays = TakeOutputs(c);
+        if (arrays.is_none()) return arrays;
         py::dict result;
         const bool whole = c.batch_requests == 1;
         for (size_t i = 0; i < outputs.size(); ++i) {
@@ -166,29 +281,88 @@ struct PyBatcher {
         }
         return std::move(result);
     }
-};
 
-// Calls fut.<method>(arg). A future its caller cancelled meanwhile raises InvalidStateError; that error is
-// dropped so one abandoned future cannot strand the rest of the drained batch.
-static void SettleFuture(PyObject* fut, PyObject* method, PyObject* arg) {
-    PyObject* r = PyObject_CallMethodOneArg(fut, method, arg);  // new reference or NULL
-    if (r) {
-        Py_DECREF(r);  // the None set_result returns
-        return;
+    // Releases what the core held for requests nobody waits for any more: completions pushed to abandoned
+    // queues and the results of orphaned blocking requests. GIL held; never raises. All bookkeeping is done
+    // before the first reference is dropped, because dropping one may run Python code (a finalizer) that
+    // re-enters this batcher.
+    void Sweep() {
+        if (sweeping || !sweep_due->exchange(false)) return;
+        sweeping = true;
+        std::vector<py::object> drop;  // released when this function returns, after the bookkeeping
+        for (const auto& q : abandoned) {
+            for (const Completion& c : q->Drain()) {
+                drop.push_back(TakeUserData(c.user_data));
+                drop.push_back(TakeOutputs(c));
+            }
+        }
+        // A queue no request refers to any more (and that Python dropped) can receive nothing: forget it.
+        abandoned.erase(std::remove_if(abandoned.begin(), abandoned.end(),
+                                       [](const auto& q) { return q.use_count() == 1; }),
+                        abandoned.end());
+        for (auto it = orphans.begin(); it != orphans.end();) {
+            Completion c;
+            if (!(*it)->WaitFor(0, &c)) {
+                ++it;
+                continue;
+            }
+            drop.push_back(TakeUserData((*it)->TakeUserData()));
+            drop.push_back(TakeOutputs(c));
+            it = orphans.erase(it);
+        }
+        sweeping = false;
+        drop.clear();
     }
-    PyErr_Clear();
-}
+
+    // Settles every future of `items` (GIL held). A failure to build one result (make_error raising, an
+    // output that cannot be sliced) settles that future with the error instead; a future that refuses to
+    // be settled (cancelled: InvalidStateError, ignored; or raising otherwise) never stops the others. The
+    // first unexpected error is raised once every future is settled. Returns how many were settled.
+    size_t Resolve(std::vector<Completion>& items, py::handle make_error) {
+        size_t n = 0;
+        py::object first_type, first_value, first_tb;  // the first unexpected error, re-raised at the end
+        for (const Completion& c : items) {
+            py::object keep = TakeUserData(c.user_data);
+            py::object value;
+            bool ok = c.code == StatusCode::kOk;
+            try {
+                value = ok ? Result(c) : make_error(static_cast<int>(c.code), c.message);
+            } catch (py::error_already_set& e) {
+                value = e.value();  // the error itself becomes the future's exception
+                ok = false;
+            }
+            if (!keep) continue;
+            PyObject* fut = PyTuple_GET_ITEM(keep.ptr(), 0);  // borrowed from keep
+            if (fut == Py_None) continue;
+            PyObject* r = PyObject_CallMethodOneArg(fut, ok ? set_result_name.ptr() : set_exception_name.ptr(),
+                                                    value.ptr());  // new reference or NULL
+            if (r) {
+                Py_DECREF(r);  // the None set_result returns
+                ++n;
+                continue;
+            }
+            if (PyErr_ExceptionMatches(invalid_state.ptr()) || first_type) {
+                PyErr_Clear();  // cancelled by its caller meanwhile (or a later error: the first one is kept)
+                continue;
+            }
+            PyObject *type, *val, *tb;
+            PyErr_Fetch(&type, &val, &tb);  // new references, owned by the objects below
+            first_type = py::reinterpret_steal<py::object>(type);
+            first_value = py::reinterpret_steal<py::object>(val);
+            first_tb = py::reinterpret_steal<py::object>(tb);
+        }
+        if (first_type) {
+            PyErr_Restore(first_type.release().ptr(), first_value.release().ptr(), first_tb.release().ptr());
+            throw py::error_already_set();
+        }
+        return n;
+    }
+};
 
 static void bind_batcher(py::module_& m) {
     py::object core_error = py::reinterpret_steal<py::object>(
         PyErr_NewException("fastml._core.CoreError", PyExc_RuntimeError, nullptr));
     m.attr("CoreError") = core_error;
-
-    py::dict codes;
-    for (int c = 0; c < fastml::kStatusCodeCount; ++c) {
-        codes[py::str(fastml::StatusCodeName(static_cast<StatusCode>(c)))] = c;
-    }
-    m.attr("STATUS_CODES") = codes;
 
     py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(
         m, "CompletionQueue", "Completions for one event loop: watch `fd` (an eventfd), then resolve().")
@@ -202,7 +376,7 @@ static void bind_batcher(py::module_& m) {
                 std::vector<Completion> items = q.Drain();
                 py::list out(items.size());
                 for (size_t i = 0; i < items.size(); ++i) {
-                    TakeUserData(items[i]);  // released here: drain() is the raw view used by tests
+                    TakeUserData(items[i].user_data);  // released here: drain() is the raw view used by tests
                     out[i] = CompletionTuple(items[i]);
                 }
                 return out;
@@ -242,6 +416,7 @@ static void bind_batcher(py::module_& m) {
                  }
                  b->runner_batch.assign(static_cast<size_t>(instances), 0);
                  b->error_type = core_error;
+                 b->invalid_state = py::module_::import("asyncio").attr("InvalidStateError");
                  b->view_base = py::capsule(b.get(), "fastml.batcher.view_base");
                  return b;
              }),
@@ -251,16 +426,17 @@ static void bind_batcher(py::module_& m) {
             "submit_async",
             [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue, py::handle arrays, int64_t timeout_us,
                py::handle future) {
+                if (self.sweep_due->load(std::memory_order_relaxed)) self.Sweep();
                 std::vector<TensorView> views = self.Views(arrays);
-                // New reference owned by the request until resolve()/drain() takes it back: keeps the
-                // future and, through the tuple, the input arrays alive while the core reads them.
+                // New reference owned by the request until resolve()/drain() (or a sweep) takes it back:
+                // keeps the future and, through the tuple, the input arrays alive while the core reads them.
                 PyObject* keep = PyTuple_Pack(2, future.ptr(), arrays.ptr());
                 if (!keep) throw py::error_already_set();
                 std::shared_ptr<Request> req;
                 Status st = self.core->Submit(std::move(views), timeout_us, queue, keep, &req);
                 if (!st.ok()) {
                     Py_DECREF(keep);  // never enqueued: drop the reference made above
-                    RaiseStatus(self.error_type, st);
+                    RaiseCoreError(self.error_type, st);
                 }
                 return req->id;
             },
@@ -270,52 +446,84 @@ static void bind_batcher(py::module_& m) {
         .def(
             "submit_sync",
             [](PyBatcher& self, py::handle arrays, int64_t timeout_us) {
+                if (self.sweep_due->load(std::memory_order_relaxed)) self.Sweep();
+                std::vector<TensorView> views = self.Views(arrays);
+                // New reference owned by the request until wait() (or, for an interrupted waiter, a sweep)
+                // takes it back: the input arrays outlive a caller that gave up waiting.
+                PyObject* keep = PyTuple_Pack(2, Py_None, arrays.ptr());
+                if (!keep) throw py::error_already_set();
                 std::shared_ptr<Request> req;
-                Status st = self.core->Submit(self.Views(arrays), timeout_us, nullptr, nullptr, &req);
-                if (!st.ok()) RaiseStatus(self.error_type, st);
+                Status st = self.core->Submit(std::move(views), timeout_us, nullptr, keep, &req);
+                if (!st.ok()) {
+                    Py_DECREF(keep);  // never enqueued: drop the reference made above
+                    RaiseCoreError(self.error_type, st);
+                }
                 return req;
             },
             py::arg("arrays"), py::arg("timeout_us"),
-            "Enqueues arrays for a blocking waiter (who keeps them alive); returns a Ticket for wait().")
+            "Enqueues arrays (kept by reference until completion) for a blocking waiter; returns a Ticket for "
+            "wait().")
         .def(
             "wait",
             [](PyBatcher& self, const std::shared_ptr<Request>& ticket) {
+                // Slices short enough that Ctrl-C feels immediate, long enough to cost nothing.
+                constexpr int64_t kSliceNs = 20'000'000;
                 Completion c;
-                {
-                    py::gil_scoped_release nogil;  // the waiter blocks; runners and the loop keep going
-                    c = ticket->Wait();
+                for (;;) {
+                    bool done;
+                    {
+                        py::gil_scoped_release nogil;  // the waiter blocks; runners and the loop keep going
+                        done = ticket->WaitFor(kSliceNs, &c);
+                    }
+                    if (done) break;
+                    // Python signal handlers only run once C code returns: check between slices, and on a
+                    // raised handler (KeyboardInterrupt) hand the request to the sweep, which releases its
+                    // arrays once the core is done with them.
+                    if (PyErr_CheckSignals() != 0) {
+                        self.orphans.push_back(ticket);
+                        ticket->Orphan(self.sweep_due);
+                        throw py::error_already_set();
+                    }
                 }
+                py::object keep = TakeUserData(ticket->TakeUserData());  // the arrays; released on return
                 py::object result = c.code == StatusCode::kOk ? self.Result(c) : py::none();
                 py::object msg = c.code == StatusCode::kOk ? py::none() : py::object(py::str(c.message));
                 return py::make_tuple(static_cast<int>(c.code), msg, result);
             },
-            py::arg("ticket"), "Blocks (GIL released) until the ticket completes: (code, message|None, result|None).")
+            py::arg("ticket"),
+            "Blocks (GIL released, interruptible by signals) until the ticket completes: "
+            "(code, message|None, result|None).")
+        .def(
+            "abandon_ticket",
+            [](PyBatcher& self, const std::shared_ptr<Request>& ticket) {
+                self.orphans.push_back(ticket);
+                ticket->Orphan(self.sweep_due);
+                self.Sweep();
+            },
+            py::arg("ticket"),
+            "Nobody will wait() for this ticket: its arrays are released once the core is done with them.")
+        .def(
+            "abandon",
+            [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue) {
+                queue->Abandon(self.sweep_due);
+                self.abandoned.push_back(queue);
+                self.sweep_due->store(true);  // release what is queued already
+                self.Sweep();
+            },
+            py::arg("queue"),
+            "The queue's event loop closed: release (without settling) every completion it holds or gets.")
         .def(
             "resolve",
             [](PyBatcher& self, CompletionQueue& q, py::handle make_error) {
                 // On the event loop's thread, once per eventfd wake-up: settles every finished future
                 // here, so no Python code runs per request.
                 std::vector<Completion> items = q.Drain();
-                size_t n = 0;
-                for (const Completion& c : items) {
-                    py::object keep = TakeUserData(c);
-                    py::object result = c.code == StatusCode::kOk ? self.Result(c) : py::none();
-                    if (!keep) continue;
-                    PyObject* fut = PyTuple_GET_ITEM(keep.ptr(), 0);  // borrowed from keep
-                    if (fut == Py_None) continue;
-                    if (c.code == StatusCode::kOk) {
-                        SettleFuture(fut, self.set_result_name.ptr(), result.ptr());
-                    } else {
-                        py::object exc = make_error(static_cast<int>(c.code), c.message);
-                        SettleFuture(fut, self.set_exception_name.ptr(), exc.ptr());
-                    }
-                    ++n;
-                }
-                return n;
+                return self.Resolve(items, make_error);
             },
             py::arg("queue"), py::arg("make_error"),
             "Drains `queue` and settles each request's future: set_result(dict of its rows) or "
-            "set_exception(make_error(code, message)). Returns how many futures it settled.")
+            "set_exception(make_error(code, message)). Every future is settled even when one raises; the first "
+            "unexpected error is raised afterwards. Returns how many futures it settled.")
         .def(
             "next_batch",
             [](PyBatcher& self, int runner) -> py::object {
@@ -348,8 +556,11 @@ static void bind_batcher(py::module_& m) {
             [](PyBatcher& self, int runner, int code, const std::string& message, const py::object& outputs) {
                 if (code < 0 || code >= fastml::kStatusCodeCount) throw py::value_error("unknown status code");
                 self.KeepOutputs(runner, code, outputs);
-                py::gil_scoped_release nogil;  // delivery touches no Python object
-                self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
+                {
+                    py::gil_scoped_release nogil;  // delivery touches no Python object
+                    self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
+                }
+                self.Sweep();  // completions for closed loops or interrupted waiters (usually none: one load)
             },
             py::arg("runner"), py::arg("code") = 0, py::arg("message") = "", py::arg("outputs") = py::none(),
             "Completes runner `runner`'s batch: code 0 = `outputs` (the batch's output arrays, in output "
@@ -365,6 +576,11 @@ static void bind_batcher(py::module_& m) {
                     // One GIL hand-off per batch instead of two: deliver this batch, then wait for the next.
                     py::gil_scoped_release nogil;
                     self.core->CompleteBatch(runner, Status{static_cast<StatusCode>(code), message});
+                    if (self.sweep_due->load()) {
+                        // Rare: this batch had requests of a closed loop or an interrupted waiter.
+                        py::gil_scoped_acquire gil;
+                        self.Sweep();
+                    }
                     ok = self.core->NextBatch(runner, &info);
                 }
                 if (!ok) return py::none();
@@ -376,8 +592,11 @@ static void bind_batcher(py::module_& m) {
         .def(
             "shutdown",
             [](PyBatcher& self, const std::string& reason) {
-                py::gil_scoped_release nogil;  // joins the deadline thread
-                self.core->Shutdown(reason);
+                {
+                    py::gil_scoped_release nogil;  // joins the deadline thread
+                    self.core->Shutdown(reason);
+                }
+                self.Sweep();  // the failures Shutdown pushed to abandoned queues
             },
             py::arg("reason") = "closed")
         .def("stats", [](PyBatcher& self) {
@@ -427,23 +646,13 @@ using batcher_py::bind_batcher;
 
 namespace fc_bind {
 
-using fastml::CacheCode;
 using fastml::CacheStatus;
 using fastml::FeatureCache;
 using fastml::KeyView;
 
-// The one place where feature-cache status codes become fastml.errors classes.
-[[noreturn]] void Raise(const CacheStatus& st) {
-  static const char* const kNames[] = {"InternalError", "InvalidInput", "NotFound", "Overloaded", "IntegrityError",
-                                       "InternalError"};
-  int code = static_cast<int>(st.code);
-  const char* name = (code >= 0 && code <= 5) ? kNames[code] : "InternalError";
-  py::object cls = py::module_::import("fastml.errors").attr(name);
-  PyErr_SetString(cls.ptr(), st.message.c_str());
-  throw py::error_already_set();
-}
+using status_py::Raise;  // the one table (status section)
 
-[[noreturn]] void RaiseInvalid(const std::string& msg) { Raise(CacheStatus::Error(CacheCode::kInvalid, msg)); }
+[[noreturn]] void RaiseInvalid(const std::string& msg) { Raise(CacheStatus::Error(fastml::StatusCode::kInvalidInput, msg)); }
 
 int64_t NowUs() {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -743,6 +952,17 @@ static void bind_feature_cache(py::module_& m) {
            py::arg("path"), py::arg("map_size_bytes") = size_t(32) << 30, py::arg("max_readers") = 1024,
            py::arg("max_tables") = 4096, py::arg("sync") = true)
       .def_property_readonly("path", [](const PyFeatureCache& c) { return c.cache->path(); })
+      .def_property_readonly("owner_pid", [](const PyFeatureCache& c) { return static_cast<int64_t>(c.cache->owner_pid()); },
+                             "The process that opened the environment (a forked child must open its own).")
+      .def(
+          "readers",
+          [](const PyFeatureCache& c) {
+            std::vector<std::pair<int64_t, int64_t>> rows;
+            CacheStatus st = c.cache->Readers(&rows);
+            if (!st.ok()) Raise(st);
+            return rows;
+          },
+          "The lock file's reader table: [(pid, txnid)] per used slot, txnid -1 for an idle pooled reader.")
       .def(
           "open_table",
           [](PyFeatureCache& c, const std::string& name, uint32_t n_features) {
@@ -783,6 +1003,7 @@ static void bind_feature_cache(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastml native core: micro-batcher and LMDB feature cache";
+    status_py::bind_status(m);
     bind_batcher(m);
     bind_feature_cache(m);
 }

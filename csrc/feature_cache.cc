@@ -5,6 +5,9 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <sstream>
+
+#include <unistd.h>
 
 namespace fastml {
 
@@ -15,13 +18,13 @@ constexpr const char* kMetaTable = "__fastml_tables__";
 CacheStatus FromMdb(int rc, const std::string& what) {
   if (rc == MDB_SUCCESS) return CacheStatus::Ok();
   if (rc == MDB_MAP_FULL) {
-    return CacheStatus::Error(CacheCode::kMapFull,
+    return CacheStatus::Error(StatusCode::kOverloaded,
                               what + ": the online store's LMDB map is full; open it with a larger map_size_bytes");
   }
   if (rc == MDB_READERS_FULL) {
-    return CacheStatus::Error(CacheCode::kMapFull, what + ": all LMDB reader slots are taken; raise max_readers");
+    return CacheStatus::Error(StatusCode::kOverloaded, what + ": all LMDB reader slots are taken; raise max_readers");
   }
-  return CacheStatus::Error(CacheCode::kIo, what + ": " + mdb_strerror(rc));
+  return CacheStatus::Error(StatusCode::kInternal, what + ": " + mdb_strerror(rc));
 }
 
 // Aborts a transaction on scope exit unless released (commit paths release it first).
@@ -88,24 +91,60 @@ CacheStatus FeatureCache::Open(const std::string& path, const Options& options, 
   return CacheStatus::Ok();
 }
 
+FeatureCache::FeatureCache(MDB_env* env, std::string path) : env_(env), path_(std::move(path)), owner_pid_(getpid()) {}
+
 FeatureCache::~FeatureCache() {
+  // In a forked child the environment, its pooled read transactions and their reader slots belong to the
+  // parent: aborting them would free the parent's slots in the shared lock file. Leak them instead.
+  if (getpid() != owner_pid_) return;
   for (MDB_txn* txn : idle_readers_) mdb_txn_abort(txn);
   idle_readers_.clear();
   mdb_env_close(env_);
 }
 
+CacheStatus FeatureCache::CheckOwner() const {
+  const pid_t me = getpid();
+  if (me == owner_pid_) return CacheStatus::Ok();
+  return CacheStatus::Error(StatusCode::kUnavailable,
+                            "the online store at " + path_ + " was opened by process " + std::to_string(owner_pid_) +
+                                "; this process (" + std::to_string(me) +
+                                ", a fork) must open it again (LMDB environments do not survive fork)");
+}
+
+CacheStatus FeatureCache::Readers(std::vector<std::pair<int64_t, int64_t>>* out) const {
+  CacheStatus st = CheckOwner();
+  if (!st.ok()) return st;
+  out->clear();
+  // mdb_reader_list prints one line per used slot ("pid thread txnid", txnid "-" when idle) after a header.
+  auto collect = [](const char* msg, void* ctx) -> int {
+    auto* rows = static_cast<std::vector<std::pair<int64_t, int64_t>>*>(ctx);
+    std::istringstream line(msg);
+    std::string pid, thread, txnid;
+    if (!(line >> pid >> thread >> txnid) || pid == "pid") return 0;
+    char* end = nullptr;
+    const long long p = std::strtoll(pid.c_str(), &end, 10);
+    if (end == pid.c_str()) return 0;  // "(no active readers)"
+    rows->emplace_back(p, txnid == "-" ? int64_t(-1) : int64_t(std::strtoll(txnid.c_str(), nullptr, 10)));
+    return 0;
+  };
+  int rc = mdb_reader_list(env_, collect, out);
+  if (rc < 0) return FromMdb(rc, "mdb_reader_list");
+  return CacheStatus::Ok();
+}
+
 CacheStatus FeatureCache::OpenTable(const std::string& name, uint32_t n_features, TableInfo* out) {
+  if (CacheStatus st = CheckOwner(); !st.ok()) return st;
   if (name.empty() || name == kMetaTable || name.size() > 400) {
-    return CacheStatus::Error(CacheCode::kInvalid, "invalid online table name '" + name + "'");
+    return CacheStatus::Error(StatusCode::kInvalidInput, "invalid online table name '" + name + "'");
   }
   if (n_features == 0) {
-    return CacheStatus::Error(CacheCode::kInvalid, "online table '" + name + "' must have at least one feature");
+    return CacheStatus::Error(StatusCode::kInvalidInput, "online table '" + name + "' must have at least one feature");
   }
   std::lock_guard<std::mutex> lock(open_mutex_);
   auto it = tables_.find(name);
   if (it != tables_.end()) {
     if (it->second.n_features != n_features) {
-      return CacheStatus::Error(CacheCode::kInvalid, "online table '" + name + "' has " +
+      return CacheStatus::Error(StatusCode::kInvalidInput, "online table '" + name + "' has " +
                                                          std::to_string(it->second.n_features) + " features, not " +
                                                          std::to_string(n_features));
     }
@@ -121,7 +160,7 @@ CacheStatus FeatureCache::OpenTable(const std::string& name, uint32_t n_features
   if (rc == MDB_SUCCESS) {
     uint32_t stored = val.mv_size == sizeof(uint32_t) ? LoadU32(static_cast<const char*>(val.mv_data)) : 0;
     if (stored != n_features) {
-      return CacheStatus::Error(CacheCode::kInvalid, "online table '" + name + "' was created with " +
+      return CacheStatus::Error(StatusCode::kInvalidInput, "online table '" + name + "' was created with " +
                                                          std::to_string(stored) + " features, not " +
                                                          std::to_string(n_features));
     }
@@ -147,12 +186,13 @@ CacheStatus FeatureCache::OpenTable(const std::string& name, uint32_t n_features
 
 CacheStatus FeatureCache::PutMany(const TableInfo& table, const KeyView* keys, size_t n, const double* values,
                                   const uint8_t* present, const int64_t* event_time_us, PutResult* result) {
+  if (CacheStatus st = CheckOwner(); !st.ok()) return st;
   const RowLayout layout(table.n_features);
   const size_t width = table.n_features;
   *result = PutResult{};
   for (size_t i = 0; i < n; ++i) {
     if (keys[i].size == 0 || keys[i].size > 511) {  // 511: LMDB's default maximum key size
-      return CacheStatus::Error(CacheCode::kInvalid,
+      return CacheStatus::Error(StatusCode::kInvalidInput,
                                 "entity key at row " + std::to_string(i) + " must be 1..511 bytes, got " +
                                     std::to_string(keys[i].size));
     }
@@ -219,6 +259,8 @@ CacheStatus FeatureCache::PutMany(const TableInfo& table, const KeyView* keys, s
 }
 
 CacheStatus FeatureCache::AcquireReader(MDB_txn** txn) const {
+  // Every read (GetMany, Count) starts here: refuse an environment inherited over fork.
+  if (CacheStatus st = CheckOwner(); !st.ok()) return st;
   MDB_txn* reused = nullptr;
   {
     std::lock_guard<std::mutex> lock(readers_mutex_);
@@ -286,7 +328,7 @@ CacheStatus FeatureCache::GetMany(const std::vector<ReadSpec>& specs, const std:
       const char* row = static_cast<const char*>(val.mv_data);
       if (val.mv_size != layout.row_bytes || LoadU32(row + 8) != spec.table.n_features) {
         ReleaseReader(txn);
-        return CacheStatus::Error(CacheCode::kCorrupt, "online table '" + spec.table.name + "': stored row of " +
+        return CacheStatus::Error(StatusCode::kIntegrity, "online table '" + spec.table.name + "': stored row of " +
                                                            std::to_string(val.mv_size) + " bytes, expected " +
                                                            std::to_string(layout.row_bytes));
       }

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <lmdb.h>
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -27,26 +28,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "status.h"
+
 namespace fastml {
 
-// Outcome kinds; bindings.cc maps each to one fastml.errors class.
-enum class CacheCode : int {
-  kOk = 0,
-  kInvalid = 1,   // caller error: width mismatch, bad name           -> InvalidInput
-  kNotFound = 2,  // no such table                                     -> NotFound
-  kMapFull = 3,   // the LMDB map size is exhausted                    -> Overloaded
-  kCorrupt = 4,   // a stored row does not have the table's layout     -> IntegrityError
-  kIo = 5,        // any other LMDB / OS failure                       -> InternalError
-};
-
-struct CacheStatus {
-  CacheCode code = CacheCode::kOk;
-  std::string message;
-
-  bool ok() const { return code == CacheCode::kOk; }
-  static CacheStatus Ok() { return CacheStatus{}; }
-  static CacheStatus Error(CacheCode c, std::string msg) { return CacheStatus{c, std::move(msg)}; }
-};
+// Outcomes are the core's one Status (status.h): kInvalidInput (width mismatch, bad name), kNotFound (no
+// such table), kOverloaded (LMDB map or reader table full), kIntegrity (a stored row without the table's
+// layout), kUnavailable (used from a process that did not open it), kInternal (any other LMDB / OS failure).
+using CacheStatus = Status;
 
 // A borrowed byte string (an encoded entity key); the caller keeps the bytes alive for the call.
 struct KeyView {
@@ -96,6 +85,9 @@ class FeatureCache {
 
   // Opens (creating if needed) the environment in directory `path`, which must exist.
   static CacheStatus Open(const std::string& path, const Options& options, std::unique_ptr<FeatureCache>* out);
+  // Closes the environment, but only in the process that opened it: LMDB forbids using or closing an
+  // environment a forked child inherited (closing it would free the parent's reader slots), so a child
+  // leaves it alone and opens its own.
   ~FeatureCache();
   FeatureCache(const FeatureCache&) = delete;
   FeatureCache& operator=(const FeatureCache&) = delete;
@@ -122,10 +114,17 @@ class FeatureCache {
   // Number of rows stored in the table (one read transaction).
   CacheStatus Count(const TableInfo& table, size_t* n) const;
 
+  // The reader table of the lock file, as (pid, txnid) per used slot (txnid -1: an idle pooled reader).
+  CacheStatus Readers(std::vector<std::pair<int64_t, int64_t>>* out) const;
+
   const std::string& path() const { return path_; }
+  pid_t owner_pid() const { return owner_pid_; }
 
  private:
-  FeatureCache(MDB_env* env, std::string path) : env_(env), path_(std::move(path)) {}
+  FeatureCache(MDB_env* env, std::string path);
+
+  // Unavailable when called from another process than the one that opened the environment (a fork).
+  CacheStatus CheckOwner() const;
 
   // Read transactions are reused (reset/renew) rather than created per call: creating one takes a
   // reader-table slot and a lock each time. MDB_NOTLS lets any thread renew any of them.
@@ -134,6 +133,7 @@ class FeatureCache {
 
   MDB_env* env_;
   std::string path_;
+  const pid_t owner_pid_;  // the process that opened env_; immutable
   MDB_dbi meta_dbi_ = 0;  // "__fastml_tables__": table name -> uint32 width
 
   std::mutex open_mutex_;  // guards tables_ and serialises mdb_dbi_open (LMDB requires it)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,37 @@ _get_running_loop = asyncio.get_running_loop
 
 def _shape(dims) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+async def _watch_loop(model_ref, loop):
+    """Tells the model when `loop` shuts down: asyncio has no loop-close callback, but ``asyncio.run`` (and
+    uvloop's) closes every async generator of the loop (``shutdown_asyncgens``) just before ``loop.close()``,
+    while the loop still runs. The model is held weakly so a watch never keeps it alive."""
+    try:
+        yield
+    finally:
+        model = model_ref()
+        if model is not None:
+            model._loop_closed(loop)
+
+
+def _start_watch(model, loop):
+    """Starts a _watch_loop generator on the running loop's thread: the first step registers it with the
+    loop (asyncgen firstiter hook) and stops at its ``yield``."""
+    watch = _watch_loop(weakref.ref(model), loop)
+    try:
+        watch.asend(None).send(None)
+    except StopIteration:
+        pass
+    return watch
+
+
+def _stop_watch(watch) -> None:
+    """Closes a watch generator now (its finally runs; the model has already forgotten the loop)."""
+    try:
+        watch.aclose().send(None)
+    except (StopIteration, RuntimeError):
+        pass
 
 
 class Model:
@@ -140,6 +172,8 @@ class Model:
         # event loop -> its CompletionQueue; added on the loop's thread, removed by close() (which hands
         # the reader's removal to the loop).
         self._loops: dict[asyncio.AbstractEventLoop, Any] = {}
+        # event loop -> the async generator that reports its shutdown (see _watch_loop); same lock.
+        self._loop_watches: dict[asyncio.AbstractEventLoop, Any] = {}
         self._loops_lock = threading.Lock()
         self._closed = False
         self._inline = runner == "loop"
@@ -367,15 +401,41 @@ class Model:
         if self._closed:
             raise Unavailable(f"model {self.name!r} is closed")
         with self._loops_lock:
-            for old in [lp for lp in self._loops if lp.is_closed()]:
-                del self._loops[old]  # its reader went with the loop
+            # Loops closed without shutting down their async generators (a bare loop.close()).
+            closed = [(lp, self._loops.pop(lp), self._loop_watches.pop(lp, None))
+                      for lp in [lp for lp in self._loops if lp.is_closed()]]
+            for old, _, _ in closed:
                 self._flush_due.discard(old)  # a flush it never ran
             queue = self._queue_type()
             if self._inline:
                 queue.set_quiet_thread()  # _flush drains it right after completing, on this thread
             self._loops[loop] = queue
+        for _, old_queue, watch in closed:
+            self._core.abandon(old_queue)  # its reader went with the loop; the core releases its requests
+            if watch is not None:
+                _stop_watch(watch)
         loop.add_reader(queue.fd, self._on_completions, queue)
+        watch = _start_watch(self, loop)
+        with self._loops_lock:
+            self._loop_watches[loop] = watch
         return queue
+
+    def _loop_closed(self, loop) -> None:
+        """`loop` is shutting down (its async generators are being closed): settle what has completed, then
+        hand the queue to the core as abandoned, so requests still in flight release their futures, input
+        arrays and batch outputs when they complete instead of waiting for a reader that is gone."""
+        with self._loops_lock:
+            queue = self._loops.pop(loop, None)
+            self._loop_watches.pop(loop, None)
+            self._flush_due.discard(loop)
+        if queue is None:
+            return
+        if not loop.is_closed():
+            loop.remove_reader(queue.fd)
+        try:
+            self._resolve(queue, status_error)
+        finally:
+            self._core.abandon(queue)
 
     def _on_completions(self, queue) -> None:
         """eventfd readable (one write per batch): the core settles every finished future in one call,
@@ -469,12 +529,17 @@ class Model:
         with self._loops_lock:
             loops = list(self._loops.items())
             self._loops.clear()
+            watches = list(self._loop_watches.values())
+            self._loop_watches.clear()
+        for watch in watches:
+            _stop_watch(watch)
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
         for loop, queue in loops:
             if loop.is_closed():
+                self._core.abandon(queue)  # nobody will drain it: the core releases its requests
                 continue
             if loop is current:
                 self._detach(loop, queue)

@@ -29,11 +29,16 @@ class CompletionQueue:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._lock = threading.Lock()
         self._items: list[tuple] = []  # guarded by _lock
+        self.abandoned = False  # its event loop closed: ReferenceBatcher.abandon
 
-    def push(self, items: list[tuple]) -> None:
+    def push(self, items: list[tuple]) -> bool:
+        """Queues items and wakes the loop; False (nothing queued) once the queue is abandoned."""
         with self._lock:
+            if self.abandoned:
+                return False
             self._items.extend(items)
         os.eventfd_write(self.fd, 1)  # one write per delivery, like the native core
+        return True
 
     def take(self) -> list[tuple]:
         """Every completion so far: (ticket, batch, row_offset, rows, code, message, batch_requests, future)."""
@@ -180,9 +185,11 @@ class ReferenceBatcher:
         return Ticket(self._submit(arrays, timeout_us, None))
 
     def wait(self, ticket: Ticket) -> tuple:
-        """Blocks until the ticket completes: (code, message|None, result|None)."""
+        """Blocks until the ticket completes: (code, message|None, result|None). Waits in slices, so a
+        signal handler (Ctrl-C) runs between them, like the native core."""
         req = ticket._req
-        req.event.wait()
+        while not req.event.wait(0.02):
+            pass
         c = req.result
         return (c[4], c[5], self._result(c) if c[4] == OK else None)
 
@@ -201,20 +208,43 @@ class ReferenceBatcher:
         return {name: out[rows] for name, out in zip(self._outputs, entry[0])}
 
     def resolve(self, queue: CompletionQueue, make_error) -> int:
-        """Drains `queue` and settles each request's future, like the native core."""
+        """Drains `queue` and settles each request's future, like the native core: every future is settled
+        even when building one result or settling one future raises; the first such error is raised after."""
         n = 0
+        first = None
         for c in queue.take():
-            result = self._result(c) if c[4] == OK else None
+            ok = c[4] == OK
+            try:
+                value = self._result(c) if ok else make_error(c[4], c[5])
+            except Exception as exc:  # noqa: BLE001 - becomes that future's exception
+                value, ok = exc, False
             fut = c[7]
             if fut is None or fut.done():
                 continue
-            if c[4] == OK:
-                fut.set_result(result)
-            else:
-                fut.set_exception(make_error(c[4], c[5]))
+            try:
+                fut.set_result(value) if ok else fut.set_exception(value)
+            except BaseException as exc:  # noqa: BLE001 - the others are settled first
+                if first is None:
+                    first = exc
+                continue
             n += 1
+        if first is not None:
+            raise first
         return n
 
+    def abandon(self, queue: CompletionQueue) -> None:
+        """The queue's event loop closed: drop (without settling) every completion it holds or gets."""
+        with queue._lock:
+            queue.abandoned = True  # under the queue's lock: a push either lands before (taken below) or is refused
+        for c in queue.take():
+            self._discard(c)
+
+    def abandon_ticket(self, ticket: Ticket) -> None:
+        """Nobody will wait() for this ticket. The request keeps its arrays until it is dropped: nothing to do."""
+
+    def _discard(self, c: tuple) -> None:
+        if c[4] == OK:
+            self._result(c)  # counts the request off its batch's outputs
     # ------------------------------------------------------------------ runners
     def _take_expired_locked(self, now: int) -> list[_Request]:
         expired = []
@@ -288,9 +318,11 @@ class ReferenceBatcher:
             offsets.append(off)
             off += r.rows
         if len(taken) == 1:
-            arrays = list(taken[0].arrays)  # zero-copy: the request's own arrays
+            arrays = [a.view() for a in taken[0].arrays]  # zero-copy: views of the request's own arrays
         else:
             arrays = [np.concatenate([r.arrays[i] for r in taken]) for i in range(len(self._specs))]
+        for a in arrays:
+            a.flags.writeable = False  # like the native core: no runner writes into request memory
         self._slots[runner] = (batch_id, taken, offsets, rows, now, time.monotonic_ns())
         return batch_id, rows, arrays
 
@@ -338,11 +370,17 @@ class ReferenceBatcher:
         groups: dict[int, tuple[CompletionQueue, list]] = {}
         for r, off in zip(taken, offsets):
             self._deliver(r, (r.id, batch_id, off, r.rows, OK, None, len(taken), r.future), groups)
+        self._push(groups)
+
+    def _push(self, groups: dict) -> None:
         for q, items in groups.values():
-            q.push(items)
+            if not q.push(items):
+                for c in items:
+                    self._discard(c)
 
     @staticmethod
     def _deliver(r: _Request, c: tuple, groups: dict) -> None:
+        r.arrays = None  # done with the input memory (a ticket may outlive the request), like the native core
         if r.queue is None:
             r.result = c
             r.event.set()
@@ -359,8 +397,7 @@ class ReferenceBatcher:
         groups: dict[int, tuple[CompletionQueue, list]] = {}
         for r, msg in zip(requests, messages):
             self._deliver(r, (r.id, 0, 0, r.rows, code, msg, 0, r.future), groups)
-        for q, items in groups.values():
-            q.push(items)
+        self._push(groups)
 
     def _deadline_loop(self) -> None:
         with self._cv:
