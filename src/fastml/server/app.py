@@ -23,12 +23,13 @@ import time
 import msgspec
 
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
-from fastml.server import routes
+from fastml.server import routes, shm_http
 from fastml.server.http import HttpProtocol
 from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
 from fastml.server.tensors import encode_json
 from fastml.serving.dataplane import EXTENSIONS, DataPlane, model_snapshot, model_statistics_from_snapshot
+from fastml.serving.shm import SharedMemoryRegistry
 
 log = logging.getLogger("fastml.server")
 
@@ -36,6 +37,7 @@ __all__ = ["EXTENSIONS", "Limits", "Server", "model_statistics", "model_statisti
 
 _JSON = b"application/json"
 _EMPTY = b""
+_SHM_KINDS = frozenset({routes.SHM_STATUS, routes.SHM_REGISTER, routes.SHM_UNREGISTER, routes.CUDA_SHM_STATUS, routes.CUDA_SHM_CHANGE})
 
 
 @dataclasses.dataclass
@@ -78,9 +80,14 @@ class Server:
     """
 
     def __init__(self, manager, host: str = "127.0.0.1", http_port: int = 8000, metrics_port: int | None = 8002,
-                 limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None, plane: DataPlane | None = None):
+                 limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None, plane: DataPlane | None = None,
+                 grpc_port: int | None = None):
         self.manager = manager
         self.plane = plane if plane is not None else DataPlane(manager)
+        if self.plane.shm is None:
+            self.plane.shm = SharedMemoryRegistry()  # system shared memory, shared by HTTP and gRPC
+        self.grpc_port = grpc_port
+        self._grpc = None
         self.host = host
         self.http_port = http_port
         self.metrics_port = metrics_port
@@ -118,6 +125,11 @@ class Server:
             msrv = await loop.create_server(lambda: HttpProtocol(self, metrics_only=True), sock=self._bind(self.metrics_port, reuse=False))
             self._servers.append(msrv)
             self.metrics_port = msrv.sockets[0].getsockname()[1]
+        if self.grpc_port is not None:
+            from fastml.server.grpc_service import GrpcListener
+
+            self._grpc = GrpcListener(self.plane, self.host, self.grpc_port, self.limits.max_body_bytes, self.reuse_port)
+            self.grpc_port = await self._grpc.start()
         self._sweeper = loop.create_task(self._sweep())
 
     def _bind(self, port: int, reuse: bool | None = None) -> socket.socket:
@@ -172,6 +184,8 @@ class Server:
         self.plane.draining = True
         for srv in self._servers:
             srv.close()
+        # gRPC stops accepting now and gives its in-flight calls the same grace period.
+        grpc_stop = asyncio.ensure_future(self._grpc.stop(grace_period_s)) if self._grpc is not None else None
         # Idle keep-alive connections are closed now; busy ones after their answers (Connection: close).
         for conn in list(self.connections):
             if not conn.pending and conn.msg_tick < 0 and not conn.closed:
@@ -186,6 +200,9 @@ class Server:
                 conn.transport.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if grpc_stop is not None:
+            await grpc_stop
+        self.plane.shm.close()
         return clean
 
     def encoded(self, entry, key: str) -> bytes:
@@ -249,11 +266,29 @@ class Server:
         if kind == routes.REPO_INDEX:
             req = _decode(body, _IndexRequest, "repository index request")
             return 200, encode_json(plane.repository_index(ready_only=req.ready)), _JSON
+        if kind in _SHM_KINDS:
+            return self._shared_memory(kind, name, body)
         if kind == routes.METRICS:
             from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
             return 200, generate_latest(self.metrics_registry), CONTENT_TYPE_LATEST.encode()
         raise NotFound("Not Found")
+
+    def _shared_memory(self, kind, name, body):
+        """Triton's system shared-memory endpoints (CUDA shared memory is not supported: 400)."""
+        shm = self.plane.shm
+        if kind == routes.SHM_STATUS:
+            return 200, shm_http.status(shm, name), _JSON
+        if kind in (routes.CUDA_SHM_STATUS, routes.CUDA_SHM_CHANGE):
+            raise InvalidInput("CUDA shared memory is not supported by this server; use system shared memory")
+        if self.reuse_port:
+            raise InvalidInput("system shared memory needs a single server process (--workers 1): a region "
+                               "registered with one worker would be unknown to the others")
+        if kind == routes.SHM_REGISTER:
+            shm_http.register(shm, name, body)
+        else:
+            shm_http.unregister(shm, name)
+        return 200, _EMPTY, _JSON
 
     async def handle_async(self, kind, name, version, body) -> tuple[int, bytes, bytes]:
         """Answer a repository load/unload request (they wait for the model swap)."""

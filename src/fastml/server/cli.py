@@ -12,6 +12,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("targets", nargs="+", metavar="REPO_OR_REF", help="model repository directory, .onnx file or registry reference")
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: settings http_port, 8000; 0 = any free port)")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="also serve KServe v2 gRPC (Triton's GRPCInferenceService) on this port (default off; 0 = any free port)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: settings metrics_port, 8002; 0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--workers", type=int, default=1, help="server processes sharing the HTTP port via SO_REUSEPORT (default 1)")
@@ -44,12 +46,15 @@ def _serve(args) -> int:
     settings = get_settings()
     if args.workers < 1:
         raise InvalidInput(f"--workers must be >= 1, got {args.workers}")
+    if args.grpc_port == 0 and args.workers > 1:
+        raise InvalidInput("--grpc-port 0 picks a different port in every worker; give a fixed port with --workers > 1")
     opts = ServeOptions(
         targets=list(args.targets),
         host=args.host,
         http_port=settings.http_port if args.http_port is None else args.http_port,
         metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
         workers=args.workers,
+        grpc_port=args.grpc_port,
         overrides={
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_us": args.max_queue_delay_us,

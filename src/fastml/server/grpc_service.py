@@ -390,13 +390,16 @@ class GrpcListener:
     Args:
         dataplane: the process's DataPlane. host/port: bind address (port 0 picks a free port).
         max_message_bytes: largest request or response message (a request beyond is RESOURCE_EXHAUSTED).
+        reuse_port: bind with SO_REUSEPORT (several worker processes on one port).
     """
 
-    def __init__(self, dataplane, host: str = "127.0.0.1", port: int = 8001, max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(self, dataplane, host: str = "127.0.0.1", port: int = 8001, max_message_bytes: int = 64 * 1024 * 1024,
+                 reuse_port: bool = False):
         self.dataplane = dataplane
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
+        self.reuse_port = reuse_port
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> int:
@@ -409,7 +412,7 @@ class GrpcListener:
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)

@@ -23,7 +23,7 @@ from collections import deque
 import httptools
 
 from fastml.errors import InvalidInput
-from fastml.server import routes
+from fastml.server import routes, shm_http
 from fastml.server.status import REASONS, http_status
 from fastml.server.tensors import (
     Plan,
@@ -118,17 +118,14 @@ def error_response(status: int, message: str, conn_hdr: bytes = b"") -> bytes:
     )
 
 
-def simple_response(status: int, body: bytes, content_type: bytes, conn_hdr: bytes = b"", encoding: bytes | None = None) -> bytes:
-    extra = conn_hdr
-    if encoding is not None and body:
-        body = compress(body, encoding)
-        extra += b"Content-Encoding: " + encoding + b"\r\n"
+def simple_response(status: int, body: bytes, content_type: bytes, conn_hdr: bytes = b"") -> bytes:
+    """A complete, uncompressed response (everything but inference answers)."""
     return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
         status,
         REASONS.get(status, b"Error"),
         content_type,
         len(body),
-        extra,
+        conn_hdr,
         body,
     )
 
@@ -161,15 +158,38 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def _accepts(value: bytes | None) -> bytes | None:
-    if not value:
+_ENCODING_CACHE_MAX = 64  # distinct Accept-Encoding values remembered (a fuzzer must not grow it)
+_encoding_cache: dict[bytes, bytes | None] = {}
+
+
+def response_encoding(accept_encoding: bytes | None) -> bytes | None:
+    """The compression for an inference response: the Accept-Encoding coding of highest weight (the first on
+    a tie; no ``;q=`` means 1), when that is gzip or deflate; None (identity) otherwise. Triton's rule
+    (http_server.cc, CompressionTypeUsed): only inference responses are ever compressed."""
+    if not accept_encoding:
         return None
-    v = value.lower()
-    if b"gzip" in v:
-        return b"gzip"
-    if b"deflate" in v:
-        return b"deflate"
-    return None
+    hit = _encoding_cache.get(accept_encoding, False)
+    if hit is not False:
+        return hit
+    best, best_q = None, 0.0
+    for item in accept_encoding.split(b","):
+        coding, _, params = item.partition(b";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        params = params.strip()
+        if params[:2].lower() == b"q=":
+            try:
+                q = float(params[2:])
+            except ValueError:
+                continue
+        if q > best_q:
+            best, best_q = coding, q
+    result = best if best in (b"gzip", b"deflate") else None
+    if len(_encoding_cache) < _ENCODING_CACHE_MAX:
+        _encoding_cache[accept_encoding] = result
+    return result
 
 
 def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, conn_hdr: bytes) -> bytes:
@@ -520,8 +540,9 @@ class HttpProtocol:
         status, payload, ctype = server.handle(kind, name, version, body)
         if status >= 400:
             server.count_status(status)
-        encoding = _accepts(self.accept_encoding) if len(payload) > 512 else None
-        self._respond(simple_response(status, payload, ctype, conn_hdr, encoding), conn_hdr)
+        # Never compressed, whatever Accept-Encoding says: Triton compresses inference responses only, and
+        # tritonclient.http.aio reads these answers without inflating them.
+        self._respond(simple_response(status, payload, ctype, conn_hdr), conn_hdr)
 
     async def _run_async(self, slot, kind, name, version, body, conn_hdr):
         status, payload, ctype = await self.server.handle_async(kind, name, version, body)
@@ -532,6 +553,15 @@ class HttpProtocol:
 
     def _infer(self, name: str, version: str | None, body: bytes, conn_hdr: bytes):
         plane = self.server.plane
+        ihcl = self.ihcl
+        header_len = len(body) if ihcl < 0 or ihcl > len(body) else ihcl
+        if ihcl != 0 and body.find(shm_http.MARKER, 0, header_len) >= 0:
+            # Tensors in shared memory take the full decode path (fastml.server.shm_http), not the plan cache.
+            try:
+                shm_http.infer(self, name, version, body, header_len, conn_hdr)
+            except Exception as exc:
+                raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
+            return
         try:
             entry = plane.resolve(name, version)
         except Exception as exc:
@@ -545,7 +575,7 @@ class HttpProtocol:
             fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
         except Exception as exc:  # counted by the data plane
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-        call = _InferCall(self, entry, plan, None if self.accept_encoding is None else _accepts(self.accept_encoding), conn_hdr)
+        call = _InferCall(self, entry, plan, None if self.accept_encoding is None else response_encoding(self.accept_encoding), conn_hdr)
         self.pending.append(call)
         fut.add_done_callback(call.done)
 

@@ -39,6 +39,7 @@ class ServeOptions:
     http_port: int = 8000
     metrics_port: int | None = 8002
     workers: int = 1
+    grpc_port: int | None = None
     overrides: dict = dataclasses.field(default_factory=dict)
     grace_period_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
@@ -87,9 +88,11 @@ async def _single(opts: ServeOptions) -> int:
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
-    server = Server(manager, opts.host, opts.http_port, opts.metrics_port, limits=_limits(opts))
+    server = Server(manager, opts.host, opts.http_port, opts.metrics_port, limits=_limits(opts), grpc_port=opts.grpc_port)
     await server.start()
     print(_startup_line(opts.host, server.http_port, _models_line(manager), server.metrics_port, 1), flush=True)
+    if server.grpc_port is not None:
+        print(f"fastml serve: grpc {opts.host}:{server.grpc_port}", flush=True)
     await _wait_for_signal()
     clean = await server.drain(opts.grace_period_s)
     manager.close()
@@ -105,7 +108,7 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
-    server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True)
+    server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True, grpc_port=opts.grpc_port)
     # Repository load/unload would change one worker only: not offered with several workers.
     server.plane.disable_repository("the server runs with --workers > 1")
     # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
@@ -198,6 +201,8 @@ async def _supervise(opts: ServeOptions) -> int:
         for name, sources in scan_target(t).items():
             names += [f"{name}:{s.version}" for s in sources]
     print(_startup_line(opts.host, port, ", ".join(names), metrics.metrics_port, opts.workers), flush=True)
+    if opts.grpc_port is not None:
+        print(f"fastml serve: grpc {opts.host}:{opts.grpc_port}", flush=True)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
