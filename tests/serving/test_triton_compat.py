@@ -15,7 +15,7 @@ import pytest
 
 from fastml.errors import InvalidInput, NotFound, Unavailable
 from fastml.serving import ModelManager, messages
-from fastml.serving.repository import read_config, warmup_samples, scan_repository
+from fastml.serving.repository import read_config, scan_repository, warmup_samples
 
 
 def make_parsing_model(path: Path) -> None:

@@ -354,7 +354,9 @@ class ModelManager:
                 state = "READY" if e.model.ready else "UNAVAILABLE"
                 rows[v] = {"name": name, "version": v, "state": state, "reason": "" if e.model.ready else "closed"}
             if ready_only:
-                out.extend(r for _, r in sorted(rows.items(), key=lambda kv: _version_key(kv[0])) if r["state"] == "READY")
+                out.extend(
+                    r for _, r in sorted(rows.items(), key=lambda kv: _version_key(kv[0])) if r["state"] == "READY"
+                )
             elif rows:
                 out.extend(r for _, r in sorted(rows.items(), key=lambda kv: _version_key(kv[0])))
             else:
@@ -383,7 +385,9 @@ def _summary(reasons: dict[str, str]) -> str:
     distinct = set(reasons.values())
     if len(distinct) == 1:
         return next(iter(distinct))
-    return "; ".join(f"version {v}: {r}" if v else r for v, r in sorted(reasons.items(), key=lambda kv: _version_key(kv[0])))
+    return "; ".join(
+        f"version {v}: {r}" if v else r for v, r in sorted(reasons.items(), key=lambda kv: _version_key(kv[0]))
+    )
 
 
 def _load_error(failures: list[tuple[str, str, str, BaseException | None]], strict: bool) -> FastMLError:

@@ -104,7 +104,11 @@ def wrong_datatype(input_name: str, got: str, model: str, expected: str, request
 
 
 def wrong_shape(
-    input_name: str, model: str, expected: Sequence[int], got: Sequence[int], request_id: str | None = None,
+    input_name: str,
+    model: str,
+    expected: Sequence[int],
+    got: Sequence[int],
+    request_id: str | None = None,
     batching: bool = True,
 ) -> str:
     """``expected`` is the full shape including the batch dimension (-1), as Triton prints it."""
@@ -116,10 +120,18 @@ def wrong_shape(
 
 
 _NUMPY_DATATYPES = {
-    np.dtype(np.bool_): "BOOL", np.dtype(np.uint8): "UINT8", np.dtype(np.uint16): "UINT16",
-    np.dtype(np.uint32): "UINT32", np.dtype(np.uint64): "UINT64", np.dtype(np.int8): "INT8",
-    np.dtype(np.int16): "INT16", np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64",
-    np.dtype(np.float16): "FP16", np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64",
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.uint32): "UINT32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
 }
 
 
@@ -148,9 +160,7 @@ def input_error(
         max_batch_size: the model's; 0 means the model does not batch (shapes are compared whole).
         request_id: the request's ``id``, for Triton's ``[request id: ...]`` prefix.
     """
-    declared = {
-        name: (v if isinstance(v, tuple) else (datatype_of(v), tuple(v.shape))) for name, v in inputs.items()
-    }
+    declared = {name: (v if isinstance(v, tuple) else (datatype_of(v), tuple(v.shape))) for name, v in inputs.items()}
     expected_names = [s.name for s in signature.inputs]
     got = list(declared)
     # Triton checks only the count first; a wrong name of the right count is caught per input below.

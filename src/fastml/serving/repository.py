@@ -80,7 +80,7 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
             d["log_predictions"] = rate
         return d
 
-    def with_overrides(self, overrides: dict) -> "RepositoryConfig":
+    def with_overrides(self, overrides: dict) -> RepositoryConfig:
         """A copy with the given fields replaced (None values are ignored); validated. An explicit
         ``instances`` without an explicit ``runner`` asks for runner threads (see _pin_runner)."""
         fields = _pin_runner({k: v for k, v in overrides.items() if v is not None})
@@ -175,7 +175,9 @@ def scan_target(target: str) -> dict[str, list[ModelSource]]:
     path = Path(target)
     if path.is_file():
         if path.suffix != ".onnx":
-            raise InvalidInput(f"{target}: expected an .onnx file, a model repository directory or a registry reference")
+            raise InvalidInput(
+                f"{target}: expected an .onnx file, a model repository directory or a registry reference"
+            )
         return {path.stem: [ModelSource(path.stem, "1", str(path))]}
     if (path / "model.onnx").is_file():
         source = ModelSource(path.name, "1", str(path / "model.onnx"), read_config(path), model_dir=str(path))
