@@ -126,6 +126,60 @@ def test_gzip_response_headers_raw(server, X):
     assert [o["name"] for o in out["outputs"]] == ["label", "probabilities"]
 
 
+@pytest.mark.parametrize("path", ["/v2", "/v2/models/mlp", "/v2/models/mlp/config", "/v2/models/stats", "/v2/models/mlp/stats"])
+def test_only_inference_responses_are_compressed(server, path):
+    # Triton compresses inference answers only; metadata, statistics and repository answers go as they are.
+    status, body, headers = raw_http(server, "GET", path, b"", {"Accept-Encoding": "gzip, deflate"})
+    assert status == 200 and "content-encoding" not in headers
+    assert isinstance(json.loads(body), dict)
+    status, body, headers = raw_http(server, "POST", "/v2/repository/index", b"", {"Accept-Encoding": "gzip"})
+    assert status == 200 and "content-encoding" not in headers
+    assert {m["name"] for m in json.loads(body)} >= {"mlp", "gbt"}
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [("gzip", "gzip"), ("deflate, gzip", "deflate"), ("br, gzip;q=0.5", None), ("identity;q=0.2, gzip;q=0.9", "gzip"),
+     ("gzip;q=0, deflate;q=0.1", "deflate"), ("GZIP", "gzip"), ("gzip;q=oops", None), ("*", None)],
+)
+def test_inference_compression_follows_accept_encoding_weights(server, X, accept, expected):
+    hdr = json.dumps({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": X[:1].tolist()}]}).encode()
+    status, body, headers = raw_http(server, "POST", "/v2/models/mlp/infer", hdr, {"Accept-Encoding": accept})
+    assert status == 200 and headers.get("content-encoding") == expected
+    if expected == "gzip":
+        body = gzip.decompress(body)
+    elif expected == "deflate":
+        body = zlib.decompress(body)
+    assert [o["name"] for o in json.loads(body)["outputs"]] == ["label", "probabilities"]
+
+
+def test_tritonclient_http_aio_metadata_statistics_and_index(server, X):
+    import asyncio
+
+    import tritonclient.http.aio as aioclient
+
+    async def go():
+        c = aioclient.InferenceServerClient(server.url)
+        try:
+            meta = await c.get_model_metadata("mlp")
+            stats = await c.get_inference_statistics("mlp")
+            index = await c.get_model_repository_index()
+            config = await c.get_model_config("mlp")
+            inp = aioclient.InferInput("input", [2, 32], "FP32")
+            inp.set_data_from_numpy(X[:2])
+            res = await c.infer("mlp", [inp])
+            return meta, stats, index, config, res.as_numpy("probabilities")
+        finally:
+            await c.close()
+
+    meta, stats, index, config, probs = asyncio.run(go())
+    assert meta["name"] == "mlp" and meta["inputs"][0]["shape"] == [-1, 32]
+    assert stats["model_stats"][0]["name"] == "mlp"
+    assert {m["name"] for m in index} >= {"mlp", "gbt"}
+    assert config["max_batch_size"] == 16
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_raw_binary_request(server, onnx_models, X):
     status, body, headers = raw_http(server, "POST", "/v2/models/mlp/infer", X[0].tobytes(), {"Inference-Header-Content-Length": "0"})
     assert status == 200
