@@ -7,19 +7,25 @@ every table in one LMDB read transaction.
 
 Values come back as float (float64 by default): int64 features as their value (exact below 2**53), bool
 as 0/1, categorical strings as their code in the group version's vocabulary (``as_dict=True`` decodes
-them). Absent values are NaN with ``present`` False; a row older than the group's TTL reads as absent.
-``event_time`` is microseconds since the epoch of the row each value came from (0 when there is none).
+them). Absent values are NaN with ``present`` False; a row older than the group's TTL reads as absent and
+is flagged ``stale`` (see :class:`OnlineValues`). ``event_time`` is microseconds since the epoch of the row
+each value came from (0 when there is none).
+
+Across ``fork()``: LMDB forbids using or closing an environment in a child that inherited it. A child
+keeps the inherited caches referenced (never closed; the native cache also refuses to close one it did
+not open) and every ``OnlineStore`` reopens its environment lazily on first use in the child.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from fastml.errors import InvalidInput
+from fastml.errors import InvalidInput, Unavailable
 from fastml.features.groups import FeatureGroup, parse_ref, table_name
 
 BACKENDS = ("native", "reference")
@@ -29,10 +35,19 @@ BACKENDS = ("native", "reference")
 # life of the process: a weak registry could forget an environment that a reference cycle still holds open.
 _open_caches: dict[tuple[str, str], "_Cache"] = {}
 _open_lock = threading.Lock()
+# Caches a forked child inherited: referenced for the life of the child so they are never closed there
+# (closing would free the parent's reader slots in the shared lock file).
+_inherited_caches: list["_Cache"] = []
+# Bumped in every forked child; an OnlineStore opened in an older generation reopens its cache.
+_fork_generation = 0
 
 
 def _forget_caches_after_fork() -> None:
-    # An LMDB environment must not be used across fork(); stores created in the child open their own.
+    # An LMDB environment must not be used across fork(); stores in the child open their own.
+    global _fork_generation, _open_lock
+    _fork_generation += 1
+    _open_lock = threading.Lock()  # another parent thread may have held it at fork time
+    _inherited_caches.extend(_open_caches.values())
     _open_caches.clear()
 
 
@@ -70,6 +85,41 @@ def open_cache(path: Path, backend: str = "native", map_size_bytes: int = 32 << 
         return cache
 
 
+class OnlineValues(tuple):
+    """What an online lookup returns: the 3-tuple ``(values, present, event_time_us)`` callers unpack, plus
+    ``stale``: a bool mask [n, f], True where a stored row exists but is older than its group's TTL (its
+    values read as absent: NaN, ``present`` False). A blank value is thus either missing (no row, or the
+    feature was null) or stale, never ambiguous. ``stale`` is computed on first access.
+    """
+
+    def __new__(cls, values, present, event_time_us, ttl_us, now_us):
+        self = super().__new__(cls, (values, present, event_time_us))
+        self._ttl_us = ttl_us
+        self._now_us = now_us
+        self._stale = None
+        return self
+
+    @property
+    def values(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def present(self) -> np.ndarray:
+        return self[1]
+
+    @property
+    def event_time_us(self) -> np.ndarray:
+        return self[2]
+
+    @property
+    def stale(self) -> np.ndarray:
+        if self._stale is None:
+            et, ttl = self[2], self._ttl_us
+            # The native cache's rule: a row expires when now - event_time > ttl (ttl 0 = never).
+            self._stale = (et != 0) & (ttl > 0) & (self._now_us - et > ttl)
+        return self._stale
+
+
 class Plan:
     """A resolved lookup: output columns in the order asked, their dtypes, and the native plan."""
 
@@ -79,6 +129,7 @@ class Plan:
         self.columns = columns  # per output column: {"ref", "name", "dtype", "group", "version", "feature"}
         self.key_entities = key_entities  # entity columns of each key set
         self.vocab: dict[int, list[str]] = {}
+        self.ttl_us = np.zeros(len(columns), np.int64)  # per output column: its group's TTL (0 = none)
         names = [c["name"] for c in columns]
         # as_dict column names: the feature name, or group__feature where two groups share a name
         self.dict_names = [f"{c['group']}__{c['name']}" if names.count(c["name"]) > 1 else c["name"] for c in columns]
@@ -101,13 +152,36 @@ class OnlineStore:
         self._cache = open_cache(self.path, backend, map_size_bytes=map_size_bytes, sync=sync)
         self._resolver = resolver
         self._vocab = vocab
+        self._map_size_bytes = map_size_bytes
+        self._sync = sync
+        self._generation = _fork_generation
         self._tables: dict[tuple[str, int], object] = {}
         self._plans: dict[tuple, Plan] = {}
         self._lock = threading.Lock()
 
+    def _reopen_after_fork(self) -> None:
+        """First use in a forked child: open this process's own environment; tables and plans of the
+        inherited one are dropped (their handles belong to it)."""
+        self._lock = threading.Lock()
+        try:
+            self._cache = open_cache(self.path, self.backend, map_size_bytes=self._map_size_bytes, sync=self._sync)
+        except Exception as exc:
+            if self.backend != "reference":
+                raise
+            # python-lmdb's "already open in this process" guard survives fork, and closing the inherited
+            # environment is what LMDB forbids: the reference backend cannot be used in a forked child.
+            raise Unavailable(f"the reference online store at {str(self.path)!r} was opened by the parent process "
+                              "and python-lmdb cannot reopen it in a forked child; use the native backend "
+                              f"({type(exc).__name__}: {exc})") from None
+        self._tables = {}
+        self._plans = {}
+        self._generation = _fork_generation
+
     # --- tables and writes ----------------------------------------------------------------------
 
     def table(self, group: FeatureGroup, version: int):
+        if self._generation != _fork_generation:
+            self._reopen_after_fork()
         key = (group.name, version)
         t = self._tables.get(key)
         if t is None:
@@ -148,6 +222,8 @@ class OnlineStore:
             self._plans.clear()
 
     def plan(self, features) -> Plan:
+        if self._generation != _fork_generation:
+            self._reopen_after_fork()
         key = (features,) if isinstance(features, str) else tuple(features)
         p = self._plans.get(key)
         if p is None:
@@ -178,7 +254,9 @@ class OnlineStore:
                 runs.append(((group.name, version), group, [pos], ks, int(round(group.ttl_s * 1e6))))
         specs = [(self.table(g, gv[1]), positions, ks, ttl) for gv, g, positions, ks, ttl in runs]
         native = self._cache.impl.plan(specs, len(key_entities))
-        return Plan(native, refs, columns, key_entities)
+        plan = Plan(native, refs, columns, key_entities)
+        plan.ttl_us = np.array([ttl for _, _, positions, _, ttl in runs for _ in positions], dtype=np.int64)
+        return plan
 
     def _key_lists(self, plan: Plan, entity_keys):
         """Keys in the plan's shape: one list, or one list per key set (for groups with other entities)."""
@@ -218,12 +296,15 @@ class OnlineStore:
             now_us: the "now" for TTL checks (default: the clock).
 
         Returns:
-            ``(values [n, f], present [n, f] bool, event_time_us [n, f] int64)`` or a dict of columns.
+            An :class:`OnlineValues`: ``(values [n, f], present [n, f] bool, event_time_us [n, f] int64)``
+            with a ``stale`` mask besides (TTL-expired values); or, with ``as_dict``, a dict of columns.
         """
         plan = self.plan(features)
-        values, present, event_time = plan.native.get(self._key_lists(plan, entity_keys), as_float32, now_us)
+        # One "now" for the native TTL check and the stale mask, so the two always agree.
+        now = now_us if now_us else time.time_ns() // 1000
+        values, present, event_time = plan.native.get(self._key_lists(plan, entity_keys), as_float32, now)
         if not as_dict:
-            return values, present, event_time
+            return OnlineValues(values, present, event_time, plan.ttl_us, now)
         return self._as_dict(plan, entity_keys, values, present)
 
     def lookup_into(self, features, keys, out: np.ndarray, present: np.ndarray | None = None,
