@@ -48,8 +48,9 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 
     Attributes mirror :func:`fastml.engine.load_model` keyword arguments (except that ``runner`` defaults
     to ``"auto"`` here, to ``"threads"`` in the engine), plus ``version_policy``
-    (``"latest"``: only the highest version; ``"all"``: every version directory). ``batcher="auto"`` uses
-    the native batcher unless the model has BYTES inputs (then the Python reference batcher).
+    (``"latest"``: only the highest version; ``"all"``: every version directory) and ``warmup`` (the
+    ``[warmup]`` table, :class:`WarmupConfig`). ``batcher="auto"`` uses the native batcher unless the model
+    has BYTES inputs (then the Python reference batcher).
     """
 
     max_batch_size: int = 32
