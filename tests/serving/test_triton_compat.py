@@ -117,6 +117,23 @@ def test_a_fixed_model_loads_through_the_repository_api(repo, onnx_models):
     asyncio.run(scenario())
 
 
+def test_a_failed_reload_keeps_the_served_versions(repo):
+    async def scenario():
+        mgr = ModelManager([only(repo, "mlp")])
+        mgr.load_all()
+        try:
+            old = mgr.get("mlp")
+            (repo / "mlp" / "config.toml").write_text("[warmup.inputs]\ninput = [[1.0, 2.0]]\n")
+            with pytest.raises(InvalidInput, match="does not fit the input's shape"):
+                await mgr.load("mlp")
+            assert mgr.get("mlp") is old and old.model.ready
+            assert mgr.index() == [{"name": "mlp", "version": "1", "state": "READY", "reason": ""}]
+        finally:
+            mgr.close()
+
+    asyncio.run(scenario())
+
+
 def test_no_model_loaded_or_exit_on_error_raises_with_every_reason(repo, onnx_models):
     mgr = ModelManager([only(repo, "broken", "badcfg")])
     with pytest.raises(InvalidInput) as e:
