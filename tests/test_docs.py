@@ -9,8 +9,10 @@ Conventions (the docs' authors follow these):
   blocks above it too) and is still shown to readers; use it to create files the tour assumes.
 - ``<!-- docs-test: skip (reason) -->``: the block is reported as skipped with that reason. Only for what the
   suite cannot do (a cluster, a foreground server: rewrite those to start in the background instead).
-- ``<!-- docs-test: timeout=N -->``: seconds the block may take (default ``DEFAULT_TIMEOUT_S``). Directives
-  combine with commas: ``<!-- docs-test: setup, timeout=300 -->``.
+- ``<!-- docs-test: timeout=N -->``: seconds the block may take (default ``DEFAULT_TIMEOUT_S``).
+- ``<!-- docs-test: needs=CMD -->``: the block is skipped, saying how to install it, when the program CMD is
+  not on the block's PATH (perf_analyzer, which scripts/test.sh installs but may fail to).
+  Directives combine with commas: ``<!-- docs-test: setup, timeout=300 -->``.
 
 Each file runs in its own fresh temporary directory, laid out like a checkout (``examples/`` copied;
 ``scripts/``, ``benchmarks/``, ``docs/`` linked), with its own fresh ``FASTML_HOME`` outside it and the
@@ -41,6 +43,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TIMEOUT_S = 240
+# How to get the programs a block may declare with needs=CMD, for the skip reason.
+INSTALL_HINTS = {
+    "perf_analyzer": "scripts/test.sh installs it; by hand: `bash scripts/get_perf_analyzer.sh .cache/perf_analyzer "
+    ".venv/bin/pip && ln -sf ../../.cache/perf_analyzer/pa .venv/bin/perf_analyzer` (needs libb64-0d and unzip)",
+}
 # How long a bash block's background processes may take to exit after the block ends (they were killed).
 _EXIT_GRACE_S = 10.0
 _OUTPUT_TAIL_CHARS = 6000
@@ -68,6 +75,7 @@ class Block:
     setup: bool = False
     skip_reason: str | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    needs: list[str] = field(default_factory=list)
     directive_error: str | None = None
 
     @property
@@ -87,9 +95,11 @@ def _parse_directive(body: str, block: Block) -> None:
             block.skip_reason = m["reason"].strip()
         elif m := re.fullmatch(r"timeout\s*=\s*(?P<s>\d+(\.\d+)?)", part):
             block.timeout_s = float(m["s"])
+        elif m := re.fullmatch(r"needs\s*=\s*(?P<cmd>[\w.+-]+)", part):
+            block.needs.append(m["cmd"])
         else:
             block.directive_error = (
-                f"unknown docs-test directive {part!r} (expected setup, skip (reason) or timeout=N)"
+                f"unknown docs-test directive {part!r} (expected setup, skip (reason), timeout=N or needs=CMD)"
             )
 
 
@@ -129,6 +139,16 @@ def parse_blocks(path: Path) -> list[Block]:
 def execution_order(blocks: list[Block]) -> list[Block]:
     """Setup blocks first (in document order), then the rest in document order."""
     return [b for b in blocks if b.setup] + [b for b in blocks if not b.setup]
+
+
+def _block_path() -> str:
+    """PATH for the blocks: the venv's bin/ (fastml, python, perf_analyzer) first."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _missing(block: Block) -> list[str]:
+    """The programs a block needs that are not on its PATH."""
+    return [cmd for cmd in block.needs if shutil.which(cmd, path=_block_path()) is None]
 
 
 def _tail(text: str) -> str:
@@ -196,12 +216,11 @@ class DocSession:
         for name in ("scripts", "benchmarks", "docs"):
             if (ROOT / name).exists():
                 (self.work / name).symlink_to(ROOT / name)
-        bin_dir = Path(sys.executable).parent
         env = {k: v for k, v in os.environ.items() if not k.startswith("FASTML_")}
         env.update(
             FASTML_HOME=str(self.home),
-            PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-            VIRTUAL_ENV=str(bin_dir.parent),
+            PATH=_block_path(),
+            VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
             PYTHONUNBUFFERED="1",
         )
         env.pop("PYTHONPATH", None)
@@ -347,7 +366,7 @@ class DocSession:
         self._prepare()
         for block in execution_order(self.blocks):
             key = block.line
-            if key not in self.outcomes and block.lang in EXECUTED and block.skip_reason is None:
+            if key not in self.outcomes and block.lang in EXECUTED and block.skip_reason is None and not _missing(block):
                 self.outcomes[key] = self._run(block)
             if block is target:
                 break
@@ -422,6 +441,9 @@ def test_block(block: Block, tmp_path_factory):
         pytest.fail(f"{block.id}: {block.directive_error}")
     if block.skip_reason is not None:
         pytest.skip(f"{block.id}: {block.skip_reason}")
+    for cmd in _missing(block):
+        hint = INSTALL_HINTS.get(cmd, "install it")
+        pytest.skip(f"{block.id}: needs {cmd}, which is not on the PATH ({hint})")
     if block.lang == "toml":
         try:
             tomllib.loads(block.code)
