@@ -1,0 +1,127 @@
+"""Type stubs of fastml._core, the pybind11 module built from csrc/ (bindings in csrc/bindings.cc).
+
+Checked against the built module by tests/engine/test_core_stubs.py (mypy's stubtest).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any, SupportsIndex, SupportsInt
+
+import numpy as np
+import numpy.typing as npt
+
+from fastml.errors import FastMLError
+
+_Int = SupportsInt | SupportsIndex
+
+# Status code name -> number (csrc/status.h StatusCode), "OK" included.
+STATUS_CODES: dict[str, int]
+# The one table: failure code -> the fastml.errors class the core raises for it.
+ERROR_CLASSES: dict[int, type[FastMLError]]
+
+def raise_status(code: _Int, message: str) -> None:
+    """Raises the fastml.errors exception that the core's status `code` maps to (the one table)."""
+
+class CoreError(RuntimeError):
+    """A batcher failure with ``args == (code, message)``; fastml.engine converts it with ERROR_CLASSES."""
+
+class CompletionQueue:
+    """Completions for one event loop: watch `fd` (an eventfd), then Batcher.resolve()."""
+
+    def __init__(self) -> None: ...
+    @property
+    def fd(self) -> int: ...
+    def set_quiet_thread(self) -> None: ...
+    def drain(self) -> list[Any]:
+        """[(ticket, batch, row_offset, rows, code, message | None, batch_requests)]; settles nothing."""
+
+class Ticket:
+    """A blocking request handle (see Batcher.wait)."""
+
+    @property
+    def id(self) -> int: ...
+
+# (batch_id, rows, [read-only input arrays]) as a runner receives a batch.
+_Batch = tuple[int, int, list[np.ndarray]]
+
+class Batcher:
+    """The native micro-batcher of one model (see csrc/batcher.h)."""
+
+    def __init__(
+        self,
+        inputs: Sequence[tuple[str, np.dtype[Any], Sequence[_Int]]],
+        outputs: Sequence[str],
+        max_batch_size: _Int,
+        max_queue_size: _Int,
+        max_queue_delay_us: _Int,
+        instances: _Int,
+    ) -> None: ...
+    def submit_async(
+        self, queue: CompletionQueue, arrays: object, timeout_us: _Int, future: object = None
+    ) -> int: ...
+    def submit_sync(self, arrays: object, timeout_us: _Int) -> Ticket: ...
+    def wait(self, ticket: Ticket) -> tuple[int, object, object]:
+        """(code, message | None, result dict | None); interruptible by signals."""
+    def abandon_ticket(self, ticket: Ticket) -> None: ...
+    def abandon(self, queue: CompletionQueue) -> None: ...
+    def resolve(self, queue: CompletionQueue, make_error: Callable[[int, str], BaseException] | object) -> int: ...
+    def next_batch(self, runner: _Int) -> _Batch | None: ...
+    def try_next_batch(self, runner: _Int) -> _Batch | None: ...
+    def complete(self, runner: _Int, code: _Int = 0, message: str = "", outputs: object = None) -> None: ...
+    def complete_next(
+        self, runner: _Int, code: _Int = 0, message: str = "", outputs: object = None
+    ) -> _Batch | None: ...
+    def shutdown(self, reason: str = "closed") -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
+class FeatureTable:
+    """One online table (a feature group version) of a FeatureCache."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def n_features(self) -> int: ...
+    def put_many(
+        self,
+        keys_data: npt.ArrayLike,
+        keys_offsets: npt.ArrayLike,
+        values: npt.ArrayLike,
+        present: npt.ArrayLike,
+        event_time_us: npt.ArrayLike,
+    ) -> tuple[int, int]: ...
+    def put(
+        self, keys: object, values: npt.ArrayLike, present: npt.ArrayLike, event_time_us: npt.ArrayLike
+    ) -> tuple[int, int]: ...
+    def count(self) -> int: ...
+
+class FeatureReadPlan:
+    """A prepared lookup: which tables and features fill which output columns."""
+
+    @property
+    def n_columns(self) -> int: ...
+    @property
+    def n_key_sets(self) -> int: ...
+    def get(
+        self, keys: object, as_float32: bool = False, now_us: _Int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def get_into(
+        self, keys: object, out: np.ndarray, present: object = None, event_time: object = None, now_us: _Int = 0
+    ) -> int: ...
+
+class FeatureCache:
+    """An LMDB environment holding one table per feature group version."""
+
+    def __init__(
+        self,
+        path: str,
+        map_size_bytes: _Int = ...,
+        max_readers: _Int = 1024,
+        max_tables: _Int = 4096,
+        sync: bool = True,
+    ) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def owner_pid(self) -> int: ...
+    def readers(self) -> list[tuple[int, int]]: ...
+    def open_table(self, name: str, n_features: _Int) -> FeatureTable: ...
+    def plan(self, specs: list[Any], n_key_sets: _Int = 1) -> FeatureReadPlan: ...
