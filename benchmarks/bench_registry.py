@@ -153,7 +153,16 @@ def bench_fastml(workdir: Path, n_versions: int, repeats: int) -> dict:
     reset_settings()
     reg = Registry()
     art = workdir / "tiny.onnx"
-    art.write_bytes(b"\x08\x07" * 32)  # 64 bytes: copied once, then found by hash
+    # A real (tiny) model: the registry refuses files that are not loadable ONNX. It is copied and checked
+    # once, then found by hash.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    art.write_bytes(model.SerializeToString())
 
     def register(i):
         reg.register("bench", art, metrics={"auc": 0.9}, tags={"team": f"t{i % 10}", "i": str(i)}, actor="bench")

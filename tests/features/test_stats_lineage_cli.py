@@ -49,8 +49,15 @@ def test_lineage_sources_ingests_and_model_users(fastml_home, driver_group):
 
     from fastml.registry import Registry
 
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     artifact = fastml_home / "m.onnx"
-    artifact.write_bytes(b"not really onnx, the registry stores bytes")
+    artifact.write_bytes(model.SerializeToString())  # the registry accepts only loadable ONNX models
     reg = Registry()
     try:
         reg.register("churn", artifact, feature_refs=["driver:trips", "driver@v1:rating", "other:x"])

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from .onnx_files import onnx_model_bytes
+
 
 def _pg_bindir() -> Path | None:
     for cand in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
@@ -145,12 +147,12 @@ def sqlite_reg(fastml_home):
 
 @pytest.fixture
 def artifact(tmp_path):
-    """Factory for small distinct artifact files: artifact("a") -> Path with content derived from the tag."""
+    """Factory for small distinct ONNX model files: artifact("a") -> Path, content derived from the tag
+    (``size_bytes``: exactly that many bytes)."""
 
-    def make(tag: str = "a", size_bytes: int = 64) -> Path:
+    def make(tag: str = "a", size_bytes: int | None = None) -> Path:
         p = tmp_path / f"model-{tag}.onnx"
-        seed = (tag.encode() * (size_bytes // max(1, len(tag)) + 1))[:size_bytes]
-        p.write_bytes(seed)
+        p.write_bytes(onnx_model_bytes(tag, size_bytes))
         return p
 
     return make

@@ -13,6 +13,8 @@ import pytest
 
 from fastml.errors import NotFound
 
+from .onnx_files import onnx_model_bytes
+
 PY = sys.executable
 
 RACE_CHILD = r"""
@@ -134,8 +136,8 @@ def _stored_files(home):
 @pytest.mark.parametrize("point", ["copy", "rename", "commit"])
 def test_kill_9_during_register_leaves_no_partial_state(reg, registry_url, fastml_home, tmp_path, point):
     big = tmp_path / "big.onnx"
-    big.write_bytes(os.urandom(3 * (1 << 20) + 123))  # several copy chunks
-    reg.register("m", tmp_path.joinpath("small.onnx").write_bytes(b"v1") and tmp_path / "small.onnx", actor="ana")
+    big.write_bytes(onnx_model_bytes("big", payload=os.urandom(3 * (1 << 20) + 123)))  # several copy chunks
+    reg.register("m", tmp_path.joinpath("small.onnx").write_bytes(onnx_model_bytes("v1")) and tmp_path / "small.onnx", actor="ana")
     proc = subprocess.run([PY, "-c", KILL_CHILD, registry_url, str(big), point], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     # No row without its artifact: the version was never committed.
@@ -157,12 +159,19 @@ def test_kill_9_during_register_leaves_no_partial_state(reg, registry_url, fastm
 LOOP_CHILD = r"""
 import sys
 from pathlib import Path
+from onnx import TensorProto, helper
 from fastml.registry import Registry
 reg = Registry(sys.argv[1])
 src = Path(sys.argv[2])
 for i in range(1000):
     p = src / f"a{i}.onnx"
-    p.write_bytes(i.to_bytes(4, "little") * 300_000)
+    payload = helper.make_tensor("payload", TensorProto.UINT8, [1_200_000], i.to_bytes(4, "little") * 300_000, raw=True)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], initializer=[payload])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    p.write_bytes(model.SerializeToString())
     mv = reg.register("loop", p, actor="ana")
     print(mv.version, flush=True)
 """

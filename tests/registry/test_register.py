@@ -125,11 +125,14 @@ def test_tampered_artifact_is_refused_and_reported(reg, artifact):
 
 
 def test_source_artifact_stored_and_verified(reg, artifact, tmp_path):
+    import pickle
+
+    pickled = pickle.dumps({"model": "sklearn"}, protocol=4)
     src = tmp_path / "model.pkl"
-    src.write_bytes(b"pickled sklearn model")
+    src.write_bytes(pickled)
     mv = reg.register("m", artifact(), source_artifact=src, actor="ana")
-    assert mv.source_sha256 == hashlib.sha256(b"pickled sklearn model").hexdigest()
-    assert reg.source_artifact_path("m").read_bytes() == b"pickled sklearn model"
+    assert mv.source_sha256 == hashlib.sha256(pickled).hexdigest()
+    assert reg.source_artifact_path("m").read_bytes() == pickled
     reg.source_artifact_path("m").write_bytes(b"evil")
     with pytest.raises(IntegrityError):
         reg.source_artifact_path("m")

@@ -22,6 +22,7 @@ from fastml.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from fastml.registry import compare as _compare
 from fastml.registry import lineage as _lineage
 from fastml.registry import semver, store
+from fastml.registry import validate as _validate
 from fastml.registry.artifacts import ArtifactStore
 from fastml.registry.events import EventBus
 from fastml.registry.refs import LATEST, Ref, check_alias, check_name, parse_ref
@@ -220,6 +221,7 @@ class Registry:
         self._select_version = self._build_version_select()  # needs self.engine (dialect)
         self._build_lookups()
         self._search_cache: dict[tuple, object] = {}
+        self._checked_files: set[tuple] = set()
 
     # ----------------------------------------------------------------- plumbing
     def close(self) -> None:
@@ -465,8 +467,10 @@ class Registry:
     ) -> ModelVersion:
         """Register a new version of ``name`` (the model is created on first use).
 
-        The artifact (and the optional source-framework file) is copied into the content-addressed
-        store first; the row is committed only after, so a crash leaves no row without its file.
+        The artifact must be a loadable ONNX model and the optional source-framework file must look like
+        what its suffix says (:mod:`fastml.registry.validate`; ``InvalidInput`` naming the file, with
+        nothing stored). Both are copied into the content-addressed store first; the row is committed
+        only after, so a crash leaves no row without its file.
         ``version`` None bumps ``bump`` from the highest version ever registered (1.0.0 for the first).
         A duplicate version is ``Conflict``; an invalid one ``InvalidInput``.
         """
@@ -495,6 +499,10 @@ class Registry:
         if parent_ref is not None:
             with self.engine.connect() as conn:
                 self._find_row(conn, parent_ref)  # fail early, before copying anything
+        # Checked before anything is copied or recorded: a refused file leaves no trace.
+        self._check_file(artifact, _validate.check_onnx)
+        if source_artifact is not None:
+            self._check_file(source_artifact, _validate.check_source)
         stored = self.artifacts.put(artifact)
         source = self.artifacts.put(source_artifact) if source_artifact is not None else None
 
@@ -538,6 +546,22 @@ class Registry:
             source_sha256=source.sha256 if source else None, source_size_bytes=source.size_bytes if source else None,
             source_path=source.path if source else None, id=vid,
         )
+
+    def _check_file(self, path, check: Callable) -> None:
+        """Run ``check(path)`` unless this registry already passed the same file unchanged (path, size and
+        modification time): registering one file as many versions parses it once."""
+        try:
+            st = os.stat(path)
+            key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, check)
+        except OSError:
+            key = None  # missing: the check says so
+        if key is not None and key in self._checked_files:
+            return
+        check(path)
+        if key is not None:
+            if len(self._checked_files) >= 1024:
+                self._checked_files.clear()
+            self._checked_files.add(key)
 
     def _ref_of_id(self, vid: int) -> str:
         with self.engine.connect() as conn:
