@@ -195,6 +195,7 @@ def test_typed_contents_out_of_range_are_refused(stub):
         (lambda r: setattr(r.inputs[0], "datatype", "FP8"), "unknown datatype"),
         (lambda r: r.inputs[0].shape.__setitem__(0, -2), "negative dimension"),
         (lambda r: r.inputs[0].shape.__setitem__(0, 2**62), "needs"),
+        (lambda r: (setattr(r.inputs[0], "datatype", "BYTES"), r.inputs[0].shape.__setitem__(0, 2**40)), "BYTES elements"),
         (lambda r: r.inputs.add(name="in_FP32", datatype="FP32", shape=[1, 3]), "appears twice"),
         (lambda r: r.outputs.add(name="nope"), "unknown output"),
         (lambda r: r.parameters["sequence_id"].int64_param == 0 or r.parameters["sequence_id"].__setattr__("int64_param", 5), "sequence"),

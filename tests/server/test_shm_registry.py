@@ -110,9 +110,11 @@ def test_bytes_inputs_and_outputs(shm_object):
     arr = reg.input_view("r", 100, len(payload), np.dtype(object), (3,))
     assert arr.tolist() == ["ab", "", "h\u00e9"]
     with pytest.raises(InvalidInput, match="claims 2 bytes but only 1 remain"):
-        reg.input_view("r", 100, 5, np.dtype(object), (3,))
-    with pytest.raises(InvalidInput, match="ends after 1 of 3"):
-        reg.input_view("r", 100, 6, np.dtype(object), (3,))
+        reg.input_view("r", 100, 5, np.dtype(object), (1,))
+    with pytest.raises(InvalidInput, match="ends after 2 of 3"):
+        reg.input_view("r", 100, 12, np.dtype(object), (3,))
+    with pytest.raises(InvalidInput, match="needs 1099511627776 BYTES elements"):  # refused before allocating
+        reg.input_view("r", 100, len(payload), np.dtype(object), (2**40,))
     n = reg.write_output("r", 2000, 100, payload)
     assert n == len(payload) and bytes(mm[2000 : 2000 + n]) == payload
     reg.close()

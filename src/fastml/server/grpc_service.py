@@ -160,6 +160,8 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
             data = raw[raw_index]
             raw_index += 1
             if datatype == "BYTES":
+                if count * 4 > len(data):  # every element has a 4-byte length: refuse before allocating
+                    raise InvalidInput(f"{where}: shape {list(shape)} needs {count} BYTES elements, raw_input_contents holds {len(data)} bytes")
                 inputs[name] = decode_bytes_tensor(data, count, where).reshape(shape)
             else:
                 if len(data) != count * dtype.itemsize:

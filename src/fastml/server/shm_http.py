@@ -109,6 +109,8 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
             chunk = blob[pos : pos + size]
             pos += size
             if spec.datatype == "BYTES":
+                if count * 4 > size:  # every element has a 4-byte length: refuse before allocating
+                    raise InvalidInput(f"{where}: shape {spec.shape} needs {count} BYTES elements, binary_data_size is {size}")
                 inputs[spec.name] = decode_bytes_tensor(chunk, count, where).reshape(spec.shape)
             else:
                 if size != count * dtype.itemsize:

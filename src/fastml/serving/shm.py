@@ -215,6 +215,8 @@ class SharedMemoryRegistry:
             count *= d
         dtype = np.dtype(dtype)
         if dtype == object:
+            if count * 4 > byte_size:  # every element has a 4-byte length: refuse before allocating
+                raise InvalidInput(f"{where}: shape {list(shape)} needs {count} BYTES elements, the window holds {byte_size} bytes")
             mv = memoryview(region.buffer)[start : start + byte_size]
             try:
                 return _decode_bytes(mv, count, where).reshape(shape)
