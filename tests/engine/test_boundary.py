@@ -54,10 +54,10 @@ def test_a_closed_loop_retains_no_future_input_or_output(batcher, rowsum_model, 
         refs.extend([weakref.ref(x1), weakref.ref(x2)])
         f1 = model.submit(x1)
         await asyncio.to_thread(held.entered.wait)  # x1's batch is inside the (held) runner
-        f2 = model.submit({"X": x2})               # queued behind it
+        f2 = model.submit({"X": x2})  # queued behind it
         refs.extend([weakref.ref(f1), weakref.ref(f2)])
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(f2, 0.001)      # cancels f2; f1 is still pending when the loop closes
+            await asyncio.wait_for(f2, 0.001)  # cancels f2; f1 is still pending when the loop closes
 
     asyncio.run(main())
     held.release()

@@ -22,8 +22,20 @@ def test_core_stub_matches_the_built_module(tmp_path):
     config.write_text(f"[mypy]\ncache_dir = {ROOT / '.mypy_cache'}\n")
     env = dict(os.environ, MYPYPATH=str(ROOT / "src"))
     done = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "fastml._core", "--mypy-config-file", str(config),
-         "--allowlist", str(ALLOWLIST)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "mypy.stubtest",
+            "fastml._core",
+            "--mypy-config-file",
+            str(config),
+            "--allowlist",
+            str(ALLOWLIST),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastml import _core, errors
-from fastml.engine import CORE_STATUS, status_error
-from fastml.engine import status
+from fastml.engine import CORE_STATUS, status, status_error
 
 
 def test_native_and_python_codes_agree():

@@ -10,10 +10,9 @@ import traceback
 import numpy as np
 import pyarrow as pa
 import pytest
+from feature_helpers import ts
 
 from fastml.features import Feature, FeatureGroup, FeatureStore
-
-from feature_helpers import ts
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from feature_helpers import BASE_US, ts
 
 from fastml.features import Feature, FeatureGroup
 
-from feature_helpers import BASE_US, ts
-
 
 def test_expired_values_carry_a_stale_flag_beside_present(store):
-    store.register(FeatureGroup("g", entities=["k"], features=[Feature("v", "float64"), Feature("w", "float64")],
-                                ttl_s=60))
+    store.register(
+        FeatureGroup("g", entities=["k"], features=[Feature("v", "float64"), Feature("w", "float64")], ttl_s=60)
+    )
     store.register(FeatureGroup("h", entities=["k"], features=[Feature("u", "float64")], ttl_s=0))
-    store.ingest("g", pa.table({"k": ["a", "b"], "event_timestamp": ts([0, 100]), "v": [1.0, 2.0],
-                                "w": [None, 5.0]}))
+    store.ingest("g", pa.table({"k": ["a", "b"], "event_timestamp": ts([0, 100]), "v": [1.0, 2.0], "w": [None, 5.0]}))
     store.ingest("h", pa.table({"k": ["a"], "event_timestamp": ts([0]), "u": [7.0]}))
     store.materialize("g")
     store.materialize("h")

@@ -14,10 +14,9 @@ import numpy as np
 from fastml.engine.session import create_session
 from fastml.engine.signature import Signature, signature_of
 from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
-from fastml.engine.warmup import check_samples, unsampled_inputs
+from fastml.engine.warmup import check_samples, run_once, unsampled_inputs
 from fastml.engine.warmup import feed as warmup_feed
 from fastml.engine.warmup import run as run_warmup
-from fastml.engine.warmup import run_once
 from fastml.errors import InvalidInput, Unavailable
 
 BATCHERS = ("native", "python", "auto")
@@ -136,7 +135,8 @@ class Model:
         self._output_names = [s.name for s in self.signature.outputs]
         self._n_inputs = len(self._input_names)
         self.warmup_batch_sizes = (
-            [] if warmup is False or self.warmup_unsampled
+            []
+            if warmup is False or self.warmup_unsampled
             else run_warmup(session, self.signature, max_batch_size, self._warmup_samples)
         )
 
@@ -152,7 +152,11 @@ class Model:
 
             self._core = _core.Batcher(
                 # The inline runner uses one runner slot, taken under _inline_lock.
-                specs, self._output_names, max_batch_size, max_queue_size, max_queue_delay_us,
+                specs,
+                self._output_names,
+                max_batch_size,
+                max_queue_size,
+                max_queue_delay_us,
                 1 if runner == "loop" else instances,
             )
             self._queue_type = _core.CompletionQueue
@@ -181,10 +185,14 @@ class Model:
         self._flush_due: set = set()
         # One inline flush at a time (several loops in several threads share the core's single runner slot).
         self._inline_lock = threading.Lock()
-        self._runners = [] if self._inline else [
-            threading.Thread(target=self._run_batches, args=(i,), name=f"fastml-runner-{name}-{i}", daemon=True)
-            for i in range(instances)
-        ]
+        self._runners = (
+            []
+            if self._inline
+            else [
+                threading.Thread(target=self._run_batches, args=(i,), name=f"fastml-runner-{name}-{i}", daemon=True)
+                for i in range(instances)
+            ]
+        )
         for t in self._runners:
             t.start()
         self.ready = True
@@ -194,8 +202,9 @@ class Model:
         AUTO_LOOP_MAX_BATCH_US, else "threads". Up to ten timed runs, stopping at the first fast one: on a
         busy machine a single run is often slow (the first on fresh inputs always is), the best one is not."""
         if self.warmup_unsampled:
-            self.runner_note = ("threads, the safe default: no warm-up sample to time the model with for "
-                                + ", ".join(self.warmup_unsampled))
+            self.runner_note = "threads, the safe default: no warm-up sample to time the model with for " + ", ".join(
+                self.warmup_unsampled
+            )
             return "threads"
         if batcher != "native":
             return "threads"
@@ -229,10 +238,15 @@ class Model:
                     raise RuntimeError(f"expected {n_outputs} outputs, got {len(outputs)}")
                 for out_name, out in zip(self._output_names, outputs):
                     if out.ndim == 0 or out.shape[0] != rows:
-                        raise RuntimeError(f"output '{out_name}' has shape {_shape(out.shape)} for a batch of {rows} rows")
+                        raise RuntimeError(
+                            f"output '{out_name}' has shape {_shape(out.shape)} for a batch of {rows} rows"
+                        )
             except BaseException as exc:  # noqa: BLE001 - every failure must complete the batch
-                batch = core.complete_next(runner, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
-                                                             f"{type(exc).__name__}: {exc}")
+                batch = core.complete_next(
+                    runner,
+                    INTERNAL,
+                    f"model {self.name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}",
+                )
                 continue
             # Hands the batch outputs to the core's bindings, then (GIL released) computes each request's
             # row range, signals the waiters (one eventfd write per event loop) and waits for the next batch.
@@ -250,8 +264,9 @@ class Model:
                 if out.ndim == 0 or out.shape[0] != rows:
                     raise RuntimeError(f"output '{out_name}' has shape {_shape(out.shape)} for a batch of {rows} rows")
         except BaseException as exc:  # noqa: BLE001 - every failure must complete the batch
-            core.complete(0, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: "
-                                       f"{type(exc).__name__}: {exc}")
+            core.complete(
+                0, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
+            )
             return
         core.complete(0, OK, "", outputs)
 
@@ -310,8 +325,9 @@ class Model:
             a = inputs[spec.name]
             where = f"input '{spec.name}'"
             if not isinstance(a, np.ndarray):
-                raise InvalidInput(f"{where}: expected a numpy array of {spec.dtype} ({spec.datatype}), "
-                                   f"got {type(a).__name__}")
+                raise InvalidInput(
+                    f"{where}: expected a numpy array of {spec.dtype} ({spec.datatype}), got {type(a).__name__}"
+                )
             if a.dtype != spec.dtype:
                 raise InvalidInput(f"{where}: expected dtype {spec.dtype} ({spec.datatype}), got {a.dtype}")
             if a.ndim != len(spec.shape) or any(d >= 0 and d != s for d, s in zip(spec.shape[1:], a.shape[1:])):
@@ -342,8 +358,13 @@ class Model:
     def _log(self, arrays, result, t0_ns: int, request_id) -> None:
         named = dict(zip(self._input_names, arrays))
         self.prediction_logger.log(
-            model=self.name, version=self.version, inputs=named, outputs=result,
-            latency_us=(time.perf_counter_ns() - t0_ns) / 1000.0, request_id=request_id, variant=None,
+            model=self.name,
+            version=self.version,
+            inputs=named,
+            outputs=result,
+            latency_us=(time.perf_counter_ns() - t0_ns) / 1000.0,
+            request_id=request_id,
+            variant=None,
         )
 
     # ------------------------------------------------------------------ blocking
@@ -402,8 +423,10 @@ class Model:
             raise Unavailable(f"model {self.name!r} is closed")
         with self._loops_lock:
             # Loops closed without shutting down their async generators (a bare loop.close()).
-            closed = [(lp, self._loops.pop(lp), self._loop_watches.pop(lp, None))
-                      for lp in [lp for lp in self._loops if lp.is_closed()]]
+            closed = [
+                (lp, self._loops.pop(lp), self._loop_watches.pop(lp, None))
+                for lp in [lp for lp in self._loops if lp.is_closed()]
+            ]
             for old, _, _ in closed:
                 self._flush_due.discard(old)  # a flush it never ran
             queue = self._queue_type()
@@ -553,16 +576,18 @@ class Model:
         self._on_completions(queue)  # deliver the shutdown failures first
         loop.remove_reader(queue.fd)
 
-    def __enter__(self) -> "Model":
+    def __enter__(self) -> Model:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Model(name={self.name!r}, version={self.version!r}, batcher={self.batcher!r}, "
-                f"max_batch_size={self.max_batch_size}, instances={self.instances}, runner={self.runner!r}, "
-                f"ready={self.ready})")
+        return (
+            f"Model(name={self.name!r}, version={self.version!r}, batcher={self.batcher!r}, "
+            f"max_batch_size={self.max_batch_size}, instances={self.instances}, runner={self.runner!r}, "
+            f"ready={self.ready})"
+        )
 
 
 def load_model(

@@ -63,8 +63,19 @@ class CompletionQueue:
 
 
 class _Request:
-    __slots__ = ("id", "arrays", "rows", "key", "enqueue_ns", "deadline_ns", "timeout_us", "queue", "event", "result",
-                 "future")
+    __slots__ = (
+        "id",
+        "arrays",
+        "rows",
+        "key",
+        "enqueue_ns",
+        "deadline_ns",
+        "timeout_us",
+        "queue",
+        "event",
+        "result",
+        "future",
+    )
 
 
 class Ticket:
@@ -87,8 +98,9 @@ def _shape(dims) -> str:
 class ReferenceBatcher:
     """Pure-Python twin of ``fastml._core.Batcher`` (see csrc/batcher.h for the contract)."""
 
-    def __init__(self, inputs, outputs, max_batch_size: int, max_queue_size: int, max_queue_delay_us: int,
-                 instances: int):
+    def __init__(
+        self, inputs, outputs, max_batch_size: int, max_queue_size: int, max_queue_delay_us: int, instances: int
+    ):
         if max_batch_size < 1 or max_queue_size < 1 or max_queue_delay_us < 0 or instances < 1:
             raise ValueError("max_batch_size, max_queue_size, instances must be >= 1 and max_queue_delay_us >= 0")
         self._specs = [(name, np.dtype(dtype), list(dims)) for name, dtype, dims in inputs]
@@ -111,8 +123,17 @@ class ReferenceBatcher:
         self._reason = ""
         self._slots = [None] * instances  # runner -> (batch_id, [requests], [offsets], rows, t_dispatch, t_gathered)
         self._stats = {
-            "requests": 0, "failures": 0, "rows": 0, "batches": 0, "queue_ns": 0, "compute_input_ns": 0,
-            "compute_infer_ns": 0, "compute_output_ns": 0, "request_ns": 0, "fail_ns": 0, "last_inference_ms": 0,
+            "requests": 0,
+            "failures": 0,
+            "rows": 0,
+            "batches": 0,
+            "queue_ns": 0,
+            "compute_input_ns": 0,
+            "compute_infer_ns": 0,
+            "compute_output_ns": 0,
+            "request_ns": 0,
+            "fail_ns": 0,
+            "last_inference_ms": 0,
         }
         self._batch_stats: dict[int, dict] = {}
         self._deadline_thread = threading.Thread(target=self._deadline_loop, name="fastml-ref-deadlines", daemon=True)
@@ -245,6 +266,7 @@ class ReferenceBatcher:
     def _discard(self, c: tuple) -> None:
         if c[4] == OK:
             self._result(c)  # counts the request off its batch's outputs
+
     # ------------------------------------------------------------------ runners
     def _take_expired_locked(self, now: int) -> list[_Request]:
         expired = []
@@ -265,8 +287,10 @@ class ReferenceBatcher:
         self._fail(
             expired,
             DEADLINE_EXCEEDED,
-            [f"deadline of {r.timeout_us} us passed after {(now - r.enqueue_ns) // 1000} us in the queue; not run"
-             for r in expired],
+            [
+                f"deadline of {r.timeout_us} us passed after {(now - r.enqueue_ns) // 1000} us in the queue; not run"
+                for r in expired
+            ],
         )
 
     def next_batch(self, runner: int):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastml.errors import InvalidInput, NotFound
 from fastml.engine.signature import Signature
+from fastml.errors import InvalidInput, NotFound
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 

@@ -26,7 +26,7 @@ _ORT_TYPES: dict[str, tuple[str, np.dtype]] = {
 }
 
 #: KServe datatype -> numpy dtype, for callers that decode wire tensors.
-DATATYPE_DTYPES: dict[str, np.dtype] = {k: d for k, d in _ORT_TYPES.values()}
+DATATYPE_DTYPES: dict[str, np.dtype] = dict(_ORT_TYPES.values())
 
 
 @dataclass(frozen=True)

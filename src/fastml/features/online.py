@@ -33,11 +33,11 @@ BACKENDS = ("native", "reference")
 # LMDB forbids opening one environment twice in a process (closing a second handle drops the first
 # one's locks), so caches are shared per (backend, path) and, as LMDB recommends, stay open for the
 # life of the process: a weak registry could forget an environment that a reference cycle still holds open.
-_open_caches: dict[tuple[str, str], "_Cache"] = {}
+_open_caches: dict[tuple[str, str], _Cache] = {}
 _open_lock = threading.Lock()
 # Caches a forked child inherited: referenced for the life of the child so they are never closed there
 # (closing would free the parent's reader slots in the shared lock file).
-_inherited_caches: list["_Cache"] = []
+_inherited_caches: list[_Cache] = []
 # Bumped in every forked child; an OnlineStore opened in an older generation reopens its cache.
 _fork_generation = 0
 
@@ -62,8 +62,9 @@ class _Cache:
         self.impl = impl
 
 
-def open_cache(path: Path, backend: str = "native", map_size_bytes: int = 32 << 30, max_readers: int = 1024,
-               sync: bool = True) -> _Cache:
+def open_cache(
+    path: Path, backend: str = "native", map_size_bytes: int = 32 << 30, max_readers: int = 1024, sync: bool = True
+) -> _Cache:
     if backend not in BACKENDS:
         raise InvalidInput(f"online backend {backend!r} is not one of {BACKENDS}")
     path = Path(path)
@@ -79,7 +80,9 @@ def open_cache(path: Path, backend: str = "native", map_size_bytes: int = 32 << 
             else:
                 from fastml.features.reference_online import ReferenceFeatureCache
 
-                impl = ReferenceFeatureCache(str(path), map_size_bytes=map_size_bytes, max_readers=max_readers, sync=sync)
+                impl = ReferenceFeatureCache(
+                    str(path), map_size_bytes=map_size_bytes, max_readers=max_readers, sync=sync
+                )
             cache = _Cache(impl)
             _open_caches[key] = cache
         return cache
@@ -145,8 +148,9 @@ class OnlineStore:
         backend: ``native`` (the C++ core) or ``reference`` (python-lmdb).
     """
 
-    def __init__(self, path: Path, resolver, vocab, backend: str = "native", map_size_bytes: int = 32 << 30,
-                 sync: bool = True):
+    def __init__(
+        self, path: Path, resolver, vocab, backend: str = "native", map_size_bytes: int = 32 << 30, sync: bool = True
+    ):
         self.path = Path(path)
         self.backend = backend
         self._cache = open_cache(self.path, backend, map_size_bytes=map_size_bytes, sync=sync)
@@ -170,9 +174,11 @@ class OnlineStore:
                 raise
             # python-lmdb's "already open in this process" guard survives fork, and closing the inherited
             # environment is what LMDB forbids: the reference backend cannot be used in a forked child.
-            raise Unavailable(f"the reference online store at {str(self.path)!r} was opened by the parent process "
-                              "and python-lmdb cannot reopen it in a forked child; use the native backend "
-                              f"({type(exc).__name__}: {exc})") from None
+            raise Unavailable(
+                f"the reference online store at {str(self.path)!r} was opened by the parent process "
+                "and python-lmdb cannot reopen it in a forked child; use the native backend "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         self._tables = {}
         self._plans = {}
         self._generation = _fork_generation
@@ -189,8 +195,15 @@ class OnlineStore:
             self._tables[key] = t
         return t
 
-    def write(self, group: FeatureGroup, version: int, keys, values: np.ndarray, present: np.ndarray,
-              event_time_us: np.ndarray) -> tuple[int, int]:
+    def write(
+        self,
+        group: FeatureGroup,
+        version: int,
+        keys,
+        values: np.ndarray,
+        present: np.ndarray,
+        event_time_us: np.ndarray,
+    ) -> tuple[int, int]:
         """Write rows in one transaction; ``keys`` is an Arrow string array (encoded keys) or a list.
 
         Returns (written, skipped_older).
@@ -245,9 +258,18 @@ class OnlineStore:
             if group.entities not in key_entities:
                 key_entities.append(group.entities)
             ks = key_entities.index(group.entities)
-            columns.append({"ref": str(ref), "name": ref.feature, "dtype": feat.dtype, "group": group.name,
-                            "version": version, "feature": ref.feature, "key_set": ks,
-                            "entities": group.entities})
+            columns.append(
+                {
+                    "ref": str(ref),
+                    "name": ref.feature,
+                    "dtype": feat.dtype,
+                    "group": group.name,
+                    "version": version,
+                    "feature": ref.feature,
+                    "key_set": ks,
+                    "entities": group.entities,
+                }
+            )
             if runs and runs[-1][0] == (group.name, version):
                 runs[-1][2].append(pos)
             else:
@@ -270,8 +292,10 @@ class OnlineStore:
             rows, cols = entity_keys, None
         else:
             if len(plan.key_entities) != 1:
-                raise InvalidInput("these features come from groups with different entity columns "
-                                   f"{plan.key_entities}; pass entity rows as dicts")
+                raise InvalidInput(
+                    "these features come from groups with different entity columns "
+                    f"{plan.key_entities}; pass entity rows as dicts"
+                )
             return entity_keys
         sets = []
         for ents in plan.key_entities:
@@ -307,8 +331,15 @@ class OnlineStore:
             return OnlineValues(values, present, event_time, plan.ttl_us, now)
         return self._as_dict(plan, entity_keys, values, present)
 
-    def lookup_into(self, features, keys, out: np.ndarray, present: np.ndarray | None = None,
-                    event_time: np.ndarray | None = None, now_us: int = 0) -> int:
+    def lookup_into(
+        self,
+        features,
+        keys,
+        out: np.ndarray,
+        present: np.ndarray | None = None,
+        event_time: np.ndarray | None = None,
+        now_us: int = 0,
+    ) -> int:
         """Fill the caller's ``out`` [n, f] (float32 or float64) without allocating; returns n.
 
         The serving hook: call it with the batch's key list and a slice of the model input.
