@@ -36,6 +36,11 @@ py::object decode_name(std::string_view s, bool* ok) {
   return py::reinterpret_steal<py::object>(o);
 }
 
+// Error messages quote names from the wire, which may not be UTF-8: decode them leniently.
+py::object message_str(const std::string& s) {
+  return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
+}
+
 // A read-only numpy view of one tensor's bytes inside `base`, or (BYTES) an object array of str.
 py::object tensor_array(const Tensor& t, py::handle base, std::string* error) {
   std::vector<py::ssize_t> shape(t.dims.begin(), t.dims.end());
@@ -140,7 +145,7 @@ py::tuple frame_tuple(const Frame& f, py::handle base) {
     default:
       return py::make_tuple(int(f.type), f.request_id);
   }
-  return py::make_tuple(0, f.request_id, 400, error);
+  return py::make_tuple(0, f.request_id, 400, message_str(error));
 }
 
 class PyParser {
@@ -178,12 +183,12 @@ class PyParser {
           std::memcpy(&id, base + pos + kPrefixBytes + 8, 8);
           rid = py::int_(id);
         }
-        fatal = py::make_tuple(status, error, rid);
+        fatal = py::make_tuple(status, message_str(error), rid);
         break;
       }
       if (!parser_.parse(base + pos, static_cast<size_t>(frame_bytes), &frame_, &error)) {
         py::object rid = frame_.header_ok ? py::object(py::int_(frame_.request_id)) : py::object(py::none());
-        items.append(py::make_tuple(0, rid, 400, error));
+        items.append(py::make_tuple(0, rid, 400, message_str(error)));
       } else {
         items.append(frame_tuple(frame_, buf));
       }

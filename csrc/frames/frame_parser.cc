@@ -1,6 +1,7 @@
 // fastml binary protocol v1 parser and writer; the layout is documented byte by byte in docs/protocol.md.
 #include "frame_parser.h"
 
+#include <cstdint>
 #include <cstring>
 
 namespace fastml::frames {
@@ -86,8 +87,12 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
   }
   if (!r.need(size_t{8} * rank + 8, (where + " dims and byte length").c_str(), error)) return false;
   t->dims.resize(rank);
-  uint64_t count = 1;
+  // numpy refuses a shape whose item size times its non-zero dims exceeds INT64_MAX ("array is too big"),
+  // even when another dim is 0, so the same bound is applied here (object elements count 8 bytes).
+  size_t elem_bytes = dtype_itemsize(t->dtype);
+  uint64_t scaled = elem_bytes ? elem_bytes : 8;
   bool overflow = false;
+  bool has_zero_dim = false;
   for (uint8_t i = 0; i < rank; ++i) {
     int64_t d = static_cast<int64_t>(r.u64());
     if (d < 0) {
@@ -95,8 +100,12 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
       return false;
     }
     t->dims[i] = d;
-    // Keep multiplying after an overflow only to validate the remaining dims; the result is refused.
-    if (!overflow && __builtin_mul_overflow(count, static_cast<uint64_t>(d), &count)) overflow = true;
+    if (d == 0) {
+      has_zero_dim = true;
+    } else if (!overflow && (__builtin_mul_overflow(scaled, static_cast<uint64_t>(d), &scaled) ||
+                             scaled > static_cast<uint64_t>(INT64_MAX))) {
+      overflow = true;  // keep reading to validate the remaining dims; the tensor is refused below
+    }
   }
   uint64_t nbytes = r.u64();
   if (!r.align((where + " data padding").c_str(), error)) return false;
@@ -106,17 +115,15 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
              std::to_string(r.remaining()) + " left";
     return false;
   }
-  bool has_zero_dim = false;
-  for (int64_t d : t->dims) has_zero_dim |= (d == 0);
-  if (overflow && !has_zero_dim) {
-    *error = where + ": the product of its shape overflows 64 bits";
+  if (overflow) {
+    *error = where + ": the product of its shape overflows 63 bits";
     return false;
   }
-  if (overflow) count = 0;
-  size_t itemsize = dtype_itemsize(t->dtype);
+  uint64_t count = has_zero_dim ? 0 : scaled / (elem_bytes ? elem_bytes : 8);
+  size_t itemsize = elem_bytes;
   if (itemsize != 0) {
-    uint64_t expect;
-    if (__builtin_mul_overflow(count, static_cast<uint64_t>(itemsize), &expect) || expect != nbytes) {
+    uint64_t expect = count * itemsize;  // cannot overflow: bounded by `scaled` above
+    if (expect != nbytes) {
       *error = where + ": " + std::to_string(nbytes) + " data bytes do not match its shape (" + std::to_string(count) +
                " elements of " + std::to_string(itemsize) + " bytes)";
       return false;
