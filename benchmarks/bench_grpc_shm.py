@@ -7,11 +7,12 @@
 2. Shared memory vs HTTP binary for a 1 MiB FP32 input (a model that sums each row, so the answer is
    small and the input transport is what differs): c=1 latency, p50, same server.
 
-The load generator is a separate Python process (grpc.aio with pre-serialized requests for gRPC,
-a keep-alive http.client for HTTP), so it shares the machine's cores with the server: its cost is
-part of every number, equally for each server. Server CPU per inference is read from /proc.
+The load generator is perf_analyzer (-i grpc / -i http) when it is installed at .cache/perf_analyzer/pa,
+otherwise separate Python processes (grpc.aio with pre-serialized requests; keep-alive http.client
+threads). Either way it shares the machine's cores with the server, equally for each server. Server CPU
+per inference is read from /proc.
 
-Usage: python benchmarks/bench_grpc_shm.py [--quick] [--json PATH] [--seconds S]
+Usage: python benchmarks/bench_grpc_shm.py [--quick] [--json PATH] [--seconds S] [--client auto|perf_analyzer|python]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from envinfo import machine_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE_VENV = ROOT / ".cache" / "peers" / "kserve"
+PA = ROOT / ".cache" / "perf_analyzer" / "pa"  # scripts/get_perf_analyzer.sh installs it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHM_WIDTH = 262144  # FP32 elements: 1 MiB per row
 CLIENT_PROCS = 4  # load-generator processes at c=32 (c=1 uses one)
@@ -156,12 +158,31 @@ class OrtModel(Model):
         so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
         self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self.ready = True
+    def get_input_types(self):  # model metadata (perf_analyzer reads it)
+        return [{"name": "input", "datatype": "FP32", "shape": [-1, 32]}]
+    def get_output_types(self):
+        return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}]
     async def predict(self, payload, headers=None, response_headers=None):
         x = payload.inputs[0].as_numpy()
         y = self.sess.run(["probabilities"], {"input": x.reshape(-1, 32).astype(np.float32, copy=False)})[0]
         out = InferOutput(name="probabilities", shape=list(y.shape), datatype="FP32")
         out.set_data_from_numpy(y, binary_data=True)
         return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=[out])
+
+# perf_analyzer asks for the model configuration, which KServe does not serve: answer it with the bytes
+# the benchmark passes (a Triton ModelConfigResponse for this model).
+import base64, grpc
+_CONFIG = base64.b64decode(sys.argv[4])
+
+async def _model_config(request, context):
+    return _CONFIG
+
+_add2 = grpc_server.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server
+def _add_config(servicer, server):
+    _add2(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+        "ModelConfig": grpc.unary_unary_rpc_method_handler(_model_config)}),))
+grpc_server.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server = _add_config
 
 if __name__ == "__main__":
     import logging
@@ -173,11 +194,20 @@ if __name__ == "__main__":
 
 
 def start_kserve(repo: Path, workdir: Path) -> tuple[subprocess.Popen, int]:
+    import base64
+
+    from fastml.server.proto import grpc_service_pb2 as pb
+
     script = workdir / "kserve_peer.py"
     script.write_text(KSERVE_PEER)
     http_port, grpc_port = free_port(), free_port()
+    cfg = pb.ModelConfigResponse()
+    cfg.config.name, cfg.config.platform, cfg.config.max_batch_size = "mlp", "onnxruntime_onnx", 0
+    cfg.config.input.add(name="input", data_type=11, dims=[-1, 32])  # TYPE_FP32
+    cfg.config.output.add(name="probabilities", data_type=11, dims=[-1, 2])
     proc = subprocess.Popen(
-        [str(KSERVE_VENV / "bin" / "python"), str(script), str(repo / "mlp" / "1" / "model.onnx"), str(http_port), str(grpc_port)],
+        [str(KSERVE_VENV / "bin" / "python"), str(script), str(repo / "mlp" / "1" / "model.onnx"), str(http_port), str(grpc_port),
+         base64.b64encode(cfg.SerializeToString()).decode()],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
     )
     wait_grpc_ready(grpc_port, "mlp", proc)
@@ -297,6 +327,28 @@ def load(kind: str, addr: str, conc: int, seconds: float, server_pid: int, procs
     return res
 
 
+def pa_load(protocol: str, addr: str, conc: int, seconds: float, server_pid: int, workdir: Path, extra: tuple = ()) -> dict:
+    """One perf_analyzer window (C++ client: far cheaper per request than a Python one, so the server is what
+    is measured). Server CPU per inference: /proc CPU over the run / (infer/s x the run's wall time), an
+    upper bound (perf_analyzer's warm-up requests are in the CPU but not in the count)."""
+    import csv
+
+    out = workdir / f"pa_{protocol}_{addr.replace(':', '_')}_{conc}.csv"
+    out.unlink(missing_ok=True)
+    cmd = [str(PA), "-m", "mlp", "-u", addr, "-i", protocol, "-b", "1", "--concurrency-range", str(conc),
+           "--measurement-mode", "time_windows", "--measurement-interval", str(int(seconds * 1000)),
+           "--stability-percentage", "999", "--max-trials", "3", "-f", str(out), *extra]
+    cpu0, t0 = tree_cpu_s(server_pid), time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 120)
+    cpu, wall = tree_cpu_s(server_pid) - cpu0, time.monotonic() - t0
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(f"perf_analyzer failed: {(proc.stdout + proc.stderr)[-1500:]}")
+    row = next(csv.DictReader(out.open()))
+    per_s = float(row["Inferences/Second"])
+    return {"n": int(per_s * seconds), "per_s": per_s, "p50_us": float(row["p50 latency"]), "p99_us": float(row["p99 latency"]),
+            "server_cpu_us_per_infer": cpu / max(per_s * wall, 1) * 1e6}
+
+
 # ----------------------------------------------------------------------------- shared memory vs HTTP binary
 def shm_vs_http(http_port: int, n: int) -> dict:
     """c=1 latency of a 1 MiB input: HTTP binary body vs a registered shared-memory region (tritonclient)."""
@@ -347,16 +399,24 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short windows (CI)")
-    ap.add_argument("--seconds", type=float, default=None, help="seconds per load window (default 8; quick 1.5)")
+    ap.add_argument("--seconds", type=float, default=None, help="seconds per load window (default 4; quick 1; perf_analyzer measures 3 windows)")
     ap.add_argument("--json", type=Path, default=None, help="write the result rows here")
+    ap.add_argument("--client", choices=("auto", "perf_analyzer", "python"), default="auto",
+                    help="load generator: perf_analyzer when installed (auto), or Python processes")
     args = ap.parse_args()
-    seconds = args.seconds or (1.5 if args.quick else 8.0)
+    use_pa = args.client == "perf_analyzer" or (args.client == "auto" and PA.exists())
+    if use_pa and not PA.exists():
+        ap.error(f"perf_analyzer is not installed at {PA} (bash scripts/get_perf_analyzer.sh .cache/perf_analyzer .venv/bin/pip)")
+    seconds = args.seconds or (1.0 if args.quick else 4.0)
     shm_n = 30 if args.quick else 400
 
     print("# gRPC and shared memory benchmark\n")
     print("\n".join(machine_lines()))
-    print(f"- load generator: {CLIENT_PROCS} Python processes at c=32, one at c=1 (grpc.aio / http.client threads), "
-          f"{seconds:g} s windows, batch 1, on the same cores as the server\n")
+    if use_pa:
+        print(f"- load generator: perf_analyzer ({PA}), {seconds:g} s windows, batch 1, on the same cores as the server\n")
+    else:
+        print(f"- load generator: {CLIENT_PROCS} Python processes at c=32, one at c=1 (grpc.aio / http.client threads), "
+              f"{seconds:g} s windows, batch 1, on the same cores as the server (perf_analyzer not installed at {PA})\n")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_grpc_") as tmp:
         tmp = Path(tmp)
@@ -365,8 +425,10 @@ def main() -> int:
         proc, http_port, grpc_port = start_fastml(repo, tmp / "home")
         try:
             for c in (1, 32):
-                results[("fastml grpc", c)] = load("grpc", f"127.0.0.1:{grpc_port}", c, seconds, proc.pid, CLIENT_PROCS)
-                results[("fastml http", c)] = load("http", f"127.0.0.1:{http_port}", c, seconds, proc.pid, CLIENT_PROCS)
+                for proto, port in (("grpc", grpc_port), ("http", http_port)):
+                    addr = f"127.0.0.1:{port}"
+                    results[(f"fastml {proto}", c)] = (pa_load(proto, addr, c, seconds, proc.pid, tmp) if use_pa
+                                                       else load(proto, addr, c, seconds, proc.pid, CLIENT_PROCS))
             shm = shm_vs_http(http_port, shm_n)
         finally:
             stop(proc)
@@ -379,7 +441,9 @@ def main() -> int:
             else:
                 try:
                     for c in (1, 32):
-                        results[("kserve grpc", c)] = load("grpc", f"127.0.0.1:{kport}", c, seconds, kproc.pid, CLIENT_PROCS)
+                        addr = f"127.0.0.1:{kport}"
+                        results[("kserve grpc", c)] = (pa_load("grpc", addr, c, seconds, kproc.pid, tmp, ("--shape", "input:1,32"))
+                                                       if use_pa else load("grpc", addr, c, seconds, kproc.pid, CLIENT_PROCS))
                 finally:
                     stop(kproc)
         else:
