@@ -16,7 +16,7 @@ from fastml.errors import InvalidInput
 from fastml.features import Feature, FeatureGroup, FeatureStore
 from fastml.features.timestamps import column_us, to_us
 
-UTC_1858 = int(dt.datetime(2026, 1, 20, 18, 58, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+UTC_1858 = int(dt.datetime(2026, 1, 20, 18, 58, tzinfo=dt.UTC).timestamp()) * 1_000_000
 FORMS = ["2026-01-20T18:58:00+00:00", "2026-01-20T18:58:00Z", "2026-01-20T20:58:00+02:00", "2026-01-20T18:58:00",
          "2026-01-20 18:58:00Z"]
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from fastml.errors import InvalidInput
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = pa.timestamp("us")
 _US_UTC = pa.timestamp("us", tz="UTC")
 
@@ -36,10 +36,10 @@ def to_us(value, what: str = "time") -> int | None:
         value = _parse_text(value, what)
     if isinstance(value, dt.datetime):  # pandas Timestamp is a datetime too
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return (value - _EPOCH) // dt.timedelta(microseconds=1)
     if isinstance(value, dt.date):
-        return (dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc) - _EPOCH) // dt.timedelta(microseconds=1)
+        return (dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
     if isinstance(value, np.datetime64):
         if np.isnat(value):
             raise InvalidInput(f"{what}: NaT is not a time")

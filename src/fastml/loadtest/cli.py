@@ -39,10 +39,9 @@ def fetch_model_metadata(host: str, port: int, model: str, version: str | None =
         Unavailable: the server cannot be reached or answers another error.
     """
     import http.client
+    from urllib.parse import quote
 
     from fastml.errors import NotFound, Unavailable
-
-    from urllib.parse import quote
 
     path = f"/v2/models/{quote(model, safe='')}" + (f"/versions/{quote(version, safe='')}" if version else "")
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)

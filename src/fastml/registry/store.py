@@ -11,7 +11,7 @@ current production version, promote this one" are atomic and never interleave.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy import event
