@@ -37,9 +37,19 @@ def make_identity_model(path: Path) -> None:
     from onnx import helper
 
     onnx_types = {
-        "BOOL": T.BOOL, "UINT8": T.UINT8, "UINT16": T.UINT16, "UINT32": T.UINT32, "UINT64": T.UINT64,
-        "INT8": T.INT8, "INT16": T.INT16, "INT32": T.INT32, "INT64": T.INT64, "FP16": T.FLOAT16,
-        "FP32": T.FLOAT, "FP64": T.DOUBLE, "BYTES": T.STRING,
+        "BOOL": T.BOOL,
+        "UINT8": T.UINT8,
+        "UINT16": T.UINT16,
+        "UINT32": T.UINT32,
+        "UINT64": T.UINT64,
+        "INT8": T.INT8,
+        "INT16": T.INT16,
+        "INT32": T.INT32,
+        "INT64": T.INT64,
+        "FP16": T.FLOAT16,
+        "FP32": T.FLOAT,
+        "FP64": T.DOUBLE,
+        "BYTES": T.STRING,
     }
     graph = helper.make_graph(
         [helper.make_node("Identity", [f"in_{k}"], [f"out_{k}"]) for k in onnx_types],

@@ -8,13 +8,13 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
+from inprocess import DATATYPES, InProcessServer, as_str_array, make_repo, ort_run, serialize_bytes
 from tritonclient.utils import InferenceServerException
 
 from fastml import errors
 from fastml.server.grpc_service import GRPC_STATUS, grpc_status
 from fastml.server.proto import grpc_service_pb2 as pb
 from fastml.server.proto import grpc_service_pb2_grpc as pb_grpc
-from inprocess import DATATYPES, InProcessServer, as_str_array, make_repo, ort_run, serialize_bytes
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,13 @@ def _typed_request(skip_fp16: bool = True) -> pb.ModelInferRequest:
         if dt == "BYTES":
             t.contents.bytes_contents.extend([s.encode("utf-8") for s in flat])
         else:
-            field = {"BOOL": "bool_contents", "INT64": "int64_contents", "UINT64": "uint64_contents",
-                     "FP32": "fp32_contents", "FP64": "fp64_contents"}.get(dt)
+            field = {
+                "BOOL": "bool_contents",
+                "INT64": "int64_contents",
+                "UINT64": "uint64_contents",
+                "FP32": "fp32_contents",
+                "FP64": "fp64_contents",
+            }.get(dt)
             if field is None:
                 field = "uint_contents" if dt.startswith("UINT") else "int_contents"
             getattr(t.contents, field).extend(flat.tolist())
@@ -195,10 +200,19 @@ def test_typed_contents_out_of_range_are_refused(stub):
         (lambda r: setattr(r.inputs[0], "datatype", "FP8"), "unknown datatype"),
         (lambda r: r.inputs[0].shape.__setitem__(0, -2), "negative dimension"),
         (lambda r: r.inputs[0].shape.__setitem__(0, 2**62), "needs"),
-        (lambda r: (setattr(r.inputs[0], "datatype", "BYTES"), r.inputs[0].shape.__setitem__(0, 2**40)), "BYTES elements"),
+        (
+            lambda r: (setattr(r.inputs[0], "datatype", "BYTES"), r.inputs[0].shape.__setitem__(0, 2**40)),
+            "BYTES elements",
+        ),
         (lambda r: r.inputs.add(name="in_FP32", datatype="FP32", shape=[1, 3]), "appears twice"),
         (lambda r: r.outputs.add(name="nope"), "unknown output"),
-        (lambda r: r.parameters["sequence_id"].int64_param == 0 or r.parameters["sequence_id"].__setattr__("int64_param", 5), "sequence"),
+        (
+            lambda r: (
+                r.parameters["sequence_id"].int64_param == 0
+                or r.parameters["sequence_id"].__setattr__("int64_param", 5)
+            ),
+            "sequence",
+        ),
         (lambda r: r.parameters["timeout"].__setattr__("string_param", "soon"), "timeout"),
     ],
 )

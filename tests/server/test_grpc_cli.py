@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
-
 from inprocess import make_repo
 from serverkit import ROOT, ServerProcess
 
@@ -63,10 +62,30 @@ def test_perf_analyzer_grpc(served, tmp_path):
     srv, grpc_url = served
     out = tmp_path / "pa.csv"
     proc = subprocess.run(
-        [str(PA), "-m", "scale", "-u", grpc_url, "-i", "grpc", "--concurrency-range", "1:4:3",
-         "--measurement-mode", "count_windows", "--measurement-request-count", "200", "--stability-percentage", "999",
-         "--max-trials", "3", "-f", str(out)],
-        capture_output=True, text=True, timeout=180,
+        [
+            str(PA),
+            "-m",
+            "scale",
+            "-u",
+            grpc_url,
+            "-i",
+            "grpc",
+            "--concurrency-range",
+            "1:4:3",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            "200",
+            "--stability-percentage",
+            "999",
+            "--max-trials",
+            "3",
+            "-f",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Server:" in proc.stdout and "Inference count:" in proc.stdout, proc.stdout[-2000:]
@@ -77,8 +96,22 @@ def test_perf_analyzer_grpc(served, tmp_path):
 
 def test_grpc_port_zero_with_workers_is_refused(tmp_path):
     proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "fastml.cli", "serve", str(tmp_path), "--workers", "2", "--grpc-port", "0"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env={"FASTML_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            "-m",
+            "fastml.cli",
+            "serve",
+            str(tmp_path),
+            "--workers",
+            "2",
+            "--grpc-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={"FASTML_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode != 0
     assert "--grpc-port 0" in proc.stderr + proc.stdout

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
-
 from inprocess import DATATYPES, InProcessServer, ShmObject, as_str_array, make_repo, ort_run, serialize_bytes
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +41,7 @@ def test_register_status_unregister(client, srv):
         client.register_system_shared_memory("a", obj.key, 1024, offset=512)
         client.register_system_shared_memory("b", obj.key, 256)
         status = client.get_system_shared_memory_status()
-        regions = {name: r for name, r in status.regions.items()}
+        regions = dict(status.regions)
         assert set(regions) == {"a", "b"}
         assert (regions["a"].key, regions["a"].offset, regions["a"].byte_size) == (obj.key, 512, 1024)
         one = client.get_system_shared_memory_status("a").regions
@@ -107,7 +106,9 @@ def test_every_datatype_round_trips_through_shared_memory(client, repo):
             out = res.get_output(f"out_{dt}")
             assert out.parameters["shared_memory_region"].string_param == "out"
             assert out.parameters["shared_memory_byte_size"].int64_param == sizes[dt]
-            got = shm.get_contents_as_numpy(h_out, np.object_ if dt == "BYTES" else arr.dtype, list(out.shape), offset=offsets[dt])
+            got = shm.get_contents_as_numpy(
+                h_out, np.object_ if dt == "BYTES" else arr.dtype, list(out.shape), offset=offsets[dt]
+            )
             if dt == "BYTES":
                 assert as_str_array(got).tolist() == want[f"out_{dt}"].tolist()
             else:
@@ -153,7 +154,11 @@ def test_bad_shared_memory_references_are_invalid_argument_and_the_server_keeps_
         client.register_system_shared_memory("r", key, 64)
         shm.set_shared_memory_region(h, [x])
         cases = [
-            ("unknown region", lambda i, o: i.set_shared_memory("nope", 16), "Unable to find shared memory region: 'nope'"),
+            (
+                "unknown region",
+                lambda i, o: i.set_shared_memory("nope", 16),
+                "Unable to find shared memory region: 'nope'",
+            ),
             ("outside the region", lambda i, o: i.set_shared_memory("r", 16, offset=60), "outside region 'r'"),
             ("wrong byte size", lambda i, o: i.set_shared_memory("r", 12), "does not match shape"),
             ("output outside", lambda i, o: o.set_shared_memory("r", 16, offset=56), "outside region 'r'"),

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import tritonclient.http as th
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException, serialize_byte_tensor
-
 from inprocess import DATATYPES, InProcessServer, ShmObject, as_str_array, make_repo, ort_run, serialize_bytes
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +53,12 @@ def test_routes_register_status_unregister(srv, client):
         assert [r["name"] for r in client.get_system_shared_memory_status("b")] == ["b"]
         code, body = _raw(srv, "GET", "/v2/systemsharedmemory/region/zzz/status")
         assert code == 404 and "zzz" in json.loads(body)["error"]
-        code, body = _raw(srv, "POST", "/v2/systemsharedmemory/region/a/register",
-                          json.dumps({"key": obj.key, "offset": 0, "byte_size": 8}).encode())
+        code, body = _raw(
+            srv,
+            "POST",
+            "/v2/systemsharedmemory/region/a/register",
+            json.dumps({"key": obj.key, "offset": 0, "byte_size": 8}).encode(),
+        )
         assert code == 409 and "already in manager" in json.loads(body)["error"]
         client.unregister_system_shared_memory("a")
         assert [r["name"] for r in client.get_system_shared_memory_status()] == ["b"]
@@ -128,7 +131,9 @@ def test_every_datatype_round_trips_through_shared_memory(client, repo):
         for dt, arr in DATATYPES.items():
             out = res.get_output(f"out_{dt}")
             assert out["parameters"]["shared_memory_region"] == "out" and out["shape"] == [2, 3]
-            got = shm.get_contents_as_numpy(h_out, np.object_ if dt == "BYTES" else arr.dtype, [2, 3], offset=offsets[dt])
+            got = shm.get_contents_as_numpy(
+                h_out, np.object_ if dt == "BYTES" else arr.dtype, [2, 3], offset=offsets[dt]
+            )
             if dt == "BYTES":
                 assert as_str_array(got).tolist() == want[f"out_{dt}"].tolist()
             else:
@@ -152,11 +157,17 @@ def test_shared_memory_beside_binary_and_json_tensors(client):
                 shm.set_shared_memory_region(h, [arr], offset=16)
                 i.set_shared_memory("mix", arr.nbytes, offset=16)
             else:
-                i.set_data_from_numpy(arr, binary_data=(dt in ("FP16", "BYTES", "FP32", "FP64") or n % 2 == 0))  # JSON has no inf
+                i.set_data_from_numpy(
+                    arr, binary_data=(dt in ("FP16", "BYTES", "FP32", "FP64") or n % 2 == 0)
+                )  # JSON has no inf
             inputs.append(i)
         o_shm = th.InferRequestedOutput("out_INT32")
         o_shm.set_shared_memory("mix", 24, offset=128)
-        outs = [o_shm, th.InferRequestedOutput("out_FP64", binary_data=True), th.InferRequestedOutput("out_INT8", binary_data=False)]
+        outs = [
+            o_shm,
+            th.InferRequestedOutput("out_FP64", binary_data=True),
+            th.InferRequestedOutput("out_INT8", binary_data=False),
+        ]
         res = client.infer("ident", inputs, outputs=outs)
         np.testing.assert_array_equal(res.as_numpy("out_FP64"), DATATYPES["FP64"])
         np.testing.assert_array_equal(res.as_numpy("out_INT8"), DATATYPES["INT8"])

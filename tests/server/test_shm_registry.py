@@ -27,7 +27,9 @@ def shm_object():
     os.unlink(path)
 
 
-@pytest.mark.parametrize("key", ["", "/", "a/b", "/a/b", "/..", "..", "/.", "../etc/passwd", "/dev/shm/x", "x\x00y", "/" + "k" * 256])
+@pytest.mark.parametrize(
+    "key", ["", "/", "a/b", "/a/b", "/..", "..", "/.", "../etc/passwd", "/dev/shm/x", "x\x00y", "/" + "k" * 256]
+)
 def test_keys_that_are_paths_or_empty_are_refused(key):
     with pytest.raises(InvalidInput):
         validate_key(key)
@@ -149,7 +151,11 @@ def test_tensor_params():
     assert tensor_params({}) is None
     assert tensor_params({"binary_data_size": 4}) is None
     assert tensor_params({"shared_memory_region": "r", "shared_memory_byte_size": 16}) == ("r", 0, 16)
-    assert tensor_params({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": 8}) == ("r", 8, 16)
+    assert tensor_params({"shared_memory_region": "r", "shared_memory_byte_size": 16, "shared_memory_offset": 8}) == (
+        "r",
+        8,
+        16,
+    )
     with pytest.raises(InvalidInput, match="without"):
         tensor_params({"shared_memory_region": "r"})
     with pytest.raises(InvalidInput):

@@ -62,9 +62,18 @@ def grpc_status(exc: BaseException) -> grpc.StatusCode:
 
 # datatype -> (InferTensorContents field, numpy dtype the field's values are read as) for typed contents.
 _CONTENTS = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _NO_MODEL = "(no model)"
 
@@ -116,7 +125,9 @@ def _typed_input(tensor, datatype: str, shape: tuple, count: int, where: str) ->
                 raise InvalidInput(f"{where}: BYTES element {i} is not UTF-8 text ({exc.reason})") from None
         return out.reshape(shape)
     dtype = NP_DTYPES[datatype]
-    arr = np.array(values, dtype=np.result_type(dtype, np.int64) if field == "int_contents" or field == "uint_contents" else dtype)
+    arr = np.array(
+        values, dtype=np.result_type(dtype, np.int64) if field == "int_contents" or field == "uint_contents" else dtype
+    )
     if arr.dtype != dtype:
         narrow = arr.astype(dtype)
         if not np.array_equal(narrow, arr):
@@ -161,7 +172,9 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
             raw_index += 1
             if datatype == "BYTES":
                 if count * 4 > len(data):  # every element has a 4-byte length: refuse before allocating
-                    raise InvalidInput(f"{where}: shape {list(shape)} needs {count} BYTES elements, raw_input_contents holds {len(data)} bytes")
+                    raise InvalidInput(
+                        f"{where}: shape {list(shape)} needs {count} BYTES elements, raw_input_contents holds {len(data)} bytes"
+                    )
                 inputs[name] = decode_bytes_tensor(data, count, where).reshape(shape)
             else:
                 if len(data) != count * dtype.itemsize:
@@ -188,8 +201,12 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
                     out_shm = {}
                 out_shm[o.name] = region
     req = InferRequest(
-        model_name=msg.model_name, model_version=msg.model_version or None, id=msg.id or None, inputs=inputs,
-        outputs=outputs, parameters=_params(msg.parameters),
+        model_name=msg.model_name,
+        model_version=msg.model_version or None,
+        id=msg.id or None,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=_params(msg.parameters),
     )
     return req, out_shm
 
@@ -255,7 +272,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request, context):
         meta = self.dataplane.server_metadata()
-        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta.get("extensions", []))
+        return pb.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta.get("extensions", [])
+        )
 
     async def ModelMetadata(self, request, context):
         try:
@@ -286,8 +305,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             index = self.dataplane.repository_index(ready_only=request.ready)
             resp = pb.RepositoryIndexResponse()
             for m in index:
-                resp.models.add(name=m.get("name", ""), version=str(m.get("version", "") or ""),
-                                state=m.get("state", "") or "", reason=m.get("reason", "") or "")
+                resp.models.add(
+                    name=m.get("name", ""),
+                    version=str(m.get("version", "") or ""),
+                    state=m.get("state", "") or "",
+                    reason=m.get("reason", "") or "",
+                )
             return resp
         except Exception as exc:  # noqa: BLE001
             await self._abort(context, exc)
@@ -395,8 +418,14 @@ class GrpcListener:
         reuse_port: bind with SO_REUSEPORT (several worker processes on one port).
     """
 
-    def __init__(self, dataplane, host: str = "127.0.0.1", port: int = 8001, max_message_bytes: int = 64 * 1024 * 1024,
-                 reuse_port: bool = False):
+    def __init__(
+        self,
+        dataplane,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        reuse_port: bool = False,
+    ):
         self.dataplane = dataplane
         self.host = host
         self.port = port
@@ -437,4 +466,11 @@ class GrpcListener:
             self._server = None
 
 
-__all__ = ["GRPC_STATUS", "GrpcListener", "InferenceServicer", "decode_infer_request", "encode_infer_response", "grpc_status"]
+__all__ = [
+    "GRPC_STATUS",
+    "GrpcListener",
+    "InferenceServicer",
+    "decode_infer_request",
+    "encode_infer_response",
+    "grpc_status",
+]

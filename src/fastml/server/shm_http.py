@@ -110,11 +110,15 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
             pos += size
             if spec.datatype == "BYTES":
                 if count * 4 > size:  # every element has a 4-byte length: refuse before allocating
-                    raise InvalidInput(f"{where}: shape {spec.shape} needs {count} BYTES elements, binary_data_size is {size}")
+                    raise InvalidInput(
+                        f"{where}: shape {spec.shape} needs {count} BYTES elements, binary_data_size is {size}"
+                    )
                 inputs[spec.name] = decode_bytes_tensor(chunk, count, where).reshape(spec.shape)
             else:
                 if size != count * dtype.itemsize:
-                    raise InvalidInput(f"{where}: binary_data_size {size} does not match shape {spec.shape} of {spec.datatype}")
+                    raise InvalidInput(
+                        f"{where}: binary_data_size {size} does not match shape {spec.shape} of {spec.datatype}"
+                    )
                 inputs[spec.name] = np.frombuffer(chunk, dtype, count).reshape(spec.shape)
         elif spec.data is not msgspec.UNSET:
             from fastml.server.tensors import _json_tensor
@@ -123,9 +127,11 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
         else:
             raise InvalidInput(f"{where}: has no data, binary_data_size or shared_memory_region")
     if pos != len(blob):
-        raise InvalidInput(f"the inputs' binary_data_size add up to {pos} bytes but the body carries {len(blob)} after the header")
-    out_specs = None
-    names = None
+        raise InvalidInput(
+            f"the inputs' binary_data_size add up to {pos} bytes but the body carries {len(blob)} after the header"
+        )
+    out_specs: list[tuple[str, str, tuple[str, int, int] | None]] | None = None
+    names: list[str] | None = None
     if req.outputs:
         out_specs, names = [], []
         for o in req.outputs:

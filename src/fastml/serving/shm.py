@@ -198,7 +198,9 @@ class SharedMemoryRegistry:
         (checked when a request arrives, so a bad output region fails before the model runs)."""
         self._window(name, offset, byte_size, where)
 
-    def input_view(self, name: str, offset: int, byte_size: int, dtype: np.dtype, shape, where: str = "input") -> np.ndarray:
+    def input_view(
+        self, name: str, offset: int, byte_size: int, dtype: np.dtype, shape, where: str = "input"
+    ) -> np.ndarray:
         """The tensor stored in a region: a zero-copy read-only view for numeric data; BYTES elements
         (4-byte little-endian length + UTF-8 each) are decoded into a str object array.
 
@@ -214,9 +216,11 @@ class SharedMemoryRegistry:
                 raise InvalidInput(f"{where}: shape {list(shape)} has a negative dimension")
             count *= d
         dtype = np.dtype(dtype)
-        if dtype == object:
+        if dtype.kind == "O":
             if count * 4 > byte_size:  # every element has a 4-byte length: refuse before allocating
-                raise InvalidInput(f"{where}: shape {list(shape)} needs {count} BYTES elements, the window holds {byte_size} bytes")
+                raise InvalidInput(
+                    f"{where}: shape {list(shape)} needs {count} BYTES elements, the window holds {byte_size} bytes"
+                )
             mv = memoryview(region.buffer)[start : start + byte_size]
             try:
                 return _decode_bytes(mv, count, where).reshape(shape)
@@ -231,7 +235,9 @@ class SharedMemoryRegistry:
         arr.flags.writeable = False  # the model must not write into the client's memory
         return arr
 
-    def write_output(self, name: str, offset: int, byte_size: int, data: bytes | np.ndarray, where: str = "output") -> int:
+    def write_output(
+        self, name: str, offset: int, byte_size: int, data: bytes | np.ndarray, where: str = "output"
+    ) -> int:
         """Copy an output tensor's bytes (numeric: raw little-endian; BYTES: length-prefixed elements) into
         a region's window and return how many bytes were written.
 
@@ -267,7 +273,9 @@ def _decode_bytes(mv: memoryview, count: int, where: str) -> np.ndarray:
         try:
             out[i] = str(mv[pos : pos + n], "utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidInput(f"{where}: BYTES element {i} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise InvalidInput(
+                f"{where}: BYTES element {i} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
         pos += n
     return out
 
