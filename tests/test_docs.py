@@ -172,8 +172,10 @@ for raw in requests:
     try:
         exec(compile(source, msg["filename"], "exec"), namespace)
         result = {"ok": True, "error": ""}
-    except BaseException:
-        result = {"ok": False, "error": traceback.format_exc()}
+    except BaseException as exc:
+        # Drop this driver's own frame: the traceback starts in the markdown file.
+        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+        result = {"ok": False, "error": "".join(traceback.format_exception(type(exc), exc, tb))}
     sys.stdout.flush()
     sys.stderr.flush()
     responses.write(json.dumps(result) + "\n")
@@ -372,10 +374,12 @@ class DocSession:
                 break
         outcome = self.outcomes[target.line]
         if not outcome.ok:
+            order = [b.line for b in execution_order(self.blocks)]
+            before = order[: order.index(target.line)]
             earlier = [
                 f"{self.path.relative_to(ROOT).as_posix()}:{line}"
-                for line, o in self.outcomes.items()
-                if not o.ok and line != target.line
+                for line in before
+                if line in self.outcomes and not self.outcomes[line].ok
             ]
             if earlier:
                 return Outcome(False, f"{outcome.message}\n(earlier failed blocks in this file: {', '.join(earlier)})")
