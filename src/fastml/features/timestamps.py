@@ -35,9 +35,7 @@ def to_us(value, what: str = "time") -> int | None:
     if isinstance(value, str):
         value = _parse_text(value, what)
     if isinstance(value, dt.datetime):  # pandas Timestamp is a datetime too
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return (value - _EPOCH) // dt.timedelta(microseconds=1)
+        return _datetime_us(value)
     if isinstance(value, dt.date):
         return (dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
     if isinstance(value, np.datetime64):
@@ -45,6 +43,12 @@ def to_us(value, what: str = "time") -> int | None:
             raise InvalidInput(f"{what}: NaT is not a time")
         return int(value.astype("datetime64[us]").astype(np.int64))
     raise InvalidInput(f"{what} {value!r} must be a datetime, an ISO 8601 string or microseconds since the epoch")
+
+
+def _datetime_us(value: dt.datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return (value - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 def _parse_text(text: str, what: str) -> dt.datetime:
@@ -93,5 +97,5 @@ def _parse_column(col: pa.Array, name: str, what: str) -> pa.Array:
     for i, text in enumerate(col.to_pylist()):
         if text is None:
             raise InvalidInput(f"{what}: column {name!r}: row {i} has no timestamp; every row needs an event time")
-        out[i] = to_us(text, f"{what}: column {name!r} row {i}:")
+        out[i] = _datetime_us(_parse_text(text, f"{what}: column {name!r} row {i}:"))
     return pa.array(out.view("datetime64[us]"), type=_US)

@@ -206,7 +206,7 @@ class Catalog:
             raise NotFound(f"model {r.name!r} has no version in stage {r.selector!r} in {self.location}")
         known = conn.execute(sa.select(_a.c.alias).where(_a.c.model_id == mid)).scalars().all()
         raise NotFound(
-            f"model {r.name!r} has no alias or stage {r.selector!r}{close_matches(r.selector, [*known, *self.stages, LATEST])} "
+            f"model {r.name!r} has no alias or stage {r.selector!r}{close_matches(r.selector or '', [*known, *self.stages, LATEST])} "
             f"(aliases: {sorted(known) or 'none'}; stages: {self.stages}) in {self.location}"
         )
 

@@ -32,7 +32,7 @@ class Versions:
 
     def __init__(self, catalog: Catalog):
         self._c = catalog
-        self._search_cache: dict[tuple, object] = {}
+        self._search_cache: dict[tuple, sa.Select] = {}
         self._checked_files: set[tuple] = set()
 
     # ----------------------------------------------------------------- reads
@@ -47,7 +47,7 @@ class Versions:
         mv = self._c.resolve(ref)
         if not mv.source_sha256:
             raise NotFound(f"{mv.ref} was registered without a source artifact ({self._c.location})")
-        return self._c.artifacts.verified_path(mv.source_sha256, mv.source_size_bytes, f"{mv.ref} (source)")
+        return self._c.artifacts.verified_path(mv.source_sha256, mv.source_size_bytes or 0, f"{mv.ref} (source)")
 
     def list_models(self) -> list[dict]:
         with self._c.engine.connect() as conn:
@@ -186,7 +186,7 @@ class Versions:
                     "model_id": mid, "version": str(wanted), "sort_key": key, "stage": c.initial_stage, "exclusive_stage": None,
                     "sha256": stored.sha256, "size_bytes": stored.size_bytes, "artifact_name": Path(artifact).name,
                     "source_sha256": source.sha256 if source else None, "source_size_bytes": source.size_bytes if source else None,
-                    "source_name": Path(source_artifact).name if source else None,
+                    "source_name": Path(source_artifact).name if source_artifact is not None else None,
                     "metrics": metrics, "params": params, "tags": tags, "description": description, "parent_id": parent_id,
                     "signature": signature, "model_card": model_card, "run_id": run_id, "dataset_fingerprint": dataset_fingerprint,
                     "feature_refs": feature_refs, "eval_results": eval_results, "created_at": created, "created_by": actor, "deleted_at": None,
@@ -200,7 +200,7 @@ class Versions:
         return ModelVersion(
             name=name, version=str(wanted), stage=c.initial_stage, aliases=[], sha256=stored.sha256,
             size_bytes=stored.size_bytes, artifact_path=stored.path, metrics=metrics, params=params, tags=tags,
-            description=description, parent=None if parent_ref is None else c.ref_of_id(parent_id),
+            description=description, parent=None if parent_id is None else c.ref_of_id(parent_id),
             signature=signature, model_card=model_card, run_id=run_id, dataset_fingerprint=dataset_fingerprint,
             feature_refs=feature_refs, created_at=created, created_by=actor,
             source_sha256=source.sha256 if source else None, source_size_bytes=source.size_bytes if source else None,
