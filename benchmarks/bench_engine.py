@@ -1,9 +1,9 @@
 """fastml engine benchmark: the micro-batcher against raw ONNX Runtime, in one run.
 
-Models: the MLP (32 -> 64 -> 64 -> 2) and the 100-tree gradient-boosted model of
-/work/shared/bench/make_models.py, built once into .cache/bench_models/.
+Models: the MLP (32 -> 64 -> 64 -> 2) and the 100-tree gradient-boosted model of benchmarks/models.py,
+built once into .cache/bench_models/.
 
-Configurations (issue 2, "Proof"):
+Configurations:
   (a) raw ONNX Runtime, serial batch-1 calls
   (b) raw ONNX Runtime at batch 32 (the ceiling)
   (c) 32 asyncio tasks, each awaiting loop.run_in_executor(pool, session.run, ...) on batch-1 inputs
@@ -13,9 +13,10 @@ All asyncio configurations run on uvloop. Prints rows/s, p50/p99 latency per cal
 d/a, d/b, d/c (at 32 tasks) and d/e.
 
 Every configuration runs in several short interleaved rounds (median rows/s reported), so load from
-other jobs on a shared machine hits all configurations alike.
+other jobs on the machine hits all configurations alike.
 
-Usage: python benchmarks/bench_engine.py [--quick] [--seconds S] [--rounds R] [--models mlp,gbt]
+Usage: python benchmarks/bench_engine.py [--quick] [--json PATH] [--seconds S] [--rounds R] [--models mlp,gbt]
+(--quick: the MLP only, 1 and 32 tasks, one round of 0.5 s per configuration)
 """
 
 from __future__ import annotations
@@ -23,26 +24,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from envinfo import machine_lines
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_DIR = ROOT / ".cache" / "bench_models"
-MAKE_MODELS = Path("/work/shared/bench/make_models.py")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+import models  # noqa: E402
+from envinfo import machine_lines  # noqa: E402
 
 
 def ensure_models() -> Path:
-    """Builds mlp.onnx and gbt.onnx with the shared script once (the GBT takes a while to train)."""
-    if not all((MODEL_DIR / f"{m}.onnx").is_file() for m in ("mlp", "gbt")):
-        MODEL_DIR.mkdir(parents=True, exist_ok=True)
-        print(f"building models into {MODEL_DIR} with {MAKE_MODELS} ...", flush=True)
-        subprocess.run([sys.executable, str(MAKE_MODELS), str(MODEL_DIR)], check=True)
-    return MODEL_DIR
+    """The reference models (benchmarks/models.py), built once into .cache/bench_models/."""
+    return models.ensure()["mlp"].parent
 
 
 def env_header() -> str:
@@ -155,8 +151,9 @@ def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher
     return sample
 
 
-def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts: list[int]) -> str:
-    """Runs every configuration `rounds` times, interleaved, so load changes on a shared machine hit all
+def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts: list[int],
+                result: benchjson.Report | None = None) -> str:
+    """Runs every configuration `rounds` times, interleaved, so load changes on a busy machine hit all
     of them alike; reports the median rows/s over rounds and latency percentiles over all calls."""
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, 32), dtype=np.float32)
@@ -206,23 +203,37 @@ def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts:
         f"CPU per row a/d = {cpu['a'] / cpu[f'l{ref}']:.2f}x.",
         "",
     ]
+    if result is not None and name == "mlp":
+        # Targets (MLP, 32 tasks): fastml >= 2x serial batch-1 ORT and >= 5x run_in_executor; the inline
+        # runner is what load_model and fastml serve pick for a model this small.
+        result.add(benchjson.rate_row(f"engine MLP, {ref} tasks predict_async (runner=loop)",
+                                      "raw ORT serial batch-1", rate["a"], rate[f"l{ref}"], "rows/s", 2.0))
+        result.add(benchjson.rate_row(f"engine MLP, {ref} tasks predict_async (runner=loop)",
+                                      "asyncio + run_in_executor", rate["c"], rate[f"l{ref}"], "rows/s", 5.0))
+        result.add(benchjson.rate_row(f"engine MLP, {ref} tasks predict_async (runner threads)",
+                                      "asyncio + run_in_executor", rate["c"], rate[f"d{ref}"], "rows/s", 5.0))
     return "\n".join(out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one round of 0.5 s per configuration")
+    parser.add_argument("--quick", action="store_true",
+                        help="MLP only, 1 and 32 tasks, one round of 0.5 s per configuration")
+    benchjson.add_arguments(parser)
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per configuration per round")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (median reported)")
-    parser.add_argument("--models", default="mlp,gbt", help="comma-separated subset of mlp,gbt")
+    parser.add_argument("--models", default=None, help="comma-separated subset of mlp,gbt (--quick: mlp)")
     args = parser.parse_args()
     seconds = args.seconds or (0.5 if args.quick else 1.0)
     rounds = args.rounds or (1 if args.quick else 5)
     model_dir = ensure_models()
     print("## fastml engine benchmark\n")
     print(env_header() + f"\n- {rounds} interleaved rounds of {seconds:g} s per configuration\n", flush=True)
-    for name in args.models.split(","):
-        print(bench_model(name, model_dir / f"{name}.onnx", seconds, rounds, [1, 8, 32, 128]), flush=True)
+    result = benchjson.Report("bench_engine.py", quick=args.quick)
+    task_counts = [1, 32] if args.quick else [1, 8, 32, 128]
+    for name in (args.models or ("mlp" if args.quick else "mlp,gbt")).split(","):
+        print(bench_model(name, model_dir / f"{name}.onnx", seconds, rounds, task_counts, result), flush=True)
+    result.write(args.json)
     return 0
 
 

@@ -1,14 +1,14 @@
 """Feature store benchmark: native online lookups and materialisation vs python-lmdb, PIT vs pandas.
 
-    python benchmarks/bench_features.py [--quick]
+    python benchmarks/bench_features.py [--quick] [--json PATH]
 
 Side by side, in one run:
   * online lookup, 1 and 100 entities x 10 features: fastml native (numpy arrays, ``lookup_into`` and
     Feast's dict shape) vs a python-lmdb loop producing Feast's ``to_dict()`` shape from the same rows;
   * materialisation of 100,000 entities: fastml native vs the python-lmdb reference store;
   * point-in-time training set, 10,000 entity rows x 100,000 feature rows: fastml vs pandas.merge_asof.
-Feast itself is not installed in this environment (it is not a dependency; the issue's Feast numbers were
-measured elsewhere), so no Feast column is printed.
+Feast itself is not a dependency, so no Feast column is printed; the baseline builds Feast's
+``to_dict()`` shape from the same LMDB rows.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from envinfo import machine_lines
 import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+from envinfo import machine_lines  # noqa: E402
 
 N_FEATURES = 10
 
@@ -64,7 +67,7 @@ def per_call_us(fn, target_batch_us: float, samples: int) -> tuple[float, float]
 
 def make_feature_table(n_entities: int, rows_per_entity: int, rng) -> pa.Table:
     n = n_entities * rows_per_entity
-    base = int(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    base = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000
     cols = {
         "entity_id": pa.array(np.tile(np.arange(n_entities), rows_per_entity)),
         "event_timestamp": pa.array(base + rng.integers(0, 30 * 86_400, n) * 1_000_000, pa.int64()).view(
@@ -101,7 +104,9 @@ def python_lmdb_feast_dict(env, db, keys: list, feature_names: list[str]):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    benchjson.add_arguments(ap)
     args = ap.parse_args()
+    result = benchjson.Report("bench_features.py", quick=args.quick)
     samples = 300 if args.quick else 2000
 
     from fastml.features import Feature, FeatureGroup, FeatureStore
@@ -170,11 +175,11 @@ def main() -> int:
     for n in (1, 100):
         ks = [int(k) for k in rng.choice(n_entities, n, replace=False)]
         out32 = np.empty((n, N_FEATURES), np.float32)
-        base_med, base_p99 = per_call_us(lambda: python_lmdb_feast_dict(ref_env, ref_db, ks, names), 200, samples)
-        arr_med, arr_p99 = per_call_us(lambda: online.get(feats, ks), 200, samples)
-        into_med, into_p99 = per_call_us(lambda: online.lookup_into(feats, ks, out32), 200, samples)
-        dict_med, dict_p99 = per_call_us(lambda: online.get(feats, ks, as_dict=True), 200, samples)
-        ref_arr_med, _ = per_call_us(lambda: reference.online.get(feats, ks), 200, max(50, samples // 10))
+        base_med, base_p99 = per_call_us(lambda ks=ks, out32=out32: python_lmdb_feast_dict(ref_env, ref_db, ks, names), 200, samples)
+        arr_med, arr_p99 = per_call_us(lambda ks=ks, out32=out32: online.get(feats, ks), 200, samples)
+        into_med, into_p99 = per_call_us(lambda ks=ks, out32=out32: online.lookup_into(feats, ks, out32), 200, samples)
+        dict_med, dict_p99 = per_call_us(lambda ks=ks, out32=out32: online.get(feats, ks, as_dict=True), 200, samples)
+        ref_arr_med, _ = per_call_us(lambda ks=ks, out32=out32: reference.online.get(feats, ks), 200, max(50, samples // 10))
         # Same answers from both paths.
         d_ref = python_lmdb_feast_dict(ref_env, ref_db, ks, names)
         d_nat = online.get(feats, ks, as_dict=True)
@@ -187,7 +192,7 @@ def main() -> int:
     native.register(pit_group)
     pit_table = make_feature_table(10_000, 10, rng)  # 100,000 feature rows over 10,000 entities
     native.ingest("pit", pit_table)
-    base = int(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    base = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000
     entity_rows = pa.table({
         "entity_id": pa.array(rng.integers(0, 12_000, 10_000)),
         "event_timestamp": pa.array(base + rng.integers(0, 31 * 86_400, 10_000) * 1_000_000, pa.int64()).view(
@@ -245,8 +250,18 @@ def main() -> int:
     print(f"| warm (rows and index cached in the store), median | {pd_med:.3f} | {pit_warm:.3f} | {pd_med / pit_warm:.1f}x |")
     print(f"| cold (first call of a new FeatureStore: Parquet read + index build), median | {pd_med:.3f} | {pit_cold:.3f} | {pd_med / pit_cold:.1f}x |")
     print(f"\nrows returned: {result.num_rows} of {entity_rows.num_rows} asked")
-    print("\nTargets (issue 6): 100 entities <= 20 us, 1 entity <= 2 us (into a numpy array); materialise 100,000 "
+    print("\nTargets: 100 entities <= 20 us, 1 entity <= 2 us (into a numpy array); materialise 100,000 "
           "<= 0.5 s; PIT 10k x 100k <= 0.1 s.")
+    by_n = {row[0]: row for row in lookup_rows}
+    result.add(benchjson.time_row("features online lookup, 100 entities x 10 features (get_online arrays)",
+                                  "python-lmdb loop, Feast dict", by_n[100][1], by_n[100][3], "us", 4.0))
+    result.add(benchjson.time_row("features online lookup, 1 entity x 10 features (lookup_into)",
+                                  "python-lmdb loop, Feast dict", by_n[1][1], by_n[1][5], "us", 2.0))
+    result.add(benchjson.time_row("features materialize 100,000 entities (fresh store)",
+                                  "python-lmdb reference store", mat_rows[0][1], mat_rows[0][2], "s", 2.0))
+    result.add(benchjson.time_row("features point-in-time training set 10k x 100k (warm)",
+                                  "pandas.merge_asof", pd_med, pit_warm, "s", 2.0))
+    result.write(args.json)
     return 0
 
 

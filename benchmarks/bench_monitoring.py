@@ -17,7 +17,8 @@ scipy loop's time, which would flatter fastml for the wrong reason. Times are re
 and as process CPU time (all threads), medians over repeats; CPU time is the steadier number on a busy
 machine.
 
-Run: ``.venv/bin/python benchmarks/bench_monitoring.py [--quick]``
+Run: ``.venv/bin/python benchmarks/bench_monitoring.py [--quick] [--json PATH]`` (``--quick`` skips Evidently,
+whose import alone takes seconds).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from envinfo import machine_lines
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+from envinfo import machine_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENTLY_PY = ROOT / ".cache" / "evidently-venv" / "bin" / "python"
@@ -175,7 +179,7 @@ def ratio(base: Timing, ours: Timing) -> str:
     return f"{base.wall / ours.wall:.1f}x ({base.cpu / ours.cpu:.1f}x CPU)"
 
 
-def drift_benchmarks(quick: bool) -> list[str]:
+def drift_benchmarks(quick: bool, result: benchjson.Report | None = None) -> list[str]:
     from fastml.monitoring.drift import detect_drift
     from fastml.monitoring.profile import ReferenceProfile
 
@@ -188,18 +192,18 @@ def drift_benchmarks(quick: bool) -> list[str]:
         ref, cur = make_data(ref_rows)
         ref_d = {f"f{j}": ref[:, j] for j in range(COLS)}
         cur_d = {f"f{j}": cur[:, j] for j in range(COLS)}
-        t_fast, rep = timeit(lambda: detect_drift(ref_d, cur_d, all_statistics=all_stats), rep_fast)
+        t_fast, rep = timeit(lambda: detect_drift(ref_d, cur_d, all_statistics=all_stats), rep_fast)  # noqa: B023
         profile = ReferenceProfile.from_data(ref_d)
-        t_prof, rep2 = timeit(lambda: detect_drift(profile, cur_d, all_statistics=all_stats), rep_fast)
+        t_prof, rep2 = timeit(lambda: detect_drift(profile, cur_d, all_statistics=all_stats), rep_fast)  # noqa: B023
         if all_stats:
-            t_sc, sc = timeit(lambda: scipy_all(ref, cur), rep_scipy)
+            t_sc, sc = timeit(lambda: scipy_all(ref, cur), rep_scipy)  # noqa: B023 - called before the loop moves on
             for k in ("ks", "wasserstein", "psi", "jensenshannon"):
                 check_equal(k, [c.statistics[k] for c in rep.columns], [s[k] for s in sc])
         else:
-            t_sc, sc = timeit(lambda: scipy_default(ref, cur), rep_scipy)
+            t_sc, sc = timeit(lambda: scipy_default(ref, cur), rep_scipy)  # noqa: B023
             check_equal(label, [c.score for c in rep.columns], sc)
         check_equal(label + " (profile)", [c.score for c in rep2.columns], [c.score for c in rep.columns])
-        ev = None if all_stats else run_evidently(ref, cur, rep_ev)
+        ev = None if all_stats or quick else run_evidently(ref, cur, rep_ev)
         if ev is not None:
             check_equal("evidently " + label, [c.score for c in rep.columns], [ev["values"][f"f{j}"]["value"] for j in range(COLS)])
         t_ev = Timing(ev["run_s"], ev["cpu_s"]) if ev else None
@@ -210,6 +214,17 @@ def drift_benchmarks(quick: bool) -> list[str]:
                      + (f"{ratio(t_ev, t_fast)} / {ratio(t_ev, t_prof)}" if t_ev else "n/a") + " |")
         if ev:
             lines.append(f"| (Evidently import time: {ev['import_s'] * 1e3:.0f} ms, not included above) | | | | | | |")
+        if result is not None and ref_rows == ROWS and not all_stats:
+            result.add(benchjson.time_row("drift 10,000 x 20 columns, default tests (CPU time)", "scipy loop",
+                                          t_sc.cpu * 1e3, t_fast.cpu * 1e3, "ms", 2.0))
+            if t_ev:
+                result.add(benchjson.time_row("drift 10,000 x 20 columns, default tests (CPU time)",
+                                              "Evidently DataDriftPreset", t_ev.cpu * 1e3, t_fast.cpu * 1e3, "ms", 20.0))
+            elif quick:
+                result.note("Evidently not run in --quick (its import alone takes seconds)")
+            else:
+                result.note(f"Evidently not measured: no environment at {EVIDENTLY_PY.parent.parent} "
+                            "(scripts/test.sh installs it)")
     lines.append("")
     lines.append(f"Current data: {ROWS:,} rows x {COLS} numeric columns; times are medians of {rep_fast} (fastml), "
                  f"{rep_scipy} (scipy) and {rep_ev} (Evidently) runs. Every fastml score was checked equal (1e-6 relative) "
@@ -218,7 +233,7 @@ def drift_benchmarks(quick: bool) -> list[str]:
     return lines
 
 
-def logger_benchmark(quick: bool) -> list[str]:
+def logger_benchmark(quick: bool, result: benchjson.Report | None = None) -> list[str]:
     import pyarrow as pa
 
     from fastml.monitoring import PredictionLogger
@@ -242,6 +257,9 @@ def logger_benchmark(quick: bool) -> list[str]:
                                          pa.array(outs["label"])], schema=schema)
                 w.write_batch(batch)
             t_sync = (time.perf_counter() - t) / n
+    if result is not None:
+        result.add(benchjson.time_row("prediction log, caller-side cost per request", "synchronous Arrow write",
+                                      t_sync * 1e6, t_log * 1e6, "us", 5.0))
     return ["| caller-side cost per request (4 rows x 32 features) | synchronous Arrow write per request | "
             "fastml PredictionLogger.log | ratio |", "|---|---|---|---|",
             f"| {n:,} requests | {t_sync * 1e6:.1f} us | {t_log * 1e6:.1f} us | {t_sync / t_log:.1f}x |"]
@@ -249,14 +267,17 @@ def logger_benchmark(quick: bool) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, no Evidently")
+    benchjson.add_arguments(ap)
     args = ap.parse_args()
+    result = benchjson.Report("bench_monitoring.py", quick=args.quick)
     print("## monitoring benchmark\n")
     print(env_header())
     print("\n### Data drift, 10,000 x 20 columns\n")
-    print("\n".join(drift_benchmarks(args.quick)))
+    print("\n".join(drift_benchmarks(args.quick, result)))
     print("\n### Prediction log hot path\n")
-    print("\n".join(logger_benchmark(args.quick)))
+    print("\n".join(logger_benchmark(args.quick, result)))
+    result.write(args.json)
     return 0
 
 

@@ -1,26 +1,30 @@
-"""Side-by-side serving benchmark: raw ONNX Runtime, `fastml serve`, and peer servers, in one run.
+"""Side-by-side serving benchmark: raw ONNX Runtime, `fastml serve`, a do-nothing HTTP server and peer servers.
 
-    python benchmarks/bench_server.py [--quick] [--peers kserve,pytriton] [--skip-fastml]
+    python benchmarks/bench_server.py [--quick] [--json PATH] [--peers kserve,pytriton,mlserver] [--skip-fastml]
 
-What it does (issue 3, "Proof"):
-1. builds the reference models (MLP, 100-tree GBT) with ../shared/bench/make_models.py, cached under
-   .cache/bench_models/;
-2. times raw ONNX Runtime in-process (batch-1 call latency, the floor);
-3. for each server (fastml, then each peer; one at a time, peers listen on fixed ports): runs
-   perf_analyzer over HTTP with binary tensors at concurrency 1, 8 and 32, batch 1, on mlp and gbt,
-   and measures the **server's CPU time per inference**: utime+stime of the server process and all its
-   descendants (/proc/<pid>/stat) over the perf_analyzer run, divided by the inferences the server
-   itself counted over the same run (statistics extension, or KServe's Prometheus counter);
-4. runs wrk (a Lua script posting a fixed binary infer body over keep-alive connections) to show
+What it does, in one run:
+1. builds the reference models (MLP, 100-tree GBT; benchmarks/models.py), cached under .cache/bench_models/;
+2. times raw ONNX Runtime in-process (batch-1 call latency, the floor; benchmarks/raw_floor.py);
+3. drives `fastml serve` and the echo server (benchmarks/server/echo_server.py: same HTTP stack, no work)
+   with the fastml load harness, closed loop at concurrency 1 and 32 on the MLP: the share of the bare
+   transport's rate that fastml keeps, measured without any peer installed;
+4. for each server (fastml, then each installed peer; one at a time): runs perf_analyzer over HTTP with
+   binary tensors at concurrency 1, 8 and 32, batch 1, on mlp and gbt, and measures the **server's CPU
+   time per inference**: utime+stime of the server process and all its descendants (/proc/<pid>/stat)
+   over the perf_analyzer run, divided by the inferences the server itself counted over the same run
+   (statistics extension, or KServe's Prometheus counter);
+5. runs wrk (a Lua script posting a fixed binary infer body over keep-alive connections) to show
    capacity beyond perf_analyzer's ceiling, with the same CPU accounting;
-5. runs the fastml load harness open loop at the same fixed rate against every server (default
-   6000/s, about twice what the peers sustain here) to show how each behaves at that load: answered,
-   shed with 503, or left to time out;
-6. prints markdown tables with fastml/peer ratios and checks the issue's targets.
+6. runs the fastml load harness open loop at the same fixed rate against every server (default
+   6000/s, about twice what the peers sustain on a 2-core machine) to show how each behaves at that
+   load: answered, shed with 503, or left to time out;
+7. prints markdown tables with fastml/peer ratios and the targets (benchmarks/README.md, "CI targets").
 
-Peers are installed into their own virtual environments under .cache/peers/<name>/ (see
-../shared/bench/README.md); perf_analyzer into .cache/perf_analyzer/ (get_perf_analyzer.sh).
-Only processes this script started are stopped, by PID (peers through ../shared/bench/stop.sh).
+Peers are installed into their own virtual environments under .cache/peers/<name>/ by
+`benchmarks/peers/install.sh <name>`; perf_analyzer into .cache/perf_analyzer/ by
+`scripts/get_perf_analyzer.sh .cache/perf_analyzer .venv/bin/pip`. What is missing is skipped with the
+reason printed (and recorded in the JSON notes). Only processes this script started are stopped.
+`--quick` (the CI run): MLP only, concurrency 1 and 32, short windows, no wrk or overload run.
 """
 
 from __future__ import annotations
@@ -41,29 +45,31 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = (ROOT / ".." / "shared" / "bench").resolve()
-if not SHARED_BENCH.is_dir():
-    SHARED_BENCH = Path("/work/shared/bench")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+sys.path.insert(0, str(HERE))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+import models as reference_models  # noqa: E402
+import peers as peer_servers  # noqa: E402
+import raw_floor as floor_probe  # noqa: E402
+
+ROOT = HERE.parent
 CACHE = ROOT / ".cache"
-MODELS_DIR = CACHE / "bench_models"
-PEERS_DIR = CACHE / "peers"
+MODELS_DIR = reference_models.DEFAULT_DIR
 PA = CACHE / "perf_analyzer" / "pa"
-LUA = ROOT / "benchmarks" / "server" / "infer_binary.lua"
-MODELS = ("mlp", "gbt")
+LUA = HERE / "server" / "infer_binary.lua"
+ECHO = HERE / "server" / "echo_server.py"
+MODELS = reference_models.NAMES
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-PEERS = {
-    # name: (label, port, serve.sh args after VENV MODELDIR LOG PIDFILE, extra perf_analyzer args)
-    "kserve": ("KServe 0.21 (no batching)", 8080, [], ["--shape", "input:1,32"]),
-    "pytriton": ("PyTriton 0.7 (dynamic batching 32)", 8000, [], []),
-}
+# Extra perf_analyzer arguments per peer (KServe's metadata gives no fixed shape for the batch dimension).
+PA_ARGS = {"kserve": ["--shape", "input:1,32"], "mlserver": ["--shape", "input:1,32"]}
 
 
 # ----------------------------------------------------------------------------- environment
@@ -89,10 +95,10 @@ def env_header() -> str:
             break
     pa_version = _out([str(PA), "--version"]) if PA.exists() else "not installed"
     lines = [
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- fastml {fastml_version}, git {sha}{dirty}",
         f"- CPU: {cpu}, {os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.2f} "
-        "(machine shared with other jobs: numbers are noisy)",
+        "(above ~1 means other jobs were running: numbers are noisy)",
         f"- Python {platform.python_version()}, onnxruntime {ort.__version__}, numpy {np.__version__}, "
         f"uvloop {version('uvloop')}, httptools {version('httptools')}, msgspec {version('msgspec')}",
         f"- perf_analyzer: tritonclient 2.50.0 wheel binary ({(pa_version or '').strip()[:40]}); "
@@ -112,34 +118,12 @@ def _out(cmd: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- models, floor
 def ensure_models() -> None:
-    if all((MODELS_DIR / f"{m}.onnx").exists() for m in MODELS):
-        return
-    MODELS_DIR.mkdir(parents=True, exist_ok=True)
-    print("building reference models ...", file=sys.stderr)
-    subprocess.run([sys.executable, str(SHARED_BENCH / "make_models.py"), str(MODELS_DIR)], check=True)
+    reference_models.ensure(MODELS_DIR)
 
 
 def raw_floor(model: str, n: int) -> dict:
     """Batch-1 in-process InferenceSession.run latency (p50/p99) and calls/s, intra_op_num_threads=1."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(MODELS_DIR / f"{model}.onnx"), so, providers=["CPUExecutionProvider"])
-    feed = {"input": np.random.default_rng(0).standard_normal((1, 32), dtype=np.float32)}
-    run, pc = sess.run, time.perf_counter
-    for _ in range(300):
-        run(["probabilities"], feed)
-    ts = np.empty(n)
-    t_all = pc()
-    for i in range(n):
-        t0 = pc()
-        run(["probabilities"], feed)
-        ts[i] = pc() - t0
-    wall = pc() - t_all
-    return {"p50_us": float(np.percentile(ts, 50)) * 1e6, "p99_us": float(np.percentile(ts, 99)) * 1e6,
-            "per_s": n / wall}
+    return floor_probe.batch1_latency(MODELS_DIR / f"{model}.onnx", n)
 
 
 # ----------------------------------------------------------------------------- /proc accounting
@@ -209,26 +193,44 @@ def _port_free(port: int) -> bool:
 
 
 def start_peer(name: str, workdir: Path) -> Server:
-    label, port, serve_args, pa_args = PEERS[name]
-    venv = PEERS_DIR / name
-    if not (venv / "bin" / "python").exists():
-        raise RuntimeError(f"peer {name}: no virtual environment at {venv} (see ../shared/bench/README.md)")
-    if not _port_free(port):
-        raise RuntimeError(f"peer {name}: port {port} is busy; the peers need their fixed ports")
-    pidfile, log = workdir / f"{name}.pid", workdir / f"{name}.log"
-    proc = subprocess.run(["bash", str(SHARED_BENCH / name / "serve.sh"), str(venv), str(MODELS_DIR), str(log),
-                           str(pidfile), *serve_args], capture_output=True, text=True, timeout=300)
-    pid = int(pidfile.read_text().strip()) if pidfile.exists() else 0
+    peer = peer_servers.start(name, MODELS_DIR, workdir / name)
+    return Server(name, peer.label, peer.port, peer.pid, PA_ARGS.get(name, []), peer.stop, peer.counter)
+
+
+def start_echo(workdir: Path) -> tuple[int, Callable[[], None]]:
+    """Start the do-nothing HTTP server; return its port and how to stop it."""
+    log = open(workdir / "echo.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ECHO)], stdout=subprocess.PIPE, stderr=log, text=True)
 
     def stop() -> None:
-        if pidfile.exists():
-            subprocess.run(["bash", str(SHARED_BENCH / "stop.sh"), str(pidfile)], timeout=120)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
 
-    if proc.returncode != 0 or "ready" not in proc.stdout.split():
+    line = proc.stdout.readline() if proc.stdout else ""
+    m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    if not m:
         stop()
-        raise RuntimeError(f"peer {name} did not start: {proc.stdout[-800:]} {proc.stderr[-400:]}")
-    counter = "kserve_metrics" if name == "kserve" else "stats"
-    return Server(name, label, port, pid, pa_args, stop, counter)
+        raise RuntimeError(f"echo server did not start: {(workdir / 'echo.log').read_text()[-400:]}")
+    return int(m.group(1)), stop
+
+
+def closed_loop(port: int, concurrency: int, duration_s: float) -> dict:
+    """fastml.loadtest closed loop on the MLP at batch 1: 2xx/s and latency percentiles (µs)."""
+    from fastml.loadtest import build_infer_request, run, run_closed_loop
+
+    x = np.random.default_rng(0).standard_normal((1, 32), dtype=np.float32)
+    req = build_infer_request("mlp", {"input": x}, outputs=["probabilities"])
+    res = run(run_closed_loop("127.0.0.1", port, req, concurrency=concurrency, duration_s=duration_s,
+                              warmup_s=min(0.5, duration_s / 4), timeout_s=5.0))
+    d = res.to_dict()
+    return {"concurrency": concurrency, "ok_per_s": d["throughput_per_s"], "outcomes": d["outcomes"],
+            "p50_us": d["latency_ok_us"]["p50"], "p99_us": d["latency_ok_us"]["p99"]}
 
 
 def start_fastml(workdir: Path, extra_args: list[str]) -> Server:
@@ -314,8 +316,8 @@ def perf_analyzer(server: Server, model: str, c: int, workdir: Path, quick: bool
 
     def go() -> str:
         note = ""
-        # As ../shared/bench/bench.sh: 50 % only if 20 % cannot be met; on this busy machine a last
-        # try at 100 % keeps a number (flagged in the note) rather than none.
+        # 50 % only if 20 % cannot be met; on a busy machine a last try at 100 % keeps a number (flagged
+        # in the note) rather than none.
         for stab in (20, 50, 100):
             out.unlink(missing_ok=True)
             cmd = [str(PA), "-m", model, "-u", f"127.0.0.1:{server.port}", "-i", "http", "-b", "1",
@@ -453,7 +455,7 @@ def report(env: str, floor: dict, points: list[Point], overloads: list[dict], la
                 outcomes += f" (first connect error: {o['error_samples']['connect_error'][:60]})"
             out.append(f"| {o['server']} | {o['model']} | {o['rate_per_s']:,.0f} | {o['ok_per_s']:,.0f} | {outcomes} | "
                        f"{_f(o['p99_ok_us'])} | {_f(o['p99_all_us'])} | {_f(o.get('send_lag_p99_us'))} |")
-    out += ["", "### Targets (issue 3, MLP)", "", "| target | measured | verdict |", "|---|---|---|"]
+    out += ["", "### Targets (MLP)", "", "| target | measured | verdict |", "|---|---|---|"]
     out += targets(points, peers)
     return "\n".join(out)
 
@@ -484,27 +486,73 @@ def targets(points: list[Point], peers: list[str]) -> list[str]:
     return rows
 
 
+# ----------------------------------------------------------------------------- rows for CI (--json)
+def loop_section(loops: dict[str, list[dict]]) -> str:
+    out = ["### fastml.loadtest closed loop, MLP, batch 1: fastml against a server that does no work", "",
+           "| server | concurrency | 2xx/s | p50 µs | p99 µs | outcomes |", "|---|---:|---:|---:|---:|---|"]
+    for server, results in loops.items():
+        for r in results:
+            outcomes = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["outcomes"].items()))
+            out.append(f"| {server} | {r['concurrency']} | {_f(r['ok_per_s'])} | {_f(r['p50_us'])} | "
+                       f"{_f(r['p99_us'])} | {outcomes} |")
+    return "\n".join(out)
+
+
+def ci_rows(report_: benchjson.Report, floor: dict, loops: dict[str, list[dict]], points: list[Point],
+            peers: list[str]) -> None:
+    """The comparison rows with their targets (benchmarks/README.md, "CI targets")."""
+    fastml, echo = loops.get("fastml"), loops.get("echo")
+    if fastml and echo:
+        f32 = next(r for r in fastml if r["concurrency"] == 32)
+        e32 = next(r for r in echo if r["concurrency"] == 32)
+        report_.add(benchjson.rate_row("serve MLP, loadtest c=32 throughput", "echo server (no work)",
+                                       e32["ok_per_s"], f32["ok_per_s"], "req/s", 0.5))
+        f1 = next(r for r in fastml if r["concurrency"] == 1)
+        e1 = next(r for r in echo if r["concurrency"] == 1)
+        if f1["p50_us"] and e1["p50_us"]:
+            base = e1["p50_us"] + floor["mlp"]["p50_us"]
+            report_.add(benchjson.time_row("serve MLP, loadtest c=1 p50 latency",
+                                           "echo round trip + raw ORT call", base, f1["p50_us"], "us", 0.5))
+
+    def pa(server: str, c: int) -> Point | None:
+        return next((p for p in points if p.server == server and p.model == "mlp" and p.tool == "perf_analyzer"
+                     and p.concurrency == c and p.infer_per_s), None)
+
+    f32p = pa("fastml", 32)
+    for peer in peers:
+        p32 = pa(peer, 32)
+        if f32p and p32:
+            report_.add(benchjson.rate_row(f"serve MLP, perf_analyzer c=32 throughput vs {peer}", peer,
+                                           p32.infer_per_s, f32p.infer_per_s, "infer/s", 5.0))
+            report_.add(benchjson.time_row(f"serve MLP, perf_analyzer c=32 p99 vs {peer}", peer,
+                                           p32.p99_us, f32p.p99_us, "us", 2.0))
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="shorter windows, fewer trials, shorter wrk/overload runs")
-    ap.add_argument("--peers", default="kserve,pytriton", help="comma list of peers (kserve, pytriton); '' for none")
+    ap.add_argument("--quick", action="store_true",
+                    help="MLP only, concurrency 1 and 32, short windows, no wrk or overload run (the CI run)")
+    benchjson.add_arguments(ap)
+    ap.add_argument("--peers", default="kserve,pytriton",
+                    help="comma list of peers (kserve, pytriton, mlserver); '' for none")
     ap.add_argument("--skip-fastml", action="store_true", help="measure only the floor and the peers")
     ap.add_argument("--fastml-args", default="", help="extra arguments for `fastml serve` (e.g. '--workers 2')")
-    ap.add_argument("--models", default=",".join(MODELS), help="models for perf_analyzer (default mlp,gbt)")
+    ap.add_argument("--models", default=None, help="models for perf_analyzer (default mlp,gbt; --quick: mlp)")
     ap.add_argument("--no-wrk", action="store_true")
     ap.add_argument("--no-overload", action="store_true")
     ap.add_argument("--overload-rate", type=float, default=6000.0,
                     help="open-loop rate of the same-offered-load run, every server alike (default 6000/s: "
-                         "about twice what the peers sustain at c=32 on the 2-core development machine)")
+                         "about twice what the peers sustain at c=32 on a 2-core machine)")
     ap.add_argument("--out", type=Path, default=CACHE / "bench_server", help="working/output directory")
     args = ap.parse_args(argv)
 
-    if not PA.exists():
-        print(f"perf_analyzer missing at {PA}; run ../shared/bench/get_perf_analyzer.sh {PA.parent} .venv/bin/pip",
-              file=sys.stderr)
-        return 1
-    models = [m for m in args.models.split(",") if m]
+    result = benchjson.Report("bench_server.py", quick=args.quick)
+    models = [m for m in (args.models or ("mlp" if args.quick else ",".join(MODELS))).split(",") if m]
+    concurrencies = (1, 32) if args.quick else (1, 8, 32)
+    loop_s = 1.5 if args.quick else 5.0
+    if args.quick:
+        args.no_wrk = args.no_overload = True
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run_", dir=args.out))
@@ -513,7 +561,34 @@ def main(argv: list[str] | None = None) -> int:
     ensure_models()
     floor = {m: raw_floor(m, 5000 if args.quick else 20000) for m in MODELS}
 
-    plan = [p for p in args.peers.split(",") if p] + ([] if args.skip_fastml else ["fastml"])
+    have_pa = PA.exists()
+    if not have_pa:
+        result.note(f"perf_analyzer is not installed at {PA}: no perf_analyzer rows and no peer comparison "
+                    f"(install: scripts/get_perf_analyzer.sh {PA.parent.relative_to(ROOT)} .venv/bin/pip)")
+    requested = [p for p in args.peers.split(",") if p]
+    peers: list[str] = []
+    for name in requested:
+        reason = peer_servers.missing_reason(name)
+        if reason:
+            result.note(f"peer not measured: {reason}")
+        elif have_pa:
+            peers.append(name)
+    if not args.skip_fastml and not args.no_wrk and not shutil.which("wrk"):
+        result.note("wrk is not installed: no wrk rows (apt-get install wrk)")
+
+    loops: dict[str, list[dict]] = {}
+    if not args.skip_fastml:
+        try:
+            echo_port, stop_echo = start_echo(workdir)
+        except RuntimeError as exc:
+            result.note(str(exc))
+        else:
+            try:
+                loops["echo"] = [closed_loop(echo_port, c, loop_s) for c in (1, 32)]
+            finally:
+                stop_echo()
+
+    plan = peers + ([] if args.skip_fastml else ["fastml"])
     points: list[Point] = []
     overloads: list[dict] = []
     labels: dict[str, str] = {}
@@ -524,13 +599,15 @@ def main(argv: list[str] | None = None) -> int:
             server = (start_fastml(workdir, args.fastml_args.split()) if name == "fastml"
                       else start_peer(name, workdir))
         except RuntimeError as exc:
-            print(f"   skipped: {exc}", file=sys.stderr)
+            result.note(f"{name} not measured: {exc}"[:400])
             labels[name] = f"not measured: {exc}"[:200]
             continue
         labels[name] = server.label
         try:
-            for m in models:
-                for c in (1, 8, 32):
+            if name == "fastml":
+                loops["fastml"] = [closed_loop(server.port, c, loop_s) for c in (1, 32)]
+            for m in models if have_pa else []:
+                for c in concurrencies:
                     p = perf_analyzer(server, m, c, workdir, args.quick)
                     points.append(p)
                     print(f"   {m} c={c}: {_f(p.infer_per_s)}/s p50 {_f(p.p50_us)} p99 {_f(p.p99_us)} us "
@@ -541,17 +618,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"   wrk mlp c=64: {_f(p.infer_per_s)}/s cpu {_f(p.cpu_us_per_inf, '{:.1f}')} {p.note}",
                       file=sys.stderr)
             if not args.no_overload:
-                o = overload(server, "mlp", args.overload_rate, 3.0 if args.quick else 5.0)
+                o = overload(server, "mlp", args.overload_rate, 5.0)
                 overloads.append(o)
                 print(f"   overload: {o['outcomes']}", file=sys.stderr)
         finally:
             server.stop()
     text = report(env, floor, points, overloads, labels)
+    if loops:
+        text += "\n\n" + loop_section(loops)
+    if result.notes:
+        text += "\n\nNot measured in this run:\n" + "\n".join(f"- {n}" for n in result.notes)
+    ci_rows(result, floor, loops, points, [p for p in peers if p in labels])
     (args.out / "results.json").write_text(json.dumps(
         {"env": env, "floor": floor, "points": [asdict(p) for p in points], "overload": overloads,
-         "labels": labels}, indent=2))
+         "loadtest": loops, "labels": labels}, indent=2))
     (args.out / "results.md").write_text(text + "\n")
     print(text)
+    result.write(args.json)
     return 0
 
 

@@ -42,7 +42,7 @@ def machine_lines() -> list[str]:
 
     load = os.getloadavg()
     return [
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         f"- fastml {fastml.__version__} (git {git_sha()}); Python {platform.python_version()} on {platform.system()}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; load average at start "
         f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (above ~1 means other jobs shared the machine)",

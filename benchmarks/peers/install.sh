@@ -13,7 +13,7 @@ python=${2:-python3.11}
 command -v "$python" >/dev/null || python=python3
 
 install_one() {
-  local peer=$1 venv="$root/.cache/peers/$1" pkgs
+  local peer=$1 venv="$root/.cache/peers/$1" pkgs module=$1
   case "$peer" in
     # uvloop 0.21: newer uvloop releases break MLServer 1.7's worker start-up.
     mlserver) pkgs="mlserver==1.7.1 uvloop==0.21.0 onnxruntime numpy" ;;
@@ -22,7 +22,7 @@ install_one() {
     pytriton) pkgs="nvidia-pytriton==0.7.0 onnxruntime numpy<2" ;;
     *) echo "unknown peer: $peer (kserve, mlserver, pytriton)" >&2; return 2 ;;
   esac
-  if [ -x "$venv/bin/python" ] && [ -f "$venv/.installed" ]; then
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import $module" 2>/dev/null; then
     echo "$peer: already installed in $venv"; return 0
   fi
   echo "$peer: installing into $venv ($pkgs)"
@@ -31,8 +31,7 @@ install_one() {
   "$venv/bin/pip" install -q --upgrade pip
   # shellcheck disable=SC2086  # word splitting of the package list is intended
   "$venv/bin/pip" install -q $pkgs
-  "$venv/bin/python" -c "import onnxruntime, numpy; print('$peer ok: onnxruntime', onnxruntime.__version__)"
-  touch "$venv/.installed"
+  "$venv/bin/python" -c "import $module, onnxruntime; print('$peer ok: onnxruntime', onnxruntime.__version__)"
 }
 
 if [ "$name" = all ]; then

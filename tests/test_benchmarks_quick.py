@@ -1,0 +1,66 @@
+"""Every benchmarks/bench_*.py in quick mode: one test each, a regression gate rather than a measurement.
+
+Each script runs in a subprocess with ``--quick --json PATH`` and writes rows of (baseline, fastml, ratio,
+target) measured in the same run (benchmarks/benchjson.py). The table is printed whatever happens; a
+test fails when the script fails, writes no rows, or a row's ratio falls below half its target: a real
+regression, not noise from a busy machine. What a script could not measure (a peer server not installed,
+perf_analyzer missing) is printed with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = sorted(BENCHMARKS.glob("bench_*.py"))
+RUN_TIMEOUT_S = 420  # a quick run takes seconds to ~30 s alone; a loaded 2-core machine stretches that
+
+sys.path.insert(0, str(BENCHMARKS))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+import models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def reference_models() -> Path:
+    """Build the reference models once (the GBT trains for a while) before any script needs them."""
+    return models.ensure()["mlp"].parent
+
+
+def test_every_benchmark_is_collected() -> None:
+    names = {p.name for p in SCRIPTS}
+    assert {"bench_engine.py", "bench_server.py", "bench_features.py"} <= names, names
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 240)
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_quick_benchmark_meets_half_its_targets(script: Path, tmp_path: Path, reference_models: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "result.json"
+    env = os.environ | {"FASTML_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    tail = f"\n--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{script.name} --quick exited with {proc.returncode}{tail}"
+    assert out.is_file(), f"{script.name} --quick wrote no JSON to {out}{tail}"
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    with capsys.disabled():
+        print(f"\n\n{script.name} (quick)\n" + benchjson.table(rows))
+        for note in result.get("notes", []):
+            print(f"  not measured: {note}")
+    assert result["benchmark"] == script.name
+    assert rows, f"{script.name} --quick reported no comparison rows{tail}"
+    for row in rows:
+        assert set(row) >= {"name", "baseline", "baseline_value", "fastml_value", "unit", "ratio", "target",
+                            "higher_is_better"}, row
+        assert row["baseline_value"] > 0 and row["fastml_value"] > 0, row
+    regressions = [r for r in rows if r["ratio"] < r["target"] / 2]
+    assert not regressions, "ratio below half its target (a regression):\n" + benchjson.table(regressions)
