@@ -8,9 +8,9 @@ def add_parser(subparsers) -> None:
         "serve",
         help="serve models over the KServe v2 / Triton HTTP protocol",
         description="Serve a model repository (<repo>/<model>/<version>/model.onnx), an .onnx file or a registry "
-        "reference (name@stage, name:version) over KServe v2 / Triton HTTP; Prometheus metrics on --metrics-port.",
+        "reference (name for its latest version, name@stage, name:version) over KServe v2 / Triton HTTP; Prometheus metrics on --metrics-port.",
     )
-    p.add_argument("targets", nargs="+", metavar="REPO_OR_REF", help="model repository directory, .onnx file or registry reference")
+    p.add_argument("targets", nargs="+", metavar="REPO_OR_REF", help="model repository directory, .onnx file or registry reference (churn, churn@production, churn:1.2.0)")
     p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: settings http_port, 8000; 0 = any free port)")
     p.add_argument("--grpc-port", type=int, default=None,
                    help="also serve KServe v2 gRPC (Triton's GRPCInferenceService) on this port (default off; 0 = any free port)")
