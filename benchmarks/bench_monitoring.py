@@ -12,7 +12,7 @@ Scenarios: (1) Evidently's default per-column test (reference > 1,000 rows -> no
 time is reported. Plus the prediction logger's hot-path cost against a synchronous per-request Arrow write.
 
 Every contender runs with one BLAS/OpenMP thread (set below, inherited by the Evidently subprocess): on
-this shared 2-CPU machine OpenBLAS threads spinning inside small dot products otherwise dominate the
+a busy 2-CPU machine OpenBLAS threads spinning inside small dot products otherwise dominate the
 scipy loop's time, which would flatter fastml for the wrong reason. Times are reported as wall-clock
 and as process CPU time (all threads), medians over repeats; CPU time is the steadier number on a busy
 machine.

@@ -1,6 +1,6 @@
 """fastml pipeline benchmark: the tune stage against plain Optuna on the same study, side by side.
 
-Study (issue 5): scikit-learn's breast-cancer data (569 rows, 30 features), stratified 80/20 holdout,
+Study: scikit-learn's breast-cancer data (569 rows, 30 features), stratified 80/20 holdout,
 50 trials of TPE (seed 0) with MedianPruner(n_startup_trials=5, n_warmup_steps=1), each trial a 5-fold
 stratified CV of Pipeline(ColumnTransformer(median imputer + standard scaler), model), per-fold running
 means reported to the pruner.
@@ -63,7 +63,7 @@ def env_header() -> str:
     return "\n".join([
         "## Environment",
         f"- fastml {fastml.__version__} (git {sha}), Python {platform.python_version()}",
-        f"- CPU: {cpu} x {os.cpu_count()} (load average {load[0]:.1f}, shared machine)",
+        f"- CPU: {cpu} x {os.cpu_count()} (load average {load[0]:.1f})",
         f"- scikit-learn {sklearn.__version__}, Optuna {optuna.__version__}, numpy {numpy.__version__}",
         f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
     ])

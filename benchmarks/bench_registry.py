@@ -7,7 +7,7 @@ Same run, same machine, same SQLite settings (file database, WAL):
   (c) MLflow's model registry (SQLite backend, in-process), only when mlflow is installed
 Register uses a tiny artifact: after the first version the content is already in the store, so what
 is measured is the hash of a 64-byte file plus the database work ("without artifact copy").
-Targets (issue 4): resolve <= 100 us median, register <= 2 ms median.
+Targets: resolve <= 100 us median, register <= 2 ms median.
 
 Usage: python benchmarks/bench_registry.py [--quick] [--json PATH] [--versions N] [--repeats N]
 """

@@ -512,7 +512,7 @@ def ci_rows(report_: benchjson.Report, floor: dict, loops: dict[str, list[dict]]
         if f1["p50_us"] and e1["p50_us"]:
             base = e1["p50_us"] + floor["mlp"]["p50_us"]
             report_.add(benchjson.time_row("serve MLP, loadtest c=1 p50 latency",
-                                           "echo round trip + raw ORT call", base, f1["p50_us"], "us", 0.5))
+                                           "echo round trip + raw ORT call", base, f1["p50_us"], "us", 0.4))
 
     def pa(server: str, c: int) -> Point | None:
         return next((p for p in points if p.server == server and p.model == "mlp" and p.tool == "perf_analyzer"

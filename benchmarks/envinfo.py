@@ -45,5 +45,5 @@ def machine_lines() -> list[str]:
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}",
         f"- fastml {fastml.__version__} (git {git_sha()}); Python {platform.python_version()} on {platform.system()}",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; load average at start "
-        f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (above ~1 means other jobs shared the machine)",
+        f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (above ~1 means other jobs were running)",
     ]

@@ -49,7 +49,7 @@ def main() -> None:
     for c in a.concurrency.split(","):
         with tempfile.NamedTemporaryFile(suffix=".csv") as f:
             c0, n0 = cpu_s(pids), count(a.url, a.model)
-            # A busy shared machine is rarely stable within 20%; fall back to a looser criterion.
+            # A busy machine is rarely stable within 20%; fall back to a looser criterion.
             for stability in ("50", "200"):
                 subprocess.run(
                     [a.pa, "-m", a.model, "-u", a.url, "-i", "http", "--concurrency-range", c, "--measurement-interval",

@@ -15,15 +15,15 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 PREFACE = """## server
 
 `python benchmarks/bench_server.py` (about 20 minutes; `--quick` for a shorter run) measures, in one
-run: raw ONNX Runtime in-process, the peers KServe 0.21 and PyTriton 0.7 (set up from
-`../shared/bench`), and `fastml serve`, one server at a time, with perf_analyzer (HTTP, binary
+run: raw ONNX Runtime in-process, the peers KServe 0.21 and PyTriton 0.7 (installed by
+`benchmarks/peers/install.sh`), and `fastml serve`, one server at a time, with perf_analyzer (HTTP, binary
 tensors, batch 1) at concurrency 1, 8 and 32 on the MLP and the 100-tree GBT, wrk, and the fastml
 harness open loop at one fixed rate for all. **Server CPU per inference** = utime+stime of the server
 process and all its descendants from `/proc/<pid>/stat` over each run, divided by the inferences the
 server itself counted over that run (statistics extension; KServe: its Prometheus counter).
 
-Measured on the shared 2-core development machine (AMD EPYC) **while six other engineers were
-building and running tests on it** (load average at the start of the run is in the header): every
+Measured on the 2-core development machine (AMD EPYC) **while builds and test runs were using
+it too** (load average at the start of the run is in the header): every
 number is noisy and the load generator competes with the server for the same two cores. Compare
 within the run, as ratios; a rerun moves absolute numbers by tens of percent. "stability 50%" /
 "100%" in a note means perf_analyzer could not meet its 20 % stability criterion in 8 windows.
