@@ -168,6 +168,9 @@ struct PyBatcher {
     std::vector<std::shared_ptr<Request>> orphans;            // guarded by the GIL; interrupted waiters
     bool sweeping = false;                                    // guarded by the GIL; Sweep() is running
 
+    // With the GIL: whether Sweep() has anything to do (a completion to release, a queue to forget).
+    bool SweepWanted() const { return sweep_due->load(std::memory_order_relaxed) || !abandoned.empty(); }
+
     ~PyBatcher() {
         // Destroyed with the GIL held (pybind11 dealloc). Fail what is queued, then release every
         // reference the core still holds for requests of closed loops and interrupted waiters.
@@ -283,11 +286,13 @@ struct PyBatcher {
     }
 
     // Releases what the core held for requests nobody waits for any more: completions pushed to abandoned
-    // queues and the results of orphaned blocking requests. GIL held; never raises. All bookkeeping is done
-    // before the first reference is dropped, because dropping one may run Python code (a finalizer) that
-    // re-enters this batcher.
+    // queues and the results of orphaned blocking requests; forgets abandoned queues nothing else refers to
+    // (closing their eventfd). GIL held; never raises. All bookkeeping is done before the first reference is
+    // dropped, because dropping one may run Python code (a finalizer) that re-enters this batcher.
     void Sweep() {
-        if (sweeping || !sweep_due->exchange(false)) return;
+        if (sweeping) return;
+        const bool due = sweep_due->exchange(false);
+        if (!due && abandoned.empty()) return;
         sweeping = true;
         std::vector<py::object> drop;  // released when this function returns, after the bookkeeping
         for (const auto& q : abandoned) {
@@ -426,7 +431,7 @@ static void bind_batcher(py::module_& m) {
             "submit_async",
             [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue, py::handle arrays, int64_t timeout_us,
                py::handle future) {
-                if (self.sweep_due->load(std::memory_order_relaxed)) self.Sweep();
+                if (self.SweepWanted()) self.Sweep();
                 std::vector<TensorView> views = self.Views(arrays);
                 // New reference owned by the request until resolve()/drain() (or a sweep) takes it back:
                 // keeps the future and, through the tuple, the input arrays alive while the core reads them.
@@ -446,7 +451,7 @@ static void bind_batcher(py::module_& m) {
         .def(
             "submit_sync",
             [](PyBatcher& self, py::handle arrays, int64_t timeout_us) {
-                if (self.sweep_due->load(std::memory_order_relaxed)) self.Sweep();
+                if (self.SweepWanted()) self.Sweep();
                 std::vector<TensorView> views = self.Views(arrays);
                 // New reference owned by the request until wait() (or, for an interrupted waiter, a sweep)
                 // takes it back: the input arrays outlive a caller that gave up waiting.
@@ -1001,9 +1006,191 @@ static void bind_feature_cache(py::module_& m) {
 }
 // ===== end feature cache section =====
 
+// ===== router section (csrc/router.h) =====
+#include "router.h"
+
+namespace router_py {
+
+using fastml::RouteDecision;
+using fastml::Router;
+
+// The Python-facing router: owns the core router; the GIL is held for everything except RouteMany.
+struct PyRouter {
+    std::unique_ptr<Router> router;
+};
+
+// Borrows a routing key's bytes: str as UTF-8 (pybind11 caches the encoding on the str object, no copy
+// kept here), bytes-like objects through the buffer protocol. Returns false for None (keyless).
+static bool KeyBytes(const py::handle& key, std::string_view* out) {
+    if (key.is_none()) return false;
+    if (PyUnicode_Check(key.ptr())) {
+        Py_ssize_t n = 0;
+        const char* p = PyUnicode_AsUTF8AndSize(key.ptr(), &n);  // owned by the str object
+        if (p == nullptr) throw py::error_already_set();
+        *out = std::string_view(p, static_cast<size_t>(n));
+        return true;
+    }
+    if (PyBytes_Check(key.ptr())) {
+        *out = std::string_view(PyBytes_AS_STRING(key.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(key.ptr())));
+        return true;
+    }
+    status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                           "routing_key must be a string or bytes, got " +
+                                               std::string(Py_TYPE(key.ptr())->tp_name)));
+}
+
+static void CheckIndex(int32_t i, size_t n, const char* what) {
+    if (i < 0 || static_cast<size_t>(i) >= n) {
+        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                               std::string(what) + " index " + std::to_string(i) + " out of range"));
+    }
+}
+
+}  // namespace router_py
+
+static void bind_router(py::module_& m) {
+    using fastml::RouteDecision;
+    using fastml::Router;
+    using router_py::PyRouter;
+    m.attr("ROUTER_BUCKETS") = fastml::kRouterBuckets;
+    m.def(
+        "xxhash64",
+        [](py::buffer data, uint64_t seed) {
+            py::buffer_info info = data.request();
+            if (info.ndim > 1 && !PyBuffer_IsContiguous(info.view(), 'C')) {
+                status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput, "data must be contiguous"));
+            }
+            return fastml::XXHash64(info.ptr, static_cast<size_t>(info.size * info.itemsize), seed);
+        },
+        py::arg("data"), py::arg("seed") = 0, "xxHash64 of a bytes-like object (the routing key hash).");
+    py::class_<PyRouter>(m, "Router", "Traffic router of one deployment: weighted variants and shadows (see csrc/router.h).")
+        .def(py::init([](std::vector<std::string> variants, std::vector<int32_t> weights_bp,
+                         std::vector<std::string> shadows, std::vector<int32_t> shadow_bp) {
+                 PyRouter r;
+                 fastml::Status st = Router::Create(std::move(variants), std::move(weights_bp), std::move(shadows),
+                                                    std::move(shadow_bp), &r.router);
+                 if (!st.ok()) status_py::Raise(st);
+                 return r;
+             }),
+             py::arg("variants"), py::arg("weights_bp"), py::arg("shadows") = std::vector<std::string>{},
+             py::arg("shadow_bp") = std::vector<int32_t>{})
+        .def(
+            "route",
+            [](PyRouter& self, py::handle key) {
+                std::string_view k;
+                // Keyless or keyed, one decision takes tens of nanoseconds: not worth releasing the GIL.
+                const RouteDecision d =
+                    router_py::KeyBytes(key, &k) ? self.router->Route(k.data(), k.size()) : self.router->Route(nullptr, 0);
+                return py::make_tuple(d.variant, d.shadow_mask);
+            },
+            py::arg("key") = py::none(),
+            "(variant index, shadow bit mask) for one request; key None means keyless.")
+        .def(
+            "route_many",
+            [](PyRouter& self, py::array_t<int32_t, py::array::c_style> out, py::object keys, py::object offsets,
+               py::object shadow_out) {
+                if (!out.writeable()) {
+                    status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput, "out is read-only"));
+                }
+                const int64_t n = out.size();
+                int32_t* variants = out.mutable_data();
+                uint32_t* masks = nullptr;
+                py::array_t<uint32_t, py::array::c_style> masks_arr;
+                if (!shadow_out.is_none()) {
+                    // isinstance first: a cast of any other dtype would route into a temporary copy.
+                    if (!py::isinstance<py::array_t<uint32_t, py::array::c_style>>(shadow_out)) {
+                        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                               "shadow_out must be a C-contiguous uint32 array"));
+                    }
+                    masks_arr = shadow_out.cast<py::array_t<uint32_t, py::array::c_style>>();
+                    if (!masks_arr.writeable() || masks_arr.size() != n) {
+                        status_py::Raise(fastml::Status::Error(
+                            fastml::StatusCode::kInvalidInput,
+                            "shadow_out must be a writable C-contiguous uint32 array as long as out"));
+                    }
+                    masks = masks_arr.mutable_data();
+                }
+                if (keys.is_none()) {
+                    py::gil_scoped_release nogil;  // pure native work on buffers we hold references to
+                    self.router->RouteMany(nullptr, nullptr, n, variants, masks);
+                    return;
+                }
+                py::buffer_info kb = py::reinterpret_borrow<py::buffer>(keys).request();
+                if (!py::isinstance<py::array_t<int64_t, py::array::c_style>>(offsets)) {
+                    status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                           "offsets must be a C-contiguous int64 array"));
+                }
+                auto offs = offsets.cast<py::array_t<int64_t, py::array::c_style>>();
+                if (offs.size() != n + 1) {
+                    status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                           "offsets must be a C-contiguous int64 array of len(out) + 1"));
+                }
+                const int64_t* o = offs.data();
+                const int64_t nbytes = static_cast<int64_t>(kb.size * kb.itemsize);
+                // Checked before any read: the offsets must be non-decreasing and inside the key buffer.
+                if (o[0] < 0 || o[n] > nbytes) {
+                    status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput, "offsets outside the keys buffer"));
+                }
+                for (int64_t i = 0; i < n; ++i) {
+                    if (o[i + 1] < o[i]) {
+                        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                               "offsets must not decrease (at " + std::to_string(i) + ")"));
+                    }
+                }
+                const char* data = static_cast<const char*>(kb.ptr);
+                py::gil_scoped_release nogil;  // hashing reads only the buffers held above
+                self.router->RouteMany(data, o, n, variants, masks);
+            },
+            py::arg("out").noconvert(), py::arg("keys") = py::none(), py::arg("offsets") = py::none(),
+            py::arg("shadow_out") = py::none(),
+            "Fill `out` (int32) with len(out) decisions; keys: concatenated key bytes with int64 `offsets`.")
+        .def(
+            "set_weights",
+            [](PyRouter& self, const std::vector<int32_t>& weights_bp, py::object shadow_bp) {
+                std::vector<int32_t> sb = shadow_bp.is_none() ? self.router->shadow_bp()
+                                                              : shadow_bp.cast<std::vector<int32_t>>();
+                fastml::Status st;
+                {
+                    py::gil_scoped_release nogil;  // the writer may wait for readers on other threads
+                    st = self.router->SetWeights(weights_bp, sb);
+                }
+                if (!st.ok()) status_py::Raise(st);
+            },
+            py::arg("weights_bp"), py::arg("shadow_bp") = py::none())
+        .def("count_pinned", [](PyRouter& self, int32_t v) {
+            router_py::CheckIndex(v, self.router->variants().size(), "variant");
+            self.router->CountPinned(v);
+        })
+        .def("count_error", [](PyRouter& self, int32_t v) {
+            router_py::CheckIndex(v, self.router->variants().size(), "variant");
+            self.router->CountError(v);
+        })
+        .def("count_shadow_shed", [](PyRouter& self, int32_t s) {
+            router_py::CheckIndex(s, self.router->shadows().size(), "shadow");
+            self.router->CountShadowShed(s);
+        })
+        .def_property_readonly("variants", [](PyRouter& self) { return self.router->variants(); })
+        .def_property_readonly("shadows", [](PyRouter& self) { return self.router->shadows(); })
+        .def_property_readonly("weights_bp", [](PyRouter& self) { return self.router->weights_bp(); })
+        .def_property_readonly("shadow_bp", [](PyRouter& self) { return self.router->shadow_bp(); })
+        .def_property_readonly("generation", [](PyRouter& self) { return self.router->generation(); })
+        .def("counts", [](PyRouter& self) {
+            Router::Counts c = self.router->counts();
+            py::dict d;
+            d["routed"] = c.routed;
+            d["pinned"] = c.pinned;
+            d["errors"] = c.errors;
+            d["mirrored"] = c.mirrored;
+            d["shadow_shed"] = c.shadow_shed;
+            return d;
+        });
+}
+// ===== end router section =====
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastml native core: micro-batcher and LMDB feature cache";
     status_py::bind_status(m);
     bind_batcher(m);
     bind_feature_cache(m);
+    bind_router(m);
 }
