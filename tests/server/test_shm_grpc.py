@@ -204,3 +204,31 @@ def test_bytes_serialized_size_matches_tritonclient():
     ours = serialize_bytes(arr)
     theirs = serialize_byte_tensor(arr)
     assert serialized_byte_size(theirs) == len(ours) and theirs.item() == ours
+
+
+def test_registration_is_refused_when_several_worker_processes_share_the_port():
+    import asyncio
+
+    import grpc
+
+    from fastml.server.grpc_service import GrpcListener
+    from fastml.server.proto import grpc_service_pb2 as pb
+    from fastml.server.proto import grpc_service_pb2_grpc as pb_grpc
+    from fastml.serving.dataplane import DataPlane
+
+    async def go():
+        listener = GrpcListener(DataPlane(None), port=0, reuse_port=True)
+        port = await listener.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.GRPCInferenceServiceStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError) as ei:
+                    await stub.SystemSharedMemoryRegister(
+                        pb.SystemSharedMemoryRegisterRequest(name="r", key="/x", byte_size=8)
+                    )
+                return ei.value
+        finally:
+            await listener.stop(0)
+
+    err = asyncio.run(go())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "--workers 1" in err.details()

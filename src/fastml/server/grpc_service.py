@@ -242,8 +242,9 @@ def encode_infer_response(resp, shm, out_shm: dict | None) -> pb.ModelInferRespo
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The RPCs of ``inference.GRPCInferenceService`` over one data plane."""
 
-    def __init__(self, dataplane):
+    def __init__(self, dataplane, single_process: bool = True):
         self.dataplane = dataplane
+        self.single_process = single_process
         if dataplane.shm is None:
             dataplane.shm = SharedMemoryRegistry()
         self.shm = dataplane.shm
@@ -342,6 +343,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def SystemSharedMemoryRegister(self, request, context):
         try:
+            self._check_single_process()
             self.shm.register(request.name, request.key, request.offset, request.byte_size)
             return pb.SystemSharedMemoryRegisterResponse()
         except Exception as exc:  # noqa: BLE001
@@ -349,10 +351,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def SystemSharedMemoryUnregister(self, request, context):
         try:
+            self._check_single_process()
             self.shm.unregister(request.name or None)
             return pb.SystemSharedMemoryUnregisterResponse()
         except Exception as exc:  # noqa: BLE001
             await self._abort(context, exc)
+
+    def _check_single_process(self) -> None:
+        if not self.single_process:
+            raise InvalidInput(
+                "system shared memory needs a single server process (--workers 1): a region registered with one "
+                "worker would be unknown to the others"
+            )
 
     # ----- inference -----------------------------------------------------------------------------
     async def _infer(self, request) -> pb.ModelInferResponse:
@@ -446,7 +456,9 @@ class GrpcListener:
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.dataplane, not self.reuse_port), server
+        )
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
             port = server.add_insecure_port(f"{host}:{self.port}")
