@@ -106,7 +106,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     benchjson.add_arguments(ap)
     args = ap.parse_args()
-    result = benchjson.Report("bench_features.py", quick=args.quick)
+    report = benchjson.Report("bench_features.py", quick=args.quick)
     samples = 300 if args.quick else 2000
 
     from fastml.features import Feature, FeatureGroup, FeatureStore
@@ -253,15 +253,15 @@ def main() -> int:
     print("\nTargets: 100 entities <= 20 us, 1 entity <= 2 us (into a numpy array); materialise 100,000 "
           "<= 0.5 s; PIT 10k x 100k <= 0.1 s.")
     by_n = {row[0]: row for row in lookup_rows}
-    result.add(benchjson.time_row("features online lookup, 100 entities x 10 features (get_online arrays)",
+    report.add(benchjson.time_row("features online lookup, 100 entities x 10 features (get_online arrays)",
                                   "python-lmdb loop, Feast dict", by_n[100][1], by_n[100][3], "us", 4.0))
-    result.add(benchjson.time_row("features online lookup, 1 entity x 10 features (lookup_into)",
+    report.add(benchjson.time_row("features online lookup, 1 entity x 10 features (lookup_into)",
                                   "python-lmdb loop, Feast dict", by_n[1][1], by_n[1][5], "us", 2.0))
-    result.add(benchjson.time_row("features materialize 100,000 entities (fresh store)",
+    report.add(benchjson.time_row("features materialize 100,000 entities (fresh store)",
                                   "python-lmdb reference store", mat_rows[0][1], mat_rows[0][2], "s", 2.0))
-    result.add(benchjson.time_row("features point-in-time training set 10k x 100k (warm)",
+    report.add(benchjson.time_row("features point-in-time training set 10k x 100k (warm)",
                                   "pandas.merge_asof", pd_med, pit_warm, "s", 2.0))
-    result.write(args.json)
+    report.write(args.json)
     return 0
 
 
