@@ -6,6 +6,7 @@ import pytest
 
 from fastml.features import Feature, FeatureGroup, FeatureStore
 
+
 @pytest.fixture(params=["native", "reference"])
 def backend(request) -> str:
     return request.param

@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 
-BASE = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
+BASE = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
 BASE_US = int(BASE.timestamp()) * 1_000_000
 
 

@@ -2,11 +2,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from feature_helpers import driver_table
 
 from fastml.errors import InvalidInput
 from fastml.features import FeatureStore
-
-from feature_helpers import driver_table
 
 
 def _state(fs):

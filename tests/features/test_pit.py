@@ -3,11 +3,10 @@
 import numpy as np
 import pyarrow as pa
 import pytest
+from feature_helpers import BASE_US, ts
 
 from fastml.errors import InvalidInput, NotFound
 from fastml.features import Feature, FeatureGroup, FeatureStore
-
-from feature_helpers import BASE_US, ts
 
 
 def brute_force(entity_keys, entity_s, feature_rows, ttl_s):

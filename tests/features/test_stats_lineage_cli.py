@@ -3,12 +3,11 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from feature_helpers import driver_table, ts
 
 from fastml.cli import main
 from fastml.errors import NotFound
 from fastml.features import Feature, FeatureGroup, FeatureStore
-
-from feature_helpers import driver_table, ts
 
 
 def test_stats_computed_at_ingest(fastml_home):
@@ -47,9 +46,9 @@ def test_lineage_sources_ingests_and_model_users(fastml_home, driver_group):
     assert v1["materializations"][0]["written"] == 1
     assert v1["models"] == [] and "no model registry" in lin["note"]
 
-    from fastml.registry import Registry
-
     from onnx import TensorProto, helper
+
+    from fastml.registry import Registry
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],

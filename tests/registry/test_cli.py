@@ -72,8 +72,9 @@ def test_reject_requests_and_delete(cli, artifact):
 
 
 def test_errors_are_one_line_with_suggestions(cli, artifact, registry_url):
-    from fastml.registry.registry import describe_location
     from sqlalchemy.engine import make_url
+
+    from fastml.registry.registry import describe_location
 
     cli("register", "churn", str(artifact("a")))
     err = cli("show", "chrun", expect=2)

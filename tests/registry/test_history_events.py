@@ -5,11 +5,11 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from fastml.errors import InvalidInput, NotFound
+from fastml.errors import Conflict, InvalidInput, NotFound
 from fastml.registry import verify_signature
 
 
@@ -22,7 +22,7 @@ def _promote(reg, ref):
 def test_history_answers_what_was_in_production_at_a_time(reg, artifact):
     for tag in "abc":
         reg.register("m", artifact(tag), actor="ana")
-    before_any = datetime.now(timezone.utc)
+    before_any = datetime.now(UTC)
     _promote(reg, "m:1.0.0")
     t1 = reg.events(model="m")[-1]["at"]
     reg.set_alias("m", "champion", "1.0.1", actor="ana")
@@ -39,7 +39,7 @@ def test_history_answers_what_was_in_production_at_a_time(reg, artifact):
     now = reg.history("m")
     assert now["stages"]["production"] == ["1.0.2"] and now["stages"]["archived"] == ["1.0.0", "1.0.1"]
     # A bare date is the end of that day: today's date sees the latest state.
-    assert reg.history("m", at=datetime.now(timezone.utc).date().isoformat())["stages"]["production"] == ["1.0.2"]
+    assert reg.history("m", at=datetime.now(UTC).date().isoformat())["stages"]["production"] == ["1.0.2"]
     assert reg.history("m", at="2000-01-01")["events"] == []
     # Every change is recorded with who, when, from, to and why.
     transitions = [e for e in now["events"] if e["kind"] == "transition" and e["to"] == "production"]
@@ -76,8 +76,8 @@ def test_subscribers_get_committed_events_only(reg, artifact):
     reg.subscribe(got.append)
     reg.subscribe(lambda ev: 1 / 0)  # a broken subscriber does not break the registry
     reg.register("m", artifact(), actor="ana")
-    with pytest.raises(Exception):
-        reg.register("m", artifact(), version="1.0.0", actor="ana")  # Conflict: nothing committed
+    with pytest.raises(Conflict):
+        reg.register("m", artifact(), version="1.0.0", actor="ana")  # nothing committed
     assert [e["kind"] for e in got] == ["register"]
     assert got == reg.events()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 import pytest
+import sqlalchemy as sa
 
 from fastml.errors import Conflict, InvalidInput
 from fastml.registry import Registry, store

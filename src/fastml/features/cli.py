@@ -5,7 +5,6 @@ Top-level imports stay light (argparse, json); the store is imported inside the 
 
 from __future__ import annotations
 
-import argparse
 import json
 
 

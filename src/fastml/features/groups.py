@@ -131,7 +131,7 @@ class FeatureGroup:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureGroup":
+    def from_dict(cls, d: dict) -> FeatureGroup:
         try:
             return cls(
                 name=d["name"],

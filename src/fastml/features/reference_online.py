@@ -53,7 +53,7 @@ def _layout(n: int) -> tuple[int, int]:
 
 
 class ReferenceTable:
-    def __init__(self, cache: "ReferenceFeatureCache", name: str, n_features: int, db):
+    def __init__(self, cache: ReferenceFeatureCache, name: str, n_features: int, db):
         self.cache, self.name, self.n_features, self.db = cache, name, n_features, db
 
     def _put(self, keys: list[bytes], values, present, event_time_us):
@@ -93,7 +93,7 @@ class ReferenceTable:
 
 
 class ReferencePlan:
-    def __init__(self, cache: "ReferenceFeatureCache", specs: list, n_key_sets: int):
+    def __init__(self, cache: ReferenceFeatureCache, specs: list, n_key_sets: int):
         self.cache = cache
         self.specs = []
         col = 0

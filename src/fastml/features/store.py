@@ -200,7 +200,7 @@ class FeatureStore:
         if clash:
             raise InvalidInput(f"entity_rows already have column(s) {clash}; use full_feature_names=True")
         result: dict[str, pa.Array] = {}
-        for (gname, version), (g, grefs) in by_group.items():
+        for (_, version), (g, grefs) in by_group.items():
             keys = _offline.key_strings(entity, g.entities, "entity_rows")
             rows, index = self._pit_index(g, version)
             src, valid = index.lookup(keys, e_ts, int(round(g.ttl_s * 1e6)))
