@@ -64,3 +64,29 @@ def test_quick_benchmark_meets_half_its_targets(script: Path, tmp_path: Path, re
         assert row["baseline_value"] > 0 and row["fastml_value"] > 0, row
     regressions = [r for r in rows if r["ratio"] < r["target"] / 2]
     assert not regressions, "ratio below half its target (a regression):\n" + benchjson.table(regressions)
+
+
+def test_rows_are_oriented_so_bigger_is_better() -> None:
+    faster = benchjson.time_row("t", "base", baseline_s=10.0, fastml_s=2.0, unit="ms", target=4.0)
+    assert faster.ratio == 5.0 and faster.passes()
+    slower = benchjson.rate_row("r", "base", baseline_rate=100.0, fastml_rate=30.0, unit="rows/s", target=1.0)
+    assert slower.ratio == pytest.approx(0.3) and not slower.passes()  # 0.3 < 1.0 / 2
+    at_half = benchjson.rate_row("h", "base", baseline_rate=100.0, fastml_rate=50.0, unit="rows/s", target=1.0)
+    assert at_half.passes()
+
+
+def test_run_all_rewrites_only_between_its_markers() -> None:
+    import run_all
+
+    results = [{"benchmark": "bench_x.py", "returncode": 0, "rows": [benchjson.time_row(
+        "lookup", "python loop", 120.0, 12.0, "us", 4.0).__dict__], "notes": [], "markdown": "## x\n| a |", "wall_s": 1.0}]
+    table = run_all.measured_table(results, "2026-01-01 00:00 UTC")
+    assert "| lookup (`bench_x.py`) | python loop: 120 us | 12 us | 10.00× | 4× |" in table
+    readme = "# T\n\n## Measured\n\nintro\n\n" + run_all.MEASURED_BEGIN + "\nold table\n" + run_all.MEASURED_END + "\n\n## Next\nkept\n"
+    new = run_all.replace_between(readme, run_all.MEASURED_BEGIN, run_all.MEASURED_END, table)
+    assert "old table" not in new and "10.00×" in new
+    assert new.startswith("# T\n\n## Measured\n\nintro\n\n") and new.endswith("\n\n## Next\nkept\n")
+    # Without markers the block goes right under the heading, and the rest stays.
+    bare = run_all.replace_between("# B\nintro\n## s\n", run_all.RUN_BEGIN, run_all.RUN_END, "BLOCK",
+                                   after_heading="# B")
+    assert bare == "# B\n\nBLOCK\nintro\n## s\n"
