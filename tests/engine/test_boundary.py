@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import threading
 import weakref
@@ -97,6 +98,39 @@ def test_requests_of_a_closed_loop_do_not_leak_after_close(batcher, rowsum_model
     held.outputs.clear()
     gc.collect()
     assert [r() for r in refs if r() is not None] == []
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open file descriptors in /proc")
+@pytest.mark.parametrize("batcher, runner", [("native", "threads"), ("native", "loop"), ("python", "threads")])
+def test_repeated_asyncio_run_with_timeouts_keeps_no_loop_queue_or_descriptor(batcher, runner, rowsum_model):
+    """asyncio.run(asyncio.wait_for(model.predict_async(x), t)) over and over: each run's queue (an eventfd)
+    and loop are released once its requests are done, whether or not they timed out."""
+    model = load_model(rowsum_model, max_batch_size=8, batcher=batcher, runner=runner, warmup=False)
+    x = np.ones((1, 3), np.float32)
+
+    def once(timeout_s):
+        async def main():
+            try:
+                await asyncio.wait_for(model.predict_async({"X": x}), timeout_s)
+            except TimeoutError:
+                pass
+
+        asyncio.run(main())
+
+    model.predict(x)
+    before = _open_fds()
+    for i in range(30):
+        once(1e-6 if i % 2 else 10.0)
+    model.predict(x)  # FIFO: every earlier request has completed
+    model.predict(x)  # and a later submit has released what they left
+    gc.collect()
+    assert model._loops == {}
+    assert _open_fds() <= before
+    model.close()
 
 
 # ---------------------------------------------------------------- settling every future
