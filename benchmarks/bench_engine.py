@@ -45,12 +45,14 @@ def env_header() -> str:
     import onnxruntime
     import uvloop
 
-    return "\n".join([
-        *machine_lines(),
-        f"- onnxruntime {onnxruntime.__version__}; numpy {np.__version__}; uvloop {uvloop.__version__}",
-        "- ORT sessions: CPU provider, intra_op_threads=1; fastml: max_batch_size=32, max_queue_delay_us=0, "
-        "instances=1",
-    ])
+    return "\n".join(
+        [
+            *machine_lines(),
+            f"- onnxruntime {onnxruntime.__version__}; numpy {np.__version__}; uvloop {uvloop.__version__}",
+            "- ORT sessions: CPU provider, intra_op_threads=1; fastml: max_batch_size=32, max_queue_delay_us=0, "
+            "instances=1",
+        ]
+    )
 
 
 def percentiles(lat_ns: list[int]) -> tuple[float, float]:
@@ -134,14 +136,16 @@ def executor_tasks(session, x1: np.ndarray, tasks: int, seconds: float) -> Sampl
         pool.shutdown()
 
 
-def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher: str,
-                 runner: str = "threads") -> Sample:
+def fastml_tasks(
+    path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher: str, runner: str = "threads"
+) -> Sample:
     """(d)/(e): N tasks awaiting predict_async on batch-1 inputs."""
     import uvloop
 
     from fastml.engine import load_model
 
     with load_model(path, max_batch_size=32, batcher=batcher, runner=runner) as model:
+
         async def main():
             return await _drive(tasks, seconds, lambda: model.predict_async(x1))
 
@@ -151,8 +155,9 @@ def fastml_tasks(path: Path, x1: np.ndarray, tasks: int, seconds: float, batcher
     return sample
 
 
-def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts: list[int],
-                result: benchjson.Report | None = None) -> str:
+def bench_model(
+    name: str, path: Path, seconds: float, rounds: int, task_counts: list[int], result: benchjson.Report | None = None
+) -> str:
     """Runs every configuration `rounds` times, interleaved, so load changes on a busy machine hit all
     of them alike; reports the median rows/s over rounds and latency percentiles over all calls."""
     rng = np.random.default_rng(0)
@@ -165,15 +170,28 @@ def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts:
         ("c", "(c) asyncio + run_in_executor", 32, lambda: executor_tasks(session, x1, 32, seconds)),
     ]
     for n in task_counts:
-        configs.append((f"d{n}", "(d) fastml predict_async", n,
-                        lambda n=n: fastml_tasks(path, x1, n, seconds, "native")))
+        configs.append(
+            (f"d{n}", "(d) fastml predict_async", n, lambda n=n: fastml_tasks(path, x1, n, seconds, "native"))
+        )
     for n in task_counts:
         # the inline runner (batches run on the event loop's thread; what `fastml serve` picks for small models)
-        configs.append((f"l{n}", "(d) fastml predict_async, runner=loop", n,
-                        lambda n=n: fastml_tasks(path, x1, n, seconds, "native", "loop")))
+        configs.append(
+            (
+                f"l{n}",
+                "(d) fastml predict_async, runner=loop",
+                n,
+                lambda n=n: fastml_tasks(path, x1, n, seconds, "native", "loop"),
+            )
+        )
     for n in task_counts:
-        configs.append((f"e{n}", "(e) fastml, Python reference batcher", n,
-                        lambda n=n: fastml_tasks(path, x1, n, seconds, "python")))
+        configs.append(
+            (
+                f"e{n}",
+                "(e) fastml, Python reference batcher",
+                n,
+                lambda n=n: fastml_tasks(path, x1, n, seconds, "python"),
+            )
+        )
     samples: dict[str, list[Sample]] = {key: [] for key, *_ in configs}
     for _ in range(rounds):
         for key, _, _, run in configs:
@@ -182,9 +200,12 @@ def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts:
     rate = {key: float(np.median([s.rows / s.seconds for s in ss])) for key, ss in samples.items()}
     # CPU time per row (all threads of this process): robust to the machine's other jobs
     cpu = {key: float(np.median([s.cpu_s / s.rows * 1e6 for s in ss])) for key, ss in samples.items()}
-    out = [f"### {name}", "",
-           "| configuration | tasks | rows/s (median of rounds) | p50 us | p99 us | CPU us/row | mean batch |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"### {name}",
+        "",
+        "| configuration | tasks | rows/s (median of rounds) | p50 us | p99 us | CPU us/row | mean batch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, label, tasks, _ in configs:
         ss = samples[key]
         p50, p99 = percentiles([v for s in ss for v in s.lat_ns])
@@ -206,19 +227,44 @@ def bench_model(name: str, path: Path, seconds: float, rounds: int, task_counts:
     if result is not None and name == "mlp":
         # Targets (MLP, 32 tasks): fastml >= 2x serial batch-1 ORT and >= 5x run_in_executor; the inline
         # runner is what load_model and fastml serve pick for a model this small.
-        result.add(benchjson.rate_row(f"engine MLP, {ref} tasks predict_async (runner=loop)",
-                                      "raw ORT serial batch-1", rate["a"], rate[f"l{ref}"], "rows/s", 2.0))
-        result.add(benchjson.rate_row(f"engine MLP, {ref} tasks predict_async (runner=loop)",
-                                      "asyncio + run_in_executor", rate["c"], rate[f"l{ref}"], "rows/s", 5.0))
-        result.add(benchjson.rate_row(f"engine MLP, {ref} tasks predict_async (runner threads)",
-                                      "asyncio + run_in_executor", rate["c"], rate[f"d{ref}"], "rows/s", 5.0))
+        result.add(
+            benchjson.rate_row(
+                f"engine MLP, {ref} tasks predict_async (runner=loop)",
+                "raw ORT serial batch-1",
+                rate["a"],
+                rate[f"l{ref}"],
+                "rows/s",
+                2.0,
+            )
+        )
+        result.add(
+            benchjson.rate_row(
+                f"engine MLP, {ref} tasks predict_async (runner=loop)",
+                "asyncio + run_in_executor",
+                rate["c"],
+                rate[f"l{ref}"],
+                "rows/s",
+                5.0,
+            )
+        )
+        result.add(
+            benchjson.rate_row(
+                f"engine MLP, {ref} tasks predict_async (runner threads)",
+                "asyncio + run_in_executor",
+                rate["c"],
+                rate[f"d{ref}"],
+                "rows/s",
+                5.0,
+            )
+        )
     return "\n".join(out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="MLP only, 1 and 32 tasks, one round of 0.5 s per configuration")
+    parser.add_argument(
+        "--quick", action="store_true", help="MLP only, 1 and 32 tasks, one round of 0.5 s per configuration"
+    )
     benchjson.add_arguments(parser)
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per configuration per round")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (median reported)")

@@ -37,11 +37,13 @@ def env_header() -> str:
     import lmdb
     import pandas
 
-    return "\n".join([
-        *machine_lines(),
-        f"- numpy {np.__version__}, pyarrow {pa.__version__}, pandas {pandas.__version__}, python-lmdb {lmdb.__version__} "
-        f"(LMDB {'.'.join(map(str, lmdb.version()))}); feast: not installed",
-    ])
+    return "\n".join(
+        [
+            *machine_lines(),
+            f"- numpy {np.__version__}, pyarrow {pa.__version__}, pandas {pandas.__version__}, python-lmdb {lmdb.__version__} "
+            f"(LMDB {'.'.join(map(str, lmdb.version()))}); feast: not installed",
+        ]
+    )
 
 
 def per_call_us(fn, target_batch_us: float, samples: int) -> tuple[float, float]:
@@ -71,7 +73,8 @@ def make_feature_table(n_entities: int, rows_per_entity: int, rng) -> pa.Table:
     cols = {
         "entity_id": pa.array(np.tile(np.arange(n_entities), rows_per_entity)),
         "event_timestamp": pa.array(base + rng.integers(0, 30 * 86_400, n) * 1_000_000, pa.int64()).view(
-            pa.timestamp("us", tz="UTC")),
+            pa.timestamp("us", tz="UTC")
+        ),
     }
     for j in range(N_FEATURES):
         cols[f"f{j}"] = pa.array(rng.normal(size=n))
@@ -94,7 +97,7 @@ def python_lmdb_feast_dict(env, db, keys: list, feature_names: list[str]):
                     c.append(None)
                 continue
             header.unpack_from(raw)
-            bits = int.from_bytes(raw[16:16 + bitmap], "little")
+            bits = int.from_bytes(raw[16 : 16 + bitmap], "little")
             vals = vals_fmt.unpack_from(raw, 16 + bitmap)
             for j, c in enumerate(cols):
                 c.append(vals[j] if (bits >> j) & 1 else None)
@@ -117,8 +120,9 @@ def main() -> int:
     rng = np.random.default_rng(0)
     home = Path(tempfile.mkdtemp(prefix="fastml-bench-features-"))
     os.environ["FASTML_HOME"] = str(home)
-    group = FeatureGroup("bench", entities=["entity_id"],
-                         features=[Feature(f"f{j}", "float64") for j in range(N_FEATURES)])
+    group = FeatureGroup(
+        "bench", entities=["entity_id"], features=[Feature(f"f{j}", "float64") for j in range(N_FEATURES)]
+    )
     native = FeatureStore(home, online_backend="native")
     reference = FeatureStore(home, online_backend="reference")
     native.register(group)
@@ -175,29 +179,42 @@ def main() -> int:
     for n in (1, 100):
         ks = [int(k) for k in rng.choice(n_entities, n, replace=False)]
         out32 = np.empty((n, N_FEATURES), np.float32)
-        base_med, base_p99 = per_call_us(lambda ks=ks, out32=out32: python_lmdb_feast_dict(ref_env, ref_db, ks, names), 200, samples)
+        base_med, base_p99 = per_call_us(
+            lambda ks=ks, out32=out32: python_lmdb_feast_dict(ref_env, ref_db, ks, names), 200, samples
+        )
         arr_med, arr_p99 = per_call_us(lambda ks=ks, out32=out32: online.get(feats, ks), 200, samples)
         into_med, into_p99 = per_call_us(lambda ks=ks, out32=out32: online.lookup_into(feats, ks, out32), 200, samples)
         dict_med, dict_p99 = per_call_us(lambda ks=ks, out32=out32: online.get(feats, ks, as_dict=True), 200, samples)
-        ref_arr_med, _ = per_call_us(lambda ks=ks, out32=out32: reference.online.get(feats, ks), 200, max(50, samples // 10))
+        ref_arr_med, _ = per_call_us(
+            lambda ks=ks, out32=out32: reference.online.get(feats, ks), 200, max(50, samples // 10)
+        )
         # Same answers from both paths.
         d_ref = python_lmdb_feast_dict(ref_env, ref_db, ks, names)
         d_nat = online.get(feats, ks, as_dict=True)
         assert all(np.allclose(d_ref[f], d_nat[f]) for f in names)
-        lookup_rows.append((n, base_med, base_p99, arr_med, arr_p99, into_med, into_p99, dict_med, dict_p99, ref_arr_med))
+        lookup_rows.append(
+            (n, base_med, base_p99, arr_med, arr_p99, into_med, into_p99, dict_med, dict_p99, ref_arr_med)
+        )
 
     # --- point-in-time join ----------------------------------------------------------------------
-    pit_group = FeatureGroup("pit", entities=["entity_id"], features=[Feature(f"f{j}", "float64") for j in range(N_FEATURES)],
-                             ttl_s=7 * 86_400)
+    pit_group = FeatureGroup(
+        "pit",
+        entities=["entity_id"],
+        features=[Feature(f"f{j}", "float64") for j in range(N_FEATURES)],
+        ttl_s=7 * 86_400,
+    )
     native.register(pit_group)
     pit_table = make_feature_table(10_000, 10, rng)  # 100,000 feature rows over 10,000 entities
     native.ingest("pit", pit_table)
     base = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000
-    entity_rows = pa.table({
-        "entity_id": pa.array(rng.integers(0, 12_000, 10_000)),
-        "event_timestamp": pa.array(base + rng.integers(0, 31 * 86_400, 10_000) * 1_000_000, pa.int64()).view(
-            pa.timestamp("us", tz="UTC")),
-    })
+    entity_rows = pa.table(
+        {
+            "entity_id": pa.array(rng.integers(0, 12_000, 10_000)),
+            "event_timestamp": pa.array(base + rng.integers(0, 31 * 86_400, 10_000) * 1_000_000, pa.int64()).view(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
     pit_feats = [f"pit:f{j}" for j in range(N_FEATURES)]
     cold_runs = []
     for _ in range(3 if args.quick else 7):
@@ -222,9 +239,14 @@ def main() -> int:
     pd_runs = []
     for _ in range(3 if args.quick else 7):
         t0 = time.perf_counter()
-        merged = pd.merge_asof(edf.sort_values("event_timestamp"), fdf.sort_values("event_timestamp"),
-                               on="event_timestamp", by="entity_id", direction="backward",
-                               tolerance=pd.Timedelta(days=7)).sort_values("_row")
+        merged = pd.merge_asof(
+            edf.sort_values("event_timestamp"),
+            fdf.sort_values("event_timestamp"),
+            on="event_timestamp",
+            by="entity_id",
+            direction="backward",
+            tolerance=pd.Timedelta(days=7),
+        ).sort_values("_row")
         pd_runs.append(time.perf_counter() - t0)
     pd_med = statistics.median(pd_runs)
     # Same values as merge_asof (no timestamp ties in this data, so the tie rule does not matter).
@@ -234,33 +256,72 @@ def main() -> int:
 
     # --- report ----------------------------------------------------------------------------------
     print("### Online lookup, 10 features (microseconds per call: median / p99 over timed batches of ~200 us)\n")
-    print("| entities | python-lmdb loop, Feast dict | fastml get_online (arrays) | ratio | fastml lookup_into (float32) | ratio | fastml get_online(as_dict) | ratio | fastml python-lmdb reference (arrays) |")
+    print(
+        "| entities | python-lmdb loop, Feast dict | fastml get_online (arrays) | ratio | fastml lookup_into (float32) | ratio | fastml get_online(as_dict) | ratio | fastml python-lmdb reference (arrays) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, bm, bp, am, ap_, im, ip, dm, dp, rm in lookup_rows:
-        print(f"| {n} | {bm:.1f} / {bp:.1f} | {am:.2f} / {ap_:.2f} | {bm / am:.1f}x | {im:.2f} / {ip:.2f} | {bm / im:.1f}x "
-              f"| {dm:.1f} / {dp:.1f} | {bm / dm:.1f}x | {rm:.1f} |")
+        print(
+            f"| {n} | {bm:.1f} / {bp:.1f} | {am:.2f} / {ap_:.2f} | {bm / am:.1f}x | {im:.2f} / {ip:.2f} | {bm / im:.1f}x "
+            f"| {dm:.1f} / {dp:.1f} | {bm / dm:.1f}x | {rm:.1f} |"
+        )
     print("\n### Materialisation, 100,000 entities x 10 features (seconds, median)\n")
     print("| step | python-lmdb reference | fastml native | ratio |")
     print("|---|---:|---:|---:|")
     for name, base_s, ours_s in mat_rows:
         print(f"| {name} | {base_s:.3f} | {ours_s:.3f} | {base_s / ours_s:.1f}x |")
-    print("\n### Point-in-time training set, 10,000 entity rows x 100,000 feature rows, 10 features, TTL 7 d (seconds)\n")
+    print(
+        "\n### Point-in-time training set, 10,000 entity rows x 100,000 feature rows, 10 features, TTL 7 d (seconds)\n"
+    )
     print("| | pandas.merge_asof (sort + merge + restore order) | fastml get_training_set | ratio |")
     print("|---|---:|---:|---:|")
-    print(f"| warm (rows and index cached in the store), median | {pd_med:.3f} | {pit_warm:.3f} | {pd_med / pit_warm:.1f}x |")
-    print(f"| cold (first call of a new FeatureStore: Parquet read + index build), median | {pd_med:.3f} | {pit_cold:.3f} | {pd_med / pit_cold:.1f}x |")
+    print(
+        f"| warm (rows and index cached in the store), median | {pd_med:.3f} | {pit_warm:.3f} | {pd_med / pit_warm:.1f}x |"
+    )
+    print(
+        f"| cold (first call of a new FeatureStore: Parquet read + index build), median | {pd_med:.3f} | {pit_cold:.3f} | {pd_med / pit_cold:.1f}x |"
+    )
     print(f"\nrows returned: {result.num_rows} of {entity_rows.num_rows} asked")
-    print("\nTargets: 100 entities <= 20 us, 1 entity <= 2 us (into a numpy array); materialise 100,000 "
-          "<= 0.5 s; PIT 10k x 100k <= 0.1 s.")
+    print(
+        "\nTargets: 100 entities <= 20 us, 1 entity <= 2 us (into a numpy array); materialise 100,000 "
+        "<= 0.5 s; PIT 10k x 100k <= 0.1 s."
+    )
     by_n = {row[0]: row for row in lookup_rows}
-    report.add(benchjson.time_row("features online lookup, 100 entities x 10 features (get_online arrays)",
-                                  "python-lmdb loop, Feast dict", by_n[100][1], by_n[100][3], "us", 4.0))
-    report.add(benchjson.time_row("features online lookup, 1 entity x 10 features (lookup_into)",
-                                  "python-lmdb loop, Feast dict", by_n[1][1], by_n[1][5], "us", 2.0))
-    report.add(benchjson.time_row("features materialize 100,000 entities (fresh store)",
-                                  "python-lmdb reference store", mat_rows[0][1], mat_rows[0][2], "s", 2.0))
-    report.add(benchjson.time_row("features point-in-time training set 10k x 100k (warm)",
-                                  "pandas.merge_asof", pd_med, pit_warm, "s", 2.0))
+    report.add(
+        benchjson.time_row(
+            "features online lookup, 100 entities x 10 features (get_online arrays)",
+            "python-lmdb loop, Feast dict",
+            by_n[100][1],
+            by_n[100][3],
+            "us",
+            4.0,
+        )
+    )
+    report.add(
+        benchjson.time_row(
+            "features online lookup, 1 entity x 10 features (lookup_into)",
+            "python-lmdb loop, Feast dict",
+            by_n[1][1],
+            by_n[1][5],
+            "us",
+            2.0,
+        )
+    )
+    report.add(
+        benchjson.time_row(
+            "features materialize 100,000 entities (fresh store)",
+            "python-lmdb reference store",
+            mat_rows[0][1],
+            mat_rows[0][2],
+            "s",
+            2.0,
+        )
+    )
+    report.add(
+        benchjson.time_row(
+            "features point-in-time training set 10k x 100k (warm)", "pandas.merge_asof", pd_med, pit_warm, "s", 2.0
+        )
+    )
     report.write(args.json)
     return 0
 

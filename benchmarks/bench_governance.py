@@ -33,10 +33,12 @@ def env_header() -> str:
     import msgspec
     import sklearn
 
-    return "\n".join([
-        *machine_lines(),
-        f"- numpy {np.__version__}, fairlearn {fairlearn.__version__}, scikit-learn {sklearn.__version__}, msgspec {msgspec.__version__}",
-    ])
+    return "\n".join(
+        [
+            *machine_lines(),
+            f"- numpy {np.__version__}, fairlearn {fairlearn.__version__}, scikit-learn {sklearn.__version__}, msgspec {msgspec.__version__}",
+        ]
+    )
 
 
 def best_ms(fn, repeat: int) -> float:
@@ -51,12 +53,26 @@ def best_ms(fn, repeat: int) -> float:
 def fairlearn_all(y, p, sf):
     from fairlearn import metrics as flm
 
-    mf = flm.MetricFrame(metrics={"sel": flm.selection_rate, "tpr": flm.true_positive_rate,
-                                  "fpr": flm.false_positive_rate, "count": flm.count},
-                         y_true=y, y_pred=p, sensitive_features=sf)
+    mf = flm.MetricFrame(
+        metrics={
+            "sel": flm.selection_rate,
+            "tpr": flm.true_positive_rate,
+            "fpr": flm.false_positive_rate,
+            "count": flm.count,
+        },
+        y_true=y,
+        y_pred=p,
+        sensitive_features=sf,
+    )
     out = {"by_group": mf.by_group}
-    for name in ("demographic_parity_difference", "demographic_parity_ratio", "equal_opportunity_difference",
-                 "equal_opportunity_ratio", "equalized_odds_difference", "equalized_odds_ratio"):
+    for name in (
+        "demographic_parity_difference",
+        "demographic_parity_ratio",
+        "equal_opportunity_difference",
+        "equal_opportunity_ratio",
+        "equalized_odds_difference",
+        "equalized_odds_ratio",
+    ):
         out[name] = getattr(flm, name)(y, p, sensitive_features=sf)
     return out
 
@@ -70,9 +86,15 @@ def bench_fairness(n_rows: int, repeat: int, result: benchjson.Report | None = N
     cases = {
         "2 groups": rng.choice(["a", "b"], n_rows),
         "5 groups": rng.choice([f"g{i}" for i in range(5)], n_rows),
-        "2x5 intersections": {"sex": rng.choice(["F", "M"], n_rows), "grp": rng.choice([f"g{i}" for i in range(5)], n_rows)},
+        "2x5 intersections": {
+            "sex": rng.choice(["F", "M"], n_rows),
+            "grp": rng.choice([f"g{i}" for i in range(5)], n_rows),
+        },
     }
-    rows = ["| sensitive features | rows | fairlearn (ms) | fastml (ms) | speed-up |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = [
+        "| sensitive features | rows | fairlearn (ms) | fastml (ms) | speed-up |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     if n_rows < 100_000:  # --quick: the one case CI checks, so the run stays short
         cases = {"2 groups": cases["2 groups"]}
     for label, sf in cases.items():
@@ -85,8 +107,16 @@ def bench_fairness(n_rows: int, repeat: int, result: benchjson.Report | None = N
         t_us = best_ms(lambda sf=sf: assess_fairness(y, p, sf), repeat)
         rows.append(f"| {label} | {n_rows:,} | {t_fl:.1f} | {t_us:.1f} | {t_fl / t_us:.1f}x |")
         if result is not None and label == "2 groups":
-            result.add(benchjson.time_row(f"fairness report, {n_rows:,} rows, 2 groups", "fairlearn MetricFrame + "
-                                          "disparity functions", t_fl, t_us, "ms", 50.0))
+            result.add(
+                benchjson.time_row(
+                    f"fairness report, {n_rows:,} rows, 2 groups",
+                    "fairlearn MetricFrame + disparity functions",
+                    t_fl,
+                    t_us,
+                    "ms",
+                    50.0,
+                )
+            )
     return rows
 
 
@@ -101,8 +131,19 @@ def bench_audit(n_entries: int) -> list[str]:
         try:
             for i in range(n_entries):
                 t0 = time.perf_counter()
-                line = canonical_bytes({"seq": i, "at": dt.datetime.now(dt.UTC).isoformat(), "actor": "bench",
-                                        "action": "registry.transition", "target": f"m:{i}", "details": details}) + b"\n"
+                line = (
+                    canonical_bytes(
+                        {
+                            "seq": i,
+                            "at": dt.datetime.now(dt.UTC).isoformat(),
+                            "actor": "bench",
+                            "action": "registry.transition",
+                            "target": f"m:{i}",
+                            "details": details,
+                        }
+                    )
+                    + b"\n"
+                )
                 os.write(fd, line)
                 os.fsync(fd)
                 lat_plain.append((time.perf_counter() - t0) * 1e6)
@@ -112,8 +153,14 @@ def bench_audit(n_entries: int) -> list[str]:
         lat_chain = []
         for i in range(n_entries):
             t0 = time.perf_counter()
-            log.append("registry.transition", target=f"m:{i}", before={"stage": "staging"},
-                       after={"stage": "production"}, details=details, actor="bench")
+            log.append(
+                "registry.transition",
+                target=f"m:{i}",
+                before={"stage": "staging"},
+                after={"stage": "production"},
+                details=details,
+                actor="bench",
+            )
             lat_chain.append((time.perf_counter() - t0) * 1e6)
         t0 = time.perf_counter()
         res = log.verify()

@@ -54,13 +54,23 @@ def env_header() -> str:
 
     ev = "not installed"
     if EVIDENTLY_PY.exists():
-        r = subprocess.run([str(EVIDENTLY_PY), "-c", "import importlib.metadata as m; print(m.version('evidently'), m.version('pandas'))"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                str(EVIDENTLY_PY),
+                "-c",
+                "import importlib.metadata as m; print(m.version('evidently'), m.version('pandas'))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         ev = "evidently {} (pandas {})".format(*r.stdout.split()) if r.returncode == 0 else "broken venv"
-    return "\n".join([
-        *machine_lines(),
-        f"- numpy {np.__version__}; scipy {scipy.__version__}; pyarrow {pyarrow.__version__}; {ev}",
-    ])
+    return "\n".join(
+        [
+            *machine_lines(),
+            f"- numpy {np.__version__}; scipy {scipy.__version__}; pyarrow {pyarrow.__version__}; {ev}",
+        ]
+    )
 
 
 class Timing:
@@ -124,9 +134,14 @@ def scipy_all(ref: np.ndarray, cur: np.ndarray) -> list[dict]:
             return p
 
         rf, cf = fill(rp), fill(cp)
-        out.append({"ks": float(stats.ks_2samp(r, c).pvalue),
-                    "wasserstein": float(stats.wasserstein_distance(r, c) / max(np.std(r), 0.001)),
-                    "psi": float(np.sum((rf - cf) * np.log(rf / cf))), "jensenshannon": float(js)})
+        out.append(
+            {
+                "ks": float(stats.ks_2samp(r, c).pvalue),
+                "wasserstein": float(stats.wasserstein_distance(r, c) / max(np.std(r), 0.001)),
+                "psi": float(np.sum((rf - cf) * np.log(rf / cf))),
+                "jensenshannon": float(js),
+            }
+        )
     return out
 
 
@@ -163,8 +178,12 @@ def run_evidently(ref: np.ndarray, cur: np.ndarray, repeat: int) -> dict | None:
     with tempfile.TemporaryDirectory() as d:
         np.save(f"{d}/ref.npy", ref)
         np.save(f"{d}/cur.npy", cur)
-        proc = subprocess.run([str(EVIDENTLY_PY), "-c", EVIDENTLY_SCRIPT, f"{d}/ref.npy", f"{d}/cur.npy", str(repeat)],
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [str(EVIDENTLY_PY), "-c", EVIDENTLY_SCRIPT, f"{d}/ref.npy", f"{d}/cur.npy", str(repeat)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     if proc.returncode != 0:
         print(f"(Evidently failed: {proc.stderr[-500:]})", file=sys.stderr)
         return None
@@ -184,11 +203,16 @@ def drift_benchmarks(quick: bool, result: benchjson.Report | None = None) -> lis
     from fastml.monitoring.profile import ReferenceProfile
 
     rep_fast, rep_scipy, rep_ev = (5, 3, 2) if quick else (15, 7, 3)
-    lines = ["| scenario | Evidently DataDriftPreset | scipy loop | fastml (raw reference) | fastml (profile) | "
-             "fastml vs scipy | fastml vs Evidently |", "|---|---|---|---|---|---|---|"]
-    for label, ref_rows, all_stats in (("default tests, ref 10,000 rows (normed Wasserstein)", ROWS, False),
-                                       ("all statistics (KS, Wasserstein, PSI, JS)", ROWS, True),
-                                       ("default tests, ref 1,000 rows (exact KS)", 1000, False)):
+    lines = [
+        "| scenario | Evidently DataDriftPreset | scipy loop | fastml (raw reference) | fastml (profile) | "
+        "fastml vs scipy | fastml vs Evidently |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, ref_rows, all_stats in (
+        ("default tests, ref 10,000 rows (normed Wasserstein)", ROWS, False),
+        ("all statistics (KS, Wasserstein, PSI, JS)", ROWS, True),
+        ("default tests, ref 1,000 rows (exact KS)", 1000, False),
+    ):
         ref, cur = make_data(ref_rows)
         ref_d = {f"f{j}": ref[:, j] for j in range(COLS)}
         cur_d = {f"f{j}": cur[:, j] for j in range(COLS)}
@@ -205,31 +229,63 @@ def drift_benchmarks(quick: bool, result: benchjson.Report | None = None) -> lis
         check_equal(label + " (profile)", [c.score for c in rep2.columns], [c.score for c in rep.columns])
         ev = None if all_stats or quick else run_evidently(ref, cur, rep_ev)
         if ev is not None:
-            check_equal("evidently " + label, [c.score for c in rep.columns], [ev["values"][f"f{j}"]["value"] for j in range(COLS)])
+            check_equal(
+                "evidently " + label,
+                [c.score for c in rep.columns],
+                [ev["values"][f"f{j}"]["value"] for j in range(COLS)],
+            )
         t_ev = Timing(ev["run_s"], ev["cpu_s"]) if ev else None
-        ev_cell = str(t_ev) if t_ev else ("not run (all statistics is not a preset)" if all_stats
-                                          else "not measured (no .cache/evidently-venv)")
-        lines.append(f"| {label} | {ev_cell} | {t_sc} | {t_fast} | "
-                     f"{t_prof} | {ratio(t_sc, t_fast)} / {ratio(t_sc, t_prof)} | "
-                     + (f"{ratio(t_ev, t_fast)} / {ratio(t_ev, t_prof)}" if t_ev else "n/a") + " |")
+        ev_cell = (
+            str(t_ev)
+            if t_ev
+            else (
+                "not run (all statistics is not a preset)" if all_stats else "not measured (no .cache/evidently-venv)"
+            )
+        )
+        lines.append(
+            f"| {label} | {ev_cell} | {t_sc} | {t_fast} | "
+            f"{t_prof} | {ratio(t_sc, t_fast)} / {ratio(t_sc, t_prof)} | "
+            + (f"{ratio(t_ev, t_fast)} / {ratio(t_ev, t_prof)}" if t_ev else "n/a")
+            + " |"
+        )
         if ev:
             lines.append(f"| (Evidently import time: {ev['import_s'] * 1e3:.0f} ms, not included above) | | | | | | |")
         if result is not None and ref_rows == ROWS and not all_stats:
-            result.add(benchjson.time_row("drift 10,000 x 20 columns, default tests (CPU time)", "scipy loop",
-                                          t_sc.cpu * 1e3, t_fast.cpu * 1e3, "ms", 2.0))
+            result.add(
+                benchjson.time_row(
+                    "drift 10,000 x 20 columns, default tests (CPU time)",
+                    "scipy loop",
+                    t_sc.cpu * 1e3,
+                    t_fast.cpu * 1e3,
+                    "ms",
+                    2.0,
+                )
+            )
             if t_ev:
-                result.add(benchjson.time_row("drift 10,000 x 20 columns, default tests (CPU time)",
-                                              "Evidently DataDriftPreset", t_ev.cpu * 1e3, t_fast.cpu * 1e3, "ms", 20.0))
+                result.add(
+                    benchjson.time_row(
+                        "drift 10,000 x 20 columns, default tests (CPU time)",
+                        "Evidently DataDriftPreset",
+                        t_ev.cpu * 1e3,
+                        t_fast.cpu * 1e3,
+                        "ms",
+                        20.0,
+                    )
+                )
             elif quick:
                 result.note("Evidently not run in --quick (its import alone takes seconds)")
             else:
-                result.note(f"Evidently not measured: no environment at {EVIDENTLY_PY.parent.parent} "
-                            "(scripts/test.sh installs it)")
+                result.note(
+                    f"Evidently not measured: no environment at {EVIDENTLY_PY.parent.parent} "
+                    "(scripts/test.sh installs it)"
+                )
     lines.append("")
-    lines.append(f"Current data: {ROWS:,} rows x {COLS} numeric columns; times are medians of {rep_fast} (fastml), "
-                 f"{rep_scipy} (scipy) and {rep_ev} (Evidently) runs. Every fastml score was checked equal (1e-6 relative) "
-                 "to the scipy loop's and to Evidently's per-column values in the same run. Ratios: baseline time / fastml time "
-                 "(raw reference / prebuilt profile); wall-clock with CPU-time ratio in brackets.")
+    lines.append(
+        f"Current data: {ROWS:,} rows x {COLS} numeric columns; times are medians of {rep_fast} (fastml), "
+        f"{rep_scipy} (scipy) and {rep_ev} (Evidently) runs. Every fastml score was checked equal (1e-6 relative) "
+        "to the scipy loop's and to Evidently's per-column values in the same run. Ratios: baseline time / fastml time "
+        "(raw reference / prebuilt profile); wall-clock with CPU-time ratio in brackets."
+    )
     return lines
 
 
@@ -253,16 +309,33 @@ def logger_benchmark(quick: bool, result: benchjson.Report | None = None) -> lis
         with pa.OSFile(f"{d}/sync.arrows", "wb") as sink, pa.ipc.new_stream(sink, schema) as w:
             t = time.perf_counter()
             for i in range(n):
-                batch = pa.record_batch([pa.array([str(i)] * 4), pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32),
-                                         pa.array(outs["label"])], schema=schema)
+                batch = pa.record_batch(
+                    [
+                        pa.array([str(i)] * 4),
+                        pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 32),
+                        pa.array(outs["label"]),
+                    ],
+                    schema=schema,
+                )
                 w.write_batch(batch)
             t_sync = (time.perf_counter() - t) / n
     if result is not None:
-        result.add(benchjson.time_row("prediction log, caller-side cost per request", "synchronous Arrow write",
-                                      t_sync * 1e6, t_log * 1e6, "us", 5.0))
-    return ["| caller-side cost per request (4 rows x 32 features) | synchronous Arrow write per request | "
-            "fastml PredictionLogger.log | ratio |", "|---|---|---|---|",
-            f"| {n:,} requests | {t_sync * 1e6:.1f} us | {t_log * 1e6:.1f} us | {t_sync / t_log:.1f}x |"]
+        result.add(
+            benchjson.time_row(
+                "prediction log, caller-side cost per request",
+                "synchronous Arrow write",
+                t_sync * 1e6,
+                t_log * 1e6,
+                "us",
+                5.0,
+            )
+        )
+    return [
+        "| caller-side cost per request (4 rows x 32 features) | synchronous Arrow write per request | "
+        "fastml PredictionLogger.log | ratio |",
+        "|---|---|---|---|",
+        f"| {n:,} requests | {t_sync * 1e6:.1f} us | {t_log * 1e6:.1f} us | {t_sync / t_log:.1f}x |",
+    ]
 
 
 def main() -> int:

@@ -38,8 +38,13 @@ import benchjson  # noqa: E402 - the benchmarks folder is not a package
 
 SPACES = {
     "logreg": ("logistic_regression", {"C": {"type": "float", "low": 1e-3, "high": 1e2, "log": True}}),
-    "rf": ("random_forest", {"n_estimators": {"type": "int", "low": 10, "high": 50, "step": 10},
-                             "max_depth": {"type": "int", "low": 2, "high": 12}}),
+    "rf": (
+        "random_forest",
+        {
+            "n_estimators": {"type": "int", "low": 10, "high": 50, "step": 10},
+            "max_depth": {"type": "int", "low": 2, "high": 12},
+        },
+    ),
 }
 
 
@@ -51,7 +56,9 @@ def env_header() -> str:
     import fastml
 
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         sha = "unknown"
     cpu = "unknown"
@@ -60,13 +67,15 @@ def env_header() -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     load = os.getloadavg()
-    return "\n".join([
-        "## Environment",
-        f"- fastml {fastml.__version__} (git {sha}), Python {platform.python_version()}",
-        f"- CPU: {cpu} x {os.cpu_count()} (load average {load[0]:.1f})",
-        f"- scikit-learn {sklearn.__version__}, Optuna {optuna.__version__}, numpy {numpy.__version__}",
-        f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
-    ])
+    return "\n".join(
+        [
+            "## Environment",
+            f"- fastml {fastml.__version__} (git {sha}), Python {platform.python_version()}",
+            f"- CPU: {cpu} x {os.cpu_count()} (load average {load[0]:.1f})",
+            f"- scikit-learn {sklearn.__version__}, Optuna {optuna.__version__}, numpy {numpy.__version__}",
+            f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
+        ]
+    )
 
 
 def make_data(tmp: Path) -> Path:
@@ -83,9 +92,16 @@ def config(path: Path, model: str, n_trials: int, folds: int, storage: str | Non
     tune = {"n_trials": n_trials, "sampler": "tpe", "pruner": "median", "search_space": space}
     if storage:
         tune["storage"] = storage
-    return {"name": f"bench-{model}", "task": "classification", "seed": 0, "folds": folds,
-            "data": {"path": str(path), "target": "target"}, "model": {"family": family, "params": params},
-            "tune": tune, "register": {"enabled": False}}
+    return {
+        "name": f"bench-{model}",
+        "task": "classification",
+        "seed": 0,
+        "folds": folds,
+        "data": {"path": str(path), "target": "target"},
+        "model": {"family": family, "params": params},
+        "tune": tune,
+        "register": {"enabled": False},
+    }
 
 
 def run_fastml(cfg_dict: dict) -> tuple[float, float, float]:
@@ -138,8 +154,10 @@ def run_plain_optuna(cfg_dict: dict, data_path: Path) -> tuple[float, float, flo
     def suggest(trial) -> dict:
         if family == "logistic_regression":
             return {"C": trial.suggest_float("C", 1e-3, 1e2, log=True)}
-        return {"n_estimators": trial.suggest_int("n_estimators", 10, 50, step=10),
-                "max_depth": trial.suggest_int("max_depth", 2, 12)}
+        return {
+            "n_estimators": trial.suggest_int("n_estimators", 10, 50, step=10),
+            "max_depth": trial.suggest_int("max_depth", 2, 12),
+        }
 
     def build(params: dict):
         if family == "logistic_regression":
@@ -165,8 +183,11 @@ def run_plain_optuna(cfg_dict: dict, data_path: Path) -> tuple[float, float, flo
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with threadpool_limits(1):
         t0, c0 = time.perf_counter(), time.process_time()
-        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+        study = optuna.create_study(
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        )
         study.optimize(objective, n_trials=n_trials)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return dt, cpu, study.best_value
@@ -185,7 +206,9 @@ def main() -> int:
     if args.quick:
         args.repeats, args.trials, args.models = 1, 20, "logreg"
     print(env_header())
-    print(f"\n{args.trials} trials, {args.folds}-fold CV, median of {args.repeats} repeat(s), order alternated per repeat\n")
+    print(
+        f"\n{args.trials} trials, {args.folds}-fold CV, median of {args.repeats} repeat(s), order alternated per repeat\n"
+    )
     with tempfile.TemporaryDirectory(prefix="fastml-bench-") as tmp:
         os.environ["FASTML_HOME"] = str(Path(tmp) / "home")
         from fastml.config import reset_settings
@@ -212,23 +235,44 @@ def main() -> int:
                     cpu[who].append(c)
                     best[who] = b
             same = len({round(v, 12) for v in best.values()}) == 1
-            rows.append((model, {k: statistics.median(v) for k, v in wall.items()},
-                         {k: statistics.median(v) for k, v in cpu.items()}, same, best["optuna"]))
-        for title, idx in (("Wall-clock seconds (median)", 1), ("CPU seconds of the process (median; less sensitive to other load)", 2)):
+            rows.append(
+                (
+                    model,
+                    {k: statistics.median(v) for k, v in wall.items()},
+                    {k: statistics.median(v) for k, v in cpu.items()},
+                    same,
+                    best["optuna"],
+                )
+            )
+        for title, idx in (
+            ("Wall-clock seconds (median)", 1),
+            ("CPU seconds of the process (median; less sensitive to other load)", 2),
+        ):
             print(f"### {title}\n")
-            print("| model | plain Optuna (in-memory) | fastml tune stage (journal, default) | ratio | fastml tune stage (in-memory) | ratio | same best value |")
+            print(
+                "| model | plain Optuna (in-memory) | fastml tune stage (journal, default) | ratio | fastml tune stage (in-memory) | ratio | same best value |"
+            )
             print("|---|---:|---:|---:|---:|---:|---|")
             for row in rows:
                 model, med, same, b = row[0], row[idx], row[3], row[4]
-                print(f"| {SPACES[model][0]} | {med['optuna']:.2f} | {med['fastml']:.2f} | {med['fastml'] / med['optuna']:.3f} | "
-                      f"{med['fastml_mem']:.2f} | {med['fastml_mem'] / med['optuna']:.3f} | {'yes' if same else 'NO'} ({b:.4f}) |")
+                print(
+                    f"| {SPACES[model][0]} | {med['optuna']:.2f} | {med['fastml']:.2f} | {med['fastml'] / med['optuna']:.3f} | "
+                    f"{med['fastml_mem']:.2f} | {med['fastml_mem'] / med['optuna']:.3f} | {'yes' if same else 'NO'} ({b:.4f}) |"
+                )
             print()
         print("ratio = fastml / plain Optuna; overhead = ratio - 1 (target <= 0.10).")
     # Overhead <= 10 % means plain / fastml >= 1 / 1.10 (CPU seconds: steadier than wall-clock under load).
     for model, _, cpu_med, _, _ in rows:
-        result.add(benchjson.time_row(f"tuning {args.trials} trials x {args.folds}-fold CV, {SPACES[model][0]} "
-                                      "(run journal, the default)", "plain Optuna, in-memory",
-                                      cpu_med["optuna"], cpu_med["fastml"], "s", round(1 / 1.10, 3)))
+        result.add(
+            benchjson.time_row(
+                f"tuning {args.trials} trials x {args.folds}-fold CV, {SPACES[model][0]} (run journal, the default)",
+                "plain Optuna, in-memory",
+                cpu_med["optuna"],
+                cpu_med["fastml"],
+                "s",
+                round(1 / 1.10, 3),
+            )
+        )
     result.write(args.json)
     return 0
 

@@ -44,10 +44,12 @@ def env_header() -> str:
         mlflow_v = mlflow.__version__
     except ImportError:
         mlflow_v = "not installed"
-    return "\n".join([
-        *machine_lines(),
-        f"- SQLAlchemy {sqlalchemy.__version__}; SQLite {sqlite3.sqlite_version}; mlflow {mlflow_v}",
-    ])
+    return "\n".join(
+        [
+            *machine_lines(),
+            f"- SQLAlchemy {sqlalchemy.__version__}; SQLite {sqlite3.sqlite_version}; mlflow {mlflow_v}",
+        ]
+    )
 
 
 def _timed(fn, n: int) -> list[float]:
@@ -116,7 +118,9 @@ def bench_raw_sqlalchemy(workdir: Path, n_versions: int, repeats: int) -> dict:
             v = Version(model_id=mid, version=f"1.0.{i}", stage="development", sha256="0" * 64, metrics={"auc": 0.9})
             s.add(v)
             s.flush()
-            s.add_all([Tag(version_id=v.id, key="team", value=f"t{i % 10}"), Tag(version_id=v.id, key="i", value=str(i))])
+            s.add_all(
+                [Tag(version_id=v.id, key="team", value=f"t{i % 10}"), Tag(version_id=v.id, key="i", value=str(i))]
+            )
             s.commit()
 
     reg_us = _timed(register, n_versions)
@@ -128,7 +132,9 @@ def bench_raw_sqlalchemy(workdir: Path, n_versions: int, repeats: int) -> dict:
     def resolve(_):
         with Session(engine) as s:
             v = s.execute(
-                sa.select(Version).join(Alias, Alias.version_id == Version.id).join(Model, Model.id == Alias.model_id)
+                sa.select(Version)
+                .join(Alias, Alias.version_id == Version.id)
+                .join(Model, Model.id == Alias.model_id)
                 .where(Model.name == "bench", Alias.alias == "champion")
             ).scalar_one()
             aliases = s.scalars(sa.select(Alias.alias).where(Alias.version_id == v.id)).all()
@@ -137,7 +143,9 @@ def bench_raw_sqlalchemy(workdir: Path, n_versions: int, repeats: int) -> dict:
 
     def search(_):
         with Session(engine) as s:
-            return s.scalars(sa.select(Version).join(Tag, Tag.version_id == Version.id).where(Tag.key == "team", Tag.value == "t3")).all()
+            return s.scalars(
+                sa.select(Version).join(Tag, Tag.version_id == Version.id).where(Tag.key == "team", Tag.value == "t3")
+            ).all()
 
     assert resolve(0)[0].version == f"1.0.{n_versions // 2}"
     assert len(search(0)) == n_versions // 10
@@ -160,9 +168,12 @@ def bench_fastml(workdir: Path, n_versions: int, repeats: int) -> dict:
     # once, then found by hash.
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     art.write_bytes(model.SerializeToString())
@@ -178,7 +189,12 @@ def bench_fastml(workdir: Path, n_versions: int, repeats: int) -> dict:
     ver_us = _timed(lambda _: reg.resolve(f"bench:1.0.{n_versions // 3}"), repeats)
     search_us = _timed(lambda _: reg.search(tags={"team": "t3"}), max(20, repeats // 10))
     reg.close()
-    return {"register": _stats(reg_us), "resolve": _stats(res_us), "resolve_version": _stats(ver_us), "search": _stats(search_us)}
+    return {
+        "register": _stats(reg_us),
+        "resolve": _stats(res_us),
+        "resolve_version": _stats(ver_us),
+        "search": _stats(search_us),
+    }
 
 
 # ----------------------------------------------------------------------------- (c) MLflow
@@ -192,12 +208,16 @@ def bench_mlflow(workdir: Path, n_versions: int, repeats: int) -> dict | None:
     client.create_registered_model("bench")
 
     def register(i):
-        client.create_model_version("bench", source=str(workdir / "tiny.onnx"), tags={"team": f"t{i % 10}", "i": str(i)})
+        client.create_model_version(
+            "bench", source=str(workdir / "tiny.onnx"), tags={"team": f"t{i % 10}", "i": str(i)}
+        )
 
     reg_us = _timed(register, n_versions)
     client.set_registered_model_alias("bench", "champion", str(n_versions // 2))
     res_us = _timed(lambda _: client.get_model_version_by_alias("bench", "champion"), repeats)
-    search_us = _timed(lambda _: client.search_model_versions("name='bench' and tags.team='t3'"), max(20, repeats // 10))
+    search_us = _timed(
+        lambda _: client.search_model_versions("name='bench' and tags.team='t3'"), max(20, repeats // 10)
+    )
     return {"register": _stats(reg_us), "resolve": _stats(res_us), "search": _stats(search_us)}
 
 
@@ -218,8 +238,10 @@ def main(argv=None) -> int:
         raw = bench_raw_sqlalchemy(work, args.versions, args.repeats)
         fm = bench_fastml(work, args.versions, args.repeats)
         ml = bench_mlflow(work, args.versions, args.repeats)
-    print(f"\n{args.versions} versions of one model, SQLite file database (WAL); medians (p90) in microseconds; "
-          "ratio = baseline / fastml (> 1: fastml faster)\n")
+    print(
+        f"\n{args.versions} versions of one model, SQLite file database (WAL); medians (p90) in microseconds; "
+        "ratio = baseline / fastml (> 1: fastml faster)\n"
+    )
     head = "| operation | raw SQLAlchemy ORM | fastml | fastml vs raw |"
     sep = "|---|---|---|---|"
     if ml:
@@ -230,7 +252,11 @@ def main(argv=None) -> int:
     print(head)
     print(sep)
     targets = {"register": 2000.0, "resolve": 100.0, "search": None}
-    labels = {"register": "register (tiny artifact, 2 tags)", "resolve": "resolve name@alias", "search": f"search by tag ({args.versions // 10} hits)"}
+    labels = {
+        "register": "register (tiny artifact, 2 tags)",
+        "resolve": "resolve name@alias",
+        "search": f"search by tag ({args.versions // 10} hits)",
+    }
     for op in ("register", "resolve", "search"):
         r, f = raw[op], fm[op]
         row = f"| {labels[op]} | {r['median']:.0f} ({r['p90']:.0f}) | {f['median']:.0f} ({f['p90']:.0f}) | {r['median'] / f['median']:.2f}x |"
@@ -240,19 +266,45 @@ def main(argv=None) -> int:
         t = targets[op]
         row += f" {f'<= {t:.0f}' if t else '-'} | {('yes' if f['median'] <= t else 'NO') if t else '-'} |"
         print(row)
-    result.add(benchjson.time_row(f"registry resolve name@alias, {args.versions:,} versions", "raw SQLAlchemy ORM",
-                                  raw["resolve"]["median"], fm["resolve"]["median"], "us", 2.5))
-    result.add(benchjson.time_row("registry register (tiny artifact, 2 tags)", "raw SQLAlchemy ORM",
-                                  raw["register"]["median"], fm["register"]["median"], "us", 0.5))
+    result.add(
+        benchjson.time_row(
+            f"registry resolve name@alias, {args.versions:,} versions",
+            "raw SQLAlchemy ORM",
+            raw["resolve"]["median"],
+            fm["resolve"]["median"],
+            "us",
+            2.5,
+        )
+    )
+    result.add(
+        benchjson.time_row(
+            "registry register (tiny artifact, 2 tags)",
+            "raw SQLAlchemy ORM",
+            raw["register"]["median"],
+            fm["register"]["median"],
+            "us",
+            0.5,
+        )
+    )
     v = fm["resolve_version"]
     print(f"\nfastml resolve name:version: median {v['median']:.0f} us (p90 {v['p90']:.0f}).")
     if ml is None:
-        result.note("MLflow is not installed, so it was not measured in this run (pip install mlflow to add it); "
-                    "MLflow 3.17 with SQLite in-process measured create_model_version 4-6 ms and "
-                    "get_model_version_by_alias about 2 ms (medians) on the 2-core development machine.")
+        result.note(
+            "MLflow is not installed, so it was not measured in this run (pip install mlflow to add it); "
+            "MLflow 3.17 with SQLite in-process measured create_model_version 4-6 ms and "
+            "get_model_version_by_alias about 2 ms (medians) on the 2-core development machine."
+        )
     else:
-        result.add(benchjson.time_row("registry resolve name@alias", "MLflow get_model_version_by_alias",
-                                      ml["resolve"]["median"], fm["resolve"]["median"], "us", 10.0))
+        result.add(
+            benchjson.time_row(
+                "registry resolve name@alias",
+                "MLflow get_model_version_by_alias",
+                ml["resolve"]["median"],
+                fm["resolve"]["median"],
+                "us",
+                10.0,
+            )
+        )
     result.write(args.json)
     return 0
 

@@ -110,8 +110,10 @@ def env_header() -> str:
 
 def _out(cmd: list[str]) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip() or subprocess.run(
-            cmd, capture_output=True, text=True, timeout=30).stderr.strip()
+        return (
+            subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+            or subprocess.run(cmd, capture_output=True, text=True, timeout=30).stderr.strip()
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
@@ -138,7 +140,7 @@ def tree_cpu_s(root_pid: int) -> float:
         except OSError:
             continue
         # Fields after the ')' of the command name: state ppid ... utime(14) stime cutime cstime.
-        rest = raw[raw.rindex(")") + 2:].split()
+        rest = raw[raw.rindex(")") + 2 :].split()
         ppid = int(rest[1])
         ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
         stats[int(entry)] = (ppid, ticks / CLK_TCK)
@@ -226,11 +228,25 @@ def closed_loop(port: int, concurrency: int, duration_s: float) -> dict:
 
     x = np.random.default_rng(0).standard_normal((1, 32), dtype=np.float32)
     req = build_infer_request("mlp", {"input": x}, outputs=["probabilities"])
-    res = run(run_closed_loop("127.0.0.1", port, req, concurrency=concurrency, duration_s=duration_s,
-                              warmup_s=min(0.5, duration_s / 4), timeout_s=5.0))
+    res = run(
+        run_closed_loop(
+            "127.0.0.1",
+            port,
+            req,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            warmup_s=min(0.5, duration_s / 4),
+            timeout_s=5.0,
+        )
+    )
     d = res.to_dict()
-    return {"concurrency": concurrency, "ok_per_s": d["throughput_per_s"], "outcomes": d["outcomes"],
-            "p50_us": d["latency_ok_us"]["p50"], "p99_us": d["latency_ok_us"]["p99"]}
+    return {
+        "concurrency": concurrency,
+        "ok_per_s": d["throughput_per_s"],
+        "outcomes": d["outcomes"],
+        "p50_us": d["latency_ok_us"]["p50"],
+        "p99_us": d["latency_ok_us"]["p99"],
+    }
 
 
 def start_fastml(workdir: Path, extra_args: list[str]) -> Server:
@@ -239,10 +255,28 @@ def start_fastml(workdir: Path, extra_args: list[str]) -> Server:
         (repo / m / "1").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(MODELS_DIR / f"{m}.onnx", repo / m / "1" / "model.onnx")
     log = open(workdir / "fastml.log", "w")
-    cmd = [sys.executable, "-m", "fastml.cli", "serve", str(repo), "--http-port", "0", "--metrics-port", "0",
-           "--host", "127.0.0.1", *extra_args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
-                            env=os.environ | {"FASTML_HOME": str(workdir / "fastml_home")})
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastml.cli",
+        "serve",
+        str(repo),
+        "--http-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        *extra_args,
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=workdir,
+        env=os.environ | {"FASTML_HOME": str(workdir / "fastml_home")},
+    )
     found: dict[str, int] = {}
     announced = threading.Event()
 
@@ -320,10 +354,30 @@ def perf_analyzer(server: Server, model: str, c: int, workdir: Path, quick: bool
         # in the note) rather than none.
         for stab in (20, 50, 100):
             out.unlink(missing_ok=True)
-            cmd = [str(PA), "-m", model, "-u", f"127.0.0.1:{server.port}", "-i", "http", "-b", "1",
-                   "--concurrency-range", str(c), "--measurement-mode", "time_windows",
-                   "--measurement-interval", "1500" if quick else "3000", "--stability-percentage", str(stab),
-                   "--max-trials", "6" if quick else "8", "-f", str(out), *server.pa_args]
+            cmd = [
+                str(PA),
+                "-m",
+                model,
+                "-u",
+                f"127.0.0.1:{server.port}",
+                "-i",
+                "http",
+                "-b",
+                "1",
+                "--concurrency-range",
+                str(c),
+                "--measurement-mode",
+                "time_windows",
+                "--measurement-interval",
+                "1500" if quick else "3000",
+                "--stability-percentage",
+                str(stab),
+                "--max-trials",
+                "6" if quick else "8",
+                "-f",
+                str(out),
+                *server.pa_args,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=200)
             (workdir / f"{out.stem}.log").write_text(proc.stdout + proc.stderr)
             if out.exists() and out.stat().st_size:
@@ -354,8 +408,16 @@ def wrk(server: Server, model: str, connections: int, duration_s: int, workdir: 
     body = workdir / f"{model}.body"
     body.write_bytes(req.body)
     env = os.environ | {"FASTML_BODY": str(body), "FASTML_HEADER_LEN": str(req.header_length)}
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(LUA),
-           f"http://127.0.0.1:{server.port}{req.path}"]
+    cmd = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        str(LUA),
+        f"http://127.0.0.1:{server.port}{req.path}",
+    ]
 
     def go() -> str:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60).stdout
@@ -390,13 +452,24 @@ def overload(server: Server, model: str, rate: float, duration_s: float) -> dict
 
     x = np.random.default_rng(0).standard_normal((1, 32), dtype=np.float32)
     req = build_infer_request(model, {"input": x}, outputs=["probabilities"])
-    res = run(run_open_loop("127.0.0.1", server.port, req, rate_per_s=rate, duration_s=duration_s,
-                            timeout_s=2.0, max_connections=512))
+    res = run(
+        run_open_loop(
+            "127.0.0.1", server.port, req, rate_per_s=rate, duration_s=duration_s, timeout_s=2.0, max_connections=512
+        )
+    )
     d = res.to_dict()
-    return {"server": server.name, "model": model, "rate_per_s": rate, "ok_per_s": d["throughput_per_s"],
-            "outcomes": d["outcomes"], "p50_ok_us": d["latency_ok_us"]["p50"], "p99_ok_us": d["latency_ok_us"]["p99"],
-            "p99_all_us": d["latency_all_us"]["p99"], "send_lag_p99_us": d["send_lag_us"]["p99"],
-            "error_samples": d["error_samples"]}
+    return {
+        "server": server.name,
+        "model": model,
+        "rate_per_s": rate,
+        "ok_per_s": d["throughput_per_s"],
+        "outcomes": d["outcomes"],
+        "p50_ok_us": d["latency_ok_us"]["p50"],
+        "p99_ok_us": d["latency_ok_us"]["p99"],
+        "p99_all_us": d["latency_all_us"]["p99"],
+        "send_lag_p99_us": d["send_lag_us"]["p99"],
+        "error_samples": d["error_samples"],
+    }
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -405,8 +478,15 @@ def _f(v: float | None, fmt: str = "{:,.0f}") -> str:
 
 
 def report(env: str, floor: dict, points: list[Point], overloads: list[dict], labels: dict[str, str]) -> str:
-    out = ["### Environment", env, "", "### Raw ONNX Runtime floor (in-process, batch 1, intra_op_num_threads=1)", "",
-           "| model | call p50 µs | call p99 µs | calls/s (one thread) |", "|---|---:|---:|---:|"]
+    out = [
+        "### Environment",
+        env,
+        "",
+        "### Raw ONNX Runtime floor (in-process, batch 1, intra_op_num_threads=1)",
+        "",
+        "| model | call p50 µs | call p99 µs | calls/s (one thread) |",
+        "|---|---:|---:|---:|",
+    ]
     for m, r in floor.items():
         out.append(f"| {m} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['per_s']:,.0f} |")
     servers = list(dict.fromkeys(p.server for p in points))
@@ -416,45 +496,73 @@ def report(env: str, floor: dict, points: list[Point], overloads: list[dict], la
         pts = [p for p in points if p.model == m and p.tool == "perf_analyzer"]
         if not pts:
             continue
-        out += ["", f"### perf_analyzer, HTTP binary tensors, batch 1 — {m}", "",
-                "| server | concurrency | infer/s | p50 µs | p99 µs | server CPU µs/inference | note |",
-                "|---|---:|---:|---:|---:|---:|---|"]
+        out += [
+            "",
+            f"### perf_analyzer, HTTP binary tensors, batch 1 — {m}",
+            "",
+            "| server | concurrency | infer/s | p50 µs | p99 µs | server CPU µs/inference | note |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
         for p in pts:
-            out.append(f"| {p.server} | {p.concurrency} | {_f(p.infer_per_s)} | {_f(p.p50_us)} | {_f(p.p99_us)} | "
-                       f"{_f(p.cpu_us_per_inf, '{:,.1f}')} | {p.note} |")
+            out.append(
+                f"| {p.server} | {p.concurrency} | {_f(p.infer_per_s)} | {_f(p.p50_us)} | {_f(p.p99_us)} | "
+                f"{_f(p.cpu_us_per_inf, '{:,.1f}')} | {p.note} |"
+            )
         for peer in peers:
             rows = []
             for c in (1, 8, 32):
                 a = next((p for p in pts if p.server == "fastml" and p.concurrency == c), None)
                 b = next((p for p in pts if p.server == peer and p.concurrency == c), None)
                 if a and b and a.infer_per_s and b.infer_per_s:
-                    cpu = (f"{a.cpu_us_per_inf / b.cpu_us_per_inf:.2f}×"
-                           if a.cpu_us_per_inf and b.cpu_us_per_inf else "-")
-                    rows.append(f"| {c} | {a.infer_per_s / b.infer_per_s:.2f}× | {a.p50_us / b.p50_us:.2f}× | "
-                                f"{a.p99_us / b.p99_us:.2f}× | {cpu} |")
+                    cpu = (
+                        f"{a.cpu_us_per_inf / b.cpu_us_per_inf:.2f}×" if a.cpu_us_per_inf and b.cpu_us_per_inf else "-"
+                    )
+                    rows.append(
+                        f"| {c} | {a.infer_per_s / b.infer_per_s:.2f}× | {a.p50_us / b.p50_us:.2f}× | "
+                        f"{a.p99_us / b.p99_us:.2f}× | {cpu} |"
+                    )
             if rows:
-                out += ["", f"Ratios fastml / {peer} ({m}): throughput higher is better; latency and CPU lower is better", "",
-                        "| concurrency | throughput | p50 | p99 | CPU/inference |", "|---:|---:|---:|---:|---:|", *rows]
+                out += [
+                    "",
+                    f"Ratios fastml / {peer} ({m}): throughput higher is better; latency and CPU lower is better",
+                    "",
+                    "| concurrency | throughput | p50 | p99 | CPU/inference |",
+                    "|---:|---:|---:|---:|---:|",
+                    *rows,
+                ]
     wrk_pts = [p for p in points if p.tool == "wrk"]
     if wrk_pts:
-        out += ["", "### wrk (2 threads, keep-alive, fixed binary infer body, batch 1)", "",
-                "| server | model | connections | req/s | p50 µs | p99 µs | server CPU µs/inference | note |",
-                "|---|---|---:|---:|---:|---:|---:|---|"]
+        out += [
+            "",
+            "### wrk (2 threads, keep-alive, fixed binary infer body, batch 1)",
+            "",
+            "| server | model | connections | req/s | p50 µs | p99 µs | server CPU µs/inference | note |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
         for p in wrk_pts:
-            out.append(f"| {p.server} | {p.model} | {p.concurrency} | {_f(p.infer_per_s)} | {_f(p.p50_us)} | "
-                       f"{_f(p.p99_us)} | {_f(p.cpu_us_per_inf, '{:,.1f}')} | {p.note} |")
+            out.append(
+                f"| {p.server} | {p.model} | {p.concurrency} | {_f(p.infer_per_s)} | {_f(p.p50_us)} | "
+                f"{_f(p.p99_us)} | {_f(p.cpu_us_per_inf, '{:,.1f}')} | {p.note} |"
+            )
     if overloads:
-        out += ["", "### Same offered load for every server: fastml.loadtest open loop on mlp, 5 s (timeout 2 s)", "",
-                "Latency counts from each request's due time. A large send lag means the Python load "
-                "generator itself fell behind (it shares the 2 cores).", "",
-                "| server | model | offered/s | 2xx/s | outcomes | p99 (2xx) µs | p99 (all answers) µs | send lag p99 µs |",
-                "|---|---|---:|---:|---|---:|---:|---:|"]
+        out += [
+            "",
+            "### Same offered load for every server: fastml.loadtest open loop on mlp, 5 s (timeout 2 s)",
+            "",
+            "Latency counts from each request's due time. A large send lag means the Python load "
+            "generator itself fell behind (it shares the 2 cores).",
+            "",
+            "| server | model | offered/s | 2xx/s | outcomes | p99 (2xx) µs | p99 (all answers) µs | send lag p99 µs |",
+            "|---|---|---:|---:|---|---:|---:|---:|",
+        ]
         for o in overloads:
             outcomes = ", ".join(f"{k}: {v:,}" for k, v in sorted(o["outcomes"].items()))
             if o.get("error_samples", {}).get("connect_error"):
                 outcomes += f" (first connect error: {o['error_samples']['connect_error'][:60]})"
-            out.append(f"| {o['server']} | {o['model']} | {o['rate_per_s']:,.0f} | {o['ok_per_s']:,.0f} | {outcomes} | "
-                       f"{_f(o['p99_ok_us'])} | {_f(o['p99_all_us'])} | {_f(o.get('send_lag_p99_us'))} |")
+            out.append(
+                f"| {o['server']} | {o['model']} | {o['rate_per_s']:,.0f} | {o['ok_per_s']:,.0f} | {outcomes} | "
+                f"{_f(o['p99_ok_us'])} | {_f(o['p99_all_us'])} | {_f(o.get('send_lag_p99_us'))} |"
+            )
     out += ["", "### Targets (MLP)", "", "| target | measured | verdict |", "|---|---|---|"]
     out += targets(points, peers)
     return "\n".join(out)
@@ -462,8 +570,18 @@ def report(env: str, floor: dict, points: list[Point], overloads: list[dict], la
 
 def targets(points: list[Point], peers: list[str]) -> list[str]:
     def get(server: str, c: int) -> Point | None:
-        return next((p for p in points if p.server == server and p.model == "mlp" and p.tool == "perf_analyzer"
-                     and p.concurrency == c and p.infer_per_s), None)
+        return next(
+            (
+                p
+                for p in points
+                if p.server == server
+                and p.model == "mlp"
+                and p.tool == "perf_analyzer"
+                and p.concurrency == c
+                and p.infer_per_s
+            ),
+            None,
+        )
 
     rows = []
     f32, f1 = get("fastml", 32), get("fastml", 1)
@@ -471,14 +589,20 @@ def targets(points: list[Point], peers: list[str]) -> list[str]:
         p32 = get(peer, 32)
         if f32 and p32:
             r = f32.infer_per_s / p32.infer_per_s
-            rows.append(f"| c=32 throughput ≥ 5× {peer} | {f32.infer_per_s:,.0f} vs {p32.infer_per_s:,.0f} = {r:.2f}× | "
-                        f"{'PASS' if r >= 5 else 'FAIL'} |")
+            rows.append(
+                f"| c=32 throughput ≥ 5× {peer} | {f32.infer_per_s:,.0f} vs {p32.infer_per_s:,.0f} = {r:.2f}× | "
+                f"{'PASS' if r >= 5 else 'FAIL'} |"
+            )
             q = f32.p99_us / p32.p99_us
-            rows.append(f"| c=32 p99 ≤ ½ {peer}'s | {f32.p99_us:,.0f} vs {p32.p99_us:,.0f} µs = {q:.2f}× | "
-                        f"{'PASS' if q <= 0.5 else 'FAIL'} |")
+            rows.append(
+                f"| c=32 p99 ≤ ½ {peer}'s | {f32.p99_us:,.0f} vs {p32.p99_us:,.0f} µs = {q:.2f}× | "
+                f"{'PASS' if q <= 0.5 else 'FAIL'} |"
+            )
     if f32 and f32.cpu_us_per_inf is not None:
-        rows.append(f"| server CPU/inference ≤ 30 µs at c=32 | {f32.cpu_us_per_inf:.1f} µs | "
-                    f"{'PASS' if f32.cpu_us_per_inf <= 30 else 'FAIL'} |")
+        rows.append(
+            f"| server CPU/inference ≤ 30 µs at c=32 | {f32.cpu_us_per_inf:.1f} µs | "
+            f"{'PASS' if f32.cpu_us_per_inf <= 30 else 'FAIL'} |"
+        )
     if f1:
         rows.append(f"| c=1 p50 ≤ 200 µs | {f1.p50_us:,.0f} µs | {'PASS' if f1.p50_us <= 200 else 'FAIL'} |")
     if not rows:
@@ -488,62 +612,114 @@ def targets(points: list[Point], peers: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------- rows for CI (--json)
 def loop_section(loops: dict[str, list[dict]]) -> str:
-    out = ["### fastml.loadtest closed loop, MLP, batch 1: fastml against a server that does no work", "",
-           "| server | concurrency | 2xx/s | p50 µs | p99 µs | outcomes |", "|---|---:|---:|---:|---:|---|"]
+    out = [
+        "### fastml.loadtest closed loop, MLP, batch 1: fastml against a server that does no work",
+        "",
+        "| server | concurrency | 2xx/s | p50 µs | p99 µs | outcomes |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for server, results in loops.items():
         for r in results:
             outcomes = ", ".join(f"{k}: {v:,}" for k, v in sorted(r["outcomes"].items()))
-            out.append(f"| {server} | {r['concurrency']} | {_f(r['ok_per_s'])} | {_f(r['p50_us'])} | "
-                       f"{_f(r['p99_us'])} | {outcomes} |")
+            out.append(
+                f"| {server} | {r['concurrency']} | {_f(r['ok_per_s'])} | {_f(r['p50_us'])} | "
+                f"{_f(r['p99_us'])} | {outcomes} |"
+            )
     return "\n".join(out)
 
 
-def ci_rows(report_: benchjson.Report, floor: dict, loops: dict[str, list[dict]], points: list[Point],
-            peers: list[str]) -> None:
+def ci_rows(
+    report_: benchjson.Report, floor: dict, loops: dict[str, list[dict]], points: list[Point], peers: list[str]
+) -> None:
     """The comparison rows with their targets (benchmarks/README.md, "CI targets")."""
     fastml, echo = loops.get("fastml"), loops.get("echo")
     if fastml and echo:
         f32 = next(r for r in fastml if r["concurrency"] == 32)
         e32 = next(r for r in echo if r["concurrency"] == 32)
-        report_.add(benchjson.rate_row("serve MLP, loadtest c=32 throughput", "echo server (no work)",
-                                       e32["ok_per_s"], f32["ok_per_s"], "req/s", 0.5))
+        report_.add(
+            benchjson.rate_row(
+                "serve MLP, loadtest c=32 throughput",
+                "echo server (no work)",
+                e32["ok_per_s"],
+                f32["ok_per_s"],
+                "req/s",
+                0.5,
+            )
+        )
         f1 = next(r for r in fastml if r["concurrency"] == 1)
         e1 = next(r for r in echo if r["concurrency"] == 1)
         if f1["p50_us"] and e1["p50_us"]:
             base = e1["p50_us"] + floor["mlp"]["p50_us"]
-            report_.add(benchjson.time_row("serve MLP, loadtest c=1 p50 latency",
-                                           "echo round trip + raw ORT call", base, f1["p50_us"], "us", 0.4))
+            report_.add(
+                benchjson.time_row(
+                    "serve MLP, loadtest c=1 p50 latency",
+                    "echo round trip + raw ORT call",
+                    base,
+                    f1["p50_us"],
+                    "us",
+                    0.4,
+                )
+            )
 
     def pa(server: str, c: int) -> Point | None:
-        return next((p for p in points if p.server == server and p.model == "mlp" and p.tool == "perf_analyzer"
-                     and p.concurrency == c and p.infer_per_s), None)
+        return next(
+            (
+                p
+                for p in points
+                if p.server == server
+                and p.model == "mlp"
+                and p.tool == "perf_analyzer"
+                and p.concurrency == c
+                and p.infer_per_s
+            ),
+            None,
+        )
 
     f32p = pa("fastml", 32)
     for peer in peers:
         p32 = pa(peer, 32)
         if f32p and p32:
-            report_.add(benchjson.rate_row(f"serve MLP, perf_analyzer c=32 throughput vs {peer}", peer,
-                                           p32.infer_per_s, f32p.infer_per_s, "infer/s", 5.0))
-            report_.add(benchjson.time_row(f"serve MLP, perf_analyzer c=32 p99 vs {peer}", peer,
-                                           p32.p99_us, f32p.p99_us, "us", 2.0))
+            report_.add(
+                benchjson.rate_row(
+                    f"serve MLP, perf_analyzer c=32 throughput vs {peer}",
+                    peer,
+                    p32.infer_per_s,
+                    f32p.infer_per_s,
+                    "infer/s",
+                    5.0,
+                )
+            )
+            report_.add(
+                benchjson.time_row(
+                    f"serve MLP, perf_analyzer c=32 p99 vs {peer}", peer, p32.p99_us, f32p.p99_us, "us", 2.0
+                )
+            )
 
 
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="MLP only, concurrency 1 and 32, short windows, no wrk or overload run (the CI run)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="MLP only, concurrency 1 and 32, short windows, no wrk or overload run (the CI run)",
+    )
     benchjson.add_arguments(ap)
-    ap.add_argument("--peers", default="kserve,pytriton",
-                    help="comma list of peers (kserve, pytriton, mlserver); '' for none")
+    ap.add_argument(
+        "--peers", default="kserve,pytriton", help="comma list of peers (kserve, pytriton, mlserver); '' for none"
+    )
     ap.add_argument("--skip-fastml", action="store_true", help="measure only the floor and the peers")
     ap.add_argument("--fastml-args", default="", help="extra arguments for `fastml serve` (e.g. '--workers 2')")
     ap.add_argument("--models", default=None, help="models for perf_analyzer (default mlp,gbt; --quick: mlp)")
     ap.add_argument("--no-wrk", action="store_true")
     ap.add_argument("--no-overload", action="store_true")
-    ap.add_argument("--overload-rate", type=float, default=6000.0,
-                    help="open-loop rate of the same-offered-load run, every server alike (default 6000/s: "
-                         "about twice what the peers sustain at c=32 on a 2-core machine)")
+    ap.add_argument(
+        "--overload-rate",
+        type=float,
+        default=6000.0,
+        help="open-loop rate of the same-offered-load run, every server alike (default 6000/s: "
+        "about twice what the peers sustain at c=32 on a 2-core machine)",
+    )
     ap.add_argument("--out", type=Path, default=CACHE / "bench_server", help="working/output directory")
     args = ap.parse_args(argv)
 
@@ -563,8 +739,10 @@ def main(argv: list[str] | None = None) -> int:
 
     have_pa = PA.exists()
     if not have_pa:
-        result.note(f"perf_analyzer is not installed at {PA}: no perf_analyzer rows and no peer comparison "
-                    f"(install: scripts/get_perf_analyzer.sh {PA.parent.relative_to(ROOT)} .venv/bin/pip)")
+        result.note(
+            f"perf_analyzer is not installed at {PA}: no perf_analyzer rows and no peer comparison "
+            f"(install: scripts/get_perf_analyzer.sh {PA.parent.relative_to(ROOT)} .venv/bin/pip)"
+        )
     requested = [p for p in args.peers.split(",") if p]
     peers: list[str] = []
     for name in requested:
@@ -596,8 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in plan:
         print(f"== {name}", file=sys.stderr)
         try:
-            server = (start_fastml(workdir, args.fastml_args.split()) if name == "fastml"
-                      else start_peer(name, workdir))
+            server = start_fastml(workdir, args.fastml_args.split()) if name == "fastml" else start_peer(name, workdir)
         except RuntimeError as exc:
             result.note(f"{name} not measured: {exc}"[:400])
             labels[name] = f"not measured: {exc}"[:200]
@@ -610,13 +787,18 @@ def main(argv: list[str] | None = None) -> int:
                 for c in concurrencies:
                     p = perf_analyzer(server, m, c, workdir, args.quick)
                     points.append(p)
-                    print(f"   {m} c={c}: {_f(p.infer_per_s)}/s p50 {_f(p.p50_us)} p99 {_f(p.p99_us)} us "
-                          f"cpu {_f(p.cpu_us_per_inf, '{:.1f}')} us/inf {p.note}", file=sys.stderr)
+                    print(
+                        f"   {m} c={c}: {_f(p.infer_per_s)}/s p50 {_f(p.p50_us)} p99 {_f(p.p99_us)} us "
+                        f"cpu {_f(p.cpu_us_per_inf, '{:.1f}')} us/inf {p.note}",
+                        file=sys.stderr,
+                    )
             if not args.no_wrk and shutil.which("wrk"):
                 p = wrk(server, "mlp", 64, wrk_s, workdir)
                 points.append(p)
-                print(f"   wrk mlp c=64: {_f(p.infer_per_s)}/s cpu {_f(p.cpu_us_per_inf, '{:.1f}')} {p.note}",
-                      file=sys.stderr)
+                print(
+                    f"   wrk mlp c=64: {_f(p.infer_per_s)}/s cpu {_f(p.cpu_us_per_inf, '{:.1f}')} {p.note}",
+                    file=sys.stderr,
+                )
             if not args.no_overload:
                 o = overload(server, "mlp", args.overload_rate, 5.0)
                 overloads.append(o)
@@ -629,9 +811,19 @@ def main(argv: list[str] | None = None) -> int:
     if result.notes:
         text += "\n\nNot measured in this run:\n" + "\n".join(f"- {n}" for n in result.notes)
     ci_rows(result, floor, loops, points, [p for p in peers if p in labels])
-    (args.out / "results.json").write_text(json.dumps(
-        {"env": env, "floor": floor, "points": [asdict(p) for p in points], "overload": overloads,
-         "loadtest": loops, "labels": labels}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "env": env,
+                "floor": floor,
+                "points": [asdict(p) for p in points],
+                "overload": overloads,
+                "loadtest": loops,
+                "labels": labels,
+            },
+            indent=2,
+        )
+    )
     (args.out / "results.md").write_text(text + "\n")
     print(text)
     result.write(args.json)

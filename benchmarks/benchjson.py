@@ -47,8 +47,9 @@ def time_row(name: str, baseline: str, baseline_s: float, fastml_s: float, unit:
 
 def rate_row(name: str, baseline: str, baseline_rate: float, fastml_rate: float, unit: str, target: float) -> Row:
     """A row for a rate (rows/s, requests/s): ratio = fastml / baseline."""
-    return Row(name, baseline, float(baseline_rate), float(fastml_rate), unit, _div(fastml_rate, baseline_rate),
-               float(target))
+    return Row(
+        name, baseline, float(baseline_rate), float(fastml_rate), unit, _div(fastml_rate, baseline_rate), float(target)
+    )
 
 
 def _div(num: float, den: float) -> float:
@@ -74,8 +75,12 @@ class Report:
         print(f"note: {text}", file=sys.stderr, flush=True)
 
     def to_dict(self) -> dict:
-        return {"benchmark": self.benchmark, "quick": self.quick, "notes": self.notes,
-                "rows": [asdict(r) for r in self.rows]}
+        return {
+            "benchmark": self.benchmark,
+            "quick": self.quick,
+            "notes": self.notes,
+            "rows": [asdict(r) for r in self.rows],
+        }
 
     def write(self, path: Path | None) -> None:
         """Write the JSON file when ``--json`` was given; always print the rows as a markdown table."""
@@ -89,20 +94,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The two options every benchmark shares (``--quick`` may already exist with its own help)."""
     if not any("--quick" in a.option_strings for a in parser._actions):
         parser.add_argument("--quick", action="store_true", help="a few seconds to ~30 s: the CI smoke run")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
-                        help="also write the comparison rows as JSON (see benchmarks/benchjson.py)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the comparison rows as JSON (see benchmarks/benchjson.py)",
+    )
 
 
 def table(rows: list[Row] | list[dict]) -> str:
     """Markdown table: name, baseline, fastml, ratio, target, verdict."""
-    out = ["| benchmark row | baseline | baseline value | fastml value | ratio | target | CI |",
-           "|---|---|---:|---:|---:|---:|---|"]
+    out = [
+        "| benchmark row | baseline | baseline value | fastml value | ratio | target | CI |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         d = asdict(r) if isinstance(r, Row) else r
         ok = d["ratio"] >= d["target"] / 2
-        out.append(f"| {d['name']} | {d['baseline']} | {_num(d['baseline_value'])} {d['unit']} | "
-                   f"{_num(d['fastml_value'])} {d['unit']} | {d['ratio']:.2f}x | {d['target']:g}x | "
-                   f"{'ok' if ok else 'REGRESSION'} |")
+        out.append(
+            f"| {d['name']} | {d['baseline']} | {_num(d['baseline_value'])} {d['unit']} | "
+            f"{_num(d['fastml_value'])} {d['unit']} | {d['ratio']:.2f}x | {d['target']:g}x | "
+            f"{'ok' if ok else 'REGRESSION'} |"
+        )
     return "\n".join(out)
 
 

@@ -39,8 +39,9 @@ def _train(name: str, x, y):
         from sklearn.neural_network import MLPClassifier
 
         p = RECIPE["mlp"]
-        return MLPClassifier(hidden_layer_sizes=tuple(p["hidden_layer_sizes"]), max_iter=p["max_iter"],
-                             random_state=p["random_state"]).fit(x, y)
+        return MLPClassifier(
+            hidden_layer_sizes=tuple(p["hidden_layer_sizes"]), max_iter=p["max_iter"], random_state=p["random_state"]
+        ).fit(x, y)
     from sklearn.ensemble import GradientBoostingClassifier
 
     return GradientBoostingClassifier(**RECIPE["gbt"]).fit(x, y)
@@ -72,8 +73,12 @@ def build(out_dir: Path = DEFAULT_DIR) -> dict[str, Path]:
         # spinning BLAS threads made training take many times longer.
         with threadpool_limits(1):
             model = _train(name, x, y)
-        onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
-                              target_opset=RECIPE["onnx"]["target_opset"], options={id(model): {"zipmap": False}})
+        onx = convert_sklearn(
+            model,
+            initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
+            target_opset=RECIPE["onnx"]["target_opset"],
+            options={id(model): {"zipmap": False}},
+        )
         path = out_dir / f"{name}.onnx"
         tmp = path.with_suffix(".onnx.tmp")
         tmp.write_bytes(onx.SerializeToString())
@@ -84,8 +89,12 @@ def build(out_dir: Path = DEFAULT_DIR) -> dict[str, Path]:
             raise RuntimeError(f"{name}: ONNX probabilities differ from scikit-learn by {err:.2e}")
         tmp.replace(path)  # only a checked model lands under its final name
         paths[name] = path
-        print(f"built {path} ({path.stat().st_size:,} bytes, train accuracy {model.score(x, y):.4f}, "
-              f"max |onnx - sklearn| {err:.1e}, {time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+        print(
+            f"built {path} ({path.stat().st_size:,} bytes, train accuracy {model.score(x, y):.4f}, "
+            f"max |onnx - sklearn| {err:.1e}, {time.perf_counter() - t0:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     (out_dir / "models.json").write_text(json.dumps(RECIPE, indent=2, sort_keys=True) + "\n")
     return paths
 

@@ -45,8 +45,11 @@ def batch1_latency(path: Path, calls: int) -> dict[str, float]:
         run(["probabilities"], feed)
         ts[i] = pc() - t0
     wall = pc() - t_all
-    return {"p50_us": float(np.percentile(ts, 50)) * 1e6, "p99_us": float(np.percentile(ts, 99)) * 1e6,
-            "per_s": calls / wall}
+    return {
+        "p50_us": float(np.percentile(ts, 50)) * 1e6,
+        "p99_us": float(np.percentile(ts, 99)) * 1e6,
+        "per_s": calls / wall,
+    }
 
 
 def rows_per_s(path: Path, batch: int, seconds: float) -> float:
@@ -80,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         lat = batch1_latency(paths[name], 5000)
         rates = [rows_per_s(paths[name], b, args.seconds) for b in (1, 8, 32, 128)]
-        print(f"| {name} | {lat['p50_us']:.1f} | {lat['p99_us']:.1f} | " + " | ".join(f"{r:,.0f}" for r in rates) + " |",
-              flush=True)
+        print(
+            f"| {name} | {lat['p50_us']:.1f} | {lat['p99_us']:.1f} | " + " | ".join(f"{r:,.0f}" for r in rates) + " |",
+            flush=True,
+        )
     return 0
 
 

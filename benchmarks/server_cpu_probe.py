@@ -52,16 +52,37 @@ def main() -> None:
             # A busy machine is rarely stable within 20%; fall back to a looser criterion.
             for stability in ("50", "200"):
                 subprocess.run(
-                    [a.pa, "-m", a.model, "-u", a.url, "-i", "http", "--concurrency-range", c, "--measurement-interval",
-                     str(a.interval_ms), "--stability-percentage", stability, "--max-trials", "6", "-f", f.name],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=300,
+                    [
+                        a.pa,
+                        "-m",
+                        a.model,
+                        "-u",
+                        a.url,
+                        "-i",
+                        "http",
+                        "--concurrency-range",
+                        c,
+                        "--measurement-interval",
+                        str(a.interval_ms),
+                        "--stability-percentage",
+                        stability,
+                        "--max-trials",
+                        "6",
+                        "-f",
+                        f.name,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                    timeout=300,
                 )
                 if os.path.getsize(f.name):
                     break
             c1, n1 = cpu_s(pids), count(a.url, a.model)
             row = next(csv.DictReader(open(f.name)))
         per = (c1 - c0) / max(1, n1 - n0) * 1e6
-        print(f"| {c} | {float(row['Inferences/Second']):,.0f} | {row['p50 latency']} | {row['p99 latency']} | {per:.1f} |")
+        print(
+            f"| {c} | {float(row['Inferences/Second']):,.0f} | {row['p50 latency']} | {row['p99 latency']} | {per:.1f} |"
+        )
 
 
 if __name__ == "__main__":

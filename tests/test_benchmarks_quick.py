@@ -41,12 +41,19 @@ def test_every_benchmark_is_collected() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT_S + 240)
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
-def test_quick_benchmark_meets_half_its_targets(script: Path, tmp_path: Path, reference_models: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_benchmark_meets_half_its_targets(
+    script: Path, tmp_path: Path, reference_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "result.json"
     env = os.environ | {"FASTML_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, str(script), "--quick", "--json", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
     tail = f"\n--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, f"{script.name} --quick exited with {proc.returncode}{tail}"
     assert out.is_file(), f"{script.name} --quick wrote no JSON to {out}{tail}"
@@ -59,8 +66,16 @@ def test_quick_benchmark_meets_half_its_targets(script: Path, tmp_path: Path, re
     assert result["benchmark"] == script.name
     assert rows, f"{script.name} --quick reported no comparison rows{tail}"
     for row in rows:
-        assert set(row) >= {"name", "baseline", "baseline_value", "fastml_value", "unit", "ratio", "target",
-                            "higher_is_better"}, row
+        assert set(row) >= {
+            "name",
+            "baseline",
+            "baseline_value",
+            "fastml_value",
+            "unit",
+            "ratio",
+            "target",
+            "higher_is_better",
+        }, row
         assert row["baseline_value"] > 0 and row["fastml_value"] > 0, row
     regressions = [r for r in rows if r["ratio"] < r["target"] / 2]
     assert not regressions, "ratio below half its target (a regression):\n" + benchjson.table(regressions)
@@ -78,15 +93,30 @@ def test_rows_are_oriented_so_bigger_is_better() -> None:
 def test_run_all_rewrites_only_between_its_markers() -> None:
     import run_all
 
-    results = [{"benchmark": "bench_x.py", "returncode": 0, "rows": [benchjson.time_row(
-        "lookup", "python loop", 120.0, 12.0, "us", 4.0).__dict__], "notes": [], "markdown": "## x\n| a |", "wall_s": 1.0}]
+    results = [
+        {
+            "benchmark": "bench_x.py",
+            "returncode": 0,
+            "rows": [benchjson.time_row("lookup", "python loop", 120.0, 12.0, "us", 4.0).__dict__],
+            "notes": [],
+            "markdown": "## x\n| a |",
+            "wall_s": 1.0,
+        }
+    ]
     table = run_all.measured_table(results, "2026-01-01 00:00 UTC")
     assert "| lookup (`bench_x.py`) | python loop: 120 us | 12 us | 10.00× | 4× |" in table
-    readme = "# T\n\n## Measured\n\nintro\n\n" + run_all.MEASURED_BEGIN + "\nold table\n" + run_all.MEASURED_END + "\n\n## Next\nkept\n"
+    readme = (
+        "# T\n\n## Measured\n\nintro\n\n"
+        + run_all.MEASURED_BEGIN
+        + "\nold table\n"
+        + run_all.MEASURED_END
+        + "\n\n## Next\nkept\n"
+    )
     new = run_all.replace_between(readme, run_all.MEASURED_BEGIN, run_all.MEASURED_END, table)
     assert "old table" not in new and "10.00×" in new
     assert new.startswith("# T\n\n## Measured\n\nintro\n\n") and new.endswith("\n\n## Next\nkept\n")
     # Without markers the block goes right under the heading, and the rest stays.
-    bare = run_all.replace_between("# B\nintro\n## s\n", run_all.RUN_BEGIN, run_all.RUN_END, "BLOCK",
-                                   after_heading="# B")
+    bare = run_all.replace_between(
+        "# B\nintro\n## s\n", run_all.RUN_BEGIN, run_all.RUN_END, "BLOCK", after_heading="# B"
+    )
     assert bare == "# B\n\nBLOCK\nintro\n## s\n"

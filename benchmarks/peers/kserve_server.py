@@ -77,9 +77,13 @@ class OnnxModel(Model):
         out = InferOutput(name="probabilities", shape=list(proba.shape), datatype="FP32")
         out.set_data_from_numpy(proba, binary_data=False)
         # KServe re-encodes each output as binary when the request asked for it (perf_analyzer does).
-        return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=[out],
-                             use_binary_outputs=payload.use_binary_outputs,
-                             requested_outputs=payload.request_outputs)
+        return InferResponse(
+            response_id=payload.id or "",
+            model_name=self.name,
+            infer_outputs=[out],
+            use_binary_outputs=payload.use_binary_outputs,
+            requested_outputs=payload.request_outputs,
+        )
 
 
 def main() -> None:

@@ -22,6 +22,11 @@ class OnnxModel(MLModel):
         (proba,) = self.session.run(["probabilities"], {"input": x})
         # Built by hand: NumpyCodec.encode_output adds a content_type parameter, and perf_analyzer's HTTP
         # client then expects binary_data_size in the same parameters and fails.
-        return InferenceResponse(model_name=self.name, outputs=[
-            ResponseOutput(name="probabilities", shape=list(proba.shape), datatype="FP32", data=proba.ravel().tolist()),
-        ])
+        return InferenceResponse(
+            model_name=self.name,
+            outputs=[
+                ResponseOutput(
+                    name="probabilities", shape=list(proba.shape), datatype="FP32", data=proba.ravel().tolist()
+                ),
+            ],
+        )

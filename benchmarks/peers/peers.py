@@ -102,19 +102,33 @@ def _mlserver_repo(repo: Path, models_dir: Path, http_port: int, grpc_port: int,
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
     shutil.copyfile(HERE / "mlserver_runtime.py", repo / "mlserver_runtime.py")
-    (repo / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-        "debug": False, "parallel_workers": 1,
-    }))
+    (repo / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "http_port": http_port,
+                "grpc_port": grpc_port,
+                "metrics_port": metrics_port,
+                "debug": False,
+                "parallel_workers": 1,
+            }
+        )
+    )
     for model in MODELS:
         (repo / model).mkdir()
-        (repo / model / "model-settings.json").write_text(json.dumps({
-            "name": model, "implementation": "mlserver_runtime.OnnxModel",
-            "max_batch_size": 32, "max_batch_time": 0.002,
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 32]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
-            "parameters": {"uri": str(models_dir / f"{model}.onnx")},
-        }))
+        (repo / model / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": model,
+                    "implementation": "mlserver_runtime.OnnxModel",
+                    "max_batch_size": 32,
+                    "max_batch_time": 0.002,
+                    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 32]}],
+                    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+                    "parameters": {"uri": str(models_dir / f"{model}.onnx")},
+                }
+            )
+        )
 
 
 def start(name: str, models_dir: Path, workdir: Path, start_timeout_s: float = 180.0) -> RunningPeer:
@@ -139,17 +153,28 @@ def start(name: str, models_dir: Path, workdir: Path, start_timeout_s: float = 1
         cmd = [python, str(HERE / "mlserver_launch.py"), str(repo)]
         cwd = repo
     else:
-        cmd = [python, str(HERE / "pytriton_server.py"), str(models_dir), str(http_port), str(grpc_port),
-               str(metrics_port)]
+        cmd = [
+            python,
+            str(HERE / "pytriton_server.py"),
+            str(models_dir),
+            str(http_port),
+            str(grpc_port),
+            str(metrics_port),
+        ]
         # Triton's Python backend stub loads libpython by soname; make it find the one of the interpreter
         # that owns the venv rather than another 3.11 build on the system.
-        libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        libdir = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         env["LD_LIBRARY_PATH"] = libdir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     log = workdir / f"{name}.log"
     with open(log, "w") as log_file:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     peer = RunningPeer(name, LABELS[name], http_port, proc.pid, "kserve_metrics" if name == "kserve" else "stats", log)
     deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:

@@ -17,7 +17,10 @@ TYPE_FP32 = 11  # inference.DataType.TYPE_FP32
 def config_json(model_name: str) -> dict:
     """The HTTP answer (Triton's JSON form of ModelConfig)."""
     return {
-        "name": model_name, "platform": "", "backend": "python", "max_batch_size": 0,
+        "name": model_name,
+        "platform": "",
+        "backend": "python",
+        "max_batch_size": 0,
         "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 32]}],
         "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [-1, 2]}],
     }
@@ -61,10 +64,13 @@ def _tensor(name: str, dims: list[int], dims_field: int) -> bytes:
 
 def model_config_response(model_name: str) -> bytes:
     """Serialized inference.ModelConfigResponse{config: ModelConfig{name, max_batch_size, input, output, backend}}."""
-    config = (_field_bytes(1, model_name.encode()) + _field_int(4, 0)
-              + _field_bytes(5, _tensor("input", [-1, 32], 4))
-              + _field_bytes(6, _tensor("probabilities", [-1, 2], 3))
-              + _field_bytes(17, b"python"))
+    config = (
+        _field_bytes(1, model_name.encode())
+        + _field_int(4, 0)
+        + _field_bytes(5, _tensor("input", [-1, 32], 4))
+        + _field_bytes(6, _tensor("probabilities", [-1, 2], 3))
+        + _field_bytes(17, b"python")
+    )
     return _field_bytes(1, config)
 
 
@@ -79,7 +85,7 @@ def _request_name(raw: bytes) -> str:
         elif wire == 2:
             length, i = _read_varint(raw, i)
             if key >> 3 == 1:
-                return raw[i:i + length].decode()
+                return raw[i : i + length].decode()
             i += length
         else:
             break
@@ -104,7 +110,11 @@ def grpc_handler():
     async def model_config(name: str, context) -> bytes:
         return model_config_response(name)
 
-    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
-        "ModelConfig": grpc.unary_unary_rpc_method_handler(
-            model_config, request_deserializer=_request_name, response_serializer=lambda b: b),
-    })
+    return grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService",
+        {
+            "ModelConfig": grpc.unary_unary_rpc_method_handler(
+                model_config, request_deserializer=_request_name, response_serializer=lambda b: b
+            ),
+        },
+    )

@@ -22,15 +22,22 @@ import uvloop
 
 def fixed_response() -> bytes:
     """A 200 with a binary-tensor body: JSON header naming the output, then 8 bytes of two float32."""
-    header = json.dumps({
-        "model_name": "mlp", "model_version": "1",
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 2],
-                     "parameters": {"binary_data_size": 8}}],
-    }, separators=(",", ":")).encode()
+    header = json.dumps(
+        {
+            "model_name": "mlp",
+            "model_version": "1",
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}
+            ],
+        },
+        separators=(",", ":"),
+    ).encode()
     body = header + struct.pack("<2f", 0.25, 0.75)
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-            b"Inference-Header-Content-Length: " + str(len(header)).encode() + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        b"Inference-Header-Content-Length: " + str(len(header)).encode() + b"\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 RESPONSE = fixed_response()
