@@ -27,10 +27,14 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-# Reinstall only when the package metadata or native sources changed since the last install.
+# Reinstall only when the package metadata or native sources (C++ under csrc/, including its
+# subdirectories, and Cython files) changed since the last install.
 stamp=.venv/.fastml-installed
-sig=$(cat pyproject.toml setup.py csrc/* 2>/dev/null | sha256sum | cut -c1-16)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c "import fastml._core" 2>/dev/null; then
+native_sources() {
+  find csrc src -type f \( -name '*.cc' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) | LC_ALL=C sort
+}
+sig=$({ cat pyproject.toml setup.py; native_sources | xargs cat; } | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c "import fastml._core, fastml._frames" 2>/dev/null; then
   echo "setup: pip install -e .[dev] (a few minutes on a fresh machine)"
   .venv/bin/pip install -q --upgrade pip setuptools wheel pybind11
   .venv/bin/pip install -q -e ".[dev]"
