@@ -69,7 +69,11 @@ MODELS = reference_models.NAMES
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Extra perf_analyzer arguments per peer (KServe's metadata gives no fixed shape for the batch dimension).
-PA_ARGS = {"kserve": ["--shape", "input:1,32"], "mlserver": ["--shape", "input:1,32"]}
+PA_ARGS = {
+    "kserve": ["--shape", "input:1,32"],
+    # MLServer answers binary-tensor requests with JSON, which perf_analyzer rejects: JSON both ways.
+    "mlserver": ["--shape", "input:1,32", "--input-tensor-format", "json", "--output-tensor-format", "json"],
+}
 
 
 # ----------------------------------------------------------------------------- environment
