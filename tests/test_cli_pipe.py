@@ -17,7 +17,9 @@ def _run_into_closed_pipe(*argv: str) -> subprocess.CompletedProcess:
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
     try:
-        return subprocess.run([sys.executable, "-c", ENTRY, *argv], stdout=write_fd, stderr=subprocess.PIPE, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-c", ENTRY, *argv], stdout=write_fd, stderr=subprocess.PIPE, text=True, timeout=120
+        )
     finally:
         os.close(write_fd)
 
@@ -36,7 +38,9 @@ def test_closed_pipe_after_help_is_quiet(argv, fastml_home):
 
 
 def test_output_piped_to_head_is_the_first_line_only(fastml_home):
-    proc = subprocess.run(f"{sys.executable} -c '{ENTRY}' --help | head -n 1", shell=True, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        f"{sys.executable} -c '{ENTRY}' --help | head -n 1", shell=True, capture_output=True, text=True, timeout=120
+    )
     assert proc.stdout.startswith("usage: ")
     assert proc.stdout.count("\n") == 1
     assert "BrokenPipeError" not in proc.stderr and "Traceback" not in proc.stderr

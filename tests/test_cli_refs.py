@@ -17,9 +17,11 @@ def _tiny_onnx(path: Path, scale: float) -> Path:
 
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 1], [scale] * 4)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["y"])], "tiny",
+        [helper.make_node("MatMul", ["input", "w"], ["y"])],
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])], initializer=[w],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -22,11 +22,14 @@ GROUPS = {
     "monitor": "fastml.monitoring.cli",
     "governance": "fastml.governance.cli",
     "audit": "fastml.governance.cli",
+    "deploy": "fastml.serving.deploy_cli",
 }
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastml", description="fastml: serve, register, train, monitor and govern ONNX models.")
+    parser = argparse.ArgumentParser(
+        prog="fastml", description="fastml: serve, register, train, monitor and govern ONNX models."
+    )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="group", metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in GROUPS else None

@@ -68,7 +68,11 @@ class Settings:
 
 
 def _coerce(field: dataclasses.Field, raw, source: str):
-    typ = field.type if isinstance(field.type, type) else {"Path": Path, "str": str, "int": int, "float": float}[field.type]
+    typ = (
+        field.type
+        if isinstance(field.type, type)
+        else {"Path": Path, "str": str, "int": int, "float": float}[field.type]
+    )
     try:
         return typ(raw)
     except (TypeError, ValueError) as exc:

@@ -24,11 +24,14 @@ def driver_group() -> FeatureGroup:
     return FeatureGroup(
         "driver",
         entities=["driver_id"],
-        features=[Feature("trips", "int64"), Feature("rating", "float32"), Feature("city", "string"),
-                  Feature("active", "bool"), Feature("score", "float64")],
+        features=[
+            Feature("trips", "int64"),
+            Feature("rating", "float32"),
+            Feature("city", "string"),
+            Feature("active", "bool"),
+            Feature("score", "float64"),
+        ],
         ttl_s=0,
         owner="ana",
         source="s3://rides/driver_daily",
     )
-
-

@@ -19,12 +19,14 @@ def ts(seconds) -> pa.Array:
 
 def driver_table(ids, seconds, trips, rating=None, city=None, active=None, score=None) -> pa.Table:
     n = len(ids)
-    return pa.table({
-        "driver_id": pa.array(ids, pa.int64()),
-        "event_timestamp": ts(seconds),
-        "trips": pa.array(trips, pa.int64()),
-        "rating": pa.array(rating if rating is not None else [4.0] * n, pa.float32()),
-        "city": pa.array(city if city is not None else ["x"] * n, pa.string()),
-        "active": pa.array(active if active is not None else [True] * n, pa.bool_()),
-        "score": pa.array(score if score is not None else [0.5] * n, pa.float64()),
-    })
+    return pa.table(
+        {
+            "driver_id": pa.array(ids, pa.int64()),
+            "event_timestamp": ts(seconds),
+            "trips": pa.array(trips, pa.int64()),
+            "rating": pa.array(rating if rating is not None else [4.0] * n, pa.float32()),
+            "city": pa.array(city if city is not None else ["x"] * n, pa.string()),
+            "active": pa.array(active if active is not None else [True] * n, pa.bool_()),
+            "score": pa.array(score if score is not None else [0.5] * n, pa.float64()),
+        }
+    )

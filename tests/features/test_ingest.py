@@ -29,12 +29,18 @@ def test_ingest_writes_parquet_partitioned_by_event_date(fastml_home, driver_gro
 def test_ingest_accepts_pandas(fastml_home, driver_group):
     fs = FeatureStore(fastml_home)
     fs.register(driver_group)
-    df = pd.DataFrame({
-        "driver_id": [1, 2],
-        "event_timestamp": pd.to_datetime(["2024-03-01 10:00", "2024-03-01 11:00"]),  # naive = UTC
-        "trips": [3, None], "rating": [4.5, 3.5], "city": ["a", None], "active": [True, False], "score": [0.1, 0.2],
-        "ignored_extra": ["x", "y"],
-    })
+    df = pd.DataFrame(
+        {
+            "driver_id": [1, 2],
+            "event_timestamp": pd.to_datetime(["2024-03-01 10:00", "2024-03-01 11:00"]),  # naive = UTC
+            "trips": [3, None],
+            "rating": [4.5, 3.5],
+            "city": ["a", None],
+            "active": [True, False],
+            "score": [0.1, 0.2],
+            "ignored_extra": ["x", "y"],
+        }
+    )
     fs.ingest("driver", df)
     t = fs.read_offline("driver").sort_by("driver_id")
     assert t.column("trips").to_pylist() == [3, None]
@@ -42,17 +48,26 @@ def test_ingest_accepts_pandas(fastml_home, driver_group):
     assert "ignored_extra" not in t.column_names
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda t: t.drop(["rating"]), r"missing column\(s\) \['rating'\]"),
-    (lambda t: t.set_column(2, "trips", pa.array(["a", "b", "c"])), "column 'trips': expected int64, got string"),
-    (lambda t: t.set_column(2, "trips", pa.array([1.5, 2.0, 3.0])), "column 'trips': values do not fit int64"),
-    (lambda t: t.set_column(5, "active", pa.array([1, 0, 1])), "column 'active': expected bool, got int64"),
-    (lambda t: t.set_column(4, "city", pa.array([1, 2, 3])), "column 'city': expected string, got int64"),
-    (lambda t: t.set_column(0, "driver_id", pa.array([1, None, 3])), "column 'driver_id': 1 null entity keys"),
-    (lambda t: t.set_column(0, "driver_id", pa.array([1.0, 2.0, 3.0])), "column 'driver_id': entity keys must be"),
-    (lambda t: t.set_column(1, "event_timestamp", pa.array([1, 2, 3])), "column 'event_timestamp': expected a timestamp"),
-    (lambda t: t.set_column(1, "event_timestamp", pa.array([None, None, None], pa.timestamp("us"))), "null timestamps"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda t: t.drop(["rating"]), r"missing column\(s\) \['rating'\]"),
+        (lambda t: t.set_column(2, "trips", pa.array(["a", "b", "c"])), "column 'trips': expected int64, got string"),
+        (lambda t: t.set_column(2, "trips", pa.array([1.5, 2.0, 3.0])), "column 'trips': values do not fit int64"),
+        (lambda t: t.set_column(5, "active", pa.array([1, 0, 1])), "column 'active': expected bool, got int64"),
+        (lambda t: t.set_column(4, "city", pa.array([1, 2, 3])), "column 'city': expected string, got int64"),
+        (lambda t: t.set_column(0, "driver_id", pa.array([1, None, 3])), "column 'driver_id': 1 null entity keys"),
+        (lambda t: t.set_column(0, "driver_id", pa.array([1.0, 2.0, 3.0])), "column 'driver_id': entity keys must be"),
+        (
+            lambda t: t.set_column(1, "event_timestamp", pa.array([1, 2, 3])),
+            "column 'event_timestamp': expected a timestamp",
+        ),
+        (
+            lambda t: t.set_column(1, "event_timestamp", pa.array([None, None, None], pa.timestamp("us"))),
+            "null timestamps",
+        ),
+    ],
+)
 def test_bad_ingest_names_the_column_and_writes_nothing(fastml_home, driver_group, mutate, message):
     fs = FeatureStore(fastml_home)
     fs.register(driver_group)

@@ -38,9 +38,10 @@ def test_pit_matches_brute_force_with_ties_ttl_and_late_rows(fastml_home, seed, 
         secs = rng.integers(0, 100 - 20 * ing, n) if ing else rng.integers(40, 100, n)
         vals = rng.normal(size=n).round(3)
         null = rng.random(n) < 0.1
-        fs.ingest("g", pa.table({"k": pa.array(keys), "event_timestamp": ts(secs),
-                                 "v": pa.array(vals, mask=null)}))
-        rows += [(int(k), int(s), ing, r, None if null[r] else float(vals[r])) for r, (k, s) in enumerate(zip(keys, secs))]
+        fs.ingest("g", pa.table({"k": pa.array(keys), "event_timestamp": ts(secs), "v": pa.array(vals, mask=null)}))
+        rows += [
+            (int(k), int(s), ing, r, None if null[r] else float(vals[r])) for r, (k, s) in enumerate(zip(keys, secs))
+        ]
     n_e = 400
     e_keys = rng.integers(0, 34, n_e)  # 30..33 never ingested
     e_secs = rng.integers(-5, 110, n_e)
@@ -78,16 +79,36 @@ def test_never_a_future_value_and_ttl_boundary(fastml_home):
 def test_several_groups_composite_keys_and_versions(fastml_home):
     fs = FeatureStore(fastml_home)
     fs.register(FeatureGroup("user", entities=["user_id"], features=[Feature("age", "int64")]))
-    fs.register(FeatureGroup("pair", entities=["user_id", "item"], features=[Feature("clicks", "int64"),
-                                                                             Feature("cat", "string")]))
+    fs.register(
+        FeatureGroup(
+            "pair", entities=["user_id", "item"], features=[Feature("clicks", "int64"), Feature("cat", "string")]
+        )
+    )
     fs.ingest("user", pa.table({"user_id": [1, 2], "event_timestamp": ts([0, 0]), "age": [30, 40]}))
-    fs.ingest("pair", pa.table({"user_id": [1, 1, 2], "item": ["x", "y", "x"], "event_timestamp": ts([5, 5, 5]),
-                                "clicks": [3, 4, 5], "cat": ["p", "q", "r"]}))
+    fs.ingest(
+        "pair",
+        pa.table(
+            {
+                "user_id": [1, 1, 2],
+                "item": ["x", "y", "x"],
+                "event_timestamp": ts([5, 5, 5]),
+                "clicks": [3, 4, 5],
+                "cat": ["p", "q", "r"],
+            }
+        ),
+    )
     fs.register(FeatureGroup("user", entities=["user_id"], features=[Feature("age", "float64")]))  # v2, no data
     entity = pa.table({"user_id": [2, 1, 1, 3], "item": ["x", "y", "z", "x"], "event_timestamp": ts([6, 6, 6, 6])})
     out = fs.get_training_set(entity, ["pair:clicks", "user@v1:age", "pair:cat", "user:age"], full_feature_names=True)
-    assert out.column_names == ["user_id", "item", "event_timestamp", "pair__clicks", "user_v1__age", "pair__cat",
-                                "user__age"]
+    assert out.column_names == [
+        "user_id",
+        "item",
+        "event_timestamp",
+        "pair__clicks",
+        "user_v1__age",
+        "pair__cat",
+        "user__age",
+    ]
     assert out.column("user_v1__age").to_pylist() == [40, 30, 30, None]
     assert out.column("user__age").to_pylist() == [None] * 4  # v2 has no rows
     assert out.schema.field("user__age").type == pa.float64()
@@ -119,8 +140,9 @@ def test_pandas_entity_rows_round_trip(fastml_home):
 
     fs = FeatureStore(fastml_home)
     fs.register(FeatureGroup("g", entities=["k"], features=[Feature("v", "float32")]))
-    fs.ingest("g", pd.DataFrame({"k": ["a"], "event_timestamp": pd.to_datetime([BASE_US], unit="us", utc=True),
-                                 "v": [1.5]}))
+    fs.ingest(
+        "g", pd.DataFrame({"k": ["a"], "event_timestamp": pd.to_datetime([BASE_US], unit="us", utc=True), "v": [1.5]})
+    )
     er = pd.DataFrame({"k": ["a", "b"], "event_timestamp": pd.to_datetime([BASE_US + 1, BASE_US], unit="us", utc=True)})
     df = fs.get_training_set(er, ["g:v"]).to_pandas()
     assert df["v"].iloc[0] == 1.5 and np.isnan(df["v"].iloc[1])

@@ -12,12 +12,25 @@ from fastml.features import Feature, FeatureGroup, FeatureStore
 
 def test_stats_computed_at_ingest(fastml_home):
     fs = FeatureStore(fastml_home)
-    fs.register(FeatureGroup("g", entities=["k"], features=[Feature("x", "float64"), Feature("c", "string"),
-                                                            Feature("b", "bool")]))
+    fs.register(
+        FeatureGroup(
+            "g", entities=["k"], features=[Feature("x", "float64"), Feature("c", "string"), Feature("b", "bool")]
+        )
+    )
     x = np.arange(1, 101, dtype=np.float64)
     c = ["a"] * 50 + ["b"] * 30 + ["c"] * 19 + [None]
-    fs.ingest("g", pa.table({"k": np.arange(100), "event_timestamp": ts(np.zeros(100, np.int64)),
-                             "x": pa.array(x, mask=np.arange(100) >= 90), "c": c, "b": [True] * 25 + [False] * 75}))
+    fs.ingest(
+        "g",
+        pa.table(
+            {
+                "k": np.arange(100),
+                "event_timestamp": ts(np.zeros(100, np.int64)),
+                "x": pa.array(x, mask=np.arange(100) >= 90),
+                "c": c,
+                "b": [True] * 25 + [False] * 75,
+            }
+        ),
+    )
     st = fs.stats("g")
     assert st["rows"] == 100 and st["version"] == 1
     sx = st["features"]["x"]
@@ -50,9 +63,12 @@ def test_lineage_sources_ingests_and_model_users(fastml_home, driver_group):
 
     from fastml.registry import Registry
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     artifact = fastml_home / "m.onnx"
@@ -65,8 +81,14 @@ def test_lineage_sources_ingests_and_model_users(fastml_home, driver_group):
     fs.register(FeatureGroup("driver", entities=["driver_id"], features=[Feature("trips", "float64")]))  # v2
     lin = fs.lineage("driver")
     users = {v["version"]: v["models"] for v in lin["versions"]}
-    assert users[1] == [{"model": "churn", "version": "1.0.0", "stage": users[1][0]["stage"],
-                         "features": ["driver:trips", "driver@v1:rating"]}]
+    assert users[1] == [
+        {
+            "model": "churn",
+            "version": "1.0.0",
+            "stage": users[1][0]["stage"],
+            "features": ["driver:trips", "driver@v1:rating"],
+        }
+    ]
     assert users[2] == []  # v2 was registered after the model
     with pytest.raises(NotFound):
         fs.lineage("nope")
@@ -75,12 +97,32 @@ def test_lineage_sources_ingests_and_model_users(fastml_home, driver_group):
 def test_cli_register_ingest_materialize_get_stats_lineage_list(fastml_home, tmp_path, capsys):
     import pyarrow.parquet as pq
 
-    assert main(["features", "register", "driver", "--entity", "driver_id", "--feature", "trips:int64",
-                 "--feature", "city:string", "--ttl-s", "0", "--source", "warehouse.drivers", "--json"]) == 0
+    assert (
+        main(
+            [
+                "features",
+                "register",
+                "driver",
+                "--entity",
+                "driver_id",
+                "--feature",
+                "trips:int64",
+                "--feature",
+                "city:string",
+                "--ttl-s",
+                "0",
+                "--source",
+                "warehouse.drivers",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == {"group": "driver", "version": 1}
     path = tmp_path / "d.parquet"
-    pq.write_table(pa.table({"driver_id": [1, 2], "event_timestamp": ts([0, 0]), "trips": [5, 6],
-                             "city": ["a", "b"]}), path)
+    pq.write_table(
+        pa.table({"driver_id": [1, 2], "event_timestamp": ts([0, 0]), "trips": [5, 6], "city": ["a", "b"]}), path
+    )
     assert main(["features", "ingest", "driver", str(path)]) == 0
     assert "ingested 2 rows" in capsys.readouterr().out
     assert main(["features", "materialize", "driver", "--json"]) == 0

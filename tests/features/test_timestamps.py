@@ -17,8 +17,13 @@ from fastml.features import Feature, FeatureGroup, FeatureStore
 from fastml.features.timestamps import column_us, to_us
 
 UTC_1858 = int(dt.datetime(2026, 1, 20, 18, 58, tzinfo=dt.UTC).timestamp()) * 1_000_000
-FORMS = ["2026-01-20T18:58:00+00:00", "2026-01-20T18:58:00Z", "2026-01-20T20:58:00+02:00", "2026-01-20T18:58:00",
-         "2026-01-20 18:58:00Z"]
+FORMS = [
+    "2026-01-20T18:58:00+00:00",
+    "2026-01-20T18:58:00Z",
+    "2026-01-20T20:58:00+02:00",
+    "2026-01-20T18:58:00",
+    "2026-01-20 18:58:00Z",
+]
 
 
 @pytest.fixture
@@ -53,18 +58,34 @@ def test_ingest_accepts_offsets_and_stores_utc(fs):
 
 
 def test_training_set_entity_rows_accept_offsets(fs):
-    fs.ingest("driver", pa.table({"driver_id": [1, 1], "event_timestamp": ["2026-01-20T18:00:00Z", "2026-01-20T19:00:00Z"],
-                                  "trips": [1, 2]}))
-    entity = pd.DataFrame({"driver_id": [1, 1, 1],
-                           # 18:58 UTC sees the 18:00 row; 19:30+01:00 is 18:30 UTC; 21:00+01:00 is 20:00 UTC.
-                           "event_timestamp": ["2026-01-20T18:58:00+00:00", "2026-01-20T19:30:00+01:00", "2026-01-20T21:00:00+01:00"]})
+    fs.ingest(
+        "driver",
+        pa.table(
+            {"driver_id": [1, 1], "event_timestamp": ["2026-01-20T18:00:00Z", "2026-01-20T19:00:00Z"], "trips": [1, 2]}
+        ),
+    )
+    entity = pd.DataFrame(
+        {
+            "driver_id": [1, 1, 1],
+            # 18:58 UTC sees the 18:00 row; 19:30+01:00 is 18:30 UTC; 21:00+01:00 is 20:00 UTC.
+            "event_timestamp": ["2026-01-20T18:58:00+00:00", "2026-01-20T19:30:00+01:00", "2026-01-20T21:00:00+01:00"],
+        }
+    )
     out = fs.get_training_set(entity, ["driver:trips"])
     assert out.column("trips").to_pylist() == [1, 1, 2]
 
 
 def test_materialize_bounds_and_ingest_agree_on_the_same_text(fs):
-    fs.ingest("driver", pa.table({"driver_id": [1, 2], "event_timestamp": ["2026-01-20T18:00:00Z", "2026-01-20T20:00:00+00:00"],
-                                  "trips": [1, 2]}))
+    fs.ingest(
+        "driver",
+        pa.table(
+            {
+                "driver_id": [1, 2],
+                "event_timestamp": ["2026-01-20T18:00:00Z", "2026-01-20T20:00:00+00:00"],
+                "trips": [1, 2],
+            }
+        ),
+    )
     res = fs.materialize("driver", start="2026-01-20T18:58:00+00:00", end="2026-01-20T23:00:00Z")
     values, present, _ = fs.get_online(["driver:trips"], [1, 2])
     assert present[:, 0].tolist() == [False, True] and values[1, 0] == 2

@@ -36,8 +36,27 @@ def test_cli_runs_against_a_dotted_version(tmp_path):
     np.save(tmp_path / "x.npy", X["x"])
     with TinyServer() as srv:
         proc = subprocess.run(
-            [sys.executable, "-m", "fastml.loadtest", f"127.0.0.1:{srv.port}", "-m", "tiny", "--model-version", "1.0.0",
-             "-n", "5", "--input-npy", f"x={tmp_path / 'x.npy'}", "--output", "sum", "--save-body", str(tmp_path / "b.bin")],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "fastml.loadtest",
+                f"127.0.0.1:{srv.port}",
+                "-m",
+                "tiny",
+                "--model-version",
+                "1.0.0",
+                "-n",
+                "5",
+                "--input-npy",
+                f"x={tmp_path / 'x.npy'}",
+                "--output",
+                "sum",
+                "--save-body",
+                str(tmp_path / "b.bin"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 0, proc.stderr
     assert "ok 5" in proc.stdout

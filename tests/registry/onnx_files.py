@@ -13,12 +13,18 @@ def onnx_model_bytes(tag: str = "a", size_bytes: int | None = None, payload: byt
     def build(pad: int, producer: str) -> bytes:
         inits = [helper.make_tensor("payload", TensorProto.UINT8, [len(payload)], payload, raw=True)] if payload else []
         graph = helper.make_graph(
-            [helper.make_node("Identity", ["x"], ["y"])], "identity",
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "identity",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], initializer=inits,
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+            initializer=inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer,
-                                  doc_string=(tag * (pad // max(1, len(tag)) + 1))[:pad])
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 17)],
+            producer_name=producer,
+            doc_string=(tag * (pad // max(1, len(tag)) + 1))[:pad],
+        )
         model.ir_version = 8
         return model.SerializeToString()
 

@@ -23,13 +23,47 @@ def cli(registry_url, capsys):
 def test_workflow_register_request_approve_promote(cli, artifact, tmp_path):
     card = tmp_path / "card.json"
     card.write_text(json.dumps({"intended_use": "demo"}))
-    out = cli("register", "churn", str(artifact("a")), "--metric", "auc=0.91", "--param", "depth=6", "--tag", "team=risk",
-              "--model-card", str(card), "--run-id", "run-1", "--feature-ref", "cust:age", "--actor", "ana")
+    out = cli(
+        "register",
+        "churn",
+        str(artifact("a")),
+        "--metric",
+        "auc=0.91",
+        "--param",
+        "depth=6",
+        "--tag",
+        "team=risk",
+        "--model-card",
+        str(card),
+        "--run-id",
+        "run-1",
+        "--feature-ref",
+        "cust:age",
+        "--actor",
+        "ana",
+    )
     assert out.startswith("registered churn:1.0.0")
-    mv = json.loads(cli("register", "churn", str(artifact("b")), "--bump", "minor", "--parent", "churn:1.0.0", "--metric", "auc=0.93", "--json"))
+    mv = json.loads(
+        cli(
+            "register",
+            "churn",
+            str(artifact("b")),
+            "--bump",
+            "minor",
+            "--parent",
+            "churn:1.0.0",
+            "--metric",
+            "auc=0.93",
+            "--json",
+        )
+    )
     assert mv["version"] == "1.1.0" and mv["parent"] == "churn:1.0.0"
     shown = json.loads(cli("show", "churn:1.0.0", "--json"))
-    assert shown["metrics"] == {"auc": 0.91} and shown["params"] == {"depth": 6} and shown["model_card"] == {"intended_use": "demo"}
+    assert (
+        shown["metrics"] == {"auc": 0.91}
+        and shown["params"] == {"depth": 6}
+        and shown["model_card"] == {"intended_use": "demo"}
+    )
     assert "churn:1.0.0" in cli("show", "churn:1.0.0")
     assert "needs 2 approvals" in cli("request", "churn:1.1.0", "production", "--actor", "ana", "--reason", "better")
     assert "open (1/2 approvals)" in cli("approve", "1", "--reviewer", "bo", "--comment", "looks good")

@@ -46,8 +46,22 @@ def test_compare_side_by_side_with_significant_winner(reg, artifact):
     rng = np.random.default_rng(0)
     truth_a = rng.random(n) < 0.92
     truth_b = rng.random(n) < 0.80
-    reg.register("m", artifact("a"), metrics={"acc": float(truth_a.mean())}, params={"depth": 6, "lr": 0.1}, eval_results=_eval(truth_a), actor="ana")
-    reg.register("m", artifact("b"), metrics={"acc": float(truth_b.mean())}, params={"depth": 3, "lr": 0.1}, eval_results=_eval(truth_b), actor="ana")
+    reg.register(
+        "m",
+        artifact("a"),
+        metrics={"acc": float(truth_a.mean())},
+        params={"depth": 6, "lr": 0.1},
+        eval_results=_eval(truth_a),
+        actor="ana",
+    )
+    reg.register(
+        "m",
+        artifact("b"),
+        metrics={"acc": float(truth_b.mean())},
+        params={"depth": 3, "lr": 0.1},
+        eval_results=_eval(truth_b),
+        actor="ana",
+    )
     assert reg.get_eval_results("m:1.0.0") == _eval(truth_a)
     assert reg.get_eval_results("m:1.0.0")["correct"][:3] == truth_a[:3].tolist()
     res = reg.compare(["m:1.0.1", "m:1.0.0"], metric="acc")
@@ -75,10 +89,21 @@ def test_compare_scores_with_bootstrap_lower_is_better(reg, artifact):
     ids = [f"ex{i}" for i in range(200)]
     # Second version: lower loss on every example, listed in a different order (aligned by ids).
     order = rng.permutation(200)
-    reg.register("m", artifact("a"), metrics={"logloss": float(loss.mean())}, eval_results={"scores": loss.tolist(), "example_ids": ids}, actor="ana")
+    reg.register(
+        "m",
+        artifact("a"),
+        metrics={"logloss": float(loss.mean())},
+        eval_results={"scores": loss.tolist(), "example_ids": ids},
+        actor="ana",
+    )
     better = loss * 0.8
-    reg.register("m", artifact("b"), metrics={"logloss": float(better.mean())},
-                 eval_results={"scores": better[order].tolist(), "example_ids": [ids[i] for i in order]}, actor="ana")
+    reg.register(
+        "m",
+        artifact("b"),
+        metrics={"logloss": float(better.mean())},
+        eval_results={"scores": better[order].tolist(), "example_ids": [ids[i] for i in order]},
+        actor="ana",
+    )
     res = reg.compare(["m:1.0.0", "m:1.0.1"], metric="logloss", higher_is_better=False)
     assert res["winner"] == "m:1.0.1" and res["significant"] is True
     assert res["tests"][0]["test"] == "paired_bootstrap" and res["tests"][0]["mean_difference"] < 0
@@ -101,7 +126,9 @@ def test_compare_by_metric_only_and_errors(reg, artifact):
 
 
 def test_lineage_ancestors_and_descendants(reg, artifact):
-    reg.register("base", artifact("0"), run_id="run-0", dataset_fingerprint="ds-v1", feature_refs=["cust:age"], actor="ana")
+    reg.register(
+        "base", artifact("0"), run_id="run-0", dataset_fingerprint="ds-v1", feature_refs=["cust:age"], actor="ana"
+    )
     reg.register("base", artifact("1"), parent="base:1.0.0", run_id="run-1", dataset_fingerprint="ds-v2", actor="ana")
     reg.register("distilled", artifact("2"), parent="base:1.0.1", run_id="run-2", actor="ana")
     reg.register("base", artifact("3"), parent="base:1.0.0", actor="ana")
@@ -111,7 +138,11 @@ def test_lineage_ancestors_and_descendants(reg, artifact):
     assert lin["ancestors"][0]["feature_refs"] == ["cust:age"] and lin["ancestors"][0]["run_id"] == "run-0"
     assert [(d["ref"], d["parent"], d["depth"]) for d in lin["descendants"]] == [("distilled:1.0.0", "base:1.0.1", 1)]
     root = reg.lineage("base:1.0.0")
-    assert [(d["ref"], d["depth"]) for d in root["descendants"]] == [("base:1.0.1", 1), ("base:1.0.2", 1), ("distilled:1.0.0", 2)]
+    assert [(d["ref"], d["depth"]) for d in root["descendants"]] == [
+        ("base:1.0.1", 1),
+        ("base:1.0.2", 1),
+        ("distilled:1.0.0", 2),
+    ]
     assert [a["ref"] for a in reg.lineage("distilled@latest")["ancestors"]] == ["base:1.0.1", "base:1.0.0"]
     assert reg.resolve("distilled").parent == "base:1.0.1"
     with pytest.raises(NotFound):

@@ -44,7 +44,10 @@ def test_history_answers_what_was_in_production_at_a_time(reg, artifact):
     # Every change is recorded with who, when, from, to and why.
     transitions = [e for e in now["events"] if e["kind"] == "transition" and e["to"] == "production"]
     assert [(e["version"], e["actor"], e["from"], e["reason"]) for e in transitions] == [
-        ("1.0.0", "ana", "development", "ship m:1.0.0"), ("1.0.1", "ana", "development", "ship m:1.0.1"), ("1.0.2", "ana", "development", "ship m:1.0.2")]
+        ("1.0.0", "ana", "development", "ship m:1.0.0"),
+        ("1.0.1", "ana", "development", "ship m:1.0.1"),
+        ("1.0.2", "ana", "development", "ship m:1.0.2"),
+    ]
     assert transitions[0]["details"]["approved_by"] == ["bo", "cy"]
     with pytest.raises(InvalidInput, match="ISO-8601"):
         reg.history("m", at="yesterday")
@@ -64,7 +67,9 @@ def test_event_log_is_append_only_with_increasing_ids(reg, artifact):
     assert [e["kind"] for e in evs] == ["register", "register", "request", "reject", "alias", "alias", "delete"]
     ids = [e["id"] for e in evs]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    assert all(set(e) == {"id", "at", "actor", "kind", "model", "version", "from", "to", "reason", "details"} for e in evs)
+    assert all(
+        set(e) == {"id", "at", "actor", "kind", "model", "version", "from", "to", "reason", "details"} for e in evs
+    )
     assert evs[3]["reason"] == "no" and evs[3]["actor"] == "bo"
     assert evs[-1] == {**evs[-1], "kind": "delete", "version": "1.0.1", "actor": "ana", "reason": "bad"}
     assert [e["id"] for e in reg.events(after_id=ids[2], limit=2)] == ids[3:5]
@@ -157,8 +162,12 @@ def test_webhooks_are_signed_and_cover_transitions_and_approvals(make_registry, 
 def test_webhooks_retry_failures_and_filter_kinds(make_registry, artifact, hook):
     flaky = hook(fail_first=2)
     picky = hook()
-    reg = make_registry(webhooks=[{"url": flaky.url, "secret": "a", "backoff_s": 0.01, "max_attempts": 4},
-                                  {"url": picky.url, "secret": "b", "kinds": ["transition"], "backoff_s": 0.01}])
+    reg = make_registry(
+        webhooks=[
+            {"url": flaky.url, "secret": "a", "backoff_s": 0.01, "max_attempts": 4},
+            {"url": picky.url, "secret": "b", "kinds": ["transition"], "backoff_s": 0.01},
+        ]
+    )
     reg.register("m", artifact(), actor="ana")
     reg.transition("m:1.0.0", "staging", actor="ana")
     assert reg.flush_events(30)
@@ -192,9 +201,15 @@ def test_webhooks_never_block_the_operation(make_registry, artifact, hook):
     assert len(slow.received) == 2
 
 
-@pytest.mark.parametrize("cfg,match", [({"url": "ftp://x", "secret": "s"}, "http"), ({"url": "http://x"}, "secret"),
-                                       ({"url": "http://x", "secret": "s", "kinds": ["boom"]}, "kinds"),
-                                       ({"url": "http://x", "secret": "s", "retries": 3}, "unknown")])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"url": "ftp://x", "secret": "s"}, "http"),
+        ({"url": "http://x"}, "secret"),
+        ({"url": "http://x", "secret": "s", "kinds": ["boom"]}, "kinds"),
+        ({"url": "http://x", "secret": "s", "retries": 3}, "unknown"),
+    ],
+)
 def test_bad_webhook_config(fastml_home, cfg, match):
     from fastml.registry import Registry
 
@@ -206,7 +221,9 @@ def test_webhooks_file_configures_registries_built_without_webhooks(fastml_home,
     from fastml.cli import main
 
     h = hook()
-    (fastml_home / "registry-webhooks.json").write_text(json.dumps([{"url": h.url, "secret": "k", "kinds": ["register"]}]))
+    (fastml_home / "registry-webhooks.json").write_text(
+        json.dumps([{"url": h.url, "secret": "k", "kinds": ["register"]}])
+    )
     assert main(["registry", "register", "m", str(artifact())]) == 0  # the CLI waits for delivery on exit
     assert [json.loads(b)["kind"] for _, b in h.received] == ["register"]
     headers, body = h.received[0]

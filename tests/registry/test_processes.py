@@ -41,8 +41,12 @@ def test_two_processes_racing_to_promote_one_wins_one_conflict(reg, registry_url
     rids = [reg.request_transition(f"m:1.0.{i}", "production", actor="ana") for i in range(2)]
     for rid in rids:
         reg.approve(rid, reviewer="bo")  # one approval short: the next approval promotes
-    procs = [subprocess.Popen([PY, "-c", RACE_CHILD, registry_url, str(rid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for rid in rids]
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", RACE_CHILD, registry_url, str(rid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for rid in rids
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     for p in procs:  # release both as close together as we can
@@ -137,8 +141,14 @@ def _stored_files(home):
 def test_kill_9_during_register_leaves_no_partial_state(reg, registry_url, fastml_home, tmp_path, point):
     big = tmp_path / "big.onnx"
     big.write_bytes(onnx_model_bytes("big", payload=os.urandom(3 * (1 << 20) + 123)))  # several copy chunks
-    reg.register("m", tmp_path.joinpath("small.onnx").write_bytes(onnx_model_bytes("v1")) and tmp_path / "small.onnx", actor="ana")
-    proc = subprocess.run([PY, "-c", KILL_CHILD, registry_url, str(big), point], capture_output=True, text=True, timeout=120)
+    reg.register(
+        "m",
+        tmp_path.joinpath("small.onnx").write_bytes(onnx_model_bytes("v1")) and tmp_path / "small.onnx",
+        actor="ana",
+    )
+    proc = subprocess.run(
+        [PY, "-c", KILL_CHILD, registry_url, str(big), point], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     # No row without its artifact: the version was never committed.
     assert [mv.version for mv in reg.list_versions("m")] == ["1.0.0"]
@@ -206,8 +216,15 @@ reg.close()
 
 def test_concurrent_auto_bumped_registers_never_collide(reg, registry_url, artifact):
     art = artifact("x")
-    procs = [subprocess.Popen([PY, "-c", REGISTER_CHILD, registry_url, str(art), who], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for who in ("p1", "p2")]
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", REGISTER_CHILD, registry_url, str(art), who],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("p1", "p2")
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     for p in procs:

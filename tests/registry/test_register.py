@@ -17,7 +17,14 @@ def test_first_version_and_bumps(reg, artifact):
     assert reg.register("churn", a, bump="major", actor="ana").version == "2.0.0"
     assert reg.register("churn", a, version="2.1.0-rc.1", actor="ana").version == "2.1.0-rc.1"
     assert reg.register("churn", a, bump="minor", actor="ana").version == "2.1.0"  # rc -> its release
-    assert [mv.version for mv in reg.list_versions("churn")] == ["1.0.0", "1.0.1", "1.1.0", "2.0.0", "2.1.0-rc.1", "2.1.0"]
+    assert [mv.version for mv in reg.list_versions("churn")] == [
+        "1.0.0",
+        "1.0.1",
+        "1.1.0",
+        "2.0.0",
+        "2.1.0-rc.1",
+        "2.1.0",
+    ]
 
 
 def test_latest_uses_semver_precedence_not_string_order(reg, artifact):
@@ -40,10 +47,18 @@ def test_duplicate_version_is_conflict(reg, artifact):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"version": "1.2"}, "invalid version"), ({"version": "v1.0.0"}, "invalid version"), ({"bump": "mega"}, "bump"),
-     ({"metrics": {"auc": "high"}}, "metric"), ({"metrics": {"auc": float("nan")}}, "metric"), ({"tags": {"team": 3}}, "tag"),
-     ({"params": [1, 2]}, "params"), ({"feature_refs": ["ok", ""]}, "feature_refs"), ({"eval_results": {"foo": [1]}}, "eval_results"),
-     ({"run_id": ""}, "run_id")],
+    [
+        ({"version": "1.2"}, "invalid version"),
+        ({"version": "v1.0.0"}, "invalid version"),
+        ({"bump": "mega"}, "bump"),
+        ({"metrics": {"auc": "high"}}, "metric"),
+        ({"metrics": {"auc": float("nan")}}, "metric"),
+        ({"tags": {"team": 3}}, "tag"),
+        ({"params": [1, 2]}, "params"),
+        ({"feature_refs": ["ok", ""]}, "feature_refs"),
+        ({"eval_results": {"foo": [1]}}, "eval_results"),
+        ({"run_id": ""}, "run_id"),
+    ],
 )
 def test_invalid_input_registers_nothing(sqlite_reg, artifact, kwargs, match):
     with pytest.raises(InvalidInput, match=match):
@@ -68,12 +83,34 @@ def test_metadata_round_trips(reg, artifact):
     sig = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 32]}]}
     reg.register("m", artifact("p"), actor="ana")
     mv = reg.register(
-        "m", artifact("a"), metrics={"auc": 0.91, "n": 3}, params={"depth": 6, "lr": 0.1}, tags={"team": "risk"},
-        description="first", parent="m:1.0.0", signature=sig, model_card=card, run_id="run-7",
-        dataset_fingerprint="sha256:abc", feature_refs=["customers:age", "customers:tenure"], actor="ana",
+        "m",
+        artifact("a"),
+        metrics={"auc": 0.91, "n": 3},
+        params={"depth": 6, "lr": 0.1},
+        tags={"team": "risk"},
+        description="first",
+        parent="m:1.0.0",
+        signature=sig,
+        model_card=card,
+        run_id="run-7",
+        dataset_fingerprint="sha256:abc",
+        feature_refs=["customers:age", "customers:tenure"],
+        actor="ana",
     )
     got = reg.resolve("m:1.0.1")
-    for field in ("metrics", "params", "tags", "description", "signature", "model_card", "run_id", "dataset_fingerprint", "feature_refs", "sha256", "size_bytes"):
+    for field in (
+        "metrics",
+        "params",
+        "tags",
+        "description",
+        "signature",
+        "model_card",
+        "run_id",
+        "dataset_fingerprint",
+        "feature_refs",
+        "sha256",
+        "size_bytes",
+    ):
         assert getattr(got, field) == getattr(mv, field), field
     assert got.parent == mv.parent == "m:1.0.0"
     assert got.created_by == "ana" and got.created_at.endswith("Z")
@@ -151,9 +188,11 @@ def _tiny_onnx(path):
 
     w = numpy_helper.from_array(np.arange(64, dtype=np.float32).reshape(32, 2) / 64, name="w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["probabilities"])], "tiny",
+        [helper.make_node("MatMul", ["input", "w"], ["probabilities"])],
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 32])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])], initializer=[w],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
+        initializer=[w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

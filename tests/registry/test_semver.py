@@ -10,8 +10,23 @@ from fastml.errors import InvalidInput
 from fastml.registry.semver import SemVer, parse, sort_key
 
 ORDERED = [
-    "0.9.0", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11",
-    "1.0.0-rc.1", "1.0.0", "1.0.1", "1.2.0", "1.9.0", "1.10.0", "1.10.1-0", "1.10.1", "2.0.0", "10.0.0",
+    "0.9.0",
+    "1.0.0-alpha",
+    "1.0.0-alpha.1",
+    "1.0.0-alpha.beta",
+    "1.0.0-beta",
+    "1.0.0-beta.2",
+    "1.0.0-beta.11",
+    "1.0.0-rc.1",
+    "1.0.0",
+    "1.0.1",
+    "1.2.0",
+    "1.9.0",
+    "1.10.0",
+    "1.10.1-0",
+    "1.10.1",
+    "2.0.0",
+    "10.0.0",
 ]
 
 
@@ -37,7 +52,9 @@ def test_build_metadata_is_ignored_for_precedence():
     assert str(parse("1.2.3-rc.1+b7")) == "1.2.3-rc.1+b7"
 
 
-@pytest.mark.parametrize("bad", ["1", "1.2", "v1.2.3", "01.2.3", "1.2.3-", "1.2.3-01", "1.2.3.4", "", "a.b.c", "1.2.3-rc..1"])
+@pytest.mark.parametrize(
+    "bad", ["1", "1.2", "v1.2.3", "01.2.3", "1.2.3-", "1.2.3-01", "1.2.3.4", "", "a.b.c", "1.2.3-rc..1"]
+)
 def test_invalid_versions_are_invalid_input(bad):
     with pytest.raises(InvalidInput, match="version"):
         parse(bad)
@@ -52,9 +69,15 @@ def test_non_string_version_is_invalid_input():
 
 @pytest.mark.parametrize(
     "start,part,expected",
-    [("1.2.3", "patch", "1.2.4"), ("1.2.3", "minor", "1.3.0"), ("1.2.3", "major", "2.0.0"),
-     ("2.0.0-rc.1", "major", "2.0.0"), ("1.3.0-rc.1", "minor", "1.3.0"), ("1.2.4-beta", "patch", "1.2.4"),
-     ("1.2.4-beta", "minor", "1.3.0")],
+    [
+        ("1.2.3", "patch", "1.2.4"),
+        ("1.2.3", "minor", "1.3.0"),
+        ("1.2.3", "major", "2.0.0"),
+        ("2.0.0-rc.1", "major", "2.0.0"),
+        ("1.3.0-rc.1", "minor", "1.3.0"),
+        ("1.2.4-beta", "patch", "1.2.4"),
+        ("1.2.4-beta", "minor", "1.3.0"),
+    ],
 )
 def test_bump(start, part, expected):
     assert str(parse(start).bump(part)) == expected

@@ -62,9 +62,14 @@ def test_two_distinct_approvals_promote_and_archive_previous(reg, artifact):
     assert reg.resolve("churn@production").version == "1.0.2"
     assert reg.resolve("churn:1.0.0").stage == "archived"
     assert [mv.version for mv in reg.search(stage="production")] == ["1.0.2"]  # never two
-    kinds = [(e["kind"], e["version"], e["from"], e["to"]) for e in reg.events(model="churn") if e["kind"] == "transition"]
-    assert kinds == [("transition", "1.0.0", "development", "production"), ("transition", "1.0.0", "production", "archived"),
-                     ("transition", "1.0.2", "development", "production")]
+    kinds = [
+        (e["kind"], e["version"], e["from"], e["to"]) for e in reg.events(model="churn") if e["kind"] == "transition"
+    ]
+    assert kinds == [
+        ("transition", "1.0.0", "development", "production"),
+        ("transition", "1.0.0", "production", "archived"),
+        ("transition", "1.0.2", "development", "production"),
+    ]
 
 
 def test_one_approval_is_not_enough_and_requester_cannot_approve(reg, artifact):
@@ -89,7 +94,12 @@ def test_rejection_closes_request_with_comment(reg, artifact):
         reg.reject(rid, reviewer="cy", comment="  ")
     out = reg.reject(rid, reviewer="cy", comment="fairness gap on segment B")
     assert out["status"] == "rejected" and out["closed_at"]
-    assert out["decisions"][-1] == {"reviewer": "cy", "decision": "reject", "comment": "fairness gap on segment B", "at": out["decisions"][-1]["at"]}
+    assert out["decisions"][-1] == {
+        "reviewer": "cy",
+        "decision": "reject",
+        "comment": "fairness gap on segment B",
+        "at": out["decisions"][-1]["at"],
+    }
     with pytest.raises(Conflict, match="rejected"):
         reg.approve(rid, reviewer="dee")
     assert reg.resolve("churn:1.0.1").stage == "development"
@@ -187,8 +197,15 @@ def test_aliases_move_and_resolve(reg, artifact):
     reg.delete_alias("churn", "shadow", actor="ana")
     with pytest.raises(NotFound, match="no alias or stage 'shadow'"):
         reg.resolve("churn@shadow")
-    alias_events = [(e["from"], e["to"], e["details"]["alias"]) for e in reg.events(model="churn") if e["kind"] == "alias"]
-    assert alias_events == [(None, "1.0.0", "champion"), (None, "1.0.0", "shadow"), ("1.0.0", "1.0.2", "champion"), ("1.0.0", None, "shadow")]
+    alias_events = [
+        (e["from"], e["to"], e["details"]["alias"]) for e in reg.events(model="churn") if e["kind"] == "alias"
+    ]
+    assert alias_events == [
+        (None, "1.0.0", "champion"),
+        (None, "1.0.0", "shadow"),
+        ("1.0.0", "1.0.2", "champion"),
+        ("1.0.0", None, "shadow"),
+    ]
 
 
 def test_not_found_suggests_close_matches(reg, artifact):

@@ -25,7 +25,9 @@ def test_schema_created_with_version_and_indexes(reg):
     with reg.engine.connect() as conn:
         assert store.schema_version(conn) == store.SCHEMA_VERSION == 2
         insp = sa.inspect(conn)
-        assert {"models", "versions", "version_tags", "aliases", "requests", "approvals", "events", "meta"} <= set(insp.get_table_names())
+        assert {"models", "versions", "version_tags", "aliases", "requests", "approvals", "events", "meta"} <= set(
+            insp.get_table_names()
+        )
         version_indexes = {ix["name"] for ix in insp.get_indexes("versions")}
         assert {"ix_versions_model_stage", "ix_versions_stage", "ix_versions_parent"} <= version_indexes
         assert "ix_version_tags_key_value" in {ix["name"] for ix in insp.get_indexes("version_tags")}

@@ -26,21 +26,27 @@ def _contrib_model(path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")], "g",
+        [helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
 
 
-@pytest.mark.parametrize("content, problem", [
-    (b"hello world!", "does not parse"),                 # the 12-byte text file
-    (b"\x08\x07" * 32, "no graph with outputs"),         # parses as a protobuf, but is no model
-    (b"", "is empty"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"hello world!", "does not parse"),  # the 12-byte text file
+        (b"\x08\x07" * 32, "no graph with outputs"),  # parses as a protobuf, but is no model
+        (b"", "is empty"),
+    ],
+)
 def test_a_file_that_is_not_an_onnx_model_is_refused_naming_it(reg, fastml_home, tmp_path, content, problem):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(content)
@@ -53,9 +59,12 @@ def test_a_file_that_is_not_an_onnx_model_is_refused_naming_it(reg, fastml_home,
 def test_a_graph_onnx_runtime_cannot_load_is_refused(reg, fastml_home, tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["missing"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["missing"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     bad = tmp_path / "broken.onnx"
@@ -81,14 +90,19 @@ def test_without_the_onnx_package_onnx_runtime_decides(reg, tmp_path, monkeypatc
     assert reg.register("churn", good, actor="ana").version == "1.0.0"
 
 
-@pytest.mark.parametrize("name, content, problem", [
-    ("model.pkl", b"pickled sklearn model", "is not a pickle"),
-    ("model.pt", b"torch weights?", "is not a zip archive or a pickle"),
-    ("card.json", b"{not json", "is not JSON"),
-    ("weights.onnx", b"hello world!", "is not an ONNX model"),
-    ("weights.bin", b"", "is empty"),
-])
-def test_a_source_artifact_is_checked_by_its_suffix_and_nothing_is_stored(reg, fastml_home, artifact, tmp_path, name, content, problem):
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("model.pkl", b"pickled sklearn model", "is not a pickle"),
+        ("model.pt", b"torch weights?", "is not a zip archive or a pickle"),
+        ("card.json", b"{not json", "is not JSON"),
+        ("weights.onnx", b"hello world!", "is not an ONNX model"),
+        ("weights.bin", b"", "is empty"),
+    ],
+)
+def test_a_source_artifact_is_checked_by_its_suffix_and_nothing_is_stored(
+    reg, fastml_home, artifact, tmp_path, name, content, problem
+):
     src = tmp_path / name
     src.write_bytes(content)
     with pytest.raises(InvalidInput, match=problem) as err:
@@ -100,7 +114,11 @@ def test_a_source_artifact_is_checked_by_its_suffix_and_nothing_is_stored(reg, f
 def test_source_artifacts_that_are_what_they_say_are_accepted(reg, artifact, tmp_path):
     import zipfile
 
-    cases = {"model.pkl": pickle.dumps([1, 2], protocol=5), "card.json": json.dumps({"a": 1}).encode(), "w.bin": b"\x00\x01"}
+    cases = {
+        "model.pkl": pickle.dumps([1, 2], protocol=5),
+        "card.json": json.dumps({"a": 1}).encode(),
+        "w.bin": b"\x00\x01",
+    }
     for name, content in cases.items():
         (tmp_path / name).write_bytes(content)
     with zipfile.ZipFile(tmp_path / "model.pt", "w") as z:

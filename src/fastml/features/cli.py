@@ -17,8 +17,13 @@ def add_parser(subparsers) -> None:
     r.add_argument("name", nargs="?", help="group name (or give --file)")
     r.add_argument("--file", help="JSON file with the group definition (FeatureGroup.to_dict() shape)")
     r.add_argument("--entity", action="append", default=[], help="entity key column (repeat for composite keys)")
-    r.add_argument("--feature", action="append", default=[], metavar="NAME:DTYPE",
-                   help="feature and dtype (float32, float64, int64, bool, string); repeat")
+    r.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="NAME:DTYPE",
+        help="feature and dtype (float32, float64, int64, bool, string); repeat",
+    )
     r.add_argument("--ttl-s", type=float, default=0.0, help="values older than this many seconds are missing")
     r.add_argument("--owner", default="")
     r.add_argument("--description", default="")
@@ -44,8 +49,9 @@ def add_parser(subparsers) -> None:
 
     g = sub.add_parser("get", help="look up online values")
     g.add_argument("features", help="comma-separated references, e.g. driver:trips,driver@v2:rating")
-    g.add_argument("--key", action="append", required=True,
-                   help="entity key (repeat for several entities; composite keys as a,b)")
+    g.add_argument(
+        "--key", action="append", required=True, help="entity key (repeat for several entities; composite keys as a,b)"
+    )
     g.add_argument("--json", action="store_true")
     g.set_defaults(handler=_get)
 
@@ -100,9 +106,17 @@ def _register(args) -> int:
             if not sep:
                 raise InvalidInput(f"--tag {t!r} must be KEY=VALUE")
             tags[k] = v
-        group = FeatureGroup(args.name, entities=args.entity, features=features, ttl_s=args.ttl_s, owner=args.owner,
-                             description=args.description, tags=tags, source=args.source,
-                             timestamp_column=args.timestamp_column)
+        group = FeatureGroup(
+            args.name,
+            entities=args.entity,
+            features=features,
+            ttl_s=args.ttl_s,
+            owner=args.owner,
+            description=args.description,
+            tags=tags,
+            source=args.source,
+            timestamp_column=args.timestamp_column,
+        )
     version = _store().register(group)
     return _print({"group": group.name, "version": version}, args.json, f"{group.name}@v{version}")
 
@@ -123,13 +137,19 @@ def _ingest(args) -> int:
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from exc
     res = _store().ingest(args.group, table, source=args.source if args.source is not None else path)
-    return _print(res, args.json, f"{res['group']}@v{res['version']}: ingested {res['rows']} rows (ingest {res['seq']})")
+    return _print(
+        res, args.json, f"{res['group']}@v{res['version']}: ingested {res['rows']} rows (ingest {res['seq']})"
+    )
 
 
 def _materialize(args) -> int:
     res = _store().materialize(args.group, start=args.start, end=args.end)
-    return _print(res, args.json, f"{res['group']}@v{res['version']}: {res['entities']} entities, "
-                                  f"{res['written']} written, {res['skipped_older']} kept newer")
+    return _print(
+        res,
+        args.json,
+        f"{res['group']}@v{res['version']}: {res['entities']} entities, "
+        f"{res['written']} written, {res['skipped_older']} kept newer",
+    )
 
 
 def _get(args) -> int:
@@ -137,8 +157,9 @@ def _get(args) -> int:
     keys = [tuple(k.split(",")) if "," in k else k for k in args.key]
     out = _store().get_online(features, keys, as_dict=True)
     cols = list(out)
-    lines = ["\t".join(cols)] + ["\t".join("" if out[c][i] is None else str(out[c][i]) for c in cols)
-                                 for i in range(len(keys))]
+    lines = ["\t".join(cols)] + [
+        "\t".join("" if out[c][i] is None else str(out[c][i]) for c in cols) for i in range(len(keys))
+    ]
     return _print(out, args.json, "\n".join(lines))
 
 
@@ -147,10 +168,14 @@ def _stats(args) -> int:
     lines = [f"{st['group']}@v{st['version']}: {st.get('rows', 0)} rows"]
     for name, f in st.get("features", {}).items():
         if "mean" in f and f["dtype"] != "bool":
-            lines.append(f"  {name} ({f['dtype']}): count={f['count']} null_rate={f['null_rate']:.3f} mean={f['mean']} "
-                         f"std={f['std']} min={f['min']} p50={f['p50']} p99={f['p99']} max={f['max']}")
+            lines.append(
+                f"  {name} ({f['dtype']}): count={f['count']} null_rate={f['null_rate']:.3f} mean={f['mean']} "
+                f"std={f['std']} min={f['min']} p50={f['p50']} p99={f['p99']} max={f['max']}"
+            )
         else:
-            lines.append(f"  {name} ({f['dtype']}): count={f['count']} null_rate={f['null_rate']:.3f} top={f['top_k'][:5]}")
+            lines.append(
+                f"  {name} ({f['dtype']}): count={f['count']} null_rate={f['null_rate']:.3f} top={f['top_k'][:5]}"
+            )
     return _print(st, args.json, "\n".join(lines))
 
 
@@ -159,8 +184,10 @@ def _lineage(args) -> int:
     lines = [f"{lin['group']}"]
     for v in lin["versions"]:
         models = ", ".join(f"{m['model']}:{m['version']}" for m in v["models"]) or "-"
-        lines.append(f"  v{v['version']}: source={v['source'] or '-'} ingests={len(v['ingests'])} "
-                     f"materializations={len(v['materializations'])} models={models}")
+        lines.append(
+            f"  v{v['version']}: source={v['source'] or '-'} ingests={len(v['ingests'])} "
+            f"materializations={len(v['materializations'])} models={models}"
+        )
     if lin.get("note"):
         lines.append(f"  ({lin['note']})")
     return _print(lin, args.json, "\n".join(lines))
@@ -168,6 +195,9 @@ def _lineage(args) -> int:
 
 def _list(args) -> int:
     groups = _store().list_groups()
-    lines = [f"{g['name']}@v{g['version']}\tentities={','.join(g['spec']['entities'])}\t"
-             f"features={len(g['spec']['features'])}\trows={g['rows']}" for g in groups]
+    lines = [
+        f"{g['name']}@v{g['version']}\tentities={','.join(g['spec']['entities'])}\t"
+        f"features={len(g['spec']['features'])}\trows={g['rows']}"
+        for g in groups
+    ]
     return _print(groups, args.json, "\n".join(lines) or "(no feature groups)")

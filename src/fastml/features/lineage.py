@@ -74,15 +74,17 @@ def lineage(meta: MetadataStore, name: str, home=None) -> dict:
         group, _ = meta.group(name, v)
         info = meta.version_info(name, v)
         ingests = meta.ingests(name, v)
-        out["versions"].append({
-            "version": v,
-            "source": group.source,
-            "schema_hash": info["schema_hash"],
-            "created_at": info["created_at"],
-            "ingests": [{k: i[k] for k in ("seq", "rows", "source", "created_at")} for i in ingests],
-            "materializations": meta.materializations(name, v),
-            "models": users[v],
-        })
+        out["versions"].append(
+            {
+                "version": v,
+                "source": group.source,
+                "schema_hash": info["schema_hash"],
+                "created_at": info["created_at"],
+                "ingests": [{k: i[k] for k in ("seq", "rows", "source", "created_at")} for i in ingests],
+                "materializations": meta.materializations(name, v),
+                "models": users[v],
+            }
+        )
     if note:
         out["note"] = note
     return out

@@ -86,8 +86,10 @@ class MetadataStore:
                 (group.name,),
             ).fetchone()
             if row is not None and row[1] == h:
-                cur.execute("UPDATE group_versions SET spec=?, updated_at=? WHERE name=? AND version=?",
-                            (spec, now, group.name, row[0]))
+                cur.execute(
+                    "UPDATE group_versions SET spec=?, updated_at=? WHERE name=? AND version=?",
+                    (spec, now, group.name, row[0]),
+                )
                 return row[0], False
             version = 1 if row is None else row[0] + 1
             cur.execute("INSERT INTO group_versions VALUES (?,?,?,?,?,?)", (group.name, version, h, spec, now, now))
@@ -98,14 +100,18 @@ class MetadataStore:
     def group(self, name: str, version: int | None = None) -> tuple[FeatureGroup, int]:
         """The group definition and version (latest when ``version`` is None)."""
         if version is None:
-            rows = self._read("SELECT spec, version FROM group_versions WHERE name=? ORDER BY version DESC LIMIT 1", (name,))
+            rows = self._read(
+                "SELECT spec, version FROM group_versions WHERE name=? ORDER BY version DESC LIMIT 1", (name,)
+            )
         else:
             rows = self._read("SELECT spec, version FROM group_versions WHERE name=? AND version=?", (name, version))
         if not rows:
             known = self.versions(name)
             if known:
                 raise NotFound(f"feature group {name!r} has no version {version} in {self.path}; versions: {known}")
-            raise NotFound(f"feature group {name!r} is not registered in {self.path}; known groups: {self.group_names()}")
+            raise NotFound(
+                f"feature group {name!r} is not registered in {self.path}; known groups: {self.group_names()}"
+            )
         return FeatureGroup.from_dict(json.loads(rows[0][0])), rows[0][1]
 
     def versions(self, name: str) -> list[int]:
@@ -121,27 +127,43 @@ class MetadataStore:
             "FROM group_versions g ORDER BY g.name, g.version"
         )
         return [
-            {"name": r[0], "version": r[1], "spec": json.loads(r[2]), "created_at": r[3], "updated_at": r[4], "rows": r[5]}
+            {
+                "name": r[0],
+                "version": r[1],
+                "spec": json.loads(r[2]),
+                "created_at": r[3],
+                "updated_at": r[4],
+                "rows": r[5],
+            }
             for r in rows
         ]
 
     def version_info(self, name: str, version: int) -> dict:
-        rows = self._read("SELECT created_at, updated_at, schema_hash FROM group_versions WHERE name=? AND version=?",
-                          (name, version))
+        rows = self._read(
+            "SELECT created_at, updated_at, schema_hash FROM group_versions WHERE name=? AND version=?", (name, version)
+        )
         return {"created_at": rows[0][0], "updated_at": rows[0][1], "schema_hash": rows[0][2]} if rows else {}
 
     # --- ingests --------------------------------------------------------------------------------
 
     def begin_ingest(self, name: str, version: int, source: str) -> int:
         """Reserve an ingest sequence number (its files stay invisible until commit_ingest)."""
-        return self._tx(lambda cur: cur.execute(
-            "INSERT INTO ingests (name, version, files, n_rows, source, created_at) VALUES (?,?,?,?,?,?)",
-            (name, version, "[]", 0, source, time.time())).lastrowid)
+        return self._tx(
+            lambda cur: (
+                cur.execute(
+                    "INSERT INTO ingests (name, version, files, n_rows, source, created_at) VALUES (?,?,?,?,?,?)",
+                    (name, version, "[]", 0, source, time.time()),
+                ).lastrowid
+            )
+        )
 
     def commit_ingest(self, seq: int, files: list[str], n_rows: int, min_us: int, max_us: int) -> None:
         def run(cur):
-            cur.execute("UPDATE ingests SET files=?, n_rows=?, min_event_us=?, max_event_us=?, committed=1 "
-                        "WHERE seq=? AND committed=0", (json.dumps(files), n_rows, min_us, max_us, seq))
+            cur.execute(
+                "UPDATE ingests SET files=?, n_rows=?, min_event_us=?, max_event_us=?, committed=1 "
+                "WHERE seq=? AND committed=0",
+                (json.dumps(files), n_rows, min_us, max_us, seq),
+            )
             if cur.rowcount != 1:
                 raise Conflict(f"ingest {seq} was already committed or does not exist")
 
@@ -152,22 +174,39 @@ class MetadataStore:
 
     def dead_ingests(self, name: str, version: int, older_than_s: float) -> list[int]:
         """Ingests begun more than ``older_than_s`` ago and never committed (their writer died)."""
-        rows = self._read("SELECT seq FROM ingests WHERE name=? AND version=? AND committed=0 AND created_at < ?",
-                          (name, version, time.time() - older_than_s))
+        rows = self._read(
+            "SELECT seq FROM ingests WHERE name=? AND version=? AND committed=0 AND created_at < ?",
+            (name, version, time.time() - older_than_s),
+        )
         return [r[0] for r in rows]
 
     def ingests(self, name: str, version: int) -> list[dict]:
         rows = self._read(
             "SELECT seq, files, n_rows, min_event_us, max_event_us, source, created_at FROM ingests "
-            "WHERE name=? AND version=? AND committed=1 ORDER BY seq", (name, version))
-        return [{"seq": r[0], "files": json.loads(r[1]), "rows": r[2], "min_event_us": r[3], "max_event_us": r[4],
-                 "source": r[5], "created_at": r[6]} for r in rows]
+            "WHERE name=? AND version=? AND committed=1 ORDER BY seq",
+            (name, version),
+        )
+        return [
+            {
+                "seq": r[0],
+                "files": json.loads(r[1]),
+                "rows": r[2],
+                "min_event_us": r[3],
+                "max_event_us": r[4],
+                "source": r[5],
+                "created_at": r[6],
+            }
+            for r in rows
+        ]
 
     # --- statistics -----------------------------------------------------------------------------
 
     def put_stats(self, name: str, version: int, stats: dict) -> None:
-        self._tx(lambda cur: cur.execute("INSERT OR REPLACE INTO stats VALUES (?,?,?,?)",
-                                         (name, version, json.dumps(stats), time.time())))
+        self._tx(
+            lambda cur: cur.execute(
+                "INSERT OR REPLACE INTO stats VALUES (?,?,?,?)", (name, version, json.dumps(stats), time.time())
+            )
+        )
 
     def get_stats(self, name: str, version: int) -> dict | None:
         rows = self._read("SELECT stats FROM stats WHERE name=? AND version=?", (name, version))
@@ -177,35 +216,59 @@ class MetadataStore:
 
     def vocab(self, name: str, version: int, feature: str) -> list[str]:
         """Values in code order: ``vocab[code] == value``."""
-        rows = self._read("SELECT value FROM vocab WHERE name=? AND version=? AND feature=? ORDER BY code",
-                          (name, version, feature))
+        rows = self._read(
+            "SELECT value FROM vocab WHERE name=? AND version=? AND feature=? ORDER BY code", (name, version, feature)
+        )
         return [r[0] for r in rows]
 
     def extend_vocab(self, name: str, version: int, feature: str, values: list[str]) -> list[str]:
         """Append the values not yet coded (codes are never reused or changed); returns the vocabulary."""
 
         def run(cur):
-            have = [r[0] for r in cur.execute(
-                "SELECT value FROM vocab WHERE name=? AND version=? AND feature=? ORDER BY code",
-                (name, version, feature))]
+            have = [
+                r[0]
+                for r in cur.execute(
+                    "SELECT value FROM vocab WHERE name=? AND version=? AND feature=? ORDER BY code",
+                    (name, version, feature),
+                )
+            ]
             known = set(have)
             new = [v for v in values if v not in known]
-            cur.executemany("INSERT INTO vocab VALUES (?,?,?,?,?)",
-                            [(name, version, feature, v, len(have) + i) for i, v in enumerate(new)])
+            cur.executemany(
+                "INSERT INTO vocab VALUES (?,?,?,?,?)",
+                [(name, version, feature, v, len(have) + i) for i, v in enumerate(new)],
+            )
             return have + new
 
         return self._tx(run)
 
     # --- materialisations -----------------------------------------------------------------------
 
-    def record_materialization(self, name: str, version: int, start_us, end_us, n: int, written: int,
-                               skipped: int) -> None:
-        self._tx(lambda cur: cur.execute(
-            "INSERT INTO materializations (name, version, start_us, end_us, n_entities, written, skipped_older, "
-            "created_at) VALUES (?,?,?,?,?,?,?,?)", (name, version, start_us, end_us, n, written, skipped, time.time())))
+    def record_materialization(
+        self, name: str, version: int, start_us, end_us, n: int, written: int, skipped: int
+    ) -> None:
+        self._tx(
+            lambda cur: cur.execute(
+                "INSERT INTO materializations (name, version, start_us, end_us, n_entities, written, skipped_older, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?)",
+                (name, version, start_us, end_us, n, written, skipped, time.time()),
+            )
+        )
 
     def materializations(self, name: str, version: int) -> list[dict]:
-        rows = self._read("SELECT start_us, end_us, n_entities, written, skipped_older, created_at FROM "
-                          "materializations WHERE name=? AND version=? ORDER BY id", (name, version))
-        return [{"start_us": r[0], "end_us": r[1], "entities": r[2], "written": r[3], "skipped_older": r[4],
-                 "created_at": r[5]} for r in rows]
+        rows = self._read(
+            "SELECT start_us, end_us, n_entities, written, skipped_older, created_at FROM "
+            "materializations WHERE name=? AND version=? ORDER BY id",
+            (name, version),
+        )
+        return [
+            {
+                "start_us": r[0],
+                "end_us": r[1],
+                "entities": r[2],
+                "written": r[3],
+                "skipped_older": r[4],
+                "created_at": r[5],
+            }
+            for r in rows
+        ]

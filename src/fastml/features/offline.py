@@ -107,9 +107,13 @@ def validate(group: FeatureGroup, table) -> pa.Table:
     for reserved in RESERVED_COLUMNS:
         if reserved in table.column_names:
             raise InvalidInput(f"column {reserved!r} is reserved by the feature store")
-    missing = [c for c in (*group.entities, group.timestamp_column, *group.feature_names) if c not in table.column_names]
+    missing = [
+        c for c in (*group.entities, group.timestamp_column, *group.feature_names) if c not in table.column_names
+    ]
     if missing:
-        raise InvalidInput(f"ingest into {group.name!r}: missing column(s) {missing}; the table has {table.column_names}")
+        raise InvalidInput(
+            f"ingest into {group.name!r}: missing column(s) {missing}; the table has {table.column_names}"
+        )
     columns, names = [], []
     for name in group.entities:
         col = key_strings(table, (name,))
@@ -217,8 +221,15 @@ class OfflineStore:
             for d in staging_root.iterdir():
                 shutil.rmtree(d, ignore_errors=True)
 
-    def read(self, group: FeatureGroup, version: int, ingests: list[dict], columns: list[str] | None = None,
-             start_us: int | None = None, end_us: int | None = None) -> pa.Table:
+    def read(
+        self,
+        group: FeatureGroup,
+        version: int,
+        ingests: list[dict],
+        columns: list[str] | None = None,
+        start_us: int | None = None,
+        end_us: int | None = None,
+    ) -> pa.Table:
         """Rows of the committed ingests, optionally with start_us <= event time < end_us."""
         vdir = self.version_dir(group.name, version)
         lo_day = None if start_us is None else start_us // US_PER_DAY
@@ -237,7 +248,9 @@ class OfflineStore:
         wanted = list(columns) if columns is not None else None
         schema = self.schema(group)
         if not files:
-            return schema.empty_table() if wanted is None else pa.schema([schema.field(c) for c in wanted]).empty_table()
+            return (
+                schema.empty_table() if wanted is None else pa.schema([schema.field(c) for c in wanted]).empty_table()
+            )
         dataset = ds.dataset(files, format="parquet", schema=schema)
         flt = None
         ts_field = ds.field(group.timestamp_column)

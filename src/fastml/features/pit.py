@@ -88,8 +88,7 @@ def sort_with_ties(packed: np.ndarray, seq: np.ndarray, row: np.ndarray) -> np.n
     return order
 
 
-def latest_per_key(code: np.ndarray, n_codes: int, ts_us: np.ndarray, seq: np.ndarray,
-                   row: np.ndarray) -> np.ndarray:
+def latest_per_key(code: np.ndarray, n_codes: int, ts_us: np.ndarray, seq: np.ndarray, row: np.ndarray) -> np.ndarray:
     """Index of each key's latest row (greatest time, then ingest seq, then row), one per key."""
     if n_codes == len(code):
         return np.arange(len(code))  # one row per key: nothing to choose

@@ -21,26 +21,56 @@ def feature_stats(column: pa.Array | pa.ChunkedArray, dtype: str) -> dict:
     """Statistics of one column (see the module docstring)."""
     n = len(column)
     nulls = column.null_count
-    out: dict = {"dtype": dtype, "rows": n, "count": n - nulls, "null_count": nulls,
-                 "null_rate": (nulls / n) if n else 0.0}
+    out: dict = {
+        "dtype": dtype,
+        "rows": n,
+        "count": n - nulls,
+        "null_count": nulls,
+        "null_rate": (nulls / n) if n else 0.0,
+    }
     valid = pc.drop_null(column)
     if dtype in ("float32", "float64", "int64"):
         x = valid.to_numpy().astype(np.float64) if len(valid) else np.empty(0)
         x = x[np.isfinite(x)]
         if len(x) == 0:
-            out.update({"mean": None, "std": None, "min": None, "max": None, "p50": None, "p90": None, "p99": None,
-                        "histogram": {"edges": [], "counts": []}})
+            out.update(
+                {
+                    "mean": None,
+                    "std": None,
+                    "min": None,
+                    "max": None,
+                    "p50": None,
+                    "p90": None,
+                    "p99": None,
+                    "histogram": {"edges": [], "counts": []},
+                }
+            )
             return out
         p50, p90, p99 = np.quantile(x, [0.5, 0.9, 0.99])
         counts, edges = np.histogram(x, bins=HISTOGRAM_BINS)
-        out.update({"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max()),
-                    "p50": float(p50), "p90": float(p90), "p99": float(p99),
-                    "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}})
+        out.update(
+            {
+                "mean": float(x.mean()),
+                "std": float(x.std()),
+                "min": float(x.min()),
+                "max": float(x.max()),
+                "p50": float(p50),
+                "p90": float(p90),
+                "p99": float(p99),
+                "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+            }
+        )
     elif dtype == "bool":
         trues = int(pc.sum(valid).as_py() or 0) if len(valid) else 0
         count = len(valid)
-        out.update({"true_count": trues, "false_count": count - trues, "mean": (trues / count) if count else None,
-                    "top_k": _top_k(valid)})
+        out.update(
+            {
+                "true_count": trues,
+                "false_count": count - trues,
+                "mean": (trues / count) if count else None,
+                "top_k": _top_k(valid),
+            }
+        )
     else:
         out.update({"distinct": int(pc.count_distinct(valid).as_py()) if len(valid) else 0, "top_k": _top_k(valid)})
     return out
@@ -58,5 +88,7 @@ def _top_k(valid) -> list[list]:
 
 def group_stats(group: FeatureGroup, table: pa.Table) -> dict:
     """Statistics of every feature of ``group`` over ``table``."""
-    return {"rows": table.num_rows,
-            "features": {f.name: feature_stats(table.column(f.name), f.dtype) for f in group.features}}
+    return {
+        "rows": table.num_rows,
+        "features": {f.name: feature_stats(table.column(f.name), f.dtype) for f in group.features},
+    }

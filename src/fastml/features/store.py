@@ -1,11 +1,11 @@
 """``FeatureStore``: the one object users hold (define, ingest, training sets, materialise, look up).
 
-    fs = FeatureStore()                               # under $FASTML_HOME/features/
-    fs.register(FeatureGroup("driver", entities=["driver_id"], features=[Feature("trips", "int64")]))
-    fs.ingest("driver", table)                        # pyarrow Table or pandas DataFrame
-    fs.get_training_set(entity_rows, ["driver:trips"])
-    fs.materialize("driver")
-    fs.get_online(["driver:trips"], [1001, 1002])
+fs = FeatureStore()                               # under $FASTML_HOME/features/
+fs.register(FeatureGroup("driver", entities=["driver_id"], features=[Feature("trips", "int64")]))
+fs.ingest("driver", table)                        # pyarrow Table or pandas DataFrame
+fs.get_training_set(entity_rows, ["driver:trips"])
+fs.materialize("driver")
+fs.get_online(["driver:trips"], [1001, 1002])
 """
 
 from __future__ import annotations
@@ -37,8 +37,14 @@ class FeatureStore:
         sync: fsync the online store on every materialisation commit.
     """
 
-    def __init__(self, home: str | Path | None = None, *, online_backend: str = "native",
-                 map_size_bytes: int = 32 << 30, sync: bool = True):
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        *,
+        online_backend: str = "native",
+        map_size_bytes: int = 32 << 30,
+        sync: bool = True,
+    ):
         if home is None:
             from fastml.config import get_settings
 
@@ -126,8 +132,15 @@ class FeatureStore:
         rows = self._read(g, version)  # the whole-version read, reused by training sets and materialize
         self.metadata.put_stats(g.name, version, group_stats(g, rows))
 
-    def _read(self, g: FeatureGroup, version: int, columns: list[str] | None = None, start_us=None,
-              end_us=None, ingests: list[dict] | None = None) -> pa.Table:
+    def _read(
+        self,
+        g: FeatureGroup,
+        version: int,
+        columns: list[str] | None = None,
+        start_us=None,
+        end_us=None,
+        ingests: list[dict] | None = None,
+    ) -> pa.Table:
         if ingests is None:
             ingests = self.metadata.ingests(g.name, version)
         if start_us is not None or end_us is not None:
@@ -165,8 +178,9 @@ class FeatureStore:
         g, version = self.get_group(group)
         return self._read(g, version, None, _to_us(start), _to_us(end))
 
-    def get_training_set(self, entity_rows, features, *, full_feature_names: bool = False,
-                         timestamp_column: str = "event_timestamp") -> pa.Table:
+    def get_training_set(
+        self, entity_rows, features, *, full_feature_names: bool = False, timestamp_column: str = "event_timestamp"
+    ) -> pa.Table:
         """Point-in-time correct features for each entity row (see ``fastml.features.pit``).
 
         Args:
@@ -205,7 +219,10 @@ class FeatureStore:
             rows, index = self._pit_index(g, version)
             src, valid = index.lookup(keys, e_ts, int(round(g.ttl_s * 1e6)))
             for r in grefs:
-                result[str(r)] = (_column_name(r, full_feature_names), _pit.take_valid(rows.column(r.feature), src, valid))
+                result[str(r)] = (
+                    _column_name(r, full_feature_names),
+                    _pit.take_valid(rows.column(r.feature), src, valid),
+                )
         out = entity
         for r in refs:
             name, arr = result[str(r)]
@@ -221,8 +238,13 @@ class FeatureStore:
             with self._lock:
                 if self._online is None:
                     sub = "online" if self._online_backend == "native" else f"online_{self._online_backend}"
-                    self._online = OnlineStore(self.root / sub, self.metadata.group, self.metadata.vocab,
-                                               backend=self._online_backend, **self._online_args)
+                    self._online = OnlineStore(
+                        self.root / sub,
+                        self.metadata.group,
+                        self.metadata.vocab,
+                        backend=self._online_backend,
+                        **self._online_args,
+                    )
         return self._online
 
     def materialize(self, group, start=None, end=None) -> dict:
@@ -268,8 +290,7 @@ class FeatureStore:
         self.metadata.record_materialization(g.name, version, start_us, end_us, n, written, skipped)
         return {"group": g.name, "version": version, "entities": n, "written": written, "skipped_older": skipped}
 
-    def get_online(self, features, entity_keys, as_dict: bool = False, *, as_float32: bool = False,
-                   now_us: int = 0):
+    def get_online(self, features, entity_keys, as_dict: bool = False, *, as_float32: bool = False, now_us: int = 0):
         """Online values: ``(values [n, f], present [n, f], event_time_us [n, f])`` or Feast's dict shape.
 
         See :meth:`fastml.features.online.OnlineStore.get`.

@@ -49,7 +49,9 @@ class Catalog:
     """Configuration, connections and lookups shared by the registry's parts (see :class:`Registry` for
     the arguments)."""
 
-    def __init__(self, url: str | None = None, *, stages=None, protected=None, webhooks=None, artifacts_dir=None, exclusive=None):
+    def __init__(
+        self, url: str | None = None, *, stages=None, protected=None, webhooks=None, artifacts_dir=None, exclusive=None
+    ):
         from fastml.config import get_settings
 
         settings = get_settings()
@@ -112,7 +114,9 @@ class Catalog:
         # The separator is a literal (not a bind parameter) so the statement needs no per-call
         # post-compilation; the function is each dialect's own string aggregate.
         agg = sa.func.string_agg if self.engine.dialect.name == "postgresql" else sa.func.group_concat
-        alias_list = sa.select(agg(_a.c.alias, sa.literal_column("','"))).where(_a.c.version_id == _v.c.id).scalar_subquery()
+        alias_list = (
+            sa.select(agg(_a.c.alias, sa.literal_column("','"))).where(_a.c.version_id == _v.c.id).scalar_subquery()
+        )
         parent = _v.alias("parent")
         parent_model = _m.alias("parent_model")
         parent_ref = (
@@ -123,7 +127,9 @@ class Catalog:
         )
         # eval_results (per-example lists, possibly large) are left out: only compare() reads them.
         cols = [c for c in _v.c if c.name != "eval_results"]
-        return sa.select(*cols, _m.c.name, alias_list.label("alias_list"), parent_ref.label("parent_ref")).join(_m, _m.c.id == _v.c.model_id)
+        return sa.select(*cols, _m.c.name, alias_list.label("alias_list"), parent_ref.label("parent_ref")).join(
+            _m, _m.c.id == _v.c.model_id
+        )
 
     def _build_lookups(self) -> None:
         # Statements built once with bind parameters: SQLAlchemy then reuses their compiled form, which
@@ -133,8 +139,10 @@ class Catalog:
         self._q_latest = live.order_by(_v.c.sort_key.desc()).limit(1)
         self._q_stage = live.where(_v.c.stage == sa.bindparam("stage")).order_by(_v.c.sort_key.desc()).limit(1)
         alias_target = (
-            sa.select(_a.c.version_id).join(_m, _m.c.id == _a.c.model_id)
-            .where(_m.c.name == sa.bindparam("name"), _a.c.alias == sa.bindparam("alias")).scalar_subquery()
+            sa.select(_a.c.version_id)
+            .join(_m, _m.c.id == _a.c.model_id)
+            .where(_m.c.name == sa.bindparam("name"), _a.c.alias == sa.bindparam("alias"))
+            .scalar_subquery()
         )
         self._q_alias = live.where(_v.c.id == alias_target)
         self._q_by_id = self.select_version.where(_v.c.id == sa.bindparam("vid"))
@@ -184,7 +192,9 @@ class Catalog:
         """The live version row a reference names (NotFound saying what is missing otherwise)."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
         if r.version is not None:
-            row = conn.execute(self._q_version, {"name": r.name, "key": semver.sort_key(semver.parse(r.version))}).first()
+            row = conn.execute(
+                self._q_version, {"name": r.name, "key": semver.sort_key(semver.parse(r.version))}
+            ).first()
         elif r.selector == LATEST:
             row = conn.execute(self._q_latest, {"name": r.name}).first()
         elif r.selector in self.stages:
@@ -198,8 +208,14 @@ class Catalog:
     def _explain_missing(self, conn, r: Ref):
         mid = self.model_id(conn, r.name)  # raises NotFound with close model names
         if r.version is not None:
-            known = conn.execute(sa.select(_v.c.version).where(_v.c.model_id == mid, _v.c.deleted_at.is_(None))).scalars().all()
-            raise NotFound(f"model {r.name!r} has no version {r.version!r} in {self.location}{close_matches(r.version, known)}")
+            known = (
+                conn.execute(sa.select(_v.c.version).where(_v.c.model_id == mid, _v.c.deleted_at.is_(None)))
+                .scalars()
+                .all()
+            )
+            raise NotFound(
+                f"model {r.name!r} has no version {r.version!r} in {self.location}{close_matches(r.version, known)}"
+            )
         if r.selector == LATEST:
             raise NotFound(f"model {r.name!r} has no live versions in {self.location}")
         if r.selector in self.stages:
@@ -215,7 +231,9 @@ class Catalog:
 
     def ref_of_id(self, vid: int) -> str:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(_m.c.name, _v.c.version).join(_m, _m.c.id == _v.c.model_id).where(_v.c.id == vid)).one()
+            row = conn.execute(
+                sa.select(_m.c.name, _v.c.version).join(_m, _m.c.id == _v.c.model_id).where(_v.c.id == vid)
+            ).one()
         return f"{row.name}:{row.version}"
 
     def resolve(self, ref: str) -> ModelVersion:
@@ -223,14 +241,50 @@ class Catalog:
             return self.to_mv(self.find_row(conn, ref))
 
     # ----------------------------------------------------------------- events
-    def emit(self, conn, pending: list, kind: str, model: str, version: str | None, from_, to, reason: str, actor: str, details: dict | None = None) -> None:
+    def emit(
+        self,
+        conn,
+        pending: list,
+        kind: str,
+        model: str,
+        version: str | None,
+        from_,
+        to,
+        reason: str,
+        actor: str,
+        details: dict | None = None,
+    ) -> None:
         """Append one event row inside the caller's write transaction and queue it for :meth:`publish`."""
         at = now()
         details = details or {}
         eid = conn.execute(
-            _INS_EVENT, {"at": at, "actor": actor, "kind": kind, "model": model, "version": version, "from_value": from_, "to_value": to, "reason": reason or "", "details": details}
+            _INS_EVENT,
+            {
+                "at": at,
+                "actor": actor,
+                "kind": kind,
+                "model": model,
+                "version": version,
+                "from_value": from_,
+                "to_value": to,
+                "reason": reason or "",
+                "details": details,
+            },
         ).scalar_one()
-        pending.append({"id": eid, "at": at, "actor": actor, "kind": kind, "model": model, "version": version, "from": from_, "to": to, "reason": reason or "", "details": details})
+        pending.append(
+            {
+                "id": eid,
+                "at": at,
+                "actor": actor,
+                "kind": kind,
+                "model": model,
+                "version": version,
+                "from": from_,
+                "to": to,
+                "reason": reason or "",
+                "details": details,
+            }
+        )
 
     def publish(self, pending: list) -> None:
         """Hand committed events to subscribers and webhooks (call after the transaction committed)."""

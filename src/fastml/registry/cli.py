@@ -9,7 +9,11 @@ import sys
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("registry", help="model registry: versions, stages, approvals, lineage")
-    p.add_argument("--url", default=None, help="SQLAlchemy URL of the registry (default: $FASTML_REGISTRY_URL or $FASTML_HOME/registry.db)")
+    p.add_argument(
+        "--url",
+        default=None,
+        help="SQLAlchemy URL of the registry (default: $FASTML_REGISTRY_URL or $FASTML_HOME/registry.db)",
+    )
     sub = p.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
 
     def cmd(name, fn, help_, *, read=False):
@@ -28,7 +32,9 @@ def add_parser(subparsers) -> None:
     c.add_argument("--version", default=None, help="semantic version (default: bump from the latest)")
     c.add_argument("--bump", choices=["major", "minor", "patch"], default="patch")
     c.add_argument("--metric", action="append", default=[], metavar="NAME=NUMBER")
-    c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="VALUE parsed as JSON when it can be")
+    c.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="VALUE parsed as JSON when it can be"
+    )
     c.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE")
     c.add_argument("--description", default="")
     c.add_argument("--parent", default=None, metavar="REF")
@@ -69,7 +75,9 @@ def add_parser(subparsers) -> None:
     c.add_argument("--status", default="open", help="open|approved|rejected|stale|all")
     c.add_argument("--name", default=None)
 
-    c = cmd("promote", _promote, "move a version into an unprotected stage (protected ones need request/approve)", read=True)
+    c = cmd(
+        "promote", _promote, "move a version into an unprotected stage (protected ones need request/approve)", read=True
+    )
     c.add_argument("ref")
     c.add_argument("stage")
     c.add_argument("--reason", default="")
@@ -87,7 +95,12 @@ def add_parser(subparsers) -> None:
     c.add_argument("--reason", default="")
     actor(c)
 
-    c = cmd("compare", _compare, "compare versions on a metric (with a significance test when eval results exist)", read=True)
+    c = cmd(
+        "compare",
+        _compare,
+        "compare versions on a metric (with a significance test when eval results exist)",
+        read=True,
+    )
     c.add_argument("refs", nargs="+")
     c.add_argument("--metric", required=True)
     c.add_argument("--lower-is-better", action="store_true")
@@ -96,7 +109,9 @@ def add_parser(subparsers) -> None:
     c = cmd("lineage", _lineage, "ancestors and descendants of a version", read=True)
     c.add_argument("ref")
 
-    c = cmd("history", _history, "changes of a model and its state at a moment (--at 2026-11-29 or an ISO time)", read=True)
+    c = cmd(
+        "history", _history, "changes of a model and its state at a moment (--at 2026-11-29 or an ISO time)", read=True
+    )
     c.add_argument("name")
     c.add_argument("--at", default=None)
 
@@ -130,7 +145,11 @@ def _pairs(items: list[str], what: str, *, numbers: bool = False, json_values: b
             raise InvalidInput(f"--{what} {item!r}: expected NAME=VALUE")
         if numbers:
             try:
-                out[key] = float(value) if any(ch in value for ch in ".eE") or value.lower() in ("nan", "inf", "-inf") else int(value)
+                out[key] = (
+                    float(value)
+                    if any(ch in value for ch in ".eE") or value.lower() in ("nan", "inf", "-inf")
+                    else int(value)
+                )
             except ValueError:
                 raise InvalidInput(f"--{what} {item!r}: {value!r} is not a number") from None
         elif json_values:
@@ -170,9 +189,22 @@ def _table(rows: list[list], headers: list[str]) -> None:
 
 
 def _version_rows(mvs) -> None:
-    _table([[mv.name, mv.version, mv.stage, ",".join(mv.aliases), mv.sha256[:12], mv.created_at[:19], mv.created_by,
-             " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(mv.metrics.items()))] for mv in mvs],
-           ["NAME", "VERSION", "STAGE", "ALIASES", "SHA256", "CREATED", "BY", "METRICS"])
+    _table(
+        [
+            [
+                mv.name,
+                mv.version,
+                mv.stage,
+                ",".join(mv.aliases),
+                mv.sha256[:12],
+                mv.created_at[:19],
+                mv.created_by,
+                " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(mv.metrics.items())),
+            ]
+            for mv in mvs
+        ],
+        ["NAME", "VERSION", "STAGE", "ALIASES", "SHA256", "CREATED", "BY", "METRICS"],
+    )
 
 
 def _show_version(mv, as_json: bool) -> None:
@@ -180,8 +212,24 @@ def _show_version(mv, as_json: bool) -> None:
         _print_json(mv.to_dict())
         return
     d = mv.to_dict()
-    for key in ("ref", "stage", "aliases", "sha256", "size_bytes", "artifact_path", "created_at", "created_by", "description",
-                "parent", "run_id", "dataset_fingerprint", "feature_refs", "metrics", "params", "tags"):
+    for key in (
+        "ref",
+        "stage",
+        "aliases",
+        "sha256",
+        "size_bytes",
+        "artifact_path",
+        "created_at",
+        "created_by",
+        "description",
+        "parent",
+        "run_id",
+        "dataset_fingerprint",
+        "feature_refs",
+        "metrics",
+        "params",
+        "tags",
+    ):
         value = d[key]
         if isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
@@ -193,8 +241,10 @@ def _show_request(req: dict, as_json: bool) -> None:
     if as_json:
         _print_json(req)
         return
-    print(f"request {req['id']}: {req['ref']} {req['from_stage']} -> {req['target_stage']} by {req['requester']}: "
-          f"{req['status']} ({req['approvals']}/{req['required_approvals']} approvals)")
+    print(
+        f"request {req['id']}: {req['ref']} {req['from_stage']} -> {req['target_stage']} by {req['requester']}: "
+        f"{req['status']} ({req['approvals']}/{req['required_approvals']} approvals)"
+    )
     for d in req["decisions"]:
         print(f"  {d['at'][:19]}  {d['decision']:8s} {d['reviewer']}: {d['comment']}")
 
@@ -203,12 +253,23 @@ def _show_request(req: dict, as_json: bool) -> None:
 def _register(args) -> int:
     reg = _registry(args)
     mv = reg.register(
-        args.name, args.artifact, version=args.version, bump=args.bump,
-        metrics=_pairs(args.metric, "metric", numbers=True), params=_pairs(args.param, "param", json_values=True),
-        tags=_pairs(args.tag, "tag"), description=args.description, parent=args.parent,
-        signature=_json_file(args.signature, "--signature"), model_card=_json_file(args.model_card, "--model-card"),
-        eval_results=_json_file(args.eval_results, "--eval-results"), source_artifact=args.source_artifact,
-        run_id=args.run_id, dataset_fingerprint=args.dataset_fingerprint, feature_refs=args.feature_ref or None, actor=args.actor,
+        args.name,
+        args.artifact,
+        version=args.version,
+        bump=args.bump,
+        metrics=_pairs(args.metric, "metric", numbers=True),
+        params=_pairs(args.param, "param", json_values=True),
+        tags=_pairs(args.tag, "tag"),
+        description=args.description,
+        parent=args.parent,
+        signature=_json_file(args.signature, "--signature"),
+        model_card=_json_file(args.model_card, "--model-card"),
+        eval_results=_json_file(args.eval_results, "--eval-results"),
+        source_artifact=args.source_artifact,
+        run_id=args.run_id,
+        dataset_fingerprint=args.dataset_fingerprint,
+        feature_refs=args.feature_ref or None,
+        actor=args.actor,
     )
     reg.close()
     if args.json:
@@ -222,7 +283,11 @@ def _list(args) -> int:
     reg = _registry(args)
     tags = _pairs(args.tag, "tag")
     if args.name or tags or args.stage:
-        mvs = reg.search(tags=tags, stage=args.stage, name=args.name) if (tags or args.stage) else reg.list_versions(args.name)
+        mvs = (
+            reg.search(tags=tags, stage=args.stage, name=args.name)
+            if (tags or args.stage)
+            else reg.list_versions(args.name)
+        )
         if args.name and not mvs:
             reg.list_versions(args.name)  # NotFound with suggestions for an unknown name
         if args.json:
@@ -234,9 +299,19 @@ def _list(args) -> int:
     if args.json:
         _print_json(models)
     else:
-        _table([[m["name"], m["versions"], m["latest"], " ".join(f"{s}={','.join(v)}" for s, v in m["stages"].items()),
-                 " ".join(f"{a}={v}" for a, v in sorted(m["aliases"].items()))] for m in models],
-               ["NAME", "VERSIONS", "LATEST", "STAGES", "ALIASES"])
+        _table(
+            [
+                [
+                    m["name"],
+                    m["versions"],
+                    m["latest"],
+                    " ".join(f"{s}={','.join(v)}" for s, v in m["stages"].items()),
+                    " ".join(f"{a}={v}" for a, v in sorted(m["aliases"].items())),
+                ]
+                for m in models
+            ],
+            ["NAME", "VERSIONS", "LATEST", "STAGES", "ALIASES"],
+        )
     return 0
 
 
@@ -253,8 +328,10 @@ def _request(args) -> int:
     if args.json:
         _print_json(req)
     else:
-        print(f"request {rid} opened: {req['ref']} -> {req['target_stage']}, needs {req['required_approvals']} approvals "
-              f"(fastml registry approve {rid} --reviewer NAME)")
+        print(
+            f"request {rid} opened: {req['ref']} -> {req['target_stage']}, needs {req['required_approvals']} approvals "
+            f"(fastml registry approve {rid} --reviewer NAME)"
+        )
     return 0
 
 
@@ -279,9 +356,21 @@ def _requests(args) -> int:
     if args.json:
         _print_json(reqs)
     else:
-        _table([[r["id"], r["ref"], f"{r['from_stage']}->{r['target_stage']}", r["requester"], r["status"],
-                 f"{r['approvals']}/{r['required_approvals']}", r["created_at"][:19]] for r in reqs],
-               ["ID", "REF", "MOVE", "REQUESTER", "STATUS", "APPROVALS", "CREATED"])
+        _table(
+            [
+                [
+                    r["id"],
+                    r["ref"],
+                    f"{r['from_stage']}->{r['target_stage']}",
+                    r["requester"],
+                    r["status"],
+                    f"{r['approvals']}/{r['required_approvals']}",
+                    r["created_at"][:19],
+                ]
+                for r in reqs
+            ],
+            ["ID", "REF", "MOVE", "REQUESTER", "STATUS", "APPROVALS", "CREATED"],
+        )
     return 0
 
 
@@ -327,13 +416,20 @@ def _delete(args) -> int:
 
 
 def _compare(args) -> int:
-    res = _registry(args).compare(args.refs, metric=args.metric, higher_is_better=not args.lower_is_better, alpha=args.alpha)
+    res = _registry(args).compare(
+        args.refs, metric=args.metric, higher_is_better=not args.lower_is_better, alpha=args.alpha
+    )
     if args.json:
         _print_json(res)
         return 0
     params = sorted(res["params_differ"])
-    _table([[v["ref"], v["stage"], v["metric"], *(json.dumps(v["params"].get(p)) for p in params)] for v in res["versions"]],
-           ["REF", "STAGE", args.metric.upper(), *params])
+    _table(
+        [
+            [v["ref"], v["stage"], v["metric"], *(json.dumps(v["params"].get(p)) for p in params)]
+            for v in res["versions"]
+        ],
+        ["REF", "STAGE", args.metric.upper(), *params],
+    )
     for t in res["tests"]:
         print(f"{t['test']}: {t['a']} vs {t['b']}: p = {t['p_value']:.4g}")
     print(res["decision"])
@@ -345,8 +441,10 @@ def _lineage(args) -> int:
     if args.json:
         _print_json(res)
         return 0
-    print(f"{res['ref']} (stage {res['stage']}; run {res['run_id'] or '-'}; dataset {res['dataset_fingerprint'] or '-'}; "
-          f"features {','.join(res['feature_refs']) or '-'})")
+    print(
+        f"{res['ref']} (stage {res['stage']}; run {res['run_id'] or '-'}; dataset {res['dataset_fingerprint'] or '-'}; "
+        f"features {','.join(res['feature_refs']) or '-'})"
+    )
     for depth, a in enumerate(res["ancestors"], 1):
         print(f"  {'^ ' * depth}{a['ref']} (run {a['run_id'] or '-'})")
     for d in res["descendants"]:
@@ -359,8 +457,13 @@ def _history(args) -> int:
     if args.json:
         _print_json(res)
         return 0
-    _table([[e["id"], e["at"][:23], e["actor"], e["kind"], e["version"], e["from"], e["to"], e["reason"]] for e in res["events"]],
-           ["ID", "AT", "ACTOR", "KIND", "VERSION", "FROM", "TO", "REASON"])
+    _table(
+        [
+            [e["id"], e["at"][:23], e["actor"], e["kind"], e["version"], e["from"], e["to"], e["reason"]]
+            for e in res["events"]
+        ],
+        ["ID", "AT", "ACTOR", "KIND", "VERSION", "FROM", "TO", "REASON"],
+    )
     print(f"\nstate at {res['at']}:")
     for stage, vs in res["stages"].items():
         print(f"  {stage:12s} {', '.join(vs) or '-'}")
@@ -374,8 +477,10 @@ def _events(args) -> int:
     if args.json:
         _print_json(evs)
     else:
-        _table([[e["id"], e["at"][:23], e["actor"], e["kind"], e["model"], e["version"], e["from"], e["to"]] for e in evs],
-               ["ID", "AT", "ACTOR", "KIND", "MODEL", "VERSION", "FROM", "TO"])
+        _table(
+            [[e["id"], e["at"][:23], e["actor"], e["kind"], e["model"], e["version"], e["from"], e["to"]] for e in evs],
+            ["ID", "AT", "ACTOR", "KIND", "MODEL", "VERSION", "FROM", "TO"],
+        )
     return 0
 
 
@@ -384,7 +489,10 @@ def _verify(args) -> int:
     if args.json:
         _print_json({"ok": not problems, "problems": problems})
     elif problems:
-        _table([[p["ref"], p["kind"], p["sha256"][:12], p["problem"]] for p in problems], ["REF", "KIND", "SHA256", "PROBLEM"])
+        _table(
+            [[p["ref"], p["kind"], p["sha256"][:12], p["problem"]] for p in problems],
+            ["REF", "KIND", "SHA256", "PROBLEM"],
+        )
     else:
         print("all artifacts verified")
     return 1 if problems else 0

@@ -43,7 +43,9 @@ def _values(results: dict, what: str) -> tuple[str, np.ndarray, list | None]:
     elif "scores" in results:
         kind, vals = "scores", np.asarray(results["scores"], dtype=np.float64)
     else:
-        raise InvalidInput(f"eval_results of {what} need 'correct', 'y_true'+'y_pred' or 'scores'; got keys {sorted(results)}")
+        raise InvalidInput(
+            f"eval_results of {what} need 'correct', 'y_true'+'y_pred' or 'scores'; got keys {sorted(results)}"
+        )
     if vals.ndim != 1 or vals.size == 0:
         raise InvalidInput(f"eval_results of {what} must be a non-empty flat list")
     hib = results.get("higher_is_better")
@@ -99,7 +101,9 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"test": "mcnemar_chi2", "b": b, "c": c, "statistic": float(stat), "p_value": float(stats.chi2.sf(stat, 1))}
 
 
-def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+def paired_bootstrap(
+    scores_a: np.ndarray, scores_b: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> dict:
     """Paired bootstrap of mean(scores_a - scores_b); two-sided p-value for "no difference"."""
     diff = scores_a - scores_b
     rng = np.random.default_rng(seed)
@@ -113,7 +117,13 @@ def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, *, resamples: i
         means[start:stop] = diff[idx].mean(axis=1)
     p = min(1.0, 2.0 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"test": "paired_bootstrap", "mean_difference": float(diff.mean()), "ci95": [float(lo), float(hi)], "resamples": resamples, "p_value": p}
+    return {
+        "test": "paired_bootstrap",
+        "mean_difference": float(diff.mean()),
+        "ci95": [float(lo), float(hi)],
+        "resamples": resamples,
+        "p_value": p,
+    }
 
 
 def significance(a: dict, b: dict, what_a: str, what_b: str) -> tuple[dict, float, float]:
@@ -123,18 +133,44 @@ def significance(a: dict, b: dict, what_a: str, what_b: str) -> tuple[dict, floa
         return mcnemar(va, vb), float(va.mean()), float(vb.mean())
     return paired_bootstrap(va, vb), float(va.mean()), float(vb.mean())
 
+
 def compare_versions(mvs: list, evals: dict, metric: str, higher_is_better: bool, alpha: float) -> dict:
     """The comparison behind ``Registry.compare``: ``mvs`` are resolved ModelVersions, ``evals`` maps
     version id -> eval_results (or None). See the registry method for the meaning of the result."""
     missing = [mv.ref for mv in mvs if metric not in mv.metrics]
     have_eval = all(evals.get(mv.id) for mv in mvs)
     sign = 1.0 if higher_is_better else -1.0
-    rows = [{"ref": mv.ref, "name": mv.name, "version": mv.version, "stage": mv.stage, "aliases": mv.aliases,
-             "metric": mv.metrics.get(metric), "metrics": mv.metrics, "params": mv.params} for mv in mvs]
+    rows = [
+        {
+            "ref": mv.ref,
+            "name": mv.name,
+            "version": mv.version,
+            "stage": mv.stage,
+            "aliases": mv.aliases,
+            "metric": mv.metrics.get(metric),
+            "metrics": mv.metrics,
+            "params": mv.params,
+        }
+        for mv in mvs
+    ]
     params_keys = sorted(set().union(*(mv.params for mv in mvs)))
-    differing = {k: {mv.ref: mv.params.get(k) for mv in mvs} for k in params_keys if len({json.dumps(mv.params.get(k), sort_keys=True) for mv in mvs}) > 1}
-    result = {"metric": metric, "higher_is_better": higher_is_better, "alpha": alpha, "versions": rows,
-              "params_differ": differing, "winner": None, "significant": None, "p_value": None, "tests": [], "decision": ""}
+    differing = {
+        k: {mv.ref: mv.params.get(k) for mv in mvs}
+        for k in params_keys
+        if len({json.dumps(mv.params.get(k), sort_keys=True) for mv in mvs}) > 1
+    }
+    result = {
+        "metric": metric,
+        "higher_is_better": higher_is_better,
+        "alpha": alpha,
+        "versions": rows,
+        "params_differ": differing,
+        "winner": None,
+        "significant": None,
+        "p_value": None,
+        "tests": [],
+        "decision": "",
+    }
     if not missing:
         order = sorted(range(len(mvs)), key=lambda i: -sign * mvs[i].metrics[metric])
         best = order[0]
@@ -146,7 +182,9 @@ def compare_versions(mvs: list, evals: dict, metric: str, higher_is_better: bool
         best = max(range(len(mvs)), key=lambda i: direction(evals[mvs[i].id], higher_is_better) * means[i])
     if not have_eval:
         result["winner"] = mvs[best].ref
-        result["decision"] = f"{mvs[best].ref} by {metric} only (no per-example eval results stored; significance not tested)"
+        result["decision"] = (
+            f"{mvs[best].ref} by {metric} only (no per-example eval results stored; significance not tested)"
+        )
         return result
     p_max, ok = 0.0, True
     for i, mv in enumerate(mvs):

@@ -63,7 +63,14 @@ class Webhook:
         attempts = int(cfg.get("max_attempts", 5))
         if attempts < 1:
             raise InvalidInput("webhook max_attempts must be >= 1")
-        return cls(str(cfg["url"]), str(cfg["secret"]), kinds, attempts, float(cfg.get("backoff_s", 0.5)), float(cfg.get("timeout_s", 5.0)))
+        return cls(
+            str(cfg["url"]),
+            str(cfg["secret"]),
+            kinds,
+            attempts,
+            float(cfg.get("backoff_s", 0.5)),
+            float(cfg.get("timeout_s", 5.0)),
+        )
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -171,7 +178,14 @@ class EventBus:
                 error = f"{type(exc).__name__}: {exc}"
             with self.stats._cond:
                 self.stats.last_error = f"{hook.url}: {error}"
-            log.warning("webhook %s attempt %d/%d for event %s failed: %s", hook.url, attempt, hook.max_attempts, event["id"], error)
+            log.warning(
+                "webhook %s attempt %d/%d for event %s failed: %s",
+                hook.url,
+                attempt,
+                hook.max_attempts,
+                event["id"],
+                error,
+            )
             if attempt < hook.max_attempts:
                 time.sleep(hook.backoff_s * (2 ** (attempt - 1)))  # backoff between retries (background thread)
         log.error("webhook %s: giving up on event %s after %d attempts", hook.url, event["id"], hook.max_attempts)

@@ -20,21 +20,35 @@ class Integrity:
     def verify(self) -> list[dict]:
         with self._c.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(_m.c.name, _v.c.version, _v.c.sha256, _v.c.size_bytes, _v.c.source_sha256, _v.c.source_size_bytes)
-                .join(_m, _m.c.id == _v.c.model_id).where(_v.c.deleted_at.is_(None)).order_by(_m.c.name, _v.c.sort_key)
+                sa.select(
+                    _m.c.name, _v.c.version, _v.c.sha256, _v.c.size_bytes, _v.c.source_sha256, _v.c.source_size_bytes
+                )
+                .join(_m, _m.c.id == _v.c.model_id)
+                .where(_v.c.deleted_at.is_(None))
+                .order_by(_m.c.name, _v.c.sort_key)
             ).all()
         artifacts = self._c.artifacts
         problems = []
         checked: dict[tuple[str, int], str | None] = {}
         for r in rows:
-            for kind, sha, size in (("artifact", r.sha256, r.size_bytes), ("source", r.source_sha256, r.source_size_bytes)):
+            for kind, sha, size in (
+                ("artifact", r.sha256, r.size_bytes),
+                ("source", r.source_sha256, r.source_size_bytes),
+            ):
                 if sha is None:
                     continue
                 if (sha, size) not in checked:
                     checked[(sha, size)] = artifacts.check(sha, size)
                 if checked[(sha, size)]:
-                    problems.append({"ref": f"{r.name}:{r.version}", "kind": kind, "sha256": sha,
-                                     "path": str(artifacts.path_for(sha)), "problem": checked[(sha, size)]})
+                    problems.append(
+                        {
+                            "ref": f"{r.name}:{r.version}",
+                            "kind": kind,
+                            "sha256": sha,
+                            "path": str(artifacts.path_for(sha)),
+                            "problem": checked[(sha, size)],
+                        }
+                    )
         return problems
 
     def gc(self, *, older_than_s: float = 3600.0) -> list[str]:

@@ -25,7 +25,17 @@ def _summary(row) -> dict:
 def _rows(conn: sa.Connection, where) -> list:
     v, m = store.versions, store.models
     q = (
-        sa.select(v.c.id, v.c.parent_id, v.c.version, v.c.stage, v.c.run_id, v.c.dataset_fingerprint, v.c.feature_refs, v.c.deleted_at, m.c.name)
+        sa.select(
+            v.c.id,
+            v.c.parent_id,
+            v.c.version,
+            v.c.stage,
+            v.c.run_id,
+            v.c.dataset_fingerprint,
+            v.c.feature_refs,
+            v.c.deleted_at,
+            m.c.name,
+        )
         .join(m, m.c.id == v.c.model_id)
         .where(where)
         .order_by(m.c.name, v.c.sort_key)

@@ -128,5 +128,15 @@ def close_matches(word: str, options: Iterable[str]) -> str:
 
 def event_dict(r) -> dict:
     """An events-table row as the dict that history(), events() and subscribers see."""
-    return {"id": r.id, "at": r.at, "actor": r.actor, "kind": r.kind, "model": r.model, "version": r.version,
-            "from": r.from_value, "to": r.to_value, "reason": r.reason, "details": r.details}
+    return {
+        "id": r.id,
+        "at": r.at,
+        "actor": r.actor,
+        "kind": r.kind,
+        "model": r.model,
+        "version": r.version,
+        "from": r.from_value,
+        "to": r.to_value,
+        "reason": r.reason,
+        "details": r.details,
+    }

@@ -43,7 +43,9 @@ def check_alias(alias: str) -> str:
 def parse_ref(ref: str) -> Ref:
     """Parse a model reference. The version text is checked later, against semver, by the registry."""
     if not isinstance(ref, str) or not ref.strip():
-        raise InvalidInput(f"model reference must be a non-empty string like 'name:1.2.0' or 'name@production'; got {ref!r}")
+        raise InvalidInput(
+            f"model reference must be a non-empty string like 'name:1.2.0' or 'name@production'; got {ref!r}"
+        )
     text = ref.strip()
     if "@" in text:
         name, _, selector = text.partition("@")

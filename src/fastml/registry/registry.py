@@ -46,8 +46,12 @@ class Registry:
         exclusive: stages holding at most one version per model (default: the protected stages).
     """
 
-    def __init__(self, url: str | None = None, *, stages=None, protected=None, webhooks=None, artifacts_dir=None, exclusive=None):
-        catalog = Catalog(url, stages=stages, protected=protected, webhooks=webhooks, artifacts_dir=artifacts_dir, exclusive=exclusive)
+    def __init__(
+        self, url: str | None = None, *, stages=None, protected=None, webhooks=None, artifacts_dir=None, exclusive=None
+    ):
+        catalog = Catalog(
+            url, stages=stages, protected=protected, webhooks=webhooks, artifacts_dir=artifacts_dir, exclusive=exclusive
+        )
         self._catalog = catalog
         self._versions = Versions(catalog)
         self._stages = Stages(catalog)
@@ -109,7 +113,9 @@ class Registry:
         """All live versions of ``name`` in semver order (oldest first)."""
         return self._versions.list_versions(name)
 
-    def search(self, tags: dict | None = None, stage: str | None = None, name: str | None = None, *, limit: int | None = None) -> list[ModelVersion]:
+    def search(
+        self, tags: dict | None = None, stage: str | None = None, name: str | None = None, *, limit: int | None = None
+    ) -> list[ModelVersion]:
         """Live versions having every tag in ``tags`` (exact values), optionally in ``stage`` and of ``name``."""
         return self._versions.search(tags, stage, name, limit=limit)
 
@@ -145,9 +151,23 @@ class Registry:
         A duplicate version is ``Conflict``; an invalid one ``InvalidInput``.
         """
         return self._versions.register(
-            name, artifact, version=version, bump=bump, metrics=metrics, params=params, tags=tags, description=description,
-            parent=parent, signature=signature, model_card=model_card, source_artifact=source_artifact, run_id=run_id,
-            dataset_fingerprint=dataset_fingerprint, feature_refs=feature_refs, eval_results=eval_results, actor=actor,
+            name,
+            artifact,
+            version=version,
+            bump=bump,
+            metrics=metrics,
+            params=params,
+            tags=tags,
+            description=description,
+            parent=parent,
+            signature=signature,
+            model_card=model_card,
+            source_artifact=source_artifact,
+            run_id=run_id,
+            dataset_fingerprint=dataset_fingerprint,
+            feature_refs=feature_refs,
+            eval_results=eval_results,
+            actor=actor,
         )
 
     def delete_version(self, ref: str, *, actor: str | None = None, reason: str = "") -> None:
@@ -223,7 +243,9 @@ class Registry:
         dataset fingerprint and feature references recorded at registration."""
         return self._versions.lineage(ref)
 
-    def compare(self, refs: list[str], metric: str, higher_is_better: bool = True, *, alpha: float = _compare.ALPHA) -> dict:
+    def compare(
+        self, refs: list[str], metric: str, higher_is_better: bool = True, *, alpha: float = _compare.ALPHA
+    ) -> dict:
         """Metrics and params side by side and a winner on ``metric``.
 
         When every version has per-example ``eval_results``, the best one (by ``metric``, else by the

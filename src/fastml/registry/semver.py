@@ -73,7 +73,11 @@ class SemVer:
             raise InvalidInput(f"bump must be one of {', '.join(BUMPS)}; got {part!r}")
         if self.prerelease:
             base = SemVer(self.major, self.minor, self.patch)
-            if part == "patch" or (part == "minor" and self.patch == 0) or (part == "major" and self.minor == 0 and self.patch == 0):
+            if (
+                part == "patch"
+                or (part == "minor" and self.patch == 0)
+                or (part == "major" and self.minor == 0 and self.patch == 0)
+            ):
                 return base
         if part == "major":
             return SemVer(self.major + 1, 0, 0)

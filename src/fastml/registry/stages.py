@@ -43,12 +43,30 @@ class Stages:
         first, in the same transaction."""
         c = self._c
         if stage in c.exclusive:
-            occupant = conn.execute(sa.select(_v.c.id, _v.c.version).where(_v.c.model_id == row.model_id, _v.c.exclusive_stage == stage)).first()
+            occupant = conn.execute(
+                sa.select(_v.c.id, _v.c.version).where(_v.c.model_id == row.model_id, _v.c.exclusive_stage == stage)
+            ).first()
             if occupant is not None and occupant.id != row.id:
-                conn.execute(_v.update().where(_v.c.id == occupant.id).values(stage=c.archive_stage, exclusive_stage=None))
-                c.emit(conn, pending, "transition", row.name, occupant.version, stage, c.archive_stage,
-                       f"replaced by {row.version}", actor, {"replaced_by": row.version})
-        conn.execute(_v.update().where(_v.c.id == row.id).values(stage=stage, exclusive_stage=stage if stage in c.exclusive else None))
+                conn.execute(
+                    _v.update().where(_v.c.id == occupant.id).values(stage=c.archive_stage, exclusive_stage=None)
+                )
+                c.emit(
+                    conn,
+                    pending,
+                    "transition",
+                    row.name,
+                    occupant.version,
+                    stage,
+                    c.archive_stage,
+                    f"replaced by {row.version}",
+                    actor,
+                    {"replaced_by": row.version},
+                )
+        conn.execute(
+            _v.update()
+            .where(_v.c.id == row.id)
+            .values(stage=stage, exclusive_stage=stage if stage in c.exclusive else None)
+        )
         c.emit(conn, pending, "transition", row.name, row.version, row.stage, stage, reason, actor, details)
 
     def transition(self, ref: str, stage: str, *, actor: str | None = None, reason: str = "") -> ModelVersion:
@@ -83,7 +101,9 @@ class Stages:
         actor = c.actor(actor)
         c.check_stage(stage)
         if stage not in c.protected:
-            raise InvalidInput(f"stage {stage!r} needs no approval; move there with transition() (CLI: fastml registry promote)")
+            raise InvalidInput(
+                f"stage {stage!r} needs no approval; move there with transition() (CLI: fastml registry promote)"
+            )
         pending: list = []
         with store.write_transaction(c.engine) as conn:
             row = c.find_row(conn, ref)
@@ -91,17 +111,47 @@ class Stages:
             row = c.find_row(conn, f"{row.name}:{row.version}")
             if row.stage == stage:
                 raise Conflict(f"{row.name}:{row.version} is already in stage {stage!r}")
-            dup = conn.execute(sa.select(_req.c.id).where(_req.c.version_id == row.id, _req.c.target_stage == stage, _req.c.status == "open")).scalar()
+            dup = conn.execute(
+                sa.select(_req.c.id).where(
+                    _req.c.version_id == row.id, _req.c.target_stage == stage, _req.c.status == "open"
+                )
+            ).scalar()
             if dup is not None:
                 raise Conflict(f"request {dup} to move {row.name}:{row.version} into {stage!r} is already open")
-            base = conn.execute(sa.select(_v.c.id).where(_v.c.model_id == row.model_id, _v.c.exclusive_stage == stage)).scalar() if stage in c.exclusive else None
+            base = (
+                conn.execute(
+                    sa.select(_v.c.id).where(_v.c.model_id == row.model_id, _v.c.exclusive_stage == stage)
+                ).scalar()
+                if stage in c.exclusive
+                else None
+            )
             rid = conn.execute(
-                _req.insert().values(version_id=row.id, target_stage=stage, from_stage=row.stage, base_version_id=base,
-                                     required_approvals=c.protected[stage], requester=actor, reason=reason or "",
-                                     status="open", created_at=now()).returning(_req.c.id)
+                _req.insert()
+                .values(
+                    version_id=row.id,
+                    target_stage=stage,
+                    from_stage=row.stage,
+                    base_version_id=base,
+                    required_approvals=c.protected[stage],
+                    requester=actor,
+                    reason=reason or "",
+                    status="open",
+                    created_at=now(),
+                )
+                .returning(_req.c.id)
             ).scalar_one()
-            c.emit(conn, pending, "request", row.name, row.version, row.stage, stage, reason, actor,
-                   {"request_id": rid, "required_approvals": c.protected[stage]})
+            c.emit(
+                conn,
+                pending,
+                "request",
+                row.name,
+                row.version,
+                row.stage,
+                stage,
+                reason,
+                actor,
+                {"request_id": rid, "required_approvals": c.protected[stage]},
+            )
         c.publish(pending)
         return rid
 
@@ -120,7 +170,12 @@ class Stages:
 
     def list_requests(self, *, status: str | None = "open", name: str | None = None) -> list[dict]:
         with self._c.engine.connect() as conn:
-            q = sa.select(_req).join(_v, _v.c.id == _req.c.version_id).join(_m, _m.c.id == _v.c.model_id).order_by(_req.c.id)
+            q = (
+                sa.select(_req)
+                .join(_v, _v.c.id == _req.c.version_id)
+                .join(_m, _m.c.id == _v.c.model_id)
+                .order_by(_req.c.id)
+            )
             if status is not None:
                 q = q.where(_req.c.status == status)
             if name is not None:
@@ -128,15 +183,27 @@ class Stages:
             return [self._request_dict(conn, r) for r in conn.execute(q).all()]
 
     def _request_dict(self, conn, req) -> dict:
-        vrow = conn.execute(sa.select(_m.c.name, _v.c.version).join(_m, _m.c.id == _v.c.model_id).where(_v.c.id == req.version_id)).one()
+        vrow = conn.execute(
+            sa.select(_m.c.name, _v.c.version).join(_m, _m.c.id == _v.c.model_id).where(_v.c.id == req.version_id)
+        ).one()
         decisions = conn.execute(sa.select(_appr).where(_appr.c.request_id == req.id).order_by(_appr.c.at)).all()
         return {
-            "id": req.id, "ref": f"{vrow.name}:{vrow.version}", "name": vrow.name, "version": vrow.version,
-            "from_stage": req.from_stage, "target_stage": req.target_stage, "requester": req.requester,
-            "reason": req.reason, "status": req.status, "required_approvals": req.required_approvals,
+            "id": req.id,
+            "ref": f"{vrow.name}:{vrow.version}",
+            "name": vrow.name,
+            "version": vrow.version,
+            "from_stage": req.from_stage,
+            "target_stage": req.target_stage,
+            "requester": req.requester,
+            "reason": req.reason,
+            "status": req.status,
+            "required_approvals": req.required_approvals,
             "approvals": sum(1 for d in decisions if d.decision == "approve"),
-            "decisions": [{"reviewer": d.reviewer, "decision": d.decision, "comment": d.comment, "at": d.at} for d in decisions],
-            "created_at": req.created_at, "closed_at": req.closed_at,
+            "decisions": [
+                {"reviewer": d.reviewer, "decision": d.decision, "comment": d.comment, "at": d.at} for d in decisions
+            ],
+            "created_at": req.created_at,
+            "closed_at": req.closed_at,
         }
 
     def _record_decision(self, conn, request_id: int, reviewer: str, comment: str, decision: str):
@@ -149,11 +216,19 @@ class Stages:
         if req.status != "open":
             raise Conflict(f"request {request_id} is {req.status}; it cannot be {decision}d")
         if decision == "approve" and reviewer == req.requester:
-            raise PermissionDenied(f"{reviewer!r} requested request {request_id} and cannot approve it; approvals must come from other reviewers")
-        prior = conn.execute(sa.select(_appr.c.decision).where(_appr.c.request_id == request_id, _appr.c.reviewer == reviewer)).scalar()
+            raise PermissionDenied(
+                f"{reviewer!r} requested request {request_id} and cannot approve it; approvals must come from other reviewers"
+            )
+        prior = conn.execute(
+            sa.select(_appr.c.decision).where(_appr.c.request_id == request_id, _appr.c.reviewer == reviewer)
+        ).scalar()
         if prior is not None:
             raise Conflict(f"{reviewer!r} already decided on request {request_id} ({prior})")
-        conn.execute(_appr.insert().values(request_id=request_id, reviewer=reviewer, decision=decision, comment=comment or "", at=now()))
+        conn.execute(
+            _appr.insert().values(
+                request_id=request_id, reviewer=reviewer, decision=decision, comment=comment or "", at=now()
+            )
+        )
         return req
 
     def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "") -> dict:
@@ -164,14 +239,35 @@ class Stages:
             with store.write_transaction(c.engine) as conn:
                 req = self._record_decision(conn, request_id, reviewer, comment, "approve")
                 row = c.row_by_id(conn, req.version_id)
-                c.emit(conn, pending, "approve", row.name, row.version, row.stage, req.target_stage, comment, reviewer, {"request_id": request_id})
-                approvers = conn.execute(
-                    sa.select(_appr.c.reviewer).where(_appr.c.request_id == request_id, _appr.c.decision == "approve").order_by(_appr.c.at)
-                ).scalars().all()
+                c.emit(
+                    conn,
+                    pending,
+                    "approve",
+                    row.name,
+                    row.version,
+                    row.stage,
+                    req.target_stage,
+                    comment,
+                    reviewer,
+                    {"request_id": request_id},
+                )
+                approvers = (
+                    conn.execute(
+                        sa.select(_appr.c.reviewer)
+                        .where(_appr.c.request_id == request_id, _appr.c.decision == "approve")
+                        .order_by(_appr.c.at)
+                    )
+                    .scalars()
+                    .all()
+                )
                 if len(approvers) >= req.required_approvals:
                     occupant = None
                     if req.target_stage in c.exclusive:
-                        occupant = conn.execute(sa.select(_v.c.id).where(_v.c.model_id == row.model_id, _v.c.exclusive_stage == req.target_stage)).scalar()
+                        occupant = conn.execute(
+                            sa.select(_v.c.id).where(
+                                _v.c.model_id == row.model_id, _v.c.exclusive_stage == req.target_stage
+                            )
+                        ).scalar()
                     if row.deleted_at is not None or row.stage != req.from_stage or occupant != req.base_version_id:
                         raise _Stale(row, occupant)  # rolls this approval back
                     mv = c.to_mv(row)
@@ -179,9 +275,22 @@ class Stages:
                     for gate in self._gates:
                         reasons.extend(gate(mv, req.target_stage) or [])
                     if reasons:
-                        raise PermissionDenied(f"promotion of {row.name}:{row.version} to {req.target_stage!r} blocked: " + "; ".join(reasons))
-                    self._move(conn, pending, row, req.target_stage, req.requester, req.reason, {"request_id": request_id, "approved_by": list(approvers)})
-                    conn.execute(_req.update().where(_req.c.id == request_id).values(status="approved", closed_at=now()))
+                        raise PermissionDenied(
+                            f"promotion of {row.name}:{row.version} to {req.target_stage!r} blocked: "
+                            + "; ".join(reasons)
+                        )
+                    self._move(
+                        conn,
+                        pending,
+                        row,
+                        req.target_stage,
+                        req.requester,
+                        req.reason,
+                        {"request_id": request_id, "approved_by": list(approvers)},
+                    )
+                    conn.execute(
+                        _req.update().where(_req.c.id == request_id).values(status="approved", closed_at=now())
+                    )
         except _Stale as stale:
             self._close_stale(request_id)
             raise Conflict(self._stale_message(request_id, stale.row, stale.occupant)) from None
@@ -198,15 +307,28 @@ class Stages:
             req = self._record_decision(conn, request_id, reviewer, comment, "reject")
             row = c.row_by_id(conn, req.version_id)
             conn.execute(_req.update().where(_req.c.id == request_id).values(status="rejected", closed_at=now()))
-            c.emit(conn, pending, "reject", row.name, row.version, row.stage, req.target_stage, comment, reviewer, {"request_id": request_id})
+            c.emit(
+                conn,
+                pending,
+                "reject",
+                row.name,
+                row.version,
+                row.stage,
+                req.target_stage,
+                comment,
+                reviewer,
+                {"request_id": request_id},
+            )
         c.publish(pending)
         return self.get_request(request_id)
 
     def _stale_message(self, request_id: int, row, occupant) -> str:
         with self._c.engine.connect() as conn:
             current = self._c.row_by_id(conn, occupant).version if occupant is not None else "none"
-        return (f"request {request_id} is stale: {row.name} changed since it was made (it is now in {row.stage!r}; "
-                f"current occupant of the target stage: {current}); request the transition again")
+        return (
+            f"request {request_id} is stale: {row.name} changed since it was made (it is now in {row.stage!r}; "
+            f"current occupant of the target stage: {current}); request the transition again"
+        )
 
     def _close_stale(self, request_id: int) -> None:
         c = self._c
@@ -217,8 +339,18 @@ class Stages:
                 return
             row = c.row_by_id(conn, req.version_id)
             conn.execute(_req.update().where(_req.c.id == request_id).values(status="stale", closed_at=now()))
-            c.emit(conn, pending, "reject", row.name, row.version, row.stage, req.target_stage,
-                   "stale: the model changed since the request was made", "fastml-registry", {"request_id": request_id, "status": "stale"})
+            c.emit(
+                conn,
+                pending,
+                "reject",
+                row.name,
+                row.version,
+                row.stage,
+                req.target_stage,
+                "stale: the model changed since the request was made",
+                "fastml-registry",
+                {"request_id": request_id, "status": "stale"},
+            )
         c.publish(pending)
 
     # ----------------------------------------------------------------- aliases
@@ -232,13 +364,23 @@ class Stages:
         with store.write_transaction(c.engine) as conn:
             row = c.find_row(conn, Ref(check_name(name), version=str(semver.parse(version))))
             store.lock_model(conn, row.model_id)
-            old = conn.execute(sa.select(_v.c.version).join(_a, _a.c.version_id == _v.c.id).where(_a.c.model_id == row.model_id, _a.c.alias == alias)).scalar()
+            old = conn.execute(
+                sa.select(_v.c.version)
+                .join(_a, _a.c.version_id == _v.c.id)
+                .where(_a.c.model_id == row.model_id, _a.c.alias == alias)
+            ).scalar()
             if old == row.version:
                 return c.to_mv(row)
             if old is None:
-                conn.execute(_a.insert().values(model_id=row.model_id, alias=alias, version_id=row.id, updated_at=now()))
+                conn.execute(
+                    _a.insert().values(model_id=row.model_id, alias=alias, version_id=row.id, updated_at=now())
+                )
             else:
-                conn.execute(_a.update().where(_a.c.model_id == row.model_id, _a.c.alias == alias).values(version_id=row.id, updated_at=now()))
+                conn.execute(
+                    _a.update()
+                    .where(_a.c.model_id == row.model_id, _a.c.alias == alias)
+                    .values(version_id=row.id, updated_at=now())
+                )
             c.emit(conn, pending, "alias", name, row.version, old, row.version, "", actor, {"alias": alias})
         c.publish(pending)
         return c.resolve(f"{name}@{alias}")

@@ -227,7 +227,9 @@ def create_engine(url: str) -> sa.Engine:
     SQLite: WAL journal (readers never block the writer), a 30 s busy timeout, foreign keys on, and
     transactions begun by us so writers can ask for ``BEGIN IMMEDIATE``."""
     if not isinstance(url, str) or "://" not in url:
-        raise InvalidInput(f"registry URL must be a SQLAlchemy URL like 'sqlite:///path' or 'postgresql://...'; got {url!r}")
+        raise InvalidInput(
+            f"registry URL must be a SQLAlchemy URL like 'sqlite:///path' or 'postgresql://...'; got {url!r}"
+        )
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as exc:

@@ -71,7 +71,9 @@ def _ort_load(path: Path, what: str, reason: str | None) -> None:
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated classes for a bad model
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         checker = f"onnx.checker: {reason}; " if reason else ""
-        raise InvalidInput(f"{what} {str(path)!r} is not a loadable ONNX model ({checker}ONNX Runtime: {first})") from None
+        raise InvalidInput(
+            f"{what} {str(path)!r} is not a loadable ONNX model ({checker}ONNX Runtime: {first})"
+        ) from None
 
 
 def check_source(source: str | os.PathLike, what: str = "source artifact") -> None:
@@ -96,6 +98,10 @@ def check_source(source: str | os.PathLike, what: str = "source artifact") -> No
         with open(path, "rb") as fh:
             head = fh.read(2)
         is_pickle = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
-        if not (suffix in _ZIP_SUFFIXES and zipfile.is_zipfile(path)) and not (suffix in _PICKLE_SUFFIXES and is_pickle):
-            kinds = " or ".join(k for k, s in (("a zip archive", _ZIP_SUFFIXES), ("a pickle", _PICKLE_SUFFIXES)) if suffix in s)
+        if not (suffix in _ZIP_SUFFIXES and zipfile.is_zipfile(path)) and not (
+            suffix in _PICKLE_SUFFIXES and is_pickle
+        ):
+            kinds = " or ".join(
+                k for k, s in (("a zip archive", _ZIP_SUFFIXES), ("a pickle", _PICKLE_SUFFIXES)) if suffix in s
+            )
             raise InvalidInput(f"{what} {str(path)!r} is not {kinds}, as its suffix {suffix!r} says it is")

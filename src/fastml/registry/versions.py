@@ -21,8 +21,12 @@ _v, _m, _t, _req = store.versions, store.models, store.version_tags, store.reque
 
 _INS_VERSION = _v.insert().returning(_v.c.id)
 _INS_TAGS = _t.insert()
-_SEL_TOP_VERSION = sa.select(_v.c.version).where(_v.c.model_id == sa.bindparam("mid")).order_by(_v.c.sort_key.desc()).limit(1)
-_SEL_CLASH = sa.select(_v.c.version, _v.c.deleted_at).where(_v.c.model_id == sa.bindparam("mid"), _v.c.sort_key == sa.bindparam("key"))
+_SEL_TOP_VERSION = (
+    sa.select(_v.c.version).where(_v.c.model_id == sa.bindparam("mid")).order_by(_v.c.sort_key.desc()).limit(1)
+)
+_SEL_CLASH = sa.select(_v.c.version, _v.c.deleted_at).where(
+    _v.c.model_id == sa.bindparam("mid"), _v.c.sort_key == sa.bindparam("key")
+)
 # Files already checked by one registry, remembered up to this many (then forgotten all at once).
 _MAX_CHECKED_FILES = 1024
 
@@ -56,11 +60,24 @@ class Versions:
                 .select_from(_m.outerjoin(_v, sa.and_(_v.c.model_id == _m.c.id, _v.c.deleted_at.is_(None))))
                 .order_by(_m.c.name, _v.c.sort_key)
             ).all()
-            alias_rows = conn.execute(sa.select(store.aliases.c.model_id, store.aliases.c.alias, _v.c.version)
-                                      .join(_v, _v.c.id == store.aliases.c.version_id)).all()
+            alias_rows = conn.execute(
+                sa.select(store.aliases.c.model_id, store.aliases.c.alias, _v.c.version).join(
+                    _v, _v.c.id == store.aliases.c.version_id
+                )
+            ).all()
         out: dict[int, dict] = {}
         for row in rows:
-            d = out.setdefault(row.id, {"name": row.name, "created_at": row.created_at, "versions": 0, "latest": None, "stages": {}, "aliases": {}})
+            d = out.setdefault(
+                row.id,
+                {
+                    "name": row.name,
+                    "created_at": row.created_at,
+                    "versions": 0,
+                    "latest": None,
+                    "stages": {},
+                    "aliases": {},
+                },
+            )
             if row.version is not None:
                 d["versions"] += 1
                 d["latest"] = row.version
@@ -74,10 +91,14 @@ class Versions:
         check_name(name)
         with self._c.engine.connect() as conn:
             mid = self._c.model_id(conn, name)
-            rows = conn.execute(self._c.select_version.where(_v.c.model_id == mid, _v.c.deleted_at.is_(None)).order_by(_v.c.sort_key)).all()
+            rows = conn.execute(
+                self._c.select_version.where(_v.c.model_id == mid, _v.c.deleted_at.is_(None)).order_by(_v.c.sort_key)
+            ).all()
         return [self._c.to_mv(r) for r in rows]
 
-    def search(self, tags: dict | None = None, stage: str | None = None, name: str | None = None, *, limit: int | None = None) -> list[ModelVersion]:
+    def search(
+        self, tags: dict | None = None, stage: str | None = None, name: str | None = None, *, limit: int | None = None
+    ) -> list[ModelVersion]:
         tags = check_tags(tags)
         if stage is not None:
             self._c.check_stage(stage)
@@ -105,7 +126,13 @@ class Versions:
             t = _t.alias(f"tag{i}")
             # IN (subquery) lets the database start from the (key, value) index instead of probing
             # every version row with EXISTS.
-            q = q.where(_v.c.id.in_(sa.select(t.c.version_id).where(t.c.key == sa.bindparam(f"k{i}"), t.c.value == sa.bindparam(f"v{i}"))))
+            q = q.where(
+                _v.c.id.in_(
+                    sa.select(t.c.version_id).where(
+                        t.c.key == sa.bindparam(f"k{i}"), t.c.value == sa.bindparam(f"v{i}")
+                    )
+                )
+            )
         q = q.order_by(_m.c.name, _v.c.sort_key)
         if limited:
             q = q.limit(sa.bindparam("limit", type_=sa.Integer))
@@ -183,28 +210,77 @@ class Versions:
             vid = conn.execute(
                 _INS_VERSION,
                 {
-                    "model_id": mid, "version": str(wanted), "sort_key": key, "stage": c.initial_stage, "exclusive_stage": None,
-                    "sha256": stored.sha256, "size_bytes": stored.size_bytes, "artifact_name": Path(artifact).name,
-                    "source_sha256": source.sha256 if source else None, "source_size_bytes": source.size_bytes if source else None,
+                    "model_id": mid,
+                    "version": str(wanted),
+                    "sort_key": key,
+                    "stage": c.initial_stage,
+                    "exclusive_stage": None,
+                    "sha256": stored.sha256,
+                    "size_bytes": stored.size_bytes,
+                    "artifact_name": Path(artifact).name,
+                    "source_sha256": source.sha256 if source else None,
+                    "source_size_bytes": source.size_bytes if source else None,
                     "source_name": Path(source_artifact).name if source_artifact is not None else None,
-                    "metrics": metrics, "params": params, "tags": tags, "description": description, "parent_id": parent_id,
-                    "signature": signature, "model_card": model_card, "run_id": run_id, "dataset_fingerprint": dataset_fingerprint,
-                    "feature_refs": feature_refs, "eval_results": eval_results, "created_at": created, "created_by": actor, "deleted_at": None,
+                    "metrics": metrics,
+                    "params": params,
+                    "tags": tags,
+                    "description": description,
+                    "parent_id": parent_id,
+                    "signature": signature,
+                    "model_card": model_card,
+                    "run_id": run_id,
+                    "dataset_fingerprint": dataset_fingerprint,
+                    "feature_refs": feature_refs,
+                    "eval_results": eval_results,
+                    "created_at": created,
+                    "created_by": actor,
+                    "deleted_at": None,
                 },
             ).scalar_one()
             if tags:
                 conn.execute(_INS_TAGS, [{"version_id": vid, "key": k, "value": val} for k, val in tags.items()])
-            c.emit(conn, pending, "register", name, str(wanted), None, c.initial_stage, description, actor,
-                   {"sha256": stored.sha256, "size_bytes": stored.size_bytes, "parent": str(parent_ref) if parent_ref else None, "run_id": run_id})
+            c.emit(
+                conn,
+                pending,
+                "register",
+                name,
+                str(wanted),
+                None,
+                c.initial_stage,
+                description,
+                actor,
+                {
+                    "sha256": stored.sha256,
+                    "size_bytes": stored.size_bytes,
+                    "parent": str(parent_ref) if parent_ref else None,
+                    "run_id": run_id,
+                },
+            )
         c.publish(pending)
         return ModelVersion(
-            name=name, version=str(wanted), stage=c.initial_stage, aliases=[], sha256=stored.sha256,
-            size_bytes=stored.size_bytes, artifact_path=stored.path, metrics=metrics, params=params, tags=tags,
-            description=description, parent=None if parent_id is None else c.ref_of_id(parent_id),
-            signature=signature, model_card=model_card, run_id=run_id, dataset_fingerprint=dataset_fingerprint,
-            feature_refs=feature_refs, created_at=created, created_by=actor,
-            source_sha256=source.sha256 if source else None, source_size_bytes=source.size_bytes if source else None,
-            source_path=source.path if source else None, id=vid,
+            name=name,
+            version=str(wanted),
+            stage=c.initial_stage,
+            aliases=[],
+            sha256=stored.sha256,
+            size_bytes=stored.size_bytes,
+            artifact_path=stored.path,
+            metrics=metrics,
+            params=params,
+            tags=tags,
+            description=description,
+            parent=None if parent_id is None else c.ref_of_id(parent_id),
+            signature=signature,
+            model_card=model_card,
+            run_id=run_id,
+            dataset_fingerprint=dataset_fingerprint,
+            feature_refs=feature_refs,
+            created_at=created,
+            created_by=actor,
+            source_sha256=source.sha256 if source else None,
+            source_size_bytes=source.size_bytes if source else None,
+            source_path=source.path if source else None,
+            id=vid,
         )
 
     def _check_file(self, path, check: Callable) -> None:
@@ -230,7 +306,9 @@ class Versions:
         try:
             # A savepoint, so losing a creation race on PostgreSQL does not abort the whole transaction.
             with conn.begin_nested():
-                return conn.execute(_m.insert().values(name=name, created_at=now(), created_by=actor).returning(_m.c.id)).scalar_one()
+                return conn.execute(
+                    _m.insert().values(name=name, created_at=now(), created_by=actor).returning(_m.c.id)
+                ).scalar_one()
         except sa.exc.IntegrityError:
             return conn.execute(sa.select(_m.c.id).where(_m.c.name == name)).scalar_one()
 
@@ -245,15 +323,23 @@ class Versions:
             row = c.row_by_id(conn, row.id)
             what = f"{row.name}:{row.version}"
             if row.stage in c.exclusive or row.stage in c.protected:
-                raise Conflict(f"{what} is in {row.stage!r}; move another version there (or archive it) before deleting")
+                raise Conflict(
+                    f"{what} is in {row.stage!r}; move another version there (or archive it) before deleting"
+                )
             if row.alias_list:
                 raise Conflict(f"{what} is the target of alias(es) {row.alias_list}; move or delete them first")
             children = conn.execute(
-                sa.select(_m.c.name, _v.c.version).join(_m, _m.c.id == _v.c.model_id).where(_v.c.parent_id == row.id, _v.c.deleted_at.is_(None))
+                sa.select(_m.c.name, _v.c.version)
+                .join(_m, _m.c.id == _v.c.model_id)
+                .where(_v.c.parent_id == row.id, _v.c.deleted_at.is_(None))
             ).all()
             if children:
-                raise Conflict(f"{what} is the parent of {', '.join(f'{x.name}:{x.version}' for x in children)}; lineage must stay intact")
-            open_req = conn.execute(sa.select(_req.c.id).where(_req.c.version_id == row.id, _req.c.status == "open")).scalar()
+                raise Conflict(
+                    f"{what} is the parent of {', '.join(f'{x.name}:{x.version}' for x in children)}; lineage must stay intact"
+                )
+            open_req = conn.execute(
+                sa.select(_req.c.id).where(_req.c.version_id == row.id, _req.c.status == "open")
+            ).scalar()
             if open_req is not None:
                 raise Conflict(f"{what} has open transition request {open_req}; reject it first")
             conn.execute(_v.update().where(_v.c.id == row.id).values(deleted_at=now(), exclusive_stage=None))
@@ -265,14 +351,21 @@ class Versions:
         with self._c.engine.connect() as conn:
             row = self._c.find_row(conn, ref)
             return {
-                "ref": f"{row.name}:{row.version}", "name": row.name, "version": row.version, "stage": row.stage,
-                "run_id": row.run_id, "dataset_fingerprint": row.dataset_fingerprint, "feature_refs": list(row.feature_refs or []),
+                "ref": f"{row.name}:{row.version}",
+                "name": row.name,
+                "version": row.version,
+                "stage": row.stage,
+                "run_id": row.run_id,
+                "dataset_fingerprint": row.dataset_fingerprint,
+                "feature_refs": list(row.feature_refs or []),
                 "parent": row.parent_ref,
                 "ancestors": _lineage.ancestors(conn, row.parent_id),
                 "descendants": _lineage.descendants(conn, row.id, f"{row.name}:{row.version}"),
             }
 
-    def compare(self, refs: list[str], metric: str, higher_is_better: bool = True, *, alpha: float = _compare.ALPHA) -> dict:
+    def compare(
+        self, refs: list[str], metric: str, higher_is_better: bool = True, *, alpha: float = _compare.ALPHA
+    ) -> dict:
         if isinstance(refs, str) or len(refs) < 2:
             raise InvalidInput("compare() needs at least two references")
         if not isinstance(metric, str) or not metric:
@@ -284,8 +377,10 @@ class Versions:
         have_eval = all(evals.get(mv.id) for mv in mvs)
         missing = [mv.ref for mv in mvs if metric not in mv.metrics]
         if missing and not have_eval:
-            raise InvalidInput(f"metric {metric!r} is not recorded for {missing}; recorded metrics: "
-                               f"{sorted(set().union(*(mv.metrics for mv in mvs)))}")
+            raise InvalidInput(
+                f"metric {metric!r} is not recorded for {missing}; recorded metrics: "
+                f"{sorted(set().union(*(mv.metrics for mv in mvs)))}"
+            )
         return _compare.compare_versions(mvs, evals, metric, higher_is_better, alpha)
 
     def _eval_results(self, ids: list[int]) -> dict[int, dict | None]:
