@@ -313,10 +313,12 @@ def test_repository_index_unload_and_load(client):
     assert _code(ei.value) == "StatusCode.NOT_FOUND"
 
 
-def test_cuda_shared_memory_is_unimplemented(client):
+def test_cuda_shared_memory_has_no_regions_and_registration_is_unimplemented(client):
+    assert len(client.get_cuda_shared_memory_status().regions) == 0
+    client.unregister_cuda_shared_memory()  # nothing registered: nothing to do, as perf_analyzer expects at exit
     with pytest.raises(InferenceServerException) as ei:
-        client.get_cuda_shared_memory_status()
-    assert _code(ei.value) == "StatusCode.UNIMPLEMENTED"
+        client.register_cuda_shared_memory("r", b"aGFuZGxl", 0, 64)  # base64 of a handle
+    assert _code(ei.value) == "StatusCode.UNIMPLEMENTED" and "CUDA shared memory is not supported" in ei.value.message()
 
 
 def test_aio_client(srv):

@@ -94,6 +94,50 @@ def test_perf_analyzer_grpc(served, tmp_path):
     assert all(float(r["Inferences/Second"]) > 0 for r in rows)
 
 
+@pytest.mark.skipif(not PA.exists(), reason=f"perf_analyzer not installed at {PA}; scripts/test.sh installs it")
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_perf_analyzer_with_system_shared_memory(served, protocol):
+    """perf_analyzer --shared-memory system: it creates and registers regions, sends every input and output
+    through them, then unregisters (system and CUDA) at exit."""
+    srv, grpc_url = served
+    proc = subprocess.run(
+        [
+            str(PA),
+            "-m",
+            "scale",
+            "-u",
+            grpc_url if protocol == "grpc" else srv.url,
+            "-i",
+            protocol,
+            "--shared-memory",
+            "system",
+            "--output-shared-memory-size",
+            "64",
+            "--concurrency-range",
+            "2",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            "100",
+            "--stability-percentage",
+            "999",
+            "--max-trials",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Unable to" not in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert "Successful request count" in proc.stdout
+    g = tg.InferenceServerClient(grpc_url)
+    try:
+        assert len(g.get_system_shared_memory_status().regions) == 0  # perf_analyzer unregistered its regions
+    finally:
+        g.close()
+
+
 def test_grpc_port_zero_with_workers_is_refused(tmp_path):
     proc = subprocess.run(
         [

@@ -98,11 +98,13 @@ def test_bad_registrations_are_400_or_404(srv, client, payload, status):
         obj.close()
 
 
-def test_cuda_shared_memory_is_refused_clearly(srv):
-    code, body = _raw(srv, "GET", "/v2/cudasharedmemory/status")
-    assert code == 400 and "CUDA shared memory is not supported" in json.loads(body)["error"]
+def test_cuda_shared_memory_has_no_regions_and_refuses_registration(srv):
+    assert _raw(srv, "GET", "/v2/cudasharedmemory/status") == (200, b"[]")
+    assert _raw(srv, "POST", "/v2/cudasharedmemory/unregister")[0] == 200
     code, body = _raw(srv, "POST", "/v2/cudasharedmemory/region/x/register", b"{}")
-    assert code == 400
+    assert code == 400 and "CUDA shared memory is not supported" in json.loads(body)["error"]
+    code, body = _raw(srv, "GET", "/v2/cudasharedmemory/region/x/status")
+    assert code == 400 and "x" in json.loads(body)["error"]
 
 
 def test_every_datatype_round_trips_through_shared_memory(client, repo):
@@ -130,7 +132,7 @@ def test_every_datatype_round_trips_through_shared_memory(client, repo):
         assert res.get_response()["id"] == "h1"
         for dt, arr in DATATYPES.items():
             out = res.get_output(f"out_{dt}")
-            assert out["parameters"]["shared_memory_region"] == "out" and out["shape"] == [2, 3]
+            assert out["shape"] == [2, 3] and out["datatype"] == dt and "parameters" not in out
             got = shm.get_contents_as_numpy(
                 h_out, np.object_ if dt == "BYTES" else arr.dtype, [2, 3], offset=offsets[dt]
             )

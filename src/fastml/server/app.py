@@ -37,7 +37,7 @@ __all__ = ["EXTENSIONS", "Limits", "Server", "model_statistics", "model_statisti
 
 _JSON = b"application/json"
 _EMPTY = b""
-_SHM_KINDS = frozenset({routes.SHM_STATUS, routes.SHM_REGISTER, routes.SHM_UNREGISTER, routes.CUDA_SHM_STATUS, routes.CUDA_SHM_CHANGE})
+_SHM_KINDS = shm_http.KINDS
 
 
 @dataclasses.dataclass
@@ -275,20 +275,9 @@ class Server:
         raise NotFound("Not Found")
 
     def _shared_memory(self, kind, name, body):
-        """Triton's system shared-memory endpoints (CUDA shared memory is not supported: 400)."""
-        shm = self.plane.shm
-        if kind == routes.SHM_STATUS:
-            return 200, shm_http.status(shm, name), _JSON
-        if kind in (routes.CUDA_SHM_STATUS, routes.CUDA_SHM_CHANGE):
-            raise InvalidInput("CUDA shared memory is not supported by this server; use system shared memory")
-        if self.reuse_port:
-            raise InvalidInput("system shared memory needs a single server process (--workers 1): a region "
-                               "registered with one worker would be unknown to the others")
-        if kind == routes.SHM_REGISTER:
-            shm_http.register(shm, name, body)
-        else:
-            shm_http.unregister(shm, name)
-        return 200, _EMPTY, _JSON
+        """Triton's shared-memory endpoints (fastml.server.shm_http); one process's regions, hence refused
+        with several workers on one port."""
+        return 200, shm_http.handle(kind, self.plane.shm, name, body, not self.reuse_port), _JSON
 
     async def handle_async(self, kind, name, version, body) -> tuple[int, bytes, bytes]:
         """Answer a repository load/unload request (they wait for the model swap)."""

@@ -357,6 +357,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception as exc:  # noqa: BLE001
             await self._abort(context, exc)
 
+    # CUDA shared memory: answered as a server without GPUs (perf_analyzer unregisters both kinds at exit).
+    async def CudaSharedMemoryStatus(self, request, context):
+        if request.name:
+            await self._abort(context, InvalidInput(f"Unable to find cuda shared memory region: '{request.name}'"))
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "CUDA shared memory is not supported by this server (no GPU support); use system shared memory",
+        )
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     def _check_single_process(self) -> None:
         if not self.single_process:
             raise InvalidInput(

@@ -11,15 +11,16 @@ from urllib.parse import unquote
 
 LIVE, READY, SERVER_META, MODEL_META, MODEL_READY, MODEL_CONFIG, INFER, MODEL_STATS, ALL_STATS = range(9)
 REPO_INDEX, REPO_LOAD, REPO_UNLOAD, METRICS, NOT_FOUND = range(9, 14)
-# Triton's system shared-memory extension (name None = every region) and its CUDA twin (refused).
-SHM_STATUS, SHM_REGISTER, SHM_UNREGISTER, CUDA_SHM_STATUS, CUDA_SHM_CHANGE = range(14, 19)
+# Triton's system shared-memory extension (name None = every region) and its CUDA twin (nothing registered).
+SHM_STATUS, SHM_REGISTER, SHM_UNREGISTER, CUDA_SHM_STATUS, CUDA_SHM_REGISTER, CUDA_SHM_UNREGISTER = range(14, 20)
 
 # kind -> the one method it accepts (anything else is 405)
 METHOD = {
     LIVE: b"GET", READY: b"GET", SERVER_META: b"GET", MODEL_META: b"GET", MODEL_READY: b"GET",
     MODEL_CONFIG: b"GET", INFER: b"POST", MODEL_STATS: b"GET", ALL_STATS: b"GET", REPO_INDEX: b"POST",
     REPO_LOAD: b"POST", REPO_UNLOAD: b"POST", METRICS: b"GET",
-    SHM_STATUS: b"GET", SHM_REGISTER: b"POST", SHM_UNREGISTER: b"POST", CUDA_SHM_STATUS: b"GET", CUDA_SHM_CHANGE: b"POST",
+    SHM_STATUS: b"GET", SHM_REGISTER: b"POST", SHM_UNREGISTER: b"POST", CUDA_SHM_STATUS: b"GET", CUDA_SHM_REGISTER: b"POST",
+    CUDA_SHM_UNREGISTER: b"POST",
 }
 
 _MODEL_ACTIONS = {"infer": INFER, "ready": MODEL_READY, "config": MODEL_CONFIG, "stats": MODEL_STATS}
@@ -87,16 +88,11 @@ def _shared_memory(head: str, rest: list[str], n: int) -> tuple[int, str | None,
     elif n != 2:
         return NOT_FOUND, None, None
     action = rest[-1]
-    if head == "cudasharedmemory":
-        if action == "status":
-            return CUDA_SHM_STATUS, name, None
-        if action in ("register", "unregister") and (name is not None or action == "unregister"):
-            return CUDA_SHM_CHANGE, name, None
-        return NOT_FOUND, None, None
+    cuda = head == "cudasharedmemory"
     if action == "status":
-        return SHM_STATUS, name, None
+        return (CUDA_SHM_STATUS if cuda else SHM_STATUS), name, None
     if action == "register" and name is not None:
-        return SHM_REGISTER, name, None
+        return (CUDA_SHM_REGISTER if cuda else SHM_REGISTER), name, None
     if action == "unregister":
-        return SHM_UNREGISTER, name, None
+        return (CUDA_SHM_UNREGISTER if cuda else SHM_UNREGISTER), name, None
     return NOT_FOUND, None, None

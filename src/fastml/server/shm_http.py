@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 
 from fastml.errors import FastMLError, InvalidInput
+from fastml.server import routes
 from fastml.server.status import http_status
 from fastml.server.tensors import (
     NP_DTYPES,
@@ -44,6 +45,53 @@ class _RegisterRequest(msgspec.Struct, forbid_unknown_fields=False):
 
 
 # ----- control endpoints --------------------------------------------------------------------------
+KINDS = frozenset(
+    {
+        routes.SHM_STATUS,
+        routes.SHM_REGISTER,
+        routes.SHM_UNREGISTER,
+        routes.CUDA_SHM_STATUS,
+        routes.CUDA_SHM_REGISTER,
+        routes.CUDA_SHM_UNREGISTER,
+    }
+)
+
+
+def handle(kind: int, shm, name: str | None, body: bytes, single_process: bool) -> bytes:
+    """Answer one of the shared-memory routes (``KINDS``) with its JSON body (empty for register/unregister).
+
+    CUDA shared memory is answered as a server without GPUs: its status lists nothing and unregistering has
+    nothing to do (perf_analyzer unregisters both kinds when it ends), registering is refused.
+
+    Raises:
+        InvalidInput: a bad register request, CUDA registration, or registration when several worker
+            processes share the port (``single_process`` False). NotFound: status of an unknown region.
+        Conflict: a region of that name is already registered.
+    """
+    if kind == routes.SHM_STATUS:
+        return status(shm, name)
+    if kind == routes.CUDA_SHM_STATUS:
+        if name:
+            raise InvalidInput(f"Unable to find cuda shared memory region: '{name}'")
+        return b"[]"
+    if kind == routes.CUDA_SHM_UNREGISTER:
+        return b""
+    if kind == routes.CUDA_SHM_REGISTER:
+        raise InvalidInput(
+            "CUDA shared memory is not supported by this server (no GPU support); use system shared memory"
+        )
+    if not single_process:
+        raise InvalidInput(
+            "system shared memory needs a single server process (--workers 1): a region registered with one "
+            "worker would be unknown to the others"
+        )
+    if kind == routes.SHM_REGISTER:
+        register(shm, name, body)
+    else:
+        unregister(shm, name)
+    return b""
+
+
 def status(shm, name: str | None) -> bytes:
     """``GET /v2/systemsharedmemory[/region/<name>]/status``: Triton's list of region entries."""
     return encode_json(shm.status(name))
@@ -164,10 +212,9 @@ def encode(resp, out_specs, binary_default: bool, shm, conn_hdr: bytes) -> bytes
         dt = datatype_of(arr)
         entry = {"name": name, "datatype": dt, "shape": list(arr.shape)}
         if kind == "shm":
-            n = shm.write_output(region[0], region[1], region[2], output_bytes(arr, dt), f"output '{name}'")
-            entry["parameters"] = {shm_params.REGION_PARAM: region[0], shm_params.BYTE_SIZE_PARAM: n}
-            if region[1]:
-                entry["parameters"][shm_params.OFFSET_PARAM] = region[1]
+            # No "parameters" on this output: Triton's clients read an output's parameters as its binary-data
+            # entry (perf_analyzer fails on parameters without binary_data_size); the data is in the region.
+            shm.write_output(region[0], region[1], region[2], output_bytes(arr, dt), f"output '{name}'")
         elif kind == "binary":
             b = output_bytes(arr, dt)
             blobs.append(b)
@@ -224,4 +271,4 @@ def infer(conn, name: str, version: str | None, body: bytes, header_len: int, co
     fut.add_done_callback(done)
 
 
-__all__ = ["MARKER", "decode", "encode", "infer", "register", "status", "unregister"]
+__all__ = ["KINDS", "MARKER", "decode", "encode", "handle", "infer", "register", "status", "unregister"]
