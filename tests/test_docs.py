@@ -401,6 +401,9 @@ class DocSession:
                 self._python.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._kill_python()
+            # A block that failed before stopping what it started (a server) leaves it in the
+            # interpreter's process group: stop it with the file.
+            self._signal_group(self._python.pid, signal.SIGKILL)
         if self._resp_fd >= 0:
             os.close(self._resp_fd)
             self._resp_fd = -1
