@@ -183,7 +183,7 @@ def main() -> None:
     benchjson.add_arguments(ap)
     args = ap.parse_args()
     result = benchjson.Report("bench_governance.py", quick=args.quick)
-    n_rows, repeat, n_entries = (20_000, 3, 200) if args.quick else (200_000, 5, 1000)
+    n_rows, repeat, n_entries = (20_000, 1, 200) if args.quick else (200_000, 5, 1000)
     print("# fastml governance benchmark\n")
     print(env_header())
     print("\n## Fairness metrics: full report (per-group rates + disparities)\n")
