@@ -117,6 +117,12 @@ class Server:
     # ----- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.plane.deployments is None and self.plane.manager is not None:
+            # Deployments persisted under FASTML_HOME are applied before the first request, then followed.
+            from fastml.serving.deployments import DeploymentManager
+
+            self.plane.deployments = DeploymentManager(self.plane.manager)
+            await self.plane.deployments.start()
         if self.http_port is not None:
             srv = await loop.create_server(lambda: HttpProtocol(self), sock=self._bind(self.http_port), backlog=1024)
             self._servers.append(srv)
@@ -203,6 +209,8 @@ class Server:
         if grpc_stop is not None:
             await grpc_stop
         self.plane.shm.close()
+        if self.plane.deployments is not None:
+            await self.plane.deployments.stop()
         return clean
 
     def encoded(self, entry, key: str) -> bytes:

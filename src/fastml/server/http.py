@@ -23,7 +23,7 @@ from collections import deque
 import httptools
 
 from fastml.errors import InvalidInput
-from fastml.server import routes, shm_http
+from fastml.server import deploy_http, routes, shm_http
 from fastml.server.status import REASONS, http_status
 from fastml.server.tensors import (
     Plan,
@@ -264,7 +264,7 @@ class HttpProtocol:
         "server", "limits", "parser", "transport", "url", "body", "body_len", "ihcl", "content_encoding",
         "accept_encoding", "header_bytes", "header_count", "pending", "closed", "last_tick", "msg_tick",
         "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length", "lingering",
-        "discarded", "max_headers", "max_header_bytes",
+        "discarded", "max_headers", "max_header_bytes", "routing_key",
     )
 
     def __init__(self, server, metrics_only: bool = False):
@@ -296,6 +296,7 @@ class HttpProtocol:
         self.header_count = 0
         self.expect_continue = False
         self.content_length = -1
+        self.routing_key = None
 
     # ----- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
@@ -407,6 +408,9 @@ class HttpProtocol:
         elif n == 6:
             if name.lower() == b"expect" and value.strip().lower() == b"100-continue":
                 self.expect_continue = True
+        elif n == 18:
+            if name.lower() == b"fastml-routing-key":  # sticky routing for deployments (deploy_http)
+                self.routing_key = value.decode("utf-8", "replace")
 
     def on_headers_complete(self):
         if self.expect_continue and self.transport is not None:
@@ -559,6 +563,14 @@ class HttpProtocol:
             # Tensors in shared memory take the full decode path (fastml.server.shm_http), not the plan cache.
             try:
                 shm_http.infer(self, name, version, body, header_len, conn_hdr)
+            except Exception as exc:
+                raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
+            return
+        deployments = plane.deployments
+        if deployments is not None and name in deployments.table:
+            # A deployment: routed per request, so it skips the per-model plan cache (fastml.server.deploy_http).
+            try:
+                deploy_http.infer(self, name, version, body, header_len, conn_hdr, self.routing_key)
             except Exception as exc:
                 raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
             return

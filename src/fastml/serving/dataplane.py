@@ -218,6 +218,9 @@ class DataPlane:
         self.inflight = 0
         self.snapshot_source: Callable[[], list[dict]] | None = None
         self.shm: Any = None
+        # fastml.serving.deployments.DeploymentManager, or None: names in its ``table`` are deployments,
+        # routed to one of their variants (see submit and resolve).
+        self.deployments: Any = None
         self._repository_off: str | None = None
 
     # ----- inference: the request/response way in ---------------------------------------------------
@@ -230,7 +233,15 @@ class DataPlane:
             NotFound / Unavailable: unknown or unloaded model. InvalidInput: bad inputs, outputs or
             parameters. Overloaded: the model's queue is full.
         """
-        entry = self.resolve(req.model_name, req.model_version)
+        deployments = self.deployments
+        if deployments is not None and req.model_name in deployments.table:
+            return deployments.submit(self, req)  # routes, then comes back through submit_to
+        return self.submit_to(self.resolve(req.model_name, req.model_version), req)
+
+    def submit_to(self, entry, req: InferRequest) -> asyncio.Future:
+        """:meth:`submit` to an already resolved model entry (``req.model_name`` is not looked up again)."""
+        if "output_names" not in entry.cache:
+            self._prepare(entry)
         try:
             names = self._output_names(entry, req.outputs)
             timeout_us = request_timeout_us(req.parameters, entry.name)
@@ -279,9 +290,13 @@ class DataPlane:
         Raises:
             NotFound: unknown model or version. Unavailable: known but not loaded.
         """
-        if self.manager is None:
+        deployments = self.deployments
+        if deployments is not None and name in deployments.table:
+            entry = deployments.resolve_entry(name)  # a keyless routing decision
+        elif self.manager is None:
             raise NotFound(f"unknown model {name!r}")
-        entry = self.manager.get(name, version)
+        else:
+            entry = self.manager.get(name, version)
         if "output_names" not in entry.cache:
             self._prepare(entry)
         return entry

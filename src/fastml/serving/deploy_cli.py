@@ -1,0 +1,132 @@
+"""``fastml deploy ...``: apply a deployment file, show deployments and their live per-variant counts.
+
+``apply FILE`` checks the file (fields, weights, shadows), resolves every registry reference and compares
+the models' signatures, then persists it under ``$FASTML_HOME/deployments/`` all-or-nothing; running
+servers on that home apply it within a second, without dropping requests. Nothing is written when a check
+fails. ``status`` sums the counters that serving processes publish beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("deploy", help="deployments: A/B splits, sticky routing, shadows, alias following")
+    sub = p.add_subparsers(dest="deploy_command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("apply", help="check a deployment TOML file and make it the served deployments")
+    c.add_argument("file", help="deployment file (TOML, see docs/deployments.md)")
+    c.add_argument("--dry-run", action="store_true", help="check only; persist nothing")
+    c.add_argument("--json", action="store_true", help="print what was applied as JSON")
+    c.set_defaults(handler=_apply)
+
+    c = sub.add_parser("status", help="deployments, variants, weights and live per-variant counts")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.set_defaults(handler=_status)
+
+    c = sub.add_parser("show", help="print the persisted deployment file")
+    c.set_defaults(handler=_show)
+
+
+def check_references(specs: dict, source: str) -> dict[str, dict[str, str]]:
+    """Resolve every variant's registry reference and compare signatures within each deployment.
+
+    A bare model name that the registry does not know is taken as a model the server serves from its
+    repository (the server checks it when it applies the file).
+
+    Returns:
+        ``{deployment: {variant: "name:version" | "served model"}}``.
+
+    Raises:
+        NotFound: a reference that does not resolve. InvalidInput: signatures differ. Both name the field.
+    """
+    from fastml.errors import InvalidInput, NotFound
+    from fastml.registry import Registry
+
+    resolved: dict[str, dict[str, str]] = {}
+    with Registry() as reg:
+        for name, spec in specs.items():
+            rows: dict[str, str] = {}
+            first = None
+            for kind, items in (("variants", spec.variants), ("shadows", spec.shadows)):
+                for i, v in enumerate(items):
+                    field = f"{source}: deployments.{name}.{kind}[{i}].model"
+                    try:
+                        mv = reg.resolve(v.model)
+                    except NotFound as exc:
+                        if "@" in v.model or ":" in v.model:
+                            raise NotFound(f"{field}: {exc}") from None
+                        rows[v.name] = "served model"
+                        continue
+                    rows[v.name] = f"{mv.name}:{mv.version}"
+                    sig = _onnx_signature(reg.artifact_path(f"{mv.name}:{mv.version}"))
+                    if first is None:
+                        first = (sig, f"{kind}[{i}] ({v.model})")
+                    elif sig != first[0]:
+                        raise InvalidInput(f"{field}: {v.model!r} has a different signature from {first[1]}: {sig} vs {first[0]}")
+            resolved[name] = rows
+    return resolved
+
+
+def _onnx_signature(path) -> tuple:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def row(t):
+        return (t.name, t.type, tuple(d if isinstance(d, int) else -1 for d in t.shape))
+
+    return tuple(row(t) for t in sess.get_inputs()), tuple(row(t) for t in sess.get_outputs())
+
+
+def _apply(args) -> int:
+    from fastml.serving import deployment_config as dconf
+
+    text, specs = dconf.read(args.file)
+    resolved = check_references(specs, args.file)
+    path = dconf.state_path()
+    if not args.dry_run:
+        dconf.write_atomic(path, text)
+    if args.json:
+        print(json.dumps({"file": str(path), "applied": not args.dry_run, "deployments": resolved}, indent=2))
+        return 0
+    verb = "checked" if args.dry_run else "applied"
+    for name, rows in resolved.items():
+        print(f"{verb} deployment {name}: " + ", ".join(f"{v} -> {r}" for v, r in rows.items()))
+    if not args.dry_run:
+        print(f"saved to {path}; running servers on this FASTML_HOME switch within a second")
+    return 0
+
+
+def _status(args) -> int:
+    from fastml.serving.deployments import read_status
+
+    status = read_status()
+    if args.json:
+        print(json.dumps({"deployments": status}, indent=2))
+        return 0
+    if not status:
+        print("no deployments (fastml deploy apply FILE)")
+        return 0
+    for name, d in status.items():
+        print(f"{name}  ({d['processes']} serving process(es))")
+        print(f"  {'VARIANT':<16} {'KIND':<8} {'MODEL':<24} {'WEIGHT_BP':>9} {'ROUTED':>9} {'REQUESTS':>9} {'ERRORS':>7}  SERVING")
+        for vname, r in d["variants"].items():
+            bp = r.get("weight_bp", r.get("share_bp"))
+            routed = r.get("routed", r.get("mirrored", 0))
+            print(f"  {vname:<16} {r['kind']:<8} {r['model']:<24} {bp:>9} {routed:>9} {r['requests']:>9} {r['errors']:>7}  "
+                  f"{', '.join(r['serving']) or '-'}")
+    return 0
+
+
+def _show(args) -> int:
+    from fastml.serving import deployment_config as dconf
+
+    path = dconf.state_path()
+    if not path.exists():
+        print("no deployments (fastml deploy apply FILE)", file=sys.stderr)
+        return 1
+    sys.stdout.write(path.read_text(encoding="utf-8"))
+    return 0

@@ -1,0 +1,206 @@
+"""Deployment files: parse and check the TOML that declares deployments, and persist it under FASTML_HOME.
+
+A file holds one table per deployment::
+
+    [deployments.fraud]
+    [[deployments.fraud.variants]]
+    name = "incumbent"
+    model = "fraud@production"     # registry reference (name@alias, name:version) or a served model's name
+    weight_bp = 9000               # basis points; the variants' weights sum to 10000
+    [[deployments.fraud.variants]]
+    name = "candidate"
+    model = "fraud:2.0.0"
+    weight_bp = 1000
+    [[deployments.fraud.shadows]]  # optional mirrors: a copy of the request, answer logged and dropped
+    name = "next"
+    model = "fraud:3.0.0"
+    share_bp = 10000               # share of requests mirrored (basis points)
+
+Every error is an :class:`fastml.errors.InvalidInput` that names the file and the field
+(``deployments.fraud.variants[1].weight_bp``). The persisted copy is replaced all-or-nothing (a temporary
+file, fsync, rename), so a server polling it never reads half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from fastml.errors import InvalidInput
+
+TOTAL_BP = 10_000
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+FILE_NAME = "deployments.toml"
+
+
+class VariantSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One primary variant: ``name``, ``model`` (a reference or served model name), ``weight_bp``."""
+
+    name: str
+    model: str
+    weight_bp: int
+
+
+class ShadowSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One shadow (mirror): ``name``, ``model``, ``share_bp`` of requests mirrored (default all)."""
+
+    name: str
+    model: str
+    share_bp: int = TOTAL_BP
+
+
+class DeploymentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A named endpoint: its variants and shadows (``name`` is filled from the table key)."""
+
+    variants: list[VariantSpec]
+    shadows: list[ShadowSpec] = msgspec.field(default_factory=list)
+    name: str = ""
+
+
+def home_dir() -> Path:
+    """``$FASTML_HOME/deployments`` (created on demand by writers)."""
+    from fastml.config import get_settings
+
+    return Path(get_settings().home) / "deployments"
+
+
+def state_path() -> Path:
+    """Where the applied deployments are persisted."""
+    return home_dir() / FILE_NAME
+
+
+def parse(text: str, source: str = "deployment file") -> dict[str, DeploymentSpec]:
+    """Parse and check a deployment file's text; ``{name: DeploymentSpec}`` in file order.
+
+    Raises:
+        InvalidInput: malformed TOML, an unknown or missing field, a bad name, weights that do not sum to
+            10000, a share outside 0..10000, a repeated variant name, or a shadow that mirrors a variant
+            of its own deployment onto the same model ("a shadow pointing at itself").
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{source}: not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"deployments"})
+    if unknown:
+        raise InvalidInput(f"{source}: unknown top-level field {unknown[0]!r} (expected [deployments.<name>] tables)")
+    tables = raw.get("deployments", {})
+    if not isinstance(tables, dict):
+        raise InvalidInput(f"{source}: deployments must be a table of [deployments.<name>] tables")
+    out: dict[str, DeploymentSpec] = {}
+    for name, table in tables.items():
+        try:
+            spec = msgspec.convert(table, DeploymentSpec)
+        except msgspec.ValidationError as exc:
+            raise InvalidInput(f"{source}: {_where(str(exc), f'deployments.{name}')}") from None
+        spec = msgspec.structs.replace(spec, name=name)
+        check(spec, source)
+        out[name] = spec
+    return out
+
+
+_PATH = re.compile(r"at `\$\.?([^`]*)`")
+
+
+def _where(msg: str, prefix: str) -> str:
+    # msgspec says "... - at `$.variants[0].weight_bp`"; name the full field from the file's root.
+    if "at `$" not in msg:
+        return f"{prefix}: {msg}"
+    return _PATH.sub(lambda m: f"at `{prefix}{'.' if m.group(1) and not m.group(1).startswith('[') else ''}{m.group(1)}`", msg)
+
+
+def check(spec: DeploymentSpec, source: str = "deployment") -> None:
+    """The checks that need no registry or model: names, weights, shares, self-mirrors."""
+    where = f"{source}: deployments.{spec.name}"
+    if not _NAME.match(spec.name):
+        raise InvalidInput(f"{where}: the deployment name may hold letters, digits, '_', '.' and '-' only")
+    if not spec.variants:
+        raise InvalidInput(f"{where}.variants: at least one variant is needed")
+    seen: set[str] = set()
+    for kind, items in (("variants", spec.variants), ("shadows", spec.shadows)):
+        for i, v in enumerate(items):
+            field = f"{where}.{kind}[{i}]"
+            if not _NAME.match(v.name):
+                raise InvalidInput(f"{field}.name: {v.name!r} may hold letters, digits, '_', '.' and '-' only")
+            if v.name in seen:
+                raise InvalidInput(f"{field}.name: {v.name!r} is used twice in deployment {spec.name!r}")
+            seen.add(v.name)
+            if not v.model.strip():
+                raise InvalidInput(f"{field}.model: must name a registry reference or a served model")
+            if v.model == spec.name:
+                raise InvalidInput(f"{field}.model: {v.model!r} is the deployment itself")
+            share = v.weight_bp if kind == "variants" else v.share_bp
+            if isinstance(share, bool) or not 0 <= share <= TOTAL_BP:
+                unit = "weight_bp" if kind == "variants" else "share_bp"
+                raise InvalidInput(f"{field}.{unit}: {share} is outside 0..10000 basis points")
+    total = sum(v.weight_bp for v in spec.variants)
+    if total != TOTAL_BP:
+        raise InvalidInput(f"{where}.variants: weight_bp values sum to {total}, not 10000")
+    primaries = {v.model: v.name for v in spec.variants}
+    for i, s in enumerate(spec.shadows):
+        if s.model in primaries:
+            raise InvalidInput(
+                f"{where}.shadows[{i}].model: {s.model!r} is variant {primaries[s.model]!r} of this deployment; "
+                "a shadow must not mirror a variant onto itself"
+            )
+
+
+def read(path: str | Path) -> tuple[str, dict[str, DeploymentSpec]]:
+    """(text, parsed specs) of a deployment file. Raises NotFound-like InvalidInput when unreadable."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{p}: no such deployment file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{p}: cannot read the deployment file: {exc}") from None
+    return text, parse(text, str(p))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all-or-nothing: write a temporary file beside it, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".deployments-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def dump(specs: dict[str, DeploymentSpec]) -> str:
+    """TOML text for ``specs`` (what ``parse`` reads back)."""
+    lines: list[str] = []
+    for name, spec in specs.items():
+        lines.append(f"[deployments.{_q(name)}]")
+        for v in spec.variants:
+            lines += [f"[[deployments.{_q(name)}.variants]]", f"name = {_s(v.name)}", f"model = {_s(v.model)}",
+                      f"weight_bp = {v.weight_bp}"]
+        for s in spec.shadows:
+            lines += [f"[[deployments.{_q(name)}.shadows]]", f"name = {_s(s.name)}", f"model = {_s(s.model)}",
+                      f"share_bp = {s.share_bp}"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _s(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _q(name: str) -> str:
+    return name if re.match(r"^[A-Za-z0-9_\-]+$", name) else _s(name)
+
+
+__all__ = ["DeploymentSpec", "ShadowSpec", "VariantSpec", "check", "dump", "home_dir", "parse", "read", "state_path", "write_atomic"]

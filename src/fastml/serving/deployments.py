@@ -1,0 +1,622 @@
+"""Deployments: named endpoints that split traffic between model variants, mirror it to shadows, and follow
+registry aliases.
+
+A client calls ``POST /v2/models/<deployment>/infer`` as for any model. The data plane hands requests for a
+deployment to :meth:`DeploymentManager.submit`, which makes one decision in the native router
+(``fastml._core.Router``, csrc/router.h): the request parameter ``variant`` pins a variant; otherwise the
+``routing_key`` parameter (HTTP also reads the ``fastml-routing-key`` header) picks one by its stable hash,
+and a request without a key is split by weight at random. The response names its variant (parameter
+``variant``; HTTP adds the header ``fastml-variant``). Shadows get a copy of a share of the requests; the
+copy's answer is logged and dropped, never changes the response, and is the first work shed under load.
+
+Variants name registry references (``fraud@production``, ``fraud:2.0.0``; a bare name that no served model
+has means ``name@latest``) or the name of a model the server already serves. References with an alias
+(``@stage`` or a bare name) are followed: the manager polls the registry every ``poll_interval_s`` and swaps
+the variant to the new version when the alias moves, draining the old one (no failed request).
+
+Deployments are persisted in ``$FASTML_HOME/deployments/deployments.toml`` (``fastml deploy apply``); a
+running server polls that file and applies a changed one all-or-nothing: the new table is built beside the
+old (models loaded, signatures compared) and swapped in one assignment; if anything fails, the running
+deployments stay as they were and the error is logged.
+
+For controllers and analysis code: :meth:`DeploymentManager.set_weights` (atomic) and
+:meth:`DeploymentManager.variant_stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastml import _core
+from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound, Overloaded
+from fastml.serving import deployment_config as dconf
+from fastml.serving.dataplane import InferRequest, InferResponse
+
+log = logging.getLogger("fastml.serving.deployments")
+
+LATENCY_SAMPLES = 4096  # latest latencies kept per variant for percentiles
+
+
+class VariantStats:
+    """Counters of one variant or shadow in this process: requests, errors, recent latencies (us)."""
+
+    __slots__ = ("requests", "errors", "latency_us")
+
+    def __init__(self):
+        self.requests = 0
+        self.errors = 0
+        self.latency_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+
+    def record(self, latency_us: float, ok: bool) -> None:
+        self.requests += 1
+        if not ok:
+            self.errors += 1
+        self.latency_us.append(latency_us)
+
+    def to_dict(self, samples: bool = False) -> dict:
+        lat = np.fromiter(self.latency_us, dtype=np.float64, count=len(self.latency_us))
+        pct = {}
+        if len(lat):
+            p50, p90, p99 = np.percentile(lat, [50, 90, 99])
+            pct = {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "mean_us": float(lat.mean())}
+        out = {"requests": self.requests, "errors": self.errors, "latency": pct}
+        if samples:
+            out["latency_samples_us"] = lat.tolist()
+        return out
+
+
+class Target:
+    """A variant or shadow at run time: where its requests go now.
+
+    Attributes:
+        name: the variant's name. model: its declared model (reference or served model name).
+        index: position in the router's variant or shadow list. follows: the reference names an alias
+        (polled). entry: the loaded ModelEntry (registry references), or None for a served model, which
+        is looked up in the ModelManager per request so repository reloads are followed too.
+    """
+
+    __slots__ = ("name", "model", "index", "follows", "entry", "stats", "weight_or_share_bp")
+
+    def __init__(self, name: str, model: str, index: int, follows: bool, entry, bp: int):
+        self.name = name
+        self.model = model
+        self.index = index
+        self.follows = follows
+        self.entry = entry
+        self.stats = VariantStats()
+        self.weight_or_share_bp = bp
+
+    def current(self, manager):
+        entry = self.entry
+        return entry if entry is not None else manager.get(self.model)
+
+
+class Deployment:
+    """One deployment at run time: its spec, router, variants and shadows."""
+
+    __slots__ = ("name", "spec", "router", "variants", "shadows", "by_name", "created_at")
+
+    def __init__(self, spec: dconf.DeploymentSpec, variants: list[Target], shadows: list[Target]):
+        self.name = spec.name
+        self.spec = spec
+        self.variants = variants
+        self.shadows = shadows
+        self.by_name = {t.name: t for t in variants}
+        self.router = _core.Router(
+            [t.name for t in variants], [v.weight_bp for v in spec.variants],
+            [t.name for t in shadows], [s.share_bp for s in spec.shadows],
+        )
+        self.created_at = time.time()
+
+
+def _is_ref(model: str) -> bool:
+    return "@" in model or ":" in model
+
+
+def _signature(entry) -> tuple:
+    sig = entry.model.signature
+    return (
+        tuple((t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in sig.inputs),
+        tuple((t.name, t.datatype, tuple(int(d) for d in t.shape)) for t in sig.outputs),
+    )
+
+
+def _describe(sig: tuple) -> str:
+    ins, outs = sig
+    return "inputs " + ", ".join(f"{n}:{d}{list(s)}" for n, d, s in ins) + "; outputs " + ", ".join(
+        f"{n}:{d}{list(s)}" for n, d, s in outs
+    )
+
+
+class DeploymentManager:
+    """The deployments one server process serves.
+
+    Args:
+        manager: the server's ModelManager (served models a variant may name; None for none).
+        state_file: the persisted deployments to watch (default ``$FASTML_HOME/deployments/deployments.toml``).
+        poll_interval_s: how often the state file and followed aliases are checked.
+        registry_factory: builds the Registry used to resolve references (default ``fastml.Registry()``).
+
+    Attributes:
+        table: deployment name -> :class:`Deployment`; replaced in one assignment on apply (readers never
+            see half a table).
+    """
+
+    def __init__(self, manager=None, *, state_file: str | Path | None = None, poll_interval_s: float = 1.0,
+                 registry_factory=None):
+        self.manager = manager
+        self.state_file = Path(state_file) if state_file is not None else dconf.state_path()
+        self.poll_interval_s = poll_interval_s
+        self._registry_factory = registry_factory
+        self._registry = None
+        self.table: dict[str, Deployment] = {}
+        self._entries: dict[tuple[str, str], Any] = {}  # (model, version) -> loaded ModelEntry (registry refs)
+        self._state_sig: tuple | None = None
+        self._task: asyncio.Task | None = None
+        self._lock: asyncio.Lock | None = None
+        self.last_error: str | None = None
+        self.alias_swaps = 0
+
+    # ----- registry and model loading (blocking: run in an executor) -------------------------------
+    def registry(self):
+        if self._registry is None:
+            if self._registry_factory is not None:
+                self._registry = self._registry_factory()
+            else:
+                from fastml.registry import Registry
+
+                self._registry = Registry()
+        return self._registry
+
+    def _served(self, model: str) -> bool:
+        m = self.manager
+        return m is not None and not _is_ref(model) and (model in m.models or model in m.failed)
+
+    def _resolve(self, model: str, field: str) -> tuple[str, str]:
+        try:
+            mv = self.registry().resolve(model)
+        except NotFound as exc:
+            raise NotFound(f"{field}: {exc}") from None
+        return mv.name, str(mv.version)
+
+    def _load(self, name: str, version: str):
+        key = (name, version)
+        entry = self._entries.get(key)
+        if entry is not None:
+            return entry
+        from fastml.serving.manager import _load_entry
+        from fastml.serving.repository import ModelSource, RepositoryConfig
+
+        config = RepositoryConfig()
+        overrides = getattr(self.manager, "overrides", None)
+        if overrides:
+            config = config.with_overrides(overrides)
+        entry = _load_entry(ModelSource(name, version, f"{name}:{version}", config, is_ref=True))
+        self._entries[key] = entry
+        return entry
+
+    def _build(self, specs: dict[str, dconf.DeploymentSpec], source: str) -> dict[str, Deployment]:
+        """Build a complete new table (loading what it needs) or raise, naming the field."""
+        new: dict[str, Deployment] = {}
+        for name, spec in specs.items():
+            dconf.check(spec, source)
+            where = f"{source}: deployments.{name}"
+            if self.manager is not None and (name in self.manager.models or name in self.manager.failed):
+                raise Conflict(f"{where}: {name!r} is already the name of a served model")
+            targets: dict[str, list[Target]] = {"variants": [], "shadows": []}
+            signature = None
+            first = ""
+            for kind, items in (("variants", spec.variants), ("shadows", spec.shadows)):
+                for i, v in enumerate(items):
+                    field = f"{where}.{kind}[{i}].model"
+                    bp = v.weight_bp if kind == "variants" else v.share_bp
+                    if self._served(v.model):
+                        entry = None
+                        current = self.manager.get(v.model)
+                        follows = False
+                    else:
+                        mname, mversion = self._resolve(v.model, field)
+                        current = entry = self._load(mname, mversion)
+                        follows = "@" in v.model or not _is_ref(v.model)
+                    sig = _signature(current)
+                    if signature is None:
+                        signature, first = sig, f"{kind}[{i}] ({v.model})"
+                    elif sig != signature:
+                        raise InvalidInput(
+                            f"{field}: {v.model!r} has a different signature from {first}: "
+                            f"{_describe(sig)} vs {_describe(signature)}"
+                        )
+                    targets[kind].append(Target(v.name, v.model, i, follows, entry, bp))
+            # Shadows pointing at the same loaded model as a variant mirror it onto itself.
+            primary_entries = {id(t.current(self.manager)): t.name for t in targets["variants"]}
+            for i, s in enumerate(targets["shadows"]):
+                other = primary_entries.get(id(s.current(self.manager)))
+                if other is not None:
+                    raise InvalidInput(
+                        f"{where}.shadows[{i}].model: {s.model!r} resolves to the model of variant {other!r}; "
+                        "a shadow must not mirror a variant onto itself"
+                    )
+            new[name] = Deployment(spec, targets["variants"], targets["shadows"])
+        return new
+
+    def _unused_entries(self, table: dict[str, Deployment]) -> list:
+        used = {id(t.entry) for d in table.values() for t in d.variants + d.shadows if t.entry is not None}
+        gone = [(k, e) for k, e in self._entries.items() if id(e) not in used]
+        for k, _ in gone:
+            del self._entries[k]
+        return [e for _, e in gone]
+
+    # ----- applying ----------------------------------------------------------------------------------
+    def _lock_(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def apply(self, specs: dict[str, dconf.DeploymentSpec], source: str = "deployments") -> None:
+        """Replace every deployment with ``specs`` all-or-nothing, without failing in-flight requests.
+
+        Raises:
+            InvalidInput / NotFound / Conflict: naming the field; the running deployments are left as they were.
+        """
+        async with self._lock_():
+            loop = asyncio.get_running_loop()
+            before = dict(self._entries)
+            try:
+                new = await loop.run_in_executor(None, self._build, specs, source)
+            except BaseException:
+                # Close what this attempt loaded; the running table keeps its own entries.
+                for key, entry in list(self._entries.items()):
+                    if key not in before:
+                        del self._entries[key]
+                        await loop.run_in_executor(None, entry.model.close)
+                raise
+            self.table = new  # one assignment: a request sees the old table or the new one
+            log.info("deployments applied from %s: %s", source, ", ".join(new) or "(none)")
+            await self._drain_and_close(self._unused_entries(new))
+
+    async def apply_text(self, text: str, source: str = "deployments") -> None:
+        """Parse and :meth:`apply` a deployment file's text."""
+        await self.apply(dconf.parse(text, source), source)
+
+    async def _drain_and_close(self, entries: list, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(e.inflight for e in entries) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        loop = asyncio.get_running_loop()
+        for e in entries:
+            await loop.run_in_executor(None, e.model.close)
+
+    # ----- polling: the state file and followed aliases -------------------------------------------
+    async def start(self) -> None:
+        """Apply the persisted deployments (if any; a bad file is logged, not raised) and start polling."""
+        await self.poll_once()
+        self._task = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def stop(self) -> None:
+        """Stop polling, remove this process's status snapshot and close the models loaded for deployments."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            self._snapshot_path().unlink()
+        except FileNotFoundError:
+            pass
+        self.table = {}
+        entries = list(self._entries.values())
+        self._entries.clear()
+        await self._drain_and_close(entries)
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must survive anything; the error is logged
+                log.exception("deployment poll failed")
+
+    async def poll_once(self) -> None:
+        """One poll: apply the state file if it changed, swap variants whose alias moved, write the snapshot."""
+        try:
+            st = self.state_file.stat()
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            sig = None
+        if sig != self._state_sig:
+            self._state_sig = sig
+            if sig is not None:
+                try:
+                    text, specs = await asyncio.get_running_loop().run_in_executor(None, dconf.read, self.state_file)
+                    await self.apply(specs, str(self.state_file))
+                    self.last_error = None
+                except FastMLError as exc:
+                    self.last_error = str(exc)
+                    log.error("deployments in %s not applied, the running ones are kept: %s", self.state_file, exc)
+        if any(t.follows for d in self.table.values() for t in d.variants + d.shadows):
+            await self.follow_aliases()
+        if self.table:
+            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot)
+
+    async def follow_aliases(self) -> int:
+        """Swap every variant whose alias now names another version; returns how many swapped."""
+        loop = asyncio.get_running_loop()
+        swapped = 0
+        async with self._lock_():
+            for d in list(self.table.values()):
+                for t in d.variants + d.shadows:
+                    if not t.follows:
+                        continue
+                    try:
+                        name, version = await loop.run_in_executor(None, self._resolve, t.model, t.name)
+                    except FastMLError as exc:
+                        log.warning("deployment %s variant %s: cannot resolve %s, keeping the current version: %s",
+                                    d.name, t.name, t.model, exc)
+                        continue
+                    old = t.entry
+                    if old is not None and (old.name, old.version) == (name, version):
+                        continue
+                    try:
+                        new = await loop.run_in_executor(None, self._load, name, version)
+                        if old is not None and _signature(new) != _signature(old):
+                            raise InvalidInput(f"{t.model} now names {name}:{version}, whose signature differs")
+                    except FastMLError as exc:
+                        log.error("deployment %s variant %s: not following %s: %s", d.name, t.name, t.model, exc)
+                        continue
+                    t.entry = new  # one assignment: later requests go to the new version
+                    swapped += 1
+                    self.alias_swaps += 1
+                    log.info("deployment %s variant %s follows %s to version %s", d.name, t.name, t.model, version)
+            gone = self._unused_entries(self.table)
+        if gone:
+            await self._drain_and_close(gone)
+        return swapped
+
+    # ----- routing (event loop thread) --------------------------------------------------------------
+    def route(self, name: str, routing_key=None, variant: str | None = None) -> tuple[Target, list[Target]]:
+        """(the variant that answers, the shadows that get a copy) for one request to deployment ``name``.
+
+        Raises:
+            NotFound: no such deployment. InvalidInput: an unknown pinned variant or a bad routing key.
+        """
+        d = self.table.get(name)
+        if d is None:
+            raise NotFound(f"unknown deployment {name!r}")
+        if variant is not None:
+            t = d.by_name.get(variant) if isinstance(variant, str) else None
+            if t is None:
+                raise InvalidInput(
+                    f"parameter 'variant': {variant!r} is not a variant of deployment {name!r}; it has: "
+                    + ", ".join(d.by_name)
+                )
+            d.router.count_pinned(t.index)
+            return t, []
+        if routing_key is not None and not isinstance(routing_key, (str, bytes)):
+            if isinstance(routing_key, int) and not isinstance(routing_key, bool):
+                routing_key = str(routing_key)  # JSON numbers as user ids: hash their decimal text
+            else:
+                raise InvalidInput(f"parameter 'routing_key' must be a string or an integer, got {type(routing_key).__name__}")
+        index, mask = d.router.route(routing_key)
+        shadows = [d.shadows[s] for s in range(len(d.shadows)) if mask >> s & 1] if mask else []
+        return d.variants[index], shadows
+
+    def resolve_entry(self, name: str):
+        """A keyless decision's model entry, for transports' fast paths that carry no routing key."""
+        t, _ = self.route(name)
+        return t.current(self.manager)
+
+    def submit(self, plane, req: InferRequest) -> asyncio.Future:
+        """Route ``req`` (addressed to a deployment) and submit it; the future resolves to an InferResponse
+        naming the deployment, with parameter ``variant``. Shadow copies are submitted beside it."""
+        params = req.parameters or {}
+        target, shadows = self.route(req.model_name, params.get("routing_key"), params.get("variant"))
+        d = self.table[req.model_name]
+        entry = target.current(self.manager)
+        inner_params = {k: v for k, v in params.items() if k not in ("routing_key", "variant")}
+        inner = InferRequest(entry.name, req.inputs, model_version=entry.version, id=req.id, outputs=req.outputs,
+                             parameters=inner_params)
+        start_ns = time.perf_counter_ns()
+        try:
+            fut = plane.submit_to(entry, inner)
+        except FastMLError:
+            target.stats.record(0.0, False)
+            d.router.count_error(target.index)
+            raise
+        outer = fut.get_loop().create_future()
+        name = req.model_name
+
+        def done(f: asyncio.Future) -> None:
+            latency_us = (time.perf_counter_ns() - start_ns) / 1000
+            if f.cancelled():
+                target.stats.record(latency_us, False)
+                if not outer.done():
+                    outer.cancel()
+                return
+            exc = f.exception()
+            if exc is not None:
+                target.stats.record(latency_us, False)
+                d.router.count_error(target.index)
+                if not outer.done():
+                    outer.set_exception(exc)
+                return
+            target.stats.record(latency_us, True)
+            r = f.result()
+            if not outer.done():
+                outer.set_result(InferResponse(name, r.model_version, r.id, r.outputs, {**r.parameters, "variant": target.name}))
+
+        fut.add_done_callback(done)
+        for s in shadows:
+            self._mirror(plane, d, s, entry, inner)
+        return outer
+
+    def _mirror(self, plane, d: Deployment, s: Target, primary_entry, inner: InferRequest) -> None:
+        """Submit a shadow copy unless the server is busy (then it is shed and counted)."""
+        try:
+            entry = s.current(self.manager)
+        except FastMLError:
+            d.router.count_shadow_shed(s.index)
+            return
+        # Shed first: a copy is refused while the primary's or the shadow's queue is a quarter full, so it
+        # never takes queue room that primary work may need.
+        if (plane.draining or entry.inflight * 4 >= entry.config.max_queue_size
+                or primary_entry.inflight * 4 >= primary_entry.config.max_queue_size):
+            d.router.count_shadow_shed(s.index)
+            return
+        copy = InferRequest(entry.name, inner.inputs, model_version=entry.version, id=inner.id, outputs=inner.outputs,
+                            parameters=inner.parameters)
+        start_ns = time.perf_counter_ns()
+        try:
+            fut = plane.submit_to(entry, copy)
+        except Overloaded:
+            d.router.count_shadow_shed(s.index)
+            return
+        except FastMLError as exc:
+            s.stats.record(0.0, False)
+            log.debug("shadow %s of deployment %s refused a copy: %s", s.name, d.name, exc)
+            return
+
+        def done(f: asyncio.Future) -> None:
+            ok = not f.cancelled() and f.exception() is None
+            s.stats.record((time.perf_counter_ns() - start_ns) / 1000, ok)
+            if ok:
+                log.debug("shadow %s of deployment %s answered request %s (dropped)", s.name, d.name, copy.id)
+            elif not f.cancelled():
+                log.debug("shadow %s of deployment %s failed: %s", s.name, d.name, f.exception())
+
+        fut.add_done_callback(done)
+
+    # ----- for controllers and analysis ---------------------------------------------------------------
+    def set_weights(self, deployment: str, weights_bp: dict[str, int], shadow_bp: dict[str, int] | None = None) -> None:
+        """Set a deployment's variant weights (basis points, summing to 10000) atomically while serving.
+
+        Args:
+            weights_bp: ``{variant: bp}`` for every variant. shadow_bp: optionally ``{shadow: bp}`` (others keep theirs).
+
+        Raises:
+            NotFound: no such deployment. InvalidInput: an unknown or missing variant, or a bad sum.
+        """
+        d = self.table.get(deployment)
+        if d is None:
+            raise NotFound(f"unknown deployment {deployment!r}")
+        unknown = set(weights_bp) - set(d.by_name)
+        if unknown:
+            raise InvalidInput(f"weights_bp: {sorted(unknown)} are not variants of deployment {deployment!r}")
+        missing = [t.name for t in d.variants if t.name not in weights_bp]
+        if missing:
+            raise InvalidInput(f"weights_bp: no weight for variants {missing} of deployment {deployment!r}")
+        shares = d.router.shadow_bp
+        if shadow_bp:
+            names = {t.name: t.index for t in d.shadows}
+            for k, v in shadow_bp.items():
+                if k not in names:
+                    raise InvalidInput(f"shadow_bp: {k!r} is not a shadow of deployment {deployment!r}")
+                shares[names[k]] = int(v)
+        d.router.set_weights([int(weights_bp[t.name]) for t in d.variants], shares)
+        for t in d.variants:
+            t.weight_or_share_bp = int(weights_bp[t.name])
+        for t in d.shadows:
+            t.weight_or_share_bp = shares[t.index]
+
+    def variant_stats(self, deployment: str, samples: bool = False) -> dict:
+        """Per variant and shadow of ``deployment`` in this process: router counts, requests, errors,
+        latency percentiles (and the latest latency samples when ``samples``)."""
+        d = self.table.get(deployment)
+        if d is None:
+            raise NotFound(f"unknown deployment {deployment!r}")
+        c = d.router.counts()
+        out: dict[str, dict] = {}
+        weights = d.router.weights_bp
+        for t in d.variants:
+            row = t.stats.to_dict(samples)
+            row.update(kind="variant", model=t.model, serving=_serving(t, self.manager), weight_bp=weights[t.index],
+                       routed=c["routed"][t.index], pinned=c["pinned"][t.index], router_errors=c["errors"][t.index])
+            out[t.name] = row
+        shares = d.router.shadow_bp
+        for t in d.shadows:
+            row = t.stats.to_dict(samples)
+            row.update(kind="shadow", model=t.model, serving=_serving(t, self.manager), share_bp=shares[t.index],
+                       mirrored=c["mirrored"][t.index], shed=c["shadow_shed"][t.index])
+            out[t.name] = row
+        return out
+
+    def status(self) -> dict:
+        """``{deployment: {"variants": {...}, "generation": n}}`` for this process (JSON-able)."""
+        return {name: {"variants": self.variant_stats(name), "generation": d.router.generation}
+                for name, d in self.table.items()}
+
+    def _snapshot_path(self) -> Path:
+        return self.state_file.parent / "status" / f"{os.getpid()}.json"
+
+    def _write_snapshot(self) -> None:
+        doc = {"pid": os.getpid(), "time": time.time(), "deployments": self.status(), "last_error": self.last_error}
+        dconf.write_atomic(self._snapshot_path(), json.dumps(doc))
+
+
+def _serving(t: Target, manager) -> str:
+    try:
+        e = t.current(manager)
+    except FastMLError as exc:
+        return f"unavailable: {exc}"
+    return f"{e.name}:{e.version}"
+
+
+def read_status(state_file: Path | None = None) -> dict:
+    """The persisted deployments and the live counters summed over the serving processes' snapshots
+    (what ``fastml deploy status`` shows). Snapshots of processes that are gone are ignored."""
+    path = Path(state_file) if state_file is not None else dconf.state_path()
+    specs = dconf.read(path)[1] if path.exists() else {}
+    snaps = []
+    status_dir = path.parent / "status"
+    if status_dir.is_dir():
+        for f in sorted(status_dir.glob("*.json")):
+            try:
+                doc = json.loads(f.read_text())
+                os.kill(int(doc["pid"]), 0)
+            except (OSError, ValueError, KeyError):
+                continue
+            snaps.append(doc)
+    out: dict[str, Any] = {}
+    for name, spec in specs.items():
+        rows = {}
+        for v in spec.variants:
+            rows[v.name] = {"kind": "variant", "model": v.model, "weight_bp": v.weight_bp, "routed": 0, "pinned": 0,
+                            "requests": 0, "errors": 0, "serving": []}
+        for s in spec.shadows:
+            rows[s.name] = {"kind": "shadow", "model": s.model, "share_bp": s.share_bp, "mirrored": 0, "shed": 0,
+                            "requests": 0, "errors": 0, "serving": []}
+        for doc in snaps:
+            live = doc.get("deployments", {}).get(name, {}).get("variants", {})
+            for vname, row in rows.items():
+                lv = live.get(vname)
+                if not lv:
+                    continue
+                for k in ("routed", "pinned", "mirrored", "shed", "requests", "errors"):
+                    if k in row and k in lv:
+                        row[k] += int(lv[k])
+                # The live weight wins over the file's (a controller may have moved it).
+                for k in ("weight_bp", "share_bp"):
+                    if k in row and k in lv:
+                        row[k] = int(lv[k])
+                if lv.get("serving") and lv["serving"] not in row["serving"]:
+                    row["serving"].append(lv["serving"])
+        out[name] = {"variants": rows, "processes": len(snaps)}
+    return out
+
+
+__all__ = ["Deployment", "DeploymentManager", "Target", "VariantStats", "read_status"]

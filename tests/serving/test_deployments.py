@@ -1,0 +1,310 @@
+"""Deployments in process: the data plane routes a deployment's requests through the native router."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastml.errors import Conflict, InvalidInput, NotFound
+from fastml.serving import deployment_config as dconf
+from fastml.serving.dataplane import DataPlane, InferRequest
+from fastml.serving.deployments import DeploymentManager, read_status
+from fastml.serving.manager import ModelManager
+from fastml.serving.router_reference import ReferenceRouter
+
+AB = """
+[deployments.fraud]
+[[deployments.fraud.variants]]
+name = "incumbent"
+model = "fraud:1.0.0"
+weight_bp = 9000
+[[deployments.fraud.variants]]
+name = "candidate"
+model = "fraud:2.0.0"
+weight_bp = 1000
+"""
+
+SHADOW = """
+[deployments.shadowed]
+[[deployments.shadowed.variants]]
+name = "main"
+model = "fraud:1.0.0"
+weight_bp = 10000
+[[deployments.shadowed.shadows]]
+name = "mirror"
+model = "fraud:2.0.0"
+share_bp = 10000
+"""
+
+
+def make_odd_model(path: Path) -> None:
+    """A model with another signature (input ``x`` FP32 [-1, 4])."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "odd",
+                              [helper.make_tensor_value_info("x", T.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", T.FLOAT, [None, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.fixture
+def registry(onnx_models, tmp_path):
+    from fastml.registry import Registry
+
+    reg = Registry()
+    reg.register("fraud", onnx_models["mlp"], version="1.0.0")
+    reg.register("fraud", onnx_models["gbt"], version="2.0.0")
+    make_odd_model(tmp_path / "odd.onnx")
+    reg.register("odd", tmp_path / "odd.onnx", version="1.0.0")
+    reg.set_alias("fraud", "champion", "1.0.0")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def x(onnx_models):
+    return np.load(onnx_models["data"])[:3]
+
+
+@pytest.fixture
+def direct(onnx_models, x):
+    """Each model's own answer, for comparing with what a deployment returned."""
+    import onnxruntime as ort
+
+    out = {}
+    for key, version in (("mlp", "1.0.0"), ("gbt", "2.0.0")):
+        sess = ort.InferenceSession(str(onnx_models[key]), providers=["CPUExecutionProvider"])
+        out[version] = sess.run(["probabilities"], {"input": x})[0]
+    return out
+
+
+def run(coro_fn, *args):
+    """Run ``coro_fn(plane, dm, *args)`` with a DataPlane + DeploymentManager on a fresh event loop."""
+
+    async def main():
+        manager = ModelManager([])
+        plane = DataPlane(manager)
+        dm = DeploymentManager(manager, poll_interval_s=3600)
+        plane.deployments = dm
+        try:
+            return await coro_fn(plane, dm, *args)
+        finally:
+            await dm.stop()
+
+    return asyncio.run(main())
+
+
+def req(name, x, **params):
+    return InferRequest(name, {"input": x}, outputs=["probabilities"], parameters=params)
+
+
+# ----- the file ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        (AB.replace("9000", "8999"), r"deployments\.fraud\.variants: weight_bp values sum to 9999, not 10000"),
+        (AB.replace("weight_bp = 1000", "weight_bp = -5"), r"variants\[1\]\.weight_bp: -5 is outside"),
+        (AB.replace('name = "candidate"', 'name = "incumbent"'), r"variants\[1\]\.name: 'incumbent' is used twice"),
+        (AB + "[deployments.fraud.extra]\n", r"deployments\.fraud.*extra"),
+        (AB.replace("weight_bp = 1000", 'weight_bp = "lots"'), r"weight_bp"),
+        ("[deployments.fraud\nname=", r"not valid TOML"),
+        (SHADOW.replace('model = "fraud:2.0.0"', 'model = "fraud:1.0.0"'), r"shadows\[0\]\.model: .*mirror a variant onto itself"),
+        (AB.replace("[deployments.fraud]", "[deployments.fraud]\nvariants = []").split("[[")[0], r"variants: at least one"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_field(text, match):
+    with pytest.raises(InvalidInput, match=match):
+        dconf.parse(text, "d.toml")
+
+
+def test_dump_reads_back():
+    specs = dconf.parse(AB + SHADOW)
+    assert dconf.parse(dconf.dump(specs)) == specs
+
+
+# ----- routing through the data plane -----------------------------------------------------------------
+
+
+def test_sticky_90_10_split_answers_from_the_routed_variant(registry, x, direct):
+    async def scenario(plane, dm):
+        await dm.apply_text(AB)
+        reference = ReferenceRouter(["incumbent", "candidate"], [9000, 1000])
+        seen = {}
+        for i in range(300):
+            key = f"user-{i}"
+            resp = await plane.infer(req("fraud", x, routing_key=key))
+            variant = resp.parameters["variant"]
+            assert variant == reference.variants[reference.route(key)[0]]
+            assert resp.model_name == "fraud"
+            assert resp.model_version == ("1.0.0" if variant == "incumbent" else "2.0.0")
+            np.testing.assert_allclose(resp.outputs["probabilities"], direct[resp.model_version], rtol=1e-5)
+            seen[key] = variant
+        # Sticky: the same users come back to the same variants.
+        for key, variant in list(seen.items())[:100]:
+            assert (await plane.infer(req("fraud", x, routing_key=key))).parameters["variant"] == variant
+        stats = dm.variant_stats("fraud")
+        assert stats["incumbent"]["routed"] + stats["candidate"]["routed"] == 400
+        assert stats["candidate"]["requests"] == stats["candidate"]["routed"] > 0
+        assert stats["incumbent"]["latency"]["p99_us"] > 0
+        return seen
+
+    seen = run(scenario)
+    assert 0.8 < sum(v == "incumbent" for v in seen.values()) / len(seen) < 0.97
+
+
+def test_integer_routing_keys_hash_their_decimal_text(registry, x):
+    async def scenario(plane, dm):
+        await dm.apply_text(AB)
+        a = (await plane.infer(req("fraud", x, routing_key=12345))).parameters["variant"]
+        b = (await plane.infer(req("fraud", x, routing_key="12345"))).parameters["variant"]
+        assert a == b
+        with pytest.raises(InvalidInput, match="routing_key"):
+            plane.submit(req("fraud", x, routing_key=[1]))
+
+    run(scenario)
+
+
+def test_variant_parameter_pins_one(registry, x, direct):
+    async def scenario(plane, dm):
+        await dm.apply_text(AB)
+        for _ in range(5):
+            resp = await plane.infer(req("fraud", x, variant="candidate"))
+            assert resp.parameters["variant"] == "candidate" and resp.model_version == "2.0.0"
+            np.testing.assert_allclose(resp.outputs["probabilities"], direct["2.0.0"], rtol=1e-5)
+        with pytest.raises(InvalidInput, match="'nope' is not a variant of deployment 'fraud'"):
+            plane.submit(req("fraud", x, variant="nope"))
+        assert dm.variant_stats("fraud")["candidate"]["pinned"] == 5
+
+    run(scenario)
+
+
+def test_set_weights_is_atomic_and_validated(registry, x):
+    async def scenario(plane, dm):
+        await dm.apply_text(AB)
+        dm.set_weights("fraud", {"incumbent": 0, "candidate": 10000})
+        for i in range(20):
+            assert (await plane.infer(req("fraud", x, routing_key=f"u{i}"))).parameters["variant"] == "candidate"
+        with pytest.raises(InvalidInput, match="sum to 9000"):
+            dm.set_weights("fraud", {"incumbent": 0, "candidate": 9000})
+        with pytest.raises(InvalidInput, match="no weight for variants"):
+            dm.set_weights("fraud", {"candidate": 10000})
+        with pytest.raises(NotFound):
+            dm.set_weights("nope", {})
+        assert dm.variant_stats("fraud")["candidate"]["weight_bp"] == 10000
+
+    run(scenario)
+
+
+def test_shadow_never_changes_the_response_and_is_counted(registry, x, direct):
+    async def scenario(plane, dm):
+        await dm.apply_text(SHADOW)
+        for i in range(10):
+            resp = await plane.infer(req("shadowed", x, routing_key=f"u{i}"))
+            assert resp.parameters["variant"] == "main" and resp.model_version == "1.0.0"
+            np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
+        # Let the shadow copies finish (each has its own future on this loop).
+        while dm.variant_stats("shadowed")["mirror"]["requests"] < 10:
+            await asyncio.sleep(0)
+        s = dm.variant_stats("shadowed")["mirror"]
+        assert s["mirrored"] == 10 and s["errors"] == 0 and s["shed"] == 0
+
+    run(scenario)
+
+
+def test_shadow_is_shed_first_under_load(registry, x, direct):
+    async def scenario(plane, dm):
+        dm.manager.overrides = {"max_queue_size": 64}
+        await dm.apply_text(SHADOW)
+        # 40 requests enqueued in one go: the primary's queue passes a quarter full, so later copies are shed.
+        futs = [plane.submit(req("shadowed", x)) for _ in range(40)]
+        answers = await asyncio.gather(*futs)
+        for resp in answers:
+            np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
+        s = dm.variant_stats("shadowed")
+        assert s["main"]["requests"] == 40 and s["main"]["errors"] == 0
+        assert s["mirror"]["shed"] >= 24
+        assert s["mirror"]["mirrored"] == 40
+
+    run(scenario)
+
+
+def test_bad_apply_leaves_the_running_deployment_as_it_was(registry, x):
+    async def scenario(plane, dm):
+        await dm.apply_text(AB)
+        before = dm.table["fraud"]
+        with pytest.raises(NotFound, match=r"deployments\.fraud\.variants\[1\]\.model"):
+            await dm.apply_text(AB.replace("fraud:2.0.0", "fraud:9.9.9"))
+        with pytest.raises(InvalidInput, match=r"variants\[1\]\.model: 'odd:1.0.0' has a different signature"):
+            await dm.apply_text(AB.replace("fraud:2.0.0", "odd:1.0.0"))
+        with pytest.raises(InvalidInput, match="resolves to the model of variant 'main'"):
+            await dm.apply_text(SHADOW.replace('model = "fraud:2.0.0"', 'model = "fraud@champion"'))
+        assert dm.table["fraud"] is before
+        resp = await plane.infer(req("fraud", x, routing_key="u1"))
+        assert resp.parameters["variant"] in ("incumbent", "candidate")
+        # Only the two models of the running deployment stay loaded.
+        assert sorted(dm._entries) == [("fraud", "1.0.0"), ("fraud", "2.0.0")]
+
+    run(scenario)
+
+
+def test_a_deployment_cannot_take_a_served_models_name(registry, onnx_models):
+    async def scenario(plane, dm, path):
+        dm.manager = ModelManager([str(path)])
+        dm.manager.load_all()
+        plane.manager = dm.manager
+        with pytest.raises(Conflict, match="already the name of a served model"):
+            await dm.apply_text(AB.replace("deployments.fraud", "deployments.mlp"))
+        # A served model can be a variant, by its name.
+        await dm.apply_text(AB.replace('"fraud:2.0.0"', '"mlp"'))
+        assert dm.variant_stats("fraud")["candidate"]["serving"] == "mlp:1"
+        dm.manager.close()
+
+    run(scenario, onnx_models["mlp"])
+
+
+def test_deployment_follows_its_alias_without_failing_requests(registry, x, direct):
+    text = AB.replace("fraud:1.0.0", "fraud@champion").replace("weight_bp = 9000", "weight_bp = 10000")
+    text = text.split("[[deployments.fraud.variants]]\nname = \"candidate\"")[0]
+
+    async def scenario(plane, dm):
+        await dm.apply_text(text)
+        assert (await plane.infer(req("fraud", x))).model_version == "1.0.0"
+        inflight = plane.submit(req("fraud", x))  # submitted before the swap: answered by 1.0.0
+        registry.set_alias("fraud", "champion", "2.0.0")
+        assert await dm.follow_aliases() == 1
+        old = await inflight
+        np.testing.assert_allclose(old.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
+        resp = await plane.infer(req("fraud", x))
+        assert resp.model_version == "2.0.0"
+        np.testing.assert_allclose(resp.outputs["probabilities"], direct["2.0.0"], rtol=1e-5)
+        assert await dm.follow_aliases() == 0
+        assert sorted(dm._entries) == [("fraud", "2.0.0")]  # the old version was drained and closed
+
+    run(scenario)
+
+
+def test_persisted_file_is_applied_and_a_bad_one_is_ignored(registry, x):
+    async def scenario(plane, dm):
+        dconf.write_atomic(dm.state_file, AB)
+        await dm.poll_once()
+        assert list(dm.table) == ["fraud"]
+        await plane.infer(req("fraud", x, routing_key="a"))
+        await dm.poll_once()  # publishes this process's counters beside the file
+        status = read_status(dm.state_file)
+        assert status["fraud"]["processes"] == 1
+        assert status["fraud"]["variants"]["incumbent"]["weight_bp"] == 9000
+        assert sum(r["routed"] for r in status["fraud"]["variants"].values() if r["kind"] == "variant") == 1
+        running = dm.table["fraud"]
+        dconf.write_atomic(dm.state_file, AB.replace("9000", "9001"))
+        await dm.poll_once()
+        assert "sum to 10001" in dm.last_error
+        assert dm.table["fraud"] is running
+
+    run(scenario)
