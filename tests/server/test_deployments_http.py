@@ -1,0 +1,189 @@
+"""Deployments over HTTP with real `fastml serve` processes: tritonclient unchanged, sticky keys across
+processes and restarts, the fastml-routing-key / fastml-variant headers, alias following, the deploy CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from serverkit import ROOT, ServerProcess
+
+from fastml.serving.router_reference import ReferenceRouter
+
+AB = """
+[deployments.fraud]
+[[deployments.fraud.variants]]
+name = "incumbent"
+model = "fraud:1.0.0"
+weight_bp = 9000
+[[deployments.fraud.variants]]
+name = "candidate"
+model = "fraud:2.0.0"
+weight_bp = 1000
+
+[deployments.champ]
+[[deployments.champ.variants]]
+name = "only"
+model = "fraud@champion"
+weight_bp = 10000
+"""
+
+
+def fastml(*args, home):
+    import os
+
+    env = dict(os.environ, FASTML_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "fastml.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture
+def home(fastml_home, onnx_models, tmp_path):
+    from fastml.registry import Registry
+
+    with Registry() as reg:
+        reg.register("fraud", onnx_models["mlp"], version="1.0.0")
+        reg.register("fraud", onnx_models["gbt"], version="2.0.0")
+        reg.set_alias("fraud", "champion", "1.0.0")
+    path = tmp_path / "deploy.toml"
+    path.write_text(AB)
+    done = fastml("deploy", "apply", str(path), home=fastml_home)
+    assert done.returncode == 0, done.stderr
+    assert "applied deployment fraud: incumbent -> fraud:1.0.0, candidate -> fraud:2.0.0" in done.stdout
+    return fastml_home
+
+
+def serve(model_repo, home):
+    return ServerProcess([str(model_repo), "--http-port", "0", "--metrics-port", "0"], home)
+
+
+def variants_of(url: str, keys: list[str], x: np.ndarray) -> list[str]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        out = []
+        for key in keys:
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            res = client.infer("fraud", [inp], parameters={"routing_key": key})
+            resp = res.get_response()
+            assert resp["model_name"] == "fraud"
+            assert res.as_numpy("probabilities").shape == (len(x), 2)
+            out.append(resp["parameters"]["variant"])
+        return out
+    finally:
+        client.close()
+
+
+def test_sticky_90_10_across_two_processes_and_a_restart(home, model_repo, onnx_models):
+    x = np.load(onnx_models["data"])[:2]
+    keys = [f"user-{i}" for i in range(150)]
+    reference = ReferenceRouter(["incumbent", "candidate"], [9000, 1000])
+    expected = [reference.variants[reference.route(k)[0]] for k in keys]
+    a, b = serve(model_repo, home), serve(model_repo, home)
+    try:
+        assert variants_of(a.url, keys, x) == expected
+        assert variants_of(b.url, keys, x) == expected
+        # Counters published by both processes, summed by `fastml deploy status --json`.
+        deadline = time.monotonic() + 30
+        while True:
+            status = json.loads(fastml("deploy", "status", "--json", home=home).stdout)["deployments"]["fraud"]
+            routed = sum(r["routed"] for r in status["variants"].values() if r["kind"] == "variant")
+            if routed == 2 * len(keys) or time.monotonic() > deadline:
+                break
+        assert status["processes"] == 2
+        assert status["variants"]["candidate"]["routed"] == 2 * expected.count("candidate")
+        assert status["variants"]["incumbent"]["weight_bp"] == 9000
+        assert status["variants"]["incumbent"]["serving"] == ["fraud:1.0.0"]
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
+    c = serve(model_repo, home)  # a restart
+    try:
+        assert variants_of(c.url, keys, x) == expected
+    finally:
+        assert c.stop() == 0
+
+
+def test_headers_pinning_and_errors(home, model_repo, onnx_models):
+    x = np.load(onnx_models["data"])[:1]
+    body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    srv = serve(model_repo, home)
+    try:
+        reference = ReferenceRouter(["incumbent", "candidate"], [9000, 1000])
+        for key in ("alice", "bob", "carol", "dave"):
+            url = f"http://{srv.url}/v2/models/fraud/infer"
+            status, resp, headers = _post(url, body, {"fastml-routing-key": key})
+            assert status == 200
+            want = reference.variants[reference.route(key)[0]]
+            assert resp["parameters"]["variant"] == want == headers["fastml-variant"]
+        status, resp, headers = _post(url, {**body, "parameters": {"variant": "candidate"}}, {})
+        assert status == 200 and headers["fastml-variant"] == "candidate" and resp["model_version"] == "2.0.0"
+        status, resp, _ = _post(url, {**body, "parameters": {"variant": "ghost"}}, {})
+        assert status == 400 and "'ghost' is not a variant of deployment 'fraud'" in resp["error"]
+        # The served model itself is unchanged.
+        status, resp, headers = _post(f"http://{srv.url}/v2/models/mlp/infer", body, {})
+        assert status == 200 and "fastml-variant" not in headers and "parameters" not in resp
+    finally:
+        assert srv.stop() == 0
+
+
+def _post(url, body, headers):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read()), {k.lower(): v for k, v in r.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), {k.lower(): v for k, v in e.headers.items()}
+
+
+def test_alias_move_is_followed_without_a_failed_request(home, model_repo, onnx_models):
+    from fastml.registry import Registry
+
+    x = np.load(onnx_models["data"])[:1]
+    body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    srv = serve(model_repo, home)
+    try:
+        url = f"http://{srv.url}/v2/models/champ/infer"
+        status, resp, _ = _post(url, body, {})
+        assert status == 200 and resp["model_version"] == "1.0.0"
+        with Registry() as reg:
+            reg.set_alias("fraud", "champion", "2.0.0")
+        versions = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, resp, _ = _post(url, body, {})
+            assert status == 200, resp  # no failed request while the alias moves
+            versions.append(resp["model_version"])
+            if resp["model_version"] == "2.0.0":
+                break
+        assert versions[-1] == "2.0.0"
+    finally:
+        assert srv.stop() == 0
+
+
+def test_bad_apply_names_the_field_and_keeps_the_persisted_file(home, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(AB.replace("9000", "9500"))
+    done = fastml("deploy", "apply", str(bad), home=home)
+    assert done.returncode == 2
+    assert "deployments.fraud.variants: weight_bp values sum to 10500, not 10000" in done.stderr
+    bad.write_text(AB.replace("fraud:2.0.0", "fraud:7.0.0"))
+    done = fastml("deploy", "apply", str(bad), home=home)
+    assert done.returncode == 2 and "deployments.fraud.variants[1].model" in done.stderr
+    shown = fastml("deploy", "show", home=home)
+    assert shown.stdout == AB
+
+
+def test_status_table(home):
+    done = fastml("deploy", "status", home=home)
+    assert done.returncode == 0
+    assert "incumbent" in done.stdout and "fraud:1.0.0" in done.stdout and "9000" in done.stdout
