@@ -178,7 +178,14 @@ async def _supervise(opts: ServeOptions) -> int:
     fam = socket.AF_INET6 if ":" in opts.host else socket.AF_INET
     reserve = socket.socket(fam, socket.SOCK_STREAM)
     reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reserve.bind((opts.host, opts.http_port))
+    try:
+        reserve.bind((opts.host, opts.http_port))
+    except OSError as exc:
+        reserve.close()
+        from fastml.errors import Unavailable
+
+        # The same one line as one process gives (fastml.server.app), not a traceback.
+        raise Unavailable(f"cannot listen on {opts.host}:{opts.http_port}: {exc.strerror or exc}") from None
     port = reserve.getsockname()[1]
     snapshot_dir = Path(tempfile.mkdtemp(prefix="fastml-serve-"))
     sup = _Supervisor(opts, port, snapshot_dir)
