@@ -193,18 +193,8 @@ Scan Parser::scan(const uint8_t* buf, size_t len, uint64_t* frame_bytes, int* st
   if (len < kPrefixBytes) return Scan::kNeedMore;
   uint32_t body;
   std::memcpy(&body, buf, 4);
-  if (body < kHeaderBytes) {
-    *status = 400;
-    *error = "frame length " + std::to_string(body) + " is shorter than the " + std::to_string(kHeaderBytes) +
-             "-byte header";
-    return Scan::kFatal;
-  }
-  if (body > limits_.max_frame_bytes) {
-    *status = 413;
-    *error = "frame of " + std::to_string(body) + " bytes exceeds the limit of " +
-             std::to_string(limits_.max_frame_bytes) + " bytes";
-    return Scan::kFatal;
-  }
+  // Magic and version first (once their bytes are here): a peer speaking another protocol (an HTTP client
+  // on the wrong port) is told so, rather than that its "length" is too large.
   if (len >= kPrefixBytes + 4) {
     uint32_t magic;
     std::memcpy(&magic, buf + kPrefixBytes, 4);
@@ -217,6 +207,18 @@ Scan Parser::scan(const uint8_t* buf, size_t len, uint64_t* frame_bytes, int* st
   if (len >= kPrefixBytes + 5 && buf[kPrefixBytes + 4] != kVersion) {
     *status = 400;
     *error = "unsupported protocol version " + std::to_string(buf[kPrefixBytes + 4]) + " (this server speaks 1)";
+    return Scan::kFatal;
+  }
+  if (body < kHeaderBytes) {
+    *status = 400;
+    *error = "frame length " + std::to_string(body) + " is shorter than the " + std::to_string(kHeaderBytes) +
+             "-byte header";
+    return Scan::kFatal;
+  }
+  if (body > limits_.max_frame_bytes) {
+    *status = 413;
+    *error = "frame of " + std::to_string(body) + " bytes exceeds the limit of " +
+             std::to_string(limits_.max_frame_bytes) + " bytes";
     return Scan::kFatal;
   }
   *frame_bytes = kPrefixBytes + static_cast<uint64_t>(body);

@@ -146,14 +146,14 @@ def parse(buf: bytes, start: int, end: int, max_frames: int, limits: dict | None
             return pos - start, items, 0, None
         (length,) = struct.unpack_from("<I", buf, pos)
         rid = struct.unpack_from("<Q", buf, pos + 12)[0] if avail >= 20 else None
-        if length < 16:
-            return pos - start, items, 0, (400, "short", rid)
-        if length > limits["max_frame_bytes"]:
-            return pos - start, items, 0, (413, "oversized", rid)
         if avail >= 8 and buf[pos + 4 : pos + 8] != MAGIC:
             return pos - start, items, 0, (400, "magic", rid)
         if avail >= 9 and buf[pos + 8] != 1:
             return pos - start, items, 0, (400, "version", rid)
+        if length < 16:
+            return pos - start, items, 0, (400, "short", rid)
+        if length > limits["max_frame_bytes"]:
+            return pos - start, items, 0, (413, "oversized", rid)
         if avail < 4 + length:
             return pos - start, items, 4 + length, None
         items.append(_frame(buf[pos : pos + 4 + length], limits))

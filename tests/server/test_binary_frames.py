@@ -191,11 +191,12 @@ def test_oversized_frame_is_fatal_413_before_its_bytes_arrive():
 @pytest.mark.parametrize("prefix, status, words", [
     (struct.pack("<I", 40) + b"HTTP", 400, "bad magic"),
     (struct.pack("<I", 40) + b"FMLB\x02", 400, "unsupported protocol version 2"),
-    (struct.pack("<I", 3), 400, "shorter than"),
+    (struct.pack("<I", 3) + b"FMLB\x01", 400, "shorter than"),
 ])
 def test_stream_breaking_frames_are_fatal(prefix, status, words):
     consumed, items, need, fatal = native(prefix + b"\0" * 64)
     assert fatal[0] == status and words in fatal[1] and consumed == 0
+    assert fatal[0] == reference(prefix + b"\0" * 64)[3][0]
 
 
 def test_duplicate_tensor_names_and_trailing_garbage_are_refused():

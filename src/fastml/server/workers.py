@@ -40,6 +40,8 @@ class ServeOptions:
     metrics_port: int | None = 8002
     workers: int = 1
     grpc_port: int | None = None
+    binary_port: int | None = None  # fastml binary protocol (docs/protocol.md) on TCP
+    binary_socket: str | None = None  # ... and/or on a Unix socket (single process only)
     overrides: dict = dataclasses.field(default_factory=dict)
     grace_period_s: float = 30.0
     max_body_bytes: int = 64 * 1024 * 1024
@@ -88,11 +90,16 @@ async def _single(opts: ServeOptions) -> int:
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
-    server = Server(manager, opts.host, opts.http_port, opts.metrics_port, limits=_limits(opts), grpc_port=opts.grpc_port)
+    server = Server(manager, opts.host, opts.http_port, opts.metrics_port, limits=_limits(opts), grpc_port=opts.grpc_port,
+                    binary_port=opts.binary_port, binary_socket=opts.binary_socket)
     await server.start()
     print(_startup_line(opts.host, server.http_port, _models_line(manager), server.metrics_port, 1), flush=True)
     if server.grpc_port is not None:
         print(f"fastml serve: grpc {opts.host}:{server.grpc_port}", flush=True)
+    if server.binary_port is not None:
+        print(f"fastml serve: binary {opts.host}:{server.binary_port}", flush=True)
+    if server.binary_socket is not None:
+        print(f"fastml serve: binary unix:{server.binary_socket}", flush=True)
     await _wait_for_signal()
     clean = await server.drain(opts.grace_period_s)
     manager.close()
@@ -108,7 +115,8 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
-    server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True, grpc_port=opts.grpc_port)
+    server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True, grpc_port=opts.grpc_port,
+                    binary_port=opts.binary_port)
     # Repository load/unload would change one worker only: not offered with several workers.
     server.plane.disable_repository("the server runs with --workers > 1")
     # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
@@ -210,6 +218,8 @@ async def _supervise(opts: ServeOptions) -> int:
     print(_startup_line(opts.host, port, ", ".join(names), metrics.metrics_port, opts.workers), flush=True)
     if opts.grpc_port is not None:
         print(f"fastml serve: grpc {opts.host}:{opts.grpc_port}", flush=True)
+    if opts.binary_port is not None:
+        print(f"fastml serve: binary {opts.host}:{opts.binary_port}", flush=True)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
