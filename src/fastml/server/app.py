@@ -17,15 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import socket
 import time
 
 import msgspec
 
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
-from fastml.server import auth as admin_auth
-from fastml.server import http, routes, shm_http
+from fastml.server import routes, shm_http
+from fastml.server.http import HttpProtocol
 from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
 from fastml.server.tensors import encode_json
@@ -33,29 +32,6 @@ from fastml.serving.dataplane import EXTENSIONS, DataPlane, model_snapshot, mode
 from fastml.serving.shm import SharedMemoryRegistry
 
 log = logging.getLogger("fastml.server")
-
-
-def protocol_class(impl: str | None = None) -> type:
-    """The HTTP protocol class to serve with.
-
-    Args:
-        impl: "cython" (the compiled fastml.server._http, the default when it is built) or "python" (the
-            pure-Python reference, fastml.server.http). None reads FASTML_HTTP_IMPL, default "cython".
-
-    Raises:
-        InvalidInput: an unknown implementation name.
-    """
-    impl = impl or os.environ.get("FASTML_HTTP_IMPL", "cython")
-    if impl == "python":
-        return http.HttpProtocol
-    if impl != "cython":
-        raise InvalidInput(f"FASTML_HTTP_IMPL must be 'cython' or 'python', got {impl!r}")
-    try:
-        from fastml.server import _http
-    except ImportError:  # not built (a source checkout before build_ext): the reference serves
-        return http.HttpProtocol
-    return _http.HttpProtocol
-
 
 __all__ = ["EXTENSIONS", "Limits", "Server", "model_statistics", "model_statistics_from_snapshot"]
 
@@ -105,14 +81,9 @@ class Server:
 
     def __init__(self, manager, host: str = "127.0.0.1", http_port: int = 8000, metrics_port: int | None = 8002,
                  limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None, plane: DataPlane | None = None,
-                 grpc_port: int | None = None, binary_port: int | None = None, binary_socket: str | None = None,
-                 auth: admin_auth.AdminAuth | None = None):
+                 grpc_port: int | None = None, binary_port: int | None = None, binary_socket: str | None = None):
         self.manager = manager
         self.plane = plane if plane is not None else DataPlane(manager)
-        if auth is not None:
-            self.plane.auth = auth
-        # Who may change the server (fastml.server.auth): one policy for every transport, kept on the plane.
-        self.auth = admin_auth.of_plane(self.plane)
         if self.plane.shm is None:
             self.plane.shm = SharedMemoryRegistry()  # system shared memory, shared by HTTP and gRPC
         self.grpc_port = grpc_port
@@ -127,8 +98,7 @@ class Server:
         self.limits = limits or Limits()
         self.reuse_port = reuse_port
         self.tick = 0
-        self.protocol = protocol_class()
-        self.connections: set = set()
+        self.connections: set[HttpProtocol] = set()
         self.route_cache: dict[bytes, tuple] = {}
         self.ok_count = 0
         self.status_counts: dict[int, int] = {}
@@ -151,13 +121,6 @@ class Server:
     # ----- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.http_port is not None or self.grpc_port is not None:
-            warning = admin_auth.check_bind(self.host, self.auth)
-            if warning:
-                log.warning("%s", warning)
-        if self.auth.require_for_inference and (self.binary_port is not None or self.binary_socket is not None):
-            raise InvalidInput("the binary protocol carries no credentials: --require-token-for-inference cannot be "
-                               "combined with --binary-port or --binary-socket")
         if self.plane.deployments is None and self.plane.manager is not None:
             # Deployments persisted under FASTML_HOME are applied before the first request, then followed.
             from fastml.serving.deployments import DeploymentManager
@@ -165,11 +128,11 @@ class Server:
             self.plane.deployments = DeploymentManager(self.plane.manager)
             await self.plane.deployments.start()
         if self.http_port is not None:
-            srv = await loop.create_server(lambda: self.protocol(self), sock=self._bind(self.http_port), backlog=1024)
+            srv = await loop.create_server(lambda: HttpProtocol(self), sock=self._bind(self.http_port), backlog=1024)
             self._servers.append(srv)
             self.http_port = srv.sockets[0].getsockname()[1]
         if self.metrics_port is not None:
-            msrv = await loop.create_server(lambda: self.protocol(self, metrics_only=True), sock=self._bind(self.metrics_port, reuse=False))
+            msrv = await loop.create_server(lambda: HttpProtocol(self, metrics_only=True), sock=self._bind(self.metrics_port, reuse=False))
             self._servers.append(msrv)
             self.metrics_port = msrv.sockets[0].getsockname()[1]
         if self.grpc_port is not None:
