@@ -199,7 +199,8 @@ def test_typed_contents_out_of_range_are_refused(stub):
         (lambda r: r.raw_input_contents.append(b"\x00" * 12), "entries for 1 inputs"),
         (lambda r: setattr(r.inputs[0], "datatype", "FP8"), "unknown datatype"),
         (lambda r: r.inputs[0].shape.__setitem__(0, -2), "negative dimension"),
-        (lambda r: r.inputs[0].shape.__setitem__(0, 2**62), "needs"),
+        (lambda r: r.inputs[0].shape.__setitem__(0, 2**62), "too large"),
+        (lambda r: (r.inputs[0].shape.__setitem__(0, 0), r.inputs[0].shape.__setitem__(1, 2**62)), "too large"),
         (
             lambda r: (setattr(r.inputs[0], "datatype", "BYTES"), r.inputs[0].shape.__setitem__(0, 2**40)),
             "BYTES elements",

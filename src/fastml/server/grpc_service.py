@@ -41,6 +41,7 @@ GRPC_STATUS: dict[type[FastMLError], grpc.StatusCode] = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Conflict: grpc.StatusCode.ALREADY_EXISTS,
     errors.Overloaded: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.UNAVAILABLE,
@@ -100,13 +101,7 @@ def _set_param(pmap, key: str, value) -> None:
         p.string_param = str(value)
 
 
-def _count(shape, where: str) -> int:
-    n = 1
-    for d in shape:
-        if d < 0:
-            raise InvalidInput(f"{where}: shape {list(shape)} has a negative dimension")
-        n *= d
-    return n
+_count = shm_params.shape_count
 
 
 def _typed_input(tensor, datatype: str, shape: tuple, count: int, where: str) -> np.ndarray:
@@ -464,12 +459,15 @@ class GrpcListener:
         Raises:
             fastml.errors.Unavailable: the address cannot be bound.
         """
+        from fastml.server import auth
+
         server = grpc.aio.server(
+            interceptors=[auth.grpc_interceptor(auth.of_plane(self.dataplane))],
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
-            ]
+            ],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, not self.reuse_port), server

@@ -137,11 +137,7 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
         dtype = NP_DTYPES.get(spec.datatype)
         if dtype is None:
             raise InvalidInput(f"{where}: unknown datatype {spec.datatype!r}; known: {', '.join(NP_DTYPES)}")
-        count = 1
-        for d in spec.shape:
-            if d < 0:
-                raise InvalidInput(f"{where}: shape {spec.shape} has a negative dimension")
-            count *= d
+        count = shm_params.shape_count(spec.shape, where)
         p = spec.parameters or {}
         region = shm_params.tensor_params(p)
         if region is not None:

@@ -35,6 +35,26 @@ OFFSET_PARAM = "shared_memory_offset"
 BYTE_SIZE_PARAM = "shared_memory_byte_size"
 
 _KEY = re.compile(r"/?[^/\x00]{1,255}")
+MAX_SHAPE_ELEMENTS = 2**48  # a shape's product over its non-zero dimensions; numpy cannot describe more
+
+
+def shape_count(shape, where: str) -> int:
+    """Elements of a tensor of ``shape``.
+
+    Raises:
+        InvalidInput: a negative dimension, or a shape too large to describe even when another dimension is
+        0 (numpy refuses to build such an array, empty or not).
+    """
+    count, extent = 1, 1
+    for d in shape:
+        d = int(d)
+        if d < 0:
+            raise InvalidInput(f"{where}: shape {list(shape)} has a negative dimension")
+        count *= d
+        extent *= max(d, 1)
+        if extent > MAX_SHAPE_ELEMENTS:
+            raise InvalidInput(f"{where}: shape {list(shape)} is too large")
+    return count
 
 
 class Region:
@@ -210,11 +230,7 @@ class SharedMemoryRegistry:
         """
         region, start = self._window(name, offset, byte_size, where)
         shape = tuple(int(d) for d in shape)
-        count = 1
-        for d in shape:
-            if d < 0:
-                raise InvalidInput(f"{where}: shape {list(shape)} has a negative dimension")
-            count *= d
+        count = shape_count(shape, where)
         dtype = np.dtype(dtype)
         if dtype.kind == "O":
             if count * 4 > byte_size:  # every element has a 4-byte length: refuse before allocating
@@ -309,5 +325,6 @@ __all__ = [
     "Region",
     "SharedMemoryRegistry",
     "tensor_params",
+    "shape_count",
     "validate_key",
 ]
