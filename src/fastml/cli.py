@@ -23,6 +23,7 @@ GROUPS = {
     "governance": "fastml.governance.cli",
     "audit": "fastml.governance.cli",
     "deploy": "fastml.serving.deploy_cli",
+    "loadtest": "fastml.loadtest.cli",
 }
 
 

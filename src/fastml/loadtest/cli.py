@@ -1,8 +1,12 @@
-"""``python -m fastml.loadtest``: drive a KServe v2 server with binary infer requests and report.
+"""``fastml loadtest`` (also ``python -m fastml.loadtest``): drive a server with infer requests and report.
+
+The URL picks the protocol: ``http://host:port`` is KServe v2 HTTP (binary tensor extension);
+``tcp://host:port`` or ``unix:/path`` is the fastml binary protocol (docs/protocol.md), pipelined.
 
 Examples:
-    python -m fastml.loadtest http://127.0.0.1:8000 -m mlp -c 32 --duration-s 10
-    python -m fastml.loadtest http://127.0.0.1:8000 -m mlp --mode open --rate 20000 --duration-s 5 --json
+    fastml loadtest http://127.0.0.1:8000 -m mlp -c 32 --duration-s 10
+    fastml loadtest http://127.0.0.1:8000 -m mlp --mode open --rate 20000 --duration-s 5 --json
+    fastml loadtest tcp://127.0.0.1:8001 -m mlp -c 64 --connections 2 --metadata-url http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -60,9 +64,30 @@ def fetch_model_metadata(host: str, port: int, model: str, version: str | None =
     return json.loads(body)
 
 
+_DESCRIPTION = ("Load-test a server: KServe v2 / Triton HTTP (http://HOST:PORT) or the fastml binary protocol "
+                "(tcp://HOST:PORT or unix:/PATH).")
+
+
+def is_binary_url(url: str) -> bool:
+    """Whether ``url`` names a fastml binary-protocol endpoint (``tcp://`` or ``unix:``)."""
+    return url.startswith(("tcp://", "unix:"))
+
+
+def add_parser(subparsers) -> None:
+    """Register ``fastml loadtest``."""
+    p = subparsers.add_parser("loadtest", help="load-test a server (HTTP or the fastml binary protocol)", description=_DESCRIPTION)
+    _add_arguments(p)
+    p.set_defaults(handler=_run)
+
+
 def build_parser(prog: str = "python -m fastml.loadtest") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Load-test a KServe v2 / Triton HTTP server with binary infer requests.")
-    p.add_argument("url", help="server, e.g. http://127.0.0.1:8000")
+    p = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION)
+    _add_arguments(p)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", help="server: http://127.0.0.1:8000, tcp://127.0.0.1:8001 or unix:/path/to/socket")
     p.add_argument("-m", "--model", required=True, help="model name")
     p.add_argument("--model-version", default=None, help="model version: digits or a registry version like 1.0.0")
     p.add_argument("--mode", choices=("closed", "open"), default="closed",
@@ -85,7 +110,11 @@ def build_parser(prog: str = "python -m fastml.loadtest") -> argparse.ArgumentPa
     p.add_argument("--save-body", metavar="PATH",
                    help="also write the request body to PATH (for wrk); prints its JSON header length")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    return p
+    p.add_argument("--connections", type=int, default=1,
+                   help="binary protocol: connections the --concurrency requests are pipelined over (default 1)")
+    p.add_argument("--metadata-url", default=None, metavar="URL",
+                   help="binary protocol: the server's HTTP endpoint to read model metadata from for generated inputs "
+                   "(else give --input-npy)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +136,13 @@ def _run(args: argparse.Namespace) -> int:
     from fastml.loadtest.protocol import build_infer_request, random_inputs
     from fastml.loadtest.runner import run, run_closed_loop, run_open_loop
 
-    host, port = parse_url(args.url)
+    binary = is_binary_url(args.url)
+    if binary:
+        if args.metadata_url is None and not args.input_npy:
+            raise InvalidInput("the binary protocol has no metadata call: give --input-npy NAME=PATH or --metadata-url http://...")
+        host, port = parse_url(args.metadata_url) if args.metadata_url else (None, None)
+    else:
+        host, port = parse_url(args.url)
     if args.input_npy:
         inputs = {}
         for item in args.input_npy:
@@ -121,6 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         meta = fetch_model_metadata(host, port, args.model, args.model_version, args.timeout_s)
         inputs = random_inputs(meta, batch_size=args.batch_size, seed=args.seed)
+    if binary:
+        return _run_binary(args, inputs)
     request = build_infer_request(args.model, inputs, outputs=args.output, version=args.model_version,
                                   host=f"{host}:{port}", binary_output=not args.json_outputs)
     if args.save_body:
@@ -138,6 +175,26 @@ def _run(args: argparse.Namespace) -> int:
             raise InvalidInput("--mode open needs --rate")
         coro = run_open_loop(host, port, request, rate_per_s=args.rate, max_connections=args.max_connections, **common)
     result = run(coro)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.format_text())
+    return 0
+
+
+def _run_binary(args: argparse.Namespace, inputs: dict) -> int:
+    from fastml.errors import InvalidInput
+    from fastml.loadtest.binary import run_binary_closed_loop
+    from fastml.loadtest.runner import run
+
+    if args.mode != "closed":
+        raise InvalidInput("the binary protocol driver runs closed loop only (--mode closed)")
+    address = args.url[len("tcp://"):] if args.url.startswith("tcp://") else args.url
+    duration_s = args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
+    result = run(run_binary_closed_loop(
+        address, args.model, inputs, concurrency=args.concurrency, connections=args.connections,
+        version=args.model_version, outputs=args.output, max_requests=args.requests, duration_s=duration_s,
+        timeout_s=args.timeout_s, warmup_s=args.warmup_s, validate=args.validate))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
