@@ -30,6 +30,16 @@ weight_bp = 1000
 name = "only"
 model = "fraud@champion"
 weight_bp = 10000
+
+[deployments.mirrored]
+[[deployments.mirrored.variants]]
+name = "main"
+model = "fraud:1.0.0"
+weight_bp = 10000
+[[deployments.mirrored.shadows]]
+name = "copy"
+model = "fraud:2.0.0"
+share_bp = 10000
 """
 
 
@@ -128,6 +138,12 @@ def test_headers_pinning_and_errors(home, model_repo, onnx_models):
         # The served model itself is unchanged.
         status, resp, headers = _post(f"http://{srv.url}/v2/models/mlp/infer", body, {})
         assert status == 200 and "fastml-variant" not in headers and "parameters" not in resp
+        alone = resp["outputs"]
+        # A shadow never changes the answer: the mirrored deployment answers exactly as its main variant's model.
+        for _ in range(5):
+            status, resp, headers = _post(f"http://{srv.url}/v2/models/mirrored/infer", body, {})
+            assert status == 200 and headers["fastml-variant"] == "main" and resp["model_version"] == "1.0.0"
+            assert resp["outputs"] == alone
     finally:
         assert srv.stop() == 0
 

@@ -46,7 +46,7 @@ def test_xxhash64_published_values(data, expected):
 
 def test_hash_agrees_on_every_length_up_to_three_stripes():
     blob = bytes(range(256)) * 2
-    for n in range(0, 100):
+    for n in range(100):
         assert _core.xxhash64(blob[:n]) == ref.xxhash64(blob[:n]), n
     assert _core.xxhash64(b"abc", 7) == ref.xxhash64(b"abc", 7)
 

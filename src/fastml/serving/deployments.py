@@ -103,7 +103,7 @@ class Target:
 class Deployment:
     """One deployment at run time: its spec, router, variants and shadows."""
 
-    __slots__ = ("name", "spec", "router", "variants", "shadows", "by_name", "created_at")
+    __slots__ = ("name", "spec", "router", "variants", "shadows", "by_name", "created_at", "http_params")
 
     def __init__(self, spec: dconf.DeploymentSpec, variants: list[Target], shadows: list[Target]):
         self.name = spec.name
@@ -116,6 +116,7 @@ class Deployment:
             [t.name for t in shadows], [s.share_bp for s in spec.shadows],
         )
         self.created_at = time.time()
+        self.http_params: dict[bytes, tuple] = {}  # HTTP: request header bytes -> (routing_key, variant)
 
 
 def _is_ref(model: str) -> bool:

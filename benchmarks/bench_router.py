@@ -1,0 +1,216 @@
+"""Traffic routing: the native router's cost per decision, and HTTP throughput through a 90/10 deployment.
+
+    python benchmarks/bench_router.py [--quick] [--json PATH]
+
+What it does, in one run:
+1. routing cost per decision in the core: ``Router.route_many`` over a numpy buffer (keyless, and with
+   user-id keys hashed by xxHash64), against a Python router doing the same job (``random.randrange``
+   plus ``bisect`` for keyless; ``zlib.crc32`` of the key plus ``bisect`` for keys), and the per-call
+   cost of ``Router.route`` from Python against the same Python router;
+2. HTTP throughput: one ``fastml serve`` serving the MLP both as a model and as a 90/10 deployment of two
+   registry versions of it; closed loop over keep-alive connections (fastml.loadtest's client), the
+   model alone and the deployment alternating in equal windows, requests/s compared.
+
+Targets (benchmarks/README.md "CI targets"): keyless core decision <= 50 ns (row ratio = 50 ns / measured,
+target 1); the deployment keeps >= 0.95x the model's HTTP throughput. ``--quick`` shortens everything
+(about 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+import envinfo  # noqa: E402
+
+ROOT = HERE.parent
+_LINE = re.compile(r"fastml serve: http://([\d.]+):(\d+)")
+
+
+# ----- 1. cost per decision ----------------------------------------------------------------------------
+
+
+def python_router(weights_bp: list[int]):
+    """The baseline: what a Python service would write (cumulative weights, bisect)."""
+    cum = list(np.cumsum(weights_bp))
+    rand = random.randrange
+
+    def keyless() -> int:
+        return bisect.bisect_right(cum, rand(10000))
+
+    def keyed(key: str) -> int:
+        return bisect.bisect_right(cum, zlib.crc32(key.encode()) % 10000)
+
+    return keyless, keyed
+
+
+def best_of(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        best = min(best, time.perf_counter_ns() - t0)
+    return best
+
+
+def decision_costs(n: int, repeats: int) -> dict[str, float]:
+    from fastml import _core
+    from fastml.serving.router_reference import pack_keys
+
+    weights = [9000, 1000]
+    router = _core.Router(["a", "b"], weights)
+    keyless, keyed = python_router(weights)
+    out = np.empty(n, np.int32)
+    keys = [f"user-{i:08d}" for i in range(n)]
+    data, offsets = pack_keys(keys)
+    ns = {}
+    ns["core_keyless"] = best_of(lambda: router.route_many(out), repeats) / n
+    ns["core_keyed"] = best_of(lambda: router.route_many(out, data, offsets), repeats) / n
+    ns["py_keyless"] = best_of(lambda: [keyless() for _ in range(n)], repeats) / n
+    ns["py_keyed"] = best_of(lambda: [keyed(k) for k in keys], repeats) / n
+    m = min(n, 200_000)
+    route = router.route
+    ns["core_call_keyed"] = best_of(lambda: [route(k) for k in keys[:m]], repeats) / m
+    ns["py_call_keyed"] = ns["py_keyed"]
+    return ns
+
+
+# ----- 2. HTTP throughput -----------------------------------------------------------------------------
+
+
+def start_server(home: Path, repo: Path) -> tuple[subprocess.Popen, int]:
+    env = dict(os.environ, FASTML_HOME=str(home), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fastml.cli", "serve", str(repo), "--http-port", "0", "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    line = proc.stdout.readline()
+    m = _LINE.search(line)
+    if not m:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return proc, int(m.group(2))
+
+
+async def closed_loop(port: int, wire: bytes, concurrency: int, window_s: float) -> float:
+    from fastml.loadtest.connection import open_connection
+
+    conns = [await open_connection("127.0.0.1", port) for _ in range(concurrency)]
+    done = 0
+    failed = 0
+    stop_at = 0.0
+
+    async def worker(c):
+        nonlocal done, failed
+        while time.perf_counter() < stop_at:
+            r = await c.request(wire, 30)
+            if r.status == 200:
+                done += 1
+            else:
+                failed += 1
+
+    # Warm-up (connections, plan caches), then the measured window.
+    stop_at = time.perf_counter() + min(0.5, window_s / 4)
+    await asyncio.gather(*(worker(c) for c in conns))
+    done = failed = 0
+    t0 = time.perf_counter()
+    stop_at = t0 + window_s
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    if failed:
+        raise RuntimeError(f"{failed} requests failed during the window")
+    return done / elapsed
+
+
+def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> tuple[float, float] | None:
+    sys.path.insert(0, str(HERE))
+    import models as reference_models
+    from fastml.loadtest.protocol import build_infer_request
+
+    with tempfile.TemporaryDirectory(prefix="bench_router_") as tmp:
+        tmp = Path(tmp)
+        home = tmp / "home"
+        home.mkdir()
+        os.environ["FASTML_HOME"] = str(home)
+        from fastml.config import reset_settings
+
+        reset_settings()
+        mlp = Path(reference_models.ensure()["mlp"])  # cached under .cache/bench_models/
+        repo = tmp / "repo"
+        (repo / "mlp" / "1").mkdir(parents=True)
+        (repo / "mlp" / "1" / "model.onnx").write_bytes(mlp.read_bytes())
+        from fastml.registry import Registry
+        from fastml.serving import deployment_config as dconf
+
+        with Registry() as reg:
+            reg.register("ref", mlp, version="1.0.0")
+            reg.register("ref", mlp, version="2.0.0")
+        dconf.write_atomic(dconf.state_path(), (
+            "[deployments.ab]\n"
+            '[[deployments.ab.variants]]\nname = "a"\nmodel = "ref:1.0.0"\nweight_bp = 9000\n'
+            '[[deployments.ab.variants]]\nname = "b"\nmodel = "ref:2.0.0"\nweight_bp = 1000\n'
+        ))
+        proc, port = start_server(home, repo)
+        try:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"])
+            i0 = sess.get_inputs()[0]
+            x = np.random.default_rng(0).random((1, int(i0.shape[1])), dtype=np.float32)
+            alone = build_infer_request("mlp", {i0.name: x}).wire
+            routed = build_infer_request("ab", {i0.name: x}).wire
+            rates: dict[str, list[float]] = {"alone": [], "deployment": []}
+            for _ in range(rounds):
+                rates["alone"].append(asyncio.run(closed_loop(port, alone, concurrency, window_s)))
+                rates["deployment"].append(asyncio.run(closed_loop(port, routed, concurrency, window_s)))
+            return float(np.median(rates["alone"])), float(np.median(rates["deployment"]))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    benchjson.add_arguments(ap)
+    ap.add_argument("--skip-http", action="store_true", help="only the in-process routing costs")
+    args = ap.parse_args(argv)
+    print("# bench_router.py")
+    print("\n".join(envinfo.machine_lines()))
+    report = benchjson.Report("bench_router.py", quick=args.quick)
+    n, repeats = (200_000, 3) if args.quick else (2_000_000, 5)
+    ns = decision_costs(n, repeats)
+    print(f"\nrouting cost per decision (best of {repeats}, {n:,} decisions):")
+    for k, v in ns.items():
+        print(f"  {k:<18} {v:8.1f} ns")
+    report.add(benchjson.time_row("router keyless decision vs 50 ns budget", "budget (50 ns)", 50.0, ns["core_keyless"], "ns", 1.0))
+    report.add(benchjson.time_row("router keyless decision (route_many)", "Python random+bisect", ns["py_keyless"], ns["core_keyless"], "ns", 10.0))
+    report.add(benchjson.time_row("router keyed decision (route_many, xxHash64)", "Python crc32+bisect", ns["py_keyed"], ns["core_keyed"], "ns", 5.0))
+    report.add(benchjson.time_row("router keyed decision (route() per call)", "Python crc32+bisect", ns["py_call_keyed"], ns["core_call_keyed"], "ns", 1.0))
+    if not args.skip_http:
+        rounds, window_s = (2, 2.0) if args.quick else (5, 5.0)
+        got = http_throughput(rounds, window_s, 16, report.note)
+        if got is not None:
+            alone, routed = got
+            print(f"\nHTTP closed loop c=16: model alone {alone:,.0f} req/s, 90/10 deployment {routed:,.0f} req/s")
+            report.add(benchjson.rate_row("HTTP 90/10 deployment vs model alone (c=16)", "model alone", alone, routed, "req/s", 0.95))
+    report.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
