@@ -43,8 +43,22 @@ class RunningPeer:
     label: str
     port: int
     pid: int
-    counter: str  # "stats" (v2 statistics extension) or "kserve_metrics" (Prometheus counter)
     log: Path
+    proc: subprocess.Popen | None = None  # our child, the group leader: waited for so it leaves no zombie
+    # Where the peer counts requests when it lacks the v2 statistics extension: (port, counter, model label).
+    metric: tuple[int, str, str] | None = None
+
+    def inferences(self, model: str) -> int:
+        """Requests the peer itself counted for ``model`` (statistics extension or its Prometheus counter)."""
+        if self.metric is None:
+            data = json.loads(_http_get(self.port, f"/v2/models/{model}/stats"))
+            return sum(int(s.get("inference_count", 0)) for s in data.get("model_stats", []))
+        port, counter, label = self.metric
+        total = 0
+        for line in _http_get(port, "/metrics").decode().splitlines():
+            if line.startswith(counter) and f'{label}="{model}"' in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM the peer's process group (ours alone: started with a new session), then SIGKILL leftovers."""
@@ -54,6 +68,8 @@ class RunningPeer:
             return
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self.proc is not None:
+                self.proc.poll()  # reaps the leader once it exits (a zombie would still count as alive)
             try:
                 os.killpg(self.pid, 0)
             except ProcessLookupError:
@@ -63,6 +79,20 @@ class RunningPeer:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.proc is not None:
+            self.proc.wait()
+
+
+def _http_get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return resp.read()
+
+
+# Peers without the statistics extension: the Prometheus counter of finished requests, and its model label.
+METRICS = {
+    "kserve": ("request_predict_seconds_count", "model_name"),  # served on the HTTP port
+    "mlserver": ("model_infer_request_duration_count", "model"),  # served on its metrics port
+}
 
 
 def venv_python(name: str) -> Path:
@@ -175,7 +205,10 @@ def start(name: str, models_dir: Path, workdir: Path, start_timeout_s: float = 1
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
         )
-    peer = RunningPeer(name, LABELS[name], http_port, proc.pid, "kserve_metrics" if name == "kserve" else "stats", log)
+    metric = None
+    if name in METRICS:
+        metric = (metrics_port if name == "mlserver" else http_port, *METRICS[name])
+    peer = RunningPeer(name, LABELS[name], http_port, proc.pid, log, proc, metric)
     deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
