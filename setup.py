@@ -6,8 +6,9 @@ sanitizer (run the tests with the matching LD_PRELOAD).
 import glob
 import os
 
+from Cython.Build import cythonize
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import Extension, setup
 
 ParallelCompile("FASTML_BUILD_JOBS", default=0).install()
 
@@ -39,4 +40,10 @@ frames = Pybind11Extension(
     extra_link_args=link_args,
 )
 
-setup(ext_modules=[core, frames], cmdclass={"build_ext": build_ext})
+# The HTTP transport's hot path: server/http.py compiled by Cython (see _http.pyx).
+http = cythonize(
+    [Extension("fastml.server._http", ["src/fastml/server/_http.pyx"], extra_compile_args=["-O3"] if not debug else ["-O0", "-g"])],
+    quiet=True,
+)
+
+setup(ext_modules=[core, frames, *http], cmdclass={"build_ext": build_ext})

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import socket
 import time
 
 import msgspec
 
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
-from fastml.server import routes, shm_http
-from fastml.server.http import HttpProtocol
+from fastml.server import http, routes, shm_http
 from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
 from fastml.server.tensors import encode_json
@@ -32,6 +32,29 @@ from fastml.serving.dataplane import EXTENSIONS, DataPlane, model_snapshot, mode
 from fastml.serving.shm import SharedMemoryRegistry
 
 log = logging.getLogger("fastml.server")
+
+
+def protocol_class(impl: str | None = None) -> type:
+    """The HTTP protocol class to serve with.
+
+    Args:
+        impl: "cython" (the compiled fastml.server._http, the default when it is built) or "python" (the
+            pure-Python reference, fastml.server.http). None reads FASTML_HTTP_IMPL, default "cython".
+
+    Raises:
+        InvalidInput: an unknown implementation name.
+    """
+    impl = impl or os.environ.get("FASTML_HTTP_IMPL", "cython")
+    if impl == "python":
+        return http.HttpProtocol
+    if impl != "cython":
+        raise InvalidInput(f"FASTML_HTTP_IMPL must be 'cython' or 'python', got {impl!r}")
+    try:
+        from fastml.server import _http
+    except ImportError:  # not built (a source checkout before build_ext): the reference serves
+        return http.HttpProtocol
+    return _http.HttpProtocol
+
 
 __all__ = ["EXTENSIONS", "Limits", "Server", "model_statistics", "model_statistics_from_snapshot"]
 
@@ -98,7 +121,8 @@ class Server:
         self.limits = limits or Limits()
         self.reuse_port = reuse_port
         self.tick = 0
-        self.connections: set[HttpProtocol] = set()
+        self.protocol = protocol_class()
+        self.connections: set = set()
         self.route_cache: dict[bytes, tuple] = {}
         self.ok_count = 0
         self.status_counts: dict[int, int] = {}
@@ -128,11 +152,11 @@ class Server:
             self.plane.deployments = DeploymentManager(self.plane.manager)
             await self.plane.deployments.start()
         if self.http_port is not None:
-            srv = await loop.create_server(lambda: HttpProtocol(self), sock=self._bind(self.http_port), backlog=1024)
+            srv = await loop.create_server(lambda: self.protocol(self), sock=self._bind(self.http_port), backlog=1024)
             self._servers.append(srv)
             self.http_port = srv.sockets[0].getsockname()[1]
         if self.metrics_port is not None:
-            msrv = await loop.create_server(lambda: HttpProtocol(self, metrics_only=True), sock=self._bind(self.metrics_port, reuse=False))
+            msrv = await loop.create_server(lambda: self.protocol(self, metrics_only=True), sock=self._bind(self.metrics_port, reuse=False))
             self._servers.append(msrv)
             self.metrics_port = msrv.sockets[0].getsockname()[1]
         if self.grpc_port is not None:

@@ -1,0 +1,505 @@
+"""KServe v2 HTTP per-request cost: fastml serve against a bare Python echo server and nginx, same run.
+
+    python benchmarks/bench_http_native.py [--quick] [--json PATH] [--duration-s S]
+
+Servers (each its own process, measured one at a time on the reference MLP, batch 1, binary tensors in
+and out, keep-alive connections):
+
+- ``fastml (cython)``: ``fastml serve`` with the compiled HTTP hot path (fastml.server._http), the default;
+- ``fastml (python)``: the same server on the pure-Python reference path (``FASTML_HTTP_IMPL=python``);
+- ``echo``: the baseline the targets are stated against, written here: uvloop + httptools + msgspec,
+  parsing each KServe request fully (headers, JSON header into typed structs, binary tensors checked and
+  viewed with ``np.frombuffer``) and answering a canned response; it runs no model;
+- ``nginx``: answering a fixed response of the same size, the floor of what any HTTP server pays in the
+  kernel (installed with apt-get when missing; the row is skipped with the reason when it cannot be).
+
+Load: an asyncio client in this process keeps ``c`` connections busy, one request in flight each (closed
+loop), for c = 1 and 32. Server CPU per inference is utime+stime of the server process from /proc over the
+run divided by the answers received. Targets (benchmarks/README.md): CPU per inference <= 0.6x echo
+(ratio >= 1.67), c=1 p50 <= 0.8x echo (ratio >= 1.25). With strace present, the syscalls per request of
+each server are counted in a short extra run (``strace -c -f``).
+
+perf_analyzer is not used here: nginx cannot answer its binary-tensor POSTs with a binary canned body, and
+one load generator for every row keeps the comparison fair (bench_server.py has the perf_analyzer runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from benchjson import Report, add_arguments, time_row  # noqa: E402
+from envinfo import machine_lines  # noqa: E402
+
+ROOT = HERE.parent
+_STARTUP = re.compile(r"fastml serve: http://[\d.]+:(\d+) ")
+CPU_TARGET = 1 / 0.6
+P50_TARGET = 1 / 0.8
+
+
+# ----- the request every server gets ---------------------------------------------------------------------
+def infer_request(x: np.ndarray) -> bytes:
+    """One complete HTTP/1.1 KServe v2 request: binary input, binary outputs (what perf_analyzer sends)."""
+    header = json.dumps(
+        {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+         "outputs": [{"name": "label", "parameters": {"binary_data": True}},
+                     {"name": "probabilities", "parameters": {"binary_data": True}}]},
+        separators=(",", ":"),
+    ).encode()
+    body = header + x.tobytes()
+    return (
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+        b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(header), len(body))
+    ) + body
+
+
+def split_response(raw: bytes) -> tuple[int, dict, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def fetch_once(port: int, request: bytes) -> bytes:
+    """One request on a fresh connection; the whole raw response (Content-Length framed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"connection closed after {len(buf)} bytes")
+            buf += chunk
+        _, headers, body = split_response(buf)
+        need = int(headers["content-length"]) - len(body)
+        while need > 0:
+            chunk = s.recv(need)
+            if not chunk:
+                raise RuntimeError("connection closed mid-body")
+            buf += chunk
+            need -= len(chunk)
+        return buf
+
+
+# ----- the echo server (runs in its own process: `--serve-echo RESPONSE_FILE`) ---------------------------
+def serve_echo(response_file: str) -> None:
+    """Bare uvloop + httptools + msgspec KServe server: full request parse, canned answer, no model."""
+    import httptools
+    import msgspec
+    import uvloop
+
+    class Input(msgspec.Struct):
+        name: str
+        shape: list[int]
+        datatype: str
+        parameters: dict = {}
+        data: list | None = None
+
+    class Output(msgspec.Struct):
+        name: str
+        parameters: dict = {}
+
+    class Request(msgspec.Struct):
+        inputs: list[Input]
+        id: str | None = None
+        parameters: dict = {}
+        outputs: list[Output] | None = None
+
+    decoder = msgspec.json.Decoder(Request)
+    dtypes = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "UINT8": np.uint8, "BOOL": np.bool_}
+    canned = Path(response_file).read_bytes()
+    error = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"error\":\"bad\"}\r\n"
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.url = b""
+            self.ihcl = -1
+            self.body = []
+
+        def data_received(self, data):
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.transport.close()
+
+        def on_message_begin(self):
+            self.url = b""
+            self.ihcl = -1
+            self.body = []
+
+        def on_url(self, url):
+            self.url += url
+
+        def on_header(self, name, value):
+            if name.lower() == b"inference-header-content-length":
+                self.ihcl = int(value)
+
+        def on_body(self, chunk):
+            self.body.append(chunk)
+
+        def on_message_complete(self):
+            body = b"".join(self.body)
+            if httptools.parse_url(self.url).path != b"/v2/models/mlp/infer" or self.parser.get_method() != b"POST":
+                self.transport.write(error)
+                return
+            n = self.ihcl if self.ihcl >= 0 else len(body)
+            try:
+                req = decoder.decode(body[:n])
+                offset = n
+                for inp in req.inputs:
+                    dtype = np.dtype(dtypes[inp.datatype])
+                    count = int(np.prod(inp.shape))
+                    size = inp.parameters.get("binary_data_size")
+                    if size is None:
+                        np.asarray(inp.data, dtype=dtype).reshape(inp.shape)
+                        continue
+                    if size != count * dtype.itemsize or offset + size > len(body):
+                        raise ValueError("size mismatch")
+                    np.frombuffer(body, dtype, count, offset).reshape(inp.shape)
+                    offset += size
+                if offset != len(body):
+                    raise ValueError("trailing bytes")
+                for out in req.outputs or ():
+                    out.parameters.get("binary_data", False)
+            except (msgspec.DecodeError, ValueError, KeyError):
+                self.transport.write(error)
+                return
+            self.transport.write(canned)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", 0))
+        server = await loop.create_server(Echo, sock=sock, backlog=1024)
+        print(f"PORT {sock.getsockname()[1]}", flush=True)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    uvloop.run(main())
+
+
+# ----- server processes ------------------------------------------------------------------------------------
+class Proc:
+    """A server process we started: its pid (for /proc CPU), port, and how to stop it."""
+
+    def __init__(self, name: str, popen: subprocess.Popen, port: int, cleanup=None):
+        self.name, self.popen, self.port, self.cleanup = name, popen, port, cleanup
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self.cleanup:
+            self.cleanup()
+
+
+def start_fastml(repo: Path, home: Path, impl: str) -> Proc:
+    env = dict(os.environ, FASTML_HOME=str(home), FASTML_HTTP_IMPL=impl, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fastml.cli", "serve", str(repo), "--http-port", "0", "--metrics-port", "0"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    line = p.stdout.readline()
+    m = _STARTUP.search(line)
+    if not m:
+        p.kill()
+        raise RuntimeError(f"fastml serve did not start: {line!r} {p.stderr.read()[-2000:]}")
+    return Proc(f"fastml ({impl})", p, int(m.group(1)))
+
+
+def start_echo(canned_file: Path) -> Proc:
+    p = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(canned_file)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = p.stdout.readline()
+    if not line.startswith("PORT "):
+        p.kill()
+        raise RuntimeError(f"echo server did not start: {line!r}")
+    return Proc("echo", p, int(line.split()[1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_nginx() -> str | None:
+    """Path of nginx, installing the Debian package when missing; None (and the reason printed) if not."""
+    path = shutil.which("nginx") or (("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
+    if path:
+        return path
+    apt = shutil.which("apt-get")
+    if apt is None:
+        print("note: nginx row skipped: nginx is not installed and apt-get is not available", file=sys.stderr)
+        return None
+    for cmd in ([apt, "install", "-y", "-q", "nginx-light"], [apt, "update", "-q"], [apt, "install", "-y", "-q", "nginx-light"]):
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+        if r.returncode == 0 and Path("/usr/sbin/nginx").exists():
+            return "/usr/sbin/nginx"
+    print(f"note: nginx row skipped: apt-get could not install nginx-light: {r.stderr.strip()[-300:]}", file=sys.stderr)
+    return None
+
+
+def start_nginx(nginx: str, workdir: Path, header_len: int, body_len: int) -> Proc:
+    """nginx answering every request with a fixed 200 of ``body_len`` bytes (text of the same size as the
+    fastml answer; the client counts bytes, it does not decode)."""
+    port = _free_port()
+    body = "x" * body_len
+    conf = workdir / "nginx.conf"
+    tmp = workdir / "nginx-tmp"
+    tmp.mkdir(exist_ok=True)
+    conf.write_text(f"""daemon off;
+master_process off;
+worker_processes 1;
+error_log {workdir}/nginx-error.log;
+pid {workdir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+    uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    keepalive_requests 10000000;
+    server {{
+        listen 127.0.0.1:{port};
+        tcp_nodelay on;
+        location / {{
+            default_type application/octet-stream;
+            add_header Inference-Header-Content-Length {header_len} always;
+            return 200 '{body}';
+        }}
+    }}
+}}
+""")
+    p = subprocess.Popen([nginx, "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return Proc("nginx", p, port)
+        except OSError:
+            if p.poll() is not None:
+                raise RuntimeError(f"nginx exited: {p.stderr.read()[-500:]!r}") from None
+            time.sleep(0.05)
+    p.kill()
+    raise RuntimeError("nginx did not start listening within 10 s")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads) in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ----- the load generator ----------------------------------------------------------------------------------
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection sending the same request whenever the previous answer is complete. Every
+    answer has the same size (same request, deterministic server), so completion is a byte count."""
+
+    def __init__(self, request: bytes, response_len: int, lat: list, stop_at: float, done: asyncio.Future):
+        self.request, self.response_len, self.lat, self.stop_at, self.done = request, response_len, lat, stop_at, done
+        self.got = 0
+        self.t0 = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._send()
+
+    def _send(self):
+        self.t0 = time.perf_counter_ns()
+        self.transport.write(self.request)
+
+    def data_received(self, data):
+        self.got += len(data)
+        while self.got >= self.response_len:
+            self.got -= self.response_len
+            now = time.perf_counter_ns()
+            self.lat.append(now - self.t0)
+            if now >= self.stop_at:
+                self.transport.close()
+                return
+            self._send()
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _load(port: int, request: bytes, response_len: int, concurrency: int, duration_s: float) -> list[int]:
+    loop = asyncio.get_running_loop()
+    lat: list[int] = []
+    stop_at = time.perf_counter_ns() + int(duration_s * 1e9)
+    dones = []
+    for _ in range(concurrency):
+        done = loop.create_future()
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        await loop.create_connection(lambda d=done: _Conn(request, response_len, lat, stop_at, d), sock=sock)
+        dones.append(done)
+    await asyncio.wait_for(asyncio.gather(*dones), duration_s + 30)
+    return lat
+
+
+def measure(proc: Proc, request: bytes, response_len: int, concurrency: int, duration_s: float) -> dict:
+    import uvloop
+
+    uvloop.run(_load(proc.port, request, response_len, concurrency, min(0.5, duration_s / 4)))  # warm-up
+    c0 = cpu_s(proc.popen.pid)
+    t0 = time.perf_counter()
+    lat = uvloop.run(_load(proc.port, request, response_len, concurrency, duration_s))
+    wall = time.perf_counter() - t0
+    c1 = cpu_s(proc.popen.pid)
+    a = np.array(lat) / 1000.0
+    return {"server": proc.name, "c": concurrency, "n": len(lat), "rps": len(lat) / wall,
+            "cpu_us": (c1 - c0) / len(lat) * 1e6, "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99))}
+
+
+def syscalls_per_request(proc: Proc, request: bytes, response_len: int, duration_s: float) -> float | None:
+    """``strace -c -f`` attached to the server during a short c=1 run: syscalls per answered request."""
+    strace = shutil.which("strace")
+    if strace is None:
+        return None
+    import uvloop
+
+    st = subprocess.Popen([strace, "-c", "-f", "-p", str(proc.popen.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # strace attaches asynchronously; a few requests more or less do not move the ratio
+    if st.poll() is not None:
+        return None
+    lat = uvloop.run(_load(proc.port, request, response_len, 1, duration_s))
+    st.send_signal(signal.SIGINT)
+    _, err = st.communicate(timeout=30)
+    total = None
+    for line in err.splitlines():
+        parts = line.split()  # "% time, seconds, usecs/call, calls, [errors,] total"
+        if len(parts) >= 5 and parts[-1] == "total":
+            total = int(parts[3])
+    return None if total is None or not lat else total / len(lat)
+
+
+# ----- main --------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration-s", type=float, default=None, help="seconds per measurement (default 8; 2 with --quick)")
+    ap.add_argument("--no-strace", action="store_true", help="skip the syscall count")
+    add_arguments(ap)
+    a = ap.parse_args(argv)
+    duration = a.duration_s or (2.0 if a.quick else 8.0)
+    report = Report("bench_http_native.py", quick=a.quick)
+    print("\n".join(machine_lines()))
+    print(f"- load: in-process asyncio client, closed loop, batch 1, {duration:g} s per point\n")
+
+    from models import ensure
+
+    work = Path(tempfile.mkdtemp(prefix="bench-http-native-"))
+    repo = work / "repo"
+    (repo / "mlp" / "1").mkdir(parents=True)
+    shutil.copy(ensure()["mlp"], repo / "mlp" / "1" / "model.onnx")
+    x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
+    request = infer_request(x)
+
+    results: list[dict] = []
+    syscalls: dict[str, float | None] = {}
+    procs: list[Proc] = []
+    try:
+        impls = ["cython", "python"]
+        try:
+            from fastml.server import _http  # noqa: F401
+        except ImportError:
+            report.note("fastml.server._http is not built (run setup.py build_ext): the cython row is skipped")
+            impls = ["python"]
+        canned = None
+        for impl in impls:
+            proc = start_fastml(repo, work / f"home-{impl}", impl)
+            procs.append(proc)
+            raw = fetch_once(proc.port, request)
+            status, headers, _ = split_response(raw)
+            if status != 200:
+                raise RuntimeError(f"{proc.name} answered {status}: {raw[:300]!r}")
+            canned = canned or raw
+            for c in (1, 32):
+                results.append(measure(proc, request, len(raw), c, duration))
+            if not a.no_strace:
+                syscalls[proc.name] = syscalls_per_request(proc, request, len(raw), min(duration, 1.0))
+            proc.stop()
+        canned_file = work / "canned.bin"
+        canned_file.write_bytes(canned)
+        _, headers, body = split_response(canned)
+        proc = start_echo(canned_file)
+        procs.append(proc)
+        assert fetch_once(proc.port, request) == canned
+        for c in (1, 32):
+            results.append(measure(proc, request, len(canned), c, duration))
+        if not a.no_strace:
+            syscalls[proc.name] = syscalls_per_request(proc, request, len(canned), min(duration, 1.0))
+        proc.stop()
+        nginx = ensure_nginx()
+        if nginx is not None:
+            try:
+                proc = start_nginx(nginx, work, int(headers["inference-header-content-length"]), len(body))
+                procs.append(proc)
+                n = len(fetch_once(proc.port, request))
+                for c in (1, 32):
+                    results.append(measure(proc, request, n, c, duration))
+                if not a.no_strace:
+                    syscalls[proc.name] = syscalls_per_request(proc, request, n, min(duration, 1.0))
+                proc.stop()
+            except RuntimeError as exc:
+                report.note(f"nginx row skipped: {exc}")
+    finally:
+        for p in procs:
+            p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print("| server | concurrency | answers/s | p50 us | p99 us | server CPU us/inference | syscalls/request |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        sc = syscalls.get(r["server"])
+        print(f"| {r['server']} | {r['c']} | {r['rps']:,.0f} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['cpu_us']:.1f} | "
+              f"{'' if sc is None or r['c'] != 1 else f'{sc:.1f}'} |")
+
+    def get(server, c):
+        return next((r for r in results if r["server"] == server and r["c"] == c), None)
+
+    best = "fastml (cython)" if get("fastml (cython)", 1) else "fastml (python)"
+    for c in (1, 32):
+        echo, fm, py = get("echo", c), get(best, c), get("fastml (python)", c)
+        report.add(time_row(f"HTTP server CPU per inference, MLP batch 1, c={c}", "bare uvloop+httptools+msgspec echo",
+                            echo["cpu_us"], fm["cpu_us"], "us/inference", CPU_TARGET))
+        if best != "fastml (python)":
+            report.add(time_row(f"HTTP server CPU per inference, cython vs pure-Python path, c={c}", "fastml (python)",
+                                py["cpu_us"], fm["cpu_us"], "us/inference", 1.0))
+    report.add(time_row("HTTP p50 latency, MLP batch 1, c=1", "bare uvloop+httptools+msgspec echo",
+                        get("echo", 1)["p50_us"], get(best, 1)["p50_us"], "us", P50_TARGET))
+    report.write(a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serve-echo":
+        serve_echo(sys.argv[2])
+        sys.exit(0)
+    sys.exit(main())
