@@ -247,3 +247,12 @@ def test_async_client_retries_unavailable(fake):
             return await client.infer("m", X)
 
     assert np.array_equal(asyncio.run(main())["x"], X["x"]) and srv.requests == 3
+
+
+def test_results_stay_valid_while_the_connection_receives_more(server):
+    with Client(server.address, pool_size=1, chunk_bytes=4096) as client:
+        first = client.infer_many("two", [{"x": np.full((1, 3), i, np.float32)} for i in range(200)])
+        for _ in range(3):
+            client.infer_many("two", [{"x": np.full((1, 3), -1.0, np.float32)} for _ in range(200)])
+    assert [r["a"][0, 0] for r in first] == [i + 1.0 for i in range(200)]
+    assert not first[0]["a"].flags.writeable

@@ -274,3 +274,30 @@ def test_hostile_declarations_allocate_nothing_like_what_they_declare():
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+def test_parsing_many_frames_does_not_leak():
+    import gc
+
+    frame = _frames.encode_request(1, "m", "1", {"x": np.ones((4, 8), np.float32), "s": np.array(["ab", "cd"], dtype=object)})
+    bad = _request_with_tensor_header(13, [2], 8, struct.pack("<I", 100) + b"abcd")
+    parser = _frames.Parser()
+
+    def burst():
+        for _ in range(2000):
+            for f in (frame, bad):
+                buf = memoryview(bytearray(f))
+                parser.parse(buf, 0, len(buf), 10)
+                _frames.encode_response(2, "m", "1", {"y": np.ones(3, np.int64), "s": np.array(["x"], dtype=object)})
+
+    burst()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        burst()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after - before < 64 * 1024
