@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from fastml import errors
-from fastml.client import AsyncClient, Client
-from fastml.client import wire
+from fastml.client import AsyncClient, Client, wire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from binkit import InProcessServer, make_two_output_model  # noqa: E402

@@ -16,13 +16,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from binkit import DTYPES, InProcessServer, make_identity_model, make_two_output_model, sample
-from fastml import _frames
-from fastml.client import AsyncClient, Client
-from fastml.client import wire
-from fastml.errors import InvalidInput, NotFound
 from serverkit import ServerProcess, make_slow_model
+
+from fastml import _frames
+from fastml.client import AsyncClient, Client, wire
+from fastml.errors import InvalidInput, NotFound
 
 SLOW_ROWS = 64
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import struct
 import tracemalloc
 
+import frames_reference as ref
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import frames_reference as ref
 from fastml import _frames
 
 NUMERIC = ["?", "<u1", "<u2", "<u4", "<u8", "<i1", "<i2", "<i4", "<i8", "<f2", "<f4", "<f8"]

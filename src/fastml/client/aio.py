@@ -171,7 +171,7 @@ class AsyncClient:
                 conn.transport.close()
             self._conns[i] = None
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -229,7 +229,7 @@ class AsyncClient:
             else:
                 coro = loop.create_connection(factory, *self._addr)
             _, proto = await asyncio.wait_for(coro, self.connect_timeout_s)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise Unavailable(f"cannot connect to {self.address}: {getattr(exc, 'strerror', None) or exc}") from None
         return proto
 

@@ -234,7 +234,7 @@ class Client:
         for conn in idle:
             conn.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:

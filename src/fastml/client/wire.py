@@ -46,6 +46,9 @@ ERROR_KINDS: dict[int, type[errors.FastMLError]] = {
     8: errors.IntegrityError,
     9: errors.InternalError,
 }
+# Newer error classes get the next codes (looked up by name so this table works with either errors module).
+if hasattr(errors, "Unauthenticated"):
+    ERROR_KINDS[10] = errors.Unauthenticated
 _KIND_OF = {cls: code for code, cls in ERROR_KINDS.items()}
 
 

@@ -14,7 +14,7 @@ import asyncio
 import socket
 import struct
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ _ID_OFFSET = 12  # request id position in a frame (docs/protocol.md)
 class _Driver(asyncio.BufferedProtocol):
     """One connection keeping ``depth`` requests in flight; records into the shared run state."""
 
-    def __init__(self, run: "_Run", depth: int):
+    def __init__(self, run: _Run, depth: int):
         self.run = run
         self.depth = depth
         self.buffer = wire.FrameBuffer(1 << 18)
@@ -162,7 +162,7 @@ async def run_binary_closed_loop(
     timeout_s: float = 10.0,
     warmup_s: float = 0.0,
     validate=False,
-) -> "LoadResult":
+) -> LoadResult:
     """Keep ``concurrency`` requests in flight over ``connections`` binary-protocol connections.
 
     Args:
@@ -205,7 +205,7 @@ async def run_binary_closed_loop(
                 _, proto = await asyncio.wait_for(loop.create_unix_connection(factory, addr), timeout_s)
             else:
                 _, proto = await asyncio.wait_for(loop.create_connection(factory, *addr), timeout_s)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             run.recorder.error(run.recorder.measure_from, clock(), CONNECT_ERROR, exc)
             continue
         drivers.append(proto)

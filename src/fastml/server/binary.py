@@ -60,7 +60,7 @@ class _Call:
 
     __slots__ = ("conn", "request_id", "entry")
 
-    def __init__(self, conn: "BinaryProtocol", request_id: int, entry):
+    def __init__(self, conn: BinaryProtocol, request_id: int, entry):
         self.conn = conn
         self.request_id = request_id
         self.entry = entry  # None when the request went through DataPlane.submit (requested outputs)
@@ -85,7 +85,7 @@ class _Call:
 class BinaryProtocol(asyncio.BufferedProtocol):
     """One binary-protocol connection (see the module docstring)."""
 
-    def __init__(self, listener: "BinaryListener"):
+    def __init__(self, listener: BinaryListener):
         self.listener = listener
         self.plane = listener.plane
         self.limits = listener.limits
