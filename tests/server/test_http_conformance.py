@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from fastml.server import http as reference
-from fastml.server.app import Server, protocol_class
+from fastml.server.app import Server, compiled_is_current, protocol_class
 from fastml.serving import ModelManager
 
 _http = pytest.importorskip("fastml.server._http", reason="the Cython extension is not built (setup.py build_ext --inplace)")
+pytestmark = pytest.mark.skipif(not compiled_is_current(_http), reason="fastml.server._http is older than server/http.py: "
+                                "rebuild it (setup.py build_ext --inplace) to compare the two")
 
 
 class FakeTransport:

@@ -53,7 +53,22 @@ def protocol_class(impl: str | None = None) -> type:
         from fastml.server import _http
     except ImportError:  # not built (a source checkout before build_ext): the reference serves
         return http.HttpProtocol
+    if not compiled_is_current(_http):
+        log.warning("fastml.server._http was built before server/http.py last changed: serving the pure-Python "
+                    "reference (rebuild with `python setup.py build_ext --inplace`)")
+        return http.HttpProtocol
     return _http.HttpProtocol
+
+
+def compiled_is_current(module) -> bool:
+    """Whether a compiled twin of server/http.py (``_http``) was built after http.py last changed. In a source
+    tree an edit to http.py without a rebuild would otherwise serve the old code."""
+    try:
+        src_mtime = os.stat(http.__file__).st_mtime
+        so_mtime = os.stat(module.__file__).st_mtime
+    except (OSError, TypeError):
+        return True  # no files to compare (a frozen or zipped install): trust the build
+    return so_mtime + 2.0 >= src_mtime  # 2 s: files unpacked from one wheel share roughly one time
 
 
 __all__ = ["EXTENSIONS", "Limits", "Server", "model_statistics", "model_statistics_from_snapshot"]
