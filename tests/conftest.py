@@ -8,6 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Servers started by tests (module-scoped ones too, set up before any function fixture) keep their admin
+# endpoints open on loopback, as with --allow-unauthenticated-admin; tests/security starts its servers with
+# an explicit environment to test the default (admin disabled without a token) and the token checks.
+os.environ["FASTML_ALLOW_UNAUTHENTICATED_ADMIN"] = "1"
+for _name in ("FASTML_ADMIN_TOKEN", "FASTML_ADMIN_TOKEN_FILE", "FASTML_REQUIRE_TOKEN_FOR_INFERENCE"):
+    os.environ.pop(_name, None)
+
 
 @pytest.fixture(autouse=True)
 def fastml_home(tmp_path, monkeypatch) -> Path:

@@ -29,6 +29,10 @@ class PermissionDenied(FastMLError):
     """The actor may not do this: a requester approving their own request, a gate blocking a promotion."""
 
 
+class Unauthenticated(FastMLError):
+    """The request lacks valid credentials (a missing or wrong admin bearer token; served as 401)."""
+
+
 class Overloaded(FastMLError):
     """A bounded queue is full; the request was refused without being queued (served as 503)."""
 
@@ -55,6 +59,7 @@ __all__ = [
     "NotFound",
     "Conflict",
     "PermissionDenied",
+    "Unauthenticated",
     "Overloaded",
     "DeadlineExceeded",
     "Unavailable",

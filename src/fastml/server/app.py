@@ -24,6 +24,7 @@ import time
 import msgspec
 
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
+from fastml.server import auth as admin_auth
 from fastml.server import http, routes, shm_http
 from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
@@ -119,9 +120,14 @@ class Server:
 
     def __init__(self, manager, host: str = "127.0.0.1", http_port: int = 8000, metrics_port: int | None = 8002,
                  limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None, plane: DataPlane | None = None,
-                 grpc_port: int | None = None, binary_port: int | None = None, binary_socket: str | None = None):
+                 grpc_port: int | None = None, binary_port: int | None = None, binary_socket: str | None = None,
+                 auth: admin_auth.AdminAuth | None = None):
         self.manager = manager
         self.plane = plane if plane is not None else DataPlane(manager)
+        if auth is not None:
+            self.plane.auth = auth
+        # Who may change the server (fastml.server.auth): one policy for every transport, kept on the plane.
+        self.auth = admin_auth.of_plane(self.plane)
         if self.plane.shm is None:
             self.plane.shm = SharedMemoryRegistry()  # system shared memory, shared by HTTP and gRPC
         self.grpc_port = grpc_port
@@ -160,6 +166,13 @@ class Server:
     # ----- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.http_port is not None or self.grpc_port is not None:
+            warning = admin_auth.check_bind(self.host, self.auth)
+            if warning:
+                log.warning("%s", warning)
+        if self.auth.require_for_inference and (self.binary_port is not None or self.binary_socket is not None):
+            raise InvalidInput("the binary protocol carries no credentials: --require-token-for-inference cannot be "
+                               "combined with --binary-port or --binary-socket")
         if self.plane.deployments is None and self.plane.manager is not None:
             # Deployments persisted under FASTML_HOME are applied before the first request, then followed.
             from fastml.serving.deployments import DeploymentManager

@@ -35,6 +35,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body (413 beyond)")
     p.add_argument("--idle-timeout-s", type=float, default=60.0, help="close keep-alive connections idle this long")
     p.add_argument("--request-timeout-s", type=float, default=30.0, help="a started request must arrive completely within this (408)")
+    p.add_argument("--admin-token-file", default=None, metavar="PATH",
+                   help="file holding the bearer token that repository load/unload and shared-memory register/unregister "
+                   "require (mode 600; or set FASTML_ADMIN_TOKEN). Without a token those endpoints are disabled")
+    p.add_argument("--allow-unauthenticated-admin", action="store_true",
+                   help="with no admin token, leave the admin endpoints open instead of disabled (needed to bind a "
+                   "non-loopback --host without a token; warns)")
+    p.add_argument("--require-token-for-inference", action="store_true",
+                   help="require the admin token on inference and metadata endpoints too (health and metrics stay open)")
     p.add_argument("--exit-on-error", action="store_true",
                    help="exit non-zero when any model fails to load (Triton's default); without it the other models "
                    "are served and a failed one is UNAVAILABLE with its reason in the repository index (with no model "
@@ -48,6 +56,7 @@ def _serve(args) -> int:
     from fastml.server.workers import ServeOptions, serve
 
     settings = get_settings()
+    _admin_env(args)
     if args.workers < 1:
         raise InvalidInput(f"--workers must be >= 1, got {args.workers}")
     if args.grpc_port == 0 and args.workers > 1:
@@ -80,3 +89,24 @@ def _serve(args) -> int:
         exit_on_error=args.exit_on_error,
     )
     return serve(opts)
+
+
+def _admin_env(args) -> None:
+    """Hand the admin-plane flags to the server (and its worker processes) through the environment, and refuse
+    an unprotected non-loopback bind before anything starts (fastml.server.auth)."""
+    import os
+
+    from fastml.server import auth
+
+    if args.admin_token_file:
+        os.environ[auth.ENV_TOKEN_FILE] = os.path.abspath(args.admin_token_file)
+    if args.allow_unauthenticated_admin:
+        os.environ[auth.ENV_ALLOW_UNAUTHENTICATED] = "1"
+    if args.require_token_for_inference:
+        os.environ[auth.ENV_REQUIRE_FOR_INFERENCE] = "1"
+    policy = auth.AdminAuth.from_env()
+    if policy.require_for_inference and policy.token is None:
+        from fastml.errors import InvalidInput
+
+        raise InvalidInput("--require-token-for-inference needs a token: give --admin-token-file PATH or FASTML_ADMIN_TOKEN")
+    auth.check_bind(args.host, policy)  # raises before any port is taken; the server itself prints the warning

@@ -22,8 +22,9 @@ from collections import deque
 
 import httptools
 
-from fastml.errors import InvalidInput
+from fastml.errors import InvalidInput, PermissionDenied, Unauthenticated
 from fastml.server import deploy_http, routes, shm_http
+from fastml.server.auth import WWW_AUTHENTICATE
 from fastml.server.status import REASONS, http_status
 from fastml.server.tensors import (
     Plan,
@@ -43,6 +44,13 @@ _OK_BINARY = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInfe
 _OK_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
 _PLAN_CACHE_MAX = 256  # distinct request headers remembered per model (a fuzzer must not grow it)
 _ROUTE_CACHE_MAX = 1024
+# State-changing endpoints (fastml.server.auth): kind -> what the refusal names.
+_ADMIN_KINDS = {
+    routes.REPO_LOAD: "repository load", routes.REPO_UNLOAD: "repository unload",
+    routes.SHM_REGISTER: "shared-memory register", routes.SHM_UNREGISTER: "shared-memory unregister",
+    routes.CUDA_SHM_REGISTER: "CUDA shared-memory register", routes.CUDA_SHM_UNREGISTER: "CUDA shared-memory unregister",
+}
+_OPEN_KINDS = {routes.LIVE, routes.READY, routes.METRICS}  # open even with --require-token-for-inference
 
 
 class _Reject(Exception):
@@ -264,7 +272,7 @@ class HttpProtocol:
         "server", "limits", "parser", "transport", "url", "body", "body_len", "ihcl", "content_encoding",
         "accept_encoding", "header_bytes", "header_count", "pending", "closed", "last_tick", "msg_tick",
         "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length", "lingering",
-        "discarded", "max_headers", "max_header_bytes", "routing_key",
+        "discarded", "max_headers", "max_header_bytes", "routing_key", "authorization",
     )
 
     def __init__(self, server, metrics_only: bool = False):
@@ -297,6 +305,7 @@ class HttpProtocol:
         self.expect_continue = False
         self.content_length = -1
         self.routing_key = None
+        self.authorization = None
 
     # ----- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport):
@@ -411,6 +420,9 @@ class HttpProtocol:
         elif n == 18:
             if name.lower() == b"fastml-routing-key":  # sticky routing for deployments (deploy_http)
                 self.routing_key = value.decode("utf-8", "replace")
+        elif n == 13:
+            if name.lower() == b"authorization":  # the admin bearer token (fastml.server.auth)
+                self.authorization = value
 
     def on_headers_complete(self):
         if self.expect_continue and self.transport is not None:
@@ -530,6 +542,16 @@ class HttpProtocol:
             raise _Reject(404, "Not Found")
         if method != routes.METHOD[kind]:
             raise _Reject(405, f"Method Not Allowed: {method.decode('latin-1')} on {url[:200].decode('latin-1')} (use {routes.METHOD[kind].decode()})")
+        if kind in _ADMIN_KINDS or (server.auth.require_for_inference and kind not in _OPEN_KINDS):
+            # Checked before the body is inflated or decoded: a refused request costs nothing and changes nothing.
+            try:
+                server.auth.check(self.authorization, _ADMIN_KINDS.get(kind, "this endpoint"), admin=kind in _ADMIN_KINDS)
+            except Unauthenticated as exc:
+                server.count_status(401)
+                self._respond(error_response(401, str(exc), conn_hdr + WWW_AUTHENTICATE), conn_hdr)
+                return
+            except PermissionDenied as exc:
+                raise _Reject(403, str(exc)) from None
         if self.content_encoding is not None and body:
             body = decompress(body, self.content_encoding, self.limits.max_body_bytes)
         if kind == routes.INFER:

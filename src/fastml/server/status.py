@@ -14,6 +14,7 @@ HTTP_STATUS: dict[type[errors.FastMLError], int] = {
     errors.InvalidInput: 400,
     errors.NotFound: 404,
     errors.PermissionDenied: 403,
+    errors.Unauthenticated: 401,
     errors.Conflict: 409,
     errors.Overloaded: 503,
     errors.DeadlineExceeded: 503,
@@ -26,6 +27,7 @@ HTTP_STATUS: dict[type[errors.FastMLError], int] = {
 REASONS: dict[int, bytes] = {
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",

@@ -1,0 +1,96 @@
+"""Fixtures for the security tests: `fastml serve` processes started with an explicit admin environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_HTTP_LINE = re.compile(r"fastml serve: http://([\d.]+):(\d+) ")
+_GRPC_LINE = re.compile(r"fastml serve: grpc ([\d.]+):(\d+)")
+TOKEN = "s3cret-admin-token-0123456789"
+ADMIN_VARS = ("FASTML_ADMIN_TOKEN", "FASTML_ADMIN_TOKEN_FILE", "FASTML_ALLOW_UNAUTHENTICATED_ADMIN", "FASTML_REQUIRE_TOKEN_FOR_INFERENCE")
+
+
+class Served:
+    """A running ``fastml serve`` with the admin environment given (nothing inherited from the test session)."""
+
+    def __init__(self, args: list[str], home: Path, env: dict | None = None, grpc: bool = False):
+        base = {k: v for k, v in os.environ.items() if k not in ADMIN_VARS}
+        full = dict(base, FASTML_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
+        cmd = [sys.executable, "-m", "fastml.cli", "serve", *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT)
+        line = self.proc.stdout.readline()
+        m = _HTTP_LINE.search(line)
+        if not m:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"server did not start: {line!r} {out!r} {err[-3000:]!r}")
+        self.host, self.port = m.group(1), int(m.group(2))
+        self.url = f"{self.host}:{self.port}"
+        self.pid = self.proc.pid
+        self.grpc_url = None
+        if grpc:
+            g = _GRPC_LINE.search(self.proc.stdout.readline())
+            self.grpc_url = f"{g.group(1)}:{g.group(2)}"
+
+    def call(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None):
+        """(status, parsed JSON or raw bytes, headers) of one request."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        req = urllib.request.Request(f"http://{self.url}{path}", data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status, raw, hdrs = r.status, r.read(), r.headers
+        except urllib.error.HTTPError as e:
+            status, raw, hdrs = e.code, e.read(), e.headers
+        try:
+            return status, json.loads(raw) if raw else None, hdrs
+        except ValueError:
+            return status, raw, hdrs
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def sec_repo(onnx_models, tmp_path_factory) -> Path:
+    """<repo>/mlp/1/model.onnx and <repo>/gbt/1/model.onnx."""
+    repo = tmp_path_factory.mktemp("sec_repo")
+    for name in ("mlp", "gbt"):
+        (repo / name / "1").mkdir(parents=True)
+        shutil.copy(onnx_models[name], repo / name / "1" / "model.onnx")
+    return repo
+
+
+@pytest.fixture(scope="session")
+def token_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("secrets") / "admin.token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
