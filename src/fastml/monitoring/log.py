@@ -21,6 +21,7 @@ Ground truth arrives later: :func:`record_feedback` appends labels keyed by (req
 from __future__ import annotations
 
 import collections
+import contextvars
 import itertools
 import logging
 import os
@@ -39,6 +40,10 @@ from fastml.errors import InvalidInput
 log = logging.getLogger("fastml.monitoring.log")
 
 FEEDBACK_DIR = "_feedback"
+# The deployment variant a request was routed to, set by the router around the engine submit: the engine's
+# completion callback runs in the context captured at submit time, so log() sees the variant without the
+# engine knowing about deployments.
+CURRENT_VARIANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastml_variant", default=None)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _seq = itertools.count()
 
@@ -157,6 +162,8 @@ class PredictionLogger:
             with self._lock:
                 self.sampled_out += 1
             return False
+        if variant is None:
+            variant = CURRENT_VARIANT.get()
         record = (time.time_ns() // 1000, model, str(version), variant, request_id, float(latency_us),
                   inputs, outputs)
         with self._lock:

@@ -344,6 +344,10 @@ class Server:
             return 200, encode_json(plane.repository_index(ready_only=req.ready)), _JSON
         if kind in _SHM_KINDS:
             return self._shared_memory(kind, name, body)
+        if kind == routes.FEEDBACK:
+            from fastml.serving import feedback
+
+            return 200, encode_json(feedback.handle_http(plane, name, body)), _JSON
         if kind == routes.METRICS:
             from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 

@@ -15,6 +15,7 @@ import logging
 import time
 
 from fastml.errors import FastMLError, InvalidInput
+from fastml.monitoring.log import CURRENT_VARIANT
 from fastml.server.status import http_status
 from fastml.server.tensors import datatype_of, decode_request, encode_json, output_bytes, output_json_data
 from fastml.serving.dataplane import InferRequest
@@ -120,12 +121,15 @@ def infer(conn, name: str, version: str | None, body: bytes, header_len: int, co
         target.stats.record(0.0, False)
         d.router.count_error(target.index)
         raise
+    token = CURRENT_VARIANT.set(target.name)  # the prediction log's variant column (monitoring.log)
     try:
         fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
     except FastMLError:
         target.stats.record(0.0, False)
         d.router.count_error(target.index)
         raise
+    finally:
+        CURRENT_VARIANT.reset(token)
     accept = conn.accept_encoding
     call = _DeployCall(conn, entry, plan, None if accept is None else response_encoding(accept), conn_hdr, target, d,
                        start_ns)

@@ -13,6 +13,9 @@ LIVE, READY, SERVER_META, MODEL_META, MODEL_READY, MODEL_CONFIG, INFER, MODEL_ST
 REPO_INDEX, REPO_LOAD, REPO_UNLOAD, METRICS, NOT_FOUND = range(9, 14)
 # Triton's system shared-memory extension (name None = every region) and its CUDA twin (nothing registered).
 SHM_STATUS, SHM_REGISTER, SHM_UNREGISTER, CUDA_SHM_STATUS, CUDA_SHM_REGISTER, CUDA_SHM_UNREGISTER = range(14, 20)
+# Outcomes of served predictions for a model or deployment (fastml.serving.feedback): records data, changes
+# no serving state, so it is authorised like inference.
+FEEDBACK = 20
 
 # kind -> the one method it accepts (anything else is 405)
 METHOD = {
@@ -20,10 +23,10 @@ METHOD = {
     MODEL_CONFIG: b"GET", INFER: b"POST", MODEL_STATS: b"GET", ALL_STATS: b"GET", REPO_INDEX: b"POST",
     REPO_LOAD: b"POST", REPO_UNLOAD: b"POST", METRICS: b"GET",
     SHM_STATUS: b"GET", SHM_REGISTER: b"POST", SHM_UNREGISTER: b"POST", CUDA_SHM_STATUS: b"GET", CUDA_SHM_REGISTER: b"POST",
-    CUDA_SHM_UNREGISTER: b"POST",
+    CUDA_SHM_UNREGISTER: b"POST", FEEDBACK: b"POST",
 }
 
-_MODEL_ACTIONS = {"infer": INFER, "ready": MODEL_READY, "config": MODEL_CONFIG, "stats": MODEL_STATS}
+_MODEL_ACTIONS = {"infer": INFER, "ready": MODEL_READY, "config": MODEL_CONFIG, "stats": MODEL_STATS, "feedback": FEEDBACK}
 
 
 def route(path: str) -> tuple[int, str | None, str | None]:

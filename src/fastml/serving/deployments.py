@@ -38,6 +38,7 @@ import numpy as np
 
 from fastml import _core
 from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound, Overloaded
+from fastml.monitoring.log import CURRENT_VARIANT
 from fastml.serving import deployment_config as dconf
 from fastml.serving.dataplane import InferRequest, InferResponse
 
@@ -433,12 +434,15 @@ class DeploymentManager:
         inner = InferRequest(entry.name, req.inputs, model_version=entry.version, id=req.id, outputs=req.outputs,
                              parameters=inner_params)
         start_ns = time.perf_counter_ns()
+        token = CURRENT_VARIANT.set(target.name)  # the prediction log's variant column (monitoring.log)
         try:
             fut = plane.submit_to(entry, inner)
         except FastMLError:
             target.stats.record(0.0, False)
             d.router.count_error(target.index)
             raise
+        finally:
+            CURRENT_VARIANT.reset(token)
         outer = fut.get_loop().create_future()
         name = req.model_name
 
@@ -482,6 +486,7 @@ class DeploymentManager:
         copy = InferRequest(entry.name, inner.inputs, model_version=entry.version, id=inner.id, outputs=inner.outputs,
                             parameters=inner.parameters)
         start_ns = time.perf_counter_ns()
+        token = CURRENT_VARIANT.set(s.name)  # the prediction log's variant column (monitoring.log)
         try:
             fut = plane.submit_to(entry, copy)
         except Overloaded:
@@ -491,6 +496,8 @@ class DeploymentManager:
             s.stats.record(0.0, False)
             log.debug("shadow %s of deployment %s refused a copy: %s", s.name, d.name, exc)
             return
+        finally:
+            CURRENT_VARIANT.reset(token)
 
         def done(f: asyncio.Future) -> None:
             ok = not f.cancelled() and f.exception() is None
