@@ -144,6 +144,14 @@ def test_headers_pinning_and_errors(home, model_repo, onnx_models):
             status, resp, headers = _post(f"http://{srv.url}/v2/models/mirrored/infer", body, {})
             assert status == 200 and headers["fastml-variant"] == "main" and resp["model_version"] == "1.0.0"
             assert resp["outputs"] == alone
+        # Prometheus series labelled by deployment and variant.
+        text = srv.metrics()
+        assert 'fastml_deployment_weight_bp{deployment="fraud",variant="incumbent"} 9000.0' in text
+        assert 'fastml_deployment_pinned_total{deployment="fraud",variant="candidate"} 1.0' in text
+        assert 'fastml_deployment_request_failures_total{deployment="fraud",kind="variant",variant="ghost"}' not in text
+        assert 'fastml_deployment_requests_total{deployment="mirrored",kind="variant",variant="main"} 5.0' in text
+        assert 'fastml_deployment_request_duration_us_count{deployment="mirrored",kind="variant",variant="main"} 5.0' in text
+        assert 'fastml_deployment_shadow_mirrored_total{deployment="mirrored",variant="copy"} 5.0' in text
     finally:
         assert srv.stop() == 0
 

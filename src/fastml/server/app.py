@@ -303,6 +303,7 @@ class Server:
         return {
             "models": [model_snapshot(e) for e in self.manager.entries()] if self.manager is not None else [],
             "server": {"inflight": self.inflight, "connections": len(self.connections), "responses": responses},
+            "deployments": self.plane.deployments.metric_rows() if self.plane.deployments is not None else [],
         }
 
     # ----- endpoints other than infer ----------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
+from fastml.server import deployment_metrics
 from fastml.serving.dataplane import model_snapshot  # noqa: F401 - where snapshots come from, re-exported
 
 # (fastml name, Triton name it mirrors, stats key, scale from ns or 1) -- the documented mapping table.
@@ -63,7 +64,7 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
                     cur_b[kk] = cur_b.get(kk, 0) + vv
             for k, v in m["server_failures"].items():
                 cur["server_failures"][k] = cur["server_failures"].get(k, 0) + v
-    return {"models": list(models.values()), "server": server}
+    return {"models": list(models.values()), "server": server, "deployments": deployment_metrics.merge_rows(snapshots)}
 
 
 class SnapshotCollector:
@@ -125,6 +126,7 @@ class SnapshotCollector:
         for code, n in sorted(s.get("responses", {}).items()):
             c.add_metric([str(code)], n)
         yield c
+        yield from deployment_metrics.families(snap.get("deployments", []))
 
 
 def make_registry(snapshot_fn) -> CollectorRegistry:

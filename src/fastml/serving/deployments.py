@@ -26,6 +26,7 @@ For controllers and analysis code: :meth:`DeploymentManager.set_weights` (atomic
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import os
@@ -47,21 +48,30 @@ log = logging.getLogger("fastml.serving.deployments")
 LATENCY_SAMPLES = 4096  # latest latencies kept per variant for percentiles
 
 
-class VariantStats:
-    """Counters of one variant or shadow in this process: requests, errors, recent latencies (us)."""
+# Upper bounds (us) of the cumulative latency histogram exported to Prometheus per variant.
+LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
 
-    __slots__ = ("requests", "errors", "latency_us")
+
+class VariantStats:
+    """Counters of one variant or shadow in this process: requests, errors, recent latencies (us), and a
+    cumulative latency histogram (``LATENCY_BUCKETS_US``, then +Inf) with the latency sum."""
+
+    __slots__ = ("requests", "errors", "latency_us", "buckets", "latency_sum_us")
 
     def __init__(self):
         self.requests = 0
         self.errors = 0
         self.latency_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
+        self.latency_sum_us = 0.0
 
     def record(self, latency_us: float, ok: bool) -> None:
         self.requests += 1
         if not ok:
             self.errors += 1
         self.latency_us.append(latency_us)
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_US, latency_us)] += 1
+        self.latency_sum_us += latency_us
 
     def to_dict(self, samples: bool = False) -> dict:
         lat = np.fromiter(self.latency_us, dtype=np.float64, count=len(self.latency_us))
@@ -567,6 +577,24 @@ class DeploymentManager:
         """``{deployment: {"variants": {...}, "generation": n}}`` for this process (JSON-able)."""
         return {name: {"variants": self.variant_stats(name), "generation": d.router.generation}
                 for name, d in self.table.items()}
+
+    def metric_rows(self) -> list[dict]:
+        """One JSON-able row per variant and shadow for Prometheus (``fastml.server.deployment_metrics``)."""
+        rows = []
+        for name, d in self.table.items():
+            c = d.router.counts()
+            weights, shares = d.router.weights_bp, d.router.shadow_bp
+            for kind, targets in (("variant", d.variants), ("shadow", d.shadows)):
+                for t in targets:
+                    st = t.stats
+                    row = {"deployment": name, "variant": t.name, "kind": kind, "requests": st.requests,
+                           "errors": st.errors, "buckets": list(st.buckets), "latency_sum_us": st.latency_sum_us}
+                    if kind == "variant":
+                        row.update(weight_bp=weights[t.index], routed=c["routed"][t.index], pinned=c["pinned"][t.index])
+                    else:
+                        row.update(share_bp=shares[t.index], mirrored=c["mirrored"][t.index], shed=c["shadow_shed"][t.index])
+                    rows.append(row)
+        return rows
 
     def _snapshot_path(self) -> Path:
         return self.state_file.parent / "status" / f"{os.getpid()}.json"
