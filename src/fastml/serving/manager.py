@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fastml.errors import FastMLError, InternalError, InvalidInput, NotFound, Unavailable
 from fastml.serving import messages
+from fastml.serving.load_limits import check_override, validate_model_name
 from fastml.serving.repository import (
     ModelSource,
     RepositoryConfig,
@@ -189,6 +190,8 @@ class ModelManager:
         return source
 
     def _sources_for(self, name: str) -> list[ModelSource]:
+        # A name, never a path: one validated component, so ``path / name`` stays inside the repository.
+        validate_model_name(name)
         for target in self.targets:
             path = Path(target)
             if is_repository(path):
@@ -196,7 +199,8 @@ class ModelManager:
                 if model_dir.is_dir():
                     sources = scan_model_dir(model_dir)
                     if not sources:
-                        raise NotFound(f"model {name!r}: {model_dir} holds no <version>/model.onnx")
+                        # Same answer as a missing directory: a 404 must not tell what exists on disk.
+                        break
                     return sources
             else:
                 found = scan_target(target)
@@ -271,6 +275,7 @@ class ModelManager:
                 ``dynamic_batching.max_queue_delay_microseconds`` and ``instance_group[0].count`` replace
                 the model's settings for this load.
         """
+        validate_model_name(name)  # before anything, so a bad name is not even recorded as failed
         async with self._lock_():
             served = name in self.models
             try:
@@ -407,19 +412,20 @@ def _load_error(failures: list[tuple[str, str, str, BaseException | None]], stri
 def _config_overrides(config_json: str) -> dict:
     try:
         cfg = json.loads(config_json)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nesting thousands deep
         raise InvalidInput(f"load parameter 'config' is not valid JSON: {exc}") from None
     if not isinstance(cfg, dict):
         raise InvalidInput("load parameter 'config' must be a JSON object (a ModelConfig)")
+    # Every value is bounds-checked here, before any model is built (fastml.serving.load_limits).
     out: dict = {}
     if "max_batch_size" in cfg:
-        out["max_batch_size"] = cfg["max_batch_size"]
+        out["max_batch_size"] = check_override("max_batch_size", cfg["max_batch_size"])
     db = cfg.get("dynamic_batching")
     if isinstance(db, dict) and "max_queue_delay_microseconds" in db:
-        out["max_queue_delay_us"] = int(db["max_queue_delay_microseconds"])
+        out["max_queue_delay_us"] = check_override("max_queue_delay_us", db["max_queue_delay_microseconds"])
     ig = cfg.get("instance_group")
     if isinstance(ig, list) and ig and isinstance(ig[0], dict) and "count" in ig[0]:
-        out["instances"] = ig[0]["count"]
+        out["instances"] = check_override("instances", ig[0]["count"])
     return out
 
 
