@@ -211,3 +211,28 @@ def test_status_table(home):
     done = fastml("deploy", "status", home=home)
     assert done.returncode == 0
     assert "incumbent" in done.stdout and "fraud:1.0.0" in done.stdout and "9000" in done.stdout
+
+
+def test_workers_each_follow_the_alias(home, model_repo, onnx_models):
+    from fastml.registry import Registry
+
+    x = np.load(onnx_models["data"])[:1]
+    body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    srv = ServerProcess([str(model_repo), "--http-port", "0", "--metrics-port", "0", "--workers", "2"], home)
+    try:
+        url = f"http://{srv.url}/v2/models/champ/infer"
+        assert _post(url, body, {})[1]["model_version"] == "1.0.0"
+        with Registry() as reg:
+            reg.set_alias("fraud", "champion", "2.0.0")
+        # Every request opens a new connection, so the kernel spreads them over both workers: once 40 in a
+        # row answer 2.0.0, both workers have followed the alias (and none failed on the way).
+        streak, deadline = 0, time.monotonic() + 60
+        while streak < 40 and time.monotonic() < deadline:
+            status, resp, _ = _post(url, body, {})
+            assert status == 200, resp
+            streak = streak + 1 if resp["model_version"] == "2.0.0" else 0
+        assert streak == 40
+        status = json.loads(fastml("deploy", "status", "--json", home=home).stdout)["deployments"]["champ"]
+        assert status["processes"] == 2
+    finally:
+        assert srv.stop() == 0
