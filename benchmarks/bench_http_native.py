@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -98,30 +99,32 @@ def fetch_once(port: int, request: bytes) -> bytes:
 
 
 # ----- the echo server (runs in its own process: `--serve-echo RESPONSE_FILE`) ---------------------------
+class EchoInput(msgspec.Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict = {}
+    data: list | None = None
+
+
+class EchoOutput(msgspec.Struct):
+    name: str
+    parameters: dict = {}
+
+
+class EchoRequest(msgspec.Struct):
+    inputs: list[EchoInput]
+    id: str | None = None
+    parameters: dict = {}
+    outputs: list[EchoOutput] | None = None
+
+
 def serve_echo(response_file: str) -> None:
     """Bare uvloop + httptools + msgspec KServe server: full request parse, canned answer, no model."""
     import httptools
-    import msgspec
     import uvloop
 
-    class Input(msgspec.Struct):
-        name: str
-        shape: list[int]
-        datatype: str
-        parameters: dict = {}
-        data: list | None = None
-
-    class Output(msgspec.Struct):
-        name: str
-        parameters: dict = {}
-
-    class Request(msgspec.Struct):
-        inputs: list[Input]
-        id: str | None = None
-        parameters: dict = {}
-        outputs: list[Output] | None = None
-
-    decoder = msgspec.json.Decoder(Request)
+    decoder = msgspec.json.Decoder(EchoRequest)
     dtypes = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "UINT8": np.uint8, "BOOL": np.bool_}
     canned = Path(response_file).read_bytes()
     error = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"error\":\"bad\"}\r\n"
