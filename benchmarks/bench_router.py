@@ -137,7 +137,7 @@ async def closed_loop(port: int, wire: bytes, concurrency: int, window_s: float)
     return done / elapsed
 
 
-def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> tuple[float, float] | None:
+def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> dict[str, float] | None:
     sys.path.insert(0, str(HERE))
     import models as reference_models
     from fastml.loadtest.protocol import build_infer_request
@@ -160,11 +160,17 @@ def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> tup
         with Registry() as reg:
             reg.register("ref", mlp, version="1.0.0")
             reg.register("ref", mlp, version="2.0.0")
-        dconf.write_atomic(dconf.state_path(), (
-            "[deployments.ab]\n"
-            '[[deployments.ab.variants]]\nname = "a"\nmodel = "ref:1.0.0"\nweight_bp = 9000\n'
-            '[[deployments.ab.variants]]\nname = "b"\nmodel = "ref:2.0.0"\nweight_bp = 1000\n'
-        ))
+        dconf.write_atomic(
+            dconf.state_path(),
+            (
+                "[deployments.ab]\n"
+                '[[deployments.ab.variants]]\nname = "a"\nmodel = "ref:1.0.0"\nweight_bp = 9000\n'
+                '[[deployments.ab.variants]]\nname = "b"\nmodel = "ref:2.0.0"\nweight_bp = 1000\n'
+                "[deployments.one]\n"
+                '[[deployments.one.variants]]\nname = "a"\nmodel = "ref:1.0.0"\nweight_bp = 10000\n'
+                '[[deployments.one.variants]]\nname = "b"\nmodel = "ref:2.0.0"\nweight_bp = 0\n'
+            ),
+        )
         proc, port = start_server(home, repo)
         try:
             import onnxruntime as ort
@@ -174,11 +180,13 @@ def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> tup
             x = np.random.default_rng(0).random((1, int(i0.shape[1])), dtype=np.float32)
             alone = build_infer_request("mlp", {i0.name: x}).wire
             routed = build_infer_request("ab", {i0.name: x}).wire
-            rates: dict[str, list[float]] = {"alone": [], "deployment": []}
+            single = build_infer_request("one", {i0.name: x}).wire
+            rates: dict[str, list[float]] = {"alone": [], "deployment": [], "single": []}
             for _ in range(rounds):
                 rates["alone"].append(asyncio.run(closed_loop(port, alone, concurrency, window_s)))
                 rates["deployment"].append(asyncio.run(closed_loop(port, routed, concurrency, window_s)))
-            return float(np.median(rates["alone"])), float(np.median(rates["deployment"]))
+                rates["single"].append(asyncio.run(closed_loop(port, single, concurrency, window_s)))
+            return {k: float(np.median(v)) for k, v in rates.items()}
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -197,17 +205,62 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nrouting cost per decision (best of {repeats}, {n:,} decisions):")
     for k, v in ns.items():
         print(f"  {k:<18} {v:8.1f} ns")
-    report.add(benchjson.time_row("router keyless decision vs 50 ns budget", "budget (50 ns)", 50.0, ns["core_keyless"], "ns", 1.0))
-    report.add(benchjson.time_row("router keyless decision (route_many)", "Python random+bisect", ns["py_keyless"], ns["core_keyless"], "ns", 10.0))
-    report.add(benchjson.time_row("router keyed decision (route_many, xxHash64)", "Python crc32+bisect", ns["py_keyed"], ns["core_keyed"], "ns", 5.0))
-    report.add(benchjson.time_row("router keyed decision (route() per call)", "Python crc32+bisect", ns["py_call_keyed"], ns["core_call_keyed"], "ns", 1.0))
+    report.add(
+        benchjson.time_row(
+            "router keyless decision vs 50 ns budget", "budget (50 ns)", 50.0, ns["core_keyless"], "ns", 1.0
+        )
+    )
+    report.add(
+        benchjson.time_row(
+            "router keyless decision (route_many)",
+            "Python random+bisect",
+            ns["py_keyless"],
+            ns["core_keyless"],
+            "ns",
+            10.0,
+        )
+    )
+    report.add(
+        benchjson.time_row(
+            "router keyed decision (route_many, xxHash64)",
+            "Python crc32+bisect",
+            ns["py_keyed"],
+            ns["core_keyed"],
+            "ns",
+            5.0,
+        )
+    )
+    report.add(
+        benchjson.time_row(
+            "router keyed decision (route() per call)",
+            "Python crc32+bisect",
+            ns["py_call_keyed"],
+            ns["core_call_keyed"],
+            "ns",
+            1.0,
+        )
+    )
     if not args.skip_http:
         rounds, window_s = (2, 2.0) if args.quick else (5, 5.0)
         got = http_throughput(rounds, window_s, 16, report.note)
         if got is not None:
-            alone, routed = got
-            print(f"\nHTTP closed loop c=16: model alone {alone:,.0f} req/s, 90/10 deployment {routed:,.0f} req/s")
-            report.add(benchjson.rate_row("HTTP 90/10 deployment vs model alone (c=16)", "model alone", alone, routed, "req/s", 0.95))
+            alone, routed, single = got["alone"], got["deployment"], got["single"]
+            print(
+                f"\nHTTP closed loop c=16: model alone {alone:,.0f} req/s, 90/10 deployment {routed:,.0f} req/s, "
+                f"100/0 deployment {single:,.0f} req/s"
+            )
+            report.add(
+                benchjson.rate_row(
+                    "HTTP 90/10 deployment vs model alone (c=16)", "model alone", alone, routed, "req/s", 0.95
+                )
+            )
+            # The same path with every request on one variant: the cost of routing alone, without the second
+            # model's smaller batches that a real 90/10 split brings.
+            report.add(
+                benchjson.rate_row(
+                    "HTTP 100/0 deployment vs model alone (c=16)", "model alone", alone, single, "req/s", 0.95
+                )
+            )
     report.write(args.json)
     return 0
 

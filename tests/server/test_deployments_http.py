@@ -47,7 +47,9 @@ def fastml(*args, home):
     import os
 
     env = dict(os.environ, FASTML_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "fastml.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fastml.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
 
 
 @pytest.fixture
@@ -150,7 +152,10 @@ def test_headers_pinning_and_errors(home, model_repo, onnx_models):
         assert 'fastml_deployment_pinned_total{deployment="fraud",variant="candidate"} 1.0' in text
         assert 'fastml_deployment_request_failures_total{deployment="fraud",kind="variant",variant="ghost"}' not in text
         assert 'fastml_deployment_requests_total{deployment="mirrored",kind="variant",variant="main"} 5.0' in text
-        assert 'fastml_deployment_request_duration_us_count{deployment="mirrored",kind="variant",variant="main"} 5.0' in text
+        assert (
+            'fastml_deployment_request_duration_us_count{deployment="mirrored",kind="variant",variant="main"} 5.0'
+            in text
+        )
         assert 'fastml_deployment_shadow_mirrored_total{deployment="mirrored",variant="copy"} 5.0' in text
     finally:
         assert srv.stop() == 0
@@ -160,8 +165,9 @@ def _post(url, body, headers):
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **headers})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read()), {k.lower(): v for k, v in r.headers.items()}

@@ -46,9 +46,12 @@ def make_odd_model(path: Path) -> None:
     from onnx import TensorProto as T
     from onnx import helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "odd",
-                              [helper.make_tensor_value_info("x", T.FLOAT, [None, 4])],
-                              [helper.make_tensor_value_info("y", T.FLOAT, [None, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "odd",
+        [helper.make_tensor_value_info("x", T.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [None, 4])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -115,8 +118,14 @@ def req(name, x, **params):
         (AB + "[deployments.fraud.extra]\n", r"deployments\.fraud.*extra"),
         (AB.replace("weight_bp = 1000", 'weight_bp = "lots"'), r"weight_bp"),
         ("[deployments.fraud\nname=", r"not valid TOML"),
-        (SHADOW.replace('model = "fraud:2.0.0"', 'model = "fraud:1.0.0"'), r"shadows\[0\]\.model: .*mirror a variant onto itself"),
-        (AB.replace("[deployments.fraud]", "[deployments.fraud]\nvariants = []").split("[[")[0], r"variants: at least one"),
+        (
+            SHADOW.replace('model = "fraud:2.0.0"', 'model = "fraud:1.0.0"'),
+            r"shadows\[0\]\.model: .*mirror a variant onto itself",
+        ),
+        (
+            AB.replace("[deployments.fraud]", "[deployments.fraud]\nvariants = []").split("[[")[0],
+            r"variants: at least one",
+        ),
     ],
 )
 def test_bad_files_are_refused_naming_the_field(text, match):
@@ -271,7 +280,7 @@ def test_a_deployment_cannot_take_a_served_models_name(registry, onnx_models):
 
 def test_deployment_follows_its_alias_without_failing_requests(registry, x, direct):
     text = AB.replace("fraud:1.0.0", "fraud@champion").replace("weight_bp = 9000", "weight_bp = 10000")
-    text = text.split("[[deployments.fraud.variants]]\nname = \"candidate\"")[0]
+    text = text.split('[[deployments.fraud.variants]]\nname = "candidate"')[0]
 
     async def scenario(plane, dm):
         await dm.apply_text(text)

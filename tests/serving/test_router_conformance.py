@@ -225,7 +225,10 @@ sys.stdout.write(out.tobytes().hex() + " " + masks.tobytes().hex())
 
 def test_same_key_same_variant_across_processes_and_restarts():
     # Two separate interpreters (a restart is a new process): identical decisions for every key.
-    runs = [subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
     r = _core.Router(["a", "b"], [9000, 1000], ["s"], [2000])
     data, offsets = ref.pack_keys(keys(5000))

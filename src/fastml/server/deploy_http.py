@@ -66,8 +66,9 @@ class _DeployCall:
         else:
             target.stats.record(latency_us, True)
             try:
-                self.data = encode_planned(self.deployment.name, target.name, self.entry, self.plan, outputs,
-                                           self.encoding, hdr)
+                self.data = encode_planned(
+                    self.deployment.name, target.name, self.entry, self.plan, outputs, self.encoding, hdr
+                )
                 server.ok_count += 1
             except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
                 log.exception("encoding a deployment response failed")
@@ -90,8 +91,9 @@ def _routing_params(d, header: bytes) -> tuple:
     return got
 
 
-def infer(conn, name: str, version: str | None, body: bytes, header_len: int, conn_hdr: bytes,
-          routing_key: str | None) -> None:
+def infer(
+    conn, name: str, version: str | None, body: bytes, header_len: int, conn_hdr: bytes, routing_key: str | None
+) -> None:
     """Serve one deployment infer request on an HTTP connection (answers in pipeline order).
 
     Route first (the ``routing_key`` / ``variant`` parameters, else the ``fastml-routing-key`` header), then
@@ -131,8 +133,9 @@ def infer(conn, name: str, version: str | None, body: bytes, header_len: int, co
     finally:
         CURRENT_VARIANT.reset(token)
     accept = conn.accept_encoding
-    call = _DeployCall(conn, entry, plan, None if accept is None else response_encoding(accept), conn_hdr, target, d,
-                       start_ns)
+    call = _DeployCall(
+        conn, entry, plan, None if accept is None else response_encoding(accept), conn_hdr, target, d, start_ns
+    )
     conn.pending.append(call)
     fut.add_done_callback(call.done)
     if shadows:
@@ -141,8 +144,9 @@ def infer(conn, name: str, version: str | None, body: bytes, header_len: int, co
             dm._mirror(plane, d, s, entry, copy)
 
 
-def encode_planned(deployment: str, variant: str, entry, plan, outputs: dict, encoding: bytes | None,
-                   conn_hdr: bytes) -> bytes:
+def encode_planned(
+    deployment: str, variant: str, entry, plan, outputs: dict, encoding: bytes | None, conn_hdr: bytes
+) -> bytes:
     """The response for a planned request: like the model's own, named after the deployment, with the
     variant in ``parameters`` and the ``fastml-variant`` header. Headers of all-binary answers are cached
     in the plan per (deployment, variant, output shapes)."""
@@ -166,12 +170,16 @@ def encode_planned(deployment: str, variant: str, entry, plan, outputs: dict, en
             if binary:
                 b = output_bytes(arr, dt)
                 blobs.append(b)
-                out_json.append({"name": n, "datatype": dt, "shape": list(arr.shape), "parameters": {"binary_data_size": len(b)}})
+                out_json.append(
+                    {"name": n, "datatype": dt, "shape": list(arr.shape), "parameters": {"binary_data_size": len(b)}}
+                )
                 if dt == "BYTES":
                     cacheable = False
             else:
                 cacheable = False
-                out_json.append({"name": n, "datatype": dt, "shape": list(arr.shape), "data": output_json_data(arr, dt)})
+                out_json.append(
+                    {"name": n, "datatype": dt, "shape": list(arr.shape), "data": output_json_data(arr, dt)}
+                )
         doc = {}
         if plan.request_id is not None:
             doc["id"] = plan.request_id

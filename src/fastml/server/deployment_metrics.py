@@ -36,15 +36,39 @@ def merge_rows(snapshots: list[dict]) -> list[dict]:
 def families(rows: list[dict]):
     """The metric families for deployment rows."""
     labels = ["deployment", "variant"]
-    requests = CounterMetricFamily("fastml_deployment_requests", "Requests answered (or failed) per deployment variant or shadow.", labels=labels + ["kind"])
-    failures = CounterMetricFamily("fastml_deployment_request_failures", "Failed requests per deployment variant or shadow.", labels=labels + ["kind"])
-    routed = CounterMetricFamily("fastml_deployment_routed", "Routing decisions per variant (pinned requests included).", labels=labels)
-    pinned = CounterMetricFamily("fastml_deployment_pinned", "Requests that pinned the variant with the 'variant' parameter.", labels=labels)
-    weight = GaugeMetricFamily("fastml_deployment_weight_bp", "Current weight of the variant (basis points of 10000).", labels=labels)
-    share = GaugeMetricFamily("fastml_deployment_shadow_share_bp", "Share of requests mirrored to the shadow (basis points).", labels=labels)
-    mirrored = CounterMetricFamily("fastml_deployment_shadow_mirrored", "Shadow copies decided by the router.", labels=labels)
-    shed = CounterMetricFamily("fastml_deployment_shadow_shed", "Shadow copies dropped because the server was busy.", labels=labels)
-    latency = HistogramMetricFamily("fastml_deployment_request_duration_us", "Request latency per deployment variant or shadow (us).", labels=labels + ["kind"])
+    requests = CounterMetricFamily(
+        "fastml_deployment_requests",
+        "Requests answered (or failed) per deployment variant or shadow.",
+        labels=labels + ["kind"],
+    )
+    failures = CounterMetricFamily(
+        "fastml_deployment_request_failures",
+        "Failed requests per deployment variant or shadow.",
+        labels=labels + ["kind"],
+    )
+    routed = CounterMetricFamily(
+        "fastml_deployment_routed", "Routing decisions per variant (pinned requests included).", labels=labels
+    )
+    pinned = CounterMetricFamily(
+        "fastml_deployment_pinned", "Requests that pinned the variant with the 'variant' parameter.", labels=labels
+    )
+    weight = GaugeMetricFamily(
+        "fastml_deployment_weight_bp", "Current weight of the variant (basis points of 10000).", labels=labels
+    )
+    share = GaugeMetricFamily(
+        "fastml_deployment_shadow_share_bp", "Share of requests mirrored to the shadow (basis points).", labels=labels
+    )
+    mirrored = CounterMetricFamily(
+        "fastml_deployment_shadow_mirrored", "Shadow copies decided by the router.", labels=labels
+    )
+    shed = CounterMetricFamily(
+        "fastml_deployment_shadow_shed", "Shadow copies dropped because the server was busy.", labels=labels
+    )
+    latency = HistogramMetricFamily(
+        "fastml_deployment_request_duration_us",
+        "Request latency per deployment variant or shadow (us).",
+        labels=labels + ["kind"],
+    )
     for r in rows:
         lv = [r["deployment"], r["variant"]]
         kind = r["kind"]

@@ -65,7 +65,9 @@ def check_references(specs: dict, source: str) -> dict[str, dict[str, str]]:
                     if first is None:
                         first = (sig, f"{kind}[{i}] ({v.model})")
                     elif sig != first[0]:
-                        raise InvalidInput(f"{field}: {v.model!r} has a different signature from {first[1]}: {sig} vs {first[0]}")
+                        raise InvalidInput(
+                            f"{field}: {v.model!r} has a different signature from {first[1]}: {sig} vs {first[0]}"
+                        )
             resolved[name] = rows
     return resolved
 
@@ -112,12 +114,16 @@ def _status(args) -> int:
         return 0
     for name, d in status.items():
         print(f"{name}  ({d['processes']} serving process(es))")
-        print(f"  {'VARIANT':<16} {'KIND':<8} {'MODEL':<24} {'WEIGHT_BP':>9} {'ROUTED':>9} {'REQUESTS':>9} {'ERRORS':>7}  SERVING")
+        print(
+            f"  {'VARIANT':<16} {'KIND':<8} {'MODEL':<24} {'WEIGHT_BP':>9} {'ROUTED':>9} {'REQUESTS':>9} {'ERRORS':>7}  SERVING"
+        )
         for vname, r in d["variants"].items():
             bp = r.get("weight_bp", r.get("share_bp"))
             routed = r.get("routed", r.get("mirrored", 0))
-            print(f"  {vname:<16} {r['kind']:<8} {r['model']:<24} {bp:>9} {routed:>9} {r['requests']:>9} {r['errors']:>7}  "
-                  f"{', '.join(r['serving']) or '-'}")
+            print(
+                f"  {vname:<16} {r['kind']:<8} {r['model']:<24} {bp:>9} {routed:>9} {r['requests']:>9} {r['errors']:>7}  "
+                f"{', '.join(r['serving']) or '-'}"
+            )
     return 0
 
 

@@ -111,7 +111,9 @@ def _where(msg: str, prefix: str) -> str:
     # msgspec says "... - at `$.variants[0].weight_bp`"; name the full field from the file's root.
     if "at `$" not in msg:
         return f"{prefix}: {msg}"
-    return _PATH.sub(lambda m: f"at `{prefix}{'.' if m.group(1) and not m.group(1).startswith('[') else ''}{m.group(1)}`", msg)
+    return _PATH.sub(
+        lambda m: f"at `{prefix}{'.' if m.group(1) and not m.group(1).startswith('[') else ''}{m.group(1)}`", msg
+    )
 
 
 def check(spec: DeploymentSpec, source: str = "deployment") -> None:
@@ -186,11 +188,19 @@ def dump(specs: dict[str, DeploymentSpec]) -> str:
     for name, spec in specs.items():
         lines.append(f"[deployments.{_q(name)}]")
         for v in spec.variants:
-            lines += [f"[[deployments.{_q(name)}.variants]]", f"name = {_s(v.name)}", f"model = {_s(v.model)}",
-                      f"weight_bp = {v.weight_bp}"]
+            lines += [
+                f"[[deployments.{_q(name)}.variants]]",
+                f"name = {_s(v.name)}",
+                f"model = {_s(v.model)}",
+                f"weight_bp = {v.weight_bp}",
+            ]
         for s in spec.shadows:
-            lines += [f"[[deployments.{_q(name)}.shadows]]", f"name = {_s(s.name)}", f"model = {_s(s.model)}",
-                      f"share_bp = {s.share_bp}"]
+            lines += [
+                f"[[deployments.{_q(name)}.shadows]]",
+                f"name = {_s(s.name)}",
+                f"model = {_s(s.model)}",
+                f"share_bp = {s.share_bp}",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -203,4 +213,15 @@ def _q(name: str) -> str:
     return name if re.match(r"^[A-Za-z0-9_\-]+$", name) else _s(name)
 
 
-__all__ = ["DeploymentSpec", "ShadowSpec", "VariantSpec", "check", "dump", "home_dir", "parse", "read", "state_path", "write_atomic"]
+__all__ = [
+    "DeploymentSpec",
+    "ShadowSpec",
+    "VariantSpec",
+    "check",
+    "dump",
+    "home_dir",
+    "parse",
+    "read",
+    "state_path",
+    "write_atomic",
+]

@@ -123,8 +123,10 @@ class Deployment:
         self.shadows = shadows
         self.by_name = {t.name: t for t in variants}
         self.router = _core.Router(
-            [t.name for t in variants], [v.weight_bp for v in spec.variants],
-            [t.name for t in shadows], [s.share_bp for s in spec.shadows],
+            [t.name for t in variants],
+            [v.weight_bp for v in spec.variants],
+            [t.name for t in shadows],
+            [s.share_bp for s in spec.shadows],
         )
         self.created_at = time.time()
         self.http_params: dict[bytes, tuple] = {}  # HTTP: request header bytes -> (routing_key, variant)
@@ -144,8 +146,11 @@ def _signature(entry) -> tuple:
 
 def _describe(sig: tuple) -> str:
     ins, outs = sig
-    return "inputs " + ", ".join(f"{n}:{d}{list(s)}" for n, d, s in ins) + "; outputs " + ", ".join(
-        f"{n}:{d}{list(s)}" for n, d, s in outs
+    return (
+        "inputs "
+        + ", ".join(f"{n}:{d}{list(s)}" for n, d, s in ins)
+        + "; outputs "
+        + ", ".join(f"{n}:{d}{list(s)}" for n, d, s in outs)
     )
 
 
@@ -163,8 +168,9 @@ class DeploymentManager:
             see half a table).
     """
 
-    def __init__(self, manager=None, *, state_file: str | Path | None = None, poll_interval_s: float = 1.0,
-                 registry_factory=None):
+    def __init__(
+        self, manager=None, *, state_file: str | Path | None = None, poll_interval_s: float = 1.0, registry_factory=None
+    ):
         self.manager = manager
         self.state_file = Path(state_file) if state_file is not None else dconf.state_path()
         self.poll_interval_s = poll_interval_s
@@ -378,8 +384,13 @@ class DeploymentManager:
                     try:
                         name, version = await loop.run_in_executor(None, self._resolve, t.model, t.name)
                     except FastMLError as exc:
-                        log.warning("deployment %s variant %s: cannot resolve %s, keeping the current version: %s",
-                                    d.name, t.name, t.model, exc)
+                        log.warning(
+                            "deployment %s variant %s: cannot resolve %s, keeping the current version: %s",
+                            d.name,
+                            t.name,
+                            t.model,
+                            exc,
+                        )
                         continue
                     old = t.entry
                     if old is not None and (old.name, old.version) == (name, version):
@@ -423,7 +434,9 @@ class DeploymentManager:
             if isinstance(routing_key, int) and not isinstance(routing_key, bool):
                 routing_key = str(routing_key)  # JSON numbers as user ids: hash their decimal text
             else:
-                raise InvalidInput(f"parameter 'routing_key' must be a string or an integer, got {type(routing_key).__name__}")
+                raise InvalidInput(
+                    f"parameter 'routing_key' must be a string or an integer, got {type(routing_key).__name__}"
+                )
         index, mask = d.router.route(routing_key)
         shadows = [d.shadows[s] for s in range(len(d.shadows)) if mask >> s & 1] if mask else []
         return d.variants[index], shadows
@@ -441,8 +454,9 @@ class DeploymentManager:
         d = self.table[req.model_name]
         entry = target.current(self.manager)
         inner_params = {k: v for k, v in params.items() if k not in ("routing_key", "variant")}
-        inner = InferRequest(entry.name, req.inputs, model_version=entry.version, id=req.id, outputs=req.outputs,
-                             parameters=inner_params)
+        inner = InferRequest(
+            entry.name, req.inputs, model_version=entry.version, id=req.id, outputs=req.outputs, parameters=inner_params
+        )
         start_ns = time.perf_counter_ns()
         token = CURRENT_VARIANT.set(target.name)  # the prediction log's variant column (monitoring.log)
         try:
@@ -473,7 +487,9 @@ class DeploymentManager:
             target.stats.record(latency_us, True)
             r = f.result()
             if not outer.done():
-                outer.set_result(InferResponse(name, r.model_version, r.id, r.outputs, {**r.parameters, "variant": target.name}))
+                outer.set_result(
+                    InferResponse(name, r.model_version, r.id, r.outputs, {**r.parameters, "variant": target.name})
+                )
 
         fut.add_done_callback(done)
         for s in shadows:
@@ -489,12 +505,21 @@ class DeploymentManager:
             return
         # Shed first: a copy is refused while the primary's or the shadow's queue is a quarter full, so it
         # never takes queue room that primary work may need.
-        if (plane.draining or entry.inflight * 4 >= entry.config.max_queue_size
-                or primary_entry.inflight * 4 >= primary_entry.config.max_queue_size):
+        if (
+            plane.draining
+            or entry.inflight * 4 >= entry.config.max_queue_size
+            or primary_entry.inflight * 4 >= primary_entry.config.max_queue_size
+        ):
             d.router.count_shadow_shed(s.index)
             return
-        copy = InferRequest(entry.name, inner.inputs, model_version=entry.version, id=inner.id, outputs=inner.outputs,
-                            parameters=inner.parameters)
+        copy = InferRequest(
+            entry.name,
+            inner.inputs,
+            model_version=entry.version,
+            id=inner.id,
+            outputs=inner.outputs,
+            parameters=inner.parameters,
+        )
         start_ns = time.perf_counter_ns()
         token = CURRENT_VARIANT.set(s.name)  # the prediction log's variant column (monitoring.log)
         try:
@@ -562,21 +587,36 @@ class DeploymentManager:
         weights = d.router.weights_bp
         for t in d.variants:
             row = t.stats.to_dict(samples)
-            row.update(kind="variant", model=t.model, serving=_serving(t, self.manager), weight_bp=weights[t.index],
-                       routed=c["routed"][t.index], pinned=c["pinned"][t.index], router_errors=c["errors"][t.index])
+            row.update(
+                kind="variant",
+                model=t.model,
+                serving=_serving(t, self.manager),
+                weight_bp=weights[t.index],
+                routed=c["routed"][t.index],
+                pinned=c["pinned"][t.index],
+                router_errors=c["errors"][t.index],
+            )
             out[t.name] = row
         shares = d.router.shadow_bp
         for t in d.shadows:
             row = t.stats.to_dict(samples)
-            row.update(kind="shadow", model=t.model, serving=_serving(t, self.manager), share_bp=shares[t.index],
-                       mirrored=c["mirrored"][t.index], shed=c["shadow_shed"][t.index])
+            row.update(
+                kind="shadow",
+                model=t.model,
+                serving=_serving(t, self.manager),
+                share_bp=shares[t.index],
+                mirrored=c["mirrored"][t.index],
+                shed=c["shadow_shed"][t.index],
+            )
             out[t.name] = row
         return out
 
     def status(self) -> dict:
         """``{deployment: {"variants": {...}, "generation": n}}`` for this process (JSON-able)."""
-        return {name: {"variants": self.variant_stats(name), "generation": d.router.generation}
-                for name, d in self.table.items()}
+        return {
+            name: {"variants": self.variant_stats(name), "generation": d.router.generation}
+            for name, d in self.table.items()
+        }
 
     def metric_rows(self) -> list[dict]:
         """One JSON-able row per variant and shadow for Prometheus (``fastml.server.deployment_metrics``)."""
@@ -587,12 +627,21 @@ class DeploymentManager:
             for kind, targets in (("variant", d.variants), ("shadow", d.shadows)):
                 for t in targets:
                     st = t.stats
-                    row = {"deployment": name, "variant": t.name, "kind": kind, "requests": st.requests,
-                           "errors": st.errors, "buckets": list(st.buckets), "latency_sum_us": st.latency_sum_us}
+                    row = {
+                        "deployment": name,
+                        "variant": t.name,
+                        "kind": kind,
+                        "requests": st.requests,
+                        "errors": st.errors,
+                        "buckets": list(st.buckets),
+                        "latency_sum_us": st.latency_sum_us,
+                    }
                     if kind == "variant":
                         row.update(weight_bp=weights[t.index], routed=c["routed"][t.index], pinned=c["pinned"][t.index])
                     else:
-                        row.update(share_bp=shares[t.index], mirrored=c["mirrored"][t.index], shed=c["shadow_shed"][t.index])
+                        row.update(
+                            share_bp=shares[t.index], mirrored=c["mirrored"][t.index], shed=c["shadow_shed"][t.index]
+                        )
                     rows.append(row)
         return rows
 
@@ -631,11 +680,27 @@ def read_status(state_file: Path | None = None) -> dict:
     for name, spec in specs.items():
         rows = {}
         for v in spec.variants:
-            rows[v.name] = {"kind": "variant", "model": v.model, "weight_bp": v.weight_bp, "routed": 0, "pinned": 0,
-                            "requests": 0, "errors": 0, "serving": []}
+            rows[v.name] = {
+                "kind": "variant",
+                "model": v.model,
+                "weight_bp": v.weight_bp,
+                "routed": 0,
+                "pinned": 0,
+                "requests": 0,
+                "errors": 0,
+                "serving": [],
+            }
         for s in spec.shadows:
-            rows[s.name] = {"kind": "shadow", "model": s.model, "share_bp": s.share_bp, "mirrored": 0, "shed": 0,
-                            "requests": 0, "errors": 0, "serving": []}
+            rows[s.name] = {
+                "kind": "shadow",
+                "model": s.model,
+                "share_bp": s.share_bp,
+                "mirrored": 0,
+                "shed": 0,
+                "requests": 0,
+                "errors": 0,
+                "serving": [],
+            }
         for doc in snaps:
             live = doc.get("deployments", {}).get(name, {}).get("variants", {})
             for vname, row in rows.items():

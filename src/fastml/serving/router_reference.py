@@ -54,10 +54,10 @@ def xxhash64(data: bytes, seed: int = 0) -> int:
         v3 = seed & _M
         v4 = (seed - _P1) & _M
         while p <= n - 32:
-            v1 = _round(v1, int.from_bytes(data[p:p + 8], "little"))
-            v2 = _round(v2, int.from_bytes(data[p + 8:p + 16], "little"))
-            v3 = _round(v3, int.from_bytes(data[p + 16:p + 24], "little"))
-            v4 = _round(v4, int.from_bytes(data[p + 24:p + 32], "little"))
+            v1 = _round(v1, int.from_bytes(data[p : p + 8], "little"))
+            v2 = _round(v2, int.from_bytes(data[p + 8 : p + 16], "little"))
+            v3 = _round(v3, int.from_bytes(data[p + 16 : p + 24], "little"))
+            v4 = _round(v4, int.from_bytes(data[p + 24 : p + 32], "little"))
             p += 32
         h = (_rotl(v1, 1) + _rotl(v2, 7) + _rotl(v3, 12) + _rotl(v4, 18)) & _M
         for v in (v1, v2, v3, v4):
@@ -66,11 +66,11 @@ def xxhash64(data: bytes, seed: int = 0) -> int:
         h = (seed + _P5) & _M
     h = (h + n) & _M
     while p + 8 <= n:
-        h ^= _round(0, int.from_bytes(data[p:p + 8], "little"))
+        h ^= _round(0, int.from_bytes(data[p : p + 8], "little"))
         h = (_rotl(h, 27) * _P1 + _P4) & _M
         p += 8
     if p + 4 <= n:
-        h ^= (int.from_bytes(data[p:p + 4], "little") * _P1) & _M
+        h ^= (int.from_bytes(data[p : p + 4], "little") * _P1) & _M
         h = (_rotl(h, 23) * _P2 + _P3) & _M
         p += 4
     while p < n:
@@ -222,7 +222,7 @@ class ReferenceRouter:
             data = bytes(keys)
         with self._lock:
             for i in range(n):
-                key = None if keys is None else data[int(offsets[i]):int(offsets[i + 1])]
+                key = None if keys is None else data[int(offsets[i]) : int(offsets[i + 1])]
                 v, mask = self._decide(table, key)
                 out[i] = v
                 if shadow_out is not None:
@@ -253,4 +253,13 @@ class ReferenceRouter:
             }
 
 
-__all__ = ["BUCKETS", "ReferenceRouter", "check_weights", "key_buckets", "key_bytes", "pack_keys", "splitmix64_mix", "xxhash64"]
+__all__ = [
+    "BUCKETS",
+    "ReferenceRouter",
+    "check_weights",
+    "key_buckets",
+    "key_bytes",
+    "pack_keys",
+    "splitmix64_mix",
+    "xxhash64",
+]
