@@ -87,10 +87,11 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
   }
   if (!r.need(size_t{8} * rank + 8, (where + " dims and byte length").c_str(), error)) return false;
   t->dims.resize(rank);
-  // numpy refuses a shape whose item size times its non-zero dims exceeds INT64_MAX ("array is too big"),
-  // even when another dim is 0, so the same bound is applied here (object elements count 8 bytes).
+  // A shape may not describe more than a frame can hold, even when another dim is 0 and it holds nothing:
+  // item size times the non-zero dims is bounded by the frame limit, so a dim of 2^40 never reaches numpy
+  // or the engine (which may take the first dim as a row count). BYTES elements count their 4-byte length.
   size_t elem_bytes = dtype_itemsize(t->dtype);
-  uint64_t scaled = elem_bytes ? elem_bytes : 8;
+  uint64_t scaled = elem_bytes ? elem_bytes : 4;
   bool overflow = false;
   bool has_zero_dim = false;
   for (uint8_t i = 0; i < rank; ++i) {
@@ -103,7 +104,7 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
     if (d == 0) {
       has_zero_dim = true;
     } else if (!overflow && (__builtin_mul_overflow(scaled, static_cast<uint64_t>(d), &scaled) ||
-                             scaled > static_cast<uint64_t>(INT64_MAX))) {
+                             scaled > limits.max_frame_bytes)) {
       overflow = true;  // keep reading to validate the remaining dims; the tensor is refused below
     }
   }
@@ -116,10 +117,11 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
     return false;
   }
   if (overflow) {
-    *error = where + ": the product of its shape overflows 63 bits";
+    *error = where + ": its shape describes more than the " + std::to_string(limits.max_frame_bytes) +
+             "-byte frame limit (item size times the non-zero dims)";
     return false;
   }
-  uint64_t count = has_zero_dim ? 0 : scaled / (elem_bytes ? elem_bytes : 8);
+  uint64_t count = has_zero_dim ? 0 : scaled / (elem_bytes ? elem_bytes : 4);
   size_t itemsize = elem_bytes;
   if (itemsize != 0) {
     uint64_t expect = count * itemsize;  // cannot overflow: bounded by `scaled` above

@@ -56,11 +56,11 @@ def _tensor(r: _Reader, limits) -> tuple[str, np.ndarray]:
         raise _Bad("negative dim")
     if nbytes > len(r.buf) - r.pos:
         raise _Bad("nbytes beyond frame")
-    scaled = np.dtype(DTYPES[code]).itemsize  # numpy's bound: item size times the non-zero dims
+    scaled = 4 if code == 13 else np.dtype(DTYPES[code]).itemsize  # item size times the non-zero dims
     for d in dims:
         scaled *= d or 1
-    if scaled > (1 << 63) - 1:
-        raise _Bad("overflow")
+    if scaled > limits["max_frame_bytes"]:
+        raise _Bad("shape beyond the frame limit")
     count = int(np.prod(dims, dtype=object)) if dims else 1
     data = r.take(nbytes)
     if code == 13:

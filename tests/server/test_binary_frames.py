@@ -160,12 +160,13 @@ def _request_with_tensor_header(code: int, dims: list[int], nbytes: int, data: b
     [
         (99, [1], 4, b"\0" * 4, "unknown dtype code 99"),
         (0, [1], 4, b"\0" * 4, "unknown dtype code 0"),
-        (11, [1 << 32, 1 << 32], 0, b"", "overflows"),
-        (11, [1 << 62, 4], 0, b"", "overflows"),  # product fits in 64 bits, times the item size does not
+        (11, [1 << 32, 1 << 32], 0, b"", "frame limit"),  # the product overflows 64 bits
+        (11, [1 << 62, 4], 0, b"", "frame limit"),  # the product fits in 64 bits, times the item size does not
+        (11, [1 << 40, 0], 0, b"", "frame limit"),  # holds nothing, but no frame could carry such a dim
         (11, [-1, 3], 12, b"\0" * 12, "negative"),
         (11, [2, 3], 20, b"\0" * 20, "do not match its shape"),
         (11, [2], 1 << 40, b"\0" * 8, "declares 1099511627776 data bytes"),
-        (13, [1 << 40], 8, b"\0" * 8, "BYTES elements"),
+        (13, [1000], 8, b"\0" * 8, "BYTES elements"),
         (13, [2], 8, struct.pack("<I", 100) + b"abcd", "claims 100 bytes"),
         (13, [1], 7, struct.pack("<I", 1) + b"abc", "left over"),
         (13, [1], 5, struct.pack("<I", 1) + b"\xff", "not UTF-8"),

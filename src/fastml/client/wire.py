@@ -134,24 +134,27 @@ class FrameBuffer:
         return sys.getrefcount(self._mv) > 2
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Writable space for the next received bytes."""
+        """Writable space for the next received bytes (never empty)."""
         r, w, size = self._r, self._w, len(self._chunk)
         if r == w and r and not self._shared():
             self._r = self._w = r = w = 0
-        free = size - w
-        want = self._need - (w - r) if self._need else 1
-        if free >= max(want, 1) and free >= 512:
+        if size - w >= 512:
             return self._mv[w:]
-        # Out of room: move the partial frame to the front of a chunk that can hold all of it.
+        # Out of room: move the partial frame to the front of a chunk. A large frame's chunk grows with the
+        # bytes actually received (at most doubling), never straight to the size its prefix announces: a
+        # peer that announces 64 MiB and sends 10 bytes costs 10 bytes, not 64 MiB.
         tail = w - r
-        new_size = max(self.chunk_bytes, self._need, tail + 1)
-        if not self._shared() and new_size <= size:
+        target = self._need if self._need > tail else tail + self.chunk_bytes
+        new_size = max(self.chunk_bytes, min(target, 2 * tail + self.chunk_bytes))
+        if not self._shared() and new_size <= size and r > 0:
             self._chunk[0:tail] = bytes(self._mv[r:w])  # a copy: source and target overlap
-        else:
+        elif new_size > size or self._shared():
             chunk = bytearray(new_size)
             chunk[0:tail] = self._mv[r:w]
             self._chunk = chunk
             self._mv = memoryview(chunk)
+        else:
+            return self._mv[w:]  # r == 0 and the frame fits: the last few bytes go into what is left
         self._r, self._w = 0, tail
         return self._mv[tail:]
 
