@@ -148,11 +148,13 @@ struct PyBatcher {
     std::unique_ptr<Batcher> core;
     std::vector<py::dtype> dtypes;   // per input, for the views next_batch returns; immutable
     std::vector<py::str> outputs;    // output names, in the order runners pass outputs; immutable
+    std::vector<py::str> input_names;  // input names, in input order; immutable
     py::object error_type;           // fastml._core.CoreError; immutable
     py::object view_base;            // base object of gathered-buffer views, so numpy never copies
     py::object invalid_state;        // asyncio.InvalidStateError: settling a cancelled future; immutable
     py::str set_result_name{"set_result"};        // immutable
     py::str set_exception_name{"set_exception"};  // immutable
+    py::str create_future_name{"create_future"};  // immutable
 
     struct BatchOutputs {
         py::list arrays;         // what the runner's model returned for the whole batch
@@ -407,6 +409,7 @@ static void bind_batcher(py::module_& m) {
                      if (s.kind == 'O') throw py::value_error("input '" + name + "': object dtype cannot be batched natively");
                      specs.push_back(std::move(s));
                      b->dtypes.push_back(dtype);
+                     b->input_names.emplace_back(name);
                  }
                  for (const auto& name : outputs) b->outputs.emplace_back(name);
                  BatcherOptions opt;
@@ -448,6 +451,55 @@ static void bind_batcher(py::module_& m) {
             py::arg("queue"), py::arg("arrays"), py::arg("timeout_us"), py::arg("future") = py::none(),
             "Enqueues arrays (kept by reference until completion, with `future`); returns the ticket id. "
             "resolve(queue) later settles `future` with the result dict or an error.")
+        .def(
+            "submit_future",
+            [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue, py::handle inputs, int64_t timeout_us,
+               py::handle loop) -> py::object {
+                // The whole per-request path of Model.submit in one call: inputs in input order, a future
+                // of `loop`, the submit. Anything but the plain shapes below is INVALID_INPUT, which the caller
+                // answers with its validating slow path (so messages stay the same).
+                if (self.SweepWanted()) self.Sweep();
+                const size_t n = self.input_names.size();
+                PyObject* in = inputs.ptr();
+                py::object arrays;
+                if (PyDict_CheckExact(in) && static_cast<size_t>(PyDict_GET_SIZE(in)) == n) {
+                    arrays = py::reinterpret_steal<py::object>(PyTuple_New(static_cast<Py_ssize_t>(n)));
+                    if (!arrays) throw py::error_already_set();
+                    for (size_t i = 0; i < n; ++i) {
+                        PyObject* a = PyDict_GetItemWithError(in, self.input_names[i].ptr());  // borrowed
+                        if (!a) {
+                            if (PyErr_Occurred()) throw py::error_already_set();
+                            RaiseCoreError(self.error_type,
+                                           Status::Error(StatusCode::kInvalidInput, "inputs lack a model input"));
+                        }
+                        Py_INCREF(a);  // stolen by the tuple
+                        PyTuple_SET_ITEM(arrays.ptr(), static_cast<Py_ssize_t>(i), a);
+                    }
+                } else if (n == 1 && py::isinstance<py::array>(inputs)) {
+                    arrays = py::reinterpret_steal<py::object>(PyTuple_Pack(1, in));
+                    if (!arrays) throw py::error_already_set();
+                } else {
+                    RaiseCoreError(self.error_type, Status::Error(StatusCode::kInvalidInput, "inputs need validation"));
+                }
+                std::vector<TensorView> views = self.Views(arrays);
+                py::object fut = py::reinterpret_steal<py::object>(
+                    PyObject_CallMethodNoArgs(loop.ptr(), self.create_future_name.ptr()));  // new reference
+                if (!fut) throw py::error_already_set();
+                // Owned by the request until resolve() (or a sweep) takes it back, as in submit_async.
+                PyObject* keep = PyTuple_Pack(2, fut.ptr(), arrays.ptr());
+                if (!keep) throw py::error_already_set();
+                std::shared_ptr<Request> req;
+                Status st = self.core->Submit(std::move(views), timeout_us, queue, keep, &req);
+                if (!st.ok()) {
+                    Py_DECREF(keep);  // never enqueued: drop the reference made above
+                    RaiseCoreError(self.error_type, st);
+                }
+                return fut;
+            },
+            py::arg("queue"), py::arg("inputs"), py::arg("timeout_us"), py::arg("loop"),
+            "Model.submit's fast path: `inputs` (one array for a one-input model, or a dict of exactly the input "
+            "names) are enqueued with a new future of `loop`, which is returned; resolve(queue) settles it. "
+            "Raises CoreError(INVALID_INPUT) for anything else, so the caller can validate and use submit_async.")
         .def(
             "submit_sync",
             [](PyBatcher& self, py::handle arrays, int64_t timeout_us) {

@@ -300,3 +300,28 @@ def test_native_batch_takes_requests_queued_while_its_runner_waited_for_the_gil(
     np.testing.assert_array_equal(arrays[0][:, 0], [0, 10, 20, 30])
     core.complete(0)
     assert core.stats()["batch_size_histogram"] == {4: 1}
+
+
+def test_submit_future_orders_dict_inputs_and_returns_the_loops_future(batcher, make_core):
+    import asyncio
+
+    inputs = [("a", np.dtype(np.float32), [-1, 2]), ("b", np.dtype(np.int64), [-1, 1])]
+    core, Queue, Err = make_core(batcher, inputs)
+    q = Queue()
+    loop = asyncio.new_event_loop()
+    try:
+        a, b = np.ones((1, 2), np.float32), np.array([[7]], np.int64)
+        fut = core.submit_future(q, {"b": b, "a": a}, 0, loop)  # any key order
+        assert isinstance(fut, asyncio.Future) and fut.get_loop() is loop and not fut.done()
+        _, n, arrays = core.next_batch(0)
+        assert n == 1 and arrays[0].tolist() == [[1.0, 1.0]] and arrays[1].tolist() == [[7]]
+        core.complete(0, OK, "", [arrays[1][:, 0] * 2])
+        assert core.resolve(q, lambda code, msg: RuntimeError(msg)) == 1
+        assert fut.result()["y"].tolist() == [14]
+        for bad in ({"a": a}, {"a": a, "c": b}, [a, b], a):  # missing, unknown, not a dict, one array for two
+            with pytest.raises(Err) as ei:
+                core.submit_future(q, bad, 0, loop)
+            assert ei.value.args[0] == INVALID_INPUT
+        assert core.stats()["pending"] == 0
+    finally:
+        loop.close()

@@ -172,6 +172,7 @@ class Model:
 
         # Bound once: the hot path calls these per request / per wake-up.
         self._submit_async = self._core.submit_async
+        self._submit_future = self._core.submit_future
         self._resolve = self._core.resolve
         # event loop -> its CompletionQueue; added on the loop's thread, removed by close() (which hands
         # the reader's removal to the loop).
@@ -475,15 +476,33 @@ class Model:
         queue = self._loops.get(loop)
         if queue is None:
             queue = self._attach(loop)
-        if type(inputs) is np.ndarray and self._n_inputs == 1:
-            arrays = (inputs,)
-        else:
-            arrays = self._arrays(inputs)
         if timeout_us is None:
             timeout_us = self.timeout_us
+        plain = outputs is None and self.prediction_logger is None
+        if plain:
+            try:
+                # The per-request work in one native call: inputs in input order, the loop's future, the
+                # submit (the core keeps the future and the input arrays alive until the request completes).
+                fut = self._submit_future(queue, inputs, timeout_us, loop)
+            except self._core_error as exc:
+                if exc.args[0] != INVALID_INPUT:
+                    raise status_error(*exc.args) from None
+                fut, arrays = self._submit_checked(loop, queue, inputs, timeout_us)
+        else:
+            fut, arrays = self._submit_checked(loop, queue, inputs, timeout_us)
+        if self._inline and loop not in self._flush_due:
+            self._flush_due.add(loop)
+            loop.call_soon(self._flush, loop, queue)
+        if plain:
+            return fut
+        return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id)
+
+    def _submit_checked(self, loop, queue, inputs, timeout_us):
+        """submit's general path: any accepted input form, validated with messages naming the tensor.
+        Returns (future, arrays in input order)."""
+        arrays = self._arrays(inputs)
         fut = loop.create_future()
         try:
-            # The core keeps the future and the input arrays alive until the request completes.
             self._submit_async(queue, arrays, timeout_us, fut)
         except self._core_error as exc:
             if exc.args[0] != INVALID_INPUT:
@@ -493,12 +512,7 @@ class Model:
                 self._submit_async(queue, arrays, timeout_us, fut)
             except self._core_error as exc2:
                 raise status_error(*exc2.args) from None
-        if self._inline and loop not in self._flush_due:
-            self._flush_due.add(loop)
-            loop.call_soon(self._flush, loop, queue)
-        if outputs is None and self.prediction_logger is None:
-            return fut
-        return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id)
+        return fut, arrays
 
     def _chain(self, loop, inner, arrays, outputs, request_id):
         """A future that filters outputs and logs the prediction when `inner` settles (the extras stay off

@@ -202,6 +202,24 @@ class ReferenceBatcher:
     def submit_async(self, queue: CompletionQueue, arrays, timeout_us: int, future=None) -> int:
         return self._submit(arrays, timeout_us, queue, future).id
 
+    def submit_future(self, queue: CompletionQueue, inputs, timeout_us: int, loop):
+        """Model.submit's fast path, like the native core: `inputs` (one array for a one-input model, or a
+        dict of exactly the input names) enqueued with a new future of `loop`, which is returned. Anything
+        else raises CoreError(INVALID_INPUT) for the caller's validating path."""
+        names = [spec[0] for spec in self._specs]
+        if type(inputs) is dict and len(inputs) == len(names):
+            try:
+                arrays = tuple(inputs[n] for n in names)
+            except KeyError:
+                raise CoreError(INVALID_INPUT, "inputs lack a model input") from None
+        elif len(names) == 1 and isinstance(inputs, np.ndarray):
+            arrays = (inputs,)
+        else:
+            raise CoreError(INVALID_INPUT, "inputs need validation")
+        fut = loop.create_future()
+        self._submit(arrays, timeout_us, queue, fut)
+        return fut
+
     def submit_sync(self, arrays, timeout_us: int) -> Ticket:
         return Ticket(self._submit(arrays, timeout_us, None))
 
