@@ -3,7 +3,9 @@
 Every module raises these; nothing else crosses a module boundary. Each kind subclasses the builtin a
 caller would expect (``InvalidInput`` is a ``ValueError``) so generic handlers keep working. The mapping to
 HTTP and binary-protocol status codes lives in one place, ``fastml.server.status``; the native core's
-status codes map onto these classes in ``fastml.engine`` (see ``CORE_STATUS``).
+status codes map onto these classes in ``fastml.engine`` (see ``CORE_STATUS``), through the one table of
+the native bindings (``kErrorTable`` in csrc/bindings.cc, ``fastml._core.ERROR_CLASSES``) that the batcher
+and the feature cache share.
 """
 
 from __future__ import annotations
