@@ -255,3 +255,37 @@ def test_in_flight_bound_pauses_reading_instead_of_queueing(bin_repo, tmp_path):
         assert len(seen) == 40 and max(seen) <= 3  # at most 4 in flight, counted before each submit
     finally:
         srv.close()
+
+
+def test_half_close_gets_every_answer_then_eof(served):
+    host, port = served.binary_address.rsplit(":", 1)
+    frames = b"".join(_frames.encode_request(i, "two", None, {"x": np.full((1, 3), i, np.float32)}) for i in range(30))
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(frames)
+        sock.shutdown(socket.SHUT_WR)
+        reply = _recv_all(sock)
+    consumed, items, _, fatal = wire.Parser().parse(reply, 0, len(reply), 100)
+    assert fatal is None and consumed == len(reply)
+    assert sorted(i[1] for i in items) == list(range(30)) and all(i[0] == wire.INFER_RESPONSE for i in items)
+
+
+def test_drain_answers_in_flight_requests_then_closes(bin_repo):
+    srv = InProcessServer(bin_repo)
+    try:
+        host, port = srv.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(_frames.encode_request(1, "slow", None, {"x": np.zeros((SLOW_ROWS, 384), np.float32)}))
+            # Wait (without sleeping) until the server holds the request, then drain.
+            while srv.run(lambda: srv.listener.inflight) == 0:
+                sock.settimeout(0.01)
+                try:
+                    assert sock.recv(1, socket.MSG_PEEK) != b""
+                except TimeoutError:
+                    pass
+            sock.settimeout(None)
+            srv.run(srv.listener.drain)
+            reply = _recv_all(sock)
+        consumed, items, _, _ = wire.Parser().parse(reply, 0, len(reply), 10)
+        assert [(i[0], i[1]) for i in items] == [(wire.INFER_RESPONSE, 1)]
+    finally:
+        srv.close()
