@@ -23,6 +23,8 @@ GROUPS = {
     "governance": "fastml.governance.cli",
     "audit": "fastml.governance.cli",
     "deploy": "fastml.serving.deploy_cli",
+    "experiment": "fastml.serving.experiment_cli",
+    "feedback": "fastml.serving.experiment_cli",
     "loadtest": "fastml.loadtest.cli",
 }
 

@@ -21,8 +21,8 @@ Conventions: ``a`` is the baseline (control), ``b`` the candidate; an effect is 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
