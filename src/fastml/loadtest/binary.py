@@ -11,6 +11,7 @@ frame's status (``"400"``, ``"503"``, ...) for an error, and the error kinds of 
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import struct
 import time
@@ -121,31 +122,52 @@ class _Driver(asyncio.BufferedProtocol):
 
 
 class _Run:
-    def __init__(self, frame: bytes, stop_at: float, measure_from: float, max_requests, validate):
-        from fastml.loadtest.runner import _Recorder
+    """Shared state of one run: the frame, the bounds, and outcomes and latencies (plain lists: cheap to append)."""
 
+    def __init__(self, frame: bytes, stop_at: float, measure_from: float, max_requests, validate):
         self.frame = frame
         self.stop_at = stop_at
+        self.measure_from = measure_from
+        self.last_finish = measure_from
         self.max_requests = max_requests
         self.issued = 0
         self.validate = validate
         self.clock = time.perf_counter
-        self.recorder = _Recorder(measure_from, False)
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.ok_s: list[float] = []
+        self.all_s: list[float] = []
+        self.error_samples: dict[str, str] = {}
 
     def valid(self, outputs: dict) -> bool:
         return True if self.validate is True else bool(self.validate(outputs))
 
     def record(self, started: float, finished: float, outcome: str) -> None:
-        rec = self.recorder
-        if started < rec.measure_from:
+        if started < self.measure_from:
             return
-        rec.last_finish = max(rec.last_finish, finished)
-        rec.outcomes[outcome] += 1
-        if outcome.isdigit():
-            latency_us = (finished - started) * 1e6
-            rec.all.add(latency_us)
-            if outcome == "200":
-                rec.ok.add(latency_us)
+        if finished > self.last_finish:
+            self.last_finish = finished
+        self.outcomes[outcome] += 1
+        if outcome == "200":
+            self.ok_s.append(finished - started)
+            self.all_s.append(finished - started)
+        elif outcome.isdigit():
+            self.all_s.append(finished - started)
+
+    def error(self, outcome: str, detail: BaseException) -> None:
+        self.outcomes[outcome] += 1
+        self.error_samples.setdefault(outcome, f"{type(detail).__name__}: {detail}"[:200])
+
+    def result(self, concurrency: int) -> LoadResult:
+        return LoadResult(
+            mode="closed",
+            concurrency=concurrency,
+            target_rate_per_s=None,
+            duration_s=max(self.last_finish - self.measure_from, 0.0),
+            outcomes=dict(self.outcomes),
+            latency_ok_us=np.array(self.ok_s, dtype=np.float64) * 1e6,
+            latency_all_us=np.array(self.all_s, dtype=np.float64) * 1e6,
+            error_samples=dict(self.error_samples),
+        )
 
 
 async def run_binary_closed_loop(
@@ -206,7 +228,7 @@ async def run_binary_closed_loop(
             else:
                 _, proto = await asyncio.wait_for(loop.create_connection(factory, *addr), timeout_s)
         except (TimeoutError, OSError) as exc:
-            run.recorder.error(run.recorder.measure_from, clock(), CONNECT_ERROR, exc)
+            run.error(CONNECT_ERROR, exc)
             continue
         drivers.append(proto)
     pending = [d.closed for d in drivers]
@@ -216,7 +238,7 @@ async def run_binary_closed_loop(
         now = clock()
         for d in drivers:
             d.expire(now, timeout_s)
-    return run.recorder.result("closed", concurrency, None)
+    return run.result(concurrency)
 
 
 __all__ = ["run_binary_closed_loop"]
