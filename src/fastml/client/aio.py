@@ -144,7 +144,18 @@ class AsyncClient:
         attempt = 0
         while True:
             try:
-                return await self._call(model, inputs, version, outputs, timeout_us, deadline)
+                # Fast path: an open connection is taken without awaiting anything.
+                conn = self._conns[self._next]
+                if conn is None or conn.transport is None:
+                    conn = await self._connection()
+                else:
+                    self._next = (self._next + 1) % len(self._conns)
+                fut, rid, timer = self._start(conn, model, inputs, version, outputs, timeout_us, deadline)
+                try:
+                    return await fut
+                finally:
+                    timer.cancel()
+                    conn.waiting.pop(rid, None)
             except Unavailable:
                 backoff_s = self.retry_backoff_s * 2**attempt
                 if attempt >= self.retries or time.monotonic() + backoff_s >= deadline:
@@ -178,24 +189,22 @@ class AsyncClient:
         await self.close()
 
     # ----- internals ------------------------------------------------------------------------------
-    async def _call(self, model, inputs, version, outputs, timeout_us, deadline) -> dict:
-        conn = await self._connection()
+    def _start(self, conn, model, inputs, version, outputs, timeout_us, deadline):
+        """Write one request on ``conn``: returns its future, request id and timeout timer."""
+        if self._closed:
+            raise Unavailable("the client is closed")
         rid = conn.new_id()
         try:
             frame = wire.encode_request(rid, model, version, inputs, outputs, timeout_us)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(str(exc)) from None
-        loop = asyncio.get_running_loop()
+        loop = conn._loop
         fut = loop.create_future()
         conn.waiting[rid] = fut
         conn.send(frame)
         remaining_s = deadline - time.monotonic()
         timer = loop.call_later(max(remaining_s, 0), _expire, fut, remaining_s)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-            conn.waiting.pop(rid, None)
+        return fut, rid, timer
 
     async def _connection(self) -> _ClientProtocol:
         if self._closed:
