@@ -89,6 +89,8 @@ class Limits:
         max_pipelined: unanswered requests per connection before we stop reading from it.
         idle_timeout_s: a keep-alive connection with no request in progress is closed after this.
         request_timeout_s: a request must arrive completely within this once it started (slow clients).
+        max_buffered_bytes: request body bytes being received across all connections at once; a request
+            whose Content-Length would exceed it is answered 503 before its body is read.
     """
 
     max_body_bytes: int = 64 * 1024 * 1024
@@ -97,6 +99,7 @@ class Limits:
     max_pipelined: int = 64
     idle_timeout_s: float = 60.0
     request_timeout_s: float = 30.0
+    max_buffered_bytes: int = 256 * 1024 * 1024
 
 
 class _LoadRequest(msgspec.Struct):
@@ -140,12 +143,16 @@ class Server:
         self.http_port = http_port
         self.metrics_port = metrics_port
         self.limits = limits or Limits()
+        if self.limits.max_buffered_bytes < self.limits.max_body_bytes:
+            # The budget must admit one largest body, or such a request could never be served.
+            self.limits = dataclasses.replace(self.limits, max_buffered_bytes=self.limits.max_body_bytes)
         self.reuse_port = reuse_port
         self.tick = 0
         self.protocol = protocol_class()
         self.connections: set = set()
         self.route_cache: dict[bytes, tuple] = {}
         self.ok_count = 0
+        self.buffered_bytes = 0  # request bodies being received, all connections (Limits.max_buffered_bytes)
         self.status_counts: dict[int, int] = {}
         self.async_kinds = {routes.REPO_LOAD, routes.REPO_UNLOAD}
         self._servers: list[asyncio.base_events.Server] = []

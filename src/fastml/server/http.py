@@ -273,6 +273,7 @@ class HttpProtocol:
         "accept_encoding", "header_bytes", "header_count", "pending", "closed", "last_tick", "msg_tick",
         "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length", "lingering",
         "discarded", "max_headers", "max_header_bytes", "routing_key", "authorization",
+        "reserved", "upgrade_answered",
     )
 
     def __init__(self, server, metrics_only: bool = False):
@@ -291,6 +292,8 @@ class HttpProtocol:
         self.writing_paused = False
         self.lingering = False
         self.discarded = 0
+        self.reserved = 0  # bytes of this connection's current body counted in server.buffered_bytes
+        self.upgrade_answered = False
         self._reset()
 
     def _reset(self):
@@ -315,6 +318,7 @@ class HttpProtocol:
             transport.close()
 
     def connection_lost(self, exc):
+        self._release()
         self.closed = True
         self.server.connections.discard(self)
         self.pending.clear()
@@ -349,7 +353,12 @@ class HttpProtocol:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrade is not supported")
+            if self.upgrade_answered:
+                # The request asking to upgrade was answered (Connection: close) as plain HTTP: exactly one
+                # response, then whatever follows on the connection is ignored.
+                self.lingering = True
+            else:
+                self._fail(400, "protocol upgrade is not supported")
         except httptools.HttpParserCallbackError as exc:
             # httptools wraps what a callback raised; the original is the context.
             cause = exc.__context__
@@ -408,6 +417,7 @@ class HttpProtocol:
                 if cl > self.limits.max_body_bytes:
                     raise _Reject(413, f"request body of {cl} bytes exceeds the {self.limits.max_body_bytes}-byte limit")
                 self.content_length = cl
+                self._reserve(cl)
         elif n == 16:
             if name.lower() == b"content-encoding":
                 self.content_encoding = value.strip().lower().decode("latin-1")
@@ -432,6 +442,8 @@ class HttpProtocol:
         self.body_len += len(chunk)
         if self.body_len > self.limits.max_body_bytes:
             raise _Reject(413, f"request body exceeds the {self.limits.max_body_bytes}-byte limit")
+        if self.content_length < 0:  # chunked: counted as it arrives (a Content-Length body was reserved whole)
+            self._reserve(len(chunk))
         body = self.body
         if body is None:
             self.body = chunk
@@ -446,15 +458,21 @@ class HttpProtocol:
             return
         parser = self.parser
         keep_alive = parser.should_keep_alive() and not self.server.plane.draining
+        if parser.should_upgrade():
+            self.upgrade_answered = True  # we never switch protocols: answer as HTTP, then close
+            keep_alive = False
         if keep_alive:
             conn_hdr = b"" if parser.get_http_version() == "1.1" else _KEEP_HDR
         else:
             conn_hdr = _CLOSE_HDR
         body = self.body
+        self.body = None
         if type(body) is list:
             body = b"".join(body)
         elif body is None:
             body = b""
+        if self.reserved:
+            self._release()  # the body is joined and about to be decoded: no longer a buffer we are filling
         try:
             self._dispatch(parser.get_method(), body, conn_hdr)
         except _Reject as r:
@@ -462,6 +480,20 @@ class HttpProtocol:
             self.server.count_status(r.status)
         if len(self.pending) >= self.limits.max_pipelined:
             self._pause_reading()
+
+    def _reserve(self, nbytes: int):
+        """Count ``nbytes`` of request body against the server-wide budget (Limits.max_buffered_bytes): beyond
+        it the request is answered 503 at once, from its Content-Length, before its body is read."""
+        server = self.server
+        if server.buffered_bytes + nbytes > self.limits.max_buffered_bytes:
+            raise _Reject(503, "the server is buffering too many request bytes across connections; retry later")
+        server.buffered_bytes += nbytes
+        self.reserved += nbytes
+
+    def _release(self):
+        if self.reserved:
+            self.server.buffered_bytes -= self.reserved
+            self.reserved = 0
 
     # ----- responses ----------------------------------------------------------------------------
     def _respond(self, data: bytes, conn_hdr: bytes):

@@ -17,6 +17,7 @@ import numpy as np
 
 from fastml.errors import InvalidInput
 from fastml.serving.dataplane import CONFIG_DTYPES, request_timeout_us  # noqa: F401 - CONFIG_DTYPES re-exported
+from fastml.serving.shm import shape_count
 
 # KServe datatype string -> numpy dtype (little-endian, as the binary extension requires).
 NP_DTYPES: dict[str, np.dtype] = {
@@ -82,15 +83,19 @@ def decode_request(header: bytes | memoryview) -> InferRequestJSON:
         return _request_decoder.decode(header)
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"malformed inference request JSON: {exc}") from None
+    except RecursionError:  # JSON nested hundreds deep: malformed for us, never a 500
+        raise InvalidInput("malformed inference request JSON: nested too deeply") from None
+
+
+_MAX_NDIM = 32  # numpy's own limit is 64; no model input has more than a handful of dimensions
 
 
 def _shape_size(shape: list[int], where: str) -> int:
-    n = 1
-    for d in shape:
-        if d < 0:
-            raise InvalidInput(f"{where}: shape {shape} has a negative dimension")
-        n *= d
-    return n
+    """Elements of ``shape``; refuses more than ``_MAX_NDIM`` dimensions and shapes numpy could not describe
+    (any dimension or product of non-zero dimensions beyond 2**48, e.g. [0, 2**62] or [1, 2**63])."""
+    if len(shape) > _MAX_NDIM:
+        raise InvalidInput(f"{where}: shape has {len(shape)} dimensions; at most {_MAX_NDIM} are allowed")
+    return shape_count(shape, where)
 
 
 def _param_bool(params: dict, key: str, where: str) -> bool:
@@ -107,8 +112,12 @@ def decode_bytes_tensor(buf, count: int, where: str) -> np.ndarray:
     a ``bytes`` object into its repr, so bytes that are not UTF-8 are refused here with InvalidInput.
     """
     mv = memoryview(buf)
-    out = np.empty(count, dtype=object)
     pos, end = 0, len(mv)
+    # Every element takes at least its 4-byte length: a shape declaring more elements than the bytes received
+    # could hold is refused before the object array is allocated (a 124-byte request must not cost gigabytes).
+    if count * 4 > end:
+        raise InvalidInput(f"{where}: shape declares {count} BYTES elements but only {end} bytes of data were sent")
+    out = np.empty(count, dtype=object)
     for i in range(count):
         if pos + 4 > end:
             raise InvalidInput(f"{where}: BYTES data ends after {i} of {count} elements")
@@ -144,7 +153,10 @@ def _json_tensor(spec: InferInputJSON, where: str) -> np.ndarray:
     if spec.datatype == "FP16":
         raise InvalidInput(f"{where}: FP16 has no JSON representation; send it as binary data")
     if spec.datatype == "BYTES":
-        flat = _flatten(data, where)
+        try:
+            flat = _flatten(data, where)
+        except RecursionError:
+            raise InvalidInput(f"{where}: data nested too deeply") from None
         if len(flat) != count:
             raise InvalidInput(f"{where}: shape {spec.shape} needs {count} elements, data has {len(flat)}")
         out = np.empty(count, dtype=object)
@@ -156,7 +168,7 @@ def _json_tensor(spec: InferInputJSON, where: str) -> np.ndarray:
         return out.reshape(spec.shape)
     try:
         arr = np.asarray(data, dtype=dtype) if not isinstance(data, (str, bytes, dict)) else None
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise InvalidInput(f"{where}: data cannot be read as {spec.datatype}: {exc}") from None
     if arr is None or arr.dtype == object:
         raise InvalidInput(f"{where}: data must be a (nested) list of numbers")

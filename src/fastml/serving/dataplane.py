@@ -107,6 +107,9 @@ class InferResponse:
         return f"InferResponse({self.model_name!r}, version={self.model_version!r}, id={self.id!r}, outputs={shapes})"
 
 
+MAX_TIMEOUT_US = 86_400_000_000  # one day: a longer request deadline is a mistake
+
+
 def request_timeout_us(params: dict, model_name: str) -> int | None:
     """Check the transport-neutral request parameters; return the ``timeout`` in microseconds or None.
 
@@ -124,6 +127,8 @@ def request_timeout_us(params: dict, model_name: str) -> int | None:
         return None
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
         raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
+    if timeout > MAX_TIMEOUT_US:  # the engine keeps deadlines in int64 nanoseconds: 2**63 must be a 400, not a 500
+        raise InvalidInput(f"parameter 'timeout' must be at most {MAX_TIMEOUT_US} microseconds (one day), got {timeout}")
     return timeout or None
 
 
