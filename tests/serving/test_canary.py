@@ -210,3 +210,57 @@ def test_bad_arguments_name_the_field(dm):
         CanaryPolicy(steps_pct=(10, 5))
     with pytest.raises(InvalidInput, match="interval"):
         CanaryPolicy(interval_s=None)
+
+
+def test_rollback_alert_is_a_signed_webhook(onnx_models, fastml_home):
+    """Without an injected bus the alert goes to the registry's webhooks, signed with their secret."""
+    import http.server
+    import json
+    import threading
+
+    from fastml.registry import Registry, verify_signature
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((body, self.headers.get("X-FastML-Signature")))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    reg = Registry(webhooks=[{"url": f"http://127.0.0.1:{srv.server_port}/hook", "secret": "s3cret"}])
+    reg.register("fraud", onnx_models["mlp"], version="1.0.0")
+    reg.register("fraud", onnx_models["gbt"], version="2.0.0")
+    reg.events_bus.flush()
+    received.clear()  # the registrations' own events
+    loop = asyncio.new_event_loop()
+    dm = DeploymentManager(None, poll_interval_s=3600, registry_factory=lambda: reg)
+    loop.run_until_complete(dm.apply_text(AB))
+    try:
+        clock = Clock()
+        traffic = Traffic(dm, incumbent=(0.0, 1000, 0.9), candidate=(0.3, 1000, 0.9))
+        c = CanaryController(dm, "fraud", "incumbent", "candidate", POLICY, clock=clock, observe=traffic)
+        c.start()
+        drive(c, clock)
+        assert c.state == canary.ROLLED_BACK
+        assert c._events.flush(10)
+        bodies = [(json.loads(b), sig, b) for b, sig in received]
+        rollback = [(doc, sig, raw) for doc, sig, raw in bodies if doc["kind"] == "canary.rollback"]
+        assert len(rollback) == 1
+        doc, sig, raw = rollback[0]
+        assert doc["deployment"] == "fraud" and doc["guards"] == ["error_rate"]
+        assert verify_signature(raw, sig, "s3cret") and not verify_signature(raw, sig, "other")
+    finally:
+        dm._registry = None
+        loop.run_until_complete(dm.stop())
+        loop.close()
+        reg.close()
+        srv.shutdown()
+        thread.join()
