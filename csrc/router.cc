@@ -261,18 +261,27 @@ int Router::Enter() const {
 
 void Router::Leave(int slot) const { readers_[slot].fetch_sub(1, std::memory_order_release); }
 
-RouteDecision Router::Decide(const RouterTable& t, const char* key, size_t key_len) const {
+namespace {
+
+// One decision on a published table; `rng` serves keyless decisions (looked up once per batch by callers:
+// a thread_local access in a shared library costs a call to __tls_get_addr).
+inline RouteDecision DecideWith(const RouterTable& t, const char* key, size_t key_len, Xoshiro256& rng) {
     RouteDecision d;
     if (key != nullptr) {
         const uint64_t h = XXHash64(key, key_len, 0);
         d.variant = t.VariantOfBucket(KeyBucket(h));
         if (!t.shadow_bp.empty()) d.shadow_mask = t.ShadowMask(ShadowBucket(h));
     } else {
-        Xoshiro256& rng = ThreadRng();
         d.variant = t.VariantOfBucket(RandomBucket(rng));
         if (!t.shadow_bp.empty()) d.shadow_mask = t.ShadowMask(RandomBucket(rng));
     }
     return d;
+}
+
+}  // namespace
+
+RouteDecision Router::Decide(const RouterTable& t, const char* key, size_t key_len) const {
+    return DecideWith(t, key, key_len, ThreadRng());
 }
 
 RouteDecision Router::Route(const char* key, size_t key_len) {
@@ -291,12 +300,14 @@ void Router::RouteMany(const char* keys, const int64_t* offsets, int64_t n, int3
     // Count locally and publish once: n atomic increments on a shared line would cost more than routing.
     std::vector<uint64_t> routed(variants_.size(), 0);
     std::vector<uint64_t> mirrored(shadows_.size(), 0);
+    Xoshiro256& rng = ThreadRng();
     const int slot = Enter();
     const RouterTable& t = *table_.load(std::memory_order_acquire);
     for (int64_t i = 0; i < n; ++i) {
-        const RouteDecision d = offsets == nullptr
-                                    ? Decide(t, nullptr, 0)
-                                    : Decide(t, keys + offsets[i], static_cast<size_t>(offsets[i + 1] - offsets[i]));
+        const RouteDecision d =
+            offsets == nullptr
+                ? DecideWith(t, nullptr, 0, rng)
+                : DecideWith(t, keys + offsets[i], static_cast<size_t>(offsets[i + 1] - offsets[i]), rng);
         variants[i] = d.variant;
         if (shadow_masks != nullptr) shadow_masks[i] = d.shadow_mask;
         ++routed[d.variant];
