@@ -297,9 +297,10 @@ class Model:
             return (inputs,)
         return self._validate(inputs)
 
-    def _validate(self, inputs) -> tuple:
+    def _validate(self, inputs, *, check_rows: bool = True) -> tuple:
         """Slow path: checks names, dtypes and shapes with messages naming the tensor; returns C-contiguous
-        arrays in input order. No casts: a wrong dtype is an error."""
+        arrays in input order. No casts: a wrong dtype is an error. ``check_rows=False`` lets a request over
+        max_batch_size through (the callers that split it into batches)."""
         names = self._input_names
         if isinstance(inputs, np.ndarray):
             if self._n_inputs != 1:
@@ -338,7 +339,7 @@ class Model:
             if rows is not None and a.shape[0] != rows:
                 raise InvalidInput(f"{where}: has {a.shape[0]} rows but input '{names[0]}' has {rows}")
             rows = a.shape[0]
-            if rows > self.max_batch_size:
+            if check_rows and rows > self.max_batch_size:
                 raise InvalidInput(f"request has {rows} rows, more than max_batch_size {self.max_batch_size}")
             # A layout change, not a cast: the batcher copies whole rows.
             arrays.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
@@ -391,10 +392,27 @@ class Model:
             ticket = self._core.submit_sync(arrays, timeout)
         except self._core_error as exc:
             if exc.args[0] == INVALID_INPUT:
-                arrays = self._validate(inputs)
+                arrays = self._validate(inputs, check_rows=False)
+                if arrays[0].shape[0] > self.max_batch_size:
+                    result = self._predict_chunks(arrays, timeout)
+                    return self._finish_sync(arrays, result, outputs, t0, request_id)
                 ticket = self._submit_sync_checked(arrays, timeout)
             else:
                 raise status_error(*exc.args) from None
+        self._drain_inline()
+        code, message, result = self._core.wait(ticket)  # GIL released while waiting
+        if code:
+            raise status_error(code, message)
+        return self._finish_sync(arrays, result, outputs, t0, request_id)
+
+    def _finish_sync(self, arrays, result, outputs, t0, request_id):
+        if outputs is not None:
+            result = {n: result[n] for n in outputs}
+        if self.prediction_logger is not None:
+            self._log(arrays, result, t0, request_id)
+        return result
+
+    def _drain_inline(self) -> None:
         if self._inline:
             # No runner threads: the caller runs what is queued (its own request included) on its own
             # thread; async requests that ride along are delivered to their loops via the eventfd.
@@ -403,14 +421,42 @@ class Model:
                 while batch is not None:
                     self._run_batch_inline(batch)
                     batch = self._core.try_next_batch(0)
-        code, message, result = self._core.wait(ticket)  # GIL released while waiting
-        if code:
-            raise status_error(code, message)
-        if outputs is not None:
-            result = {n: result[n] for n in outputs}
-        if self.prediction_logger is not None:
-            self._log(arrays, result, t0, request_id)
-        return result
+
+    def _chunk_window(self) -> int:
+        # Chunks of one large request in the queue at once: enough to keep every runner busy, few enough
+        # to leave the queue (max_queue_size requests) to other callers.
+        return max(1, min(2 * self.instances + 2, self.max_queue_size // 2))
+
+    def _predict_chunks(self, arrays, timeout) -> dict[str, np.ndarray]:
+        """A request over max_batch_size, blocking: submitted as max_batch_size-row chunks (a bounded
+        window of them in the queue), the outputs concatenated in row order. The first failed chunk's
+        error fails the request (after every submitted chunk is waited for, so none is left behind)."""
+        step = self.max_batch_size
+        rows = arrays[0].shape[0]
+        starts = iter(range(0, rows, step))
+        pending: list = []
+        parts: list[dict] = []
+        error = None
+        for start in starts:
+            pending.append(self._submit_sync_checked(tuple(a[start : start + step] for a in arrays), timeout))
+            if len(pending) >= self._chunk_window():
+                break
+        while pending:
+            self._drain_inline()
+            code, message, result = self._core.wait(pending.pop(0))
+            if code and error is None:
+                error = status_error(code, message)
+            if error is None:
+                parts.append(result)
+                start = next(starts, None)
+                if start is not None:
+                    try:
+                        pending.append(self._submit_sync_checked(tuple(a[start : start + step] for a in arrays), timeout))
+                    except Exception as exc:  # noqa: BLE001 - waited-for chunks first, then this error
+                        error = exc
+        if error is not None:
+            raise error
+        return _concat(parts, self._output_names)
 
     def _submit_sync_checked(self, arrays, timeout):
         try:
@@ -490,12 +536,15 @@ class Model:
                 fut, arrays = self._submit_checked(loop, queue, inputs, timeout_us)
         else:
             fut, arrays = self._submit_checked(loop, queue, inputs, timeout_us)
-        if self._inline and loop not in self._flush_due:
-            self._flush_due.add(loop)
-            loop.call_soon(self._flush, loop, queue)
+        self._schedule_flush(loop, queue)
         if plain:
             return fut
         return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id)
+
+    def _schedule_flush(self, loop, queue) -> None:
+        if self._inline and loop not in self._flush_due:
+            self._flush_due.add(loop)
+            loop.call_soon(self._flush, loop, queue)
 
     def _submit_checked(self, loop, queue, inputs, timeout_us):
         """submit's general path: any accepted input form, validated with messages naming the tensor.
@@ -507,12 +556,65 @@ class Model:
         except self._core_error as exc:
             if exc.args[0] != INVALID_INPUT:
                 raise status_error(*exc.args) from None
-            arrays = self._validate(inputs)
+            arrays = self._validate(inputs, check_rows=False)
+            if arrays[0].shape[0] > self.max_batch_size:
+                return self._submit_chunks(loop, queue, arrays, timeout_us), arrays
             try:
                 self._submit_async(queue, arrays, timeout_us, fut)
             except self._core_error as exc2:
                 raise status_error(*exc2.args) from None
         return fut, arrays
+
+    def _submit_chunks(self, loop, queue, arrays, timeout_us) -> asyncio.Future:
+        """A request over max_batch_size, asyncio: max_batch_size-row chunks, a bounded window of them in
+        the queue, each completion submitting the next; one future for the whole request, resolving to the
+        outputs concatenated in row order, or failing with the first failed chunk's error."""
+        step = self.max_batch_size
+        starts = iter(range(0, arrays[0].shape[0], step))
+        outer = loop.create_future()
+        parts: dict[int, dict] = {}
+        state = {"pending": 0, "submitted": 0}
+
+        def submit_next() -> bool:
+            start = next(starts, None)
+            if start is None:
+                return False
+            index = state["submitted"]
+            fut = loop.create_future()
+            try:
+                self._submit_async(queue, tuple(a[start : start + step] for a in arrays), timeout_us, fut)
+            except self._core_error as exc:
+                raise status_error(*exc.args) from None
+            state["submitted"] += 1
+            state["pending"] += 1
+            fut.add_done_callback(lambda done: on_done(index, done))
+            return True
+
+        def on_done(index, done) -> None:
+            state["pending"] -= 1
+            if outer.done():
+                return  # failed or cancelled already: the rest of the chunks are not submitted
+            if done.cancelled():
+                outer.cancel()
+                return
+            exc = done.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+                return
+            parts[index] = done.result()
+            try:
+                if submit_next():
+                    self._schedule_flush(loop, queue)
+            except Exception as exc2:  # noqa: BLE001 - e.g. Overloaded: the whole request fails with it
+                outer.set_exception(exc2)
+                return
+            if state["pending"] == 0:
+                outer.set_result(_concat([parts[i] for i in range(state["submitted"])], self._output_names))
+
+        for _ in range(self._chunk_window()):
+            if not submit_next():  # the first chunk's refusal raises here, synchronously, as for any request
+                break
+        return outer
 
     def _chain(self, loop, inner, arrays, outputs, request_id):
         """A future that filters outputs and logs the prediction when `inner` settles (the extras stay off
@@ -602,6 +704,11 @@ class Model:
             f"max_batch_size={self.max_batch_size}, instances={self.instances}, runner={self.runner!r}, "
             f"ready={self.ready})"
         )
+
+
+def _concat(parts: list[dict], names: list[str]) -> dict[str, np.ndarray]:
+    """The outputs of a request's chunks, joined along the row axis in chunk order."""
+    return {n: np.concatenate([p[n] for p in parts], axis=0) for n in names}
 
 
 def load_model(
