@@ -38,6 +38,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,7 +121,12 @@ def parse_blocks(path: Path) -> list[Block]:
         i += 1
         while i < len(lines):
             close = _FENCE.match(lines[i])
-            if close and close["fence"][0] == fence[0] and len(close["fence"]) >= len(fence) and not close["info"].strip():
+            if (
+                close
+                and close["fence"][0] == fence[0]
+                and len(close["fence"]) >= len(fence)
+                and not close["info"].strip()
+            ):
                 break
             # Strip the fence's own indentation (a block inside a list item), as CommonMark does.
             body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i].lstrip())
@@ -199,7 +205,7 @@ class DocSession:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     _python: subprocess.Popen | None = None
     _python_dead: str | None = None
-    _req: object = None
+    _req: Any = None
     _resp_fd: int = -1
     _python_log: Path | None = None
     _prepared: bool = False
@@ -238,8 +244,13 @@ class DocSession:
         env = dict(self.env, FASTML_DOCS_TEST_FDS=f"{req_r},{resp_w}")
         self._python = subprocess.Popen(
             [sys.executable, "-u", "-c", _DRIVER],
-            cwd=self.work, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            pass_fds=(req_r, resp_w), start_new_session=True,
+            cwd=self.work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(req_r, resp_w),
+            start_new_session=True,
         )
         log.close()
         os.close(req_r)
@@ -253,7 +264,7 @@ class DocSession:
             return Outcome(False, f"the file's python interpreter is gone: {self._python_dead}")
         if self._python is None:
             self._start_python()
-        assert self._python_log is not None
+        assert self._python is not None and self._python_log is not None
         offset = self._python_log.stat().st_size
         self._req.write(json.dumps({"code": block.code, "filename": str(block.path), "line": block.line}) + "\n")
         self._req.flush()
@@ -300,7 +311,11 @@ class DocSession:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 ["bash", "-euo", "pipefail", str(script)],
-                cwd=self.work, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.work,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
             timed_out = False
@@ -353,7 +368,7 @@ class DocSession:
             except OSError:
                 continue
             # Fields after the parenthesised command: state ppid pgrp ...
-            rest = text[text.rfind(")") + 2:].split()
+            rest = text[text.rfind(")") + 2 :].split()
             if len(rest) > 2 and int(rest[2]) == pgid and rest[0] != "Z":
                 try:
                     cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -368,7 +383,12 @@ class DocSession:
         self._prepare()
         for block in execution_order(self.blocks):
             key = block.line
-            if key not in self.outcomes and block.lang in EXECUTED and block.skip_reason is None and not _missing(block):
+            if (
+                key not in self.outcomes
+                and block.lang in EXECUTED
+                and block.skip_reason is None
+                and not _missing(block)
+            ):
                 self.outcomes[key] = self._run(block)
             if block is target:
                 break
@@ -466,9 +486,7 @@ def test_block(block: Block, tmp_path_factory):
 def test_fences_declare_what_they_are(path: Path):
     """A fence must say whether it runs: python/bash (executed) or text/toml/... (shown only)."""
     bad = [
-        f"{b.id}: ```{b.lang}" + (" (untagged)" if not b.lang else "")
-        for b in parse_blocks(path)
-        if b.lang in REFUSED
+        f"{b.id}: ```{b.lang}" + (" (untagged)" if not b.lang else "") for b in parse_blocks(path) if b.lang in REFUSED
     ]
     assert not bad, "tag these fences python or bash (executed) or text (shown only):\n" + "\n".join(bad)
 
@@ -514,7 +532,9 @@ def _run_all(session: DocSession, monkeypatch) -> list[Outcome]:
 
 
 def test_python_blocks_share_names_and_report_doc_lines(tmp_path, monkeypatch):
-    session = _fake_session(tmp_path, "```python\nx = 41\n```\n\n```python\nassert x + 1 == 42\n\nraise KeyError('boom')\n```\n")
+    session = _fake_session(
+        tmp_path, "```python\nx = 41\n```\n\n```python\nassert x + 1 == 42\n\nraise KeyError('boom')\n```\n"
+    )
     first, second = _run_all(session, monkeypatch)
     assert first.ok
     assert not second.ok
@@ -525,7 +545,7 @@ def test_python_blocks_share_names_and_report_doc_lines(tmp_path, monkeypatch):
 def test_bash_blocks_fail_on_errors_and_on_leftover_processes(tmp_path, monkeypatch):
     session = _fake_session(
         tmp_path,
-        "```bash\ntest \"$FASTML_HOME\" != \"\" && command -v fastml >/dev/null\n```\n"
+        '```bash\ntest "$FASTML_HOME" != "" && command -v fastml >/dev/null\n```\n'
         "```bash\nfalse | true\necho unreachable\n```\n"
         "```bash\nsleep 600 &\n```\n"
         "```bash\nsleep 600 & pid=$!\nkill $pid; wait $pid || true\n```\n",
