@@ -179,9 +179,9 @@ def test_answers_are_real(manager, onnx_models):
 def test_protocol_class_selection(monkeypatch):
     assert protocol_class("python") is reference.HttpProtocol
     assert protocol_class("cython") is _http.HttpProtocol
-    monkeypatch.setenv("FASTML_HTTP_IMPL", "python")
-    assert protocol_class() is reference.HttpProtocol
-    monkeypatch.delenv("FASTML_HTTP_IMPL")
+    monkeypatch.setenv("FASTML_HTTP_IMPL", "cython")
     assert protocol_class() is _http.HttpProtocol
+    monkeypatch.delenv("FASTML_HTTP_IMPL")
+    assert protocol_class() is reference.HttpProtocol  # the default
     with pytest.raises(ValueError, match="FASTML_HTTP_IMPL"):
         protocol_class("rust")
