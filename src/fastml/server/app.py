@@ -24,6 +24,7 @@ import time
 import msgspec
 
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
+from fastml.server import auth as admin_auth
 from fastml.server import http, routes, shm_http
 from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
@@ -96,6 +97,8 @@ class Limits:
         max_pipelined: unanswered requests per connection before we stop reading from it.
         idle_timeout_s: a keep-alive connection with no request in progress is closed after this.
         request_timeout_s: a request must arrive completely within this once it started (slow clients).
+        max_buffered_bytes: request body bytes being received across all connections at once; a request
+            whose Content-Length would exceed it is answered 503 before its body is read.
     """
 
     max_body_bytes: int = 64 * 1024 * 1024
@@ -104,6 +107,7 @@ class Limits:
     max_pipelined: int = 64
     idle_timeout_s: float = 60.0
     request_timeout_s: float = 30.0
+    max_buffered_bytes: int = 256 * 1024 * 1024
 
 
 class _LoadRequest(msgspec.Struct):
@@ -127,9 +131,14 @@ class Server:
 
     def __init__(self, manager, host: str = "127.0.0.1", http_port: int = 8000, metrics_port: int | None = 8002,
                  limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None, plane: DataPlane | None = None,
-                 grpc_port: int | None = None, binary_port: int | None = None, binary_socket: str | None = None):
+                 grpc_port: int | None = None, binary_port: int | None = None, binary_socket: str | None = None,
+                 auth: admin_auth.AdminAuth | None = None):
         self.manager = manager
         self.plane = plane if plane is not None else DataPlane(manager)
+        if auth is not None:
+            self.plane.auth = auth
+        # Who may change the server (fastml.server.auth): one policy for every transport, kept on the plane.
+        self.auth = admin_auth.of_plane(self.plane)
         if self.plane.shm is None:
             self.plane.shm = SharedMemoryRegistry()  # system shared memory, shared by HTTP and gRPC
         self.grpc_port = grpc_port
@@ -142,12 +151,16 @@ class Server:
         self.http_port = http_port
         self.metrics_port = metrics_port
         self.limits = limits or Limits()
+        if self.limits.max_buffered_bytes < self.limits.max_body_bytes:
+            # The budget must admit one largest body, or such a request could never be served.
+            self.limits = dataclasses.replace(self.limits, max_buffered_bytes=self.limits.max_body_bytes)
         self.reuse_port = reuse_port
         self.tick = 0
         self.protocol = protocol_class()
         self.connections: set = set()
         self.route_cache: dict[bytes, tuple] = {}
         self.ok_count = 0
+        self.buffered_bytes = 0  # request bodies being received, all connections (Limits.max_buffered_bytes)
         self.status_counts: dict[int, int] = {}
         self.async_kinds = {routes.REPO_LOAD, routes.REPO_UNLOAD}
         self._servers: list[asyncio.base_events.Server] = []
@@ -168,6 +181,13 @@ class Server:
     # ----- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.http_port is not None or self.grpc_port is not None:
+            warning = admin_auth.check_bind(self.host, self.auth)
+            if warning:
+                log.warning("%s", warning)
+        if self.auth.require_for_inference and (self.binary_port is not None or self.binary_socket is not None):
+            raise InvalidInput("the binary protocol carries no credentials: --require-token-for-inference cannot be "
+                               "combined with --binary-port or --binary-socket")
         if self.plane.deployments is None and self.plane.manager is not None:
             # Deployments persisted under FASTML_HOME are applied before the first request, then followed.
             from fastml.serving.deployments import DeploymentManager
@@ -298,6 +318,7 @@ class Server:
         return {
             "models": [model_snapshot(e) for e in self.manager.entries()] if self.manager is not None else [],
             "server": {"inflight": self.inflight, "connections": len(self.connections), "responses": responses},
+            "deployments": self.plane.deployments.metric_rows() if self.plane.deployments is not None else [],
         }
 
     # ----- endpoints other than infer ----------------------------------------------------------
@@ -339,6 +360,10 @@ class Server:
             return 200, encode_json(plane.repository_index(ready_only=req.ready)), _JSON
         if kind in _SHM_KINDS:
             return self._shared_memory(kind, name, body)
+        if kind == routes.FEEDBACK:
+            from fastml.serving import feedback
+
+            return 200, encode_json(feedback.handle_http(plane, name, body)), _JSON
         if kind == routes.METRICS:
             from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
