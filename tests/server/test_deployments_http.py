@@ -242,3 +242,27 @@ def test_workers_each_follow_the_alias(home, model_repo, onnx_models):
         assert status["processes"] == 2
     finally:
         assert srv.stop() == 0
+
+
+def test_grpc_routes_by_key_and_names_the_variant(home, model_repo, onnx_models):
+    import re
+
+    import tritonclient.grpc as tg
+
+    x = np.load(onnx_models["data"])[:2]
+    srv = ServerProcess([str(model_repo), "--http-port", "0", "--metrics-port", "0", "--grpc-port", "0"], home)
+    try:
+        m = re.search(r"fastml serve: grpc ([\d.]+):(\d+)", srv.proc.stdout.readline())
+        assert m, "no gRPC start-up line"
+        client = tg.InferenceServerClient(f"{m.group(1)}:{m.group(2)}")
+        reference = ReferenceRouter(["incumbent", "candidate"], [9000, 1000])
+        for i in range(30):
+            key = f"user-{i}"
+            inp = tg.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            resp = client.infer("fraud", [inp], parameters={"routing_key": key}).get_response(as_json=True)
+            assert resp["parameters"]["variant"]["string_param"] == reference.variants[reference.route(key)[0]]
+            assert resp["model_name"] == "fraud"
+        client.close()
+    finally:
+        assert srv.stop() == 0
