@@ -15,6 +15,7 @@ import html
 import io
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ def _spec(name: str):
     return specs, specs[name]
 
 
-def collect(name: str, metric: str = "accuracy", output: str | None = None) -> tuple[object, dict]:
+def collect(name: str, metric: str = "accuracy", output: str | None = None) -> tuple[Any, dict]:
     """The deployment's spec and ``{variant: {weight_bp, requests, errors, latency_us, quality}}``: live
     counters from serving processes when there are any, else what the prediction log holds."""
     from fastml.serving.deployments import read_status
@@ -123,9 +124,9 @@ def _status(args) -> int:
         print(f"  sample ratio: chi2 {report.srm.chi2:.2f}, p {report.srm.p_value:.3g} -> {flag}")
     for cand, metrics in report.comparisons.items():
         for m, v in metrics.items():
-            s = v.sequential
-            print(f"  {cand} vs {baseline} on {m}: {v.verdict} (effect {s.effect:+.4g}, always-valid "
-                  f"{1 - args.alpha:.0%} CI [{s.ci_low:+.4g}, {s.ci_high:+.4g}], p {s.p_value:.3g})")
+            seq = v.sequential
+            print(f"  {cand} vs {baseline} on {m}: {v.verdict} (effect {seq.effect:+.4g}, always-valid "
+                  f"{1 - args.alpha:.0%} CI [{seq.ci_low:+.4g}, {seq.ci_high:+.4g}], p {seq.p_value:.3g})")
         print(f"  verdict for {cand}: {report.overall(cand, 'quality')}")
     if args.html:
         print(f"  report written to {args.html}")

@@ -229,7 +229,8 @@ def record_items(items: list, *, models: Sequence[str], directory: str | Path | 
         result.requests += 1
     result.unknown = len(seen_unknown)
     if ids:
-        result.recorded = record_feedback(ids, np.concatenate(labels), rows=np.concatenate(rows), directory=directory)
+        result.recorded = record_feedback(ids, np.concatenate(labels), rows=np.concatenate(rows).tolist(),
+                                          directory=directory)
     return result
 
 
@@ -254,7 +255,7 @@ def record(request_ids: str | Sequence[str], labels: Any, *, model: str | None =
         if len(ids) != len(labs):
             raise InvalidInput(f"feedback: {len(ids)} request ids but {len(labs)} labels")
         items = parse([{"id": i, "label": _py(v)} for i, v in zip(ids, labs)])
-    models = [model] if model is not None else deployment_models(deployment)
+    models = [model] if model is not None else deployment_models(str(deployment))
     return record_items(items, models=models, directory=directory)
 
 
@@ -297,7 +298,8 @@ def variant_outcomes(spec, *, directory: str | Path | None = None, metric: str =
     by_model: dict[str, list[str]] = {}
     for v in spec.variants:
         by_model.setdefault(base_model(v.model), []).append(v.name)
-    out = {n: {"logged_rows": 0, "latency_us": np.zeros(0), "quality": np.zeros(0)} for n in names}
+    out: dict[str, dict[str, Any]] = {n: {"logged_rows": 0, "latency_us": np.zeros(0), "quality": np.zeros(0)}
+                                      for n in names}
     for model in by_model:
         table = read_log(directory, model=model, since=since)
         if table.num_rows == 0:
@@ -309,7 +311,7 @@ def variant_outcomes(spec, *, directory: str | Path | None = None, metric: str =
         rows = table["row"].to_numpy()
         latency = table["latency_us"].to_numpy()
         label = table["label"].to_numpy(zero_copy_only=False)
-        pred = _predictions(table, output, metric) if metric != "label" else None
+        pred = _predictions(table, output, metric) if metric != "label" else np.zeros(0)
         for n in by_model[model]:
             mask = variant == n
             if not mask.any():
@@ -379,7 +381,7 @@ def handle_http(plane, name: str, body: bytes) -> dict:
         entries = [t.current(dm.manager) for t in d.variants + d.shadows]
     else:
         entries = [plane.resolve(name)]
-    loggers = []
+    loggers: list[Any] = []
     for e in entries:
         lg = getattr(e.model, "prediction_logger", None)
         if lg is not None and all(lg is not x for x in loggers):
