@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fastml.config import get_settings
 from fastml.errors import InvalidInput, NotFound
 
 KINDS = ("dataset", "features", "run", "model", "deployment")
@@ -301,14 +302,18 @@ def build_lineage(registry=None, feature_store=None, *, models: Iterable[str] | 
 
 
 def _run_attrs(run_id: str) -> dict[str, Any]:
-    """What the training pipeline recorded about a run in this FASTML_HOME (empty if it is not there)."""
-    try:
-        from fastml.pipeline.run import open_run
-    except ImportError:  # the pipeline is optional for governance
+    """What the training pipeline recorded about a run in this FASTML_HOME (empty if it is not there).
+
+    Read as data (``runs/<run_id>/run.json``, which the pipeline rewrites atomically) rather than through
+    ``fastml.pipeline``: governance is a library below the pipeline and must not import it.
+    """
+    if not run_id or "/" in run_id or run_id.startswith("."):
         return {}
     try:
-        state = open_run(run_id).state
-    except (NotFound, InvalidInput, ValueError, OSError):
+        state = json.loads((get_settings().home / "runs" / run_id / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(state, dict):
         return {}
     return {k: state.get(k) for k in ("name", "task", "family", "config_hash", "status", "created_at")
             if state.get(k) is not None}
