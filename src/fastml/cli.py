@@ -26,6 +26,8 @@ GROUPS = {
     "experiment": "fastml.serving.experiment_cli",
     "feedback": "fastml.serving.experiment_cli",
     "loadtest": "fastml.loadtest.cli",
+    "predict": "fastml.serving.predict_cli",
+    "convert": "fastml.convert.cli",
 }
 
 

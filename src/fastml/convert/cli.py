@@ -1,0 +1,36 @@
+"""``fastml convert MODEL --output model.onnx``: any supported model file to ONNX, parity-checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers) -> None:
+    """Register ``fastml convert``."""
+    p = subparsers.add_parser(
+        "convert",
+        help="convert a scikit-learn, XGBoost, LightGBM or PyTorch model file to ONNX (parity-checked)",
+        description="Convert a model file to ONNX and check the result against the source model on sample rows; "
+        "nothing is written when the conversion or the parity check fails.",
+    )
+    p.add_argument("model", help="model file: pickle/joblib, XGBoost JSON, LightGBM text, TorchScript or torch.save")
+    p.add_argument("--output", "-o", required=True, help="ONNX file to write")
+    p.add_argument("--sample", default=None, help=".npy file of input rows for the parity check / PyTorch export")
+    p.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="parity relative tolerance (default 1e-3)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fastml.convert.frameworks import convert_file
+
+    report = convert_file(args.model, args.output, sample=args.sample, atol=args.atol, rtol=args.rtol, opset=args.opset)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(f"converted {report.format} {report.model_class} -> {report.output} "
+              f"(parity on {report.parity_rows} rows, max abs difference {report.max_abs_diff:.3g})")
+    return 0

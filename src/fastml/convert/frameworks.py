@@ -1,0 +1,414 @@
+"""Any supported model file -> ONNX: detection, conversion, parity against the source, atomic write.
+
+Supported sources (detected from the file's contents, not its suffix):
+
+* ONNX (passed through unchanged),
+* scikit-learn estimators and pipelines saved with pickle or joblib (skl2onnx; classifiers get tensor
+  ``label`` / ``probabilities`` outputs, no ZipMap), including XGBoost and LightGBM scikit-learn wrappers,
+* XGBoost and LightGBM boosters (native files or pickled ``Booster`` objects, onnxmltools),
+* PyTorch modules: TorchScript archives or fully pickled modules (``torch.save(module)``), exported with
+  ``torch.onnx.export`` on a sample input.
+
+Every conversion is checked against the source model on sample rows before the ONNX file is written;
+a parity failure raises ``InvalidInput`` naming the max absolute difference. The output is written to a
+temporary file beside it and renamed, so a failed conversion leaves nothing behind.
+
+Loading a pickle runs code from the file: convert only files you trust (a server never takes a file path
+from a request).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from fastml.errors import InvalidInput
+
+FORMATS = ("onnx", "sklearn", "xgboost", "lightgbm", "torch")
+# Rows the parity check runs on when no sample is given: enough to cross many tree splits.
+PARITY_ROWS = 256
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What :func:`convert_file` did: source format and class, output path, parity numbers."""
+
+    source: str
+    format: str
+    model_class: str
+    output: str
+    parity_rows: int
+    max_abs_diff: float
+    inputs: list[str]
+    outputs: list[str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----- detection ---------------------------------------------------------------------------------------
+def _is_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a protobuf ModelProto: some other format
+        return False
+    return len(model.graph.output) > 0 and len(model.graph.node) > 0
+
+
+def load_source(path: str | os.PathLike):
+    """Load the model object in ``path`` and name its format.
+
+    Returns:
+        ``(format, obj)``: ``("onnx", None)`` for an ONNX file, else one of FORMATS with the loaded model.
+
+    Raises:
+        InvalidInput: not a readable file, or none of the supported formats (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise InvalidInput(f"{str(path)!r} is not a readable, non-empty model file")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            import torch
+
+            try:
+                return "torch", torch.jit.load(str(path), map_location="cpu").eval()
+            except Exception as exc:  # noqa: BLE001 - reported as the file's problem
+                raise InvalidInput(f"{str(path)!r}: a TorchScript archive that torch cannot load: {exc}") from exc
+        if any(n.endswith("data.pkl") for n in names):
+            import torch
+
+            try:
+                obj = torch.load(str(path), map_location="cpu", weights_only=False)
+            except Exception as exc:  # noqa: BLE001
+                raise InvalidInput(f"{str(path)!r}: a torch.save archive that torch cannot load: {exc}") from exc
+            return _classify(obj, path)
+    if head.startswith(b"tree\nversion=") or head.startswith(b"tree\r\nversion="):
+        import lightgbm
+
+        return "lightgbm", lightgbm.Booster(model_file=str(path))
+    if head[:1] == b"{" and b"learner" in _read_prefix(path, 4096):
+        import xgboost
+
+        booster = xgboost.Booster()
+        try:
+            booster.load_model(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidInput(f"{str(path)!r}: JSON that XGBoost cannot load as a model: {exc}") from exc
+        return "xgboost", booster
+    if head[:1] == b"\x80":  # pickle protocol 2+ (joblib writes plain pickles with numpy arrays inline)
+        import joblib
+
+        try:
+            obj = joblib.load(path)
+        except Exception as exc:  # noqa: BLE001 - a pickle of a class we cannot import, a truncated file...
+            raise InvalidInput(f"{str(path)!r}: a pickle that cannot be loaded: {type(exc).__name__}: {exc}") from exc
+        return _classify(obj, path)
+    if _is_onnx(path):
+        return "onnx", None
+    raise InvalidInput(
+        f"{str(path)!r} is not a supported model file: expected ONNX, a scikit-learn/XGBoost/LightGBM pickle or "
+        "joblib file, an XGBoost JSON or LightGBM text model, or a PyTorch module (TorchScript or torch.save)"
+    )
+
+
+def _read_prefix(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _classify(obj, path: Path) -> tuple[str, object]:
+    module = type(obj).__module__ or ""
+    if module.startswith("xgboost") and type(obj).__name__ == "Booster":
+        return "xgboost", obj
+    if module.startswith("lightgbm") and type(obj).__name__ == "Booster":
+        return "lightgbm", obj
+    try:
+        import torch
+
+        if isinstance(obj, torch.nn.Module):
+            return "torch", obj.eval()
+    except ImportError:
+        pass
+    if hasattr(obj, "predict") and hasattr(obj, "get_params"):
+        return "sklearn", obj  # scikit-learn API: estimators, pipelines, XGBoost/LightGBM wrappers
+    raise InvalidInput(
+        f"{str(path)!r} holds a {module}.{type(obj).__name__}, which is not a supported model "
+        "(scikit-learn estimator or pipeline, XGBoost/LightGBM model, PyTorch module)"
+    )
+
+
+# ----- conversion --------------------------------------------------------------------------------------
+def _n_features(obj, fmt: str, path: Path) -> int:
+    if fmt == "sklearn":
+        n = getattr(obj, "n_features_in_", None)
+        if n is None and hasattr(obj, "steps"):
+            n = getattr(obj.steps[0][1], "n_features_in_", None)
+    elif fmt == "xgboost":
+        n = obj.num_features()
+    else:
+        n = obj.num_feature()
+    if not n:
+        raise InvalidInput(f"{str(path)!r}: cannot tell how many input features the model reads (is it fitted?)")
+    return int(n)
+
+
+def _sample_rows(n_features: int, sample) -> np.ndarray:
+    if sample is not None:
+        x = np.load(sample) if isinstance(sample, (str, os.PathLike)) else np.asarray(sample)
+        return np.ascontiguousarray(x, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(PARITY_ROWS, n_features)).astype(np.float32)
+
+
+def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
+    from fastml.convert.sklearn_export import register_converters
+
+    register_converters()
+    if fmt == "sklearn":
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType
+        from sklearn.base import is_classifier
+
+        final = obj.steps[-1][1] if hasattr(obj, "steps") else obj
+        options = {id(final): {"zipmap": False}} if is_classifier(final) else None
+        try:
+            return convert_sklearn(
+                obj,
+                initial_types=[("input", FloatTensorType([None, n_features]))],
+                target_opset={"": opset, "ai.onnx.ml": 3},
+                options=options,
+            )
+        except Exception as exc:  # noqa: BLE001 - skl2onnx raises many kinds for unsupported steps
+            raise InvalidInput(f"cannot convert {type(final).__name__} to ONNX: {type(exc).__name__}: {exc}") from exc
+    from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
+
+    types = [("input", MLFloat([None, n_features]))]
+    opset = min(opset, 15)  # onnxmltools' booster converters stop at opset 15
+    try:
+        if fmt == "xgboost":
+            from onnxmltools import convert_xgboost
+
+            return convert_xgboost(obj, initial_types=types, target_opset=opset)
+        from onnxmltools import convert_lightgbm
+
+        return convert_lightgbm(obj, initial_types=types, target_opset=opset, zipmap=False)
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidInput(f"cannot convert {fmt} {type(obj).__name__} to ONNX: {type(exc).__name__}: {exc}") from exc
+
+
+def _tree_reference(obj, fmt: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The source model's outputs on ``x``, named as the converted graph names them."""
+    if fmt == "sklearn":
+        from sklearn.base import is_classifier
+
+        final = obj.steps[-1][1] if hasattr(obj, "steps") else obj
+        if is_classifier(final):
+            return {"probabilities": np.asarray(obj.predict_proba(x))}
+        return {"variable": np.asarray(obj.predict(x)).reshape(len(x), -1)}
+    if fmt == "xgboost":
+        import xgboost
+
+        return {"*": np.asarray(obj.predict(xgboost.DMatrix(x)))}
+    return {"*": np.asarray(obj.predict(x))}
+
+
+def _torch_to_onnx(module, x: np.ndarray, opset: int):
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    sample = torch.from_numpy(x[: max(2, min(len(x), 8))])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = module(sample)
+        n_out = len(probe) if isinstance(probe, (tuple, list)) else 1
+        outputs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+        try:
+            torch.onnx.export(
+                module,
+                (sample,),
+                buf,
+                dynamo=False,
+                input_names=["input"],
+                output_names=outputs,
+                dynamic_axes={"input": {0: "N"}, **{o: {0: "N"} for o in outputs}},
+                opset_version=opset,
+            )
+        except Exception as exc:  # noqa: BLE001 - unsupported operators, data-dependent control flow
+            raise InvalidInput(f"cannot export {type(module).__name__} to ONNX: {type(exc).__name__}: {exc}") from exc
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _torch_reference(module, x: np.ndarray) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = module(torch.from_numpy(x))
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    return [o.detach().cpu().numpy() for o in outs]
+
+
+def _torch_sample(module, sample, path: Path) -> np.ndarray:
+    if sample is not None:
+        return _sample_rows(0, sample)
+    import torch
+
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.Linear):
+            return _sample_rows(layer.in_features, None)
+    raise InvalidInput(f"{str(path)!r}: a PyTorch module needs a sample input (--sample FILE.npy) to be exported")
+
+
+def _max_diff(got: np.ndarray, ref: np.ndarray, what: str) -> float:
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.size != ref.size:
+        raise InvalidInput(f"parity check failed: {what} has {got.size} values, the source model {ref.size}")
+    return float(np.max(np.abs(got.reshape(-1) - ref.reshape(-1)))) if got.size else 0.0
+
+
+def convert_file(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    sample=None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    opset: int = 17,
+) -> ConversionReport:
+    """Convert the model file ``source`` to ONNX at ``output``, after a parity check against the source.
+
+    Args:
+        source: a model file of any supported format (see the module docstring).
+        output: where the ONNX model goes (written to a temporary file first, renamed when done).
+        sample: rows (an array or a ``.npy`` path) for the parity check and, for PyTorch, the export;
+            None: random normal rows (the width read from the model).
+        atol, rtol: parity tolerance: every output value within ``atol + rtol * |source value|``.
+        opset: ONNX opset of the converted graph.
+
+    Raises:
+        InvalidInput: an unsupported file, a model that cannot be converted, or a parity failure (naming
+            the max absolute difference). Nothing is written then.
+    """
+    import onnxruntime as ort
+
+    path = Path(source)
+    fmt, obj = load_source(path)
+    if fmt == "onnx":
+        data = path.read_bytes()
+        x = None
+    elif fmt == "torch":
+        x = _torch_sample(obj, sample, path)
+        data = _torch_to_onnx(obj, x, opset).SerializeToString()
+    else:
+        n_features = _n_features(obj, fmt, path)
+        x = _sample_rows(n_features, sample)
+        onx = _tree_to_onnx(obj, fmt, n_features, opset)
+        onx.graph.name = f"fastml_{type(obj).__name__}"  # skl2onnx names graphs with a random uuid
+        data = onx.SerializeToString()
+    try:
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise InvalidInput(f"{str(path)!r}: the converted graph does not load in ONNX Runtime: {exc}") from exc
+    out_names = [o.name for o in sess.get_outputs()]
+    max_diff = 0.0
+    if x is not None:
+        got = dict(zip(out_names, sess.run(None, {sess.get_inputs()[0].name: x})))
+        if fmt == "torch":
+            pairs = list(zip(out_names, _torch_reference(obj, x)))
+        else:
+            ref = _tree_reference(obj, fmt, x)
+            pairs = [(_pick_output(k, ref[k], got), v) for k, v in ref.items()]
+        for name, want in pairs:
+            have = np.asarray(got[name], dtype=np.float64).reshape(want.shape) if got[name].size == want.size else got[name]
+            diff = _max_diff(have, want, f"output {name!r}")
+            max_diff = max(max_diff, diff)
+            bad = np.abs(np.asarray(have, np.float64) - want) > atol + rtol * np.abs(want)
+            if np.any(bad):
+                raise InvalidInput(
+                    f"{str(path)!r}: parity check failed: output {name!r} differs from the source model by up to "
+                    f"{diff:.3g} (max abs difference; tolerance {atol:g} + {rtol:g}*|value|) on {int(bad.sum())} of "
+                    f"{want.size} values"
+                )
+    _write_atomic(Path(output), data)
+    return ConversionReport(
+        str(path), fmt, type(obj).__name__ if obj is not None else "ModelProto", str(output),
+        0 if x is None else len(x), max_diff, [i.name for i in sess.get_inputs()], out_names,
+    )
+
+
+def _pick_output(key: str, want: np.ndarray, got: dict[str, np.ndarray]) -> str:
+    """The converted output matching a source prediction: by name, else the first float output of its size
+    (onnxmltools names booster outputs per objective)."""
+    if key in got:
+        return key
+    for name, arr in got.items():
+        if arr.dtype.kind == "f" and arr.size == want.size:
+            return name
+    # Binary boosters predict P(class 1) [N]; the graph gives both classes [N, 2].
+    for name, arr in got.items():
+        if arr.dtype.kind == "f" and arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] == want.size:
+            got[name] = arr[:, 1]
+            return name
+    raise InvalidInput(f"parity check failed: no output of the converted graph {sorted(got)} matches the source's predictions")
+
+
+def _write_atomic(output: Path, data: bytes) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Path:
+    """An ONNX file for ``source``: the file itself when it is ONNX, else its conversion, cached under
+    ``$FASTML_HOME/converted/<sha256 of the source>.onnx`` (converted and parity-checked once per content).
+
+    Raises:
+        InvalidInput: unsupported file, failed conversion or parity check.
+    """
+    path = Path(source)
+    if _is_onnx(path):
+        return path
+    if home is None:
+        from fastml.config import get_settings
+
+        home = Path(get_settings().home)
+    cached = home / "converted" / f"{file_sha256(path)}.onnx"
+    if cached.is_file():
+        return cached
+    convert_file(path, cached)
+    return cached
+
+
+__all__ = ["ConversionReport", "FORMATS", "convert_file", "converted_path", "file_sha256", "load_source"]

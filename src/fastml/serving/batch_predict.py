@@ -1,0 +1,379 @@
+"""Score a CSV or Parquet file of any size: streamed in chunks, bounded memory, every core.
+
+The file is read ``batch_rows`` rows at a time (``pyarrow.parquet.ParquetFile.iter_batches`` /
+``pyarrow.csv.open_csv``), each chunk runs through one ONNX Runtime session using every core (intra-op
+threads) while the next chunk is read, and the predictions are written beside the input's key columns to
+a temporary file that is renamed onto the output at the end: a failed run leaves no half-written output.
+
+How file columns become model inputs:
+
+* every model input named like a column: that column feeds it (an ``[N, 1]`` input gets a column vector);
+* else one ``[N, F]`` input: the ``columns`` given, or the registered model card's numeric feature
+  columns, or every column that is not a key column, in file order (must be F of them).
+
+Outputs: an ``[N]`` or ``[N, 1]`` output is one column named after it; ``[N, K]`` gives ``name_0 ..
+name_{K-1}``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fastml.errors import InvalidInput, NotFound
+
+# Bytes of working memory per byte of a row's inputs and outputs: the Arrow batch, the numpy feed, ONNX
+# Runtime's intermediates and the output table, with two chunks alive (one scoring, one being read).
+MEMORY_PER_ROW_BYTE = 8
+DEFAULT_BATCH_ROWS = 65_536
+
+_ORT_NUMPY = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(string)": object,
+    "tensor(float16)": np.float16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+}
+
+
+@dataclasses.dataclass
+class PredictReport:
+    """What :func:`predict_file` did."""
+
+    input: str
+    output: str
+    rows: int
+    batch_rows: int
+    seconds: float
+    output_columns: list[str]
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "rows_per_s": self.rows_per_s}
+
+
+def resolve_model(ref: str | os.PathLike) -> tuple[Path, list[str] | None]:
+    """``(ONNX path, feature columns or None)`` for a model file (any supported format, converted and
+    cached) or a registry reference (its card's numeric feature columns, when it has them)."""
+    from fastml.convert.frameworks import converted_path
+    from fastml.serving.loader import parse_target, resolve_ref
+
+    target = str(ref)
+    kind, _ = parse_target(target)
+    if kind == "path":
+        path = Path(target)
+        if path.is_dir():
+            path = path / "model.onnx"
+            if not path.is_file():
+                raise NotFound(f"{target}: directory has no model.onnx")
+        return converted_path(path), None
+    mv, path = resolve_ref(target)
+    card = getattr(mv, "model_card", None) or {}
+    numeric = (card.get("features") or {}).get("numeric")
+    return Path(path), list(numeric) if numeric else None
+
+
+class _Plan:
+    """Which file columns feed which model input, and how outputs become columns."""
+
+    def __init__(self, sess, file_columns: list[str], key_columns: list[str], columns: list[str] | None, source: str):
+        self.inputs = sess.get_inputs()
+        self.output_names = [o.name for o in sess.get_outputs()]
+        self.key_columns = key_columns
+        missing_keys = [c for c in key_columns if c not in file_columns]
+        if missing_keys:
+            raise InvalidInput(f"key column {missing_keys[0]!r} is not in {source} (its columns: {', '.join(file_columns)})")
+        names = [i.name for i in self.inputs]
+        self.by_column: dict[str, str] | None = None
+        self.matrix_columns: list[str] | None = None
+        if columns is None and all(n in file_columns for n in names):
+            self.by_column = {n: n for n in names}
+        elif len(self.inputs) == 1 and len(self.inputs[0].shape) == 2:
+            width = self.inputs[0].shape[1]
+            cols = columns if columns is not None else [c for c in file_columns if c not in key_columns]
+            for c in cols:
+                if c not in file_columns:
+                    raise InvalidInput(f"model input column {c!r} is not in {source} (its columns: {', '.join(file_columns)})")
+            if isinstance(width, int) and len(cols) != width:
+                raise InvalidInput(
+                    f"model input {names[0]!r} takes {width} features but {len(cols)} columns of {source} would feed it "
+                    f"({', '.join(cols)}); name them with --columns"
+                )
+            self.matrix_columns = list(cols)
+        else:
+            absent = [n for n in names if n not in file_columns]
+            raise InvalidInput(f"model input {absent[0]!r} is not a column of {source} (its columns: {', '.join(file_columns)})")
+
+    @property
+    def read_columns(self) -> list[str]:
+        used = list(self.by_column) if self.by_column is not None else list(self.matrix_columns or [])
+        return list(dict.fromkeys(self.key_columns + used))
+
+    def feed(self, batch) -> dict[str, np.ndarray]:
+        """ONNX Runtime feed for one Arrow record batch."""
+        if self.matrix_columns is not None:
+            spec = self.inputs[0]
+            dtype = _ORT_NUMPY.get(spec.type, np.float32)
+            cols = [_column(batch, c, dtype) for c in self.matrix_columns]
+            return {spec.name: np.ascontiguousarray(np.column_stack(cols) if cols else np.empty((batch.num_rows, 0), dtype))}
+        feed = {}
+        for spec in self.inputs:
+            arr = _column(batch, spec.name, _ORT_NUMPY.get(spec.type, np.float32))
+            feed[spec.name] = arr.reshape(-1, 1) if len(spec.shape) == 2 else arr
+        return feed
+
+    def output_columns(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        cols: dict[str, np.ndarray] = {}
+        for name, arr in zip(self.output_names, outputs):
+            if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1):
+                cols[name] = arr.reshape(-1)
+            else:
+                flat = arr.reshape(arr.shape[0], -1)
+                for k in range(flat.shape[1]):
+                    cols[f"{name}_{k}"] = flat[:, k]
+        return cols
+
+
+def _column(batch, name: str, dtype) -> np.ndarray:
+    col = batch.column(batch.schema.get_field_index(name))
+    if dtype is object:
+        return np.asarray(col.cast("string").to_pylist(), dtype=object)
+    try:
+        return col.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"column {name!r} cannot be read as {np.dtype(dtype).name}: {exc}") from exc
+
+
+def _open(path: Path, batch_rows: int, columns_wanted):
+    """(file columns, iterator of record batches over the wanted columns, total rows or None)."""
+    import pyarrow as pa
+
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        return names, lambda cols: pf.iter_batches(batch_size=batch_rows, columns=cols), pf.metadata.num_rows
+    if suffix in (".csv", ".txt") or suffix == "":
+        from pyarrow import csv
+
+        def header() -> list[str]:
+            with csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 16)) as r:
+                return r.schema.names
+
+        names = header()
+
+        def batches(cols):
+            conv = csv.ConvertOptions(include_columns=cols)
+            reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 22), convert_options=conv)
+            # CSV blocks are sized in bytes: re-cut them into batch_rows-row batches.
+            pending: list = []
+            have = 0
+            for b in reader:
+                pending.append(b)
+                have += b.num_rows
+                while have >= batch_rows:
+                    table = pa.Table.from_batches(pending).combine_chunks()
+                    yield from table.slice(0, batch_rows).to_batches()
+                    rest = table.slice(batch_rows)
+                    pending, have = rest.to_batches(), rest.num_rows
+            if have:
+                yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
+
+        return names, batches, None
+    raise InvalidInput(f"{path}: input must be a .csv or .parquet file")
+
+
+class _Writer:
+    """Parquet or CSV (by the output's suffix), into a temporary file renamed at :meth:`commit`."""
+
+    def __init__(self, output: Path):
+        suffix = output.suffix.lower()
+        if suffix not in (".parquet", ".pq", ".csv"):
+            raise InvalidInput(f"{output}: output must end in .csv or .parquet")
+        self.output = output
+        self.csv = suffix == ".csv"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+        os.close(fd)
+        self.writer = None
+
+    def write(self, table) -> None:
+        if self.writer is None:
+            if self.csv:
+                from pyarrow import csv
+
+                self.writer = csv.CSVWriter(self.tmp, table.schema)
+            else:
+                import pyarrow.parquet as pq
+
+                self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+
+    def commit(self, empty_schema) -> None:
+        if self.writer is None:
+            self.write(empty_schema.empty_table())
+        self.writer.close()
+        os.replace(self.tmp, self.output)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - already failing; the temporary file goes either way
+                pass
+        Path(self.tmp).unlink(missing_ok=True)
+
+
+def _progress(total: int | None, enabled: bool):
+    """A callable ``advance(rows)`` plus ``close()``: a rich progress bar when rich is importable, else a
+    plain line rewritten in place; nothing when disabled."""
+    if not enabled:
+        return (lambda rows: None), (lambda: None)
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
+        bar.start()
+        task = bar.add_task("rows", total=total)
+        return (lambda rows: bar.advance(task, rows)), bar.stop
+    except ImportError:
+        done = [0]
+
+        def advance(rows: int) -> None:
+            done[0] += rows
+            of = f"/{total:,}" if total else ""
+            print(f"\rscored {done[0]:,}{of} rows", end="", file=sys.stderr, flush=True)
+
+        return advance, lambda: print(file=sys.stderr)
+
+
+def predict_file(
+    ref: str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    key_columns: list[str] | None = None,
+    columns: list[str] | None = None,
+    max_memory_mb: float | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> PredictReport:
+    """Score ``input_path`` with the model ``ref`` and write ``output_path``.
+
+    Args:
+        ref: a model file (ONNX or any format :mod:`fastml.convert.frameworks` converts) or a registry
+            reference. input_path / output_path: ``.csv`` or ``.parquet`` (output format by its suffix).
+        batch_rows: rows per chunk (lowered to fit ``max_memory_mb``).
+        key_columns: input columns copied to the output beside the predictions (default none).
+        columns: the input columns feeding a one-matrix model, in order (default: see the module docstring).
+        max_memory_mb: working-memory budget for the chunks in flight; bounds ``batch_rows``.
+        threads: ONNX Runtime intra-op threads (default: every core).
+        progress: show a progress bar on stderr.
+
+    Raises:
+        InvalidInput: missing key or input columns (naming the column and the file), unsupported formats.
+        NotFound: no such input file or model.
+    """
+    import onnxruntime as ort
+    import pyarrow as pa
+
+    src = Path(input_path)
+    if not src.is_file():
+        raise NotFound(f"input file {str(src)!r} does not exist")
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise InvalidInput(f"batch_rows must be an int >= 1, got {batch_rows!r}")
+    model_path, card_columns = resolve_model(ref)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    keys = list(key_columns or [])
+    file_columns, batches, total = _open(src, batch_rows, None)
+    plan = _Plan(sess, file_columns, keys, columns if columns is not None else _card_columns(card_columns, file_columns), str(src))
+    if max_memory_mb is not None:
+        batch_rows = min(batch_rows, _rows_for_budget(sess, plan, max_memory_mb))
+        file_columns, batches, total = _open(src, batch_rows, None)
+    writer = _Writer(Path(output_path))
+    advance, close_bar = _progress(total, progress)
+    rows = 0
+    t0 = time.perf_counter()
+    out_schema = None
+    # One chunk scores on the pool thread (ONNX Runtime releases the GIL) while the next one is read.
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastml-predict")
+    try:
+        pending = None
+        for batch in batches(plan.read_columns):
+            feed = plan.feed(batch)
+            fut = pool.submit(sess.run, None, feed)
+            if pending is not None:
+                out_schema = _emit(writer, plan, *pending)
+                rows += pending[0].num_rows
+                advance(pending[0].num_rows)
+            pending = (batch, fut)
+        if pending is not None:
+            out_schema = _emit(writer, plan, *pending)
+            rows += pending[0].num_rows
+            advance(pending[0].num_rows)
+        writer.commit(out_schema or _empty_schema(plan, keys))
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        close_bar()
+    return PredictReport(str(src), str(output_path), rows, batch_rows, time.perf_counter() - t0,
+                         list(out_schema.names) if out_schema is not None else [])
+
+
+def _card_columns(card_columns, file_columns) -> list[str] | None:
+    # The registered feature names are used only when the file has them all (else: file order).
+    if card_columns and all(c in file_columns for c in card_columns):
+        return card_columns
+    return None
+
+
+def _emit(writer: _Writer, plan: _Plan, batch, fut):
+    import pyarrow as pa
+
+    try:
+        outputs = fut.result()
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are about the data it was fed
+        raise InvalidInput(f"the model failed on a chunk of {batch.num_rows} rows: {exc}") from exc
+    cols = {k: batch.column(batch.schema.get_field_index(k)) for k in plan.key_columns}
+    cols.update(plan.output_columns(outputs))
+    table = pa.table(cols)
+    writer.write(table)
+    return table.schema
+
+
+def _empty_schema(plan: _Plan, keys: list[str]):
+    import pyarrow as pa
+
+    return pa.schema([pa.field(k, pa.string()) for k in keys] + [pa.field(n, pa.float32()) for n in plan.output_names])
+
+
+def _rows_for_budget(sess, plan: _Plan, max_memory_mb: float) -> int:
+    """Rows per chunk that keep the chunks in flight within ``max_memory_mb``."""
+    width = len(plan.read_columns) + sum(_width(o.shape) for o in sess.get_outputs())
+    per_row = max(1, width) * 8 * MEMORY_PER_ROW_BYTE
+    return max(1, int(max_memory_mb * 2**20 // per_row))
+
+
+def _width(shape) -> int:
+    w = 1
+    for d in shape[1:]:
+        w *= d if isinstance(d, int) and d > 0 else 1
+    return w
+
+
+__all__ = ["PredictReport", "predict_file", "resolve_model"]
