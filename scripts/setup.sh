@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # System packages: liblmdb-dev (the native feature cache), libb64-0d (perf_analyzer), wrk (load),
 # postgresql (registry tests on a real server), chromium (report rendering tests), graphviz (lineage DOT
-# export is checked with `dot`), unzip.
+# export is checked with `dot`), unzip, prometheus (promtool and a live Prometheus for deploy/prometheus and
+# the Grafana dashboard's queries).
 need=()
 dpkg -s liblmdb-dev >/dev/null 2>&1 || need+=(liblmdb-dev)
 dpkg -s libb64-0d >/dev/null 2>&1 || need+=(libb64-0d)
@@ -17,6 +18,7 @@ if [ "${FASTML_SETUP_MINIMAL:-0}" != "1" ]; then
   dpkg -s postgresql >/dev/null 2>&1 || need+=(postgresql)
   dpkg -s chromium >/dev/null 2>&1 || need+=(chromium)
   dpkg -s graphviz >/dev/null 2>&1 || need+=(graphviz)
+  dpkg -s prometheus >/dev/null 2>&1 || need+=(prometheus)
 fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}"
