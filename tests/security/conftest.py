@@ -94,3 +94,18 @@ def token_file(tmp_path_factory) -> Path:
     path.write_text(TOKEN + "\n")
     path.chmod(0o600)
     return path
+
+
+def onnx_bytes(tag: str) -> bytes:
+    """A tiny valid ONNX model (Identity) whose bytes differ per ``tag``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], f"g_{tag}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string=tag)
+    model.ir_version = 8
+    return model.SerializeToString()

@@ -64,7 +64,13 @@ def add_parser(subparsers) -> None:
     c = cmd("approve", _approve, "approve a transition request", read=True)
     c.add_argument("request_id", type=int)
     c.add_argument("--comment", default="")
+    c.add_argument("--key", default=None, metavar="PATH",
+                   help="sign the approval with this Ed25519 private key (ssh-keygen -t ed25519); needs --reviewer")
     actor(c, "--reviewer")
+
+    c = cmd("signers", _signers, "set the reviewers' allowed signing keys (OpenSSH allowed_signers lines)")
+    c.add_argument("file", help="lines 'reviewer ssh-ed25519 AAAA...'")
+    c.add_argument("--require", action="store_true", help="refuse unsigned approvals from now on")
 
     c = cmd("reject", _reject, "reject (and close) a transition request", read=True)
     c.add_argument("request_id", type=int)
@@ -335,9 +341,33 @@ def _request(args) -> int:
     return 0
 
 
+def _signers(args) -> int:
+    from pathlib import Path
+
+    from fastml.registry import signing
+
+    reg = _registry(args)
+    text = Path(args.file).read_text()
+    signing.set_policy(reg.engine, text, required=args.require)
+    count = len(signing.parse_allowed_signers(text))
+    reg.close()
+    print(f"allowed signers: {count} reviewer(s); signed approvals {'required' if args.require else 'optional'}")
+    return 0
+
+
 def _approve(args) -> int:
     reg = _registry(args)
-    req = reg.approve(args.request_id, reviewer=args.reviewer, comment=args.comment)
+    signature = None
+    if args.key:
+        from fastml.errors import InvalidInput
+        from fastml.registry import signing
+
+        if not args.reviewer:
+            raise InvalidInput("--key signs as a named reviewer: give --reviewer NAME too")
+        r = reg.get_request(args.request_id)
+        payload = signing.approval_payload(args.request_id, r["name"], r["version"], r["target_stage"], args.reviewer)
+        signature = signing.sign(signing.load_private_key(args.key), payload)
+    req = reg.approve(args.request_id, reviewer=args.reviewer, comment=args.comment, signature=signature)
     reg.close()
     _show_request(req, args.json)
     return 0

@@ -206,12 +206,16 @@ class Registry:
     def list_requests(self, *, status: str | None = "open", name: str | None = None) -> list[dict]:
         return self._stages.list_requests(status=status, name=name)
 
-    def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "") -> dict:
+    def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "",
+                signature: str | None = None) -> dict:
         """Approve a request. The approval that completes the count performs the move in the same
         transaction (gates run first; the previous occupant of an exclusive stage is archived). If the
         model changed since the request was made, the approval is refused with ``Conflict`` and the
-        request closed as ``stale``. Returns the request as :meth:`get_request` does."""
-        return self._stages.approve(request_id, reviewer=reviewer, comment=comment)
+        request closed as ``stale``. Returns the request as :meth:`get_request` does.
+
+        ``signature``: the reviewer's Ed25519 signature over :func:`fastml.registry.signing.approval_payload`
+        (checked against the registry's allowed signers; required when its signing policy says so)."""
+        return self._stages.approve(request_id, reviewer=reviewer, comment=comment, signature=signature)
 
     def reject(self, request_id: int, *, reviewer: str | None = None, comment: str) -> dict:
         """Reject (and close) a request; the comment saying why is required. The requester may reject
@@ -263,8 +267,10 @@ class Registry:
     def verify(self) -> list[dict]:
         """Check every artifact (and source artifact) of every version against its recorded size and
         SHA-256. Returns one problem per bad file: ``{"ref", "kind", "sha256", "path", "problem"}``;
-        empty means all is well."""
-        return self._integrity.verify()
+        empty means all is well. Stored approval signatures are re-verified too (kind "approval-signature")."""
+        from fastml.registry import signing
+
+        return self._integrity.verify() + signing.verify_stored(self.engine)
 
     def gc(self, *, older_than_s: float = 3600.0) -> list[str]:
         """Remove artifact files no version (live or deleted) references, and leftover partial copies,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from fastml.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from fastml.registry import semver, store
+from fastml.registry import semver, signing, store
 from fastml.registry.catalog import Catalog
 from fastml.registry.records import ModelVersion, now
 from fastml.registry.refs import LATEST, Ref, check_alias, check_name
@@ -231,7 +231,8 @@ class Stages:
         )
         return req
 
-    def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "") -> dict:
+    def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "",
+                signature: str | None = None) -> dict:
         c = self._c
         reviewer = c.actor(reviewer)
         pending: list = []
@@ -239,6 +240,8 @@ class Stages:
             with store.write_transaction(c.engine) as conn:
                 req = self._record_decision(conn, request_id, reviewer, comment, "approve")
                 row = c.row_by_id(conn, req.version_id)
+                # The reviewer's key, when the registry has signers: refused here rolls the approval back.
+                signing.check_approval(conn, request_id, row.name, row.version, req.target_stage, reviewer, signature)
                 c.emit(
                     conn,
                     pending,
