@@ -17,8 +17,10 @@ file, fsynced and renamed), so concurrent writers in any number of processes pro
 appended entry survives a crash. A crash between the two steps leaves ``HEAD`` one entry behind, which
 :meth:`AuditLog.verify` accepts and the next append repairs.
 
-Rewriting the whole chain *and* ``HEAD`` cannot be detected from inside the directory; copy ``HEAD``'s hash
-somewhere else (``fastml audit head``) and pass it back as ``expected_head`` to pin the past.
+Rewriting the whole chain *and* ``HEAD`` cannot be detected from inside the directory, so every append also
+anchors the head outside it, in the registry database (:mod:`fastml.governance.anchor`, optionally signed):
+verify then fails on a deleted, truncated or replaced log and on entries appended around :meth:`AuditLog.append`.
+A head hash kept elsewhere (``fastml audit head``) can still be passed back as ``expected_head``.
 """
 
 from __future__ import annotations
@@ -96,9 +98,13 @@ class AuditLog:
 
     Args:
         directory: where the files live; default ``$FASTML_HOME/audit``.
+        anchor: keep the head anchored in the registry database and check it on verify (default on).
+        anchor_url: that database's SQLAlchemy URL (default: the configured registry's).
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None):
+    def __init__(self, directory: str | os.PathLike | None = None, *, anchor: bool = True, anchor_url: str | None = None):
+        self.anchor = anchor
+        self.anchor_url = anchor_url
         if directory is None:
             from fastml.config import get_settings
 
@@ -173,6 +179,10 @@ class AuditLog:
         finally:
             os.close(fd)
         self._write_head(entry["seq"], entry["hash"])
+        if self.anchor:
+            from fastml.governance import anchor as _anchor
+
+            _anchor.store(self.directory, entry["seq"], entry["hash"], self.anchor_url)
         return entry
 
     @contextlib.contextmanager
@@ -290,6 +300,13 @@ class AuditLog:
             return bad(None, None, str(exc))
         hseq = head.get("seq") if head else None
         hash_at_head = None
+        anchored = None
+        if self.anchor:
+            from fastml.governance import anchor as _anchor
+
+            anchored = _anchor.load(self.directory, self.anchor_url)
+        aseq = anchored["seq"] if anchored else None
+        hash_at_anchor = None
         lines = open(self.log_path, "rb") if self.log_path.exists() else contextlib.nullcontext([])
         with lines as fh:
             for lineno, raw in enumerate(fh, 1):  # streamed: memory does not grow with the log
@@ -314,6 +331,8 @@ class AuditLog:
                 prev = entry["hash"]
                 if seq == hseq:
                     hash_at_head = prev
+                if seq == aseq:
+                    hash_at_anchor = prev
                 if prev == expected_head:
                     seen_expected = True
                 expected_seq += 1
@@ -336,6 +355,18 @@ class AuditLog:
                     return bad(hseq + 1, hseq + 1, f"HEAD ends at seq {hseq} but entries up to {count} follow it: entries were appended around the lock")
         if not seen_expected:
             return bad(None, None, f"no entry has the expected head hash {expected_head}: the chain was rewritten")
+        if anchored is not None:
+            problem = _anchor.signature_problem(self.directory, anchored)
+            if problem is None and count < aseq:
+                problem = (f"the registry database anchors {aseq} entries but the log has {count}: "
+                           + ("the log was deleted" if count == 0 else "entries were removed from the end"))
+            elif problem is None and hash_at_anchor != anchored["hash"]:
+                problem = f"entry seq {aseq} does not match the anchored head hash: the log was replaced"
+            elif problem is None and count > aseq:
+                problem = (f"entries {aseq + 1}..{count} follow the anchored head (seq {aseq}): they were appended "
+                           "without fastml's append (forged), or an append crashed before anchoring; the next append re-anchors")
+            if problem:
+                return bad(None, None, problem)
         return VerifyResult(True, count, prev, notes=tuple(notes))
 
     def export(self, out: io.IOBase | str | os.PathLike, fmt: str = "jsonl", *, verify: bool = True) -> VerifyResult | None:
