@@ -390,6 +390,22 @@ def _write_atomic(output: Path, data: bytes) -> None:
         raise
 
 
+def needs_conversion(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a model file of another framework (pickle, zip archive, LightGBM text,
+    XGBoost JSON) rather than ONNX, from its first bytes: cheap enough for every model load."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False  # missing or unreadable: the loader reports it
+    return (
+        head[:1] in (b"\x80", b"{")
+        or head.startswith(b"PK\x03\x04")
+        or head.startswith(b"tree\nversion=")
+        or head.startswith(b"tree\r\nversion=")
+    )
+
+
 def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Path:
     """An ONNX file for ``source``: the file itself when it is ONNX, else its conversion, cached under
     ``$FASTML_HOME/converted/<sha256 of the source>.onnx`` (converted and parity-checked once per content).
@@ -398,7 +414,7 @@ def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Pa
         InvalidInput: unsupported file, failed conversion or parity check.
     """
     path = Path(source)
-    if _is_onnx(path):
+    if not needs_conversion(path) and _is_onnx(path):
         return path
     if home is None:
         from fastml.config import get_settings
@@ -411,4 +427,4 @@ def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Pa
     return cached
 
 
-__all__ = ["ConversionReport", "FORMATS", "convert_file", "converted_path", "file_sha256", "load_source"]
+__all__ = ["ConversionReport", "FORMATS", "convert_file", "converted_path", "file_sha256", "load_source", "needs_conversion"]

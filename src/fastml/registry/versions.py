@@ -186,6 +186,13 @@ class Versions:
         if parent_ref is not None:
             with c.engine.connect() as conn:
                 c.find_row(conn, parent_ref)  # fail early, before copying anything
+        # A scikit-learn, XGBoost, LightGBM or PyTorch file is converted to ONNX first (parity-checked, cached
+        # by content hash); the ONNX is the artifact and the original file is kept as the source artifact.
+        from fastml.convert.frameworks import converted_path, needs_conversion
+
+        if needs_conversion(artifact):
+            source_artifact = artifact if source_artifact is None else source_artifact
+            artifact = converted_path(artifact)
         # Checked before anything is copied or recorded: a refused file leaves no trace.
         self._check_file(artifact, _validate.check_onnx)
         if source_artifact is not None:

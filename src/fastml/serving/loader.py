@@ -71,7 +71,12 @@ def load_model(ref_or_path: str | Path, *, log_predictions: bool | float = False
             if not path.is_file():
                 raise NotFound(f"{target}: directory has no model.onnx")
         # No suffix check: registry artifacts are stored by hash without one; ONNX Runtime refuses a file
-        # that is not a model (InvalidInput from the engine).
+        # that is not a model (InvalidInput from the engine). A scikit-learn, XGBoost, LightGBM or PyTorch
+        # file is converted (parity-checked, cached under FASTML_HOME by content hash) and its ONNX loaded.
+        from fastml.convert.frameworks import converted_path, needs_conversion
+
+        if needs_conversion(path):
+            path = converted_path(path)
         return _engine_load(path, _with_logger(engine_kwargs, log_predictions))
     mv, path = resolve_ref(target)
     engine_kwargs.setdefault("name", mv.name)

@@ -1,0 +1,176 @@
+"""Every framework in, ONNX out: scikit-learn, XGBoost, LightGBM and PyTorch files converted with a parity
+check against the source model, served and registered directly (converted on load, cached by content)."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from fastml.convert.frameworks import convert_file, converted_path, load_source
+from fastml.errors import InvalidInput
+
+
+@pytest.fixture(scope="module")
+def data():
+    from sklearn.datasets import make_classification, make_regression
+
+    X, y = make_classification(n_samples=300, n_features=6, random_state=0)
+    Xr, yr = make_regression(n_samples=300, n_features=6, noise=0.1, random_state=0)
+    return X.astype(np.float32), y, Xr.astype(np.float32), yr
+
+
+def run(path, x) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+
+
+def _sklearn_models(data):
+    import lightgbm
+    import xgboost
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, Xr, yr = data
+    return {
+        "pipeline": (make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, y), X),
+        "ridge": (Ridge().fit(Xr, yr), Xr),
+        "xgb_classifier": (xgboost.XGBClassifier(n_estimators=8, max_depth=3).fit(X, y), X),
+        "xgb_regressor": (xgboost.XGBRegressor(n_estimators=8, max_depth=3).fit(Xr, yr), Xr),
+        "lgbm_classifier": (lightgbm.LGBMClassifier(n_estimators=8, verbose=-1).fit(X, y), X),
+        "lgbm_regressor": (lightgbm.LGBMRegressor(n_estimators=8, verbose=-1).fit(Xr, yr), Xr),
+    }
+
+
+@pytest.mark.parametrize("kind", ["pipeline", "ridge", "xgb_classifier", "xgb_regressor", "lgbm_classifier", "lgbm_regressor"])
+@pytest.mark.parametrize("writer", ["pickle", "joblib"])
+def test_scikit_learn_api_models_convert_with_parity(data, tmp_path, kind, writer):
+    from sklearn.base import is_classifier
+
+    model, x = _sklearn_models(data)[kind]
+    src = tmp_path / "model.bin"
+    if writer == "pickle":
+        src.write_bytes(pickle.dumps(model))
+    else:
+        joblib.dump(model, src)
+    report = convert_file(src, tmp_path / "model.onnx", sample=x)
+    assert report.format == "sklearn" and report.parity_rows == len(x)
+    got = run(tmp_path / "model.onnx", x)
+    if is_classifier(model):
+        # Tensors, not ZipMap's list of dicts.
+        assert got["probabilities"].shape == (len(x), 2)
+        np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), atol=1e-4)
+        assert np.array_equal(got["label"], model.predict(x))
+    else:
+        np.testing.assert_allclose(got["variable"].reshape(-1), model.predict(x), rtol=1e-3, atol=1e-3)
+
+
+def test_native_boosters_convert_with_parity(data, tmp_path):
+    import lightgbm
+    import xgboost
+
+    X, y, _, _ = data
+    xgb = xgboost.train({"objective": "binary:logistic", "max_depth": 3}, xgboost.DMatrix(X, y), 6)
+    xgb.save_model(tmp_path / "xgb.json")
+    lgb = lightgbm.train({"objective": "binary", "verbose": -1}, lightgbm.Dataset(X, y), 6)
+    lgb.save_model(tmp_path / "lgb.txt")
+    r1 = convert_file(tmp_path / "xgb.json", tmp_path / "xgb.onnx", sample=X)
+    r2 = convert_file(tmp_path / "lgb.txt", tmp_path / "lgb.onnx", sample=X)
+    assert (r1.format, r2.format) == ("xgboost", "lightgbm")
+    np.testing.assert_allclose(run(tmp_path / "xgb.onnx", X)["probabilities"][:, 1], xgb.predict(xgboost.DMatrix(X)), atol=1e-5)
+    np.testing.assert_allclose(run(tmp_path / "lgb.onnx", X)["probabilities"][:, 1], lgb.predict(X), atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["torch.save", "torchscript"])
+def test_torch_modules_convert_with_parity(data, tmp_path, form):
+    import torch
+
+    X = data[0]
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3), torch.nn.Softmax(dim=1))
+    src = tmp_path / "net.pt"
+    if form == "torch.save":
+        torch.save(net, src)
+    else:
+        torch.jit.script(net).save(str(src))
+    np.save(tmp_path / "sample.npy", X[:50])
+    report = convert_file(src, tmp_path / "net.onnx", sample=tmp_path / "sample.npy")
+    assert report.format == "torch" and report.outputs == ["output"]
+    with torch.no_grad():
+        want = net(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(run(tmp_path / "net.onnx", X)["output"], want, atol=1e-5)  # batch size is dynamic
+
+
+def test_unsupported_file_names_the_file_and_writes_nothing(tmp_path):
+    tmp_path = tmp_path / "work"  # the test's FASTML_HOME is a sibling
+    tmp_path.mkdir()
+    bad = tmp_path / "notes.pkl"
+    bad.write_bytes(pickle.dumps({"not": "a model"}))
+    with pytest.raises(InvalidInput, match=r"notes\.pkl.*dict.*not a supported model"):
+        convert_file(bad, tmp_path / "out.onnx")
+    text = tmp_path / "readme.bin"
+    text.write_text("hello")
+    with pytest.raises(InvalidInput, match=r"readme\.bin.* is not a supported model file"):
+        load_source(text)
+    assert not (tmp_path / "out.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.pkl", "readme.bin"]
+
+
+def test_parity_failure_names_the_max_abs_difference_and_writes_nothing(data, tmp_path):
+    from sklearn.linear_model import LinearRegression
+
+    _, _, Xr, yr = data
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    # Huge targets: the float32 graph cannot match float64 scikit-learn to a zero tolerance.
+    model = LinearRegression().fit(Xr, yr * 1e6 + 1e9)
+    src = tmp_path / "lr.pkl"
+    src.write_bytes(pickle.dumps(model))
+    with pytest.raises(InvalidInput, match=r"parity check failed: output 'variable' differs from the source model by up to [0-9.e+-]+ \(max abs difference"):
+        convert_file(src, tmp_path / "lr.onnx", sample=Xr, atol=0.0, rtol=0.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.pkl"]
+
+
+def test_load_model_and_register_accept_a_pickle(data, tmp_path, fastml_home):
+    import fastml
+    from sklearn.linear_model import LogisticRegression
+
+    from fastml.registry import Registry
+
+    X, y, _, _ = data
+    model = LogisticRegression().fit(X, y)
+    src = tmp_path / "clf.joblib"
+    joblib.dump(model, src)
+    with fastml.load_model(src) as served:
+        got = served.predict(X[:20])
+    np.testing.assert_allclose(got["probabilities"], model.predict_proba(X[:20]), atol=1e-5)
+    cached = list((fastml_home / "converted").glob("*.onnx"))
+    assert len(cached) == 1 and converted_path(src) == cached[0]  # converted once, by content hash
+    mv = Registry().register("clf", src)
+    with fastml.load_model(f"clf:{mv.version}") as served:
+        assert np.array_equal(served.predict(X[:20])["label"], model.predict(X[:20]))
+    assert Registry().source_artifact_path(f"clf:{mv.version}").read_bytes() == src.read_bytes()
+
+
+def test_cli_convert(data, tmp_path, fastml_home):
+    from sklearn.tree import DecisionTreeClassifier
+
+    X, y, _, _ = data
+    src = tmp_path / "tree.pkl"
+    src.write_bytes(pickle.dumps(DecisionTreeClassifier(max_depth=4, random_state=0).fit(X, y)))
+    out = subprocess.run([sys.executable, "-m", "fastml.cli", "convert", str(src), "--output", str(tmp_path / "t.onnx")],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "converted sklearn DecisionTreeClassifier" in out.stdout and "max abs difference" in out.stdout
+    assert Path(tmp_path / "t.onnx").is_file()
+    bad = subprocess.run([sys.executable, "-m", "fastml.cli", "convert", str(tmp_path / "t.onnx.nope"), "-o", str(tmp_path / "x.onnx")],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "t.onnx.nope" in bad.stderr
