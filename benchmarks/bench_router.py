@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             ns["py_call_keyed"],
             ns["core_call_keyed"],
             "ns",
-            1.0,
+            0.5,  # one pybind11 call costs about what the Python router does; batches are the win
         )
     )
     if not args.skip_http:
