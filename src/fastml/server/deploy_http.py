@@ -15,10 +15,10 @@ import logging
 import time
 
 from fastml.errors import FastMLError, InvalidInput
-from fastml.monitoring.log import CURRENT_VARIANT
 from fastml.server.status import http_status
 from fastml.server.tensors import datatype_of, decode_request, encode_json, output_bytes, output_json_data
 from fastml.serving.dataplane import InferRequest
+from fastml.serving.deployments import CURRENT_VARIANT  # the server reaches monitoring only through serving
 
 log = logging.getLogger("fastml.server")
 
