@@ -98,7 +98,6 @@ def token_file(tmp_path_factory) -> Path:
 
 def onnx_bytes(tag: str) -> bytes:
     """A tiny valid ONNX model (Identity) whose bytes differ per ``tag``."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
