@@ -152,7 +152,7 @@ def _column(batch, name: str, dtype) -> np.ndarray:
         raise InvalidInput(f"column {name!r} cannot be read as {np.dtype(dtype).name}: {exc}") from exc
 
 
-def _open(path: Path, batch_rows: int, columns_wanted):
+def _open(path: Path, batch_rows: int):
     """(file columns, iterator of record batches over the wanted columns, total rows or None)."""
     import pyarrow as pa
 
@@ -160,9 +160,12 @@ def _open(path: Path, batch_rows: int, columns_wanted):
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(path)
+        # No pre-buffering and no reader threads: both read ahead of the batch being scored (64 MB retained
+        # for a 58 MB file here), which would break the memory budget.
+        pf = pq.ParquetFile(path, pre_buffer=False)
         names = pf.schema_arrow.names
-        return names, lambda cols: pf.iter_batches(batch_size=batch_rows, columns=cols), pf.metadata.num_rows
+        return (names, lambda cols: pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False),
+                pf.metadata.num_rows)
     if suffix in (".csv", ".txt") or suffix == "":
         from pyarrow import csv
 
@@ -298,11 +301,11 @@ def predict_file(
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     keys = list(key_columns or [])
-    file_columns, batches, total = _open(src, batch_rows, None)
+    file_columns, batches, total = _open(src, batch_rows)
     plan = _Plan(sess, file_columns, keys, columns if columns is not None else _card_columns(card_columns, file_columns), str(src))
     if max_memory_mb is not None:
         batch_rows = min(batch_rows, _rows_for_budget(sess, plan, max_memory_mb))
-        file_columns, batches, total = _open(src, batch_rows, None)
+        file_columns, batches, total = _open(src, batch_rows)
     writer = _Writer(Path(output_path))
     advance, close_bar = _progress(total, progress)
     rows = 0
