@@ -15,7 +15,7 @@ Conventions (the docs' authors follow these):
   Directives combine with commas: ``<!-- docs-test: setup, timeout=300 -->``.
 
 Each file runs in its own fresh temporary directory, laid out like a checkout (``examples/`` copied;
-``scripts/``, ``benchmarks/``, ``docs/`` linked), with its own fresh ``FASTML_HOME`` outside it and the
+``scripts/``, ``benchmarks/``, ``docs/``, ``deploy/`` linked), with its own fresh ``FASTML_HOME`` outside it and the
 venv's ``bin/`` first on ``PATH`` (``fastml``, ``python``, ``perf_analyzer`` when installed). Blocks run in
 document order (setup blocks first). All ``python`` blocks of one file share one interpreter, so later blocks
 see earlier names; tracebacks carry the markdown file's own line numbers. ``bash`` blocks run with
@@ -221,7 +221,7 @@ class DocSession:
         if (ROOT / "examples").is_dir():
             # Copied, not linked: snippets may write into it (generated data sets).
             shutil.copytree(ROOT / "examples", self.work / "examples")
-        for name in ("scripts", "benchmarks", "docs"):
+        for name in ("scripts", "benchmarks", "docs", "deploy"):
             if (ROOT / name).exists():
                 (self.work / name).symlink_to(ROOT / name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FASTML_")}
