@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT / "tests" / "server"))
 from serverkit import ServerProcess  # noqa: E402
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package prometheus; scripts/setup.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None, reason="prometheus not installed (Debian package prometheus; scripts/setup.sh installs it)"
+)
 DASHBOARD = ROOT / "deploy" / "grafana" / "fastml-dashboard.json"
 ADAPTER = ROOT / "deploy" / "kubernetes" / "prometheus-adapter" / "configmap.yaml"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -74,7 +76,9 @@ def adapter_query() -> str:
     (rule,) = config["rules"]
     assert rule["name"]["as"] == "fastml_queue_time_us_per_request"
     # What prometheus-adapter sends for `kubectl get --raw .../pods/*/fastml_queue_time_us_per_request`.
-    return substitute(rule["metricsQuery"], {"<<.LabelMatchers>>": 'namespace="test",pod=~"fastml-0"', "<<.GroupBy>>": "pod"})
+    return substitute(
+        rule["metricsQuery"], {"<<.LabelMatchers>>": 'namespace="test",pod=~"fastml-0"', "<<.GroupBy>>": "pod"}
+    )
 
 
 class Prometheus:
@@ -85,17 +89,28 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
-            "scrape_configs": [{
-                "job_name": "fastml",
-                "static_configs": [{"targets": [metrics_target], "labels": {"namespace": "test", "pod": "fastml-0"}}],
-            }],
+            "scrape_configs": [
+                {
+                    "job_name": "fastml",
+                    "static_configs": [
+                        {"targets": [metrics_target], "labels": {"namespace": "test", "pod": "fastml-0"}}
+                    ],
+                }
+            ],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = open(tmp / "prometheus.log", "w")
         self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp,
+            [
+                PROMETHEUS,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp,
         )
         deadline = time.monotonic() + 60
         while not self._ready():
@@ -132,7 +147,9 @@ class Prometheus:
 
 def fastml(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, FASTML_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "fastml.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fastml.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120
+    )
 
 
 def load(url: str, stop: threading.Event, x: np.ndarray, counts: dict) -> None:
@@ -141,9 +158,14 @@ def load(url: str, stop: threading.Event, x: np.ndarray, counts: dict) -> None:
     while not stop.is_set():
         rows = 1 + i % 8
         model = "mlp" if i % 2 else "fraud"
-        body = {"inputs": [{"name": "input", "shape": [rows, 32], "datatype": "FP32", "data": x[:rows].ravel().tolist()}]}
-        req = urllib.request.Request(f"http://{url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "fastml-routing-key": f"user-{i}"})
+        body = {
+            "inputs": [{"name": "input", "shape": [rows, 32], "datatype": "FP32", "data": x[:rows].ravel().tolist()}]
+        }
+        req = urllib.request.Request(
+            f"http://{url}/v2/models/{model}/infer",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "fastml-routing-key": f"user-{i}"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             counts[r.status] = counts.get(r.status, 0) + 1
         i += 1
@@ -190,12 +212,20 @@ def test_every_panel_and_the_autoscaler_query_return_data(fastml_home, onnx_mode
 
         # The values mean what the panels say.
         assert set(counts) == {200} and counts[200] > 0
-        rates = {(r["metric"]["model"], r["metric"]["version"]): float(r["value"][1]) for r in prom.query(queries[0][1])}
+        rates = {
+            (r["metric"]["model"], r["metric"]["version"]): float(r["value"][1]) for r in prom.query(queries[0][1])
+        }
         assert rates[("mlp", "1")] > 0, rates
         # Deployment traffic is counted per variant (both variants got some of the routing keys).
-        variants = {r["metric"]["variant"]: float(r["value"][1]) for r in prom.query(dict(queries)["Requests / s per variant [A]"])}
+        variants = {
+            r["metric"]["variant"]: float(r["value"][1])
+            for r in prom.query(dict(queries)["Requests / s per variant [A]"])
+        }
         assert set(variants) == {"incumbent", "candidate"} and min(variants.values()) > 0, variants
-        weights = {r["metric"]["variant"]: float(r["value"][1]) for r in prom.query(dict(queries)["Variant weights (basis points) [A]"])}
+        weights = {
+            r["metric"]["variant"]: float(r["value"][1])
+            for r in prom.query(dict(queries)["Variant weights (basis points) [A]"])
+        }
         assert weights == {"incumbent": 7000.0, "candidate": 3000.0}
         (hpa,) = prom.query(queries[-1][1])
         assert hpa["metric"] == {"pod": "fastml-0"} and float(hpa["value"][1]) >= 0

@@ -61,7 +61,9 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_fastml():
     assert all(part.isdigit() and int(part) != 0 for part in user)
     assert json.loads(runtime["ENTRYPOINT"]) == ["fastml"]
     # The image's user and ports are the ones the Deployment expects.
-    pod = next(d for d in render(ROOT / "deploy/kubernetes/base") if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    pod = next(d for d in render(ROOT / "deploy/kubernetes/base") if d["kind"] == "Deployment")["spec"]["template"][
+        "spec"
+    ]
     assert pod["securityContext"]["runAsUser"] == int(user[0])
     assert sorted(int(p) for p in runtime["EXPOSE"].split()) == sorted(
         p["containerPort"] for p in pod["containers"][0]["ports"]
@@ -78,11 +80,15 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_fastml():
 
 def _fastml(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, FASTML_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "fastml.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fastml.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def _init_script() -> tuple[list[str], dict]:
-    pod = next(d for d in render(ROOT / "deploy/kubernetes/base") if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    pod = next(d for d in render(ROOT / "deploy/kubernetes/base") if d["kind"] == "Deployment")["spec"]["template"][
+        "spec"
+    ]
     (init,) = pod["initContainers"]
     return init["command"], {e["name"]: e for e in init["env"]}
 
@@ -91,7 +97,9 @@ def _init_script() -> tuple[list[str], dict]:
 def snapshot(tmp_path) -> Path:
     """A fastml home holding the offline store of group ``customers`` (what the shared volume carries)."""
     home = tmp_path / "snapshot"
-    done = _fastml("features", "register", "customers", "--entity", "customer_id", "--feature", "spend:float64", home=home)
+    done = _fastml(
+        "features", "register", "customers", "--entity", "customer_id", "--feature", "spend:float64", home=home
+    )
     assert done.returncode == 0, done.stderr
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     (tmp_path / "rows.csv").write_text(f"customer_id,event_timestamp,spend\n1,{now},12.5\n2,{now},40.0\n")
@@ -102,16 +110,26 @@ def snapshot(tmp_path) -> Path:
 
 def _run_init(tmp_path: Path, snapshot: Path, groups: str) -> tuple[subprocess.CompletedProcess, Path]:
     command, env_spec = _init_script()
-    assert set(env_spec) == {"FASTML_HOME", "FASTML_FEATURE_SNAPSHOT", "FASTML_ADMIN_TOKEN_SECRET", "FASTML_FEATURE_GROUPS"}
+    assert set(env_spec) == {
+        "FASTML_HOME",
+        "FASTML_FEATURE_SNAPSHOT",
+        "FASTML_ADMIN_TOKEN_SECRET",
+        "FASTML_FEATURE_GROUPS",
+    }
     pod_home = tmp_path / "pod"
     pod_home.mkdir()
     secret = tmp_path / "secret" / "token"
     secret.parent.mkdir()
     secret.write_text("s3cr3t-admin-token-0123456789abcdef\n")
     secret.chmod(0o440)  # how a Secret volume with fsGroup presents it
-    env = dict(os.environ, FASTML_HOME=str(pod_home), FASTML_FEATURE_SNAPSHOT=str(snapshot),
-               FASTML_ADMIN_TOKEN_SECRET=str(secret), FASTML_FEATURE_GROUPS=groups,
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        FASTML_HOME=str(pod_home),
+        FASTML_FEATURE_SNAPSHOT=str(snapshot),
+        FASTML_ADMIN_TOKEN_SECRET=str(secret),
+        FASTML_FEATURE_GROUPS=groups,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=180), pod_home
 
 

@@ -39,7 +39,14 @@ def test_every_rendered_document_validates(target):
 
 def test_production_overlay_values():
     docs = by_kind(render(K8S / "overlays/production"))
-    assert set(docs) == {"ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"}
+    assert set(docs) == {
+        "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    }
     assert {d["metadata"]["namespace"] for d in docs.values()} == {"fastml"}
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 50)
@@ -118,7 +125,9 @@ def test_probe_on_unknown_port_refused():
     def mutate(d):
         d["Deployment"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = "web"
 
-    assert semantic_errors(_bad(mutate)) == ["Deployment/fastml: fastml readinessProbe uses port 'web', not a container port"]
+    assert semantic_errors(_bad(mutate)) == [
+        "Deployment/fastml: fastml readinessProbe uses port 'web', not a container port"
+    ]
 
 
 def test_schema_refuses_unknown_field_and_wrong_type():
@@ -139,7 +148,12 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path):
         render(tmp_path)
     patch = "- op: replace\n  path: /spec/nosuch/field\n  value: 1\n"
     (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump({"resources": [str(K8S / "base")], "patches": [{"target": {"kind": "Deployment", "name": "fastml"}, "patch": patch}]})
+        yaml.safe_dump(
+            {
+                "resources": [str(K8S / "base")],
+                "patches": [{"target": {"kind": "Deployment", "name": "fastml"}, "patch": patch}],
+            }
+        )
     )
     with pytest.raises(RenderError, match="/spec/nosuch/field"):
         render(tmp_path)

@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus; scripts/setup.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool not installed (Debian package prometheus; scripts/setup.sh installs it)"
+)
 
 
 def promtool(*args: str, cwd: Path = PROM) -> subprocess.CompletedProcess:
