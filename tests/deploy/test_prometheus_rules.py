@@ -44,3 +44,25 @@ def test_broken_rule_and_wrong_expectation_are_refused(tmp_path):
     (tmp_path / "rules_test.yml").write_text(tests.replace("value: 99500", "value: 99000"))
     done = promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
     assert done.returncode != 0 and "9.95E+04" in done.stdout + done.stderr
+
+
+def test_scrape_config_in_the_docs_is_valid(tmp_path):
+    """The scrape configuration docs/deploy.md shows (rule_files pointed at this checkout's rules)."""
+    import re
+
+    import yaml
+
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    (block,) = re.findall(r"```yaml\n(scrape_configs:.*?)```", text, re.S)
+    config = yaml.safe_load(block)
+    assert config["scrape_configs"][0]["job_name"] == "fastml"  # the job the rules and dashboard select
+    config["rule_files"] = [str(PROM / "rules.yml")]
+    # Debian's Prometheus is built without Kubernetes service discovery, so the check sees a static target in
+    # its place; the relabelling, the job and the rules are checked as written.
+    job = config["scrape_configs"][0]
+    assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+    job["static_configs"] = [{"targets": ["10.0.0.7:9999"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    done = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 17 rules found" in done.stdout
