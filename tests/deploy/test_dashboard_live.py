@@ -27,9 +27,12 @@ sys.path.insert(0, str(ROOT / "tests" / "server"))
 from serverkit import ServerProcess  # noqa: E402
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="prometheus not installed (Debian package prometheus; scripts/setup.sh installs it)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        PROMETHEUS is None, reason="prometheus not installed (Debian package prometheus; scripts/setup.sh installs it)"
+    ),
+]
 DASHBOARD = ROOT / "deploy" / "grafana" / "fastml-dashboard.json"
 ADAPTER = ROOT / "deploy" / "kubernetes" / "prometheus-adapter" / "configmap.yaml"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
