@@ -219,7 +219,8 @@ class _Writer:
             else:
                 import pyarrow.parquet as pq
 
-                self.writer = pq.ParquetWriter(self.tmp, table.schema)
+                # Predictions are floats that rarely repeat: dictionary encoding costs time and saves nothing.
+                self.writer = pq.ParquetWriter(self.tmp, table.schema, use_dictionary=False)
         self.writer.write_table(table)
 
     def commit(self, empty_schema) -> None:
