@@ -104,3 +104,33 @@ def test_a_failing_chunk_fails_the_whole_request(onnx_models, inputs):
         assert model.predict(inputs[:10])["label"].shape == (10,)
     finally:
         model.close()
+
+
+def test_serve_a_pickle_converted_on_load(tmp_path):
+    """`fastml serve model.pkl`: the scikit-learn file is converted on load and answers a 1,000-row request."""
+    import pickle
+
+    import tritonclient.http as httpclient
+    from serverkit import ServerProcess
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = make_classification(n_samples=300, n_features=5, random_state=0)
+    X = X.astype(np.float32)
+    model = LogisticRegression().fit(X, y)
+    src = tmp_path / "clf.pkl"
+    src.write_bytes(pickle.dumps(model))
+    home = tmp_path / "home"
+    home.mkdir()
+    srv = ServerProcess([str(src), "--http-port", "0", "--metrics-port", "0"], home)
+    try:
+        client = httpclient.InferenceServerClient(srv.url)
+        x = np.ascontiguousarray(np.resize(X, (1000, 5)))
+        inp = httpclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        res = client.infer("clf", [inp])
+        client.close()
+        np.testing.assert_allclose(res.as_numpy("probabilities"), model.predict_proba(x), atol=1e-5)
+        assert list((home / "converted").glob("*.onnx"))  # cached by content hash under FASTML_HOME
+    finally:
+        assert srv.stop() == 0

@@ -175,9 +175,13 @@ def scan_target(target: str) -> dict[str, list[ModelSource]]:
         return {mv.name: [ModelSource(mv.name, str(mv.version), target, RepositoryConfig(), is_ref=True)]}
     path = Path(target)
     if path.is_file():
-        if path.suffix != ".onnx":
+        from fastml.convert.frameworks import needs_conversion
+
+        # A scikit-learn, XGBoost, LightGBM or PyTorch file is converted on load (fastml.serving.loader).
+        if path.suffix != ".onnx" and not needs_conversion(path):
             raise InvalidInput(
-                f"{target}: expected an .onnx file, a model repository directory or a registry reference"
+                f"{target}: expected an .onnx file, a model repository directory, a registry reference or a "
+                "scikit-learn, XGBoost, LightGBM or PyTorch model file"
             )
         return {path.stem: [ModelSource(path.stem, "1", str(path))]}
     if (path / "model.onnx").is_file():
