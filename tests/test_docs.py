@@ -430,6 +430,8 @@ class DocSession:
 
 
 _SESSIONS: dict[Path, DocSession] = {}
+# The blocks as collected: a session runs exactly these, even if the file is edited during the run.
+_COLLECTED: dict[Path, list[Block]] = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -444,14 +446,15 @@ def _session(block: Block, tmp_path_factory) -> DocSession:
     session = _SESSIONS.get(block.path)
     if session is None:
         base = tmp_path_factory.mktemp("docs-" + block.rel.replace("/", "-"))
-        session = _SESSIONS[block.path] = DocSession(block.path, base, parse_blocks(block.path))
+        blocks = _COLLECTED.get(block.path) or parse_blocks(block.path)
+        session = _SESSIONS[block.path] = DocSession(block.path, base, blocks)
     return session
 
 
 def _params() -> list:
     params = []
     for path in doc_files():
-        blocks = parse_blocks(path)
+        blocks = _COLLECTED[path] = parse_blocks(path)
         budget_s = 0.0
         for block in execution_order(blocks):
             if block.lang not in EXECUTED and block.lang != "toml":
