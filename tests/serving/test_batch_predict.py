@@ -160,3 +160,48 @@ def test_cli_predict_registry_reference(model_file, tmp_path, fastml_home):
         capture_output=True, text=True, check=False,
     )
     assert bad.returncode == 2 and "key column 'customer'" in bad.stderr and "in.parquet" in bad.stderr
+
+
+def test_features_from_the_online_store_joined_by_the_key_column(tmp_path, fastml_home):
+    import time
+
+    from sklearn.linear_model import LinearRegression
+
+    from fastml.features import Feature, FeatureGroup, FeatureStore
+
+    store = FeatureStore()
+    store.register(FeatureGroup("driver", entities=["driver_id"], features=[Feature("trips", "float64"), Feature("rating", "float64")]))
+    n_drivers = 50
+    now_us = time.time_ns() // 1000 - 5_000_000
+    store.ingest("driver", pa.table({
+        "driver_id": pa.array(np.arange(n_drivers)),
+        "event_timestamp": pa.array(np.full(n_drivers, now_us), pa.int64()).view(pa.timestamp("us", tz="UTC")),
+        "trips": pa.array(np.arange(n_drivers, dtype=np.float64) * 10),
+        "rating": pa.array(np.linspace(3, 5, n_drivers)),
+    }))
+    store.materialize("driver")
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    model = LinearRegression().fit(X, X @ np.array([1.0, 0.5, -2.0]))
+    (tmp_path / "lr.pkl").write_bytes(pickle.dumps(model))
+    rows = 1000
+    ids = rng.integers(0, n_drivers + 10, size=rows)  # ten ids the store has never seen: NaN features
+    speed = rng.normal(size=rows).astype(np.float32)
+    pq.write_table(pa.table({"driver_id": ids, "speed": speed}), tmp_path / "trips.parquet")
+    feats = ["driver:trips", "driver:rating"]
+    predict_file(tmp_path / "lr.pkl", tmp_path / "trips.parquet", tmp_path / "out.parquet", key_columns=["driver_id"],
+                 columns=["speed", *feats], features=feats, feature_store=store, batch_rows=128)
+    out = pq.read_table(tmp_path / "out.parquet")
+    # The same join in Python from the ingested table, then the source model.
+    trips = np.where(ids < n_drivers, ids * 10.0, np.nan).astype(np.float32)
+    rating = np.where(ids < n_drivers, np.linspace(3, 5, n_drivers)[np.minimum(ids, n_drivers - 1)], np.nan).astype(np.float32)
+    known = ids < n_drivers
+    want = model.predict(np.column_stack([speed, trips, rating])[known])
+    got = out.column("variable").to_numpy()
+    np.testing.assert_allclose(got[known], want, rtol=1e-4, atol=1e-4)
+    assert np.isnan(got[~known]).all()
+    assert np.array_equal(out.column("driver_id").to_numpy(), ids)
+    with pytest.raises(Exception, match="nope"):
+        predict_file(tmp_path / "lr.pkl", tmp_path / "trips.parquet", tmp_path / "o2.parquet", key_columns=["driver_id"],
+                     columns=["speed", "driver:trips", "driver:nope"], features=["driver:trips", "driver:nope"], feature_store=store)
+    assert not (tmp_path / "o2.parquet").exists()

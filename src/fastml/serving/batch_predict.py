@@ -272,6 +272,8 @@ def predict_file(
     max_memory_mb: float | None = None,
     threads: int | None = None,
     progress: bool = False,
+    features: list[str] | None = None,
+    feature_store=None,
 ) -> PredictReport:
     """Score ``input_path`` with the model ``ref`` and write ``output_path``.
 
@@ -284,6 +286,10 @@ def predict_file(
         max_memory_mb: working-memory budget for the chunks in flight; bounds ``batch_rows``.
         threads: ONNX Runtime intra-op threads (default: every core).
         progress: show a progress bar on stderr.
+        features: feature references (``group:feature``) read from the online feature store for each row,
+            keyed by the first key column, and added as columns named by the reference (a row whose entity
+            has no value gets NaN). feature_store: the :class:`fastml.features.FeatureStore` (default: the
+            one under FASTML_HOME).
 
     Raises:
         InvalidInput: missing key or input columns (naming the column and the file), unsupported formats.
@@ -303,6 +309,18 @@ def predict_file(
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     keys = list(key_columns or [])
     file_columns, batches, total = _open(src, batch_rows)
+    features = list(features or [])
+    if features:
+        if not keys:
+            raise InvalidInput("--features needs --key-columns: the first key column holds the entity keys")
+        if keys[0] not in file_columns:
+            raise InvalidInput(f"key column {keys[0]!r} is not in {src} (its columns: {', '.join(file_columns)})")
+        if feature_store is None:
+            from fastml.features import FeatureStore
+
+            feature_store = FeatureStore()
+        feature_store.online.plan(features)  # unknown groups or features: InvalidInput / NotFound now
+        file_columns = file_columns + [f for f in features if f not in file_columns]
     plan = _Plan(sess, file_columns, keys, columns if columns is not None else _card_columns(card_columns, file_columns), str(src))
     if max_memory_mb is not None:
         batch_rows = min(batch_rows, _rows_for_budget(sess, plan, max_memory_mb))
@@ -316,7 +334,10 @@ def predict_file(
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fastml-predict")
     try:
         pending = None
-        for batch in batches(plan.read_columns):
+        read = [c for c in plan.read_columns if c not in features]
+        for batch in batches(read):
+            if features:
+                batch = _join_features(batch, feature_store, features, keys[0])
             feed = plan.feed(batch)
             fut = pool.submit(sess.run, None, feed)
             if pending is not None:
@@ -337,6 +358,17 @@ def predict_file(
         close_bar()
     return PredictReport(str(src), str(output_path), rows, batch_rows, time.perf_counter() - t0,
                          list(out_schema.names) if out_schema is not None else [])
+
+
+def _join_features(batch, store, features: list[str], key: str):
+    """``batch`` with one float32 column per feature reference, looked up by the entity keys in ``key``."""
+    import pyarrow as pa
+
+    keys = batch.column(batch.schema.get_field_index(key)).to_pylist()
+    values, present = store.get_online(features, keys, as_float32=True)[:2]
+    values = np.where(present, values, np.float32(np.nan))
+    arrays = list(batch.columns) + [pa.array(values[:, j]) for j in range(len(features))]
+    return pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + features)
 
 
 def _card_columns(card_columns, file_columns) -> list[str] | None:
