@@ -93,18 +93,20 @@ def test_blocking_predict_runs_on_the_calling_thread(loop_mlp, mlp_reference):
     assert loop_mlp.stats()["requests"] == 120
 
 
-def test_oversized_request_is_invalid_input(loop_mlp, mlp_reference):
+def test_oversized_request_runs_as_several_batches_and_bad_shapes_are_invalid(loop_mlp, mlp_reference):
     _, X = mlp_reference
+    x = np.ascontiguousarray(X[:17])
 
     async def main():
-        with pytest.raises(InvalidInput, match="max_batch_size 16"):
-            loop_mlp.submit(np.zeros((17, 32), np.float32))
         with pytest.raises(InvalidInput):
             loop_mlp.submit(np.zeros((2, 31), np.float32))
+        return await loop_mlp.submit(x)
 
-    asyncio.run(main())
-    with pytest.raises(InvalidInput, match="max_batch_size 16"):
-        loop_mlp.predict(np.zeros((17, 32), np.float32))
+    got = asyncio.run(main())
+    want = loop_mlp.predict(x)
+    assert got["probabilities"].shape == (17, 2)
+    np.testing.assert_array_equal(got["probabilities"], want["probabilities"])
+    np.testing.assert_array_equal(want["probabilities"][:16], loop_mlp.predict(x[:16])["probabilities"])
 
 
 def test_full_queue_is_overloaded_and_queued_requests_still_complete(onnx_models, mlp_reference):
