@@ -140,9 +140,9 @@ def test_parity_failure_names_the_max_abs_difference_and_writes_nothing(data, tm
 
 
 def test_load_model_and_register_accept_a_pickle(data, tmp_path, fastml_home):
-    import fastml
     from sklearn.linear_model import LogisticRegression
 
+    import fastml
     from fastml.registry import Registry
 
     X, y, _, _ = data

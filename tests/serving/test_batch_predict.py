@@ -87,8 +87,8 @@ def test_a_failure_midway_leaves_no_output(model_file, tmp_path):
     lines = src.read_text().splitlines()
     lines[2500] = lines[2500].rsplit(",", 1)[0] + ",not-a-number"  # a bad value far into the file
     src.write_text("\n".join(lines) + "\n")
-    with pytest.raises(Exception):
-        predict_file(pkl, src, tmp_path / "out.parquet", batch_rows=500)
+    with pytest.raises(InvalidInput, match=r"in\.csv: column 'f7' cannot be read as float32: .*not-a-number"):
+        predict_file(pkl, src, tmp_path / "out.parquet", batch_rows=500, key_columns=["id"])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == ["in.csv"]
     del text
 

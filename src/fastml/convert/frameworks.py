@@ -105,7 +105,7 @@ def load_source(path: str | os.PathLike):
             except Exception as exc:  # noqa: BLE001
                 raise InvalidInput(f"{str(path)!r}: a torch.save archive that torch cannot load: {exc}") from exc
             return _classify(obj, path)
-    if head.startswith(b"tree\nversion=") or head.startswith(b"tree\r\nversion="):
+    if head.startswith((b"tree\nversion=", b"tree\r\nversion=")):
         import lightgbm
 
         return "lightgbm", lightgbm.Booster(model_file=str(path))
@@ -400,9 +400,7 @@ def needs_conversion(path: str | os.PathLike) -> bool:
         return False  # missing or unreadable: the loader reports it
     return (
         head[:1] in (b"\x80", b"{")
-        or head.startswith(b"PK\x03\x04")
-        or head.startswith(b"tree\nversion=")
-        or head.startswith(b"tree\r\nversion=")
+        or head.startswith((b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion="))
     )
 
 

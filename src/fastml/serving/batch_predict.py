@@ -88,6 +88,7 @@ class _Plan:
         self.inputs = sess.get_inputs()
         self.output_names = [o.name for o in sess.get_outputs()]
         self.key_columns = key_columns
+        self.source = source
         missing_keys = [c for c in key_columns if c not in file_columns]
         if missing_keys:
             raise InvalidInput(f"key column {missing_keys[0]!r} is not in {source} (its columns: {', '.join(file_columns)})")
@@ -119,6 +120,12 @@ class _Plan:
 
     def feed(self, batch) -> dict[str, np.ndarray]:
         """ONNX Runtime feed for one Arrow record batch."""
+        try:
+            return self._feed(batch)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{self.source}: {exc}") from exc
+
+    def _feed(self, batch) -> dict[str, np.ndarray]:
         if self.matrix_columns is not None:
             spec = self.inputs[0]
             dtype = _ORT_NUMPY.get(spec.type, np.float32)
@@ -350,6 +357,9 @@ def predict_file(
             rows += pending[0].num_rows
             advance(pending[0].num_rows)
         writer.commit(out_schema or _empty_schema(plan, keys))
+    except pa.ArrowInvalid as exc:  # a value the column cannot hold, a ragged CSV row: the file's problem
+        writer.abort()
+        raise InvalidInput(f"{src}: {exc}") from exc
     except BaseException:
         writer.abort()
         raise
