@@ -30,6 +30,7 @@ import numpy as np
 
 from fastml import errors
 from fastml.errors import FastMLError, InvalidInput, NotFound
+from fastml.serving import messages
 
 log = logging.getLogger("fastml.serving")
 
@@ -299,7 +300,7 @@ class DataPlane:
         if deployments is not None and name in deployments.table:
             entry = deployments.resolve_entry(name)  # a keyless routing decision
         elif self.manager is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(messages.unknown_model(name, version))
         else:
             entry = self.manager.get(name, version)
         if "output_names" not in entry.cache:
@@ -321,6 +322,13 @@ class DataPlane:
                 fut = model.submit(inputs)
             else:
                 fut = model.submit(inputs, timeout_us, request_id=request_id)
+        except InvalidInput as exc:
+            self.count_failure(entry, exc)
+            # Say it in Triton's words where Triton has words for it (clients match on them).
+            triton = messages.input_error(entry.name, model.signature, inputs, model.max_batch_size, request_id)
+            if triton is None:
+                raise
+            raise InvalidInput(triton) from None
         except Exception as exc:
             self.count_failure(entry, exc)
             raise
