@@ -131,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{budget_peak / 1024:.0f} MiB with --max-memory-mb 16")
     report.add(benchjson.rate_row(f"fastml predict {rows:,} rows (Parquet in/out)",
                                   f"raw ONNX Runtime, best batch {batch}", raw_rate, fastml_rate, "rows/s", 0.8))
-    report.note(f"peak RSS of fastml predict: {max(peaks) / 1024:.0f} MiB default, {budget_peak / 1024:.0f} MiB with "
-                f"--max-memory-mb 16, input {data_mb:.0f} MiB in memory")
     report.write(args.json)
     return 0
 

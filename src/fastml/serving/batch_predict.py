@@ -32,7 +32,7 @@ from fastml.errors import InvalidInput, NotFound
 # Bytes of working memory per byte of a row's inputs and outputs: the Arrow batch, the numpy feed, ONNX
 # Runtime's intermediates and the output table, with two chunks alive (one scoring, one being read).
 MEMORY_PER_ROW_BYTE = 8
-DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_BATCH_ROWS = 16_384
 
 _ORT_NUMPY = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
