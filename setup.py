@@ -3,6 +3,7 @@
 FASTML_DEBUG=1 builds without optimisation and with assertions; FASTML_SANITIZE=address|thread adds a
 sanitizer (run the tests with the matching LD_PRELOAD).
 """
+
 import glob
 import os
 
@@ -42,7 +43,13 @@ frames = Pybind11Extension(
 
 # The HTTP transport's hot path: server/http.py compiled by Cython (see _http.pyx).
 http = cythonize(
-    [Extension("fastml.server._http", ["src/fastml/server/_http.pyx"], extra_compile_args=["-O3"] if not debug else ["-O0", "-g"])],
+    [
+        Extension(
+            "fastml.server._http",
+            ["src/fastml/server/_http.pyx"],
+            extra_compile_args=["-O3"] if not debug else ["-O0", "-g"],
+        )
+    ],
     quiet=True,
 )
 

@@ -62,8 +62,19 @@ class FastmlServer:
 
     def __init__(self, repo: Path, home: Path):
         env = dict(os.environ, FASTML_HOME=str(home), PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "fastml.cli", "serve", str(repo), "--http-port", "0", "--metrics-port", "0",
-               "--binary-port", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fastml.cli",
+            "serve",
+            str(repo),
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--binary-port",
+            "0",
+        ]
         self.popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         lines = [self.popen.stdout.readline() for _ in range(2)]
         http = re.search(r"fastml serve: http://[\d.]+:(\d+) ", lines[0])
@@ -113,8 +124,17 @@ def measure_binary(server: FastmlServer, x: np.ndarray, driver: str, concurrency
     def load(d_s: float) -> list[float]:
         if driver == "AsyncClient":
             return uvloop.run(_async_client_load(server.binary_address, x, concurrency, d_s))
-        res = uvloop.run(run_binary_closed_loop(server.binary_address, "mlp", {"input": x}, concurrency=concurrency,
-                                                connections=1, duration_s=d_s, timeout_s=30))
+        res = uvloop.run(
+            run_binary_closed_loop(
+                server.binary_address,
+                "mlp",
+                {"input": x},
+                concurrency=concurrency,
+                connections=1,
+                duration_s=d_s,
+                timeout_s=30,
+            )
+        )
         if res.ok != res.sent:
             raise RuntimeError(f"binary load had failures: {res.outcomes}")
         return list(res.latency_ok_us / 1e6)
@@ -124,14 +144,23 @@ def measure_binary(server: FastmlServer, x: np.ndarray, driver: str, concurrency
     lat = load(duration_s)
     wall, p1, c1 = time.perf_counter() - t0, time.process_time(), cpu_s(server.popen.pid)
     a = np.array(lat) * 1e6
-    return {"server": f"fastml binary ({driver})", "c": concurrency, "n": len(lat), "rps": len(lat) / wall,
-            "cpu_us": (c1 - c0) / len(lat) * 1e6, "client_cpu_us": (p1 - p0) / len(lat) * 1e6,
-            "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99))}
+    return {
+        "server": f"fastml binary ({driver})",
+        "c": concurrency,
+        "n": len(lat),
+        "rps": len(lat) / wall,
+        "cpu_us": (c1 - c0) / len(lat) * 1e6,
+        "client_cpu_us": (p1 - p0) / len(lat) * 1e6,
+        "p50_us": float(np.percentile(a, 50)),
+        "p99_us": float(np.percentile(a, 99)),
+    }
 
 
 def start_plain_echo(http_bench):
     """benchmarks/server/echo_server.py (uvloop + httptools, one canned KServe answer) as a bench_http_native Proc."""
-    p = subprocess.Popen([sys.executable, str(HERE / "server" / "echo_server.py")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    p = subprocess.Popen(
+        [sys.executable, str(HERE / "server" / "echo_server.py")], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     line = p.stdout.readline()
     m = re.search(r"http://[\d.]+:(\d+)", line)
     if not m:
@@ -142,7 +171,9 @@ def start_plain_echo(http_bench):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration-s", type=float, default=None, help="seconds per measurement (default 8; 2 with --quick)")
+    ap.add_argument(
+        "--duration-s", type=float, default=None, help="seconds per measurement (default 8; 2 with --quick)"
+    )
     add_arguments(ap)
     a = ap.parse_args(argv)
     duration = a.duration_s or (2.0 if a.quick else 8.0)
@@ -171,7 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         server = FastmlServer(repo, work / "home")
         procs.append(server)
         raw = http_bench.fetch_once(server.port, request)
-        results.append(http_bench.measure(http_bench.Proc("fastml HTTP", server.popen, server.port), request, len(raw), 32, duration))
+        results.append(
+            http_bench.measure(
+                http_bench.Proc("fastml HTTP", server.popen, server.port), request, len(raw), 32, duration
+            )
+        )
         results.append(measure_binary(server, x, "AsyncClient", 1, duration))
         results.append(measure_binary(server, x, "AsyncClient", 32, duration))
         results.append(measure_binary(server, x, "pipelined driver", 32, duration))
@@ -185,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             # The plain echo (httptools, canned answer, no JSON parsing) is cheaper than the msgspec one, so
             # the CPU ratio against it is the harder one.
-            report.note(f"bench_http_native's msgspec echo did not start ({exc}); using benchmarks/server/echo_server.py")
+            report.note(
+                f"bench_http_native's msgspec echo did not start ({exc}); using benchmarks/server/echo_server.py"
+            )
             echo = start_plain_echo(http_bench)
             echo_label = "bare uvloop+httptools echo (no JSON parse), c=32"
         procs.append(echo)
@@ -197,36 +234,93 @@ def main(argv: list[str] | None = None) -> int:
             p.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print("| server (client) | in flight | answers/s | p50 us | p99 us | server CPU us/inference | client CPU us/inference |")
+    print(
+        "| server (client) | in flight | answers/s | p50 us | p99 us | server CPU us/inference | client CPU us/inference |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         client = f"{r['client_cpu_us']:.1f}" if "client_cpu_us" in r else ""
-        print(f"| {r['server']} | {r['c']} | {r['rps']:,.0f} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['cpu_us']:.1f} | {client} |")
+        print(
+            f"| {r['server']} | {r['c']} | {r['rps']:,.0f} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['cpu_us']:.1f} | {client} |"
+        )
 
     def get(server: str, c: int) -> dict:
         return next(r for r in results if r["server"] == server and r["c"] == c)
 
     echo32, http32 = get("echo", 32), get("fastml HTTP", 32)
-    client32, pipe32, pipe128 = get("fastml binary (AsyncClient)", 32), get("fastml binary (pipelined driver)", 32), \
-        get("fastml binary (pipelined driver)", 128)
-    report.add(time_row("binary server CPU per inference, MLP batch 1, 32 in flight (AsyncClient)",
-                        echo_label, echo32["cpu_us"], client32["cpu_us"], "us/inference", CPU_TARGET))
-    report.add(time_row("binary server CPU per inference, MLP batch 1, 32 in flight (pipelined driver)",
-                        echo_label, echo32["cpu_us"], pipe32["cpu_us"], "us/inference", CPU_TARGET))
-    report.add(time_row("binary server CPU per inference vs fastml HTTP, MLP batch 1, 32 in flight (AsyncClient)",
-                        "fastml HTTP, c=32", http32["cpu_us"], client32["cpu_us"], "us/inference", HTTP_CPU_TARGET))
-    report.add(rate_row("binary throughput, MLP batch 1, 32 in flight (AsyncClient)", "fastml HTTP, c=32",
-                        http32["rps"], client32["rps"], "inferences/s", THROUGHPUT_TARGET))
-    report.add(rate_row("binary throughput, MLP batch 1, 32 in flight (pipelined driver)", "fastml HTTP, c=32",
-                        http32["rps"], pipe32["rps"], "inferences/s", THROUGHPUT_TARGET))
-    report.add(rate_row("one pipelined binary connection, MLP batch 1, 128 in flight", "the 100,000/s target",
-                        ONE_CONNECTION_TARGET_PER_S, pipe128["rps"], "inferences/s", 1.0))
+    client32, pipe32, pipe128 = (
+        get("fastml binary (AsyncClient)", 32),
+        get("fastml binary (pipelined driver)", 32),
+        get("fastml binary (pipelined driver)", 128),
+    )
+    report.add(
+        time_row(
+            "binary server CPU per inference, MLP batch 1, 32 in flight (AsyncClient)",
+            echo_label,
+            echo32["cpu_us"],
+            client32["cpu_us"],
+            "us/inference",
+            CPU_TARGET,
+        )
+    )
+    report.add(
+        time_row(
+            "binary server CPU per inference, MLP batch 1, 32 in flight (pipelined driver)",
+            echo_label,
+            echo32["cpu_us"],
+            pipe32["cpu_us"],
+            "us/inference",
+            CPU_TARGET,
+        )
+    )
+    report.add(
+        time_row(
+            "binary server CPU per inference vs fastml HTTP, MLP batch 1, 32 in flight (AsyncClient)",
+            "fastml HTTP, c=32",
+            http32["cpu_us"],
+            client32["cpu_us"],
+            "us/inference",
+            HTTP_CPU_TARGET,
+        )
+    )
+    report.add(
+        rate_row(
+            "binary throughput, MLP batch 1, 32 in flight (AsyncClient)",
+            "fastml HTTP, c=32",
+            http32["rps"],
+            client32["rps"],
+            "inferences/s",
+            THROUGHPUT_TARGET,
+        )
+    )
+    report.add(
+        rate_row(
+            "binary throughput, MLP batch 1, 32 in flight (pipelined driver)",
+            "fastml HTTP, c=32",
+            http32["rps"],
+            pipe32["rps"],
+            "inferences/s",
+            THROUGHPUT_TARGET,
+        )
+    )
+    report.add(
+        rate_row(
+            "one pipelined binary connection, MLP batch 1, 128 in flight",
+            "the 100,000/s target",
+            ONE_CONNECTION_TARGET_PER_S,
+            pipe128["rps"],
+            "inferences/s",
+            1.0,
+        )
+    )
     # Where one connection's rate would be if the client cost nothing: the server's own CPU per inference
     # bounds it at 1e6 / cpu_us per core.
     bound = 1e6 / pipe128["cpu_us"] if pipe128["cpu_us"] > 0 else float("inf")
-    report.note(f"one connection, 128 in flight: server {pipe128['cpu_us']:.1f} us CPU/inference (bound "
-                f"{bound:,.0f}/s on one core if the client were free), client {pipe128['client_cpu_us']:.1f} us/inference "
-                f"on the same {os.cpu_count()} cores")
+    report.note(
+        f"one connection, 128 in flight: server {pipe128['cpu_us']:.1f} us CPU/inference (bound "
+        f"{bound:,.0f}/s on one core if the client were free), client {pipe128['client_cpu_us']:.1f} us/inference "
+        f"on the same {os.cpu_count()} cores"
+    )
     report.write(a.json)
     return 0
 

@@ -58,9 +58,20 @@ P50_TARGET = 1 / 0.8
 def infer_request(x: np.ndarray) -> bytes:
     """One complete HTTP/1.1 KServe v2 request: binary input, binary outputs (what perf_analyzer sends)."""
     header = json.dumps(
-        {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-         "outputs": [{"name": "label", "parameters": {"binary_data": True}},
-                     {"name": "probabilities", "parameters": {"binary_data": True}}]},
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [
+                {"name": "label", "parameters": {"binary_data": True}},
+                {"name": "probabilities", "parameters": {"binary_data": True}},
+            ],
+        },
         separators=(",", ":"),
     ).encode()
     body = header + x.tobytes()
@@ -125,9 +136,18 @@ def serve_echo(response_file: str) -> None:
     import uvloop
 
     decoder = msgspec.json.Decoder(EchoRequest)
-    dtypes = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "UINT8": np.uint8, "BOOL": np.bool_}
+    dtypes = {
+        "FP32": np.float32,
+        "FP64": np.float64,
+        "INT64": np.int64,
+        "INT32": np.int32,
+        "UINT8": np.uint8,
+        "BOOL": np.bool_,
+    }
     canned = Path(response_file).read_bytes()
-    error = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"error\":\"bad\"}\r\n"
+    error = (
+        b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{"error":"bad"}\r\n'
+    )
 
     class Echo(asyncio.Protocol):
         def connection_made(self, transport):
@@ -235,7 +255,9 @@ def start_fastml(repo: Path, home: Path, impl: str) -> Proc:
 
 
 def start_echo(canned_file: Path) -> Proc:
-    p = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(canned_file)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    p = subprocess.Popen(
+        [sys.executable, __file__, "--serve-echo", str(canned_file)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     line = p.stdout.readline()
     if not line.startswith("PORT "):
         p.kill()
@@ -258,7 +280,11 @@ def ensure_nginx() -> str | None:
     if apt is None:
         print("note: nginx row skipped: nginx is not installed and apt-get is not available", file=sys.stderr)
         return None
-    for cmd in ([apt, "install", "-y", "-q", "nginx-light"], [apt, "update", "-q"], [apt, "install", "-y", "-q", "nginx-light"]):
+    for cmd in (
+        [apt, "install", "-y", "-q", "nginx-light"],
+        [apt, "update", "-q"],
+        [apt, "install", "-y", "-q", "nginx-light"],
+    ):
         r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
         if r.returncode == 0 and Path("/usr/sbin/nginx").exists():
             return "/usr/sbin/nginx"
@@ -296,7 +322,9 @@ http {{
     }}
 }}
 """)
-    p = subprocess.Popen([nginx, "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [nginx, "-p", str(workdir), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -377,8 +405,15 @@ def measure(proc: Proc, request: bytes, response_len: int, concurrency: int, dur
     wall = time.perf_counter() - t0
     c1 = cpu_s(proc.popen.pid)
     a = np.array(lat) / 1000.0
-    return {"server": proc.name, "c": concurrency, "n": len(lat), "rps": len(lat) / wall,
-            "cpu_us": (c1 - c0) / len(lat) * 1e6, "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99))}
+    return {
+        "server": proc.name,
+        "c": concurrency,
+        "n": len(lat),
+        "rps": len(lat) / wall,
+        "cpu_us": (c1 - c0) / len(lat) * 1e6,
+        "p50_us": float(np.percentile(a, 50)),
+        "p99_us": float(np.percentile(a, 99)),
+    }
 
 
 def syscalls_per_request(proc: Proc, request: bytes, response_len: int, duration_s: float) -> float | None:
@@ -388,7 +423,9 @@ def syscalls_per_request(proc: Proc, request: bytes, response_len: int, duration
         return None
     import uvloop
 
-    st = subprocess.Popen([strace, "-c", "-f", "-p", str(proc.popen.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    st = subprocess.Popen(
+        [strace, "-c", "-f", "-p", str(proc.popen.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(0.3)  # strace attaches asynchronously; a few requests more or less do not move the ratio
     if st.poll() is not None:
         return None
@@ -406,7 +443,9 @@ def syscalls_per_request(proc: Proc, request: bytes, response_len: int, duration
 # ----- main --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--duration-s", type=float, default=None, help="seconds per measurement (default 8; 2 with --quick)")
+    ap.add_argument(
+        "--duration-s", type=float, default=None, help="seconds per measurement (default 8; 2 with --quick)"
+    )
     ap.add_argument("--no-strace", action="store_true", help="skip the syscall count")
     add_arguments(ap)
     a = ap.parse_args(argv)
@@ -481,8 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         sc = syscalls.get(r["server"])
-        print(f"| {r['server']} | {r['c']} | {r['rps']:,.0f} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['cpu_us']:.1f} | "
-              f"{'' if sc is None or r['c'] != 1 else f'{sc:.1f}'} |")
+        print(
+            f"| {r['server']} | {r['c']} | {r['rps']:,.0f} | {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['cpu_us']:.1f} | "
+            f"{'' if sc is None or r['c'] != 1 else f'{sc:.1f}'} |"
+        )
 
     def get(server, c):
         return next((r for r in results if r["server"] == server and r["c"] == c), None)
@@ -490,13 +531,37 @@ def main(argv: list[str] | None = None) -> int:
     best = "fastml (python)"  # what fastml serve runs by default
     for c in (1, 32):
         echo, fm, cy = get("echo", c), get(best, c), get("fastml (cython)", c)
-        report.add(time_row(f"HTTP server CPU per inference, MLP batch 1, c={c}", "bare uvloop+httptools+msgspec echo",
-                            echo["cpu_us"], fm["cpu_us"], "us/inference", CPU_TARGET))
+        report.add(
+            time_row(
+                f"HTTP server CPU per inference, MLP batch 1, c={c}",
+                "bare uvloop+httptools+msgspec echo",
+                echo["cpu_us"],
+                fm["cpu_us"],
+                "us/inference",
+                CPU_TARGET,
+            )
+        )
         if cy is not None:
-            report.add(time_row(f"HTTP server CPU per inference, compiled twin vs default path, c={c}", "fastml (python)",
-                                fm["cpu_us"], cy["cpu_us"], "us/inference", 1.0))
-    report.add(time_row("HTTP p50 latency, MLP batch 1, c=1", "bare uvloop+httptools+msgspec echo",
-                        get("echo", 1)["p50_us"], get(best, 1)["p50_us"], "us", P50_TARGET))
+            report.add(
+                time_row(
+                    f"HTTP server CPU per inference, compiled twin vs default path, c={c}",
+                    "fastml (python)",
+                    fm["cpu_us"],
+                    cy["cpu_us"],
+                    "us/inference",
+                    1.0,
+                )
+            )
+    report.add(
+        time_row(
+            "HTTP p50 latency, MLP batch 1, c=1",
+            "bare uvloop+httptools+msgspec echo",
+            get("echo", 1)["p50_us"],
+            get(best, 1)["p50_us"],
+            "us",
+            P50_TARGET,
+        )
+    )
     report.write(a.json)
     return 0
 

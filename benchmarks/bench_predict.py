@@ -84,8 +84,19 @@ sys.exit(code)
 
 def fastml_predict(model: Path, src: Path, out: Path, extra: list[str]) -> tuple[float, int]:
     """(rows/s as the command reports it, peak RSS in KiB) of one ``fastml predict`` subprocess."""
-    args = ["predict", str(model), "--input", str(src), "--output", str(out), "--key-columns", "id", "--json",
-            "--no-progress", *extra]
+    args = [
+        "predict",
+        str(model),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--key-columns",
+        "id",
+        "--json",
+        "--no-progress",
+        *extra,
+    ]
     proc = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"fastml predict failed: {proc.stderr}")
@@ -125,12 +136,24 @@ def main(argv: list[str] | None = None) -> int:
     fastml_rate = max(rates)
     print(f"\n{rows:,} rows x {FEATURES} features ({data_mb:.0f} MiB in memory), {os.cpu_count()} cores")
     print(f"  raw ONNX Runtime, arrays in memory, best batch {batch:,}: {raw_rate:,.0f} rows/s")
-    print(f"  fastml predict, Parquet in and out (best of {repeats}):      {fastml_rate:,.0f} rows/s "
-          f"({fastml_rate / raw_rate:.2f}x)")
-    print(f"  fastml predict peak RSS: {max(peaks) / 1024:.0f} MiB (default chunks), "
-          f"{budget_peak / 1024:.0f} MiB with --max-memory-mb 16")
-    report.add(benchjson.rate_row(f"fastml predict {rows:,} rows (Parquet in/out)",
-                                  f"raw ONNX Runtime, best batch {batch}", raw_rate, fastml_rate, "rows/s", 0.8))
+    print(
+        f"  fastml predict, Parquet in and out (best of {repeats}):      {fastml_rate:,.0f} rows/s "
+        f"({fastml_rate / raw_rate:.2f}x)"
+    )
+    print(
+        f"  fastml predict peak RSS: {max(peaks) / 1024:.0f} MiB (default chunks), "
+        f"{budget_peak / 1024:.0f} MiB with --max-memory-mb 16"
+    )
+    report.add(
+        benchjson.rate_row(
+            f"fastml predict {rows:,} rows (Parquet in/out)",
+            f"raw ONNX Runtime, best batch {batch}",
+            raw_rate,
+            fastml_rate,
+            "rows/s",
+            0.8,
+        )
+    )
     report.write(args.json)
     return 0
 

@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     check_ns, base_ns = check_cost_ns(20_000 if args.quick else 200_000)
     print(f"\ntoken check: {check_ns:.0f} ns per request (a dict lookup: {base_ns:.0f} ns)")
     # Budget: a few microseconds against the ~100 us an HTTP inference costs end to end.
-    report.add(benchjson.time_row("admin token check per request vs 5 us budget", "budget (5 us)", 5000.0, check_ns, "ns", 1.0))
+    report.add(
+        benchjson.time_row("admin token check per request vs 5 us budget", "budget (5 us)", 5000.0, check_ns, "ns", 1.0)
+    )
 
     import models as reference_models
     from fastml.loadtest.protocol import build_infer_request
@@ -121,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         (repo / "mlp" / "1" / "model.onnx").write_bytes(mlp.read_bytes())
         token = secrets.token_hex(16)
         plain, plain_port = start_server(tmp / "h1", repo, [], {})
-        guarded, guarded_port = start_server(tmp / "h2", repo, ["--require-token-for-inference"],
-                                             {"FASTML_ADMIN_TOKEN": token})
+        guarded, guarded_port = start_server(
+            tmp / "h2", repo, ["--require-token-for-inference"], {"FASTML_ADMIN_TOKEN": token}
+        )
         try:
             x = np.random.default_rng(0).random((1, 32), dtype=np.float32)
             wire = build_infer_request("mlp", {"input": x}).wire
@@ -137,8 +140,16 @@ def main(argv: list[str] | None = None) -> int:
                 p.wait(timeout=60)
     plain_rate, token_rate = statistics.median(rates["plain"]), statistics.median(rates["token"])
     print(f"HTTP closed loop c=16: plain {plain_rate:,.0f} req/s, with the inference token {token_rate:,.0f} req/s")
-    report.add(benchjson.rate_row("HTTP inference with --require-token-for-inference vs without (c=16)",
-                                  "same server, no token", plain_rate, token_rate, "req/s", 0.9))
+    report.add(
+        benchjson.rate_row(
+            "HTTP inference with --require-token-for-inference vs without (c=16)",
+            "same server, no token",
+            plain_rate,
+            token_rate,
+            "req/s",
+            0.9,
+        )
+    )
     report.write(args.json)
     return 0
 

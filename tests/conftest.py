@@ -35,11 +35,11 @@ def fastml_home(tmp_path, monkeypatch) -> Path:
 def onnx_models(tmp_path_factory) -> dict[str, Path]:
     """Small versions of shared/bench's models: input ``input`` FP32 [-1, 32]; outputs ``label`` INT64
     [-1] and ``probabilities`` FP32 [-1, 2]. Keys: ``mlp``, ``gbt``; plus ``data`` (an .npy of X)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import make_classification
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.neural_network import MLPClassifier
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
 
     out = tmp_path_factory.mktemp("onnx_models")
     X, y = make_classification(n_samples=2000, n_features=32, random_state=0)

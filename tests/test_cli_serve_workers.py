@@ -55,7 +55,19 @@ def test_a_port_in_use_is_one_line(tmp_path, workers):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cmd = [sys.executable, "-c", ENTRY, "serve", str(path), "--http-port", str(port), "--metrics-port", "0", "--workers", workers]
+        cmd = [
+            sys.executable,
+            "-c",
+            ENTRY,
+            "serve",
+            str(path),
+            "--http-port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--workers",
+            workers,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()

@@ -8,11 +8,12 @@ package namespace.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 
-def lazy_exports(package: str, exports: dict[str, str], namespace: dict, *,
-                 submodules: bool = False) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+def lazy_exports(
+    package: str, exports: dict[str, str], namespace: dict, *, submodules: bool = False
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
     """Build a package's module-level ``__getattr__`` and ``__dir__``.
 
     Args:

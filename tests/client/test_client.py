@@ -101,14 +101,20 @@ def test_unavailable_is_retried_then_succeeds(fake):
 
 def test_retries_are_bounded(fake):
     srv = fake(lambda n, item: wire.encode_error(item[1], 503, 7, "model is loading"))
-    with Client(srv.address, retries=3, retry_backoff_s=0.001) as client, pytest.raises(errors.Unavailable, match="loading"):
+    with (
+        Client(srv.address, retries=3, retry_backoff_s=0.001) as client,
+        pytest.raises(errors.Unavailable, match="loading"),
+    ):
         client.infer("m", X)
     assert srv.requests == 4
 
 
 def test_overloaded_is_not_retried(fake):
     srv = fake(lambda n, item: wire.encode_error(item[1], 503, 5, "queue full"))
-    with Client(srv.address, retries=3, retry_backoff_s=0.001) as client, pytest.raises(errors.Overloaded, match="queue full"):
+    with (
+        Client(srv.address, retries=3, retry_backoff_s=0.001) as client,
+        pytest.raises(errors.Overloaded, match="queue full"),
+    ):
         client.infer("m", X)
     assert srv.requests == 1
 
@@ -124,7 +130,10 @@ def test_connection_refused_is_unavailable():
     s = socket.create_server(("127.0.0.1", 0))
     address = f"127.0.0.1:{s.getsockname()[1]}"
     s.close()
-    with Client(address, retries=1, retry_backoff_s=0.001) as client, pytest.raises(errors.Unavailable, match="cannot connect"):
+    with (
+        Client(address, retries=1, retry_backoff_s=0.001) as client,
+        pytest.raises(errors.Unavailable, match="cannot connect"),
+    ):
         client.infer("m", X)
 
 
@@ -218,7 +227,9 @@ def test_pool_is_shared_by_threads(server):
 def test_async_client_many_concurrent_calls_over_two_connections(server):
     async def main():
         async with AsyncClient(server.unix_address, connections=2) as client:
-            outs = await asyncio.gather(*(client.infer("two", {"x": np.full((1, 3), i, np.float32)}) for i in range(300)))
+            outs = await asyncio.gather(
+                *(client.infer("two", {"x": np.full((1, 3), i, np.float32)}) for i in range(300))
+            )
             with pytest.raises(errors.NotFound):
                 await client.infer("missing", {"x": np.zeros((1, 3), np.float32)})
             return outs

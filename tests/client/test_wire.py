@@ -15,7 +15,9 @@ from fastml.client import wire
 @pytest.mark.parametrize("chunk_bytes", [1024, 4096, 1 << 16])
 def test_frames_split_at_random_points_parse_in_order_and_views_stay_valid(chunk_bytes):
     rng = random.Random(chunk_bytes)
-    frames = [_frames.encode_request(i, "m", None, {"x": np.full((rng.randint(0, 3000),), i, np.float32)}) for i in range(200)]
+    frames = [
+        _frames.encode_request(i, "m", None, {"x": np.full((rng.randint(0, 3000),), i, np.float32)}) for i in range(200)
+    ]
     stream = b"".join(frames)
     buffer, parser = wire.FrameBuffer(chunk_bytes), wire.Parser()
     items, pos = [], 0

@@ -42,25 +42,42 @@ def _pipeline(spec, est, *, scaled=True, derived=()):
     cols = list(range(len(spec.numeric))) if spec.layout == "matrix" else list(spec.numeric)
     parts = [("num", Pipeline(num_steps), cols)]
     if spec.categorical:
-        parts.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32), list(spec.categorical)))
+        parts.append(
+            (
+                "cat",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float32),
+                list(spec.categorical),
+            )
+        )
     return Pipeline([("pre", ColumnTransformer(parts, sparse_threshold=0.0)), ("model", est)])
 
 
 def _families(task):
     from lightgbm import LGBMClassifier, LGBMRegressor
-    from sklearn.ensemble import (HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier,
-                                  RandomForestRegressor)
+    from sklearn.ensemble import (
+        HistGradientBoostingClassifier,
+        HistGradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
     from sklearn.linear_model import LogisticRegression, Ridge
     from xgboost import XGBClassifier, XGBRegressor
 
     if task == "classification":
-        return {"logreg": (LogisticRegression(), True), "rf": (RandomForestClassifier(n_estimators=10, random_state=0), False),
-                "hgb": (HistGradientBoostingClassifier(max_iter=15), False),
-                "xgb": (XGBClassifier(n_estimators=15, n_jobs=1), False),
-                "lgbm": (LGBMClassifier(n_estimators=15, verbose=-1, n_jobs=1), False)}
-    return {"ridge": (Ridge(), True), "rf": (RandomForestRegressor(n_estimators=10, random_state=0), False),
-            "hgb": (HistGradientBoostingRegressor(max_iter=15), False), "xgb": (XGBRegressor(n_estimators=15, n_jobs=1), False),
-            "lgbm": (LGBMRegressor(n_estimators=15, verbose=-1, n_jobs=1), False)}
+        return {
+            "logreg": (LogisticRegression(), True),
+            "rf": (RandomForestClassifier(n_estimators=10, random_state=0), False),
+            "hgb": (HistGradientBoostingClassifier(max_iter=15), False),
+            "xgb": (XGBClassifier(n_estimators=15, n_jobs=1), False),
+            "lgbm": (LGBMClassifier(n_estimators=15, verbose=-1, n_jobs=1), False),
+        }
+    return {
+        "ridge": (Ridge(), True),
+        "rf": (RandomForestRegressor(n_estimators=10, random_state=0), False),
+        "hgb": (HistGradientBoostingRegressor(max_iter=15), False),
+        "xgb": (XGBRegressor(n_estimators=15, n_jobs=1), False),
+        "lgbm": (LGBMRegressor(n_estimators=15, verbose=-1, n_jobs=1), False),
+    }
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -87,9 +104,10 @@ def test_every_family_converts_within_tolerance(task, layout, tmp_path):
 
 
 def test_derived_features_match_numpy():
+    from sklearn.pipeline import Pipeline
+
     from fastml.convert import DerivedFeatures
     from fastml.convert.sklearn_export import sklearn_to_onnx
-    from sklearn.pipeline import Pipeline
 
     X = np.array([[1.0, 2.0, 3.0], [4.0, 0.5, -0.5], [0.0, 8.0, 1.0]], dtype=np.float32)
     ops = (("add", 0, 1), ("sub", 0, 2), ("mul", 1, 2), ("div", 0, 1), ("log1p", 1, -1), ("square", 2, -1))
@@ -139,8 +157,10 @@ def test_torch_mlp_pipeline_exports_as_one_graph(tmp_path):
     df, y, y_reg = _frame(n=200)
     spec = InputSpec(("a", "b", "c", "d"), ("kind",))
     X = spec.model_input(df)
-    for est, task, target in ((TorchMLPClassifier(epochs=5, hidden_units=8), "classification", y),
-                              (TorchMLPRegressor(epochs=5, hidden_units=8), "regression", y_reg)):
+    for est, task, target in (
+        (TorchMLPClassifier(epochs=5, hidden_units=8), "classification", y),
+        (TorchMLPRegressor(epochs=5, hidden_units=8), "regression", y_reg),
+    ):
         pipe = _pipeline(spec, est).fit(X, target)
         path = tmp_path / f"{task}.onnx"
         path.write_bytes(to_onnx(pipe, spec).SerializeToString())
@@ -165,7 +185,9 @@ def test_onnx_feed_layouts():
 
 
 def test_import_stays_light():
-    code = ("import sys, fastml, fastml.convert, fastml.pipeline, fastml.pipeline.cli;"
-            "print(sorted(m for m in ('torch','optuna','skl2onnx','sklearn','onnx','pandas') if m in sys.modules))")
+    code = (
+        "import sys, fastml, fastml.convert, fastml.pipeline, fastml.pipeline.cli;"
+        "print(sorted(m for m in ('torch','optuna','skl2onnx','sklearn','onnx','pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -41,7 +41,10 @@ def _sklearn_models(data):
 
     X, y, Xr, yr = data
     return {
-        "pipeline": (make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, y), X),
+        "pipeline": (
+            make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=5, random_state=0)).fit(X, y),
+            X,
+        ),
         "ridge": (Ridge().fit(Xr, yr), Xr),
         "xgb_classifier": (xgboost.XGBClassifier(n_estimators=8, max_depth=3).fit(X, y), X),
         "xgb_regressor": (xgboost.XGBRegressor(n_estimators=8, max_depth=3).fit(Xr, yr), Xr),
@@ -50,7 +53,9 @@ def _sklearn_models(data):
     }
 
 
-@pytest.mark.parametrize("kind", ["pipeline", "ridge", "xgb_classifier", "xgb_regressor", "lgbm_classifier", "lgbm_regressor"])
+@pytest.mark.parametrize(
+    "kind", ["pipeline", "ridge", "xgb_classifier", "xgb_regressor", "lgbm_classifier", "lgbm_regressor"]
+)
 @pytest.mark.parametrize("writer", ["pickle", "joblib"])
 def test_scikit_learn_api_models_convert_with_parity(data, tmp_path, kind, writer):
     from sklearn.base import is_classifier
@@ -85,7 +90,9 @@ def test_native_boosters_convert_with_parity(data, tmp_path):
     r1 = convert_file(tmp_path / "xgb.json", tmp_path / "xgb.onnx", sample=X)
     r2 = convert_file(tmp_path / "lgb.txt", tmp_path / "lgb.onnx", sample=X)
     assert (r1.format, r2.format) == ("xgboost", "lightgbm")
-    np.testing.assert_allclose(run(tmp_path / "xgb.onnx", X)["probabilities"][:, 1], xgb.predict(xgboost.DMatrix(X)), atol=1e-5)
+    np.testing.assert_allclose(
+        run(tmp_path / "xgb.onnx", X)["probabilities"][:, 1], xgb.predict(xgboost.DMatrix(X)), atol=1e-5
+    )
     np.testing.assert_allclose(run(tmp_path / "lgb.onnx", X)["probabilities"][:, 1], lgb.predict(X), atol=1e-5)
 
 
@@ -134,7 +141,10 @@ def test_parity_failure_names_the_max_abs_difference_and_writes_nothing(data, tm
     model = LinearRegression().fit(Xr, yr * 1e6 + 1e9)
     src = tmp_path / "lr.pkl"
     src.write_bytes(pickle.dumps(model))
-    with pytest.raises(InvalidInput, match=r"parity check failed: output 'variable' differs from the source model by up to [0-9.e+-]+ \(max abs difference"):
+    with pytest.raises(
+        InvalidInput,
+        match=r"parity check failed: output 'variable' differs from the source model by up to [0-9.e+-]+ \(max abs difference",
+    ):
         convert_file(src, tmp_path / "lr.onnx", sample=Xr, atol=0.0, rtol=0.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.pkl"]
 
@@ -166,11 +176,19 @@ def test_cli_convert(data, tmp_path, fastml_home):
     X, y, _, _ = data
     src = tmp_path / "tree.pkl"
     src.write_bytes(pickle.dumps(DecisionTreeClassifier(max_depth=4, random_state=0).fit(X, y)))
-    out = subprocess.run([sys.executable, "-m", "fastml.cli", "convert", str(src), "--output", str(tmp_path / "t.onnx")],
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastml.cli", "convert", str(src), "--output", str(tmp_path / "t.onnx")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "converted sklearn DecisionTreeClassifier" in out.stdout and "max abs difference" in out.stdout
     assert Path(tmp_path / "t.onnx").is_file()
-    bad = subprocess.run([sys.executable, "-m", "fastml.cli", "convert", str(tmp_path / "t.onnx.nope"), "-o", str(tmp_path / "x.onnx")],
-                         capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "fastml.cli", "convert", str(tmp_path / "t.onnx.nope"), "-o", str(tmp_path / "x.onnx")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 2 and "t.onnx.nope" in bad.stderr

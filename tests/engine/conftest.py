@@ -31,8 +31,9 @@ def make_core():
         core.shutdown("test over")
 
 
-def _make_core(kind: str, inputs, *, outputs=("y",), max_batch_size=8, max_queue_size=64, max_queue_delay_us=0,
-               instances=1):
+def _make_core(
+    kind: str, inputs, *, outputs=("y",), max_batch_size=8, max_queue_size=64, max_queue_delay_us=0, instances=1
+):
     """(batcher, CompletionQueue class, CoreError class) of the given kind."""
     if kind == "native":
         from fastml import _core
@@ -41,8 +42,9 @@ def _make_core(kind: str, inputs, *, outputs=("y",), max_batch_size=8, max_queue
         return core, _core.CompletionQueue, _core.CoreError
     from fastml.engine import reference
 
-    core = reference.ReferenceBatcher(inputs, list(outputs), max_batch_size, max_queue_size, max_queue_delay_us,
-                                      instances)
+    core = reference.ReferenceBatcher(
+        inputs, list(outputs), max_batch_size, max_queue_size, max_queue_delay_us, instances
+    )
     return core, reference.CompletionQueue, reference.CoreError
 
 
@@ -79,7 +81,6 @@ def rowsum_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def two_input_model(tmp_path_factory):
     """ONNX model: A FP32 [-1, 3], B INT64 [-1, 2] -> S = A.sum(1) + B.sum(1) as FP32 [-1]."""
-    import onnx
     from onnx import TensorProto, helper
 
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
@@ -108,7 +109,6 @@ def two_input_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def string_model(tmp_path_factory):
     """ONNX model: S STRING [-1, 1] -> T = Identity(S) (BYTES in and out)."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(

@@ -54,7 +54,6 @@ def test_zipmap_outputs_are_refused_with_a_hint(tmp_path):
 
 
 def test_outputs_that_do_not_follow_the_batch_are_refused(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(

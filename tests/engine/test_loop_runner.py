@@ -38,7 +38,7 @@ def test_loop_runner_has_no_threads_and_matches_ort(loop_mlp, mlp_reference):
         spans.append((start, rows))
 
     async def one(start, rows):
-        x = np.ascontiguousarray(X[start:start + rows], dtype=np.float32)
+        x = np.ascontiguousarray(X[start : start + rows], dtype=np.float32)
         return x, await loop_mlp.predict_async(x)
 
     async def main():
@@ -70,7 +70,7 @@ def test_blocking_predict_runs_on_the_calling_thread(loop_mlp, mlp_reference):
 
     def worker(i):
         for j in range(20):
-            x = np.ascontiguousarray(X[(i * 20 + j) % 100:(i * 20 + j) % 100 + 1 + j % 4], dtype=np.float32)
+            x = np.ascontiguousarray(X[(i * 20 + j) % 100 : (i * 20 + j) % 100 + 1 + j % 4], dtype=np.float32)
             results[(i, j)] = (x, loop_mlp.predict(x))
 
     async def main():
@@ -81,7 +81,7 @@ def test_blocking_predict_runs_on_the_calling_thread(loop_mlp, mlp_reference):
         # loop through its eventfd.
         outs = []
         for k in range(40):
-            x = np.ascontiguousarray(X[k:k + 2], dtype=np.float32)
+            x = np.ascontiguousarray(X[k : k + 2], dtype=np.float32)
             outs.append((x, await loop_mlp.predict_async(x)))
         await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join() for t in threads])
         return outs
@@ -113,6 +113,7 @@ def test_full_queue_is_overloaded_and_queued_requests_still_complete(onnx_models
     session, X = mlp_reference
     m = load_model(onnx_models["mlp"], runner="loop", max_queue_size=4)
     try:
+
         async def main():
             x = np.ascontiguousarray(X[:1], dtype=np.float32)
             futs = [m.submit(x) for _ in range(4)]  # nothing runs before this coroutine yields
@@ -162,6 +163,7 @@ def test_close_fails_pending_requests_with_unavailable(onnx_models):
 def test_a_failing_batch_fails_its_requests_with_internal_error(onnx_models):
     m = load_model(onnx_models["mlp"], runner="loop")
     try:
+
         def broken(feed):
             raise RuntimeError("kernel exploded")
 

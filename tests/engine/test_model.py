@@ -23,7 +23,7 @@ def test_stress_threads_and_tasks_each_get_exactly_their_rows(batcher, onnx_mode
     errors = []
 
     def check(start, n, result):
-        exp_label, exp_proba = session.run(None, {"input": X[start:start + n]})
+        exp_label, exp_proba = session.run(None, {"input": X[start : start + n]})
         np.testing.assert_allclose(result["probabilities"], exp_proba, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(result["label"], exp_label)
         checked.append(n)
@@ -34,7 +34,7 @@ def test_stress_threads_and_tasks_each_get_exactly_their_rows(batcher, onnx_mode
             for _ in range(30):
                 n = r.randint(1, 16)
                 start = r.randrange(0, len(X) - n)
-                check(start, n, model.predict(X[start:start + n]))
+                check(start, n, model.predict(X[start : start + n]))
         except Exception as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
@@ -43,7 +43,7 @@ def test_stress_threads_and_tasks_each_get_exactly_their_rows(batcher, onnx_mode
         for _ in range(30):
             n = r.randint(1, 16)
             start = r.randrange(0, len(X) - n)
-            check(start, n, await model.predict_async({"input": X[start:start + n]}))
+            check(start, n, await model.predict_async({"input": X[start : start + n]}))
 
     threads = [threading.Thread(target=thread_worker, args=(rng.random(),)) for _ in range(4)]
     for t in threads:
@@ -72,7 +72,7 @@ def test_concurrent_requests_are_batched(batcher, onnx_models, mlp_reference, ga
     async def main():
         first = model.submit(X[:1])
         await asyncio.to_thread(g.entered.wait)  # the runner holds batch 1; the rest must queue
-        rest = [model.submit(X[i:i + 1]) for i in range(1, 16)]
+        rest = [model.submit(X[i : i + 1]) for i in range(1, 16)]
         g.release()
         return await asyncio.gather(first, *rest)
 
@@ -338,8 +338,9 @@ def test_model_survives_event_loop_changes_and_uvloop(batcher, onnx_models, mlp_
 
     _, X = mlp_reference
     with load_model(onnx_models["mlp"], batcher=batcher) as model:
+
         async def main():
-            return await asyncio.gather(*[model.predict_async(X[i:i + 1]) for i in range(8)])
+            return await asyncio.gather(*[model.predict_async(X[i : i + 1]) for i in range(8)])
 
         assert len(asyncio.run(main())) == 8
         assert len(asyncio.run(main())) == 8  # a second loop attaches its own completion queue

@@ -48,5 +48,7 @@ def test_a_model_failing_on_its_warmup_inputs_is_invalid_input():
         def run(self, names, feed):
             raise RuntimeError("stod")
 
-    with pytest.raises(InvalidInput, match=r"warm-up failed: the model cannot run on its warm-up samples \(4 rows\): stod"):
+    with pytest.raises(
+        InvalidInput, match=r"warm-up failed: the model cannot run on its warm-up samples \(4 rows\): stod"
+    ):
         warmup.run_once(Failing(), {}, 4, True)

@@ -4,15 +4,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import textwrap
+import threading
 
 import numpy as np
 import pyarrow as pa
+from feature_helpers import BASE_US, ts
 
 from fastml.features import Feature, FeatureGroup, FeatureStore
-
-from feature_helpers import BASE_US, ts
 
 N_FEATURES = 8
 FEATS = [f"g:f{j}" for j in range(N_FEATURES)]
@@ -96,8 +95,12 @@ def test_kill_9_during_materialisation_leaves_last_commit_readable(fastml_home, 
             print(gen, flush=True)
         print("done", flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "FASTML_HOME": str(fastml_home)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FASTML_HOME": str(fastml_home)},
+    )
     last = 0
     try:
         for line in proc.stdout:

@@ -3,11 +3,10 @@
 import numpy as np
 import pyarrow as pa
 import pytest
+from feature_helpers import BASE_US, driver_table, ts
 
 from fastml.errors import InvalidInput, NotFound
 from fastml.features import Feature, FeatureGroup
-
-from feature_helpers import BASE_US, driver_table, ts
 
 FEATS = ["driver:trips", "driver:rating", "driver:city", "driver:active", "driver:score"]
 
@@ -19,9 +18,18 @@ def _dump(store, keys):
 
 def test_materialize_latest_per_entity_and_lookup(store, driver_group):
     store.register(driver_group)
-    store.ingest("driver", driver_table([1, 2, 1, 3], [0, 5, 10, 7], [10, 20, 11, 30],
-                                        rating=[4.0, 3.5, None, 2.0], city=["a", "b", "c", None],
-                                        active=[True, False, True, None], score=[0.5, 1.5, 2.5, 3.5]))
+    store.ingest(
+        "driver",
+        driver_table(
+            [1, 2, 1, 3],
+            [0, 5, 10, 7],
+            [10, 20, 11, 30],
+            rating=[4.0, 3.5, None, 2.0],
+            city=["a", "b", "c", None],
+            active=[True, False, True, None],
+            score=[0.5, 1.5, 2.5, 3.5],
+        ),
+    )
     res = store.materialize("driver")
     assert res["entities"] == 3 and res["written"] == 3 and res["skipped_older"] == 0
     values, present, event_time = store.get_online(FEATS, [1, 2, 3, 99])
@@ -93,8 +101,9 @@ def test_lookup_into_fills_caller_array_without_allocating(store, driver_group):
 
 def test_float32_output_and_composite_keys(store):
     store.register(FeatureGroup("pair", entities=["user", "item"], features=[Feature("clicks", "int64")]))
-    store.ingest("pair", pa.table({"user": [1, 1], "item": ["x", "y"], "event_timestamp": ts([0, 0]),
-                                   "clicks": [3, 4]}))
+    store.ingest(
+        "pair", pa.table({"user": [1, 1], "item": ["x", "y"], "event_timestamp": ts([0, 0]), "clicks": [3, 4]})
+    )
     store.materialize("pair")
     v, p, _ = store.get_online(["pair:clicks"], [(1, "y"), (1, "x"), (2, "x")], as_float32=True)
     assert v.dtype == np.float32 and v[:2, 0].tolist() == [4.0, 3.0] and not p[2, 0]

@@ -22,8 +22,10 @@ def artifact(tmp_path) -> Path:
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     onnx.checker.check_model(model)
     path = tmp_path / "model.onnx"
     path.write_bytes(model.SerializeToString())

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import json
+import multiprocessing
 
 import msgspec
 import pytest
@@ -15,8 +15,14 @@ from fastml.governance.audit import GENESIS, AuditLog, canonical_bytes, entry_ha
 def _filled(tmp_path, n=5) -> AuditLog:
     log = AuditLog(tmp_path / "audit")
     for i in range(n):
-        log.append("registry.transition", target=f"m@{i}", before={"stage": "staging"}, after={"stage": "production"},
-                   details={"i": i, "score": 0.1 * i}, actor="alice")
+        log.append(
+            "registry.transition",
+            target=f"m@{i}",
+            before={"stage": "staging"},
+            after={"stage": "production"},
+            details={"i": i, "score": 0.1 * i},
+            actor="alice",
+        )
     return log
 
 

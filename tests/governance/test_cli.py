@@ -26,8 +26,17 @@ def test_check_cards(capsys, tmp_path):
     rc, out, _ = _run(capsys, "governance", "check", str(CARDS["credit"]))
     assert rc == 0 and "verdict: pass" in out and "AIA-6" in out
     html_path, json_path = tmp_path / "r.html", tmp_path / "r.json"
-    rc, out, _ = _run(capsys, "governance", "check", str(CARDS["readmission"]), "--json",
-                      "--html", str(html_path), "--out", str(json_path))
+    rc, out, _ = _run(
+        capsys,
+        "governance",
+        "check",
+        str(CARDS["readmission"]),
+        "--json",
+        "--html",
+        str(html_path),
+        "--out",
+        str(json_path),
+    )
     assert rc == 1
     doc = json.loads(out)
     assert doc["verdict"] == "fail" and json.loads(json_path.read_text()) == doc
@@ -71,21 +80,62 @@ def test_fairness_command_matches_library_and_records_evidence(capsys, tmp_path,
 
     data = tmp_path / "preds.csv"
     y, pred, sex = _write_predictions(data, biased=True)
-    rc, out, _ = _run(capsys, "governance", "fairness", str(data), "--y-true", "label", "--y-pred", "pred",
-                      "--sensitive", "sex", "--privileged", "M", "--unprivileged", "F", "--json")
+    rc, out, _ = _run(
+        capsys,
+        "governance",
+        "fairness",
+        str(data),
+        "--y-true",
+        "label",
+        "--y-pred",
+        "pred",
+        "--sensitive",
+        "sex",
+        "--privileged",
+        "M",
+        "--unprivileged",
+        "F",
+        "--json",
+    )
     assert rc == 1
     doc = json.loads(out)
     lib = assess_fairness(y, pred, sex, privileged="M", unprivileged="F")
     for name, m in lib.metrics.items():
         assert doc["fairness"]["metrics"][name]["value"] == pytest.approx(m.value)
-    rc, out, _ = _run(capsys, "governance", "fairness", str(data), "--y-true", "label", "--y-pred", "pred",
-                      "--sensitive", "sex", "--threshold", "demographic_parity_difference=0.5",
-                      "--threshold", "demographic_parity_ratio=off", "--threshold", "disparate_impact=0.1",
-                      "--threshold", "equalized_odds_difference=0.5", "--threshold", "equal_opportunity_difference=0.5",
-                      "--threshold", "equal_opportunity_ratio=0.1", "--threshold", "equalized_odds_ratio=0.1",
-                      "--threshold", "average_odds_difference=0.5", "--threshold", "accuracy_difference=0.5")
+    rc, out, _ = _run(
+        capsys,
+        "governance",
+        "fairness",
+        str(data),
+        "--y-true",
+        "label",
+        "--y-pred",
+        "pred",
+        "--sensitive",
+        "sex",
+        "--threshold",
+        "demographic_parity_difference=0.5",
+        "--threshold",
+        "demographic_parity_ratio=off",
+        "--threshold",
+        "disparate_impact=0.1",
+        "--threshold",
+        "equalized_odds_difference=0.5",
+        "--threshold",
+        "equal_opportunity_difference=0.5",
+        "--threshold",
+        "equal_opportunity_ratio=0.1",
+        "--threshold",
+        "equalized_odds_ratio=0.1",
+        "--threshold",
+        "average_odds_difference=0.5",
+        "--threshold",
+        "accuracy_difference=0.5",
+    )
     assert rc == 0 and "fairness: pass" in out
-    rc, _, err = _run(capsys, "governance", "fairness", str(data), "--y-true", "nope", "--y-pred", "pred", "--sensitive", "sex")
+    rc, _, err = _run(
+        capsys, "governance", "fairness", str(data), "--y-true", "nope", "--y-pred", "pred", "--sensitive", "sex"
+    )
     assert rc == 2 and "'nope'" in err
 
     # --record stores evidence that the gate then uses.
@@ -97,8 +147,20 @@ def test_fairness_command_matches_library_and_records_evidence(capsys, tmp_path,
     assert rc == 1 and any("no fairness evidence" in r for r in json.loads(out)["reasons"])
     fair = tmp_path / "fair.csv"
     _write_predictions(fair, biased=False)
-    rc, out, _ = _run(capsys, "governance", "fairness", str(fair), "--y-true", "label", "--y-pred", "pred",
-                      "--sensitive", "sex", "--record", mv.ref)
+    rc, out, _ = _run(
+        capsys,
+        "governance",
+        "fairness",
+        str(fair),
+        "--y-true",
+        "label",
+        "--y-pred",
+        "pred",
+        "--sensitive",
+        "sex",
+        "--record",
+        mv.ref,
+    )
     assert rc == 0 and f"recorded for {mv.ref}" in out
     rc, out, _ = _run(capsys, "governance", "gate", mv.ref)
     assert rc == 0 and "allowed" in out
@@ -120,8 +182,20 @@ def test_lineage_command(capsys, artifact):
 
 
 def test_audit_commands(capsys, tmp_path, fastml_home):
-    rc, out, _ = _run(capsys, "audit", "record", "deployment.rollout", "--target", "recsys:1.0.0",
-                      "--before", '{"weight": 0}', "--after", '{"weight": 10}', "--actor", "ops")
+    rc, out, _ = _run(
+        capsys,
+        "audit",
+        "record",
+        "deployment.rollout",
+        "--target",
+        "recsys:1.0.0",
+        "--before",
+        '{"weight": 0}',
+        "--after",
+        '{"weight": 10}',
+        "--actor",
+        "ops",
+    )
     assert rc == 0 and out.startswith("recorded seq 1 ")
     _run(capsys, "audit", "record", "deployment.rollout", "--target", "recsys:1.0.0", "--after", '{"weight": 100}')
     rc, out, _ = _run(capsys, "audit", "verify")
@@ -168,9 +242,11 @@ def test_import_registry_command(capsys, artifact):
 
 def test_cli_runs_as_a_command(tmp_path, fastml_home):
     # The installed entry point, in a fresh process: group help works and verify of an empty log passes.
-    out = subprocess.run([sys.executable, "-m", "fastml.cli", "audit", "verify"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastml.cli", "audit", "verify"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "0 entries" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "fastml.cli", "governance", "--help"], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastml.cli", "governance", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and "lineage" in out.stdout

@@ -18,15 +18,36 @@ from fastml.governance.report import build_report, to_html, to_json
 from .conftest import CARDS
 
 CREDIT_EXPECTED = {
-    "GDPR-5.1a": "pass", "GDPR-5.1b": "pass", "GDPR-5.1c": "pass", "GDPR-5.1e": "pass", "GDPR-6": "pass",
-    "GDPR-9": "pass", "GDPR-22": "pass", "GDPR-35": "pass",
-    "AIA-5": "pass", "AIA-6": "pass", "AIA-9": "pass", "AIA-10": "pass", "AIA-11": "pass", "AIA-12": "pass",
-    "AIA-13": "pass", "AIA-14": "pass", "AIA-15": "pass",
-    "CCPA-100": "pass", "CCPA-120": "pass", "CCPA-121": "pass", "CCPA-100c": "pass", "CCPA-105": "pass",
+    "GDPR-5.1a": "pass",
+    "GDPR-5.1b": "pass",
+    "GDPR-5.1c": "pass",
+    "GDPR-5.1e": "pass",
+    "GDPR-6": "pass",
+    "GDPR-9": "pass",
+    "GDPR-22": "pass",
+    "GDPR-35": "pass",
+    "AIA-5": "pass",
+    "AIA-6": "pass",
+    "AIA-9": "pass",
+    "AIA-10": "pass",
+    "AIA-11": "pass",
+    "AIA-12": "pass",
+    "AIA-13": "pass",
+    "AIA-14": "pass",
+    "AIA-15": "pass",
+    "CCPA-100": "pass",
+    "CCPA-120": "pass",
+    "CCPA-121": "pass",
+    "CCPA-100c": "pass",
+    "CCPA-105": "pass",
     "CCPA-185-ADMT": "pass",
 }
 READMISSION_EXPECTED = {
-    "HIPAA-514b": "needs_review", "HIPAA-502b": "fail", "HIPAA-506": "pass", "HIPAA-504e": "pass", "HIPAA-312": "pass",
+    "HIPAA-514b": "needs_review",
+    "HIPAA-502b": "fail",
+    "HIPAA-506": "pass",
+    "HIPAA-504e": "pass",
+    "HIPAA-312": "pass",
 }
 
 
@@ -63,7 +84,12 @@ def test_hospital_readmission_card_phi():
     rep = assess(load_card(CARDS["readmission"]))
     assert rep.verdicts() == READMISSION_EXPECTED
     assert rep.verdict == "fail"
-    assert {k: v["applicable"] for k, v in rep.rulesets.items()} == {"gdpr": False, "eu_ai_act": False, "ccpa": False, "hipaa": True}
+    assert {k: v["applicable"] for k, v in rep.rulesets.items()} == {
+        "gdpr": False,
+        "eu_ai_act": False,
+        "ccpa": False,
+        "hipaa": True,
+    }
     assert rep.scan.phi
     sh = rep.scan.safe_harbor
     assert sh["A"] == ["patient_name"] and sh["G"] == ["ssn"] and sh["H"] == ["mrn"]
@@ -118,8 +144,13 @@ def test_review_sign_off_and_undeclared_personal_data():
 
 
 def test_prohibited_practice_fails():
-    card = {"name": "x", "intended_use": "social scoring of citizens", "jurisdictions": ["EU"], "personal_data": True,
-            "eu_ai_act": {"risk_tier": "unacceptable"}}
+    card = {
+        "name": "x",
+        "intended_use": "social scoring of citizens",
+        "jurisdictions": ["EU"],
+        "personal_data": True,
+        "eu_ai_act": {"risk_tier": "unacceptable"},
+    }
     rep = assess(card, rulesets=["eu_ai_act"])
     assert rep.finding("AIA-5").verdict == "fail"
     with pytest.raises(InvalidInput, match="unknown rule set"):
@@ -182,8 +213,11 @@ def test_card_validation_and_loading_errors(tmp_path):
 def test_reports_json_and_self_contained_html(tmp_path):
     comp = assess(load_card(CARDS["readmission"]))
     fair = assess_fairness([1, 0, 1, 0, 1, 1], [1, 0, 0, 0, 1, 0], ["a", "a", "b", "b", "a", "b"])
-    doc = build_report(compliance=comp, fairness=fair,
-                       gate={"target_stage": "production", "allowed": False, "reasons": ["HIPAA-502b <fail>"]})
+    doc = build_report(
+        compliance=comp,
+        fairness=fair,
+        gate={"target_stage": "production", "allowed": False, "reasons": ["HIPAA-502b <fail>"]},
+    )
     assert doc["verdict"] == "fail" and doc["model"] == "readmission-30d"
     parsed = json.loads(to_json(doc))
     assert parsed["compliance"]["counts"] == {"pass": 3, "fail": 1, "needs_review": 1}

@@ -47,9 +47,16 @@ def test_matches_fairlearn(n_groups, method):
     assert rep.value("average_odds_difference") == pytest.approx(avg, abs=1e-12)
     # Per-group rates equal MetricFrame's.
     mf = flm.MetricFrame(
-        metrics={"sel": flm.selection_rate, "tpr": flm.true_positive_rate, "fpr": flm.false_positive_rate,
-                 "count": flm.count},
-        y_true=y_true, y_pred=y_pred, sensitive_features=groups)
+        metrics={
+            "sel": flm.selection_rate,
+            "tpr": flm.true_positive_rate,
+            "fpr": flm.false_positive_rate,
+            "count": flm.count,
+        },
+        y_true=y_true,
+        y_pred=y_pred,
+        sensitive_features=groups,
+    )
     for g in rep.groups:
         row = mf.by_group.loc[g.key[0]]
         assert g.selection_rate == pytest.approx(row["sel"])
@@ -123,13 +130,22 @@ def test_thresholds_pass_fail():
     assert rep.value("equalized_odds_difference") == 0.0
     assert rep.metrics["equalized_odds_difference"].passed
     assert not rep.passed and any("demographic_parity_difference" in f for f in rep.failures)
-    loose = assess_fairness(y_true, y_pred, g, thresholds={"demographic_parity_difference": 1.0,
-                                                           "demographic_parity_ratio": None,
-                                                           "disparate_impact": {"min": 0.0}})
+    loose = assess_fairness(
+        y_true,
+        y_pred,
+        g,
+        thresholds={
+            "demographic_parity_difference": 1.0,
+            "demographic_parity_ratio": None,
+            "disparate_impact": {"min": 0.0},
+        },
+    )
     assert loose.metrics["demographic_parity_difference"].passed
     assert "demographic_parity_ratio" in loose.metrics and loose.metrics["demographic_parity_ratio"].min is None
     assert loose.passed
-    checked = check_values({"demographic_parity_difference": 0.2, "unknown_extra": 1.0}, {"demographic_parity_difference": 0.25})
+    checked = check_values(
+        {"demographic_parity_difference": 0.2, "unknown_extra": 1.0}, {"demographic_parity_difference": 0.25}
+    )
     assert list(checked) == ["demographic_parity_difference"] and checked["demographic_parity_difference"].passed
 
 
@@ -154,6 +170,8 @@ def test_undefined_ratio_fails_and_report_serialises():
 
 
 def test_missing_values_form_their_own_group():
-    rep = assess_fairness([1, 0, 1, 0, 1, 0], [1, 0, 1, 1, 0, 0], np.array(["a", "a", None, None, "b", "b"], dtype=object))
+    rep = assess_fairness(
+        [1, 0, 1, 0, 1, 0], [1, 0, 1, 1, 0, 0], np.array(["a", "a", None, None, "b", "b"], dtype=object)
+    )
     assert [g.label for g in rep.groups] == ["None", "a", "b"]
     assert rep.group("None").selection_rate == 1.0

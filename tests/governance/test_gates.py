@@ -42,14 +42,25 @@ def test_evaluate_without_registry(tmp_path):
     assert not d.allowed and any("no fairness evidence" in r for r in d.reasons)
     assert d.compliance.verdict == "pass"
     # Evidence registered as metrics with the version counts.
-    d = evaluate(_mv(credit, metrics={"fairness.demographic_parity_difference": 0.03,
-                                      "equalized_odds_difference": 0.04, "roc_auc": 0.8}), "production", evidence=store)
+    d = evaluate(
+        _mv(
+            credit,
+            metrics={"fairness.demographic_parity_difference": 0.03, "equalized_odds_difference": 0.04, "roc_auc": 0.8},
+        ),
+        "production",
+        evidence=store,
+    )
     assert d.allowed, d.reasons
     assert d.fairness["source"] == "registered metrics"
     # Recorded evidence wins over metrics.
-    record_fairness("credit-scoring", "1.0.0", assess_fairness(*_predictions(True), privileged="M", unprivileged="F"), store=store)
-    d = evaluate(_mv(credit, metrics={"demographic_parity_difference": 0.0, "equalized_odds_difference": 0.0}),
-                 "production", evidence=store)
+    record_fairness(
+        "credit-scoring", "1.0.0", assess_fairness(*_predictions(True), privileged="M", unprivileged="F"), store=store
+    )
+    d = evaluate(
+        _mv(credit, metrics={"demographic_parity_difference": 0.0, "equalized_odds_difference": 0.0}),
+        "production",
+        evidence=store,
+    )
     assert not d.allowed and d.fairness["source"] == "recorded fairness report"
     assert any(r.startswith("fairness: demographic_parity_difference") for r in d.reasons)
     # No card at all.
@@ -69,7 +80,8 @@ def test_per_model_policy_and_compliance_blocking(tmp_path):
     policy_file.write_text(
         '[default]\nprotected_stages = ["production"]\n'
         '[models.readmission-30d]\nblock_on = ["fail"]\nrulesets = ["hipaa"]\n'
-        '[models.credit-scoring]\nfairness_thresholds = { demographic_parity_difference = 0.01 }\n')
+        "[models.credit-scoring]\nfairness_thresholds = { demographic_parity_difference = 0.01 }\n"
+    )
     policies = PolicySet.load(policy_file)
     d = evaluate(_mv(readm, "readmission-30d", metrics=fair), "production", policies, evidence=store)
     assert [r.split(" ")[0] for r in d.reasons] == ["HIPAA-502b"]  # review no longer blocks; the fail still does
@@ -91,8 +103,15 @@ def test_gate_blocks_then_allows_promotion_in_registry(fastml_home, artifact):
     reg = Registry(protected={"production": 1})
     audit = AuditLog()
     gov = attach(reg, audit=audit)
-    mv = reg.register("credit-scoring", artifact, model_card=load_card(CARDS["credit"]), run_id="run-42",
-                      dataset_fingerprint="sha256:feedbeef", metrics={"roc_auc": 0.81}, actor="alice")
+    mv = reg.register(
+        "credit-scoring",
+        artifact,
+        model_card=load_card(CARDS["credit"]),
+        run_id="run-42",
+        dataset_fingerprint="sha256:feedbeef",
+        metrics={"roc_auc": 0.81},
+        actor="alice",
+    )
     reg.transition(mv.ref, "staging", actor="alice")
     rid = reg.request_transition(mv.ref, "production", actor="alice", reason="quarterly release")
 
@@ -121,7 +140,10 @@ def test_gate_blocks_then_allows_promotion_in_registry(fastml_home, artifact):
     assert actions[:3] == ["registry.register", "registry.transition", "registry.request"]
     assert actions.count("governance.gate.block") == 2 and actions.count("governance.gate.allow") == 1
     assert actions.count("governance.fairness.record") == 2
-    assert actions[-2:] == ["registry.approve", "registry.transition"] or actions[-2:] == ["registry.transition", "registry.approve"]
+    assert actions[-2:] == ["registry.approve", "registry.transition"] or actions[-2:] == [
+        "registry.transition",
+        "registry.approve",
+    ]
     last_move = [e for e in audit.entries() if e["action"] == "registry.transition"][-1]
     assert last_move["before"] == {"stage": "staging"} and last_move["after"] == {"stage": "production"}
     assert last_move["target"] == f"credit-scoring:{mv.version}"
@@ -135,14 +157,20 @@ def test_compliance_failure_blocks_registry_promotion(fastml_home, artifact):
 
     reg = Registry(protected={"production": 1})
     gov = attach(reg, audit=None)
-    mv = reg.register("readmission-30d", artifact, model_card=load_card(CARDS["readmission"]),
-                      metrics={"fairness.demographic_parity_difference": 0.02, "fairness.equalized_odds_difference": 0.02})
+    mv = reg.register(
+        "readmission-30d",
+        artifact,
+        model_card=load_card(CARDS["readmission"]),
+        metrics={"fairness.demographic_parity_difference": 0.02, "fairness.equalized_odds_difference": 0.02},
+    )
     rid = reg.request_transition(mv.ref, "production", actor="alice")
     with pytest.raises(PermissionDenied, match="HIPAA-502b"):
         reg.approve(rid, reviewer="bob")
     assert reg.resolve(mv.ref).stage == "development"
     # A model without any card is blocked too.
-    mv2 = reg.register("no-card", artifact, metrics={"demographic_parity_difference": 0.0, "equalized_odds_difference": 0.0})
+    mv2 = reg.register(
+        "no-card", artifact, metrics={"demographic_parity_difference": 0.0, "equalized_odds_difference": 0.0}
+    )
     rid2 = reg.request_transition(mv2.ref, "production", actor="alice")
     with pytest.raises(PermissionDenied, match="no model card"):
         reg.approve(rid2, reviewer="bob")
@@ -218,7 +246,9 @@ def test_attach_configured_uses_the_policy_file(fastml_home, artifact, capsys):
     capsys.readouterr()
     assert main(["governance", "policy", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["source"].endswith("policy.toml") and shown["default"]["fairness_thresholds"]["disparate_impact"] == 0.8
+    assert (
+        shown["source"].endswith("policy.toml") and shown["default"]["fairness_thresholds"]["disparate_impact"] == 0.8
+    )
     gov = attach_configured(reg)
     assert gov is not None and gov.policy.default.protected_stages == ("production",)
     mv = reg.register("m", artifact)

@@ -18,19 +18,37 @@ def populated(fastml_home, artifact):
     from fastml.registry import Registry
 
     fs = FeatureStore(fastml_home, online_backend="reference")
-    group = FeatureGroup("applicants", entities=["applicant_id"],
-                         features=[Feature("income", "float64"), Feature("debt", "float64")],
-                         source="s3://bank/applications_2025")
+    group = FeatureGroup(
+        "applicants",
+        entities=["applicant_id"],
+        features=[Feature("income", "float64"), Feature("debt", "float64")],
+        source="s3://bank/applications_2025",
+    )
     assert fs.register(group) == 1
-    ts = [dt.datetime(2026, 1, d, tzinfo=dt.timezone.utc) for d in (1, 2, 3)]
-    fs.ingest("applicants", pa.table({"applicant_id": [1, 2, 3], "event_timestamp": ts,
-                                      "income": [1.0, 2.0, 3.0], "debt": [0.5, 0.1, 0.0]}),
-              source="s3://bank/applications_2025/part-1")
+    ts = [dt.datetime(2026, 1, d, tzinfo=dt.UTC) for d in (1, 2, 3)]
+    fs.ingest(
+        "applicants",
+        pa.table(
+            {"applicant_id": [1, 2, 3], "event_timestamp": ts, "income": [1.0, 2.0, 3.0], "debt": [0.5, 0.1, 0.0]}
+        ),
+        source="s3://bank/applications_2025/part-1",
+    )
     reg = Registry(protected={"production": 1})
-    v1 = reg.register("credit-scoring", artifact, run_id="run-1", dataset_fingerprint="sha256:aaa",
-                      feature_refs=["applicants:income", "applicants@v1:debt"])
-    v2 = reg.register("credit-scoring", artifact, run_id="run-2", dataset_fingerprint="sha256:aaa",
-                      feature_refs=["applicants@v1:income"], parent=v1.ref)
+    v1 = reg.register(
+        "credit-scoring",
+        artifact,
+        run_id="run-1",
+        dataset_fingerprint="sha256:aaa",
+        feature_refs=["applicants:income", "applicants@v1:debt"],
+    )
+    v2 = reg.register(
+        "credit-scoring",
+        artifact,
+        run_id="run-2",
+        dataset_fingerprint="sha256:aaa",
+        feature_refs=["applicants@v1:income"],
+        parent=v1.ref,
+    )
     for mv in (v1, v2):  # v2 replaces v1 in production: v1's deployment becomes history
         reg.approve(reg.request_transition(mv.ref, "production", actor="alice"), reviewer="bob")
     yield reg, fs, v1, v2
@@ -43,8 +61,18 @@ def test_graph_from_registry_and_feature_store(populated, fastml_home):
     # What the training pipeline recorded about run-2 ($FASTML_HOME/runs/<id>/run.json) enriches its node.
     run_dir = fastml_home / "runs" / "run-2"
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"run_id": "run-2", "name": "credit", "task": "classification",
-                                                  "family": "gbt", "status": "completed", "stages": []}))
+    (run_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": "run-2",
+                "name": "credit",
+                "task": "classification",
+                "family": "gbt",
+                "status": "completed",
+                "stages": [],
+            }
+        )
+    )
     g = build_lineage(reg, fs)
     assert g.node("run:run-2").attrs["family"] == "gbt" and g.node("run:run-2").attrs["status"] == "completed"
     assert "family" not in g.node("run:run-1").attrs
@@ -125,5 +153,10 @@ def test_cli_lineage_reads_the_feature_store(populated, capsys):
     reg, fs, v1, v2 = populated
     assert main(["governance", "lineage", v2.ref, "--json"]) == 0
     ids = {n["id"] for n in json.loads(capsys.readouterr().out)["nodes"]}
-    assert {"features:applicants@v1", "dataset:s3://bank/applications_2025", "run:run-2",
-            f"model:credit-scoring:{v2.version}", "deployment:credit-scoring@production"} <= ids
+    assert {
+        "features:applicants@v1",
+        "dataset:s3://bank/applications_2025",
+        "run:run-2",
+        f"model:credit-scoring:{v2.version}",
+        "deployment:credit-scoring@production",
+    } <= ids

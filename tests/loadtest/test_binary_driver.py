@@ -35,8 +35,11 @@ def test_pipelined_closed_loop_counts_every_answer_and_validates(server):
         seen.append(outputs["b"].tolist())
         return outputs["a"].tolist() == [[2.0, 3.0, 4.0]]
 
-    res = run(run_binary_closed_loop(server.address, "two", {"x": X}, concurrency=16, connections=2,
-                                     max_requests=400, validate=valid))
+    res = run(
+        run_binary_closed_loop(
+            server.address, "two", {"x": X}, concurrency=16, connections=2, max_requests=400, validate=valid
+        )
+    )
     assert res.outcomes == {"200": 400} and res.ok == 400
     assert len(res.latency_ok_us) == 400 and (res.latency_ok_us > 0).all()
     assert seen == [[[2.0, 4.0, 6.0]]] * 400
@@ -45,8 +48,11 @@ def test_pipelined_closed_loop_counts_every_answer_and_validates(server):
 def test_errors_are_counted_by_their_http_status(server):
     res = run(run_binary_closed_loop(server.unix_address, "missing", {"x": X}, concurrency=4, max_requests=50))
     assert res.outcomes == {"404": 50} and res.ok == 0
-    bad = run(run_binary_closed_loop(server.address, "two", {"x": np.ones((1, 5), np.float32)}, concurrency=2,
-                                     max_requests=10))
+    bad = run(
+        run_binary_closed_loop(
+            server.address, "two", {"x": np.ones((1, 5), np.float32)}, concurrency=2, max_requests=10
+        )
+    )
     assert bad.outcomes == {"400": 10}
 
 
@@ -66,8 +72,21 @@ def test_fastml_loadtest_command_drives_the_binary_protocol(server, tmp_path, ca
     from fastml.cli import main
 
     np.save(tmp_path / "x.npy", X)
-    code = main(["loadtest", f"tcp://{server.address}", "-m", "two", "-c", "4", "-n", "100",
-                 "--input-npy", f"x={tmp_path / 'x.npy'}", "--json"])
+    code = main(
+        [
+            "loadtest",
+            f"tcp://{server.address}",
+            "-m",
+            "two",
+            "-c",
+            "4",
+            "-n",
+            "100",
+            "--input-npy",
+            f"x={tmp_path / 'x.npy'}",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["ok"] == 100 and out["outcomes"] == {"200": 100}
     assert main(["loadtest", f"tcp://{server.address}", "-m", "two", "-n", "1"]) == 2  # no inputs, no metadata URL

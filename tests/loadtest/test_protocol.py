@@ -86,12 +86,15 @@ def test_bad_requests_are_refused(kwargs, match):
 def test_parse_binary_json_and_bytes_outputs():
     probs = np.array([[0.25, 0.75]], dtype=np.float32)
     strings = struct.pack("<I", 3) + b"abc" + struct.pack("<I", 1) + b"z"
-    header = json.dumps({"outputs": [
-        {"name": "probabilities", "datatype": "FP32", "shape": [1, 2],
-         "parameters": {"binary_data_size": 8}},
-        {"name": "label", "datatype": "INT64", "shape": [1], "data": [7]},
-        {"name": "names", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(strings)}},
-    ]}).encode()
+    header = json.dumps(
+        {
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}},
+                {"name": "label", "datatype": "INT64", "shape": [1], "data": [7]},
+                {"name": "names", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(strings)}},
+            ]
+        }
+    ).encode()
     out = parse_infer_response(header + probs.tobytes() + strings, len(header))
     np.testing.assert_array_equal(out["probabilities"], probs)
     assert out["label"].dtype == np.int64 and out["label"].tolist() == [7]
@@ -101,16 +104,25 @@ def test_parse_binary_json_and_bytes_outputs():
 @pytest.mark.parametrize(
     "body, header_length, match",
     [
-        (b'{"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}1234',
-         None, "does not decode"),
-        (b'{"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}1234',
-         104, "needs 8 bytes"),
-        (b'{"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": 8}}]}12345678',
-         104, "shape"),
+        (
+            b'{"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}1234',
+            None,
+            "does not decode",
+        ),
+        (
+            b'{"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}1234',
+            104,
+            "needs 8 bytes",
+        ),
+        (
+            b'{"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": 8}}]}12345678',
+            104,
+            "shape",
+        ),
         (b'{"outputs": [{"name": "p", "datatype": "FP99", "shape": [1], "data": [1]}]}', None, "unknown datatype"),
         (b'{"model_name": "m"}', None, "no 'outputs'"),
         (b'{"outputs": []}xx', 15, "trailing"),
-        (b'{}', 5, "outside body"),
+        (b"{}", 5, "outside body"),
     ],
 )
 def test_parse_rejects_malformed_bodies(body, header_length, match):
@@ -119,8 +131,12 @@ def test_parse_rejects_malformed_bodies(body, header_length, match):
 
 
 def test_random_inputs_follow_metadata():
-    meta = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 32]},
-                       {"name": "ids", "datatype": "INT32", "shape": [-1, -1]}]}
+    meta = {
+        "inputs": [
+            {"name": "input", "datatype": "FP32", "shape": [-1, 32]},
+            {"name": "ids", "datatype": "INT32", "shape": [-1, -1]},
+        ]
+    }
     a = random_inputs(meta, batch_size=4, seed=1)
     b = random_inputs(meta, batch_size=4, seed=1)
     assert a["input"].shape == (4, 32) and a["input"].dtype == np.float32

@@ -26,8 +26,9 @@ def _sum_is_right(outputs: dict) -> bool:
 
 def test_closed_loop_all_ok_and_validated():
     with TinyServer() as srv:
-        res = run(run_closed_loop("127.0.0.1", srv.port, REQUEST, concurrency=4, max_requests=200,
-                                  validate=_sum_is_right))
+        res = run(
+            run_closed_loop("127.0.0.1", srv.port, REQUEST, concurrency=4, max_requests=200, validate=_sum_is_right)
+        )
     assert res.outcomes == {"200": 200}
     assert res.ok == res.sent == 200
     assert len(res.latency_ok_us) == 200 and (res.latency_ok_us > 0).all()
@@ -108,8 +109,11 @@ def test_open_loop_sends_the_whole_schedule():
 
 def test_open_loop_caps_connections_and_times_out_a_hung_server():
     with TinyServer(policy=lambda i: "hang") as srv:
-        res = run(run_open_loop("127.0.0.1", srv.port, REQUEST, rate_per_s=1000, max_requests=20,
-                                max_connections=4, timeout_s=0.3))
+        res = run(
+            run_open_loop(
+                "127.0.0.1", srv.port, REQUEST, rate_per_s=1000, max_requests=20, max_connections=4, timeout_s=0.3
+            )
+        )
     assert res.outcomes == {"timeout": 20}
     assert res.concurrency <= 4
     assert res.late_starts >= 16  # all but the first four found every connection busy
@@ -156,9 +160,24 @@ def test_result_summary_and_percentiles():
 def test_cli_reads_metadata_and_prints_json():
     with TinyServer() as srv:
         proc = subprocess.run(
-            [sys.executable, "-m", "fastml.loadtest", f"http://127.0.0.1:{srv.port}", "-m", "tiny",
-             "-c", "2", "-n", "60", "--validate", "--json"],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "fastml.loadtest",
+                f"http://127.0.0.1:{srv.port}",
+                "-m",
+                "tiny",
+                "-c",
+                "2",
+                "-n",
+                "60",
+                "--validate",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["outcomes"] == {"200": 60}
@@ -167,11 +186,19 @@ def test_cli_reads_metadata_and_prints_json():
 
 def test_cli_unknown_model_and_bad_url_exit_2():
     with TinyServer() as srv:
-        proc = subprocess.run([sys.executable, "-m", "fastml.loadtest", f"http://127.0.0.1:{srv.port}",
-                               "-m", "nope", "-n", "1"], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastml.loadtest", f"http://127.0.0.1:{srv.port}", "-m", "nope", "-n", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 2 and "not found" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "fastml.loadtest", "ftp://x", "-m", "m", "-n", "1"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastml.loadtest", "ftp://x", "-m", "m", "-n", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "http://" in proc.stderr
 
 
@@ -179,9 +206,26 @@ def test_cli_save_body_writes_the_request_body(tmp_path):
     np.save(tmp_path / "x.npy", X)
     with TinyServer() as srv:
         proc = subprocess.run(
-            [sys.executable, "-m", "fastml.loadtest", f"127.0.0.1:{srv.port}", "-m", "tiny", "-n", "5",
-             "--input-npy", f"x={tmp_path / 'x.npy'}", "--output", "sum", "--save-body", str(tmp_path / "body.bin")],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "fastml.loadtest",
+                f"127.0.0.1:{srv.port}",
+                "-m",
+                "tiny",
+                "-n",
+                "5",
+                "--input-npy",
+                f"x={tmp_path / 'x.npy'}",
+                "--output",
+                "sum",
+                "--save-body",
+                str(tmp_path / "body.bin"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "body.bin").read_bytes() == REQUEST.body
     assert f"Inference-Header-Content-Length: {REQUEST.header_length}" in proc.stderr

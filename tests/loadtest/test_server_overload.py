@@ -24,9 +24,27 @@ def small_queue_server(onnx_models, tmp_path):
     (repo / "mlp" / "1").mkdir(parents=True)
     shutil.copyfile(onnx_models["mlp"], repo / "mlp" / "1" / "model.onnx")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastml.cli", "serve", str(repo), "--http-port", "0", "--metrics-port", "0",
-         "--max-queue-size", "2", "--max-batch-size", "1", "--instances", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "fastml.cli",
+            "serve",
+            str(repo),
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--max-queue-size",
+            "2",
+            "--max-batch-size",
+            "1",
+            "--instances",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     announced = threading.Event()
     port: list[int] = []
@@ -71,7 +89,8 @@ def test_past_capacity_gets_503_not_timeouts_then_recovers(small_queue_server, o
     proc, port = small_queue_server
     x = np.load(onnx_models["data"])[:1]
     expected = ort.InferenceSession(str(onnx_models["mlp"]), providers=["CPUExecutionProvider"]).run(
-        ["probabilities"], {"input": x})[0]
+        ["probabilities"], {"input": x}
+    )[0]
     request = build_infer_request("mlp", {"input": x}, outputs=["probabilities"])
     served_before = _inference_count(port)
 
@@ -84,8 +103,9 @@ def test_past_capacity_gets_503_not_timeouts_then_recovers(small_queue_server, o
     print("closed loop past capacity:", closed.outcomes)
 
     # Open loop: arrivals faster than one model instance with batching off can serve.
-    opened = run(run_open_loop("127.0.0.1", port, request, rate_per_s=4000, max_requests=2000,
-                               max_connections=256, timeout_s=30))
+    opened = run(
+        run_open_loop("127.0.0.1", port, request, rate_per_s=4000, max_requests=2000, max_connections=256, timeout_s=30)
+    )
     assert opened.count(503) > 0, opened.outcomes
     assert set(opened.outcomes) <= {"200", "503"}, opened.outcomes
     assert opened.sent == 2000
@@ -98,8 +118,9 @@ def test_past_capacity_gets_503_not_timeouts_then_recovers(small_queue_server, o
     def correct(outputs: dict) -> bool:
         return np.allclose(outputs["probabilities"], expected, rtol=1e-5, atol=1e-6)
 
-    after = run(run_closed_loop("127.0.0.1", port, request, concurrency=2, max_requests=300, timeout_s=30,
-                                validate=correct))
+    after = run(
+        run_closed_loop("127.0.0.1", port, request, concurrency=2, max_requests=300, timeout_s=30, validate=correct)
+    )
     assert after.outcomes == {"200": 300}
     # The harness's count of successes agrees with the server's own statistics.
     assert _inference_count(port) - served_before == closed.ok + opened.ok + after.ok

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import httptools
 import numpy as np
@@ -22,7 +22,7 @@ Policy = Callable[[int], str]
 
 
 class _Conn(asyncio.Protocol):
-    def __init__(self, server: "TinyServer") -> None:
+    def __init__(self, server: TinyServer) -> None:
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -58,9 +58,13 @@ class _Conn(asyncio.Protocol):
     def on_message_complete(self):
         if self.parser.get_method() == b"GET":
             if self.url == b"/v2/models/tiny":
-                meta = {"name": "tiny", "versions": ["1"], "platform": "test",
-                        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-                        "outputs": [{"name": "sum", "datatype": "FP32", "shape": [-1, 1]}]}
+                meta = {
+                    "name": "tiny",
+                    "versions": ["1"],
+                    "platform": "test",
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+                    "outputs": [{"name": "sum", "datatype": "FP32", "shape": [-1, 1]}],
+                }
                 self._send(200, json.dumps(meta).encode(), {"Content-Type": "application/json"})
             else:
                 self._send(404, b'{"error": "not found"}', {"Content-Type": "application/json"})
@@ -71,13 +75,26 @@ class _Conn(asyncio.Protocol):
         self.server.actions[action] = self.server.actions.get(action, 0) + 1
         if action == "ok":
             body = b"".join(self.body)
-            payload = np.frombuffer(body[self.header_length:], dtype="<f4")
+            payload = np.frombuffer(body[self.header_length :], dtype="<f4")
             out = np.array([[payload.sum()]], dtype="<f4").tobytes()
-            header = json.dumps({"model_name": "tiny", "outputs": [
-                {"name": "sum", "datatype": "FP32", "shape": [1, 1],
-                 "parameters": {"binary_data_size": len(out)}}]}).encode()
-            self._send(200, header + out, {"Content-Type": "application/octet-stream",
-                                           "Inference-Header-Content-Length": str(len(header))})
+            header = json.dumps(
+                {
+                    "model_name": "tiny",
+                    "outputs": [
+                        {
+                            "name": "sum",
+                            "datatype": "FP32",
+                            "shape": [1, 1],
+                            "parameters": {"binary_data_size": len(out)},
+                        }
+                    ],
+                }
+            ).encode()
+            self._send(
+                200,
+                header + out,
+                {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+            )
         elif action == "badbody":
             header = b'{"outputs": [{"name": "sum", "datatype": "FP32", "shape": [1, 1], "parameters": {"binary_data_size": 400}}]}'
             self._send(200, header + b"1234", {"Inference-Header-Content-Length": str(len(header))})
@@ -112,8 +129,7 @@ class TinyServer:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(
-            self._loop.create_server(lambda: _Conn(self), "127.0.0.1", 0))
+        server = self._loop.run_until_complete(self._loop.create_server(lambda: _Conn(self), "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -121,7 +137,7 @@ class TinyServer:
         self._loop.run_until_complete(server.wait_closed())
         self._loop.close()
 
-    def __enter__(self) -> "TinyServer":
+    def __enter__(self) -> TinyServer:
         self._thread.start()
         self._ready.wait()
         return self

@@ -21,11 +21,17 @@ def small_models(tmp_path_factory) -> dict:
     X = X.astype(np.float32)
     out = tmp_path_factory.mktemp("monitoring_models")
     res = {"X": X, "y": y}
-    for name, est in {"gbt": GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0),
-                      "logreg": LogisticRegression(max_iter=500)}.items():
+    for name, est in {
+        "gbt": GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0),
+        "logreg": LogisticRegression(max_iter=500),
+    }.items():
         est.fit(X, y)
-        onx = convert_sklearn(est, initial_types=[("input", FloatTensorType([None, 6]))], target_opset=17,
-                              options={id(est): {"zipmap": False}})
+        onx = convert_sklearn(
+            est,
+            initial_types=[("input", FloatTensorType([None, 6]))],
+            target_opset=17,
+            options={id(est): {"zipmap": False}},
+        )
         p = out / f"{name}.onnx"
         p.write_bytes(onx.SerializeToString())
         res[name] = est

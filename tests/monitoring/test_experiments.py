@@ -36,7 +36,7 @@ def test_two_proportion_z_equals_manual_and_chi2():
     r = ex.two_proportion_ztest(120, 1000, 150, 1000)
     # The pooled z-test squared is the 2x2 chi-square without continuity correction.
     chi2, p, _, _ = stats.chi2_contingency([[120, 880], [150, 850]], correction=False)
-    assert r.statistic ** 2 == pytest.approx(chi2, rel=1e-10)
+    assert r.statistic**2 == pytest.approx(chi2, rel=1e-10)
     assert r.p_value == pytest.approx(p, rel=1e-9)
     assert r.effect == pytest.approx(0.03)
     assert r.ci_low < 0.03 < r.ci_high
@@ -116,18 +116,29 @@ def test_sequential_test_detects_a_real_effect():
     assert v.min_sample_size == ex.min_sample_size(a.mean(), 0.02) and v.reached_sample_size
     worse = ex.compare(a, b, kind="proportion", metric="error_rate", higher_is_better=False)
     assert worse.verdict == ex.LOSER
-    same = ex.compare(a, (rng.random(20000) < 0.10).astype(float), kind="proportion", metric="ctr",
-                      higher_is_better=True)
+    same = ex.compare(
+        a, (rng.random(20000) < 0.10).astype(float), kind="proportion", metric="ctr", higher_is_better=True
+    )
     assert same.verdict == ex.INCONCLUSIVE
 
 
 def test_analyze_reports_per_variant_and_srm():
     rng = np.random.default_rng(4)
     variants = {
-        "control": {"weight_bp": 9000, "requests": 9200, "errors": 10, "latency_us": rng.lognormal(6, 0.3, 2000),
-                    "quality": (rng.random(3000) < 0.9).astype(float)},
-        "candidate": {"weight_bp": 1000, "requests": 800, "errors": 40, "latency_us": rng.lognormal(6.5, 0.3, 800),
-                      "quality": (rng.random(700) < 0.8).astype(float)},
+        "control": {
+            "weight_bp": 9000,
+            "requests": 9200,
+            "errors": 10,
+            "latency_us": rng.lognormal(6, 0.3, 2000),
+            "quality": (rng.random(3000) < 0.9).astype(float),
+        },
+        "candidate": {
+            "weight_bp": 1000,
+            "requests": 800,
+            "errors": 40,
+            "latency_us": rng.lognormal(6.5, 0.3, 800),
+            "quality": (rng.random(700) < 0.8).astype(float),
+        },
     }
     rep = ex.analyze("rec", variants, baseline="control")
     assert rep.srm.flagged  # 9200/800 against 90/10

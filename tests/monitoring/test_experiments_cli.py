@@ -51,7 +51,7 @@ def served(onnx_models, fastml_home, tmp_path):
             await dm.apply_text(AB)
             out = {}
             for i in range(400):
-                r = await plane.infer(InferRequest("fraud", {"input": X[i:i + 1]}, id=f"q{i}"))
+                r = await plane.infer(InferRequest("fraud", {"input": X[i : i + 1]}, id=f"q{i}"))
                 out[f"q{i}"] = r.parameters["variant"]
             return out
         finally:

@@ -26,9 +26,11 @@ def test_no_module_imports_server_or_engine():
 
 
 def test_logger_import_pulls_in_nothing_heavy():
-    code = ("import sys; from fastml.monitoring import PredictionLogger; "
-            "print(sorted(m for m in ('scipy', 'pandas', 'matplotlib', 'shap', 'sklearn', 'fastml.server', "
-            "'fastml.engine') if m in sys.modules))")
+    code = (
+        "import sys; from fastml.monitoring import PredictionLogger; "
+        "print(sorted(m for m in ('scipy', 'pandas', 'matplotlib', 'shap', 'sklearn', 'fastml.server', "
+        "'fastml.engine') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -60,9 +60,16 @@ def test_same_warnings_as_river_ddm():
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("make,stream", [(DDM, error_stream_with_change), (EDDM, error_stream_with_change),
-                                         (ADWIN, value_stream_with_change), (PageHinkley, value_stream_with_change)],
-                         ids=["ddm", "eddm", "adwin", "ph"])
+@pytest.mark.parametrize(
+    "make,stream",
+    [
+        (DDM, error_stream_with_change),
+        (EDDM, error_stream_with_change),
+        (ADWIN, value_stream_with_change),
+        (PageHinkley, value_stream_with_change),
+    ],
+    ids=["ddm", "eddm", "adwin", "ph"],
+)
 def test_fires_within_window_after_planted_change(make, stream, seed):
     hits = make().detect(stream(seed))
     assert any(CHANGE <= i < CHANGE + 200 for i in hits), hits
@@ -117,8 +124,14 @@ def test_performance_drift_from_labelled_log(tmp_path):
     pred = np.where(wrong, 1 - truth, truth)
     with PredictionLogger(tmp_path) as lg:
         for i in range(2000):
-            lg.log(model="m", version=1, inputs={"x": np.zeros((1, 2))}, outputs={"label": pred[i:i + 1]},
-                   latency_us=1, request_id=f"r{i:04d}")
+            lg.log(
+                model="m",
+                version=1,
+                inputs={"x": np.zeros((1, 2))},
+                outputs={"label": pred[i : i + 1]},
+                latency_us=1,
+                request_id=f"r{i:04d}",
+            )
     lg.feedback([f"r{i:04d}" for i in range(2000)], truth)
     hits = performance_drift(read_log(tmp_path))
     assert any(CHANGE <= h["index"] < CHANGE + 200 for h in hits), hits

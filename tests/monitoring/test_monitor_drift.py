@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +139,19 @@ def test_z_test_matches_two_proportion_formula():
     assert D.z_test(np.array(["x"] * 5), np.array(["x"] * 9)) == (0.0, 1.0)
 
 
-@pytest.mark.parametrize("kind,n_ref,n_values,want", [
-    ("numeric", 1000, 6, "ks"), ("numeric", 1000, 5, "chisquare"), ("numeric", 10, 2, "z"),
-    ("categorical", 500, 7, "chisquare"), ("categorical", 500, 2, "z"),
-    ("numeric", 1001, 6, "wasserstein"), ("numeric", 5000, 5, "jensenshannon"),
-    ("categorical", 5000, 30, "jensenshannon"),
-])
+@pytest.mark.parametrize(
+    "kind,n_ref,n_values,want",
+    [
+        ("numeric", 1000, 6, "ks"),
+        ("numeric", 1000, 5, "chisquare"),
+        ("numeric", 10, 2, "z"),
+        ("categorical", 500, 7, "chisquare"),
+        ("categorical", 500, 2, "z"),
+        ("numeric", 1001, 6, "wasserstein"),
+        ("numeric", 5000, 5, "jensenshannon"),
+        ("categorical", 5000, 30, "jensenshannon"),
+    ],
+)
 def test_default_method_is_evidentlys(kind, n_ref, n_values, want):
     assert D.default_method(kind, n_ref, n_values) == want
 
@@ -242,14 +248,34 @@ def test_scores_equal_evidentlys_own_stattests():
     cases = [
         {"kind": "numeric", "ref": rng.normal(size=800).tolist(), "cur": rng.normal(0.2, 1, 700).tolist()},
         {"kind": "numeric", "ref": rng.normal(size=3000).tolist(), "cur": rng.normal(0.1, 1.2, 2000).tolist()},
-        {"kind": "numeric", "ref": rng.integers(0, 4, 2000).astype(float).tolist(),
-         "cur": rng.integers(0, 5, 1500).astype(float).tolist()},
-        {"kind": "categorical", "ref": rng.choice(list("abcde"), 900).tolist(), "cur": rng.choice(list("abcdf"), 400).tolist()},
-        {"kind": "categorical", "ref": rng.choice(list("xy"), 500, p=[.7, .3]).tolist(), "cur": rng.choice(list("xy"), 300).tolist()},
-        {"kind": "categorical", "ref": rng.choice(list("pqrs"), 3000).tolist(), "cur": rng.choice(list("pqr"), 2500).tolist()},
+        {
+            "kind": "numeric",
+            "ref": rng.integers(0, 4, 2000).astype(float).tolist(),
+            "cur": rng.integers(0, 5, 1500).astype(float).tolist(),
+        },
+        {
+            "kind": "categorical",
+            "ref": rng.choice(list("abcde"), 900).tolist(),
+            "cur": rng.choice(list("abcdf"), 400).tolist(),
+        },
+        {
+            "kind": "categorical",
+            "ref": rng.choice(list("xy"), 500, p=[0.7, 0.3]).tolist(),
+            "cur": rng.choice(list("xy"), 300).tolist(),
+        },
+        {
+            "kind": "categorical",
+            "ref": rng.choice(list("pqrs"), 3000).tolist(),
+            "cur": rng.choice(list("pqr"), 2500).tolist(),
+        },
     ]
-    proc = subprocess.run([str(EVIDENTLY_PY), "-c", EVIDENTLY_SCRIPT], input=json.dumps(cases), text=True,
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [str(EVIDENTLY_PY), "-c", EVIDENTLY_SCRIPT],
+        input=json.dumps(cases),
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     want = json.loads(proc.stdout.strip().splitlines()[-1])
     for case, ev in zip(cases, want):
@@ -262,7 +288,11 @@ def test_scores_equal_evidentlys_own_stattests():
         for name, value in ev.items():
             if name in ("default", "default_score"):
                 continue
-            mine = col.statistics[name] if name in col.statistics else D.detect_drift({"c": ref}, {"c": cur}, methods=name)["c"].score
+            mine = (
+                col.statistics[name]
+                if name in col.statistics
+                else D.detect_drift({"c": ref}, {"c": cur}, methods=name)["c"].score
+            )
             assert close(mine, value), (name, mine, value)
 
 
@@ -274,20 +304,37 @@ def test_profile_from_feature_store_offline_rows():
     rng = np.random.default_rng(9)
     n = 400
     fs = FeatureStore()
-    fs.register(FeatureGroup("driver", entities=["driver_id"], features=[
-        Feature("trips", "int64"), Feature("rating", "float32"), Feature("city", "string")]))
+    fs.register(
+        FeatureGroup(
+            "driver",
+            entities=["driver_id"],
+            features=[Feature("trips", "int64"), Feature("rating", "float32"), Feature("city", "string")],
+        )
+    )
     trips = rng.integers(0, 100, n)
     rating = rng.normal(4, 0.5, n).astype(np.float32)
     city = rng.choice(np.array(["a", "b", "c"]), n)
-    fs.ingest("driver", pa.table({
-        "driver_id": pa.array(np.arange(n), pa.int64()),
-        "event_timestamp": pa.array(np.full(n, 1_700_000_000_000_000), pa.int64()).view(pa.timestamp("us", tz="UTC")),
-        "trips": pa.array(trips), "rating": pa.array(rating), "city": pa.array(city.tolist(), pa.string())}))
+    fs.ingest(
+        "driver",
+        pa.table(
+            {
+                "driver_id": pa.array(np.arange(n), pa.int64()),
+                "event_timestamp": pa.array(np.full(n, 1_700_000_000_000_000), pa.int64()).view(
+                    pa.timestamp("us", tz="UTC")
+                ),
+                "trips": pa.array(trips),
+                "rating": pa.array(rating),
+                "city": pa.array(city.tolist(), pa.string()),
+            }
+        ),
+    )
     prof = ReferenceProfile.from_feature_store("driver", store=fs)
     fs.close()
     assert set(prof.columns) == {"trips", "rating", "city"} and prof["city"].kind == "categorical"
     np.testing.assert_array_equal(prof["trips"].values, np.sort(trips.astype(float)))
     rep = D.detect_drift(prof, {"trips": trips + 30, "rating": rating, "city": city})
-    want = D.detect_drift({"trips": trips, "rating": rating, "city": city}, {"trips": trips + 30, "rating": rating, "city": city})
+    want = D.detect_drift(
+        {"trips": trips, "rating": rating, "city": city}, {"trips": trips + 30, "rating": rating, "city": city}
+    )
     assert [c.score for c in rep.columns] == [c.score for c in want.columns]
     assert rep["trips"].drifted and not rep["rating"].drifted and not rep["city"].drifted

@@ -19,7 +19,7 @@ def test_onnx_kernel_shap_equals_shap_on_source_model(small_models):
     assert ours.algorithm == "kernel" and ours.output == "probabilities[1]"
     f = lambda Z: small_models["gbt"].predict_proba(Z)[:, 1]  # noqa: E731
     ke = shap.KernelExplainer(f, bg.astype(np.float64))
-    theirs = ke.shap_values(rows.astype(np.float64), nsamples=2 ** 6, silent=True)
+    theirs = ke.shap_values(rows.astype(np.float64), nsamples=2**6, silent=True)
     np.testing.assert_allclose(ours.values, theirs, atol=1e-5)  # ORT computes in float32
     assert ours.base_value == pytest.approx(float(np.ravel(ke.expected_value)[0]), abs=1e-6)
     # local accuracy: contributions add up to the prediction

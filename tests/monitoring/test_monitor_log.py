@@ -23,8 +23,15 @@ def test_round_trip_values_and_default_directory(fastml_home):
     with PredictionLogger() as lg:
         for i in range(10):
             inp, out = _request(i)
-            assert lg.log(model="clf", version=3, inputs=inp, outputs=out, latency_us=100.0 + i,
-                          request_id=f"r{i}", variant="a" if i % 2 else "b")
+            assert lg.log(
+                model="clf",
+                version=3,
+                inputs=inp,
+                outputs=out,
+                latency_us=100.0 + i,
+                request_id=f"r{i}",
+                variant="a" if i % 2 else "b",
+            )
         assert lg.flush()
         assert (lg.written, lg.rows_written, lg.dropped) == (10, 20, 0)
     files = list((fastml_home / "logs" / "clf" / "3").glob("*.arrow"))
@@ -67,8 +74,9 @@ def test_layout_change_starts_new_segment_and_reader_merges(tmp_path):
 
 def test_sampling_is_seeded_and_counted(tmp_path):
     lg = PredictionLogger(tmp_path, sample_rate=0.25, seed=7)
-    kept = sum(lg.log(model="m", version=1, inputs=_request(0)[0], outputs=_request(0)[1], latency_us=1)
-               for _ in range(2000))
+    kept = sum(
+        lg.log(model="m", version=1, inputs=_request(0)[0], outputs=_request(0)[1], latency_us=1) for _ in range(2000)
+    )
     lg.close()
     assert kept + lg.sampled_out == 2000 and 400 < kept < 600 and lg.dropped == 0
     assert lg.written == kept
@@ -103,8 +111,9 @@ class _GatedLogger(PredictionLogger):
 def test_full_buffer_drops_and_counts_instead_of_blocking(tmp_path):
     lg = _GatedLogger(tmp_path, capacity=8, flush_interval_s=0.01)
     assert lg.in_drain.wait(10)  # the writer is now stuck before taking anything off the buffer
-    results = [lg.log(model="m", version=1, inputs=_request(i)[0], outputs=_request(i)[1], latency_us=1)
-               for i in range(100)]
+    results = [
+        lg.log(model="m", version=1, inputs=_request(i)[0], outputs=_request(i)[1], latency_us=1) for i in range(100)
+    ]
     assert results.count(True) == 8 and results.count(False) == 92
     assert lg.dropped == 92 and lg.pending == 8
     lg.gate.set()
@@ -153,8 +162,14 @@ def test_concurrent_callers_and_repeated_flushes_lose_nothing(tmp_path):
 
     def work(k):
         for i in range(per_thread):
-            lg.log(model="m", version=1, inputs={"x": np.full((1, 2), i, np.float32)}, outputs={"y": np.ones(1)},
-                   latency_us=1, request_id=f"{k}-{i}")
+            lg.log(
+                model="m",
+                version=1,
+                inputs={"x": np.full((1, 2), i, np.float32)},
+                outputs={"y": np.ones(1)},
+                latency_us=1,
+                request_id=f"{k}-{i}",
+            )
             if i % 500 == 499:
                 if not lg.flush():
                     problems.append(f"flush timed out in thread {k}")

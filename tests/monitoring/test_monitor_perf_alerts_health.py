@@ -14,11 +14,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastml.errors import InvalidInput, NotFound
-from fastml.monitoring.alerts import (AlertManager, AlertRule, LogSink, PrometheusSink, WebhookSink, sign,
-                                      verify_signature)
-from fastml.monitoring.health import HealthInputs, HealthWeights, baseline_from_registry, health_score
-from fastml.monitoring.performance import (PerformanceTracker, classification_metrics, latency_metrics,
-                                           regression_metrics, windows_from_log)
+from fastml.monitoring.alerts import (
+    AlertManager,
+    AlertRule,
+    LogSink,
+    PrometheusSink,
+    WebhookSink,
+    sign,
+    verify_signature,
+)
+from fastml.monitoring.health import HealthInputs, baseline_from_registry, health_score
+from fastml.monitoring.performance import (
+    PerformanceTracker,
+    classification_metrics,
+    latency_metrics,
+    regression_metrics,
+    windows_from_log,
+)
 
 
 # ------------------------------------------------------------------------------------ performance
@@ -86,8 +98,14 @@ def test_windows_from_logged_predictions(tmp_path):
 
     lg = PredictionLogger(tmp_path)
     for i in range(6):
-        lg.log(model="m", version=1, inputs={"x": np.ones((1, 2))}, outputs={"label": np.array([i % 2])},
-               latency_us=1000.0 * (i + 1), request_id=f"r{i}")
+        lg.log(
+            model="m",
+            version=1,
+            inputs={"x": np.ones((1, 2))},
+            outputs={"label": np.array([i % 2])},
+            latency_us=1000.0 * (i + 1),
+            request_id=f"r{i}",
+        )
     lg.close()
     lg.feedback([f"r{i}" for i in range(6)], [0, 1, 0, 0, 0, 1])
     w = windows_from_log(read_log(tmp_path), window_s=1e9)  # one window whatever the clock says
@@ -183,7 +201,9 @@ def test_prometheus_sink_gauges_in_private_registry():
     from prometheus_client import CollectorRegistry
 
     reg = CollectorRegistry()
-    mgr = AlertManager([AlertRule("err", "error_rate", ">", 0.01, severity="critical")], [PrometheusSink(reg, model="clf")])
+    mgr = AlertManager(
+        [AlertRule("err", "error_rate", ">", 0.01, severity="critical")], [PrometheusSink(reg, model="clf")]
+    )
     mgr.evaluate({"error_rate": 0.05, "accuracy": 0.9})
     labels = {"model": "clf", "rule": "err", "severity": "critical"}
     assert reg.get_sample_value("fastml_monitor_alert_firing", labels) == 1.0
@@ -200,14 +220,20 @@ def test_health_is_100_on_data_identical_to_reference():
     rng = np.random.default_rng(0)
     data = {f"x{i}": rng.normal(size=500) for i in range(5)}
     share = detect_drift(data, data).share_drifted
-    h = health_score(HealthInputs(drift_share=share, performance=0.9, baseline=0.9, latency_p99_ms=10,
-                                  latency_slo_ms=50, error_rate=0.0))
+    h = health_score(
+        HealthInputs(
+            drift_share=share, performance=0.9, baseline=0.9, latency_p99_ms=10, latency_slo_ms=50, error_rate=0.0
+        )
+    )
     assert h.score == 100.0 and set(h.penalties.values()) == {0.0}
 
 
 def test_health_formula_values():
-    h = health_score(HealthInputs(drift_share=0.5, performance=0.81, baseline=0.9, latency_p99_ms=75,
-                                  latency_slo_ms=50, error_rate=0.01))
+    h = health_score(
+        HealthInputs(
+            drift_share=0.5, performance=0.81, baseline=0.9, latency_p99_ms=75, latency_slo_ms=50, error_rate=0.01
+        )
+    )
     # penalties: drift 0.5, performance (0.09/0.9)/0.2 = 0.5, latency 0.5, errors 0.2
     assert h.penalties == pytest.approx({"drift": 0.5, "performance": 0.5, "latency": 0.5, "errors": 0.2})
     assert h.score == pytest.approx(100 * (1 - (0.35 * 0.5 + 0.35 * 0.5 + 0.15 * 0.5 + 0.15 * 0.2)))
@@ -233,8 +259,16 @@ deltas = st.floats(0, 1)
 @given(base=inputs, which=st.sampled_from(["drift_share", "performance", "latency", "error_rate"]), delta=deltas)
 def test_health_never_rises_when_an_input_worsens(base, which, delta):
     def score(d):
-        return health_score(HealthInputs(drift_share=d["drift_share"], performance=d["performance"], baseline=0.9,
-                                         latency_p99_ms=d["latency"], latency_slo_ms=50, error_rate=d["error_rate"])).score
+        return health_score(
+            HealthInputs(
+                drift_share=d["drift_share"],
+                performance=d["performance"],
+                baseline=0.9,
+                latency_p99_ms=d["latency"],
+                latency_slo_ms=50,
+                error_rate=d["error_rate"],
+            )
+        ).score
 
     worse = dict(base)
     if which == "performance":

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pipeline_data import make_classification_frame, make_regression_frame
 
 

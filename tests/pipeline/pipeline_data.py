@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 
@@ -56,7 +54,10 @@ def reg_config(path, **over) -> dict:
         "folds": 3,
         "data": {"path": str(path), "target": "target"},
         "model": {"family": "hist_gradient_boosting", "params": {"max_iter": 30}},
-        "tune": {"n_trials": 3, "search_space": {"learning_rate": {"type": "float", "low": 0.05, "high": 0.3, "log": True}}},
+        "tune": {
+            "n_trials": 3,
+            "search_space": {"learning_rate": {"type": "float", "low": 0.05, "high": 0.3, "log": True}},
+        },
     }
     cfg.update(over)
     return cfg

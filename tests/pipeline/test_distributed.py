@@ -6,14 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from pipeline_data import cls_config, make_classification_frame
 
 from fastml.pipeline import train
 
-from pipeline_data import cls_config, make_classification_frame
-
 
 def test_two_workers_share_one_study(cls_csv):
-    result = train(cls_config(cls_csv, tune={"n_trials": 6, "sampler": "random"}, register={"enabled": False}), workers=2)
+    result = train(
+        cls_config(cls_csv, tune={"n_trials": 6, "sampler": "random"}, register={"enabled": False}), workers=2
+    )
     run_dir = result.run_dir
     tune = json.loads((run_dir / "05_tune/tune.json").read_text())
     workers = tune["workers"]
@@ -42,8 +43,10 @@ def test_cli_workers_and_runs_commands(cls_csv, capsys):
     from fastml.cli import main
 
     toml = cls_csv.parent / "p.toml"
-    toml.write_text(f'name = "w"\ntask = "classification"\nfolds = 2\n[data]\npath = "{cls_csv}"\ntarget = "label"\n'
-                    '[model]\nfamily = "logistic_regression"\n[tune]\nn_trials = 4\n')
+    toml.write_text(
+        f'name = "w"\ntask = "classification"\nfolds = 2\n[data]\npath = "{cls_csv}"\ntarget = "label"\n'
+        '[model]\nfamily = "logistic_regression"\n[tune]\nn_trials = 4\n'
+    )
     assert main(["train", str(toml), "--workers", "2", "--run-id", "cli-run", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "run cli-run (w): completed" in out and "registered w:1.0.0" in out
@@ -51,7 +54,9 @@ def test_cli_workers_and_runs_commands(cls_csv, capsys):
         assert stage in out
     assert main(["runs", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["run_id"], r["status"], r["model_ref"], r["last_stage"]) for r in rows] == [("cli-run", "completed", "w:1.0.0", "register")]
+    assert [(r["run_id"], r["status"], r["model_ref"], r["last_stage"]) for r in rows] == [
+        ("cli-run", "completed", "w:1.0.0", "register")
+    ]
     assert main(["runs", "show", "cli-run", "--json"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert state["stages"][4]["summary"]["trials"] == 4
@@ -64,9 +69,17 @@ def test_ddp_two_processes_trains_and_exports(tmp_path):
     df = make_classification_frame(n=200).drop(columns=["colour"])
     p = tmp_path / "d.csv"
     df.to_csv(p, index=False)
-    cfg = cls_config(p, folds=2, features={"derived": []},
-                     model={"family": "torch_mlp", "ddp_processes": 2, "params": {"epochs": 20, "batch_size": 16, "hidden_units": 16}},
-                     tune={"n_trials": 1, "search_space": {"lr": {"type": "float", "low": 0.01, "high": 0.02}}})
+    cfg = cls_config(
+        p,
+        folds=2,
+        features={"derived": []},
+        model={
+            "family": "torch_mlp",
+            "ddp_processes": 2,
+            "params": {"epochs": 20, "batch_size": 16, "hidden_units": 16},
+        },
+        tune={"n_trials": 1, "search_space": {"lr": {"type": "float", "low": 0.01, "high": 0.02}}},
+    )
     result = train(cfg)
     ddp = json.loads((result.run_dir / "06_train/ddp.json").read_text())
     assert ddp["world_size"] == 2 and ddp["backend"] == "gloo" and "torchrun_exit_code" in ddp
@@ -96,14 +109,23 @@ def test_same_command_elsewhere_joins_the_study(cls_csv, tmp_path):
 
     journal = tmp_path / "shared" / "study.journal"
     toml = tmp_path / "p.toml"
-    toml.write_text(f'name = "joined"\ntask = "classification"\nfolds = 2\n[data]\npath = "{cls_csv}"\ntarget = "label"\n'
-                    f'[model]\nfamily = "logistic_regression"\n[tune]\nn_trials = 12\nsampler = "random"\n'
-                    f'storage = "journal://{journal}"\n[register]\nenabled = false\n')
+    toml.write_text(
+        f'name = "joined"\ntask = "classification"\nfolds = 2\n[data]\npath = "{cls_csv}"\ntarget = "label"\n'
+        f'[model]\nfamily = "logistic_regression"\n[tune]\nn_trials = 12\nsampler = "random"\n'
+        f'storage = "journal://{journal}"\n[register]\nenabled = false\n'
+    )
     procs = []
     for i in range(2):
         env = dict(os.environ, FASTML_HOME=str(tmp_path / f"machine{i}"))
-        procs.append(subprocess.Popen([sys.executable, "-m", "fastml.cli", "train", str(toml), "--json"], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "fastml.cli", "train", str(toml), "--json"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     states = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -111,8 +133,10 @@ def test_same_command_elsewhere_joins_the_study(cls_csv, tmp_path):
         states.append(json.loads(out))
     import optuna
 
-    study = optuna.load_study(study_name=states[0]["stages"][4]["summary"]["study"],
-                              storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))))
+    study = optuna.load_study(
+        study_name=states[0]["stages"][4]["summary"]["study"],
+        storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal))),
+    )
     assert 12 <= len(study.trials) <= 13  # at most one extra trial per additional process
     assert all(s["status"] == "completed" for s in states)
     assert {s["stages"][4]["summary"]["study"] for s in states} == {study.study_name}

@@ -6,11 +6,9 @@ import io
 import shutil
 from pathlib import Path
 
-import pytest
+from pipeline_data import cls_config
 
 from fastml.pipeline import load_config, train
-
-from pipeline_data import cls_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pipelines"
 
@@ -35,7 +33,9 @@ def test_rich_progress_and_summary_table(cls_csv):
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=120)
-    result = train(cls_config(cls_csv, tune={"n_trials": 3}, register={"enabled": False}), progress=RichProgress(console))
+    result = train(
+        cls_config(cls_csv, tune={"n_trials": 3}, register={"enabled": False}), progress=RichProgress(console)
+    )
     import re
 
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())  # drop terminal control codes

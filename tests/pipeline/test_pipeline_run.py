@@ -7,11 +7,10 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from pipeline_data import cls_config, make_classification_frame, reg_config
 
 from fastml.pipeline import STAGES, train
 from fastml.pipeline.run import list_runs
-
-from pipeline_data import cls_config, make_classification_frame, reg_config
 
 
 def test_classification_run_all_stages_registered(cls_csv, fastml_home):
@@ -22,10 +21,22 @@ def test_classification_run_all_stages_registered(cls_csv, fastml_home):
     assert all(s["status"] == "completed" and s["duration_s"] >= 0 for s in state["stages"])
     run_dir = fastml_home / "runs" / result.run_id
     assert result.run_dir == run_dir
-    for rel in ["01_ingest/data.parquet", "02_validate/report.json", "03_features/spec.json", "04_split/split.npz",
-                "05_tune/tune.json", "05_tune/optuna.journal", "06_train/model.joblib", "07_cross_validate/cv.json",
-                "08_evaluate/metrics.json", "09_export/model.onnx", "09_export/model.optimized.onnx",
-                "09_export/parity.json", "10_register/registration.json", "run.log"]:
+    for rel in [
+        "01_ingest/data.parquet",
+        "02_validate/report.json",
+        "03_features/spec.json",
+        "04_split/split.npz",
+        "05_tune/tune.json",
+        "05_tune/optuna.journal",
+        "06_train/model.joblib",
+        "07_cross_validate/cv.json",
+        "08_evaluate/metrics.json",
+        "09_export/model.onnx",
+        "09_export/model.optimized.onnx",
+        "09_export/parity.json",
+        "10_register/registration.json",
+        "run.log",
+    ]:
         assert (run_dir / rel).is_file(), rel
     # metrics: all six, sane values
     assert set(result.metrics) == {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from pipeline_data import cls_config, make_classification_frame
 
 from fastml.errors import InternalError
 from fastml.pipeline import resume, train
 from fastml.pipeline.run import load_run_config, open_run
-
-from pipeline_data import cls_config, make_classification_frame
 
 
 def _predict(path, X):
@@ -22,9 +21,12 @@ def test_resume_after_stage6_failure_matches_uninterrupted(tmp_path, monkeypatch
     df = make_classification_frame(n=240).drop(columns=["colour"])
     p = tmp_path / "d.csv"
     df.to_csv(p, index=False)
-    cfg = cls_config(p, model={"family": "random_forest", "params": {"n_estimators": 15}},
-                     tune={"n_trials": 3, "search_space": {"max_depth": {"type": "int", "low": 2, "high": 6}}},
-                     register={"enabled": False})
+    cfg = cls_config(
+        p,
+        model={"family": "random_forest", "params": {"n_estimators": 15}},
+        tune={"n_trials": 3, "search_space": {"max_depth": {"type": "int", "low": 2, "high": 6}}},
+        register={"enabled": False},
+    )
 
     reference = train(cfg, run_id="uninterrupted")
 
@@ -74,8 +76,10 @@ def test_cli_resume(tmp_path, monkeypatch, capsys):
     p = tmp_path / "d.csv"
     make_classification_frame(n=150).to_csv(p, index=False)
     toml = tmp_path / "p.toml"
-    toml.write_text(f'name = "c"\ntask = "classification"\nfolds = 2\n[data]\npath = "{p}"\ntarget = "label"\n'
-                    '[model]\nfamily = "logistic_regression"\n[tune]\nn_trials = 2\n[register]\nenabled = false\n')
+    toml.write_text(
+        f'name = "c"\ntask = "classification"\nfolds = 2\n[data]\npath = "{p}"\ntarget = "label"\n'
+        '[model]\nfamily = "logistic_regression"\n[tune]\nn_trials = 2\n[register]\nenabled = false\n'
+    )
 
     def crash(ctx):
         raise RuntimeError("boom")

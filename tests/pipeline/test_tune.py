@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from pipeline_data import cls_config
 
 from fastml.pipeline import train
-
-from pipeline_data import cls_config
 
 
 def _tune(result) -> dict:
@@ -26,11 +25,16 @@ def _study(result):
 
 def test_failing_trials_recorded_and_study_goes_on(cls_csv):
     # solver "newton-cholesky" with l1 raises inside scikit-learn; such trials must be FAIL, not fatal.
-    space = {"C": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
-             "l1_ratio": {"type": "categorical", "choices": [0.0, 1.0]},
-             "solver": {"type": "categorical", "choices": ["lbfgs", "newton-cholesky"]}}
-    result = train(cls_config(cls_csv, tune={"n_trials": 8, "sampler": "random", "search_space": space},
-                              register={"enabled": False}))
+    space = {
+        "C": {"type": "float", "low": 0.1, "high": 10.0, "log": True},
+        "l1_ratio": {"type": "categorical", "choices": [0.0, 1.0]},
+        "solver": {"type": "categorical", "choices": ["lbfgs", "newton-cholesky"]},
+    }
+    result = train(
+        cls_config(
+            cls_csv, tune={"n_trials": 8, "sampler": "random", "search_space": space}, register={"enabled": False}
+        )
+    )
     t = _tune(result)
     assert t["total"] == 8
     assert t["counts"]["fail"] >= 1 and t["counts"]["complete"] >= 1
@@ -43,9 +47,17 @@ def test_failing_trials_recorded_and_study_goes_on(cls_csv):
 
 
 def test_grid_sampler_covers_grid_and_per_fold_reports(cls_csv):
-    space = {"C": {"type": "categorical", "choices": [0.01, 1.0]}, "fit_intercept": {"type": "categorical", "choices": [True, False]}}
-    result = train(cls_config(cls_csv, tune={"n_trials": 50, "sampler": "grid", "pruner": "none", "search_space": space},
-                              register={"enabled": False}))
+    space = {
+        "C": {"type": "categorical", "choices": [0.01, 1.0]},
+        "fit_intercept": {"type": "categorical", "choices": [True, False]},
+    }
+    result = train(
+        cls_config(
+            cls_csv,
+            tune={"n_trials": 50, "sampler": "grid", "pruner": "none", "search_space": space},
+            register={"enabled": False},
+        )
+    )
     t = _tune(result)
     assert t["total"] == 4  # n_trials capped at the grid size
     study = _study(result)
@@ -62,8 +74,14 @@ def test_median_pruner_prunes_bad_trials(cls_csv):
     # Mostly good values of C and one hopeless one: after 5 finished trials, hopeless trials fall
     # below the median of the running fold means and stop before the last fold.
     space = {"C": {"type": "categorical", "choices": [0.3, 1.0, 3.0, 1e-6]}}
-    result = train(cls_config(cls_csv, folds=4, tune={"n_trials": 11, "sampler": "random", "search_space": space},
-                              register={"enabled": False}))
+    result = train(
+        cls_config(
+            cls_csv,
+            folds=4,
+            tune={"n_trials": 11, "sampler": "random", "search_space": space},
+            register={"enabled": False},
+        )
+    )
     study = _study(result)
     trials = study.trials
     pruned = [tr for tr in trials if tr.state.name == "PRUNED"]

@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from pipeline_data import cls_config, make_classification_frame
 
 from fastml.errors import InvalidInput, NotFound
 from fastml.pipeline import train
 from fastml.pipeline.run import list_runs
-
-from pipeline_data import cls_config, make_classification_frame
 
 
 def test_report_lists_each_failed_check(tmp_path):
@@ -22,7 +21,14 @@ def test_report_lists_each_failed_check(tmp_path):
     df.loc[194:, "label"] = 1
     p = tmp_path / "bad.csv"
     df.to_csv(p, index=False)
-    cfg = cls_config(p, validate={"ranges": {"x4": [-10, 10]}, "min_class_fraction": 0.1, "columns": {"colour": "number", "age": "number"}})
+    cfg = cls_config(
+        p,
+        validate={
+            "ranges": {"x4": [-10, 10]},
+            "min_class_fraction": 0.1,
+            "columns": {"colour": "number", "age": "number"},
+        },
+    )
     with pytest.raises(InvalidInput) as ei:
         train(cfg)
     msg = str(ei.value)
@@ -39,8 +45,9 @@ def test_report_lists_each_failed_check(tmp_path):
 
     report = json.loads((get_settings().home / "runs" / run["run_id"] / "02_validate/report.json").read_text())
     failed = [(c["check"], c["column"]) for c in report["checks"] if not c["passed"]]
-    assert sorted(failed, key=str) == sorted([("schema", "colour"), ("schema", "age"), ("nulls", "x2"), ("range", "x4"),
-                                              ("class_balance", "label")], key=str)
+    assert sorted(failed, key=str) == sorted(
+        [("schema", "colour"), ("schema", "age"), ("nulls", "x2"), ("range", "x4"), ("class_balance", "label")], key=str
+    )
 
 
 def test_null_target_and_too_few_rows(tmp_path):

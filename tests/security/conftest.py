@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 _HTTP_LINE = re.compile(r"fastml serve: http://([\d.]+):(\d+) ")
 _GRPC_LINE = re.compile(r"fastml serve: grpc ([\d.]+):(\d+)")
 TOKEN = "s3cret-admin-token-0123456789"
-ADMIN_VARS = ("FASTML_ADMIN_TOKEN", "FASTML_ADMIN_TOKEN_FILE", "FASTML_ALLOW_UNAUTHENTICATED_ADMIN", "FASTML_REQUIRE_TOKEN_FOR_INFERENCE")
+ADMIN_VARS = (
+    "FASTML_ADMIN_TOKEN",
+    "FASTML_ADMIN_TOKEN_FILE",
+    "FASTML_ALLOW_UNAUTHENTICATED_ADMIN",
+    "FASTML_REQUIRE_TOKEN_FOR_INFERENCE",
+)
 
 
 class Served:
@@ -101,7 +106,8 @@ def onnx_bytes(tag: str) -> bytes:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], f"g_{tag}",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        f"g_{tag}",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
     )

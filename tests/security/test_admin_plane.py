@@ -25,8 +25,21 @@ ADMIN_CALLS = [
 @pytest.fixture(scope="module")
 def guarded(sec_repo, token_file, tmp_path_factory):
     """A server with a token file, HTTP and gRPC."""
-    srv = Served([str(sec_repo), "--http-port", "0", "--metrics-port", "0", "--grpc-port", "0",
-                  "--admin-token-file", str(token_file)], tmp_path_factory.mktemp("home"), grpc=True)
+    srv = Served(
+        [
+            str(sec_repo),
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--admin-token-file",
+            str(token_file),
+        ],
+        tmp_path_factory.mktemp("home"),
+        grpc=True,
+    )
     yield srv
     assert srv.stop() == 0
 
@@ -41,8 +54,12 @@ def test_every_http_admin_call_without_the_token_is_401_and_changes_nothing(guar
     before = _state(guarded)
     assert ("mlp", "READY") in before[0]
     for path, body in ADMIN_CALLS:
-        for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": TOKEN},
-                        {"Authorization": f"Basic {TOKEN}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-token-wrong-token"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+        ):
             status, payload, hdrs = guarded.call("POST", path, body, headers)
             assert status == 401, (path, headers, status, payload)
             assert "admin token" in payload["error"]
@@ -71,9 +88,12 @@ def test_grpc_admin_calls_need_the_token(guarded):
     from tritonclient.utils import InferenceServerException
 
     c = grpcclient.InferenceServerClient(guarded.grpc_url)
-    for call in (lambda h: c.unload_model("mlp", headers=h), lambda h: c.load_model("gbt", headers=h),
-                 lambda h: c.register_system_shared_memory("r1", "/fastml_sec_r1", 64, headers=h),
-                 lambda h: c.unregister_system_shared_memory(headers=h)):
+    for call in (
+        lambda h: c.unload_model("mlp", headers=h),
+        lambda h: c.load_model("gbt", headers=h),
+        lambda h: c.register_system_shared_memory("r1", "/fastml_sec_r1", 64, headers=h),
+        lambda h: c.unregister_system_shared_memory(headers=h),
+    ):
         for headers in (None, {"authorization": "Bearer not-the-token-at-all"}):
             with pytest.raises(InferenceServerException) as e:
                 call(headers)
@@ -99,8 +119,11 @@ def test_without_a_token_admin_endpoints_are_disabled(sec_repo, tmp_path):
 
 
 def test_require_token_for_inference(sec_repo, tmp_path, onnx_models):
-    srv = Served([str(sec_repo), "--http-port", "0", "--metrics-port", "0", "--require-token-for-inference"],
-                 tmp_path / "home", env={"FASTML_ADMIN_TOKEN": TOKEN})
+    srv = Served(
+        [str(sec_repo), "--http-port", "0", "--metrics-port", "0", "--require-token-for-inference"],
+        tmp_path / "home",
+        env={"FASTML_ADMIN_TOKEN": TOKEN},
+    )
     try:
         x = np.load(onnx_models["data"])[:1]
         body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
@@ -116,8 +139,14 @@ def test_require_token_for_inference(sec_repo, tmp_path, onnx_models):
 def test_non_loopback_bind_without_token_refuses_to_start(sec_repo, tmp_path):
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("FASTML_ALLOW_UNAUTHENTICATED_ADMIN",)}
     env["FASTML_HOME"] = str(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "fastml.cli", "serve", str(sec_repo), "--host", "0.0.0.0", "--http-port", "0"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fastml.cli", "serve", str(sec_repo), "--host", "0.0.0.0", "--http-port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "refusing to listen on 0.0.0.0" in r.stderr and "--allow-unauthenticated-admin" in r.stderr
 

@@ -103,8 +103,11 @@ def test_signed_anchor_detects_a_forged_anchor(tmp_path, monkeypatch):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = tmp_path / "anchor_key"
-    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
     monkeypatch.setenv(anchor.ENV_SIGNING_KEY, str(key))
     a = AuditLog(tmp_path / "signed")
     a.append("x.y", actor="ana")

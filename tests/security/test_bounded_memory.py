@@ -23,7 +23,8 @@ def _string_model(path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["text"], ["text_out"])], "strings",
+        [helper.make_node("Identity", ["text"], ["text_out"])],
+        "strings",
         [helper.make_tensor_value_info("text", TensorProto.STRING, [None, 1])],
         [helper.make_tensor_value_info("text_out", TensorProto.STRING, [None, 1])],
     )
@@ -57,35 +58,51 @@ def _raw(srv, head: bytes, body: bytes = b"") -> list[bytes]:
 
 
 def test_bytes_amplification_is_400_with_bounded_memory(served):
-    header = json.dumps({"inputs": [{"name": "text", "shape": [1, 300000000], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": 8}}]}, separators=(",", ":")).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "shape": [1, 300000000], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}
+            ]
+        },
+        separators=(",", ":"),
+    ).encode()
     body = header + struct.pack("<I", 4) + b"abcd"
     assert len(body) < 140
     before = served.rss_kb()
-    status, payload, _ = served.call("POST", "/v2/models/strings/infer", body,
-                                     {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    status, payload, _ = served.call(
+        "POST",
+        "/v2/models/strings/infer",
+        body,
+        {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+    )
     after = served.rss_kb()
     assert status == 400, payload
     assert "300000000 BYTES elements" in payload["error"]
     assert after - before < 10 * 1024, (before, after)
     # The same declaration in JSON data: also refused without allocating.
-    status, payload, _ = served.call("POST", "/v2/models/strings/infer",
-                                     {"inputs": [{"name": "text", "shape": [1, 300000000], "datatype": "BYTES", "data": ["a"]}]})
+    status, payload, _ = served.call(
+        "POST",
+        "/v2/models/strings/infer",
+        {"inputs": [{"name": "text", "shape": [1, 300000000], "datatype": "BYTES", "data": ["a"]}]},
+    )
     assert status == 400
     assert served.rss_kb() - before < 10 * 1024
 
 
 @pytest.mark.parametrize("shape", [[0, 2**62], [1, 2**63], [2**40, 2**40], [1] * 40])
 def test_out_of_range_shapes_are_400(served, shape):
-    status, payload, _ = served.call("POST", "/v2/models/mlp/infer",
-                                     {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": []}]})
+    status, payload, _ = served.call(
+        "POST", "/v2/models/mlp/infer", {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": []}]}
+    )
     assert status == 400, (shape, status, payload)
     assert "internal" not in payload["error"]
 
 
 def test_timeout_out_of_range_is_400(served):
-    body = {"parameters": {"timeout": 2**63},
-            "inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.0] * 32}]}
+    body = {
+        "parameters": {"timeout": 2**63},
+        "inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.0] * 32}],
+    }
     status, payload, _ = served.call("POST", "/v2/models/mlp/infer", body)
     assert status == 400 and "timeout" in payload["error"]
 

@@ -15,8 +15,19 @@ from fastml.errors import InvalidInput, NotFound
 from fastml.serving import ModelManager
 from fastml.serving.load_limits import LOAD_BOUNDS, check_override, validate_model_name
 
-TRAVERSALS = ["../outside", "..", "a/../../outside", "/tmp/outside", "sub/model", ".hidden", "a..b", "x" * 129, "",
-              "bad name", "nul\x00"]
+TRAVERSALS = [
+    "../outside",
+    "..",
+    "a/../../outside",
+    "/tmp/outside",
+    "sub/model",
+    ".hidden",
+    "a..b",
+    "x" * 129,
+    "",
+    "bad name",
+    "nul\x00",
+]
 
 
 @pytest.fixture()
@@ -116,15 +127,20 @@ def test_failed_load_releases_threads_and_a_good_load_follows(layout):
 
 
 def test_http_load_of_a_path_is_refused(sec_repo, tmp_path):
-    srv = Served([str(sec_repo), "--http-port", "0", "--metrics-port", "0"], tmp_path / "home",
-                 env={"FASTML_ADMIN_TOKEN": TOKEN})
+    srv = Served(
+        [str(sec_repo), "--http-port", "0", "--metrics-port", "0"], tmp_path / "home", env={"FASTML_ADMIN_TOKEN": TOKEN}
+    )
     try:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         for quoted in ("..%2Fgbt", "%2Ftmp%2Fx", "a%2F..%2F..%2Fetc"):
             status, payload, _ = srv.call("POST", f"/v2/repository/models/{quoted}/load", {}, auth)
             assert status == 400 and "never a path" in payload["error"], (quoted, status, payload)
-        status, payload, _ = srv.call("POST", "/v2/repository/models/mlp/load",
-                                      {"parameters": {"config": json.dumps({"max_batch_size": 5_000_000})}}, auth)
+        status, payload, _ = srv.call(
+            "POST",
+            "/v2/repository/models/mlp/load",
+            {"parameters": {"config": json.dumps({"max_batch_size": 5_000_000})}},
+            auth,
+        )
         assert status == 400 and "max_batch_size must be between 0 and 4096" in payload["error"]
         index = srv.call("POST", "/v2/repository/index", {})[1]
         assert sorted(m["name"] for m in index) == ["gbt", "mlp"]

@@ -115,8 +115,13 @@ def test_cli_approve_with_key(tmp_path, keys, monkeypatch):
     env = {"FASTML_HOME": str(home), "PATH": "/usr/bin:/bin"}
 
     def cli(*args, ok=True):
-        r = subprocess.run([sys.executable, "-m", "fastml.cli", "registry", *args], capture_output=True, text=True,
-                           env=env, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "fastml.cli", "registry", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
         assert (r.returncode == 0) == ok, (args, r.stdout, r.stderr)
         return r
 
@@ -124,8 +129,11 @@ def test_cli_approve_with_key(tmp_path, keys, monkeypatch):
     art.write_bytes(onnx_bytes("a"))
     cli("register", "churn", str(art), "--actor", "ana")
     for name in ("bo", "cy"):
-        (tmp_path / name).write_bytes(keys[name][0].private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        (tmp_path / name).write_bytes(
+            keys[name][0].private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            )
+        )
     (tmp_path / "signers").write_text(f"bo {keys['bo'][1]}\ncy {keys['cy'][1]}\n")
     cli("signers", str(tmp_path / "signers"), "--require")
     cli("request", "churn:1.0.0", "production", "--actor", "ana")

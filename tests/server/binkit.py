@@ -53,9 +53,14 @@ def make_two_output_model(path: Path) -> None:
         [helper.make_node("Add", ["x", "one"], ["a"]), helper.make_node("Mul", ["x", "two"], ["b"])],
         "two_outputs",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 3]),
-         helper.make_tensor_value_info("b", TensorProto.FLOAT, [None, 3])],
-        [numpy_helper.from_array(np.array(1, np.float32), "one"), numpy_helper.from_array(np.array(2, np.float32), "two")],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [None, 3]),
+        ],
+        [
+            numpy_helper.from_array(np.array(1, np.float32), "one"),
+            numpy_helper.from_array(np.array(2, np.float32), "two"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -105,8 +110,10 @@ class InProcessServer:
 
     def run(self, fn, *args):
         """Run a plain function on the server's loop thread and return its result."""
+
         async def wrap():
             return fn(*args)
+
         return self.call(wrap())
 
     def close(self) -> None:

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from serverkit import ServerProcess, make_string_model
+
 
 @pytest.fixture(scope="session")
 def model_repo(onnx_models, tmp_path_factory) -> Path:
@@ -25,6 +25,8 @@ def model_repo(onnx_models, tmp_path_factory) -> Path:
 def server(model_repo, tmp_path_factory):
     """One server for a whole test module (serving mlp, gbt, strings)."""
     home = tmp_path_factory.mktemp("home")
-    srv = ServerProcess([str(model_repo), "--http-port", "0", "--metrics-port", "0", "--max-body-bytes", str(4 * 1024 * 1024)], home)
+    srv = ServerProcess(
+        [str(model_repo), "--http-port", "0", "--metrics-port", "0", "--max-body-bytes", str(4 * 1024 * 1024)], home
+    )
     yield srv
     assert srv.stop() == 0

@@ -11,8 +11,21 @@ import struct
 import numpy as np
 
 MAGIC = b"FMLB"
-DTYPES = {1: "?", 2: "<u1", 3: "<u2", 4: "<u4", 5: "<u8", 6: "<i1", 7: "<i2", 8: "<i4", 9: "<i8", 10: "<f2", 11: "<f4",
-          12: "<f8", 13: "O"}
+DTYPES = {
+    1: "?",
+    2: "<u1",
+    3: "<u2",
+    4: "<u4",
+    5: "<u8",
+    6: "<i1",
+    7: "<i2",
+    8: "<i4",
+    9: "<i8",
+    10: "<f2",
+    11: "<f4",
+    12: "<f8",
+    13: "O",
+}
 CODES = {np.dtype(v).str if v != "O" else "|O": k for k, v in DTYPES.items()}
 
 
@@ -161,7 +174,9 @@ def parse(buf: bytes, start: int, end: int, max_frames: int, limits: dict | None
     return pos - start, items, 0, None
 
 
-def encode_request(rid: int, model: str, version: str | None, tensors: dict, outputs=None, timeout_us: int = 0) -> bytes:
+def encode_request(
+    rid: int, model: str, version: str | None, tensors: dict, outputs=None, timeout_us: int = 0
+) -> bytes:
     """Reference encoder of an INFER_REQUEST frame (tensors: name -> numpy array)."""
     body = bytearray(MAGIC + struct.pack("<BBHQ", 1, 1, 0, rid))
     body += struct.pack("<I", timeout_us)
@@ -179,7 +194,10 @@ def encode_request(rid: int, model: str, version: str | None, tensors: dict, out
         nb = name.encode()
         if arr.dtype.kind in "OUS":
             code = 13
-            data = b"".join(struct.pack("<I", len(e)) + e for e in (x.encode() if isinstance(x, str) else bytes(x) for x in arr.reshape(-1)))
+            data = b"".join(
+                struct.pack("<I", len(e)) + e
+                for e in (x.encode() if isinstance(x, str) else bytes(x) for x in arr.reshape(-1))
+            )
         else:
             code = CODES[arr.dtype.newbyteorder("<").str if arr.dtype.itemsize > 1 else arr.dtype.str]
             data = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()

@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-_LINE = re.compile(r"fastml serve: http://([\d.]+):(\d+) \(models: (.*)\) metrics http://[\d.]+:(\d+)/metrics workers (\d+)")
+_LINE = re.compile(
+    r"fastml serve: http://([\d.]+):(\d+) \(models: (.*)\) metrics http://[\d.]+:(\d+)/metrics workers (\d+)"
+)
+
 
 def make_string_model(path: Path) -> None:
     """A BYTES model: output ``text_out`` = Identity(``text``), string tensor [-1, 1]."""
@@ -50,7 +53,8 @@ def make_slow_model(path: Path, width: int = 384, depth: int = 60) -> None:
         nodes.append(helper.make_node("Tanh", [f"m{i}"], [out]))
         prev = out
     graph = helper.make_graph(
-        nodes, "slow",
+        nodes,
+        "slow",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])],
         [numpy_helper.from_array(w, "w")],
@@ -75,7 +79,13 @@ class ServerProcess:
             out, err = self.proc.communicate(timeout=10)
             raise RuntimeError(f"server did not start: {line!r} {out!r} {err[-3000:]!r}")
         self.startup_line = line.strip()
-        self.host, self.port, self.models, self.metrics_port, self.workers = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(5))
+        self.host, self.port, self.models, self.metrics_port, self.workers = (
+            m.group(1),
+            int(m.group(2)),
+            m.group(3),
+            int(m.group(4)),
+            int(m.group(5)),
+        )
         self.url = f"{self.host}:{self.port}"
         self.metrics_url = f"http://{self.host}:{self.metrics_port}/metrics"
         self.pid = self.proc.pid
@@ -129,7 +139,9 @@ def ort_reference(path: Path, x: np.ndarray) -> dict:
 
 def raw_http(host, port, method, path, body: bytes, headers: dict):
     """One request over a fresh socket; returns (status, body, lower-cased headers)."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(head.encode() + b"\r\n" + body)
         status, hdrs, payload = read_response(s.makefile("rb"))

@@ -41,8 +41,10 @@ def bin_repo(tmp_path_factory):
 def served(bin_repo, tmp_path_factory):
     home = tmp_path_factory.mktemp("binhome")
     sock = home / "fastml.sock"
-    srv = ServerProcess([str(bin_repo), "--http-port", "0", "--metrics-port", "0", "--binary-port", "0",
-                         "--binary-socket", str(sock)], home)
+    srv = ServerProcess(
+        [str(bin_repo), "--http-port", "0", "--metrics-port", "0", "--binary-port", "0", "--binary-socket", str(sock)],
+        home,
+    )
     tcp_line = srv.proc.stdout.readline().strip()
     unix_line = srv.proc.stdout.readline().strip()
     assert tcp_line.startswith("fastml serve: binary 127.0.0.1:"), tcp_line
@@ -134,8 +136,11 @@ def test_async_client_pipelines_slow_and_fast_calls_on_one_connection(served):
 
 
 def _http_error(served, model: str, body: dict) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://{served.url}/v2/models/{model}/infer", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://{served.url}/v2/models/{model}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     try:
         urllib.request.urlopen(req, timeout=30)
     except urllib.error.HTTPError as exc:
@@ -152,16 +157,22 @@ def _binary_error(served, model: str, inputs: dict) -> tuple[int, int, str]:
     return item[2], item[3], item[4]
 
 
-@pytest.mark.parametrize("model, x, kind", [
-    ("nope", np.ones((1, 3), np.float32), NotFound),
-    ("two", np.ones((1, 4), np.float32), InvalidInput),
-    ("two", np.ones((1, 3), np.int32), InvalidInput),
-])
+@pytest.mark.parametrize(
+    "model, x, kind",
+    [
+        ("nope", np.ones((1, 3), np.float32), NotFound),
+        ("two", np.ones((1, 4), np.float32), InvalidInput),
+        ("two", np.ones((1, 3), np.int32), InvalidInput),
+    ],
+)
 def test_errors_carry_the_http_status_and_message(served, model, x, kind):
     status, code, message = _binary_error(served, model, {"x": x})
     datatype = {"float32": "FP32", "int32": "INT32"}[str(x.dtype)]
     http_status, http_message = _http_error(
-        served, model, {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": datatype, "data": x.reshape(-1).tolist()}]})
+        served,
+        model,
+        {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": datatype, "data": x.reshape(-1).tolist()}]},
+    )
     assert (status, message) == (http_status, http_message)
     assert wire.ERROR_KINDS[code] is kind
     with Client(served.binary_address, retries=0) as client, pytest.raises(kind) as info:
@@ -180,8 +191,10 @@ def test_request_id_reused_while_in_flight_gets_an_error_for_that_request(served
     slow_x = np.zeros((SLOW_ROWS, 384), np.float32)
     host, port = served.binary_address.rsplit(":", 1)
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(_frames.encode_request(5, "slow", None, {"x": slow_x}) +
-                     _frames.encode_request(5, "two", None, {"x": np.ones((1, 3), np.float32)}))
+        sock.sendall(
+            _frames.encode_request(5, "slow", None, {"x": slow_x})
+            + _frames.encode_request(5, "two", None, {"x": np.ones((1, 3), np.float32)})
+        )
         first, second = _frame_items(sock, wire.Parser(), 2)
     assert first[:3] == (wire.ERROR, 5, 400) and "already in flight" in first[4]
     assert second[0] == wire.INFER_RESPONSE and second[1] == 5 and second[4]["y"].shape == (SLOW_ROWS, 384)
@@ -196,11 +209,14 @@ def _recv_all(sock) -> bytes:
         chunks.append(data)
 
 
-@pytest.mark.parametrize("garbage, status", [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # not our protocol at all
-    (struct.pack("<I", 1 << 30) + b"FMLB\x01\x01\x00\x00" + b"\0" * 8, 413),  # 1 GiB frame announced
-    (struct.pack("<I", 40) + b"FMLB\x07", 400),  # a future protocol version
-])
+@pytest.mark.parametrize(
+    "garbage, status",
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # not our protocol at all
+        (struct.pack("<I", 1 << 30) + b"FMLB\x01\x01\x00\x00" + b"\0" * 8, 413),  # 1 GiB frame announced
+        (struct.pack("<I", 40) + b"FMLB\x07", 400),  # a future protocol version
+    ],
+)
 def test_a_misbehaving_connection_is_closed_and_others_never_notice(served, garbage, status):
     host, port = served.binary_address.rsplit(":", 1)
     with Client(served.binary_address) as good:

@@ -25,7 +25,9 @@ LIMITS = {"max_frame_bytes": 1 << 20, "max_tensors": 8, "max_rank": 6, "max_name
 
 
 def native(buf, start=0, end=None, max_frames=1 << 30, limits=LIMITS):
-    parser = _frames.Parser(limits["max_frame_bytes"], limits["max_tensors"], limits["max_rank"], limits["max_name_bytes"])
+    parser = _frames.Parser(
+        limits["max_frame_bytes"], limits["max_tensors"], limits["max_rank"], limits["max_name_bytes"]
+    )
     end = len(buf) if end is None else end
     return parser.parse(memoryview(bytearray(buf)), start, end, max_frames)
 
@@ -97,7 +99,9 @@ def any_frames(draw):
     if kind == 1:
         return _frames.encode_response(rid, draw(names), "1", draw(st.dictionaries(names, arrays(), max_size=3)))
     if kind == 2:
-        return _frames.encode_error(rid, draw(st.sampled_from([400, 404, 500, 503])), draw(st.integers(0, 9)), draw(st.text(max_size=20)))
+        return _frames.encode_error(
+            rid, draw(st.sampled_from([400, 404, 500, 503])), draw(st.integers(0, 9)), draw(st.text(max_size=20))
+        )
     return _frames.encode_control(draw(st.sampled_from([4, 5])), rid)
 
 
@@ -115,7 +119,9 @@ def test_valid_frames_parse_identically(frames):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(names, arrays(), max_size=3), st.integers(0, (1 << 64) - 1))
 def test_native_encoder_matches_reference_encoder(tensors, rid):
-    assert _frames.encode_request(rid, "m", "2", tensors, ["o"], 5) == ref.encode_request(rid, "m", "2", tensors, ["o"], 5)
+    assert _frames.encode_request(rid, "m", "2", tensors, ["o"], 5) == ref.encode_request(
+        rid, "m", "2", tensors, ["o"], 5
+    )
 
 
 def test_parsed_tensors_are_read_only_views_of_the_buffer():
@@ -189,11 +195,14 @@ def test_oversized_frame_is_fatal_413_before_its_bytes_arrive():
     assert "exceeds the limit" in fatal[1]
 
 
-@pytest.mark.parametrize("prefix, status, words", [
-    (struct.pack("<I", 40) + b"HTTP", 400, "bad magic"),
-    (struct.pack("<I", 40) + b"FMLB\x02", 400, "unsupported protocol version 2"),
-    (struct.pack("<I", 3) + b"FMLB\x01", 400, "shorter than"),
-])
+@pytest.mark.parametrize(
+    "prefix, status, words",
+    [
+        (struct.pack("<I", 40) + b"HTTP", 400, "bad magic"),
+        (struct.pack("<I", 40) + b"FMLB\x02", 400, "unsupported protocol version 2"),
+        (struct.pack("<I", 3) + b"FMLB\x01", 400, "shorter than"),
+    ],
+)
 def test_stream_breaking_frames_are_fatal(prefix, status, words):
     consumed, items, need, fatal = native(prefix + b"\0" * 64)
     assert fatal[0] == status and words in fatal[1] and consumed == 0
@@ -280,7 +289,9 @@ def test_hostile_declarations_allocate_nothing_like_what_they_declare():
 def test_parsing_many_frames_does_not_leak():
     import gc
 
-    frame = _frames.encode_request(1, "m", "1", {"x": np.ones((4, 8), np.float32), "s": np.array(["ab", "cd"], dtype=object)})
+    frame = _frames.encode_request(
+        1, "m", "1", {"x": np.ones((4, 8), np.float32), "s": np.array(["ab", "cd"], dtype=object)}
+    )
     bad = _request_with_tensor_header(13, [2], 8, struct.pack("<I", 100) + b"abcd")
     parser = _frames.Parser()
 

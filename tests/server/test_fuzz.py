@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from serverkit import ServerProcess, ort_reference, read_response
 
 ALLOWED = {200, 400, 404, 405, 408, 413, 415, 431, 503}
@@ -24,8 +23,19 @@ MAX_BODY = 65536
 @pytest.fixture(scope="module")
 def fuzz_server(model_repo, tmp_path_factory):
     srv = ServerProcess(
-        [str(model_repo), "--http-port", "0", "--metrics-port", "0", "--max-body-bytes", str(MAX_BODY),
-         "--request-timeout-s", "1", "--idle-timeout-s", "1"],
+        [
+            str(model_repo),
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--request-timeout-s",
+            "1",
+            "--idle-timeout-s",
+            "1",
+        ],
         tmp_path_factory.mktemp("home"),
     )
     srv.rss_start_kb = _rss_kb(srv.pid)
@@ -42,14 +52,29 @@ def _rss_kb(pid: int) -> int:
 
 def _valid_infer(x: np.ndarray, binary: bool = True) -> bytes:
     if binary:
-        hdr = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-                          "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+        hdr = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": list(x.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+            }
+        ).encode()
         body = hdr + x.tobytes()
         extra = f"Inference-Header-Content-Length: {len(hdr)}\r\n"
     else:
-        body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}).encode()
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+        ).encode()
         extra = ""
-    return f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    return (
+        f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    )
 
 
 TEMPLATES = [
@@ -57,7 +82,7 @@ TEMPLATES = [
     _valid_infer(np.ones((1, 32), np.float32), binary=False),
     b"GET /v2/models/mlp HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET /v2/models/strings/config HTTP/1.1\r\nHost: x\r\n\r\n",
-    b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n{\"ready\":true}",
+    b'POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n{"ready":true}',
 ]
 
 
@@ -140,7 +165,8 @@ def test_mutated_requests(fuzz_server, template, ops, cuts, drop):
 
 
 header_value = st.one_of(
-    st.integers(-5, 10**20).map(str), st.text(max_size=20).map(lambda s: s.encode("utf-8", "replace").decode("latin-1")),
+    st.integers(-5, 10**20).map(str),
+    st.text(max_size=20).map(lambda s: s.encode("utf-8", "replace").decode("latin-1")),
     st.sampled_from(["gzip", "deflate", "br", "chunked", "", "100-continue", "-1", "0"]),
 )
 json_value = st.recursive(
@@ -162,9 +188,18 @@ tensor = st.fixed_dictionaries(
 request_json = st.fixed_dictionaries(
     {"inputs": st.lists(tensor, max_size=3)},
     optional={
-        "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["label", "probabilities", "zz"])},
-                                                  optional={"parameters": st.dictionaries(st.sampled_from(["binary_data", "classification"]), json_value)}), max_size=3),
-        "parameters": st.dictionaries(st.sampled_from(["binary_data_output", "timeout", "sequence_id", "priority"]), json_value),
+        "outputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["label", "probabilities", "zz"])},
+                optional={
+                    "parameters": st.dictionaries(st.sampled_from(["binary_data", "classification"]), json_value)
+                },
+            ),
+            max_size=3,
+        ),
+        "parameters": st.dictionaries(
+            st.sampled_from(["binary_data_output", "timeout", "sequence_id", "priority"]), json_value
+        ),
         "id": json_value,
     },
 )
@@ -176,8 +211,18 @@ request_json = st.fixed_dictionaries(
     req=request_json,
     trailer=st.binary(max_size=300),
     headers=st.dictionaries(
-        st.sampled_from(["Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding", "Expect", "Transfer-Encoding", "X-Junk"]),
-        header_value, max_size=3,
+        st.sampled_from(
+            [
+                "Inference-Header-Content-Length",
+                "Content-Encoding",
+                "Accept-Encoding",
+                "Expect",
+                "Transfer-Encoding",
+                "X-Junk",
+            ]
+        ),
+        header_value,
+        max_size=3,
     ),
     content_length=st.one_of(st.none(), st.integers(0, 10**12)),
 )
@@ -187,7 +232,9 @@ def test_structured_garbage(fuzz_server, model, req, trailer, headers, content_l
     if "Inference-Header-Content-Length" not in headers and trailer:
         headers = {**headers, "Inference-Header-Content-Length": str(len(hdr))}
     cl = len(body) if content_length is None else content_length
-    head = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {cl}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
     status = exchange(fuzz_server, [head.encode("latin-1") + b"\r\n" + body], drop=False)
     assert status is None or status in ALLOWED
     assert fuzz_server.proc.poll() is None
@@ -202,7 +249,7 @@ def test_random_bytes(fuzz_server, data, drop):
 
 def test_slow_client_gets_408_and_idle_connection_is_closed(fuzz_server):
     with socket.create_connection((fuzz_server.host, fuzz_server.port), timeout=15) as s:
-        s.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inp")
+        s.sendall(b'POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"inp')
         status, _, body = read_response(s.makefile("rb"))  # blocks until the server gives up on us
         assert status == 408 and b"within" in body
     with socket.create_connection((fuzz_server.host, fuzz_server.port), timeout=15) as s:
@@ -217,6 +264,11 @@ def test_still_healthy_after_fuzzing(fuzz_server, onnx_models):
         status, headers, body = read_response(s.makefile("rb"))
     assert status == 200
     n = int(headers["inference-header-content-length"])
-    np.testing.assert_allclose(np.frombuffer(body[n:], np.float32).reshape(3, 2), ort_reference(onnx_models["mlp"], x)["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.frombuffer(body[n:], np.float32).reshape(3, 2),
+        ort_reference(onnx_models["mlp"], x)["probabilities"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
     growth_mb = (_rss_kb(fuzz_server.pid) - fuzz_server.rss_start_kb) / 1024
     assert growth_mb < 64, f"RSS grew by {growth_mb:.1f} MB during fuzzing"

@@ -16,9 +16,14 @@ from fastml.server import http as reference
 from fastml.server.app import Server, compiled_is_current, protocol_class
 from fastml.serving import ModelManager
 
-_http = pytest.importorskip("fastml.server._http", reason="the Cython extension is not built (setup.py build_ext --inplace)")
-pytestmark = pytest.mark.skipif(not compiled_is_current(_http), reason="fastml.server._http is older than server/http.py: "
-                                "rebuild it (setup.py build_ext --inplace) to compare the two")
+_http = pytest.importorskip(
+    "fastml.server._http", reason="the Cython extension is not built (setup.py build_ext --inplace)"
+)
+pytestmark = pytest.mark.skipif(
+    not compiled_is_current(_http),
+    reason="fastml.server._http is older than server/http.py: "
+    "rebuild it (setup.py build_ext --inplace) to compare the two",
+)
 
 
 class FakeTransport:
@@ -72,8 +77,12 @@ def _req(method: str, path: str, body: bytes = b"", headers: dict | None = None,
 
 
 def _binary_infer(x: np.ndarray, request_id: str | None = None, outputs_binary: bool = True) -> bytes:
-    hdr = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-           "parameters": {"binary_data_output": outputs_binary}}
+    hdr = {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+        ],
+        "parameters": {"binary_data_output": outputs_binary},
+    }
     if request_id is not None:
         hdr["id"] = request_id
     h = json.dumps(hdr).encode()
@@ -82,41 +91,71 @@ def _binary_infer(x: np.ndarray, request_id: str | None = None, outputs_binary: 
 
 def _binary_infer_short(x: np.ndarray) -> bytes:
     """A binary request whose body carries 4 bytes fewer than its binary_data_size declares."""
-    h = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                                "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    h = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
     return _req("POST", "/v2/models/mlp/infer", h + x.tobytes()[:-4], {"Inference-Header-Content-Length": str(len(h))})
 
 
 def _json_infer(x: np.ndarray, extra: dict | None = None, headers: dict | None = None) -> bytes:
-    body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}],
-                       **(extra or {})}).encode()
+    body = json.dumps(
+        {
+            "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}],
+            **(extra or {}),
+        }
+    ).encode()
     return _req("POST", "/v2/models/mlp/infer", body, headers)
 
 
 def _conversations(x: np.ndarray) -> dict[str, list[bytes]]:
     """Each entry: the chunks one connection receives, in order."""
     one = x[:1]
-    gz_body = gzip.compress(json.dumps({"inputs": [{"name": "input", "shape": [2, 32], "datatype": "FP32",
-                                                    "data": x[:2].reshape(-1).tolist()}]}).encode())
+    gz_body = gzip.compress(
+        json.dumps(
+            {"inputs": [{"name": "input", "shape": [2, 32], "datatype": "FP32", "data": x[:2].reshape(-1).tolist()}]}
+        ).encode()
+    )
     pipelined = _binary_infer(one) + _binary_infer(x[:3], "r-2") + _json_infer(one) + _req("GET", "/v2/health/ready")
     return {
         "binary fast path twice": [_binary_infer(one), _binary_infer(one)],
         "binary with id and JSON outputs": [_binary_infer(x[:2], "abc", outputs_binary=False)],
         "json tensors": [_json_infer(x[:4])],
-        "json requested outputs": [_json_infer(x[:2], {"outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})],
-        "gzip in, gzip out": [_req("POST", "/v2/models/mlp/infer", gz_body, {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"})],
+        "json requested outputs": [
+            _json_infer(x[:2], {"outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
+        ],
+        "gzip in, gzip out": [
+            _req("POST", "/v2/models/mlp/infer", gz_body, {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"})
+        ],
         "deflate out by weight": [_json_infer(one, headers={"Accept-Encoding": "br;q=0.1, deflate"})],
         "raw binary": [_req("POST", "/v2/models/mlp/infer", one.tobytes(), {"Inference-Header-Content-Length": "0"})],
         "pipelined in one chunk": [pipelined],
         "byte by byte": [bytes([b]) for b in _binary_infer(x[:2], "slow")],
-        "metadata and health": [_req("GET", "/v2"), _req("GET", "/v2/models/mlp"), _req("GET", "/v2/models/mlp/config"),
-                                _req("GET", "/v2/health/live"), _req("GET", "/v2/models/mlp/ready", headers={"Accept-Encoding": "gzip"})],
+        "metadata and health": [
+            _req("GET", "/v2"),
+            _req("GET", "/v2/models/mlp"),
+            _req("GET", "/v2/models/mlp/config"),
+            _req("GET", "/v2/health/live"),
+            _req("GET", "/v2/models/mlp/ready", headers={"Accept-Encoding": "gzip"}),
+        ],
         "repository index": [_req("POST", "/v2/repository/index", b'{"ready": true}')],
-        "http/1.0 keep-alive then close": [_req("GET", "/v2", version="1.0", headers={"Connection": "keep-alive"}),
-                                           _req("GET", "/v2/health/live", headers={"Connection": "close"})],
+        "http/1.0 keep-alive then close": [
+            _req("GET", "/v2", version="1.0", headers={"Connection": "keep-alive"}),
+            _req("GET", "/v2/health/live", headers={"Connection": "close"}),
+        ],
         "unknown model": [_json_infer(one).replace(b"/mlp/", b"/nope/")],
         "bad json": [_req("POST", "/v2/models/mlp/infer", b"{not json")],
-        "bad shape": [_json_infer(one, {"inputs": [{"name": "input", "shape": [1, 31], "datatype": "FP32", "data": [0.0] * 31}]})],
+        "bad shape": [
+            _json_infer(one, {"inputs": [{"name": "input", "shape": [1, 31], "datatype": "FP32", "data": [0.0] * 31}]})
+        ],
         "size mismatch": [_binary_infer_short(one)],
         "wrong method": [_req("GET", "/v2/models/mlp/infer")],
         "not found": [_req("GET", "/v3/nothing")],
@@ -167,11 +206,15 @@ def test_answers_are_real(manager, onnx_models):
     out, _, _ = _run(manager, _http.HttpProtocol, [_binary_infer(x, "r")])
     head, _, body = out.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK")
-    n = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"inference-header-content-length")][0].split(b":")[1])
+    n = int(
+        [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"inference-header-content-length")][0].split(b":")[
+            1
+        ]
+    )
     meta = json.loads(body[:n])
     assert meta["id"] == "r" and [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
     sizes = [o["parameters"]["binary_data_size"] for o in meta["outputs"]]
-    probs = np.frombuffer(body[n + sizes[0]: n + sizes[0] + sizes[1]], np.float32).reshape(3, 2)
+    probs = np.frombuffer(body[n + sizes[0] : n + sizes[0] + sizes[1]], np.float32).reshape(3, 2)
     expected = manager.get("mlp").model.predict(x)["probabilities"]
     np.testing.assert_allclose(probs, expected, rtol=1e-6)
 

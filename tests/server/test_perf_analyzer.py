@@ -6,7 +6,6 @@ import csv
 import subprocess
 
 import pytest
-
 from serverkit import ROOT
 
 PA = ROOT / ".cache" / "perf_analyzer" / "pa"
@@ -22,10 +21,31 @@ def test_perf_analyzer_concurrency_1_and_8(server, tmp_path, binary):
     out = tmp_path / "pa.csv"
     fmt = [] if binary else ["--input-tensor-format", "json", "--output-tensor-format", "json"]
     proc = subprocess.run(
-        [str(PA), "-m", "mlp", "-u", server.url, "-i", "http", "--concurrency-range", "1:8:7",
-         "--measurement-mode", "count_windows", "--measurement-request-count", "200", "--stability-percentage", "999",
-         "--max-trials", "3", "-f", str(out), *fmt],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(PA),
+            "-m",
+            "mlp",
+            "-u",
+            server.url,
+            "-i",
+            "http",
+            "--concurrency-range",
+            "1:8:7",
+            "--measurement-mode",
+            "count_windows",
+            "--measurement-request-count",
+            "200",
+            "--stability-percentage",
+            "999",
+            "--max-trials",
+            "3",
+            "-f",
+            str(out),
+            *fmt,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     # Server-side statistics were collected (perf_analyzer read our statistics extension).

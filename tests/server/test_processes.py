@@ -11,13 +11,16 @@ import time
 
 import numpy as np
 import pytest
-
 from serverkit import ServerProcess, make_slow_model, raw_http, request
 
 
 def _infer_json(name: str, x: np.ndarray) -> bytes:
-    return json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}],
-                       "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    return json.dumps(
+        {
+            "inputs": [{"name": name, "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def slow_repo(tmp_path_factory):
 
 def _metric(srv: ServerProcess, name: str) -> float:
     for line in srv.metrics().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.split()[-1])
     raise AssertionError(f"{name} not in metrics")
 
@@ -68,10 +71,16 @@ def test_two_workers_share_one_port(onnx_models, model_repo, tmp_path):
     srv = ServerProcess([str(model_repo), "--http-port", "0", "--metrics-port", "0", "--workers", "2"], tmp_path)
     try:
         assert srv.workers == 2
-        children = [c for task in os.listdir(f"/proc/{srv.pid}/task") for c in open(f"/proc/{srv.pid}/task/{task}/children").read().split()]
+        children = [
+            c
+            for task in os.listdir(f"/proc/{srv.pid}/task")
+            for c in open(f"/proc/{srv.pid}/task/{task}/children").read().split()
+        ]
         assert len(children) == 2
         x = np.load(onnx_models["data"])[:1]
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.tolist()}]}).encode()
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.tolist()}]}
+        ).encode()
         for _ in range(40):  # a fresh connection each time: the kernel spreads them over both workers
             status, payload = request("POST", f"http://{srv.url}/v2/models/mlp/infer", body)
             assert status == 200 and payload["outputs"][0]["name"] == "label"
@@ -95,7 +104,10 @@ def test_two_workers_share_one_port(onnx_models, model_repo, tmp_path):
 def test_overload_sheds_503_then_recovers(tmp_path):
     repo = tmp_path / "repo"
     make_slow_model(repo / "slow" / "1" / "model.onnx", width=384, depth=60)
-    srv = ServerProcess([str(repo), "--http-port", "0", "--metrics-port", "0", "--max-batch-size", "1", "--max-queue-size", "2"], tmp_path / "home")
+    srv = ServerProcess(
+        [str(repo), "--http-port", "0", "--metrics-port", "0", "--max-batch-size", "1", "--max-queue-size", "2"],
+        tmp_path / "home",
+    )
     try:
         body = _infer_json("x", np.ones((1, 384), np.float32))
         statuses: list[int] = []
@@ -119,7 +131,11 @@ def test_overload_sheds_503_then_recovers(tmp_path):
         assert statuses.count(503) > 0 and statuses.count(200) >= 3
         # Recovered: the next request is served.
         assert request("POST", f"http://{srv.url}/v2/models/slow/infer", body)[0] == 200
-        failures = [l for l in srv.metrics().splitlines() if l.startswith("fastml_inference_request_failure_total") and 'reason="REJECTED"' in l]
+        failures = [
+            ln
+            for ln in srv.metrics().splitlines()
+            if ln.startswith("fastml_inference_request_failure_total") and 'reason="REJECTED"' in ln
+        ]
         assert float(failures[0].split()[-1]) == statuses.count(503)
     finally:
         assert srv.stop() == 0
@@ -139,7 +155,9 @@ def test_serve_registry_reference(onnx_models, tmp_path, monkeypatch):
     try:
         assert srv.models == f"fraud:{mv.version}"
         x = np.load(onnx_models["data"])[:1]
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.tolist()}]}).encode()
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.tolist()}]}
+        ).encode()
         status, payload = request("POST", f"http://{srv.url}/v2/models/fraud/versions/{mv.version}/infer", body)
         assert status == 200 and payload["model_version"] == mv.version
     finally:

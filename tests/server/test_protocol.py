@@ -12,11 +12,18 @@ import zlib
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from serverkit import ort_reference, read_response, request
+from serverkit import raw_http as _raw_http
 from tritonclient.utils import InferenceServerException
 
-from serverkit import ort_reference, raw_http as _raw_http, read_response, request
-
-EXPECTED_EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "parameters", "schedule_policy", "model_repository"]
+EXPECTED_EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "parameters",
+    "schedule_policy",
+    "model_repository",
+]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +82,9 @@ def test_infer_matches_onnxruntime(client, onnx_models, X, model, binary_in, bin
         names = ["label", "probabilities"]
     else:
         names = ["probabilities"]
-        res = client.infer(model, [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=binary_out)])
+        res = client.infer(
+            model, [inp], outputs=[httpclient.InferRequestedOutput("probabilities", binary_data=binary_out)]
+        )
         assert res.as_numpy("label") is None
     for name in names:
         np.testing.assert_allclose(res.as_numpy(name), ref[name], rtol=1e-5, atol=1e-6)
@@ -115,18 +124,30 @@ def test_compressed_request_and_response(client, onnx_models, X, algo):
     inp = httpclient.InferInput("input", list(X.shape), "FP32")
     inp.set_data_from_numpy(X)
     res = client.infer("mlp", [inp], request_compression_algorithm=algo, response_compression_algorithm=algo)
-    np.testing.assert_allclose(res.as_numpy("probabilities"), ort_reference(onnx_models["mlp"], X)["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        res.as_numpy("probabilities"), ort_reference(onnx_models["mlp"], X)["probabilities"], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_gzip_response_headers_raw(server, X):
-    hdr = json.dumps({"inputs": [{"name": "input", "shape": [2, 32], "datatype": "FP32", "data": X[:2].tolist()}]}).encode()
-    status, body, headers = raw_http(server, "POST", "/v2/models/mlp/infer", gzip.compress(hdr), {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"})
+    hdr = json.dumps(
+        {"inputs": [{"name": "input", "shape": [2, 32], "datatype": "FP32", "data": X[:2].tolist()}]}
+    ).encode()
+    status, body, headers = raw_http(
+        server,
+        "POST",
+        "/v2/models/mlp/infer",
+        gzip.compress(hdr),
+        {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"},
+    )
     assert status == 200 and headers["content-encoding"] == "gzip"
     out = json.loads(gzip.decompress(body))
     assert [o["name"] for o in out["outputs"]] == ["label", "probabilities"]
 
 
-@pytest.mark.parametrize("path", ["/v2", "/v2/models/mlp", "/v2/models/mlp/config", "/v2/models/stats", "/v2/models/mlp/stats"])
+@pytest.mark.parametrize(
+    "path", ["/v2", "/v2/models/mlp", "/v2/models/mlp/config", "/v2/models/stats", "/v2/models/mlp/stats"]
+)
 def test_only_inference_responses_are_compressed(server, path):
     # Triton compresses inference answers only; metadata, statistics and repository answers go as they are.
     status, body, headers = raw_http(server, "GET", path, b"", {"Accept-Encoding": "gzip, deflate"})
@@ -139,11 +160,21 @@ def test_only_inference_responses_are_compressed(server, path):
 
 @pytest.mark.parametrize(
     ("accept", "expected"),
-    [("gzip", "gzip"), ("deflate, gzip", "deflate"), ("br, gzip;q=0.5", None), ("identity;q=0.2, gzip;q=0.9", "gzip"),
-     ("gzip;q=0, deflate;q=0.1", "deflate"), ("GZIP", "gzip"), ("gzip;q=oops", None), ("*", None)],
+    [
+        ("gzip", "gzip"),
+        ("deflate, gzip", "deflate"),
+        ("br, gzip;q=0.5", None),
+        ("identity;q=0.2, gzip;q=0.9", "gzip"),
+        ("gzip;q=0, deflate;q=0.1", "deflate"),
+        ("GZIP", "gzip"),
+        ("gzip;q=oops", None),
+        ("*", None),
+    ],
 )
 def test_inference_compression_follows_accept_encoding_weights(server, X, accept, expected):
-    hdr = json.dumps({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": X[:1].tolist()}]}).encode()
+    hdr = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": X[:1].tolist()}]}
+    ).encode()
     status, body, headers = raw_http(server, "POST", "/v2/models/mlp/infer", hdr, {"Accept-Encoding": accept})
     assert status == 200 and headers.get("content-encoding") == expected
     if expected == "gzip":
@@ -181,7 +212,9 @@ def test_tritonclient_http_aio_metadata_statistics_and_index(server, X):
 
 
 def test_raw_binary_request(server, onnx_models, X):
-    status, body, headers = raw_http(server, "POST", "/v2/models/mlp/infer", X[0].tobytes(), {"Inference-Header-Content-Length": "0"})
+    status, body, headers = raw_http(
+        server, "POST", "/v2/models/mlp/infer", X[0].tobytes(), {"Inference-Header-Content-Length": "0"}
+    )
     assert status == 200
     n = int(headers["inference-header-content-length"])
     meta = json.loads(body[:n])
@@ -200,7 +233,16 @@ def test_statistics_extension(client, X):
     assert st["name"] == "gbt" and st["version"] == "1"
     assert st["inference_count"] - before["inference_count"] == 10
     assert st["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 5
-    for key in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss"):
+    for key in (
+        "success",
+        "fail",
+        "queue",
+        "compute_input",
+        "compute_infer",
+        "compute_output",
+        "cache_hit",
+        "cache_miss",
+    ):
         assert set(st["inference_stats"][key]) == {"count", "ns"}
     assert st["inference_stats"]["compute_infer"]["ns"] > 0 and st["execution_count"] >= 1 and st["last_inference"] > 0
     assert sum(b["compute_infer"]["count"] for b in st["batch_stats"]) == st["execution_count"]
@@ -224,9 +266,18 @@ def stats_when(client, model, cond, timeout_s=5.0):
 def test_pipelined_requests_answer_in_order(server, X):
     bodies = []
     for n in (1, 3, 2):
-        bodies.append(json.dumps({"id": f"r{n}", "inputs": [{"name": "input", "shape": [n, 32], "datatype": "FP32", "data": X[:n].tolist()}],
-                                  "outputs": [{"name": "label"}]}).encode())
-    wire = b"".join(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies)
+        bodies.append(
+            json.dumps(
+                {
+                    "id": f"r{n}",
+                    "inputs": [{"name": "input", "shape": [n, 32], "datatype": "FP32", "data": X[:n].tolist()}],
+                    "outputs": [{"name": "label"}],
+                }
+            ).encode()
+        )
+    wire = b"".join(
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies
+    )
     wire += b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
     with socket.create_connection((server.host, server.port), timeout=10) as s:
         s.sendall(wire)
@@ -245,11 +296,22 @@ def test_metrics_endpoint(server, client, X):
     inp.set_data_from_numpy(X[:1])
     client.infer("mlp", [inp])
     text = server.metrics()
-    line = next(l for l in text.splitlines() if l.startswith('fastml_inference_request_success_total{model="mlp",version="1"}'))
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('fastml_inference_request_success_total{model="mlp",version="1"}')
+    )
     assert float(line.split()[-1]) >= 1
-    for name in ("fastml_inference_count_total", "fastml_inference_exec_count_total", "fastml_inference_queue_duration_us_total",
-                 "fastml_inference_compute_infer_duration_us_total", "fastml_inference_pending_request_count",
-                 "fastml_batch_size_bucket", "fastml_model_ready", "fastml_inference_request_failure_total"):
+    for name in (
+        "fastml_inference_count_total",
+        "fastml_inference_exec_count_total",
+        "fastml_inference_queue_duration_us_total",
+        "fastml_inference_compute_infer_duration_us_total",
+        "fastml_inference_pending_request_count",
+        "fastml_batch_size_bucket",
+        "fastml_model_ready",
+        "fastml_inference_request_failure_total",
+    ):
         assert name in text
     assert request("GET", f"http://{server.host}:{server.metrics_port}/v2")[0] == 404
 
@@ -266,16 +328,79 @@ ROW = [0.5] * 32
 ERROR_CASES = [
     ("malformed JSON", "POST", "/v2/models/mlp/infer", b'{"inputs": [', {}, 400, "malformed"),
     ("not an object", "POST", "/v2/models/mlp/infer", b"[1,2]", {}, 400, "malformed"),
-    ("wrong input name", "POST", "/v2/models/mlp/infer", _infer_body([{"name": "nope", "shape": [1, 32], "datatype": "FP32", "data": ROW}]), {}, 400, "nope"),
-    ("wrong dtype", "POST", "/v2/models/mlp/infer", _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ROW}]), {}, 400, "input"),
-    ("wrong shape", "POST", "/v2/models/mlp/infer", _infer_body([{"name": "input", "shape": [1, 31], "datatype": "FP32", "data": ROW[:31]}]), {}, 400, "shape"),
-    ("data/shape mismatch", "POST", "/v2/models/mlp/infer", _infer_body([{"name": "input", "shape": [2, 32], "datatype": "FP32", "data": ROW}]), {}, 400, "64 elements"),
-    ("unknown datatype", "POST", "/v2/models/mlp/infer", _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP33", "data": ROW}]), {}, 400, "FP33"),
-    ("unknown output", "POST", "/v2/models/mlp/infer", _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ROW}], [{"name": "zz"}]), {}, 400, "zz"),
-    ("binary size mismatch", "POST", "/v2/models/mlp/infer",
-     _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP32", "parameters": {"binary_data_size": 128}}]) + b"\0" * 100,
-     {"Inference-Header-Content-Length": None}, 400, "binary_data_size"),
-    ("header length beyond body", "POST", "/v2/models/mlp/infer", b"{}", {"Inference-Header-Content-Length": "999"}, 400, "exceeds"),
+    (
+        "wrong input name",
+        "POST",
+        "/v2/models/mlp/infer",
+        _infer_body([{"name": "nope", "shape": [1, 32], "datatype": "FP32", "data": ROW}]),
+        {},
+        400,
+        "nope",
+    ),
+    (
+        "wrong dtype",
+        "POST",
+        "/v2/models/mlp/infer",
+        _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP64", "data": ROW}]),
+        {},
+        400,
+        "input",
+    ),
+    (
+        "wrong shape",
+        "POST",
+        "/v2/models/mlp/infer",
+        _infer_body([{"name": "input", "shape": [1, 31], "datatype": "FP32", "data": ROW[:31]}]),
+        {},
+        400,
+        "shape",
+    ),
+    (
+        "data/shape mismatch",
+        "POST",
+        "/v2/models/mlp/infer",
+        _infer_body([{"name": "input", "shape": [2, 32], "datatype": "FP32", "data": ROW}]),
+        {},
+        400,
+        "64 elements",
+    ),
+    (
+        "unknown datatype",
+        "POST",
+        "/v2/models/mlp/infer",
+        _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP33", "data": ROW}]),
+        {},
+        400,
+        "FP33",
+    ),
+    (
+        "unknown output",
+        "POST",
+        "/v2/models/mlp/infer",
+        _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": ROW}], [{"name": "zz"}]),
+        {},
+        400,
+        "zz",
+    ),
+    (
+        "binary size mismatch",
+        "POST",
+        "/v2/models/mlp/infer",
+        _infer_body([{"name": "input", "shape": [1, 32], "datatype": "FP32", "parameters": {"binary_data_size": 128}}])
+        + b"\0" * 100,
+        {"Inference-Header-Content-Length": None},
+        400,
+        "binary_data_size",
+    ),
+    (
+        "header length beyond body",
+        "POST",
+        "/v2/models/mlp/infer",
+        b"{}",
+        {"Inference-Header-Content-Length": "999"},
+        400,
+        "exceeds",
+    ),
     ("bad gzip", "POST", "/v2/models/mlp/infer", b"not gzip at all", {"Content-Encoding": "gzip"}, 400, "gzip"),
     ("unknown model", "POST", "/v2/models/nope/infer", b"{}", {}, 404, "nope"),
     ("unknown version", "GET", "/v2/models/mlp/versions/7", None, {}, 404, "7"),
@@ -289,12 +414,18 @@ ERROR_CASES = [
 def test_more_rows_than_max_batch_size_come_back_whole(server, X):
     # The engine runs a request over max_batch_size (16 here) as 16-row chunks and answers it as one.
     x = np.concatenate([X, X, X])[:17]
-    status, payload = request("POST", f"http://{server.url}/v2/models/mlp/infer",
-                              _infer_body([{"name": "input", "shape": [17, 32], "datatype": "FP32", "data": x.tolist()}]), {})
+    status, payload = request(
+        "POST",
+        f"http://{server.url}/v2/models/mlp/infer",
+        _infer_body([{"name": "input", "shape": [17, 32], "datatype": "FP32", "data": x.tolist()}]),
+        {},
+    )
     assert status == 200
     probs = next(o for o in payload["outputs"] if o["name"] == "probabilities")
     assert probs["shape"] == [17, 2]
-    np.testing.assert_allclose(np.array(probs["data"]).reshape(17, 2)[16], np.array(probs["data"]).reshape(17, 2)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.array(probs["data"]).reshape(17, 2)[16], np.array(probs["data"]).reshape(17, 2)[0], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])

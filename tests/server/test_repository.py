@@ -8,9 +8,8 @@ import threading
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 from serverkit import ServerProcess, ort_reference
+from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,9 @@ def test_index_unload_load(repo_server, onnx_models):
     assert [m["name"] for m in repo_server.post("/v2/repository/index", {"ready": True})[1]] == ["mlp"]
     c.load_model("gbt")
     assert c.is_model_ready("gbt")
-    np.testing.assert_array_equal(c.infer("gbt", [inp]).as_numpy("label"), ort_reference(onnx_models["gbt"], x)["label"])
+    np.testing.assert_array_equal(
+        c.infer("gbt", [inp]).as_numpy("label"), ort_reference(onnx_models["gbt"], x)["label"]
+    )
     with pytest.raises(InferenceServerException) as e:
         c.load_model("not_there")
     assert e.value.status() == "404"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-
 from serverkit import ServerProcess, ort_reference
 
 
@@ -40,7 +39,7 @@ def test_concurrent_requests_each_get_their_rows(loop_client, onnx_models):
     X = np.load(onnx_models["data"]).astype(np.float32)
     pending = []
     for i in range(64):
-        x = np.ascontiguousarray(X[i:i + 1 + i % 3])
+        x = np.ascontiguousarray(X[i : i + 1 + i % 3])
         inp = httpclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=True)
         pending.append((x, loop_client.async_infer("mlp", [inp])))

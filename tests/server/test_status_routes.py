@@ -11,9 +11,17 @@ from fastml.server.status import HTTP_STATUS, failure_reason, http_status
 
 def test_every_error_class_has_its_status():
     expected = {
-        errors.InvalidInput: 400, errors.NotFound: 404, errors.PermissionDenied: 403, errors.Unauthenticated: 401, errors.Conflict: 409,
-        errors.Overloaded: 503, errors.DeadlineExceeded: 503, errors.Unavailable: 503,
-        errors.IntegrityError: 500, errors.InternalError: 500, errors.FastMLError: 500,
+        errors.InvalidInput: 400,
+        errors.NotFound: 404,
+        errors.PermissionDenied: 403,
+        errors.Unauthenticated: 401,
+        errors.Conflict: 409,
+        errors.Overloaded: 503,
+        errors.DeadlineExceeded: 503,
+        errors.Unavailable: 503,
+        errors.IntegrityError: 500,
+        errors.InternalError: 500,
+        errors.FastMLError: 500,
     }
     for name in errors.__all__:
         cls = getattr(errors, name)

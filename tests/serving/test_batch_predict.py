@@ -47,7 +47,11 @@ def direct(onnx_path, t: pa.Table) -> dict[str, np.ndarray]:
     x = np.column_stack([t.column(f"f{i}").to_numpy() for i in range(FEATURES)]).astype(np.float32)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x})))
-    return {"label": out["label"], "probabilities_0": out["probabilities"][:, 0], "probabilities_1": out["probabilities"][:, 1]}
+    return {
+        "label": out["label"],
+        "probabilities_0": out["probabilities"][:, 0],
+        "probabilities_1": out["probabilities"][:, 1],
+    }
 
 
 @pytest.mark.parametrize("suffix_in, suffix_out", [(".parquet", ".csv"), (".csv", ".parquet")])
@@ -76,7 +80,9 @@ def test_missing_columns_name_the_column_and_the_file(model_file, tmp_path):
         predict_file(pkl, src, tmp_path / "out.parquet", key_columns=["id"])
     with pytest.raises(InvalidInput, match=r"model input column 'f3' is not in .*in\.parquet"):
         predict_file(pkl, src, tmp_path / "out.parquet", columns=[f"f{i}" for i in range(FEATURES)])
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == ["in.parquet"]  # nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == [
+        "in.parquet"
+    ]  # nothing half-written
 
 
 def test_a_failure_midway_leaves_no_output(model_file, tmp_path):
@@ -122,8 +128,19 @@ def test_a_file_larger_than_the_memory_budget_streams_in_bounded_memory(model_fi
     data_kb = t.nbytes // 1024
     out = tmp_path / "scored.parquet"
     proc = subprocess.run(
-        [sys.executable, "-c", RSS_SCRIPT, str(onnx_path), str(tmp_path / "small.parquet"), str(tmp_path / "big.parquet"), str(out)],
-        capture_output=True, text=True, check=False, env=dict(os.environ),
+        [
+            sys.executable,
+            "-c",
+            RSS_SCRIPT,
+            str(onnx_path),
+            str(tmp_path / "small.parquet"),
+            str(tmp_path / "big.parquet"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ),
     )
     assert proc.returncode == 0, proc.stderr
     m = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -146,18 +163,47 @@ def test_cli_predict_registry_reference(model_file, tmp_path, fastml_home):
     t = table(777)
     pq.write_table(t, tmp_path / "in.parquet")
     proc = subprocess.run(
-        [sys.executable, "-m", "fastml.cli", "predict", "scorer@latest", "--input", str(tmp_path / "in.parquet"),
-         "--output", str(tmp_path / "out.csv"), "--key-columns", "id", "--batch-rows", "100", "--json"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fastml.cli",
+            "predict",
+            "scorer@latest",
+            "--input",
+            str(tmp_path / "in.parquet"),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--key-columns",
+            "id",
+            "--batch-rows",
+            "100",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["rows"] == 777
     out = pacsv.read_csv(tmp_path / "out.csv")
     assert np.array_equal(out.column("label").to_numpy(), direct(onnx_path, t)["label"])
     bad = subprocess.run(
-        [sys.executable, "-m", "fastml.cli", "predict", "scorer@latest", "--input", str(tmp_path / "in.parquet"),
-         "--output", str(tmp_path / "o.csv"), "--key-columns", "customer"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fastml.cli",
+            "predict",
+            "scorer@latest",
+            "--input",
+            str(tmp_path / "in.parquet"),
+            "--output",
+            str(tmp_path / "o.csv"),
+            "--key-columns",
+            "customer",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2 and "key column 'customer'" in bad.stderr and "in.parquet" in bad.stderr
 
@@ -170,15 +216,24 @@ def test_features_from_the_online_store_joined_by_the_key_column(tmp_path, fastm
     from fastml.features import Feature, FeatureGroup, FeatureStore
 
     store = FeatureStore()
-    store.register(FeatureGroup("driver", entities=["driver_id"], features=[Feature("trips", "float64"), Feature("rating", "float64")]))
+    store.register(
+        FeatureGroup(
+            "driver", entities=["driver_id"], features=[Feature("trips", "float64"), Feature("rating", "float64")]
+        )
+    )
     n_drivers = 50
     now_us = time.time_ns() // 1000 - 5_000_000
-    store.ingest("driver", pa.table({
-        "driver_id": pa.array(np.arange(n_drivers)),
-        "event_timestamp": pa.array(np.full(n_drivers, now_us), pa.int64()).view(pa.timestamp("us", tz="UTC")),
-        "trips": pa.array(np.arange(n_drivers, dtype=np.float64) * 10),
-        "rating": pa.array(np.linspace(3, 5, n_drivers)),
-    }))
+    store.ingest(
+        "driver",
+        pa.table(
+            {
+                "driver_id": pa.array(np.arange(n_drivers)),
+                "event_timestamp": pa.array(np.full(n_drivers, now_us), pa.int64()).view(pa.timestamp("us", tz="UTC")),
+                "trips": pa.array(np.arange(n_drivers, dtype=np.float64) * 10),
+                "rating": pa.array(np.linspace(3, 5, n_drivers)),
+            }
+        ),
+    )
     store.materialize("driver")
     rng = np.random.default_rng(3)
     X = rng.normal(size=(200, 3)).astype(np.float32)
@@ -189,12 +244,22 @@ def test_features_from_the_online_store_joined_by_the_key_column(tmp_path, fastm
     speed = rng.normal(size=rows).astype(np.float32)
     pq.write_table(pa.table({"driver_id": ids, "speed": speed}), tmp_path / "trips.parquet")
     feats = ["driver:trips", "driver:rating"]
-    predict_file(tmp_path / "lr.pkl", tmp_path / "trips.parquet", tmp_path / "out.parquet", key_columns=["driver_id"],
-                 columns=["speed", *feats], features=feats, feature_store=store, batch_rows=128)
+    predict_file(
+        tmp_path / "lr.pkl",
+        tmp_path / "trips.parquet",
+        tmp_path / "out.parquet",
+        key_columns=["driver_id"],
+        columns=["speed", *feats],
+        features=feats,
+        feature_store=store,
+        batch_rows=128,
+    )
     out = pq.read_table(tmp_path / "out.parquet")
     # The same join in Python from the ingested table, then the source model.
     trips = np.where(ids < n_drivers, ids * 10.0, np.nan).astype(np.float32)
-    rating = np.where(ids < n_drivers, np.linspace(3, 5, n_drivers)[np.minimum(ids, n_drivers - 1)], np.nan).astype(np.float32)
+    rating = np.where(ids < n_drivers, np.linspace(3, 5, n_drivers)[np.minimum(ids, n_drivers - 1)], np.nan).astype(
+        np.float32
+    )
     known = ids < n_drivers
     want = model.predict(np.column_stack([speed, trips, rating])[known])
     got = out.column("variable").to_numpy()
@@ -202,6 +267,13 @@ def test_features_from_the_online_store_joined_by_the_key_column(tmp_path, fastm
     assert np.isnan(got[~known]).all()
     assert np.array_equal(out.column("driver_id").to_numpy(), ids)
     with pytest.raises(Exception, match="nope"):
-        predict_file(tmp_path / "lr.pkl", tmp_path / "trips.parquet", tmp_path / "o2.parquet", key_columns=["driver_id"],
-                     columns=["speed", "driver:trips", "driver:nope"], features=["driver:trips", "driver:nope"], feature_store=store)
+        predict_file(
+            tmp_path / "lr.pkl",
+            tmp_path / "trips.parquet",
+            tmp_path / "o2.parquet",
+            key_columns=["driver_id"],
+            columns=["speed", "driver:trips", "driver:nope"],
+            features=["driver:trips", "driver:nope"],
+            feature_store=store,
+        )
     assert not (tmp_path / "o2.parquet").exists()

@@ -67,8 +67,9 @@ class Traffic:
         self.per_check = per_check
         self.rng = np.random.default_rng(seed)
         self.spec = variants  # name -> (error_rate, median_latency_us, accuracy)
-        self.totals = {n: {"requests": 0, "errors": 0, "latency_us": np.zeros(0), "quality": np.zeros(0)}
-                       for n in variants}
+        self.totals = {
+            n: {"requests": 0, "errors": 0, "latency_us": np.zeros(0), "quality": np.zeros(0)} for n in variants
+        }
 
     def __call__(self):
         weights = {n: r["weight_bp"] for n, r in self.dm.variant_stats("fraud").items()}
@@ -91,8 +92,9 @@ class Bus:
         self.events.append(event)
 
 
-POLICY = CanaryPolicy(steps_pct=(5, 10, 25, 50, 100), interval_s=60, min_requests=50, min_feedback=200,
-                      failures_to_rollback=2)
+POLICY = CanaryPolicy(
+    steps_pct=(5, 10, 25, 50, 100), interval_s=60, min_requests=50, min_feedback=200, failures_to_rollback=2
+)
 
 
 def weights(dm):
@@ -100,8 +102,19 @@ def weights(dm):
 
 
 def controller(dm, traffic, clock, bus, **kw):
-    return CanaryController(dm, "fraud", "incumbent", "candidate", POLICY, promote_ref="fraud:2.0.0",
-                            requester="ana", clock=clock, observe=traffic, events=bus, **kw)
+    return CanaryController(
+        dm,
+        "fraud",
+        "incumbent",
+        "candidate",
+        POLICY,
+        promote_ref="fraud:2.0.0",
+        requester="ana",
+        clock=clock,
+        observe=traffic,
+        events=bus,
+        **kw,
+    )
 
 
 def drive(c, clock, checks=40):
@@ -115,11 +128,14 @@ def drive(c, clock, checks=40):
     return results
 
 
-@pytest.mark.parametrize("planted,guard", [
-    ((0.08, 1000, 0.9), "error_rate"),  # errors
-    ((0.001, 2500, 0.9), "p99_latency"),  # slow
-    ((0.001, 1000, 0.75), "quality"),  # less accurate
-])
+@pytest.mark.parametrize(
+    "planted,guard",
+    [
+        ((0.08, 1000, 0.9), "error_rate"),  # errors
+        ((0.001, 2500, 0.9), "p99_latency"),  # slow
+        ((0.001, 1000, 0.75), "quality"),  # less accurate
+    ],
+)
 def test_planted_regressions_roll_back(dm, planted, guard, fastml_home):
     clock, bus = Clock(), Bus()
     traffic = Traffic(dm, incumbent=(0.001, 1000, 0.9), candidate=planted)
@@ -133,8 +149,12 @@ def test_planted_regressions_roll_back(dm, planted, guard, fastml_home):
     # Rolled back at once to the last good split: here nothing passed yet, so the candidate gets nothing.
     assert weights(dm) == {"incumbent": 10000, "candidate": 0}
     assert bus.events[-1]["kind"] == "canary.rollback" and guard in bus.events[-1]["guards"]
-    assert canary.METRICS.get_sample_value("fastml_canary_rollbacks_total",
-                                           {"deployment": "fraud", "variant": "candidate", "guard": guard}) >= 1
+    assert (
+        canary.METRICS.get_sample_value(
+            "fastml_canary_rollbacks_total", {"deployment": "fraud", "variant": "candidate", "guard": guard}
+        )
+        >= 1
+    )
     actions = [e["action"] for e in AuditLog().entries()]
     assert actions[:2] == ["canary.start", "canary.step"] and actions[-1] == "canary.rollback"
     assert all(e["actor"] == "canary-controller" for e in AuditLog().entries())
@@ -194,10 +214,12 @@ def test_gate_refusal_blocks_promotion(dm, registry):
 def test_requests_interval_and_waiting(dm):
     clock, bus = Clock(), Bus()
     traffic = Traffic(dm, per_check=400, incumbent=(0.0, 1000, 0.9), candidate=(0.0, 1000, 0.9))
-    policy = CanaryPolicy(steps_pct=(50, 100), interval_s=None, interval_requests=500, min_requests=50,
-                          min_feedback=10**9)
-    c = CanaryController(dm, "fraud", "incumbent", "candidate", policy, clock=clock, observe=traffic, events=bus,
-                         audit=AuditLog())
+    policy = CanaryPolicy(
+        steps_pct=(50, 100), interval_s=None, interval_requests=500, min_requests=50, min_feedback=10**9
+    )
+    c = CanaryController(
+        dm, "fraud", "incumbent", "candidate", policy, clock=clock, observe=traffic, events=bus, audit=AuditLog()
+    )
     c.start()
     assert [c.check().action for _ in range(3)] == ["hold", "hold", "step"]  # 200, 400, 600 candidate requests
     assert weights(dm)["candidate"] == 10000

@@ -103,8 +103,16 @@ def test_request_timeout_parameter():
 def test_control_and_metadata_dicts(plane):
     assert plane.server_live() and plane.server_ready()
     assert plane.server_metadata() == {
-        "name": "fastml", "version": "9.9",
-        "extensions": ["binary_tensor_data", "model_configuration", "statistics", "parameters", "schedule_policy", "model_repository"],
+        "name": "fastml",
+        "version": "9.9",
+        "extensions": [
+            "binary_tensor_data",
+            "model_configuration",
+            "statistics",
+            "parameters",
+            "schedule_policy",
+            "model_repository",
+        ],
     }
     meta = plane.model_metadata("mlp")
     assert meta["name"] == "mlp" and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
@@ -144,8 +152,14 @@ def test_repository_load_unload_and_disable(plane, onnx_models):
 
 def test_snapshot_source_replaces_local_counters(plane):
     snap = {
-        "name": "mlp", "version": "1", "ready": True, "inflight": 0, "server_failures": {"REJECTED": 2},
-        "stats": {"requests": 10, "rows": 12, "batches": 5, "failures": 1}, "batch_size_histogram": {}, "batch_stats": {},
+        "name": "mlp",
+        "version": "1",
+        "ready": True,
+        "inflight": 0,
+        "server_failures": {"REJECTED": 2},
+        "stats": {"requests": 10, "rows": 12, "batches": 5, "failures": 1},
+        "batch_size_histogram": {},
+        "batch_stats": {},
     }
     plane.snapshot_source = lambda: [snap]
     (m,) = plane.model_statistics("mlp")["model_stats"]

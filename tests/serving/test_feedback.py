@@ -90,13 +90,16 @@ def test_ids_and_variants_are_logged_and_feedback_is_joined_per_variant(registry
         served = {}
         for i in range(200):
             rid = f"req-{i}"
-            resp = await plane.infer(InferRequest("fraud", {"input": X[i:i + 1]}, id=rid,
-                                                  parameters={"routing_key": f"user-{i}"}))
+            resp = await plane.infer(
+                InferRequest("fraud", {"input": X[i : i + 1]}, id=rid, parameters={"routing_key": f"user-{i}"})
+            )
             assert resp.id == rid
             served[rid] = resp.parameters["variant"]
         # Over HTTP-less JSON through the same handler the server uses.
-        body = json.dumps([{"id": f"req-{i}", "label": int(y[i])} for i in range(150)]
-                          + [{"id": "never-served", "label": 1}, {"id": "nor-this", "labels": [0, 1]}]).encode()
+        body = json.dumps(
+            [{"id": f"req-{i}", "label": int(y[i])} for i in range(150)]
+            + [{"id": "never-served", "label": 1}, {"id": "nor-this", "labels": [0, 1]}]
+        ).encode()
         answer = feedback.handle_http(plane, "fraud", body)
         return served, answer
 
@@ -154,7 +157,7 @@ def test_python_api_and_file(registry, data, fastml_home, tmp_path):
 
     async def scenario(plane, dm):
         for i in range(20):
-            await plane.infer(InferRequest("fraud", {"input": X[i:i + 2]}, id=f"r{i}"))
+            await plane.infer(InferRequest("fraud", {"input": X[i : i + 2]}, id=f"r{i}"))
         for e in {id(t.entry): t.entry for t in dm.table["fraud"].variants}.values():
             e.model.prediction_logger.flush()
 

@@ -58,14 +58,19 @@ def test_feedback_over_http(onnx_models, fastml_home, tmp_path):
         base = f"http://{srv.url}/v2/models"
         variants = {}
         for i in range(40):
-            body = {"id": f"web-{i}", "parameters": {"routing_key": f"u{i}"},
-                    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 32], "data": x.ravel().tolist()}]}
+            body = {
+                "id": f"web-{i}",
+                "parameters": {"routing_key": f"u{i}"},
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 32], "data": x.ravel().tolist()}],
+            }
             status, resp = post(f"{base}/fraud/infer", body)
             assert status == 200, resp
             assert resp["id"] == f"web-{i}"
             variants[f"web-{i}"] = resp["parameters"]["variant"]
-        status, resp = post(f"{base}/fraud/feedback",
-                            [{"id": f"web-{i}", "label": i % 2} for i in range(30)] + [{"id": "nobody", "label": 1}])
+        status, resp = post(
+            f"{base}/fraud/feedback",
+            [{"id": f"web-{i}", "label": i % 2} for i in range(30)] + [{"id": "nobody", "label": 1}],
+        )
         assert status == 200, resp
         assert resp == {"recorded": 30, "requests": 30, "unknown": 1, "unknown_ids": ["nobody"]}
         status, resp = post(f"{base}/fraud/feedback", {"id": "web-1", "label": "positive"})
@@ -75,11 +80,15 @@ def test_feedback_over_http(onnx_models, fastml_home, tmp_path):
         status, resp = post(f"{base}/nothing/feedback", {"id": "a", "label": 1})
         assert status == 404
         # A served model (not a deployment) takes feedback too.
-        body = {"id": "direct-1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 32],
-                                              "data": x.ravel().tolist()}]}
+        body = {
+            "id": "direct-1",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 32], "data": x.ravel().tolist()}],
+        }
         assert post(f"{base}/mlp/infer", body)[0] == 200
         assert post(f"{base}/mlp/feedback", {"id": "direct-1", "labels": [1]}) == (
-            200, {"recorded": 1, "requests": 1, "unknown": 0, "unknown_ids": []})
+            200,
+            {"recorded": 1, "requests": 1, "unknown": 0, "unknown_ids": []},
+        )
     finally:
         assert srv.stop() == 0
     log = read_log(fastml_home / "logs", model="fraud")

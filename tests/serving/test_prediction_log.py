@@ -31,7 +31,9 @@ def test_load_model_logs_every_request_sync_and_async(onnx_models, fastml_home):
             model.predict(X[i : i + 4], request_id=f"sync-{i}")
 
         async def many():
-            return await asyncio.gather(*(model.predict_async(X[i : i + 1], request_id=f"async-{i}") for i in range(20, 40)))
+            return await asyncio.gather(
+                *(model.predict_async(X[i : i + 1], request_id=f"async-{i}") for i in range(20, 40))
+            )
 
         asyncio.run(many())
     # close() flushed the logger: every row is in the log, with the model's name and the request ids

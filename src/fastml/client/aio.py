@@ -118,8 +118,17 @@ class AsyncClient:
         ...     outs = await asyncio.gather(*(client.infer("mlp", {"input": x}) for x in xs))
     """
 
-    def __init__(self, address: str, *, connections: int = 1, timeout_s: float = 30.0, connect_timeout_s: float = 5.0,
-                 retries: int = 2, retry_backoff_s: float = 0.05, chunk_bytes: int = 256 * 1024):
+    def __init__(
+        self,
+        address: str,
+        *,
+        connections: int = 1,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        retries: int = 2,
+        retry_backoff_s: float = 0.05,
+        chunk_bytes: int = 256 * 1024,
+    ):
         self._family, self._addr = wire.parse_address(address)
         if connections < 1:
             raise InvalidInput(f"connections must be >= 1, got {connections}")
@@ -135,8 +144,15 @@ class AsyncClient:
         self._next = 0
         self._closed = False
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None = None, *,
-                    outputs: Sequence[str] | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
         """Run one inference; returns output name -> array (read-only arrays). Errors as :meth:`Client.infer`."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s

@@ -126,7 +126,9 @@ class _Connection:
                 continue
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
-                raise DeadlineExceeded(f"no answer from {self.address} within the timeout ({len(results)} of {wanted} answered)")
+                raise DeadlineExceeded(
+                    f"no answer from {self.address} within the timeout ({len(results)} of {wanted} answered)"
+                )
             self.poller.modify(sock.fileno(), select.POLLIN | (select.POLLOUT if sending is not None else 0))
             self.poller.poll(max(1, int(remaining_s * 1000) + 1))
         return results
@@ -149,8 +151,18 @@ class Client:
         ...     out = client.infer("mlp", {"input": x})          # {"probabilities": array(...)}
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 30.0, connect_timeout_s: float = 5.0, pool_size: int = 4,
-                 retries: int = 2, retry_backoff_s: float = 0.05, window: int = 64, chunk_bytes: int = 256 * 1024):
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        pool_size: int = 4,
+        retries: int = 2,
+        retry_backoff_s: float = 0.05,
+        window: int = 64,
+        chunk_bytes: int = 256 * 1024,
+    ):
         wire.parse_address(address)  # refuse a malformed address now, not on first use
         self.address = address
         self.timeout_s = timeout_s
@@ -167,8 +179,15 @@ class Client:
         self._closed = False
 
     # ----- public API -----------------------------------------------------------------------------
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], version: str | None = None, *,
-              outputs: Sequence[str] | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        version: str | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, np.ndarray]:
         """Run one inference; returns output name -> array (read-only arrays).
 
         Raises:
@@ -178,9 +197,16 @@ class Client:
         """
         return self.infer_many(model, [inputs], version, outputs=outputs, timeout_s=timeout_s)[0]
 
-    def infer_many(self, model: str, batch: Iterable[Mapping[str, np.ndarray]], version: str | None = None, *,
-                   outputs: Sequence[str] | None = None, timeout_s: float | None = None,
-                   return_exceptions: bool = False) -> list:
+    def infer_many(
+        self,
+        model: str,
+        batch: Iterable[Mapping[str, np.ndarray]],
+        version: str | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+        return_exceptions: bool = False,
+    ) -> list:
         """Run many inferences pipelined on one connection; results in the order of ``batch``.
 
         Args:

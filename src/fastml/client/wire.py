@@ -65,7 +65,13 @@ def error_from_frame(kind: int, status: int, message: str) -> errors.FastMLError
     """The exception a client raises for an error frame (an unknown kind code is judged by its status)."""
     cls = ERROR_KINDS.get(kind)
     if cls is None:
-        cls = errors.InvalidInput if 400 <= status < 500 else errors.Unavailable if status == 503 else errors.InternalError
+        cls = (
+            errors.InvalidInput
+            if 400 <= status < 500
+            else errors.Unavailable
+            if status == 503
+            else errors.InternalError
+        )
     return cls(message)
 
 

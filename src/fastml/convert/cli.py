@@ -31,6 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
-        print(f"converted {report.format} {report.model_class} -> {report.output} "
-              f"(parity on {report.parity_rows} rows, max abs difference {report.max_abs_diff:.3g})")
+        print(
+            f"converted {report.format} {report.model_class} -> {report.output} "
+            f"(parity on {report.parity_rows} rows, max abs difference {report.max_abs_diff:.3g})"
+        )
     return 0

@@ -250,7 +250,7 @@ def _torch_to_onnx(module, x: np.ndarray, opset: int):
             torch.onnx.export(
                 module,
                 (sample,),
-                buf,
+                buf,  # type: ignore[arg-type]  # torch.onnx.export writes to a file-like object too
                 dynamo=False,
                 input_names=["input"],
                 output_names=outputs,
@@ -343,7 +343,11 @@ def convert_file(
             ref = _tree_reference(obj, fmt, x)
             pairs = [(_pick_output(k, ref[k], got), v) for k, v in ref.items()]
         for name, want in pairs:
-            have = np.asarray(got[name], dtype=np.float64).reshape(want.shape) if got[name].size == want.size else got[name]
+            have = (
+                np.asarray(got[name], dtype=np.float64).reshape(want.shape)
+                if got[name].size == want.size
+                else got[name]
+            )
             diff = _max_diff(have, want, f"output {name!r}")
             max_diff = max(max_diff, diff)
             bad = np.abs(np.asarray(have, np.float64) - want) > atol + rtol * np.abs(want)
@@ -355,8 +359,14 @@ def convert_file(
                 )
     _write_atomic(Path(output), data)
     return ConversionReport(
-        str(path), fmt, type(obj).__name__ if obj is not None else "ModelProto", str(output),
-        0 if x is None else len(x), max_diff, [i.name for i in sess.get_inputs()], out_names,
+        str(path),
+        fmt,
+        type(obj).__name__ if obj is not None else "ModelProto",
+        str(output),
+        0 if x is None else len(x),
+        max_diff,
+        [i.name for i in sess.get_inputs()],
+        out_names,
     )
 
 
@@ -373,7 +383,9 @@ def _pick_output(key: str, want: np.ndarray, got: dict[str, np.ndarray]) -> str:
         if arr.dtype.kind == "f" and arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] == want.size:
             got[name] = arr[:, 1]
             return name
-    raise InvalidInput(f"parity check failed: no output of the converted graph {sorted(got)} matches the source's predictions")
+    raise InvalidInput(
+        f"parity check failed: no output of the converted graph {sorted(got)} matches the source's predictions"
+    )
 
 
 def _write_atomic(output: Path, data: bytes) -> None:
@@ -398,10 +410,7 @@ def needs_conversion(path: str | os.PathLike) -> bool:
             head = f.read(64)
     except OSError:
         return False  # missing or unreadable: the loader reports it
-    return (
-        head[:1] in (b"\x80", b"{")
-        or head.startswith((b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion="))
-    )
+    return head[:1] in (b"\x80", b"{") or head.startswith((b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion="))
 
 
 def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Path:
@@ -425,4 +434,12 @@ def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Pa
     return cached
 
 
-__all__ = ["ConversionReport", "FORMATS", "convert_file", "converted_path", "file_sha256", "load_source", "needs_conversion"]
+__all__ = [
+    "ConversionReport",
+    "FORMATS",
+    "convert_file",
+    "converted_path",
+    "file_sha256",
+    "load_source",
+    "needs_conversion",
+]

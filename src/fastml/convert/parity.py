@@ -58,12 +58,21 @@ def check_parity(
         ref_p = np.asarray(source.predict_proba(model_input), dtype=np.float64)
         got_p = np.asarray(out["probabilities"], dtype=np.float64)
         if got_p.shape != ref_p.shape:
-            return ParityReport(False, n, atol, rtol, float("inf"), failures=[f"probabilities shape {got_p.shape} != source {ref_p.shape}"])
+            return ParityReport(
+                False,
+                n,
+                atol,
+                rtol,
+                float("inf"),
+                failures=[f"probabilities shape {got_p.shape} != source {ref_p.shape}"],
+            )
         diff = np.abs(got_p - ref_p)
         max_diff = float(diff.max()) if diff.size else 0.0
         bad = diff > atol + rtol * np.abs(ref_p)
         if bad.any():
-            failures.append(f"{int(bad.any(axis=1).sum())} of {n} rows have probabilities off by up to {max_diff:.3g} (tolerance {atol:g} + {rtol:g}*|p|)")
+            failures.append(
+                f"{int(bad.any(axis=1).sum())} of {n} rows have probabilities off by up to {max_diff:.3g} (tolerance {atol:g} + {rtol:g}*|p|)"
+            )
         ref_l = np.asarray(source.predict(model_input))
         got_l = np.asarray(out["label"]).reshape(-1)
         if ref_l.dtype.kind in "OUS":
@@ -78,10 +87,14 @@ def check_parity(
     ref = np.asarray(source.predict(model_input), dtype=np.float64).reshape(-1)
     got = np.asarray(out["variable"], dtype=np.float64).reshape(-1)
     if got.shape != ref.shape:
-        return ParityReport(False, n, atol, rtol, float("inf"), failures=[f"prediction shape {got.shape} != source {ref.shape}"])
+        return ParityReport(
+            False, n, atol, rtol, float("inf"), failures=[f"prediction shape {got.shape} != source {ref.shape}"]
+        )
     diff = np.abs(got - ref)
     max_diff = float(diff.max()) if diff.size else 0.0
     bad = diff > atol + rtol * np.abs(ref)
     if bad.any():
-        failures.append(f"{int(bad.sum())} of {n} predictions off by up to {max_diff:.3g} (tolerance {atol:g} + {rtol:g}*|y|)")
+        failures.append(
+            f"{int(bad.sum())} of {n} predictions off by up to {max_diff:.3g} (tolerance {atol:g} + {rtol:g}*|y|)"
+        )
     return ParityReport(not failures, n, atol, rtol, max_diff, 0, failures)

@@ -26,16 +26,32 @@ def register_converters() -> None:
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
         from xgboost import XGBClassifier, XGBRegressor
 
-        update_registered_converter(XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes, convert_xgboost, options=cls_options)
-        update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost)
+        update_registered_converter(
+            XGBClassifier,
+            "XGBoostXGBClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_xgboost,
+            options=cls_options,
+        )
+        update_registered_converter(
+            XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
+        )
     except ImportError:
         pass
     try:
         from lightgbm import LGBMClassifier, LGBMRegressor
         from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
 
-        update_registered_converter(LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes, convert_lightgbm, options=cls_options)
-        update_registered_converter(LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes, convert_lightgbm)
+        update_registered_converter(
+            LGBMClassifier,
+            "LightGbmLGBMClassifier",
+            calculate_linear_classifier_output_shapes,
+            convert_lightgbm,
+            options=cls_options,
+        )
+        update_registered_converter(
+            LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes, convert_lightgbm
+        )
     except ImportError:
         pass
 
@@ -65,7 +81,9 @@ def initial_types(spec: InputSpec):
 
     if spec.layout == "matrix":
         return [("input", FloatTensorType([None, len(spec.numeric)]))]
-    return [(c, FloatTensorType([None, 1])) for c in spec.numeric] + [(c, StringTensorType([None, 1])) for c in spec.categorical]
+    return [(c, FloatTensorType([None, 1])) for c in spec.numeric] + [
+        (c, StringTensorType([None, 1])) for c in spec.categorical
+    ]
 
 
 def sklearn_to_onnx(pipeline, spec: InputSpec, *, opset: int = 17):

@@ -36,7 +36,7 @@ class InputSpec:
         return {"numeric": list(self.numeric), "categorical": list(self.categorical), "layout": self.layout}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
+    def from_dict(cls, d: dict) -> InputSpec:
         return cls(tuple(d["numeric"]), tuple(d.get("categorical", ())))
 
     def model_input(self, frame):

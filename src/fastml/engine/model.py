@@ -451,7 +451,9 @@ class Model:
                 start = next(starts, None)
                 if start is not None:
                     try:
-                        pending.append(self._submit_sync_checked(tuple(a[start : start + step] for a in arrays), timeout))
+                        pending.append(
+                            self._submit_sync_checked(tuple(a[start : start + step] for a in arrays), timeout)
+                        )
                     except Exception as exc:  # noqa: BLE001 - waited-for chunks first, then this error
                         error = exc
         if error is not None:

@@ -42,8 +42,9 @@ def _encode_all(keys) -> list[bytes]:
         try:
             out.append(encode_key(k))
         except InvalidInput:
-            raise InvalidInput(f"entity key at position {i} has type {type(k).__name__}; "
-                               "use str, int, bytes or a tuple of them") from None
+            raise InvalidInput(
+                f"entity key at position {i} has type {type(k).__name__}; use str, int, bytes or a tuple of them"
+            ) from None
     return out
 
 
@@ -81,7 +82,7 @@ class ReferenceTable:
     def put_many(self, keys_data, keys_offsets, values, present, event_time_us):
         data = np.asarray(keys_data, dtype=np.uint8).tobytes()
         off = np.asarray(keys_offsets, dtype=np.int64)
-        keys = [data[off[i]:off[i + 1]] for i in range(len(off) - 1)]
+        keys = [data[off[i] : off[i + 1]] for i in range(len(off) - 1)]
         return self._put(keys, values, present, event_time_us)
 
     def put(self, keys, values, present, event_time_us):
@@ -132,8 +133,9 @@ class ReferencePlan:
                             event_time[i, cols] = 0
                         continue
                     if len(raw) != row_bytes:
-                        raise IntegrityError(f"online table '{table.name}': stored row of {len(raw)} bytes, "
-                                             f"expected {row_bytes}")
+                        raise IntegrityError(
+                            f"online table '{table.name}': stored row of {len(raw)} bytes, expected {row_bytes}"
+                        )
                     et, _, _ = _HEADER.unpack_from(raw)
                     bits = np.unpackbits(np.frombuffer(raw, np.uint8, bitmap_bytes, 16), bitorder="little")
                     vals = np.frombuffer(raw, "<f8", table.n_features, 16 + bitmap_bytes)
@@ -157,9 +159,11 @@ class ReferencePlan:
     def get_into(self, keys, out, present=None, event_time=None, now_us=0):
         key_sets = self._keys(keys)
         n = len(key_sets[0])
-        checks = (("out", out, (np.float32, np.float64), "out must be a float32 or float64 numpy array"),
-                  ("present", present, (np.bool_,), "present must be a numpy bool array"),
-                  ("event_time", event_time, (np.int64,), "event_time must be a numpy int64 array"))
+        checks = (
+            ("out", out, (np.float32, np.float64), "out must be a float32 or float64 numpy array"),
+            ("present", present, (np.bool_,), "present must be a numpy bool array"),
+            ("event_time", event_time, (np.int64,), "event_time must be a numpy int64 array"),
+        )
         for name, arr, dtypes, type_error in checks:
             if arr is None:
                 continue
@@ -176,13 +180,26 @@ class ReferencePlan:
 class ReferenceFeatureCache:
     """python-lmdb counterpart of ``fastml._core.FeatureCache`` (same constructor and methods)."""
 
-    def __init__(self, path: str, map_size_bytes: int = 32 << 30, max_readers: int = 1024, max_tables: int = 4096,
-                 sync: bool = True):
+    def __init__(
+        self,
+        path: str,
+        map_size_bytes: int = 32 << 30,
+        max_readers: int = 1024,
+        max_tables: int = 4096,
+        sync: bool = True,
+    ):
         import lmdb
 
         self.path = path
-        self.env = lmdb.open(path, map_size=map_size_bytes, max_readers=max_readers, max_dbs=max_tables + 1,
-                             readahead=False, sync=sync, lock=True)
+        self.env = lmdb.open(
+            path,
+            map_size=map_size_bytes,
+            max_readers=max_readers,
+            max_dbs=max_tables + 1,
+            readahead=False,
+            sync=sync,
+            lock=True,
+        )
         self._meta = self.env.open_db(_META)
         self._tables: dict[str, ReferenceTable] = {}
 
@@ -199,8 +216,9 @@ class ReferenceFeatureCache:
             if raw is None:
                 txn.put(name.encode(), struct.pack("<I", n_features), db=self._meta)
             elif struct.unpack("<I", raw)[0] != n_features:
-                raise InvalidInput(f"online table '{name}' was created with {struct.unpack('<I', raw)[0]} "
-                                   f"features, not {n_features}")
+                raise InvalidInput(
+                    f"online table '{name}' was created with {struct.unpack('<I', raw)[0]} features, not {n_features}"
+                )
         db = self.env.open_db(name.encode())
         t = self._tables[name] = ReferenceTable(self, name, n_features, db)
         return t

@@ -42,12 +42,12 @@ def _engine(url: str | None) -> sa.Engine:
 
         url = get_settings().registry_db_url
     if url.startswith("sqlite:///"):
-        url = f"sqlite:///{Path(url[len('sqlite:///'):]).parent / 'audit-anchor.db'}"
+        url = f"sqlite:///{Path(url[len('sqlite:///') :]).parent / 'audit-anchor.db'}"
     with _lock:
         eng = _engines.get(url)
         if eng is None:
             if url.startswith("sqlite:///"):
-                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             eng = sa.create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
             _meta.create_all(eng, checkfirst=True)
             _engines[url] = eng
@@ -85,8 +85,11 @@ def load(directory: str | os.PathLike, url: str | None = None) -> dict | None:
     """The anchored head ``{"seq", "hash", "signature", "public_key"}`` of the log in ``directory``, or None."""
     with _engine(url).connect() as conn:
         row = conn.execute(sa.select(anchors).where(anchors.c.directory == key_of(directory))).first()
-    return None if row is None else {"seq": row.seq, "hash": row.hash, "signature": row.signature,
-                                     "public_key": row.public_key}
+    return (
+        None
+        if row is None
+        else {"seq": row.seq, "hash": row.hash, "signature": row.signature, "public_key": row.public_key}
+    )
 
 
 def signature_problem(directory: str | os.PathLike, anchor: dict, trusted_public_key: str | None = None) -> str | None:

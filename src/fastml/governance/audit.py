@@ -59,6 +59,7 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
 
 def _jsonable(value: Any) -> Any:
     """Round-trip through JSON so what is hashed now is exactly what is read back later."""
+
     def default(obj):
         if hasattr(obj, "tolist"):  # numpy scalars and arrays
             return obj.tolist()
@@ -102,7 +103,9 @@ class AuditLog:
         anchor_url: that database's SQLAlchemy URL (default: the configured registry's).
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None, *, anchor: bool = True, anchor_url: str | None = None):
+    def __init__(
+        self, directory: str | os.PathLike | None = None, *, anchor: bool = True, anchor_url: str | None = None
+    ):
         self.anchor = anchor
         self.anchor_url = anchor_url
         if directory is None:
@@ -155,7 +158,7 @@ class AuditLog:
 
             actor = get_settings().actor
         return {
-            "at": at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+            "at": at or _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),
             "actor": str(actor),
             "action": action,
             "target": None if target is None else str(target),
@@ -237,13 +240,17 @@ class AuditLog:
                     break
                 block *= 2
         if not buf.endswith(b"\n"):
-            raise IntegrityError(f"{self.log_path}: the last line is incomplete (torn write?); run `fastml audit verify`")
+            raise IntegrityError(
+                f"{self.log_path}: the last line is incomplete (torn write?); run `fastml audit verify`"
+            )
         last_line = buf[:-1].rsplit(b"\n", 1)[-1]
         try:
             entry = msgspec.json.decode(last_line)
             int(entry["seq"]), str(entry["hash"])
         except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(f"{self.log_path}: the last entry is unreadable ({exc}); run `fastml audit verify`") from exc
+            raise IntegrityError(
+                f"{self.log_path}: the last entry is unreadable ({exc}); run `fastml audit verify`"
+            ) from exc
         return entry
 
     # ----------------------------------------------------------------------------------------- reading
@@ -318,16 +325,30 @@ class AuditLog:
                     return bad(lineno, None, f"line {lineno} is not valid JSON ({exc})")
                 if not isinstance(entry, dict) or set(entry) != set(FIELDS):
                     keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
-                    return bad(lineno, None, f"line {lineno} does not have the entry fields {list(FIELDS)} (has {keys})")
+                    return bad(
+                        lineno, None, f"line {lineno} does not have the entry fields {list(FIELDS)} (has {keys})"
+                    )
                 seq = entry["seq"]
                 if entry_hash(entry) != entry["hash"]:
-                    return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) was modified: its content does not match its hash")
+                    return bad(
+                        lineno,
+                        seq,
+                        f"entry at line {lineno} (seq {seq}) was modified: its content does not match its hash",
+                    )
                 if seq != expected_seq:
-                    return bad(lineno, seq, f"entry at line {lineno} has seq {seq}, expected {expected_seq}: "
-                                            "entries were deleted, inserted or reordered here")
+                    return bad(
+                        lineno,
+                        seq,
+                        f"entry at line {lineno} has seq {seq}, expected {expected_seq}: "
+                        "entries were deleted, inserted or reordered here",
+                    )
                 if entry["prev"] != prev:
-                    return bad(lineno, seq, f"entry at line {lineno} (seq {seq}) does not chain to the entry before it: "
-                                            "that entry was modified, or entries were deleted, inserted or reordered")
+                    return bad(
+                        lineno,
+                        seq,
+                        f"entry at line {lineno} (seq {seq}) does not chain to the entry before it: "
+                        "that entry was modified, or entries were deleted, inserted or reordered",
+                    )
                 prev = entry["hash"]
                 if seq == hseq:
                     hash_at_head = prev
@@ -344,32 +365,46 @@ class AuditLog:
         else:
             hhash = head.get("hash")
             if not isinstance(hseq, int) or hseq > count:
-                return bad(count + 1 if isinstance(hseq, int) else None, hseq,
-                           f"HEAD says the log ends at seq {hseq} but it has {count} entries: entries were removed from the end")
+                return bad(
+                    count + 1 if isinstance(hseq, int) else None,
+                    hseq,
+                    f"HEAD says the log ends at seq {hseq} but it has {count} entries: entries were removed from the end",
+                )
             if hash_at_head != hhash:
                 return bad(hseq, hseq, f"HEAD's hash does not match entry seq {hseq}: the log or HEAD was rewritten")
             if hseq < count:
                 if hseq == count - 1:
-                    notes.append("HEAD is one entry behind (a crash between append and HEAD update); the next append repairs it")
+                    notes.append(
+                        "HEAD is one entry behind (a crash between append and HEAD update); the next append repairs it"
+                    )
                 else:
-                    return bad(hseq + 1, hseq + 1, f"HEAD ends at seq {hseq} but entries up to {count} follow it: entries were appended around the lock")
+                    return bad(
+                        hseq + 1,
+                        hseq + 1,
+                        f"HEAD ends at seq {hseq} but entries up to {count} follow it: entries were appended around the lock",
+                    )
         if not seen_expected:
             return bad(None, None, f"no entry has the expected head hash {expected_head}: the chain was rewritten")
         if anchored is not None:
             problem = _anchor.signature_problem(self.directory, anchored)
             if problem is None and count < aseq:
-                problem = (f"the registry database anchors {aseq} entries but the log has {count}: "
-                           + ("the log was deleted" if count == 0 else "entries were removed from the end"))
+                problem = f"the registry database anchors {aseq} entries but the log has {count}: " + (
+                    "the log was deleted" if count == 0 else "entries were removed from the end"
+                )
             elif problem is None and hash_at_anchor != anchored["hash"]:
                 problem = f"entry seq {aseq} does not match the anchored head hash: the log was replaced"
             elif problem is None and count > aseq:
-                problem = (f"entries {aseq + 1}..{count} follow the anchored head (seq {aseq}): they were appended "
-                           "without fastml's append (forged), or an append crashed before anchoring; the next append re-anchors")
+                problem = (
+                    f"entries {aseq + 1}..{count} follow the anchored head (seq {aseq}): they were appended "
+                    "without fastml's append (forged), or an append crashed before anchoring; the next append re-anchors"
+                )
             if problem:
                 return bad(None, None, problem)
         return VerifyResult(True, count, prev, notes=tuple(notes))
 
-    def export(self, out: io.IOBase | str | os.PathLike, fmt: str = "jsonl", *, verify: bool = True) -> VerifyResult | None:
+    def export(
+        self, out: io.IOBase | str | os.PathLike, fmt: str = "jsonl", *, verify: bool = True
+    ) -> VerifyResult | None:
         """Write every entry to ``out`` as ``jsonl``, ``json`` (with the verification result) or ``csv``.
 
         Raises:
@@ -396,8 +431,14 @@ class AuditLog:
             writer = csv.writer(sio)
             writer.writerow(FIELDS)
             for e in entries:
-                writer.writerow([e[f] if f in ("seq", "at", "actor", "action", "target", "prev", "hash")
-                                 else canonical_bytes(e[f]).decode() for f in FIELDS])
+                writer.writerow(
+                    [
+                        e[f]
+                        if f in ("seq", "at", "actor", "action", "target", "prev", "hash")
+                        else canonical_bytes(e[f]).decode()
+                        for f in FIELDS
+                    ]
+                )
             data = sio.getvalue().encode()
         if isinstance(out, (str, os.PathLike)):
             path = Path(out)
@@ -420,15 +461,19 @@ def import_registry_events(registry, audit: AuditLog) -> int:
     """
     audit.directory.mkdir(parents=True, exist_ok=True)
     with audit._locked():
-        seen = {e["details"].get("event_id") for e in audit.entries()
-                if e["action"].startswith("registry.") and isinstance(e.get("details"), dict)}
+        seen = {
+            e["details"].get("event_id")
+            for e in audit.entries()
+            if e["action"].startswith("registry.") and isinstance(e.get("details"), dict)
+        }
         added = 0
         for event in registry.events():
             if event.get("id") in seen:
                 continue
             kw = registry_event_to_entry(event)
-            audit._append_locked(audit._body(kw["action"], kw["target"], kw["before"], kw["after"], kw["details"],
-                                             kw["actor"], None))
+            audit._append_locked(
+                audit._body(kw["action"], kw["target"], kw["before"], kw["after"], kw["details"], kw["actor"], None)
+            )
             added += 1
     return added
 
@@ -438,9 +483,19 @@ def registry_event_to_entry(event: Mapping[str, Any]) -> dict[str, Any]:
     :meth:`AuditLog.append` keyword arguments."""
     model, version = event.get("model"), event.get("version")
     target = f"{model}:{version}" if version is not None else model  # the registry's own ref syntax
-    details = {"event_id": event.get("id"), "event_at": event.get("at"), "reason": event.get("reason"),
-               "details": event.get("details")}
+    details = {
+        "event_id": event.get("id"),
+        "event_at": event.get("at"),
+        "reason": event.get("reason"),
+        "details": event.get("details"),
+    }
     before = {"stage": event["from"]} if event.get("from") is not None else None
     after = {"stage": event["to"]} if event.get("to") is not None else None
-    return {"action": f"registry.{event.get('kind', 'event')}", "target": target, "before": before, "after": after,
-            "details": details, "actor": event.get("actor")}
+    return {
+        "action": f"registry.{event.get('kind', 'event')}",
+        "target": target,
+        "before": before,
+        "after": after,
+        "details": details,
+        "actor": event.get("actor"),
+    }

@@ -30,7 +30,10 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "personal_data": (bool, "whether training or input data relate to identifiable people"),
     "special_category_data": (list, "GDPR Art. 9 categories processed"),
     "special_category_condition": (str, "GDPR Art. 9(2) condition relied on"),
-    "lawful_basis": (str, "GDPR Art. 6(1) basis: consent, contract, legal_obligation, vital_interests, public_task, legitimate_interests"),
+    "lawful_basis": (
+        str,
+        "GDPR Art. 6(1) basis: consent, contract, legal_obligation, vital_interests, public_task, legitimate_interests",
+    ),
     "legitimate_interest_assessment": (str, "reference to the balancing test when relying on legitimate interests"),
     "purpose": (str, "the specified purpose of processing"),
     "data_minimisation": (str, "why each personal-data field is needed"),
@@ -46,8 +49,14 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "fairness": (dict, "sensitive_features, privileged/unprivileged groups, thresholds"),
     "security": (dict, "encryption_at_rest, access_control, audit_logging"),
     "eu_ai_act": (dict, "risk_tier, medical_device, and references for Art. 9-15 evidence"),
-    "ccpa": (dict, "notice_at_collection, sells_or_shares, opt_out_link, limit_use_link, consumer_rights_process, admt_notice"),
-    "hipaa": (dict, "covered_entity, purpose (treatment/payment/operations), deidentification, authorization, business_associate, baa_reference"),
+    "ccpa": (
+        dict,
+        "notice_at_collection, sells_or_shares, opt_out_link, limit_use_link, consumer_rights_process, admt_notice",
+    ),
+    "hipaa": (
+        dict,
+        "covered_entity, purpose (treatment/payment/operations), deidentification, authorization, business_associate, baa_reference",
+    ),
     "training_data": (dict, "schema (columns or a path), sample (path), rows, source"),
     "reviews": (dict, "rule id -> sign-off note turning a needs-review verdict into a pass"),
 }
@@ -73,9 +82,13 @@ def validate_card(card: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = int(val)
             ok = True
         if not ok:
-            raise InvalidInput(f"model card field {key!r} ({desc}) must be {typ.__name__}, got {type(val).__name__}: {val!r}")
+            raise InvalidInput(
+                f"model card field {key!r} ({desc}) must be {typ.__name__}, got {type(val).__name__}: {val!r}"
+            )
     if out.get("decision_type") not in (None, *DECISION_TYPES):
-        raise InvalidInput(f"model card field 'decision_type' must be one of {DECISION_TYPES}, got {out['decision_type']!r}")
+        raise InvalidInput(
+            f"model card field 'decision_type' must be one of {DECISION_TYPES}, got {out['decision_type']!r}"
+        )
     if "retention_days" in out and out["retention_days"] is not None and out["retention_days"] < 0:
         raise InvalidInput("model card field 'retention_days' must be >= 0")
     ho = out.get("human_oversight")

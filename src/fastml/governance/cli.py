@@ -18,6 +18,7 @@ def add_parser(subparsers) -> None:
 
 # ----------------------------------------------------------------------------------------- governance
 
+
 def _add_governance(subparsers) -> None:
     gov = subparsers.add_parser("governance", help="fairness, compliance checks, promotion gates, lineage")
     sub = gov.add_subparsers(dest="governance_cmd", metavar="COMMAND")
@@ -45,14 +46,24 @@ def _add_governance(subparsers) -> None:
     p.add_argument("data", help=".csv, .parquet or .jsonl with label, prediction and sensitive columns")
     p.add_argument("--y-true", required=True, metavar="COL")
     p.add_argument("--y-pred", required=True, metavar="COL")
-    p.add_argument("--sensitive", required=True, action="append", metavar="COL",
-                   help="sensitive column; repeat for intersectional groups")
+    p.add_argument(
+        "--sensitive",
+        required=True,
+        action="append",
+        metavar="COL",
+        help="sensitive column; repeat for intersectional groups",
+    )
     p.add_argument("--privileged", help="privileged group value (comma-separated, one per sensitive column)")
     p.add_argument("--unprivileged", help="unprivileged group value")
     p.add_argument("--method", choices=("between_groups", "to_overall"), default="between_groups")
     p.add_argument("--pos-label", default="1", help="the favourable label (default 1)")
-    p.add_argument("--threshold", action="append", default=[], metavar="METRIC=VALUE",
-                   help="override a threshold, e.g. demographic_parity_difference=0.05")
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="override a threshold, e.g. demographic_parity_difference=0.05",
+    )
     p.add_argument("--record", metavar="REF", help="store the result as fairness evidence of this registry version")
     p.add_argument("--html", metavar="FILE")
     p.add_argument("--json", action="store_true")
@@ -61,7 +72,9 @@ def _add_governance(subparsers) -> None:
     p = sub.add_parser("gate", help="evaluate the promotion gate for a registry version (dry run)")
     p.add_argument("ref", help="registry version, e.g. credit-scoring:1.2.0")
     p.add_argument("--stage", default="production")
-    p.add_argument("--policy", help="policy file (.toml/.json); default $FASTML_HOME/governance/policy.toml, else built-in")
+    p.add_argument(
+        "--policy", help="policy file (.toml/.json); default $FASTML_HOME/governance/policy.toml, else built-in"
+    )
     p.add_argument("--html", metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_gate)
@@ -75,7 +88,9 @@ def _add_governance(subparsers) -> None:
     p.set_defaults(handler=_lineage)
 
     p = sub.add_parser("policy", help="show the gate policy in force; --init writes the default policy file")
-    p.add_argument("--init", action="store_true", help="write $FASTML_HOME/governance/policy.toml (not over an existing one)")
+    p.add_argument(
+        "--init", action="store_true", help="write $FASTML_HOME/governance/policy.toml (not over an existing one)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_policy)
 
@@ -85,7 +100,7 @@ def _add_governance(subparsers) -> None:
 
 
 def _print_findings(rep) -> None:
-    for name, rs in rep.rulesets.items():
+    for _name, rs in rep.rulesets.items():
         state = "applies" if rs["applicable"] else "n/a"
         print(f"{rs['title']:<16} {state:<8} {rs['reason']}")
     print()
@@ -245,9 +260,16 @@ def _fairness(args) -> int:
             raise InvalidInput(f"--pos-label {pos!r} is not a number but the labels are") from None
     sensitive = {c: cols[c].astype(str) for c in args.sensitive}
     n = len(args.sensitive)
-    rep = assess_fairness(y_true, y_pred, sensitive, method=args.method, thresholds=thresholds,
-                          privileged=_parse_group(args.privileged, n), unprivileged=_parse_group(args.unprivileged, n),
-                          pos_label=pos)
+    rep = assess_fairness(
+        y_true,
+        y_pred,
+        sensitive,
+        method=args.method,
+        thresholds=thresholds,
+        privileged=_parse_group(args.privileged, n),
+        unprivileged=_parse_group(args.unprivileged, n),
+        pos_label=pos,
+    )
     if args.record:
         from fastml.governance.audit import AuditLog
         from fastml.governance.gates import record_fairness
@@ -271,16 +293,17 @@ def _fairness(args) -> int:
             print(f"{m.name:<40} {val:>10}  {m.describe_bound():<16} {'pass' if m.passed else 'FAIL'}")
         for w in rep.warnings:
             print(f"warning: {w}")
-        print(f"\nfairness: {'pass' if rep.passed else 'fail'}" + (f" (recorded for {args.record})" if args.record else ""))
+        print(
+            f"\nfairness: {'pass' if rep.passed else 'fail'}"
+            + (f" (recorded for {args.record})" if args.record else "")
+        )
     return 0 if rep.passed else 1
 
 
 def _gate(args) -> int:
-    from fastml.governance.gates import PolicySet, evaluate
+    from fastml.governance.gates import PolicySet, configured_policy_path, evaluate
     from fastml.governance.report import build_report, to_html, to_json
     from fastml.registry import Registry
-
-    from fastml.governance.gates import configured_policy_path
 
     path = args.policy or configured_policy_path()
     policy = PolicySet.load(path) if path else PolicySet()
@@ -385,6 +408,7 @@ def _rules(args) -> int:
 
 # ----------------------------------------------------------------------------------------- audit
 
+
 def _add_audit(subparsers) -> None:
     aud = subparsers.add_parser("audit", help="the tamper-evident audit log under $FASTML_HOME/audit")
     sub = aud.add_subparsers(dest="audit_cmd", metavar="COMMAND")
@@ -414,8 +438,9 @@ def _add_audit(subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_head)
 
-    p = sub.add_parser("import-registry", parents=[common],
-                       help="append the registry events the audit log does not hold yet")
+    p = sub.add_parser(
+        "import-registry", parents=[common], help="append the registry events the audit log does not hold yet"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_import_registry)
 
@@ -469,7 +494,7 @@ def _log(args) -> int:
     if args.target:
         entries = [e for e in entries if e["target"] == args.target]
     if args.tail is not None:
-        entries = entries[-args.tail:] if args.tail > 0 else []
+        entries = entries[-args.tail :] if args.tail > 0 else []
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
@@ -515,9 +540,14 @@ def _record(args) -> int:
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"--{name} is not valid JSON: {exc}") from None
 
-    entry = _audit_log(args).append(args.action, target=args.target, before=parse("before", args.before),
-                                    after=parse("after", args.after), details=parse("details", args.details),
-                                    actor=args.actor)
+    entry = _audit_log(args).append(
+        args.action,
+        target=args.target,
+        before=parse("before", args.before),
+        after=parse("after", args.after),
+        details=parse("details", args.details),
+        actor=args.actor,
+    )
     if args.json:
         print(json.dumps(entry, indent=2))
     else:

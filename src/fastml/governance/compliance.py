@@ -45,8 +45,14 @@ class ComplianceReport:
         return {v: sum(1 for f in self.findings if f.verdict == v) for v in (PASS, FAIL, REVIEW)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "verdict": self.verdict, "counts": self.counts(), "rulesets": self.rulesets,
-                "findings": [f.to_dict() for f in self.findings], "data_scan": self.scan.to_dict()}
+        return {
+            "model": self.model,
+            "verdict": self.verdict,
+            "counts": self.counts(),
+            "rulesets": self.rulesets,
+            "findings": [f.to_dict() for f in self.findings],
+            "data_scan": self.scan.to_dict(),
+        }
 
 
 def assess(
@@ -90,12 +96,18 @@ def assess(
                 f = dataclasses.replace(f, verdict=PASS, evidence=f.evidence + (f"signed off: {reviews[rule.id]}",))
             findings.append(f)
     if cols is None:
-        applied["_data"] = {"title": "training data", "applicable": False,
-                            "reason": "no training-data schema given: personal data was not scanned for"}
+        applied["_data"] = {
+            "title": "training data",
+            "applicable": False,
+            "reason": "no training-data schema given: personal data was not scanned for",
+        }
     return ComplianceReport(card.get("name"), tuple(findings), applied, scan)
 
 
 def rules_table() -> list[dict[str, str]]:
     """Every rule: id, rule set, title, article and what it checks (the docs' table)."""
-    return [{"rule": r.id, "ruleset": rs.title, "title": r.title, "article": r.article, "checks": r.checks}
-            for rs in RULESETS.values() for r in rs.rules]
+    return [
+        {"rule": r.id, "ruleset": rs.title, "title": r.title, "article": r.article, "checks": r.checks}
+        for rs in RULESETS.values()
+        for r in rs.rules
+    ]

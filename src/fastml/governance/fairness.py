@@ -99,8 +99,14 @@ class MetricResult:
         return "unbounded"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": _num(self.value), "min": self.min, "max": self.max,
-                "passed": self.passed, "threshold": self.describe_bound()}
+        return {
+            "name": self.name,
+            "value": _num(self.value),
+            "min": self.min,
+            "max": self.max,
+            "passed": self.passed,
+            "threshold": self.describe_bound(),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +129,9 @@ class FairnessReport:
     @property
     def failures(self) -> list[str]:
         """One readable line per failing metric."""
-        return [f"{m.name} = {_fmt(m.value)} (required {m.describe_bound()})"
-                for m in self.metrics.values() if not m.passed]
+        return [
+            f"{m.name} = {_fmt(m.value)} (required {m.describe_bound()})" for m in self.metrics.values() if not m.passed
+        ]
 
     def value(self, name: str) -> float:
         return self.metrics[name].value
@@ -245,8 +252,9 @@ def assess_fairness(
 
     bounds = _merge_thresholds(thresholds)
     metrics = {name: MetricResult(name, float(v), *_bounds_of(bounds.get(name))) for name, v in values.items()}
-    return FairnessReport(tuple(names), method, overall, tuple(groups), metrics, priv_label, unpriv_label,
-                          tuple(warnings))
+    return FairnessReport(
+        tuple(names), method, overall, tuple(groups), metrics, priv_label, unpriv_label, tuple(warnings)
+    )
 
 
 def pair_metrics(privileged: GroupStats, unprivileged: GroupStats) -> dict[str, float]:
@@ -278,6 +286,7 @@ def check_values(values: Mapping[str, float], thresholds: Mapping[str, Any] | No
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def _stats(key: tuple, label: str, t: np.ndarray, p: np.ndarray, w: np.ndarray) -> GroupStats:
     total = float(w.sum())

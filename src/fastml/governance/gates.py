@@ -123,8 +123,10 @@ class PolicySet:
         if unknown:
             raise InvalidInput(f"{where}: top-level keys are 'default' and 'models', got {unknown}")
         default = GatePolicy.from_dict(d.get("default") or {}, where=f"{where} [default]")
-        models = {name: GatePolicy.from_dict(p, default, where=f"{where} [models.{name}]")
-                  for name, p in (d.get("models") or {}).items()}
+        models = {
+            name: GatePolicy.from_dict(p, default, where=f"{where} [models.{name}]")
+            for name, p in (d.get("models") or {}).items()
+        }
         return cls(default, models)
 
     @classmethod
@@ -143,6 +145,7 @@ class PolicySet:
 
 
 # --------------------------------------------------------------------------------------------- evidence
+
 
 class EvidenceStore:
     """Fairness evidence per model version: ``<dir>/<model>/<version>/fairness.json``."""
@@ -187,23 +190,38 @@ class EvidenceStore:
             return None
 
 
-def record_fairness(model: str, version: str, report: FairnessReport, *, store: EvidenceStore | None = None,
-                    audit=None, actor: str | None = None) -> Path:
+def record_fairness(
+    model: str,
+    version: str,
+    report: FairnessReport,
+    *,
+    store: EvidenceStore | None = None,
+    audit=None,
+    actor: str | None = None,
+) -> Path:
     """Store a fairness report as the evidence for ``model`` ``version`` (and audit it)."""
     store = store or EvidenceStore()
     doc = report.to_dict()
     path = store.save(model, version, doc)
     if audit is not None:
         # The file's hash goes into the chain, so a gate can tell the evidence was edited afterwards.
-        audit.append("governance.fairness.record", target=f"{model}:{version}", actor=actor,
-                     after={"passed": report.passed,
-                            "metrics": {k: m["value"] for k, m in doc["metrics"].items()}},
-                     details={"sensitive_columns": doc["sensitive_columns"], "method": doc["method"],
-                              "failures": report.failures, "evidence_sha256": store.digest(model, version)})
+        audit.append(
+            "governance.fairness.record",
+            target=f"{model}:{version}",
+            actor=actor,
+            after={"passed": report.passed, "metrics": {k: m["value"] for k, m in doc["metrics"].items()}},
+            details={
+                "sensitive_columns": doc["sensitive_columns"],
+                "method": doc["method"],
+                "failures": report.failures,
+                "evidence_sha256": store.digest(model, version),
+            },
+        )
     return path
 
 
 # --------------------------------------------------------------------------------------------- the gate
+
 
 @dataclasses.dataclass(frozen=True)
 class GateDecision:
@@ -216,10 +234,15 @@ class GateDecision:
     fairness: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "version": self.version, "target_stage": self.target_stage,
-                "allowed": self.allowed, "reasons": list(self.reasons),
-                "compliance_verdict": self.compliance.verdict if self.compliance is not None else None,
-                "fairness": self.fairness}
+        return {
+            "model": self.model,
+            "version": self.version,
+            "target_stage": self.target_stage,
+            "allowed": self.allowed,
+            "reasons": list(self.reasons),
+            "compliance_verdict": self.compliance.verdict if self.compliance is not None else None,
+            "fairness": self.fairness,
+        }
 
 
 def _field(mv, name, default=None):
@@ -232,8 +255,8 @@ def _metric_evidence(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     out = {}
     for k, v in (metrics or {}).items():
         for prefix in ("fairness.", "fairness/", ""):
-            if k.startswith(prefix) and k[len(prefix):] in DEFAULT_THRESHOLDS and isinstance(v, (int, float)):
-                out[k[len(prefix):]] = float(v)
+            if k.startswith(prefix) and k[len(prefix) :] in DEFAULT_THRESHOLDS and isinstance(v, (int, float)):
+                out[k[len(prefix) :]] = float(v)
     return out
 
 
@@ -246,8 +269,14 @@ def _audited_digest(audit, name: str, version: str) -> str | None:
     return digest
 
 
-def evaluate(mv, target_stage: str, policy: GatePolicy | PolicySet | None = None, *,
-             evidence: EvidenceStore | None = None, audit=None) -> GateDecision:
+def evaluate(
+    mv,
+    target_stage: str,
+    policy: GatePolicy | PolicySet | None = None,
+    *,
+    evidence: EvidenceStore | None = None,
+    audit=None,
+) -> GateDecision:
     """Decide whether ``mv`` (a registry ``ModelVersion`` or a dict with the same fields) may enter
     ``target_stage`` under ``policy``.
 
@@ -282,8 +311,10 @@ def evaluate(mv, target_stage: str, policy: GatePolicy | PolicySet | None = None
     if stored is not None and audit is not None and audited != evidence.digest(name, version):
         # Evidence that the audit log does not vouch for is not evidence (it may have been edited by hand).
         why = "has no audit record" if audited is None else "was changed after it was recorded"
-        reasons.append(f"fairness evidence for {name}:{version} {why} (its sha256 does not match the audit log); "
-                       "record it again with record_fairness")
+        reasons.append(
+            f"fairness evidence for {name}:{version} {why} (its sha256 does not match the audit log); "
+            "record it again with record_fairness"
+        )
         return GateDecision(name, version, target_stage, False, tuple(reasons), report, None)
     if stored is not None:
         values = {k: m.get("value") for k, m in stored.get("metrics", {}).items()}
@@ -293,8 +324,10 @@ def evaluate(mv, target_stage: str, policy: GatePolicy | PolicySet | None = None
         source = "registered metrics"
     if not values:
         if policy.require_fairness:
-            reasons.append("no fairness evidence: record a fairness report for this version "
-                           "(fastml governance fairness ... --record) or register fairness metrics")
+            reasons.append(
+                "no fairness evidence: record a fairness report for this version "
+                "(fastml governance fairness ... --record) or register fairness metrics"
+            )
     else:
         checked = check_values(values, policy.fairness_thresholds)
         fairness = {"source": source, "metrics": {k: m.to_dict() for k, m in checked.items()}}
@@ -323,12 +356,17 @@ class Governance:
         decision = evaluate(mv, target_stage, self.policy, evidence=self.evidence, audit=self.audit)
         self.decisions.append(decision)
         if self.audit is not None and target_stage in self.policy.for_model(decision.model).protected_stages:
-            self.audit.append("governance.gate." + ("allow" if decision.allowed else "block"),
-                              target=f"{decision.model}:{decision.version}",
-                              before={"stage": _field(mv, "stage")}, after={"stage": target_stage},
-                              details={"reasons": list(decision.reasons),
-                                       "compliance": decision.compliance.verdict if decision.compliance else None,
-                                       "fairness": decision.fairness})
+            self.audit.append(
+                "governance.gate." + ("allow" if decision.allowed else "block"),
+                target=f"{decision.model}:{decision.version}",
+                before={"stage": _field(mv, "stage")},
+                after={"stage": target_stage},
+                details={
+                    "reasons": list(decision.reasons),
+                    "compliance": decision.compliance.verdict if decision.compliance else None,
+                    "fairness": decision.fairness,
+                },
+            )
         return list(decision.reasons)
 
     def on_event(self, event: Mapping[str, Any]) -> None:
@@ -350,8 +388,13 @@ class Governance:
         return record_fairness(mv.name, mv.version, report, store=self.evidence, audit=self.audit, actor=actor)
 
 
-def attach(registry, policy: PolicySet | GatePolicy | Mapping | str | os.PathLike | None = None, *, audit=True,
-           evidence: EvidenceStore | None = None) -> Governance:
+def attach(
+    registry,
+    policy: PolicySet | GatePolicy | Mapping | str | os.PathLike | None = None,
+    *,
+    audit=True,
+    evidence: EvidenceStore | None = None,
+) -> Governance:
     """Install governance on a registry: the promotion gate and the audit subscription.
 
     Args:
@@ -378,8 +421,10 @@ def attach(registry, policy: PolicySet | GatePolicy | Mapping | str | os.PathLik
         # The registry runs gates only on moves into its own protected (approval-gated) stages.
         unknown = [s for s in p.protected_stages if guarded is not None and s not in guarded]
         if unknown:
-            raise InvalidInput(f"policy {name}: stage(s) {unknown} are not protected in the registry "
-                               f"(protected: {sorted(guarded)}); the registry gates only those")
+            raise InvalidInput(
+                f"policy {name}: stage(s) {unknown} are not protected in the registry "
+                f"(protected: {sorted(guarded)}); the registry gates only those"
+            )
     if audit is True:
         audit = AuditLog()
     gov = Governance(registry, policy, audit or None, evidence or EvidenceStore())
@@ -387,7 +432,6 @@ def attach(registry, policy: PolicySet | GatePolicy | Mapping | str | os.PathLik
     if gov.audit is not None:
         registry.subscribe(gov.on_event)
     return gov
-
 
 
 POLICY_FILES = ("policy.toml", "policy.json")

@@ -23,8 +23,13 @@ from fastml.errors import InvalidInput, NotFound
 
 KINDS = ("dataset", "features", "run", "model", "deployment")
 _DOT_SHAPES = {"dataset": "cylinder", "features": "folder", "run": "ellipse", "model": "box", "deployment": "hexagon"}
-_MERMAID_SHAPES = {"dataset": ("[(", ")]"), "features": ("[[", "]]"), "run": ("([", "])"), "model": ("[", "]"),
-                   "deployment": ("{{", "}}")}
+_MERMAID_SHAPES = {
+    "dataset": ("[(", ")]"),
+    "features": ("[[", "]]"),
+    "run": ("([", "])"),
+    "model": ("[", "]"),
+    "deployment": ("{{", "}}"),
+}
 
 
 @dataclasses.dataclass
@@ -84,8 +89,11 @@ class LineageGraph:
 
     def find(self, kind: str | None = None, **attrs) -> list[Node]:
         """Nodes of ``kind`` whose attributes equal ``attrs``."""
-        return [n for n in self.nodes.values() if (kind is None or n.kind == kind)
-                and all(n.attrs.get(k) == v for k, v in attrs.items())]
+        return [
+            n
+            for n in self.nodes.values()
+            if (kind is None or n.kind == kind) and all(n.attrs.get(k) == v for k, v in attrs.items())
+        ]
 
     def upstream(self, node_id: str, kind: str | None = None) -> list[Node]:
         """Everything ``node_id`` was derived from (transitively), nearest first."""
@@ -125,8 +133,10 @@ class LineageGraph:
 
     # ------------------------------------------------------------------------------------- export
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes": [{"id": n.id, "kind": n.kind, "label": n.label, "attrs": n.attrs} for n in self.nodes.values()],
-                "edges": [{"src": e.src, "dst": e.dst, "kind": e.kind, "attrs": dict(e.attrs)} for e in self.edges]}
+        return {
+            "nodes": [{"id": n.id, "kind": n.kind, "label": n.label, "attrs": n.attrs} for n in self.nodes.values()],
+            "edges": [{"src": e.src, "dst": e.dst, "kind": e.kind, "attrs": dict(e.attrs)} for e in self.edges],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LineageGraph:
@@ -179,6 +189,7 @@ class LineageGraph:
 
 # ----------------------------------------------------------------------------------------- builders
 
+
 def model_id(name: str, version: str) -> str:
     return f"model:{name}:{version}"
 
@@ -189,8 +200,17 @@ def add_model_version(g: LineageGraph, mv, *, feature_versions: Mapping[str, int
     get = (lambda k, d=None: mv.get(k, d)) if isinstance(mv, Mapping) else (lambda k, d=None: getattr(mv, k, d))
     name, version = get("name"), str(get("version"))
     mid = model_id(name, version)
-    g.add_node(mid, "model", f"{name}:{version}", name=name, version=version, stage=get("stage"),
-               created_at=get("created_at"), created_by=get("created_by"), sha256=get("sha256"))
+    g.add_node(
+        mid,
+        "model",
+        f"{name}:{version}",
+        name=name,
+        version=version,
+        stage=get("stage"),
+        created_at=get("created_at"),
+        created_by=get("created_by"),
+        sha256=get("sha256"),
+    )
     producer = mid
     run_id = get("run_id")
     if run_id:
@@ -246,8 +266,15 @@ def add_feature_group_lineage(g: LineageGraph, info: Mapping[str, Any]) -> dict[
     used: dict[tuple[str, str], int] = {}
     for v in info.get("versions", []):
         fid = f"features:{group}@v{v['version']}"
-        g.add_node(fid, "features", f"{group}@v{v['version']}", group=group, version=v["version"],
-                   schema_hash=v.get("schema_hash"), created_at=v.get("created_at"))
+        g.add_node(
+            fid,
+            "features",
+            f"{group}@v{v['version']}",
+            group=group,
+            version=v["version"],
+            schema_hash=v.get("schema_hash"),
+            created_at=v.get("created_at"),
+        )
         sources = [v.get("source")] + [i.get("source") for i in v.get("ingests", [])]
         for src in dict.fromkeys(s for s in sources if s):
             did = f"dataset:{src}"
@@ -258,8 +285,13 @@ def add_feature_group_lineage(g: LineageGraph, info: Mapping[str, Any]) -> dict[
     return used
 
 
-def build_lineage(registry=None, feature_store=None, *, models: Iterable[str] | None = None,
-                  deployment_stages: Iterable[str] = ("staging", "production")) -> LineageGraph:
+def build_lineage(
+    registry=None,
+    feature_store=None,
+    *,
+    models: Iterable[str] | None = None,
+    deployment_stages: Iterable[str] = ("staging", "production"),
+) -> LineageGraph:
     """Build the graph from a registry and (optionally) a feature store.
 
     Args:
@@ -295,9 +327,13 @@ def build_lineage(registry=None, feature_store=None, *, models: Iterable[str] | 
     for name in names:
         for ev in registry.history(name)["events"]:
             if ev.get("kind") == "transition" and ev.get("to") in stages:
-                current = any(mv.name == name and mv.version == ev["version"] and mv.stage == ev["to"] for mv in versions)
+                current = any(
+                    mv.name == name and mv.version == ev["version"] and mv.stage == ev["to"] for mv in versions
+                )
                 if not current:
-                    add_deployment(g, name, ev["version"], ev["to"], current=False, at=ev.get("at"), actor=ev.get("actor"))
+                    add_deployment(
+                        g, name, ev["version"], ev["to"], current=False, at=ev.get("at"), actor=ev.get("actor")
+                    )
     return g
 
 
@@ -315,5 +351,8 @@ def _run_attrs(run_id: str) -> dict[str, Any]:
         return {}
     if not isinstance(state, dict):
         return {}
-    return {k: state.get(k) for k in ("name", "task", "family", "config_hash", "status", "created_at")
-            if state.get(k) is not None}
+    return {
+        k: state.get(k)
+        for k in ("name", "task", "family", "config_hash", "status", "created_at")
+        if state.get(k) is not None
+    }

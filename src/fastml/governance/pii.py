@@ -54,42 +54,65 @@ class Category:
     health: bool = False  # health information (PHI when combined with an identifier)
 
 
-CATEGORIES: dict[str, Category] = {c.name: c for c in [
-    Category("name", "person's name", True, "A"),
-    Category("address", "street address or city", True, "B"),
-    Category("zip", "ZIP / postal code", False, "B"),
-    Category("geolocation", "precise geolocation (lat/long)", False, "B", ccpa_sensitive=True),
-    Category("date_of_birth", "date of birth", False, "C"),
-    Category("date", "date related to an individual (admission, discharge, death, visit)", False, "C"),
-    Category("age", "age (Safe Harbor: ages over 89)", False, "C"),
-    Category("phone", "telephone number", True, "D"),
-    Category("fax", "fax number", True, "E"),
-    Category("email", "e-mail address", True, "F"),
-    Category("ssn", "social security / national ID number", True, "G", ccpa_sensitive=True),
-    Category("medical_record_number", "medical record number", True, "H"),
-    Category("health_plan_number", "health plan beneficiary number", True, "I"),
-    Category("account_number", "account / payment card number", True, "J", ccpa_sensitive=True),
-    Category("license_number", "certificate / licence number (driver's licence, passport)", True, "K", ccpa_sensitive=True),
-    Category("vehicle_id", "vehicle identifier (VIN, licence plate)", True, "L"),
-    Category("device_id", "device identifier or serial number", True, "M"),
-    Category("url", "web URL", False, "N"),
-    Category("ip_address", "IP address", True, "O"),
-    Category("biometric", "biometric identifier", True, "P", "biometric data", True),
-    Category("photo", "full-face photograph", True, "Q", "biometric data", True),
-    Category("unique_id", "other unique identifying number (customer / patient / user id)", True, "R"),
-    Category("race_ethnicity", "racial or ethnic origin", special="racial or ethnic origin", ccpa_sensitive=True),
-    Category("religion", "religious or philosophical beliefs", special="religious or philosophical beliefs", ccpa_sensitive=True),
-    Category("political", "political opinions", special="political opinions"),
-    Category("trade_union", "trade union membership", special="trade union membership", ccpa_sensitive=True),
-    Category("genetic", "genetic data", special="genetic data", ccpa_sensitive=True, health=True),
-    Category("health", "health data (diagnoses, medications, procedures, lab results)", special="data concerning health",
-             ccpa_sensitive=True, health=True),
-    Category("sexual_orientation", "sex life or sexual orientation", special="sex life or sexual orientation",
-             ccpa_sensitive=True),
-    Category("gender", "sex / gender"),
-    Category("financial", "income, balance or other financial situation"),
-    Category("nationality", "nationality or citizenship"),
-]}
+CATEGORIES: dict[str, Category] = {
+    c.name: c
+    for c in [
+        Category("name", "person's name", True, "A"),
+        Category("address", "street address or city", True, "B"),
+        Category("zip", "ZIP / postal code", False, "B"),
+        Category("geolocation", "precise geolocation (lat/long)", False, "B", ccpa_sensitive=True),
+        Category("date_of_birth", "date of birth", False, "C"),
+        Category("date", "date related to an individual (admission, discharge, death, visit)", False, "C"),
+        Category("age", "age (Safe Harbor: ages over 89)", False, "C"),
+        Category("phone", "telephone number", True, "D"),
+        Category("fax", "fax number", True, "E"),
+        Category("email", "e-mail address", True, "F"),
+        Category("ssn", "social security / national ID number", True, "G", ccpa_sensitive=True),
+        Category("medical_record_number", "medical record number", True, "H"),
+        Category("health_plan_number", "health plan beneficiary number", True, "I"),
+        Category("account_number", "account / payment card number", True, "J", ccpa_sensitive=True),
+        Category(
+            "license_number",
+            "certificate / licence number (driver's licence, passport)",
+            True,
+            "K",
+            ccpa_sensitive=True,
+        ),
+        Category("vehicle_id", "vehicle identifier (VIN, licence plate)", True, "L"),
+        Category("device_id", "device identifier or serial number", True, "M"),
+        Category("url", "web URL", False, "N"),
+        Category("ip_address", "IP address", True, "O"),
+        Category("biometric", "biometric identifier", True, "P", "biometric data", True),
+        Category("photo", "full-face photograph", True, "Q", "biometric data", True),
+        Category("unique_id", "other unique identifying number (customer / patient / user id)", True, "R"),
+        Category("race_ethnicity", "racial or ethnic origin", special="racial or ethnic origin", ccpa_sensitive=True),
+        Category(
+            "religion",
+            "religious or philosophical beliefs",
+            special="religious or philosophical beliefs",
+            ccpa_sensitive=True,
+        ),
+        Category("political", "political opinions", special="political opinions"),
+        Category("trade_union", "trade union membership", special="trade union membership", ccpa_sensitive=True),
+        Category("genetic", "genetic data", special="genetic data", ccpa_sensitive=True, health=True),
+        Category(
+            "health",
+            "health data (diagnoses, medications, procedures, lab results)",
+            special="data concerning health",
+            ccpa_sensitive=True,
+            health=True,
+        ),
+        Category(
+            "sexual_orientation",
+            "sex life or sexual orientation",
+            special="sex life or sexual orientation",
+            ccpa_sensitive=True,
+        ),
+        Category("gender", "sex / gender"),
+        Category("financial", "income, balance or other financial situation"),
+        Category("nationality", "nationality or citizenship"),
+    ]
+}
 
 # Column-name patterns, matched against the lower-cased name with separators normalised to "_".
 _NAME_PATTERNS: list[tuple[str, str]] = [
@@ -104,7 +127,10 @@ _NAME_PATTERNS: list[tuple[str, str]] = [
     ("geolocation", r"(^|_)lat(itude)?(_|$)|(^|_)lon(g|gitude)?(_|$)|geoloc|gps"),
     ("address", r"address|street|(^|_)city(_|$)|county|(^|_)addr(_|$)"),
     ("medical_record_number", r"(^|_)mrn(_|$)|medical_?record|chart_?(no|num|number|id)"),
-    ("health_plan_number", r"health_?plan|insurance_?(id|no|num|number)|member_?id|beneficiary|medicaid|medicare_?(id|no|number)"),
+    (
+        "health_plan_number",
+        r"health_?plan|insurance_?(id|no|num|number)|member_?id|beneficiary|medicaid|medicare_?(id|no|number)",
+    ),
     ("account_number", r"account_?(no|num|number|id)|(^|_)iban(_|$)|card_?(no|num|number)|credit_?card|(^|_)pan(_|$)"),
     ("license_number", r"licen[cs]e_?(no|num|number|id)|passport|drivers?_?licen"),
     ("vehicle_id", r"(^|_)vin(_|$)|licen[cs]e_?plate|vehicle_?id"),
@@ -113,16 +139,25 @@ _NAME_PATTERNS: list[tuple[str, str]] = [
     ("ip_address", r"(^|_)ip(_?addr(ess)?)?(_|$)|ipv[46]"),
     ("biometric", r"fingerprint|voice_?print|retina|iris_?scan|biometric|face_?(embedding|template)"),
     ("photo", r"photo|face_?image|portrait|selfie"),
-    ("name", r"(^|_)(first|last|full|given|family|middle|sur|maiden|patient|customer|client|user)_?name(_|$)|^(full_?)?name$|surname"),
-    ("unique_id", r"(patient|customer|client|user|member|person|employee|applicant|subject)_?(id|no|num|number|key)(_|$)"),
+    (
+        "name",
+        r"(^|_)(first|last|full|given|family|middle|sur|maiden|patient|customer|client|user)_?name(_|$)|^(full_?)?name$|surname",
+    ),
+    (
+        "unique_id",
+        r"(patient|customer|client|user|member|person|employee|applicant|subject)_?(id|no|num|number|key)(_|$)",
+    ),
     ("race_ethnicity", r"(^|_)race(_|$)|ethnic"),
     ("religion", r"religio|(^|_)faith(_|$)|belief"),
     ("political", r"politic|party_?affil"),
     ("trade_union", r"union_?member|trade_?union"),
     ("genetic", r"genetic|genotype|(^|_)dna(_|$)|(^|_)snp"),
-    ("health", r"diagnos|(^|_)icd(_?\d+)?(_|$)|(^|_)dx(_|$)|medication|prescri|procedure|(^|_)cpt(_|$)|(^|_)lab_|"
-               r"disab|pregnan|(^|_)hiv(_|$)|blood_?pressure|comorbid|(medical|chronic|health)_?condition|symptom|clinical|charlson|(^|_)bmi(_|$)|"
-               r"length_?of_?stay|readmi|num_?lab_?procedures|num_?medications"),
+    (
+        "health",
+        r"diagnos|(^|_)icd(_?\d+)?(_|$)|(^|_)dx(_|$)|medication|prescri|procedure|(^|_)cpt(_|$)|(^|_)lab_|"
+        r"disab|pregnan|(^|_)hiv(_|$)|blood_?pressure|comorbid|(medical|chronic|health)_?condition|symptom|clinical|charlson|(^|_)bmi(_|$)|"
+        r"length_?of_?stay|readmi|num_?lab_?procedures|num_?medications",
+    ),
     ("sexual_orientation", r"sexual|orientation"),
     ("gender", r"(^|_)(sex|gender)(_|$)"),
     ("financial", r"income|salary|(^|_)wage|balance|(^|_)debt|net_?worth"),
@@ -135,11 +170,21 @@ _VALUE_PATTERNS: list[tuple[str, re.Pattern]] = [
     ("email", re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")),
     ("ssn", re.compile(r"(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}")),
     ("phone", re.compile(r"(\+?1[ .\-]?)?\(?\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}|\+[1-9]\d{7,14}")),
-    ("date", re.compile(r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])([T ][0-9:.]+Z?)?|"
-                        r"(0?[1-9]|1[0-2])/(0?[1-9]|[12]\d|3[01])/(19|20)\d\d")),
+    (
+        "date",
+        re.compile(
+            r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])([T ][0-9:.]+Z?)?|"
+            r"(0?[1-9]|1[0-2])/(0?[1-9]|[12]\d|3[01])/(19|20)\d\d"
+        ),
+    ),
     ("zip", re.compile(r"\d{5}(-\d{4})?")),
-    ("ip_address", re.compile(r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)|"
-                              r"[0-9a-fA-F]{1,4}(:[0-9a-fA-F]{0,4}){2,7}")),
+    (
+        "ip_address",
+        re.compile(
+            r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)|"
+            r"[0-9a-fA-F]{1,4}(:[0-9a-fA-F]{0,4}){2,7}"
+        ),
+    ),
     ("url", re.compile(r"https?://[^\s]+|www\.[^\s]+")),
     ("vehicle_id", re.compile(r"[A-HJ-NPR-Z0-9]{17}")),
     ("account_number", re.compile(r"\d{4}[ \-]?\d{4}[ \-]?\d{4}[ \-]?\d{1,7}")),
@@ -175,9 +220,16 @@ class ColumnFinding:
         return any(CATEGORIES[c].health for c in self.categories)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"column": self.column, "categories": list(self.categories), "evidence": list(self.evidence),
-                "direct_identifier": self.direct_identifier, "safe_harbor": list(self.safe_harbor),
-                "special_category": list(self.special), "ccpa_sensitive": self.ccpa_sensitive, "health": self.health}
+        return {
+            "column": self.column,
+            "categories": list(self.categories),
+            "evidence": list(self.evidence),
+            "direct_identifier": self.direct_identifier,
+            "safe_harbor": list(self.safe_harbor),
+            "special_category": list(self.special),
+            "ccpa_sensitive": self.ccpa_sensitive,
+            "health": self.health,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +277,12 @@ class DataScan:
         return bool(self.health) and bool(self.safe_harbor)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "findings": [f.to_dict() for f in self.findings],
-                "safe_harbor": self.safe_harbor, "phi": self.phi}
+        return {
+            "columns": list(self.columns),
+            "findings": [f.to_dict() for f in self.findings],
+            "safe_harbor": self.safe_harbor,
+            "phi": self.phi,
+        }
 
 
 def normalise_name(name: str) -> str:
@@ -261,8 +317,12 @@ def classify_values(values: Iterable[Any], min_match_fraction: float = 0.8) -> l
     return out
 
 
-def scan(schema: Sequence[Any] | Mapping[str, Any], sample: Mapping[str, Sequence[Any]] | None = None, *,
-         min_match_fraction: float = 0.8) -> DataScan:
+def scan(
+    schema: Sequence[Any] | Mapping[str, Any],
+    sample: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    min_match_fraction: float = 0.8,
+) -> DataScan:
     """Scan a schema (and optional sample values per column) for personal data.
 
     Args:
@@ -290,11 +350,16 @@ def scan(schema: Sequence[Any] | Mapping[str, Any], sample: Mapping[str, Sequenc
                     evidence.append(f"schema declares {name!r} as {CATEGORIES[cat].description}")
         by_value: list[tuple[str, str]] = []
         if name in sample:
-            by_value = [(cat, f"{m}/{t} sample values of {name!r} look like {CATEGORIES[cat].description}")
-                        for cat, m, t in classify_values(sample[name], min_match_fraction)]
+            by_value = [
+                (cat, f"{m}/{t} sample values of {name!r} look like {CATEGORIES[cat].description}")
+                for cat, m, t in classify_values(sample[name], min_match_fraction)
+            ]
         elif col.get("detected"):  # value scan recorded when the model card was loaded
-            by_value = [(cat, f"sample values of {name!r} looked like {CATEGORIES[cat].description} when the card was loaded")
-                        for cat in col["detected"] if cat in CATEGORIES]
+            by_value = [
+                (cat, f"sample values of {name!r} looked like {CATEGORIES[cat].description} when the card was loaded")
+                for cat in col["detected"]
+                if cat in CATEGORIES
+            ]
         for cat, why in by_value:
             # A bare 5-digit number is a ZIP code only if nothing says it is something else.
             if cat == "zip" and cats and "zip" not in cats:

@@ -53,7 +53,11 @@ class _Driver(asyncio.BufferedProtocol):
     def send(self) -> None:
         run = self.run
         now = run.clock()
-        if now >= run.stop_at or (run.max_requests is not None and run.issued >= run.max_requests) or self.transport is None:
+        if (
+            now >= run.stop_at
+            or (run.max_requests is not None and run.issued >= run.max_requests)
+            or self.transport is None
+        ):
             self._maybe_done()
             return
         run.issued += 1

@@ -64,8 +64,10 @@ def fetch_model_metadata(host: str, port: int, model: str, version: str | None =
     return json.loads(body)
 
 
-_DESCRIPTION = ("Load-test a server: KServe v2 / Triton HTTP (http://HOST:PORT) or the fastml binary protocol "
-                "(tcp://HOST:PORT or unix:/PATH).")
+_DESCRIPTION = (
+    "Load-test a server: KServe v2 / Triton HTTP (http://HOST:PORT) or the fastml binary protocol "
+    "(tcp://HOST:PORT or unix:/PATH)."
+)
 
 
 def is_binary_url(url: str) -> bool:
@@ -75,7 +77,9 @@ def is_binary_url(url: str) -> bool:
 
 def add_parser(subparsers) -> None:
     """Register ``fastml loadtest``."""
-    p = subparsers.add_parser("loadtest", help="load-test a server (HTTP or the fastml binary protocol)", description=_DESCRIPTION)
+    p = subparsers.add_parser(
+        "loadtest", help="load-test a server (HTTP or the fastml binary protocol)", description=_DESCRIPTION
+    )
     _add_arguments(p)
     p.set_defaults(handler=_run)
 
@@ -90,8 +94,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="server: http://127.0.0.1:8000, tcp://127.0.0.1:8001 or unix:/path/to/socket")
     p.add_argument("-m", "--model", required=True, help="model name")
     p.add_argument("--model-version", default=None, help="model version: digits or a registry version like 1.0.0")
-    p.add_argument("--mode", choices=("closed", "open"), default="closed",
-                   help="closed: fixed concurrency; open: fixed arrival rate (default closed)")
+    p.add_argument(
+        "--mode",
+        choices=("closed", "open"),
+        default="closed",
+        help="closed: fixed concurrency; open: fixed arrival rate (default closed)",
+    )
     p.add_argument("-c", "--concurrency", type=int, default=1, help="closed loop: requests in flight (default 1)")
     p.add_argument("--rate", type=float, default=None, help="open loop: requests per second")
     p.add_argument("--max-connections", type=int, default=512, help="open loop: connection cap (default 512)")
@@ -100,21 +108,42 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-s", type=float, default=0.0, help="uncounted warm-up period (default 0)")
     p.add_argument("--timeout-s", type=float, default=10.0, help="per-request timeout (default 10)")
     p.add_argument("-b", "--batch-size", type=int, default=1, help="rows per request for generated inputs (default 1)")
-    p.add_argument("--input-npy", action="append", default=[], metavar="NAME=PATH",
-                   help="send this .npy as input NAME instead of random data from the model metadata (repeatable)")
-    p.add_argument("--output", action="append", default=None, metavar="NAME",
-                   help="request only this output (repeatable; default all outputs)")
+    p.add_argument(
+        "--input-npy",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="send this .npy as input NAME instead of random data from the model metadata (repeatable)",
+    )
+    p.add_argument(
+        "--output",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="request only this output (repeatable; default all outputs)",
+    )
     p.add_argument("--json-outputs", action="store_true", help="ask for JSON outputs instead of binary")
     p.add_argument("--validate", action="store_true", help="decode every 2xx body; failures count as bad_response")
     p.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
-    p.add_argument("--save-body", metavar="PATH",
-                   help="also write the request body to PATH (for wrk); prints its JSON header length")
+    p.add_argument(
+        "--save-body",
+        metavar="PATH",
+        help="also write the request body to PATH (for wrk); prints its JSON header length",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--connections", type=int, default=1,
-                   help="binary protocol: connections the --concurrency requests are pipelined over (default 1)")
-    p.add_argument("--metadata-url", default=None, metavar="URL",
-                   help="binary protocol: the server's HTTP endpoint to read model metadata from for generated inputs "
-                   "(else give --input-npy)")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="binary protocol: connections the --concurrency requests are pipelined over (default 1)",
+    )
+    p.add_argument(
+        "--metadata-url",
+        default=None,
+        metavar="URL",
+        help="binary protocol: the server's HTTP endpoint to read model metadata from for generated inputs "
+        "(else give --input-npy)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +168,9 @@ def _run(args: argparse.Namespace) -> int:
     binary = is_binary_url(args.url)
     if binary:
         if args.metadata_url is None and not args.input_npy:
-            raise InvalidInput("the binary protocol has no metadata call: give --input-npy NAME=PATH or --metadata-url http://...")
+            raise InvalidInput(
+                "the binary protocol has no metadata call: give --input-npy NAME=PATH or --metadata-url http://..."
+            )
         host, port = parse_url(args.metadata_url) if args.metadata_url else (None, None)
     else:
         host, port = parse_url(args.url)
@@ -158,16 +189,30 @@ def _run(args: argparse.Namespace) -> int:
         inputs = random_inputs(meta, batch_size=args.batch_size, seed=args.seed)
     if binary:
         return _run_binary(args, inputs)
-    request = build_infer_request(args.model, inputs, outputs=args.output, version=args.model_version,
-                                  host=f"{host}:{port}", binary_output=not args.json_outputs)
+    request = build_infer_request(
+        args.model,
+        inputs,
+        outputs=args.output,
+        version=args.model_version,
+        host=f"{host}:{port}",
+        binary_output=not args.json_outputs,
+    )
     if args.save_body:
         with open(args.save_body, "wb") as fh:
             fh.write(request.body)
-        print(f"wrote {len(request.body)} bytes to {args.save_body}; "
-              f"Inference-Header-Content-Length: {request.header_length}", file=sys.stderr)
+        print(
+            f"wrote {len(request.body)} bytes to {args.save_body}; "
+            f"Inference-Header-Content-Length: {request.header_length}",
+            file=sys.stderr,
+        )
     duration_s = args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
-    common = dict(max_requests=args.requests, duration_s=duration_s, timeout_s=args.timeout_s,
-                  warmup_s=args.warmup_s, validate=args.validate)
+    common = dict(
+        max_requests=args.requests,
+        duration_s=duration_s,
+        timeout_s=args.timeout_s,
+        warmup_s=args.warmup_s,
+        validate=args.validate,
+    )
     if args.mode == "closed":
         coro = run_closed_loop(host, port, request, concurrency=args.concurrency, **common)
     else:
@@ -189,12 +234,24 @@ def _run_binary(args: argparse.Namespace, inputs: dict) -> int:
 
     if args.mode != "closed":
         raise InvalidInput("the binary protocol driver runs closed loop only (--mode closed)")
-    address = args.url[len("tcp://"):] if args.url.startswith("tcp://") else args.url
+    address = args.url[len("tcp://") :] if args.url.startswith("tcp://") else args.url
     duration_s = args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
-    result = run(run_binary_closed_loop(
-        address, args.model, inputs, concurrency=args.concurrency, connections=args.connections,
-        version=args.model_version, outputs=args.output, max_requests=args.requests, duration_s=duration_s,
-        timeout_s=args.timeout_s, warmup_s=args.warmup_s, validate=args.validate))
+    result = run(
+        run_binary_closed_loop(
+            address,
+            args.model,
+            inputs,
+            concurrency=args.concurrency,
+            connections=args.connections,
+            version=args.model_version,
+            outputs=args.output,
+            max_requests=args.requests,
+            duration_s=duration_s,
+            timeout_s=args.timeout_s,
+            warmup_s=args.warmup_s,
+            validate=args.validate,
+        )
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

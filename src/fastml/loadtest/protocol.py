@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 from urllib.parse import quote
 
 import msgspec
@@ -91,7 +91,9 @@ def check_version(version) -> str:
     """``version`` as text if it is digits or a semantic version; else InvalidInput."""
     text = str(version)
     if not _VERSION.match(text):
-        raise InvalidInput(f"model version must be digits (Triton) or a semantic version like 1.0.0 (registry); got {version!r}")
+        raise InvalidInput(
+            f"model version must be digits (Triton) or a semantic version like 1.0.0 (registry); got {version!r}"
+        )
     return text
 
 
@@ -149,9 +151,7 @@ def build_infer_request(
         if binary_output:
             header["parameters"] = {"binary_data_output": True}
     else:
-        header["outputs"] = [
-            {"name": name, "parameters": {"binary_data": bool(binary_output)}} for name in outputs
-        ]
+        header["outputs"] = [{"name": name, "parameters": {"binary_data": bool(binary_output)}} for name in outputs]
     header_json = _json_encoder.encode(header)
     body = header_json + b"".join(blobs)
     path = f"/v2/models/{model}" + (f"/versions/{quote(version, safe='')}" if version is not None else "") + "/infer"

@@ -150,8 +150,10 @@ class LoadResult:
         ]
         if self.mode == "open":
             lag = percentiles_us(self.send_lag_us)
-            lines.append(f"late starts (no free connection): {self.late_starts}; send lag after due time: "
-                         f"p50 {_fmt_us(lag['p50'])}, p99 {_fmt_us(lag['p99'])}")
+            lines.append(
+                f"late starts (no free connection): {self.late_starts}; send lag after due time: "
+                f"p50 {_fmt_us(lag['p50'])}, p99 {_fmt_us(lag['p99'])}"
+            )
         for kind, text in sorted(self.error_samples.items()):
             lines.append(f"first {kind}: {text}")
         return "\n".join(lines)

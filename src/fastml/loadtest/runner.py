@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Callable, Coroutine, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TypeVar
 
 import numpy as np
 
@@ -182,7 +183,7 @@ async def run_closed_loop(
                 if conn is None or conn.closed:
                     try:
                         conn = await asyncio.wait_for(open_connection(host, port, keep_body=keep_body), timeout_s)
-                    except (OSError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, OSError) as exc:
                         conn = None
                         recorder.error(started, clock(), CONNECT_ERROR, exc)
                         continue

@@ -24,8 +24,9 @@ import logging
 import math
 import operator
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from fastml.errors import InvalidInput
 
@@ -156,8 +157,18 @@ class AlertManager:
         return events
 
     def _event(self, rule: AlertRule, status: str, value: float, st: _State, now: float) -> AlertEvent:
-        return AlertEvent(rule.name, status, rule.severity, rule.metric, float(value), float(rule.threshold),
-                          rule.comparison, st.started_at, now, dict(rule.labels))
+        return AlertEvent(
+            rule.name,
+            status,
+            rule.severity,
+            rule.metric,
+            float(value),
+            float(rule.threshold),
+            rule.comparison,
+            st.started_at,
+            now,
+            dict(rule.labels),
+        )
 
 
 class LogSink:
@@ -170,8 +181,16 @@ class LogSink:
 
     def send(self, event: AlertEvent) -> None:
         level = logging.WARNING if event.status == "firing" and event.severity != "info" else logging.INFO
-        self.logger.log(level, "alert %s %s: %s=%s (%s %s)", event.rule, event.status, event.metric, event.value,
-                        event.comparison, event.threshold)
+        self.logger.log(
+            level,
+            "alert %s %s: %s=%s (%s %s)",
+            event.rule,
+            event.status,
+            event.metric,
+            event.value,
+            event.comparison,
+            event.threshold,
+        )
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:
@@ -184,8 +203,14 @@ def sign(secret: str | bytes, body: bytes, timestamp: str) -> str:
     return "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str | bytes, body: bytes, timestamp: str, signature: str,
-                     max_age_s: float | None = 300.0, now: float | None = None) -> bool:
+def verify_signature(
+    secret: str | bytes,
+    body: bytes,
+    timestamp: str,
+    signature: str,
+    max_age_s: float | None = 300.0,
+    now: float | None = None,
+) -> bool:
     """Check a webhook delivery's signature (constant-time) and, if ``max_age_s``, its freshness."""
     if max_age_s is not None:
         try:
@@ -218,9 +243,17 @@ class WebhookSink:
 
         body = json.dumps(event.to_dict(), sort_keys=True).encode()
         ts = f"{time.time():.3f}"
-        req = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "X-FastML-Timestamp": ts,
-            "X-FastML-Signature": sign(self.secret, body, ts), "User-Agent": "fastml-alerts"})
+        req = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "X-FastML-Timestamp": ts,
+                "X-FastML-Signature": sign(self.secret, body, ts),
+                "User-Agent": "fastml-alerts",
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 ok = 200 <= resp.status < 300
@@ -248,10 +281,15 @@ class PrometheusSink:
 
         registry = REGISTRY if registry is None else registry
         self.model = model
-        self.alert_firing = Gauge(f"{prefix}_alert_firing", "1 while the alert rule fires, else 0",
-                                  ["model", "rule", "severity"], registry=registry)
-        self.metric = Gauge(f"{prefix}_metric", "Last evaluated monitoring metric value", ["model", "metric"],
-                            registry=registry)
+        self.alert_firing = Gauge(
+            f"{prefix}_alert_firing",
+            "1 while the alert rule fires, else 0",
+            ["model", "rule", "severity"],
+            registry=registry,
+        )
+        self.metric = Gauge(
+            f"{prefix}_metric", "Last evaluated monitoring metric value", ["model", "metric"], registry=registry
+        )
 
     def observe(self, metrics: Mapping[str, float | None]) -> None:
         for k, v in metrics.items():
@@ -260,4 +298,5 @@ class PrometheusSink:
 
     def send(self, event: AlertEvent) -> None:
         self.alert_firing.labels(model=self.model, rule=event.rule, severity=event.severity).set(
-            1 if event.status == "firing" else 0)
+            1 if event.status == "firing" else 0
+        )

@@ -23,8 +23,11 @@ def add_parser(subparsers) -> None:
     d.add_argument("--reference", required=True, help="reference table (CSV, Parquet, .npy) or saved profile (.arrow)")
     d.add_argument("--current", required=True, help="current table (CSV, Parquet, .npy)")
     d.add_argument("--columns", help="comma-separated columns to check (default: all reference columns)")
-    d.add_argument("--method", help="one drift method for every column (ks, chisquare, chi2_contingency, z, psi, "
-                                    "wasserstein, jensenshannon); default Evidently's choice per column")
+    d.add_argument(
+        "--method",
+        help="one drift method for every column (ks, chisquare, chi2_contingency, z, psi, "
+        "wasserstein, jensenshannon); default Evidently's choice per column",
+    )
     d.add_argument("--threshold", type=float, help="one threshold for every column (default per method)")
     d.add_argument("--drift-share", type=float, default=0.5, help="share of drifted columns that makes dataset drift")
     d.add_argument("--all-statistics", action="store_true", help="also compute every applicable statistic")
@@ -99,16 +102,27 @@ def _drift(args: argparse.Namespace) -> int:
     from fastml.monitoring.drift import detect_drift
 
     cols = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    rep = detect_drift(_reference(args.reference), read_table(args.current), columns=cols, methods=args.method,
-                       thresholds=args.threshold, drift_share=args.drift_share, all_statistics=args.all_statistics)
+    rep = detect_drift(
+        _reference(args.reference),
+        read_table(args.current),
+        columns=cols,
+        methods=args.method,
+        thresholds=args.threshold,
+        drift_share=args.drift_share,
+        all_statistics=args.all_statistics,
+    )
     if args.json:
         print(json.dumps(rep.to_dict(), indent=1))
     else:
         print(f"{'column':<24} {'kind':<12} {'method':<17} {'score':>12} {'threshold':>10}  drifted")
         for c in rep.columns:
-            print(f"{c.column:<24} {c.kind:<12} {c.method:<17} {c.score:>12.6g} {c.threshold:>10g}  {'yes' if c.drifted else 'no'}")
-        print(f"dataset drift: {'yes' if rep.dataset_drift else 'no'} "
-              f"({rep.number_drifted}/{len(rep.columns)} columns, share {rep.share_drifted:.2f} vs {rep.drift_share:g})")
+            print(
+                f"{c.column:<24} {c.kind:<12} {c.method:<17} {c.score:>12.6g} {c.threshold:>10g}  {'yes' if c.drifted else 'no'}"
+            )
+        print(
+            f"dataset drift: {'yes' if rep.dataset_drift else 'no'} "
+            f"({rep.number_drifted}/{len(rep.columns)} columns, share {rep.share_drifted:.2f} vs {rep.drift_share:g})"
+        )
     return 1 if args.fail_on_drift and rep.dataset_drift else 0
 
 
@@ -129,19 +143,28 @@ def _report(args: argparse.Namespace) -> int:
         table = read_log(args.log_dir, model=args.model, version=args.version)
         if table.num_rows == 0:
             raise InvalidInput(f"no logged predictions for model {args.model!r}")
-        ref_names = list(reference.columns) if hasattr(reference, "columns") and isinstance(reference.columns, dict) else list(reference)
+        ref_names = (
+            list(reference.columns)
+            if hasattr(reference, "columns") and isinstance(reference.columns, dict)
+            else list(reference)
+        )
         current = tensor_columns(table, args.tensor)
         if len(current) == len(ref_names) and set(current) != set(ref_names):
             current = dict(zip(ref_names, current.values()))  # logged tensor positions map onto reference columns
         windows = windows_from_log(table, window_s=args.window_s)
     else:
         current = read_table(args.current)
-    out = Path(args.out) if args.out else get_settings().home / "reports" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = (
+        Path(args.out) if args.out else get_settings().home / "reports" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    )
     html_path, json_path = write_report(out, reference, current, windows=windows, title=args.title)
     data = json.loads(json_path.read_text())
-    summary = {"html": str(html_path), "json": str(json_path),
-               "dataset_drift": data["drift"]["dataset_drift"] if data["drift"] else None,
-               "share_drifted": data["drift"]["share_drifted"] if data["drift"] else None}
+    summary = {
+        "html": str(html_path),
+        "json": str(json_path),
+        "dataset_drift": data["drift"]["dataset_drift"] if data["drift"] else None,
+        "share_drifted": data["drift"]["share_drifted"] if data["drift"] else None,
+    }
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
@@ -177,7 +200,9 @@ def _explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"explained output: {res.output} ({res.algorithm} SHAP, base value {res.base_value:.6g}, {rows.shape[0]} rows)")
+    print(
+        f"explained output: {res.output} ({res.algorithm} SHAP, base value {res.base_value:.6g}, {rows.shape[0]} rows)"
+    )
     print("global importance (mean |SHAP|):")
     for name, v in list(res.global_importance().items())[: args.top]:
         print(f"  {name:<24} {v:.6g}")

@@ -23,7 +23,7 @@ so performance drift is detected as soon as labels arrive.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class _Detector:
     drift_detected: bool = False
     warning_detected: bool = False
 
-    def update(self, x: float) -> "_Detector":  # pragma: no cover - abstract
+    def update(self, x: float) -> _Detector:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def detect(self, values: Iterable[float]) -> list[int]:
@@ -97,7 +97,7 @@ class DDM(_Detector):
         self._s_min = None
         self._ps_min = math.inf
 
-    def update(self, x: float) -> "DDM":
+    def update(self, x: float) -> DDM:
         if self.drift_detected:
             self._reset()
         self._p.update(x)
@@ -137,7 +137,7 @@ class EDDM(_Detector):
         self._n_errors = 0
         self._p2s_max = -1.0
 
-    def update(self, x: float) -> "EDDM":
+    def update(self, x: float) -> EDDM:
         if self.drift_detected:
             self._reset()
         self._n += 1
@@ -171,11 +171,23 @@ class PageHinkley(_Detector):
         mode: ``"up"``, ``"down"`` or ``"both"`` (default) directions of change.
     """
 
-    def __init__(self, min_instances: int = 30, delta: float = 0.005, threshold: float = 50.0,
-                 alpha: float = 1 - 0.0001, mode: str = "both"):
+    def __init__(
+        self,
+        min_instances: int = 30,
+        delta: float = 0.005,
+        threshold: float = 50.0,
+        alpha: float = 1 - 0.0001,
+        mode: str = "both",
+    ):
         if mode not in ("up", "down", "both"):
             raise InvalidInput(f"PageHinkley: mode must be 'up', 'down' or 'both', got {mode!r}")
-        self.min_instances, self.delta, self.threshold, self.alpha, self.mode = min_instances, delta, threshold, alpha, mode
+        self.min_instances, self.delta, self.threshold, self.alpha, self.mode = (
+            min_instances,
+            delta,
+            threshold,
+            alpha,
+            mode,
+        )
         self._reset()
 
     def _reset(self) -> None:
@@ -186,7 +198,7 @@ class PageHinkley(_Detector):
         self._min_inc = math.inf
         self._max_dec = -1.0
 
-    def update(self, x: float) -> "PageHinkley":
+    def update(self, x: float) -> PageHinkley:
         if self.drift_detected:
             self._reset()
         self._mean.update(x)
@@ -226,8 +238,14 @@ class ADWIN(_Detector):
         width: values in the current window; ``estimation``: their mean; ``n_detections``.
     """
 
-    def __init__(self, delta: float = 0.002, clock: int = 32, max_buckets: int = 5, min_window_length: int = 5,
-                 grace_period: int = 10):
+    def __init__(
+        self,
+        delta: float = 0.002,
+        clock: int = 32,
+        max_buckets: int = 5,
+        min_window_length: int = 5,
+        grace_period: int = 10,
+    ):
         self.delta, self.clock, self.max_buckets = delta, clock, max_buckets
         self.min_window_length, self.grace_period = min_window_length, grace_period
         self.n_detections = 0
@@ -245,7 +263,7 @@ class ADWIN(_Detector):
     def estimation(self) -> float:
         return self.total / self.width if self.width else 0.0
 
-    def update(self, x: float) -> "ADWIN":
+    def update(self, x: float) -> ADWIN:
         if self.drift_detected:
             self._reset()
         self._insert(x)
@@ -273,7 +291,7 @@ class ADWIN(_Detector):
                 break
             if level + 1 == len(self._rows):
                 self._rows.append(_Row())
-            size = 2.0 ** level
+            size = 2.0**level
             t0, t1 = row.totals[0], row.totals[1]
             mu0, mu1 = t0 / size, t1 / size
             merged_var = row.variances[0] + row.variances[1] + size * size * (mu0 - mu1) ** 2 / (2 * size)
@@ -288,7 +306,7 @@ class ADWIN(_Detector):
     def _delete_oldest(self) -> float:
         level = len(self._rows) - 1
         row = self._rows[level]
-        size = 2.0 ** level
+        size = 2.0**level
         total, var = row.totals[0], row.variances[0]
         self.width -= size
         self.total -= total
@@ -302,8 +320,9 @@ class ADWIN(_Detector):
     def _cut_differs(self, n0: float, n1: float, delta_mean: float) -> bool:
         delta_prime = math.log(2 * math.log(self.width) / self.delta)
         m_recip = 1.0 / (n0 - self.min_window_length + 1) + 1.0 / (n1 - self.min_window_length + 1)
-        epsilon = (math.sqrt(2 * m_recip * (self.variance / self.width) * delta_prime)
-                   + 2.0 / 3.0 * delta_prime * m_recip)
+        epsilon = (
+            math.sqrt(2 * m_recip * (self.variance / self.width) * delta_prime) + 2.0 / 3.0 * delta_prime * m_recip
+        )
         return abs(delta_mean) > epsilon
 
     def _detect(self) -> bool:
@@ -321,7 +340,7 @@ class ADWIN(_Detector):
                 if stop:
                     break
                 row = self._rows[level]
-                size = 2.0 ** level
+                size = 2.0**level
                 for k in range(len(row.totals)):
                     n0 += size
                     n1 -= size
@@ -330,8 +349,11 @@ class ADWIN(_Detector):
                     if level == 0 and k == len(row.totals) - 1:
                         stop = True
                         break
-                    if (n1 >= self.min_window_length and n0 >= self.min_window_length
-                            and self._cut_differs(n0, n1, u0 / n0 - u1 / n1)):
+                    if (
+                        n1 >= self.min_window_length
+                        and n0 >= self.min_window_length
+                        and self._cut_differs(n0, n1, u0 / n0 - u1 / n1)
+                    ):
                         reduce = detected = True
                         if self.width > 0:
                             self._delete_oldest()
@@ -357,8 +379,9 @@ def error_stream(table, *, prediction: str = "output.label", label: str = "label
     return (p[have] != y[have]).astype(np.int8)
 
 
-def performance_drift(table, detector: _Detector | None = None, *, prediction: str = "output.label",
-                      label: str = "label") -> list[dict]:
+def performance_drift(
+    table, detector: _Detector | None = None, *, prediction: str = "output.label", label: str = "label"
+) -> list[dict]:
     """Run a detector (default :class:`DDM`) over the error stream of a labelled prediction log.
 
     Returns:
@@ -372,5 +395,7 @@ def performance_drift(table, detector: _Detector | None = None, *, prediction: s
     labelled = np.flatnonzero(~np.isnan(y))
     ts = pc.cast(table["timestamp"], "int64").to_numpy()
     ids = table["request_id"]
-    return [{"index": i, "timestamp_us": int(ts[labelled[i]]), "request_id": ids[int(labelled[i])].as_py()}
-            for i in detector.detect(errors)]
+    return [
+        {"index": i, "timestamp_us": int(ts[labelled[i]]), "request_id": ids[int(labelled[i])].as_py()}
+        for i in detector.detect(errors)
+    ]

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -60,8 +61,15 @@ from fastml.monitoring.profile import (
 P_VALUE_METHODS = ("ks", "chisquare", "chi2_contingency", "z")
 DISTANCE_METHODS = ("psi", "wasserstein", "jensenshannon")
 METHODS = P_VALUE_METHODS + DISTANCE_METHODS
-DEFAULT_THRESHOLDS = {"ks": 0.05, "chisquare": 0.05, "chi2_contingency": 0.05, "z": 0.05,
-                      "psi": 0.1, "wasserstein": 0.1, "jensenshannon": 0.1}
+DEFAULT_THRESHOLDS = {
+    "ks": 0.05,
+    "chisquare": 0.05,
+    "chi2_contingency": 0.05,
+    "z": 0.05,
+    "psi": 0.1,
+    "wasserstein": 0.1,
+    "jensenshannon": 0.1,
+}
 NUMERIC_ONLY = ("ks", "wasserstein")
 
 # scipy's ks_2samp 'auto' mode is exact up to this many values per sample.
@@ -72,8 +80,13 @@ _KS_MAX_AUTO_N = 10000
 class _NumericPair:
     """Reference and current values of one numeric column, with lazily derived sorted structures."""
 
-    def __init__(self, ref_sorted: np.ndarray, cur_sorted: np.ndarray, ref_std: float | None = None,
-                 ref_unique: int | None = None):
+    def __init__(
+        self,
+        ref_sorted: np.ndarray,
+        cur_sorted: np.ndarray,
+        ref_std: float | None = None,
+        ref_unique: int | None = None,
+    ):
         if ref_sorted.size == 0 or cur_sorted.size == 0:
             raise InvalidInput("drift needs at least one finite value on each side")
         self.ref = ref_sorted
@@ -145,11 +158,13 @@ class _NumericPair:
         """Evidently's bins as shares of each side (before any zero filling)."""
         if self.ref_unique > 20:
             edges = sturges_edges(float(self.merged[0]), float(self.merged[-1]), self.merged.size)
-            return (_sorted_histogram(self.ref, edges) / self.ref.size,
-                    _sorted_histogram(self.cur, edges) / self.cur.size)
+            return (
+                _sorted_histogram(self.ref, edges) / self.ref.size,
+                _sorted_histogram(self.cur, edges) / self.cur.size,
+            )
         return self.as_categories().shares()
 
-    def as_categories(self) -> "_CategoricalPair":
+    def as_categories(self) -> _CategoricalPair:
         ku, kc = np.unique(self.ref, return_counts=True)
         cu, cc = np.unique(self.cur, return_counts=True)
         keys = np.union1d(ku, cu)
@@ -171,7 +186,7 @@ class _CategoricalPair:
             raise InvalidInput("drift needs at least one non-missing value on each side")
 
     @classmethod
-    def from_values(cls, ref_keys: np.ndarray, ref_counts: np.ndarray, cur_values: np.ndarray) -> "_CategoricalPair":
+    def from_values(cls, ref_keys: np.ndarray, ref_counts: np.ndarray, cur_values: np.ndarray) -> _CategoricalPair:
         cu, cc = np.unique(cur_values, return_counts=True)
         keys = np.union1d(ref_keys, cu)
         rc = np.zeros(keys.size, np.int64)
@@ -407,9 +422,14 @@ class DriftReport:
         raise KeyError(column)
 
     def to_dict(self) -> dict:
-        return {"dataset_drift": self.dataset_drift, "share_drifted": self.share_drifted,
-                "number_drifted": self.number_drifted, "number_of_columns": len(self.columns),
-                "drift_share": self.drift_share, "columns": [c.to_dict() for c in self.columns]}
+        return {
+            "dataset_drift": self.dataset_drift,
+            "share_drifted": self.share_drifted,
+            "number_drifted": self.number_drifted,
+            "number_of_columns": len(self.columns),
+            "drift_share": self.drift_share,
+            "columns": [c.to_dict() for c in self.columns],
+        }
 
 
 def _per_column(option, column: str):
@@ -454,11 +474,17 @@ def _is_drifted(method: str, score: float, threshold: float) -> bool:
     return bool(score >= threshold)
 
 
-def detect_drift(reference: Any, current: Any, *, columns: list[str] | None = None,
-                 methods: str | Mapping[str, str] | None = None,
-                 thresholds: float | Mapping[str, float] | None = None,
-                 drift_share: float = 0.5, kinds: Mapping[str, str] | None = None,
-                 all_statistics: bool = False) -> DriftReport:
+def detect_drift(
+    reference: Any,
+    current: Any,
+    *,
+    columns: list[str] | None = None,
+    methods: str | Mapping[str, str] | None = None,
+    thresholds: float | Mapping[str, float] | None = None,
+    drift_share: float = 0.5,
+    kinds: Mapping[str, str] | None = None,
+    all_statistics: bool = False,
+) -> DriftReport:
     """Compare ``current`` with ``reference`` column by column.
 
     Args:
@@ -488,7 +514,7 @@ def detect_drift(reference: Any, current: Any, *, columns: list[str] | None = No
     cur_cols = as_columns(current, name="current")
     if isinstance(reference, ReferenceProfile):
         profile = reference
-        names = columns or [c for c in profile.columns]
+        names = columns or list(profile.columns)
     else:
         ref_cols = as_columns(reference, name="reference")
         names = columns or list(ref_cols)
@@ -512,13 +538,17 @@ def detect_drift(reference: Any, current: Any, *, columns: list[str] | None = No
             from fastml.monitoring.profile import profile_column
 
             ref_prof = profile_column(name, ref_cols[name], (kinds or {}).get(name))
-        results.append(_column_drift(ref_prof, cur_cols[name], _per_column(methods, name),
-                                     _per_column(thresholds, name), all_statistics))
+        results.append(
+            _column_drift(
+                ref_prof, cur_cols[name], _per_column(methods, name), _per_column(thresholds, name), all_statistics
+            )
+        )
     return DriftReport(results, drift_share)
 
 
-def _column_drift(ref: ColumnProfile, current: np.ndarray, method: str | None, threshold: float | None,
-                  all_statistics: bool) -> ColumnDrift:
+def _column_drift(
+    ref: ColumnProfile, current: np.ndarray, method: str | None, threshold: float | None, all_statistics: bool
+) -> ColumnDrift:
     if ref.kind == NUMERIC:
         if current.dtype.kind not in "iufb":
             raise InvalidInput(f"column {ref.name!r} is numeric in the reference but {current.dtype} in current")
@@ -538,9 +568,22 @@ def _column_drift(ref: ColumnProfile, current: np.ndarray, method: str | None, t
     score, statistic = _score(pair, chosen, ref.kind, ref.name)
     stats: dict[str, float] = {}
     if all_statistics:
-        wanted = (("ks", "wasserstein", "psi", "jensenshannon") if ref.kind == NUMERIC
-                  else ("chisquare", "chi2_contingency", "z", "psi", "jensenshannon"))
+        wanted = (
+            ("ks", "wasserstein", "psi", "jensenshannon")
+            if ref.kind == NUMERIC
+            else ("chisquare", "chi2_contingency", "z", "psi", "jensenshannon")
+        )
         for m in wanted:
             stats[m] = score if m == chosen else _score(pair, m, ref.kind, ref.name)[0]
-    return ColumnDrift(ref.name, ref.kind, chosen, float(score), float(statistic), thr,
-                       _is_drifted(chosen, score, thr), int(n_ref), int(n_cur), stats)
+    return ColumnDrift(
+        ref.name,
+        ref.kind,
+        chosen,
+        float(score),
+        float(statistic),
+        thr,
+        _is_drifted(chosen, score, thr),
+        int(n_ref),
+        int(n_cur),
+        stats,
+    )

@@ -88,10 +88,16 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "metric": self.metric, "higher_is_better": self.higher_is_better,
-                "sequential": self.sequential.to_dict(), "fixed": self.fixed.to_dict(),
-                "min_sample_size": self.min_sample_size, "reached_sample_size": self.reached_sample_size,
-                "notes": list(self.notes)}
+        return {
+            "verdict": self.verdict,
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "sequential": self.sequential.to_dict(),
+            "fixed": self.fixed.to_dict(),
+            "min_sample_size": self.min_sample_size,
+            "reached_sample_size": self.reached_sample_size,
+            "notes": list(self.notes),
+        }
 
 
 @dataclass
@@ -149,15 +155,24 @@ def srm_check(counts: Mapping[str, int], weights: Mapping[str, float], alpha: fl
     total = obs.sum()
     expected = total * w / w.sum()
     if total == 0 or len(names) < 2:
-        return SrmResult({n: int(counts[n]) for n in names}, dict(zip(names, expected.tolist())), 0.0, 1.0, alpha, False)
+        return SrmResult(
+            {n: int(counts[n]) for n in names}, dict(zip(names, expected.tolist())), 0.0, 1.0, alpha, False
+        )
     chi2, p = stats.chisquare(obs, expected)
-    return SrmResult({n: int(counts[n]) for n in names}, dict(zip(names, expected.tolist())), float(chi2), float(p),
-                     alpha, bool(p < alpha))
+    return SrmResult(
+        {n: int(counts[n]) for n in names},
+        dict(zip(names, expected.tolist())),
+        float(chi2),
+        float(p),
+        alpha,
+        bool(p < alpha),
+    )
 
 
 # ----------------------------------------------------------------------------- fixed-horizon tests
-def two_proportion_ztest(x_a: int, n_a: int, x_b: int, n_b: int, alpha: float = 0.05,
-                         metric: str = "rate") -> TestResult:
+def two_proportion_ztest(
+    x_a: int, n_a: int, x_b: int, n_b: int, alpha: float = 0.05, metric: str = "rate"
+) -> TestResult:
     """Two-sided z-test of two rates (pooled variance for the test, unpooled for the Wald interval)."""
     if n_a <= 0 or n_b <= 0:
         raise InvalidInput("two_proportion_ztest: both arms need at least one observation")
@@ -184,15 +199,38 @@ def welch_ttest(a, b, alpha: float = 0.05, metric: str = "value") -> TestResult:
     se = math.sqrt(va + vb)
     effect = float(b.mean() - a.mean())
     if se == 0:
-        return TestResult(metric, "welch", a.size, b.size, float(a.mean()), float(b.mean()), effect,
-                          _rel(effect, float(a.mean())), 0.0 if effect == 0 else math.copysign(math.inf, effect),
-                          1.0 if effect == 0 else 0.0, effect, effect)
+        return TestResult(
+            metric,
+            "welch",
+            a.size,
+            b.size,
+            float(a.mean()),
+            float(b.mean()),
+            effect,
+            _rel(effect, float(a.mean())),
+            0.0 if effect == 0 else math.copysign(math.inf, effect),
+            1.0 if effect == 0 else 0.0,
+            effect,
+            effect,
+        )
     df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
     t = effect / se
     p = float(2 * stats.t.sf(abs(t), df))
     half = float(stats.t.ppf(1 - alpha / 2, df)) * se
-    return TestResult(metric, "welch", a.size, b.size, float(a.mean()), float(b.mean()), effect,
-                      _rel(effect, float(a.mean())), float(t), p, effect - half, effect + half)
+    return TestResult(
+        metric,
+        "welch",
+        a.size,
+        b.size,
+        float(a.mean()),
+        float(b.mean()),
+        effect,
+        _rel(effect, float(a.mean())),
+        float(t),
+        p,
+        effect - half,
+        effect + half,
+    )
 
 
 def mann_whitney_u(a, b, alpha: float = 0.05, metric: str = "value") -> TestResult:
@@ -223,12 +261,31 @@ def mann_whitney_u(a, b, alpha: float = 0.05, metric: str = "value") -> TestResu
     # The sampling sd of a median is ~ 1.2533 * sd / sqrt(n) for roughly normal data.
     se = 1.2533 * math.sqrt((a.var(ddof=1) / n_a if n_a > 1 else 0.0) + (b.var(ddof=1) / n_b if n_b > 1 else 0.0))
     half = float(stats.norm.ppf(1 - alpha / 2)) * se
-    return TestResult(metric, "mann_whitney", n_a, n_b, med_a, med_b, effect, _rel(effect, med_a), u_b, p,
-                      effect - half, effect + half)
+    return TestResult(
+        metric,
+        "mann_whitney",
+        n_a,
+        n_b,
+        med_a,
+        med_b,
+        effect,
+        _rel(effect, med_a),
+        u_b,
+        p,
+        effect - half,
+        effect + half,
+    )
 
 
-def min_sample_size(baseline: float, mde: float, *, alpha: float = 0.05, power: float = 0.8,
-                    kind: str = "proportion", sd: float | None = None) -> int:
+def min_sample_size(
+    baseline: float,
+    mde: float,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    kind: str = "proportion",
+    sd: float | None = None,
+) -> int:
     """Observations per arm a two-sided fixed-horizon test needs to detect an absolute effect ``mde``.
 
     Args:
@@ -279,8 +336,19 @@ def msprt_halfwidth(variance, tau2, alpha: float):
     return np.sqrt(2 * v * (v + tau2) / tau2 * (np.log(1 / alpha) + 0.5 * np.log((v + tau2) / v)))
 
 
-def msprt(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int, *, alpha: float = 0.05,
-          tau: float | None = None, metric: str = "value", previous_p: float = 1.0) -> TestResult:
+def msprt(
+    mean_a: float,
+    var_a: float,
+    n_a: int,
+    mean_b: float,
+    var_b: float,
+    n_b: int,
+    *,
+    alpha: float = 0.05,
+    tau: float | None = None,
+    metric: str = "value",
+    previous_p: float = 1.0,
+) -> TestResult:
     """One look of the always-valid two-sample test.
 
     Args:
@@ -302,18 +370,30 @@ def msprt(mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_
     tau2 = tau * tau
     effect = mean_b - mean_a
     if v <= 0:
-        return TestResult(metric, "msprt", n_a, n_b, mean_a, mean_b, effect, _rel(effect, mean_a), 1.0, previous_p,
-                          effect, effect)
+        return TestResult(
+            metric, "msprt", n_a, n_b, mean_a, mean_b, effect, _rel(effect, mean_a), 1.0, previous_p, effect, effect
+        )
     lam = float(msprt_lambda(effect, v, tau2))
     p = min(previous_p, 1.0 / lam if lam > 0 else 1.0, 1.0)
     half = float(msprt_halfwidth(v, tau2, alpha))
-    return TestResult(metric, "msprt", n_a, n_b, mean_a, mean_b, effect, _rel(effect, mean_a), lam, p,
-                      effect - half, effect + half)
+    return TestResult(
+        metric, "msprt", n_a, n_b, mean_a, mean_b, effect, _rel(effect, mean_a), lam, p, effect - half, effect + half
+    )
 
 
 # ------------------------------------------------------------------------------------------ verdict
-def compare(a, b, *, kind: str, metric: str, higher_is_better: bool, alpha: float = 0.05,
-            mde: float | None = None, tau: float | None = None, power: float = 0.8) -> Verdict:
+def compare(
+    a,
+    b,
+    *,
+    kind: str,
+    metric: str,
+    higher_is_better: bool,
+    alpha: float = 0.05,
+    mde: float | None = None,
+    tau: float | None = None,
+    power: float = 0.8,
+) -> Verdict:
     """Judge candidate ``b`` against baseline ``a`` on one metric.
 
     Args:
@@ -330,8 +410,9 @@ def compare(a, b, *, kind: str, metric: str, higher_is_better: bool, alpha: floa
     if a.size < 2 or b.size < 2:
         nan = float("nan")
         empty = TestResult(metric, "msprt", a.size, b.size, nan, nan, nan, nan, nan, 1.0, nan, nan)
-        return Verdict(INCONCLUSIVE, metric, higher_is_better, empty, empty, None, False,
-                       ["fewer than 2 observations in an arm"])
+        return Verdict(
+            INCONCLUSIVE, metric, higher_is_better, empty, empty, None, False, ["fewer than 2 observations in an arm"]
+        )
     if kind == "proportion":
         fixed = two_proportion_ztest(int(a.sum()), a.size, int(b.sum()), b.size, alpha, metric)
         var_a, var_b = fixed.mean_a * (1 - fixed.mean_a), fixed.mean_b * (1 - fixed.mean_b)
@@ -347,9 +428,14 @@ def compare(a, b, *, kind: str, metric: str, higher_is_better: bool, alpha: floa
     need = None
     if mde:
         try:
-            need = min_sample_size(float(a.mean()), mde, alpha=alpha, power=power,
-                                   kind="proportion" if kind == "proportion" else "mean",
-                                   sd=math.sqrt(max(var_a, 1e-24)))
+            need = min_sample_size(
+                float(a.mean()),
+                mde,
+                alpha=alpha,
+                power=power,
+                kind="proportion" if kind == "proportion" else "mean",
+                sd=math.sqrt(max(var_a, 1e-24)),
+            )
         except InvalidInput as exc:
             notes.append(f"no sample size: {exc}")
     reached = need is not None and min(a.size, b.size) >= need
@@ -394,10 +480,13 @@ class ExperimentReport:
     comparisons: dict[str, dict[str, Verdict]]  # candidate -> metric -> verdict
 
     def to_dict(self) -> dict:
-        return {"deployment": self.deployment, "baseline": self.baseline,
-                "variants": [v.to_dict() for v in self.variants],
-                "srm": self.srm.to_dict() if self.srm else None,
-                "comparisons": {c: {m: v.to_dict() for m, v in ms.items()} for c, ms in self.comparisons.items()}}
+        return {
+            "deployment": self.deployment,
+            "baseline": self.baseline,
+            "variants": [v.to_dict() for v in self.variants],
+            "srm": self.srm.to_dict() if self.srm else None,
+            "comparisons": {c: {m: v.to_dict() for m, v in ms.items()} for c, ms in self.comparisons.items()},
+        }
 
     def overall(self, candidate: str, primary: str) -> str:
         """The candidate's verdict on ``primary`` (inconclusive while the split has an SRM)."""
@@ -407,9 +496,16 @@ class ExperimentReport:
         return v.verdict if v is not None else INCONCLUSIVE
 
 
-def analyze(deployment: str, variants: Mapping[str, Mapping], *, baseline: str, alpha: float = 0.05,
-            quality_kind: str = "proportion", quality_higher_is_better: bool = True,
-            mde: float | None = None) -> ExperimentReport:
+def analyze(
+    deployment: str,
+    variants: Mapping[str, Mapping],
+    *,
+    baseline: str,
+    alpha: float = 0.05,
+    quality_kind: str = "proportion",
+    quality_higher_is_better: bool = True,
+    mde: float | None = None,
+) -> ExperimentReport:
     """Summarise each variant and compare every other variant with ``baseline``.
 
     Args:
@@ -422,9 +518,17 @@ def analyze(deployment: str, variants: Mapping[str, Mapping], *, baseline: str, 
     summaries = []
     for name, v in variants.items():
         q = np.asarray(v.get("quality", ()), dtype=np.float64).reshape(-1)
-        summaries.append(VariantSummary(name, int(v.get("weight_bp", 0)), int(v.get("requests", 0)),
-                                        int(v.get("errors", 0)), percentiles(v.get("latency_us", ())), int(q.size),
-                                        float(q.mean()) if q.size else None))
+        summaries.append(
+            VariantSummary(
+                name,
+                int(v.get("weight_bp", 0)),
+                int(v.get("requests", 0)),
+                int(v.get("errors", 0)),
+                percentiles(v.get("latency_us", ())),
+                int(q.size),
+                float(q.mean()) if q.size else None,
+            )
+        )
     srm = None
     weighted = {s.name: s for s in summaries if s.weight_bp > 0}
     if len(weighted) >= 2:
@@ -441,21 +545,45 @@ def analyze(deployment: str, variants: Mapping[str, Mapping], *, baseline: str, 
             ea[: int(base.get("errors", 0))] = 1
             eb = np.zeros(rb)
             eb[: int(v.get("errors", 0))] = 1
-            out["error_rate"] = compare(ea, eb, kind="proportion", metric="error_rate", higher_is_better=False,
-                                        alpha=alpha)
+            out["error_rate"] = compare(
+                ea, eb, kind="proportion", metric="error_rate", higher_is_better=False, alpha=alpha
+            )
         la, lb = np.asarray(base.get("latency_us", ())), np.asarray(v.get("latency_us", ()))
         if la.size >= 2 and lb.size >= 2:
             out["latency_us"] = compare(la, lb, kind="rank", metric="latency_us", higher_is_better=False, alpha=alpha)
         qa, qb = np.asarray(base.get("quality", ())), np.asarray(v.get("quality", ()))
         if qa.size >= 2 and qb.size >= 2:
-            out["quality"] = compare(qa, qb, kind=quality_kind, metric="quality",
-                                     higher_is_better=quality_higher_is_better, alpha=alpha, mde=mde)
+            out["quality"] = compare(
+                qa,
+                qb,
+                kind=quality_kind,
+                metric="quality",
+                higher_is_better=quality_higher_is_better,
+                alpha=alpha,
+                mde=mde,
+            )
         comparisons[name] = out
     return ExperimentReport(deployment, baseline, summaries, srm, comparisons)
 
 
 __all__ = [
-    "ExperimentReport", "INCONCLUSIVE", "LOSER", "SrmResult", "TestResult", "VariantSummary", "Verdict", "WINNER",
-    "analyze", "compare", "mann_whitney_u", "min_sample_size", "msprt", "msprt_halfwidth", "msprt_lambda",
-    "percentiles", "srm_check", "two_proportion_ztest", "welch_ttest",
+    "ExperimentReport",
+    "INCONCLUSIVE",
+    "LOSER",
+    "SrmResult",
+    "TestResult",
+    "VariantSummary",
+    "Verdict",
+    "WINNER",
+    "analyze",
+    "compare",
+    "mann_whitney_u",
+    "min_sample_size",
+    "msprt",
+    "msprt_halfwidth",
+    "msprt_lambda",
+    "percentiles",
+    "srm_check",
+    "two_proportion_ztest",
+    "welch_ttest",
 ]

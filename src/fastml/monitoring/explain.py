@@ -18,8 +18,9 @@ close to but not the same as the Shapley values of the probability.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +52,14 @@ class ShapResult:
         return {self.feature_names[i]: float(imp[i]) for i in order}
 
     def to_dict(self) -> dict:
-        return {"algorithm": self.algorithm, "output": self.output, "base_value": self.base_value,
-                "feature_names": self.feature_names, "values": self.values.tolist(),
-                "global_importance": self.global_importance()}
+        return {
+            "algorithm": self.algorithm,
+            "output": self.output,
+            "base_value": self.base_value,
+            "feature_names": self.feature_names,
+            "values": self.values.tolist(),
+            "global_importance": self.global_importance(),
+        }
 
 
 class OnnxExplainer:
@@ -74,9 +80,20 @@ class OnnxExplainer:
             probability (the margin of a tree ensemble or logistic model).
     """
 
-    def __init__(self, model: str | Path, background: Any, *, input_name: str | None = None, output: str | None = None,
-                 class_index: int | None = None, feature_names: Sequence[str] | None = None, source_model: Any = None,
-                 max_background: int = 100, seed: int = 0, link: str = "identity"):
+    def __init__(
+        self,
+        model: str | Path,
+        background: Any,
+        *,
+        input_name: str | None = None,
+        output: str | None = None,
+        class_index: int | None = None,
+        feature_names: Sequence[str] | None = None,
+        source_model: Any = None,
+        max_background: int = 100,
+        seed: int = 0,
+        link: str = "identity",
+    ):
         import onnxruntime as ort
 
         path = Path(model)
@@ -109,7 +126,9 @@ class OnnxExplainer:
             bg = bg[np.sort(self.rng.choice(bg.shape[0], max_background, replace=False))]
         self.background = bg
         self.n_features = bg.shape[1]
-        self.feature_names = list(feature_names) if feature_names is not None else [f"f{j}" for j in range(self.n_features)]
+        self.feature_names = (
+            list(feature_names) if feature_names is not None else [f"f{j}" for j in range(self.n_features)]
+        )
         if len(self.feature_names) != self.n_features:
             raise InvalidInput(f"{len(self.feature_names)} feature names for {self.n_features} features")
         probe = self._run(bg[:1])
@@ -174,7 +193,7 @@ class OnnxExplainer:
         if algorithm == "tree":
             return self._tree_shap(X)
         if algorithm == "kernel":
-            n = nsamples or (2 ** self.n_features if self.n_features <= 12 else 2 * self.n_features + 2048)
+            n = nsamples or (2**self.n_features if self.n_features <= 12 else 2 * self.n_features + 2048)
             explainer = shap.KernelExplainer(self.predict, self.background.astype(np.float64))
             state = np.random.get_state()
             np.random.seed(self.seed)  # the kernel explainer samples coalitions with numpy's global generator
@@ -183,8 +202,13 @@ class OnnxExplainer:
             finally:
                 np.random.set_state(state)
             base = float(np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)[0])
-            return ShapResult(np.asarray(values, dtype=np.float64).reshape(X.shape[0], -1), base, self.feature_names,
-                              "kernel", self.output_label)
+            return ShapResult(
+                np.asarray(values, dtype=np.float64).reshape(X.shape[0], -1),
+                base,
+                self.feature_names,
+                "kernel",
+                self.output_label,
+            )
         raise InvalidInput(f"algorithm must be auto, kernel or tree, got {algorithm!r}")
 
     def _tree_shap(self, X: np.ndarray) -> ShapResult:
@@ -192,9 +216,12 @@ class OnnxExplainer:
 
         if self.source_model is None:
             raise InvalidInput("algorithm 'tree' needs the source tree model (source_model=...)")
-        explainer = shap.TreeExplainer(self.source_model, data=self.background.astype(np.float64),
-                                       feature_perturbation="interventional",
-                                       model_output="raw" if self.link == "logit" else "probability")
+        explainer = shap.TreeExplainer(
+            self.source_model,
+            data=self.background.astype(np.float64),
+            feature_perturbation="interventional",
+            model_output="raw" if self.link == "logit" else "probability",
+        )
         values = explainer.shap_values(X.astype(np.float64), check_additivity=False)
         expected = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
         values = np.asarray(values, dtype=np.float64)
@@ -216,19 +243,27 @@ class OnnxExplainer:
         return self.shap_values(X, **kwargs).global_importance()
 
     # ------------------------------------------------------------------------------------------ LIME
-    def lime(self, row: Any, *, num_features: int = 10, num_samples: int = 2000, mode: str | None = None) -> list[tuple[str, float]]:
+    def lime(
+        self, row: Any, *, num_features: int = 10, num_samples: int = 2000, mode: str | None = None
+    ) -> list[tuple[str, float]]:
         """LIME explanation of one row: ``[(feature condition, weight), ...]`` by |weight|, for the explained
         class (classification) or output (regression)."""
         from lime.lime_tabular import LimeTabularExplainer
 
         r = self._rows(row)[0].astype(np.float64)
         mode = mode or ("classification" if self.class_index is not None else "regression")
-        explainer = LimeTabularExplainer(self.background.astype(np.float64), feature_names=self.feature_names,
-                                         mode=mode, random_state=self.seed, discretize_continuous=True)
+        explainer = LimeTabularExplainer(
+            self.background.astype(np.float64),
+            feature_names=self.feature_names,
+            mode=mode,
+            random_state=self.seed,
+            discretize_continuous=True,
+        )
         if mode == "classification":
             label = self.class_index
-            exp = explainer.explain_instance(r, self.predict_all, labels=(label,), num_features=num_features,
-                                             num_samples=num_samples)
+            exp = explainer.explain_instance(
+                r, self.predict_all, labels=(label,), num_features=num_features, num_samples=num_samples
+            )
             return [(name, float(w)) for name, w in exp.as_list(label=label)]
         exp = explainer.explain_instance(r, self.predict, num_features=num_features, num_samples=num_samples)
         return [(name, float(w)) for name, w in exp.as_list()]

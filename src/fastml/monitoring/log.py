@@ -30,8 +30,9 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -108,9 +109,17 @@ class PredictionLogger:
         write_errors: failures to finish a segment file (logged); its rows may be lost.
     """
 
-    def __init__(self, directory: str | Path | None = None, *, sample_rate: float | None = None,
-                 capacity: int = 10_000, segment_rows: int = 100_000, segment_max_age_s: float = 60.0,
-                 flush_interval_s: float = 0.5, seed: int | None = None):
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        sample_rate: float | None = None,
+        capacity: int = 10_000,
+        segment_rows: int = 100_000,
+        segment_max_age_s: float = 60.0,
+        flush_interval_s: float = 0.5,
+        seed: int | None = None,
+    ):
         if sample_rate is None:
             from fastml.config import get_settings
 
@@ -148,9 +157,17 @@ class PredictionLogger:
         self._thread.start()
 
     # ----------------------------------------------------------------------------------- hot path
-    def log(self, *, model: str, version: str | int, inputs: Mapping[str, np.ndarray],
-            outputs: Mapping[str, np.ndarray], latency_us: float, request_id: str | None = None,
-            variant: str | None = None) -> bool:
+    def log(
+        self,
+        *,
+        model: str,
+        version: str | int,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        latency_us: float,
+        request_id: str | None = None,
+        variant: str | None = None,
+    ) -> bool:
         """Queue one completed request; never blocks on I/O.
 
         The arrays are kept by reference until written: the caller must not modify them afterwards.
@@ -164,8 +181,7 @@ class PredictionLogger:
             return False
         if variant is None:
             variant = CURRENT_VARIANT.get()
-        record = (time.time_ns() // 1000, model, str(version), variant, request_id, float(latency_us),
-                  inputs, outputs)
+        record = (time.time_ns() // 1000, model, str(version), variant, request_id, float(latency_us), inputs, outputs)
         with self._lock:
             if self._closed or len(self._buffer) >= self.capacity:
                 self.dropped += 1
@@ -204,7 +220,7 @@ class PredictionLogger:
         self._wake.set()
         self._thread.join(timeout_s)
 
-    def __enter__(self) -> "PredictionLogger":
+    def __enter__(self) -> PredictionLogger:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -366,8 +382,15 @@ def _layout(inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray])
 def _to_batch(layout: tuple, records: list):
     import pyarrow as pa
 
-    counts = np.array([_rows_of(np.asarray(next(iter(r[6].values())) if r[6] else next(iter(r[7].values()))))
-                       if (r[6] or r[7]) else 1 for r in records], dtype=np.int64)
+    counts = np.array(
+        [
+            _rows_of(np.asarray(next(iter(r[6].values())) if r[6] else next(iter(r[7].values()))))
+            if (r[6] or r[7])
+            else 1
+            for r in records
+        ],
+        dtype=np.int64,
+    )
     total = int(counts.sum())
     rep = lambda values: np.repeat(np.asarray(values), counts)  # noqa: E731 - per-request -> per-row
     ids = [r[4] if r[4] is not None else uuid.uuid4().hex for r in records]
@@ -381,7 +404,7 @@ def _to_batch(layout: tuple, records: list):
         "variant": pa.array(rep(np.array([r[3] for r in records], dtype=object)), pa.string()),
         "latency_us": pa.array(rep([r[5] for r in records]), pa.float64()),
     }
-    for col, dtype, width in layout:
+    for col, _dtype, width in layout:
         prefix, name = col.split(".", 1)
         idx = 6 if prefix == "input" else 7
         parts = [np.asarray(r[idx][name]) for r in records]
@@ -395,8 +418,13 @@ def _to_batch(layout: tuple, records: list):
 
 
 # ------------------------------------------------------------------------------------------ feedback
-def record_feedback(request_ids: str | Sequence[str], labels: Any, *, rows: Sequence[int] | None = None,
-                    directory: str | Path | None = None) -> int:
+def record_feedback(
+    request_ids: str | Sequence[str],
+    labels: Any,
+    *,
+    rows: Sequence[int] | None = None,
+    directory: str | Path | None = None,
+) -> int:
     """Record ground-truth labels for logged requests; the latest label per (request id, row) wins.
 
     Args:
@@ -418,19 +446,22 @@ def record_feedback(request_ids: str | Sequence[str], labels: Any, *, rows: Sequ
         ids = [str(r) for r in request_ids]
         row_arr = np.zeros(len(ids), np.int32) if rows is None else np.asarray(rows, np.int32)
     if not (len(ids) == labels.size == row_arr.size):
-        raise InvalidInput(f"feedback: {len(ids)} request ids, {labels.size} labels and {row_arr.size} rows "
-                           "must have the same length")
+        raise InvalidInput(
+            f"feedback: {len(ids)} request ids, {labels.size} labels and {row_arr.size} rows must have the same length"
+        )
     if labels.size == 0:
         return 0
     directory = (Path(directory) if directory is not None else _default_directory()) / FEEDBACK_DIR
     directory.mkdir(parents=True, exist_ok=True)
     now = time.time_ns() // 1000
-    table = pa.table({
-        "request_id": pa.array(ids, pa.string()),
-        "row": pa.array(row_arr, pa.int32()),
-        "label": pa.array(labels, pa.float64()),
-        "feedback_timestamp": pa.array(np.full(labels.size, now), pa.timestamp("us", tz="UTC")),
-    })
+    table = pa.table(
+        {
+            "request_id": pa.array(ids, pa.string()),
+            "row": pa.array(row_arr, pa.int32()),
+            "label": pa.array(labels, pa.float64()),
+            "feedback_timestamp": pa.array(np.full(labels.size, now), pa.timestamp("us", tz="UTC")),
+        }
+    )
     path = directory / _segment_name()
     tmp = path.with_name(path.name + ".tmp")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -450,8 +481,15 @@ def _read_segments(paths: list[Path]):
     return tables
 
 
-def read_log(directory: str | Path | None = None, *, model: str | None = None, version: str | int | None = None,
-             since: float | None = None, until: float | None = None, feedback: bool = True):
+def read_log(
+    directory: str | Path | None = None,
+    *,
+    model: str | None = None,
+    version: str | int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    feedback: bool = True,
+):
     """Load the prediction log as one pyarrow Table, ordered by time.
 
     Args:
@@ -472,14 +510,23 @@ def read_log(directory: str | Path | None = None, *, model: str | None = None, v
     paths = [p for p in directory.glob(pattern) if p.parent.parent.name != FEEDBACK_DIR]
     tables = _read_segments(paths)
     if not tables:
-        table = pa.table({"timestamp": pa.array([], pa.timestamp("us", tz="UTC")), "request_id": pa.array([], pa.string()),
-                          "row": pa.array([], pa.int32()), "model": pa.array([], pa.string()),
-                          "version": pa.array([], pa.string()), "variant": pa.array([], pa.string()),
-                          "latency_us": pa.array([], pa.float64())})
+        table = pa.table(
+            {
+                "timestamp": pa.array([], pa.timestamp("us", tz="UTC")),
+                "request_id": pa.array([], pa.string()),
+                "row": pa.array([], pa.int32()),
+                "model": pa.array([], pa.string()),
+                "version": pa.array([], pa.string()),
+                "variant": pa.array([], pa.string()),
+                "latency_us": pa.array([], pa.float64()),
+            }
+        )
     else:
         table = pa.concat_tables(tables, promote_options="default")
     if since is not None:
-        table = table.filter(pc.greater_equal(table["timestamp"], pa.scalar(int(since * 1e6), pa.timestamp("us", tz="UTC"))))
+        table = table.filter(
+            pc.greater_equal(table["timestamp"], pa.scalar(int(since * 1e6), pa.timestamp("us", tz="UTC")))
+        )
     if until is not None:
         table = table.filter(pc.less(table["timestamp"], pa.scalar(int(until * 1e6), pa.timestamp("us", tz="UTC"))))
     if feedback:
@@ -489,7 +536,8 @@ def read_log(directory: str | Path | None = None, *, model: str | None = None, v
             # Join on the keys only (Acero cannot carry fixed-size-list columns through a join), then place
             # the labels back by row position.
             keys = table.select(["request_id", "row"]).append_column(
-                "__pos", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+                "__pos", pa.array(np.arange(table.num_rows, dtype=np.int64))
+            )
             joined = keys.join(fb, keys=["request_id", "row"], join_type="inner")
             labels[joined["__pos"].to_numpy()] = joined["label"].to_numpy(zero_copy_only=False)
         table = table.append_column("label", pa.array(labels, pa.float64(), mask=np.isnan(labels)))
@@ -505,8 +553,13 @@ def read_feedback(directory: str | Path | None = None):
     directory = (Path(directory) if directory is not None else _default_directory()) / FEEDBACK_DIR
     tables = _read_segments(list(directory.glob("*.arrow"))) if directory.is_dir() else []
     if not tables:
-        return pa.table({"request_id": pa.array([], pa.string()), "row": pa.array([], pa.int32()),
-                         "label": pa.array([], pa.float64())})
+        return pa.table(
+            {
+                "request_id": pa.array([], pa.string()),
+                "row": pa.array([], pa.int32()),
+                "label": pa.array([], pa.float64()),
+            }
+        )
     fb = pa.concat_tables(tables).sort_by("feedback_timestamp")
     # Ordered "last" aggregation needs a single thread; the file order breaks timestamp ties.
     last = fb.group_by(["request_id", "row"], use_threads=False).aggregate([("label", "last")])

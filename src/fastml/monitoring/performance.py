@@ -18,7 +18,8 @@ from __future__ import annotations
 import collections
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +43,9 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray, positive: Any = 1) -> float 
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def classification_metrics(y_true: Sequence, y_pred: Sequence, scores: Sequence | None = None,
-                           positive: Any = 1) -> dict[str, float | None]:
+def classification_metrics(
+    y_true: Sequence, y_pred: Sequence, scores: Sequence | None = None, positive: Any = 1
+) -> dict[str, float | None]:
     """Accuracy, precision, recall, F1 and (binary, with ``scores``) ROC AUC."""
     y, p = np.asarray(y_true), np.asarray(y_pred)
     if y.shape != p.shape:
@@ -70,8 +72,14 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, scores: Sequence 
             fs.append(_f1(pr, rc))
         precision, recall, f1 = float(np.mean(ps)), float(np.mean(rs)), float(np.mean(fs))
     auc = roc_auc(y, scores, positive) if scores is not None and binary else None
-    return {"accuracy": float(np.mean(y == p)), "precision": precision, "recall": recall, "f1": f1,
-            "roc_auc": auc, "n": int(y.size)}
+    return {
+        "accuracy": float(np.mean(y == p)),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "roc_auc": auc,
+        "n": int(y.size),
+    }
 
 
 def regression_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, float | None]:
@@ -85,8 +93,9 @@ def regression_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, float | 
     return {"rmse": float(math.sqrt(np.mean(err * err))), "mae": float(np.mean(np.abs(err))), "n": int(y.size)}
 
 
-def latency_metrics(latency_us: Sequence[float], timestamps_s: Sequence[float] | None = None,
-                    errors: Sequence[bool] | None = None) -> dict[str, float | None]:
+def latency_metrics(
+    latency_us: Sequence[float], timestamps_s: Sequence[float] | None = None, errors: Sequence[bool] | None = None
+) -> dict[str, float | None]:
     """Latency percentiles (ms), throughput (requests/s over the time span) and error rate."""
     lat = np.asarray(latency_us, dtype=np.float64)
     out: dict[str, float | None] = {"requests": int(lat.size)}
@@ -121,8 +130,9 @@ class PerformanceTracker:
         positive: the positive class for binary precision/recall/F1/AUC.
     """
 
-    def __init__(self, task: str = "classification", *, window: int = 1000, window_s: float | None = None,
-                 positive: Any = 1):
+    def __init__(
+        self, task: str = "classification", *, window: int = 1000, window_s: float | None = None, positive: Any = 1
+    ):
         if task not in ("classification", "regression"):
             raise InvalidInput(f"task must be 'classification' or 'regression', got {task!r}")
         if window < 1:
@@ -131,8 +141,13 @@ class PerformanceTracker:
         self._outcomes: collections.deque = collections.deque(maxlen=window)  # (t, y, pred, score)
         self._requests: collections.deque = collections.deque(maxlen=window)  # (t, latency_us, error)
 
-    def add_outcomes(self, y_true: Sequence, y_pred: Sequence, scores: Sequence | None = None,
-                     timestamps_s: Sequence[float] | float | None = None) -> None:
+    def add_outcomes(
+        self,
+        y_true: Sequence,
+        y_pred: Sequence,
+        scores: Sequence | None = None,
+        timestamps_s: Sequence[float] | float | None = None,
+    ) -> None:
         """Record labelled predictions (``scores``: positive-class probability, for AUC)."""
         y, p = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
         if y.shape != p.shape:
@@ -141,8 +156,12 @@ class PerformanceTracker:
         ts = _times(timestamps_s, y.size)
         self._outcomes.extend(zip(ts, y.tolist(), p.tolist(), s.tolist()))
 
-    def add_requests(self, latency_us: Sequence[float] | float, errors: Sequence[bool] | bool = False,
-                     timestamps_s: Sequence[float] | float | None = None) -> None:
+    def add_requests(
+        self,
+        latency_us: Sequence[float] | float,
+        errors: Sequence[bool] | bool = False,
+        timestamps_s: Sequence[float] | float | None = None,
+    ) -> None:
         """Record served requests: latency and whether each failed."""
         lat = np.atleast_1d(np.asarray(latency_us, dtype=np.float64))
         err = np.broadcast_to(np.asarray(errors, dtype=bool), lat.shape)
@@ -179,8 +198,15 @@ def _times(timestamps_s, n: int) -> list[float]:
     return np.broadcast_to(ts, (n,)).tolist()
 
 
-def windows_from_log(table, *, window_s: float = 60.0, task: str = "classification",
-                     prediction: str = "output.label", score: str | None = None, positive: Any = 1) -> list[dict]:
+def windows_from_log(
+    table,
+    *,
+    window_s: float = 60.0,
+    task: str = "classification",
+    prediction: str = "output.label",
+    score: str | None = None,
+    positive: Any = 1,
+) -> list[dict]:
     """Metrics per consecutive time window of a prediction log (for reports and history).
 
     Returns one dict per non-empty window: ``start`` (Unix seconds), ``requests``, ``throughput_rps``
@@ -220,8 +246,11 @@ def windows_from_log(table, *, window_s: float = 60.0, task: str = "classificati
             lm = m & ~np.isnan(y)
             if lm.any():
                 if task == "classification":
-                    rec.update(classification_metrics(y[lm], p[lm].astype(np.float64),
-                                                      None if sc is None else sc[lm], float(positive)))
+                    rec.update(
+                        classification_metrics(
+                            y[lm], p[lm].astype(np.float64), None if sc is None else sc[lm], float(positive)
+                        )
+                    )
                 else:
                     rec.update(regression_metrics(y[lm], p[lm]))
         out.append(rec)

@@ -14,8 +14,9 @@ version in the registry as an ordinary artifact.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,10 @@ def as_columns(data: Any, *, name: str = "data") -> dict[str, np.ndarray]:
             raise InvalidInput(f"{name}: a numpy array must be 2-D (rows x columns), got shape {data.shape}")
         cols = {f"f{j}": data[:, j] for j in range(data.shape[1])}
     else:
-        raise InvalidInput(f"{name}: expected a mapping of arrays, a pyarrow Table, a pandas DataFrame or a "
-                           f"2-D numpy array, got {type(data).__name__}")
+        raise InvalidInput(
+            f"{name}: expected a mapping of arrays, a pyarrow Table, a pandas DataFrame or a "
+            f"2-D numpy array, got {type(data).__name__}"
+        )
     lengths = {k: v.shape[0] if v.ndim else -1 for k, v in cols.items()}
     for k, v in cols.items():
         if v.ndim != 1:
@@ -163,8 +166,9 @@ class ReferenceProfile:
         self.columns: dict[str, ColumnProfile] = dict(columns)
 
     @classmethod
-    def from_data(cls, data: Any, *, kinds: Mapping[str, str] | None = None,
-                  columns: list[str] | None = None) -> "ReferenceProfile":
+    def from_data(
+        cls, data: Any, *, kinds: Mapping[str, str] | None = None, columns: list[str] | None = None
+    ) -> ReferenceProfile:
         """Profile every column of ``data`` (any input :func:`as_columns` takes).
 
         Args:
@@ -181,8 +185,9 @@ class ReferenceProfile:
         return cls({n: profile_column(n, cols[n], kinds.get(n)) for n in names})
 
     @classmethod
-    def from_feature_store(cls, group: Any, *, store: Any = None, features: list[str] | None = None,
-                           start: Any = None, end: Any = None) -> "ReferenceProfile":
+    def from_feature_store(
+        cls, group: Any, *, store: Any = None, features: list[str] | None = None, start: Any = None, end: Any = None
+    ) -> ReferenceProfile:
         """Profile a feature group version's offline rows (the data its training sets were built from).
 
         The feature store's own ingest statistics are summaries (20-bin histograms, top-10 values); the
@@ -220,14 +225,17 @@ class ReferenceProfile:
 
         path = Path(path)
         cols = list(self.columns.values())
-        table = pa.table({
-            "name": pa.array([c.name for c in cols], pa.string()),
-            "kind": pa.array([c.kind for c in cols], pa.string()),
-            "values": pa.array([c.values if c.values is not None else None for c in cols], pa.list_(pa.float64())),
-            "categories": pa.array([c.categories.tolist() if c.categories is not None else None for c in cols],
-                                   pa.list_(pa.string())),
-            "counts": pa.array([c.counts if c.counts is not None else None for c in cols], pa.list_(pa.int64())),
-        })
+        table = pa.table(
+            {
+                "name": pa.array([c.name for c in cols], pa.string()),
+                "kind": pa.array([c.kind for c in cols], pa.string()),
+                "values": pa.array([c.values if c.values is not None else None for c in cols], pa.list_(pa.float64())),
+                "categories": pa.array(
+                    [c.categories.tolist() if c.categories is not None else None for c in cols], pa.list_(pa.string())
+                ),
+                "counts": pa.array([c.counts if c.counts is not None else None for c in cols], pa.list_(pa.int64())),
+            }
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -236,7 +244,7 @@ class ReferenceProfile:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReferenceProfile":
+    def load(cls, path: str | Path) -> ReferenceProfile:
         """Read a profile written by :meth:`save`."""
         import pyarrow as pa
 
@@ -251,11 +259,16 @@ class ReferenceProfile:
         for row in table.to_pylist():
             if row["kind"] == NUMERIC:
                 s = np.asarray(row["values"], dtype=np.float64)
-                out[row["name"]] = ColumnProfile(row["name"], NUMERIC, values=s, std=float(np.std(s)),
-                                                 n_unique=n_unique_sorted(s))
+                out[row["name"]] = ColumnProfile(
+                    row["name"], NUMERIC, values=s, std=float(np.std(s)), n_unique=n_unique_sorted(s)
+                )
             else:
                 cats = np.asarray(row["categories"], dtype=str)
-                out[row["name"]] = ColumnProfile(row["name"], CATEGORICAL, categories=cats,
-                                                 counts=np.asarray(row["counts"], dtype=np.int64),
-                                                 n_unique=int(cats.size))
+                out[row["name"]] = ColumnProfile(
+                    row["name"],
+                    CATEGORICAL,
+                    categories=cats,
+                    counts=np.asarray(row["counts"], dtype=np.int64),
+                    n_unique=int(cats.size),
+                )
         return cls(out)

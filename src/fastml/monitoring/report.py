@@ -14,8 +14,9 @@ import html
 import io
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,16 +37,24 @@ def _histogram(ref_profile, current: np.ndarray) -> dict:
         edges = sturges_edges(lo, hi, ref.size + cur.size)
         rc = np.histogram(ref, edges)[0]
         cc = np.histogram(cur, edges)[0]
-        return {"kind": "numeric", "edges": edges.tolist(), "reference": (rc / max(ref.size, 1)).tolist(),
-                "current": (cc / max(cur.size, 1)).tolist()}
+        return {
+            "kind": "numeric",
+            "edges": edges.tolist(),
+            "reference": (rc / max(ref.size, 1)).tolist(),
+            "current": (cc / max(cur.size, 1)).tolist(),
+        }
     cats = list(ref_profile.categories)
     counts = dict(zip(cats, ref_profile.counts.tolist()))
     cu, cc = np.unique(categorical_values(current), return_counts=True)
     cur_counts = dict(zip(cu.tolist(), cc.tolist()))
     keys = sorted(set(counts) | set(cur_counts))[:40]
     nr, nc = max(sum(counts.values()), 1), max(sum(cur_counts.values()), 1)
-    return {"kind": "categorical", "categories": keys, "reference": [counts.get(k, 0) / nr for k in keys],
-            "current": [cur_counts.get(k, 0) / nc for k in keys]}
+    return {
+        "kind": "categorical",
+        "categories": keys,
+        "reference": [counts.get(k, 0) / nr for k in keys],
+        "current": [cur_counts.get(k, 0) / nc for k in keys],
+    }
 
 
 # ------------------------------------------------------------------------------------------ drawing
@@ -64,7 +73,7 @@ def _mpl_svg(fig) -> str:
 
     plt.close(fig)
     svg = buf.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG is inlined in HTML
+    return svg[svg.index("<svg") :]  # drop the XML prolog and doctype: the SVG is inlined in HTML
 
 
 def _plot_histogram_mpl(name: str, h: dict) -> str:
@@ -97,7 +106,7 @@ def _plot_lines_mpl(title: str, x: Sequence[float], series: Mapping[str, Sequenc
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 2.6))
-    t = [_dt.datetime.fromtimestamp(v, _dt.timezone.utc) for v in x]
+    t = [_dt.datetime.fromtimestamp(v, _dt.UTC) for v in x]
     for label, ys in series.items():
         ax.plot(t, [np.nan if y is None else y for y in ys], marker="o", markersize=3, label=label)
     ax.set_title(title, fontsize=9)
@@ -108,10 +117,12 @@ def _plot_lines_mpl(title: str, x: Sequence[float], series: Mapping[str, Sequenc
 
 
 def _svg_frame(title: str, body: str, w: int = 480, h: int = 240) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
-            f'<rect width="{w}" height="{h}" fill="white" stroke="#ccc"/>'
-            f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="12" font-family="sans-serif">'
-            f'{html.escape(title)}</text>{body}</svg>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">'
+        f'<rect width="{w}" height="{h}" fill="white" stroke="#ccc"/>'
+        f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="12" font-family="sans-serif">'
+        f"{html.escape(title)}</text>{body}</svg>"
+    )
 
 
 def _plot_histogram_svg(name: str, h: dict) -> str:
@@ -126,11 +137,15 @@ def _plot_histogram_svg(name: str, h: dict) -> str:
         for j, (v, color) in enumerate(((r, REF_COLOR), (c, CUR_COLOR))):
             bh = (hgt - top - bottom) * v / peak
             x = left + i * slot + j * slot / 2
-            parts.append(f'<rect x="{x:.1f}" y="{hgt - bottom - bh:.1f}" width="{max(slot / 2 - 1, 0.5):.1f}" '
-                         f'height="{bh:.1f}" fill="{color}"/>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{hgt - bottom - bh:.1f}" width="{max(slot / 2 - 1, 0.5):.1f}" '
+                f'height="{bh:.1f}" fill="{color}"/>'
+            )
     parts.append(f'<line x1="{left}" y1="{hgt - bottom}" x2="{w - 10}" y2="{hgt - bottom}" stroke="black"/>')
-    parts.append(f'<text x="{left}" y="{hgt - 6}" font-size="10" fill="{REF_COLOR}">reference</text>'
-                 f'<text x="{left + 70}" y="{hgt - 6}" font-size="10" fill="{CUR_COLOR}">current</text>')
+    parts.append(
+        f'<text x="{left}" y="{hgt - 6}" font-size="10" fill="{REF_COLOR}">reference</text>'
+        f'<text x="{left + 70}" y="{hgt - 6}" font-size="10" fill="{CUR_COLOR}">current</text>'
+    )
     return _svg_frame(name, "".join(parts), w, hgt)
 
 
@@ -143,27 +158,47 @@ def _plot_lines_svg(title: str, x: Sequence[float], series: Mapping[str, Sequenc
     x0, x1 = (min(x), max(x)) if x else (0.0, 1.0)
     span = (x1 - x0) or 1.0
     colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
-    parts = [f'<line x1="{left}" y1="{hgt - bottom}" x2="{w - 10}" y2="{hgt - bottom}" stroke="black"/>',
-             f'<text x="4" y="{top + 10}" font-size="10">{hi:.3g}</text>',
-             f'<text x="4" y="{hgt - bottom}" font-size="10">{lo:.3g}</text>']
+    parts = [
+        f'<line x1="{left}" y1="{hgt - bottom}" x2="{w - 10}" y2="{hgt - bottom}" stroke="black"/>',
+        f'<text x="4" y="{top + 10}" font-size="10">{hi:.3g}</text>',
+        f'<text x="4" y="{hgt - bottom}" font-size="10">{lo:.3g}</text>',
+    ]
     for k, (label, ys) in enumerate(series.items()):
-        pts = [(left + (w - left - 10) * (xi - x0) / span if len(x) > 1 else left + (w - left - 10) / 2,
-                hgt - bottom - (hgt - top - bottom) * (y - lo) / (hi - lo))
-               for xi, y in zip(x, ys) if y is not None and not math.isnan(y)]
+        pts = [
+            (
+                left + (w - left - 10) * (xi - x0) / span if len(x) > 1 else left + (w - left - 10) / 2,
+                hgt - bottom - (hgt - top - bottom) * (y - lo) / (hi - lo),
+            )
+            for xi, y in zip(x, ys)
+            if y is not None and not math.isnan(y)
+        ]
         color = colors[k % len(colors)]
         if pts:
-            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
-                         + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+            parts.append(
+                f'<polyline fill="none" stroke="{color}" stroke-width="2" points="'
+                + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
+                + '"/>'
+            )
             parts.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>' for a, b in pts)
-        parts.append(f'<text x="{left + 90 * k}" y="{hgt - 8}" font-size="10" fill="{color}">{html.escape(label)}</text>')
+        parts.append(
+            f'<text x="{left + 90 * k}" y="{hgt - 8}" font-size="10" fill="{color}">{html.escape(label)}</text>'
+        )
     return _svg_frame(f"{title} ({ylabel})", "".join(parts), w, hgt)
 
 
 # ------------------------------------------------------------------------------------------- report
-def build_report(reference: Any, current: Any | None = None, *, drift: DriftReport | None = None,
-                 windows: Sequence[Mapping] | None = None, alerts: Sequence[Any] | None = None,
-                 health: Mapping | None = None, title: str = "fastml monitoring report",
-                 max_histograms: int = 12, use_matplotlib: bool | None = None) -> tuple[str, dict]:
+def build_report(
+    reference: Any,
+    current: Any | None = None,
+    *,
+    drift: DriftReport | None = None,
+    windows: Sequence[Mapping] | None = None,
+    alerts: Sequence[Any] | None = None,
+    health: Mapping | None = None,
+    title: str = "fastml monitoring report",
+    max_histograms: int = 12,
+    use_matplotlib: bool | None = None,
+) -> tuple[str, dict]:
     """Build the HTML page and its JSON twin.
 
     Args:
@@ -187,51 +222,80 @@ def build_report(reference: Any, current: Any | None = None, *, drift: DriftRepo
     mpl = _have_matplotlib() if use_matplotlib is None else use_matplotlib
     hist_plot = _plot_histogram_mpl if mpl else _plot_histogram_svg
     line_plot = _plot_lines_mpl if mpl else _plot_lines_svg
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     alert_dicts = [a.to_dict() if hasattr(a, "to_dict") else dict(a) for a in (alerts or [])]
-    data: dict = {"title": title, "generated_at": now, "drift": drift.to_dict() if drift else None,
-                  "histograms": {}, "windows": [dict(w) for w in (windows or [])], "alerts": alert_dicts,
-                  "health": dict(health) if health else None}
+    data: dict = {
+        "title": title,
+        "generated_at": now,
+        "drift": drift.to_dict() if drift else None,
+        "histograms": {},
+        "windows": [dict(w) for w in (windows or [])],
+        "alerts": alert_dicts,
+        "health": dict(health) if health else None,
+    }
 
     sections = []
     if health:
-        sections.append(f'<section><h2>Health</h2><p class="score">{health["score"]:.1f} / 100</p>'
-                        + _table(["component", "penalty"], [[k, f"{v:.3f}"] for k, v in health.get("penalties", {}).items()])
-                        + "</section>")
+        sections.append(
+            f'<section><h2>Health</h2><p class="score">{health["score"]:.1f} / 100</p>'
+            + _table(["component", "penalty"], [[k, f"{v:.3f}"] for k, v in health.get("penalties", {}).items()])
+            + "</section>"
+        )
     if drift:
         verdict = "DRIFT" if drift.dataset_drift else "no drift"
-        rows = [[c.column, c.kind, c.method, f"{c.score:.4g}", f"{c.threshold:g}", "yes" if c.drifted else "no"]
-                for c in drift.columns]
+        rows = [
+            [c.column, c.kind, c.method, f"{c.score:.4g}", f"{c.threshold:g}", "yes" if c.drifted else "no"]
+            for c in drift.columns
+        ]
         sections.append(
-            f'<section><h2>Data drift: {verdict}</h2><p>{drift.number_drifted} of {len(drift.columns)} columns drifted '
-            f'(share {drift.share_drifted:.2f}; dataset drift at &ge; {drift.drift_share:g}).</p>'
-            + _table(["column", "kind", "method", "score", "threshold", "drifted"], rows) + "</section>")
+            f"<section><h2>Data drift: {verdict}</h2><p>{drift.number_drifted} of {len(drift.columns)} columns drifted "
+            f"(share {drift.share_drifted:.2f}; dataset drift at &ge; {drift.drift_share:g}).</p>"
+            + _table(["column", "kind", "method", "score", "threshold", "drifted"], rows)
+            + "</section>"
+        )
         if cur_cols is not None:
             chosen = [c.column for c in drift.columns if c.drifted] or [c.column for c in drift.columns]
             plots = []
             for name in chosen[:max_histograms]:
                 h = _histogram(profile[name], cur_cols[name])
                 data["histograms"][name] = h
-                plots.append(f'<figure>{hist_plot(name, h)}</figure>')
+                plots.append(f"<figure>{hist_plot(name, h)}</figure>")
             label = "drifted columns" if any(c.drifted for c in drift.columns) else "columns"
-            sections.append(f'<section><h2>Reference vs current: {label}</h2><div class="grid">{"".join(plots)}</div></section>')
+            sections.append(
+                f'<section><h2>Reference vs current: {label}</h2><div class="grid">{"".join(plots)}</div></section>'
+            )
     if windows:
         xs = [w["start"] for w in windows]
         plots = []
-        quality = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "mae")
-                   if any(w.get(k) is not None for w in windows)]
+        quality = [
+            k
+            for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "rmse", "mae")
+            if any(w.get(k) is not None for w in windows)
+        ]
         if quality:
-            plots.append(f'<figure>{line_plot("performance over time", xs, {k: [w.get(k) for w in windows] for k in quality}, "value")}</figure>')
+            plots.append(
+                f"<figure>{line_plot('performance over time', xs, {k: [w.get(k) for w in windows] for k in quality}, 'value')}</figure>"
+            )
         lat = {k: [w.get(f"latency_{k}_ms") for w in windows] for k in ("p50", "p95", "p99")}
-        plots.append(f'<figure>{line_plot("latency over time", xs, lat, "ms")}</figure>')
+        plots.append(f"<figure>{line_plot('latency over time', xs, lat, 'ms')}</figure>")
         sections.append(f'<section><h2>Performance and latency</h2><div class="grid">{"".join(plots)}</div></section>')
     if alert_dicts:
-        rows = [[a.get("rule"), a.get("status"), a.get("severity"), f'{a.get("metric")} {a.get("comparison")} {a.get("threshold")}',
-                 f'{a.get("value"):.4g}' if isinstance(a.get("value"), (int, float)) else a.get("value"),
-                 _dt.datetime.fromtimestamp(a["at"], _dt.timezone.utc).isoformat(timespec="seconds") if "at" in a else ""]
-                for a in alert_dicts]
-        sections.append("<section><h2>Alerts</h2>" + _table(["rule", "status", "severity", "condition", "value", "at"], rows)
-                        + "</section>")
+        rows = [
+            [
+                a.get("rule"),
+                a.get("status"),
+                a.get("severity"),
+                f"{a.get('metric')} {a.get('comparison')} {a.get('threshold')}",
+                f"{a.get('value'):.4g}" if isinstance(a.get("value"), (int, float)) else a.get("value"),
+                _dt.datetime.fromtimestamp(a["at"], _dt.UTC).isoformat(timespec="seconds") if "at" in a else "",
+            ]
+            for a in alert_dicts
+        ]
+        sections.append(
+            "<section><h2>Alerts</h2>"
+            + _table(["rule", "status", "severity", "condition", "value", "at"], rows)
+            + "</section>"
+        )
     else:
         sections.append("<section><h2>Alerts</h2><p>No alerts.</p></section>")
 
@@ -245,7 +309,7 @@ th {{ background: #f0f3f8; }} .grid {{ display: flex; flex-wrap: wrap; gap: 12px
 figure {{ margin: 0; }} figure svg {{ max-width: 520px; height: auto; }} .score {{ font-size: 28px; font-weight: bold; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1><p>Generated {html.escape(now)}.</p>
-{''.join(sections)}
+{"".join(sections)}
 </body></html>
 """
     return page, json.loads(json.dumps(data, default=_json_default))

@@ -14,5 +14,15 @@ from fastml.pipeline.config import PipelineConfig, from_dict, load_config, valid
 from fastml.pipeline.run import STAGES, list_runs, open_run
 from fastml.pipeline.runner import RunResult, resume, train
 
-__all__ = ["PipelineConfig", "from_dict", "load_config", "validate_config", "STAGES", "list_runs", "open_run",
-           "RunResult", "resume", "train"]
+__all__ = [
+    "PipelineConfig",
+    "from_dict",
+    "load_config",
+    "validate_config",
+    "STAGES",
+    "list_runs",
+    "open_run",
+    "RunResult",
+    "resume",
+    "train",
+]

@@ -9,7 +9,9 @@ import sys
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="run a training pipeline (ten stages to a registered ONNX model)")
     p.add_argument("config", nargs="?", help="pipeline TOML file")
-    p.add_argument("--resume", metavar="RUN_ID", help="continue a failed or interrupted run from its last completed stage")
+    p.add_argument(
+        "--resume", metavar="RUN_ID", help="continue a failed or interrupted run from its last completed stage"
+    )
     p.add_argument("--workers", type=int, default=1, help="tuning worker processes on one Optuna study (default 1)")
     p.add_argument("--run-id", help="name the run (default: timestamp + random suffix)")
     p.add_argument("--storage", help="Optuna storage URL (SQLAlchemy URL or journal:///path); overrides tune.storage")
@@ -47,7 +49,6 @@ def _train(args) -> int:
     if (args.config is None) == (args.resume is None):
         raise InvalidInput("give either a pipeline CONFIG file or --resume RUN_ID")
     progress = _progress(args)
-    run_id = args.resume
     try:
         if args.resume:
             result = resume(args.resume, workers=args.workers, progress=progress)
@@ -60,7 +61,6 @@ def _train(args) -> int:
 
                 cfg = msgspec.structs.replace(cfg, tune=msgspec.structs.replace(cfg.tune, storage=args.storage))
             result = train(cfg, run_id=args.run_id, workers=args.workers, progress=progress)
-            run_id = result.run_id
         state = result.state
     except FastMLError:
         if args.run_id or args.resume:
@@ -89,10 +89,18 @@ def _runs_list(args) -> int:
     from fastml.pipeline.run import list_runs
 
     runs = list_runs()
-    rows = [{"run_id": r["run_id"], "name": r["name"], "status": r["status"], "family": r.get("family"),
-             "created_at": r["created_at"],
-             "last_stage": next((s["name"] for s in reversed(r["stages"]) if s["status"] == "completed"), None),
-             "model_ref": (r.get("summary") or {}).get("model_ref")} for r in runs]
+    rows = [
+        {
+            "run_id": r["run_id"],
+            "name": r["name"],
+            "status": r["status"],
+            "family": r.get("family"),
+            "created_at": r["created_at"],
+            "last_stage": next((s["name"] for s in reversed(r["stages"]) if s["status"] == "completed"), None),
+            "model_ref": (r.get("summary") or {}).get("model_ref"),
+        }
+        for r in runs
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -106,7 +114,9 @@ def _runs_list(args) -> int:
     for col in ("run_id", "name", "status", "family", "last_stage", "model_ref", "created_at"):
         t.add_column(col)
     for r in rows:
-        t.add_row(*(str(r[c] or "") for c in ("run_id", "name", "status", "family", "last_stage", "model_ref", "created_at")))
+        t.add_row(
+            *(str(r[c] or "") for c in ("run_id", "name", "status", "family", "last_stage", "model_ref", "created_at"))
+        )
     Console(width=160).print(t)
     return 0
 

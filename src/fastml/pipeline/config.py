@@ -16,8 +16,14 @@ import msgspec
 from fastml.errors import InvalidInput
 
 TASKS = ("classification", "regression")
-CLASSIFICATION_METRICS = {"accuracy": "maximize", "f1": "maximize", "precision": "maximize", "recall": "maximize",
-                          "roc_auc": "maximize", "log_loss": "minimize"}
+CLASSIFICATION_METRICS = {
+    "accuracy": "maximize",
+    "f1": "maximize",
+    "precision": "maximize",
+    "recall": "maximize",
+    "roc_auc": "maximize",
+    "log_loss": "minimize",
+}
 REGRESSION_METRICS = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
@@ -287,7 +293,9 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         if d.op not in DERIVED_OPS:
             err(f"features.derived[{i}].op", f"{d.op!r} is not one of {sorted(DERIVED_OPS)}")
         elif len(d.inputs) != DERIVED_OPS[d.op]:
-            err(f"features.derived[{i}].inputs", f"op {d.op!r} takes {DERIVED_OPS[d.op]} column(s), got {len(d.inputs)}")
+            err(
+                f"features.derived[{i}].inputs", f"op {d.op!r} takes {DERIVED_OPS[d.op]} column(s), got {len(d.inputs)}"
+            )
     t = cfg.tune
     if t.n_trials < 1:
         err("tune.n_trials", f"must be >= 1, got {t.n_trials}")
@@ -323,5 +331,5 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
     if cfg.register.bump not in ("major", "minor", "patch"):
         err("register.bump", f"{cfg.register.bump!r} is not one of ['major', 'minor', 'patch']")
     if errs:
-        raise InvalidInput("pipeline config has {} error(s):\n  ".format(len(errs)) + "\n  ".join(errs))
+        raise InvalidInput(f"pipeline config has {len(errs)} error(s):\n  " + "\n  ".join(errs))
     return cfg

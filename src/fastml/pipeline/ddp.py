@@ -20,8 +20,17 @@ import numpy as np
 from fastml.errors import InternalError
 
 
-def train_distributed(X: np.ndarray, y: np.ndarray, *, n_out: int, hidden_units: int, n_layers: int, nproc: int,
-                      timeout_s: float = 600.0, **hp) -> tuple[dict, dict]:
+def train_distributed(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_out: int,
+    hidden_units: int,
+    n_layers: int,
+    nproc: int,
+    timeout_s: float = 600.0,
+    **hp,
+) -> tuple[dict, dict]:
     """Train with ``nproc`` DDP processes; returns ``(state_dict, info)`` where ``info`` records each
     rank's row count and the world size."""
     import torch
@@ -30,16 +39,28 @@ def train_distributed(X: np.ndarray, y: np.ndarray, *, n_out: int, hidden_units:
         d = Path(tmp)
         np.save(d / "X.npy", np.ascontiguousarray(X, dtype=np.float32))
         np.save(d / "y.npy", y)
-        (d / "params.json").write_text(json.dumps(dict(n_out=n_out, hidden_units=hidden_units, n_layers=n_layers, **hp)))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               f"--nproc_per_node={nproc}", "-m", "fastml.pipeline.ddp", str(d)]
+        (d / "params.json").write_text(
+            json.dumps(dict(n_out=n_out, hidden_units=hidden_units, n_layers=n_layers, **hp))
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "fastml.pipeline.ddp",
+            str(d),
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         rank_files = [d / f"rank_{r}.json" for r in range(nproc)]
         finished = (d / "state.pt").exists() and all(f.exists() for f in rank_files)
         if not finished:
-            raise InternalError(f"torchrun DDP training failed (exit {proc.returncode}): "
-                                f"{proc.stderr[:1500]} ... {proc.stderr[-1500:]}")
+            raise InternalError(
+                f"torchrun DDP training failed (exit {proc.returncode}): {proc.stderr[:1500]} ... {proc.stderr[-1500:]}"
+            )
         # Every rank wrote its file and rank 0 saved the weights after training, so a non-zero exit here
         # can only come from process-group teardown; it is recorded, not fatal.
         state = torch.load(d / "state.pt", weights_only=True)
@@ -61,8 +82,19 @@ def _worker(workdir: Path) -> None:
     X, y = np.load(workdir / "X.npy"), np.load(workdir / "y.npy")
     net = build_network(X.shape[1], p["n_out"], p["hidden_units"], p["n_layers"], p["seed"])
     model = DistributedDataParallel(net)
-    seen = train_loop(model, X, y, task=p["task"], lr=p["lr"], epochs=p["epochs"], batch_size=p["batch_size"],
-                      weight_decay=p["weight_decay"], seed=p["seed"], rank=rank, world_size=world)
+    seen = train_loop(
+        model,
+        X,
+        y,
+        task=p["task"],
+        lr=p["lr"],
+        epochs=p["epochs"],
+        batch_size=p["batch_size"],
+        weight_decay=p["weight_decay"],
+        seed=p["seed"],
+        rank=rank,
+        world_size=world,
+    )
     (workdir / f"rank_{rank}.json").write_text(json.dumps({"rank": rank, "rows_seen": seen}))
     if rank == 0:
         torch.save(net.state_dict(), workdir / "state.pt.tmp")

@@ -19,9 +19,17 @@ def infer_spec(frame, cfg) -> InputSpec:
     excluded = {cfg.data.target, *cfg.data.drop}
     cols = [c for c in frame.columns if c not in excluded]
     fc = cfg.features
-    numeric = fc.numeric if fc.numeric is not None else [
-        c for c in cols if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-        and (fc.categorical is None or c not in fc.categorical)]
+    numeric = (
+        fc.numeric
+        if fc.numeric is not None
+        else [
+            c
+            for c in cols
+            if pd.api.types.is_numeric_dtype(frame[c])
+            and not pd.api.types.is_bool_dtype(frame[c])
+            and (fc.categorical is None or c not in fc.categorical)
+        ]
+    )
     categorical = fc.categorical if fc.categorical is not None else [c for c in cols if c not in numeric]
     missing = [c for c in [*numeric, *categorical] if c not in frame.columns]
     if missing:

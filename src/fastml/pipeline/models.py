@@ -7,7 +7,8 @@ catalogue (config validation) stays cheap.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def _spec(**kw):
@@ -92,33 +93,78 @@ def _mlp(task):
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        Family("logistic_regression", ("classification",), True, _logreg,
-               lambda t: {"C": _spec(type="float", low=1e-3, high=1e2, log=True)},
-               fixed=lambda t: {"max_iter": 1000}),
-        Family("ridge", ("regression",), True, _ridge,
-               lambda t: {"alpha": _spec(type="float", low=1e-3, high=1e2, log=True)}),
-        Family("random_forest", ("classification", "regression"), False, _rf,
-               lambda t: {"n_estimators": _spec(type="int", low=20, high=200, step=10),
-                          "max_depth": _spec(type="int", low=2, high=16),
-                          "min_samples_leaf": _spec(type="int", low=1, high=10)},
-               fixed=lambda t: {"n_jobs": 1}),
-        Family("hist_gradient_boosting", ("classification", "regression"), False, _hgb,
-               lambda t: {"learning_rate": _spec(type="float", low=0.01, high=0.3, log=True),
-                          "max_iter": _spec(type="int", low=20, high=200, step=10),
-                          "max_leaf_nodes": _spec(type="int", low=8, high=64)}),
-        Family("xgboost", ("classification", "regression"), False, _xgb,
-               lambda t: {"n_estimators": _spec(type="int", low=20, high=200, step=10),
-                          "max_depth": _spec(type="int", low=2, high=8),
-                          "learning_rate": _spec(type="float", low=0.01, high=0.3, log=True)},
-               fixed=lambda t: {"n_jobs": 1, "tree_method": "hist"}),
-        Family("lightgbm", ("classification", "regression"), False, _lgbm,
-               lambda t: {"n_estimators": _spec(type="int", low=20, high=200, step=10),
-                          "num_leaves": _spec(type="int", low=8, high=64),
-                          "learning_rate": _spec(type="float", low=0.01, high=0.3, log=True)},
-               fixed=lambda t: {"n_jobs": 1, "verbose": -1}),
-        Family("torch_mlp", ("classification", "regression"), True, _mlp,
-               lambda t: {"hidden_units": _spec(type="int", low=16, high=128, step=16),
-                          "lr": _spec(type="float", low=1e-3, high=3e-2, log=True),
-                          "weight_decay": _spec(type="float", low=1e-6, high=1e-2, log=True)}),
+        Family(
+            "logistic_regression",
+            ("classification",),
+            True,
+            _logreg,
+            lambda t: {"C": _spec(type="float", low=1e-3, high=1e2, log=True)},
+            fixed=lambda t: {"max_iter": 1000},
+        ),
+        Family(
+            "ridge",
+            ("regression",),
+            True,
+            _ridge,
+            lambda t: {"alpha": _spec(type="float", low=1e-3, high=1e2, log=True)},
+        ),
+        Family(
+            "random_forest",
+            ("classification", "regression"),
+            False,
+            _rf,
+            lambda t: {
+                "n_estimators": _spec(type="int", low=20, high=200, step=10),
+                "max_depth": _spec(type="int", low=2, high=16),
+                "min_samples_leaf": _spec(type="int", low=1, high=10),
+            },
+            fixed=lambda t: {"n_jobs": 1},
+        ),
+        Family(
+            "hist_gradient_boosting",
+            ("classification", "regression"),
+            False,
+            _hgb,
+            lambda t: {
+                "learning_rate": _spec(type="float", low=0.01, high=0.3, log=True),
+                "max_iter": _spec(type="int", low=20, high=200, step=10),
+                "max_leaf_nodes": _spec(type="int", low=8, high=64),
+            },
+        ),
+        Family(
+            "xgboost",
+            ("classification", "regression"),
+            False,
+            _xgb,
+            lambda t: {
+                "n_estimators": _spec(type="int", low=20, high=200, step=10),
+                "max_depth": _spec(type="int", low=2, high=8),
+                "learning_rate": _spec(type="float", low=0.01, high=0.3, log=True),
+            },
+            fixed=lambda t: {"n_jobs": 1, "tree_method": "hist"},
+        ),
+        Family(
+            "lightgbm",
+            ("classification", "regression"),
+            False,
+            _lgbm,
+            lambda t: {
+                "n_estimators": _spec(type="int", low=20, high=200, step=10),
+                "num_leaves": _spec(type="int", low=8, high=64),
+                "learning_rate": _spec(type="float", low=0.01, high=0.3, log=True),
+            },
+            fixed=lambda t: {"n_jobs": 1, "verbose": -1},
+        ),
+        Family(
+            "torch_mlp",
+            ("classification", "regression"),
+            True,
+            _mlp,
+            lambda t: {
+                "hidden_units": _spec(type="int", low=16, high=128, step=16),
+                "lr": _spec(type="float", low=1e-3, high=3e-2, log=True),
+                "weight_decay": _spec(type="float", low=1e-6, high=1e-2, log=True),
+            },
+        ),
     ]
 }

@@ -28,7 +28,9 @@ class LogProgress:
     def stage_started(self, name: str, index: int, total: int) -> None:
         log.info("[%d/%d] %s ...", index, total, name)
 
-    def stage_finished(self, name: str, index: int, total: int, duration_s: float, status: str, summary: dict | None) -> None:
+    def stage_finished(
+        self, name: str, index: int, total: int, duration_s: float, status: str, summary: dict | None
+    ) -> None:
         log.info("[%d/%d] %s %s in %.2f s%s", index, total, name, status, duration_s, f": {summary}" if summary else "")
 
     def trials_started(self, total: int, already_done: int) -> None:
@@ -41,7 +43,13 @@ class LogProgress:
         if done < total and now - self._last < self.every_s:
             return
         self._last = now
-        log.info("tune: trial %d/%d, best %s, ETA %s", done, total, _fmt(best), _eta(self._t0, done - self._start_done, total - done))
+        log.info(
+            "tune: trial %d/%d, best %s, ETA %s",
+            done,
+            total,
+            _fmt(best),
+            _eta(self._t0, done - self._start_done, total - done),
+        )
 
     def run_finished(self, state: dict) -> None:
         log.info("run %s %s", state["run_id"], state["status"])
@@ -56,11 +64,25 @@ class RichProgress(LogProgress):
     def __init__(self, console=None):
         super().__init__()
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = console or Console(stderr=True)
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TimeRemainingColumn(), console=self.console, transient=False)
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
         self.bars.start()
         self._stage_task = None
         self._trial_task = None

@@ -14,7 +14,18 @@ from pathlib import Path
 from fastml.config import get_settings
 from fastml.errors import InvalidInput, NotFound
 
-STAGES = ("ingest", "validate", "features", "split", "tune", "train", "cross_validate", "evaluate", "export", "register")
+STAGES = (
+    "ingest",
+    "validate",
+    "features",
+    "split",
+    "tune",
+    "train",
+    "cross_validate",
+    "evaluate",
+    "export",
+    "register",
+)
 
 
 def runs_root() -> Path:
@@ -22,11 +33,11 @@ def runs_root() -> Path:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
 def new_run_id() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
 class Run:

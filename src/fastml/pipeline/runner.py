@@ -37,7 +37,9 @@ def _as_config(config):
         return from_dict(config)
     if isinstance(config, (str, Path)):
         return load_config(config)
-    raise InvalidInput(f"pipeline config: expected a TOML path, a dict or a PipelineConfig, got {type(config).__name__}")
+    raise InvalidInput(
+        f"pipeline config: expected a TOML path, a dict or a PipelineConfig, got {type(config).__name__}"
+    )
 
 
 def train(config, *, run_id: str | None = None, workers: int = 1, progress=None) -> RunResult:
@@ -51,7 +53,9 @@ def train(config, *, run_id: str | None = None, workers: int = 1, progress=None)
         raise InvalidInput(f"workers: must be >= 1, got {workers}")
     cfg = _as_config(config)
     if workers > 1 and cfg.tune.storage == "memory":
-        raise InvalidInput("tune.storage: 'memory' cannot be shared by --workers processes; use the default journal or a URL")
+        raise InvalidInput(
+            "tune.storage: 'memory' cannot be shared by --workers processes; use the default journal or a URL"
+        )
     run = create_run(cfg, run_id)
     return _execute(run, cfg, progress, workers)
 
@@ -67,7 +71,9 @@ def resume(run_id: str, *, workers: int = 1, progress=None) -> RunResult:
 
 def _execute(run: Run, cfg, progress, workers: int) -> RunResult:
     if workers > 1 and cfg.tune.storage == "memory":
-        raise InvalidInput("tune.storage: 'memory' cannot be shared by --workers processes; use the default journal or a URL")
+        raise InvalidInput(
+            "tune.storage: 'memory' cannot be shared by --workers processes; use the default journal or a URL"
+        )
     from fastml.pipeline import stages as stage_mod
     from fastml.pipeline.progress import LogProgress
 
@@ -124,11 +130,22 @@ def _run_summary(run: Run) -> dict:
     ev = run.stage("evaluate").get("summary") or {}
     reg = run.stage("register").get("summary") or {}
     tune = run.stage("tune").get("summary") or {}
-    return {"metrics": ev, "model_ref": reg.get("ref"), "best_params": tune.get("best_params"),
-            "trials": tune.get("trials"), "duration_s": sum(s.get("duration_s") or 0 for s in run.state["stages"])}
+    return {
+        "metrics": ev,
+        "model_ref": reg.get("ref"),
+        "best_params": tune.get("best_params"),
+        "trials": tune.get("trials"),
+        "duration_s": sum(s.get("duration_s") or 0 for s in run.state["stages"]),
+    }
 
 
 def _result(run: Run) -> RunResult:
     s = run.state.get("summary") or {}
-    return RunResult(run.run_id, run.dir, run.state, s.get("metrics", {}),
-                     run.dir / "09_export" / "model.optimized.onnx", s.get("model_ref"))
+    return RunResult(
+        run.run_id,
+        run.dir,
+        run.state,
+        s.get("metrics", {}),
+        run.dir / "09_export" / "model.optimized.onnx",
+        s.get("model_ref"),
+    )

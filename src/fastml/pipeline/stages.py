@@ -122,8 +122,13 @@ def stage_ingest(ctx: Context) -> dict:
     out = ctx.out("ingest")
     frame.to_parquet(out / "data.parquet", index=False)
     fp = dataset_fingerprint(frame)
-    info = {"rows": int(len(frame)), "columns": list(frame.columns), "source": source, "dataset_fingerprint": fp,
-            "feature_refs": feature_refs}
+    info = {
+        "rows": int(len(frame)),
+        "columns": list(frame.columns),
+        "source": source,
+        "dataset_fingerprint": fp,
+        "feature_refs": feature_refs,
+    }
     (out / "ingest.json").write_text(json.dumps(info, indent=2))
     return {"rows": info["rows"], "columns": len(frame.columns), "dataset_fingerprint": fp}
 
@@ -140,8 +145,14 @@ def validation_checks(frame, cfg) -> list[dict]:
         checks.append({"check": check, "column": column, "passed": bool(passed), "detail": detail})
 
     target = cfg.data.target
-    add("schema", target, target in frame.columns,
-        "target column present" if target in frame.columns else f"target column missing; columns are {list(frame.columns)}")
+    add(
+        "schema",
+        target,
+        target in frame.columns,
+        "target column present"
+        if target in frame.columns
+        else f"target column missing; columns are {list(frame.columns)}",
+    )
     for col, kind in v.columns.items():
         if col not in frame.columns:
             add("schema", col, False, f"expected column ({kind}) is missing")
@@ -166,7 +177,12 @@ def validation_checks(frame, cfg) -> list[dict]:
             continue
         vals = pd.to_numeric(frame[col], errors="coerce")
         bad = int(((vals < lo) | (vals > hi)).sum())
-        add("range", col, bad == 0, f"{bad} value(s) outside [{lo:g}, {hi:g}]" if bad else f"all within [{lo:g}, {hi:g}]")
+        add(
+            "range",
+            col,
+            bad == 0,
+            f"{bad} value(s) outside [{lo:g}, {hi:g}]" if bad else f"all within [{lo:g}, {hi:g}]",
+        )
     if target in frame.columns and len(frame):
         y = frame[target].dropna()
         if cfg.task == "classification":
@@ -176,13 +192,26 @@ def validation_checks(frame, cfg) -> list[dict]:
             if len(shares) >= 2:
                 worst = shares.idxmin()
                 worst = worst.item() if hasattr(worst, "item") else worst
-                add("class_balance", target, shares.min() >= v.min_class_fraction,
-                    f"smallest class {worst!r} has {shares.min():.2%} of rows (minimum {v.min_class_fraction:.2%})")
-                add("class_balance", target, counts.min() >= cfg.folds + 1,
-                    f"smallest class has {int(counts.min())} rows (needs at least folds + 1 = {cfg.folds + 1} for stratified CV and holdout)")
+                add(
+                    "class_balance",
+                    target,
+                    shares.min() >= v.min_class_fraction,
+                    f"smallest class {worst!r} has {shares.min():.2%} of rows (minimum {v.min_class_fraction:.2%})",
+                )
+                add(
+                    "class_balance",
+                    target,
+                    counts.min() >= cfg.folds + 1,
+                    f"smallest class has {int(counts.min())} rows (needs at least folds + 1 = {cfg.folds + 1} for stratified CV and holdout)",
+                )
         else:
             ok = pd.api.types.is_numeric_dtype(frame[target])
-            add("schema", target, ok, f"regression target dtype {frame[target].dtype}" + ("" if ok else " is not numeric"))
+            add(
+                "schema",
+                target,
+                ok,
+                f"regression target dtype {frame[target].dtype}" + ("" if ok else " is not numeric"),
+            )
     return checks
 
 
@@ -221,8 +250,12 @@ def stage_features(ctx: Context) -> dict:
     joblib.dump(pre, out / "preprocessor.joblib")  # unfitted; fitted inside each model's Pipeline
     (out / "preprocessor.txt").write_text(repr(pre) + "\n")
     ctx.__dict__.pop("spec", None)
-    return {"numeric": len(spec.numeric), "categorical": len(spec.categorical), "derived": len(ctx.cfg.features.derived),
-            "layout": spec.layout}
+    return {
+        "numeric": len(spec.numeric),
+        "categorical": len(spec.categorical),
+        "derived": len(ctx.cfg.features.derived),
+        "layout": spec.layout,
+    }
 
 
 # 4 -------------------------------------------------------------------------------------------------
@@ -263,7 +296,9 @@ def stage_tune(ctx: Context) -> dict:
     workers_info: list[dict] = []
     if todo:
         if ctx.workers > 1:
-            workers_info = tune.run_workers(ctx.run.dir, tune.split_trials(todo, ctx.workers), ctx.progress, study, n_total)
+            workers_info = tune.run_workers(
+                ctx.run.dir, tune.split_trials(todo, ctx.workers), ctx.progress, study, n_total
+            )
         else:
             X, y = ctx.xy("train")
             objective = tune.make_objective(cfg, ctx.spec, X, y, tune.fold_indices(cfg, y))
@@ -281,13 +316,22 @@ def stage_tune(ctx: Context) -> dict:
     (out / "tune.json").write_text(json.dumps(summary, indent=2, default=str))
     if summary["best_params"] is None:
         first = summary["failed"][0]["error"] if summary["failed"] else "no trial finished"
-        raise InternalError(f"tune: no trial completed ({summary['counts'].get('fail', 0)} failed; first error: {first})")
+        raise InternalError(
+            f"tune: no trial completed ({summary['counts'].get('fail', 0)} failed; first error: {first})"
+        )
     (out / "best_params.json").write_text(json.dumps(summary["best_params"], indent=2))
     ctx.__dict__.pop("best_params", None)
     c = summary["counts"]
-    return {"trials": summary["total"], "complete": c.get("complete", 0), "pruned": c.get("pruned", 0),
-            "failed": c.get("fail", 0), "best_value": summary["best_value"], "best_params": summary["best_params"],
-            "metric": cfg.metric_name, "study": study.study_name}
+    return {
+        "trials": summary["total"],
+        "complete": c.get("complete", 0),
+        "pruned": c.get("pruned", 0),
+        "failed": c.get("fail", 0),
+        "best_value": summary["best_value"],
+        "best_params": summary["best_params"],
+        "metric": cfg.metric_name,
+        "study": study.study_name,
+    }
 
 
 # 6 -------------------------------------------------------------------------------------------------
@@ -325,8 +369,10 @@ def stage_cross_validate(ctx: Context) -> dict:
         est.fit(tune._take(X, tr), y[tr])
         per_fold.append(all_metrics(ctx.cfg.task, est, tune._take(X, va), y[va]))
     names = per_fold[0].keys()
-    result = {n: {"mean": float(np.nanmean([f[n] for f in per_fold])), "std": float(np.nanstd([f[n] for f in per_fold]))}
-              for n in names}
+    result = {
+        n: {"mean": float(np.nanmean([f[n] for f in per_fold])), "std": float(np.nanstd([f[n] for f in per_fold]))}
+        for n in names
+    }
     (ctx.out("cross_validate") / "cv.json").write_text(json.dumps({"folds": per_fold, "summary": result}, indent=2))
     m = ctx.cfg.metric_name
     return {"folds": len(per_fold), "metric": m, "mean": result[m]["mean"], "std": result[m]["std"]}
@@ -348,8 +394,11 @@ def stage_evaluate(ctx: Context) -> dict:
         per_example = {"correct": [bool(v) for v in (np.asarray(pred) == y)], "example_ids": ids}
     else:
         # absolute errors: lower is better, whatever direction compare() is asked for the headline metric
-        per_example = {"scores": [float(v) for v in np.abs(np.asarray(pred, dtype=np.float64) - y.astype(np.float64))],
-                       "higher_is_better": False, "example_ids": ids}
+        per_example = {
+            "scores": [float(v) for v in np.abs(np.asarray(pred, dtype=np.float64) - y.astype(np.float64))],
+            "higher_is_better": False,
+            "example_ids": ids,
+        }
     (out / "eval_results.json").write_text(json.dumps(per_example))
     return metrics
 
@@ -367,15 +416,21 @@ def stage_export(ctx: Context) -> dict:
     X, _ = ctx.xy("holdout")
     reports = {}
     for label, path in (("onnx", raw), ("optimized", compiled)):
-        reports[label] = check_parity(ctx.model, path, X, ctx.spec, task=cfg.task,
-                                      atol=cfg.export.parity_atol, rtol=cfg.export.parity_rtol).to_dict()
+        reports[label] = check_parity(
+            ctx.model, path, X, ctx.spec, task=cfg.task, atol=cfg.export.parity_atol, rtol=cfg.export.parity_rtol
+        ).to_dict()
     (out / "parity.json").write_text(json.dumps(reports, indent=2))
     bad = {k: r["failures"] for k, r in reports.items() if not r["ok"]}
     if bad:
         raise IntegrityError(f"export: ONNX parity check failed on the holdout: {bad}")
-    return {"onnx": str(raw), "optimized": str(compiled), "onnx_bytes": raw.stat().st_size,
-            "parity_max_abs_diff": max(r["max_abs_diff"] for r in reports.values()),
-            "parity_atol": cfg.export.parity_atol, "parity_rtol": cfg.export.parity_rtol}
+    return {
+        "onnx": str(raw),
+        "optimized": str(compiled),
+        "onnx_bytes": raw.stat().st_size,
+        "parity_max_abs_diff": max(r["max_abs_diff"] for r in reports.values()),
+        "parity_atol": cfg.export.parity_atol,
+        "parity_rtol": cfg.export.parity_rtol,
+    }
 
 
 # 10 ------------------------------------------------------------------------------------------------
@@ -424,18 +479,29 @@ def stage_register(ctx: Context) -> dict:
     metrics.update({f"cv_{k}_std": v["std"] for k, v in cv.items()})
     metrics = {k: float(v) for k, v in metrics.items() if v == v}  # drop NaN (undefined scores)
     params = json.loads((ctx.out("train") / "params.json").read_text())
-    tags = {**cfg.register.tags, "config_hash": cfg.config_hash(), "task": cfg.task, "family": cfg.model.family,
-            "pipeline_run": ctx.run.run_id}
-    card = {"task": cfg.task, "family": cfg.model.family, "metric": cfg.metric_name,
-            "training_rows": len(ctx.split[0]), "holdout_rows": len(ctx.split[1]), "data_source": ingest["source"],
-            "features": ctx.spec.to_dict()}
+    tags = {
+        **cfg.register.tags,
+        "config_hash": cfg.config_hash(),
+        "task": cfg.task,
+        "family": cfg.model.family,
+        "pipeline_run": ctx.run.run_id,
+    }
+    card = {
+        "task": cfg.task,
+        "family": cfg.model.family,
+        "metric": cfg.metric_name,
+        "training_rows": len(ctx.split[0]),
+        "holdout_rows": len(ctx.split[1]),
+        "data_source": ingest["source"],
+        "features": ctx.spec.to_dict(),
+    }
     eval_results = json.loads((ctx.out("evaluate") / "eval_results.json").read_text())
     mv = registry.register(
         name,
         exp / "model.optimized.onnx",
         bump=cfg.register.bump,
         metrics=metrics,
-        params={k: v for k, v in params.items()},
+        params=dict(params),
         tags=tags,
         description=cfg.register.description or f"{cfg.model.family} trained by fastml pipeline run {ctx.run.run_id}",
         parent=parent,
@@ -447,7 +513,12 @@ def stage_register(ctx: Context) -> dict:
         feature_refs=ingest.get("feature_refs"),
         eval_results=eval_results,
     )
-    reg = {"registered": True, "name": mv.name, "version": str(mv.version), "ref": f"{mv.name}:{mv.version}",
-           "parent": parent}
+    reg = {
+        "registered": True,
+        "name": mv.name,
+        "version": str(mv.version),
+        "ref": f"{mv.name}:{mv.version}",
+        "parent": parent,
+    }
     (out / "registration.json").write_text(json.dumps(reg, indent=2))
     return reg

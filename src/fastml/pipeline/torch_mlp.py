@@ -25,8 +25,20 @@ def build_network(n_in: int, n_out: int, hidden_units: int, n_layers: int, seed:
     return torch.nn.Sequential(*layers)
 
 
-def train_loop(module, X: np.ndarray, y: np.ndarray, *, task: str, lr: float, epochs: int, batch_size: int,
-               weight_decay: float, seed: int, rank: int = 0, world_size: int = 1) -> int:
+def train_loop(
+    module,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    weight_decay: float,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> int:
     """Train ``module`` in place with Adam on mini-batches; returns the number of rows this rank saw.
 
     With ``world_size > 1`` each rank takes its own shard of every epoch's permutation (the same
@@ -35,7 +47,11 @@ def train_loop(module, X: np.ndarray, y: np.ndarray, *, task: str, lr: float, ep
     import torch
 
     Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    yt = torch.from_numpy(y.astype(np.int64)) if task == "classification" else torch.from_numpy(y.astype(np.float32).reshape(-1, 1))
+    yt = (
+        torch.from_numpy(y.astype(np.int64))
+        if task == "classification"
+        else torch.from_numpy(y.astype(np.float32).reshape(-1, 1))
+    )
     loss_fn = torch.nn.CrossEntropyLoss() if task == "classification" else torch.nn.MSELoss()
     opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -49,7 +65,7 @@ def train_loop(module, X: np.ndarray, y: np.ndarray, *, task: str, lr: float, ep
             per_rank = -(-n // world_size)
             perm = torch.cat([perm, perm[: per_rank * world_size - n]])[rank::world_size]
         for start in range(0, len(perm), batch_size):
-            idx = perm[start:start + batch_size]
+            idx = perm[start : start + batch_size]
             opt.zero_grad()
             loss = loss_fn(module(Xt[idx]), yt[idx])
             loss.backward()
@@ -63,9 +79,18 @@ class _TorchMLP(BaseEstimator):
     _fastml_torch = True
     task = "classification"
 
-    def __init__(self, hidden_units: int = 64, n_layers: int = 2, lr: float = 1e-2, epochs: int = 30,
-                 batch_size: int = 128, weight_decay: float = 0.0, random_state: int = 0, ddp_processes: int = 1,
-                 n_threads: int = 1):
+    def __init__(
+        self,
+        hidden_units: int = 64,
+        n_layers: int = 2,
+        lr: float = 1e-2,
+        epochs: int = 30,
+        batch_size: int = 128,
+        weight_decay: float = 0.0,
+        random_state: int = 0,
+        ddp_processes: int = 1,
+        n_threads: int = 1,
+    ):
         self.hidden_units = hidden_units
         self.n_layers = n_layers
         self.lr = lr
@@ -88,15 +113,29 @@ class _TorchMLP(BaseEstimator):
         X = np.asarray(X, dtype=np.float32)
         y_enc, n_out = self._targets(np.asarray(y))
         self.n_features_in_ = X.shape[1]
-        hp = dict(task=self.task, lr=float(self.lr), epochs=int(self.epochs), batch_size=int(self.batch_size),
-                  weight_decay=float(self.weight_decay), seed=int(self.random_state))
-        self.module_ = build_network(X.shape[1], n_out, int(self.hidden_units), int(self.n_layers), int(self.random_state))
+        hp = dict(
+            task=self.task,
+            lr=float(self.lr),
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            weight_decay=float(self.weight_decay),
+            seed=int(self.random_state),
+        )
+        self.module_ = build_network(
+            X.shape[1], n_out, int(self.hidden_units), int(self.n_layers), int(self.random_state)
+        )
         if int(self.ddp_processes) > 1:
             from fastml.pipeline.ddp import train_distributed
 
             state, self.ddp_info_ = train_distributed(
-                X, y_enc, n_out=n_out, hidden_units=int(self.hidden_units), n_layers=int(self.n_layers),
-                nproc=int(self.ddp_processes), **hp)
+                X,
+                y_enc,
+                n_out=n_out,
+                hidden_units=int(self.hidden_units),
+                n_layers=int(self.n_layers),
+                nproc=int(self.ddp_processes),
+                **hp,
+            )
             self.module_.load_state_dict(state)
             self.module_.eval()
         else:

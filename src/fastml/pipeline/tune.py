@@ -22,7 +22,11 @@ from fastml.errors import InvalidInput
 def search_space(cfg) -> dict:
     from fastml.pipeline.models import FAMILIES
 
-    return cfg.tune.search_space if cfg.tune.search_space is not None else FAMILIES[cfg.model.family].default_space(cfg.task)
+    return (
+        cfg.tune.search_space
+        if cfg.tune.search_space is not None
+        else FAMILIES[cfg.model.family].default_space(cfg.task)
+    )
 
 
 def suggest(trial, space: dict) -> dict:
@@ -120,7 +124,7 @@ def make_storage(cfg, run_dir: Path):
         run_dir.mkdir(parents=True, exist_ok=True)
         return JournalStorage(_local_journal_backend(str(run_dir / "optuna.journal")))
     if url.startswith("journal://"):
-        path = Path(url[len("journal://"):])
+        path = Path(url[len("journal://") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url == "memory":
@@ -198,9 +202,9 @@ def make_objective(cfg, spec, X, y, folds):
     return objective
 
 
-
-def optimize(study, objective, n_trials: int, *, study_total: int | None = None, timeout_s: float | None = None,
-             callbacks=()):
+def optimize(
+    study, objective, n_trials: int, *, study_total: int | None = None, timeout_s: float | None = None, callbacks=()
+):
     """Run up to ``n_trials`` trials in this process; trials that raise are recorded as FAIL.
 
     With ``study_total``, stop once the study holds that many trials (any state, counting those other
@@ -217,8 +221,9 @@ def optimize(study, objective, n_trials: int, *, study_total: int | None = None,
     cbs = list(callbacks)
     if study_total is not None:
         cbs.append(optuna.study.MaxTrialsCallback(study_total, states=None))
-    study.optimize(objective, n_trials=n_trials, timeout=timeout_s, catch=(Exception,), callbacks=cbs,
-                   gc_after_trial=False)
+    study.optimize(
+        objective, n_trials=n_trials, timeout=timeout_s, catch=(Exception,), callbacks=cbs, gc_after_trial=False
+    )
 
 
 def fail_stale_trials(study) -> int:
@@ -245,13 +250,24 @@ def trial_summary(study) -> dict:
     counts = {s.name.lower(): 0 for s in optuna.trial.TrialState}
     for t in trials:
         counts[t.state.name.lower()] += 1
-    failed = [{"number": t.number, "error": t.user_attrs.get("error") or t.system_attrs.get("fail_reason", ""), "params": t.params}
-              for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    failed = [
+        {
+            "number": t.number,
+            "error": t.user_attrs.get("error") or t.system_attrs.get("fail_reason", ""),
+            "params": t.params,
+        }
+        for t in trials
+        if t.state == optuna.trial.TrialState.FAIL
+    ]
     out = {"total": len(trials), "counts": counts, "failed": failed}
     try:
         best = study.best_trial
-        out.update(best_value=best.value, best_params=best.params, best_number=best.number,
-                   best_fold_scores=best.user_attrs.get("fold_scores"))
+        out.update(
+            best_value=best.value,
+            best_params=best.params,
+            best_number=best.number,
+            best_fold_scores=best.user_attrs.get("fold_scores"),
+        )
     except ValueError:
         out.update(best_value=None, best_params=None)
     return out
@@ -277,10 +293,26 @@ def run_workers(run_dir: Path, per_worker: list[int], progress, study, n_total: 
     for i, n in enumerate(per_worker):
         if n == 0:
             continue
-        cmd = [sys.executable, "-m", "fastml.pipeline.tune_worker", str(run_dir), "--worker", str(i), "--trials", str(n),
-               "--total", str(n_total)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fastml.pipeline.tune_worker",
+            str(run_dir),
+            "--worker",
+            str(i),
+            "--trials",
+            str(n),
+            "--total",
+            str(n_total),
+        ]
         log = open(out_dir / f"worker_{i}.log", "w")
-        procs.append((i, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")), log))
+        procs.append(
+            (
+                i,
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")),
+                log,
+            )
+        )
     seen = 0
     while True:
         done = all(p.poll() is not None for _, p, _ in procs)

@@ -38,8 +38,14 @@ def main(argv=None) -> int:
     X, y = ctx.xy("train")
     mine: list[int] = []
     objective = tune.make_objective(cfg, ctx.spec, X, y, tune.fold_indices(cfg, y))
-    tune.optimize(study, objective, args.trials, study_total=args.total, timeout_s=cfg.tune.timeout_s,
-                  callbacks=[lambda st, t: mine.append(t.number)])
+    tune.optimize(
+        study,
+        objective,
+        args.trials,
+        study_total=args.total,
+        timeout_s=cfg.tune.timeout_s,
+        callbacks=[lambda st, t: mine.append(t.number)],
+    )
     out = run_dir / "workers" / f"worker_{args.worker}.json"
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"worker": args.worker, "pid": os.getpid(), "trials": len(mine), "numbers": mine}))

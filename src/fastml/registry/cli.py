@@ -64,8 +64,12 @@ def add_parser(subparsers) -> None:
     c = cmd("approve", _approve, "approve a transition request", read=True)
     c.add_argument("request_id", type=int)
     c.add_argument("--comment", default="")
-    c.add_argument("--key", default=None, metavar="PATH",
-                   help="sign the approval with this Ed25519 private key (ssh-keygen -t ed25519); needs --reviewer")
+    c.add_argument(
+        "--key",
+        default=None,
+        metavar="PATH",
+        help="sign the approval with this Ed25519 private key (ssh-keygen -t ed25519); needs --reviewer",
+    )
     actor(c, "--reviewer")
 
     c = cmd("signers", _signers, "set the reviewers' allowed signing keys (OpenSSH allowed_signers lines)")

@@ -206,8 +206,9 @@ class Registry:
     def list_requests(self, *, status: str | None = "open", name: str | None = None) -> list[dict]:
         return self._stages.list_requests(status=status, name=name)
 
-    def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "",
-                signature: str | None = None) -> dict:
+    def approve(
+        self, request_id: int, *, reviewer: str | None = None, comment: str = "", signature: str | None = None
+    ) -> dict:
         """Approve a request. The approval that completes the count performs the move in the same
         transaction (gates run first; the previous occupant of an exclusive stage is archived). If the
         model changed since the request was made, the approval is refused with ``Conflict`` and the

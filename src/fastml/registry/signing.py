@@ -58,8 +58,13 @@ def ensure_tables(conn) -> None:
 
 def approval_payload(request_id: int, name: str, version: str, target_stage: str, reviewer: str) -> bytes:
     """The bytes a reviewer signs to approve ``request_id``: every field that decides what the approval means."""
-    body = {"request_id": int(request_id), "model": name, "version": version, "target_stage": target_stage,
-            "reviewer": reviewer}
+    body = {
+        "request_id": int(request_id),
+        "model": name,
+        "version": version,
+        "target_stage": target_stage,
+        "reviewer": reviewer,
+    }
     return PAYLOAD_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -135,6 +140,7 @@ def load_private_key(path: str | Path, password: bytes | None = None):
     except OSError as exc:
         raise NotFound(f"cannot read the key file {str(p)!r}: {exc.strerror or exc}") from None
     try:
+        key: object
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, password)
         else:
@@ -187,8 +193,9 @@ def get_policy(conn) -> tuple[dict[str, list], bool] | None:
     return parse_allowed_signers(row.allowed_signers), bool(row.required)
 
 
-def check_approval(conn, request_id: int, name: str, version: str, target_stage: str, reviewer: str,
-                   signature: str | None) -> None:
+def check_approval(
+    conn, request_id: int, name: str, version: str, target_stage: str, reviewer: str, signature: str | None
+) -> None:
     """Inside the approval's write transaction: check its signature against the policy and store it.
 
     Raises:
@@ -205,7 +212,9 @@ def check_approval(conn, request_id: int, name: str, version: str, target_stage:
             )
         return
     if policy is None:
-        raise InvalidInput("a signed approval needs the registry's allowed signers (fastml.registry.signing.set_policy)")
+        raise InvalidInput(
+            "a signed approval needs the registry's allowed signers (fastml.registry.signing.set_policy)"
+        )
     payload = approval_payload(request_id, name, version, target_stage, reviewer)
     key = next((k for k in policy[0].get(reviewer, []) if _verify(k, signature, payload)), None)
     if key is None:
@@ -223,8 +232,12 @@ def check_approval(conn, request_id: int, name: str, version: str, target_stage:
         )
     conn.execute(
         signatures_table.insert().values(
-            request_id=request_id, reviewer=reviewer, key_fingerprint=fp, public_key=openssh_text(key),
-            signature=signature, payload=payload.decode(),
+            request_id=request_id,
+            reviewer=reviewer,
+            key_fingerprint=fp,
+            public_key=openssh_text(key),
+            signature=signature,
+            payload=payload.decode(),
         )
     )
 
@@ -264,11 +277,20 @@ def verify_stored(engine) -> list[dict]:
                     key = None
                 if key is None or fingerprint(key) != r.key_fingerprint or not _verify(key, r.signature, payload):
                     problem = "the approval signature does not verify"
-                elif policy is not None and r.key_fingerprint not in {fingerprint(k) for k in policy[0].get(r.reviewer, [])}:
+                elif policy is not None and r.key_fingerprint not in {
+                    fingerprint(k) for k in policy[0].get(r.reviewer, [])
+                }:
                     problem = "the signing key is no longer an allowed signer for this reviewer"
             if problem:
-                problems.append({"ref": where, "kind": "approval-signature", "sha256": r.key_fingerprint, "path": "",
-                                 "problem": problem})
+                problems.append(
+                    {
+                        "ref": where,
+                        "kind": "approval-signature",
+                        "sha256": r.key_fingerprint,
+                        "path": "",
+                        "problem": problem,
+                    }
+                )
     return problems
 
 

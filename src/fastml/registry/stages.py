@@ -231,8 +231,9 @@ class Stages:
         )
         return req
 
-    def approve(self, request_id: int, *, reviewer: str | None = None, comment: str = "",
-                signature: str | None = None) -> dict:
+    def approve(
+        self, request_id: int, *, reviewer: str | None = None, comment: str = "", signature: str | None = None
+    ) -> dict:
         c = self._c
         reviewer = c.actor(reviewer)
         pending: list = []

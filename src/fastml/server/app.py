@@ -60,8 +60,10 @@ def protocol_class(impl: str | None = None) -> type:
         if _warned_stale:
             return http.HttpProtocol
         _warned_stale.append(True)
-        log.warning("fastml.server._http was built before server/http.py last changed: serving the pure-Python "
-                    "reference (rebuild with `python setup.py build_ext --inplace`)")
+        log.warning(
+            "fastml.server._http was built before server/http.py last changed: serving the pure-Python "
+            "reference (rebuild with `python setup.py build_ext --inplace`)"
+        )
         return http.HttpProtocol
     return _http.HttpProtocol
 
@@ -129,10 +131,21 @@ class Server:
         plane: the data plane every transport calls (default: a new one over ``manager``).
     """
 
-    def __init__(self, manager, host: str = "127.0.0.1", http_port: int = 8000, metrics_port: int | None = 8002,
-                 limits: Limits | None = None, reuse_port: bool = False, snapshot_fn=None, plane: DataPlane | None = None,
-                 grpc_port: int | None = None, binary_port: int | None = None, binary_socket: str | None = None,
-                 auth: admin_auth.AdminAuth | None = None):
+    def __init__(
+        self,
+        manager,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        metrics_port: int | None = 8002,
+        limits: Limits | None = None,
+        reuse_port: bool = False,
+        snapshot_fn=None,
+        plane: DataPlane | None = None,
+        grpc_port: int | None = None,
+        binary_port: int | None = None,
+        binary_socket: str | None = None,
+        auth: admin_auth.AdminAuth | None = None,
+    ):
         self.manager = manager
         self.plane = plane if plane is not None else DataPlane(manager)
         if auth is not None:
@@ -186,8 +199,10 @@ class Server:
             if warning:
                 log.warning("%s", warning)
         if self.auth.require_for_inference and (self.binary_port is not None or self.binary_socket is not None):
-            raise InvalidInput("the binary protocol carries no credentials: --require-token-for-inference cannot be "
-                               "combined with --binary-port or --binary-socket")
+            raise InvalidInput(
+                "the binary protocol carries no credentials: --require-token-for-inference cannot be "
+                "combined with --binary-port or --binary-socket"
+            )
         if self.plane.deployments is None and self.plane.manager is not None:
             # Deployments persisted under FASTML_HOME are applied before the first request, then followed.
             from fastml.serving.deployments import DeploymentManager
@@ -199,13 +214,17 @@ class Server:
             self._servers.append(srv)
             self.http_port = srv.sockets[0].getsockname()[1]
         if self.metrics_port is not None:
-            msrv = await loop.create_server(lambda: self.protocol(self, metrics_only=True), sock=self._bind(self.metrics_port, reuse=False))
+            msrv = await loop.create_server(
+                lambda: self.protocol(self, metrics_only=True), sock=self._bind(self.metrics_port, reuse=False)
+            )
             self._servers.append(msrv)
             self.metrics_port = msrv.sockets[0].getsockname()[1]
         if self.grpc_port is not None:
             from fastml.server.grpc_service import GrpcListener
 
-            self._grpc = GrpcListener(self.plane, self.host, self.grpc_port, self.limits.max_body_bytes, self.reuse_port)
+            self._grpc = GrpcListener(
+                self.plane, self.host, self.grpc_port, self.limits.max_body_bytes, self.reuse_port
+            )
             self.grpc_port = await self._grpc.start()
         if self.binary_port is not None or self.binary_socket is not None:
             from fastml.server.binary import BinaryLimits, BinaryListener
@@ -279,7 +298,9 @@ class Server:
                 conn.closed = True
                 conn.transport.close()
         deadline = time.monotonic() + grace_period_s
-        while (self.inflight or self._tasks or any(c.pending for c in self.connections)) and time.monotonic() < deadline:
+        while (
+            self.inflight or self._tasks or any(c.pending for c in self.connections)
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         clean = not self.inflight
         for conn in list(self.connections):
@@ -339,7 +360,11 @@ class Server:
         if kind == routes.READY:
             if plane.server_ready():
                 return 200, _EMPTY, b"text/plain"
-            return 503, encode_json({"error": "server is draining" if plane.draining else "a model is not ready"}), _JSON
+            return (
+                503,
+                encode_json({"error": "server is draining" if plane.draining else "a model is not ready"}),
+                _JSON,
+            )
         if kind == routes.SERVER_META:
             return 200, encode_json(plane.server_metadata()), _JSON
         if kind == routes.MODEL_META:

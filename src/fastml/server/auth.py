@@ -180,8 +180,14 @@ def check_bind(host: str, auth: AdminAuth) -> str | None:
 
 # gRPC methods (inference.GRPCInferenceService) that change server state, and those always open (health).
 GRPC_ADMIN_METHODS = frozenset(
-    {"RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
-     "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"}
+    {
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+        "SystemSharedMemoryRegister",
+        "SystemSharedMemoryUnregister",
+        "CudaSharedMemoryRegister",
+        "CudaSharedMemoryUnregister",
+    }
 )
 GRPC_OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 
@@ -207,12 +213,20 @@ def grpc_interceptor(auth: AdminAuth):
         if handler is None:
             return None
         if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(deny_stream, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_stream_rpc_method_handler(
+                deny_stream, handler.request_deserializer, handler.response_serializer
+            )
         if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(deny_unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                deny_unary, handler.request_deserializer, handler.response_serializer
+            )
         if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(deny_stream, handler.request_deserializer, handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(deny_unary, handler.request_deserializer, handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                deny_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            deny_unary, handler.request_deserializer, handler.response_serializer
+        )
 
     class _AuthInterceptor(grpc.aio.ServerInterceptor):
         async def intercept_service(self, continuation, details):

@@ -163,7 +163,9 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         _, rid, model, version, timeout_us, inputs, outputs = item
         inflight = self.inflight
         if rid in inflight:
-            self._write(self.error_frame(rid, InvalidInput(f"request id {rid} is already in flight on this connection")))
+            self._write(
+                self.error_frame(rid, InvalidInput(f"request id {rid} is already in flight on this connection"))
+            )
             return
         plane = self.plane
         try:
@@ -175,7 +177,9 @@ class BinaryProtocol(asyncio.BufferedProtocol):
                 call = _Call(self, rid, entry)
             else:
                 params = {"timeout": timeout_us} if timeout_us else {}
-                fut = plane.submit(InferRequest(model, inputs, model_version=version, outputs=outputs, parameters=params))
+                fut = plane.submit(
+                    InferRequest(model, inputs, model_version=version, outputs=outputs, parameters=params)
+                )
                 call = _Call(self, rid, None)
         except Exception as exc:  # noqa: BLE001 - refused requests are answered, never raised into asyncio
             self._write(self.error_frame(rid, exc))
@@ -328,7 +332,9 @@ class BinaryListener:
             finally:
                 probe.close()
         try:
-            srv = await asyncio.get_running_loop().create_unix_server(lambda: BinaryProtocol(self), path=path, backlog=1024)
+            srv = await asyncio.get_running_loop().create_unix_server(
+                lambda: BinaryProtocol(self), path=path, backlog=1024
+            )
         except OSError as exc:
             raise Unavailable(f"cannot listen on {path}: {exc.strerror or exc}") from None
         self._servers.append(srv)

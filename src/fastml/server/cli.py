@@ -10,43 +10,107 @@ def add_parser(subparsers) -> None:
         description="Serve a model repository (<repo>/<model>/<version>/model.onnx), an .onnx file or a registry "
         "reference (name for its latest version, name@stage, name:version) over KServe v2 / Triton HTTP; Prometheus metrics on --metrics-port.",
     )
-    p.add_argument("targets", nargs="+", metavar="REPO_OR_REF", help="model repository directory, .onnx file or registry reference (churn, churn@production, churn:1.2.0)")
-    p.add_argument("--http-port", type=int, default=None, help="HTTP port (default: settings http_port, 8000; 0 = any free port)")
-    p.add_argument("--grpc-port", type=int, default=None,
-                   help="also serve KServe v2 gRPC (Triton's GRPCInferenceService) on this port (default off; 0 = any free port)")
-    p.add_argument("--binary-port", type=int, default=None,
-                   help="also serve the fastml binary protocol (docs/protocol.md) on this TCP port (default off; 0 = any free port)")
-    p.add_argument("--binary-socket", default=None, metavar="PATH",
-                   help="also serve the fastml binary protocol on this Unix socket (default off; one process only)")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: settings metrics_port, 8002; 0 = any free port)")
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="REPO_OR_REF",
+        help="model repository directory, .onnx file or registry reference (churn, churn@production, churn:1.2.0)",
+    )
+    p.add_argument(
+        "--http-port", type=int, default=None, help="HTTP port (default: settings http_port, 8000; 0 = any free port)"
+    )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve KServe v2 gRPC (Triton's GRPCInferenceService) on this port (default off; 0 = any free port)",
+    )
+    p.add_argument(
+        "--binary-port",
+        type=int,
+        default=None,
+        help="also serve the fastml binary protocol (docs/protocol.md) on this TCP port (default off; 0 = any free port)",
+    )
+    p.add_argument(
+        "--binary-socket",
+        default=None,
+        metavar="PATH",
+        help="also serve the fastml binary protocol on this Unix socket (default off; one process only)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus port (default: settings metrics_port, 8002; 0 = any free port)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--workers", type=int, default=1, help="server processes sharing the HTTP port via SO_REUSEPORT (default 1)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="server processes sharing the HTTP port via SO_REUSEPORT (default 1)"
+    )
     p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max_batch_size")
     p.add_argument("--max-queue-delay-us", type=int, default=None, help="override every model's max_queue_delay_us")
-    p.add_argument("--instances", type=int, default=None, help="override every model's instance count (runner threads; implies --runner threads unless --runner is given)")
-    p.add_argument("--log-sample-rate", type=float, default=None,
-                   help="write this fraction of requests (0-1) to the prediction log under $FASTML_HOME/logs (default 0: off)")
-    p.add_argument("--runner", choices=("auto", "threads", "loop"), default=None,
-                   help="override every model's runner: 'loop' runs batches inline on the event loop (no runner "
-                   "threads; cheapest for small models), 'threads' on --instances runner threads (heavy models), "
-                   "'auto' (default) picks 'loop' when a full batch runs within 100 us")
-    p.add_argument("--max-queue-size", type=int, default=None, help="override every model's queue capacity (503 beyond)")
-    p.add_argument("--grace-period-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may take (default 30)")
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help="override every model's instance count (runner threads; implies --runner threads unless --runner is given)",
+    )
+    p.add_argument(
+        "--log-sample-rate",
+        type=float,
+        default=None,
+        help="write this fraction of requests (0-1) to the prediction log under $FASTML_HOME/logs (default 0: off)",
+    )
+    p.add_argument(
+        "--runner",
+        choices=("auto", "threads", "loop"),
+        default=None,
+        help="override every model's runner: 'loop' runs batches inline on the event loop (no runner "
+        "threads; cheapest for small models), 'threads' on --instances runner threads (heavy models), "
+        "'auto' (default) picks 'loop' when a full batch runs within 100 us",
+    )
+    p.add_argument(
+        "--max-queue-size", type=int, default=None, help="override every model's queue capacity (503 beyond)"
+    )
+    p.add_argument(
+        "--grace-period-s",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight requests may take (default 30)",
+    )
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024, help="largest request body (413 beyond)")
     p.add_argument("--idle-timeout-s", type=float, default=60.0, help="close keep-alive connections idle this long")
-    p.add_argument("--request-timeout-s", type=float, default=30.0, help="a started request must arrive completely within this (408)")
-    p.add_argument("--admin-token-file", default=None, metavar="PATH",
-                   help="file holding the bearer token that repository load/unload and shared-memory register/unregister "
-                   "require (mode 600; or set FASTML_ADMIN_TOKEN). Without a token those endpoints are disabled")
-    p.add_argument("--allow-unauthenticated-admin", action="store_true",
-                   help="with no admin token, leave the admin endpoints open instead of disabled (needed to bind a "
-                   "non-loopback --host without a token; warns)")
-    p.add_argument("--require-token-for-inference", action="store_true",
-                   help="require the admin token on inference and metadata endpoints too (health and metrics stay open)")
-    p.add_argument("--exit-on-error", action="store_true",
-                   help="exit non-zero when any model fails to load (Triton's default); without it the other models "
-                   "are served and a failed one is UNAVAILABLE with its reason in the repository index (with no model "
-                   "loaded at all, serve always exits non-zero)")
+    p.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=30.0,
+        help="a started request must arrive completely within this (408)",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        default=None,
+        metavar="PATH",
+        help="file holding the bearer token that repository load/unload and shared-memory register/unregister "
+        "require (mode 600; or set FASTML_ADMIN_TOKEN). Without a token those endpoints are disabled",
+    )
+    p.add_argument(
+        "--allow-unauthenticated-admin",
+        action="store_true",
+        help="with no admin token, leave the admin endpoints open instead of disabled (needed to bind a "
+        "non-loopback --host without a token; warns)",
+    )
+    p.add_argument(
+        "--require-token-for-inference",
+        action="store_true",
+        help="require the admin token on inference and metadata endpoints too (health and metrics stay open)",
+    )
+    p.add_argument(
+        "--exit-on-error",
+        action="store_true",
+        help="exit non-zero when any model fails to load (Triton's default); without it the other models "
+        "are served and a failed one is UNAVAILABLE with its reason in the repository index (with no model "
+        "loaded at all, serve always exits non-zero)",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -62,7 +126,9 @@ def _serve(args) -> int:
     if args.grpc_port == 0 and args.workers > 1:
         raise InvalidInput("--grpc-port 0 picks a different port in every worker; give a fixed port with --workers > 1")
     if args.binary_port == 0 and args.workers > 1:
-        raise InvalidInput("--binary-port 0 picks a different port in every worker; give a fixed port with --workers > 1")
+        raise InvalidInput(
+            "--binary-port 0 picks a different port in every worker; give a fixed port with --workers > 1"
+        )
     if args.binary_socket is not None and args.workers > 1:
         raise InvalidInput("--binary-socket serves from one process; use --binary-port with --workers > 1")
     opts = ServeOptions(
@@ -108,5 +174,7 @@ def _admin_env(args) -> None:
     if policy.require_for_inference and policy.token is None:
         from fastml.errors import InvalidInput
 
-        raise InvalidInput("--require-token-for-inference needs a token: give --admin-token-file PATH or FASTML_ADMIN_TOKEN")
+        raise InvalidInput(
+            "--require-token-for-inference needs a token: give --admin-token-file PATH or FASTML_ADMIN_TOKEN"
+        )
     auth.check_bind(args.host, policy)  # raises before any port is taken; the server itself prints the warning

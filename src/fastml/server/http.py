@@ -46,9 +46,12 @@ _PLAN_CACHE_MAX = 256  # distinct request headers remembered per model (a fuzzer
 _ROUTE_CACHE_MAX = 1024
 # State-changing endpoints (fastml.server.auth): kind -> what the refusal names.
 _ADMIN_KINDS = {
-    routes.REPO_LOAD: "repository load", routes.REPO_UNLOAD: "repository unload",
-    routes.SHM_REGISTER: "shared-memory register", routes.SHM_UNREGISTER: "shared-memory unregister",
-    routes.CUDA_SHM_REGISTER: "CUDA shared-memory register", routes.CUDA_SHM_UNREGISTER: "CUDA shared-memory unregister",
+    routes.REPO_LOAD: "repository load",
+    routes.REPO_UNLOAD: "repository unload",
+    routes.SHM_REGISTER: "shared-memory register",
+    routes.SHM_UNREGISTER: "shared-memory unregister",
+    routes.CUDA_SHM_REGISTER: "CUDA shared-memory register",
+    routes.CUDA_SHM_UNREGISTER: "CUDA shared-memory unregister",
 }
 _OPEN_KINDS = {routes.LIVE, routes.READY, routes.METRICS}  # open even with --require-token-for-inference
 
@@ -224,9 +227,7 @@ def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, co
             return b"".join(parts)
         blob = b"".join([a.tobytes() for a in arrays])
         body = compress(header + blob, encoding)
-        return (
-            _OK_BINARY % (len(header), len(body), conn_hdr + b"Content-Encoding: " + encoding + b"\r\n") + body
-        )
+        return _OK_BINARY % (len(header), len(body), conn_hdr + b"Content-Encoding: " + encoding + b"\r\n") + body
     out_json = []
     blobs = []
     cacheable = True
@@ -235,7 +236,9 @@ def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, co
         if binary:
             b = output_bytes(arr, dt)
             blobs.append(b)
-            out_json.append({"name": name, "datatype": dt, "shape": list(arr.shape), "parameters": {"binary_data_size": len(b)}})
+            out_json.append(
+                {"name": name, "datatype": dt, "shape": list(arr.shape), "parameters": {"binary_data_size": len(b)}}
+            )
             if dt == "BYTES":
                 cacheable = False
         else:
@@ -269,11 +272,35 @@ class HttpProtocol:
     """One HTTP/1.1 connection (an asyncio Protocol; ``server`` is the owning fastml Server)."""
 
     __slots__ = (
-        "server", "limits", "parser", "transport", "url", "body", "body_len", "ihcl", "content_encoding",
-        "accept_encoding", "header_bytes", "header_count", "pending", "closed", "last_tick", "msg_tick",
-        "reading_paused", "writing_paused", "metrics_only", "expect_continue", "content_length", "lingering",
-        "discarded", "max_headers", "max_header_bytes", "routing_key", "authorization",
-        "reserved", "upgrade_answered",
+        "server",
+        "limits",
+        "parser",
+        "transport",
+        "url",
+        "body",
+        "body_len",
+        "ihcl",
+        "content_encoding",
+        "accept_encoding",
+        "header_bytes",
+        "header_count",
+        "pending",
+        "closed",
+        "last_tick",
+        "msg_tick",
+        "reading_paused",
+        "writing_paused",
+        "metrics_only",
+        "expect_continue",
+        "content_length",
+        "lingering",
+        "discarded",
+        "max_headers",
+        "max_header_bytes",
+        "routing_key",
+        "authorization",
+        "reserved",
+        "upgrade_answered",
     )
 
     def __init__(self, server, metrics_only: bool = False):
@@ -415,7 +442,9 @@ class HttpProtocol:
                 except ValueError:
                     raise _Reject(400, "Content-Length is not an integer") from None
                 if cl > self.limits.max_body_bytes:
-                    raise _Reject(413, f"request body of {cl} bytes exceeds the {self.limits.max_body_bytes}-byte limit")
+                    raise _Reject(
+                        413, f"request body of {cl} bytes exceeds the {self.limits.max_body_bytes}-byte limit"
+                    )
                 self.content_length = cl
                 self._reserve(cl)
         elif n == 16:
@@ -549,7 +578,12 @@ class HttpProtocol:
             self.transport.pause_reading()
 
     def _maybe_resume_reading(self):
-        if self.reading_paused and not self.writing_paused and len(self.pending) < self.limits.max_pipelined and not self.closed:
+        if (
+            self.reading_paused
+            and not self.writing_paused
+            and len(self.pending) < self.limits.max_pipelined
+            and not self.closed
+        ):
             self.reading_paused = False
             self.transport.resume_reading()
 
@@ -573,11 +607,16 @@ class HttpProtocol:
         if kind == routes.NOT_FOUND:
             raise _Reject(404, "Not Found")
         if method != routes.METHOD[kind]:
-            raise _Reject(405, f"Method Not Allowed: {method.decode('latin-1')} on {url[:200].decode('latin-1')} (use {routes.METHOD[kind].decode()})")
+            raise _Reject(
+                405,
+                f"Method Not Allowed: {method.decode('latin-1')} on {url[:200].decode('latin-1')} (use {routes.METHOD[kind].decode()})",
+            )
         if kind in _ADMIN_KINDS or (server.auth.require_for_inference and kind not in _OPEN_KINDS):
             # Checked before the body is inflated or decoded: a refused request costs nothing and changes nothing.
             try:
-                server.auth.check(self.authorization, _ADMIN_KINDS.get(kind, "this endpoint"), admin=kind in _ADMIN_KINDS)
+                server.auth.check(
+                    self.authorization, _ADMIN_KINDS.get(kind, "this endpoint"), admin=kind in _ADMIN_KINDS
+                )
             except Unauthenticated as exc:
                 server.count_status(401)
                 self._respond(error_response(401, str(exc), conn_hdr + WWW_AUTHENTICATE), conn_hdr)
@@ -641,7 +680,13 @@ class HttpProtocol:
             fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
         except Exception as exc:  # counted by the data plane
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-        call = _InferCall(self, entry, plan, None if self.accept_encoding is None else response_encoding(self.accept_encoding), conn_hdr)
+        call = _InferCall(
+            self,
+            entry,
+            plan,
+            None if self.accept_encoding is None else response_encoding(self.accept_encoding),
+            conn_hdr,
+        )
         self.pending.append(call)
         fut.add_done_callback(call.done)
 

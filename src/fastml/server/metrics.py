@@ -16,14 +16,50 @@ from fastml.serving.dataplane import model_snapshot  # noqa: F401 - where snapsh
 
 # (fastml name, Triton name it mirrors, stats key, scale from ns or 1) -- the documented mapping table.
 COUNTERS = [
-    ("fastml_inference_request_success", "nv_inference_request_success", "requests", 1, "Successful inference requests (a batch-N request counts 1)."),
+    (
+        "fastml_inference_request_success",
+        "nv_inference_request_success",
+        "requests",
+        1,
+        "Successful inference requests (a batch-N request counts 1).",
+    ),
     ("fastml_inference_count", "nv_inference_count", "rows", 1, "Inferences performed (batch rows)."),
     ("fastml_inference_exec_count", "nv_inference_exec_count", "batches", 1, "Model executions (batches)."),
-    ("fastml_inference_request_duration_us", "nv_inference_request_duration_us", "request_ns", 1e-3, "Cumulative end-to-end inference request time (us)."),
-    ("fastml_inference_queue_duration_us", "nv_inference_queue_duration_us", "queue_ns", 1e-3, "Cumulative time requests waited in the batcher queue (us)."),
-    ("fastml_inference_compute_input_duration_us", "nv_inference_compute_input_duration_us", "compute_input_ns", 1e-3, "Cumulative input preparation time (us)."),
-    ("fastml_inference_compute_infer_duration_us", "nv_inference_compute_infer_duration_us", "compute_infer_ns", 1e-3, "Cumulative model execution time (us)."),
-    ("fastml_inference_compute_output_duration_us", "nv_inference_compute_output_duration_us", "compute_output_ns", 1e-3, "Cumulative output extraction time (us)."),
+    (
+        "fastml_inference_request_duration_us",
+        "nv_inference_request_duration_us",
+        "request_ns",
+        1e-3,
+        "Cumulative end-to-end inference request time (us).",
+    ),
+    (
+        "fastml_inference_queue_duration_us",
+        "nv_inference_queue_duration_us",
+        "queue_ns",
+        1e-3,
+        "Cumulative time requests waited in the batcher queue (us).",
+    ),
+    (
+        "fastml_inference_compute_input_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "compute_input_ns",
+        1e-3,
+        "Cumulative input preparation time (us).",
+    ),
+    (
+        "fastml_inference_compute_infer_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "compute_infer_ns",
+        1e-3,
+        "Cumulative model execution time (us).",
+    ),
+    (
+        "fastml_inference_compute_output_duration_us",
+        "nv_inference_compute_output_duration_us",
+        "compute_output_ns",
+        1e-3,
+        "Cumulative output extraction time (us).",
+    ),
 ]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -55,7 +91,9 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
             cur["inflight"] += m["inflight"]
             for k, v in m["stats"].items():
                 if isinstance(v, (int, float)):
-                    cur["stats"][k] = max(cur["stats"].get(k, 0), v) if k == "last_inference_ms" else cur["stats"].get(k, 0) + v
+                    cur["stats"][k] = (
+                        max(cur["stats"].get(k, 0), v) if k == "last_inference_ms" else cur["stats"].get(k, 0) + v
+                    )
             for k, v in m["batch_size_histogram"].items():
                 cur["batch_size_histogram"][k] = cur["batch_size_histogram"].get(k, 0) + v
             for k, v in m["batch_stats"].items():
@@ -78,11 +116,18 @@ class SnapshotCollector:
         labels = ["model", "version"]
         fams = {name: CounterMetricFamily(name, doc, labels=labels) for name, _, _, _, doc in COUNTERS}
         failure = CounterMetricFamily(
-            "fastml_inference_request_failure", "Failed inference requests by reason (REJECTED, BACKEND, OTHER).",
+            "fastml_inference_request_failure",
+            "Failed inference requests by reason (REJECTED, BACKEND, OTHER).",
             labels=labels + ["reason"],
         )
-        pending = GaugeMetricFamily("fastml_inference_pending_request_count", "Requests queued in the batcher, not yet executing.", labels=labels)
-        inflight = GaugeMetricFamily("fastml_inference_inflight_requests", "Requests submitted and not yet answered.", labels=labels)
+        pending = GaugeMetricFamily(
+            "fastml_inference_pending_request_count",
+            "Requests queued in the batcher, not yet executing.",
+            labels=labels,
+        )
+        inflight = GaugeMetricFamily(
+            "fastml_inference_inflight_requests", "Requests submitted and not yet answered.", labels=labels
+        )
         ready = GaugeMetricFamily("fastml_model_ready", "1 when the model version is loaded and ready.", labels=labels)
         batch = HistogramMetricFamily("fastml_batch_size", "Rows per model execution.", labels=labels)
         for m in snap["models"]:
@@ -113,7 +158,9 @@ class SnapshotCollector:
         yield ready
         yield batch
         s = snap["server"]
-        g = GaugeMetricFamily("fastml_server_inflight_requests", "Inference requests in flight in the server processes.")
+        g = GaugeMetricFamily(
+            "fastml_server_inflight_requests", "Inference requests in flight in the server processes."
+        )
         g.add_metric([], s.get("inflight", 0))
         yield g
         g = GaugeMetricFamily("fastml_server_connections", "Open HTTP connections.")
@@ -122,7 +169,9 @@ class SnapshotCollector:
         g = GaugeMetricFamily("fastml_server_workers", "Server worker processes reporting.")
         g.add_metric([], s.get("workers", 1))
         yield g
-        c = CounterMetricFamily("fastml_http_responses", "HTTP responses by status code (200 counts inference successes).", labels=["code"])
+        c = CounterMetricFamily(
+            "fastml_http_responses", "HTTP responses by status code (200 counts inference successes).", labels=["code"]
+        )
         for code, n in sorted(s.get("responses", {}).items()):
             c.add_metric([str(code)], n)
         yield c

@@ -19,14 +19,35 @@ FEEDBACK = 20
 
 # kind -> the one method it accepts (anything else is 405)
 METHOD = {
-    LIVE: b"GET", READY: b"GET", SERVER_META: b"GET", MODEL_META: b"GET", MODEL_READY: b"GET",
-    MODEL_CONFIG: b"GET", INFER: b"POST", MODEL_STATS: b"GET", ALL_STATS: b"GET", REPO_INDEX: b"POST",
-    REPO_LOAD: b"POST", REPO_UNLOAD: b"POST", METRICS: b"GET",
-    SHM_STATUS: b"GET", SHM_REGISTER: b"POST", SHM_UNREGISTER: b"POST", CUDA_SHM_STATUS: b"GET", CUDA_SHM_REGISTER: b"POST",
-    CUDA_SHM_UNREGISTER: b"POST", FEEDBACK: b"POST",
+    LIVE: b"GET",
+    READY: b"GET",
+    SERVER_META: b"GET",
+    MODEL_META: b"GET",
+    MODEL_READY: b"GET",
+    MODEL_CONFIG: b"GET",
+    INFER: b"POST",
+    MODEL_STATS: b"GET",
+    ALL_STATS: b"GET",
+    REPO_INDEX: b"POST",
+    REPO_LOAD: b"POST",
+    REPO_UNLOAD: b"POST",
+    METRICS: b"GET",
+    SHM_STATUS: b"GET",
+    SHM_REGISTER: b"POST",
+    SHM_UNREGISTER: b"POST",
+    CUDA_SHM_STATUS: b"GET",
+    CUDA_SHM_REGISTER: b"POST",
+    CUDA_SHM_UNREGISTER: b"POST",
+    FEEDBACK: b"POST",
 }
 
-_MODEL_ACTIONS = {"infer": INFER, "ready": MODEL_READY, "config": MODEL_CONFIG, "stats": MODEL_STATS, "feedback": FEEDBACK}
+_MODEL_ACTIONS = {
+    "infer": INFER,
+    "ready": MODEL_READY,
+    "config": MODEL_CONFIG,
+    "stats": MODEL_STATS,
+    "feedback": FEEDBACK,
+}
 
 
 def route(path: str) -> tuple[int, str | None, str | None]:

@@ -128,7 +128,9 @@ def decode_bytes_tensor(buf, count: int, where: str) -> np.ndarray:
         try:
             out[i] = str(mv[pos : pos + n], "utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidInput(f"{where}: BYTES element {i} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise InvalidInput(
+                f"{where}: BYTES element {i} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
         pos += n
     if pos != end:
         raise InvalidInput(f"{where}: {end - pos} bytes left over after {count} BYTES elements")
@@ -211,8 +213,16 @@ class Plan:
     """
 
     __slots__ = (
-        "binary", "json_inputs", "outputs", "all_binary", "binary_size", "request_id", "response_headers", "cacheable",
-        "timeout_us", "single",
+        "binary",
+        "json_inputs",
+        "outputs",
+        "all_binary",
+        "binary_size",
+        "request_id",
+        "response_headers",
+        "cacheable",
+        "timeout_us",
+        "single",
     )
 
     def __init__(self):
@@ -244,7 +254,7 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
         raise InvalidInput("request has no inputs")
     offset = 0
     seen: set[str] = set()
-    for i, spec in enumerate(req.inputs):
+    for spec in req.inputs:
         where = f"input {spec.name!r}"
         if spec.name in seen:
             raise InvalidInput(f"{where} appears twice")
@@ -286,7 +296,9 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
             p = spec.parameters
             if p and p.get("classification"):
                 raise InvalidInput(f"output {spec.name!r}: the classification extension is not supported")
-            binary = _param_bool(p, "binary_data", f"output {spec.name!r}") if p and "binary_data" in p else plan.all_binary
+            binary = (
+                _param_bool(p, "binary_data", f"output {spec.name!r}") if p and "binary_data" in p else plan.all_binary
+            )
             outs.append((spec.name, binary))
         plan.outputs = outs
     # A plan with an id is reused only for the same header bytes, hence the same id: still cacheable.
@@ -314,7 +326,9 @@ def plan_inputs(plan: Plan, body, header_len: int) -> dict[str, np.ndarray]:
             count = 1
             for d in shape:
                 count *= d
-            inputs[name] = decode_bytes_tensor(memoryview(body)[start : start + nbytes], count, f"input {name!r}").reshape(shape)
+            inputs[name] = decode_bytes_tensor(
+                memoryview(body)[start : start + nbytes], count, f"input {name!r}"
+            ).reshape(shape)
         else:
             inputs[name] = np.frombuffer(body, dtype, nbytes // dtype.itemsize, start).reshape(shape)
     return inputs

@@ -73,7 +73,9 @@ def _startup_line(host: str, port: int, models: str, mport, workers: int) -> str
 def _limits(opts: ServeOptions):
     from fastml.server.app import Limits
 
-    return Limits(max_body_bytes=opts.max_body_bytes, idle_timeout_s=opts.idle_timeout_s, request_timeout_s=opts.request_timeout_s)
+    return Limits(
+        max_body_bytes=opts.max_body_bytes, idle_timeout_s=opts.idle_timeout_s, request_timeout_s=opts.request_timeout_s
+    )
 
 
 async def _wait_for_signal() -> None:
@@ -90,8 +92,16 @@ async def _single(opts: ServeOptions) -> int:
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
-    server = Server(manager, opts.host, opts.http_port, opts.metrics_port, limits=_limits(opts), grpc_port=opts.grpc_port,
-                    binary_port=opts.binary_port, binary_socket=opts.binary_socket)
+    server = Server(
+        manager,
+        opts.host,
+        opts.http_port,
+        opts.metrics_port,
+        limits=_limits(opts),
+        grpc_port=opts.grpc_port,
+        binary_port=opts.binary_port,
+        binary_socket=opts.binary_socket,
+    )
     await server.start()
     print(_startup_line(opts.host, server.http_port, _models_line(manager), server.metrics_port, 1), flush=True)
     if server.grpc_port is not None:
@@ -115,8 +125,16 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
 
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
-    server = Server(manager, opts.host, opts.http_port, None, limits=_limits(opts), reuse_port=True, grpc_port=opts.grpc_port,
-                    binary_port=opts.binary_port)
+    server = Server(
+        manager,
+        opts.host,
+        opts.http_port,
+        None,
+        limits=_limits(opts),
+        reuse_port=True,
+        grpc_port=opts.grpc_port,
+        binary_port=opts.binary_port,
+    )
     # Repository load/unload would change one worker only: not offered with several workers.
     server.plane.disable_repository("the server runs with --workers > 1")
     # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
@@ -136,7 +154,11 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
     snap_task.cancel()
     _write_atomic(me, json.dumps(server.snapshot()))
     manager.close()
-    print(f"fastml serve worker {os.getpid()}: stopped ({'drained' if clean else 'grace period expired'})", file=sys.stderr, flush=True)
+    print(
+        f"fastml serve worker {os.getpid()}: stopped ({'drained' if clean else 'grace period expired'})",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0
 
 
@@ -167,7 +189,13 @@ class _Supervisor:
 
     def spawn(self) -> subprocess.Popen:
         wopts = dataclasses.replace(self.opts, http_port=self.port, metrics_port=None)
-        cmd = [sys.executable, "-m", "fastml.server.workers", json.dumps(dataclasses.asdict(wopts)), str(self.snapshot_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fastml.server.workers",
+            json.dumps(dataclasses.asdict(wopts)),
+            str(self.snapshot_dir),
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = proc.stdout.readline()
         if not line.startswith("READY"):
@@ -209,7 +237,9 @@ async def _supervise(opts: ServeOptions) -> int:
         reserve.close()
         shutil.rmtree(snapshot_dir, ignore_errors=True)
         raise
-    metrics = Server(None, opts.host, None, opts.metrics_port, snapshot_fn=lambda: merge_snapshots(read_snapshots(snapshot_dir)))
+    metrics = Server(
+        None, opts.host, None, opts.metrics_port, snapshot_fn=lambda: merge_snapshots(read_snapshots(snapshot_dir))
+    )
     await metrics.start()
     names = []
     for t in opts.targets:
@@ -231,7 +261,11 @@ async def _supervise(opts: ServeOptions) -> int:
             for pid, proc in list(sup.procs.items()):
                 if proc.poll() is not None and not stop.is_set():
                     del sup.procs[pid]
-                    print(f"fastml serve: worker {pid} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
+                    print(
+                        f"fastml serve: worker {pid} exited with {proc.returncode}; restarting",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     try:
                         (snapshot_dir / f"worker-{pid}.json").unlink(missing_ok=True)
                         await loop.run_in_executor(None, sup.spawn)
@@ -273,7 +307,7 @@ def _startup_error(line: str, returncode: int | None) -> Exception:
 
     if line.startswith(_FAILED):
         try:
-            info = json.loads(line[len(_FAILED):])
+            info = json.loads(line[len(_FAILED) :])
             cls = getattr(errors, info["kind"], None)
             if isinstance(cls, type) and issubclass(cls, errors.FastMLError):
                 return cls(info["message"])

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,15 @@ MEMORY_PER_ROW_BYTE = 8
 DEFAULT_BATCH_ROWS = 16_384
 
 _ORT_NUMPY = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(string)": object,
-    "tensor(float16)": np.float16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": object,
+    "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
 }
 
 
@@ -91,7 +98,9 @@ class _Plan:
         self.source = source
         missing_keys = [c for c in key_columns if c not in file_columns]
         if missing_keys:
-            raise InvalidInput(f"key column {missing_keys[0]!r} is not in {source} (its columns: {', '.join(file_columns)})")
+            raise InvalidInput(
+                f"key column {missing_keys[0]!r} is not in {source} (its columns: {', '.join(file_columns)})"
+            )
         names = [i.name for i in self.inputs]
         self.by_column: dict[str, str] | None = None
         self.matrix_columns: list[str] | None = None
@@ -102,7 +111,9 @@ class _Plan:
             cols = columns if columns is not None else [c for c in file_columns if c not in key_columns]
             for c in cols:
                 if c not in file_columns:
-                    raise InvalidInput(f"model input column {c!r} is not in {source} (its columns: {', '.join(file_columns)})")
+                    raise InvalidInput(
+                        f"model input column {c!r} is not in {source} (its columns: {', '.join(file_columns)})"
+                    )
             if isinstance(width, int) and len(cols) != width:
                 raise InvalidInput(
                     f"model input {names[0]!r} takes {width} features but {len(cols)} columns of {source} would feed it "
@@ -111,7 +122,9 @@ class _Plan:
             self.matrix_columns = list(cols)
         else:
             absent = [n for n in names if n not in file_columns]
-            raise InvalidInput(f"model input {absent[0]!r} is not a column of {source} (its columns: {', '.join(file_columns)})")
+            raise InvalidInput(
+                f"model input {absent[0]!r} is not a column of {source} (its columns: {', '.join(file_columns)})"
+            )
 
     @property
     def read_columns(self) -> list[str]:
@@ -130,7 +143,9 @@ class _Plan:
             spec = self.inputs[0]
             dtype = _ORT_NUMPY.get(spec.type, np.float32)
             cols = [_column(batch, c, dtype) for c in self.matrix_columns]
-            return {spec.name: np.ascontiguousarray(np.column_stack(cols) if cols else np.empty((batch.num_rows, 0), dtype))}
+            return {
+                spec.name: np.ascontiguousarray(np.column_stack(cols) if cols else np.empty((batch.num_rows, 0), dtype))
+            }
         feed = {}
         for spec in self.inputs:
             arr = _column(batch, spec.name, _ORT_NUMPY.get(spec.type, np.float32))
@@ -171,8 +186,11 @@ def _open(path: Path, batch_rows: int):
         # for a 58 MB file here), which would break the memory budget.
         pf = pq.ParquetFile(path, pre_buffer=False)
         names = pf.schema_arrow.names
-        return (names, lambda cols: pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False),
-                pf.metadata.num_rows)
+        return (
+            names,
+            lambda cols: pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False),
+            pf.metadata.num_rows,
+        )
     if suffix in (".csv", ".txt") or suffix == "":
         from pyarrow import csv
 
@@ -215,7 +233,7 @@ class _Writer:
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
         os.close(fd)
-        self.writer = None
+        self.writer: Any = None
 
     def write(self, table) -> None:
         if self.writer is None:
@@ -328,7 +346,13 @@ def predict_file(
             feature_store = FeatureStore()
         feature_store.online.plan(features)  # unknown groups or features: InvalidInput / NotFound now
         file_columns = file_columns + [f for f in features if f not in file_columns]
-    plan = _Plan(sess, file_columns, keys, columns if columns is not None else _card_columns(card_columns, file_columns), str(src))
+    plan = _Plan(
+        sess,
+        file_columns,
+        keys,
+        columns if columns is not None else _card_columns(card_columns, file_columns),
+        str(src),
+    )
     if max_memory_mb is not None:
         batch_rows = min(batch_rows, _rows_for_budget(sess, plan, max_memory_mb))
         file_columns, batches, total = _open(src, batch_rows)
@@ -366,8 +390,14 @@ def predict_file(
     finally:
         pool.shutdown(wait=True)
         close_bar()
-    return PredictReport(str(src), str(output_path), rows, batch_rows, time.perf_counter() - t0,
-                         list(out_schema.names) if out_schema is not None else [])
+    return PredictReport(
+        str(src),
+        str(output_path),
+        rows,
+        batch_rows,
+        time.perf_counter() - t0,
+        list(out_schema.names) if out_schema is not None else [],
+    )
 
 
 def _join_features(batch, store, features: list[str], key: str):

@@ -48,14 +48,22 @@ TOTAL_BP = 10_000
 
 # Pending, then running; the rest are final.
 PENDING, RUNNING, ROLLED_BACK, PROMOTED, AWAITING_APPROVAL, PROMOTION_BLOCKED, STOPPED = (
-    "pending", "running", "rolled_back", "promoted", "awaiting_approval", "promotion_blocked", "stopped")
+    "pending",
+    "running",
+    "rolled_back",
+    "promoted",
+    "awaiting_approval",
+    "promotion_blocked",
+    "stopped",
+)
 
 # Canary outcomes for Prometheus: a registry of their own that a server or exporter can add to its exposition.
 METRICS = CollectorRegistry(auto_describe=True)
 ROLLBACKS = Counter("fastml_canary_rollbacks", "Canary rollbacks", ["deployment", "variant", "guard"], registry=METRICS)
 STEPS = Counter("fastml_canary_steps", "Canary steps passed", ["deployment", "variant"], registry=METRICS)
-PROMOTIONS = Counter("fastml_canary_promotions", "Canary promotions requested", ["deployment", "variant", "outcome"],
-                     registry=METRICS)
+PROMOTIONS = Counter(
+    "fastml_canary_promotions", "Canary promotions requested", ["deployment", "variant", "outcome"], registry=METRICS
+)
 
 
 @dataclass
@@ -94,7 +102,9 @@ class CanaryPolicy:
     def __post_init__(self):
         steps = [float(s) for s in self.steps_pct]
         if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-            raise InvalidInput(f"steps_pct: increasing percentages within (0, 100] expected, got {list(self.steps_pct)}")
+            raise InvalidInput(
+                f"steps_pct: increasing percentages within (0, 100] expected, got {list(self.steps_pct)}"
+            )
         if self.interval_s is None and self.interval_requests is None:
             raise InvalidInput("interval_s / interval_requests: set at least one")
         if self.failures_to_rollback < 1:
@@ -140,29 +150,59 @@ def evaluate_guards(policy: CanaryPolicy, baseline: dict, candidate: dict) -> li
     rate_c = err_c / req_c if req_c else 0.0
     rate_b = err_b / req_b if req_b else 0.0
     limit = min(policy.max_error_rate, rate_b + policy.max_error_rate_increase)
-    guards.append(Guard("error_rate", rate_c <= limit, rate_c, limit,
-                        f"candidate {err_c}/{req_c} errors, baseline {err_b}/{req_b}"))
+    guards.append(
+        Guard(
+            "error_rate", rate_c <= limit, rate_c, limit, f"candidate {err_c}/{req_c} errors, baseline {err_b}/{req_b}"
+        )
+    )
     lat_c = np.asarray(candidate.get("latency_us", ()), dtype=np.float64)
     lat_b = np.asarray(baseline.get("latency_us", ()), dtype=np.float64)
     if lat_c.size >= 2 and lat_b.size >= 2:
         ratio = _p99(lat_c) / _p99(lat_b) if _p99(lat_b) > 0 else float("inf")
-        guards.append(Guard("p99_latency", ratio <= policy.max_p99_ratio, ratio, policy.max_p99_ratio,
-                            f"p99 {_p99(lat_c):.0f} us vs baseline {_p99(lat_b):.0f} us"))
+        guards.append(
+            Guard(
+                "p99_latency",
+                ratio <= policy.max_p99_ratio,
+                ratio,
+                policy.max_p99_ratio,
+                f"p99 {_p99(lat_c):.0f} us vs baseline {_p99(lat_b):.0f} us",
+            )
+        )
         mw = experiments.mann_whitney_u(lat_b, lat_c)
         slower = mw.statistic > mw.n_a * mw.n_b / 2  # U of the candidate above its mean: it ranks slower
         one_sided_p = mw.p_value / 2 if slower else 1 - mw.p_value / 2
         med_ratio = mw.mean_b / mw.mean_a if mw.mean_a > 0 else float("inf")
         breach = one_sided_p < policy.latency_alpha and med_ratio > policy.min_slowdown_ratio
-        guards.append(Guard("latency_mann_whitney", not breach, one_sided_p, policy.latency_alpha,
-                            f"median ratio {med_ratio:.2f}, one-sided p {one_sided_p:.3g}"))
+        guards.append(
+            Guard(
+                "latency_mann_whitney",
+                not breach,
+                one_sided_p,
+                policy.latency_alpha,
+                f"median ratio {med_ratio:.2f}, one-sided p {one_sided_p:.3g}",
+            )
+        )
     q_c = np.asarray(candidate.get("quality", ()), dtype=np.float64)
     q_b = np.asarray(baseline.get("quality", ()), dtype=np.float64)
     if min(q_c.size, q_b.size) >= policy.min_feedback:
-        v = experiments.compare(q_b, q_c, kind=policy.quality_kind, metric="quality",
-                                higher_is_better=policy.quality_higher_is_better, alpha=policy.quality_alpha)
-        guards.append(Guard("quality", v.verdict != experiments.LOSER, v.sequential.p_value, policy.quality_alpha,
-                            f"candidate {v.sequential.mean_b:.4g} vs baseline {v.sequential.mean_a:.4g} "
-                            f"({q_c.size}/{q_b.size} outcomes, always-valid p {v.sequential.p_value:.3g})"))
+        v = experiments.compare(
+            q_b,
+            q_c,
+            kind=policy.quality_kind,
+            metric="quality",
+            higher_is_better=policy.quality_higher_is_better,
+            alpha=policy.quality_alpha,
+        )
+        guards.append(
+            Guard(
+                "quality",
+                v.verdict != experiments.LOSER,
+                v.sequential.p_value,
+                policy.quality_alpha,
+                f"candidate {v.sequential.mean_b:.4g} vs baseline {v.sequential.mean_a:.4g} "
+                f"({q_c.size}/{q_b.size} outcomes, always-valid p {v.sequential.p_value:.3g})",
+            )
+        )
     return guards
 
 
@@ -186,10 +226,24 @@ class CanaryController:
             one with the registry's webhooks).
     """
 
-    def __init__(self, deployments, deployment: str, baseline: str, candidate: str, policy: CanaryPolicy | None = None,
-                 *, promote_ref: str | None = None, promote_stage: str = "production", requester: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, observe: Callable[[], dict] | None = None,
-                 evaluate: Callable[..., list[Guard]] | None = None, registry=None, audit=None, events=None):
+    def __init__(
+        self,
+        deployments,
+        deployment: str,
+        baseline: str,
+        candidate: str,
+        policy: CanaryPolicy | None = None,
+        *,
+        promote_ref: str | None = None,
+        promote_stage: str = "production",
+        requester: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[], dict] | None = None,
+        evaluate: Callable[..., list[Guard]] | None = None,
+        registry=None,
+        audit=None,
+        events=None,
+    ):
         self.deployments = deployments
         self.deployment = deployment
         self.baseline = baseline
@@ -226,7 +280,9 @@ class CanaryController:
             raise InvalidInput("candidate: must differ from the baseline")
         self._others = [n for n in names if n not in (baseline, candidate)]
         if self._others:
-            raise InvalidInput(f"deployment {deployment!r}: a canary needs exactly two variants; it also has {self._others}")
+            raise InvalidInput(
+                f"deployment {deployment!r}: a canary needs exactly two variants; it also has {self._others}"
+            )
 
     # ----- side effects -------------------------------------------------------------------------
     def audit(self, action: str, before=None, after=None, details=None) -> None:
@@ -234,8 +290,14 @@ class CanaryController:
             from fastml.governance.audit import AuditLog
 
             self._audit = AuditLog()
-        self._audit.append(f"canary.{action}", target=f"deployment:{self.deployment}", before=before, after=after,
-                           details={"canary": self.id, "candidate": self.candidate, **(details or {})}, actor=ACTOR)
+        self._audit.append(
+            f"canary.{action}",
+            target=f"deployment:{self.deployment}",
+            before=before,
+            after=after,
+            details={"canary": self.id, "candidate": self.candidate, **(details or {})},
+            actor=ACTOR,
+        )
 
     def registry(self):
         if self._registry is None:
@@ -249,8 +311,16 @@ class CanaryController:
 
             # The registry's signed webhooks, on a bus of our own (registry subscribers expect registry events).
             events = self._events = EventBus(self.registry().events_bus.webhooks)
-        events.publish({"id": f"{self.id}-{len(self.history)}", "kind": kind, "deployment": self.deployment,
-                        "candidate": self.candidate, "at": time.time(), **payload})
+        events.publish(
+            {
+                "id": f"{self.id}-{len(self.history)}",
+                "kind": kind,
+                "deployment": self.deployment,
+                "candidate": self.candidate,
+                "at": time.time(),
+                **payload,
+            }
+        )
 
     def _set_candidate_bp(self, bp: int) -> None:
         self.deployments.set_weights(self.deployment, {self.baseline: TOTAL_BP - bp, self.candidate: bp})
@@ -261,9 +331,14 @@ class CanaryController:
     # ----- observation ------------------------------------------------------------------------------
     def _observe_live(self) -> dict:
         stats = self.deployments.variant_stats(self.deployment, samples=True)
-        out = {n: {"requests": stats[n]["requests"], "errors": stats[n]["errors"],
-                   "latency_us": np.asarray(stats[n].get("latency_samples_us", ()))}
-               for n in (self.baseline, self.candidate)}
+        out = {
+            n: {
+                "requests": stats[n]["requests"],
+                "errors": stats[n]["errors"],
+                "latency_us": np.asarray(stats[n].get("latency_samples_us", ())),
+            }
+            for n in (self.baseline, self.candidate)
+        }
         spec = self.deployments.table[self.deployment].spec
         try:
             from fastml.serving.feedback import variant_outcomes
@@ -277,18 +352,27 @@ class CanaryController:
 
     def _window(self, obs: dict) -> tuple[dict, dict]:
         """Baseline and candidate over the current step: counts as differences from the step's start."""
+
         def delta(name):
             now, start = obs[name], self._step_base.get(name, {"requests": 0, "errors": 0})
-            return {"requests": now["requests"] - start["requests"], "errors": now["errors"] - start["errors"],
-                    "latency_us": now.get("latency_us", ()), "quality": now.get("quality", ())}
+            return {
+                "requests": now["requests"] - start["requests"],
+                "errors": now["errors"] - start["errors"],
+                "latency_us": now.get("latency_us", ()),
+                "quality": now.get("quality", ()),
+            }
 
         cand = delta(self.candidate)
         base = delta(self.baseline)
         if base["requests"] < self.policy.min_requests:
             # At a high candidate share the baseline sees little fresh traffic: judge against its whole history.
             b = obs[self.baseline]
-            base = {"requests": b["requests"], "errors": b["errors"], "latency_us": b.get("latency_us", ()),
-                    "quality": b.get("quality", ())}
+            base = {
+                "requests": b["requests"],
+                "errors": b["errors"],
+                "latency_us": b.get("latency_us", ()),
+                "quality": b.get("quality", ()),
+            }
         return base, cand
 
     # ----- driving -----------------------------------------------------------------------------------
@@ -297,8 +381,9 @@ class CanaryController:
         if self.state != PENDING:
             raise Conflict(f"canary {self.id} already {self.state}")
         self.state = RUNNING
-        self.audit("start", before=self._current_split(), details={"policy": asdict(self.policy),
-                                                                   "promote": self.promote_ref})
+        self.audit(
+            "start", before=self._current_split(), details={"policy": asdict(self.policy), "promote": self.promote_ref}
+        )
         return self._enter_step(0)
 
     def _current_split(self) -> dict:
@@ -313,13 +398,23 @@ class CanaryController:
         obs = self._observe()
         self._step_base = {n: {"requests": obs[n]["requests"], "errors": obs[n]["errors"]} for n in obs}
         self.failures = 0
-        self.audit("step", before=self._split(self.last_good_bp), after=self._split(bp),
-                   details={"step": step, "candidate_pct": self.policy.steps_pct[step]})
+        self.audit(
+            "step",
+            before=self._split(self.last_good_bp),
+            after=self._split(bp),
+            details={"step": step, "candidate_pct": self.policy.steps_pct[step]},
+        )
         return self._record("step", [], f"step {step}: candidate at {self.policy.steps_pct[step]:g} %")
 
     def _record(self, action: str, guards: list[Guard], reason: str = "") -> CheckResult:
-        r = CheckResult(self.state, self.step, float(self.policy.steps_pct[self.step]) if self.step >= 0 else 0.0,
-                        action, guards, reason)
+        r = CheckResult(
+            self.state,
+            self.step,
+            float(self.policy.steps_pct[self.step]) if self.step >= 0 else 0.0,
+            action,
+            guards,
+            reason,
+        )
         self.history.append(r.to_dict())
         return r
 
@@ -338,8 +433,9 @@ class CanaryController:
         if broken:
             self.failures += 1
             reason = "; ".join(f"{g.name}: {g.detail or g.value}" for g in broken)
-            self.audit("breach", details={"step": self.step, "failures": self.failures,
-                                          "guards": [asdict(g) for g in broken]})
+            self.audit(
+                "breach", details={"step": self.step, "failures": self.failures, "guards": [asdict(g) for g in broken]}
+            )
             if self.failures >= self.policy.failures_to_rollback:
                 return self._rollback(broken, reason)
             return self._record("breach", guards, reason)
@@ -363,10 +459,16 @@ class CanaryController:
         self.reason = reason
         for g in broken:
             ROLLBACKS.labels(self.deployment, self.candidate, g.name).inc()
-        self.audit("rollback", before=before, after=self._split(self.last_good_bp),
-                   details={"step": self.step, "reason": reason, "guards": [asdict(g) for g in broken]})
-        self._alert("canary.rollback", {"reason": reason, "split": self._split(self.last_good_bp),
-                                        "guards": [g.name for g in broken]})
+        self.audit(
+            "rollback",
+            before=before,
+            after=self._split(self.last_good_bp),
+            details={"step": self.step, "reason": reason, "guards": [asdict(g) for g in broken]},
+        )
+        self._alert(
+            "canary.rollback",
+            {"reason": reason, "split": self._split(self.last_good_bp), "guards": [g.name for g in broken]},
+        )
         log.warning("canary %s of deployment %s rolled back: %s", self.candidate, self.deployment, reason)
         return self._record("rollback", broken, reason)
 
@@ -380,8 +482,9 @@ class CanaryController:
         reason = f"canary {self.id} of deployment {self.deployment} passed every step"
         try:
             try:
-                self.request_id = reg.request_transition(self.promote_ref, self.promote_stage, actor=self.requester,
-                                                         reason=reason)
+                self.request_id = reg.request_transition(
+                    self.promote_ref, self.promote_stage, actor=self.requester, reason=reason
+                )
             except InvalidInput as exc:
                 if "needs no approval" not in str(exc):
                     raise
@@ -394,21 +497,34 @@ class CanaryController:
             self.state = PROMOTION_BLOCKED
             self.reason = str(exc)
             PROMOTIONS.labels(self.deployment, self.candidate, "blocked").inc()
-            self.audit("promote.blocked", details={"ref": self.promote_ref, "stage": self.promote_stage,
-                                                   "request": self.request_id, "reason": str(exc)})
+            self.audit(
+                "promote.blocked",
+                details={
+                    "ref": self.promote_ref,
+                    "stage": self.promote_stage,
+                    "request": self.request_id,
+                    "reason": str(exc),
+                },
+            )
             self._alert("canary.promotion_blocked", {"reason": str(exc), "ref": self.promote_ref})
             return self._record("promote", guards, f"promotion refused: {exc}")
         PROMOTIONS.labels(self.deployment, self.candidate, self.state).inc()
-        self.audit("promote", after={"ref": self.promote_ref, "stage": self.promote_stage},
-                   details={"request": self.request_id, "state": self.state})
+        self.audit(
+            "promote",
+            after={"ref": self.promote_ref, "stage": self.promote_stage},
+            details={"request": self.request_id, "state": self.state},
+        )
         return self._record("promote", guards, f"{self.promote_ref} -> {self.promote_stage}: {self.state}")
 
     def _poll_approval(self) -> CheckResult:
         req = self.registry().get_request(self.request_id)
         if req["status"] == "approved":
             self.state = PROMOTED
-            self.audit("promote", after={"ref": self.promote_ref, "stage": self.promote_stage},
-                       details={"request": self.request_id, "state": self.state})
+            self.audit(
+                "promote",
+                after={"ref": self.promote_ref, "stage": self.promote_stage},
+                details={"request": self.request_id, "state": self.state},
+            )
             return self._record("promote", [], "the remaining approvals arrived")
         if req["status"] != "open":
             self.state = PROMOTION_BLOCKED
@@ -440,10 +556,19 @@ class CanaryController:
         return self.state
 
     def status(self) -> dict:
-        return {"id": self.id, "deployment": self.deployment, "baseline": self.baseline, "candidate": self.candidate,
-                "state": self.state, "step": self.step, "candidate_pct": self.policy.steps_pct[self.step]
-                if self.step >= 0 else 0.0, "last_good_bp": self.last_good_bp, "failures": self.failures,
-                "reason": self.reason, "promotion_request": self.request_id}
+        return {
+            "id": self.id,
+            "deployment": self.deployment,
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "state": self.state,
+            "step": self.step,
+            "candidate_pct": self.policy.steps_pct[self.step] if self.step >= 0 else 0.0,
+            "last_good_bp": self.last_good_bp,
+            "failures": self.failures,
+            "reason": self.reason,
+            "promotion_request": self.request_id,
+        }
 
 
 __all__ = ["ACTOR", "CanaryController", "CanaryPolicy", "CheckResult", "Guard", "METRICS", "evaluate_guards"]

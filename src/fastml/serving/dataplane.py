@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,12 +36,33 @@ from fastml.serving import messages
 log = logging.getLogger("fastml.serving")
 
 # Exactly the Triton extensions that work here (perf_analyzer reads "statistics" from this list).
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "parameters", "schedule_policy", "model_repository")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "parameters",
+    "schedule_policy",
+    "model_repository",
+)
 
 # KServe datatype -> Triton model-config data type.
 CONFIG_DTYPES = {
     k: ("TYPE_STRING" if k == "BYTES" else f"TYPE_{k}")
-    for k in ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES")
+    for k in (
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BYTES",
+    )
 }
 
 # Triton sequence-batcher parameters: refused for the stateless models we serve.
@@ -70,8 +92,16 @@ class InferRequest:
 
     __slots__ = ("model_name", "model_version", "id", "inputs", "outputs", "parameters")
 
-    def __init__(self, model_name: str, inputs: dict[str, np.ndarray], *, model_version: str | None = None,
-                 id: str | None = None, outputs: list[str] | None = None, parameters: dict | None = None):  # noqa: A002
+    def __init__(
+        self,
+        model_name: str,
+        inputs: dict[str, np.ndarray],
+        *,
+        model_version: str | None = None,
+        id: str | None = None,
+        outputs: list[str] | None = None,
+        parameters: dict | None = None,
+    ):  # noqa: A002
         self.model_name = model_name
         self.model_version = model_version
         self.id = id
@@ -95,8 +125,14 @@ class InferResponse:
 
     __slots__ = ("model_name", "model_version", "id", "outputs", "parameters")
 
-    def __init__(self, model_name: str, model_version: str, id: str | None, outputs: dict[str, np.ndarray],  # noqa: A002
-                 parameters: dict | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        id: str | None,
+        outputs: dict[str, np.ndarray],  # noqa: A002
+        parameters: dict | None = None,
+    ):
         self.model_name = model_name
         self.model_version = model_version
         self.id = id
@@ -129,7 +165,9 @@ def request_timeout_us(params: dict, model_name: str) -> int | None:
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
         raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
     if timeout > MAX_TIMEOUT_US:  # the engine keeps deadlines in int64 nanoseconds: 2**63 must be a 400, not a 500
-        raise InvalidInput(f"parameter 'timeout' must be at most {MAX_TIMEOUT_US} microseconds (one day), got {timeout}")
+        raise InvalidInput(
+            f"parameter 'timeout' must be at most {MAX_TIMEOUT_US} microseconds (one day), got {timeout}"
+        )
     return timeout or None
 
 
@@ -151,7 +189,9 @@ def model_snapshot(entry) -> dict:
         "ready": bool(entry.model.ready),
         "stats": {k: v for k, v in stats.items() if not isinstance(v, dict)},
         "batch_size_histogram": {str(k): int(v) for k, v in (stats.get("batch_size_histogram") or {}).items()},
-        "batch_stats": {str(k): {kk: int(vv) for kk, vv in v.items()} for k, v in (stats.get("batch_stats") or {}).items()},
+        "batch_stats": {
+            str(k): {kk: int(vv) for kk, vv in v.items()} for k, v in (stats.get("batch_stats") or {}).items()
+        },
         "server_failures": dict(entry.failures),
         "inflight": entry.inflight,
     }
@@ -270,7 +310,9 @@ class DataPlane:
         known = entry.cache["output_names"]
         for name in requested:
             if name not in known:
-                raise InvalidInput(f"unknown output {name!r} for model {entry.name!r}; it has: {', '.join(sorted(known))}")
+                raise InvalidInput(
+                    f"unknown output {name!r} for model {entry.name!r}; it has: {', '.join(sorted(known))}"
+                )
         if len(set(requested)) != len(requested):
             raise InvalidInput(f"an output is requested twice: {list(requested)}")
         return list(requested)
@@ -307,8 +349,9 @@ class DataPlane:
             self._prepare(entry)
         return entry
 
-    def submit_arrays(self, entry, inputs: dict[str, np.ndarray], timeout_us: int | None = None,
-                      request_id: str | None = None) -> asyncio.Future:
+    def submit_arrays(
+        self, entry, inputs: dict[str, np.ndarray], timeout_us: int | None = None, request_id: str | None = None
+    ) -> asyncio.Future:
         """Enqueue decoded inputs on ``entry``'s model; the future resolves to ``{output name: array}``
         (every output, model order). Pass the future to :meth:`settle` exactly once when it is done.
 
@@ -465,14 +508,20 @@ class DataPlane:
             "name": entry.name,
             "versions": [entry.version],
             "platform": "onnxruntime_onnx",
-            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": [int(x) for x in t.shape]} for t in sig.inputs],
-            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": [int(x) for x in t.shape]} for t in sig.outputs],
+            "inputs": [
+                {"name": t.name, "datatype": t.datatype, "shape": [int(x) for x in t.shape]} for t in sig.inputs
+            ],
+            "outputs": [
+                {"name": t.name, "datatype": t.datatype, "shape": [int(x) for x in t.shape]} for t in sig.outputs
+            ],
         }
         config = {
             "name": entry.name,
             "platform": "onnxruntime_onnx",
             "backend": "onnxruntime",
-            "version_policy": {"latest": {"num_versions": 1}} if entry.config.version_policy == "latest" else {"all": {}},
+            "version_policy": {"latest": {"num_versions": 1}}
+            if entry.config.version_policy == "latest"
+            else {"all": {}},
             "max_batch_size": mbs,
             "input": [{"name": t.name, "data_type": CONFIG_DTYPES[t.datatype], "dims": dims(t)} for t in sig.inputs],
             "output": [{"name": t.name, "data_type": CONFIG_DTYPES[t.datatype], "dims": dims(t)} for t in sig.outputs],

@@ -27,9 +27,13 @@ def add_parser(subparsers) -> None:
     c = sub.add_parser("status", help="per-variant traffic, latency, quality, SRM check and verdicts")
     c.add_argument("deployment")
     c.add_argument("--baseline", help="the variant the others are compared with (default: the first)")
-    c.add_argument("--metric", default="accuracy", choices=("accuracy", "label", "abs_error"),
-                   help="quality per feedback: predicted class == label, the label itself (e.g. a click), "
-                        "or |prediction - label| (lower is better)")
+    c.add_argument(
+        "--metric",
+        default="accuracy",
+        choices=("accuracy", "label", "abs_error"),
+        help="quality per feedback: predicted class == label, the label itself (e.g. a click), "
+        "or |prediction - label| (lower is better)",
+    )
     c.add_argument("--output", help="output tensor holding the prediction (default: the first logged)")
     c.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     c.add_argument("--mde", type=float, help="minimum detectable effect for the sample-size estimate")
@@ -37,8 +41,10 @@ def add_parser(subparsers) -> None:
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(handler=_status)
 
-    for name, text in (("promote", "give VARIANT all the traffic (the winner)"),
-                       ("stop", "end the experiment: all traffic back to the baseline")):
+    for name, text in (
+        ("promote", "give VARIANT all the traffic (the winner)"),
+        ("stop", "end the experiment: all traffic back to the baseline"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument("deployment")
         if name == "promote":
@@ -65,8 +71,10 @@ def _spec(name: str):
     path = dconf.state_path()
     specs = dconf.read(path)[1] if path.exists() else {}
     if name not in specs:
-        raise NotFound(f"unknown deployment {name!r}" + (f"; deployments: {', '.join(specs)}" if specs else
-                                                          " (fastml deploy apply FILE)"))
+        raise NotFound(
+            f"unknown deployment {name!r}"
+            + (f"; deployments: {', '.join(specs)}" if specs else " (fastml deploy apply FILE)")
+        )
     return specs, specs[name]
 
 
@@ -101,8 +109,15 @@ def _status(args) -> int:
     baseline = args.baseline or spec.variants[0].name
     higher = args.metric != "abs_error"
     kind = "mean" if args.metric == "abs_error" else "proportion"
-    report = experiments.analyze(args.deployment, rows, baseline=baseline, alpha=args.alpha, quality_kind=kind,
-                                 quality_higher_is_better=higher, mde=args.mde)
+    report = experiments.analyze(
+        args.deployment,
+        rows,
+        baseline=baseline,
+        alpha=args.alpha,
+        quality_kind=kind,
+        quality_higher_is_better=higher,
+        mde=args.mde,
+    )
     doc = report.to_dict()
     doc["metric"] = args.metric
     doc["verdicts"] = {c: report.overall(c, "quality") for c in report.comparisons}
@@ -113,20 +128,26 @@ def _status(args) -> int:
         print(json.dumps(doc, indent=2, default=float))
         return 0
     print(f"experiment {args.deployment}: baseline {baseline}, quality = {args.metric}")
-    print(f"  {'VARIANT':<16} {'WEIGHT_BP':>9} {'REQUESTS':>9} {'ERRORS':>7} {'P50_US':>9} {'P99_US':>9} "
-          f"{'FEEDBACK':>8} {'QUALITY':>8}")
+    print(
+        f"  {'VARIANT':<16} {'WEIGHT_BP':>9} {'REQUESTS':>9} {'ERRORS':>7} {'P50_US':>9} {'P99_US':>9} "
+        f"{'FEEDBACK':>8} {'QUALITY':>8}"
+    )
     for s in report.variants:
         q = "-" if s.quality is None else f"{s.quality:.4f}"
-        print(f"  {s.name:<16} {s.weight_bp:>9} {s.requests:>9} {s.errors:>7} {s.latency_us.get('p50', 0):>9.0f} "
-              f"{s.latency_us.get('p99', 0):>9.0f} {s.feedback:>8} {q:>8}")
+        print(
+            f"  {s.name:<16} {s.weight_bp:>9} {s.requests:>9} {s.errors:>7} {s.latency_us.get('p50', 0):>9.0f} "
+            f"{s.latency_us.get('p99', 0):>9.0f} {s.feedback:>8} {q:>8}"
+        )
     if report.srm is not None:
         flag = "MISMATCH: the split is broken, verdicts are not trustworthy" if report.srm.flagged else "ok"
         print(f"  sample ratio: chi2 {report.srm.chi2:.2f}, p {report.srm.p_value:.3g} -> {flag}")
     for cand, metrics in report.comparisons.items():
         for m, v in metrics.items():
             seq = v.sequential
-            print(f"  {cand} vs {baseline} on {m}: {v.verdict} (effect {seq.effect:+.4g}, always-valid "
-                  f"{1 - args.alpha:.0%} CI [{seq.ci_low:+.4g}, {seq.ci_high:+.4g}], p {seq.p_value:.3g})")
+            print(
+                f"  {cand} vs {baseline} on {m}: {v.verdict} (effect {seq.effect:+.4g}, always-valid "
+                f"{1 - args.alpha:.0%} CI [{seq.ci_low:+.4g}, {seq.ci_high:+.4g}], p {seq.p_value:.3g})"
+            )
         print(f"  verdict for {cand}: {report.overall(cand, 'quality')}")
     if args.html:
         print(f"  report written to {args.html}")
@@ -157,13 +178,21 @@ def _set_all(args) -> int:
     dconf.parse(text, "the new deployment file")  # never persist a file the server would refuse
     dconf.write_atomic(dconf.state_path(), text)
     after = {v.name: v.weight_bp for v in variants}
-    AuditLog().append(f"experiment.{args.experiment_command}", target=f"deployment:{args.deployment}", before=before,
-                      after=after, details={"variant": keep, "reason": args.reason})
+    AuditLog().append(
+        f"experiment.{args.experiment_command}",
+        target=f"deployment:{args.deployment}",
+        before=before,
+        after=after,
+        details={"variant": keep, "reason": args.reason},
+    )
     if args.json:
         print(json.dumps({"deployment": args.deployment, "weights_bp": after}, indent=2))
     else:
-        print(f"{args.deployment}: all traffic to {keep} (" + ", ".join(f"{k} {v}" for k, v in after.items())
-              + " bp); running servers switch within a second")
+        print(
+            f"{args.deployment}: all traffic to {keep} ("
+            + ", ".join(f"{k} {v}" for k, v in after.items())
+            + " bp); running servers switch within a second"
+        )
     return 0
 
 
@@ -179,8 +208,11 @@ def _feedback(args) -> int:
         print(f"recorded {result.recorded} outcome(s) for {result.requests} request(s)")
         if result.unknown:
             shown = ", ".join(result.unknown_ids)
-            print(f"{result.unknown} request id(s) not in the prediction log (not recorded): {shown}"
-                  + (" ..." if result.unknown > len(result.unknown_ids) else ""), file=sys.stderr)
+            print(
+                f"{result.unknown} request id(s) not in the prediction log (not recorded): {shown}"
+                + (" ..." if result.unknown > len(result.unknown_ids) else ""),
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -225,14 +257,21 @@ def write_html(path: str, report, rows: dict, metric: str) -> None:
     rows_html = "".join(
         f"<tr><td>{e(s.name)}</td><td>{s.weight_bp}</td><td>{s.requests}</td><td>{s.errors}</td>"
         f"<td>{s.latency_us.get('p50', 0):.0f}</td><td>{s.latency_us.get('p99', 0):.0f}</td><td>{s.feedback}</td>"
-        f"<td>{'-' if s.quality is None else f'{s.quality:.4f}'}</td></tr>" for s in report.variants)
+        f"<td>{'-' if s.quality is None else f'{s.quality:.4f}'}</td></tr>"
+        for s in report.variants
+    )
     verdicts = "".join(
         f"<li><b>{e(c)}</b> on {e(m)}: <b>{e(v.verdict)}</b>, effect {v.sequential.effect:+.4g}, always-valid interval "
         f"[{v.sequential.ci_low:+.4g}, {v.sequential.ci_high:+.4g}], p {v.sequential.p_value:.3g}</li>"
-        for c, ms in report.comparisons.items() for m, v in ms.items())
-    srm = ("" if report.srm is None else
-           f"<p>Sample ratio: chi2 {report.srm.chi2:.2f}, p {report.srm.p_value:.3g} - "
-           f"{'<b>MISMATCH</b>' if report.srm.flagged else 'ok'}</p>")
+        for c, ms in report.comparisons.items()
+        for m, v in ms.items()
+    )
+    srm = (
+        ""
+        if report.srm is None
+        else f"<p>Sample ratio: chi2 {report.srm.chi2:.2f}, p {report.srm.p_value:.3g} - "
+        f"{'<b>MISMATCH</b>' if report.srm.flagged else 'ok'}</p>"
+    )
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>experiment {e(report.deployment)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:right}}</style></head><body>
 <h1>Experiment {e(report.deployment)}</h1><p>Baseline: {e(report.baseline)}; quality = {e(metric)}.</p>

@@ -130,8 +130,12 @@ def read_file(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         else:
             import pyarrow.csv as pcsv
 
-            table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
-                column_types={"request_id": pa.string()}, strings_can_be_null=False))
+            table = pcsv.read_csv(
+                path,
+                convert_options=pcsv.ConvertOptions(
+                    column_types={"request_id": pa.string()}, strings_can_be_null=False
+                ),
+            )
     except (OSError, pa.ArrowInvalid) as exc:
         raise InvalidInput(f"{path}: cannot read feedback: {exc}") from None
     cols = table.column_names
@@ -143,8 +147,7 @@ def read_file(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     col = table[label_col]
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
         bad = next((i for i, v in enumerate(col.to_pylist()) if not _is_num_text(v)), 0)
-        raise InvalidInput(f"{path}: column {label_col!r} must be numeric; line {bad + 2} holds "
-                           f"{col[bad].as_py()!r}")
+        raise InvalidInput(f"{path}: column {label_col!r} must be numeric; line {bad + 2} holds {col[bad].as_py()!r}")
     if col.null_count:
         first = pc.index(pc.is_null(col), True).as_py()
         raise InvalidInput(f"{path}: column {label_col!r} is empty on line {first + 2}")
@@ -192,8 +195,9 @@ def known_ids(ids: Iterable[str], models: Sequence[str], directory: str | Path |
     return found
 
 
-def record_items(items: list, *, models: Sequence[str], directory: str | Path | None = None,
-           flush=None) -> FeedbackResult:
+def record_items(
+    items: list, *, models: Sequence[str], directory: str | Path | None = None, flush=None
+) -> FeedbackResult:
     """Record parsed feedback (:func:`parse` or :func:`read_file` output); the server's and CLI's path for requests served by ``models``.
 
     Args:
@@ -229,13 +233,20 @@ def record_items(items: list, *, models: Sequence[str], directory: str | Path | 
         result.requests += 1
     result.unknown = len(seen_unknown)
     if ids:
-        result.recorded = record_feedback(ids, np.concatenate(labels), rows=np.concatenate(rows).tolist(),
-                                          directory=directory)
+        result.recorded = record_feedback(
+            ids, np.concatenate(labels), rows=np.concatenate(rows).tolist(), directory=directory
+        )
     return result
 
 
-def record(request_ids: str | Sequence[str], labels: Any, *, model: str | None = None,
-               deployment: str | None = None, directory: str | Path | None = None) -> FeedbackResult:
+def record(
+    request_ids: str | Sequence[str],
+    labels: Any,
+    *,
+    model: str | None = None,
+    deployment: str | None = None,
+    directory: str | Path | None = None,
+) -> FeedbackResult:
     """Python API: record outcomes for requests served by ``model`` or ``deployment`` (persisted, by name).
 
     Args:
@@ -276,8 +287,14 @@ def deployment_models(name: str, state_file: str | Path | None = None) -> list[s
 
 
 # ------------------------------------------------------------------------------------------ joining
-def variant_outcomes(spec, *, directory: str | Path | None = None, metric: str = "accuracy",
-                     output: str | None = None, since: float | None = None) -> dict[str, dict]:
+def variant_outcomes(
+    spec,
+    *,
+    directory: str | Path | None = None,
+    metric: str = "accuracy",
+    output: str | None = None,
+    since: float | None = None,
+) -> dict[str, dict]:
     """Per variant of deployment ``spec``: the logged requests joined with their feedback.
 
     Rows are attributed by the log's ``variant`` column (set by the router); rows logged without one
@@ -298,8 +315,9 @@ def variant_outcomes(spec, *, directory: str | Path | None = None, metric: str =
     by_model: dict[str, list[str]] = {}
     for v in spec.variants:
         by_model.setdefault(base_model(v.model), []).append(v.name)
-    out: dict[str, dict[str, Any]] = {n: {"logged_rows": 0, "latency_us": np.zeros(0), "quality": np.zeros(0)}
-                                      for n in names}
+    out: dict[str, dict[str, Any]] = {
+        n: {"logged_rows": 0, "latency_us": np.zeros(0), "quality": np.zeros(0)} for n in names
+    }
     for model in by_model:
         table = read_log(directory, model=model, since=since)
         if table.num_rows == 0:
@@ -344,11 +362,15 @@ def _predictions(table, output: str | None, metric: str) -> np.ndarray:
         scores = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size)
         return scores.argmax(axis=1).astype(np.float64)  # class probabilities or scores
     values = col.to_numpy(zero_copy_only=False).astype(np.float64)
-    if metric == "accuracy" and pa.types.is_floating(col.type) and values.size and values.min() >= 0 and values.max() <= 1:
+    if (
+        metric == "accuracy"
+        and pa.types.is_floating(col.type)
+        and values.size
+        and values.min() >= 0
+        and values.max() <= 1
+    ):
         return (values >= 0.5).astype(np.float64)  # a probability of the positive class
     return values
-
-
 
 
 # ------------------------------------------------------------------------------------------ serving
@@ -387,8 +409,10 @@ def handle_http(plane, name: str, body: bytes) -> dict:
         if lg is not None and all(lg is not x for x in loggers):
             loggers.append(lg)
     if not loggers:
-        raise Conflict(f"{name!r} does not log predictions, so feedback cannot be joined to them; serve it with "
-                       "--log-sample-rate 1 (or log_sample_rate in its config.toml)")
+        raise Conflict(
+            f"{name!r} does not log predictions, so feedback cannot be joined to them; serve it with "
+            "--log-sample-rate 1 (or log_sample_rate in its config.toml)"
+        )
 
     def flush() -> None:
         for lg in loggers:
@@ -398,5 +422,16 @@ def handle_http(plane, name: str, body: bytes) -> dict:
     return record_items(items, models=[e.name for e in entries], directory=directory, flush=flush).to_dict()
 
 
-__all__ = ["FeedbackResult", "METRICS", "base_model", "deployment_models", "known_ids", "parse", "read_file",
-           "record", "record_items", "variant_outcomes", "handle_http"]
+__all__ = [
+    "FeedbackResult",
+    "METRICS",
+    "base_model",
+    "deployment_models",
+    "known_ids",
+    "parse",
+    "read_file",
+    "record",
+    "record_items",
+    "variant_outcomes",
+    "handle_http",
+]

@@ -50,7 +50,9 @@ def check_override(field: str, value) -> int:
     """
     low, high = LOAD_BOUNDS[field]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"load override {field} must be an integer between {low} and {high}, got {type(value).__name__}")
+        raise InvalidInput(
+            f"load override {field} must be an integer between {low} and {high}, got {type(value).__name__}"
+        )
     if not low <= value <= high:
         raise InvalidInput(f"load override {field} must be between {low} and {high}, got {value}")
     return value

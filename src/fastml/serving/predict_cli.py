@@ -23,9 +23,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--columns", default=None, help="comma-separated input columns feeding the model, in order")
     p.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget; bounds --batch-rows")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: every core)")
-    p.add_argument("--features", default=None,
-                   help="comma-separated group:feature references read from the online feature store by the first "
-                   "key column and fed to the model as columns of those names")
+    p.add_argument(
+        "--features",
+        default=None,
+        help="comma-separated group:feature references read from the online feature store by the first "
+        "key column and fed to the model as columns of those names",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     p.set_defaults(handler=_run)
@@ -55,6 +58,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
-        print(f"wrote {report.rows:,} rows to {report.output} ({report.rows_per_s:,.0f} rows/s, "
-              f"{report.batch_rows:,} rows per chunk)")
+        print(
+            f"wrote {report.rows:,} rows to {report.output} ({report.rows_per_s:,.0f} rows/s, "
+            f"{report.batch_rows:,} rows per chunk)"
+        )
     return 0

@@ -29,8 +29,15 @@ class Finding:
     applicable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule_id, "ruleset": self.ruleset, "title": self.title, "article": self.article,
-                "verdict": self.verdict, "applicable": self.applicable, "evidence": list(self.evidence)}
+        return {
+            "rule": self.rule_id,
+            "ruleset": self.ruleset,
+            "title": self.title,
+            "article": self.article,
+            "verdict": self.verdict,
+            "applicable": self.applicable,
+            "evidence": list(self.evidence),
+        }
 
 
 class Context:
@@ -109,11 +116,13 @@ class RuleSet:
 
     def rule(self, id: str, title: str, article: str, checks: str):
         """Decorator registering a check function as a rule of this set."""
+
         def deco(fn: CheckFn) -> CheckFn:
             if any(r.id == id for r in self.rules):
                 raise AssertionError(f"duplicate rule id {id}")
             self.rules.append(Rule(id, title, article, checks, fn))
             return fn
+
         return deco
 
 

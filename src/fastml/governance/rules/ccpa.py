@@ -22,8 +22,12 @@ def _applies(ctx: Context) -> tuple[bool, str]:
 RULESET = RuleSet("ccpa", "CCPA / CPRA", _applies)
 
 
-@RULESET.rule("CCPA-100", "Notice at collection", "Cal. Civ. Code 1798.100(a)",
-              "consumers are told at collection which categories are collected and why (ccpa.notice_at_collection)")
+@RULESET.rule(
+    "CCPA-100",
+    "Notice at collection",
+    "Cal. Civ. Code 1798.100(a)",
+    "consumers are told at collection which categories are collected and why (ccpa.notice_at_collection)",
+)
 def _notice(ctx: Context):
     if ctx.get("ccpa.notice_at_collection") is True:
         return PASS, ["notice at collection given"]
@@ -32,8 +36,12 @@ def _notice(ctx: Context):
     return FAIL, ["ccpa.notice_at_collection is not true"]
 
 
-@RULESET.rule("CCPA-120", "Right to opt out of sale or sharing", "Cal. Civ. Code 1798.120, 1798.135",
-              "if personal information is sold or shared, a 'Do Not Sell or Share' opt-out is offered")
+@RULESET.rule(
+    "CCPA-120",
+    "Right to opt out of sale or sharing",
+    "Cal. Civ. Code 1798.120, 1798.135",
+    "if personal information is sold or shared, a 'Do Not Sell or Share' opt-out is offered",
+)
 def _opt_out(ctx: Context):
     sells = ctx.get("ccpa.sells_or_shares")
     if sells is None:
@@ -45,9 +53,13 @@ def _opt_out(ctx: Context):
     return FAIL, ["personal information is sold or shared without an opt-out link (ccpa.opt_out_link)"]
 
 
-@RULESET.rule("CCPA-121", "Sensitive personal information", "Cal. Civ. Code 1798.121, 1798.140(ae)",
-              "sensitive personal information (SSN, account numbers, precise location, race, religion, health, ...) is "
-              "limited to permitted purposes or a 'Limit the Use' link is offered")
+@RULESET.rule(
+    "CCPA-121",
+    "Sensitive personal information",
+    "Cal. Civ. Code 1798.121, 1798.140(ae)",
+    "sensitive personal information (SSN, account numbers, precise location, race, religion, health, ...) is "
+    "limited to permitted purposes or a 'Limit the Use' link is offered",
+)
 def _sensitive(ctx: Context):
     spi = ctx.scan.ccpa_sensitive
     if not spi:
@@ -56,12 +68,18 @@ def _sensitive(ctx: Context):
     if _phi_exempt(ctx) and all(f.health for f in spi):
         return PASS, ev + ["PHI under HIPAA is exempt (1798.145(c))"]
     if ctx.get("ccpa.limit_use_link") or ctx.has("ccpa.sensitive_pi_permitted_purpose"):
-        return PASS, ev + ["use limited: " + str(ctx.get("ccpa.sensitive_pi_permitted_purpose") or "Limit the Use link offered")]
+        return PASS, ev + [
+            "use limited: " + str(ctx.get("ccpa.sensitive_pi_permitted_purpose") or "Limit the Use link offered")
+        ]
     return FAIL, ev + ["neither ccpa.limit_use_link nor ccpa.sensitive_pi_permitted_purpose is set"]
 
 
-@RULESET.rule("CCPA-100c", "Purpose and retention limits", "Cal. Civ. Code 1798.100(a)(3), (c)",
-              "a retention period is disclosed and collection is limited to the stated purpose")
+@RULESET.rule(
+    "CCPA-100c",
+    "Purpose and retention limits",
+    "Cal. Civ. Code 1798.100(a)(3), (c)",
+    "a retention period is disclosed and collection is limited to the stated purpose",
+)
 def _retention(ctx: Context):
     problems = []
     if ctx.get("retention_days") is None:
@@ -73,21 +91,33 @@ def _retention(ctx: Context):
     return PASS, [f"retention {ctx.get('retention_days')} days for: {ctx.get('purpose') or ctx.get('intended_use')}"]
 
 
-@RULESET.rule("CCPA-105", "Consumer rights", "Cal. Civ. Code 1798.105, 1798.106, 1798.110",
-              "a process exists to delete, correct and disclose a consumer's personal information")
+@RULESET.rule(
+    "CCPA-105",
+    "Consumer rights",
+    "Cal. Civ. Code 1798.105, 1798.106, 1798.110",
+    "a process exists to delete, correct and disclose a consumer's personal information",
+)
 def _rights(ctx: Context):
     if ctx.has("ccpa.consumer_rights_process"):
         return PASS, [f"consumer requests: {ctx.get('ccpa.consumer_rights_process')}"]
     return FAIL, ["no ccpa.consumer_rights_process (delete / correct / know)"]
 
 
-@RULESET.rule("CCPA-185-ADMT", "Automated decision-making technology", "Cal. Civ. Code 1798.185(a)(15)-(16); CPPA ADMT regulations",
-              "significant decisions made by automated decision-making technology come with a pre-use notice, "
-              "opt-out or human appeal, and access to the logic")
+@RULESET.rule(
+    "CCPA-185-ADMT",
+    "Automated decision-making technology",
+    "Cal. Civ. Code 1798.185(a)(15)-(16); CPPA ADMT regulations",
+    "significant decisions made by automated decision-making technology come with a pre-use notice, "
+    "opt-out or human appeal, and access to the logic",
+)
 def _admt(ctx: Context):
     if not ctx.adm_significant:
         return PASS, ["no automated significant decisions about consumers"]
     if ctx.get("ccpa.admt_notice") and (ctx.has("contest_process") or ctx.get("ccpa.admt_opt_out")):
-        return PASS, ["pre-use ADMT notice given; appeal / opt-out: " + str(ctx.get("contest_process") or "opt-out offered")]
-    return REVIEW, ["automated significant decisions: the CPPA's ADMT regulations need a pre-use notice (ccpa.admt_notice) "
-                    "and an appeal or opt-out; confirm with counsel"]
+        return PASS, [
+            "pre-use ADMT notice given; appeal / opt-out: " + str(ctx.get("contest_process") or "opt-out offered")
+        ]
+    return REVIEW, [
+        "automated significant decisions: the CPPA's ADMT regulations need a pre-use notice (ccpa.admt_notice) "
+        "and an appeal or opt-out; confirm with counsel"
+    ]

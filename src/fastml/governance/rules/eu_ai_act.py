@@ -17,7 +17,10 @@ USE_CASES: dict[str, tuple[str, str]] = {
     "facial_image_scraping": ("unacceptable", "Art. 5(1)(e) untargeted facial-image scraping"),
     "emotion_recognition_workplace": ("unacceptable", "Art. 5(1)(f) emotion recognition at work or school"),
     "biometric_categorisation_sensitive": ("unacceptable", "Art. 5(1)(g) biometric categorisation by sensitive traits"),
-    "realtime_remote_biometric_id": ("unacceptable", "Art. 5(1)(h) real-time remote biometric identification for law enforcement"),
+    "realtime_remote_biometric_id": (
+        "unacceptable",
+        "Art. 5(1)(h) real-time remote biometric identification for law enforcement",
+    ),
     # Annex III high-risk uses
     "remote_biometric_identification": ("high", "Annex III point 1(a)"),
     "biometric_categorisation": ("high", "Annex III point 1(b)"),
@@ -88,7 +91,10 @@ def classify(ctx: Context) -> tuple[str, str]:
         hits.append(("high", f"medical device: {USE_CASES['medical_device'][1]}"))
     if not hits:
         if medical is None and (_HEALTH.search(text) or ctx.get("domain") == "healthcare"):
-            return "review", "health-care use: may be a medical device (Art. 6(1), Annex I) - set eu_ai_act.medical_device"
+            return (
+                "review",
+                "health-care use: may be a medical device (Art. 6(1), Annex I) - set eu_ai_act.medical_device",
+            )
         return "minimal", "no Art. 5 practice, Annex III use or Annex I product"
     tier, why = max(hits, key=lambda h: TIERS.index(h[0]))
     return tier, why
@@ -108,8 +114,12 @@ def _high(ctx: Context) -> bool:
     return classify(ctx)[0] == "high"
 
 
-@RULESET.rule("AIA-5", "Prohibited practices", "EU AI Act Art. 5",
-              "the use is not a prohibited practice (social scoring, manipulation, untargeted face scraping, ...)")
+@RULESET.rule(
+    "AIA-5",
+    "Prohibited practices",
+    "EU AI Act Art. 5",
+    "the use is not a prohibited practice (social scoring, manipulation, untargeted face scraping, ...)",
+)
 def _prohibited(ctx: Context):
     tier, why = classify(ctx)
     if tier == "unacceptable":
@@ -117,8 +127,12 @@ def _prohibited(ctx: Context):
     return PASS, ["no prohibited practice identified"]
 
 
-@RULESET.rule("AIA-6", "Risk classification", "EU AI Act Art. 6, Annex III",
-              "the risk tier derived from the use case (Annex III, Annex I) matches the tier the card declares")
+@RULESET.rule(
+    "AIA-6",
+    "Risk classification",
+    "EU AI Act Art. 6, Annex III",
+    "the risk tier derived from the use case (Annex III, Annex I) matches the tier the card declares",
+)
 def _tier(ctx: Context):
     tier, why = classify(ctx)
     declared = ctx.get("eu_ai_act.risk_tier")
@@ -148,53 +162,106 @@ def _obligation(ctx: Context, keys: list[tuple[str, str]], what: str):
     return PASS, [f"{what}: " + "; ".join(f"{k} = {ctx.get(k)}" for k, _ in keys)]
 
 
-@RULESET.rule("AIA-9", "Risk management system", "EU AI Act Art. 9",
-              "high-risk: a documented, continuous risk management process (eu_ai_act.risk_management)")
+@RULESET.rule(
+    "AIA-9",
+    "Risk management system",
+    "EU AI Act Art. 9",
+    "high-risk: a documented, continuous risk management process (eu_ai_act.risk_management)",
+)
 def _art9(ctx: Context):
-    return _obligation(ctx, [("eu_ai_act.risk_management", "risk management process reference")], "a risk management system")
+    return _obligation(
+        ctx, [("eu_ai_act.risk_management", "risk management process reference")], "a risk management system"
+    )
 
 
-@RULESET.rule("AIA-10", "Data and data governance", "EU AI Act Art. 10",
-              "high-risk: data governance documented and training data examined for bias (fairness.sensitive_features)")
+@RULESET.rule(
+    "AIA-10",
+    "Data and data governance",
+    "EU AI Act Art. 10",
+    "high-risk: data governance documented and training data examined for bias (fairness.sensitive_features)",
+)
 def _art10(ctx: Context):
-    return _obligation(ctx, [("eu_ai_act.data_governance", "data governance reference"),
-                             ("fairness.sensitive_features", "attributes examined for bias (Art. 10(2)(f))")],
-                       "data governance and a bias examination")
+    return _obligation(
+        ctx,
+        [
+            ("eu_ai_act.data_governance", "data governance reference"),
+            ("fairness.sensitive_features", "attributes examined for bias (Art. 10(2)(f))"),
+        ],
+        "data governance and a bias examination",
+    )
 
 
-@RULESET.rule("AIA-11", "Technical documentation", "EU AI Act Art. 11, Annex IV",
-              "high-risk: Annex IV technical documentation exists (eu_ai_act.technical_documentation)")
+@RULESET.rule(
+    "AIA-11",
+    "Technical documentation",
+    "EU AI Act Art. 11, Annex IV",
+    "high-risk: Annex IV technical documentation exists (eu_ai_act.technical_documentation)",
+)
 def _art11(ctx: Context):
-    return _obligation(ctx, [("eu_ai_act.technical_documentation", "Annex IV documentation reference")], "technical documentation")
+    return _obligation(
+        ctx, [("eu_ai_act.technical_documentation", "Annex IV documentation reference")], "technical documentation"
+    )
 
 
-@RULESET.rule("AIA-12", "Record-keeping", "EU AI Act Art. 12",
-              "high-risk: automatic logging of events over the lifetime (eu_ai_act.logging = true)")
+@RULESET.rule(
+    "AIA-12",
+    "Record-keeping",
+    "EU AI Act Art. 12",
+    "high-risk: automatic logging of events over the lifetime (eu_ai_act.logging = true)",
+)
 def _art12(ctx: Context):
     return _obligation(ctx, [("eu_ai_act.logging", "automatic event logging enabled")], "automatic record-keeping")
 
 
-@RULESET.rule("AIA-13", "Transparency and instructions for use", "EU AI Act Art. 13",
-              "high-risk: instructions for use, intended purpose and declared accuracy metrics")
+@RULESET.rule(
+    "AIA-13",
+    "Transparency and instructions for use",
+    "EU AI Act Art. 13",
+    "high-risk: instructions for use, intended purpose and declared accuracy metrics",
+)
 def _art13(ctx: Context):
-    return _obligation(ctx, [("eu_ai_act.instructions_for_use", "instructions for deployers"),
-                             ("intended_use", "intended purpose"), ("metrics", "declared accuracy metrics")],
-                       "transparency to deployers")
+    return _obligation(
+        ctx,
+        [
+            ("eu_ai_act.instructions_for_use", "instructions for deployers"),
+            ("intended_use", "intended purpose"),
+            ("metrics", "declared accuracy metrics"),
+        ],
+        "transparency to deployers",
+    )
 
 
-@RULESET.rule("AIA-14", "Human oversight", "EU AI Act Art. 14",
-              "high-risk: named human oversight that can override or stop the system")
+@RULESET.rule(
+    "AIA-14",
+    "Human oversight",
+    "EU AI Act Art. 14",
+    "high-risk: named human oversight that can override or stop the system",
+)
 def _art14(ctx: Context):
-    res = _obligation(ctx, [("human_oversight.role", "who oversees"),
-                            ("human_oversight.can_override", "overseer can disregard, override or stop")],
-                      "human oversight")
+    res = _obligation(
+        ctx,
+        [
+            ("human_oversight.role", "who oversees"),
+            ("human_oversight.can_override", "overseer can disregard, override or stop"),
+        ],
+        "human oversight",
+    )
     return res
 
 
-@RULESET.rule("AIA-15", "Accuracy, robustness and cybersecurity", "EU AI Act Art. 15",
-              "high-risk: declared accuracy metrics, robustness testing and cybersecurity measures")
+@RULESET.rule(
+    "AIA-15",
+    "Accuracy, robustness and cybersecurity",
+    "EU AI Act Art. 15",
+    "high-risk: declared accuracy metrics, robustness testing and cybersecurity measures",
+)
 def _art15(ctx: Context):
-    return _obligation(ctx, [("metrics", "declared accuracy metrics"),
-                             ("eu_ai_act.robustness_testing", "robustness testing reference"),
-                             ("eu_ai_act.cybersecurity", "cybersecurity measures")],
-                       "accuracy, robustness and cybersecurity evidence")
+    return _obligation(
+        ctx,
+        [
+            ("metrics", "declared accuracy metrics"),
+            ("eu_ai_act.robustness_testing", "robustness testing reference"),
+            ("eu_ai_act.cybersecurity", "cybersecurity measures"),
+        ],
+        "accuracy, robustness and cybersecurity evidence",
+    )

@@ -7,9 +7,18 @@ from fastml.governance.rules.base import FAIL, PASS, REVIEW, Context, RuleSet, c
 
 LAWFUL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests")
 # Art. 9(2)(a)-(j), by short name.
-ART9_CONDITIONS = ("explicit_consent", "employment_social_security", "vital_interests", "not_for_profit_body",
-                   "made_public", "legal_claims", "substantial_public_interest", "health_care", "public_health",
-                   "research_statistics")
+ART9_CONDITIONS = (
+    "explicit_consent",
+    "employment_social_security",
+    "vital_interests",
+    "not_for_profit_body",
+    "made_public",
+    "legal_claims",
+    "substantial_public_interest",
+    "health_care",
+    "public_health",
+    "research_statistics",
+)
 ADM_EXCEPTIONS = ("contract", "law", "explicit_consent")  # Art. 22(2)(a)-(c)
 
 
@@ -25,41 +34,58 @@ def _applies(ctx: Context) -> tuple[bool, str]:
 RULESET = RuleSet("gdpr", "GDPR", _applies)
 
 
-@RULESET.rule("GDPR-5.1a", "Transparency: personal data is declared", "GDPR Art. 5(1)(a)",
-              "personal data detected in the training schema is declared in the card (personal_data, data_categories)")
+@RULESET.rule(
+    "GDPR-5.1a",
+    "Transparency: personal data is declared",
+    "GDPR Art. 5(1)(a)",
+    "personal data detected in the training schema is declared in the card (personal_data, data_categories)",
+)
 def _declared(ctx: Context):
     found = ctx.scan.findings
     if found and not ctx.get("personal_data"):
-        return FAIL, [f"columns look like personal data ({columns(found)}) but the card does not declare personal_data = true"]
+        return FAIL, [
+            f"columns look like personal data ({columns(found)}) but the card does not declare personal_data = true"
+        ]
     undeclared_special = {s for f in ctx.scan.special for s in f.special} - set(ctx.get("special_category_data", []))
     if undeclared_special:
         cols = columns(ctx.scan.special)
-        return FAIL, [f"special-category data detected in {cols} ({', '.join(sorted(undeclared_special))}) is not in special_category_data"]
+        return FAIL, [
+            f"special-category data detected in {cols} ({', '.join(sorted(undeclared_special))}) is not in special_category_data"
+        ]
     return PASS, ["personal data is declared" + (f"; detected columns: {columns(found)}" if found else "")]
 
 
-@RULESET.rule("GDPR-5.1b", "Purpose limitation", "GDPR Art. 5(1)(b)",
-              "a specified purpose / intended use is stated")
+@RULESET.rule("GDPR-5.1b", "Purpose limitation", "GDPR Art. 5(1)(b)", "a specified purpose / intended use is stated")
 def _purpose(ctx: Context):
     if ctx.has("purpose") or ctx.has("intended_use"):
         return PASS, [f"purpose: {ctx.get('purpose') or ctx.get('intended_use')}"]
     return FAIL, ["no purpose or intended_use stated"]
 
 
-@RULESET.rule("GDPR-5.1c", "Data minimisation", "GDPR Art. 5(1)(c)",
-              "direct identifiers are not used as training features, or their need is justified (data_minimisation)")
+@RULESET.rule(
+    "GDPR-5.1c",
+    "Data minimisation",
+    "GDPR Art. 5(1)(c)",
+    "direct identifiers are not used as training features, or their need is justified (data_minimisation)",
+)
 def _minimisation(ctx: Context):
     direct = [f for f in ctx.scan.direct_identifiers if "unique_id" not in f.categories]
     if not direct:
         return PASS, ["no direct identifiers (names, contact details, ID numbers) among the training columns"]
     if ctx.has("data_minimisation"):
-        return REVIEW, [f"direct identifiers in training data: {columns(direct)}",
-                        f"justification given: {ctx.get('data_minimisation')} (a reviewer must confirm)"]
+        return REVIEW, [
+            f"direct identifiers in training data: {columns(direct)}",
+            f"justification given: {ctx.get('data_minimisation')} (a reviewer must confirm)",
+        ]
     return FAIL, [f"direct identifiers in training data without a data_minimisation justification: {columns(direct)}"]
 
 
-@RULESET.rule("GDPR-5.1e", "Storage limitation", "GDPR Art. 5(1)(e)",
-              "a retention period for personal data is set (retention_days)")
+@RULESET.rule(
+    "GDPR-5.1e",
+    "Storage limitation",
+    "GDPR Art. 5(1)(e)",
+    "a retention period for personal data is set (retention_days)",
+)
 def _retention(ctx: Context):
     days = ctx.get("retention_days")
     if days is None:
@@ -67,8 +93,12 @@ def _retention(ctx: Context):
     return PASS, [f"personal data kept for {days} days"]
 
 
-@RULESET.rule("GDPR-6", "Lawful basis for processing", "GDPR Art. 6(1)",
-              "one of the six lawful bases is named; legitimate interests needs a balancing-test reference")
+@RULESET.rule(
+    "GDPR-6",
+    "Lawful basis for processing",
+    "GDPR Art. 6(1)",
+    "one of the six lawful bases is named; legitimate interests needs a balancing-test reference",
+)
 def _lawful_basis(ctx: Context):
     basis = ctx.get("lawful_basis")
     if not basis:
@@ -78,12 +108,18 @@ def _lawful_basis(ctx: Context):
     if basis == "legitimate_interests":
         if ctx.has("legitimate_interest_assessment"):
             return PASS, [f"legitimate interests; balancing test: {ctx.get('legitimate_interest_assessment')}"]
-        return REVIEW, ["legitimate interests relied on without a legitimate_interest_assessment reference (Art. 6(1)(f))"]
+        return REVIEW, [
+            "legitimate interests relied on without a legitimate_interest_assessment reference (Art. 6(1)(f))"
+        ]
     return PASS, [f"lawful basis: {basis} (Art. 6(1))"]
 
 
-@RULESET.rule("GDPR-9", "Special categories of personal data", "GDPR Art. 9",
-              "special-category data (health, race, religion, biometrics, ...) has an Art. 9(2) condition")
+@RULESET.rule(
+    "GDPR-9",
+    "Special categories of personal data",
+    "GDPR Art. 9",
+    "special-category data (health, race, religion, biometrics, ...) has an Art. 9(2) condition",
+)
 def _special(ctx: Context):
     special = ctx.special_categories
     if not special:
@@ -93,17 +129,27 @@ def _special(ctx: Context):
     if not cond:
         return FAIL, ev + ["no special_category_condition (Art. 9(2)) named"]
     if cond not in ART9_CONDITIONS:
-        return FAIL, ev + [f"special_category_condition {cond!r} is not an Art. 9(2) condition ({', '.join(ART9_CONDITIONS)})"]
+        return FAIL, ev + [
+            f"special_category_condition {cond!r} is not an Art. 9(2) condition ({', '.join(ART9_CONDITIONS)})"
+        ]
     return PASS, ev + [f"Art. 9(2) condition: {cond}"]
 
 
-@RULESET.rule("GDPR-22", "Automated individual decision-making", "GDPR Art. 22",
-              "solely automated decisions with significant effects rest on an Art. 22(2) exception and offer human "
-              "intervention, a way to contest and an explanation; with special categories only on explicit consent "
-              "or substantial public interest (Art. 22(4))")
+@RULESET.rule(
+    "GDPR-22",
+    "Automated individual decision-making",
+    "GDPR Art. 22",
+    "solely automated decisions with significant effects rest on an Art. 22(2) exception and offer human "
+    "intervention, a way to contest and an explanation; with special categories only on explicit consent "
+    "or substantial public interest (Art. 22(4))",
+)
 def _adm(ctx: Context):
     if not ctx.adm_significant:
-        why = "decisions are not solely automated" if not ctx.automated else "no legal or similarly significant effect declared"
+        why = (
+            "decisions are not solely automated"
+            if not ctx.automated
+            else "no legal or similarly significant effect declared"
+        )
         return PASS, [f"Art. 22 not engaged: {why}"]
     problems, ev = [], ["solely automated decisions with significant effect"]
     exc = ctx.get("adm_exception")
@@ -117,16 +163,26 @@ def _adm(ctx: Context):
         problems.append("no contest_process for the data subject (Art. 22(3))")
     if not ctx.has("explanation_method"):
         problems.append("no explanation_method for meaningful information about the logic (Art. 13(2)(f), 15(1)(h))")
-    if ctx.special_categories and exc != "explicit_consent" and ctx.get("special_category_condition") != "substantial_public_interest":
-        problems.append("special-category data in automated decisions needs explicit consent or substantial public interest (Art. 22(4))")
+    if (
+        ctx.special_categories
+        and exc != "explicit_consent"
+        and ctx.get("special_category_condition") != "substantial_public_interest"
+    ):
+        problems.append(
+            "special-category data in automated decisions needs explicit consent or substantial public interest (Art. 22(4))"
+        )
     if problems:
         return FAIL, ev + problems
     return PASS, ev + ["human intervention, contest process and explanation are in place"]
 
 
-@RULESET.rule("GDPR-35", "Data protection impact assessment", "GDPR Art. 35",
-              "a DPIA reference exists when processing is likely high-risk (automated decisions with significant "
-              "effect, special categories, or an EU AI Act high-risk use)")
+@RULESET.rule(
+    "GDPR-35",
+    "Data protection impact assessment",
+    "GDPR Art. 35",
+    "a DPIA reference exists when processing is likely high-risk (automated decisions with significant "
+    "effect, special categories, or an EU AI Act high-risk use)",
+)
 def _dpia(ctx: Context):
     from fastml.governance.rules.eu_ai_act import classify
 
@@ -139,7 +195,10 @@ def _dpia(ctx: Context):
     if tier == "high":
         triggers.append(f"EU AI Act high-risk use ({why})")
     if not triggers:
-        return PASS, ["no DPIA trigger: " + ("reference " + ctx.get("dpia_reference") if ctx.has("dpia_reference") else "none required")]
+        return PASS, [
+            "no DPIA trigger: "
+            + ("reference " + ctx.get("dpia_reference") if ctx.has("dpia_reference") else "none required")
+        ]
     if ctx.has("dpia_reference"):
         return PASS, ["DPIA required by: " + "; ".join(triggers), f"DPIA: {ctx.get('dpia_reference')}"]
     return FAIL, ["DPIA required by: " + "; ".join(triggers), "no dpia_reference"]
