@@ -1,0 +1,552 @@
+"""Live monitoring: windows of served traffic summarised off the request path, drift and health per window.
+
+The serving path calls :meth:`LiveMonitor.observe` once per answered request with the request's input and
+output arrays (kept by reference; nothing is copied or converted there). ``observe`` only appends to a
+bounded queue: when the queue is full the item is dropped and counted (``dropped``, exported as
+``fastml_monitor_dropped_total``), so monitoring can slow nothing down and fail nothing. One background
+thread does all the work: it maps inputs to the reference's feature columns, updates the incremental
+summaries of :mod:`fastml.monitoring.windows`, and closes a window when it holds ``window_rows`` rows or
+``window_s`` seconds passed since its first row. At close it computes drift per feature and on each
+prediction output with the library's statistics, the health score (:mod:`fastml.monitoring.health`), stores
+a :class:`~fastml.monitoring.store.WindowResult` in the :class:`~fastml.monitoring.store.MonitoringStore`
+and calls every listener registered with :meth:`LiveMonitor.add_listener` (each in its own try/except: a
+failing listener is logged and counted, never fatal).
+
+Prediction reference: a reference profile column named ``prediction:<output>`` is used when present;
+otherwise the first window's outputs become the prediction reference (that window reports no prediction
+drift and says so in its note).
+
+Health (documented direction): the score of a window is
+:func:`fastml.monitoring.health.health_score` over the window's drift share, its p99 latency against
+``latency_slo_ms`` (when set), and the quality a caller supplied with :meth:`LiveMonitor.record_quality`
+(``performance`` with ``baseline``, ``error_rate``). More drifted features, slower answers, worse quality:
+never a higher score. ``health(model)`` is the lowest score among the model's variants' latest windows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from fastml.errors import InvalidInput
+from fastml.monitoring.health import HealthInputs, HealthScore, HealthWeights, health_score
+from fastml.monitoring.profile import ReferenceProfile, profile_column
+from fastml.monitoring.store import FeatureDrift, MonitoringStore, WindowResult
+from fastml.monitoring.windows import DEFAULT_RESERVOIR_SIZE, column_window, is_small_window
+
+log = logging.getLogger("fastml.monitoring.live")
+
+PREDICTION_PREFIX = "prediction:"
+_STOP = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureMap:
+    """How a model's input tensors map to reference feature columns.
+
+    Attributes:
+        columns: feature name -> (input name, column index or None for a 1-D / ``[N, 1]`` input).
+    """
+
+    columns: dict[str, tuple[str, int | None]]
+
+    @classmethod
+    def build(cls, profile: ReferenceProfile, inputs: Mapping[str, list[int]]) -> FeatureMap:
+        """Match reference columns to model inputs: by name (one input per feature, ``[N]`` or ``[N, 1]``),
+        or by position (one ``[N, k]`` input whose k columns are the reference's k features in order).
+
+        Args:
+            profile: the reference (prediction columns, ``prediction:<output>``, are not features).
+            inputs: model input name -> shape (-1 for a variable dimension).
+
+        Raises:
+            InvalidInput: the reference's columns match neither way, naming both sides.
+        """
+        feats = [c for c in profile.columns if not c.startswith(PREDICTION_PREFIX)]
+        if not feats:
+            raise InvalidInput("the reference profile has no feature columns")
+        if all(f in inputs for f in feats):
+            bad = [f for f in feats if not _is_column(inputs[f])]
+            if bad:
+                raise InvalidInput(f"inputs {bad} are not one value per row ([N] or [N, 1]); cannot monitor them")
+            return cls({f: (f, None) for f in feats})
+        if len(inputs) == 1:
+            (name, shape), = inputs.items()
+            width = shape[1] if len(shape) == 2 else None
+            if width == len(feats):
+                return cls({f: (name, j) for j, f in enumerate(feats)})
+            raise InvalidInput(
+                f"reference has {len(feats)} feature columns {feats[:8]}{'...' if len(feats) > 8 else ''} but the "
+                f"model's one input {name!r} has shape {list(shape)} (needs [N, {len(feats)}])"
+            )
+        missing = [f for f in feats if f not in inputs]
+        raise InvalidInput(
+            f"reference columns {missing[:8]} are not inputs of the model (inputs: {sorted(inputs)}); the reference "
+            "must name the model's inputs, or have as many columns as its single [N, k] input"
+        )
+
+    def extract(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for f, (name, j) in self.columns.items():
+            a = inputs.get(name)
+            if a is None:
+                continue
+            a = np.asarray(a)
+            out[f] = a.reshape(a.shape[0], -1)[:, j] if j is not None else a.reshape(-1)
+        return out
+
+
+def _is_column(shape) -> bool:
+    return len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+
+
+@dataclasses.dataclass
+class _Target:
+    """What one monitored model is compared with."""
+
+    profile: ReferenceProfile
+    features: FeatureMap
+    source: str
+    methods: Mapping[str, str] | None = None
+    thresholds: Mapping[str, float] | None = None
+
+
+class _Window:
+    """The open window of one (model, variant)."""
+
+    def __init__(self, monitor: LiveMonitor, target: _Target, version: str):
+        self.target = target
+        self.version = version
+        self.columns = {
+            f: column_window(target.profile[f], monitor.reservoir_size, monitor._rng) for f in target.features.columns
+        }
+        self.outputs: dict[str, object] = {}  # output feature -> ColumnWindow, or list of arrays (no reference)
+        self.n_rows = 0
+        self.start_ts = 0.0
+        self.end_ts = 0.0
+        self.latencies_us: list[float] = []
+
+
+class LiveMonitor:
+    """Watches served models window by window (see the module docstring).
+
+    Args:
+        store: where closed windows go (default: a :class:`MonitoringStore` at ``$FASTML_HOME``); None
+            values are not allowed, pass ``store=False`` to keep results in memory only.
+        window_rows: a window closes when it holds this many rows.
+        window_s: ... or this many seconds after its first row (a window with no rows for a whole period is
+            reported once as ``"no_data"``).
+        queue_size: observed batches waiting for the monitor thread; beyond it batches are dropped (counted).
+        reservoir_size: values kept per continuous feature for KS / Wasserstein (see windows.py for the bound).
+        latency_slo_ms: p99 objective used by the health score (None: latency not part of the score).
+        health_weights: weights of the health score.
+        seed: seeds the reservoir sampling (tests).
+    """
+
+    def __init__(
+        self,
+        store: MonitoringStore | None | bool = None,
+        *,
+        window_rows: int = 5000,
+        window_s: float = 60.0,
+        queue_size: int = 4096,
+        reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
+        latency_slo_ms: float | None = None,
+        health_weights: HealthWeights = HealthWeights(),
+        seed: int | None = None,
+    ):
+        if not isinstance(window_rows, int) or window_rows < 1:
+            raise InvalidInput(f"window_rows must be an int >= 1, got {window_rows!r}")
+        if not window_s > 0:
+            raise InvalidInput(f"window_s must be > 0, got {window_s!r}")
+        if queue_size < 1 or reservoir_size < 1:
+            raise InvalidInput("queue_size and reservoir_size must be >= 1")
+        self.store = MonitoringStore() if store is None else (store or None)
+        self.window_rows = window_rows
+        self.window_s = float(window_s)
+        self.reservoir_size = int(reservoir_size)
+        self.latency_slo_ms = latency_slo_ms
+        self.health_weights = health_weights
+        self._rng = np.random.default_rng(seed)
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._targets: dict[str, _Target] = {}
+        self.disabled: dict[str, str] = {}  # model -> why it is not monitored
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._pred_refs: dict[tuple[str, str], dict] = {}  # (model, feature) -> ColumnProfile of outputs
+        self._quality: dict[tuple[str, str], dict] = {}
+        self._listeners: list[Callable[[WindowResult], None]] = []
+        self._lock = threading.Lock()  # guards last, the counters read by other threads
+        self.last: dict[tuple[str, str], WindowResult] = {}
+        self.observed = 0  # batches accepted into the queue
+        self.dropped = 0  # batches refused because the queue was full (or after close)
+        self.processed_rows = 0
+        self.failures = 0  # batches the monitor thread could not use (logged)
+        self.listener_failures = 0
+        self.windows_closed = 0
+        self.cpu_s = 0.0  # thread CPU time spent by the monitor thread
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fastml-live-monitor", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------------------- configuration
+    def set_reference(
+        self,
+        model: str,
+        profile: ReferenceProfile,
+        inputs: Mapping[str, list[int]],
+        *,
+        source: str = "",
+        methods: Mapping[str, str] | None = None,
+        thresholds: Mapping[str, float] | None = None,
+    ) -> None:
+        """Monitor ``model`` against ``profile``; ``inputs`` is the model's input name -> shape.
+
+        Raises:
+            InvalidInput: the profile's columns do not match the model's inputs (see :meth:`FeatureMap.build`).
+        """
+        fmap = FeatureMap.build(profile, inputs)
+        with self._lock:
+            self._targets[model] = _Target(profile, fmap, source, methods, thresholds)
+            self.disabled.pop(model, None)
+
+    def disable(self, model: str, reason: str) -> None:
+        """Stop monitoring ``model`` and remember why (shown by ``status()``); serving is unaffected."""
+        with self._lock:
+            self._targets.pop(model, None)
+            self.disabled[model] = reason
+        log.warning("live monitoring is off for model %r: %s", model, reason)
+
+    def monitors(self, model: str) -> bool:
+        return model in self._targets
+
+    def add_listener(self, fn: Callable[[WindowResult], None]) -> None:
+        """Call ``fn(result)`` on the monitor thread after every window closes (exceptions logged, counted)."""
+        self._listeners.append(fn)
+
+    def record_quality(self, model: str, variant: str | None, metrics: dict) -> None:
+        """Quality of live traffic for the health score: ``performance`` with ``baseline`` (and
+        ``higher_is_better``, default True), ``error_rate``; other keys are kept in the next window's extra."""
+        with self._lock:
+            self._quality[(model, variant or "")] = dict(metrics)
+
+    # --------------------------------------------------------------------------------- hot path
+    def observe(
+        self,
+        model: str,
+        variant: str | None,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+        request_ids=None,
+        *,
+        version: str = "",
+        latency_us: float | None = None,
+    ) -> bool:
+        """Queue one served batch (arrays by reference: do not modify them afterwards). Never blocks, never
+        raises for a full queue: returns False and counts the drop."""
+        if model not in self._targets:
+            return False
+        try:
+            self._queue.put_nowait((time.time(), model, variant or "", version, inputs, outputs, latency_us))
+        except queue.Full:
+            self.dropped += 1  # single-writer per event loop; a lost increment under threads is tolerable
+            return False
+        self.observed += 1
+        return True
+
+    # ------------------------------------------------------------------------------ monitor thread
+    def _run(self) -> None:
+        t_cpu = time.thread_time()
+        while True:
+            timeout = self._next_deadline()
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            try:
+                if item is _STOP:
+                    self._close_all("monitor stopped")
+                    self._queue.task_done()
+                    break
+                if isinstance(item, tuple) and item and item[0] is _FLUSH:
+                    self._close_all("flushed")
+                    item[1].set()
+                elif item is not None:
+                    self._ingest(*item)
+                self._close_expired(time.time())
+            except Exception:  # noqa: BLE001 - a monitoring bug must not stop monitoring (nor serving)
+                self.failures += 1
+                log.exception("live monitor: could not process a batch")
+            finally:
+                if item is not None and item is not _STOP:
+                    self._queue.task_done()
+                self.cpu_s = time.thread_time() - t_cpu
+        self.cpu_s = time.thread_time() - t_cpu
+
+    def _next_deadline(self) -> float:
+        if not self._windows:
+            return 1.0
+        first = min(w.start_ts for w in self._windows.values())
+        return max(0.01, min(1.0, first + self.window_s - time.time()))
+
+    def _ingest(self, ts, model, variant, version, inputs, outputs, latency_us) -> None:
+        target = self._targets.get(model)
+        if target is None:
+            return
+        feats = target.features.extract(inputs)
+        outs = _output_columns(outputs)
+        n = _rows(feats, outs)
+        if n == 0:
+            return
+        lo = 0
+        while lo < n:
+            key = (model, variant)
+            w = self._windows.get(key)
+            if w is None or w.target is not target:
+                if w is not None:
+                    self._close(key, "reference changed")
+                w = self._windows[key] = _Window(self, target, version)
+                w.start_ts = ts
+            take = min(n - lo, self.window_rows - w.n_rows)
+            sl = slice(lo, lo + take)
+            for f, col in w.columns.items():
+                v = feats.get(f)
+                if v is not None:
+                    col.update(v[sl])
+            for name, v in outs.items():
+                self._update_output(model, w, name, v[sl])
+            w.n_rows += take
+            w.end_ts = ts
+            if latency_us is not None and lo == 0:
+                w.latencies_us.append(float(latency_us))
+            self.processed_rows += take
+            lo += take
+            if w.n_rows >= self.window_rows:
+                self._close(key, "")
+
+    def _update_output(self, model: str, w: _Window, name: str, values: np.ndarray) -> None:
+        cur = w.outputs.get(name)
+        if cur is None:
+            ref = self._pred_refs.get((model, name))
+            if ref is None and name in w.target.profile:
+                ref = w.target.profile[name]
+            cur = w.outputs[name] = column_window(ref, self.reservoir_size, self._rng) if ref is not None else []
+        if isinstance(cur, list):
+            cur.append(values)
+        else:
+            cur.update(values)
+
+    def _close_expired(self, now: float) -> None:
+        for key, w in list(self._windows.items()):
+            if w.n_rows and now - w.start_ts >= self.window_s:
+                self._close(key, "")
+        # A monitored model/variant whose last window closed a whole period ago with no rows since: no data.
+        for key, last in list(self.last.items()):
+            if (
+                key not in self._windows
+                and last.status != "no_data"
+                and key[0] in self._targets
+                and now - last.end_ts >= self.window_s
+            ):
+                self._emit(
+                    WindowResult(
+                        model=key[0],
+                        variant=key[1],
+                        version=last.version,
+                        start_ts=last.end_ts,
+                        end_ts=now,
+                        reference_rows=last.reference_rows,
+                        status="no_data",
+                        note=f"no rows served in {self.window_s:g} s",
+                    )
+                )
+
+    def _close_all(self, why: str) -> None:
+        for key in list(self._windows):
+            self._close(key, why)
+
+    def _close(self, key: tuple[str, str], why: str) -> None:
+        w = self._windows.pop(key)
+        if w.n_rows == 0:
+            return
+        model, variant = key
+        t = w.target
+        drift: list[FeatureDrift] = []
+        notes = []
+        for f, col in w.columns.items():
+            if col.n == 0:
+                notes.append(f"{f}: no finite values")
+                continue
+            drift.extend(col.drift(f, _get(t.methods, f), _get(t.thresholds, f)))
+        for name, cur in w.outputs.items():
+            if isinstance(cur, list):
+                values = np.concatenate(cur)
+                try:
+                    self._pred_refs[(model, name)] = profile_column(name, values)
+                    notes.append(f"{name}: this window is the prediction reference")
+                except InvalidInput as exc:
+                    notes.append(f"{name}: {exc}")
+                continue
+            if cur.n:
+                drift.extend(cur.drift(name))
+        primary = [d for d in drift if d.primary]
+        share = sum(d.detected for d in primary) / len(primary) if primary else None
+        result = WindowResult(
+            model=model,
+            variant=variant,
+            version=w.version,
+            start_ts=w.start_ts,
+            end_ts=w.end_ts,
+            n_rows=w.n_rows,
+            reference_rows=t.profile.n_rows,
+            small_window=is_small_window(w.n_rows, t.profile.n_rows),
+            drift=drift,
+            drift_share=share,
+            note="; ".join(([why] if why else []) + notes),
+            extra={"reference": t.source},
+        )
+        if w.latencies_us:
+            result.extra["latency_p99_ms"] = float(np.percentile(w.latencies_us, 99)) / 1000.0
+        with self._lock:
+            quality = self._quality.get(key)
+        if quality:
+            result.extra["quality"] = dict(quality)
+        score = self._health(result, quality)
+        result.health_score = None if score is None else score.score
+        if score is not None:
+            result.extra["health_penalties"] = score.penalties
+        self._emit(result)
+
+    def _health(self, result: WindowResult, quality: dict | None) -> HealthScore | None:
+        q = quality or {}
+        p99 = result.extra.get("latency_p99_ms")
+        inputs = HealthInputs(
+            drift_share=result.drift_share,
+            performance=q.get("performance") if "baseline" in q else None,
+            baseline=q.get("baseline") if "performance" in q else None,
+            higher_is_better=bool(q.get("higher_is_better", True)),
+            latency_p99_ms=p99 if self.latency_slo_ms else None,
+            latency_slo_ms=self.latency_slo_ms,
+            error_rate=q.get("error_rate"),
+        )
+        try:
+            return health_score(inputs, self.health_weights)
+        except InvalidInput as exc:  # no input known (e.g. only a prediction reference was built)
+            result.note = "; ".join(filter(None, [result.note, f"health: {exc}"]))
+            return None
+
+    def _emit(self, result: WindowResult) -> None:
+        if self.store is not None:
+            try:
+                self.store.add_window(result)
+            except Exception:  # noqa: BLE001 - a full disk must not stop the monitor
+                self.failures += 1
+                log.exception("live monitor: could not store a window of %r", result.model)
+        with self._lock:
+            self.last[(result.model, result.variant)] = result
+            self.windows_closed += 1
+        for fn in list(self._listeners):
+            try:
+                fn(result)
+            except Exception:  # noqa: BLE001 - a listener's bug is its own
+                self.listener_failures += 1
+                log.exception("live monitor: listener %r failed", fn)
+
+    # ----------------------------------------------------------------------------------- reading
+    def health(self, model: str) -> float | None:
+        """The lowest health score among ``model``'s variants' latest windows (None before any window)."""
+        with self._lock:
+            scores = [r.health_score for (m, _), r in self.last.items() if m == model and r.health_score is not None]
+        return min(scores) if scores else None
+
+    def status(self) -> dict:
+        """Per model: monitored or why not, the latest window per variant, health; plus counters."""
+        with self._lock:
+            models: dict[str, dict] = {}
+            for m, t in self._targets.items():
+                models[m] = {"monitored": True, "reference": t.source, "reference_rows": t.profile.n_rows,
+                             "windows": {}}
+            for m, why in self.disabled.items():
+                models[m] = {"monitored": False, "reason": why, "windows": {}}
+            for (m, v), r in self.last.items():
+                models.setdefault(m, {"monitored": False, "windows": {}})["windows"][v] = r.to_dict()
+        for m, d in models.items():
+            d["health_score"] = self.health(m)
+        return {"models": models, "counters": self.counters()}
+
+    def counters(self) -> dict:
+        return {
+            "observed": self.observed,
+            "dropped": self.dropped,
+            "processed_rows": self.processed_rows,
+            "failures": self.failures,
+            "listener_failures": self.listener_failures,
+            "windows_closed": self.windows_closed,
+            "cpu_s": self.cpu_s,
+        }
+
+    def metric_rows(self) -> dict:
+        """JSON-able rows for Prometheus: latest window drift and health per model/variant, and counters."""
+        with self._lock:
+            last = list(self.last.values())
+        drift, health = [], []
+        for r in last:
+            if r.status != "ok":
+                continue
+            for d in r.drift:
+                drift.append({"model": r.model, "variant": r.variant, "feature": d.feature, "stattest": d.stattest,
+                              "score": d.score, "detected": d.detected, "primary": d.primary, "end_ts": r.end_ts})
+            if r.health_score is not None:
+                health.append({"model": r.model, "variant": r.variant, "score": r.health_score, "end_ts": r.end_ts})
+        return {"drift": drift, "health": health, "counters": self.counters()}
+
+    # --------------------------------------------------------------------------------- lifecycle
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Process everything queued so far and close every open window now; True when done in time."""
+        if self._closed:
+            return True
+        done = threading.Event()
+        try:
+            self._queue.put((_FLUSH, done), timeout=timeout_s)
+        except queue.Full:
+            return False
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Close the open windows (stored as usual) and stop the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP, timeout=timeout_s)
+        self._thread.join(timeout_s)
+        if self.store is not None:
+            self.store.close()
+
+
+_FLUSH = object()
+
+
+def _get(option, key):
+    return option.get(key) if option else None
+
+
+def _output_columns(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs with one value per row (``[N]`` or ``[N, 1]``), as ``prediction:<name>`` columns."""
+    out = {}
+    for name, a in outputs.items():
+        a = np.asarray(a)
+        if a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1):
+            out[PREDICTION_PREFIX + name] = a.reshape(-1)
+    return out
+
+
+def _rows(*column_sets: dict) -> int:
+    for cols in column_sets:
+        for v in cols.values():
+            return int(v.shape[0])
+    return 0
