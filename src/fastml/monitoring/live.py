@@ -77,7 +77,7 @@ class FeatureMap:
                 raise InvalidInput(f"inputs {bad} are not one value per row ([N] or [N, 1]); cannot monitor them")
             return cls({f: (f, None) for f in feats})
         if len(inputs) == 1:
-            (name, shape), = inputs.items()
+            ((name, shape),) = inputs.items()
             width = shape[1] if len(shape) == 2 else None
             if width == len(feats):
                 return cls({f: (name, j) for j, f in enumerate(feats)})
@@ -158,7 +158,7 @@ class LiveMonitor:
         queue_size: int = 4096,
         reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
         latency_slo_ms: float | None = None,
-        health_weights: HealthWeights = HealthWeights(),
+        health_weights: HealthWeights | None = None,
         seed: int | None = None,
     ):
         if not isinstance(window_rows, int) or window_rows < 1:
@@ -172,7 +172,7 @@ class LiveMonitor:
         self.window_s = float(window_s)
         self.reservoir_size = int(reservoir_size)
         self.latency_slo_ms = latency_slo_ms
-        self.health_weights = health_weights
+        self.health_weights = health_weights or HealthWeights()
         self._rng = np.random.default_rng(seed)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._targets: dict[str, _Target] = {}
@@ -469,8 +469,12 @@ class LiveMonitor:
         with self._lock:
             models: dict[str, dict] = {}
             for m, t in self._targets.items():
-                models[m] = {"monitored": True, "reference": t.source, "reference_rows": t.profile.n_rows,
-                             "windows": {}}
+                models[m] = {
+                    "monitored": True,
+                    "reference": t.source,
+                    "reference_rows": t.profile.n_rows,
+                    "windows": {},
+                }
             for m, why in self.disabled.items():
                 models[m] = {"monitored": False, "reason": why, "windows": {}}
             for (m, v), r in self.last.items():
@@ -499,8 +503,18 @@ class LiveMonitor:
             if r.status != "ok":
                 continue
             for d in r.drift:
-                drift.append({"model": r.model, "variant": r.variant, "feature": d.feature, "stattest": d.stattest,
-                              "score": d.score, "detected": d.detected, "primary": d.primary, "end_ts": r.end_ts})
+                drift.append(
+                    {
+                        "model": r.model,
+                        "variant": r.variant,
+                        "feature": d.feature,
+                        "stattest": d.stattest,
+                        "score": d.score,
+                        "detected": d.detected,
+                        "primary": d.primary,
+                        "end_ts": r.end_ts,
+                    }
+                )
             if r.health_score is not None:
                 health.append({"model": r.model, "variant": r.variant, "score": r.health_score, "end_ts": r.end_ts})
         return {"drift": drift, "health": health, "counters": self.counters()}

@@ -191,8 +191,15 @@ class MonitoringStore:
                     "INSERT INTO drift (window_id, feature, stattest, score, threshold, detected, is_primary)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (window_id, d.feature, d.stattest, float(d.score), float(d.threshold), int(d.detected),
-                         int(d.primary))
+                        (
+                            window_id,
+                            d.feature,
+                            d.stattest,
+                            float(d.score),
+                            float(d.threshold),
+                            int(d.detected),
+                            int(d.primary),
+                        )
                         for d in result.drift
                     ],
                 )
