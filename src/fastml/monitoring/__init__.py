@@ -21,6 +21,8 @@ _EXPORTS = {
     "EDDM": "fastml.monitoring.concept",
     "ADWIN": "fastml.monitoring.concept",
     "PageHinkley": "fastml.monitoring.concept",
+    "HDDM_A": "fastml.monitoring.concept",
+    "KSWIN": "fastml.monitoring.concept",
     "PerformanceTracker": "fastml.monitoring.performance",
     "AlertRule": "fastml.monitoring.alerts",
     "AlertManager": "fastml.monitoring.alerts",

@@ -15,6 +15,12 @@ detection indices.
   the Hoeffding/Bernstein bound, and the older part is dropped while a cut differs.
 - :class:`PageHinkley` (Page 1954) over any values: fading cumulative deviations from the running mean,
   drift when either one-sided statistic exceeds ``threshold`` after ``min_instances`` values.
+- :class:`HDDM_A` (Frías-Blanco et al. 2014, "A-test") over a 0/1 error stream: the running mean is
+  compared with the mean at the cut point where it was lowest (highest, two-sided) with Hoeffding's bound;
+  drift at ``drift_confidence``, warning at ``warning_confidence``.
+- :class:`KSWIN` (Raab et al. 2020) over any values: a sliding window of ``window_size`` values whose last
+  ``stat_size`` are tested with the two-sample KS test against as many drawn (seeded) from the older part;
+  drift when p <= ``alpha`` and the statistic exceeds 0.1.
 
 :func:`error_stream` turns a prediction log with joined labels into the 0/1 stream DDM/EDDM/ADWIN watch,
 so performance drift is detected as soon as labels arrive.
@@ -211,6 +217,117 @@ class PageHinkley(_Detector):
             up = self._sum_inc - self._min_inc > self.threshold
             down = self._max_dec - self._sum_dec > self.threshold
             self.drift_detected = {"up": up, "down": down, "both": up or down}[self.mode]
+        return self
+
+
+class HDDM_A(_Detector):  # noqa: N801 - the algorithm's published name
+    """Hoeffding's-bound drift detection with the moving-average test (HDDM_A), over a 0/1 error stream.
+
+    Args:
+        drift_confidence: drift when the mean rose by more than the bound at this confidence (0.001).
+        warning_confidence: warning at this confidence (0.005).
+        two_sided_test: also watch for a decrease of the mean (False: only more errors matter).
+    """
+
+    def __init__(
+        self, drift_confidence: float = 0.001, warning_confidence: float = 0.005, two_sided_test: bool = False
+    ):
+        for name, v in (("drift_confidence", drift_confidence), ("warning_confidence", warning_confidence)):
+            if not 0 < v < 1:
+                raise InvalidInput(f"HDDM_A: {name} must be in (0, 1), got {v}")
+        self.drift_confidence, self.warning_confidence = drift_confidence, warning_confidence
+        self.two_sided_test = two_sided_test
+        self._reset()
+
+    def _reset(self) -> None:
+        self.drift_detected = self.warning_detected = False
+        self._z_n, self._z_mean = 0.0, 0.0  # the whole stream since the last drift
+        self._min_n, self._min_mean = 0.0, 0.0  # cut point where mean + bound was lowest
+        self._max_n, self._max_mean = 0.0, 0.0  # cut point where mean - bound was highest
+
+    def _bound(self, n: float) -> float:
+        return math.sqrt(1.0 / (2 * n) * math.log(1.0 / self.drift_confidence))
+
+    def update(self, x: float) -> HDDM_A:
+        if self.drift_detected:
+            self._reset()
+        self._z_n += 1.0
+        self._z_mean += (x - self._z_mean) / self._z_n
+        if self._min_n == 0:
+            self._min_n, self._min_mean = self._z_n, self._z_mean
+        if self._max_n == 0:
+            self._max_n, self._max_mean = self._z_n, self._z_mean
+        eps_z = self._bound(self._z_n)
+        if self._min_mean + self._bound(self._min_n) >= self._z_mean + eps_z:
+            self._min_n, self._min_mean = self._z_n, self._z_mean
+        if self._max_mean - self._bound(self._max_n) <= self._z_mean - eps_z:
+            self._max_n, self._max_mean = self._z_n, self._z_mean
+        if self._changed(self._min_n, self._z_mean - self._min_mean, self.drift_confidence):
+            self.drift_detected, self.warning_detected = True, False
+        else:
+            self.drift_detected = False
+            self.warning_detected = self._changed(self._min_n, self._z_mean - self._min_mean, self.warning_confidence)
+        if self.two_sided_test:
+            if self._changed(self._max_n, self._max_mean - self._z_mean, self.drift_confidence):
+                self.drift_detected = True
+            elif self._changed(self._max_n, self._max_mean - self._z_mean, self.warning_confidence):
+                self.warning_detected = True
+        return self
+
+    def _changed(self, cut_n: float, rise: float, confidence: float) -> bool:
+        """Whether the mean after the cut exceeds the mean up to it by more than the Hoeffding bound."""
+        if cut_n == self._z_n:
+            return False
+        m = (self._z_n - cut_n) / cut_n * (1.0 / self._z_n)
+        return rise >= math.sqrt(m / 2 * math.log(2.0 / confidence))
+
+
+class KSWIN(_Detector):
+    """Kolmogorov-Smirnov windowing: a change in the distribution of any value stream.
+
+    Args:
+        alpha: p-value at or below which the newest values differ (0.005).
+        window_size: values in the sliding window (100).
+        stat_size: newest values tested against as many drawn from the older part (30).
+        seed: seed of the draws (same seed, same detections).
+    """
+
+    def __init__(self, alpha: float = 0.005, window_size: int = 100, stat_size: int = 30, seed: int | None = None):
+        if not 0 <= alpha <= 1:
+            raise InvalidInput(f"KSWIN: alpha must be in [0, 1], got {alpha}")
+        if stat_size < 1 or window_size < 2 * stat_size:
+            # fewer older values than stat_size leave nothing to draw the comparison sample from
+            raise InvalidInput(f"KSWIN: need 1 <= stat_size <= window_size / 2, got {stat_size} and {window_size}")
+        self.alpha, self.window_size, self.stat_size, self.seed = alpha, window_size, stat_size, seed
+        self._reset()
+
+    def _reset(self) -> None:
+        import collections
+        import random
+
+        self.drift_detected = False
+        self.p_value = 1.0
+        self.window: collections.deque = collections.deque(maxlen=self.window_size)
+        self._rng = random.Random(self.seed)
+
+    def update(self, x: float) -> KSWIN:
+        if self.drift_detected:
+            self._reset()  # as river: a detection starts a new, empty window
+        self.window.append(x)
+        self.drift_detected = False
+        if len(self.window) < self.window_size:
+            return self
+        import warnings
+
+        from scipy import stats
+
+        older = self.window_size - self.stat_size
+        drawn = [self.window[i] for i in self._rng.sample(range(older), self.stat_size)]
+        newest = list(self.window)[older:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)  # "auto" may fall back to asymptotic
+            statistic, self.p_value = stats.ks_2samp(drawn, newest, method="auto")
+        self.drift_detected = bool(self.p_value <= self.alpha and statistic > 0.1)
         return self
 
 
