@@ -44,6 +44,14 @@ class Settings:
     metrics_port: int = 8002
     log_sample_rate: float = 1.0
     """Fraction of predictions written to the prediction log."""
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    """``fastml serve``: request body bytes buffered across all connections at once (503 beyond)."""
+    tls_cert: str = ""
+    """``fastml serve``: PEM certificate chain; with ``tls_key`` the listeners speak TLS. Empty: plain."""
+    tls_key: str = ""
+    """``fastml serve``: PEM private key of ``tls_cert``."""
+    tls_client_ca: str = ""
+    """``fastml serve``: PEM CA bundle clients' certificates must chain to (mutual TLS). Empty: no client certs."""
 
     @property
     def registry_db_url(self) -> str:

@@ -16,10 +16,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-_HTTP_LINE = re.compile(r"fastml serve: http://([\d.]+):(\d+) ")
+_HTTP_LINE = re.compile(r"fastml serve: https?://([\d.]+):(\d+) ")
 _GRPC_LINE = re.compile(r"fastml serve: grpc ([\d.]+):(\d+)")
+_BINARY_LINE = re.compile(r"fastml serve: binary ([\d.]+):(\d+)")
 TOKEN = "s3cret-admin-token-0123456789"
 ADMIN_VARS = (
+    "FASTML_TLS_CERT",
+    "FASTML_TLS_KEY",
+    "FASTML_TLS_CLIENT_CA",
+    "FASTML_MAX_BUFFERED_BYTES",
     "FASTML_ADMIN_TOKEN",
     "FASTML_ADMIN_TOKEN_FILE",
     "FASTML_ALLOW_UNAUTHENTICATED_ADMIN",
@@ -30,7 +35,7 @@ ADMIN_VARS = (
 class Served:
     """A running ``fastml serve`` with the admin environment given (nothing inherited from the test session)."""
 
-    def __init__(self, args: list[str], home: Path, env: dict | None = None, grpc: bool = False):
+    def __init__(self, args: list[str], home: Path, env: dict | None = None, grpc: bool = False, binary: bool = False):
         base = {k: v for k, v in os.environ.items() if k not in ADMIN_VARS}
         full = dict(base, FASTML_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
         cmd = [sys.executable, "-m", "fastml.cli", "serve", *args]
@@ -48,6 +53,10 @@ class Served:
         if grpc:
             g = _GRPC_LINE.search(self.proc.stdout.readline())
             self.grpc_url = f"{g.group(1)}:{g.group(2)}"
+        self.binary_url = None
+        if binary:
+            b = _BINARY_LINE.search(self.proc.stdout.readline())
+            self.binary_url = f"{b.group(1)}:{b.group(2)}"
 
     def call(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None):
         """(status, parsed JSON or raw bytes, headers) of one request."""

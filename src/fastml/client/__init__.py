@@ -12,5 +12,6 @@ as ``Unavailable`` a bounded number of times, and raise the ``fastml.errors`` cl
 
 from fastml.client.aio import AsyncClient
 from fastml.client.sync import Client
+from fastml.client.tls import client_context
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["AsyncClient", "Client", "client_context"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 
@@ -112,6 +113,8 @@ class AsyncClient:
         connections: connections opened (lazily) and used round robin.
         timeout_s: default per-call timeout. connect_timeout_s: opening a connection.
         retries / retry_backoff_s: as :class:`fastml.client.Client` (on Unavailable, idempotent inference).
+        tls: an ``ssl.SSLContext`` (:func:`fastml.client.client_context`) for a server started with
+            ``--tls-cert`` (with a client certificate for mutual TLS). None: plain TCP.
 
     Example:
         >>> async with AsyncClient("127.0.0.1:8001") as client:                          # doctest: +SKIP
@@ -128,8 +131,10 @@ class AsyncClient:
         retries: int = 2,
         retry_backoff_s: float = 0.05,
         chunk_bytes: int = 256 * 1024,
+        tls: ssl.SSLContext | None = None,
     ):
         self._family, self._addr = wire.parse_address(address)
+        self.tls = tls
         if connections < 1:
             raise InvalidInput(f"connections must be >= 1, got {connections}")
         self.address = address
@@ -252,8 +257,11 @@ class AsyncClient:
             if self._family == "unix":
                 coro = loop.create_unix_connection(factory, self._addr)
             else:
-                coro = loop.create_connection(factory, *self._addr)
+                host, port = self._addr[0], self._addr[1]
+                coro = loop.create_connection(factory, host, port, ssl=self.tls)
             _, proto = await asyncio.wait_for(coro, self.connect_timeout_s)
+        except ssl.SSLError as exc:
+            raise Unavailable(f"TLS handshake with {self.address} failed: {exc.reason or exc}") from None
         except (TimeoutError, OSError) as exc:
             raise Unavailable(f"cannot connect to {self.address}: {getattr(exc, 'strerror', None) or exc}") from None
         return proto

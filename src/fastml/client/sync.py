@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -22,7 +23,7 @@ from fastml.client import wire
 from fastml.errors import DeadlineExceeded, FastMLError, InternalError, InvalidInput, Unavailable
 
 
-def _connect(address: str, connect_timeout_s: float) -> socket.socket:
+def _connect(address: str, connect_timeout_s: float, tls: ssl.SSLContext | None = None) -> socket.socket:
     family, addr = wire.parse_address(address)
     if family == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -36,16 +37,27 @@ def _connect(address: str, connect_timeout_s: float) -> socket.socket:
         raise Unavailable(f"cannot connect to {address}: {exc.strerror or exc}") from None
     if family != "unix":
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None and family != "unix":  # a Unix socket is local and stays plain, as on the server
+        # The handshake runs here, still blocking under the connect timeout; the exchange is non-blocking after.
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=addr[0])
+        except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+            sock.close()
+            raise Unavailable(f"TLS handshake with {address} failed: {getattr(exc, 'reason', None) or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+# A non-blocking TLS socket says "try again" with these instead of BlockingIOError.
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class _Connection:
     """One socket, its receive buffer and its request-id counter; used by one thread at a time."""
 
-    def __init__(self, address: str, connect_timeout_s: float, parser, chunk_bytes: int):
+    def __init__(self, address: str, connect_timeout_s: float, parser, chunk_bytes: int, tls=None):
         self.address = address
-        self.sock = _connect(address, connect_timeout_s)
+        self.sock = _connect(address, connect_timeout_s, tls)
         self.parser = parser
         self.buffer = wire.FrameBuffer(chunk_bytes)
         self.next_id = 1
@@ -98,14 +110,14 @@ class _Connection:
             if sending is not None:
                 try:
                     n = sock.send(sending)
-                except BlockingIOError:
+                except _WOULD_BLOCK:
                     n = 0
                 if n:
                     progressed = True
                     sending = sending[n:] if n < len(sending) else None
             try:
                 n = sock.recv_into(buffer.get_buffer())
-            except BlockingIOError:
+            except _WOULD_BLOCK:
                 n = -1
             if n == 0:
                 raise Unavailable(f"{self.address} closed the connection")
@@ -145,6 +157,8 @@ class Client:
             failed) is tried again on a fresh connection; inference is idempotent.
         retry_backoff_s: wait before the first retry, doubled for each next one.
         window: requests :meth:`infer_many` keeps in flight on its connection.
+        tls: an ``ssl.SSLContext`` (:func:`fastml.client.client_context`) for a server started with
+            ``--tls-cert``; it also carries the client certificate for mutual TLS. None: plain TCP.
 
     Example:
         >>> with Client("127.0.0.1:8001") as client:            # doctest: +SKIP
@@ -162,8 +176,10 @@ class Client:
         retry_backoff_s: float = 0.05,
         window: int = 64,
         chunk_bytes: int = 256 * 1024,
+        tls: ssl.SSLContext | None = None,
     ):
         wire.parse_address(address)  # refuse a malformed address now, not on first use
+        self.tls = tls
         self.address = address
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -299,7 +315,7 @@ class Client:
                 raise Unavailable("the client is closed")
             if self._idle:
                 return self._idle.pop()
-        return _Connection(self.address, self.connect_timeout_s, self._parser, self.chunk_bytes)
+        return _Connection(self.address, self.connect_timeout_s, self._parser, self.chunk_bytes, self.tls)
 
     def _release(self, conn: _Connection) -> None:
         if conn.broken:

@@ -188,6 +188,7 @@ async def run_binary_closed_loop(
     timeout_s: float = 10.0,
     warmup_s: float = 0.0,
     validate=False,
+    ssl=None,
 ) -> LoadResult:
     """Keep ``concurrency`` requests in flight over ``connections`` binary-protocol connections.
 
@@ -196,6 +197,7 @@ async def run_binary_closed_loop(
         model, inputs, version, outputs: the request sent every time.
         concurrency: requests in flight in total (spread evenly over the connections).
         max_requests / duration_s / timeout_s / warmup_s / validate: as :func:`run_closed_loop`.
+        ssl: an ``ssl.SSLContext`` for a server started with ``--tls-cert`` (TCP only); None: plain.
 
     Returns:
         The measured :class:`LoadResult` (``concurrency`` in it is the requests in flight).
@@ -230,7 +232,7 @@ async def run_binary_closed_loop(
             if family == "unix":
                 _, proto = await asyncio.wait_for(loop.create_unix_connection(factory, addr), timeout_s)
             else:
-                _, proto = await asyncio.wait_for(loop.create_connection(factory, *addr), timeout_s)
+                _, proto = await asyncio.wait_for(loop.create_connection(factory, *addr, ssl=ssl), timeout_s)
         except (TimeoutError, OSError) as exc:
             run.error(CONNECT_ERROR, exc)
             continue

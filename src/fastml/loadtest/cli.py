@@ -1,7 +1,8 @@
 """``fastml loadtest`` (also ``python -m fastml.loadtest``): drive a server with infer requests and report.
 
 The URL picks the protocol: ``http://host:port`` is KServe v2 HTTP (binary tensor extension);
-``tcp://host:port`` or ``unix:/path`` is the fastml binary protocol (docs/protocol.md), pipelined.
+``tcp://host:port`` or ``unix:/path`` is the fastml binary protocol (docs/protocol.md), pipelined. ``https://``
+and ``tls://`` are the same over TLS (``--tls-ca``, and ``--tls-cert``/``--tls-key`` for mutual TLS).
 
 Examples:
     fastml loadtest http://127.0.0.1:8000 -m mlp -c 32 --duration-s 10
@@ -18,15 +19,15 @@ from urllib.parse import urlsplit
 
 
 def parse_url(url: str) -> tuple[str, int]:
-    """``http://host:port`` -> (host, port); the port defaults to 8000 (Triton's HTTP port).
+    """``http://host:port`` (or ``https://``) -> (host, port); the port defaults to 8000 (Triton's HTTP port).
 
     Raises:
-        InvalidInput: not an ``http://`` URL with a host.
+        InvalidInput: not an ``http://`` or ``https://`` URL with a host.
     """
     from fastml.errors import InvalidInput
 
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"expected an http://HOST[:PORT] URL, got {url!r}")
     try:
         port = parts.port or 8000
@@ -35,8 +36,10 @@ def parse_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def fetch_model_metadata(host: str, port: int, model: str, version: str | None = None, timeout_s: float = 10.0) -> dict:
-    """``GET /v2/models/<model>[/versions/<v>]`` and return the decoded JSON.
+def fetch_model_metadata(
+    host: str, port: int, model: str, version: str | None = None, timeout_s: float = 10.0, ssl_context=None
+) -> dict:
+    """``GET /v2/models/<model>[/versions/<v>]`` and return the decoded JSON (over TLS with ``ssl_context``).
 
     Raises:
         NotFound: the server answers 404.
@@ -48,7 +51,10 @@ def fetch_model_metadata(host: str, port: int, model: str, version: str | None =
     from fastml.errors import NotFound, Unavailable
 
     path = f"/v2/models/{quote(model, safe='')}" + (f"/versions/{quote(version, safe='')}" if version else "")
-    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    if ssl_context is not None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout_s, context=ssl_context)
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -71,8 +77,26 @@ _DESCRIPTION = (
 
 
 def is_binary_url(url: str) -> bool:
-    """Whether ``url`` names a fastml binary-protocol endpoint (``tcp://`` or ``unix:``)."""
-    return url.startswith(("tcp://", "unix:"))
+    """Whether ``url`` names a fastml binary-protocol endpoint (``tcp://``, ``tls://`` or ``unix:``)."""
+    return url.startswith(("tcp://", "tls://", "unix:"))
+
+
+def tls_context(args: argparse.Namespace, url: str, what: str):
+    """The client ``ssl.SSLContext`` for ``url`` (``https://`` or ``tls://``) from --tls-ca/--tls-cert/--tls-key;
+    None for a plain URL.
+
+    Raises:
+        InvalidInput: TLS options given with a plain URL (they would be silently ignored).
+    """
+    from fastml.client.tls import client_context
+    from fastml.errors import InvalidInput
+
+    secure = url.startswith(("https://", "tls://"))
+    if not secure:
+        if what == "url" and (args.tls_ca or args.tls_cert or args.tls_key):
+            raise InvalidInput(f"--tls-ca/--tls-cert/--tls-key need an https:// or tls:// URL, got {url!r}")
+        return None
+    return client_context(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 def add_parser(subparsers) -> None:
@@ -138,6 +162,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="binary protocol: connections the --concurrency requests are pipelined over (default 1)",
     )
     p.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="https:// or tls:// (binary protocol over TLS): PEM CA bundle the server's certificate must chain "
+        "to (default: the system store)",
+    )
+    p.add_argument("--tls-cert", default=None, metavar="FILE", help="client certificate for mutual TLS (PEM)")
+    p.add_argument("--tls-key", default=None, metavar="FILE", help="private key of --tls-cert (PEM)")
+    p.add_argument(
         "--metadata-url",
         default=None,
         metavar="URL",
@@ -172,8 +205,10 @@ def _run(args: argparse.Namespace) -> int:
                 "the binary protocol has no metadata call: give --input-npy NAME=PATH or --metadata-url http://..."
             )
         host, port = parse_url(args.metadata_url) if args.metadata_url else (None, None)
+        meta_tls = tls_context(args, args.metadata_url or "", "metadata")
     else:
         host, port = parse_url(args.url)
+        meta_tls = tls_context(args, args.url, "url")
     if args.input_npy:
         inputs = {}
         for item in args.input_npy:
@@ -185,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
             except (OSError, ValueError) as exc:
                 raise InvalidInput(f"cannot read {path!r}: {exc}") from None
     else:
-        meta = fetch_model_metadata(host, port, args.model, args.model_version, args.timeout_s)
+        meta = fetch_model_metadata(host, port, args.model, args.model_version, args.timeout_s, meta_tls)
         inputs = random_inputs(meta, batch_size=args.batch_size, seed=args.seed)
     if binary:
         return _run_binary(args, inputs)
@@ -214,11 +249,13 @@ def _run(args: argparse.Namespace) -> int:
         validate=args.validate,
     )
     if args.mode == "closed":
-        coro = run_closed_loop(host, port, request, concurrency=args.concurrency, **common)
+        coro = run_closed_loop(host, port, request, concurrency=args.concurrency, ssl=meta_tls, **common)
     else:
         if args.rate is None:
             raise InvalidInput("--mode open needs --rate")
-        coro = run_open_loop(host, port, request, rate_per_s=args.rate, max_connections=args.max_connections, **common)
+        coro = run_open_loop(
+            host, port, request, rate_per_s=args.rate, max_connections=args.max_connections, ssl=meta_tls, **common
+        )
     result = run(coro)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -234,7 +271,7 @@ def _run_binary(args: argparse.Namespace, inputs: dict) -> int:
 
     if args.mode != "closed":
         raise InvalidInput("the binary protocol driver runs closed loop only (--mode closed)")
-    address = args.url[len("tcp://") :] if args.url.startswith("tcp://") else args.url
+    address = args.url[len("tcp://") :] if args.url.startswith(("tcp://", "tls://")) else args.url
     duration_s = args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
     result = run(
         run_binary_closed_loop(
@@ -250,6 +287,7 @@ def _run_binary(args: argparse.Namespace, inputs: dict) -> int:
             timeout_s=args.timeout_s,
             warmup_s=args.warmup_s,
             validate=args.validate,
+            ssl=tls_context(args, args.url, "url"),
         )
     )
     if args.json:

@@ -154,8 +154,9 @@ class HttpConnection(asyncio.Protocol):
             waiter.set_exception(exc)
 
 
-async def open_connection(host: str, port: int, *, keep_body: bool = False) -> HttpConnection:
-    """Connect to ``host:port`` (TCP_NODELAY is set by asyncio for TCP sockets)."""
+async def open_connection(host: str, port: int, *, keep_body: bool = False, ssl=None) -> HttpConnection:
+    """Connect to ``host:port`` (TCP_NODELAY is set by asyncio for TCP sockets); ``ssl``: an ``ssl.SSLContext``
+    for an https server (the handshake is part of connecting)."""
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(lambda: HttpConnection(keep_body), host, port)
+    _, protocol = await loop.create_connection(lambda: HttpConnection(keep_body), host, port, ssl=ssl)
     return protocol

@@ -137,6 +137,7 @@ async def run_closed_loop(
     timeout_s: float = 10.0,
     warmup_s: float = 0.0,
     validate: bool | Validator = False,
+    ssl=None,
 ) -> LoadResult:
     """Keep ``concurrency`` requests in flight until the count or time bound is reached.
 
@@ -152,6 +153,7 @@ async def run_closed_loop(
         warmup_s: requests started in this first period are sent but not counted.
         validate: True to decode every 2xx body as an infer response, or a function judging the
             decoded outputs; failures count as ``bad_response``.
+        ssl: an ``ssl.SSLContext`` for an https server (fastml.client.client_context); None: plain HTTP.
 
     Returns:
         The measured :class:`LoadResult`.
@@ -182,7 +184,9 @@ async def run_closed_loop(
                 issued += 1
                 if conn is None or conn.closed:
                     try:
-                        conn = await asyncio.wait_for(open_connection(host, port, keep_body=keep_body), timeout_s)
+                        conn = await asyncio.wait_for(
+                            open_connection(host, port, keep_body=keep_body, ssl=ssl), timeout_s
+                        )
                     except (TimeoutError, OSError) as exc:
                         conn = None
                         recorder.error(started, clock(), CONNECT_ERROR, exc)
@@ -218,8 +222,8 @@ async def _send(conn: HttpConnection, wire: bytes, timeout_s: float) -> Response
 class _ConnectionPool:
     """Idle keep-alive connections, opened on demand up to ``max_connections``."""
 
-    def __init__(self, host: str, port: int, max_connections: int, keep_body: bool) -> None:
-        self._host, self._port, self._keep_body = host, port, keep_body
+    def __init__(self, host: str, port: int, max_connections: int, keep_body: bool, ssl=None) -> None:
+        self._host, self._port, self._keep_body, self._ssl = host, port, keep_body, ssl
         self._max = max_connections
         self._idle: list[HttpConnection] = []
         self._total = 0  # open or opening
@@ -249,7 +253,7 @@ class _ConnectionPool:
                 self._total += 1
                 self.peak = max(self.peak, self._total)
                 try:
-                    return await open_connection(self._host, self._port, keep_body=self._keep_body)
+                    return await open_connection(self._host, self._port, keep_body=self._keep_body, ssl=self._ssl)
                 except BaseException:
                     self._total -= 1
                     self._wake_one()
@@ -290,6 +294,7 @@ async def run_open_loop(
     timeout_s: float = 10.0,
     warmup_s: float = 0.0,
     validate: bool | Validator = False,
+    ssl=None,
 ) -> LoadResult:
     """Send requests at a fixed arrival rate, independent of how fast the server answers.
 
@@ -305,6 +310,7 @@ async def run_open_loop(
         timeout_s: per-request limit from the due time, including waiting for a connection.
         warmup_s: requests due in this first period are sent but not counted.
         validate: as for :func:`run_closed_loop`.
+        ssl: as for :func:`run_closed_loop`.
 
     Returns:
         The measured :class:`LoadResult`; ``concurrency`` is the peak number of connections.
@@ -323,7 +329,7 @@ async def run_open_loop(
     start = clock()
     stop_at = start + warmup_s + duration_s if duration_s is not None else float("inf")
     recorder = _Recorder(start + warmup_s, validate)
-    pool = _ConnectionPool(host, port, max_connections, keep_body=bool(validate))
+    pool = _ConnectionPool(host, port, max_connections, keep_body=bool(validate), ssl=ssl)
     in_flight: set[asyncio.Task] = set()
 
     async def one(due: float) -> None:

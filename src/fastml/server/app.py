@@ -145,8 +145,11 @@ class Server:
         binary_port: int | None = None,
         binary_socket: str | None = None,
         auth: admin_auth.AdminAuth | None = None,
+        tls=None,
     ):
         self.manager = manager
+        # fastml.server.tls.TlsConfig: HTTP, gRPC and binary listeners speak TLS (metrics stays plain); None: off.
+        self.tls = tls
         self.plane = plane if plane is not None else DataPlane(manager)
         if auth is not None:
             self.plane.auth = auth
@@ -210,7 +213,10 @@ class Server:
             self.plane.deployments = DeploymentManager(self.plane.manager)
             await self.plane.deployments.start()
         if self.http_port is not None:
-            srv = await loop.create_server(lambda: self.protocol(self), sock=self._bind(self.http_port), backlog=1024)
+            ssl_ctx = self.tls.server_context() if self.tls is not None else None
+            srv = await loop.create_server(
+                lambda: self.protocol(self), sock=self._bind(self.http_port), backlog=1024, ssl=ssl_ctx
+            )
             self._servers.append(srv)
             self.http_port = srv.sockets[0].getsockname()[1]
         if self.metrics_port is not None:
@@ -223,13 +229,15 @@ class Server:
             from fastml.server.grpc_service import GrpcListener
 
             self._grpc = GrpcListener(
-                self.plane, self.host, self.grpc_port, self.limits.max_body_bytes, self.reuse_port
+                self.plane, self.host, self.grpc_port, self.limits.max_body_bytes, self.reuse_port, tls=self.tls
             )
             self.grpc_port = await self._grpc.start()
         if self.binary_port is not None or self.binary_socket is not None:
             from fastml.server.binary import BinaryLimits, BinaryListener
 
-            self._binary = BinaryListener(self.plane, BinaryLimits(max_frame_bytes=self.limits.max_body_bytes))
+            self._binary = BinaryListener(
+                self.plane, BinaryLimits(max_frame_bytes=self.limits.max_body_bytes), tls=self.tls
+            )
             if self.binary_port is not None:
                 self.binary_port = await self._binary.start_tcp(self.host, self.binary_port, self.reuse_port)
             if self.binary_socket is not None:
@@ -340,6 +348,7 @@ class Server:
             "models": [model_snapshot(e) for e in self.manager.entries()] if self.manager is not None else [],
             "server": {"inflight": self.inflight, "connections": len(self.connections), "responses": responses},
             "deployments": self.plane.deployments.metric_rows() if self.plane.deployments is not None else [],
+            "monitoring": self.plane.monitor.metric_rows() if self.plane.monitor is not None else {},
         }
 
     # ----- endpoints other than infer ----------------------------------------------------------

@@ -287,13 +287,16 @@ class BinaryListener:
 
     Args:
         plane: the :class:`fastml.serving.dataplane.DataPlane` requests go to. limits: :class:`BinaryLimits`.
+        tls: a :class:`fastml.server.tls.TlsConfig` for the TCP listener; None serves plain TCP.
 
     Attributes:
         port: the bound TCP port (after :meth:`start_tcp`). path: the Unix socket path (after :meth:`start_unix`).
     """
 
-    def __init__(self, plane, limits: BinaryLimits | None = None):
+    def __init__(self, plane, limits: BinaryLimits | None = None, tls=None):
         self.plane = plane
+        # fastml.server.tls.TlsConfig: TCP connections speak TLS (the Unix socket stays plain: it is local).
+        self.tls = tls
         self.limits = limits or BinaryLimits()
         lim = self.limits
         self.parser = wire.Parser(lim.max_frame_bytes, lim.max_tensors, lim.max_rank, lim.max_name_bytes)
@@ -314,7 +317,10 @@ class BinaryListener:
             sock.close()
             raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         sock.setblocking(False)
-        srv = await asyncio.get_running_loop().create_server(lambda: BinaryProtocol(self), sock=sock, backlog=1024)
+        ssl_ctx = self.tls.server_context() if self.tls is not None else None
+        srv = await asyncio.get_running_loop().create_server(
+            lambda: BinaryProtocol(self), sock=sock, backlog=1024, ssl=ssl_ctx
+        )
         self._servers.append(srv)
         self.port = srv.sockets[0].getsockname()[1]
         return self.port

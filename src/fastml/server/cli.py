@@ -105,6 +105,34 @@ def add_parser(subparsers) -> None:
         help="require the admin token on inference and metadata endpoints too (health and metrics stay open)",
     )
     p.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=None,
+        help="request body bytes buffered across all connections at once; a request whose Content-Length would "
+        "exceed it is answered 503 before its body is read (default: settings max_buffered_bytes, 256 MiB; "
+        "raised to --max-body-bytes if smaller)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate chain: serve HTTP (https), gRPC and the binary protocol over TLS; needs --tls-key "
+        "(default: settings tls_cert / FASTML_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="FILE",
+        help="PEM private key of --tls-cert (settings tls_key / FASTML_TLS_KEY)",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        default=None,
+        metavar="FILE",
+        help="PEM CA bundle: mutual TLS, clients must present a certificate this CA signed "
+        "(settings tls_client_ca / FASTML_TLS_CLIENT_CA)",
+    )
+    p.add_argument(
         "--exit-on-error",
         action="store_true",
         help="exit non-zero when any model fails to load (Triton's default); without it the other models "
@@ -117,10 +145,20 @@ def add_parser(subparsers) -> None:
 def _serve(args) -> int:
     from fastml.config import get_settings
     from fastml.errors import InvalidInput
+    from fastml.server.tls import TlsConfig
     from fastml.server.workers import ServeOptions, serve
 
     settings = get_settings()
     _admin_env(args)
+    # Flags win over settings (config file, FASTML_TLS_*); checked here so a bad file is one line, not a traceback.
+    tls = TlsConfig.from_options(
+        args.tls_cert or settings.tls_cert,
+        args.tls_key or settings.tls_key,
+        args.tls_client_ca or settings.tls_client_ca,
+    )
+    max_buffered = settings.max_buffered_bytes if args.max_buffered_bytes is None else args.max_buffered_bytes
+    if max_buffered < 1:
+        raise InvalidInput(f"--max-buffered-bytes must be >= 1, got {max_buffered}")
     if args.workers < 1:
         raise InvalidInput(f"--workers must be >= 1, got {args.workers}")
     if args.grpc_port == 0 and args.workers > 1:
@@ -153,6 +191,10 @@ def _serve(args) -> int:
         idle_timeout_s=args.idle_timeout_s,
         request_timeout_s=args.request_timeout_s,
         exit_on_error=args.exit_on_error,
+        max_buffered_bytes=max_buffered,
+        tls_cert=tls.cert_file if tls else None,
+        tls_key=tls.key_file if tls else None,
+        tls_client_ca=tls.client_ca_file if tls else None,
     )
     return serve(opts)
 

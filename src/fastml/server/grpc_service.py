@@ -436,6 +436,7 @@ class GrpcListener:
         dataplane: the process's DataPlane. host/port: bind address (port 0 picks a free port).
         max_message_bytes: largest request or response message (a request beyond is RESOURCE_EXHAUSTED).
         reuse_port: bind with SO_REUSEPORT (several worker processes on one port).
+        tls: a :class:`fastml.server.tls.TlsConfig` to serve over TLS (mutual TLS with its client CA); None: plain.
     """
 
     def __init__(
@@ -445,8 +446,10 @@ class GrpcListener:
         port: int = 8001,
         max_message_bytes: int = 64 * 1024 * 1024,
         reuse_port: bool = False,
+        tls=None,
     ):
         self.dataplane = dataplane
+        self.tls = tls  # fastml.server.tls.TlsConfig: a secure port (mutual TLS with a client CA); None: plain
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
@@ -474,7 +477,10 @@ class GrpcListener:
         )
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
-            port = server.add_insecure_port(f"{host}:{self.port}")
+            if self.tls is not None:
+                port = server.add_secure_port(f"{host}:{self.port}", self.tls.grpc_credentials())
+            else:
+                port = server.add_insecure_port(f"{host}:{self.port}")
         except RuntimeError as exc:
             raise errors.Unavailable(f"cannot listen for gRPC on {self.host}:{self.port}: {exc}") from None
         if port == 0:

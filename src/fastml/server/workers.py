@@ -50,6 +50,11 @@ class ServeOptions:
     # Triton's --exit-on-error: exit when any model fails to load. Default: serve the others and list the
     # failed ones UNAVAILABLE with their reason (with no model loaded at all, serve always exits non-zero).
     exit_on_error: bool = False
+    max_buffered_bytes: int = 256 * 1024 * 1024  # request bodies being received across connections (503 beyond)
+    # TLS (fastml.server.tls) for the HTTP, gRPC and binary listeners; a client CA makes it mutual TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
 
 def serve(opts: ServeOptions) -> int:
@@ -65,16 +70,26 @@ def _models_line(manager) -> str:
     return ", ".join(f"{e.name}:{e.version}" for e in manager.entries())
 
 
-def _startup_line(host: str, port: int, models: str, mport, workers: int) -> str:
+def _startup_line(host: str, port: int, models: str, mport, workers: int, tls: bool = False) -> str:
     metrics = f"metrics http://{host}:{mport}/metrics" if mport is not None else "metrics off"
-    return f"fastml serve: http://{host}:{port} (models: {models}) {metrics} workers {workers}"
+    scheme = "https" if tls else "http"
+    return f"fastml serve: {scheme}://{host}:{port} (models: {models}) {metrics} workers {workers}"
+
+
+def _tls(opts: ServeOptions):
+    from fastml.server.tls import TlsConfig
+
+    return TlsConfig.from_options(opts.tls_cert, opts.tls_key, opts.tls_client_ca)
 
 
 def _limits(opts: ServeOptions):
     from fastml.server.app import Limits
 
     return Limits(
-        max_body_bytes=opts.max_body_bytes, idle_timeout_s=opts.idle_timeout_s, request_timeout_s=opts.request_timeout_s
+        max_body_bytes=opts.max_body_bytes,
+        idle_timeout_s=opts.idle_timeout_s,
+        request_timeout_s=opts.request_timeout_s,
+        max_buffered_bytes=opts.max_buffered_bytes,
     )
 
 
@@ -101,9 +116,13 @@ async def _single(opts: ServeOptions) -> int:
         grpc_port=opts.grpc_port,
         binary_port=opts.binary_port,
         binary_socket=opts.binary_socket,
+        tls=_tls(opts),
     )
     await server.start()
-    print(_startup_line(opts.host, server.http_port, _models_line(manager), server.metrics_port, 1), flush=True)
+    line = _startup_line(
+        opts.host, server.http_port, _models_line(manager), server.metrics_port, 1, server.tls is not None
+    )
+    print(line, flush=True)
     if server.grpc_port is not None:
         print(f"fastml serve: grpc {opts.host}:{server.grpc_port}", flush=True)
     if server.binary_port is not None:
@@ -134,6 +153,7 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
         reuse_port=True,
         grpc_port=opts.grpc_port,
         binary_port=opts.binary_port,
+        tls=_tls(opts),
     )
     # Repository load/unload would change one worker only: not offered with several workers.
     server.plane.disable_repository("the server runs with --workers > 1")
@@ -245,7 +265,8 @@ async def _supervise(opts: ServeOptions) -> int:
     for t in opts.targets:
         for name, sources in scan_target(t).items():
             names += [f"{name}:{s.version}" for s in sources]
-    print(_startup_line(opts.host, port, ", ".join(names), metrics.metrics_port, opts.workers), flush=True)
+    tls_on = opts.tls_cert is not None
+    print(_startup_line(opts.host, port, ", ".join(names), metrics.metrics_port, opts.workers, tls_on), flush=True)
     if opts.grpc_port is not None:
         print(f"fastml serve: grpc {opts.host}:{opts.grpc_port}", flush=True)
     if opts.binary_port is not None:
