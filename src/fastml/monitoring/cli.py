@@ -61,6 +61,24 @@ def add_parser(subparsers) -> None:
     e.add_argument("--json", action="store_true", help="print JSON (values per row and global importance)")
     e.set_defaults(handler=_explain)
 
+    st = sub.add_parser(
+        "status", help="per model: the latest live window, drift flags and health (fastml serve --monitor)"
+    )
+    st.add_argument("--model", help="one model (default: every model with stored windows)")
+    st.add_argument("--db", help="monitoring store (default $FASTML_HOME/monitoring.db)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from fastml.monitoring.live_status import format_status, status_doc
+    from fastml.monitoring.store import MonitoringStore
+
+    with MonitoringStore(args.db) as store:
+        doc = status_doc(store, args.model)
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    return 0
+
 
 def read_table(path: str) -> dict:
     """Read a CSV/Parquet/.npy table into ``{column: numpy array}``."""

@@ -45,8 +45,13 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument(
-        "--workers", type=int, default=1, help="server processes sharing the HTTP port via SO_REUSEPORT (default 1)"
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="server processes sharing the HTTP port via SO_REUSEPORT (default 1); 'auto' adds and removes them "
+        "between --min-workers and --max-workers from their CPU use and queue time (docs/scaling.md)",
     )
+    _add_autoscale_arguments(p)
     p.add_argument("--max-batch-size", type=int, default=None, help="override every model's max_batch_size")
     p.add_argument("--max-queue-delay-us", type=int, default=None, help="override every model's max_queue_delay_us")
     p.add_argument(
@@ -139,6 +144,29 @@ def add_parser(subparsers) -> None:
         "are served and a failed one is UNAVAILABLE with its reason in the repository index (with no model "
         "loaded at all, serve always exits non-zero)",
     )
+    p.add_argument(
+        "--monitor",
+        action="store_true",
+        help="live monitoring: drift per feature and on the prediction, and a health score, per window of served "
+        "traffic, on /metrics and in $FASTML_HOME/monitoring.db (docs/monitoring.md, Live monitoring); off by default",
+    )
+    p.add_argument(
+        "--monitor-window-rows", type=int, default=5000, help="a live window closes at this many rows (default 5000)"
+    )
+    p.add_argument(
+        "--monitor-window-s",
+        type=float,
+        default=60.0,
+        help="... or this many seconds after its first row (default 60)",
+    )
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=None,
+        metavar="MODEL=PATH",
+        help="reference for a monitored model: a saved profile, .parquet or .csv of reference rows (repeatable; "
+        "default: the reference registered with the model version)",
+    )
     p.set_defaults(handler=_serve)
 
 
@@ -159,8 +187,7 @@ def _serve(args) -> int:
     max_buffered = settings.max_buffered_bytes if args.max_buffered_bytes is None else args.max_buffered_bytes
     if max_buffered < 1:
         raise InvalidInput(f"--max-buffered-bytes must be >= 1, got {max_buffered}")
-    if args.workers < 1:
-        raise InvalidInput(f"--workers must be >= 1, got {args.workers}")
+    args.workers, autoscale = _workers(args)  # an int, and the autoscaler's settings with --workers auto
     if args.grpc_port == 0 and args.workers > 1:
         raise InvalidInput("--grpc-port 0 picks a different port in every worker; give a fixed port with --workers > 1")
     if args.binary_port == 0 and args.workers > 1:
@@ -169,12 +196,26 @@ def _serve(args) -> int:
         )
     if args.binary_socket is not None and args.workers > 1:
         raise InvalidInput("--binary-socket serves from one process; use --binary-port with --workers > 1")
+    monitor = None
+    if args.monitor:
+        from fastml.serving.live_monitoring import parse_references
+
+        if args.monitor_window_rows < 1 or not args.monitor_window_s > 0:
+            raise InvalidInput("--monitor-window-rows must be >= 1 and --monitor-window-s > 0")
+        monitor = {
+            "window_rows": args.monitor_window_rows,
+            "window_s": args.monitor_window_s,
+            "references": parse_references(args.reference),
+        }
+    elif args.reference:
+        raise InvalidInput("--reference needs --monitor")
     opts = ServeOptions(
         targets=list(args.targets),
         host=args.host,
         http_port=settings.http_port if args.http_port is None else args.http_port,
         metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
         workers=args.workers,
+        autoscale=autoscale,
         grpc_port=args.grpc_port,
         binary_port=args.binary_port,
         binary_socket=args.binary_socket,
@@ -195,6 +236,7 @@ def _serve(args) -> int:
         tls_cert=tls.cert_file if tls else None,
         tls_key=tls.key_file if tls else None,
         tls_client_ca=tls.client_ca_file if tls else None,
+        monitor=monitor,
     )
     return serve(opts)
 
@@ -220,3 +262,86 @@ def _admin_env(args) -> None:
             "--require-token-for-inference needs a token: give --admin-token-file PATH or FASTML_ADMIN_TOKEN"
         )
     auth.check_bind(args.host, policy)  # raises before any port is taken; the server itself prints the warning
+
+
+def _add_autoscale_arguments(p) -> None:
+    """The ``--workers auto`` flags (fastml.server.autoscale.AutoscaleConfig; defaults there)."""
+    p.add_argument("--min-workers", type=int, default=None, help="with --workers auto: fewest workers (default 1)")
+    p.add_argument(
+        "--max-workers", type=int, default=None, help="with --workers auto: most workers (default: the CPU count)"
+    )
+    p.add_argument(
+        "--target-utilization",
+        type=float,
+        default=None,
+        help="with --workers auto: CPU busy fraction per worker to aim at (default 0.6)",
+    )
+    p.add_argument(
+        "--target-queue-us",
+        type=float,
+        default=None,
+        help="with --workers auto: mean batcher queue wait per request to aim at (default 5000)",
+    )
+    p.add_argument(
+        "--autoscale-interval-s", type=float, default=None, help="with --workers auto: measure this often (default 1)"
+    )
+    p.add_argument(
+        "--scale-up-cooldown-s",
+        type=float,
+        default=None,
+        help="with --workers auto: at least this long between two scale-ups (default 3)",
+    )
+    p.add_argument(
+        "--scale-down-delay-s",
+        type=float,
+        default=None,
+        help="with --workers auto: remove workers only after the load allowed it this long (default 30)",
+    )
+
+
+_AUTOSCALE_FLAGS = {
+    "min_workers": "--min-workers",
+    "max_workers": "--max-workers",
+    "target_utilization": "--target-utilization",
+    "target_queue_us": "--target-queue-us",
+    "interval_s": "--autoscale-interval-s",
+    "scale_up_cooldown_s": "--scale-up-cooldown-s",
+    "scale_down_delay_s": "--scale-down-delay-s",
+}
+
+
+def _workers(args):
+    """``--workers N|auto`` and the autoscale flags: ``(workers, AutoscaleConfig or None)``; with auto, workers is
+    --max-workers (what the per-process checks that follow must assume).
+
+    Raises:
+        InvalidInput: a count that is neither a number nor 'auto', an autoscale flag without auto, conflicting
+            bounds, or auto with a listener that only one process can hold.
+    """
+    import os
+
+    from fastml.errors import InvalidInput
+    from fastml.server.autoscale import AutoscaleConfig
+
+    given = {field: getattr(args, field.replace("interval_s", "autoscale_interval_s")) for field in _AUTOSCALE_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    text = str(args.workers).strip().lower()
+    if text != "auto":
+        try:
+            workers = int(text)
+        except ValueError:
+            raise InvalidInput(f"--workers must be a number >= 1 or 'auto', got {args.workers!r}") from None
+        if workers < 1:
+            raise InvalidInput(f"--workers must be >= 1, got {workers}")
+        if given:
+            flags = ", ".join(_AUTOSCALE_FLAGS[k] for k in given)
+            raise InvalidInput(f"{flags} only apply with --workers auto (got --workers {workers})")
+        return workers, None
+    if args.binary_socket is not None:
+        raise InvalidInput("--binary-socket serves from one process; it cannot be combined with --workers auto")
+    if args.grpc_port == 0 or args.binary_port == 0:
+        raise InvalidInput("--workers auto needs fixed --grpc-port/--binary-port numbers (0 differs in every worker)")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    given.setdefault("max_workers", max(cpus, given.get("min_workers", 1)))
+    config = AutoscaleConfig(**given).validate()
+    return config.max_workers, config

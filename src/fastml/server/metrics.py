@@ -11,7 +11,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
-from fastml.server import deployment_metrics
+from fastml.server import deployment_metrics, feature_metrics, monitoring_metrics
 from fastml.serving.dataplane import model_snapshot  # noqa: F401 - where snapshots come from, re-exported
 
 # (fastml name, Triton name it mirrors, stats key, scale from ns or 1) -- the documented mapping table.
@@ -85,8 +85,10 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
                     "batch_size_histogram": dict(m["batch_size_histogram"]),
                     "batch_stats": {k: dict(v) for k, v in m["batch_stats"].items()},
                     "server_failures": dict(m["server_failures"]),
+                    "feature_lookups": feature_metrics.merge_into({}, m.get("feature_lookups") or {}),
                 }
                 continue
+            cur["feature_lookups"] = feature_metrics.merge_into(cur["feature_lookups"], m.get("feature_lookups") or {})
             cur["ready"] = cur["ready"] and m["ready"]
             cur["inflight"] += m["inflight"]
             for k, v in m["stats"].items():
@@ -102,7 +104,12 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
                     cur_b[kk] = cur_b.get(kk, 0) + vv
             for k, v in m["server_failures"].items():
                 cur["server_failures"][k] = cur["server_failures"].get(k, 0) + v
-    return {"models": list(models.values()), "server": server, "deployments": deployment_metrics.merge_rows(snapshots)}
+    return {
+        "models": list(models.values()),
+        "server": server,
+        "deployments": deployment_metrics.merge_rows(snapshots),
+        "monitoring": monitoring_metrics.merge_rows(snapshots),
+    }
 
 
 class SnapshotCollector:
@@ -169,13 +176,36 @@ class SnapshotCollector:
         g = GaugeMetricFamily("fastml_server_workers", "Server worker processes reporting.")
         g.add_metric([], s.get("workers", 1))
         yield g
+        if "workers" in snap:  # a supervisor (fastml.server.workers): the worker count it wants and has
+            yield from _worker_families(snap["workers"])
         c = CounterMetricFamily(
             "fastml_http_responses", "HTTP responses by status code (200 counts inference successes).", labels=["code"]
         )
         for code, n in sorted(s.get("responses", {}).items()):
             c.add_metric([str(code)], n)
         yield c
+        yield feature_metrics.family(snap["models"])
         yield from deployment_metrics.families(snap.get("deployments", []))
+        yield from monitoring_metrics.families(snap.get("monitoring") or {})
+
+
+def _worker_families(workers: dict):
+    g = GaugeMetricFamily(
+        "fastml_workers",
+        "Worker processes: desired (what the supervisor or its autoscaler wants) and current (serving).",
+        labels=["state"],
+    )
+    g.add_metric(["desired"], workers["desired"])
+    g.add_metric(["current"], workers["current"])
+    yield g
+    c = CounterMetricFamily(
+        "fastml_autoscale_decisions",
+        "Autoscaler decisions that changed the desired worker count.",
+        labels=["direction"],
+    )
+    for direction in ("up", "down"):
+        c.add_metric([direction], workers["decisions"].get(direction, 0))
+    yield c
 
 
 def make_registry(snapshot_fn) -> CollectorRegistry:

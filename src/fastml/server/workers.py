@@ -55,6 +55,9 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # Live monitoring (fastml.serving.live_monitoring.attach keyword arguments: window_rows, window_s,
+    # references {model: path}); None: off.
+    monitor: dict | None = None
 
 
 def serve(opts: ServeOptions) -> int:
@@ -93,6 +96,19 @@ def _limits(opts: ServeOptions):
     )
 
 
+def _attach_monitor(opts: ServeOptions, manager, server) -> None:
+    if opts.monitor is not None:
+        from fastml.serving.live_monitoring import attach
+
+        server.plane.monitor = attach(manager, **opts.monitor)
+
+
+def _close_monitor(server) -> None:
+    """Close the open windows (stored as usual) once the last requests were answered."""
+    if server.plane.monitor is not None:
+        server.plane.monitor.close()
+
+
 async def _wait_for_signal() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -118,6 +134,7 @@ async def _single(opts: ServeOptions) -> int:
         binary_socket=opts.binary_socket,
         tls=_tls(opts),
     )
+    _attach_monitor(opts, manager, server)
     await server.start()
     line = _startup_line(
         opts.host, server.http_port, _models_line(manager), server.metrics_port, 1, server.tls is not None
@@ -132,6 +149,7 @@ async def _single(opts: ServeOptions) -> int:
     await _wait_for_signal()
     clean = await server.drain(opts.grace_period_s)
     manager.close()
+    _close_monitor(server)
     print(f"fastml serve: stopped ({'drained' if clean else 'grace period expired'})", flush=True)
     return 0
 
@@ -159,6 +177,7 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
     server.plane.disable_repository("the server runs with --workers > 1")
     # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
     server.plane.snapshot_source = lambda: merge_snapshots(read_snapshots(snapshot_dir))["models"]
+    _attach_monitor(opts, manager, server)
     await server.start()
     me = snapshot_dir / f"worker-{os.getpid()}.json"
 
@@ -172,8 +191,9 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
     await _wait_for_signal()
     clean = await server.drain(opts.grace_period_s)
     snap_task.cancel()
-    _write_atomic(me, json.dumps(server.snapshot()))
     manager.close()
+    _close_monitor(server)
+    _write_atomic(me, json.dumps(server.snapshot()))
     print(
         f"fastml serve worker {os.getpid()}: stopped ({'drained' if clean else 'grace period expired'})",
         file=sys.stderr,

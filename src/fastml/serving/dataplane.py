@@ -194,6 +194,8 @@ def model_snapshot(entry) -> dict:
         },
         "server_failures": dict(entry.failures),
         "inflight": entry.inflight,
+        # {feature: {"hit", "missing", "stale"}} for a model joining its features in the server, else {}.
+        "feature_lookups": stats.get("feature_lookups") or {},
     }
 
 
@@ -267,6 +269,8 @@ class DataPlane:
         # fastml.serving.deployments.DeploymentManager, or None: names in its ``table`` are deployments,
         # routed to one of their variants (see submit and resolve).
         self.deployments: Any = None
+        # fastml.serving.live_monitoring.LiveWiring, or None: live drift and health (fastml serve --monitor).
+        self.monitor: Any = None
         self._repository_off: str | None = None
 
     # ----- inference: the request/response way in ---------------------------------------------------
@@ -515,6 +519,14 @@ class DataPlane:
                 {"name": t.name, "datatype": t.datatype, "shape": [int(x) for x in t.shape]} for t in sig.outputs
             ],
         }
+        features = getattr(entry.model, "features", None)
+        if isinstance(features, list):  # a model joining its features in the server (serving/feature_join.py)
+            # The inputs above are then the entity ids and request-time values; these say what they feed.
+            metadata["parameters"] = {
+                "features": ",".join(features),
+                "entity_key": ",".join(entry.model.entity_key),
+                "feature_input": entry.model.feature_input,
+            }
         config = {
             "name": entry.name,
             "platform": "onnxruntime_onnx",

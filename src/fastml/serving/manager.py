@@ -114,6 +114,9 @@ class ModelManager:
         self.failed: dict[str, dict[str, str]] = {}
         self.generation = 0  # bumped on every change; the server's route cache checks it
         self._lock: asyncio.Lock | None = None
+        # Called with each newly loaded entry before it serves (live monitoring attaches here); a hook's
+        # failure is logged, never a load failure.
+        self.install_hooks: list = []
 
     # ----- lookups (hot path) -------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> ModelEntry:
@@ -253,6 +256,7 @@ class ModelManager:
         return [(n, v, r) for n, v, r, _ in failures]
 
     def _install_version(self, entry: ModelEntry) -> None:
+        self._run_install_hooks(entry)
         self.models.setdefault(entry.name, {})[entry.version] = entry
         self.latest[entry.name] = max(self.models[entry.name].values(), key=lambda e: _version_key(e.version))
         reasons = self.failed.get(entry.name)
@@ -261,6 +265,13 @@ class ModelManager:
             reasons.pop("", None)
             if not reasons:
                 del self.failed[entry.name]
+
+    def _run_install_hooks(self, entry: ModelEntry) -> None:
+        for hook in self.install_hooks:
+            try:
+                hook(entry)
+            except Exception:  # noqa: BLE001 - an observer of loads must not fail the load
+                log.exception("install hook %r failed for model %s", hook, entry.name)
 
     def _lock_(self) -> asyncio.Lock:
         if self._lock is None:
@@ -304,6 +315,8 @@ class ModelManager:
                 if not served and isinstance(exc, Exception):
                     self.failed[name] = {version: _reason(exc)}
                 raise
+            for e in new:
+                self._run_install_hooks(e)
             old = list(self.models.get(name, {}).values())
             # One assignment each: a request sees either the old or the new table, never a half.
             self.models[name] = {e.version: e for e in new}

@@ -1,0 +1,85 @@
+"""Prometheus series of live monitoring (``fastml serve --monitor``): the latest closed window's drift per
+feature and statistic, the health score per model, and the monitor's own counters.
+
+Rows come from ``LiveWiring.metric_rows()`` inside each server process's snapshot (key ``"monitoring"``).
+With several workers each one monitors its own share of the traffic; :func:`merge_rows` keeps, per series,
+the row of the most recently closed window and sums the counters.
+
+Series (``variant`` is "" outside deployments):
+
+- ``fastml_drift_score{model,variant,feature,stattest}``: p-value or distance of the latest window;
+- ``fastml_drift_detected{model,variant,feature}``: 1 when the feature's primary statistic detected drift;
+- ``fastml_health_score{model,variant}``: 0-100 (fastml.monitoring.health);
+- ``fastml_monitor_dropped_total``: batches the monitor dropped because its queue was full;
+- ``fastml_monitor_windows_total``, ``fastml_monitor_failures_total``, ``fastml_monitor_cpu_seconds_total``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+_COUNTERS = (
+    ("fastml_monitor_dropped", "dropped", "Served batches the live monitor dropped (its queue was full)."),
+    ("fastml_monitor_windows", "windows_closed", "Live monitoring windows closed."),
+    ("fastml_monitor_failures", "failures", "Batches or windows the live monitor could not process."),
+    ("fastml_monitor_cpu_seconds", "cpu_s", "CPU time of the live monitor thread."),
+)
+
+
+def merge_rows(snapshots: list[dict]) -> dict:
+    """Combine the ``"monitoring"`` parts of several snapshots (latest window wins, counters summed)."""
+    drift: dict[tuple, dict] = {}
+    health: dict[tuple, dict] = {}
+    counters: dict[str, float] = {}
+    present = False
+    for snap in snapshots:
+        mon = snap.get("monitoring") or {}
+        if not mon:
+            continue
+        present = True
+        for r in mon.get("drift", []):
+            key = (r["model"], r["variant"], r["feature"], r["stattest"])
+            if key not in drift or r["end_ts"] >= drift[key]["end_ts"]:
+                drift[key] = r
+        for r in mon.get("health", []):
+            key = (r["model"], r["variant"])
+            if key not in health or r["end_ts"] >= health[key]["end_ts"]:
+                health[key] = r
+        for k, v in mon.get("counters", {}).items():
+            counters[k] = counters.get(k, 0) + v
+    if not present:
+        return {}
+    return {"drift": list(drift.values()), "health": list(health.values()), "counters": counters}
+
+
+def families(mon: dict):
+    """The metric families of one (merged) monitoring part; nothing when monitoring is off."""
+    if not mon:
+        return
+    score = GaugeMetricFamily(
+        "fastml_drift_score",
+        "Drift statistic of the latest live window (p-value for ks/chisquare/z, distance otherwise).",
+        labels=["model", "variant", "feature", "stattest"],
+    )
+    detected = GaugeMetricFamily(
+        "fastml_drift_detected",
+        "1 when the feature's primary statistic detected drift in the latest live window.",
+        labels=["model", "variant", "feature"],
+    )
+    for r in mon.get("drift", []):
+        score.add_metric([r["model"], r["variant"], r["feature"], r["stattest"]], r["score"])
+        if r["primary"]:
+            detected.add_metric([r["model"], r["variant"], r["feature"]], 1.0 if r["detected"] else 0.0)
+    health = GaugeMetricFamily(
+        "fastml_health_score", "Health score (0-100) of the latest live window.", labels=["model", "variant"]
+    )
+    for r in mon.get("health", []):
+        health.add_metric([r["model"], r["variant"]], r["score"])
+    yield score
+    yield detected
+    yield health
+    counters = mon.get("counters", {})
+    for name, key, doc in _COUNTERS:
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], counters.get(key, 0))
+        yield c

@@ -1,0 +1,252 @@
+"""Live monitoring in the server: each served model gets a reference and feeds a LiveMonitor from the engine.
+
+Wiring. The engine calls its model's prediction logger once per answered request with the request's input
+and output arrays; :class:`MonitorTap` takes that place (keeping any prediction logger that was there) and
+hands the same arrays, by reference, to :meth:`fastml.monitoring.live.LiveMonitor.observe`, which only
+queues them. A monitoring failure is counted and logged here; it never reaches the request.
+
+References, first found wins:
+
+1. a file the user gives: ``fastml serve --monitor --reference MODEL=PATH`` (a profile saved by
+   :meth:`fastml.monitoring.ReferenceProfile.save`, or a Parquet / CSV file of reference rows);
+2. the reference stored with the registered version: the tag ``reference_sha256`` names a Parquet file of
+   training rows in the registry's artifact store (``fastml pipeline run`` stores one when it registers; or
+   :func:`register_reference`), checked against its hash;
+3. the feature store: the registered version's ``feature_refs`` (``group:feature``), profiled from the
+   group's offline rows.
+
+A reference whose columns do not match the model's inputs switches monitoring off for that model with the
+reason logged and shown by ``status()`` (and ``fastml monitor status``); the model is served as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound
+from fastml.monitoring.live import LiveMonitor
+from fastml.monitoring.log import CURRENT_VARIANT
+from fastml.monitoring.profile import ReferenceProfile
+
+log = logging.getLogger("fastml.serving.monitor")
+
+REFERENCE_TAG = "reference_sha256"
+REFERENCE_SIZE_TAG = "reference_bytes"
+
+
+class MonitorTap:
+    """The engine's prediction-logger contract, feeding a LiveMonitor and the logger it replaces (if any)."""
+
+    __slots__ = ("inner", "monitor", "failures")
+
+    def __init__(self, monitor: LiveMonitor, inner: Any = None):
+        self.monitor = monitor
+        self.inner = inner
+        self.failures = 0
+
+    def log(self, *, model, version, inputs, outputs, latency_us, request_id=None, variant=None) -> bool:
+        queued = False
+        if self.inner is not None:
+            queued = self.inner.log(
+                model=model,
+                version=version,
+                inputs=inputs,
+                outputs=outputs,
+                latency_us=latency_us,
+                request_id=request_id,
+                variant=variant,
+            )
+        try:
+            self.monitor.observe(
+                model,
+                variant if variant is not None else CURRENT_VARIANT.get(),
+                inputs,
+                outputs,
+                (request_id,),
+                version=str(version),
+                latency_us=latency_us,
+            )
+        except Exception:  # noqa: BLE001 - monitoring never fails a prediction
+            self.failures += 1
+            log.exception("live monitor: observe failed for model %r", model)
+        return queued
+
+    @property
+    def directory(self):
+        """The prediction log's directory (feedback joins there); Conflict when nothing is logged."""
+        if self.inner is None:
+            raise Conflict(
+                "this model is monitored but does not log predictions, so feedback cannot be joined to them; "
+                "serve it with --log-sample-rate 1 (or log_sample_rate in its config.toml)"
+            )
+        return self.inner.directory
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        if self.inner is None:
+            return True
+        return self.inner.flush(timeout_s) if timeout_s is not None else self.inner.flush()
+
+
+def parse_references(items: list[str] | None) -> dict[str, str]:
+    """``["MODEL=PATH", ...]`` -> ``{model: path}``; InvalidInput for anything else or a missing file."""
+    out = {}
+    for item in items or []:
+        model, sep, path = item.partition("=")
+        if not sep or not model or not path:
+            raise InvalidInput(f"--reference takes MODEL=PATH, got {item!r}")
+        if not Path(path).is_file():
+            raise NotFound(f"--reference {model}: no file {path}")
+        out[model] = path
+    return out
+
+
+def load_reference_file(path: str | Path) -> ReferenceProfile:
+    """A saved profile (Arrow IPC) or a Parquet / CSV file of reference rows."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return ReferenceProfile.from_data(pq.read_table(path))
+    if suffix == ".csv":
+        import pyarrow.csv as pcsv
+
+        return ReferenceProfile.from_data(pcsv.read_csv(path))
+    try:
+        return ReferenceProfile.load(path)
+    except FastMLError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything unreadable is the user's file, said as such
+        raise InvalidInput(
+            f"reference {path}: not a saved profile (Arrow IPC), .parquet or .csv file ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def register_reference(ref: str, data: Any, registry: Any = None) -> str:
+    """Store reference rows (anything :func:`fastml.monitoring.profile.as_columns` takes) as Parquet in the
+    registry's artifact store; returns its sha256, to be set as the version's ``reference_sha256`` tag.
+
+    The registry keeps tags as given at registration, so this is for callers that register afterwards
+    (``fastml pipeline run`` does it for you)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fastml.monitoring.profile import as_columns
+
+    if registry is None:
+        from fastml.registry import Registry
+
+        registry = Registry()
+    cols = as_columns(data, name=f"reference of {ref}")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reference.parquet"
+        pq.write_table(pa.table(cols), path)
+        stored = registry.artifacts.put(path)
+    return stored.sha256
+
+
+def registry_reference(target: str) -> tuple[ReferenceProfile, str] | None:
+    """The reference stored with a registered version, or profiled from its feature references."""
+    from fastml.registry import Registry
+
+    reg = Registry()
+    mv = reg.resolve(target)
+    sha = (mv.tags or {}).get(REFERENCE_TAG)
+    if sha:
+        size = int((mv.tags or {}).get(REFERENCE_SIZE_TAG, -1))
+        if size < 0:
+            path = reg.artifacts.path_for(sha)
+        else:
+            path = reg.artifacts.verified_path(sha, size, f"reference of {mv.ref}")
+        if not Path(path).is_file():
+            raise NotFound(f"reference of {mv.ref} ({sha[:12]}) is missing from the artifact store")
+        return load_reference_file_as(path, "parquet"), f"registry:{mv.ref}"
+    if mv.feature_refs:
+        from fastml.features import FeatureStore
+
+        by_group: dict[str, list[str]] = {}
+        for fr in mv.feature_refs:
+            group, _, feature = fr.partition(":")
+            by_group.setdefault(group, []).append(feature)
+        store = FeatureStore()
+        columns = {}
+        for group, feats in by_group.items():
+            prof = ReferenceProfile.from_feature_store(group, store=store, features=feats)
+            columns.update(prof.columns)
+        return ReferenceProfile(columns), f"features:{','.join(mv.feature_refs)}"
+    return None
+
+
+def load_reference_file_as(path: Path, kind: str) -> ReferenceProfile:
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        return ReferenceProfile.from_data(pq.read_table(path))
+    return load_reference_file(path)
+
+
+class LiveWiring:
+    """Attaches a LiveMonitor to every model a ModelManager installs.
+
+    Args:
+        monitor: the monitor (its store, window sizes).
+        references: model name -> reference file (``--reference``).
+    """
+
+    def __init__(self, monitor: LiveMonitor, references: dict[str, str] | None = None):
+        self.monitor = monitor
+        self.references = dict(references or {})
+
+    def attach(self, entry) -> None:
+        """Resolve ``entry``'s reference and install the tap; never raises (a reason is recorded instead)."""
+        model = entry.model
+        try:
+            resolved = self._resolve(entry)
+            if resolved is None:
+                self.monitor.disable(entry.name, "no reference: give --reference MODEL=PATH or register one")
+                return
+            profile, source = resolved
+            inputs = {s.name: list(s.shape) for s in model.signature.inputs}
+            self.monitor.set_reference(entry.name, profile, inputs, source=source)
+        except FastMLError as exc:
+            self.monitor.disable(entry.name, f"reference does not fit: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a monitoring bug must not stop serving
+            log.exception("live monitor: could not attach model %r", entry.name)
+            self.monitor.disable(entry.name, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        if not isinstance(model.prediction_logger, MonitorTap):
+            model.prediction_logger = MonitorTap(self.monitor, model.prediction_logger)
+
+    def _resolve(self, entry) -> tuple[ReferenceProfile, str] | None:
+        path = self.references.get(entry.name)
+        if path is not None:
+            return load_reference_file(path), f"file:{path}"
+        if getattr(entry.source, "is_ref", False):
+            return registry_reference(entry.source.target)
+        return None
+
+    def metric_rows(self) -> dict:
+        rows = self.monitor.metric_rows()
+        rows["disabled"] = sorted(self.monitor.disabled)
+        return rows
+
+    def close(self) -> None:
+        self.monitor.close()
+
+
+def attach(
+    manager, *, window_rows: int = 5000, window_s: float = 60.0, references=None, store=None, **kw
+) -> LiveWiring:
+    """Create a LiveMonitor for ``manager``'s models (those loaded now and every later load)."""
+    monitor = LiveMonitor(store, window_rows=window_rows, window_s=window_s, **kw)
+    wiring = LiveWiring(monitor, parse_references(references) if isinstance(references, list) else references)
+    for entry in manager.entries():
+        wiring.attach(entry)
+    hooks = getattr(manager, "install_hooks", None)
+    if hooks is not None:
+        hooks.append(wiring.attach)
+    return wiring
