@@ -933,7 +933,23 @@ static void bind_feature_cache(py::module_& m) {
         CacheStatus st = t.cache->Count(t.info, &n);
         if (!st.ok()) Raise(st);
         return n;
-      });
+      })
+      .def(
+          "sample_keys",
+          [](PyTable& t, size_t limit) {
+            std::vector<std::string> keys;
+            CacheStatus st;
+            {
+              // One LMDB read transaction; keys are copied out into std::strings.
+              py::gil_scoped_release release;
+              st = t.cache->SampleKeys(t.info, limit, &keys);
+            }
+            if (!st.ok()) Raise(st);
+            py::list out;
+            for (const std::string& k : keys) out.append(py::bytes(k));
+            return out;
+          },
+          py::arg("limit") = 16, "Up to `limit` stored keys (bytes), in key order.");
 
   py::class_<PyReadPlan>(m, "FeatureReadPlan",
                          "A prepared lookup: which tables and features fill which output columns.")
@@ -1057,6 +1073,215 @@ static void bind_feature_cache(py::module_& m) {
           py::arg("specs"), py::arg("n_key_sets") = 1);
 }
 // ===== end feature cache section =====
+
+// ===== feature join section (csrc/feature_join.h) =====
+#include "feature_join.h"
+
+namespace fj_bind {
+
+using fastml::CacheStatus;
+using fastml::KeyView;
+using fc_bind::RaiseInvalid;
+using status_py::Raise;
+
+struct PyJoinPlan {
+  std::shared_ptr<fastml::FeatureCache> cache;
+  fastml::JoinPlan plan;
+  size_t n_key_inputs = 1;
+  size_t n_request = 0;
+};
+
+// UCS-4 code point -> UTF-8, appended (numpy 'U' arrays hold UCS-4).
+void AppendUtf8(uint32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    out->push_back(char(cp));
+  } else if (cp < 0x800) {
+    out->push_back(char(0xC0 | (cp >> 6)));
+    out->push_back(char(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out->push_back(char(0xE0 | (cp >> 12)));
+    out->push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(char(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(char(0xF0 | (cp >> 18)));
+    out->push_back(char(0x80 | ((cp >> 12) & 0x3F)));
+    out->push_back(char(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(char(0x80 | (cp & 0x3F)));
+  }
+}
+
+// One key input made native: int64 ids borrowed from the array, or string keys as views (into the
+// array's buffer for 'S', into an arena for 'U' and object arrays). Built with the GIL held; the arrays
+// stay referenced by the caller's frame while the GIL is released.
+struct KeyInput {
+  py::array ids_owner;  // the int64 array the ids point into (a cast copy when the input was another int type)
+  fc_bind::KeyBatch batch;
+  fastml::JoinKeys keys;
+};
+
+void ConvertKeys(py::handle obj, size_t index, size_t rows, KeyInput* out) {
+  if (!py::isinstance<py::array>(obj)) RaiseInvalid("key input " + std::to_string(index) + " must be a numpy array");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (size_t(a.size()) != rows) {
+    RaiseInvalid("key input " + std::to_string(index) + " has " + std::to_string(a.size()) + " keys for " +
+                 std::to_string(rows) + " rows");
+  }
+  const char kind = a.dtype().kind();
+  if (kind == 'i' || kind == 'u') {
+    out->ids_owner = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    if (!out->ids_owner) throw py::error_already_set();
+    out->keys.ids = static_cast<const int64_t*>(out->ids_owner.data());
+    return;
+  }
+  fc_bind::KeyBatch& b = out->batch;
+  b.spans.reserve(rows);
+  if (kind == 'S' || kind == 'U') {
+    py::array c = py::array::ensure(a, py::array::c_style);
+    const size_t item = size_t(c.itemsize());
+    const char* base = static_cast<const char*>(c.data());
+    for (size_t i = 0; i < rows; ++i) {
+      const size_t start = b.arena.size();
+      const char* p = base + i * item;
+      if (kind == 'S') {
+        size_t n = item;
+        while (n > 0 && p[n - 1] == '\0') --n;  // numpy pads fixed-width bytes with NULs
+        b.arena.append(p, n);
+      } else {
+        size_t n = item / 4;
+        uint32_t cp;
+        while (n > 0 && (std::memcpy(&cp, p + (n - 1) * 4, 4), cp == 0)) --n;
+        for (size_t k = 0; k < n; ++k) {
+          std::memcpy(&cp, p + k * 4, 4);
+          AppendUtf8(cp, &b.arena);
+        }
+      }
+      b.spans.emplace_back(start, b.arena.size() - start);
+    }
+  } else if (kind == 'O') {
+    py::array c = py::array::ensure(a, py::array::c_style);
+    PyObject* const* items = static_cast<PyObject* const*>(c.data());
+    for (size_t i = 0; i < rows; ++i) {
+      const size_t start = b.arena.size();
+      PyObject* item = items[i];
+      if (!(PyUnicode_Check(item) || PyBytes_Check(item)) || !fc_bind::AppendScalar(item, &b.arena)) {
+        RaiseInvalid("key input " + std::to_string(index) + ": key at row " + std::to_string(i) + " has type " +
+                     Py_TYPE(item)->tp_name + ", expected str or bytes");
+      }
+      b.spans.emplace_back(start, b.arena.size() - start);
+    }
+  } else {
+    RaiseInvalid("key input " + std::to_string(index) + " has dtype " + std::string(py::str(a.dtype())) +
+                 "; entity keys are integers or strings");
+  }
+  b.Finish();
+  out->keys.views = b.views.data();
+}
+
+}  // namespace fj_bind
+
+static void bind_feature_join(py::module_& m) {
+  using namespace fj_bind;
+  py::class_<PyJoinPlan>(m, "FeatureJoinPlan",
+                         "A compiled serving join: entity keys and request-time columns in, a model's float32 "
+                         "[rows, F] input out (csrc/feature_join.h).")
+      .def(py::init([](fc_bind::PyFeatureCache& c, py::list tables, py::list columns, size_t n_key_inputs,
+                       size_t n_request) {
+             // tables: [(FeatureTable, key_input, max_age_us)]
+             // columns: [(table index or -1, position, policy 0=nan 1=default 2=error, default value)]
+             PyJoinPlan p{c.cache, {}, n_key_inputs, n_request};
+             if (n_key_inputs == 0) RaiseInvalid("a feature join needs at least one key input");
+             for (py::handle h : tables) {
+               auto tup = py::reinterpret_borrow<py::tuple>(h);
+               const fc_bind::PyTable& t = tup[0].cast<const fc_bind::PyTable&>();
+               if (t.cache != c.cache) RaiseInvalid("table belongs to another FeatureCache");
+               fastml::JoinTable jt;
+               jt.table = t.info;
+               jt.key_input = tup[1].cast<uint32_t>();
+               jt.max_age_us = tup[2].cast<int64_t>();
+               if (jt.key_input >= n_key_inputs) RaiseInvalid("key_input out of range");
+               p.plan.tables.push_back(jt);
+             }
+             for (py::handle h : columns) {
+               auto tup = py::reinterpret_borrow<py::tuple>(h);
+               fastml::JoinColumn col;
+               col.table = tup[0].cast<int32_t>();
+               col.position = tup[1].cast<uint32_t>();
+               const int policy = tup[2].cast<int>();
+               if (policy < 0 || policy > 2) RaiseInvalid("policy must be 0 (nan), 1 (default) or 2 (error)");
+               col.policy = static_cast<fastml::MissingPolicy>(policy);
+               col.default_value = tup[3].cast<float>();
+               if (col.table >= int32_t(p.plan.tables.size()) || col.table < -1) RaiseInvalid("table index out of range");
+               if (col.table >= 0 && col.position >= p.plan.tables[size_t(col.table)].table.n_features) {
+                 RaiseInvalid("feature position out of range for " + p.plan.tables[size_t(col.table)].table.name);
+               }
+               if (col.table < 0 && col.position >= n_request) RaiseInvalid("request column index out of range");
+               p.plan.columns.push_back(col);
+             }
+             return p;
+           }),
+           py::arg("cache"), py::arg("tables"), py::arg("columns"), py::arg("n_key_inputs") = 1,
+           py::arg("n_request") = 0)
+      .def_property_readonly("n_columns", [](const PyJoinPlan& p) { return p.plan.columns.size(); })
+      .def(
+          "join",
+          [](const PyJoinPlan& p, py::sequence keys, py::sequence request, py::array out, int64_t now_us) {
+            const size_t width = p.plan.columns.size();
+            if (size_t(py::len(keys)) != p.n_key_inputs) {
+              RaiseInvalid("this join needs " + std::to_string(p.n_key_inputs) + " key inputs, got " +
+                           std::to_string(py::len(keys)));
+            }
+            if (size_t(py::len(request)) != p.n_request) {
+              RaiseInvalid("this join needs " + std::to_string(p.n_request) + " request-time columns, got " +
+                           std::to_string(py::len(request)));
+            }
+            if (!py::isinstance<py::array_t<float>>(out)) RaiseInvalid("out must be a float32 numpy array");
+            if (out.ndim() != 2) RaiseInvalid("out must have shape (rows, " + std::to_string(width) + ")");
+            const size_t rows = size_t(out.shape(0));
+            float* dst = fc_bind::CheckedOut<float>(out, "out", rows, width);
+            std::vector<KeyInput> key_inputs(p.n_key_inputs);
+            std::vector<fastml::JoinKeys> native_keys;
+            for (size_t k = 0; k < p.n_key_inputs; ++k) {
+              ConvertKeys(keys[k], k, rows, &key_inputs[k]);
+              native_keys.push_back(key_inputs[k].keys);
+            }
+            std::vector<py::array> request_owners;
+            std::vector<fastml::RequestColumn> request_cols;
+            for (size_t r = 0; r < p.n_request; ++r) {
+              py::handle h = request[r];
+              if (!py::isinstance<py::array_t<float>>(h)) {
+                RaiseInvalid("request-time column " + std::to_string(r) + " must be a float32 numpy array");
+              }
+              py::array a = py::reinterpret_borrow<py::array>(h);
+              const bool column = a.ndim() == 1 || (a.ndim() == 2 && a.shape(1) == 1);
+              if (!column || size_t(a.shape(0)) != rows) {
+                RaiseInvalid("request-time column " + std::to_string(r) + " must have shape (" + std::to_string(rows) +
+                             ",) or (" + std::to_string(rows) + ", 1)");
+              }
+              request_cols.push_back({static_cast<const float*>(a.data()), size_t(a.strides(0)) / sizeof(float)});
+              if (size_t(a.strides(0)) % sizeof(float) != 0 || a.strides(0) <= 0) {
+                RaiseInvalid("request-time column " + std::to_string(r) + " must have a positive float32 stride");
+              }
+              request_owners.push_back(a);
+            }
+            const int64_t now = now_us == 0 ? fc_bind::NowUs() : now_us;
+            fastml::JoinResult res;
+            CacheStatus st;
+            {
+              // LMDB reads and copies into `out`; keys, request columns and out are held by this frame.
+              py::gil_scoped_release release;
+              st = fastml::JoinFeatures(*p.cache, p.plan, native_keys, request_cols, rows, dst, now, &res);
+            }
+            if (!st.ok()) Raise(st);
+            py::array_t<uint64_t> missing(width), stale(width);
+            std::copy(res.missing.begin(), res.missing.end(), missing.mutable_data());
+            std::copy(res.stale.begin(), res.stale.end(), stale.mutable_data());
+            return py::make_tuple(missing, stale, res.error_row, res.error_column, res.error_stale);
+          },
+          py::arg("keys"), py::arg("request"), py::arg("out"), py::arg("now_us") = 0,
+          "Fill out [rows, F] float32; returns (missing [F] uint64, stale [F] uint64, error_row, error_column, "
+          "error_stale) with error_row -1 when no 'error' policy column was hit.");
+}
+// ===== end feature join section =====
 
 // ===== router section (csrc/router.h) =====
 #include "router.h"
@@ -1244,5 +1469,6 @@ PYBIND11_MODULE(_core, m) {
     status_py::bind_status(m);
     bind_batcher(m);
     bind_feature_cache(m);
+    bind_feature_join(m);
     bind_router(m);
 }

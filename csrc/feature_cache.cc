@@ -366,4 +366,27 @@ CacheStatus FeatureCache::Count(const TableInfo& table, size_t* n) const {
   return CacheStatus::Ok();
 }
 
+CacheStatus FeatureCache::SampleKeys(const TableInfo& table, size_t limit, std::vector<std::string>* out) const {
+  out->clear();
+  MDB_txn* txn = nullptr;
+  CacheStatus st = AcquireReader(&txn);
+  if (!st.ok()) return st;
+  MDB_cursor* cursor = nullptr;
+  int rc = mdb_cursor_open(txn, table.dbi, &cursor);
+  if (rc != MDB_SUCCESS) {
+    ReleaseReader(txn);
+    return FromMdb(rc, "mdb_cursor_open(" + table.name + ")");
+  }
+  MDB_val key, val;
+  // Keys are copied out before the transaction ends.
+  for (rc = mdb_cursor_get(cursor, &key, &val, MDB_FIRST); rc == MDB_SUCCESS && out->size() < limit;
+       rc = mdb_cursor_get(cursor, &key, &val, MDB_NEXT)) {
+    out->emplace_back(static_cast<const char*>(key.mv_data), key.mv_size);
+  }
+  mdb_cursor_close(cursor);
+  ReleaseReader(txn);
+  if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return FromMdb(rc, "mdb_cursor_get(" + table.name + ")");
+  return CacheStatus::Ok();
+}
+
 }  // namespace fastml

@@ -117,6 +117,17 @@ class FeatureCache {
   // The reader table of the lock file, as (pid, txnid) per used slot (txnid -1: an idle pooled reader).
   CacheStatus Readers(std::vector<std::pair<int64_t, int64_t>>* out) const;
 
+  // Up to `limit` stored keys of the table, in key order (one read transaction): what a loader samples to
+  // tell integer-keyed groups (decimal text) from string-keyed ones.
+  CacheStatus SampleKeys(const TableInfo& table, size_t limit, std::vector<std::string>* out) const;
+
+  // Read transactions are reused (reset/renew) rather than created per call: creating one takes a
+  // reader-table slot and a lock each time. MDB_NOTLS lets any thread renew any of them. Public for the
+  // core's other readers (feature_join.cc): every Acquire is paired with one Release, and no pointer into
+  // LMDB's pages outlives it.
+  CacheStatus AcquireReader(MDB_txn** txn) const;
+  void ReleaseReader(MDB_txn* txn) const;
+
   const std::string& path() const { return path_; }
   pid_t owner_pid() const { return owner_pid_; }
 
@@ -125,11 +136,6 @@ class FeatureCache {
 
   // Unavailable when called from another process than the one that opened the environment (a fork).
   CacheStatus CheckOwner() const;
-
-  // Read transactions are reused (reset/renew) rather than created per call: creating one takes a
-  // reader-table slot and a lock each time. MDB_NOTLS lets any thread renew any of them.
-  CacheStatus AcquireReader(MDB_txn** txn) const;
-  void ReleaseReader(MDB_txn* txn) const;
 
   MDB_env* env_;
   std::string path_;

@@ -19,13 +19,14 @@ not open) and every ``OnlineStore`` reopens its environment lazily on first use 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from fastml.errors import InvalidInput, Unavailable
+from fastml.errors import InvalidInput, NotFound, Unavailable
 from fastml.features.groups import FeatureGroup, parse_ref, table_name
 
 BACKENDS = ("native", "reference")
@@ -386,3 +387,198 @@ class OnlineStore:
             else:
                 out[plan.dict_names[j]] = [x if ok else None for x, ok in zip(v, m)]
         return out
+
+
+# --- serving joins ------------------------------------------------------------------------------
+
+POLICIES = ("nan", "default", "error")
+"""What a served feature gets when its entity is missing, its value is null, or its row is older than the
+group's TTL: NaN, the declared default value, or a refused request."""
+
+KEY_DTYPES = ("int64", "string")
+
+
+class JoinColumn:
+    """One column of a model input built by a :class:`FeatureJoin`.
+
+    Attributes:
+        name: the feature reference (``driver:trips``) or the request-time input's name.
+        ref: the parsed reference, or None for a request-time column.
+        group, version: the feature group version it is read from (None for a request-time column).
+        key_input: the request input holding the entity keys of its group (None for request-time).
+        policy, default: what a missing or stale value becomes (see POLICIES).
+    """
+
+    __slots__ = ("name", "ref", "group", "version", "key_input", "policy", "default")
+
+    def __init__(self, name, ref, group, version, key_input, policy, default):
+        self.name = name
+        self.ref = ref
+        self.group = group
+        self.version = version
+        self.key_input = key_input
+        self.policy = policy
+        self.default = default
+
+
+class FeatureJoin:
+    """A compiled serving join (``csrc/feature_join.h``): the entity keys of a batch and its request-time
+    columns in, a model's float32 ``[rows, F]`` input out, in one native call with the GIL released and one
+    LMDB read transaction.
+
+    Attributes:
+        columns: the output columns, in the model input's column order (:class:`JoinColumn`).
+        key_inputs: the request inputs holding entity keys (one per distinct entity column), in order.
+        key_dtypes: ``"int64"`` or ``"string"`` per key input.
+        request_inputs: the request-time inputs (float32 values sent with the request), in order.
+    """
+
+    def __init__(self, native, columns, key_inputs, key_dtypes, request_inputs):
+        self.native = native
+        self.columns = columns
+        self.key_inputs = key_inputs
+        self.key_dtypes = key_dtypes
+        self.request_inputs = request_inputs
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def join(self, keys, request, out: np.ndarray, now_us: int = 0):
+        """Fill ``out`` (float32, C-contiguous, ``[rows, width]``).
+
+        Args:
+            keys: one array of entity keys per key input (integers, or str/bytes/``U``/``S`` arrays).
+            request: one float32 ``[rows]`` (or ``[rows, 1]``) array per request-time input.
+            out: the model input to fill. now_us: "now" for TTL checks (default: the clock).
+
+        Returns:
+            ``(missing, stale, error_row, error_column, error_stale)``: per-column uint64 counts of rows
+            whose value was missing (no row, or a null value) or older than the TTL, and the first row
+            and column that hit an ``error`` policy (-1 when none did).
+        """
+        return self.native.join(keys, request, out, now_us)
+
+
+def _key_dtype(sample: list[bytes]) -> str | None:
+    """int64 when every sampled stored key is decimal integer text (how integer ids are stored), string
+    when one is not, None for an empty table."""
+    if not sample:
+        return None
+    for k in sample:
+        text = k[1:] if k[:1] == b"-" else k
+        if not text.isdigit():
+            return "string"
+    return "int64"
+
+
+def compile_join(
+    online: OnlineStore,
+    columns: list[str],
+    *,
+    entity_key: str | list[str] | None = None,
+    entity_dtype: str | None = None,
+    policies: dict[str, tuple[str, float]] | None = None,
+    default_policy: tuple[str, float] = ("nan", 0.0),
+) -> FeatureJoin:
+    """Compile a serving join over ``online``.
+
+    Args:
+        columns: the model input's columns in order: feature references (``group:feature``,
+            ``group@v2:feature``) and request-time input names (no ``:``).
+        entity_key: the request input(s) carrying entity ids; each feature's group must be keyed by one of
+            them (default: the groups' own entity columns).
+        entity_dtype: ``int64`` or ``string``; checked against the keys stored for each group (default:
+            what the stored keys are).
+        policies: feature reference -> ``(policy, default)`` (see POLICIES); others get ``default_policy``.
+
+    Raises:
+        InvalidInput / NotFound: naming the feature: a bad reference, an unknown group or feature, a group
+        with a composite key, a group keyed by another column than ``entity_key``, a key dtype that does not
+        match the stored keys, a policy for a feature not in ``columns``, a repeated column.
+    """
+    if not columns:
+        raise InvalidInput("a feature join needs at least one column")
+    if entity_dtype is not None and entity_dtype not in KEY_DTYPES:
+        raise InvalidInput(f"entity_dtype must be one of {KEY_DTYPES}, got {entity_dtype!r}")
+    declared_keys = [entity_key] if isinstance(entity_key, str) else list(entity_key or [])
+    policies = dict(policies or {})
+    dupes = sorted({c for c in columns if list(columns).count(c) > 1})
+    if dupes:
+        raise InvalidInput(f"features list {dupes[0]!r} twice")
+    unknown = sorted(set(policies) - set(columns))
+    if unknown:
+        raise InvalidInput(f"a missing-value policy names {unknown[0]!r}, which is not one of the features")
+    for name, (policy, _default) in [*policies.items(), ("(default)", default_policy)]:
+        if policy not in POLICIES:
+            raise InvalidInput(f"feature {name!r}: policy {policy!r} is not one of {', '.join(POLICIES)}")
+    if online.backend != "native":
+        raise InvalidInput("serving joins need the native online store backend")
+    if online._generation != _fork_generation:
+        online._reopen_after_fork()
+    tables: list[tuple] = []  # (FeatureTable, key_input index, max_age_us)
+    table_index: dict[tuple[str, int], int] = {}
+    key_inputs: list[str] = list(declared_keys)
+    key_dtypes: dict[str, str | None] = {}
+    request_inputs: list[str] = []
+    out_columns, native_columns = [], []
+    for name in columns:
+        policy, default = policies.get(name, default_policy)
+        if ":" not in name:
+            if not _NAME_RE.match(name):
+                raise InvalidInput(f"request-time feature {name!r} must be a plain input name")
+            if name in declared_keys:
+                raise InvalidInput(f"request-time feature {name!r} is also the entity key")
+            native_columns.append((-1, len(request_inputs), 0, 0.0))
+            request_inputs.append(name)
+            out_columns.append(JoinColumn(name, None, None, None, None, policy, default))
+            continue
+        ref = parse_ref(name)
+        try:
+            group, version = online._resolver(ref.group, ref.version)
+            pos = group.feature_names.index(group.feature(ref.feature).name)
+        except NotFound as exc:
+            raise NotFound(f"feature {name!r}: {exc}") from None
+        if len(group.entities) != 1:
+            raise InvalidInput(
+                f"feature {name!r}: group {group.name!r} is keyed by {list(group.entities)}; serving joins "
+                "take one entity key column per group"
+            )
+        ent = group.entities[0]
+        if declared_keys and ent not in declared_keys:
+            raise InvalidInput(
+                f"feature {name!r}: group {group.name!r} is keyed by {ent!r}, not by the entity key "
+                f"{' or '.join(repr(k) for k in declared_keys)}"
+            )
+        if ent not in key_inputs:
+            key_inputs.append(ent)
+        t = table_index.get((group.name, version))
+        if t is None:
+            table = online.table(group, version)
+            stored = _key_dtype(table.sample_keys(16))
+            if entity_dtype is not None and stored is not None and stored != entity_dtype:
+                raise InvalidInput(
+                    f"feature {name!r}: group {group.name!r} stores {stored} entity keys, but the entity key "
+                    f"{ent!r} is declared {entity_dtype}"
+                )
+            seen = key_dtypes.get(ent)
+            if seen is not None and stored is not None and seen != stored:
+                raise InvalidInput(
+                    f"feature {name!r}: group {group.name!r} stores {stored} keys for {ent!r}, others {seen}"
+                )
+            key_dtypes[ent] = seen or stored
+            t = table_index[(group.name, version)] = len(tables)
+            tables.append((table, key_inputs.index(ent), int(round(group.ttl_s * 1e6))))
+        native_columns.append((t, pos, POLICIES.index(policy), float(default)))
+        out_columns.append(JoinColumn(name, ref, group.name, version, ent, policy, default))
+    unused = [k for k in declared_keys if not any(c.key_input == k for c in out_columns)]
+    if unused:
+        raise InvalidInput(f"entity key {unused[0]!r} keys none of the features {[c.name for c in out_columns]}")
+    from fastml import _core
+
+    native = _core.FeatureJoinPlan(online._cache.impl, tables, native_columns, len(key_inputs), len(request_inputs))
+    dtypes = [entity_dtype or key_dtypes.get(k) or "int64" for k in key_inputs]
+    return FeatureJoin(native, out_columns, key_inputs, dtypes, request_inputs)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")

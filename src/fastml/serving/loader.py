@@ -36,7 +36,18 @@ def resolve_ref(ref: str):
     return mv, Path(reg.artifact_path(ref))
 
 
-def load_model(ref_or_path: str | Path, *, log_predictions: bool | float = False, **engine_kwargs):
+def load_model(
+    ref_or_path: str | Path,
+    *,
+    log_predictions: bool | float = False,
+    features: list[str] | None = None,
+    entity_key: str | list[str] | None = None,
+    entity_dtype: str | None = None,
+    feature_policy: dict | None = None,
+    feature_input: str | None = None,
+    feature_store=None,
+    **engine_kwargs,
+):
     """Load a model for serving through the engine.
 
     Args:
@@ -47,11 +58,17 @@ def load_model(ref_or_path: str | Path, *, log_predictions: bool | float = False
         log_predictions: write every request (True) or this fraction of requests (a float in (0, 1]) to
             the prediction log under ``$FASTML_HOME/logs`` through a :class:`fastml.monitoring.PredictionLogger`
             (asynchronous, bounded, never blocks a request). ``prediction_logger=`` passes your own instead.
+        features: the model input's columns, in order: online feature references (``driver:trips``) and
+            request-time input names. With it, the model takes entity ids (``entity_key``) instead of its
+            feature tensor and joins the features from the online store per request, natively
+            (:class:`fastml.serving.feature_join.FeatureJoinedModel`, docs/features.md).
+        entity_key, entity_dtype, feature_policy, feature_input, feature_store: see
+            :func:`fastml.serving.feature_join.build_join` and ``FeatureJoinedModel``.
         **engine_kwargs: passed to :func:`fastml.engine.load_model` (``max_batch_size``, ``instances``, ...).
             For a reference, ``name`` and ``version`` default to the registry's.
 
     Returns:
-        a :class:`fastml.engine.Model`.
+        a :class:`fastml.engine.Model` (a ``FeatureJoinedModel`` around one when ``features`` is given).
 
     Raises:
         NotFound: no such file or reference. InvalidInput: not an ONNX file. IntegrityError: the artifact
@@ -62,6 +79,23 @@ def load_model(ref_or_path: str | Path, *, log_predictions: bool | float = False
     # benchmarks/README.md ## engine); asking for `instances` means runner threads.
     if "runner" not in engine_kwargs:
         engine_kwargs["runner"] = "threads" if "instances" in engine_kwargs else "auto"
+    if features:
+        from fastml.serving.feature_join import FeatureJoinedModel, build_join
+
+        # Compiled and checked (unknown feature, group never materialised, key dtype) before the model loads.
+        join = build_join(
+            features,
+            entity_key=entity_key,
+            entity_dtype=entity_dtype,
+            feature_policy=feature_policy,
+            feature_store=feature_store,
+        )
+        model = load_model(ref_or_path, log_predictions=log_predictions, **engine_kwargs)
+        try:
+            return FeatureJoinedModel(model, join, feature_input)
+        except BaseException:
+            model.close()
+            raise
     target = str(ref_or_path)
     kind, _ = parse_target(target)
     if kind == "path":

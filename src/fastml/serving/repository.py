@@ -8,6 +8,9 @@
     <repo>/<model>/warmup/<input>.npy   optional: warm-up samples for an input (rows), like Triton's
                                         model_warmup input_data_file; config.toml [warmup.inputs] gives
                                         them inline
+
+config.toml may declare the model's features (``features``, ``entity_key``, ``[feature_policy]``): the
+server then joins them from the online store per request (fastml.serving.feature_join).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import msgspec
 import numpy as np
 
 from fastml.errors import FastMLError, InvalidInput, NotFound
+from fastml.serving.feature_join import FeaturePolicy
 
 WARMUP_DIR = "warmup"
 
@@ -69,6 +73,15 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     # Fraction of requests written to the prediction log ($FASTML_HOME/logs, fastml.monitoring); 0 = off.
     log_sample_rate: float = 0.0
     warmup: WarmupConfig = msgspec.field(default_factory=WarmupConfig)
+    # Features in the request path (docs/features.md): the feature input's columns, in order (online feature
+    # references and request-time input names); requests then carry entity ids (entity_key) instead.
+    features: list[str] = []
+    entity_key: str | list[str] = ""
+    entity_dtype: str = ""  # "int64" or "string"; default: what the online store holds
+    feature_input: str = ""  # the model input the joined features feed; default: its only FP32 [-1, F] input
+    # feature -> policy for a missing or stale value: "nan", "error", a number (the default value), or a
+    # table {on_missing = "default", default = 0.0}
+    feature_policy: dict[str, str | float | FeaturePolicy] = {}
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for :func:`fastml.serving.load_model` (warm-up samples come from
@@ -76,6 +89,9 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
         d = msgspec.structs.asdict(self)
         d.pop("version_policy")
         d.pop("warmup")
+        join = {k: d.pop(k) for k in ("features", "entity_key", "entity_dtype", "feature_input", "feature_policy")}
+        if join["features"]:
+            d.update({k: v for k, v in join.items() if v not in ("", [], {})})
         rate = d.pop("log_sample_rate")
         if rate > 0:
             d["log_predictions"] = rate
@@ -112,6 +128,10 @@ def _validate(raw: dict, source: str) -> RepositoryConfig:
         raise InvalidInput(f"{source}: runner must be 'auto', 'threads' or 'loop', got {cfg.runner!r}")
     if not 0.0 <= cfg.log_sample_rate <= 1.0:
         raise InvalidInput(f"{source}: log_sample_rate must be between 0 and 1, got {cfg.log_sample_rate!r}")
+    if cfg.feature_policy and not cfg.features:
+        raise InvalidInput(f"{source}: feature_policy needs features")
+    if cfg.entity_dtype not in ("", "int64", "string"):
+        raise InvalidInput(f"{source}: entity_dtype must be 'int64' or 'string', got {cfg.entity_dtype!r}")
     if cfg.version_policy not in ("latest", "all"):
         raise InvalidInput(f"{source}: version_policy must be 'latest' or 'all', got {cfg.version_policy!r}")
     return cfg

@@ -1,0 +1,128 @@
+#include "feature_join.h"
+
+#include <charconv>
+#include <cstring>
+#include <limits>
+#include <string>
+
+namespace fastml {
+
+namespace {
+
+// Per-table outcome of one row's read.
+enum class RowState : uint8_t { kHit, kMissing, kStale };
+
+CacheStatus MdbError(int rc, const std::string& what) {
+  return CacheStatus::Error(StatusCode::kInternal, what + ": " + mdb_strerror(rc));
+}
+
+}  // namespace
+
+CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const std::vector<JoinKeys>& keys,
+                         const std::vector<RequestColumn>& request, size_t rows, float* out, int64_t now_us,
+                         JoinResult* result) {
+  const size_t width = plan.columns.size();
+  result->missing.assign(width, 0);
+  result->stale.assign(width, 0);
+  result->error_row = -1;
+  result->error_column = -1;
+  result->error_stale = false;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+
+  // Request-time columns first: plain strided copies, no LMDB.
+  for (size_t c = 0; c < width; ++c) {
+    const JoinColumn& col = plan.columns[c];
+    if (col.table >= 0) continue;
+    const RequestColumn& src = request[col.position];
+    for (size_t i = 0; i < rows; ++i) out[i * width + c] = src.data[i * src.stride];
+  }
+
+  // Columns of each table, so a row read once fills all of them.
+  std::vector<std::vector<size_t>> table_columns(plan.tables.size());
+  for (size_t c = 0; c < width; ++c) {
+    if (plan.columns[c].table >= 0) table_columns[size_t(plan.columns[c].table)].push_back(c);
+  }
+
+  MDB_txn* txn = nullptr;
+  CacheStatus st = cache.AcquireReader(&txn);
+  if (!st.ok()) return st;
+  char digits[24];
+  for (size_t t = 0; t < plan.tables.size(); ++t) {
+    const JoinTable& table = plan.tables[t];
+    const RowLayout layout(table.table.n_features);
+    const JoinKeys& key_input = keys[table.key_input];
+    const std::vector<size_t>& cols = table_columns[t];
+    for (size_t i = 0; i < rows; ++i) {
+      MDB_val key;
+      if (key_input.ids != nullptr) {
+        // Integer ids are stored under their decimal text (fastml.features.offline.key_strings).
+        auto res = std::to_chars(digits, digits + sizeof digits, key_input.ids[i]);
+        key = MDB_val{size_t(res.ptr - digits), digits};
+      } else {
+        key = MDB_val{key_input.views[i].size, const_cast<char*>(key_input.views[i].data)};
+      }
+      MDB_val val;
+      // Keys outside 1..511 bytes can never have been stored (PutMany refuses them): missing.
+      int rc = (key.mv_size == 0 || key.mv_size > 511) ? MDB_NOTFOUND : mdb_get(txn, table.table.dbi, &key, &val);
+      RowState state = RowState::kHit;
+      const char* row = nullptr;
+      if (rc == MDB_NOTFOUND) {
+        state = RowState::kMissing;
+      } else if (rc != MDB_SUCCESS) {
+        cache.ReleaseReader(txn);
+        return MdbError(rc, "mdb_get(" + table.table.name + ")");
+      } else {
+        row = static_cast<const char*>(val.mv_data);
+        uint32_t stored_width;
+        std::memcpy(&stored_width, row + 8, sizeof stored_width);
+        if (val.mv_size != layout.row_bytes || stored_width != table.table.n_features) {
+          cache.ReleaseReader(txn);
+          return CacheStatus::Error(StatusCode::kIntegrity, "online table '" + table.table.name + "': stored row of " +
+                                                                 std::to_string(val.mv_size) + " bytes, expected " +
+                                                                 std::to_string(layout.row_bytes));
+        }
+        int64_t event_time_us;
+        std::memcpy(&event_time_us, row, sizeof event_time_us);
+        if (table.max_age_us > 0 && now_us - event_time_us > table.max_age_us) state = RowState::kStale;
+      }
+      // Values are copied out of LMDB's page here, while the transaction is open.
+      const unsigned char* bitmap =
+          row != nullptr ? reinterpret_cast<const unsigned char*>(row + RowLayout::kHeaderBytes) : nullptr;
+      const char* values = row != nullptr ? row + RowLayout::kHeaderBytes + layout.bitmap_bytes : nullptr;
+      float* o = out + i * width;
+      for (size_t c : cols) {
+        const JoinColumn& col = plan.columns[c];
+        const uint32_t j = col.position;
+        if (state == RowState::kHit && ((bitmap[j >> 3] >> (j & 7)) & 1u)) {
+          double v;
+          std::memcpy(&v, values + size_t(j) * sizeof(double), sizeof v);
+          o[c] = static_cast<float>(v);
+          continue;
+        }
+        const bool stale = state == RowState::kStale;
+        ++(stale ? result->stale : result->missing)[c];
+        switch (col.policy) {
+          case MissingPolicy::kNaN:
+            o[c] = nan;
+            break;
+          case MissingPolicy::kDefault:
+            o[c] = col.default_value;
+            break;
+          case MissingPolicy::kError:
+            o[c] = nan;
+            if (result->error_row < 0 || int64_t(i) < result->error_row ||
+                (int64_t(i) == result->error_row && int32_t(c) < result->error_column)) {
+              result->error_row = int64_t(i);
+              result->error_column = int32_t(c);
+              result->error_stale = stale;
+            }
+            break;
+        }
+      }
+    }
+  }
+  cache.ReleaseReader(txn);
+  return CacheStatus::Ok();
+}
+
+}  // namespace fastml

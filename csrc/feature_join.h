@@ -1,0 +1,80 @@
+// Batch feature join for serving (ARCHITECTURE.md "Feature cache"): entity keys in, a model's float32
+// input tensor out.
+//
+// A model that declares features (driver:trips, driver:rating, ...) receives entity ids in a request; the
+// server builds the model's [rows, F] float32 input here, before ONNX Runtime: per row, one LMDB point read
+// per feature group version (all in ONE read transaction for the whole batch), the selected values copied
+// into their columns, request-time values copied into theirs, and each feature's policy applied where the
+// entity is missing, the value is null, or the row is older than the group's TTL.
+//
+// No global state: a JoinPlan is built once per model (csrc/bindings.cc) and used concurrently by any
+// number of threads (it is read-only after construction). Nothing here touches Python; the binding
+// releases the GIL around JoinFeatures.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "feature_cache.h"
+
+namespace fastml {
+
+// What to put in a column whose value is missing or stale.
+enum class MissingPolicy : uint8_t {
+  kNaN = 0,      // NaN (the model or its preprocessing handles it)
+  kDefault = 1,  // the column's default_value
+  kError = 2,    // refuse the batch (JoinResult names the first such row and column)
+};
+
+// One group version read per row: which table, which key input addresses it, its TTL.
+struct JoinTable {
+  TableInfo table;
+  uint32_t key_input = 0;  // index into JoinFeatures' `keys`
+  int64_t max_age_us = 0;  // TTL: a row with now - event_time > max_age_us is stale; 0 = never stale
+};
+
+// One output column: a stored feature (table >= 0) or a request-time value (table == -1).
+struct JoinColumn {
+  int32_t table = -1;     // index into JoinPlan::tables, or -1 for a request-time column
+  uint32_t position = 0;  // the feature's position in the table's rows, or the request column's index
+  MissingPolicy policy = MissingPolicy::kNaN;
+  float default_value = 0.0f;
+};
+
+struct JoinPlan {
+  std::vector<JoinTable> tables;
+  std::vector<JoinColumn> columns;  // output column order = the model input's column order
+};
+
+// The entity keys of one key input, borrowed for the call: integer ids (keyed in the store by their
+// decimal text, as materialisation writes them) or byte strings (UTF-8 text).
+struct JoinKeys {
+  const int64_t* ids = nullptr;    // set for integer keys
+  const KeyView* views = nullptr;  // set for string keys
+};
+
+// A request-time column, borrowed for the call: row i's value is data[i * stride].
+struct RequestColumn {
+  const float* data = nullptr;
+  size_t stride = 1;
+};
+
+struct JoinResult {
+  std::vector<uint64_t> missing;  // per output column: rows without a value (no row, or a null value)
+  std::vector<uint64_t> stale;    // per output column: rows whose stored row is older than the TTL
+  int64_t error_row = -1;         // the lowest row that hit an "error" policy column, or -1
+  int32_t error_column = -1;      // that row's first such column
+  bool error_stale = false;       // whether that value was stale (else missing)
+};
+
+// Fills out[rows, plan.columns.size()] (row-major float32). keys has one entry per key input, each with
+// `rows` keys; request has one entry per request-time column index. Reads every table in one LMDB read
+// transaction. An "error" policy hit does not stop the join: every row is filled (counts are complete)
+// and the caller refuses the batch from result->error_row. Returns a failed status only for LMDB or
+// stored-data faults.
+CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const std::vector<JoinKeys>& keys,
+                         const std::vector<RequestColumn>& request, size_t rows, float* out, int64_t now_us,
+                         JoinResult* result);
+
+}  // namespace fastml

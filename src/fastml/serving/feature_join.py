@@ -1,0 +1,318 @@
+"""Features in the request path: a served model that declares ``features`` takes entity ids instead of its
+feature tensor.
+
+A model (config.toml, or ``fastml.load_model(..., features=[...])``) declares the columns of its float32
+input, in order: feature references read from the online store (``driver:trips``) and request-time values
+sent with each request (a plain name, ``distance_km``). :class:`FeatureJoinedModel` then exposes a
+signature whose inputs are the entity key input(s) (``driver_id``: INT64 or BYTES, one per row), the
+request-time inputs (FP32, one per row) and the model's other inputs; on each request it builds the model's
+input for the whole request in one native call (``fastml.features.online.FeatureJoin``: one LMDB read
+transaction, the GIL released, no Python per row) and submits it to the engine model it wraps. The engine
+model's prediction log therefore records the joined values: what the model saw.
+
+Per feature, a policy says what a missing entity, a null value or a row older than the group's TTL
+becomes: ``nan``, ``default`` (the declared value) or ``error`` (the request is refused with a 400 naming
+the entity and the feature). Lookups are counted per feature and outcome (hit, missing, stale) for
+``fastml_feature_lookups_total``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import msgspec
+import numpy as np
+
+from fastml.engine.signature import Signature, TensorSpec
+from fastml.errors import InvalidInput, NotFound
+
+OUTCOMES = ("hit", "missing", "stale")
+
+
+class FeaturePolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What one feature gets when its value is missing or stale.
+
+    Attributes:
+        on_missing: ``nan``, ``default`` or ``error``.
+        default: the value used by ``default``.
+    """
+
+    on_missing: str = "nan"
+    default: float = 0.0
+
+
+def normalize_policies(raw) -> dict[str, tuple[str, float]]:
+    """``{feature: (policy, default)}`` from a config's ``feature_policy`` table: each value a policy name
+    (``"error"``), a ``{on_missing, default}`` table, a :class:`FeaturePolicy` or a number (the default
+    value, policy ``default``)."""
+    out: dict[str, tuple[str, float]] = {}
+    for name, value in (raw or {}).items():
+        if isinstance(value, FeaturePolicy):
+            out[name] = (value.on_missing, float(value.default))
+        elif isinstance(value, str):
+            out[name] = (value, 0.0)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = ("default", float(value))
+        elif isinstance(value, dict):
+            try:
+                p = msgspec.convert(value, FeaturePolicy)
+            except msgspec.ValidationError as exc:
+                raise InvalidInput(f"feature_policy for {name!r}: {exc}") from None
+            out[name] = (p.on_missing, float(p.default))
+        else:
+            raise InvalidInput(f"feature_policy for {name!r} must be a policy name, a number or a table, got {value!r}")
+    return out
+
+
+def _as_list(value) -> list[str]:
+    if value is None or value == "":
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def build_join(
+    features: list[str],
+    *,
+    entity_key=None,
+    entity_dtype: str | None = None,
+    feature_policy=None,
+    default_policy: str = "nan",
+    feature_store=None,
+):
+    """Compile the join for a model's declared features, checking that every group was materialised.
+
+    Args:
+        features: the model input's columns (feature references and request-time names), in order.
+        entity_key: the entity key input name(s). entity_dtype: ``int64`` or ``string`` (default: what the
+            store holds). feature_policy: see :func:`normalize_policies`. default_policy: for the others.
+        feature_store: a :class:`fastml.features.FeatureStore`, or a FASTML_HOME path (default: the
+            configured home).
+
+    Raises:
+        InvalidInput / NotFound: naming the feature (unknown feature or group, a group never
+        materialised, a key dtype mismatch, a bad policy).
+    """
+    from fastml.features import FeatureStore
+    from fastml.features.online import compile_join
+
+    if not features:
+        raise InvalidInput("features must list at least one feature")
+    store = feature_store if isinstance(feature_store, FeatureStore) else FeatureStore(feature_store)
+    join = compile_join(
+        store.online,
+        list(features),
+        entity_key=_as_list(entity_key) or None,
+        entity_dtype=entity_dtype or None,
+        policies=normalize_policies(feature_policy),
+        default_policy=(default_policy, 0.0),
+    )
+    for col in join.columns:
+        if col.group is not None and not store.metadata.materializations(col.group, col.version):
+            raise NotFound(
+                f"feature {col.name!r}: group {col.group}@v{col.version} was never materialised to the online "
+                f"store; run fastml features materialize {col.group}"
+            )
+    return join
+
+
+class FeatureJoinedModel:
+    """An engine model whose feature input is built from entity ids (see the module docstring).
+
+    Everything the data plane and transports use (``signature``, ``submit``, ``predict``, ``stats``,
+    ``close``, ``max_batch_size``, ...) is here; other attributes come from the wrapped model.
+
+    Args:
+        model: the :class:`fastml.engine.Model` to feed.
+        join: the compiled :class:`fastml.features.online.FeatureJoin`.
+        feature_input: the model input the joined ``[rows, F]`` float32 tensor goes to (default: the
+            model's only FP32 input of width F).
+    """
+
+    def __init__(self, model, join, feature_input: str | None = None):
+        self.model = model
+        self.join = join
+        inner = model.signature
+        width = join.width
+        if feature_input:
+            try:
+                spec = inner.input(feature_input)
+            except KeyError:
+                raise InvalidInput(
+                    f"model {model.name!r} has no input {feature_input!r}; it has {[s.name for s in inner.inputs]}"
+                ) from None
+        else:
+            fits = [s for s in inner.inputs if s.datatype == "FP32" and len(s.shape) == 2]
+            if len(fits) != 1:
+                raise InvalidInput(
+                    f"model {model.name!r}: name the input the features feed (feature_input); candidates: "
+                    f"{[s.name for s in fits] or [s.name for s in inner.inputs]}"
+                )
+            spec = fits[0]
+        if spec.datatype != "FP32" or len(spec.shape) != 2 or spec.shape[1] not in (-1, width):
+            raise InvalidInput(
+                f"model {model.name!r}: input {spec.name!r} is {spec.datatype} {spec.shape}, but the {width} "
+                f"declared features need FP32 [-1, {width}]"
+            )
+        self.feature_input = spec.name
+        self._passthrough = [s for s in inner.inputs if s.name != spec.name]
+        names = list(join.key_inputs) + list(join.request_inputs)
+        clash = sorted({s.name for s in self._passthrough} & set(names))
+        if clash:
+            raise InvalidInput(f"model {model.name!r}: input {clash[0]!r} is both a model input and a feature input")
+        key_specs = [
+            TensorSpec(k, "INT64", [-1], np.dtype(np.int64))
+            if d == "int64"
+            else TensorSpec(k, "BYTES", [-1], np.dtype(object))
+            for k, d in zip(join.key_inputs, join.key_dtypes)
+        ]
+        request_specs = [TensorSpec(r, "FP32", [-1], np.dtype(np.float32)) for r in join.request_inputs]
+        self.signature = Signature(inputs=key_specs + request_specs + self._passthrough, outputs=inner.outputs)
+        self._key_specs = key_specs
+        self._n_inputs = len(self.signature.inputs)
+        self._refs = [c.name for c in join.columns if c.ref is not None]
+        self._ref_columns = np.array([i for i, c in enumerate(join.columns) if c.ref is not None], dtype=np.intp)
+        # Cumulative lookup counts per stored feature; added once per request under the lock (a request is
+        # counted from the event loop or from predict() callers on any thread).
+        self._lock = threading.Lock()
+        self._lookups = 0  # rows looked up (each stored feature is looked up once per row)
+        self._missing = np.zeros(len(self._refs), np.uint64)
+        self._stale = np.zeros(len(self._refs), np.uint64)
+
+    # ------------------------------------------------------------------ the join
+    def _key_array(self, spec: TensorSpec, a) -> np.ndarray:
+        if not isinstance(a, np.ndarray):
+            raise InvalidInput(f"input {spec.name!r}: expected a numpy array of entity ids, got {type(a).__name__}")
+        if a.ndim == 2 and a.shape[1] == 1:
+            a = a.reshape(-1)
+        if a.ndim != 1:
+            raise InvalidInput(f"input {spec.name!r}: entity ids must have shape [-1], got {list(a.shape)}")
+        kind = a.dtype.kind
+        if spec.datatype == "INT64" and kind not in "iu":
+            raise InvalidInput(f"input {spec.name!r}: entity ids must be integers (INT64), got {a.dtype}")
+        if spec.datatype == "BYTES" and kind not in "OSU":
+            raise InvalidInput(f"input {spec.name!r}: entity ids must be strings (BYTES), got {a.dtype}")
+        return a
+
+    def _request_array(self, name: str, a) -> np.ndarray:
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+            raise InvalidInput(f"input {name!r}: request-time feature values must be float32 (FP32), got {got}")
+        if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+            raise InvalidInput(f"input {name!r}: expected shape [-1], got {list(a.shape)}")
+        return a
+
+    def build(self, inputs) -> dict[str, np.ndarray]:
+        """The wrapped model's inputs for a request of entity ids, request-time values and other inputs.
+
+        Raises:
+            InvalidInput: a missing, unknown or mistyped input, or an ``error`` policy hit (naming the
+                entity and the feature).
+        """
+        if isinstance(inputs, np.ndarray) and len(self._key_specs) == 1 and self._n_inputs == 1:
+            inputs = {self._key_specs[0].name: inputs}
+        if not isinstance(inputs, dict):
+            raise InvalidInput(f"inputs must be a dict of name -> numpy array; got {type(inputs).__name__}")
+        expected = [s.name for s in self.signature.inputs]
+        unknown = sorted(set(inputs) - set(expected))
+        missing = [n for n in expected if n not in inputs]
+        if unknown or missing:
+            raise InvalidInput(
+                f"model {self.model.name!r} expects inputs {expected}; "
+                + "; ".join(
+                    p for p in (f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else "") if p
+                )
+            )
+        keys = [self._key_array(s, inputs[s.name]) for s in self._key_specs]
+        request = [self._request_array(n, inputs[n]) for n in self.join.request_inputs]
+        rows = keys[0].shape[0]
+        for name, a in zip([*self.join.key_inputs, *self.join.request_inputs], [*keys, *request]):
+            if a.shape[0] != rows:
+                raise InvalidInput(
+                    f"input {name!r} has {a.shape[0]} rows but input {self.join.key_inputs[0]!r} has {rows}"
+                )
+        if rows < 1:
+            raise InvalidInput(f"input {self.join.key_inputs[0]!r}: needs at least one row")
+        out = np.empty((rows, self.join.width), np.float32)
+        missing_c, stale_c, error_row, error_col, error_stale = self.join.join(keys, request, out)
+        if len(self._refs):
+            with self._lock:
+                self._lookups += rows
+                self._missing += missing_c[self._ref_columns]
+                self._stale += stale_c[self._ref_columns]
+        if error_row >= 0:
+            col = self.join.columns[error_col]
+            key_pos = self.join.key_inputs.index(col.key_input)
+            entity = keys[key_pos][error_row]
+            entity = entity.item() if hasattr(entity, "item") else entity
+            if isinstance(entity, bytes):
+                entity = entity.decode("utf-8", "replace")
+            why = f"older than the TTL of group {col.group!r}" if error_stale else "missing"
+            raise InvalidInput(
+                f"input {col.key_input!r}: entity {entity!r} (row {error_row}) has no value for feature "
+                f"{col.name!r} ({why}; its policy is 'error')"
+            )
+        feed = {self.feature_input: out}
+        for s in self._passthrough:
+            feed[s.name] = inputs[s.name]
+        return feed
+
+    # ------------------------------------------------------------------ the engine model's entry points
+    def submit(self, inputs, timeout_us: int | None = None, *, outputs=None, request_id: str | None = None):
+        """:meth:`fastml.engine.Model.submit` with entity ids in; the join runs now, on the caller's thread."""
+        feed = self.build(inputs)
+        if outputs is None and request_id is None:
+            return self.model.submit(feed, timeout_us)
+        return self.model.submit(feed, timeout_us, outputs=outputs, request_id=request_id)
+
+    def predict(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id: str | None = None):
+        """:meth:`fastml.engine.Model.predict` with entity ids (and request-time values) in."""
+        return self.model.predict(self.build(inputs), outputs, timeout_us, request_id=request_id)
+
+    async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
+        """``await``-able :meth:`predict`."""
+        return await self.submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+
+    def feature_lookups(self) -> dict[str, dict[str, int]]:
+        """Cumulative lookups per stored feature: ``{ref: {"hit", "missing", "stale"}}``."""
+        with self._lock:
+            rows, missing, stale = self._lookups, self._missing.tolist(), self._stale.tolist()
+        return {
+            ref: {"hit": rows - int(m) - int(s), "missing": int(m), "stale": int(s)}
+            for ref, m, s in zip(self._refs, missing, stale)
+        }
+
+    def stats(self) -> dict:
+        """The wrapped model's counters plus ``feature_lookups`` (see :meth:`feature_lookups`)."""
+        out = dict(self.model.stats())
+        out["feature_lookups"] = self.feature_lookups()
+        return out
+
+    @property
+    def features(self) -> list[str]:
+        """The model input's columns, in order (feature references and request-time names)."""
+        return [c.name for c in self.join.columns]
+
+    @property
+    def entity_key(self) -> list[str]:
+        return list(self.join.key_inputs)
+
+    def close(self) -> None:
+        self.model.close()
+
+    def __getattr__(self, name):
+        # Everything else (name, version, max_batch_size, ready, runner, prediction_logger, ...) is the model's.
+        if name == "model":  # not set yet (a failed __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def __enter__(self) -> FeatureJoinedModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureJoinedModel({self.model!r}, features={self.features}, entity_key={self.entity_key})"
+
+
+__all__ = ["FeatureJoinedModel", "FeaturePolicy", "OUTCOMES", "build_join", "normalize_policies"]
