@@ -2,11 +2,15 @@
 
 Run with ``bash scripts/demo.sh``. Every step prints what it did and checks its own results, so a
 failing step stops the demo with a non-zero exit code. State goes to a fresh FASTML_HOME under
-``.fastml/demo-<timestamp>`` unless FASTML_HOME is set.
+``.fastml/demo-<timestamp>`` unless FASTML_HOME is set. The last section runs the platform's ten-step
+workflow (``fastml example run workflow``): pipeline training with tuning and cross-validation, governance,
+serving, drift and alerts, an A/B experiment with outcomes fed back, and the reports. ``--quick`` runs it at
+its quick sizes.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -204,51 +208,9 @@ def demo_server(model_path: Path, X: np.ndarray, workdir: Path) -> None:
     check(rc == 0, "SIGTERM: server drained and exited 0")
 
 
-# ----------------------------------------------------------------------------------------- pipeline
-def demo_pipeline(workdir: Path) -> None:
-    section("3. pipeline: 10 stages on a synthetic 10,000-row set -> compiled ONNX in the registry -> predict")
-    import pandas as pd
-    from sklearn.datasets import make_classification
-
-    import fastml
-    from fastml.pipeline import train
-
-    X, y = make_classification(n_samples=10_000, n_features=12, n_informative=6, random_state=0)
-    data = workdir / "synthetic_10k.csv"
-    pd.DataFrame(X, columns=[f"f{i}" for i in range(12)]).assign(label=y).to_csv(data, index=False)
-    result = train(
-        {
-            "name": "synthetic",
-            "task": "classification",
-            "folds": 3,
-            "seed": 0,
-            "data": {"path": str(data), "target": "label"},
-            "model": {"family": "hist_gradient_boosting"},
-            "tune": {"n_trials": 8},
-        },
-        progress=False,
-    )
-    stages = result.state["stages"]
-    print("  stages: " + ", ".join(f"{st['name']} {st['duration_s']:.2f}s" for st in stages))
-    check(len(stages) == 10 and all(st["status"] == "completed" for st in stages), "all ten stages completed")
-    print(
-        f"  run {result.run_id}: registered {result.model_ref}; holdout accuracy {result.metrics['accuracy']:.3f},"
-        f" ROC AUC {result.metrics['roc_auc']:.3f}"
-    )
-    check(result.metrics["accuracy"] > 0.85, "the tuned model generalises (holdout accuracy > 0.85)")
-    with fastml.load_model(result.model_ref, max_batch_size=64) as model:
-        out = model.predict(X[:64].astype(np.float32))
-    agree = float((out["label"] == y[:64]).mean())
-    print(
-        f"  fastml.load_model({result.model_ref!r}).predict on 64 rows: labels {out['label'][:10].tolist()}..., "
-        f"{agree:.0%} agree with the truth"
-    )
-    check(agree > 0.8, "the registered ONNX model predicts through the engine")
-
-
 # ------------------------------------------------------------------------------ registry + governance
 def demo_registry_governance(model_path: Path, X: np.ndarray) -> str:
-    section("4. registry + governance: versions, a gated two-reviewer promotion, audit chain, lineage")
+    section("3. registry + governance: versions, a gated two-reviewer promotion, audit chain, lineage")
     import fastml
     from fastml.errors import PermissionDenied
     from fastml.governance import AuditLog, assess, assess_fairness, attach, build_lineage, load_card
@@ -314,7 +276,7 @@ def demo_registry_governance(model_path: Path, X: np.ndarray) -> str:
 
 # ----------------------------------------------------------------------------------------- features
 def demo_features() -> None:
-    section("5. feature store: Parquet offline, point-in-time training set, native LMDB online lookups")
+    section("4. feature store: Parquet offline, point-in-time training set, native LMDB online lookups")
     import pandas as pd
 
     from fastml.features import Feature, FeatureGroup, FeatureStore
@@ -373,60 +335,29 @@ def demo_features() -> None:
     )
 
 
-# ----------------------------------------------------------------------------------------- monitoring
-def demo_monitoring(model_path: Path, X: np.ndarray) -> None:
-    section("6. monitoring: prediction log, drift against the training profile, health score, HTML report")
-    from fastml.engine import load_model as engine_load_model
-    from fastml.monitoring import HealthInputs, PredictionLogger, ReferenceProfile, detect_drift, health_score, read_log
-    from fastml.monitoring.log import tensor_columns
-    from fastml.monitoring.report import write_report
+# ----------------------------------------------------------------------------------------- workflow
+def demo_workflow(home: Path, quick: bool) -> None:
+    section("5. the ten-step workflow: data -> tuned model -> governance -> serve -> drift -> A/B -> reports")
+    from fastml.examples import workflow
 
-    names = [f"x{i}" for i in range(X.shape[1])]
-    profile = ReferenceProfile.from_data({n: X[:2000, j] for j, n in enumerate(names)})
-    logger = PredictionLogger()
-    current = X[2000:3000].copy()
-    current[:, 0] += 1.5  # a shifted upstream feature
-    current[:, 5] *= 2.0
-    with engine_load_model(model_path, name="mlp", prediction_logger=logger) as model:
-        for i in range(0, len(current), 10):
-            model.predict(current[i : i + 10])
-    logger.flush()
-    table = read_log(model="mlp")
-    check(
-        table.num_rows == len(current) and logger.dropped == 0,
-        f"prediction log holds every predicted row ({table.num_rows} records, {logger.dropped} dropped)",
-    )
-    logged = tensor_columns(table, "input.input", names)
-    drift = detect_drift(profile, logged)
-    drifted = [c.column for c in drift.columns if c.drifted]
-    print(f"  drifted columns: {drifted} (share {drift.share_drifted:.2f}, dataset drift {drift.dataset_drift})")
-    check({"x0", "x5"} <= set(drifted), "planted drift found in x0 and x5")
-    health = health_score(
-        HealthInputs(
-            drift_share=drift.share_drifted,
-            performance=0.9,
-            baseline=0.93,
-            latency_p99_ms=2.0,
-            latency_slo_ms=5.0,
-            error_rate=0.0,
-        )
-    )
-    print(f"  health score {health.score:.1f}")
-    html, js = write_report(str(Path(os.environ["FASTML_HOME"]) / "reports"), profile, logged, health=health.to_dict())
-    print(f"  report: {html} (and its JSON twin {js.name})")
+    summary = workflow.run(home / "workflow", quick=quick)
+    check(summary["passed"], f"all {len(summary['steps'])} workflow steps passed (summary {home / 'workflow'})")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="fastml end-to-end demo")
+    parser.add_argument("--quick", action="store_true", help="the workflow at its quick sizes")
+    args = parser.parse_args(argv)
     home = make_home()
     print(f"fastml demo; FASTML_HOME={home}")
     workdir = Path(tempfile.mkdtemp(prefix="work-", dir=home))
     model_path, X = build_onnx_model(workdir)
     demo_engine(model_path, X)
     demo_server(model_path, X, workdir)
-    demo_pipeline(workdir)
     demo_registry_governance(model_path, X)
     demo_features()
-    demo_monitoring(model_path, X)
+    demo_workflow(home, args.quick)
+    print("\nmore: fastml example list; fastml example run recommender | healthcare | fraud")
     print("\ndemo: all steps passed")
     return 0
 

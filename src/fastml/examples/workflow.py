@@ -1,0 +1,529 @@
+"""The platform's ten-step workflow, end to end, on a fresh FASTML_HOME.
+
+generate 10,000 rows -> train (Optuna tuning, 5-fold CV) -> register -> fairness and compliance ->
+deploy behind ``fastml serve`` -> live monitoring -> serve predictions through tritonclient -> data drift ->
+A/B experiment on live traffic with outcomes fed back -> performance, drift, fairness and compliance reports.
+
+Two versions are trained: 1.0.0 while the feed of its two strongest features was broken (their values
+shuffled across rows: the planted worse model) and 1.0.1 on clean data. The A/B experiment must find 1.0.1
+the winner, and the drift check must find the columns planted to drift in the last part of the traffic.
+
+    fastml example run workflow [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastml.examples.server import ServerProcess, fastml_cli
+from fastml.examples.steps import Run, Step
+
+N_FEATURES = 8
+FEATURES = [f"f{i}" for i in range(N_FEATURES)]
+# The label's true coefficients: f0 and f1 carry most of the signal, so a model without them is worse.
+COEFFICIENTS = np.array([3.0, 2.2, -1.5, 1.2, 0.8, 0.0, 0.0, 0.0])
+DRIFTED = ["f2", "f5", "f6", "f7"]  # shifted in the last part of the live traffic: half the columns
+MODEL = "churn"
+DEPLOYMENT = "churn-live"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each step does; the quick sizes keep the test suite's run under a minute."""
+
+    rows: int = 10_000
+    n_trials: int = 10
+    clean_requests: int = 300
+    drifted_requests: int = 200
+    ab_requests: int = 2_000
+
+
+QUICK = Sizes(n_trials=2, clean_requests=200, drifted_requests=100, ab_requests=600)
+
+CARD = {
+    "name": MODEL,
+    "description": "Predicts whether a subscriber cancels in the next month from eight usage aggregates.",
+    "intended_use": "Rank subscribers for a retention offer; no decision with legal or similar effect.",
+    "domain": "retail",
+    "use_case": "recommendation",
+    "decision_type": "advisory",
+    "jurisdictions": ["EU"],
+    "data_categories": ["usage aggregates"],
+    "personal_data": False,
+    "special_category_data": [],
+    "purpose": "Choose which subscribers receive a retention offer.",
+    "retention_days": 180,
+    "automated_decision_making": False,
+    "significant_effect": False,
+    "metrics": {"accuracy": 0.0},
+    "eu_ai_act": {"risk_tier": "minimal"},
+    "security": {"access_control": "service accounts only", "encryption_at_rest": True, "audit_logging": True},
+    "training_data": {"source": "synthetic (fastml example)"},
+}
+
+
+def make_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` rows of the synthetic churn data: features, labels and a segment (A/B, independent of both)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    logit = X @ COEFFICIENTS
+    y = (logit + rng.logistic(size=n) > 0).astype(np.int64)
+    segment = rng.choice(np.array(["A", "B"]), size=n)
+    return X, y, segment
+
+
+def _write_csv(path: Path, X: np.ndarray, y: np.ndarray, segment: np.ndarray) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(X, columns=FEATURES)
+    frame["segment"] = segment
+    frame["label"] = y
+    frame.to_csv(path, index=False)
+
+
+def _pipeline(path: Path, n_trials: int, tag: str) -> dict:
+    return {
+        "name": MODEL,
+        "task": "classification",
+        "seed": 0,
+        "folds": 5,
+        "data": {"path": str(path), "target": "label", "drop": ["segment"]},
+        "model": {"family": "logistic_regression"},
+        "tune": {"n_trials": n_trials},
+        "register": {"description": tag, "tags": {"example": "workflow", "data": tag}},
+    }
+
+
+class Workflow:
+    """The ten steps; state shared between steps lives on the instance."""
+
+    def __init__(self, out_dir: Path, sizes: Sizes) -> None:
+        self.out = out_dir
+        self.sizes = sizes
+        self.server: ServerProcess | None = None
+        self.client = None
+
+    # ------------------------------------------------------------------------------------------ 1
+    def generate(self, s: Step) -> None:
+        X, y, seg = make_rows(self.sizes.rows, seed=0)
+        self.train_csv = self.out / "data" / "churn_10k.csv"
+        self.train_csv.parent.mkdir(parents=True, exist_ok=True)
+        _write_csv(self.train_csv, X, y, seg)
+        # Version 1.0.0's training data: the f0/f1 feed was broken (values shuffled across rows).
+        broken = X.copy()
+        rng = np.random.default_rng(1)
+        broken[:, 0] = rng.permutation(broken[:, 0])
+        broken[:, 1] = rng.permutation(broken[:, 1])
+        self.broken_csv = self.out / "data" / "churn_10k_broken_feed.csv"
+        _write_csv(self.broken_csv, broken, y, seg)
+        self.X_train = X
+        self.X_live, self.y_live, self.seg_live = make_rows(5_000, seed=7)  # tomorrow's traffic
+        s.file("training data", self.train_csv)
+        s.figure("rows", len(y))
+        s.figure("positive_share", float(y.mean()))
+        s.check(len(y) == self.sizes.rows, f"{self.sizes.rows} rows written")
+        s.check(0.3 < y.mean() < 0.7, f"both classes present (positive share {y.mean():.3f})")
+
+    # ------------------------------------------------------------------------------------------ 2
+    def train(self, s: Step) -> None:
+        from fastml.pipeline import train
+
+        self.v1 = train(_pipeline(self.broken_csv, self.sizes.n_trials, "broken-feed"), progress=False)
+        self.v2 = train(_pipeline(self.train_csv, self.sizes.n_trials, "clean"), progress=False)
+        for label, result in (("1.0.0 (broken feed)", self.v1), ("1.0.1 (clean)", self.v2)):
+            stages = result.state["stages"]
+            s.check(
+                len(stages) == 10 and all(st["status"] == "completed" for st in stages),
+                f"{label}: all ten pipeline stages completed",
+            )
+            cv = json.loads((Path(result.run_dir) / "07_cross_validate" / "cv.json").read_text())
+            tune = json.loads((Path(result.run_dir) / "05_tune" / "tune.json").read_text())
+            s.say(f"{result.model_ref}: holdout accuracy {result.metrics['accuracy']:.3f}, run {result.run_id}")
+            s.check(_folds(cv) == 5, f"{label}: 5-fold cross-validation recorded")
+            s.check(_trials(tune) == self.sizes.n_trials, f"{label}: {self.sizes.n_trials} tuning trials ran")
+        acc1, acc2 = self.v1.metrics["accuracy"], self.v2.metrics["accuracy"]
+        s.figure("accuracy_1.0.0", acc1)
+        s.figure("accuracy_1.0.1", acc2)
+        s.figure(
+            "cv_accuracy_1.0.1",
+            _cv_mean(json.loads((Path(self.v2.run_dir) / "07_cross_validate" / "cv.json").read_text())),
+        )
+        s.check(acc2 > 0.8, f"the clean model generalises (holdout accuracy {acc2:.3f} > 0.8)")
+        s.check(acc2 > acc1 + 0.05, "the broken-feed model is measurably worse on its holdout")
+
+    # ------------------------------------------------------------------------------------------ 3
+    def register(self, s: Step) -> None:
+        from fastml.registry import Registry
+
+        with Registry() as reg:
+            versions = [mv.version for mv in reg.list_versions(MODEL)]
+            self.ref1, self.ref2 = self.v1.model_ref, self.v2.model_ref
+            for ref in (self.ref1, self.ref2):
+                path = reg.artifact_path(ref)  # verifies the artifact's sha256 on the way
+                s.check(
+                    Path(path).is_file(), f"{ref}: artifact stored and verified ({Path(path).stat().st_size} bytes)"
+                )
+            reg.set_alias(MODEL, "champion", self.ref1.split(":")[1])
+            champion = reg.resolve(f"{MODEL}@champion")
+        s.figure("versions", versions)
+        s.check(
+            sorted(versions) == sorted([self.ref1.split(":")[1], self.ref2.split(":")[1]]), "both versions registered"
+        )
+        s.check(champion.ref == self.ref1, f"{MODEL}@champion -> {self.ref1} (the incumbent in service)")
+
+    # ------------------------------------------------------------------------------------------ 4
+    def govern(self, s: Step) -> None:
+        import fastml
+        from fastml.governance import assess, assess_fairness, attach, build_report
+        from fastml.governance.report import to_html, to_json
+        from fastml.registry import Registry
+
+        with fastml.load_model(self.ref2, max_batch_size=4096) as model:
+            y_pred = model.predict(self.X_live[:2000])["label"]
+        fairness = assess_fairness(self.y_live[:2000], y_pred, {"segment": self.seg_live[:2000]})
+        card = dict(CARD, metrics={"accuracy": round(float(self.v2.metrics["accuracy"]), 4)})
+        compliance = assess(card, schema=[{"name": c, "type": "float"} for c in FEATURES])
+        with Registry() as reg:
+            attach(reg).record_fairness(self.ref2, fairness, actor="workflow")
+        doc = build_report(compliance=compliance, fairness=fairness, model=self.ref2)
+        out = self.out / "reports" / "governance"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(to_json(doc))
+        (out / "report.html").write_text(to_html(doc))
+        s.file("fairness and compliance report", out / "report.html")
+        dpd = fairness.value("demographic_parity_difference")
+        s.figure("demographic_parity_difference", dpd)
+        s.figure("equalized_odds_difference", fairness.value("equalized_odds_difference"))
+        s.figure("compliance", compliance.verdict)
+        s.check(fairness.passed, f"fairness thresholds hold across segments (parity difference {dpd:.3f})")
+        s.check(compliance.verdict == "pass", f"compliance verdict pass ({compliance.counts()})")
+
+    # ------------------------------------------------------------------------------------------ 5
+    def deploy(self, s: Step) -> None:
+        import tritonclient.http as httpclient
+
+        self._apply(
+            f"""
+[deployments.{DEPLOYMENT}]
+[[deployments.{DEPLOYMENT}.variants]]
+name = "champion"
+model = "{MODEL}@champion"
+weight_bp = 10000
+"""
+        )
+        self.server = ServerProcess([f"{MODEL}@champion"], self.out / "logs" / "serve.log", "--log-sample-rate", "1")
+        self.client = httpclient.InferenceServerClient(self.server.url)
+        s.say(f"fastml serve on http://{self.server.url} (log {self.server.log_path})")
+        s.check(self.client.is_server_ready(), "server ready")
+        answer = self._wait_for_deployment()
+        s.figure("url", f"http://{self.server.url}")
+        s.check(answer["model_name"] == DEPLOYMENT, f"deployment {DEPLOYMENT} answers")
+        s.check(answer["model_version"] == self.ref1.split(":")[1], f"it serves the champion {self.ref1}")
+
+    # ------------------------------------------------------------------------------------------ 6
+    def monitor(self, s: Step) -> None:
+        from fastml.monitoring import AlertManager, AlertRule, LogSink, ReferenceProfile
+
+        profile = ReferenceProfile.from_data({c: self.X_train[:, i] for i, c in enumerate(FEATURES)})
+        self.profile_path = profile.save(self.out / "monitoring" / "reference.arrow")
+        self.profile = ReferenceProfile.load(self.profile_path)
+        self.alerts_path = self.out / "monitoring" / "alerts.jsonl"
+        self.alerts = AlertManager(
+            [
+                AlertRule("data-drift", "drift_share", ">=", 0.5, severity="critical"),
+                AlertRule("low-accuracy", "accuracy", "<", 0.6, severity="warning"),
+            ],
+            [LogSink(str(self.alerts_path))],
+        )
+        s.file("reference profile", self.profile_path)
+        s.figure("reference_columns", len(self.profile.columns))
+        s.check(sorted(self.profile.columns) == sorted(FEATURES), "reference profile of the 8 training features saved")
+        s.check(len(self.alerts.rules) == 2, "alert rules on drift share and accuracy installed")
+
+    # ------------------------------------------------------------------------------------------ 7
+    def serve(self, s: Step) -> None:
+        n = self.sizes.clean_requests
+        t0 = time.perf_counter()
+        labels, variants = self._send(range(n), "live")
+        took_s = time.perf_counter() - t0
+        accuracy = float((labels == self.y_live[:n]).mean())
+        fed = self._feedback([f"live-{i}" for i in range(n)], self.y_live[:n])
+        s.figure("predictions", n)
+        s.figure("accuracy", accuracy)
+        s.figure("requests_per_s", n / took_s)
+        s.check(n >= 100 and len(labels) == n, f"{n} predictions served through tritonclient")
+        s.check(set(variants) == {"champion"}, "every answer came from the champion variant")
+        s.check(fed["recorded"] == n and fed["unknown"] == 0, f"{n} outcomes fed back by request id")
+        s.check(accuracy > 0.6, f"served accuracy {accuracy:.3f} > 0.6")
+
+    # ------------------------------------------------------------------------------------------ 8
+    def drift(self, s: Step) -> None:
+        from fastml.monitoring import detect_drift
+        from fastml.monitoring.log import read_log, tensor_columns
+
+        clean = self._logged("live-")
+        # KS per column: a p-value test suits windows of a few hundred rows (the default distance
+        # thresholds are meant for references and windows of thousands).
+        report = detect_drift(self.profile, clean, methods="ks")
+        clean_events = self.alerts.evaluate({"drift_share": report.share_drifted})
+        s.figure("clean_share_drifted", report.share_drifted)
+        s.check(not report.dataset_drift, f"no dataset drift on the clean traffic (share {report.share_drifted:.2f})")
+        s.check(not clean_events, "no alert on the clean traffic")
+
+        start = self.sizes.clean_requests
+        idx = range(start, start + self.sizes.drifted_requests)
+        self._send(idx, "shifted", drift=True)
+        self._feedback([f"shifted-{i}" for i in idx], self.y_live[list(idx)])  # also flushes the server's log
+        shifted = self._logged("shifted-")
+        self.drift_report = detect_drift(self.profile, shifted, methods="ks")
+        self.drifted_table = shifted
+        drifted = sorted(c.column for c in self.drift_report.columns if c.drifted)
+        events = self.alerts.evaluate({"drift_share": self.drift_report.share_drifted})
+        s.figure("drifted_columns", drifted)
+        s.figure("share_drifted", self.drift_report.share_drifted)
+        s.figure("alerts", [f"{e.rule}:{e.status}" for e in events])
+        s.check(set(DRIFTED) <= set(drifted), f"the planted drift found in {DRIFTED}")
+        s.check(self.drift_report.dataset_drift, "dataset drift declared")
+        s.check(any(e.rule == "data-drift" and e.status == "firing" for e in events), "the data-drift alert fires")
+        s.check(self.alerts_path.is_file(), "the alert written to the alert log")
+        s.file("alert log", self.alerts_path)
+        self.log_table = read_log(model=MODEL)
+        self.logged_inputs = tensor_columns(self.log_table, "input.input", FEATURES)
+
+    # ------------------------------------------------------------------------------------------ 9
+    def experiment(self, s: Step) -> None:
+        self._apply(
+            f"""
+[deployments.{DEPLOYMENT}]
+[[deployments.{DEPLOYMENT}.variants]]
+name = "incumbent"
+model = "{MODEL}@champion"
+weight_bp = 5000
+[[deployments.{DEPLOYMENT}.variants]]
+name = "candidate"
+model = "{self.ref2}"
+weight_bp = 5000
+"""
+        )
+        self._wait_for_variant("candidate")
+        n = self.sizes.ab_requests
+        offset = self.sizes.clean_requests + self.sizes.drifted_requests
+        idx = [offset + i % (len(self.y_live) - offset) for i in range(n)]
+        _, variants = self._send(idx, "ab", keys=[f"user-{i}" for i in range(n)])
+        fed = self._feedback([f"ab-{i}" for i in idx], self.y_live[idx])
+        html = self.out / "reports" / "experiment.html"
+        status = json.loads(
+            fastml_cli("experiment", "status", DEPLOYMENT, "--output", "label", "--json", "--html", str(html)).stdout
+        )
+        rows = {v["name"]: v for v in status["variants"]}
+        verdict = status["verdicts"]["candidate"]
+        share = float(np.mean(np.array(variants) == "candidate"))
+        s.file("experiment report", html)
+        s.figure("candidate_share", share)
+        s.figure("quality_incumbent", rows["incumbent"]["quality"])
+        s.figure("quality_candidate", rows["candidate"]["quality"])
+        s.figure("verdict", verdict)
+        s.check(0.4 < share < 0.6, f"the 50/50 split held on live traffic (candidate share {share:.3f})")
+        s.check(fed["recorded"] == n, f"{n} outcomes fed back")
+        s.check(
+            rows["incumbent"]["feedback"] + rows["candidate"]["feedback"] == n, "every outcome joined to its variant"
+        )
+        s.check(verdict == "winner", "the A/B experiment finds the planted better version (1.0.1) the winner")
+        fastml_cli("experiment", "promote", DEPLOYMENT, "candidate", "--reason", "A/B winner on accuracy")
+        from fastml.registry import Registry
+
+        with Registry() as reg:
+            reg.set_alias(MODEL, "champion", self.ref2.split(":")[1])
+            s.check(reg.resolve(f"{MODEL}@champion").ref == self.ref2, f"{MODEL}@champion moved to {self.ref2}")
+        shown = fastml_cli("deploy", "show").stdout
+        s.check("weight_bp = 10000" in shown, "the winner takes all the traffic")
+
+    # ------------------------------------------------------------------------------------------ 10
+    def reports(self, s: Step) -> None:
+        from fastml.governance import AuditLog
+        from fastml.monitoring import HealthInputs, detect_drift, health_score
+        from fastml.monitoring.performance import windows_from_log
+        from fastml.monitoring.report import write_report
+
+        code = self.server.stop() if self.server else 0
+        self.server = None
+        s.check(code == 0, "server drained and exited 0 on SIGTERM")
+        windows = windows_from_log(self.log_table, window_s=1.0)
+        labelled = [w for w in windows if "accuracy" in w]
+        health = health_score(
+            HealthInputs(
+                drift_share=self.drift_report.share_drifted,
+                performance=labelled[-1]["accuracy"] if labelled else None,
+                baseline=float(self.v1.metrics["accuracy"]),
+            )
+        )
+        reports = self.out / "reports"
+        perf_html, perf_json = write_report(
+            reports / "performance",
+            self.profile,
+            self.logged_inputs,
+            drift=detect_drift(self.profile, self.logged_inputs, methods="ks"),
+            windows=windows,
+            health=health.to_dict(),
+        )
+        drift_html, drift_json = write_report(
+            reports / "drift",
+            self.profile,
+            self.drifted_table,
+            drift=self.drift_report,
+            alerts=self.alerts.history,
+            health=health.to_dict(),
+        )
+        s.file("performance report", perf_html)
+        s.file("drift report", drift_html)
+        s.file("fairness and compliance report", reports / "governance" / "report.html")
+        s.file("experiment report", reports / "experiment.html")
+        drift_doc = json.loads(drift_json.read_text())
+        s.figure("health_score", health.score)
+        s.figure("windows", len(windows))
+        for path in (perf_html, drift_html, reports / "governance" / "report.html", reports / "experiment.html"):
+            s.check(path.is_file() and path.stat().st_size > 1000, f"{path.relative_to(self.out)} written")
+        s.check(bool(labelled), "performance over time computed from the fed-back outcomes")
+        s.check(
+            json.dumps(drift_doc).count('"drifted": true') >= len(DRIFTED), "drift report lists the drifted columns"
+        )
+        verdict = AuditLog().verify()
+        s.figure("audit_entries", verdict.entries)
+        s.check(verdict.ok, f"audit log hash chain verifies ({verdict.entries} entries)")
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _apply(self, text: str) -> None:
+        path = self.out / "deployment.toml"
+        path.write_text(text.lstrip())
+        fastml_cli("deploy", "apply", str(path))
+
+    def _infer(self, rows: np.ndarray, request_id: str, key: str | None = None, variant: str | None = None):
+        import tritonclient.http as httpclient
+
+        inp = httpclient.InferInput("input", list(rows.shape), "FP32")
+        inp.set_data_from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        params = {}
+        if key is not None:
+            params["routing_key"] = key
+        if variant is not None:
+            params["variant"] = variant
+        return self.client.infer(DEPLOYMENT, [inp], request_id=request_id, parameters=params or None)
+
+    def _send(self, idx, prefix: str, *, drift: bool = False, keys: list[str] | None = None):
+        labels, variants = [], []
+        for j, i in enumerate(idx):
+            row = self.X_live[i : i + 1].copy()
+            if drift:
+                cols = [FEATURES.index(c) for c in DRIFTED]
+                row[:, cols] = row[:, cols] * 1.5 + 2.0
+            key = keys[j] if keys else f"user-{i}"
+            result = self._infer(row, f"{prefix}-{i}", key=key)
+            labels.append(int(result.as_numpy("label")[0]))
+            variants.append(result.get_response()["parameters"]["variant"])
+        return np.array(labels), variants
+
+    def _feedback(self, ids: list[str], labels: np.ndarray) -> dict:
+        import urllib.request
+
+        body = json.dumps([{"id": i, "label": int(v)} for i, v in zip(ids, labels, strict=True)]).encode()
+        req = urllib.request.Request(
+            f"http://{self.server.url}/v2/models/{DEPLOYMENT}/feedback",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+
+    def _logged(self, prefix: str) -> dict[str, np.ndarray]:
+        from fastml.monitoring.log import read_log, tensor_columns
+
+        table = read_log(model=MODEL)
+        ids = np.array(table["request_id"].to_pylist(), dtype=object)
+        mask = np.array([str(i).startswith(prefix) for i in ids])
+        return tensor_columns(table.filter(mask), "input.input", FEATURES)
+
+    def _wait_for_deployment(self) -> dict:
+        # Servers pick deployment files up within about a second; poll with a deadline.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return self._infer(self.X_live[:1], "probe-0").get_response()
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _wait_for_variant(self, variant: str) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._infer(self.X_live[:1], f"probe-{variant}", variant=variant)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _folds(cv: dict) -> int:
+    return len(cv.get("folds", []))
+
+
+def _trials(tune: dict) -> int:
+    return int(tune.get("counts", {}).get("complete", 0))
+
+
+def _cv_mean(cv: dict) -> float:
+    return float(cv["summary"]["accuracy"]["mean"])
+
+
+def run(out_dir: str | os.PathLike, *, quick: bool = False) -> dict:
+    """Run the ten steps; returns the summary (also written to ``<out_dir>/summary.json``).
+
+    Raises:
+        StepFailed: a step's check did not hold (the summary is written first).
+    """
+    wf = Workflow(Path(out_dir).absolute(), QUICK if quick else Sizes())
+    run = Run("workflow", out_dir, quick=quick)
+    steps = [
+        ("generate a synthetic 10,000-row dataset", wf.generate),
+        ("train: tuning and 5-fold CV", wf.train),
+        ("register", wf.register),
+        ("fairness and compliance", wf.govern),
+        ("deploy behind fastml serve", wf.deploy),
+        ("set up live monitoring", wf.monitor),
+        ("serve predictions through a client", wf.serve),
+        ("check for data drift", wf.drift),
+        ("A/B experiment with outcomes fed back", wf.experiment),
+        ("performance, drift, fairness, compliance reports", wf.reports),
+    ]
+    try:
+        for name, fn in steps:
+            run.step(name, fn)
+    finally:
+        wf.close()
+        run.finish()
+    return run.summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastml example run workflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
+    parser.add_argument("--out", default=None, help="output directory (default $FASTML_HOME/examples/workflow)")
+    args = parser.parse_args(argv)
+    from fastml.examples import default_out
+
+    return 0 if run(args.out or default_out("workflow"), quick=args.quick)["passed"] else 1
