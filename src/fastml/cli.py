@@ -28,6 +28,7 @@ GROUPS = {
     "loadtest": "fastml.loadtest.cli",
     "predict": "fastml.serving.predict_cli",
     "convert": "fastml.convert.cli",
+    "example": "fastml.examples.cli",
 }
 
 
