@@ -6,10 +6,19 @@ temporary file, which no reader ever looks at; a crash after it leaves a complet
 no version row points at yet (:meth:`ArtifactStore.orphans` lists those, :meth:`gc` removes them).
 The registry commits a version row only after :meth:`put` returns, so no row ever points at a
 missing or partial artifact.
+
+Interrupted writes are cleaned up when the store is next opened (:meth:`ArtifactStore.sweep`): every copy
+holds a shared ``flock`` on ``.tmp.lock`` while its temporary exists, and the sweep removes the temporaries
+only when it can take that lock exclusively, i.e. when no copy is in flight in any process. The kernel drops
+the lock of a process that dies, even by SIGKILL, so debris never waits for a timeout and a live copy is
+never removed under its writer. Re-storing content whose stored copy is corrupt replaces that copy (with the
+new one, after checking its hash) instead of keeping the bad file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import uuid
@@ -54,6 +63,44 @@ class ArtifactStore:
         self.root = Path(root)
         self._root_text = str(self.root)
         self._tmp = self.root / ".tmp"
+        # What this process cleaned or repaired: {"kind", "path", "size_bytes"} (reported by Registry.verify).
+        self.cleaned: list[dict] = []
+
+    @contextlib.contextmanager
+    def _copy_lock(self, exclusive: bool):
+        """Hold ``<root>/.tmp.lock``: shared while copying (many writers at once), exclusive to sweep. Yields False
+        when ``exclusive`` and a copy is in flight (the lock is busy), else True."""
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".tmp.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                # A writer waits for a sweep in progress (short); a sweep never waits for writers.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def sweep(self) -> list[dict]:
+        """Remove the temporaries of interrupted copies (a writer killed mid-copy) when no copy is in flight;
+        returns what was removed (``{"kind": "temporary", "path", "size_bytes"}``), also kept in ``cleaned``."""
+        if not self._tmp.is_dir():
+            return []
+        removed = []
+        with self._copy_lock(exclusive=True) as idle:
+            if not idle:
+                return []  # a copy is running somewhere: its temporary is not debris; the next open sweeps
+            for tmp in self.temporaries():
+                try:
+                    size = tmp.stat().st_size
+                    tmp.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append({"kind": "temporary", "path": str(tmp), "size_bytes": size})
+        self.cleaned.extend(removed)
+        return removed
 
     def path_for(self, sha256: str) -> Path:
         # One Path parse instead of two joins: this runs on every resolve().
@@ -62,16 +109,26 @@ class ArtifactStore:
     def put(self, source: str | os.PathLike) -> StoredArtifact:
         """Copy ``source`` in (hashing while copying) and return where it lives.
 
-        Content already present is not copied again (same hash, same size)."""
+        Content already present is not copied again (same hash, same size, and the stored file still hashes
+        to it); a stored copy that no longer does is replaced by this one."""
         src = Path(source)
         if not src.is_file():
             raise InvalidInput(f"artifact {str(src)!r} is not a readable file")
-        self._tmp.mkdir(parents=True, exist_ok=True)
         # Fast path: identical content already stored (hash the source without writing anything).
         sha, size = sha256_file(src)
         final = self.path_for(sha)
+        corrupt = False
         if final.is_file() and final.stat().st_size == size:
-            return StoredArtifact(sha, size, final)
+            if sha256_file(final)[0] == sha:
+                return StoredArtifact(sha, size, final)
+            corrupt = True  # the stored copy no longer matches its name: replace it with this checked content
+        with self._copy_lock(exclusive=False):
+            stored = self._copy(src, sha, size, final)
+        if corrupt:
+            self.cleaned.append({"kind": "repaired", "path": str(final), "size_bytes": size})
+        return stored
+
+    def _copy(self, src: Path, sha: str, size: int, final: Path) -> StoredArtifact:
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         h = hashlib.sha256()
         copied = 0

@@ -85,6 +85,8 @@ class Catalog:
         if artifacts_dir is None:
             artifacts_dir = settings.home / "artifacts"
         self.artifacts = ArtifactStore(Path(artifacts_dir))
+        # Temporaries of registers that were killed mid-copy are removed now (reported by Registry.verify).
+        self.artifacts.sweep()
         if webhooks is None:
             webhooks = _webhooks_from_file(settings.home / WEBHOOKS_FILE)
         self.events_bus = EventBus(webhooks)

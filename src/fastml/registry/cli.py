@@ -519,10 +519,21 @@ def _events(args) -> int:
 
 
 def _verify(args) -> int:
-    problems = _registry(args).verify()
+    reg = _registry(args)
+    problems = reg.verify()
+    # Debris of interrupted registers is removed when the registry opens; say what was removed (not a problem).
+    cleaned = reg.cleaned()
     if args.json:
-        _print_json({"ok": not problems, "problems": problems})
-    elif problems:
+        report = {"ok": not problems, "problems": problems}
+        if cleaned:
+            report["cleaned"] = cleaned
+        _print_json(report)
+        return 1 if problems else 0
+    if cleaned:
+        total = sum(c["size_bytes"] for c in cleaned if c["kind"] == "temporary")
+        n_tmp = sum(1 for c in cleaned if c["kind"] == "temporary")
+        print(f"cleaned up {n_tmp} partial copies left by interrupted registers ({total} bytes)")
+    if problems:
         _table(
             [[p["ref"], p["kind"], p["sha256"][:12], p["problem"]] for p in problems],
             ["REF", "KIND", "SHA256", "PROBLEM"],

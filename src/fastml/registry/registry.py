@@ -273,6 +273,13 @@ class Registry:
 
         return self._integrity.verify() + signing.verify_stored(self.engine)
 
+    def cleaned(self) -> list[dict]:
+        """What this registry object cleaned up or repaired: temporaries of interrupted registers removed when
+        it was opened (or by a later sweep), and corrupt stored copies replaced by a register of the same
+        content. One ``{"kind": "temporary" | "repaired", "path", "size_bytes"}`` per file."""
+        self._catalog.artifacts.sweep()
+        return list(self._catalog.artifacts.cleaned)
+
     def gc(self, *, older_than_s: float = 3600.0) -> list[str]:
         """Remove artifact files no version (live or deleted) references, and leftover partial copies,
         older than ``older_than_s``; returns the removed hashes."""
