@@ -179,12 +179,12 @@ def test_webhook_sink_posts_hmac_signed_events():
     assert hook.delivered == 2 and hook.failures == 0
     statuses = []
     for headers, body in _Receiver.received:
-        assert verify_signature("s3cret", body, headers["X-FastML-Timestamp"], headers["X-FastML-Signature"])
-        assert not verify_signature("wrong", body, headers["X-FastML-Timestamp"], headers["X-FastML-Signature"])
+        assert verify_signature(body, headers["X-FastML-Signature"], "s3cret")
+        assert not verify_signature(body, headers["X-FastML-Signature"], "wrong")
         statuses.append(json.loads(body)["status"])
     assert statuses == ["firing", "resolved"]
-    ts = "1000.0"
-    assert not verify_signature("k", b"{}", ts, sign("k", b"{}", ts), now=2000.0)  # stale
+    assert not verify_signature(b"{}", sign(b"{}", "k", timestamp=1000), "k", now=2000.0)  # stale
+    assert verify_signature(b"{}", sign(b"{}", "k", timestamp=1000), "k", now=1100.0)
 
 
 def test_webhook_failure_is_counted_not_raised():
@@ -206,10 +206,10 @@ def test_prometheus_sink_gauges_in_private_registry():
     )
     mgr.evaluate({"error_rate": 0.05, "accuracy": 0.9})
     labels = {"model": "clf", "rule": "err", "severity": "critical"}
-    assert reg.get_sample_value("fastml_monitor_alert_firing", labels) == 1.0
+    assert reg.get_sample_value("fastml_alerts_firing", labels) == 1.0
     assert reg.get_sample_value("fastml_monitor_metric", {"model": "clf", "metric": "accuracy"}) == 0.9
     mgr.evaluate({"error_rate": 0.0})
-    assert reg.get_sample_value("fastml_monitor_alert_firing", labels) == 0.0
+    assert reg.get_sample_value("fastml_alerts_firing", labels) == 0.0
     assert reg.get_sample_value("fastml_monitor_metric", {"model": "clf", "metric": "error_rate"}) == 0.0
 
 

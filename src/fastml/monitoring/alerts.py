@@ -1,33 +1,43 @@
 """Alerts: rules over monitoring metrics, de-duplicated while firing, resolved when back to normal.
 
 A rule says *metric comparison threshold* (``accuracy < 0.8``), how long the condition must hold before
-the alert fires (``window_s``; 0 fires at the first breach, like Prometheus' ``for``), and a severity
-(``critical``, ``warning`` or ``info``). :meth:`AlertManager.evaluate` is called with the latest metrics;
-it emits one ``firing`` event when a rule starts firing, nothing while it keeps firing, and one
-``resolved`` event when the condition no longer holds. Events go to every sink:
+the alert fires (``window_s``; 0 fires at the first breach, like Prometheus' ``for``), a severity
+(``critical``, ``warning`` or ``info``), a cool-down (``cooldown_s``: after an alert resolves, the same
+rule does not fire again for that model until the cool-down since it last fired has passed, so a metric
+hovering at its threshold does not page every window) and the models it applies to (all by default).
+:meth:`AlertManager.evaluate` is called with the latest metrics of one model; per (model, rule) it emits
+one ``firing`` event when the rule starts firing, nothing while it keeps firing, and one ``resolved`` event
+when the condition no longer holds. Events go to every sink:
 
 - :class:`LogSink`: Python logging, and JSON lines to a file when given a path;
-- :class:`WebhookSink`: HTTP POST of the JSON event, signed with HMAC-SHA256 over
-  ``"<timestamp>.<body>"`` in ``X-FastML-Signature: sha256=<hex>`` with ``X-FastML-Timestamp`` (verify with
+- :class:`WebhookSink`: HTTP POST of the JSON event, signed with the project's one webhook signature
+  scheme (:mod:`fastml.webhooks`: ``X-FastML-Signature: t=<unix>,sha256=<hex>``; receivers check it with
   :func:`verify_signature`); delivery failures are counted, never raised into the caller;
-- :class:`PrometheusSink`: gauges ``<prefix>_alert_firing{model,rule,severity}`` (1 firing / 0 not) and
-  ``<prefix>_metric{model,metric}`` (the last evaluated values) in a given (or the default) registry.
+- :class:`PrometheusSink`: gauges ``fastml_alerts_firing{model,rule,severity}`` (1 firing / 0 not) and
+  ``<prefix>_metric{model,metric}`` (the last evaluated values) in a given (or the default) registry;
+- :class:`StoreSink`: the ``alerts`` table of the monitoring store (``fastml monitor alerts``, reports);
+- :class:`AuditSink`: critical events to a callable the caller registers (the server hands in the
+  governance audit log's ``append``; this library does not import governance).
+
+Where the metrics come from: :func:`window_metrics` turns a closed live window
+(:class:`~fastml.monitoring.store.WindowResult`) into the metric names the rules use; :class:`WindowAlerts`
+is the :meth:`~fastml.monitoring.live.LiveMonitor.add_listener` callable that evaluates the rules each
+time a window closes. Rules load from TOML (:func:`load_rules`); :data:`DEFAULT_RULES` apply otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import json
 import logging
 import math
 import operator
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fastml import webhooks as _webhooks
 from fastml.errors import InvalidInput
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne}
@@ -47,6 +57,10 @@ class AlertRule:
         window_s: how long the condition must hold before firing.
         severity: ``critical``, ``warning`` or ``info``.
         labels: extra labels carried on events.
+        cooldown_s: after resolving, the rule does not fire again (for that model) until this long after it
+            last fired.
+        models: the models the rule applies to (empty: every model).
+        description: one line for people (shown in reports and alert payloads).
     """
 
     name: str
@@ -56,6 +70,9 @@ class AlertRule:
     window_s: float = 0.0
     severity: str = "warning"
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    cooldown_s: float = 0.0
+    models: tuple[str, ...] = ()
+    description: str = ""
 
     def __post_init__(self):
         if not self.name:
@@ -66,6 +83,13 @@ class AlertRule:
             raise InvalidInput(f"rule {self.name!r}: severity must be one of {list(SEVERITIES)}, got {self.severity!r}")
         if self.window_s < 0:
             raise InvalidInput(f"rule {self.name!r}: window_s must be >= 0, got {self.window_s}")
+        if self.cooldown_s < 0:
+            raise InvalidInput(f"rule {self.name!r}: cooldown_s must be >= 0, got {self.cooldown_s}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
+            raise InvalidInput(f"rule {self.name!r}: threshold must be a number, got {self.threshold!r}")
+
+    def applies_to(self, model: str) -> bool:
+        return not self.models or model in self.models
 
     def breached(self, value: float) -> bool:
         return bool(_OPS[self.comparison](value, self.threshold))
@@ -85,11 +109,19 @@ class AlertEvent:
     started_at: float
     at: float
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    model: str = ""
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["labels"] = dict(self.labels)
+        d["details"] = dict(self.details)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AlertEvent:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclasses.dataclass
@@ -97,10 +129,13 @@ class _State:
     breach_since: float | None = None
     firing: bool = False
     started_at: float = 0.0
+    last_fired_at: float | None = None  # for the cool-down
 
 
 class AlertManager:
     """Evaluates rules against metrics and sends state changes to sinks.
+
+    State is kept per (model, rule): the same rule fires once for each model it breaches on.
 
     Args:
         rules: the rules (names must be unique).
@@ -113,18 +148,40 @@ class AlertManager:
         if len(set(names)) != len(names):
             raise InvalidInput(f"alert rule names must be unique: {names}")
         self.sinks = list(sinks)
-        self._state = {r.name: _State() for r in self.rules}
+        self._state: dict[tuple[str, str], _State] = {}
         self.history: list[AlertEvent] = []
+        self.suppressed = 0  # breaches not fired because of a rule's cool-down
 
     @property
     def firing(self) -> list[str]:
-        """Names of the rules firing now."""
-        return [n for n, s in self._state.items() if s.firing]
+        """Names of the rules firing now (for any model)."""
+        return sorted({rule for (_, rule), s in self._state.items() if s.firing})
 
-    def evaluate(self, metrics: Mapping[str, float | None], now: float | None = None) -> list[AlertEvent]:
-        """Check every rule against ``metrics``; return (and send) the events this evaluation produced.
+    def firing_alerts(self) -> list[tuple[str, str, str]]:
+        """``(model, rule, severity)`` of every alert firing now."""
+        sev = {r.name: r.severity for r in self.rules}
+        return sorted((m, r, sev[r]) for (m, r), s in self._state.items() if s.firing and r in sev)
 
-        A metric that is absent, None or NaN leaves its rule's state unchanged.
+    def restore(self, model: str, rule: str, started_at: float) -> None:
+        """Mark ``rule`` as firing for ``model`` since ``started_at`` without emitting anything (a process
+        that picks up alerts another one raised: ``fastml monitor watch`` reading the store)."""
+        self._state[(model, rule)] = _State(
+            breach_since=started_at, firing=True, started_at=started_at, last_fired_at=started_at
+        )
+
+    def evaluate(
+        self,
+        metrics: Mapping[str, float | None],
+        now: float | None = None,
+        *,
+        model: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> list[AlertEvent]:
+        """Check every rule that applies to ``model`` against ``metrics``; return (and send) the events this
+        evaluation produced. A metric that is absent, None or NaN leaves its rule's state unchanged.
+
+        Args:
+            details: JSON-able context carried on the events (window id, small-window flag, ...).
         """
         now = time.time() if now is None else now
         for sink in self.sinks:
@@ -133,19 +190,24 @@ class AlertManager:
                 observe(metrics)
         events = []
         for rule in self.rules:
-            value = metrics.get(rule.metric)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if not rule.applies_to(model):
                 continue
-            st = self._state[rule.name]
+            value = metrics.get(rule.metric)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                continue
+            st = self._state.setdefault((model, rule.name), _State())
             if rule.breached(value):
                 if st.breach_since is None:
                     st.breach_since = now
                 if not st.firing and now - st.breach_since >= rule.window_s:
-                    st.firing, st.started_at = True, now
-                    events.append(self._event(rule, "firing", value, st, now))
+                    if st.last_fired_at is not None and now - st.last_fired_at < rule.cooldown_s:
+                        self.suppressed += 1
+                        continue
+                    st.firing, st.started_at, st.last_fired_at = True, now, now
+                    events.append(self._event(rule, "firing", value, st, now, model, details))
             else:
                 if st.firing:
-                    events.append(self._event(rule, "resolved", value, st, now))
+                    events.append(self._event(rule, "resolved", value, st, now, model, details))
                 st.breach_since, st.firing = None, False
         for ev in events:
             self.history.append(ev)
@@ -156,7 +218,11 @@ class AlertManager:
                     log.exception("alert sink %r failed", sink)
         return events
 
-    def _event(self, rule: AlertRule, status: str, value: float, st: _State, now: float) -> AlertEvent:
+    def _event(
+        self, rule: AlertRule, status: str, value: float, st: _State, now: float, model: str, details
+    ) -> AlertEvent:
+        d = {"description": rule.description} if rule.description else {}
+        d.update(details or {})
         return AlertEvent(
             rule.name,
             status,
@@ -168,6 +234,8 @@ class AlertManager:
             st.started_at,
             now,
             dict(rule.labels),
+            model,
+            d,
         )
 
 
@@ -197,29 +265,9 @@ class LogSink:
                 fh.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
 
 
-def sign(secret: str | bytes, body: bytes, timestamp: str) -> str:
-    """``sha256=<hex>`` HMAC of ``"<timestamp>.<body>"``."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(
-    secret: str | bytes,
-    body: bytes,
-    timestamp: str,
-    signature: str,
-    max_age_s: float | None = 300.0,
-    now: float | None = None,
-) -> bool:
-    """Check a webhook delivery's signature (constant-time) and, if ``max_age_s``, its freshness."""
-    if max_age_s is not None:
-        try:
-            age = (time.time() if now is None else now) - float(timestamp)
-        except ValueError:
-            return False
-        if abs(age) > max_age_s:
-            return False
-    return hmac.compare_digest(sign(secret, body, timestamp), signature)
+# The project's one webhook signature scheme (shared with the registry's webhooks).
+sign = _webhooks.sign
+verify_signature = _webhooks.verify_signature
 
 
 class WebhookSink:
@@ -242,18 +290,9 @@ class WebhookSink:
         import urllib.request
 
         body = json.dumps(event.to_dict(), sort_keys=True).encode()
-        ts = f"{time.time():.3f}"
-        req = urllib.request.Request(
-            self.url,
-            data=body,
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "X-FastML-Timestamp": ts,
-                "X-FastML-Signature": sign(self.secret, body, ts),
-                "User-Agent": "fastml-alerts",
-            },
-        )
+        headers = _webhooks.signed_headers(body, self.secret)
+        headers["User-Agent"] = "fastml-alerts"
+        req = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 ok = 200 <= resp.status < 300
@@ -273,7 +312,7 @@ class PrometheusSink:
     Args:
         registry: a ``prometheus_client.CollectorRegistry`` (default: the global one).
         prefix: metric name prefix.
-        model: value of the ``model`` label on every sample (one sink per watched model).
+        model: value of the ``model`` label for events and metrics that name no model.
     """
 
     def __init__(self, registry=None, prefix: str = "fastml_monitor", model: str = ""):
@@ -282,8 +321,8 @@ class PrometheusSink:
         registry = REGISTRY if registry is None else registry
         self.model = model
         self.alert_firing = Gauge(
-            f"{prefix}_alert_firing",
-            "1 while the alert rule fires, else 0",
+            "fastml_alerts_firing",
+            "1 while the alert rule fires for the model, else 0",
             ["model", "rule", "severity"],
             registry=registry,
         )
@@ -297,6 +336,236 @@ class PrometheusSink:
                 self.metric.labels(model=self.model, metric=k).set(v)
 
     def send(self, event: AlertEvent) -> None:
-        self.alert_firing.labels(model=self.model, rule=event.rule, severity=event.severity).set(
+        self.alert_firing.labels(model=event.model or self.model, rule=event.rule, severity=event.severity).set(
             1 if event.status == "firing" else 0
         )
+
+
+class StoreSink:
+    """Append every event to the monitoring store's ``alerts`` table."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def send(self, event: AlertEvent) -> None:
+        self.store.add_alert(event.to_dict())
+
+
+class AuditSink:
+    """Hand critical events (firing and resolved) to ``append(action, target=..., details=...)``: the
+    governance audit log's :meth:`append`, registered by the server or the command line."""
+
+    def __init__(self, append: Callable[..., Any], severities: Iterable[str] = ("critical",)):
+        if not callable(append):
+            raise InvalidInput("AuditSink needs a callable (e.g. AuditLog().append)")
+        self.append = append
+        self.severities = frozenset(severities)
+
+    def send(self, event: AlertEvent) -> None:
+        if event.severity in self.severities:
+            self.append(f"monitoring.alert.{event.status}", target=event.model or None, details=event.to_dict())
+
+
+# ---------------------------------------------------------------------------------- rules from files
+DEFAULT_RULES: tuple[AlertRule, ...] = (
+    AlertRule(
+        "data_drift",
+        "drift_share",
+        ">=",
+        0.5,
+        severity="warning",
+        cooldown_s=600.0,
+        description="half or more of the monitored features drifted in a live window",
+    ),
+    AlertRule(
+        "concept_drift",
+        "concept_drift",
+        ">=",
+        1,
+        severity="warning",
+        cooldown_s=600.0,
+        description="a concept-drift detector fired on the stream of predictions joined with feedback",
+    ),
+    AlertRule(
+        "low_accuracy",
+        "accuracy",
+        "<",
+        0.7,
+        severity="critical",
+        cooldown_s=600.0,
+        description="accuracy of served predictions (from feedback) below 0.7",
+    ),
+    AlertRule(
+        "high_latency_p99",
+        "latency_p99_ms",
+        ">",
+        500.0,
+        severity="warning",
+        cooldown_s=300.0,
+        description="p99 latency of a live window above 500 ms",
+    ),
+    AlertRule(
+        "high_error_rate",
+        "error_rate",
+        ">",
+        0.05,
+        severity="critical",
+        cooldown_s=300.0,
+        description="more than 5% of requests failed",
+    ),
+    AlertRule(
+        "low_health",
+        "health_score",
+        "<",
+        50.0,
+        severity="info",
+        cooldown_s=600.0,
+        description="health score of a live window below 50",
+    ),
+)
+_RULE_KEYS = {
+    "name",
+    "metric",
+    "comparison",
+    "threshold",
+    "for_s",
+    "window_s",
+    "severity",
+    "labels",
+    "cooldown_s",
+    "models",
+    "description",
+}
+
+
+def rules_from_dicts(items: Sequence[Mapping[str, Any]], where: str = "rules") -> list[AlertRule]:
+    """Rules from plain mappings (a parsed TOML file); errors name the rule and the field."""
+    if not isinstance(items, (list, tuple)):
+        raise InvalidInput(f"{where}: expected a list of [[rules]] tables")
+    out = []
+    for i, d in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(d, Mapping):
+            raise InvalidInput(f"{at}: must be a table")
+        unknown = set(d) - _RULE_KEYS
+        if unknown:
+            raise InvalidInput(f"{at}: unknown keys {sorted(unknown)}; known: {sorted(_RULE_KEYS)}")
+        missing = [k for k in ("name", "metric", "comparison", "threshold") if k not in d]
+        if missing:
+            raise InvalidInput(f"{at}: missing {missing}")
+        models = d.get("models", ())
+        if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+            raise InvalidInput(f"{at}.models: must be a list of model names")
+        labels = d.get("labels", {})
+        if not isinstance(labels, Mapping):
+            raise InvalidInput(f"{at}.labels: must be a table of strings")
+        try:
+            out.append(
+                AlertRule(
+                    str(d["name"]),
+                    str(d["metric"]),
+                    str(d["comparison"]),
+                    d["threshold"],
+                    window_s=float(d.get("for_s", d.get("window_s", 0.0))),
+                    severity=str(d.get("severity", "warning")),
+                    labels={str(k): str(v) for k, v in labels.items()},
+                    cooldown_s=float(d.get("cooldown_s", 0.0)),
+                    models=tuple(models),
+                    description=str(d.get("description", "")),
+                )
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"{at}: {exc}") from None
+        except InvalidInput as exc:
+            raise InvalidInput(f"{at}: {exc}") from None
+    names = [r.name for r in out]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"{where}: rule names must be unique: {names}")
+    return out
+
+
+def load_rules(path: str | Path | None) -> list[AlertRule]:
+    """Rules from a TOML file of ``[[rules]]`` tables (see docs/monitoring.md); :data:`DEFAULT_RULES` when
+    ``path`` is None. ``defaults = false`` at the top of the file drops the built-in rules; otherwise a file
+    rule replaces the built-in rule of the same name and adds to the others.
+
+    Raises:
+        InvalidInput: unreadable TOML, an unknown key, a bad comparison or severity (naming file and rule).
+        NotFound: no such file.
+    """
+    import tomllib
+
+    from fastml.errors import NotFound
+
+    if path is None:
+        return list(DEFAULT_RULES)
+    p = Path(path)
+    if not p.is_file():
+        raise NotFound(f"alert rules file {p} does not exist")
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{p}: not valid TOML: {exc}") from None
+    unknown = set(doc) - {"rules", "defaults"}
+    if unknown:
+        raise InvalidInput(f"{p}: unknown top-level keys {sorted(unknown)}; expected [[rules]] and defaults")
+    own = rules_from_dicts(doc.get("rules", []), where=f"{p}: rules")
+    if doc.get("defaults", True) is False:
+        return own
+    mine = {r.name for r in own}
+    return [r for r in DEFAULT_RULES if r.name not in mine] + own
+
+
+# ------------------------------------------------------------------------------- live windows to rules
+QUALITY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "mae", "rmse", "concept_drift", "error_rate")
+
+
+def window_metrics(result) -> dict[str, float | None]:
+    """The rule metrics of one closed live window: ``drift_share``, ``drifted_features`` (count),
+    ``health_score``, ``latency_p99_ms``, and the live quality the window carries (``extra["quality"]``)."""
+    extra = result.extra or {}
+    quality = extra.get("quality") or {}
+    out: dict[str, float | None] = {
+        "drift_share": result.drift_share,
+        "drifted_features": float(len(result.drifted_features())) if result.status == "ok" else None,
+        "health_score": result.health_score,
+        "latency_p99_ms": extra.get("latency_p99_ms"),
+        "rows": float(result.n_rows),
+    }
+    for k in QUALITY_METRICS:
+        v = quality.get(k, extra.get(k))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+class WindowAlerts:
+    """The live monitor's listener: evaluate the rules each time a window closes.
+
+    Args:
+        manager: the :class:`AlertManager` (its sinks deliver).
+    """
+
+    def __init__(self, manager: AlertManager):
+        self.manager = manager
+
+    def __call__(self, result) -> list[AlertEvent]:
+        if result.status != "ok":
+            return []  # a window with no data or no reference says nothing about drift or quality
+        details = {
+            "window_id": result.id,
+            "variant": result.variant,
+            "rows": result.n_rows,
+            "small_window": bool(result.small_window),
+            "drifted_features": result.drifted_features(),
+        }
+        model = result.model if not result.variant else f"{result.model}/{result.variant}"
+        return self.manager.evaluate(window_metrics(result), now=result.end_ts, model=model, details=details)
+
+    def metric_rows(self) -> list[dict]:
+        """``fastml_alerts_firing`` rows: every (model, rule) seen, 1 while firing."""
+        sev = {r.name: r.severity for r in self.manager.rules}
+        return [
+            {"model": m, "rule": r, "severity": sev.get(r, ""), "firing": 1.0 if st.firing else 0.0}
+            for (m, r), st in sorted(self.manager._state.items())
+        ]

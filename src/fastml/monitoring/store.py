@@ -37,6 +37,27 @@ _SCHEMA = (
         extra TEXT NOT NULL DEFAULT '{}'
     )""",
     "CREATE INDEX IF NOT EXISTS windows_model_end ON windows (model, end_ts)",
+    # Alert state changes (fastml.monitoring.alerts.StoreSink): one row per firing/resolved event.
+    """CREATE TABLE IF NOT EXISTS alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        status TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        at REAL NOT NULL,
+        event TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS alerts_model_at ON alerts (model, at)",
+    # Live quality per window of prediction time (fastml.monitoring.quality); recomputed windows replace.
+    """CREATE TABLE IF NOT EXISTS quality (
+        model TEXT NOT NULL,
+        start_ts REAL NOT NULL,
+        end_ts REAL NOT NULL,
+        n_labelled INTEGER NOT NULL,
+        metrics TEXT NOT NULL,
+        computed_at REAL NOT NULL,
+        PRIMARY KEY (model, start_ts)
+    )""",
     """CREATE TABLE IF NOT EXISTS drift (
         window_id INTEGER NOT NULL REFERENCES windows(id) ON DELETE CASCADE,
         feature TEXT NOT NULL,
@@ -275,6 +296,89 @@ class MonitoringStore:
         """Every model with at least one stored window, sorted."""
         with self._lock:
             return [r[0] for r in self._conn.execute("SELECT DISTINCT model FROM windows ORDER BY model")]
+
+    # ------------------------------------------------------------------------ alerts and quality
+    def add_alert(self, event: dict) -> int:
+        """Store one alert event (``AlertEvent.to_dict()``); returns its row id."""
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO alerts (model, rule, status, severity, at, event) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    event.get("model", ""),
+                    event["rule"],
+                    event["status"],
+                    event["severity"],
+                    float(event["at"]),
+                    json.dumps(event, default=str),
+                ),
+            )
+            return int(cur.lastrowid)
+
+    def alerts(self, model: str | None = None, since: float | None = None, until: float | None = None) -> list[dict]:
+        """Alert events, oldest first (``since`` inclusive, ``until`` exclusive on the event time); a model
+        also matches its variants (``model/variant``)."""
+        where, args = [], []
+        if model is not None:
+            where.append("(model = ? OR model LIKE ?)")
+            args += [model, model + "/%"]
+        if since is not None:
+            where.append("at >= ?")
+            args.append(float(since))
+        if until is not None:
+            where.append("at < ?")
+            args.append(float(until))
+        sql = "SELECT id, event FROM alerts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [dict(json.loads(e), id=i) for i, e in rows]
+
+    def firing_alerts(self) -> list[dict]:
+        """The latest event of every (model, rule) whose latest event is ``firing``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, event FROM alerts WHERE id IN (SELECT MAX(id) FROM alerts GROUP BY model, rule)"
+                " AND status = 'firing' ORDER BY id"
+            ).fetchall()
+        return [dict(json.loads(e), id=i) for i, e in rows]
+
+    def put_quality(self, model: str, start_ts: float, end_ts: float, n_labelled: int, metrics: dict) -> None:
+        """Store (or replace) the live quality of one window of prediction time."""
+        import time
+
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO quality (model, start_ts, end_ts, n_labelled, metrics, computed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    model,
+                    float(start_ts),
+                    float(end_ts),
+                    int(n_labelled),
+                    json.dumps(metrics, default=float),
+                    time.time(),
+                ),
+            )
+
+    def quality(self, model: str | None = None, since: float | None = None, until: float | None = None) -> list[dict]:
+        """Quality windows, oldest first: ``{model, start_ts, end_ts, n_labelled, computed_at, **metrics}``."""
+        where, args = [], []
+        if model is not None:
+            where.append("model = ?")
+            args.append(model)
+        if since is not None:
+            where.append("end_ts >= ?")
+            args.append(float(since))
+        if until is not None:
+            where.append("start_ts < ?")
+            args.append(float(until))
+        sql = "SELECT model, start_ts, end_ts, n_labelled, metrics, computed_at FROM quality"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, start_ts"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [
+            {"model": m, "start_ts": s, "end_ts": e, "n_labelled": n, "computed_at": c, **json.loads(js)}
+            for m, s, e, n, js, c in rows
+        ]
 
     @staticmethod
     def _window(r: dict) -> WindowResult:

@@ -7,14 +7,13 @@ exponential backoff; the registry operation never waits for it.
 
 Each POST carries ``Content-Type: application/json``, the body (the event as compact JSON),
 ``X-FastML-Event`` (the kind), ``X-FastML-Delivery`` (event id), and ``X-FastML-Signature:
-sha256=<hex HMAC-SHA256 of the body with the webhook's secret>``. A receiver recomputes the HMAC over the
-raw body and compares with :func:`hmac.compare_digest` (see :func:`verify_signature`).
+t=<unix seconds>,sha256=<hex HMAC-SHA256 of "<t>.<body>" with the webhook's secret>`` — the project's one
+webhook signature scheme (:mod:`fastml.webhooks`, shared with monitoring alerts). A receiver checks it with
+:func:`verify_signature`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import queue
@@ -25,6 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fastml import webhooks as _webhooks
 from fastml.errors import InvalidInput
 
 log = logging.getLogger("fastml.registry.events")
@@ -73,14 +73,9 @@ class Webhook:
         )
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The ``X-FastML-Signature`` header value for ``body``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(body: bytes, header: str | None, secret: str) -> bool:
-    """True when ``header`` is the signature of ``body`` under ``secret`` (constant-time compare)."""
-    return header is not None and hmac.compare_digest(sign(body, secret), header)
+# The shared scheme, under the names this module always offered.
+sign = _webhooks.sign
+verify_signature = _webhooks.verify_signature
 
 
 @dataclass
@@ -160,11 +155,11 @@ class EventBus:
             "User-Agent": "fastml-registry",
             "X-FastML-Event": event["kind"],
             "X-FastML-Delivery": str(event["id"]),
-            "X-FastML-Signature": sign(body, hook.secret),
         }
         for attempt in range(1, hook.max_attempts + 1):
             with self.stats._cond:
                 self.stats.attempts += 1
+            headers[_webhooks.SIGNATURE_HEADER] = sign(body, hook.secret)  # signed per attempt: retries stay fresh
             try:
                 req = urllib.request.Request(hook.url, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=hook.timeout_s) as resp:
