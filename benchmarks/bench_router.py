@@ -95,7 +95,10 @@ def decision_costs(n: int, repeats: int) -> dict[str, float]:
 
 def start_server(home: Path, repo: Path) -> tuple[subprocess.Popen, int]:
     env = dict(os.environ, FASTML_HOME=str(home), PYTHONUNBUFFERED="1")
+    # One runner for every model: runner "auto" times each model at load, and on a busy machine the model alone
+    # and the deployment's variants can land on different runners, which would compare runners, not routing.
     cmd = [sys.executable, "-m", "fastml.cli", "serve", str(repo), "--http-port", "0", "--metrics-port", "0"]
+    cmd += ["--runner", "loop"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
     line = proc.stdout.readline()
     m = _LINE.search(line)

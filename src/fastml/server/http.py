@@ -11,7 +11,9 @@ server's once-a-second sweep, not a timer per request).
 Inference goes through the data plane (``fastml.serving.dataplane``) by its staged way in, with the
 HTTP-specific work kept here: route cache -> ``DataPlane.resolve`` -> cached request plan (keyed by the
 JSON header bytes) -> ``np.frombuffer`` views -> ``DataPlane.submit_arrays`` -> done callback ->
-``DataPlane.settle`` -> pre-encoded response header + tensor bytes.
+``DataPlane.settle`` -> pre-encoded response header + tensor bytes. A request addressed to a deployment
+takes the same path after one decision in the native router (``_infer_routed``): its plans are cached per
+deployment, and the answer is named after the deployment with the variant (parameter and ``fastml-variant``).
 """
 
 # No `from __future__ import annotations`: _http.pyx includes this file after its own header, where a
@@ -19,11 +21,12 @@ JSON header bytes) -> ``np.frombuffer`` views -> ``DataPlane.submit_arrays`` -> 
 import logging
 import zlib
 from collections import deque
+from time import perf_counter_ns
 
 import httptools
 
 from fastml.errors import InvalidInput, PermissionDenied, Unauthenticated
-from fastml.server import deploy_http, routes, shm_http
+from fastml.server import routes, shm_http
 from fastml.server.auth import WWW_AUTHENTICATE
 from fastml.server.status import REASONS, http_status
 from fastml.server.tensors import (
@@ -43,6 +46,7 @@ log = logging.getLogger("fastml.server")
 _OK_BINARY = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: %d\r\nContent-Length: %d\r\n%s\r\n"
 _OK_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
 _PLAN_CACHE_MAX = 256  # distinct request headers remembered per model (a fuzzer must not grow it)
+_RESPONSE_HEADERS_MAX = 32  # pre-encoded response headers per plan (output shapes, times variants)
 _ROUTE_CACHE_MAX = 1024
 # State-changing endpoints (fastml.server.auth): kind -> what the refusal names.
 _ADMIN_KINDS = {
@@ -107,6 +111,57 @@ class _InferCall(_Slot):
                 server.ok_count += 1
             except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
                 log.exception("encoding an inference response failed")
+                self.data = error_response(500, f"encoding the response failed: {type(exc).__name__}: {exc}", conn_hdr)
+                server.count_error(self.data)
+        if conn_hdr is _CLOSE_HDR:
+            self.close = True
+        conn.flush()
+
+
+def _variant_route(d, target) -> tuple:
+    """(deployment, variant, ``fastml-variant`` header line) for answers of ``target``, built once per variant."""
+    routes_ = d.transport_cache.get("http_routes")
+    if routes_ is None:
+        routes_ = d.transport_cache["http_routes"] = [
+            (d.name, t.name, b"fastml-variant: " + t.name.encode("ascii", "replace") + b"\r\n") for t in d.variants
+        ]
+    return routes_[target.index]
+
+
+class _RoutedCall(_InferCall):
+    """A pipeline slot for one inference addressed to a deployment: the variant's model answers, and the
+    response is named after the deployment with the variant (``route`` = (deployment, variant, header line))."""
+
+    __slots__ = ("target", "router", "route", "start_ns")
+
+    def __init__(self, conn, entry, plan, encoding, conn_hdr, target, router, route):
+        _InferCall.__init__(self, conn, entry, plan, encoding, conn_hdr)
+        self.target = target
+        self.router = router
+        self.route = route
+        self.start_ns = perf_counter_ns()
+
+    def done(self, fut):
+        conn = self.conn
+        server = conn.server
+        plane = server.plane
+        conn_hdr = _CLOSE_HDR if plane.draining else self.conn_hdr
+        target = self.target
+        latency_us = (perf_counter_ns() - self.start_ns) / 1000
+        try:
+            outputs = plane.settle(self.entry, fut)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error answer
+            target.stats.record(latency_us, False)
+            self.router.count_error(target.index)
+            self.data = error_response(http_status(exc), str(exc) or type(exc).__name__, conn_hdr)
+            server.count_error(self.data)
+        else:
+            target.stats.record(latency_us, True)
+            try:
+                self.data = encode_infer_response(self.entry, self.plan, outputs, self.encoding, conn_hdr, self.route)
+                server.ok_count += 1
+            except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
+                log.exception("encoding a deployment response failed")
                 self.data = error_response(500, f"encoding the response failed: {type(exc).__name__}: {exc}", conn_hdr)
                 server.count_error(self.data)
         if conn_hdr is _CLOSE_HDR:
@@ -203,8 +258,12 @@ def response_encoding(accept_encoding: bytes | None) -> bytes | None:
     return result
 
 
-def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, conn_hdr: bytes) -> bytes:
-    """The full HTTP response for a successful inference."""
+def encode_infer_response(
+    entry, plan, outputs: dict, encoding: bytes | None, conn_hdr: bytes, route: tuple | None = None
+) -> bytes:
+    """The full HTTP response for a successful inference. ``route`` is (deployment, variant, header line) for
+    a request addressed to a deployment: the answer is named after the deployment and carries the variant in
+    its ``parameters`` and in the ``fastml-variant`` header."""
     specs = plan.outputs
     if specs is None:
         specs = entry.cache.get(("http_all_outputs", plan.all_binary))
@@ -213,6 +272,9 @@ def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, co
             entry.cache[("http_all_outputs", plan.all_binary)] = specs
     arrays = [outputs[name] for name, _ in specs]
     key = tuple([a.shape for a in arrays])
+    if route is not None:
+        key = (route[1], key)
+        conn_hdr = conn_hdr + route[2]
     header = plan.response_headers.get(key)
     if header is not None:
         # Fast path: all outputs binary fixed-size tensors with shapes seen before.
@@ -247,11 +309,16 @@ def encode_infer_response(entry, plan, outputs: dict, encoding: bytes | None, co
     resp = {}
     if plan.request_id is not None:
         resp["id"] = plan.request_id
-    resp["model_name"] = entry.name
-    resp["model_version"] = entry.version
+    if route is None:
+        resp["model_name"] = entry.name
+        resp["model_version"] = entry.version
+    else:
+        resp["model_name"] = route[0]
+        resp["model_version"] = entry.version
+        resp["parameters"] = {"variant": route[1]}
     resp["outputs"] = out_json
     header = encode_json(resp)
-    if cacheable and len(plan.response_headers) < 16:
+    if cacheable and len(plan.response_headers) < _RESPONSE_HEADERS_MAX:
         plan.response_headers[key] = header
     if blobs:
         body = header + b"".join(blobs)
@@ -457,7 +524,7 @@ class HttpProtocol:
             if name.lower() == b"expect" and value.strip().lower() == b"100-continue":
                 self.expect_continue = True
         elif n == 18:
-            if name.lower() == b"fastml-routing-key":  # sticky routing for deployments (deploy_http)
+            if name.lower() == b"fastml-routing-key":  # sticky routing for deployments (_infer_routed)
                 self.routing_key = value.decode("utf-8", "replace")
         elif n == 13:
             if name.lower() == b"authorization":  # the admin bearer token (fastml.server.auth)
@@ -660,13 +727,11 @@ class HttpProtocol:
                 raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
             return
         deployments = plane.deployments
-        if deployments is not None and name in deployments.table:
-            # A deployment: routed per request, so it skips the per-model plan cache (fastml.server.deploy_http).
-            try:
-                deploy_http.infer(self, name, version, body, header_len, conn_hdr, self.routing_key)
-            except Exception as exc:
-                raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-            return
+        if deployments is not None:
+            d = deployments.table.get(name)
+            if d is not None:
+                self._infer_routed(deployments, d, body, conn_hdr)
+                return
         try:
             entry = plane.resolve(name, version)
         except Exception as exc:
@@ -689,6 +754,77 @@ class HttpProtocol:
         )
         self.pending.append(call)
         fut.add_done_callback(call.done)
+
+    def _infer_routed(self, deployments, d, body: bytes, conn_hdr: bytes):
+        """A request addressed to a deployment: one decision in the native router, then exactly the model path
+        (plan -> views -> submit) on the chosen variant's model. Plans are cached per deployment (variants share
+        a signature), with the routing parameters read once per distinct header."""
+        plane = self.server.plane
+        try:
+            plan, key, pinned, ihcl = self._routed_plan(deployments, d, body)
+            if key is None:
+                key = self.routing_key
+            if pinned is None:
+                index, mask = d.router.route(key)
+                target = d.variants[index]
+            else:
+                target, mask = deployments.pin(d, pinned), 0
+            entry = target.current(deployments.manager)
+            if "output_names" not in entry.cache:
+                plane._prepare(entry)
+            inputs = plan_inputs(plan, body, ihcl)
+        except Exception as exc:
+            raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
+        try:
+            fut = deployments.submit_variant(plane, target, entry, inputs, plan.timeout_us, plan.request_id)
+        except Exception as exc:  # counted by the data plane and the deployment
+            d.router.count_error(target.index)
+            raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
+        call = _RoutedCall(
+            self,
+            entry,
+            plan,
+            None if self.accept_encoding is None else response_encoding(self.accept_encoding),
+            conn_hdr,
+            target,
+            d.router,
+            _variant_route(d, target),
+        )
+        self.pending.append(call)
+        fut.add_done_callback(call.done)
+        if mask:
+            deployments.mirror_arrays(plane, d, mask, entry, inputs, plan.request_id)
+
+    def _routed_plan(self, deployments, d, body: bytes):
+        """(plan, routing_key, pinned variant, header length) for a deployment request, cached per header bytes."""
+        ihcl = self.ihcl
+        n = len(body)
+        if ihcl == 0:
+            raise InvalidInput(
+                "a deployment needs a JSON request header (Inference-Header-Content-Length: 0 is refused)"
+            )
+        if ihcl < 0 or ihcl == n:
+            header = body
+            ihcl = n
+        elif ihcl > n:
+            raise InvalidInput(f"Inference-Header-Content-Length {ihcl} exceeds the body length {n}")
+        else:
+            header = body[:ihcl]
+        plans = d.transport_cache.get("http_plans")
+        if plans is None:
+            plans = d.transport_cache["http_plans"] = {}
+        got = plans.get(header)
+        if got is None:
+            req = decode_request(header)
+            first = d.variants[0].current(deployments.manager)
+            if "output_names" not in first.cache:
+                self.server.plane._prepare(first)
+            plan = build_plan(req, first.cache["output_names"], d.name)
+            key, pinned = deployments.routing_params(req.parameters)
+            got = (plan, key, pinned)
+            if plan.cacheable and len(plans) < _PLAN_CACHE_MAX:
+                plans[header] = got
+        return got[0], got[1], got[2], ihcl
 
     def _decode_infer(self, entry, body: bytes):
         ihcl = self.ihcl

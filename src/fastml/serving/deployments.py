@@ -114,7 +114,7 @@ class Target:
 class Deployment:
     """One deployment at run time: its spec, router, variants and shadows."""
 
-    __slots__ = ("name", "spec", "router", "variants", "shadows", "by_name", "created_at", "http_params")
+    __slots__ = ("name", "spec", "router", "variants", "shadows", "by_name", "created_at", "transport_cache")
 
     def __init__(self, spec: dconf.DeploymentSpec, variants: list[Target], shadows: list[Target]):
         self.name = spec.name
@@ -129,7 +129,9 @@ class Deployment:
             [s.share_bp for s in spec.shadows],
         )
         self.created_at = time.time()
-        self.http_params: dict[bytes, tuple] = {}  # HTTP: request header bytes -> (routing_key, variant)
+        # A transport's per-deployment caches (HTTP: request plans by header bytes, response tags); they go
+        # away with the deployment, so a re-applied deployment never answers from a stale plan.
+        self.transport_cache: dict[str, Any] = {}
 
 
 def _is_ref(model: str) -> bool:
@@ -422,24 +424,63 @@ class DeploymentManager:
         if d is None:
             raise NotFound(f"unknown deployment {name!r}")
         if variant is not None:
-            t = d.by_name.get(variant) if isinstance(variant, str) else None
-            if t is None:
-                raise InvalidInput(
-                    f"parameter 'variant': {variant!r} is not a variant of deployment {name!r}; it has: "
-                    + ", ".join(d.by_name)
-                )
-            d.router.count_pinned(t.index)
-            return t, []
-        if routing_key is not None and not isinstance(routing_key, (str, bytes)):
-            if isinstance(routing_key, int) and not isinstance(routing_key, bool):
-                routing_key = str(routing_key)  # JSON numbers as user ids: hash their decimal text
-            else:
-                raise InvalidInput(
-                    f"parameter 'routing_key' must be a string or an integer, got {type(routing_key).__name__}"
-                )
+            return self.pin(d, variant), []
+        routing_key = _routing_key(routing_key)
         index, mask = d.router.route(routing_key)
         shadows = [d.shadows[s] for s in range(len(d.shadows)) if mask >> s & 1] if mask else []
         return d.variants[index], shadows
+
+    def pin(self, d: Deployment, variant) -> Target:
+        """The variant a request pins with the ``variant`` parameter (counted as pinned).
+
+        Raises:
+            InvalidInput: ``variant`` is not a variant of ``d``.
+        """
+        t = d.by_name.get(variant) if isinstance(variant, str) else None
+        if t is None:
+            raise InvalidInput(
+                f"parameter 'variant': {variant!r} is not a variant of deployment {d.name!r}; it has: "
+                + ", ".join(d.by_name)
+            )
+        d.router.count_pinned(t.index)
+        return t
+
+    @staticmethod
+    def routing_params(params: dict | None) -> tuple:
+        """(routing key, pinned variant) from a request's parameters, the key checked and normalised
+        (transports cache the pair per distinct request header).
+
+        Raises:
+            InvalidInput: a routing key that is neither a string nor an integer.
+        """
+        if not params:
+            return None, None
+        return _routing_key(params.get("routing_key")), params.get("variant")
+
+    def submit_variant(
+        self, plane, target: Target, entry, inputs: dict, timeout_us: int | None, request_id: str | None
+    ) -> asyncio.Future:
+        """Submit decoded inputs to the variant ``target`` (its model ``entry``) through the data plane's
+        staged way in; the caller settles the future (``plane.settle``) and records ``target.stats``.
+
+        Raises:
+            FastMLError: refused by the model (recorded as a failure of the variant).
+        """
+        token = CURRENT_VARIANT.set(target.name)  # the prediction log's variant column (monitoring.log)
+        try:
+            return plane.submit_arrays(entry, inputs, timeout_us, request_id)
+        except FastMLError:
+            target.stats.record(0.0, False)
+            raise
+        finally:
+            CURRENT_VARIANT.reset(token)
+
+    def mirror_arrays(self, plane, d: Deployment, mask: int, primary_entry, inputs: dict, request_id) -> None:
+        """Send shadow copies of a routed request (``mask``: the router's shadow bits) to the shadows."""
+        copy = InferRequest(primary_entry.name, inputs, model_version=primary_entry.version, id=request_id)
+        for s in d.shadows:
+            if mask >> s.index & 1:
+                self._mirror(plane, d, s, primary_entry, copy)
 
     def resolve_entry(self, name: str):
         """A keyless decision's model entry, for transports' fast paths that carry no routing key."""
@@ -651,6 +692,20 @@ class DeploymentManager:
     def _write_snapshot(self) -> None:
         doc = {"pid": os.getpid(), "time": time.time(), "deployments": self.status(), "last_error": self.last_error}
         dconf.write_atomic(self._snapshot_path(), json.dumps(doc))
+
+
+def _routing_key(key):
+    """A routing key as the router takes it: str or bytes as given, an integer as its decimal text (JSON user
+    ids), None for none.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if key is None or isinstance(key, (str, bytes)):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key)  # JSON numbers as user ids: hash their decimal text
+    raise InvalidInput(f"parameter 'routing_key' must be a string or an integer, got {type(key).__name__}")
 
 
 def _serving(t: Target, manager) -> str:
