@@ -5,8 +5,20 @@ With ``workers == 1`` everything runs in this process. With N > 1 the supervisor
 bind the same port (the kernel spreads connections across them), and serves /metrics itself by summing the
 snapshots the workers write every 0.2 s. Each worker's statistics endpoint answers with the same sum, so
 perf_analyzer sees one consistent, monotone view whichever worker it reaches. A worker that dies is
-restarted. The model repository extension (load/unload) is process-local, so it is switched off (and not
+replaced. The model repository extension (load/unload) is process-local, so it is switched off (and not
 advertised) with N > 1.
+
+``--workers auto`` runs the same supervisor between ``--min-workers`` and ``--max-workers``: every
+``interval_s`` it measures the serving workers from their snapshots (CPU seconds per wall second, batcher
+queue time per request) and asks :class:`fastml.server.autoscale.AutoscalePolicy` how many it wants; it
+starts or retires workers to match, logs every decision and exports ``fastml_workers{state}`` and
+``fastml_autoscale_decisions_total{direction}``.
+
+Retiring a worker (SIGUSR1) loses no request: it shrinks its listen backlog so no new handshake queues on
+it, accepts what already queued, closes its listening socket (the kernel then gives new connections to the
+other workers), answers every request it still receives with ``Connection: close``, closes a keep-alive
+connection only once it has been idle for a second, and exits. Its counters are folded into
+``retired.json`` so the summed metrics stay monotone as workers come and go.
 
 SIGTERM (or SIGINT): stop accepting, finish in-flight requests within the grace period, exit 0. The
 supervisor forwards the signal to its workers and exits 0 when they all did.
@@ -27,7 +39,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from fastml.server.autoscale import DOWN, HOLD, UP, AutoscaleConfig, AutoscalePolicy, LoadSample
+
 SNAPSHOT_INTERVAL_S = 0.2
+FIXED_INTERVAL_S = 0.5  # how often a fixed-size supervisor checks for dead workers
+RETIRE_SIGNAL = signal.SIGUSR1  # supervisor -> worker: stop accepting, drain, exit (scale-down)
+RETIRE_SETTLE_S = 0.05  # after shrinking the backlog: handshakes under way complete and are accepted
+RETIRE_IDLE_CLOSE_S = 1.0  # a retiring worker closes a keep-alive connection idle this long
+RETIRED = "retired.json"  # the folded counters of workers that exited
+MAX_SPAWN_BACKOFF_S = 30.0
 
 
 @dataclasses.dataclass
@@ -39,6 +59,8 @@ class ServeOptions:
     http_port: int = 8000
     metrics_port: int | None = 8002
     workers: int = 1
+    # --workers auto: bounds, targets and timings of the autoscaler; None runs exactly `workers` processes.
+    autoscale: AutoscaleConfig | None = None
     grpc_port: int | None = None
     binary_port: int | None = None  # fastml binary protocol (docs/protocol.md) on TCP
     binary_socket: str | None = None  # ... and/or on a Unix socket (single process only)
@@ -64,7 +86,7 @@ def serve(opts: ServeOptions) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit code."""
     import uvloop
 
-    if opts.workers <= 1:
+    if opts.workers <= 1 and opts.autoscale is None:
         return uvloop.run(_single(opts))
     return uvloop.run(_supervise(opts))
 
@@ -73,7 +95,7 @@ def _models_line(manager) -> str:
     return ", ".join(f"{e.name}:{e.version}" for e in manager.entries())
 
 
-def _startup_line(host: str, port: int, models: str, mport, workers: int, tls: bool = False) -> str:
+def _startup_line(host: str, port: int, models: str, mport, workers: int | str, tls: bool = False) -> str:
     metrics = f"metrics http://{host}:{mport}/metrics" if mport is not None else "metrics off"
     scheme = "https" if tls else "http"
     return f"fastml serve: {scheme}://{host}:{port} (models: {models}) {metrics} workers {workers}"
@@ -155,7 +177,7 @@ async def _single(opts: ServeOptions) -> int:
 
 
 # ----- worker side ---------------------------------------------------------------------------------
-async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
+async def _worker(opts: ServeOptions, snapshot_dir: Path, wid: int) -> int:
     from fastml.server.app import Server
     from fastml.server.metrics import merge_snapshots
     from fastml.serving import ModelManager
@@ -173,33 +195,107 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path) -> int:
         binary_port=opts.binary_port,
         tls=_tls(opts),
     )
+    _attach_monitor(opts, manager, server)
     # Repository load/unload would change one worker only: not offered with several workers.
     server.plane.disable_repository("the server runs with --workers > 1")
     # Statistics are summed over every worker's latest snapshot (monotone whichever worker answers).
     server.plane.snapshot_source = lambda: merge_snapshots(read_snapshots(snapshot_dir))["models"]
-    _attach_monitor(opts, manager, server)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    retiring = []  # set by the retire signal: the supervisor is scaling down
+
+    def on_retire() -> None:
+        retiring.append(True)
+        stop.set()
+
+    # Installed before READY: the supervisor signals only workers that reported READY.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(RETIRE_SIGNAL, on_retire)
     await server.start()
-    me = snapshot_dir / f"worker-{os.getpid()}.json"
+    me = snapshot_dir / f"worker-{wid}.json"
+
+    def snapshot() -> dict:
+        # CPU seconds against the monotonic clock (one clock for every process): the autoscaler's utilisation.
+        process = {"cpu_s": time.process_time(), "at_s": time.monotonic(), "pid": os.getpid()}
+        return {"wid": wid, "process": process, **server.snapshot()}
 
     async def write_snapshots():
         while True:
-            _write_atomic(me, json.dumps(server.snapshot()))
+            _write_atomic(me, json.dumps(snapshot()))
             await asyncio.sleep(SNAPSHOT_INTERVAL_S)
 
-    snap_task = asyncio.get_running_loop().create_task(write_snapshots())
+    snap_task = loop.create_task(write_snapshots())
     print(f"READY {os.getpid()} {server.http_port}", flush=True)
-    await _wait_for_signal()
-    clean = await server.drain(opts.grace_period_s)
+    await stop.wait()
+    if retiring:
+        clean = await retire(server, opts.grace_period_s)
+    else:
+        clean = await server.drain(opts.grace_period_s)
     snap_task.cancel()
     manager.close()
-    _close_monitor(server)
-    _write_atomic(me, json.dumps(server.snapshot()))
+    _close_monitor(server)  # its last window is closed and counted before the final snapshot
+    _write_atomic(me, json.dumps(snapshot()))
+    what = "retired" if retiring else "stopped"
     print(
-        f"fastml serve worker {os.getpid()}: stopped ({'drained' if clean else 'grace period expired'})",
+        f"fastml serve worker {os.getpid()}: {what} ({'drained' if clean else 'grace period expired'})",
         file=sys.stderr,
         flush=True,
     )
     return 0
+
+
+async def retire(server, grace_period_s: float, idle_close_s: float = RETIRE_IDLE_CLOSE_S) -> bool:
+    """Take one worker out of a SO_REUSEPORT group without failing a request, then drain it.
+
+    Closing a listening socket resets the connections still waiting in its accept queue, and closing a
+    keep-alive connection the moment it is idle races with the client's next request. So: shrink the
+    backlog to 0 (a new SYN is answered with a syncookie the group's other sockets accept, or dropped and
+    retransmitted to them), let the handshakes under way land and be accepted, accept whatever is still
+    queued by hand, close the socket, and only then mark the server draining: every later answer carries
+    ``Connection: close``. A keep-alive connection that stays idle for ``idle_close_s`` is closed (the race
+    of any idle timeout); finally :meth:`fastml.server.app.Server.drain` finishes in-flight requests and
+    the other transports.
+
+    Returns:
+        True when every in-flight request was answered within the grace period.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + grace_period_s
+    # The worker runs no metrics listener: every asyncio server it holds is the HTTP port.
+    listeners = list(server._servers)
+    for srv in listeners:
+        for tsock in srv.sockets:
+            with socket.socket(fileno=os.dup(tsock.fileno())) as dup:
+                dup.listen(0)  # listen() on a listening socket only changes its backlog
+    await asyncio.sleep(RETIRE_SETTLE_S)
+    queued: list[socket.socket] = []
+    for srv in listeners:
+        for tsock in srv.sockets:
+            with socket.socket(fileno=os.dup(tsock.fileno())) as dup:
+                dup.setblocking(False)
+                while True:
+                    try:
+                        queued.append(dup.accept()[0])
+                    except (BlockingIOError, InterruptedError):
+                        break
+        srv.close()  # no yield since the last accept: nothing can have queued in between but a syncookie
+    ssl_ctx = server.tls.server_context() if server.tls is not None else None
+    for sock in queued:
+        await loop.connect_accepted_socket(lambda: server.protocol(server), sock, ssl=ssl_ctx)
+    server.plane.draining = True  # from here on every answer ends its connection
+    idle_since: dict = {}
+    while server.connections and time.monotonic() < deadline:
+        now = time.monotonic()
+        for conn in list(server.connections):
+            if conn.closed or conn.transport is None or conn.pending or conn.msg_tick >= 0 or conn.lingering:
+                idle_since.pop(conn, None)  # busy, or already ending after a Connection: close answer
+                continue
+            if now - idle_since.setdefault(conn, now) >= idle_close_s:
+                conn.closed = True
+                conn.transport.close()
+        await asyncio.sleep(0.05)
+    return await server.drain(max(0.0, deadline - time.monotonic()))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -208,46 +304,254 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_snapshots(snapshot_dir: Path) -> list[dict]:
-    out = []
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent, or being replaced right now; the next read sees it
+
+
+def live_snapshots(snapshot_dir: Path) -> dict[int, dict]:
+    """The latest snapshot of every worker not yet folded into ``retired.json``, by worker id."""
+    out = {}
+    # Workers first, then the retired file: a worker folded in between is found in the retired list and
+    # dropped here, so it is counted exactly once whichever way the race goes.
     for p in sorted(snapshot_dir.glob("worker-*.json")):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue  # being replaced right now; the next scrape sees it
+        snap = _read_json(p)
+        if snap is not None:
+            out[int(snap.get("wid", p.stem[len("worker-") :]))] = snap
+    retired = _read_json(snapshot_dir / RETIRED)
+    for wid in retired["folded"] if retired else ():
+        out.pop(wid, None)
     return out
 
 
+def read_snapshots(snapshot_dir: Path) -> list[dict]:
+    """Every snapshot to sum: the live workers' and the counters of those that exited."""
+    live = live_snapshots(snapshot_dir)
+    retired = _read_json(snapshot_dir / RETIRED)
+    return list(live.values()) + ([retired] if retired else [])
+
+
+def fold_retired(snapshot_dir: Path, wid: int) -> None:
+    """Add an exited worker's last counters to ``retired.json`` and remove its snapshot (supervisor only).
+
+    Gauges (in flight, pending, connections) are zeroed: the process is gone. The new retired file lists
+    the worker before its snapshot is removed (see :func:`live_snapshots`)."""
+    from fastml.server.metrics import merge_snapshots
+
+    path = snapshot_dir / f"worker-{wid}.json"
+    last = _read_json(path)
+    retired = _read_json(snapshot_dir / RETIRED) or {"folded": [], "models": [], "server": {}, "deployments": []}
+    if last is not None:
+        last["server"] = {"responses": last.get("server", {}).get("responses", {})}
+        for m in last.get("models", []):
+            m["inflight"] = 0
+            m["stats"]["pending"] = 0
+        merged = merge_snapshots([retired, last])
+    else:
+        merged = dict(retired)  # it exited before its first snapshot: nothing to add
+    merged["folded"] = [*retired["folded"], wid]
+    _write_atomic(snapshot_dir / RETIRED, json.dumps(merged))
+    path.unlink(missing_ok=True)
+
+
 # ----- supervisor side -----------------------------------------------------------------------------
+STARTING, SERVING, RETIRING = "starting", "serving", "retiring"
+
+
+@dataclasses.dataclass
+class _WorkerProc:
+    wid: int
+    proc: subprocess.Popen
+    state: str = STARTING
+
+
+class _Meter:
+    """Per-interval load of the serving workers from the cumulative counters in their snapshots."""
+
+    def __init__(self):
+        self.prev: dict[int, tuple[float, float, float, float]] = {}  # wid -> (at_s, cpu_s, queue_ns, requests)
+
+    def sample(self, snapshots: dict[int, dict], serving: set[int]) -> LoadSample | None:
+        utils, queue_ns, requests = [], 0.0, 0.0
+        current = {}
+        for wid in serving:
+            snap = snapshots.get(wid)
+            if snap is None or "process" not in snap:
+                continue
+            proc = snap["process"]
+            q = sum(m["stats"].get("queue_ns", 0) for m in snap.get("models", []))
+            r = sum(m["stats"].get("requests", 0) for m in snap.get("models", []))
+            current[wid] = (proc["at_s"], proc["cpu_s"], q, r)
+            before = self.prev.get(wid)
+            if before is None or proc["at_s"] <= before[0]:
+                continue  # first sight of this worker, or no new snapshot since: not measured this time
+            utils.append((proc["cpu_s"] - before[1]) / (proc["at_s"] - before[0]))
+            queue_ns += q - before[2]
+            requests += r - before[3]
+        self.prev = current
+        if not utils:
+            return None
+        queue_us = queue_ns / requests / 1e3 if requests > 0 else 0.0
+        return LoadSample(workers=len(utils), utilization=sum(utils) / len(utils), queue_us=queue_us)
+
+
 class _Supervisor:
     def __init__(self, opts: ServeOptions, port: int, snapshot_dir: Path):
         self.opts = opts
         self.port = port
         self.snapshot_dir = snapshot_dir
-        self.procs: dict[int, subprocess.Popen] = {}
-        self.stopping = False
+        self.workers: dict[int, _WorkerProc] = {}
+        self.next_wid = 1
+        self.policy = AutoscalePolicy(opts.autoscale, now_s=time.monotonic()) if opts.autoscale else None
+        self.desired = self.policy.desired if self.policy else opts.workers
+        self.decisions = {UP: 0, DOWN: 0}
+        self.meter = _Meter()
+        self.spawning: asyncio.Task | None = None
+        self.next_spawn_s = 0.0
+        self.spawn_backoff_s = 1.0
 
-    def spawn(self) -> subprocess.Popen:
-        wopts = dataclasses.replace(self.opts, http_port=self.port, metrics_port=None)
+    def count(self, *states: str) -> int:
+        return sum(1 for w in self.workers.values() if w.state in states)
+
+    async def start_worker(self) -> _WorkerProc:
+        """Start one worker and wait for its READY line (its error, raised, when it cannot start)."""
+        wid = self.next_wid
+        self.next_wid += 1
+        wopts = dataclasses.replace(self.opts, http_port=self.port, metrics_port=None, autoscale=None)
         cmd = [
             sys.executable,
             "-m",
             "fastml.server.workers",
             json.dumps(dataclasses.asdict(wopts)),
             str(self.snapshot_dir),
+            str(wid),
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        line = proc.stdout.readline()
+        worker = self.workers[wid] = _WorkerProc(wid, proc)
+        loop = asyncio.get_running_loop()
+        line = await loop.run_in_executor(None, proc.stdout.readline)
         if not line.startswith("READY"):
-            proc.wait(timeout=10)
+            del self.workers[wid]
+            try:
+                await loop.run_in_executor(None, proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            (self.snapshot_dir / f"worker-{wid}.json").unlink(missing_ok=True)
             raise _startup_error(line, proc.returncode)
-        self.procs[proc.pid] = proc
-        return proc
+        worker.state = SERVING
+        return worker
+
+    def snapshot(self) -> dict:
+        """What the supervisor's /metrics reports: the sum over workers plus the worker counts."""
+        from fastml.server.metrics import merge_snapshots
+
+        live = live_snapshots(self.snapshot_dir)
+        retired = _read_json(self.snapshot_dir / RETIRED)
+        snap = merge_snapshots(list(live.values()) + ([retired] if retired else []))
+        snap["server"]["workers"] = len(live)
+        snap["workers"] = {"desired": self.desired, "current": self.count(SERVING), "decisions": dict(self.decisions)}
+        return snap
+
+    def reap(self) -> None:
+        """Forget workers that exited (folding their counters); a serving one that died gets replaced by
+        :meth:`reconcile` since fewer are serving than desired."""
+        for wid, w in list(self.workers.items()):
+            if w.state == STARTING or w.proc.poll() is None:
+                continue  # a starting worker's exit is reported by start_worker
+            del self.workers[wid]
+            self.meter.prev.pop(wid, None)
+            fold_retired(self.snapshot_dir, wid)
+            if w.state == RETIRING:
+                _log(f"worker {w.proc.pid} retired (exit {w.proc.returncode})")
+            else:
+                _log(f"worker {w.proc.pid} exited with {w.proc.returncode}; replacing it")
+
+    def measure(self) -> None:
+        """One autoscaler step: measure the serving workers, ask the policy, log and count a change."""
+        serving = {wid for wid, w in self.workers.items() if w.state == SERVING}
+        sample = self.meter.sample(live_snapshots(self.snapshot_dir), serving)
+        decision = self.policy.observe(time.monotonic(), sample)
+        if decision.direction != HOLD:
+            self.decisions[decision.direction] += 1
+            _log(f"autoscale {decision.direction} {decision.reason}")
+        self.desired = decision.desired
+
+    def reconcile(self) -> None:
+        """Start or retire workers until as many serve as desired (one start at a time)."""
+        loop = asyncio.get_running_loop()
+        active = self.count(STARTING, SERVING)
+        if active < self.desired:
+            if self.spawning is None and time.monotonic() >= self.next_spawn_s:
+                self.spawning = loop.create_task(self._spawn_one())
+        elif active > self.desired and self.count(STARTING) == 0:
+            victim = self._pick_victim()
+            if victim is not None:
+                victim.state = RETIRING
+                _log(f"retiring worker {victim.proc.pid} ({self.count(SERVING)} serving, {self.desired} desired)")
+                victim.proc.send_signal(RETIRE_SIGNAL)
+
+    def _pick_victim(self) -> _WorkerProc | None:
+        """The serving worker with the fewest open connections: the cheapest to drain."""
+        serving = [w for w in self.workers.values() if w.state == SERVING]
+        if not serving:
+            return None
+        snaps = live_snapshots(self.snapshot_dir)
+        return min(serving, key=lambda w: (snaps.get(w.wid, {}).get("server", {}).get("connections", 0), -w.wid))
+
+    async def _spawn_one(self) -> None:
+        try:
+            w = await self.start_worker()
+        except Exception as exc:  # a worker that cannot start now: retry later, backing off
+            self.next_spawn_s = time.monotonic() + self.spawn_backoff_s
+            _log(f"starting a worker failed: {exc}; retrying in {self.spawn_backoff_s:g} s")
+            self.spawn_backoff_s = min(self.spawn_backoff_s * 2, MAX_SPAWN_BACKOFF_S)
+        else:
+            self.spawn_backoff_s = 1.0
+            _log(f"worker {w.proc.pid} serving ({self.count(SERVING)} serving, {self.desired} desired)")
+        finally:
+            self.spawning = None
+
+    async def control(self, stop: asyncio.Event) -> None:
+        interval_s = self.opts.autoscale.interval_s if self.opts.autoscale else FIXED_INTERVAL_S
+        while not stop.is_set():
+            await asyncio.sleep(interval_s)
+            if stop.is_set():
+                return
+            self.reap()
+            # One change at a time: while a worker starts or drains, the measurements describe neither the
+            # old count nor the new one (HPA likewise leaves unready pods out of its decisions).
+            if self.policy is not None and self.spawning is None and self.count(STARTING, RETIRING) == 0:
+                self.measure()
+            self.reconcile()
+
+    async def stop_all(self, grace_period_s: float) -> list[int]:
+        if self.spawning is not None:
+            self.spawning.cancel()
+        loop = asyncio.get_running_loop()
+        for w in self.workers.values():
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_period_s + 10
+        codes = []
+        for w in list(self.workers.values()):
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                codes.append(await loop.run_in_executor(None, w.proc.wait, left))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                codes.append(w.proc.wait())
+        return codes
+
+
+def _log(message: str) -> None:
+    print(f"fastml serve: {message}", file=sys.stderr, flush=True)
 
 
 async def _supervise(opts: ServeOptions) -> int:
     from fastml.server.app import Server
-    from fastml.server.metrics import merge_snapshots
     from fastml.serving.repository import scan_target
 
     # Reserve the port with SO_REUSEPORT (bound, never listening: it receives no connections).
@@ -267,26 +571,26 @@ async def _supervise(opts: ServeOptions) -> int:
     sup = _Supervisor(opts, port, snapshot_dir)
     loop = asyncio.get_running_loop()
     try:
-        for _ in range(opts.workers):
-            await loop.run_in_executor(None, sup.spawn)
+        for _ in range(sup.desired):
+            await sup.start_worker()
     except BaseException:
-        for p in sup.procs.values():
-            p.terminate()
-        for p in sup.procs.values():
-            p.wait()
+        for w in sup.workers.values():
+            w.proc.terminate()
+        for w in sup.workers.values():
+            w.proc.wait()
         reserve.close()
         shutil.rmtree(snapshot_dir, ignore_errors=True)
         raise
-    metrics = Server(
-        None, opts.host, None, opts.metrics_port, snapshot_fn=lambda: merge_snapshots(read_snapshots(snapshot_dir))
-    )
+    metrics = Server(None, opts.host, None, opts.metrics_port, snapshot_fn=sup.snapshot)
     await metrics.start()
     names = []
     for t in opts.targets:
         for name, sources in scan_target(t).items():
             names += [f"{name}:{s.version}" for s in sources]
-    tls_on = opts.tls_cert is not None
-    print(_startup_line(opts.host, port, ", ".join(names), metrics.metrics_port, opts.workers, tls_on), flush=True)
+    a = opts.autoscale
+    workers = f"{sup.desired} (auto {a.min_workers}-{a.max_workers})" if a else opts.workers
+    line = _startup_line(opts.host, port, ", ".join(names), metrics.metrics_port, workers, opts.tls_cert is not None)
+    print(line, flush=True)
     if opts.grpc_port is not None:
         print(f"fastml serve: grpc {opts.host}:{opts.grpc_port}", flush=True)
     if opts.binary_port is not None:
@@ -295,43 +599,13 @@ async def _supervise(opts: ServeOptions) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-    async def watch():
-        while not stop.is_set():
-            await asyncio.sleep(0.5)
-            for pid, proc in list(sup.procs.items()):
-                if proc.poll() is not None and not stop.is_set():
-                    del sup.procs[pid]
-                    print(
-                        f"fastml serve: worker {pid} exited with {proc.returncode}; restarting",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    try:
-                        (snapshot_dir / f"worker-{pid}.json").unlink(missing_ok=True)
-                        await loop.run_in_executor(None, sup.spawn)
-                    except Exception as exc:
-                        print(f"fastml serve: restart failed: {exc}", file=sys.stderr, flush=True)
-
-    watcher = loop.create_task(watch())
+    controller = loop.create_task(sup.control(stop))
     await stop.wait()
-    watcher.cancel()
-    for proc in sup.procs.values():
-        proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + opts.grace_period_s + 10
-    codes = []
-    for proc in sup.procs.values():
-        left = max(0.1, deadline - time.monotonic())
-        try:
-            codes.append(await loop.run_in_executor(None, proc.wait, left))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes.append(proc.wait())
+    controller.cancel()
+    codes = await sup.stop_all(opts.grace_period_s)
     await metrics.drain(0)
     reserve.close()
-    for p in snapshot_dir.iterdir():
-        p.unlink(missing_ok=True)
-    snapshot_dir.rmdir()
+    shutil.rmtree(snapshot_dir, ignore_errors=True)
     print(f"fastml serve: stopped (worker exit codes {codes})", flush=True)
     return 0 if all(c == 0 for c in codes) else 1
 
@@ -364,7 +638,7 @@ def _worker_main(argv: list[str]) -> int:
 
     opts = ServeOptions(**json.loads(argv[0]))
     try:
-        return uvloop.run(_worker(opts, Path(argv[1])))
+        return uvloop.run(_worker(opts, Path(argv[1]), int(argv[2])))
     except FastMLError as exc:
         print(_FAILED + json.dumps({"kind": type(exc).__name__, "message": str(exc)}), flush=True)
         return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
