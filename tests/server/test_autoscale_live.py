@@ -110,6 +110,40 @@ def test_a_load_step_adds_a_worker_and_its_removal_retires_one_without_a_failed_
         srv.stop()
 
 
+def test_a_worker_that_dies_is_replaced_and_its_counts_are_kept(tmp_path):
+    import os
+
+    repo = _identity_repo(tmp_path / "repo")
+    srv = ServerProcess([str(repo), "--http-port", "0", "--metrics-port", "0", *AUTO], tmp_path / "home")
+    try:
+        x = np.ones((1, 4), np.float32)
+        result = run(
+            run_closed_loop(srv.host, srv.port, build_infer_request("ident", {"x": x}), concurrency=1, max_requests=50)
+        )
+        assert result.outcomes == {"200": 50}
+        deadline = time.monotonic() + 10
+        while _series(srv)['fastml_http_responses_total{code="200"}'] != 50:  # snapshots every 0.2 s
+            assert time.monotonic() < deadline
+        (child,) = open(f"/proc/{srv.pid}/task/{srv.pid}/children").read().split()
+        os.kill(int(child), signal.SIGKILL)
+        deadline = time.monotonic() + PHASE_LIMIT_S
+        while True:
+            kids = open(f"/proc/{srv.pid}/task/{srv.pid}/children").read().split()
+            m = _series(srv)
+            if kids and kids != [child] and _workers(m) == (1, 1, 1):
+                break
+            assert time.monotonic() < deadline, (kids, m)
+        assert m['fastml_http_responses_total{code="200"}'] == 50  # the dead worker's last counts were kept
+        assert run(
+            run_closed_loop(srv.host, srv.port, build_infer_request("ident", {"x": x}), concurrency=1, max_requests=5)
+        ).outcomes == {"200": 5}
+        srv.proc.send_signal(signal.SIGTERM)
+        _, err = srv.proc.communicate(timeout=60)
+        assert f"worker {child} exited with -9; replacing it" in err, err
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
