@@ -1,0 +1,42 @@
+"""The three use-case examples end to end (quick sizes), each asserting its planted outcome."""
+
+from __future__ import annotations
+
+import pytest
+
+from .example_runner import explain, run_example, steps_by_name
+
+
+def _run(name, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"{name}_home")
+    out = tmp_path_factory.mktemp(f"{name}_out")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FASTML_HOME", str(home))
+    try:
+        proc, summary = run_example(name, out)
+    finally:
+        mp.undo()
+    return proc, summary, out
+
+
+@pytest.fixture(scope="module")
+def recommender(tmp_path_factory):
+    return _run("recommender", tmp_path_factory)
+
+
+def test_recommender_ab_finds_winner_and_canary_rolls_back(recommender):
+    proc, summary, out = recommender
+    assert proc.returncode == 0, explain(proc)
+    assert summary["passed"] and all(s["outcome"] == "passed" for s in summary["steps"])
+    steps = steps_by_name(summary)
+    ab = steps["A/B 90/10 with sticky users"]["figures"]
+    assert 0.06 < ab["candidate_user_share"] < 0.14
+    compare = steps["per-variant comparison"]["figures"]
+    assert compare["verdict"] == "winner"
+    assert compare["accuracy_candidate"] > compare["accuracy_incumbent"]
+    assert steps["promote the winner through the registry"]["figures"]["production"] == "recsys:1.0.1"
+    canary = steps["canary of the next version"]["figures"]
+    assert canary["state"] == "rolled_back" and "quality" in canary["rollback_guards"]
+    assert canary["final_weights_bp"] == {"stable": 10000, "next": 0}
+    assert "canary.rollback" in canary["audit_actions"]
+    assert (out / "reports" / "ab.html").stat().st_size > 1000
