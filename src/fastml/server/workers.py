@@ -571,8 +571,11 @@ async def _supervise(opts: ServeOptions) -> int:
     sup = _Supervisor(opts, port, snapshot_dir)
     loop = asyncio.get_running_loop()
     try:
-        for _ in range(sup.desired):
-            await sup.start_worker()
+        # All at once: each worker's start is mostly its own model loading, on its own core.
+        started = await asyncio.gather(*(sup.start_worker() for _ in range(sup.desired)), return_exceptions=True)
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
     except BaseException:
         for w in sup.workers.values():
             w.proc.terminate()
