@@ -29,6 +29,7 @@ GROUPS = {
     "predict": "fastml.serving.predict_cli",
     "convert": "fastml.convert.cli",
     "example": "fastml.examples.cli",
+    "review": "fastml.governance.review_cli",
 }
 
 

@@ -137,6 +137,9 @@ class RegisterConfig(_Base):
     bump: str = "patch"
     description: str = ""
     tags: dict[str, str] = {}
+    require: dict[str, float] = {}
+    """Holdout metric bars (``{accuracy = 0.95}``): below a bar (above one, for rmse/mae/log_loss) the run
+    refuses to register the model."""
 
 
 class PipelineConfig(_Base):
@@ -280,6 +283,10 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
     for col, rng in v.ranges.items():
         if len(rng) != 2 or rng[0] > rng[1]:
             err(f"validate.ranges.{col}", f"expected [low, high] with low <= high, got {rng}")
+    bars = CLASSIFICATION_METRICS if cfg.task == "classification" else REGRESSION_METRICS
+    for metric in cfg.register.require:
+        if metric not in bars:
+            err(f"register.require.{metric}", f"not a {cfg.task} metric; one of {list(bars)}")
     f = cfg.features
     if f.impute not in IMPUTES:
         err("features.impute", f"{f.impute!r} is not one of {list(IMPUTES)}")

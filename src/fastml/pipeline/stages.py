@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastml.errors import IntegrityError, InternalError, InvalidInput, NotFound
+from fastml.errors import IntegrityError, InternalError, InvalidInput, NotFound, PermissionDenied
 
 log = logging.getLogger("fastml.pipeline")
 
@@ -453,12 +453,31 @@ def onnx_signature(path: Path) -> dict:
     return {"inputs": io(m.graph.input), "outputs": io(m.graph.output)}
 
 
+def _check_bars(cfg, metrics: dict) -> None:
+    """Refuse to register a model whose holdout metrics miss a ``register.require`` bar (PermissionDenied
+    naming each miss); nothing is written to the registry."""
+    from fastml.pipeline.config import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+    directions = CLASSIFICATION_METRICS if cfg.task == "classification" else REGRESSION_METRICS
+    misses = []
+    for metric, bar in cfg.register.require.items():
+        value = metrics.get(metric)
+        higher = directions[metric] == "maximize"
+        if value is None or value != value or (value < bar if higher else value > bar):
+            side = "below" if higher else "above"
+            shown = value if value is None else round(float(value), 4)
+            misses.append(f"holdout {metric} {shown} is {side} the bar {bar}")
+    if misses:
+        raise PermissionDenied("not registered: " + "; ".join(misses))
+
+
 def stage_register(ctx: Context) -> dict:
     cfg = ctx.cfg
     out = ctx.out("register")
     if not cfg.register.enabled:
         (out / "registration.json").write_text(json.dumps({"registered": False}))
         return {"registered": False}
+    _check_bars(cfg, json.loads((ctx.out("evaluate") / "metrics.json").read_text()))
     from fastml.registry import Registry
 
     registry = Registry()
