@@ -28,6 +28,7 @@ GROUPS = {
     "loadtest": "fastml.loadtest.cli",
     "predict": "fastml.serving.predict_cli",
     "convert": "fastml.convert.cli",
+    "ray": "fastml.ray.cli",
     "example": "fastml.examples.cli",
     "review": "fastml.governance.review_cli",
 }
@@ -106,11 +107,21 @@ def _run(argv: list[str] | None) -> int:
         return 2
     from fastml.errors import FastMLError, InvalidInput, NotFound
 
+    # Hooks for library command groups that must not import a sibling library: monitoring's alert commands
+    # write critical alerts to the governance audit log through this callable.
+    args.audit_append = _audit_append
     try:
         return int(handler(args) or 0)
     except FastMLError as exc:
         print(f"fastml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
+
+
+def _audit_append(action: str, **fields):
+    """Append one entry to this FASTML_HOME's audit log (imported only when something is audited)."""
+    from fastml.governance.audit import AuditLog
+
+    return AuditLog().append(action, **fields)
 
 
 if __name__ == "__main__":

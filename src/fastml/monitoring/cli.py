@@ -2,6 +2,9 @@
 
     fastml monitor drift --reference train.parquet --current today.csv [--json]
     fastml monitor report --reference train.parquet (--current today.csv | --model NAME) [--out DIR]
+    fastml monitor report --model NAME [--since 6h] [--until T]     (live monitoring, from the store)
+    fastml monitor watch [--rules rules.toml] (--once | --duration-s S)
+    fastml monitor alerts [--model NAME] [--firing] [--json]
     fastml monitor explain MODEL --rows rows.csv [--background bg.parquet] [--json]
 
 Tables are read from CSV (``.csv``), Parquet (``.parquet``/``.pq``), numpy (``.npy``, 2-D: columns
@@ -36,7 +39,14 @@ def add_parser(subparsers) -> None:
     d.set_defaults(handler=_drift)
 
     r = sub.add_parser("report", help="write an HTML report and its JSON twin")
-    r.add_argument("--reference", required=True, help="reference table or saved profile (.arrow)")
+    r.add_argument(
+        "--reference",
+        help="reference table or saved profile (.arrow); without it, --model reports the live monitoring "
+        "(drift, quality, alerts, health) from the monitoring store",
+    )
+    r.add_argument("--since", help="store report: from this time (epoch s, ISO 8601 or an age like 6h)")
+    r.add_argument("--until", help="store report: before this time")
+    r.add_argument("--db", help="store report: monitoring store (default $FASTML_HOME/monitoring.db)")
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("--current", help="current table (CSV, Parquet, .npy)")
     src.add_argument("--model", help="take current data, performance and latency from this model's prediction log")
@@ -60,6 +70,10 @@ def add_parser(subparsers) -> None:
     e.add_argument("--top", type=int, default=10, help="features shown in the text output")
     e.add_argument("--json", action="store_true", help="print JSON (values per row and global importance)")
     e.set_defaults(handler=_explain)
+
+    from fastml.monitoring.alerts_cli import add_parsers as add_alert_parsers
+
+    add_alert_parsers(sub)
 
     st = sub.add_parser(
         "status", help="per model: the latest live window, drift flags and health (fastml serve --monitor)"
@@ -152,6 +166,8 @@ def _report(args: argparse.Namespace) -> int:
     from fastml.errors import InvalidInput
     from fastml.monitoring.report import write_report
 
+    if args.reference is None:
+        return _store_report(args)
     reference = _reference(args.reference)
     windows = None
     if args.model:
@@ -184,6 +200,45 @@ def _report(args: argparse.Namespace) -> int:
         "share_drifted": data["drift"]["share_drifted"] if data["drift"] else None,
     }
     if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"wrote {html_path}\nwrote {json_path}")
+    return 0
+
+
+def _store_report(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from fastml.config import get_settings
+    from fastml.errors import InvalidInput
+    from fastml.monitoring.alerts_cli import parse_time
+    from fastml.monitoring.report import store_report, write_pages
+    from fastml.monitoring.store import MonitoringStore
+
+    if not args.model:
+        raise InvalidInput("a report without --reference is the live monitoring of one --model (from the store)")
+    since, until = parse_time(args.since), parse_time(args.until)
+    if since is not None and until is not None and since >= until:
+        raise InvalidInput(f"--since ({args.since}) must be before --until ({args.until})")
+    with MonitoringStore(args.db) as store:
+        title = None if args.title == "fastml monitoring report" else args.title
+        page, data = store_report(store, args.model, since=since, until=until, title=title)
+    out = (
+        Path(args.out) if args.out else get_settings().home / "reports" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    )
+    html_path, json_path = write_pages(out, page, data)
+    if args.json:
+        summary = {
+            "html": str(html_path),
+            "json": str(json_path),
+            "state": data["state"],
+            "windows": len(data["windows"]),
+            "small_windows": data["drift"]["small_windows"],
+            "quality_windows": len(data["quality"]),
+            "alerts": len(data["alerts"]),
+            "health": data["health"]["latest"],
+        }
         print(json.dumps(summary, indent=1))
     else:
         print(f"wrote {html_path}\nwrote {json_path}")

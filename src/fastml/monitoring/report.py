@@ -345,3 +345,214 @@ def write_report(out_dir: str | Path, reference: Any, current: Any | None = None
         tmp.replace(p)
         paths.append(p)
     return paths[0], paths[1]
+
+
+# ------------------------------------------------------------------------------- from the monitoring store
+SMALL_WINDOW_NOTE = (
+    "{n} of {total} windows are small next to their reference (e.g. {rows:,} rows against a {ref:,}-row "
+    "reference): at that size the default drift tests fire on noise, so read their drift flags as weak evidence."
+)
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else _dt.datetime.fromtimestamp(float(ts), _dt.UTC).isoformat(timespec="seconds")
+
+
+def store_report(
+    store,
+    model: str,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    title: str | None = None,
+    use_matplotlib: bool = False,
+) -> tuple[str, dict]:
+    """The live monitoring of ``model`` over ``[since, until)`` from the monitoring store: drift per window
+    (small windows flagged), live quality from feedback, alerts and health; the HTML page and its JSON twin.
+
+    A range with nothing stored gives a report that says so (``"state": "no data"``), not an error. Plots
+    are line charts, drawn by the small SVG writer here unless ``use_matplotlib`` (a watch loop or cron job
+    writing reports should not pay matplotlib's import for them).
+    """
+    wins = store.windows(model, since, until)
+    quality = store.quality(model, since, until)
+    alerts = store.alerts(model, since, until)
+    ok = [w for w in wins if w.status == "ok"]
+    small = [w for w in ok if w.small_window]
+    feature_counts: dict[str, int] = {}
+    for w in ok:
+        for f in w.drifted_features():
+            feature_counts[f] = feature_counts.get(f, 0) + 1
+    health = [w.health_score for w in ok if w.health_score is not None]
+    title = title or f"fastml live monitoring: {model}"
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    data: dict = {
+        "title": title,
+        "model": model,
+        "since": since,
+        "until": until,
+        "generated_at": now,
+        "state": "ok" if (wins or quality or alerts) else "no data",
+        "windows": [
+            {
+                "id": w.id,
+                "variant": w.variant,
+                "start_ts": w.start_ts,
+                "end_ts": w.end_ts,
+                "rows": w.n_rows,
+                "reference_rows": w.reference_rows,
+                "small_window": w.small_window,
+                "status": w.status,
+                "drift_share": w.drift_share,
+                "drifted_features": w.drifted_features(),
+                "health_score": w.health_score,
+                "latency_p99_ms": (w.extra or {}).get("latency_p99_ms"),
+                "note": w.note,
+            }
+            for w in wins
+        ],
+        "drift": {
+            "windows_with_data": len(ok),
+            "windows_with_drift": sum(1 for w in ok if w.drifted_features()),
+            "drifted_windows_per_feature": feature_counts,
+            "small_windows": len(small),
+            "small_window_note": (
+                SMALL_WINDOW_NOTE.format(n=len(small), total=len(ok), rows=small[0].n_rows, ref=small[0].reference_rows)
+                if small
+                else None
+            ),
+        },
+        "quality": quality,
+        "alerts": alerts,
+        "health": {
+            "latest": health[-1] if health else None,
+            "min": min(health) if health else None,
+            "mean": float(np.mean(health)) if health else None,
+        },
+    }
+    line_plot = _plot_lines_mpl if use_matplotlib and _have_matplotlib() else _plot_lines_svg
+    rng_text = f"{_iso(since) or 'the beginning'} to {_iso(until) or 'now'}"
+    sections = [f'<p id="range">Model <b>{html.escape(model)}</b>, {html.escape(rng_text)}.</p>']
+    if data["state"] == "no data":
+        sections.append(
+            '<section id="no-data"><h2>No data</h2><p>The monitoring store holds no window, quality '
+            "or alert of this model in this range.</p></section>"
+        )
+    h = data["health"]
+    sections.append(
+        '<section id="health"><h2>Health</h2>'
+        + (
+            f'<p class="score">{h["latest"]:.1f} / 100</p><p>lowest {h["min"]:.1f}, mean {h["mean"]:.1f} over '
+            f"{len(health)} windows.</p>"
+            if health
+            else "<p>No health score in this range.</p>"
+        )
+        + "</section>"
+    )
+    d = data["drift"]
+    drift_html = [
+        f'<section id="drift"><h2>Data drift</h2><p>{d["windows_with_drift"]} of {d["windows_with_data"]} windows '
+        "with data had drifted features.</p>"
+    ]
+    if d["small_window_note"]:
+        drift_html.append(f'<p class="warn" id="small-windows">&#9888; {html.escape(d["small_window_note"])}</p>')
+    if feature_counts:
+        drift_html.append(
+            _table(["feature", "windows drifted"], sorted(feature_counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        )
+    rows = [
+        [
+            _iso(w["end_ts"]),
+            w["variant"],
+            w["rows"],
+            f"{w['drift_share']:.2f}" if w["drift_share"] is not None else "",
+            ", ".join(w["drifted_features"]),
+            "small" if w["small_window"] else "",
+            w["status"],
+        ]
+        for w in data["windows"]
+    ]
+    if rows:
+        drift_html.append(_table(["window end", "variant", "rows", "drift share", "drifted", "size", "status"], rows))
+        xs = [w.end_ts for w in ok]
+        plots = [line_plot("drift share", xs, {"drift share": [w.drift_share for w in ok]}, "share")]
+        if health:
+            plots.append(line_plot("health", xs, {"health": [w.health_score for w in ok]}, "score"))
+        drift_html.append(f'<div class="grid">{"".join(f"<figure>{p}</figure>" for p in plots)}</div>')
+    sections.append("".join(drift_html) + "</section>")
+    q_html = ['<section id="quality"><h2>Live quality (from feedback)</h2>']
+    if quality:
+        keys = [
+            k
+            for k in ("accuracy", "f1", "roc_auc", "mae", "rmse")
+            if any(isinstance(q.get(k), (int, float)) for q in quality)
+        ]
+        q_html.append(
+            _table(
+                ["window start", "labelled", *keys, "concept drift"],
+                [
+                    [_iso(q["start_ts"]), q["n_labelled"]]
+                    + [f"{q[k]:.4f}" if isinstance(q.get(k), (int, float)) else "" for k in keys]
+                    + [q.get("concept_drift", 0)]
+                    for q in quality
+                ],
+            )
+        )
+        if keys:
+            xs = [q["start_ts"] for q in quality]
+            q_html.append(
+                f"<figure>{line_plot('quality', xs, {k: [q.get(k) for q in quality] for k in keys}, 'value')}</figure>"
+            )
+    else:
+        q_html.append("<p>No outcomes joined to served predictions in this range.</p>")
+    sections.append("".join(q_html) + "</section>")
+    if alerts:
+        sections.append(
+            '<section id="alerts"><h2>Alerts</h2>'
+            + _table(
+                ["at", "rule", "status", "severity", "condition", "value"],
+                [
+                    [
+                        _iso(a.get("at")),
+                        a.get("rule"),
+                        a.get("status"),
+                        a.get("severity"),
+                        f"{a.get('metric')} {a.get('comparison')} {a.get('threshold')}",
+                        f"{a['value']:.4g}" if isinstance(a.get("value"), (int, float)) else "",
+                    ]
+                    for a in alerts
+                ],
+            )
+            + "</section>"
+        )
+    else:
+        sections.append('<section id="alerts"><h2>Alerts</h2><p>No alerts.</p></section>')
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #222; background: #fff; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 17px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }}
+table {{ border-collapse: collapse; font-size: 13px; margin: 6px 0; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
+th {{ background: #f0f3f8; }} .grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+figure {{ margin: 0; }} figure svg {{ max-width: 520px; height: auto; }} .score {{ font-size: 28px; font-weight: bold; }}
+.warn {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: 6px 10px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1><p>Generated {html.escape(now)}.</p>
+{"".join(sections)}
+</body></html>
+"""
+    return page, json.loads(json.dumps(data, default=_json_default))
+
+
+def write_pages(out_dir: str | Path, page: str, data: dict) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.json`` into ``out_dir`` (each written aside and renamed)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in (("report.html", page), ("report.json", json.dumps(data, indent=1))):
+        p = out / name
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(p)
+        paths.append(p)
+    return paths[0], paths[1]
