@@ -4,15 +4,17 @@ the autoscaler's reaction time to a load step.
     python benchmarks/bench_workers.py [--quick] [--json PATH] [--duration-s S] [--max-workers N]
 
 The server serves the reference MLP (benchmarks/models.py), batch 1 requests over HTTP. The offered load is
-an open loop (``fastml.loadtest.run_open_loop``: arrivals on a fixed schedule, whatever the server does) at
-1.5x what one worker answered in a one-second closed-loop probe at the start of the ``--workers 1`` run, so
-one worker is past its capacity and a second one has work to take. Each configuration gets the same rate
-for the same duration; its throughput is the 2xx answers per second of that window (ratios to
-``--workers 1``). The ``auto`` run starts with one worker (``--min-workers 1 --max-workers N``, measured every
-0.5 s) and the load step is the start of its window; the reaction time is the time from the step to the
-supervisor's ``fastml_workers{state="current"}`` reaching 2 (the second worker READY, listening on the shared
-port). Its baseline is how long one ``fastml serve --workers 1`` takes to start here (start to its startup
-line, same run): the floor a reaction cannot beat, since a new worker starts the same way.
+the same for every configuration: 32 concurrent clients in a closed loop (``fastml.loadtest``, each sends
+its next request when answered, perf_analyzer's notion of load), reconnecting every second as clients behind
+a load balancer or with a connection lifetime do (with SO_REUSEPORT the kernel spreads connections, not
+requests, so a worker added later only gets connections opened after it started). Throughput is the 2xx
+answers per second over the whole window (ratios to ``--workers 1``). The ``auto`` run starts with one worker
+(``--min-workers 1 --max-workers N``, measured every 0.5 s) and the load step is the start of its window; the
+reaction time is the time from the step to the supervisor's ``fastml_workers{state="current"}`` reaching 2
+(the second worker READY, listening on the shared port). Its baseline is how long one ``fastml serve
+--workers 1`` takes to start here (start to its startup line, same run): the floor a reaction cannot beat,
+since a new worker starts the same way. One worker's capacity (c=16, one connection set) and unloaded
+latency (c=1) go into the JSON's ``capacity`` section for scripts/capacity.py.
 
 On a 2-core machine the load generator (this process) shares the cores with the workers, so a second worker
 adds little: the ratios here say the supervisor costs nothing and the autoscaler reacts; per-core capacity
@@ -47,7 +49,8 @@ ROOT = HERE.parent
 # and the reaction about 0.5-0.7x a worker's start-up time.
 THROUGHPUT_TARGET = 0.5
 REACTION_TARGET = 0.2
-OVERLOAD = 1.5  # offered load, as a multiple of one worker's probed capacity
+CONCURRENCY = 32  # the offered load: clients in a closed loop
+ROUND_S = 1.0  # each client reconnects this often
 _LINE = re.compile(r"http://[\d.]+:(\d+) \(models: .*\) metrics http://[\d.]+:(\d+)/metrics workers")
 
 
@@ -108,6 +111,34 @@ def _watch_second_worker(srv: Serve, t_step: list[float], reached: list[float], 
         stop.wait(0.05)
 
 
+def _rounds(port: int, req, duration_s: float):
+    """The offered load for ``duration_s``: closed-loop rounds of ROUND_S, fresh connections each round;
+    returns one LoadResult over all rounds."""
+    from fastml.loadtest import LoadResult, run, run_closed_loop
+
+    parts = []
+    end = time.perf_counter() + duration_s
+    while time.perf_counter() < end:
+        left = min(ROUND_S, end - time.perf_counter())
+        parts.append(run(run_closed_loop("127.0.0.1", port, req, concurrency=CONCURRENCY, duration_s=max(left, 0.05))))
+    outcomes: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.outcomes.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+    return LoadResult(
+        mode="closed",
+        concurrency=CONCURRENCY,
+        target_rate_per_s=None,
+        duration_s=sum(p.duration_s for p in parts),
+        outcomes=outcomes,
+        latency_ok_us=np.concatenate([p.latency_ok_us for p in parts]),
+        latency_all_us=np.concatenate([p.latency_all_us for p in parts]),
+        late_starts=0,
+        error_samples={},
+        send_lag_us=np.zeros(0),
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
@@ -116,7 +147,7 @@ def main() -> int:
     args = parser.parse_args()
     duration_s = args.duration_s or (2.0 if args.quick else 10.0)
     probe_s = 0.5 if args.quick else 2.0
-    from fastml.loadtest import build_infer_request, run, run_closed_loop, run_open_loop
+    from fastml.loadtest import build_infer_request, run, run_closed_loop
 
     print("# bench_workers: --workers 1 / 2 / auto at the same offered load\n")
     print("\n".join(machine_lines()) + "\n")
@@ -128,8 +159,8 @@ def main() -> int:
     auto_args += ["--autoscale-interval-s", "0.5", "--scale-up-cooldown-s", "2", "--scale-down-delay-s", "60"]
     configs = [("workers 1", ["--workers", "1"]), ("workers 2", ["--workers", "2"]), ("workers auto", auto_args)]
     results: dict[str, float] = {}
-    rate = None
     start_s = reaction_s = None
+    capacity: dict = {}
     try:
         repo = _repo(tmp)
         for label, extra in configs:
@@ -138,8 +169,21 @@ def main() -> int:
                 if label == "workers 1":
                     start_s = srv.started_s
                     probe = run(run_closed_loop("127.0.0.1", srv.port, req, concurrency=16, duration_s=probe_s))
-                    rate = OVERLOAD * probe.throughput_per_s
-                    print(f"one worker, closed loop c=16: {probe.throughput_per_s:,.0f}/s -> offered {rate:,.0f}/s")
+                    print(f"one worker, closed loop c=16: {probe.throughput_per_s:,.0f}/s")
+                    # Unloaded latency (one request at a time): with the capacity above, what
+                    # scripts/capacity.py models replicas from.
+                    single = run(run_closed_loop("127.0.0.1", srv.port, req, concurrency=1, duration_s=probe_s))
+                    lat1 = single.to_dict()["latency_ok_us"]
+                    capacity = {
+                        "model": "reference MLP (benchmarks/models.py), batch 1, KServe v2 HTTP",
+                        "per_worker_rps": probe.throughput_per_s,
+                        "per_worker_p99_us_c16": probe.to_dict()["latency_ok_us"]["p99"],
+                        "unloaded_p50_us": lat1["p50"],
+                        "unloaded_p99_us": lat1["p99"],
+                        "cores": os.cpu_count(),
+                        "machine": machine_lines(),
+                    }
+                    print(f"one worker, c=1: p50 {lat1['p50']:,.0f} us, p99 {lat1['p99']:,.0f} us")
                 else:  # warm the connections' first requests out of the window
                     run(run_closed_loop("127.0.0.1", srv.port, req, concurrency=4, duration_s=0.3))
                 t_step: list[float] = []
@@ -149,17 +193,7 @@ def main() -> int:
                 if label == "workers auto":
                     watcher.start()
                 t_step.append(time.perf_counter())
-                res = run(
-                    run_open_loop(
-                        "127.0.0.1",
-                        srv.port,
-                        req,
-                        rate_per_s=rate,
-                        duration_s=duration_s,
-                        max_connections=64,
-                        timeout_s=5.0,
-                    )
-                )
+                res = _rounds(srv.port, req, duration_s)
                 if watcher.is_alive():
                     # A scale-up decided in the window finishes after it (the worker is still loading its
                     # models): keep watching a while, the reaction still counts from the step.
@@ -170,7 +204,7 @@ def main() -> int:
                 results[label] = res.throughput_per_s
                 lat = res.to_dict()["latency_ok_us"]
                 print(
-                    f"{label:13s} offered {rate:,.0f}/s: answered {res.throughput_per_s:,.0f}/s 2xx, "
+                    f"{label:13s} c={CONCURRENCY}: {res.throughput_per_s:,.0f}/s 2xx, "
                     f"p50 {lat['p50'] or 0:,.0f} us, p99 {lat['p99'] or 0:,.0f} us, outcomes {res.outcomes}"
                 )
                 if label == "workers auto":
@@ -186,7 +220,7 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     unit = "2xx/s"
-    base = f"--workers 1 at {rate:,.0f}/s offered"
+    base = f"--workers 1, c={CONCURRENCY}"
     report.add(
         rate_row(
             "--workers 2, same offered load", base, results["workers 1"], results["workers 2"], unit, THROUGHPUT_TARGET
@@ -214,6 +248,12 @@ def main() -> int:
             )
         )
     report.write(args.json)
+    if args.json is not None:  # beside the rows: the per-worker figures scripts/capacity.py plans with
+        import json
+
+        data = json.loads(args.json.read_text())
+        data["capacity"] = capacity
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
 
