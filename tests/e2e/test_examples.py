@@ -40,3 +40,27 @@ def test_recommender_ab_finds_winner_and_canary_rolls_back(recommender):
     assert canary["final_weights_bp"] == {"stable": 10000, "next": 0}
     assert "canary.rollback" in canary["audit_actions"]
     assert (out / "reports" / "ab.html").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def healthcare(tmp_path_factory):
+    return _run("healthcare", tmp_path_factory)
+
+
+def test_healthcare_bar_hipaa_explanations_review_audit(healthcare):
+    proc, summary, out = healthcare
+    assert proc.returncode == 0, explain(proc)
+    assert summary["passed"] and all(s["outcome"] == "passed" for s in summary["steps"])
+    steps = {s["number"]: s["figures"] for s in summary["steps"]}
+    assert {"mrn", "patient_name", "ssn", "date_of_birth", "zip_code", "phone"} <= set(steps[2]["phi_columns"])
+    assert steps[2]["verdict_raw_extract"] == "fail" and steps[2]["verdict_model_input"] == "pass"
+    # degraded data: the pipeline refused to register below the 0.95 bar
+    assert "below the bar 0.95" in steps[3]["refusal"]
+    assert steps[4]["holdout_accuracy"] >= 0.95 and steps[4]["model"] == "diagnosis:1.0.0"
+    assert steps[5]["max_abs_diff_vs_kernel_shap"] < 1e-3 and steps[5]["model"] == "diagnosis:1.0.1"
+    assert 0 < steps[6]["queued_for_review"] == steps[7]["resolved"]
+    assert steps[7]["overridden"] == 1
+    actions = steps[8]["actions"]
+    assert actions["review.enqueue"] == actions["review.resolve"] == steps[6]["queued_for_review"]
+    assert actions["pipeline.register.refused"] == 1
+    assert (out / "reports" / "audit.jsonl").is_file()

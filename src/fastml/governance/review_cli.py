@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(handler=_show)
     c = sub.add_parser("resolve", help="confirm the model's prediction or override it (audited)")
-    c.add_argument("id", type=int)
+    c.add_argument("ids", type=int, nargs="+", metavar="ID", help="one or more item ids")
     c.add_argument("--decision", required=True, choices=["confirmed", "overridden"])
     c.add_argument("--reviewer", required=True, help="who decides (recorded in the audit log)")
     c.add_argument("--label", default=None, help="the label decided on (required to override); JSON or text")
@@ -67,10 +67,15 @@ def _resolve(args) -> int:
             label = json.loads(args.label)
         except json.JSONDecodeError:
             label = args.label
+    done = []
     with ReviewQueue() as queue:
-        item = queue.resolve(args.id, args.decision, args.reviewer, label=label, note=args.note)
+        for item_id in args.ids:  # in order; the first refusal stops (the ones before it stay resolved)
+            item = queue.resolve(item_id, args.decision, args.reviewer, label=label, note=args.note)
+            done.append(item)
+            if not args.json:
+                print(
+                    f"review item {item.id} {item.status} by {item.reviewer}: final label {json.dumps(item.final_label)}"
+                )
     if args.json:
-        print(json.dumps(item.to_dict(), indent=2))
-    else:
-        print(f"review item {item.id} {item.status} by {item.reviewer}: final label {json.dumps(item.final_label)}")
+        print(json.dumps(done[0].to_dict() if len(done) == 1 else [i.to_dict() for i in done], indent=2))
     return 0
