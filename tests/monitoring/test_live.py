@@ -61,7 +61,7 @@ def test_continuous_reservoir_is_exact_within_capacity_and_bounded_beyond(store)
     lib = detect_drift(prof, {"a": cur}, all_statistics=True)["a"]
     got = {d.stattest: d.score for d in win.drift("a")}
     assert got["wasserstein"] == lib.statistics["wasserstein"]
-    assert got["ks"] == lib.statistics["ks"]
+    assert {d.stattest: d.score for d in win.drift("a", method="ks")}["ks"] == lib.statistics["ks"]
     # Beyond capacity: sup |F_reservoir - F_window| <= eps (alpha 0.001), so D moves by at most eps.
     small = column_window(prof["a"], reservoir_size=2048, rng=np.random.default_rng(0))
     for lo in range(0, cur.size, 333):
@@ -171,11 +171,68 @@ def test_failing_listener_and_bad_batch_are_counted_not_raised(store):
     mon.close()
 
 
-def test_full_queue_drops_and_counts():
+def test_full_queue_drops_and_counts(store):
     prof = ReferenceProfile.from_data({"a": np.arange(100.0)})
-    mon = LiveMonitor(False, queue_size=1)
+    # A long poll: nothing is taken off the queue until flush(), so exactly queue_size batches fit.
+    mon = LiveMonitor(store, queue_size=10, poll_s=60.0, window_rows=1000)
     mon.set_reference("m", prof, {"a": [-1]})
     results = [mon.observe("m", None, {"a": np.arange(10.0)}, {}) for _ in range(200)]
-    assert results.count(False) == mon.dropped
-    assert mon.observed + mon.dropped == 200
+    assert results == [True] * 10 + [False] * 190
+    assert (mon.observed, mon.dropped) == (10, 190)
+    assert mon.flush()
+    (w,) = store.windows("m")
+    assert w.n_rows == 100  # the 10 accepted batches, nothing else
     mon.close()
+
+
+def _rowsum_model(path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axes"], ["y"], keepdims=1)],
+        "rowsum",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_tap_feeds_the_monitor_and_a_broken_monitor_never_fails_a_request(store, tmp_path):
+    import asyncio
+
+    from fastml.serving import load_model
+    from fastml.serving.live_monitoring import MonitorTap
+
+    _rowsum_model(tmp_path / "m.onnx")
+    prof = ReferenceProfile.from_data({"a": np.arange(50.0), "b": np.arange(50.0)})
+    mon = LiveMonitor(store, window_rows=1000, window_s=600)
+    mon.set_reference("m", prof, {"input": [-1, 2]})
+    model = load_model(tmp_path / "m.onnx", name="m")
+    X = np.arange(20, dtype=np.float32).reshape(10, 2)
+    try:
+        tap = MonitorTap(mon)
+        model.prediction_logger = tap
+
+        async def serve(n):
+            return [await model.predict_async({"input": X}) for _ in range(n)]
+
+        answers = asyncio.run(serve(3))
+        assert np.array_equal(answers[0]["y"][:, 0], X.sum(axis=1))
+        assert mon.flush()
+        (w,) = store.windows("m")
+        assert w.n_rows == 30 and w.status == "ok"
+
+        def broken(*a, **k):
+            raise RuntimeError("monitor bug")
+
+        mon.observe = broken
+        answers = asyncio.run(serve(2))
+        assert [np.array_equal(a["y"][:, 0], X.sum(axis=1)) for a in answers] == [True, True]
+        assert tap.failures == 2
+    finally:
+        model.close()
+        mon.close()

@@ -25,9 +25,9 @@ never a higher score. ``health(model)`` is the lowest score among the model's va
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +43,6 @@ from fastml.monitoring.windows import DEFAULT_RESERVOIR_SIZE, column_window, is_
 log = logging.getLogger("fastml.monitoring.live")
 
 PREDICTION_PREFIX = "prediction:"
-_STOP = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +142,7 @@ class LiveMonitor:
         window_s: ... or this many seconds after its first row (a window with no rows for a whole period is
             reported once as ``"no_data"``).
         queue_size: observed batches waiting for the monitor thread; beyond it batches are dropped (counted).
+        poll_s: how often the monitor thread takes what was observed (it is not woken per request).
         reservoir_size: values kept per continuous feature for KS / Wasserstein (see windows.py for the bound).
         latency_slo_ms: p99 objective used by the health score (None: latency not part of the score).
         health_weights: weights of the health score.
@@ -156,6 +156,7 @@ class LiveMonitor:
         window_rows: int = 5000,
         window_s: float = 60.0,
         queue_size: int = 4096,
+        poll_s: float = 0.05,
         reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
         latency_slo_ms: float | None = None,
         health_weights: HealthWeights | None = None,
@@ -174,7 +175,15 @@ class LiveMonitor:
         self.latency_slo_ms = latency_slo_ms
         self.health_weights = health_weights or HealthWeights()
         self._rng = np.random.default_rng(seed)
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue_size = int(queue_size)
+        self.poll_s = float(poll_s)
+        # Observed batches: observe() appends, the monitor thread pops; deque operations are atomic, so the
+        # hot path takes no lock and wakes nobody.
+        self._items: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._control_lock = threading.Lock()
+        self._control: list[threading.Event] = []  # flush requests (guarded by _control_lock)
+        self._stopping = False  # guarded by _control_lock
         self._targets: dict[str, _Target] = {}
         self.disabled: dict[str, str] = {}  # model -> why it is not monitored
         self._windows: dict[tuple[str, str], _Window] = {}
@@ -251,11 +260,10 @@ class LiveMonitor:
         raises for a full queue: returns False and counts the drop."""
         if model not in self._targets:
             return False
-        try:
-            self._queue.put_nowait((time.time(), model, variant or "", version, inputs, outputs, latency_us))
-        except queue.Full:
-            self.dropped += 1  # single-writer per event loop; a lost increment under threads is tolerable
+        if len(self._items) >= self.queue_size or self._closed:
+            self.dropped += 1  # one writer per event loop; a lost increment under threads is tolerable
             return False
+        self._items.append((time.time(), model, variant or "", version, inputs, outputs, latency_us))
         self.observed += 1
         return True
 
@@ -263,36 +271,67 @@ class LiveMonitor:
     def _run(self) -> None:
         t_cpu = time.thread_time()
         while True:
-            timeout = self._next_deadline()
+            # Woken by flush/close, else every poll_s: never once per request, so serving threads are not
+            # handed the GIL back and forth per batch.
+            self._wake.wait(self._next_deadline())
+            self._wake.clear()
+            with self._control_lock:
+                control, self._control = self._control, []
+                stopping = self._stopping
             try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            try:
-                if item is _STOP:
+                self._drain()
+                if stopping:
                     self._close_all("monitor stopped")
-                    self._queue.task_done()
-                    break
-                if isinstance(item, tuple) and item and item[0] is _FLUSH:
+                elif control:
                     self._close_all("flushed")
-                    item[1].set()
-                elif item is not None:
-                    self._ingest(*item)
                 self._close_expired(time.time())
             except Exception:  # noqa: BLE001 - a monitoring bug must not stop monitoring (nor serving)
                 self.failures += 1
                 log.exception("live monitor: could not process a batch")
             finally:
-                if item is not None and item is not _STOP:
-                    self._queue.task_done()
                 self.cpu_s = time.thread_time() - t_cpu
-        self.cpu_s = time.thread_time() - t_cpu
+                for done in control:
+                    done.set()
+            if stopping:
+                return
+
+    def _drain(self) -> None:
+        """Ingest everything queued, one concatenation per run of batches of the same model and variant."""
+        items = self._items
+        run: list = []
+        for _ in range(len(items)):
+            item = items.popleft()  # deque.popleft is atomic: observe appends concurrently without a lock
+            if run and item[1:4] != run[0][1:4]:
+                self._ingest_run(run)
+                run = []
+            run.append(item)
+            if len(run) >= _DRAIN_MAX:
+                self._ingest_run(run)
+                run = []
+        if run:
+            self._ingest_run(run)
+
+    def _ingest_run(self, run: list) -> None:
+        if len(run) > 1:
+            try:
+                merged = _merge(run)
+            except Exception:  # noqa: BLE001 - batches that do not line up are taken one by one
+                merged = None
+            if merged is not None:
+                self._ingest(*merged)
+                return
+        for item in run:
+            try:
+                self._ingest(*item)
+            except Exception:  # noqa: BLE001 - one bad batch is counted, the others still count
+                self.failures += 1
+                log.exception("live monitor: could not process a batch")
 
     def _next_deadline(self) -> float:
         if not self._windows:
-            return 1.0
+            return self.poll_s
         first = min(w.start_ts for w in self._windows.values())
-        return max(0.01, min(1.0, first + self.window_s - time.time()))
+        return max(0.001, min(self.poll_s, first + self.window_s - time.time()))
 
     def _ingest(self, ts, model, variant, version, inputs, outputs, latency_us) -> None:
         target = self._targets.get(model)
@@ -323,7 +362,10 @@ class LiveMonitor:
             w.n_rows += take
             w.end_ts = ts
             if latency_us is not None and lo == 0:
-                w.latencies_us.append(float(latency_us))
+                if isinstance(latency_us, list):
+                    w.latencies_us.extend(latency_us)
+                else:
+                    w.latencies_us.append(float(latency_us))
             self.processed_rows += take
             lo += take
             if w.n_rows >= self.window_rows:
@@ -525,10 +567,9 @@ class LiveMonitor:
         if self._closed:
             return True
         done = threading.Event()
-        try:
-            self._queue.put((_FLUSH, done), timeout=timeout_s)
-        except queue.Full:
-            return False
+        with self._control_lock:
+            self._control.append(done)
+        self._wake.set()
         return done.wait(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -536,13 +577,28 @@ class LiveMonitor:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP, timeout=timeout_s)
+        with self._control_lock:
+            self._stopping = True
+        self._wake.set()
         self._thread.join(timeout_s)
         if self.store is not None:
             self.store.close()
 
 
-_FLUSH = object()
+_DRAIN_MAX = 512  # batches merged per pass of the monitor thread
+
+
+def _merge(run: list) -> tuple:
+    """One item for a run of queued batches of the same model, variant and version (arrays concatenated)."""
+    if len(run) == 1:
+        return run[0]
+    ts, model, variant, version = run[-1][0], run[0][1], run[0][2], run[0][3]
+    names_in = run[0][4].keys()
+    names_out = run[0][5].keys()
+    inputs = {n: np.concatenate([np.asarray(it[4][n]) for it in run]) for n in names_in}
+    outputs = {n: np.concatenate([np.asarray(it[5][n]) for it in run]) for n in names_out}
+    lat = [float(it[6]) for it in run if it[6] is not None]
+    return ts, model, variant, version, inputs, outputs, lat
 
 
 def _get(option, key):

