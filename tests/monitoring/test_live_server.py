@@ -182,3 +182,16 @@ def test_mismatched_reference_is_unmonitored_not_failed(served, tmp_path):
     doc = json.loads(out.stdout)
     assert doc["models"]["rowsum"]["last_window"]["drifted_features"] == ["b", "d", "prediction:y"]
     assert "wide" not in doc["models"]  # unmonitored: no window was ever stored
+
+
+def test_drift_alert_fires_once_and_is_exported(served):
+    """The built-in data_drift rule (drift share >= 0.5) fires at the third window and stays firing through the
+    fourth without a second event; /metrics carries it as fastml_alerts_firing."""
+    series = 'fastml_alerts_firing{model="rowsum",rule="data_drift",severity="warning"}'
+    assert _value(served["metrics"], series) == 1.0
+    with MonitoringStore(served["home"] / "monitoring.db") as store:
+        alerts = store.alerts("rowsum")
+        third = store.windows("rowsum")[2]
+    assert [(a["rule"], a["status"]) for a in alerts] == [("data_drift", "firing")]
+    assert alerts[0]["details"]["window_id"] == third.id
+    assert alerts[0]["details"]["drifted_features"] == ["b", "d", "prediction:y"]

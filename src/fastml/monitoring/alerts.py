@@ -569,3 +569,30 @@ class WindowAlerts:
             {"model": m, "rule": r, "severity": sev.get(r, ""), "firing": 1.0 if st.firing else 0.0}
             for (m, r), st in sorted(self.manager._state.items())
         ]
+
+
+def live_alerts(
+    monitor,
+    rules: str | Path | Sequence[AlertRule] | None = None,
+    *,
+    audit_append: Callable[..., Any] | None = None,
+    sinks: Iterable[Any] = (),
+) -> WindowAlerts:
+    """Evaluate alert rules on every window ``monitor`` (a :class:`~fastml.monitoring.live.LiveMonitor`)
+    closes: events go to its store (when it has one), the log, the audit log (critical ones, when
+    ``audit_append`` is given) and ``sinks``. Returns the listener (its ``metric_rows()`` feed
+    ``fastml_alerts_firing``).
+
+    Args:
+        rules: a TOML rules file, a list of rules, or None for :data:`DEFAULT_RULES`.
+    """
+    loaded = load_rules(rules) if rules is None or isinstance(rules, (str, Path)) else list(rules)
+    all_sinks: list[Any] = [LogSink()]
+    if getattr(monitor, "store", None) is not None:
+        all_sinks.append(StoreSink(monitor.store))
+    if audit_append is not None:
+        all_sinks.append(AuditSink(audit_append))
+    all_sinks.extend(sinks)
+    listener = WindowAlerts(AlertManager(loaded, all_sinks))
+    monitor.add_listener(listener)
+    return listener

@@ -167,7 +167,18 @@ def add_parser(subparsers) -> None:
         help="reference for a monitored model: a saved profile, .parquet or .csv of reference rows (repeatable; "
         "default: the reference registered with the model version)",
     )
+    p.add_argument(
+        "--alert-rules",
+        metavar="FILE",
+        help="TOML file of alert rules evaluated as each live window closes (default: the built-in rules; "
+        "docs/monitoring.md, Alerts); needs --monitor",
+    )
     p.set_defaults(handler=_serve)
+
+
+def _hook_name(fn) -> str | None:
+    """``"module:function"`` of a module-level callable (None stays None)."""
+    return None if fn is None else f"{fn.__module__}:{fn.__qualname__}"
 
 
 def _serve(args) -> int:
@@ -202,13 +213,22 @@ def _serve(args) -> int:
 
         if args.monitor_window_rows < 1 or not args.monitor_window_s > 0:
             raise InvalidInput("--monitor-window-rows must be >= 1 and --monitor-window-s > 0")
+        if args.alert_rules is not None:
+            from fastml.serving.live_monitoring import check_alert_rules
+
+            check_alert_rules(args.alert_rules)  # a bad rules file stops serve here, not in a worker
         monitor = {
             "window_rows": args.monitor_window_rows,
             "window_s": args.monitor_window_s,
             "references": parse_references(args.reference),
+            "alert_rules": args.alert_rules,
+            # The audit hook the top-level command registered, by name: serve options travel to workers as JSON.
+            "audit_append": _hook_name(getattr(args, "audit_append", None)),
         }
     elif args.reference:
         raise InvalidInput("--reference needs --monitor")
+    elif args.alert_rules:
+        raise InvalidInput("--alert-rules needs --monitor")
     opts = ServeOptions(
         targets=list(args.targets),
         host=args.host,

@@ -10,6 +10,8 @@ Series (``variant`` is "" outside deployments):
 - ``fastml_drift_score{model,variant,feature,stattest}``: p-value or distance of the latest window;
 - ``fastml_drift_detected{model,variant,feature}``: 1 when the feature's primary statistic detected drift;
 - ``fastml_health_score{model,variant}``: 0-100 (fastml.monitoring.health);
+- ``fastml_alerts_firing{model,rule,severity}``: 1 while the alert rule fires for the model (``model/variant``
+  inside deployments), 0 once it resolved (fastml.monitoring.alerts; any worker firing makes it 1);
 - ``fastml_monitor_dropped_total``: batches the monitor dropped because its queue was full;
 - ``fastml_monitor_windows_total``, ``fastml_monitor_failures_total``, ``fastml_monitor_cpu_seconds_total``.
 """
@@ -30,6 +32,7 @@ def merge_rows(snapshots: list[dict]) -> dict:
     """Combine the ``"monitoring"`` parts of several snapshots (latest window wins, counters summed)."""
     drift: dict[tuple, dict] = {}
     health: dict[tuple, dict] = {}
+    alerts: dict[tuple, dict] = {}
     counters: dict[str, float] = {}
     present = False
     for snap in snapshots:
@@ -45,11 +48,20 @@ def merge_rows(snapshots: list[dict]) -> dict:
             key = (r["model"], r["variant"])
             if key not in health or r["end_ts"] >= health[key]["end_ts"]:
                 health[key] = r
+        for r in mon.get("alerts", []):
+            key = (r["model"], r["rule"], r["severity"])
+            if key not in alerts or r["firing"] > alerts[key]["firing"]:
+                alerts[key] = r
         for k, v in mon.get("counters", {}).items():
             counters[k] = counters.get(k, 0) + v
     if not present:
         return {}
-    return {"drift": list(drift.values()), "health": list(health.values()), "counters": counters}
+    return {
+        "drift": list(drift.values()),
+        "health": list(health.values()),
+        "alerts": list(alerts.values()),
+        "counters": counters,
+    }
 
 
 def families(mon: dict):
@@ -75,9 +87,17 @@ def families(mon: dict):
     )
     for r in mon.get("health", []):
         health.add_metric([r["model"], r["variant"]], r["score"])
+    firing = GaugeMetricFamily(
+        "fastml_alerts_firing",
+        "1 while the monitoring alert rule fires for the model, 0 once it resolved.",
+        labels=["model", "rule", "severity"],
+    )
+    for r in mon.get("alerts", []):
+        firing.add_metric([r["model"], r["rule"], r["severity"]], r["firing"])
     yield score
     yield detected
     yield health
+    yield firing
     counters = mon.get("counters", {})
     for name, key, doc in _COUNTERS:
         c = CounterMetricFamily(name, doc)
