@@ -6,7 +6,7 @@ trace, from what benchmarks/bench_workers.py measured.
 
 Inputs (the ``capacity`` section of bench_workers.py's JSON, or --per-worker-rps / --unloaded-ms):
 
-- mu, one worker's throughput at saturation (closed loop, c=16), requests/s;
+- mu, one worker's throughput at saturation (its --workers 1 run: 32 closed-loop clients), requests/s;
 - d0, the unloaded latency (c=1 p50) minus one service time 1/mu: the fixed part of every request's latency
   (client, network, HTTP framing) that queueing does not change.
 

@@ -281,8 +281,12 @@ async def retire(server, grace_period_s: float, idle_close_s: float = RETIRE_IDL
                         break
         srv.close()  # no yield since the last accept: nothing can have queued in between but a syncookie
     ssl_ctx = server.tls.server_context() if server.tls is not None else None
-    for sock in queued:
-        await loop.connect_accepted_socket(lambda: server.protocol(server), sock, ssl=ssl_ctx)
+    # Awaited (TLS: through the handshake) so each connection is registered before draining starts; one
+    # that fails its handshake is that client's failure alone.
+    await asyncio.gather(
+        *(loop.connect_accepted_socket(lambda: server.protocol(server), sock, ssl=ssl_ctx) for sock in queued),
+        return_exceptions=True,
+    )
     server.plane.draining = True  # from here on every answer ends its connection
     idle_since: dict = {}
     while server.connections and time.monotonic() < deadline:
