@@ -471,6 +471,26 @@ def _check_bars(cfg, metrics: dict) -> None:
         raise PermissionDenied("not registered: " + "; ".join(misses))
 
 
+REFERENCE_MAX_ROWS = 50_000
+
+
+def store_training_reference(ctx: Context, registry) -> dict:
+    """The training rows of the model's input columns, stored in the registry's artifact store as Parquet:
+    the drift reference ``fastml serve --monitor`` resolves for this version (a uniform sample of at most
+    50,000 rows). Returns the tags that name it (``reference_sha256``, ``reference_bytes``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    idx = ctx.split[0]
+    if len(idx) > REFERENCE_MAX_ROWS:
+        idx = np.sort(np.random.default_rng(ctx.cfg.seed).choice(idx, REFERENCE_MAX_ROWS, replace=False))
+    frame = ctx.frame.iloc[idx][list(ctx.spec.columns)]
+    path = ctx.out("register") / "reference.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    stored = registry.artifacts.put(path)
+    return {"reference_sha256": stored.sha256, "reference_bytes": str(stored.size_bytes)}
+
+
 def stage_register(ctx: Context) -> dict:
     cfg = ctx.cfg
     out = ctx.out("register")
@@ -515,6 +535,7 @@ def stage_register(ctx: Context) -> dict:
         "features": ctx.spec.to_dict(),
     }
     eval_results = json.loads((ctx.out("evaluate") / "eval_results.json").read_text())
+    tags.update(store_training_reference(ctx, registry))
     mv = registry.register(
         name,
         exp / "model.optimized.onnx",

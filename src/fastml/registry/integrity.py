@@ -55,4 +55,10 @@ class Integrity:
         with self._c.engine.connect() as conn:
             refs = set(conn.execute(sa.select(_v.c.sha256)).scalars())
             refs |= {s for s in conn.execute(sa.select(_v.c.source_sha256)).scalars() if s}
+            # A version's drift reference (tag reference_sha256, stored by the pipeline) lives as long as it.
+            refs |= {
+                t["reference_sha256"]
+                for t in conn.execute(sa.select(_v.c.tags)).scalars()
+                if t and t.get("reference_sha256")
+            }
         return self._c.artifacts.gc(refs, older_than_s=older_than_s)

@@ -1,0 +1,97 @@
+"""References for live monitoring: the pipeline stores the training rows with the registered version, the
+server resolves them when the model loads, and a reference that does not fit the model switches monitoring
+off for that model (with the reason) instead of failing the load or any request."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastml.monitoring.store import MonitoringStore
+
+
+def _frame(n: int = 300):
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=n, n_features=5, n_informative=3, random_state=0)
+    df = pd.DataFrame(X, columns=[f"x{i}" for i in range(5)])
+    df["label"] = y
+    return df
+
+
+@pytest.fixture
+def registered(fastml_home, tmp_path):
+    """A pipeline run registered as ``clf:1.0.0`` (logistic regression on 5 numeric columns)."""
+    from fastml.pipeline import train
+
+    path = tmp_path / "cls.csv"
+    _frame().to_csv(path, index=False)
+    cfg = {
+        "name": "clf",
+        "task": "classification",
+        "seed": 7,
+        "folds": 2,
+        "data": {"path": str(path), "target": "label"},
+        "model": {"family": "logistic_regression"},
+        "tune": {"n_trials": 1},
+    }
+    return train(cfg)
+
+
+def test_pipeline_reference_is_resolved_when_the_model_loads(registered, fastml_home):
+    import pyarrow.parquet as pq
+
+    from fastml.registry import Registry
+    from fastml.serving import ModelManager
+    from fastml.serving.live_monitoring import attach
+
+    reg = Registry()
+    mv = reg.resolve(registered.model_ref)
+    sha = mv.tags["reference_sha256"]
+    ref_path = reg.artifacts.verified_path(sha, int(mv.tags["reference_bytes"]), "reference")
+    table = pq.read_table(ref_path)
+    assert table.column_names == [f"x{i}" for i in range(5)]
+    assert table.num_rows == 240  # the training split (80 % of 300 rows)
+    assert sha not in reg.gc(older_than_s=0.0)  # the reference lives as long as its version
+
+    manager = ModelManager([registered.model_ref])
+    manager.load_all()
+    wiring = attach(manager, window_rows=100, window_s=600, store=MonitoringStore(fastml_home / "monitoring.db"))
+    try:
+        status = wiring.monitor.status()["models"]["clf"]
+        assert status["monitored"] and status["reference"] == f"registry:{mv.ref}"
+        assert status["reference_rows"] == table.num_rows
+        model = manager.get("clf").model
+        X = _frame(200)[[f"x{i}" for i in range(5)]].to_numpy(np.float32)
+        for lo in range(0, 200, 50):
+            model.predict({"input": X[lo : lo + 50]})
+        assert wiring.monitor.flush()
+        wins = wiring.monitor.store.windows("clf")
+        assert [w.n_rows for w in wins] == [100, 100]
+        assert {d.feature for d in wins[0].drift} >= {f"x{i}" for i in range(5)}
+    finally:
+        wiring.close()
+        manager.close()
+
+
+def test_reference_that_does_not_fit_turns_monitoring_off_not_serving(small_models, tmp_path):
+    from fastml.monitoring.profile import ReferenceProfile
+    from fastml.serving import ModelManager
+    from fastml.serving.live_monitoring import attach
+
+    ReferenceProfile.from_data({"a": np.arange(30.0), "b": np.arange(30.0)}).save(tmp_path / "bad.arrow")
+    manager = ModelManager([str(small_models["gbt_onnx"])])
+    manager.load_all()
+    name = manager.entries()[0].name
+    wiring = attach(manager, references={name: str(tmp_path / "bad.arrow")}, store=MonitoringStore(tmp_path / "m.db"))
+    try:
+        status = wiring.monitor.status()["models"][name]
+        assert not status["monitored"]
+        assert "reference has 2 feature columns" in status["reason"] and "[-1, 6]" in status["reason"]
+        model = manager.get(name).model
+        out = model.predict({"input": np.zeros((3, 6), np.float32)})
+        assert out["label"].shape == (3,)
+    finally:
+        wiring.close()
+        manager.close()
