@@ -1075,6 +1075,8 @@ static void bind_feature_cache(py::module_& m) {
 // ===== end feature cache section =====
 
 // ===== feature join section (csrc/feature_join.h) =====
+#include <atomic>
+
 #include "feature_join.h"
 
 namespace fj_bind {
@@ -1084,11 +1086,28 @@ using fastml::KeyView;
 using fc_bind::RaiseInvalid;
 using status_py::Raise;
 
+// Cumulative lookup outcomes of one plan, added once per run (relaxed: they are statistics, read at scrape).
+struct JoinCounters {
+  std::atomic<uint64_t> rows{0};
+  std::unique_ptr<std::atomic<uint64_t>[]> missing, stale;
+  explicit JoinCounters(size_t width)
+      : missing(new std::atomic<uint64_t>[width]()), stale(new std::atomic<uint64_t>[width]()) {}
+};
+
+// run() keeps the GIL for joins of at most this many LMDB point reads (rows x tables): releasing and
+// re-taking it costs more than the reads, and with other threads waiting it can cost a scheduler hand-off.
+constexpr size_t kHoldGilReads = 8;
+
 struct PyJoinPlan {
   std::shared_ptr<fastml::FeatureCache> cache;
   fastml::JoinPlan plan;
   size_t n_key_inputs = 1;
   size_t n_request = 0;
+  // run(): request input names (key inputs, then request-time ones) and each key input's kind.
+  std::vector<std::string> key_names, request_names;
+  std::vector<py::object> key_names_py, request_names_py;  // the same names as interned str (dict lookups)
+  std::vector<bool> key_is_int;
+  std::shared_ptr<JoinCounters> counters;
 };
 
 // UCS-4 code point -> UTF-8, appended (numpy 'U' arrays hold UCS-4).
@@ -1177,6 +1196,25 @@ void ConvertKeys(py::handle obj, size_t index, size_t rows, KeyInput* out) {
   out->keys.views = b.views.data();
 }
 
+
+// The request's array for input `name` (a borrowed reference into the dict), or InvalidInput naming it.
+py::array RequestArray(PyObject* inputs, const py::object& key, const std::string& name) {
+  PyObject* item = PyDict_GetItem(inputs, key.ptr());  // borrowed; the str key's hash is cached
+  if (item == nullptr) RaiseInvalid("missing input '" + name + "'");
+  if (!py::isinstance<py::array>(item)) {
+    RaiseInvalid("input '" + name + "': expected a numpy array, got " + Py_TYPE(item)->tp_name);
+  }
+  return py::reinterpret_borrow<py::array>(item);
+}
+
+// A [rows] or [rows, 1] array's row count, or InvalidInput naming the input.
+size_t ColumnRows(const py::array& a, const std::string& name) {
+  if (a.ndim() == 1 || (a.ndim() == 2 && a.shape(1) == 1)) return size_t(a.shape(0));
+  std::string shape = "[";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) shape += (d ? ", " : "") + std::to_string(a.shape(d));
+  RaiseInvalid("input '" + name + "': expected shape [-1], got " + shape + "]");
+}
+
 }  // namespace fj_bind
 
 static void bind_feature_join(py::module_& m) {
@@ -1185,11 +1223,26 @@ static void bind_feature_join(py::module_& m) {
                          "A compiled serving join: entity keys and request-time columns in, a model's float32 "
                          "[rows, F] input out (csrc/feature_join.h).")
       .def(py::init([](fc_bind::PyFeatureCache& c, py::list tables, py::list columns, size_t n_key_inputs,
-                       size_t n_request) {
+                       size_t n_request, std::vector<std::string> key_names, std::vector<std::string> key_dtypes,
+                       std::vector<std::string> request_names) {
              // tables: [(FeatureTable, key_input, max_age_us)]
              // columns: [(table index or -1, position, policy 0=nan 1=default 2=error, default value)]
-             PyJoinPlan p{c.cache, {}, n_key_inputs, n_request};
+             PyJoinPlan p{c.cache, {}, n_key_inputs, n_request, {}, {}, {}, {}, {}, nullptr};
              if (n_key_inputs == 0) RaiseInvalid("a feature join needs at least one key input");
+             if (!key_names.empty() || !request_names.empty()) {
+               if (key_names.size() != n_key_inputs || key_dtypes.size() != n_key_inputs ||
+                   request_names.size() != n_request) {
+                 RaiseInvalid("key_names, key_dtypes and request_names must match n_key_inputs and n_request");
+               }
+               for (const std::string& d : key_dtypes) {
+                 if (d != "int64" && d != "string") RaiseInvalid("key dtypes are 'int64' or 'string', got '" + d + "'");
+                 p.key_is_int.push_back(d == "int64");
+               }
+               p.key_names = std::move(key_names);
+               p.request_names = std::move(request_names);
+               for (const std::string& n : p.key_names) p.key_names_py.push_back(py::str(n));
+               for (const std::string& n : p.request_names) p.request_names_py.push_back(py::str(n));
+             }
              for (py::handle h : tables) {
                auto tup = py::reinterpret_borrow<py::tuple>(h);
                const fc_bind::PyTable& t = tup[0].cast<const fc_bind::PyTable&>();
@@ -1217,10 +1270,105 @@ static void bind_feature_join(py::module_& m) {
                if (col.table < 0 && col.position >= n_request) RaiseInvalid("request column index out of range");
                p.plan.columns.push_back(col);
              }
+             p.counters = std::make_shared<JoinCounters>(p.plan.columns.size());
              return p;
            }),
            py::arg("cache"), py::arg("tables"), py::arg("columns"), py::arg("n_key_inputs") = 1,
-           py::arg("n_request") = 0)
+           py::arg("n_request") = 0, py::arg("key_names") = std::vector<std::string>{},
+           py::arg("key_dtypes") = std::vector<std::string>{}, py::arg("request_names") = std::vector<std::string>{})
+      .def(
+          "run",
+          [](const PyJoinPlan& p, py::dict inputs, int64_t now_us) -> py::tuple {
+            // The serving hot path: one call per request, from the request's dict of arrays to the model input.
+            if (p.key_names.empty()) RaiseInvalid("this plan was built without input names; use join()");
+            const size_t width = p.plan.columns.size();
+            std::vector<KeyInput> key_inputs(p.n_key_inputs);
+            std::vector<fastml::JoinKeys> native_keys(p.n_key_inputs);
+            size_t rows = 0;
+            for (size_t k = 0; k < p.n_key_inputs; ++k) {
+              const std::string& name = p.key_names[k];
+              py::array a = RequestArray(inputs.ptr(), p.key_names_py[k], name);
+              const size_t n = ColumnRows(a, name);
+              if (k == 0) rows = n;
+              if (n != rows) {
+                RaiseInvalid("input '" + name + "' has " + std::to_string(n) + " rows but input '" + p.key_names[0] +
+                             "' has " + std::to_string(rows));
+              }
+              const char kind = a.dtype().kind();
+              const bool is_int = kind == 'i' || kind == 'u';
+              if (p.key_is_int[k] && !is_int) {
+                RaiseInvalid("input '" + name + "': entity ids must be integers (INT64), got " +
+                             std::string(py::str(a.dtype())));
+              }
+              if (!p.key_is_int[k] && kind != 'O' && kind != 'S' && kind != 'U') {
+                RaiseInvalid("input '" + name + "': entity ids must be strings (BYTES), got " +
+                             std::string(py::str(a.dtype())));
+              }
+              ConvertKeys(a, k, n, &key_inputs[k]);
+              native_keys[k] = key_inputs[k].keys;
+            }
+            if (rows == 0) RaiseInvalid("input '" + p.key_names[0] + "': needs at least one row");
+            std::vector<py::array> request_owners;
+            std::vector<fastml::RequestColumn> request_cols;
+            for (size_t r = 0; r < p.n_request; ++r) {
+              const std::string& name = p.request_names[r];
+              py::array a = RequestArray(inputs.ptr(), p.request_names_py[r], name);
+              if (!py::isinstance<py::array_t<float>>(a)) {
+                RaiseInvalid("input '" + name + "': request-time feature values must be float32 (FP32), got " +
+                             std::string(py::str(a.dtype())));
+              }
+              const size_t n = ColumnRows(a, name);
+              if (n != rows) {
+                RaiseInvalid("input '" + name + "' has " + std::to_string(n) + " rows but input '" + p.key_names[0] +
+                             "' has " + std::to_string(rows));
+              }
+              if (a.strides(0) <= 0 || size_t(a.strides(0)) % sizeof(float) != 0) {
+                a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
+              }
+              request_cols.push_back({static_cast<const float*>(a.data()), size_t(a.strides(0)) / sizeof(float)});
+              request_owners.push_back(a);
+            }
+            py::array_t<float> out({py::ssize_t(rows), py::ssize_t(width)});
+            float* dst = out.mutable_data();
+            const int64_t now = now_us == 0 ? fc_bind::NowUs() : now_us;
+            fastml::JoinResult res;
+            CacheStatus st;
+            auto join = [&] {
+              st = fastml::JoinFeatures(*p.cache, p.plan, native_keys, request_cols, rows, dst, now, &res);
+              if (!st.ok()) return;
+              JoinCounters& c = *p.counters;
+              c.rows.fetch_add(rows, std::memory_order_relaxed);
+              for (size_t j = 0; j < width; ++j) {
+                if (res.missing[j]) c.missing[j].fetch_add(res.missing[j], std::memory_order_relaxed);
+                if (res.stale[j]) c.stale[j].fetch_add(res.stale[j], std::memory_order_relaxed);
+              }
+            };
+            if (rows * p.plan.tables.size() <= kHoldGilReads) {
+              join();  // a few point reads (well under a microsecond): cheaper than handing the GIL over and back
+            } else {
+              // LMDB reads and copies into `out`; keys, request columns and out are held by this frame.
+              py::gil_scoped_release release;
+              join();
+            }
+            if (!st.ok()) Raise(st);
+            return py::make_tuple(out, res.error_row, res.error_column, res.error_stale);
+          },
+          py::arg("inputs"), py::arg("now_us") = 0,
+          "Build the model input from a request's dict of arrays (entity ids by key input name, request-time "
+          "columns by name): (out [rows, F] float32, error_row, error_column, error_stale); lookup outcomes are "
+          "added to counts().")
+      .def(
+          "counts",
+          [](const PyJoinPlan& p) {
+            const size_t width = p.plan.columns.size();
+            py::array_t<uint64_t> missing(width), stale(width);
+            for (size_t j = 0; j < width; ++j) {
+              missing.mutable_data()[j] = p.counters->missing[j].load(std::memory_order_relaxed);
+              stale.mutable_data()[j] = p.counters->stale[j].load(std::memory_order_relaxed);
+            }
+            return py::make_tuple(p.counters->rows.load(std::memory_order_relaxed), missing, stale);
+          },
+          "Cumulative (rows, missing [F] uint64, stale [F] uint64) over every run().")
       .def_property_readonly("n_columns", [](const PyJoinPlan& p) { return p.plan.columns.size(); })
       .def(
           "join",

@@ -459,6 +459,23 @@ class FeatureJoin:
         """
         return self.native.join(keys, request, out, now_us)
 
+    def run(self, inputs: dict, now_us: int = 0):
+        """The serving hot path: a request's dict of arrays (entity ids under their key input names,
+        request-time values under theirs) to the model input, in one native call.
+
+        Returns:
+            ``(out [rows, width] float32, error_row, error_column, error_stale)``; the lookup outcomes are
+            added to :meth:`counts`.
+
+        Raises:
+            InvalidInput: a missing input, entity ids of the wrong kind, float32 values missing, unequal rows.
+        """
+        return self.native.run(inputs, now_us)
+
+    def counts(self):
+        """Cumulative ``(rows, missing [width] uint64, stale [width] uint64)`` over every :meth:`run`."""
+        return self.native.counts()
+
 
 def _key_dtype(sample: list[bytes]) -> str | None:
     """int64 when every sampled stored key is decimal integer text (how integer ids are stored), string
@@ -576,8 +593,17 @@ def compile_join(
         raise InvalidInput(f"entity key {unused[0]!r} keys none of the features {[c.name for c in out_columns]}")
     from fastml import _core
 
-    native = _core.FeatureJoinPlan(online._cache.impl, tables, native_columns, len(key_inputs), len(request_inputs))
     dtypes = [entity_dtype or key_dtypes.get(k) or "int64" for k in key_inputs]
+    native = _core.FeatureJoinPlan(
+        online._cache.impl,
+        tables,
+        native_columns,
+        len(key_inputs),
+        len(request_inputs),
+        key_inputs,
+        dtypes,
+        request_inputs,
+    )
     return FeatureJoin(native, out_columns, key_inputs, dtypes, request_inputs)
 
 

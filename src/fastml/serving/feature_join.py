@@ -18,8 +18,6 @@ the entity and the feature). Lookups are counted per feature and outcome (hit, m
 
 from __future__ import annotations
 
-import threading
-
 import msgspec
 import numpy as np
 
@@ -170,37 +168,10 @@ class FeatureJoinedModel:
         self._key_specs = key_specs
         self._n_inputs = len(self.signature.inputs)
         self._refs = [c.name for c in join.columns if c.ref is not None]
-        self._ref_columns = np.array([i for i, c in enumerate(join.columns) if c.ref is not None], dtype=np.intp)
-        # Cumulative lookup counts per stored feature; added once per request under the lock (a request is
-        # counted from the event loop or from predict() callers on any thread).
-        self._lock = threading.Lock()
-        self._lookups = 0  # rows looked up (each stored feature is looked up once per row)
-        self._missing = np.zeros(len(self._refs), np.uint64)
-        self._stale = np.zeros(len(self._refs), np.uint64)
+        self._ref_columns = [i for i, c in enumerate(join.columns) if c.ref is not None]
+        self._run = join.run  # bound once: the per-request call
 
     # ------------------------------------------------------------------ the join
-    def _key_array(self, spec: TensorSpec, a) -> np.ndarray:
-        if not isinstance(a, np.ndarray):
-            raise InvalidInput(f"input {spec.name!r}: expected a numpy array of entity ids, got {type(a).__name__}")
-        if a.ndim == 2 and a.shape[1] == 1:
-            a = a.reshape(-1)
-        if a.ndim != 1:
-            raise InvalidInput(f"input {spec.name!r}: entity ids must have shape [-1], got {list(a.shape)}")
-        kind = a.dtype.kind
-        if spec.datatype == "INT64" and kind not in "iu":
-            raise InvalidInput(f"input {spec.name!r}: entity ids must be integers (INT64), got {a.dtype}")
-        if spec.datatype == "BYTES" and kind not in "OSU":
-            raise InvalidInput(f"input {spec.name!r}: entity ids must be strings (BYTES), got {a.dtype}")
-        return a
-
-    def _request_array(self, name: str, a) -> np.ndarray:
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
-            got = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
-            raise InvalidInput(f"input {name!r}: request-time feature values must be float32 (FP32), got {got}")
-        if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
-            raise InvalidInput(f"input {name!r}: expected shape [-1], got {list(a.shape)}")
-        return a
-
     def build(self, inputs) -> dict[str, np.ndarray]:
         """The wrapped model's inputs for a request of entity ids, request-time values and other inputs.
 
@@ -208,53 +179,43 @@ class FeatureJoinedModel:
             InvalidInput: a missing, unknown or mistyped input, or an ``error`` policy hit (naming the
                 entity and the feature).
         """
+        if type(inputs) is not dict or len(inputs) != self._n_inputs:
+            inputs = self._check_names(inputs)
+        # One native call: checks the key and request-time arrays, joins, counts the outcomes.
+        out, error_row, error_col, error_stale = self._run(inputs)
+        if error_row >= 0:
+            self._refuse(inputs, error_row, error_col, error_stale)
+        if not self._passthrough:
+            return {self.feature_input: out}
+        feed = {self.feature_input: out}
+        for s in self._passthrough:
+            feed[s.name] = inputs[s.name]
+        return feed
+
+    def _check_names(self, inputs) -> dict:
         if isinstance(inputs, np.ndarray) and len(self._key_specs) == 1 and self._n_inputs == 1:
-            inputs = {self._key_specs[0].name: inputs}
+            return {self._key_specs[0].name: inputs}
         if not isinstance(inputs, dict):
             raise InvalidInput(f"inputs must be a dict of name -> numpy array; got {type(inputs).__name__}")
         expected = [s.name for s in self.signature.inputs]
         unknown = sorted(set(inputs) - set(expected))
         missing = [n for n in expected if n not in inputs]
-        if unknown or missing:
-            raise InvalidInput(
-                f"model {self.model.name!r} expects inputs {expected}; "
-                + "; ".join(
-                    p for p in (f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else "") if p
-                )
-            )
-        keys = [self._key_array(s, inputs[s.name]) for s in self._key_specs]
-        request = [self._request_array(n, inputs[n]) for n in self.join.request_inputs]
-        rows = keys[0].shape[0]
-        for name, a in zip([*self.join.key_inputs, *self.join.request_inputs], [*keys, *request]):
-            if a.shape[0] != rows:
-                raise InvalidInput(
-                    f"input {name!r} has {a.shape[0]} rows but input {self.join.key_inputs[0]!r} has {rows}"
-                )
-        if rows < 1:
-            raise InvalidInput(f"input {self.join.key_inputs[0]!r}: needs at least one row")
-        out = np.empty((rows, self.join.width), np.float32)
-        missing_c, stale_c, error_row, error_col, error_stale = self.join.join(keys, request, out)
-        if len(self._refs):
-            with self._lock:
-                self._lookups += rows
-                self._missing += missing_c[self._ref_columns]
-                self._stale += stale_c[self._ref_columns]
-        if error_row >= 0:
-            col = self.join.columns[error_col]
-            key_pos = self.join.key_inputs.index(col.key_input)
-            entity = keys[key_pos][error_row]
-            entity = entity.item() if hasattr(entity, "item") else entity
-            if isinstance(entity, bytes):
-                entity = entity.decode("utf-8", "replace")
-            why = f"older than the TTL of group {col.group!r}" if error_stale else "missing"
-            raise InvalidInput(
-                f"input {col.key_input!r}: entity {entity!r} (row {error_row}) has no value for feature "
-                f"{col.name!r} ({why}; its policy is 'error')"
-            )
-        feed = {self.feature_input: out}
-        for s in self._passthrough:
-            feed[s.name] = inputs[s.name]
-        return feed
+        problems = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
+        raise InvalidInput(
+            f"model {self.model.name!r} expects inputs {expected}; " + "; ".join(p for p in problems if p)
+        )
+
+    def _refuse(self, inputs, row: int, column: int, stale: bool):
+        col = self.join.columns[column]
+        entity = np.asarray(inputs[col.key_input]).reshape(-1)[row]
+        entity = entity.item() if hasattr(entity, "item") else entity
+        if isinstance(entity, bytes):
+            entity = entity.decode("utf-8", "replace")
+        why = f"older than the TTL of group {col.group!r}" if stale else "missing"
+        raise InvalidInput(
+            f"input {col.key_input!r}: entity {entity!r} (row {row}) has no value for feature "
+            f"{col.name!r} ({why}; its policy is 'error')"
+        )
 
     # ------------------------------------------------------------------ the engine model's entry points
     def submit(self, inputs, timeout_us: int | None = None, *, outputs=None, request_id: str | None = None):
@@ -274,11 +235,10 @@ class FeatureJoinedModel:
 
     def feature_lookups(self) -> dict[str, dict[str, int]]:
         """Cumulative lookups per stored feature: ``{ref: {"hit", "missing", "stale"}}``."""
-        with self._lock:
-            rows, missing, stale = self._lookups, self._missing.tolist(), self._stale.tolist()
+        rows, missing, stale = self.join.counts()  # counted natively, once per request
         return {
-            ref: {"hit": rows - int(m) - int(s), "missing": int(m), "stale": int(s)}
-            for ref, m, s in zip(self._refs, missing, stale)
+            ref: {"hit": rows - int(missing[j]) - int(stale[j]), "missing": int(missing[j]), "stale": int(stale[j])}
+            for ref, j in zip(self._refs, self._ref_columns)
         }
 
     def stats(self) -> dict:

@@ -1,0 +1,253 @@
+"""Features in the request path: a model joining 10 online features in the server vs fed them in the request.
+
+    python benchmarks/bench_feature_serving.py [--quick] [--json PATH]
+
+Side by side, in one run, one process (the serving path without a transport, so the join's cost is not
+hidden under an HTTP client's):
+  * throughput, 32 asyncio callers, one entity per request: the model declared with
+    ``features = [10 x "bench:fN"]`` receiving entity ids (the join in C++, one LMDB read transaction per
+    request) vs the same model receiving the same 10 values in the request (goal: >= 0.8x);
+  * p50 latency of one blocking request: the time the join adds (budget: 20 us);
+  * the two-hop way (Feast + Triton): the caller reads the entity's row with python-lmdb, decodes it, then
+    calls the model with the values, vs the server-side join.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchjson  # noqa: E402 - the benchmarks folder is not a package
+from envinfo import machine_lines  # noqa: E402
+
+N_FEATURES = 10
+N_ENTITIES = 10_000
+CALLERS = 32
+P50_BUDGET_US = 20.0
+
+
+def env_header() -> str:
+    import lmdb
+    import onnxruntime
+
+    return "\n".join(
+        [
+            *machine_lines(),
+            f"- numpy {np.__version__}, onnxruntime {onnxruntime.__version__}, python-lmdb {lmdb.__version__}",
+        ]
+    )
+
+
+def make_model(path: Path) -> Path:
+    """A small MLP over 10 features (10 -> 32 -> 1), the size of a typical ranking or fraud scorer's head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(N_FEATURES, 32)).astype(np.float32)
+    w2 = rng.normal(size=(32, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "mlp10",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, N_FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def fill_stores(home: Path):
+    """The same 10,000 entities x 10 features in the native store and in the python-lmdb reference store."""
+    import pandas as pd
+
+    from fastml.features import Feature, FeatureGroup, FeatureStore
+
+    rng = np.random.default_rng(1)
+    now = pd.Timestamp.now(tz="UTC")
+    df = pd.DataFrame({"entity_id": np.arange(N_ENTITIES), "event_timestamp": [now] * N_ENTITIES})
+    for j in range(N_FEATURES):
+        df[f"f{j}"] = rng.normal(size=N_ENTITIES)
+    group = FeatureGroup("bench", entities=["entity_id"], features=[Feature(f"f{j}") for j in range(N_FEATURES)])
+    stores = []
+    for backend in ("native", "reference"):
+        fs = FeatureStore(home, online_backend=backend, sync=False)
+        fs.register(group)
+        if backend == "native":
+            fs.ingest("bench", df)
+        fs.materialize("bench")
+        stores.append(fs)
+    return stores
+
+
+class TwoHopClient:
+    """What a caller does without a server-side join: read the row with python-lmdb, decode, then infer."""
+
+    def __init__(self, env, db):
+        self.env = env
+        self.db = db
+        self.header = 16 + ((N_FEATURES + 7) // 8 + 7) // 8 * 8
+        self.values = struct.Struct(f"<{N_FEATURES}d")
+
+    def features(self, entity: int) -> np.ndarray:
+        with self.env.begin(db=self.db) as txn:
+            raw = txn.get(str(entity).encode())
+        x = np.full((1, N_FEATURES), np.nan, np.float32)
+        if raw is not None:
+            bits = int.from_bytes(raw[16 : self.header], "little")
+            vals = self.values.unpack_from(raw, self.header)
+            x[0] = [v if (bits >> j) & 1 else np.nan for j, v in enumerate(vals)]
+        return x
+
+
+async def throughput(submit, make_request, duration_s: float) -> float:
+    """Requests per second with CALLERS asyncio callers, each awaiting its request before the next."""
+    done = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def caller(seed: int):
+        nonlocal done
+        i = seed
+        while time.perf_counter() < stop_at:
+            await submit(make_request(i))
+            done += 1
+            i += CALLERS
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in range(CALLERS)))
+    return done / (time.perf_counter() - t0)
+
+
+def p50_us(call, make_request, n: int) -> float:
+    times = []
+    for i in range(n):
+        req = make_request(i)
+        t0 = time.perf_counter_ns()
+        call(req)
+        times.append((time.perf_counter_ns() - t0) / 1000)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    benchjson.add_arguments(parser)
+    args = parser.parse_args()
+    print("# bench_feature_serving\n")
+    print(env_header())
+    duration_s = 1.0 if args.quick else 5.0
+    n_latency = 2_000 if args.quick else 20_000
+    rounds = 2 if args.quick else 3
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        os.environ["FASTML_HOME"] = str(home)
+        native, reference = fill_stores(home)
+        path = make_model(home / "mlp10.onnx")
+        import fastml
+
+        refs = [f"bench:f{j}" for j in range(N_FEATURES)]
+        joined = fastml.load_model(path, features=refs, entity_key="entity_id", feature_store=native)
+        plain = fastml.load_model(path)
+        env = reference.online._cache.impl.env  # python-lmdb opens an environment once per process
+        client = TwoHopClient(env, env.open_db(b"bench@v1"))
+        ids = np.random.default_rng(2).integers(0, N_ENTITIES, 1 << 16)
+        # The in-request baseline gets the same values the join produces (read once, outside the timing).
+        table = native.get_online(refs, list(range(N_ENTITIES)), as_float32=True)[0]
+        id_req = [np.array([ids[i]], np.int64) for i in range(len(ids))]
+        x_req = [table[ids[i] : ids[i] + 1] for i in range(len(ids))]
+        mask = len(ids) - 1
+
+        def req_joined(i):
+            return {"entity_id": id_req[i & mask]}
+
+        def req_plain(i):
+            return {"x": x_req[i & mask]}
+
+        async def two_hop(entity):
+            return await plain.predict_async({"x": client.features(entity)})
+
+        # Same answers on every path before anything is timed.
+        for i in range(64):
+            a = joined.predict(req_joined(i))["y"]
+            b = plain.predict(req_plain(i))["y"]
+            c = plain.predict({"x": client.features(int(ids[i]))})["y"]
+            assert np.array_equal(a, b) and np.array_equal(a, c), (i, a, b, c)
+
+        results: dict[str, list[float]] = {"joined": [], "plain": [], "two_hop": [], "p50_j": [], "p50_p": []}
+        for _ in range(rounds):  # interleaved rounds: a busy machine slows all paths alike
+            results["plain"].append(asyncio.run(throughput(plain.predict_async, req_plain, duration_s)))
+            results["joined"].append(asyncio.run(throughput(joined.predict_async, req_joined, duration_s)))
+            results["two_hop"].append(asyncio.run(throughput(two_hop, lambda i: int(ids[i & mask]), duration_s)))
+            results["p50_p"].append(p50_us(plain.predict, req_plain, n_latency))
+            results["p50_j"].append(p50_us(joined.predict, req_joined, n_latency))
+        joined.close()
+        plain.close()
+        native.close()
+        reference.close()
+
+    best = {k: (max(v) if not k.startswith("p50") else min(v)) for k, v in results.items()}
+    added_us = best["p50_j"] - best["p50_p"]
+    print(
+        f"\nthroughput (requests/s, best of {rounds} rounds, {CALLERS} callers, 1 entity x {N_FEATURES} features per "
+        f"request): features in the request {best['plain']:,.0f}; joined in the server {best['joined']:,.0f}; "
+        f"two-hop (python-lmdb in the caller, then infer) {best['two_hop']:,.0f}"
+    )
+    print(
+        f"p50 of one blocking request: features in the request {best['p50_p']:.1f} us, joined in the server "
+        f"{best['p50_j']:.1f} us (added {added_us:.1f} us, budget {P50_BUDGET_US:g} us)"
+    )
+    report = benchjson.Report("bench_feature_serving.py", quick=args.quick)
+    report.add(
+        benchjson.rate_row(
+            f"serving, {N_FEATURES} features joined in the server (entity ids in)",
+            "same model, features in the request",
+            best["plain"],
+            best["joined"],
+            "requests/s",
+            # CI floor under what a busy 2-core machine measured (0.53-0.62x at load 10-14); the goal is 0.8x.
+            target=0.3,
+            goal=0.8,
+        )
+    )
+    report.add(
+        benchjson.time_row(
+            f"p50 added by the join (budget {P50_BUDGET_US:g} us; ratio = budget / added)",
+            f"{P50_BUDGET_US:g} us budget",
+            P50_BUDGET_US,
+            max(added_us, 1.0),  # a join that adds under 1 us is reported as 1 us (the ratio stays finite)
+            "us",
+            target=0.5,
+            goal=1.0,
+        )
+    )
+    report.add(
+        benchjson.rate_row(
+            f"serving, {N_FEATURES} features joined in the server (entity ids in)",
+            "two-hop: python-lmdb read in the caller, then infer",
+            best["two_hop"],
+            best["joined"],
+            "requests/s",
+            target=1.0,
+        )
+    )
+    report.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
