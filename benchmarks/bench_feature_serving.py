@@ -150,8 +150,8 @@ def main() -> int:
     args = parser.parse_args()
     print("# bench_feature_serving\n")
     print(env_header())
-    duration_s = 1.0 if args.quick else 5.0
-    n_latency = 2_000 if args.quick else 20_000
+    duration_s = 0.7 if args.quick else 5.0
+    n_latency = 1_000 if args.quick else 20_000
     rounds = 2 if args.quick else 3
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
