@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from serverkit import ServerProcess
+from serverkit import ServerProcess, make_slow_model, ort_reference
 
 from fastml.loadtest import build_infer_request, run, run_closed_loop, run_open_loop
 
@@ -27,8 +27,12 @@ AUTO = [
     "1",
     "--scale-down-delay-s",
     "1.5",
+    # Queue time drives it: a slow model's requests queue behind each other under concurrent load whatever
+    # share of the (shared, maybe busy) CPU the worker gets, and do not queue at a trickle.
+    "--target-queue-us",
+    "2000",
     "--target-utilization",
-    "0.2",
+    "0.9",
 ]
 PHASE_LIMIT_S = 20.0
 
@@ -64,14 +68,16 @@ def _workers(m: dict[str, float]) -> tuple[float, float, float]:
 
 
 def test_a_load_step_adds_a_worker_and_its_removal_retires_one_without_a_failed_request(tmp_path):
-    repo = _identity_repo(tmp_path / "repo")
+    repo = tmp_path / "repo"
+    make_slow_model(repo / "slow" / "1" / "model.onnx", width=384, depth=60)  # a few ms per request
     srv = ServerProcess([str(repo), "--http-port", "0", "--metrics-port", "0", *AUTO], tmp_path / "home")
     outcomes: collections.Counter[str] = collections.Counter()
-    x = np.arange(4, dtype=np.float32).reshape(1, 4)
-    req = build_infer_request("ident", {"x": x})
+    x = np.random.default_rng(0).standard_normal((1, 384)).astype(np.float32)
+    expected = ort_reference(repo / "slow" / "1" / "model.onnx", x)["y"]
+    req = build_infer_request("slow", {"x": x})
 
     def right(outputs) -> bool:
-        return np.array_equal(outputs["y"], x)
+        return np.allclose(outputs["y"], expected, atol=1e-5)
 
     try:
         assert "workers 1 (auto 1-2)" in srv.startup_line
@@ -88,9 +94,9 @@ def test_a_load_step_adds_a_worker_and_its_removal_retires_one_without_a_failed_
         deadline = time.monotonic() + PHASE_LIMIT_S
         while _workers(_series(srv)) != (1, 1, 1):
             assert time.monotonic() < deadline, f"no scale-down without load: {_series(srv)}"
-            result = run(run_open_loop(srv.host, srv.port, req, rate_per_s=40, duration_s=1.0, validate=right))
+            result = run(run_open_loop(srv.host, srv.port, req, rate_per_s=10, duration_s=1.0, validate=right))
             outcomes.update(result.outcomes)
-        result = run(run_open_loop(srv.host, srv.port, req, rate_per_s=40, duration_s=0.5, validate=right))
+        result = run(run_open_loop(srv.host, srv.port, req, rate_per_s=10, duration_s=0.5, validate=right))
         outcomes.update(result.outcomes)
         assert set(outcomes) == {"200"}, outcomes  # not one error, timeout, reset or wrong answer
         sent = outcomes["200"]
@@ -98,7 +104,7 @@ def test_a_load_step_adds_a_worker_and_its_removal_retires_one_without_a_failed_
         deadline = time.monotonic() + 10
         while (m := _series(srv))['fastml_http_responses_total{code="200"}'] != sent:
             assert time.monotonic() < deadline, (m['fastml_http_responses_total{code="200"}'], sent)
-        assert m['fastml_inference_request_success_total{model="ident",version="1"}'] == sent
+        assert m['fastml_inference_request_success_total{model="slow",version="1"}'] == sent
         assert m['fastml_autoscale_decisions_total{direction="up"}'] >= 1
         assert m['fastml_autoscale_decisions_total{direction="down"}'] >= 1
         srv.proc.send_signal(signal.SIGTERM)

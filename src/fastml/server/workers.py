@@ -233,9 +233,11 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path, wid: int) -> int:
     else:
         clean = await server.drain(opts.grace_period_s)
     snap_task.cancel()
-    manager.close()
     _close_monitor(server)  # its last window is closed and counted before the final snapshot
+    # The final snapshot, before the models close (a closed manager lists none): the supervisor folds it into
+    # the retired counters once this process has exited.
     _write_atomic(me, json.dumps(snapshot()))
+    manager.close()
     what = "retired" if retiring else "stopped"
     print(
         f"fastml serve worker {os.getpid()}: {what} ({'drained' if clean else 'grace period expired'})",
