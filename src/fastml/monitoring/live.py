@@ -337,6 +337,7 @@ class LiveMonitor:
         target = self._targets.get(model)
         if target is None:
             return
+        t_first, t_last = ts if isinstance(ts, tuple) else (ts, ts)  # a merged run spans its batches' times
         feats = target.features.extract(inputs)
         outs = _output_columns(outputs)
         n = _rows(feats, outs)
@@ -350,7 +351,7 @@ class LiveMonitor:
                 if w is not None:
                     self._close(key, "reference changed")
                 w = self._windows[key] = _Window(self, target, version)
-                w.start_ts = ts
+                w.start_ts = t_first
             take = min(n - lo, self.window_rows - w.n_rows)
             sl = slice(lo, lo + take)
             for f, col in w.columns.items():
@@ -360,7 +361,7 @@ class LiveMonitor:
             for name, v in outs.items():
                 self._update_output(model, w, name, v[sl])
             w.n_rows += take
-            w.end_ts = ts
+            w.end_ts = t_last
             if latency_us is not None and lo == 0:
                 if isinstance(latency_us, list):
                     w.latencies_us.extend(latency_us)
@@ -592,7 +593,7 @@ def _merge(run: list) -> tuple:
     """One item for a run of queued batches of the same model, variant and version (arrays concatenated)."""
     if len(run) == 1:
         return run[0]
-    ts, model, variant, version = run[-1][0], run[0][1], run[0][2], run[0][3]
+    ts, model, variant, version = (run[0][0], run[-1][0]), run[0][1], run[0][2], run[0][3]
     names_in = run[0][4].keys()
     names_out = run[0][5].keys()
     inputs = {n: np.concatenate([np.asarray(it[4][n]) for it in run]) for n in names_in}
