@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-_HTTP_LINE = re.compile(r"fastml serve: https?://([\d.]+):(\d+) ")
+_HTTP_LINE = re.compile(r"fastml serve: (https?)://([\d.]+):(\d+) ")
 _GRPC_LINE = re.compile(r"fastml serve: grpc ([\d.]+):(\d+)")
 _BINARY_LINE = re.compile(r"fastml serve: binary ([\d.]+):(\d+)")
 TOKEN = "s3cret-admin-token-0123456789"
@@ -46,7 +46,7 @@ class Served:
             self.proc.kill()
             out, err = self.proc.communicate(timeout=10)
             raise RuntimeError(f"server did not start: {line!r} {out!r} {err[-3000:]!r}")
-        self.host, self.port = m.group(1), int(m.group(2))
+        self.scheme, self.host, self.port = m.group(1), m.group(2), int(m.group(3))
         self.url = f"{self.host}:{self.port}"
         self.pid = self.proc.pid
         self.grpc_url = None

@@ -37,7 +37,10 @@ def _tls_args(repo, pki, mutual: bool) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tls_server(sec_repo, pki, tmp_path_factory):
-    srv = Served(_tls_args(sec_repo, pki, False), tmp_path_factory.mktemp("home"), grpc=True, binary=True)
+    """TLS configured through the environment (the tls_cert / tls_key settings), not flags."""
+    args = _tls_args(sec_repo, pki, False)[:-4]
+    env = {"FASTML_TLS_CERT": str(pki["server_cert"]), "FASTML_TLS_KEY": str(pki["server_key"])}
+    srv = Served(args, tmp_path_factory.mktemp("home"), env=env, grpc=True, binary=True)
     yield srv
     assert srv.stop() == 0
 
@@ -67,6 +70,7 @@ def _infer_body(x) -> dict:
 
 
 def test_https_serves_inference_and_names_itself_https(tls_server, pki, x):
+    assert tls_server.scheme == "https"
     ctx = client_context(str(pki["ca"]))
     assert _https(tls_server, ctx, "/v2/health/ready")[0] == 200
     status, out = _https(tls_server, ctx, "/v2/models/mlp/infer", _infer_body(x))
