@@ -83,3 +83,17 @@ def test_hddm_a_quiet_on_a_stationary_stream():
 def test_bad_parameters(make, match):
     with pytest.raises(InvalidInput, match=match):
         make()
+
+
+def test_kswin_p_values_equal_rivers_step_by_step():
+    xs = errors(4)[CHANGE - 150 : CHANGE + 150]  # ties (0/1 values) and a change
+    ours, theirs = KSWIN(seed=3), river_drift.KSWIN(seed=3)
+    tested = 0
+    for x in xs:
+        ours.update(x)
+        theirs.update(x)
+        assert ours.drift_detected == theirs.drift_detected
+        if len(ours.window) == ours.window_size or ours.drift_detected:  # a test ran at this value
+            assert ours.p_value == pytest.approx(theirs.p_value, rel=1e-12, abs=0)
+            tested += 1
+    assert tested > 100

@@ -324,11 +324,30 @@ class KSWIN(_Detector):
         older = self.window_size - self.stat_size
         drawn = [self.window[i] for i in self._rng.sample(range(older), self.stat_size)]
         newest = list(self.window)[older:]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=RuntimeWarning)  # "auto" may fall back to asymptotic
-            statistic, self.p_value = stats.ks_2samp(drawn, newest, method="auto")
+        statistic = _ks_statistic(drawn, newest)
+        # scipy's two-sided p-value depends only on the sample sizes and the statistic on the grid of
+        # 1/(n1*n2), so it is computed once per grid point: the per-value cost stays a sort, not an exact test.
+        key = (len(drawn), len(newest), round(statistic * len(drawn) * len(newest)))
+        p_value = _KS_P.get(key)
+        if p_value is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=RuntimeWarning)  # "auto" may fall back to asymptotic
+                p_value = float(stats.ks_2samp(drawn, newest, method="auto").pvalue)
+            _KS_P[key] = p_value
+        self.p_value = p_value
         self.drift_detected = bool(self.p_value <= self.alpha and statistic > 0.1)
         return self
+
+
+_KS_P: dict[tuple[int, int, int], float] = {}  # (n1, n2, statistic * n1 * n2) -> two-sided p-value
+
+
+def _ks_statistic(a: list[float], b: list[float]) -> float:
+    """The two-sample KS statistic as scipy computes it (largest gap between the empirical CDFs)."""
+    x, y = np.sort(np.asarray(a, np.float64)), np.sort(np.asarray(b, np.float64))
+    both = np.concatenate([x, y])
+    diff = np.searchsorted(x, both, side="right") / x.size - np.searchsorted(y, both, side="right") / y.size
+    return float(max(np.clip(-diff.min(), 0, 1), diff.max()))
 
 
 class _Row:
