@@ -64,3 +64,25 @@ def test_healthcare_bar_hipaa_explanations_review_audit(healthcare):
     assert actions["review.enqueue"] == actions["review.resolve"] == steps[6]["queued_for_review"]
     assert actions["pipeline.register.refused"] == 1
     assert (out / "reports" / "audit.jsonl").is_file()
+
+
+@pytest.fixture(scope="module")
+def fraud(tmp_path_factory):
+    return _run("fraud", tmp_path_factory)
+
+
+def test_fraud_features_approvals_join_and_drift_alert(fraud):
+    proc, summary, out = fraud
+    assert proc.returncode == 0, explain(proc)
+    assert summary["passed"] and all(s["outcome"] == "passed" for s in summary["steps"])
+    steps = {s["number"]: s["figures"] for s in summary["steps"]}
+    assert steps[2]["rows_equal_to_latest_snapshot"] < 0.9  # point in time, not the latest values
+    assert steps[3]["roc_auc"] > 0.8 and steps[3]["trials"] == 2
+    assert steps[4]["failures"] == [] and steps[5]["gdpr_verdict"] == "pass"
+    assert steps[6]["reviewers"] == ["risk-lead", "compliance-officer"] and steps[6]["production"] == "fraud:1.0.0"
+    assert steps[7]["request_inputs"] == ["amount", "card_id", "hour"]  # features joined in the server
+    # the planted card-testing burst: the alert fires on its window, naming the shifted features
+    assert "data_drift:firing" in steps[8]["alerts"]
+    assert {"amount", "hour"} <= set(steps[8]["drifted_features"])
+    assert steps[8]["alert_window"] > 2
+    assert "governance.gate.allow" in steps[9]["audit_actions"]

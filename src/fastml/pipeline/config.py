@@ -137,6 +137,9 @@ class RegisterConfig(_Base):
     bump: str = "patch"
     description: str = ""
     tags: dict[str, str] = {}
+    model_card: dict[str, Any] = {}
+    """Governance fields of the model card (docs/governance.md: purpose, lawful_basis, ...), merged over the
+    card the run writes, so promotion gates can assess the registered version."""
     require: dict[str, float] = {}
     """Holdout metric bars (``{accuracy = 0.95}``): below a bar (above one, for rmse/mae/log_loss) the run
     refuses to register the model."""

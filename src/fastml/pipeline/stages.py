@@ -533,6 +533,7 @@ def stage_register(ctx: Context) -> dict:
         "holdout_rows": len(ctx.split[1]),
         "data_source": ingest["source"],
         "features": ctx.spec.to_dict(),
+        **cfg.register.model_card,
     }
     eval_results = json.loads((ctx.out("evaluate") / "eval_results.json").read_text())
     tags.update(store_training_reference(ctx, registry))

@@ -8,7 +8,8 @@ queues them. A monitoring failure is counted and logged here; it never reaches t
 References, first found wins:
 
 1. a file the user gives: ``fastml serve --monitor --reference MODEL=PATH`` (a profile saved by
-   :meth:`fastml.monitoring.ReferenceProfile.save`, or a Parquet / CSV file of reference rows);
+   :meth:`fastml.monitoring.ReferenceProfile.save`, or a Parquet / CSV file of reference rows), or
+   ``monitor_reference`` in the model's config.toml (relative to the model directory);
 2. the reference stored with the registered version: the tag ``reference_sha256`` names a Parquet file of
    training rows in the registry's artifact store (``fastml pipeline run`` stores one when it registers; or
    :func:`register_reference`), checked against its hash;
@@ -169,7 +170,7 @@ def registry_reference(target: str) -> tuple[ReferenceProfile, str] | None:
             path = reg.artifacts.verified_path(sha, size, f"reference of {mv.ref}")
         if not Path(path).is_file():
             raise NotFound(f"reference of {mv.ref} ({sha[:12]}) is missing from the artifact store")
-        return load_reference_file_as(path, "parquet"), f"registry:{mv.ref}"
+        return _parquet_profile(path), f"registry:{mv.ref}"
     if mv.feature_refs:
         from fastml.features import FeatureStore
 
@@ -186,12 +187,11 @@ def registry_reference(target: str) -> tuple[ReferenceProfile, str] | None:
     return None
 
 
-def load_reference_file_as(path: Path, kind: str) -> ReferenceProfile:
-    if kind == "parquet":
-        import pyarrow.parquet as pq
+def _parquet_profile(path: Path) -> ReferenceProfile:
+    """A profile of the Parquet rows at ``path`` (registry artifacts have no suffix to go by)."""
+    import pyarrow.parquet as pq
 
-        return ReferenceProfile.from_data(pq.read_table(path))
-    return load_reference_file(path)
+    return ReferenceProfile.from_data(pq.read_table(path))
 
 
 class LiveWiring:
@@ -209,6 +209,12 @@ class LiveWiring:
     def attach(self, entry) -> None:
         """Resolve ``entry``'s reference and install the tap; never raises (a reason is recorded instead)."""
         model = entry.model
+        from fastml.serving.feature_join import FeatureJoinedModel
+
+        if isinstance(model, FeatureJoinedModel):
+            # A model joining its features in the server is watched on the joined input (what it saw), which is
+            # what its engine model logs: the reference names that input's columns, in order.
+            model = model.model
         try:
             resolved = self._resolve(entry)
             if resolved is None:
@@ -230,6 +236,13 @@ class LiveWiring:
     def _resolve(self, entry) -> tuple[ReferenceProfile, str] | None:
         path = self.references.get(entry.name)
         if path is not None:
+            return load_reference_file(path), f"file:{path}"
+        configured = getattr(entry.config, "monitor_reference", "")
+        if configured:
+            base = Path(entry.source.model_dir) if entry.source.model_dir else Path.cwd()
+            path = base / configured
+            if not path.is_file():
+                raise NotFound(f"monitor_reference {configured!r} of model {entry.name!r}: no file {path}")
             return load_reference_file(path), f"file:{path}"
         if getattr(entry.source, "is_ref", False):
             return registry_reference(entry.source.target)
