@@ -414,6 +414,7 @@ class _Supervisor:
         self.desired = self.policy.desired if self.policy else opts.workers
         self.decisions = {UP: 0, DOWN: 0}
         self.meter = _Meter()
+        self.unmeasured = True  # the last interval had no measurement (logged once; none yet at start)
         self.spawning: asyncio.Task | None = None
         self.next_spawn_s = 0.0
         self.spawn_backoff_s = 1.0
@@ -483,6 +484,9 @@ class _Supervisor:
         if decision.direction != HOLD:
             self.decisions[decision.direction] += 1
             _log(f"autoscale {decision.direction} {decision.reason}")
+        elif sample is None and not self.unmeasured:  # said once when measurements stop, not every interval
+            _log(f"autoscale hold: {decision.reason}")
+        self.unmeasured = sample is None
         self.desired = decision.desired
 
     def reconcile(self) -> None:
