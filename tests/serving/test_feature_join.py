@@ -304,3 +304,54 @@ def test_prediction_log_records_joined_values(local, fastml_home):
     logged = np.column_stack([np.asarray(cols[c]) for c in ("trips", "rating", "dist", "acceptance")])
     order = np.argsort(np.asarray(table["row"]))
     np.testing.assert_array_equal(logged[order], np.array([[11, 4.5, 3, 0.25], [20, 3.5, 4, 0.75]], np.float32))
+
+
+# ----- deployments --------------------------------------------------------------------------------
+
+DEPLOYMENT = """
+[deployments.eta]
+[[deployments.eta.variants]]
+name = "joined"
+model = "eta:1.0.0"
+weight_bp = 10000
+features = ["driver:trips", "driver:rating", "distance_km", "driver:acceptance"]
+entity_key = "driver_id"
+feature_policy = { "driver:rating" = { on_missing = "default", default = -1.0 } }
+"""
+
+
+def test_deployment_variant_declares_its_features(local):
+    import asyncio
+
+    from fastml.registry import Registry
+    from fastml.serving import deployment_config as dconf
+    from fastml.serving.dataplane import DataPlane, InferRequest
+    from fastml.serving.deployments import DeploymentManager
+    from fastml.serving.manager import ModelManager
+
+    Registry().register("eta", local, version="1.0.0")
+    specs = dconf.parse(DEPLOYMENT)
+    assert dconf.parse(dconf.dump(specs)) == specs  # the persisted copy keeps the declaration
+
+    async def main():
+        manager = ModelManager([])
+        plane = DataPlane(manager)
+        dm = DeploymentManager(manager, poll_interval_s=3600)
+        plane.deployments = dm
+        try:
+            await dm.apply_text(DEPLOYMENT)
+            ids = np.array([1, 4], np.int64)
+            inputs = {"driver_id": ids, "distance_km": np.array([1, 2], np.float32)}
+            resp = await plane.infer(InferRequest("eta", inputs))
+            assert plane.model_metadata("eta")["inputs"][0]["name"] == "driver_id"
+            with pytest.raises(InvalidInput, match="driver_id"):
+                plane.submit(InferRequest("eta", {"driver_id": np.array([1.0]), "distance_km": np.ones(1, np.float32)}))
+            return resp.outputs["y"][:, 0]
+        finally:
+            await dm.stop()
+
+    y = asyncio.run(main())
+    # 4's rating is null: the variant's policy makes it -1
+    assert y == pytest.approx([11 + 45 + 100 + 250, 40 - 10 + 200 + 125])
+    with pytest.raises(InvalidInput, match="entity_key and feature_policy need features"):
+        dconf.parse(DEPLOYMENT.replace("features = [", "# features = ["))

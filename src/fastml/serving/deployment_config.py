@@ -38,20 +38,46 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 FILE_NAME = "deployments.toml"
 
 
+# A variant or shadow loaded from the registry may declare its features (docs/features.md, "Features in the
+# request path"): features = ["driver:trips", ...], entity_key = "driver_id", feature_policy = {...}.
+Policy = str | float | dict[str, str | float]
+
+
 class VariantSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One primary variant: ``name``, ``model`` (a reference or served model name), ``weight_bp``."""
+    """One primary variant: ``name``, ``model`` (a reference or served model name), ``weight_bp``, and
+    optionally the features its model joins from the online store (``features``, ``entity_key``,
+    ``feature_policy``)."""
 
     name: str
     model: str
     weight_bp: int
+    features: list[str] = []
+    entity_key: str = ""
+    feature_policy: dict[str, Policy] = {}
 
 
 class ShadowSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """One shadow (mirror): ``name``, ``model``, ``share_bp`` of requests mirrored (default all)."""
+    """One shadow (mirror): ``name``, ``model``, ``share_bp`` of requests mirrored (default all), and
+    optionally its features (as for a variant)."""
 
     name: str
     model: str
     share_bp: int = TOTAL_BP
+    features: list[str] = []
+    entity_key: str = ""
+    feature_policy: dict[str, Policy] = {}
+
+
+def feature_overrides(target: VariantSpec | ShadowSpec) -> dict:
+    """The serving-config fields a variant or shadow declares for its model's feature join ({} for none)."""
+    if not target.features:
+        return {}
+    out: dict = {"features": list(target.features)}
+    if target.entity_key:
+        out["entity_key"] = target.entity_key
+    if target.feature_policy:
+        out["feature_policy"] = dict(target.feature_policy)
+    return out
 
 
 class DeploymentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -136,6 +162,8 @@ def check(spec: DeploymentSpec, source: str = "deployment") -> None:
                 raise InvalidInput(f"{field}.model: must name a registry reference or a served model")
             if v.model == spec.name:
                 raise InvalidInput(f"{field}.model: {v.model!r} is the deployment itself")
+            if (v.entity_key or v.feature_policy) and not v.features:
+                raise InvalidInput(f"{field}: entity_key and feature_policy need features")
             share = v.weight_bp if kind == "variants" else v.share_bp
             if isinstance(share, bool) or not 0 <= share <= TOTAL_BP:
                 unit = "weight_bp" if kind == "variants" else "share_bp"
@@ -193,6 +221,7 @@ def dump(specs: dict[str, DeploymentSpec]) -> str:
                 f"name = {_s(v.name)}",
                 f"model = {_s(v.model)}",
                 f"weight_bp = {v.weight_bp}",
+                *_feature_lines(v),
             ]
         for s in spec.shadows:
             lines += [
@@ -200,9 +229,30 @@ def dump(specs: dict[str, DeploymentSpec]) -> str:
                 f"name = {_s(s.name)}",
                 f"model = {_s(s.model)}",
                 f"share_bp = {s.share_bp}",
+                *_feature_lines(s),
             ]
         lines.append("")
     return "\n".join(lines)
+
+
+def _feature_lines(target: VariantSpec | ShadowSpec) -> list[str]:
+    if not target.features:
+        return []
+    lines = [f"features = [{', '.join(_s(f) for f in target.features)}]"]
+    if target.entity_key:
+        lines.append(f"entity_key = {_s(target.entity_key)}")
+    if target.feature_policy:
+        pairs = ", ".join(f"{_s(k)} = {_v(v)}" for k, v in target.feature_policy.items())
+        lines.append(f"feature_policy = {{ {pairs} }}")
+    return lines
+
+
+def _v(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_s(k)} = {_v(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, str):
+        return _s(value)
+    return repr(float(value))
 
 
 def _s(value: str) -> str:
@@ -219,6 +269,7 @@ __all__ = [
     "VariantSpec",
     "check",
     "dump",
+    "feature_overrides",
     "home_dir",
     "parse",
     "read",

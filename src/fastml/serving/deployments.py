@@ -35,6 +35,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from fastml import _core
@@ -208,8 +209,9 @@ class DeploymentManager:
             raise NotFound(f"{field}: {exc}") from None
         return mv.name, str(mv.version)
 
-    def _load(self, name: str, version: str):
-        key = (name, version)
+    def _load(self, name: str, version: str, features: dict | None = None):
+        # A variant declaring features gets its own entry (the same model joined differently is another one).
+        key = (name, version, msgspec.json.encode(features).decode()) if features else (name, version)
         entry = self._entries.get(key)
         if entry is not None:
             return entry
@@ -220,6 +222,8 @@ class DeploymentManager:
         overrides = getattr(self.manager, "overrides", None)
         if overrides:
             config = config.with_overrides(overrides)
+        if features:
+            config = config.with_overrides(features)
         entry = _load_entry(ModelSource(name, version, f"{name}:{version}", config, is_ref=True))
         self._entries[key] = entry
         return entry
@@ -239,13 +243,18 @@ class DeploymentManager:
                 for i, v in enumerate(items):
                     field = f"{where}.{kind}[{i}].model"
                     bp = v.weight_bp if kind == "variants" else v.share_bp
+                    if self._served(v.model) and v.features:
+                        raise InvalidInput(
+                            f"{where}.{kind}[{i}].features: {v.model!r} is a served model; declare its features "
+                            "in its config.toml, or name a registry reference here"
+                        )
                     if self._served(v.model):
                         entry = None
                         current = self.manager.get(v.model)
                         follows = False
                     else:
                         mname, mversion = self._resolve(v.model, field)
-                        current = entry = self._load(mname, mversion)
+                        current = entry = self._load(mname, mversion, dconf.feature_overrides(v))
                         follows = "@" in v.model or not _is_ref(v.model)
                     sig = _signature(current)
                     if signature is None:
