@@ -8,7 +8,6 @@ import asyncio
 import gzip
 import http.client
 import json
-import os
 import socket
 import threading
 import time
@@ -139,51 +138,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# Autoscaling metrics every half second instead of every 10 s, so the test sees a decision in seconds.
-_RAY_ENV = {
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-
-
 @pytest.fixture(scope="module")
-def ray_app(onnx_models, tmp_path_factory):
-    ray = pytest.importorskip("ray", reason="Ray is in the [ray] extra: pip install -e '.[ray]'")
+def ray_app(ray_cluster, onnx_models):
     from ray import serve
 
     from fastml.ray.serve_app import deploy
 
-    saved = {k: os.environ.get(k) for k in _RAY_ENV}
-    os.environ.update(_RAY_ENV)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=80 * 2**20,
-        log_to_driver=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    port = free_port()
+    options = RayServeOptions(
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=1,
+        max_ongoing_requests=16,
+        upscale_delay_s=0.5,
+        look_back_period_s=1.0,
+        replica_cpus=0.5,
+        engine={"max_batch_size": 64},
     )
     try:
-        port = free_port()
-        options = RayServeOptions(
-            min_replicas=1,
-            max_replicas=2,
-            target_ongoing_requests=1,
-            max_ongoing_requests=16,
-            upscale_delay_s=0.5,
-            look_back_period_s=1.0,
-            replica_cpus=0.5,
-            engine={"max_batch_size": 64},
-        )
-        url = deploy([str(onnx_models["mlp"])], options, port=port)
-        yield url, port
+        yield deploy([str(onnx_models["mlp"])], options, port=port), port
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        serve.shutdown()
 
 
 @pytest.mark.slow

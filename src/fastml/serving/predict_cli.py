@@ -29,6 +29,16 @@ def add_parser(subparsers) -> None:
         help="comma-separated group:feature references read from the online feature store by the first "
         "key column and fed to the model as columns of those names",
     )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process, every core (default); ray: a Ray Data job (map_batches over scoring actors)",
+    )
+    p.add_argument("--ray-address", default=None, help="--engine ray: cluster to run on (default: a local one)")
+    p.add_argument(
+        "--actors", type=int, default=None, help="--engine ray: scoring actors (default: the cluster's CPUs)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     p.set_defaults(handler=_run)
@@ -41,6 +51,23 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        from fastml.serving.ray_predict import predict_file_ray
+
+        report = predict_file_ray(
+            args.ref,
+            args.input,
+            args.output,
+            batch_rows=args.batch_rows,
+            key_columns=_split(args.key_columns),
+            columns=_split(args.columns),
+            max_memory_mb=args.max_memory_mb,
+            threads=args.threads,
+            features=_split(args.features),
+            actors=args.actors,
+            address=args.ray_address,
+        )
+        return _print(report, args)
     from fastml.serving.batch_predict import predict_file
 
     report = predict_file(
@@ -55,6 +82,10 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         features=_split(args.features),
     )
+    return _print(report, args)
+
+
+def _print(report, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict()))
     else:
