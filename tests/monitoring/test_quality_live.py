@@ -3,6 +3,8 @@ accuracy drop trips the concept-drift detectors at the indices river finds on th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -144,3 +146,45 @@ def test_bad_feedback_is_refused_or_reported(classified):
         quality.joined_rows("clf", directory=classified["logdir"], output="nope")
     with pytest.raises(InvalidInput, match="task"):
         quality.joined_rows("clf", directory=classified["logdir"], task="ranking")
+
+
+def test_feedback_through_the_endpoint_is_judged_off_the_request_path(tmp_path):
+    """fastml serve --monitor: POSTed outcomes reach the live-quality thread, which stores the window, hands
+    the metrics to the live monitor and fires low_accuracy (critical) once."""
+    from types import SimpleNamespace
+
+    from fastml.monitoring.alerts import AlertRule, live_alerts
+    from fastml.monitoring.live import LiveMonitor
+
+    logdir = tmp_path / "logs"
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 120)
+    pred = np.where(rng.random(120) < 0.4, 1 - y, y)  # 60% right
+    with PredictionLogger(logdir, sample_rate=1.0) as lg:
+        for i in range(120):
+            lg.log(
+                model="clf",
+                version="1",
+                inputs={"x": np.zeros((1, 1), np.float32)},
+                outputs={"label": pred[i : i + 1]},
+                latency_us=10.0,
+                request_id=f"s{i:03d}",
+            )
+    monitor = LiveMonitor(MonitoringStore(tmp_path / "monitoring.db"))
+    listener = live_alerts(monitor, [AlertRule("low_accuracy", "accuracy", "<", 0.7, severity="critical")])
+    entry = SimpleNamespace(
+        name="clf", model=SimpleNamespace(prediction_logger=SimpleNamespace(directory=logdir, flush=lambda t: True))
+    )
+    plane = SimpleNamespace(deployments=None, resolve=lambda name: entry, monitor=SimpleNamespace(alerts=listener))
+    body = json.dumps([{"id": f"s{i:03d}", "label": int(y[i])} for i in range(120)]).encode()
+    assert feedback.handle_http(plane, "clf", body)["recorded"] == 120
+    assert listener.quality.flush(30)
+    acc = float(np.mean(pred == y))
+    assert listener.quality.latest["clf"]["accuracy"] == pytest.approx(acc)
+    assert monitor._quality[("clf", "")]["accuracy"] == pytest.approx(acc)  # the next window carries it
+    feedback.handle_http(plane, "clf", body[: body.index(b"}") + 1] + b"]")  # more feedback: still firing
+    assert listener.quality.flush(30)
+    fired = [a for a in monitor.store.alerts("clf") if a["status"] == "firing"]
+    assert [(a["rule"], a["severity"]) for a in fired] == [("low_accuracy", "critical")]
+    assert listener.quality.failures == 0
+    monitor.close()

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import operator
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -151,6 +152,8 @@ class AlertManager:
         self._state: dict[tuple[str, str], _State] = {}
         self.history: list[AlertEvent] = []
         self.suppressed = 0  # breaches not fired because of a rule's cool-down
+        # The server evaluates from the monitor thread (windows) and the live-quality thread (feedback).
+        self._lock = threading.RLock()
 
     @property
     def firing(self) -> list[str]:
@@ -160,7 +163,8 @@ class AlertManager:
     def firing_alerts(self) -> list[tuple[str, str, str]]:
         """``(model, rule, severity)`` of every alert firing now."""
         sev = {r.name: r.severity for r in self.rules}
-        return sorted((m, r, sev[r]) for (m, r), s in self._state.items() if s.firing and r in sev)
+        with self._lock:
+            return sorted((m, r, sev[r]) for (m, r), s in self._state.items() if s.firing and r in sev)
 
     def restore(self, model: str, rule: str, started_at: float) -> None:
         """Mark ``rule`` as firing for ``model`` since ``started_at`` without emitting anything (a process
@@ -183,6 +187,10 @@ class AlertManager:
         Args:
             details: JSON-able context carried on the events (window id, small-window flag, ...).
         """
+        with self._lock:
+            return self._evaluate(metrics, now, model, details)
+
+    def _evaluate(self, metrics, now, model, details) -> list[AlertEvent]:
         now = time.time() if now is None else now
         for sink in self.sinks:
             observe = getattr(sink, "observe", None)
@@ -548,6 +556,7 @@ class WindowAlerts:
 
     def __init__(self, manager: AlertManager):
         self.manager = manager
+        self.quality = None  # a fastml.monitoring.quality.LiveQuality when outcomes are judged in process
 
     def __call__(self, result) -> list[AlertEvent]:
         if result.status != "ok":
@@ -565,9 +574,11 @@ class WindowAlerts:
     def metric_rows(self) -> list[dict]:
         """``fastml_alerts_firing`` rows: every (model, rule) seen, 1 while firing."""
         sev = {r.name: r.severity for r in self.manager.rules}
+        with self.manager._lock:  # the scrape thread reads while the monitor thread evaluates
+            states = sorted(self.manager._state.items())
         return [
             {"model": m, "rule": r, "severity": sev.get(r, ""), "firing": 1.0 if st.firing else 0.0}
-            for (m, r), st in sorted(self.manager._state.items())
+            for (m, r), st in states
         ]
 
 
@@ -595,4 +606,8 @@ def live_alerts(
     all_sinks.extend(sinks)
     listener = WindowAlerts(AlertManager(loaded, all_sinks))
     monitor.add_listener(listener)
+    from fastml.monitoring.quality import LiveQuality
+
+    # Outcomes sent to the feedback endpoint are joined and judged by the same rules (low_accuracy, ...).
+    listener.quality = LiveQuality(monitor, listener.manager)
     return listener

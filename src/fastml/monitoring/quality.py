@@ -302,4 +302,100 @@ __all__ = [
     "quality_windows",
     "summary",
     "refresh",
+    "LiveQuality",
 ]
+
+
+class LiveQuality:
+    """Live quality inside the server: recomputed off the request path each time outcomes arrive.
+
+    The feedback endpoint calls :meth:`feedback_arrived` (cheap: it notes the models and wakes a thread).
+    The thread recomputes each noted model's quality windows over ``lookback_s`` (:func:`refresh`, stored
+    when the monitor has a store), hands the latest window's metrics to the live monitor
+    (:meth:`~fastml.monitoring.live.LiveMonitor.record_quality`: the next closed window carries them) and
+    evaluates the alert rules on them at once (``manager``). Failures are logged and counted, never raised.
+
+    Args:
+        monitor: the live monitor (or None). manager: an :class:`~fastml.monitoring.alerts.AlertManager`.
+        window_s: quality window (prediction time). lookback_s: how far back each refresh reads the log.
+    """
+
+    def __init__(self, monitor=None, manager=None, *, window_s: float = 60.0, lookback_s: float = 3600.0):
+        import threading
+
+        self.monitor, self.manager = monitor, manager
+        self.window_s, self.lookback_s = float(window_s), float(lookback_s)
+        self.latest: dict[str, dict] = {}  # model -> metrics of its latest quality window
+        self.refreshed = 0
+        self.failures = 0
+        self._pending: dict[str, Path | None] = {}
+        self._requested = 0
+        self._processed = 0
+        self._cond = threading.Condition()  # guards _pending, _requested, _processed
+        self._thread = threading.Thread(target=self._run, name="fastml-live-quality", daemon=True)
+        self._thread.start()
+
+    def feedback_arrived(self, models: Sequence[str], directory: str | Path | None = None) -> None:
+        """Note that outcomes for ``models`` (logged under ``directory``) arrived; returns at once."""
+        with self._cond:
+            for m in models:
+                self._pending[m] = Path(directory) if directory is not None else None
+            self._requested += 1
+            self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every notification so far was processed; False on timeout."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            target = self._requested
+            while self._processed < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        import logging
+
+        log = logging.getLogger("fastml.monitoring.quality")
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                todo, self._pending = self._pending, {}
+                upto = self._requested
+            for model, directory in todo.items():
+                try:
+                    self.refresh_model(model, directory)
+                except Exception:  # noqa: BLE001 - a bad log or label must not stop live quality (nor serving)
+                    self.failures += 1
+                    log.exception("live quality: could not refresh model %r", model)
+            with self._cond:
+                self._processed = max(self._processed, upto)
+                self._cond.notify_all()
+
+    def refresh_model(self, model: str, directory: str | Path | None = None, now: float | None = None) -> dict | None:
+        """Recompute ``model``'s quality now; returns the latest window's metrics (None without outcomes)."""
+        import time
+
+        now = time.time() if now is None else now
+        store = getattr(self.monitor, "store", None)
+        wins = refresh(model, store, directory=directory, since=now - self.lookback_s, window_s=self.window_s)
+        self.refreshed += 1
+        if not wins:
+            return None
+        last = wins[-1]
+        metrics = {
+            k: float(v)
+            for k, v in last.items()
+            if k not in ("start_ts", "end_ts") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.latest[model] = metrics
+        if self.monitor is not None:
+            self.monitor.record_quality(model, None, metrics)
+        if self.manager is not None:
+            self.manager.evaluate(metrics, now=now, model=model, details={"quality_window_start": last["start_ts"]})
+        return metrics

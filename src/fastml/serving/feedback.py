@@ -419,7 +419,13 @@ def handle_http(plane, name: str, body: bytes) -> dict:
             lg.flush(FLUSH_TIMEOUT_S)
 
     directory = loggers[0].directory
-    return record_items(items, models=[e.name for e in entries], directory=directory, flush=flush).to_dict()
+    models = [e.name for e in entries]
+    result = record_items(items, models=models, directory=directory, flush=flush)
+    # With live monitoring, the new outcomes are joined and judged off the request path (fastml serve --monitor).
+    live_quality = getattr(getattr(getattr(plane, "monitor", None), "alerts", None), "quality", None)
+    if live_quality is not None and result.recorded:
+        live_quality.feedback_arrived(models, directory)
+    return result.to_dict()
 
 
 __all__ = [
