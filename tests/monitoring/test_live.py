@@ -236,3 +236,28 @@ def test_tap_feeds_the_monitor_and_a_broken_monitor_never_fails_a_request(store,
     finally:
         model.close()
         mon.close()
+
+
+def test_windows_are_kept_per_deployment_variant(store):
+    from fastml.monitoring.log import CURRENT_VARIANT
+    from fastml.serving.live_monitoring import MonitorTap
+
+    rng = np.random.default_rng(8)
+    prof = ReferenceProfile.from_data({"a": rng.normal(size=1000)})
+    mon = LiveMonitor(store, window_rows=100, window_s=600)
+    mon.set_reference("d", prof, {"a": [-1]})
+    tap = MonitorTap(mon)
+    for variant, shift in (("blue", 0.0), ("green", 3.0)):
+        token = CURRENT_VARIANT.set(variant)  # what the deployment router sets around each request
+        try:
+            tap.log(model="d", version="1", inputs={"a": rng.normal(shift, 1, 100)}, outputs={}, latency_us=10.0)
+        finally:
+            CURRENT_VARIANT.reset(token)
+    assert mon.flush()
+    by_variant = {w.variant: w for w in store.windows("d")}
+    assert sorted(by_variant) == ["blue", "green"]
+    assert by_variant["blue"].drifted_features() == [] and by_variant["green"].drifted_features() == ["a"]
+    assert mon.health("d") == by_variant["green"].health_score == 0.0
+    rows = mon.metric_rows()["health"]
+    assert {(r["variant"], r["score"]) for r in rows} == {("blue", 100.0), ("green", 0.0)}
+    mon.close()

@@ -95,3 +95,29 @@ def test_reference_that_does_not_fit_turns_monitoring_off_not_serving(small_mode
     finally:
         wiring.close()
         manager.close()
+
+
+def test_config_toml_names_the_reference(small_models, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from fastml.serving import ModelManager
+    from fastml.serving.live_monitoring import attach
+
+    model_dir = tmp_path / "repo" / "gbt"
+    (model_dir / "1").mkdir(parents=True)
+    shutil.copy(small_models["gbt_onnx"], model_dir / "1" / "model.onnx")
+    pd.DataFrame(small_models["X"], columns=[f"f{i}" for i in range(6)]).to_parquet(model_dir / "train.parquet")
+    (model_dir / "config.toml").write_text('monitor_reference = "train.parquet"\n')
+    manager = ModelManager([str(tmp_path / "repo")])
+    manager.load_all()
+    wiring = attach(manager, store=MonitoringStore(tmp_path / "m.db"))
+    try:
+        status = wiring.monitor.status()["models"]["gbt"]
+        assert status["monitored"], status
+        assert status["reference"] == f"file:{model_dir / 'train.parquet'}"
+        assert status["reference_rows"] == len(small_models["X"])
+    finally:
+        wiring.close()
+        manager.close()

@@ -72,6 +72,9 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     version_policy: str = "latest"
     # Fraction of requests written to the prediction log ($FASTML_HOME/logs, fastml.monitoring); 0 = off.
     log_sample_rate: float = 0.0
+    # Drift reference for live monitoring (fastml serve --monitor): a saved profile, .parquet or .csv file,
+    # relative to the model directory; "" = the registered version's reference (docs/monitoring.md).
+    monitor_reference: str = ""
     warmup: WarmupConfig = msgspec.field(default_factory=WarmupConfig)
     # Features in the request path (docs/features.md): the feature input's columns, in order (online feature
     # references and request-time input names); requests then carry entity ids (entity_key) instead.
@@ -89,6 +92,7 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
         d = msgspec.structs.asdict(self)
         d.pop("version_policy")
         d.pop("warmup")
+        d.pop("monitor_reference")
         join = {k: d.pop(k) for k in ("features", "entity_key", "entity_dtype", "feature_input", "feature_policy")}
         if join["features"]:
             d.update({k: v for k, v in join.items() if v not in ("", [], {})})
