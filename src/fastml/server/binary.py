@@ -126,7 +126,8 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         # A client may half-close after its last request: answer what it sent, then close.
         self.eof = True
         self._maybe_close()
-        return True
+        # TLS has no half-close (asyncio closes the transport after close_notify whatever we return, and warns).
+        return self.listener.tls is None
 
     def pause_writing(self) -> None:
         self.write_paused = True
