@@ -281,7 +281,7 @@ async def retire(server, grace_period_s: float, idle_close_s: float = RETIRE_IDL
                         queued.append(dup.accept()[0])
                     except (BlockingIOError, InterruptedError):
                         break
-        srv.close()  # no yield since the last accept: nothing can have queued in between but a syncookie
+        srv.close()  # no yield to the loop since the last accept: a window of microseconds, not a loop turn
     ssl_ctx = server.tls.server_context() if server.tls is not None else None
     # Awaited (TLS: through the handshake) so each connection is registered before draining starts; one
     # that fails its handshake is that client's failure alone.
