@@ -7,6 +7,7 @@ gets; /metrics lookup counts; the prediction log records the joined values.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -256,6 +257,9 @@ def test_load_model_policies_and_ttl(local):
         assert model.predict({"driver_id": np.array([1, 2], np.int32), "distance_km": dist[:2]})["y"].shape == (2, 1)
         with pytest.raises(InvalidInput, match=r"entity 4 \(row 1\).*'driver:rating' \(missing"):
             model.predict({"driver_id": np.array([1, 4]), "distance_km": dist[:2]})
+        with pytest.raises(InvalidInput, match=r"entity 4 \(row 0\)"):  # the asyncio path, counted once too
+            asyncio.run(model.predict_async({"driver_id": np.array([4]), "distance_km": dist[:1]}))
+        assert model.feature_lookups()["driver:rating"] == {"hit": 3, "missing": 2, "stale": 0}
 
 
 def test_string_keys_and_passthrough_input(tmp_path, fastml_home):
@@ -321,8 +325,6 @@ feature_policy = { "driver:rating" = { on_missing = "default", default = -1.0 } 
 
 
 def test_deployment_variant_declares_its_features(local):
-    import asyncio
-
     from fastml.registry import Registry
     from fastml.serving import deployment_config as dconf
     from fastml.serving.dataplane import DataPlane, InferRequest

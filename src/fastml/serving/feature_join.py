@@ -170,6 +170,8 @@ class FeatureJoinedModel:
         self._refs = [c.name for c in join.columns if c.ref is not None]
         self._ref_columns = [i for i, c in enumerate(join.columns) if c.ref is not None]
         self._run = join.run  # bound once: the per-request call
+        self._inner_submit = model.submit
+        self._simple = not self._passthrough
 
     # ------------------------------------------------------------------ the join
     def build(self, inputs) -> dict[str, np.ndarray]:
@@ -220,9 +222,16 @@ class FeatureJoinedModel:
     # ------------------------------------------------------------------ the engine model's entry points
     def submit(self, inputs, timeout_us: int | None = None, *, outputs=None, request_id: str | None = None):
         """:meth:`fastml.engine.Model.submit` with entity ids in; the join runs now, on the caller's thread."""
+        if outputs is None and request_id is None and self._simple and type(inputs) is dict:
+            # The common request (entity ids and request-time values only): one native join, one native submit.
+            if len(inputs) == self._n_inputs:
+                out, error_row, error_col, error_stale = self._run(inputs)
+                if error_row >= 0:
+                    self._refuse(inputs, error_row, error_col, error_stale)
+                return self._inner_submit({self.feature_input: out}, timeout_us)
         feed = self.build(inputs)
         if outputs is None and request_id is None:
-            return self.model.submit(feed, timeout_us)
+            return self._inner_submit(feed, timeout_us)
         return self.model.submit(feed, timeout_us, outputs=outputs, request_id=request_id)
 
     def predict(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id: str | None = None):
