@@ -115,7 +115,11 @@ def load_capacity(path: Path | None) -> tuple[dict, str]:
             data = json.loads(p.read_text())
             if "capacity" not in data:
                 raise SystemExit(f"capacity.py: {p} has no 'capacity' section (written by bench_workers.py --json)")
-            return data["capacity"], str(p)
+            cap = dict(data["capacity"])
+            for row in data.get("rows", []):  # a worker's start-up time: the reaction row's baseline
+                if row["name"].startswith("autoscaler reaction") and "worker_startup_s" not in cap:
+                    cap["worker_startup_s"] = row["baseline_value"]
+            return cap, str(p)
     raise SystemExit(
         "capacity.py: no bench_workers.json found; run `python benchmarks/bench_workers.py --json PATH` and pass "
         "--bench-json PATH, or give --per-worker-rps and --unloaded-ms"
@@ -211,8 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simulate", action="store_true", help="also run the autoscaler on a bursty trace")
     parser.add_argument("--trace-s", type=int, default=1800, help="simulated seconds (default 1800)")
     parser.add_argument("--peak-rate", type=float, default=None, help="burst peak, requests/s (default --rate)")
-    parser.add_argument("--startup-s", type=float, default=None, help="a new worker's start-up time (default 2 s)")
+    parser.add_argument(
+        "--startup-s", type=float, default=None, help="a new worker's start-up time (default: measured, else 2 s)"
+    )
     parser.add_argument("--max-workers", type=int, default=None, help="autoscaler bound (default: peak need + 1)")
+    parser.add_argument("--min-workers", type=int, default=1, help="autoscaler bound (default 1)")
+    parser.add_argument("--target-utilization", type=float, default=None, help="policy target (default 0.6)")
+    parser.add_argument("--scale-down-delay-s", type=float, default=None, help="policy delay (default 30)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
 
@@ -259,8 +268,18 @@ def main(argv: list[str] | None = None) -> int:
         trace = bursty_trace(args.trace_s, base=peak / 4, peak=peak, seed=args.seed)
         need_peak = workers_for(max(trace), target_s, mu, d0_s)
         need_mean = workers_for(sum(trace) / len(trace), target_s, mu, d0_s)
-        config = AutoscaleConfig(min_workers=1, max_workers=args.max_workers or need_peak + 1).validate()
-        startup_s = args.startup_s if args.startup_s is not None else 2.0
+        tuned = {
+            k: v
+            for k, v in (
+                ("target_utilization", args.target_utilization),
+                ("scale_down_delay_s", args.scale_down_delay_s),
+            )
+            if v is not None
+        }
+        config = AutoscaleConfig(
+            min_workers=args.min_workers, max_workers=args.max_workers or need_peak + 1, **tuned
+        ).validate()
+        startup_s = args.startup_s if args.startup_s is not None else float(cap.get("worker_startup_s", 2.0))
         sim = simulate(trace, mu, d0_s, target_s, config, startup_s)
         print(
             f"\n## autoscaler on a bursty trace ({args.trace_s} s, mean {sum(trace) / len(trace):,.0f}/s, "
@@ -268,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"policy: AutoscaleConfig({', '.join(f'{k}={v}' for k, v in vars(config).items())}); "
-            f"a new worker serves {startup_s:g} s after the decision\n"
+            f"a new worker serves {startup_s:.1f} s after the decision\n"
         )
         print("| t (s) | rate (/s) | serving | starting | utilisation | p99 (ms) |")
         print("|---:|---:|---:|---:|---:|---:|")
