@@ -57,6 +57,18 @@ def run(tmp_path_factory):
                 store.add_window(_window(i, 5000, False))
             for i in range(3, 5):
                 store.add_window(_window(i, 100, True))
+        # 40 served predictions of fraud, all right, with their outcomes: quality for the report, no alert.
+        with PredictionLogger(home / "logs", sample_rate=1.0) as lg:
+            for i in range(40):
+                lg.log(
+                    model="fraud",
+                    version="1",
+                    inputs={"x": np.zeros((1, 2), np.float32)},
+                    outputs={"label": np.array([i % 2])},
+                    latency_us=50.0,
+                    request_id=f"f{i:03d}",
+                )
+        record_feedback([f"f{i:03d}" for i in range(40)], np.arange(40) % 2, directory=home / "logs")
         rules = home / "rules.toml"
         rules.write_text(
             '[[rules]]\nname = "data_drift"\nmetric = "drift_share"\ncomparison = ">="\nthreshold = 0.5\n'
@@ -130,6 +142,7 @@ def test_report_json_covers_drift_alerts_health_and_flags_small_windows(run):
     assert "100 rows against a 5,000-row reference" in data["drift"]["small_window_note"]
     assert "fire on noise" in data["drift"]["small_window_note"]
     assert [a["rule"] for a in data["alerts"]] == ["data_drift"]
+    assert sum(q["n_labelled"] for q in data["quality"]) == 40 and {q["accuracy"] for q in data["quality"]} == {1.0}
     assert data["health"] == {"latest": 50.0, "min": 50.0, "mean": 80.0}
     code, text = run["report_empty"]
     assert code == 0 and json.loads(text)["state"] == "no data"
@@ -205,3 +218,4 @@ def test_store_report_renders_in_headless_chromium(run, tmp_path):
         assert section in dom
     assert "fire on noise" in dom and "data_drift" in dom and "<svg" in dom
     assert "50.0 / 100" in dom
+    assert "1.0000" in dom  # the live accuracy from feedback, in the quality table
