@@ -9,11 +9,15 @@ What it does, in one run:
    cost of ``Router.route`` from Python against the same Python router;
 2. HTTP throughput: one ``fastml serve`` serving the MLP both as a model and as a 90/10 deployment of two
    registry versions of it; closed loop over keep-alive connections (fastml.loadtest's client), the
-   model alone and the deployment alternating in equal windows, requests/s compared.
+   model alone and the deployment alternating in equal windows, requests/s compared;
+3. shadow cost: the primary's p99 latency through a deployment with a 100 % shadow against the same
+   deployment without one, open loop (``fastml.loadtest.run_open_loop``) at the same arrival rate (half the
+   closed-loop rate the model alone reached), alternating windows.
 
 Targets (benchmarks/README.md "CI targets"): keyless core decision <= 50 ns (row ratio = 50 ns / measured,
-target 1); the deployment keeps >= 0.95x the model's HTTP throughput. ``--quick`` shortens everything
-(about 20 s).
+target 1); the deployment keeps >= 0.95x the model's HTTP throughput; a 100 % shadow leaves the primary's
+p99 where it was (goal 0.8x: shadow copies only start when no primary request is in flight).
+``--quick`` shortens everything (about 20 s).
 """
 
 from __future__ import annotations
@@ -140,6 +144,22 @@ async def closed_loop(port: int, wire: bytes, concurrency: int, window_s: float)
     return done / elapsed
 
 
+def shadow_p99(port: int, plain: bytes, shadowed: bytes, rate_per_s: float, rounds: int, window_s: float) -> dict:
+    """Median over rounds of the primary's p99 (us) open loop at ``rate_per_s``, without and with a 100 % shadow."""
+    from fastml.loadtest import run_open_loop
+
+    p99: dict[str, list[float]] = {"plain": [], "shadowed": []}
+    for _ in range(rounds):
+        for key, wire in (("plain", plain), ("shadowed", shadowed)):
+            res = asyncio.run(
+                run_open_loop("127.0.0.1", port, wire, rate_per_s=rate_per_s, duration_s=window_s, warmup_s=0.3)
+            )
+            if res.ok != res.sent:
+                raise RuntimeError(f"{res.sent - res.ok} requests failed during the open-loop window")
+            p99[key].append(float(np.percentile(res.latency_ok_us, 99)))
+    return {"p99_plain_us": float(np.median(p99["plain"])), "p99_shadowed_us": float(np.median(p99["shadowed"]))}
+
+
 def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> dict[str, float] | None:
     sys.path.insert(0, str(HERE))
     import models as reference_models
@@ -172,6 +192,9 @@ def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> dic
                 "[deployments.one]\n"
                 '[[deployments.one.variants]]\nname = "a"\nmodel = "ref:1.0.0"\nweight_bp = 10000\n'
                 '[[deployments.one.variants]]\nname = "b"\nmodel = "ref:2.0.0"\nweight_bp = 0\n'
+                "[deployments.shadowed]\n"
+                '[[deployments.shadowed.variants]]\nname = "a"\nmodel = "ref:1.0.0"\nweight_bp = 10000\n'
+                '[[deployments.shadowed.shadows]]\nname = "s"\nmodel = "ref:2.0.0"\nshare_bp = 10000\n'
             ),
         )
         proc, port = start_server(home, repo)
@@ -184,12 +207,15 @@ def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> dic
             alone = build_infer_request("mlp", {i0.name: x}).wire
             routed = build_infer_request("ab", {i0.name: x}).wire
             single = build_infer_request("one", {i0.name: x}).wire
+            shadowed = build_infer_request("shadowed", {i0.name: x}).wire
             rates: dict[str, list[float]] = {"alone": [], "deployment": [], "single": []}
             for _ in range(rounds):
                 rates["alone"].append(asyncio.run(closed_loop(port, alone, concurrency, window_s)))
                 rates["deployment"].append(asyncio.run(closed_loop(port, routed, concurrency, window_s)))
                 rates["single"].append(asyncio.run(closed_loop(port, single, concurrency, window_s)))
-            return {k: float(np.median(v)) for k, v in rates.items()}
+            out = {k: float(np.median(v)) for k, v in rates.items()}
+            out.update(shadow_p99(port, single, shadowed, out["alone"] / 2, rounds, window_s))
+            return out
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -262,6 +288,22 @@ def main(argv: list[str] | None = None) -> int:
             report.add(
                 benchjson.rate_row(
                     "HTTP 100/0 deployment vs model alone (c=16)", "model alone", alone, single, "req/s", 0.6, goal=0.95
+                )
+            )
+            plain, shadowed = got["p99_plain_us"], got["p99_shadowed_us"]
+            print(
+                f"open loop at {alone / 2:,.0f} req/s: primary p99 {plain:,.0f} us without a shadow, "
+                f"{shadowed:,.0f} us with a 100 % shadow"
+            )
+            report.add(
+                benchjson.time_row(
+                    "HTTP primary p99 with a 100 % shadow vs without (open loop)",
+                    "no shadow",
+                    plain,
+                    shadowed,
+                    "us",
+                    0.25,  # p99 of a few seconds on a shared 2-core box swings by 2x on its own
+                    goal=0.8,
                 )
             )
     report.write(args.json)

@@ -266,3 +266,72 @@ def test_grpc_routes_by_key_and_names_the_variant(home, model_repo, onnx_models)
         client.close()
     finally:
         assert srv.stop() == 0
+
+
+def _call(method, url, body: bytes | None, headers):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def test_admin_endpoint_puts_gets_and_deletes_deployments(home, model_repo, onnx_models):
+    from fastml.serving import deployment_config as dconf
+
+    x = np.load(onnx_models["data"])[:1]
+    body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    admin = {"Authorization": "Bearer s3cret-admin-token-0123"}
+    spec = {"variants": [{"name": "old", "model": "fraud:1.0.0", "weight_bp": 10000}]}
+    srv = ServerProcess(
+        [str(model_repo), "--http-port", "0", "--metrics-port", "0"],
+        home,
+        env_extra={"FASTML_ADMIN_TOKEN": "s3cret-admin-token-0123"},
+    )
+    try:
+        base = f"http://{srv.url}/v2/deployments"
+        # Changing a deployment needs the admin token; reading does not.
+        assert _call("PUT", f"{base}/ranker", json.dumps(spec).encode(), {})[0] == 401
+        assert _call("PUT", f"{base}/ranker", json.dumps(spec).encode(), {"Authorization": "Bearer nope"})[0] == 401
+        assert _call("GET", f"{base}/ranker", None, {})[0] == 404
+        # A bad spec is a 400 naming the field; nothing changes.
+        bad = {"variants": [{"name": "old", "model": "fraud:1.0.0", "weight_bp": 9999}]}
+        status, resp = _call("PUT", f"{base}/ranker", json.dumps(bad).encode(), admin)
+        assert status == 400 and "deployments.ranker.variants: weight_bp values sum to 9999" in resp["error"]
+        status, resp = _call("PUT", f"{base}/fraud", b'[[variants]]\nname = "a"\nmodel = "fraud:9.9.9"\n', admin)
+        assert status == 400 and "weight_bp" in resp["error"]
+        status, resp = _call(
+            "PUT", f"{base}/fraud", b'[[variants]]\nname = "a"\nmodel = "fraud:9.9.9"\nweight_bp = 10000\n', admin
+        )
+        assert status == 404 and "deployments.fraud.variants[0].model" in resp["error"]
+        status, resp, _ = _post(
+            f"http://{srv.url}/v2/models/fraud/infer", {**body, "parameters": {"variant": "candidate"}}, {}
+        )
+        assert status == 200 and resp["model_version"] == "2.0.0"  # the running deployment as it was
+        # JSON, then a TOML replacement: applied at once and persisted beside the file's other deployments.
+        status, resp = _call("PUT", f"{base}/ranker", json.dumps(spec).encode(), admin)
+        assert status == 200 and resp["variants"]["old"]["weight_bp"] == 10000
+        status, resp, headers = _post(f"http://{srv.url}/v2/models/ranker/infer", body, {})
+        assert status == 200 and headers["fastml-variant"] == "old" and resp["model_version"] == "1.0.0"
+        toml = b'[[variants]]\nname = "new"\nmodel = "fraud:2.0.0"\nweight_bp = 10000\n'
+        assert _call("PUT", f"{base}/ranker", toml, admin)[0] == 200
+        status, resp, headers = _post(f"http://{srv.url}/v2/models/ranker/infer", body, {})
+        assert status == 200 and headers["fastml-variant"] == "new" and resp["model_version"] == "2.0.0"
+        _, persisted = dconf.read(dconf.state_path())
+        assert list(persisted) == ["fraud", "champ", "mirrored", "ranker"]
+        assert persisted["ranker"].variants[0].model == "fraud:2.0.0"
+        status, resp = _call("GET", base, None, {})
+        assert status == 200 and set(resp["deployments"]) == {"fraud", "champ", "mirrored", "ranker"}
+        assert resp["deployments"]["ranker"]["variants"]["new"]["routed"] == 1
+        # Delete: gone from the server and the file.
+        assert _call("DELETE", f"{base}/ranker", None, admin)[0] == 200
+        assert _post(f"http://{srv.url}/v2/models/ranker/infer", body, {})[0] == 404
+        assert "ranker" not in dconf.read(dconf.state_path())[1]
+        assert _call("DELETE", f"{base}/ranker", None, admin)[0] == 404
+        assert _call("POST", f"{base}/ranker", b"", admin)[0] == 405
+    finally:
+        assert srv.stop() == 0

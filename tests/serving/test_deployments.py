@@ -244,6 +244,34 @@ def test_shadow_is_shed_first_under_load(registry, x, direct):
     run(scenario)
 
 
+def test_shadow_copies_start_only_when_no_primary_work_is_in_flight(registry, x, direct):
+    async def scenario(plane, dm):
+        await dm.apply_text(SHADOW)
+        shadow_entry = dm.table["shadowed"].shadows[0].current(dm.manager)
+        busy_at_start = []
+        submit_arrays = plane.submit_arrays
+
+        def spy(entry, *args):
+            if entry is shadow_entry:  # primary requests in flight when a shadow copy starts
+                busy_at_start.append(plane.inflight - dm.shadow_inflight)
+            return submit_arrays(entry, *args)
+
+        plane.submit_arrays = spy
+        for burst in range(3):
+            futs = [plane.submit(req("shadowed", x, routing_key=f"{burst}-{i}")) for i in range(12)]
+            for resp in await asyncio.gather(*futs):
+                assert resp.parameters["variant"] == "main"
+                np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
+        while dm.shadow_waiting or dm.shadow_inflight:
+            await asyncio.sleep(0)
+        s = dm.variant_stats("shadowed")["mirror"]
+        assert s["mirrored"] == 36 and s["requests"] + s["shed"] == 36 and s["errors"] == 0
+        assert len(busy_at_start) == s["requests"] > 0
+        assert busy_at_start == [0] * len(busy_at_start)
+
+    run(scenario)
+
+
 def test_bad_apply_leaves_the_running_deployment_as_it_was(registry, x):
     async def scenario(plane, dm):
         await dm.apply_text(AB)

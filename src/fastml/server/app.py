@@ -25,7 +25,7 @@ import msgspec
 
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
 from fastml.server import auth as admin_auth
-from fastml.server import http, routes, shm_http
+from fastml.server import deploy_admin, http, routes, shm_http
 from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
 from fastml.server.tensors import encode_json
@@ -178,7 +178,7 @@ class Server:
         self.ok_count = 0
         self.buffered_bytes = 0  # request bodies being received, all connections (Limits.max_buffered_bytes)
         self.status_counts: dict[int, int] = {}
-        self.async_kinds = {routes.REPO_LOAD, routes.REPO_UNLOAD}
+        self.async_kinds = {routes.REPO_LOAD, routes.REPO_UNLOAD, *deploy_admin.ADMIN_KINDS}
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
@@ -394,6 +394,8 @@ class Server:
             return 200, encode_json(plane.repository_index(ready_only=req.ready)), _JSON
         if kind in _SHM_KINDS:
             return self._shared_memory(kind, name, body)
+        if kind in deploy_admin.KINDS:
+            return 200, deploy_admin.get(plane, kind, name), _JSON
         if kind == routes.FEEDBACK:
             from fastml.serving import feedback
 
@@ -410,8 +412,10 @@ class Server:
         return 200, shm_http.handle(kind, self.plane.shm, name, body, not self.reuse_port), _JSON
 
     async def handle_async(self, kind, name, version, body) -> tuple[int, bytes, bytes]:
-        """Answer a repository load/unload request (they wait for the model swap)."""
+        """Answer a repository load/unload or deployment change request (they wait for the model swap)."""
         try:
+            if kind in deploy_admin.ADMIN_KINDS:
+                return 200, await deploy_admin.change(self.plane, kind, name, body), _JSON
             req = _decode(body, _LoadRequest, "repository request")
             if kind == routes.REPO_LOAD:
                 params = req.parameters

@@ -56,6 +56,8 @@ _ADMIN_KINDS = {
     routes.SHM_UNREGISTER: "shared-memory unregister",
     routes.CUDA_SHM_REGISTER: "CUDA shared-memory register",
     routes.CUDA_SHM_UNREGISTER: "CUDA shared-memory unregister",
+    routes.DEPLOYMENT_PUT: "deployment change",
+    routes.DEPLOYMENT_DELETE: "deployment removal",
 }
 _OPEN_KINDS = {routes.LIVE, routes.READY, routes.METRICS}  # open even with --require-token-for-inference
 
@@ -167,6 +169,9 @@ class _RoutedCall(_InferCall):
         if conn_hdr is _CLOSE_HDR:
             self.close = True
         conn.flush()
+        deployments = plane.deployments
+        if deployments is not None and deployments.shadow_waiting:
+            deployments.pump_shadows(plane)  # shadow copies start once primary work is done
 
 
 _CLOSE_HDR = b"Connection: close\r\n"
@@ -674,10 +679,15 @@ class HttpProtocol:
         if kind == routes.NOT_FOUND:
             raise _Reject(404, "Not Found")
         if method != routes.METHOD[kind]:
-            raise _Reject(
-                405,
-                f"Method Not Allowed: {method.decode('latin-1')} on {url[:200].decode('latin-1')} (use {routes.METHOD[kind].decode()})",
-            )
+            by_method = routes.by_method(kind, method)  # a route taking several methods (deployments)
+            if by_method is None:
+                allowed = routes.METHOD[kind]
+                use = b", ".join(allowed) if type(allowed) is tuple else allowed
+                raise _Reject(
+                    405,
+                    f"Method Not Allowed: {method.decode('latin-1')} on {url[:200].decode('latin-1')} (use {use.decode()})",
+                )
+            kind = by_method
         if kind in _ADMIN_KINDS or (server.auth.require_for_inference and kind not in _OPEN_KINDS):
             # Checked before the body is inflated or decoded: a refused request costs nothing and changes nothing.
             try:

@@ -16,6 +16,10 @@ SHM_STATUS, SHM_REGISTER, SHM_UNREGISTER, CUDA_SHM_STATUS, CUDA_SHM_REGISTER, CU
 # Outcomes of served predictions for a model or deployment (fastml.serving.feedback): records data, changes
 # no serving state, so it is authorised like inference.
 FEEDBACK = 20
+# Deployments (fastml.server.deploy_admin): /v2/deployments lists them; /v2/deployments/<name> answers GET
+# (status, open like metadata) and, with the admin token, PUT (create or replace) and DELETE. The transport
+# turns DEPLOYMENT into DEPLOYMENT_PUT / DEPLOYMENT_DELETE by method before the admin check.
+DEPLOYMENTS, DEPLOYMENT, DEPLOYMENT_PUT, DEPLOYMENT_DELETE = range(21, 25)
 
 # kind -> the one method it accepts (anything else is 405)
 METHOD = {
@@ -39,7 +43,22 @@ METHOD = {
     CUDA_SHM_REGISTER: b"POST",
     CUDA_SHM_UNREGISTER: b"POST",
     FEEDBACK: b"POST",
+    DEPLOYMENTS: b"GET",
+    DEPLOYMENT: (b"GET", b"PUT", b"DELETE"),  # several methods: a tuple (see DEPLOYMENT above)
+    DEPLOYMENT_PUT: b"PUT",
+    DEPLOYMENT_DELETE: b"DELETE",
 }
+_BY_METHOD = {b"PUT": DEPLOYMENT_PUT, b"DELETE": DEPLOYMENT_DELETE}
+
+
+def by_method(kind: int, method: bytes) -> int | None:
+    """The kind a request of a several-method route (METHOD value is a tuple) has for ``method``; None when
+    the route does not take that method."""
+    allowed = METHOD[kind]
+    if type(allowed) is not tuple or method not in allowed:
+        return None
+    return _BY_METHOD.get(method, kind)
+
 
 _MODEL_ACTIONS = {
     "infer": INFER,
@@ -86,6 +105,12 @@ def route(path: str) -> tuple[int, str | None, str | None]:
             return MODEL_META, name, version
         if i + 1 == n and rest[i] in _MODEL_ACTIONS:
             return _MODEL_ACTIONS[rest[i]], name, version
+        return NOT_FOUND, None, None
+    if head == "deployments":
+        if n == 1:
+            return DEPLOYMENTS, None, None
+        if n == 2 and rest[1]:
+            return DEPLOYMENT, unquote(rest[1]), None
         return NOT_FOUND, None, None
     if head == "systemsharedmemory" or head == "cudasharedmemory":
         return _shared_memory(head, rest, n)

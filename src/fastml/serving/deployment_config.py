@@ -23,6 +23,7 @@ file, fsync, rename), so a server polling it never reads half a file.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -118,16 +119,55 @@ def parse(text: str, source: str = "deployment file") -> dict[str, DeploymentSpe
     tables = raw.get("deployments", {})
     if not isinstance(tables, dict):
         raise InvalidInput(f"{source}: deployments must be a table of [deployments.<name>] tables")
-    out: dict[str, DeploymentSpec] = {}
-    for name, table in tables.items():
+    return {name: _spec(name, table, source) for name, table in tables.items()}
+
+
+def _spec(name: str, table, source: str) -> DeploymentSpec:
+    try:
+        spec = msgspec.convert(table, DeploymentSpec)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"{source}: {_where(str(exc), f'deployments.{name}')}") from None
+    spec = msgspec.structs.replace(spec, name=name)
+    check(spec, source)
+    return spec
+
+
+def parse_one(name: str, text: str | bytes, source: str = "request body") -> DeploymentSpec:
+    """One deployment's spec as an admin request sends it: TOML or JSON, either the deployment's own table
+    (``variants = [...]``, ``{"variants": [...]}``) or a deployment file holding exactly ``[deployments.<name>]``.
+
+    Raises:
+        InvalidInput: as :func:`parse`, naming the field; or a body that declares another deployment.
+    """
+    if isinstance(text, bytes):
         try:
-            spec = msgspec.convert(table, DeploymentSpec)
-        except msgspec.ValidationError as exc:
-            raise InvalidInput(f"{source}: {_where(str(exc), f'deployments.{name}')}") from None
-        spec = msgspec.structs.replace(spec, name=name)
-        check(spec, source)
-        out[name] = spec
-    return out
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{source}: not UTF-8 text") from None
+    if text.lstrip().startswith("{"):
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"{source}: not valid JSON: {exc}") from None
+    else:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"{source}: not valid TOML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{source}: expected a table with 'variants' (and optionally 'shadows')")
+    if "deployments" in raw:
+        tables = raw["deployments"]
+        extra = sorted(set(raw) - {"deployments"})
+        if extra or not isinstance(tables, dict) or list(tables) != [name]:
+            raise InvalidInput(
+                f"{source}: a deployment file sent here must hold exactly [deployments.{name}] "
+                f"(got {sorted(tables) if isinstance(tables, dict) else tables!r})"
+            )
+        raw = tables[name]
+    if "name" in raw:
+        raise InvalidInput(f"{source}: deployments.{name}.name: the name comes from the URL, not the body")
+    return _spec(name, raw, source)
 
 
 _PATH = re.compile(r"at `\$\.?([^`]*)`")

@@ -42,11 +42,15 @@ from fastml import _core
 from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound, Overloaded
 from fastml.monitoring.log import CURRENT_VARIANT
 from fastml.serving import deployment_config as dconf
-from fastml.serving.dataplane import InferRequest, InferResponse
+from fastml.serving.dataplane import InferRequest, InferResponse, request_timeout_us
 
 log = logging.getLogger("fastml.serving.deployments")
 
 LATENCY_SAMPLES = 4096  # latest latencies kept per variant for percentiles
+# The shadow lane (DeploymentManager._mirror): copies waiting for idle capacity; past this many a copy is shed.
+SHADOW_LANE_MAX = 1024
+SHADOW_MAX_WAIT_S = 1.0  # a copy that waited longer is shed: a late shadow answer says little about now
+SHADOW_INFLIGHT_MAX = 32  # copies started at once (about one batch): what primary work may wait behind at most
 
 
 # Upper bounds (us) of the cumulative latency histogram exported to Prometheus per variant.
@@ -186,6 +190,11 @@ class DeploymentManager:
         self._lock: asyncio.Lock | None = None
         self.last_error: str | None = None
         self.alias_swaps = 0
+        self._admin_lock: asyncio.Lock | None = None  # one admin change (read file, apply, write file) at a time
+        # Shadow copies waiting for idle capacity: (deployment, shadow, request, queued at monotonic s).
+        self._shadow_lane: deque[tuple] = deque()
+        self.shadow_inflight = 0  # shadow copies submitted to their models and not yet answered
+        self._plane = None  # the data plane whose requests are routed here (set by the first submit)
 
     # ----- registry and model loading (blocking: run in an executor) -------------------------------
     def registry(self):
@@ -233,6 +242,12 @@ class DeploymentManager:
         new: dict[str, Deployment] = {}
         for name, spec in specs.items():
             dconf.check(spec, source)
+            old = self.table.get(name)
+            if old is not None and old.spec == spec:
+                # Unchanged: keep it as it runs (router counters, live weights a controller set, followed
+                # alias versions), so changing one deployment never resets the others.
+                new[name] = old
+                continue
             where = f"{source}: deployments.{name}"
             if self.manager is not None and (name in self.manager.models or name in self.manager.failed):
                 raise Conflict(f"{where}: {name!r} is already the name of a served model")
@@ -312,6 +327,59 @@ class DeploymentManager:
             log.info("deployments applied from %s: %s", source, ", ".join(new) or "(none)")
             await self._drain_and_close(self._unused_entries(new))
 
+    async def put(self, name: str, body: str | bytes) -> dict:
+        """Create or replace deployment ``name`` from an admin request's spec (TOML or JSON, see
+        :func:`fastml.serving.deployment_config.parse_one`), apply it without failing in-flight requests, and
+        persist it in the state file (other server processes on this home follow within a poll).
+
+        Returns:
+            the deployment's :meth:`variant_stats`.
+
+        Raises:
+            InvalidInput / NotFound / Conflict: naming the field; nothing is applied or persisted.
+        """
+        spec = dconf.parse_one(name, body, f"deployment {name!r}")
+        async with self._admin_lock_():
+            specs = await self._persisted_specs()
+            specs[name] = spec
+            await self.apply(specs, f"deployment {name!r}")
+            await self._persist(specs)
+        return self.variant_stats(name)
+
+    async def delete(self, name: str) -> None:
+        """Remove deployment ``name`` (its in-flight requests finish) and persist the change.
+
+        Raises:
+            NotFound: no such deployment.
+        """
+        async with self._admin_lock_():
+            specs = await self._persisted_specs()
+            if name not in self.table and name not in specs:
+                raise NotFound(f"unknown deployment {name!r}")
+            specs.pop(name, None)
+            await self.apply(specs, f"deleting deployment {name!r}")
+            await self._persist(specs)
+
+    def _admin_lock_(self) -> asyncio.Lock:
+        if self._admin_lock is None:
+            self._admin_lock = asyncio.Lock()
+        return self._admin_lock
+
+    async def _persisted_specs(self) -> dict[str, dconf.DeploymentSpec]:
+        """The state file's deployments (another process may have changed it), else the running ones."""
+        loop = asyncio.get_running_loop()
+        try:
+            _, specs = await loop.run_in_executor(None, dconf.read, self.state_file)
+            return dict(specs)
+        except FastMLError:  # absent or unreadable: start from what runs
+            return {n: d.spec for n, d in self.table.items()}
+
+    async def _persist(self, specs: dict[str, dconf.DeploymentSpec]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, dconf.write_atomic, self.state_file, dconf.dump(specs))
+        st = self.state_file.stat()
+        self._state_sig = (st.st_mtime_ns, st.st_size, st.st_ino)  # our own write: nothing to re-apply
+
     async def apply_text(self, text: str, source: str = "deployments") -> None:
         """Parse and :meth:`apply` a deployment file's text."""
         await self.apply(dconf.parse(text, source), source)
@@ -380,6 +448,8 @@ class DeploymentManager:
                     log.error("deployments in %s not applied, the running ones are kept: %s", self.state_file, exc)
         if any(t.follows for d in self.table.values() for t in d.variants + d.shadows):
             await self.follow_aliases()
+        if self._plane is not None:
+            self.pump_shadows(self._plane)  # copies left waiting when primary work ended on another model
         if self.table:
             await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot)
 
@@ -522,6 +592,8 @@ class DeploymentManager:
 
         def done(f: asyncio.Future) -> None:
             latency_us = (time.perf_counter_ns() - start_ns) / 1000
+            if self._shadow_lane:
+                self.pump_shadows(plane)
             if f.cancelled():
                 target.stats.record(latency_us, False)
                 if not outer.done():
@@ -547,33 +619,63 @@ class DeploymentManager:
         return outer
 
     def _mirror(self, plane, d: Deployment, s: Target, primary_entry, inner: InferRequest) -> None:
-        """Submit a shadow copy unless the server is busy (then it is shed and counted)."""
+        """Queue a shadow copy in the shadow lane, or shed it (counted) when the server is busy.
+
+        Shadow work has the lowest priority: a copy is shed at once while the primary's or the shadow's queue
+        is a quarter full (it never takes queue room primary work may need) or the lane is full, and a queued
+        copy starts only when no primary request is in flight in this process (:meth:`pump_shadows`), so it
+        never waits in a batcher queue ahead of primary work. A copy that waited over ``SHADOW_MAX_WAIT_S``
+        is shed too.
+        """
         try:
             entry = s.current(self.manager)
         except FastMLError:
             d.router.count_shadow_shed(s.index)
             return
-        # Shed first: a copy is refused while the primary's or the shadow's queue is a quarter full, so it
-        # never takes queue room that primary work may need.
         if (
             plane.draining
+            or len(self._shadow_lane) >= SHADOW_LANE_MAX
             or entry.inflight * 4 >= entry.config.max_queue_size
             or primary_entry.inflight * 4 >= primary_entry.config.max_queue_size
         ):
             d.router.count_shadow_shed(s.index)
             return
-        copy = InferRequest(
-            entry.name,
-            inner.inputs,
-            model_version=entry.version,
-            id=inner.id,
-            outputs=inner.outputs,
-            parameters=inner.parameters,
-        )
+        self._plane = plane
+        self._shadow_lane.append((d, s, inner, time.monotonic()))
+        self.pump_shadows(plane)
+
+    @property
+    def shadow_waiting(self) -> int:
+        """Shadow copies queued in the lane, not started yet."""
+        return len(self._shadow_lane)
+
+    def pump_shadows(self, plane) -> None:
+        """Start queued shadow copies while no primary request is in flight (called when primary or shadow
+        work completes, and by the poll loop as a safety net). Event loop thread only."""
+        lane = self._shadow_lane
+        if not lane:
+            return
+        now = time.monotonic()
+        while lane and plane.inflight <= self.shadow_inflight and self.shadow_inflight < SHADOW_INFLIGHT_MAX:
+            d, s, inner, queued_at = lane.popleft()
+            if plane.draining or now - queued_at > SHADOW_MAX_WAIT_S or self.table.get(d.name) is not d:
+                d.router.count_shadow_shed(s.index)
+                continue
+            self._start_shadow(plane, d, s, inner)
+
+    def _start_shadow(self, plane, d: Deployment, s: Target, inner: InferRequest) -> None:
+        try:
+            entry = s.current(self.manager)
+        except FastMLError:
+            d.router.count_shadow_shed(s.index)
+            return
         start_ns = time.perf_counter_ns()
         token = CURRENT_VARIANT.set(s.name)  # the prediction log's variant column (monitoring.log)
         try:
-            fut = plane.submit_to(entry, copy)
+            timeout_us = request_timeout_us(inner.parameters, entry.name)
+            # The staged way in, settled in our own callback: shadow_inflight and plane.inflight then move
+            # together, so "no primary request in flight" (pump_shadows) is exact. The answer is dropped.
+            fut = plane.submit_arrays(entry, inner.inputs, timeout_us, inner.id)
         except Overloaded:
             d.router.count_shadow_shed(s.index)
             return
@@ -583,14 +685,18 @@ class DeploymentManager:
             return
         finally:
             CURRENT_VARIANT.reset(token)
+        self.shadow_inflight += 1
 
         def done(f: asyncio.Future) -> None:
-            ok = not f.cancelled() and f.exception() is None
+            self.shadow_inflight -= 1
+            try:
+                plane.settle(entry, f)
+                ok = True
+            except BaseException as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
+                ok = False
+                log.debug("shadow %s of deployment %s failed: %s", s.name, d.name, exc)
             s.stats.record((time.perf_counter_ns() - start_ns) / 1000, ok)
-            if ok:
-                log.debug("shadow %s of deployment %s answered request %s (dropped)", s.name, d.name, copy.id)
-            elif not f.cancelled():
-                log.debug("shadow %s of deployment %s failed: %s", s.name, d.name, f.exception())
+            self.pump_shadows(plane)
 
         fut.add_done_callback(done)
 
