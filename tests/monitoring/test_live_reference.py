@@ -121,3 +121,65 @@ def test_config_toml_names_the_reference(small_models, tmp_path):
     finally:
         wiring.close()
         manager.close()
+
+
+def test_feature_store_statistics_are_the_reference_of_a_version_with_feature_refs(fastml_home, tmp_path):
+    import onnx
+    import pyarrow as pa
+    from onnx import TensorProto, helper
+
+    from fastml.features import Feature, FeatureGroup, FeatureStore
+    from fastml.registry import Registry
+    from fastml.serving import ModelManager
+    from fastml.serving.live_monitoring import attach
+
+    rng = np.random.default_rng(11)
+    n = 300
+    trips = rng.integers(0, 100, n)
+    rating = rng.normal(4, 0.5, n).astype(np.float32)
+    fs = FeatureStore()
+    fs.register(
+        FeatureGroup(
+            "driver", entities=["driver_id"], features=[Feature("trips", "int64"), Feature("rating", "float32")]
+        )
+    )
+    ts = pa.array(np.full(n, 1_700_000_000_000_000), pa.int64()).view(pa.timestamp("us", tz="UTC"))
+    fs.ingest(
+        "driver",
+        pa.table(
+            {
+                "driver_id": pa.array(np.arange(n), pa.int64()),
+                "event_timestamp": ts,
+                "trips": trips,
+                "rating": rating,
+            }
+        ),
+    )
+    fs.close()
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["trips", "rating"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info(f, TensorProto.FLOAT, [None, 1]) for f in ("trips", "rating")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "add.onnx"))
+    Registry().register("drv", tmp_path / "add.onnx", feature_refs=["driver:trips", "driver:rating"])
+
+    manager = ModelManager(["drv"])
+    manager.load_all()
+    wiring = attach(manager, window_rows=50, window_s=600, store=MonitoringStore(tmp_path / "m.db"))
+    try:
+        status = wiring.monitor.status()["models"]["drv"]
+        assert status["monitored"], status
+        assert status["reference"] == "features:driver:trips,driver:rating" and status["reference_rows"] == n
+        model = manager.get("drv").model
+        shifted = {"trips": (trips[:50, None] + 60).astype(np.float32), "rating": rating[:50, None]}
+        model.predict(shifted)
+        assert wiring.monitor.flush()
+        (w,) = wiring.monitor.store.windows("drv")
+        assert [f for f in w.drifted_features() if not f.startswith("prediction:")] == ["trips"]
+    finally:
+        wiring.close()
+        manager.close()
