@@ -182,3 +182,14 @@ def test_bad_rule_files_are_refused_naming_the_problem(tmp_path, text, match):
 def test_missing_rules_file_is_not_found(tmp_path):
     with pytest.raises(NotFound):
         load_rules(tmp_path / "absent.toml")
+
+
+def test_serve_refuses_a_bad_rules_file_before_listening(tmp_path, fastml_home, capsys):
+    from fastml.cli import main
+
+    bad = tmp_path / "rules.toml"
+    bad.write_text('[[rules]]\nname = "x"\nmetric = "f1"\ncomparison = "<"\nthreshold = 1\nseverity = "page"\n')
+    assert main(["serve", str(tmp_path / "repo"), "--monitor", "--alert-rules", str(bad)]) == 2
+    assert "severity must be one of" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "repo"), "--alert-rules", str(bad)]) == 2
+    assert "--alert-rules needs --monitor" in capsys.readouterr().err
