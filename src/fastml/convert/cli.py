@@ -10,11 +10,15 @@ def add_parser(subparsers) -> None:
     """Register ``fastml convert``."""
     p = subparsers.add_parser(
         "convert",
-        help="convert a scikit-learn, XGBoost, LightGBM or PyTorch model file to ONNX (parity-checked)",
+        help="convert a scikit-learn, XGBoost, LightGBM, PyTorch or TensorFlow/Keras model to ONNX (parity-checked)",
         description="Convert a model file to ONNX and check the result against the source model on sample rows; "
         "nothing is written when the conversion or the parity check fails.",
     )
-    p.add_argument("model", help="model file: pickle/joblib, XGBoost JSON, LightGBM text, TorchScript or torch.save")
+    p.add_argument(
+        "model",
+        help="model file: pickle/joblib, XGBoost JSON, LightGBM text, TorchScript or torch.save, Keras .keras/.h5; "
+        "or a TensorFlow SavedModel directory",
+    )
     p.add_argument("--output", "-o", required=True, help="ONNX file to write")
     p.add_argument("--sample", default=None, help=".npy file of input rows for the parity check / PyTorch export")
     p.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance (default 1e-4)")

@@ -7,7 +7,9 @@ Supported sources (detected from the file's contents, not its suffix):
   ``label`` / ``probabilities`` outputs, no ZipMap), including XGBoost and LightGBM scikit-learn wrappers,
 * XGBoost and LightGBM boosters (native files or pickled ``Booster`` objects, onnxmltools),
 * PyTorch modules: TorchScript archives or fully pickled modules (``torch.save(module)``), exported with
-  ``torch.onnx.export`` on a sample input.
+  ``torch.onnx.export`` on a sample input,
+* TensorFlow/Keras: ``.keras`` (and legacy ``.h5``) Keras files and SavedModel directories, with tf2onnx
+  (the ``[tensorflow]`` extra; :mod:`fastml.convert.tensorflow_export`).
 
 Every conversion is checked against the source model on sample rows before the ONNX file is written;
 a parity failure raises ``InvalidInput`` naming the max absolute difference. The output is written to a
@@ -32,7 +34,7 @@ import numpy as np
 
 from fastml.errors import InvalidInput
 
-FORMATS = ("onnx", "sklearn", "xgboost", "lightgbm", "torch")
+FORMATS = ("onnx", "sklearn", "xgboost", "lightgbm", "torch", "tensorflow")
 # Rows the parity check runs on when no sample is given: enough to cross many tree splits.
 PARITY_ROWS = 256
 
@@ -62,6 +64,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def tree_sha256(path: str | os.PathLike) -> str:
+    """sha256 over a directory's files (relative paths and contents, in sorted order): a SavedModel's identity."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
 # ----- detection ---------------------------------------------------------------------------------------
 def _is_onnx(path: Path) -> bool:
     try:
@@ -82,14 +94,24 @@ def load_source(path: str | os.PathLike):
     Raises:
         InvalidInput: not a readable file, or none of the supported formats (the message names the file).
     """
+    from fastml.convert import tensorflow_export as tfx
+
     path = Path(path)
+    if path.is_dir():
+        if tfx.is_saved_model(path):
+            return "tensorflow", tfx.load_saved_model(path)
+        raise InvalidInput(f"{str(path)!r} is a directory but not a TensorFlow SavedModel (no saved_model.pb)")
     if not path.is_file() or path.stat().st_size == 0:
         raise InvalidInput(f"{str(path)!r} is not a readable, non-empty model file")
     with open(path, "rb") as f:
         head = f.read(64)
+    if head.startswith(tfx.HDF5_MAGIC):
+        return "tensorflow", tfx.load_keras(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
+        if tfx.is_keras_zip(names):
+            return "tensorflow", tfx.load_keras(path)
         if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
             import torch
 
@@ -130,7 +152,8 @@ def load_source(path: str | os.PathLike):
         return "onnx", None
     raise InvalidInput(
         f"{str(path)!r} is not a supported model file: expected ONNX, a scikit-learn/XGBoost/LightGBM pickle or "
-        "joblib file, an XGBoost JSON or LightGBM text model, or a PyTorch module (TorchScript or torch.save)"
+        "joblib file, an XGBoost JSON or LightGBM text model, a PyTorch module (TorchScript or torch.save), or a "
+        "Keras .keras/.h5 file or TensorFlow SavedModel directory"
     )
 
 
@@ -323,6 +346,9 @@ def convert_file(
     elif fmt == "torch":
         x = _torch_sample(obj, sample, path)
         data = _torch_to_onnx(obj, x, opset).SerializeToString()
+    elif fmt == "tensorflow":
+        x = obj.sample(sample, PARITY_ROWS)
+        data = obj.to_onnx(opset).SerializeToString()
     else:
         n_features = _n_features(obj, fmt, path)
         x = _sample_rows(n_features, sample)
@@ -339,6 +365,8 @@ def convert_file(
         got = dict(zip(out_names, sess.run(None, {sess.get_inputs()[0].name: x})))
         if fmt == "torch":
             pairs = list(zip(out_names, _torch_reference(obj, x)))
+        elif fmt == "tensorflow":
+            pairs = list(zip(out_names, obj.reference(x)))
         else:
             ref = _tree_reference(obj, fmt, x)
             pairs = [(_pick_output(k, ref[k], got), v) for k, v in ref.items()]
@@ -361,7 +389,7 @@ def convert_file(
     return ConversionReport(
         str(path),
         fmt,
-        type(obj).__name__ if obj is not None else "ModelProto",
+        getattr(obj, "model_class", type(obj).__name__) if obj is not None else "ModelProto",
         str(output),
         0 if x is None else len(x),
         max_diff,
@@ -404,13 +432,20 @@ def _write_atomic(output: Path, data: bytes) -> None:
 
 def needs_conversion(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a model file of another framework (pickle, zip archive, LightGBM text,
-    XGBoost JSON) rather than ONNX, from its first bytes: cheap enough for every model load."""
+    XGBoost JSON, Keras HDF5) or a SavedModel directory rather than ONNX, from its first bytes: cheap enough for
+    every model load."""
+    from fastml.convert.tensorflow_export import HDF5_MAGIC, is_saved_model
+
+    if is_saved_model(path):
+        return True
     try:
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError:
         return False  # missing or unreadable: the loader reports it
-    return head[:1] in (b"\x80", b"{") or head.startswith((b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion="))
+    return head[:1] in (b"\x80", b"{") or head.startswith(
+        (b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion=", HDF5_MAGIC)
+    )
 
 
 def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Path:
@@ -427,7 +462,8 @@ def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Pa
         from fastml.config import get_settings
 
         home = Path(get_settings().home)
-    cached = home / "converted" / f"{file_sha256(path)}.onnx"
+    digest = tree_sha256(path) if path.is_dir() else file_sha256(path)
+    cached = home / "converted" / f"{digest}.onnx"
     if cached.is_file():
         return cached
     convert_file(path, cached)
@@ -442,4 +478,5 @@ __all__ = [
     "file_sha256",
     "load_source",
     "needs_conversion",
+    "tree_sha256",
 ]
