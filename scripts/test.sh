@@ -19,4 +19,13 @@ if [ ! -x .cache/evidently-venv/bin/python ]; then
     && .cache/evidently-venv/bin/pip install -q evidently 'pandas<3'; } >/dev/null 2>&1 \
     || { rm -rf .cache/evidently-venv; echo "test: Evidently could not be installed; its comparison test will say so"; }
 fi
+# TensorFlow/Keras conversion (tests/convert/test_tensorflow.py) needs the [tensorflow] extra: about 1.4 GB and a few
+# minutes to install, so it is not in [dev] and is installed here only when missing. Without it those tests skip.
+if ! .venv/bin/python -c "import tensorflow, tf2onnx" >/dev/null 2>&1; then
+  echo "test: installing the [tensorflow] extra (TensorFlow for the Keras/SavedModel conversion tests; a few minutes)"
+  # The extra's requirements as pyproject.toml lists them (not `-e .[tensorflow]`, which would rebuild the native core).
+  .venv/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['tensorflow']))" \
+    | xargs .venv/bin/pip install -q >.cache/tensorflow-install.log 2>&1 \
+    || echo "test: TensorFlow could not be installed (see .cache/tensorflow-install.log); its tests will skip"
+fi
 exec .venv/bin/python -m pytest tests "$@"
