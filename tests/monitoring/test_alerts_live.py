@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -193,3 +194,39 @@ def test_serve_refuses_a_bad_rules_file_before_listening(tmp_path, fastml_home, 
     assert "severity must be one of" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "repo"), "--alert-rules", str(bad)]) == 2
     assert "--alert-rules needs --monitor" in capsys.readouterr().err
+
+
+def test_rules_file_webhooks_deliver_from_the_background(tmp_path, hook, monkeypatch):
+    from types import SimpleNamespace
+
+    from fastml.monitoring.alerts import live_alerts, load_webhooks
+    from fastml.monitoring.store import FeatureDrift, WindowResult
+
+    url, received = hook
+    f = tmp_path / "rules.toml"
+    f.write_text(f'[[webhooks]]\nurl = "{url}"\nsecret_env = "ALERT_SECRET"\n')
+    with pytest.raises(InvalidInput, match="ALERT_SECRET"):
+        load_webhooks(f)
+    monkeypatch.setenv("ALERT_SECRET", "from-env")
+    listeners = []
+    monitor = SimpleNamespace(store=None, add_listener=listeners.append, record_quality=lambda *a: None)
+    listener = live_alerts(monitor, f)
+    assert listeners == [listener]
+    before = len(received)
+    window = WindowResult(
+        "wh",
+        n_rows=2000,
+        reference_rows=2000,
+        drift=[FeatureDrift("a", "ks", 0.0, 0.05, True)],
+        drift_share=1.0,
+        end_ts=time.time(),
+    )
+    assert [e.rule for e in listener(window)] == ["data_drift"]  # built-in rules still apply
+    (sink,) = [s for s in listener.manager.sinks if hasattr(s, "flush")]
+    sink.flush()
+    headers, body = received[before]
+    assert json.loads(body)["model"] == "wh" and sink.delivered == 1
+    assert verify_signature(body, headers["X-FastML-Signature"], "from-env")
+    f.write_text('[[webhooks]]\nurl = "ftp://x"\nsecret = "s"\n')
+    with pytest.raises(InvalidInput, match="http"):
+        load_webhooks(f)

@@ -281,11 +281,15 @@ verify_signature = _webhooks.verify_signature
 class WebhookSink:
     """POST each event as JSON to ``url``, HMAC-signed with ``secret``.
 
+    Args:
+        background: deliver from a daemon thread (``send`` only queues): the server's monitor thread must not
+            wait on a slow receiver. :meth:`flush` waits for the queue.
+
     Attributes:
         delivered, failures: counters of deliveries.
     """
 
-    def __init__(self, url: str, secret: str | bytes, *, timeout_s: float = 5.0):
+    def __init__(self, url: str, secret: str | bytes, *, timeout_s: float = 5.0, background: bool = False):
         if not url.startswith(("http://", "https://")):
             raise InvalidInput(f"webhook url must be http(s), got {url!r}")
         if not secret:
@@ -293,8 +297,33 @@ class WebhookSink:
         self.url, self.secret, self.timeout_s = url, secret, timeout_s
         self.delivered = 0
         self.failures = 0
+        self._queue = None
+        if background:
+            import queue
+
+            self._queue = queue.Queue()
+            threading.Thread(target=self._run, name="fastml-alert-webhook", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            try:
+                self._post(event)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued event was delivered or failed (background mode)."""
+        if self._queue is not None:
+            self._queue.join()
 
     def send(self, event: AlertEvent) -> bool:
+        if self._queue is not None:
+            self._queue.put(event)
+            return True
+        return self._post(event)
+
+    def _post(self, event: AlertEvent) -> bool:
         import urllib.request
 
         body = json.dumps(event.to_dict(), sort_keys=True).encode()
@@ -492,6 +521,53 @@ def rules_from_dicts(items: Sequence[Mapping[str, Any]], where: str = "rules") -
     return out
 
 
+def load_webhooks(path: str | Path | None, *, background: bool = False) -> list[WebhookSink]:
+    """The ``[[webhooks]]`` of a rules file: ``url`` and the secret, given as ``secret_env`` (the name of an
+    environment variable holding it, so the file can be committed) or ``secret``; ``timeout_s`` optional.
+
+    Raises:
+        InvalidInput: a missing url or secret, an unset variable, an unknown key.
+    """
+    import os
+    import tomllib
+
+    if path is None:
+        return []
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{p}: cannot read alert rules: {exc}") from None
+    hooks = doc.get("webhooks", [])
+    if not isinstance(hooks, list):
+        raise InvalidInput(f"{p}: webhooks must be [[webhooks]] tables")
+    out = []
+    for i, h in enumerate(hooks):
+        at = f"{p}: webhooks[{i}]"
+        if not isinstance(h, Mapping):
+            raise InvalidInput(f"{at}: must be a table")
+        unknown = set(h) - {"url", "secret", "secret_env", "timeout_s"}
+        if unknown:
+            raise InvalidInput(f"{at}: unknown keys {sorted(unknown)}; known: url, secret_env, secret, timeout_s")
+        if "url" not in h:
+            raise InvalidInput(f"{at}: missing url")
+        if "secret_env" in h:
+            secret = os.environ.get(str(h["secret_env"]), "")
+            if not secret:
+                raise InvalidInput(f"{at}: environment variable {h['secret_env']} (secret_env) is not set")
+        elif "secret" in h:
+            secret = str(h["secret"])
+        else:
+            raise InvalidInput(f"{at}: give secret_env (or secret): deliveries are signed")
+        try:
+            out.append(
+                WebhookSink(str(h["url"]), secret, timeout_s=float(h.get("timeout_s", 5.0)), background=background)
+            )
+        except InvalidInput as exc:
+            raise InvalidInput(f"{at}: {exc}") from None
+    return out
+
+
 def load_rules(path: str | Path | None) -> list[AlertRule]:
     """Rules from a TOML file of ``[[rules]]`` tables (see docs/monitoring.md); :data:`DEFAULT_RULES` when
     ``path`` is None. ``defaults = false`` at the top of the file drops the built-in rules; otherwise a file
@@ -514,9 +590,11 @@ def load_rules(path: str | Path | None) -> list[AlertRule]:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{p}: not valid TOML: {exc}") from None
-    unknown = set(doc) - {"rules", "defaults"}
+    unknown = set(doc) - {"rules", "defaults", "webhooks"}
     if unknown:
-        raise InvalidInput(f"{p}: unknown top-level keys {sorted(unknown)}; expected [[rules]] and defaults")
+        raise InvalidInput(
+            f"{p}: unknown top-level keys {sorted(unknown)}; expected [[rules]], [[webhooks]] and defaults"
+        )
     own = rules_from_dicts(doc.get("rules", []), where=f"{p}: rules")
     if doc.get("defaults", True) is False:
         return own
@@ -595,10 +673,14 @@ def live_alerts(
     ``fastml_alerts_firing``).
 
     Args:
-        rules: a TOML rules file, a list of rules, or None for :data:`DEFAULT_RULES`.
+        rules: a TOML rules file (its ``[[webhooks]]`` receive the events, from a background thread), a list
+            of rules, or None for :data:`DEFAULT_RULES`.
     """
-    loaded = load_rules(rules) if rules is None or isinstance(rules, (str, Path)) else list(rules)
+    from_file = rules is None or isinstance(rules, (str, Path))
+    loaded = load_rules(rules) if from_file else list(rules)
     all_sinks: list[Any] = [LogSink()]
+    if from_file:
+        all_sinks.extend(load_webhooks(rules, background=True))  # never wait on a receiver in the monitor
     if getattr(monitor, "store", None) is not None:
         all_sinks.append(StoreSink(monitor.store))
     if audit_append is not None:

@@ -162,9 +162,9 @@ class Watcher:
 
 def _sinks(args, store) -> list:
     from fastml.errors import InvalidInput
-    from fastml.monitoring.alerts import AuditSink, LogSink, StoreSink, WebhookSink
+    from fastml.monitoring.alerts import AuditSink, LogSink, StoreSink, WebhookSink, load_webhooks
 
-    sinks: list = [StoreSink(store), LogSink()]
+    sinks: list = [StoreSink(store), LogSink(), *load_webhooks(args.rules)]
     if args.webhook:
         if not args.webhook_secret:
             raise InvalidInput("--webhook needs --webhook-secret (deliveries are signed)")

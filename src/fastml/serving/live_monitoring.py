@@ -261,9 +261,10 @@ class LiveWiring:
 
 def check_alert_rules(path: str) -> None:
     """Load an alert rules file once, so a bad one is refused before serving starts (InvalidInput/NotFound)."""
-    from fastml.monitoring.alerts import load_rules
+    from fastml.monitoring.alerts import load_rules, load_webhooks
 
     load_rules(path)
+    load_webhooks(path)
 
 
 def attach(
