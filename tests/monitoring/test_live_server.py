@@ -181,7 +181,10 @@ def test_mismatched_reference_is_unmonitored_not_failed(served, tmp_path):
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["models"]["rowsum"]["last_window"]["drifted_features"] == ["b", "d", "prediction:y"]
-    assert "wide" not in doc["models"]  # unmonitored: no window was ever stored
+    wide = doc["models"]["wide"]  # served (its request answered 200) but not monitored, and why
+    assert wide["state"] == "not monitored" and wide["health_score"] is None
+    assert "reference has 5 feature columns" in wide["last_window"]["note"]
+    assert "[-1, 7]" in wide["last_window"]["note"]
 
 
 def test_drift_alert_fires_once_and_is_exported(served):

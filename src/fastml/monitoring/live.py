@@ -184,6 +184,7 @@ class LiveMonitor:
         self._control_lock = threading.Lock()
         self._control: list[threading.Event] = []  # flush requests (guarded by _control_lock)
         self._stopping = False  # guarded by _control_lock
+        self._notices: list[WindowResult] = []  # results to store from the monitor thread (_control_lock)
         self._targets: dict[str, _Target] = {}
         self.disabled: dict[str, str] = {}  # model -> why it is not monitored
         self._windows: dict[tuple[str, str], _Window] = {}
@@ -230,6 +231,12 @@ class LiveMonitor:
             self._targets.pop(model, None)
             self.disabled[model] = reason
         log.warning("live monitoring is off for model %r: %s", model, reason)
+        # Stored (by the monitor thread, like every result) so `fastml monitor status` can say why.
+        now = time.time()
+        notice = WindowResult(model=model, start_ts=now, end_ts=now, status="no_reference", note=reason)
+        with self._control_lock:
+            self._notices.append(notice)
+        self._wake.set()
 
     def monitors(self, model: str) -> bool:
         return model in self._targets
@@ -277,8 +284,11 @@ class LiveMonitor:
             self._wake.clear()
             with self._control_lock:
                 control, self._control = self._control, []
+                notices, self._notices = self._notices, []
                 stopping = self._stopping
             try:
+                for notice in notices:
+                    self._emit(notice)
                 self._drain()
                 if stopping:
                     self._close_all("monitor stopped")

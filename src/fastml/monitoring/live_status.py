@@ -33,9 +33,17 @@ def status_doc(store: MonitoringStore, model: str | None = None) -> dict:
             "drifted_features": latest_ok.drifted_features() if latest_ok is not None else [],
             "health_score": min(scores) if scores else None,
             "variants": per_variant,
-            "state": "no data" if last.status == "no_data" else ("drift" if last.drifted_features() else "ok"),
+            "state": _state(last),
         }
     return {"store": str(store.path), "models": out}
+
+
+def _state(last) -> str:
+    if last.status == "no_data":
+        return "no data"
+    if last.status == "no_reference":
+        return "not monitored"
+    return "drift" if last.drifted_features() else "ok"
 
 
 def format_status(doc: dict) -> str:
