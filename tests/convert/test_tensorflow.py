@@ -75,6 +75,22 @@ def test_keras_file_is_served_converted_on_load(keras_model, fastml_home):
     assert len(list((fastml_home / "converted").glob("*.onnx"))) == 1  # cached by content hash
 
 
+def test_saved_model_directory_is_a_serve_target(keras_model):
+    # What `fastml serve DIR` does with a SavedModel directory: one model named after it, converted on load.
+    from fastml.serving.manager import ModelManager
+
+    model, _, saved_model = keras_model
+    manager = ModelManager([str(saved_model)])
+    try:
+        assert manager.load_all() == []
+        entry = manager.get("saved_model")
+        x = rows(25, seed=11)
+        out = entry.model.predict({"input": x})
+    finally:
+        manager.close()
+    np.testing.assert_allclose(out["output"], model(x, training=False).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_fastml_convert_command_on_a_saved_model_directory(keras_model, tmp_path, capsys):
     from fastml.cli import main
 

@@ -77,7 +77,9 @@ def resolve_model(ref: str | os.PathLike) -> tuple[Path, list[str] | None]:
     kind, _ = parse_target(target)
     if kind == "path":
         path = Path(target)
-        if path.is_dir():
+        from fastml.convert.tensorflow_export import is_saved_model
+
+        if path.is_dir() and not is_saved_model(path):  # a SavedModel directory is converted
             path = path / "model.onnx"
             if not path.is_file():
                 raise NotFound(f"{target}: directory has no model.onnx")

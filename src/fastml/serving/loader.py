@@ -100,7 +100,9 @@ def load_model(
     kind, _ = parse_target(target)
     if kind == "path":
         path = Path(target)
-        if path.is_dir():
+        from fastml.convert.tensorflow_export import is_saved_model
+
+        if path.is_dir() and not is_saved_model(path):  # a SavedModel directory is converted below
             path = path / "model.onnx"
             if not path.is_file():
                 raise NotFound(f"{target}: directory has no model.onnx")

@@ -171,7 +171,9 @@ class ModelSource:
 
 
 def is_repository(path: Path) -> bool:
-    return path.is_dir() and not (path / "model.onnx").is_file()
+    from fastml.convert.tensorflow_export import is_saved_model
+
+    return path.is_dir() and not (path / "model.onnx").is_file() and not is_saved_model(path)
 
 
 def scan_model_dir(model_dir: Path) -> list[ModelSource]:
@@ -208,6 +210,10 @@ def scan_target(target: str) -> dict[str, list[ModelSource]]:
                 "scikit-learn, XGBoost, LightGBM or PyTorch model file"
             )
         return {path.stem: [ModelSource(path.stem, "1", str(path))]}
+    from fastml.convert.tensorflow_export import is_saved_model
+
+    if is_saved_model(path):  # a TensorFlow SavedModel directory, converted on load like a framework file
+        return {path.name: [ModelSource(path.name, "1", str(path))]}
     if (path / "model.onnx").is_file():
         source = ModelSource(path.name, "1", str(path / "model.onnx"), read_config(path), model_dir=str(path))
         return {path.name: [source]}
