@@ -89,10 +89,11 @@ def mean_wait_s(c: int, rate: float, mu: float) -> float:
 
 def workers_for(rate: float, p99_target_s: float, mu: float, d0_s: float, limit: int = 100_000) -> int:
     """Fewest workers whose p99 meets the target at ``rate``."""
-    if d0_s + 1.0 / mu >= p99_target_s:
+    floor_s = d0_s + math.log(100) / mu  # the p99 of the service alone, with no wait at all
+    if floor_s >= p99_target_s:
         raise SystemExit(
-            f"capacity.py: a p99 of {p99_target_s * 1e3:g} ms is below one unloaded request here "
-            f"({(d0_s + 1 / mu) * 1e3:.2f} ms): no number of workers meets it"
+            f"capacity.py: a p99 of {p99_target_s * 1e3:g} ms is below the p99 of one unloaded request here "
+            f"({floor_s * 1e3:.2f} ms): no number of workers meets it"
         )
     c = max(1, math.ceil(rate / mu))
     while p99_s(c, rate, mu, d0_s) > p99_target_s:
