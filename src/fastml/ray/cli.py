@@ -83,11 +83,12 @@ def _serve(args: argparse.Namespace) -> int:
     targets = absolute_targets(args.targets)  # a bad target is refused before a cluster starts
     ray = _import_ray()
     stop = threading.Event()
+    ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     if not args.detach:
         # Ctrl-C or a SIGTERM from a supervisor: take the application and the local cluster down cleanly.
+        # Installed after ray.init, which sets its own SIGTERM handler (an immediate sys.exit).
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         url = deploy(targets, options, host=args.host, port=args.port, app_name=args.app_name)
         print(
