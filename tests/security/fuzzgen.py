@@ -296,7 +296,47 @@ def case_binary_extension(rng: random.Random) -> tuple[str, bytes]:
     return label, http_request("POST", PATHS[0], header + tail, [("Inference-Header-Content-Length", str(hlen))])
 
 
+_BOMBS: dict[tuple[str, int], bytes] = {}
+
+
+def case_compressed(rng: random.Random) -> tuple[str, bytes]:
+    """Content-Encoding bodies: valid, truncated, garbage, and small bombs (decompressed size over the limit)."""
+    import gzip
+    import zlib
+
+    encoding = rng.choice(["gzip", "deflate"])
+    pack = gzip.compress if encoding == "gzip" else zlib.compress
+    # Bombs are rare: each costs the server a decompression up to the body limit (tenths of a second).
+    variant = rng.choices(range(5), [6, 6, 6, 3, 1])[0]
+    if variant == 0:
+        body, label = pack(_json(good_body(rng.choice([1, 3])))), "valid"
+    elif variant == 1:
+        full = pack(_json(good_body()))
+        body, label = full[: rng.randrange(1, len(full))], "truncated"
+    elif variant == 2:
+        body, label = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 400))), "garbage"
+    elif variant == 3:
+        body, label = pack(b"[" * 200_000), "nested after inflating"
+    else:
+        size = rng.choice([1_000_000, 10_000_000, 80_000_000])
+        key = (encoding, size)
+        if key not in _BOMBS:  # compressed once: compressing 80 MB per case would dominate the run
+            _BOMBS[key] = pack(b" " * size)
+        body, label = _BOMBS[key], "bomb"
+    return f"{encoding} {label}", http_request("POST", PATHS[0], body, [("Content-Encoding", encoding)])
+
+
+def case_pipelined(rng: random.Random) -> tuple[str, bytes]:
+    """Several requests on one connection, a hostile one between good ones."""
+    good = http_request("POST", PATHS[0], _json(good_body()))
+    gens = [case_headers, case_json, case_binary_extension, case_chunked]
+    label, bad = rng.choice(gens)(rng)
+    return f"pipelined around {label}", good + bad + good
+
+
 HTTP_CASES = [
+    (case_compressed, 1),
+    (case_pipelined, 1),
     (case_request_line, 1),
     (case_headers, 2),
     (case_chunked, 1),

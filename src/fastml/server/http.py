@@ -431,9 +431,12 @@ class HttpProtocol:
         self._maybe_resume_reading()
 
     def eof_received(self):
-        if self.pending and not self.lingering:
-            # The client half-closed after its last request: answer what it sent, then close.
-            self.pending[-1].close = True
+        if self.pending:
+            # The client half-closed after its last request: answer what it sent, then close. Lingering (a
+            # malformed request was answered with close) the answers queued before it must still go out: closing
+            # now would drop them all, earlier well-formed pipelined requests included.
+            if not self.lingering:
+                self.pending[-1].close = True
             return True
         return False
 
