@@ -286,35 +286,49 @@ def _admin_env(args) -> None:
 
 def _add_autoscale_arguments(p) -> None:
     """The ``--workers auto`` flags (fastml.server.autoscale.AutoscaleConfig; defaults there)."""
-    p.add_argument("--min-workers", type=int, default=None, help="with --workers auto: fewest workers (default 1)")
     p.add_argument(
-        "--max-workers", type=int, default=None, help="with --workers auto: most workers (default: the CPU count)"
+        "--min-workers", type=int, default=None, metavar="N", help="with --workers auto: fewest workers (default 1)"
+    )
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --workers auto: most workers (default: the CPU count)",
     )
     p.add_argument(
         "--target-utilization",
         type=float,
         default=None,
+        metavar="FRACTION",
         help="with --workers auto: CPU busy fraction per worker to aim at (default 0.6)",
     )
     p.add_argument(
         "--target-queue-us",
         type=float,
         default=None,
+        metavar="US",
         help="with --workers auto: mean batcher queue wait per request to aim at (default 5000)",
     )
     p.add_argument(
-        "--autoscale-interval-s", type=float, default=None, help="with --workers auto: measure this often (default 1)"
+        "--autoscale-interval-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --workers auto: measure this often (default 1)",
     )
     p.add_argument(
         "--scale-up-cooldown-s",
         type=float,
         default=None,
+        metavar="S",
         help="with --workers auto: at least this long between two scale-ups (default 3)",
     )
     p.add_argument(
         "--scale-down-delay-s",
         type=float,
         default=None,
+        metavar="S",
         help="with --workers auto: remove workers only after the load allowed it this long (default 30)",
     )
 
