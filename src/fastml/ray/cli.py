@@ -114,7 +114,10 @@ def _status(args: argparse.Namespace) -> int:
     ray = _import_ray()
     from ray import serve
 
-    ray.init(address=args.address, log_to_driver=False)
+    try:
+        ray.init(address=args.address, log_to_driver=False)
+    except ConnectionError as exc:
+        raise NotFound(f"no Ray cluster at {args.address!r}: {exc}") from None
     try:
         app = serve.status().applications.get(args.app_name)
         if app is None:
