@@ -46,7 +46,7 @@ class Sizes:
     canary_batch: int = 400
 
 
-QUICK = Sizes(users=800, train_rows=8_000, requests_per_user=2, n_trials=1, canary_batch=200)
+QUICK = Sizes(users=600, train_rows=8_000, requests_per_user=2, n_trials=1, canary_batch=200)
 
 
 class World:

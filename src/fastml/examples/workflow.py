@@ -45,7 +45,7 @@ class Sizes:
     ab_requests: int = 2_000
 
 
-QUICK = Sizes(n_trials=2, clean_requests=200, drifted_requests=100, ab_requests=600)
+QUICK = Sizes(n_trials=2, clean_requests=150, drifted_requests=100, ab_requests=400)
 
 CARD = {
     "name": MODEL,
