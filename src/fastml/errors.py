@@ -40,7 +40,7 @@ class Overloaded(FastMLError):
 
 
 class DeadlineExceeded(FastMLError, TimeoutError):
-    """The request's deadline passed before it ran; it never reached the model (served as 503)."""
+    """The request's deadline passed before it ran; it never reached the model (served as 504)."""
 
 
 class Unavailable(FastMLError):

@@ -17,7 +17,7 @@ def test_every_error_class_has_its_status():
         errors.Unauthenticated: 401,
         errors.Conflict: 409,
         errors.Overloaded: 503,
-        errors.DeadlineExceeded: 503,
+        errors.DeadlineExceeded: 504,
         errors.Unavailable: 503,
         errors.IntegrityError: 500,
         errors.InternalError: 500,

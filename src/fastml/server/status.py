@@ -1,7 +1,7 @@
 """THE one table from fastml.errors classes to HTTP status codes (and the reason phrases we send).
 
 Triton answers most failures with 400; we follow the finer KServe/Triton protocol table
-(docs/protocol/README.md): unknown model 404, queue full / deadline / not ready 503, internal 500.
+(docs/protocol/README.md): unknown model 404, queue full / shed / not ready 503, deadline passed 504, internal 500.
 Anything that is not a FastMLError is a genuine internal fault: 500.
 """
 
@@ -17,7 +17,7 @@ HTTP_STATUS: dict[type[errors.FastMLError], int] = {
     errors.Unauthenticated: 401,
     errors.Conflict: 409,
     errors.Overloaded: 503,
-    errors.DeadlineExceeded: 503,
+    errors.DeadlineExceeded: 504,  # accepted, but its deadline passed before it ran: a gateway timeout
     errors.Unavailable: 503,
     errors.IntegrityError: 500,
     errors.InternalError: 500,
@@ -39,6 +39,7 @@ REASONS: dict[int, bytes] = {
     500: b"Internal Server Error",
     501: b"Not Implemented",
     503: b"Service Unavailable",
+    504: b"Gateway Timeout",
 }
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from fastml import errors
 from fastml.errors import FastMLError, InvalidInput, NotFound
 from fastml.serving import messages
+from fastml.serving.admission import AdmissionGate
 
 log = logging.getLogger("fastml.serving")
 
@@ -364,7 +365,12 @@ class DataPlane:
             each counted as a failure of ``entry``.
         """
         model = entry.model
+        gate = entry.cache.get("admission")
+        if gate is None:
+            gate = entry.cache["admission"] = AdmissionGate()
         try:
+            # Shed before queueing when the wait ahead cannot fit the deadline (fastml.serving.admission).
+            gate.admit(entry.inflight, timeout_us or model.timeout_us)
             if timeout_us is None and request_id is None:
                 fut = model.submit(inputs)
             else:
@@ -390,6 +396,9 @@ class DataPlane:
         """
         entry.inflight -= 1
         self.inflight -= 1
+        gate = entry.cache.get("admission")
+        if gate is not None:
+            gate.completed(entry.inflight)
         if fut.cancelled():
             entry.failures["OTHER"] = entry.failures.get("OTHER", 0) + 1
         return fut.result()

@@ -1,0 +1,114 @@
+"""Overload: excess load is shed with 503 before it is queued, accepted requests past their deadline get 504,
+and nothing goes unanswered or answers another 5xx (with either runner). Speed is the benchmark's business
+(benchmarks/bench_overload.py); these tests assert on statuses and counts only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from fastml.errors import Overloaded
+from fastml.serving.admission import MIN_INFLIGHT, AdmissionGate
+from tests.security.conftest import Served
+from tests.server.serverkit import make_slow_model
+
+WIDTH = 256
+
+
+def _wire(rows: int, timeout_us: int | None) -> bytes:
+    blob = np.ones((rows, WIDTH), dtype=np.float32).tobytes()
+    header = {
+        "inputs": [
+            {"name": "x", "shape": [rows, WIDTH], "datatype": "FP32", "parameters": {"binary_data_size": len(blob)}}
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    if timeout_us is not None:
+        header["parameters"]["timeout"] = timeout_us
+    head_json = json.dumps(header).encode()
+    body = head_json + blob
+    return (
+        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\n"
+        f"Inference-Header-Content-Length: {len(head_json)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _one(port: int, wire: bytes) -> int | str:
+    """The status of one request on its own connection, or "unanswered" when the server closed without one."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(wire)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 60)
+        if not line:
+            return "unanswered"
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
+async def _wave(port: int, n: int, timeout_us: int) -> list:
+    return await asyncio.gather(*(_one(port, _wire(1, timeout_us)) for _ in range(n)))
+
+
+@pytest.fixture(scope="module", params=["threads", "loop"])
+def slow_server(request, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("overload_repo")
+    make_slow_model(repo / "slow" / "1" / "model.onnx", width=WIDTH, depth=30)
+    home = tmp_path_factory.mktemp(f"overload_home_{request.param}")
+    served = Served([str(repo), "--http-port", "0", "--metrics-port", "0", "--runner", request.param], home)
+    yield served, request.param
+    served.stop()
+
+
+def test_gate_admits_below_the_floor_and_without_an_estimate():
+    gate = AdmissionGate()
+    gate.admit(10_000, 1)  # no rate measured yet: nothing is shed on a guess
+    gate.rate_per_s = 100.0
+    gate.admit(MIN_INFLIGHT - 1, 1)  # a handful in flight is never shed
+    assert gate.shed == 0
+
+
+def test_gate_sheds_when_the_expected_wait_exceeds_the_deadline_share():
+    gate = AdmissionGate(default_deadline_s=1.0)
+    gate.rate_per_s = 1000.0
+    gate.admit(400, 1_000_000)  # 400 ahead at 1000/s = 0.4 s, within half of 1 s
+    with pytest.raises(Overloaded, match="overloaded"):
+        gate.admit(600, 1_000_000)  # 0.6 s: more than half of the deadline
+    with pytest.raises(Overloaded):
+        gate.admit(600, None)  # no deadline named: the default one
+    gate.admit(600, 10_000_000)  # a 10 s deadline fits
+    assert gate.shed == 2
+
+
+def test_load_above_capacity_is_shed_and_everything_is_answered(slow_server):
+    served, runner = slow_server
+    # The first wave teaches the gate the model's rate; the second, as large, arrives at a busy server.
+    first = asyncio.run(_wave(served.port, 200, 100_000))
+    second = asyncio.run(_wave(served.port, 400, 20_000))
+    statuses = first + second
+    assert "unanswered" not in statuses
+    assert set(statuses) <= {200, 503, 504}, sorted(set(map(str, statuses)))
+    assert 200 in statuses  # the server kept doing useful work
+    assert 503 in second or 504 in second, f"{runner}: 400 requests at 20 ms deadlines were all answered 200"
+    status, body, _ = served.call("GET", "/v2/health/ready")
+    assert status == 200  # and it is still up
+
+
+def test_a_request_with_a_tiny_deadline_behind_a_busy_queue_is_not_answered_late(slow_server):
+    served, runner = slow_server
+    if runner == "loop":
+        pytest.skip("the loop runner computes on the event loop: a request is read only after the batch ahead ends")
+
+    async def scenario():
+        ahead = [asyncio.create_task(_one(served.port, _wire(32, None))) for _ in range(16)]
+        await asyncio.sleep(0)  # let the heavy requests be written first (ordering, not timing)
+        late = await _one(served.port, _wire(1, 1000))  # 1 ms, behind 16 x 32 rows of work
+        return late, await asyncio.gather(*ahead)
+
+    late, ahead = asyncio.run(scenario())
+    assert late in (503, 504)
+    assert set(ahead) <= {200, 503}
