@@ -29,7 +29,9 @@ ADMIN_VARS = (
     "FASTML_ADMIN_TOKEN_FILE",
     "FASTML_ALLOW_UNAUTHENTICATED_ADMIN",
     "FASTML_REQUIRE_TOKEN_FOR_INFERENCE",
+    "FASTML_REQUIRE_TOKEN_FOR_METRICS",
 )
+_METRICS_LINE = re.compile(r"metrics http://([\d.]+):(\d+)/metrics")
 
 
 class Served:
@@ -48,6 +50,8 @@ class Served:
             raise RuntimeError(f"server did not start: {line!r} {out!r} {err[-3000:]!r}")
         self.scheme, self.host, self.port = m.group(1), m.group(2), int(m.group(3))
         self.url = f"{self.host}:{self.port}"
+        metrics = _METRICS_LINE.search(line)
+        self.metrics_url = f"{metrics.group(1)}:{metrics.group(2)}" if metrics else None
         self.pid = self.proc.pid
         self.grpc_url = None
         if grpc:

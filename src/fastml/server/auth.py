@@ -5,7 +5,8 @@ bearer token (``--admin-token-file PATH`` or ``FASTML_ADMIN_TOKEN``) when one is
 they are disabled (403 naming how to enable them) unless the operator explicitly allows unauthenticated
 admin (``--allow-unauthenticated-admin``, for a loopback-only development server). Inference and metrics
 are open by default, as in Triton; ``--require-token-for-inference`` makes every endpoint of the inference
-listeners except the health probes need the same token.
+listeners except the health probes need the same token, and ``--require-token-for-metrics`` the metrics
+listener's ``/metrics``.
 
 The configuration travels through the environment (the ``ENV_*`` names below) so the worker processes of
 ``fastml serve --workers N`` read exactly what the parent was given; a token file path is passed, never the
@@ -27,6 +28,7 @@ ENV_TOKEN = "FASTML_ADMIN_TOKEN"
 ENV_TOKEN_FILE = "FASTML_ADMIN_TOKEN_FILE"
 ENV_ALLOW_UNAUTHENTICATED = "FASTML_ALLOW_UNAUTHENTICATED_ADMIN"
 ENV_REQUIRE_FOR_INFERENCE = "FASTML_REQUIRE_TOKEN_FOR_INFERENCE"
+ENV_REQUIRE_FOR_METRICS = "FASTML_REQUIRE_TOKEN_FOR_METRICS"
 
 MIN_TOKEN_CHARS = 16  # a guessable token is no better than none
 WWW_AUTHENTICATE = b'WWW-Authenticate: Bearer realm="fastml"\r\n'
@@ -74,11 +76,13 @@ class AdminAuth:
         token: the bearer token, or None when none is configured.
         allow_unauthenticated: with no token, admin endpoints are open instead of disabled.
         require_for_inference: the token is needed on every inference-listener endpoint except health.
+        require_for_metrics: the token is needed on the metrics listener's ``/metrics`` too.
     """
 
     token: bytes | None = None
     allow_unauthenticated: bool = False
     require_for_inference: bool = False
+    require_for_metrics: bool = False
 
     @classmethod
     def from_env(cls, environ: dict | None = None) -> AdminAuth:
@@ -97,6 +101,7 @@ class AdminAuth:
             token=token,
             allow_unauthenticated=_truthy(env.get(ENV_ALLOW_UNAUTHENTICATED)),
             require_for_inference=_truthy(env.get(ENV_REQUIRE_FOR_INFERENCE)),
+            require_for_metrics=_truthy(env.get(ENV_REQUIRE_FOR_METRICS)),
         )
 
     def check(self, authorization: bytes | str | None, what: str, admin: bool = True) -> None:
@@ -115,8 +120,8 @@ class AdminAuth:
             if admin and not self.allow_unauthenticated:
                 raise PermissionDenied(f"{what} is disabled: {_HOW_TO_ENABLE}")
             return
-        if not admin and not self.require_for_inference:
-            return
+        if not admin and not (self.require_for_inference or self.require_for_metrics):
+            return  # callers ask for a read only when its option is on; with neither, no read needs a token
         presented = bearer_token(authorization)
         # compare_digest takes time independent of where the strings differ (no timing oracle on the token).
         if presented is None or not hmac.compare_digest(presented, self.token):
@@ -250,6 +255,7 @@ def grpc_interceptor(auth: AdminAuth):
 __all__ = [
     "ENV_ALLOW_UNAUTHENTICATED",
     "ENV_REQUIRE_FOR_INFERENCE",
+    "ENV_REQUIRE_FOR_METRICS",
     "ENV_TOKEN",
     "ENV_TOKEN_FILE",
     "GRPC_ADMIN_METHODS",

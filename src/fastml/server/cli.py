@@ -110,6 +110,12 @@ def add_parser(subparsers) -> None:
         help="require the admin token on inference and metadata endpoints too (health and metrics stay open)",
     )
     p.add_argument(
+        "--require-token-for-metrics",
+        action="store_true",
+        help="require the admin token on the metrics listener's /metrics too (Prometheus: authorization "
+        "credentials_file in the scrape config)",
+    )
+    p.add_argument(
         "--max-buffered-bytes",
         type=int,
         default=None,
@@ -274,13 +280,17 @@ def _admin_env(args) -> None:
         os.environ[auth.ENV_ALLOW_UNAUTHENTICATED] = "1"
     if args.require_token_for_inference:
         os.environ[auth.ENV_REQUIRE_FOR_INFERENCE] = "1"
+    if args.require_token_for_metrics:
+        os.environ[auth.ENV_REQUIRE_FOR_METRICS] = "1"
     policy = auth.AdminAuth.from_env()
-    if policy.require_for_inference and policy.token is None:
-        from fastml.errors import InvalidInput
+    for flag, on in (
+        ("--require-token-for-inference", policy.require_for_inference),
+        ("--require-token-for-metrics", policy.require_for_metrics),
+    ):
+        if on and policy.token is None:
+            from fastml.errors import InvalidInput
 
-        raise InvalidInput(
-            "--require-token-for-inference needs a token: give --admin-token-file PATH or FASTML_ADMIN_TOKEN"
-        )
+            raise InvalidInput(f"{flag} needs a token: give --admin-token-file PATH or FASTML_ADMIN_TOKEN")
     auth.check_bind(args.host, policy)  # raises before any port is taken; the server itself prints the warning
 
 

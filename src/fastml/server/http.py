@@ -691,12 +691,15 @@ class HttpProtocol:
                     f"Method Not Allowed: {method.decode('latin-1')} on {url[:200].decode('latin-1')} (use {use.decode()})",
                 )
             kind = by_method
-        if kind in _ADMIN_KINDS or (server.auth.require_for_inference and kind not in _OPEN_KINDS):
+        auth = server.auth
+        if (
+            kind in _ADMIN_KINDS
+            or (auth.require_for_inference and kind not in _OPEN_KINDS)
+            or (kind == routes.METRICS and auth.require_for_metrics)  # --require-token-for-metrics
+        ):
             # Checked before the body is inflated or decoded: a refused request costs nothing and changes nothing.
             try:
-                server.auth.check(
-                    self.authorization, _ADMIN_KINDS.get(kind, "this endpoint"), admin=kind in _ADMIN_KINDS
-                )
+                auth.check(self.authorization, _ADMIN_KINDS.get(kind, "this endpoint"), admin=kind in _ADMIN_KINDS)
             except Unauthenticated as exc:
                 server.count_status(401)
                 self._respond(error_response(401, str(exc), conn_hdr + WWW_AUTHENTICATE), conn_hdr)
