@@ -11,7 +11,7 @@ What it does, in one run:
    registry versions of it; closed loop over keep-alive connections (fastml.loadtest's client), the
    model alone and the deployment alternating in equal windows, requests/s compared;
 3. shadow cost: the primary's p99 latency through a deployment with a 100 % shadow against the same
-   deployment without one, open loop (``fastml.loadtest.run_open_loop``) at the same arrival rate (half the
+   deployment without one, open loop (``fastml.loadtest.run_open_loop``) at the same arrival rate (a quarter of the
    closed-loop rate the model alone reached), alternating windows.
 
 Targets (benchmarks/README.md "CI targets"): keyless core decision <= 50 ns (row ratio = 50 ns / measured,
@@ -214,7 +214,7 @@ def http_throughput(rounds: int, window_s: float, concurrency: int, note) -> dic
                 rates["deployment"].append(asyncio.run(closed_loop(port, routed, concurrency, window_s)))
                 rates["single"].append(asyncio.run(closed_loop(port, single, concurrency, window_s)))
             out = {k: float(np.median(v)) for k, v in rates.items()}
-            out.update(shadow_p99(port, single, shadowed, out["alone"] / 2, rounds, window_s))
+            out.update(shadow_p99(port, single, shadowed, out["alone"] / 4, rounds, window_s))
             return out
         finally:
             proc.terminate()
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             plain, shadowed = got["p99_plain_us"], got["p99_shadowed_us"]
             print(
-                f"open loop at {alone / 2:,.0f} req/s: primary p99 {plain:,.0f} us without a shadow, "
+                f"open loop at {alone / 4:,.0f} req/s: primary p99 {plain:,.0f} us without a shadow, "
                 f"{shadowed:,.0f} us with a 100 % shadow"
             )
             report.add(

@@ -272,6 +272,87 @@ def test_shadow_copies_start_only_when_no_primary_work_is_in_flight(registry, x,
     run(scenario)
 
 
+CANARIES = """
+[deployments.fraud]
+[[deployments.fraud.variants]]
+name = "incumbent"
+model = "fraud:1.0.0"
+weight_bp = 10000
+[[deployments.fraud.variants]]
+name = "candidate"
+model = "fraud:2.0.0"
+weight_bp = 0
+[deployments.fraud.canary]
+baseline = "incumbent"
+candidate = "candidate"
+steps_pct = [50, 100]
+interval_s = 0.0
+interval_requests = 5
+min_requests = 5
+check_interval_s = 0.005
+max_p99_ratio = 1000.0
+min_slowdown_ratio = 1000.0
+
+[deployments.risky]
+[[deployments.risky.variants]]
+name = "incumbent"
+model = "fraud:1.0.0"
+weight_bp = 10000
+[[deployments.risky.variants]]
+name = "candidate"
+model = "fraud:2.0.0"
+weight_bp = 0
+[deployments.risky.canary]
+baseline = "incumbent"
+candidate = "candidate"
+steps_pct = [50, 100]
+interval_s = 0.0
+min_requests = 5
+check_interval_s = 0.005
+max_p99_ratio = 0.000001
+failures_to_rollback = 1
+"""
+
+
+def test_a_canary_table_in_the_file_is_run_by_the_server(registry, x):
+    from fastml.server.deployment_metrics import families
+
+    async def scenario(plane, dm):
+        await dm.apply_text(CANARIES)
+        assert dm.variant_stats("fraud")["candidate"]["weight_bp"] == 5000  # the first step, at once
+        for i in range(4000):
+            if all(dm.canaries[n].state not in ("running", "pending") for n in ("fraud", "risky")):
+                break
+            await plane.infer(req("fraud" if i % 2 else "risky", x, routing_key=f"u{i}"))
+            await asyncio.sleep(0)
+        ok, bad = dm.canaries["fraud"], dm.canaries["risky"]
+        assert ok.state == "promoted" and dm.variant_stats("fraud")["candidate"]["weight_bp"] == 10000
+        # A candidate slower than a p99 ratio of 1e-6 allows breaches at once: back to the last good split (0).
+        assert bad.state == "rolled_back" and "p99" in bad.reason
+        assert dm.variant_stats("risky")["candidate"]["weight_bp"] == 0
+        text = {}
+        for fam in families(dm.metric_rows()):
+            for sample in fam.samples:
+                text[(sample.name, sample.labels.get("deployment"))] = sample.value
+        assert text[("fastml_canary_weight_bp", "fraud")] == 10000
+        assert text[("fastml_canary_rollbacks_total", "risky")] == 1
+        assert text[("fastml_canary_rollbacks_total", "fraud")] == 0
+        assert dm.status()["risky"]["canary"]["state"] == "rolled_back"
+        # The persisted form reads back with its canary; a re-apply of the same file keeps the ended canaries.
+        assert dconf.parse(dconf.dump(dconf.parse(CANARIES)))["fraud"].canary.steps_pct == [50.0, 100.0]
+        await dm.apply_text(CANARIES)
+        assert dm.canaries["fraud"] is ok and dm.variant_stats("fraud")["candidate"]["weight_bp"] == 10000
+
+    run(scenario)
+
+
+def test_a_bad_canary_table_names_the_field():
+    with pytest.raises(InvalidInput, match=r"deployments\.fraud\.canary\.candidate: 'ghost' is not a variant"):
+        dconf.parse(CANARIES.replace('candidate = "candidate"', 'candidate = "ghost"', 1))
+    with pytest.raises(InvalidInput, match=r"deployments\.fraud\.canary\.steps_pct: increasing percentages"):
+        dconf.parse(CANARIES.replace("steps_pct = [50, 100]", "steps_pct = [100, 50]", 1))
+
+
 def test_bad_apply_leaves_the_running_deployment_as_it_was(registry, x):
     async def scenario(plane, dm):
         await dm.apply_text(AB)

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from fastml.serving.deployments import LATENCY_BUCKETS_US
 
-_SUMMED = ("requests", "errors", "latency_sum_us", "routed", "pinned", "mirrored", "shed")
+_SUMMED = ("requests", "errors", "latency_sum_us", "routed", "pinned", "mirrored", "shed", "rollbacks")
 
 
 def merge_rows(snapshots: list[dict]) -> list[dict]:
@@ -21,15 +21,16 @@ def merge_rows(snapshots: list[dict]) -> list[dict]:
     merged: dict[tuple, dict] = {}
     for snap in snapshots:
         for row in snap.get("deployments", []):
-            key = (row["deployment"], row["variant"])
+            key = (row["deployment"], row["variant"], row["kind"])
             cur = merged.get(key)
             if cur is None:
-                merged[key] = {**row, "buckets": list(row["buckets"])}
+                merged[key] = {**row, "buckets": list(row["buckets"])} if "buckets" in row else dict(row)
                 continue
             for k in _SUMMED:
                 if k in row:
                     cur[k] = cur.get(k, 0) + row[k]
-            cur["buckets"] = [a + b for a, b in zip(cur["buckets"], row["buckets"])]
+            if "buckets" in row:
+                cur["buckets"] = [a + b for a, b in zip(cur["buckets"], row["buckets"])]
     return list(merged.values())
 
 
@@ -69,9 +70,21 @@ def families(rows: list[dict]):
         "Request latency per deployment variant or shadow (us).",
         labels=labels + ["kind"],
     )
+    canary_weight = GaugeMetricFamily(
+        "fastml_canary_weight_bp",
+        "Weight of a canary's candidate variant now (basis points), per deployment run by its [canary] table.",
+        labels=labels,
+    )
+    canary_rollbacks = CounterMetricFamily(
+        "fastml_canary_rollbacks", "Canary rollbacks (a breached guard), per deployment and candidate.", labels=labels
+    )
     for r in rows:
         lv = [r["deployment"], r["variant"]]
         kind = r["kind"]
+        if kind == "canary":
+            canary_weight.add_metric(lv, r["weight_bp"])
+            canary_rollbacks.add_metric(lv, r["rollbacks"])
+            continue
         requests.add_metric(lv + [kind], r["requests"])
         failures.add_metric(lv + [kind], r["errors"])
         cum, buckets = 0, []
@@ -89,6 +102,7 @@ def families(rows: list[dict]):
             mirrored.add_metric(lv, r["mirrored"])
             shed.add_metric(lv, r["shed"])
     yield from (requests, failures, routed, pinned, weight, share, mirrored, shed, latency)
+    yield from (canary_weight, canary_rollbacks)
 
 
 __all__ = ["families", "merge_rows"]

@@ -81,11 +81,47 @@ def feature_overrides(target: VariantSpec | ShadowSpec) -> dict:
     return out
 
 
+class CanarySpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[deployments.<name>.canary]``: a canary the server runs (:class:`fastml.serving.canary.CanaryController`).
+
+    ``baseline`` and ``candidate`` name the deployment's two variants; ``check_interval_s`` is how often the
+    guards are checked; ``promote_ref`` / ``promote_stage`` the registry promotion when the last step passes
+    (none: the canary ends at its last step). The other fields are :class:`fastml.serving.canary.CanaryPolicy`'s.
+    """
+
+    baseline: str
+    candidate: str
+    steps_pct: list[float] = msgspec.field(default_factory=lambda: [5.0, 10.0, 25.0, 50.0, 100.0])
+    interval_s: float | None = 300.0
+    interval_requests: int | None = None
+    check_interval_s: float = 10.0
+    min_requests: int = 100
+    max_error_rate: float = 0.05
+    max_error_rate_increase: float = 0.01
+    max_p99_ratio: float = 1.5
+    latency_alpha: float = 0.01
+    min_slowdown_ratio: float = 1.1
+    min_feedback: int = 100
+    failures_to_rollback: int = 2
+    promote_ref: str | None = None
+    promote_stage: str = "production"
+
+    def policy_fields(self) -> dict:
+        """The CanaryPolicy keyword arguments."""
+        d = msgspec.structs.asdict(self)
+        for k in ("baseline", "candidate", "check_interval_s", "promote_ref", "promote_stage"):
+            d.pop(k)
+        d["steps_pct"] = tuple(d["steps_pct"])
+        return d
+
+
 class DeploymentSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """A named endpoint: its variants and shadows (``name`` is filled from the table key)."""
+    """A named endpoint: its variants and shadows (``name`` is filled from the table key), and optionally a
+    canary the server runs."""
 
     variants: list[VariantSpec]
     shadows: list[ShadowSpec] = msgspec.field(default_factory=list)
+    canary: CanarySpec | None = None
     name: str = ""
 
 
@@ -211,6 +247,8 @@ def check(spec: DeploymentSpec, source: str = "deployment") -> None:
     total = sum(v.weight_bp for v in spec.variants)
     if total != TOTAL_BP:
         raise InvalidInput(f"{where}.variants: weight_bp values sum to {total}, not 10000")
+    if spec.canary is not None:
+        _check_canary(spec, f"{where}.canary")
     primaries = {v.model: v.name for v in spec.variants}
     for i, s in enumerate(spec.shadows):
         if s.model in primaries:
@@ -218,6 +256,26 @@ def check(spec: DeploymentSpec, source: str = "deployment") -> None:
                 f"{where}.shadows[{i}].model: {s.model!r} is variant {primaries[s.model]!r} of this deployment; "
                 "a shadow must not mirror a variant onto itself"
             )
+
+
+def _check_canary(spec: DeploymentSpec, where: str) -> None:
+    c = spec.canary
+    names = [v.name for v in spec.variants]
+    if len(names) != 2:
+        raise InvalidInput(f"{where}: a canary needs exactly two variants; the deployment has {names}")
+    for key in ("baseline", "candidate"):
+        if getattr(c, key) not in names:
+            raise InvalidInput(f"{where}.{key}: {getattr(c, key)!r} is not a variant of the deployment ({names})")
+    if c.baseline == c.candidate:
+        raise InvalidInput(f"{where}.candidate: must differ from the baseline")
+    if not c.check_interval_s > 0:
+        raise InvalidInput(f"{where}.check_interval_s: must be > 0, got {c.check_interval_s}")
+    from fastml.serving.canary import CanaryPolicy  # the policy's own checks, named from the file's root
+
+    try:
+        CanaryPolicy(**c.policy_fields())
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}.{exc}") from None
 
 
 def read(path: str | Path) -> tuple[str, dict[str, DeploymentSpec]]:
@@ -271,6 +329,11 @@ def dump(specs: dict[str, DeploymentSpec]) -> str:
                 f"share_bp = {s.share_bp}",
                 *_feature_lines(s),
             ]
+        if spec.canary is not None:
+            lines.append(f"[deployments.{_q(name)}.canary]")
+            for key, value in msgspec.structs.asdict(spec.canary).items():
+                if value is not None:
+                    lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 
@@ -293,6 +356,16 @@ def _v(value) -> str:
     if isinstance(value, str):
         return _s(value)
     return repr(float(value))
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, str):
+        return _s(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
 
 
 def _s(value: str) -> str:

@@ -191,6 +191,9 @@ class DeploymentManager:
         self.last_error: str | None = None
         self.alias_swaps = 0
         self._admin_lock: asyncio.Lock | None = None  # one admin change (read file, apply, write file) at a time
+        # deployment -> the CanaryController its [canary] table runs (kept once ended, for status and metrics)
+        self.canaries: dict[str, Any] = {}
+        self._canary_tasks: dict[str, asyncio.Task] = {}
         # Shadow copies waiting for idle capacity: (deployment, shadow, request, queued at monotonic s).
         self._shadow_lane: deque[tuple] = deque()
         self.shadow_inflight = 0  # shadow copies submitted to their models and not yet answered
@@ -325,7 +328,54 @@ class DeploymentManager:
                 raise
             self.table = new  # one assignment: a request sees the old table or the new one
             log.info("deployments applied from %s: %s", source, ", ".join(new) or "(none)")
+            self._sync_canaries()
             await self._drain_and_close(self._unused_entries(new))
+
+    # ----- canaries declared in the file ([deployments.<name>.canary]) ----------------------------------
+    def _sync_canaries(self) -> None:
+        """Start a controller for each deployment whose spec declares a canary, and stop those whose
+        deployment changed or went away. An unchanged deployment keeps its controller (running or ended)."""
+        for name in list(self.canaries):
+            c = self.canaries[name]
+            d = self.table.get(name)
+            if d is None or d.spec.canary is None or c.deployments_spec is not d.spec:
+                task = self._canary_tasks.pop(name, None)
+                if task is not None:
+                    task.cancel()  # a changed spec sets its own weights; a removed one takes them along
+                del self.canaries[name]
+        for name, d in self.table.items():
+            spec = d.spec.canary
+            if spec is None or name in self.canaries:
+                continue
+            from fastml.serving.canary import CanaryController, CanaryPolicy
+
+            c = CanaryController(
+                self,
+                name,
+                spec.baseline,
+                spec.candidate,
+                CanaryPolicy(**spec.policy_fields()),
+                promote_ref=spec.promote_ref,
+                promote_stage=spec.promote_stage,
+            )
+            c.deployments_spec = d.spec
+            self.canaries[name] = c
+            try:
+                c.start()  # the first step's split at once (audited), then checks every check_interval_s
+            except FastMLError as exc:  # the deployments are applied; only this canary does not run
+                log.error("canary of deployment %s did not start: %s", name, exc)
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_canary(c, spec.check_interval_s))
+            self._canary_tasks[name] = task
+
+    async def _run_canary(self, c, check_interval_s: float) -> None:
+        try:
+            state = await c.run(check_interval_s)
+            log.info("canary %s of deployment %s ended: %s %s", c.candidate, c.deployment, state, c.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a controller fault must not take the server down; it is logged
+            log.exception("canary of deployment %s failed", c.deployment)
 
     async def put(self, name: str, body: str | bytes) -> dict:
         """Create or replace deployment ``name`` from an admin request's spec (TOML or JSON, see
@@ -407,6 +457,9 @@ class DeploymentManager:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for task in self._canary_tasks.values():
+            task.cancel()
+        self._canary_tasks.clear()
         try:
             self._snapshot_path().unlink()
         except FileNotFoundError:
@@ -769,10 +822,13 @@ class DeploymentManager:
 
     def status(self) -> dict:
         """``{deployment: {"variants": {...}, "generation": n}}`` for this process (JSON-able)."""
-        return {
-            name: {"variants": self.variant_stats(name), "generation": d.router.generation}
-            for name, d in self.table.items()
-        }
+        out = {}
+        for name, d in self.table.items():
+            out[name] = {"variants": self.variant_stats(name), "generation": d.router.generation}
+            c = self.canaries.get(name)
+            if c is not None:
+                out[name]["canary"] = {**c.status(), "rollbacks": _rollbacks(c)}
+        return out
 
     def metric_rows(self) -> list[dict]:
         """One JSON-able row per variant and shadow for Prometheus (``fastml.server.deployment_metrics``)."""
@@ -799,6 +855,17 @@ class DeploymentManager:
                             share_bp=shares[t.index], mirrored=c["mirrored"][t.index], shed=c["shadow_shed"][t.index]
                         )
                     rows.append(row)
+            c = self.canaries.get(name)
+            if c is not None:
+                rows.append(
+                    {
+                        "deployment": name,
+                        "variant": c.candidate,
+                        "kind": "canary",
+                        "weight_bp": weights[d.by_name[c.candidate].index],
+                        "rollbacks": _rollbacks(c),
+                    }
+                )
         return rows
 
     def _snapshot_path(self) -> Path:
@@ -807,6 +874,10 @@ class DeploymentManager:
     def _write_snapshot(self) -> None:
         doc = {"pid": os.getpid(), "time": time.time(), "deployments": self.status(), "last_error": self.last_error}
         dconf.write_atomic(self._snapshot_path(), json.dumps(doc))
+
+
+def _rollbacks(c) -> int:
+    return sum(1 for h in c.history if h.get("action") == "rollback")
 
 
 def _routing_key(key):
@@ -887,6 +958,9 @@ def read_status(state_file: Path | None = None) -> dict:
                 if lv.get("serving") and lv["serving"] not in row["serving"]:
                     row["serving"].append(lv["serving"])
         out[name] = {"variants": rows, "processes": len(snaps)}
+        canaries = [c for doc in snaps if (c := doc.get("deployments", {}).get(name, {}).get("canary"))]
+        if canaries:
+            out[name]["canary"] = canaries[0] if len(canaries) == 1 else canaries  # one per serving process
     return out
 
 
