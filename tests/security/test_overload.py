@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fastml.errors import Overloaded
-from fastml.serving.admission import MIN_INFLIGHT, AdmissionGate
+from fastml.serving.admission import MAX_WAIT_S, MIN_INFLIGHT, AdmissionGate
 from tests.security.conftest import Served
 from tests.server.serverkit import make_slow_model
 
@@ -75,12 +75,12 @@ def test_gate_admits_below_the_floor_and_without_an_estimate():
 def test_gate_sheds_when_the_expected_wait_exceeds_the_deadline_share():
     gate = AdmissionGate(default_deadline_s=1.0)
     gate.rate_per_s = 1000.0
-    gate.admit(400, 1_000_000)  # 400 ahead at 1000/s = 0.4 s, within half of 1 s
+    gate.admit(40, 100_000)  # 40 ahead at 1000/s = 40 ms, within half of a 100 ms deadline
     with pytest.raises(Overloaded, match="overloaded"):
-        gate.admit(600, 1_000_000)  # 0.6 s: more than half of the deadline
+        gate.admit(60, 100_000)  # 60 ms: more than half of it
+    gate.admit(90, None)  # no deadline named: the default (1 s) share, capped at MAX_WAIT_S
     with pytest.raises(Overloaded):
-        gate.admit(600, None)  # no deadline named: the default one
-    gate.admit(600, 10_000_000)  # a 10 s deadline fits
+        gate.admit(int(1000 * MAX_WAIT_S) + 50, 10_000_000)  # a long deadline never allows a longer standing queue
     assert gate.shed == 2
 
 

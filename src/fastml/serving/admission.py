@@ -4,8 +4,8 @@ A bounded queue alone (the batcher's ``max_queue_size``) sheds too late under ov
 the back of a 1,024-deep queue waits queue depth x service time, which at a few thousand requests per second
 is longer than any client's deadline, so the server spends its capacity on answers nobody waits for and
 goodput collapses. Here each model keeps an estimate of how fast it completes requests while busy; a new
-request whose expected wait (requests already in flight / completion rate) exceeds a share of its deadline is
-refused with :class:`~fastml.errors.Overloaded` (a cheap 503) before it is queued, so the requests that are
+request whose expected wait (requests already in flight / completion rate) exceeds a share of its deadline
+(or :data:`MAX_WAIT_S`, whichever is shorter) is refused with :class:`~fastml.errors.Overloaded` (a cheap 503) before it is queued, so the requests that are
 accepted are answered in time and the server keeps working at its peak rate.
 
 The deadline is the request's own (Triton ``timeout`` parameter, microseconds), else the model's
@@ -21,6 +21,10 @@ from fastml.errors import Overloaded
 
 DEFAULT_DEADLINE_S = 1.0  # the wait bound for a request that names no deadline (and a model without timeout_us)
 WAIT_SHARE = 0.5  # the share of the deadline the expected queue wait may take (the rest: compute, network)
+# The longest standing queue kept whatever the deadline (CoDel's idea: a queue longer than this adds latency, not
+# throughput). Requests also wait where the gate cannot see them (socket buffers, the client's own queue), so a
+# queue that fills the whole deadline share leaves them no room.
+MAX_WAIT_S = 0.1
 MIN_INFLIGHT = 8  # below this many in flight nothing is shed, whatever the estimate
 WINDOW_S = 0.05  # completions are counted over windows this long
 SMOOTHING = 0.3  # weight of the newest busy window in the rate estimate
@@ -54,7 +58,7 @@ class AdmissionGate:
         if inflight < MIN_INFLIGHT or self.rate_per_s <= 0.0:
             return
         deadline_s = timeout_us / 1e6 if timeout_us else self._default_deadline_s
-        if inflight > self.rate_per_s * deadline_s * WAIT_SHARE:
+        if inflight > self.rate_per_s * min(deadline_s * WAIT_SHARE, MAX_WAIT_S):
             self.shed += 1
             raise Overloaded(SHED_MESSAGE)
 
@@ -78,4 +82,4 @@ class AdmissionGate:
             self.rate_per_s = (1 - SMOOTHING) * self.rate_per_s + SMOOTHING * measured
 
 
-__all__ = ["DEFAULT_DEADLINE_S", "MIN_INFLIGHT", "SHED_MESSAGE", "WAIT_SHARE", "AdmissionGate"]
+__all__ = ["DEFAULT_DEADLINE_S", "MAX_WAIT_S", "MIN_INFLIGHT", "SHED_MESSAGE", "WAIT_SHARE", "AdmissionGate"]
