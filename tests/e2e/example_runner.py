@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TIMEOUT_S = 600
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run_example(name: str, out_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .example_runner import explain, run_example, steps_by_name
+from .example_runner import PNG, explain, run_example, steps_by_name
 
 STEPS = [
     "generate a synthetic 10,000-row dataset",
@@ -83,4 +83,5 @@ def test_reports_are_written_and_linked(workflow):
         assert path.startswith(str(out)) and path in proc.stdout  # the printed summary links every report
     drift = json.loads((out / "reports" / "drift" / "report.json").read_text())
     assert drift  # the JSON twin of the drift page
+    assert (out / "reports" / "drift.png").read_bytes()[:8] == PNG
     assert f"summary: {out / 'summary.json'}" in proc.stdout

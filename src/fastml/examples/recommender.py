@@ -173,6 +173,7 @@ weight_bp = 1000
             fastml_cli("experiment", "status", DEPLOYMENT, "--output", "label", "--json", "--html", str(html)).stdout
         )
         rows = {v["name"]: v for v in doc["variants"]}
+        self.accuracy = {name: float(row["quality"]) for name, row in rows.items()}
         verdict = doc["verdicts"]["candidate"]
         s.file("A/B report", html)
         for name, row in rows.items():
@@ -205,7 +206,16 @@ weight_bp = 1000
 
     # ------------------------------------------------------------------------------------------ 5
     def canary(self, s: Step) -> None:
+        from fastml.examples import pictures
+
         result = asyncio.run(self._canary())
+        picture = pictures.ab_and_canary(
+            self.out / "reports" / "ab_and_canary.png",
+            self.accuracy,
+            [h["candidate_pct"] for h in result["history"]],
+            [h["action"] for h in result["history"]],
+        )
+        s.file("A/B and canary picture", picture)
         s.figure("history", [f"{h['action']}@{h['candidate_pct']:g}%" for h in result["history"]])
         s.figure("state", result["state"])
         s.figure("rollback_guards", result["guards"])

@@ -294,6 +294,12 @@ weight_bp = 10000
         s.check(any(e.rule == "data-drift" and e.status == "firing" for e in events), "the data-drift alert fires")
         s.check(self.alerts_path.is_file(), "the alert written to the alert log")
         s.file("alert log", self.alerts_path)
+        from fastml.examples import pictures
+
+        reference = {c: self.X_train[:, i] for i, c in enumerate(FEATURES)}
+        s.file(
+            "drift picture", pictures.drift_histograms(self.out / "reports" / "drift.png", reference, shifted, DRIFTED)
+        )
         self.log_table = read_log(model=MODEL)
         self.logged_inputs = tensor_columns(self.log_table, "input.input", FEATURES)
 
