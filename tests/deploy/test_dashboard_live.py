@@ -187,9 +187,32 @@ def test_every_panel_and_the_autoscaler_query_return_data(fastml_home, onnx_mode
     (repo / "mlp" / "1").mkdir(parents=True)
     shutil.copy(onnx_models["mlp"], repo / "mlp" / "1" / "model.onnx")
     (repo / "mlp" / "config.toml").write_text("max_batch_size = 16\nmax_queue_delay_us = 500\n")
-    x = np.load(onnx_models["data"])[:8].astype(np.float32)
+    data = np.load(onnx_models["data"]).astype(np.float32)
+    x = data[:8]
+    # Live monitoring with a reference the traffic has drifted from (shifted by 3), so the drift, health and
+    # alert panels have data to show: small windows close every 40 rows.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    server = ServerProcess([str(repo), "--http-port", "0", "--metrics-port", "0"], fastml_home)
+    shifted = data[:500] + 3.0
+    reference = tmp_path / "mlp-reference.parquet"
+    pq.write_table(pa.table({f"f{i}": shifted[:, i] for i in range(shifted.shape[1])}), reference)
+
+    server = ServerProcess(
+        [
+            str(repo),
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--monitor",
+            "--monitor-window-rows",
+            "40",
+            "--reference",
+            f"mlp={reference}",
+        ],
+        fastml_home,
+    )
     prom_dir = tmp_path / "prometheus"
     prom_dir.mkdir()
     prom = None
@@ -232,14 +255,34 @@ def test_every_panel_and_the_autoscaler_query_return_data(fastml_home, onnx_mode
         assert weights == {"incumbent": 7000.0, "candidate": 3000.0}
         (hpa,) = prom.query(queries[-1][1])
         assert hpa["metric"] == {"pod": "fastml-0"} and float(hpa["value"][1]) >= 0
-        workers = prom.query(dict(queries)["Worker processes [A]"])
+        workers = prom.query(dict(queries)["Worker processes (reporting; desired and current) [A]"])
         assert float(workers[0]["value"][1]) == 1
+        states = {
+            r["metric"]["state"]: float(r["value"][1])
+            for r in prom.query(dict(queries)["Worker processes (reporting; desired and current) [B]"])
+        }
+        assert states == {"desired": 1.0, "current": 1.0}
+        # Live monitoring: the shifted reference makes every feature of mlp drift and the drift alert fire.
+        drifting = {
+            r["metric"]["model"]: float(r["value"][1])
+            for r in prom.query(dict(queries)["Features drifting per model [A]"])
+        }
+        assert drifting.get("mlp", 0) > 0, drifting
+        health = {
+            r["metric"]["model"]: float(r["value"][1]) for r in prom.query(dict(queries)["Health score (0-100) [A]"])
+        }
+        assert 0 <= health["mlp"] < 100, health
+        firing = {
+            (r["metric"]["model"], r["metric"]["rule"]): float(r["value"][1])
+            for r in prom.query(dict(queries)["Monitoring alerts firing [A]"])
+        }
+        assert firing.get(("mlp", "data_drift")) == 1, firing
         # Template variables resolve to the served models and deployments.
         assert "mlp" in set(prom.api("label/model/values", **{"match[]": "fastml_model_ready"}))
         assert prom.api("label/deployment/values", **{"match[]": "fastml_deployment_requests_total"}) == ["fraud"]
         # The recording and alerting rules loaded and evaluated without errors.
         groups = prom.api("rules")["groups"]
-        assert {g["name"] for g in groups} == {"fastml.recording", "fastml.alerts"}
+        assert {g["name"] for g in groups} == {"fastml.recording", "fastml.alerts", "fastml.monitoring"}
         assert all(r["health"] == "ok" for g in groups for r in g["rules"]), groups
     finally:
         stop.set()

@@ -37,6 +37,16 @@ def exported_names() -> set[str]:
         ],
         "server": {"inflight": 0, "connections": 0, "workers": 1, "responses": {200: 1}},
         "deployments": [],
+        # One row of each live-monitoring series (fastml serve --monitor).
+        "monitoring": {
+            "drift": [
+                {"model": "m", "variant": "", "feature": "f", "stattest": "psi", "score": 0.1, "primary": True}
+                | {"detected": False}
+            ],
+            "health": [{"model": "m", "variant": "", "score": 90.0}],
+            "alerts": [{"model": "m", "rule": "data_drift", "severity": "warning", "firing": 0}],
+            "counters": {},
+        },
     }
     text = generate_latest(make_registry(lambda: snapshot)).decode()
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
@@ -98,6 +108,7 @@ def test_queries_use_only_exported_or_recorded_series():
         "histogram_quantile",
         "count",
         "max",
+        "min",
         "le",
         "model",
         "version",
@@ -110,6 +121,11 @@ def test_queries_use_only_exported_or_recorded_series():
         "job",
         "on",
         "fastml",
+        "feature",
+        "stattest",
+        "rule",
+        "severity",
+        "state",
     }
     for p in DASHBOARD["panels"]:
         for t in p.get("targets", []):

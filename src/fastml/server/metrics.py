@@ -176,8 +176,10 @@ class SnapshotCollector:
         g = GaugeMetricFamily("fastml_server_workers", "Server worker processes reporting.")
         g.add_metric([], s.get("workers", 1))
         yield g
-        if "workers" in snap:  # a supervisor (fastml.server.workers): the worker count it wants and has
-            yield from _worker_families(snap["workers"])
+        # A supervisor (fastml.server.workers) reports the worker count it wants and has; one process alone is
+        # its own single worker, so the series (and the dashboard's panel on it) exist whatever the mode.
+        one = s.get("workers", 1)
+        yield from _worker_families(snap.get("workers") or {"desired": one, "current": one, "decisions": {}})
         c = CounterMetricFamily(
             "fastml_http_responses", "HTTP responses by status code (200 counts inference successes).", labels=["code"]
         )
