@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .example_runner import explain, run_example, steps_by_name
+from .example_runner import PNG, explain, run_example, steps_by_name
 
 
 def _run(name, tmp_path_factory):
@@ -40,6 +40,7 @@ def test_recommender_ab_finds_winner_and_canary_rolls_back(recommender):
     assert canary["final_weights_bp"] == {"stable": 10000, "next": 0}
     assert "canary.rollback" in canary["audit_actions"]
     assert (out / "reports" / "ab.html").stat().st_size > 1000
+    assert (out / "reports" / "ab_and_canary.png").read_bytes()[:8] == PNG
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,7 @@ def test_healthcare_bar_hipaa_explanations_review_audit(healthcare):
     assert actions["review.enqueue"] == actions["review.resolve"] == steps[6]["queued_for_review"]
     assert actions["pipeline.register.refused"] == 1
     assert (out / "reports" / "audit.jsonl").is_file()
+    assert (out / "reports" / "explanation.png").read_bytes()[:8] == PNG
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,4 @@ def test_fraud_features_approvals_join_and_drift_alert(fraud):
     assert {"amount", "hour"} <= set(steps[8]["drifted_features"])
     assert steps[8]["alert_window"] > 2
     assert "governance.gate.allow" in steps[9]["audit_actions"]
+    assert (out / "reports" / "live_drift.png").read_bytes()[:8] == PNG

@@ -387,6 +387,18 @@ class Fraud:
         s.figure("drifted_features", drifted)
         s.figure("status", status if len(json.dumps(status)) < 2000 else "see fastml monitor status")
         s.figure("alert_window", detail.get("window_id"))
+        from fastml.config import get_settings
+        from fastml.examples import pictures
+        from fastml.monitoring.store import MonitoringStore
+
+        store = MonitoringStore(Path(get_settings().home) / "monitoring.db")
+        try:
+            shares = [w.drift_share or 0.0 for w in store.windows(MODEL)]
+        finally:
+            store.close()
+        s.figure("window_drift_shares", shares)
+        picture = pictures.live_drift(self.out / "reports" / "live_drift.png", shares, 0.3, detail.get("window_id"))
+        s.file("live drift picture", picture)
         s.check(bool(fired), "the data_drift alert fires on the planted card-testing burst")
         s.check(detail.get("window_id", 0) > self.sizes.normal_windows, "no alert while the traffic was normal")
         s.check({"amount", "hour"} <= set(drifted), f"the alert names the drifted request features: {drifted}")

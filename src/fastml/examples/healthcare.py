@@ -257,7 +257,7 @@ class Healthcare:
         self.client = httpclient.InferenceServerClient(self.server.url)
         name = MODEL
         X = self.patients[CLINICAL].to_numpy(np.float32)
-        queued, additive_err, plain_outputs = 0, 0.0, None
+        queued, additive_err, plain_outputs, pictured = 0, 0.0, None, None
         with ReviewQueue() as queue:
             for i in range(len(X)):
                 rid = f"patient-{i}"
@@ -276,6 +276,16 @@ class Healthcare:
                 if logit == logit:  # not saturated
                     additive_err = max(additive_err, abs(self.base_logit + float(phi.sum()) - logit))
                 confidence = float(p.max())
+                if pictured is None and confidence < CONFIDENCE_THRESHOLD:
+                    from fastml.examples import pictures
+
+                    pictured = pictures.explanation(
+                        self.out / "reports" / "explanation.png",
+                        CLINICAL,
+                        phi,
+                        f"{rid}: p(diabetes) {p[1]:.2f}, sent to review",
+                    )
+                    s.file("explanation picture", pictured)
                 if confidence < CONFIDENCE_THRESHOLD:
                     top = np.argsort(-np.abs(phi))[:2]
                     reason = f"confidence {confidence:.2f} < {CONFIDENCE_THRESHOLD}; " + ", ".join(
