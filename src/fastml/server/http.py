@@ -25,7 +25,7 @@ from time import perf_counter_ns
 
 import httptools
 
-from fastml.errors import InvalidInput, PermissionDenied, Unauthenticated
+from fastml.errors import InvalidInput, Overloaded, PermissionDenied, Unauthenticated
 from fastml.server import routes, shm_http
 from fastml.server.auth import WWW_AUTHENTICATE
 from fastml.server.status import REASONS, http_status
@@ -40,6 +40,7 @@ from fastml.server.tensors import (
     plan_inputs,
     raw_input,
 )
+from fastml.serving.admission import SHED_MESSAGE
 
 log = logging.getLogger("fastml.server")
 
@@ -187,6 +188,20 @@ def error_response(status: int, message: str, conn_hdr: bytes = b"") -> bytes:
         conn_hdr,
         body,
     )
+
+
+_SHED_ERROR = Overloaded(SHED_MESSAGE)
+_shed_responses: dict[bytes, bytes] = {}
+
+
+def shed_response(conn_hdr: bytes) -> bytes:
+    """The 503 for a request shed before decoding, built once per connection header (there are three)."""
+    data = _shed_responses.get(conn_hdr)
+    if data is None:
+        data = error_response(503, SHED_MESSAGE, conn_hdr)
+        if len(_shed_responses) < 8:
+            _shed_responses[conn_hdr] = data
+    return data
 
 
 def simple_response(status: int, body: bytes, content_type: bytes, conn_hdr: bytes = b"") -> bytes:
@@ -752,6 +767,13 @@ class HttpProtocol:
             entry = plane.resolve(name, version)
         except Exception as exc:
             raise _Reject(http_status(exc), str(exc)) from None
+        gate = entry.cache.get("admission")
+        if gate is not None and gate.sheds(entry.inflight, None):
+            # Overloaded whatever this request's deadline (fastml.serving.admission): a canned 503, nothing decoded.
+            plane.count_failure(entry, _SHED_ERROR)
+            self.server.count_status(503)
+            self._respond(shed_response(conn_hdr), conn_hdr)
+            return
         try:
             inputs, plan, timeout_us = self._decode_infer(entry, body)
         except Exception as exc:

@@ -49,17 +49,27 @@ class AdmissionGate:
         self._window_done = 0
         self._default_deadline_s = default_deadline_s
 
+    def sheds(self, inflight: int, timeout_us: int | None) -> bool:
+        """Whether a request with ``inflight`` requests ahead of it is refused (counted in ``shed`` if so).
+
+        A transport may ask with ``timeout_us=None`` before it decodes a request (the cap then decides, as no
+        deadline allows a longer queue than :data:`MAX_WAIT_S`), and answer a canned 503 without parsing it.
+        """
+        if inflight < MIN_INFLIGHT or self.rate_per_s <= 0.0:
+            return False
+        deadline_s = timeout_us / 1e6 if timeout_us else self._default_deadline_s
+        if inflight > self.rate_per_s * min(deadline_s * WAIT_SHARE, MAX_WAIT_S):
+            self.shed += 1
+            return True
+        return False
+
     def admit(self, inflight: int, timeout_us: int | None) -> None:
         """Refuse the request if ``inflight`` requests ahead of it cannot finish within its deadline's share.
 
         Raises:
-            Overloaded: the expected wait is longer than ``WAIT_SHARE`` of the deadline.
+            Overloaded: the expected wait is longer than ``WAIT_SHARE`` of the deadline (or ``MAX_WAIT_S``).
         """
-        if inflight < MIN_INFLIGHT or self.rate_per_s <= 0.0:
-            return
-        deadline_s = timeout_us / 1e6 if timeout_us else self._default_deadline_s
-        if inflight > self.rate_per_s * min(deadline_s * WAIT_SHARE, MAX_WAIT_S):
-            self.shed += 1
+        if self.sheds(inflight, timeout_us):
             raise Overloaded(SHED_MESSAGE)
 
     def completed(self, inflight: int) -> None:
