@@ -21,13 +21,9 @@ def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="Ray is in the [ray] extra: pip install -e '.[ray]'")
     saved = {k: os.environ.get(k) for k in RAY_ENV}
     os.environ.update(RAY_ENV)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=80 * 2**20,
-        log_to_driver=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-    )
+    from fastml.serving.ray_predict import init_ray
+
+    init_ray(num_cpus=2, object_store_memory=80 * 2**20, _temp_dir=str(tmp_path_factory.mktemp("ray")))
     try:
         yield ray
     finally:

@@ -8,7 +8,6 @@ import pickle
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,40 +35,24 @@ def table(rows: int, seed: int = 0) -> pa.Table:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
-def test_ray_data_job_gives_the_local_engines_predictions_row_by_row(ray_cluster, model_file, tmp_path, suffix):
-    from fastml.serving.ray_predict import predict_file_ray
+def test_fastml_predict_engine_ray_gives_the_local_engines_predictions_row_by_row(
+    ray_cluster, model_file, tmp_path, capsys
+):
+    # One Ray Data job (each costs seconds of actor start-up): the command line, on the cluster of conftest.py.
+    from fastml.cli import main
 
-    t = table(5_003, seed=2)
-    src = tmp_path / f"in{suffix}"
-    if suffix == ".parquet":
-        pq.write_table(t, src, row_group_size=1000)  # several blocks, so order across actors matters
-    else:
-        pacsv.write_csv(t, src)
+    src = tmp_path / "in.parquet"
+    pq.write_table(table(5_003, seed=2), src, row_group_size=1000)  # several blocks: order across actors matters
+    argv = ["predict", str(model_file), "--input", str(src), "--key-columns", "id", "--batch-rows", "700"]
+    assert main([*argv, "--output", str(tmp_path / "ray.parquet"), "--engine", "ray", "--actors", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     local = predict_file(model_file, src, tmp_path / "local.parquet", batch_rows=700, key_columns=["id"])
-    report = predict_file_ray(model_file, src, tmp_path / "ray.parquet", batch_rows=700, key_columns=["id"], actors=2)
-    assert report.rows == local.rows == 5_003
-    assert report.output_columns == local.output_columns == ["id", "label", "probabilities_0", "probabilities_1"]
+    assert summary["rows"] == local.rows == 5_003
+    assert summary["output_columns"] == local.output_columns == ["id", "label", "probabilities_0", "probabilities_1"]
     want, got = pq.read_table(tmp_path / "local.parquet"), pq.read_table(tmp_path / "ray.parquet")
     assert np.array_equal(got.column("id").to_numpy(), np.arange(5_003))
     for name in local.output_columns:
         assert np.array_equal(got.column(name).to_numpy(), want.column(name).to_numpy()), name
-
-
-@pytest.mark.slow
-def test_fastml_predict_engine_ray_from_the_command_line(ray_cluster, model_file, tmp_path, capsys):
-    from fastml.cli import main
-
-    src = tmp_path / "in.parquet"
-    pq.write_table(table(1_000, seed=4), src)
-    out = tmp_path / "out.csv"
-    argv = ["predict", str(model_file), "--input", str(src), "--output", str(out), "--key-columns", "id"]
-    assert main([*argv, "--engine", "ray", "--actors", "1", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["rows"] == 1_000
-    assert main([*argv[:-4], "--output", str(tmp_path / "local.csv"), "--key-columns", "id"]) == 0
-    got, want = pacsv.read_csv(out), pacsv.read_csv(tmp_path / "local.csv")
-    assert got.equals(want)
 
 
 def test_bad_files_are_refused_before_a_job_starts(model_file, tmp_path):

@@ -83,7 +83,9 @@ def _serve(args: argparse.Namespace) -> int:
     targets = absolute_targets(args.targets)  # a bad target is refused before a cluster starts
     ray = _import_ray()
     stop = threading.Event()
-    ray.init(address=args.address, num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    from fastml.serving.ray_predict import init_ray
+
+    init_ray(args.address, num_cpus=args.num_cpus)
     if not args.detach:
         # Ctrl-C or a SIGTERM from a supervisor: take the application and the local cluster down cleanly.
         # Installed after ray.init, which sets its own SIGTERM handler (an immediate sys.exit).

@@ -157,7 +157,7 @@ def predict_file_ray(
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        init_ray(address=address, num_cpus=num_cpus)
         started = True
     writer = _Writer(Path(output_path))
     rows = 0
@@ -201,6 +201,28 @@ def predict_file_ray(
     )
 
 
+# Starting a local cluster on a busy machine can fail: the raylet gives the dashboard agent a fixed 15 s to
+# write its port files and exits when that runs out (Ray reports only "The current node timed out during
+# startup"). A second or third try finds the agent's imports warm in the page cache.
+LOCAL_START_ATTEMPTS = 3
+
+
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """``ray.init`` without the dashboard and without copying worker logs to this process; a local cluster
+    (``address`` None) that times out during start-up is tried again, up to :data:`LOCAL_START_ATTEMPTS` times."""
+    import ray
+
+    attempts = LOCAL_START_ATTEMPTS if address is None else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, **kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise
+
+
 def _actor_cpus(cluster_cpus: float, actors: int) -> float:
     """CPUs reserved per scoring actor: at most one each, and one CPU left for the read tasks (actors holding
     every CPU would wait forever for blocks that no read task can be scheduled to produce)."""
@@ -221,4 +243,4 @@ def _read(ray, src: Path, columns: list[str]):
     return ray.data.read_csv(str(src), convert_options=csv.ConvertOptions(include_columns=columns))
 
 
-__all__ = ["predict_file_ray"]
+__all__ = ["LOCAL_START_ATTEMPTS", "init_ray", "predict_file_ray"]
