@@ -1129,9 +1129,9 @@ void AppendUtf8(uint32_t cp, std::string* out) {
   }
 }
 
-// One key input made native: int64 ids borrowed from the array, or string keys as views (into the
-// array's buffer for 'S', into an arena for 'U' and object arrays). Built with the GIL held; the arrays
-// stay referenced by the caller's frame while the GIL is released.
+// One key input made native: int64 ids borrowed from the array, or string keys copied into an arena as
+// UTF-8 ('S', 'U' and object arrays alike). Built with the GIL held; the int64 array stays referenced here
+// while the GIL is released.
 struct KeyInput {
   py::array ids_owner;  // the int64 array the ids point into (a cast copy when the input was another int type)
   fc_bind::KeyBatch batch;
@@ -1147,6 +1147,11 @@ void ConvertKeys(py::handle obj, size_t index, size_t rows, KeyInput* out) {
   }
   const char kind = a.dtype().kind();
   if (kind == 'i' || kind == 'u') {
+    if (py::isinstance<py::array_t<int64_t>>(a) && (a.flags() & py::array::c_style)) {
+      out->ids_owner = a;  // already int64 and contiguous: used as is, referenced while the GIL is released
+      out->keys.ids = static_cast<const int64_t*>(a.data());
+      return;
+    }
     out->ids_owner = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
     if (!out->ids_owner) throw py::error_already_set();
     out->keys.ids = static_cast<const int64_t*>(out->ids_owner.data());
@@ -1270,6 +1275,7 @@ static void bind_feature_join(py::module_& m) {
                if (col.table < 0 && col.position >= n_request) RaiseInvalid("request column index out of range");
                p.plan.columns.push_back(col);
              }
+             p.plan.Finish();
              p.counters = std::make_shared<JoinCounters>(p.plan.columns.size());
              return p;
            }),

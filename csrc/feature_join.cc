@@ -18,6 +18,18 @@ CacheStatus MdbError(int rc, const std::string& what) {
 
 }  // namespace
 
+void JoinPlan::Finish() {
+  table_columns.assign(tables.size(), {});
+  request_columns.clear();
+  for (size_t c = 0; c < columns.size(); ++c) {
+    if (columns[c].table >= 0) {
+      table_columns[size_t(columns[c].table)].push_back(c);
+    } else {
+      request_columns.push_back(c);
+    }
+  }
+}
+
 CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const std::vector<JoinKeys>& keys,
                          const std::vector<RequestColumn>& request, size_t rows, float* out, int64_t now_us,
                          JoinResult* result) {
@@ -30,18 +42,11 @@ CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const 
   const float nan = std::numeric_limits<float>::quiet_NaN();
 
   // Request-time columns first: plain strided copies, no LMDB.
-  for (size_t c = 0; c < width; ++c) {
-    const JoinColumn& col = plan.columns[c];
-    if (col.table >= 0) continue;
-    const RequestColumn& src = request[col.position];
+  for (size_t c : plan.request_columns) {
+    const RequestColumn& src = request[plan.columns[c].position];
     for (size_t i = 0; i < rows; ++i) out[i * width + c] = src.data[i * src.stride];
   }
-
-  // Columns of each table, so a row read once fills all of them.
-  std::vector<std::vector<size_t>> table_columns(plan.tables.size());
-  for (size_t c = 0; c < width; ++c) {
-    if (plan.columns[c].table >= 0) table_columns[size_t(plan.columns[c].table)].push_back(c);
-  }
+  const std::vector<std::vector<size_t>>& table_columns = plan.table_columns;
 
   MDB_txn* txn = nullptr;
   CacheStatus st = cache.AcquireReader(&txn);

@@ -45,6 +45,13 @@ struct JoinColumn {
 struct JoinPlan {
   std::vector<JoinTable> tables;
   std::vector<JoinColumn> columns;  // output column order = the model input's column order
+  // Derived by Finish(): per table, its output columns (so a row read once fills all of them); per
+  // request-time column, its output column. Built once, not per batch.
+  std::vector<std::vector<size_t>> table_columns;
+  std::vector<size_t> request_columns;
+
+  // Call once after filling tables and columns (JoinFeatures reads the derived lists).
+  void Finish();
 };
 
 // The entity keys of one key input, borrowed for the call: integer ids (keyed in the store by their
