@@ -333,5 +333,18 @@ def test_admin_endpoint_puts_gets_and_deletes_deployments(home, model_repo, onnx
         assert "ranker" not in dconf.read(dconf.state_path())[1]
         assert _call("DELETE", f"{base}/ranker", None, admin)[0] == 404
         assert _call("POST", f"{base}/ranker", b"", admin)[0] == 405
+        # `fastml deploy apply --server` goes through the same endpoint.
+        (home / "ranker.toml").write_text(
+            '[deployments.ranker]\n[[deployments.ranker.variants]]\nname = "c"\nmodel = "fraud:1.0.0"\nweight_bp = 10000\n'
+        )
+        (home / "admin.token").write_text("s3cret-admin-token-0123\n")
+        args = ["deploy", "apply", str(home / "ranker.toml"), "--server", f"http://{srv.url}"]
+        refused = fastml(*args, home=home)
+        assert refused.returncode != 0 and "HTTP 401" in refused.stderr
+        done = fastml(*args, "--token-file", str(home / "admin.token"), home=home)
+        assert done.returncode == 0, done.stderr
+        assert "applied deployment ranker on" in done.stdout
+        status, resp = _call("GET", f"{base}/ranker", None, {})
+        assert status == 200 and list(resp["variants"]) == ["c"]
     finally:
         assert srv.stop() == 0

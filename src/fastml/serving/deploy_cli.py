@@ -20,6 +20,13 @@ def add_parser(subparsers) -> None:
     c.add_argument("file", help="deployment file (TOML, see docs/deployments.md)")
     c.add_argument("--dry-run", action="store_true", help="check only; persist nothing")
     c.add_argument("--json", action="store_true", help="print what was applied as JSON")
+    c.add_argument(
+        "--server",
+        metavar="URL",
+        help="apply through a running server's admin endpoint (PUT /v2/deployments/<name> per deployment in the "
+        "file; others on the server are left as they are) instead of writing FASTML_HOME directly",
+    )
+    c.add_argument("--token-file", metavar="PATH", help="with --server: a file holding the server's admin token")
     c.set_defaults(handler=_apply)
 
     c = sub.add_parser("status", help="deployments, variants, weights and live per-variant counts")
@@ -83,10 +90,52 @@ def _onnx_signature(path) -> tuple:
     return tuple(row(t) for t in sess.get_inputs()), tuple(row(t) for t in sess.get_outputs())
 
 
+def _apply_remote(args, specs: dict) -> int:
+    """PUT each deployment of the file to ``args.server``; the server checks, applies and persists it."""
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+    from urllib.parse import quote
+
+    from fastml.errors import FastMLError, InvalidInput, NotFound, PermissionDenied, Unauthenticated
+    from fastml.serving import deployment_config as dconf
+
+    headers = {"Content-Type": "application/toml"}
+    if args.token_file:
+        headers["Authorization"] = "Bearer " + Path(args.token_file).read_text(encoding="utf-8").strip()
+    applied = {}
+    for name, spec in specs.items():
+        url = f"{args.server.rstrip('/')}/v2/deployments/{quote(name, safe='')}"
+        body = dconf.dump({name: spec}).encode()
+        req = urllib.request.Request(url, data=body, method="PUT", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=300) as r:
+                applied[name] = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            try:
+                message = json.loads(e.read()).get("error", "")
+            except ValueError:
+                message = ""
+            kind = {400: InvalidInput, 401: Unauthenticated, 403: PermissionDenied, 404: NotFound}.get(
+                e.code, FastMLError
+            )
+            raise kind(f"{args.server}: deployment {name!r}: HTTP {e.code}: {message}") from None
+        except urllib.error.URLError as e:
+            raise FastMLError(f"{args.server}: cannot reach the server: {e.reason}") from None
+    if args.json:
+        print(json.dumps({"server": args.server, "applied": applied}, indent=2))
+        return 0
+    for name, doc in applied.items():
+        print(f"applied deployment {name} on {args.server}: " + ", ".join(doc.get("variants", {})))
+    return 0
+
+
 def _apply(args) -> int:
     from fastml.serving import deployment_config as dconf
 
     text, specs = dconf.read(args.file)
+    if args.server and not args.dry_run:
+        return _apply_remote(args, specs)
     resolved = check_references(specs, args.file)
     path = dconf.state_path()
     if not args.dry_run:
