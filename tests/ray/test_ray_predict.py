@@ -45,7 +45,8 @@ def test_fastml_predict_engine_ray_gives_the_local_engines_predictions_row_by_ro
     pq.write_table(table(5_003, seed=2), src, row_group_size=1000)  # several blocks: order across actors matters
     argv = ["predict", str(model_file), "--input", str(src), "--key-columns", "id", "--batch-rows", "700"]
     assert main([*argv, "--output", str(tmp_path / "ray.parquet"), "--engine", "ray", "--actors", "2", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    # The last line: Ray prints its own warnings (a busy node's worker start-up) to the driver's stdout.
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     local = predict_file(model_file, src, tmp_path / "local.parquet", batch_rows=700, key_columns=["id"])
     assert summary["rows"] == local.rows == 5_003
     assert summary["output_columns"] == local.output_columns == ["id", "label", "probabilities_0", "probabilities_1"]
