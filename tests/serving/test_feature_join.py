@@ -357,3 +357,28 @@ def test_deployment_variant_declares_its_features(local):
     assert y == pytest.approx([11 + 45 + 100 + 250, 40 - 10 + 200 + 125])
     with pytest.raises(InvalidInput, match="entity_key and feature_policy need features"):
         dconf.parse(DEPLOYMENT.replace("features = [", "# features = ["))
+
+
+def test_workers_lookup_counts_are_summed():
+    from fastml.server.metrics import make_registry, merge_snapshots
+
+    def snap(hit, stale):
+        model = {
+            "name": "m",
+            "version": "1",
+            "ready": True,
+            "inflight": 0,
+            "stats": {},
+            "batch_size_histogram": {},
+            "batch_stats": {},
+            "server_failures": {},
+            "feature_lookups": {"driver:trips": {"hit": hit, "missing": 1, "stale": stale}},
+        }
+        return {"models": [model], "server": {}}
+
+    merged = merge_snapshots([snap(5, 0), snap(7, 2)])
+    assert merged["models"][0]["feature_lookups"] == {"driver:trips": {"hit": 12, "missing": 2, "stale": 2}}
+    reg = make_registry(lambda: merged)
+    labels = {"model": "m", "version": "1", "feature": "driver:trips"}
+    assert reg.get_sample_value("fastml_feature_lookups_total", {**labels, "outcome": "hit"}) == 12
+    assert reg.get_sample_value("fastml_feature_lookups_total", {**labels, "outcome": "stale"}) == 2
