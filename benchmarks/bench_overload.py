@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(envinfo.machine_lines()))
     print(f"load generator: fastml.loadtest (Python, uvloop), deadline {DEADLINE_S * 1000:.0f} ms")
     report = benchjson.Report("bench_overload.py")
-    window_s, connections = (1.0, 256) if args.quick else (5.0, 512)
+    window_s, connections = (0.8, 256) if args.quick else (5.0, 512)
     import uvloop
 
     import models as reference_models
