@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fastml.examples.server import ServerProcess, fastml_cli
-from fastml.examples.steps import Run, Step
+from fastml.examples.steps import Run, Step, registered_ref
 
 MODEL = "fraud"
 GROUP = "card"
@@ -49,7 +49,7 @@ class Sizes:
     drift_windows: int = 2
 
 
-QUICK = Sizes(cards=600, transactions=5_000, n_trials=2, window_rows=1_000, normal_windows=2, drift_windows=1)
+QUICK = Sizes(cards=600, transactions=5_000, n_trials=2, window_rows=1_000, normal_windows=2, drift_windows=2)
 
 CARD = {
     "name": MODEL,
@@ -229,14 +229,15 @@ class Fraud:
             progress=False,
         )
         self.result = result
+        self.ref = registered_ref(result)
         ingest = json.loads((Path(result.run_dir) / "01_ingest" / "ingest.json").read_text())
         self.columns = [c for c in ingest["columns"] if c != "is_fraud"]
         tune = json.loads((Path(result.run_dir) / "05_tune" / "tune.json").read_text())
-        from fastml.registry import Registry
+        from fastml.registry.registry import Registry
 
         with Registry() as reg:
-            mv = reg.resolve(result.model_ref)
-        s.figure("model", result.model_ref)
+            mv = reg.resolve(self.ref)
+        s.figure("model", self.ref)
         s.figure("roc_auc", result.metrics["roc_auc"])
         s.figure("trials", tune["counts"]["complete"])
         s.figure("input_columns", self.columns)
@@ -247,15 +248,16 @@ class Fraud:
 
     # ------------------------------------------------------------------------------------------ 4
     def bias(self, s: Step) -> None:
-        import fastml
         from fastml.features import FeatureStore
-        from fastml.governance import assess_fairness, attach
-        from fastml.registry import Registry
+        from fastml.governance.fairness import assess_fairness
+        from fastml.governance.gates import attach
+        from fastml.registry.registry import Registry
+        from fastml.serving import load_model
 
         frame, _ = self.world.transactions(3000, since_day=DAYS - 1)
         rows = FeatureStore().get_training_set(frame, [f"{GROUP}:{f}" for f in CARD_FEATURES]).to_pandas()
         X = rows[self.columns].to_numpy(np.float32)
-        with fastml.load_model(self.result.model_ref, max_batch_size=4096) as model:
+        with load_model(self.ref, max_batch_size=4096) as model:
             y_pred = model.predict(X)["label"]
         self.fairness = assess_fairness(
             rows["is_fraud"].to_numpy(),
@@ -264,7 +266,7 @@ class Fraud:
             thresholds=FAIRNESS_THRESHOLDS,
         )
         with Registry() as reg:
-            attach(reg).record_fairness(self.result.model_ref, self.fairness, actor="fraud-example")
+            attach(reg).record_fairness(self.ref, self.fairness, actor="fraud-example")
         s.figure("demographic_parity_difference", self.fairness.value("demographic_parity_difference"))
         s.figure("equalized_odds_difference", self.fairness.value("equalized_odds_difference"))
         s.figure("failures", self.fairness.failures)
@@ -272,12 +274,12 @@ class Fraud:
 
     # ------------------------------------------------------------------------------------------ 5
     def gdpr(self, s: Step) -> None:
-        from fastml.governance import assess, build_report
-        from fastml.governance.report import to_html
+        from fastml.governance.compliance import assess
+        from fastml.governance.report import build_report, to_html
 
         schema = [{"name": c, "type": "float"} for c in self.columns] + [{"name": "card_id", "type": "int64"}]
         report = assess(CARD, schema=schema, rulesets=["gdpr"])
-        doc = build_report(compliance=report, fairness=self.fairness, model=self.result.model_ref)
+        doc = build_report(compliance=report, fairness=self.fairness, model=self.ref)
         path = self.out / "reports" / "gdpr_and_bias.html"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_html(doc))
@@ -288,29 +290,28 @@ class Fraud:
 
     # ------------------------------------------------------------------------------------------ 6
     def approve(self, s: Step) -> None:
-        from fastml.governance import attach
-        from fastml.governance.gates import GatePolicy
-        from fastml.registry import Registry
+        from fastml.governance.gates import GatePolicy, attach
+        from fastml.registry.registry import Registry
 
         policy = GatePolicy(rulesets=("gdpr", "eu_ai_act"), fairness_thresholds=FAIRNESS_THRESHOLDS)
         with Registry() as reg:
             attach(reg, policy)  # the production gate: model card rules and fairness evidence, every event audited
-            rid = reg.request_transition(self.result.model_ref, "production", actor="data-scientist")
+            rid = reg.request_transition(self.ref, "production", actor="data-scientist")
             first = reg.approve(rid, reviewer="risk-lead", comment="backtest reviewed")
-            s.check(reg.resolve(self.result.model_ref).stage != "production", "one approval is not enough")
+            s.check(reg.resolve(self.ref).stage != "production", "one approval is not enough")
             reg.approve(rid, reviewer="compliance-officer", comment="GDPR and bias reports reviewed")
             prod = reg.resolve(f"{MODEL}@production")
             decisions = reg.get_request(rid)["decisions"]
         s.figure("reviewers", [d.get("reviewer") for d in decisions])
         s.figure("production", prod.ref)
         s.check(first is not None and len(decisions) == 2, "two distinct reviewers approved")
-        s.check(prod.ref == self.result.model_ref, f"{MODEL}@production -> {prod.ref}")
+        s.check(prod.ref == self.ref, f"{MODEL}@production -> {prod.ref}")
 
     # ------------------------------------------------------------------------------------------ 7
     def deploy(self, s: Step) -> None:
         import tritonclient.http as httpclient
 
-        from fastml.registry import Registry
+        from fastml.registry.registry import Registry
 
         with Registry() as reg:
             artifact = reg.artifact_path(f"{MODEL}@production")
@@ -356,10 +357,10 @@ class Fraud:
         s.check(names == sorted(["card_id", *REQUEST_FEATURES]), "requests carry card_id, amount and hour only")
         out = self._score(np.array([0, 1, 2]), np.array([30.0, 900.0, 15.0]), np.array([14.0, 3.0, 10.0]))
         s.check(out.shape == (3, 2), "the server joins the card features and scores")
-        import fastml
+        from fastml.serving import load_model
 
         joined = self._joined_rows(np.array([0, 1, 2]), np.array([30.0, 900.0, 15.0]), np.array([14.0, 3.0, 10.0]))
-        with fastml.load_model(artifact) as direct:
+        with load_model(artifact) as direct:
             expected = direct.predict(joined)["probabilities"]
         s.check(bool(np.allclose(out, expected, atol=1e-5)), "server-side join equals scoring the looked-up row")
 
@@ -405,7 +406,7 @@ class Fraud:
 
     # ------------------------------------------------------------------------------------------ 9
     def close_out(self, s: Step) -> None:
-        from fastml.governance import AuditLog
+        from fastml.governance.audit import AuditLog
 
         code = self.server.stop() if self.server else 0
         self.server = None
@@ -443,7 +444,7 @@ class Fraud:
         cols = {"amount": amount, "hour": hour, **{f: values[:, j] for j, f in enumerate(CARD_FEATURES)}}
         return np.column_stack([cols[c] for c in self.columns]).astype(np.float32)
 
-    def _wait_for_alert(self, timeout_s: float = 60.0) -> list[dict]:
+    def _wait_for_alert(self, timeout_s: float = 120.0) -> list[dict]:
         # Windows close on the server's monitor thread; poll the monitoring store with a deadline.
         deadline = time.monotonic() + timeout_s
         while True:

@@ -25,11 +25,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fastml.examples.server import ServerProcess, fastml_cli
-from fastml.examples.steps import Run, Step
+from fastml.examples.steps import Run, Step, registered_ref
 
 MODEL = "diagnosis"
 BAR = 0.95
@@ -128,7 +129,7 @@ class Healthcare:
         self.out = out_dir
         self.sizes = sizes
         self.server: ServerProcess | None = None
-        self.client = None
+        self.client: Any = None
 
     # ------------------------------------------------------------------------------------------ 1
     def generate(self, s: Step) -> None:
@@ -147,7 +148,7 @@ class Healthcare:
 
     # ------------------------------------------------------------------------------------------ 2
     def hipaa(self, s: Step) -> None:
-        from fastml.governance import assess
+        from fastml.governance.compliance import assess
         from fastml.governance.pii import scan
         from fastml.governance.report import build_report, to_html
 
@@ -175,9 +176,9 @@ class Healthcare:
     # ------------------------------------------------------------------------------------------ 3
     def refuse(self, s: Step) -> None:
         from fastml.errors import NotFound, PermissionDenied
-        from fastml.governance import AuditLog
+        from fastml.governance.audit import AuditLog
         from fastml.pipeline import train
-        from fastml.registry import Registry
+        from fastml.registry.registry import Registry
 
         try:
             train(_pipeline(self.degraded_csv, self.sizes.n_trials), progress=False)
@@ -203,18 +204,18 @@ class Healthcare:
         self.result = train(_pipeline(self.clean_csv, self.sizes.n_trials), progress=False)
         acc = self.result.metrics["accuracy"]
         s.figure("holdout_accuracy", acc)
-        s.figure("model", self.result.model_ref)
-        s.check(acc >= BAR, f"holdout accuracy {acc:.4f} >= {BAR}: registered as {self.result.model_ref}")
+        s.figure("model", registered_ref(self.result))
+        s.check(acc >= BAR, f"holdout accuracy {acc:.4f} >= {BAR}: registered as {registered_ref(self.result)}")
 
     # ------------------------------------------------------------------------------------------ 5
     def explainable(self, s: Step) -> None:
-        from fastml.monitoring import OnnxExplainer
-        from fastml.registry import Registry
+        from fastml.monitoring.explain import OnnxExplainer
+        from fastml.registry.registry import Registry
 
         X = self.clean[CLINICAL].to_numpy(np.float32)
         mean = X.mean(axis=0, keepdims=True).astype(np.float32)
         with Registry() as reg:
-            base_path = reg.artifact_path(self.result.model_ref)
+            base_path = reg.artifact_path(registered_ref(self.result))
         weights, base_logit, max_err = _linear_logit(base_path, mean, X[:500])
         s.figure("max_affine_error_logit", max_err)
         s.check(max_err < 1e-3, "the model is affine in log-odds (so w_j (x_j - mean_j) are its exact SHAP values)")
@@ -235,7 +236,7 @@ class Healthcare:
             mv = reg.register(
                 MODEL,
                 path,
-                parent=self.result.model_ref,
+                parent=registered_ref(self.result),
                 metrics=self.result.metrics,
                 tags={"explains": "shap_values", "shap_base_logit": f"{base_logit:.6f}", "example": "healthcare"},
                 model_card=dict(CARD, metrics={"accuracy": round(float(self.result.metrics["accuracy"]), 4)}),
@@ -245,7 +246,10 @@ class Healthcare:
         self.ref = mv.ref
         self.base_logit = base_logit
         s.figure("model", mv.ref)
-        s.check(mv.parent == self.result.model_ref, f"{mv.ref} registered as the child of {self.result.model_ref}")
+        s.check(
+            mv.parent == registered_ref(self.result),
+            f"{mv.ref} registered as the child of {registered_ref(self.result)}",
+        )
 
     # ------------------------------------------------------------------------------------------ 6
     def serve(self, s: Step) -> None:
@@ -333,7 +337,7 @@ class Healthcare:
 
     # ------------------------------------------------------------------------------------------ 8
     def audit(self, s: Step) -> None:
-        from fastml.governance import AuditLog
+        from fastml.governance.audit import AuditLog
 
         code = self.server.stop() if self.server else 0
         self.server = None

@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class Recommender:
         self.sizes = sizes
         self.world = World(sizes.users)
         self.server: ServerProcess | None = None
-        self.client = None
+        self.client: Any = None
 
     # ------------------------------------------------------------------------------------------ 1
     def train(self, s: Step) -> None:
@@ -228,7 +229,7 @@ weight_bp = 1000
         )
         with _registry() as reg:
             s.check(reg.resolve(f"{MODEL}@production").ref == f"{MODEL}:1.0.1", "production still 1.0.1")
-        from fastml.governance import AuditLog
+        from fastml.governance.audit import AuditLog
 
         actions = [e["action"] for e in AuditLog().entries()]
         s.figure("audit_actions", sorted(set(actions)))
@@ -318,9 +319,13 @@ weight_bp = 0
         import urllib.request
 
         body = json.dumps([{"id": i, "label": v} for i, v in zip(ids, labels, strict=True)]).encode()
-        req = urllib.request.Request(f"http://{self.server.url}/v2/models/{DEPLOYMENT}/feedback", data=body)
+        req = urllib.request.Request(f"http://{self._url()}/v2/models/{DEPLOYMENT}/feedback", data=body)
         with urllib.request.urlopen(req, timeout=120) as resp:
             return json.loads(resp.read())
+
+    def _url(self) -> str:
+        assert self.server is not None, "the server is not running"
+        return self.server.url
 
     def close(self) -> None:
         if self.client is not None:
@@ -330,7 +335,7 @@ weight_bp = 0
 
 
 def _registry():
-    from fastml.registry import Registry
+    from fastml.registry.registry import Registry
 
     return Registry()
 

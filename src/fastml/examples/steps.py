@@ -143,6 +143,17 @@ class Run:
         return doc
 
 
+def registered_ref(result: Any) -> str:
+    """The ``name:version`` a pipeline run registered.
+
+    Raises:
+        StepFailed: the run registered nothing.
+    """
+    if not result.model_ref:
+        raise StepFailed(f"pipeline run {result.run_id} registered no model")
+    return str(result.model_ref)
+
+
 def _plain(value: Any) -> Any:
     """Numbers and containers as JSON-friendly Python values (numpy scalars become floats and ints)."""
     if isinstance(value, dict):

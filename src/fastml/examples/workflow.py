@@ -19,11 +19,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fastml.examples.server import ServerProcess, fastml_cli
-from fastml.examples.steps import Run, Step
+from fastml.examples.steps import Run, Step, registered_ref
 
 N_FEATURES = 8
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
@@ -108,7 +109,7 @@ class Workflow:
         self.out = out_dir
         self.sizes = sizes
         self.server: ServerProcess | None = None
-        self.client = None
+        self.client: Any = None
 
     # ------------------------------------------------------------------------------------------ 1
     def generate(self, s: Step) -> None:
@@ -137,6 +138,7 @@ class Workflow:
 
         self.v1 = train(_pipeline(self.broken_csv, self.sizes.n_trials, "broken-feed"), progress=False)
         self.v2 = train(_pipeline(self.train_csv, self.sizes.n_trials, "clean"), progress=False)
+        self.ref1, self.ref2 = registered_ref(self.v1), registered_ref(self.v2)
         for label, result in (("1.0.0 (broken feed)", self.v1), ("1.0.1 (clean)", self.v2)):
             stages = result.state["stages"]
             s.check(
@@ -160,11 +162,10 @@ class Workflow:
 
     # ------------------------------------------------------------------------------------------ 3
     def register(self, s: Step) -> None:
-        from fastml.registry import Registry
+        from fastml.registry.registry import Registry
 
         with Registry() as reg:
             versions = [mv.version for mv in reg.list_versions(MODEL)]
-            self.ref1, self.ref2 = self.v1.model_ref, self.v2.model_ref
             for ref in (self.ref1, self.ref2):
                 path = reg.artifact_path(ref)  # verifies the artifact's sha256 on the way
                 s.check(
@@ -180,12 +181,14 @@ class Workflow:
 
     # ------------------------------------------------------------------------------------------ 4
     def govern(self, s: Step) -> None:
-        import fastml
-        from fastml.governance import assess, assess_fairness, attach, build_report
-        from fastml.governance.report import to_html, to_json
-        from fastml.registry import Registry
+        from fastml.governance.compliance import assess
+        from fastml.governance.fairness import assess_fairness
+        from fastml.governance.gates import attach
+        from fastml.governance.report import build_report, to_html, to_json
+        from fastml.registry.registry import Registry
+        from fastml.serving import load_model
 
-        with fastml.load_model(self.ref2, max_batch_size=4096) as model:
+        with load_model(self.ref2, max_batch_size=4096) as model:
             y_pred = model.predict(self.X_live[:2000])["label"]
         fairness = assess_fairness(self.y_live[:2000], y_pred, {"segment": self.seg_live[:2000]})
         card = dict(CARD, metrics={"accuracy": round(float(self.v2.metrics["accuracy"]), 4)})
@@ -221,15 +224,16 @@ weight_bp = 10000
         self.server = ServerProcess([f"{MODEL}@champion"], self.out / "logs" / "serve.log", "--log-sample-rate", "1")
         self.client = httpclient.InferenceServerClient(self.server.url)
         s.say(f"fastml serve on http://{self.server.url} (log {self.server.log_path})")
-        s.check(self.client.is_server_ready(), "server ready")
+        s.check(bool(self.client.is_server_ready()), "server ready")
         answer = self._wait_for_deployment()
-        s.figure("url", f"http://{self.server.url}")
+        s.figure("url", f"http://{self._url()}")
         s.check(answer["model_name"] == DEPLOYMENT, f"deployment {DEPLOYMENT} answers")
         s.check(answer["model_version"] == self.ref1.split(":")[1], f"it serves the champion {self.ref1}")
 
     # ------------------------------------------------------------------------------------------ 6
     def monitor(self, s: Step) -> None:
-        from fastml.monitoring import AlertManager, AlertRule, LogSink, ReferenceProfile
+        from fastml.monitoring.alerts import AlertManager, AlertRule, LogSink
+        from fastml.monitoring.profile import ReferenceProfile
 
         profile = ReferenceProfile.from_data({c: self.X_train[:, i] for i, c in enumerate(FEATURES)})
         self.profile_path = profile.save(self.out / "monitoring" / "reference.arrow")
@@ -265,7 +269,7 @@ weight_bp = 10000
 
     # ------------------------------------------------------------------------------------------ 8
     def drift(self, s: Step) -> None:
-        from fastml.monitoring import detect_drift
+        from fastml.monitoring.drift import detect_drift
         from fastml.monitoring.log import read_log, tensor_columns
 
         clean = self._logged("live-")
@@ -343,7 +347,7 @@ weight_bp = 5000
         )
         s.check(verdict == "winner", "the A/B experiment finds the planted better version (1.0.1) the winner")
         fastml_cli("experiment", "promote", DEPLOYMENT, "candidate", "--reason", "A/B winner on accuracy")
-        from fastml.registry import Registry
+        from fastml.registry.registry import Registry
 
         with Registry() as reg:
             reg.set_alias(MODEL, "champion", self.ref2.split(":")[1])
@@ -353,8 +357,9 @@ weight_bp = 5000
 
     # ------------------------------------------------------------------------------------------ 10
     def reports(self, s: Step) -> None:
-        from fastml.governance import AuditLog
-        from fastml.monitoring import HealthInputs, detect_drift, health_score
+        from fastml.governance.audit import AuditLog
+        from fastml.monitoring.drift import detect_drift
+        from fastml.monitoring.health import HealthInputs, health_score
         from fastml.monitoring.performance import windows_from_log
         from fastml.monitoring.report import write_report
 
@@ -440,7 +445,7 @@ weight_bp = 5000
 
         body = json.dumps([{"id": i, "label": int(v)} for i, v in zip(ids, labels, strict=True)]).encode()
         req = urllib.request.Request(
-            f"http://{self.server.url}/v2/models/{DEPLOYMENT}/feedback",
+            f"http://{self._url()}/v2/models/{DEPLOYMENT}/feedback",
             data=body,
             headers={"Content-Type": "application/json"},
         )
@@ -476,6 +481,10 @@ weight_bp = 5000
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+    def _url(self) -> str:
+        assert self.server is not None, "the server is not running"
+        return self.server.url
 
     def close(self) -> None:
         if self.client is not None:

@@ -158,7 +158,8 @@ class ReviewQueue:
             )
         except sqlite3.IntegrityError:
             raise Conflict(f"review: request {request_id!r} of model {model!r} is already queued") from None
-        item = self.get(int(cur.lastrowid))
+        assert cur.lastrowid is not None  # an INSERT into a rowid table always sets it
+        item = self.get(cur.lastrowid)
         self._log("enqueue", item, actor, reason=reason)
         return item
 
