@@ -2,9 +2,11 @@
 thread's CPU per monitored prediction, in the same run.
 
 Setup: a 5-feature model (row sums, ONNX) loaded through fastml.serving with the server's defaults; 32 asyncio
-callers each send 8-row requests back to back for a fixed time, alternately with monitoring off (the
-engine's plain path, no prediction logger) and on (the MonitorTap feeding a LiveMonitor with 5,000-row
-windows, the server default, so windows close and drift is computed during the measurement). Best of the rounds each way.
+callers each send 8-row requests back to back, in short rounds that alternate monitoring off (the engine's
+plain path, no prediction logger) and on (the MonitorTap feeding a LiveMonitor configured as ``fastml serve
+--monitor`` does: 5,000-row windows and the default sampling budget, so windows close and drift is computed
+during the measurement). A busy shared machine slows both sides of a pair alike: the ratio reported is the
+median of the per-pair ratios.
 
 Rows:
 - ``throughput, monitoring on / off``: requests/s on over off (goal 0.95x);
@@ -72,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print("\n".join(envinfo.machine_lines()))
     report = benchjson.Report("bench_live_monitoring.py", quick=args.quick)
-    seconds, rounds = (1.0, 3) if args.quick else (3.0, 5)
+    seconds, pairs = (0.5, 8) if args.quick else (1.0, 20)
 
     import uvloop
 
     from fastml.monitoring.drift import detect_drift
-    from fastml.monitoring.live import LiveMonitor
+    from fastml.monitoring.live import DEFAULT_MAX_ROWS_PER_S, LiveMonitor
     from fastml.monitoring.profile import ReferenceProfile
     from fastml.serving import load_model
     from fastml.serving.live_monitoring import MonitorTap
@@ -89,37 +91,54 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(tmp) / "model.onnx"
         _model(path)
         model = load_model(path, name="rowsum")
-        monitor = LiveMonitor(False, window_rows=5000, window_s=60.0)
+        monitor = LiveMonitor(False, window_rows=5000, window_s=60.0, max_rows_per_s=DEFAULT_MAX_ROWS_PER_S)
         monitor.set_reference("rowsum", profile, {"input": [-1, FEATURES]})
         tap = MonitorTap(monitor)
-        off, on = [], []
+        off, on, ratios = [], [], []
         try:
-            for _ in range(rounds):
-                model.prediction_logger = None
-                off.append(uvloop.run(_drive(model, seconds, X)) / seconds)
-                model.prediction_logger = tap
-                on.append(uvloop.run(_drive(model, seconds, X)) / seconds)
+            uvloop.run(_drive(model, seconds / 2, X))  # warm: the first round pays for start-up
+            for i in range(pairs):
+                # Alternate which side goes first, so a drift in the machine's load favours neither.
+                order = (None, tap) if i % 2 == 0 else (tap, None)
+                got = {}
+                for logger in order:
+                    model.prediction_logger = logger
+                    got[logger is tap] = uvloop.run(_drive(model, seconds, X)) / seconds
+                off.append(got[False])
+                on.append(got[True])
+                ratios.append(got[True] / got[False])
+            model.prediction_logger = None
             monitor.flush(60.0)
         finally:
             model.close()
+        counters = monitor.counters()
         rows = monitor.processed_rows
         cpu_s = monitor.cpu_s
         windows = monitor.windows_closed
         monitor.close()
+    ratio = float(np.median(ratios))
     print(
-        f"monitoring off: {max(off):,.0f} req/s; on: {max(on):,.0f} req/s ({CONCURRENCY} callers, "
-        f"{ROWS_PER_REQUEST} rows/request); monitor: {rows:,} rows, {windows} windows, {cpu_s:.3f} s CPU"
+        f"monitoring off: {np.median(off):,.0f} req/s; on: {np.median(on):,.0f} req/s (medians of {pairs} "
+        f"alternating {seconds:g} s rounds; {CONCURRENCY} callers, {ROWS_PER_REQUEST} rows/request); median on/off "
+        f"{ratio:.3f} (pairs {min(ratios):.2f}-{max(ratios):.2f})"
+    )
+    served_on = int(sum(on) * seconds * ROWS_PER_REQUEST)
+    print(
+        f"monitor: {served_on:,} rows served while on, {rows:,} monitored (sampling at {DEFAULT_MAX_ROWS_PER_S:,} "
+        f"rows/s; {counters['sampled_out_rows']:,} offered and left out, the rest skipped unseen), "
+        f"{counters['dropped']} batches dropped, {windows} windows, {cpu_s:.3f} s CPU "
+        f"({cpu_s / max(served_on, 1) * 1e6:.2f} us per served row)"
     )
     report.add(
-        benchjson.rate_row(
-            "throughput at concurrency 32, monitoring on / off",
-            "same model, monitoring off",
-            max(off),
-            max(on),
-            "requests/s",
-            # CI floor under what a busy 2-core machine measured (0.24-0.5x, load average 6-9): the monitor
-            # thread's numpy work holds the GIL the event loop needs; the goal stays 0.95x.
-            target=0.2,
+        benchjson.Row(
+            name="throughput at concurrency 32, monitoring on / off",
+            baseline="same model, monitoring off (median of alternating rounds)",
+            baseline_value=float(np.median(off)),
+            fastml_value=float(np.median(on)),
+            unit="requests/s",
+            ratio=ratio,
+            # CI floor well under what a busy 2-core machine measured (see docs/monitoring.md); goal 0.95x.
+            target=0.7,
             goal=0.95,
         )
     )

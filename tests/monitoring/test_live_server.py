@@ -92,6 +92,8 @@ def served(tmp_path_factory):
         str(WINDOW_ROWS),
         "--monitor-window-s",
         "600",
+        "--monitor-max-rows-per-s",
+        "0",  # every row: the windows below are checked row for row (sampling is tested in test_live.py)
         "--reference",
         f"rowsum={tmp / 'ref.arrow'}",
         "--reference",
@@ -124,10 +126,11 @@ def served(tmp_path_factory):
                 {"inputs": [{"name": "input", "shape": [10, 7], "datatype": "FP32", "data": wide.ravel().tolist()}]},
             )
         )
-        # The windows close on the monitor thread: wait (bounded) until the fourth has closed.
+        # The windows close on the monitor thread: wait (bounded) until the fourth has closed (the count also
+        # holds the stored notice that ``wide`` is not monitored, hence 5).
         deadline = time.monotonic() + 60
         text = _metrics(mport)
-        while (_value(text, "fastml_monitor_windows_total") or 0) < 4 and time.monotonic() < deadline:
+        while (_value(text, "fastml_monitor_windows_total") or 0) < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
             text = _metrics(mport)
         yield {"metrics": text, "statuses": statuses, "home": home, "X": X, "ref": ref}
@@ -144,7 +147,7 @@ def test_every_request_answered(served):
 
 def test_metrics_flag_exactly_the_shifted_features(served):
     text = served["metrics"]
-    assert _value(text, "fastml_monitor_windows_total") == 4
+    assert _value(text, "fastml_monitor_windows_total") == 5  # four windows and wide's notice
     assert _value(text, "fastml_monitor_dropped_total") == 0
     flags = {f: _value(text, f'fastml_drift_detected{{feature="{f}",model="rowsum",variant=""}}') for f in FEATURES}
     assert flags == {f: 1.0 if f in SHIFTED else 0.0 for f in FEATURES}

@@ -25,7 +25,12 @@ RUNNERS = ("threads", "loop", "auto")
 # takes about 10 us for 32 rows here): a longer batch would hold up the loop's I/O (new requests, responses,
 # signals) for a noticeable part of the 200 us latency target.
 AUTO_LOOP_MAX_BATCH_US = 100
+# A batch logger (``observes_batches``) gets the latency of one request in this many: a done-callback per
+# request is the cost it exists to avoid, and a window's p99 is still estimated from hundreds of samples.
+LATENCY_SAMPLE_EVERY = 16
+_UNSET = object()  # no request seen yet by a batch logger (its variant label is not known)
 _get_running_loop = asyncio.get_running_loop
+_monotonic = time.monotonic
 
 
 def _shape(dims) -> str:
@@ -129,6 +134,7 @@ class Model:
         self.runner = runner
         if runner == "loop" and batcher != "native":
             raise InvalidInput(f"model {name!r}: runner='loop' needs the native batcher (got batcher={batcher!r})")
+        self.batch_log_failures = 0
         self.prediction_logger = prediction_logger
         self._session = session
         self._input_names = tuple(s.name for s in self.signature.inputs)
@@ -221,6 +227,97 @@ class Model:
                 break
         return "threads"
 
+    # ------------------------------------------------------------------ prediction logger
+    @property
+    def prediction_logger(self) -> Any:
+        """Called with every answered request (``log(model=, version=, inputs=, outputs=, latency_us=,
+        request_id=, variant=)``), or None.
+
+        A logger with ``observes_batches`` (the live monitor's tap) is instead fed once per batch by the runner
+        (``log_batch``) and, for one request in LATENCY_SAMPLE_EVERY, ``log_latency``: a request then costs it
+        no Python work. Its ``variant_var`` (a ContextVar, or None) labels requests; the label is per model
+        while every request carries the same one, and a model seeing two labels falls back to the per-request
+        ``log`` for good (a batch holds requests of both, which only the per-request calls can tell apart).
+        """
+        return self._logger
+
+    @prediction_logger.setter
+    def prediction_logger(self, logger: Any) -> None:
+        self._batch_on = True
+        self._batch_variant = _UNSET
+        self._batch_requests = 0
+        self._batch_resume_s = 0.0  # time.monotonic() before which the batch logger asked not to be called
+        self._batch_logger = logger if getattr(logger, "observes_batches", False) else None
+        self._logger = logger
+
+    def _batch_covers(self) -> bool:
+        """True when the batch logger will see the rows of the request about to be submitted (call it before
+        the submit, so the runner never takes a batch whose label is not decided yet)."""
+        tap = self._batch_logger
+        if tap is None or not self._batch_on:
+            return False
+        var = tap.variant_var
+        label = var.get() if var is not None else None
+        if label != self._batch_variant:
+            if self._batch_variant is not _UNSET:
+                # A second label: per-request logging from now on. Batches a runner already holds were
+                # submitted before this and are not tapped either (it reads _batch_on after running them), so
+                # at most one batch per runner goes unobserved, once.
+                self._batch_on = False
+                return False
+            self._batch_variant = label
+        return True
+
+    def _log_batch(self, tap, arrays, outputs) -> None:
+        """Hands one served batch to the batch logger (runner thread, with the GIL the event loop wants, hence
+        positional arguments and no dicts here): ``log_batch(model, version, variant, input_names, inputs,
+        output_names, outputs)``. The inputs are the batcher's buffer, reused for the next batch, so they are
+        valid during the call only (a logger copies what it keeps); the outputs are ONNX Runtime's own arrays."""
+        variant = self._batch_variant
+        try:
+            wait_s = tap.log_batch(
+                self.name,
+                self.version,
+                None if variant is _UNSET else variant,
+                self._input_names,
+                arrays,
+                self._output_names,
+                outputs,
+            )
+            if wait_s:  # the logger's sampling budget is spent: skip even calling it until then
+                self._batch_resume_s = time.monotonic() + min(float(wait_s), 1.0)
+        except Exception:  # noqa: BLE001 - a logger's failure never fails the batch
+            self.batch_log_failures += 1
+
+    def _count_request(self) -> bool:
+        """True for one request in LATENCY_SAMPLE_EVERY (several loops may race on the count: a lost increment
+        only shifts the sample)."""
+        n = self._batch_requests = self._batch_requests + 1
+        return not n % LATENCY_SAMPLE_EVERY
+
+    def _sample_latency(self, fut, t0_ns: int | None = None) -> None:
+        """Reports this request's latency to the batch logger (when ``fut`` succeeds, or now for a blocking
+        request, given its start ``t0_ns``)."""
+        tap = self._batch_logger
+        variant = None if self._batch_variant is _UNSET else self._batch_variant
+
+        def report(latency_us: float) -> None:
+            try:
+                tap.log_latency(model=self.name, version=self.version, variant=variant, latency_us=latency_us)
+            except Exception:  # noqa: BLE001 - as for log_batch
+                self.batch_log_failures += 1
+
+        if fut is None:
+            report((time.perf_counter_ns() - t0_ns) / 1000.0)
+            return
+        t0 = time.perf_counter_ns()
+
+        def done(f) -> None:
+            if not f.cancelled() and f.exception() is None:
+                report((time.perf_counter_ns() - t0) / 1000.0)
+
+        fut.add_done_callback(done)
+
     # ------------------------------------------------------------------ inference hook
     def _run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Runs one batch through ONNX Runtime (which releases the GIL while it computes)."""
@@ -249,6 +346,9 @@ class Model:
                     f"model {self.name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}",
                 )
                 continue
+            tap = self._batch_logger
+            if tap is not None and self._batch_on and _monotonic() >= self._batch_resume_s:
+                self._log_batch(tap, arrays, outputs)
             # Hands the batch outputs to the core's bindings, then (GIL released) computes each request's
             # row range, signals the waiters (one eventfd write per event loop) and waits for the next batch.
             batch = core.complete_next(runner, OK, "", outputs)
@@ -269,6 +369,9 @@ class Model:
                 0, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
             )
             return
+        tap = self._batch_logger
+        if tap is not None and self._batch_on and _monotonic() >= self._batch_resume_s:
+            self._log_batch(tap, arrays, outputs)
         core.complete(0, OK, "", outputs)
 
     def _flush(self, loop, queue) -> None:
@@ -387,6 +490,7 @@ class Model:
         outputs = self._check_outputs(outputs)
         arrays = self._arrays(inputs)
         t0 = time.perf_counter_ns()
+        covered = self._logger is not None and self._batch_covers()
         timeout = self.timeout_us if timeout_us is None else timeout_us
         try:
             ticket = self._core.submit_sync(arrays, timeout)
@@ -395,7 +499,7 @@ class Model:
                 arrays = self._validate(inputs, check_rows=False)
                 if arrays[0].shape[0] > self.max_batch_size:
                     result = self._predict_chunks(arrays, timeout)
-                    return self._finish_sync(arrays, result, outputs, t0, request_id)
+                    return self._finish_sync(arrays, result, outputs, t0, request_id, covered)
                 ticket = self._submit_sync_checked(arrays, timeout)
             else:
                 raise status_error(*exc.args) from None
@@ -403,12 +507,15 @@ class Model:
         code, message, result = self._core.wait(ticket)  # GIL released while waiting
         if code:
             raise status_error(code, message)
-        return self._finish_sync(arrays, result, outputs, t0, request_id)
+        return self._finish_sync(arrays, result, outputs, t0, request_id, covered)
 
-    def _finish_sync(self, arrays, result, outputs, t0, request_id):
+    def _finish_sync(self, arrays, result, outputs, t0, request_id, covered=False):
         if outputs is not None:
             result = {n: result[n] for n in outputs}
-        if self.prediction_logger is not None:
+        if covered:
+            if self._count_request():
+                self._sample_latency(None, t0)
+        elif self._logger is not None:
             self._log(arrays, result, t0, request_id)
         return result
 
@@ -526,10 +633,18 @@ class Model:
             queue = self._attach(loop)
         if timeout_us is None:
             timeout_us = self.timeout_us
-        logger = self.prediction_logger
-        # A logger that only reads the answer (``observes_completions``, the live monitor's tap) rides the
-        # native path with a done-callback instead of the chained future of the general path.
-        plain = outputs is None and (logger is None or getattr(logger, "observes_completions", False))
+        logger = self._logger
+        # A batch logger sees the request in its batch (no per-request work); a logger that only reads the
+        # answer (``observes_completions``) rides the native path with a done-callback instead of the chained
+        # future of the general path.
+        tap = self._batch_logger
+        if tap is not None and self._batch_on:
+            # _batch_covers inlined for the common case (the label this model's batches already carry).
+            var = tap.variant_var
+            covered = (var.get() if var is not None else None) == self._batch_variant or self._batch_covers()
+        else:
+            covered = False
+        plain = outputs is None and (logger is None or covered or getattr(logger, "observes_completions", False))
         arrays = None
         if plain:
             try:
@@ -544,10 +659,17 @@ class Model:
             fut, arrays = self._submit_checked(loop, queue, inputs, timeout_us)
         self._schedule_flush(loop, queue)
         if plain:
-            if logger is not None:
+            if covered:
+                # Inline: the one per-request cost of a batch logger is this counter.
+                n = self._batch_requests = self._batch_requests + 1
+                if not n % LATENCY_SAMPLE_EVERY:
+                    self._sample_latency(fut)
+            elif logger is not None:
                 self._log_on_completion(fut, inputs, arrays, request_id)
             return fut
-        return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id)
+        if covered and self._count_request():
+            self._sample_latency(fut)
+        return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id, not covered)
 
     def _log_on_completion(self, fut, inputs, arrays, request_id) -> None:
         """Log a plain-path request when its future succeeds (the native submit accepted ``inputs`` as they
@@ -637,9 +759,9 @@ class Model:
                 break
         return outer
 
-    def _chain(self, loop, inner, arrays, outputs, request_id):
-        """A future that filters outputs and logs the prediction when `inner` settles (the extras stay off
-        the plain path)."""
+    def _chain(self, loop, inner, arrays, outputs, request_id, log=True):
+        """A future that filters outputs and logs the prediction (``log``) when `inner` settles (the extras stay
+        off the plain path)."""
         outer = loop.create_future()
         t0 = time.perf_counter_ns()
 
@@ -657,7 +779,7 @@ class Model:
             if outputs is not None:
                 result = {n: result[n] for n in outputs}
             outer.set_result(result)
-            if self.prediction_logger is not None:
+            if log and self._logger is not None:
                 self._log(arrays, result, t0, request_id)
 
         inner.add_done_callback(settle)

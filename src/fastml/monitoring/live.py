@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,9 @@ from fastml.monitoring.windows import DEFAULT_RESERVOIR_SIZE, column_window, is_
 log = logging.getLogger("fastml.monitoring.live")
 
 PREDICTION_PREFIX = "prediction:"
+# The server's sampling budget per model (fastml serve --monitor): at this rate a 5,000-row window closes
+# every half second, and the monitor thread's few microseconds per row stay a few percent of one core.
+DEFAULT_MAX_ROWS_PER_S = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +118,7 @@ class _Target:
     source: str
     methods: Mapping[str, str] | None = None
     thresholds: Mapping[str, float] | None = None
+    bins: dict = dataclasses.field(default_factory=dict)  # reference column -> (edges, counts), made once
 
 
 class _Window:
@@ -123,7 +128,8 @@ class _Window:
         self.target = target
         self.version = version
         self.columns = {
-            f: column_window(target.profile[f], monitor.reservoir_size, monitor._rng) for f in target.features.columns
+            f: column_window(target.profile[f], monitor.reservoir_size, monitor._rng, target.bins)
+            for f in target.features.columns
         }
         self.outputs: dict[str, object] = {}  # output feature -> ColumnWindow, or list of arrays (no reference)
         self.n_rows = 0
@@ -144,6 +150,9 @@ class LiveMonitor:
         queue_size: observed batches waiting for the monitor thread; beyond it batches are dropped (counted).
         poll_s: how often the monitor thread takes what was observed (it is not woken per request).
         reservoir_size: values kept per continuous feature for KS / Wasserstein (see windows.py for the bound).
+        max_rows_per_s: sample: at most this many rows per second per model are summarised (a token bucket
+            holding one second's worth, taken whole batches at a time; the rest are counted in ``sampled_out_rows``
+            and not summarised). The statistics are those of the sample. None: every row.
         latency_slo_ms: p99 objective used by the health score (None: latency not part of the score).
         health_weights: weights of the health score.
         seed: seeds the reservoir sampling (tests).
@@ -158,6 +167,7 @@ class LiveMonitor:
         queue_size: int = 4096,
         poll_s: float = 0.05,
         reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
+        max_rows_per_s: float | None = None,
         latency_slo_ms: float | None = None,
         health_weights: HealthWeights | None = None,
         seed: int | None = None,
@@ -168,6 +178,10 @@ class LiveMonitor:
             raise InvalidInput(f"window_s must be > 0, got {window_s!r}")
         if queue_size < 1 or reservoir_size < 1:
             raise InvalidInput("queue_size and reservoir_size must be >= 1")
+        if max_rows_per_s is not None and not max_rows_per_s > 0:
+            raise InvalidInput(f"max_rows_per_s must be > 0 (or None for every row), got {max_rows_per_s!r}")
+        self.max_rows_per_s = None if max_rows_per_s is None else float(max_rows_per_s)
+        self._buckets: dict[str, list[float]] = {}  # model -> [tokens (rows), time of the last refill]
         self.store = MonitoringStore() if store is None else (store or None)
         self.window_rows = window_rows
         self.window_s = float(window_s)
@@ -180,6 +194,10 @@ class LiveMonitor:
         # Observed batches: observe() appends, the monitor thread pops; deque operations are atomic, so the
         # hot path takes no lock and wakes nobody.
         self._items: collections.deque = collections.deque()
+        # Sampled request latencies (model, variant, latency_us), apart from the rows: the engine's batch tap
+        # reports the rows once per batch and the latency of one request in a few.
+        self._latencies: collections.deque = collections.deque(maxlen=65536)
+        self._pending_latencies: dict[tuple[str, str], list[float]] = {}  # monitor thread: no window open yet
         self._wake = threading.Event()
         self._control_lock = threading.Lock()
         self._control: list[threading.Event] = []  # flush requests (guarded by _control_lock)
@@ -196,6 +214,8 @@ class LiveMonitor:
         self.observed = 0  # batches accepted into the queue
         self.dropped = 0  # batches refused because the queue was full (or after close)
         self.processed_rows = 0
+        self.seen_rows = 0  # rows offered while sampling (max_rows_per_s); processed + sampled out + dropped
+        self.sampled_out_rows = 0  # rows left out by the sampling
         self.failures = 0  # batches the monitor thread could not use (logged)
         self.listener_failures = 0
         self.windows_closed = 0
@@ -262,17 +282,63 @@ class LiveMonitor:
         *,
         version: str = "",
         latency_us: float | None = None,
+        admitted: bool = False,
     ) -> bool:
         """Queue one served batch (arrays by reference: do not modify them afterwards). Never blocks, never
-        raises for a full queue: returns False and counts the drop."""
+        raises for a full queue: returns False and counts the drop. With ``max_rows_per_s``, a batch over the
+        sampling budget is left out (False, counted in ``sampled_out_rows``); ``admitted=True``: the caller
+        asked :meth:`admit` already."""
         if model not in self._targets:
             return False
+        if not admitted and self.max_rows_per_s is not None:
+            try:
+                rows = int(next(iter(inputs.values())).shape[0])
+            except Exception:  # noqa: BLE001 - not arrays: let the monitor thread fail on it and count it
+                rows = 0
+            if not self.admit(model, rows):
+                return False
         if len(self._items) >= self.queue_size or self._closed:
             self.dropped += 1  # one writer per event loop; a lost increment under threads is tolerable
             return False
         self._items.append((time.time(), model, variant or "", version, inputs, outputs, latency_us))
         self.observed += 1
         return True
+
+    def admit(self, model: str, rows: int) -> bool:
+        """Whether a batch of ``rows`` rows of ``model`` is to be monitored: False for a model not monitored,
+        and for a batch over the sampling budget (a token bucket refilled at ``max_rows_per_s``, holding one
+        second's worth at most; counted). Callers on several threads may race on the bucket: the sample then
+        differs slightly, and the statistics stay those of a sample."""
+        return self.admit_wait_s(model, rows) == 0.0
+
+    def admit_wait_s(self, model: str, rows: int) -> float:
+        """:meth:`admit` for a caller that can skip work meanwhile: 0.0 when the batch is to be monitored, else
+        about how many seconds until the budget holds ``rows`` rows again (inf for a model not monitored).
+        The batches a caller skips in that time are not counted as sampled out."""
+        rate = self.max_rows_per_s
+        if model not in self._targets:
+            return math.inf
+        if rate is None:
+            return 0.0
+        self.seen_rows += rows
+        now = time.monotonic()
+        bucket = self._buckets.get(model)
+        if bucket is None:
+            bucket = self._buckets[model] = [rate, now]
+        tokens = min(rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens < rows:
+            bucket[0] = tokens
+            self.sampled_out_rows += rows
+            return (rows - tokens) / rate
+        bucket[0] = tokens - rows
+        return 0.0
+
+    def observe_latency(self, model: str, variant: str | None, latency_us: float) -> None:
+        """One request's latency for the health score's p99 (the window open when the monitor thread takes it).
+        Never blocks; beyond 65,536 waiting the oldest are dropped."""
+        if model in self._targets and not self._closed:
+            self._latencies.append((model, variant or "", float(latency_us)))
 
     # ------------------------------------------------------------------------------ monitor thread
     def _run(self) -> None:
@@ -307,6 +373,16 @@ class LiveMonitor:
 
     def _drain(self) -> None:
         """Ingest everything queued, one concatenation per run of batches of the same model and variant."""
+        # Latencies first: a request's latency is reported after its batch's rows, and goes to the window
+        # those rows are in (or to the next one to open) rather than to one opened after.
+        lat = self._latencies
+        for _ in range(len(lat)):
+            model, variant, latency_us = lat.popleft()
+            w = self._windows.get((model, variant))
+            if w is not None:
+                w.latencies_us.append(latency_us)
+            else:
+                self._pending_latencies.setdefault((model, variant), []).append(latency_us)
         items = self._items
         run: list = []
         for _ in range(len(items)):
@@ -362,12 +438,14 @@ class LiveMonitor:
                     self._close(key, "reference changed")
                 w = self._windows[key] = _Window(self, target, version)
                 w.start_ts = t_first
+                w.latencies_us = self._pending_latencies.pop(key, [])
             take = min(n - lo, self.window_rows - w.n_rows)
             sl = slice(lo, lo + take)
             for f, col in w.columns.items():
                 v = feats.get(f)
                 if v is not None:
                     col.update(v[sl])
+                    _yield_gil()
             for name, v in outs.items():
                 self._update_output(model, w, name, v[sl])
             w.n_rows += take
@@ -436,6 +514,7 @@ class LiveMonitor:
                 notes.append(f"{f}: no finite values")
                 continue
             drift.extend(col.drift(f, _get(t.methods, f), _get(t.thresholds, f)))
+            _yield_gil()
         for name, cur in w.outputs.items():
             if isinstance(cur, list):
                 values = np.concatenate(cur)
@@ -541,6 +620,8 @@ class LiveMonitor:
             "observed": self.observed,
             "dropped": self.dropped,
             "processed_rows": self.processed_rows,
+            "seen_rows": self.seen_rows,
+            "sampled_out_rows": self.sampled_out_rows,
             "failures": self.failures,
             "listener_failures": self.listener_failures,
             "windows_closed": self.windows_closed,
@@ -597,6 +678,14 @@ class LiveMonitor:
 
 
 _DRAIN_MAX = 512  # batches merged per pass of the monitor thread
+
+
+def _yield_gil() -> None:
+    """Let the serving threads have the GIL between two steps of the monitor's work (a few hundred
+    microseconds to a few milliseconds each): otherwise a waiting event loop or runner thread gets it back
+    only after the interpreter's switch interval (5 ms), and on a busy machine the monitor thread may be
+    descheduled while holding it. The monitor is background work; it may as well wait."""
+    time.sleep(0)
 
 
 def _merge(run: list) -> tuple:

@@ -74,6 +74,12 @@ def reference_edges(ref: ColumnProfile) -> np.ndarray:
     return np.concatenate(([-np.inf], inner, [np.inf]))
 
 
+def reference_bins(ref: ColumnProfile) -> tuple[np.ndarray, np.ndarray]:
+    """A continuous reference column's fixed bin edges and its own counts in them."""
+    edges = reference_edges(ref)
+    return edges, binned_counts(ref.values, edges)
+
+
 def binned_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Counts of finite ``values`` in the bins of ``edges`` (``[e_i, e_i+1)``; the last finite edge closes the
     reference range, as ``numpy.histogram`` closes its last bin; beyond it, the overflow bin)."""
@@ -145,10 +151,16 @@ class CountedWindow(ColumnWindow):
 class ContinuousWindow(ColumnWindow):
     """Counts on fixed reference bins plus a reservoir sample (continuous numeric columns)."""
 
-    def __init__(self, ref: ColumnProfile, reservoir_size: int, rng: np.random.Generator):
+    def __init__(
+        self,
+        ref: ColumnProfile,
+        reservoir_size: int,
+        rng: np.random.Generator,
+        bins: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         super().__init__(ref)
-        self.edges = reference_edges(ref)
-        self.ref_counts = binned_counts(ref.values, self.edges)
+        # The reference's bins and counts are the same for every window of a model: callers pass them once made.
+        self.edges, self.ref_counts = bins if bins is not None else reference_bins(ref)
         self.counts = np.zeros(self.edges.size - 1, np.int64)
         self.capacity = int(reservoir_size)
         self.reservoir = np.empty(self.capacity, np.float64)
@@ -204,8 +216,16 @@ class ContinuousWindow(ColumnWindow):
         return out
 
 
-def column_window(ref: ColumnProfile, reservoir_size: int = DEFAULT_RESERVOIR_SIZE, rng=None) -> ColumnWindow:
-    """The right summary for a reference column (see the module docstring)."""
+def column_window(
+    ref: ColumnProfile, reservoir_size: int = DEFAULT_RESERVOIR_SIZE, rng=None, bins_cache: dict | None = None
+) -> ColumnWindow:
+    """The right summary for a reference column (see the module docstring). ``bins_cache`` (a dict the caller
+    keeps per reference) saves recomputing a continuous reference's bins for every window."""
     if ref.kind == NUMERIC and ref.n_unique > DISCRETE_MAX_UNIQUE:
-        return ContinuousWindow(ref, reservoir_size, rng if rng is not None else np.random.default_rng())
+        bins = None
+        if bins_cache is not None:
+            bins = bins_cache.get(ref.name)
+            if bins is None:
+                bins = bins_cache[ref.name] = reference_bins(ref)
+        return ContinuousWindow(ref, reservoir_size, rng if rng is not None else np.random.default_rng(), bins)
     return CountedWindow(ref)

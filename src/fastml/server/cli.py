@@ -166,6 +166,13 @@ def add_parser(subparsers) -> None:
         help="... or this many seconds after its first row (default 60)",
     )
     p.add_argument(
+        "--monitor-max-rows-per-s",
+        type=float,
+        default=2000.0,
+        help="live monitoring samples at most this many rows per second per model (bursts of one second's worth "
+        "whole; default 2000; 0 = every row)",
+    )
+    p.add_argument(
         "--reference",
         action="append",
         default=None,
@@ -217,8 +224,10 @@ def _serve(args) -> int:
     if args.monitor:
         from fastml.serving.live_monitoring import parse_references
 
-        if args.monitor_window_rows < 1 or not args.monitor_window_s > 0:
-            raise InvalidInput("--monitor-window-rows must be >= 1 and --monitor-window-s > 0")
+        if args.monitor_window_rows < 1 or not args.monitor_window_s > 0 or args.monitor_max_rows_per_s < 0:
+            raise InvalidInput(
+                "--monitor-window-rows must be >= 1, --monitor-window-s > 0 and --monitor-max-rows-per-s >= 0"
+            )
         if args.alert_rules is not None:
             from fastml.serving.live_monitoring import check_alert_rules
 
@@ -226,6 +235,7 @@ def _serve(args) -> int:
         monitor = {
             "window_rows": args.monitor_window_rows,
             "window_s": args.monitor_window_s,
+            "max_rows_per_s": args.monitor_max_rows_per_s or None,
             "references": parse_references(args.reference),
             "alert_rules": args.alert_rules,
             # The audit hook the top-level command registered, by name: serve options travel to workers as JSON.

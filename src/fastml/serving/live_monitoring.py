@@ -27,8 +27,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound
-from fastml.monitoring.live import LiveMonitor
+from fastml.monitoring.live import DEFAULT_MAX_ROWS_PER_S, LiveMonitor
 from fastml.monitoring.log import CURRENT_VARIANT
 from fastml.monitoring.profile import ReferenceProfile
 
@@ -48,6 +50,43 @@ class MonitorTap:
         """True: the engine may call :meth:`log` from a done-callback of its native path (the tap only reads
         the answer). A wrapped prediction logger keeps the engine's general path."""
         return self.inner is None
+
+    @property
+    def observes_batches(self) -> bool:
+        """True without a wrapped logger: the engine's runner calls :meth:`log_batch` once per batch and
+        requests cost the tap nothing (a wrapped prediction logger needs each request's id, so it keeps
+        :meth:`log`)."""
+        return self.inner is None
+
+    # The deployment router's variant label, read by the engine per request (see Model.prediction_logger).
+    variant_var = CURRENT_VARIANT
+
+    def log_batch(self, model, version, variant, input_names, inputs, output_names, outputs) -> float:
+        """One served batch for the monitor (the engine's runner calls it). The sampling decides first, on the
+        row count alone; a batch it keeps is copied, since ``inputs`` are the batcher's buffer, valid during
+        this call only; the outputs are kept by reference. Returns 0.0, or the seconds the engine may skip
+        calling again because the sampling budget is spent."""
+        try:
+            monitor = self.monitor
+            wait_s = monitor.admit_wait_s(model, inputs[0].shape[0])
+            if wait_s:
+                return wait_s
+            monitor.observe(
+                model,
+                variant,
+                {n: np.array(a) for n, a in zip(input_names, inputs)},
+                dict(zip(output_names, outputs)),
+                version=str(version),
+                admitted=True,
+            )
+        except Exception:  # noqa: BLE001 - monitoring never fails a prediction
+            self.failures += 1
+            log.exception("live monitor: observe failed for model %r", model)
+        return 0.0
+
+    def log_latency(self, *, model, version, variant, latency_us) -> None:
+        """One sampled request's latency (the engine samples; see LATENCY_SAMPLE_EVERY)."""
+        self.monitor.observe_latency(model, variant, latency_us)
 
     def __init__(self, monitor: LiveMonitor, inner: Any = None):
         self.monitor = monitor
@@ -276,6 +315,7 @@ def attach(
     store=None,
     alert_rules=None,
     audit_append=None,
+    max_rows_per_s: float | None = DEFAULT_MAX_ROWS_PER_S,
     **kw,
 ) -> LiveWiring:
     """Create a LiveMonitor for ``manager``'s models (those loaded now and every later load).
@@ -291,7 +331,7 @@ def attach(
 
         mod, _, fn = audit_append.partition(":")
         audit_append = getattr(importlib.import_module(mod), fn)
-    monitor = LiveMonitor(store, window_rows=window_rows, window_s=window_s, **kw)
+    monitor = LiveMonitor(store, window_rows=window_rows, window_s=window_s, max_rows_per_s=max_rows_per_s, **kw)
     wiring = LiveWiring(monitor, parse_references(references) if isinstance(references, list) else references)
     wiring.alerts = live_alerts(monitor, alert_rules, audit_append=audit_append)
     for entry in manager.entries():
