@@ -290,15 +290,17 @@ def read(path: str | Path) -> tuple[str, dict[str, DeploymentSpec]]:
     return text, parse(text, str(p))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` all-or-nothing: write a temporary file beside it, fsync, rename."""
+def write_atomic(path: Path, text: str, fsync: bool = True) -> None:
+    """Replace ``path`` with ``text`` all-or-nothing: write a temporary file beside it, fsync, rename.
+    ``fsync=False`` for files that are rewritten every second and need not survive a crash (status snapshots)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".deployments-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

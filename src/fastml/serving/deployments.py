@@ -78,9 +78,11 @@ class VariantStats:
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS_US, latency_us)] += 1
         self.latency_sum_us += latency_us
 
-    def to_dict(self, samples: bool = False) -> dict:
+    def to_dict(self, samples: bool = False, latency: bool = True) -> dict:
+        pct: dict[str, float] = {}
+        if not latency and not samples:  # counts only (the per-second status snapshot)
+            return {"requests": self.requests, "errors": self.errors, "latency": pct}
         lat = np.fromiter(self.latency_us, dtype=np.float64, count=len(self.latency_us))
-        pct = {}
         if len(lat):
             p50, p90, p99 = np.percentile(lat, [50, 90, 99])
             pct = {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "mean_us": float(lat.mean())}
@@ -193,6 +195,7 @@ class DeploymentManager:
         self._admin_lock: asyncio.Lock | None = None  # one admin change (read file, apply, write file) at a time
         # deployment -> the CanaryController its [canary] table runs (kept once ended, for status and metrics)
         self.canaries: dict[str, Any] = {}
+        self._snapshot_body: str | None = None  # the last status snapshot written (skip identical rewrites)
         self._canary_tasks: dict[str, asyncio.Task] = {}
         # Shadow copies waiting for idle capacity: (deployment, shadow, request, queued at monotonic s).
         self._shadow_lane: deque[tuple] = deque()
@@ -785,9 +788,9 @@ class DeploymentManager:
         for t in d.shadows:
             t.weight_or_share_bp = shares[t.index]
 
-    def variant_stats(self, deployment: str, samples: bool = False) -> dict:
+    def variant_stats(self, deployment: str, samples: bool = False, latency: bool = True) -> dict:
         """Per variant and shadow of ``deployment`` in this process: router counts, requests, errors,
-        latency percentiles (and the latest latency samples when ``samples``)."""
+        latency percentiles (none when not ``latency``; and the latest latency samples when ``samples``)."""
         d = self.table.get(deployment)
         if d is None:
             raise NotFound(f"unknown deployment {deployment!r}")
@@ -795,7 +798,7 @@ class DeploymentManager:
         out: dict[str, dict] = {}
         weights = d.router.weights_bp
         for t in d.variants:
-            row = t.stats.to_dict(samples)
+            row = t.stats.to_dict(samples, latency)
             row.update(
                 kind="variant",
                 model=t.model,
@@ -808,7 +811,7 @@ class DeploymentManager:
             out[t.name] = row
         shares = d.router.shadow_bp
         for t in d.shadows:
-            row = t.stats.to_dict(samples)
+            row = t.stats.to_dict(samples, latency)
             row.update(
                 kind="shadow",
                 model=t.model,
@@ -820,11 +823,11 @@ class DeploymentManager:
             out[t.name] = row
         return out
 
-    def status(self) -> dict:
+    def status(self, latency: bool = True) -> dict:
         """``{deployment: {"variants": {...}, "generation": n}}`` for this process (JSON-able)."""
         out = {}
         for name, d in self.table.items():
-            out[name] = {"variants": self.variant_stats(name), "generation": d.router.generation}
+            out[name] = {"variants": self.variant_stats(name, latency=latency), "generation": d.router.generation}
             c = self.canaries.get(name)
             if c is not None:
                 out[name]["canary"] = {**c.status(), "rollbacks": _rollbacks(c)}
@@ -872,8 +875,14 @@ class DeploymentManager:
         return self.state_file.parent / "status" / f"{os.getpid()}.json"
 
     def _write_snapshot(self) -> None:
-        doc = {"pid": os.getpid(), "time": time.time(), "deployments": self.status(), "last_error": self.last_error}
-        dconf.write_atomic(self._snapshot_path(), json.dumps(doc))
+        # Counts only, written when they changed and without fsync: this runs every poll in a thread that holds
+        # the GIL while it works, and `fastml deploy status` reads no percentiles.
+        body = json.dumps({"deployments": self.status(latency=False), "last_error": self.last_error})
+        if body == self._snapshot_body:
+            return
+        doc = f'{{"pid": {os.getpid()}, "time": {time.time()}, {body[1:]}'
+        dconf.write_atomic(self._snapshot_path(), doc, fsync=False)
+        self._snapshot_body = body
 
 
 def _rollbacks(c) -> int:
