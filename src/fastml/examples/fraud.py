@@ -345,6 +345,9 @@ class Fraud:
             str(self.sizes.window_rows),
             "--monitor-window-s",
             "3600",
+            # Every row: windows then hold exactly the traffic sent, whatever the machine's speed.
+            "--monitor-max-rows-per-s",
+            "0",
             "--reference",
             f"{MODEL}={reference}",
             "--alert-rules",
