@@ -33,7 +33,9 @@ from fastml.errors import InvalidInput, NotFound
 # Bytes of working memory per byte of a row's inputs and outputs: the Arrow batch, the numpy feed, ONNX
 # Runtime's intermediates and the output table, with two chunks alive (one scoring, one being read).
 MEMORY_PER_ROW_BYTE = 8
-DEFAULT_BATCH_ROWS = 16_384
+# Large enough that per-run overhead (a Python call, a pool wake-up) vanishes; a Parquet row group is
+# commonly 64Ki-1Mi rows. --max-memory-mb lowers it.
+DEFAULT_BATCH_ROWS = 65_536
 
 _ORT_NUMPY = {
     "tensor(float)": np.float32,
@@ -83,6 +85,10 @@ def resolve_model(ref: str | os.PathLike) -> tuple[Path, list[str] | None]:
             path = path / "model.onnx"
             if not path.is_file():
                 raise NotFound(f"{target}: directory has no model.onnx")
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            # ONNX Runtime checks the file when it loads it (see _session); parsing it with the onnx package
+            # first would add its import and a second parse to every run's start.
+            return path, None
         return converted_path(path), None
     mv, path = resolve_ref(target)
     card = getattr(mv, "model_card", None) or {}
