@@ -72,6 +72,14 @@ def test_gate_admits_below_the_floor_and_without_an_estimate():
     assert gate.shed == 0
 
 
+def test_completions_with_a_shallow_queue_never_set_the_rate():
+    gate = AdmissionGate()
+    for _ in range(1000):
+        gate.completed(MIN_INFLIGHT - 1)  # arrivals, not capacity: nothing learned, so nothing shed later
+    assert gate.rate_per_s == 0.0
+    gate.admit(10_000, 1)
+
+
 def test_gate_sheds_when_the_expected_wait_exceeds_the_deadline_share():
     gate = AdmissionGate(default_deadline_s=1.0)
     gate.rate_per_s = 1000.0

@@ -55,7 +55,12 @@ class AdmissionGate:
         A transport may ask with ``timeout_us=None`` before it decodes a request (the cap then decides, as no
         deadline allows a longer queue than :data:`MAX_WAIT_S`), and answer a canned 503 without parsing it.
         """
-        if inflight < MIN_INFLIGHT or self.rate_per_s <= 0.0:
+        if inflight < MIN_INFLIGHT:
+            # Not a deep queue: completions from here on would measure arrivals, not capacity.
+            self._window_start = perf_counter()
+            self._window_done = 0
+            return False
+        if self.rate_per_s <= 0.0:
             return False
         deadline_s = timeout_us / 1e6 if timeout_us else self._default_deadline_s
         if inflight > self.rate_per_s * min(deadline_s * WAIT_SHARE, MAX_WAIT_S):
@@ -73,20 +78,25 @@ class AdmissionGate:
             raise Overloaded(SHED_MESSAGE)
 
     def completed(self, inflight: int) -> None:
-        """Count one completion; ``inflight`` is what is still in flight after it (tells a busy window)."""
+        """Count one completion; ``inflight`` is what is still in flight after it.
+
+        Only completions while at least :data:`MIN_INFLIGHT` requests wait are counted (the model never idles
+        then, so they measure its capacity, not the arrival rate); the estimate rises at once and falls
+        smoothly, so a short lull never makes the gate shed a burst the model can take.
+        """
+        if inflight < MIN_INFLIGHT:
+            self._window_start = perf_counter()
+            self._window_done = 0
+            return
         self._window_done += 1
         now = perf_counter()
         elapsed = now - self._window_start
         if elapsed < WINDOW_S:
             return
-        done = self._window_done
+        measured = self._window_done / elapsed
         self._window_start = now
         self._window_done = 0
-        if elapsed > 20 * WINDOW_S or inflight < 2:
-            # A window that spans an idle gap, or ends idle, measures the arrival rate, not the capacity.
-            return
-        measured = done / elapsed
-        if self.rate_per_s == 0.0:
+        if measured >= self.rate_per_s:
             self.rate_per_s = measured
         else:
             self.rate_per_s = (1 - SMOOTHING) * self.rate_per_s + SMOOTHING * measured
