@@ -149,6 +149,8 @@ def test_metrics_flag_exactly_the_shifted_features(served):
     text = served["metrics"]
     assert _value(text, "fastml_monitor_windows_total") == 5  # four windows and wide's notice
     assert _value(text, "fastml_monitor_dropped_total") == 0
+    assert _value(text, "fastml_monitor_rows_total") == 4 * WINDOW_ROWS  # every row (sampling is off here)
+    assert _value(text, "fastml_monitor_sampled_out_rows_total") == 0
     flags = {f: _value(text, f'fastml_drift_detected{{feature="{f}",model="rowsum",variant=""}}') for f in FEATURES}
     assert flags == {f: 1.0 if f in SHIFTED else 0.0 for f in FEATURES}
     score = _value(text, 'fastml_drift_score{feature="b",model="rowsum",stattest="wasserstein",variant=""}')

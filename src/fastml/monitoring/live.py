@@ -382,7 +382,10 @@ class LiveMonitor:
             if w is not None:
                 w.latencies_us.append(latency_us)
             else:
-                self._pending_latencies.setdefault((model, variant), []).append(latency_us)
+                pending = self._pending_latencies.setdefault((model, variant), [])
+                pending.append(latency_us)
+                if len(pending) > _PENDING_LATENCIES_MAX:  # no window opening for a long time: keep the latest
+                    del pending[: len(pending) // 2]
         items = self._items
         run: list = []
         for _ in range(len(items)):
@@ -678,6 +681,7 @@ class LiveMonitor:
 
 
 _DRAIN_MAX = 512  # batches merged per pass of the monitor thread
+_PENDING_LATENCIES_MAX = 65536  # latencies kept per model/variant while no window is open
 
 
 def _yield_gil() -> None:

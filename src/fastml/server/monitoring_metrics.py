@@ -13,7 +13,10 @@ Series (``variant`` is "" outside deployments):
 - ``fastml_alerts_firing{model,rule,severity}``: 1 while the alert rule fires for the model (``model/variant``
   inside deployments), 0 once it resolved (fastml.monitoring.alerts; any worker firing makes it 1);
 - ``fastml_monitor_dropped_total``: batches the monitor dropped because its queue was full;
-- ``fastml_monitor_windows_total``, ``fastml_monitor_failures_total``, ``fastml_monitor_cpu_seconds_total``.
+- ``fastml_monitor_windows_total``, ``fastml_monitor_failures_total``, ``fastml_monitor_cpu_seconds_total``;
+- ``fastml_monitor_rows_total`` (rows summarised) and ``fastml_monitor_sampled_out_rows_total`` (rows the
+  sampling budget left out; while the budget is spent the engine skips offering batches at all, so the two
+  need not add up to the rows served, which ``fastml_inference_count`` has).
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ _COUNTERS = (
     ("fastml_monitor_windows", "windows_closed", "Live monitoring windows closed."),
     ("fastml_monitor_failures", "failures", "Batches or windows the live monitor could not process."),
     ("fastml_monitor_cpu_seconds", "cpu_s", "CPU time of the live monitor thread."),
+    ("fastml_monitor_rows", "processed_rows", "Served rows the live monitor summarised."),
+    (
+        "fastml_monitor_sampled_out_rows",
+        "sampled_out_rows",
+        "Served rows offered to the live monitor and left out by its sampling budget (--monitor-max-rows-per-s).",
+    ),
 )
 
 
