@@ -1133,7 +1133,9 @@ void AppendUtf8(uint32_t cp, std::string* out) {
 // UTF-8 ('S', 'U' and object arrays alike). Built with the GIL held; the int64 array stays referenced here
 // while the GIL is released.
 struct KeyInput {
-  py::array ids_owner;  // the int64 array the ids point into (a cast copy when the input was another int type)
+  // The int64 array the ids point into (a cast copy when the input was another int type). A py::object, not a
+  // py::array: py::array's default constructor allocates an empty numpy array, once per key input per request.
+  py::object ids_owner;
   fc_bind::KeyBatch batch;
   fastml::JoinKeys keys;
 };
@@ -1154,7 +1156,7 @@ void ConvertKeys(py::handle obj, size_t index, size_t rows, KeyInput* out) {
     }
     out->ids_owner = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
     if (!out->ids_owner) throw py::error_already_set();
-    out->keys.ids = static_cast<const int64_t*>(out->ids_owner.data());
+    out->keys.ids = static_cast<const int64_t*>(py::reinterpret_borrow<py::array>(out->ids_owner).data());
     return;
   }
   fc_bind::KeyBatch& b = out->batch;
@@ -1337,7 +1339,8 @@ static void bind_feature_join(py::module_& m) {
             py::array_t<float> out({py::ssize_t(rows), py::ssize_t(width)});
             float* dst = out.mutable_data();
             const int64_t now = now_us == 0 ? fc_bind::NowUs() : now_us;
-            fastml::JoinResult res;
+            // Per thread, reused: its per-column count vectors keep their capacity (no allocation per request).
+            thread_local fastml::JoinResult res;
             CacheStatus st;
             auto join = [&] {
               st = fastml::JoinFeatures(*p.cache, p.plan, native_keys, request_cols, rows, dst, now, &res);

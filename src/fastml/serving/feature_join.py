@@ -169,7 +169,8 @@ class FeatureJoinedModel:
         self._n_inputs = len(self.signature.inputs)
         self._refs = [c.name for c in join.columns if c.ref is not None]
         self._ref_columns = [i for i, c in enumerate(join.columns) if c.ref is not None]
-        self._run = join.run  # bound once: the per-request call
+        # The native run bound once (no Python wrapper frame per request).
+        self._run = join.native.run
         self._inner_submit = model.submit
         self._simple = not self._passthrough
 
@@ -184,7 +185,7 @@ class FeatureJoinedModel:
         if type(inputs) is not dict or len(inputs) != self._n_inputs:
             inputs = self._check_names(inputs)
         # One native call: checks the key and request-time arrays, joins, counts the outcomes.
-        out, error_row, error_col, error_stale = self._run(inputs)
+        out, error_row, error_col, error_stale = self._run(inputs, 0)
         if error_row >= 0:
             self._refuse(inputs, error_row, error_col, error_stale)
         if not self._passthrough:
@@ -225,7 +226,7 @@ class FeatureJoinedModel:
         if outputs is None and request_id is None and self._simple and type(inputs) is dict:
             # The common request (entity ids and request-time values only): one native join, one native submit.
             if len(inputs) == self._n_inputs:
-                out, error_row, error_col, error_stale = self._run(inputs)
+                out, error_row, error_col, error_stale = self._run(inputs, 0)
                 if error_row >= 0:
                     self._refuse(inputs, error_row, error_col, error_stale)
                 return self._inner_submit({self.feature_input: out}, timeout_us)
@@ -240,6 +241,13 @@ class FeatureJoinedModel:
 
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able :meth:`predict`."""
+        if outputs is None and request_id is None and self._simple and type(inputs) is dict:
+            # submit's common request inlined (one Python frame less per request on the busiest path).
+            if len(inputs) == self._n_inputs:
+                out, error_row, error_col, error_stale = self._run(inputs, 0)
+                if error_row >= 0:
+                    self._refuse(inputs, error_row, error_col, error_stale)
+                return await self._inner_submit({self.feature_input: out}, timeout_us)
         return await self.submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
 
     def feature_lookups(self) -> dict[str, dict[str, int]]:
