@@ -47,6 +47,7 @@ class TFSource:
     """
 
     def __init__(self, function, input_shape: tuple, input_dtype, model_class: str):
+        self.saved_model = None  # a loaded SavedModel the function calls into, kept alive with it
         self.function = function
         self.input_shape = input_shape
         self.input_dtype = input_dtype

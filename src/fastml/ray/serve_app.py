@@ -161,7 +161,7 @@ class KServeReplica:
         try:
             if kind == routes.NOT_FOUND or kind not in _SERVED:
                 raise NotFound(f"{path} is not served by the fastml Ray Serve application")
-            want = routes.METHOD[kind].decode()
+            want = "POST" if kind == routes.INFER else "GET"  # routes.METHOD for every kind served here
             if method != want:
                 return _error(405, f"{path} accepts {want} only")
             if kind == routes.INFER:
@@ -173,8 +173,9 @@ class KServeReplica:
         except FastMLError as exc:
             return _error(http_status(exc), str(exc) or type(exc).__name__)
 
-    def _control(self, kind: int, name: str | None, version: str | None) -> Any:
+    def _control(self, kind: int, model: str | None, version: str | None) -> Any:
         plane = self.plane
+        name = model or ""  # routes.route gives a name for every per-model kind
         if kind == routes.LIVE:
             return {"live": plane.server_live()}
         if kind == routes.READY:
@@ -381,7 +382,7 @@ def build_app(targets: list[str], options: RayServeOptions | None = None):
     }
     if options.max_ongoing_requests is not None:
         kwargs["max_ongoing_requests"] = options.max_ongoing_requests
-    deployment = serve.deployment(KServeReplica, **kwargs)
+    deployment: Any = serve.deployment(KServeReplica, **kwargs)
     engine = {k: v for k, v in options.engine.items() if v is not None}
     return deployment.bind(absolute_targets(targets), engine)
 
@@ -423,7 +424,8 @@ def replica_count(app_name: str = DEFAULT_APP_NAME) -> int:
     dep = app.deployments.get(DEPLOYMENT_NAME)
     if dep is None:
         return 0
-    return int(dep.replica_states.get("RUNNING", 0))
+    states: dict[Any, int] = dict(dep.replica_states)
+    return int(states.get("RUNNING", 0))
 
 
 __all__ = [

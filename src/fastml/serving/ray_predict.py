@@ -85,11 +85,12 @@ def _one_batch(table):
 def _fastml_error(exc: BaseException) -> FastMLError | None:
     """The fastml error a Ray task raised, found through Ray's wrappers (cause chain), or None."""
     seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, FastMLError):
-            return exc
-        seen.add(id(exc))
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, FastMLError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__ or current.__context__
     return None
 
 
