@@ -164,8 +164,12 @@ def main() -> int:
         import fastml
 
         refs = [f"bench:f{j}" for j in range(N_FEATURES)]
-        joined = fastml.load_model(path, features=refs, entity_key="entity_id", feature_store=native)
         plain = fastml.load_model(path)
+        # The same engine on both sides: runner="auto" times the model at load and, on a busy machine, may pick
+        # the loop for one load and threads for the other, which would be measured instead of the join.
+        joined = fastml.load_model(
+            path, features=refs, entity_key="entity_id", feature_store=native, runner=plain.runner
+        )
         env = reference.online._cache.impl.env  # python-lmdb opens an environment once per process
         client = TwoHopClient(env, env.open_db(b"bench@v1"))
         ids = np.random.default_rng(2).integers(0, N_ENTITIES, 1 << 16)
