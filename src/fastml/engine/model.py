@@ -248,16 +248,16 @@ class Model:
         self._batch_variant = _UNSET
         self._batch_requests = 0
         self._batch_resume_s = 0.0  # time.monotonic() before which the batch logger asked not to be called
+        self._batch_var = getattr(logger, "variant_var", None)
         self._batch_logger = logger if getattr(logger, "observes_batches", False) else None
         self._logger = logger
 
     def _batch_covers(self) -> bool:
         """True when the batch logger will see the rows of the request about to be submitted (call it before
         the submit, so the runner never takes a batch whose label is not decided yet)."""
-        tap = self._batch_logger
-        if tap is None or not self._batch_on:
+        if self._batch_logger is None or not self._batch_on:
             return False
-        var = tap.variant_var
+        var = self._batch_var
         label = var.get() if var is not None else None
         if label != self._batch_variant:
             if self._batch_variant is not _UNSET:
@@ -638,13 +638,11 @@ class Model:
         # A batch logger sees the request in its batch (no per-request work); a logger that only reads the
         # answer (``observes_completions``) rides the native path with a done-callback instead of the chained
         # future of the general path.
-        tap = self._batch_logger
-        if tap is not None and self._batch_on:
+        covered = False
+        if logger is not None and self._batch_logger is not None and self._batch_on:
             # _batch_covers inlined for the common case (the label this model's batches already carry).
-            var = tap.variant_var
+            var = self._batch_var
             covered = (var.get() if var is not None else None) == self._batch_variant or self._batch_covers()
-        else:
-            covered = False
         plain = outputs is None and (logger is None or covered or getattr(logger, "observes_completions", False))
         arrays = None
         if plain:
