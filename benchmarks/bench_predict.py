@@ -83,15 +83,18 @@ import sys
 import fastml.cli, fastml.serving.batch_predict, onnxruntime, pyarrow.parquet
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
+def status(key):
+    return [l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1]
+base = status("VmRSS:")
 code = fastml.cli.main(sys.argv[1:])
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
-print("peak_rss_kb", hwm, file=sys.stderr)
+print("peak_rss_kb", status("VmHWM:"), base, file=sys.stderr)
 sys.exit(code)
 """
 
 
-def fastml_predict(model: Path, src: Path, out: Path, extra: list[str]) -> tuple[float, float, int]:
-    """(wall seconds of the subprocess, seconds it spent scoring, peak RSS in KiB) of one ``fastml predict``."""
+def fastml_predict(model: Path, src: Path, out: Path, extra: list[str]) -> tuple[float, float, int, int]:
+    """(wall seconds of the subprocess, seconds it spent scoring, peak RSS in KiB, RSS after the imports in
+    KiB) of one ``fastml predict``."""
     args = [
         "predict",
         str(model),
@@ -110,8 +113,8 @@ def fastml_predict(model: Path, src: Path, out: Path, extra: list[str]) -> tuple
     wall_s = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"fastml predict failed: {proc.stderr}")
-    peak_kb = int(proc.stderr.strip().splitlines()[-1].split()[1])
-    return wall_s, json.loads(proc.stdout.strip().splitlines()[-1])["seconds"], peak_kb
+    peak_kb, base_kb = (int(v) for v in proc.stderr.strip().splitlines()[-1].split()[1:3])
+    return wall_s, json.loads(proc.stdout.strip().splitlines()[-1])["seconds"], peak_kb, base_kb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print("# bench_predict.py")
     print("\n".join(envinfo.machine_lines()))
     report = benchjson.Report("bench_predict.py", quick=args.quick)
-    rows = args.rows or (50_000 if args.quick else 1_000_000)
+    rows = args.rows or (100_000 if args.quick else 1_000_000)
     repeats = 1 if args.quick else 3
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -139,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         del x
         walls, scoring, peaks = [], [], []
         for _ in range(repeats):
-            wall_s, scoring_s, peak = fastml_predict(model, d / "in.parquet", d / "out.parquet", [])
+            wall_s, scoring_s, peak, base = fastml_predict(model, d / "in.parquet", d / "out.parquet", [])
             walls.append(wall_s)
             scoring.append(scoring_s)
             peaks.append(peak)
         budget_extra = ["--max-memory-mb", "16"]
-        *_, budget_peak = fastml_predict(model, d / "in.parquet", d / "out_budget.parquet", budget_extra)
+        *_, budget_peak, budget_base = fastml_predict(model, d / "in.parquet", d / "out_budget.parquet", budget_extra)
     wall_s = statistics.median(walls)
     start_s = wall_s - statistics.median(scoring)
     fastml_rate = rows / wall_s
@@ -156,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         f"process start and model load; scoring alone {rows / (wall_s - start_s):,.0f} rows/s)"
     )
     print(
-        f"  fastml predict peak RSS: {max(peaks) / 1024:.0f} MiB (default chunks), "
-        f"{budget_peak / 1024:.0f} MiB with --max-memory-mb 16"
+        f"  fastml predict peak RSS: {max(peaks) / 1024:.0f} MiB (default chunks; "
+        f"{(max(peaks) - base) / 1024:.0f} MiB above the {base / 1024:.0f} MiB after imports), "
+        f"{budget_peak / 1024:.0f} MiB with --max-memory-mb 16 ({(budget_peak - budget_base) / 1024:.0f} MiB above)"
     )
     report.add(
         benchjson.rate_row(
@@ -166,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             raw_rate,
             fastml_rate,
             "rows/s",
-            0.2,  # CI target under today's 0.20x (quiet) to 0.34-0.43x (busy) on a 2-core machine
+            # CI floors under what a shared 2-core machine measures: 1,000,000 rows 0.98x (load ~8); --quick's
+            # 100,000 rows 0.21x, where process start is half the wall time (0.04x seen under load ~20).
+            0.1 if args.quick else 0.4,
             goal=0.8,
         )
     )
