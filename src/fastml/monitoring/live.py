@@ -1,8 +1,10 @@
 """Live monitoring: windows of served traffic summarised off the request path, drift and health per window.
 
-The serving path calls :meth:`LiveMonitor.observe` once per answered request with the request's input and
-output arrays (kept by reference; nothing is copied or converted there). ``observe`` only appends to a
-bounded queue: when the queue is full the item is dropped and counted (``dropped``, exported as
+The serving path calls :meth:`LiveMonitor.observe` once per served batch (the engine's runner, through
+``fastml.serving.live_monitoring.MonitorTap``; or once per request where a prediction logger needs each
+request) with its input and output arrays (kept by reference; nothing is converted there). With
+``max_rows_per_s`` a token bucket first decides whether the batch is in the sample (:meth:`admit`).
+``observe`` only appends to a bounded queue: when the queue is full the item is dropped and counted (``dropped``, exported as
 ``fastml_monitor_dropped_total``), so monitoring can slow nothing down and fail nothing. One background
 thread does all the work: it maps inputs to the reference's feature columns, updates the incremental
 summaries of :mod:`fastml.monitoring.windows`, and closes a window when it holds ``window_rows`` rows or
@@ -214,7 +216,9 @@ class LiveMonitor:
         self.observed = 0  # batches accepted into the queue
         self.dropped = 0  # batches refused because the queue was full (or after close)
         self.processed_rows = 0
-        self.seen_rows = 0  # rows offered while sampling (max_rows_per_s); processed + sampled out + dropped
+        # Rows offered to the sampling (max_rows_per_s): summarised, sampled out or dropped. Batches a caller
+        # skips while the budget is spent (admit_wait_s) are not offered, so this is not the rows served.
+        self.seen_rows = 0
         self.sampled_out_rows = 0  # rows left out by the sampling
         self.failures = 0  # batches the monitor thread could not use (logged)
         self.listener_failures = 0

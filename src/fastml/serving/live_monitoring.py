@@ -1,9 +1,11 @@
 """Live monitoring in the server: each served model gets a reference and feeds a LiveMonitor from the engine.
 
-Wiring. The engine calls its model's prediction logger once per answered request with the request's input
-and output arrays; :class:`MonitorTap` takes that place (keeping any prediction logger that was there) and
-hands the same arrays, by reference, to :meth:`fastml.monitoring.live.LiveMonitor.observe`, which only
-queues them. A monitoring failure is counted and logged here; it never reaches the request.
+Wiring. :class:`MonitorTap` takes the place of the model's prediction logger (keeping any that was there).
+Alone, it is a batch logger: the engine's runner hands it each served batch (``log_batch``; the monitor's
+sampling decides first, and a batch it keeps is copied out of the batcher's buffer) and one request in 64
+reports its latency, so a request costs no Python work for monitoring. Wrapping a prediction logger, it is
+called once per answered request (``log``) and hands the arrays, by reference, to the logger and to
+:meth:`fastml.monitoring.live.LiveMonitor.observe`, which only queues them. A monitoring failure is counted and logged here; it never reaches the request.
 
 References, first found wins:
 
