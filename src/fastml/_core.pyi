@@ -92,6 +92,7 @@ class FeatureTable:
         self, keys: object, values: npt.ArrayLike, present: npt.ArrayLike, event_time_us: npt.ArrayLike
     ) -> tuple[int, int]: ...
     def count(self) -> int: ...
+    def sample_keys(self, limit: int = 16) -> list[bytes]: ...
 
 class FeatureReadPlan:
     """A prepared lookup: which tables and features fill which output columns."""
@@ -106,6 +107,28 @@ class FeatureReadPlan:
     def get_into(
         self, keys: object, out: np.ndarray, present: object = None, event_time: object = None, now_us: _Int = 0
     ) -> int: ...
+
+class FeatureJoinPlan:
+    """A compiled serving join: entity keys and request-time columns in, a model's float32 [rows, F] input out."""
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        tables: list[Any],
+        columns: list[Any],
+        n_key_inputs: int = 1,
+        n_request: int = 0,
+        key_names: list[str] = ...,
+        key_dtypes: list[str] = ...,
+        request_names: list[str] = ...,
+    ) -> None: ...
+    def run(self, inputs: dict[Any, Any], now_us: _Int = 0) -> tuple[np.ndarray, int, int, bool]: ...
+    def counts(self) -> tuple[int, np.ndarray, np.ndarray]: ...
+    @property
+    def n_columns(self) -> int: ...
+    def join(
+        self, keys: Sequence[Any], request: Sequence[Any], out: np.ndarray, now_us: _Int = 0
+    ) -> tuple[np.ndarray, np.ndarray, int, int, bool]: ...
 
 class FeatureCache:
     """An LMDB environment holding one table per feature group version."""
