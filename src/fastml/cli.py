@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
 
 # group name -> module defining add_parser(subparsers) for it
 GROUPS = {
@@ -117,7 +118,7 @@ def _run(argv: list[str] | None) -> int:
         return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
 
 
-def _audit_append(action: str, **fields):
+def _audit_append(action: str, **fields: Any) -> dict[str, Any]:
     """Append one entry to this FASTML_HOME's audit log (imported only when something is audited)."""
     from fastml.governance.audit import AuditLog
 

@@ -36,10 +36,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastml import webhooks as _webhooks
 from fastml.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import queue
+
+    from fastml.monitoring.quality import LiveQuality
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq, "!=": operator.ne}
 SEVERITIES = ("critical", "warning", "info")
@@ -297,7 +302,7 @@ class WebhookSink:
         self.url, self.secret, self.timeout_s = url, secret, timeout_s
         self.delivered = 0
         self.failures = 0
-        self._queue = None
+        self._queue: queue.Queue[AlertEvent] | None = None
         if background:
             import queue
 
@@ -305,12 +310,14 @@ class WebhookSink:
             threading.Thread(target=self._run, name="fastml-alert-webhook", daemon=True).start()
 
     def _run(self) -> None:
+        q = self._queue
+        assert q is not None, "the delivery thread runs only in background mode, which creates the queue"
         while True:
-            event = self._queue.get()
+            event = q.get()
             try:
                 self._post(event)
             finally:
-                self._queue.task_done()
+                q.task_done()
 
     def flush(self) -> None:
         """Wait until every queued event was delivered or failed (background mode)."""
@@ -634,7 +641,7 @@ class WindowAlerts:
 
     def __init__(self, manager: AlertManager):
         self.manager = manager
-        self.quality = None  # a fastml.monitoring.quality.LiveQuality when outcomes are judged in process
+        self.quality: LiveQuality | None = None  # set when outcomes are judged in process
 
     def __call__(self, result) -> list[AlertEvent]:
         if result.status != "ok":
@@ -676,11 +683,12 @@ def live_alerts(
         rules: a TOML rules file (its ``[[webhooks]]`` receive the events, from a background thread), a list
             of rules, or None for :data:`DEFAULT_RULES`.
     """
-    from_file = rules is None or isinstance(rules, (str, Path))
-    loaded = load_rules(rules) if from_file else list(rules)
     all_sinks: list[Any] = [LogSink()]
-    if from_file:
+    if rules is None or isinstance(rules, (str, Path)):
+        loaded = load_rules(rules)
         all_sinks.extend(load_webhooks(rules, background=True))  # never wait on a receiver in the monitor
+    else:
+        loaded = list(rules)
     if getattr(monitor, "store", None) is not None:
         all_sinks.append(StoreSink(monitor.store))
     if audit_append is not None:

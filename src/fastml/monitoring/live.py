@@ -34,14 +34,15 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 import numpy as np
 
 from fastml.errors import InvalidInput
 from fastml.monitoring.health import HealthInputs, HealthScore, HealthWeights, health_score
-from fastml.monitoring.profile import ReferenceProfile, profile_column
+from fastml.monitoring.profile import ColumnProfile, ReferenceProfile, profile_column
 from fastml.monitoring.store import FeatureDrift, MonitoringStore, WindowResult
-from fastml.monitoring.windows import DEFAULT_RESERVOIR_SIZE, column_window, is_small_window
+from fastml.monitoring.windows import DEFAULT_RESERVOIR_SIZE, ColumnWindow, column_window, is_small_window
 
 log = logging.getLogger("fastml.monitoring.live")
 
@@ -133,7 +134,8 @@ class _Window:
             f: column_window(target.profile[f], monitor.reservoir_size, monitor._rng, target.bins)
             for f in target.features.columns
         }
-        self.outputs: dict[str, object] = {}  # output feature -> ColumnWindow, or list of arrays (no reference)
+        # output feature -> its ColumnWindow, or the list of its arrays while it has no reference yet
+        self.outputs: dict[str, ColumnWindow | list[np.ndarray]] = {}
         self.n_rows = 0
         self.start_ts = 0.0
         self.end_ts = 0.0
@@ -162,7 +164,7 @@ class LiveMonitor:
 
     def __init__(
         self,
-        store: MonitoringStore | None | bool = None,
+        store: MonitoringStore | Literal[False] | None = None,
         *,
         window_rows: int = 5000,
         window_s: float = 60.0,
@@ -208,7 +210,7 @@ class LiveMonitor:
         self._targets: dict[str, _Target] = {}
         self.disabled: dict[str, str] = {}  # model -> why it is not monitored
         self._windows: dict[tuple[str, str], _Window] = {}
-        self._pred_refs: dict[tuple[str, str], dict] = {}  # (model, feature) -> ColumnProfile of outputs
+        self._pred_refs: dict[tuple[str, str], ColumnProfile] = {}  # (model, feature) -> profile of an output
         self._quality: dict[tuple[str, str], dict] = {}
         self._listeners: list[Callable[[WindowResult], None]] = []
         self._lock = threading.Lock()  # guards last, the counters read by other threads

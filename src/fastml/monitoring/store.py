@@ -207,6 +207,7 @@ class MonitoringStore:
                         json.dumps(result.extra, default=float),
                     ),
                 )
+                assert cur.lastrowid is not None  # set by the successful INSERT above
                 window_id = int(cur.lastrowid)
                 cur.executemany(
                     "INSERT INTO drift (window_id, feature, stattest, score, threshold, detected, is_primary)"
@@ -244,7 +245,8 @@ class MonitoringStore:
     ) -> list[WindowResult]:
         """Windows in closing order (oldest first), optionally for one model/variant and an end-time
         range (``since`` inclusive, ``until`` exclusive, epoch seconds); ``limit`` keeps the newest."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | float] = []
         if model is not None:
             where.append("model = ?")
             args.append(model)
@@ -267,6 +269,7 @@ class MonitoringStore:
         out = [self._window(r) for r in reversed(rows)]
         if with_drift:
             for w in out:
+                assert w.id is not None  # rows read back from the table always carry their id
                 w.drift = self.drift(w.id)
         return out
 
@@ -279,6 +282,7 @@ class MonitoringStore:
         if row is None:
             raise NotFound(f"monitoring store {self.path}: no window {window_id}")
         w = self._window(dict(zip(names, row)))
+        assert w.id is not None  # rows read back from the table always carry their id
         w.drift = self.drift(w.id)
         return w
 
@@ -312,12 +316,14 @@ class MonitoringStore:
                     json.dumps(event, default=str),
                 ),
             )
+            assert cur.lastrowid is not None  # set by the successful INSERT above
             return int(cur.lastrowid)
 
     def alerts(self, model: str | None = None, since: float | None = None, until: float | None = None) -> list[dict]:
         """Alert events, oldest first (``since`` inclusive, ``until`` exclusive on the event time); a model
         also matches its variants (``model/variant``)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | float] = []
         if model is not None:
             where.append("(model = ? OR model LIKE ?)")
             args += [model, model + "/%"]
@@ -361,7 +367,8 @@ class MonitoringStore:
 
     def quality(self, model: str | None = None, since: float | None = None, until: float | None = None) -> list[dict]:
         """Quality windows, oldest first: ``{model, start_ts, end_ts, n_labelled, computed_at, **metrics}``."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | float] = []
         if model is not None:
             where.append("model = ?")
             args.append(model)

@@ -70,6 +70,7 @@ def is_small_window(n_rows: int, reference_rows: int) -> bool:
 def reference_edges(ref: ColumnProfile) -> np.ndarray:
     """Fixed bin edges of a continuous reference column: its Sturges edges with -inf and +inf added."""
     v = ref.values
+    assert v is not None, "continuous reference columns are numeric and carry their values"
     inner = sturges_edges(float(v[0]), float(v[-1]), int(v.size))
     return np.concatenate(([-np.inf], inner, [np.inf]))
 
@@ -77,6 +78,7 @@ def reference_edges(ref: ColumnProfile) -> np.ndarray:
 def reference_bins(ref: ColumnProfile) -> tuple[np.ndarray, np.ndarray]:
     """A continuous reference column's fixed bin edges and its own counts in them."""
     edges = reference_edges(ref)
+    assert ref.values is not None, "continuous reference columns are numeric and carry their values"
     return edges, binned_counts(ref.values, edges)
 
 
@@ -204,6 +206,7 @@ class ContinuousWindow(ColumnWindow):
         cd = _column_drift(self.ref, values, method, threshold, False)
         out = [FeatureDrift(feature, cd.method, cd.score, cd.threshold, cd.drifted, True)]
         if cd.method != "wasserstein":
+            assert self.ref.values is not None, "continuous reference columns are numeric and carry their values"
             w = _NumericPair(self.ref.values, np.sort(values), self.ref.std, self.ref.n_unique).wasserstein_normed()
             thr = DEFAULT_THRESHOLDS["wasserstein"]
             out.append(FeatureDrift(feature, "wasserstein", w, thr, _is_drifted("wasserstein", w, thr), False))

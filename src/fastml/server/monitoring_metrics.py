@@ -50,17 +50,17 @@ def merge_rows(snapshots: list[dict]) -> dict:
             continue
         present = True
         for r in mon.get("drift", []):
-            key = (r["model"], r["variant"], r["feature"], r["stattest"])
-            if key not in drift or r["end_ts"] >= drift[key]["end_ts"]:
-                drift[key] = r
+            dkey = (r["model"], r["variant"], r["feature"], r["stattest"])
+            if dkey not in drift or r["end_ts"] >= drift[dkey]["end_ts"]:
+                drift[dkey] = r
         for r in mon.get("health", []):
-            key = (r["model"], r["variant"])
-            if key not in health or r["end_ts"] >= health[key]["end_ts"]:
-                health[key] = r
+            hkey = (r["model"], r["variant"])
+            if hkey not in health or r["end_ts"] >= health[hkey]["end_ts"]:
+                health[hkey] = r
         for r in mon.get("alerts", []):
-            key = (r["model"], r["rule"], r["severity"])
-            if key not in alerts or r["firing"] > alerts[key]["firing"]:
-                alerts[key] = r
+            akey = (r["model"], r["rule"], r["severity"])
+            if akey not in alerts or r["firing"] > alerts[akey]["firing"]:
+                alerts[akey] = r
         for k, v in mon.get("counters", {}).items():
             counters[k] = counters.get(k, 0) + v
     if not present:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound
 from fastml.monitoring.live import DEFAULT_MAX_ROWS_PER_S, LiveMonitor
 from fastml.monitoring.log import CURRENT_VARIANT
 from fastml.monitoring.profile import ReferenceProfile
+
+if TYPE_CHECKING:
+    from fastml.monitoring.alerts import WindowAlerts
 
 log = logging.getLogger("fastml.serving.monitor")
 
@@ -185,7 +188,7 @@ def register_reference(ref: str, data: Any, registry: Any = None) -> str:
     from fastml.monitoring.profile import as_columns
 
     if registry is None:
-        from fastml.registry import Registry
+        from fastml.registry.registry import Registry  # the class itself: the package re-exports it lazily
 
         registry = Registry()
     cols = as_columns(data, name=f"reference of {ref}")
@@ -198,7 +201,7 @@ def register_reference(ref: str, data: Any, registry: Any = None) -> str:
 
 def registry_reference(target: str) -> tuple[ReferenceProfile, str] | None:
     """The reference stored with a registered version, or profiled from its feature references."""
-    from fastml.registry import Registry
+    from fastml.registry.registry import Registry  # the class itself: the package re-exports it lazily
 
     reg = Registry()
     mv = reg.resolve(target)
@@ -246,6 +249,7 @@ class LiveWiring:
     def __init__(self, monitor: LiveMonitor, references: dict[str, str] | None = None):
         self.monitor = monitor
         self.references = dict(references or {})
+        self.alerts: WindowAlerts | None = None  # set by attach()
 
     def attach(self, entry) -> None:
         """Resolve ``entry``'s reference and install the tap; never raises (a reason is recorded instead)."""
@@ -275,9 +279,9 @@ class LiveWiring:
             model.prediction_logger = MonitorTap(self.monitor, model.prediction_logger)
 
     def _resolve(self, entry) -> tuple[ReferenceProfile, str] | None:
-        path = self.references.get(entry.name)
-        if path is not None:
-            return load_reference_file(path), f"file:{path}"
+        given = self.references.get(entry.name)
+        if given is not None:
+            return load_reference_file(given), f"file:{given}"
         configured = getattr(entry.config, "monitor_reference", "")
         if configured:
             base = Path(entry.source.model_dir) if entry.source.model_dir else Path.cwd()
@@ -292,8 +296,7 @@ class LiveWiring:
     def metric_rows(self) -> dict:
         rows = self.monitor.metric_rows()
         rows["disabled"] = sorted(self.monitor.disabled)
-        alerts = getattr(self, "alerts", None)  # fastml.monitoring.alerts.WindowAlerts, set by attach()
-        rows["alerts"] = alerts.metric_rows() if alerts is not None else []
+        rows["alerts"] = self.alerts.metric_rows() if self.alerts is not None else []
         return rows
 
     def close(self) -> None:
