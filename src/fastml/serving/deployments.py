@@ -57,6 +57,10 @@ SHADOW_INFLIGHT_MAX = 32  # copies started at once (about one batch): what prima
 LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
 
 
+# A model object without a prediction_logger attribute (not the engine's Model): label its requests anyway.
+_NO_LOGGER_ATTR = object()
+
+
 class VariantStats:
     """Counters of one variant or shadow in this process: requests, errors, recent latencies (us), and a
     cumulative latency histogram (``LATENCY_BUCKETS_US``, then +Inf) with the latency sum."""
@@ -240,6 +244,10 @@ class DeploymentManager:
         if features:
             config = config.with_overrides(features)
         entry = _load_entry(ModelSource(name, version, f"{name}:{version}", config, is_ref=True))
+        run_hooks = getattr(self.manager, "_run_install_hooks", None)
+        if run_hooks is not None:
+            # What watches the server's own loads (fastml serve --monitor) watches a variant's model too.
+            run_hooks(entry)
         self._entries[key] = entry
         return entry
 
@@ -601,6 +609,14 @@ class DeploymentManager:
         Raises:
             FastMLError: refused by the model (recorded as a failure of the variant).
         """
+        if getattr(entry.model, "prediction_logger", _NO_LOGGER_ATTR) is None:
+            # Only a prediction logger reads the variant label (during the submit): without one, setting and
+            # resetting the ContextVar would be the one per-request cost a variant has over its model.
+            try:
+                return plane.submit_arrays(entry, inputs, timeout_us, request_id)
+            except FastMLError:
+                target.stats.record(0.0, False)
+                raise
         token = CURRENT_VARIANT.set(target.name)  # the prediction log's variant column (monitoring.log)
         try:
             return plane.submit_arrays(entry, inputs, timeout_us, request_id)
