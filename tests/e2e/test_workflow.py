@@ -55,10 +55,23 @@ def test_training_and_registration_figures(workflow):
     assert gov["compliance"] == "pass" and gov["demographic_parity_difference"] < 0.1
 
 
-def test_serving_drift_and_alert(workflow):
+def test_the_servers_live_monitor_watches_the_deployment(workflow):
+    _, summary, _ = workflow
+    steps = steps_by_name(summary)
+    serve = steps["serve predictions through a client"]["figures"]
+    assert serve["predictions"] >= 100
+    assert serve["monitor_state"] == "ok"
+    assert serve["monitor_reference"] == "registry:churn:1.0.0"  # the training rows stored with the version
+    drift = steps["check for data drift"]["figures"]
+    assert drift["server_clean_drifted"] == []
+    assert drift["server_drifted_columns"] == ["f2", "f5", "f6", "f7"]
+    assert drift["server_alerts"].count("data_drift:firing") == 1
+    assert 0 <= drift["server_health_score"] < 100
+
+
+def test_library_cross_check_of_drift_and_alert(workflow):
     _, summary, out = workflow
     steps = steps_by_name(summary)
-    assert steps["serve predictions through a client"]["figures"]["predictions"] >= 100
     drift = steps["check for data drift"]["figures"]
     assert {"f2", "f5", "f6", "f7"} <= set(drift["drifted_columns"])
     assert drift["clean_share_drifted"] < 0.5 <= drift["share_drifted"]

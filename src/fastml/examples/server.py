@@ -33,6 +33,7 @@ class ServerProcess:
             [*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy()
         )
         self._log = self.log_path.open("w")
+        self.metrics_url: str | None = None  # host:port of the /metrics listener, from the startup line
         self.url = self._wait_ready()
         # Keep draining the server's output into the log so it never blocks on a full pipe.
         self._drain = threading.Thread(target=self._copy_rest, daemon=True)
@@ -49,6 +50,8 @@ class ServerProcess:
             match = re.match(r"fastml serve: http://([0-9.]+:[0-9]+)", line)
             if match:
                 self._log.flush()
+                metrics = re.search(r"metrics http://([0-9.]+:[0-9]+)/metrics", line)
+                self.metrics_url = metrics.group(1) if metrics else None
                 return match.group(1)
         self.proc.kill()
         self.proc.wait()

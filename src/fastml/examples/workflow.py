@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +42,20 @@ class Sizes:
 
     rows: int = 10_000
     n_trials: int = 10
-    clean_requests: int = 300
-    drifted_requests: int = 200
+    # The server's default drift tests (Evidently's choice: Wasserstein for a large numeric reference) need
+    # windows of about 1,000 rows; on a few hundred they fire on noise (docs/monitoring.md, small_window).
+    clean_requests: int = 2_000
     ab_requests: int = 2_000
 
+    @property
+    def window_rows(self) -> int:
+        """The server's live-monitoring window: the deployment probe plus the clean traffic fill one window
+        exactly, and the shifted traffic (the same number of rows) the next one."""
+        return self.clean_requests + 1
 
-QUICK = Sizes(n_trials=2, clean_requests=150, drifted_requests=100, ab_requests=400)
+
+QUICK = Sizes(n_trials=2, clean_requests=1_000, ab_requests=400)
+MONITOR_TIMEOUT_S = 60.0  # how long to wait for the server's monitor thread to close a window
 
 CARD = {
     "name": MODEL,
@@ -125,7 +134,7 @@ class Workflow:
         self.broken_csv = self.out / "data" / "churn_10k_broken_feed.csv"
         _write_csv(self.broken_csv, broken, y, seg)
         self.X_train = X
-        self.X_live, self.y_live, self.seg_live = make_rows(5_000, seed=7)  # tomorrow's traffic
+        self.X_live, self.y_live, self.seg_live = make_rows(8_000, seed=7)  # tomorrow's traffic
         s.file("training data", self.train_csv)
         s.figure("rows", len(y))
         s.figure("positive_share", float(y.mean()))
@@ -221,7 +230,16 @@ model = "{MODEL}@champion"
 weight_bp = 10000
 """
         )
-        self.server = ServerProcess([f"{MODEL}@champion"], self.out / "logs" / "serve.log", "--log-sample-rate", "1")
+        # Live monitoring on, every row summarised (no sampling), one window per phase of the traffic: windows
+        # close by row count only (the time limit is far beyond a run), so a slow machine does not split them.
+        monitor = [
+            "--monitor",
+            *("--monitor-window-rows", str(self.sizes.window_rows), "--monitor-window-s", "3600"),
+            *("--monitor-max-rows-per-s", "0"),
+        ]
+        self.server = ServerProcess(
+            [f"{MODEL}@champion"], self.out / "logs" / "serve.log", "--log-sample-rate", "1", *monitor
+        )
         self.client = httpclient.InferenceServerClient(self.server.url)
         s.say(f"fastml serve on http://{self.server.url} (log {self.server.log_path})")
         s.check(bool(self.client.is_server_ready()), "server ready")
@@ -249,7 +267,20 @@ weight_bp = 10000
         s.file("reference profile", self.profile_path)
         s.figure("reference_columns", len(self.profile.columns))
         s.check(sorted(self.profile.columns) == sorted(FEATURES), "reference profile of the 8 training features saved")
-        s.check(len(self.alerts.rules) == 2, "alert rules on drift share and accuracy installed")
+        s.check(len(self.alerts.rules) == 2, "cross-check: alert rules on drift share and accuracy installed")
+        # The server's own monitor (fastml serve --monitor): its reference is the training rows the pipeline
+        # stored with the registered version; a missing or unfitting one would turn monitoring off for the model.
+        from fastml.registry.registry import Registry
+
+        with Registry() as reg:
+            tags = reg.resolve(f"{MODEL}@champion").tags
+        s.check(bool(tags.get("reference_sha256")), f"{self.ref1} carries its training rows as monitoring reference")
+        metrics = self._metrics()
+        s.check("fastml_monitor_windows_total" in metrics, "the server's live monitor is running (/metrics)")
+        s.check(
+            "live monitoring is off" not in self.server.log_path.read_text(), "the server monitors the served model"
+        )
+        s.figure("monitor_window_rows", self.sizes.window_rows)
 
     # ------------------------------------------------------------------------------------------ 7
     def serve(self, s: Step) -> None:
@@ -266,14 +297,39 @@ weight_bp = 10000
         s.check(set(variants) == {"champion"}, "every answer came from the champion variant")
         s.check(fed["recorded"] == n and fed["unknown"] == 0, f"{n} outcomes fed back by request id")
         s.check(accuracy > 0.6, f"served accuracy {accuracy:.3f} > 0.6")
+        self._wait_windows(1)
+        status = json.loads(fastml_cli("monitor", "status", "--json").stdout)["models"]
+        s.check(MODEL in status, f"fastml monitor status lists {MODEL}")
+        self.monitored = status[MODEL]
+        s.say(f"fastml monitor status: {MODEL} {self.monitored['state']}, health {self.monitored['health_score']}")
+        window = self.monitored["last_window"]
+        s.figure("monitor_state", self.monitored["state"])
+        reference = window.get("extra", {}).get("reference")
+        s.figure("monitor_reference", reference)
+        s.check(
+            window["status"] == "ok" and reference == f"registry:{self.ref1}",
+            f"the server monitored the clean traffic against its reference ({reference}, status {window['status']})",
+        )
+        s.check(window["n_rows"] == self.sizes.window_rows, f"one live window of {self.sizes.window_rows} rows closed")
 
     # ------------------------------------------------------------------------------------------ 8
     def drift(self, s: Step) -> None:
         from fastml.monitoring.drift import detect_drift
         from fastml.monitoring.log import read_log, tensor_columns
 
+        # The server's verdict on the clean window: no feature drifted, no drift alert.
+        metrics = self._metrics()
+        clean_flags = _series(metrics, "fastml_drift_detected", model=MODEL)
+        s.figure("server_clean_drifted", sorted(lbl["feature"] for lbl, v in clean_flags if v == 1))
+        s.check(bool(clean_flags), "the server exports fastml_drift_detected for the clean window")
+        s.check(
+            sum(v for lbl, v in clean_flags if lbl["feature"] in FEATURES) < len(FEATURES) / 2,
+            "the server finds no dataset drift on the clean traffic",
+        )
+        s.check(not self._server_drift_alerts(metrics), "no data_drift alert fires in the server on the clean traffic")
+
         clean = self._logged("live-")
-        # KS per column: a p-value test suits windows of a few hundred rows (the default distance
+        # Cross-check with the library on the prediction log. KS per column: a p-value test suits windows of a few hundred rows (the default distance
         # thresholds are meant for references and windows of thousands).
         report = detect_drift(self.profile, clean, methods="ks")
         clean_events = self.alerts.evaluate({"drift_share": report.share_drifted})
@@ -282,9 +338,24 @@ weight_bp = 10000
         s.check(not clean_events, "no alert on the clean traffic")
 
         start = self.sizes.clean_requests
-        idx = range(start, start + self.sizes.drifted_requests)
+        idx = range(start, start + self.sizes.window_rows)
         self._send(idx, "shifted", drift=True)
         self._feedback([f"shifted-{i}" for i in idx], self.y_live[list(idx)])  # also flushes the server's log
+        metrics = self._wait_windows(2)
+        flags = {lbl["feature"]: v for lbl, v in _series(metrics, "fastml_drift_detected", model=MODEL)}
+        server_drifted = sorted(f for f, v in flags.items() if v == 1 and f in FEATURES)
+        health = [v for _, v in _series(metrics, "fastml_health_score", model=MODEL)]
+        firing = self._server_drift_alerts(metrics)
+        stored = json.loads(fastml_cli("monitor", "alerts", "--json").stdout)
+        stored = stored["alerts"] if isinstance(stored, dict) else stored
+        stored = [a for a in stored if str(a["model"]).split("/")[0] == MODEL]
+        drift_events = [a for a in stored if a["rule"] == "data_drift" and a["status"] == "firing"]
+        s.figure("server_drifted_columns", server_drifted)
+        s.figure("server_health_score", min(health) if health else None)
+        s.figure("server_alerts", [f"{a['rule']}:{a['status']}" for a in stored])
+        s.check(all(flags.get(c) == 1 for c in DRIFTED), f"the server's fastml_drift_detected is 1 for {DRIFTED}")
+        s.check(bool(firing), "the server's data_drift alert fires (fastml_alerts_firing)")
+        s.check(len(drift_events) == 1, "the data_drift alert is stored once in the monitoring store")
         shifted = self._logged("shifted-")
         self.drift_report = detect_drift(self.profile, shifted, methods="ks")
         self.drifted_table = shifted
@@ -324,7 +395,7 @@ weight_bp = 5000
         )
         self._wait_for_variant("candidate")
         n = self.sizes.ab_requests
-        offset = self.sizes.clean_requests + self.sizes.drifted_requests
+        offset = self.sizes.clean_requests + self.sizes.window_rows
         idx = [offset + i % (len(self.y_live) - offset) for i in range(n)]
         _, variants = self._send(idx, "ab", keys=[f"user-{i}" for i in range(n)])
         fed = self._feedback([f"ab-{i}" for i in idx], self.y_live[idx])
@@ -410,6 +481,33 @@ weight_bp = 5000
         s.check(verdict.ok, f"audit log hash chain verifies ({verdict.entries} entries)")
 
     # ------------------------------------------------------------------------------------------ helpers
+    def _metrics(self) -> str:
+        import urllib.request
+
+        assert self.server is not None and self.server.metrics_url, "the server has no metrics listener"
+        with urllib.request.urlopen(f"http://{self.server.metrics_url}/metrics", timeout=30) as resp:
+            return resp.read().decode()
+
+    def _wait_windows(self, n: int) -> str:
+        """Poll /metrics until the server's monitor has closed ``n`` windows; returns the metrics text."""
+        deadline = time.monotonic() + MONITOR_TIMEOUT_S
+        while True:
+            text = self._metrics()
+            closed = sum(v for _, v in _series(text, "fastml_monitor_windows_total"))
+            if closed >= n:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server's monitor closed {closed} windows, expected {n}, in time")
+            time.sleep(0.1)
+
+    def _server_drift_alerts(self, metrics: str) -> list:
+        # Alerts on a deployment's variant name the model as "model/variant".
+        return [
+            lbl
+            for lbl, v in _series(metrics, "fastml_alerts_firing")
+            if lbl["rule"] == "data_drift" and v and lbl["model"].split("/")[0] == MODEL
+        ]
+
     def _apply(self, text: str) -> None:
         path = self.out / "deployment.toml"
         path.write_text(text.lstrip())
@@ -491,6 +589,23 @@ weight_bp = 5000
             self.client.close()
         if self.server is not None:
             self.server.stop()
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def _series(text: str, name: str, **match: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in Prometheus text whose labels include ``match``."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m or m.group(1) != name:
+            continue
+        labels = dict(_LABEL.findall(m.group(2) or ""))
+        if all(labels.get(k) == v for k, v in match.items()):
+            out.append((labels, float(m.group(3))))
+    return out
 
 
 def _folds(cv: dict) -> int:
