@@ -613,7 +613,9 @@ def _folds(cv: dict) -> int:
 
 
 def _trials(tune: dict) -> int:
-    return int(tune.get("counts", {}).get("complete", 0))
+    """Trials that ran to an end: completed, or stopped early by the pruner (a pruned trial ran and reported)."""
+    counts = tune.get("counts", {})
+    return int(counts.get("complete", 0)) + int(counts.get("pruned", 0))
 
 
 def _cv_mean(cv: dict) -> float:
