@@ -23,8 +23,10 @@ DEFAULT_DEADLINE_S = 1.0  # the wait bound for a request that names no deadline 
 WAIT_SHARE = 0.5  # the share of the deadline the expected queue wait may take (the rest: compute, network)
 # The longest standing queue kept whatever the deadline (CoDel's idea: a queue longer than this adds latency, not
 # throughput). Requests also wait where the gate cannot see them (socket buffers, the client's own queue), so a
-# queue that fills the whole deadline share leaves them no room.
-MAX_WAIT_S = 0.1
+# queue that fills the whole deadline share leaves them no room. It equals the default deadline's share: a 0.1 s
+# cap shed a legitimate burst (300 pipelined requests from one binary client, answered well within their
+# deadline) whenever the rate estimate had been learned on a busy machine.
+MAX_WAIT_S = 0.5
 MIN_INFLIGHT = 8  # below this many in flight nothing is shed, whatever the estimate
 WINDOW_S = 0.05  # completions are counted over windows this long
 SMOOTHING = 0.3  # weight of the newest busy window in the rate estimate
