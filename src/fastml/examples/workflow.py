@@ -277,6 +277,7 @@ weight_bp = 10000
         s.check(bool(tags.get("reference_sha256")), f"{self.ref1} carries its training rows as monitoring reference")
         metrics = self._metrics()
         s.check("fastml_monitor_windows_total" in metrics, "the server's live monitor is running (/metrics)")
+        assert self.server is not None  # started by step 5
         s.check(
             "live monitoring is off" not in self.server.log_path.read_text(), "the server monitors the served model"
         )
