@@ -245,21 +245,8 @@ class MonitoringStore:
     ) -> list[WindowResult]:
         """Windows in closing order (oldest first), optionally for one model/variant and an end-time
         range (``since`` inclusive, ``until`` exclusive, epoch seconds); ``limit`` keeps the newest."""
-        where: list[str] = []
-        args: list[str | float] = []
-        if model is not None:
-            where.append("model = ?")
-            args.append(model)
-        if variant is not None:
-            where.append("variant = ?")
-            args.append(variant)
-        if since is not None:
-            where.append("end_ts >= ?")
-            args.append(float(since))
-        if until is not None:
-            where.append("end_ts < ?")
-            args.append(float(until))
-        sql = "SELECT * FROM windows" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC"
+        where, args = _where(("model = ?", model), ("variant = ?", variant), *_range("end_ts", "end_ts", since, until))
+        sql = "SELECT * FROM windows" + where + " ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
@@ -322,18 +309,9 @@ class MonitoringStore:
     def alerts(self, model: str | None = None, since: float | None = None, until: float | None = None) -> list[dict]:
         """Alert events, oldest first (``since`` inclusive, ``until`` exclusive on the event time); a model
         also matches its variants (``model/variant``)."""
-        where: list[str] = []
-        args: list[str | float] = []
-        if model is not None:
-            where.append("(model = ? OR model LIKE ?)")
-            args += [model, model + "/%"]
-        if since is not None:
-            where.append("at >= ?")
-            args.append(float(since))
-        if until is not None:
-            where.append("at < ?")
-            args.append(float(until))
-        sql = "SELECT id, event FROM alerts" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        variants = None if model is None else (model, model + "/%")
+        where, args = _where(("(model = ? OR model LIKE ?)", variants), *_range("at", "at", since, until))
+        sql = "SELECT id, event FROM alerts" + where + " ORDER BY id"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return [dict(json.loads(e), id=i) for i, e in rows]
@@ -367,19 +345,9 @@ class MonitoringStore:
 
     def quality(self, model: str | None = None, since: float | None = None, until: float | None = None) -> list[dict]:
         """Quality windows, oldest first: ``{model, start_ts, end_ts, n_labelled, computed_at, **metrics}``."""
-        where: list[str] = []
-        args: list[str | float] = []
-        if model is not None:
-            where.append("model = ?")
-            args.append(model)
-        if since is not None:
-            where.append("end_ts >= ?")
-            args.append(float(since))
-        if until is not None:
-            where.append("start_ts < ?")
-            args.append(float(until))
+        where, args = _where(("model = ?", model), *_range("end_ts", "start_ts", since, until))
         sql = "SELECT model, start_ts, end_ts, n_labelled, metrics, computed_at FROM quality"
-        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY model, start_ts"
+        sql += where + " ORDER BY model, start_ts"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return [
@@ -405,3 +373,28 @@ class MonitoringStore:
             extra=json.loads(r["extra"] or "{}"),
             id=r["id"],
         )
+
+
+# A filter term: an SQL condition with ``?`` placeholders and its value, a tuple of values for several
+# placeholders, or None to leave the term out.
+_Term = tuple[str, "str | float | tuple[str | float, ...] | None"]
+
+
+def _where(*terms: _Term) -> tuple[str, list[str | float]]:
+    """``" WHERE a AND b"`` over the terms whose value is not None (``""`` when none is), and its arguments."""
+    conditions: list[str] = []
+    args: list[str | float] = []
+    for condition, value in terms:
+        if value is None:
+            continue
+        conditions.append(condition)
+        args.extend(value if isinstance(value, tuple) else (value,))
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), args
+
+
+def _range(since_column: str, until_column: str, since: float | None, until: float | None) -> tuple[_Term, _Term]:
+    """The terms of a time range: ``since_column >= since`` (inclusive), ``until_column < until`` (exclusive)."""
+    return (
+        (f"{since_column} >= ?", None if since is None else float(since)),
+        (f"{until_column} < ?", None if until is None else float(until)),
+    )
