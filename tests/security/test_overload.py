@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fastml.errors import Overloaded
-from fastml.serving.admission import MAX_WAIT_S, MIN_INFLIGHT, AdmissionGate
+from fastml.serving import admission
+from fastml.serving.admission import INTERVAL_S, MAX_WAIT_S, MIN_INFLIGHT, TARGET_WAIT_S, AdmissionGate
 from tests.security.conftest import Served
 from tests.server.serverkit import make_slow_model
 
@@ -90,6 +91,56 @@ def test_gate_sheds_when_the_expected_wait_exceeds_the_deadline_share():
     with pytest.raises(Overloaded):
         gate.admit(int(1000 * MAX_WAIT_S) + 50, 10_000_000)  # a long deadline never allows a longer standing queue
     assert gate.shed == 2
+
+
+class _Clock:
+    """A settable stand-in for perf_counter in fastml.serving.admission."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def clock(monkeypatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(admission, "perf_counter", fake)
+    return fake
+
+
+def test_a_burst_is_admitted_but_a_standing_queue_above_the_target_is_shed(clock):
+    gate = AdmissionGate(default_deadline_s=10.0)
+    gate.rate_per_s = 1000.0
+    above = int(1000 * TARGET_WAIT_S * 2)  # twice the target's expected wait, far under the deadline's share
+    gate.admit(above, 10_000_000)  # the queue just rose above the target: a burst, admitted
+    clock.now_s += INTERVAL_S / 2
+    gate.admit(above, 10_000_000)  # still within the interval
+    clock.now_s += INTERVAL_S
+    with pytest.raises(Overloaded):
+        gate.admit(above, 10_000_000)  # above the target for longer than the interval: a standing queue
+    gate.admit(int(1000 * TARGET_WAIT_S * 0.8), 10_000_000)  # under the target: admitted
+    with pytest.raises(Overloaded):
+        gate.admit(int(1000 * TARGET_WAIT_S * 1.2), 10_000_000)  # still shedding until the queue drains
+    gate.admit(int(1000 * TARGET_WAIT_S * 0.4), 10_000_000)  # drained below half the target: shedding stops
+    gate.admit(above, 10_000_000)  # a new burst is admitted again
+    assert gate.shed == 2
+
+
+def test_a_check_before_decoding_answers_for_the_deadlines_decoded_recently(clock):
+    gate = AdmissionGate(default_deadline_s=1.0)
+    gate.rate_per_s = 1000.0
+    assert not gate.sheds(int(1000 * MAX_WAIT_S) - 10, None)  # nothing decoded yet: the default deadline's cap
+    assert gate.sheds(int(1000 * MAX_WAIT_S) + 10, None)
+    gate.admit(MIN_INFLIGHT, 100_000)  # a decoded request with a 100 ms deadline: its share is 50 ms
+    assert gate.sheds(60, None)  # 60 ms ahead: a request like it would be shed after decoding
+    gate.admit(MIN_INFLIGHT, 400_000)  # the longest recent deadline decides (200 ms share)
+    assert not gate.sheds(MIN_INFLIGHT + 1, None)
+    assert gate.sheds(210, None)
+    clock.now_s += 3 * admission.HINT_EPOCH_S  # nothing decoded for a while: back to the default deadline
+    assert not gate.sheds(210, None)
+    assert gate.shed == 3
 
 
 def test_load_above_capacity_is_shed_and_everything_is_answered(slow_server):

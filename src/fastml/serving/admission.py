@@ -11,6 +11,11 @@ accepted are answered in time and the server keeps working at its peak rate.
 The deadline is the request's own (Triton ``timeout`` parameter, microseconds), else the model's
 ``timeout_us``, else :data:`DEFAULT_DEADLINE_S`. Nothing is refused while fewer than :data:`MIN_INFLIGHT`
 requests are in flight (a lone slow request must never be shed), nor before a rate has been measured.
+
+A transport may ask before it decodes a request (``timeout_us=None`` to :meth:`AdmissionGate.sheds`), so that
+shedding costs a canned 503 and no JSON or tensor decoding. It cannot know that request's deadline yet, so the
+gate answers for the longest deadline among the requests it decoded in the last one to two seconds: a request
+shed that early would have been shed after decoding too, unless it names a longer deadline than all of them.
 """
 
 from __future__ import annotations
@@ -28,8 +33,17 @@ WAIT_SHARE = 0.5  # the share of the deadline the expected queue wait may take (
 # deadline) whenever the rate estimate had been learned on a busy machine.
 MAX_WAIT_S = 0.5
 MIN_INFLIGHT = 8  # below this many in flight nothing is shed, whatever the estimate
+# The standing-queue target (CoDel's idea again, in expected-wait terms). A client fleet holds a bounded number of
+# connections, one request in flight on each: if the server keeps every accepted request queued for most of its
+# deadline, the connections stay busy and the excess waits at the clients, where no gate sees it, until it is
+# too late to be useful. So once the expected wait has stayed above TARGET_WAIT_S for INTERVAL_S, arrivals above
+# the target are shed (the connections cycle on fast 503s while the accepted ones are answered promptly) until
+# the queue drains to half the target. A burst is never shed for this: it arrives before the interval is over.
+TARGET_WAIT_S = 0.05
+INTERVAL_S = 0.2
 WINDOW_S = 0.05  # completions are counted over windows this long
 SMOOTHING = 0.3  # weight of the newest busy window in the rate estimate
+HINT_EPOCH_S = 1.0  # decoded deadlines are remembered for one to two of these epochs (the pre-decode hint)
 
 SHED_MESSAGE = "the server is overloaded: the expected queue wait exceeds the request's deadline; retry later"
 
@@ -42,7 +56,18 @@ class AdmissionGate:
         shed: requests refused so far.
     """
 
-    __slots__ = ("rate_per_s", "shed", "_window_start", "_window_done", "_default_deadline_s")
+    __slots__ = (
+        "rate_per_s",
+        "shed",
+        "_window_start",
+        "_window_done",
+        "_default_deadline_s",
+        "_hint_epoch_start",
+        "_hint_current_s",
+        "_hint_previous_s",
+        "_above_since",
+        "_dropping",
+    )
 
     def __init__(self, default_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.rate_per_s = 0.0
@@ -50,23 +75,67 @@ class AdmissionGate:
         self._window_start = perf_counter()
         self._window_done = 0
         self._default_deadline_s = default_deadline_s
+        # Longest decoded deadline in the current and the previous epoch (0 = none seen).
+        self._hint_epoch_start = self._window_start
+        self._hint_current_s = 0.0
+        self._hint_previous_s = 0.0
+        self._above_since = 0.0  # when the expected wait last rose above TARGET_WAIT_S (0 = it is below)
+        self._dropping = False  # above the target for INTERVAL_S: arrivals above it are shed
+
+    def _deadline_hint_s(self, now: float, seen_s: float = 0.0) -> float:
+        """The longest deadline decoded in this epoch and the last (``seen_s`` joins this epoch's first)."""
+        if now - self._hint_epoch_start >= HINT_EPOCH_S:
+            stale = now - self._hint_epoch_start >= 2 * HINT_EPOCH_S
+            self._hint_previous_s = 0.0 if stale else self._hint_current_s
+            self._hint_current_s = 0.0
+            self._hint_epoch_start = now
+        if seen_s > self._hint_current_s:
+            self._hint_current_s = seen_s
+        return max(self._hint_current_s, self._hint_previous_s)
 
     def sheds(self, inflight: int, timeout_us: int | None) -> bool:
         """Whether a request with ``inflight`` requests ahead of it is refused (counted in ``shed`` if so).
 
-        A transport may ask with ``timeout_us=None`` before it decodes a request (the cap then decides, as no
-        deadline allows a longer queue than :data:`MAX_WAIT_S`), and answer a canned 503 without parsing it.
+        A transport may ask with ``timeout_us=None`` before it decodes a request and answer a canned 503 without
+        parsing it: the decision is then made for the longest deadline decoded recently (see the module
+        docstring), or the default deadline when none was.
         """
         if inflight < MIN_INFLIGHT:
             # Not a deep queue: completions from here on would measure arrivals, not capacity.
             self._window_start = perf_counter()
             self._window_done = 0
+            self._above_since = 0.0
+            self._dropping = False
             return False
         if self.rate_per_s <= 0.0:
             return False
-        deadline_s = timeout_us / 1e6 if timeout_us else self._default_deadline_s
-        if inflight > self.rate_per_s * min(deadline_s * WAIT_SHARE, MAX_WAIT_S):
+        now = perf_counter()
+        if timeout_us is None:
+            deadline_s = self._deadline_hint_s(now) or self._default_deadline_s
+        else:
+            deadline_s = timeout_us / 1e6
+        wait_s = inflight / self.rate_per_s
+        if wait_s > min(deadline_s * WAIT_SHARE, MAX_WAIT_S) or self._standing(wait_s, now):
             self.shed += 1
+            return True
+        return False
+
+    def _standing(self, wait_s: float, now: float) -> bool:
+        """Whether an arrival facing ``wait_s`` is shed to keep a standing queue at the target."""
+        if wait_s <= TARGET_WAIT_S:
+            if wait_s <= TARGET_WAIT_S / 2:
+                self._above_since = 0.0
+                self._dropping = False
+            elif not self._dropping:
+                self._above_since = 0.0
+            return False
+        if self._dropping:
+            return True
+        if self._above_since == 0.0:
+            self._above_since = now
+            return False
+        if now - self._above_since >= INTERVAL_S:
+            self._dropping = True
             return True
         return False
 
@@ -76,7 +145,9 @@ class AdmissionGate:
         Raises:
             Overloaded: the expected wait is longer than ``WAIT_SHARE`` of the deadline (or ``MAX_WAIT_S``).
         """
-        if self.sheds(inflight, timeout_us):
+        deadline_us = timeout_us or int(self._default_deadline_s * 1e6)  # None here: the request named none
+        self._deadline_hint_s(perf_counter(), deadline_us / 1e6)
+        if self.sheds(inflight, deadline_us):
             raise Overloaded(SHED_MESSAGE)
 
     def completed(self, inflight: int) -> None:
@@ -104,4 +175,13 @@ class AdmissionGate:
             self.rate_per_s = (1 - SMOOTHING) * self.rate_per_s + SMOOTHING * measured
 
 
-__all__ = ["DEFAULT_DEADLINE_S", "MAX_WAIT_S", "MIN_INFLIGHT", "SHED_MESSAGE", "WAIT_SHARE", "AdmissionGate"]
+__all__ = [
+    "DEFAULT_DEADLINE_S",
+    "INTERVAL_S",
+    "MAX_WAIT_S",
+    "MIN_INFLIGHT",
+    "SHED_MESSAGE",
+    "TARGET_WAIT_S",
+    "WAIT_SHARE",
+    "AdmissionGate",
+]
