@@ -177,3 +177,13 @@ def test_a_request_with_a_tiny_deadline_behind_a_busy_queue_gets_504_not_a_late_
         return statuses
 
     assert asyncio.run(pipelined()) == [200, 200, 200, 200, 504], runner
+
+
+def test_a_refusal_for_load_says_when_to_retry():
+    from fastml.server.http import error_response, shed_response
+
+    assert b"\r\nRetry-After: 1\r\n" in shed_response(b"")  # the canned 503 of the pre-decode shed
+    assert b"\r\nRetry-After: 1\r\n" in error_response(503, "overloaded", b"Connection: close\r\n")
+    assert error_response(429, "slow down").startswith(b"HTTP/1.1 429 ")
+    assert b"Retry-After" in error_response(429, "slow down")
+    assert b"Retry-After" not in error_response(400, "bad input")

@@ -179,12 +179,17 @@ _CLOSE_HDR = b"Connection: close\r\n"
 _KEEP_HDR = b"Connection: keep-alive\r\n"
 
 
+# A refusal for load (503 shed or over the byte budget, 429) tells the client when to come back (RFC 9110 10.2.3).
+_RETRY_AFTER_HDR = b"Retry-After: 1\r\n"
+
+
 def error_response(status: int, message: str, conn_hdr: bytes = b"") -> bytes:
     body = encode_json({"error": message})
-    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s" % (
         status,
         REASONS.get(status, b"Error"),
         len(body),
+        _RETRY_AFTER_HDR if status == 503 or status == 429 else b"",
         conn_hdr,
         body,
     )
