@@ -16,7 +16,6 @@ night); the live monitor must flag ``amount`` and ``hour`` and the ``data_drift`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fastml.examples.server import ServerProcess, fastml_cli
-from fastml.examples.steps import Run, Step, registered_ref
+from fastml.examples.steps import Run, Step, example_main, registered_ref
 
 MODEL = "fraud"
 GROUP = "card"
@@ -483,10 +482,4 @@ def run(out_dir: str | os.PathLike, *, quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastml example run fraud", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
-    parser.add_argument("--out", default=None, help="output directory (default $FASTML_HOME/examples/fraud)")
-    args = parser.parse_args(argv)
-    from fastml.examples import default_out
-
-    return 0 if run(args.out or default_out("fraud"), quick=args.quick)["passed"] else 1
+    return example_main("fraud", __doc__ or "", run, argv)

@@ -20,17 +20,15 @@ ONNX Runtime (:class:`fastml.monitoring.OnnxExplainer`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from fastml.examples.server import ServerProcess, fastml_cli
-from fastml.examples.steps import Run, Step, registered_ref
+from fastml.examples.server import ServedExample, ServerProcess, fastml_cli
+from fastml.examples.steps import Run, Step, example_main, registered_ref
 
 MODEL = "diagnosis"
 BAR = 0.95
@@ -124,13 +122,7 @@ def _pipeline(path: Path, n_trials: int) -> dict:
     }
 
 
-class Healthcare:
-    def __init__(self, out_dir: Path, sizes: Sizes) -> None:
-        self.out = out_dir
-        self.sizes = sizes
-        self.server: ServerProcess | None = None
-        self.client: Any = None
-
+class Healthcare(ServedExample[Sizes]):
     # ------------------------------------------------------------------------------------------ 1
     def generate(self, s: Step) -> None:
         data = self.out / "data"
@@ -358,12 +350,6 @@ class Healthcare:
         n = len(self.open_items)
         s.check(counts.get("review.enqueue") == n and counts.get("review.resolve") == n, "every review on record")
 
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.server is not None:
-            self.server.stop()
-
 
 # Float32 probabilities pin the log-odds down only away from 0 and 1: rows whose smaller probability is under
 # this are left out of the affine and additivity checks.
@@ -443,10 +429,4 @@ def run(out_dir: str | os.PathLike, *, quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastml example run healthcare", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
-    parser.add_argument("--out", default=None, help="output directory (default $FASTML_HOME/examples/healthcare)")
-    args = parser.parse_args(argv)
-    from fastml.examples import default_out
-
-    return 0 if run(args.out or default_out("healthcare"), quick=args.quick)["passed"] else 1
+    return example_main("healthcare", __doc__ or "", run, argv)

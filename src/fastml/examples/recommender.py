@@ -16,19 +16,18 @@ product), so the planted outcomes are:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from fastml.examples.server import ServerProcess, fastml_cli
-from fastml.examples.steps import Run, Step
+from fastml.examples import ab
+from fastml.examples.server import ServedExample, ServerProcess, fastml_cli, poll
+from fastml.examples.steps import Run, Step, example_main
 
 MODEL = "recsys"
 DEPLOYMENT = "recommendations"
@@ -84,13 +83,10 @@ def _pipeline(path: Path, n_trials: int, derived: bool, description: str) -> dic
     }
 
 
-class Recommender:
+class Recommender(ServedExample[Sizes]):
     def __init__(self, out_dir: Path, sizes: Sizes) -> None:
-        self.out = out_dir
-        self.sizes = sizes
+        super().__init__(out_dir, sizes)
         self.world = World(sizes.users)
-        self.server: ServerProcess | None = None
-        self.client: Any = None
 
     # ------------------------------------------------------------------------------------------ 1
     def train(self, s: Step) -> None:
@@ -143,7 +139,7 @@ weight_bp = 1000
         fastml_cli("deploy", "apply", str(path))
         self.server = ServerProcess([f"{MODEL}@champion"], self.out / "logs" / "serve.log", "--log-sample-rate", "1")
         self.client = httpclient.InferenceServerClient(self.server.url)
-        _wait(lambda: self._infer(self.world.impressions(np.array([0]))[0], "probe", "user-0"))
+        poll(lambda: ab.infer(self.client, DEPLOYMENT, self.world.impressions(np.array([0]))[0], "probe", key="user-0"))
         seen: dict[str, set[str]] = {}
         ids, labels = [], []
         t0 = time.perf_counter()
@@ -151,12 +147,12 @@ weight_bp = 1000
             for u in range(self.sizes.users):
                 X, y = self.world.impressions(np.array([u]))
                 rid = f"ab-{rnd}-{u}"
-                answer = self._infer(X, rid, f"user-{u}").get_response()
+                answer = ab.infer(self.client, DEPLOYMENT, X, rid, key=f"user-{u}").get_response()
                 seen.setdefault(f"user-{u}", set()).add(answer["parameters"]["variant"])
                 ids.append(rid)
                 labels.append(int(y[0]))
         took_s = time.perf_counter() - t0
-        fed = self._feedback(ids, labels)
+        fed = ab.feed_back(self._url(), DEPLOYMENT, ids, labels)
         sticky = all(len(v) == 1 for v in seen.values())
         share = sum("candidate" in v for v in seen.values()) / len(seen)
         s.figure("requests", len(ids))
@@ -168,22 +164,18 @@ weight_bp = 1000
 
     # ------------------------------------------------------------------------------------------ 3
     def compare(self, s: Step) -> None:
-        html = self.out / "reports" / "ab.html"
-        html.parent.mkdir(parents=True, exist_ok=True)
-        doc = json.loads(
-            fastml_cli("experiment", "status", DEPLOYMENT, "--output", "label", "--json", "--html", str(html)).stdout
-        )
-        rows = {v["name"]: v for v in doc["variants"]}
+        analysis = ab.analyse(DEPLOYMENT, self.out / "reports" / "ab.html")
+        rows = analysis.rows
         self.accuracy = {name: float(row["quality"]) for name, row in rows.items()}
-        verdict = doc["verdicts"]["candidate"]
-        s.file("A/B report", html)
+        verdict = analysis.verdict("candidate")
+        s.file("A/B report", analysis.html)
         for name, row in rows.items():
             s.say(f"{name}: {row['requests']} requests, {row['feedback']} outcomes, accuracy {row['quality']:.3f}")
             s.figure(f"accuracy_{name}", row["quality"])
             s.figure(f"outcomes_{name}", row["feedback"])
-        s.figure("srm_p_value", (doc.get("srm") or {}).get("p_value"))
+        s.figure("srm_p_value", analysis.srm.get("p_value"))
         s.figure("verdict", verdict)
-        s.check(not (doc.get("srm") or {}).get("flagged", False), "no sample-ratio mismatch: the split is sound")
+        s.check(not analysis.srm.get("flagged", False), "no sample-ratio mismatch: the split is sound")
         s.check(rows["candidate"]["quality"] > rows["incumbent"]["quality"], "the candidate clicks-accuracy is higher")
         s.check(verdict == "winner", "the A/B test finds the planted better variant (1.0.1) the winner")
 
@@ -307,49 +299,11 @@ weight_bp = 0
             await deployments.stop()
         return {"state": canary.state, "history": history, "stepped": stepped, "weights": weights, "guards": guards}
 
-    # ------------------------------------------------------------------------------------------ helpers
-    def _infer(self, X: np.ndarray, request_id: str, key: str):
-        import tritonclient.http as httpclient
-
-        inp = httpclient.InferInput("input", list(X.shape), "FP32")
-        inp.set_data_from_numpy(X)
-        return self.client.infer(DEPLOYMENT, [inp], request_id=request_id, parameters={"routing_key": key})
-
-    def _feedback(self, ids: list[str], labels: list[int]) -> dict:
-        import urllib.request
-
-        body = json.dumps([{"id": i, "label": v} for i, v in zip(ids, labels, strict=True)]).encode()
-        req = urllib.request.Request(f"http://{self._url()}/v2/models/{DEPLOYMENT}/feedback", data=body)
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return json.loads(resp.read())
-
-    def _url(self) -> str:
-        assert self.server is not None, "the server is not running"
-        return self.server.url
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.server is not None:
-            self.server.stop()
-
 
 def _registry():
     from fastml.registry.registry import Registry
 
     return Registry()
-
-
-def _wait(probe, timeout_s: float = 60.0):
-    # Servers pick deployment files up within about a second; poll with a deadline.
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return probe()
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def run(out_dir: str | os.PathLike, *, quick: bool = False) -> dict:
@@ -369,10 +323,4 @@ def run(out_dir: str | os.PathLike, *, quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastml example run recommender", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
-    parser.add_argument("--out", default=None, help="output directory (default $FASTML_HOME/examples/recommender)")
-    args = parser.parse_args(argv)
-    from fastml.examples import default_out
-
-    return 0 if run(args.out or default_out("recommender"), quick=args.quick)["passed"] else 1
+    return example_main("recommender", __doc__ or "", run, argv)

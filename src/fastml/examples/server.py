@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from fastml.errors import FastMLError
 
@@ -91,3 +92,48 @@ def fastml_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise FastMLError(f"fastml {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()[-1500:]}")
     return proc
+
+
+SizesT = TypeVar("SizesT")
+
+
+class ServedExample(Generic[SizesT]):
+    """What every example that runs ``fastml serve`` keeps between its steps: where it writes, its sizes, the
+    server (started by one of its steps) and a ``tritonclient`` client of it.
+
+    Args:
+        out_dir: where reports and data go. sizes: the example's sizes (full or quick).
+    """
+
+    def __init__(self, out_dir: Path, sizes: SizesT) -> None:
+        self.out = out_dir
+        self.sizes = sizes
+        self.server: ServerProcess | None = None
+        self.client: Any = None
+
+    def _url(self) -> str:
+        assert self.server is not None, "the server is not running"
+        return self.server.url
+
+    def close(self) -> None:
+        """Close the client and stop the server (SIGTERM) if a step left them running."""
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def poll(probe, timeout_s: float = 60.0):
+    """``probe()``'s answer once it stops raising, retried every 0.2 s; its last error after ``timeout_s``.
+
+    Servers pick deployment files up within about a second: a request to a new deployment or variant is
+    retried until it answers, with a deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return probe()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -6,6 +6,7 @@ with :class:`StepFailed` naming the step and the figure, so a person and CI read
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -141,6 +142,22 @@ class Run:
                 print(f"  {label}: {path}")
         print(f"summary: {self.summary_path}", flush=True)
         return doc
+
+
+def example_main(name: str, doc: str, run: Callable[..., dict], argv: list[str] | None) -> int:
+    """An example's ``main``: ``--quick`` and ``--out`` parsed from ``argv``; 0 when every step passed.
+
+    Args:
+        name: the example's name. doc: its module docstring (the first line is the help text).
+        run: its ``run(out_dir, quick=...) -> summary``.
+    """
+    parser = argparse.ArgumentParser(prog=f"fastml example run {name}", description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
+    parser.add_argument("--out", default=None, help=f"output directory (default $FASTML_HOME/examples/{name})")
+    args = parser.parse_args(argv)
+    from fastml.examples import default_out
+
+    return 0 if run(args.out or default_out(name), quick=args.quick)["passed"] else 1
 
 
 def registered_ref(result: Any) -> str:

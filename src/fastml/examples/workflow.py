@@ -13,19 +13,18 @@ the winner, and the drift check must find the columns planted to drift in the la
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from fastml.examples.server import ServerProcess, fastml_cli
-from fastml.examples.steps import Run, Step, registered_ref
+from fastml.examples import ab
+from fastml.examples.server import ServedExample, ServerProcess, fastml_cli, poll
+from fastml.examples.steps import Run, Step, example_main, registered_ref
 
 N_FEATURES = 8
 FEATURES = [f"f{i}" for i in range(N_FEATURES)]
@@ -111,14 +110,8 @@ def _pipeline(path: Path, n_trials: int, tag: str) -> dict:
     }
 
 
-class Workflow:
+class Workflow(ServedExample[Sizes]):
     """The ten steps; state shared between steps lives on the instance."""
-
-    def __init__(self, out_dir: Path, sizes: Sizes) -> None:
-        self.out = out_dir
-        self.sizes = sizes
-        self.server: ServerProcess | None = None
-        self.client: Any = None
 
     # ------------------------------------------------------------------------------------------ 1
     def generate(self, s: Step) -> None:
@@ -290,7 +283,7 @@ weight_bp = 10000
         labels, variants = self._send(range(n), "live")
         took_s = time.perf_counter() - t0
         accuracy = float((labels == self.y_live[:n]).mean())
-        fed = self._feedback([f"live-{i}" for i in range(n)], self.y_live[:n])
+        fed = ab.feed_back(self._url(), DEPLOYMENT, [f"live-{i}" for i in range(n)], self.y_live[:n])
         s.figure("predictions", n)
         s.figure("accuracy", accuracy)
         s.figure("requests_per_s", n / took_s)
@@ -341,7 +334,8 @@ weight_bp = 10000
         start = self.sizes.clean_requests
         idx = range(start, start + self.sizes.window_rows)
         self._send(idx, "shifted", drift=True)
-        self._feedback([f"shifted-{i}" for i in idx], self.y_live[list(idx)])  # also flushes the server's log
+        # Also flushes the server's log.
+        ab.feed_back(self._url(), DEPLOYMENT, [f"shifted-{i}" for i in idx], self.y_live[list(idx)])
         metrics = self._wait_windows(2)
         flags = {lbl["feature"]: v for lbl, v in _series(metrics, "fastml_drift_detected", model=MODEL)}
         server_drifted = sorted(f for f, v in flags.items() if v == 1 and f in FEATURES)
@@ -399,15 +393,12 @@ weight_bp = 5000
         offset = self.sizes.clean_requests + self.sizes.window_rows
         idx = [offset + i % (len(self.y_live) - offset) for i in range(n)]
         _, variants = self._send(idx, "ab", keys=[f"user-{i}" for i in range(n)])
-        fed = self._feedback([f"ab-{i}" for i in idx], self.y_live[idx])
-        html = self.out / "reports" / "experiment.html"
-        status = json.loads(
-            fastml_cli("experiment", "status", DEPLOYMENT, "--output", "label", "--json", "--html", str(html)).stdout
-        )
-        rows = {v["name"]: v for v in status["variants"]}
-        verdict = status["verdicts"]["candidate"]
+        fed = ab.feed_back(self._url(), DEPLOYMENT, [f"ab-{i}" for i in idx], self.y_live[idx])
+        analysis = ab.analyse(DEPLOYMENT, self.out / "reports" / "experiment.html")
+        rows = analysis.rows
+        verdict = analysis.verdict("candidate")
         share = float(np.mean(np.array(variants) == "candidate"))
-        s.file("experiment report", html)
+        s.file("experiment report", analysis.html)
         s.figure("candidate_share", share)
         s.figure("quality_incumbent", rows["incumbent"]["quality"])
         s.figure("quality_candidate", rows["candidate"]["quality"])
@@ -515,16 +506,7 @@ weight_bp = 5000
         fastml_cli("deploy", "apply", str(path))
 
     def _infer(self, rows: np.ndarray, request_id: str, key: str | None = None, variant: str | None = None):
-        import tritonclient.http as httpclient
-
-        inp = httpclient.InferInput("input", list(rows.shape), "FP32")
-        inp.set_data_from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-        params = {}
-        if key is not None:
-            params["routing_key"] = key
-        if variant is not None:
-            params["variant"] = variant
-        return self.client.infer(DEPLOYMENT, [inp], request_id=request_id, parameters=params or None)
+        return ab.infer(self.client, DEPLOYMENT, rows, request_id, key=key, variant=variant)
 
     def _send(self, idx, prefix: str, *, drift: bool = False, keys: list[str] | None = None):
         labels, variants = [], []
@@ -539,18 +521,6 @@ weight_bp = 5000
             variants.append(result.get_response()["parameters"]["variant"])
         return np.array(labels), variants
 
-    def _feedback(self, ids: list[str], labels: np.ndarray) -> dict:
-        import urllib.request
-
-        body = json.dumps([{"id": i, "label": int(v)} for i, v in zip(ids, labels, strict=True)]).encode()
-        req = urllib.request.Request(
-            f"http://{self._url()}/v2/models/{DEPLOYMENT}/feedback",
-            data=body,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
-
     def _logged(self, prefix: str) -> dict[str, np.ndarray]:
         from fastml.monitoring.log import read_log, tensor_columns
 
@@ -560,36 +530,10 @@ weight_bp = 5000
         return tensor_columns(table.filter(mask), "input.input", FEATURES)
 
     def _wait_for_deployment(self) -> dict:
-        # Servers pick deployment files up within about a second; poll with a deadline.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                return self._infer(self.X_live[:1], "probe-0").get_response()
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        return poll(lambda: self._infer(self.X_live[:1], "probe-0").get_response())
 
     def _wait_for_variant(self, variant: str) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self._infer(self.X_live[:1], f"probe-{variant}", variant=variant)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def _url(self) -> str:
-        assert self.server is not None, "the server is not running"
-        return self.server.url
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.server is not None:
-            self.server.stop()
+        poll(lambda: self._infer(self.X_live[:1], f"probe-{variant}", variant=variant))
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
@@ -653,10 +597,4 @@ def run(out_dir: str | os.PathLike, *, quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastml example run workflow", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (the test suite's mode)")
-    parser.add_argument("--out", default=None, help="output directory (default $FASTML_HOME/examples/workflow)")
-    args = parser.parse_args(argv)
-    from fastml.examples import default_out
-
-    return 0 if run(args.out or default_out("workflow"), quick=args.quick)["passed"] else 1
+    return example_main("workflow", __doc__ or "", run, argv)
