@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -218,11 +220,10 @@ def test_shadow_never_changes_the_response_and_is_counted(registry, x, direct):
             resp = await plane.infer(req("shadowed", x, routing_key=f"u{i}"))
             assert resp.parameters["variant"] == "main" and resp.model_version == "1.0.0"
             np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
-        # Let the shadow copies finish (each has its own future on this loop).
-        while dm.variant_stats("shadowed")["mirror"]["requests"] < 10:
-            await asyncio.sleep(0)
+        assert dm.shadows.wait_idle(30.0)  # the copies run on the shadow runner's thread
         s = dm.variant_stats("shadowed")["mirror"]
-        assert s["mirrored"] == 10 and s["errors"] == 0 and s["shed"] == 0
+        assert s["mirrored"] == 10 and s["requests"] + s["shed"] == 10 and s["errors"] == 0
+        assert s["requests"] > 0
 
     run(scenario)
 
@@ -236,38 +237,104 @@ def test_shadow_is_shed_first_under_load(registry, x, direct):
         answers = await asyncio.gather(*futs)
         for resp in answers:
             np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
+        assert dm.shadows.wait_idle(30.0)
         s = dm.variant_stats("shadowed")
         assert s["main"]["requests"] == 40 and s["main"]["errors"] == 0
         assert s["mirror"]["shed"] >= 24
         assert s["mirror"]["mirrored"] == 40
+        assert s["mirror"]["requests"] + s["mirror"]["shed"] == 40
 
     run(scenario)
 
 
-def test_shadow_copies_start_only_when_no_primary_work_is_in_flight(registry, x, direct):
+def test_a_stuck_shadow_never_holds_up_primary_answers(registry, x, direct):
+    """Shadow copies never enter the primary's path: with the shadow runner blocked inside a copy, every
+    primary request is still answered; copies past the lane's room are shed (counted), and the ones queued
+    meanwhile run once it is released."""
+
     async def scenario(plane, dm):
         await dm.apply_text(SHADOW)
-        shadow_entry = dm.table["shadowed"].shadows[0].current(dm.manager)
-        busy_at_start = []
-        submit_arrays = plane.submit_arrays
+        dm.shadows.lane_max = 5
+        dm.shadows.max_wait_ns = 600 * 10**9  # however slow this machine is, queued copies are not shed as stale
+        model = dm.table["shadowed"].shadows[0].current(dm.manager).model
+        entered, release = threading.Event(), threading.Event()
+        run_batch = model.run_batch
 
-        def spy(entry, *args):
-            if entry is shadow_entry:  # primary requests in flight when a shadow copy starts
-                busy_at_start.append(plane.inflight - dm.shadow_inflight)
-            return submit_arrays(entry, *args)
+        def stuck(arrays):
+            entered.set()
+            release.wait(30.0)
+            return run_batch(arrays)
 
-        plane.submit_arrays = spy
-        for burst in range(3):
-            futs = [plane.submit(req("shadowed", x, routing_key=f"{burst}-{i}")) for i in range(12)]
-            for resp in await asyncio.gather(*futs):
-                assert resp.parameters["variant"] == "main"
+        model.run_batch = stuck
+        try:
+            first = await plane.infer(req("shadowed", x, routing_key="first"))
+            assert first.parameters["variant"] == "main"
+            assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30.0)
+            for i in range(20):  # the runner is stuck in the first copy; primary answers keep coming
+                resp = await plane.infer(req("shadowed", x, routing_key=f"u{i}"))
                 np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
-        while dm.shadow_waiting or dm.shadow_inflight:
-            await asyncio.sleep(0)
+            assert dm.shadows.waiting == 5
+        finally:
+            release.set()
+        assert dm.shadows.wait_idle(30.0)
         s = dm.variant_stats("shadowed")["mirror"]
-        assert s["mirrored"] == 36 and s["requests"] + s["shed"] == 36 and s["errors"] == 0
-        assert len(busy_at_start) == s["requests"] > 0
-        assert busy_at_start == [0] * len(busy_at_start)
+        assert s["mirrored"] == 21 and s["shed"] == 15 and s["requests"] == 6 and s["errors"] == 0
+
+    run(scenario)
+
+
+class _Recorder:
+    """A prediction logger that keeps what it is given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def log(self, **kw):
+        self.calls.append(kw)
+
+
+def _policy_of_this_thread() -> tuple[int, int, int]:
+    """(native thread id, sched_getscheduler, the policy field of /proc/self/task/<tid>/stat) for this thread."""
+    tid = threading.get_native_id()
+    # Field 41 of the stat line is the scheduling policy (5 = SCHED_IDLE); fields after ")" start at field 3.
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return tid, os.sched_getscheduler(0), int(fields[41 - 3])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
+def test_shadow_copies_run_on_an_idle_priority_thread_and_are_logged_not_returned(registry, x, direct):
+    async def scenario(plane, dm):
+        await dm.apply_text(SHADOW)
+        shadow_model = dm.table["shadowed"].shadows[0].current(dm.manager).model
+        recorder = _Recorder()
+        shadow_model.prediction_logger = recorder
+        seen = []
+        run_batch = shadow_model.run_batch
+
+        def observed(arrays):  # what the kernel says about the thread running the shadow's inference
+            seen.append(_policy_of_this_thread())
+            return run_batch(arrays)
+
+        shadow_model.run_batch = observed
+        try:
+            for i in range(3):
+                resp = await plane.infer(InferRequest("shadowed", {"input": x}, id=f"req-{i}"))
+                assert resp.parameters["variant"] == "main" and resp.id == f"req-{i}"
+                np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
+            assert dm.shadows.wait_idle(30.0)
+        finally:
+            shadow_model.prediction_logger = None
+            del shadow_model.run_batch
+        assert dm.shadows.sched_class == "idle"
+        assert seen and all(got == (dm.shadows.thread_id, os.SCHED_IDLE, 5) for got in seen), seen
+        assert dm.shadows.thread_id != threading.get_native_id()
+        assert sorted(c["request_id"] for c in recorder.calls) == ["req-0", "req-1", "req-2"]
+        for c in recorder.calls:
+            assert c["variant"] == "mirror" and c["model"] == "fraud" and c["version"] == "2.0.0"
+            np.testing.assert_allclose(c["outputs"]["probabilities"], direct["2.0.0"], rtol=1e-5)
+            np.testing.assert_array_equal(c["inputs"]["input"], x)
+        if dm.shadows.idle_only_while_running:  # back to normal priority between inference calls
+            assert os.sched_getscheduler(dm.shadows.thread_id) == os.SCHED_OTHER
 
     run(scenario)
 

@@ -335,6 +335,14 @@ class Model:
                 outputs = self._run(dict(zip(names, arrays)))
                 if len(outputs) != n_outputs:
                     raise RuntimeError(f"expected {n_outputs} outputs, got {len(outputs)}")
+    def run_batch(self, arrays) -> list[np.ndarray]:
+        """Runs rows (arrays in input order, any number of rows) through ONNX Runtime on the calling thread,
+        bypassing the batcher: for work that must not queue with the model's own requests (shadow copies on
+        an idle-priority thread). Returns the outputs in model order; no logging, no counters."""
+        if self._closed:
+            raise Unavailable(f"model {self.name!r} is closed")
+        return self._run(dict(zip(self._input_names, arrays)))
+
                 for out_name, out in zip(self._output_names, outputs):
                     if out.ndim == 0 or out.shape[0] != rows:
                         raise RuntimeError(

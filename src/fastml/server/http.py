@@ -82,11 +82,14 @@ class _Slot:
 
 
 class _InferCall(_Slot):
-    """A pipeline slot for one submitted inference, filled by the engine future's done callback."""
+    """A pipeline slot for one submitted inference, filled by the engine future's done callback.
 
-    __slots__ = ("conn", "entry", "plan", "encoding", "conn_hdr")
+    For a request addressed to a deployment, ``route`` is the answering variant's :func:`_variant_routes` tuple
+    (the answer is named after the deployment, carries the variant, and is counted in the variant's stats)."""
 
-    def __init__(self, conn, entry, plan, encoding, conn_hdr):
+    __slots__ = ("conn", "entry", "plan", "encoding", "conn_hdr", "route", "start_ns")
+
+    def __init__(self, conn, entry, plan, encoding, conn_hdr, route=None):
         self.data = None
         self.close = False
         self.conn = conn
@@ -94,6 +97,9 @@ class _InferCall(_Slot):
         self.plan = plan
         self.encoding = encoding
         self.conn_hdr = conn_hdr
+        self.route = route
+        if route is not None:
+            self.start_ns = perf_counter_ns()
 
     def done(self, fut):
         entry = self.entry
@@ -103,14 +109,20 @@ class _InferCall(_Slot):
         conn_hdr = self.conn_hdr
         if plane.draining:
             conn_hdr = _CLOSE_HDR  # shutting down: this is the connection's last answer
+        route = self.route
         try:
             outputs = plane.settle(entry, fut)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error answer
+            if route is not None:
+                route[5].record((perf_counter_ns() - self.start_ns) / 1000, False)
+                route[3].count_error(route[4])
             self.data = error_response(http_status(exc), str(exc) or type(exc).__name__, conn_hdr)
             server.count_error(self.data)
         else:
+            if route is not None:
+                route[5].record((perf_counter_ns() - self.start_ns) / 1000, True)
             try:
-                self.data = encode_infer_response(entry, self.plan, outputs, self.encoding, conn_hdr)
+                self.data = encode_infer_response(entry, self.plan, outputs, self.encoding, conn_hdr, route)
                 server.ok_count += 1
             except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
                 log.exception("encoding an inference response failed")
@@ -121,58 +133,21 @@ class _InferCall(_Slot):
         conn.flush()
 
 
-def _variant_route(d, target) -> tuple:
-    """(deployment, variant, ``fastml-variant`` header line) for answers of ``target``, built once per variant."""
-    routes_ = d.transport_cache.get("http_routes")
-    if routes_ is None:
-        routes_ = d.transport_cache["http_routes"] = [
-            (d.name, t.name, b"fastml-variant: " + t.name.encode("ascii", "replace") + b"\r\n") for t in d.variants
-        ]
-    return routes_[target.index]
-
-
-class _RoutedCall(_InferCall):
-    """A pipeline slot for one inference addressed to a deployment: the variant's model answers, and the
-    response is named after the deployment with the variant (``route`` = (deployment, variant, header line))."""
-
-    __slots__ = ("target", "router", "route", "start_ns")
-
-    def __init__(self, conn, entry, plan, encoding, conn_hdr, target, router, route):
-        _InferCall.__init__(self, conn, entry, plan, encoding, conn_hdr)
-        self.target = target
-        self.router = router
-        self.route = route
-        self.start_ns = perf_counter_ns()
-
-    def done(self, fut):
-        conn = self.conn
-        server = conn.server
-        plane = server.plane
-        conn_hdr = _CLOSE_HDR if plane.draining else self.conn_hdr
-        target = self.target
-        latency_us = (perf_counter_ns() - self.start_ns) / 1000
-        try:
-            outputs = plane.settle(self.entry, fut)
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error answer
-            target.stats.record(latency_us, False)
-            self.router.count_error(target.index)
-            self.data = error_response(http_status(exc), str(exc) or type(exc).__name__, conn_hdr)
-            server.count_error(self.data)
-        else:
-            target.stats.record(latency_us, True)
-            try:
-                self.data = encode_infer_response(self.entry, self.plan, outputs, self.encoding, conn_hdr, self.route)
-                server.ok_count += 1
-            except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
-                log.exception("encoding a deployment response failed")
-                self.data = error_response(500, f"encoding the response failed: {type(exc).__name__}: {exc}", conn_hdr)
-                server.count_error(self.data)
-        if conn_hdr is _CLOSE_HDR:
-            self.close = True
-        conn.flush()
-        deployments = plane.deployments
-        if deployments is not None and deployments.shadow_waiting:
-            deployments.pump_shadows(plane)  # shadow copies start once primary work is done
+def _variant_routes(d) -> list[tuple]:
+    """Per variant of deployment ``d``, what its answers need: (deployment, variant, ``fastml-variant`` header
+    line, router, variant index, variant stats, variant); built once per deployment."""
+    return [
+        (
+            d.name,
+            t.name,
+            b"fastml-variant: " + t.name.encode("ascii", "replace") + b"\r\n",
+            d.router,
+            t.index,
+            t.stats,
+            t,
+        )
+        for t in d.variants
+    ]
 
 
 _CLOSE_HDR = b"Connection: close\r\n"
@@ -784,9 +759,20 @@ class HttpProtocol:
         except Exception as exc:
             plane.count_failure(entry, exc)
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
+        self._submit(entry, inputs, plan, timeout_us, conn_hdr)
+
+    def _submit(self, entry, inputs, plan, timeout_us, conn_hdr, route=None):
+        """Submit decoded inputs to ``entry``'s model and queue the pipeline slot its answer fills: the one way
+        in for model and deployment calls (``route``: the variant's :func:`_variant_routes` tuple, or None)."""
+        plane = self.server.plane
         try:
-            fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
-        except Exception as exc:  # counted by the data plane
+            if route is None:
+                fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
+            else:
+                fut = plane.deployments.submit_variant(plane, route[6], entry, inputs, timeout_us, plan.request_id)
+        except Exception as exc:  # counted by the data plane (and the variant's stats)
+            if route is not None:
+                route[3].count_error(route[4])
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
         call = _InferCall(
             self,
@@ -794,52 +780,37 @@ class HttpProtocol:
             plan,
             None if self.accept_encoding is None else response_encoding(self.accept_encoding),
             conn_hdr,
+            route,
         )
         self.pending.append(call)
         fut.add_done_callback(call.done)
 
     def _infer_routed(self, deployments, d, body: bytes, conn_hdr: bytes):
-        """A request addressed to a deployment: one decision in the native router, then exactly the model path
-        (plan -> views -> submit) on the chosen variant's model. Plans are cached per deployment (variants share
-        a signature), with the routing parameters read once per distinct header."""
-        plane = self.server.plane
+        """A request addressed to a deployment: one decision in the native router, then the model path
+        (:meth:`_submit`) on the chosen variant's model. Plans are cached per deployment (variants share a
+        signature), with the routing parameters read once per distinct header."""
         try:
-            plan, key, pinned, ihcl = self._routed_plan(deployments, d, body)
-            if key is None:
-                key = self.routing_key
+            plan, key, pinned, routes_, ihcl = self._routed_plan(deployments, d, body)
             if pinned is None:
-                index, mask = d.router.route(key)
+                index, mask = d.router.route(self.routing_key if key is None else key)
                 target = d.variants[index]
             else:
                 target, mask = deployments.pin(d, pinned), 0
-            entry = target.current(deployments.manager)
+            entry = target.entry  # a registry reference's entry; a served model is looked up per request
+            if entry is None:
+                entry = target.current(deployments.manager)
             if "output_names" not in entry.cache:
-                plane._prepare(entry)
+                self.server.plane._prepare(entry)
             inputs = plan_inputs(plan, body, ihcl)
         except Exception as exc:
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-        try:
-            fut = deployments.submit_variant(plane, target, entry, inputs, plan.timeout_us, plan.request_id)
-        except Exception as exc:  # counted by the data plane and the deployment
-            d.router.count_error(target.index)
-            raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-        call = _RoutedCall(
-            self,
-            entry,
-            plan,
-            None if self.accept_encoding is None else response_encoding(self.accept_encoding),
-            conn_hdr,
-            target,
-            d.router,
-            _variant_route(d, target),
-        )
-        self.pending.append(call)
-        fut.add_done_callback(call.done)
+        self._submit(entry, inputs, plan, plan.timeout_us, conn_hdr, routes_[target.index])
         if mask:
-            deployments.mirror_arrays(plane, d, mask, entry, inputs, plan.request_id)
+            deployments.mirror_arrays(self.server.plane, d, mask, entry, inputs, plan.request_id)
 
     def _routed_plan(self, deployments, d, body: bytes):
-        """(plan, routing_key, pinned variant, header length) for a deployment request, cached per header bytes."""
+        """(plan, routing_key, pinned variant, variant routes, header length) for a deployment request, cached per
+        header bytes."""
         ihcl = self.ihcl
         n = len(body)
         if ihcl == 0:
@@ -864,10 +835,13 @@ class HttpProtocol:
                 self.server.plane._prepare(first)
             plan = build_plan(req, first.cache["output_names"], d.name)
             key, pinned = deployments.routing_params(req.parameters)
-            got = (plan, key, pinned)
+            routes_ = d.transport_cache.get("http_routes")
+            if routes_ is None:
+                routes_ = d.transport_cache["http_routes"] = _variant_routes(d)
+            got = (plan, key, pinned, routes_)
             if plan.cacheable and len(plans) < _PLAN_CACHE_MAX:
                 plans[header] = got
-        return got[0], got[1], got[2], ihcl
+        return got[0], got[1], got[2], got[3], ihcl
 
     def _decode_infer(self, entry, body: bytes):
         ihcl = self.ihcl

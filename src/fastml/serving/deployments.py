@@ -39,18 +39,15 @@ import msgspec
 import numpy as np
 
 from fastml import _core
-from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound, Overloaded
+from fastml.errors import Conflict, FastMLError, InvalidInput, NotFound
 from fastml.monitoring.log import CURRENT_VARIANT
 from fastml.serving import deployment_config as dconf
-from fastml.serving.dataplane import InferRequest, InferResponse, request_timeout_us
+from fastml.serving.dataplane import InferRequest, InferResponse
+from fastml.serving.shadow import ShadowRunner
 
 log = logging.getLogger("fastml.serving.deployments")
 
 LATENCY_SAMPLES = 4096  # latest latencies kept per variant for percentiles
-# The shadow lane (DeploymentManager._mirror): copies waiting for idle capacity; past this many a copy is shed.
-SHADOW_LANE_MAX = 1024
-SHADOW_MAX_WAIT_S = 1.0  # a copy that waited longer is shed: a late shadow answer says little about now
-SHADOW_INFLIGHT_MAX = 32  # copies started at once (about one batch): what primary work may wait behind at most
 
 
 # Upper bounds (us) of the cumulative latency histogram exported to Prometheus per variant.
@@ -63,9 +60,12 @@ _NO_LOGGER_ATTR = object()
 
 class VariantStats:
     """Counters of one variant or shadow in this process: requests, errors, recent latencies (us), and a
-    cumulative latency histogram (``LATENCY_BUCKETS_US``, then +Inf) with the latency sum."""
+    cumulative latency histogram (``LATENCY_BUCKETS_US``, then +Inf) with the latency sum.
 
-    __slots__ = ("requests", "errors", "latency_us", "buckets", "latency_sum_us")
+    :meth:`record` is for the event loop's thread; another thread (the shadow runner) calls
+    :meth:`record_threadsafe`, whose records are folded in by the readers (:meth:`sync`)."""
+
+    __slots__ = ("requests", "errors", "latency_us", "buckets", "latency_sum_us", "_inbox")
 
     def __init__(self):
         self.requests = 0
@@ -73,6 +73,7 @@ class VariantStats:
         self.latency_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
         self.latency_sum_us = 0.0
+        self._inbox: deque[tuple[float, bool]] = deque()  # appended by another thread, drained by sync()
 
     def record(self, latency_us: float, ok: bool) -> None:
         self.requests += 1
@@ -82,7 +83,18 @@ class VariantStats:
         self.buckets[bisect.bisect_left(LATENCY_BUCKETS_US, latency_us)] += 1
         self.latency_sum_us += latency_us
 
+    def record_threadsafe(self, latency_us: float, ok: bool) -> None:
+        """:meth:`record` from any thread (a deque append is atomic); readers fold it in with :meth:`sync`."""
+        self._inbox.append((latency_us, ok))
+
+    def sync(self) -> None:
+        """Fold in what other threads recorded (the reader's thread)."""
+        inbox = self._inbox
+        while inbox:
+            self.record(*inbox.popleft())
+
     def to_dict(self, samples: bool = False, latency: bool = True) -> dict:
+        self.sync()
         pct: dict[str, float] = {}
         if not latency and not samples:  # counts only (the per-second status snapshot)
             return {"requests": self.requests, "errors": self.errors, "latency": pct}
@@ -201,10 +213,8 @@ class DeploymentManager:
         self.canaries: dict[str, Any] = {}
         self._snapshot_body: str | None = None  # the last status snapshot written (skip identical rewrites)
         self._canary_tasks: dict[str, asyncio.Task] = {}
-        # Shadow copies waiting for idle capacity: (deployment, shadow, request, queued at monotonic s).
-        self._shadow_lane: deque[tuple] = deque()
-        self.shadow_inflight = 0  # shadow copies submitted to their models and not yet answered
-        self._plane = None  # the data plane whose requests are routed here (set by the first submit)
+        # Shadow copies run on their own idle-priority thread (fastml.serving.shadow), never on the loop's.
+        self.shadows = ShadowRunner()
 
     # ----- registry and model loading (blocking: run in an executor) -------------------------------
     def registry(self):
@@ -471,6 +481,8 @@ class DeploymentManager:
         for task in self._canary_tasks.values():
             task.cancel()
         self._canary_tasks.clear()
+        # Waiting copies are shed; the one running finishes before its model is closed below.
+        await asyncio.get_running_loop().run_in_executor(None, self.shadows.close)
         try:
             self._snapshot_path().unlink()
         except FileNotFoundError:
@@ -512,8 +524,6 @@ class DeploymentManager:
                     log.error("deployments in %s not applied, the running ones are kept: %s", self.state_file, exc)
         if any(t.follows for d in self.table.values() for t in d.variants + d.shadows):
             await self.follow_aliases()
-        if self._plane is not None:
-            self.pump_shadows(self._plane)  # copies left waiting when primary work ended on another model
         if self.table:
             await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot)
 
@@ -628,10 +638,9 @@ class DeploymentManager:
 
     def mirror_arrays(self, plane, d: Deployment, mask: int, primary_entry, inputs: dict, request_id) -> None:
         """Send shadow copies of a routed request (``mask``: the router's shadow bits) to the shadows."""
-        copy = InferRequest(primary_entry.name, inputs, model_version=primary_entry.version, id=request_id)
         for s in d.shadows:
             if mask >> s.index & 1:
-                self._mirror(plane, d, s, primary_entry, copy)
+                self._mirror(plane, d, s, primary_entry, inputs, request_id)
 
     def resolve_entry(self, name: str):
         """A keyless decision's model entry, for transports' fast paths that carry no routing key."""
@@ -664,8 +673,6 @@ class DeploymentManager:
 
         def done(f: asyncio.Future) -> None:
             latency_us = (time.perf_counter_ns() - start_ns) / 1000
-            if self._shadow_lane:
-                self.pump_shadows(plane)
             if f.cancelled():
                 target.stats.record(latency_us, False)
                 if not outer.done():
@@ -687,17 +694,16 @@ class DeploymentManager:
 
         fut.add_done_callback(done)
         for s in shadows:
-            self._mirror(plane, d, s, entry, inner)
+            self._mirror(plane, d, s, entry, req.inputs, req.id)
         return outer
 
-    def _mirror(self, plane, d: Deployment, s: Target, primary_entry, inner: InferRequest) -> None:
-        """Queue a shadow copy in the shadow lane, or shed it (counted) when the server is busy.
+    def _mirror(self, plane, d: Deployment, s: Target, primary_entry, inputs: dict, request_id) -> None:
+        """Hand a shadow copy to the shadow runner, or shed it (counted) when the server is busy.
 
         Shadow work has the lowest priority: a copy is shed at once while the primary's or the shadow's queue
-        is a quarter full (it never takes queue room primary work may need) or the lane is full, and a queued
-        copy starts only when no primary request is in flight in this process (:meth:`pump_shadows`), so it
-        never waits in a batcher queue ahead of primary work. A copy that waited over ``SHADOW_MAX_WAIT_S``
-        is shed too.
+        is a quarter full (overload: it never adds to it) or the runner's lane is full; a queued copy runs on
+        the runner's idle-priority thread (:mod:`fastml.serving.shadow`), never on the event loop's thread
+        nor in a batcher queue ahead of primary work, and is shed if it waited over a second.
         """
         try:
             entry = s.current(self.manager)
@@ -706,71 +712,11 @@ class DeploymentManager:
             return
         if (
             plane.draining
-            or len(self._shadow_lane) >= SHADOW_LANE_MAX
             or entry.inflight * 4 >= entry.config.max_queue_size
             or primary_entry.inflight * 4 >= primary_entry.config.max_queue_size
+            or not self.shadows.offer(d, s, entry, inputs, request_id)
         ):
             d.router.count_shadow_shed(s.index)
-            return
-        self._plane = plane
-        self._shadow_lane.append((d, s, inner, time.monotonic()))
-        self.pump_shadows(plane)
-
-    @property
-    def shadow_waiting(self) -> int:
-        """Shadow copies queued in the lane, not started yet."""
-        return len(self._shadow_lane)
-
-    def pump_shadows(self, plane) -> None:
-        """Start queued shadow copies while no primary request is in flight (called when primary or shadow
-        work completes, and by the poll loop as a safety net). Event loop thread only."""
-        lane = self._shadow_lane
-        if not lane:
-            return
-        now = time.monotonic()
-        while lane and plane.inflight <= self.shadow_inflight and self.shadow_inflight < SHADOW_INFLIGHT_MAX:
-            d, s, inner, queued_at = lane.popleft()
-            if plane.draining or now - queued_at > SHADOW_MAX_WAIT_S or self.table.get(d.name) is not d:
-                d.router.count_shadow_shed(s.index)
-                continue
-            self._start_shadow(plane, d, s, inner)
-
-    def _start_shadow(self, plane, d: Deployment, s: Target, inner: InferRequest) -> None:
-        try:
-            entry = s.current(self.manager)
-        except FastMLError:
-            d.router.count_shadow_shed(s.index)
-            return
-        start_ns = time.perf_counter_ns()
-        token = CURRENT_VARIANT.set(s.name)  # the prediction log's variant column (monitoring.log)
-        try:
-            timeout_us = request_timeout_us(inner.parameters, entry.name)
-            # The staged way in, settled in our own callback: shadow_inflight and plane.inflight then move
-            # together, so "no primary request in flight" (pump_shadows) is exact. The answer is dropped.
-            fut = plane.submit_arrays(entry, inner.inputs, timeout_us, inner.id)
-        except Overloaded:
-            d.router.count_shadow_shed(s.index)
-            return
-        except FastMLError as exc:
-            s.stats.record(0.0, False)
-            log.debug("shadow %s of deployment %s refused a copy: %s", s.name, d.name, exc)
-            return
-        finally:
-            CURRENT_VARIANT.reset(token)
-        self.shadow_inflight += 1
-
-        def done(f: asyncio.Future) -> None:
-            self.shadow_inflight -= 1
-            try:
-                plane.settle(entry, f)
-                ok = True
-            except BaseException as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
-                ok = False
-                log.debug("shadow %s of deployment %s failed: %s", s.name, d.name, exc)
-            s.stats.record((time.perf_counter_ns() - start_ns) / 1000, ok)
-            self.pump_shadows(plane)
-
-        fut.add_done_callback(done)
 
     # ----- for controllers and analysis ---------------------------------------------------------------
     def set_weights(self, deployment: str, weights_bp: dict[str, int], shadow_bp: dict[str, int] | None = None) -> None:
@@ -858,6 +804,7 @@ class DeploymentManager:
             for kind, targets in (("variant", d.variants), ("shadow", d.shadows)):
                 for t in targets:
                     st = t.stats
+                    st.sync()
                     row = {
                         "deployment": name,
                         "variant": t.name,

@@ -1,0 +1,285 @@
+"""The shadow runner: mirrored copies of requests run on their own thread, in the OS's lowest scheduling class.
+
+A shadow copy must never delay the primary. A priority inside Python cannot promise that: once a copy is in
+a batcher queue or runs on the event loop's thread, primary work waits behind it. So copies never enter the
+shadow model's batcher. The event loop only appends a copy to a bounded lane (one deque append); one runner
+thread per server process takes copies from the lane, batches the copies queued for the same shadow model,
+and runs them through ONNX Runtime on its own thread (``Model.run_batch``; ONNX Runtime releases the GIL
+while it computes). That thread computes in ``SCHED_IDLE`` (Linux; elsewhere the lowest nice value), so the
+kernel gives it a core only when no normal thread wants one: under load, shadow work waits and is shed,
+primary work does not wait for it.
+
+The GIL is the one thing both threads share, and a thread holding it must not be starved: an idle-class
+thread that holds the GIL while the machine is busy would make the event loop wait for a core that the kernel
+gives to everyone else first (priority inversion). So where the OS lets a thread leave ``SCHED_IDLE`` again
+(root, ``CAP_SYS_NICE``, or an ``RLIMIT_NICE`` of 20), the runner is in the idle class only around the
+ONNX Runtime call, where it holds no GIL but for the call's entry and exit, and at normal priority for its
+few microseconds of Python per batch; otherwise it stays in the idle class throughout.
+
+Copies are shed (counted per shadow by the router) when the lane is full, when a copy waited longer than
+``max_wait_s`` (a late shadow answer says little about now), or when the runner is closed. Answers are
+logged (the model's prediction logger, labelled with the shadow's name) and recorded in the shadow's
+:class:`~fastml.serving.deployments.VariantStats` (from this thread, through its thread-safe inbox); they
+are never returned to a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("fastml.serving.shadow")
+
+SHADOW_LANE_MAX = 1024  # copies waiting for the runner; past this many a copy is shed
+SHADOW_MAX_WAIT_S = 1.0  # a copy that waited longer is shed
+
+
+def _set_normal_priority() -> bool:
+    """Back to ``SCHED_OTHER`` for the calling thread; False where the OS does not allow it."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        return True
+    except (AttributeError, OSError):
+        return False
+
+
+def _set_idle_priority() -> None:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def lower_thread_priority() -> str:
+    """Put the calling thread in the lowest scheduling class the OS offers: ``SCHED_IDLE`` on Linux (the
+    thread runs only on a core no normal thread wants), else nice 19 for this thread. Returns ``"idle"``,
+    ``"nice19"`` or ``"normal"`` (nothing could be lowered)."""
+    sched_idle = getattr(os, "SCHED_IDLE", None)
+    if sched_idle is not None:
+        try:
+            # pid 0 is the calling thread: Linux schedules threads, not processes.
+            os.sched_setscheduler(0, sched_idle, os.sched_param(0))
+            return "idle"
+        except OSError:
+            pass
+    try:
+        # On Linux PRIO_PROCESS with a thread id sets that thread's nice value only.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        return "nice19"
+    except (AttributeError, OSError):
+        return "normal"
+
+
+class _Copy:
+    """One mirrored request waiting in the lane."""
+
+    __slots__ = ("deployment", "shadow", "entry", "inputs", "request_id", "queued_ns")
+
+    def __init__(self, deployment, shadow, entry, inputs: dict, request_id, queued_ns: int):
+        self.deployment = deployment
+        self.shadow = shadow
+        self.entry = entry
+        self.inputs = inputs
+        self.request_id = request_id
+        self.queued_ns = queued_ns
+
+
+class ShadowRunner:
+    """The lane of shadow copies and the idle-priority thread that runs them (started on the first copy).
+
+    Args:
+        lane_max: copies waiting at most; an offer past it is shed.
+        max_wait_s: a copy that waited longer before its turn is shed.
+
+    Attributes:
+        thread_id: the runner thread's native id (None until started). sched_class: what
+            :func:`lower_thread_priority` achieved for its inference. idle_only_while_running: True when the
+            thread returns to normal priority between ONNX Runtime calls (see the module docstring).
+    """
+
+    def __init__(self, lane_max: int = SHADOW_LANE_MAX, max_wait_s: float = SHADOW_MAX_WAIT_S):
+        self.lane_max = lane_max
+        self.max_wait_ns = int(max_wait_s * 1e9)
+        self._lane: deque[_Copy] = deque()
+        self._cv = threading.Condition(threading.Lock())
+        self._busy = False  # the runner holds copies it took from the lane
+        self._sleeping = False  # the runner waits on _cv (an offer must notify it)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self.thread_id: int | None = None
+        self.sched_class: str | None = None
+        self.idle_only_while_running = False
+
+    # ----- event loop side ---------------------------------------------------------------------------
+    def offer(self, deployment, shadow, entry, inputs: dict, request_id) -> bool:
+        """Queue a copy for ``shadow`` (its model ``entry``); False (the caller counts it shed) when the lane
+        is full or the runner is closed. Any thread; costs the caller one append and, when the runner
+        sleeps, one notify."""
+        if self._closed or len(self._lane) >= self.lane_max:
+            return False
+        if self._thread is None:
+            self._start()
+        copy = _Copy(deployment, shadow, entry, inputs, request_id, time.perf_counter_ns())
+        with self._cv:
+            self._lane.append(copy)
+            if self._sleeping:
+                self._cv.notify()
+        return True
+
+    @property
+    def waiting(self) -> int:
+        """Copies in the lane, not taken by the runner yet."""
+        return len(self._lane)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until the lane is empty and the runner holds no copy; False if ``timeout_s`` passed first."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._lane and not self._busy, timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Shed what waits, let the copy being run finish, stop the thread."""
+        with self._cv:
+            self._closed = True
+            dropped = list(self._lane)
+            self._lane.clear()
+            self._cv.notify_all()
+        for c in dropped:
+            c.deployment.router.count_shadow_shed(c.shadow.index)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # ----- runner thread ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._cv:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="fastml-shadow", daemon=True)
+        self._thread.start()
+        self._started.wait(5.0)
+
+    def _run(self) -> None:
+        self.thread_id = threading.get_native_id()
+        self.sched_class = lower_thread_priority()
+        # Normal priority between inference calls where the OS allows coming back from the idle class.
+        self.idle_only_while_running = self.sched_class == "idle" and _set_normal_priority()
+        self._started.set()
+        while True:
+            with self._cv:
+                self._busy = False
+                while not self._lane and not self._closed:
+                    self._cv.notify_all()  # wait_idle
+                    self._sleeping = True
+                    self._cv.wait()
+                    self._sleeping = False
+                if self._closed:
+                    self._cv.notify_all()
+                    return
+                group = self._take()
+                self._busy = True
+            if group:
+                self._run_group(group)
+
+    def _take(self) -> list[_Copy]:
+        """The next copies to run together: the oldest live copy and the live copies queued behind it for the
+        same model, up to its max_batch_size rows (lock held). Copies past their wait are shed here."""
+        lane = self._lane
+        now = time.perf_counter_ns()
+        group: list[_Copy] = []
+        entry = None
+        rows = 0
+        limit = 1
+        kept: list[_Copy] = []
+        while lane:
+            c = lane.popleft()
+            if now - c.queued_ns > self.max_wait_ns:
+                c.deployment.router.count_shadow_shed(c.shadow.index)
+                continue
+            if entry is None:
+                entry = c.entry
+                limit = max(1, int(getattr(entry.model, "max_batch_size", 1)))
+            elif c.entry is not entry:
+                kept.append(c)
+                continue
+            n = _rows(c.inputs)
+            if group and rows + n > limit:
+                kept.append(c)
+                break
+            group.append(c)
+            rows += n
+        if kept:
+            lane.extendleft(reversed(kept))
+        return group
+
+    def _run_group(self, group: list[_Copy]) -> None:
+        model = group[0].entry.model
+        names = [s.name for s in model.signature.inputs]
+        try:
+            arrays = [np.concatenate([c.inputs[n] for c in group]) for n in names] if len(group) > 1 else None
+        except (KeyError, ValueError):  # shapes that do not stack (dynamic dimensions): one copy at a time
+            arrays = None
+        if arrays is None and len(group) > 1:
+            for c in group:
+                self._run_group([c])
+            return
+        if arrays is None:
+            try:
+                arrays = [group[0].inputs[n] for n in names]
+            except KeyError as exc:
+                self._failed(group, f"input {exc} missing")
+                return
+        toggle = self.idle_only_while_running
+        try:
+            if toggle:
+                _set_idle_priority()
+            try:
+                outputs = model.run_batch(arrays)
+            finally:
+                if toggle:
+                    _set_normal_priority()
+        except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted and logged, never raised
+            self._failed(group, f"{type(exc).__name__}: {exc}")
+            return
+        done_ns = time.perf_counter_ns()
+        out_names = [s.name for s in model.signature.outputs]
+        logger = getattr(model, "prediction_logger", None)
+        log_one = getattr(logger, "log", None)
+        start = 0
+        for c in group:
+            n = _rows(c.inputs)
+            latency_us = (done_ns - c.queued_ns) / 1000.0
+            if log_one is not None:
+                try:
+                    log_one(
+                        model=model.name,
+                        version=model.version,
+                        inputs={k: c.inputs[k] for k in names},
+                        outputs={k: o[start : start + n] for k, o in zip(out_names, outputs)},
+                        latency_us=latency_us,
+                        request_id=c.request_id,
+                        variant=c.shadow.name,
+                    )
+                except Exception:  # noqa: BLE001 - a logger's failure never fails the copy
+                    log.debug("logging a shadow answer failed", exc_info=True)
+            c.shadow.stats.record_threadsafe(latency_us, True)
+            start += n
+
+    @staticmethod
+    def _failed(group: list[_Copy], why: str) -> None:
+        now = time.perf_counter_ns()
+        for c in group:
+            c.shadow.stats.record_threadsafe((now - c.queued_ns) / 1000.0, False)
+        c = group[0]
+        log.debug(
+            "shadow %s of deployment %s failed on %d copies: %s", c.shadow.name, c.deployment.name, len(group), why
+        )
+
+
+def _rows(inputs: dict[str, Any]) -> int:
+    for a in inputs.values():
+        shape = getattr(a, "shape", None)
+        return int(shape[0]) if shape else 1
+    return 1
