@@ -7,6 +7,7 @@
 #include <numeric>
 #include <sstream>
 
+#include <pthread.h>
 #include <unistd.h>
 
 namespace fastml {
@@ -53,6 +54,22 @@ inline double LoadF64(const char* p) {
   return v;
 }
 
+// getpid() is a system call (glibc no longer caches it) and every read checks the owner: cache the pid,
+// refreshed in a forked child by an atfork handler (registered once, before the first use).
+std::atomic<pid_t> g_pid{0};
+
+void RefreshPid() { g_pid.store(getpid(), std::memory_order_relaxed); }
+
+pid_t CurrentPid() {
+  static const bool registered = [] {
+    RefreshPid();
+    pthread_atfork(nullptr, nullptr, RefreshPid);
+    return true;
+  }();
+  (void)registered;
+  return g_pid.load(std::memory_order_relaxed);
+}
+
 }  // namespace
 
 RowLayout::RowLayout(uint32_t n) : n_features(n) {
@@ -91,19 +108,33 @@ CacheStatus FeatureCache::Open(const std::string& path, const Options& options, 
   return CacheStatus::Ok();
 }
 
-FeatureCache::FeatureCache(MDB_env* env, std::string path) : env_(env), path_(std::move(path)), owner_pid_(getpid()) {}
+FeatureCache::FeatureCache(MDB_env* env, std::string path)
+    : env_(env), path_(std::move(path)), owner_pid_(CurrentPid()) {}
 
 FeatureCache::~FeatureCache() {
   // In a forked child the environment, its pooled read transactions and their reader slots belong to the
-  // parent: aborting them would free the parent's slots in the shared lock file. Leak them instead.
-  if (getpid() != owner_pid_) return;
-  for (MDB_txn* txn : idle_readers_) mdb_txn_abort(txn);
+  // parent: aborting them would free the parent's slots in the shared lock file. Leak them instead (and the
+  // reaper's std::thread, whose thread does not exist in the child: joining it there would hang).
+  if (CurrentPid() != owner_pid_) return;
+  std::thread* reaper = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(readers_mutex_);
+    reaper_stop_ = true;
+    reaper = reaper_;
+    reaper_ = nullptr;
+  }
+  if (reaper != nullptr) {
+    reaper_wake_.notify_all();
+    reaper->join();
+    delete reaper;
+  }
+  for (PooledReader& r : idle_readers_) mdb_txn_abort(r.txn);
   idle_readers_.clear();
   mdb_env_close(env_);
 }
 
 CacheStatus FeatureCache::CheckOwner() const {
-  const pid_t me = getpid();
+  const pid_t me = CurrentPid();
   if (me == owner_pid_) return CacheStatus::Ok();
   return CacheStatus::Error(StatusCode::kUnavailable,
                             "the online store at " + path_ + " was opened by process " + std::to_string(owner_pid_) +
@@ -179,6 +210,9 @@ CacheStatus FeatureCache::OpenTable(const std::string& name, uint32_t n_features
   rc = mdb_txn_commit(guard.txn);
   guard.txn = nullptr;  // commit frees the transaction whatever it returns
   if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_commit(open table)");
+  // Pooled read transactions predate the handle: the next Acquire of each renews it. (A commit that wrote
+  // nothing, opening a table another process created, does not advance the txnid Acquire compares.)
+  tables_generation_.fetch_add(1, std::memory_order_release);
   tables_.emplace(name, info);
   *out = info;
   return CacheStatus::Ok();
@@ -258,10 +292,18 @@ CacheStatus FeatureCache::PutMany(const TableInfo& table, const KeyView* keys, s
   return CacheStatus::Ok();
 }
 
-CacheStatus FeatureCache::AcquireReader(MDB_txn** txn) const {
-  // Every read (GetMany, Count) starts here: refuse an environment inherited over fork.
+size_t FeatureCache::LatestTxnId() const {
+  MDB_envinfo info;
+  mdb_env_info(env_, &info);  // picks the newer of the two meta pages of the mapped file
+  return info.me_last_txnid;
+}
+
+CacheStatus FeatureCache::AcquireReader(ReadTxn* out) const {
+  // Every read (GetMany, Count, JoinFeatures) starts here: refuse an environment inherited over fork.
   if (CacheStatus st = CheckOwner(); !st.ok()) return st;
-  MDB_txn* reused = nullptr;
+  // Read before the snapshot is taken: a table opened meanwhile makes the next Acquire renew (conservative).
+  const uint64_t generation = tables_generation_.load(std::memory_order_acquire);
+  PooledReader reused;
   {
     std::lock_guard<std::mutex> lock(readers_mutex_);
     if (!idle_readers_.empty()) {
@@ -269,36 +311,78 @@ CacheStatus FeatureCache::AcquireReader(MDB_txn** txn) const {
       idle_readers_.pop_back();
     }
   }
-  if (reused != nullptr) {
-    int rc = mdb_txn_renew(reused);
-    if (rc == MDB_SUCCESS) {
-      *txn = reused;
+  if (reused.txn != nullptr) {
+    if (reused.open && reused.tables_generation == generation && mdb_txn_id(reused.txn) == LatestTxnId()) {
+      // Nothing committed since this snapshot: it is what a new transaction would see.
+      *out = ReadTxn{reused.txn, reused.tables_generation};
       return CacheStatus::Ok();
     }
-    mdb_txn_abort(reused);
+    if (reused.open) mdb_txn_reset(reused.txn);
+    int rc = mdb_txn_renew(reused.txn);
+    if (rc == MDB_SUCCESS) {
+      *out = ReadTxn{reused.txn, generation};
+      return CacheStatus::Ok();
+    }
+    mdb_txn_abort(reused.txn);
   }
-  int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, txn);
-  return FromMdb(rc, "mdb_txn_begin(read)");
+  MDB_txn* txn = nullptr;
+  int rc = mdb_txn_begin(env_, nullptr, MDB_RDONLY, &txn);
+  if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_begin(read)");
+  *out = ReadTxn{txn, generation};
+  return CacheStatus::Ok();
 }
 
-void FeatureCache::ReleaseReader(MDB_txn* txn) const {
-  // reset ends the snapshot now (so writers can reuse pages) but keeps the handle for renewal.
-  mdb_txn_reset(txn);
+void FeatureCache::ReleaseReader(const ReadTxn& txn) const {
+  // Pooled still open (see AcquireReader); the reaper resets it if it stays unused.
+  const auto now = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(readers_mutex_);
-  if (idle_readers_.size() < 64) {
-    idle_readers_.push_back(txn);
+  if (idle_readers_.size() >= 64 || reaper_stop_) {
+    mdb_txn_abort(txn.txn);
     return;
   }
-  mdb_txn_abort(txn);
+  idle_readers_.push_back(PooledReader{txn.txn, true, txn.tables_generation, now});
+  if (reaper_ == nullptr) {
+    reaper_ = new std::thread([this] { ResetIdleReaders(); });
+  } else if (reaper_sleeping_) {
+    // Only on the way out of an idle period: while a snapshot is open the reaper wakes by its own deadline,
+    // so a busy process pays no wake-up per read.
+    reaper_sleeping_ = false;
+    reaper_wake_.notify_one();
+  }
+}
+
+void FeatureCache::ResetIdleReaders() const {
+  const auto idle = std::chrono::milliseconds(kIdleResetMs);
+  std::unique_lock<std::mutex> lock(readers_mutex_);
+  while (!reaper_stop_) {
+    const auto now = std::chrono::steady_clock::now();
+    auto next = std::chrono::steady_clock::time_point::max();
+    for (PooledReader& r : idle_readers_) {
+      if (!r.open) continue;
+      if (now - r.last_used >= idle) {
+        mdb_txn_reset(r.txn);  // ends the snapshot, keeps the handle and its reader slot for renewal
+        r.open = false;
+      } else {
+        next = std::min(next, r.last_used + idle);
+      }
+    }
+    if (next == std::chrono::steady_clock::time_point::max()) {
+      reaper_sleeping_ = true;
+      reaper_wake_.wait(lock, [this] { return reaper_stop_ || !reaper_sleeping_; });
+    } else {
+      reaper_wake_.wait_until(lock, next);
+    }
+  }
 }
 
 template <typename T>
 CacheStatus FeatureCache::GetMany(const std::vector<ReadSpec>& specs, const std::vector<const KeyView*>& key_sets,
                                   size_t n_keys, size_t out_columns, T* out, uint8_t* present, int64_t* event_time_us,
                                   int64_t now_us) const {
-  MDB_txn* txn = nullptr;
-  CacheStatus st = AcquireReader(&txn);
+  ReadTxn reader;
+  CacheStatus st = AcquireReader(&reader);
   if (!st.ok()) return st;
+  MDB_txn* const txn = reader.txn;
   const T nan = std::numeric_limits<T>::quiet_NaN();
   for (const ReadSpec& spec : specs) {
     const RowLayout layout(spec.table.n_features);
@@ -321,13 +405,13 @@ CacheStatus FeatureCache::GetMany(const std::vector<ReadSpec>& specs, const std:
         continue;
       }
       if (rc != MDB_SUCCESS) {
-        ReleaseReader(txn);
+        ReleaseReader(reader);
         return FromMdb(rc, "mdb_get(" + spec.table.name + ")");
       }
       // The row is copied out below while the transaction is open; no pointer into it survives.
       const char* row = static_cast<const char*>(val.mv_data);
       if (val.mv_size != layout.row_bytes || LoadU32(row + 8) != spec.table.n_features) {
-        ReleaseReader(txn);
+        ReleaseReader(reader);
         return CacheStatus::Error(StatusCode::kIntegrity, "online table '" + spec.table.name + "': stored row of " +
                                                            std::to_string(val.mv_size) + " bytes, expected " +
                                                            std::to_string(layout.row_bytes));
@@ -345,7 +429,7 @@ CacheStatus FeatureCache::GetMany(const std::vector<ReadSpec>& specs, const std:
       if (t != nullptr) std::fill(t, t + n_sel, et);
     }
   }
-  ReleaseReader(txn);
+  ReleaseReader(reader);
   return CacheStatus::Ok();
 }
 
@@ -355,12 +439,13 @@ template CacheStatus FeatureCache::GetMany<double>(const std::vector<ReadSpec>&,
                                                    size_t, size_t, double*, uint8_t*, int64_t*, int64_t) const;
 
 CacheStatus FeatureCache::Count(const TableInfo& table, size_t* n) const {
-  MDB_txn* txn = nullptr;
-  CacheStatus st = AcquireReader(&txn);
+  ReadTxn reader;
+  CacheStatus st = AcquireReader(&reader);
   if (!st.ok()) return st;
+  MDB_txn* const txn = reader.txn;
   MDB_stat stat;
   int rc = mdb_stat(txn, table.dbi, &stat);
-  ReleaseReader(txn);
+  ReleaseReader(reader);
   if (rc != MDB_SUCCESS) return FromMdb(rc, "mdb_stat(" + table.name + ")");
   *n = stat.ms_entries;
   return CacheStatus::Ok();
@@ -368,13 +453,14 @@ CacheStatus FeatureCache::Count(const TableInfo& table, size_t* n) const {
 
 CacheStatus FeatureCache::SampleKeys(const TableInfo& table, size_t limit, std::vector<std::string>* out) const {
   out->clear();
-  MDB_txn* txn = nullptr;
-  CacheStatus st = AcquireReader(&txn);
+  ReadTxn reader;
+  CacheStatus st = AcquireReader(&reader);
   if (!st.ok()) return st;
+  MDB_txn* const txn = reader.txn;
   MDB_cursor* cursor = nullptr;
   int rc = mdb_cursor_open(txn, table.dbi, &cursor);
   if (rc != MDB_SUCCESS) {
-    ReleaseReader(txn);
+    ReleaseReader(reader);
     return FromMdb(rc, "mdb_cursor_open(" + table.name + ")");
   }
   MDB_val key, val;
@@ -384,7 +470,7 @@ CacheStatus FeatureCache::SampleKeys(const TableInfo& table, size_t limit, std::
     out->emplace_back(static_cast<const char*>(key.mv_data), key.mv_size);
   }
   mdb_cursor_close(cursor);
-  ReleaseReader(txn);
+  ReleaseReader(reader);
   if (rc != MDB_SUCCESS && rc != MDB_NOTFOUND) return FromMdb(rc, "mdb_cursor_get(" + table.name + ")");
   return CacheStatus::Ok();
 }

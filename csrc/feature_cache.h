@@ -20,11 +20,15 @@
 #include <lmdb.h>
 #include <sys/types.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -67,6 +71,13 @@ struct ReadSpec {
   uint32_t out_column = 0;              // output column of feature_index[0]; the rest follow
   uint32_t key_set = 0;                 // which key list (of GetMany's key_sets) addresses this table
   int64_t max_age_us = 0;               // TTL: rows older than now - max_age_us read as absent; 0 = none
+};
+
+// A read transaction lent by AcquireReader: its snapshot is the latest committed one at the time of the
+// Acquire, and it can use every table opened before then.
+struct ReadTxn {
+  MDB_txn* txn = nullptr;
+  uint64_t tables_generation = 0;  // FeatureCache's table generation when the snapshot was taken
 };
 
 struct PutResult {
@@ -121,12 +132,18 @@ class FeatureCache {
   // tell integer-keyed groups (decimal text) from string-keyed ones.
   CacheStatus SampleKeys(const TableInfo& table, size_t limit, std::vector<std::string>* out) const;
 
-  // Read transactions are reused (reset/renew) rather than created per call: creating one takes a
-  // reader-table slot and a lock each time. MDB_NOTLS lets any thread renew any of them. Public for the
-  // core's other readers (feature_join.cc): every Acquire is paired with one Release, and no pointer into
-  // LMDB's pages outlives it.
-  CacheStatus AcquireReader(MDB_txn** txn) const;
-  void ReleaseReader(MDB_txn* txn) const;
+  // Read transactions are pooled and stay open between reads: a lent one is used as it is while no write
+  // has committed since its snapshot was taken (and no table was opened since), else it is renewed first
+  // (mdb_txn_reset + mdb_txn_renew). So a read always sees the latest committed write, as a new transaction
+  // would, but a serving process that reads far more often than the store is written skips the renewal
+  // and the per-transaction lookup of each named table (LMDB marks every table stale on renew). A pooled
+  // transaction left unused for kIdleResetMs is reset by a reaper thread, so an idle process never pins
+  // pages a writer freed after its snapshot (they could not be reused and the file would grow).
+  // MDB_NOTLS lets any thread use any of them, one at a time. Public for the core's other readers
+  // (feature_join.cc): every Acquire is paired with one Release, and no pointer into LMDB's pages outlives it.
+  static constexpr int kIdleResetMs = 50;
+  CacheStatus AcquireReader(ReadTxn* out) const;
+  void ReleaseReader(const ReadTxn& txn) const;
 
   const std::string& path() const { return path_; }
   pid_t owner_pid() const { return owner_pid_; }
@@ -145,8 +162,27 @@ class FeatureCache {
   std::mutex open_mutex_;  // guards tables_ and serialises mdb_dbi_open (LMDB requires it)
   std::unordered_map<std::string, TableInfo> tables_;
 
-  mutable std::mutex readers_mutex_;  // guards idle_readers_
-  mutable std::vector<MDB_txn*> idle_readers_;
+  // The id of the latest committed write transaction (read from the meta pages: no lock, no syscall).
+  size_t LatestTxnId() const;
+  // The reaper thread's loop: resets pooled transactions idle for kIdleResetMs, sleeps while none is open.
+  void ResetIdleReaders() const;
+
+  // Bumped after every OpenTable that opened a handle: a transaction whose snapshot predates it cannot
+  // use that handle (LMDB sizes a transaction's table array when it begins or is renewed).
+  std::atomic<uint64_t> tables_generation_{0};
+
+  struct PooledReader {
+    MDB_txn* txn = nullptr;
+    bool open = false;               // holds a snapshot (a reader slot with a txnid); false once reset
+    uint64_t tables_generation = 0;  // see ReadTxn
+    std::chrono::steady_clock::time_point last_used;
+  };
+  mutable std::mutex readers_mutex_;  // guards every member below
+  mutable std::vector<PooledReader> idle_readers_;  // lent LIFO: the most recently used (warmest) first
+  mutable std::condition_variable reaper_wake_;
+  mutable std::thread* reaper_ = nullptr;  // started by the first Release; leaked in a forked child
+  mutable bool reaper_sleeping_ = false;   // waiting with no deadline (no open pooled transaction)
+  mutable bool reaper_stop_ = false;
 };
 
 }  // namespace fastml

@@ -48,9 +48,10 @@ CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const 
   }
   const std::vector<std::vector<size_t>>& table_columns = plan.table_columns;
 
-  MDB_txn* txn = nullptr;
-  CacheStatus st = cache.AcquireReader(&txn);
+  ReadTxn reader;
+  CacheStatus st = cache.AcquireReader(&reader);
   if (!st.ok()) return st;
+  MDB_txn* const txn = reader.txn;
   char digits[24];
   for (size_t t = 0; t < plan.tables.size(); ++t) {
     const JoinTable& table = plan.tables[t];
@@ -74,14 +75,14 @@ CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const 
       if (rc == MDB_NOTFOUND) {
         state = RowState::kMissing;
       } else if (rc != MDB_SUCCESS) {
-        cache.ReleaseReader(txn);
+        cache.ReleaseReader(reader);
         return MdbError(rc, "mdb_get(" + table.table.name + ")");
       } else {
         row = static_cast<const char*>(val.mv_data);
         uint32_t stored_width;
         std::memcpy(&stored_width, row + 8, sizeof stored_width);
         if (val.mv_size != layout.row_bytes || stored_width != table.table.n_features) {
-          cache.ReleaseReader(txn);
+          cache.ReleaseReader(reader);
           return CacheStatus::Error(StatusCode::kIntegrity, "online table '" + table.table.name + "': stored row of " +
                                                                  std::to_string(val.mv_size) + " bytes, expected " +
                                                                  std::to_string(layout.row_bytes));
@@ -126,7 +127,7 @@ CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const 
       }
     }
   }
-  cache.ReleaseReader(txn);
+  cache.ReleaseReader(reader);
   return CacheStatus::Ok();
 }
 

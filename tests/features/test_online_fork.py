@@ -96,7 +96,9 @@ def test_child_dropping_the_store_leaves_the_parent_environment_intact(fastml_ho
         return True
 
     assert _in_child(child) == 0
-    assert [r for r in native.readers() if r[0] == os.getpid()] == mine  # the child freed none of our slots
+    # the child freed none of our slots (their snapshots may have been reset meanwhile: an idle pooled reader
+    # is reset after FeatureCache::kIdleResetMs, keeping its slot)
+    assert len([r for r in native.readers() if r[0] == os.getpid()]) == len(mine)
     assert fs.get_online(["g:v"], ["a", "b"])[0][:, 0].tolist() == [1.0, 2.0]
     assert native.owner_pid == os.getpid()
     fs.close()

@@ -10,6 +10,14 @@ input for the whole request in one native call (``fastml.features.online.Feature
 transaction, the GIL released, no Python per row) and submits it to the engine model it wraps. The engine
 model's prediction log therefore records the joined values: what the model saw.
 
+Two ways through, the same join. The *batched* way (the default for integer entity ids): requests queue
+in the engine with their entity ids, and the join runs once per batch, right before ONNX Runtime, on the
+whole batch's ids (:class:`_JoinSession`): no numpy array and no native call per request, so a request costs
+what a request with its features inlined costs. The *per-request* way joins on the caller's thread and
+submits the joined tensor: it is taken where a request must see its own join (a feature whose policy is
+``error`` refuses that request alone, not its batch; string keys, which the native batcher does not batch)
+and while a prediction logger is attached (it logs the joined tensor, what the model saw).
+
 Per feature, a policy says what a missing entity, a null value or a row older than the group's TTL
 becomes: ``nan``, ``default`` (the declared value) or ``error`` (the request is refused with a 400 naming
 the entity and the feature). Lookups are counted per feature and outcome (hit, missing, stale) for
@@ -113,6 +121,97 @@ def build_join(
     return join
 
 
+class _Node:
+    """An input or output as ``onnxruntime.NodeArg`` describes it (what ``signature_of`` reads)."""
+
+    def __init__(self, name: str, type: str, shape: list):
+        self.name = name
+        self.type = type
+        self.shape = shape
+
+
+class _JoinSession:
+    """The wrapped model's ONNX Runtime session seen through the join: its inputs are the entity ids (and the
+    request-time values, and the model's other inputs); each batch's input tensor is joined in one native call
+    (one LMDB read transaction for the whole batch) and the real session run on it.
+
+    Only plans without an ``error`` policy run here: a batch holds several requests and a refusal must hit only
+    the request whose entity had no value.
+    """
+
+    def __init__(self, session, join, feature_input: str, passthrough_names: list[str]):
+        self.session = session
+        self._join_run = join.native.run
+        self._feature_input = feature_input
+        self._passthrough = list(passthrough_names)
+        nodes = {n.name: n for n in session.get_inputs()}
+        self._inputs = (
+            [_Node(k, "tensor(int64)", [None]) for k in join.key_inputs]
+            + [_Node(r, "tensor(float)", [None]) for r in join.request_inputs]
+            + [nodes[n] for n in self._passthrough]
+        )
+        self._outputs = session.get_outputs()
+
+    def get_inputs(self):
+        return self._inputs
+
+    def get_outputs(self):
+        return self._outputs
+
+    def run(self, output_names, feed):
+        out = self._join_run(feed, 0)[0]  # counts the lookups; no error policy here, so no refusal to read
+        model_feed = {self._feature_input: out}
+        for name in self._passthrough:
+            model_feed[name] = feed[name]
+        return self.session.run(output_names, model_feed)
+
+
+def _batched_model(model, join, feature_input: str, passthrough: list[str]):
+    """An engine model over :class:`_JoinSession` sharing ``model``'s session and options, or None where the
+    batched way does not apply (see the module docstring)."""
+    from fastml.engine.model import Model
+
+    session = getattr(model, "_session", None)
+    if not isinstance(model, Model) or session is None or model.batcher != "native":
+        return None
+    if any(d != "int64" for d in join.key_dtypes) or any(c.policy == "error" for c in join.columns):
+        return None
+    return Model(
+        _JoinSession(session, join, feature_input, passthrough),
+        name=model.name,
+        version=model.version,
+        max_batch_size=model.max_batch_size,
+        max_queue_delay_us=model.max_queue_delay_us,
+        instances=model.instances,
+        max_queue_size=model.max_queue_size,
+        timeout_us=model.timeout_us,
+        batcher="native",
+        runner=model.runner,
+        # The session is warm already (the wrapped model's load ran it); a warm-up here would also count
+        # made-up entity lookups in /metrics.
+        warmup=False,
+    )
+
+
+def _merge_stats(a: dict, b: dict) -> dict:
+    """Two engine models' counters as one model's: sums, the later last inference, the mean batch recomputed."""
+    out = dict(a)
+    for key, value in b.items():
+        mine = out.get(key)
+        if key == "last_inference_ms":
+            out[key] = max(mine or 0, value)
+        elif isinstance(value, dict):
+            merged = dict(mine or {})
+            for k, v in value.items():
+                merged[k] = _merge_stats(merged.get(k) or {}, v) if isinstance(v, dict) else merged.get(k, 0) + v
+            out[key] = merged
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "mean_batch_size":
+            out[key] = (mine or 0) + value
+    if out.get("batches"):
+        out["mean_batch_size"] = out["rows"] / out["batches"]
+    return out
+
+
 class FeatureJoinedModel:
     """An engine model whose feature input is built from entity ids (see the module docstring).
 
@@ -173,6 +272,10 @@ class FeatureJoinedModel:
         self._run = join.native.run
         self._inner_submit = model.submit
         self._simple = not self._passthrough
+        # The batched way (module docstring), or None; taken while the wrapped model has no prediction logger.
+        self.batched = _batched_model(model, join, spec.name, [s.name for s in self._passthrough])
+        if self.batched is not None:
+            self._batched_submit = self.batched.submit
 
     # ------------------------------------------------------------------ the join
     def build(self, inputs) -> dict[str, np.ndarray]:
@@ -221,8 +324,17 @@ class FeatureJoinedModel:
         )
 
     # ------------------------------------------------------------------ the engine model's entry points
+    def _use_batched(self) -> bool:
+        return self.batched is not None and self.model.prediction_logger is None
+
     def submit(self, inputs, timeout_us: int | None = None, *, outputs=None, request_id: str | None = None):
-        """:meth:`fastml.engine.Model.submit` with entity ids in; the join runs now, on the caller's thread."""
+        """:meth:`fastml.engine.Model.submit` with entity ids in; the join runs per batch (or now, on the
+        caller's thread, on the per-request way)."""
+        if self.batched is not None and self.model.prediction_logger is None:
+            try:
+                return self._batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+            except InvalidInput:
+                pass  # ids of another integer type, [n, 1] shapes: the per-request way takes or words them
         if outputs is None and request_id is None and self._simple and type(inputs) is dict:
             # The common request (entity ids and request-time values only): one native join, one native submit.
             if len(inputs) == self._n_inputs:
@@ -237,10 +349,29 @@ class FeatureJoinedModel:
 
     def predict(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id: str | None = None):
         """:meth:`fastml.engine.Model.predict` with entity ids (and request-time values) in."""
+        if self._use_batched():
+            try:
+                return self.batched.predict(inputs, outputs, timeout_us, request_id=request_id)
+            except InvalidInput:
+                pass  # as in submit: the per-request way takes or words it
         return self.model.predict(self.build(inputs), outputs, timeout_us, request_id=request_id)
+
+    def submit_sink(self, inputs, timeout_us: int | None, sink) -> bool:
+        """:meth:`fastml.engine.Model.submit_sink` on the batched way; False (use :meth:`submit`) otherwise."""
+        if not self._use_batched():
+            return False
+        submit = getattr(self.batched, "submit_sink", None)
+        return submit is not None and submit(inputs, timeout_us, sink)
 
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able :meth:`predict`."""
+        if self.batched is not None and self.model.prediction_logger is None:
+            try:
+                fut = self._batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+            except InvalidInput:
+                fut = None  # as in submit: the per-request way takes or words it
+            if fut is not None:
+                return await fut
         if outputs is None and request_id is None and self._simple and type(inputs) is dict:
             # submit's common request inlined (one Python frame less per request on the busiest path).
             if len(inputs) == self._n_inputs:
@@ -259,8 +390,11 @@ class FeatureJoinedModel:
         }
 
     def stats(self) -> dict:
-        """The wrapped model's counters plus ``feature_lookups`` (see :meth:`feature_lookups`)."""
+        """The wrapped model's counters (both ways' together) plus ``feature_lookups`` (see
+        :meth:`feature_lookups`)."""
         out = dict(self.model.stats())
+        if self.batched is not None:
+            out = _merge_stats(out, self.batched.stats())
         out["feature_lookups"] = self.feature_lookups()
         return out
 
@@ -274,7 +408,13 @@ class FeatureJoinedModel:
         return list(self.join.key_inputs)
 
     def close(self) -> None:
+        if self.batched is not None:
+            self.batched.close()
         self.model.close()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.model.ready) and (self.batched is None or bool(self.batched.ready))
 
     def __getattr__(self, name):
         # Everything else (name, version, max_batch_size, ready, runner, prediction_logger, ...) is the model's.

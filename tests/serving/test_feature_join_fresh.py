@@ -1,0 +1,159 @@
+"""The joined features are the latest committed values, on every path through the join.
+
+The native cache keeps its read transactions open between reads (renewed only once a write has committed
+since their snapshot), and the serving join runs once per batch: a value written after the model (or the
+server) started must still be what the next request sees, from this process or another one, and the TTL and
+missing-value policies must hold on the batched path as on the per-request one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_feature_join import FEATURES, WEIGHTS, fill_store, linear_model
+
+import fastml
+from fastml.features import Feature, FeatureGroup, FeatureStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+from serverkit import ServerProcess  # noqa: E402
+
+
+def _write_trips(home: Path, driver_id: int, trips: int) -> None:
+    """A newer driver row (trips only; rating null, acceptance 0) committed through a fresh FeatureStore."""
+    fs = FeatureStore(home)
+    group, version = fs.get_group("driver")
+    now_us = int(time.time() * 1e6)
+    fs.online.write(
+        group,
+        version,
+        [str(driver_id)],
+        np.array([[trips, 0.0, 0.0]]),
+        np.array([[True, False, True]]),
+        np.array([now_us]),
+    )
+    fs.close()
+
+
+@pytest.fixture
+def local(tmp_path, fastml_home):
+    fill_store(fastml_home).close()
+    return linear_model(tmp_path / "lin.onnx", 4, WEIGHTS)
+
+
+def test_a_write_after_load_is_seen_by_the_next_request(local, fastml_home):
+    policy = {"driver:rating": {"on_missing": "default", "default": -1.0}}
+    dist = np.zeros(1, np.float32)
+    with fastml.load_model(local, features=FEATURES, entity_key="driver_id", feature_policy=policy) as model:
+        assert model.batched is not None  # int64 ids, no "error" policy: joined per batch
+        first = model.predict({"driver_id": np.array([1]), "distance_km": dist})["y"][0, 0]
+        assert first == pytest.approx(11 + 45 + 250)
+        _write_trips(fastml_home, 1, 500)
+        # blocking, then asyncio (several requests in one batch): no snapshot older than the write
+        assert model.predict({"driver_id": np.array([1]), "distance_km": dist})["y"][0, 0] == pytest.approx(500 - 10)
+        _write_trips(fastml_home, 2, 600)
+
+        async def both():
+            return await asyncio.gather(
+                *(model.predict_async({"driver_id": np.array([k]), "distance_km": dist}) for k in (1, 2))
+            )
+
+        a, b = asyncio.run(both())
+        assert (a["y"][0, 0], b["y"][0, 0]) == (pytest.approx(490), pytest.approx(590))
+        # a group registered and materialised after the first reads (a table handle newer than the pooled
+        # read transactions) is readable at once
+        fs = FeatureStore(fastml_home)
+        fs.register(FeatureGroup("late", entities=["driver_id"], features=[Feature("score", "float64")]))
+        fs.ingest(
+            "late", pd.DataFrame({"driver_id": [1], "event_timestamp": [pd.Timestamp.now(tz="UTC")], "score": [2.5]})
+        )
+        fs.materialize("late")
+        assert fs.get_online(["late:score"], [1, 2])[0][:, 0].tolist()[0] == 2.5
+        fs.close()
+
+
+def test_ttl_and_missing_policies_hold_per_batch(local):
+    ids = np.array([1, 3, 4, 99])
+    dist = np.ones(4, np.float32)
+    policy = {"driver:trips": {"on_missing": "default", "default": 7}, "driver:acceptance": 0.5}
+    with fastml.load_model(local, features=FEATURES, entity_key="driver_id", feature_policy=policy) as model:
+        assert model.batched is not None
+
+        # one request per entity, all in flight together: the batch is joined once, each row by its own state
+        async def each():
+            return await asyncio.gather(
+                *(model.predict_async({"driver_id": ids[i : i + 1], "distance_km": dist[i : i + 1]}) for i in range(4))
+            )
+
+        y = np.array([r["y"][0, 0] for r in asyncio.run(each())])
+        # 1 fresh; 3 older than the TTL: trips -> 7 (default), rating NaN; 4: null rating; 99 unknown
+        assert y[0] == pytest.approx(11 + 45 + 100 + 250) and np.isnan(y[1:]).all()
+        whole = model.predict({"driver_id": ids, "distance_km": dist})["y"][:, 0]
+        np.testing.assert_array_equal(np.isnan(whole), np.isnan(y))
+        assert whole[0] == pytest.approx(y[0])
+        # counted per batch exactly as per request: 8 trips lookups, 2 stale (3 twice), 2 missing (99 twice)
+        assert model.feature_lookups()["driver:trips"] == {"hit": 4, "missing": 2, "stale": 2}
+        assert model.stats()["rows"] == 8
+    # an "error" policy refuses only the request that hit it: such a plan joins per request
+    with fastml.load_model(local, features=FEATURES, feature_policy={"driver:rating": "error"}) as model:
+        assert model.batched is None
+
+        async def mixed():
+            return await asyncio.gather(
+                model.predict_async({"driver_id": np.array([1]), "distance_km": dist[:1]}),
+                model.predict_async({"driver_id": np.array([4]), "distance_km": dist[:1]}),
+                return_exceptions=True,
+            )
+
+        ok, refused = asyncio.run(mixed())
+        assert ok["y"][0, 0] == pytest.approx(11 + 45 + 100 + 250)
+        assert "entity 4" in str(refused) and "driver:rating" in str(refused)
+
+
+def test_idle_pooled_readers_are_reset(fastml_home):
+    fill_store(fastml_home).close()
+    fs = FeatureStore(fastml_home)
+    fs.get_online(["driver:trips"], [1])
+    native = fs.online._cache.impl
+    mine = [r for r in native.readers() if r[0] == os.getpid()]
+    assert mine and any(txn >= 0 for _, txn in mine)  # the snapshot stays open right after a read
+    # ... and is reset by the reaper once idle (FeatureCache::kIdleResetMs), keeping its slot; bounded wait
+    deadline = time.monotonic() + 30
+    while any(txn >= 0 for pid, txn in native.readers() if pid == os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [txn for pid, txn in native.readers() if pid == os.getpid()] == [-1] * len(mine)
+    assert fs.get_online(["driver:trips"], [1])[0][0, 0] == 11  # renewed on the next read
+    fs.close()
+
+
+def test_server_sees_a_write_from_another_process(tmp_path, fastml_home):
+    fill_store(fastml_home).close()
+    repo = tmp_path / "repo"
+    linear_model(repo / "scored" / "1" / "model.onnx", 4, WEIGHTS)
+    (repo / "scored" / "config.toml").write_text(
+        'features = ["driver:trips", "driver:rating", "distance_km", "driver:acceptance"]\n'
+        'entity_key = "driver_id"\n'
+        '[feature_policy]\n"driver:rating" = { on_missing = "default", default = -1.0 }\n'
+    )
+    srv = ServerProcess([str(repo), "--http-port", "0", "--metrics-port", "0"], fastml_home)
+    try:
+        body = {
+            "inputs": [
+                {"name": "driver_id", "datatype": "INT64", "shape": [1], "data": [2]},
+                {"name": "distance_km", "datatype": "FP32", "shape": [1], "data": [0.0]},
+            ]
+        }
+        status, out = srv.post("/v2/models/scored/infer", body)
+        assert status == 200 and out["outputs"][0]["data"] == pytest.approx([20 + 35 + 750])
+        _write_trips(fastml_home, 2, 321)  # this process, not the server's, commits the newer row
+        status, out = srv.post("/v2/models/scored/infer", body)
+        assert status == 200 and out["outputs"][0]["data"] == pytest.approx([321 - 10])
+    finally:
+        assert srv.stop() == 0
