@@ -350,27 +350,13 @@ def predict_file(
     """
     import pyarrow as pa
 
-    src = Path(input_path)
-    if not src.is_file():
-        raise NotFound(f"input file {str(src)!r} does not exist")
-    if not isinstance(batch_rows, int) or batch_rows < 1:
-        raise InvalidInput(f"batch_rows must be an int >= 1, got {batch_rows!r}")
+    src = _checked_source(input_path, batch_rows)
     model_path, card_columns = resolve_model(ref)
     sess = _session(model_path, threads)
     keys = list(key_columns or [])
     file_columns, batches, total = _open(src, batch_rows)
     features = list(features or [])
-    if features:
-        if not keys:
-            raise InvalidInput("--features needs --key-columns: the first key column holds the entity keys")
-        if keys[0] not in file_columns:
-            raise InvalidInput(f"key column {keys[0]!r} is not in {src} (its columns: {', '.join(file_columns)})")
-        if feature_store is None:
-            from fastml.features import FeatureStore
-
-            feature_store = FeatureStore()
-        feature_store.online.plan(features)  # unknown groups or features: InvalidInput / NotFound now
-        file_columns = file_columns + [f for f in features if f not in file_columns]
+    file_columns, feature_store = _with_features(src, file_columns, keys, features, feature_store)
     plan = _Plan(
         sess,
         file_columns,
@@ -423,6 +409,43 @@ def predict_file(
         time.perf_counter() - t0,
         list(out_schema.names) if out_schema is not None else [],
     )
+
+
+def _checked_source(input_path: str | os.PathLike, batch_rows: int) -> Path:
+    """The input file as a Path, once it exists and ``batch_rows`` is a whole number >= 1.
+
+    Raises:
+        NotFound: no such input file. InvalidInput: a bad ``batch_rows``.
+    """
+    src = Path(input_path)
+    if not src.is_file():
+        raise NotFound(f"input file {str(src)!r} does not exist")
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise InvalidInput(f"batch_rows must be an int >= 1, got {batch_rows!r}")
+    return src
+
+
+def _with_features(src: Path, file_columns: list[str], keys: list[str], features: list[str], feature_store=None):
+    """``(columns, store)``: the file's columns followed by the ``features`` it lacks (the columns a chunk
+    has once they are joined), and the feature store to join from (None without features). Checked before
+    any row is read: the key column exists and every feature is known to the store.
+
+    Raises:
+        InvalidInput: features without key columns, a key column the file lacks, an unknown feature.
+        NotFound: an unknown feature group.
+    """
+    if not features:
+        return file_columns, feature_store
+    if not keys:
+        raise InvalidInput("--features needs --key-columns: the first key column holds the entity keys")
+    if keys[0] not in file_columns:
+        raise InvalidInput(f"key column {keys[0]!r} is not in {src} (its columns: {', '.join(file_columns)})")
+    if feature_store is None:
+        from fastml.features import FeatureStore
+
+        feature_store = FeatureStore()
+    feature_store.online.plan(features)  # unknown groups or features: InvalidInput / NotFound now
+    return file_columns + [f for f in features if f not in file_columns], feature_store
 
 
 def _session(model_path: Path, threads: int | None):

@@ -20,16 +20,18 @@ import os
 import time
 from pathlib import Path
 
-from fastml.errors import FastMLError, InvalidInput, NotFound
+from fastml.errors import FastMLError, InvalidInput
 from fastml.serving.batch_predict import (
     DEFAULT_BATCH_ROWS,
     PredictReport,
     _card_columns,
+    _checked_source,
     _empty_schema,
     _join_features,
     _open,
     _Plan,
     _rows_for_budget,
+    _with_features,
     _Writer,
     resolve_model,
 )
@@ -126,11 +128,7 @@ def predict_file_ray(
     """
     import onnxruntime as ort
 
-    src = Path(input_path)
-    if not src.is_file():
-        raise NotFound(f"input file {str(src)!r} does not exist")
-    if not isinstance(batch_rows, int) or batch_rows < 1:
-        raise InvalidInput(f"batch_rows must be an int >= 1, got {batch_rows!r}")
+    src = _checked_source(input_path, batch_rows)
     if actors is not None and actors < 1:
         raise InvalidInput(f"actors must be >= 1, got {actors!r}")
     model_path, card_columns = resolve_model(ref)
@@ -139,15 +137,8 @@ def predict_file_ray(
     keys = list(key_columns or [])
     file_columns, _, _ = _open(src, batch_rows)
     features = list(features or [])
-    if features:
-        if not keys:
-            raise InvalidInput("--features needs --key-columns: the first key column holds the entity keys")
-        if keys[0] not in file_columns:
-            raise InvalidInput(f"key column {keys[0]!r} is not in {src} (its columns: {', '.join(file_columns)})")
-        from fastml.features import FeatureStore
-
-        FeatureStore().online.plan(features)  # unknown groups or features: refused before the job starts
-        file_columns = file_columns + [f for f in features if f not in file_columns]
+    # Unknown groups or features are refused before the job starts; each actor opens its own store.
+    file_columns, _ = _with_features(src, file_columns, keys, features)
     columns = columns if columns is not None else _card_columns(card_columns, file_columns)
     plan = _Plan(sess, file_columns, keys, columns, str(src))  # the same checks as the local engine, up front
     if max_memory_mb is not None:
