@@ -12,7 +12,14 @@ import pytest
 
 from fastml.errors import Overloaded
 from fastml.serving import admission
-from fastml.serving.admission import INTERVAL_S, MAX_WAIT_S, MIN_INFLIGHT, TARGET_WAIT_S, AdmissionGate
+from fastml.serving.admission import (
+    INTERVAL_S,
+    MAX_WAIT_S,
+    MIN_INFLIGHT,
+    STANDING_MIN_INFLIGHT,
+    TARGET_WAIT_S,
+    AdmissionGate,
+)
 from tests.security.conftest import Served
 from tests.server.serverkit import make_slow_model
 
@@ -111,21 +118,38 @@ def clock(monkeypatch) -> _Clock:
 
 
 def test_a_burst_is_admitted_but_a_standing_queue_above_the_target_is_shed(clock):
+    rate = 10_000.0
     gate = AdmissionGate(default_deadline_s=10.0)
-    gate.rate_per_s = 1000.0
-    above = int(1000 * TARGET_WAIT_S * 2)  # twice the target's expected wait, far under the deadline's share
-    gate.admit(above, 10_000_000)  # the queue just rose above the target: a burst, admitted
+    gate.rate_per_s = rate
+
+    def ahead(share_of_target: float) -> int:
+        return int(rate * TARGET_WAIT_S * share_of_target)
+
+    gate.admit(ahead(2), 10_000_000)  # the queue just rose above the target: a burst, admitted
     clock.now_s += INTERVAL_S / 2
-    gate.admit(above, 10_000_000)  # still within the interval
+    gate.admit(ahead(2), 10_000_000)  # still within the interval
     clock.now_s += INTERVAL_S
     with pytest.raises(Overloaded):
-        gate.admit(above, 10_000_000)  # above the target for longer than the interval: a standing queue
-    gate.admit(int(1000 * TARGET_WAIT_S * 0.8), 10_000_000)  # under the target: admitted
+        gate.admit(ahead(2), 10_000_000)  # above the target for longer than the interval: a standing queue
+    gate.admit(ahead(0.8), 10_000_000)  # under the target: admitted
     with pytest.raises(Overloaded):
-        gate.admit(int(1000 * TARGET_WAIT_S * 1.2), 10_000_000)  # still shedding until the queue drains
-    gate.admit(int(1000 * TARGET_WAIT_S * 0.4), 10_000_000)  # drained below half the target: shedding stops
-    gate.admit(above, 10_000_000)  # a new burst is admitted again
+        gate.admit(ahead(1.2), 10_000_000)  # still shedding until the queue drains
+    gate.admit(ahead(0.4), 10_000_000)  # drained below half the target: shedding stops
+    gate.admit(ahead(2), 10_000_000)  # a new burst is admitted again
     assert gate.shed == 2
+
+
+def test_a_closed_loop_of_a_few_dozen_clients_is_never_shed_for_its_queue_length(clock):
+    gate = AdmissionGate(default_deadline_s=10.0)
+    gate.rate_per_s = 200.0  # a slow model: 64 in flight is 320 ms ahead, far above the target
+    for _ in range(10):
+        gate.admit(STANDING_MIN_INFLIGHT, 10_000_000)
+        clock.now_s += INTERVAL_S
+    assert gate.shed == 0
+    gate.admit(STANDING_MIN_INFLIGHT + 1, 10_000_000)  # a larger queue: its interval starts now
+    clock.now_s += INTERVAL_S
+    with pytest.raises(Overloaded):
+        gate.admit(STANDING_MIN_INFLIGHT + 1, 10_000_000)  # ...and once it has stood that long, it is shed
 
 
 def test_a_check_before_decoding_answers_for_the_deadlines_decoded_recently(clock):

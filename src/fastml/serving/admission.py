@@ -41,6 +41,9 @@ MIN_INFLIGHT = 8  # below this many in flight nothing is shed, whatever the esti
 # the queue drains to half the target. A burst is never shed for this: it arrives before the interval is over.
 TARGET_WAIT_S = 0.05
 INTERVAL_S = 0.2
+# ...and only with more than this many in flight: closed-loop clients (perf_analyzer's concurrency range, the
+# benchmarks' 32 connections) wait for their answers, so their queue never grows and is not shed for its length.
+STANDING_MIN_INFLIGHT = 64
 WINDOW_S = 0.05  # completions are counted over windows this long
 SMOOTHING = 0.3  # weight of the newest busy window in the rate estimate
 HINT_EPOCH_S = 1.0  # decoded deadlines are remembered for one to two of these epochs (the pre-decode hint)
@@ -115,13 +118,17 @@ class AdmissionGate:
         else:
             deadline_s = timeout_us / 1e6
         wait_s = inflight / self.rate_per_s
-        if wait_s > min(deadline_s * WAIT_SHARE, MAX_WAIT_S) or self._standing(wait_s, now):
+        if wait_s > min(deadline_s * WAIT_SHARE, MAX_WAIT_S) or self._standing(inflight, wait_s, now):
             self.shed += 1
             return True
         return False
 
-    def _standing(self, wait_s: float, now: float) -> bool:
+    def _standing(self, inflight: int, wait_s: float, now: float) -> bool:
         """Whether an arrival facing ``wait_s`` is shed to keep a standing queue at the target."""
+        if inflight <= STANDING_MIN_INFLIGHT:
+            self._above_since = 0.0
+            self._dropping = False
+            return False
         if wait_s <= TARGET_WAIT_S:
             if wait_s <= TARGET_WAIT_S / 2:
                 self._above_since = 0.0
@@ -181,6 +188,7 @@ __all__ = [
     "MAX_WAIT_S",
     "MIN_INFLIGHT",
     "SHED_MESSAGE",
+    "STANDING_MIN_INFLIGHT",
     "TARGET_WAIT_S",
     "WAIT_SHARE",
     "AdmissionGate",
