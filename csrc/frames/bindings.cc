@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -424,6 +425,162 @@ py::bytes encode_control(uint8_t type, uint64_t request_id) {
   return frame;
 }
 
+
+// ---- answers of one connection -------------------------------------------------------------------------
+
+// The answers a server connection owes, encoded natively into one growing buffer that the event loop takes
+// (and writes with one transport.write) once per completion pass. The engine settles each request through
+// its Sink (set_result / set_exception, called by the batcher's resolve with the GIL held), so an answer
+// costs no Python code: the response frame is written here and the request id is recorded. The first
+// answer after a take() calls `notify` (no arguments), which schedules the Python side once per pass.
+// Errors are rare and worded by the Python layer: `on_error(request_id, exception)` returns the error frame.
+//
+// Threading: the GIL guards everything (the event loop thread and the engine's resolve both hold it).
+// Reference cycle: notify and on_error are bound methods of the connection, which holds this object;
+// close() drops them once the connection has nothing in flight (pybind11 objects are invisible to the GC).
+class Answers {
+ public:
+  Answers(py::object notify, py::object on_error) : notify_(std::move(notify)), on_error_(std::move(on_error)) {}
+
+  // Appends the response frame of `request_id`. Throws (with nothing appended) if a tensor cannot be encoded.
+  void add_response(uint64_t request_id, std::string_view model, std::string_view version, py::handle tensors) {
+    std::vector<OutTensor> ts;
+    collect(tensors, &ts);
+    FrameSize size;
+    size.add_name(model.size());
+    size.add_name(version.size());
+    size_tensors(ts, &size);
+    const size_t total = size.total();
+    if (total - kPrefixBytes > 0xFFFFFFFFull) throw py::value_error("frame exceeds 4 GiB");
+    const size_t start = buf_.size();
+    buf_.resize(start + total);
+    Writer w(buf_.data() + start, total);
+    w.header(kInferResponse, 0, request_id);
+    w.name(model);
+    w.name(version);
+    write_tensors(ts, &w);
+    if (!w.finish()) throw std::logic_error("frame size computation is wrong");
+  }
+
+  // Appends an already encoded frame (bytes).
+  void add_frame(py::handle frame) {
+    char* p = nullptr;
+    Py_ssize_t n = 0;
+    if (PyBytes_AsStringAndSize(frame.ptr(), &p, &n) != 0) throw py::error_already_set();
+    buf_.insert(buf_.end(), reinterpret_cast<uint8_t*>(p), reinterpret_cast<uint8_t*>(p) + n);
+  }
+
+  // The error frame for `exc`, from the Python layer, appended.
+  void add_error(uint64_t request_id, py::handle exc) {
+    if (on_error_.is_none()) return;  // closed: nobody reads the answer
+    add_frame(on_error_(request_id, exc));
+  }
+
+  // Records that `request_id` is answered and wakes the Python side once per pass.
+  void answered(uint64_t request_id) {
+    rids_.push_back(request_id);
+    if (!due_ && !notify_.is_none()) {
+      due_ = true;
+      notify_();
+    }
+  }
+
+  // (frame bytes or None, [request ids answered]) since the last take; resets both.
+  py::tuple take() {
+    py::object data = py::none();
+    if (!buf_.empty()) {
+      data = py::reinterpret_steal<py::object>(
+          PyBytes_FromStringAndSize(reinterpret_cast<const char*>(buf_.data()), static_cast<Py_ssize_t>(buf_.size())));
+      if (!data) throw py::error_already_set();
+      // A burst's large buffer is not kept for ever: memory stays bounded by the answers of one pass.
+      if (buf_.capacity() > kKeepBytes) {
+        std::vector<uint8_t>().swap(buf_);
+      } else {
+        buf_.clear();
+      }
+    }
+    py::list rids(rids_.size());
+    for (size_t i = 0; i < rids_.size(); ++i) {
+      PyObject* v = PyLong_FromUnsignedLongLong(rids_[i]);
+      if (!v) throw py::error_already_set();
+      PyList_SET_ITEM(rids.ptr(), static_cast<Py_ssize_t>(i), v);  // steals the new reference
+    }
+    rids_.clear();
+    due_ = false;
+    return py::make_tuple(data, rids);
+  }
+
+  // Drops the callbacks (breaking the cycle through the connection); later answers are only counted.
+  void close() {
+    notify_ = py::none();
+    on_error_ = py::none();
+    closed_ = true;
+  }
+
+  bool closed() const { return closed_; }
+  size_t pending_bytes() const { return buf_.size(); }
+
+ private:
+  static constexpr size_t kKeepBytes = 1 << 20;
+  py::object notify_;
+  py::object on_error_;
+  std::vector<uint8_t> buf_;
+  std::vector<uint64_t> rids_;
+  bool due_ = false;
+  bool closed_ = false;
+};
+
+// One in-flight request's completion target: what the batcher's resolve calls instead of an asyncio
+// future's set_result / set_exception. Holds the model name and version the answer carries.
+class Sink {
+ public:
+  Sink(std::shared_ptr<Answers> answers, uint64_t request_id, py::str model, py::str version)
+      : answers_(std::move(answers)), request_id_(request_id), model_(std::move(model)), version_(std::move(version)) {}
+
+  // Never raises: the batcher settles a whole batch in one call, and every request must be recorded as
+  // answered (its in-flight bookkeeping is closed from the recorded ids).
+  void set_result(py::handle outputs) {
+    if (!answers_->closed()) {
+      try {
+        answers_->add_response(request_id_, utf8_of(model_, "the model name"), utf8_of(version_, "the model version"),
+                               outputs);
+      } catch (py::error_already_set& e) {
+        error(e.value());
+      } catch (const std::exception& e) {
+        error(py::reinterpret_borrow<py::object>(PyExc_ValueError)(std::string(e.what())));
+      }
+    }
+    done_ = true;
+    answers_->answered(request_id_);
+  }
+
+  void set_exception(py::handle exc) {
+    if (!answers_->closed()) error(exc);
+    done_ = true;
+    answers_->answered(request_id_);
+  }
+
+  uint64_t request_id() const { return request_id_; }
+  // Whether it was settled (asyncio.Future's spelling, which the engine's Python reference batcher reads).
+  bool done() const { return done_; }
+
+ private:
+  // The Python layer words the error frame; if even that fails, a plain internal error is sent.
+  void error(py::handle exc) {
+    try {
+      answers_->add_error(request_id_, exc);
+    } catch (py::error_already_set& e) {
+      answers_->add_frame(encode_error(request_id_, 500, 9, py::str("internal error: the error could not be encoded"), 0));
+    }
+  }
+
+  std::shared_ptr<Answers> answers_;
+  uint64_t request_id_;
+  py::str model_;
+  py::str version_;
+  bool done_ = false;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_frames, m) {
@@ -447,6 +604,31 @@ PYBIND11_MODULE(_frames, m) {
            py::arg("max_tensors") = 64, py::arg("max_rank") = 16, py::arg("max_name_bytes") = 1024)
       .def("parse", &PyParser::parse, py::arg("buf"), py::arg("start"), py::arg("end"), py::arg("max_frames"),
            "Parse up to max_frames frames of buf[start:end] -> (consumed, items, need, fatal).");
+  py::class_<Answers, std::shared_ptr<Answers>>(m, "Answers",
+                                                 "One connection's answers, encoded natively into one buffer.")
+      .def(py::init<py::object, py::object>(), py::arg("notify"), py::arg("on_error"))
+      .def("sink",
+           [](const std::shared_ptr<Answers>& self, uint64_t request_id, py::str model, py::str version) {
+             return Sink(self, request_id, std::move(model), std::move(version));
+           },
+           py::arg("request_id"), py::arg("model"), py::arg("version"),
+           "A Sink answering `request_id` into this buffer (pass it to DataPlane.submit_sink).")
+      .def("add_response",
+           [](Answers& self, uint64_t request_id, py::str model, py::str version, py::handle tensors) {
+             self.add_response(request_id, utf8_of(model, "the model name"), utf8_of(version, "the model version"),
+                               tensors);
+           },
+           py::arg("request_id"), py::arg("model"), py::arg("version"), py::arg("tensors"))
+      .def("add_frame", &Answers::add_frame, py::arg("frame"))
+      .def("take", &Answers::take, "(frames bytes or None, [request ids answered]) since the last take.")
+      .def("close", &Answers::close, "Drop the callbacks; later answers are recorded but not encoded.")
+      .def_property_readonly("closed", &Answers::closed)
+      .def_property_readonly("pending_bytes", &Answers::pending_bytes);
+  py::class_<Sink>(m, "Sink", "A request's completion target: set_result(outputs) / set_exception(exc).")
+      .def("set_result", &Sink::set_result, py::arg("outputs"))
+      .def("set_exception", &Sink::set_exception, py::arg("exc"))
+      .def("done", &Sink::done, "Whether set_result or set_exception was called.")
+      .def_property_readonly("request_id", &Sink::request_id);
   m.def("encode_request", &encode_request, py::arg("request_id"), py::arg("model"), py::arg("version"),
         py::arg("tensors"), py::arg("outputs") = py::none(), py::arg("timeout_us") = 0);
   m.def("encode_response", &encode_response, py::arg("request_id"), py::arg("model"), py::arg("version"),

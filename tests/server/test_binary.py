@@ -256,13 +256,17 @@ def test_in_flight_bound_pauses_reading_instead_of_queueing(bin_repo, tmp_path):
 
     srv = InProcessServer(bin_repo, limits=BinaryLimits(max_inflight=4))
     seen = []
-    original = srv.plane.submit_arrays
 
-    def counting(*args, **kwargs):
-        seen.append(srv.plane.inflight)
-        return original(*args, **kwargs)
+    def counting(original):
+        def submit(*args, **kwargs):
+            seen.append(srv.plane.inflight)
+            return original(*args, **kwargs)
 
-    srv.plane.submit_arrays = counting
+        return submit
+
+    # Requests take the sink path (answered in place); the general path stays counted in case one falls back.
+    srv.plane.submit_sink = counting(srv.plane.submit_sink)
+    srv.plane.submit_arrays = counting(srv.plane.submit_arrays)
     try:
         xs = [{"x": np.full((2, 384), i, np.float32)} for i in range(40)]
         with Client(srv.address, window=40) as client:

@@ -19,6 +19,7 @@ from fastml._frames import (
     PING,
     PONG,
     VERSION,
+    Answers,
     Parser,
     encode_control,
     encode_error,
@@ -177,6 +178,7 @@ class FrameBuffer:
 
 
 __all__ = [
+    "Answers",
     "ERROR",
     "ERROR_KINDS",
     "FLAG_FATAL",

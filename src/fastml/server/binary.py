@@ -56,7 +56,7 @@ class BinaryLimits:
 
 
 class _Call:
-    """One in-flight request: answers its connection when the data plane's future settles."""
+    """One in-flight request on the general path: answers its connection when the data plane's future settles."""
 
     __slots__ = ("conn", "request_id", "entry")
 
@@ -92,9 +92,15 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.parser = listener.parser
         self.buffer = wire.FrameBuffer(listener.limits.chunk_bytes)
         self.transport: asyncio.Transport | None = None
-        self.inflight: dict[int, _Call] = {}
+        # request id -> its _Call (general path) or its model entry (sink path: answered through self.answers)
+        self.inflight: dict[int, object] = {}
+        # Sink-path answers are encoded natively into this buffer by the engine's completion pass and
+        # written with one transport.write per pass (see _answers_ready).
+        self.answers = wire.Answers(self._answers_due, self.error_frame)
+        self.answers_due = False
         self.out: list[bytes] = []
         self.flush_due = False
+        self.after_due = False  # _after_answers is scheduled
         self.read_paused = False
         self.write_paused = False
         self.closing = False  # no more requests are parsed (drain, fatal error, connection gone)
@@ -113,6 +119,8 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.listener.connections.discard(self)
         self.closing = True
         self.transport = None
+        if not self.inflight:
+            self.answers.close()  # else once the last in-flight request is answered (_answers_ready)
         # In-flight requests still complete in the engine; their answers are dropped in finish().
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -174,6 +182,18 @@ class BinaryProtocol(asyncio.BufferedProtocol):
                 raise Unavailable("the server is shutting down")
             if outputs is None:
                 entry = plane.resolve(model, version)
+                # Registered first: the engine holds the request from the submit on.
+                inflight[rid] = entry
+                try:
+                    queued = plane.submit_sink(
+                        entry, inputs, timeout_us or None, self.answers.sink(rid, entry.name, entry.version)
+                    )
+                except BaseException:
+                    del inflight[rid]
+                    raise
+                if queued:
+                    return
+                del inflight[rid]
                 fut = plane.submit_arrays(entry, inputs, timeout_us or None)
                 call = _Call(self, rid, entry)
             else:
@@ -212,11 +232,52 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         return _encode_error(rid, http_status(exc), wire.error_kind(exc), str(exc) or type(exc).__name__)
 
     def finish(self, rid: int, frame: bytes) -> None:
-        """An in-flight request is answered: write its frame and maybe resume reading."""
+        """An in-flight request is answered: write its frame and maybe resume reading.
+
+        Runs inside the engine's resolve (sink path) or a future's callback: resuming (which parses and
+        submits more frames) and closing are left to a loop callback, so no request is submitted from
+        within the engine's completion pass.
+        """
         self.inflight.pop(rid, None)
         if self.transport is None:
             return
         self._write(frame)
+        if (self.closing or self.eof or self.read_paused) and not self.after_due:
+            self.after_due = True
+            self._loop.call_soon(self._after_answers)
+
+    def _answers_due(self) -> None:
+        # Called by the engine's completion pass on its first sink answer: finish the pass first.
+        if not self.answers_due:
+            self.answers_due = True
+            self._loop.call_soon(self._answers_ready)
+
+    def _answers_ready(self) -> None:
+        """Sink-path answers of one completion pass: close their books, write their frames in one go."""
+        self.answers_due = False
+        data, rids = self.answers.take()
+        pop = self.inflight.pop
+        completed = self.plane.completed
+        for rid in rids:
+            entry = pop(rid, None)
+            if entry is not None:
+                completed(entry)
+        if self.transport is None:
+            if not self.inflight:
+                self.answers.close()
+            return
+        if data is not None:
+            self.out.append(data)
+            self._flush()
+        if self.closing or self.eof:
+            self._maybe_close()
+        elif self.read_paused:
+            self._maybe_resume()
+
+    def _after_answers(self) -> None:
+        self.after_due = False
+        if self.transport is None:
+            return
         if self.closing or self.eof:
             self._maybe_close()
         elif self.read_paused:

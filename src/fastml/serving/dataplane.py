@@ -389,6 +389,42 @@ class DataPlane:
         self.inflight += 1
         return fut
 
+    def submit_sink(self, entry, inputs: dict[str, np.ndarray], timeout_us: int | None, sink) -> bool:
+        """:meth:`submit_arrays` for a transport that takes each answer in place: the engine calls
+        ``sink.set_result({output name: array})`` or ``sink.set_exception(error)`` when the request completes,
+        and the sink must then call :meth:`completed` exactly once. Returns False, having queued and counted
+        nothing, when the request needs the general path (a model without the engine's sink path, a logger,
+        inputs the engine wants validated): use :meth:`submit_arrays` then.
+
+        Raises:
+            Overloaded (shed or queue full), Unavailable (model closed): counted as failures of ``entry``.
+        """
+        model = entry.model
+        submit = getattr(model, "submit_sink", None)
+        if submit is None:
+            return False
+        gate = entry.cache.get("admission")
+        if gate is None:
+            gate = entry.cache["admission"] = AdmissionGate()
+        try:
+            gate.admit(entry.inflight, timeout_us or model.timeout_us)
+            if not submit(inputs, timeout_us, sink):
+                return False
+        except Exception as exc:
+            self.count_failure(entry, exc)
+            raise
+        entry.inflight += 1
+        self.inflight += 1
+        return True
+
+    def completed(self, entry) -> None:
+        """Close the books on a request that :meth:`submit_sink` queued (its sink was called)."""
+        entry.inflight -= 1
+        self.inflight -= 1
+        gate = entry.cache.get("admission")
+        if gate is not None:
+            gate.completed(entry.inflight)
+
     def settle(self, entry, fut: asyncio.Future) -> dict:
         """Close the books on a future from :meth:`submit_arrays`: return its outputs or raise its error.
 
