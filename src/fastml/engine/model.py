@@ -678,6 +678,37 @@ class Model:
             self._sample_latency(fut)
         return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id, not covered)
 
+    def submit_sink(self, inputs, timeout_us: int | None, sink) -> bool:
+        """Enqueues a request whose completion calls ``sink.set_result(outputs dict)`` or
+        ``sink.set_exception(error)`` straight from the core's resolve (no asyncio future, no done-callback
+        round trip through the loop): a transport answering many pipelined requests settles them in place.
+
+        Only the plain case takes this path: a dict of exactly this model's inputs whose dtypes and shapes
+        the core accepts as they are, and no prediction logger. Returns False (nothing queued, nothing
+        raised) otherwise, and the caller uses :meth:`submit`, whose validation words the errors.
+
+        Raises:
+            Overloaded (queue full), Unavailable (closed): as :meth:`submit`.
+        """
+        if self._logger is not None or type(inputs) is not dict or len(inputs) != self._n_inputs:
+            return False
+        try:
+            arrays = tuple([inputs[n] for n in self._input_names])
+        except KeyError:
+            return False
+        loop = _get_running_loop()
+        queue = self._loops.get(loop)
+        if queue is None:
+            queue = self._attach(loop)
+        try:
+            self._submit_async(queue, arrays, self.timeout_us if timeout_us is None else timeout_us, sink)
+        except self._core_error as exc:
+            if exc.args[0] == INVALID_INPUT:
+                return False
+            raise status_error(*exc.args) from None
+        self._schedule_flush(loop, queue)
+        return True
+
     def _log_on_completion(self, fut, inputs, arrays, request_id) -> None:
         """Log a plain-path request when its future succeeds (the native submit accepted ``inputs`` as they
         are: a dict of the model's inputs or the one input's array)."""
