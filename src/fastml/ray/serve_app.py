@@ -34,15 +34,13 @@ from typing import Any
 
 from fastml.errors import FastMLError, InvalidInput, NotFound
 from fastml.server import routes
+from fastml.server.http import encode_infer_response
 from fastml.server.status import http_status
 from fastml.server.tensors import (
     Plan,
     build_plan,
-    datatype_of,
     decode_request,
     encode_json,
-    output_bytes,
-    output_json_data,
     plan_inputs,
     raw_input,
 )
@@ -53,7 +51,6 @@ DEFAULT_APP_NAME = "fastml"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 _JSON = "application/json"
-_BINARY = "application/octet-stream"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,39 +313,15 @@ def _decode(entry, headers, body: bytes):
 
 
 def _encode(entry, plan, outputs: dict) -> tuple[int, dict[str, str], bytes]:
-    """The inference answer: JSON, or a JSON header followed by the binary outputs."""
-    specs = plan.outputs
-    if specs is None:
-        specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
-    described = []
-    blobs = []
-    for name, binary in specs:
-        arr = outputs[name]
-        dt = datatype_of(arr)
-        if binary:
-            blob = output_bytes(arr, dt)
-            blobs.append(blob)
-            described.append(
-                {"name": name, "datatype": dt, "shape": list(arr.shape), "parameters": {"binary_data_size": len(blob)}}
-            )
-        else:
-            described.append(
-                {"name": name, "datatype": dt, "shape": list(arr.shape), "data": output_json_data(arr, dt)}
-            )
-    answer: dict[str, Any] = {}
-    if plan.request_id is not None:
-        answer["id"] = plan.request_id
-    answer["model_name"] = entry.name
-    answer["model_version"] = entry.version
-    answer["outputs"] = described
-    header = encode_json(answer)
-    if not blobs:
-        return 200, {"content-type": _JSON}, header
-    return (
-        200,
-        {"content-type": _BINARY, "inference-header-content-length": str(len(header))},
-        header + b"".join(blobs),
-    )
+    """The inference answer, as ``fastml serve`` encodes it (JSON, or a JSON header followed by the binary
+    outputs): its content headers and body, split out of the HTTP response for Ray's proxy to send."""
+    head, _, body = encode_infer_response(entry, plan, outputs, None, b"").partition(b"\r\n\r\n")
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:  # after the status line
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() != "content-length":  # the proxy sets it for the body it sends
+            headers[name.lower()] = value.strip()
+    return 200, headers, body
 
 
 def absolute_targets(targets: list[str]) -> list[str]:
