@@ -120,7 +120,7 @@ class _InferCall(_Slot):
             server.count_error(self.data)
         else:
             if route is not None:
-                route[5].record((perf_counter_ns() - self.start_ns) / 1000, True)
+                route[7]((perf_counter_ns() - self.start_ns) / 1000)  # the variant's stats.record_ok
             try:
                 self.data = encode_infer_response(entry, self.plan, outputs, self.encoding, conn_hdr, route)
                 server.ok_count += 1
@@ -135,7 +135,7 @@ class _InferCall(_Slot):
 
 def _variant_routes(d) -> list[tuple]:
     """Per variant of deployment ``d``, what its answers need: (deployment, variant, ``fastml-variant`` header
-    line, router, variant index, variant stats, variant); built once per deployment."""
+    line, router, variant index, variant stats, variant, ``stats.record_ok``); built once per deployment."""
     return [
         (
             d.name,
@@ -145,6 +145,7 @@ def _variant_routes(d) -> list[tuple]:
             t.index,
             t.stats,
             t,
+            t.stats.record_ok,
         )
         for t in d.variants
     ]
@@ -766,12 +767,14 @@ class HttpProtocol:
         in for model and deployment calls (``route``: the variant's :func:`_variant_routes` tuple, or None)."""
         plane = self.server.plane
         try:
-            if route is None:
+            if route is None or getattr(entry.model, "prediction_logger", route) is None:
+                # (A model object without the attribute may label its own log: it goes through submit_variant.)
                 fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
-            else:
+            else:  # sets the variant's label for the model's prediction logger
                 fut = plane.deployments.submit_variant(plane, route[6], entry, inputs, timeout_us, plan.request_id)
         except Exception as exc:  # counted by the data plane (and the variant's stats)
             if route is not None:
+                route[5].record(0.0, False)
                 route[3].count_error(route[4])
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
         call = _InferCall(

@@ -30,6 +30,7 @@ import bisect
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -52,6 +53,7 @@ LATENCY_SAMPLES = 4096  # latest latencies kept per variant for percentiles
 
 # Upper bounds (us) of the cumulative latency histogram exported to Prometheus per variant.
 LATENCY_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
+_BUCKET_BOUNDS = np.asarray(LATENCY_BUCKETS_US, dtype=np.float64)
 
 
 # A model object without a prediction_logger attribute (not the engine's Model): label its requests anyway.
@@ -62,43 +64,92 @@ class VariantStats:
     """Counters of one variant or shadow in this process: requests, errors, recent latencies (us), and a
     cumulative latency histogram (``LATENCY_BUCKETS_US``, then +Inf) with the latency sum.
 
-    :meth:`record` is for the event loop's thread; another thread (the shadow runner) calls
-    :meth:`record_threadsafe`, whose records are folded in by the readers (:meth:`sync`)."""
+    The serving path only appends: :attr:`record_ok` (a bound ``list.append``, no Python frame per request)
+    for an answered request, :meth:`record` for a failed one, :meth:`record_threadsafe` from another thread
+    (the shadow runner). Readers fold what was appended into the counters (:meth:`sync`, under a lock: the
+    status snapshot reads from an executor thread); the deployment manager's poll does so every
+    ``poll_interval_s``, and :meth:`record` every ``FOLD_EVERY`` records.
+    """
 
-    __slots__ = ("requests", "errors", "latency_us", "buckets", "latency_sum_us", "_inbox")
+    __slots__ = (
+        "requests",
+        "_errors",
+        "_thread_errors",
+        "latency_us",
+        "buckets",
+        "latency_sum_us",
+        "_pending",
+        "record_ok",
+        "_inbox",
+        "_lock",
+    )
+
+    FOLD_EVERY = 4096
 
     def __init__(self):
         self.requests = 0
-        self.errors = 0
+        self._errors = 0  # the event loop's thread (record)
+        self._thread_errors = 0  # folded from the inbox (sync, under the lock)
         self.latency_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
         self.latency_sum_us = 0.0
+        self._pending: list[float] = []  # latencies appended by the serving path, not folded in yet
+        self.record_ok = self._pending.append
         self._inbox: deque[tuple[float, bool]] = deque()  # appended by another thread, drained by sync()
+        self._lock = threading.Lock()
+
+    @property
+    def errors(self) -> int:
+        return self._errors + self._thread_errors
 
     def record(self, latency_us: float, ok: bool) -> None:
-        self.requests += 1
+        """One answered (``ok``) or failed request (the event loop's thread)."""
         if not ok:
-            self.errors += 1
-        self.latency_us.append(latency_us)
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_US, latency_us)] += 1
-        self.latency_sum_us += latency_us
+            self._errors += 1
+        pending = self._pending
+        pending.append(latency_us)
+        if len(pending) >= self.FOLD_EVERY:
+            self.sync()
 
     def record_threadsafe(self, latency_us: float, ok: bool) -> None:
         """:meth:`record` from any thread (a deque append is atomic); readers fold it in with :meth:`sync`."""
         self._inbox.append((latency_us, ok))
 
     def sync(self) -> None:
-        """Fold in what other threads recorded (the reader's thread)."""
-        inbox = self._inbox
-        while inbox:
-            self.record(*inbox.popleft())
+        """Fold what was appended into the counters (any thread)."""
+        with self._lock:
+            inbox = self._inbox
+            pending = self._pending
+            while inbox:
+                latency_us, ok = inbox.popleft()
+                if not ok:
+                    self._thread_errors += 1
+                pending.append(latency_us)
+            n = len(pending)
+            if not n:
+                return
+            # In place (the serving thread may append meanwhile; list slicing and deletion hold the GIL).
+            values = pending[:n]
+            del pending[:n]
+            self.requests += n
+            self.latency_us.extend(values)
+            self.latency_sum_us += sum(values)
+            buckets = self.buckets
+            if n < 32:
+                for v in values:
+                    buckets[bisect.bisect_left(LATENCY_BUCKETS_US, v)] += 1
+            else:
+                idx = np.searchsorted(_BUCKET_BOUNDS, np.asarray(values, dtype=np.float64), side="left")
+                for b, c in enumerate(np.bincount(idx, minlength=len(buckets)).tolist()):
+                    buckets[b] += c
 
     def to_dict(self, samples: bool = False, latency: bool = True) -> dict:
         self.sync()
         pct: dict[str, float] = {}
         if not latency and not samples:  # counts only (the per-second status snapshot)
             return {"requests": self.requests, "errors": self.errors, "latency": pct}
-        lat = np.fromiter(self.latency_us, dtype=np.float64, count=len(self.latency_us))
+        with self._lock:
+            lat = np.fromiter(self.latency_us, dtype=np.float64, count=len(self.latency_us))
         if len(lat):
             p50, p90, p99 = np.percentile(lat, [50, 90, 99])
             pct = {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "mean_us": float(lat.mean())}
@@ -614,25 +665,18 @@ class DeploymentManager:
         self, plane, target: Target, entry, inputs: dict, timeout_us: int | None, request_id: str | None
     ) -> asyncio.Future:
         """Submit decoded inputs to the variant ``target`` (its model ``entry``) through the data plane's
-        staged way in; the caller settles the future (``plane.settle``) and records ``target.stats``.
+        staged way in, with the variant's label set for the model's prediction logger; the caller settles the
+        future (``plane.settle``) and records ``target.stats``, a refusal included. A transport may call
+        ``plane.submit_arrays`` itself when ``entry.model.prediction_logger`` is None (nothing reads the label).
 
         Raises:
-            FastMLError: refused by the model (recorded as a failure of the variant).
+            FastMLError: refused by the model.
         """
         if getattr(entry.model, "prediction_logger", _NO_LOGGER_ATTR) is None:
-            # Only a prediction logger reads the variant label (during the submit): without one, setting and
-            # resetting the ContextVar would be the one per-request cost a variant has over its model.
-            try:
-                return plane.submit_arrays(entry, inputs, timeout_us, request_id)
-            except FastMLError:
-                target.stats.record(0.0, False)
-                raise
+            return plane.submit_arrays(entry, inputs, timeout_us, request_id)
         token = CURRENT_VARIANT.set(target.name)  # the prediction log's variant column (monitoring.log)
         try:
             return plane.submit_arrays(entry, inputs, timeout_us, request_id)
-        except FastMLError:
-            target.stats.record(0.0, False)
-            raise
         finally:
             CURRENT_VARIANT.reset(token)
 
