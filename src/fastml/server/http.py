@@ -25,6 +25,11 @@ from time import perf_counter_ns
 
 import httptools
 
+try:
+    import cython  # compiled as _http.pyx, the classes marked cclass become C types (declared in _http.pxd)
+except ImportError:  # Cython builds the twin; the pure-Python module runs without it
+    from fastml.server import _cython_shim as cython
+
 from fastml.errors import InvalidInput, Overloaded, PermissionDenied, Unauthenticated
 from fastml.server import routes, shm_http
 from fastml.server.auth import WWW_AUTHENTICATE
@@ -71,6 +76,7 @@ class _Reject(Exception):
         self.message = message
 
 
+@cython.cclass
 class _Slot:
     """A response position in a connection's pipeline; ``data`` is None until the answer is ready."""
 
@@ -81,6 +87,7 @@ class _Slot:
         self.close = False
 
 
+@cython.cclass
 class _InferCall(_Slot):
     """A pipeline slot for one submitted inference, filled by the engine future's done callback.
 
@@ -336,6 +343,7 @@ def encode_infer_response(
     return _OK_JSON % (len(body), extra) + body
 
 
+@cython.cclass
 class HttpProtocol:
     """One HTTP/1.1 connection (an asyncio Protocol; ``server`` is the owning fastml Server)."""
 
@@ -391,6 +399,7 @@ class HttpProtocol:
         self.upgrade_answered = False
         self._reset()
 
+    @cython.ccall
     def _reset(self):
         self.url = b""
         self.body = None
@@ -581,6 +590,7 @@ class HttpProtocol:
         if len(self.pending) >= self.limits.max_pipelined:
             self._pause_reading()
 
+    @cython.ccall
     def _reserve(self, nbytes: int):
         """Count ``nbytes`` of request body against the server-wide budget (Limits.max_buffered_bytes): beyond
         it the request is answered 503 at once, from its Content-Length, before its body is read."""
@@ -590,12 +600,14 @@ class HttpProtocol:
         server.buffered_bytes += nbytes
         self.reserved += nbytes
 
+    @cython.ccall
     def _release(self):
         if self.reserved:
             self.server.buffered_bytes -= self.reserved
             self.reserved = 0
 
     # ----- responses ----------------------------------------------------------------------------
+    @cython.ccall
     def _respond(self, data: bytes, conn_hdr: bytes):
         """Answer the current request now (after any earlier pipelined answers)."""
         if not self.pending and not self.closed and not self.lingering:
@@ -609,6 +621,7 @@ class HttpProtocol:
         self.pending.append(slot)
         self.flush()
 
+    @cython.ccall
     def flush(self):
         """Write every answer at the head of the pipeline that is ready, in order."""
         pending = self.pending
@@ -643,11 +656,13 @@ class HttpProtocol:
             self.closed = True
             self.transport.close()
 
+    @cython.ccall
     def _pause_reading(self):
         if not self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = True
             self.transport.pause_reading()
 
+    @cython.ccall
     def _maybe_resume_reading(self):
         if (
             self.reading_paused
@@ -659,6 +674,7 @@ class HttpProtocol:
             self.transport.resume_reading()
 
     # ----- dispatch -----------------------------------------------------------------------------
+    @cython.ccall
     def _dispatch(self, method: bytes, body: bytes, conn_hdr: bytes):
         server = self.server
         url = self.url
@@ -727,6 +743,7 @@ class HttpProtocol:
         slot.data = simple_response(status, payload, ctype, conn_hdr)
         self.flush()
 
+    @cython.ccall
     def _infer(self, name: str, version: str | None, body: bytes, conn_hdr: bytes):
         plane = self.server.plane
         ihcl = self.ihcl
@@ -846,6 +863,7 @@ class HttpProtocol:
                 plans[header] = got
         return got[0], got[1], got[2], got[3], ihcl
 
+    @cython.ccall
     def _decode_infer(self, entry, body: bytes):
         ihcl = self.ihcl
         n = len(body)
