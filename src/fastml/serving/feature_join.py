@@ -26,6 +26,9 @@ the entity and the feature). Lookups are counted per feature and outcome (hit, m
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import msgspec
 import numpy as np
 
@@ -151,6 +154,14 @@ class _JoinSession:
             + [nodes[n] for n in self._passthrough]
         )
         self._outputs = session.get_outputs()
+        # ONNX Runtime's Python run() re-checks the feed's names and types (~10 us a call, as much as the
+        # join of a whole batch): this feed is built here from the model's own input names with numpy
+        # arrays, so call the bound native run (CPU sessions only: run()'s retry is for GPU providers).
+        native = getattr(session, "_sess", None)
+        cpu_only = type(session).__module__.startswith("onnxruntime") and session.get_providers() == [
+            "CPUExecutionProvider"
+        ]
+        self._native_run = native.run if native is not None and cpu_only else None
 
     def get_inputs(self):
         return self._inputs
@@ -163,6 +174,8 @@ class _JoinSession:
         model_feed = {self._feature_input: out}
         for name in self._passthrough:
             model_feed[name] = feed[name]
+        if self._native_run is not None:
+            return self._native_run(output_names, model_feed, None)
         return self.session.run(output_names, model_feed)
 
 
@@ -275,7 +288,7 @@ class FeatureJoinedModel:
         # The batched way (module docstring), or None; taken while the wrapped model has no prediction logger.
         self.batched = _batched_model(model, join, spec.name, [s.name for s in self._passthrough])
         if self.batched is not None:
-            self._batched_submit = self.batched.submit
+            self._install_batched_entry_points()
 
     # ------------------------------------------------------------------ the join
     def build(self, inputs) -> dict[str, np.ndarray]:
@@ -330,11 +343,14 @@ class FeatureJoinedModel:
     def submit(self, inputs, timeout_us: int | None = None, *, outputs=None, request_id: str | None = None):
         """:meth:`fastml.engine.Model.submit` with entity ids in; the join runs per batch (or now, on the
         caller's thread, on the per-request way)."""
-        if self.batched is not None and self.model.prediction_logger is None:
+        if self._use_batched():
             try:
-                return self._batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+                return self.batched.submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
             except InvalidInput:
                 pass  # ids of another integer type, [n, 1] shapes: the per-request way takes or words them
+        return self._submit_per_request(inputs, timeout_us, outputs, request_id)
+
+    def _submit_per_request(self, inputs, timeout_us, outputs, request_id):
         if outputs is None and request_id is None and self._simple and type(inputs) is dict:
             # The common request (entity ids and request-time values only): one native join, one native submit.
             if len(inputs) == self._n_inputs:
@@ -365,13 +381,14 @@ class FeatureJoinedModel:
 
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able :meth:`predict`."""
-        if self.batched is not None and self.model.prediction_logger is None:
+        if self._use_batched():
             try:
-                fut = self._batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+                return await self.batched.predict_async(inputs, outputs, timeout_us, request_id=request_id)
             except InvalidInput:
-                fut = None  # as in submit: the per-request way takes or words it
-            if fut is not None:
-                return await fut
+                pass  # raised before queueing; as in submit, the per-request way takes or words it
+        return await self._predict_async_per_request(inputs, outputs, timeout_us, request_id)
+
+    async def _predict_async_per_request(self, inputs, outputs, timeout_us, request_id):
         if outputs is None and request_id is None and self._simple and type(inputs) is dict:
             # submit's common request inlined (one Python frame less per request on the busiest path).
             if len(inputs) == self._n_inputs:
@@ -379,7 +396,46 @@ class FeatureJoinedModel:
                 if error_row >= 0:
                     self._refuse(inputs, error_row, error_col, error_stale)
                 return await self._inner_submit({self.feature_input: out}, timeout_us)
-        return await self.submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+        return await self._submit_per_request(inputs, timeout_us, outputs, request_id)
+
+    def _install_batched_entry_points(self) -> None:
+        """``submit`` and ``predict_async`` as closures over the engine models' bound methods, set on the
+        instance: this class defines ``__getattr__``, so CPython does not specialise attribute reads on its
+        instances, and the few a request would make (~0.1 us each) were a measurable share of its cost."""
+        inner = self.model
+        # The engine model's prediction_logger property reads its _logger: read it directly, once per request.
+        logger_of = (
+            operator.attrgetter("_logger") if hasattr(inner, "_logger") else operator.attrgetter("prediction_logger")
+        )
+        batched_submit = self.batched.submit
+        batched_predict_async = self.batched.predict_async
+        submit_per_request = self._submit_per_request
+        predict_async_per_request = self._predict_async_per_request
+
+        def submit(inputs, timeout_us=None, *, outputs=None, request_id=None):
+            if logger_of(inner) is None:
+                try:
+                    if outputs is None and request_id is None:
+                        return batched_submit(inputs, timeout_us)
+                    return batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+                except InvalidInput:
+                    pass  # as in the class's submit
+            return submit_per_request(inputs, timeout_us, outputs, request_id)
+
+        async def predict_async(inputs, outputs=None, timeout_us=None, *, request_id=None):
+            if logger_of(inner) is None:
+                try:
+                    if request_id is None:
+                        return await batched_predict_async(inputs, outputs, timeout_us)
+                    return await batched_predict_async(inputs, outputs, timeout_us, request_id=request_id)
+                except InvalidInput:
+                    pass  # as in the class's predict_async
+            return await predict_async_per_request(inputs, outputs, timeout_us, request_id)
+
+        functools.update_wrapper(submit, FeatureJoinedModel.submit)
+        functools.update_wrapper(predict_async, FeatureJoinedModel.predict_async)
+        self.submit = submit
+        self.predict_async = predict_async
 
     def feature_lookups(self) -> dict[str, dict[str, int]]:
         """Cumulative lookups per stored feature: ``{ref: {"hit", "missing", "stale"}}``."""
