@@ -84,6 +84,7 @@ void bind_status(py::module_& m) {
 
 // ===== batcher section (csrc/batcher.h) =====
 #include <atomic>
+#include <cstring>
 
 #include "batcher.h"
 
@@ -155,6 +156,15 @@ struct PyBatcher {
     py::str set_result_name{"set_result"};        // immutable
     py::str set_exception_name{"set_exception"};  // immutable
     py::str create_future_name{"create_future"};  // immutable
+    py::str callbacks_name{"_callbacks"};                        // immutable
+    py::str remove_done_callback_name{"remove_done_callback"};  // immutable
+    py::object current_task;  // asyncio.current_task; immutable
+    py::object task_type;     // asyncio.Task (the C task whose wake-up Resolve may run directly); immutable
+    py::object future_type;   // asyncio.Future (what loop.create_future returns on the stdlib loop); immutable
+    py::object base_create_future;  // asyncio.BaseEventLoop.create_future; immutable
+    py::object loop_kwnames;        // ("loop",); immutable
+    py::object known_loop_type;     // guarded by the GIL; the event loop class NewFuture last looked at
+    bool known_loop_plain = false;  // guarded by the GIL; whether that class keeps asyncio's create_future
 
     struct BatchOutputs {
         py::list arrays;         // what the runner's model returned for the whole batch
@@ -321,12 +331,91 @@ struct PyBatcher {
         drop.clear();
     }
 
+    // A new future of `loop` (new reference, or NULL with an error set): asyncio.Future(loop=loop) built here
+    // when the loop's class keeps asyncio's own create_future, which does only that through a Python frame;
+    // loop.create_future() otherwise (uvloop's is native already; a custom loop may return its own type).
+    PyObject* NewFuture(PyObject* loop) {
+        PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(loop));  // borrowed
+        if (type != known_loop_type.ptr()) {
+            PyObject* method = PyObject_GetAttr(type, create_future_name.ptr());  // new reference
+            if (!method) return nullptr;
+            known_loop_plain = method == base_create_future.ptr();
+            Py_DECREF(method);
+            known_loop_type = py::reinterpret_borrow<py::object>(type);
+        }
+        if (!known_loop_plain) return PyObject_CallMethodNoArgs(loop, create_future_name.ptr());
+        PyObject* args[2] = {nullptr, loop};  // slot 0 free for the callee (PY_VECTORCALL_ARGUMENTS_OFFSET)
+        return PyObject_Vectorcall(future_type.ptr(), args + 1, PY_VECTORCALL_ARGUMENTS_OFFSET, loop_kwnames.ptr());
+    }
+
+    // True when the calling thread runs an event loop and is not inside one of its tasks (a reader callback
+    // or a call_soon handle): only then may a task's step run here, as the loop's own handle would run it.
+    bool OutsideTask() {
+        PyObject* task = PyObject_CallNoArgs(current_task.ptr());  // new reference or NULL (no running loop)
+        if (!task) {
+            PyErr_Clear();
+            return false;
+        }
+        const bool outside = task == Py_None;
+        Py_DECREF(task);
+        return outside;
+    }
+
+    // Settles `fut` and, when its one done-callback is the wake-up of the asyncio Task awaiting it, runs that
+    // wake-up right here in the task's context instead of through loop.call_soon: on the stdlib event loop a
+    // scheduled callback costs a Python Handle and three Python frames per request, more than the request's
+    // own native work. Any other callback (gather, user callbacks) keeps asyncio's scheduling. GIL held;
+    // caller checked OutsideTask(). Returns 1 when settled and woken, 0 when not applicable (nothing done),
+    // -1 with a Python error set when settling or the wake-up failed.
+    int SettleAndWake(PyObject* fut, bool ok, PyObject* value) {
+        if (Py_TYPE(fut) != reinterpret_cast<PyTypeObject*>(future_type.ptr())) return 0;  // a sink, a subclass
+        PyObject* cbs = PyObject_GetAttr(fut, callbacks_name.ptr());  // new reference: [(cb, context)] or None
+        if (!cbs) {
+            PyErr_Clear();  // the caller settles it the ordinary way
+            return 0;
+        }
+        py::object owned_cbs = py::reinterpret_steal<py::object>(cbs);
+        if (!PyList_CheckExact(cbs) || PyList_GET_SIZE(cbs) != 1) return 0;
+        PyObject* pair = PyList_GET_ITEM(cbs, 0);  // borrowed from cbs
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) return 0;
+        PyObject* cb = PyTuple_GET_ITEM(pair, 0);   // borrowed from pair
+        PyObject* ctx = PyTuple_GET_ITEM(pair, 1);  // borrowed from pair
+        if (!PyCFunction_Check(cb) || !PyContext_CheckExact(ctx)) return 0;
+        PyObject* task = PyCFunction_GET_SELF(cb);  // borrowed
+        if (!task || !PyObject_TypeCheck(task, reinterpret_cast<PyTypeObject*>(task_type.ptr())) ||
+            std::strcmp(reinterpret_cast<PyCFunctionObject*>(cb)->m_ml->ml_name, "task_wakeup") != 0) {
+            return 0;
+        }
+        if (PyContext_Enter(ctx) < 0) {
+            PyErr_Clear();  // the context is in use: leave the wake-up to the loop
+            return 0;
+        }
+        // The callback leaves the future before it is settled, so settling schedules nothing.
+        PyObject* r = PyObject_CallMethodOneArg(fut, remove_done_callback_name.ptr(), cb);  // new reference
+        if (r) {
+            Py_DECREF(r);
+            r = PyObject_CallMethodOneArg(fut, ok ? set_result_name.ptr() : set_exception_name.ptr(), value);
+        }
+        if (r) {
+            Py_DECREF(r);
+            r = PyObject_CallOneArg(cb, fut);  // the task's step: its coroutine resumes here
+        }
+        const int exited = PyContext_Exit(ctx);
+        if (!r || exited < 0) {
+            Py_XDECREF(r);
+            return -1;
+        }
+        Py_DECREF(r);
+        return 1;
+    }
+
     // Settles every future of `items` (GIL held). A failure to build one result (make_error raising, an
     // output that cannot be sliced) settles that future with the error instead; a future that refuses to
     // be settled (cancelled: InvalidStateError, ignored; or raising otherwise) never stops the others. The
     // first unexpected error is raised once every future is settled. Returns how many were settled.
     size_t Resolve(std::vector<Completion>& items, py::handle make_error) {
         size_t n = 0;
+        const bool wake_direct = !items.empty() && OutsideTask();
         py::object first_type, first_value, first_tb;  // the first unexpected error, re-raised at the end
         for (const Completion& c : items) {
             py::object keep = TakeUserData(c.user_data);
@@ -341,8 +430,14 @@ struct PyBatcher {
             if (!keep) continue;
             PyObject* fut = PyTuple_GET_ITEM(keep.ptr(), 0);  // borrowed from keep
             if (fut == Py_None) continue;
-            PyObject* r = PyObject_CallMethodOneArg(fut, ok ? set_result_name.ptr() : set_exception_name.ptr(),
-                                                    value.ptr());  // new reference or NULL
+            const int woken = wake_direct ? SettleAndWake(fut, ok, value.ptr()) : 0;
+            if (woken > 0) {
+                ++n;
+                continue;
+            }
+            PyObject* r = woken < 0 ? nullptr
+                                    : PyObject_CallMethodOneArg(fut, ok ? set_result_name.ptr() : set_exception_name.ptr(),
+                                                                value.ptr());  // new reference or NULL
             if (r) {
                 Py_DECREF(r);  // the None set_result returns
                 ++n;
@@ -424,7 +519,13 @@ static void bind_batcher(py::module_& m) {
                  }
                  b->runner_batch.assign(static_cast<size_t>(instances), 0);
                  b->error_type = core_error;
-                 b->invalid_state = py::module_::import("asyncio").attr("InvalidStateError");
+                 py::module_ asyncio = py::module_::import("asyncio");
+                 b->invalid_state = asyncio.attr("InvalidStateError");
+                 b->current_task = asyncio.attr("current_task");
+                 b->task_type = asyncio.attr("Task");
+                 b->future_type = asyncio.attr("Future");
+                 b->base_create_future = asyncio.attr("BaseEventLoop").attr("create_future");
+                 b->loop_kwnames = py::make_tuple("loop");
                  b->view_base = py::capsule(b.get(), "fastml.batcher.view_base");
                  return b;
              }),
@@ -482,8 +583,7 @@ static void bind_batcher(py::module_& m) {
                     RaiseCoreError(self.error_type, Status::Error(StatusCode::kInvalidInput, "inputs need validation"));
                 }
                 std::vector<TensorView> views = self.Views(arrays);
-                py::object fut = py::reinterpret_steal<py::object>(
-                    PyObject_CallMethodNoArgs(loop.ptr(), self.create_future_name.ptr()));  // new reference
+                py::object fut = py::reinterpret_steal<py::object>(self.NewFuture(loop.ptr()));  // new reference
                 if (!fut) throw py::error_already_set();
                 // Owned by the request until resolve() (or a sweep) takes it back, as in submit_async.
                 PyObject* keep = PyTuple_Pack(2, fut.ptr(), arrays.ptr());
@@ -1621,6 +1721,148 @@ static void bind_router(py::module_& m) {
 }
 // ===== end router section =====
 
+// ===== monitor window section (csrc/monitor_window.h): live monitoring's per-window accumulator =====
+#include "monitor_window.h"
+
+namespace monitor_py {
+
+using fastml::MonitorColumnLayout;
+using fastml::MonitorColumnView;
+using fastml::MonitorValueType;
+using fastml::MonitorWindow;
+
+std::vector<MonitorColumnLayout> Layout(const std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>>& edges,
+                                        const std::vector<int64_t>& capacities) {
+    if (edges.size() != capacities.size()) {
+        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                               "edges and capacities need one entry per column"));
+    }
+    std::vector<MonitorColumnLayout> layout(edges.size());
+    for (size_t c = 0; c < edges.size(); ++c) {
+        if (edges[c].ndim() != 1) {
+            status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                   "column " + std::to_string(c) + ": edges must be 1-D"));
+        }
+        layout[c].inner_edges.assign(edges[c].data(), edges[c].data() + edges[c].size());
+        layout[c].capacity = capacities[c];
+    }
+    return layout;
+}
+
+// One batch column: `array` is [N] (j = -1), [N, 1] (j = -1) or [N, k] with column j; any strides.
+MonitorColumnView View(const py::array& a, int64_t j, size_t c, int64_t* rows) {
+    auto bad = [c](const std::string& why) {
+        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                               "column " + std::to_string(c) + ": " + why));
+    };
+    MonitorColumnView view;
+    const char kind = a.dtype().kind();
+    const py::ssize_t size = a.dtype().itemsize();
+    if (kind == 'f' && size == 4) view.type = MonitorValueType::kFloat32;
+    else if (kind == 'f' && size == 8) view.type = MonitorValueType::kFloat64;
+    else if (kind == 'i' && size == 4) view.type = MonitorValueType::kInt32;
+    else if (kind == 'i' && size == 8) view.type = MonitorValueType::kInt64;
+    else bad("dtype must be float32, float64, int32 or int64");
+    if (a.ndim() < 1 || a.ndim() > 2) bad("expected a 1-D or 2-D array");
+    const int64_t width = a.ndim() == 2 ? a.shape(1) : 1;
+    if (j < 0) {
+        if (width != 1) bad("a [N, k] array with k > 1 needs a column index");
+        j = 0;
+    }
+    if (j >= width) bad("column index " + std::to_string(j) + " out of range for width " + std::to_string(width));
+    *rows = a.shape(0);
+    view.data = static_cast<const char*>(a.data()) + (a.ndim() == 2 ? j * a.strides(1) : 0);
+    view.stride_bytes = a.strides(0);
+    return view;
+}
+
+py::tuple Summary(const fastml::MonitorWindowSummary& w) {
+    py::list columns;
+    for (const fastml::MonitorColumnSummary& col : w.columns) {
+        columns.append(py::make_tuple(col.n, py::array_t<int64_t>(col.counts.size(), col.counts.data()),
+                                      py::array_t<double>(col.reservoir.size(), col.reservoir.data())));
+    }
+    return py::make_tuple(w.rows, w.first_ts, w.last_ts, columns);
+}
+
+}  // namespace monitor_py
+
+static void bind_monitor_window(py::module_& m) {
+    using monitor_py::MonitorWindow;
+    py::class_<MonitorWindow>(m, "MonitorWindow",
+                              "The open live-monitoring window of one model (see csrc/monitor_window.h).")
+        .def(py::init([](const std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>>& edges,
+                         const std::vector<int64_t>& capacities, int64_t window_rows, int64_t max_closed,
+                         uint64_t seed) {
+                 std::unique_ptr<MonitorWindow> w;
+                 fastml::Status st = MonitorWindow::Make(monitor_py::Layout(edges, capacities), window_rows,
+                                                         max_closed, seed, &w);
+                 if (!st.ok()) status_py::Raise(st);
+                 return w;
+             }),
+             py::arg("edges"), py::arg("capacities"), py::arg("window_rows"), py::arg("max_closed") = 4,
+             py::arg("seed") = 0)
+        .def(
+            "add",
+            [](MonitorWindow& self, const py::sequence& arrays, const std::vector<int64_t>& columns, double now_s) {
+                const size_t n = self.n_columns();
+                if (static_cast<size_t>(py::len(arrays)) != n || columns.size() != n) {
+                    status_py::Raise(fastml::Status::Error(
+                        fastml::StatusCode::kInvalidInput,
+                        "expected " + std::to_string(n) + " arrays and column indexes, one per window column"));
+                }
+                std::vector<py::array> keep;  // owned references: the views below read these buffers
+                std::vector<fastml::MonitorColumnView> views;
+                keep.reserve(n);
+                views.reserve(n);
+                int64_t rows = -1;
+                for (size_t c = 0; c < n; ++c) {
+                    py::object item = arrays[c];
+                    if (!py::isinstance<py::array>(item)) {
+                        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                               "column " + std::to_string(c) + ": not a numpy array"));
+                    }
+                    keep.push_back(py::reinterpret_borrow<py::array>(item));
+                    int64_t r = 0;
+                    views.push_back(monitor_py::View(keep.back(), columns[c], c, &r));
+                    if (rows >= 0 && r != rows) {
+                        status_py::Raise(fastml::Status::Error(
+                            fastml::StatusCode::kInvalidInput,
+                            "column " + std::to_string(c) + " has " + std::to_string(r) + " rows, column 0 has " +
+                                std::to_string(rows)));
+                    }
+                    rows = r;
+                }
+                if (rows <= 0) return int64_t{0};
+                py::gil_scoped_release nogil;  // binning and the reservoirs touch no Python object
+                return self.Add(views, rows, now_s);
+            },
+            py::arg("arrays"), py::arg("columns"), py::arg("now_s"),
+            "Adds one batch (one array and column index per window column); returns the windows it closed.")
+        .def("rotate", [](MonitorWindow& self) { return self.Rotate(); },
+             "Closes the open window if it holds rows (a time-based close).")
+        .def("take", [](MonitorWindow& self) {
+                 std::vector<fastml::MonitorWindowSummary> closed = self.TakeClosed();
+                 py::list out;
+                 for (const auto& w : closed) out.append(monitor_py::Summary(w));
+                 return out;
+             },
+             "The closed windows, oldest first: (rows, first_ts, last_ts, [(n, counts, reservoir), ...]).")
+        .def("set_layout",
+             [](MonitorWindow& self, const std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>>& edges,
+                const std::vector<int64_t>& capacities) {
+                 fastml::Status st = self.SetLayout(monitor_py::Layout(edges, capacities));
+                 if (!st.ok()) status_py::Raise(st);
+             },
+             py::arg("edges"), py::arg("capacities"))
+        .def_property_readonly("n_columns", &MonitorWindow::n_columns)
+        .def_property_readonly("open_rows", &MonitorWindow::open_rows)
+        .def_property_readonly("open_first_ts", &MonitorWindow::open_first_ts)
+        .def_property_readonly("dropped_rows", &MonitorWindow::dropped_rows)
+        .def_property_readonly("add_ns", &MonitorWindow::add_ns);
+}
+// ===== end monitor window section =====
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastml native core: micro-batcher and LMDB feature cache";
     status_py::bind_status(m);
@@ -1628,4 +1870,5 @@ PYBIND11_MODULE(_core, m) {
     bind_feature_cache(m);
     bind_feature_join(m);
     bind_router(m);
+    bind_monitor_window(m);
 }
