@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sys
 import threading
@@ -247,6 +248,58 @@ def test_async_client_timeout(fake):
 
     with pytest.raises(errors.DeadlineExceeded):
         asyncio.run(main())
+
+
+def test_async_client_deadlines_fire_in_any_order_and_answers_in_time_are_kept(fake):
+    # Requests 2 and 4 are never answered; the others are, after request 5 arrives.
+    held = []
+
+    def answer(n, item):
+        held.append(item)
+        if n == 5:
+            return b"".join(echo(i) for i in held if i[1] not in (2, 4))
+        return None
+
+    srv = fake(answer)
+
+    async def main():
+        async with AsyncClient(srv.address, retries=0) as client:
+            calls = [
+                client.infer("m", X, timeout_s=30),  # answered
+                client.infer("m", X, timeout_s=0.3),  # earlier deadline than the last: a timer of its own
+                client.infer("m", X, timeout_s=30),
+                client.infer("m", X, timeout_s=30.2),  # never answered: must not fail before its deadline
+                client.infer("m", X, timeout_s=30),
+            ]
+            tasks = [asyncio.ensure_future(c) for c in calls]
+            _, pending = await asyncio.wait(tasks, timeout=5)
+            for t in pending:
+                t.cancel()
+            return tasks, pending
+
+    tasks, pending = asyncio.run(main())
+    assert pending == {tasks[3]}
+    assert isinstance(tasks[1].exception(), errors.DeadlineExceeded)
+    assert 0.2 < float(re.fullmatch(r"no answer within (\S+) s", str(tasks[1].exception())).group(1)) <= 0.3
+    assert all(np.array_equal(tasks[i].result()["x"], X["x"]) for i in (0, 2, 4))
+
+
+def test_async_client_deadline_timer_expires_calls_in_deadline_order(fake):
+    srv = fake(lambda n, item: None)
+
+    async def main():
+        async with AsyncClient(srv.address, retries=0) as client:
+            outcomes = await asyncio.gather(
+                *(client.infer("m", X, timeout_s=0.1 + 0.05 * i) for i in range(4)), return_exceptions=True
+            )
+            conn = client._conns[0]
+            return outcomes, len(conn.deadlines), conn.deadline_timer
+
+    outcomes, queued, timer = asyncio.run(main())
+    assert [type(o) for o in outcomes] == [errors.DeadlineExceeded] * 4
+    timeouts_s = [float(re.fullmatch(r"no answer within (\S+) s", str(o)).group(1)) for o in outcomes]
+    assert timeouts_s == sorted(timeouts_s) and 0.05 < timeouts_s[0] <= 0.1 and 0.2 < timeouts_s[3] <= 0.25
+    assert queued == 0 and timer is None  # nothing left behind once every call expired
 
 
 def test_async_client_retries_unavailable(fake):

@@ -9,6 +9,7 @@ pass go out in one ``writelines``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import ssl
 import time
@@ -35,6 +36,11 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.flush_due = False
         self.lost: Exception | None = None
         self._loop = asyncio.get_event_loop()
+        # Calls' deadlines in deadline order: (deadline, request id, timeout_s). One timer per connection fires at the
+        # earliest, instead of a loop timer armed and cancelled per call (calls with one timeout arrive in
+        # deadline order; a call whose deadline is earlier than the last one's gets a timer of its own).
+        self.deadlines: collections.deque = collections.deque()
+        self.deadline_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -44,6 +50,10 @@ class _ClientProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc) -> None:
         self.transport = None
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
+        self.deadlines.clear()
         self.lost = Unavailable(f"connection to {self.address} lost" + (f": {exc}" if exc else ""))
         waiting, self.waiting = self.waiting, {}
         for fut in waiting.values():
@@ -82,6 +92,33 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 fut.set_exception(exc)
         if self.transport is not None:
             self.transport.close()
+
+    def watch(self, rid: int, deadline: float, timeout_s: float) -> asyncio.TimerHandle | None:
+        """Fail the call ``rid`` with DeadlineExceeded at ``deadline`` (time.monotonic) unless it is answered by
+        then. Returns a timer the caller cancels when the call got a timer of its own, else None."""
+        dq = self.deadlines
+        waiting = self.waiting
+        while dq and dq[0][1] not in waiting:
+            dq.popleft()  # answered calls leave from the front as answers arrive (mostly in order)
+        if dq and deadline < dq[-1][0]:
+            return self._loop.call_later(max(timeout_s, 0), _expire, waiting[rid], timeout_s)
+        dq.append((deadline, rid, timeout_s))
+        if self.deadline_timer is None:
+            self.deadline_timer = self._loop.call_later(max(dq[0][0] - time.monotonic(), 0), self._expire_due)
+        return None
+
+    def _expire_due(self) -> None:
+        self.deadline_timer = None
+        dq = self.deadlines
+        waiting = self.waiting
+        now = time.monotonic()
+        while dq and (dq[0][1] not in waiting or dq[0][0] <= now):
+            _, rid, timeout_s = dq.popleft()
+            fut = waiting.get(rid)
+            if fut is not None:
+                _expire(fut, timeout_s)
+        if dq:
+            self.deadline_timer = self._loop.call_later(max(dq[0][0] - now, 0), self._expire_due)
 
     def new_id(self) -> int:
         rid = self.next_id
@@ -175,7 +212,8 @@ class AsyncClient:
                 try:
                     return await fut
                 finally:
-                    timer.cancel()
+                    if timer is not None:
+                        timer.cancel()
                     conn.waiting.pop(rid, None)
             except Unavailable:
                 backoff_s = self.retry_backoff_s * 2**attempt
@@ -211,7 +249,7 @@ class AsyncClient:
 
     # ----- internals ------------------------------------------------------------------------------
     def _start(self, conn, model, inputs, version, outputs, timeout_us, deadline):
-        """Write one request on ``conn``: returns its future, request id and timeout timer."""
+        """Write one request on ``conn``: returns its future, request id and its own timeout timer (or None)."""
         if self._closed:
             raise Unavailable("the client is closed")
         rid = conn.new_id()
@@ -223,9 +261,7 @@ class AsyncClient:
         fut = loop.create_future()
         conn.waiting[rid] = fut
         conn.send(frame)
-        remaining_s = deadline - time.monotonic()
-        timer = loop.call_later(max(remaining_s, 0), _expire, fut, remaining_s)
-        return fut, rid, timer
+        return fut, rid, conn.watch(rid, deadline, deadline - time.monotonic())
 
     async def _connection(self) -> _ClientProtocol:
         if self._closed:
