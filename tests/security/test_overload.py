@@ -152,6 +152,26 @@ def test_a_closed_loop_of_a_few_dozen_clients_is_never_shed_for_its_queue_length
         gate.admit(STANDING_MIN_INFLIGHT + 1, 10_000_000)  # ...and once it has stood that long, it is shed
 
 
+def test_the_rate_estimate_is_the_best_of_the_recent_busy_windows(clock):
+    gate = AdmissionGate()
+
+    def busy_window(completions: int) -> None:
+        for _ in range(completions - 1):
+            gate.completed(MIN_INFLIGHT + 10)
+        clock.now_s += admission.WINDOW_S * 1.001  # a hair over (float sums of the clock)
+        gate.completed(MIN_INFLIGHT + 10)  # closes the window: completions / its length
+
+    busy_window(100)
+    assert gate.rate_per_s == pytest.approx(100 / admission.WINDOW_S, rel=0.01)
+    for _ in range(admission.RATE_WINDOWS - 1):
+        busy_window(10)  # completions counted late (a busy loop, a descheduled process): not a slower model
+    assert gate.rate_per_s == pytest.approx(100 / admission.WINDOW_S, rel=0.01)
+    busy_window(10)  # slower for RATE_WINDOWS busy windows in a row: the model did slow down
+    assert gate.rate_per_s == pytest.approx(10 / admission.WINDOW_S, rel=0.01)
+    busy_window(50)  # and a faster window raises it at once
+    assert gate.rate_per_s == pytest.approx(50 / admission.WINDOW_S, rel=0.01)
+
+
 def test_a_check_before_decoding_answers_for_the_deadlines_decoded_recently(clock):
     gate = AdmissionGate(default_deadline_s=1.0)
     gate.rate_per_s = 1000.0

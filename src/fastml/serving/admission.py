@@ -20,6 +20,7 @@ shed that early would have been shed after decoding too, unless it names a longe
 
 from __future__ import annotations
 
+from collections import deque
 from time import perf_counter
 
 from fastml.errors import Overloaded
@@ -45,7 +46,12 @@ INTERVAL_S = 0.2
 # benchmarks' 32 connections) wait for their answers, so their queue never grows and is not shed for its length.
 STANDING_MIN_INFLIGHT = 64
 WINDOW_S = 0.05  # completions are counted over windows this long
-SMOOTHING = 0.3  # weight of the newest busy window in the rate estimate
+# The estimate is the highest rate among the last RATE_WINDOWS busy windows (a windowed max, as TCP BBR estimates
+# bottleneck bandwidth): a window in which completions were counted late (the event loop busy answering 503s, the
+# process descheduled on a busy machine) measures less than the model can do, and an estimate that followed it
+# down would shed more, load the loop more and fall again. A model that really slows down is followed within
+# RATE_WINDOWS busy windows.
+RATE_WINDOWS = 10
 HINT_EPOCH_S = 1.0  # decoded deadlines are remembered for one to two of these epochs (the pre-decode hint)
 
 SHED_MESSAGE = "the server is overloaded: the expected queue wait exceeds the request's deadline; retry later"
@@ -62,6 +68,7 @@ class AdmissionGate:
     __slots__ = (
         "rate_per_s",
         "shed",
+        "_recent_rates",
         "_window_start",
         "_window_done",
         "_default_deadline_s",
@@ -75,6 +82,7 @@ class AdmissionGate:
     def __init__(self, default_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.rate_per_s = 0.0
         self.shed = 0
+        self._recent_rates: deque[float] = deque(maxlen=RATE_WINDOWS)
         self._window_start = perf_counter()
         self._window_done = 0
         self._default_deadline_s = default_deadline_s
@@ -161,8 +169,9 @@ class AdmissionGate:
         """Count one completion; ``inflight`` is what is still in flight after it.
 
         Only completions while at least :data:`MIN_INFLIGHT` requests wait are counted (the model never idles
-        then, so they measure its capacity, not the arrival rate); the estimate rises at once and falls
-        smoothly, so a short lull never makes the gate shed a burst the model can take.
+        then, so they measure its capacity, not the arrival rate); the estimate rises at once and falls only
+        when :data:`RATE_WINDOWS` busy windows in a row measured less, so a short lull never makes the gate
+        shed a burst the model can take.
         """
         if inflight < MIN_INFLIGHT:
             self._window_start = perf_counter()
@@ -176,10 +185,8 @@ class AdmissionGate:
         measured = self._window_done / elapsed
         self._window_start = now
         self._window_done = 0
-        if measured >= self.rate_per_s:
-            self.rate_per_s = measured
-        else:
-            self.rate_per_s = (1 - SMOOTHING) * self.rate_per_s + SMOOTHING * measured
+        self._recent_rates.append(measured)
+        self.rate_per_s = max(self._recent_rates)
 
 
 __all__ = [
@@ -187,6 +194,7 @@ __all__ = [
     "INTERVAL_S",
     "MAX_WAIT_S",
     "MIN_INFLIGHT",
+    "RATE_WINDOWS",
     "SHED_MESSAGE",
     "STANDING_MIN_INFLIGHT",
     "TARGET_WAIT_S",
