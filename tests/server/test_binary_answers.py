@@ -4,6 +4,7 @@ the engine's completion pass) and the listener's sink path end to end (in-flight
 from __future__ import annotations
 
 import socket
+import struct
 import sys
 
 import numpy as np
@@ -161,4 +162,34 @@ def test_a_connection_closed_with_answers_in_flight_closes_its_books(sink_server
     # them to settle (same loop, FIFO), then the books must be closed.
     with Client(sink_server.address) as client:
         assert client.infer("fp32", {"x": np.ones((1, 3), np.float32)})["y"].tolist() == [[1, 1, 1]]
+    assert sink_server.run(lambda: sink_server.plane.inflight) == 0
+
+
+def test_closed_connections_release_their_answer_buffers(sink_server):
+    import gc
+
+    from fastml.server.binary import BinaryProtocol
+
+    host, port = sink_server.address.rsplit(":", 1)
+    general = _frames.encode_request(1, "two", None, {"x": np.ones((1, 3), np.float32)}, ["a"])  # general path
+    plain = _frames.encode_request(2, "fp32", None, {"x": np.ones((1, 3), np.float32)})  # sink path
+    for frames in (general, plain, general + plain):
+        with socket.create_connection((host, int(port))) as sock:
+            # Closed with a reset right after the request: the server loses the connection with it in flight.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(frames)
+    with Client(sink_server.address) as client:
+        assert client.infer("fp32", {"x": np.ones((1, 3), np.float32)})["y"].tolist() == [[1, 1, 1]]
+
+    def closed_connections():
+        gc.collect()
+        return [
+            (len(o.inflight), o.answers.closed)
+            for o in gc.get_objects()
+            if isinstance(o, BinaryProtocol) and o.listener is sink_server.listener and o.transport is None
+        ]
+
+    # Every connection that is gone and has nothing in flight is freed: no reference cycle through the
+    # native answer buffer (invisible to the garbage collector) keeps it alive.
+    assert sink_server.run(closed_connections) == []
     assert sink_server.run(lambda: sink_server.plane.inflight) == 0

@@ -234,12 +234,13 @@ class BinaryProtocol(asyncio.BufferedProtocol):
     def finish(self, rid: int, frame: bytes) -> None:
         """An in-flight request is answered: write its frame and maybe resume reading.
 
-        Runs inside the engine's resolve (sink path) or a future's callback: resuming (which parses and
-        submits more frames) and closing are left to a loop callback, so no request is submitted from
-        within the engine's completion pass.
+        Runs in a general-path future's callback: resuming (which parses and submits more frames) and
+        closing are left to a loop callback, so no request is submitted from within a completion pass.
         """
         self.inflight.pop(rid, None)
         if self.transport is None:
+            if not self.inflight:
+                self.answers.close()  # the last request of a closed connection: break the answers' cycle
             return
         self._write(frame)
         if (self.closing or self.eof or self.read_paused) and not self.after_due:
