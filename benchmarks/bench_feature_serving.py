@@ -156,7 +156,7 @@ def main() -> int:
     print("# bench_feature_serving\n")
     print(env_header())
     window_s = 0.25
-    windows = 6 if args.quick else 40
+    windows = 10 if args.quick else 40
     n_latency = 300 if args.quick else 4_000
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
