@@ -61,7 +61,7 @@ class AdmissionGate:
     """One model's completion-rate estimate and the admission decision made from it (event-loop thread only).
 
     Attributes:
-        rate_per_s: smoothed completions per second measured while the model was busy (0 = not yet known).
+        rate_per_s: completions per second, the best of the recent busy windows (0 = not yet known).
         shed: requests refused so far.
     """
 
