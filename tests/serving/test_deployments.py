@@ -493,3 +493,31 @@ def test_persisted_file_is_applied_and_a_bad_one_is_ignored(registry, x):
         assert dm.table["fraud"] is running
 
     run(scenario)
+
+
+def test_variant_stats_fold_what_the_serving_path_appended():
+    """record_ok / record / record_threadsafe only append; every reader sees the same counters as if each
+    request had been counted at once (requests, errors, histogram, sum, percentiles)."""
+    from fastml.serving.deployments import LATENCY_BUCKETS_US, VariantStats
+
+    rng = np.random.default_rng(7)
+    lat = rng.uniform(50, 2_000_000, 10_000)
+    ok = rng.random(10_000) > 0.1
+    st = VariantStats()
+    for i, (v, good) in enumerate(zip(lat.tolist(), ok.tolist())):
+        if i % 3 == 0:
+            st.record_threadsafe(v, good)
+        elif good:
+            st.record_ok(v)
+        else:
+            st.record(v, False)
+    d = st.to_dict(samples=True)
+    assert d["requests"] == 10_000 and d["errors"] == int((~ok).sum()) == st.errors
+    expected = np.bincount(np.searchsorted(LATENCY_BUCKETS_US, lat, side="left"), minlength=len(st.buckets))
+    assert st.buckets == expected.tolist()
+    assert st.latency_sum_us == pytest.approx(lat.sum(), rel=1e-12)
+    # LATENCY_SAMPLES of the recorded latencies are kept for percentiles, whatever way they came in.
+    samples = d["latency_samples_us"]
+    assert len(samples) == 4096 and set(samples) <= set(lat.tolist())
+    assert d["latency"]["p99_us"] == pytest.approx(float(np.percentile(samples, 99)))
+    assert st.to_dict()["requests"] == 10_000  # folding twice counts nothing twice
