@@ -11,8 +11,9 @@
 //
 // All integers are little-endian (the host order on every platform we build for). Writers use one
 // write transaction per PutMany and never replace a row with one whose event time is older; readers
-// use one read transaction per GetMany and copy out of LMDB's pages before the transaction ends, so a
-// reader sees a whole committed row or none (LMDB's MVCC), never a torn one.
+// use one read transaction per GetMany (pooled: see AcquireReader) and copy out of LMDB's pages before
+// releasing it, so a reader sees a whole committed row or none (LMDB's MVCC), never a torn one, and
+// always the latest committed write.
 //
 // Nothing here touches Python; csrc/bindings.cc converts arguments and releases the GIL around calls.
 #pragma once
@@ -125,7 +126,8 @@ class FeatureCache {
   // Number of rows stored in the table (one read transaction).
   CacheStatus Count(const TableInfo& table, size_t* n) const;
 
-  // The reader table of the lock file, as (pid, txnid) per used slot (txnid -1: an idle pooled reader).
+  // The reader table of the lock file, as (pid, txnid) per used slot (txnid -1: a pooled reader whose snapshot
+  // was reset; a pooled one kept open between reads shows its snapshot's txnid).
   CacheStatus Readers(std::vector<std::pair<int64_t, int64_t>>* out) const;
 
   // Up to `limit` stored keys of the table, in key order (one read transaction): what a loader samples to
