@@ -10,8 +10,13 @@ median of the per-pair ratios.
 
 Rows:
 - ``throughput, monitoring on / off``: requests/s on over off (goal 0.95x);
-- ``monitor CPU per prediction``: the monitor thread's CPU time per monitored row against the batch
-  library (``detect_drift`` on the same windows after the fact) per row: ratio = batch / live.
+- ``monitor CPU per prediction``: the monitor's CPU time per monitored row (the monitor thread's, plus the
+  time the serving thread spent adding sampled batches to the native windows) against the batch library
+  (``detect_drift`` on the same windows after the fact) per row: ratio = batch / live.
+
+The bucket of the sampling refills during an "off" round, so an "on" round monitors up to twice the
+per-second budget: the on side is measured at a higher monitoring rate than a server with monitoring always
+on would see (the ratio errs against monitoring).
 """
 
 from __future__ import annotations
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_us_per_row = (time.process_time() - t0) / (reps * 5000) * 1e6
     live_us_per_row = cpu_s / max(rows, 1) * 1e6
     print(
-        f"monitor thread: {live_us_per_row:.2f} us CPU per prediction row; batch detect_drift: "
+        f"monitor (thread + native windows): {live_us_per_row:.2f} us CPU per prediction row; batch detect_drift: "
         f"{batch_us_per_row:.2f} us per row"
     )
     report.add(
@@ -161,9 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             batch_us_per_row,
             live_us_per_row,
             "us/row",
-            # Measured 0.54-0.67x with sampling (sparser batches, so smaller merged runs per pass, and the GIL
-            # handed back between columns): the live windows cost about what the batch library does.
-            target=0.4,
+            # Measured 1.26x under load (native windows: binning ~0.16 us per row on the serving thread, the
+            # monitor thread only computes the statistics as a window closes); 0.54-0.67x before them.
+            target=0.6,
         )
     )
     report.write(args.json)

@@ -1721,6 +1721,148 @@ static void bind_router(py::module_& m) {
 }
 // ===== end router section =====
 
+// ===== monitor window section (csrc/monitor_window.h): live monitoring's per-window accumulator =====
+#include "monitor_window.h"
+
+namespace monitor_py {
+
+using fastml::MonitorColumnLayout;
+using fastml::MonitorColumnView;
+using fastml::MonitorValueType;
+using fastml::MonitorWindow;
+
+std::vector<MonitorColumnLayout> Layout(const std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>>& edges,
+                                        const std::vector<int64_t>& capacities) {
+    if (edges.size() != capacities.size()) {
+        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                               "edges and capacities need one entry per column"));
+    }
+    std::vector<MonitorColumnLayout> layout(edges.size());
+    for (size_t c = 0; c < edges.size(); ++c) {
+        if (edges[c].ndim() != 1) {
+            status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                   "column " + std::to_string(c) + ": edges must be 1-D"));
+        }
+        layout[c].inner_edges.assign(edges[c].data(), edges[c].data() + edges[c].size());
+        layout[c].capacity = capacities[c];
+    }
+    return layout;
+}
+
+// One batch column: `array` is [N] (j = -1), [N, 1] (j = -1) or [N, k] with column j; any strides.
+MonitorColumnView View(const py::array& a, int64_t j, size_t c, int64_t* rows) {
+    auto bad = [c](const std::string& why) {
+        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                               "column " + std::to_string(c) + ": " + why));
+    };
+    MonitorColumnView view;
+    const char kind = a.dtype().kind();
+    const py::ssize_t size = a.dtype().itemsize();
+    if (kind == 'f' && size == 4) view.type = MonitorValueType::kFloat32;
+    else if (kind == 'f' && size == 8) view.type = MonitorValueType::kFloat64;
+    else if (kind == 'i' && size == 4) view.type = MonitorValueType::kInt32;
+    else if (kind == 'i' && size == 8) view.type = MonitorValueType::kInt64;
+    else bad("dtype must be float32, float64, int32 or int64");
+    if (a.ndim() < 1 || a.ndim() > 2) bad("expected a 1-D or 2-D array");
+    const int64_t width = a.ndim() == 2 ? a.shape(1) : 1;
+    if (j < 0) {
+        if (width != 1) bad("a [N, k] array with k > 1 needs a column index");
+        j = 0;
+    }
+    if (j >= width) bad("column index " + std::to_string(j) + " out of range for width " + std::to_string(width));
+    *rows = a.shape(0);
+    view.data = static_cast<const char*>(a.data()) + (a.ndim() == 2 ? j * a.strides(1) : 0);
+    view.stride_bytes = a.strides(0);
+    return view;
+}
+
+py::tuple Summary(const fastml::MonitorWindowSummary& w) {
+    py::list columns;
+    for (const fastml::MonitorColumnSummary& col : w.columns) {
+        columns.append(py::make_tuple(col.n, py::array_t<int64_t>(col.counts.size(), col.counts.data()),
+                                      py::array_t<double>(col.reservoir.size(), col.reservoir.data())));
+    }
+    return py::make_tuple(w.rows, w.first_ts, w.last_ts, columns);
+}
+
+}  // namespace monitor_py
+
+static void bind_monitor_window(py::module_& m) {
+    using monitor_py::MonitorWindow;
+    py::class_<MonitorWindow>(m, "MonitorWindow",
+                              "The open live-monitoring window of one model (see csrc/monitor_window.h).")
+        .def(py::init([](const std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>>& edges,
+                         const std::vector<int64_t>& capacities, int64_t window_rows, int64_t max_closed,
+                         uint64_t seed) {
+                 std::unique_ptr<MonitorWindow> w;
+                 fastml::Status st = MonitorWindow::Make(monitor_py::Layout(edges, capacities), window_rows,
+                                                         max_closed, seed, &w);
+                 if (!st.ok()) status_py::Raise(st);
+                 return w;
+             }),
+             py::arg("edges"), py::arg("capacities"), py::arg("window_rows"), py::arg("max_closed") = 4,
+             py::arg("seed") = 0)
+        .def(
+            "add",
+            [](MonitorWindow& self, const py::sequence& arrays, const std::vector<int64_t>& columns, double now_s) {
+                const size_t n = self.n_columns();
+                if (static_cast<size_t>(py::len(arrays)) != n || columns.size() != n) {
+                    status_py::Raise(fastml::Status::Error(
+                        fastml::StatusCode::kInvalidInput,
+                        "expected " + std::to_string(n) + " arrays and column indexes, one per window column"));
+                }
+                std::vector<py::array> keep;  // owned references: the views below read these buffers
+                std::vector<fastml::MonitorColumnView> views;
+                keep.reserve(n);
+                views.reserve(n);
+                int64_t rows = -1;
+                for (size_t c = 0; c < n; ++c) {
+                    py::object item = arrays[c];
+                    if (!py::isinstance<py::array>(item)) {
+                        status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                               "column " + std::to_string(c) + ": not a numpy array"));
+                    }
+                    keep.push_back(py::reinterpret_borrow<py::array>(item));
+                    int64_t r = 0;
+                    views.push_back(monitor_py::View(keep.back(), columns[c], c, &r));
+                    if (rows >= 0 && r != rows) {
+                        status_py::Raise(fastml::Status::Error(
+                            fastml::StatusCode::kInvalidInput,
+                            "column " + std::to_string(c) + " has " + std::to_string(r) + " rows, column 0 has " +
+                                std::to_string(rows)));
+                    }
+                    rows = r;
+                }
+                if (rows <= 0) return int64_t{0};
+                py::gil_scoped_release nogil;  // binning and the reservoirs touch no Python object
+                return self.Add(views, rows, now_s);
+            },
+            py::arg("arrays"), py::arg("columns"), py::arg("now_s"),
+            "Adds one batch (one array and column index per window column); returns the windows it closed.")
+        .def("rotate", [](MonitorWindow& self) { return self.Rotate(); },
+             "Closes the open window if it holds rows (a time-based close).")
+        .def("take", [](MonitorWindow& self) {
+                 std::vector<fastml::MonitorWindowSummary> closed = self.TakeClosed();
+                 py::list out;
+                 for (const auto& w : closed) out.append(monitor_py::Summary(w));
+                 return out;
+             },
+             "The closed windows, oldest first: (rows, first_ts, last_ts, [(n, counts, reservoir), ...]).")
+        .def("set_layout",
+             [](MonitorWindow& self, const std::vector<py::array_t<double, py::array::c_style | py::array::forcecast>>& edges,
+                const std::vector<int64_t>& capacities) {
+                 fastml::Status st = self.SetLayout(monitor_py::Layout(edges, capacities));
+                 if (!st.ok()) status_py::Raise(st);
+             },
+             py::arg("edges"), py::arg("capacities"))
+        .def_property_readonly("n_columns", &MonitorWindow::n_columns)
+        .def_property_readonly("open_rows", &MonitorWindow::open_rows)
+        .def_property_readonly("open_first_ts", &MonitorWindow::open_first_ts)
+        .def_property_readonly("dropped_rows", &MonitorWindow::dropped_rows)
+        .def_property_readonly("add_ns", &MonitorWindow::add_ns);
+}
+// ===== end monitor window section =====
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastml native core: micro-batcher and LMDB feature cache";
     status_py::bind_status(m);
@@ -1728,4 +1870,5 @@ PYBIND11_MODULE(_core, m) {
     bind_feature_cache(m);
     bind_feature_join(m);
     bind_router(m);
+    bind_monitor_window(m);
 }

@@ -233,7 +233,7 @@ def test_tap_feeds_the_monitor_and_a_broken_monitor_never_fails_a_request(store,
         def broken(*a, **k):
             raise RuntimeError("monitor bug")
 
-        mon.observe = broken
+        mon.observe = mon.observe_batch = broken  # the native path and the queued one
         answers = asyncio.run(serve(2))
         assert [np.array_equal(a["y"][:, 0], X.sum(axis=1)) for a in answers] == [True, True]
         assert tap.failures == 2

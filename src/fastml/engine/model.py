@@ -840,12 +840,18 @@ class Model:
 
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able predict: same arguments, result and errors as :meth:`predict`."""
-        if outputs is None and self._logger is None:
+        logger = self._logger
+        if outputs is None and (logger is None or (self._batch_logger is not None and self._batch_on)):
             # submit's plain path inlined (one Python frame less per request): a loop seen before, inputs the
-            # core takes as they are. Anything else, and every error, goes through submit.
+            # core takes as they are; with a batch logger, a request carrying the label its batches already
+            # carry (a new label is decided in submit, before its submit). Anything else, and every error,
+            # goes through submit.
             loop = _get_running_loop()
             queue = self._loops.get(loop)
-            if queue is not None:
+            var = self._batch_var
+            if queue is not None and (
+                logger is None or (var.get() if var is not None else None) == self._batch_variant
+            ):
                 try:
                     timeout = self.timeout_us if timeout_us is None else timeout_us
                     fut = self._submit_future(queue, inputs, timeout, loop)
@@ -856,6 +862,11 @@ class Model:
                     if self._inline and loop not in self._flush_due:
                         self._flush_due.add(loop)
                         loop.call_soon(self._flush, loop, queue)
+                    if logger is not None:
+                        # The batch logger's one per-request cost: this counter (as in submit).
+                        n = self._batch_requests = self._batch_requests + 1
+                        if not n % LATENCY_SAMPLE_EVERY:
+                            self._sample_latency(fut)
                     return await fut
         return await self.submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
 

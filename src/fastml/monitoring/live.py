@@ -38,11 +38,20 @@ from typing import Literal
 
 import numpy as np
 
+from fastml._core import MonitorWindow
 from fastml.errors import InvalidInput
 from fastml.monitoring.health import HealthInputs, HealthScore, HealthWeights, health_score
-from fastml.monitoring.profile import ColumnProfile, ReferenceProfile, profile_column
+from fastml.monitoring.profile import NUMERIC, ColumnProfile, ReferenceProfile, profile_column
 from fastml.monitoring.store import FeatureDrift, MonitoringStore, WindowResult
-from fastml.monitoring.windows import DEFAULT_RESERVOIR_SIZE, ColumnWindow, column_window, is_small_window
+from fastml.monitoring.windows import (
+    DEFAULT_RESERVOIR_SIZE,
+    DISCRETE_MAX_UNIQUE,
+    ColumnWindow,
+    ContinuousWindow,
+    column_window,
+    is_small_window,
+    reference_bins,
+)
 
 log = logging.getLogger("fastml.monitoring.live")
 
@@ -142,6 +151,35 @@ class _Window:
         self.latencies_us: list[float] = []
 
 
+# Column dtypes the native window reads as they are (anything else takes the Python path).
+_NATIVE_DTYPES = frozenset("fdil")
+# A discrete column (and an output with no reference yet) keeps every value of a native window; above this
+# many rows per window that memory is not worth it and such models take the Python path.
+NATIVE_MAX_WINDOW_ROWS = 262_144
+_NATIVE_MAX_CLOSED = 4  # closed native windows waiting for the monitor thread (beyond: dropped, counted)
+
+
+class _NativeSlot:
+    """The native window (csrc/monitor_window.h) of one (model, variant), filled on the serving path.
+
+    ``columns`` lists what each native column is, in order: ``("feature", name)`` or ``("output", name)``
+    (``prediction:<output>``); ``sources`` where its array comes from (0: inputs, 1: outputs; the position;
+    the column index or -1); ``binned`` whether the native column has the reference bins and a reservoir
+    (continuous features), else it keeps every value of the window (discrete features, and outputs, whose
+    reference may only appear when the first window closes)."""
+
+    __slots__ = ("acc", "target", "version", "columns", "sources", "picks", "binned")
+
+    def __init__(self, acc, target, version, columns, sources, binned):
+        self.acc = acc
+        self.target = target
+        self.version = version
+        self.columns = columns
+        self.sources = sources
+        self.picks = [j for _, _, j in sources]
+        self.binned = binned
+
+
 class LiveMonitor:
     """Watches served models window by window (see the module docstring).
 
@@ -152,7 +190,9 @@ class LiveMonitor:
         window_s: ... or this many seconds after its first row (a window with no rows for a whole period is
             reported once as ``"no_data"``).
         queue_size: observed batches waiting for the monitor thread; beyond it batches are dropped (counted).
-        poll_s: how often the monitor thread takes what was observed (it is not woken per request).
+        poll_s: how often the monitor thread takes what was observed (it is not woken per request); while no
+            batch was queued in its last pass it waits up to ``idle_poll_s`` instead (native windows wake it
+            when one fills).
         reservoir_size: values kept per continuous feature for KS / Wasserstein (see windows.py for the bound).
         max_rows_per_s: sample: at most this many rows per second per model are summarised (a token bucket
             holding one second's worth, taken whole batches at a time; the rest are counted in ``sampled_out_rows``
@@ -170,6 +210,7 @@ class LiveMonitor:
         window_s: float = 60.0,
         queue_size: int = 4096,
         poll_s: float = 0.05,
+        idle_poll_s: float = 0.25,
         reservoir_size: int = DEFAULT_RESERVOIR_SIZE,
         max_rows_per_s: float | None = None,
         latency_slo_ms: float | None = None,
@@ -195,6 +236,8 @@ class LiveMonitor:
         self._rng = np.random.default_rng(seed)
         self.queue_size = int(queue_size)
         self.poll_s = float(poll_s)
+        self.idle_poll_s = max(float(idle_poll_s), self.poll_s)
+        self._queue_busy = False  # the monitor thread's last pass took queued batches (monitor thread only)
         # Observed batches: observe() appends, the monitor thread pops; deque operations are atomic, so the
         # hot path takes no lock and wakes nobody.
         self._items: collections.deque = collections.deque()
@@ -210,6 +253,13 @@ class LiveMonitor:
         self._targets: dict[str, _Target] = {}
         self.disabled: dict[str, str] = {}  # model -> why it is not monitored
         self._windows: dict[tuple[str, str], _Window] = {}
+        # (model, variant) -> its native window, or None when its batches cannot be summarised natively. The
+        # serving path creates a slot (under _native_lock) and adds to it; the monitor thread closes windows.
+        self._native: dict[tuple[str, str], _NativeSlot | None] = {}
+        self._native_lock = threading.Lock()
+        self._retired: collections.deque = collections.deque()  # (key, slot) replaced by a new reference
+        self._native_cpu_ns = 0  # serving-path time spent adding to native windows, at the last pass
+        self._closing: list = []  # (key, slot, summary) of filled native windows, summarised next pass
         self._pred_refs: dict[tuple[str, str], ColumnProfile] = {}  # (model, feature) -> profile of an output
         self._quality: dict[tuple[str, str], dict] = {}
         self._listeners: list[Callable[[WindowResult], None]] = []
@@ -310,6 +360,79 @@ class LiveMonitor:
         self.observed += 1
         return True
 
+    def observe_batch(self, model, variant, version, input_names, inputs, output_names, outputs) -> bool:
+        """Summarise one admitted batch in its native window now, on the calling thread (the engine's runner)
+        with the GIL released while values are binned; nothing is copied or queued. ``inputs`` and ``outputs``
+        are sequences in ``input_names`` / ``output_names`` order, read during this call only. Returns False
+        when the model is not monitored or its batches cannot be summarised natively (a string or categorical
+        column, or very large windows): the caller then queues the batch with :meth:`observe`."""
+        key = (model, variant or "")
+        target = self._targets.get(model)
+        if target is None or self._closed:
+            return False
+        slot = self._native.get(key, False)
+        if slot is False or (slot is not None and slot.target is not target):
+            slot = self._native_slot(key, target, str(version), input_names, inputs, output_names, outputs)
+        if slot is None:
+            return False
+        arrays = [(inputs if src == 0 else outputs)[i] for src, i, _ in slot.sources]
+        if slot.acc.add(arrays, slot.picks, time.time()):
+            self._wake.set()  # a window filled: once per window, not per batch
+        return True
+
+    def _native_slot(self, key, target, version, input_names, inputs, output_names, outputs) -> _NativeSlot | None:
+        """Creates (once per model, variant and reference) the native window, or records None for a model whose
+        batches take the Python path."""
+        with self._native_lock:
+            slot = self._native.get(key, False)
+            if slot is None or (slot is not False and slot.target is target):
+                return slot
+            if slot is not False:
+                self._retired.append((key, slot))  # the monitor thread closes its windows ("reference changed")
+            slot = self._native[key] = self._make_slot(target, version, input_names, inputs, output_names, outputs)
+            return slot
+
+    def _make_slot(self, target, version, input_names, inputs, output_names, outputs) -> _NativeSlot | None:
+        columns, sources, binned, edges, capacities = [], [], [], [], []
+        keep_all = self.window_rows <= NATIVE_MAX_WINDOW_ROWS
+        positions = {n: i for i, n in enumerate(input_names)}
+        for f, (name, j) in target.features.columns.items():
+            i = positions.get(name)
+            if i is None or np.asarray(inputs[i]).dtype.kind not in _NATIVE_DTYPES:
+                return None
+            ref = target.profile[f]
+            if ref.kind == NUMERIC and ref.n_unique > DISCRETE_MAX_UNIQUE:
+                bins = target.bins.get(ref.name)
+                if bins is None:
+                    bins = target.bins[ref.name] = reference_bins(ref)
+                edges.append(bins[0][1:-1])
+                capacities.append(self.reservoir_size)
+                binned.append(True)
+            elif ref.kind == NUMERIC and keep_all:
+                edges.append(np.empty(0))
+                capacities.append(self.window_rows)
+                binned.append(False)
+            else:
+                return None
+            columns.append(("feature", f))
+            sources.append((0, i, -1 if j is None else j))
+        for i, name in enumerate(output_names):
+            a = np.asarray(outputs[i])
+            if not (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+                continue  # not one value per row: not monitored (as _output_columns)
+            if a.dtype.kind not in _NATIVE_DTYPES or not keep_all:
+                return None
+            # Every value, whatever the reference: an output's reference may appear after this window opened
+            # (the first window's outputs), and the window then summarises it with column_window at close.
+            edges.append(np.empty(0))
+            capacities.append(self.window_rows)
+            binned.append(False)
+            columns.append(("output", PREDICTION_PREFIX + name))
+            sources.append((1, i, -1))
+        seed = int(self._rng.integers(0, 2**63))
+        acc = MonitorWindow(edges, capacities, self.window_rows, _NATIVE_MAX_CLOSED, seed)
+        return _NativeSlot(acc, target, version, columns, sources, binned)
+
     def admit(self, model: str, rows: int) -> bool:
         """Whether a batch of ``rows`` rows of ``model`` is to be monitored: False for a model not monitored,
         and for a batch over the sampling budget (a token bucket refilled at ``max_rows_per_s``, holding one
@@ -371,7 +494,7 @@ class LiveMonitor:
                 self.failures += 1
                 log.exception("live monitor: could not process a batch")
             finally:
-                self.cpu_s = time.thread_time() - t_cpu
+                self.cpu_s = time.thread_time() - t_cpu + self._native_add_ns() / 1e9
                 for done in control:
                     done.set()
             if stopping:
@@ -393,6 +516,7 @@ class LiveMonitor:
                 if len(pending) > _PENDING_LATENCIES_MAX:  # no window opening for a long time: keep the latest
                     del pending[: len(pending) // 2]
         items = self._items
+        self._queue_busy = bool(items)
         run: list = []
         for _ in range(len(items)):
             item = items.popleft()  # deque.popleft is atomic: observe appends concurrently without a lock
@@ -423,10 +547,87 @@ class LiveMonitor:
                 log.exception("live monitor: could not process a batch")
 
     def _next_deadline(self) -> float:
-        if not self._windows:
-            return self.poll_s
-        first = min(w.start_ts for w in self._windows.values())
-        return max(0.001, min(self.poll_s, first + self.window_s - time.time()))
+        starts = [w.start_ts for w in self._windows.values()]
+        starts += [t for t in (s.acc.open_first_ts for s in list(self._native.values()) if s is not None) if t]
+        poll_s = self.poll_s if self._queue_busy or self._closing else self.idle_poll_s
+        if not starts:
+            return poll_s
+        return max(0.001, min(poll_s, min(starts) + self.window_s - time.time()))
+
+    def _native_add_ns(self) -> int:
+        """Serving-path time spent in native windows (part of the monitor's cost, though not its thread's)."""
+        return self._native_cpu_ns + sum(s.acc.add_ns for s in list(self._native.values()) if s is not None)
+
+    def _collect_native(self, rotate_why: str | None = None, now: float | None = None) -> None:
+        """Closes the native windows that filled up; with ``rotate_why`` every open one too, with ``now`` those
+        open for ``window_s``. A slot replaced by a new reference is closed and forgotten.
+
+        A window that filled on the serving path is summarised one pass after it is taken (or at a flush):
+        the sampled latencies of its last requests are reported when they complete, after their batch."""
+        ready, self._closing = self._closing, []
+        for key, slot, summary in ready:
+            self._close_native(key, slot, summary, "")
+        while self._retired:
+            key, slot = self._retired.popleft()
+            slot.acc.rotate()
+            for summary in slot.acc.take():
+                self._close_native(key, slot, summary, "reference changed")
+            self._native_cpu_ns += slot.acc.add_ns
+        for key, slot in list(self._native.items()):
+            if slot is None:
+                continue
+            for summary in slot.acc.take():
+                if rotate_why is None:
+                    self._closing.append((key, slot, summary))
+                else:
+                    self._close_native(key, slot, summary, "")
+            why = rotate_why
+            if why is None and now is not None:
+                first = slot.acc.open_first_ts
+                if first and now - first >= self.window_s:
+                    why = ""
+            if why is not None and slot.acc.rotate():
+                for summary in slot.acc.take():
+                    self._close_native(key, slot, summary, why)
+
+    def _close_native(self, key: tuple[str, str], slot: _NativeSlot, summary: tuple, why: str) -> None:
+        """Computes and emits the result of a closed native window."""
+        if summary[0]:
+            self._summarise(key, self._window_from_native(key, slot, summary), why)
+
+    def _take_native_open(self, key: tuple[str, str], target: _Target) -> _Window | None:
+        """The native window open for ``key``, as a Python window to go on filling (the Python path takes over
+        a key whose requests now carry a second variant label); windows it closed before are emitted."""
+        slot = self._native.get(key)
+        if slot is None or not slot.acc.rotate():
+            return None
+        *done, last = slot.acc.take()
+        for summary in done:
+            self._close_native(key, slot, summary, "")
+        if slot.target is not target:
+            self._close_native(key, slot, last, "reference changed")
+            return None
+        return self._window_from_native(key, slot, last)
+
+    def _window_from_native(self, key: tuple[str, str], slot: _NativeSlot, summary: tuple) -> _Window:
+        """A native window's summaries as the Python path's (the same column summaries and values)."""
+        rows, t_first, t_last, cols = summary
+        w = _Window(self, slot.target, slot.version)
+        w.n_rows, w.start_ts, w.end_ts = int(rows), float(t_first), float(t_last)
+        w.latencies_us = self._pending_latencies.pop(key, [])
+        for (kind, name), binned, (n, counts, values) in zip(slot.columns, slot.binned, cols):
+            if kind == "output":
+                self._update_output(key[0], w, name, values)
+                continue
+            col = w.columns[name]
+            if binned and isinstance(col, ContinuousWindow):
+                col.counts = counts
+                col.reservoir[: values.size] = values
+                col.n = int(n)
+            else:
+                col.update(values)
+        self.processed_rows += w.n_rows
+        return w
 
     def _ingest(self, ts, model, variant, version, inputs, outputs, latency_us) -> None:
         target = self._targets.get(model)
@@ -445,9 +646,12 @@ class LiveMonitor:
             if w is None or w.target is not target:
                 if w is not None:
                     self._close(key, "reference changed")
-                w = self._windows[key] = _Window(self, target, version)
-                w.start_ts = t_first
-                w.latencies_us = self._pending_latencies.pop(key, [])
+                w = self._take_native_open(key, target)
+                if w is None:
+                    w = _Window(self, target, version)
+                    w.start_ts = t_first
+                    w.latencies_us = self._pending_latencies.pop(key, [])
+                self._windows[key] = w
             take = min(n - lo, self.window_rows - w.n_rows)
             sl = slice(lo, lo + take)
             for f, col in w.columns.items():
@@ -485,10 +689,12 @@ class LiveMonitor:
         for key, w in list(self._windows.items()):
             if w.n_rows and now - w.start_ts >= self.window_s:
                 self._close(key, "")
+        self._collect_native(now=now)
         # A monitored model/variant whose last window closed a whole period ago with no rows since: no data.
         for key, last in list(self.last.items()):
             if (
                 key not in self._windows
+                and not self._native_open(key)
                 and last.status != "no_data"
                 and key[0] in self._targets
                 and now - last.end_ts >= self.window_s
@@ -506,12 +712,20 @@ class LiveMonitor:
                     )
                 )
 
+    def _native_open(self, key: tuple[str, str]) -> bool:
+        slot = self._native.get(key)
+        return slot is not None and slot.acc.open_rows > 0
+
     def _close_all(self, why: str) -> None:
         for key in list(self._windows):
             self._close(key, why)
+        self._collect_native(rotate_why=why)
 
     def _close(self, key: tuple[str, str], why: str) -> None:
-        w = self._windows.pop(key)
+        self._summarise(key, self._windows.pop(key), why)
+
+    def _summarise(self, key: tuple[str, str], w: _Window, why: str) -> None:
+        """Drift, health and the stored result of a closed window."""
         if w.n_rows == 0:
             return
         model, variant = key
@@ -628,6 +842,7 @@ class LiveMonitor:
         return {
             "observed": self.observed,
             "dropped": self.dropped,
+            "dropped_rows": sum(s.acc.dropped_rows for s in list(self._native.values()) if s is not None),
             "processed_rows": self.processed_rows,
             "seen_rows": self.seen_rows,
             "sampled_out_rows": self.sampled_out_rows,

@@ -68,14 +68,19 @@ class MonitorTap:
 
     def log_batch(self, model, version, variant, input_names, inputs, output_names, outputs) -> float:
         """One served batch for the monitor (the engine's runner calls it). The sampling decides first, on the
-        row count alone; a batch it keeps is copied, since ``inputs`` are the batcher's buffer, valid during
-        this call only; the outputs are kept by reference. Returns 0.0, or the seconds the engine may skip
-        calling again because the sampling budget is spent."""
+        row count alone; a batch it keeps is summarised here in the model's native window
+        (:meth:`LiveMonitor.observe_batch`: binned without the GIL, nothing copied or queued). A model the
+        native window cannot summarise (string or categorical columns) has the batch copied, since ``inputs``
+        are the batcher's buffer, valid during this call only, and queued for the monitor thread (outputs by
+        reference). Returns 0.0, or the seconds the engine may skip calling again because the sampling budget
+        is spent."""
         try:
             monitor = self.monitor
             wait_s = monitor.admit_wait_s(model, inputs[0].shape[0])
             if wait_s:
                 return wait_s
+            if monitor.observe_batch(model, variant, version, input_names, inputs, output_names, outputs):
+                return 0.0
             monitor.observe(
                 model,
                 variant,
