@@ -17,7 +17,8 @@ ONNX Runtime call, where it holds no GIL but for the call's entry and exit, and 
 few microseconds of Python per batch; otherwise it stays in the idle class throughout.
 
 Copies are shed (counted per shadow by the router) when the lane is full, when a copy waited longer than
-``max_wait_s`` (a late shadow answer says little about now), or when the runner is closed. Answers are
+``max_wait_s`` (a late shadow answer says little about now), when its model was closed before its turn (a
+deployment re-applied or an alias followed), or when the runner is closed. Answers are
 logged (the model's prediction logger, labelled with the shadow's name) and recorded in the shadow's
 :class:`~fastml.serving.deployments.VariantStats` (from this thread, through its thread-safe inbox); they
 are never returned to a client.
@@ -33,6 +34,8 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+
+from fastml.errors import Unavailable
 
 log = logging.getLogger("fastml.serving.shadow")
 
@@ -250,6 +253,10 @@ class ShadowRunner:
             finally:
                 if toggle:
                     _set_normal_priority()
+        except Unavailable:  # the model was closed meanwhile (a deployment re-applied, an alias followed)
+            for c in group:
+                c.deployment.router.count_shadow_shed(c.shadow.index)
+            return
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted and logged, never raised
             self._failed(group, f"{type(exc).__name__}: {exc}")
             return
