@@ -10,7 +10,7 @@ Configurations:
   (d) fastml: N asyncio tasks each awaiting model.predict_async on batch-1 inputs, N = 1, 8, 32, 128
   (e) (d) through the pure-Python reference batcher (batcher="python")
   (u) (d) as users write it: the stdlib loop of asyncio.run (no uvloop) and dict inputs {"input": x}, 32 tasks,
-      with the runner load_model(runner="auto") picks for the MLP (the inline runner) and with runner threads
+      with the inline runner (what runner="auto" picks for the MLP) and with runner threads
 Every other asyncio configuration runs on uvloop with bare arrays. Prints rows/s, p50/p99 latency per call
 and the ratios d/a, d/b, d/c (at 32 tasks), d/e and u/a.
 
@@ -213,7 +213,7 @@ def bench_model(
         )
     ref = 32 if 32 in task_counts else task_counts[-1]
     for key, label, runner in (
-        ("ua", "(u) fastml, asyncio.run + dict inputs, runner=auto", "auto"),
+        ("ua", "(u) fastml, asyncio.run + dict inputs, runner=loop", "loop"),
         ("ut", "(u) fastml, asyncio.run + dict inputs, runner threads", "threads"),
     ):
         configs.append(
@@ -255,7 +255,7 @@ def bench_model(
         f"With runner=loop at {ref} tasks: **d/a = {rate[f'l{ref}'] / rate['a']:.2f}x**, "
         f"**d/c = {rate[f'l{ref}'] / rate['c']:.2f}x**, d/b = {rate[f'l{ref}'] / rate['b']:.2f}x; "
         f"CPU per row a/d = {cpu['a'] / cpu[f'l{ref}']:.2f}x.",
-        f"asyncio.run + dict inputs at {ref} tasks: **u/a = {rate['ua'] / rate['a']:.2f}x** (runner=auto), "
+        f"asyncio.run + dict inputs at {ref} tasks: **u/a = {rate['ua'] / rate['a']:.2f}x** (runner=loop), "
         f"u/a = {rate['ut'] / rate['a']:.2f}x (runner threads); CPU per row a/u = {cpu['a'] / cpu['ua']:.2f}x, "
         f"{cpu['a'] / cpu['ut']:.2f}x.",
         "",
@@ -286,7 +286,7 @@ def bench_model(
         # The user's view: the stdlib loop of asyncio.run and dict inputs; goal 4x serial batch-1 ORT.
         result.add(
             benchjson.rate_row(
-                f"engine MLP, {ref} tasks predict_async, asyncio.run + dict inputs (runner=auto)",
+                f"engine MLP, {ref} tasks predict_async, asyncio.run + dict inputs (runner=loop)",
                 "raw ORT serial batch-1",
                 rate["a"],
                 rate["ua"],

@@ -273,6 +273,32 @@ struct PyBatcher {
         return arrays;
     }
 
+    // New reference (or NULL with an error set): rows [offset, offset + rows) of `arr` as a numpy view that
+    // shares its memory and writeability, built directly (numpy's slice indexing parses a slice object per
+    // call, the larger part of settling a request). Anything but an array with those rows is sliced by numpy.
+    static PyObject* RowsView(PyObject* arr, int64_t offset, int64_t rows) {
+        auto& api = py::detail::npy_api::get();
+        auto* a = py::detail::array_proxy(arr);
+        if (!api.PyArray_Check_(arr) || a->nd < 1 || a->nd > 32 || offset < 0 || rows < 0 ||
+            offset + rows > a->dimensions[0]) {
+            return PySequence_GetSlice(arr, offset, offset + rows);
+        }
+        Py_intptr_t dims[32];
+        std::copy(a->dimensions, a->dimensions + a->nd, dims);
+        dims[0] = rows;
+        Py_INCREF(a->descr);  // stolen by PyArray_NewFromDescr (also on failure)
+        PyObject* view = api.PyArray_NewFromDescr_(api.PyArray_Type_, a->descr, a->nd, dims, a->strides,
+                                                   a->data + offset * a->strides[0],
+                                                   a->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_, nullptr);
+        if (!view) return nullptr;
+        Py_INCREF(arr);  // stolen by PyArray_SetBaseObject (also on failure): the view keeps the batch alive
+        if (api.PyArray_SetBaseObject_(view, arr) < 0) {
+            Py_DECREF(view);
+            return nullptr;
+        }
+        return view;
+    }
+
     // The request's result dict: views of its rows of the batch outputs (the arrays themselves when
     // the request had the batch to itself). Returns None when no outputs were kept. GIL held. Throws
     // (after its bookkeeping) when an output cannot be sliced.
@@ -289,7 +315,7 @@ struct PyBatcher {
                 result[outputs[i]] = py::reinterpret_borrow<py::object>(arr);
             } else {
                 // New reference: a numpy view of rows [row_offset, row_offset + rows).
-                PyObject* view = PySequence_GetSlice(arr, c.row_offset, c.row_offset + c.rows);
+                PyObject* view = RowsView(arr, c.row_offset, c.rows);
                 if (!view) throw py::error_already_set();
                 result[outputs[i]] = py::reinterpret_steal<py::object>(view);
             }

@@ -181,3 +181,27 @@ def test_the_awaiting_task_is_woken_without_a_scheduled_callback(mlp, mlp_refere
 
     asyncio.run(main())
     assert "task_wakeup" not in scheduled
+
+
+def test_rows_of_a_shared_batch_are_views_of_the_batch_output(onnx_models, mlp_reference):
+    """Each request's outputs are its rows of the batch output (views, not copies), shaped and laid out like
+    numpy slices of it."""
+    session, X = mlp_reference
+    model = load_model(onnx_models["mlp"], runner="loop", max_batch_size=16)
+    xs = [np.ascontiguousarray(X[i : i + 1 + i % 3], dtype=np.float32) for i in range(8)]
+
+    async def main():
+        return await asyncio.gather(*[model.predict_async({"input": x}) for x in xs])
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        model.close()
+    assert model.stats()["batches"] == 1  # submitted in one loop iteration: one batch
+    batch = results[0]["probabilities"].base
+    for x, r in zip(xs, results):
+        label, proba = _expected(session, x)
+        np.testing.assert_array_equal(r["label"], label)
+        np.testing.assert_allclose(r["probabilities"], proba, rtol=1e-6, atol=1e-6)
+        assert r["probabilities"].shape == (len(x), 2) and r["probabilities"].flags.c_contiguous
+        assert r["probabilities"].base is batch and r["probabilities"].flags.writeable == batch.flags.writeable
