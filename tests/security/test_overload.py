@@ -156,20 +156,42 @@ def test_the_rate_estimate_is_the_best_of_the_recent_busy_windows(clock):
     gate = AdmissionGate()
 
     def busy_window(completions: int) -> None:
+        gate.completed(MIN_INFLIGHT + 10)  # opens the window
         for _ in range(completions - 1):
-            gate.completed(MIN_INFLIGHT + 10)
-        clock.now_s += admission.WINDOW_S * 1.001  # a hair over (float sums of the clock)
-        gate.completed(MIN_INFLIGHT + 10)  # closes the window: completions / its length
+            clock.now_s += admission.WINDOW_S * 1.001 / (completions - 1)  # a hair over in all (float sums)
+            gate.completed(MIN_INFLIGHT + 10)  # the last one closes the window: completions / its length
 
-    busy_window(100)
-    assert gate.rate_per_s == pytest.approx(100 / admission.WINDOW_S, rel=0.01)
+    busy_window(400)
+    assert gate.rate_per_s == pytest.approx(400 / admission.WINDOW_S, rel=0.01)
     for _ in range(admission.RATE_WINDOWS - 1):
-        busy_window(10)  # completions counted late (a busy loop, a descheduled process): not a slower model
-    assert gate.rate_per_s == pytest.approx(100 / admission.WINDOW_S, rel=0.01)
-    busy_window(10)  # slower for RATE_WINDOWS busy windows in a row: the model did slow down
-    assert gate.rate_per_s == pytest.approx(10 / admission.WINDOW_S, rel=0.01)
-    busy_window(50)  # and a faster window raises it at once
-    assert gate.rate_per_s == pytest.approx(50 / admission.WINDOW_S, rel=0.01)
+        busy_window(40)  # completions counted late (a busy loop, a descheduled process): not a slower model
+    assert gate.rate_per_s == pytest.approx(400 / admission.WINDOW_S, rel=0.01)
+    busy_window(40)  # slower for RATE_WINDOWS busy windows in a row: the model did slow down
+    assert gate.rate_per_s == pytest.approx(40 / admission.WINDOW_S, rel=0.01)
+    busy_window(200)  # and a faster window raises it at once
+    assert gate.rate_per_s == pytest.approx(200 / admission.WINDOW_S, rel=0.01)
+
+
+def test_a_burst_of_completions_after_a_long_loop_iteration_measures_the_burst_not_one_request(clock):
+    """The inline runner reads a whole event-loop iteration's requests, then settles them all at once. The
+    first completion of that burst must not close a window on its own (one request over the iteration: ~17/s
+    for a model doing 5,000/s), or the gate sheds everything beyond a handful in flight from then on."""
+    gate = AdmissionGate()
+    arrivals, iteration_s = 300, 0.06  # longer than WINDOW_S: a busy loop with hundreds of connections
+    for _ in range(3):
+        for inflight in range(arrivals):
+            assert not gate.sheds(inflight, None)
+            clock.now_s += iteration_s / arrivals
+        for inflight in reversed(range(arrivals)):
+            gate.completed(inflight)  # the flush: every request of the iteration at the same instant
+    # The window opened at the MIN_INFLIGHT-th arrival and closed when the burst drained the queue.
+    assert gate.rate_per_s == pytest.approx(arrivals / iteration_s, rel=0.01)
+    assert not gate.sheds(arrivals // 2, 500_000)  # half an iteration's worth is 30 ms ahead: admitted
+    assert gate.shed == 0
+    small = AdmissionGate()
+    for inflight in reversed(range(MIN_INFLIGHT + admission.RATE_MIN_COMPLETIONS - 2)):
+        small.completed(inflight)  # too few to measure anything: no estimate, so nothing is shed on it
+    assert small.rate_per_s == 0.0
 
 
 def test_a_check_before_decoding_answers_for_the_deadlines_decoded_recently(clock):

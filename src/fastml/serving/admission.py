@@ -52,6 +52,17 @@ WINDOW_S = 0.05  # completions are counted over windows this long
 # down would shed more, load the loop more and fall again. A model that really slows down is followed within
 # RATE_WINDOWS busy windows.
 RATE_WINDOWS = 10
+# Completions often arrive in bursts: the inline runner (runner="loop") settles a whole event-loop iteration's
+# requests at once when it flushes, and runner threads settle a batch at a time. A window is therefore closed
+# only once its completions themselves span WINDOW_S, or when a burst drains the queue, and never with fewer
+# than this many completions: closing on the first completion of a burst after a long loop iteration measured
+# one completion over the whole iteration (~20/s for a model doing thousands), and the gate then shed every
+# request but a handful for as long as the estimate stood, with nothing completing at depth to correct it.
+RATE_MIN_COMPLETIONS = 16
+# ...nor a drained burst that took less than this: a few dozen requests settled within a millisecond of the window
+# opening measured tens of thousands per second (requests read in an earlier loop iteration settled in this
+# one), and the windowed max then kept that for RATE_WINDOWS windows and shed nothing.
+RATE_MIN_SPAN_S = WINDOW_S / 5
 HINT_EPOCH_S = 1.0  # decoded deadlines are remembered for one to two of these epochs (the pre-decode hint)
 
 SHED_MESSAGE = "the server is overloaded: the expected queue wait exceeds the request's deadline; retry later"
@@ -71,6 +82,7 @@ class AdmissionGate:
         "_recent_rates",
         "_window_start",
         "_window_done",
+        "_first_done_s",
         "_default_deadline_s",
         "_hint_epoch_start",
         "_hint_current_s",
@@ -85,6 +97,7 @@ class AdmissionGate:
         self._recent_rates: deque[float] = deque(maxlen=RATE_WINDOWS)
         self._window_start = perf_counter()
         self._window_done = 0
+        self._first_done_s = 0.0  # when the window's first completion came (0 = none yet)
         self._default_deadline_s = default_deadline_s
         # Longest decoded deadline in the current and the previous epoch (0 = none seen).
         self._hint_epoch_start = self._window_start
@@ -115,6 +128,7 @@ class AdmissionGate:
             # Not a deep queue: completions from here on would measure arrivals, not capacity.
             self._window_start = perf_counter()
             self._window_done = 0
+            self._first_done_s = 0.0
             self._above_since = 0.0
             self._dropping = False
             return False
@@ -169,23 +183,36 @@ class AdmissionGate:
         """Count one completion; ``inflight`` is what is still in flight after it.
 
         Only completions while at least :data:`MIN_INFLIGHT` requests wait are counted (the model never idles
-        then, so they measure its capacity, not the arrival rate); the estimate rises at once and falls only
-        when :data:`RATE_WINDOWS` busy windows in a row measured less, so a short lull never makes the gate
-        shed a burst the model can take.
+        then, so they measure its capacity, not the arrival rate). A window closes when its completions span
+        :data:`WINDOW_S`, or at the completion that drains the queue below :data:`MIN_INFLIGHT` (the end of a
+        burst) at least :data:`RATE_MIN_SPAN_S` after it opened, and only with :data:`RATE_MIN_COMPLETIONS` in it; its rate is completions over the time since it
+        opened. The estimate rises at once and falls only when :data:`RATE_WINDOWS` windows in a row measured
+        less, so a short lull never makes the gate shed a burst the model can take.
         """
+        now = perf_counter()
         if inflight < MIN_INFLIGHT:
-            self._window_start = perf_counter()
+            # The queue drained: the burst that did it belongs to this window (it ran in the time measured).
+            done = self._window_done + 1
+            elapsed = now - self._window_start
+            if done >= RATE_MIN_COMPLETIONS and elapsed >= RATE_MIN_SPAN_S:
+                self._record(done / elapsed)
+            self._window_start = now
             self._window_done = 0
+            self._first_done_s = 0.0
             return
         self._window_done += 1
-        now = perf_counter()
-        elapsed = now - self._window_start
-        if elapsed < WINDOW_S:
+        if self._first_done_s == 0.0:
+            self._first_done_s = now
             return
-        measured = self._window_done / elapsed
+        if now - self._first_done_s < WINDOW_S or self._window_done < RATE_MIN_COMPLETIONS:
+            return
+        self._record(self._window_done / (now - self._window_start))
         self._window_start = now
         self._window_done = 0
-        self._recent_rates.append(measured)
+        self._first_done_s = 0.0
+
+    def _record(self, measured_per_s: float) -> None:
+        self._recent_rates.append(measured_per_s)
         self.rate_per_s = max(self._recent_rates)
 
 
@@ -194,6 +221,8 @@ __all__ = [
     "INTERVAL_S",
     "MAX_WAIT_S",
     "MIN_INFLIGHT",
+    "RATE_MIN_COMPLETIONS",
+    "RATE_MIN_SPAN_S",
     "RATE_WINDOWS",
     "SHED_MESSAGE",
     "STANDING_MIN_INFLIGHT",
