@@ -42,7 +42,7 @@ log = logging.getLogger("fastml.serving.shadow")
 SHADOW_LANE_MAX = 1024  # copies waiting for the runner; past this many a copy is shed
 SHADOW_MAX_WAIT_S = 1.0  # a copy that waited longer is shed
 SHADOW_GATHER_S = 0.002  # after waking for a first copy, the runner lets more gather this long
-SHADOW_NAP_S = 0.05  # the longest the runner sleeps without checking the lane (an offer's notify may race)
+SHADOW_NAP_S = 1.0  # the longest the idle runner sleeps without looking at the lane (a safety net only)
 
 
 def _set_normal_priority() -> bool:
@@ -131,7 +131,7 @@ class ShadowRunner:
         if type(inputs) is not dict:  # one input's array (the Python API accepts that for one-input models)
             inputs = {entry.model.signature.inputs[0].name: inputs}
         self._lane.append(_Copy(deployment, shadow, entry, inputs, request_id, time.perf_counter_ns()))
-        if self._sleeping:  # read without the lock: a wake-up lost to a race waits out the runner's nap
+        if self._sleeping:  # read after the append, without the lock (see _run)
             with self._cv:
                 self._cv.notify()
         return True
@@ -180,7 +180,10 @@ class ShadowRunner:
                 while not self._lane and not self._closed:
                     self._cv.notify_all()  # wait_idle
                     self._sleeping = True
-                    self._cv.wait(SHADOW_NAP_S)
+                    # Looked at again after saying so: an offer appends, then reads _sleeping (no lock), so
+                    # either its copy is seen here or its notify comes once this wait has released the lock.
+                    if not self._lane:
+                        self._cv.wait(SHADOW_NAP_S)
                     self._sleeping = False
                     slept = True
                 if self._closed:
