@@ -148,6 +148,8 @@ def start_fastml(repo: Path, home: Path) -> tuple[subprocess.Popen, int, int]:
             "0",
             "--max-body-bytes",
             str(8 * 1024 * 1024),
+            # Shared-memory registration is an admin call; the server binds loopback only.
+            "--allow-unauthenticated-admin",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
