@@ -31,7 +31,7 @@ except ImportError:  # Cython builds the twin; the pure-Python module runs witho
     from fastml.server import _cython_shim as cython
 
 from fastml.errors import InvalidInput, Overloaded, PermissionDenied, Unauthenticated
-from fastml.server import routes, shm_http
+from fastml.server import early_shed, routes, shm_http
 from fastml.server.auth import WWW_AUTHENTICATE
 from fastml.server.status import REASONS, http_status
 from fastml.server.tensors import (
@@ -45,7 +45,7 @@ from fastml.server.tensors import (
     plan_inputs,
     raw_input,
 )
-from fastml.serving.admission import SHED_MESSAGE
+from fastml.serving.admission import SHED_HINT, SHED_MESSAGE
 
 log = logging.getLogger("fastml.server")
 
@@ -109,17 +109,34 @@ class _InferCall(_Slot):
             self.start_ns = perf_counter_ns()
 
     def done(self, fut):
+        """The engine future's done callback (the general path)."""
+        try:
+            outputs = self.conn.server.plane.settle(self.entry, fut)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error answer
+            self._answer(None, exc)
+        else:
+            self._answer(outputs, None)
+
+    # The sink path (DataPlane.submit_sink): the engine's completion pass calls one of these in place, so the
+    # answer is written in the same loop iteration as the batch ran, with no asyncio future and no callback
+    # hop through the loop's ready queue.
+    def set_result(self, outputs):
+        self.conn.server.plane.completed(self.entry)
+        self._answer(outputs, None)
+
+    def set_exception(self, exc):
+        self.conn.server.plane.completed(self.entry)
+        self._answer(None, exc)
+
+    def _answer(self, outputs, exc):
         entry = self.entry
         conn = self.conn
         server = conn.server
-        plane = server.plane
         conn_hdr = self.conn_hdr
-        if plane.draining:
+        if server.plane.draining:
             conn_hdr = _CLOSE_HDR  # shutting down: this is the connection's last answer
         route = self.route
-        try:
-            outputs = plane.settle(entry, fut)
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error answer
+        if exc is not None:
             if route is not None:
                 route[5].record((perf_counter_ns() - self.start_ns) / 1000, False)
                 route[3].count_error(route[4])
@@ -457,6 +474,8 @@ class HttpProtocol:
                 self.closed = True
                 self.transport.close()
             return
+        if SHED_HINT.on and early_shed.answer(self, data):
+            return  # a whole request its model sheds now: the canned 503, never parsed (fastml.server.early_shed)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -783,6 +802,32 @@ class HttpProtocol:
         """Submit decoded inputs to ``entry``'s model and queue the pipeline slot its answer fills: the one way
         in for model and deployment calls (``route``: the variant's :func:`_variant_routes` tuple, or None)."""
         plane = self.server.plane
+        sink = entry.cache.get("http_sink")
+        if sink is None:
+            # Only the native batcher settles a sink in place (the Python one settles asyncio futures only).
+            sink = entry.cache["http_sink"] = getattr(entry.model, "batcher", None) == "native"
+        if sink and plan.request_id is None:
+            # The plain request (no id for a logger or an error to name; a deployment's variant too, whose
+            # model then has no prediction logger to label for): answered in place by the engine
+            # (_InferCall.set_result). False means the general path below must take it.
+            call = _InferCall(
+                self,
+                entry,
+                plan,
+                None if self.accept_encoding is None else response_encoding(self.accept_encoding),
+                conn_hdr,
+                route,
+            )
+            try:
+                queued = plane.submit_sink(entry, inputs, timeout_us, call)
+            except Exception as exc:  # counted by the data plane (and the variant's stats)
+                if route is not None:
+                    route[5].record(0.0, False)
+                    route[3].count_error(route[4])
+                raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
+            if queued:
+                self.pending.append(call)  # answered no earlier than the loop's next flush of the batcher
+                return
         try:
             if route is None or getattr(entry.model, "prediction_logger", route) is None:
                 # (A model object without the attribute may label its own log: it goes through submit_variant.)
