@@ -251,7 +251,9 @@ def mutated(draw):
     return bytes(buf)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 500 cases: the run is hypothesis building nested frames (about 30 ms of CPU a case; parsing takes 0.2 ms), so
+# more cases mostly cost generation. Every CI run draws new ones: the cases tried add up across runs.
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_fuzzed_frames_never_crash_and_agree_with_the_reference(buf):
     got = native(buf)
