@@ -171,3 +171,25 @@ def test_continuous_windows_keep_the_python_summary():
     assert isinstance(col, ContinuousWindow)
     assert col.n == ref.n == 4000 and col.counts.tolist() == ref.counts.tolist()
     assert np.array_equal(col.current_values(), ref.current_values())  # under capacity: every value, in order
+
+
+def test_string_columns_take_the_python_path_and_a_new_reference_closes_the_native_window():
+    rng = np.random.default_rng(6)
+    prof = ReferenceProfile.from_data({"c": rng.normal(size=500)})
+    mon = LiveMonitor(False, window_rows=1000, window_s=600)
+    results = []
+    mon.add_listener(results.append)
+    mon.set_reference("m", prof, {"c": [-1]})
+    v = rng.normal(size=300)
+    assert mon.observe_batch("m", None, "1", ["c"], [v], ["label"], [np.array(["x"] * 300)]) is False
+    assert mon._native[("m", "")] is None  # decided once: later batches go straight to the queue
+    mon.set_reference("m", prof, {"c": [-1]})  # decided again for a new reference
+    assert mon.observe_batch("m", None, "1", ["c"], [v], [], [])
+    mon.set_reference("m", ReferenceProfile.from_data({"c": rng.normal(size=400)}), {"c": [-1]})
+    assert mon.observe_batch("m", None, "1", ["c"], [v[:100]], [], [])
+    assert mon.flush()
+    mon.close()
+    old, new = results
+    assert (old.n_rows, old.reference_rows, old.note) == (300, 500, "reference changed")
+    assert (new.n_rows, new.reference_rows, new.note) == (100, 400, "flushed")
+    assert mon.processed_rows == 400

@@ -300,6 +300,9 @@ class LiveMonitor:
         with self._lock:
             self._targets[model] = _Target(profile, fmap, source, methods, thresholds)
             self.disabled.pop(model, None)
+        with self._native_lock:  # decided again for the new reference (slots made for the old one are replaced)
+            for key in [k for k, slot in self._native.items() if k[0] == model and slot is None]:
+                del self._native[key]
 
     def disable(self, model: str, reason: str) -> None:
         """Stop monitoring ``model`` and remember why (shown by ``status()``); serving is unaffected."""
@@ -370,8 +373,12 @@ class LiveMonitor:
         target = self._targets.get(model)
         if target is None or self._closed:
             return False
-        slot = self._native.get(key, False)
-        if slot is False or (slot is not None and slot.target is not target):
+        slot = self._native.get(key)
+        if slot is None:
+            if key in self._native:
+                return False  # recorded: this model's batches take the Python path
+            slot = self._native_slot(key, target, str(version), input_names, inputs, output_names, outputs)
+        elif slot.target is not target:
             slot = self._native_slot(key, target, str(version), input_names, inputs, output_names, outputs)
         if slot is None:
             return False
@@ -384,11 +391,11 @@ class LiveMonitor:
         """Creates (once per model, variant and reference) the native window, or records None for a model whose
         batches take the Python path."""
         with self._native_lock:
-            slot = self._native.get(key, False)
-            if slot is None or (slot is not False and slot.target is target):
-                return slot
-            if slot is not False:
-                self._retired.append((key, slot))  # the monitor thread closes its windows ("reference changed")
+            old = self._native.get(key)
+            if key in self._native and (old is None or old.target is target):
+                return old  # another thread made it meanwhile
+            if old is not None:
+                self._retired.append((key, old))  # the monitor thread closes its windows ("reference changed")
             slot = self._native[key] = self._make_slot(target, version, input_names, inputs, output_names, outputs)
             return slot
 
