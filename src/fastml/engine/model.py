@@ -226,14 +226,17 @@ class Model:
             return "threads"
         feed = warmup_feed(self.signature, max_batch_size, self._warmup_samples)
         limit_ns = AUTO_LOOP_MAX_BATCH_US * 1000
+        # CPU time, not wall time: on a busy machine a preempted run measured by the clock picked runner threads
+        # for the MLP (~15 us a batch) at random. One intra-op thread runs the model on this thread, so this
+        # thread's CPU is exact (the process's would add whatever else the server runs meanwhile); with a pool,
+        # the process's CPU counts its threads too, and can only overstate the cost, erring toward "threads".
+        options = getattr(session, "get_session_options", None)
+        one_thread = options is not None and options().intra_op_num_threads == 1
+        clock = time.thread_time_ns if one_thread else time.process_time_ns
         for _ in range(10):
-            # CPU time of the whole process, not wall time: on a busy machine a preempted run measured by the
-            # clock picked runner threads for the MLP (~15 us a batch) at random. Process CPU still counts ONNX
-            # Runtime's pool threads (intra_op_threads > 1) and anything else this process runs meanwhile, so it
-            # can only overstate the cost, which errs toward the safe "threads".
-            t0 = time.process_time_ns()
+            t0 = clock()
             run_once(session, feed, max_batch_size, bool(self._warmup_samples))
-            took = time.process_time_ns() - t0
+            took = clock() - t0
             if took <= limit_ns:
                 return "loop"
             if took > 50 * limit_ns:  # clearly heavy: timing it again would only slow the load down
