@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +35,54 @@ def fastml_home(tmp_path, monkeypatch) -> Path:
     reset_settings()
 
 
+# Built models are kept here between runs (git-ignored, beside the other set-up caches): training the MLP is
+# most of the fixture's ~12 s of CPU. The key covers the recipe and the library versions that shape the models.
+MODEL_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "test_models"
+
+
 @pytest.fixture(scope="session")
 def onnx_models(tmp_path_factory) -> dict[str, Path]:
     """Small versions of shared/bench's models: input ``input`` FP32 [-1, 32]; outputs ``label`` INT64
     [-1] and ``probabilities`` FP32 [-1, 2]. Keys: ``mlp``, ``gbt``; plus ``data`` (an .npy of X)."""
+    out = tmp_path_factory.mktemp("onnx_models")
+    files = {"mlp": "mlp.onnx", "gbt": "gbt.onnx", "data": "X.npy"}
+    cached = MODEL_CACHE / _recipe_key()
+    if not all((cached / f).is_file() for f in files.values()):
+        staging = Path(tempfile.mkdtemp(prefix="staging-", dir=_mkdirs(MODEL_CACHE)))
+        _build_models(staging)
+        try:
+            os.rename(staging, cached)  # atomic: a concurrent session's copy may win, with the same bytes
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    # Each session gets its own copies, so a test cannot change the cached models.
+    return {name: Path(shutil.copy(cached / f, out / f)) for name, f in files.items()}
+
+
+def _mkdirs(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _recipe_key() -> str:
+    from importlib.metadata import version  # not the imports themselves: skl2onnx takes seconds to import
+
+    versions = " ".join(version(d) for d in ("numpy", "scikit-learn", "skl2onnx", "onnx"))
+    return hashlib.sha256((inspect.getsource(_build_models) + versions).encode()).hexdigest()[:16]
+
+
+def _build_models(out: Path) -> None:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import make_classification
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.neural_network import MLPClassifier
 
-    out = tmp_path_factory.mktemp("onnx_models")
     X, y = make_classification(n_samples=2000, n_features=32, random_state=0)
     X = X.astype(np.float32)
     models = {
         "mlp": MLPClassifier(hidden_layer_sizes=(64, 64), max_iter=60, random_state=0).fit(X, y),
         "gbt": GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0).fit(X, y),
     }
-    paths: dict[str, Path] = {}
     for name, est in models.items():
         onx = convert_sklearn(
             est,
@@ -56,9 +90,5 @@ def onnx_models(tmp_path_factory) -> dict[str, Path]:
             target_opset=17,
             options={id(est): {"zipmap": False}},
         )
-        p = out / f"{name}.onnx"
-        p.write_bytes(onx.SerializeToString())
-        paths[name] = p
+        (out / f"{name}.onnx").write_bytes(onx.SerializeToString())
     np.save(out / "X.npy", X)
-    paths["data"] = out / "X.npy"
-    return paths
