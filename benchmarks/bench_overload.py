@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait()
             print_runner(runner, rows)
             add_rows(report, runner, rows)
-        costs = measure_shed_cost(tmp, repo, request, 0.4 if args.quick else 2.0)
+        costs = measure_shed_cost(tmp, repo, request, 0.3 if args.quick else 2.0)
         parser_us, early_us = float(np.median(costs["parser"])), float(np.median(costs["early"]))
         print(
             f"\nserver CPU per 503 (a server shedding everything, {PEAK_CONNECTIONS} connections, alternating rounds):"
