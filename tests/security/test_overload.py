@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import numpy as np
 import pytest
@@ -253,3 +254,33 @@ def test_a_refusal_for_load_says_when_to_retry():
     assert error_response(429, "slow down").startswith(b"HTTP/1.1 429 ")
     assert b"Retry-After" in error_response(429, "slow down")
     assert b"Retry-After" not in error_response(400, "bad input")
+
+
+def _inflight(served) -> float:
+    with urllib.request.urlopen(f"http://{served.metrics_url}/metrics", timeout=30) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("fastml_server_inflight_requests "):
+                return float(line.split()[-1])
+    raise AssertionError("fastml_server_inflight_requests not in the metrics")
+
+
+def test_requests_whose_clients_hung_up_leave_nothing_in_flight(slow_server):
+    """In-flight accounting (what the gate sheds on) must not leak when clients give up: 150 clients send a
+    request with a 1 ms deadline and reset their connections at once, without reading the answer."""
+    served, runner = slow_server
+
+    async def hang_up(n: int) -> None:
+        conns = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(n)]
+        for _, writer in conns:
+            writer.write(_wire(8, 1000))
+        await asyncio.gather(*(writer.drain() for _, writer in conns))
+        for _, writer in conns:
+            writer.transport.abort()  # a reset, as a client that timed out would
+
+    asyncio.run(hang_up(150))
+    for _ in range(5000):  # bounded polling, no sleeps: each poll is one metrics request
+        if _inflight(served) == 0:
+            break
+    assert _inflight(served) == 0, f"{runner}: requests of clients that hung up are still counted in flight"
+    statuses = asyncio.run(_wave(served.port, 4, 10_000_000))
+    assert statuses == [200] * 4  # nothing shed for a queue that is no longer there
