@@ -434,8 +434,9 @@ class FeatureJoinedModel:
 
         functools.update_wrapper(submit, FeatureJoinedModel.submit)
         functools.update_wrapper(predict_async, FeatureJoinedModel.predict_async)
-        self.submit = submit
-        self.predict_async = predict_async
+        # Instance attributes shadow the class's methods on purpose (the docstring says why).
+        self.submit = submit  # type: ignore[method-assign]
+        self.predict_async = predict_async  # type: ignore[method-assign]
 
     def feature_lookups(self) -> dict[str, dict[str, int]]:
         """Cumulative lookups per stored feature: ``{ref: {"hit", "missing", "stale"}}``."""
