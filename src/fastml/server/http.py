@@ -31,7 +31,7 @@ except ImportError:  # Cython builds the twin; the pure-Python module runs witho
     from fastml.server import _cython_shim as cython
 
 from fastml.errors import InvalidInput, Overloaded, PermissionDenied, Unauthenticated
-from fastml.server import early_shed, routes, shm_http
+from fastml.server import routes, shm_http
 from fastml.server.auth import WWW_AUTHENTICATE
 from fastml.server.status import REASONS, http_status
 from fastml.server.tensors import (
@@ -45,7 +45,7 @@ from fastml.server.tensors import (
     plan_inputs,
     raw_input,
 )
-from fastml.serving.admission import SHED_HINT, SHED_MESSAGE
+from fastml.serving.admission import SHED_MESSAGE
 
 log = logging.getLogger("fastml.server")
 
@@ -474,8 +474,6 @@ class HttpProtocol:
                 self.closed = True
                 self.transport.close()
             return
-        if SHED_HINT.on and early_shed.answer(self, data):
-            return  # a whole request its model sheds now: the canned 503, never parsed (fastml.server.early_shed)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -68,20 +68,6 @@ HINT_EPOCH_S = 1.0  # decoded deadlines are remembered for one to two of these e
 SHED_MESSAGE = "the server is overloaded: the expected queue wait exceeds the request's deadline; retry later"
 
 
-class ShedHint:
-    """Whether the last admission check in this process shed (``on``): a transport may then try its cheapest
-    refusal first (fastml.server.early_shed) and fall back to its full path when the check admits. Only a hint:
-    every decision is still the gate's own."""
-
-    __slots__ = ("on",)
-
-    def __init__(self) -> None:
-        self.on = False
-
-
-SHED_HINT = ShedHint()
-
-
 class AdmissionGate:
     """One model's completion-rate estimate and the admission decision made from it (event-loop thread only).
 
@@ -145,10 +131,8 @@ class AdmissionGate:
             self._first_done_s = 0.0
             self._above_since = 0.0
             self._dropping = False
-            SHED_HINT.on = False
             return False
         if self.rate_per_s <= 0.0:
-            SHED_HINT.on = False
             return False
         now = perf_counter()
         if timeout_us is None:
@@ -158,9 +142,7 @@ class AdmissionGate:
         wait_s = inflight / self.rate_per_s
         if wait_s > min(deadline_s * WAIT_SHARE, MAX_WAIT_S) or self._standing(inflight, wait_s, now):
             self.shed += 1
-            SHED_HINT.on = True
             return True
-        SHED_HINT.on = False
         return False
 
     def _standing(self, inflight: int, wait_s: float, now: float) -> bool:
@@ -242,11 +224,9 @@ __all__ = [
     "RATE_MIN_COMPLETIONS",
     "RATE_MIN_SPAN_S",
     "RATE_WINDOWS",
-    "SHED_HINT",
     "SHED_MESSAGE",
     "STANDING_MIN_INFLIGHT",
     "TARGET_WAIT_S",
     "WAIT_SHARE",
     "AdmissionGate",
-    "ShedHint",
 ]
