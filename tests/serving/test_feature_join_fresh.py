@@ -157,3 +157,28 @@ def test_server_sees_a_write_from_another_process(tmp_path, fastml_home):
         assert status == 200 and out["outputs"][0]["data"] == pytest.approx([321 - 10])
     finally:
         assert srv.stop() == 0
+
+
+def test_entity_ids_of_any_integer_form_give_the_same_answer(tmp_path, fastml_home):
+    """A request of int64 ids alone takes the batched model's coroutine directly; int32 ids or a request id take
+    the checked path: every form answers what the blocking call answers, and a list is refused by name."""
+    fill_store(fastml_home).close()
+    feats = ["driver:trips", "driver:rating", "driver:acceptance"]
+    path = linear_model(tmp_path / "lin3.onnx", 3, np.array([1.0, 10.0, 1000.0], np.float32))
+    with fastml.load_model(path, features=feats, entity_key="driver_id") as model:
+        assert model.batched is not None
+        ids = [1, 2, 4]
+        want = model.predict({"driver_id": np.array(ids, np.int64)})["y"]
+        assert want.shape == (3, 1) and np.isfinite(want[:2]).all()
+
+        async def forms():
+            return [
+                (await model.predict_async({"driver_id": np.array(ids, np.int64)}))["y"],
+                (await model.predict_async({"driver_id": np.array(ids, np.int32)}))["y"],
+                (await model.predict_async({"driver_id": np.array(ids, np.int64)}, request_id="r1"))["y"],
+            ]
+
+        for got in asyncio.run(forms()):
+            np.testing.assert_array_equal(got, want)
+        with pytest.raises(fastml.errors.InvalidInput, match="driver_id"):
+            asyncio.run(model.predict_async({"driver_id": ids}))

@@ -422,7 +422,22 @@ class FeatureJoinedModel:
                     pass  # as in the class's submit
             return submit_per_request(inputs, timeout_us, outputs, request_id)
 
-        async def predict_async(inputs, outputs=None, timeout_us=None, *, request_id=None):
+        # One entity key and nothing else (no request-time values, no other model inputs), a 1-D int64 array: the
+        # batched engine model takes such a request as it is, so its coroutine is handed back without a wrapping
+        # one (an extra coroutine frame per request cost ~0.8 us, as much as the whole join of its rows). The
+        # dtype is compared by identity (numpy's native int64 dtype is one object); anything else is checked.
+        only_key = self.join.key_inputs[0] if len(self.join.key_inputs) == 1 and self._n_inputs == 1 else None
+        int64 = np.dtype(np.int64)
+        ndarray = np.ndarray
+
+        def predict_async(inputs, outputs=None, timeout_us=None, *, request_id=None):
+            if outputs is None and request_id is None and type(inputs) is dict and len(inputs) == 1:
+                a = inputs.get(only_key)
+                if type(a) is ndarray and a.dtype is int64 and a.ndim == 1 and logger_of(inner) is None:
+                    return batched_predict_async(inputs, None, timeout_us)
+            return predict_async_checked(inputs, outputs, timeout_us, request_id=request_id)
+
+        async def predict_async_checked(inputs, outputs=None, timeout_us=None, *, request_id=None):
             if logger_of(inner) is None:
                 try:
                     if request_id is None:
@@ -432,6 +447,8 @@ class FeatureJoinedModel:
                     pass  # as in the class's predict_async
             return await predict_async_per_request(inputs, outputs, timeout_us, request_id)
 
+        if only_key is None:
+            predict_async = predict_async_checked
         functools.update_wrapper(submit, FeatureJoinedModel.submit)
         functools.update_wrapper(predict_async, FeatureJoinedModel.predict_async)
         # Instance attributes shadow the class's methods on purpose (the docstring says why).
