@@ -25,10 +25,10 @@ RUNNERS = ("threads", "loop", "auto")
 # takes about 10 us for 32 rows here): a longer batch would hold up the loop's I/O (new requests, responses,
 # signals) for a noticeable part of the 200 us latency target.
 AUTO_LOOP_MAX_BATCH_US = 100
-# A batch logger (``observes_batches``) gets the latency of one request in this many: a done-callback per
-# request is the cost it exists to avoid. At 10,000 requests/s that is still ~150 samples a second for a
-# window's p99 (a window closes by rows or by time, so a busy model's windows see the most samples).
-LATENCY_SAMPLE_EVERY = 64
+# A batch logger (``observes_batches``) gets the latency of at most one request per this interval: the runner
+# asks for a sample once per interval (per batch it reads the clock anyway), so a request pays nothing to be
+# counted. Up to 200 samples a second for a window's p99, and every request of a quiet model.
+LATENCY_SAMPLE_INTERVAL_S = 0.005
 _UNSET = object()  # no request seen yet by a batch logger (its variant label is not known)
 _get_running_loop = asyncio.get_running_loop
 _monotonic = time.monotonic
@@ -250,22 +250,35 @@ class Model:
         request_id=, variant=)``), or None.
 
         A logger with ``observes_batches`` (the live monitor's tap) is instead fed once per batch by the runner
-        (``log_batch``) and, for one request in LATENCY_SAMPLE_EVERY, ``log_latency``: a request then costs it
-        no Python work. Its ``variant_var`` (a ContextVar, or None) labels requests; the label is per model
-        while every request carries the same one, and a model seeing two labels falls back to the per-request
-        ``log`` for good (a batch holds requests of both, which only the per-request calls can tell apart).
+        (``log_batch``) and, for at most one request per LATENCY_SAMPLE_INTERVAL_S, ``log_latency``: a request
+        then costs it only the label check. Its ``variant_var`` (a ContextVar, or None) labels requests; the
+        label is per model while every request carries the same one, and a model seeing two labels falls back to
+        the per-request ``log`` for good (a batch holds requests of both, which only the per-request calls can tell apart).
         """
         return self._logger
 
     @prediction_logger.setter
     def prediction_logger(self, logger: Any) -> None:
         self._batch_on = True
-        self._batch_variant = _UNSET
-        self._batch_requests = 0
-        self._batch_resume_s = 0.0  # time.monotonic() before which the batch logger asked not to be called
         self._batch_var = getattr(logger, "variant_var", None)
+        # Without a label variable every request carries the label None: decided here, not by a first request.
+        self._batch_variant = None if self._batch_var is None else _UNSET
+        self._batch_resume_s = 0.0  # time.monotonic() before which the batch logger asked not to be called
+        self._latency_due_s = 0.0  # time.monotonic() from which the runner asks for the next latency sample
         self._batch_logger = logger if getattr(logger, "observes_batches", False) else None
+        # A latency sample is wanted: the next covered request reports its latency. The first one does (a burst
+        # submitted at once has no request after the runner's first ask).
+        self._latency_due = self._batch_logger is not None
         self._logger = logger
+        self._update_direct()
+
+    def _update_direct(self) -> None:
+        """Keeps ``_direct`` in step with the logger state (call after changing any of it): True when a request
+        needs no logger work besides the label check (no logger, or a batch logger taking its batches and no
+        latency sample due), so predict_async decides its fast path with one attribute per request."""
+        self._direct = self._logger is None or (
+            self._batch_logger is not None and self._batch_on and not self._latency_due
+        )
 
     def _batch_covers(self) -> bool:
         """True when the batch logger will see the rows of the request about to be submitted (call it before
@@ -280,6 +293,7 @@ class Model:
                 # submitted before this and are not tapped either (it reads _batch_on after running them), so
                 # at most one batch per runner goes unobserved, once.
                 self._batch_on = False
+                self._update_direct()
                 return False
             self._batch_variant = label
         return True
@@ -305,32 +319,48 @@ class Model:
         except Exception:  # noqa: BLE001 - a logger's failure never fails the batch
             self.batch_log_failures += 1
 
-    def _count_request(self) -> bool:
-        """True for one request in LATENCY_SAMPLE_EVERY (several loops may race on the count: a lost increment
-        only shifts the sample)."""
-        n = self._batch_requests = self._batch_requests + 1
-        return not n % LATENCY_SAMPLE_EVERY
+    def _tap_batch(self, tap, arrays, outputs) -> None:
+        """The runners' per-batch hook while a batch logger takes batches: asks for a latency sample once per
+        LATENCY_SAMPLE_INTERVAL_S and hands the batch over unless the logger asked to skip for now."""
+        now = _monotonic()
+        if now >= self._latency_due_s:
+            self._latency_due_s = now + LATENCY_SAMPLE_INTERVAL_S
+            self._latency_due = True
+            self._direct = False  # the next request leaves predict_async's fast path to report its latency
+        if now >= self._batch_resume_s:
+            self._log_batch(tap, arrays, outputs)
+
+    def _take_latency_sample(self) -> bool:
+        """True when a latency sample is due, which the caller (a covered request) then reports. Several loops
+        may race on the flag: a lost update only shifts or repeats one sample."""
+        if not self._latency_due:
+            return False
+        self._latency_due = False
+        self._update_direct()
+        return True
+
+    def _report_latency(self, latency_us: float) -> None:
+        """Hands one sampled request's latency to the batch logger."""
+        tap = self._batch_logger
+        if tap is None:  # the logger was replaced meanwhile
+            return
+        variant = None if self._batch_variant is _UNSET else self._batch_variant
+        try:
+            tap.log_latency(model=self.name, version=self.version, variant=variant, latency_us=latency_us)
+        except Exception:  # noqa: BLE001 - as for log_batch
+            self.batch_log_failures += 1
 
     def _sample_latency(self, fut, t0_ns: int | None = None) -> None:
         """Reports this request's latency to the batch logger (when ``fut`` succeeds, or now for a blocking
         request, given its start ``t0_ns``)."""
-        tap = self._batch_logger
-        variant = None if self._batch_variant is _UNSET else self._batch_variant
-
-        def report(latency_us: float) -> None:
-            try:
-                tap.log_latency(model=self.name, version=self.version, variant=variant, latency_us=latency_us)
-            except Exception:  # noqa: BLE001 - as for log_batch
-                self.batch_log_failures += 1
-
         if fut is None:
-            report((time.perf_counter_ns() - t0_ns) / 1000.0)
+            self._report_latency((time.perf_counter_ns() - t0_ns) / 1000.0)
             return
         t0 = time.perf_counter_ns()
 
         def done(f) -> None:
             if not f.cancelled() and f.exception() is None:
-                report((time.perf_counter_ns() - t0) / 1000.0)
+                self._report_latency((time.perf_counter_ns() - t0) / 1000.0)
 
         fut.add_done_callback(done)
 
@@ -374,8 +404,8 @@ class Model:
                 )
                 continue
             tap = self._batch_logger
-            if tap is not None and self._batch_on and _monotonic() >= self._batch_resume_s:
-                self._log_batch(tap, arrays, outputs)
+            if tap is not None and self._batch_on:
+                self._tap_batch(tap, arrays, outputs)
             # Hands the batch outputs to the core's bindings, then (GIL released) computes each request's
             # row range, signals the waiters (one eventfd write per event loop) and waits for the next batch.
             batch = core.complete_next(runner, OK, "", outputs)
@@ -397,8 +427,8 @@ class Model:
             )
             return
         tap = self._batch_logger
-        if tap is not None and self._batch_on and _monotonic() >= self._batch_resume_s:
-            self._log_batch(tap, arrays, outputs)
+        if tap is not None and self._batch_on:
+            self._tap_batch(tap, arrays, outputs)
         core.complete(0, OK, "", outputs)
 
     def _flush(self, loop, queue) -> None:
@@ -540,7 +570,7 @@ class Model:
         if outputs is not None:
             result = {n: result[n] for n in outputs}
         if covered:
-            if self._count_request():
+            if self._take_latency_sample():
                 self._sample_latency(None, t0)
         elif self._logger is not None:
             self._log(arrays, result, t0, request_id)
@@ -685,14 +715,12 @@ class Model:
         self._schedule_flush(loop, queue)
         if plain:
             if covered:
-                # Inline: the one per-request cost of a batch logger is this counter.
-                n = self._batch_requests = self._batch_requests + 1
-                if not n % LATENCY_SAMPLE_EVERY:
+                if self._latency_due and self._take_latency_sample():
                     self._sample_latency(fut)
             elif logger is not None:
                 self._log_on_completion(fut, inputs, arrays, request_id)
             return fut
-        if covered and self._count_request():
+        if covered and self._latency_due and self._take_latency_sample():
             self._sample_latency(fut)
         return self._chain(loop, fut, arrays, self._check_outputs(outputs), request_id, not covered)
 
@@ -843,18 +871,16 @@ class Model:
 
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able predict: same arguments, result and errors as :meth:`predict`."""
-        logger = self._logger
-        if outputs is None and (logger is None or (self._batch_logger is not None and self._batch_on)):
+        if outputs is None and self._direct:
             # submit's plain path inlined (one Python frame less per request): a loop seen before, inputs the
             # core takes as they are; with a batch logger, a request carrying the label its batches already
             # carry (a new label is decided in submit, before its submit). Anything else, and every error,
-            # goes through submit.
+            # goes through submit. ``_direct`` is kept by the logger's state changes, so with a batch logger
+            # a request costs the label check only: no counter, no done-callback.
             loop = _get_running_loop()
             queue = self._loops.get(loop)
             var = self._batch_var
-            if queue is not None and (
-                logger is None or (var.get() if var is not None else None) == self._batch_variant
-            ):
+            if queue is not None and (var is None or var.get() == self._batch_variant):
                 try:
                     timeout = self.timeout_us if timeout_us is None else timeout_us
                     fut = self._submit_future(queue, inputs, timeout, loop)
@@ -865,12 +891,15 @@ class Model:
                     if self._inline and loop not in self._flush_due:
                         self._flush_due.add(loop)
                         loop.call_soon(self._flush, loop, queue)
-                    if logger is not None:
-                        # The batch logger's one per-request cost: this counter (as in submit).
-                        n = self._batch_requests = self._batch_requests + 1
-                        if not n % LATENCY_SAMPLE_EVERY:
-                            self._sample_latency(fut)
                     return await fut
+        elif outputs is None and self._batch_logger is not None and self._batch_on and self._take_latency_sample():
+            # This request reports its latency, timed around its await: no done-callback on its future, whose
+            # one callback then stays the task's wake-up (which the core runs directly as it settles it).
+            t0 = time.perf_counter_ns()
+            result = await self.submit(inputs, timeout_us, request_id=request_id)
+            if self._batch_on:  # still covered by the batch logger (a second label means per-request logs)
+                self._report_latency((time.perf_counter_ns() - t0) / 1000.0)
+            return result
         return await self.submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
 
     # ------------------------------------------------------------------ stats & lifecycle

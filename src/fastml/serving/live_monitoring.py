@@ -95,7 +95,7 @@ class MonitorTap:
         return 0.0
 
     def log_latency(self, *, model, version, variant, latency_us) -> None:
-        """One sampled request's latency (the engine samples; see LATENCY_SAMPLE_EVERY)."""
+        """One sampled request's latency (the engine samples; see LATENCY_SAMPLE_INTERVAL_S)."""
         self.monitor.observe_latency(model, variant, latency_us)
 
     def __init__(self, monitor: LiveMonitor, inner: Any = None):
