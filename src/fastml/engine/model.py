@@ -253,7 +253,8 @@ class Model:
         (``log_batch``) and, for at most one request per LATENCY_SAMPLE_INTERVAL_S, ``log_latency``: a request
         then costs it only the label check. Its ``variant_var`` (a ContextVar, or None) labels requests; the
         label is per model while every request carries the same one, and a model seeing two labels falls back to
-        the per-request ``log`` for good (a batch holds requests of both, which only the per-request calls can tell apart).
+        the per-request ``log`` for good (a batch holds requests of both, which only the per-request calls can
+        tell apart).
         """
         return self._logger
 
