@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import zlib
 from pathlib import Path
 from typing import Any
 
 from fastml.errors import FastMLError, InvalidInput, NotFound
 from fastml.server import routes
-from fastml.server.http import encode_infer_response
+from fastml.server.http import _Reject as HttpRefusal
+from fastml.server.http import decompress, encode_infer_response
 from fastml.server.status import http_status
 from fastml.server.tensors import (
     Plan,
@@ -270,18 +270,10 @@ async def _read_body(headers, read_body) -> bytes:
     encoding = (headers.get("content-encoding") or "").strip().lower()
     if encoding in ("", "identity"):
         return body
-    if encoding not in ("gzip", "deflate"):
-        raise _Refused(415, f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
-    inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
     try:
-        out = inflater.decompress(body, MAX_BODY_BYTES + 1)
-    except zlib.error as exc:
-        raise _Refused(400, f"request body is not valid {encoding}: {exc}") from None
-    if len(out) > MAX_BODY_BYTES:
-        raise _Refused(413, f"decompressed request body exceeds the {MAX_BODY_BYTES}-byte limit")
-    if not inflater.eof:
-        raise _Refused(400, f"request body is truncated {encoding} data")
-    return out
+        return decompress(body, encoding, MAX_BODY_BYTES)
+    except HttpRefusal as exc:  # fastml serve's statuses and wording (415, 400, 413)
+        raise _Refused(exc.status, exc.message) from None
 
 
 def _decode(entry, headers, body: bytes):
