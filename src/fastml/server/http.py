@@ -804,29 +804,22 @@ class HttpProtocol:
         if sink is None:
             # Only the native batcher settles a sink in place (the Python one settles asyncio futures only).
             sink = entry.cache["http_sink"] = getattr(entry.model, "batcher", None) == "native"
-        if sink and plan.request_id is None:
-            # The plain request (no id for a logger or an error to name; a deployment's variant too, whose
-            # model then has no prediction logger to label for): answered in place by the engine
-            # (_InferCall.set_result). False means the general path below must take it.
-            call = _InferCall(
-                self,
-                entry,
-                plan,
-                None if self.accept_encoding is None else response_encoding(self.accept_encoding),
-                conn_hdr,
-                route,
-            )
-            try:
-                queued = plane.submit_sink(entry, inputs, timeout_us, call)
-            except Exception as exc:  # counted by the data plane (and the variant's stats)
-                if route is not None:
-                    route[5].record(0.0, False)
-                    route[3].count_error(route[4])
-                raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-            if queued:
-                self.pending.append(call)  # answered no earlier than the loop's next flush of the batcher
-                return
+        call = _InferCall(
+            self,
+            entry,
+            plan,
+            None if self.accept_encoding is None else response_encoding(self.accept_encoding),
+            conn_hdr,
+            route,
+        )
         try:
+            # The plain request (no id for a logger or an error to name; a deployment's variant too, whose
+            # model then has no prediction logger to label for) is answered in place by the engine
+            # (_InferCall.set_result), no earlier than the loop's next flush of the batcher. submit_sink
+            # answering False means the general path below takes it.
+            if sink and plan.request_id is None and plane.submit_sink(entry, inputs, timeout_us, call):
+                self.pending.append(call)
+                return
             if route is None or getattr(entry.model, "prediction_logger", route) is None:
                 # (A model object without the attribute may label its own log: it goes through submit_variant.)
                 fut = plane.submit_arrays(entry, inputs, timeout_us, plan.request_id)
@@ -837,14 +830,6 @@ class HttpProtocol:
                 route[5].record(0.0, False)
                 route[3].count_error(route[4])
             raise _Reject(http_status(exc), str(exc) or type(exc).__name__) from None
-        call = _InferCall(
-            self,
-            entry,
-            plan,
-            None if self.accept_encoding is None else response_encoding(self.accept_encoding),
-            conn_hdr,
-            route,
-        )
         self.pending.append(call)
         fut.add_done_callback(call.done)
 
