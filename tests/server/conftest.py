@@ -30,3 +30,19 @@ def server(model_repo, tmp_path_factory):
     )
     yield srv
     assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def manager(onnx_models, tmp_path_factory):
+    """An in-process ModelManager serving mlp on the inline loop runner (for tests that drive the HTTP protocol
+    class directly, without a server process)."""
+    from fastml.serving import ModelManager
+
+    repo = tmp_path_factory.mktemp("manager_repo")
+    (repo / "mlp" / "1").mkdir(parents=True)
+    shutil.copy(onnx_models["mlp"], repo / "mlp" / "1" / "model.onnx")
+    (repo / "mlp" / "config.toml").write_text('max_batch_size = 16\nmax_queue_delay_us = 0\nrunner = "loop"\n')
+    m = ModelManager([str(repo)])
+    m.load_all()
+    yield m
+    m.close()

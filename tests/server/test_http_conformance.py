@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 from fastml.server import http as reference
 from fastml.server.app import Server, compiled_is_current, protocol_class
-from fastml.serving import ModelManager
 
 _http = pytest.importorskip(
     "fastml.server._http", reason="the Cython extension is not built (setup.py build_ext --inplace)"
@@ -54,18 +52,6 @@ class FakeTransport:
 
     def is_closing(self):
         return self.closed
-
-
-@pytest.fixture(scope="module")
-def manager(onnx_models, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("conformance_repo")
-    (repo / "mlp" / "1").mkdir(parents=True)
-    shutil.copy(onnx_models["mlp"], repo / "mlp" / "1" / "model.onnx")
-    (repo / "mlp" / "config.toml").write_text('max_batch_size = 16\nmax_queue_delay_us = 0\nrunner = "loop"\n')
-    m = ModelManager([str(repo)])
-    m.load_all()
-    yield m
-    m.close()
 
 
 def _req(method: str, path: str, body: bytes = b"", headers: dict | None = None, version: str = "1.1") -> bytes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import numpy as np
 import onnxruntime as ort
@@ -15,7 +14,6 @@ import pytest
 
 from fastml.server import http as reference
 from fastml.server.app import Server, compiled_is_current
-from fastml.serving import ModelManager
 
 
 def _impls():
@@ -94,18 +92,6 @@ def _infer(x: np.ndarray, request_id: str | None = None) -> bytes:
 @pytest.fixture(scope="module")
 def X(onnx_models):
     return np.load(onnx_models["data"])[:8].astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def manager(onnx_models, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("sink_repo")
-    (repo / "mlp" / "1").mkdir(parents=True)
-    shutil.copy(onnx_models["mlp"], repo / "mlp" / "1" / "model.onnx")
-    (repo / "mlp" / "config.toml").write_text('max_batch_size = 16\nmax_queue_delay_us = 0\nrunner = "loop"\n')
-    m = ModelManager([str(repo)])
-    m.load_all()
-    yield m
-    m.close()
 
 
 def _converse(manager, protocol_cls, data: bytes, want: int):

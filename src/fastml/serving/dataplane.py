@@ -365,9 +365,7 @@ class DataPlane:
             each counted as a failure of ``entry``.
         """
         model = entry.model
-        gate = entry.cache.get("admission")
-        if gate is None:
-            gate = entry.cache["admission"] = AdmissionGate()
+        gate = _gate(entry)
         try:
             # Shed before queueing when the wait ahead cannot fit the deadline (fastml.serving.admission).
             gate.admit(entry.inflight, timeout_us or model.timeout_us)
@@ -403,9 +401,7 @@ class DataPlane:
         submit = getattr(model, "submit_sink", None)
         if submit is None:
             return False
-        gate = entry.cache.get("admission")
-        if gate is None:
-            gate = entry.cache["admission"] = AdmissionGate()
+        gate = _gate(entry)
         try:
             gate.admit(entry.inflight, timeout_us or model.timeout_us)
             if not submit(inputs, timeout_us, sink):
@@ -615,3 +611,11 @@ __all__ = [
     "model_statistics_from_snapshot",
     "request_timeout_us",
 ]
+
+
+def _gate(entry) -> AdmissionGate:
+    """``entry``'s admission gate, made on its first request (one per model entry, kept in its cache)."""
+    gate = entry.cache.get("admission")
+    if gate is None:
+        gate = entry.cache["admission"] = AdmissionGate()
+    return gate
