@@ -18,11 +18,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("ref", help="model file or registry reference (name, name@stage, name:version)")
     p.add_argument("--input", required=True, help="input .csv or .parquet file")
     p.add_argument("--output", required=True, help="output .csv or .parquet file (format by suffix)")
-    p.add_argument("--batch-rows", type=int, default=65_536, help="rows per chunk (default 65536)")
+    p.add_argument(
+        "--batch-rows",
+        type=int,
+        default=65_536,
+        help="rows per chunk at most (default 65536; a file of known length is cut into equal chunks, a multiple "
+        "of --threads)",
+    )
     p.add_argument("--key-columns", default="", help="comma-separated input columns copied to the output")
     p.add_argument("--columns", default=None, help="comma-separated input columns feeding the model, in order")
     p.add_argument("--max-memory-mb", type=float, default=None, help="working-memory budget; bounds --batch-rows")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: every core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="scoring threads, each running one chunk at a time through ONNX Runtime (default: every core)",
+    )
     p.add_argument(
         "--features",
         default=None,

@@ -1,0 +1,100 @@
+"""fastml predict's scoring threads and start: chunks scored side by side come back in input order with ONNX
+Runtime's values, chunk sizes are evened out over the threads, and the command imports only what scoring uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from onnx import TensorProto, helper
+
+from fastml.errors import InvalidInput
+from fastml.serving.batch_predict import MIN_EVEN_ROWS, _even_rows, predict_file
+
+
+@pytest.fixture(scope="module")
+def linear_model(tmp_path_factory):
+    """y = x @ w + row-independent bias, as an ONNX graph (one [N, 3] input, one [N, 1] output)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 1], [0.5, -2.0, 3.0])
+    b = helper.make_tensor("b", TensorProto.FLOAT, [1], [0.25])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        initializer=[w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path_factory.mktemp("linear") / "linear.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_chunks_scored_side_by_side_come_back_in_input_order(linear_model, tmp_path):
+    rows = 20_011  # not a multiple of anything below: the last chunk is short
+    x = np.random.default_rng(5).normal(size=(rows, 3)).astype(np.float32)
+    ids = np.random.default_rng(6).permutation(rows).astype(np.int64)  # order shows in the key column too
+    pq.write_table(pa.table({"id": ids, "a": x[:, 0], "b": x[:, 1], "c": x[:, 2]}), tmp_path / "in.parquet")
+    report = predict_file(
+        linear_model, tmp_path / "in.parquet", tmp_path / "out.parquet", batch_rows=1500, key_columns=["id"], threads=3
+    )
+    # 14 chunks of at most 1,500 rows become 15 (a multiple of the 3 threads) of 1,335 rows
+    assert report.rows == rows and report.batch_rows == 1335
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.column_names == ["id", "y"]
+    assert np.array_equal(out.column("id").to_numpy(), ids)
+    sess = ort.InferenceSession(str(linear_model), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"input": x})[0].reshape(-1)
+    assert np.array_equal(out.column("y").to_numpy(), want)
+
+
+def test_chunk_sizes_are_evened_out_over_the_threads():
+    assert _even_rows(65_536, 1_000_000, 2) == 62_500  # 16 equal chunks instead of 15 full ones and 16,960 rows
+    assert _even_rows(65_536, 1_000_000, 1) == 62_500
+    assert _even_rows(65_536, 100_000, 2) == 50_000
+    assert _even_rows(65_536, 100_000, 3) == 33_334
+    assert _even_rows(65_536, None, 2) == 65_536  # a CSV's length is not known up front
+    assert _even_rows(65_536, 300, 2) == MIN_EVEN_ROWS  # a small file is not cut finer
+    assert _even_rows(100, 10_000, 2) == 100  # an explicit small chunk is a ceiling, never raised
+
+
+def test_a_bad_thread_count_is_invalid_input(linear_model, tmp_path):
+    pq.write_table(pa.table({"a": [1.0], "b": [2.0], "c": [3.0]}), tmp_path / "in.parquet")
+    for threads in (0, -1, 1.5):
+        with pytest.raises(InvalidInput, match="threads must be an int >= 1"):
+            predict_file(linear_model, tmp_path / "in.parquet", tmp_path / "out.parquet", threads=threads)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+# What `fastml predict` on an .onnx file imports: the scoring libraries, not the server's (asyncio, the model
+# manager, the engine) nor the converters' (onnx, scikit-learn) nor pandas; each costs start time on every run.
+IMPORTS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from fastml.cli import main
+    code = main(sys.argv[1:])
+    heavy = ["asyncio", "fastml.serving.manager", "fastml.engine", "fastml.convert.frameworks", "onnx", "sklearn",
+             "pandas", "scipy", "fastml.registry"]
+    print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
+    """
+)
+
+
+def test_the_predict_command_imports_only_what_scoring_uses(linear_model, tmp_path):
+    pq.write_table(pa.table({"a": [1.0], "b": [2.0], "c": [3.0]}), tmp_path / "in.parquet")
+    args = ["predict", str(linear_model), "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "o.csv")]
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTS_SCRIPT, *args], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "loaded": []}
+    assert (tmp_path / "o.csv").read_text().splitlines() == ['"y"', "5.75"]  # 0.5 - 4 + 9 + 0.25
