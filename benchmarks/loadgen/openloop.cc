@@ -11,16 +11,27 @@
 // its own CPU time per request is printed so a reader can see it is not the bottleneck.
 //
 // One request is in flight per connection (no pipelining): the server answers in order, and a client that
-// pipelines behind a slow answer would only measure head-of-line blocking. A request that is due while every
-// connection is busy waits in a FIFO (its clock is already running) and is dropped as "unsent" at its deadline.
+// pipelines behind a slow answer would only measure head-of-line blocking. What happens to a request that is
+// due while every connection is busy is the client model (--client):
+//   fifo  it waits in a FIFO for a connection (its clock already running) and is given up as "unsent" at its
+//         deadline: a client library with a bounded connection pool and a request queue in front of it.
+//   drop  it is not sent at all and counted as "dropped": the constant-arrival-rate executor of k6
+//         (dropped_iterations) and Gatling's open injection over a bounded pool. The client never queues, so
+//         the server sees at most --connections requests in flight and every request it gets is fresh.
 //
 //   openloop --port P --request FILE --mode open --rate R --connections N --duration S --warmup S --deadline S
+//            [--client fifo|drop] [--grace S] [--server-pid PID]
 //   openloop --port P --request FILE --mode closed --connections C --duration S --warmup S --deadline S
 //
 // FILE holds the raw bytes of one complete request (head and body), sent verbatim each time. Prints one JSON
-// object: outcomes by status ("timeout": no answer by the deadline, "unsent": no connection free by then,
-// "late": a 200 seen after the deadline, "error": the connection failed), goodput (200s within the deadline
-// per second of the measured window), latency percentiles of those 200s, send lag and CPU per request.
+// object: outcomes by status ("timeout": no answer by the deadline (+ grace), "unsent": no connection free by
+// its deadline, "dropped": no connection free when it was due, "late": a 200 seen after the deadline, "error":
+// the connection failed), goodput (200s within the deadline per second of the measured window), latency
+// percentiles of those 200s and of the 503s, send lag (the age of a request when it is sent: in fifo mode the
+// age of the client's backlog) and CPU per request. With --grace the client waits that much past the deadline
+// before giving up, so an answer the server sends after the deadline is seen and classified (a late 200, or
+// the 504 the server owes it) instead of being cut off. With --server-pid the server's utime + stime over the
+// measured window is read from /proc (warm-up and settling excluded) and reported per request sent.
 // Only requests due inside [warmup, warmup + duration) are counted; the run ends once all of them settled.
 
 #include <arpa/inet.h>
@@ -52,6 +63,24 @@ int64_t now_ns() {
   return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// utime + stime of process `pid` (all its threads), seconds; -1 if it cannot be read.
+double process_cpu_s(int pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  FILE* f = fopen(path, "r");
+  if (!f) return -1;
+  char buf[1024];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  const char* p = strrchr(buf, ')');  // the command name may hold spaces: fields count from its closing paren
+  if (!p) return -1;
+  unsigned long long utime = 0, stime = 0;
+  // Fields after the name: state(3) ... utime(14) stime(15); skip 11 fields after the state.
+  if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2) return -1;
+  return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
+}
+
 double cpu_s() {
   rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -68,6 +97,9 @@ struct Options {
   double duration_s = 1.0;
   double warmup_s = 0.2;
   double deadline_s = 0.5;
+  bool drop = false;     // --client drop: a request due while every connection is busy is dropped, not queued
+  double grace_s = 0.0;  // how long past the deadline the client still waits for (and classifies) an answer
+  int server_pid = 0;    // read this process's CPU time over the measured window (0 = don't)
 };
 
 enum State { kConnecting, kIdle, kBusy };
@@ -78,12 +110,14 @@ struct Conn {
   int64_t due_ns = 0;   // when the request in flight was due (open loop) or sent (closed loop)
   size_t write_off = 0;  // bytes of the request written so far
   bool want_write = false;  // EPOLLOUT armed for a partial write
+  bool prime_sent = false;  // priming: the connection's first request went out
   std::string rbuf;
 };
 
 struct Stats {
   std::map<std::string, int64_t> outcomes;
   std::vector<uint32_t> ok_latency_us;  // 200s within the deadline
+  std::vector<uint32_t> shed_latency_us;  // 503s, whenever they came
   std::vector<uint32_t> send_lag_us;     // sent - due, counted requests only
   int64_t sent = 0;
 };
@@ -97,18 +131,16 @@ class Generator {
     addr_.sin_port = htons(uint16_t(opt.port));
     inet_pton(AF_INET, opt.host.c_str(), &addr_.sin_addr);
     deadline_ns_ = int64_t(opt.deadline_s * 1e9);
+    grace_ns_ = int64_t(opt.grace_s * 1e9);
     conns_.resize(size_t(opt.connections));
   }
 
   int run() {
-    for (size_t i = 0; i < conns_.size(); ++i) open_conn(int(i));
-    t0_ = now_ns();
-    // Connections are given up to a second to open before the clock starts (a cold server accepts slowly).
-    while (connected_ < int(conns_.size()) && now_ns() - t0_ < 1000000000LL) poll(1);
+    prime();
     t0_ = now_ns();
     window_start_ = t0_ + int64_t(opt_.warmup_s * 1e9);
     window_end_ = window_start_ + int64_t(opt_.duration_s * 1e9);
-    double cpu_start = -1, cpu_end = -1;
+    double cpu_start = -1, cpu_end = -1, server_start = -1, server_end = -1;
     int64_t sent_at_start = 0, sent_at_end = 0;
     if (!opt_.open_loop) {
       for (size_t i = 0; i < conns_.size(); ++i)
@@ -119,10 +151,12 @@ class Generator {
       int64_t now = now_ns();
       if (cpu_start < 0 && now >= window_start_) {
         cpu_start = cpu_s();
+        if (opt_.server_pid > 0) server_start = process_cpu_s(opt_.server_pid);
         sent_at_start = total_sent_;
       }
       if (cpu_end < 0 && now >= window_end_) {
         cpu_end = cpu_s();
+        if (opt_.server_pid > 0) server_end = process_cpu_s(opt_.server_pid);
         sent_at_end = total_sent_;
       }
       if (opt_.open_loop) schedule(now);
@@ -137,7 +171,8 @@ class Generator {
     }
     double window_cpu = cpu_end - cpu_start;
     int64_t window_sent = sent_at_end - sent_at_start;
-    print(window_cpu, window_sent);
+    double server_cpu = server_start >= 0 && server_end >= 0 ? server_end - server_start : -1;
+    print(window_cpu, window_sent, server_cpu);
     return 0;
   }
 
@@ -174,12 +209,36 @@ class Generator {
         backlog_.pop_front();
         continue;
       }
-      if (idle_.empty()) break;
+      if (idle_.empty()) {
+        if (!opt_.drop) break;
+        record(due, "dropped");  // k6's dropped_iterations: the client never queues
+        backlog_.pop_front();
+        continue;
+      }
       int i = idle_.back();
       idle_.pop_back();
       backlog_.pop_front();
       send_request(i, due);
     }
+  }
+
+  // Opens the fleet before the clock starts, kPrimeWave connections at a time, and has each answer one request.
+  // A connect() that completed on the client side is not yet a connection the server reads: opening 512 at once
+  // left about half of them with their first request retransmitted after TCP's 1 s initial timeout (answered
+  // 1.0-1.1 s after it was sent, whatever the server's load), which cut the fleet in half for the first second
+  // and, through the client's give-up and reconnect, again later. A primed connection has carried a request and
+  // its answer both ways, as a long-lived keep-alive fleet's connections have.
+  void prime() {
+    constexpr size_t kPrimeWave = 32;
+    constexpr int64_t kWaveLimitNs = 3000000000LL;
+    priming_ = true;
+    for (size_t start = 0; start < conns_.size(); start += kPrimeWave) {
+      size_t end = std::min(start + kPrimeWave, conns_.size());
+      for (size_t i = start; i < end; ++i) open_conn(int(i));
+      int64_t wave_t0 = now_ns();
+      while (primed_ < int(end) && now_ns() - wave_t0 < kWaveLimitNs) poll(1);
+    }
+    priming_ = false;
   }
 
   void open_conn(int i) {
@@ -212,6 +271,16 @@ class Generator {
   void became_idle(int i, int64_t now) {
     Conn& c = conns_[size_t(i)];
     c.state = kIdle;
+    if (priming_) {
+      if (!c.prime_sent) {
+        c.prime_sent = true;
+        send_request(i, now);  // not counted: the measured window is not set yet
+        return;
+      }
+      ++primed_;
+      if (opt_.open_loop) idle_.push_back(i);
+      return;  // closed loop: run() starts every idle connection together
+    }
     if (!opt_.open_loop) {
       if (now < window_end_) send_request(i, now);
       return;
@@ -267,7 +336,7 @@ class Generator {
   void expire(int64_t now) {
     for (size_t i = 0; i < conns_.size(); ++i) {
       Conn& c = conns_[i];
-      if (c.state == kBusy && now - c.due_ns >= deadline_ns_) {
+      if (c.state == kBusy && now - c.due_ns >= deadline_ns_ + grace_ns_) {
         record(c.due_ns, "timeout");
         reopen(int(i));
       }
@@ -344,6 +413,7 @@ class Generator {
       } else if (status == 200) {
         record(c.due_ns, "late");
       } else {
+        if (status == 503 && counted(c.due_ns)) stats_.shed_latency_us.push_back(uint32_t(latency / 1000));
         record(c.due_ns, std::to_string(status));
       }
     }
@@ -362,7 +432,7 @@ class Generator {
     return v[k] / 1000.0;
   }
 
-  void print(double window_cpu, int64_t window_sent) {
+  void print(double window_cpu, int64_t window_sent, double server_cpu) {
     int64_t total = 0;
     for (const auto& kv : stats_.outcomes) total += kv.second;
     double goodput = double(stats_.ok_latency_us.size()) / opt_.duration_s;
@@ -381,6 +451,11 @@ class Generator {
     printf("\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"send_lag_p50_ms\":%.3f,\"send_lag_p99_ms\":%.3f,", p50, p99, lag50,
            lag99);
     double per_req = window_sent > 0 ? window_cpu / double(window_sent) * 1e6 : 0.0;
+    printf("\"shed_p50_ms\":%.3f,\"shed_p99_ms\":%.3f,", percentile(stats_.shed_latency_us, 0.5),
+           percentile(stats_.shed_latency_us, 0.99));
+    if (server_cpu >= 0)
+      printf("\"server_cpu_s\":%.4f,\"server_cpu_us_per_request\":%.2f,", server_cpu,
+             window_sent > 0 ? server_cpu / double(window_sent) * 1e6 : 0.0);
     printf("\"cpu_s\":%.4f,\"sent_in_window\":%lld,\"cpu_us_per_request\":%.2f}\n", window_cpu,
            (long long)window_sent, per_req);
   }
@@ -390,10 +465,13 @@ class Generator {
   int ep_;
   sockaddr_in addr_;
   int64_t deadline_ns_;
+  int64_t grace_ns_;
   int64_t t0_ = 0, window_start_ = 0, window_end_ = 0;
   int64_t next_index_ = 0;
   int64_t total_sent_ = 0;
   int connected_ = 0;
+  bool priming_ = false;
+  int primed_ = 0;  // connections whose priming request was answered
   std::vector<Conn> conns_;
   std::vector<int> idle_;
   std::deque<int64_t> backlog_;
@@ -429,6 +507,9 @@ int main(int argc, char** argv) {
     else if (key == "--duration") opt.duration_s = atof(val.c_str());
     else if (key == "--warmup") opt.warmup_s = atof(val.c_str());
     else if (key == "--deadline") opt.deadline_s = atof(val.c_str());
+    else if (key == "--client" && (val == "fifo" || val == "drop")) opt.drop = val == "drop";
+    else if (key == "--grace") opt.grace_s = atof(val.c_str());
+    else if (key == "--server-pid") opt.server_pid = atoi(val.c_str());
     else {
       fprintf(stderr, "openloop: unknown option %s\n", key.c_str());
       return 2;
