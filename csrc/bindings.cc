@@ -87,6 +87,7 @@ void bind_status(py::module_& m) {
 #include <cstring>
 
 #include "batcher.h"
+#include "frame_submit_api.h"
 
 #include <unordered_map>
 
@@ -487,7 +488,46 @@ struct PyBatcher {
     }
 };
 
+// The binary protocol's native intake (fastml._frames) submits request frames through these, handed over in
+// a capsule (csrc/frame_submit_api.h): the same enqueue as submit_async, with user_data = (sink, buffer).
+struct FrameTarget {
+    PyBatcher* batcher;  // alive while the caller holds the Batcher object (it does, for the target's life)
+    std::shared_ptr<CompletionQueue> queue;
+};
+
+static void* FrameOpen(void* batcher, void* queue, std::string* error) {
+    try {
+        PyBatcher& b = py::cast<PyBatcher&>(py::handle(static_cast<PyObject*>(batcher)));
+        auto q = py::cast<std::shared_ptr<CompletionQueue>>(py::handle(static_cast<PyObject*>(queue)));
+        return new FrameTarget{&b, std::move(q)};
+    } catch (const std::exception& e) {
+        PyErr_Clear();  // a cast_error may leave nothing set; either way the caller gets *error
+        *error = std::string("not a native batcher and completion queue: ") + e.what();
+        return nullptr;
+    }
+}
+
+static void FrameClose(void* target) { delete static_cast<FrameTarget*>(target); }
+
+static int FrameSubmit(void* target, std::vector<TensorView>* views, int64_t timeout_us, void* keep,
+                       std::string* message) {
+    FrameTarget* t = static_cast<FrameTarget*>(target);
+    PyBatcher& self = *t->batcher;
+    if (self.SweepWanted()) self.Sweep();
+    std::shared_ptr<Request> req;
+    Status st = self.core->Submit(std::move(*views), timeout_us, t->queue, keep, &req);
+    if (!st.ok()) {
+        *message = st.message;
+        return static_cast<int>(st.code);
+    }
+    return 0;
+}
+
 static void bind_batcher(py::module_& m) {
+    // Leaked on purpose: the capsule may be used until the interpreter exits.
+    static fastml::FrameSubmitApi* frame_api =
+        new fastml::FrameSubmitApi{fastml::kFrameSubmitAbi, &FrameOpen, &FrameClose, &FrameSubmit};
+    m.attr("frame_submit_api") = py::capsule(static_cast<void*>(frame_api), fastml::kFrameSubmitCapsule);
     py::object core_error = py::reinterpret_steal<py::object>(
         PyErr_NewException("fastml._core.CoreError", PyExc_RuntimeError, nullptr));
     m.attr("CoreError") = core_error;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "frame_parser.h"
+#include "frame_submit_api.h"
 
 namespace py = pybind11;
 using namespace fastml::frames;
@@ -210,7 +211,9 @@ struct OutTensor {
   std::string_view name;
   uint8_t dtype = 0;
   std::vector<int64_t> dims;
-  py::array arr;                                // fixed-size dtypes: C-contiguous little-endian
+  // Fixed-size dtypes: a C-contiguous little-endian array (a py::object: py::array's default constructor
+  // would allocate an empty numpy array per tensor).
+  py::object arr;
   std::vector<py::object> keep;                 // BYTES: encoded elements kept alive while writing
   std::vector<std::string_view> elements;       // BYTES: element bytes
   uint64_t nbytes = 0;
@@ -251,7 +254,9 @@ void prepare(py::handle name, py::handle value, OutTensor* t) {
   static py::object& ascontiguous = *new py::object(py::module_::import("numpy").attr("ascontiguousarray"));
   t->name_obj = py::reinterpret_borrow<py::object>(name);
   t->name = utf8_of(name, "a tensor name");
-  py::array arr = py::array::ensure(value);
+  // An ndarray is taken as it is (the common case: an engine output); anything else goes through numpy.
+  py::array arr = py::detail::npy_api::get().PyArray_Check_(value.ptr()) ? py::reinterpret_borrow<py::array>(value)
+                                                                          : py::array::ensure(value);
   if (!arr) {
     PyErr_Clear();
     throw py::value_error("tensor '" + std::string(t->name) + "' is not convertible to a numpy array");
@@ -299,11 +304,23 @@ void prepare(py::handle name, py::handle value, OutTensor* t) {
   } else if (!contiguous) {
     arr = ascontiguous(arr);
   }
-  t->arr = arr;
   t->nbytes = static_cast<uint64_t>(arr.nbytes());
+  t->arr = std::move(arr);
 }
 
 void collect(py::handle tensors, std::vector<OutTensor>* out) {
+  if (PyDict_CheckExact(tensors.ptr())) {
+    // The answer path's case (a result dict per request): walked in place, no items view or pair tuples.
+    out->reserve(static_cast<size_t>(PyDict_GET_SIZE(tensors.ptr())));
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;  // borrowed from the dict
+    while (PyDict_Next(tensors.ptr(), &pos, &key, &value)) {
+      out->emplace_back();
+      prepare(key, value, &out->back());
+    }
+    if (out->size() > 0xFFFF) throw py::value_error("more than 65535 tensors");
+    return;
+  }
   py::object items = py::isinstance<py::dict>(tensors) ? py::reinterpret_borrow<py::dict>(tensors).attr("items")()
                                                        : py::reinterpret_borrow<py::object>(tensors);
   for (py::handle pair : items) {
@@ -330,7 +347,7 @@ void write_tensors(const std::vector<OutTensor>& ts, Writer* w) {
         w->bytes(e.data(), e.size());
       }
     } else {
-      w->bytes(t.arr.data(), static_cast<size_t>(t.nbytes));
+      w->bytes(py::detail::array_proxy(t.arr.ptr())->data, static_cast<size_t>(t.nbytes));
     }
   }
 }
@@ -581,6 +598,246 @@ class Sink {
   bool done_ = false;
 };
 
+// ---- native intake: request frames straight into the model's batcher ----------------------------------
+
+// The batcher's submit entry point, from fastml._core's capsule (csrc/frame_submit_api.h); looked up once.
+const fastml::FrameSubmitApi* submit_api() {
+  static const fastml::FrameSubmitApi* api = nullptr;
+  if (api == nullptr) {
+    py::object cap = py::module_::import("fastml._core").attr("frame_submit_api");
+    void* p = PyCapsule_GetPointer(cap.ptr(), fastml::kFrameSubmitCapsule);
+    if (p == nullptr) throw py::error_already_set();
+    auto* table = static_cast<const fastml::FrameSubmitApi*>(p);
+    if (table->abi != fastml::kFrameSubmitAbi) {
+      throw std::runtime_error("fastml._core and fastml._frames were built from different sources");
+    }
+    api = table;
+  }
+  return api;
+}
+
+// numpy's kind character per protocol dtype code (what the batcher's input specs hold); 0 for BYTES/unknown.
+char dtype_kind(uint8_t dtype) {
+  switch (dtype) {
+    case kBool:
+      return 'b';
+    case kUint8:
+    case kUint16:
+    case kUint32:
+    case kUint64:
+      return 'u';
+    case kInt8:
+    case kInt16:
+    case kInt32:
+    case kInt64:
+      return 'i';
+    case kFp16:
+    case kFp32:
+    case kFp64:
+      return 'f';
+    default:
+      return 0;
+  }
+}
+
+// One connection's request intake: walks every complete frame of a receive buffer and submits each plain
+// request (an INFER_REQUEST naming no outputs, whose tensors are exactly the model's inputs) straight to the
+// model's batcher, with TensorViews of the frame's bytes and a Sink answering into the connection's Answers.
+// Per request that is one Sink and one (sink, buffer) tuple for the core; no numpy array, dict or future.
+// Everything else (other frame types, malformed frames, requested outputs, BYTES tensors, inputs the
+// batcher refuses, a duplicate request id, a model without a native route, a request the admission bound
+// does not clear here) comes back as the parser's tuple for the Python path, which answers it as before.
+//
+// Routes: the first plain request for a (model, version) in a call asks `open_route(model, version,
+// timeout_us)` (Python) for the model's batcher, completion queue and admission bound, or None (Python path
+// for every request of that model in this call). Routes live for one call only, so a model unloaded or
+// re-routed between reads is never used stale. Each call returns, per route used, how many requests it
+// submitted, so the caller closes the data plane's books once per route per read.
+//
+// Threading: the event loop's thread, GIL held throughout (the batcher's Submit takes only its short lock).
+class Intake {
+ public:
+  Intake(std::shared_ptr<Answers> answers, uint64_t max_frame_bytes, uint32_t max_tensors, uint32_t max_rank,
+         uint32_t max_name_bytes)
+      : answers_(std::move(answers)), parser_(Limits{max_frame_bytes, max_tensors, max_rank, max_name_bytes}) {}
+
+  // Takes up to max_frames complete frames of buf[start:end] (submitted ones included).
+  // Returns (consumed, items, need, fatal, routes): as Parser.parse, plus routes = [(token, submitted,
+  // inflight_before, timeout_us)] for each route that submitted requests. `inflight` (request id -> token)
+  // gets each submitted request; an id already in it takes the Python path (which answers the duplicate).
+  py::tuple submit(py::object buf, size_t start, size_t end, size_t max_frames, py::dict inflight,
+                   py::object open_route) {
+    const fastml::FrameSubmitApi* api = submit_api();
+    py::buffer_info info = py::reinterpret_borrow<py::buffer>(buf).request();
+    if (end > static_cast<size_t>(info.size * info.itemsize) || start > end) {
+      throw py::value_error("parse range outside the buffer");
+    }
+    const uint8_t* base = static_cast<const uint8_t*>(info.ptr);
+    py::list items;
+    size_t pos = start;
+    size_t taken = 0;
+    uint64_t need = 0;
+    py::object fatal = py::none();
+    routes_.clear();
+    try {
+      while (taken < max_frames) {
+        uint64_t frame_bytes = 0;
+        int status = 0;
+        std::string error;
+        Scan s = parser_.scan(base + pos, end - pos, &frame_bytes, &status, &error);
+        if (s == Scan::kNeedMore) {
+          need = frame_bytes;
+          break;
+        }
+        if (s == Scan::kFatal) {
+          py::object rid = py::none();
+          if (end - pos >= kPrefixBytes + kHeaderBytes) {
+            uint64_t id;
+            std::memcpy(&id, base + pos + kPrefixBytes + 8, 8);
+            rid = py::int_(id);
+          }
+          fatal = py::make_tuple(status, message_str(error), rid);
+          break;
+        }
+        if (!parser_.parse(base + pos, static_cast<size_t>(frame_bytes), &frame_, &error)) {
+          py::object rid = frame_.header_ok ? py::object(py::int_(frame_.request_id)) : py::object(py::none());
+          items.append(py::make_tuple(0, rid, 400, message_str(error)));
+        } else if (!(frame_.type == kInferRequest && frame_.outputs.empty() &&
+                     submit_frame(api, buf, inflight, open_route))) {
+          items.append(frame_tuple(frame_, buf));
+        }
+        ++taken;
+        pos += static_cast<size_t>(frame_bytes);
+      }
+    } catch (py::error_already_set& e) {
+      // Frames already submitted are accounted for below; this connection cannot go on reliably.
+      fatal = py::make_tuple(500, py::str(std::string("internal error: ") + e.what()), py::none());
+    } catch (const std::exception& e) {
+      fatal = py::make_tuple(500, py::str(std::string("internal error: ") + e.what()), py::none());
+    }
+    py::list used;
+    for (Route& r : routes_) {
+      if (r.target != nullptr) api->close(r.target);
+      r.target = nullptr;
+      if (r.submitted > 0) used.append(py::make_tuple(r.token, r.submitted, r.inflight_before, r.timeout_us));
+    }
+    routes_.clear();
+    return py::make_tuple(pos - start, items, need, fatal, used);
+  }
+
+ private:
+  struct Route {
+    std::string model;    // as on the wire
+    std::string version;  // as on the wire ("" = default)
+    py::object token;     // the caller's (the model entry), handed back with the count
+    py::object batcher;   // fastml._core.Batcher: keeps `target` valid
+    py::object queue;     // its CompletionQueue for this event loop
+    py::str name;         // the model name and version the answers carry
+    py::str answer_version;
+    void* target = nullptr;               // null: this model takes the Python path in this call
+    uint32_t timeout_us = 0;              // the frames' timeout this route admits (the first frame's)
+    int64_t core_timeout_us = 0;          // what the batcher gets (the model's default for 0)
+    std::vector<std::string> inputs;      // the model's input names, in input order
+    int64_t inflight_before = 0;          // the model's requests in flight when the route opened
+    int64_t max_inflight = 0;             // admission bound: a request with more ahead takes the Python path
+    int64_t submitted = 0;
+  };
+
+  Route* route_for(const Frame& f, py::handle open_route) {
+    for (Route& r : routes_) {
+      if (r.model == f.model && r.version == f.version) return &r;
+    }
+    bool ok = true;
+    py::object model = decode_name(f.model, &ok);
+    py::object version = f.version.empty() ? py::none() : decode_name(f.version, &ok);
+    if (!ok) return nullptr;  // the Python path words the error
+    routes_.emplace_back();
+    Route& r = routes_.back();
+    r.model = std::string(f.model);
+    r.version = std::string(f.version);
+    py::object got;
+    try {
+      got = open_route(model, version, f.timeout_us);
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("fastml._frames.Intake: open_route");  // a bug in the opener: Python path
+      return &r;
+    }
+    if (got.is_none()) return &r;
+    py::tuple t = py::reinterpret_borrow<py::tuple>(got);
+    if (t.size() != 8) throw py::value_error("open_route must return None or an 8-tuple");
+    r.token = t[0];
+    r.batcher = t[1];
+    r.queue = t[2];
+    r.name = py::str(t[3]);
+    r.answer_version = py::str(t[4]);
+    r.core_timeout_us = t[5].cast<int64_t>();
+    for (py::handle n : py::reinterpret_borrow<py::sequence>(t[6])) r.inputs.emplace_back(utf8_of(n, "an input name"));
+    r.max_inflight = t[7].cast<int64_t>();
+    r.inflight_before = r.token.attr("inflight").cast<int64_t>();
+    r.timeout_us = f.timeout_us;
+    std::string error;
+    r.target = submit_api()->open(r.batcher.ptr(), r.queue.ptr(), &error);
+    if (r.target == nullptr) throw py::type_error(error);
+    return &r;
+  }
+
+  // Submits the parsed request frame_ natively; false (nothing submitted) sends it down the Python path.
+  bool submit_frame(const fastml::FrameSubmitApi* api, py::handle buf, py::dict& inflight, py::handle open_route) {
+    const Frame& f = frame_;
+    py::object rid = py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(f.request_id));
+    if (!rid) throw py::error_already_set();
+    int has = PyDict_Contains(inflight.ptr(), rid.ptr());
+    if (has < 0) throw py::error_already_set();
+    if (has) return false;
+    Route* r = route_for(f, open_route);
+    if (r == nullptr || r->target == nullptr || f.timeout_us != r->timeout_us) return false;
+    // The admission bound was computed for requests with at most max_inflight ahead of them.
+    if (r->inflight_before + r->submitted > r->max_inflight) return false;
+    if (f.n_tensors != r->inputs.size()) return false;
+    views_.resize(r->inputs.size());
+    for (size_t i = 0; i < r->inputs.size(); ++i) {
+      const Tensor* t = nullptr;
+      for (size_t j = 0; j < f.n_tensors; ++j) {
+        if (f.tensors[j].name == r->inputs[i]) {
+          t = &f.tensors[j];
+          break;
+        }
+      }
+      // A missing input (so also a duplicated one: as many tensors as inputs) or a BYTES tensor.
+      if (t == nullptr) return false;
+      char kind = dtype_kind(t->dtype);
+      if (kind == 0) return false;
+      fastml::TensorView& v = views_[i];
+      v.data = t->data;
+      v.kind = kind;
+      v.itemsize = static_cast<int64_t>(dtype_itemsize(t->dtype));
+      v.native_order = true;  // the wire is little-endian, as is every machine we build for
+      v.c_contiguous = true;
+      v.shape.assign(t->dims.begin(), t->dims.end());
+    }
+    py::object sink = py::cast(Sink(answers_, f.request_id, r->name, r->answer_version));
+    // New reference owned by the core once submitted: the sink it settles and the buffer the views point into.
+    PyObject* keep = PyTuple_Pack(2, sink.ptr(), buf.ptr());
+    if (keep == nullptr) throw py::error_already_set();
+    std::string message;
+    // The batcher takes the views (it moves them); on a refusal it leaves them for the next frame to refill.
+    if (api->submit(r->target, &views_, r->core_timeout_us, keep, &message) != 0) {
+      Py_DECREF(keep);  // never enqueued: the Python path submits the frame again and words the refusal
+      return false;
+    }
+    ++r->submitted;
+    // Books are closed from here on by the answers' request ids (a failure now would lose them: raise).
+    if (PyDict_SetItem(inflight.ptr(), rid.ptr(), r->token.ptr()) < 0) throw py::error_already_set();
+    return true;
+  }
+
+  std::shared_ptr<Answers> answers_;
+  Parser parser_;
+  Frame frame_;                            // scratch reused across frames
+  std::vector<fastml::TensorView> views_;  // scratch reused across frames
+  std::vector<Route> routes_;              // this call's routes
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_frames, m) {
@@ -629,6 +886,13 @@ PYBIND11_MODULE(_frames, m) {
       .def("set_exception", &Sink::set_exception, py::arg("exc"))
       .def("done", &Sink::done, "Whether set_result or set_exception was called.")
       .def_property_readonly("request_id", &Sink::request_id);
+  py::class_<Intake>(m, "Intake", "One connection's request intake: frames straight into the batcher.")
+      .def(py::init<std::shared_ptr<Answers>, uint64_t, uint32_t, uint32_t, uint32_t>(), py::arg("answers"),
+           py::arg("max_frame_bytes") = 64ull << 20, py::arg("max_tensors") = 64, py::arg("max_rank") = 16,
+           py::arg("max_name_bytes") = 1024)
+      .def("submit", &Intake::submit, py::arg("buf"), py::arg("start"), py::arg("end"), py::arg("max_frames"),
+           py::arg("inflight"), py::arg("open_route"),
+           "Submit the plain requests of buf[start:end] natively -> (consumed, items, need, fatal, routes).");
   m.def("encode_request", &encode_request, py::arg("request_id"), py::arg("model"), py::arg("version"),
         py::arg("tensors"), py::arg("outputs") = py::none(), py::arg("timeout_us") = 0);
   m.def("encode_response", &encode_response, py::arg("request_id"), py::arg("model"), py::arg("version"),

@@ -21,6 +21,9 @@ ERROR_CLASSES: dict[int, type[FastMLError]]
 def raise_status(code: _Int, message: str) -> None:
     """Raises the fastml.errors exception that the core's status `code` maps to (the one table)."""
 
+# The batcher's submit entry point for fastml._frames.Intake (a PyCapsule; see csrc/frame_submit_api.h).
+frame_submit_api: object
+
 class CoreError(RuntimeError):
     """A batcher failure with ``args == (code, message)``; fastml.engine converts it with ERROR_CLASSES."""
 

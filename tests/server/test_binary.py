@@ -264,9 +264,17 @@ def test_in_flight_bound_pauses_reading_instead_of_queueing(bin_repo, tmp_path):
 
         return submit
 
-    # Requests take the sink path (answered in place); the general path stays counted in case one falls back.
+    # Requests go to the batcher natively (reported per read through sink_routed, counted here one by one);
+    # the Python paths stay counted in case one falls back.
     srv.plane.submit_sink = counting(srv.plane.submit_sink)
     srv.plane.submit_arrays = counting(srv.plane.submit_arrays)
+    routed = srv.plane.sink_routed
+
+    def counting_routed(entry, submitted, inflight_before, timeout_us):
+        seen.extend(range(srv.plane.inflight, srv.plane.inflight + submitted))
+        return routed(entry, submitted, inflight_before, timeout_us)
+
+    srv.plane.sink_routed = counting_routed
     try:
         xs = [{"x": np.full((2, 384), i, np.float32)} for i in range(40)]
         with Client(srv.address, window=40) as client:

@@ -20,6 +20,7 @@ from fastml._frames import (
     PONG,
     VERSION,
     Answers,
+    Intake,
     Parser,
     encode_control,
     encode_error,
@@ -176,6 +177,18 @@ class FrameBuffer:
         self._need = need
         return items, fatal
 
+    def submit(self, intake: Intake, max_frames: int, inflight: dict, open_route) -> tuple[list, tuple | None, list]:
+        """:meth:`parse` through a server's :class:`fastml._frames.Intake`: plain requests go to their model's
+        batcher natively (their frames stay referenced by the core until answered, so this chunk is not
+        reused meanwhile) -> (items for the Python path, fatal, [(route token, submitted, inflight before,
+        timeout_us)])."""
+        consumed, items, need, fatal, routes = intake.submit(
+            self._mv, self._r, self._w, max_frames, inflight, open_route
+        )
+        self._r += consumed
+        self._need = need
+        return items, fatal, routes
+
 
 __all__ = [
     "Answers",
@@ -186,6 +199,7 @@ __all__ = [
     "INFER_REQUEST",
     "INFER_RESPONSE",
     "INVALID",
+    "Intake",
     "MAGIC",
     "MAX_REQUEST_ID",
     "PING",

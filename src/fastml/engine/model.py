@@ -756,6 +756,31 @@ class Model:
         self._schedule_flush(loop, queue)
         return True
 
+    def sink_target(self):
+        """(native batcher, this event loop's completion queue, input names) for a transport that submits
+        request frames to the batcher natively (``fastml._frames.Intake``), answering through sinks as
+        :meth:`submit_sink` does; None when the plain case does not hold (a prediction logger, the Python
+        batcher). Call :meth:`sink_queued` after submitting.
+
+        Raises:
+            Unavailable: the model is closed.
+        """
+        # The native batcher's queue (the Python reference batcher has no native submit entry point).
+        if self._logger is not None or self._queue_type.__module__ != "fastml._core":
+            return None
+        loop = _get_running_loop()
+        queue = self._loops.get(loop)
+        if queue is None:
+            queue = self._attach(loop)
+        return self._core, queue, self._input_names
+
+    def sink_queued(self) -> None:
+        """Requests were submitted through :meth:`sink_target` on this event loop: run them (inline runner)."""
+        loop = _get_running_loop()
+        queue = self._loops.get(loop)
+        if queue is not None:
+            self._schedule_flush(loop, queue)
+
     def _log_on_completion(self, fut, inputs, arrays, request_id) -> None:
         """Log a plain-path request when its future succeeds (the native submit accepted ``inputs`` as they
         are: a dict of the model's inputs or the one input's array)."""

@@ -97,6 +97,9 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         # Sink-path answers are encoded natively into this buffer by the engine's completion pass and
         # written with one transport.write per pass (see _answers_ready).
         self.answers = wire.Answers(self._answers_due, self.error_frame)
+        lim = listener.limits
+        # Plain requests go from the receive buffer to their model's batcher in one native call per read.
+        self.intake = wire.Intake(self.answers, lim.max_frame_bytes, lim.max_tensors, lim.max_rank, lim.max_name_bytes)
         self.answers_due = False
         self.out: list[bytes] = []
         self.flush_due = False
@@ -154,7 +157,11 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         if room <= 0:
             self._pause_reading()
             return
-        items, fatal = self.buffer.parse(self.parser, room)
+        items, fatal, routes = self.buffer.submit(self.intake, room, self.inflight, self.plane.sink_route)
+        if routes:
+            routed = self.plane.sink_routed
+            for entry, submitted, inflight_before, timeout_us in routes:
+                routed(entry, submitted, inflight_before, timeout_us)
         for item in items:
             if item[0] == _INFER_REQUEST:
                 self._infer(item)

@@ -179,6 +179,23 @@ class AdmissionGate:
         if self.sheds(inflight, deadline_us):
             raise Overloaded(SHED_MESSAGE)
 
+    def unshed_inflight(self, timeout_us: int | None) -> int:
+        """The most requests in flight ahead of one with ``timeout_us`` at which :meth:`admit` surely admits it,
+        whatever the standing-queue state: a transport that admits a run of requests natively (the binary
+        protocol's intake) takes those with at most this many ahead of them, then replays :meth:`admit` once
+        for the first of the run (the others would have changed nothing: the same deadline, more ahead, all
+        admitted). Requests past the bound go through :meth:`admit` one by one.
+        """
+        rate = self.rate_per_s
+        if rate <= 0.0:
+            return 1 << 62
+        deadline_s = (timeout_us or int(self._default_deadline_s * 1e6)) / 1e6
+        # Rounded down, and one less, so no float rounding admits one that admit() would shed.
+        by_deadline = int(min(deadline_s * WAIT_SHARE, MAX_WAIT_S) * rate) - 1
+        # Up to TARGET_WAIT_S of expected wait the standing-queue rule admits, only ever clearing its state.
+        by_standing = max(STANDING_MIN_INFLIGHT, int(TARGET_WAIT_S * rate) - 1)
+        return max(MIN_INFLIGHT - 1, min(by_deadline, by_standing))
+
     def completed(self, inflight: int) -> None:
         """Count one completion; ``inflight`` is what is still in flight after it.
 

@@ -413,6 +413,46 @@ class DataPlane:
         self.inflight += 1
         return True
 
+    def sink_route(self, name: str, version: str | None, timeout_us: int):
+        """What a transport needs to submit plain requests for ``name`` to its batcher natively, answering
+        through sinks as :meth:`submit_sink` does (``fastml._frames.Intake``): ``(entry, batcher, queue, name,
+        version, batcher timeout_us, input names, admission bound)`` for requests carrying ``timeout_us`` (0 =
+        the model's default), or None when they must take :meth:`submit_sink` one by one (draining, a
+        deployment routed per request, an unknown or closed model, a model without a native batcher, a
+        logger). The route is for this event-loop pass only; report what went through it with
+        :meth:`sink_routed`. Requests with more than the admission bound in flight ahead of them go through
+        :meth:`submit_sink`.
+        """
+        deployments = self.deployments
+        if self.draining or (deployments is not None and name in deployments.table):
+            return None
+        try:
+            entry = self.resolve(name, version)
+            target = getattr(entry.model, "sink_target", None)
+            target = target() if target is not None else None
+        except FastMLError:
+            return None  # answered by submit_sink's path, in its words
+        if target is None:
+            return None
+        batcher, queue, input_names = target
+        timeout_us = timeout_us or entry.model.timeout_us
+        bound = _gate(entry).unshed_inflight(timeout_us)
+        return entry, batcher, queue, entry.name, entry.version, timeout_us, input_names, bound
+
+    def sink_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
+        """``submitted`` requests carrying ``timeout_us`` went to ``entry``'s batcher through :meth:`sink_route`
+        when ``inflight_before`` were in flight: count them in flight, replay the admission decision of the
+        first (the rest would change nothing), and let the model run them. Each answer's sink then calls
+        :meth:`completed` as for :meth:`submit_sink`."""
+        entry.inflight += submitted
+        self.inflight += submitted
+        gate = _gate(entry)
+        try:
+            gate.admit(inflight_before, timeout_us or entry.model.timeout_us)
+        except FastMLError:  # not expected: they were admitted under gate.unshed_inflight
+            gate.shed -= 1
+        entry.model.sink_queued()
+
     def completed(self, entry) -> None:
         """Close the books on a request that :meth:`submit_sink` queued (its sink was called)."""
         entry.inflight -= 1
