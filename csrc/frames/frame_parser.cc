@@ -70,22 +70,38 @@ class Reader {
   size_t pos_;
 };
 
+// Puts a tensor's context into a Reader error that named only the field (`generic`).
+void reword(std::string* error, const std::string& generic, const std::string& specific) {
+  size_t at = error->find(generic);
+  if (at != std::string::npos) error->replace(at, generic.size(), specific);
+}
+
 bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std::string* error) {
-  std::string where = "tensor " + std::to_string(index);
-  if (!r.name(&t->name, limits.max_name_bytes, (where + " name").c_str(), error)) return false;
-  where = "tensor '" + std::string(t->name) + "'";
-  if (!r.need(2, (where + " dtype and rank").c_str(), error)) return false;
+  // Error context is built only on failure: this runs for every tensor of every frame.
+  auto where = [&]() { return "tensor '" + std::string(t->name) + "'"; };
+  auto field = [&](const char* what) { return where() + " " + what; };
+  if (!r.name(&t->name, limits.max_name_bytes, "tensor name", error)) {
+    reword(error, "tensor name", "tensor " + std::to_string(index) + " name");
+    return false;
+  }
+  if (!r.need(2, "dtype and rank", error)) {
+    reword(error, "dtype and rank", field("dtype and rank"));
+    return false;
+  }
   t->dtype = r.u8();
   uint8_t rank = r.u8();
   if (t->dtype == 0 || t->dtype > kMaxDType) {
-    *error = where + ": unknown dtype code " + std::to_string(t->dtype) + " (known: 1-13)";
+    *error = where() + ": unknown dtype code " + std::to_string(t->dtype) + " (known: 1-13)";
     return false;
   }
   if (rank > limits.max_rank) {
-    *error = where + ": rank " + std::to_string(rank) + " exceeds the limit of " + std::to_string(limits.max_rank);
+    *error = where() + ": rank " + std::to_string(rank) + " exceeds the limit of " + std::to_string(limits.max_rank);
     return false;
   }
-  if (!r.need(size_t{8} * rank + 8, (where + " dims and byte length").c_str(), error)) return false;
+  if (!r.need(size_t{8} * rank + 8, "dims and byte length", error)) {
+    reword(error, "dims and byte length", field("dims and byte length"));
+    return false;
+  }
   t->dims.resize(rank);
   // A shape may not describe more than a frame can hold, even when another dim is 0 and it holds nothing:
   // item size times the non-zero dims is bounded by the frame limit, so a dim of 2^40 never reaches numpy
@@ -97,7 +113,7 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
   for (uint8_t i = 0; i < rank; ++i) {
     int64_t d = static_cast<int64_t>(r.u64());
     if (d < 0) {
-      *error = where + ": dimension " + std::to_string(i) + " is negative (" + std::to_string(d) + ")";
+      *error = where() + ": dimension " + std::to_string(i) + " is negative (" + std::to_string(d) + ")";
       return false;
     }
     t->dims[i] = d;
@@ -109,15 +125,18 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
     }
   }
   uint64_t nbytes = r.u64();
-  if (!r.align((where + " data padding").c_str(), error)) return false;
+  if (!r.align("data padding", error)) {
+    reword(error, "data padding", field("data padding"));
+    return false;
+  }
   // The declared byte length is checked against the bytes present before anything else looks at it.
   if (nbytes > r.remaining()) {
-    *error = where + ": declares " + std::to_string(nbytes) + " data bytes but the frame has " +
+    *error = where() + ": declares " + std::to_string(nbytes) + " data bytes but the frame has " +
              std::to_string(r.remaining()) + " left";
     return false;
   }
   if (overflow) {
-    *error = where + ": its shape describes more than the " + std::to_string(limits.max_frame_bytes) +
+    *error = where() + ": its shape describes more than the " + std::to_string(limits.max_frame_bytes) +
              "-byte frame limit (item size times the non-zero dims)";
     return false;
   }
@@ -126,13 +145,13 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
   if (itemsize != 0) {
     uint64_t expect = count * itemsize;  // cannot overflow: bounded by `scaled` above
     if (expect != nbytes) {
-      *error = where + ": " + std::to_string(nbytes) + " data bytes do not match its shape (" + std::to_string(count) +
+      *error = where() + ": " + std::to_string(nbytes) + " data bytes do not match its shape (" + std::to_string(count) +
                " elements of " + std::to_string(itemsize) + " bytes)";
       return false;
     }
   } else if (count > nbytes / 4) {
     // Each BYTES element carries at least its 4-byte length: refuse before anyone allocates `count` slots.
-    *error = where + ": shape has " + std::to_string(count) + " BYTES elements but only " + std::to_string(nbytes) +
+    *error = where() + ": shape has " + std::to_string(count) + " BYTES elements but only " + std::to_string(nbytes) +
              " data bytes (4 bytes minimum per element)";
     return false;
   }
@@ -143,7 +162,7 @@ bool parse_tensor(Reader& r, const Limits& limits, size_t index, Tensor* t, std:
   if (t->dtype == kBytes) {
     std::string elem_error;
     if (!for_each_bytes_element(t->data, nbytes, count, [](const uint8_t*, size_t) { return true; }, &elem_error)) {
-      *error = where + ": " + elem_error;
+      *error = where() + ": " + elem_error;
       return false;
     }
   }
