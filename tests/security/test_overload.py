@@ -142,11 +142,16 @@ def test_a_burst_is_admitted_but_a_standing_queue_above_the_target_is_shed(clock
 
 def test_a_closed_loop_of_a_few_dozen_clients_is_never_shed_for_its_queue_length(clock):
     gate = AdmissionGate(default_deadline_s=10.0)
-    gate.rate_per_s = 200.0  # a slow model: 64 in flight is 320 ms ahead, far above the target
-    for _ in range(10):
-        gate.admit(STANDING_MIN_INFLIGHT, 10_000_000)
-        clock.now_s += INTERVAL_S
+    rate = 200.0  # a slow model: 64 in flight is 320 ms ahead, far above the target
+    gate.rate_per_s = rate
+    for inflight in range(STANDING_MIN_INFLIGHT):
+        gate.admit(inflight, 10_000_000)
+    for _ in range(int(10 * INTERVAL_S * rate)):  # each answer brings that client's next request
+        clock.now_s += 1 / rate
+        gate.completed(STANDING_MIN_INFLIGHT - 1)
+        gate.admit(STANDING_MIN_INFLIGHT - 1, 10_000_000)
     assert gate.shed == 0
+    assert gate.rate_per_s == pytest.approx(rate, rel=0.05)
     gate.admit(STANDING_MIN_INFLIGHT + 1, 10_000_000)  # a larger queue: its interval starts now
     clock.now_s += INTERVAL_S
     with pytest.raises(Overloaded):
@@ -205,6 +210,7 @@ def test_a_check_before_decoding_answers_for_the_deadlines_decoded_recently(cloc
     gate.admit(MIN_INFLIGHT, 400_000)  # the longest recent deadline decides (200 ms share)
     assert not gate.sheds(MIN_INFLIGHT + 1, None)
     assert gate.sheds(210, None)
+    gate.completed(0)  # what was in flight completed
     clock.now_s += 3 * admission.HINT_EPOCH_S  # nothing decoded for a while: back to the default deadline
     assert not gate.sheds(210, None)
     assert gate.shed == 3
@@ -284,3 +290,51 @@ def test_requests_whose_clients_hung_up_leave_nothing_in_flight(slow_server):
     assert _inflight(served) == 0, f"{runner}: requests of clients that hung up are still counted in flight"
     statuses = asyncio.run(_wave(served.port, 4, 10_000_000))
     assert statuses == [200] * 4  # nothing shed for a queue that is no longer there
+
+
+def test_requests_read_right_after_a_stall_count_the_stall_as_waiting(clock):
+    """The inline runner runs batches between reads: what arrived meanwhile waited unread for that long."""
+    gate = AdmissionGate()
+    gate.rate_per_s = 250.0  # a 500 ms deadline allows 250 ms ahead: 50 in flight (200 ms) fits
+    assert not gate.sheds(50, 500_000)
+    clock.now_s += 0.1  # the loop ran batches for 100 ms ...
+    gate.completed(25)  # ... which completed requests
+    assert gate.sheds(50, 500_000)  # 100 ms unread + 200 ms queued: over the share
+    assert not gate.sheds(25, 500_000)  # 100 + 100 ms fits
+    clock.now_s += 0.1  # reads a stall's length later are of requests that arrived after it
+    assert not gate.sheds(50, 500_000)
+    clock.now_s += 0.1  # a gap with no completion in it is the loop idling, not a stall
+    assert not gate.sheds(50, 500_000)
+    gate.completed(40)
+    clock.now_s += 0.1  # nor one that ends long after its last completion
+    assert not gate.sheds(50, 500_000)
+    assert gate.shed == 1
+
+
+def test_the_oldest_request_in_flight_bounds_the_queue_whatever_the_rate_estimate(clock):
+    gate = AdmissionGate()
+    gate.rate_per_s = 100_000.0  # an estimate from better times: 100 in flight looks like 1 ms
+    for inflight in range(100):
+        gate.admit(inflight, 500_000)
+    clock.now_s += MAX_WAIT_S / 4
+    gate.admit(100, 500_000)  # the oldest has waited 125 ms: fine for a 500 ms deadline (250 ms allowed)
+    clock.now_s += MAX_WAIT_S / 3
+    with pytest.raises(Overloaded):
+        gate.admit(101, 500_000)  # the oldest has waited 292 ms: a new request would wait longer than allowed
+    for inflight in reversed(range(1, 101)):
+        gate.completed(inflight)  # the first hundred complete: the oldest in flight is the one from 125 ms ago
+    gate.admit(1, 500_000)
+    assert gate.shed == 1
+
+
+def test_requests_admitted_but_refused_by_the_engine_are_not_waiting_in_flight(clock):
+    """A request the gate admitted and the engine then refused (bad input, queue full) never completes: it
+    must not count as the oldest request in flight later on."""
+    gate = AdmissionGate()
+    gate.rate_per_s = 1000.0
+    for _ in range(1000):
+        gate.admit(0, 500_000)  # admitted, then refused by the engine: nothing in flight
+    clock.now_s += 10.0
+    for inflight in range(MIN_INFLIGHT + 10):  # a burst, ten seconds later
+        gate.admit(inflight, 500_000)
+    assert gate.shed == 0

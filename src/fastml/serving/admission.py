@@ -12,6 +12,19 @@ The deadline is the request's own (Triton ``timeout`` parameter, microseconds), 
 ``timeout_us``, else :data:`DEFAULT_DEADLINE_S`. Nothing is refused while fewer than :data:`MIN_INFLIGHT`
 requests are in flight (a lone slow request must never be shed), nor before a rate has been measured.
 
+Requests also wait where the gate cannot count them: in socket buffers, while the event loop is busy elsewhere.
+With the inline runner (runner="loop") the loop runs each iteration's batches itself, so whatever arrives during
+a flush is read only after it; a client counts that wait, and with a slow model it alone can take most of the
+deadline. So when a check comes right after completions (the loop went from settling requests to reading), the
+time from the check before to those completions is a *stall*: the gate adds it to the expected wait of the
+requests read right after it. An idle loop is no stall: its gap ends in a read, not in completions.
+
+The rate estimate can also be wrong: it is the best of recent windows, and on a machine where other jobs take the
+process's CPU the model completes fewer requests than that. So the gate also keeps when each request it admitted
+came in, and sheds while the oldest one still in flight has been waiting longer than a new one may (CoDel's
+sojourn time): the queue it admits then never stands longer than the wait bound, whatever the estimate says, and
+accepted requests are answered within their deadline instead of late or with 504.
+
 A transport may ask before it decodes a request (``timeout_us=None`` to :meth:`AdmissionGate.sheds`), so that
 shedding costs a canned 503 and no JSON or tensor decoding. It cannot know that request's deadline yet, so the
 gate answers for the longest deadline among the requests it decoded in the last one to two seconds: a request
@@ -63,6 +76,11 @@ RATE_MIN_COMPLETIONS = 16
 # dozen requests settled within 10 ms of the window opening (read in the loop's previous iterations) measured
 # 10,000+/s for a model doing 3,000; the windowed max then kept that for RATE_WINDOWS windows and shed nothing.
 RATE_MIN_SPAN_S = WINDOW_S
+# A gap this long between two admission checks that ends within this long of a completion is a stall: the loop was
+# busy with model work (the inline runner's batches, a run of completions) and requests waited unread in socket
+# buffers meanwhile. Shorter gaps are the ordinary cost of reading; a gap that ends in a read long after the last
+# completion is the loop idling (a queue that drained, a quiet client), not a stall.
+STALL_MIN_S = 0.002
 HINT_EPOCH_S = 1.0  # decoded deadlines are remembered for one to two of these epochs (the pre-decode hint)
 
 SHED_MESSAGE = "the server is overloaded: the expected queue wait exceeds the request's deadline; retry later"
@@ -89,6 +107,11 @@ class AdmissionGate:
         "_hint_previous_s",
         "_above_since",
         "_dropping",
+        "_last_check_s",
+        "_last_done_s",
+        "_stall_s",
+        "_stall_end_s",
+        "_admitted",
     )
 
     def __init__(self, default_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
@@ -105,6 +128,12 @@ class AdmissionGate:
         self._hint_previous_s = 0.0
         self._above_since = 0.0  # when the expected wait last rose above TARGET_WAIT_S (0 = it is below)
         self._dropping = False  # above the target for INTERVAL_S: arrivals above it are shed
+        self._last_check_s = self._window_start  # when sheds() last ran
+        self._last_done_s = 0.0  # when completed() last ran
+        self._stall_s = 0.0  # the last stall's length (see STALL_MIN_S); 0 = the loop idled instead
+        self._stall_end_s = 0.0  # when that stall ended (the first check after it)
+        # When each request in flight was admitted, oldest first (completions are taken as first in, first out).
+        self._admitted: deque[float] = deque()
 
     def _deadline_hint_s(self, now: float, seen_s: float = 0.0) -> float:
         """The longest deadline decoded in this epoch and the last (``seen_s`` joins this epoch's first)."""
@@ -124,6 +153,18 @@ class AdmissionGate:
         parsing it: the decision is then made for the longest deadline decoded recently (see the module
         docstring), or the default deadline when none was.
         """
+        now = perf_counter()
+        last_check_s = self._last_check_s
+        if now - last_check_s >= STALL_MIN_S:
+            done_s = self._last_done_s
+            # Completions just before this check: the loop was settling work until now, not waiting for a read.
+            busy = done_s > last_check_s and now - done_s < STALL_MIN_S
+            self._stall_s = done_s - last_check_s if busy else 0.0
+            self._stall_end_s = now
+        self._last_check_s = now
+        admitted = self._admitted
+        while len(admitted) > inflight:  # admitted but never queued (the engine refused it): not in flight
+            admitted.popleft()
         if inflight < MIN_INFLIGHT:
             # Not a deep queue: completions from here on would measure arrivals, not capacity.
             self._window_start = perf_counter()
@@ -132,15 +173,24 @@ class AdmissionGate:
             self._above_since = 0.0
             self._dropping = False
             return False
-        if self.rate_per_s <= 0.0:
-            return False
-        now = perf_counter()
         if timeout_us is None:
             deadline_s = self._deadline_hint_s(now) or self._default_deadline_s
         else:
             deadline_s = timeout_us / 1e6
+        bound_s = min(deadline_s * WAIT_SHARE, MAX_WAIT_S)
+        admitted = self._admitted
+        if admitted and now - admitted[0] > bound_s:
+            # The oldest request in flight has waited longer than a new one may: the queue is longer than the
+            # rate estimate says (the model got less CPU than when it was measured).
+            self.shed += 1
+            return True
+        if self.rate_per_s <= 0.0:
+            return False
         wait_s = inflight / self.rate_per_s
-        if wait_s > min(deadline_s * WAIT_SHARE, MAX_WAIT_S) or self._standing(inflight, wait_s, now):
+        # A request read within a stall's length after it may have waited that stall unread (reads after that
+        # are of requests that arrived since). The standing-queue rule stays on the queue the gate counts.
+        unread_s = self._stall_s if now - self._stall_end_s < self._stall_s else 0.0
+        if unread_s + wait_s > bound_s or self._standing(inflight, wait_s, now):
             self.shed += 1
             return True
         return False
@@ -178,6 +228,7 @@ class AdmissionGate:
         self._deadline_hint_s(perf_counter(), deadline_us / 1e6)
         if self.sheds(inflight, deadline_us):
             raise Overloaded(SHED_MESSAGE)
+        self._admitted.append(self._last_check_s)  # sheds() just read the clock
 
     def unshed_inflight(self, timeout_us: int | None) -> int:
         """The most requests in flight ahead of one with ``timeout_us`` at which :meth:`admit` surely admits it,
@@ -186,12 +237,17 @@ class AdmissionGate:
         for the first of the run (the others would have changed nothing: the same deadline, more ahead, all
         admitted). Requests past the bound go through :meth:`admit` one by one.
         """
+        deadline_s = (timeout_us or int(self._default_deadline_s * 1e6)) / 1e6
+        bound_s = min(deadline_s * WAIT_SHARE, MAX_WAIT_S)
+        now = perf_counter()
+        if self._admitted and now - self._admitted[0] > bound_s:
+            return MIN_INFLIGHT - 1  # the oldest in flight waited too long: admit() sheds above the floor
         rate = self.rate_per_s
         if rate <= 0.0:
             return 1 << 62
-        deadline_s = (timeout_us or int(self._default_deadline_s * 1e6)) / 1e6
+        unread_s = self._stall_s if now - self._stall_end_s < self._stall_s else 0.0
         # Rounded down, and one less, so no float rounding admits one that admit() would shed.
-        by_deadline = int(min(deadline_s * WAIT_SHARE, MAX_WAIT_S) * rate) - 1
+        by_deadline = int((bound_s - unread_s) * rate) - 1
         # Up to TARGET_WAIT_S of expected wait the standing-queue rule admits, only ever clearing its state.
         by_standing = max(STANDING_MIN_INFLIGHT, int(TARGET_WAIT_S * rate) - 1)
         return max(MIN_INFLIGHT - 1, min(by_deadline, by_standing))
@@ -207,6 +263,12 @@ class AdmissionGate:
         less, so a short lull never makes the gate shed a burst the model can take.
         """
         now = perf_counter()
+        self._last_done_s = now
+        admitted = self._admitted
+        if admitted:
+            admitted.popleft()
+            while len(admitted) > inflight:
+                admitted.popleft()
         if inflight < MIN_INFLIGHT:
             # The queue drained: the burst that did it belongs to this window (it ran in the time measured).
             done = self._window_done + 1
@@ -242,6 +304,7 @@ __all__ = [
     "RATE_MIN_SPAN_S",
     "RATE_WINDOWS",
     "SHED_MESSAGE",
+    "STALL_MIN_S",
     "STANDING_MIN_INFLIGHT",
     "TARGET_WAIT_S",
     "WAIT_SHARE",
