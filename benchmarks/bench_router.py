@@ -8,8 +8,10 @@ What it does, in one run:
    plus ``bisect`` for keyless; ``zlib.crc32`` of the key plus ``bisect`` for keys), and the per-call
    cost of ``Router.route`` from Python against the same Python router;
 2. HTTP throughput: one ``fastml serve`` serving the MLP both as a model and as a 90/10 deployment of two
-   registry versions of it; closed loop over keep-alive connections (fastml.loadtest's client), the
-   model alone and the deployment alternating in equal windows, requests/s compared;
+   registry versions of it; closed loop over 16 keep-alive connections from the native generator of
+   bench_overload.py (a Python client on the same two cores would compete with the server for CPU), the
+   model alone, the 90/10 and the 100/0 deployment in equal windows, alternating order round by round;
+   requests/s and the server's CPU per request (from /proc, over the measured window) compared;
 3. shadow cost: the primary's p99 latency through a deployment with a 100 % shadow against the same
    deployment without one, open loop (``fastml.loadtest.run_open_loop``) at the same arrival rate (a quarter of the
    closed-loop rate the model alone reached), alternating windows.
@@ -119,48 +121,21 @@ def start_server(home: Path, repo: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(m.group(2))
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds the process has used (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def closed_loop(port: int, request: Path, concurrency: int, window_s: float, pid: int) -> tuple[float, float]:
+    """(requests/s, the server's CPU microseconds per request) over one measured window.
 
+    The load comes from the native closed-loop generator (benchmarks/loadgen/openloop.cc, through
+    bench_overload.drive): on a 2-core machine a Python client takes about as much CPU per request as the server
+    does, so the rate it reached measured the client and the scheduler as much as the server. The generator reads
+    the server's CPU from /proc over the measured window only (its 0.3 s warm-up is neither timed nor charged).
+    CPU per request is the steadier measure on a shared machine: throughput there also moves with whatever else
+    runs, while the CPU the server spends on one request depends mostly on its own path."""
+    from bench_overload import drive
 
-async def closed_loop(port: int, wire: bytes, concurrency: int, window_s: float, pid: int) -> tuple[float, float]:
-    """(requests/s, the server's CPU microseconds per request) over the measured window.
-
-    CPU per request is the steadier measure on a shared machine: throughput there also moves with whatever
-    else runs, while the CPU the server spends on one request depends mostly on its own path."""
-    from fastml.loadtest.connection import open_connection
-
-    conns = [await open_connection("127.0.0.1", port) for _ in range(concurrency)]
-    done = 0
-    failed = 0
-    stop_at = 0.0
-
-    async def worker(c):
-        nonlocal done, failed
-        while time.perf_counter() < stop_at:
-            r = await c.request(wire, 30)
-            if r.status == 200:
-                done += 1
-            else:
-                failed += 1
-
-    # Warm-up (connections, plan caches), then the measured window.
-    stop_at = time.perf_counter() + min(0.5, window_s / 4)
-    await asyncio.gather(*(worker(c) for c in conns))
-    done = failed = 0
-    cpu0 = process_cpu_s(pid)
-    t0 = time.perf_counter()
-    stop_at = t0 + window_s
-    await asyncio.gather(*(worker(c) for c in conns))
-    elapsed = time.perf_counter() - t0
-    cpu_s = process_cpu_s(pid) - cpu0
-    for c in conns:
-        c.close()
-    if failed:
-        raise RuntimeError(f"{failed} requests failed during the window")
-    return done / elapsed, cpu_s * 1e6 / max(done, 1)
+    res = drive(port, request, pid, "closed", concurrency, window_s)
+    if set(res["outcomes"]) != {"200"}:
+        raise RuntimeError(f"closed loop on {request.name}: answers {res['outcomes']}, not only 200s")
+    return res["goodput_per_s"], res["server_cpu_us_per_request"]
 
 
 def shadow_p99(port: int, plain: bytes, shadowed: bytes, rate_per_s: float, rounds: int, window_s: float) -> dict:
@@ -185,7 +160,7 @@ def shadow_p99(port: int, plain: bytes, shadowed: bytes, rate_per_s: float, roun
 
 
 def http_throughput(
-    rounds: int, window_s: float, concurrency: int, note, shadow_rounds: int = 1
+    rounds: int, window_s: float, concurrency: int, note, shadow_rounds: int = 1, shadow_window_s: float = 1.0
 ) -> dict[str, float] | None:
     sys.path.insert(0, str(HERE))
     import models as reference_models
@@ -230,20 +205,29 @@ def http_throughput(
             sess = ort.InferenceSession(str(mlp), providers=["CPUExecutionProvider"])
             i0 = sess.get_inputs()[0]
             x = np.random.default_rng(0).random((1, int(i0.shape[1])), dtype=np.float32)
-            alone = build_infer_request("mlp", {i0.name: x}).wire
-            routed = build_infer_request("ab", {i0.name: x}).wire
-            single = build_infer_request("one", {i0.name: x}).wire
-            shadowed = build_infer_request("shadowed", {i0.name: x}).wire
+            wires = {
+                key: build_infer_request(model, {i0.name: x}).wire
+                for key, model in (("alone", "mlp"), ("deployment", "ab"), ("single", "one"), ("shadowed", "shadowed"))
+            }
+            files = {}
+            for key in ("alone", "deployment", "single"):
+                files[key] = tmp / f"{key}.http"
+                files[key].write_bytes(wires[key])
             rates: dict[str, list[float]] = {"alone": [], "deployment": [], "single": []}
             cpu: dict[str, list[float]] = {"alone": [], "deployment": [], "single": []}
-            for _ in range(rounds):
-                for key, wire in (("alone", alone), ("deployment", routed), ("single", single)):
-                    rate, cpu_us = asyncio.run(closed_loop(port, wire, concurrency, window_s, proc.pid))
+            order = ["alone", "deployment", "single"]
+            for r in range(rounds):
+                # Alternating order (A B C, C B A, ...): a drift in the machine's load over the run (other jobs
+                # starting or ending) weighs on every side alike instead of on whichever always runs last.
+                for key in order if r % 2 == 0 else order[::-1]:
+                    rate, cpu_us = closed_loop(port, files[key], concurrency, window_s, proc.pid)
                     rates[key].append(rate)
                     cpu[key].append(cpu_us)
             out = {k: float(np.median(v)) for k, v in rates.items()}
             out.update({f"cpu_{k}": float(np.median(v)) for k, v in cpu.items()})
-            out.update(shadow_p99(port, single, shadowed, out["alone"] / 4, shadow_rounds, window_s))
+            out.update(
+                shadow_p99(port, wires["single"], wires["shadowed"], out["alone"] / 4, shadow_rounds, shadow_window_s)
+            )
             return out
         finally:
             proc.terminate()
@@ -299,8 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if not args.skip_http:
-        rounds, window_s, shadow_rounds = (2, 1.0, 1) if args.quick else (5, 5.0, 3)
-        got = http_throughput(rounds, window_s, 16, report.note, shadow_rounds)
+        from bench_overload import generator
+
+        generator()  # the native load generator, compiled once before anything is timed
+        rounds, window_s, shadow_rounds, shadow_window_s = (3, 0.8, 1, 1.0) if args.quick else (7, 3.0, 3, 5.0)
+        got = http_throughput(rounds, window_s, 16, report.note, shadow_rounds, shadow_window_s)
         if got is not None:
             alone, routed, single = got["alone"], got["deployment"], got["single"]
             print(
