@@ -598,6 +598,85 @@ class Sink {
   bool done_ = false;
 };
 
+// ---- Sink's Python type ------------------------------------------------------------------------------------
+
+// The Python face of Sink: a plain CPython type rather than a pybind11 class, because one is made per request
+// and the batcher's resolve calls its set_result once per request: pybind11's instance creation and argument
+// dispatch cost more than writing the answer. Not instantiable from Python (Answers.sink makes them).
+struct PySink {
+  PyObject_HEAD
+  alignas(Sink) unsigned char storage[sizeof(Sink)];  // a Sink, constructed in place by new_sink
+  Sink* sink() { return reinterpret_cast<Sink*>(storage); }
+};
+
+PyTypeObject* g_sink_type = nullptr;  // created at import; an owned reference kept for the interpreter's life
+
+py::object new_sink(std::shared_ptr<Answers> answers, uint64_t request_id, py::str model, py::str version) {
+  PyObject* o = g_sink_type->tp_alloc(g_sink_type, 0);  // new reference (a heap type: the instance holds the type)
+  if (o == nullptr) throw py::error_already_set();
+  new (reinterpret_cast<PySink*>(o)->storage) Sink(std::move(answers), request_id, std::move(model), std::move(version));
+  return py::reinterpret_steal<py::object>(o);
+}
+
+void sink_dealloc(PyObject* o) {
+  PyTypeObject* type = Py_TYPE(o);
+  reinterpret_cast<PySink*>(o)->sink()->~Sink();
+  type->tp_free(o);
+  Py_DECREF(type);  // the reference tp_alloc took for the instance
+}
+
+// Runs a Sink method, turning C++ exceptions into Python ones.
+template <typename Fn>
+PyObject* sink_call(Fn&& fn) {
+  try {
+    fn();
+  } catch (py::error_already_set& e) {
+    e.restore();
+    return nullptr;
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* sink_set_result(PyObject* self, PyObject* outputs) {
+  return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_result(outputs); });
+}
+
+PyObject* sink_set_exception(PyObject* self, PyObject* exc) {
+  return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_exception(exc); });
+}
+
+PyObject* sink_done(PyObject* self, PyObject*) { return PyBool_FromLong(reinterpret_cast<PySink*>(self)->sink()->done()); }
+
+PyObject* sink_request_id(PyObject* self, void*) {
+  return PyLong_FromUnsignedLongLong(reinterpret_cast<PySink*>(self)->sink()->request_id());
+}
+
+PyMethodDef sink_methods[] = {
+    {"set_result", sink_set_result, METH_O, "Encode the answer (a dict of output arrays) into the connection's Answers."},
+    {"set_exception", sink_set_exception, METH_O, "Answer with the error frame the connection words for the exception."},
+    {"done", sink_done, METH_NOARGS, "Whether set_result or set_exception was called."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef sink_getset[] = {
+    {"request_id", sink_request_id, nullptr, "The request id the answer carries.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyType_Slot sink_slots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(sink_dealloc)},
+    {Py_tp_methods, sink_methods},
+    {Py_tp_getset, sink_getset},
+    {Py_tp_doc, const_cast<char*>("A request's completion target: set_result(outputs) / set_exception(exc).")},
+    {0, nullptr},
+};
+
+PyType_Spec sink_spec = {"fastml._frames.Sink", sizeof(PySink), 0,
+                         Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, sink_slots};
+
 // ---- native intake: request frames straight into the model's batcher ----------------------------------
 
 // The batcher's submit entry point, from fastml._core's capsule (csrc/frame_submit_api.h); looked up once.
@@ -815,7 +894,7 @@ class Intake {
       v.c_contiguous = true;
       v.shape.assign(t->dims.begin(), t->dims.end());
     }
-    py::object sink = py::cast(Sink(answers_, f.request_id, r->name, r->answer_version));
+    py::object sink = new_sink(answers_, f.request_id, r->name, r->answer_version);
     // New reference owned by the core once submitted: the sink it settles and the buffer the views point into.
     PyObject* keep = PyTuple_Pack(2, sink.ptr(), buf.ptr());
     if (keep == nullptr) throw py::error_already_set();
@@ -866,7 +945,7 @@ PYBIND11_MODULE(_frames, m) {
       .def(py::init<py::object, py::object>(), py::arg("notify"), py::arg("on_error"))
       .def("sink",
            [](const std::shared_ptr<Answers>& self, uint64_t request_id, py::str model, py::str version) {
-             return Sink(self, request_id, std::move(model), std::move(version));
+             return new_sink(self, request_id, std::move(model), std::move(version));
            },
            py::arg("request_id"), py::arg("model"), py::arg("version"),
            "A Sink answering `request_id` into this buffer (pass it to DataPlane.submit_sink).")
@@ -881,11 +960,9 @@ PYBIND11_MODULE(_frames, m) {
       .def("close", &Answers::close, "Drop the callbacks; later answers are recorded but not encoded.")
       .def_property_readonly("closed", &Answers::closed)
       .def_property_readonly("pending_bytes", &Answers::pending_bytes);
-  py::class_<Sink>(m, "Sink", "A request's completion target: set_result(outputs) / set_exception(exc).")
-      .def("set_result", &Sink::set_result, py::arg("outputs"))
-      .def("set_exception", &Sink::set_exception, py::arg("exc"))
-      .def("done", &Sink::done, "Whether set_result or set_exception was called.")
-      .def_property_readonly("request_id", &Sink::request_id);
+  g_sink_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&sink_spec));  // kept: see g_sink_type
+  if (g_sink_type == nullptr) throw py::error_already_set();
+  m.attr("Sink") = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(g_sink_type));
   py::class_<Intake>(m, "Intake", "One connection's request intake: frames straight into the batcher.")
       .def(py::init<std::shared_ptr<Answers>, uint64_t, uint32_t, uint32_t, uint32_t>(), py::arg("answers"),
            py::arg("max_frame_bytes") = 64ull << 20, py::arg("max_tensors") = 64, py::arg("max_rank") = 16,
