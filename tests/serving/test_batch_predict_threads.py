@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fastml.errors import InvalidInput
-from fastml.serving.batch_predict import MIN_EVEN_ROWS, _even_rows, predict_file
+from fastml.serving.batch_predict import _even_rows, predict_file
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,11 @@ def test_chunks_scored_side_by_side_come_back_in_input_order(linear_model, tmp_p
 def test_chunk_sizes_are_evened_out_over_the_threads():
     assert _even_rows(65_536, 1_000_000, 2) == 62_500  # 16 equal chunks instead of 15 full ones and 16,960 rows
     assert _even_rows(65_536, 1_000_000, 1) == 62_500
-    assert _even_rows(65_536, 100_000, 2) == 50_000
-    assert _even_rows(65_536, 100_000, 3) == 33_334
+    assert _even_rows(65_536, 100_000, 2) == 12_500  # 4 chunks per thread: reads and writes overlap scoring
+    assert _even_rows(65_536, 100_000, 3) == 8_334
+    assert _even_rows(65_536, 20_000, 2) == 5_000  # as many as keep 4,096 rows each, then a multiple of 2
+    assert _even_rows(65_536, 5_000, 2) == 2_500
     assert _even_rows(65_536, None, 2) == 65_536  # a CSV's length is not known up front
-    assert _even_rows(65_536, 300, 2) == MIN_EVEN_ROWS  # a small file is not cut finer
     assert _even_rows(100, 10_000, 2) == 100  # an explicit small chunk is a ceiling, never raised
 
 

@@ -40,8 +40,12 @@ MEMORY_PER_CHUNK_ROW_BYTE = 4
 # Large enough that per-run overhead (a Python call, a thread wake-up) vanishes; a Parquet row group is
 # commonly 64Ki-1Mi rows. --max-memory-mb lowers it; a file of known length is cut into equal chunks.
 DEFAULT_BATCH_ROWS = 65_536
-# Evening chunks out never makes them smaller than this (unless batch_rows is).
-MIN_EVEN_ROWS = 1_024
+# A file of known length is cut into at least this many chunks per scoring thread, so that reading the first
+# chunks and writing the last ones overlap scoring (at 100,000 rows, two 50,000-row chunks left the threads
+# idle for a read and a write)...
+CHUNKS_PER_THREAD = 4
+# ... as long as a chunk keeps this many rows (more chunks are never made smaller than this).
+MIN_SPLIT_ROWS = 4_096
 
 _ORT_NUMPY = {
     "tensor(float)": np.float32,
@@ -554,14 +558,15 @@ def _rows_for_budget(sess, plan: _Plan, max_memory_mb: float, chunks_alive: int 
 
 def _even_rows(batch_rows: int, total: int | None, workers: int) -> int:
     """Rows per chunk, at most ``batch_rows``, that cut ``total`` rows into a multiple of ``workers`` chunks of
-    equal size (``batch_rows`` when the length is unknown): with 1,000,000 rows and 65,536-row chunks the last
-    chunk would hold 16,960 rows and one thread would score the last full chunk alone."""
+    equal size, at least CHUNKS_PER_THREAD per worker while they keep MIN_SPLIT_ROWS rows (``batch_rows`` when
+    the length is unknown). Equal chunks end together: with 1,000,000 rows and 65,536-row chunks the last chunk
+    would hold 16,960 rows and one thread would score the last full chunk alone."""
     if not total or total <= 0:
         return batch_rows
     chunks = -(-total // batch_rows)
+    chunks = max(chunks, min(CHUNKS_PER_THREAD * workers, total // MIN_SPLIT_ROWS))
     chunks = -(-chunks // workers) * workers
-    # Not below MIN_EVEN_ROWS: a small file gains nothing from being cut finer.
-    return max(min(batch_rows, MIN_EVEN_ROWS), min(batch_rows, -(-total // chunks)))
+    return max(1, -(-total // chunks))
 
 
 def _width(shape) -> int:
