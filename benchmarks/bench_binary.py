@@ -43,14 +43,17 @@ from benchjson import Report, add_arguments, rate_row, time_row  # noqa: E402
 from envinfo import machine_lines  # noqa: E402
 
 ROOT = HERE.parent
-# Goals not met yet (server CPU <= 0.15x the echo server's; 100,000/s on one connection): CI gates on floors
-# under what fastml measures today and every run prints whether the goals were met.
+# Goals (server CPU <= 0.15x the echo server's; 3x fastml HTTP's throughput; 100,000/s on one connection): CI
+# gates on floors under what fastml measures on a busy 2-core machine, and every run prints whether each goal was
+# met. With the native intake (plain request frames submitted to the batcher in one call per read) the CPU rows
+# measured 7.9-12x echo under load (load average 3.7), throughput 3.2-4.4x HTTP, one connection 69,000/s with the
+# client on the same 2 cores.
 CPU_GOAL = 1 / 0.15
-CPU_TARGET = 2.0
+CPU_TARGET = 4.0
 ONE_CONNECTION_GOAL = 1.0
-# Goal 3x fastml HTTP: met on a busy machine (4.8x), not on a quiet one where HTTP itself is faster (1.2-2.0x).
+ONE_CONNECTION_TARGET = 0.2
 THROUGHPUT_GOAL = 3.0
-THROUGHPUT_TARGET = 1.6
+THROUGHPUT_TARGET = 2.0
 ONE_CONNECTION_TARGET_PER_S = 100_000.0
 # Our own expectation (no target was set for it): the binary path costs the server at most half of HTTP.
 HTTP_CPU_TARGET = 2.0
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             ONE_CONNECTION_TARGET_PER_S,
             pipe128["rps"],
             "inferences/s",
-            0.08,  # CI floor: about 9,400/s measured on a busy 2-core machine where the client shares the cores
+            ONE_CONNECTION_TARGET,  # the client shares the 2 cores: see the note on its CPU per inference
             goal=ONE_CONNECTION_GOAL,
         )
     )
