@@ -21,6 +21,9 @@ from fastml.client import wire
 from fastml.client.sync import _timeout_us
 from fastml.errors import DeadlineExceeded, FastMLError, InternalError, InvalidInput, Unavailable
 
+_INFER_RESPONSE = wire.INFER_RESPONSE
+_monotonic = time.monotonic
+
 
 class _ClientProtocol(asyncio.BufferedProtocol):
     """One connection: request id -> future, answers parsed from a FrameBuffer."""
@@ -74,6 +77,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                     self._fail_all(wire.error_from_frame(item[3], item[2], item[4]))
                 continue  # an answer to a call that gave up (timed out or cancelled)
             if fut.done():
+                continue
+            if item[0] == _INFER_RESPONSE:  # the common answer, without a call to result_of
+                fut.set_result(item[4])
                 continue
             try:
                 fut.set_result(wire.result_of(item))
@@ -197,8 +203,8 @@ class AsyncClient:
     ) -> dict[str, np.ndarray]:
         """Run one inference; returns output name -> array (read-only arrays). Errors as :meth:`Client.infer`."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
         timeout_us = _timeout_us(timeout_s)
+        deadline = _monotonic() + timeout_s
         attempt = 0
         while True:
             try:
@@ -208,7 +214,8 @@ class AsyncClient:
                     conn = await self._connection()
                 else:
                     self._next = (self._next + 1) % len(self._conns)
-                fut, rid, timer = self._start(conn, model, inputs, version, outputs, timeout_us, deadline)
+                remaining_s = timeout_s if attempt == 0 else deadline - _monotonic()
+                fut, rid, timer = self._start(conn, model, inputs, version, outputs, timeout_us, deadline, remaining_s)
                 try:
                     return await fut
                 finally:
@@ -248,7 +255,7 @@ class AsyncClient:
         await self.close()
 
     # ----- internals ------------------------------------------------------------------------------
-    def _start(self, conn, model, inputs, version, outputs, timeout_us, deadline):
+    def _start(self, conn, model, inputs, version, outputs, timeout_us, deadline, remaining_s):
         """Write one request on ``conn``: returns its future, request id and its own timeout timer (or None)."""
         if self._closed:
             raise Unavailable("the client is closed")
@@ -261,7 +268,7 @@ class AsyncClient:
         fut = loop.create_future()
         conn.waiting[rid] = fut
         conn.send(frame)
-        return fut, rid, conn.watch(rid, deadline, deadline - time.monotonic())
+        return fut, rid, conn.watch(rid, deadline, remaining_s)
 
     async def _connection(self) -> _ClientProtocol:
         if self._closed:
