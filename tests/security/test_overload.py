@@ -338,3 +338,19 @@ def test_requests_admitted_but_refused_by_the_engine_are_not_waiting_in_flight(c
     for inflight in range(MIN_INFLIGHT + 10):  # a burst, ten seconds later
         gate.admit(inflight, 500_000)
     assert gate.shed == 0
+
+
+def test_after_a_stall_each_request_ahead_costs_at_least_its_share_of_the_stall(clock):
+    """The inline runner's flush ran the previous iteration's requests: its wall time per request is what the
+    next iteration's will cost, even where the best-of-windows rate (measured with more CPU) says less."""
+    gate = AdmissionGate()
+    gate.rate_per_s = 10_000.0  # 100 us a request, by the estimate
+    for inflight in range(100):
+        gate.admit(inflight, 500_000)
+    clock.now_s += 0.1  # the flush of those 100 took 100 ms: 1 ms a request, ten times the estimate
+    gate.completed(0)
+    assert not gate.sheds(100, 500_000)  # 100 ms unread + 100 x 1 ms = 200 ms: within the 250 ms share
+    assert gate.sheds(160, 500_000)  # 100 ms + 160 ms: over it (by the estimate alone, 116 ms would pass)
+    clock.now_s += 0.1  # a stall's length later the reads are of fresh requests, at the estimate's cost again
+    assert not gate.sheds(160, 500_000)
+    assert gate.shed == 1

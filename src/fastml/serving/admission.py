@@ -17,7 +17,10 @@ With the inline runner (runner="loop") the loop runs each iteration's batches it
 a flush is read only after it; a client counts that wait, and with a slow model it alone can take most of the
 deadline. So when a check comes right after completions (the loop went from settling requests to reading), the
 time from the check before to those completions is a *stall*: the gate adds it to the expected wait of the
-requests read right after it. An idle loop is no stall: its gap ends in a read, not in completions.
+requests read right after it. An idle loop is no stall: its gap ends in a read, not in completions. A stall is
+also a measurement: it ran the requests admitted since the stall before it, so until the next one those requests'
+share of it (the loop's wall time per request, which falls at once when the process gets less CPU, where the
+best-of-windows rate does not) is taken as what each request ahead will cost if that is more than the rate says.
 
 The rate estimate can also be wrong: it is the best of recent windows, and on a machine where other jobs take the
 process's CPU the model completes fewer requests than that. So the gate also keeps when each request it admitted
@@ -111,6 +114,8 @@ class AdmissionGate:
         "_last_done_s",
         "_stall_s",
         "_stall_end_s",
+        "_stall_cost_s",
+        "_admitted_since_stall",
         "_admitted",
     )
 
@@ -132,6 +137,8 @@ class AdmissionGate:
         self._last_done_s = 0.0  # when completed() last ran
         self._stall_s = 0.0  # the last stall's length (see STALL_MIN_S); 0 = the loop idled instead
         self._stall_end_s = 0.0  # when that stall ended (the first check after it)
+        self._stall_cost_s = 0.0  # that stall's length per request admitted before it (0 = too few to tell)
+        self._admitted_since_stall = 0
         # When each request in flight was admitted, oldest first (completions are taken as first in, first out).
         self._admitted: deque[float] = deque()
 
@@ -161,6 +168,9 @@ class AdmissionGate:
             busy = done_s > last_check_s and now - done_s < STALL_MIN_S
             self._stall_s = done_s - last_check_s if busy else 0.0
             self._stall_end_s = now
+            n = self._admitted_since_stall
+            self._stall_cost_s = self._stall_s / n if busy and n >= MIN_INFLIGHT else 0.0
+            self._admitted_since_stall = 0
         self._last_check_s = now
         admitted = self._admitted
         while len(admitted) > inflight:  # admitted but never queued (the engine refused it): not in flight
@@ -189,7 +199,11 @@ class AdmissionGate:
         wait_s = inflight / self.rate_per_s
         # A request read within a stall's length after it may have waited that stall unread (reads after that
         # are of requests that arrived since). The standing-queue rule stays on the queue the gate counts.
-        unread_s = self._stall_s if now - self._stall_end_s < self._stall_s else 0.0
+        unread_s = 0.0
+        if now - self._stall_end_s < self._stall_s:
+            unread_s = self._stall_s
+            if inflight * self._stall_cost_s > wait_s:
+                wait_s = inflight * self._stall_cost_s
         if unread_s + wait_s > bound_s or self._standing(inflight, wait_s, now):
             self.shed += 1
             return True
@@ -229,6 +243,7 @@ class AdmissionGate:
         if self.sheds(inflight, deadline_us):
             raise Overloaded(SHED_MESSAGE)
         self._admitted.append(self._last_check_s)  # sheds() just read the clock
+        self._admitted_since_stall += 1
 
     def unshed_inflight(self, timeout_us: int | None) -> int:
         """The most requests in flight ahead of one with ``timeout_us`` at which :meth:`admit` surely admits it,
@@ -245,7 +260,11 @@ class AdmissionGate:
         rate = self.rate_per_s
         if rate <= 0.0:
             return 1 << 62
-        unread_s = self._stall_s if now - self._stall_end_s < self._stall_s else 0.0
+        unread_s = 0.0
+        if now - self._stall_end_s < self._stall_s:
+            unread_s = self._stall_s
+            if self._stall_cost_s * rate > 1.0:
+                rate = 1.0 / self._stall_cost_s  # the stall's cost per request, as sheds() takes it
         # Rounded down, and one less, so no float rounding admits one that admit() would shed.
         by_deadline = int((bound_s - unread_s) * rate) - 1
         # Up to TARGET_WAIT_S of expected wait the standing-queue rule admits, only ever clearing its state.
