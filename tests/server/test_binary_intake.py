@@ -48,6 +48,15 @@ def model(tmp_path_factory, loop):
     m.close()
 
 
+@pytest.fixture(scope="module")
+def threads_model(tmp_path_factory, loop):
+    path = tmp_path_factory.mktemp("intake_threads") / "id.onnx"
+    make_identity_model(path, "FLOAT")
+    m = load_model(path, name="id", runner="threads", warmup=False)
+    yield m
+    m.close()
+
+
 class Harness:
     """One connection's intake and answers over ``model``, with the data plane's part played here."""
 
@@ -110,8 +119,9 @@ def rows(i: int, n: int = 1) -> np.ndarray:
     return (np.arange(n * 3, dtype=np.float32).reshape(n, 3) + 10 * i).astype(np.float32)
 
 
-def test_many_frames_in_one_buffer_go_to_the_batcher_in_one_call(model, loop):
-    h = Harness(model, loop)
+@pytest.mark.parametrize("runner", ["loop", "threads"])
+def test_many_frames_in_one_buffer_go_to_the_batcher_in_one_call(model, threads_model, loop, runner):
+    h = Harness(model if runner == "loop" else threads_model, loop)
     xs = {100 + i: rows(i, 1 + i % 3) for i in range(50)}
     buf = bytearray(b"".join(request(rid, x) for rid, x in xs.items()))
     consumed, items, need, fatal, routes = h.submit(buf)
