@@ -358,3 +358,19 @@ def test_the_unshed_bound_leaves_a_busy_model_its_queue():
     # 50 ms of expected wait at 40,000/s (the standing-queue target), less the rounding margin.
     assert gate.unshed_inflight(None) == 1999
     assert gate.unshed_inflight(10_000) == 199  # a 10 ms deadline: half of it
+
+
+def test_a_run_admitted_under_the_bound_is_recorded_as_that_many_admissions():
+    gate = AdmissionGate()
+    gate.rate_per_s = 10_000.0
+    bound = gate.unshed_inflight(None)
+    gate.admitted_run(0, None, 40)
+    gate.admitted_run(40, None, 25)
+    assert gate.shed == 0 and len(gate._admitted) == 65  # one arrival time per request, as admit() keeps
+    for left in range(64, 59, -1):
+        gate.completed(left)
+    assert len(gate._admitted) == 60
+    # A run reported past what the gate would admit now is still recorded, and never counted as shed.
+    gate.rate_per_s = 1.0
+    gate.admitted_run(bound + 100, 1_000, 3)
+    assert gate.shed == 0 and len(gate._admitted) == 63

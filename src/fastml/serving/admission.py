@@ -37,6 +37,7 @@ shed that early would have been shed after decoding too, unless it names a longe
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat
 from time import perf_counter
 
 from fastml.errors import Overloaded
@@ -245,12 +246,25 @@ class AdmissionGate:
         self._admitted.append(self._last_check_s)  # sheds() just read the clock
         self._admitted_since_stall += 1
 
+    def admitted_run(self, inflight: int, timeout_us: int | None, count: int) -> None:
+        """Records ``count`` requests with one deadline that a transport admitted together under
+        :meth:`unshed_inflight` and queued already, the first with ``inflight`` ahead of it (the binary protocol's
+        intake, once per read): the first's :meth:`admit` is replayed for its side effects (deadline hint, rate
+        window, standing-queue state, stall clock) and all ``count`` are counted as admitted. Never raises.
+        """
+        deadline_us = timeout_us or int(self._default_deadline_s * 1e6)
+        self._deadline_hint_s(perf_counter(), deadline_us / 1e6)
+        if self.sheds(inflight, deadline_us):
+            self.shed -= 1  # admitted under unshed_inflight a moment ago (the clock moved since): not a shed
+        self._admitted.extend(repeat(self._last_check_s, count))  # sheds() just read the clock
+        self._admitted_since_stall += count
+
     def unshed_inflight(self, timeout_us: int | None) -> int:
         """The most requests in flight ahead of one with ``timeout_us`` at which :meth:`admit` surely admits it,
         whatever the standing-queue state: a transport that admits a run of requests natively (the binary
-        protocol's intake) takes those with at most this many ahead of them, then replays :meth:`admit` once
-        for the first of the run (the others would have changed nothing: the same deadline, more ahead, all
-        admitted). Requests past the bound go through :meth:`admit` one by one.
+        protocol's intake) takes those with at most this many ahead of them, then records them with
+        :meth:`admitted_run` (admit() for the others would have changed nothing but the admitted count: the same
+        deadline, more ahead, all admitted). Requests past the bound go through :meth:`admit` one by one.
         """
         deadline_s = (timeout_us or int(self._default_deadline_s * 1e6)) / 1e6
         bound_s = min(deadline_s * WAIT_SHARE, MAX_WAIT_S)

@@ -441,16 +441,12 @@ class DataPlane:
 
     def sink_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
         """``submitted`` requests carrying ``timeout_us`` went to ``entry``'s batcher through :meth:`sink_route`
-        when ``inflight_before`` were in flight: count them in flight, replay the admission decision of the
-        first (the rest would change nothing), and let the model run them. Each answer's sink then calls
-        :meth:`completed` as for :meth:`submit_sink`."""
+        when ``inflight_before`` were in flight: count them in flight, record them with the admission gate (as
+        admitted under its bound), and let the model run them. Each answer's sink then calls :meth:`completed`
+        as for :meth:`submit_sink`."""
         entry.inflight += submitted
         self.inflight += submitted
-        gate = _gate(entry)
-        try:
-            gate.admit(inflight_before, timeout_us or entry.model.timeout_us)
-        except FastMLError:  # not expected: they were admitted under gate.unshed_inflight
-            gate.shed -= 1
+        _gate(entry).admitted_run(inflight_before, timeout_us or entry.model.timeout_us, submitted)
         entry.model.sink_queued()
 
     def completed(self, entry) -> None:
