@@ -52,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import benchjson  # noqa: E402 - the benchmarks folder is not a package
 import envinfo  # noqa: E402
-from fastml.serving.batch_predict import DEFAULT_BATCH_ROWS, _even_rows  # noqa: E402
+from fastml.serving.batch_predict import _default_rows, _even_rows  # noqa: E402
 
 FEATURES = 16
 BATCHES = (1024, 8192, 65536)
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         batch, best_rate, best = raw_best(model, x, repeats, BATCHES[2:] if args.quick else BATCHES)
         raw_pass = raw_pass_fn(model, x, best)
         # The slices fastml's scoring threads get: the chunks it cuts this file into by default.
-        chunk_rows = _even_rows(DEFAULT_BATCH_ROWS, rows, os.cpu_count() or 1)
+        chunk_rows = _even_rows(_default_rows(os.cpu_count() or 1), rows, os.cpu_count() or 1)
         side_pass = raw_side_by_side_fn(model, x, chunk_rows)
         raw_alt_rate, side_rate, call_rate = in_process_rounds(
             model, d / "in.parquet", d / "out_inproc.parquet", x, raw_pass, side_pass, rounds

@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fastml.errors import InvalidInput
-from fastml.serving.batch_predict import _even_rows, predict_file
+from fastml.serving.batch_predict import _default_rows, _even_rows, predict_file
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,12 @@ def test_chunk_sizes_are_evened_out_over_the_threads():
     assert _even_rows(65_536, 5_000, 2) == 2_500
     assert _even_rows(65_536, None, 2) == 65_536  # a CSV's length is not known up front
     assert _even_rows(100, 10_000, 2) == 100  # an explicit small chunk is a ceiling, never raised
+
+
+def test_default_chunks_keep_the_rows_in_flight_bounded_on_many_cores():
+    assert _default_rows(1) == _default_rows(2) == 65_536  # 4 chunks alive on 2 threads: 262,144 rows
+    assert _default_rows(14) == 16_384  # 16 chunks alive
+    assert _default_rows(126) == 4_096  # never below the smallest chunk worth splitting into
 
 
 def test_a_bad_thread_count_is_invalid_input(linear_model, tmp_path):

@@ -25,7 +25,6 @@ import concurrent.futures
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,10 @@ MEMORY_PER_CHUNK_ROW_BYTE = 4
 # Large enough that per-run overhead (a Python call, a thread wake-up) vanishes; a Parquet row group is
 # commonly 64Ki-1Mi rows. --max-memory-mb lowers it; a file of known length is cut into equal chunks.
 DEFAULT_BATCH_ROWS = 65_536
+# Without --batch-rows, chunks are sized so that about this many rows are in flight in all (a chunk on each
+# scoring thread, one queued, one being read or written): on 2 cores that is the 65,536-row default, and a
+# many-core machine gets smaller chunks instead of a working memory that grows with its core count.
+DEFAULT_ROWS_IN_FLIGHT = 262_144
 # A file of known length is cut into at least this many chunks per scoring thread, so that reading the first
 # chunks and writing the last ones overlap scoring (at 100,000 rows, two 50,000-row chunks left the threads
 # idle for a read and a write)...
@@ -285,8 +288,7 @@ class _Writer:
         self.output = output
         self.csv = suffix == ".csv"
         output.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-        os.close(fd)
+        self.tmp = _exclusive_file(output.parent, f".{output.name}.", ".tmp")
         self.writer: Any = None
 
     def write(self, table) -> None:
@@ -317,6 +319,19 @@ class _Writer:
         Path(self.tmp).unlink(missing_ok=True)
 
 
+def _exclusive_file(directory: Path, prefix: str, suffix: str) -> str:
+    """Create a new, empty file with a random name in ``directory`` (as ``tempfile.mkstemp`` does, whose import
+    pulls in shutil, bz2, lzma and random: ~15 ms of every command's start) and return its path."""
+    for _ in range(100):
+        path = directory / f"{prefix}{os.urandom(6).hex()}{suffix}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            continue
+        return str(path)
+    raise FileExistsError(f"no free temporary file name in {directory}")
+
+
 def _progress(total: int | None, enabled: bool):
     """A callable ``advance(rows)`` plus ``close()``: a rich progress bar when rich is importable, else a
     plain line rewritten in place; nothing when disabled."""
@@ -345,7 +360,7 @@ def predict_file(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int | None = None,
     key_columns: list[str] | None = None,
     columns: list[str] | None = None,
     max_memory_mb: float | None = None,
@@ -359,8 +374,9 @@ def predict_file(
     Args:
         ref: a model file (ONNX or any format :mod:`fastml.convert.frameworks` converts) or a registry
             reference. input_path / output_path: ``.csv`` or ``.parquet`` (output format by its suffix).
-        batch_rows: rows per chunk at most (lowered to fit ``max_memory_mb``; a file whose length is known is cut
-            into a multiple of ``threads`` equal chunks, so that the last ones keep every thread busy).
+        batch_rows: rows per chunk at most (default DEFAULT_BATCH_ROWS, fewer with more than two scoring threads:
+            DEFAULT_ROWS_IN_FLIGHT in flight in all). Lowered to fit ``max_memory_mb``; a file whose length is
+            known is cut into a multiple of ``threads`` equal chunks, so that the last ones keep every thread busy.
         key_columns: input columns copied to the output beside the predictions (default none).
         columns: the input columns feeding a one-matrix model, in order (default: see the module docstring).
         max_memory_mb: working-memory budget for the chunks in flight; bounds ``batch_rows``.
@@ -378,10 +394,12 @@ def predict_file(
     """
     import pyarrow as pa
 
-    src = _checked_source(input_path, batch_rows)
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise InvalidInput(f"threads must be an int >= 1, got {threads!r}")
     workers = threads or os.cpu_count() or 1
+    if batch_rows is None:
+        batch_rows = _default_rows(workers)
+    src = _checked_source(input_path, batch_rows)
     model_path, card_columns = resolve_model(ref)
     sess = _session(model_path)
     keys = list(key_columns or [])
@@ -554,6 +572,12 @@ def _rows_for_budget(sess, plan: _Plan, max_memory_mb: float, chunks_alive: int 
     width = len(plan.read_columns) + sum(_width(o.shape) for o in sess.get_outputs())
     per_row = max(1, width) * 8 * MEMORY_PER_CHUNK_ROW_BYTE * max(1, chunks_alive)
     return max(1, int(max_memory_mb * 2**20 // per_row))
+
+
+def _default_rows(workers: int) -> int:
+    """Rows per chunk when none are asked for: DEFAULT_BATCH_ROWS, or fewer so that the ``workers + 2`` chunks in
+    flight hold about DEFAULT_ROWS_IN_FLIGHT rows, but not below MIN_SPLIT_ROWS."""
+    return min(DEFAULT_BATCH_ROWS, max(MIN_SPLIT_ROWS, DEFAULT_ROWS_IN_FLIGHT // (workers + 2)))
 
 
 def _even_rows(batch_rows: int, total: int | None, workers: int) -> int:

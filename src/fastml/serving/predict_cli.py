@@ -21,9 +21,9 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--batch-rows",
         type=int,
-        default=65_536,
-        help="rows per chunk at most (default 65536; a file of known length is cut into equal chunks, a multiple "
-        "of --threads)",
+        default=None,
+        help="rows per chunk at most (default 65536, fewer on more than 2 cores; a file of known length is cut "
+        "into equal chunks, a multiple of --threads)",
     )
     p.add_argument("--key-columns", default="", help="comma-separated input columns copied to the output")
     p.add_argument("--columns", default=None, help="comma-separated input columns feeding the model, in order")
@@ -63,13 +63,14 @@ def _split(text: str | None) -> list[str] | None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
+        from fastml.serving.batch_predict import DEFAULT_BATCH_ROWS
         from fastml.serving.ray_predict import predict_file_ray
 
         report = predict_file_ray(
             args.ref,
             args.input,
             args.output,
-            batch_rows=args.batch_rows,
+            batch_rows=args.batch_rows or DEFAULT_BATCH_ROWS,
             key_columns=_split(args.key_columns),
             columns=_split(args.columns),
             max_memory_mb=args.max_memory_mb,
