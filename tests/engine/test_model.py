@@ -413,3 +413,34 @@ def test_no_reference_leaks_on_success_failure_and_shutdown(batcher, onnx_models
     g.feeds.clear()
     g.batches.clear()
     assert sys.getrefcount(x) == baseline  # the core released every reference it took
+
+
+def test_batches_run_with_one_shared_run_options(onnx_models, mlp_reference):
+    # Handing ONNX Runtime's bound run() None for its RunOptions costs ~5 us a call (once per batch): every
+    # batch must pass the one RunOptions the model made at load, and still get ONNX Runtime's own answers.
+    import onnxruntime as ort
+
+    session, X = mlp_reference
+    model = load_model(onnx_models["mlp"], name="mlp", runner="loop")
+    seen = []
+    native_run = model._session_run
+
+    def spy(names, feed, run_options):
+        seen.append(run_options)
+        return native_run(names, feed, run_options)
+
+    model._session_run = spy
+    try:
+
+        async def two_batches():
+            first = await model.submit({"input": X[:3]})
+            second = await model.submit({"input": X[3:4]})
+            return first, second
+
+        first, second = asyncio.run(two_batches())
+    finally:
+        model.close()
+    assert len(seen) == 2
+    assert all(isinstance(r, ort.RunOptions) for r in seen) and seen[0] is seen[1]
+    np.testing.assert_allclose(first["probabilities"], session.run(["probabilities"], {"input": X[:3]})[0], rtol=1e-5)
+    np.testing.assert_allclose(second["probabilities"], session.run(["probabilities"], {"input": X[3:4]})[0], rtol=1e-5)
