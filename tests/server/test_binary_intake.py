@@ -374,3 +374,46 @@ def test_a_run_admitted_under_the_bound_is_recorded_as_that_many_admissions():
     gate.rate_per_s = 1.0
     gate.admitted_run(bound + 100, 1_000, 3)
     assert gate.shed == 0 and len(gate._admitted) == 63
+
+
+# ----- through the listener ----------------------------------------------------------------------------------------
+class _Logger:
+    def __init__(self):
+        self.request_ids: list = []
+
+    def log(self, **kw) -> None:
+        self.request_ids.append(kw["request_id"])
+
+
+def test_the_listener_sends_plain_requests_natively_unless_the_model_logs(tmp_path):
+    from binkit import InProcessServer
+
+    from fastml.client import Client
+
+    make_identity_model(tmp_path / "repo" / "id" / "1" / "model.onnx", "FLOAT")
+    srv = InProcessServer(tmp_path / "repo")
+    routed: list[int] = []
+    sink_routed = srv.plane.sink_routed
+
+    def counting(entry, submitted, inflight_before, timeout_us):
+        routed.append(submitted)
+        return sink_routed(entry, submitted, inflight_before, timeout_us)
+
+    srv.plane.sink_routed = counting
+    try:
+        xs = [{"x": rows(i, 1 + i % 2)} for i in range(60)]
+        with Client(srv.address, window=60) as client:
+            outs = client.infer_many("id", xs)
+            assert sum(routed) == 60  # every request went to the batcher natively
+            for x, out in zip(xs, outs):
+                np.testing.assert_array_equal(out["y"], x["x"])
+            model = srv.manager.get("id", None).model
+            logger = _Logger()
+            srv.run(setattr, model, "prediction_logger", logger)
+            outs = client.infer_many("id", xs)
+            assert sum(routed) == 60 and len(logger.request_ids) == 60  # the Python path, which logs
+            for x, out in zip(xs, outs):
+                np.testing.assert_array_equal(out["y"], x["x"])
+        assert srv.run(lambda: srv.plane.inflight) == 0
+    finally:
+        srv.close()
