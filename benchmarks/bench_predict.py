@@ -178,7 +178,8 @@ def status(key):
 base = status("VmRSS:")
 import time
 t0 = time.perf_counter()
-code = fastml.cli.main(sys.argv[1:])
+sys.argv[0] = "fastml"
+code = fastml.cli.main()  # as the console script calls it: the command line from sys.argv
 call_s = time.perf_counter() - t0
 print("peak_rss_kb", status("VmHWM:"), base, call_s, file=sys.stderr)
 sys.exit(code)

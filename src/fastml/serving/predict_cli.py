@@ -52,7 +52,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
-    p.set_defaults(handler=_run)
+    # The output is committed (closed and renamed) before the handler returns: the CLI may freeze the heap.
+    p.set_defaults(handler=_run, freeze_heap_at_exit=True)
 
 
 def _split(text: str | None) -> list[str] | None:
