@@ -104,6 +104,14 @@ using fastml::Status;
 using fastml::StatusCode;
 using fastml::TensorView;
 
+// fastml._frames' answer encoder and its sink type (csrc/frame_submit_api.h), registered once through the
+// capsule when the binary protocol's intake starts; guarded by the GIL. Unset: every sink takes set_result.
+struct FrameAnswerHook {
+    PyTypeObject* type = nullptr;
+    fastml::FrameAnswerFn fn = nullptr;
+};
+static FrameAnswerHook g_frame_answer;
+
 // Raises fastml._core.CoreError(code, message): the batcher's callers branch on the code (a refused input
 // is re-validated in Python for a better message), then convert it through the one table (ERROR_CLASSES).
 [[noreturn]] static void RaiseCoreError(const py::object& error_type, const Status& st) {
@@ -306,7 +314,11 @@ struct PyBatcher {
     py::object Result(const Completion& c) {
         // Bookkeeping first: building the views below may run a finalizer that lets another thread in,
         // and that thread may change the map.
-        py::object arrays = TakeOutputs(c);
+        return ResultOf(c, TakeOutputs(c));
+    }
+
+    // Result() from the outputs TakeOutputs(c) returned.
+    py::object ResultOf(const Completion& c, py::object arrays) {
         if (arrays.is_none()) return arrays;
         py::dict result;
         const bool whole = c.batch_requests == 1;
@@ -436,6 +448,17 @@ struct PyBatcher {
         return 1;
     }
 
+    // Hands request `c`'s rows of `arrays` (the batch outputs) to the registered answer encoder: 0 answered,
+    // 1 not taken, -1 with a Python error set.
+    int FrameAnswer(PyObject* sink, const py::object& arrays, const Completion& c) {
+        constexpr size_t kMaxOutputs = 64;
+        const size_t n = outputs.size();
+        if (n > kMaxOutputs || static_cast<size_t>(PyList_GET_SIZE(arrays.ptr())) != n) return 1;
+        void* names[kMaxOutputs];
+        for (size_t i = 0; i < n; ++i) names[i] = outputs[i].ptr();
+        return g_frame_answer.fn(sink, arrays.ptr(), names, n, c.row_offset, c.rows);
+    }
+
     // Settles every future of `items` (GIL held). A failure to build one result (make_error raising, an
     // output that cannot be sliced) settles that future with the error instead; a future that refuses to
     // be settled (cancelled: InvalidStateError, ignored; or raising otherwise) never stops the others. The
@@ -448,11 +471,33 @@ struct PyBatcher {
             py::object keep = TakeUserData(c.user_data);
             py::object value;
             bool ok = c.code == StatusCode::kOk;
-            try {
-                value = ok ? Result(c) : make_error(static_cast<int>(c.code), c.message);
-            } catch (py::error_already_set& e) {
-                value = e.value();  // the error itself becomes the future's exception
-                ok = false;
+            bool settled = false;  // value and ok are final
+            PyObject* target = keep ? PyTuple_GET_ITEM(keep.ptr(), 0) : nullptr;  // borrowed from keep
+            if (ok && target != nullptr && g_frame_answer.fn != nullptr && Py_TYPE(target) == g_frame_answer.type) {
+                // A binary-protocol sink: its encoder writes the answer from the batch outputs directly, with no
+                // result dict, row views or set_result call per request.
+                py::object arrays = TakeOutputs(c);
+                const int written = arrays.is_none() ? 1 : FrameAnswer(target, arrays, c);
+                if (written == 0) {
+                    ++n;
+                    continue;
+                }
+                try {
+                    if (written < 0) throw py::error_already_set();
+                    value = ResultOf(c, std::move(arrays));  // the outputs it does not take: the ordinary way
+                } catch (py::error_already_set& e) {
+                    value = e.value();
+                    ok = false;
+                }
+                settled = true;
+            }
+            if (!settled) {
+                try {
+                    value = ok ? Result(c) : make_error(static_cast<int>(c.code), c.message);
+                } catch (py::error_already_set& e) {
+                    value = e.value();  // the error itself becomes the future's exception
+                    ok = false;
+                }
             }
             if (!keep) continue;
             PyObject* fut = PyTuple_GET_ITEM(keep.ptr(), 0);  // borrowed from keep
@@ -523,10 +568,14 @@ static int FrameSubmit(void* target, std::vector<TensorView>* views, int64_t tim
     return 0;
 }
 
+static void FrameSetAnswer(void* sink_type, fastml::FrameAnswerFn fn) {
+    g_frame_answer = FrameAnswerHook{static_cast<PyTypeObject*>(sink_type), fn};
+}
+
 static void bind_batcher(py::module_& m) {
     // Leaked on purpose: the capsule may be used until the interpreter exits.
     static fastml::FrameSubmitApi* frame_api =
-        new fastml::FrameSubmitApi{fastml::kFrameSubmitAbi, &FrameOpen, &FrameClose, &FrameSubmit};
+        new fastml::FrameSubmitApi{fastml::kFrameSubmitAbi, &FrameOpen, &FrameClose, &FrameSubmit, &FrameSetAnswer};
     m.attr("frame_submit_api") = py::capsule(static_cast<void*>(frame_api), fastml::kFrameSubmitCapsule);
     py::object core_error = py::reinterpret_steal<py::object>(
         PyErr_NewException("fastml._core.CoreError", PyExc_RuntimeError, nullptr));

@@ -18,7 +18,15 @@
 
 namespace fastml {
 
-constexpr int kFrameSubmitAbi = 1;
+constexpr int kFrameSubmitAbi = 2;
+
+// fastml._frames' answer encoder (see FrameSubmitApi::set_answer): writes the answer of `sink` (a PyObject* of
+// the registered type) from rows [row_offset, row_offset + rows) of each batch output (`outputs`, a list of
+// numpy arrays in output order; `output_names`, n_outputs str PyObject*s). Returns 0 when the sink is settled,
+// 1 when it does not take these outputs (nothing done: the caller settles the sink the ordinary way), -1 with
+// a Python error set (nothing done: the caller settles the sink with that error). GIL held.
+using FrameAnswerFn = int (*)(void* sink, void* outputs, void* const* output_names, size_t n_outputs, int64_t row_offset,
+                              int64_t rows);
 constexpr const char* kFrameSubmitCapsule = "fastml._core.frame_submit_api";
 
 struct FrameSubmitApi {
@@ -34,6 +42,9 @@ struct FrameSubmitApi {
     // caller's.
     int (*submit)(void* target, std::vector<TensorView>* views, int64_t timeout_us, void* keep,
                   std::string* message) = nullptr;
+    // Registers the sink type (a PyTypeObject*, kept alive by its module) whose requests the batcher's resolve
+    // answers through `fn` instead of building a result dict and calling sink.set_result per request.
+    void (*set_answer)(void* sink_type, FrameAnswerFn fn) = nullptr;
 };
 
 }  // namespace fastml

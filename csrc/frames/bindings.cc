@@ -214,6 +214,7 @@ struct OutTensor {
   // Fixed-size dtypes: a C-contiguous little-endian array (a py::object: py::array's default constructor
   // would allocate an empty numpy array per tensor).
   py::object arr;
+  const void* data = nullptr;                   // fixed-size dtypes: the bytes written (inside `arr`'s memory)
   std::vector<py::object> keep;                 // BYTES: encoded elements kept alive while writing
   std::vector<std::string_view> elements;       // BYTES: element bytes
   uint64_t nbytes = 0;
@@ -305,6 +306,7 @@ void prepare(py::handle name, py::handle value, OutTensor* t) {
     arr = ascontiguous(arr);
   }
   t->nbytes = static_cast<uint64_t>(arr.nbytes());
+  t->data = arr.data();
   t->arr = std::move(arr);
 }
 
@@ -347,7 +349,7 @@ void write_tensors(const std::vector<OutTensor>& ts, Writer* w) {
         w->bytes(e.data(), e.size());
       }
     } else {
-      w->bytes(py::detail::array_proxy(t.arr.ptr())->data, static_cast<size_t>(t.nbytes));
+      w->bytes(t.data, static_cast<size_t>(t.nbytes));
     }
   }
 }
@@ -463,6 +465,12 @@ class Answers {
   void add_response(uint64_t request_id, std::string_view model, std::string_view version, py::handle tensors) {
     std::vector<OutTensor> ts;
     collect(tensors, &ts);
+    add_tensors(request_id, model, version, ts);
+  }
+
+  // Appends the response frame of `request_id` carrying `ts`.
+  void add_tensors(uint64_t request_id, std::string_view model, std::string_view version,
+                   const std::vector<OutTensor>& ts) {
     FrameSize size;
     size.add_name(model.size());
     size.add_name(version.size());
@@ -547,6 +555,34 @@ class Answers {
   bool closed_ = false;
 };
 
+// Describes rows [row_offset, row_offset + rows) of each array of `outputs` (a list) as OutTensors pointing
+// into the arrays (which the caller keeps alive while writing). False when one is not a C-contiguous
+// little-endian array of a fixed-size dtype holding those rows.
+bool rows_of(PyObject* outputs, void* const* names, int64_t row_offset, int64_t rows, std::vector<OutTensor>* ts) {
+  auto& api = py::detail::npy_api::get();
+  for (size_t i = 0; i < ts->size(); ++i) {
+    PyObject* a = PyList_GET_ITEM(outputs, static_cast<Py_ssize_t>(i));  // borrowed from the list
+    if (!api.PyArray_Check_(a)) return false;
+    auto* arr = py::detail::array_proxy(a);
+    if (arr->nd < 1 || !(arr->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return false;
+    py::dtype dt = py::reinterpret_borrow<py::dtype>(arr->descr);
+    uint8_t code = dtype_code(dt);
+    if (code == 0 || code == kBytes || dt.byteorder() == '>') return false;
+    if (row_offset < 0 || rows < 0 || row_offset + rows > arr->dimensions[0]) return false;
+    // Row bytes from the shape, not strides[0]: numpy may give a dimension of 1 any stride.
+    int64_t row_bytes = static_cast<int64_t>(dt.itemsize());
+    for (int d = 1; d < arr->nd; ++d) row_bytes *= arr->dimensions[d];
+    OutTensor& t = (*ts)[i];
+    t.name = utf8_of(static_cast<PyObject*>(names[i]), "an output name");
+    t.dtype = code;
+    t.dims.assign(arr->dimensions, arr->dimensions + arr->nd);
+    t.dims[0] = rows;
+    t.data = arr->data + row_offset * row_bytes;
+    t.nbytes = static_cast<uint64_t>(rows * row_bytes);
+  }
+  return true;
+}
+
 // One in-flight request's completion target: what the batcher's resolve calls instead of an asyncio
 // future's set_result / set_exception. Holds the model name and version the answer carries.
 class Sink {
@@ -575,6 +611,27 @@ class Sink {
     if (!answers_->closed()) error(exc);
     done_ = true;
     answers_->answered(request_id_);
+  }
+
+  // The batcher's direct answer (csrc/frame_submit_api.h): rows [row_offset, row_offset + rows) of each batch
+  // output, written with no result dict. Returns 1 (nothing done) when an output is not a C-contiguous
+  // little-endian array of a fixed-size dtype with those rows, else 0, having settled as set_result does.
+  int answer_rows(PyObject* outputs, void* const* names, size_t n, int64_t row_offset, int64_t rows) {
+    std::vector<OutTensor> ts(n);
+    if (!rows_of(outputs, names, row_offset, rows, &ts)) return 1;
+    if (!answers_->closed()) {
+      try {
+        answers_->add_tensors(request_id_, utf8_of(model_, "the model name"), utf8_of(version_, "the model version"),
+                              ts);
+      } catch (py::error_already_set& e) {
+        error(e.value());
+      } catch (const std::exception& e) {
+        error(py::reinterpret_borrow<py::object>(PyExc_ValueError)(std::string(e.what())));
+      }
+    }
+    done_ = true;
+    answers_->answered(request_id_);
+    return 0;
   }
 
   uint64_t request_id() const { return request_id_; }
@@ -648,6 +705,19 @@ PyObject* sink_set_exception(PyObject* self, PyObject* exc) {
   return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_exception(exc); });
 }
 
+// The batcher's answer hook (FrameAnswerFn, csrc/frame_submit_api.h) for sinks of this type. Never throws.
+int sink_answer(void* self, void* outputs, void* const* names, size_t n, int64_t row_offset, int64_t rows) {
+  try {
+    return reinterpret_cast<PySink*>(self)->sink()->answer_rows(static_cast<PyObject*>(outputs), names, n, row_offset,
+                                                                 rows);
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return -1;
+}
+
 PyObject* sink_done(PyObject* self, PyObject*) { return PyBool_FromLong(reinterpret_cast<PySink*>(self)->sink()->done()); }
 
 PyObject* sink_request_id(PyObject* self, void*) {
@@ -690,6 +760,8 @@ const fastml::FrameSubmitApi* submit_api() {
     if (table->abi != fastml::kFrameSubmitAbi) {
       throw std::runtime_error("fastml._core and fastml._frames were built from different sources");
     }
+    // From here on the batcher answers this module's sinks through sink_answer (no result dict per request).
+    table->set_answer(g_sink_type, &sink_answer);
     api = table;
   }
   return api;

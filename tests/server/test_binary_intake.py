@@ -417,3 +417,43 @@ def test_the_listener_sends_plain_requests_natively_unless_the_model_logs(tmp_pa
         assert srv.run(lambda: srv.plane.inflight) == 0
     finally:
         srv.close()
+
+
+# ----- the batcher's direct answer ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["plain", "fortran", "with a BYTES output", "big-endian"])
+def test_the_batchers_direct_answer_and_its_fallback_write_the_same_rows(loop, layout):
+    """Sinks are answered from the batch outputs directly when every output is a C-contiguous little-endian
+    numeric array, else through a result dict and set_result: the same frames either way."""
+    from fastml import _core
+
+    names = ["y", "s"] if layout == "with a BYTES output" else ["y"]
+    batcher = _core.Batcher([("x", np.dtype("float32"), [-1, 3])], names, 32, 64, 0, 1)
+    queue = _core.CompletionQueue()
+    h = Harness(None, loop)
+    h.open_route = lambda name, version, timeout_us: (h.entry, batcher, queue, "m", "7", 0, ("x",), 1 << 40)
+    xs = {11: rows(1, 1), 12: rows(2, 2), 13: rows(3, 1)}
+    buf = bytearray(b"".join(request(rid, x) for rid, x in xs.items()))
+    assert h.submit(buf)[4] == [(h.entry, 3, 0, 0)]
+    _, n_rows, (x,) = batcher.try_next_batch(0)
+    y = np.asarray(x) * 2 + 1
+    outputs = {
+        "plain": [y],
+        "fortran": [np.asfortranarray(y)],
+        "with a BYTES output": [y, np.array([f"row {i}" for i in range(n_rows)], dtype=object)],
+        "big-endian": [y.astype(">f4")],
+    }[layout]
+    batcher.complete(0, 0, "", outputs)
+    assert batcher.resolve(queue, lambda code, message: RuntimeError(message)) == 3
+    data, rids = h.answers.take()
+    assert sorted(rids) == [11, 12, 13]
+    consumed, items, need, fatal = wire.Parser().parse(data, 0, len(data), 1 << 20)
+    got = {it[1]: it for it in items}
+    row = 0
+    for rid, x_in in xs.items():
+        kind, _, model, version, out = got[rid]
+        assert (kind, model, version) == (wire.INFER_RESPONSE, "m", "7")
+        np.testing.assert_array_equal(out["y"], x_in * 2 + 1)
+        assert out["y"].dtype == np.float32
+        if layout == "with a BYTES output":
+            assert out["s"].tolist() == [f"row {i}" for i in range(row, row + len(x_in))]
+        row += len(x_in)
