@@ -119,7 +119,7 @@ def clock(monkeypatch) -> _Clock:
 
 
 def test_a_burst_is_admitted_but_a_standing_queue_above_the_target_is_shed(clock):
-    rate = 10_000.0
+    rate = 40_000.0  # the target's worth (2,000 in flight) is above STANDING_MIN_INFLIGHT
     gate = AdmissionGate(default_deadline_s=10.0)
     gate.rate_per_s = rate
 
@@ -142,7 +142,7 @@ def test_a_burst_is_admitted_but_a_standing_queue_above_the_target_is_shed(clock
 
 def test_a_closed_loop_of_a_few_dozen_clients_is_never_shed_for_its_queue_length(clock):
     gate = AdmissionGate(default_deadline_s=10.0)
-    rate = 200.0  # a slow model: 64 in flight is 320 ms ahead, far above the target
+    rate = 4_000.0  # STANDING_MIN_INFLIGHT in flight is 256 ms ahead, far above the target
     gate.rate_per_s = rate
     for inflight in range(STANDING_MIN_INFLIGHT):
         gate.admit(inflight, 10_000_000)
@@ -341,14 +341,15 @@ def test_requests_admitted_but_refused_by_the_engine_are_not_waiting_in_flight(c
 
 
 def test_after_a_stall_each_request_ahead_costs_at_least_its_share_of_the_stall(clock):
-    """The inline runner's flush ran the previous iteration's requests: its wall time per request is what the
-    next iteration's will cost, even where the best-of-windows rate (measured with more CPU) says less."""
+    """The inline runner's flush ran queued requests: its wall time per request completed is what each request
+    ahead will cost, even where the best-of-windows rate (measured with more CPU) says less."""
     gate = AdmissionGate()
     gate.rate_per_s = 10_000.0  # 100 us a request, by the estimate
-    for inflight in range(100):
+    for inflight in range(200):
         gate.admit(inflight, 500_000)
-    clock.now_s += 0.1  # the flush of those 100 took 100 ms: 1 ms a request, ten times the estimate
-    gate.completed(0)
+    clock.now_s += 0.1  # a flush ran 100 of them in 100 ms: 1 ms a request, ten times the estimate
+    for inflight in reversed(range(100, 200)):
+        gate.completed(inflight)
     assert not gate.sheds(100, 500_000)  # 100 ms unread + 100 x 1 ms = 200 ms: within the 250 ms share
     assert gate.sheds(160, 500_000)  # 100 ms + 160 ms: over it (by the estimate alone, 116 ms would pass)
     clock.now_s += 0.1  # a stall's length later the reads are of fresh requests, at the estimate's cost again

@@ -18,9 +18,9 @@ a flush is read only after it; a client counts that wait, and with a slow model 
 deadline. So when a check comes right after completions (the loop went from settling requests to reading), the
 time from the check before to those completions is a *stall*: the gate adds it to the expected wait of the
 requests read right after it. An idle loop is no stall: its gap ends in a read, not in completions. A stall is
-also a measurement: it ran the requests admitted since the stall before it, so until the next one those requests'
-share of it (the loop's wall time per request, which falls at once when the process gets less CPU, where the
-best-of-windows rate does not) is taken as what each request ahead will cost if that is more than the rate says.
+also a measurement: until the next one, its length per request completed in it (the loop's wall time per
+request, which follows at once a process that gets less CPU, where the best-of-windows rate does not) is taken as
+what each request ahead will cost, where that is more than the rate says.
 
 The rate estimate can also be wrong: it is the best of recent windows, and on a machine where other jobs take the
 process's CPU the model completes fewer requests than that. So the gate also keeps when each request it admitted
@@ -61,7 +61,14 @@ TARGET_WAIT_S = 0.05
 INTERVAL_S = 0.2
 # ...and only with more than this many in flight: closed-loop clients (perf_analyzer's concurrency range, the
 # benchmarks' 32 connections) wait for their answers, so their queue never grows and is not shed for its length.
-STANDING_MIN_INFLIGHT = 64
+# A fleet of one-request connections (512 in the overload bench) is not shed for it either: each 503 frees a
+# connection that sends again at once, so shedding down to the target turned the fleet's excess into a stream of
+# 503s that took the CPU the model needed. With a model whose compute is the limit (runner threads, 0.35 ms a
+# row), alternating rounds with the rule from 64 in flight and without it measured medians of 1,184 against
+# 1,814 200s/s for a dropping client at 4x and 1,422 against 1,624 for a FIFO client at 2x. What is left is the
+# deadline rule; this one applies only to queues deeper than the batcher's default bound (pipelining clients and
+# a larger max_queue_size).
+STANDING_MIN_INFLIGHT = 1024
 WINDOW_S = 0.05  # completions are counted over windows this long
 # The estimate is the highest rate among the last RATE_WINDOWS busy windows (a windowed max, as TCP BBR estimates
 # bottleneck bandwidth): a window in which completions were counted late (the event loop busy answering 503s, the
@@ -116,7 +123,7 @@ class AdmissionGate:
         "_stall_s",
         "_stall_end_s",
         "_stall_cost_s",
-        "_admitted_since_stall",
+        "_done_since_check",
         "_admitted",
     )
 
@@ -138,8 +145,8 @@ class AdmissionGate:
         self._last_done_s = 0.0  # when completed() last ran
         self._stall_s = 0.0  # the last stall's length (see STALL_MIN_S); 0 = the loop idled instead
         self._stall_end_s = 0.0  # when that stall ended (the first check after it)
-        self._stall_cost_s = 0.0  # that stall's length per request admitted before it (0 = too few to tell)
-        self._admitted_since_stall = 0
+        self._stall_cost_s = 0.0  # that stall's length per request completed in it (0 = too few to tell)
+        self._done_since_check = 0  # completions since the last check
         # When each request in flight was admitted, oldest first (completions are taken as first in, first out).
         self._admitted: deque[float] = deque()
 
@@ -169,10 +176,10 @@ class AdmissionGate:
             busy = done_s > last_check_s and now - done_s < STALL_MIN_S
             self._stall_s = done_s - last_check_s if busy else 0.0
             self._stall_end_s = now
-            n = self._admitted_since_stall
+            n = self._done_since_check
             self._stall_cost_s = self._stall_s / n if busy and n >= MIN_INFLIGHT else 0.0
-            self._admitted_since_stall = 0
         self._last_check_s = now
+        self._done_since_check = 0
         admitted = self._admitted
         while len(admitted) > inflight:  # admitted but never queued (the engine refused it): not in flight
             admitted.popleft()
@@ -244,7 +251,6 @@ class AdmissionGate:
         if self.sheds(inflight, deadline_us):
             raise Overloaded(SHED_MESSAGE)
         self._admitted.append(self._last_check_s)  # sheds() just read the clock
-        self._admitted_since_stall += 1
 
     def admitted_run(self, inflight: int, timeout_us: int | None, count: int) -> None:
         """Records ``count`` requests with one deadline that a transport admitted together under
@@ -257,7 +263,6 @@ class AdmissionGate:
         if self.sheds(inflight, deadline_us):
             self.shed -= 1  # admitted under unshed_inflight a moment ago (the clock moved since): not a shed
         self._admitted.extend(repeat(self._last_check_s, count))  # sheds() just read the clock
-        self._admitted_since_stall += count
 
     def unshed_inflight(self, timeout_us: int | None) -> int:
         """The most requests in flight ahead of one with ``timeout_us`` at which :meth:`admit` surely admits it,
@@ -297,6 +302,7 @@ class AdmissionGate:
         """
         now = perf_counter()
         self._last_done_s = now
+        self._done_since_check += 1
         admitted = self._admitted
         if admitted:
             admitted.popleft()
