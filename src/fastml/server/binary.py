@@ -1,11 +1,13 @@
 """The fastml binary protocol transport: length-prefixed frames over TCP and Unix sockets (docs/protocol.md).
 
 One :class:`BinaryProtocol` (an ``asyncio.BufferedProtocol``) per connection. Received bytes land in a
-:class:`fastml.client.wire.FrameBuffer`; the native parser turns each complete frame into a tuple whose
-input tensors are read-only numpy views of that buffer, and the request goes to the data plane with no
-per-tensor Python work here. Many requests are in flight per connection and each answer is written as soon
-as its inference completes (out of order, matched by request id); answers completed in one event-loop
-pass are written with one ``writelines``.
+:class:`fastml.client.wire.FrameBuffer`, and each read goes to one native call (``fastml._frames.Intake``)
+that walks its complete frames and submits every plain request straight into its model's batcher (views of
+the frame's bytes, a native sink answering into the connection's ``Answers`` buffer), asking the data plane
+once per model per read (``DataPlane.sink_route`` / ``sink_routed``). Every other frame comes back as the
+parser's tuple, whose input tensors are read-only numpy views of that buffer, and takes the Python path
+below (``_infer`` / ``_other``). Many requests are in flight per connection and answers go out as their
+inferences complete (out of order, matched by request id): those of one completion pass in one write.
 
 Bounds: frame size, tensor count, rank and name length are checked natively; at most ``max_inflight``
 requests per connection (reading pauses at the limit and frames already received wait unparsed, so there is
@@ -169,7 +171,10 @@ class BinaryProtocol(asyncio.BufferedProtocol):
                 self._other(item)
         if fatal is not None:
             status, message, rid = fatal
-            self._write(_encode_error(rid or 0, status, 1, message, wire.FLAG_FATAL))
+            if status >= 500:  # the intake failed (a fastml bug), not the stream
+                log.error("binary protocol: %s", message)
+            kind = 9 if status >= 500 else 1  # InternalError / InvalidInput (wire.ERROR_KINDS)
+            self._write(_encode_error(rid or 0, status, kind, message, wire.FLAG_FATAL))
             self._shut()
             return
         if len(self.inflight) >= self.limits.max_inflight:
