@@ -52,6 +52,8 @@ CPU_GOAL = 1 / 0.15
 CPU_TARGET = 4.0
 ONE_CONNECTION_GOAL = 1.0
 ONE_CONNECTION_TARGET = 0.2
+# The same row bounded by the server's CPU alone: 1.2-1.4x measured under load (7.0-8.3 us per inference).
+ONE_CONNECTION_BOUND_TARGET = 0.6
 THROUGHPUT_GOAL = 3.0
 THROUGHPUT_TARGET = 2.0
 ONE_CONNECTION_TARGET_PER_S = 100_000.0
@@ -327,9 +329,22 @@ def main(argv: list[str] | None = None) -> int:
             goal=ONE_CONNECTION_GOAL,
         )
     )
-    # Where one connection's rate would be if the client cost nothing: the server's own CPU per inference
-    # bounds it at 1e6 / cpu_us per core.
+    # Where one connection's rate would be if the client cost nothing ("where the client is not the
+    # bottleneck"): the server's own CPU per inference bounds it at 1e6 / cpu_us on one core. A derived row,
+    # named so; the measured one above stays the test, and the client's CPU is in the note below.
     bound = 1e6 / pipe128["cpu_us"] if pipe128["cpu_us"] > 0 else float("inf")
+    report.add(
+        rate_row(
+            "one pipelined binary connection, MLP batch 1, 128 in flight: server-side bound "
+            "(1e6 / server CPU us per inference; the client's CPU is in the note)",
+            "the 100,000/s target",
+            ONE_CONNECTION_TARGET_PER_S,
+            bound,
+            "inferences/s",
+            ONE_CONNECTION_BOUND_TARGET,
+            goal=ONE_CONNECTION_GOAL,
+        )
+    )
     report.note(
         f"one connection, 128 in flight: server {pipe128['cpu_us']:.1f} us CPU/inference (bound "
         f"{bound:,.0f}/s on one core if the client were free), client {pipe128['client_cpu_us']:.1f} us/inference "
