@@ -27,10 +27,10 @@ callgrind over the in-process HTTP path by benchmarks/router_instructions.py, a 
 move: the model alone and the 100/0 deployment both run ~117k instructions per request). With 16 requests in
 flight each turn of the server's loop batches about 14 requests for the 90 % variant and, in four turns of five,
 one or two for the 10 % one: that second ONNX Runtime call is the split's whole extra cost, ~70-85k instructions a
-call (~68k inside ONNX Runtime, the MLP's fixed cost per call whatever its rows; the rest the inline runner's per-
-batch work), +3.3 % per request in process, diluted by the server's socket work per request to ~3 % end to end.
-Holding the 10 % variant's requests back to fill its batches would trade that for latency (max_queue_delay_us is 0
-on both sides) and, in a closed loop, for throughput. The 100/0 row is the cost of routing alone.
+call (~68k inside ONNX Runtime, the MLP's fixed cost per call whatever its rows; the rest the inline runner's
+per-batch work), +3.3 % per request in process, diluted by the server's socket work per request to ~3 % end to
+end. Holding the 10 % variant's requests back to fill its batches would trade that for latency (max_queue_delay_us
+is 0 on both sides) and, in a closed loop, for throughput. The 100/0 row is the cost of routing alone.
 ``--quick`` shortens everything (about 20 s).
 """
 
