@@ -764,7 +764,8 @@ class Model:
         """(native batcher, this event loop's completion queue, input names) for a transport that submits
         request frames to the batcher natively (``fastml._frames.Intake``), answering through sinks as
         :meth:`submit_sink` does; None when the plain case does not hold (a prediction logger, the Python
-        batcher). Call :meth:`sink_queued` after submitting.
+        batcher). With the inline runner this also schedules the loop's flush, which runs what the transport
+        submits before the loop's next iteration (nothing, if it submits nothing).
 
         Raises:
             Unavailable: the model is closed.
@@ -776,14 +777,9 @@ class Model:
         queue = self._loops.get(loop)
         if queue is None:
             queue = self._attach(loop)
+        # Scheduled now rather than after the submits: one get_running_loop (a getpid on 3.11) per read, not two.
+        self._schedule_flush(loop, queue)
         return self._core, queue, self._input_names
-
-    def sink_queued(self) -> None:
-        """Requests were submitted through :meth:`sink_target` on this event loop: run them (inline runner)."""
-        loop = _get_running_loop()
-        queue = self._loops.get(loop)
-        if queue is not None:
-            self._schedule_flush(loop, queue)
 
     def _log_on_completion(self, fut, inputs, arrays, request_id) -> None:
         """Log a plain-path request when its future succeeds (the native submit accepted ``inputs`` as they

@@ -442,12 +442,11 @@ class DataPlane:
     def sink_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
         """``submitted`` requests carrying ``timeout_us`` went to ``entry``'s batcher through :meth:`sink_route`
         when ``inflight_before`` were in flight: count them in flight, record them with the admission gate (as
-        admitted under its bound), and let the model run them. Each answer's sink then calls :meth:`completed`
-        as for :meth:`submit_sink`."""
+        admitted under its bound); the model runs them (its flush was scheduled when the route was handed out).
+        Each answer's sink then calls :meth:`completed` as for :meth:`submit_sink`."""
         entry.inflight += submitted
         self.inflight += submitted
         _gate(entry).admitted_run(inflight_before, timeout_us or entry.model.timeout_us, submitted)
-        entry.model.sink_queued()
 
     def completed(self, entry) -> None:
         """Close the books on a request that :meth:`submit_sink` queued (its sink was called)."""
