@@ -335,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
             side_rate,
             call_rate,
             "rows/s",
-            # Informational: what the file pipeline keeps of raw ONNX Runtime scheduled the same way (0.8-0.9x
-            # measured on a loaded 2-core machine); the floor only catches a collapse.
-            0.3,
+            # Informational: what the file pipeline keeps of raw ONNX Runtime scheduled the same way (0.95x at
+            # 1,000,000 rows, 0.4-0.8x at 100,000 on a 2-core machine under load 3-5); the floor only catches a
+            # collapse.
+            0.2,
         )
     )
     report.add(
