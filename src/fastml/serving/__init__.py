@@ -5,7 +5,14 @@ The public names below are resolved on first use: a command that needs one submo
 needs ``batch_predict``) does not pay for the manager's asyncio and engine imports at start.
 """
 
+from typing import TYPE_CHECKING
+
 from fastml._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the type checker sees the real names; at run time they resolve on first use
+    from fastml.serving.loader import load_model, parse_target
+    from fastml.serving.manager import ModelEntry, ModelManager
+    from fastml.serving.repository import ModelSource, RepositoryConfig, scan_target
 
 _EXPORTS = {
     "load_model": "fastml.serving.loader",
