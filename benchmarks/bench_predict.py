@@ -176,12 +176,19 @@ with open("/proc/self/clear_refs", "w") as f:
 def status(key):
     return [l for l in open("/proc/self/status") if l.startswith(key)][0].split()[1]
 base = status("VmRSS:")
-import time
+import os, time
+def report():
+    print("peak_rss_kb", status("VmHWM:"), base, time.perf_counter() - t0, file=sys.stderr, flush=True)
+# The command ends its process with os._exit once its output is committed: report just before that happens.
+real_exit = os._exit
+def exit_after_report(code):
+    report()
+    real_exit(code)
+os._exit = exit_after_report
 t0 = time.perf_counter()
 sys.argv[0] = "fastml"
 code = fastml.cli.main()  # as the console script calls it: the command line from sys.argv
-call_s = time.perf_counter() - t0
-print("peak_rss_kb", status("VmHWM:"), base, call_s, file=sys.stderr)
+report()
 sys.exit(code)
 """
 

@@ -52,8 +52,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
-    # The output is committed (closed and renamed) before the handler returns: the CLI may freeze the heap.
-    p.set_defaults(handler=_run, freeze_heap_at_exit=True)
+    p.set_defaults(handler=_run)
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -95,6 +94,9 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         features=_split(args.features),
     )
+    # The output is committed (closed and renamed) and this process scored it alone: the console script may end
+    # the process at once instead of tearing the interpreter down (a Ray job keeps its exit handlers).
+    args.exit_when_done = True
     return _print(report, args)
 
 
