@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         walls, calls, scoring, peaks, bare, raw_cmd = [], [], [], [], [], []
         for _ in range(repeats):
             raw_cmd.append(raw_pass())  # the baseline beside each command run: both see the same machine
+            # With spinning on, the baseline's pool threads keep spinning for a while after its last run (~60 ms of
+            # CPU measured on 2 cores): let them park so that they do not take cores from the command's run.
+            time.sleep(0.3)
             wall_s, call_s, scoring_s, peak, base = fastml_predict(model, d / "in.parquet", d / "out.parquet", [])
             walls.append(wall_s)
             calls.append(call_s)
