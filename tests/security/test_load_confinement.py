@@ -30,6 +30,12 @@ TRAVERSALS = [
 ]
 
 
+def _started_since(before: set) -> list[str]:
+    """Threads alive now that were not alive at ``before``: a count would also move when a thread left over by an
+    earlier test ends meanwhile."""
+    return sorted(t.name for t in set(threading.enumerate()) - before)
+
+
 @pytest.fixture()
 def layout(sec_repo, tmp_path):
     """A served repository and, next to it, a model directory outside it that a traversal would reach."""
@@ -85,7 +91,7 @@ def test_overrides_are_bounded_before_anything_is_built(layout):
     manager = ModelManager([str(repo)])
     manager.load_all()
     before = manager.latest["mlp"]
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     bad = [
         ({"max_batch_size": 5_000_000}, "max_batch_size must be between 0 and 4096"),
         ({"instance_group": [{"count": 300}]}, "instances must be between 1 and 64"),
@@ -100,7 +106,7 @@ def test_overrides_are_bounded_before_anything_is_built(layout):
     with pytest.raises(InvalidInput, match="not valid JSON"):
         asyncio.run(manager.load("mlp", "[" * 100_000))
     assert manager.latest["mlp"] is before  # nothing swapped
-    assert threading.active_count() == threads_before
+    assert _started_since(threads_before) == []
     assert check_override("instances", 64) == 64
     assert set(LOAD_BOUNDS) >= {"max_batch_size", "instances", "max_queue_delay_us", "max_queue_size"}
     manager.close()
@@ -115,10 +121,10 @@ def test_failed_load_releases_threads_and_a_good_load_follows(layout):
     good = (repo / "mlp" / "1" / "model.onnx").read_bytes()
     (repo / "mlp" / "2").mkdir()
     (repo / "mlp" / "2" / "model.onnx").write_bytes(b"not an onnx model")
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())
     with pytest.raises(Exception):  # noqa: B017 - the engine's load error; what matters is what is left behind
         asyncio.run(manager.load("mlp"))
-    assert threading.active_count() == threads_before
+    assert _started_since(threads_before) == []
     assert sorted(manager.models["mlp"]) == ["1"]  # still serving the old version
     (repo / "mlp" / "2" / "model.onnx").write_bytes(good)
     asyncio.run(manager.load("mlp"))
