@@ -150,6 +150,23 @@ py::tuple frame_tuple(const Frame& f, py::handle base) {
   return py::make_tuple(0, f.request_id, 400, message_str(error));
 }
 
+// What the parser and the intake report for a stream that cannot go on (status, message, the request id when the
+// header was there to read it) and for one frame refused whole (0, its request id when known, 400, message).
+py::object fatal_item(const uint8_t* at, size_t avail, int status, const std::string& error) {
+  py::object rid = py::none();
+  if (avail >= kPrefixBytes + kHeaderBytes) {
+    uint64_t id;
+    std::memcpy(&id, at + kPrefixBytes + 8, 8);
+    rid = py::int_(id);
+  }
+  return py::make_tuple(status, message_str(error), rid);
+}
+
+py::object refused_item(const Frame& frame, const std::string& error) {
+  py::object rid = frame.header_ok ? py::object(py::int_(frame.request_id)) : py::object(py::none());
+  return py::make_tuple(0, rid, 400, message_str(error));
+}
+
 class PyParser {
  public:
   PyParser(uint64_t max_frame_bytes, uint32_t max_tensors, uint32_t max_rank, uint32_t max_name_bytes)
@@ -179,18 +196,11 @@ class PyParser {
         break;
       }
       if (s == Scan::kFatal) {
-        py::object rid = py::none();
-        if (end - pos >= kPrefixBytes + kHeaderBytes) {
-          uint64_t id;
-          std::memcpy(&id, base + pos + kPrefixBytes + 8, 8);
-          rid = py::int_(id);
-        }
-        fatal = py::make_tuple(status, message_str(error), rid);
+        fatal = fatal_item(base + pos, end - pos, status, error);
         break;
       }
       if (!parser_.parse(base + pos, static_cast<size_t>(frame_bytes), &frame_, &error)) {
-        py::object rid = frame_.header_ok ? py::object(py::int_(frame_.request_id)) : py::object(py::none());
-        items.append(py::make_tuple(0, rid, 400, message_str(error)));
+        items.append(refused_item(frame_, error));
       } else {
         items.append(frame_tuple(frame_, buf));
       }
@@ -841,18 +851,11 @@ class Intake {
           break;
         }
         if (s == Scan::kFatal) {
-          py::object rid = py::none();
-          if (end - pos >= kPrefixBytes + kHeaderBytes) {
-            uint64_t id;
-            std::memcpy(&id, base + pos + kPrefixBytes + 8, 8);
-            rid = py::int_(id);
-          }
-          fatal = py::make_tuple(status, message_str(error), rid);
+          fatal = fatal_item(base + pos, end - pos, status, error);
           break;
         }
         if (!parser_.parse(base + pos, static_cast<size_t>(frame_bytes), &frame_, &error)) {
-          py::object rid = frame_.header_ok ? py::object(py::int_(frame_.request_id)) : py::object(py::none());
-          items.append(py::make_tuple(0, rid, 400, message_str(error)));
+          items.append(refused_item(frame_, error));
         } else if (!(frame_.type == kInferRequest && frame_.outputs.empty() &&
                      submit_frame(api, buf, inflight, open_route))) {
           items.append(frame_tuple(frame_, buf));
