@@ -47,6 +47,10 @@ class BinaryLimits:
         max_name_bytes: model, version, tensor and output names.
         max_inflight: unanswered requests per connection before reading pauses.
         chunk_bytes: receive-buffer chunk size (frames larger than this get a buffer of their own).
+        frames_per_pass: frames taken from the receive buffer per event-loop pass; the rest wait for the next
+            pass. A client's whole window arrives in one read, and taken whole it is batched, run and
+            answered in one write, so client and server take turns; taken in slices, the first slice's
+            answers go out (and the client refills the window) while the next slices are submitted.
     """
 
     max_frame_bytes: int = 64 * 1024 * 1024
@@ -55,6 +59,7 @@ class BinaryLimits:
     max_name_bytes: int = 1024
     max_inflight: int = 128
     chunk_bytes: int = 256 * 1024
+    frames_per_pass: int = 32
 
 
 class _Call:
@@ -106,6 +111,7 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.out: list[bytes] = []
         self.flush_due = False
         self.after_due = False  # _after_answers is scheduled
+        self.more_due = False  # _more is scheduled: complete frames may wait in the buffer for the next pass
         self.read_paused = False
         self.write_paused = False
         self.closing = False  # no more requests are parsed (drain, fatal error, connection gone)
@@ -151,18 +157,26 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self._maybe_resume()
 
     # ----- requests -------------------------------------------------------------------------------
-    def process(self) -> None:
-        """Parse and dispatch received frames, as many as the in-flight bound allows."""
+    def process(self) -> int:
+        """Parse and dispatch received frames: one pass's slice, as many as the in-flight bound allows.
+
+        Returns the number of frames taken. When the slice was full, the rest are taken in a later loop pass
+        (:meth:`_more`); reading pauses meanwhile if more than a chunk of bytes waits unparsed.
+        """
         if self.closing:
-            return
-        room = self.limits.max_inflight - len(self.inflight)
+            return 0
+        lim = self.limits
+        room = lim.max_inflight - len(self.inflight)
         if room <= 0:
             self._pause_reading()
-            return
-        items, fatal, routes = self.buffer.submit(self.intake, room, self.inflight, self.plane.sink_route)
+            return 0
+        cap = min(room, lim.frames_per_pass)
+        items, fatal, routes = self.buffer.submit(self.intake, cap, self.inflight, self.plane.sink_route)
+        taken = len(items)
         if routes:
             routed = self.plane.sink_routed
             for entry, submitted, inflight_before, timeout_us in routes:
+                taken += submitted
                 routed(entry, submitted, inflight_before, timeout_us)
         for item in items:
             if item[0] == _INFER_REQUEST:
@@ -176,9 +190,30 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             kind = 9 if status >= 500 else 1  # InternalError / InvalidInput (wire.ERROR_KINDS)
             self._write(_encode_error(rid or 0, status, kind, message, wire.FLAG_FATAL))
             self._shut()
-            return
-        if len(self.inflight) >= self.limits.max_inflight:
+            return taken
+        if len(self.inflight) >= lim.max_inflight:
             self._pause_reading()
+        elif taken >= cap and self.transport is not None:
+            # A full slice: more frames may be waiting. They are taken in the next pass, after this one's
+            # batch has run and its answers are queued; unparsed bytes stay bounded by about one chunk.
+            if not self.more_due:
+                self.more_due = True
+                self._loop.call_soon(self._more)
+            if self.buffer.pending_bytes > lim.chunk_bytes:
+                self._pause_reading()
+        return taken
+
+    def _more(self) -> None:
+        """The next slice of frames already received (scheduled by :meth:`process`)."""
+        self.more_due = False
+        if self.transport is None or self.closing:
+            return
+        if self.eof:
+            self._maybe_close()
+        elif self.read_paused:
+            self._maybe_resume()
+        else:
+            self.process()
 
     def _infer(self, item) -> None:
         _, rid, model, version, timeout_us, inputs, outputs = item
@@ -327,7 +362,13 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             return
         # Frames that arrived while paused are parsed before more bytes are read.
         self.process()
-        if not self.closing and len(self.inflight) < self.limits.max_inflight and self.read_paused:
+        if (
+            not self.closing
+            and self.read_paused
+            and self.transport is not None
+            and len(self.inflight) < self.limits.max_inflight
+            and self.buffer.pending_bytes <= self.limits.chunk_bytes
+        ):
             self.read_paused = False
             self.transport.resume_reading()
 
@@ -342,7 +383,11 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         if self.inflight or self.transport is None:
             return
         if self.eof and not self.closing:
-            self.process()  # frames received before the half-close that waited for in-flight room
+            # Frames received before the half-close that waited for in-flight room or for their pass.
+            full = min(self.limits.frames_per_pass, self.limits.max_inflight)
+            while self.process() >= full:
+                if self.inflight or self.transport is None:
+                    return
             if self.inflight or self.transport is None:
                 return
         self._flush()
