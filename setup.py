@@ -41,6 +41,18 @@ frames = Pybind11Extension(
     extra_link_args=link_args,
 )
 
+# The HTTP transport's native intake: llhttp (vendored from the httptools sdist, csrc/third_party/llhttp) walks
+# each read and plain binary-tensor infer requests go straight into the batcher (csrc/http_intake). llhttp's C
+# files compile into the module itself (gcc notes that -std=c++17 does not apply to them).
+http_intake = Pybind11Extension(
+    "fastml._http_intake",
+    sorted(glob.glob("csrc/http_intake/*.cc")) + sorted(glob.glob("csrc/third_party/llhttp/src/*.c")),
+    include_dirs=["csrc/http_intake", "csrc", "csrc/third_party/llhttp/include"],
+    cxx_std=17,
+    extra_compile_args=compile_args + ["-Wall", "-Wno-unused-parameter"],
+    extra_link_args=link_args,
+)
+
 # The HTTP transport's hot path: server/http.py compiled by Cython (see _http.pyx).
 http = cythonize(
     [
@@ -53,4 +65,4 @@ http = cythonize(
     quiet=True,
 )
 
-setup(ext_modules=[core, frames, *http], cmdclass={"build_ext": build_ext})
+setup(ext_modules=[core, frames, http_intake, *http], cmdclass={"build_ext": build_ext})

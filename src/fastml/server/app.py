@@ -25,7 +25,7 @@ import msgspec
 
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
 from fastml.server import auth as admin_auth
-from fastml.server import deploy_admin, http, routes, shm_http
+from fastml.server import deploy_admin, http, http_native, routes, shm_http
 from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
 from fastml.server.tensors import encode_json
@@ -39,19 +39,23 @@ def protocol_class(impl: str | None = None) -> type:
     """The HTTP protocol class to serve with.
 
     Args:
-        impl: "python" (fastml.server.http, the default) or "cython" (fastml.server._http, the same module
-            compiled by Cython, when built and current). None reads FASTML_HTTP_IMPL, default "python":
-            measured in-process on CPython 3.11 the untyped compiled twin is not faster (it loses the
-            interpreter's specialised attribute access), so it is opt-in until its hot classes are typed.
+        impl: "native" (fastml.server.http_native: the Python path behind the native intake, which serves
+            plain binary-tensor inference requests without Python per request; the default when
+            fastml._http_intake is built), "python" (fastml.server.http alone) or "cython"
+            (fastml.server._http, the same module compiled by Cython, when built and current). None reads
+            FASTML_HTTP_IMPL, default "native" (measured in-process on CPython 3.11 the untyped compiled twin
+            is not faster than the interpreter, so "cython" stays opt-in).
 
     Raises:
         InvalidInput: an unknown implementation name.
     """
-    impl = impl or os.environ.get("FASTML_HTTP_IMPL", "python")
+    impl = impl or os.environ.get("FASTML_HTTP_IMPL", "native")
+    if impl == "native":
+        return http_native.NativeHttpProtocol if http_native.AVAILABLE else http.HttpProtocol
     if impl == "python":
         return http.HttpProtocol
     if impl != "cython":
-        raise InvalidInput(f"FASTML_HTTP_IMPL must be 'cython' or 'python', got {impl!r}")
+        raise InvalidInput(f"FASTML_HTTP_IMPL must be 'native', 'cython' or 'python', got {impl!r}")
     try:
         from fastml.server import _http
     except ImportError:  # not built (a source checkout before build_ext): the reference serves
@@ -69,6 +73,14 @@ def protocol_class(impl: str | None = None) -> type:
 
 
 _warned_stale: list = []  # the stale-build warning is logged once per process
+
+
+def _busy(conn) -> bool:
+    """Whether an HTTP connection owes answers (the Python path's pipeline or the native intake's outbox)."""
+    if conn.pending:
+        return True
+    outbox = getattr(conn, "outbox", None)
+    return outbox is not None and outbox.outstanding > 0
 
 
 def compiled_is_current(module) -> bool:
@@ -278,7 +290,7 @@ class Server:
                 if conn.msg_tick >= 0:
                     if tick - conn.msg_tick > slow:
                         conn._fail(408, f"request not received completely within {self.limits.request_timeout_s} s")
-                elif not conn.pending and tick - conn.last_tick > idle:
+                elif not _busy(conn) and tick - conn.last_tick > idle:
                     conn.closed = True
                     conn.transport.close()
 
@@ -302,12 +314,12 @@ class Server:
             self._binary.drain()  # binary connections close once their in-flight requests are answered
         # Idle keep-alive connections are closed now; busy ones after their answers (Connection: close).
         for conn in list(self.connections):
-            if not conn.pending and conn.msg_tick < 0 and not conn.closed:
+            if not _busy(conn) and conn.msg_tick < 0 and not conn.closed:
                 conn.closed = True
                 conn.transport.close()
         deadline = time.monotonic() + grace_period_s
         while (
-            self.inflight or self._tasks or any(c.pending for c in self.connections)
+            self.inflight or self._tasks or any(_busy(c) for c in self.connections)
         ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         clean = not self.inflight

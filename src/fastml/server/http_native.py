@@ -1,0 +1,215 @@
+"""HTTP/1.1 transport with the native intake: plain binary-tensor inference requests skip Python per request.
+
+:class:`NativeHttpProtocol` is :class:`fastml.server.http.HttpProtocol` with one step in front: each read goes
+to ``fastml._http_intake.Intake.feed`` (one native call), where llhttp walks every complete request and a
+plain one (``POST /v2/models/<name>[/versions/<v>]/infer`` over HTTP/1.1 keep-alive, all inputs binary and
+fixed-size, all outputs binary, a request header whose plan :func:`open_plan` found native-able) goes straight
+into the model's native batcher, the way the binary protocol's intake does. Its answer is written natively,
+from the response header the Python encoder pre-encoded for those output shapes, into the connection's
+``Outbox``, which writes answers in request order.
+
+The first request the intake declines, and everything after it in the read, goes to the Python path
+(``HttpProtocol.data_received``) unchanged, so every refusal and every feature (JSON tensors, compression,
+ids, deployments, shared memory, auth) is the Python path's, byte for byte. Ordering across the two paths:
+the intake takes nothing while the Python path has answers pending or a request half parsed, and the Python
+path writes nothing while native answers are owed, so a pipelined client reads its answers in request order.
+
+Books: the routes the intake used are reported to the data plane once per read (``DataPlane.sink_routed``:
+in-flight counts and the admission gate), each answer closes its request's books (``DataPlane.completed``)
+and counts its status, so statistics and metrics see native-path requests as the Python path's.
+"""
+
+import asyncio
+import logging
+
+from fastml.server import shm_http
+from fastml.server.http import _CLOSE_HDR, HttpProtocol, _Slot, encode_infer_response, error_response
+from fastml.server.status import http_status
+from fastml.server.tensors import build_plan, decode_request
+
+try:
+    from fastml import _http_intake
+except ImportError:  # not built (a source checkout before build_ext): the Python path serves alone
+    _http_intake = None
+
+log = logging.getLogger("fastml.server")
+
+AVAILABLE = _http_intake is not None
+
+
+def open_plan(entry, header: bytes):
+    """The native plan of a request header for ``entry``'s model, or None when the Python path must serve it:
+    ``(plan, [(input name, numpy kind, itemsize, shape, offset, nbytes)] in body order, binary bytes, [output
+    names] in the answer's order)``. Built by the Python path's own decoder (``build_plan``), so what the
+    intake takes is exactly what that path would accept; anything it would refuse, or any feature the native
+    answer does not write (an id, JSON tensors, JSON or string outputs, a timeout, shared memory), is None."""
+    if shm_http.MARKER in header:
+        return None
+    try:
+        plan = build_plan(decode_request(header), entry.cache["output_names"], entry.name)
+    except Exception:  # noqa: BLE001 - the Python path decodes it again and words the refusal
+        return None
+    if not plan.cacheable or plan.request_id is not None or plan.json_inputs or plan.timeout_us is not None:
+        return None
+    specs = plan.outputs
+    if specs is None:
+        specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
+    if not all(binary for _, binary in specs):
+        return None
+    parts = []
+    for name, dtype, shape, offset, nbytes, is_bytes in plan.binary:
+        if is_bytes or dtype.byteorder == ">":
+            return None
+        parts.append((name, dtype.kind, dtype.itemsize, tuple(shape), offset, nbytes))
+    return plan, parts, plan.binary_size, [name for name, _ in specs]
+
+
+class NativeHttpProtocol(HttpProtocol):
+    """One HTTP/1.1 connection fed through the native intake (see the module docstring)."""
+
+    __slots__ = ("intake", "outbox", "py_mid", "eof_after_native", "refeed_due")
+
+    def __init__(self, server, metrics_only: bool = False):
+        super().__init__(server, metrics_only)
+        self.intake = None
+        self.outbox = None
+        self.py_mid = False  # the Python parser is inside a request: it keeps the stream until the request ends
+        self.eof_after_native = False
+        self.refeed_due = False
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        if self.metrics_only or _http_intake is None:
+            return
+        server = self.server
+        plane = server.plane
+        lim = self.limits
+        self.outbox = _http_intake.Outbox(
+            transport.write, self._native_idle, self._native_error, self._native_encode, plane, server
+        )
+        self.intake = _http_intake.Intake(
+            self.outbox,
+            plane.sink_route,
+            open_plan,
+            lim.max_pipelined,
+            lim.max_body_bytes,
+            self.max_headers,
+            self.max_header_bytes,
+        )
+
+    def connection_lost(self, exc):
+        super().connection_lost(exc)
+        if self.outbox is not None:
+            self.outbox.close()  # answers still owed close their books; nothing is written
+        self.intake = None
+
+    def data_received(self, data):
+        intake = self.intake
+        if (
+            intake is None
+            or self.py_mid
+            or self.pending
+            or self.lingering
+            or self.server.auth.require_for_inference  # the bearer token is checked by the Python path
+        ):
+            if intake is not None and intake.carried:
+                data = intake.take_carry() + data  # a request begun natively continues in Python
+            super().data_received(data)
+            return
+        self.last_tick = self.server.tick
+        rest, used, paused = intake.feed(data)
+        if used:
+            routed = self.server.plane.sink_routed
+            for entry, submitted, inflight_before, timeout_us in used:
+                routed(entry, submitted, inflight_before, timeout_us)
+        if paused:
+            # The pipeline bound: the rest stays in the intake until the answers owed went out.
+            self._pause_reading()
+            self.outbox.want_idle(True)
+        if rest is not None:
+            super().data_received(rest)
+
+    # The Python parser's position: the intake takes the stream back only between requests.
+    def on_message_begin(self):
+        self.py_mid = True
+        super().on_message_begin()
+
+    def on_message_complete(self):
+        self.py_mid = False
+        super().on_message_complete()
+
+    def eof_received(self):
+        if self.outbox is not None and self.outbox.outstanding and not self.pending:
+            # The client half-closed after requests the intake took: answer them, then close.
+            self.eof_after_native = True
+            self.outbox.want_idle(True)
+            return True
+        return super().eof_received()
+
+    # ----- ordering with the native answers --------------------------------------------------------------
+    def _respond(self, data: bytes, conn_hdr: bytes):
+        outbox = self.outbox
+        if outbox is not None and outbox.outstanding:
+            slot = _Slot()
+            slot.data = data
+            slot.close = conn_hdr is _CLOSE_HDR
+            self.pending.append(slot)
+            outbox.want_idle(True)
+            return
+        super()._respond(data, conn_hdr)
+
+    def flush(self):
+        outbox = self.outbox
+        if outbox is not None and outbox.outstanding and not self.closed:
+            outbox.want_idle(True)  # the native answers owed go out first; then this flush runs
+            return
+        super().flush()
+
+    # ----- callbacks of the native outbox (inside the engine's completion pass) ----------------------------
+    def _native_idle(self, close: bool):
+        """Every native answer owed went out (or the last one ended the connection: ``close``)."""
+        if close:
+            self.pending.clear()
+            self._finish()
+            return
+        if self.pending:
+            super().flush()
+        elif self.eof_after_native:
+            self._finish()
+            return
+        if self.intake is not None and self.intake.carried and not self.refeed_due:
+            # Requests held back by the pipeline bound: parsed on the loop's next turn, not inside the engine's
+            # completion pass.
+            self.refeed_due = True
+            asyncio.get_running_loop().call_soon(self._refeed)
+
+    def _refeed(self):
+        self.refeed_due = False
+        if self.closed or self.intake is None:
+            return
+        self.data_received(b"")
+        self._maybe_resume_reading()
+
+    def _native_error(self, exc: BaseException, close: bool) -> bytes:
+        """The error answer of a natively submitted request, as the Python path words it."""
+        data = error_response(http_status(exc), str(exc) or type(exc).__name__, _CLOSE_HDR if close else b"")
+        self.server.count_error(data)
+        return data
+
+    def _native_encode(self, entry, plan, outputs: dict, close: bool):
+        """``(response, pre-encoded JSON header or None, ok)`` for outputs the native answer has no header for
+        yet (the first answer of each output shape) or cannot write itself (strings, strided arrays)."""
+        try:
+            data = encode_infer_response(entry, plan, outputs, None, _CLOSE_HDR if close else b"")
+        except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
+            log.exception("encoding an inference response failed")
+            data = error_response(
+                500, f"encoding the response failed: {type(exc).__name__}: {exc}", _CLOSE_HDR if close else b""
+            )
+            self.server.count_error(data)
+            return data, None, False
+        specs = plan.outputs
+        if specs is None:
+            specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
+        key = tuple([outputs[name].shape for name, _ in specs])
+        return data, plan.response_headers.get(key), True

@@ -1,0 +1,209 @@
+"""The native HTTP intake (fastml.server.http_native over fastml._http_intake) against the Python path
+(fastml.server.http): the same request bytes in, the same response bytes out, for every conversation of the
+conformance suite (the native fast path, pipelined mixes of native and Python requests, byte-by-byte
+arrival, every refusal) and for requests the intake takes; plus the books it must keep (statistics, the
+status counters, in-flight counts) and the ordering of answers across the two paths."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from test_http_conformance import FakeTransport, _binary_infer, _conversations, _json_infer, _req
+
+from fastml.server import http as reference
+from fastml.server.app import Server, protocol_class
+
+http_native = pytest.importorskip("fastml.server.http_native")
+if not http_native.AVAILABLE:
+    pytest.skip("fastml._http_intake is not built (setup.py build_ext --inplace)", allow_module_level=True)
+Native = http_native.NativeHttpProtocol
+
+
+def _owed(proto) -> bool:
+    outbox = getattr(proto, "outbox", None)
+    return bool(proto.pending) or (outbox is not None and outbox.outstanding > 0)
+
+
+async def _converse(server, cls, chunks: list[bytes]):
+    proto = cls(server)
+    t = FakeTransport()
+    proto.connection_made(t)
+    for chunk in chunks:
+        proto.data_received(chunk)
+        for _ in range(10_000):  # let the engine's completions run (inline runner: a few loop turns)
+            if not _owed(proto):
+                break
+            await asyncio.sleep(0)
+    assert not _owed(proto), "answers still owed"
+    return proto, t
+
+
+def _run(manager, cls, chunks: list[bytes]) -> tuple[bytes, bool, bool]:
+    for e in manager.entries():
+        e.cache.clear()  # each implementation starts cold
+
+    async def go():
+        server = Server(manager, http_port=None, metrics_port=None)
+        _, t = await _converse(server, cls, chunks)
+        return bytes(t.out), t.closed, t.eof
+
+    return asyncio.run(go())
+
+
+def _x(onnx_models, n: int = 4) -> np.ndarray:
+    return np.load(onnx_models["data"])[:n]
+
+
+def _plain(x: np.ndarray, outputs: list[str] | None = None) -> bytes:
+    """A request the intake takes: binary input, binary outputs (all, or the named ones), no id."""
+    hdr: dict = {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+        ]
+    }
+    if outputs is None:
+        hdr["parameters"] = {"binary_data_output": True}
+    else:
+        hdr["outputs"] = [{"name": n, "parameters": {"binary_data": True}} for n in outputs]
+    h = json.dumps(hdr).encode()
+    return _req("POST", "/v2/models/mlp/infer", h + x.tobytes(), {"Inference-Header-Content-Length": str(len(h))})
+
+
+def _native_conversations(x: np.ndarray) -> dict[str, list[bytes]]:
+    one, three = x[:1], x[:3]
+    return {
+        "plain three times": [_plain(one), _plain(three), _plain(one)],
+        "plain, named outputs in another order": [_plain(one, ["probabilities", "label"])],
+        "plain pipelined in one read": [_plain(one) + _plain(three) + _plain(one)],
+        "native, python, native in one read": [_plain(one) + _binary_infer(one, "id-1") + _plain(one)],
+        "python then native": [_json_infer(one), _plain(one)],
+        "plain split across reads": [_plain(three)[:50], _plain(three)[50:90], _plain(three)[90:]],
+        "plain byte by byte": [bytes([b]) for b in _plain(one)],
+        "plain then health": [_plain(one) + _req("GET", "/v2/health/ready")],
+        "plain then a bad one": [_plain(one) + b"GET /v2 HTTP/9.9 garbage\r\n\r\n"],
+        "plain, connection close": [_plain(one).replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n")],
+        "plain over http/1.0": [_plain(one).replace(b"HTTP/1.1", b"HTTP/1.0")],
+        "plain with a timeout": [
+            _plain(one).replace(b'"binary_data_output": true', b'"binary_data_output": true, "timeout": 5000000')
+        ],
+        "lying ihcl": [
+            _plain(one).replace(b"Inference-Header-Content-Length: ", b"Inference-Header-Content-Length: 1")
+        ],
+        "binary_data_size over the body": [_plain(one).replace(b'"binary_data_size": 128', b'"binary_data_size": 132')],
+        "body cut short, then closed": [_plain(one)[:-4]],
+        "unknown model": [_plain(one).replace(b"/mlp/", b"/nope/")],
+        "versioned": [_plain(one).replace(b"/mlp/", b"/mlp/versions/1/")],
+        "unknown version": [_plain(one).replace(b"/mlp/", b"/mlp/versions/9/")],
+        "wrong shape": [_plain(x[:1, :16].copy())],
+    }
+
+
+@pytest.mark.parametrize("name", list(_conversations(np.zeros((4, 32), np.float32))))
+def test_conformance_suite_same_bytes(manager, onnx_models, name):
+    chunks = _conversations(_x(onnx_models))[name]
+    ref = _run(manager, reference.HttpProtocol, chunks)
+    native = _run(manager, Native, chunks)
+    assert ref[0], "the Python path wrote nothing"
+    assert native == ref
+
+
+@pytest.mark.parametrize("name", list(_native_conversations(np.zeros((4, 32), np.float32))))
+def test_native_requests_same_bytes(manager, onnx_models, name):
+    chunks = _native_conversations(_x(onnx_models))[name]
+    ref = _run(manager, reference.HttpProtocol, chunks)
+    native = _run(manager, Native, chunks)
+    assert ref[0] or name.startswith("body cut short"), "the Python path wrote nothing"
+    assert native == ref
+
+
+def _responses(out: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) per response in a stream of HTTP responses with Content-Length."""
+    got = []
+    while out:
+        head, _, rest = out.partition(b"\r\n\r\n")
+        n = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
+        got.append((head, rest[:n]))
+        out = rest[n:]
+    return got
+
+
+def test_native_answers_are_real_and_in_order(manager, onnx_models):
+    x = _x(onnx_models)
+    stream = b"".join(_plain(x[i : i + 1]) for i in range(4)) + _json_infer(x[:1]) + _plain(x[:2])
+    out, closed, _ = _run(manager, Native, [stream])
+    assert not closed
+    answers = _responses(out)
+    assert len(answers) == 6
+    expected = manager.get("mlp").model.predict(x)["probabilities"]
+    for i, (head, body) in enumerate(answers[:4]):
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        n = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"inference-header")][0].split(b":")[1])
+        meta = json.loads(body[:n])
+        sizes = [o["parameters"]["binary_data_size"] for o in meta["outputs"]]
+        assert [o["name"] for o in meta["outputs"]] == ["label", "probabilities"]
+        probs = np.frombuffer(body[n + sizes[0] :], np.float32).reshape(1, 2)
+        np.testing.assert_allclose(probs, expected[i : i + 1], rtol=1e-6)
+    assert json.loads(answers[4][1])["outputs"][0]["name"] == "label"  # the JSON request, answered by Python
+    assert len(json.loads(answers[5][1][: int(_ihcl(answers[5][0]))])["outputs"][1]["shape"]) == 2
+
+
+def _ihcl(head: bytes) -> int:
+    return int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"inference-header")][0].split(b":")[1])
+
+
+def test_native_requests_keep_the_books(manager, onnx_models):
+    """Native-path requests count in the model's statistics, the 200 counter and in-flight, like the Python path's."""
+    x = _x(onnx_models)
+
+    async def go(cls):
+        for e in manager.entries():
+            e.cache.clear()
+        server = Server(manager, http_port=None, metrics_port=None)
+        entry = manager.get("mlp")
+        before = server.plane.model_statistics("mlp")["model_stats"][0]["inference_stats"]["success"]["count"]
+        proto, _ = await _converse(server, cls, [_plain(x[:1]) * 3, _plain(x[:2])])
+        after = server.plane.model_statistics("mlp")["model_stats"][0]["inference_stats"]["success"]["count"]
+        return after - before, server.ok_count, entry.inflight, server.plane.inflight, proto
+
+    d_ref, ok_ref, inflight_ref, plane_ref, _ = asyncio.run(go(reference.HttpProtocol))
+    d_nat, ok_nat, inflight_nat, plane_nat, proto = asyncio.run(go(Native))
+    assert (d_nat, ok_nat, inflight_nat, plane_nat) == (d_ref, ok_ref, inflight_ref, plane_ref) == (4, 4, 0, 0)
+
+
+def test_intake_takes_the_plain_request(manager, onnx_models):
+    """The plain request really goes native: nothing reaches the Python parser."""
+    x = _x(onnx_models)
+
+    async def go():
+        server = Server(manager, http_port=None, metrics_port=None)
+        proto = Native(server)
+        t = FakeTransport()
+        proto.connection_made(t)
+        seen = []
+
+        class Recorder:  # stands in for the Python path's parser: records what reaches it
+            def feed_data(self, data):
+                seen.append(data)
+
+        proto.parser = Recorder()
+        proto.data_received(_plain(x[:1]) + _plain(x[:1]))
+        assert proto.outbox.outstanding == 2 and not proto.pending
+        for _ in range(10_000):
+            if not _owed(proto):
+                break
+            await asyncio.sleep(0)
+        return seen, bytes(t.out)
+
+    seen, out = asyncio.run(go())
+    assert seen == [] and out.count(b"HTTP/1.1 200 OK") == 2
+
+
+def test_protocol_class_native_default(monkeypatch):
+    monkeypatch.delenv("FASTML_HTTP_IMPL", raising=False)
+    assert protocol_class() is Native
+    assert protocol_class("native") is Native
+    monkeypatch.setenv("FASTML_HTTP_IMPL", "python")
+    assert protocol_class() is reference.HttpProtocol
