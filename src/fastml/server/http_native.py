@@ -128,6 +128,13 @@ class NativeHttpProtocol(HttpProtocol):
             self.outbox.want_idle(True)
         if rest is not None:
             super().data_received(rest)
+        elif intake.carried and not paused:
+            # A request begun here: the sweep's 408 for a slow client counts from its first byte (requests held
+            # back by the pipeline bound are complete: they wait for answers, not for the client).
+            if self.msg_tick < 0:
+                self.msg_tick = self.server.tick
+        else:
+            self.msg_tick = -1
 
     # The Python parser's position: the intake takes the stream back only between requests.
     def on_message_begin(self):
