@@ -22,6 +22,8 @@ from fastml.client.sync import _timeout_us
 from fastml.errors import DeadlineExceeded, FastMLError, InternalError, InvalidInput, Unavailable
 
 _INFER_RESPONSE = wire.INFER_RESPONSE
+_MAX_REQUEST_ID = wire.MAX_REQUEST_ID
+_encode_request = wire.encode_request
 _monotonic = time.monotonic
 
 
@@ -191,6 +193,8 @@ class AsyncClient:
         self._opening: list[asyncio.Future | None] = [None] * connections
         self._next = 0
         self._closed = False
+        self._timeout_s_seen: float | None = None
+        self._timeout_us_seen = 0
 
     async def infer(
         self,
@@ -202,13 +206,57 @@ class AsyncClient:
         timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one inference; returns output name -> array (read-only arrays). Errors as :meth:`Client.infer`."""
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        timeout_us = _timeout_us(timeout_s)
+        if timeout_s is None:
+            timeout_s = self.timeout_s
+        if timeout_s != self._timeout_s_seen:  # the u32 field's value, computed once per distinct timeout
+            self._timeout_s_seen, self._timeout_us_seen = timeout_s, _timeout_us(timeout_s)
+        timeout_us = self._timeout_us_seen
         deadline = _monotonic() + timeout_s
-        attempt = 0
+        conns = self._conns
+        i = self._next
+        conn = conns[i]
+        if conn is None or conn.transport is None or self._closed:
+            return await self._infer_retrying(model, inputs, version, outputs, timeout_s, timeout_us, deadline, 0)
+        # The common call, inlined (a call per inference is most of the client's cost): the next open
+        # connection, its next request id, the frame queued for this loop pass's write, one future.
+        self._next = i + 1 if i + 1 < len(conns) else 0
+        rid = conn.next_id
+        conn.next_id = rid + 1 if rid < _MAX_REQUEST_ID else 1
+        try:
+            frame = _encode_request(rid, model, version, inputs, outputs, timeout_us)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(str(exc)) from None
+        fut = conn._loop.create_future()
+        waiting = conn.waiting
+        waiting[rid] = fut
+        conn.out.append(frame)
+        if not conn.flush_due:
+            conn.flush_due = True
+            conn._loop.call_soon(conn._flush)
+        timer = conn.watch(rid, deadline, timeout_s)
+        try:
+            result = await fut  # answered: buffer_updated took it out of `waiting`
+        except Unavailable:
+            waiting.pop(rid, None)
+            if timer is not None:
+                timer.cancel()
+            if self.retries <= 0 or _monotonic() + self.retry_backoff_s >= deadline:
+                raise
+            await asyncio.sleep(self.retry_backoff_s)
+            return await self._infer_retrying(model, inputs, version, outputs, timeout_s, timeout_us, deadline, 1)
+        except BaseException:
+            waiting.pop(rid, None)
+            if timer is not None:
+                timer.cancel()
+            raise
+        if timer is not None:
+            timer.cancel()
+        return result
+
+    async def _infer_retrying(self, model, inputs, version, outputs, timeout_s, timeout_us, deadline, attempt):
+        """:meth:`infer` from attempt ``attempt`` on: opens a connection when needed, retries on Unavailable."""
         while True:
             try:
-                # Fast path: an open connection is taken without awaiting anything.
                 conn = self._conns[self._next]
                 if conn is None or conn.transport is None:
                     conn = await self._connection()
