@@ -176,9 +176,55 @@ def test_entity_ids_of_any_integer_form_give_the_same_answer(tmp_path, fastml_ho
                 (await model.predict_async({"driver_id": np.array(ids, np.int64)}))["y"],
                 (await model.predict_async({"driver_id": np.array(ids, np.int32)}))["y"],
                 (await model.predict_async({"driver_id": np.array(ids, np.int64)}, request_id="r1"))["y"],
+                # a [n, 1] column: refused by the batched engine model, taken by the per-request way
+                (await model.predict_async({"driver_id": np.array(ids, np.int64).reshape(-1, 1)}))["y"],
+                (await model.submit({"driver_id": np.array(ids, np.int16)}))["y"],
             ]
 
         for got in asyncio.run(forms()):
             np.testing.assert_array_equal(got, want)
         with pytest.raises(fastml.errors.InvalidInput, match="driver_id"):
             asyncio.run(model.predict_async({"driver_id": ids}))
+
+
+class _Recorder:
+    """A prediction logger keeping the inputs it is handed."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def log(self, *, inputs, **_):
+        self.inputs.append(inputs)
+
+
+def test_a_logger_set_on_the_joined_model_logs_what_the_model_saw(tmp_path, fastml_home):
+    """``prediction_logger`` set on the wrapper (as the live monitor sets it) lands on the wrapped model, and
+    requests then take the per-request way, whose logged input is the joined tensor."""
+    fill_store(fastml_home).close()
+    feats = ["driver:trips", "driver:acceptance"]
+    path = linear_model(tmp_path / "lin2.onnx", 2, np.array([1.0, 1000.0], np.float32))
+    with fastml.load_model(path, features=feats, entity_key="driver_id") as model:
+        recorder = _Recorder()
+        model.prediction_logger = recorder
+        assert model.model.prediction_logger is recorder and model.prediction_logger is recorder
+        got = asyncio.run(model.predict_async({"driver_id": np.array([1, 2], np.int64)}))["y"]
+        np.testing.assert_allclose(got[:, 0], [11 + 250, 20 + 750])
+        assert len(recorder.inputs) == 1
+        np.testing.assert_array_equal(recorder.inputs[0]["x"], np.array([[11, 0.25], [20, 0.75]], np.float32))
+
+
+def test_a_transport_submitting_natively_gets_the_batched_models_batcher(tmp_path, fastml_home):
+    """``sink_target`` (a native intake's way in) is the batched engine model's, whose input is the entity ids;
+    none while a logger needs the per-request way."""
+    fill_store(fastml_home).close()
+    path = linear_model(tmp_path / "lin2.onnx", 2, np.array([1.0, 1000.0], np.float32))
+    with fastml.load_model(path, features=["driver:trips", "driver:acceptance"], entity_key="driver_id") as model:
+
+        async def targets():
+            first = model.sink_target()
+            model.prediction_logger = _Recorder()
+            return first, model.sink_target()
+
+        (batcher, _, names), with_logger = asyncio.run(targets())
+        assert tuple(names) == ("driver_id",) and batcher is model.batched._core
+        assert with_logger is None

@@ -27,7 +27,6 @@ the entity and the feature). Lookups are counted per feature and outcome (hit, m
 from __future__ import annotations
 
 import functools
-import operator
 
 import msgspec
 import numpy as np
@@ -162,6 +161,9 @@ class _JoinSession:
             "CPUExecutionProvider"
         ]
         self._native_run = native.run if native is not None and cpu_only else None
+        # One RunOptions for every batch, as the engine model keeps one (read-only, shared by runner threads):
+        # the binding's run() handed None builds a fresh one, ~5 us a call, a third of the MLP's batch of 32.
+        self._run_options = _run_options() if self._native_run is not None else None
 
     def get_inputs(self):
         return self._inputs
@@ -175,8 +177,39 @@ class _JoinSession:
         for name in self._passthrough:
             model_feed[name] = feed[name]
         if self._native_run is not None:
-            return self._native_run(output_names, model_feed, None)
+            return self._native_run(output_names, model_feed, self._run_options)
         return self.session.run(output_names, model_feed)
+
+
+def _run_options():
+    import onnxruntime as ort  # the session is an onnxruntime one: already imported
+
+    return ort.RunOptions()
+
+
+@functools.cache
+def _batch_model_class():
+    """The engine model class of the batched way (defined on first use: fastml.engine.model is imported lazily).
+
+    An engine :class:`~fastml.engine.Model` whose ``submit`` hands a request it refuses as input (ids of another
+    integer type, ``[n, 1]`` shapes, a missing or extra input) to the per-request way instead, which takes or
+    words it. Every entry point of the engine model that validates (``predict_async``'s fall-back included)
+    goes through ``submit``, so :class:`FeatureJoinedModel` hands requests over without checking them first."""
+    from fastml.engine.model import Model
+
+    class JoinBatchModel(Model):
+        per_request_submit = None  # FeatureJoinedModel._submit_per_request, set once the wrapper is built
+
+        def submit(self, inputs, timeout_us=None, *, outputs=None, request_id=None):
+            try:
+                return super().submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
+            except InvalidInput:
+                fallback = self.per_request_submit
+                if fallback is None:
+                    raise
+            return fallback(inputs, timeout_us, outputs, request_id)
+
+    return JoinBatchModel
 
 
 def _batched_model(model, join, feature_input: str, passthrough: list[str]):
@@ -189,7 +222,7 @@ def _batched_model(model, join, feature_input: str, passthrough: list[str]):
         return None
     if any(d != "int64" for d in join.key_dtypes) or any(c.policy == "error" for c in join.columns):
         return None
-    return Model(
+    return _batch_model_class()(
         _JoinSession(session, join, feature_input, passthrough),
         name=model.name,
         version=model.version,
@@ -288,6 +321,7 @@ class FeatureJoinedModel:
         # The batched way (module docstring), or None; taken while the wrapped model has no prediction logger.
         self.batched = _batched_model(model, join, spec.name, [s.name for s in self._passthrough])
         if self.batched is not None:
+            self.batched.per_request_submit = self._submit_per_request
             self._install_batched_entry_points()
 
     # ------------------------------------------------------------------ the join
@@ -379,6 +413,14 @@ class FeatureJoinedModel:
         submit = getattr(self.batched, "submit_sink", None)
         return submit is not None and submit(inputs, timeout_us, sink)
 
+    def sink_target(self):
+        """:meth:`fastml.engine.Model.sink_target` of the batched way's engine model (its inputs are the entity
+        ids), or None (the transport then takes :meth:`submit_sink` or :meth:`submit`). Defined here: through
+        ``__getattr__`` a transport would get the wrapped model's batcher, whose input is the joined tensor."""
+        if not self._use_batched():
+            return None
+        return self.batched.sink_target()
+
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able :meth:`predict`."""
         if self._use_batched():
@@ -401,59 +443,51 @@ class FeatureJoinedModel:
     def _install_batched_entry_points(self) -> None:
         """``submit`` and ``predict_async`` as closures over the engine models' bound methods, set on the
         instance: this class defines ``__getattr__``, so CPython does not specialise attribute reads on its
-        instances, and the few a request would make (~0.1 us each) were a measurable share of its cost."""
+        instances, and the few a request would make (~0.1 us each) were a measurable share of its cost.
+
+        A request is handed to the batched engine model as it is, with no check of its own: the engine model
+        validates it natively on its way into the queue, and one it refuses as input comes back to the
+        per-request way (``_batch_model_class``). Checking the ids' type, dtype and shape here first cost
+        ~0.45 us a request, as much as the join of its row."""
         inner = self.model
-        # The engine model's prediction_logger property reads its _logger: read it directly, once per request.
-        logger_of = (
-            operator.attrgetter("_logger") if hasattr(inner, "_logger") else operator.attrgetter("prediction_logger")
-        )
         batched_submit = self.batched.submit
         batched_predict_async = self.batched.predict_async
         submit_per_request = self._submit_per_request
         predict_async_per_request = self._predict_async_per_request
 
         def submit(inputs, timeout_us=None, *, outputs=None, request_id=None):
-            if logger_of(inner) is None:
-                try:
-                    if outputs is None and request_id is None:
-                        return batched_submit(inputs, timeout_us)
-                    return batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
-                except InvalidInput:
-                    pass  # as in the class's submit
+            # The engine model's prediction_logger property reads its _logger: read it directly.
+            if inner._logger is None:
+                if outputs is None and request_id is None:
+                    return batched_submit(inputs, timeout_us)
+                return batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
             return submit_per_request(inputs, timeout_us, outputs, request_id)
 
-        # One entity key and nothing else (no request-time values, no other model inputs), a 1-D int64 array: the
-        # batched engine model takes such a request as it is, so its coroutine is handed back without a wrapping
-        # one (an extra coroutine frame per request cost ~0.8 us, as much as the whole join of its rows). The
-        # dtype is compared by identity (numpy's native int64 dtype is one object); anything else is checked.
-        only_key = self.join.key_inputs[0] if len(self.join.key_inputs) == 1 and self._n_inputs == 1 else None
-        int64 = np.dtype(np.int64)
-        ndarray = np.ndarray
-
         def predict_async(inputs, outputs=None, timeout_us=None, *, request_id=None):
-            if outputs is None and request_id is None and type(inputs) is dict and len(inputs) == 1:
-                a = inputs.get(only_key)
-                if type(a) is ndarray and a.dtype is int64 and a.ndim == 1 and logger_of(inner) is None:
-                    return batched_predict_async(inputs, None, timeout_us)
-            return predict_async_checked(inputs, outputs, timeout_us, request_id=request_id)
+            # The engine model's coroutine is handed back without a wrapping one (an extra coroutine frame per
+            # request cost ~0.8 us, as much as the whole join of its rows).
+            if inner._logger is None:
+                if request_id is None:
+                    return batched_predict_async(inputs, outputs, timeout_us)
+                return batched_predict_async(inputs, outputs, timeout_us, request_id=request_id)
+            return predict_async_per_request(inputs, outputs, timeout_us, request_id)
 
-        async def predict_async_checked(inputs, outputs=None, timeout_us=None, *, request_id=None):
-            if logger_of(inner) is None:
-                try:
-                    if request_id is None:
-                        return await batched_predict_async(inputs, outputs, timeout_us)
-                    return await batched_predict_async(inputs, outputs, timeout_us, request_id=request_id)
-                except InvalidInput:
-                    pass  # as in the class's predict_async
-            return await predict_async_per_request(inputs, outputs, timeout_us, request_id)
-
-        if only_key is None:
-            predict_async = predict_async_checked
         functools.update_wrapper(submit, FeatureJoinedModel.submit)
         functools.update_wrapper(predict_async, FeatureJoinedModel.predict_async)
         # Instance attributes shadow the class's methods on purpose (the docstring says why).
         self.submit = submit  # type: ignore[method-assign]
         self.predict_async = predict_async  # type: ignore[method-assign]
+
+    @property
+    def prediction_logger(self):
+        """The wrapped model's prediction logger (see :meth:`fastml.engine.Model.prediction_logger`): while one
+        is attached, requests take the per-request way, so it logs the joined tensor, what the model saw."""
+        return self.model.prediction_logger
+
+    @prediction_logger.setter
+    def prediction_logger(self, logger) -> None:
+        # Set on the wrapped model (an attribute of this wrapper would be read by nobody).
+        self.model.prediction_logger = logger
 
     def feature_lookups(self) -> dict[str, dict[str, int]]:
         """Cumulative lookups per stored feature: ``{ref: {"hit", "missing", "stale"}}``."""
