@@ -53,6 +53,7 @@ struct NativePlan {
   std::vector<InputPart> parts;
   size_t binary_size = 0;
   std::vector<py::object> out_names;  // str, in the answer's order
+  std::string extra_headers;          // header lines every answer carries (a deployment's fastml-variant)
   // Pre-encoded JSON answer headers by output shapes (ndim, dims..., per output), as the Python path caches.
   std::vector<std::pair<std::vector<int64_t>, std::string>> heads;
 };
@@ -101,7 +102,8 @@ class Outbox {
       s.ready = true;
       s.close = close;
     }
-    py::object r = py::reinterpret_steal<py::object>(PyObject_CallOneArg(completed_.ptr(), entry.ptr()));
+    py::object r = py::reinterpret_steal<py::object>(
+        PyObject_CallFunctionObjArgs(completed_.ptr(), entry.ptr(), ok ? Py_True : Py_False, nullptr));
     if (!r) throw py::error_already_set();
     if (ok) {
       py::object n = py::getattr(server_, "ok_count");
@@ -301,6 +303,7 @@ class Sink {
       append_int(&s, head->size() + blob);
       s.append("\r\n");
       if (close) s.append(kCloseHdr);
+      s.append(plan_->extra_headers);
       s.append("\r\n");
       s.append(*head);
       for (const Py_buffer& b : views) s.append(static_cast<const char*>(b.buf), static_cast<size_t>(b.len));
@@ -480,10 +483,15 @@ class Intake {
         bool head_done = false;
         Scan s = fastml::http::scan(base + pos, len - pos, &r, &head_done);
         if (s == Scan::kNeedMore) {
-          const bool small = head_done ? !r.unusual && r.content_length >= 0 && r.content_length <= kCarryBodyBytes &&
-                                             r.header_count <= max_headers_ && r.header_bytes <= max_header_bytes_
-                                       : len - pos <= max_header_bytes_;
-          if (small) {
+          // Kept here only while nothing seen so far would make the Python path answer before the request is
+          // whole (it refuses a bad length header, too many headers or an oversized body as soon as it reads
+          // them), and only while small: a bigger body is received, and counted against the server's byte
+          // budget, by the Python path.
+          const bool clean = !r.unusual && r.ihcl != -2 && r.header_count <= max_headers_ &&
+                             r.header_bytes <= max_header_bytes_ && r.content_length <= kCarryBodyBytes &&
+                             r.content_length <= max_body_bytes_;
+          const bool keep = head_done ? clean && r.content_length >= 0 : clean && len - pos <= max_header_bytes_;
+          if (keep) {
             carry_.assign(reinterpret_cast<const char*>(base + pos), len - pos);
           } else {
             rest = tail(buf, base, pos, len);
@@ -519,7 +527,7 @@ class Intake {
   }
 
  private:
-  static constexpr int64_t kCarryBodyBytes = 1 << 20;  // a bigger body streams through the Python path
+  static constexpr int64_t kCarryBodyBytes = 64 << 10;  // a bigger body streams through the Python path
 
   struct Route {
     std::string name, version;
@@ -594,6 +602,7 @@ class Intake {
     }
     p->binary_size = t[2].cast<size_t>();
     for (py::handle n : py::reinterpret_borrow<py::sequence>(t[3])) p->out_names.push_back(py::reinterpret_borrow<py::object>(n));
+    if (t.size() > 4) p->extra_headers = py::bytes(t[4]).cast<std::string>();
     if (plans_.size() >= kMaxPlans) plans_.pop_front();
     plans_.push_back(p);
     return p;
