@@ -139,3 +139,25 @@ def test_an_in_process_caller_of_the_cli_gets_its_return_code(linear_model, tmp_
         == 0
     )
     assert pq.read_table(tmp_path / "o.parquet").column("y").to_pylist() == [5.75]
+
+
+def test_the_command_keeps_openblas_to_its_thread_only_when_it_imports_numpy(monkeypatch):
+    """OpenBLAS's pool (spinning threads started as numpy loads) is not started for scoring, which never calls
+    BLAS; the variable is set only around the command's own first import of numpy, never over the user's."""
+    import os
+
+    from fastml.serving import predict_cli
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delitem(sys.modules, "numpy")
+    with predict_cli._single_threaded_blas():
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # processes started later see the user's environment
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    with predict_cli._single_threaded_blas():
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.setitem(sys.modules, "numpy", np)  # an in-process caller: numpy is loaded, nothing to tell it
+    with predict_cli._single_threaded_blas():
+        assert "OPENBLAS_NUM_THREADS" not in os.environ
