@@ -3,7 +3,8 @@
 Concurrent ``await client.infer(...)`` calls share the client's connections (round robin over
 ``connections`` of them): each call writes its frame and waits on a future keyed by its request id, and the
 connection's protocol resolves futures as answers arrive, in any order. Frames written in one event-loop
-pass go out in one ``writelines``.
+pass go out in one ``writelines``. ``await client.infer_many(...)`` pipelines a whole batch on one connection
+with one future in all: each answer sends the next request from the connection's read callback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import collections
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -78,6 +79,9 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 if item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL:
                     self._fail_all(wire.error_from_frame(item[3], item[2], item[4]))
                 continue  # an answer to a call that gave up (timed out or cancelled)
+            if fut.__class__ is _Pipeline:  # one of an infer_many's requests: no future of its own
+                fut.answer(item)
+                continue
             if fut.done():
                 continue
             if item[0] == _INFER_RESPONSE:  # the common answer, without a call to result_of
@@ -148,6 +152,105 @@ class _ClientProtocol(asyncio.BufferedProtocol):
             self.transport.write(out[0])
         else:
             self.transport.writelines(out)
+
+
+class _Pipeline:
+    """One :meth:`AsyncClient.infer_many` pass on one connection: keeps ``window`` requests in flight.
+
+    It stands in the connection's ``waiting`` table for each of its requests: ``buffer_updated`` hands it the
+    parsed answer (:meth:`answer`), which files the result and sends the next frame, so a request costs no
+    future, task wake-up or timer. ``set_exception`` (the connection failed) settles every request in flight.
+    """
+
+    __slots__ = ("conn", "frames", "results", "sent", "flying", "failed", "finished")
+
+    def __init__(self, conn: _ClientProtocol, frames: list, results: list):
+        self.conn = conn
+        self.frames = frames  # (request id, index in the call, frame) in sending order
+        self.results = results
+        self.sent = 0  # frames[:sent] went out
+        self.flying: dict[int, int] = {}  # request id -> index, sent and not answered
+        self.failed: list[int] = []  # indexes answered Unavailable (the caller retries them)
+        self.finished = conn._loop.create_future()  # set once every request is settled
+
+    def start(self, window: int) -> None:
+        for _ in range(min(window, len(self.frames))):
+            self._send_next()
+        self._maybe_done()
+
+    def _send_next(self) -> None:
+        conn = self.conn
+        rid, i, frame = self.frames[self.sent]
+        self.sent += 1
+        if conn.transport is None:  # lost meanwhile: the request was never sent
+            self.results[i] = conn.lost or Unavailable(f"connection to {conn.address} lost")
+            self.failed.append(i)
+            return
+        self.flying[rid] = i
+        conn.waiting[rid] = self
+        conn.out.append(frame)
+        if not conn.flush_due:
+            conn.flush_due = True
+            conn._loop.call_soon(conn._flush)
+
+    def answer(self, item: tuple) -> None:
+        """A parsed answer to one of this pass's requests (from the connection's read callback)."""
+        i = self.flying.pop(item[1], None)
+        if i is None:
+            return
+        if item[0] == _INFER_RESPONSE:
+            self.results[i] = item[4]
+        else:
+            try:
+                self.results[i] = wire.result_of(item)
+            except FastMLError as exc:
+                self.results[i] = exc
+                if isinstance(exc, Unavailable):
+                    self.failed.append(i)
+        if self.sent < len(self.frames):
+            self._send_next()
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        while self.sent < len(self.frames) and self.conn.transport is None:
+            self._send_next()  # files the rest as lost
+        if not self.flying and self.sent == len(self.frames) and not self.finished.done():
+            self.finished.set_result(None)
+
+    def done(self) -> bool:
+        """Future-like (the connection fails what waits in its table through done/set_exception)."""
+        return self.finished.done()
+
+    def set_exception(self, exc: BaseException) -> None:
+        """The connection failed: every request in flight (and every one not sent) gets ``exc``."""
+        flying, self.flying = self.flying, {}
+        unavailable = isinstance(exc, Unavailable)
+        for i in flying.values():
+            self.results[i] = exc
+            if unavailable:
+                self.failed.append(i)
+        while self.sent < len(self.frames):
+            _, i, _ = self.frames[self.sent]
+            self.sent += 1
+            self.results[i] = exc
+            if unavailable:
+                self.failed.append(i)
+        self._maybe_done()
+
+    def expire(self) -> None:
+        """The call's deadline passed: what is still unanswered gets DeadlineExceeded."""
+        waiting = self.conn.waiting
+        for rid in self.flying:
+            waiting.pop(rid, None)
+        self.set_exception(DeadlineExceeded(f"no answer within the timeout ({len(self.flying)} requests left)"))
+
+    def abandon(self) -> None:
+        """The call ended (answered, failed or cancelled): its requests leave the connection's books."""
+        waiting = self.conn.waiting
+        for rid in self.flying:
+            waiting.pop(rid, None)
+        self.flying = {}
+        self.sent = len(self.frames)
 
 
 class AsyncClient:
@@ -276,6 +379,91 @@ class AsyncClient:
                     raise
                 await asyncio.sleep(backoff_s)
                 attempt += 1
+
+    async def infer_many(
+        self,
+        model: str,
+        batch: Iterable[Mapping[str, np.ndarray]],
+        version: str | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+        window: int = 128,
+        return_exceptions: bool = False,
+    ) -> list:
+        """Run many inferences pipelined on one connection; results in the order of ``batch``.
+
+        Up to ``window`` requests are in flight; each answer sends the next request from the connection's
+        read callback, so the call costs one future in all instead of one per inference (the cheapest way
+        to push many inferences through the client). Requests are encoded before the first one is sent.
+
+        Args:
+            timeout_s: for the whole call (default: the client's); each request also carries it to the server.
+            window: requests in flight at a time (the server reads up to 128 per connection).
+            return_exceptions: put each failed request's exception in its slot instead of raising the first.
+
+        Raises:
+            InvalidInput: a request cannot be encoded (nothing is sent), or ``window`` < 1. Otherwise as
+            :meth:`infer`; requests refused with Unavailable, or lost with their connection, are retried
+            (``retries``) on the next connection.
+        """
+        if window < 1:
+            raise InvalidInput(f"window must be >= 1, got {window}")
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        timeout_us = _timeout_us(timeout_s)
+        deadline = _monotonic() + timeout_s
+        todo = list(batch)
+        results: list = [None] * len(todo)
+        pending = list(range(len(todo)))
+        attempt = 0
+        while pending:
+            try:
+                conn = await self._connection()
+                failed = await self._pipeline(
+                    conn, model, version, outputs, timeout_us, todo, pending, results, deadline, window
+                )
+            except Unavailable as exc:
+                failed = pending
+                for i in failed:
+                    results[i] = exc
+            if not failed:
+                break
+            backoff_s = self.retry_backoff_s * 2**attempt
+            if attempt >= self.retries or _monotonic() + backoff_s >= deadline:
+                break  # the failed slots keep their Unavailable
+            await asyncio.sleep(backoff_s)
+            attempt += 1
+            pending = failed
+        if not return_exceptions:
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+        return results
+
+    async def _pipeline(self, conn, model, version, outputs, timeout_us, todo, pending, results, deadline, window):
+        """One infer_many pass over the ``pending`` indexes on ``conn``; returns those refused as Unavailable."""
+        if self._closed:
+            raise Unavailable("the client is closed")
+        frames = []
+        append = frames.append
+        rid = conn.next_id
+        try:
+            for i in pending:
+                append((rid, i, _encode_request(rid, model, version, todo[i], outputs, timeout_us)))
+                rid = rid + 1 if rid < _MAX_REQUEST_ID else 1
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"request {i}: {exc}") from None
+        finally:
+            conn.next_id = rid  # ids stay unique on the connection whether or not the frames go out
+        pipe = _Pipeline(conn, frames, results)
+        timer = conn._loop.call_later(max(deadline - _monotonic(), 0), pipe.expire)
+        try:
+            pipe.start(window)
+            await pipe.finished
+        finally:
+            timer.cancel()
+            pipe.abandon()  # cancelled or failed: its requests leave the connection's books
+        return pipe.failed
 
     async def ping(self) -> float:
         """Round-trip time of a PING frame on the next connection, in seconds."""
