@@ -70,8 +70,9 @@ constexpr size_t kMaxHeads = 32;  // per plan (output shapes), as the Python pat
 class Outbox {
  public:
   Outbox(py::object write, py::object on_idle, py::object on_error, py::object encode, py::object plane,
-         py::object server)
-      : write_(std::move(write)),
+         py::object server, bool completed_takes_ok)
+      : completed_takes_ok_(completed_takes_ok),
+        write_(std::move(write)),
         on_idle_(std::move(on_idle)),
         on_error_(std::move(on_error)),
         encode_(std::move(encode)),
@@ -102,8 +103,11 @@ class Outbox {
       s.ready = true;
       s.close = close;
     }
+    // DataPlane.completed(entry[, ok]): `ok` only where the data plane takes it (completed_takes_ok).
     py::object r = py::reinterpret_steal<py::object>(
-        PyObject_CallFunctionObjArgs(completed_.ptr(), entry.ptr(), ok ? Py_True : Py_False, nullptr));
+        completed_takes_ok_
+            ? PyObject_CallFunctionObjArgs(completed_.ptr(), entry.ptr(), ok ? Py_True : Py_False, nullptr)
+            : PyObject_CallOneArg(completed_.ptr(), entry.ptr()));
     if (!r) throw py::error_already_set();
     if (ok) {
       py::object n = py::getattr(server_, "ok_count");
@@ -177,6 +181,7 @@ class Outbox {
     bool ready = false;
     bool close = false;
   };
+  bool completed_takes_ok_;
   py::object write_, on_idle_, on_error_, encode_, plane_, server_, completed_;
   std::deque<Slot> slots_;
   uint64_t base_ = 0;  // the sequence number of slots_.front()
@@ -681,8 +686,9 @@ PYBIND11_MODULE(_http_intake, m) {
   if (g_sink_type == nullptr) throw py::error_already_set();
   m.attr("Sink") = py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(g_sink_type));
   py::class_<Outbox, std::shared_ptr<Outbox>>(m, "Outbox", "One connection's native answers, in request order.")
-      .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object>(), py::arg("write"),
-           py::arg("on_idle"), py::arg("on_error"), py::arg("encode"), py::arg("plane"), py::arg("server"))
+      .def(py::init<py::object, py::object, py::object, py::object, py::object, py::object, bool>(), py::arg("write"),
+           py::arg("on_idle"), py::arg("on_error"), py::arg("encode"), py::arg("plane"), py::arg("server"),
+           py::arg("completed_takes_ok") = false)
       .def_property_readonly("outstanding", &Outbox::outstanding)
       .def("want_idle", &Outbox::set_want_idle, py::arg("value"),
            "Call on_idle(False) once every answer owed went out.")

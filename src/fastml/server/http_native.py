@@ -20,7 +20,9 @@ and counts its status, so statistics and metrics see native-path requests as the
 """
 
 import asyncio
+import inspect
 import logging
+import weakref
 
 from fastml.server import shm_http
 from fastml.server.http import _CLOSE_HDR, HttpProtocol, _Slot, encode_infer_response, error_response
@@ -35,6 +37,63 @@ except ImportError:  # not built (a source checkout before build_ext): the Pytho
 log = logging.getLogger("fastml.server")
 
 AVAILABLE = _http_intake is not None
+_MISS = object()
+
+
+class _PassRoutes:
+    """``DataPlane.sink_route`` answers shared by every connection's intake for one event-loop pass.
+
+    With many connections each read carries one request: asking the data plane for the model's route (resolve,
+    the engine's sink target, the admission bound) once per read was ~5 % of the server's CPU at 32 connections.
+    Within a pass nothing that decides a route changes but the requests in flight, which the intake reads
+    afresh per read. A deployment's route is one routing decision for one request: never shared.
+    """
+
+    __slots__ = ("plane", "routes", "due", "__weakref__")
+
+    def __init__(self, plane):
+        self.plane = plane
+        self.routes: dict = {}
+        self.due = False
+
+    def open_route(self, name: str, version: str | None, timeout_us: int):
+        key = (name, version, timeout_us)
+        route = self.routes.get(key, _MISS)
+        if route is _MISS:
+            route = self.plane.sink_route(name, version, timeout_us)
+            if route is None or getattr(route[0], "variant_route", None) is None:
+                if not self.due:
+                    self.due = True
+                    asyncio.get_running_loop().call_soon(self._end_pass)
+                self.routes[key] = route
+        return route
+
+    def _end_pass(self):
+        self.due = False
+        self.routes.clear()
+
+
+_pass_routes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DataPlane -> its _PassRoutes
+_takes_ok: dict = {}  # DataPlane type -> whether its completed() takes ``ok``
+
+
+def _routes_of(plane) -> _PassRoutes:
+    routes = _pass_routes.get(plane)
+    if routes is None:
+        routes = _pass_routes[plane] = _PassRoutes(plane)
+    return routes
+
+
+def _completed_takes_ok(plane) -> bool:
+    kind = type(plane)
+    got = _takes_ok.get(kind)
+    if got is None:
+        try:
+            got = "ok" in inspect.signature(plane.completed).parameters
+        except (TypeError, ValueError):
+            got = False
+        _takes_ok[kind] = got
+    return got
 
 
 def open_plan(entry, header: bytes):
@@ -45,8 +104,13 @@ def open_plan(entry, header: bytes):
     answer does not write (an id, JSON tensors, JSON or string outputs, a timeout, shared memory), is None."""
     if shm_http.MARKER in header:
         return None
+    # A deployment's variant (fastml.serving.deployments.NativeVariant): its answers carry the variant's header.
+    variant = getattr(entry, "variant_route", None)
     try:
-        plan = build_plan(decode_request(header), entry.cache["output_names"], entry.name)
+        req = decode_request(header)
+        if variant is not None and entry.routing_params(req.parameters) != (None, None):
+            return None  # a routing key or a pinned variant: the Python path routes it
+        plan = build_plan(req, entry.cache["output_names"], entry.name)
     except Exception:  # noqa: BLE001 - the Python path decodes it again and words the refusal
         return None
     if not plan.cacheable or plan.request_id is not None or plan.json_inputs or plan.timeout_us is not None:
@@ -61,7 +125,7 @@ def open_plan(entry, header: bytes):
         if is_bytes or dtype.byteorder == ">":
             return None
         parts.append((name, dtype.kind, dtype.itemsize, tuple(shape), offset, nbytes))
-    return plan, parts, plan.binary_size, [name for name, _ in specs]
+    return plan, parts, plan.binary_size, [name for name, _ in specs], b"" if variant is None else variant[2]
 
 
 class NativeHttpProtocol(HttpProtocol):
@@ -85,11 +149,17 @@ class NativeHttpProtocol(HttpProtocol):
         plane = server.plane
         lim = self.limits
         self.outbox = _http_intake.Outbox(
-            transport.write, self._native_idle, self._native_error, self._native_encode, plane, server
+            transport.write,
+            self._native_idle,
+            self._native_error,
+            self._native_encode,
+            plane,
+            server,
+            _completed_takes_ok(plane),
         )
         self.intake = _http_intake.Intake(
             self.outbox,
-            plane.sink_route,
+            _routes_of(plane).open_route,
             open_plan,
             lim.max_pipelined,
             lim.max_body_bytes,
@@ -206,8 +276,9 @@ class NativeHttpProtocol(HttpProtocol):
     def _native_encode(self, entry, plan, outputs: dict, close: bool):
         """``(response, pre-encoded JSON header or None, ok)`` for outputs the native answer has no header for
         yet (the first answer of each output shape) or cannot write itself (strings, strided arrays)."""
+        variant = getattr(entry, "variant_route", None)  # a deployment's variant: named in the answer
         try:
-            data = encode_infer_response(entry, plan, outputs, None, _CLOSE_HDR if close else b"")
+            data = encode_infer_response(entry, plan, outputs, None, _CLOSE_HDR if close else b"", variant)
         except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
             log.exception("encoding an inference response failed")
             data = error_response(
@@ -219,4 +290,6 @@ class NativeHttpProtocol(HttpProtocol):
         if specs is None:
             specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
         key = tuple([outputs[name].shape for name, _ in specs])
+        if variant is not None:
+            key = (variant[1], key)
         return data, plan.response_headers.get(key), True
