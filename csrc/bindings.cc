@@ -1806,6 +1806,20 @@ static void bind_router(py::module_& m) {
                 if (!st.ok()) status_py::Raise(st);
             },
             py::arg("weights_bp"), py::arg("shadow_bp") = py::none())
+        .def(
+            "peek",
+            [](PyRouter& self, py::handle key) {
+                std::string_view k;
+                const RouteDecision d =
+                    router_py::KeyBytes(key, &k) ? self.router->Peek(k.data(), k.size()) : self.router->Peek(nullptr, 0);
+                return py::make_tuple(d.variant, d.shadow_mask);
+            },
+            py::arg("key") = py::none(),
+            "route() without counting the decision (count_routed when the request goes that way).")
+        .def("count_routed", [](PyRouter& self, int32_t v, int64_t n) {
+            router_py::CheckIndex(v, self.router->variants().size(), "variant");
+            for (int64_t i = 0; i < n; ++i) self.router->CountRouted(v);
+        }, py::arg("variant"), py::arg("n") = 1)
         .def("count_pinned", [](PyRouter& self, int32_t v) {
             router_py::CheckIndex(v, self.router->variants().size(), "variant");
             self.router->CountPinned(v);

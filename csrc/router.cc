@@ -341,6 +341,15 @@ Status Router::SetWeights(const std::vector<int32_t>& weights_bp, const std::vec
     return Status::Ok();
 }
 
+RouteDecision Router::Peek(const char* key, size_t key_len) const {
+    const int slot = Enter();
+    const RouteDecision d = Decide(*table_.load(std::memory_order_acquire), key, key_len);
+    Leave(slot);
+    return d;
+}
+
+void Router::CountRouted(int32_t variant) { routed_[variant].fetch_add(1, std::memory_order_relaxed); }
+
 void Router::CountPinned(int32_t variant) {
     routed_[variant].fetch_add(1, std::memory_order_relaxed);
     pinned_[variant].fetch_add(1, std::memory_order_relaxed);

@@ -81,6 +81,11 @@ public:
     // One decision. `key` null means keyless. Counts the variant and every mirrored shadow.
     RouteDecision Route(const char* key, size_t key_len);
 
+    // The same decision, not counted: for a caller that may still hand the request elsewhere (a transport's
+    // native intake opens a route before it knows whether it takes the request); CountRouted when it does.
+    RouteDecision Peek(const char* key, size_t key_len) const;
+    void CountRouted(int32_t variant);
+
     // Decisions for n keys given as concatenated bytes with n+1 offsets (offsets[i]..offsets[i+1]);
     // `offsets` null means n keyless decisions. Writes variants[i] and, if not null, shadow_masks[i].
     // One read-side section for the whole batch.

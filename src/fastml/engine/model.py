@@ -32,6 +32,40 @@ LATENCY_SAMPLE_INTERVAL_S = 0.005
 _UNSET = object()  # no request seen yet by a batch logger (its variant label is not known)
 _get_running_loop = asyncio.get_running_loop
 _monotonic = time.monotonic
+# Event loop -> the inline-runner models (with their completion queues) whose flush is due in the loop's current
+# pass, in the order they were scheduled (see _flush_loop). Each loop's entry is touched on its own thread only.
+_due_flushes: dict = {}
+
+
+def _flush_loop(loop) -> None:
+    """One pass's inline flushes on ``loop``: every due model's queued batches first, then every model's answers.
+
+    A deployment splitting traffic has two models with requests in most passes. Run one after the other, the
+    second ONNX Runtime call comes right after the first, while the runtime's code and the batch path are still
+    in the CPU's caches: measured with the MLP, a batch-1 call after a burst of answer writes and request parsing
+    costs ~75 us of CPU against ~30 us right after another call (the fixed cost per call is ~25 us when hot). The
+    answers are then written in one burst, as for a single model.
+    """
+    due = _due_flushes.pop(loop, None)
+    if due is None:  # the loop was found closed (Model._attach) with this callback never run
+        return
+    if len(due) == 1:
+        model, queue = due[0]
+        model._flush(loop, queue)
+        return
+    ran = 0
+    try:
+        for model, _ in due:
+            model._flush_due.discard(loop)
+            model._run_queued()
+            ran += 1
+    finally:
+        # Only after a fastml bug (a batch's own failures complete it): the models not run get a flush of their own.
+        for model, queue in due[ran + 1 :]:
+            model._flush_due.discard(loop)
+            model._schedule_flush(loop, queue)
+        for model, queue in due:
+            model._resolve(queue, status_error)
 
 
 def _shape(dims) -> str:
@@ -440,13 +474,17 @@ class Model:
         """The inline runner (runner="loop"): scheduled once per loop iteration by the first submit. Runs
         every batch queued now on this thread, then settles the futures straight from the queue."""
         self._flush_due.discard(loop)
+        self._run_queued()
+        self._resolve(queue, status_error)
+
+    def _run_queued(self) -> None:
+        """Runs every batch queued now on this thread (the inline runner's slot 0)."""
         try_next = self._core.try_next_batch
         with self._inline_lock:
             batch = try_next(0)
             while batch is not None:
                 self._run_batch_inline(batch)
                 batch = try_next(0)
-        self._resolve(queue, status_error)
 
     # ------------------------------------------------------------------ inputs
     def _arrays(self, inputs) -> tuple:
@@ -647,6 +685,7 @@ class Model:
             ]
             for old, _, _ in closed:
                 self._flush_due.discard(old)  # a flush it never ran
+                _due_flushes.pop(old, None)
             queue = self._queue_type()
             if self._inline:
                 queue.set_quiet_thread()  # _flush drains it right after completing, on this thread
@@ -797,7 +836,14 @@ class Model:
     def _schedule_flush(self, loop, queue) -> None:
         if self._inline and loop not in self._flush_due:
             self._flush_due.add(loop)
-            loop.call_soon(self._flush, loop, queue)
+            # One callback per loop pass for every inline model (_flush_loop): with two models due, both batches
+            # run before either model's answers go out.
+            due = _due_flushes.get(loop)
+            if due is None:
+                _due_flushes[loop] = [(self, queue)]
+                loop.call_soon(_flush_loop, loop)
+            else:
+                due.append((self, queue))
 
     def _submit_checked(self, loop, queue, inputs, timeout_us):
         """submit's general path: any accepted input form, validated with messages naming the tensor.
@@ -915,8 +961,7 @@ class Model:
                         raise status_error(*exc.args) from None
                 else:
                     if self._inline and loop not in self._flush_due:
-                        self._flush_due.add(loop)
-                        loop.call_soon(self._flush, loop, queue)
+                        self._schedule_flush(loop, queue)
                     return await fut
         elif outputs is None and self._batch_logger is not None and self._batch_on and self._take_latency_sample():
             # This request reports its latency, timed around its await: no done-callback on its future, whose

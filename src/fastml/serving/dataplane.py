@@ -423,9 +423,11 @@ class DataPlane:
         :meth:`sink_routed`. Requests with more than the admission bound in flight ahead of them go through
         :meth:`submit_sink`.
         """
-        deployments = self.deployments
-        if self.draining or (deployments is not None and name in deployments.table):
+        if self.draining:
             return None
+        deployments = self.deployments
+        if deployments is not None and name in deployments.table:
+            return self._variant_route(deployments, name, version, timeout_us)
         try:
             entry = self.resolve(name, version)
             target = getattr(entry.model, "sink_target", None)
@@ -439,17 +441,58 @@ class DataPlane:
         bound = _gate(entry).unshed_inflight(timeout_us)
         return entry, batcher, queue, entry.name, entry.version, timeout_us, input_names, bound
 
+    def _variant_route(self, deployments, name: str, version: str | None, timeout_us: int):
+        """:meth:`sink_route` for a deployment: one keyless decision in the native router, the chosen variant's
+        model as the route, booked under a :class:`fastml.serving.deployments.NativeVariant` (the answer names
+        the deployment and the variant). The route takes one request (its admission bound is the requests
+        already in flight): every request gets its own decision, and the rest of a pipelined read goes through
+        the Python path. None (the Python path routes it) for a version in the URL, a deployment with shadows,
+        a model without the native path."""
+        if version is not None:
+            return None
+        try:
+            token = deployments.native_variant(name)
+            if token is None:
+                return None
+            entry = token.entry
+            if "output_names" not in entry.cache:
+                self._prepare(entry)
+            target = getattr(entry.model, "sink_target", None)
+            target = target() if target is not None else None
+        except FastMLError:
+            return None
+        if target is None:
+            return None
+        cache = token.cache
+        if not cache:
+            cache["variant"] = token
+            cache["output_names"] = entry.cache["output_names"]
+            cache["output_names_ordered"] = entry.cache["output_names_ordered"]
+        batcher, queue, input_names = target
+        timeout_us = timeout_us or entry.model.timeout_us
+        bound = min(_gate(entry).unshed_inflight(timeout_us), entry.inflight)
+        return token, batcher, queue, name, entry.version, timeout_us, input_names, bound
+
     def sink_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
         """``submitted`` requests carrying ``timeout_us`` went to ``entry``'s batcher through :meth:`sink_route`
         when ``inflight_before`` were in flight: count them in flight, record them with the admission gate (as
         admitted under its bound); the model runs them (its flush was scheduled when the route was handed out).
         Each answer's sink then calls :meth:`completed` as for :meth:`submit_sink`."""
+        variant = entry.cache.get("variant")  # a deployment's NativeVariant (_variant_route): routed and timed
+        if variant is not None:
+            variant.submitted(submitted)
+            entry = variant.entry  # the model's books
         entry.inflight += submitted
         self.inflight += submitted
         _gate(entry).admitted_run(inflight_before, timeout_us or entry.model.timeout_us, submitted)
 
-    def completed(self, entry) -> None:
-        """Close the books on a request that :meth:`submit_sink` queued (its sink was called)."""
+    def completed(self, entry, ok: bool = True) -> None:
+        """Close the books on a request that :meth:`submit_sink` queued (its sink was called; ``ok``: answered
+        with its outputs, as a native intake reports it)."""
+        variant = entry.cache.get("variant")  # a deployment's NativeVariant (_variant_route)
+        if variant is not None:
+            variant.answered(ok)
+            entry = variant.entry  # the model's books
         entry.inflight -= 1
         self.inflight -= 1
         gate = entry.cache.get("admission")

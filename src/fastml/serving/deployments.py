@@ -48,6 +48,7 @@ from fastml.serving.shadow import ShadowRunner
 
 log = logging.getLogger("fastml.serving.deployments")
 
+_perf_counter_ns = time.perf_counter_ns
 LATENCY_SAMPLES = 4096  # latest latencies kept per variant for percentiles
 
 
@@ -206,6 +207,70 @@ class Deployment:
         # A transport's per-deployment caches (HTTP: request plans by header bytes, response tags); they go
         # away with the deployment, so a re-applied deployment never answers from a stale plan.
         self.transport_cache: dict[str, Any] = {}
+
+
+class NativeVariant:
+    """A deployment's variant as a transport's native intake books its requests (``DataPlane.sink_route``).
+
+    The intake submits a plain request straight into the variant model's batcher and answers it natively; this
+    object stands in for the model entry there (its ``cache["variant"]`` is itself: the data plane keeps the
+    books on :attr:`entry`, the model's). Its ``inflight`` and ``model`` are the entry's; answers are encoded with :attr:`variant_route` (deployment, variant, ``fastml-variant`` header line), so they
+    name the deployment and the variant as the Python path's do. Each request is counted as routed when the
+    intake submits it (:meth:`submitted`: the decision was :meth:`Router.peek`, uncounted, in case the intake
+    hands the request to the Python path after all) and in the variant's stats when answered (:meth:`answered`,
+    with its latency from the read that submitted it; answers of one variant's model come back in submission
+    order). One per (deployment, variant, model entry), kept in the deployment's ``transport_cache``.
+    """
+
+    __slots__ = ("entry", "name", "version", "model", "cache", "variant_route", "_target", "_router", "_started")
+
+    def __init__(self, d: Deployment, target: Target, entry):
+        self.entry = entry
+        self.name = d.name
+        self.version = entry.version
+        self.model = entry.model
+        # Filled by the data plane on first use: "variant" (this object) and the entry's output names.
+        self.cache: dict = {}
+        self.variant_route = (
+            d.name,
+            target.name,
+            b"fastml-variant: " + target.name.encode("ascii", "replace") + b"\r\n",
+        )
+        self._target = target
+        self._router = d.router
+        self._started: deque = deque()
+
+    @property
+    def inflight(self) -> int:
+        return self.entry.inflight
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        self.entry.inflight = value
+
+    @staticmethod
+    def routing_params(params: dict | None) -> tuple:
+        """:meth:`DeploymentManager.routing_params`: a request carrying either goes through the Python path."""
+        return DeploymentManager.routing_params(params)
+
+    def submitted(self, n: int) -> None:
+        """``n`` requests of one read went to the model natively."""
+        self._router.count_routed(self._target.index, n)
+        now = _perf_counter_ns()
+        if n == 1:  # always, today: the data plane's route for a variant takes one request
+            self._started.append(now)
+        else:
+            self._started.extend([now] * n)
+
+    def answered(self, ok: bool) -> None:
+        """One natively submitted request was answered (``ok``: a 200)."""
+        started = self._started
+        latency_us = (_perf_counter_ns() - started.popleft()) / 1000 if started else 0.0
+        if ok:
+            self._target.stats.record_ok(latency_us)
+        else:
+            self._target.stats.record(latency_us, False)
+            self._router.count_error(self._target.index)
 
 
 def _is_ref(model: str) -> bool:
@@ -685,6 +750,28 @@ class DeploymentManager:
         for s in d.shadows:
             if mask >> s.index & 1:
                 self._mirror(plane, d, s, primary_entry, inputs, request_id)
+
+    def native_variant(self, name: str) -> NativeVariant | None:
+        """One keyless decision, not yet counted, for a request to deployment ``name`` that a native intake may
+        take whole: the chosen variant's :class:`NativeVariant`; None for a deployment with shadows (a copy
+        needs the decoded inputs: the Python path sends it).
+
+        Raises:
+            NotFound / Unavailable: the chosen variant's served model is gone.
+        """
+        d = self.table.get(name)
+        if d is None or d.shadows:
+            return None
+        index, _ = d.router.peek()
+        target = d.variants[index]
+        entry = target.current(self.manager)
+        tokens = d.transport_cache.get("native")
+        if tokens is None:
+            tokens = d.transport_cache["native"] = {}
+        token = tokens.get(index)
+        if token is None or token.entry is not entry:  # a followed alias moved: the new version's books
+            token = tokens[index] = NativeVariant(d, target, entry)
+        return token
 
     def resolve_entry(self, name: str):
         """A keyless decision's model entry, for transports' fast paths that carry no routing key."""
