@@ -49,6 +49,12 @@ DEFAULT_ROWS_IN_FLIGHT = 262_144
 CHUNKS_PER_THREAD = 4
 # ... as long as a chunk keeps this many rows (more chunks are never made smaller than this).
 MIN_SPLIT_ROWS = 4_096
+# The last chunks of a file of known length (one per scoring thread) are scored in this many pieces each (zero-copy
+# slices, at least MIN_TAIL_PIECE_ROWS rows): the threads then run out of work within a piece of each other rather
+# than a chunk (with 62,500-row chunks of a 60-tree model, ~140 ms a chunk, one thread often scored the last chunk
+# alone while the other core idled).
+TAIL_PIECES = 4
+MIN_TAIL_PIECE_ROWS = 1_024
 
 _ORT_NUMPY = {
     "tensor(float)": np.float32,
@@ -428,17 +434,25 @@ def predict_file(
     # finishes finds the next chunk waiting while this one writes.
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="fastml-predict")
     inflight: collections.deque = collections.deque()
+    # Rows submitted and not yet written: at most one chunk per scoring thread once the oldest is written (the
+    # bound is in rows, so the pieces of the last chunks queue as their chunk would have).
+    inflight_rows = 0
+    read_rows = 0
     try:
         read = [c for c in plan.read_columns if c not in features]
         for batch in batches(read, batch_rows):
             if features:
                 batch = _join_features(batch, feature_store, features, keys[0])
-            inflight.append((batch, pool.submit(sess.run, None, plan.feed(batch))))
-            if len(inflight) > workers:
-                done, fut = inflight.popleft()
-                out_schema = _emit(writer, plan, done, fut)
-                rows += done.num_rows
-                advance(done.num_rows)
+            for piece in _tail_pieces(batch, read_rows, total, batch_rows, workers):
+                inflight.append((piece, pool.submit(sess.run, None, plan.feed(piece))))
+                inflight_rows += piece.num_rows
+                while inflight_rows > workers * batch_rows:
+                    done, fut = inflight.popleft()
+                    out_schema = _emit(writer, plan, done, fut)
+                    inflight_rows -= done.num_rows
+                    rows += done.num_rows
+                    advance(done.num_rows)
+            read_rows += batch.num_rows
         while inflight:
             done, fut = inflight.popleft()
             out_schema = _emit(writer, plan, done, fut)
@@ -526,6 +540,19 @@ def _join_features(batch, store, features: list[str], key: str):
     values = np.where(present, values, np.float32(np.nan))
     arrays = list(batch.columns) + [pa.array(values[:, j]) for j in range(len(features))]
     return pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + features)
+
+
+def _tail_pieces(batch, start: int, total: int | None, batch_rows: int, workers: int) -> list:
+    """``batch`` (the file's rows from ``start``) as one piece, or, when it is one of the last ``workers`` chunks of
+    a file of ``total`` rows, as up to TAIL_PIECES zero-copy slices of at least MIN_TAIL_PIECE_ROWS rows."""
+    n = batch.num_rows
+    if not total or start < total - workers * batch_rows:
+        return [batch]
+    pieces = min(TAIL_PIECES, n // MIN_TAIL_PIECE_ROWS)
+    if pieces <= 1:
+        return [batch]
+    step = -(-n // pieces)
+    return [batch.slice(offset, step) for offset in range(0, n, step)]
 
 
 def _card_columns(card_columns, file_columns) -> list[str] | None:
