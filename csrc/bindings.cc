@@ -104,13 +104,23 @@ using fastml::Status;
 using fastml::StatusCode;
 using fastml::TensorView;
 
-// fastml._frames' answer encoder and its sink type (csrc/frame_submit_api.h), registered once through the
-// capsule when the binary protocol's intake starts; guarded by the GIL. Unset: every sink takes set_result.
+// The native intakes' answer encoders and their sink types (csrc/frame_submit_api.h: fastml._frames for the binary
+// protocol, fastml._http_intake for HTTP), each registered once through the capsule when its intake starts;
+// guarded by the GIL. A sink of no registered type takes set_result.
 struct FrameAnswerHook {
     PyTypeObject* type = nullptr;
     fastml::FrameAnswerFn fn = nullptr;
 };
-static FrameAnswerHook g_frame_answer;
+constexpr size_t kMaxFrameAnswerHooks = 4;
+static FrameAnswerHook g_frame_answers[kMaxFrameAnswerHooks];
+
+// The encoder registered for `type`, or nullptr.
+static fastml::FrameAnswerFn FrameAnswerFor(PyTypeObject* type) {
+    for (const FrameAnswerHook& h : g_frame_answers) {
+        if (h.type == type) return h.fn;
+    }
+    return nullptr;
+}
 
 // Raises fastml._core.CoreError(code, message): the batcher's callers branch on the code (a refused input
 // is re-validated in Python for a better message), then convert it through the one table (ERROR_CLASSES).
@@ -450,13 +460,13 @@ struct PyBatcher {
 
     // Hands request `c`'s rows of `arrays` (the batch outputs) to the registered answer encoder: 0 answered,
     // 1 not taken, -1 with a Python error set.
-    int FrameAnswer(PyObject* sink, const py::object& arrays, const Completion& c) {
+    int FrameAnswer(fastml::FrameAnswerFn fn, PyObject* sink, const py::object& arrays, const Completion& c) {
         constexpr size_t kMaxOutputs = 64;
         const size_t n = outputs.size();
         if (n > kMaxOutputs || static_cast<size_t>(PyList_GET_SIZE(arrays.ptr())) != n) return 1;
         void* names[kMaxOutputs];
         for (size_t i = 0; i < n; ++i) names[i] = outputs[i].ptr();
-        return g_frame_answer.fn(sink, arrays.ptr(), names, n, c.row_offset, c.rows);
+        return fn(sink, arrays.ptr(), names, n, c.row_offset, c.rows);
     }
 
     // Settles every future of `items` (GIL held). A failure to build one result (make_error raising, an
@@ -473,11 +483,12 @@ struct PyBatcher {
             bool ok = c.code == StatusCode::kOk;
             bool settled = false;  // value and ok are final
             PyObject* target = keep ? PyTuple_GET_ITEM(keep.ptr(), 0) : nullptr;  // borrowed from keep
-            if (ok && target != nullptr && g_frame_answer.fn != nullptr && Py_TYPE(target) == g_frame_answer.type) {
-                // A binary-protocol sink: its encoder writes the answer from the batch outputs directly, with no
+            fastml::FrameAnswerFn answer_fn = ok && target != nullptr ? FrameAnswerFor(Py_TYPE(target)) : nullptr;
+            if (answer_fn != nullptr) {
+                // A native intake's sink: its encoder writes the answer from the batch outputs directly, with no
                 // result dict, row views or set_result call per request.
                 py::object arrays = TakeOutputs(c);
-                const int written = arrays.is_none() ? 1 : FrameAnswer(target, arrays, c);
+                const int written = arrays.is_none() ? 1 : FrameAnswer(answer_fn, target, arrays, c);
                 if (written == 0) {
                     ++n;
                     continue;
@@ -569,7 +580,14 @@ static int FrameSubmit(void* target, std::vector<TensorView>* views, int64_t tim
 }
 
 static void FrameSetAnswer(void* sink_type, fastml::FrameAnswerFn fn) {
-    g_frame_answer = FrameAnswerHook{static_cast<PyTypeObject*>(sink_type), fn};
+    PyTypeObject* type = static_cast<PyTypeObject*>(sink_type);
+    for (FrameAnswerHook& h : g_frame_answers) {
+        if (h.type == nullptr || h.type == type) {
+            h = FrameAnswerHook{type, fn};
+            return;
+        }
+    }
+    // Full (more intakes than slots): this type's sinks take set_result, which answers the same bytes.
 }
 
 static void bind_batcher(py::module_& m) {

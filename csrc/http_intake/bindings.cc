@@ -12,6 +12,7 @@
 // back for a request the intake declines are the Python path's by construction.
 //
 // Threading: the event loop's thread, GIL held throughout (the batcher's resolve holds it too).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstring>
@@ -54,6 +55,9 @@ struct NativePlan {
   size_t binary_size = 0;
   std::vector<py::object> out_names;  // str, in the answer's order
   std::string extra_headers;          // header lines every answer carries (a deployment's fastml-variant)
+  // Each answered output's index among the model's outputs (the batcher's direct answer); filled on first use.
+  std::vector<size_t> out_index;
+  size_t out_index_of = 0;  // the model's output count out_index was computed for
   // Pre-encoded JSON answer headers by output shapes (ndim, dims..., per output), as the Python path caches.
   std::vector<std::pair<std::vector<int64_t>, std::string>> heads;
 };
@@ -246,7 +250,89 @@ class Sink {
 
   bool done() const { return done_; }
 
+  // The batcher's direct answer (csrc/frame_submit_api.h): rows [row_offset, row_offset + rows) of each batch
+  // output (`outputs`, a list in the model's output order; `names`, their str objects), written with no result
+  // dict, row views or set_result call. Returns 1 (nothing done: the batcher calls set_result) when an output is
+  // not a C-contiguous native-order array of a fixed-size dtype, or no head was pre-encoded for these shapes.
+  int answer_rows(PyObject* outputs, void* const* names, size_t n, int64_t row_offset, int64_t rows) {
+    if (outbox_->closed()) return 1;
+    NativePlan& p = *plan_;
+    if (p.out_index_of != n || p.out_index.size() != p.out_names.size()) {
+      p.out_index.clear();
+      for (const py::object& name : p.out_names) {
+        size_t found = n;
+        for (size_t i = 0; i < n && found == n; ++i) {
+          PyObject* o = static_cast<PyObject*>(names[i]);
+          if (o == name.ptr() || (PyUnicode_Check(o) && PyUnicode_Compare(o, name.ptr()) == 0)) found = i;
+        }
+        if (PyErr_Occurred()) PyErr_Clear();
+        if (found == n) {
+          p.out_index.clear();
+          return 1;
+        }
+        p.out_index.push_back(found);
+      }
+      p.out_index_of = n;
+    }
+    auto& api = py::detail::npy_api::get();
+    std::vector<int64_t> key;
+    std::vector<std::string_view> blobs;
+    blobs.reserve(p.out_index.size());
+    for (size_t idx : p.out_index) {
+      PyObject* a = PyList_GET_ITEM(outputs, static_cast<Py_ssize_t>(idx));  // borrowed
+      if (!api.PyArray_Check_(a)) return 1;
+      auto* arr = py::detail::array_proxy(a);
+      if (arr->nd < 1 || !(arr->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return 1;
+      py::dtype dt = py::reinterpret_borrow<py::dtype>(arr->descr);
+      const char kind = dt.kind();
+      if ((kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') || dt.byteorder() == '>') return 1;
+      if (row_offset < 0 || rows < 0 || row_offset + rows > arr->dimensions[0]) return 1;
+      int64_t row_bytes = static_cast<int64_t>(dt.itemsize());
+      key.push_back(arr->nd);
+      key.push_back(rows);
+      for (int d = 1; d < arr->nd; ++d) {
+        row_bytes *= arr->dimensions[d];
+        key.push_back(arr->dimensions[d]);
+      }
+      blobs.emplace_back(arr->data + row_offset * row_bytes, static_cast<size_t>(rows * row_bytes));
+    }
+    const std::string* head = find_head(key);
+    if (head == nullptr) return 1;
+    done_ = true;
+    const bool close = outbox_->closing();
+    std::string data;
+    write_response(*head, blobs, close, &data);
+    outbox_->fill(seq_, std::move(data), close, entry_, true);
+    return 0;
+  }
+
  private:
+  const std::string* find_head(const std::vector<int64_t>& key) const {
+    for (const auto& h : plan_->heads) {
+      if (h.first == key) return &h.second;
+    }
+    return nullptr;
+  }
+
+  // The whole 200 response: status line and headers as the Python path writes them, the JSON head, the tensors.
+  void write_response(const std::string& head, const std::vector<std::string_view>& blobs, bool close,
+                      std::string* out) const {
+    size_t blob = 0;
+    for (std::string_view b : blobs) blob += b.size();
+    std::string& s = *out;
+    s.reserve(160 + plan_->extra_headers.size() + head.size() + blob);
+    s.append("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: ");
+    append_int(&s, head.size());
+    s.append("\r\nContent-Length: ");
+    append_int(&s, head.size() + blob);
+    s.append("\r\n");
+    if (close) s.append(kCloseHdr);
+    s.append(plan_->extra_headers);
+    s.append("\r\n");
+    s.append(head);
+    for (std::string_view b : blobs) s.append(b.data(), b.size());
+  }
+
   // The output arrays in the answer's order when each is a C-contiguous, native-order numpy array of a
   // fixed-size dtype; their shapes as the heads' key.
   bool shapes_key(py::handle outputs, std::vector<int64_t>* key, std::vector<Py_buffer>* views = nullptr) {
@@ -287,31 +373,12 @@ class Sink {
     std::vector<int64_t> key;
     std::vector<Py_buffer> views;
     views.reserve(plan_->out_names.size());
-    bool plain = shapes_key(outputs, &key, &views);
-    const std::string* head = nullptr;
-    if (plain) {
-      for (const auto& h : plan_->heads) {
-        if (h.first == key) {
-          head = &h.second;
-          break;
-        }
-      }
-    }
+    const std::string* head = shapes_key(outputs, &key, &views) ? find_head(key) : nullptr;
     if (head != nullptr) {
-      size_t blob = 0;
-      for (const Py_buffer& b : views) blob += static_cast<size_t>(b.len);
-      std::string& s = *data;
-      s.reserve(160 + head->size() + blob);
-      s.append("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: ");
-      append_int(&s, head->size());
-      s.append("\r\nContent-Length: ");
-      append_int(&s, head->size() + blob);
-      s.append("\r\n");
-      if (close) s.append(kCloseHdr);
-      s.append(plan_->extra_headers);
-      s.append("\r\n");
-      s.append(*head);
-      for (const Py_buffer& b : views) s.append(static_cast<const char*>(b.buf), static_cast<size_t>(b.len));
+      std::vector<std::string_view> blobs;
+      blobs.reserve(views.size());
+      for (const Py_buffer& b : views) blobs.emplace_back(static_cast<const char*>(b.buf), static_cast<size_t>(b.len));
+      write_response(*head, blobs, close, data);
     }
     for (Py_buffer& b : views) PyBuffer_Release(&b);
     *ok = true;
@@ -371,6 +438,19 @@ PyObject* sink_set_exception(PyObject* self, PyObject* exc) {
   return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_exception(exc); });
 }
 
+// The batcher's answer hook (FrameAnswerFn) for sinks of this type. Never throws.
+int sink_answer(void* self, void* outputs, void* const* names, size_t n, int64_t row_offset, int64_t rows) {
+  try {
+    return reinterpret_cast<PySink*>(self)->sink()->answer_rows(static_cast<PyObject*>(outputs), names, n, row_offset,
+                                                                rows);
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return -1;
+}
+
 PyObject* sink_done(PyObject* self, PyObject*) { return PyBool_FromLong(reinterpret_cast<PySink*>(self)->sink()->done()); }
 
 PyMethodDef sink_methods[] = {
@@ -402,6 +482,8 @@ const fastml::FrameSubmitApi* submit_api() {
     if (table->abi != fastml::kFrameSubmitAbi) {
       throw std::runtime_error("fastml._core and fastml._http_intake were built from different sources");
     }
+    // From here on the batcher answers this module's sinks through sink_answer (no result dict per request).
+    table->set_answer(g_sink_type, &sink_answer);
     api = table;
   }
   return api;
