@@ -73,3 +73,17 @@ def test_half_close_after_more_frames_than_a_pass_answers_them_all(sliced):
     assert pongs == [1000 + i for i in range(3 * PASS + 1)]
     assert sorted(answers) == list(range(3 * PASS + 1))
     assert all(float(answers[i]["a"][0, 0]) == i + 1.0 for i in answers)
+
+
+def test_small_chunks_one_frame_per_pass_and_one_in_flight_still_answer_everything(tmp_path):
+    # Frames larger than a chunk arrive in pieces while reading pauses for the in-flight bound and for the
+    # bytes waiting unparsed: reading must always come back (a partial frame is never "waiting for its pass").
+    make_two_output_model(tmp_path / "two" / "1" / "model.onnx")
+    srv = InProcessServer(tmp_path, limits=BinaryLimits(frames_per_pass=1, max_inflight=1, chunk_bytes=128))
+    try:
+        xs = [{"x": np.full((30, 3), i, np.float32)} for i in range(40)]
+        with Client(srv.address, window=40, timeout_s=30) as client:
+            out = client.infer_many("two", xs)
+        assert [float(o["a"][29, 2]) for o in out] == [i + 1.0 for i in range(40)]
+    finally:
+        srv.close()

@@ -367,7 +367,8 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             and self.read_paused
             and self.transport is not None
             and len(self.inflight) < self.limits.max_inflight
-            and self.buffer.pending_bytes <= self.limits.chunk_bytes
+            # Complete frames still waiting for their pass (not a large frame still arriving) keep reading off.
+            and not (self.more_due and self.buffer.pending_bytes > self.limits.chunk_bytes)
         ):
             self.read_paused = False
             self.transport.resume_reading()
