@@ -49,10 +49,11 @@ class _PassRoutes:
     afresh per read. A deployment's route is one routing decision for one request: never shared.
     """
 
-    __slots__ = ("plane", "routes", "due", "__weakref__")
+    __slots__ = ("plane", "loop", "routes", "due", "__weakref__")
 
-    def __init__(self, plane):
+    def __init__(self, plane, loop):
         self.plane = plane
+        self.loop = loop  # held, not looked up per pass: asyncio's running-loop check is a getpid syscall
         self.routes: dict = {}
         self.due = False
 
@@ -64,7 +65,7 @@ class _PassRoutes:
             if route is None or getattr(route[0], "variant_route", None) is None:
                 if not self.due:
                     self.due = True
-                    asyncio.get_running_loop().call_soon(self._end_pass)
+                    self.loop.call_soon(self._end_pass)
                 self.routes[key] = route
         return route
 
@@ -77,10 +78,10 @@ _pass_routes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DataP
 _takes_ok: dict = {}  # DataPlane type -> whether its completed() takes ``ok``
 
 
-def _routes_of(plane) -> _PassRoutes:
+def _routes_of(plane, loop) -> _PassRoutes:
     routes = _pass_routes.get(plane)
-    if routes is None:
-        routes = _pass_routes[plane] = _PassRoutes(plane)
+    if routes is None or routes.loop is not loop:
+        routes = _pass_routes[plane] = _PassRoutes(plane, loop)
     return routes
 
 
@@ -159,7 +160,7 @@ class NativeHttpProtocol(HttpProtocol):
         )
         self.intake = _http_intake.Intake(
             self.outbox,
-            _routes_of(plane).open_route,
+            _routes_of(plane, asyncio.get_running_loop()).open_route,
             open_plan,
             lim.max_pipelined,
             lim.max_body_bytes,
