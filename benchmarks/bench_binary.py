@@ -56,7 +56,7 @@ ROOT = HERE.parent
 # met. With the native intake (plain request frames submitted to the batcher in one call per read) the CPU rows
 # measured 7.9-12x echo under load (load average 3.7), throughput 3.2-4.4x HTTP, one connection 69,000/s with the
 # client on the same 2 cores. With the window taken 32 frames per pass (alternating rounds against the whole
-# window in one pass, load 3.8-4.0): one connection 102,000 and 122,000/s against 77,000 and 85,000/s, server
+# window in one pass, load 3.8-4.3): one connection 102,000 and 122,000/s against 77,000 and 85,000/s, server
 # CPU 7.7-9.0 against 5.9-6.7 us per inference (the overlap's price: more reads, writes and loop passes); at
 # load 5 (no idle core to overlap into) 14,800-67,800/s against 34,700-50,400/s, too noisy to tell apart. The
 # AsyncClient's inlined infer call costs 13.6 against 15.4 us per inference (medians of 5 rounds, load 4.2).
