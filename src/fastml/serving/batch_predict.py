@@ -91,10 +91,14 @@ class PredictReport:
 def resolve_model(ref: str | os.PathLike) -> tuple[Path, list[str] | None]:
     """``(ONNX path, feature columns or None)`` for a model file (any supported format, converted and
     cached) or a registry reference (its card's numeric feature columns, when it has them)."""
-    from fastml.serving.loader import parse_target, resolve_ref
-
     target = str(ref)
-    kind, _ = parse_target(target)
+    # An existing path is a path (parse_target's first rule), known without importing the loader.
+    if Path(target).exists():
+        kind = "path"
+    else:
+        from fastml.serving.loader import parse_target
+
+        kind, _ = parse_target(target)
     if kind == "path":
         path = Path(target)
         if path.is_dir():
@@ -112,6 +116,8 @@ def resolve_model(ref: str | os.PathLike) -> tuple[Path, list[str] | None]:
         from fastml.convert.frameworks import converted_path
 
         return converted_path(path), None
+    from fastml.serving.loader import resolve_ref
+
     mv, path = resolve_ref(target)
     card = getattr(mv, "model_card", None) or {}
     numeric = (card.get("features") or {}).get("numeric")
