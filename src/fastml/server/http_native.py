@@ -14,9 +14,10 @@ ids, deployments, shared memory, auth) is the Python path's, byte for byte. Orde
 the intake takes nothing while the Python path has answers pending or a request half parsed, and the Python
 path writes nothing while native answers are owed, so a pipelined client reads its answers in request order.
 
-Books: the routes the intake used are reported to the data plane once per read (``DataPlane.sink_routed``:
-in-flight counts and the admission gate), each answer closes its request's books (``DataPlane.completed``)
-and counts its status, so statistics and metrics see native-path requests as the Python path's.
+Books: the requests the intake submitted are counted in flight per read and recorded with the admission gate
+once per event-loop pass (``DataPlane.sink_counted`` / ``sink_admitted``); each answer closes its request's
+books (``DataPlane.completed``) and counts its status, so statistics and metrics see native-path requests as
+the Python path's.
 """
 
 import asyncio
@@ -49,29 +50,58 @@ class _PassRoutes:
     afresh per read. A deployment's route is one routing decision for one request: never shared.
     """
 
-    __slots__ = ("plane", "loop", "routes", "due", "__weakref__")
+    __slots__ = ("plane", "loop", "routes", "runs", "due", "__weakref__")
 
     def __init__(self, plane, loop):
         self.plane = plane
         self.loop = loop  # held, not looked up per pass: asyncio's running-loop check is a getpid syscall
         self.routes: dict = {}
+        self.runs: dict = {}  # id(entry) -> [entry, inflight before the pass's first, timeout_us, submitted]
         self.due = False
+
+    def _schedule(self):
+        # Queued before the data plane's route schedules the pass's flush, so the gate records the pass's
+        # requests before the flush runs them.
+        self.due = True
+        self.loop.call_soon(self._end_pass)
 
     def open_route(self, name: str, version: str | None, timeout_us: int):
         key = (name, version, timeout_us)
         route = self.routes.get(key, _MISS)
         if route is _MISS:
+            if not self.due:
+                self._schedule()
             route = self.plane.sink_route(name, version, timeout_us)
             if route is None or getattr(route[0], "variant_route", None) is None:
-                if not self.due:
-                    self.due = True
-                    self.loop.call_soon(self._end_pass)
                 self.routes[key] = route
         return route
+
+    def routed(self, entry, submitted: int, inflight_before: int, timeout_us: int):
+        """One read's requests went through a route: counted in flight now, recorded with the admission gate
+        once for the pass (a deployment's variant books its own way, per read)."""
+        if entry.cache.get("variant") is not None:
+            self.plane.sink_routed(entry, submitted, inflight_before, timeout_us)
+            return
+        self.plane.sink_counted(entry, submitted)
+        run = self.runs.get(id(entry))
+        if run is None or run[2] != timeout_us:
+            if run is not None:  # another deadline in the same pass: the earlier run is recorded first
+                self.plane.sink_admitted(run[0], run[1], run[2], run[3])
+            self.runs[id(entry)] = [entry, inflight_before, timeout_us, submitted]
+        else:
+            run[3] += submitted
+        if not self.due:
+            self._schedule()
 
     def _end_pass(self):
         self.due = False
         self.routes.clear()
+        runs = self.runs
+        if runs:
+            self.runs = {}
+            admitted = self.plane.sink_admitted
+            for entry, inflight_before, timeout_us, submitted in runs.values():
+                admitted(entry, inflight_before, timeout_us, submitted)
 
 
 _pass_routes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DataPlane -> its _PassRoutes
@@ -132,12 +162,13 @@ def open_plan(entry, header: bytes):
 class NativeHttpProtocol(HttpProtocol):
     """One HTTP/1.1 connection fed through the native intake (see the module docstring)."""
 
-    __slots__ = ("intake", "outbox", "py_mid", "eof_after_native", "refeed_due")
+    __slots__ = ("intake", "outbox", "pass_routes", "py_mid", "eof_after_native", "refeed_due")
 
     def __init__(self, server, metrics_only: bool = False):
         super().__init__(server, metrics_only)
         self.intake = None
         self.outbox = None
+        self.pass_routes = None
         self.py_mid = False  # the Python parser is inside a request: it keeps the stream until the request ends
         self.eof_after_native = False
         self.refeed_due = False
@@ -158,9 +189,10 @@ class NativeHttpProtocol(HttpProtocol):
             server,
             _completed_takes_ok(plane),
         )
+        self.pass_routes = _routes_of(plane, asyncio.get_running_loop())
         self.intake = _http_intake.Intake(
             self.outbox,
-            _routes_of(plane, asyncio.get_running_loop()).open_route,
+            self.pass_routes.open_route,
             open_plan,
             lim.max_pipelined,
             lim.max_body_bytes,
@@ -190,7 +222,7 @@ class NativeHttpProtocol(HttpProtocol):
         self.last_tick = self.server.tick
         rest, used, paused = intake.feed(data)
         if used:
-            routed = self.server.plane.sink_routed
+            routed = self.pass_routes.routed
             for entry, submitted, inflight_before, timeout_us in used:
                 routed(entry, submitted, inflight_before, timeout_us)
         if paused:

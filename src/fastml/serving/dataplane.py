@@ -486,6 +486,20 @@ class DataPlane:
         self.inflight += submitted
         _gate(entry).admitted_run(inflight_before, timeout_us or entry.model.timeout_us, submitted)
 
+    def sink_counted(self, entry, submitted: int) -> None:
+        """:meth:`sink_routed` less the admission gate's record, for a transport that takes many reads in one
+        event-loop pass (the HTTP intake, one request per connection per read): each read's requests are counted
+        in flight at once, and the pass's run is recorded with the gate once (:meth:`sink_admitted`), before the
+        pass's flush runs them. ``entry`` is a model's entry (a deployment's variant goes through
+        :meth:`sink_routed`)."""
+        entry.inflight += submitted
+        self.inflight += submitted
+
+    def sink_admitted(self, entry, inflight_before: int, timeout_us: int, submitted: int) -> None:
+        """The admission gate's record of :meth:`sink_counted` requests: ``submitted`` carrying ``timeout_us`` in
+        one pass, the first with ``inflight_before`` ahead of it (as :meth:`sink_routed` records one read's)."""
+        _gate(entry).admitted_run(inflight_before, timeout_us or entry.model.timeout_us, submitted)
+
     def completed(self, entry, ok: bool = True) -> None:
         """Close the books on a request that :meth:`submit_sink` queued (its sink was called; ``ok``: answered
         with its outputs, as a native intake reports it)."""
