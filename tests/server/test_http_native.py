@@ -207,3 +207,70 @@ def test_protocol_class_native_default(monkeypatch):
     assert protocol_class("native") is Native
     monkeypatch.setenv("FASTML_HTTP_IMPL", "python")
     assert protocol_class() is reference.HttpProtocol
+
+
+def _run_until(manager, cls, chunks: list[bytes], answers: int, limits=None, before_answers=None, eof=False):
+    """Feeds ``chunks``, optionally calls ``before_answers(server)`` and ``eof_received``, then turns the loop
+    until ``answers`` responses were written. Returns (bytes written, transport eof, transport closed)."""
+    from fastml.server.app import Limits
+
+    for e in manager.entries():
+        e.cache.clear()
+
+    async def go():
+        server = Server(manager, http_port=None, metrics_port=None, limits=limits or Limits())
+        proto = cls(server)
+        t = FakeTransport()
+        proto.connection_made(t)
+        for chunk in chunks:
+            proto.data_received(chunk)
+        if before_answers is not None:
+            before_answers(server)
+        if eof:
+            proto.eof_received()
+        for _ in range(20_000):
+            if bytes(t.out).count(b"HTTP/1.1 ") >= answers and not _owed(proto):
+                break
+            await asyncio.sleep(0)
+        server.plane.draining = False
+        return bytes(t.out), t.eof, t.closed
+
+    return asyncio.run(go())
+
+
+def test_pipeline_bound_holds_requests_in_the_intake(manager, onnx_models):
+    """Past max_pipelined unanswered requests the intake keeps the rest and reading pauses; every request is
+    answered, in order, as the Python path answers them."""
+    from fastml.server.app import Limits
+
+    x = _x(onnx_models)
+    stream = b"".join(_plain(x[i : i + 1]) for i in range(4)) + _plain(x[:2]) + _json_infer(x[:1])
+    limits = Limits(max_pipelined=2)
+    ref = _run_until(manager, reference.HttpProtocol, [stream], 6, limits)
+    native = _run_until(manager, Native, [stream], 6, limits)
+    assert ref[0].count(b"HTTP/1.1 200 OK") == 6
+    assert native == ref
+
+
+def test_half_close_after_native_requests(manager, onnx_models):
+    """A client that half-closes after requests the intake took gets every answer, then the half-close."""
+    x = _x(onnx_models)
+    chunks = [_plain(x[:1]) + _plain(x[:2])]
+    ref = _run_until(manager, reference.HttpProtocol, chunks, 2, eof=True)
+    native = _run_until(manager, Native, chunks, 2, eof=True)
+    assert ref[1] and ref[0].count(b"HTTP/1.1 200 OK") == 2
+    assert native == ref
+
+
+def test_draining_answer_closes_the_connection(manager, onnx_models):
+    """A request the intake took, answered while the server drains: Connection: close, then the half-close."""
+    x = _x(onnx_models)
+
+    def drain(server):
+        server.plane.draining = True
+
+    chunks = [_plain(x[:1])]
+    ref = _run_until(manager, reference.HttpProtocol, chunks, 1, before_answers=drain)
+    native = _run_until(manager, Native, chunks, 1, before_answers=drain)
+    assert b"Connection: close\r\n" in ref[0] and ref[1]
+    assert native == ref
