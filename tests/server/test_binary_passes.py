@@ -87,3 +87,23 @@ def test_small_chunks_one_frame_per_pass_and_one_in_flight_still_answer_everythi
         assert [float(o["a"][29, 2]) for o in out] == [i + 1.0 for i in range(40)]
     finally:
         srv.close()
+
+
+def test_the_default_slice_is_one_batch_of_the_largest_model_at_least_32(tmp_path):
+    make_two_output_model(tmp_path / "two" / "1" / "model.onnx")
+    make_two_output_model(tmp_path / "big" / "1" / "model.onnx")
+    (tmp_path / "big" / "config.toml").write_text("max_batch_size = 96\n")
+    srv = InProcessServer(tmp_path)
+    try:
+        with Client(srv.address) as client:
+            client.infer("two", {"x": np.ones((1, 3), np.float32)})
+            slices = srv.run(lambda: [c.frames_per_pass for c in srv.listener.connections])
+        assert slices == [96]
+    finally:
+        srv.close()
+    from fastml.server.binary import _batch_frames
+
+    class Plane:  # a data plane without a model manager, or with models of small batches
+        manager = None
+
+    assert _batch_frames(Plane()) == 32

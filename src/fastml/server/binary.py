@@ -50,7 +50,9 @@ class BinaryLimits:
         frames_per_pass: frames taken from the receive buffer per event-loop pass; the rest wait for the next
             pass. A client's whole window arrives in one read, and taken whole it is batched, run and
             answered in one write, so client and server take turns; taken in slices, the first slice's
-            answers go out (and the client refills the window) while the next slices are submitted.
+            answers go out (and the client refills the window) while the next slices are submitted. None:
+            one batch of the largest ``max_batch_size`` served when the connection opens, at least 32
+            (smaller slices cost more per inference than the overlap gains; a larger one would split a batch).
     """
 
     max_frame_bytes: int = 64 * 1024 * 1024
@@ -59,7 +61,23 @@ class BinaryLimits:
     max_name_bytes: int = 1024
     max_inflight: int = 128
     chunk_bytes: int = 256 * 1024
-    frames_per_pass: int = 32
+    frames_per_pass: int | None = None
+
+
+_MIN_FRAMES_PER_PASS = 32
+
+
+def _batch_frames(plane) -> int:
+    """Frames per pass by default: the largest ``max_batch_size`` among the models served, at least 32."""
+    manager = getattr(plane, "manager", None)
+    sizes = [_MIN_FRAMES_PER_PASS]
+    if manager is not None:
+        for entry in manager.entries():
+            try:
+                sizes.append(int(entry.model.max_batch_size))
+            except (AttributeError, TypeError, ValueError):
+                continue  # a model without a batch bound leaves the default
+    return max(sizes)
 
 
 class _Call:
@@ -112,6 +130,7 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.flush_due = False
         self.after_due = False  # _after_answers is scheduled
         self.more_due = False  # _more is scheduled: complete frames may wait in the buffer for the next pass
+        self.frames_per_pass = lim.frames_per_pass or _batch_frames(self.plane)
         self.read_paused = False
         self.write_paused = False
         self.closing = False  # no more requests are parsed (drain, fatal error, connection gone)
@@ -170,7 +189,7 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         if room <= 0:
             self._pause_reading()
             return 0
-        cap = min(room, lim.frames_per_pass)
+        cap = min(room, self.frames_per_pass)
         items, fatal, routes = self.buffer.submit(self.intake, cap, self.inflight, self.plane.sink_route)
         taken = len(items)
         if routes:
@@ -385,7 +404,7 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             return
         if self.eof and not self.closing:
             # Frames received before the half-close that waited for in-flight room or for their pass.
-            full = min(self.limits.frames_per_pass, self.limits.max_inflight)
+            full = min(self.frames_per_pass, self.limits.max_inflight)
             while self.process() >= full:
                 if self.inflight or self.transport is None:
                     return
