@@ -1834,10 +1834,27 @@ static void bind_router(py::module_& m) {
             },
             py::arg("key") = py::none(),
             "route() without counting the decision (count_routed when the request goes that way).")
-        .def("count_routed", [](PyRouter& self, int32_t v, int64_t n) {
-            router_py::CheckIndex(v, self.router->variants().size(), "variant");
-            for (int64_t i = 0; i < n; ++i) self.router->CountRouted(v);
-        }, py::arg("variant"), py::arg("n") = 1)
+        .def(
+            "peek_many",
+            [](PyRouter& self, py::array_t<int32_t, py::array::c_style> out) {
+                if (!out.writeable()) {
+                    status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput, "out is read-only"));
+                }
+                const int64_t n = out.size();
+                int32_t* variants = out.mutable_data();
+                py::gil_scoped_release nogil;
+                self.router->RouteMany(nullptr, nullptr, n, variants, nullptr, /*count=*/false);
+            },
+            py::arg("out").noconvert(),
+            "len(out) keyless decisions like route_many(out), not counted (count_routed as they are used).")
+        .def(
+            "count_routed",
+            [](PyRouter& self, int32_t v, int64_t n) {
+                router_py::CheckIndex(v, self.router->variants().size(), "variant");
+                if (n < 0) status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput, "n must be >= 0"));
+                self.router->CountRouted(v, static_cast<uint64_t>(n));
+            },
+            py::arg("variant"), py::arg("n") = 1)
         .def("count_pinned", [](PyRouter& self, int32_t v) {
             router_py::CheckIndex(v, self.router->variants().size(), "variant");
             self.router->CountPinned(v);

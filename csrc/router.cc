@@ -296,7 +296,7 @@ RouteDecision Router::Route(const char* key, size_t key_len) {
 }
 
 void Router::RouteMany(const char* keys, const int64_t* offsets, int64_t n, int32_t* variants,
-                       uint32_t* shadow_masks) {
+                       uint32_t* shadow_masks, bool count) {
     // Count locally and publish once: n atomic increments on a shared line would cost more than routing.
     std::vector<uint64_t> routed(variants_.size(), 0);
     std::vector<uint64_t> mirrored(shadows_.size(), 0);
@@ -316,6 +316,7 @@ void Router::RouteMany(const char* keys, const int64_t* offsets, int64_t n, int3
         }
     }
     Leave(slot);
+    if (!count) return;
     for (size_t i = 0; i < routed.size(); ++i) {
         if (routed[i]) routed_[i].fetch_add(routed[i], std::memory_order_relaxed);
     }
@@ -348,7 +349,7 @@ RouteDecision Router::Peek(const char* key, size_t key_len) const {
     return d;
 }
 
-void Router::CountRouted(int32_t variant) { routed_[variant].fetch_add(1, std::memory_order_relaxed); }
+void Router::CountRouted(int32_t variant, uint64_t n) { routed_[variant].fetch_add(n, std::memory_order_relaxed); }
 
 void Router::CountPinned(int32_t variant) {
     routed_[variant].fetch_add(1, std::memory_order_relaxed);

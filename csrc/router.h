@@ -84,12 +84,14 @@ public:
     // The same decision, not counted: for a caller that may still hand the request elsewhere (a transport's
     // native intake opens a route before it knows whether it takes the request); CountRouted when it does.
     RouteDecision Peek(const char* key, size_t key_len) const;
-    void CountRouted(int32_t variant);
+    void CountRouted(int32_t variant, uint64_t n = 1);
 
     // Decisions for n keys given as concatenated bytes with n+1 offsets (offsets[i]..offsets[i+1]);
     // `offsets` null means n keyless decisions. Writes variants[i] and, if not null, shadow_masks[i].
     // One read-side section for the whole batch.
-    void RouteMany(const char* keys, const int64_t* offsets, int64_t n, int32_t* variants, uint32_t* shadow_masks);
+    // `count` false: the decisions are not counted (Peek's batch form; CountRouted as they are used).
+    void RouteMany(const char* keys, const int64_t* offsets, int64_t n, int32_t* variants, uint32_t* shadow_masks,
+                   bool count = true);
 
     // Publishes new weights atomically (same validation as Create); in-flight readers finish on the old
     // table. The variant and shadow lists themselves never change.

@@ -238,8 +238,8 @@ def test_native_split_keeps_the_books(manager, onnx_models):
     def books(server, dm, proto, i):
         if i is not None:
             return None
+        stats = dm.variant_stats("split", samples=True)  # publishes the native routes' counts first
         counts = dm.table["split"].router.counts()
-        stats = dm.variant_stats("split", samples=True)
         inflight = [e.inflight for e in manager.entries()] + [server.plane.inflight]
         return counts, stats, inflight
 
@@ -283,7 +283,7 @@ def test_a_failed_native_answer_counts_as_the_variants_error(manager):
             plane.sink_routed(token, 1, 0, timeout_us)
             assert manager.get("a").inflight == 1 and plane.inflight == 1
             plane.completed(token, False)
-            stats = dm.variant_stats("one")
+            stats = dm.variant_stats("one")  # publishes the native routes' counts first
             return dm.table["one"].router.counts(), stats, manager.get("a").inflight, plane.inflight
         finally:
             await dm.stop()
@@ -316,3 +316,16 @@ def test_no_native_route_for_versions_shadows_or_a_draining_server(manager):
     got, routed_one, routed_mirrored = asyncio.run(go())
     assert got == [None, None, None]
     assert routed_one == [0, 0] and routed_mirrored == [0]
+
+
+def test_new_weights_apply_to_the_next_native_request(manager, onnx_models):
+    """Keyless decisions are drawn ahead in bulk; a weight change drops the ones drawn under the old weights."""
+    x = _x(onnx_models)
+
+    def flip(server, dm, proto, i):
+        if i == 0:
+            dm.set_weights("split", {"left": 0, "right": 10000})
+
+    out, _ = _run(manager, Native, [_plain("split", x)] * 21, flip)
+    variants = [hdr["parameters"]["variant"] for _, hdr, _ in _responses(out)]
+    assert variants[1:] == ["right"] * 20

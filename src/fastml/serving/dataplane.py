@@ -270,6 +270,9 @@ class DataPlane:
         # fastml.serving.deployments.DeploymentManager, or None: names in its ``table`` are deployments,
         # routed to one of their variants (see submit and resolve).
         self.deployments: Any = None
+        # Variant routes handed to native intakes in the current event-loop pass (see _variant_route).
+        self._variant_pass: dict = {}
+        self._variant_pass_due = False
         # fastml.serving.live_monitoring.LiveWiring, or None: live drift and health (fastml serve --monitor).
         self.monitor: Any = None
         self._repository_off: str | None = None
@@ -452,13 +455,35 @@ class DataPlane:
             return None
         try:
             token = deployments.native_variant(name)
-            if token is None:
+        except FastMLError:
+            return None
+        if token is None:
+            return None
+        # What does not change within a loop pass is kept for the pass (as the transport keeps a model's route):
+        # every request of the pass pays the decision and its own admission bound only.
+        key = (token, timeout_us)
+        got = self._variant_pass.get(key)
+        if got is None:
+            got = self._open_variant(token, name, timeout_us)
+            if got is None:
                 return None
-            entry = token.entry
+            self._variant_pass[key] = got
+            if not self._variant_pass_due:
+                self._variant_pass_due = True
+                asyncio.get_running_loop().call_soon(self._end_variant_pass)
+        token.inflight = inflight = token.entry.inflight  # what the intake reads as the requests ahead
+        bound = got[7]
+        return got[:7] + (bound if bound < inflight else inflight,)
+
+    def _open_variant(self, token, name: str, timeout_us: int):
+        """A variant's route for this loop pass, its admission bound without the one-request limit; None when
+        its model has no native path."""
+        entry = token.entry
+        try:
             if "output_names" not in entry.cache:
                 self._prepare(entry)
             target = getattr(entry.model, "sink_target", None)
-            target = target() if target is not None else None
+            target = target() if target is not None else None  # also schedules the model's flush for this pass
         except FastMLError:
             return None
         if target is None:
@@ -470,8 +495,12 @@ class DataPlane:
             cache["output_names_ordered"] = entry.cache["output_names_ordered"]
         batcher, queue, input_names = target
         timeout_us = timeout_us or entry.model.timeout_us
-        bound = min(_gate(entry).unshed_inflight(timeout_us), entry.inflight)
+        bound = _gate(entry).unshed_inflight(timeout_us)
         return token, batcher, queue, name, entry.version, timeout_us, input_names, bound
+
+    def _end_variant_pass(self) -> None:
+        self._variant_pass_due = False
+        self._variant_pass.clear()
 
     def sink_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
         """``submitted`` requests carrying ``timeout_us`` went to ``entry``'s batcher through :meth:`sink_route`

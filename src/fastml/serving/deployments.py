@@ -209,20 +209,41 @@ class Deployment:
         self.transport_cache: dict[str, Any] = {}
 
 
+# Keyless decisions a deployment's native routes draw from the router at once (Router.peek_many: one call, not one
+# per request); drawn again when used up or when the weights change (DeploymentManager.set_weights).
+NATIVE_DECISIONS = 256
+
+
 class NativeVariant:
     """A deployment's variant as a transport's native intake books its requests (``DataPlane.sink_route``).
 
     The intake submits a plain request straight into the variant model's batcher and answers it natively; this
     object stands in for the model entry there (its ``cache["variant"]`` is itself: the data plane keeps the
-    books on :attr:`entry`, the model's). Its ``inflight`` and ``model`` are the entry's; answers are encoded with :attr:`variant_route` (deployment, variant, ``fastml-variant`` header line), so they
-    name the deployment and the variant as the Python path's do. Each request is counted as routed when the
-    intake submits it (:meth:`submitted`: the decision was :meth:`Router.peek`, uncounted, in case the intake
-    hands the request to the Python path after all) and in the variant's stats when answered (:meth:`answered`,
-    with its latency from the read that submitted it; answers of one variant's model come back in submission
-    order). One per (deployment, variant, model entry), kept in the deployment's ``transport_cache``.
+    books on :attr:`entry`, the model's). ``model`` is the entry's; ``inflight`` is the entry's count when the
+    route was handed out (what the intake reads for the admission bound). Answers are encoded with
+    :attr:`variant_route` (deployment, variant, ``fastml-variant`` header line), so they name the deployment and
+    the variant as the Python path's do. A request is counted as routed once the intake submits it
+    (:meth:`submitted`: its decision was drawn uncounted, in case the intake hands the request to the Python
+    path after all; the count reaches the router's counters at the next read of them, :meth:`publish`) and in
+    the variant's stats when answered (:meth:`answered`, with its latency from the read that submitted it;
+    answers of one variant's model come back in submission order). One per (deployment, variant, model entry).
     """
 
-    __slots__ = ("entry", "name", "version", "model", "cache", "variant_route", "_target", "_router", "_started")
+    __slots__ = (
+        "entry",
+        "name",
+        "version",
+        "model",
+        "cache",
+        "inflight",
+        "variant_route",
+        "routed",
+        "_published",
+        "_lock",
+        "_target",
+        "_router",
+        "_started",
+    )
 
     def __init__(self, d: Deployment, target: Target, entry):
         self.entry = entry
@@ -231,22 +252,19 @@ class NativeVariant:
         self.model = entry.model
         # Filled by the data plane on first use: "variant" (this object) and the entry's output names.
         self.cache: dict = {}
+        self.inflight = 0
         self.variant_route = (
             d.name,
             target.name,
             b"fastml-variant: " + target.name.encode("ascii", "replace") + b"\r\n",
         )
+        # Requests submitted natively (event loop thread only), and how many of them the router's counters have.
+        self.routed = 0
+        self._published = 0
+        self._lock = threading.Lock()  # between readers publishing (a status read runs on an executor thread)
         self._target = target
         self._router = d.router
         self._started: deque = deque()
-
-    @property
-    def inflight(self) -> int:
-        return self.entry.inflight
-
-    @inflight.setter
-    def inflight(self, value: int) -> None:
-        self.entry.inflight = value
 
     @staticmethod
     def routing_params(params: dict | None) -> tuple:
@@ -255,7 +273,7 @@ class NativeVariant:
 
     def submitted(self, n: int) -> None:
         """``n`` requests of one read went to the model natively."""
-        self._router.count_routed(self._target.index, n)
+        self.routed += n
         now = _perf_counter_ns()
         if n == 1:  # always, today: the data plane's route for a variant takes one request
             self._started.append(now)
@@ -271,6 +289,53 @@ class NativeVariant:
         else:
             self._target.stats.record(latency_us, False)
             self._router.count_error(self._target.index)
+
+    def publish(self) -> None:
+        """Add the requests routed since the last call to the router's counters (before they are read)."""
+        with self._lock:
+            total = self.routed  # only ever grows; a read racing an increment publishes it next time
+            delta = total - self._published
+            if delta > 0:
+                self._router.count_routed(self._target.index, delta)
+                self._published = total
+
+
+class NativeRoutes:
+    """A deployment's native routes (in its ``transport_cache["native"]``): a :class:`NativeVariant` per variant
+    and keyless decisions drawn ahead from its router."""
+
+    __slots__ = ("tokens", "_router", "_buffer", "_decisions")
+
+    def __init__(self, d: Deployment):
+        self.tokens: list[NativeVariant | None] = [None] * len(d.variants)
+        self._router = d.router
+        self._buffer = np.empty(NATIVE_DECISIONS, np.int32)
+        self._decisions: list[int] = []
+
+    def next_index(self) -> int:
+        """The next keyless decision (a variant index), uncounted."""
+        try:
+            return self._decisions.pop()
+        except IndexError:  # used up (or dropped by reweighted): one native call draws the next ones
+            self._router.peek_many(self._buffer)
+            self._decisions = decisions = self._buffer.tolist()
+            return decisions.pop()
+
+    def reweighted(self) -> None:
+        """The weights changed: decisions drawn under the old ones are dropped."""
+        self._decisions = []
+
+    def publish(self) -> None:
+        for token in self.tokens:
+            if token is not None:
+                token.publish()
+
+
+def _publish_native(d: Deployment) -> None:
+    """Native routes' counts into ``d``'s router counters (call before reading them)."""
+    native = d.transport_cache.get("native")
+    if native is not None:
+        native.publish()
 
 
 def _is_ref(model: str) -> bool:
@@ -762,15 +827,19 @@ class DeploymentManager:
         d = self.table.get(name)
         if d is None or d.shadows:
             return None
-        index, _ = d.router.peek()
+        native = d.transport_cache.get("native")
+        if native is None:
+            native = d.transport_cache["native"] = NativeRoutes(d)
+        index = native.next_index()
         target = d.variants[index]
-        entry = target.current(self.manager)
-        tokens = d.transport_cache.get("native")
-        if tokens is None:
-            tokens = d.transport_cache["native"] = {}
-        token = tokens.get(index)
+        entry = target.entry
+        if entry is None:  # a served model: looked up per request, so repository reloads are followed
+            entry = self.manager.get(target.model)
+        token = native.tokens[index]
         if token is None or token.entry is not entry:  # a followed alias moved: the new version's books
-            token = tokens[index] = NativeVariant(d, target, entry)
+            if token is not None:
+                token.publish()
+            token = native.tokens[index] = NativeVariant(d, target, entry)
         return token
 
     def resolve_entry(self, name: str):
@@ -876,6 +945,9 @@ class DeploymentManager:
                     raise InvalidInput(f"shadow_bp: {k!r} is not a shadow of deployment {deployment!r}")
                 shares[names[k]] = int(v)
         d.router.set_weights([int(weights_bp[t.name]) for t in d.variants], shares)
+        native = d.transport_cache.get("native")
+        if native is not None:
+            native.reweighted()
         for t in d.variants:
             t.weight_or_share_bp = int(weights_bp[t.name])
         for t in d.shadows:
@@ -887,6 +959,7 @@ class DeploymentManager:
         d = self.table.get(deployment)
         if d is None:
             raise NotFound(f"unknown deployment {deployment!r}")
+        _publish_native(d)
         c = d.router.counts()
         out: dict[str, dict] = {}
         weights = d.router.weights_bp
@@ -930,6 +1003,7 @@ class DeploymentManager:
         """One JSON-able row per variant and shadow for Prometheus (``fastml.server.deployment_metrics``)."""
         rows = []
         for name, d in self.table.items():
+            _publish_native(d)
             c = d.router.counts()
             weights, shares = d.router.weights_bp, d.router.shadow_bp
             for kind, targets in (("variant", d.variants), ("shadow", d.shadows)):
