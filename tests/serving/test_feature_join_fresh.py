@@ -211,6 +211,10 @@ def test_a_logger_set_on_the_joined_model_logs_what_the_model_saw(tmp_path, fast
         np.testing.assert_allclose(got[:, 0], [11 + 250, 20 + 750])
         assert len(recorder.inputs) == 1
         np.testing.assert_array_equal(recorder.inputs[0]["x"], np.array([[11, 0.25], [20, 0.75]], np.float32))
+        model.prediction_logger = None  # back to the batched way: nothing more is logged
+        again = asyncio.run(model.predict_async({"driver_id": np.array([1, 2], np.int64)}))["y"]
+        np.testing.assert_array_equal(again, got)
+        assert len(recorder.inputs) == 1 and model.batched.stats()["rows"] >= 2
 
 
 def test_a_transport_submitting_natively_gets_the_batched_models_batcher(tmp_path, fastml_home):

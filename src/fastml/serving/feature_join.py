@@ -322,7 +322,7 @@ class FeatureJoinedModel:
         self.batched = _batched_model(model, join, spec.name, [s.name for s in self._passthrough])
         if self.batched is not None:
             self.batched.per_request_submit = self._submit_per_request
-            self._install_batched_entry_points()
+            self._install_entry_points()
 
     # ------------------------------------------------------------------ the join
     def build(self, inputs) -> dict[str, np.ndarray]:
@@ -440,54 +440,49 @@ class FeatureJoinedModel:
                 return await self._inner_submit({self.feature_input: out}, timeout_us)
         return await self._submit_per_request(inputs, timeout_us, outputs, request_id)
 
-    def _install_batched_entry_points(self) -> None:
-        """``submit`` and ``predict_async`` as closures over the engine models' bound methods, set on the
-        instance: this class defines ``__getattr__``, so CPython does not specialise attribute reads on its
-        instances, and the few a request would make (~0.1 us each) were a measurable share of its cost.
+    def _install_entry_points(self) -> None:
+        """``submit`` and ``predict_async`` set on the instance for the way requests take now (at load, and each
+        time ``prediction_logger`` is set here). Without a logger: the batched engine model's own bound methods,
+        so a request runs no code of this class (a wrapper's call and check cost ~0.3 us a request, most of the
+        join of its row; this class defines ``__getattr__``, so CPython does not specialise attribute reads on
+        its instances either). With one: the per-request way.
 
         A request is handed to the batched engine model as it is, with no check of its own: the engine model
         validates it natively on its way into the queue, and one it refuses as input comes back to the
         per-request way (``_batch_model_class``). Checking the ids' type, dtype and shape here first cost
-        ~0.45 us a request, as much as the join of its row."""
-        inner = self.model
-        batched_submit = self.batched.submit
-        batched_predict_async = self.batched.predict_async
+        ~0.45 us a request."""
+        if self.model.prediction_logger is None:
+            # Instance attributes shadow the class's methods on purpose (the docstring says why).
+            self.submit = self.batched.submit  # type: ignore[method-assign]
+            self.predict_async = self.batched.predict_async  # type: ignore[method-assign]
+            return
         submit_per_request = self._submit_per_request
         predict_async_per_request = self._predict_async_per_request
 
         def submit(inputs, timeout_us=None, *, outputs=None, request_id=None):
-            # The engine model's prediction_logger property reads its _logger: read it directly.
-            if inner._logger is None:
-                if outputs is None and request_id is None:
-                    return batched_submit(inputs, timeout_us)
-                return batched_submit(inputs, timeout_us, outputs=outputs, request_id=request_id)
             return submit_per_request(inputs, timeout_us, outputs, request_id)
 
         def predict_async(inputs, outputs=None, timeout_us=None, *, request_id=None):
-            # The engine model's coroutine is handed back without a wrapping one (an extra coroutine frame per
-            # request cost ~0.8 us, as much as the whole join of its rows).
-            if inner._logger is None:
-                if request_id is None:
-                    return batched_predict_async(inputs, outputs, timeout_us)
-                return batched_predict_async(inputs, outputs, timeout_us, request_id=request_id)
             return predict_async_per_request(inputs, outputs, timeout_us, request_id)
 
         functools.update_wrapper(submit, FeatureJoinedModel.submit)
         functools.update_wrapper(predict_async, FeatureJoinedModel.predict_async)
-        # Instance attributes shadow the class's methods on purpose (the docstring says why).
         self.submit = submit  # type: ignore[method-assign]
         self.predict_async = predict_async  # type: ignore[method-assign]
 
     @property
     def prediction_logger(self):
-        """The wrapped model's prediction logger (see :meth:`fastml.engine.Model.prediction_logger`): while one
-        is attached, requests take the per-request way, so it logs the joined tensor, what the model saw."""
+        """The wrapped model's prediction logger (see :meth:`fastml.engine.Model.prediction_logger`), set here
+        (not on the wrapped model, whose changes this model does not see): while one is attached, requests take
+        the per-request way, so it logs the joined tensor, what the model saw."""
         return self.model.prediction_logger
 
     @prediction_logger.setter
     def prediction_logger(self, logger) -> None:
-        # Set on the wrapped model (an attribute of this wrapper would be read by nobody).
+        # Set on the wrapped model (an attribute of this wrapper would be read by nobody), then the way switched.
         self.model.prediction_logger = logger
+        if self.batched is not None:
+            self._install_entry_points()
 
     def feature_lookups(self) -> dict[str, dict[str, int]]:
         """Cumulative lookups per stored feature: ``{ref: {"hit", "missing", "stale"}}``."""
