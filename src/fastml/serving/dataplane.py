@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ from fastml.serving import messages
 from fastml.serving.admission import AdmissionGate
 
 log = logging.getLogger("fastml.serving")
+_perf_counter_ns = time.perf_counter_ns
 
 # Exactly the Triton extensions that work here (perf_analyzer reads "statistics" from this list).
 EXTENSIONS = (
@@ -273,6 +275,9 @@ class DataPlane:
         # Variant routes handed to native intakes in the current event-loop pass (see _variant_route).
         self._variant_pass: dict = {}
         self._variant_pass_due = False
+        # Per variant model in the current pass: [entry, in flight before its first request, timeout_us, requests],
+        # recorded with the admission gate at the pass's end (_variant_routed).
+        self._variant_runs: dict = {}
         # fastml.serving.live_monitoring.LiveWiring, or None: live drift and health (fastml serve --monitor).
         self.monitor: Any = None
         self._repository_off: str | None = None
@@ -429,8 +434,10 @@ class DataPlane:
         if self.draining:
             return None
         deployments = self.deployments
-        if deployments is not None and name in deployments.table:
-            return self._variant_route(deployments, name, version, timeout_us)
+        if deployments is not None:
+            d = deployments.table.get(name)
+            if d is not None:
+                return self._variant_route(deployments, d, version, timeout_us)
         try:
             entry = self.resolve(name, version)
             target = getattr(entry.model, "sink_target", None)
@@ -444,33 +451,44 @@ class DataPlane:
         bound = _gate(entry).unshed_inflight(timeout_us)
         return entry, batcher, queue, entry.name, entry.version, timeout_us, input_names, bound
 
-    def _variant_route(self, deployments, name: str, version: str | None, timeout_us: int):
-        """:meth:`sink_route` for a deployment: one keyless decision in the native router, the chosen variant's
-        model as the route, booked under a :class:`fastml.serving.deployments.NativeVariant` (the answer names
-        the deployment and the variant). The route takes one request (its admission bound is the requests
-        already in flight): every request gets its own decision, and the rest of a pipelined read goes through
-        the Python path. None (the Python path routes it) for a version in the URL, a deployment with shadows,
-        a model without the native path."""
-        if version is not None:
+    def _variant_route(self, deployments, d, version: str | None, timeout_us: int):
+        """:meth:`sink_route` for deployment ``d``: one keyless decision of its native router (drawn ahead in
+        bulk, uncounted until the request is submitted: :class:`fastml.serving.deployments.NativeRoutes`), the
+        chosen variant's model as the route, booked under its :class:`fastml.serving.deployments.NativeVariant`
+        (the answer names the deployment and the variant). The route takes one request (its admission bound is
+        the requests already in flight): every request gets its own decision, and the rest of a pipelined read
+        goes through the Python path. None (the Python path routes it) for a version in the URL, a deployment
+        with shadows (a copy needs the decoded inputs), a model without the native path. One Python frame for the
+        common case: a deployment request pays this, its books in :meth:`sink_routed` and :meth:`completed`."""
+        if version is not None or d.shadows:
             return None
+        native = d.transport_cache.get("native")
+        if native is None:
+            native = d.transport_cache["native"] = deployments.native_routes(d)
         try:
-            token = deployments.native_variant(name)
-        except FastMLError:
-            return None
-        if token is None:
-            return None
+            index = native.decisions.pop()
+        except IndexError:  # used up (or dropped on a weight change): drawn again in one native call
+            index = native.redraw()
+        token = native.tokens[index]
+        if token is None or token.entry is not token.target.entry:  # first use, a moved alias, a served model
+            try:
+                token = native.token(index)
+            except FastMLError:
+                return None
         # What does not change within a loop pass is kept for the pass (as the transport keeps a model's route):
         # every request of the pass pays the decision and its own admission bound only.
         key = (token, timeout_us)
         got = self._variant_pass.get(key)
         if got is None:
-            got = self._open_variant(token, name, timeout_us)
+            if not self._variant_pass_due:
+                # Queued before the route schedules the model's flush: the pass's requests are recorded with the
+                # admission gate (_end_variant_pass) before the flush runs them.
+                self._variant_pass_due = True
+                asyncio.get_running_loop().call_soon(self._end_variant_pass)
+            got = self._open_variant(token, d.name, timeout_us)
             if got is None:
                 return None
             self._variant_pass[key] = got
-            if not self._variant_pass_due:
-                self._variant_pass_due = True
-                asyncio.get_running_loop().call_soon(self._end_variant_pass)
         token.inflight = inflight = token.entry.inflight  # what the intake reads as the requests ahead
         bound = got[7]
         return got[:7] + (bound if bound < inflight else inflight,)
@@ -501,6 +519,11 @@ class DataPlane:
     def _end_variant_pass(self) -> None:
         self._variant_pass_due = False
         self._variant_pass.clear()
+        runs = self._variant_runs
+        if runs:
+            self._variant_runs = {}
+            for entry, inflight_before, timeout_us, submitted in runs.values():
+                self.sink_admitted(entry, inflight_before, timeout_us, submitted)
 
     def sink_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
         """``submitted`` requests carrying ``timeout_us`` went to ``entry``'s batcher through :meth:`sink_route`
@@ -509,11 +532,34 @@ class DataPlane:
         Each answer's sink then calls :meth:`completed` as for :meth:`submit_sink`."""
         variant = entry.cache.get("variant")  # a deployment's NativeVariant (_variant_route): routed and timed
         if variant is not None:
-            variant.submitted(submitted)
-            entry = variant.entry  # the model's books
+            variant.routed += submitted
+            now = _perf_counter_ns()
+            if submitted == 1:  # always, today: a variant's route takes one request
+                variant.started.append(now)
+            else:
+                variant.started.extend([now] * submitted)
+            self._variant_routed(variant.entry, submitted, inflight_before, timeout_us)
+            return
         entry.inflight += submitted
         self.inflight += submitted
         _gate(entry).admitted_run(inflight_before, timeout_us or entry.model.timeout_us, submitted)
+
+    def _variant_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
+        """:meth:`sink_routed` on a variant's model ``entry``: counted in flight now, recorded with the admission
+        gate once per pass (:meth:`_end_variant_pass`), as the HTTP intake records a model's pass."""
+        entry.inflight += submitted
+        self.inflight += submitted
+        runs = self._variant_runs
+        run = runs.get(id(entry))
+        if run is None or run[2] != timeout_us:
+            if run is not None:  # another deadline in the same pass: the earlier run is recorded first
+                self.sink_admitted(run[0], run[1], run[2], run[3])
+            runs[id(entry)] = [entry, inflight_before, timeout_us, submitted]
+        else:
+            run[3] += submitted
+        if not self._variant_pass_due:  # (a route of this pass scheduled it; a caller outside one gets its own)
+            self._variant_pass_due = True
+            asyncio.get_running_loop().call_soon(self._end_variant_pass)
 
     def sink_counted(self, entry, submitted: int) -> None:
         """:meth:`sink_routed` less the admission gate's record, for a transport that takes many reads in one
@@ -532,9 +578,14 @@ class DataPlane:
     def completed(self, entry, ok: bool = True) -> None:
         """Close the books on a request that :meth:`submit_sink` queued (its sink was called; ``ok``: answered
         with its outputs, as a native intake reports it)."""
-        variant = entry.cache.get("variant")  # a deployment's NativeVariant (_variant_route)
+        variant = entry.cache.get("variant")  # a deployment's NativeVariant (_variant_route): its stats
         if variant is not None:
-            variant.answered(ok)
+            started = variant.started  # answers of one variant's model come back in submission order
+            latency_us = (_perf_counter_ns() - started.popleft()) / 1000 if started else 0.0
+            if ok:
+                variant.record_ok(latency_us)
+            else:
+                variant.failed(latency_us)
             entry = variant.entry  # the model's books
         entry.inflight -= 1
         self.inflight -= 1

@@ -222,15 +222,19 @@ class NativeVariant:
     books on :attr:`entry`, the model's). ``model`` is the entry's; ``inflight`` is the entry's count when the
     route was handed out (what the intake reads for the admission bound). Answers are encoded with
     :attr:`variant_route` (deployment, variant, ``fastml-variant`` header line), so they name the deployment and
-    the variant as the Python path's do. A request is counted as routed once the intake submits it
-    (:meth:`submitted`: its decision was drawn uncounted, in case the intake hands the request to the Python
-    path after all; the count reaches the router's counters at the next read of them, :meth:`publish`) and in
-    the variant's stats when answered (:meth:`answered`, with its latency from the read that submitted it;
-    answers of one variant's model come back in submission order). One per (deployment, variant, model entry).
+    the variant as the Python path's do.
+
+    The data plane keeps the variant's books on the hot path itself (no call into this object per request):
+    when the intake submits a request it adds it to :attr:`routed` (the decision was drawn uncounted, in case
+    the intake hands the request to the Python path after all; :meth:`publish` adds the count to the router's
+    counters before they are read) and appends its start time to :attr:`started`; when it is answered it pops
+    that time and records the latency with :attr:`record_ok` (the variant stats' append) or :meth:`failed`.
+    One per (deployment, variant, model entry).
     """
 
     __slots__ = (
         "entry",
+        "target",
         "name",
         "version",
         "model",
@@ -238,15 +242,16 @@ class NativeVariant:
         "inflight",
         "variant_route",
         "routed",
+        "started",
+        "record_ok",
         "_published",
         "_lock",
-        "_target",
         "_router",
-        "_started",
     )
 
     def __init__(self, d: Deployment, target: Target, entry):
         self.entry = entry
+        self.target = target
         self.name = d.name
         self.version = entry.version
         self.model = entry.model
@@ -262,33 +267,19 @@ class NativeVariant:
         self.routed = 0
         self._published = 0
         self._lock = threading.Lock()  # between readers publishing (a status read runs on an executor thread)
-        self._target = target
+        self.started: deque = deque()
+        self.record_ok = target.stats.record_ok
         self._router = d.router
-        self._started: deque = deque()
 
     @staticmethod
     def routing_params(params: dict | None) -> tuple:
         """:meth:`DeploymentManager.routing_params`: a request carrying either goes through the Python path."""
         return DeploymentManager.routing_params(params)
 
-    def submitted(self, n: int) -> None:
-        """``n`` requests of one read went to the model natively."""
-        self.routed += n
-        now = _perf_counter_ns()
-        if n == 1:  # always, today: the data plane's route for a variant takes one request
-            self._started.append(now)
-        else:
-            self._started.extend([now] * n)
-
-    def answered(self, ok: bool) -> None:
-        """One natively submitted request was answered (``ok``: a 200)."""
-        started = self._started
-        latency_us = (_perf_counter_ns() - started.popleft()) / 1000 if started else 0.0
-        if ok:
-            self._target.stats.record_ok(latency_us)
-        else:
-            self._target.stats.record(latency_us, False)
-            self._router.count_error(self._target.index)
+    def failed(self, latency_us: float) -> None:
+        """A natively submitted request was answered with an error."""
+        self.target.stats.record(latency_us, False)
+        self._router.count_error(self.target.index)
 
     def publish(self) -> None:
         """Add the requests routed since the last call to the router's counters (before they are read)."""
@@ -296,34 +287,50 @@ class NativeVariant:
             total = self.routed  # only ever grows; a read racing an increment publishes it next time
             delta = total - self._published
             if delta > 0:
-                self._router.count_routed(self._target.index, delta)
+                self._router.count_routed(self.target.index, delta)
                 self._published = total
 
 
 class NativeRoutes:
-    """A deployment's native routes (in its ``transport_cache["native"]``): a :class:`NativeVariant` per variant
-    and keyless decisions drawn ahead from its router."""
+    """A deployment's native routes (in its ``transport_cache["native"]``, made by
+    :meth:`DeploymentManager.native_routes`): a :class:`NativeVariant` per variant in :attr:`tokens`, and keyless
+    decisions drawn ahead from its router in :attr:`decisions` (pop one per request; :meth:`redraw` when
+    empty)."""
 
-    __slots__ = ("tokens", "_router", "_buffer", "_decisions")
+    __slots__ = ("tokens", "decisions", "_d", "_manager", "_buffer")
 
-    def __init__(self, d: Deployment):
+    def __init__(self, d: Deployment, manager):
         self.tokens: list[NativeVariant | None] = [None] * len(d.variants)
-        self._router = d.router
+        self.decisions: list[int] = []
+        self._d = d
+        self._manager = manager
         self._buffer = np.empty(NATIVE_DECISIONS, np.int32)
-        self._decisions: list[int] = []
 
-    def next_index(self) -> int:
-        """The next keyless decision (a variant index), uncounted."""
-        try:
-            return self._decisions.pop()
-        except IndexError:  # used up (or dropped by reweighted): one native call draws the next ones
-            self._router.peek_many(self._buffer)
-            self._decisions = decisions = self._buffer.tolist()
-            return decisions.pop()
+    def redraw(self) -> int:
+        """Draw the next NATIVE_DECISIONS decisions in one native call; returns one of them."""
+        self._d.router.peek_many(self._buffer)
+        self.decisions = decisions = self._buffer.tolist()
+        return decisions.pop()
+
+    def token(self, index: int) -> NativeVariant:
+        """Variant ``index``'s books for its model entry now (a followed alias moves it; a served model is looked
+        up per request, so repository reloads are followed too).
+
+        Raises:
+            NotFound / Unavailable: a served model that is gone.
+        """
+        target = self._d.variants[index]
+        entry = target.current(self._manager)
+        token = self.tokens[index]
+        if token is None or token.entry is not entry:
+            if token is not None:
+                token.publish()
+            token = self.tokens[index] = NativeVariant(self._d, target, entry)
+        return token
 
     def reweighted(self) -> None:
         """The weights changed: decisions drawn under the old ones are dropped."""
-        self._decisions = []
+        self.decisions = []
 
     def publish(self) -> None:
         for token in self.tokens:
@@ -816,31 +823,9 @@ class DeploymentManager:
             if mask >> s.index & 1:
                 self._mirror(plane, d, s, primary_entry, inputs, request_id)
 
-    def native_variant(self, name: str) -> NativeVariant | None:
-        """One keyless decision, not yet counted, for a request to deployment ``name`` that a native intake may
-        take whole: the chosen variant's :class:`NativeVariant`; None for a deployment with shadows (a copy
-        needs the decoded inputs: the Python path sends it).
-
-        Raises:
-            NotFound / Unavailable: the chosen variant's served model is gone.
-        """
-        d = self.table.get(name)
-        if d is None or d.shadows:
-            return None
-        native = d.transport_cache.get("native")
-        if native is None:
-            native = d.transport_cache["native"] = NativeRoutes(d)
-        index = native.next_index()
-        target = d.variants[index]
-        entry = target.entry
-        if entry is None:  # a served model: looked up per request, so repository reloads are followed
-            entry = self.manager.get(target.model)
-        token = native.tokens[index]
-        if token is None or token.entry is not entry:  # a followed alias moved: the new version's books
-            if token is not None:
-                token.publish()
-            token = native.tokens[index] = NativeVariant(d, target, entry)
-        return token
+    def native_routes(self, d: Deployment) -> NativeRoutes:
+        """A new :class:`NativeRoutes` for deployment ``d`` (the data plane keeps it in ``d.transport_cache``)."""
+        return NativeRoutes(d, self.manager)
 
     def resolve_entry(self, name: str):
         """A keyless decision's model entry, for transports' fast paths that carry no routing key."""
