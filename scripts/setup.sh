@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System packages: liblmdb-dev (the native feature cache), libb64-0d (perf_analyzer), wrk (load),
+# System packages: liblmdb-dev (the native feature cache), rapidjson-dev (header-only JSON parser of the native
+# HTTP intake), libb64-0d (perf_analyzer), wrk (load),
 # postgresql (registry tests on a real server), chromium (report rendering tests), graphviz (lineage DOT
 # export is checked with `dot`), unzip, prometheus (promtool and a live Prometheus for deploy/prometheus and
 # the Grafana dashboard's queries).
 need=()
 dpkg -s liblmdb-dev >/dev/null 2>&1 || need+=(liblmdb-dev)
+dpkg -s rapidjson-dev >/dev/null 2>&1 || need+=(rapidjson-dev)
 dpkg -s libb64-0d >/dev/null 2>&1 || need+=(libb64-0d)
 dpkg -s unzip >/dev/null 2>&1 || need+=(unzip)
 if [ "${FASTML_SETUP_MINIMAL:-0}" != "1" ]; then

@@ -23,6 +23,10 @@
 #include <utility>
 #include <vector>
 
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
 #include "frame_submit_api.h"
 #include "llhttp.h"
 #include "request_scanner.h"
@@ -162,8 +166,9 @@ class Outbox {
     return std::string(p, static_cast<size_t>(n));
   }
 
-  py::object encode(py::handle entry, py::handle plan, py::handle outputs, bool close) {
-    return encode_(entry, plan, outputs, py::bool_(close));
+  // The Python encoder's (response, pre-encoded head or None, ok); `request_id` None or the id to answer with.
+  py::object encode(py::handle entry, py::handle plan, py::handle outputs, bool close, py::handle request_id) {
+    return encode_(entry, plan, outputs, py::bool_(close), request_id);
   }
 
   void set_want_idle(bool v) { want_idle_ = v; }
@@ -211,8 +216,9 @@ void append_int(std::string* s, uint64_t v) {
 // future's set_result / set_exception).
 class Sink {
  public:
-  Sink(std::shared_ptr<Outbox> outbox, uint64_t seq, py::object entry, std::shared_ptr<NativePlan> plan)
-      : outbox_(std::move(outbox)), seq_(seq), entry_(std::move(entry)), plan_(std::move(plan)) {}
+  Sink(std::shared_ptr<Outbox> outbox, uint64_t seq, py::object entry, std::shared_ptr<NativePlan> plan,
+       std::string id)
+      : outbox_(std::move(outbox)), seq_(seq), entry_(std::move(entry)), plan_(std::move(plan)), id_(std::move(id)) {}
 
   void set_result(py::handle outputs) {
     done_ = true;
@@ -224,14 +230,21 @@ class Sink {
     std::string data;
     bool ok = true;
     if (!answer(outputs, close, &data, &ok)) {
-      // Outputs the native encoder does not write (strings, big-endian, strided): the Python encoder.
-      py::tuple got = outbox_->encode(entry_, plan_->plan, outputs, close);
-      py::bytes full = got[0];
+      // The first answer of these output shapes, or outputs the native encoder does not write (strings,
+      // big-endian, strided): the Python encoder, which also pre-encodes the head for the next ones.
+      py::tuple got = outbox_->encode(entry_, plan_->plan, outputs, close, py::none());
       ok = got[2].cast<bool>();
-      data = std::string(full);
+      data = std::string(py::bytes(got[0]));
       if (!got[1].is_none() && plan_->heads.size() < kMaxHeads) {
         std::vector<int64_t> key;
         if (shapes_key(outputs, &key)) plan_->heads.emplace_back(std::move(key), std::string(py::bytes(got[1])));
+      }
+      if (ok && !id_.empty() && !(data.clear(), answer(outputs, close, &data, &ok))) {
+        // That answer lacks the request's id: written natively from the head just cached, or else by the
+        // Python encoder with the id.
+        got = outbox_->encode(entry_, plan_->plan, outputs, close, py::str(id_));
+        ok = got[2].cast<bool>();
+        data = std::string(py::bytes(got[0]));
       }
     }
     outbox_->fill(seq_, std::move(data), close, entry_, ok);
@@ -320,16 +333,27 @@ class Sink {
     size_t blob = 0;
     for (std::string_view b : blobs) blob += b.size();
     std::string& s = *out;
-    s.reserve(160 + plan_->extra_headers.size() + head.size() + blob);
+    // The request's id leads the JSON head, as the Python encoder writes it: {"id":"...",...}.
+    const size_t head_bytes = head.size() + (id_.empty() ? 0 : id_.size() + 8);
+    s.reserve(160 + plan_->extra_headers.size() + head_bytes + blob);
     s.append("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: ");
-    append_int(&s, head.size());
+    append_int(&s, head_bytes);
     s.append("\r\nContent-Length: ");
-    append_int(&s, head.size() + blob);
+    append_int(&s, head_bytes + blob);
     s.append("\r\n");
     if (close) s.append(kCloseHdr);
     s.append(plan_->extra_headers);
     s.append("\r\n");
-    s.append(head);
+    if (id_.empty()) {
+      s.append(head);
+    } else {
+      // An id the intake takes is plain characters, so its JSON is itself.
+      s.push_back('{');
+      s.append("\"id\":\"");
+      s.append(id_);
+      s.append("\",");
+      s.append(head, 1, std::string::npos);
+    }
     for (std::string_view b : blobs) s.append(b.data(), b.size());
   }
 
@@ -389,6 +413,7 @@ class Sink {
   uint64_t seq_;
   py::object entry_;
   std::shared_ptr<NativePlan> plan_;
+  std::string id_;  // the request's "id" ("" when it has none)
   bool done_ = false;
 };
 
@@ -402,10 +427,12 @@ struct PySink {
 
 PyTypeObject* g_sink_type = nullptr;  // created at import; kept for the interpreter's life
 
-py::object new_sink(std::shared_ptr<Outbox> outbox, uint64_t seq, py::object entry, std::shared_ptr<NativePlan> plan) {
+py::object new_sink(std::shared_ptr<Outbox> outbox, uint64_t seq, py::object entry, std::shared_ptr<NativePlan> plan,
+                    std::string id) {
   PyObject* o = g_sink_type->tp_alloc(g_sink_type, 0);
   if (o == nullptr) throw py::error_already_set();
-  new (reinterpret_cast<PySink*>(o)->storage) Sink(std::move(outbox), seq, std::move(entry), std::move(plan));
+  new (reinterpret_cast<PySink*>(o)->storage)
+      Sink(std::move(outbox), seq, std::move(entry), std::move(plan), std::move(id));
   return py::reinterpret_steal<py::object>(o);
 }
 
@@ -499,6 +526,42 @@ bool plain_name(std::string_view s) {
     if (!ok) return false;
   }
   return true;
+}
+
+// A request header's top-level "id" taken out: 1 with the header re-written without it in *canonical and the id
+// in *id; 0 when the header has no top-level "id"; -1 (the Python path serves the request) when in doubt: not
+// a JSON object, an id twice, an id that is not a string of 1-64 plain characters (letters, digits, . _ : -),
+// whose JSON would need escaping. The plan is then built by the Python path's decoder from *canonical, so the
+// intake takes a request only if that decoder accepts the same header without its id.
+int strip_id(std::string_view header, std::string* canonical, std::string* id) {
+  rapidjson::Document d;
+  d.Parse(header.data(), header.size());
+  if (d.HasParseError() || !d.IsObject()) return -1;
+  int ids = 0;
+  for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
+    if (m->name.GetStringLength() == 2 && std::memcmp(m->name.GetString(), "id", 2) == 0) ++ids;
+  }
+  if (ids == 0) return 0;
+  if (ids > 1) return -1;
+  auto it = d.FindMember("id");
+  if (it == d.MemberEnd() || !it->value.IsString()) return -1;
+  const size_t n = it->value.GetStringLength();
+  if (n == 0 || n > 64) return -1;
+  const char* v = it->value.GetString();
+  for (size_t i = 0; i < n; ++i) {
+    const char c = v[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+          c == ':' || c == '-')) {
+      return -1;
+    }
+  }
+  id->assign(v, n);
+  d.EraseMember(it);  // keeps the other members in order
+  rapidjson::StringBuffer out;
+  rapidjson::Writer<rapidjson::StringBuffer> w(out);
+  if (!d.Accept(w)) return -1;
+  canonical->assign(out.GetString(), out.GetSize());
+  return 1;
 }
 
 // "/v2/models/<name>[/versions/<v>]/infer" -> name, version ("" when absent).
@@ -708,7 +771,19 @@ class Intake {
     // The admission bound was computed for requests with at most max_inflight ahead of them.
     if (route->inflight_before + route->submitted > route->max_inflight) return false;
     const size_t ihcl = static_cast<size_t>(r.ihcl);
-    std::shared_ptr<NativePlan> plan = plan_for(*route, r.body.substr(0, ihcl));
+    std::string_view header = r.body.substr(0, ihcl);
+    std::string id;
+    std::shared_ptr<NativePlan> plan;
+    if (header.find("\"id\"") != std::string_view::npos) {
+      // Likely a per-request id: the plan is that of the header without it (parsed with RapidJSON), and the id
+      // goes back in the answer natively, so a client numbering its requests still takes the fast path.
+      std::string canonical;
+      const int got = strip_id(header, &canonical, &id);
+      if (got < 0) return false;
+      plan = plan_for(*route, got == 1 ? std::string_view(canonical) : header);
+    } else {
+      plan = plan_for(*route, header);
+    }
     if (plan == nullptr || r.body.size() - ihcl != plan->binary_size) return false;
     if (plan->parts.size() != route->inputs.size()) return false;
     views_.resize(route->inputs.size());
@@ -730,7 +805,7 @@ class Intake {
       v.shape = part->shape;
     }
     const uint64_t seq = outbox_->push();
-    py::object sink = new_sink(outbox_, seq, route->token, plan);
+    py::object sink = new_sink(outbox_, seq, route->token, plan, std::move(id));
     PyObject* keep = PyTuple_Pack(2, sink.ptr(), buf.ptr());  // the core's: the sink and the bytes viewed
     if (keep == nullptr) {
       outbox_->pop_back();

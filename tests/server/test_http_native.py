@@ -57,9 +57,10 @@ def _x(onnx_models, n: int = 4) -> np.ndarray:
     return np.load(onnx_models["data"])[:n]
 
 
-def _plain(x: np.ndarray, outputs: list[str] | None = None) -> bytes:
-    """A request the intake takes: binary input, binary outputs (all, or the named ones), no id."""
-    hdr: dict = {
+def _plain(x: np.ndarray, outputs: list[str] | None = None, request_id=None) -> bytes:
+    """A request the intake takes: binary input, binary outputs (all, or the named ones), an id or none."""
+    hdr: dict = {} if request_id is None else {"id": request_id}
+    hdr |= {
         "inputs": [
             {"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
         ]
@@ -98,6 +99,17 @@ def _native_conversations(x: np.ndarray) -> dict[str, list[bytes]]:
         "versioned": [_plain(one).replace(b"/mlp/", b"/mlp/versions/1/")],
         "unknown version": [_plain(one).replace(b"/mlp/", b"/mlp/versions/9/")],
         "wrong shape": [_plain(x[:1, :16].copy())],
+        "numbered requests": [_plain(one, request_id="r-1") + _plain(three, request_id="r.2") + _plain(one)],
+        "numbered, first of its shape": [_plain(x[:2], request_id="first:2")],
+        "numbered, named outputs": [_plain(one, ["probabilities"], request_id="A_1") * 2],
+        "ids the intake leaves to Python": [
+            _plain(one, request_id="caf\u00e9")
+            + _plain(one, request_id='q"uote')
+            + _plain(one, request_id=7)
+            + _plain(one, request_id="")
+            + _plain(one, request_id="x" * 65)
+        ],
+        "id twice": [_plain(one).replace(b'{"inputs"', b'{"id": "a", "id": "b", "inputs"')],
     }
 
 

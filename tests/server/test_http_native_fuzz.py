@@ -24,8 +24,11 @@ if not http_native.AVAILABLE:
 X = np.arange(4 * 32, dtype=np.float32).reshape(4, 32) / 100
 
 
-def _plain(x: np.ndarray, *, shape=None, size=None, ihcl_delta=0, cl_delta=0, extra_headers=None) -> bytes:
-    header = {
+def _plain(
+    x: np.ndarray, *, shape=None, size=None, ihcl_delta=0, cl_delta=0, extra_headers=None, request_id=None
+) -> bytes:
+    header = {} if request_id is None else {"id": request_id}
+    header |= {
         "inputs": [
             {
                 "name": "input",
@@ -169,6 +172,25 @@ def test_mutated_requests(loop, servers, edits, tail):
 def test_lying_lengths_and_huge_shapes(loop, servers, ihcl_delta, cl_delta, shape, size):
     request = _plain(X[:1], shape=shape, size=size, ihcl_delta=ihcl_delta, cl_delta=cl_delta)
     _same(loop, servers, [request, _plain(X[:1])])
+
+
+@FUZZ
+@given(
+    ids=st.lists(
+        st.none()
+        | st.text(alphabet="abcXYZ019._:-", max_size=70)
+        | st.text(max_size=8)
+        | st.integers(-5, 5)
+        | st.booleans(),
+        min_size=1,
+        max_size=4,
+    ),
+    sizes=st.lists(st.integers(1, 4), min_size=4, max_size=4),
+)
+def test_request_ids(loop, servers, ids, sizes):
+    """Per-request ids: the intake takes plain ones (its plan is the header's without the id) and answers with
+    them; anything else is the Python path's."""
+    _same(loop, servers, [b"".join(_plain(X[: sizes[i]], request_id=r) for i, r in enumerate(ids))])
 
 
 @FUZZ

@@ -21,6 +21,7 @@ the Python path's.
 """
 
 import asyncio
+import copy
 import inspect
 import logging
 import weakref
@@ -306,10 +307,16 @@ class NativeHttpProtocol(HttpProtocol):
         self.server.count_error(data)
         return data
 
-    def _native_encode(self, entry, plan, outputs: dict, close: bool):
+    def _native_encode(self, entry, plan, outputs: dict, close: bool, request_id: str | None = None):
         """``(response, pre-encoded JSON header or None, ok)`` for outputs the native answer has no header for
-        yet (the first answer of each output shape) or cannot write itself (strings, strided arrays)."""
+        yet (the first answer of each output shape) or cannot write itself (strings, strided arrays).
+        ``request_id``: the id the request carried (its plan is that of its header without it); the answer
+        then names it and nothing is pre-encoded."""
         variant = getattr(entry, "variant_route", None)  # a deployment's variant: named in the answer
+        if request_id is not None:
+            plan = copy.copy(plan)
+            plan.request_id = request_id
+            plan.response_headers = {}
         try:
             data = encode_infer_response(entry, plan, outputs, None, _CLOSE_HDR if close else b"", variant)
         except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
