@@ -65,4 +65,15 @@ http = cythonize(
     quiet=True,
 )
 
-setup(ext_modules=[core, frames, http_intake, *http], cmdclass={"build_ext": build_ext})
+# RapidJSON (the rapidjson-dev package, scripts/setup.sh) is header-only; without it the intake is not built and the
+# server serves HTTP with the Python transport alone (fastml.server.app.protocol_class).
+has_rapidjson = any(
+    os.path.exists(os.path.join(d, "rapidjson", "document.h")) for d in ("/usr/include", "/usr/local/include")
+)
+if not has_rapidjson:
+    print("setup.py: rapidjson headers not found (apt-get install rapidjson-dev): fastml._http_intake is not built")
+
+setup(
+    ext_modules=[core, frames, *([http_intake] if has_rapidjson else []), *http],
+    cmdclass={"build_ext": build_ext},
+)
