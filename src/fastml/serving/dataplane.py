@@ -276,7 +276,7 @@ class DataPlane:
         self._variant_pass: dict = {}
         self._variant_pass_due = False
         # Per variant model in the current pass: [entry, in flight before its first request, timeout_us, requests],
-        # recorded with the admission gate at the pass's end (_variant_routed).
+        # recorded with the admission gate at the pass's end (sink_routed).
         self._variant_runs: dict = {}
         # fastml.serving.live_monitoring.LiveWiring, or None: live drift and health (fastml serve --monitor).
         self.monitor: Any = None
@@ -538,28 +538,26 @@ class DataPlane:
                 variant.started.append(now)
             else:
                 variant.started.extend([now] * submitted)
-            self._variant_routed(variant.entry, submitted, inflight_before, timeout_us)
+            # The model's books: counted in flight now, recorded with the admission gate once per loop pass
+            # (_end_variant_pass), as the HTTP intake records a model's pass.
+            entry = variant.entry
+            entry.inflight += submitted
+            self.inflight += submitted
+            runs = self._variant_runs
+            run = runs.get(id(entry))
+            if run is None or run[2] != timeout_us:
+                if run is not None:  # another deadline in the same pass: the earlier run is recorded first
+                    self.sink_admitted(run[0], run[1], run[2], run[3])
+                runs[id(entry)] = [entry, inflight_before, timeout_us, submitted]
+            else:
+                run[3] += submitted
+            if not self._variant_pass_due:  # (a route of this pass scheduled it; a caller outside one gets its own)
+                self._variant_pass_due = True
+                asyncio.get_running_loop().call_soon(self._end_variant_pass)
             return
         entry.inflight += submitted
         self.inflight += submitted
         _gate(entry).admitted_run(inflight_before, timeout_us or entry.model.timeout_us, submitted)
-
-    def _variant_routed(self, entry, submitted: int, inflight_before: int, timeout_us: int) -> None:
-        """:meth:`sink_routed` on a variant's model ``entry``: counted in flight now, recorded with the admission
-        gate once per pass (:meth:`_end_variant_pass`), as the HTTP intake records a model's pass."""
-        entry.inflight += submitted
-        self.inflight += submitted
-        runs = self._variant_runs
-        run = runs.get(id(entry))
-        if run is None or run[2] != timeout_us:
-            if run is not None:  # another deadline in the same pass: the earlier run is recorded first
-                self.sink_admitted(run[0], run[1], run[2], run[3])
-            runs[id(entry)] = [entry, inflight_before, timeout_us, submitted]
-        else:
-            run[3] += submitted
-        if not self._variant_pass_due:  # (a route of this pass scheduled it; a caller outside one gets its own)
-            self._variant_pass_due = True
-            asyncio.get_running_loop().call_soon(self._end_variant_pass)
 
     def sink_counted(self, entry, submitted: int) -> None:
         """:meth:`sink_routed` less the admission gate's record, for a transport that takes many reads in one
