@@ -9,6 +9,11 @@ next request on the loop's next turn), under valgrind's callgrind, which counts 
 executes (``callgrind_control`` zeroes the counters before a phase and dumps them after it). Sockets are left
 out: they cost every side the same per request. The deployments are bench_router.py's: two registry versions
 of the MLP, split 90/10 and 100/0. Needs valgrind; takes a few minutes (callgrind runs ~50x slower).
+
+The protocol is the server's (the native HTTP intake where it is built). Read the counts as work, not time: the
+server pays more per instruction for code that runs once per loop pass after the pass's socket and parsing work
+has evicted it from the CPU's caches (a split's second ONNX Runtime call, the deployment's Python per request;
+bench_router.py's docstring has the numbers), which a count cannot show.
 """
 
 from __future__ import annotations
