@@ -232,3 +232,21 @@ def test_a_transport_submitting_natively_gets_the_batched_models_batcher(tmp_pat
         (batcher, _, names), with_logger = asyncio.run(targets())
         assert tuple(names) == ("driver_id",) and batcher is model.batched._core
         assert with_logger is None
+
+
+def test_run_batch_joins_before_running(tmp_path, fastml_home):
+    """``run_batch`` (how a shadow copy runs, off the batcher) takes entity ids like every other entry point and
+    answers what ``predict`` answers; an ``error`` policy hit is refused by name."""
+    fill_store(fastml_home).close()
+    path = linear_model(tmp_path / "lin2.onnx", 2, np.array([1.0, 1000.0], np.float32))
+    with fastml.load_model(path, features=["driver:trips", "driver:acceptance"], entity_key="driver_id") as model:
+        ids = np.array([1, 2], np.int64)
+        (got,) = model.run_batch([ids])
+        np.testing.assert_allclose(got[:, 0], [11 + 250, 20 + 750])
+        np.testing.assert_array_equal(got, model.predict({"driver_id": ids})["y"])
+    policy = {"driver:trips": {"on_missing": "error"}}
+    with fastml.load_model(
+        path, features=["driver:trips", "driver:acceptance"], entity_key="driver_id", feature_policy=policy
+    ) as model:
+        with pytest.raises(fastml.errors.InvalidInput, match="driver:trips|trips"):
+            model.run_batch([np.array([1, 999], np.int64)])

@@ -406,6 +406,17 @@ class FeatureJoinedModel:
                 pass  # as in submit: the per-request way takes or words it
         return self.model.predict(self.build(inputs), outputs, timeout_us, request_id=request_id)
 
+    def run_batch(self, arrays) -> list[np.ndarray]:
+        """:meth:`fastml.engine.Model.run_batch` with entity ids (and request-time values) in, in the order of
+        :attr:`signature`'s inputs: joined here, then run on the calling thread (a shadow copy's way). Without
+        it ``__getattr__`` would hand the entity ids to the wrapped model, whose input is the joined tensor.
+
+        Raises:
+            InvalidInput: as :meth:`build` (an ``error`` policy hit refuses the whole call).
+        """
+        feed = self.build(dict(zip((s.name for s in self.signature.inputs), arrays)))
+        return self.model.run_batch([feed[s.name] for s in self.model.signature.inputs])
+
     def submit_sink(self, inputs, timeout_us: int | None, sink) -> bool:
         """:meth:`fastml.engine.Model.submit_sink` on the batched way; False (use :meth:`submit`) otherwise."""
         if not self._use_batched():
