@@ -47,8 +47,9 @@ What a deployment request costs over HTTP, and why (2026-12-06, 2-core machine s
 3. What is left: the deployment's per-request Python (the decision, the variant's routed count, start time and
    latency: one route opened per request, where a model's route is shared by a pass's reads; perf's CPU samples
    put it at ~5 us a request in libpython, ~3x what callgrind's count suggests, for the same reason as 2.), and
-   the second ONNX Runtime call (~2-3 us a request). Measured at load 3.7 (6 rounds of 1.2 s): model alone 44.9 us,
-   100/0 51.2 us (0.88x), 90/10 57.2 us (0.79x) of server CPU a request.
+   the second ONNX Runtime call (~2-3 us a request). Measured at load 1.7-1.9 (8 alternating rounds of 1.5 s, git
+   6b3ec1b): model alone 38.8 us, 100/0 43.8 us (0.89x), 90/10 47.8 us (0.81x) of server CPU a request; 22,830 /
+   21,219 / 20,913 req/s (0.93x, 0.92x).
 
 Shadow row: the deployment without a shadow now takes the native intake, the shadowed one the Python path (a copy
 needs the decoded inputs), so the row compares those two paths as well as the shadow's work.
