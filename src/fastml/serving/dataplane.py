@@ -469,15 +469,9 @@ class DataPlane:
             index = native.decisions.pop()
         except IndexError:  # used up (or dropped on a weight change): drawn again in one native call
             index = native.redraw()
-        token = native.tokens[index]
-        if token is None or token.entry is not token.target.entry:  # first use, a moved alias, a served model
-            try:
-                token = native.token(index)
-            except FastMLError:
-                return None
         # What does not change within a loop pass is kept for the pass (as the transport keeps a model's route):
         # every request of the pass pays the decision and its own admission bound only.
-        key = (token, timeout_us)
+        key = (native, index, timeout_us)
         got = self._variant_pass.get(key)
         if got is None:
             if not self._variant_pass_due:
@@ -485,10 +479,15 @@ class DataPlane:
                 # admission gate (_end_variant_pass) before the flush runs them.
                 self._variant_pass_due = True
                 asyncio.get_running_loop().call_soon(self._end_variant_pass)
+            try:
+                token = native.token(index)  # the variant's model now (a moved alias, a reloaded served model)
+            except FastMLError:
+                return None
             got = self._open_variant(token, d.name, timeout_us)
             if got is None:
                 return None
             self._variant_pass[key] = got
+        token = got[0]
         token.inflight = inflight = token.entry.inflight  # what the intake reads as the requests ahead
         bound = got[7]
         return got[:7] + (bound if bound < inflight else inflight,)
@@ -544,11 +543,11 @@ class DataPlane:
             entry.inflight += submitted
             self.inflight += submitted
             runs = self._variant_runs
-            run = runs.get(id(entry))
+            run = runs.get(entry)
             if run is None or run[2] != timeout_us:
                 if run is not None:  # another deadline in the same pass: the earlier run is recorded first
                     self.sink_admitted(run[0], run[1], run[2], run[3])
-                runs[id(entry)] = [entry, inflight_before, timeout_us, submitted]
+                runs[entry] = [entry, inflight_before, timeout_us, submitted]
             else:
                 run[3] += submitted
             if not self._variant_pass_due:  # (a route of this pass scheduled it; a caller outside one gets its own)
