@@ -49,9 +49,9 @@ What a deployment request costs over HTTP, and why (2026-12-06, 2-core machine s
    put it at ~5 us a request in libpython, ~3x what callgrind's count suggests, for the same reason as 2.), and
    the second ONNX Runtime call (~2-3 us a request). Two runs at load 1.2-1.9 (8 alternating rounds of 1.5 s each,
    git 6b3ec1b and 70ed2f9): model alone 38.8-38.9 us, 100/0 43.8-45.5 us (0.86-0.89x), 90/10 47.8-55.1 us
-   (0.71-0.81x) of server CPU a request; throughput 0.86-0.93x and 0.70-0.92x. The deployment's rounds are
-   bimodal (some at the model's own ~39-43 us, most 45-59 us) while the model's stay within 35-42 us: not
-   explained yet, and the next thing to look at.
+   (0.71-0.81x) of server CPU a request; throughput 0.86-0.93x and 0.70-0.92x. Single windows swing by up to 40 %
+   on either side with the other jobs (a later run of twelve 1.5 s windows at load 0.5-1.5, model alone and
+   100/0 alternating: 34.8-47.8 us and 38.8-48.4 us, medians 38.4 and 42.8 us, 0.90x).
 
 Shadow row: the deployment without a shadow now takes the native intake, the shadowed one the Python path (a copy
 needs the decoded inputs), so the row compares those two paths as well as the shadow's work.
