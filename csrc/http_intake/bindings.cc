@@ -59,6 +59,9 @@ struct NativePlan {
   size_t binary_size = 0;
   std::vector<py::object> out_names;  // str, in the answer's order
   std::string extra_headers;          // header lines every answer carries (a deployment's fastml-variant)
+  // open_plan found the header not native-able (a timeout, JSON tensors, ...): remembered, so a client sending
+  // it again goes to the Python path without the Python decoder running twice per request.
+  bool declined = false;
   // Each answered output's index among the model's outputs (the batcher's direct answer); filled on first use.
   std::vector<size_t> out_index;
   size_t out_index_of = 0;  // the model's output count out_index was computed for
@@ -728,16 +731,36 @@ class Intake {
     return &r;
   }
 
+  // Request (url, JSON header) pairs open_plan refused on this connection (a Triton timeout parameter, JSON
+  // tensors, ...): a client repeating one goes to the Python path at once, without a route opened for it (a
+  // Python call) or the Python decoder running for it twice.
+  bool declined(std::string_view url, std::string_view header) const {
+    for (const auto& d : declined_) {
+      if (d.first == url && d.second == header) return true;
+    }
+    return false;
+  }
+
+  void remember_declined(std::string_view url, std::string_view header) {
+    if (declined_.size() >= kMaxPlans) declined_.pop_front();
+    declined_.emplace_back(std::string(url), std::string(header));
+  }
+
   std::shared_ptr<NativePlan> plan_for(const Route& r, std::string_view header) {
     for (const auto& p : plans_) {
-      if (p->entry.ptr() == r.token.ptr() && p->header == header) return p;
+      if (p->entry.ptr() == r.token.ptr() && p->header == header) return p->declined ? nullptr : p;
     }
     py::object got = open_plan_(r.token, py::bytes(header.data(), header.size()));
-    if (got.is_none()) return nullptr;
-    py::tuple t = py::reinterpret_borrow<py::tuple>(got);
     auto p = std::make_shared<NativePlan>();
     p->entry = r.token;
     p->header = std::string(header);
+    if (got.is_none()) {
+      p->declined = true;
+      if (plans_.size() >= kMaxPlans) plans_.pop_front();
+      plans_.push_back(std::move(p));
+      return nullptr;
+    }
+    py::tuple t = py::reinterpret_borrow<py::tuple>(got);
     p->plan = t[0];
     for (py::handle part : py::reinterpret_borrow<py::sequence>(t[1])) {
       py::tuple q = py::reinterpret_borrow<py::tuple>(part);
@@ -766,6 +789,8 @@ class Intake {
     if (r.ihcl <= 0 || static_cast<size_t>(r.ihcl) >= r.body.size()) return false;
     std::string_view name, version;
     if (!infer_url(r.url, &name, &version)) return false;
+    const size_t ihcl0 = static_cast<size_t>(r.ihcl);
+    if (declined(r.url, r.body.substr(0, ihcl0))) return false;  // seen and refused: no route opened for it
     Route* route = route_for(name, version);
     if (route->target == nullptr) return false;
     // The admission bound was computed for requests with at most max_inflight ahead of them.
@@ -783,6 +808,7 @@ class Intake {
       plan = plan_for(*route, got == 1 ? std::string_view(canonical) : header);
     } else {
       plan = plan_for(*route, header);
+      if (plan == nullptr) remember_declined(r.url, header);
     }
     if (plan == nullptr || r.body.size() - ihcl != plan->binary_size) return false;
     if (plan->parts.size() != route->inputs.size()) return false;
@@ -828,6 +854,7 @@ class Intake {
   size_t max_headers_, max_header_bytes_;
   std::string carry_;
   std::deque<std::shared_ptr<NativePlan>> plans_;
+  std::deque<std::pair<std::string, std::string>> declined_;
   std::vector<Route> routes_;
   std::vector<fastml::TensorView> views_;
 };

@@ -286,3 +286,32 @@ def test_draining_answer_closes_the_connection(manager, onnx_models):
     native = _run_until(manager, Native, chunks, 1, before_answers=drain)
     assert b"Connection: close\r\n" in ref[0] and ref[1]
     assert native == ref
+
+
+def test_a_declined_header_is_planned_once_per_connection(manager, onnx_models, monkeypatch):
+    """A request header the intake declines (here Triton's ``timeout`` parameter) is remembered: the client's
+    next requests with it go to the Python path without the plan being built again, answered as that path
+    answers them, and a plain request after them is still taken natively."""
+    x = _x(onnx_models)[:1]
+    h = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [1, 32], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ],
+            "parameters": {"binary_data_output": True, "timeout": 5_000_000},
+        }
+    ).encode()
+    timed = _req("POST", "/v2/models/mlp/infer", h + x.tobytes(), {"Inference-Header-Content-Length": str(len(h))})
+    planned = []
+    real = http_native.open_plan
+
+    def counting(entry, header):
+        planned.append(bytes(header))
+        return real(entry, header)
+
+    monkeypatch.setattr(http_native, "open_plan", counting)
+    chunks = [timed, timed, timed, _plain(x)]
+    ref = _run(manager, reference.HttpProtocol, chunks)
+    native = _run(manager, Native, chunks)
+    assert native == ref and ref[0].count(b"HTTP/1.1 200 OK") == 4
+    assert planned.count(h) == 1 and len(planned) == 2  # the timed header once, the plain one once
