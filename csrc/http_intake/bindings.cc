@@ -62,6 +62,8 @@ struct NativePlan {
   // open_plan found the header not native-able (a timeout, JSON tensors, ...): remembered, so a client sending
   // it again goes to the Python path without the Python decoder running twice per request.
   bool declined = false;
+  // The request's Triton `timeout` parameter in microseconds (0: none): its requests take that route.
+  int64_t timeout_us = 0;
   // Each answered output's index among the model's outputs (the batcher's direct answer); filled on first use.
   std::vector<size_t> out_index;
   size_t out_index_of = 0;  // the model's output count out_index was computed for
@@ -636,14 +638,15 @@ class Intake {
         bool head_done = false;
         Scan s = fastml::http::scan(base + pos, len - pos, &r, &head_done);
         if (s == Scan::kNeedMore) {
-          // Kept here only while nothing seen so far would make the Python path answer before the request is
-          // whole (it refuses a bad length header, too many headers or an oversized body as soon as it reads
-          // them), and only while small: a bigger body is received, and counted against the server's byte
-          // budget, by the Python path.
+          // A request head still arriving is kept here only while nothing seen so far would make the Python
+          // path answer before the request is whole (it refuses a bad length header or too many headers as soon
+          // as it reads them). Once the head is complete with the body still arriving, the Python path takes it:
+          // it reserves the declared body against the server's byte budget (--max-buffered-bytes) and answers
+          // 503 at once when the budget is spent, which bytes waiting here would escape.
           const bool clean = !r.unusual && r.ihcl != -2 && r.header_count <= max_headers_ &&
                              r.header_bytes <= max_header_bytes_ && r.content_length <= kCarryBodyBytes &&
                              r.content_length <= max_body_bytes_;
-          const bool keep = head_done ? clean && r.content_length >= 0 : clean && len - pos <= max_header_bytes_;
+          const bool keep = !head_done && clean && len - pos <= max_header_bytes_;
           if (keep) {
             carry_.assign(reinterpret_cast<const char*>(base + pos), len - pos);
           } else {
@@ -684,9 +687,10 @@ class Intake {
 
   struct Route {
     std::string name, version;
+    int64_t asked_timeout_us = 0;  // the request's Triton `timeout` parameter (0: none): part of the key
     py::object token, batcher, queue;
     void* target = nullptr;
-    int64_t timeout_us = 0;
+    int64_t timeout_us = 0;  // what the batcher is given: the asked timeout, or the model's default
     std::vector<std::string> inputs;
     int64_t inflight_before = 0;
     int64_t max_inflight = 0;
@@ -706,15 +710,19 @@ class Intake {
     routes_.clear();
   }
 
-  Route* route_for(std::string_view name, std::string_view version) {
+  // The route of (model, version, asked timeout) for this read. The pointer is valid until the next call (routes_
+  // may grow).
+  Route* route_for(std::string_view name, std::string_view version, int64_t asked_timeout_us) {
     for (Route& r : routes_) {
-      if (r.name == name && r.version == version) return &r;
+      if (r.name == name && r.version == version && r.asked_timeout_us == asked_timeout_us) return &r;
     }
     routes_.emplace_back();
     Route& r = routes_.back();
     r.name = std::string(name);
     r.version = std::string(version);
-    py::object got = open_route_(py::str(r.name), version.empty() ? py::object(py::none()) : py::str(r.version), 0);
+    r.asked_timeout_us = asked_timeout_us;
+    py::object got = open_route_(py::str(r.name), version.empty() ? py::object(py::none()) : py::str(r.version),
+                                 asked_timeout_us);
     if (got.is_none()) return &r;
     py::tuple t = py::reinterpret_borrow<py::tuple>(got);
     if (t.size() != 8) throw py::value_error("open_route must return None or an 8-tuple");
@@ -776,6 +784,7 @@ class Intake {
     p->binary_size = t[2].cast<size_t>();
     for (py::handle n : py::reinterpret_borrow<py::sequence>(t[3])) p->out_names.push_back(py::reinterpret_borrow<py::object>(n));
     if (t.size() > 4) p->extra_headers = py::bytes(t[4]).cast<std::string>();
+    if (t.size() > 5) p->timeout_us = t[5].cast<int64_t>();
     if (plans_.size() >= kMaxPlans) plans_.pop_front();
     plans_.push_back(p);
     return p;
@@ -791,10 +800,8 @@ class Intake {
     if (!infer_url(r.url, &name, &version)) return false;
     const size_t ihcl0 = static_cast<size_t>(r.ihcl);
     if (declined(r.url, r.body.substr(0, ihcl0))) return false;  // seen and refused: no route opened for it
-    Route* route = route_for(name, version);
+    Route* route = route_for(name, version, 0);
     if (route->target == nullptr) return false;
-    // The admission bound was computed for requests with at most max_inflight ahead of them.
-    if (route->inflight_before + route->submitted > route->max_inflight) return false;
     const size_t ihcl = static_cast<size_t>(r.ihcl);
     std::string_view header = r.body.substr(0, ihcl);
     std::string id;
@@ -811,6 +818,14 @@ class Intake {
       if (plan == nullptr) remember_declined(r.url, header);
     }
     if (plan == nullptr || r.body.size() - ihcl != plan->binary_size) return false;
+    if (plan->timeout_us != 0) {
+      // A deadline of its own: the model's route for that timeout (its admission bound and the batcher's
+      // deadline). Only a model's plan carries one (open_plan), so the route's entry is the plan's.
+      route = route_for(name, version, plan->timeout_us);
+      if (route->target == nullptr || route->token.ptr() != plan->entry.ptr()) return false;
+    }
+    // The admission bound was computed for requests with at most max_inflight ahead of them.
+    if (route->inflight_before + route->submitted > route->max_inflight) return false;
     if (plan->parts.size() != route->inputs.size()) return false;
     views_.resize(route->inputs.size());
     for (size_t i = 0; i < route->inputs.size(); ++i) {

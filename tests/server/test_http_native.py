@@ -288,20 +288,26 @@ def test_draining_answer_closes_the_connection(manager, onnx_models):
     assert native == ref
 
 
+def _binary_request(x: np.ndarray, parameters: dict, outputs: list | None = None) -> tuple[bytes, bytes]:
+    """(the JSON header, the whole request) of a binary-input infer request with these parameters/outputs."""
+    hdr: dict = {
+        "inputs": [
+            {"name": "input", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+        ],
+        "parameters": parameters,
+    }
+    if outputs is not None:
+        hdr["outputs"] = outputs
+    h = json.dumps(hdr).encode()
+    return h, _req("POST", "/v2/models/mlp/infer", h + x.tobytes(), {"Inference-Header-Content-Length": str(len(h))})
+
+
 def test_a_declined_header_is_planned_once_per_connection(manager, onnx_models, monkeypatch):
-    """A request header the intake declines (here Triton's ``timeout`` parameter) is remembered: the client's
-    next requests with it go to the Python path without the plan being built again, answered as that path
-    answers them, and a plain request after them is still taken natively."""
+    """A request header the intake declines (here an output asked for as JSON) is remembered: the client's next
+    requests with it go to the Python path without the plan being built again, answered as that path answers
+    them, and a plain request after them is still planned and answered the same."""
     x = _x(onnx_models)[:1]
-    h = json.dumps(
-        {
-            "inputs": [
-                {"name": "input", "shape": [1, 32], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
-            ],
-            "parameters": {"binary_data_output": True, "timeout": 5_000_000},
-        }
-    ).encode()
-    timed = _req("POST", "/v2/models/mlp/infer", h + x.tobytes(), {"Inference-Header-Content-Length": str(len(h))})
+    h, declined = _binary_request(x, {}, [{"name": "probabilities", "parameters": {"binary_data": False}}])
     planned = []
     real = http_native.open_plan
 
@@ -310,8 +316,40 @@ def test_a_declined_header_is_planned_once_per_connection(manager, onnx_models, 
         return real(entry, header)
 
     monkeypatch.setattr(http_native, "open_plan", counting)
-    chunks = [timed, timed, timed, _plain(x)]
+    chunks = [declined, declined, declined, _plain(x)]
     ref = _run(manager, reference.HttpProtocol, chunks)
     native = _run(manager, Native, chunks)
     assert native == ref and ref[0].count(b"HTTP/1.1 200 OK") == 4
-    assert planned.count(h) == 1 and len(planned) == 2  # the timed header once, the plain one once
+    assert planned.count(h) == 1 and len(planned) == 2  # the declined header once, the plain one once
+
+
+def test_a_request_with_a_timeout_is_taken_natively(manager, onnx_models):
+    """Triton's ``timeout`` parameter: the request goes native on the model's route for that deadline, answered
+    byte for byte as the Python path answers it, with nothing reaching the Python parser."""
+    x = _x(onnx_models)[:2]
+    _, timed = _binary_request(x, {"binary_data_output": True, "timeout": 5_000_000})
+    ref = _run(manager, reference.HttpProtocol, [timed, timed])
+    native = _run(manager, Native, [timed, timed])
+    assert native == ref and ref[0].count(b"HTTP/1.1 200 OK") == 2
+
+    async def go():
+        server = Server(manager, http_port=None, metrics_port=None)
+        proto = Native(server)
+        proto.connection_made(FakeTransport())
+        seen = []
+
+        class Recorder:  # stands in for the Python path's parser
+            def feed_data(self, data):
+                seen.append(data)
+
+        proto.parser = Recorder()
+        proto.data_received(timed)
+        taken = proto.outbox.outstanding
+        for _ in range(10_000):
+            if not _owed(proto):
+                break
+            await asyncio.sleep(0)
+        return seen, taken
+
+    seen, taken = asyncio.run(go())
+    assert seen == [] and taken == 1

@@ -131,9 +131,11 @@ def _completed_takes_ok(plane) -> bool:
 def open_plan(entry, header: bytes):
     """The native plan of a request header for ``entry``'s model, or None when the Python path must serve it:
     ``(plan, [(input name, numpy kind, itemsize, shape, offset, nbytes)] in body order, binary bytes, [output
-    names] in the answer's order)``. Built by the Python path's own decoder (``build_plan``), so what the
-    intake takes is exactly what that path would accept; anything it would refuse, or any feature the native
-    answer does not write (an id, JSON tensors, JSON or string outputs, a timeout, shared memory), is None."""
+    names] in the answer's order, extra header lines, the Triton timeout parameter in us or 0)``. Built by the
+    Python path's own decoder (``build_plan``), so what the intake takes is exactly what that path would accept;
+    anything it would refuse, or any feature the native answer does not write (an id left in the header, JSON
+    tensors, JSON or string outputs, shared memory, a deployment's request with a timeout), is None. A model's
+    request with a timeout goes native on the route opened for that timeout (its admission bound and deadline)."""
     if shm_http.MARKER in header:
         return None
     # A deployment's variant (fastml.serving.deployments.NativeVariant): its answers carry the variant's header.
@@ -145,8 +147,10 @@ def open_plan(entry, header: bytes):
         plan = build_plan(req, entry.cache["output_names"], entry.name)
     except Exception:  # noqa: BLE001 - the Python path decodes it again and words the refusal
         return None
-    if not plan.cacheable or plan.request_id is not None or plan.json_inputs or plan.timeout_us is not None:
+    if not plan.cacheable or plan.request_id is not None or plan.json_inputs:
         return None
+    if plan.timeout_us is not None and variant is not None:
+        return None  # a deployment's request with a deadline: its route is drawn per request, the Python path's
     specs = plan.outputs
     if specs is None:
         specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
@@ -157,7 +161,8 @@ def open_plan(entry, header: bytes):
         if is_bytes or dtype.byteorder == ">":
             return None
         parts.append((name, dtype.kind, dtype.itemsize, tuple(shape), offset, nbytes))
-    return plan, parts, plan.binary_size, [name for name, _ in specs], b"" if variant is None else variant[2]
+    extra = b"" if variant is None else variant[2]
+    return plan, parts, plan.binary_size, [name for name, _ in specs], extra, plan.timeout_us or 0
 
 
 class NativeHttpProtocol(HttpProtocol):
