@@ -40,7 +40,9 @@ class _HelpFormatter(argparse.HelpFormatter):
     importing shutil (and the bz2, lzma and zlib it imports): argparse builds a formatter for every argument it
     adds, and that import was ~8 ms of every command's start."""
 
-    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
         super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
 
 
@@ -52,7 +54,8 @@ def _columns() -> int:
         columns = 0
     if columns <= 0:
         try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            stdout = sys.__stdout__
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 0
         except (AttributeError, ValueError, OSError):
             columns = 0
     return columns if columns > 0 else 80
@@ -62,8 +65,9 @@ class _ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose default formatter is :class:`_HelpFormatter` (subcommand parsers are built with
     this class too)."""
 
-    def __init__(self, *args, formatter_class=_HelpFormatter, **kwargs):
-        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

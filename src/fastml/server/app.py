@@ -318,9 +318,7 @@ class Server:
                 conn.closed = True
                 conn.transport.close()
         deadline = time.monotonic() + grace_period_s
-        while (
-            self.inflight or self._tasks or any(_busy(c) for c in self.connections)
-        ) and time.monotonic() < deadline:
+        while (self.inflight or self._tasks or any(_busy(c) for c in self.connections)) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         clean = not self.inflight
         for conn in list(self.connections):
