@@ -4,6 +4,7 @@ Runtime's values, chunk sizes are evened out over the threads, and the command i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -106,7 +107,8 @@ IMPORTS_SCRIPT = textwrap.dedent(
     real_exit = os._exit
     def record_exit(code):  # the command ends its process itself once the output is committed
         loaded = [m for m in heavy if m in sys.modules]
-        print(json.dumps({"code": code, "loaded": loaded, "ended_by_command": True}), flush=True)
+        pool = sys.modules["pyarrow"].default_memory_pool().backend_name  # its chunks' buffers
+        print(json.dumps({"code": code, "loaded": loaded, "ended_by_command": True, "pool": pool}), flush=True)
         real_exit(code)
     os._exit = record_exit
     sys.argv[0] = "fastml"
@@ -121,6 +123,7 @@ def test_the_predict_command_imports_only_what_scoring_uses(linear_model, tmp_pa
     args = ["predict", str(linear_model), "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "o.csv")]
     proc = subprocess.run(
         [sys.executable, "-c", IMPORTS_SCRIPT, *args, "--json"],
+        env={k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"},  # the command's choice
         capture_output=True,
         text=True,
         check=False,
@@ -130,7 +133,7 @@ def test_the_predict_command_imports_only_what_scoring_uses(linear_model, tmp_pa
     lines = proc.stdout.strip().splitlines()
     # The command's own summary was flushed to the pipe before the process ended without interpreter teardown.
     assert json.loads(lines[-2])["rows"] == 1
-    assert json.loads(lines[-1]) == {"code": 0, "loaded": [], "ended_by_command": True}
+    assert json.loads(lines[-1]) == {"code": 0, "loaded": [], "ended_by_command": True, "pool": "jemalloc"}
     assert (tmp_path / "o.csv").read_text().splitlines() == ['"y"', "5.75"]  # 0.5 - 4 + 9 + 0.25
 
 
@@ -175,3 +178,26 @@ def test_the_command_keeps_openblas_to_its_thread_only_when_it_imports_numpy(mon
     monkeypatch.setitem(sys.modules, "numpy", np)  # an in-process caller: numpy is loaded, nothing to tell it
     with predict_cli._single_threaded_blas():
         assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_the_command_loads_pyarrow_with_jemalloc_only_when_it_imports_it_and_the_user_chose_no_pool(monkeypatch):
+    """The command owns its process: its chunks' Arrow buffers go to jemalloc, which keeps freed pages for the next
+    chunk. The variable is set only around the command's own first import of pyarrow, never over the user's."""
+    import os
+
+    import pyarrow
+
+    from fastml.serving import predict_cli
+
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    monkeypatch.delitem(sys.modules, "pyarrow")
+    with predict_cli._retaining_arrow_pool():
+        assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"
+    assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+    with predict_cli._retaining_arrow_pool():
+        assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == "system"
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+    monkeypatch.setitem(sys.modules, "pyarrow", pyarrow)  # an in-process caller: its process chose the pool
+    with predict_cli._retaining_arrow_pool():
+        assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ

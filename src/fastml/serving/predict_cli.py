@@ -12,6 +12,8 @@ import sys
 # BLAS (ONNX Runtime has its own kernels): when this command is the one importing numpy, OpenBLAS is told to
 # keep to the calling thread, unless the user chose otherwise.
 _BLAS_THREADS_VARS = ("OPENBLAS_NUM_THREADS",)
+# Arrow's memory pool for the command's chunks (see _retaining_arrow_pool).
+_ARROW_POOL_VAR = "ARROW_DEFAULT_MEMORY_POOL"
 
 
 def add_parser(subparsers) -> None:
@@ -87,7 +89,9 @@ def _run(args: argparse.Namespace) -> int:
             address=args.ray_address,
         )
         return _print(report, args)
-    with _single_threaded_blas():
+    with _single_threaded_blas(), _retaining_arrow_pool():
+        import pyarrow  # noqa: F401 - loaded here, under the pool chosen above
+
         from fastml.serving.batch_predict import predict_file
 
     report = predict_file(
@@ -124,6 +128,28 @@ def _single_threaded_blas():
     finally:
         for var in set_here:
             os.environ.pop(var, None)
+
+
+@contextlib.contextmanager
+def _retaining_arrow_pool():
+    """Around the first import of pyarrow: ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` where the user set nothing,
+    removed again afterwards (Arrow reads it once, as pyarrow loads), so processes this one starts see the user's
+    environment. Nothing when pyarrow is imported already (an in-process caller keeps its process's pool), and
+    only on Linux, whose pyarrow wheels carry jemalloc (elsewhere Arrow would warn and keep its default).
+
+    Every chunk is read into fresh Arrow buffers that are freed once written. In a new process Arrow's default pool
+    (mimalloc) gives the freed pages back and faults them in again for the next chunks, while jemalloc keeps them:
+    the command over 1,000,000 rows took 1.68 s of CPU (0.10 s in the kernel) against 1.83 s (0.22 s), six
+    alternating runs on a 2-core machine; reading alone 0.097 against 0.126 s, writing 0.042 against 0.054 s."""
+    set_here = False
+    if "pyarrow" not in sys.modules and sys.platform.startswith("linux") and _ARROW_POOL_VAR not in os.environ:
+        os.environ[_ARROW_POOL_VAR] = "jemalloc"
+        set_here = True
+    try:
+        yield
+    finally:
+        if set_here:
+            os.environ.pop(_ARROW_POOL_VAR, None)
 
 
 def _print(report, args: argparse.Namespace) -> int:
