@@ -353,3 +353,51 @@ def test_a_request_with_a_timeout_is_taken_natively(manager, onnx_models):
 
     seen, taken = asyncio.run(go())
     assert seen == [] and taken == 1
+
+
+def test_a_model_the_live_monitor_watches_is_taken_natively(manager, onnx_models, tmp_path, monkeypatch):
+    """The live monitor's tap takes whole batches from the runner, so a watched model's plain requests still go
+    native (after the requests that report a latency sample) and the monitor counts every row the model served,
+    whichever path took it."""
+    import fastml.engine.model as engine_model
+    from fastml.monitoring.live import LiveMonitor
+    from fastml.monitoring.profile import ReferenceProfile
+    from fastml.monitoring.store import MonitoringStore
+    from fastml.serving.live_monitoring import MonitorTap
+
+    # One latency sample per hour: the first request reports one, the tap of its batch asks for the next, which
+    # the second request reports; from then on nothing is due (the default asks again every 5 ms).
+    monkeypatch.setattr(engine_model, "LATENCY_SAMPLE_INTERVAL_S", 3600.0)
+    x = _x(onnx_models)
+    rng = np.random.default_rng(0)
+    profile = ReferenceProfile.from_data({f"f{j}": rng.normal(size=500) for j in range(x.shape[1])})
+    model = manager.get("mlp").model
+
+    async def go(store):
+        mon = LiveMonitor(store, window_rows=10, window_s=600)
+        mon.set_reference("mlp", profile, {"input": [-1, x.shape[1]]})
+        model.prediction_logger = MonitorTap(mon)
+        try:
+            server = Server(manager, http_port=None, metrics_port=None)
+            proto = Native(server)
+            t = FakeTransport()
+            proto.connection_made(t)
+            taken = []
+            for chunk in (_plain(x[:1]), _plain(x[:1]), _plain(x) + _plain(x)):  # 10 rows in all
+                proto.data_received(chunk)
+                taken.append(proto.outbox.outstanding)
+                for _ in range(10_000):
+                    if not _owed(proto):
+                        break
+                    await asyncio.sleep(0)
+            assert mon.flush()
+            return taken, bytes(t.out), store.windows("mlp")
+        finally:
+            model.prediction_logger = None
+            mon.close()
+
+    with MonitoringStore(tmp_path / "monitoring.db") as store:
+        taken, out, windows = asyncio.run(go(store))
+    assert taken == [0, 0, 2]  # the two latency samples on the Python path, then both requests natively
+    assert out.count(b"HTTP/1.1 200 OK") == 4
+    assert [w.n_rows for w in windows] == [10]

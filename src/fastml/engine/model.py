@@ -801,16 +801,17 @@ class Model:
 
     def sink_target(self):
         """(native batcher, this event loop's completion queue, input names) for a transport that submits
-        request frames to the batcher natively (``fastml._frames.Intake``), answering through sinks as
-        :meth:`submit_sink` does; None when the plain case does not hold (a prediction logger, the Python
-        batcher). With the inline runner this also schedules the loop's flush, which runs what the transport
-        submits before the loop's next iteration (nothing, if it submits nothing).
+        request frames to the batcher natively (``fastml._frames.Intake``, ``fastml._http_intake.Intake``),
+        answering through sinks as :meth:`submit_sink` does; None when the plain case does not hold (the Python
+        batcher, a prediction logger that needs each request: see :meth:`_sinks_covered`). With the inline
+        runner this also schedules the loop's flush, which runs what the transport submits before the loop's
+        next iteration (nothing, if it submits nothing).
 
         Raises:
             Unavailable: the model is closed.
         """
         # The native batcher's queue (the Python reference batcher has no native submit entry point).
-        if self._logger is not None or self._queue_type.__module__ != "fastml._core":
+        if self._queue_type.__module__ != "fastml._core" or (self._logger is not None and not self._sinks_covered()):
             return None
         loop = _get_running_loop()
         queue = self._loops.get(loop)
@@ -819,6 +820,17 @@ class Model:
         # Scheduled now rather than after the submits: one get_running_loop (a getpid on 3.11) per read, not two.
         self._schedule_flush(loop, queue)
         return self._core, queue, self._input_names
+
+    def _sinks_covered(self) -> bool:
+        """With a prediction logger: True when requests a transport submits natively now need no logger work of
+        their own, as for :meth:`predict_async`'s fast path. A batch logger (the live monitor's tap) takes their
+        batches from the runner, no latency sample is due (while one is, :meth:`sink_target` sends the pass's
+        requests through :meth:`submit`, whose first one reports it), and this context's variant label (a
+        transport's intake sets none) is the one the model's batches carry."""
+        if not self._direct or self._batch_logger is None:
+            return False
+        var = self._batch_var
+        return (var.get() if var is not None else None) == self._batch_variant or self._batch_covers()
 
     def _log_on_completion(self, fut, inputs, arrays, request_id) -> None:
         """Log a plain-path request when its future succeeds (the native submit accepted ``inputs`` as they

@@ -48,7 +48,8 @@ class _PassRoutes:
     With many connections each read carries one request: asking the data plane for the model's route (resolve,
     the engine's sink target, the admission bound) once per read was ~5 % of the server's CPU at 32 connections.
     Within a pass nothing that decides a route changes but the requests in flight, which the intake reads
-    afresh per read. A deployment's route is one routing decision for one request: never shared.
+    afresh per read. A deployment's route is one routing decision for one request: never shared; nor is a
+    refusal (None), which may hold for one request only.
     """
 
     __slots__ = ("plane", "loop", "routes", "runs", "due", "__weakref__")
@@ -73,7 +74,9 @@ class _PassRoutes:
             if not self.due:
                 self._schedule()
             route = self.plane.sink_route(name, version, timeout_us)
-            if route is None or getattr(route[0], "variant_route", None) is None:
+            # None is asked again by the pass's next read: a model may decline for one request only (a latency
+            # sample due for the live monitor, which the Python path's next request of it reports).
+            if route is not None and getattr(route[0], "variant_route", None) is None:
                 self.routes[key] = route
         return route
 

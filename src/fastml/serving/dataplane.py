@@ -427,9 +427,9 @@ class DataPlane:
         version, batcher timeout_us, input names, admission bound)`` for requests carrying ``timeout_us`` (0 =
         the model's default), or None when they must take :meth:`submit_sink` one by one (draining, a
         deployment routed per request, an unknown or closed model, a model without a native batcher, a
-        logger). The route is for this event-loop pass only; report what went through it with
-        :meth:`sink_routed`. Requests with more than the admission bound in flight ahead of them go through
-        :meth:`submit_sink`.
+        prediction logger that needs each request: the live monitor's batch tap does not). The route is for
+        this event-loop pass only; report what went through it with :meth:`sink_routed`. Requests with more
+        than the admission bound in flight ahead of them go through :meth:`submit_sink`.
         """
         if self.draining:
             return None
@@ -496,6 +496,10 @@ class DataPlane:
         """A variant's route for this loop pass, its admission bound without the one-request limit; None when
         its model has no native path."""
         entry = token.entry
+        if getattr(entry.model, "prediction_logger", None) is not None:
+            # Its logger labels rows with the variant (monitoring.log.CURRENT_VARIANT), which the Python path's
+            # routing sets around the request and a native intake does not.
+            return None
         try:
             if "output_names" not in entry.cache:
                 self._prepare(entry)
