@@ -35,7 +35,7 @@ core = Pybind11Extension(
 frames = Pybind11Extension(
     "fastml._frames",
     sorted(glob.glob("csrc/frames/*.cc")),
-    include_dirs=["csrc/frames", "csrc"],  # csrc: the batcher's submit entry point (csrc/frame_submit_api.h)
+    include_dirs=["csrc/frames", "csrc"],  # csrc: the batcher's submit entry point and the sink type (csrc/*.h)
     cxx_std=17,
     extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
     extra_link_args=link_args,

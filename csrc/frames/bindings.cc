@@ -16,6 +16,7 @@
 
 #include "frame_parser.h"
 #include "frame_submit_api.h"
+#include "native_sink.h"
 
 namespace py = pybind11;
 using namespace fastml::frames;
@@ -667,77 +668,27 @@ class Sink {
 
 // ---- Sink's Python type ------------------------------------------------------------------------------------
 
-// The Python face of Sink: a plain CPython type rather than a pybind11 class, because one is made per request
-// and the batcher's resolve calls its set_result once per request: pybind11's instance creation and argument
-// dispatch cost more than writing the answer. Not instantiable from Python (Answers.sink makes them).
-struct PySink {
-  PyObject_HEAD
-  alignas(Sink) unsigned char storage[sizeof(Sink)];  // a Sink, constructed in place by new_sink
-  Sink* sink() { return reinterpret_cast<Sink*>(storage); }
-};
+// The Python face of Sink: a plain CPython type (csrc/native_sink.h says why). Not instantiable from Python
+// (Answers.sink makes them).
+using PySink = fastml::native_sink::SinkObject<Sink>;
 
 PyTypeObject* g_sink_type = nullptr;  // created at import; an owned reference kept for the interpreter's life
 
 py::object new_sink(std::shared_ptr<Answers> answers, uint64_t request_id, py::str model, py::str version) {
-  PyObject* o = g_sink_type->tp_alloc(g_sink_type, 0);  // new reference (a heap type: the instance holds the type)
-  if (o == nullptr) throw py::error_already_set();
-  new (reinterpret_cast<PySink*>(o)->storage) Sink(std::move(answers), request_id, std::move(model), std::move(version));
-  return py::reinterpret_steal<py::object>(o);
+  return fastml::native_sink::make_sink<Sink>(g_sink_type, std::move(answers), request_id, std::move(model),
+                                              std::move(version));
 }
-
-void sink_dealloc(PyObject* o) {
-  PyTypeObject* type = Py_TYPE(o);
-  reinterpret_cast<PySink*>(o)->sink()->~Sink();
-  type->tp_free(o);
-  Py_DECREF(type);  // the reference tp_alloc took for the instance
-}
-
-// Runs a Sink method, turning C++ exceptions into Python ones.
-template <typename Fn>
-PyObject* sink_call(Fn&& fn) {
-  try {
-    fn();
-  } catch (py::error_already_set& e) {
-    e.restore();
-    return nullptr;
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
-  Py_RETURN_NONE;
-}
-
-PyObject* sink_set_result(PyObject* self, PyObject* outputs) {
-  return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_result(outputs); });
-}
-
-PyObject* sink_set_exception(PyObject* self, PyObject* exc) {
-  return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_exception(exc); });
-}
-
-// The batcher's answer hook (FrameAnswerFn, csrc/frame_submit_api.h) for sinks of this type. Never throws.
-int sink_answer(void* self, void* outputs, void* const* names, size_t n, int64_t row_offset, int64_t rows) {
-  try {
-    return reinterpret_cast<PySink*>(self)->sink()->answer_rows(static_cast<PyObject*>(outputs), names, n, row_offset,
-                                                                 rows);
-  } catch (py::error_already_set& e) {
-    e.restore();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return -1;
-}
-
-PyObject* sink_done(PyObject* self, PyObject*) { return PyBool_FromLong(reinterpret_cast<PySink*>(self)->sink()->done()); }
 
 PyObject* sink_request_id(PyObject* self, void*) {
-  return PyLong_FromUnsignedLongLong(reinterpret_cast<PySink*>(self)->sink()->request_id());
+  return PyLong_FromUnsignedLongLong(fastml::native_sink::sink_of<Sink>(self)->request_id());
 }
 
 PyMethodDef sink_methods[] = {
-    {"set_result", sink_set_result, METH_O, "Encode the answer (a dict of output arrays) into the connection's Answers."},
-    {"set_exception", sink_set_exception, METH_O, "Answer with the error frame the connection words for the exception."},
-    {"done", sink_done, METH_NOARGS, "Whether set_result or set_exception was called."},
+    {"set_result", fastml::native_sink::set_result<Sink>, METH_O,
+     "Encode the answer (a dict of output arrays) into the connection's Answers."},
+    {"set_exception", fastml::native_sink::set_exception<Sink>, METH_O,
+     "Answer with the error frame the connection words for the exception."},
+    {"done", fastml::native_sink::done<Sink>, METH_NOARGS, "Whether set_result or set_exception was called."},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -747,7 +698,7 @@ PyGetSetDef sink_getset[] = {
 };
 
 PyType_Slot sink_slots[] = {
-    {Py_tp_dealloc, reinterpret_cast<void*>(sink_dealloc)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(fastml::native_sink::dealloc<Sink>)},
     {Py_tp_methods, sink_methods},
     {Py_tp_getset, sink_getset},
     {Py_tp_doc, const_cast<char*>("A request's completion target: set_result(outputs) / set_exception(exc).")},
@@ -761,19 +712,10 @@ PyType_Spec sink_spec = {"fastml._frames.Sink", sizeof(PySink), 0,
 
 // The batcher's submit entry point, from fastml._core's capsule (csrc/frame_submit_api.h); looked up once.
 const fastml::FrameSubmitApi* submit_api() {
-  static const fastml::FrameSubmitApi* api = nullptr;
-  if (api == nullptr) {
-    py::object cap = py::module_::import("fastml._core").attr("frame_submit_api");
-    void* p = PyCapsule_GetPointer(cap.ptr(), fastml::kFrameSubmitCapsule);
-    if (p == nullptr) throw py::error_already_set();
-    auto* table = static_cast<const fastml::FrameSubmitApi*>(p);
-    if (table->abi != fastml::kFrameSubmitAbi) {
-      throw std::runtime_error("fastml._core and fastml._frames were built from different sources");
-    }
-    // From here on the batcher answers this module's sinks through sink_answer (no result dict per request).
-    table->set_answer(g_sink_type, &sink_answer);
-    api = table;
-  }
+  // From the first call on the batcher answers this module's sinks through the answer hook (no result dict per
+  // request).
+  static const fastml::FrameSubmitApi* api =
+      fastml::native_sink::open_submit_api("fastml._frames", g_sink_type, &fastml::native_sink::answer<Sink>);
   return api;
 }
 

@@ -28,6 +28,7 @@
 #include <rapidjson/writer.h>
 
 #include "frame_submit_api.h"
+#include "native_sink.h"
 #include "llhttp.h"
 #include "request_scanner.h"
 
@@ -422,78 +423,29 @@ class Sink {
   bool done_ = false;
 };
 
-// ---- Sink's Python type (a plain CPython type: one is made per request) --------------------------------------
+// ---- Sink's Python type (a plain CPython type: csrc/native_sink.h) -----------------------------------------
 
-struct PySink {
-  PyObject_HEAD
-  alignas(Sink) unsigned char storage[sizeof(Sink)];
-  Sink* sink() { return reinterpret_cast<Sink*>(storage); }
-};
+using PySink = fastml::native_sink::SinkObject<Sink>;
 
 PyTypeObject* g_sink_type = nullptr;  // created at import; kept for the interpreter's life
 
 py::object new_sink(std::shared_ptr<Outbox> outbox, uint64_t seq, py::object entry, std::shared_ptr<NativePlan> plan,
                     std::string id) {
-  PyObject* o = g_sink_type->tp_alloc(g_sink_type, 0);
-  if (o == nullptr) throw py::error_already_set();
-  new (reinterpret_cast<PySink*>(o)->storage)
-      Sink(std::move(outbox), seq, std::move(entry), std::move(plan), std::move(id));
-  return py::reinterpret_steal<py::object>(o);
+  return fastml::native_sink::make_sink<Sink>(g_sink_type, std::move(outbox), seq, std::move(entry), std::move(plan),
+                                              std::move(id));
 }
-
-void sink_dealloc(PyObject* o) {
-  PyTypeObject* type = Py_TYPE(o);
-  reinterpret_cast<PySink*>(o)->sink()->~Sink();
-  type->tp_free(o);
-  Py_DECREF(type);
-}
-
-template <typename Fn>
-PyObject* sink_call(Fn&& fn) {
-  try {
-    fn();
-  } catch (py::error_already_set& e) {
-    e.restore();
-    return nullptr;
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
-  }
-  Py_RETURN_NONE;
-}
-
-PyObject* sink_set_result(PyObject* self, PyObject* outputs) {
-  return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_result(outputs); });
-}
-
-PyObject* sink_set_exception(PyObject* self, PyObject* exc) {
-  return sink_call([&] { reinterpret_cast<PySink*>(self)->sink()->set_exception(exc); });
-}
-
-// The batcher's answer hook (FrameAnswerFn) for sinks of this type. Never throws.
-int sink_answer(void* self, void* outputs, void* const* names, size_t n, int64_t row_offset, int64_t rows) {
-  try {
-    return reinterpret_cast<PySink*>(self)->sink()->answer_rows(static_cast<PyObject*>(outputs), names, n, row_offset,
-                                                                rows);
-  } catch (py::error_already_set& e) {
-    e.restore();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return -1;
-}
-
-PyObject* sink_done(PyObject* self, PyObject*) { return PyBool_FromLong(reinterpret_cast<PySink*>(self)->sink()->done()); }
 
 PyMethodDef sink_methods[] = {
-    {"set_result", sink_set_result, METH_O, "Write the answer (a dict of output arrays) into the connection's outbox."},
-    {"set_exception", sink_set_exception, METH_O, "Answer with the error response the Python layer words."},
-    {"done", sink_done, METH_NOARGS, "Whether set_result or set_exception was called."},
+    {"set_result", fastml::native_sink::set_result<Sink>, METH_O,
+     "Write the answer (a dict of output arrays) into the connection's outbox."},
+    {"set_exception", fastml::native_sink::set_exception<Sink>, METH_O,
+     "Answer with the error response the Python layer words."},
+    {"done", fastml::native_sink::done<Sink>, METH_NOARGS, "Whether set_result or set_exception was called."},
     {nullptr, nullptr, 0, nullptr},
 };
 
 PyType_Slot sink_slots[] = {
-    {Py_tp_dealloc, reinterpret_cast<void*>(sink_dealloc)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(fastml::native_sink::dealloc<Sink>)},
     {Py_tp_methods, sink_methods},
     {Py_tp_doc, const_cast<char*>("An HTTP request's completion target: set_result(outputs) / set_exception(exc).")},
     {0, nullptr},
@@ -505,19 +457,10 @@ PyType_Spec sink_spec = {"fastml._http_intake.Sink", sizeof(PySink), 0,
 // ---- the intake ---------------------------------------------------------------------------------------------
 
 const fastml::FrameSubmitApi* submit_api() {
-  static const fastml::FrameSubmitApi* api = nullptr;
-  if (api == nullptr) {
-    py::object cap = py::module_::import("fastml._core").attr("frame_submit_api");
-    void* p = PyCapsule_GetPointer(cap.ptr(), fastml::kFrameSubmitCapsule);
-    if (p == nullptr) throw py::error_already_set();
-    auto* table = static_cast<const fastml::FrameSubmitApi*>(p);
-    if (table->abi != fastml::kFrameSubmitAbi) {
-      throw std::runtime_error("fastml._core and fastml._http_intake were built from different sources");
-    }
-    // From here on the batcher answers this module's sinks through sink_answer (no result dict per request).
-    table->set_answer(g_sink_type, &sink_answer);
-    api = table;
-  }
+  // From the first call on the batcher answers this module's sinks through the answer hook (no result dict per
+  // request).
+  static const fastml::FrameSubmitApi* api =
+      fastml::native_sink::open_submit_api("fastml._http_intake", g_sink_type, &fastml::native_sink::answer<Sink>);
   return api;
 }
 
