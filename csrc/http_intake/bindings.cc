@@ -130,6 +130,18 @@ class Outbox {
     flush();
   }
 
+  // Slot `seq` holds the answer of a request refused before it was submitted (a 503 shed): written in its turn,
+  // with no books to close (the refusal was counted when it was worded).
+  void fill_refused(uint64_t seq, std::string data, bool close) {
+    if (seq >= base_ && seq - base_ < slots_.size()) {
+      Slot& s = slots_[static_cast<size_t>(seq - base_)];
+      s.data = std::move(data);
+      s.ready = true;
+      s.close = close;
+    }
+    flush();
+  }
+
   void flush() {
     if (slots_.empty() || !slots_.front().ready) return;
     std::string out;
@@ -538,10 +550,11 @@ bool infer_url(std::string_view url, std::string_view* name, std::string_view* v
 class Intake {
  public:
   Intake(std::shared_ptr<Outbox> outbox, py::object open_route, py::object open_plan, size_t max_pipelined,
-         int64_t max_body_bytes, size_t max_headers, size_t max_header_bytes)
+         int64_t max_body_bytes, size_t max_headers, size_t max_header_bytes, py::object shed)
       : outbox_(std::move(outbox)),
         open_route_(std::move(open_route)),
         open_plan_(std::move(open_plan)),
+        shed_(std::move(shed)),
         max_pipelined_(max_pipelined),
         max_body_bytes_(max_body_bytes),
         max_headers_(max_headers),
@@ -767,8 +780,23 @@ class Intake {
       route = route_for(name, version, plan->timeout_us);
       if (route->target == nullptr || route->token.ptr() != plan->entry.ptr()) return false;
     }
-    // The admission bound was computed for requests with at most max_inflight ahead of them.
-    if (route->inflight_before + route->submitted > route->max_inflight) return false;
+    // The admission bound was computed for requests with at most max_inflight ahead of them. Past it the admission
+    // gate decides: shed(entry, in flight ahead, close) words and counts a 503 when it sheds the request (written
+    // here, in the request's turn, as the Python path would answer it before decoding), or gives None and the
+    // Python path admits it.
+    const int64_t ahead = route->inflight_before + route->submitted;
+    if (ahead > route->max_inflight) {
+      if (shed_.is_none()) return false;
+      const bool close = outbox_->closing();
+      py::object refused = shed_(route->token, ahead, close);
+      if (refused.is_none()) return false;
+      char* p = nullptr;
+      Py_ssize_t n = 0;
+      if (PyBytes_AsStringAndSize(refused.ptr(), &p, &n) != 0) throw py::error_already_set();
+      const uint64_t seq = outbox_->push();
+      outbox_->fill_refused(seq, std::string(p, static_cast<size_t>(n)), close);
+      return true;
+    }
     if (plan->parts.size() != route->inputs.size()) return false;
     views_.resize(route->inputs.size());
     for (size_t i = 0; i < route->inputs.size(); ++i) {
@@ -806,7 +834,7 @@ class Intake {
   }
 
   std::shared_ptr<Outbox> outbox_;
-  py::object open_route_, open_plan_;
+  py::object open_route_, open_plan_, shed_;
   size_t max_pipelined_;
   int64_t max_body_bytes_;
   size_t max_headers_, max_header_bytes_;
@@ -836,9 +864,9 @@ PYBIND11_MODULE(_http_intake, m) {
            "Call on_idle(False) once every answer owed went out.")
       .def("close", &Outbox::close, "The connection is gone: answers are counted, not written.");
   py::class_<Intake>(m, "Intake", "One connection's HTTP request intake: plain infer requests into the batcher.")
-      .def(py::init<std::shared_ptr<Outbox>, py::object, py::object, size_t, int64_t, size_t, size_t>(),
+      .def(py::init<std::shared_ptr<Outbox>, py::object, py::object, size_t, int64_t, size_t, size_t, py::object>(),
            py::arg("outbox"), py::arg("open_route"), py::arg("open_plan"), py::arg("max_pipelined"),
-           py::arg("max_body_bytes"), py::arg("max_headers"), py::arg("max_header_bytes"))
+           py::arg("max_body_bytes"), py::arg("max_headers"), py::arg("max_header_bytes"), py::arg("shed") = py::none())
       .def("feed", &Intake::feed, py::arg("data"), "Take one read -> (rest for the Python path, routes, paused).")
       .def_property_readonly("carried", &Intake::carried)
       .def("take_carry", &Intake::take_carry, "The partial request kept here, handed to the Python path.");

@@ -401,3 +401,42 @@ def test_a_model_the_live_monitor_watches_is_taken_natively(manager, onnx_models
     assert taken == [0, 0, 2]  # the two latency samples on the Python path, then both requests natively
     assert out.count(b"HTTP/1.1 200 OK") == 4
     assert [w.n_rows for w in windows] == [10]
+
+
+def test_a_shed_request_is_answered_natively_as_the_python_path_answers_it(manager, onnx_models, monkeypatch):
+    """Past the route's admission bound the gate decides: a request it sheds gets the Python path's 503 (the same
+    bytes, in its turn), without reaching the Python parser, and is counted as the Python path counts a shed."""
+    import fastml.serving.admission as admission
+
+    def sheds(self, inflight, timeout_us):
+        self.shed += 1
+        return True
+
+    monkeypatch.setattr(admission.AdmissionGate, "sheds", sheds)
+    monkeypatch.setattr(admission.AdmissionGate, "unshed_inflight", lambda self, timeout_us: -1)
+    x = _x(onnx_models)
+    two = [_plain(x[:1]) + _plain(x[:2])]
+    ref = _run(manager, reference.HttpProtocol, two)
+    assert _run(manager, Native, two) == ref
+    assert ref[0].count(b"HTTP/1.1 503 Service Unavailable\r\n") == 2 and b"Retry-After: 1\r\n" in ref[0]
+    entry = manager.get("mlp")
+
+    async def go():
+        server = Server(manager, http_port=None, metrics_port=None)
+        proto = Native(server)
+        t = FakeTransport()
+        proto.connection_made(t)
+        seen = []
+
+        class Recorder:  # stands in for the Python path's parser
+            def feed_data(self, data):
+                seen.append(data)
+
+        proto.parser = Recorder()
+        rejected = entry.failures.get("REJECTED", 0)
+        proto.data_received(two[0])
+        return seen, bytes(t.out), server.status_counts, entry.failures.get("REJECTED", 0) - rejected
+
+    seen, out, statuses, rejected = asyncio.run(go())
+    assert seen == [] and out == ref[0]  # answered at once: nothing was queued
+    assert statuses == {503: 2} and rejected == 2

@@ -27,7 +27,15 @@ import logging
 import weakref
 
 from fastml.server import shm_http
-from fastml.server.http import _CLOSE_HDR, HttpProtocol, _Slot, encode_infer_response, error_response
+from fastml.server.http import (
+    _CLOSE_HDR,
+    _SHED_ERROR,
+    HttpProtocol,
+    _Slot,
+    encode_infer_response,
+    error_response,
+    shed_response,
+)
 from fastml.server.status import http_status
 from fastml.server.tensors import build_plan, decode_request
 
@@ -207,6 +215,7 @@ class NativeHttpProtocol(HttpProtocol):
             lim.max_body_bytes,
             self.max_headers,
             self.max_header_bytes,
+            self._native_shed,
         )
 
     def connection_lost(self, exc):
@@ -308,6 +317,19 @@ class NativeHttpProtocol(HttpProtocol):
             return
         self.data_received(b"")
         self._maybe_resume_reading()
+
+    def _native_shed(self, entry, inflight: int, close: bool) -> bytes | None:
+        """The 503 of a plain request the intake read with ``inflight`` requests of ``entry`` ahead of it (past the
+        route's admission bound), counted as the Python path counts a shed, or None when the admission gate admits
+        it (the Python path then serves it). The decision is the Python path's own, before decoding
+        (``gate.sheds(inflight, None)``), and so is the answer (``shed_response``): only the parse is native."""
+        gate = entry.cache.get("admission")
+        if gate is None or not gate.sheds(inflight, None):
+            return None
+        server = self.server
+        server.plane.count_failure(entry, _SHED_ERROR)
+        server.count_status(503)
+        return shed_response(_CLOSE_HDR if close else b"")
 
     def _native_error(self, exc: BaseException, close: bool) -> bytes:
         """The error answer of a natively submitted request, as the Python path words it."""
