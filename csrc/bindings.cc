@@ -475,7 +475,9 @@ struct PyBatcher {
     // first unexpected error is raised once every future is settled. Returns how many were settled.
     size_t Resolve(std::vector<Completion>& items, py::handle make_error) {
         size_t n = 0;
-        const bool wake_direct = !items.empty() && OutsideTask();
+        // Whether tasks may be woken here (OutsideTask), asked at the first future only: the question goes through
+        // asyncio.current_task, a getpid syscall per call on Python 3.11, and a batch of native sinks never needs it.
+        int wake_direct = -1;
         py::object first_type, first_value, first_tb;  // the first unexpected error, re-raised at the end
         for (const Completion& c : items) {
             py::object keep = TakeUserData(c.user_data);
@@ -513,6 +515,7 @@ struct PyBatcher {
             if (!keep) continue;
             PyObject* fut = PyTuple_GET_ITEM(keep.ptr(), 0);  // borrowed from keep
             if (fut == Py_None) continue;
+            if (wake_direct < 0) wake_direct = OutsideTask() ? 1 : 0;
             const int woken = wake_direct ? SettleAndWake(fut, ok, value.ptr()) : 0;
             if (woken > 0) {
                 ++n;
