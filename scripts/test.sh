@@ -28,4 +28,19 @@ if ! .venv/bin/python -c "import tensorflow, tf2onnx" >/dev/null 2>&1; then
     | xargs .venv/bin/pip install -q >.cache/tensorflow-install.log 2>&1 \
     || echo "test: TensorFlow could not be installed (see .cache/tensorflow-install.log); its tests will skip"
 fi
-exec .venv/bin/python -m pytest tests "$@"
+# Two pytest runs. First every test not marked serial, on two pytest-xdist workers: each test file on one
+# worker (its module fixtures, a server process or a trained model, set up once), each markdown file's code
+# blocks on one worker (tests/conftest.py groups them). Then the serial tests alone: benchmarks, load and
+# overload runs, perf_analyzer and Ray, whose measurements and deadlines a second busy core would skew.
+# Both always run; the status is the first failure's (pytest's 5, "no tests collected", only when both say it).
+set +e
+.venv/bin/python -m pytest tests -n 2 --dist loadgroup -m "not serial" "$@"
+parallel=$?
+.venv/bin/python -m pytest tests -m serial "$@"
+serial=$?
+set -e
+for rc in "$parallel" "$serial"; do
+  if [ "$rc" != 0 ] && [ "$rc" != 5 ]; then exit "$rc"; fi
+done
+if [ "$parallel" = 5 ] && [ "$serial" = 5 ]; then exit 5; fi
+exit 0

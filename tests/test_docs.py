@@ -49,6 +49,9 @@ INSTALL_HINTS = {
     "perf_analyzer": "scripts/test.sh installs it; by hand: `bash scripts/get_perf_analyzer.sh .cache/perf_analyzer "
     ".venv/bin/pip && ln -sf ../../.cache/perf_analyzer/pa .venv/bin/perf_analyzer` (needs libb64-0d and unzip)",
 }
+# Files whose blocks run with the serial tests (scripts/test.sh runs those alone, after the rest): a local
+# Ray cluster (deploy.md, predict.md), perf_analyzer (README.md, server.md), load runs (loadtest.md).
+SERIAL_DOCS = {"README.md", "docs/deploy.md", "docs/predict.md", "docs/server.md", "docs/loadtest.md"}
 # How long a bash block's background processes may take to exit after the block ends (they were killed).
 _EXIT_GRACE_S = 10.0
 _OUTPUT_TAIL_CHARS = 6000
@@ -461,7 +464,10 @@ def _params() -> list:
                 continue
             budget_s += block.timeout_s if block.lang in EXECUTED else 0
             # pytest-timeout backstop: the block's own bound (plus any earlier blocks run on demand) comes first.
-            params.append(pytest.param(block, id=block.id, marks=pytest.mark.timeout(budget_s + 60)))
+            marks = [pytest.mark.timeout(budget_s + 60)]
+            if block.rel in SERIAL_DOCS:
+                marks.append(pytest.mark.serial)
+            params.append(pytest.param(block, id=block.id, marks=marks))
     return params
 
 
@@ -553,6 +559,9 @@ def test_bash_blocks_fail_on_errors_and_on_leftover_processes(tmp_path, monkeypa
         "```bash\nsleep 600 &\n```\n"
         "```bash\nsleep 600 & pid=$!\nkill $pid; wait $pid || true\n```\n",
     )
+    # The leftover `sleep 600` never exits on its own: it is judged after the whole grace period, which the
+    # real blocks keep at 10 s; a second is as good a test of the check.
+    monkeypatch.setattr(sys.modules[__name__], "_EXIT_GRACE_S", 1.0)
     ok, pipefail, leftover, tidy = _run_all(session, monkeypatch)
     assert ok.ok, ok.message
     assert not pipefail.ok and "status 1" in pipefail.message and "unreachable" not in pipefail.message

@@ -29,6 +29,7 @@ from serverkit import ServerProcess  # noqa: E402
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,  # a live Prometheus scraping a server under load: alone, after the parallel part
     pytest.mark.skipif(
         PROMETHEUS is None, reason="prometheus not installed (Debian package prometheus; scripts/setup.sh installs it)"
     ),

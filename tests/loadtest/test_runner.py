@@ -16,6 +16,8 @@ from fastml.loadtest.result import LoadResult, percentiles_us
 
 from .tiny_server import TinyServer
 
+pytestmark = pytest.mark.serial  # load runs with short timeouts: alone, after the parallel part of the suite
+
 X = np.array([[1.0, 2.0, 3.0, 4.5]], dtype=np.float32)
 REQUEST = build_infer_request("tiny", {"x": X}, outputs=["sum"])
 

@@ -16,6 +16,8 @@ import pytest
 
 from fastml.loadtest import build_infer_request, run, run_closed_loop, run_open_loop
 
+pytestmark = pytest.mark.serial  # load past capacity: alone, after the parallel part of the suite
+
 
 @pytest.fixture
 def small_queue_server(onnx_models, tmp_path):

@@ -14,6 +14,8 @@ import pytest
 from fastml.errors import InvalidInput
 from fastml.serving.batch_predict import predict_file
 
+pytestmark = pytest.mark.serial  # a local Ray cluster of 2 CPUs: alone, after the parallel part of the suite
+
 FEATURES = 6
 
 

@@ -19,6 +19,8 @@ import pytest
 from fastml.errors import InvalidInput
 from fastml.ray.serve_app import KServeReplica, RayServeOptions
 
+pytestmark = pytest.mark.serial  # a local Ray cluster of 2 CPUs (autoscaling on load): alone, after the parallel part
+
 
 def direct(path, x: np.ndarray) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

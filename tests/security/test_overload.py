@@ -24,6 +24,8 @@ from fastml.serving.admission import (
 from tests.security.conftest import Served
 from tests.server.serverkit import make_slow_model
 
+pytestmark = pytest.mark.serial  # load past capacity with ms deadlines: alone, after the parallel part of the suite
+
 WIDTH = 256
 
 

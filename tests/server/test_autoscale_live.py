@@ -13,6 +13,8 @@ from serverkit import ServerProcess, make_slow_model, ort_reference
 
 from fastml.loadtest import build_infer_request, run, run_closed_loop, run_open_loop
 
+pytestmark = pytest.mark.serial  # load steps that must move the autoscaler: alone, after the parallel part
+
 # Short timings so the whole cycle fits in seconds; the policy itself is tested in test_autoscale_policy.py.
 AUTO = [
     "--workers",

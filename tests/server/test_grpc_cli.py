@@ -13,6 +13,8 @@ import tritonclient.http as th
 from inprocess import make_repo
 from serverkit import ROOT, ServerProcess
 
+pytestmark = pytest.mark.serial  # perf_analyzer load runs: alone, after the parallel part of the suite
+
 PA = ROOT / ".cache" / "perf_analyzer" / "pa"
 _GRPC_LINE = re.compile(r"fastml serve: grpc ([\d.]+):(\d+)")
 

@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from serverkit import ROOT
 
+pytestmark = pytest.mark.serial  # perf_analyzer load runs: alone, after the parallel part of the suite
+
 PA = ROOT / ".cache" / "perf_analyzer" / "pa"
 
 

@@ -66,6 +66,8 @@ def test_register_status_unregister(client, srv):
         ("/dev/shm/x", 0, 64, "StatusCode.INVALID_ARGUMENT"),
         (None, 4000, 200, "StatusCode.INVALID_ARGUMENT"),  # beyond the object's end
     ],
+    # Fixed ids: the missing key is random, and pytest-xdist's workers must collect the same test names.
+    ids=["missing-key", "dot-dot", "dev-shm-path", "beyond-the-end"],
 )
 def test_bad_registrations_are_refused(client, key, offset, size, code):
     obj = ShmObject(4096)
