@@ -28,13 +28,15 @@ if ! .venv/bin/python -c "import tensorflow, tf2onnx" >/dev/null 2>&1; then
     | xargs .venv/bin/pip install -q >.cache/tensorflow-install.log 2>&1 \
     || echo "test: TensorFlow could not be installed (see .cache/tensorflow-install.log); its tests will skip"
 fi
-# Two pytest runs. First every test not marked serial, on two pytest-xdist workers: each test file on one
-# worker (its module fixtures, a server process or a trained model, set up once), each markdown file's code
-# blocks on one worker (tests/conftest.py groups them). Then the serial tests alone: benchmarks, load and
-# overload runs, perf_analyzer and Ray, whose measurements and deadlines a second busy core would skew.
+# Two pytest runs. First every test not marked serial, on two pytest-xdist workers that take tests one at a
+# time (--dist load; a worker given a docs block runs the earlier blocks of its file first, in its own
+# workspace). Not loadgroup: pytest-xdist 3.8 renames grouped tests through a node attribute pytest 9 no longer
+# reads, so its groups are silently ignored. Not loadfile: it would put all of tests/test_docs.py (about 2.5
+# minutes alone) on one worker, collected near the end. Then the serial tests alone: benchmarks, load
+# and overload runs, perf_analyzer and Ray, whose measurements and deadlines a second busy core would skew.
 # Both always run; the status is the first failure's (pytest's 5, "no tests collected", only when both say it).
 set +e
-.venv/bin/python -m pytest tests -n 2 --dist loadgroup -m "not serial" "$@"
+.venv/bin/python -m pytest tests -n 2 --dist load -m "not serial" "$@"
 parallel=$?
 .venv/bin/python -m pytest tests -m serial "$@"
 serial=$?

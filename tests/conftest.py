@@ -97,20 +97,3 @@ def _build_models(out: Path) -> None:
         )
         (out / f"{name}.onnx").write_bytes(onx.SerializeToString())
     np.save(out / "X.npy", X)
-
-
-# scripts/test.sh runs the suite in two parts: everything not marked ``serial`` on two pytest-xdist workers
-# (``-n 2 --dist loadgroup``), then the ``serial`` tests alone (benchmarks, load and overload runs,
-# perf_analyzer, Ray), whose measurements a second busy core would skew. On a worker, each test file is one
-# group, so a module-scoped fixture (a server process, a trained model) is set up once, on one worker; the
-# docs' code blocks are one group per markdown file, since the blocks of a file share one workspace.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    for item in items:
-        group = item.nodeid.split("::", 1)[0]
-        block = getattr(item, "callspec", None) and item.callspec.params.get("block")
-        if block is not None and hasattr(block, "rel"):
-            group = f"{group}:{block.rel}"
-        item.add_marker(pytest.mark.xdist_group(group))
