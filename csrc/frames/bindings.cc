@@ -16,7 +16,7 @@
 
 #include "frame_parser.h"
 #include "frame_submit_api.h"
-#include "native_sink.h"
+#include "sink_bindings.h"
 
 namespace py = pybind11;
 using namespace fastml::frames;
@@ -668,7 +668,7 @@ class Sink {
 
 // ---- Sink's Python type ------------------------------------------------------------------------------------
 
-// The Python face of Sink: a plain CPython type (csrc/native_sink.h says why). Not instantiable from Python
+// The Python face of Sink: a plain CPython type (csrc/sink_bindings.h says why). Not instantiable from Python
 // (Answers.sink makes them).
 using PySink = fastml::native_sink::SinkObject<Sink>;
 

@@ -28,7 +28,7 @@
 #include <rapidjson/writer.h>
 
 #include "frame_submit_api.h"
-#include "native_sink.h"
+#include "sink_bindings.h"
 #include "llhttp.h"
 #include "request_scanner.h"
 
@@ -435,7 +435,7 @@ class Sink {
   bool done_ = false;
 };
 
-// ---- Sink's Python type (a plain CPython type: csrc/native_sink.h) -----------------------------------------
+// ---- Sink's Python type (a plain CPython type: csrc/sink_bindings.h) -----------------------------------------
 
 using PySink = fastml::native_sink::SinkObject<Sink>;
 

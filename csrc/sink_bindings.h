@@ -1,3 +1,4 @@
+// Binding code (it includes pybind11): shared by the bindings.cc of two extension modules, never by the core.
 // The Python face of a native intake's per-request Sink, shared by fastml._frames (the binary protocol) and
 // fastml._http_intake (KServe v2 over HTTP).
 //
