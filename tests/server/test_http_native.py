@@ -53,6 +53,26 @@ def _run(manager, cls, chunks: list[bytes]) -> tuple[bytes, bool, bool]:
     return asyncio.run(go())
 
 
+class _Recorder:
+    """Stands in for the Python path's parser: records what reaches it."""
+
+    def __init__(self):
+        self.seen: list[bytes] = []
+
+    def feed_data(self, data):
+        self.seen.append(data)
+
+
+def _recorded_native(server):
+    """A connected native protocol whose Python-path parser only records: (protocol, transport, what reached it)."""
+    proto = Native(server)
+    t = FakeTransport()
+    proto.connection_made(t)
+    recorder = _Recorder()
+    proto.parser = recorder
+    return proto, t, recorder.seen
+
+
 def _x(onnx_models, n: int = 4) -> np.ndarray:
     return np.load(onnx_models["data"])[:n]
 
@@ -190,17 +210,7 @@ def test_intake_takes_the_plain_request(manager, onnx_models):
     x = _x(onnx_models)
 
     async def go():
-        server = Server(manager, http_port=None, metrics_port=None)
-        proto = Native(server)
-        t = FakeTransport()
-        proto.connection_made(t)
-        seen = []
-
-        class Recorder:  # stands in for the Python path's parser: records what reaches it
-            def feed_data(self, data):
-                seen.append(data)
-
-        proto.parser = Recorder()
+        proto, t, seen = _recorded_native(Server(manager, http_port=None, metrics_port=None))
         proto.data_received(_plain(x[:1]) + _plain(x[:1]))
         assert proto.outbox.outstanding == 2 and not proto.pending
         for _ in range(10_000):
@@ -333,16 +343,7 @@ def test_a_request_with_a_timeout_is_taken_natively(manager, onnx_models):
     assert native == ref and ref[0].count(b"HTTP/1.1 200 OK") == 2
 
     async def go():
-        server = Server(manager, http_port=None, metrics_port=None)
-        proto = Native(server)
-        proto.connection_made(FakeTransport())
-        seen = []
-
-        class Recorder:  # stands in for the Python path's parser
-            def feed_data(self, data):
-                seen.append(data)
-
-        proto.parser = Recorder()
+        proto, _, seen = _recorded_native(Server(manager, http_port=None, metrics_port=None))
         proto.data_received(timed)
         taken = proto.outbox.outstanding
         for _ in range(10_000):
@@ -423,16 +424,7 @@ def test_a_shed_request_is_answered_natively_as_the_python_path_answers_it(manag
 
     async def go():
         server = Server(manager, http_port=None, metrics_port=None)
-        proto = Native(server)
-        t = FakeTransport()
-        proto.connection_made(t)
-        seen = []
-
-        class Recorder:  # stands in for the Python path's parser
-            def feed_data(self, data):
-                seen.append(data)
-
-        proto.parser = Recorder()
+        proto, t, seen = _recorded_native(server)
         rejected = entry.failures.get("REJECTED", 0)
         proto.data_received(two[0])
         return seen, bytes(t.out), server.status_counts, entry.failures.get("REJECTED", 0) - rejected
