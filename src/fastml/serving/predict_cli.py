@@ -112,44 +112,41 @@ def _run(args: argparse.Namespace) -> int:
     return _print(report, args)
 
 
-@contextlib.contextmanager
 def _single_threaded_blas():
     """Around the first import of numpy: ``OPENBLAS_NUM_THREADS=1`` where the user set nothing (see
-    _BLAS_THREADS_VARS), removed again afterwards (OpenBLAS reads it once, as numpy loads it), so processes this
-    one starts see the user's environment. Nothing when numpy is imported already (an in-process caller)."""
+    _BLAS_THREADS_VARS; OpenBLAS reads it once, as numpy loads it). Nothing when numpy is imported already (an
+    in-process caller)."""
+    return _defaults_for_import("numpy", dict.fromkeys(_BLAS_THREADS_VARS, "1"))
+
+
+def _retaining_arrow_pool():
+    """Around the first import of pyarrow: ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` where the user set nothing
+    (Arrow reads it once, as pyarrow loads). Nothing when pyarrow is imported already (an in-process caller keeps
+    its process's pool), and only on Linux, whose pyarrow wheels carry jemalloc (elsewhere Arrow would warn and
+    keep its default).
+
+    Every chunk is read into fresh Arrow buffers that are freed once written. In a new process Arrow's default pool
+    (mimalloc) gives the freed pages back and faults them in again for the next chunks, while jemalloc keeps them:
+    the command over 1,000,000 rows took 1.68 s of CPU (0.10 s in the kernel) against 1.83 s (0.22 s), six
+    alternating runs on a 2-core machine; reading alone 0.097 against 0.126 s, writing 0.042 against 0.054 s."""
+    return _defaults_for_import("pyarrow", {_ARROW_POOL_VAR: "jemalloc"} if sys.platform.startswith("linux") else {})
+
+
+@contextlib.contextmanager
+def _defaults_for_import(module: str, defaults: dict[str, str]):
+    """Environment ``defaults`` (those the user did not set) around the first import of ``module``, removed again
+    afterwards, so processes this one starts see the user's environment; nothing when ``module`` is loaded."""
     set_here = []
-    if "numpy" not in sys.modules:
-        for var in _BLAS_THREADS_VARS:
+    if module not in sys.modules:
+        for var, value in defaults.items():
             if var not in os.environ:
-                os.environ[var] = "1"
+                os.environ[var] = value
                 set_here.append(var)
     try:
         yield
     finally:
         for var in set_here:
             os.environ.pop(var, None)
-
-
-@contextlib.contextmanager
-def _retaining_arrow_pool():
-    """Around the first import of pyarrow: ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` where the user set nothing,
-    removed again afterwards (Arrow reads it once, as pyarrow loads), so processes this one starts see the user's
-    environment. Nothing when pyarrow is imported already (an in-process caller keeps its process's pool), and
-    only on Linux, whose pyarrow wheels carry jemalloc (elsewhere Arrow would warn and keep its default).
-
-    Every chunk is read into fresh Arrow buffers that are freed once written. In a new process Arrow's default pool
-    (mimalloc) gives the freed pages back and faults them in again for the next chunks, while jemalloc keeps them:
-    the command over 1,000,000 rows took 1.68 s of CPU (0.10 s in the kernel) against 1.83 s (0.22 s), six
-    alternating runs on a 2-core machine; reading alone 0.097 against 0.126 s, writing 0.042 against 0.054 s."""
-    set_here = False
-    if "pyarrow" not in sys.modules and sys.platform.startswith("linux") and _ARROW_POOL_VAR not in os.environ:
-        os.environ[_ARROW_POOL_VAR] = "jemalloc"
-        set_here = True
-    try:
-        yield
-    finally:
-        if set_here:
-            os.environ.pop(_ARROW_POOL_VAR, None)
 
 
 def _print(report, args: argparse.Namespace) -> int:
