@@ -201,3 +201,27 @@ def test_the_command_loads_pyarrow_with_jemalloc_only_when_it_imports_it_and_the
     monkeypatch.setitem(sys.modules, "pyarrow", pyarrow)  # an in-process caller: its process chose the pool
     with predict_cli._retaining_arrow_pool():
         assert "ARROW_DEFAULT_MEMORY_POOL" not in os.environ
+
+
+def test_the_command_pauses_the_garbage_collector_only_around_its_imports():
+    """The collector is off while the command imports its libraries and back as it was afterwards (also when an
+    import fails): a caller that had it off keeps it off, one that had it on gets it back for the scoring loop."""
+    import gc
+
+    from fastml.serving import predict_cli
+
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        with predict_cli._collector_paused():
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        with pytest.raises(ImportError), predict_cli._collector_paused():
+            raise ImportError("no such module")
+        assert gc.isenabled()
+        gc.disable()
+        with predict_cli._collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
