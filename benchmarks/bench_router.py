@@ -46,8 +46,9 @@ What a deployment request costs over HTTP, and why (2026-12-06, 2-core machine s
    now runs every model due in a loop pass before answering any (fastml.engine.model._flush_loop), so the second
    call follows the first with the runtime's code still cached: 30-45 us instead of ~75-80 us.
 3. What is left: the deployment's per-request Python (the decision, the variant's routed count, start time and
-   latency: one route opened per request, where a model's route is shared by a pass's reads; perf's CPU samples
-   put it at ~5 us a request in libpython, ~3x what callgrind's count suggests, for the same reason as 2.), and
+   latency; the intake keeps the deployment's route chooser for the pass, as a model's route is shared by a pass's
+   reads, and each read asks it for one decision: benchmarks/README.md has the instruction counts; perf's CPU
+   samples put it at ~5 us a request in libpython, ~3x what callgrind's count suggests, for the same reason as 2.), and
    the second ONNX Runtime call (~2-3 us a request). Two runs at load 1.2-1.9 (8 alternating rounds of 1.5 s each,
    git 6b3ec1b and 70ed2f9): model alone 38.8-38.9 us, 100/0 43.8-45.5 us (0.86-0.89x), 90/10 47.8-55.1 us
    (0.71-0.81x) of server CPU a request; throughput 0.86-0.93x and 0.70-0.92x. Single windows swing by up to 40 %

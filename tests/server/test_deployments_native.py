@@ -263,32 +263,40 @@ def test_native_split_keeps_the_books(manager, onnx_models):
     assert inflight == [0, 0, 0]
 
 
-def test_a_failed_native_answer_counts_as_the_variants_error(manager):
-    """The data plane's books for a native variant request that the model failed (``completed(token, False)``,
-    as the intake reports an error answer): the variant's error, the router's error count, in-flight back."""
+def _on_plane(manager, body):
+    """``await body(plane, deployments)`` on a new server's data plane with DEPLOYMENTS applied, in a new loop."""
     from fastml.serving.deployments import DeploymentManager
 
     async def go():
-        server = Server(manager, http_port=None, metrics_port=None)
-        plane = server.plane
+        plane = Server(manager, http_port=None, metrics_port=None).plane
         dm = DeploymentManager(manager, poll_interval_s=3600)
         plane.deployments = dm
         await dm.apply_text(DEPLOYMENTS)
         try:
-            route = plane.sink_route("one", None, 0)
-            token, timeout_us, bound = route[0], route[5], route[7]
-            assert route[3] == "one" and token.entry is manager.get("a")
-            assert bound == 0  # one request per route: each gets its own decision
-            assert dm.table["one"].router.counts()["routed"] == [0, 0]  # not counted until submitted
-            plane.sink_routed(token, 1, 0, timeout_us)
-            assert manager.get("a").inflight == 1 and plane.inflight == 1
-            plane.completed(token, False)
-            stats = dm.variant_stats("one")  # publishes the native routes' counts first
-            return dm.table["one"].router.counts(), stats, manager.get("a").inflight, plane.inflight
+            return await body(plane, dm)
         finally:
             await dm.stop()
 
-    counts, stats, entry_inflight, plane_inflight = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_a_failed_native_answer_counts_as_the_variants_error(manager):
+    """The data plane's books for a native variant request that the model failed (``completed(token, False)``,
+    as the intake reports an error answer): the variant's error, the router's error count, in-flight back."""
+
+    async def go(plane, dm):
+        route = plane.sink_route("one", None, 0)
+        token, timeout_us, bound = route[0], route[5], route[7]
+        assert route[3] == "one" and token.entry is manager.get("a")
+        assert bound == 0  # one request per route: each gets its own decision
+        assert dm.table["one"].router.counts()["routed"] == [0, 0]  # not counted until submitted
+        plane.sink_routed(token, 1, 0, timeout_us)
+        assert manager.get("a").inflight == 1 and plane.inflight == 1
+        plane.completed(token, False)
+        stats = dm.variant_stats("one")  # publishes the native routes' counts first
+        return dm.table["one"].router.counts(), stats, manager.get("a").inflight, plane.inflight
+
+    counts, stats, entry_inflight, plane_inflight = _on_plane(manager, go)
     assert counts["routed"] == [1, 0]
     assert counts["errors"] == [1, 0]
     assert stats["main"]["requests"] == 1
@@ -296,24 +304,39 @@ def test_a_failed_native_answer_counts_as_the_variants_error(manager):
     assert (entry_inflight, plane_inflight) == (0, 0)
 
 
+def test_a_deployments_chooser_is_kept_for_the_pass_and_decides_per_call(manager):
+    """The HTTP intake keeps a deployment's chooser for the loop pass (as it keeps a model's route): the same
+    callable all pass, one decision per call, each variant's route opened once; the next pass gets a new one.
+    Models, versioned URLs and deployments with shadows have none."""
+
+    async def go(plane, dm):
+        choose = plane.variant_chooser("split", None, 0)
+        same = plane.variant_chooser("split", None, 0) is choose
+        none = [plane.variant_chooser(*a) for a in (("a", None, 0), ("split", "1", 0), ("mirrored", None, 0))]
+        routes = [choose() for _ in range(200)]
+        await asyncio.sleep(0)  # the pass ends
+        fresh = plane.variant_chooser("split", None, 0) is not choose
+        return same, none, routes, fresh, dm.table["split"].router.counts()["routed"]
+
+    same, none, routes, fresh, routed = _on_plane(manager, go)
+    assert same and fresh
+    assert none == [None, None, None]
+    tokens = {id(r[0]): r[0] for r in routes}
+    assert sorted(t.target.name for t in tokens.values()) == ["left", "right"]  # one route per variant, both drawn
+    picked = sum(r[0].target.name == "left" for r in routes)
+    assert 40 < picked < 160  # binomial(200, 0.5): p < 1e-16 outside
+    assert {r[3] for r in routes} == {"split"}
+    assert routed == [0, 0]  # drawn, not counted: a decision counts once its request is submitted
+
+
 def test_no_native_route_for_versions_shadows_or_a_draining_server(manager):
-    from fastml.serving.deployments import DeploymentManager
+    async def go(plane, dm):
+        got = [plane.sink_route("one", "1", 0), plane.sink_route("mirrored", None, 0)]
+        plane.draining = True
+        got.append(plane.sink_route("one", None, 0))
+        return got, dm.table["one"].router.counts()["routed"], dm.table["mirrored"].router.counts()["routed"]
 
-    async def go():
-        server = Server(manager, http_port=None, metrics_port=None)
-        plane = server.plane
-        dm = DeploymentManager(manager, poll_interval_s=3600)
-        plane.deployments = dm
-        await dm.apply_text(DEPLOYMENTS)
-        try:
-            got = [plane.sink_route("one", "1", 0), plane.sink_route("mirrored", None, 0)]
-            plane.draining = True
-            got.append(plane.sink_route("one", None, 0))
-            return got, dm.table["one"].router.counts()["routed"], dm.table["mirrored"].router.counts()["routed"]
-        finally:
-            await dm.stop()
-
-    got, routed_one, routed_mirrored = asyncio.run(go())
+    got, routed_one, routed_mirrored = _on_plane(manager, go)
     assert got == [None, None, None]
     assert routed_one == [0, 0] and routed_mirrored == [0]
 

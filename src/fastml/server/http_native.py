@@ -56,8 +56,9 @@ class _PassRoutes:
     With many connections each read carries one request: asking the data plane for the model's route (resolve,
     the engine's sink target, the admission bound) once per read was ~5 % of the server's CPU at 32 connections.
     Within a pass nothing that decides a route changes but the requests in flight, which the intake reads
-    afresh per read. A deployment's route is one routing decision for one request: never shared; nor is a
-    refusal (None), which may hold for one request only.
+    afresh per read. A deployment's route is one routing decision for one request: what is kept for the pass is
+    the deployment's chooser (``DataPlane.variant_chooser``), called once per read. A refusal (None) is never
+    kept: it may hold for one request only.
     """
 
     __slots__ = ("plane", "loop", "routes", "runs", "due", "__weakref__")
@@ -81,12 +82,19 @@ class _PassRoutes:
         if route is _MISS:
             if not self.due:
                 self._schedule()
+            choose = self.plane.variant_chooser(name, version, timeout_us)
+            if choose is not None:  # a deployment: its chooser is kept for the pass, each read gets a decision
+                self.routes[key] = choose
+                return choose()
             route = self.plane.sink_route(name, version, timeout_us)
             # None is asked again by the pass's next read: a model may decline for one request only (a latency
             # sample due for the live monitor, which the Python path's next request of it reports).
-            if route is not None and getattr(route[0], "variant_route", None) is None:
+            if route is not None:
                 self.routes[key] = route
-        return route
+            return route
+        if route.__class__ is tuple:
+            return route
+        return route()
 
     def routed(self, entry, submitted: int, inflight_before: int, timeout_us: int):
         """One read's requests went through a route: counted in flight now, recorded with the admission gate

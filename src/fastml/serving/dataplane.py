@@ -70,6 +70,7 @@ CONFIG_DTYPES = {
 
 # Triton sequence-batcher parameters: refused for the stateless models we serve.
 _SEQUENCE_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
+_MISSING = object()  # a dict lookup's "not there" where None is a value
 
 # Prometheus failure reason (Triton's nv_inference_request_failure{reason=...}) per error class.
 FAILURE_REASON: dict[type[FastMLError], str] = {
@@ -452,45 +453,70 @@ class DataPlane:
         return entry, batcher, queue, entry.name, entry.version, timeout_us, input_names, bound
 
     def _variant_route(self, deployments, d, version: str | None, timeout_us: int):
-        """:meth:`sink_route` for deployment ``d``: one keyless decision of its native router (drawn ahead in
-        bulk, uncounted until the request is submitted: :class:`fastml.serving.deployments.NativeRoutes`), the
-        chosen variant's model as the route, booked under its :class:`fastml.serving.deployments.NativeVariant`
-        (the answer names the deployment and the variant). The route takes one request (its admission bound is
-        the requests already in flight): every request gets its own decision, and the rest of a pipelined read
-        goes through the Python path. None (the Python path routes it) for a version in the URL, a deployment
-        with shadows (a copy needs the decoded inputs), a model without the native path. One Python frame for the
-        common case: a deployment request pays this, its books in :meth:`sink_routed` and :meth:`completed`."""
+        """:meth:`sink_route` for deployment ``d``: one request's route from its :meth:`variant_chooser` for this
+        loop pass; None (the Python path routes it) where the deployment is not routed natively."""
+        choose = self._chooser(deployments, d, version, timeout_us)
+        return None if choose is None else choose()
+
+    def variant_chooser(self, name: str, version: str | None, timeout_us: int):
+        """For a deployment routed natively, a callable that returns one request's route each time it is called
+        (a keyless decision of the deployment's router, as :meth:`sink_route` returns it for a deployment),
+        valid for this event-loop pass; None for anything else (a model: ask :meth:`sink_route`). A transport that
+        asks for many routes in one pass keeps the callable for the pass instead of asking again per request."""
+        deployments = self.deployments
+        if deployments is None or self.draining:
+            return None
+        d = deployments.table.get(name)
+        if d is None:
+            return None
+        return self._chooser(deployments, d, version, timeout_us)
+
+    def _chooser(self, deployments, d, version: str | None, timeout_us: int):
+        """Deployment ``d``'s route chooser for this loop pass (made once per pass and deadline): each call takes
+        one keyless decision of its native router (drawn ahead in bulk, uncounted until the request is submitted:
+        :class:`fastml.serving.deployments.NativeRoutes`) and returns the chosen variant's model as the route,
+        booked under its :class:`fastml.serving.deployments.NativeVariant` (the answer names the deployment and
+        the variant), or None for a variant whose model has no native path. A route takes one request (its
+        admission bound is the requests already in flight): every request gets its own decision, and the rest of a
+        pipelined read goes through the Python path. None (no chooser) for a version in the URL, a deployment with
+        shadows (a copy needs the decoded inputs). What the variants' routes hold does not change within a pass
+        and is opened once per variant; a request pays the decision, its variant's in-flight count and bound."""
         if version is not None or d.shadows:
             return None
+        key = (d, timeout_us)
+        kept = self._variant_pass.get(key)
+        if kept is not None:
+            return kept
+        if not self._variant_pass_due:
+            # Queued before a route schedules the model's flush: the pass's requests are recorded with the
+            # admission gate (_end_variant_pass) before the flush runs them.
+            self._variant_pass_due = True
+            asyncio.get_running_loop().call_soon(self._end_variant_pass)
         native = d.transport_cache.get("native")
         if native is None:
             native = d.transport_cache["native"] = deployments.native_routes(d)
-        try:
-            index = native.decisions.pop()
-        except IndexError:  # used up (or dropped on a weight change): drawn again in one native call
-            index = native.redraw()
-        # What does not change within a loop pass is kept for the pass (as the transport keeps a model's route):
-        # every request of the pass pays the decision and its own admission bound only.
-        key = (native, index, timeout_us)
-        got = self._variant_pass.get(key)
-        if got is None:
-            if not self._variant_pass_due:
-                # Queued before the route schedules the model's flush: the pass's requests are recorded with the
-                # admission gate (_end_variant_pass) before the flush runs them.
-                self._variant_pass_due = True
-                asyncio.get_running_loop().call_soon(self._end_variant_pass)
-            try:
-                token = native.token(index)  # the variant's model now (a moved alias, a reloaded served model)
-            except FastMLError:
-                return None
-            got = self._open_variant(token, d.name, timeout_us)
+        opened: dict = {}  # variant index -> its route this pass, or None
+        name = d.name
+
+        def choose():
+            decisions = native.decisions
+            index = decisions.pop() if decisions else native.redraw()  # redrawn in one native call when used up
+            got = opened.get(index, _MISSING)
+            if got is _MISSING:
+                try:
+                    token = native.token(index)  # the variant's model now (a moved alias, a reloaded served model)
+                except FastMLError:
+                    return None  # asked again by the pass's next request: the Python path answers in its words
+                got = opened[index] = self._open_variant(token, name, timeout_us)
             if got is None:
                 return None
-            self._variant_pass[key] = got
-        token = got[0]
-        token.inflight = inflight = token.entry.inflight  # what the intake reads as the requests ahead
-        bound = got[7]
-        return got[:7] + (bound if bound < inflight else inflight,)
+            token = got[0]
+            token.inflight = inflight = token.entry.inflight  # what the intake reads as the requests ahead
+            bound = got[7]
+            return got[:7] + (bound if bound < inflight else inflight,)
+
+        self._variant_pass[key] = choose
+        return choose
 
     def _open_variant(self, token, name: str, timeout_us: int):
         """A variant's route for this loop pass, its admission bound without the one-request limit; None when
