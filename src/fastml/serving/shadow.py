@@ -41,7 +41,12 @@ log = logging.getLogger("fastml.serving.shadow")
 
 SHADOW_LANE_MAX = 1024  # copies waiting for the runner; past this many a copy is shed
 SHADOW_MAX_WAIT_S = 1.0  # a copy that waited longer is shed
-SHADOW_GATHER_S = 0.002  # after waking for a first copy, the runner lets more gather this long
+# After waking for a first copy, the runner lets more gather this long, or until a full batch of the copy's model
+# waits. A shadow answer is logged, not waited for, so the wait costs nobody; each wake-up of the runner costs the
+# server a few syscalls and a GIL hand-off. At ~3,400 mirrored requests/s (the MLP, open loop, two servers side by
+# side in alternating windows) a shadowed request cost the server 29-32 us of CPU more than a plain one with a fixed
+# 2 ms gather, 17-24 us with this one.
+SHADOW_GATHER_S = 0.02
 SHADOW_NAP_S = 1.0  # the longest the idle runner sleeps without looking at the lane (a safety net only)
 
 
@@ -112,6 +117,9 @@ class ShadowRunner:
         self._cv = threading.Condition(threading.Lock())
         self._busy = False  # the runner holds copies it took from the lane
         self._sleeping = False  # the runner waits on _cv (an offer must notify it)
+        # The runner lets copies gather (see _gather): an offer that makes the lane hold _fill copies notifies it.
+        self._gathering = False
+        self._fill = 1
         self._closed = False
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -130,8 +138,10 @@ class ShadowRunner:
             self._start()
         if type(inputs) is not dict:  # one input's array (the Python API accepts that for one-input models)
             inputs = {entry.model.signature.inputs[0].name: inputs}
-        self._lane.append(_Copy(deployment, shadow, entry, inputs, request_id, time.perf_counter_ns()))
-        if self._sleeping:  # read after the append, without the lock (see _run)
+        lane = self._lane
+        lane.append(_Copy(deployment, shadow, entry, inputs, request_id, time.perf_counter_ns()))
+        # Read after the append, without the lock (see _run); a gathering runner missed here wakes at its timeout.
+        if self._sleeping or (self._gathering and len(lane) >= self._fill):
             with self._cv:
                 self._cv.notify()
         return True
@@ -191,13 +201,28 @@ class ShadowRunner:
                     return
                 self._busy = True
             if slept:
-                # Woken by a first copy: let more gather (a shadow answer is not waited for), so copies run in
-                # fuller batches and the runner takes the GIL from the event loop less often.
-                time.sleep(SHADOW_GATHER_S)
+                self._gather()
             with self._cv:
                 group = self._take()
             if group:
                 self._run_group(group)
+
+    def _gather(self) -> None:
+        """Woken by a first copy: let more gather for up to SHADOW_GATHER_S, or until a full batch of the first
+        copy's model waits, so that copies run in full batches and the runner takes the GIL from the event loop
+        seldom. (Copies are counted, not rows: a copy holds at least one row.)"""
+        with self._cv:
+            lane = self._lane
+            if not lane or self._closed:
+                return
+            self._fill = max(1, int(getattr(lane[0].entry.model, "max_batch_size", 1)))
+            if len(lane) >= self._fill:
+                return
+            self._gathering = True
+            try:
+                self._cv.wait(SHADOW_GATHER_S)  # an offer that fills the batch, or close(), notifies
+            finally:
+                self._gathering = False
 
     def _take(self) -> list[_Copy]:
         """The next copies to run together: the oldest live copy and the live copies queued behind it for the
