@@ -253,6 +253,9 @@ class Batcher {
     std::unordered_map<std::string, Bucket> buckets_;      // guarded by mu_; shape key -> queue
     int64_t queued_ = 0;                                   // guarded by mu_; requests in buckets_
     std::multiset<int64_t> deadlines_;                     // guarded by mu_; deadlines of queued requests
+    // guarded by mu_; while the deadline thread waits, the time it wakes by itself (0 while it is awake: it looks at
+    // deadlines_ again before it waits). Submit notifies it only for a deadline earlier than this.
+    int64_t deadline_wake_ns_ = 0;
     uint64_t next_ticket_ = 1;                             // guarded by mu_
     uint64_t next_batch_ = 1;                              // guarded by mu_
     int idle_runners_ = 0;                                 // guarded by mu_; runners waiting on work_cv_

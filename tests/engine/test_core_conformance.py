@@ -91,6 +91,29 @@ def test_deadline_fails_a_queued_request_without_running_it(batcher, make_core):
     core.shutdown("done")
 
 
+def test_a_shorter_deadline_queued_behind_a_long_one_expires_on_time(batcher, make_core):
+    """The deadline thread sleeps until the earliest deadline (and at most a second with none queued); a request
+    whose deadline comes before that wakes it: queued behind a 60 s deadline, a 20 ms one still fails at 20 ms,
+    not at 60 s nor at the thread's own wake-up a second later."""
+    core, Queue, _ = make_core(batcher, F32_4)
+    long_ticket = core.submit_async(Queue(), (rows(1),), 60_000_000)
+    ticket = core.submit_sync((rows(1),), 20_000)  # no runner pulls: it can only expire
+    waited = threading.Event()
+    got = []
+
+    def wait():
+        got.append(core.wait(ticket))
+        waited.set()
+
+    threading.Thread(target=wait, daemon=True).start()
+    # Well inside the thread's 1 s horizon, so that a request that did not wake it would be caught, and 45x the deadline.
+    assert waited.wait(0.9), "the 20 ms deadline did not expire within 0.9 s"
+    code, message, result = got[0]
+    assert (code, result) == (DEADLINE_EXCEEDED, None) and "20000 us" in message
+    assert core.stats()["pending"] == 1 and long_ticket  # the 60 s request still waits
+    core.shutdown("done")
+
+
 def test_mixed_shapes_never_share_a_batch(batcher, make_core):
     core, Queue, _ = make_core(batcher, [("x", np.dtype(np.float32), [-1, -1])], max_batch_size=16)
     q = Queue()
