@@ -46,6 +46,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c
 fi
 # Bytecode for the editable source. pip compiles what it installs, but an editable install leaves src/ to the
 # import system, which writes no bytecode where PYTHONDONTWRITEBYTECODE is set (as on these machines): every
-# `fastml` command would compile the modules it imports again (~15 ms of `fastml predict`'s start). compileall
+# `fastml` command would compile the modules it imports again (~17 ms of `fastml predict`'s start). compileall
 # rewrites only what changed; the import system still checks each file's timestamp against its bytecode.
 .venv/bin/python -m compileall -q src/fastml >/dev/null

@@ -140,7 +140,7 @@ def _collector_paused():
 
     Importing numpy, ONNX Runtime and pyarrow creates a few hundred thousand objects, none of them garbage, and
     the collector walked them again and again as they were made: ~9 % of the imports' CPU (perf). Pausing it took
-    12 ms off the command's wall time (1.105 against 1.093 s, medians of ten alternating runs, 2 cores)."""
+    11 ms off the command's wall time (1.124 against 1.113 s, medians of twelve alternating runs, 2 cores)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
