@@ -95,3 +95,21 @@ def test_retiring_answers_what_was_queued_on_it_and_the_port_keeps_serving(tmp_p
         uvloop.run(scenario())
     finally:
         manager.close()
+
+
+def test_stopping_counts_a_worker_still_starting_as_stopped_cleanly_and_a_serving_one_by_its_exit(tmp_path):
+    """SIGTERM while an autoscale step is starting a worker: that worker has not installed its signal handlers
+    yet and dies by the signal; it never served, so the supervisor's stop does not count it as failed. A serving
+    worker that dies by the signal (it should have drained and exited 0) still is."""
+    import subprocess
+    import sys
+
+    from fastml.server.workers import SERVING, ServeOptions, _Supervisor, _WorkerProc
+
+    sup = _Supervisor(ServeOptions(targets=[str(tmp_path)]), 0, tmp_path)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]  # no handler: SIGTERM ends it (-15)
+    starting = _WorkerProc(1, subprocess.Popen(sleeper))
+    serving = _WorkerProc(2, subprocess.Popen(sleeper), SERVING)
+    sup.workers = {1: starting, 2: serving}
+    codes = asyncio.run(sup.stop_all(grace_period_s=5.0))
+    assert codes == [0, -15]

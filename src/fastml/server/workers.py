@@ -549,10 +549,15 @@ class _Supervisor:
         for w in list(self.workers.values()):
             left = max(0.1, deadline - time.monotonic())
             try:
-                codes.append(await loop.run_in_executor(None, w.proc.wait, left))
+                code = await loop.run_in_executor(None, w.proc.wait, left)
             except subprocess.TimeoutExpired:
                 w.proc.kill()
-                codes.append(w.proc.wait())
+                code = w.proc.wait()
+            if w.state == STARTING and code == -signal.SIGTERM:
+                # A worker still starting (an autoscale step in progress) had not installed its signal handlers
+                # and ends by this SIGTERM: it never served, so it had nothing to drain. Not a failed stop.
+                code = 0
+            codes.append(code)
         return codes
 
 
