@@ -257,6 +257,11 @@ struct PyBatcher {
     // buffer, or of the lone request's own memory, which may be a read-only bytes object (a request
     // body): no runner, model or callback may write through them.
     py::object BatchTuple(int runner, const BatchInfo& info) {
+        return py::make_tuple(info.id, info.rows, BatchViews(runner, info));
+    }
+
+    // The batch's input arrays (BatchTuple's third item), recorded as runner `runner`'s batch.
+    py::list BatchViews(int runner, const BatchInfo& info) {
         py::list arrays(info.input_data.size());
         for (size_t i = 0; i < info.input_data.size(); ++i) {
             py::array view(dtypes[i], info.input_shapes[i], {}, info.input_data[i], view_base);
@@ -264,7 +269,85 @@ struct PyBatcher {
             arrays[i] = std::move(view);
         }
         runner_batch[runner] = info.id;
-        return py::make_tuple(info.id, info.rows, arrays);
+        return arrays;
+    }
+
+    // The inline runner's batch loop (run_queued): Model._run_queued's work without a Python frame per batch.
+    // Each batch is completed before the next is taken, as the Python loop did; a failure of the model (or of
+    // its outputs' shape) fails that batch's requests only.
+    int RunQueued(int runner, const py::object& run, const py::object& output_names, const py::tuple& input_names,
+                  const py::object& run_options, const std::string& failed_prefix) {
+        const size_t n_outputs = this->outputs.size();
+        int batches = 0;
+        for (;;) {
+            BatchInfo info;
+            if (!core->NextBatch(runner, &info, /*wait=*/false)) return batches;
+            ++batches;
+            const int64_t rows = info.rows;
+            py::list arrays = BatchViews(runner, info);
+            std::string failure;
+            py::object outputs;
+            try {
+                py::dict feed;
+                for (size_t i = 0; i < input_names.size() && i < arrays.size(); ++i) feed[input_names[i]] = arrays[i];
+                outputs = run(output_names, feed, run_options);
+                failure = OutputsProblem(outputs, output_names, rows, n_outputs);
+                if (!failure.empty()) failure = "RuntimeError: " + failure;
+            } catch (py::error_already_set& e) {  // every failure must complete the batch (BaseException too)
+                failure = std::string(py::str(e.type().attr("__name__"))) + ": " + std::string(py::str(e.value()));
+            }
+            if (!failure.empty()) {
+                const std::string message = failed_prefix + std::to_string(rows) + " rows: " + failure;
+                {
+                    py::gil_scoped_release nogil;
+                    core->CompleteBatch(runner, Status{StatusCode::kInternal, message});
+                }
+            } else {
+                KeepOutputs(runner, 0, outputs);
+                py::gil_scoped_release nogil;
+                core->CompleteBatch(runner, Status{StatusCode::kOk, ""});
+            }
+            Sweep();
+        }
+    }
+
+    // Why `outputs` (what the model's run returned for a batch of `rows`) cannot be the batch's outputs, in the
+    // words of Model._run_batch_inline's checks; empty when they can. Raises error_already_set where the
+    // Python checks would raise (an output that is not an array).
+    static std::string OutputsProblem(const py::object& outputs, const py::object& output_names, int64_t rows,
+                                      size_t n_outputs) {
+        const size_t got = py::len(outputs);
+        if (got != n_outputs) {
+            return "expected " + std::to_string(n_outputs) + " outputs, got " + std::to_string(got);
+        }
+        auto& api = py::detail::npy_api::get();
+        py::sequence outs = py::reinterpret_borrow<py::sequence>(outputs);
+        py::sequence names = py::reinterpret_borrow<py::sequence>(output_names);
+        for (size_t i = 0; i < got; ++i) {
+            py::object out = outs[i];
+            int64_t ndim;
+            int64_t first = 0;
+            if (api.PyArray_Check_(out.ptr())) {
+                auto* a = py::detail::array_proxy(out.ptr());
+                ndim = a->nd;
+                if (ndim > 0) first = a->dimensions[0];
+            } else {
+                ndim = py::cast<int64_t>(out.attr("ndim"));
+                if (ndim > 0) first = py::cast<int64_t>(py::tuple(out.attr("shape"))[0]);
+            }
+            if (ndim == 0 || first != rows) {
+                std::string shape = "[";
+                py::tuple dims(out.attr("shape"));
+                for (size_t d = 0; d < dims.size(); ++d) {
+                    if (d) shape += ", ";
+                    shape += std::string(py::str(dims[d]));
+                }
+                shape += "]";
+                return "output '" + std::string(py::str(names[i])) + "' has shape " + shape + " for a batch of " +
+                       std::to_string(rows) + " rows";
+            }
+        }
+        return "";
     }
 
     // Before a runner completes its batch OK: keep the batch outputs for the consumers (GIL held).
@@ -844,6 +927,19 @@ static void bind_batcher(py::module_& m) {
             py::arg("runner"),
             "Non-blocking next_batch for an inline runner: the requests queued now (max_queue_delay_us is not "
             "waited for) as (batch_id, rows, [input arrays]), or None when nothing is queued or after shutdown.")
+        .def(
+            "run_queued",
+            [](PyBatcher& self, int runner, const py::object& run, const py::object& output_names,
+               const py::tuple& input_names, const py::object& run_options, const std::string& failed_prefix) {
+                return self.RunQueued(runner, run, output_names, input_names, run_options, failed_prefix);
+            },
+            py::arg("runner"), py::arg("run"), py::arg("output_names"), py::arg("input_names"),
+            py::arg("run_options"), py::arg("failed_prefix"),
+            "The inline runner's loop: while a batch is queued, take it (as try_next_batch), call "
+            "run(output_names, {input name: batch array}, run_options) (ONNX Runtime's bound run, which releases "
+            "the GIL while it computes), check its outputs (one per output name, each with the batch's rows first) "
+            "and complete the batch: with them, or with INTERNAL and failed_prefix + \"<rows> rows: <exception "
+            "type>: <message>\" when run raised or returned something else. Returns the number of batches run.")
         .def(
             "complete",
             [](PyBatcher& self, int runner, int code, const std::string& message, const py::object& outputs) {

@@ -201,3 +201,55 @@ def test_runner_option_errors(onnx_models, string_model):
     m = load_model(string_model, runner="auto", batcher="python")
     assert m.runner == "threads"
     m.close()
+
+
+def test_the_cores_batch_loop_runs_the_bound_run_and_fails_a_bad_batch_in_the_runners_words(loop_mlp, mlp_reference):
+    """The inline runner's batches go through the core's loop (Batcher.run_queued): it calls the model's bound ONNX
+    Runtime run with the batch's arrays by input name, checks what comes back, and fails only the batch whose run
+    raised or returned outputs that are not the batch's, with the message the runner gives."""
+    import re
+
+    session, X = mlp_reference
+    real = loop_mlp._session_run
+    x = np.ascontiguousarray(X[:1], dtype=np.float32)
+    calls = []
+
+    def spy(names, feed, options):
+        calls.append((list(names), {k: v.copy() for k, v in feed.items()}, options))
+        return real(names, feed, options)
+
+    def raises(names, feed, options):
+        raise ValueError("boom")
+
+    def too_few(names, feed, options):
+        return real(names, feed, options)[:1]
+
+    def wrong_rows(names, feed, options):
+        label, proba = real(names, feed, options)
+        return [label, np.concatenate([proba, proba])]
+
+    def scalar(names, feed, options):
+        return [np.int64(1), real(names, feed, options)[1]]
+
+    prefix = re.escape(f"model {loop_mlp.name!r} failed on a batch of 1 rows: ")
+    try:
+        loop_mlp._session_run = spy
+        _check(asyncio.run(loop_mlp.predict_async(x)), session, x)
+        assert len(calls) == 1
+        names, feed, options = calls[0]
+        assert names == ["label", "probabilities"] and list(feed) == ["input"]
+        np.testing.assert_array_equal(feed["input"], x)
+        assert options is loop_mlp._run_options
+        for run, message in (
+            (raises, "ValueError: boom"),
+            (too_few, "RuntimeError: expected 2 outputs, got 1"),
+            (wrong_rows, re.escape("RuntimeError: output 'probabilities' has shape [2, 2] for a batch of 1 rows")),
+            (scalar, re.escape("RuntimeError: output 'label' has shape [] for a batch of 1 rows")),
+        ):
+            loop_mlp._session_run = run
+            with pytest.raises(InternalError, match=prefix + message):
+                asyncio.run(loop_mlp.predict_async(x))
+    finally:
+        loop_mlp._session_run = real
+    _check(asyncio.run(loop_mlp.predict_async(x)), session, x)  # a failed batch leaves the model serving
+    assert loop_mlp.stats()["failures"] == 4

@@ -239,6 +239,10 @@ class Model:
         self._flush_due: set = set()
         # One inline flush at a time (several loops in several threads share the core's single runner slot).
         self._inline_lock = threading.Lock()
+        # The core's own loop over the inline runner's batches (_run_inline_batches), where the model's run is
+        # ONNX Runtime's bound run; the Python reference batcher has none.
+        self._core_run_queued = getattr(self._core, "run_queued", None) if self._session_run is not None else None
+        self._failed_prefix = f"model {self.name!r} failed on a batch of "
         self._runners = (
             []
             if self._inline
@@ -479,12 +483,25 @@ class Model:
 
     def _run_queued(self) -> None:
         """Runs every batch queued now on this thread (the inline runner's slot 0)."""
-        try_next = self._core.try_next_batch
         with self._inline_lock:
+            self._run_inline_batches()
+
+    def _run_inline_batches(self) -> None:
+        """Runs every batch queued now in the inline runner's slot 0 (the caller holds _inline_lock): in one call
+        to the core's loop (take, run, check, complete, with no Python frame per batch; ~8,000 instructions less
+        per batch with the MLP, which at one request per event-loop pass is every request), or batch by batch
+        here where a batch tap needs each batch's arrays or the inference hook was replaced."""
+        run_queued = self._core_run_queued
+        if run_queued is not None and (self._batch_logger is None or not self._batch_on) and "_run" not in vars(self):
+            run_queued(
+                0, self._session_run, self._output_names, self._input_names, self._run_options, self._failed_prefix
+            )
+            return
+        try_next = self._core.try_next_batch
+        batch = try_next(0)
+        while batch is not None:
+            self._run_batch_inline(batch)
             batch = try_next(0)
-            while batch is not None:
-                self._run_batch_inline(batch)
-                batch = try_next(0)
 
     # ------------------------------------------------------------------ inputs
     def _arrays(self, inputs) -> tuple:
@@ -624,10 +641,7 @@ class Model:
             # No runner threads: the caller runs what is queued (its own request included) on its own
             # thread; async requests that ride along are delivered to their loops via the eventfd.
             with self._inline_lock:
-                batch = self._core.try_next_batch(0)
-                while batch is not None:
-                    self._run_batch_inline(batch)
-                    batch = self._core.try_next_batch(0)
+                self._run_inline_batches()
 
     def _chunk_window(self) -> int:
         # Chunks of one large request in the queue at once: enough to keep every runner busy, few enough
@@ -799,7 +813,7 @@ class Model:
         self._schedule_flush(loop, queue)
         return True
 
-    def sink_target(self):
+    def sink_target(self, loop=None):
         """(native batcher, this event loop's completion queue, input names) for a transport that submits
         request frames to the batcher natively (``fastml._frames.Intake``, ``fastml._http_intake.Intake``),
         answering through sinks as :meth:`submit_sink` does; None when the plain case does not hold (the Python
@@ -807,13 +821,16 @@ class Model:
         runner this also schedules the loop's flush, which runs what the transport submits before the loop's
         next iteration (nothing, if it submits nothing).
 
+        ``loop`` is the running event loop where the caller holds it (asking asyncio is a getpid syscall on 3.11).
+
         Raises:
             Unavailable: the model is closed.
         """
         # The native batcher's queue (the Python reference batcher has no native submit entry point).
         if self._queue_type.__module__ != "fastml._core" or (self._logger is not None and not self._sinks_covered()):
             return None
-        loop = _get_running_loop()
+        if loop is None:
+            loop = _get_running_loop()
         queue = self._loops.get(loop)
         if queue is None:
             queue = self._attach(loop)

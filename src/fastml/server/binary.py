@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -136,6 +137,8 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.closing = False  # no more requests are parsed (drain, fatal error, connection gone)
         self.eof = False  # the client half-closed: parse what it sent, answer it, then close
         self._loop = asyncio.get_event_loop()
+        # The data plane's route for a read's frames, told this loop (asking asyncio is a getpid syscall on 3.11).
+        self._sink_route = functools.partial(self.plane.sink_route, loop=self._loop)
 
     # ----- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -190,7 +193,7 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             self._pause_reading()
             return 0
         cap = min(room, self.frames_per_pass)
-        items, fatal, routes = self.buffer.submit(self.intake, cap, self.inflight, self.plane.sink_route)
+        items, fatal, routes = self.buffer.submit(self.intake, cap, self.inflight, self._sink_route)
         taken = len(items)
         if routes:
             routed = self.plane.sink_routed

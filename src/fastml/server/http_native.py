@@ -82,11 +82,11 @@ class _PassRoutes:
         if route is _MISS:
             if not self.due:
                 self._schedule()
-            choose = self.plane.variant_chooser(name, version, timeout_us)
+            choose = self.plane.variant_chooser(name, version, timeout_us, self.loop)
             if choose is not None:  # a deployment: its chooser is kept for the pass, each read gets a decision
                 self.routes[key] = choose
                 return choose()
-            route = self.plane.sink_route(name, version, timeout_us)
+            route = self.plane.sink_route(name, version, timeout_us, self.loop)
             # None is asked again by the pass's next read: a model may decline for one request only (a latency
             # sample due for the live monitor, which the Python path's next request of it reports).
             if route is not None:

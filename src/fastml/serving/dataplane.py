@@ -422,7 +422,7 @@ class DataPlane:
         self.inflight += 1
         return True
 
-    def sink_route(self, name: str, version: str | None, timeout_us: int):
+    def sink_route(self, name: str, version: str | None, timeout_us: int, loop=None):
         """What a transport needs to submit plain requests for ``name`` to its batcher natively, answering
         through sinks as :meth:`submit_sink` does (``fastml._frames.Intake``): ``(entry, batcher, queue, name,
         version, batcher timeout_us, input names, admission bound)`` for requests carrying ``timeout_us`` (0 =
@@ -430,7 +430,8 @@ class DataPlane:
         deployment routed per request, an unknown or closed model, a model without a native batcher, a
         prediction logger that needs each request: the live monitor's batch tap does not). The route is for
         this event-loop pass only; report what went through it with :meth:`sink_routed`. Requests with more
-        than the admission bound in flight ahead of them go through :meth:`submit_sink`.
+        than the admission bound in flight ahead of them go through :meth:`submit_sink`. ``loop``: the running
+        event loop, where the caller holds it (asking asyncio for it is a getpid syscall on Python 3.11).
         """
         if self.draining:
             return None
@@ -438,11 +439,11 @@ class DataPlane:
         if deployments is not None:
             d = deployments.table.get(name)
             if d is not None:
-                return self._variant_route(deployments, d, version, timeout_us)
+                return self._variant_route(deployments, d, version, timeout_us, loop)
         try:
             entry = self.resolve(name, version)
             target = getattr(entry.model, "sink_target", None)
-            target = target() if target is not None else None
+            target = target(loop) if target is not None else None
         except FastMLError:
             return None  # answered by submit_sink's path, in its words
         if target is None:
@@ -452,13 +453,13 @@ class DataPlane:
         bound = _gate(entry).unshed_inflight(timeout_us)
         return entry, batcher, queue, entry.name, entry.version, timeout_us, input_names, bound
 
-    def _variant_route(self, deployments, d, version: str | None, timeout_us: int):
+    def _variant_route(self, deployments, d, version: str | None, timeout_us: int, loop=None):
         """:meth:`sink_route` for deployment ``d``: one request's route from its :meth:`variant_chooser` for this
         loop pass; None (the Python path routes it) where the deployment is not routed natively."""
-        choose = self._chooser(deployments, d, version, timeout_us)
+        choose = self._chooser(deployments, d, version, timeout_us, loop)
         return None if choose is None else choose()
 
-    def variant_chooser(self, name: str, version: str | None, timeout_us: int):
+    def variant_chooser(self, name: str, version: str | None, timeout_us: int, loop=None):
         """For a deployment routed natively, a callable that returns one request's route each time it is called
         (a keyless decision of the deployment's router, as :meth:`sink_route` returns it for a deployment),
         valid for this event-loop pass; None for anything else (a model: ask :meth:`sink_route`). A transport that
@@ -469,9 +470,9 @@ class DataPlane:
         d = deployments.table.get(name)
         if d is None:
             return None
-        return self._chooser(deployments, d, version, timeout_us)
+        return self._chooser(deployments, d, version, timeout_us, loop)
 
-    def _chooser(self, deployments, d, version: str | None, timeout_us: int):
+    def _chooser(self, deployments, d, version: str | None, timeout_us: int, loop=None):
         """Deployment ``d``'s route chooser for this loop pass (made once per pass and deadline): each call takes
         one keyless decision of its native router (drawn ahead in bulk, uncounted until the request is submitted:
         :class:`fastml.serving.deployments.NativeRoutes`) and returns the chosen variant's model as the route,
@@ -491,7 +492,11 @@ class DataPlane:
             # Queued before a route schedules the model's flush: the pass's requests are recorded with the
             # admission gate (_end_variant_pass) before the flush runs them.
             self._variant_pass_due = True
-            asyncio.get_running_loop().call_soon(self._end_variant_pass)
+            if loop is None:
+                loop = asyncio.get_running_loop()
+            loop.call_soon(self._end_variant_pass)
+        elif loop is None:
+            loop = asyncio.get_running_loop()
         native = d.transport_cache.get("native")
         if native is None:
             native = d.transport_cache["native"] = deployments.native_routes(d)
@@ -507,7 +512,7 @@ class DataPlane:
                     token = native.token(index)  # the variant's model now (a moved alias, a reloaded served model)
                 except FastMLError:
                     return None  # asked again by the pass's next request: the Python path answers in its words
-                got = opened[index] = self._open_variant(token, name, timeout_us)
+                got = opened[index] = self._open_variant(token, name, timeout_us, loop)
             if got is None:
                 return None
             token = got[0]
@@ -518,7 +523,7 @@ class DataPlane:
         self._variant_pass[key] = choose
         return choose
 
-    def _open_variant(self, token, name: str, timeout_us: int):
+    def _open_variant(self, token, name: str, timeout_us: int, loop):
         """A variant's route for this loop pass, its admission bound without the one-request limit; None when
         its model has no native path."""
         entry = token.entry
@@ -530,7 +535,7 @@ class DataPlane:
             if "output_names" not in entry.cache:
                 self._prepare(entry)
             target = getattr(entry.model, "sink_target", None)
-            target = target() if target is not None else None  # also schedules the model's flush for this pass
+            target = target(loop) if target is not None else None  # also schedules the model's flush for this pass
         except FastMLError:
             return None
         if target is None:

@@ -424,13 +424,13 @@ class FeatureJoinedModel:
         submit = getattr(self.batched, "submit_sink", None)
         return submit is not None and submit(inputs, timeout_us, sink)
 
-    def sink_target(self):
+    def sink_target(self, loop=None):
         """:meth:`fastml.engine.Model.sink_target` of the batched way's engine model (its inputs are the entity
         ids), or None (the transport then takes :meth:`submit_sink` or :meth:`submit`). Defined here: through
         ``__getattr__`` a transport would get the wrapped model's batcher, whose input is the joined tensor."""
         if not self._use_batched():
             return None
-        return self.batched.sink_target()
+        return self.batched.sink_target(loop)
 
     async def predict_async(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id=None):
         """``await``-able :meth:`predict`."""
