@@ -1,4 +1,5 @@
-"""Instructions per request through the HTTP data path: the model alone, a 100/0 and a 90/10 deployment.
+"""Instructions per request through the HTTP data path: the model alone, two models split 90/10 by the client,
+a 100/0 and a 90/10 deployment.
 
     python benchmarks/router_instructions.py [--requests N]
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -36,8 +38,16 @@ sys.path.insert(0, str(HERE))
 import envinfo  # noqa: E402 - the benchmarks folder is not a package
 
 CONNECTIONS = 16
-# (callgrind dump tag, model or deployment called, label)
-PHASES = (("alone", "mlp", "model alone"), ("single", "one", "100/0 deployment"), ("split", "ab", "90/10 deployment"))
+# (callgrind dump tag, model or deployment called, label). "pair" sends each request to one of two models served
+# side by side, 90/10 by a seeded draw in the client, with no deployment: what any split between two models pays
+# (a second ONNX Runtime call per pass, each model's own books) before routing costs anything.
+PHASES = (
+    ("alone", "mlp", "model alone"),
+    ("pair", ("mlp", "mlp2"), "two models, 90/10 by the client"),
+    ("single", "one", "100/0 deployment"),
+    ("split", "ab", "90/10 deployment"),
+)
+PAIR_SHARE = 0.9
 DEPLOYMENTS = (
     "[deployments.ab]\n"
     '[[deployments.ab.variants]]\nname = "a"\nmodel = "ref:1.0.0"\nweight_bp = 9000\n'
@@ -84,10 +94,16 @@ class _Transport:
 class _Client:
     """One closed-loop connection: sends its request again whenever the previous one was answered."""
 
-    def __init__(self, phase: dict, wire: bytes):
+    def __init__(self, phase: dict, wire, rng=None):
         self.phase = phase
-        self.wire = wire
+        self.wire = wire  # one request's bytes, or two (sent PAIR_SHARE / 1 - PAIR_SHARE by ``rng``)
+        self.rng = rng
         self.conn = None
+
+    def next_wire(self) -> bytes:
+        if self.rng is None:
+            return self.wire
+        return self.wire[0] if self.rng.random() < PAIR_SHARE else self.wire[1]
 
     def answered(self) -> None:
         phase = self.phase
@@ -96,7 +112,7 @@ class _Client:
             if not phase["finished"].done():
                 phase["finished"].set_result(None)
             return
-        self.conn.data_received(self.wire)
+        self.conn.data_received(self.next_wire())
 
 
 def _callgrind(command: str, tag: str | None = None) -> None:
@@ -114,8 +130,9 @@ async def _phases(home: Path, requests: int) -> None:
 
     mlp = Path(reference_models.ensure()["mlp"])
     repo = home / "repo"
-    (repo / "mlp" / "1").mkdir(parents=True)
-    (repo / "mlp" / "1" / "model.onnx").write_bytes(mlp.read_bytes())
+    for name in ("mlp", "mlp2"):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.onnx").write_bytes(mlp.read_bytes())
     with Registry() as reg:
         reg.register("ref", mlp, version="1.0.0")
         reg.register("ref", mlp, version="2.0.0")
@@ -128,17 +145,21 @@ async def _phases(home: Path, requests: int) -> None:
     loop = asyncio.get_running_loop()
     x = np.random.default_rng(0).random((1, 32), dtype=np.float32)
 
-    async def run(model: str, n: int, tag: str | None) -> None:
-        wire = build_infer_request(model, {"input": x}).wire
+    async def run(model, n: int, tag: str | None) -> None:
         phase = {"done": 0, "target": n, "finished": loop.create_future()}
-        clients = [_Client(phase, wire) for _ in range(CONNECTIONS)]
+        if isinstance(model, tuple):
+            wires = tuple(build_infer_request(m, {"input": x}).wire for m in model)
+            clients = [_Client(phase, wires, random.Random(i)) for i in range(CONNECTIONS)]
+        else:
+            wire = build_infer_request(model, {"input": x}).wire
+            clients = [_Client(phase, wire) for _ in range(CONNECTIONS)]
         for c in clients:
             c.conn = server.protocol(server)
             c.conn.connection_made(_Transport(loop, c))
         if tag:
             _callgrind("-z")
         for c in clients:
-            c.conn.data_received(wire)
+            c.conn.data_received(c.next_wire())
         await phase["finished"]
         if tag:
             _callgrind("-d", tag)
