@@ -11,6 +11,8 @@ Configurations:
   (e) (d) through the pure-Python reference batcher (batcher="python")
   (u) (d) as users write it: the stdlib loop of asyncio.run (no uvloop) and dict inputs {"input": x}, 32 tasks,
       with the inline runner (what runner="auto" picks for the MLP) and with runner threads
+  (f) the asyncio floor under (u): 32 tasks on asyncio.run awaiting futures that one callback per loop pass
+      settles, no model: with (b) it bounds what any engine on that loop can reach
 Every other asyncio configuration runs on uvloop with bare arrays. Prints rows/s, p50/p99 latency per call
 and the ratios d/a, d/b, d/c (at 32 tasks), d/e and u/a.
 
@@ -138,6 +140,34 @@ def executor_tasks(session, x1: np.ndarray, tasks: int, seconds: float) -> Sampl
         pool.shutdown()
 
 
+def asyncio_floor(tasks: int, seconds: float) -> Sample:
+    """(f): what any engine on ``asyncio.run``'s loop pays per request before it batches or runs anything: N tasks,
+    each awaiting a coroutine that takes a future from ``loop.create_future`` and awaits it, all settled with one
+    result dict by one callback per loop pass (no model, no copy)."""
+    result = {"label": None, "probabilities": None}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        pending: list = []
+
+        def settle():
+            batch = pending[:]
+            pending.clear()
+            for fut in batch:
+                fut.set_result(result)
+
+        async def predict(inputs):  # a coroutine per request, as predict_async is
+            fut = loop.create_future()
+            if not pending:
+                loop.call_soon(settle)
+            pending.append(fut)
+            return await fut
+
+        return await _drive(tasks, seconds, lambda: predict({"input": None}))
+
+    return asyncio.run(main())
+
+
 def fastml_tasks(
     path: Path,
     x1: np.ndarray,
@@ -226,6 +256,14 @@ def bench_model(
                 ),
             )
         )
+    configs.append(
+        (
+            "f",
+            "(f) asyncio floor: asyncio.run, futures settled per pass, no model",
+            ref,
+            lambda: asyncio_floor(ref, seconds),
+        )
+    )
     samples: dict[str, list[Sample]] = {key: [] for key, *_ in configs}
     for _ in range(rounds):
         for key, _, _, run in configs:
@@ -258,6 +296,10 @@ def bench_model(
         f"asyncio.run + dict inputs at {ref} tasks: **u/a = {rate['ua'] / rate['a']:.2f}x** (runner=loop), "
         f"u/a = {rate['ut'] / rate['a']:.2f}x (runner threads); CPU per row a/u = {cpu['a'] / cpu['ua']:.2f}x, "
         f"{cpu['a'] / cpu['ut']:.2f}x.",
+        # The most (u) could reach: the asyncio floor's cost per request plus ONNX Runtime's per row at batch 32.
+        f"Bound for (u) on asyncio.run: the floor (f) + raw ORT's batch-32 time per row = "
+        f"{1e6 / rate['f'] + 1e6 / rate['b']:.2f} us a row, u/a <= "
+        f"{rate['a'] ** -1 / (1 / rate['f'] + 1 / rate['b']) * 1:.2f}x (fastml: {1e6 / rate['ua']:.2f} us a row).",
         "",
     ]
     if result is not None and name == "mlp":
