@@ -13,7 +13,10 @@ and out, keep-alive connections):
   parsing each KServe request fully (headers, JSON header into typed structs, binary tensors checked and
   viewed with ``np.frombuffer``) and answering a canned response; it runs no model;
 - ``nginx``: answering a fixed response of the same size, the floor of what any HTTP server pays in the
-  kernel (installed with apt-get when missing; the row is skipped with the reason when it cannot be).
+  kernel (installed with apt-get when missing; the row is skipped with the reason when it cannot be);
+- ``uvloop floor``: a Python protocol on uvloop that counts each fixed-size request's bytes and writes the
+  canned answer, parsing nothing: the least a server on a uvloop protocol pays per request. With the model's
+  run added it is the floor the c=1 goals are printed against (what they leave for fastml's own work).
 
 Load: an asyncio client in this process keeps ``c`` connections busy, one request in flight each (closed
 loop), for c = 1 and 32. Server CPU per inference is utime+stime of the server process from /proc over the
@@ -28,6 +31,10 @@ All servers run for the whole measurement and the rounds alternate between them;
 over rounds. CPU is split into user (Python, the parser, the model) and kernel time, and the model alone is
 timed in this process (ONNX Runtime's bound run of the MLP at batch 1 in a loop), so each run prints where
 fastml's c=1 microseconds go: kernel, model, and Python + parser (user time minus the model).
+
+The latest full runs (2026-12-06 11:15 and 11:27 UTC, the floor's and the c=1 goals' numbers) are in
+benchmarks/README.md ("Goal rows against their floors"): the uvloop floor cost 40-50 us of CPU per request at
+c=1, about what nginx costs, and the native intake makes the same 3 syscalls a request.
 
 Measured 2026-12-06 ~01:00 UTC, ``--duration-s 1 --rounds 5``, on the shared 2-core VM (load average 1.4-1.7,
 lighter than earlier runs; ratios within one run compare):
