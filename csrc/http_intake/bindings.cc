@@ -550,11 +550,12 @@ bool infer_url(std::string_view url, std::string_view* name, std::string_view* v
 class Intake {
  public:
   Intake(std::shared_ptr<Outbox> outbox, py::object open_route, py::object open_plan, size_t max_pipelined,
-         int64_t max_body_bytes, size_t max_headers, size_t max_header_bytes, py::object shed)
+         int64_t max_body_bytes, size_t max_headers, size_t max_header_bytes, py::object shed, py::object token)
       : outbox_(std::move(outbox)),
         open_route_(std::move(open_route)),
         open_plan_(std::move(open_plan)),
         shed_(std::move(shed)),
+        token_(token.is_none() ? std::string() : py::bytes(token).cast<std::string>()),
         max_pipelined_(max_pipelined),
         max_body_bytes_(max_body_bytes),
         max_headers_(max_headers),
@@ -746,9 +747,32 @@ class Intake {
     return p;
   }
 
+  // With a token required for inference: whether `value` (an Authorization header) is exactly "Bearer <token>"
+  // (the scheme in any case, surrounding whitespace allowed), compared in time independent of where it differs.
+  // Anything else, a wrong token included, goes to the Python path, which answers it (401) in its own words;
+  // a form the Python path also accepts (several spaces after the scheme) only loses the fast path.
+  bool authorized(std::string_view value) const {
+    auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; };
+    while (!value.empty() && space(value.front())) value.remove_prefix(1);
+    while (!value.empty() && space(value.back())) value.remove_suffix(1);
+    static constexpr std::string_view kScheme = "bearer ";
+    if (value.size() != kScheme.size() + token_.size()) return false;
+    for (size_t i = 0; i < kScheme.size(); ++i) {
+      char c = value[i];
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+      if (c != kScheme[i]) return false;
+    }
+    unsigned char diff = 0;
+    for (size_t i = 0; i < token_.size(); ++i) {
+      diff |= static_cast<unsigned char>(value[kScheme.size() + i] ^ token_[i]);
+    }
+    return diff == 0;
+  }
+
   // Submits the complete request `r` natively; false (nothing submitted) leaves it to the Python path.
   bool take(const fastml::FrameSubmitApi* api, const Request& r, const py::object& buf) {
     if (r.method != HTTP_POST || !r.keep_alive || !r.http11 || r.unusual) return false;
+    if (!token_.empty() && !authorized(r.authorization)) return false;  // the Python path answers 401
     if (r.header_count > max_headers_ || r.header_bytes > max_header_bytes_) return false;
     if (r.content_length < 0 || r.content_length > max_body_bytes_) return false;
     if (r.ihcl <= 0 || static_cast<size_t>(r.ihcl) >= r.body.size()) return false;
@@ -835,6 +859,7 @@ class Intake {
 
   std::shared_ptr<Outbox> outbox_;
   py::object open_route_, open_plan_, shed_;
+  std::string token_;  // the bearer token inference needs (--require-token-for-inference); empty: none
   size_t max_pipelined_;
   int64_t max_body_bytes_;
   size_t max_headers_, max_header_bytes_;
@@ -864,9 +889,11 @@ PYBIND11_MODULE(_http_intake, m) {
            "Call on_idle(False) once every answer owed went out.")
       .def("close", &Outbox::close, "The connection is gone: answers are counted, not written.");
   py::class_<Intake>(m, "Intake", "One connection's HTTP request intake: plain infer requests into the batcher.")
-      .def(py::init<std::shared_ptr<Outbox>, py::object, py::object, size_t, int64_t, size_t, size_t, py::object>(),
+      .def(py::init<std::shared_ptr<Outbox>, py::object, py::object, size_t, int64_t, size_t, size_t, py::object,
+                    py::object>(),
            py::arg("outbox"), py::arg("open_route"), py::arg("open_plan"), py::arg("max_pipelined"),
-           py::arg("max_body_bytes"), py::arg("max_headers"), py::arg("max_header_bytes"), py::arg("shed") = py::none())
+           py::arg("max_body_bytes"), py::arg("max_headers"), py::arg("max_header_bytes"), py::arg("shed") = py::none(),
+           py::arg("token") = py::none())
       .def("feed", &Intake::feed, py::arg("data"), "Take one read -> (rest for the Python path, routes, paused).")
       .def_property_readonly("carried", &Intake::carried)
       .def("take_carry", &Intake::take_carry, "The partial request kept here, handed to the Python path.");

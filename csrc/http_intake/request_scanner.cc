@@ -124,6 +124,12 @@ int on_header_value(llhttp_t* p, const char* at, size_t n) {
     case 18:
       if (is(f, fn, "fastml-routing-key")) r->unusual = true;
       break;
+    case 13:
+      if (is(f, fn, "authorization")) {
+        if (r->authorization.data() != nullptr) r->unusual = true;  // twice: the Python path decides
+        r->authorization = std::string_view(at, n);
+      }
+      break;
     default:
       break;
   }

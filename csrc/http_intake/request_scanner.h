@@ -26,6 +26,8 @@ struct Request {
   int64_t ihcl = -1;
   size_t header_count = 0;
   size_t header_bytes = 0;  // url + header names + values, as the Python path counts them
+  // The Authorization header's value as sent (empty when absent; sent twice: `unusual`).
+  std::string_view authorization;
   // A header the fast path does not implement (Content-Encoding, Expect, Transfer-Encoding, a compressing
   // Accept-Encoding, fastml-routing-key, Upgrade, a duplicate length header): the Python path serves it.
   bool unusual = false;

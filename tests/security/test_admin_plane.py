@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, TOKEN, Served
+from served import ROOT, TOKEN, Served
 
 from fastml.errors import InvalidInput, PermissionDenied, Unauthenticated
 from fastml.server import auth

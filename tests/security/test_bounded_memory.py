@@ -11,7 +11,7 @@ import struct
 import threading
 
 import pytest
-from conftest import Served
+from served import Served
 
 from fastml.server.app import Limits, Server
 from fastml.serving import ModelManager

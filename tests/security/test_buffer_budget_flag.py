@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import ROOT, Served
+from served import ROOT, Served
 
 HEAD = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s\r\n"
 

@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import Served
 from fuzzgen import binary_case, good_body, good_frame, http_case, http_request
+from served import Served
 
 from fastml.client import Client
 

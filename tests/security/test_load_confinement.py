@@ -9,7 +9,7 @@ import shutil
 import threading
 
 import pytest
-from conftest import TOKEN, Served
+from served import TOKEN, Served
 
 from fastml.errors import InvalidInput, NotFound
 from fastml.serving import ModelManager

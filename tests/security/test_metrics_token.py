@@ -8,7 +8,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from conftest import ROOT, TOKEN, Served
+from served import ROOT, TOKEN, Served
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, bytes]:

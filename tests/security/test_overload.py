@@ -21,7 +21,7 @@ from fastml.serving.admission import (
     TARGET_WAIT_S,
     AdmissionGate,
 )
-from tests.security.conftest import Served
+from tests.security.served import Served
 from tests.server.serverkit import make_slow_model
 
 pytestmark = pytest.mark.serial  # load past capacity with ms deadlines: alone, after the parallel part of the suite

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, onnx_bytes
+from served import ROOT, onnx_bytes
 
 from fastml.config import reset_settings
 from fastml.registry import Registry

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 pytest.importorskip("cryptography")
-from conftest import onnx_bytes  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from served import onnx_bytes  # noqa: E402
 
 from fastml.errors import InvalidInput, PermissionDenied  # noqa: E402
 from fastml.registry import Registry, signing  # noqa: E402

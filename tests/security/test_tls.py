@@ -14,8 +14,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import ROOT, Served
 from pki import make_pki
+from served import ROOT, Served
 
 from fastml.client import AsyncClient, Client, client_context
 from fastml.errors import InvalidInput, Unavailable

@@ -432,3 +432,74 @@ def test_a_shed_request_is_answered_natively_as_the_python_path_answers_it(manag
     seen, out, statuses, rejected = asyncio.run(go())
     assert seen == [] and out == ref[0]  # answered at once: nothing was queued
     assert statuses == {503: 2} and rejected == 2
+
+
+def test_with_a_token_for_inference_the_intake_takes_only_requests_that_carry_it(manager, onnx_models):
+    """--require-token-for-inference: a plain request carrying 'Authorization: Bearer <token>' (the scheme in any
+    case) is taken natively; without it, with another token, twice, or in a form the intake does not read, the
+    bytes go to the Python path, which answers (401, or 200 for a form it accepts) in its own words. The native
+    server's answers are the Python path's, byte for byte."""
+    from fastml.server.auth import AdminAuth
+
+    token = b"s3cret-token-for-inference-0123456789"
+    x = _x(onnx_models)[:1]
+
+    def with_auth(*values: bytes) -> bytes:
+        lines = b"".join(b"Authorization: " + v + b"\r\n" for v in values)
+        return _plain(x).replace(b"Host: x\r\n", b"Host: x\r\n" + lines)
+
+    def guarded_server():
+        server = Server(manager, http_port=None, metrics_port=None)
+        server.auth = AdminAuth(token=token, require_for_inference=True)
+        return server
+
+    async def taken(request: bytes):
+        proto, t, seen = _recorded_native(guarded_server())
+        proto.data_received(request)
+        for _ in range(10_000):
+            if not _owed(proto):
+                break
+            await asyncio.sleep(0)
+        return seen == [], bytes(t.out)
+
+    native = {
+        b"Bearer " + token,
+        b"bEaReR " + token,
+        b"Bearer " + token + b"  ",
+    }
+    python = {
+        b"Bearer " + b"x" * len(token),  # the wrong token, same length
+        b"Bearer " + token + b"x",
+        b"Bearer " + token[:-1],
+        b"Basic " + token,
+        b"Bearer  " + token,  # two spaces: the Python path reads it (and accepts it)
+        token,
+    }
+    for value in native:
+        was_taken, out = asyncio.run(taken(with_auth(value)))
+        assert was_taken and out.startswith(b"HTTP/1.1 200 OK"), value
+    for value in python:
+        was_taken, out = asyncio.run(taken(with_auth(value)))
+        assert not was_taken and out == b"", value
+    for request in (_plain(x), with_auth(b"Bearer " + token, b"Bearer " + token)):  # none; twice
+        was_taken, out = asyncio.run(taken(request))
+        assert not was_taken and out == b"", request[:80]
+
+    # Whole conversations against the Python transport: the same bytes out, 401 or 200.
+    conversation = [
+        _plain(x),
+        with_auth(b"Bearer " + b"x" * len(token)),
+        with_auth(b"Bearer " + token),
+        with_auth(b"Bearer  " + token),
+        with_auth(b"Bearer " + token) + _plain(x) + with_auth(b"bearer " + token),
+    ]
+
+    async def converse(cls):
+        for e in manager.entries():
+            e.cache.clear()
+        _, t = await _converse(guarded_server(), cls, conversation)
+        return bytes(t.out)
+
+    ref, nat = asyncio.run(converse(reference.HttpProtocol)), asyncio.run(converse(Native))
+    assert nat == ref
+    assert ref.count(b"HTTP/1.1 401 ") == 3 and ref.count(b"HTTP/1.1 200 OK") == 4

@@ -128,6 +128,12 @@ _pass_routes: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # DataP
 _takes_ok: dict = {}  # DataPlane type -> whether its completed() takes ``ok``
 
 
+def _inference_token(auth):
+    """The bearer token the intake checks on each infer request (--require-token-for-inference), or None. A request
+    without it, or with another, goes to the Python path, which answers 401 and counts it."""
+    return auth.token if auth.require_for_inference and auth.token is not None else None
+
+
 def _routes_of(plane, loop) -> _PassRoutes:
     routes = _pass_routes.get(plane)
     if routes is None or routes.loop is not loop:
@@ -224,6 +230,7 @@ class NativeHttpProtocol(HttpProtocol):
             self.max_headers,
             self.max_header_bytes,
             self._native_shed,
+            _inference_token(server.auth),
         )
 
     def connection_lost(self, exc):
@@ -234,13 +241,7 @@ class NativeHttpProtocol(HttpProtocol):
 
     def data_received(self, data):
         intake = self.intake
-        if (
-            intake is None
-            or self.py_mid
-            or self.pending
-            or self.lingering
-            or self.server.auth.require_for_inference  # the bearer token is checked by the Python path
-        ):
+        if intake is None or self.py_mid or self.pending or self.lingering:
             if intake is not None and intake.carried:
                 data = intake.take_carry() + data  # a request begun natively continues in Python
             super().data_received(data)
