@@ -488,7 +488,7 @@ class Model:
 
     def _run_inline_batches(self) -> None:
         """Runs every batch queued now in the inline runner's slot 0 (the caller holds _inline_lock): in one call
-        to the core's loop (take, run, check, complete, with no Python frame per batch; ~8,000 instructions less
+        to the core's loop (take, run, check, complete, with no Python frame per batch; ~7,000 instructions less
         per batch with the MLP, which at one request per event-loop pass is every request), or batch by batch
         here where a batch tap needs each batch's arrays or the inference hook was replaced."""
         run_queued = self._core_run_queued
