@@ -184,6 +184,11 @@ struct PyBatcher {
     py::object loop_kwnames;        // ("loop",); immutable
     py::object known_loop_type;     // guarded by the GIL; the event loop class NewFuture last looked at
     bool known_loop_plain = false;  // guarded by the GIL; whether that class keeps asyncio's create_future
+    // The queue object the fast-call submit_future entry (FastSubmitCall) saw last and its core queue: an event
+    // loop submits to one queue, so pybind11's holder caster runs once per loop rather than per request.
+    // Guarded by the GIL; dropped by abandon(), so a closed loop's queue is not kept open by it.
+    py::object fast_queue_obj;
+    std::shared_ptr<CompletionQueue> fast_queue;
 
     struct BatchOutputs {
         py::list arrays;         // what the runner's model returned for the whole batch
@@ -212,6 +217,51 @@ struct PyBatcher {
         }
         sweep_due->store(true);
         Sweep();
+    }
+
+    // Model.submit's fast path (submit_future and the fast-call entry made by submit_future_fn): `inputs` in
+    // input order, a new future of `loop`, the submit; returns the future. GIL held.
+    py::object SubmitFuture(const std::shared_ptr<CompletionQueue>& queue, py::handle inputs, int64_t timeout_us,
+                            py::handle loop) {
+        // The whole per-request path of Model.submit in one call: inputs in input order, a future
+        // of `loop`, the submit. Anything but the plain shapes below is INVALID_INPUT, which the caller
+        // answers with its validating slow path (so messages stay the same).
+        if (SweepWanted()) Sweep();
+        const size_t n = input_names.size();
+        PyObject* in = inputs.ptr();
+        py::object arrays;
+        if (PyDict_CheckExact(in) && static_cast<size_t>(PyDict_GET_SIZE(in)) == n) {
+            arrays = py::reinterpret_steal<py::object>(PyTuple_New(static_cast<Py_ssize_t>(n)));
+            if (!arrays) throw py::error_already_set();
+            for (size_t i = 0; i < n; ++i) {
+                PyObject* a = PyDict_GetItemWithError(in, input_names[i].ptr());  // borrowed
+                if (!a) {
+                    if (PyErr_Occurred()) throw py::error_already_set();
+                    RaiseCoreError(error_type,
+                                   Status::Error(StatusCode::kInvalidInput, "inputs lack a model input"));
+                }
+                Py_INCREF(a);  // stolen by the tuple
+                PyTuple_SET_ITEM(arrays.ptr(), static_cast<Py_ssize_t>(i), a);
+            }
+        } else if (n == 1 && py::isinstance<py::array>(inputs)) {
+            arrays = py::reinterpret_steal<py::object>(PyTuple_Pack(1, in));
+            if (!arrays) throw py::error_already_set();
+        } else {
+            RaiseCoreError(error_type, Status::Error(StatusCode::kInvalidInput, "inputs need validation"));
+        }
+        std::vector<TensorView> views = Views(arrays);
+        py::object fut = py::reinterpret_steal<py::object>(NewFuture(loop.ptr()));  // new reference
+        if (!fut) throw py::error_already_set();
+        // Owned by the request until resolve() (or a sweep) takes it back, as in submit_async.
+        PyObject* keep = PyTuple_Pack(2, fut.ptr(), arrays.ptr());
+        if (!keep) throw py::error_already_set();
+        std::shared_ptr<Request> req;
+        Status st = core->Submit(std::move(views), timeout_us, queue, keep, &req);
+        if (!st.ok()) {
+            Py_DECREF(keep);  // never enqueued: drop the reference made above
+            RaiseCoreError(error_type, st);
+        }
+        return fut;
     }
 
     // Converts arrays to borrowed views with the GIL held; the caller keeps the arrays alive until
@@ -676,6 +726,56 @@ static void FrameSetAnswer(void* sink_type, fastml::FrameAnswerFn fn) {
     // Full (more intakes than slots): this type's sinks take set_result, which answers the same bytes.
 }
 
+// submit_future through CPython's fast call instead of pybind11's dispatcher, which costs ~1,100 instructions a
+// call (argument casters, the queue holder's type lookup): predict_async makes this call for every request.
+// Made by Batcher.submit_future_fn(); same arguments, result and errors as Batcher.submit_future.
+constexpr const char* kFastSubmitCapsule = "fastml._core.submit_future_fn";
+
+struct FastSubmit {
+    py::object owner;  // the Batcher object: keeps `batcher` alive as long as the function
+    PyBatcher* batcher = nullptr;
+};
+
+static PyObject* FastSubmitCall(PyObject* capsule, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "submit_future(queue, inputs, timeout_us, loop) takes 4 arguments (%zd given)",
+                     nargs);
+        return nullptr;
+    }
+    auto* fs = static_cast<FastSubmit*>(PyCapsule_GetPointer(capsule, kFastSubmitCapsule));
+    if (!fs) return nullptr;
+    const long long timeout_us = PyLong_AsLongLong(args[2]);
+    if (timeout_us == -1 && PyErr_Occurred()) return nullptr;
+    PyBatcher& b = *fs->batcher;
+    try {
+        if (args[0] != b.fast_queue_obj.ptr()) {
+            py::handle q(args[0]);
+            if (!py::isinstance<CompletionQueue>(q)) {
+                PyErr_Format(PyExc_TypeError, "submit_future: queue must be a CompletionQueue, got %s",
+                             Py_TYPE(args[0])->tp_name);
+                return nullptr;
+            }
+            b.fast_queue = q.cast<std::shared_ptr<CompletionQueue>>();
+            b.fast_queue_obj = py::reinterpret_borrow<py::object>(q);
+        }
+        return b.SubmitFuture(b.fast_queue, args[1], timeout_us, args[3]).release().ptr();
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (const py::builtin_exception& e) {
+        e.set_error();
+    } catch (const std::bad_alloc&) {
+        PyErr_NoMemory();
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+    return nullptr;
+}
+
+// Constant (CPython only reads it): the one method definition every submit_future_fn function shares.
+static PyMethodDef kFastSubmitDef = {
+    "submit_future", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(FastSubmitCall)), METH_FASTCALL,
+    "submit_future(queue, inputs, timeout_us, loop): Batcher.submit_future without pybind11's dispatch."};
+
 static void bind_batcher(py::module_& m) {
     // Leaked on purpose: the capsule may be used until the interpreter exits.
     static fastml::FrameSubmitApi* frame_api =
@@ -774,51 +874,27 @@ static void bind_batcher(py::module_& m) {
         .def(
             "submit_future",
             [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue, py::handle inputs, int64_t timeout_us,
-               py::handle loop) -> py::object {
-                // The whole per-request path of Model.submit in one call: inputs in input order, a future
-                // of `loop`, the submit. Anything but the plain shapes below is INVALID_INPUT, which the caller
-                // answers with its validating slow path (so messages stay the same).
-                if (self.SweepWanted()) self.Sweep();
-                const size_t n = self.input_names.size();
-                PyObject* in = inputs.ptr();
-                py::object arrays;
-                if (PyDict_CheckExact(in) && static_cast<size_t>(PyDict_GET_SIZE(in)) == n) {
-                    arrays = py::reinterpret_steal<py::object>(PyTuple_New(static_cast<Py_ssize_t>(n)));
-                    if (!arrays) throw py::error_already_set();
-                    for (size_t i = 0; i < n; ++i) {
-                        PyObject* a = PyDict_GetItemWithError(in, self.input_names[i].ptr());  // borrowed
-                        if (!a) {
-                            if (PyErr_Occurred()) throw py::error_already_set();
-                            RaiseCoreError(self.error_type,
-                                           Status::Error(StatusCode::kInvalidInput, "inputs lack a model input"));
-                        }
-                        Py_INCREF(a);  // stolen by the tuple
-                        PyTuple_SET_ITEM(arrays.ptr(), static_cast<Py_ssize_t>(i), a);
-                    }
-                } else if (n == 1 && py::isinstance<py::array>(inputs)) {
-                    arrays = py::reinterpret_steal<py::object>(PyTuple_Pack(1, in));
-                    if (!arrays) throw py::error_already_set();
-                } else {
-                    RaiseCoreError(self.error_type, Status::Error(StatusCode::kInvalidInput, "inputs need validation"));
-                }
-                std::vector<TensorView> views = self.Views(arrays);
-                py::object fut = py::reinterpret_steal<py::object>(self.NewFuture(loop.ptr()));  // new reference
-                if (!fut) throw py::error_already_set();
-                // Owned by the request until resolve() (or a sweep) takes it back, as in submit_async.
-                PyObject* keep = PyTuple_Pack(2, fut.ptr(), arrays.ptr());
-                if (!keep) throw py::error_already_set();
-                std::shared_ptr<Request> req;
-                Status st = self.core->Submit(std::move(views), timeout_us, queue, keep, &req);
-                if (!st.ok()) {
-                    Py_DECREF(keep);  // never enqueued: drop the reference made above
-                    RaiseCoreError(self.error_type, st);
-                }
-                return fut;
-            },
+               py::handle loop) { return self.SubmitFuture(queue, inputs, timeout_us, loop); },
             py::arg("queue"), py::arg("inputs"), py::arg("timeout_us"), py::arg("loop"),
             "Model.submit's fast path: `inputs` (one array for a one-input model, or a dict of exactly the input "
             "names) are enqueued with a new future of `loop`, which is returned; resolve(queue) settles it. "
             "Raises CoreError(INVALID_INPUT) for anything else, so the caller can validate and use submit_async.")
+        .def(
+            "submit_future_fn",
+            [](py::object self) {
+                auto fs = std::make_unique<FastSubmit>();
+                fs->batcher = &self.cast<PyBatcher&>();
+                fs->owner = std::move(self);
+                py::capsule cap(fs.get(), kFastSubmitCapsule, [](PyObject* c) {
+                    delete static_cast<FastSubmit*>(PyCapsule_GetPointer(c, kFastSubmitCapsule));
+                });
+                fs.release();  // owned by the capsule now
+                PyObject* fn = PyCFunction_NewEx(&kFastSubmitDef, cap.ptr(), nullptr);
+                if (!fn) throw py::error_already_set();
+                return py::reinterpret_steal<py::object>(fn);
+            },
+            "submit_future as a plain CPython function bound to this batcher (fast call, no pybind11 dispatch): "
+            "what Model binds for its per-request path.")
         .def(
             "submit_sync",
             [](PyBatcher& self, py::handle arrays, int64_t timeout_us) {
@@ -882,6 +958,10 @@ static void bind_batcher(py::module_& m) {
             "abandon",
             [](PyBatcher& self, const std::shared_ptr<CompletionQueue>& queue) {
                 queue->Abandon(self.sweep_due);
+                if (self.fast_queue == queue) {  // the fast entry's cache must not keep the queue open
+                    self.fast_queue.reset();
+                    self.fast_queue_obj = py::object();
+                }
                 self.abandoned.push_back(queue);
                 self.sweep_due->store(true);  // release what is queued already
                 self.Sweep();

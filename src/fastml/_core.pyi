@@ -61,6 +61,8 @@ class Batcher:
     def submit_async(self, queue: CompletionQueue, arrays: object, timeout_us: _Int, future: object = None) -> int: ...
     def submit_future(self, queue: CompletionQueue, inputs: object, timeout_us: _Int, loop: Any) -> Any:
         """Model.submit's fast path: enqueues `inputs` with a new future of `loop` and returns it."""
+    def submit_future_fn(self) -> Callable[[CompletionQueue, object, int, Any], Any]:
+        """submit_future as a plain fast-call function bound to this batcher (no pybind11 dispatch)."""
     def submit_sync(self, arrays: object, timeout_us: _Int) -> Ticket: ...
     def wait(self, ticket: Ticket) -> tuple[int, object, object]:
         """(code, message | None, result dict | None); interruptible by signals."""

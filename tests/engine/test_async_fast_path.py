@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -205,3 +209,117 @@ def test_rows_of_a_shared_batch_are_views_of_the_batch_output(onnx_models, mlp_r
         np.testing.assert_allclose(r["probabilities"], proba, rtol=1e-6, atol=1e-6)
         assert r["probabilities"].shape == (len(x), 2) and r["probabilities"].flags.c_contiguous
         assert r["probabilities"].base is batch and r["probabilities"].flags.writeable == batch.flags.writeable
+
+
+def test_event_loops_on_two_threads_get_their_own_answers(mlp, mlp_reference):
+    """One model, an asyncio.run loop on each of two threads taking turns: the running loop one thread's requests
+    found (and the model keeps, to spare asking asyncio) never serves the other's. A future of the wrong loop
+    would fail the await ("attached to a different loop"); a wrong queue would hang or answer the wrong rows."""
+    session, X = mlp_reference
+    rows = [np.ascontiguousarray(X[i : i + 1], dtype=np.float32) for i in range(64)]
+    turns = [threading.Semaphore(1), threading.Semaphore(0)]
+    results: dict[int, list] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def run(me: int) -> None:
+        async def main():
+            for i in range(me, len(rows), 2):
+                turns[me].acquire()  # alternate with the other thread, request by request
+                try:
+                    results[me].append((i, await mlp.predict_async({"input": rows[i]})))
+                finally:
+                    turns[1 - me].release()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            turns[1 - me].release()
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for me in (0, 1):
+        assert [i for i, _ in results[me]] == list(range(me, len(rows), 2))
+        for i, result in results[me]:
+            label, proba = _expected(session, rows[i])
+            np.testing.assert_array_equal(result["label"], label)
+            np.testing.assert_allclose(result["probabilities"], proba, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_inside_a_running_loop_sees_no_running_loop(onnx_models, mlp_reference):
+    """After fork, the child's copy of the parent's loop is not running for asyncio (it checks the pid), and
+    predict_async says so as asyncio does rather than submitting to the parent's queue from a loop the model
+    remembered from before the fork."""
+    _, X = mlp_reference
+    x = np.ascontiguousarray(X[:1], dtype=np.float32)
+    model = load_model(onnx_models["mlp"], runner="loop", max_batch_size=4)
+
+    async def main():
+        for _ in range(3):
+            await model.predict_async({"input": x})  # the loop is attached and remembered
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status, never return into pytest
+            code = 1
+            try:
+                await model.predict_async({"input": x})  # not wait_for: it asks asyncio for the loop first
+            except RuntimeError as exc:
+                code = 0 if "no running event loop" in str(exc) else 2
+            except BaseException:  # noqa: BLE001 - any other outcome fails the test
+                code = 3
+            os._exit(code)
+        return pid
+
+    try:
+        pid = asyncio.run(main())
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung submitting to the parent's model")
+            time.sleep(0.02)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        model.close()
+
+
+def test_the_fast_call_submit_checks_its_arguments_and_words_errors_as_submit_future(onnx_models, mlp_reference):
+    """Batcher.submit_future_fn (what Model binds per request, outside pybind11's dispatch) refuses a wrong call
+    as a TypeError and bad inputs with the core's own INVALID_INPUT, like the pybind11 method."""
+    from fastml import _core
+    from fastml.engine.status import INVALID_INPUT
+
+    _, X = mlp_reference
+    x = np.ascontiguousarray(X[:1], dtype=np.float32)
+    model = load_model(onnx_models["mlp"], runner="loop", max_batch_size=4)
+    fn = model._core.submit_future_fn()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        queue = _core.CompletionQueue()
+        with pytest.raises(TypeError, match=r"takes 4 arguments \(2 given\)"):
+            fn(queue, {"input": x})
+        with pytest.raises(TypeError, match="queue must be a CompletionQueue, got object"):
+            fn(object(), {"input": x}, 0, loop)
+        with pytest.raises(TypeError):
+            fn(queue, {"input": x}, "soon", loop)
+        for submit in (fn, model._core.submit_future):
+            with pytest.raises(_core.CoreError) as err:
+                submit(queue, {"other": x}, 0, loop)
+            assert err.value.args[0] == INVALID_INPUT
+        fut = fn(queue, {"input": x}, 0, loop)
+        assert isinstance(fut, asyncio.Future) and fut.get_loop() is loop and not fut.done()
+        model._core.abandon(queue)
+
+    try:
+        asyncio.run(main())
+    finally:
+        model.close()
