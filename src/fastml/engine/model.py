@@ -33,6 +33,7 @@ LATENCY_SAMPLE_INTERVAL_S = 0.005
 _UNSET = object()  # no request seen yet by a batch logger (its variant label is not known)
 _get_running_loop = asyncio.get_running_loop
 _get_ident = threading.get_ident
+_BaseEventLoop = asyncio.BaseEventLoop  # the loops whose _thread_id Model._fast_loop relies on
 _monotonic = time.monotonic
 # Event loop -> the inline-runner models (with their completion queues) whose flush is due in the loop's current
 # pass, in the order they were scheduled (see _flush_loop). Each loop's entry is touched on its own thread only.
@@ -1019,7 +1020,7 @@ class Model:
                 if (
                     queue is not None
                     and (fast is None or fast[0]._thread_id is None)
-                    and isinstance(loop, asyncio.BaseEventLoop)
+                    and isinstance(loop, _BaseEventLoop)
                 ):
                     self._fast_loop = (loop, queue)
             var = self._batch_var

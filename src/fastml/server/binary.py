@@ -327,11 +327,22 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.answers_due = False
         data, rids = self.answers.take()
         pop = self.inflight.pop
-        completed = self.plane.completed
+        completed_many = self.plane.completed_many
+        # A pass's answers mostly come from one model's batch: the books close once per run of one entry.
+        last = None
+        count = 0
         for rid in rids:
             entry = pop(rid, None)
-            if entry is not None:
-                completed(entry)
+            if entry is None:
+                continue
+            if entry is last:
+                count += 1
+                continue
+            if last is not None:
+                completed_many(last, count)
+            last, count = entry, 1
+        if last is not None:
+            completed_many(last, count)
         if self.transport is None:
             if not self.inflight:
                 self.answers.close()

@@ -291,7 +291,7 @@ class AdmissionGate:
         return max(MIN_INFLIGHT - 1, min(by_deadline, by_standing))
 
     def completed(self, inflight: int) -> None:
-        """Count one completion; ``inflight`` is what is still in flight after it.
+        """Count one completion; ``inflight`` is what is still in flight after it (:meth:`completed_many` of 1).
 
         Only completions while at least :data:`MIN_INFLIGHT` requests wait are counted (the model never idles
         then, so they measure its capacity, not the arrival rate). A window closes when its completions span
@@ -300,14 +300,37 @@ class AdmissionGate:
         opened. The estimate rises at once and falls only when :data:`RATE_WINDOWS` windows in a row measured
         less, so a short lull never makes the gate shed a burst the model can take.
         """
+        self.completed_many(inflight, 1)
+
+    def completed_many(self, inflight: int, count: int) -> None:
+        """``count`` completions at once (one batch's answers, written in one pass), ``inflight`` still in flight
+        after the last: the same books as ``count`` calls of :meth:`completed` with ``inflight + count - 1`` down
+        to ``inflight`` at one clock reading, in one call (a transport answering a pass's requests pays one call,
+        not one per answer)."""
         now = perf_counter()
         self._last_done_s = now
-        self._done_since_check += 1
+        self._done_since_check += count
         admitted = self._admitted
         if admitted:
-            admitted.popleft()
+            # Each completion takes the oldest admission and trims the rest to what is still in flight: together
+            # that leaves min(len - count, inflight).
+            for _ in range(min(count, len(admitted))):
+                admitted.popleft()
             while len(admitted) > inflight:
                 admitted.popleft()
+        first = self._first_done_s
+        if inflight >= MIN_INFLIGHT and (first == 0.0 or now - first < WINDOW_S):
+            # No completion drains the queue, and with one clock reading none closes the window (a window the
+            # first one opens has spanned no time for the others).
+            self._window_done += count
+            if first == 0.0:
+                self._first_done_s = now
+            return
+        for left in range(count - 1, -1, -1):
+            self._count_completion(now, inflight + left)
+
+    def _count_completion(self, now: float, inflight: int) -> None:
+        """One completion's part in the capacity windows (see :meth:`completed`)."""
         if inflight < MIN_INFLIGHT:
             # The queue drained: the burst that did it belongs to this window (it ran in the time measured).
             done = self._window_done + 1
