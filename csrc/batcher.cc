@@ -443,6 +443,9 @@ namespace {
 // waiters are woken one by one. The caller's requests keep every queue alive until Deliver returns.
 class CompletionRouter {
    public:
+    // `batch_requests`: the batch's size, the most completions one queue can get (its vector is sized once).
+    explicit CompletionRouter(size_t batch_requests) : batch_requests_(batch_requests) {}
+
     void Add(Request& r, Completion&& c) {
         if (!r.queue) {
             sync_.emplace_back(&r, std::move(c));
@@ -453,6 +456,7 @@ class CompletionRouter {
         if (it == groups_.end()) {
             groups_.emplace_back(r.queue.get(), std::vector<Completion>{});
             it = std::prev(groups_.end());
+            it->second.reserve(batch_requests_);
         }
         it->second.push_back(std::move(c));
     }
@@ -469,6 +473,7 @@ class CompletionRouter {
     }
 
    private:
+    size_t batch_requests_;
     std::vector<std::pair<CompletionQueue*, std::vector<Completion>>> groups_;
     std::vector<std::pair<Request*, Completion>> sync_;
 };
@@ -488,7 +493,7 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
         slot.requests.clear();
         return;
     }
-    CompletionRouter out;  // delivered after the counters are updated
+    CompletionRouter out(slot.requests.size());  // delivered after the counters are updated
     int64_t request_end = 0;
     for (size_t i = 0; i < slot.requests.size(); ++i) {
         Request& r = *slot.requests[i];
@@ -528,7 +533,7 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
 void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, StatusCode code,
                    const std::vector<std::string>& messages) {
     if (requests.empty()) return;
-    CompletionRouter out;
+    CompletionRouter out(requests.size());
     for (size_t i = 0; i < requests.size(); ++i) {
         Request& r = *requests[i];
         Completion c;

@@ -184,6 +184,7 @@ struct PyBatcher {
     py::object loop_kwnames;        // ("loop",); immutable
     py::object known_loop_type;     // guarded by the GIL; the event loop class NewFuture last looked at
     bool known_loop_plain = false;  // guarded by the GIL; whether that class keeps asyncio's create_future
+    const PyMethodDef* task_wakeup_def = nullptr;  // guarded by the GIL; the C Task's wake-up, once seen
     // The queue object the fast-call submit_future entry (FastSubmitCall) saw last and its core queue: an event
     // loop submits to one queue, so pybind11's holder caster runs once per loop rather than per request.
     // Guarded by the GIL; dropped by abandon(), so a closed loop's queue is not kept open by it.
@@ -564,9 +565,12 @@ struct PyBatcher {
         PyObject* ctx = PyTuple_GET_ITEM(pair, 1);  // borrowed from pair
         if (!PyCFunction_Check(cb) || !PyContext_CheckExact(ctx)) return 0;
         PyObject* task = PyCFunction_GET_SELF(cb);  // borrowed
-        if (!task || !PyObject_TypeCheck(task, reinterpret_cast<PyTypeObject*>(task_type.ptr())) ||
-            std::strcmp(reinterpret_cast<PyCFunctionObject*>(cb)->m_ml->ml_name, "task_wakeup") != 0) {
-            return 0;
+        if (!task || !PyObject_TypeCheck(task, reinterpret_cast<PyTypeObject*>(task_type.ptr()))) return 0;
+        const PyMethodDef* def = reinterpret_cast<PyCFunctionObject*>(cb)->m_ml;
+        if (def != task_wakeup_def) {
+            // The C Task's wake-up is one static method definition: recognised by name once, by address after.
+            if (std::strcmp(def->ml_name, "task_wakeup") != 0) return 0;
+            task_wakeup_def = def;
         }
         if (PyContext_Enter(ctx) < 0) {
             PyErr_Clear();  // the context is in use: leave the wake-up to the loop
