@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 from pathlib import Path
@@ -233,7 +234,16 @@ def test_shadow_is_shed_first_under_load(registry, x, direct):
         dm.manager.overrides = {"max_queue_size": 64}
         await dm.apply_text(SHADOW)
         # 40 requests enqueued in one go: the primary's queue passes a quarter full, so later copies are shed.
-        futs = [plane.submit(req("shadowed", x)) for _ in range(40)]
+        # The collector stays off meanwhile: in a test process that has imported TensorFlow and torch, a full
+        # collection pauses this loop for half a second, and the admission gate would rightly refuse requests
+        # queued behind a pause that long (tests/security/test_overload.py tests that rule).
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            futs = [plane.submit(req("shadowed", x)) for _ in range(40)]
+        finally:
+            if was_enabled:
+                gc.enable()
         answers = await asyncio.gather(*futs)
         for resp in answers:
             np.testing.assert_allclose(resp.outputs["probabilities"], direct["1.0.0"], rtol=1e-5)
@@ -302,6 +312,27 @@ def _policy_of_this_thread() -> tuple[int, int, int]:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
+def test_whether_a_thread_may_leave_the_idle_class_is_known_without_entering_it():
+    """The shadow runner decides whether to enter SCHED_IDLE only around ONNX Runtime's call from what the
+    process may do (CAP_SYS_NICE, RLIMIT_NICE), not by trying; the answer must be what the kernel then does."""
+    from fastml.serving.shadow import _can_leave_idle
+
+    result = {}
+
+    def probe():
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            result["left"] = True
+        except PermissionError:
+            result["left"] = False
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(30.0)
+    assert result == {"left": _can_leave_idle()}
+
+
 def test_shadow_copies_run_on_an_idle_priority_thread_and_are_logged_not_returned(registry, x, direct):
     async def scenario(plane, dm):
         await dm.apply_text(SHADOW)

@@ -63,6 +63,30 @@ def _set_idle_priority() -> None:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
+def _can_leave_idle() -> bool:
+    """Whether a thread of this process may go from ``SCHED_IDLE`` back to ``SCHED_OTHER`` at nice 0, asked
+    without entering the idle class (a thread that tried, holding the GIL, could be left off the CPU there).
+    Linux allows it with ``CAP_SYS_NICE`` (root has it) or an ``RLIMIT_NICE`` of 20 (sched(7))."""
+    if getattr(os, "SCHED_IDLE", None) is None:
+        return False
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+        if soft == resource.RLIM_INFINITY or soft >= 20:
+            return True
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 23 & 1)  # bit 23: CAP_SYS_NICE
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def lower_thread_priority() -> str:
     """Put the calling thread in the lowest scheduling class the OS offers: ``SCHED_IDLE`` on Linux (the
     thread runs only on a core no normal thread wants), else nice 19 for this thread. Returns ``"idle"``,
@@ -122,7 +146,6 @@ class ShadowRunner:
         self._fill = 1
         self._closed = False
         self._thread: threading.Thread | None = None
-        self._started = threading.Event()
         self.thread_id: int | None = None
         self.sched_class: str | None = None
         self.idle_only_while_running = False
@@ -170,19 +193,23 @@ class ShadowRunner:
 
     # ----- runner thread ------------------------------------------------------------------------------
     def _start(self) -> None:
+        # The caller (the event loop) does not wait for the thread to set its priority: a thread that has just
+        # entered the idle class may wait long for a core on a busy machine, and the loop must not wait with it.
         with self._cv:
             if self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._run, name="fastml-shadow", daemon=True)
         self._thread.start()
-        self._started.wait(5.0)
 
     def _run(self) -> None:
         self.thread_id = threading.get_native_id()
-        self.sched_class = lower_thread_priority()
-        # Normal priority between inference calls where the OS allows coming back from the idle class.
-        self.idle_only_while_running = self.sched_class == "idle" and _set_normal_priority()
-        self._started.set()
+        # Normal priority between inference calls where the OS allows coming back from the idle class: the
+        # thread then enters it only around ONNX Runtime's call. Otherwise it enters it now, for good.
+        if _can_leave_idle():
+            self.sched_class = "idle"
+            self.idle_only_while_running = True
+        else:
+            self.sched_class = lower_thread_priority()
         while True:
             slept = False
             with self._cv:
@@ -273,9 +300,13 @@ class ShadowRunner:
                 self._failed(group, f"input {exc} missing")
                 return
         toggle = self.idle_only_while_running
-        try:
-            if toggle:
+        if toggle:
+            try:
                 _set_idle_priority()
+            except OSError:  # refused after all (a seccomp filter): the lowest class that can be had, for good
+                self.idle_only_while_running = toggle = False
+                self.sched_class = lower_thread_priority()
+        try:
             try:
                 outputs = model.run_batch(arrays)
             finally:
