@@ -24,7 +24,7 @@ def test_metrics_need_the_token_and_inference_stays_open(sec_repo, token_file, t
     args = [str(sec_repo), "--http-port", "0", "--metrics-port", "0", "--admin-token-file", str(token_file)]
     srv = Served([*args, "--require-token-for-metrics"], tmp_path)
     try:
-        metrics = f"http://{srv.metrics_url}/metrics"
+        metrics = srv.metrics_url
         for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}):
             status, body = _get(metrics, headers)
             assert status == 401 and b"admin token" in body

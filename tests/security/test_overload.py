@@ -305,7 +305,7 @@ def test_a_refusal_for_load_says_when_to_retry():
 
 
 def _inflight(served) -> float:
-    with urllib.request.urlopen(f"http://{served.metrics_url}/metrics", timeout=30) as resp:
+    with urllib.request.urlopen(served.metrics_url, timeout=30) as resp:
         for line in resp.read().decode().splitlines():
             if line.startswith("fastml_server_inflight_requests "):
                 return float(line.split()[-1])

@@ -17,8 +17,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 _LINE = re.compile(
-    r"fastml serve: http://([\d.]+):(\d+) \(models: (.*)\) metrics http://[\d.]+:(\d+)/metrics workers (\d+)"
+    r"fastml serve: (https?)://([\d.]+):(\d+) \(models: (.*)\) (?:metrics http://[\d.]+:(\d+)/metrics|metrics off) "
+    r"workers (\d+)"
 )
+_GRPC_LINE = re.compile(r"fastml serve: grpc ([\d.]+):(\d+)")
+_BINARY_LINE = re.compile(r"fastml serve: binary ([\d.]+):(\d+)")
 
 
 def make_string_model(path: Path) -> None:
@@ -66,10 +69,26 @@ def make_slow_model(path: Path, width: int = 384, depth: int = 60) -> None:
 
 
 class ServerProcess:
-    """A running ``fastml serve``; ``url`` is host:port (tritonclient style)."""
+    """A running ``fastml serve``; ``url`` is host:port (tritonclient style).
 
-    def __init__(self, args: list[str], home: Path, env_extra: dict | None = None):
-        env = dict(os.environ, FASTML_HOME=str(home), PYTHONUNBUFFERED="1", **(env_extra or {}))
+    Args:
+        env_extra: variables set for the server on top of this process's environment.
+        strip_env: variables of this process's environment the server must not inherit.
+        grpc, binary: the server was asked for a gRPC / binary port: read the line that names it
+            (``grpc_url`` / ``binary_url``, host:port).
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        home: Path,
+        env_extra: dict | None = None,
+        strip_env: tuple[str, ...] = (),
+        grpc: bool = False,
+        binary: bool = False,
+    ):
+        base = {k: v for k, v in os.environ.items() if k not in strip_env}
+        env = dict(base, FASTML_HOME=str(home), PYTHONUNBUFFERED="1", **(env_extra or {}))
         cmd = [sys.executable, "-m", "fastml.cli", "serve", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         line = self.proc.stdout.readline()
@@ -79,16 +98,21 @@ class ServerProcess:
             out, err = self.proc.communicate(timeout=10)
             raise RuntimeError(f"server did not start: {line!r} {out!r} {err[-3000:]!r}")
         self.startup_line = line.strip()
-        self.host, self.port, self.models, self.metrics_port, self.workers = (
-            m.group(1),
-            int(m.group(2)),
-            m.group(3),
-            int(m.group(4)),
-            int(m.group(5)),
-        )
+        self.scheme, self.host, self.port, self.models = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+        self.metrics_port = int(m.group(5)) if m.group(5) else None
+        self.workers = int(m.group(6))
         self.url = f"{self.host}:{self.port}"
-        self.metrics_url = f"http://{self.host}:{self.metrics_port}/metrics"
+        self.metrics_url = f"http://{self.host}:{self.metrics_port}/metrics" if self.metrics_port else None
         self.pid = self.proc.pid
+        self.grpc_url = self._next_address(_GRPC_LINE) if grpc else None
+        self.binary_url = self._next_address(_BINARY_LINE) if binary else None
+
+    def _next_address(self, pattern: re.Pattern) -> str:
+        line = self.proc.stdout.readline()
+        m = pattern.search(line)
+        if not m:
+            raise RuntimeError(f"expected a line matching {pattern.pattern!r}, got {line!r}")
+        return f"{m.group(1)}:{m.group(2)}"
 
     def get(self, path: str):
         """(status, parsed JSON or raw bytes) of a GET."""
