@@ -38,3 +38,53 @@ def test_serve_freezes_what_start_up_made_and_collects_what_serving_makes(onnx_m
     assert seen["frozen"] > 10_000  # imports, the model's session wrapper, the server
     assert seen["server_scanned"] == [False]
     assert seen["new_scanned"] is True
+
+
+def test_a_model_unloaded_after_the_freeze_is_freed(onnx_models, tmp_path):
+    """Frozen objects are never collected: a model loaded at start-up must not be kept by a reference cycle once
+    it is unloaded, or its ONNX Runtime session would stay in memory for good."""
+    import json
+    import shutil
+    import urllib.request
+    import weakref
+
+    import numpy as np
+
+    from fastml.client import AsyncClient
+    from fastml.serving import ModelManager
+
+    (tmp_path / "repo" / "mlp" / "1").mkdir(parents=True)
+    shutil.copy(onnx_models["mlp"], tmp_path / "repo" / "mlp" / "1" / "model.onnx")
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": [0.5] * 32}]})
+
+    async def scenario() -> tuple[bool, bool]:
+        manager = ModelManager([str(tmp_path / "repo")])
+        manager.load_all()
+        server = Server(manager, "127.0.0.1", 0, None, binary_port=0)
+        await server.start()
+        workers._freeze_startup_heap()
+        try:
+            url = f"http://127.0.0.1:{server.http_port}/v2/models/mlp/infer"
+
+            def http() -> int:
+                req = urllib.request.Request(url, data=body.encode(), method="POST")
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status
+
+            assert await asyncio.get_running_loop().run_in_executor(None, http) == 200
+            async with AsyncClient(f"127.0.0.1:{server.binary_port}") as client:
+                out = await client.infer("mlp", {"input": np.full((1, 32), 0.5, np.float32)})
+                assert out["probabilities"].shape == (1, 2)
+            model = manager.get("mlp").model
+            model_ref, session_ref = weakref.ref(model), weakref.ref(model._session)
+            del model
+            await manager.unload("mlp")
+            await asyncio.sleep(0.2)
+            gc.collect()
+            return model_ref() is None, session_ref() is None
+        finally:
+            gc.unfreeze()
+            await server.drain(1.0)
+            manager.close()
+
+    assert uvloop.run(scenario()) == (True, True)
