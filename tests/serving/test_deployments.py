@@ -506,6 +506,36 @@ def test_deployment_follows_its_alias_without_failing_requests(registry, x, dire
     run(scenario)
 
 
+def test_a_version_left_by_its_alias_is_freed_though_loaded_before_the_heap_freeze(registry, x):
+    """`fastml serve` freezes its start-up heap (gc.freeze), and frozen objects are never collected: the version an
+    alias leaves must be freed by reference counting alone, its ONNX Runtime session with it."""
+    import weakref
+
+    text = AB.replace("fraud:1.0.0", "fraud@champion").replace("weight_bp = 9000", "weight_bp = 10000")
+    text = text.split('[[deployments.fraud.variants]]\nname = "candidate"')[0]
+
+    async def scenario(plane, dm):
+        await dm.apply_text(text)
+        await plane.infer(req("fraud", x))
+        await plane.infer(req("fraud", x, routing_key="u1"))
+        old = dm._entries[("fraud", "1.0.0")].model
+        refs = weakref.ref(old), weakref.ref(old._session)
+        del old
+        gc.collect()
+        gc.freeze()
+        try:
+            registry.set_alias("fraud", "champion", "2.0.0")
+            assert await dm.follow_aliases() == 1
+            assert (await plane.infer(req("fraud", x))).model_version == "2.0.0"
+            assert sorted(dm._entries) == [("fraud", "2.0.0")]
+            gc.collect()
+            return [r() is None for r in refs]
+        finally:
+            gc.unfreeze()
+
+    assert run(scenario) == [True, True]
+
+
 def test_persisted_file_is_applied_and_a_bad_one_is_ignored(registry, x):
     async def scenario(plane, dm):
         dconf.write_atomic(dm.state_file, AB)
