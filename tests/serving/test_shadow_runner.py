@@ -38,6 +38,10 @@ class _Stats:
         with self.lock:
             self.records.append(ok)
 
+    def record_many_threadsafe(self, outcomes):
+        with self.lock:
+            self.records.extend(ok for _, ok in outcomes)
+
 
 def _copy_target():
     model = _Model()

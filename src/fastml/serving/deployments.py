@@ -116,6 +116,11 @@ class VariantStats:
         """:meth:`record` from any thread (a deque append is atomic); readers fold it in with :meth:`sync`."""
         self._inbox.append((latency_us, ok))
 
+    def record_many_threadsafe(self, outcomes) -> None:
+        """:meth:`record_threadsafe` for an iterable of ``(latency_us, ok)`` in one call (``deque.extend``, atomic
+        per item)."""
+        self._inbox.extend(outcomes)
+
     def sync(self) -> None:
         """Fold what was appended into the counters (any thread)."""
         with self._lock:
