@@ -20,8 +20,7 @@ What it does, in one run:
 Targets (benchmarks/README.md "CI targets"): keyless core decision <= 50 ns (row ratio = 50 ns / measured,
 target 1); the deployment keeps >= 0.95x the model's HTTP throughput and its server CPU per request (goal; the CI
 floor is lower, see the rows); a 100 % shadow leaves the primary's p99 where it was (goal 0.8x: shadow copies run
-on their own runner thread in the idle scheduling class, fastml.serving.shadow, so they only take a core no
-request-serving thread wants).
+on their own runner thread, fastml.serving.shadow, and are shed before they queue behind primary work).
 
 What a deployment request costs over HTTP, and why (2026-12-06, 2-core machine shared with other jobs, load
 3-4.5; CPU per request from /proc, alternating windows, medians):

@@ -443,7 +443,7 @@ class Model:
     def run_batch(self, arrays) -> list[np.ndarray]:
         """Runs rows (arrays in input order, any number of rows) through ONNX Runtime on the calling thread,
         bypassing the batcher: for work that must not queue with the model's own requests (shadow copies on
-        an idle-priority thread). Returns the outputs in model order; no logging, no counters."""
+        the shadow runner's own thread). Returns the outputs in model order; no logging, no counters."""
         if self._closed:
             raise Unavailable(f"model {self.name!r} is closed")
         return self._run(dict(zip(self._input_names, arrays)))

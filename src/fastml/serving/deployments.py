@@ -406,7 +406,7 @@ class DeploymentManager:
         self.canaries: dict[str, Any] = {}
         self._snapshot_body: str | None = None  # the last status snapshot written (skip identical rewrites)
         self._canary_tasks: dict[str, asyncio.Task] = {}
-        # Shadow copies run on their own idle-priority thread (fastml.serving.shadow), never on the loop's.
+        # Shadow copies run on the shadow runner's thread (fastml.serving.shadow), never on the loop's.
         self.shadows = ShadowRunner()
 
     # ----- registry and model loading (blocking: run in an executor) -------------------------------
@@ -892,7 +892,7 @@ class DeploymentManager:
 
         Shadow work has the lowest priority: a copy is shed at once while the primary's or the shadow's queue
         is a quarter full (overload: it never adds to it) or the runner's lane is full; a queued copy runs on
-        the runner's idle-priority thread (:mod:`fastml.serving.shadow`), never on the event loop's thread
+        the runner's own thread (:mod:`fastml.serving.shadow`), never on the event loop's thread
         nor in a batcher queue ahead of primary work, and is shed if it waited over a second.
         """
         try:

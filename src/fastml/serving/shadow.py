@@ -1,33 +1,34 @@
-"""The shadow runner: mirrored copies of requests run on their own thread, in the OS's lowest scheduling class.
+"""The shadow runner: mirrored copies of requests run on their own thread, never in the primary's path.
 
 A shadow copy must never delay the primary. A priority inside Python cannot promise that: once a copy is in
 a batcher queue or runs on the event loop's thread, primary work waits behind it. So copies never enter the
 shadow model's batcher. The event loop only appends a copy to a bounded lane (one deque append); one runner
 thread per server process takes copies from the lane, batches the copies queued for the same shadow model,
 and runs them through ONNX Runtime on its own thread (``Model.run_batch``; ONNX Runtime releases the GIL
-while it computes). That thread computes in ``SCHED_IDLE`` (Linux; elsewhere the lowest nice value), so the
-kernel gives it a core only when no normal thread wants one: under load, shadow work waits and is shed,
-primary work does not wait for it.
+while it computes).
 
-The GIL is the one thing both threads share, and a thread holding it must not be starved: an idle-class
-thread that holds the GIL while the machine is busy would make the event loop wait for a core that the kernel
-gives to everyone else first (priority inversion). So where the OS lets a thread leave ``SCHED_IDLE`` again
-(root, ``CAP_SYS_NICE``, or an ``RLIMIT_NICE`` of 20), the runner is in the idle class only around the
-ONNX Runtime call, where it holds no GIL but for the call's entry and exit, and at normal priority for its
-few microseconds of Python per batch; otherwise it stays in the idle class throughout.
+Shadow work is kept out of the primary's way by shedding, not by the OS scheduler. Copies are shed (counted
+per shadow by the router) while the variant's or the shadow's queue is a quarter full (the caller checks),
+when the lane is full, when a copy waited longer than ``max_wait_s`` (a late shadow answer says little about
+now), when its model was closed before its turn (a deployment re-applied or an alias followed), or when the
+runner is closed.
 
-Copies are shed (counted per shadow by the router) when the lane is full, when a copy waited longer than
-``max_wait_s`` (a late shadow answer says little about now), when its model was closed before its turn (a
-deployment re-applied or an alias followed), or when the runner is closed. Answers are
-logged (the model's prediction logger, labelled with the shadow's name) and recorded in the shadow's
-:class:`~fastml.serving.deployments.VariantStats` (from this thread, through its thread-safe inbox); they
-are never returned to a client.
+The runner thread keeps the normal scheduling class. It used to compute in Linux's ``SCHED_IDLE`` class, and
+that made the primary slower: ONNX Runtime takes the GIL back after each run, and once the event loop has
+handed the GIL to a waiting idle-class thread it waits until the kernel gives that thread a core, which on a
+busy machine comes after everyone else's turn (priority inversion). Measured with bench_router's shadow row
+(the primary's p99 with a 100 % shadow against none, open loop, alternating runs on the 2-core VM,
+2026-12-06): 0.43-0.58x in the idle class (5 runs), 0.52-1.11x (median 0.71x, 7 runs) in the normal class,
+nice 19 in between (0.51-0.62x, 3 runs).
+
+Answers are logged (the model's prediction logger, labelled with the shadow's name) and recorded in the
+shadow's :class:`~fastml.serving.deployments.VariantStats` (from this thread, through its thread-safe inbox);
+they are never returned to a client.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -50,63 +51,6 @@ SHADOW_GATHER_S = 0.02
 SHADOW_NAP_S = 1.0  # the longest the idle runner sleeps without looking at the lane (a safety net only)
 
 
-def _set_normal_priority() -> bool:
-    """Back to ``SCHED_OTHER`` for the calling thread; False where the OS does not allow it."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        return True
-    except (AttributeError, OSError):
-        return False
-
-
-def _set_idle_priority() -> None:
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
-def _can_leave_idle() -> bool:
-    """Whether a thread of this process may go from ``SCHED_IDLE`` back to ``SCHED_OTHER`` at nice 0, asked
-    without entering the idle class (a thread that tried, holding the GIL, could be left off the CPU there).
-    Linux allows it with ``CAP_SYS_NICE`` (root has it) or an ``RLIMIT_NICE`` of 20 (sched(7))."""
-    if getattr(os, "SCHED_IDLE", None) is None:
-        return False
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
-        if soft == resource.RLIM_INFINITY or soft >= 20:
-            return True
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> 23 & 1)  # bit 23: CAP_SYS_NICE
-    except (OSError, ValueError):
-        pass
-    return False
-
-
-def lower_thread_priority() -> str:
-    """Put the calling thread in the lowest scheduling class the OS offers: ``SCHED_IDLE`` on Linux (the
-    thread runs only on a core no normal thread wants), else nice 19 for this thread. Returns ``"idle"``,
-    ``"nice19"`` or ``"normal"`` (nothing could be lowered)."""
-    sched_idle = getattr(os, "SCHED_IDLE", None)
-    if sched_idle is not None:
-        try:
-            # pid 0 is the calling thread: Linux schedules threads, not processes.
-            os.sched_setscheduler(0, sched_idle, os.sched_param(0))
-            return "idle"
-        except OSError:
-            pass
-    try:
-        # On Linux PRIO_PROCESS with a thread id sets that thread's nice value only.
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        return "nice19"
-    except (AttributeError, OSError):
-        return "normal"
-
-
 class _Copy:
     """One mirrored request waiting in the lane."""
 
@@ -123,16 +67,14 @@ class _Copy:
 
 
 class ShadowRunner:
-    """The lane of shadow copies and the idle-priority thread that runs them (started on the first copy).
+    """The lane of shadow copies and the thread that runs them (started on the first copy).
 
     Args:
         lane_max: copies waiting at most; an offer past it is shed.
         max_wait_s: a copy that waited longer before its turn is shed.
 
     Attributes:
-        thread_id: the runner thread's native id (None until started). sched_class: what
-            :func:`lower_thread_priority` achieved for its inference. idle_only_while_running: True when the
-            thread returns to normal priority between ONNX Runtime calls (see the module docstring).
+        thread_id: the runner thread's native id (None until started).
     """
 
     def __init__(self, lane_max: int = SHADOW_LANE_MAX, max_wait_s: float = SHADOW_MAX_WAIT_S):
@@ -148,8 +90,6 @@ class ShadowRunner:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.thread_id: int | None = None
-        self.sched_class: str | None = None
-        self.idle_only_while_running = False
 
     # ----- event loop side ---------------------------------------------------------------------------
     def offer(self, deployment, shadow, entry, inputs: dict, request_id) -> bool:
@@ -194,8 +134,6 @@ class ShadowRunner:
 
     # ----- runner thread ------------------------------------------------------------------------------
     def _start(self) -> None:
-        # The caller (the event loop) does not wait for the thread to set its priority: a thread that has just
-        # entered the idle class may wait long for a core on a busy machine, and the loop must not wait with it.
         with self._cv:
             if self._thread is not None:
                 return
@@ -204,13 +142,6 @@ class ShadowRunner:
 
     def _run(self) -> None:
         self.thread_id = threading.get_native_id()
-        # Normal priority between inference calls where the OS allows coming back from the idle class: the
-        # thread then enters it only around ONNX Runtime's call. Otherwise it enters it now, for good.
-        if _can_leave_idle():
-            self.sched_class = "idle"
-            self.idle_only_while_running = True
-        else:
-            self.sched_class = lower_thread_priority()
         while True:
             slept = False
             with self._cv:
@@ -300,19 +231,8 @@ class ShadowRunner:
             except KeyError as exc:
                 self._failed(group, f"input {exc} missing")
                 return
-        toggle = self.idle_only_while_running
-        if toggle:
-            try:
-                _set_idle_priority()
-            except OSError:  # refused after all (a seccomp filter): the lowest class that can be had, for good
-                self.idle_only_while_running = toggle = False
-                self.sched_class = lower_thread_priority()
         try:
-            try:
-                outputs = model.run_batch(arrays)
-            finally:
-                if toggle:
-                    _set_normal_priority()
+            outputs = model.run_batch(arrays)
         except Unavailable:  # the model was closed meanwhile (a deployment re-applied, an alias followed)
             for c in group:
                 c.deployment.router.count_shadow_shed(c.shadow.index)
