@@ -18,7 +18,7 @@ that made the primary slower: ONNX Runtime takes the GIL back after each run, an
 handed the GIL to a waiting idle-class thread it waits until the kernel gives that thread a core, which on a
 busy machine comes after everyone else's turn (priority inversion). Measured with bench_router's shadow row
 (the primary's p99 with a 100 % shadow against none, open loop, alternating runs on the 2-core VM,
-2026-12-06): 0.43-0.58x in the idle class (5 runs), 0.52-1.11x (median 0.71x, 7 runs) in the normal class,
+2026-12-06): 0.43-0.58x in the idle class (5 runs), 0.52-1.11x (median 0.70x, 8 runs) in the normal class,
 nice 19 in between (0.51-0.62x, 3 runs).
 
 Answers are logged (the model's prediction logger, labelled with the shadow's name) and recorded in the
