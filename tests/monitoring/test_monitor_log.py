@@ -209,3 +209,35 @@ def test_segment_write_failure_is_counted_and_logging_continues(tmp_path, monkey
     lg.log(model="m", version=1, inputs={"x": np.ones(1)}, outputs={"y": np.ones(1)}, latency_us=1, request_id="kept")
     lg.close()
     assert read_log(tmp_path)["request_id"].to_pylist() == ["kept"]
+
+
+def test_log_many_writes_what_log_per_request_writes(tmp_path):
+    """A group logged in one call reads back as the same rows as the same requests logged one by one; past the
+    buffer's capacity the rest are dropped and counted, and sampling counts what it skips."""
+    groups = {"one": tmp_path / "one", "many": tmp_path / "many"}
+    requests = [(f"r{i}", *_request(i), 100.0 + i) for i in range(6)]
+    with PredictionLogger(groups["one"]) as lg:
+        for rid, inp, out, lat in requests:
+            lg.log(model="m", version=2, inputs=inp, outputs=out, latency_us=lat, request_id=rid, variant="s")
+    with PredictionLogger(groups["many"]) as lg:
+        assert lg.log_many(model="m", version=2, variant="s", requests=requests) == 6
+    one, many = read_log(groups["one"]), read_log(groups["many"])
+    for column in ("request_id", "row", "variant", "latency_us", "model", "version", "output.label"):
+        assert many[column].to_pylist() == one[column].to_pylist(), column
+    np.testing.assert_array_equal(
+        tensor_columns(many, "input.input", names=list("abcd"))["c"],
+        tensor_columns(one, "input.input", names=list("abcd"))["c"],
+    )
+
+    small = PredictionLogger(tmp_path / "small", capacity=4, flush_interval_s=60.0)
+    try:
+        assert small.log_many(model="m", version=1, variant=None, requests=requests) == 4
+        assert small.dropped == 2
+    finally:
+        small.close()
+    sampled = PredictionLogger(tmp_path / "sampled", sample_rate=0.5, seed=3)
+    try:
+        queued = sampled.log_many(model="m", version=1, variant=None, requests=requests * 10)
+        assert 0 < queued < 60 and queued + sampled.sampled_out == 60
+    finally:
+        sampled.close()

@@ -257,6 +257,36 @@ def test_shadow_is_shed_first_under_load(registry, x, direct):
     run(scenario)
 
 
+def test_shadow_answers_reach_the_prediction_log_in_groups(registry, x, direct, tmp_path):
+    """With a PredictionLogger (which has log_many), the runner logs a group's answers in one call: each copy's
+    rows, request id, variant and the shadow model's own outputs."""
+    from fastml.monitoring import PredictionLogger
+    from fastml.monitoring.log import read_log
+
+    async def scenario(plane, dm):
+        await dm.apply_text(SHADOW)
+        shadow_model = dm.table["shadowed"].shadows[0].current(dm.manager).model
+        logger = PredictionLogger(tmp_path / "log")
+        shadow_model.prediction_logger = logger
+        try:
+            futs = [plane.submit(InferRequest("shadowed", {"input": x}, id=f"req-{i}")) for i in range(5)]
+            await asyncio.gather(*futs)
+            assert dm.shadows.wait_idle(30.0)
+            assert logger.flush()
+        finally:
+            shadow_model.prediction_logger = None
+            logger.close()
+        return dm.variant_stats("shadowed")["mirror"]
+
+    stats = run(scenario)
+    t = read_log(tmp_path / "log")
+    assert t.num_rows == 5 * len(x) == stats["requests"] * len(x)
+    assert sorted(set(t["request_id"].to_pylist())) == [f"req-{i}" for i in range(5)]
+    assert set(t["variant"].to_pylist()) == {"mirror"} and set(t["version"].to_pylist()) == {"2.0.0"}
+    probs = np.array(t["output.probabilities"].to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(probs, np.tile(direct["2.0.0"], (5, 1)), rtol=1e-5)
+
+
 def test_a_stuck_shadow_never_holds_up_primary_answers(registry, x, direct):
     """Shadow copies never enter the primary's path: with the shadow runner blocked inside a copy, every
     primary request is still answered; copies past the lane's room are shed (counted), and the ones queued

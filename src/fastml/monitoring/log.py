@@ -193,6 +193,43 @@ class PredictionLogger:
             self._wake.set()  # drain early rather than drop
         return True
 
+    def log_many(self, *, model: str, version: str | int, variant: str | None, requests) -> int:
+        """:meth:`log` for several completed requests of one model and variant, with one clock reading and one
+        lock: what a thread that finishes a group of requests together (the shadow runner) calls instead of
+        :meth:`log` per request, so that it holds the GIL for less.
+
+        Args:
+            requests: ``(request_id, inputs, outputs, latency_us)`` per request, as :meth:`log` takes them.
+
+        Returns:
+            How many were queued (the others were sampled out or dropped, and counted so).
+        """
+        requests = list(requests)
+        if self.sample_rate < 1.0:
+            draw = self._rng.random
+            kept = [r for r in requests if draw() < self.sample_rate]
+        else:
+            kept = requests
+        skipped = len(requests) - len(kept)
+        if variant is None:
+            variant = CURRENT_VARIANT.get()
+        now_us = time.time_ns() // 1000
+        version = str(version)
+        queued = 0
+        with self._lock:
+            self.sampled_out += skipped
+            buffer = self._buffer
+            room = 0 if self._closed else self.capacity - len(buffer)
+            for request_id, inputs, outputs, latency_us in kept[: max(room, 0)]:
+                buffer.append((now_us, model, version, variant, request_id, float(latency_us), inputs, outputs))
+            queued = min(len(kept), max(room, 0))
+            self.dropped += len(kept) - queued
+            self._enqueued += queued
+            full = len(buffer) >= self.capacity // 2
+        if full:
+            self._wake.set()  # drain early rather than drop
+        return queued
+
     # -------------------------------------------------------------------------------- control
     def flush(self, timeout_s: float | None = 30.0) -> bool:
         """Write everything queued before this call and close the open segments (making them visible to

@@ -243,12 +243,27 @@ class ShadowRunner:
         done_ns = time.perf_counter_ns()
         logger = getattr(model, "prediction_logger", None)
         log_one = getattr(logger, "log", None)
-        if log_one is None:
-            # The usual case: one call records the group's latencies (a shadow group shares one stats object
-            # unless two deployments mirror to the same model), the least time holding the GIL.
-            stats = group[0].shadow.stats
-            if all(c.shadow.stats is stats for c in group):
-                stats.record_many_threadsafe([((done_ns - c.queued_ns) / 1000.0, True) for c in group])
+        # The usual case: the group's copies come from one shadow (unless two deployments mirror to the same
+        # model); its latencies are recorded, and its answers logged, in one call each: the least time holding the GIL.
+        first = group[0].shadow
+        if all(c.shadow is first for c in group):
+            latencies = [(done_ns - c.queued_ns) / 1000.0 for c in group]
+            log_many = getattr(logger, "log_many", None)
+            if log_many is not None:
+                out_names = [s.name for s in model.signature.outputs]
+                requests = []
+                start = 0
+                for c, latency_us in zip(group, latencies):
+                    end = start + c.rows
+                    outs = {k: o[start:end] for k, o in zip(out_names, outputs)}
+                    requests.append((c.request_id, {k: c.inputs[k] for k in names}, outs, latency_us))
+                    start = end
+                try:
+                    log_many(model=model.name, version=model.version, variant=first.name, requests=requests)
+                except Exception:  # noqa: BLE001 - a logger's failure never fails the copies
+                    log.debug("logging shadow answers failed", exc_info=True)
+            if log_many is not None or log_one is None:
+                first.stats.record_many_threadsafe([(latency_us, True) for latency_us in latencies])
                 return
         out_names = [s.name for s in model.signature.outputs]
         start = 0
