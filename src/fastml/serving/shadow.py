@@ -241,50 +241,18 @@ class ShadowRunner:
             self._failed(group, f"{type(exc).__name__}: {exc}")
             return
         done_ns = time.perf_counter_ns()
+        latencies = [(done_ns - c.queued_ns) / 1000.0 for c in group]
         logger = getattr(model, "prediction_logger", None)
-        log_one = getattr(logger, "log", None)
-        # The usual case: the group's copies come from one shadow (unless two deployments mirror to the same
-        # model); its latencies are recorded, and its answers logged, in one call each: the least time holding the GIL.
+        if logger is not None:
+            _log_answers(logger, model, names, group, outputs, latencies)
+        # A group's copies come from one shadow unless two deployments mirror to the same model: then one call
+        # records them all, the least time holding the GIL.
         first = group[0].shadow
         if all(c.shadow is first for c in group):
-            latencies = [(done_ns - c.queued_ns) / 1000.0 for c in group]
-            log_many = getattr(logger, "log_many", None)
-            if log_many is not None:
-                out_names = [s.name for s in model.signature.outputs]
-                requests = []
-                start = 0
-                for c, latency_us in zip(group, latencies):
-                    end = start + c.rows
-                    outs = {k: o[start:end] for k, o in zip(out_names, outputs)}
-                    requests.append((c.request_id, {k: c.inputs[k] for k in names}, outs, latency_us))
-                    start = end
-                try:
-                    log_many(model=model.name, version=model.version, variant=first.name, requests=requests)
-                except Exception:  # noqa: BLE001 - a logger's failure never fails the copies
-                    log.debug("logging shadow answers failed", exc_info=True)
-            if log_many is not None or log_one is None:
-                first.stats.record_many_threadsafe([(latency_us, True) for latency_us in latencies])
-                return
-        out_names = [s.name for s in model.signature.outputs]
-        start = 0
-        for c in group:
-            n = c.rows
-            latency_us = (done_ns - c.queued_ns) / 1000.0
-            if log_one is not None:
-                try:
-                    log_one(
-                        model=model.name,
-                        version=model.version,
-                        inputs={k: c.inputs[k] for k in names},
-                        outputs={k: o[start : start + n] for k, o in zip(out_names, outputs)},
-                        latency_us=latency_us,
-                        request_id=c.request_id,
-                        variant=c.shadow.name,
-                    )
-                except Exception:  # noqa: BLE001 - a logger's failure never fails the copy
-                    log.debug("logging a shadow answer failed", exc_info=True)
-            c.shadow.stats.record_threadsafe(latency_us, True)
-            start += n
+            first.stats.record_many_threadsafe([(latency_us, True) for latency_us in latencies])
+        else:
+            for c, latency_us in zip(group, latencies):
+                c.shadow.stats.record_threadsafe(latency_us, True)
 
     @staticmethod
     def _failed(group: list[_Copy], why: str) -> None:
@@ -295,6 +263,49 @@ class ShadowRunner:
         log.debug(
             "shadow %s of deployment %s failed on %d copies: %s", c.shadow.name, c.deployment.name, len(group), why
         )
+
+
+def _log_answers(logger, model, names: list[str], group: list[_Copy], outputs, latencies: list[float]) -> None:
+    """Hand a group's answers to the model's prediction logger: each copy's inputs, its rows of the outputs and
+    its latency, labelled with its shadow's name. One ``log_many`` call where the logger has it and the copies
+    share a shadow, else ``log`` per copy. A logger's failure never fails a copy."""
+    out_names = [s.name for s in model.signature.outputs]
+    answers = []
+    start = 0
+    for c, latency_us in zip(group, latencies):
+        end = start + c.rows
+        outs = {k: o[start:end] for k, o in zip(out_names, outputs)}
+        answers.append((c, {k: c.inputs[k] for k in names}, outs, latency_us))
+        start = end
+    log_many = getattr(logger, "log_many", None)
+    first = group[0].shadow
+    if log_many is not None and all(c.shadow is first for c in group):
+        try:
+            log_many(
+                model=model.name,
+                version=model.version,
+                variant=first.name,
+                requests=[(c.request_id, i, o, lat) for c, i, o, lat in answers],
+            )
+        except Exception:  # noqa: BLE001 - a logger's failure never fails the copies
+            log.debug("logging shadow answers failed", exc_info=True)
+        return
+    log_one = getattr(logger, "log", None)
+    if log_one is None:
+        return
+    for c, inputs, outs, latency_us in answers:
+        try:
+            log_one(
+                model=model.name,
+                version=model.version,
+                inputs=inputs,
+                outputs=outs,
+                latency_us=latency_us,
+                request_id=c.request_id,
+                variant=c.shadow.name,
+            )
+        except Exception:  # noqa: BLE001 - a logger's failure never fails the copy
+            log.debug("logging a shadow answer failed", exc_info=True)
 
 
 def _rows(inputs: dict[str, Any]) -> int:
