@@ -215,14 +215,14 @@ class PredictionLogger:
             variant = CURRENT_VARIANT.get()
         now_us = time.time_ns() // 1000
         version = str(version)
-        queued = 0
         with self._lock:
             self.sampled_out += skipped
             buffer = self._buffer
-            room = 0 if self._closed else self.capacity - len(buffer)
-            for request_id, inputs, outputs, latency_us in kept[: max(room, 0)]:
+            room = 0 if self._closed else max(0, self.capacity - len(buffer))
+            taken = kept[:room]
+            for request_id, inputs, outputs, latency_us in taken:
                 buffer.append((now_us, model, version, variant, request_id, float(latency_us), inputs, outputs))
-            queued = min(len(kept), max(room, 0))
+            queued = len(taken)
             self.dropped += len(kept) - queued
             self._enqueued += queued
             full = len(buffer) >= self.capacity // 2
