@@ -53,6 +53,18 @@ http_intake = Pybind11Extension(
     extra_link_args=link_args,
 )
 
+# The gRPC transport's HTTP/2 layer: libnghttp2 (the libnghttp2-dev package, scripts/setup.sh) frames each
+# connection and gRPC messages cross into Python whole (csrc/h2, fastml.server.grpc_native).
+h2 = Pybind11Extension(
+    "fastml._h2",
+    sorted(glob.glob("csrc/h2/*.cc")),
+    include_dirs=["csrc/h2"],
+    libraries=["nghttp2"],
+    cxx_std=17,
+    extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_link_args=link_args,
+)
+
 # The HTTP transport's hot path: server/http.py compiled by Cython (see _http.pyx).
 http = cythonize(
     [
@@ -73,7 +85,15 @@ has_rapidjson = any(
 if not has_rapidjson:
     print("setup.py: rapidjson headers not found (apt-get install rapidjson-dev): fastml._http_intake is not built")
 
+# Without libnghttp2's headers fastml._h2 is not built and --grpc-port serves with grpcio's asyncio server
+# (fastml.server.grpc_service.GrpcListener) instead.
+has_nghttp2 = any(
+    os.path.exists(os.path.join(d, "nghttp2", "nghttp2.h")) for d in ("/usr/include", "/usr/local/include")
+)
+if not has_nghttp2:
+    print("setup.py: nghttp2 headers not found (apt-get install libnghttp2-dev): fastml._h2 is not built")
+
 setup(
-    ext_modules=[core, frames, *([http_intake] if has_rapidjson else []), *http],
+    ext_modules=[core, frames, *([http_intake] if has_rapidjson else []), *([h2] if has_nghttp2 else []), *http],
     cmdclass={"build_ext": build_ext},
 )

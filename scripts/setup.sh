@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: liblmdb-dev (the native feature cache), rapidjson-dev (header-only JSON parser of the native
-# HTTP intake), libb64-0d (perf_analyzer), wrk (load),
+# HTTP intake), libnghttp2-dev (HTTP/2 under the native gRPC listener), libb64-0d (perf_analyzer), wrk (load),
 # postgresql (registry tests on a real server), chromium (report rendering tests), graphviz (lineage DOT
 # export is checked with `dot`), unzip, prometheus (promtool and a live Prometheus for deploy/prometheus and
 # the Grafana dashboard's queries).
 need=()
 dpkg -s liblmdb-dev >/dev/null 2>&1 || need+=(liblmdb-dev)
 dpkg -s rapidjson-dev >/dev/null 2>&1 || need+=(rapidjson-dev)
+dpkg -s libnghttp2-dev >/dev/null 2>&1 || need+=(libnghttp2-dev)
 dpkg -s libb64-0d >/dev/null 2>&1 || need+=(libb64-0d)
 dpkg -s unzip >/dev/null 2>&1 || need+=(unzip)
 if [ "${FASTML_SETUP_MINIMAL:-0}" != "1" ]; then
@@ -38,7 +39,7 @@ native_sources() {
   find csrc src -type f \( -name '*.cc' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) | LC_ALL=C sort
 }
 sig=$({ cat pyproject.toml setup.py; native_sources | xargs cat; } | sha256sum | cut -c1-16)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c "import fastml._core, fastml._frames" 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c "import fastml._core, fastml._frames, fastml._h2" 2>/dev/null; then
   echo "setup: pip install -e .[dev] (a few minutes on a fresh machine)"
   .venv/bin/pip install -q --upgrade pip setuptools wheel pybind11
   .venv/bin/pip install -q -e ".[dev]"

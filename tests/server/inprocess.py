@@ -101,12 +101,14 @@ def ort_run(model_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.nda
 class InProcessServer:
     """DataPlane + gRPC listener (and optionally the HTTP server) on a uvloop loop in a daemon thread."""
 
-    def __init__(self, repo: Path, http: bool = False):
+    def __init__(self, repo: Path, http: bool = False, grpc_impl: str | None = None):
         self.repo = repo
         self.http = http
+        self.grpc_impl = grpc_impl  # "native" / "grpcio" (fastml.server.app.grpc_listener_class); None: the default
         self.grpc_port = 0
         self.http_port = None
         self.dataplane = None
+        self.listener = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -158,7 +160,7 @@ class InProcessServer:
             self._ready.set()
 
     async def _main(self):
-        from fastml.server.grpc_service import GrpcListener
+        from fastml.server.app import grpc_listener_class
         from fastml.serving import ModelManager
 
         manager = ModelManager([str(self.repo)])
@@ -175,7 +177,8 @@ class InProcessServer:
             from fastml.serving.dataplane import DataPlane
 
             self.dataplane = DataPlane(manager)
-        listener = GrpcListener(self.dataplane, port=0)
+        listener = grpc_listener_class(self.grpc_impl)(self.dataplane, port=0)
+        self.listener = listener
         self.grpc_port = await listener.start()
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()

@@ -22,9 +22,13 @@ def repo(tmp_path_factory):
     return make_repo(tmp_path_factory.mktemp("grpc"))
 
 
-@pytest.fixture(scope="module")
-def srv(repo):
-    with InProcessServer(repo) as s:
+# Every test here runs against both gRPC listeners: the native one (HTTP/2 by libnghttp2 on the event loop,
+# the default) and grpcio's asyncio server (the fallback where fastml._h2 is not built).
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def srv(repo, request):
+    if request.param == "native":
+        pytest.importorskip("fastml._h2", reason="fastml._h2 is not built (libnghttp2-dev missing at build time)")
+    with InProcessServer(repo, grpc_impl=request.param) as s:
         yield s
 
 

@@ -35,6 +35,32 @@ from fastml.serving.shm import SharedMemoryRegistry
 log = logging.getLogger("fastml.server")
 
 
+def grpc_listener_class(impl: str | None = None) -> type:
+    """The gRPC listener class to serve with.
+
+    Args:
+        impl: "native" (fastml.server.grpc_native: HTTP/2 by libnghttp2 on the event loop; the default when
+            fastml._h2 is built) or "grpcio" (fastml.server.grpc_service.GrpcListener, grpcio's asyncio
+            server). None reads FASTML_GRPC_IMPL, default "native".
+
+    Raises:
+        InvalidInput: an unknown implementation name.
+    """
+    impl = impl or os.environ.get("FASTML_GRPC_IMPL", "native")
+    if impl not in ("native", "grpcio"):
+        raise InvalidInput(f"FASTML_GRPC_IMPL must be 'native' or 'grpcio', got {impl!r}")
+    if impl == "native":
+        try:
+            from fastml.server.grpc_native import NativeGrpcListener
+        except ImportError:  # fastml._h2 not built (no libnghttp2 headers at build time): grpcio serves
+            pass
+        else:
+            return NativeGrpcListener
+    from fastml.server.grpc_service import GrpcListener
+
+    return GrpcListener
+
+
 def protocol_class(impl: str | None = None) -> type:
     """The HTTP protocol class to serve with.
 
@@ -238,9 +264,7 @@ class Server:
             self._servers.append(msrv)
             self.metrics_port = msrv.sockets[0].getsockname()[1]
         if self.grpc_port is not None:
-            from fastml.server.grpc_service import GrpcListener
-
-            self._grpc = GrpcListener(
+            self._grpc = grpc_listener_class()(
                 self.plane, self.host, self.grpc_port, self.limits.max_body_bytes, self.reuse_port, tls=self.tls
             )
             self.grpc_port = await self._grpc.start()

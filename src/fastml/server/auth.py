@@ -22,7 +22,7 @@ import os
 import stat
 from pathlib import Path
 
-from fastml.errors import InvalidInput, PermissionDenied, Unauthenticated
+from fastml.errors import FastMLError, InvalidInput, PermissionDenied, Unauthenticated
 
 ENV_TOKEN = "FASTML_ADMIN_TOKEN"
 ENV_TOKEN_FILE = "FASTML_ADMIN_TOKEN_FILE"
@@ -197,6 +197,19 @@ GRPC_ADMIN_METHODS = frozenset(
 GRPC_OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 
 
+def grpc_refusal(auth: AdminAuth, method: str, authorization: str | None) -> FastMLError | None:
+    """The error a gRPC call to ``method`` (its bare name) is refused with, or None when it may run: admin
+    methods always need the token; the others only when it is required for inference; health never."""
+    admin = method in GRPC_ADMIN_METHODS
+    if not admin and (method in GRPC_OPEN_METHODS or not auth.require_for_inference):
+        return None
+    try:
+        auth.check(authorization, f"gRPC {method}", admin=admin)
+    except (Unauthenticated, PermissionDenied) as exc:
+        return exc
+    return None
+
+
 def grpc_interceptor(auth: AdminAuth):
     """A ``grpc.aio`` server interceptor applying ``auth`` to every call before its handler runs: admin
     methods always go through :meth:`AdminAuth.check`; the others only when the token is required for
@@ -235,17 +248,12 @@ def grpc_interceptor(auth: AdminAuth):
 
     class _AuthInterceptor(grpc.aio.ServerInterceptor):
         async def intercept_service(self, continuation, details):
-            method = details.method.rsplit("/", 1)[-1]
-            admin = method in GRPC_ADMIN_METHODS
-            if not admin and (method in GRPC_OPEN_METHODS or not auth.require_for_inference):
-                return await continuation(details)
             value = None
             for key, v in details.invocation_metadata or ():
                 if key == "authorization":
                     value = v
-            try:
-                auth.check(value, f"gRPC {method}", admin=admin)
-            except (Unauthenticated, PermissionDenied) as exc:
+            exc = grpc_refusal(auth, details.method.rsplit("/", 1)[-1], value)
+            if exc is not None:
                 return refusal(await continuation(details), exc)
             return await continuation(details)
 
@@ -264,6 +272,7 @@ __all__ = [
     "bearer_token",
     "check_bind",
     "grpc_interceptor",
+    "grpc_refusal",
     "is_loopback",
     "of_plane",
     "read_token_file",

@@ -1,0 +1,427 @@
+"""KServe v2 gRPC (``inference.GRPCInferenceService``) on the server's own event loop, HTTP/2 by libnghttp2.
+
+grpcio's asyncio server costs as much server CPU per call as a whole inference: its completion-queue thread
+wakes the event loop several times per call and every call is a task. This listener is an asyncio protocol
+instead: the native session (``fastml._h2``, csrc/h2) parses each socket read into whole gRPC messages,
+``ModelInfer`` goes from the message to the data plane with no task (the answer is written from the data
+plane's future callback), and all answers ready in one event-loop pass leave in one write. The other RPCs,
+and the ``ModelStreamInfer`` stream, run the same :class:`~fastml.server.grpc_service.InferenceServicer`
+methods that grpcio's listener runs, so both listeners answer alike (tests/server run one suite over both).
+
+Bounds: a message over ``max_message_bytes`` is refused with RESOURCE_EXHAUSTED on its 5-byte prefix,
+before its body is buffered; partial messages buffered on one connection are capped (beyond, the connection
+ends with ENHANCE_YOUR_CALM); concurrent streams per connection are capped by HTTP/2 settings; answers leave
+within the client's flow-control window. Not implemented: ``grpc-timeout`` (use the request parameter
+``timeout``, as with HTTP), compression of answers (compressed requests, gzip or deflate, are accepted).
+
+Python use (``fastml serve --grpc-port N`` picks this listener when ``fastml._h2`` is built)::
+
+    listener = NativeGrpcListener(dataplane, host="127.0.0.1", port=0)
+    await listener.start()          # listener.port is the bound port
+    ...
+    await listener.stop(grace_s=5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from functools import partial
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from fastml import errors
+from fastml._h2 import Session
+from fastml.errors import FastMLError, InvalidInput
+from fastml.server import auth as auth_mod
+from fastml.server.grpc_service import InferenceServicer, decode_infer_request, encode_infer_response, grpc_status
+from fastml.server.proto import grpc_service_pb2 as pb
+
+log = logging.getLogger("fastml.server.grpc")
+
+PATH_PREFIX = "/inference.GRPCInferenceService/"
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# method name -> (request message class, client and server streaming)
+METHODS: dict[str, tuple[Any, bool]] = {
+    m.name: (getattr(pb, m.input_type.name), m.client_streaming) for m in _SERVICE.methods
+}
+_INFER_REQUEST = pb.ModelInferRequest
+_OK = 0
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_END = object()  # ends a stream's request queue
+
+
+class _Abort(Exception):
+    """What ``context.abort`` raises inside a servicer method: the call ends with this status."""
+
+    def __init__(self, code: int, details: str):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _Context:
+    """The part of ``grpc.aio.ServicerContext`` that InferenceServicer uses."""
+
+    __slots__ = ()
+
+    async def abort(self, code: grpc.StatusCode, details: str = ""):
+        raise _Abort(code.value[0], details)
+
+
+_CONTEXT = _Context()
+
+
+class _Call:
+    """One stream's state on the Python side, from its headers until it is finished."""
+
+    __slots__ = ("future", "message", "method", "queue", "streaming", "task", "encoding")
+
+    def __init__(self, method: str, streaming: bool, encoding: str):
+        self.method = method
+        self.streaming = streaming
+        self.encoding = encoding
+        self.message: bytes | None = None  # a unary call's request
+        self.queue: asyncio.Queue | None = None  # a streaming call's requests
+        self.task: asyncio.Task | None = None
+        self.future: asyncio.Future | None = None
+
+
+class GrpcConnection(asyncio.Protocol):
+    """One client connection: HTTP/2 frames in, gRPC answers out."""
+
+    def __init__(self, listener: NativeGrpcListener):
+        self.listener = listener
+        self.plane = listener.dataplane
+        self.servicer = listener.servicer
+        self.shm = listener.servicer.shm
+        self.max_message_bytes = listener.max_message_bytes
+        self.session = Session(listener.max_message_bytes, listener.max_buffered_bytes, listener.max_concurrent_streams)
+        self.calls: dict[int, _Call] = {}
+        self.transport: asyncio.Transport | None = None
+        self._write_due = False
+        self._loop = asyncio.get_running_loop()
+
+    # ----- transport ------------------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.listener.connections.add(self)
+        self._write()  # the server's SETTINGS
+
+    def connection_lost(self, exc) -> None:
+        self.listener.connections.discard(self)
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            self._cancel(call)
+
+    def data_received(self, data: bytes) -> None:
+        for ev in self.session.feed(data):
+            kind = ev[0]
+            if kind == 1:
+                self._message(ev[1], ev[2], ev[3])
+            elif kind == 0:
+                self._open(ev[1], ev[2], ev[3], ev[4], ev[5])
+            elif kind == 2:
+                self._half_close(ev[1], ev[2])
+            elif kind == 3:
+                call = self.calls.pop(ev[1], None)
+                if call is not None:
+                    self._cancel(call)
+            elif kind == 4:
+                self._finish(
+                    ev[1],
+                    _RESOURCE_EXHAUSTED,
+                    f"request message of {ev[2]} bytes is over the limit of {self.max_message_bytes} bytes",
+                )
+            else:
+                log.info("gRPC connection closed: HTTP/2 protocol error (%s)", ev[2])
+                self._write()
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        self._write()
+
+    def _write(self) -> None:
+        self._write_due = False
+        out = self.session.output()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if out:
+            transport.write(out)
+        if self.session.wants_close:
+            transport.close()
+
+    def _schedule_write(self) -> None:
+        # Answers that complete in one event-loop pass (a batch) leave in one write.
+        if not self._write_due:
+            self._write_due = True
+            self._loop.call_soon(self._write)
+
+    def shutdown(self) -> None:
+        """GOAWAY: the client opens no new streams here; those in flight are answered."""
+        self.session.shutdown()
+        self._write()
+
+    # ----- streams --------------------------------------------------------------------------------
+    def _open(self, sid: int, path: str, authorization: str | None, content_type: str, encoding: str) -> None:
+        if not content_type.startswith("application/grpc"):
+            self.session.finish(sid, _INTERNAL, f"content-type {content_type!r} is not application/grpc", 415)
+            return
+        name = path[len(PATH_PREFIX) :] if path.startswith(PATH_PREFIX) else ""
+        spec = METHODS.get(name)
+        if spec is None:
+            self.session.finish(sid, _UNIMPLEMENTED, f"unknown method {path!r}")
+            return
+        if encoding not in ("", "identity", "gzip", "deflate"):
+            self.session.finish(sid, _UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported (gzip, deflate)")
+            return
+        refusal = auth_mod.grpc_refusal(self.listener.auth, name, authorization)
+        if refusal is not None:
+            self.session.finish(sid, grpc_status(refusal).value[0], str(refusal))
+            return
+        call = _Call(name, spec[1], encoding)
+        self.calls[sid] = call
+        if call.streaming:
+            call.queue = asyncio.Queue()
+            call.task = self._loop.create_task(self._stream(sid, call))
+
+    def _message(self, sid: int, payload: bytes, compressed: bool) -> None:
+        call = self.calls.get(sid)
+        if call is None:
+            return  # a stream already answered (refused) or reset
+        if compressed:
+            try:
+                payload = self._decompress(payload, call.encoding)
+            except FastMLError as exc:
+                self._fail(sid, exc)
+                return
+        if call.queue is not None:  # a streaming call
+            try:
+                call.queue.put_nowait(_INFER_REQUEST.FromString(payload))
+            except DecodeError as exc:
+                self._fail(sid, InvalidInput(f"ModelInferRequest does not parse: {exc}"))
+            return
+        if call.message is not None:
+            self._fail(sid, InvalidInput(f"{call.method} takes one request message; the stream sent more"))
+            return
+        call.message = payload
+
+    def _half_close(self, sid: int, truncated: int) -> None:
+        call = self.calls.get(sid)
+        if call is None:
+            return
+        if truncated:
+            self._fail(sid, InvalidInput(f"the stream ended inside a message ({truncated} of its bytes received)"))
+            return
+        if call.queue is not None:
+            call.queue.put_nowait(_END)
+            return
+        if call.message is None:
+            self._fail(sid, InvalidInput(f"{call.method} needs a request message; the stream sent none"))
+            return
+        if call.method == "ModelInfer":
+            self._infer(sid, call)
+            return
+        try:
+            request = METHODS[call.method][0].FromString(call.message)
+        except DecodeError as exc:
+            self._fail(sid, InvalidInput(f"{call.method} request does not parse: {exc}"))
+            return
+        call.task = self._loop.create_task(self._unary(sid, call.method, request))
+
+    def _decompress(self, payload: bytes, encoding: str) -> bytes:
+        if encoding not in ("gzip", "deflate"):
+            raise InvalidInput("a compressed message arrived without grpc-encoding gzip or deflate")
+        d = zlib.decompressobj(31 if encoding == "gzip" else 15)
+        try:
+            out = d.decompress(payload, self.max_message_bytes + 1)  # never inflate past the limit
+        except zlib.error as exc:
+            raise InvalidInput(f"the {encoding} message does not decompress: {exc}") from None
+        if len(out) > self.max_message_bytes or d.unconsumed_tail:
+            raise InvalidInput(f"the {encoding} message inflates past the limit of {self.max_message_bytes} bytes")
+        return out
+
+    # ----- ModelInfer: no task, the data plane's future answers -----------------------------------
+    def _infer(self, sid: int, call: _Call) -> None:
+        try:
+            req, out_shm = decode_infer_request(_INFER_REQUEST.FromString(call.message), self.shm)
+            call.message = None
+            fut = self.plane.submit(req)
+        except DecodeError as exc:
+            self._fail(sid, InvalidInput(f"ModelInferRequest does not parse: {exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in gRPC's format
+            self._fail(sid, exc)
+            return
+        call.future = fut
+        fut.add_done_callback(partial(self._infer_done, sid, out_shm))
+
+    def _infer_done(self, sid: int, out_shm, fut: asyncio.Future) -> None:
+        if self.calls.pop(sid, None) is None or fut.cancelled():
+            return  # the client reset the stream or went
+        try:
+            data = encode_infer_response(fut.result(), self.shm, out_shm).SerializeToString()
+        except Exception as exc:  # noqa: BLE001
+            self._answer_error(sid, exc)
+        else:
+            self._reply(sid, data)
+        self._schedule_write()
+
+    # ----- the other RPCs: InferenceServicer's methods ---------------------------------------------
+    async def _unary(self, sid: int, method: str, request) -> None:
+        try:
+            response = await getattr(self.servicer, method)(request, _CONTEXT)
+            data = response.SerializeToString()
+        except _Abort as abort:
+            self._finish(sid, abort.code, abort.details)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(sid, exc)
+        else:
+            if self.calls.pop(sid, None) is not None:
+                self._reply(sid, data)
+        self._schedule_write()
+
+    async def _stream(self, sid: int, call: _Call) -> None:
+        queue = call.queue
+
+        async def requests():
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                yield item
+
+        try:
+            async for response in self.servicer.ModelStreamInfer(requests(), _CONTEXT):
+                self.session.send_message(sid, response.SerializeToString())
+                self._schedule_write()
+        except _Abort as abort:
+            self._finish(sid, abort.code, abort.details)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(sid, exc)
+        else:
+            self._finish(sid, _OK, "")
+        self._schedule_write()
+
+    # ----- answers --------------------------------------------------------------------------------
+    def _reply(self, sid: int, data: bytes) -> None:
+        if len(data) > self.max_message_bytes:
+            self.session.finish(
+                sid,
+                _RESOURCE_EXHAUSTED,
+                f"response message of {len(data)} bytes is over the limit of {self.max_message_bytes} bytes",
+            )
+        else:
+            self.session.reply(sid, data)
+
+    def _finish(self, sid: int, code: int, message: str) -> None:
+        call = self.calls.pop(sid, None)
+        if call is not None:
+            self._cancel(call)
+        self.session.finish(sid, code, message)
+
+    def _fail(self, sid: int, exc: BaseException) -> None:
+        call = self.calls.pop(sid, None)
+        if call is not None:
+            self._cancel(call)
+        self._answer_error(sid, exc)
+
+    def _answer_error(self, sid: int, exc: BaseException) -> None:
+        if isinstance(exc, FastMLError):
+            self.session.finish(sid, grpc_status(exc).value[0], str(exc) or type(exc).__name__)
+        else:
+            log.error("internal error in a gRPC call", exc_info=exc)
+            self.session.finish(sid, _INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _cancel(call: _Call) -> None:
+        if call.future is not None and not call.future.done():
+            call.future.cancel()
+        if call.task is not None and not call.task.done() and call.task is not asyncio.current_task():
+            call.task.cancel()
+
+
+class NativeGrpcListener:
+    """The gRPC listener of a server process, on the event loop (see the module docstring).
+
+    Args:
+        dataplane: the process's DataPlane. host/port: bind address (port 0 picks a free port).
+        max_message_bytes: largest request or response message (beyond: RESOURCE_EXHAUSTED).
+        reuse_port: bind with SO_REUSEPORT (several worker processes on one port).
+        tls: a :class:`fastml.server.tls.TlsConfig` to serve over TLS (ALPN h2); None: plain.
+        max_concurrent_streams: HTTP/2 streams one connection may have open.
+    """
+
+    def __init__(
+        self,
+        dataplane,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        reuse_port: bool = False,
+        tls=None,
+        max_concurrent_streams: int = 1024,
+    ):
+        self.dataplane = dataplane
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        # Partial messages one connection may hold: two of the largest, or 64 MiB of smaller ones in flight.
+        self.max_buffered_bytes = max(2 * max_message_bytes, 64 * 1024 * 1024)
+        self.max_concurrent_streams = max_concurrent_streams
+        self.reuse_port = reuse_port
+        self.tls = tls
+        self.servicer = InferenceServicer(dataplane, not reuse_port)
+        self.auth = auth_mod.of_plane(dataplane)
+        self.connections: set[GrpcConnection] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        """Bind and start serving; returns (and stores in ``port``) the bound port.
+
+        Raises:
+            fastml.errors.Unavailable: the address cannot be bound.
+        """
+        ssl_ctx = None
+        if self.tls is not None:
+            ssl_ctx = self.tls.server_context()
+            ssl_ctx.set_alpn_protocols(["h2"])  # gRPC clients insist on h2 by ALPN
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: GrpcConnection(self),
+                self.host,
+                self.port,
+                reuse_port=self.reuse_port or None,
+                backlog=1024,
+                ssl=ssl_ctx,
+            )
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot listen for gRPC on {self.host}:{self.port}: {exc}") from None
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self, grace_s: float | None = 5.0) -> None:
+        """Stop accepting; in-flight calls get ``grace_s`` seconds to finish, then connections close."""
+        if self._server is None:
+            return
+        self._server.close()
+        self._server = None
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = asyncio.get_running_loop().time() + (grace_s or 0)
+        while any(c.calls for c in self.connections) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn._write()
+                conn.transport.close()
+
+
+__all__ = ["METHODS", "GrpcConnection", "NativeGrpcListener"]

@@ -1,0 +1,339 @@
+"""The native gRPC listener (fastml.server.grpc_native, HTTP/2 by libnghttp2): what a raw HTTP/2 client can
+send that tritonclient never does, and the session parser under fuzzing. The RPCs themselves are checked
+against both listeners by test_grpc.py."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import struct
+import time
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+from h2kit import INFER_PATH, RawH2, grpc_frame, headers, infer_request
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from inprocess import InProcessServer, make_repo
+
+_h2 = pytest.importorskip("fastml._h2", reason="fastml._h2 is not built (libnghttp2-dev missing at build time)")
+
+from fastml.server.proto import grpc_service_pb2 as pb  # noqa: E402
+
+OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 3, 8, 12, 13
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    with InProcessServer(make_repo(tmp_path_factory.mktemp("grpc_native")), grpc_impl="native") as s:
+        yield s
+
+
+def scale_request(x: np.ndarray, request_id: str = "") -> bytes:
+    return infer_request("scale", "x", "FP32", x.shape, x.astype(np.float32).tobytes(), request_id)
+
+
+def decode_y(message: bytes) -> tuple[str, np.ndarray]:
+    resp = pb.ModelInferResponse.FromString(message)
+    out = resp.outputs[0]
+    return resp.id, np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(tuple(out.shape))
+
+
+def still_serves(srv) -> None:
+    c = tg.InferenceServerClient(srv.grpc_url)
+    try:
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        inp = tg.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_array_equal(c.infer("scale", [inp]).as_numpy("y"), 2 * x)
+    finally:
+        c.close()
+
+
+def test_pipelined_streams_on_one_connection_get_their_own_answers(srv):
+    conn = RawH2(srv.grpc_port)
+    try:
+        xs = {}
+        for i in range(64):
+            sid = conn.open()
+            xs[sid] = np.full((1, 4), i, np.float32)
+            conn.send(sid, grpc_frame(scale_request(xs[sid], f"r{i}")), end_stream=True)
+        answers = dict(zip(xs, conn.wait(*xs)))
+        for sid, a in answers.items():
+            assert a.headers[":status"] == "200" and a.grpc_status == OK, (a.headers, a.trailers)
+            [msg] = a.messages()
+            rid, y = decode_y(msg)
+            assert rid == f"r{int(xs[sid][0, 0])}"
+            np.testing.assert_array_equal(y, 2 * xs[sid])
+    finally:
+        conn.close()
+
+
+def test_a_message_split_over_many_data_frames_is_reassembled(srv):
+    conn = RawH2(srv.grpc_port)
+    try:
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        wire = grpc_frame(scale_request(x))
+        sid = conn.open()
+        for i in range(len(wire)):  # one byte per DATA frame, the prefix included
+            conn.send(sid, wire[i : i + 1], end_stream=i == len(wire) - 1)
+        [a] = conn.wait(sid)
+        assert a.grpc_status == OK
+        np.testing.assert_array_equal(decode_y(a.messages()[0])[1], 2 * x)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("hdrs", "body", "status", "needle"),
+    [
+        (headers(path="/inference.GRPCInferenceService/NoSuchMethod"), b"", UNIMPLEMENTED, "unknown method"),
+        (headers(path="/other.Service/ModelInfer"), b"", UNIMPLEMENTED, "unknown method"),
+        (headers(extra=[("grpc-encoding", "snappy")]), b"", UNIMPLEMENTED, "snappy"),
+        (headers(), grpc_frame(b"\xff\xff\xff"), INVALID_ARGUMENT, "does not parse"),
+        (headers(), grpc_frame(b"") + grpc_frame(b""), INVALID_ARGUMENT, "one request message"),
+        (headers(), b"", INVALID_ARGUMENT, "needs a request message"),
+        (headers(), grpc_frame(b"x" * 100)[:50], INVALID_ARGUMENT, "ended inside a message (50 of its bytes"),
+        (headers(), grpc_frame(b"not gzip", compressed=True), INVALID_ARGUMENT, "without grpc-encoding"),
+        (
+            headers(extra=[("grpc-encoding", "gzip")]),
+            grpc_frame(b"not gzip", compressed=True),
+            INVALID_ARGUMENT,
+            "does not decompress",
+        ),
+        (
+            headers(),
+            grpc_frame(infer_request("scale", "x", "FP32", (1, 4), b"\0" * 15)),
+            INVALID_ARGUMENT,
+            "needs 16",
+        ),
+        (headers(), grpc_frame(infer_request("nope", "x", "FP32", (1, 4), b"\0" * 16)), 5, "nope"),
+    ],
+)
+def test_malformed_streams_get_a_grpc_status_and_the_server_keeps_serving(srv, hdrs, body, status, needle):
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(hdrs)
+        conn.send(sid, body, end_stream=True)
+        [a] = conn.wait(sid)
+        assert a.headers.get(":status") == "200"
+        assert a.grpc_status == status, (a.headers, a.trailers)
+        assert needle in a.grpc_message, a.grpc_message
+    finally:
+        conn.close()
+    still_serves(srv)
+
+
+def test_a_request_that_is_not_grpc_gets_415(srv):
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(content_type="application/json"), end_stream=True)
+        [a] = conn.wait(sid)
+        assert a.headers[":status"] == "415"
+    finally:
+        conn.close()
+
+
+def test_a_message_over_the_limit_is_refused_on_its_prefix_before_the_body_arrives(srv):
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open()
+        conn.send(sid, struct.pack(">BI", 0, 0xFFFFFFF0))  # declares ~4 GiB, sends none of it
+        [a] = conn.wait(sid)
+        assert a.grpc_status == RESOURCE_EXHAUSTED
+        assert "4294967280 bytes is over the limit" in a.grpc_message
+    finally:
+        conn.close()
+    still_serves(srv)
+
+
+def test_gzip_compressed_requests_are_served(srv):
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(extra=[("grpc-encoding", "gzip")]))
+        conn.send(sid, grpc_frame(gzip.compress(scale_request(x)), compressed=True), end_stream=True)
+        [a] = conn.wait(sid)
+        assert a.grpc_status == OK
+        np.testing.assert_array_equal(decode_y(a.messages()[0])[1], 2 * x)
+    finally:
+        conn.close()
+    with grpc.insecure_channel(srv.grpc_url, compression=grpc.Compression.Gzip) as channel:
+        call = channel.unary_unary(
+            INFER_PATH,
+            request_serializer=lambda m: m,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        np.testing.assert_array_equal(decode_y(call(scale_request(x)).SerializeToString())[1], 2 * x)
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_past_the_limit(srv):
+    bomb = gzip.compress(b"\0" * (65 * 1024 * 1024))  # 65 MiB of zeros in ~64 KiB; the limit is 64 MiB
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(extra=[("grpc-encoding", "gzip")]))
+        conn.send(sid, grpc_frame(bomb, compressed=True), end_stream=True)
+        [a] = conn.wait(sid)
+        assert a.grpc_status == INVALID_ARGUMENT and "inflates past the limit" in a.grpc_message
+    finally:
+        conn.close()
+
+
+def test_a_client_reset_drops_the_call_and_the_connection_goes_on(srv):
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open()
+        conn.send(sid, grpc_frame(scale_request(np.ones((1, 4))))[:10])  # a partial message, then reset
+        conn.reset(sid)
+        sid2 = conn.open()
+        conn.send(sid2, grpc_frame(scale_request(np.ones((1, 4)))), end_stream=True)
+        [a] = conn.wait(sid2)
+        assert a.grpc_status == OK
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and srv.call(lambda: sum(len(c.calls) for c in srv.listener.connections)):
+            time.sleep(0.01)
+        assert srv.call(lambda: sum(len(c.calls) for c in srv.listener.connections)) == 0
+    finally:
+        conn.close()
+
+
+def test_a_connection_that_is_not_http2_is_closed_and_others_are_served(srv):
+    s = socket.create_connection(("127.0.0.1", srv.grpc_port), timeout=10)
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+        data = b""
+        while True:  # the server's SETTINGS, then a GOAWAY, then EOF
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    assert data[3:4] == b"\x04"  # the first frame is SETTINGS
+    still_serves(srv)
+
+
+def test_admin_rpcs_need_the_token_on_the_native_listener(srv):
+    from fastml.server.auth import AdminAuth
+
+    token = "t" * 32
+    before = srv.listener.auth
+    srv.call(setattr, srv.listener, "auth", AdminAuth(token=token.encode()))
+    admin = "/inference.GRPCInferenceService/SystemSharedMemoryUnregister"
+    unregister = grpc_frame(pb.SystemSharedMemoryUnregisterRequest().SerializeToString())
+    conn = RawH2(srv.grpc_port)
+    try:
+        refused = conn.open(headers(path=admin))
+        conn.send(refused, unregister, end_stream=True)
+        wrong = conn.open(headers(path=admin, extra=[("authorization", "Bearer " + "x" * 32)]))
+        conn.send(wrong, unregister, end_stream=True)
+        allowed = conn.open(headers(path=admin, extra=[("authorization", "Bearer " + token)]))
+        conn.send(allowed, unregister, end_stream=True)
+        live = conn.open(headers(path="/inference.GRPCInferenceService/ServerLive"))
+        conn.send(live, grpc_frame(b""), end_stream=True)
+        a, b, c, d = conn.wait(refused, wrong, allowed, live)
+        assert a.grpc_status == 16 and "needs a valid admin token" in a.grpc_message  # UNAUTHENTICATED
+        assert b.grpc_status == 16
+        assert c.grpc_status == OK
+        assert d.grpc_status == OK and pb.ServerLiveResponse.FromString(d.messages()[0]).live
+    finally:
+        conn.close()
+        srv.call(setattr, srv.listener, "auth", before)
+    still_serves(srv)
+
+
+# ----- the session parser alone ------------------------------------------------------------------------
+def client_bytes(build) -> bytes:
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    build(c)
+    return c.data_to_send()
+
+
+def test_partial_messages_over_the_connection_budget_end_the_connection():
+    s = _h2.Session(max_message_bytes=1000, max_buffered_bytes=4000)
+
+    def build(c):
+        for _ in range(5):  # five streams, each 900 bytes into a 1,000-byte message: 4,500 buffered
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, headers())
+            c.send_data(sid, grpc_frame(b"x" * 1000)[:900])
+
+    events = s.feed(client_bytes(build))
+    assert [e[0] for e in events] == [0] * 5  # five opens, no message
+    out = s.output()
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    server.initiate_connection()
+    got = server.receive_data(out)
+    [goaway] = [e for e in got if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway.error_code == 11  # ENHANCE_YOUR_CALM
+    assert s.wants_close or not s.output()
+
+
+def test_a_unary_answer_is_headers_one_message_and_trailers():
+    s = _h2.Session(max_message_bytes=1 << 20, max_buffered_bytes=1 << 22)
+
+    def build(c):
+        c.send_headers(1, headers())
+        c.send_data(1, grpc_frame(b"hello"), end_stream=True)
+
+    events = s.feed(client_bytes(build))
+    assert events == [(0, 1, INFER_PATH, None, "application/grpc", ""), (1, 1, b"hello", False), (2, 1, 0)]
+    assert s.reply(1, b"world")
+    assert not s.reply(1, b"again")  # finished
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    c.initiate_connection()
+    c.send_headers(1, headers())
+    got = c.receive_data(s.output())
+    data = b"".join(e.data for e in got if isinstance(e, h2.events.DataReceived))
+    trailers = [dict(e.headers) for e in got if isinstance(e, h2.events.TrailersReceived)]
+    assert data == grpc_frame(b"world")
+    assert trailers == [{"grpc-status": "0"}]
+
+
+def test_status_messages_are_percent_encoded():
+    assert _h2.percent_encode("50% off\nnow é") == "50%25 off%0Anow %C3%A9"
+
+
+_PREFIX = client_bytes(lambda c: None)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512))
+def test_fuzz_arbitrary_bytes_after_the_preface_never_crash_the_session(tail):
+    s = _h2.Session(max_message_bytes=4096, max_buffered_bytes=16384, max_concurrent_streams=8)
+    events = s.feed(_PREFIX + tail)
+    for e in events:
+        assert e[0] in (0, 1, 2, 3, 4, 5)
+        if e[0] == 1:
+            assert isinstance(e[2], bytes) and len(e[2]) <= 4096
+    s.output()
+
+
+_VALID = client_bytes(
+    lambda c: (
+        c.send_headers(1, headers(extra=[("authorization", "Bearer t")])),
+        c.send_data(1, grpc_frame(b"m" * 40) + grpc_frame(b"n" * 3), end_stream=True),
+    )
+)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(_VALID) - 1), st.integers(0, 255)), max_size=8), st.integers(1, 64))
+def test_fuzz_mutated_requests_fed_in_pieces_never_crash_the_session(flips, piece):
+    wire = bytearray(_VALID)
+    for pos, value in flips:
+        wire[pos] = value
+    s = _h2.Session(max_message_bytes=4096, max_buffered_bytes=16384, max_concurrent_streams=8)
+    events = []
+    for i in range(0, len(wire), piece):
+        events += s.feed(bytes(wire[i : i + piece]))
+        s.output()
+    if not flips:
+        assert [e[0] for e in events] == [0, 1, 1, 2]
+        assert events[0][3] == "Bearer t" and events[1][2] == b"m" * 40 and events[2][2] == b"n" * 3
