@@ -2,8 +2,9 @@
 
 1. gRPC throughput: `fastml serve --grpc-port` against KServe's gRPC endpoint (KServe 0.21 ModelServer with
    an ONNX Runtime model, from the side venv .cache/peers/kserve when it exists) on the reference MLP,
-   batch 1, concurrency 1 and 32; fastml's own HTTP endpoint in the same run. Target: fastml gRPC >= 5x
-   KServe gRPC at c=32. Without the KServe venv the gRPC row is compared with fastml HTTP and says why.
+   batch 1, concurrency 1 and 32; fastml's own HTTP endpoint in the same run. Both servers stay up and the
+   c=32 rows alternate in rounds (medians reported). Goal: fastml gRPC >= 5x KServe gRPC at c=32. Without
+   the KServe venv the gRPC row is compared with fastml HTTP and says why.
 2. Shared memory vs HTTP binary for a 1 MiB FP32 input (a model that sums each row, so the answer is
    small and the input transport is what differs): c=1 latency, p50, same server.
 
@@ -41,6 +42,7 @@ PA = ROOT / ".cache" / "perf_analyzer" / "pa"  # scripts/get_perf_analyzer.sh in
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SHM_WIDTH = 262144  # FP32 elements: 1 MiB per row
 CLIENT_PROCS = 4  # load-generator processes at c=32 (c=1 uses one)
+ROUNDS = 3  # alternating rounds of the c=32 rows (one in --quick)
 
 
 # ----------------------------------------------------------------------------- models
@@ -515,45 +517,52 @@ def main() -> int:
             f"{seconds:g} s windows, batch 1, on the same cores as the server (perf_analyzer not installed at {PA})\n"
         )
     rows: list[dict] = []
+    rounds = 1 if args.quick else ROUNDS
     with tempfile.TemporaryDirectory(prefix="bench_grpc_") as tmp:
         tmp = Path(tmp)
         repo = make_models(tmp)
         results: dict[tuple[str, int], dict] = {}
+        per_round: dict[str, list[dict]] = {}
+        servers: dict[str, tuple[subprocess.Popen, str, tuple]] = {}
+        kserve_note = None
         proc, http_port, grpc_port = start_fastml(repo, tmp / "home")
+        kproc = None
         try:
-            for c in (1, 32):
-                for proto, port in (("grpc", grpc_port), ("http", http_port)):
-                    addr = f"127.0.0.1:{port}"
-                    results[(f"fastml {proto}", c)] = (
-                        pa_load(proto, addr, c, seconds, proc.pid, tmp)
-                        if use_pa
-                        else load(proto, addr, c, seconds, proc.pid, CLIENT_PROCS)
-                    )
+            servers["fastml grpc"] = (proc, "grpc", (f"127.0.0.1:{grpc_port}", ()))
+            servers["fastml http"] = (proc, "http", (f"127.0.0.1:{http_port}", ()))
+            if (KSERVE_VENV / "bin" / "python").exists():
+                try:
+                    kproc, kport = start_kserve(repo, tmp)
+                except RuntimeError as exc:
+                    kserve_note = f"KServe did not start: {exc}"
+                else:
+                    servers["kserve grpc"] = (kproc, "grpc", (f"127.0.0.1:{kport}", ("--shape", "input:1,32")))
+            else:
+                kserve_note = (
+                    f"KServe is not installed at {KSERVE_VENV} (python -m venv {KSERVE_VENV} && "
+                    f"{KSERVE_VENV}/bin/pip install kserve==0.21.0 onnxruntime numpy)"
+                )
+
+            def measure(name: str, c: int) -> dict:
+                server, proto, (addr, extra) = servers[name]
+                if use_pa:
+                    return pa_load(proto, addr, c, seconds, server.pid, tmp, extra)
+                return load(proto, addr, c, seconds, server.pid, CLIENT_PROCS)
+
+            for name in servers:
+                results[(name, 1)] = measure(name, 1)
+            # Both servers are up the whole time and the c=32 rows alternate, round by round: the host's
+            # speed drifts within minutes, and a ratio of windows taken minutes apart measures the drift.
+            for _ in range(rounds):
+                for name in servers:
+                    per_round.setdefault(name, []).append(measure(name, 32))
+            for name, runs in per_round.items():
+                results[(name, 32)] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
             shm = shm_vs_http(http_port, shm_n)
         finally:
             stop(proc)
-        kserve_note = None
-        if (KSERVE_VENV / "bin" / "python").exists():
-            try:
-                kproc, kport = start_kserve(repo, tmp)
-            except RuntimeError as exc:
-                kserve_note = f"KServe did not start: {exc}"
-            else:
-                try:
-                    for c in (1, 32):
-                        addr = f"127.0.0.1:{kport}"
-                        results[("kserve grpc", c)] = (
-                            pa_load("grpc", addr, c, seconds, kproc.pid, tmp, ("--shape", "input:1,32"))
-                            if use_pa
-                            else load("grpc", addr, c, seconds, kproc.pid, CLIENT_PROCS)
-                        )
-                finally:
-                    stop(kproc)
-        else:
-            kserve_note = (
-                f"KServe is not installed at {KSERVE_VENV} (python -m venv {KSERVE_VENV} && "
-                f"{KSERVE_VENV}/bin/pip install kserve==0.21.0 onnxruntime numpy)"
-            )
+            if kproc is not None:
+                stop(kproc)
 
     print("| server | c | infer/s | p50 µs | p99 µs | server CPU µs/infer |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -566,7 +575,13 @@ def main() -> int:
     if ("kserve grpc", 32) in results:
         k32 = results[("kserve grpc", 32)]
         ratio = f32["per_s"] / k32["per_s"]
-        print(f"fastml gRPC / KServe gRPC throughput at c=32: {ratio:.2f}x (target >= 5x)")
+        each = ", ".join(
+            f"{f['per_s'] / k['per_s']:.2f}x" for f, k in zip(per_round["fastml grpc"], per_round["kserve grpc"])
+        )
+        print(
+            f"fastml gRPC / KServe gRPC throughput at c=32: {ratio:.2f}x, medians of {rounds} alternating "
+            f"round(s) (each round: {each}); goal >= 5x"
+        )
         rows.append(
             {
                 "name": "grpc_c32_throughput_vs_kserve",
@@ -575,8 +590,8 @@ def main() -> int:
                 "fastml_value": f32["per_s"],
                 "unit": "infer/s",
                 "ratio": ratio,
-                # Not met: grpc.aio's own per-call cost dominates both servers (0.94x measured); CI floor 0.8.
-                "target": 0.8,
+                # The goal is 5x; the CI gate fails below half this target (a quick run on a busy machine).
+                "target": 4.0,
                 "higher_is_better": True,
                 "goal": 5.0,
             }
@@ -586,8 +601,8 @@ def main() -> int:
     h32 = results[("fastml http", 32)]
     ratio = f32["per_s"] / h32["per_s"]
     print(
-        f"fastml gRPC / fastml HTTP throughput at c=32: {ratio:.2f}x (a regression guard, target 0.1x: grpc.aio costs "
-        "far more per call than our HTTP path, which reads many requests per event-loop wake-up)"
+        f"fastml gRPC / fastml HTTP throughput at c=32: {ratio:.2f}x (a regression guard, target 0.5x: with the "
+        "native listener a gRPC call costs about what an HTTP request does)"
     )
     rows.append(
         {
@@ -597,7 +612,7 @@ def main() -> int:
             "fastml_value": f32["per_s"],
             "unit": "infer/s",
             "ratio": ratio,
-            "target": 0.1,
+            "target": 0.5,
             "higher_is_better": True,
         }
     )

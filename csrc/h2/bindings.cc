@@ -8,12 +8,19 @@
 //   (3, sid, http2_error_code)                                           the client reset an unfinished stream
 //   (4, sid, declared_bytes)                                             a message over the size limit
 //   (5, 0, reason)                                                       a protocol error: write, then close
+//   (6, sid, path, authorization, content_type, grpc_encoding, payload, compressed)
+//                                                   a whole unary call: 0, 1 and 2 of one stream in one read
 // Answers go in with send_message / finish / reply; output() returns the bytes to write.
 #include <pybind11/pybind11.h>
 
+#include <cstring>
+#include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "grpc_session.h"
+#include "infer_message.h"
 
 namespace py = pybind11;
 using fastml::h2::Event;
@@ -34,10 +41,21 @@ py::object Str(const std::string& s) {
 
 py::list Events(Session& session) {
   auto& events = session.events();
-  py::list out(events.size());
-  size_t i = 0;
-  for (Event& ev : events) {
+  py::list out;
+  for (size_t k = 0; k < events.size(); ++k) {
+    Event& ev = events[k];
     py::object item;
+    // A whole unary call in this read (its headers, one message, its end): one tuple instead of three.
+    if (ev.kind == fastml::h2::kOpen && k + 2 < events.size() && events[k + 1].kind == fastml::h2::kMessage &&
+        events[k + 1].stream_id == ev.stream_id && events[k + 2].kind == fastml::h2::kHalfClose &&
+        events[k + 2].stream_id == ev.stream_id && events[k + 2].declared == 0) {
+      out.append(py::make_tuple(6, ev.stream_id, Str(ev.path),
+                                ev.authorization.empty() ? py::object(py::none()) : Str(ev.authorization),
+                                Str(ev.content_type), Str(ev.encoding), py::bytes(events[k + 1].payload),
+                                events[k + 1].compressed));
+      k += 2;
+      continue;
+    }
     switch (ev.kind) {
       case fastml::h2::kOpen:
         item = py::make_tuple(0, ev.stream_id, Str(ev.path),
@@ -57,10 +75,91 @@ py::list Events(Session& session) {
         item = py::make_tuple(4, ev.stream_id, ev.declared);
         break;
     }
-    out[i++] = std::move(item);
+    out.append(std::move(item));
   }
   events.clear();
   return out;
+}
+
+// str from UTF-8 bytes of the wire; nullptr (error cleared) when they are not UTF-8, as upb refuses them too.
+PyObject* StrictStr(std::string_view s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "strict");
+  if (o == nullptr) PyErr_Clear();
+  return o;
+}
+
+py::object ParseInfer(py::bytes payload) {
+  char* data;
+  Py_ssize_t len;
+  PyBytes_AsStringAndSize(payload.ptr(), &data, &len);
+  fastml::h2::PlainInferRequest req;
+  if (!fastml::h2::ParsePlainInferRequest(reinterpret_cast<const uint8_t*>(data), static_cast<size_t>(len), &req)) {
+    return py::none();
+  }
+  py::tuple inputs(req.inputs.size());
+  for (size_t i = 0; i < req.inputs.size(); ++i) {
+    const auto& in = req.inputs[i];
+    PyObject* name = StrictStr(in.name);
+    if (name == nullptr) return py::none();
+    py::tuple shape(in.shape.size());
+    for (size_t d = 0; d < in.shape.size(); ++d) shape[d] = py::int_(in.shape[d]);
+    inputs[i] = py::make_tuple(py::reinterpret_steal<py::object>(name), py::str(in.datatype.data(), in.datatype.size()),
+                               std::move(shape), in.offset, in.count);
+  }
+  py::tuple params(req.parameters.size());
+  for (size_t i = 0; i < req.parameters.size(); ++i) {
+    const auto& p = req.parameters[i];
+    PyObject* key = StrictStr(p.key);
+    if (key == nullptr) return py::none();
+    py::object value;
+    switch (p.kind) {
+      case 1:
+        value = py::bool_(p.bits != 0);
+        break;
+      case 2:
+        value = py::int_(static_cast<int64_t>(p.bits));
+        break;
+      case 3: {
+        PyObject* text = StrictStr(p.text);
+        if (text == nullptr) {
+          Py_DECREF(key);
+          return py::none();
+        }
+        value = py::reinterpret_steal<py::object>(text);
+        break;
+      }
+      case 4: {
+        double d;
+        std::memcpy(&d, &p.bits, sizeof d);
+        value = py::float_(d);
+        break;
+      }
+      case 5:
+        value = py::int_(p.bits);
+        break;
+      default:
+        value = py::none();
+    }
+    params[i] = py::make_tuple(py::reinterpret_steal<py::object>(key), std::move(value));
+  }
+  py::tuple outputs(req.outputs.size());
+  for (size_t i = 0; i < req.outputs.size(); ++i) {
+    PyObject* name = StrictStr(req.outputs[i]);
+    if (name == nullptr) return py::none();
+    outputs[i] = py::reinterpret_steal<py::object>(name);
+  }
+  PyObject* fields[3];
+  std::string_view views[3] = {req.model_name, req.model_version, req.id};
+  for (int i = 0; i < 3; ++i) {
+    fields[i] = StrictStr(views[i]);
+    if (fields[i] == nullptr) {
+      for (int j = 0; j < i; ++j) Py_DECREF(fields[j]);
+      return py::none();
+    }
+  }
+  return py::make_tuple(py::reinterpret_steal<py::object>(fields[0]), py::reinterpret_steal<py::object>(fields[1]),
+                        py::reinterpret_steal<py::object>(fields[2]), std::move(inputs), std::move(params),
+                        std::move(outputs));
 }
 
 struct Buffer {
@@ -134,5 +233,59 @@ PYBIND11_MODULE(_h2, m) {
           "The bytes to write now (b'' when none).")
       .def_property_readonly("wants_close", &Session::WantsClose)
       .def_property_readonly("open_streams", &Session::open_streams);
+  m.def("parse_infer_request", &ParseInfer, py::arg("payload"),
+        "A plain ModelInferRequest as (model_name, model_version, id, inputs, parameters, outputs): inputs "
+        "((name, datatype, shape, offset, count), ...) with each tensor's bytes at payload[offset:] (count "
+        "elements, checked), parameters ((key, value), ...), requested output names; None when the message "
+        "is not plain or not valid (tensor or output parameters, typed contents, BYTES: the general path).");
+  m.def(
+      "encode_infer_response",
+      [](std::string_view model_name, std::string_view model_version, std::string_view id, py::sequence parameters,
+         py::sequence outputs) {
+        // Parameters as fastml.server.grpc_service._set_param sets them: bool, then int, float, else str.
+        std::vector<fastml::h2::Parameter> params(parameters.size());
+        std::vector<std::string> texts(parameters.size() * 2);
+        for (size_t i = 0; i < params.size(); ++i) {
+          py::tuple kv = parameters[i].cast<py::tuple>();
+          texts[2 * i] = kv[0].cast<std::string>();
+          params[i].key = texts[2 * i];
+          py::handle v = kv[1];
+          if (PyBool_Check(v.ptr())) {
+            params[i].kind = 1;
+            params[i].bits = v.ptr() == Py_True;
+          } else if (py::isinstance<py::int_>(v)) {
+            params[i].kind = 2;
+            params[i].bits = static_cast<uint64_t>(v.cast<int64_t>());
+          } else if (py::isinstance<py::float_>(v)) {
+            double d = v.cast<double>();
+            params[i].kind = 4;
+            std::memcpy(&params[i].bits, &d, sizeof d);
+          } else {
+            texts[2 * i + 1] = py::str(v).cast<std::string>();
+            params[i].kind = 3;
+            params[i].text = texts[2 * i + 1];
+          }
+        }
+        std::vector<fastml::h2::PlainOutput> outs(outputs.size());
+        std::vector<std::unique_ptr<Buffer>> keep;  // the outputs' buffers, held until the message is written
+        std::vector<std::string> names(outputs.size()), datatypes(outputs.size());
+        for (size_t i = 0; i < outs.size(); ++i) {
+          py::tuple t = outputs[i].cast<py::tuple>();
+          names[i] = t[0].cast<std::string>();
+          datatypes[i] = t[1].cast<std::string>();
+          outs[i].name = names[i];
+          outs[i].datatype = datatypes[i];
+          for (auto d : t[2].cast<py::sequence>()) outs[i].shape.push_back(d.cast<int64_t>());
+          keep.push_back(std::make_unique<Buffer>(t[3]));
+          outs[i].data = keep.back()->data();
+          outs[i].size = keep.back()->size();
+        }
+        std::string out;
+        fastml::h2::EncodeInferResponse(model_name, model_version, id, params, outs, &out);
+        return py::bytes(out);
+      },
+      py::arg("model_name"), py::arg("model_version"), py::arg("id"), py::arg("parameters"), py::arg("outputs"),
+      "A ModelInferResponse: parameters as (key, value), outputs as (name, datatype, shape, buffer), bytes in "
+      "raw_output_contents.");
   m.def("percent_encode", &fastml::h2::PercentEncode, "grpc-message's percent-encoding (for tests).");
 }

@@ -283,7 +283,8 @@ def test_a_unary_answer_is_headers_one_message_and_trailers():
         c.send_data(1, grpc_frame(b"hello"), end_stream=True)
 
     events = s.feed(client_bytes(build))
-    assert events == [(0, 1, INFER_PATH, None, "application/grpc", ""), (1, 1, b"hello", False), (2, 1, 0)]
+    # headers, one message and the end in one read: one event (6) for the whole call
+    assert events == [(6, 1, INFER_PATH, None, "application/grpc", "", b"hello", False)]
     assert s.reply(1, b"world")
     assert not s.reply(1, b"again")  # finished
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -334,6 +335,103 @@ def test_fuzz_mutated_requests_fed_in_pieces_never_crash_the_session(flips, piec
     for i in range(0, len(wire), piece):
         events += s.feed(bytes(wire[i : i + piece]))
         s.output()
-    if not flips:
+    if not flips:  # two messages: never folded into one whole-call event
         assert [e[0] for e in events] == [0, 1, 1, 2]
         assert events[0][3] == "Bearer t" and events[1][2] == b"m" * 40 and events[2][2] == b"n" * 3
+
+
+# ----- the native ModelInferRequest reader and ModelInferResponse writer, against protobuf's runtime ----
+_DATATYPES = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8, "FP16": np.float16, "BOOL": np.bool_}
+_names = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=("Cs",)), max_size=12)
+_param_values = st.one_of(
+    st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), _names.map(lambda t: t or "x")
+)
+
+
+@st.composite
+def infer_messages(draw):
+    msg = pb.ModelInferRequest(model_name=draw(_names), model_version=draw(_names), id=draw(_names))
+    tensors = []
+    for i in range(draw(st.integers(1, 3))):
+        datatype = draw(st.sampled_from(sorted(_DATATYPES)))
+        shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=3))
+        count = int(np.prod(shape)) if shape else 1
+        arr = np.arange(count).astype(_DATATYPES[datatype]).reshape(shape)
+        msg.inputs.add(name=f"in{i}", datatype=datatype, shape=shape)
+        msg.raw_input_contents.append(arr.tobytes())
+        tensors.append(arr)
+    for key, value in draw(st.dictionaries(_names, _param_values, max_size=3)).items():
+        p = msg.parameters[key]
+        if isinstance(value, bool):
+            p.bool_param = value
+        elif isinstance(value, int):
+            p.int64_param = value
+        elif isinstance(value, float):
+            p.double_param = value
+        else:
+            p.string_param = value
+    for name in draw(st.lists(_names, max_size=2)):
+        msg.outputs.add(name=name)
+    return msg, tensors
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(infer_messages())
+def test_the_native_reader_agrees_with_protobuf_on_plain_requests(case):
+    msg, tensors = case
+    payload = msg.SerializeToString()
+    got = _h2.parse_infer_request(payload)
+    assert got is not None
+    model, version, request_id, inputs, params, outputs = got
+    assert (model, version, request_id) == (msg.model_name, msg.model_version, msg.id)
+    assert list(outputs) == [o.name for o in msg.outputs]
+    want_params = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in msg.parameters.items()}
+    assert dict(params) == want_params
+    for (name, datatype, shape, offset, count), t, arr in zip(inputs, msg.inputs, tensors):
+        assert (name, datatype, list(shape)) == (t.name, t.datatype, list(t.shape))
+        view = np.frombuffer(payload, _DATATYPES[datatype], count, offset).reshape(shape)
+        np.testing.assert_array_equal(view, arr)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(infer_messages(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6))
+def test_the_native_reader_on_corrupted_messages_never_crashes_and_accepts_only_what_protobuf_reads(case, flips):
+    msg, _ = case
+    wire = bytearray(msg.SerializeToString())
+    for pos, value in flips:
+        wire[pos % len(wire)] = value
+    payload = bytes(wire)
+    got = _h2.parse_infer_request(payload)
+    if got is None:
+        return  # the general path (protobuf's runtime) reads it and says what is wrong
+    from fastml.server.tensors import NP_DTYPES
+
+    ref = pb.ModelInferRequest.FromString(payload)  # what the reader accepts, protobuf reads the same way
+    model, version, request_id, inputs, params, outputs = got
+    assert (model, version, request_id) == (ref.model_name, ref.model_version, ref.id)
+    assert list(outputs) == [o.name for o in ref.outputs]
+    assert dict(params) == {
+        k: getattr(v, v.WhichOneof("parameter_choice")) if v.WhichOneof("parameter_choice") else None
+        for k, v in ref.parameters.items()
+    }
+    assert len(inputs) == len(ref.inputs) == len(ref.raw_input_contents)
+    for (name, datatype, shape, offset, count), t, raw in zip(inputs, ref.inputs, ref.raw_input_contents):
+        assert (name, datatype, list(shape)) == (t.name, t.datatype, list(t.shape))
+        assert count * NP_DTYPES[datatype].itemsize == len(raw)
+        assert payload[offset : offset + len(raw)] == raw
+
+
+@settings(max_examples=500, deadline=None)
+@given(_names, _names, _names, st.dictionaries(_names, _param_values, max_size=3))
+def test_the_native_writer_matches_protobuf_byte_for_byte(model, version, request_id, params):
+    y = np.arange(6, dtype=np.float32).reshape(2, 3)
+    z = np.array([[True], [False]])
+    params = dict(list(params.items())[:1])  # protobuf writes a map in its own order: one entry compares exactly
+    got = _h2.encode_infer_response(
+        model, version, request_id, list(params.items()), [("y", "FP32", y.shape, y), ("z", "BOOL", z.shape, z)]
+    )
+    from fastml.server.grpc_service import encode_infer_response
+    from fastml.serving.dataplane import InferResponse
+
+    want = encode_infer_response(InferResponse(model, version, request_id, {"y": y, "z": z}, params), None, None)
+    assert got == want.SerializeToString()

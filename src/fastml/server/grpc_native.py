@@ -31,14 +31,18 @@ from functools import partial
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from fastml import errors
-from fastml._h2 import Session
+from fastml._h2 import Session, encode_infer_response, parse_infer_request
 from fastml.errors import FastMLError, InvalidInput
 from fastml.server import auth as auth_mod
-from fastml.server.grpc_service import InferenceServicer, decode_infer_request, encode_infer_response, grpc_status
+from fastml.server.grpc_service import InferenceServicer, decode_infer_request, grpc_status
+from fastml.server.grpc_service import encode_infer_response as encode_infer_message
 from fastml.server.proto import grpc_service_pb2 as pb
+from fastml.server.tensors import NP_DTYPES, datatype_of, output_bytes
+from fastml.serving.dataplane import InferRequest
 
 log = logging.getLogger("fastml.server.grpc")
 
@@ -54,6 +58,14 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _END = object()  # ends a stream's request queue
+
+
+def _output(name: str, arr: np.ndarray) -> tuple:
+    """One output for fastml._h2.encode_infer_response: (name, datatype, shape, buffer)."""
+    datatype = datatype_of(arr)
+    if datatype == "BYTES" or not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
+        return name, datatype, arr.shape, output_bytes(arr, datatype)
+    return name, datatype, arr.shape, arr  # its buffer goes into the message as it is
 
 
 class _Abort(Exception):
@@ -122,7 +134,9 @@ class GrpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for ev in self.session.feed(data):
             kind = ev[0]
-            if kind == 1:
+            if kind == 6:
+                self._whole(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7])
+            elif kind == 1:
                 self._message(ev[1], ev[2], ev[3])
             elif kind == 0:
                 self._open(ev[1], ev[2], ev[3], ev[4], ev[5])
@@ -191,6 +205,18 @@ class GrpcConnection(asyncio.Protocol):
             call.queue = asyncio.Queue()
             call.task = self._loop.create_task(self._stream(sid, call))
 
+    def _whole(self, sid, path, authorization, content_type, encoding, payload: bytes, compressed: bool) -> None:
+        """Headers, one message and the end of a stream, read at once (the usual unary call)."""
+        self._open(sid, path, authorization, content_type, encoding)
+        call = self.calls.get(sid)
+        if call is None:
+            return  # refused at its headers
+        if compressed or call.queue is not None or call.method != "ModelInfer":
+            self._message(sid, payload, compressed)
+            self._half_close(sid, 0)
+            return
+        self._infer(sid, call, payload)
+
     def _message(self, sid: int, payload: bytes, compressed: bool) -> None:
         call = self.calls.get(sid)
         if call is None:
@@ -226,7 +252,8 @@ class GrpcConnection(asyncio.Protocol):
             self._fail(sid, InvalidInput(f"{call.method} needs a request message; the stream sent none"))
             return
         if call.method == "ModelInfer":
-            self._infer(sid, call)
+            payload, call.message = call.message, None
+            self._infer(sid, call, payload)
             return
         try:
             request = METHODS[call.method][0].FromString(call.message)
@@ -248,10 +275,89 @@ class GrpcConnection(asyncio.Protocol):
         return out
 
     # ----- ModelInfer: no task, the data plane's future answers -----------------------------------
-    def _infer(self, sid: int, call: _Call) -> None:
+    def _infer(self, sid: int, call: _Call, payload: bytes) -> None:
+        plain = parse_infer_request(payload)
+        if plain is None:
+            self._infer_general(sid, call, payload)
+            return
+        # A plain request (fastml._h2.parse_infer_request: raw tensors, parameters, outputs by name): read
+        # natively, its inputs views of the message's bytes, its answer encoded natively. The rest (shared
+        # memory, typed contents, BYTES) is read by protobuf's runtime on the general path.
+        model, version, request_id, tensors, params, outputs = plain
+        inputs = {}
+        for name, datatype, shape, offset, count in tensors:
+            dtype = NP_DTYPES.get(datatype)
+            if dtype is None or name in inputs:  # the general path says what is wrong
+                self._infer_general(sid, call, payload)
+                return
+            inputs[name] = np.frombuffer(payload, dtype, count, offset).reshape(shape)
+        plane = self.plane
+        deployments = plane.deployments
+        parameters = dict(params) if params else {}
         try:
-            req, out_shm = decode_infer_request(_INFER_REQUEST.FromString(call.message), self.shm)
-            call.message = None
+            if deployments is not None and model in deployments.table:  # routed: DataPlane.submit names the variant
+                fut = plane.submit(
+                    InferRequest(
+                        model,
+                        inputs,
+                        model_version=version or None,
+                        id=request_id or None,
+                        outputs=list(outputs) if outputs else None,
+                        parameters=parameters,
+                    )
+                )
+                call.future = fut
+                fut.add_done_callback(partial(self._plain_done, sid))
+                return
+            entry = plane.resolve(model, version or None)
+            names, timeout_us = plane.request_terms(entry, list(outputs) if outputs else None, parameters)
+            fut = plane.submit_arrays(entry, inputs, timeout_us, request_id or None)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in gRPC's format
+            self._fail(sid, exc)
+            return
+        # No call.future: the engine's future is settled by _arrays_done even if the client goes meanwhile.
+        fut.add_done_callback(partial(self._arrays_done, sid, entry, names, request_id))
+
+    def _arrays_done(self, sid: int, entry, names: list[str], request_id: str, fut: asyncio.Future) -> None:
+        gone = self.calls.pop(sid, None) is None
+        try:
+            outputs = self.plane.settle(entry, fut)  # exactly once, whether or not the client is still there
+            if gone:
+                return
+            message = encode_infer_response(
+                entry.name, str(entry.version or ""), request_id, (), [_output(n, outputs[n]) for n in names]
+            )
+        except BaseException as exc:  # noqa: BLE001 - the engine's error is this call's status
+            if gone:
+                return
+            if isinstance(exc, asyncio.CancelledError):
+                exc = errors.Unavailable("the request was cancelled")
+            self._answer_error(sid, exc)
+        else:
+            self._reply(sid, message)
+        self._schedule_write()
+
+    def _plain_done(self, sid: int, fut: asyncio.Future) -> None:
+        if self.calls.pop(sid, None) is None or fut.cancelled():
+            return  # the client reset the stream or went
+        try:
+            resp = fut.result()
+            message = encode_infer_response(
+                resp.model_name,
+                str(resp.model_version or ""),
+                resp.id or "",
+                list(resp.parameters.items()) if resp.parameters else (),
+                [_output(name, arr) for name, arr in resp.outputs.items()],
+            )
+        except Exception as exc:  # noqa: BLE001 - the engine's error is this call's status
+            self._answer_error(sid, exc)
+        else:
+            self._reply(sid, message)
+        self._schedule_write()
+
+    def _infer_general(self, sid: int, call: _Call, payload: bytes) -> None:
+        try:
+            req, out_shm = decode_infer_request(_INFER_REQUEST.FromString(payload), self.shm)
             fut = self.plane.submit(req)
         except DecodeError as exc:
             self._fail(sid, InvalidInput(f"ModelInferRequest does not parse: {exc}"))
@@ -266,7 +372,7 @@ class GrpcConnection(asyncio.Protocol):
         if self.calls.pop(sid, None) is None or fut.cancelled():
             return  # the client reset the stream or went
         try:
-            data = encode_infer_response(fut.result(), self.shm, out_shm).SerializeToString()
+            data = encode_infer_message(fut.result(), self.shm, out_shm).SerializeToString()
         except Exception as exc:  # noqa: BLE001
             self._answer_error(sid, exc)
         else:

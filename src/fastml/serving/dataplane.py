@@ -300,18 +300,27 @@ class DataPlane:
 
     def submit_to(self, entry, req: InferRequest) -> asyncio.Future:
         """:meth:`submit` to an already resolved model entry (``req.model_name`` is not looked up again)."""
-        if "output_names" not in entry.cache:
-            self._prepare(entry)
-        try:
-            names = self._output_names(entry, req.outputs)
-            timeout_us = request_timeout_us(req.parameters, entry.name)
-        except FastMLError as exc:
-            self.count_failure(entry, exc)
-            raise
+        names, timeout_us = self.request_terms(entry, req.outputs, req.parameters)
         inner = self.submit_arrays(entry, req.inputs, timeout_us, req.id)
         outer = inner.get_loop().create_future()
         inner.add_done_callback(lambda fut: self._answer(entry, req.id, names, fut, outer))
         return outer
+
+    def request_terms(self, entry, outputs: list[str] | None, parameters: dict) -> tuple[list[str], int | None]:
+        """What a request to ``entry`` asks besides its inputs: the output names to answer with (requested
+        order, or the model's) and its timeout in microseconds (None: the model's). For transports that call
+        :meth:`submit_arrays` themselves.
+
+        Raises:
+            InvalidInput: an unknown or repeated output, or a bad timeout (counted as a failure of ``entry``).
+        """
+        if "output_names" not in entry.cache:
+            self._prepare(entry)
+        try:
+            return self._output_names(entry, outputs), request_timeout_us(parameters, entry.name)
+        except FastMLError as exc:
+            self.count_failure(entry, exc)
+            raise
 
     async def infer(self, req: InferRequest) -> InferResponse:
         """``await submit(req)``: the response, or the engine's error raised."""
