@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -161,3 +162,41 @@ def test_grpc_port_zero_with_workers_is_refused(tmp_path):
     )
     assert proc.returncode != 0
     assert "--grpc-port 0" in proc.stderr + proc.stdout
+
+
+def test_grpc_with_workers_serves_every_connection_and_counts_in_one_statistic(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a free port: every worker binds it with SO_REUSEPORT
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = make_repo(tmp_path)
+    srv = ServerProcess(
+        [str(repo), "--http-port", "0", "--metrics-port", "0", "--grpc-port", str(port), "--workers", "2"],
+        tmp_path / "home",
+        grpc=True,
+    )
+    try:
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        for i in range(40):  # a connection each: the kernel spreads them over the workers
+            g = tg.InferenceServerClient(srv.grpc_url)
+            try:
+                inp = tg.InferInput("x", [1, 4], "FP32")
+                inp.set_data_from_numpy(x + i)
+                np.testing.assert_array_equal(g.infer("scale", [inp]).as_numpy("y"), 2 * (x + i))
+            finally:
+                g.close()
+        # Statistics sum every worker's snapshot, which each worker writes every 0.2 s.
+        g = tg.InferenceServerClient(srv.grpc_url)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                count = g.get_inference_statistics("scale").model_stats[0].inference_stats.success.count
+                if count == 40 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert count == 40
+        finally:
+            g.close()
+    finally:
+        assert srv.stop() == 0

@@ -435,3 +435,28 @@ def test_the_native_writer_matches_protobuf_byte_for_byte(model, version, reques
 
     want = encode_infer_response(InferResponse(model, version, request_id, {"y": y, "z": z}, params), None, None)
     assert got == want.SerializeToString()
+
+
+def test_stop_sends_goaway_and_gives_up_on_a_call_the_client_never_finishes(tmp_path):
+    import asyncio
+
+    with InProcessServer(make_repo(tmp_path), grpc_impl="native") as s:
+        conn = RawH2(s.grpc_port)
+        done = conn.open()
+        conn.send(done, grpc_frame(scale_request(np.ones((1, 4)))), end_stream=True)
+        [a] = conn.wait(done)
+        assert a.grpc_status == OK
+        stuck = conn.open()
+        conn.send(stuck, grpc_frame(scale_request(np.ones((1, 4))))[:10])  # half a message, never the rest
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not s.call(lambda: sum(len(c.calls) for c in s.listener.connections)):
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        asyncio.run_coroutine_threadsafe(s.listener.stop(0.5), s._loop).result(10)
+        assert time.monotonic() - t0 < 5  # the grace period, not the client, bounds the stop
+        with pytest.raises(ConnectionError):
+            conn.pump(lambda: False)  # GOAWAY, then the server closes the connection
+        assert conn.goaway == 0  # NO_ERROR: a graceful shutdown
+        conn.close()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", s.grpc_port), timeout=2).close()
