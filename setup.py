@@ -21,25 +21,25 @@ if sanitize:
     compile_args += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
     link_args += [f"-fsanitize={sanitize}"]
 
-core = Pybind11Extension(
-    "fastml._core",
-    sorted(glob.glob("csrc/*.cc")),
-    include_dirs=["csrc"],
-    libraries=["lmdb"],
-    cxx_std=17,
-    extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
-    extra_link_args=link_args,
-)
+
+def native(name: str, pattern: str, include_dirs: list[str], libraries: tuple[str, ...] = ()) -> Pybind11Extension:
+    """A C++17 pybind11 module from the .cc files matching ``pattern``, with the project's warnings."""
+    return Pybind11Extension(
+        name,
+        sorted(glob.glob(pattern)),
+        include_dirs=include_dirs,
+        libraries=list(libraries),
+        cxx_std=17,
+        extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
+        extra_link_args=link_args,
+    )
+
+
+core = native("fastml._core", "csrc/*.cc", ["csrc"], ("lmdb",))
 
 # The binary protocol's frame parser: its own small module, so the parser never rebuilds the core.
-frames = Pybind11Extension(
-    "fastml._frames",
-    sorted(glob.glob("csrc/frames/*.cc")),
-    include_dirs=["csrc/frames", "csrc"],  # csrc: the batcher's submit entry point and the sink type (csrc/*.h)
-    cxx_std=17,
-    extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
-    extra_link_args=link_args,
-)
+# csrc: the batcher's submit entry point and the sink type (csrc/*.h).
+frames = native("fastml._frames", "csrc/frames/*.cc", ["csrc/frames", "csrc"])
 
 # The HTTP transport's native intake: llhttp (vendored from the httptools sdist, csrc/third_party/llhttp) walks
 # each read and plain binary-tensor infer requests go straight into the batcher (csrc/http_intake). llhttp's C
@@ -55,15 +55,7 @@ http_intake = Pybind11Extension(
 
 # The gRPC transport's HTTP/2 layer: libnghttp2 (the libnghttp2-dev package, scripts/setup.sh) frames each
 # connection and gRPC messages cross into Python whole (csrc/h2, fastml.server.grpc_native).
-h2 = Pybind11Extension(
-    "fastml._h2",
-    sorted(glob.glob("csrc/h2/*.cc")),
-    include_dirs=["csrc/h2"],
-    libraries=["nghttp2"],
-    cxx_std=17,
-    extra_compile_args=compile_args + ["-Wall", "-Wextra", "-Wno-unused-parameter"],
-    extra_link_args=link_args,
-)
+h2 = native("fastml._h2", "csrc/h2/*.cc", ["csrc/h2"], ("nghttp2",))
 
 # The HTTP transport's hot path: server/http.py compiled by Cython (see _http.pyx).
 http = cythonize(
