@@ -460,3 +460,25 @@ def test_stop_sends_goaway_and_gives_up_on_a_call_the_client_never_finishes(tmp_
         conn.close()
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", s.grpc_port), timeout=2).close()
+
+
+def test_a_bug_while_handling_a_call_ends_that_call_internal_and_the_connection_goes_on(srv, monkeypatch):
+    from fastml.server import grpc_native
+
+    def broken(*args):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(grpc_native, "parse_infer_request", broken)
+    conn = RawH2(srv.grpc_port)
+    try:
+        bad = conn.open()
+        conn.send(bad, grpc_frame(scale_request(np.ones((1, 4)))), end_stream=True)
+        [a] = conn.wait(bad)
+        assert a.grpc_status == INTERNAL and "RuntimeError: planted" in a.grpc_message
+        monkeypatch.undo()
+        good = conn.open()
+        conn.send(good, grpc_frame(scale_request(np.ones((1, 4)))), end_stream=True)
+        [b] = conn.wait(good)
+        assert b.grpc_status == OK
+    finally:
+        conn.close()

@@ -134,31 +134,37 @@ class GrpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for ev in self.session.feed(data):
             kind = ev[0]
-            if kind == 6:
-                self._whole(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7])
-            elif kind == 1:
-                self._message(ev[1], ev[2], ev[3])
-            elif kind == 0:
-                self._open(ev[1], ev[2], ev[3], ev[4], ev[5])
-            elif kind == 2:
-                self._half_close(ev[1], ev[2])
-            elif kind == 3:
-                call = self.calls.pop(ev[1], None)
-                if call is not None:
-                    self._cancel(call)
-            elif kind == 4:
-                self._finish(
-                    ev[1],
-                    _RESOURCE_EXHAUSTED,
-                    f"request message of {ev[2]} bytes is over the limit of {self.max_message_bytes} bytes",
-                )
-            else:
+            if kind == 5:
                 log.info("gRPC connection closed: HTTP/2 protocol error (%s)", ev[2])
                 self._write()
                 if self.transport is not None:
                     self.transport.close()
                 return
+            try:
+                self._event(kind, ev)
+            except Exception as exc:  # noqa: BLE001 - a fastml bug: that call ends INTERNAL, the connection goes on
+                self._fail(ev[1], exc)
         self._write()
+
+    def _event(self, kind: int, ev: tuple) -> None:
+        if kind == 6:
+            self._whole(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7])
+        elif kind == 1:
+            self._message(ev[1], ev[2], ev[3])
+        elif kind == 0:
+            self._open(ev[1], ev[2], ev[3], ev[4], ev[5])
+        elif kind == 2:
+            self._half_close(ev[1], ev[2])
+        elif kind == 3:
+            call = self.calls.pop(ev[1], None)
+            if call is not None:
+                self._cancel(call)
+        else:  # 4
+            self._finish(
+                ev[1],
+                _RESOURCE_EXHAUSTED,
+                f"request message of {ev[2]} bytes is over the limit of {self.max_message_bytes} bytes",
+            )
 
     def _write(self) -> None:
         self._write_due = False
