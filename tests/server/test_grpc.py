@@ -347,3 +347,21 @@ def test_aio_client(srv):
     for r in results:
         i = int(r.get_response().id)
         np.testing.assert_array_equal(r.as_numpy("y"), np.full((1, 4), 2 * i, np.float32))
+
+
+def test_grpc_health_check_follows_readiness(srv):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(srv.grpc_url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        named = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
+        assert stub.Check(named).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        srv.call(setattr, srv.dataplane, "draining", True)  # what a SIGTERM starts with
+        try:
+            assert stub.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            srv.call(setattr, srv.dataplane, "draining", False)

@@ -194,7 +194,7 @@ GRPC_ADMIN_METHODS = frozenset(
         "CudaSharedMemoryUnregister",
     }
 )
-GRPC_OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
+GRPC_OPEN_METHODS = frozenset({"ServerLive", "ServerReady", "Check"})  # Check: grpc.health.v1.Health
 
 
 def grpc_refusal(auth: AdminAuth, method: str, authorization: str | None) -> FastMLError | None:

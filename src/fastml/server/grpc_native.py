@@ -1,4 +1,5 @@
-"""KServe v2 gRPC (``inference.GRPCInferenceService``) on the server's own event loop, HTTP/2 by libnghttp2.
+"""KServe v2 gRPC (``inference.GRPCInferenceService``, and ``grpc.health.v1.Health/Check``) on the server's own
+event loop, HTTP/2 by libnghttp2.
 
 grpcio's asyncio server costs as much server CPU per call as a whole inference: its completion-queue thread
 wakes the event loop several times per call and every call is a task. This listener is an asyncio protocol
@@ -33,12 +34,13 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
 
 from fastml import errors
 from fastml._h2 import Session, encode_infer_response, parse_infer_request
 from fastml.errors import FastMLError, InvalidInput
 from fastml.server import auth as auth_mod
-from fastml.server.grpc_service import InferenceServicer, decode_infer_request, grpc_status
+from fastml.server.grpc_service import HealthServicer, InferenceServicer, decode_infer_request, grpc_status
 from fastml.server.grpc_service import encode_infer_response as encode_infer_message
 from fastml.server.proto import grpc_service_pb2 as pb
 from fastml.server.tensors import NP_DTYPES, datatype_of, output_bytes
@@ -47,11 +49,13 @@ from fastml.serving.dataplane import InferRequest
 log = logging.getLogger("fastml.server.grpc")
 
 PATH_PREFIX = "/inference.GRPCInferenceService/"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-# method name -> (request message class, client and server streaming)
-METHODS: dict[str, tuple[Any, bool]] = {
-    m.name: (getattr(pb, m.input_type.name), m.client_streaming) for m in _SERVICE.methods
+# path -> (method name, request message class, client and server streaming)
+METHODS: dict[str, tuple[str, Any, bool]] = {
+    PATH_PREFIX + m.name: (m.name, getattr(pb, m.input_type.name), m.client_streaming) for m in _SERVICE.methods
 }
+METHODS[HEALTH_CHECK] = ("Check", health_pb2.HealthCheckRequest, False)
 _INFER_REQUEST = pb.ModelInferRequest
 _OK = 0
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -92,9 +96,10 @@ _CONTEXT = _Context()
 class _Call:
     """One stream's state on the Python side, from its headers until it is finished."""
 
-    __slots__ = ("future", "message", "method", "queue", "streaming", "task", "encoding")
+    __slots__ = ("future", "message", "method", "path", "queue", "streaming", "task", "encoding")
 
-    def __init__(self, method: str, streaming: bool, encoding: str):
+    def __init__(self, path: str, method: str, streaming: bool, encoding: str):
+        self.path = path
         self.method = method
         self.streaming = streaming
         self.encoding = encoding
@@ -193,19 +198,19 @@ class GrpcConnection(asyncio.Protocol):
         if not content_type.startswith("application/grpc"):
             self.session.finish(sid, _INTERNAL, f"content-type {content_type!r} is not application/grpc", 415)
             return
-        name = path[len(PATH_PREFIX) :] if path.startswith(PATH_PREFIX) else ""
-        spec = METHODS.get(name)
+        spec = METHODS.get(path)
         if spec is None:
             self.session.finish(sid, _UNIMPLEMENTED, f"unknown method {path!r}")
             return
         if encoding not in ("", "identity", "gzip", "deflate"):
             self.session.finish(sid, _UNIMPLEMENTED, f"grpc-encoding {encoding!r} is not supported (gzip, deflate)")
             return
+        name = spec[0]
         refusal = auth_mod.grpc_refusal(self.listener.auth, name, authorization)
         if refusal is not None:
             self.session.finish(sid, grpc_status(refusal).value[0], str(refusal))
             return
-        call = _Call(name, spec[1], encoding)
+        call = _Call(path, name, spec[2], encoding)
         self.calls[sid] = call
         if call.streaming:
             call.queue = asyncio.Queue()
@@ -262,7 +267,7 @@ class GrpcConnection(asyncio.Protocol):
             self._infer(sid, call, payload)
             return
         try:
-            request = METHODS[call.method][0].FromString(call.message)
+            request = METHODS[call.path][1].FromString(call.message)
         except DecodeError as exc:
             self._fail(sid, InvalidInput(f"{call.method} request does not parse: {exc}"))
             return
@@ -388,7 +393,8 @@ class GrpcConnection(asyncio.Protocol):
     # ----- the other RPCs: InferenceServicer's methods ---------------------------------------------
     async def _unary(self, sid: int, method: str, request) -> None:
         try:
-            response = await getattr(self.servicer, method)(request, _CONTEXT)
+            owner = self.listener.health if method == "Check" else self.servicer
+            response = await getattr(owner, method)(request, _CONTEXT)
             data = response.SerializeToString()
         except _Abort as abort:
             self._finish(sid, abort.code, abort.details)
@@ -490,6 +496,7 @@ class NativeGrpcListener:
         self.reuse_port = reuse_port
         self.tls = tls
         self.servicer = InferenceServicer(dataplane, not reuse_port)
+        self.health = HealthServicer(dataplane)
         self.auth = auth_mod.of_plane(dataplane)
         self.connections: set[GrpcConnection] = set()
         self._server: asyncio.AbstractServer | None = None

@@ -1,4 +1,5 @@
-"""KServe v2 gRPC (Triton's ``inference.GRPCInferenceService``) on grpcio's asyncio server.
+"""KServe v2 gRPC (Triton's ``inference.GRPCInferenceService``, and ``grpc.health.v1.Health``) on grpcio's
+asyncio server.
 
 A thin adapter over :class:`fastml.serving.dataplane.DataPlane`: each RPC decodes its protobuf message into
 the data plane's plain types (``InferRequest``, names, dicts) and encodes the answer back; validation,
@@ -7,7 +8,9 @@ batching, statistics and logging happen in the data plane, once for every transp
 bytes), typed ``contents``, or a registered system shared-memory region; outputs go back as
 ``raw_output_contents`` or into a region.
 
-Python use (``fastml serve --grpc-port N`` does this)::
+``fastml serve --grpc-port N`` serves with this listener under ``FASTML_GRPC_IMPL=grpcio`` or where
+``fastml._h2`` is not built; otherwise with :mod:`fastml.server.grpc_native`, which runs the same servicer
+methods for every RPC but the plain ``ModelInfer``. Python use::
 
     listener = GrpcListener(dataplane, host="127.0.0.1", port=0)
     await listener.start()          # listener.port is the bound port
@@ -23,6 +26,7 @@ import logging
 import grpc
 import numpy as np
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fastml import errors
 from fastml.errors import FastMLError, InvalidInput, NotFound
@@ -429,6 +433,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 task.cancel()
 
 
+HEALTH_SERVICES = ("", "inference.GRPCInferenceService")  # the names Health/Check answers for
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health/Check`` as Triton answers it: SERVING while the server is ready (the data
+    plane's readiness: models loaded, not draining), NOT_SERVING otherwise; an unknown service name is
+    NOT_FOUND (the health-checking protocol's rule). ``Watch`` stays UNIMPLEMENTED."""
+
+    def __init__(self, dataplane):
+        self.dataplane = dataplane
+
+    async def Check(self, request, context):
+        if request.service not in HEALTH_SERVICES:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        serving = self.dataplane.server_ready()
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
 class GrpcListener:
     """The gRPC listener of a server process.
 
@@ -475,6 +498,7 @@ class GrpcListener:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(self.dataplane, not self.reuse_port), server
         )
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.dataplane), server)
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
             if self.tls is not None:
@@ -500,6 +524,7 @@ class GrpcListener:
 __all__ = [
     "GRPC_STATUS",
     "GrpcListener",
+    "HealthServicer",
     "InferenceServicer",
     "decode_infer_request",
     "encode_infer_response",
