@@ -2,13 +2,14 @@
 //
 // feed() parses a socket read and returns what happened as a list of tuples, one per event (first item the
 // kind, second the stream id):
-//   (0, sid, path, authorization or None, content_type, grpc_encoding)   request headers
+//   (0, sid, path, authorization or None, content_type, grpc_encoding, grpc_timeout or None)
+//                                                                        request headers
 //   (1, sid, payload: bytes, compressed: bool)                           one gRPC message
 //   (2, sid, truncated_bytes)                                            the client ended its side
 //   (3, sid, http2_error_code)                                           the client reset an unfinished stream
 //   (4, sid, declared_bytes)                                             a message over the size limit
 //   (5, 0, reason)                                                       a protocol error: write, then close
-//   (6, sid, path, authorization, content_type, grpc_encoding, payload, compressed)
+//   (6, sid, path, authorization, content_type, grpc_encoding, grpc_timeout, payload, compressed)
 //                                                   a whole unary call: 0, 1 and 2 of one stream in one read
 // Answers go in with send_message / finish / reply; output() returns the bytes to write.
 #include <pybind11/pybind11.h>
@@ -39,6 +40,8 @@ py::object Str(const std::string& s) {
   return py::reinterpret_steal<py::object>(o);
 }
 
+py::object OrNone(const std::string& s) { return s.empty() ? py::object(py::none()) : Str(s); }
+
 py::list Events(Session& session) {
   auto& events = session.events();
   py::list out;
@@ -49,18 +52,16 @@ py::list Events(Session& session) {
     if (ev.kind == fastml::h2::kOpen && k + 2 < events.size() && events[k + 1].kind == fastml::h2::kMessage &&
         events[k + 1].stream_id == ev.stream_id && events[k + 2].kind == fastml::h2::kHalfClose &&
         events[k + 2].stream_id == ev.stream_id && events[k + 2].declared == 0) {
-      out.append(py::make_tuple(6, ev.stream_id, Str(ev.path),
-                                ev.authorization.empty() ? py::object(py::none()) : Str(ev.authorization),
-                                Str(ev.content_type), Str(ev.encoding), py::bytes(events[k + 1].payload),
+      out.append(py::make_tuple(6, ev.stream_id, Str(ev.path), OrNone(ev.authorization), Str(ev.content_type),
+                                Str(ev.encoding), OrNone(ev.timeout), py::bytes(events[k + 1].payload),
                                 events[k + 1].compressed));
       k += 2;
       continue;
     }
     switch (ev.kind) {
       case fastml::h2::kOpen:
-        item = py::make_tuple(0, ev.stream_id, Str(ev.path),
-                              ev.authorization.empty() ? py::object(py::none()) : Str(ev.authorization),
-                              Str(ev.content_type), Str(ev.encoding));
+        item = py::make_tuple(0, ev.stream_id, Str(ev.path), OrNone(ev.authorization), Str(ev.content_type),
+                              Str(ev.encoding), OrNone(ev.timeout));
         break;
       case fastml::h2::kMessage:
         item = py::make_tuple(1, ev.stream_id, py::bytes(ev.payload), ev.compressed);

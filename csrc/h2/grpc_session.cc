@@ -167,6 +167,8 @@ int Session::OnHeader(nghttp2_session*, const nghttp2_frame* frame, const uint8_
     slot = &s->content_type;
   } else if (HeaderIs(name, namelen, "grpc-encoding")) {
     slot = &s->encoding;
+  } else if (HeaderIs(name, namelen, "grpc-timeout")) {
+    slot = &s->timeout;
   }
   if (slot == nullptr) return 0;
   if (valuelen > kMaxHeaderValue) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // resets this stream only
@@ -188,6 +190,7 @@ int Session::OnFrameRecv(nghttp2_session*, const nghttp2_frame* frame, void* sel
     ev.authorization = std::move(s->authorization);
     ev.content_type = std::move(s->content_type);
     ev.encoding = std::move(s->encoding);
+    ev.timeout = std::move(s->timeout);
     me->events_.push_back(std::move(ev));
   }
   if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {

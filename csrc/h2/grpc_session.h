@@ -24,7 +24,7 @@
 namespace fastml::h2 {
 
 enum EventKind : int {
-  kOpen = 0,       // request headers complete: path, authorization, content_type, encoding set
+  kOpen = 0,       // request headers complete: path, authorization, content_type, encoding, timeout set
   kMessage = 1,    // one complete gRPC message: payload, compressed
   kHalfClose = 2,  // the client ended its side of the stream
   kClosed = 3,     // the stream went before it was finished (the client reset it: error_code says why)
@@ -34,7 +34,7 @@ enum EventKind : int {
 struct Event {
   EventKind kind;
   int32_t stream_id;
-  std::string path, authorization, content_type, encoding;  // kOpen
+  std::string path, authorization, content_type, encoding, timeout;  // kOpen (timeout: grpc-timeout)
   std::string payload;                                      // kMessage
   bool compressed = false;                                  // kMessage
   uint32_t error_code = 0;                                  // kClosed
@@ -76,7 +76,7 @@ class Session {
 
  private:
   struct Stream {
-    std::string path, authorization, content_type, encoding;
+    std::string path, authorization, content_type, encoding, timeout;
     std::string in;       // bytes of the message being received (prefix included)
     size_t in_need = 0;   // total bytes of that message once its prefix is known, else 0
     bool dropping = false;

@@ -284,7 +284,7 @@ def test_a_unary_answer_is_headers_one_message_and_trailers():
 
     events = s.feed(client_bytes(build))
     # headers, one message and the end in one read: one event (6) for the whole call
-    assert events == [(6, 1, INFER_PATH, None, "application/grpc", "", b"hello", False)]
+    assert events == [(6, 1, INFER_PATH, None, "application/grpc", "", None, b"hello", False)]
     assert s.reply(1, b"world")
     assert not s.reply(1, b"again")  # finished
     c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -482,3 +482,63 @@ def test_a_bug_while_handling_a_call_ends_that_call_internal_and_the_connection_
         assert b.grpc_status == OK
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "us"),
+    [
+        ("100m", 100_000),
+        ("5S", 5_000_000),
+        ("2M", 120_000_000),
+        ("1H", 3_600_000_000),
+        ("7u", 7),
+        ("1500n", 2),
+        ("1n", 1),
+        ("99999999H", 86_400_000_000),
+    ],
+)
+def test_grpc_timeout_values_become_microseconds(value, us):
+    from fastml.server.grpc_native import grpc_timeout_us
+
+    assert grpc_timeout_us(value) == us
+
+
+@pytest.mark.parametrize("value", ["", "S", "10", "10x", "123456789S", "-1S", "1.5S", "\u0661S"])
+def test_malformed_grpc_timeouts_are_refused(srv, value):
+    from fastml.server.grpc_native import grpc_timeout_us
+
+    assert grpc_timeout_us(value) is None
+    if not value or not value.isascii():
+        return  # not a header value h2 sends
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(extra=[("grpc-timeout", value)]))
+        conn.send(sid, grpc_frame(scale_request(np.ones((1, 4)))), end_stream=True)
+        [a] = conn.wait(sid)
+        assert a.grpc_status == INVALID_ARGUMENT and "grpc-timeout" in a.grpc_message
+    finally:
+        conn.close()
+
+
+def test_the_client_deadline_becomes_the_request_timeout(srv, monkeypatch):
+    from fastml.serving.dataplane import DataPlane
+
+    seen = []
+    real = DataPlane.request_terms
+
+    def spy(self, entry, outputs, parameters):
+        seen.append(parameters.get("timeout"))
+        return real(self, entry, outputs, parameters)
+
+    monkeypatch.setattr(DataPlane, "request_terms", spy)
+    x = np.ones((1, 4), np.float32)
+    c = tg.InferenceServerClient(srv.grpc_url)
+    try:
+        inp = tg.InferInput("x", [1, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        np.testing.assert_array_equal(c.infer("scale", [inp], client_timeout=30).as_numpy("y"), 2 * x)
+        np.testing.assert_array_equal(c.infer("scale", [inp], timeout=5_000).as_numpy("y"), 2 * x)
+    finally:
+        c.close()
+    assert 25_000_000 < seen[0] <= 30_000_000  # the deadline the client set, in microseconds
+    assert seen[1] == 5_000  # a request's own timeout parameter wins

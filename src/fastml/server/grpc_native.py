@@ -12,8 +12,10 @@ methods that grpcio's listener runs, so both listeners answer alike (tests/serve
 Bounds: a message over ``max_message_bytes`` is refused with RESOURCE_EXHAUSTED on its 5-byte prefix,
 before its body is buffered; partial messages buffered on one connection are capped (beyond, the connection
 ends with ENHANCE_YOUR_CALM); concurrent streams per connection are capped by HTTP/2 settings; answers leave
-within the client's flow-control window. Not implemented: ``grpc-timeout`` (use the request parameter
-``timeout``, as with HTTP), compression of answers (compressed requests, gzip or deflate, are accepted).
+within the client's flow-control window. A call's ``grpc-timeout`` (the client's deadline) becomes its
+``timeout`` parameter unless the request names one, so the data plane sheds a request that cannot be answered
+in time instead of running it; ``ModelStreamInfer`` requests take their own ``timeout`` parameters. Answers are
+not compressed (compressed requests, gzip or deflate, are accepted).
 
 Python use (``fastml serve --grpc-port N`` picks this listener when ``fastml._h2`` is built)::
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import zlib
 from functools import partial
 from typing import Any
@@ -44,7 +47,7 @@ from fastml.server.grpc_service import HealthServicer, InferenceServicer, decode
 from fastml.server.grpc_service import encode_infer_response as encode_infer_message
 from fastml.server.proto import grpc_service_pb2 as pb
 from fastml.server.tensors import NP_DTYPES, datatype_of, output_bytes
-from fastml.serving.dataplane import InferRequest
+from fastml.serving.dataplane import MAX_TIMEOUT_US, InferRequest
 
 log = logging.getLogger("fastml.server.grpc")
 
@@ -60,8 +63,21 @@ _INFER_REQUEST = pb.ModelInferRequest
 _OK = 0
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _END = object()  # ends a stream's request queue
+# grpc-timeout units (the gRPC over HTTP/2 spec) in microseconds
+_TIMEOUT_UNITS_US = {"H": 3_600_000_000, "M": 60_000_000, "S": 1_000_000, "m": 1_000, "u": 1, "n": 0.001}
+
+
+def grpc_timeout_us(value: str) -> int | None:
+    """A grpc-timeout header ("100m", "5S", ...) in whole microseconds (at least 1, at most the data plane's
+    longest timeout), or None when it is malformed."""
+    digits, unit = value[:-1], value[-1:]
+    scale = _TIMEOUT_UNITS_US.get(unit)
+    if scale is None or not (1 <= len(digits) <= 8) or not digits.isascii() or not digits.isdigit():
+        return None
+    return min(max(1, math.ceil(int(digits) * scale)), MAX_TIMEOUT_US)
 
 
 def _output(name: str, arr: np.ndarray) -> tuple:
@@ -96,7 +112,7 @@ _CONTEXT = _Context()
 class _Call:
     """One stream's state on the Python side, from its headers until it is finished."""
 
-    __slots__ = ("future", "message", "method", "path", "queue", "streaming", "task", "encoding")
+    __slots__ = ("future", "message", "method", "path", "queue", "streaming", "task", "encoding", "timeout_us")
 
     def __init__(self, path: str, method: str, streaming: bool, encoding: str):
         self.path = path
@@ -107,6 +123,7 @@ class _Call:
         self.queue: asyncio.Queue | None = None  # a streaming call's requests
         self.task: asyncio.Task | None = None
         self.future: asyncio.Future | None = None
+        self.timeout_us: int | None = None  # from grpc-timeout: the request's deadline unless it names a timeout
 
 
 class GrpcConnection(asyncio.Protocol):
@@ -153,11 +170,11 @@ class GrpcConnection(asyncio.Protocol):
 
     def _event(self, kind: int, ev: tuple) -> None:
         if kind == 6:
-            self._whole(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7])
+            self._whole(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6], ev[7], ev[8])
         elif kind == 1:
             self._message(ev[1], ev[2], ev[3])
         elif kind == 0:
-            self._open(ev[1], ev[2], ev[3], ev[4], ev[5])
+            self._open(ev[1], ev[2], ev[3], ev[4], ev[5], ev[6])
         elif kind == 2:
             self._half_close(ev[1], ev[2])
         elif kind == 3:
@@ -194,7 +211,9 @@ class GrpcConnection(asyncio.Protocol):
         self._write()
 
     # ----- streams --------------------------------------------------------------------------------
-    def _open(self, sid: int, path: str, authorization: str | None, content_type: str, encoding: str) -> None:
+    def _open(
+        self, sid: int, path: str, authorization: str | None, content_type: str, encoding: str, timeout: str | None
+    ) -> None:
         if not content_type.startswith("application/grpc"):
             self.session.finish(sid, _INTERNAL, f"content-type {content_type!r} is not application/grpc", 415)
             return
@@ -210,15 +229,24 @@ class GrpcConnection(asyncio.Protocol):
         if refusal is not None:
             self.session.finish(sid, grpc_status(refusal).value[0], str(refusal))
             return
+        timeout_us = None
+        if timeout is not None:
+            timeout_us = grpc_timeout_us(timeout)
+            if timeout_us is None:
+                self.session.finish(
+                    sid, _INVALID_ARGUMENT, f"grpc-timeout {timeout!r} is not 1 to 8 digits and a unit (H M S m u n)"
+                )
+                return
         call = _Call(path, name, spec[2], encoding)
+        call.timeout_us = timeout_us
         self.calls[sid] = call
         if call.streaming:
             call.queue = asyncio.Queue()
             call.task = self._loop.create_task(self._stream(sid, call))
 
-    def _whole(self, sid, path, authorization, content_type, encoding, payload: bytes, compressed: bool) -> None:
+    def _whole(self, sid, path, authorization, content_type, encoding, timeout, payload: bytes, compressed) -> None:
         """Headers, one message and the end of a stream, read at once (the usual unary call)."""
-        self._open(sid, path, authorization, content_type, encoding)
+        self._open(sid, path, authorization, content_type, encoding, timeout)
         call = self.calls.get(sid)
         if call is None:
             return  # refused at its headers
@@ -305,6 +333,8 @@ class GrpcConnection(asyncio.Protocol):
         plane = self.plane
         deployments = plane.deployments
         parameters = dict(params) if params else {}
+        if call.timeout_us is not None and "timeout" not in parameters:
+            parameters["timeout"] = call.timeout_us
         try:
             if deployments is not None and model in deployments.table:  # routed: DataPlane.submit names the variant
                 fut = plane.submit(
@@ -369,6 +399,8 @@ class GrpcConnection(asyncio.Protocol):
     def _infer_general(self, sid: int, call: _Call, payload: bytes) -> None:
         try:
             req, out_shm = decode_infer_request(_INFER_REQUEST.FromString(payload), self.shm)
+            if call.timeout_us is not None and "timeout" not in req.parameters:
+                req.parameters["timeout"] = call.timeout_us
             fut = self.plane.submit(req)
         except DecodeError as exc:
             self._fail(sid, InvalidInput(f"ModelInferRequest does not parse: {exc}"))
