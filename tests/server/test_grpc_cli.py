@@ -61,7 +61,8 @@ def test_grpc_and_http_serve_the_same_models_and_statistics(served):
     reason=f"perf_analyzer not installed at {PA}; scripts/test.sh installs it, or run "
     "`bash scripts/get_perf_analyzer.sh .cache/perf_analyzer .venv/bin/pip` (needs libb64-0d and unzip)",
 )
-def test_perf_analyzer_grpc(served, tmp_path):
+@pytest.mark.parametrize("mode", [(), ("--streaming",)], ids=["unary", "streaming"])
+def test_perf_analyzer_grpc(served, tmp_path, mode):
     srv, grpc_url = served
     out = tmp_path / "pa.csv"
     proc = subprocess.run(
@@ -73,6 +74,7 @@ def test_perf_analyzer_grpc(served, tmp_path):
             grpc_url,
             "-i",
             "grpc",
+            *mode,  # --streaming: ModelStreamInfer, one stream per concurrent context
             "--concurrency-range",
             "1:4:3",
             "--measurement-mode",
