@@ -118,7 +118,8 @@ bool ParseParameter(std::string_view bytes, Parameter* p) {
       std::string_view value;
       if (!r.Bytes(&value)) return false;
       Reader v{reinterpret_cast<const uint8_t*>(value.data()), reinterpret_cast<const uint8_t*>(value.data()) + value.size()};
-      p->kind = 0;  // a repeated value field replaces the whole message, as protobuf merges a map value
+      // A value field seen again merges into the first, as protobuf merges a repeated message field: a
+      // member set later wins, one left unset keeps the earlier value.
       while (v.p < v.end) {
         int vfield, vwire;
         if (!v.Key(&vfield, &vwire)) return false;
