@@ -7,6 +7,41 @@ namespace {
 // Protobuf wire types.
 constexpr int kVarint = 0, kFixed64 = 1, kLengthDelimited = 2, kFixed32 = 5;
 
+// Well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF): protobuf refuses a string field
+// that is not, at every occurrence, so this reader checks each occurrence too (a later one may replace it).
+bool Utf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+  const auto* end = p + s.size();
+  while (p < end) {
+    uint8_t c = *p;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    }
+    size_t n;
+    uint8_t lo = 0x80, hi = 0xbf;  // the second byte's range
+    if (c >= 0xc2 && c <= 0xdf) {
+      n = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      n = 3;
+      if (c == 0xe0) lo = 0xa0;
+      if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 4;
+      if (c == 0xf0) lo = 0x90;
+      if (c == 0xf4) hi = 0x8f;
+    } else {
+      return false;
+    }
+    if (size_t(end - p) < n || p[1] < lo || p[1] > hi) return false;
+    for (size_t i = 2; i < n; ++i) {
+      if (p[i] < 0x80 || p[i] > 0xbf) return false;
+    }
+    p += n;
+  }
+  return true;
+}
+
 struct Reader {
   const uint8_t* p;
   const uint8_t* end;
@@ -39,6 +74,7 @@ struct Reader {
     p += n;
     return true;
   }
+  bool Text(std::string_view* s) { return Bytes(s) && Utf8(*s); }
   bool Skip(int wire) {
     uint64_t v;
     std::string_view s;
@@ -88,10 +124,10 @@ bool ParseInput(std::string_view bytes, PlainInput* in) {
     if (!r.Key(&field, &wire)) return false;
     switch (field) {
       case 1:
-        if (wire != kLengthDelimited || !r.Bytes(&in->name)) return false;
+        if (wire != kLengthDelimited || !r.Text(&in->name)) return false;
         break;
       case 2:
-        if (wire != kLengthDelimited || !r.Bytes(&in->datatype)) return false;
+        if (wire != kLengthDelimited || !r.Text(&in->datatype)) return false;
         break;
       case 3:
         if (!ParseShape(&r, wire, &in->shape)) return false;
@@ -113,7 +149,7 @@ bool ParseParameter(std::string_view bytes, Parameter* p) {
     int field, wire;
     if (!r.Key(&field, &wire)) return false;
     if (field == 1 && wire == kLengthDelimited) {
-      if (!r.Bytes(&p->key)) return false;
+      if (!r.Text(&p->key)) return false;
     } else if (field == 2 && wire == kLengthDelimited) {
       std::string_view value;
       if (!r.Bytes(&value)) return false;
@@ -128,7 +164,7 @@ bool ParseParameter(std::string_view bytes, Parameter* p) {
           if (vfield == 1) p->bits = p->bits != 0;
           p->kind = vfield;
         } else if (vfield == 3 && vwire == kLengthDelimited) {
-          if (!v.Bytes(&p->text)) return false;
+          if (!v.Text(&p->text)) return false;
           p->kind = 3;
         } else if (vfield == 4 && vwire == kFixed64) {
           if (v.end - v.p < 8) return false;
@@ -153,7 +189,7 @@ bool ParseOutput(std::string_view bytes, std::string_view* name) {
   Reader r{reinterpret_cast<const uint8_t*>(bytes.data()), reinterpret_cast<const uint8_t*>(bytes.data()) + bytes.size()};
   while (r.p < r.end) {
     int field, wire;
-    if (!r.Key(&field, &wire) || field != 1 || wire != kLengthDelimited || !r.Bytes(name)) return false;
+    if (!r.Key(&field, &wire) || field != 1 || wire != kLengthDelimited || !r.Text(name)) return false;
   }
   return true;
 }
@@ -200,13 +236,13 @@ bool ParsePlainInferRequest(const uint8_t* msg, size_t len, PlainInferRequest* o
     std::string_view s;
     switch (field) {
       case 1:
-        if (wire != kLengthDelimited || !r.Bytes(&out->model_name)) return false;
+        if (wire != kLengthDelimited || !r.Text(&out->model_name)) return false;
         break;
       case 2:
-        if (wire != kLengthDelimited || !r.Bytes(&out->model_version)) return false;
+        if (wire != kLengthDelimited || !r.Text(&out->model_version)) return false;
         break;
       case 3:
-        if (wire != kLengthDelimited || !r.Bytes(&out->id)) return false;
+        if (wire != kLengthDelimited || !r.Text(&out->id)) return false;
         break;
       case 4:
         if (wire != kLengthDelimited || !r.Bytes(&s)) return false;

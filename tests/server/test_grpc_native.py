@@ -578,3 +578,21 @@ def test_the_native_session_reader_and_writer_do_not_leak():
     cycle(30_000)
     grown = _rss_bytes() - before
     assert grown < 3 * 1024 * 1024, f"{grown} bytes more resident after 30,000 calls"  # 100 bytes a call: 3 MB
+
+
+def test_the_native_reader_follows_protobuf_on_repeated_fields():
+    base = pb.ModelInferRequest(model_name="m")
+    base.inputs.add(name="x", datatype="FP32", shape=[1])
+    base.raw_input_contents.append(np.ones(1, np.float32).tobytes())
+    wire = base.SerializeToString()
+    # model_name again, first as bytes that are not UTF-8: protobuf refuses the message, so the reader does not
+    # take it (the general path answers with protobuf's error)
+    bad = b"\x0a\x02\xe0\x00" + wire
+    with pytest.raises(Exception, match="UTF-8"):
+        pb.ModelInferRequest.FromString(bad)
+    assert _h2.parse_infer_request(bad) is None
+    # a map entry whose value field repeats: the values merge (int64 5 stays when an empty value follows)
+    entry = b"\x0a\x01k" + b"\x12\x02\x10\x05" + b"\x12\x00"
+    merged = wire + b"\x22" + bytes([len(entry)]) + entry
+    ref = pb.ModelInferRequest.FromString(merged)
+    assert dict(_h2.parse_infer_request(merged)[4]) == {"k": 5} == {"k": ref.parameters["k"].int64_param}
