@@ -39,7 +39,7 @@ native_sources() {
   find csrc src -type f \( -name '*.cc' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) | LC_ALL=C sort
 }
 sig=$({ cat pyproject.toml setup.py; native_sources | xargs cat; } | sha256sum | cut -c1-16)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c "import fastml._core, fastml._frames, fastml._h2" 2>/dev/null; then
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sig" ] || ! .venv/bin/python -c "import fastml._core, fastml._frames" 2>/dev/null; then
   echo "setup: pip install -e .[dev] (a few minutes on a fresh machine)"
   .venv/bin/pip install -q --upgrade pip setuptools wheel pybind11
   .venv/bin/pip install -q -e ".[dev]"

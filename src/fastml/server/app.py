@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import logging
 import os
 import socket
@@ -49,13 +50,11 @@ def grpc_listener_class(impl: str | None = None) -> type:
     impl = impl or os.environ.get("FASTML_GRPC_IMPL", "native")
     if impl not in ("native", "grpcio"):
         raise InvalidInput(f"FASTML_GRPC_IMPL must be 'native' or 'grpcio', got {impl!r}")
-    if impl == "native":
-        try:
-            from fastml.server.grpc_native import NativeGrpcListener
-        except ImportError:  # fastml._h2 not built (no libnghttp2 headers at build time): grpcio serves
-            pass
-        else:
-            return NativeGrpcListener
+    # fastml._h2 is not built where libnghttp2's headers were missing at build time: grpcio serves there.
+    if impl == "native" and importlib.util.find_spec("fastml._h2") is not None:
+        from fastml.server.grpc_native import NativeGrpcListener
+
+        return NativeGrpcListener
     from fastml.server.grpc_service import GrpcListener
 
     return GrpcListener
