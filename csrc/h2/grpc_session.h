@@ -1,7 +1,7 @@
 // One server-side HTTP/2 connection carrying gRPC, on libnghttp2 (framing, HPACK, flow control, pings).
 //
 // The session is fed the bytes a socket read returned and collects what happened as events: a request's
-// headers (path, authorization, content type, encoding), each complete gRPC message (its 5-byte length
+// headers (path, authorization, content type, encoding, timeout), each complete gRPC message (its 5-byte length
 // prefix removed), the client's end of stream, and a stream's close. Answers go back as messages and a
 // final status (HTTP/2 trailers); output() hands over every byte the session has to write. It knows nothing
 // of Python or of the service: the caller (fastml.server.grpc_native) decides what each path means.
@@ -26,7 +26,7 @@ namespace fastml::h2 {
 enum EventKind : int {
   kOpen = 0,       // request headers complete: path, authorization, content_type, encoding, timeout set
   kMessage = 1,    // one complete gRPC message: payload, compressed
-  kHalfClose = 2,  // the client ended its side of the stream
+  kHalfClose = 2,  // the client ended its side of the stream (declared: bytes of an unfinished message, or 0)
   kClosed = 3,     // the stream went before it was finished (the client reset it: error_code says why)
   kTooLarge = 4,   // a message's prefix declared `declared` bytes, over the limit; the stream's data is dropped
 };
@@ -38,7 +38,7 @@ struct Event {
   std::string payload;                                      // kMessage
   bool compressed = false;                                  // kMessage
   uint32_t error_code = 0;                                  // kClosed
-  uint64_t declared = 0;                                    // kTooLarge
+  uint64_t declared = 0;  // kTooLarge: the size declared; kHalfClose: bytes of a message the stream cut short
 };
 
 struct Limits {
