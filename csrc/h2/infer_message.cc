@@ -46,6 +46,12 @@ struct Reader {
   const uint8_t* p;
   const uint8_t* end;
 
+  // The bytes of a length-delimited field (a nested message or a packed field).
+  static Reader Over(std::string_view s) {
+    const auto* b = reinterpret_cast<const uint8_t*>(s.data());
+    return Reader{b, b + s.size()};
+  }
+
   bool Varint(uint64_t* v) {
     uint64_t r = 0;
     for (int shift = 0; shift < 64; shift += 7) {
@@ -107,8 +113,7 @@ bool ParseShape(Reader* r, int wire, std::vector<int64_t>* shape) {
   if (wire != kLengthDelimited) return false;
   std::string_view packed;
   if (!r->Bytes(&packed)) return false;
-  Reader inner{reinterpret_cast<const uint8_t*>(packed.data()),
-               reinterpret_cast<const uint8_t*>(packed.data()) + packed.size()};
+  Reader inner = Reader::Over(packed);
   while (inner.p < inner.end) {
     if (!inner.Varint(&v)) return false;
     shape->push_back(static_cast<int64_t>(v));
@@ -118,7 +123,7 @@ bool ParseShape(Reader* r, int wire, std::vector<int64_t>* shape) {
 
 // One InferInputTensor; false when malformed or not plain (parameters).
 bool ParseInput(std::string_view bytes, PlainInput* in) {
-  Reader r{reinterpret_cast<const uint8_t*>(bytes.data()), reinterpret_cast<const uint8_t*>(bytes.data()) + bytes.size()};
+  Reader r = Reader::Over(bytes);
   while (r.p < r.end) {
     int field, wire;
     if (!r.Key(&field, &wire)) return false;
@@ -144,7 +149,7 @@ bool ParseInput(std::string_view bytes, PlainInput* in) {
 
 // One map<string, InferParameter> entry: {1: key, 2: InferParameter}.
 bool ParseParameter(std::string_view bytes, Parameter* p) {
-  Reader r{reinterpret_cast<const uint8_t*>(bytes.data()), reinterpret_cast<const uint8_t*>(bytes.data()) + bytes.size()};
+  Reader r = Reader::Over(bytes);
   while (r.p < r.end) {
     int field, wire;
     if (!r.Key(&field, &wire)) return false;
@@ -153,7 +158,7 @@ bool ParseParameter(std::string_view bytes, Parameter* p) {
     } else if (field == 2 && wire == kLengthDelimited) {
       std::string_view value;
       if (!r.Bytes(&value)) return false;
-      Reader v{reinterpret_cast<const uint8_t*>(value.data()), reinterpret_cast<const uint8_t*>(value.data()) + value.size()};
+      Reader v = Reader::Over(value);
       // A value field seen again merges into the first, as protobuf merges a repeated message field: a
       // member set later wins, one left unset keeps the earlier value.
       while (v.p < v.end) {
@@ -186,7 +191,7 @@ bool ParseParameter(std::string_view bytes, Parameter* p) {
 
 // One InferRequestedOutputTensor; false when it has parameters (shared memory, classification).
 bool ParseOutput(std::string_view bytes, std::string_view* name) {
-  Reader r{reinterpret_cast<const uint8_t*>(bytes.data()), reinterpret_cast<const uint8_t*>(bytes.data()) + bytes.size()};
+  Reader r = Reader::Over(bytes);
   while (r.p < r.end) {
     int field, wire;
     if (!r.Key(&field, &wire) || field != 1 || wire != kLengthDelimited || !r.Text(name)) return false;

@@ -54,7 +54,7 @@ log = logging.getLogger("fastml.server.grpc")
 PATH_PREFIX = "/inference.GRPCInferenceService/"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-# path -> (method name, request message class, client and server streaming)
+# path -> (method name, request message class, whether the client streams: only ModelStreamInfer)
 METHODS: dict[str, tuple[str, Any, bool]] = {
     PATH_PREFIX + m.name: (m.name, getattr(pb, m.input_type.name), m.client_streaming) for m in _SERVICE.methods
 }
@@ -112,12 +112,11 @@ _CONTEXT = _Context()
 class _Call:
     """One stream's state on the Python side, from its headers until it is finished."""
 
-    __slots__ = ("future", "message", "method", "path", "queue", "streaming", "task", "encoding", "timeout_us")
+    __slots__ = ("future", "message", "method", "path", "queue", "task", "encoding", "timeout_us")
 
-    def __init__(self, path: str, method: str, streaming: bool, encoding: str):
+    def __init__(self, path: str, method: str, encoding: str):
         self.path = path
         self.method = method
-        self.streaming = streaming
         self.encoding = encoding
         self.message: bytes | None = None  # a unary call's request
         self.queue: asyncio.Queue | None = None  # a streaming call's requests
@@ -237,10 +236,10 @@ class GrpcConnection(asyncio.Protocol):
                     sid, _INVALID_ARGUMENT, f"grpc-timeout {timeout!r} is not 1 to 8 digits and a unit (H M S m u n)"
                 )
                 return
-        call = _Call(path, name, spec[2], encoding)
+        call = _Call(path, name, encoding)
         call.timeout_us = timeout_us
         self.calls[sid] = call
-        if call.streaming:
+        if spec[2]:  # the client streams (ModelStreamInfer): its requests queue for the servicer's stream
             call.queue = asyncio.Queue()
             call.task = self._loop.create_task(self._stream(sid, call))
 
