@@ -35,6 +35,22 @@ def srv(tmp_path_factory):
         yield s
 
 
+@pytest.fixture
+def request_timeouts(monkeypatch) -> list:
+    """The ``timeout`` parameter of every request the data plane takes terms for, in order."""
+    from fastml.serving.dataplane import DataPlane
+
+    seen = []
+    real = DataPlane.request_terms
+
+    def spy(self, entry, outputs, parameters):
+        seen.append(parameters.get("timeout"))
+        return real(self, entry, outputs, parameters)
+
+    monkeypatch.setattr(DataPlane, "request_terms", spy)
+    return seen
+
+
 def scale_request(x: np.ndarray, request_id: str = "") -> bytes:
     return infer_request("scale", "x", "FP32", x.shape, x.astype(np.float32).tobytes(), request_id)
 
@@ -525,17 +541,8 @@ def test_malformed_grpc_timeouts_are_refused(srv, value):
         conn.close()
 
 
-def test_the_client_deadline_becomes_the_request_timeout(srv, monkeypatch):
-    from fastml.serving.dataplane import DataPlane
-
-    seen = []
-    real = DataPlane.request_terms
-
-    def spy(self, entry, outputs, parameters):
-        seen.append(parameters.get("timeout"))
-        return real(self, entry, outputs, parameters)
-
-    monkeypatch.setattr(DataPlane, "request_terms", spy)
+def test_the_client_deadline_becomes_the_request_timeout(srv, request_timeouts):
+    seen = request_timeouts
     x = np.ones((1, 4), np.float32)
     c = tg.InferenceServerClient(srv.grpc_url)
     try:
@@ -596,3 +603,103 @@ def test_the_native_reader_follows_protobuf_on_repeated_fields():
     merged = wire + b"\x22" + bytes([len(entry)]) + entry
     ref = pb.ModelInferRequest.FromString(merged)
     assert dict(_h2.parse_infer_request(merged)[4]) == {"k": 5} == {"k": ref.parameters["k"].int64_param}
+
+
+# ----- ModelStreamInfer on the native path ------------------------------------------------------------
+STREAM_PATH = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def _stream_answers(a) -> dict[str, pb.ModelStreamInferResponse]:
+    out = {}
+    for m in a.messages():
+        r = pb.ModelStreamInferResponse.FromString(m)
+        out[r.infer_response.id] = r
+    return out
+
+
+def test_a_stream_answers_every_request_in_its_message_and_ends_after_the_last(srv):
+    """Plain requests, a request protobuf's runtime reads (typed contents), a refused one: each is answered on
+    the stream, the refused one in error_message with its model and id, and the stream ends OK once the client
+    has half-closed and the last answer is out."""
+    typed = pb.ModelInferRequest(model_name="scale", id="typed")
+    t = typed.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    t.contents.fp32_contents.extend([1, 2, 3, 4])
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(STREAM_PATH))
+        for i in range(3):
+            conn.send(sid, grpc_frame(scale_request(np.full((1, 4), i), f"p{i}")))
+        conn.send(sid, grpc_frame(typed.SerializeToString()))
+        conn.send(sid, grpc_frame(scale_request(np.ones((1, 5)), "wide")))
+        conn.send(sid, grpc_frame(scale_request(np.full((2, 4), 7), "p3")), end_stream=True)
+        [a] = conn.wait(sid)
+    finally:
+        conn.close()
+    assert a.grpc_status == OK and a.reset is None
+    got = _stream_answers(a)
+    assert sorted(got) == ["p0", "p1", "p2", "p3", "typed", "wide"]
+    for rid, want in (("p0", np.zeros((1, 4))), ("p1", np.full((1, 4), 2)), ("p2", np.full((1, 4), 4))):
+        r = got[rid]
+        assert r.error_message == "" and r.infer_response.model_name == "scale"
+        np.testing.assert_array_equal(decode_y(r.infer_response.SerializeToString())[1], want)
+    np.testing.assert_array_equal(decode_y(got["p3"].infer_response.SerializeToString())[1], np.full((2, 4), 14))
+    typed_out = got["typed"].infer_response
+    np.testing.assert_array_equal(
+        np.frombuffer(typed_out.raw_output_contents[0], np.float32), np.array([2, 4, 6, 8], np.float32)
+    )
+    wide = got["wide"]
+    assert "unexpected shape for input 'x'" in wide.error_message and wide.infer_response.model_name == "scale"
+    still_serves(srv)
+
+
+def test_a_stream_message_that_does_not_parse_ends_the_stream(srv):
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(STREAM_PATH))
+        conn.send(sid, grpc_frame(scale_request(np.ones((1, 4)), "ok")))
+        conn.send(sid, grpc_frame(b"\xff\xff\xff"))
+        [a] = conn.wait(sid)
+    finally:
+        conn.close()
+    assert a.grpc_status == INVALID_ARGUMENT and "does not parse" in a.grpc_message
+    assert srv.call(lambda: sum(len(c.calls) for c in srv.listener.connections)) == 0
+    still_serves(srv)
+
+
+def test_a_stream_reset_with_requests_in_flight_leaves_nothing_behind(srv):
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(STREAM_PATH))
+        for i in range(20):
+            conn.send(sid, grpc_frame(scale_request(np.full((1, 4), i), f"r{i}")))
+        conn.reset(sid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and srv.call(lambda: sum(len(c.calls) for c in srv.listener.connections)):
+            time.sleep(0.01)
+        assert srv.call(lambda: sum(len(c.calls) for c in srv.listener.connections)) == 0
+        again = conn.open(headers(STREAM_PATH))  # the connection goes on
+        conn.send(again, grpc_frame(scale_request(np.ones((1, 4)), "after")), end_stream=True)
+        [a] = conn.wait(again)
+    finally:
+        conn.close()
+    assert a.grpc_status == OK and list(_stream_answers(a)) == ["after"]
+
+
+def test_each_stream_request_gets_what_is_left_of_the_stream_deadline(srv, request_timeouts):
+    seen = request_timeouts
+    conn = RawH2(srv.grpc_port)
+    try:
+        sid = conn.open(headers(STREAM_PATH, extra=[("grpc-timeout", "20S")]))
+        conn.send(sid, grpc_frame(scale_request(np.ones((1, 4)), "first")))
+        time.sleep(0.3)
+        own = pb.ModelInferRequest.FromString(scale_request(np.ones((1, 4)), "own"))
+        own.parameters["timeout"].int64_param = 5_000
+        conn.send(sid, grpc_frame(scale_request(np.ones((1, 4)), "second")))
+        conn.send(sid, grpc_frame(own.SerializeToString()), end_stream=True)
+        [a] = conn.wait(sid)
+    finally:
+        conn.close()
+    assert a.grpc_status == OK and sorted(_stream_answers(a)) == ["first", "own", "second"]
+    assert 15_000_000 < seen[0] <= 20_000_000  # the stream's deadline, in microseconds
+    assert seen[1] <= seen[0] - 250_000  # later requests get what is left of it
+    assert seen[2] == 5_000  # a request's own timeout parameter wins

@@ -5,17 +5,20 @@ grpcio's asyncio server costs as much server CPU per call as a whole inference: 
 wakes the event loop several times per call and every call is a task. This listener is an asyncio protocol
 instead: the native session (``fastml._h2``, csrc/h2) parses each socket read into whole gRPC messages,
 ``ModelInfer`` goes from the message to the data plane with no task (the answer is written from the data
-plane's future callback), and all answers ready in one event-loop pass leave in one write. The other RPCs,
-and the ``ModelStreamInfer`` stream, run the same :class:`~fastml.server.grpc_service.InferenceServicer`
-methods that grpcio's listener runs, so both listeners answer alike (tests/server run one suite over both).
+plane's future callback), and all answers ready in one event-loop pass leave in one write. A
+``ModelStreamInfer`` stream takes the same way per request message: each is submitted as it arrives and
+answered on the stream as it completes (answers may overtake each other; a failed request is answered with
+``error_message`` and the stream goes on), with no task per request or per stream. The other RPCs run the same
+:class:`~fastml.server.grpc_service.InferenceServicer` methods that grpcio's listener runs, so both listeners
+answer alike (tests/server run one suite over both).
 
 Bounds: a message over ``max_message_bytes`` is refused with RESOURCE_EXHAUSTED on its 5-byte prefix,
 before its body is buffered; partial messages buffered on one connection are capped (beyond, the connection
 ends with ENHANCE_YOUR_CALM); concurrent streams per connection are capped by HTTP/2 settings; answers leave
 within the client's flow-control window. A call's ``grpc-timeout`` (the client's deadline) becomes its
 ``timeout`` parameter unless the request names one, so the data plane sheds a request that cannot be answered
-in time instead of running it; ``ModelStreamInfer`` requests take their own ``timeout`` parameters. Answers are
-not compressed (compressed requests, gzip or deflate, are accepted).
+in time instead of running it; on a ``ModelStreamInfer`` stream each request gets what is left of the stream's
+deadline. Answers are not compressed (compressed requests, gzip or deflate, are accepted).
 
 Python use (``fastml serve --grpc-port N`` picks this listener when ``fastml._h2`` is built)::
 
@@ -65,7 +68,9 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
-_END = object()  # ends a stream's request queue
+# ModelStreamInferResponse's field 2 (infer_response), length-delimited: what precedes a ModelInferResponse
+# message to make it a stream's answer.
+_STREAM_ANSWER_TAG = b"\x12"
 # grpc-timeout units (the gRPC over HTTP/2 spec) in microseconds
 _TIMEOUT_UNITS_US = {"H": 3_600_000_000, "M": 60_000_000, "S": 1_000_000, "m": 1_000, "u": 1, "n": 0.001}
 
@@ -78,6 +83,50 @@ def grpc_timeout_us(value: str) -> int | None:
     if scale is None or not (1 <= len(digits) <= 8) or not digits.isascii() or not digits.isdigit():
         return None
     return min(max(1, math.ceil(int(digits) * scale)), MAX_TIMEOUT_US)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _encode_outputs(entry, request_id: str, outputs: dict, names: list[str]) -> bytes:
+    """The ModelInferResponse of a model's answer (natively encoded)."""
+    return encode_infer_response(
+        entry.name, str(entry.version or ""), request_id, (), [_output(n, outputs[n]) for n in names]
+    )
+
+
+def _encode_response(resp) -> bytes:
+    """The ModelInferResponse of a data plane InferResponse (a deployment's answer names its variant)."""
+    return encode_infer_response(
+        resp.model_name,
+        str(resp.model_version or ""),
+        resp.id or "",
+        list(resp.parameters.items()) if resp.parameters else (),
+        [_output(name, arr) for name, arr in resp.outputs.items()],
+    )
+
+
+def _answer(message: bytes) -> bytes:
+    """A ModelInferResponse message as a ModelStreamInferResponse answering a stream request."""
+    return _STREAM_ANSWER_TAG + _varint(len(message)) + message
+
+
+def _stream_error(exc: BaseException, model: str, request_id: str) -> bytes:
+    """A ModelStreamInferResponse that answers one stream request with ``exc`` (the stream goes on)."""
+    if isinstance(exc, asyncio.CancelledError):
+        exc = errors.Unavailable("the request was cancelled")
+    elif not isinstance(exc, FastMLError):
+        log.error("internal error in a gRPC stream request", exc_info=exc)
+    err = pb.ModelStreamInferResponse(error_message=str(exc) or type(exc).__name__)
+    err.infer_response.model_name = model
+    err.infer_response.id = request_id
+    return err.SerializeToString()
 
 
 def _output(name: str, arr: np.ndarray) -> tuple:
@@ -112,17 +161,32 @@ _CONTEXT = _Context()
 class _Call:
     """One stream's state on the Python side, from its headers until it is finished."""
 
-    __slots__ = ("future", "message", "method", "path", "queue", "task", "encoding", "timeout_us")
+    __slots__ = (
+        "future",
+        "message",
+        "method",
+        "path",
+        "task",
+        "encoding",
+        "timeout_us",
+        "stream",
+        "inflight",
+        "closing",
+        "deadline",
+    )
 
     def __init__(self, path: str, method: str, encoding: str):
         self.path = path
         self.method = method
         self.encoding = encoding
         self.message: bytes | None = None  # a unary call's request
-        self.queue: asyncio.Queue | None = None  # a streaming call's requests
         self.task: asyncio.Task | None = None
         self.future: asyncio.Future | None = None
         self.timeout_us: int | None = None  # from grpc-timeout: the request's deadline unless it names a timeout
+        self.stream = False  # ModelStreamInfer: each message is a request, answered on the stream
+        self.inflight = 0  # a stream's requests submitted and not answered yet
+        self.closing = False  # a stream the client has half-closed: it ends once nothing is in flight
+        self.deadline = 0.0  # a stream's deadline on the loop's clock (with timeout_us)
 
 
 class GrpcConnection(asyncio.Protocol):
@@ -239,9 +303,10 @@ class GrpcConnection(asyncio.Protocol):
         call = _Call(path, name, encoding)
         call.timeout_us = timeout_us
         self.calls[sid] = call
-        if spec[2]:  # the client streams (ModelStreamInfer): its requests queue for the servicer's stream
-            call.queue = asyncio.Queue()
-            call.task = self._loop.create_task(self._stream(sid, call))
+        if spec[2]:  # the client streams (ModelStreamInfer)
+            call.stream = True
+            if timeout_us is not None:
+                call.deadline = self._loop.time() + timeout_us / 1e6
 
     def _whole(self, sid, path, authorization, content_type, encoding, timeout, payload: bytes, compressed) -> None:
         """Headers, one message and the end of a stream, read at once (the usual unary call)."""
@@ -249,7 +314,7 @@ class GrpcConnection(asyncio.Protocol):
         call = self.calls.get(sid)
         if call is None:
             return  # refused at its headers
-        if compressed or call.queue is not None or call.method != "ModelInfer":
+        if compressed or call.stream or call.method != "ModelInfer":
             self._message(sid, payload, compressed)
             self._half_close(sid, 0)
             return
@@ -265,11 +330,8 @@ class GrpcConnection(asyncio.Protocol):
             except FastMLError as exc:
                 self._fail(sid, exc)
                 return
-        if call.queue is not None:  # a streaming call
-            try:
-                call.queue.put_nowait(_INFER_REQUEST.FromString(payload))
-            except DecodeError as exc:
-                self._fail(sid, InvalidInput(f"ModelInferRequest does not parse: {exc}"))
+        if call.stream:
+            self._stream_request(sid, call, payload)
             return
         if call.message is not None:
             self._fail(sid, InvalidInput(f"{call.method} takes one request message; the stream sent more"))
@@ -283,8 +345,10 @@ class GrpcConnection(asyncio.Protocol):
         if truncated:
             self._fail(sid, InvalidInput(f"the stream ended inside a message ({truncated} of its bytes received)"))
             return
-        if call.queue is not None:
-            call.queue.put_nowait(_END)
+        if call.stream:
+            call.closing = True
+            if not call.inflight:
+                self._finish(sid, _OK, "")
             return
         if call.message is None:
             self._fail(sid, InvalidInput(f"{call.method} needs a request message; the stream sent none"))
@@ -315,48 +379,61 @@ class GrpcConnection(asyncio.Protocol):
     # ----- ModelInfer: no task, the data plane's future answers -----------------------------------
     def _infer(self, sid: int, call: _Call, payload: bytes) -> None:
         plain = parse_infer_request(payload)
-        if plain is None:
+        try:
+            submitted = None if plain is None else self._submit_plain(plain, payload, call.timeout_us)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered in gRPC's format
+            self._fail(sid, exc)
+            return
+        if submitted is None:
             self._infer_general(sid, call, payload)
             return
-        # A plain request (fastml._h2.parse_infer_request: raw tensors, parameters, outputs by name): read
-        # natively, its inputs views of the message's bytes, its answer encoded natively. The rest (shared
-        # memory, typed contents, BYTES) is read by protobuf's runtime on the general path.
+        fut, entry, names = submitted
+        if entry is None:
+            call.future = fut
+            fut.add_done_callback(partial(self._plain_done, sid))
+            return
+        # No call.future: the engine's future is settled by _arrays_done even if the client goes meanwhile.
+        fut.add_done_callback(partial(self._arrays_done, sid, entry, names, plain[2]))
+
+    def _submit_plain(self, plain: tuple, payload: bytes, timeout_us: int | None):
+        """Submit a plain request (fastml._h2.parse_infer_request: raw tensors, parameters, outputs by name),
+        read natively with its inputs as views of the message's bytes; its answer is encoded natively too. The
+        rest (shared memory, typed contents, BYTES) is read by protobuf's runtime on the general path.
+
+        Returns:
+            None when the general path must read it (a datatype it does not map, an input named twice; that path
+            says what is wrong); else ``(future, entry, output names)``: for a deployment, entry and names are
+            None and the future resolves to an InferResponse naming the variant (DataPlane.submit); for a model,
+            the engine's future, which ``plane.settle(entry, fut)`` reads exactly once.
+
+        Raises:
+            FastMLError: refused by the data plane (unknown model, bad shape, overload, ...).
+        """
         model, version, request_id, tensors, params, outputs = plain
         inputs = {}
         for name, datatype, shape, offset, count in tensors:
             dtype = NP_DTYPES.get(datatype)
-            if dtype is None or name in inputs:  # the general path says what is wrong
-                self._infer_general(sid, call, payload)
-                return
+            if dtype is None or name in inputs:
+                return None
             inputs[name] = np.frombuffer(payload, dtype, count, offset).reshape(shape)
         plane = self.plane
         deployments = plane.deployments
         parameters = dict(params) if params else {}
-        if call.timeout_us is not None and "timeout" not in parameters:
-            parameters["timeout"] = call.timeout_us
-        try:
-            if deployments is not None and model in deployments.table:  # routed: DataPlane.submit names the variant
-                fut = plane.submit(
-                    InferRequest(
-                        model,
-                        inputs,
-                        model_version=version or None,
-                        id=request_id or None,
-                        outputs=list(outputs) if outputs else None,
-                        parameters=parameters,
-                    )
-                )
-                call.future = fut
-                fut.add_done_callback(partial(self._plain_done, sid))
-                return
-            entry = plane.resolve(model, version or None)
-            names, timeout_us = plane.request_terms(entry, list(outputs) if outputs else None, parameters)
-            fut = plane.submit_arrays(entry, inputs, timeout_us, request_id or None)
-        except Exception as exc:  # noqa: BLE001 - every failure is answered in gRPC's format
-            self._fail(sid, exc)
-            return
-        # No call.future: the engine's future is settled by _arrays_done even if the client goes meanwhile.
-        fut.add_done_callback(partial(self._arrays_done, sid, entry, names, request_id))
+        if timeout_us is not None and "timeout" not in parameters:
+            parameters["timeout"] = timeout_us
+        if deployments is not None and model in deployments.table:  # routed: DataPlane.submit names the variant
+            request = InferRequest(
+                model,
+                inputs,
+                model_version=version or None,
+                id=request_id or None,
+                outputs=list(outputs) if outputs else None,
+                parameters=parameters,
+            )
+            return plane.submit(request), None, None
+        entry = plane.resolve(model, version or None)
+        names, timeout_us = plane.request_terms(entry, list(outputs) if outputs else None, parameters)
+        return plane.submit_arrays(entry, inputs, timeout_us, request_id or None), entry, names
 
     def _arrays_done(self, sid: int, entry, names: list[str], request_id: str, fut: asyncio.Future) -> None:
         gone = self.calls.pop(sid, None) is None
@@ -364,9 +441,7 @@ class GrpcConnection(asyncio.Protocol):
             outputs = self.plane.settle(entry, fut)  # exactly once, whether or not the client is still there
             if gone:
                 return
-            message = encode_infer_response(
-                entry.name, str(entry.version or ""), request_id, (), [_output(n, outputs[n]) for n in names]
-            )
+            message = _encode_outputs(entry, request_id, outputs, names)
         except BaseException as exc:  # noqa: BLE001 - the engine's error is this call's status
             if gone:
                 return
@@ -381,14 +456,7 @@ class GrpcConnection(asyncio.Protocol):
         if self.calls.pop(sid, None) is None or fut.cancelled():
             return  # the client reset the stream or went
         try:
-            resp = fut.result()
-            message = encode_infer_response(
-                resp.model_name,
-                str(resp.model_version or ""),
-                resp.id or "",
-                list(resp.parameters.items()) if resp.parameters else (),
-                [_output(name, arr) for name, arr in resp.outputs.items()],
-            )
+            message = _encode_response(fut.result())
         except Exception as exc:  # noqa: BLE001 - the engine's error is this call's status
             self._answer_error(sid, exc)
         else:
@@ -421,6 +489,100 @@ class GrpcConnection(asyncio.Protocol):
             self._reply(sid, data)
         self._schedule_write()
 
+    # ----- ModelStreamInfer: every message a request, answered on the stream --------------------------
+    def _stream_request(self, sid: int, call: _Call, payload: bytes) -> None:
+        """One request message of a stream: submitted now (a plain one as ``_infer`` submits it), answered on
+        the stream by its future's callback; a refused request is answered with its error at once."""
+        plain = parse_infer_request(payload)
+        if plain is None:
+            self._stream_general(sid, call, payload)
+            return
+        call.inflight += 1
+        try:
+            submitted = self._submit_plain(
+                plain, payload, None if call.timeout_us is None else self._stream_timeout_us(call)
+            )
+        except Exception as exc:  # noqa: BLE001 - answered on the stream in its error_message
+            self._stream_answer(sid, call, _stream_error(exc, plain[0], plain[2]))
+            return
+        if submitted is None:
+            call.inflight -= 1
+            self._stream_general(sid, call, payload)
+            return
+        fut, entry, names = submitted
+        if entry is None:
+            fut.add_done_callback(partial(self._stream_plain_done, sid, call, plain[0], plain[2]))
+        else:
+            fut.add_done_callback(partial(self._stream_arrays_done, sid, call, entry, names, plain[0], plain[2]))
+
+    def _stream_timeout_us(self, call: _Call) -> int:
+        """What is left of a stream's deadline, in microseconds (at least 1: a request past it is shed)."""
+        return max(1, int((call.deadline - self._loop.time()) * 1e6))
+
+    def _stream_general(self, sid: int, call: _Call, payload: bytes) -> None:
+        """A stream request that is not plain (shared memory, typed contents, BYTES): protobuf's runtime reads it.
+        A message that does not parse ends the stream (INVALID_ARGUMENT): what follows it cannot be trusted."""
+        try:
+            request = _INFER_REQUEST.FromString(payload)
+        except DecodeError as exc:
+            self._fail(sid, InvalidInput(f"ModelInferRequest does not parse: {exc}"))
+            return
+        call.inflight += 1
+        try:
+            req, out_shm = decode_infer_request(request, self.shm)
+            if call.timeout_us is not None and "timeout" not in req.parameters:
+                req.parameters["timeout"] = self._stream_timeout_us(call)
+            fut = self.plane.submit(req)
+        except Exception as exc:  # noqa: BLE001 - answered on the stream in its error_message
+            self._stream_answer(sid, call, _stream_error(exc, request.model_name, request.id))
+            return
+        fut.add_done_callback(partial(self._stream_general_done, sid, call, out_shm, request.model_name, request.id))
+
+    def _stream_arrays_done(self, sid, call: _Call, entry, names: list[str], model: str, request_id: str, fut) -> None:
+        try:
+            outputs = self.plane.settle(entry, fut)  # exactly once, whether or not the client is still there
+            if self.calls.get(sid) is not call:
+                data = None
+            else:
+                data = _answer(_encode_outputs(entry, request_id, outputs, names))
+        except BaseException as exc:  # noqa: BLE001 - the engine's error is this request's error_message
+            data = _stream_error(exc, model, request_id)
+        self._stream_answer(sid, call, data)
+
+    def _stream_plain_done(self, sid, call: _Call, model: str, request_id: str, fut: asyncio.Future) -> None:
+        try:
+            data = _answer(_encode_response(fut.result()))
+        except BaseException as exc:  # noqa: BLE001 - the engine's error is this request's error_message
+            data = _stream_error(exc, model, request_id)
+        self._stream_answer(sid, call, data)
+
+    def _stream_general_done(self, sid, call: _Call, out_shm, model: str, request_id: str, fut) -> None:
+        try:
+            data = _answer(encode_infer_message(fut.result(), self.shm, out_shm).SerializeToString())
+        except BaseException as exc:  # noqa: BLE001 - the engine's error is this request's error_message
+            data = _stream_error(exc, model, request_id)
+        self._stream_answer(sid, call, data)
+
+    def _stream_answer(self, sid: int, call: _Call, data: bytes | None) -> None:
+        """One stream request is answered (``data``: its ModelStreamInferResponse); a half-closed stream with
+        nothing left in flight ends OK."""
+        call.inflight -= 1
+        if self.calls.get(sid) is not call:
+            return  # the client reset the stream, or it failed
+        if data is not None:
+            if len(data) > self.max_message_bytes:
+                data = _stream_error(
+                    FastMLError(
+                        f"response message of {len(data)} bytes is over the limit of {self.max_message_bytes} bytes"
+                    ),
+                    "",
+                    "",
+                )
+            self.session.send_message(sid, data)
+        if call.closing and not call.inflight:
+            self._finish(sid, _OK, "")
+        self._schedule_write()
+
     # ----- the other RPCs: InferenceServicer's methods ---------------------------------------------
     async def _unary(self, sid: int, method: str, request) -> None:
         try:
@@ -434,28 +596,6 @@ class GrpcConnection(asyncio.Protocol):
         else:
             if self.calls.pop(sid, None) is not None:
                 self._reply(sid, data)
-        self._schedule_write()
-
-    async def _stream(self, sid: int, call: _Call) -> None:
-        queue = call.queue
-
-        async def requests():
-            while True:
-                item = await queue.get()
-                if item is _END:
-                    return
-                yield item
-
-        try:
-            async for response in self.servicer.ModelStreamInfer(requests(), _CONTEXT):
-                self.session.send_message(sid, response.SerializeToString())
-                self._schedule_write()
-        except _Abort as abort:
-            self._finish(sid, abort.code, abort.details)
-        except Exception as exc:  # noqa: BLE001
-            self._fail(sid, exc)
-        else:
-            self._finish(sid, _OK, "")
         self._schedule_write()
 
     # ----- answers --------------------------------------------------------------------------------
