@@ -30,6 +30,17 @@ DATATYPES: dict[str, np.ndarray] = {
 }
 
 
+def ident_inputs(client_module) -> list:
+    """The ``ident`` model's inputs, one per KServe datatype (DATATYPES), as ``client_module.InferInput``s
+    (tritonclient.grpc or tritonclient.http)."""
+    inputs = []
+    for dt, arr in DATATYPES.items():
+        i = client_module.InferInput(f"in_{dt}", list(arr.shape), dt)
+        i.set_data_from_numpy(arr)
+        inputs.append(i)
+    return inputs
+
+
 def make_identity_model(path: Path) -> None:
     """``ident``: one Identity per KServe datatype, input ``in_<DT>`` -> output ``out_<DT>``, shape [-1, 3]."""
     import onnx

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
-from inprocess import DATATYPES, InProcessServer, as_str_array, make_repo, ort_run, serialize_bytes
+from inprocess import DATATYPES, InProcessServer, as_str_array, ident_inputs, make_repo, ort_run, serialize_bytes
 from tritonclient.utils import InferenceServerException
 
 from fastml import errors
@@ -108,11 +108,7 @@ def test_every_datatype_round_trips_raw_like_onnxruntime(client, repo):
 
 
 def test_requested_outputs_come_back_in_the_requested_order(client):
-    inputs = []
-    for dt, arr in DATATYPES.items():
-        i = tg.InferInput(f"in_{dt}", list(arr.shape), dt)
-        i.set_data_from_numpy(arr)
-        inputs.append(i)
+    inputs = ident_inputs(tg)
     outs = [tg.InferRequestedOutput("out_INT8"), tg.InferRequestedOutput("out_FP32")]
     res = client.infer("ident", inputs, outputs=outs)
     assert [o.name for o in res.get_response().outputs] == ["out_INT8", "out_FP32"]

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 EXPECTED_EXTENSIONS = [
     "binary_tensor_data",
+    "classification",
     "model_configuration",
     "statistics",
     "parameters",

@@ -107,6 +107,7 @@ def test_control_and_metadata_dicts(plane):
         "version": "9.9",
         "extensions": [
             "binary_tensor_data",
+            "classification",
             "model_configuration",
             "statistics",
             "parameters",

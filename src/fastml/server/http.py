@@ -30,7 +30,7 @@ try:
 except ImportError:  # Cython builds the twin; the pure-Python module runs without it
     from fastml.server import _cython_shim as cython
 
-from fastml.errors import InvalidInput, Overloaded, PermissionDenied, Unauthenticated
+from fastml.errors import FastMLError, InvalidInput, Overloaded, PermissionDenied, Unauthenticated
 from fastml.server import routes, shm_http
 from fastml.server.auth import WWW_AUTHENTICATE
 from fastml.server.status import REASONS, http_status
@@ -46,6 +46,7 @@ from fastml.server.tensors import (
     raw_input,
 )
 from fastml.serving.admission import SHED_MESSAGE
+from fastml.serving.classification import classify_outputs
 
 log = logging.getLogger("fastml.server")
 
@@ -148,6 +149,9 @@ class _InferCall(_Slot):
             try:
                 self.data = encode_infer_response(entry, self.plan, outputs, self.encoding, conn_hdr, route)
                 server.ok_count += 1
+            except FastMLError as exc:  # what the request asked of the answer cannot be done (classification)
+                self.data = error_response(http_status(exc), str(exc), conn_hdr)
+                server.count_error(self.data)
             except Exception as exc:  # a fault while encoding is ours: 500, but keep serving
                 log.exception("encoding an inference response failed")
                 self.data = error_response(500, f"encoding the response failed: {type(exc).__name__}: {exc}", conn_hdr)
@@ -288,7 +292,13 @@ def encode_infer_response(
 ) -> bytes:
     """The full HTTP response for a successful inference. ``route`` is (deployment, variant, header line) for
     a request addressed to a deployment: the answer is named after the deployment and carries the variant in
-    its ``parameters`` and in the ``fastml-variant`` header."""
+    its ``parameters`` and in the ``fastml-variant`` header.
+
+    Raises:
+        InvalidInput: an output asked to be classified has a type that does not classify.
+    """
+    if plan.classify:
+        outputs = classify_outputs(entry, outputs, plan.classify)
     specs = plan.outputs
     if specs is None:
         specs = entry.cache.get(("http_all_outputs", plan.all_binary))

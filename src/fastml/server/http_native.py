@@ -172,7 +172,7 @@ def open_plan(entry, header: bytes):
         plan = build_plan(req, entry.cache["output_names"], entry.name)
     except Exception:  # noqa: BLE001 - the Python path decodes it again and words the refusal
         return None
-    if not plan.cacheable or plan.request_id is not None or plan.json_inputs:
+    if not plan.cacheable or plan.request_id is not None or plan.json_inputs or plan.classify:
         return None
     if plan.timeout_us is not None and variant is not None:
         return None  # a deployment's request with a deadline: its route is drawn per request, the Python path's

@@ -28,6 +28,7 @@ from fastml.server.tensors import (
     output_json_data,
 )
 from fastml.serving import shm as shm_params
+from fastml.serving.classification import class_count
 from fastml.serving.dataplane import InferRequest
 
 log = logging.getLogger("fastml.server")
@@ -176,13 +177,17 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
         )
     out_specs: list[tuple[str, str, tuple[str, int, int] | None]] | None = None
     names: list[str] | None = None
+    classify: dict[str, int] | None = None
     if req.outputs:
         out_specs, names = [], []
         for o in req.outputs:
             p = o.parameters or {}
-            if p.get("classification"):
-                raise InvalidInput(f"output '{o.name}': the classification extension is not supported")
             region = shm_params.tensor_params(p)
+            if p.get("classification"):
+                if region is not None:
+                    raise InvalidInput(f"output '{o.name}': a classified output cannot be written to shared memory")
+                classify = classify or {}
+                classify[o.name] = class_count(p["classification"], o.name)
             if region is not None:
                 shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
                 out_specs.append((o.name, "shm", region))
@@ -193,7 +198,9 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
                 out_specs.append((o.name, "binary" if binary else "json", None))
             names.append(o.name)
     params.pop("binary_data_output", None)
-    request = InferRequest(model_name, inputs, model_version=version, id=req.id, outputs=names, parameters=params)
+    request = InferRequest(
+        model_name, inputs, model_version=version, id=req.id, outputs=names, parameters=params, classify=classify
+    )
     return request, out_specs, binary_default
 
 

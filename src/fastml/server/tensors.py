@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 
 from fastml.errors import InvalidInput
+from fastml.serving.classification import class_count
 from fastml.serving.dataplane import CONFIG_DTYPES, request_timeout_us  # noqa: F401 - CONFIG_DTYPES re-exported
 from fastml.serving.shm import shape_count
 
@@ -223,6 +224,7 @@ class Plan:
         "cacheable",
         "timeout_us",
         "single",
+        "classify",
     )
 
     def __init__(self):
@@ -236,6 +238,7 @@ class Plan:
         self.cacheable = True
         self.timeout_us: int | None = None
         self.single: tuple | None = None  # (name, dtype, count, shape) when the one input is numeric binary
+        self.classify: dict[str, int] | None = None  # outputs answered with their top classes: name -> count
 
 
 def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], model_name: str) -> Plan:
@@ -294,8 +297,10 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
                     f"unknown output {spec.name!r} for model {model_name!r}; it has: {', '.join(sorted(output_names))}"
                 )
             p = spec.parameters
-            if p and p.get("classification"):
-                raise InvalidInput(f"output {spec.name!r}: the classification extension is not supported")
+            if p and p.get("classification"):  # 0 (tritonclient's default class_count) asks for none
+                if plan.classify is None:
+                    plan.classify = {}
+                plan.classify[spec.name] = class_count(p["classification"], spec.name)
             binary = (
                 _param_bool(p, "binary_data", f"output {spec.name!r}") if p and "binary_data" in p else plan.all_binary
             )

@@ -34,6 +34,7 @@ from fastml import errors
 from fastml.errors import FastMLError, InvalidInput, NotFound
 from fastml.serving import messages
 from fastml.serving.admission import AdmissionGate
+from fastml.serving.classification import classify_outputs
 
 log = logging.getLogger("fastml.serving")
 _perf_counter_ns = time.perf_counter_ns
@@ -41,6 +42,7 @@ _perf_counter_ns = time.perf_counter_ns
 # Exactly the Triton extensions that work here (perf_analyzer reads "statistics" from this list).
 EXTENSIONS = (
     "binary_tensor_data",
+    "classification",
     "model_configuration",
     "statistics",
     "parameters",
@@ -92,9 +94,11 @@ class InferRequest:
         parameters: request parameters, KServe/Triton names: ``timeout`` (microseconds, 0 = the model's
             default), ``priority``, ``routing_key``, ``sequence_*`` (refused), and whatever else the
             client sent (ignored).
+        classify: output name -> class count for the outputs to answer with their top classes (Triton's
+            classification extension, :mod:`fastml.serving.classification`), or None.
     """
 
-    __slots__ = ("model_name", "model_version", "id", "inputs", "outputs", "parameters")
+    __slots__ = ("model_name", "model_version", "id", "inputs", "outputs", "parameters", "classify")
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class InferRequest:
         id: str | None = None,
         outputs: list[str] | None = None,
         parameters: dict | None = None,
+        classify: dict[str, int] | None = None,
     ):  # noqa: A002
         self.model_name = model_name
         self.model_version = model_version
@@ -112,6 +117,7 @@ class InferRequest:
         self.inputs = inputs
         self.outputs = outputs
         self.parameters = parameters if parameters is not None else {}
+        self.classify = classify
 
     def __repr__(self) -> str:
         shapes = {k: tuple(v.shape) for k, v in self.inputs.items()}
@@ -301,9 +307,16 @@ class DataPlane:
     def submit_to(self, entry, req: InferRequest) -> asyncio.Future:
         """:meth:`submit` to an already resolved model entry (``req.model_name`` is not looked up again)."""
         names, timeout_us = self.request_terms(entry, req.outputs, req.parameters)
+        classify = req.classify
+        if classify:
+            unknown = [n for n in classify if n not in names]
+            if unknown:
+                exc = InvalidInput(f"output {unknown[0]!r} is to be classified but is not among the answered outputs")
+                self.count_failure(entry, exc)
+                raise exc
         inner = self.submit_arrays(entry, req.inputs, timeout_us, req.id)
         outer = inner.get_loop().create_future()
-        inner.add_done_callback(lambda fut: self._answer(entry, req.id, names, fut, outer))
+        inner.add_done_callback(lambda fut: self._answer(entry, req.id, names, fut, outer, classify))
         return outer
 
     def request_terms(self, entry, outputs: list[str] | None, parameters: dict) -> tuple[list[str], int | None]:
@@ -340,9 +353,12 @@ class DataPlane:
             raise InvalidInput(f"an output is requested twice: {list(requested)}")
         return list(requested)
 
-    def _answer(self, entry, request_id, names, fut, outer) -> None:
+    def _answer(self, entry, request_id, names, fut, outer, classify: dict[str, int] | None = None) -> None:
         try:
             result = self.settle(entry, fut)
+            outputs = {n: result[n] for n in names}
+            if classify:
+                outputs = classify_outputs(entry, outputs, classify)
         except BaseException as exc:  # noqa: BLE001 - the engine's error goes to the caller's future
             if not outer.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -351,7 +367,7 @@ class DataPlane:
                     outer.set_exception(exc)
             return
         if not outer.done():  # the caller may have given up (cancelled) meanwhile
-            outer.set_result(InferResponse(entry.name, entry.version, request_id, {n: result[n] for n in names}))
+            outer.set_result(InferResponse(entry.name, entry.version, request_id, outputs))
 
     # ----- inference: the staged way in (hot paths) ---------------------------------------------------
     def resolve(self, name: str, version: str | None = None):

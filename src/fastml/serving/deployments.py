@@ -846,7 +846,13 @@ class DeploymentManager:
         entry = target.current(self.manager)
         inner_params = {k: v for k, v in params.items() if k not in ("routing_key", "variant")}
         inner = InferRequest(
-            entry.name, req.inputs, model_version=entry.version, id=req.id, outputs=req.outputs, parameters=inner_params
+            entry.name,
+            req.inputs,
+            model_version=entry.version,
+            id=req.id,
+            outputs=req.outputs,
+            parameters=inner_params,
+            classify=req.classify,
         )
         start_ns = time.perf_counter_ns()
         token = CURRENT_VARIANT.set(target.name)  # the prediction log's variant column (monitoring.log)

@@ -24,6 +24,7 @@ from fastml.serving.load_limits import check_override, validate_model_name
 from fastml.serving.repository import (
     ModelSource,
     RepositoryConfig,
+    class_labels,
     is_repository,
     scan_model_dir,
     scan_repository,
@@ -79,8 +80,16 @@ def _load_entry(source: ModelSource) -> ModelEntry:
 
     kw = source.config.engine_kwargs()
     kw["warmup"] = warmup_samples(source)
+    labels = class_labels(source)  # read before the model loads: a bad label file fails fast
     model = load_model(source.target, name=source.name, version=source.version, **kw)
-    return ModelEntry(source, model)
+    unknown = sorted(set(labels) - {o.name for o in model.signature.outputs})
+    if unknown:
+        model.close()
+        raise InvalidInput(f"model {source.name!r}: labels name {unknown[0]!r}, which is not one of its outputs")
+    entry = ModelEntry(source, model)
+    if labels:
+        entry.cache["class_labels"] = labels
+    return entry
 
 
 def _reason(exc: BaseException) -> str:

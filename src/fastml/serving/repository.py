@@ -85,6 +85,9 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     # feature -> policy for a missing or stale value: "nan", "error", a number (the default value), or a
     # table {on_missing = "default", default = 0.0}
     feature_policy: dict[str, str | float | FeaturePolicy] = {}
+    # Output name -> label file in the model directory, one label per line (Triton's label_filename): the labels
+    # of an output's classes when a request asks for it classified (fastml.serving.classification).
+    labels: dict[str, str] = {}
 
     def engine_kwargs(self) -> dict:
         """Keyword arguments for :func:`fastml.serving.load_model` (warm-up samples come from
@@ -93,6 +96,7 @@ class RepositoryConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
         d.pop("version_policy")
         d.pop("warmup")
         d.pop("monitor_reference")
+        d.pop("labels")
         join = {k: d.pop(k) for k in ("features", "entity_key", "entity_dtype", "feature_input", "feature_policy")}
         if join["features"]:
             d.update({k: v for k, v in join.items() if v not in ("", [], {})})
@@ -241,6 +245,35 @@ def scan_repository(path: Path) -> tuple[dict[str, list[ModelSource]], dict[str,
         if sources:
             found[model_dir.name] = sources
     return found, failed
+
+
+def class_labels(source: ModelSource) -> dict[str, list[str]]:
+    """The labels of each output that config.toml's ``labels`` names a file for (one label per line; a trailing
+    empty line does not count).
+
+    Raises:
+        InvalidInput: labels for a lone model file (no directory to hold them), a file name that leaves the model
+        directory or is not a file there, a file that is not UTF-8 text.
+    """
+    wanted = source.config.labels
+    if not wanted:
+        return {}
+    if source.model_dir is None:
+        raise InvalidInput(f"model {source.name!r}: labels need a model directory to hold their files")
+    base = Path(source.model_dir).resolve()
+    out: dict[str, list[str]] = {}
+    for output, name in wanted.items():
+        path = (base / name).resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            raise InvalidInput(
+                f"model {source.name!r}: label file {name!r} of output {output!r} is not a file in {base}"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"{path}: labels must be UTF-8 text ({exc})") from None
+        out[output] = text.splitlines()
+    return out
 
 
 def warmup_samples(source: ModelSource) -> dict[str, np.ndarray] | bool:
