@@ -85,7 +85,8 @@ def test_two_workers_share_one_port(onnx_models, model_repo, tmp_path):
             status, payload = request("POST", f"http://{srv.url}/v2/models/mlp/infer", body)
             assert status == 200 and payload["outputs"][0]["name"] == "label"
         meta = srv.get("/v2")[1]
-        assert "model_repository" not in meta["extensions"] and "statistics" in meta["extensions"]
+        assert "statistics" in meta["extensions"]
+        assert "model_repository" not in meta["extensions"] and "system_shared_memory" not in meta["extensions"]
         deadline = time.monotonic() + 10
         while True:  # statistics are the sum of the workers' snapshots, refreshed every 0.2 s
             st = srv.get("/v2/models/mlp/stats")[1]["model_stats"][0]

@@ -24,6 +24,7 @@ EXPECTED_EXTENSIONS = [
     "parameters",
     "schedule_policy",
     "model_repository",
+    "system_shared_memory",
 ]
 
 

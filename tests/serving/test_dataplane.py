@@ -113,6 +113,7 @@ def test_control_and_metadata_dicts(plane):
             "parameters",
             "schedule_policy",
             "model_repository",
+            "system_shared_memory",
         ],
     }
     meta = plane.model_metadata("mlp")
@@ -148,7 +149,7 @@ def test_repository_load_unload_and_disable(plane, onnx_models):
             await plane.unload_model("gbt")
 
     asyncio.run(go())
-    assert "model_repository" not in plane.server_metadata()["extensions"]
+    assert not {"model_repository", "system_shared_memory"} & set(plane.server_metadata()["extensions"])
 
 
 def test_snapshot_source_replaces_local_counters(plane):

@@ -48,6 +48,7 @@ EXTENSIONS = (
     "parameters",
     "schedule_policy",
     "model_repository",
+    "system_shared_memory",
 )
 
 # KServe datatype -> Triton model-config data type.
@@ -708,7 +709,9 @@ class DataPlane:
     @property
     def extensions(self) -> list[str]:
         """The Triton protocol extensions this server supports."""
-        return [e for e in EXTENSIONS if e != "model_repository" or self._repository_off is None]
+        # With --workers > 1 neither works: a load or a region registered with one worker stays unknown to the others.
+        per_process = ("model_repository", "system_shared_memory")
+        return [e for e in EXTENSIONS if e not in per_process or self._repository_off is None]
 
     def server_metadata(self) -> dict:
         """``{"name", "version", "extensions"}`` (KServe v2 server metadata)."""
@@ -751,7 +754,8 @@ class DataPlane:
         return self.manager.index(ready_only=ready_only)
 
     def disable_repository(self, reason: str) -> None:
-        """Refuse load/unload from now on (and stop advertising the extension), saying ``reason``."""
+        """Refuse load/unload from now on, saying ``reason`` (several worker processes), and stop advertising
+        the extensions that hold in one process only (``model_repository``, ``system_shared_memory``)."""
         self._repository_off = reason
 
     async def load_model(self, name: str, config_json: str | None = None, *, parameters: dict | None = None) -> None:
