@@ -223,6 +223,10 @@ PYBIND11_MODULE(_h2, m) {
             return s.SendMessage(sid, buf.data(), buf.size()) && s.Finish(sid, 0, std::string());
           },
           "A unary answer: one message and status OK.")
+      .def("unsent", &Session::Unsent, py::arg("stream_id"),
+           "Answer bytes queued on a stream and not yet taken for writing (the client's window holds them).")
+      .def("reset", &Session::Reset, py::arg("stream_id"), py::arg("error_code"),
+           "Ends a stream with RST_STREAM, dropping its queued answers; False when it is gone or finished.")
       .def("shutdown", &Session::Shutdown, "GOAWAY: no new streams; those in flight finish.")
       .def(
           "output",

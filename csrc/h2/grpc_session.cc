@@ -72,6 +72,25 @@ Session::Stream* Session::Find(int32_t stream_id) {
   return it == streams_.end() ? nullptr : it->second.get();
 }
 
+const Session::Stream* Session::Find(int32_t stream_id) const {
+  auto it = streams_.find(stream_id);
+  return it == streams_.end() ? nullptr : it->second.get();
+}
+
+size_t Session::Unsent(int32_t stream_id) const {
+  const Stream* s = Find(stream_id);
+  return s == nullptr ? 0 : s->out.size() - s->out_off;
+}
+
+bool Session::Reset(int32_t stream_id, uint32_t error_code) {
+  Stream* s = Find(stream_id);
+  if (s == nullptr || s->finished) return false;
+  s->finished = true;
+  std::string().swap(s->out);  // the answers the client did not read: freed now, not when the stream closes
+  s->out_off = 0;
+  return nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id, error_code) == 0;
+}
+
 bool Session::Feed(const uint8_t* data, size_t len, std::string* error) {
   ssize_t n = nghttp2_session_mem_recv(session_, data, len);
   if (n < 0) {
@@ -256,7 +275,15 @@ ssize_t Session::ReadAnswer(int32_t stream_id, uint8_t* buf, size_t length, uint
   size_t n = std::min(length, s->out.size() - s->out_off);
   std::memcpy(buf, s->out.data() + s->out_off, n);
   s->out_off += n;
-  if (s->out_off < s->out.size()) return static_cast<ssize_t>(n);
+  if (s->out_off < s->out.size()) {
+    // A stream whose answers keep coming while the client reads (a ModelStreamInfer stream) may never drain
+    // completely: drop what was taken once it is most of the buffer.
+    if (s->out_off > (64u << 10) && s->out_off * 2 > s->out.size()) {
+      s->out.erase(0, s->out_off);
+      s->out_off = 0;
+    }
+    return static_cast<ssize_t>(n);
+  }
   s->out.clear();
   s->out_off = 0;
   if (s->finishing) {

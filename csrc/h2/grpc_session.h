@@ -67,6 +67,12 @@ class Session {
   // Ends the stream with a gRPC status (trailers; a trailers-only response when nothing was sent yet, with
   // `http_status`, e.g. 415 for a request that is not gRPC).
   bool Finish(int32_t stream_id, int grpc_status, const std::string& message, int http_status = 200);
+  // Answer bytes queued on a stream that nghttp2 has not taken yet (held back by the client's flow-control
+  // window when the client does not read); 0 for an unknown stream.
+  size_t Unsent(int32_t stream_id) const;
+  // Ends a stream at once with RST_STREAM `error_code`, dropping its queued answer bytes; false when it is
+  // unknown or already finished.
+  bool Reset(int32_t stream_id, uint32_t error_code);
   // Starts a graceful shutdown: GOAWAY naming the last stream taken, no new streams.
   void Shutdown();
   // Every byte the session has to write now (empty when none).
@@ -91,6 +97,7 @@ class Session {
   };
 
   Stream* Find(int32_t stream_id);
+  const Stream* Find(int32_t stream_id) const;
   void Received(int32_t stream_id, Stream* s, const uint8_t* data, size_t len);
   void EmitMessage(int32_t stream_id, const uint8_t* msg, size_t len);
   ssize_t ReadAnswer(int32_t stream_id, uint8_t* buf, size_t length, uint32_t* flags);

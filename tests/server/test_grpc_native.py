@@ -703,3 +703,39 @@ def test_each_stream_request_gets_what_is_left_of_the_stream_deadline(srv, reque
     assert 15_000_000 < seen[0] <= 20_000_000  # the stream's deadline, in microseconds
     assert seen[1] <= seen[0] - 250_000  # later requests get what is left of it
     assert seen[2] == 5_000  # a request's own timeout parameter wins
+
+
+def test_a_stream_whose_client_never_reads_its_answers_is_reset_and_its_answers_freed(tmp_path):
+    """A client that keeps sending stream requests with its receive window shut (it never reads): the answers
+    pile up on the server until the connection's buffer cap, then the stream is reset with ENHANCE_YOUR_CALM and
+    its answers are freed; the connection goes on."""
+    import h2.exceptions
+    import h2.settings
+
+    with InProcessServer(make_repo(tmp_path), grpc_impl="native") as s:
+        s.call(lambda: setattr(s.listener, "max_buffered_bytes", 32 * 1024))
+        conn = RawH2(s.grpc_port)
+        try:
+            conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})  # no answer bytes flow
+            conn.flush()
+            sid = conn.open(headers(STREAM_PATH))
+            request = grpc_frame(scale_request(np.ones((1, 4)), "r"))
+            for _ in range(2000):  # ~100 answer bytes each: past the 32 KiB cap
+                try:
+                    conn.send(sid, request)
+                except h2.exceptions.StreamClosedError:  # the reset arrived while sending
+                    break
+                if conn.answers[sid].ended:
+                    break
+            conn.pump(lambda: conn.answers[sid].ended)
+            assert conn.answers[sid].reset == 0xB and conn.answers[sid].data == b""
+            unsent = s.call(lambda: [c.session.unsent(sid) for c in s.listener.connections])
+            assert unsent == [0]  # freed, not held until the connection closes
+            conn.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+            conn.flush()
+            again = conn.open(headers(STREAM_PATH))
+            conn.send(again, grpc_frame(scale_request(np.ones((1, 4)), "after")), end_stream=True)
+            [a] = conn.wait(again)
+            assert a.grpc_status == OK and list(_stream_answers(a)) == ["after"]
+        finally:
+            conn.close()

@@ -15,7 +15,8 @@ answer alike (tests/server run one suite over both).
 Bounds: a message over ``max_message_bytes`` is refused with RESOURCE_EXHAUSTED on its 5-byte prefix,
 before its body is buffered; partial messages buffered on one connection are capped (beyond, the connection
 ends with ENHANCE_YOUR_CALM); concurrent streams per connection are capped by HTTP/2 settings; answers leave
-within the client's flow-control window. A call's ``grpc-timeout`` (the client's deadline) becomes its
+within the client's flow-control window, and a stream whose unread answers pass the same cap (a client that
+sends requests and never reads) is reset with ENHANCE_YOUR_CALM. A call's ``grpc-timeout`` (the client's deadline) becomes its
 ``timeout`` parameter unless the request names one, so the data plane sheds a request that cannot be answered
 in time instead of running it; on a ``ModelStreamInfer`` stream each request gets what is left of the stream's
 deadline. Answers are not compressed (compressed requests, gzip or deflate, are accepted).
@@ -68,6 +69,7 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 _INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_ENHANCE_YOUR_CALM = 0xB  # HTTP/2 error code: the peer makes the server hold too much
 # ModelStreamInferResponse's field 2 (infer_response), length-delimited: what precedes a ModelInferResponse
 # message to make it a stream's answer.
 _STREAM_ANSWER_TAG = b"\x12"
@@ -579,6 +581,14 @@ class GrpcConnection(asyncio.Protocol):
                     "",
                 )
             self.session.send_message(sid, data)
+            if self.session.unsent(sid) > self.listener.max_buffered_bytes:
+                # The client sends requests but does not read the answers (its flow-control window holds them):
+                # trailers could not reach it either, so the stream is reset and its answers freed.
+                log.info("gRPC stream %d reset: %d answer bytes the client has not read", sid, self.session.unsent(sid))
+                self.calls.pop(sid, None)
+                self.session.reset(sid, _ENHANCE_YOUR_CALM)
+                self._schedule_write()
+                return
         if call.closing and not call.inflight:
             self._finish(sid, _OK, "")
         self._schedule_write()
