@@ -348,3 +348,32 @@ def test_admin_endpoint_puts_gets_and_deletes_deployments(home, model_repo, onnx
         assert status == 200 and list(resp["variants"]) == ["c"]
     finally:
         assert srv.stop() == 0
+
+
+def test_a_deployment_answers_classified_outputs_from_the_variant_that_ran(home, model_repo, onnx_models):
+    """Triton's classification extension through a deployment: each variant's own probabilities, as top
+    classes, and the answer still names the variant."""
+    import onnxruntime as ort
+    import tritonclient.http as httpclient
+
+    x = np.load(onnx_models["data"])[:3]
+    srv = serve(model_repo, home)
+    client = httpclient.InferenceServerClient(srv.url)
+    try:
+        for variant, key in (("incumbent", "mlp"), ("candidate", "gbt")):
+            probs = ort.InferenceSession(str(onnx_models[key])).run(["probabilities"], {"input": x})[0]
+            top = probs.argmax(axis=1)
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            res = client.infer(
+                "fraud",
+                [inp],
+                outputs=[httpclient.InferRequestedOutput("probabilities", class_count=1)],
+                parameters={"variant": variant},
+            )
+            assert res.get_response()["parameters"]["variant"] == variant
+            want = [[f"{float(probs[i, top[i]]):f}:{top[i]}".encode()] for i in range(len(x))]
+            assert res.as_numpy("probabilities").tolist() == want
+    finally:
+        client.close()
+        assert srv.stop() == 0
