@@ -93,9 +93,28 @@ def test_a_class_count_must_be_a_positive_integer(value):
 
 
 # ----- over the wire ------------------------------------------------------------------------------------
+def make_positive_model(path) -> None:
+    """``positive``: FP32 ``x`` [-1, 4] -> BOOL ``y`` = x > 0 (numeric in, an output that does not classify)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Greater", ["x", "zero"], ["y"])],
+        "positive",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.BOOL, [None, 4])],
+        [numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("classification"))
+    make_positive_model(repo / "positive" / "1" / "model.onnx")
     (repo / "scale" / "labels.txt").write_text("\n".join(LABELS) + "\n")
     (repo / "scale" / "config.toml").write_text('labels = { y = "labels.txt" }\n')
     return repo
@@ -166,6 +185,24 @@ def test_every_classifiable_type_classifies_over_http_and_the_others_are_a_400(s
         x = th.InferInput("x", [1, 4], "FP32")
         x.set_data_from_numpy(X[:1])
         np.testing.assert_array_equal(c.infer("scale", [x]).as_numpy("y"), 2 * X[:1])  # still serving
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_a_numeric_request_whose_output_does_not_classify_is_a_400_on_every_http_path(srv, binary):
+    """A binary request of a numeric model is one the native intake could take: it leaves classification to the
+    Python path, whose refusal is a 400 (the native answer writer would have called it a fault of ours)."""
+    c = th.InferenceServerClient(srv.http_url)
+    try:
+        x = th.InferInput("x", [2, 4], "FP32")
+        x.set_data_from_numpy(X - 3, binary_data=binary)
+        for _ in range(3):  # the first request and the cached plan's
+            with pytest.raises(InferenceServerException) as ei:
+                c.infer("positive", [x], outputs=[th.InferRequestedOutput("y", binary_data=binary, class_count=1)])
+            assert ei.value.status() == "400" and "unsupported type 'BOOL'" in str(ei.value)
+        got = c.infer("positive", [x], outputs=[th.InferRequestedOutput("y", binary_data=binary)]).as_numpy("y")
+        np.testing.assert_array_equal(got, X - 3 > 0)
     finally:
         c.close()
 
