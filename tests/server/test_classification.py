@@ -248,3 +248,18 @@ def test_label_files_must_lie_in_the_model_directory(tmp_path):
         manager.load_all()
     assert "label file '../../outside.txt' of output 'y' is not a file in" in str(ei.value)
     assert "labels name 'nope', which is not one of its outputs" in str(ei.value)
+
+
+def test_an_empty_batch_classifies_to_no_rows():
+    got = top_k_classes(np.zeros((0, 4), np.float32), 2, True)
+    assert got.shape == (0, 2) and got.dtype == object
+
+
+def test_what_an_outputs_parameters_ask_for():
+    from fastml.serving.classification import requested_count
+
+    assert requested_count(None, "y") is None and requested_count({"binary_data": True}, "y") is None
+    assert requested_count({"classification": 0}, "y") is None  # tritonclient's default class_count
+    assert requested_count({"classification": 3}, "y") == 3
+    with pytest.raises(InvalidInput, match="output 'y': a classified output cannot be written to shared memory"):
+        requested_count({"classification": 3}, "y", in_shared_memory=True)

@@ -34,7 +34,7 @@ from fastml.server.proto import grpc_service_pb2 as pb
 from fastml.server.proto import grpc_service_pb2_grpc as pb_grpc
 from fastml.server.tensors import NP_DTYPES, datatype_of, decode_bytes_tensor, output_bytes
 from fastml.serving import shm as shm_params
-from fastml.serving.classification import class_count
+from fastml.serving.classification import requested_count
 from fastml.serving.dataplane import InferRequest
 from fastml.serving.shm import SharedMemoryRegistry
 
@@ -194,12 +194,10 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
         for o in msg.outputs:
             p = _params(o.parameters)
             region = shm_params.tensor_params(p)
-            if p.get("classification"):  # 0 (tritonclient's default class_count) asks for none
-                if region is not None:
-                    raise InvalidInput(f"output '{o.name}': a classified output cannot be written to shared memory")
-                if classify is None:
-                    classify = {}
-                classify[o.name] = class_count(p["classification"], o.name)
+            count = requested_count(p, o.name, region is not None)
+            if count is not None:
+                classify = classify or {}
+                classify[o.name] = count
             if region is not None:
                 shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
                 if out_shm is None:

@@ -28,7 +28,7 @@ from fastml.server.tensors import (
     output_json_data,
 )
 from fastml.serving import shm as shm_params
-from fastml.serving.classification import class_count
+from fastml.serving.classification import requested_count
 from fastml.serving.dataplane import InferRequest
 
 log = logging.getLogger("fastml.server")
@@ -183,11 +183,10 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
         for o in req.outputs:
             p = o.parameters or {}
             region = shm_params.tensor_params(p)
-            if p.get("classification"):
-                if region is not None:
-                    raise InvalidInput(f"output '{o.name}': a classified output cannot be written to shared memory")
+            count = requested_count(p, o.name, region is not None)
+            if count is not None:
                 classify = classify or {}
-                classify[o.name] = class_count(p["classification"], o.name)
+                classify[o.name] = count
             if region is not None:
                 shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
                 out_specs.append((o.name, "shm", region))

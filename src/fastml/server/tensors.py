@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from fastml.errors import InvalidInput
-from fastml.serving.classification import class_count
+from fastml.serving.classification import requested_count
 from fastml.serving.dataplane import CONFIG_DTYPES, request_timeout_us  # noqa: F401 - CONFIG_DTYPES re-exported
 from fastml.serving.shm import shape_count
 
@@ -297,10 +297,10 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
                     f"unknown output {spec.name!r} for model {model_name!r}; it has: {', '.join(sorted(output_names))}"
                 )
             p = spec.parameters
-            if p and p.get("classification"):  # 0 (tritonclient's default class_count) asks for none
-                if plan.classify is None:
-                    plan.classify = {}
-                plan.classify[spec.name] = class_count(p["classification"], spec.name)
+            count = requested_count(p, spec.name)
+            if count is not None:
+                plan.classify = plan.classify or {}
+                plan.classify[spec.name] = count
             binary = (
                 _param_bool(p, "binary_data", f"output {spec.name!r}") if p and "binary_data" in p else plan.all_binary
             )

@@ -10,8 +10,8 @@ without batching). Highest values first; equal values keep index order. Only typ
 classify, as in Triton: BOOL, FP16 and BYTES outputs are refused.
 
 Transports read the parameter (HTTP ``"parameters": {"classification": k}`` on a requested output, gRPC
-``int64_param``; tritonclient's ``InferRequestedOutput(name, class_count=k)``) with :func:`class_count` and the
-data plane applies :func:`classify_outputs` to the answer.
+``int64_param``; tritonclient's ``InferRequestedOutput(name, class_count=k)``) with :func:`requested_count` and
+the data plane applies :func:`classify_outputs` to the answer.
 """
 
 from __future__ import annotations
@@ -40,6 +40,21 @@ def class_count(value, output: str) -> int:
     return value
 
 
+def requested_count(params: dict | None, output: str, in_shared_memory: bool = False) -> int | None:
+    """The class count a requested output's parameters ask for, or None when they ask for none (no
+    ``classification``, or 0: tritonclient's default ``class_count``).
+
+    Raises:
+        InvalidInput: a count that is not an integer >= 1, or an output also placed in shared memory.
+    """
+    value = params.get("classification") if params else None
+    if not value:
+        return None
+    if in_shared_memory:
+        raise InvalidInput(f"output {output!r}: a classified output cannot be written to shared memory")
+    return class_count(value, output)
+
+
 def top_k_classes(values: np.ndarray, k: int, batched: bool, labels: list[str] | None = None) -> np.ndarray:
     """The classification answer for one output (see the module docstring).
 
@@ -54,8 +69,9 @@ def top_k_classes(values: np.ndarray, k: int, batched: bool, labels: list[str] |
     if dtype not in _CLASSIFIABLE:
         name = _TRITON_NAMES.get(dtype.kind, dtype.name.upper())
         raise InvalidInput(f"class result not available for output due to unsupported type '{name}'")
-    rows = values.reshape(values.shape[0], -1) if batched and values.ndim >= 1 else values.reshape(1, -1)
-    n = rows.shape[1]
+    per_row = batched and values.ndim >= 1
+    n = int(np.prod(values.shape[1:])) if per_row else values.size
+    rows = values.reshape(values.shape[0] if per_row else 1, n)  # explicit sizes: an empty batch reshapes too
     take = min(k, n)
     # Highest first, equal values in index order: a stable ascending sort of each row reversed, read backwards.
     order = (n - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable")[:, ::-1])[:, :take]
@@ -68,7 +84,7 @@ def top_k_classes(values: np.ndarray, k: int, batched: bool, labels: list[str] |
             if labels is not None and i < len(labels):
                 text += ":" + labels[i]
             out[r, c] = text.encode()
-    return out if batched and values.ndim >= 1 else out.reshape(take)
+    return out if per_row else out.reshape(take)
 
 
 def classify_outputs(entry, outputs: dict[str, np.ndarray], counts: dict[str, int]) -> dict[str, np.ndarray]:
@@ -91,4 +107,4 @@ def classify_outputs(entry, outputs: dict[str, np.ndarray], counts: dict[str, in
     return out
 
 
-__all__ = ["class_count", "classify_outputs", "top_k_classes"]
+__all__ = ["class_count", "classify_outputs", "requested_count", "top_k_classes"]
