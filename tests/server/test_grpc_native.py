@@ -739,3 +739,19 @@ def test_a_stream_whose_client_never_reads_its_answers_is_reset_and_its_answers_
             assert a.grpc_status == OK and list(_stream_answers(a)) == ["after"]
         finally:
             conn.close()
+
+
+def test_a_stream_answer_over_the_message_limit_is_an_error_naming_its_request(tmp_path):
+    with InProcessServer(make_repo(tmp_path), grpc_impl="native") as s:
+        s.call(lambda: setattr(s.listener, "max_message_bytes", 45))  # a 43-byte request, a 48-byte answer
+        conn = RawH2(s.grpc_port)
+        try:
+            sid = conn.open(headers(STREAM_PATH))
+            conn.send(sid, grpc_frame(scale_request(np.ones((1, 4)), "r")), end_stream=True)
+            [a] = conn.wait(sid)
+        finally:
+            conn.close()
+    assert a.grpc_status == OK
+    [r] = _stream_answers(a).values()
+    assert r.error_message == "response message of 48 bytes is over the limit of 45 bytes"
+    assert r.infer_response.model_name == "scale" and r.infer_response.id == "r"

@@ -505,7 +505,7 @@ class GrpcConnection(asyncio.Protocol):
                 plain, payload, None if call.timeout_us is None else self._stream_timeout_us(call)
             )
         except Exception as exc:  # noqa: BLE001 - answered on the stream in its error_message
-            self._stream_answer(sid, call, _stream_error(exc, plain[0], plain[2]))
+            self._stream_answer(sid, call, _stream_error(exc, plain[0], plain[2]), plain[0], plain[2])
             return
         if submitted is None:
             call.inflight -= 1
@@ -536,7 +536,9 @@ class GrpcConnection(asyncio.Protocol):
                 req.parameters["timeout"] = self._stream_timeout_us(call)
             fut = self.plane.submit(req)
         except Exception as exc:  # noqa: BLE001 - answered on the stream in its error_message
-            self._stream_answer(sid, call, _stream_error(exc, request.model_name, request.id))
+            self._stream_answer(
+                sid, call, _stream_error(exc, request.model_name, request.id), request.model_name, request.id
+            )
             return
         fut.add_done_callback(partial(self._stream_general_done, sid, call, out_shm, request.model_name, request.id))
 
@@ -549,25 +551,25 @@ class GrpcConnection(asyncio.Protocol):
                 data = _answer(_encode_outputs(entry, request_id, outputs, names))
         except BaseException as exc:  # noqa: BLE001 - the engine's error is this request's error_message
             data = _stream_error(exc, model, request_id)
-        self._stream_answer(sid, call, data)
+        self._stream_answer(sid, call, data, model, request_id)
 
     def _stream_plain_done(self, sid, call: _Call, model: str, request_id: str, fut: asyncio.Future) -> None:
         try:
             data = _answer(_encode_response(fut.result()))
         except BaseException as exc:  # noqa: BLE001 - the engine's error is this request's error_message
             data = _stream_error(exc, model, request_id)
-        self._stream_answer(sid, call, data)
+        self._stream_answer(sid, call, data, model, request_id)
 
     def _stream_general_done(self, sid, call: _Call, out_shm, model: str, request_id: str, fut) -> None:
         try:
             data = _answer(encode_infer_message(fut.result(), self.shm, out_shm).SerializeToString())
         except BaseException as exc:  # noqa: BLE001 - the engine's error is this request's error_message
             data = _stream_error(exc, model, request_id)
-        self._stream_answer(sid, call, data)
+        self._stream_answer(sid, call, data, model, request_id)
 
-    def _stream_answer(self, sid: int, call: _Call, data: bytes | None) -> None:
-        """One stream request is answered (``data``: its ModelStreamInferResponse); a half-closed stream with
-        nothing left in flight ends OK."""
+    def _stream_answer(self, sid: int, call: _Call, data: bytes | None, model: str, request_id: str) -> None:
+        """One stream request (``model``, ``request_id``) is answered (``data``: its ModelStreamInferResponse, None
+        when the stream is gone); a half-closed stream with nothing left in flight ends OK."""
         call.inflight -= 1
         if self.calls.get(sid) is not call:
             return  # the client reset the stream, or it failed
@@ -577,8 +579,8 @@ class GrpcConnection(asyncio.Protocol):
                     FastMLError(
                         f"response message of {len(data)} bytes is over the limit of {self.max_message_bytes} bytes"
                     ),
-                    "",
-                    "",
+                    model,
+                    request_id,
                 )
             self.session.send_message(sid, data)
             if self.session.unsent(sid) > self.listener.max_buffered_bytes:
