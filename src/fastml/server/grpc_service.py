@@ -194,10 +194,10 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
         for o in msg.outputs:
             p = _params(o.parameters)
             region = shm_params.tensor_params(p)
-            count = requested_count(p, o.name, region is not None)
-            if count is not None:
+            classes = requested_count(p, o.name, region is not None)
+            if classes is not None:
                 classify = classify or {}
-                classify[o.name] = count
+                classify[o.name] = classes
             if region is not None:
                 shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
                 if out_shm is None:

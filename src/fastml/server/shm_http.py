@@ -183,10 +183,10 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
         for o in req.outputs:
             p = o.parameters or {}
             region = shm_params.tensor_params(p)
-            count = requested_count(p, o.name, region is not None)
-            if count is not None:
+            classes = requested_count(p, o.name, region is not None)
+            if classes is not None:
                 classify = classify or {}
-                classify[o.name] = count
+                classify[o.name] = classes
             if region is not None:
                 shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
                 out_specs.append((o.name, "shm", region))

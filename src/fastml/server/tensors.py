@@ -297,10 +297,10 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
                     f"unknown output {spec.name!r} for model {model_name!r}; it has: {', '.join(sorted(output_names))}"
                 )
             p = spec.parameters
-            count = requested_count(p, spec.name)
-            if count is not None:
+            classes = requested_count(p, spec.name)
+            if classes is not None:
                 plan.classify = plan.classify or {}
-                plan.classify[spec.name] = count
+                plan.classify[spec.name] = classes
             binary = (
                 _param_bool(p, "binary_data", f"output {spec.name!r}") if p and "binary_data" in p else plan.all_binary
             )
