@@ -467,10 +467,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _infer_general(self, sid: int, call: _Call, payload: bytes) -> None:
         try:
-            req, out_shm = decode_infer_request(_INFER_REQUEST.FromString(payload), self.shm)
-            if call.timeout_us is not None and "timeout" not in req.parameters:
-                req.parameters["timeout"] = call.timeout_us
-            fut = self.plane.submit(req)
+            fut, out_shm = self._submit_general(_INFER_REQUEST.FromString(payload), call.timeout_us)
         except DecodeError as exc:
             self._fail(sid, InvalidInput(f"ModelInferRequest does not parse: {exc}"))
             return
@@ -479,6 +476,19 @@ class GrpcConnection(asyncio.Protocol):
             return
         call.future = fut
         fut.add_done_callback(partial(self._infer_done, sid, out_shm))
+
+    def _submit_general(self, request, timeout_us: int | None) -> tuple[asyncio.Future, dict | None]:
+        """Submit a parsed ModelInferRequest (protobuf's runtime read it): ``(the data plane's future, the
+        outputs to write into shared memory)``. ``timeout_us`` (the call's deadline) is the request's timeout
+        unless it names one.
+
+        Raises:
+            FastMLError: the request is refused.
+        """
+        req, out_shm = decode_infer_request(request, self.shm)
+        if timeout_us is not None and "timeout" not in req.parameters:
+            req.parameters["timeout"] = timeout_us
+        return self.plane.submit(req), out_shm
 
     def _infer_done(self, sid: int, out_shm, fut: asyncio.Future) -> None:
         if self.calls.pop(sid, None) is None or fut.cancelled():
@@ -531,10 +541,9 @@ class GrpcConnection(asyncio.Protocol):
             return
         call.inflight += 1
         try:
-            req, out_shm = decode_infer_request(request, self.shm)
-            if call.timeout_us is not None and "timeout" not in req.parameters:
-                req.parameters["timeout"] = self._stream_timeout_us(call)
-            fut = self.plane.submit(req)
+            fut, out_shm = self._submit_general(
+                request, None if call.timeout_us is None else self._stream_timeout_us(call)
+            )
         except Exception as exc:  # noqa: BLE001 - answered on the stream in its error_message
             self._stream_answer(
                 sid, call, _stream_error(exc, request.model_name, request.id), request.model_name, request.id
@@ -575,13 +584,7 @@ class GrpcConnection(asyncio.Protocol):
             return  # the client reset the stream, or it failed
         if data is not None:
             if len(data) > self.max_message_bytes:
-                data = _stream_error(
-                    FastMLError(
-                        f"response message of {len(data)} bytes is over the limit of {self.max_message_bytes} bytes"
-                    ),
-                    model,
-                    request_id,
-                )
+                data = _stream_error(FastMLError(self._too_large(len(data))), model, request_id)
             self.session.send_message(sid, data)
             if self.session.unsent(sid) > self.listener.max_buffered_bytes:
                 # The client sends requests but does not read the answers (its flow-control window holds them):
@@ -613,13 +616,12 @@ class GrpcConnection(asyncio.Protocol):
     # ----- answers --------------------------------------------------------------------------------
     def _reply(self, sid: int, data: bytes) -> None:
         if len(data) > self.max_message_bytes:
-            self.session.finish(
-                sid,
-                _RESOURCE_EXHAUSTED,
-                f"response message of {len(data)} bytes is over the limit of {self.max_message_bytes} bytes",
-            )
+            self.session.finish(sid, _RESOURCE_EXHAUSTED, self._too_large(len(data)))
         else:
             self.session.reply(sid, data)
+
+    def _too_large(self, nbytes: int) -> str:
+        return f"response message of {nbytes} bytes is over the limit of {self.max_message_bytes} bytes"
 
     def _finish(self, sid: int, code: int, message: str) -> None:
         call = self.calls.pop(sid, None)
