@@ -169,17 +169,57 @@ def _json_tensor(spec: InferInputJSON, where: str) -> np.ndarray:
             else:
                 raise InvalidInput(f"{where}: BYTES data element {i} is {type(item).__name__}, expected a string")
         return out.reshape(spec.shape)
-    try:
-        arr = np.asarray(data, dtype=dtype) if not isinstance(data, (str, bytes, dict)) else None
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise InvalidInput(f"{where}: data cannot be read as {spec.datatype}: {exc}") from None
-    if arr is None or arr.dtype == object:
+    if isinstance(data, (str, bytes, dict)):
         raise InvalidInput(f"{where}: data must be a (nested) list of numbers")
+    arr = _json_numbers(data, dtype, spec.datatype, where)
     if arr.size != count:
         raise InvalidInput(f"{where}: shape {spec.shape} needs {count} elements, data has {arr.size}")
     if spec.datatype != "BOOL" and _has_bool(data):
         raise InvalidInput(f"{where}: data holds booleans but the datatype is {spec.datatype}")
     return arr.reshape(spec.shape)
+
+
+# The JSON values each datatype takes, by the kind numpy reads them as (np.asarray without a dtype): true/false
+# for BOOL, integers for the integer types, any number for the floating-point ones, as Triton takes them.
+# Casting straight to the datatype would read "false" as True, "1.5" as 1.5 and 1.5 as 1 for an INT32.
+_JSON_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
+_KIND_WORDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point numbers", "U": "strings"}
+_TYPE_WORDS = {bool: "booleans", int: "integers", float: "floating-point numbers", str: "strings"}
+
+
+def _json_numbers(data, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """The array of a numeric JSON tensor's ``data``, refusing values of another JSON kind than ``datatype``
+    takes and integers it cannot hold."""
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidInput(f"{where}: data cannot be read as {datatype}: {exc}") from None
+    kind = values.dtype.kind
+    if kind == "O" or (kind == "f" and dtype.kind != "f"):
+        # numpy promoted the values: nulls or objects, integers beyond 64 bits, or integers of both signs past
+        # int64 (read as floats): judged one by one
+        return _json_values(values, data, dtype, datatype, where)
+    if values.size and kind not in _JSON_KINDS[dtype.kind]:
+        raise InvalidInput(f"{where}: data holds {_KIND_WORDS.get(kind, 'values')} but the datatype is {datatype}")
+    if dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise InvalidInput(f"{where}: data holds integers outside the range of {datatype}")
+    return values.astype(dtype, copy=False)
+
+
+def _json_values(values: np.ndarray, data, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """:func:`_json_numbers` for values numpy could not read as one kind: each must be an integer, or for a
+    floating-point datatype any number; numpy then refuses integers the datatype cannot hold."""
+    items = values if values.dtype.kind == "O" else np.asarray(data, dtype=object)
+    for v in items.flat:
+        if type(v) is not int and (type(v) is not float or dtype.kind != "f"):
+            word = _TYPE_WORDS.get(type(v), "null values" if v is None else "values")
+            raise InvalidInput(f"{where}: data holds {word} but the datatype is {datatype}")
+    try:
+        return items.astype(dtype)
+    except OverflowError:
+        raise InvalidInput(f"{where}: data holds numbers outside the range of {datatype}") from None
 
 
 def _has_bool(data) -> bool:
@@ -305,6 +345,9 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
                 _param_bool(p, "binary_data", f"output {spec.name!r}") if p and "binary_data" in p else plan.all_binary
             )
             outs.append((spec.name, binary))
+        if len({name for name, _ in outs}) != len(outs):
+            # Refused as the data plane refuses it for gRPC and the binary protocol (Triton: a bad request).
+            raise InvalidInput(f"an output is requested twice: {[name for name, _ in outs]}")
         plan.outputs = outs
     # A plan with an id is reused only for the same header bytes, hence the same id: still cacheable.
     return plan
