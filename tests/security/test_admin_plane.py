@@ -1,5 +1,5 @@
 """The admin plane: load/unload and shared-memory changes need the bearer token on HTTP and gRPC, are disabled
-without one, and an unprotected non-loopback bind refuses to start."""
+without one, and an unprotected non-loopback bind refuses to start; feedback needs the token once one is set."""
 
 from __future__ import annotations
 
@@ -81,6 +81,28 @@ def test_inference_stays_open_by_default(guarded, onnx_models):
     body = {"inputs": [{"name": "input", "shape": [1, 32], "datatype": "FP32", "data": x.ravel().tolist()}]}
     status, payload, _ = guarded.call("POST", "/v2/models/mlp/infer", body)
     assert status == 200 and payload["model_name"] == "mlp"
+
+
+def test_feedback_needs_the_token_once_one_is_configured(guarded, sec_repo, tmp_path):
+    """Feedback decides canary rollbacks and experiment verdicts: with a token set it needs it although inference
+    is open; a server without one (loopback only) takes it openly, like inference."""
+    body = {"id": "r-1", "label": 1}
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}):
+        status, payload, hdrs = guarded.call("POST", "/v2/models/mlp/feedback", body, headers)
+        assert status == 401, (headers, status, payload)
+        assert payload["error"] == "feedback needs a valid admin token: send 'Authorization: Bearer <token>'"
+        assert hdrs["WWW-Authenticate"].startswith("Bearer")
+    # Past the token, the request reaches the feedback store, which refuses it for its own reason (the model logs
+    # no predictions to join the outcome to).
+    not_logged = "'mlp' does not log predictions, so feedback cannot be joined to them"
+    status, payload, _ = guarded.call("POST", "/v2/models/mlp/feedback", body, BEARER)
+    assert status == 409 and payload["error"].startswith(not_logged), payload
+    srv = Served([str(sec_repo), "--http-port", "0", "--metrics-port", "0"], tmp_path / "home")
+    try:
+        status, payload, _ = srv.call("POST", "/v2/models/mlp/feedback", body)
+        assert status == 409 and payload["error"].startswith(not_logged), payload
+    finally:
+        assert srv.stop() == 0
 
 
 def test_grpc_admin_calls_need_the_token(guarded):

@@ -67,6 +67,10 @@ _ADMIN_KINDS = {
     routes.DEPLOYMENT_DELETE: "deployment removal",
 }
 _OPEN_KINDS = {routes.LIVE, routes.READY, routes.METRICS}  # open even with --require-token-for-inference
+# Writes that are not admin calls: feedback records the outcomes that canary guards roll back on and experiments
+# decide by. With a token configured they need it even where inference is open; a server with no token listens on
+# loopback only (auth.check_bind), where they stay open like inference.
+_TOKEN_WRITE_KINDS = {routes.FEEDBACK: "feedback"}
 
 
 class _Reject(Exception):
@@ -731,14 +735,17 @@ class HttpProtocol:
                 )
             kind = by_method
         auth = server.auth
+        guarded_write = kind in _TOKEN_WRITE_KINDS and auth.token is not None
         if (
             kind in _ADMIN_KINDS
+            or guarded_write
             or (auth.require_for_inference and kind not in _OPEN_KINDS)
             or (kind == routes.METRICS and auth.require_for_metrics)  # --require-token-for-metrics
         ):
             # Checked before the body is inflated or decoded: a refused request costs nothing and changes nothing.
+            what = _ADMIN_KINDS.get(kind) or _TOKEN_WRITE_KINDS.get(kind, "this endpoint")
             try:
-                auth.check(self.authorization, _ADMIN_KINDS.get(kind, "this endpoint"), admin=kind in _ADMIN_KINDS)
+                auth.check(self.authorization, what, admin=kind in _ADMIN_KINDS or guarded_write)
             except Unauthenticated as exc:
                 server.count_status(401)
                 self._respond(error_response(401, str(exc), conn_hdr + WWW_AUTHENTICATE), conn_hdr)
