@@ -269,11 +269,14 @@ class AuditLog:
     def head(self) -> dict[str, Any] | None:
         """The ``HEAD`` anchor: ``{"seq": N, "hash": "..."}``, or ``None`` before the first entry."""
         try:
-            return msgspec.json.decode(self.head_path.read_bytes())
+            head = msgspec.json.decode(self.head_path.read_bytes())
         except FileNotFoundError:
             return None
         except msgspec.DecodeError as exc:
             raise IntegrityError(f"{self.head_path} is not valid JSON: {exc}") from exc
+        if not isinstance(head, dict):  # valid JSON but not the anchor (an overwritten HEAD): report, never crash
+            raise IntegrityError(f"{self.head_path} is not a {{seq, hash}} object (holds {type(head).__name__})")
+        return head
 
     def verify(self, expected_head: str | None = None) -> VerifyResult:
         """Walk the chain and report the first entry that is not what the chain says it should be.

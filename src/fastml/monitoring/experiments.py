@@ -123,6 +123,11 @@ def _arr(x, name: str) -> np.ndarray:
     return a
 
 
+def _check_alpha(alpha: float, where: str) -> None:
+    if not 0 < alpha < 1:
+        raise InvalidInput(f"{where}: alpha must lie within (0, 1), got {alpha}")
+
+
 def _rel(effect: float, base: float) -> float:
     return effect / base if base != 0 else float("nan")
 
@@ -405,6 +410,7 @@ def compare(
     The verdict follows the always-valid test only, so it may be read at any time: ``winner`` when its
     p-value is below ``alpha`` and the effect points the good way, ``loser`` when it points the bad way.
     """
+    _check_alpha(alpha, "compare")
     a, b = _arr(a, "a"), _arr(b, "b")
     notes: list[str] = []
     if a.size < 2 or b.size < 2:
@@ -414,6 +420,9 @@ def compare(
             INCONCLUSIVE, metric, higher_is_better, empty, empty, None, False, ["fewer than 2 observations in an arm"]
         )
     if kind == "proportion":
+        if not np.all((a == 0) | (a == 1)) or not np.all((b == 0) | (b == 1)):
+            # int(sum) of fractional or larger values would silently test made-up success counts.
+            raise InvalidInput(f"compare: kind='proportion' needs 0/1 outcomes for {metric}; use kind='mean'")
         fixed = two_proportion_ztest(int(a.sum()), a.size, int(b.sum()), b.size, alpha, metric)
         var_a, var_b = fixed.mean_a * (1 - fixed.mean_a), fixed.mean_b * (1 - fixed.mean_b)
     elif kind == "mean":
@@ -424,6 +433,11 @@ def compare(
         var_a, var_b = float(a.var(ddof=1)), float(b.var(ddof=1))
     else:
         raise InvalidInput(f"compare: kind must be 'proportion', 'mean' or 'rank', got {kind!r}")
+    if var_a == 0 and var_b == 0 and a.mean() != b.mean():
+        # Each arm constant but different (every request failed on one side, none on the other): the
+        # per-arm variances of 0 would leave the sequential test no evidence at all, so it uses the pooled
+        # sample's variance, the variance under the null hypothesis of no difference.
+        var_a = var_b = float(np.concatenate([a, b]).var(ddof=1))
     seq = msprt(float(a.mean()), var_a, a.size, float(b.mean()), var_b, b.size, alpha=alpha, tau=tau, metric=metric)
     need = None
     if mde:
@@ -513,6 +527,7 @@ def analyze(
             "quality": array (per-feedback outcome, e.g. 1 for a correct prediction)}}``.
         quality_kind: ``proportion`` (0/1 outcomes) or ``mean`` (continuous, e.g. absolute error).
     """
+    _check_alpha(alpha, "analyze")
     if baseline not in variants:
         raise InvalidInput(f"analyze: baseline {baseline!r} is not a variant; variants: {sorted(variants)}")
     summaries = []

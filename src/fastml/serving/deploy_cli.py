@@ -67,6 +67,8 @@ def check_references(specs: dict, source: str) -> dict[str, dict[str, str]]:
                             raise NotFound(f"{field}: {exc}") from None
                         rows[v.name] = "served model"
                         continue
+                    except InvalidInput as exc:  # a malformed reference ('rec:1'): name the field as well
+                        raise InvalidInput(f"{field}: {exc}") from None
                     rows[v.name] = f"{mv.name}:{mv.version}"
                     sig = _onnx_signature(reg.artifact_path(f"{mv.name}:{mv.version}"))
                     if first is None:

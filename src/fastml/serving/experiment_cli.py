@@ -108,7 +108,7 @@ def _status(args) -> int:
     spec, rows = collect(args.deployment, args.metric, args.output)
     baseline = args.baseline or spec.variants[0].name
     higher = args.metric != "abs_error"
-    kind = "mean" if args.metric == "abs_error" else "proportion"
+    kind = "mean" if args.metric == "abs_error" or not _binary(rows) else "proportion"
     report = experiments.analyze(
         args.deployment,
         rows,
@@ -154,6 +154,11 @@ def _status(args) -> int:
     return 0
 
 
+def _binary(rows: dict) -> bool:
+    """Whether every outcome is 0 or 1 (accuracy, clicks): a rate. Values such as revenue are means."""
+    return all(np.isin(np.asarray(r["quality"]), (0.0, 1.0)).all() for r in rows.values())
+
+
 def _set_all(args) -> int:
     from fastml.errors import InvalidInput
     from fastml.governance.audit import AuditLog
@@ -173,7 +178,9 @@ def _set_all(args) -> int:
     variants = [dconf.VariantSpec(v.name, v.model, dconf.TOTAL_BP if v.name == keep else 0) for v in spec.variants]
     import msgspec
 
-    specs = {**specs, args.deployment: msgspec.structs.replace(spec, variants=variants)}
+    # A [canary] table would restart its controller on the new spec and move the weights back to its first
+    # step: a decision made by hand ends the canary, so the table goes (the audit entry keeps it).
+    specs = {**specs, args.deployment: msgspec.structs.replace(spec, variants=variants, canary=None)}
     text = dconf.dump(specs)
     dconf.parse(text, "the new deployment file")  # never persist a file the server would refuse
     dconf.write_atomic(dconf.state_path(), text)
@@ -183,7 +190,11 @@ def _set_all(args) -> int:
         target=f"deployment:{args.deployment}",
         before=before,
         after=after,
-        details={"variant": keep, "reason": args.reason},
+        details={
+            "variant": keep,
+            "reason": args.reason,
+            **({"canary_removed": msgspec.to_builtins(spec.canary)} if spec.canary is not None else {}),
+        },
     )
     if args.json:
         print(json.dumps({"deployment": args.deployment, "weights_bp": after}, indent=2))

@@ -144,6 +144,8 @@ def read_file(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     label_col = next((c for c in ("label", "value") if c in cols), None)
     if label_col is None:
         raise InvalidInput(f"{path}: no 'label' or 'value' column (columns: {cols})")
+    if table.num_rows == 0:  # as an HTTP call with no items; an empty column has no type to check either
+        raise InvalidInput(f"{path}: no feedback rows")
     col = table[label_col]
     if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
         bad = next((i for i, v in enumerate(col.to_pylist()) if not _is_num_text(v)), 0)
@@ -152,8 +154,14 @@ def read_file(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         first = pc.index(pc.is_null(col), True).as_py()
         raise InvalidInput(f"{path}: column {label_col!r} is empty on line {first + 2}")
     labels = col.cast(pa.float64()).to_numpy()
+    if not np.isfinite(labels).all():
+        # As the HTTP endpoint refuses them: one inf or nan stored would fail every later analysis.
+        bad = int(np.flatnonzero(~np.isfinite(labels))[0])
+        raise InvalidInput(
+            f"{path}: column {label_col!r} must hold finite numbers; line {bad + 2} holds {float(labels[bad])!r}"
+        )
     ids = table["request_id"].cast(pa.string()).to_pylist()
-    rows = table["row"].cast(pa.int32()).to_numpy() if "row" in cols else np.zeros(len(ids), np.int32)
+    rows = _rows(table["row"].to_pylist(), path) if "row" in cols else np.zeros(len(ids), np.int32)
     grouped: dict[str, tuple[list, list]] = {}
     for rid, r, lab in zip(ids, rows, labels):
         if not rid:
@@ -162,6 +170,24 @@ def read_file(path: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         g[0].append(int(r))
         g[1].append(float(lab))
     return [(rid, np.array(r, np.int32), np.array(lab)) for rid, (r, lab) in grouped.items()]
+
+
+def _rows(values: list, path: Path) -> np.ndarray:
+    """The ``row`` column: a row index within its request (0 .. MAX_ROWS - 1) on every line."""
+    out = np.zeros(len(values), np.int32)
+    for i, v in enumerate(values):
+        r = v
+        if isinstance(v, str):  # CSV reads a column holding one non-number as text: its numbers are fine
+            try:
+                r = int(v)
+            except ValueError:
+                pass
+        if type(r) is not int or not 0 <= r < MAX_ROWS:
+            raise InvalidInput(
+                f"{path}: column 'row' must hold row indexes 0..{MAX_ROWS - 1}; line {i + 2} holds {v!r}"
+            )
+        out[i] = r
+    return out
 
 
 def _is_num_text(v) -> bool:
