@@ -200,10 +200,27 @@ def _n_features(obj, fmt: str, path: Path) -> int:
 
 def _sample_rows(n_features: int, sample) -> np.ndarray:
     if sample is not None:
-        x = np.load(sample) if isinstance(sample, (str, os.PathLike)) else np.asarray(sample)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        x = _load_sample(sample) if isinstance(sample, (str, os.PathLike)) else np.asarray(sample)
+        try:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"sample rows must be numbers: {exc}") from exc
+        # Checked here, else the runtime fails with a traceback. n_features 0: the width is not known (a
+        # PyTorch module may take any rank; ONNX Runtime's refusal is then reported by convert_file).
+        if x.ndim == 0 or len(x) == 0 or (n_features and (x.ndim != 2 or x.shape[1] != n_features)):
+            want = f"[rows, {n_features}]" if n_features else "[rows, ...]"
+            raise InvalidInput(f"sample rows must be a non-empty {want} array; got shape {list(x.shape)}")
+        return x
     rng = np.random.default_rng(0)
     return rng.normal(size=(PARITY_ROWS, n_features)).astype(np.float32)
+
+
+def _load_sample(path) -> np.ndarray:
+    """A ``.npy`` file of sample rows (never a pickle: ``allow_pickle`` stays off)."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"sample {str(path)!r} is not a readable .npy array: {exc}") from exc
 
 
 def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
@@ -338,6 +355,11 @@ def convert_file(
     """
     import onnxruntime as ort
 
+    for label, tol in (("atol", atol), ("rtol", rtol)):
+        if not (isinstance(tol, (int, float)) and tol >= 0):  # NaN fails this too
+            raise InvalidInput(f"parity tolerance {label} must be a number >= 0; got {tol!r}")
+    if Path(output).is_dir():
+        raise InvalidInput(f"output {str(output)!r} is a directory; give the ONNX file to write")
     path = Path(source)
     fmt, obj = load_source(path)
     if fmt == "onnx":
@@ -362,7 +384,12 @@ def convert_file(
     out_names = [o.name for o in sess.get_outputs()]
     max_diff = 0.0
     if x is not None:
-        got = dict(zip(out_names, sess.run(None, {sess.get_inputs()[0].name: x})))
+        try:
+            got = dict(zip(out_names, sess.run(None, {sess.get_inputs()[0].name: x})))
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime refuses sample rows of the wrong shape or type
+            raise InvalidInput(
+                f"{str(path)!r}: the converted graph does not run on the sample rows (shape {list(x.shape)}): {exc}"
+            ) from exc
         if fmt == "torch":
             pairs = list(zip(out_names, _torch_reference(obj, x)))
         elif fmt == "tensorflow":

@@ -86,11 +86,14 @@ def _register(args) -> int:
     from fastml.features import Feature, FeatureGroup
 
     if args.file:
-        with open(args.file) as fh:
-            try:
-                group = FeatureGroup.from_dict(json.load(fh))
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{args.file}: not JSON: {exc}") from exc
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                spec = json.load(fh)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8 text
+            raise InvalidInput(f"{args.file}: not JSON: {exc}") from exc
+        group = FeatureGroup.from_dict(spec)
     else:
         if not args.name:
             raise InvalidInput("give a group name or --file")

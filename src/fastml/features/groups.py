@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 
 from fastml.errors import InvalidInput
@@ -22,6 +23,8 @@ from the group version's vocabulary (see docs/features.md)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _REF = re.compile(r"^(?P<group>[A-Za-z_][A-Za-z0-9_]*)(?:@v(?P<version>[0-9]+))?:(?P<feature>[A-Za-z_][A-Za-z0-9_]*)$")
 RESERVED_COLUMNS = ("_ingest_seq", "_ingest_row")
+# The largest TTL in microseconds: what an int64 holds (the online store's and the joins' TTL type).
+MAX_TTL_US = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +91,7 @@ class FeatureGroup:
         for n in names:
             if not _NAME.match(n) or n in RESERVED_COLUMNS:
                 raise InvalidInput(f"feature group {self.name!r}: column name {n!r} is not allowed")
-        if not isinstance(self.ttl_s, (int, float)) or self.ttl_s < 0:
-            raise InvalidInput(f"feature group {self.name!r}: ttl_s must be a number >= 0, got {self.ttl_s!r}")
+        _check_ttl(self.name, self.ttl_s)
         object.__setattr__(self, "entities", entities)
         object.__setattr__(self, "features", features)
         object.__setattr__(self, "tags", dict(self.tags or {}))
@@ -146,6 +148,19 @@ class FeatureGroup:
             )
         except (KeyError, TypeError) as exc:
             raise InvalidInput(f"feature group definition is missing or has a bad field: {exc}") from exc
+
+
+def _check_ttl(group: str, ttl_s) -> None:
+    """Readers use the TTL as whole microseconds in an int64 (0 = never expires), so it must be finite, fit
+    there, and a positive TTL must not round down to 0 (which would turn "expire at once" into "never")."""
+    ok = isinstance(ttl_s, (int, float)) and not isinstance(ttl_s, bool) and math.isfinite(ttl_s) and ttl_s >= 0
+    if ok and ttl_s > 0:
+        ok = 1 <= round(ttl_s * 1e6) <= MAX_TTL_US
+    if not ok:
+        raise InvalidInput(
+            f"feature group {group!r}: ttl_s must be 0 (never expires) or a finite number of seconds from 1e-06 "
+            f"to {MAX_TTL_US // 1_000_000}, got {ttl_s!r}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

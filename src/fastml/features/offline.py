@@ -7,7 +7,7 @@ a value came from; ties in event time are broken by them: latest ingest, then la
 
 An ingest writes its files into a staging directory, moves them into place and only then commits its
 row in the metadata database; readers list files from committed ingests only, so a failed or killed
-ingest is invisible (its leftovers are removed by the next ingest of that version).
+ingest is invisible (its leftovers are removed by the first ingest of that version after it counts as dead).
 """
 
 from __future__ import annotations
@@ -170,9 +170,8 @@ class OfflineStore:
         Files land in their final place but stay invisible until the caller commits the ingest.
         """
         vdir = self.version_dir(group.name, version)
-        staging_root = vdir / "_staging"
-        self._remove_leftovers(vdir, staging_root)
-        staging = staging_root / str(seq)
+        # Only this ingest's own staging directory: another process may be staging its ingest beside it.
+        staging = vdir / "_staging" / str(seq)
         staging.mkdir(parents=True, exist_ok=True)
         n = table.num_rows
         table = table.append_column("_ingest_seq", pa.array(np.full(n, seq, dtype=np.int64)))
@@ -215,11 +214,9 @@ class OfflineStore:
         for rel in files:
             (vdir / rel).unlink(missing_ok=True)
 
-    def _remove_leftovers(self, vdir: Path, staging_root: Path) -> None:
-        # Staging directories of ingests that died before moving their files.
-        if staging_root.exists():
-            for d in staging_root.iterdir():
-                shutil.rmtree(d, ignore_errors=True)
+    def remove_staging(self, group: str, version: int, seq: int) -> None:
+        """The staging directory of ingest ``seq`` (one that died before moving its files)."""
+        shutil.rmtree(self.version_dir(group, version) / "_staging" / str(seq), ignore_errors=True)
 
     def read(
         self,

@@ -124,6 +124,7 @@ class FeatureStore:
         for seq in self.metadata.dead_ingests(g.name, version, older_than_s):
             for path in vdir.glob(f"event_date=*/part-{seq}.parquet"):
                 path.unlink(missing_ok=True)
+            self.offline.remove_staging(g.name, version, seq)
             self.metadata.abandon_ingest(seq)
 
     def _update_stats(self, g: FeatureGroup, version: int) -> None:

@@ -178,9 +178,9 @@ def _json_file(path: str | None, what: str):
     from fastml.errors import InvalidInput
 
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, or bytes that are not UTF-8 text
         raise InvalidInput(f"{what} {path!r}: {exc}") from exc
 
 
@@ -348,10 +348,14 @@ def _request(args) -> int:
 def _signers(args) -> int:
     from pathlib import Path
 
+    from fastml.errors import InvalidInput
     from fastml.registry import signing
 
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:  # ValueError: bytes that are not UTF-8 text
+        raise InvalidInput(f"allowed signers file {args.file!r}: {exc}") from exc
     reg = _registry(args)
-    text = Path(args.file).read_text()
     signing.set_policy(reg.engine, text, required=args.require)
     count = len(signing.parse_allowed_signers(text))
     reg.close()

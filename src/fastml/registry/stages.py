@@ -20,6 +20,8 @@ from fastml.registry.refs import LATEST, Ref, check_alias, check_name
 
 _v, _m, _a = store.versions, store.models, store.aliases
 _req, _appr = store.requests, store.approvals
+# What a transition request's status can be.
+REQUEST_STATUSES = ("open", "approved", "rejected", "stale")
 
 
 class _Stale(Exception):
@@ -177,6 +179,8 @@ class Stages:
                 .order_by(_req.c.id)
             )
             if status is not None:
+                if status not in REQUEST_STATUSES:
+                    raise InvalidInput(f"unknown request status {status!r}; statuses: {list(REQUEST_STATUSES)}")
                 q = q.where(_req.c.status == status)
             if name is not None:
                 q = q.where(_m.c.name == name)
@@ -358,12 +362,16 @@ class Stages:
         c.publish(pending)
 
     # ----------------------------------------------------------------- aliases
+    def _check_alias_name(self, alias: str) -> str:
+        check_alias(alias)
+        if alias in self._c.stages or alias == LATEST:
+            raise InvalidInput(f"alias {alias!r} is reserved (stages {self._c.stages} and 'latest' are not aliases)")
+        return alias
+
     def set_alias(self, name: str, alias: str, version: str, *, actor: str | None = None) -> ModelVersion:
         c = self._c
         actor = c.actor(actor)
-        check_alias(alias)
-        if alias in c.stages or alias == LATEST:
-            raise InvalidInput(f"alias {alias!r} is reserved (stages {c.stages} and 'latest' are not aliases)")
+        self._check_alias_name(alias)
         pending: list = []
         with store.write_transaction(c.engine) as conn:
             row = c.find_row(conn, Ref(check_name(name), version=str(semver.parse(version))))
@@ -394,7 +402,9 @@ class Stages:
         actor = c.actor(actor)
         pending: list = []
         with store.write_transaction(c.engine) as conn:
-            row = c.find_row(conn, Ref(check_name(name), selector=check_alias(alias)))
+            # A stage name or 'latest' would resolve to a version here but is no alias: deleting "it" would log
+            # an alias event that never happened.
+            row = c.find_row(conn, Ref(check_name(name), selector=self._check_alias_name(alias)))
             conn.execute(_a.delete().where(_a.c.model_id == row.model_id, _a.c.alias == alias))
             c.emit(conn, pending, "alias", name, row.version, row.version, None, "", actor, {"alias": alias})
         c.publish(pending)
