@@ -99,3 +99,21 @@ def test_cli_register_file_missing_or_not_text_is_a_one_line_error(capsys, fastm
         "invalid start byte\n"
     )
     assert FeatureStore(fastml_home).list_groups() == []
+
+
+@pytest.mark.parametrize("start, end", [("2026-01-21T00:00:00Z", "2026-01-20T00:00:00Z"), ("2026-01-20", "2026-01-20")])
+def test_materialize_refuses_a_window_holding_no_event_time(capsys, fastml_home, start, end):
+    fs = FeatureStore(fastml_home)
+    fs.register(_group())
+    fs.ingest(
+        "g", pd.DataFrame({"id": [1], "event_timestamp": [pd.Timestamp("2026-01-20 08:00", tz="UTC")], "x": [1.5]})
+    )
+    want = f"start ({start}) must be before end ({end}): the window is [start, end)"
+    with pytest.raises(InvalidInput) as exc:
+        fs.materialize("g", start=start, end=end)
+    assert str(exc.value) == want
+    assert main(["features", "materialize", "g", "--start", start, "--end", end]) == 2
+    assert capsys.readouterr().err == f"fastml: error: InvalidInput: {want}\n"
+    # Refused before anything was written or recorded.
+    assert fs.metadata.materializations("g", 1) == []
+    assert fs.get_online(["g:x"], [1])[1].tolist() == [[False]]

@@ -99,6 +99,37 @@ def test_a_failure_midway_leaves_no_output(model_file, tmp_path):
     del text
 
 
+@pytest.mark.parametrize("name, content", [("empty.csv", b""), ("blank.csv", b"\n\n"), ("empty.parquet", b"")])
+def test_a_file_without_a_header_is_refused_naming_it(model_file, tmp_path, capsys, name, content):
+    from fastml.cli import main
+
+    pkl, _ = model_file
+    src = tmp_path / name
+    src.write_bytes(content)
+    want = f"{src}: the file is empty: it has no header or schema naming its columns"
+    with pytest.raises(InvalidInput) as exc:
+        predict_file(pkl, src, tmp_path / "out.csv")
+    assert str(exc.value) == want
+    # The command line says the same in one line, not an Arrow traceback.
+    assert main(["predict", str(pkl), "--input", str(src), "--output", str(tmp_path / "out.csv")]) == 2
+    assert capsys.readouterr().err == f"fastml: error: InvalidInput: {want}\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == [name]  # nothing written
+
+
+@pytest.mark.parametrize("suffix_in", [".csv", ".parquet"])
+def test_a_header_without_rows_scores_to_an_empty_output(model_file, tmp_path, suffix_in):
+    pkl, _ = model_file
+    src = tmp_path / f"in{suffix_in}"
+    if suffix_in == ".csv":
+        src.write_text(",".join(["id"] + [f"f{i}" for i in range(FEATURES)]) + "\n")
+    else:
+        pq.write_table(table(0), src)
+    report = predict_file(pkl, src, tmp_path / "out.csv", key_columns=["id"])
+    assert report.rows == 0
+    out = pacsv.read_csv(tmp_path / "out.csv")
+    assert out.num_rows == 0 and out.column_names == ["id", "label", "probabilities"]
+
+
 RSS_SCRIPT = textwrap.dedent(
     """
     import json, sys

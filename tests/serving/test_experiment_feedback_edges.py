@@ -166,3 +166,63 @@ def test_proportion_needs_zero_one_outcomes():
             [0.5, 0.5, 0.5], [0.0, 1.0, 1.0], kind="proportion", metric="quality", higher_is_better=True
         )
     assert str(exc.value) == "compare: kind='proportion' needs 0/1 outcomes for quality; use kind='mean'"
+
+
+AB = CANARY.split("[deployments.fraud.canary]")[0].replace("10000", "5000").replace("weight_bp = 0", "weight_bp = 5000")
+RANKER = AB.replace("fraud]", "ranker]").replace("fraud.variants", "ranker.variants")
+
+
+def test_apply_says_which_deployments_it_adds_changes_and_removes(registered, tmp_path, capsys):
+    both, ranker = tmp_path / "both.toml", tmp_path / "ranker.toml"
+    both.write_text(AB + RANKER)
+    ranker.write_text(RANKER.replace("weight_bp = 5000", "weight_bp = 2500", 1).replace("= 5000", "= 7500"))
+    code, out, err = cli(capsys, "deploy", "apply", str(both))
+    assert code == 0, err
+    assert out.splitlines()[2] == "added fraud, ranker; changed none; removed none"
+    code, out, err = cli(capsys, "deploy", "apply", str(ranker), "--dry-run")
+    assert code == 0, err
+    assert out.splitlines()[1] == "if applied: added none; changed ranker; removed fraud"
+    code, out, err = cli(capsys, "deploy", "apply", str(ranker), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["added"], doc["changed"], doc["removed"]) == ([], ["ranker"], ["fraud"])
+    assert list(dconf.read(dconf.state_path())[1]) == ["ranker"]
+
+
+def test_apply_refuses_a_file_declaring_no_deployments_without_allow_empty(registered, tmp_path, capsys):
+    good, empty = tmp_path / "ab.toml", tmp_path / "empty.toml"
+    good.write_text(AB + RANKER)
+    empty.write_text("# every deployment moved to another home\n")
+    assert cli(capsys, "deploy", "apply", str(good))[0] == 0
+    for extra in ([], ["--dry-run"]):
+        code, out, err = cli(capsys, "deploy", "apply", str(empty), *extra)
+        assert (code, out) == (2, "")
+        assert err == (
+            f"fastml: error: InvalidInput: {empty}: declares no deployments, so applying it would remove every "
+            "applied deployment (fraud, ranker); pass --allow-empty to do that\n"
+        )
+    assert dconf.read(dconf.state_path())[0] == AB + RANKER  # nothing lost
+    code, out, err = cli(capsys, "deploy", "apply", str(empty), "--allow-empty")
+    assert code == 0, err
+    assert out.splitlines()[0] == "added none; changed none; removed fraud, ranker"
+    assert dconf.read(dconf.state_path())[1] == {}
+
+
+@pytest.mark.parametrize(
+    "requests, errors, problem",
+    [
+        (10, -3, "errors must lie within 0..10 (its requests), got -3"),
+        (10, 30, "errors must lie within 0..10 (its requests), got 30"),
+        (-1, 0, "requests must be >= 0, got -1"),
+    ],
+)
+def test_analyze_refuses_impossible_error_counts_naming_the_variant(requests, errors, problem):
+    variants = {
+        "a": {"weight_bp": 5000, "requests": 50, "errors": 5, "latency_us": np.arange(50.0)},
+        "b": {"weight_bp": 5000, "requests": requests, "errors": errors, "latency_us": np.arange(50.0)},
+    }
+    with pytest.raises(InvalidInput) as exc:
+        experiments.analyze("d", variants, baseline="a")
+    assert str(exc.value) == f"analyze: variant 'b': {problem}"
+    variants["b"].update(requests=10, errors=10)  # the bounds themselves are fine
+    assert [s.error_rate for s in experiments.analyze("d", variants, baseline="a").variants] == [0.1, 1.0]

@@ -254,9 +254,13 @@ class FeatureStore:
         One write transaction; a stored row with a newer event time is kept (so running it again, or
         over an older window, changes nothing). Categorical values get codes from the version's
         vocabulary, extended first. Returns ``{"entities", "written", "skipped_older"}``.
+
+        Raises:
+            InvalidInput: ``start`` not before ``end`` (checked before anything is written or recorded).
         """
         g, version = self.get_group(group)
         start_us, end_us = _to_us(start), _to_us(end)
+        _check_window(start, end, start_us, end_us)
         rows = self._read(g, version, None, start_us, end_us)
         n_total = rows.num_rows
         online = self.online
@@ -331,6 +335,13 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
     if table.num_rows == 0:
         return np.empty(0, np.int64)
     return table.column(name).combine_chunks().to_numpy()
+
+
+def _check_window(start, end, start_us: int | None, end_us: int | None) -> None:
+    # A window that holds no event time would read nothing and record a materialisation of 0 entities: a
+    # swapped --start/--end looks like a group without data instead of a mistake.
+    if start_us is not None and end_us is not None and start_us >= end_us:
+        raise InvalidInput(f"start ({start}) must be before end ({end}): the window is [start, end)")
 
 
 def _to_us(value) -> int | None:

@@ -123,6 +123,19 @@ def _arr(x, name: str) -> np.ndarray:
     return a
 
 
+def _counts(name: str, v: Mapping) -> tuple[int, int]:
+    """A variant's ``(requests, errors)``. Counts outside 0 <= errors <= requests would give error rates
+    below 0 or above 1 (and a comparison of made-up outcomes) instead of an error."""
+    requests, errors = int(v.get("requests", 0)), int(v.get("errors", 0))
+    if requests < 0:
+        raise InvalidInput(f"analyze: variant {name!r}: requests must be >= 0, got {requests}")
+    if not 0 <= errors <= requests:
+        raise InvalidInput(
+            f"analyze: variant {name!r}: errors must lie within 0..{requests} (its requests), got {errors}"
+        )
+    return requests, errors
+
+
 def _check_alpha(alpha: float, where: str) -> None:
     if not 0 < alpha < 1:
         raise InvalidInput(f"{where}: alpha must lie within (0, 1), got {alpha}")
@@ -526,6 +539,9 @@ def analyze(
         variants: ``{name: {"weight_bp": int, "requests": int, "errors": int, "latency_us": array,
             "quality": array (per-feedback outcome, e.g. 1 for a correct prediction)}}``.
         quality_kind: ``proportion`` (0/1 outcomes) or ``mean`` (continuous, e.g. absolute error).
+
+    Raises:
+        InvalidInput: a bad ``alpha`` or ``baseline``, or a variant whose counts are impossible (naming it).
     """
     _check_alpha(alpha, "analyze")
     if baseline not in variants:
@@ -533,12 +549,13 @@ def analyze(
     summaries = []
     for name, v in variants.items():
         q = np.asarray(v.get("quality", ()), dtype=np.float64).reshape(-1)
+        requests, errors = _counts(name, v)
         summaries.append(
             VariantSummary(
                 name,
                 int(v.get("weight_bp", 0)),
-                int(v.get("requests", 0)),
-                int(v.get("errors", 0)),
+                requests,
+                errors,
                 percentiles(v.get("latency_us", ())),
                 int(q.size),
                 float(q.mean()) if q.size else None,

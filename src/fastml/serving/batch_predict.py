@@ -244,7 +244,29 @@ def _numeric_view(col) -> np.ndarray | None:
 
 def _open(path: Path, batch_rows: int):
     """(file columns, ``batches(columns, rows=batch_rows)``: an iterator of record batches over the wanted
-    columns, total rows or None)."""
+    columns, total rows or None). Shared by the Ray engine, which reads only the columns from it.
+
+    Raises:
+        InvalidInput: a file with no header or schema to read (an empty CSV, a 0-byte Parquet file), naming
+            it. A header or schema with no rows is fine: it scores to an output of zero rows.
+    """
+    import pyarrow as pa
+
+    try:
+        return _open_columns(path, batch_rows)
+    except pa.ArrowInvalid as exc:  # Arrow's own words ("Empty CSV file") name neither the file nor the fix
+        raise InvalidInput(_unreadable(path, exc)) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    with open(path, "rb") as f:
+        blank = not f.read(1 << 16).strip()
+    if blank:
+        return f"{path}: the file is empty: it has no header or schema naming its columns"
+    return f"{path}: cannot read its columns: {exc}"
+
+
+def _open_columns(path: Path, batch_rows: int):
     import pyarrow as pa
 
     suffix = path.suffix.lower()

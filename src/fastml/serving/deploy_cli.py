@@ -3,7 +3,9 @@
 ``apply FILE`` checks the file (fields, weights, shadows), resolves every registry reference and compares
 the models' signatures, then persists it under ``$FASTML_HOME/deployments/`` all-or-nothing; running
 servers on that home apply it within a second, without dropping requests. Nothing is written when a check
-fails. ``status`` sums the counters that serving processes publish beside it.
+fails. The file replaces the whole applied set: apply prints the deployments it adds, changes and removes,
+and refuses a file that declares none without ``--allow-empty``. ``status`` sums the counters that serving
+processes publish beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ def add_parser(subparsers) -> None:
         "file; others on the server are left as they are) instead of writing FASTML_HOME directly",
     )
     c.add_argument("--token-file", metavar="PATH", help="with --server: a file holding the server's admin token")
+    c.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="apply a file that declares no deployments, removing every applied deployment",
+    )
     c.set_defaults(handler=_apply)
 
     c = sub.add_parser("status", help="deployments, variants, weights and live per-variant counts")
@@ -133,24 +140,56 @@ def _apply_remote(args, specs: dict) -> int:
 
 
 def _apply(args) -> int:
+    from fastml.errors import InvalidInput
     from fastml.serving import deployment_config as dconf
 
     text, specs = dconf.read(args.file)
     if args.server and not args.dry_run:
         return _apply_remote(args, specs)
-    resolved = check_references(specs, args.file)
     path = dconf.state_path()
+    changes = _changes(_applied(path), specs)
+    # The file replaces the whole applied set: an empty or all-comments file would stop every deployment.
+    if not specs and not args.allow_empty:
+        removing = ", ".join(changes["removed"]) or "none is applied now"
+        raise InvalidInput(
+            f"{args.file}: declares no deployments, so applying it would remove every applied deployment "
+            f"({removing}); pass --allow-empty to do that"
+        )
+    resolved = check_references(specs, args.file)
     if not args.dry_run:
         dconf.write_atomic(path, text)
     if args.json:
-        print(json.dumps({"file": str(path), "applied": not args.dry_run, "deployments": resolved}, indent=2))
+        doc = {"file": str(path), "applied": not args.dry_run, "deployments": resolved, **changes}
+        print(json.dumps(doc, indent=2))
         return 0
     verb = "checked" if args.dry_run else "applied"
     for name, rows in resolved.items():
         print(f"{verb} deployment {name}: " + ", ".join(f"{v} -> {r}" for v, r in rows.items()))
+    summary = "; ".join(f"{kind} {', '.join(names) or 'none'}" for kind, names in changes.items())
+    print(("if applied: " if args.dry_run else "") + summary)
     if not args.dry_run:
         print(f"saved to {path}; running servers on this FASTML_HOME switch within a second")
     return 0
+
+
+def _applied(path) -> dict:
+    """The deployments applied now (none when nothing was applied)."""
+    from fastml.errors import InvalidInput
+    from fastml.serving import deployment_config as dconf
+
+    try:
+        return dconf.read(path)[1] if path.exists() else {}
+    except InvalidInput:  # servers keep what they run when this file is bad; the new file replaces it anyway
+        return {}
+
+
+def _changes(before: dict, after: dict) -> dict[str, list[str]]:
+    """``{"added", "changed", "removed"}`` deployment names, going from ``before`` to ``after``."""
+    return {
+        "added": [n for n in after if n not in before],
+        "changed": [n for n in after if n in before and after[n] != before[n]],
+        "removed": [n for n in before if n not in after],
+    }
 
 
 def _status(args) -> int:

@@ -92,10 +92,14 @@ def collect(name: str, metric: str = "accuracy", output: str | None = None) -> t
         lv = live.get("variants", {}).get(v.name, {})
         o = outcomes[v.name]
         logged = int(o["latency_us"].size)
+        errors = int(lv.get("errors", 0))
+        requests = int(lv["requests"]) if live.get("processes") else logged
         rows[v.name] = {
             "weight_bp": int(lv.get("weight_bp", v.weight_bp)),
-            "requests": int(lv["requests"]) if live.get("processes") else logged,
-            "errors": int(lv.get("errors", 0)),
+            # Live counters are read without a lock while serving goes on: a failed request's error may be counted
+            # before the request is, and analyze refuses more errors than requests.
+            "requests": max(requests, errors),
+            "errors": errors,
             "latency_us": o["latency_us"],
             "quality": o["quality"],
         }
