@@ -342,9 +342,10 @@ def msprt_lambda(effect, variance, tau2):
     """
     v = np.asarray(variance, dtype=np.float64)
     e = np.asarray(effect, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # over: overwhelming evidence puts the ratio past float range; inf is its right value (p-value 0).
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_l = 0.5 * np.log(v / (v + tau2)) + e**2 * tau2 / (2 * v * (v + tau2))
-    return np.exp(np.where(v > 0, log_l, 0.0))
+        return np.exp(np.where(v > 0, log_l, 0.0))
 
 
 def msprt_halfwidth(variance, tau2, alpha: float):
