@@ -465,15 +465,25 @@ class AsyncClient:
             pipe.abandon()  # cancelled or failed: its requests leave the connection's books
         return pipe.failed
 
-    async def ping(self) -> float:
-        """Round-trip time of a PING frame on the next connection, in seconds."""
+    async def ping(self, timeout_s: float | None = None) -> float:
+        """Round-trip time of a PING frame on the next connection, in seconds.
+
+        Raises:
+            DeadlineExceeded: no PONG within ``timeout_s`` (default: the client's), as :meth:`Client.ping`.
+        """
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         conn = await self._connection()
         rid = conn.new_id()
         fut = asyncio.get_running_loop().create_future()
         conn.waiting[rid] = fut
         t0 = time.perf_counter()
         conn.send(wire.encode_control(wire.PING, rid))
-        await asyncio.wait_for(fut, self.timeout_s)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no PONG from {self.address} within {timeout_s:.3f} s") from None
+        finally:
+            conn.waiting.pop(rid, None)  # a PONG that never came must not stay in the connection's books
         return time.perf_counter() - t0
 
     async def close(self) -> None:

@@ -82,13 +82,18 @@ class _Connection:
             Unavailable: the connection failed or the server closed it.
         """
         try:
-            return self._exchange(frames, deadline, window)
+            results = self._exchange(frames, deadline, window)
         except FastMLError:
             self.close()  # a half-finished exchange leaves unread answers: the connection is done
             raise
         except OSError as exc:
             self.close()
             raise Unavailable(f"connection to {self.address} failed: {exc.strerror or exc}") from None
+        if any(item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL for item in results.values()):
+            # The server closes the connection after a FATAL answer (e.g. a frame over its size limit):
+            # pooled, it would fail the next call with Unavailable.
+            self.close()
+        return results
 
     def _exchange(self, frames, deadline, window) -> dict[int, tuple]:
         sock, buffer, parser = self.sock, self.buffer, self.parser

@@ -107,17 +107,23 @@ def read_table(path: str) -> dict:
     if not p.is_file():
         raise NotFound(f"file {p} does not exist")
     suffix = p.suffix.lower()
-    if suffix == ".csv":
-        import pyarrow.csv as pacsv
+    if suffix not in (".csv", ".parquet", ".pq", ".npy"):
+        raise InvalidInput(f"{p}: unsupported file type {suffix!r}; use .csv, .parquet or .npy")
+    # A truncated or malformed file is the caller's input, not a fault of fastml: name the file, no traceback.
+    try:
+        if suffix == ".csv":
+            import pyarrow.csv as pacsv
 
-        return as_columns(pacsv.read_csv(p), name=str(p))
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+            data = pacsv.read_csv(p)
+        elif suffix == ".npy":
+            data = np.load(p, allow_pickle=False)
+        else:
+            import pyarrow.parquet as pq
 
-        return as_columns(pq.read_table(p), name=str(p))
-    if suffix == ".npy":
-        return as_columns(np.load(p, allow_pickle=False), name=str(p))
-    raise InvalidInput(f"{p}: unsupported file type {suffix!r}; use .csv, .parquet or .npy")
+            data = pq.read_table(p)
+    except (ValueError, OSError, EOFError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        raise InvalidInput(f"{p}: cannot read: {exc}") from None
+    return as_columns(data, name=str(p))
 
 
 def _reference(path: str):

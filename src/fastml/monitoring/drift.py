@@ -563,7 +563,7 @@ def _column_drift(
     if chosen not in METHODS:
         raise InvalidInput(f"column {ref.name!r}: unknown drift method {chosen!r}; known: {list(METHODS)}")
     thr = DEFAULT_THRESHOLDS[chosen] if threshold is None else float(threshold)
-    if thr < 0 or (chosen in P_VALUE_METHODS and thr > 1):
+    if not thr >= 0 or (chosen in P_VALUE_METHODS and thr > 1):  # "not >=" also refuses NaN
         raise InvalidInput(f"column {ref.name!r}: threshold {thr} out of range for {chosen!r}")
     score, statistic = _score(pair, chosen, ref.kind, ref.name)
     stats: dict[str, float] = {}

@@ -111,11 +111,17 @@ class OnnxExplainer:
             raise InvalidInput(f"model has no input {self.input_name!r}; inputs are {names}")
         outs = {o.name: o for o in self.session.get_outputs()}
         if output is None:
-            output = next((n for n, o in outs.items() if "float" in o.type), None)
+            output = next((n for n, o in outs.items() if _is_float_tensor(o.type)), None)
             if output is None:
-                raise InvalidInput(f"model has no floating-point output to explain; outputs are {list(outs)}")
+                raise InvalidInput(
+                    f"model has no floating-point tensor output to explain; outputs are "
+                    f"{ {n: o.type for n, o in outs.items()} } (a ZipMap output needs a model converted "
+                    f"with zipmap=False)"
+                )
         if output not in outs:
             raise InvalidInput(f"model has no output {output!r}; outputs are {list(outs)}")
+        if not _is_float_tensor(outs[output].type):
+            raise InvalidInput(f"output {output!r} is {outs[output].type}, not a floating-point tensor")
         self.output = output
         bg = np.asarray(background, dtype=np.float32)
         if bg.ndim != 2 or bg.shape[0] == 0:
@@ -216,11 +222,14 @@ class OnnxExplainer:
 
         if self.source_model is None:
             raise InvalidInput("algorithm 'tree' needs the source tree model (source_model=...)")
+        # A regressor's output is its raw output (shap refuses "probability" for it); its one-column ONNX
+        # output is not a binary classifier's positive class, so it is never mirrored below.
+        classifier = hasattr(self.source_model, "predict_proba")
         explainer = shap.TreeExplainer(
             self.source_model,
             data=self.background.astype(np.float64),
             feature_perturbation="interventional",
-            model_output="raw" if self.link == "logit" else "probability",
+            model_output="probability" if classifier and self.link == "identity" else "raw",
         )
         values = explainer.shap_values(X.astype(np.float64), check_additivity=False)
         expected = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
@@ -234,7 +243,7 @@ class OnnxExplainer:
         else:
             # one output: for a binary classifier it is the positive class
             base = expected[0]
-            if self.class_index == 0:  # the single output is the positive class: mirror it
+            if classifier and self.class_index == 0:  # the single output is the positive class: mirror it
                 values, base = -values, (-base if self.link == "logit" else 1.0 - base)
         return ShapResult(values, float(base), self.feature_names, "tree", self.output_label)
 
@@ -267,3 +276,8 @@ class OnnxExplainer:
             return [(name, float(w)) for name, w in exp.as_list(label=label)]
         exp = explainer.explain_instance(r, self.predict, num_features=num_features, num_samples=num_samples)
         return [(name, float(w)) for name, w in exp.as_list()]
+
+
+def _is_float_tensor(onnx_type: str) -> bool:
+    """``tensor(float)``, ``tensor(double)``, ``tensor(float16)``: not a ZipMap's ``seq(map(...))``."""
+    return onnx_type.startswith("tensor(") and ("float" in onnx_type or "double" in onnx_type)

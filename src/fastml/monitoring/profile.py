@@ -125,6 +125,12 @@ def categorical_values(values: np.ndarray) -> np.ndarray:
         return values.astype(str)
     if values.dtype.kind == "b":
         return values.astype(str)
+    if values.dtype.kind == "f":
+        # A column of whole numbers turns float once it holds a NaN (pandas, Arrow nulls): 1.0 must be the
+        # same category as the integer reference's 1, as it is in Evidently's value counts.
+        v = values[~np.isnan(values)]
+        whole = np.isfinite(v) & (v == np.round(v))
+        return np.asarray([str(int(x)) if w else str(x) for x, w in zip(v.tolist(), whole.tolist())], dtype=str)
     keep = np.array([not (v is None or (isinstance(v, float) and v != v)) for v in values], dtype=bool)
     return np.asarray([str(v) for v in values[keep]], dtype=str)
 
@@ -253,8 +259,15 @@ class ReferenceProfile:
             from fastml.errors import NotFound
 
             raise NotFound(f"reference profile {path} does not exist")
-        with pa.memory_map(str(path)) as src:
-            table = pa.ipc.open_file(src).read_all()
+        try:
+            with pa.memory_map(str(path)) as src:
+                table = pa.ipc.open_file(src).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InvalidInput(f"reference profile {path}: cannot read: {exc}") from None
+        wanted = {"name", "kind", "values", "categories", "counts"}
+        if not wanted <= set(table.column_names):
+            # Any Arrow IPC file opens; only one written by save() has these columns.
+            raise InvalidInput(f"{path} is not a reference profile (columns {table.column_names})")
         out = {}
         for row in table.to_pylist():
             if row["kind"] == NUMERIC:

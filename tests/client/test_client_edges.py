@@ -1,0 +1,99 @@
+"""Client edge cases against scripted servers: a FATAL answer retires its connection, and the asyncio
+client's ping times out with the fastml error class without leaving its request on the books."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from fastml import errors
+from fastml.client import AsyncClient, Client, wire
+
+
+class _Server:
+    """Answers each request with ``answer(conn, item)``; returns False to close the connection."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.connections = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        parser, buf = wire.Parser(), wire.FrameBuffer(1 << 16)
+        with conn:
+            while True:
+                try:
+                    n = conn.recv_into(buf.get_buffer())
+                except OSError:
+                    return
+                if not n:
+                    return
+                buf.advance(n)
+                for item in buf.parse(parser, 1 << 20)[0]:
+                    if self.answer(conn, item) is False:
+                        return
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def make(answer):
+        servers.append(_Server(answer))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _fatal_for_negative(conn, item):
+    """As the server does for a frame over its size limit: a FATAL error for that request, then close."""
+    if float(item[5]["x"].ravel()[0]) < 0:
+        conn.sendall(wire.encode_error(item[1], 413, 1, "frame too large", wire.FLAG_FATAL))
+        return False
+    conn.sendall(wire.encode_response(item[1], item[2], "1", {k: np.array(v) for k, v in item[5].items()}))
+    return True
+
+
+def test_a_fatal_answer_retires_the_connection(server):
+    srv = server(_fatal_for_negative)
+    with Client(srv.address, retries=0, timeout_s=5) as client:
+        with pytest.raises(errors.InvalidInput, match="^frame too large$"):
+            client.infer("m", {"x": np.full((1, 2), -1, np.float32)})
+        out = client.infer("m", {"x": np.ones((1, 2), np.float32)})  # not the closed connection again
+    assert out["x"].tolist() == [[1.0, 1.0]]
+    assert srv.connections == 2
+
+
+def test_async_ping_timeout_is_deadline_exceeded_and_forgotten(server):
+    srv = server(lambda conn, item: True)  # never answers a PING
+
+    async def main():
+        client = AsyncClient(srv.address, timeout_s=5)
+        try:
+            with pytest.raises(errors.DeadlineExceeded, match=r"^no PONG from 127\.0\.0\.1:\d+ within 0\.100 s$"):
+                await client.ping(timeout_s=0.1)
+            return [len(c.waiting) for c in client._conns if c is not None]
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) == [0]
