@@ -191,3 +191,46 @@ def test_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def _nan_regressor_graph(path):
+    """A regression graph whose every prediction is NaN (0 / 0 per row)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Sub", ["input", "input"], ["zero"]),
+        helper.make_node("Div", ["zero", "zero"], ["nan"]),
+        helper.make_node("ReduceSum", ["nan", "axes"], ["variable"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+class _Constant:
+    def __init__(self, value):
+        self.value = value
+
+    def predict(self, x):
+        return np.full(len(x), self.value)
+
+
+def test_parity_fails_when_the_graph_answers_nan(tmp_path):
+    """NaN predictions against finite ones are off (a NaN compares False with any tolerance); NaN on both sides
+    is agreement."""
+    path = tmp_path / "nan.onnx"
+    _nan_regressor_graph(path)
+    spec = InputSpec(numeric=("a", "b"))
+    x = np.ones((5, 2), np.float32)
+    report = check_parity(_Constant(1.0), path, x, spec, task="regression", atol=ATOL, rtol=RTOL)
+    assert not report.ok
+    assert report.failures == [f"5 of 5 predictions off by up to inf (tolerance {ATOL:g} + {RTOL:g}*|y|)"]
+    assert report.max_abs_diff == float("inf")
+    agree = check_parity(_Constant(np.nan), path, x, spec, task="regression", atol=ATOL, rtol=RTOL)
+    assert agree.ok and agree.max_abs_diff == 0.0

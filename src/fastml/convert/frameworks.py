@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastml.convert.parity import off_tolerance
 from fastml.errors import InvalidInput
 
 FORMATS = ("onnx", "sklearn", "xgboost", "lightgbm", "torch", "tensorflow")
@@ -322,12 +323,9 @@ def _torch_sample(module, sample, path: Path) -> np.ndarray:
     raise InvalidInput(f"{str(path)!r}: a PyTorch module needs a sample input (--sample FILE.npy) to be exported")
 
 
-def _max_diff(got: np.ndarray, ref: np.ndarray, what: str) -> float:
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if got.size != ref.size:
-        raise InvalidInput(f"parity check failed: {what} has {got.size} values, the source model {ref.size}")
-    return float(np.max(np.abs(got.reshape(-1) - ref.reshape(-1)))) if got.size else 0.0
+def _check_sizes(got: np.ndarray, ref: np.ndarray, what: str) -> None:
+    if np.size(got) != np.size(ref):
+        raise InvalidInput(f"parity check failed: {what} has {np.size(got)} values, the source model {np.size(ref)}")
 
 
 def convert_file(
@@ -403,9 +401,9 @@ def convert_file(
                 if got[name].size == want.size
                 else got[name]
             )
-            diff = _max_diff(have, want, f"output {name!r}")
+            _check_sizes(have, want, f"output {name!r}")
+            bad, diff = off_tolerance(have, want, atol, rtol)
             max_diff = max(max_diff, diff)
-            bad = np.abs(np.asarray(have, np.float64) - want) > atol + rtol * np.abs(want)
             if np.any(bad):
                 raise InvalidInput(
                     f"{str(path)!r}: parity check failed: output {name!r} differs from the source model by up to "

@@ -10,6 +10,25 @@ import numpy as np
 from fastml.convert.spec import InputSpec, onnx_feed
 
 
+def off_tolerance(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> tuple[np.ndarray, float]:
+    """(where ``got`` is not within ``atol + rtol * |want|`` of ``want``, the largest absolute difference).
+
+    A NaN on one side only is off (``diff > tol`` is False for a NaN, so a graph answering NaN used to pass);
+    NaN on both sides at the same place is agreement. The largest difference is then inf.
+    """
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got - want)
+        both_nan = np.isnan(got) & np.isnan(want)
+        off = ~(diff <= atol + rtol * np.abs(want)) & ~both_nan
+    if not diff.size:
+        return off, 0.0
+    return off, float("inf") if off.any() and np.isnan(diff[off]).any() else float(
+        np.nanmax(np.where(both_nan, 0.0, diff))
+    )
+
+
 @dataclasses.dataclass
 class ParityReport:
     """Outcome of :func:`check_parity`. ``ok`` is False when any check failed; ``failures`` says which."""
@@ -66,9 +85,7 @@ def check_parity(
                 float("inf"),
                 failures=[f"probabilities shape {got_p.shape} != source {ref_p.shape}"],
             )
-        diff = np.abs(got_p - ref_p)
-        max_diff = float(diff.max()) if diff.size else 0.0
-        bad = diff > atol + rtol * np.abs(ref_p)
+        bad, max_diff = off_tolerance(got_p, ref_p, atol, rtol)
         if bad.any():
             failures.append(
                 f"{int(bad.any(axis=1).sum())} of {n} rows have probabilities off by up to {max_diff:.3g} (tolerance {atol:g} + {rtol:g}*|p|)"
@@ -90,9 +107,7 @@ def check_parity(
         return ParityReport(
             False, n, atol, rtol, float("inf"), failures=[f"prediction shape {got.shape} != source {ref.shape}"]
         )
-    diff = np.abs(got - ref)
-    max_diff = float(diff.max()) if diff.size else 0.0
-    bad = diff > atol + rtol * np.abs(ref)
+    bad, max_diff = off_tolerance(got, ref, atol, rtol)
     if bad.any():
         failures.append(
             f"{int(bad.sum())} of {n} predictions off by up to {max_diff:.3g} (tolerance {atol:g} + {rtol:g}*|y|)"
