@@ -102,3 +102,14 @@ def test_zipmap_output_is_refused_with_a_clear_message(tmp_path):
         OnnxExplainer(path, X)
     with pytest.raises(InvalidInput, match=r"^output 'output_probability' is seq\(map\(int64,tensor\(float\)\)\)"):
         OnnxExplainer(path, X, output="output_probability")
+
+
+def test_chisquare_on_one_value_in_both_windows_is_no_drift():
+    """scipy's chisquare with 0 degrees of freedom gives a NaN p-value, which the JSON report then held."""
+    import dataclasses
+    import json
+
+    col = {"k": np.array(["a"] * 50)}
+    res = detect_drift(col, {"k": np.array(["a"] * 20)}, kinds={"k": "categorical"}, methods="chisquare")["k"]
+    assert (res.method, res.score, res.statistic, res.drifted) == ("chisquare", 1.0, 0.0, False)
+    json.dumps(dataclasses.asdict(res), allow_nan=False)  # valid JSON: no NaN

@@ -204,6 +204,10 @@ class _CategoricalPair:
     def chisquare(self) -> tuple[float, float]:
         from scipy.stats import chisquare
 
+        if self.keys.size < 2:
+            # One value in both windows: nothing can differ, and scipy's 0 degrees of freedom give a NaN p-value
+            # (Evidently reports that NaN; as JSON it is not even valid).
+            return 0.0, 1.0
         f_exp = self.ref_counts * (self.n_cur / self.n_ref)
         with np.errstate(divide="ignore", invalid="ignore"):
             res = chisquare(self.cur_counts.astype(np.float64), f_exp)
