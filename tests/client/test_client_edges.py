@@ -97,3 +97,22 @@ def test_async_ping_timeout_is_deadline_exceeded_and_forgotten(server):
             await client.close()
 
     assert asyncio.run(main()) == [0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        ({"timeout_s": None}, "timeout_s must be a finite number of seconds > 0, got None"),
+        ({"timeout_s": 0}, "timeout_s must be a finite number of seconds > 0, got 0"),
+        ({"connect_timeout_s": float("inf")}, "connect_timeout_s must be a finite number of seconds > 0, got inf"),
+        ({"retries": -1}, "retries must be an int >= 0, got -1"),
+        ({"retries": 1.5}, "retries must be an int >= 0, got 1.5"),
+        ({"retry_backoff_s": float("nan")}, "retry_backoff_s must be a number of seconds >= 0, got nan"),
+    ],
+)
+def test_clients_refuse_bad_settings_when_built(kwargs, problem):
+    """A None timeout used to be a TypeError on the first call; both clients now refuse it when built."""
+    for cls in (Client, AsyncClient):
+        with pytest.raises(errors.InvalidInput) as exc:
+            cls("127.0.0.1:1", **kwargs)
+        assert str(exc.value) == problem

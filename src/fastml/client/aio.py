@@ -282,6 +282,7 @@ class AsyncClient:
         tls: ssl.SSLContext | None = None,
     ):
         self._family, self._addr = wire.parse_address(address)
+        wire.check_settings(timeout_s, connect_timeout_s, retries, retry_backoff_s)
         self.tls = tls
         if connections < 1:
             raise InvalidInput(f"connections must be >= 1, got {connections}")

@@ -184,6 +184,7 @@ class Client:
         tls: ssl.SSLContext | None = None,
     ):
         wire.parse_address(address)  # refuse a malformed address now, not on first use
+        wire.check_settings(timeout_s, connect_timeout_s, retries, retry_backoff_s)
         self.tls = tls
         self.address = address
         self.timeout_s = timeout_s

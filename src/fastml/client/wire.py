@@ -190,6 +190,19 @@ class FrameBuffer:
         return items, fatal, routes
 
 
+def check_settings(timeout_s, connect_timeout_s, retries, retry_backoff_s) -> None:
+    """Refuse client settings that would fail only on first use (a None timeout was a TypeError mid-call)."""
+    import math
+
+    for name, value in (("timeout_s", timeout_s), ("connect_timeout_s", connect_timeout_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+            raise errors.InvalidInput(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise errors.InvalidInput(f"retries must be an int >= 0, got {retries!r}")
+    if isinstance(retry_backoff_s, bool) or not isinstance(retry_backoff_s, (int, float)) or not retry_backoff_s >= 0:
+        raise errors.InvalidInput(f"retry_backoff_s must be a number of seconds >= 0, got {retry_backoff_s!r}")
+
+
 __all__ = [
     "Answers",
     "ERROR",
@@ -214,4 +227,5 @@ __all__ = [
     "error_kind",
     "parse_address",
     "result_of",
+    "check_settings",
 ]
