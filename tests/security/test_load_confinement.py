@@ -93,7 +93,7 @@ def test_overrides_are_bounded_before_anything_is_built(layout):
     before = manager.latest["mlp"]
     threads_before = set(threading.enumerate())
     bad = [
-        ({"max_batch_size": 5_000_000}, "max_batch_size must be between 0 and 4096"),
+        ({"max_batch_size": 5_000_000}, "max_batch_size must be between 1 and 4096"),
         ({"instance_group": [{"count": 300}]}, "instances must be between 1 and 64"),
         ({"dynamic_batching": {"max_queue_delay_microseconds": 2**63}}, "max_queue_delay_us must be between"),
         ({"max_batch_size": "many"}, "max_batch_size must be an integer"),
@@ -147,7 +147,7 @@ def test_http_load_of_a_path_is_refused(sec_repo, tmp_path):
             {"parameters": {"config": json.dumps({"max_batch_size": 5_000_000})}},
             auth,
         )
-        assert status == 400 and "max_batch_size must be between 0 and 4096" in payload["error"]
+        assert status == 400 and "max_batch_size must be between 1 and 4096" in payload["error"]
         index = srv.call("POST", "/v2/repository/index", {})[1]
         assert sorted(m["name"] for m in index) == ["gbt", "mlp"]
     finally:

@@ -152,6 +152,9 @@ def _conversations(x: np.ndarray) -> dict[str, list[bytes]]:
         "body too large": [b"POST /v2/models/mlp/infer HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"],
         "malformed http": [b"GET /v2 HTTP/9.9 garbage\r\n\r\n"],
         "bad ihcl": [_req("POST", "/v2/models/mlp/infer", b"{}", {"Inference-Header-Content-Length": "abc"})],
+        # An answer to HEAD has headers only, the refusals of the parser included.
+        "head refused, then get": [_req("HEAD", "/v2/models/mlp/infer") + _req("HEAD", "/v3/x") + _req("GET", "/v2")],
+        "head body too large": [b"HEAD /v2 HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n"],
     }
 
 

@@ -203,6 +203,12 @@ def error_response(status: int, message: str, conn_hdr: bytes = b"") -> bytes:
     )
 
 
+def headers_only(data: bytes) -> bytes:
+    """A response to HEAD: its status line and headers, without the body (RFC 9112 6.3); Content-Length still
+    states the size the body would have, as RFC 9110 9.3.2 allows."""
+    return data[: data.index(b"\r\n\r\n") + 4]
+
+
 _SHED_ERROR = Overloaded(SHED_MESSAGE)
 _shed_responses: dict[bytes, bytes] = {}
 
@@ -513,6 +519,8 @@ class HttpProtocol:
         self.server.count_status(status)
         slot = _Slot()
         slot.data = error_response(status, message, _CLOSE_HDR)
+        if self.url and self.parser.get_method() == b"HEAD":  # (the URL is read once the method is)
+            slot.data = headers_only(slot.data)
         slot.close = True
         self.pending.append(slot)
         self.flush()
@@ -613,10 +621,13 @@ class HttpProtocol:
             body = b""
         if self.reserved:
             self._release()  # the body is joined and about to be decoded: no longer a buffer we are filling
+        method = parser.get_method()
         try:
-            self._dispatch(parser.get_method(), body, conn_hdr)
+            self._dispatch(method, body, conn_hdr)
         except _Reject as r:
-            self._respond(error_response(r.status, r.message, conn_hdr), conn_hdr)
+            data = error_response(r.status, r.message, conn_hdr)
+            # No route takes HEAD: its 404 or 405 is the one answer it gets, and it has headers only.
+            self._respond(headers_only(data) if method == b"HEAD" else data, conn_hdr)
             self.server.count_status(r.status)
         if len(self.pending) >= self.limits.max_pipelined:
             self._pause_reading()

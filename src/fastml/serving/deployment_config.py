@@ -145,10 +145,7 @@ def parse(text: str, source: str = "deployment file") -> dict[str, DeploymentSpe
             10000, a share outside 0..10000, a repeated variant name, or a shadow that mirrors a variant
             of its own deployment onto the same model ("a shadow pointing at itself").
     """
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInput(f"{source}: not valid TOML: {exc}") from None
+    raw = _toml(text, source)
     unknown = sorted(set(raw) - {"deployments"})
     if unknown:
         raise InvalidInput(f"{source}: unknown top-level field {unknown[0]!r} (expected [deployments.<name>] tables)")
@@ -156,6 +153,15 @@ def parse(text: str, source: str = "deployment file") -> dict[str, DeploymentSpe
     if not isinstance(tables, dict):
         raise InvalidInput(f"{source}: deployments must be a table of [deployments.<name>] tables")
     return {name: _spec(name, table, source) for name, table in tables.items()}
+
+
+def _toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep (a request body is a deployment file)
+        raise InvalidInput(f"{source}: not valid TOML: nested too deeply") from None
 
 
 def _spec(name: str, table, source: str) -> DeploymentSpec:
@@ -185,11 +191,10 @@ def parse_one(name: str, text: str | bytes, source: str = "request body") -> Dep
             raw = json.loads(text)
         except ValueError as exc:
             raise InvalidInput(f"{source}: not valid JSON: {exc}") from None
+        except RecursionError:  # arrays or objects nested thousands deep
+            raise InvalidInput(f"{source}: not valid JSON: nested too deeply") from None
     else:
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInput(f"{source}: not valid TOML: {exc}") from None
+        raw = _toml(text, source)
     if not isinstance(raw, dict):
         raise InvalidInput(f"{source}: expected a table with 'variants' (and optionally 'shadows')")
     if "deployments" in raw:

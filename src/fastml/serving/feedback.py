@@ -64,7 +64,10 @@ def _number(value: Any, where: str) -> float:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        f = float(value)
+        try:
+            f = float(value)
+        except OverflowError:  # JSON integers are unbounded; a label is a float (and 5000 digits do not print)
+            raise InvalidInput(f"{where}: must be a finite number, got an integer too large for a float") from None
         if math.isfinite(f):
             return f
         raise InvalidInput(f"{where}: must be a finite number, got {value!r}")
@@ -406,9 +409,10 @@ FLUSH_TIMEOUT_S = 5.0
 def handle_http(plane, name: str, body: bytes) -> dict:
     """``POST /v2/models/<model or deployment>/feedback``: parse, check and record; the JSON answer.
 
-    Authorisation is the transport's (it is treated like inference: with ``--require-token-for-inference``
-    the HTTP layer checks the token before this runs). The served models' prediction loggers are flushed
-    first so that a request answered a moment ago is known.
+    Authorisation is the transport's: whenever the server has an admin token, the HTTP layer checks it
+    before this runs (feedback decides canary rollbacks and experiments, so it needs the token even where
+    inference is open). The served models' prediction loggers are flushed first so that a request answered
+    a moment ago is known.
 
     Raises:
         InvalidInput: bad JSON or a malformed item (400). NotFound: unknown model or deployment (404).
@@ -422,6 +426,8 @@ def handle_http(plane, name: str, body: bytes) -> dict:
         doc = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"feedback body: not valid JSON: {exc}") from None
+    except RecursionError:  # arrays nested thousands deep
+        raise InvalidInput("feedback body: not valid JSON: nested too deeply") from None
     items = parse(doc)
     dm = plane.deployments
     if dm is not None and name in dm.table:

@@ -19,7 +19,7 @@ MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # field -> (smallest, largest) a load request may set.
 LOAD_BOUNDS: dict[str, tuple[int, int]] = {
-    "max_batch_size": (0, 4096),
+    "max_batch_size": (1, 4096),  # the engine batches at least one row (no "0 = does not batch" here)
     "instances": (1, 64),
     "max_queue_size": (1, 1 << 20),
     "max_queue_delay_us": (0, 10_000_000),

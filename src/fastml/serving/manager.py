@@ -301,7 +301,7 @@ class ModelManager:
             try:
                 sources = [self._apply_overrides(s) for s in self._sources_for(name)]
                 if config_json is not None:
-                    extra = _config_overrides(config_json)
+                    extra = _config_overrides(config_json, name)
                     for s in sources:
                         s.config = s.config.with_overrides(extra)
             except InvalidInput as exc:
@@ -431,24 +431,69 @@ def _load_error(failures: list[tuple[str, str, str, BaseException | None]], stri
     return cls(f"{head}: {listed}")
 
 
-def _config_overrides(config_json: str) -> dict:
+# What a load's ModelConfig may set (docs/server.md). The other fields GET .../config reports may be sent back, so that
+# a config read, edited and sent back loads (what Triton's clients do); those naming the model file, its runtime and
+# where it runs must keep the values fastml reports (a request never chooses a file), and those describing the
+# model file (its inputs, outputs, version policy) are its own, not a load's. Anything else, or a field of another
+# shape, is a 400 naming it, as Triton refuses a malformed config, never a 200 that ignores it.
+_CONFIG_SETS = "max_batch_size, dynamic_batching.max_queue_delay_microseconds and instance_group[0].count"
+_CONFIG_FIXED = {"platform": "onnxruntime_onnx", "backend": "onnxruntime", "default_model_filename": "model.onnx"}
+_CONFIG_DESCRIBES = ("version_policy", "input", "output", "parameters")
+_GROUP_KINDS = ("KIND_CPU", "KIND_AUTO")
+
+
+def _config_overrides(config_json: str, name: str) -> dict:
     try:
         cfg = json.loads(config_json)
     except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nesting thousands deep
         raise InvalidInput(f"load parameter 'config' is not valid JSON: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise InvalidInput("load parameter 'config' must be a JSON object (a ModelConfig)")
+    top = ("name", "max_batch_size", "dynamic_batching", "instance_group", *_CONFIG_FIXED, *_CONFIG_DESCRIBES)
+    cfg = _config_object(cfg, "config", top)
+    if "name" in cfg and cfg["name"] != name:
+        raise InvalidInput(f"load parameter 'config.name' must be the model's name {name!r} when given")
+    for field, value in _CONFIG_FIXED.items():
+        if field in cfg and cfg[field] != value:
+            raise InvalidInput(f"load parameter 'config.{field}' must be {value!r} when given: a load cannot change it")
     # Every value is bounds-checked here, before any model is built (fastml.serving.load_limits).
     out: dict = {}
     if "max_batch_size" in cfg:
         out["max_batch_size"] = check_override("max_batch_size", cfg["max_batch_size"])
-    db = cfg.get("dynamic_batching")
-    if isinstance(db, dict) and "max_queue_delay_microseconds" in db:
-        out["max_queue_delay_us"] = check_override("max_queue_delay_us", db["max_queue_delay_microseconds"])
-    ig = cfg.get("instance_group")
-    if isinstance(ig, list) and ig and isinstance(ig[0], dict) and "count" in ig[0]:
-        out["instances"] = check_override("instances", ig[0]["count"])
+    if "dynamic_batching" in cfg:
+        db = _config_object(
+            cfg["dynamic_batching"], "config.dynamic_batching", ("max_queue_delay_microseconds", "default_queue_policy")
+        )
+        if "max_queue_delay_microseconds" in db:
+            out["max_queue_delay_us"] = check_override("max_queue_delay_us", db["max_queue_delay_microseconds"])
+    if "instance_group" in cfg:
+        ig = cfg["instance_group"]
+        if not isinstance(ig, list) or len(ig) != 1:
+            raise InvalidInput(f"load parameter 'config.instance_group' must be a list of one group, got {_kind(ig)}")
+        group = _config_object(ig[0], "config.instance_group[0]", ("count", "name", "kind"))
+        if "kind" in group and group["kind"] not in _GROUP_KINDS:
+            raise InvalidInput(
+                f"load parameter 'config.instance_group[0].kind' must be one of {', '.join(_GROUP_KINDS)}: fastml runs "
+                "models on the CPU"
+            )
+        if "count" in group:
+            out["instances"] = check_override("instances", group["count"])
     return out
+
+
+def _config_object(value, where: str, fields: tuple[str, ...]) -> dict:
+    """``value`` if it is a JSON object holding no field but ``fields``; ``where``: its path, for the message."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"load parameter '{where}' must be a JSON object, got {_kind(value)}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise InvalidInput(f"load parameter '{where}.{unknown[0]}' is not supported: a load may set {_CONFIG_SETS}")
+    return value
+
+
+def _kind(value) -> str:
+    """A JSON value's kind, as a message names it (not the value: the client's, of any size)."""
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return {dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
 __all__ = ["ModelEntry", "ModelManager", "RepositoryConfig"]
