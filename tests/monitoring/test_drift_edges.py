@@ -113,3 +113,13 @@ def test_chisquare_on_one_value_in_both_windows_is_no_drift():
     res = detect_drift(col, {"k": np.array(["a"] * 20)}, kinds={"k": "categorical"}, methods="chisquare")["k"]
     assert (res.method, res.score, res.statistic, res.drifted) == ("chisquare", 1.0, 0.0, False)
     json.dumps(dataclasses.asdict(res), allow_nan=False)  # valid JSON: no NaN
+
+
+def test_an_empty_column_selection_is_refused():
+    """``columns=[]`` used to check every column (``columns or ...``)."""
+    data = {"x": np.arange(20.0), "y": np.arange(20.0)}
+    with pytest.raises(
+        InvalidInput, match="^columns is empty: name at least one column, or give None for every column$"
+    ):
+        detect_drift(data, data, columns=[])
+    assert [c.column for c in detect_drift(data, data, columns=["y"]).columns] == ["y"]

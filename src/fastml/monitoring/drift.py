@@ -515,6 +515,9 @@ def detect_drift(
     """
     if not 0.0 <= drift_share <= 1.0:
         raise InvalidInput(f"drift_share must be within [0, 1], got {drift_share}")
+    if columns is not None and not len(columns):
+        # An empty selection is a caller's mistake (a filter that kept nothing), not a request for every column.
+        raise InvalidInput("columns is empty: name at least one column, or give None for every column")
     cur_cols = as_columns(current, name="current")
     if isinstance(reference, ReferenceProfile):
         profile = reference
