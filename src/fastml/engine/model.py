@@ -84,6 +84,14 @@ def _forget_loops_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_loops_after_fork)
 
 
+def _timeout(value: int) -> int:
+    """A per-call ``timeout_us``, checked as the ``timeout_us`` option is (the native core would read a negative
+    one as no deadline, and refuse a float with a TypeError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidInput(f"timeout_us must be an int >= 0; got {value!r}")
+    return int(value)
+
+
 def _shape(dims) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
@@ -633,7 +641,7 @@ class Model:
         arrays = self._arrays(inputs)
         t0 = time.perf_counter_ns()
         covered = self._logger is not None and self._batch_covers()
-        timeout = self.timeout_us if timeout_us is None else timeout_us
+        timeout = self.timeout_us if timeout_us is None else _timeout(timeout_us)
         try:
             ticket = self._core.submit_sync(arrays, timeout)
         except self._core_error as exc:
@@ -779,8 +787,7 @@ class Model:
         queue = self._loops.get(loop)
         if queue is None:
             queue = self._attach(loop)
-        if timeout_us is None:
-            timeout_us = self.timeout_us
+        timeout_us = self.timeout_us if timeout_us is None else _timeout(timeout_us)
         logger = self._logger
         # A batch logger sees the request in its batch (no per-request work); a logger that only reads the
         # answer (``observes_completions``) rides the native path with a done-callback instead of the chained
@@ -972,9 +979,15 @@ class Model:
             if state["pending"] == 0:
                 outer.set_result(_concat([parts[i] for i in range(state["submitted"])], self._output_names))
 
-        for _ in range(self._chunk_window()):
-            if not submit_next():  # the first chunk's refusal raises here, synchronously, as for any request
-                break
+        try:
+            for _ in range(self._chunk_window()):
+                if not submit_next():  # the first chunk's refusal raises here, synchronously, as for any request
+                    break
+        except BaseException:
+            # A later chunk refused (Overloaded): the caller gets the error, so the chunks already queued must not
+            # submit the rest when they complete (on_done stops once the request is settled).
+            outer.cancel()
+            raise
         return outer
 
     def _chain(self, loop, inner, arrays, outputs, request_id, log=True):
@@ -1026,7 +1039,7 @@ class Model:
             var = self._batch_var
             if queue is not None and (var is None or var.get() == self._batch_variant):
                 try:
-                    timeout = self.timeout_us if timeout_us is None else timeout_us
+                    timeout = self.timeout_us if timeout_us is None else _timeout(timeout_us)
                     fut = self._submit_future(queue, inputs, timeout, loop)
                 except self._core_error as exc:
                     if exc.args[0] != INVALID_INPUT:

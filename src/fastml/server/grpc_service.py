@@ -139,7 +139,8 @@ def _typed_input(tensor, datatype: str, shape: tuple, count: int, where: str) ->
 def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, dict | None]:
     """A data-plane InferRequest from a ModelInferRequest (inputs from raw contents, typed contents or
     shared memory; every declared size checked against the bytes present before any array is built), and
-    the requested outputs that go into shared memory (``{name: (region, offset, byte_size)}`` or None).
+    the requested outputs that go into shared memory (``{name: (region, offset, byte_size, Region)}`` or None;
+    the Region found now, which the answer is written to).
 
     Raises:
         InvalidInput: a malformed request.
@@ -199,10 +200,12 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
                 classify = classify or {}
                 classify[o.name] = classes
             if region is not None:
-                shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
+                # The region found now is the one the answer goes to: its name may be unregistered and registered
+                # again for another object while the request runs.
+                held = shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
                 if out_shm is None:
                     out_shm = {}
-                out_shm[o.name] = region
+                out_shm[o.name] = (*region, held)
     req = InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version or None,
@@ -232,7 +235,7 @@ def encode_infer_response(resp, shm, out_shm: dict | None) -> pb.ModelInferRespo
         data = output_bytes(arr, dt)
         region = out_shm.get(name) if out_shm else None
         if region is not None:
-            n = shm.write_output(region[0], region[1], region[2], data, f"output '{name}'")
+            n = shm.write_region(region[3], region[1], region[2], data, f"output '{name}'")
             _set_param(out.parameters, shm_params.REGION_PARAM, region[0])
             _set_param(out.parameters, shm_params.BYTE_SIZE_PARAM, n)
             if region[1]:

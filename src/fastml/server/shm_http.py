@@ -116,6 +116,8 @@ def unregister(shm, name: str | None) -> None:
 def decode(header: bytes, body, header_len: int, shm, model_name: str, version: str | None):
     """An InferRequest plus the per-output encoding ``[(name, "shm"|"binary"|"json", region or None)]`` (or
     None when all outputs take the request's default) from a JSON header whose tensors may name regions.
+    An output's region is ``(name, offset, byte_size, Region)``: the registered region it resolved to now, so
+    its answer never lands in another object registered under the same name while the request runs.
 
     Raises:
         InvalidInput: a malformed request, an unknown region, a window outside its region, or sizes that do
@@ -175,7 +177,7 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
         raise InvalidInput(
             f"the inputs' binary_data_size add up to {pos} bytes but the body carries {len(blob)} after the header"
         )
-    out_specs: list[tuple[str, str, tuple[str, int, int] | None]] | None = None
+    out_specs: list[tuple[str, str, tuple | None]] | None = None
     names: list[str] | None = None
     classify: dict[str, int] | None = None
     if req.outputs:
@@ -188,8 +190,8 @@ def decode(header: bytes, body, header_len: int, shm, model_name: str, version: 
                 classify = classify or {}
                 classify[o.name] = classes
             if region is not None:
-                shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
-                out_specs.append((o.name, "shm", region))
+                held = shm.check_window(region[0], region[1], region[2], f"output '{o.name}'")
+                out_specs.append((o.name, "shm", (*region, held)))
             else:
                 binary = p.get("binary_data", binary_default)
                 if not isinstance(binary, bool):
@@ -216,7 +218,7 @@ def encode(resp, out_specs, binary_default: bool, shm, conn_hdr: bytes) -> bytes
         if kind == "shm":
             # No "parameters" on this output: Triton's clients read an output's parameters as its binary-data
             # entry (perf_analyzer fails on parameters without binary_data_size); the data is in the region.
-            shm.write_output(region[0], region[1], region[2], output_bytes(arr, dt), f"output '{name}'")
+            shm.write_region(region[3], region[1], region[2], output_bytes(arr, dt), f"output '{name}'")
         elif kind == "binary":
             b = output_bytes(arr, dt)
             blobs.append(b)

@@ -66,7 +66,7 @@ class Region:
         buffer: the mapping (from byte 0 of the object; the window starts at ``offset``).
     """
 
-    __slots__ = ("name", "key", "offset", "byte_size", "buffer")
+    __slots__ = ("name", "key", "offset", "byte_size", "buffer", "released")
 
     def __init__(self, name: str, key: str, offset: int, byte_size: int, buffer: mmap.mmap):
         self.name = name
@@ -74,12 +74,14 @@ class Region:
         self.offset = offset
         self.byte_size = byte_size
         self.buffer = buffer
+        self.released = False  # unregistered: a request that resolved it before must not write into it
 
     def status(self) -> dict:
         """Triton's status entry for the region."""
         return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
 
     def release(self) -> None:
+        self.released = True
         try:
             self.buffer.close()
         except BufferError:
@@ -213,10 +215,12 @@ class SharedMemoryRegistry:
             )
         return region, region.offset + offset
 
-    def check_window(self, name: str, offset: int, byte_size: int, where: str = "output") -> None:
-        """Raise InvalidInput unless ``[offset, offset + byte_size)`` lies inside registered region ``name``
-        (checked when a request arrives, so a bad output region fails before the model runs)."""
-        self._window(name, offset, byte_size, where)
+    def check_window(self, name: str, offset: int, byte_size: int, where: str = "output") -> Region:
+        """The registered region ``name``, or InvalidInput unless ``[offset, offset + byte_size)`` lies inside
+        it (checked when a request arrives, so a bad output region fails before the model runs). A transport
+        keeps the region for :meth:`write_region`: the name may be unregistered and registered again for
+        another object while the request runs."""
+        return self._window(name, offset, byte_size, where)[0]
 
     def input_view(
         self, name: str, offset: int, byte_size: int, dtype: np.dtype, shape, where: str = "input"
@@ -261,18 +265,35 @@ class SharedMemoryRegistry:
             InvalidInput: unknown region, a window outside the region, or a window too small for the data.
         """
         region, start = self._window(name, offset, byte_size, where)
-        if isinstance(data, np.ndarray):
-            buf = memoryview(np.ascontiguousarray(data)).cast("B")
-        else:
-            buf = memoryview(data)
-        n = buf.nbytes
-        if n > byte_size:
-            raise InvalidInput(
-                f"{where}: shared memory size specified with the request ({byte_size} bytes) should be at "
-                f"least {n} bytes to hold the results"
-            )
-        region.buffer[start : start + n] = buf
-        return n
+        return _write(region, start, byte_size, data, where)
+
+    def write_region(
+        self, region: Region, offset: int, byte_size: int, data: bytes | np.ndarray, where: str = "output"
+    ) -> int:
+        """:meth:`write_output` into the region :meth:`check_window` returned when the request arrived.
+
+        Raises:
+            InvalidInput: the region was unregistered since, or its window is too small for the data.
+        """
+        if region.released:
+            raise InvalidInput(f"{where}: shared memory region '{region.name}' was unregistered while the request ran")
+        return _write(region, region.offset + offset, byte_size, data, where)
+
+
+def _write(region: Region, start: int, byte_size: int, data: bytes | np.ndarray, where: str) -> int:
+    """Copies ``data`` to ``start`` of ``region``'s mapping, a window of ``byte_size`` bytes checked by the caller."""
+    if isinstance(data, np.ndarray):
+        buf = memoryview(np.ascontiguousarray(data)).cast("B")
+    else:
+        buf = memoryview(data)
+    n = buf.nbytes
+    if n > byte_size:
+        raise InvalidInput(
+            f"{where}: shared memory size specified with the request ({byte_size} bytes) should be at "
+            f"least {n} bytes to hold the results"
+        )
+    region.buffer[start : start + n] = buf
+    return n
 
 
 def _decode_bytes(mv: memoryview, count: int, where: str) -> np.ndarray:
