@@ -132,7 +132,7 @@ def load_card(path: str | Path) -> dict[str, Any]:
             raise InvalidInput(f"model card {p}: training_data.schema file {schema} not found")
         try:
             schema = json.loads(sp.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"schema file {sp}: {exc}") from exc
         td["schema_source"] = str(sp.name)
     if schema is not None:

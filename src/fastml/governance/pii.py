@@ -367,10 +367,12 @@ def scan(
             if cat not in cats:
                 cats.append(cat)
             evidence.append(why)
-            if "age" in cats:
-                over = [v for v in sample[name] if _is_number(v) and float(v) > 89]
-                if over:
-                    evidence.append(f"{len(over)} sample ages over 89 (Safe Harbor requires aggregating them as 90+)")
+        # Plain numbers match no value pattern, so ages are checked here rather than per value finding; a
+        # column whose values were scanned when the card was loaded has no sample to look at.
+        if "age" in cats and name in sample:
+            over = [v for v in sample[name] if _is_number(v) and float(v) > 89]
+            if over:
+                evidence.append(f"{len(over)} sample ages over 89 (Safe Harbor requires aggregating them as 90+)")
         if cats:
             # date_of_birth already implies the generic date identifier.
             if "date_of_birth" in cats and "date" in cats:
@@ -392,6 +394,8 @@ def parse_schema(schema) -> list[dict[str, Any]]:
             schema = [{"name": k, "type": v} for k, v in schema.items()]
     if hasattr(schema, "names") and hasattr(schema, "field"):  # pyarrow.Schema
         schema = [{"name": f.name, "type": str(f.type)} for f in schema]
+    if isinstance(schema, (str, bytes)) or not isinstance(schema, Iterable):
+        raise InvalidInput(f"schema must be a list of columns or {{'columns': [...]}}; got {schema!r}")
     cols = []
     for i, col in enumerate(schema):
         if isinstance(col, str):
@@ -413,6 +417,15 @@ def load_sample(path) -> dict[str, list[Any]]:
     p = Path(path)
     if not p.is_file():
         raise InvalidInput(f"sample file {p} does not exist")
+    try:
+        return _read_sample(p)
+    except InvalidInput:  # already says what is wrong (and is itself a ValueError)
+        raise
+    except (UnicodeDecodeError, ValueError) as exc:  # not UTF-8 text, or not Parquet (ArrowInvalid)
+        raise InvalidInput(f"sample file {p}: {exc}") from None
+
+
+def _read_sample(p) -> dict[str, list[Any]]:
     suffix = p.suffix.lower()
     if suffix == ".csv":
         import csv
@@ -436,6 +449,8 @@ def load_sample(path) -> dict[str, list[Any]]:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise InvalidInput(f"{p} line {lineno}: {exc}") from exc
+                if not isinstance(row, dict):
+                    raise InvalidInput(f"{p} line {lineno}: a row must be a JSON object, got {type(row).__name__}")
                 for k, v in row.items():
                     cols.setdefault(k, []).append(v)
         return cols

@@ -141,6 +141,10 @@ class ReviewQueue:
         if not 0.0 <= confidence <= 1.0:
             raise InvalidInput(f"review: confidence must be in [0, 1], got {confidence}")
         feats = {str(k): _plain(v) for k, v in (features or {}).items()}
+        try:  # encoded up front: a value JSON cannot hold is the caller's mistake, not a crash mid-insert
+            prediction_json, features_json = json.dumps(_plain(prediction)), json.dumps(feats)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"review: prediction and features must be JSON values: {exc}") from None
         try:
             cur = self._db.execute(
                 "INSERT INTO review_items (created_at, model, request_id, prediction, confidence, reason, features,"
@@ -149,10 +153,10 @@ class ReviewQueue:
                     _now(),
                     model,
                     request_id,
-                    json.dumps(_plain(prediction)),
+                    prediction_json,
                     confidence,
                     reason,
-                    json.dumps(feats),
+                    features_json,
                     OPEN,
                 ),
             )

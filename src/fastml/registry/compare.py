@@ -193,6 +193,10 @@ def compare_versions(mvs: list, evals: dict, metric: str, higher_is_better: bool
         test, mean_best, mean_other = significance(evals[mvs[best].id], evals[mv.id], mvs[best].ref, mv.ref)
         # Correctness is always higher-is-better; scores follow their own "higher_is_better" if given.
         better = direction(evals[mvs[best].id], higher_is_better) * (mean_best - mean_other) > 0
+        if "c" in test:
+            # McNemar's discordant counts are named b and c; "a"/"b" below name the two refs, so keep the
+            # counts under their own keys instead of letting the ref overwrite b.
+            test["only_a_correct"], test["only_b_correct"] = test.pop("b"), test.pop("c")
         test.update({"a": mvs[best].ref, "b": mv.ref, "mean_a": mean_best, "mean_b": mean_other, "a_better": better})
         result["tests"].append(test)
         p_max = max(p_max, test["p_value"])

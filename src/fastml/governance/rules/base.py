@@ -10,6 +10,12 @@ from typing import Any
 
 from fastml.governance.pii import DataScan
 
+# The EU and EEA member states (ISO 3166-1 alpha-2; Greece as EL and GR): a card listing a country instead of
+# "EU" still places the model on the EU market.
+EEA_COUNTRIES = frozenset(
+    "AT BE BG HR CY CZ DK EE FI FR DE EL GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE IS LI NO".split()
+)
+
 PASS = "pass"
 FAIL = "fail"
 REVIEW = "needs_review"
@@ -61,7 +67,17 @@ class Context:
 
     @functools.cached_property
     def jurisdictions(self) -> set[str]:
-        return {str(j).upper() for j in self.get("jurisdictions", [])}
+        return {str(j).strip().upper() for j in self.get("jurisdictions", [])}
+
+    @functools.cached_property
+    def eu_markets(self) -> set[str]:
+        """The card's jurisdictions in the EU/EEA: EU, EEA, EU-xx or a member state's country code."""
+        return {j for j in self.jurisdictions if j in {"EU", "EEA"} | EEA_COUNTRIES or j.startswith("EU-")}
+
+    @functools.cached_property
+    def domain(self) -> str:
+        """The declared domain, normalised so that "Healthcare" and " healthcare" mean what "healthcare" does."""
+        return str(self.get("domain", "")).strip().lower()
 
     @functools.cached_property
     def personal_data(self) -> bool:

@@ -90,7 +90,7 @@ def classify(ctx: Context) -> tuple[str, str]:
     if medical is True:
         hits.append(("high", f"medical device: {USE_CASES['medical_device'][1]}"))
     if not hits:
-        if medical is None and (_HEALTH.search(text) or ctx.get("domain") == "healthcare"):
+        if medical is None and (_HEALTH.search(text) or ctx.domain == "healthcare"):
             return (
                 "review",
                 "health-care use: may be a medical device (Art. 6(1), Annex I) - set eu_ai_act.medical_device",
@@ -101,8 +101,7 @@ def classify(ctx: Context) -> tuple[str, str]:
 
 
 def _applies(ctx: Context) -> tuple[bool, str]:
-    eu = {"EU", "EEA"} | {j for j in ctx.jurisdictions if j.startswith("EU-")}
-    if not (ctx.jurisdictions & eu):
+    if not ctx.eu_markets:
         return False, f"jurisdictions {sorted(ctx.jurisdictions) or '[]'} include no EU market"
     return True, "placed on the market or used in the EU"
 

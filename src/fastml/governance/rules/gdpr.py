@@ -23,8 +23,7 @@ ADM_EXCEPTIONS = ("contract", "law", "explicit_consent")  # Art. 22(2)(a)-(c)
 
 
 def _applies(ctx: Context) -> tuple[bool, str]:
-    eu = {"EU", "EEA"} | {j for j in ctx.jurisdictions if j.startswith("EU-")}
-    if not (ctx.jurisdictions & eu):
+    if not ctx.eu_markets:
         return False, f"jurisdictions {sorted(ctx.jurisdictions) or '[]'} include no EU/EEA market"
     if not ctx.personal_data:
         return False, "no personal data declared or detected"

@@ -15,7 +15,7 @@ def _identifiers(ctx: Context) -> str:
 
 def _applies(ctx: Context) -> tuple[bool, str]:
     entity = ctx.get("hipaa.covered_entity") or ctx.get("hipaa.business_associate")
-    if not entity and not (ctx.scan.phi or ctx.get("domain") == "healthcare"):
+    if not entity and not (ctx.scan.phi or ctx.domain == "healthcare"):
         return False, "not a covered entity or business associate, and no PHI detected"
     if not any(j == "US" or j.startswith("US-") for j in ctx.jurisdictions) and not entity:
         return False, "not used in the US"
