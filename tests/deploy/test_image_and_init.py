@@ -52,10 +52,11 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_fastml():
     assert list(st) == ["build", "runtime"]
     build = " ".join(rest for word, rest in st["build"] if word == "RUN")
     runtime = dict(st["runtime"])
-    assert "build-essential" in build and "liblmdb-dev" in build
-    assert "import fastml._core, fastml._frames, fastml.server._http" in build  # the native core really built
+    assert all(pkg in build for pkg in ("build-essential", "liblmdb-dev", "rapidjson-dev", "libnghttp2-dev"))
+    # The native core really built, with the native HTTP intake and gRPC listener (each needs its -dev package).
+    assert "import fastml._core, fastml._frames, fastml._http_intake, fastml._h2, fastml.server._http" in build
     runtime_run = " ".join(rest for word, rest in st["runtime"] if word == "RUN")
-    assert "liblmdb0" in runtime_run and "build-essential" not in runtime_run
+    assert "liblmdb0" in runtime_run and "libnghttp2-14" in runtime_run and "build-essential" not in runtime_run
     assert ("COPY", "--from=build /opt/fastml /opt/fastml") in st["runtime"]
     user = runtime["USER"].split(":")
     assert all(part.isdigit() and int(part) != 0 for part in user)
