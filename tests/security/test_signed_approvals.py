@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -42,8 +43,7 @@ def reg(tmp_path, keys):
 
 
 def _sig(reg, rid, reviewer, key):
-    q = reg.get_request(rid)
-    return signing.sign(key, signing.approval_payload(rid, q["name"], q["version"], q["target_stage"], reviewer))
+    return signing.sign(key, signing.payload_for(reg, rid, reviewer))
 
 
 def test_signed_two_reviewer_promotion_passes_and_verifies(reg, keys):
@@ -82,7 +82,20 @@ def test_a_signature_for_another_request_does_not_count(reg, keys, tmp_path):
     reg.register("churn", art, actor="ana")
     rid = reg.request_transition("churn:1.0.1", "production", actor="ana", reason="ship")
     # Signed for version 1.0.0 / another request id: refused.
-    wrong = signing.sign(keys["bo"][0], signing.approval_payload(rid, "churn", "1.0.0", "production", "bo"))
+    right = signing.payload_for(reg, rid, "bo")
+    fields = json.loads(right.split(b"\n", 1)[1])
+    wrong = signing.sign(
+        keys["bo"][0],
+        signing.approval_payload(
+            rid,
+            "churn",
+            "1.0.0",
+            "production",
+            "bo",
+            registry_id=fields["registry"],
+            requested_at=fields["requested_at"],
+        ),
+    )
     with pytest.raises(PermissionDenied):
         reg.approve(rid, reviewer="bo", signature=wrong)
     assert reg.get_request(rid)["approvals"] == 0
@@ -145,3 +158,42 @@ def test_cli_approve_with_key(tmp_path, keys, monkeypatch):
     cli("approve", "1", "--reviewer", "cy", "--key", str(tmp_path / "cy"))
     with Registry(f"sqlite:///{home / 'registry.db'}") as reg:
         assert reg.get("churn", "1.0.0").stage == "production"
+
+
+def test_a_signature_made_for_another_registry_does_not_count(reg, keys, tmp_path):
+    """Two registries (staging, production) with the same model, version, request number and reviewer: a
+    signature made in one is refused in the other, as the payload names the registry and the request's time."""
+    other = Registry(f"sqlite:///{tmp_path / 'other.db'}", artifacts_dir=tmp_path / "other-artifacts")
+    try:
+        art = tmp_path / "same.onnx"
+        art.write_bytes(onnx_bytes("a"))
+        other.register("churn", art, actor="ana")
+        signing.set_policy(other.engine, f"bo {keys['bo'][1]}\ncy {keys['cy'][1]}\n", required=True)
+        rid_other = other.request_transition("churn:1.0.0", "production", actor="ana", reason="ship")
+        rid = reg.request_transition("churn:1.0.0", "production", actor="ana", reason="ship")
+        assert rid == rid_other
+        replayed = _sig(other, rid, "bo", keys["bo"][0])
+        with pytest.raises(PermissionDenied, match="does not verify with any key allowed for reviewer 'bo'"):
+            reg.approve(rid, reviewer="bo", signature=replayed)
+        assert reg.get_request(rid)["approvals"] == 0
+        reg.approve(rid, reviewer="bo", signature=_sig(reg, rid, "bo", keys["bo"][0]))
+        assert reg.get_request(rid)["approvals"] == 1
+    finally:
+        other.close()
+
+
+def test_a_signature_stored_before_v2_still_verifies(reg, keys):
+    """Signatures stored with the v1 payload (no registry, no request time) are re-verified as v1."""
+    rid = reg.request_transition("churn:1.0.0", "production", actor="ana", reason="ship")
+    reg.approve(rid, reviewer="bo", signature=_sig(reg, rid, "bo", keys["bo"][0]))
+    v1 = signing._payload_v1(rid, "churn", "1.0.0", "production", "bo")
+    with reg.engine.begin() as conn:
+        conn.execute(
+            sa.update(signing.signatures_table).values(signature=signing.sign(keys["bo"][0], v1), payload=v1.decode())
+        )
+    assert [p for p in reg.verify() if p["kind"] == "approval-signature"] == []
+    with reg.engine.begin() as conn:  # and a v1 signature that does not match its request is still reported
+        conn.execute(sa.update(signing.signatures_table).values(signature=signing.sign(keys["cy"][0], v1)))
+    assert [p["problem"] for p in reg.verify() if p["kind"] == "approval-signature"] == [
+        "the approval signature does not verify"
+    ]

@@ -372,8 +372,7 @@ def _approve(args) -> int:
 
         if not args.reviewer:
             raise InvalidInput("--key signs as a named reviewer: give --reviewer NAME too")
-        r = reg.get_request(args.request_id)
-        payload = signing.approval_payload(args.request_id, r["name"], r["version"], r["target_stage"], args.reviewer)
+        payload = signing.payload_for(reg, args.request_id, args.reviewer)
         signature = signing.sign(signing.load_private_key(args.key), payload)
     req = reg.approve(args.request_id, reviewer=args.reviewer, comment=args.comment, signature=signature)
     reg.close()

@@ -214,7 +214,7 @@ class Registry:
         model changed since the request was made, the approval is refused with ``Conflict`` and the
         request closed as ``stale``. Returns the request as :meth:`get_request` does.
 
-        ``signature``: the reviewer's Ed25519 signature over :func:`fastml.registry.signing.approval_payload`
+        ``signature``: the reviewer's Ed25519 signature over :func:`fastml.registry.signing.payload_for`
         (checked against the registry's allowed signers; required when its signing policy says so)."""
         return self._stages.approve(request_id, reviewer=reviewer, comment=comment, signature=signature)
 

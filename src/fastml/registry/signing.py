@@ -1,7 +1,8 @@
 """Signed approvals: a reviewer proves who they are with an Ed25519 key, not a typed name.
 
-An approval may carry a signature over :func:`approval_payload` (the request id, model, version, target stage
-and reviewer, canonically encoded), made with the reviewer's private key (an OpenSSH ``ssh-ed25519`` key, as
+An approval may carry a signature over :func:`approval_payload` (the registry's id, the request id and the time
+it was made, model, version, target stage and reviewer, canonically encoded; :func:`payload_for` reads them from
+a registry), made with the reviewer's private key (an OpenSSH ``ssh-ed25519`` key, as
 ``ssh-keygen -t ed25519`` writes, or PKCS#8 PEM). The registry checks it against its allowed signers, lines
 like OpenSSH's ``allowed_signers`` file::
 
@@ -26,7 +27,12 @@ import sqlalchemy as sa
 
 from fastml.errors import InvalidInput, NotFound, PermissionDenied
 
-PAYLOAD_PREFIX = b"fastml-approval-v1\n"
+# v2 binds a signature to one registry and one request: v1 (request id, model, version, stage, reviewer) could be
+# replayed in another registry whose request of that number asks the same (a staging and a production registry).
+PAYLOAD_PREFIX = b"fastml-approval-v2\n"
+_PAYLOAD_PREFIX_V1 = b"fastml-approval-v1\n"  # still verified for signatures stored before v2
+# The registry's identity, in its meta table: made on first use, random, never changed.
+_REGISTRY_ID_KEY = "registry_id"
 
 # Kept in the registry database beside the approvals, in their own metadata: created on first use, so an
 # existing registry needs no migration and a registry that never signs carries no extra tables.
@@ -56,16 +62,79 @@ def ensure_tables(conn) -> None:
     _meta.create_all(conn, checkfirst=True)
 
 
-def approval_payload(request_id: int, name: str, version: str, target_stage: str, reviewer: str) -> bytes:
-    """The bytes a reviewer signs to approve ``request_id``: every field that decides what the approval means."""
+def approval_payload(
+    request_id: int,
+    name: str,
+    version: str,
+    target_stage: str,
+    reviewer: str,
+    *,
+    registry_id: str,
+    requested_at: str,
+) -> bytes:
+    """The bytes a reviewer signs to approve ``request_id``: every field that decides what the approval means, and
+    the registry and request time that make it this registry's request (:func:`payload_for` reads them)."""
     body = {
+        "registry": registry_id,
         "request_id": int(request_id),
+        "requested_at": requested_at,
         "model": name,
         "version": version,
         "target_stage": target_stage,
         "reviewer": reviewer,
     }
-    return PAYLOAD_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return PAYLOAD_PREFIX + _canonical(body)
+
+
+def _payload_v1(request_id: int, name: str, version: str, target_stage: str, reviewer: str) -> bytes:
+    body = {"request_id": int(request_id), "model": name, "version": version, "target_stage": target_stage}
+    return _PAYLOAD_PREFIX_V1 + _canonical({**body, "reviewer": reviewer})
+
+
+def _canonical(body: dict) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def payload_for(registry, request_id: int, reviewer: str) -> bytes:
+    """:func:`approval_payload` for request ``request_id`` of ``registry`` (a :class:`fastml.registry.Registry`),
+    as ``reviewer`` signs it."""
+    from fastml.registry import store
+
+    req = registry.get_request(request_id)
+    with store.write_transaction(registry.engine) as conn:  # a registry signed for before v2 gets its id now
+        rid, at = _ensure_registry_id(conn), _requested_at(conn, request_id)
+    return approval_payload(
+        request_id, req["name"], req["version"], req["target_stage"], reviewer, registry_id=rid, requested_at=at
+    )
+
+
+def registry_id(conn) -> str | None:
+    """This registry's id (its meta table's ``registry_id``: random, made on first use), or None before any."""
+    from fastml.registry import store
+
+    return conn.execute(sa.select(store.meta.c.value).where(store.meta.c.key == _REGISTRY_ID_KEY)).scalar()
+
+
+def _ensure_registry_id(conn) -> str:
+    """:func:`registry_id`, made now when there is none (inside the caller's write transaction)."""
+    import secrets
+
+    from fastml.registry import store
+
+    value = registry_id(conn)
+    if value is None:
+        value = secrets.token_hex(16)
+        conn.execute(store.meta.insert().values(key=_REGISTRY_ID_KEY, value=value))
+    return value
+
+
+def _requested_at(conn, request_id: int) -> str:
+    from fastml.registry import store
+
+    at = conn.execute(sa.select(store.requests.c.created_at).where(store.requests.c.id == request_id)).scalar()
+    if at is None:
+        raise NotFound(f"no transition request {request_id}")
+    return at
 
 
 def _ed25519():
@@ -179,6 +248,7 @@ def set_policy(engine, allowed_signers: str, *, required: bool) -> None:
         raise InvalidInput("signed approvals cannot be required with an empty allowed-signers list")
     with engine.begin() as conn:
         ensure_tables(conn)
+        _ensure_registry_id(conn)
         conn.execute(policy_table.delete())
         conn.execute(policy_table.insert().values(id=1, allowed_signers=allowed_signers, required=bool(required)))
 
@@ -215,7 +285,15 @@ def check_approval(
         raise InvalidInput(
             "a signed approval needs the registry's allowed signers (fastml.registry.signing.set_policy)"
         )
-    payload = approval_payload(request_id, name, version, target_stage, reviewer)
+    payload = approval_payload(
+        request_id,
+        name,
+        version,
+        target_stage,
+        reviewer,
+        registry_id=_ensure_registry_id(conn),
+        requested_at=_requested_at(conn, request_id),
+    )
     key = next((k for k in policy[0].get(reviewer, []) if _verify(k, signature, payload)), None)
     if key is None:
         raise PermissionDenied(f"the signature does not verify with any key allowed for reviewer {reviewer!r}")
@@ -270,7 +348,18 @@ def verify_stored(engine) -> list[dict]:
             if req is None or decided != "approve":
                 problem = "the signed approval has no matching request or approval"
             else:
-                payload = approval_payload(r.request_id, req.name, req.version, req.target_stage, r.reviewer)
+                if r.payload.encode().startswith(_PAYLOAD_PREFIX_V1):
+                    payload = _payload_v1(r.request_id, req.name, req.version, req.target_stage, r.reviewer)
+                else:
+                    payload = approval_payload(
+                        r.request_id,
+                        req.name,
+                        req.version,
+                        req.target_stage,
+                        r.reviewer,
+                        registry_id=registry_id(conn) or "",
+                        requested_at=_requested_at(conn, r.request_id),
+                    )
                 try:
                     key = parse_public_key(r.public_key)
                 except InvalidInput:
@@ -296,6 +385,8 @@ def verify_stored(engine) -> list[dict]:
 
 __all__ = [
     "approval_payload",
+    "payload_for",
+    "registry_id",
     "check_approval",
     "fingerprint",
     "get_policy",
