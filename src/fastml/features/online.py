@@ -135,8 +135,16 @@ class Plan:
         self.vocab: dict[int, list[str]] = {}
         self.ttl_us = np.zeros(len(columns), np.int64)  # per output column: its group's TTL (0 = none)
         names = [c["name"] for c in columns]
-        # as_dict column names: the feature name, or group__feature where two groups share a name
-        self.dict_names = [f"{c['group']}__{c['name']}" if names.count(c["name"]) > 1 else c["name"] for c in columns]
+        # as_dict column names: the feature name, or group__feature where two groups share a name, or
+        # group_v<N>__feature where two versions of one group do
+        qualified = [f"{c['group']}__{c['name']}" if names.count(c["name"]) > 1 else c["name"] for c in columns]
+        versions: dict[str, set[int]] = {}
+        for c, q in zip(columns, qualified):
+            versions.setdefault(q, set()).add(c["version"])
+        self.dict_names = [
+            f"{c['group']}_v{c['version']}__{c['name']}" if len(versions[q]) > 1 else q
+            for c, q in zip(columns, qualified)
+        ]
 
 
 class OnlineStore:

@@ -67,9 +67,10 @@ class FeatureStore:
         """Register ``group``; returns its version (a new one when the schema changed)."""
         if not isinstance(group, FeatureGroup):
             raise InvalidInput(f"register() takes a FeatureGroup, got {type(group).__name__}")
-        version, created = self.metadata.register(group)
-        if created and self._online is not None:
-            self._online.refresh()  # 'group:feature' now means the new version
+        version, _created = self.metadata.register(group)
+        if self._online is not None:
+            # 'group:feature' may now mean a new version, or the same version has a new TTL
+            self._online.refresh()
         return version
 
     def get_group(self, group) -> tuple[FeatureGroup, int]:
@@ -290,7 +291,8 @@ class FeatureStore:
                 coded = pc.index_in(col, value_set=pa.array(vocab, pa.string()))
                 values[:, j] = coded.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
             else:
-                values[:, j] = col.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+                # Unsafe: an int64 beyond 2**53 becomes its nearest float (the online store's values are floats).
+                values[:, j] = col.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy(zero_copy_only=False)
         written, skipped = online.write(g, version, latest_keys, values, present, latest_ts)
         self.metadata.record_materialization(g.name, version, start_us, end_us, n, written, skipped)
         return {"group": g.name, "version": version, "entities": n, "written": written, "skipped_older": skipped}
