@@ -73,6 +73,12 @@ CARD = {
     "fairness": {"sensitive_features": ["region"]},
     "eu_ai_act": {"risk_tier": "minimal"},
     "security": {"access_control": "payments VPC only", "encryption_at_rest": True, "audit_logging": True},
+    # The training columns, so the gate's GDPR check scans them (without a schema it cannot pass).
+    "training_data": {
+        "schema": [{"name": c, "type": "float"} for c in CARD_FEATURES + REQUEST_FEATURES]
+        + [{"name": "card_id", "type": "int64"}],
+        "source": "warehouse.card_daily joined point-in-time to the transactions",
+    },
 }
 
 

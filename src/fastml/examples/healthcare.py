@@ -65,7 +65,12 @@ CARD = {
     "human_oversight": {"role": "attending physician", "can_override": True},
     "hipaa": {"covered_entity": True, "business_associate": False, "purpose": "treatment", "deidentification": "none"},
     "security": {"access_control": "clinical network only", "encryption_at_rest": True, "audit_logging": True},
-    "training_data": {"source": "synthetic EHR extract (fastml example)"},
+    # The six clinical features the model is trained on: the HIPAA rules scan them (without a schema they
+    # cannot pass); the raw extract with its identifiers is assessed separately in the hipaa step.
+    "training_data": {
+        "schema": [{"name": c, "type": "float"} for c in CLINICAL],
+        "source": "synthetic EHR extract (fastml example)",
+    },
     # The privacy officer's sign-offs for what needs a person's judgement (a fail cannot be signed off).
     "reviews": {
         "HIPAA-502b": "privacy officer, 2026-12-01: age is a needed risk factor; ages are capped at 85 in the extract",

@@ -8,6 +8,7 @@ fields; unknown fields are kept as they are (cards are open-ended).
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import Any
 
 from fastml.errors import InvalidInput
 
-# field -> (type(s), description). Nested tables are checked one level down.
+# field -> (type(s), description). Nested tables are checked one level down (NESTED_FIELDS).
 FIELDS: dict[str, tuple[Any, str]] = {
     "name": (str, "model name"),
     "description": (str, "what the model does"),
@@ -61,7 +62,90 @@ FIELDS: dict[str, tuple[Any, str]] = {
     "reviews": (dict, "rule id -> sign-off note turning a needs-review verdict into a pass"),
 }
 
+# The nested fields the rules read, by table. The rules test them for truth, so a wrong type would pass for
+# the wrong reason: eu_ai_act.logging = "no" is a true value, and medical_device = "yes" is not `True`.
+NESTED_FIELDS: dict[str, dict[str, tuple[Any, str]]] = {
+    "human_oversight": {
+        "role": (str, "who oversees"),
+        "can_override": (bool, "overseer can disregard, override or stop"),
+    },
+    "security": {
+        "access_control": (str, "how access is controlled"),
+        "encryption_at_rest": (bool, "data and model encrypted at rest"),
+        "audit_logging": (bool, "access is logged"),
+    },
+    "eu_ai_act": {
+        "risk_tier": (str, "minimal | limited | high | unacceptable"),
+        "medical_device": (bool, "safety component of a medical device (Annex I)"),
+        "risk_management": (str, "risk management process reference"),
+        "data_governance": (str, "data governance reference"),
+        "technical_documentation": (str, "Annex IV documentation reference"),
+        "logging": (bool, "automatic event logging enabled"),
+        "instructions_for_use": (str, "instructions for deployers"),
+        "robustness_testing": (str, "robustness testing reference"),
+        "cybersecurity": (str, "cybersecurity measures"),
+    },
+    "ccpa": {
+        "notice_at_collection": (bool, "notice given at collection"),
+        "sells_or_shares": (bool, "personal information is sold or shared"),
+        "opt_out_link": ((str, bool), "'Do Not Sell or Share' link, or true if offered"),
+        "limit_use_link": ((str, bool), "'Limit the Use' link, or true if offered"),
+        "sensitive_pi_permitted_purpose": (str, "permitted purpose of sensitive personal information"),
+        "consumer_rights_process": (str, "how consumers delete, correct and know"),
+        "admt_notice": (bool, "pre-use notice of automated decision-making"),
+        "admt_opt_out": (bool, "opt-out of automated decision-making offered"),
+    },
+    "hipaa": {
+        "covered_entity": (bool, "the user is a HIPAA covered entity"),
+        "business_associate": (bool, "PHI is handled by a business associate"),
+        "purpose": (str, "treatment | payment | operations | health_care_operations"),
+        "deidentification": (str, "none | safe_harbor | expert_determination"),
+        "expert_determination_reference": (str, "expert determination reference"),
+        "authorization": (str, "patient authorization reference"),
+        "baa_reference": (str, "business associate agreement reference"),
+    },
+}
+# Lists of names: a nested list would be turned into its text (jurisdictions [["EU"]] into "['EU']").
+LISTS_OF_STR = ("out_of_scope_uses", "jurisdictions", "data_categories", "special_category_data")
+
 DECISION_TYPES = ("automated", "human_in_the_loop", "advisory")
+
+
+def _type_name(typ: Any) -> str:
+    return " or ".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
+
+
+def _check_nested(out: Mapping[str, Any]) -> None:
+    for table, fields in NESTED_FIELDS.items():
+        sub = out.get(table) or {}
+        for key, (typ, desc) in fields.items():
+            val = sub.get(key)
+            # Exact types, no coercion: 1 is not true, and the string "no" is not false.
+            if val is not None and not isinstance(val, typ):
+                raise InvalidInput(
+                    f"model card field '{table}.{key}' ({desc}) must be {_type_name(typ)}, "
+                    f"got {type(val).__name__}: {val!r}"
+                )
+
+
+def _check_reviews(reviews: Mapping[str, Any]) -> None:
+    # A sign-off under a misspelled id would be silently ignored, leaving the rule it meant needing review.
+    from fastml.governance.rules import RULESETS
+
+    known = [r.id for rs in RULESETS.values() for r in rs.rules]
+    by_upper = {k.upper(): k for k in known}
+    for rule_id, note in reviews.items():
+        if rule_id not in known:
+            key = str(rule_id).upper()
+            close = [key] if key in by_upper else difflib.get_close_matches(key, by_upper, n=3, cutoff=0.6)
+            hint = (
+                f"closest known rule ids: {', '.join(by_upper[c] for c in close)}"
+                if close
+                else f"known rule ids: {', '.join(known)}"
+            )
+            raise InvalidInput(f"model card reviews: unknown rule id {rule_id!r}; {hint}")
+        if not isinstance(note, str) or not note.strip():
+            raise InvalidInput(f"model card review for {rule_id!r} must be a non-empty note (who signed off and why)")
 
 
 def validate_card(card: Mapping[str, Any]) -> dict[str, Any]:
@@ -85,19 +169,21 @@ def validate_card(card: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidInput(
                 f"model card field {key!r} ({desc}) must be {typ.__name__}, got {type(val).__name__}: {val!r}"
             )
+    for key in LISTS_OF_STR:
+        bad = [v for v in out.get(key) or [] if not isinstance(v, str)]
+        if bad:
+            raise InvalidInput(
+                f"model card field {key!r} must be a list of strings, "
+                f"got an item of type {type(bad[0]).__name__}: {bad[0]!r}"
+            )
     if out.get("decision_type") not in (None, *DECISION_TYPES):
         raise InvalidInput(
             f"model card field 'decision_type' must be one of {DECISION_TYPES}, got {out['decision_type']!r}"
         )
     if "retention_days" in out and out["retention_days"] is not None and out["retention_days"] < 0:
         raise InvalidInput("model card field 'retention_days' must be >= 0")
-    ho = out.get("human_oversight")
-    if ho is not None and "can_override" in ho and not isinstance(ho["can_override"], bool):
-        raise InvalidInput("model card field 'human_oversight.can_override' must be a boolean")
-    reviews = out.get("reviews") or {}
-    for rule_id, note in reviews.items():
-        if not isinstance(note, str) or not note.strip():
-            raise InvalidInput(f"model card review for {rule_id!r} must be a non-empty note (who signed off and why)")
+    _check_nested(out)
+    _check_reviews(out.get("reviews") or {})
     return out
 
 

@@ -65,6 +65,11 @@ class Context:
         v = self.get(dotted)
         return v not in (None, "", [], {}, False)
 
+    @property
+    def scanned(self) -> bool:
+        """Whether any training-data column was scanned: finding nothing in no columns is no evidence."""
+        return bool(self.scan.columns)
+
     @functools.cached_property
     def jurisdictions(self) -> set[str]:
         return {str(j).strip().upper() for j in self.get("jurisdictions", [])}
@@ -140,6 +145,11 @@ class RuleSet:
             return fn
 
         return deco
+
+
+def not_scanned(what: str) -> list[str]:
+    """The evidence of a check on the training data when there was none to look at."""
+    return [f"no training-data schema or sample to scan: {what} not checked (set training_data.schema)"]
 
 
 def columns(findings) -> str:

@@ -3,7 +3,7 @@ sensitive personal information, retention, consumer rights and automated decisio
 
 from __future__ import annotations
 
-from fastml.governance.rules.base import FAIL, PASS, REVIEW, Context, RuleSet, columns
+from fastml.governance.rules.base import FAIL, PASS, REVIEW, Context, RuleSet, columns, not_scanned
 
 
 def _phi_exempt(ctx: Context) -> bool:
@@ -61,6 +61,8 @@ def _opt_out(ctx: Context):
     "limited to permitted purposes or a 'Limit the Use' link is offered",
 )
 def _sensitive(ctx: Context):
+    if not ctx.scanned:
+        return REVIEW, not_scanned("sensitive personal information was")
     spi = ctx.scan.ccpa_sensitive
     if not spi:
         return PASS, ["no sensitive personal information detected"]

@@ -3,7 +3,7 @@ Art. 22 automated decisions, Art. 35 impact assessment."""
 
 from __future__ import annotations
 
-from fastml.governance.rules.base import FAIL, PASS, REVIEW, Context, RuleSet, columns
+from fastml.governance.rules.base import FAIL, PASS, REVIEW, Context, RuleSet, columns, not_scanned
 
 LAWFUL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests")
 # Art. 9(2)(a)-(j), by short name.
@@ -68,6 +68,8 @@ def _purpose(ctx: Context):
     "direct identifiers are not used as training features, or their need is justified (data_minimisation)",
 )
 def _minimisation(ctx: Context):
+    if not ctx.scanned:
+        return REVIEW, not_scanned("direct identifiers among the training columns were")
     direct = [f for f in ctx.scan.direct_identifiers if "unique_id" not in f.categories]
     if not direct:
         return PASS, ["no direct identifiers (names, contact details, ID numbers) among the training columns"]

@@ -4,7 +4,7 @@ information: de-identification, minimum necessary, permitted uses, business asso
 from __future__ import annotations
 
 from fastml.governance.pii import SAFE_HARBOR
-from fastml.governance.rules.base import FAIL, PASS, REVIEW, Context, RuleSet, columns
+from fastml.governance.rules.base import FAIL, PASS, REVIEW, Context, RuleSet, columns, not_scanned
 
 TPO = ("treatment", "payment", "operations", "health_care_operations")
 
@@ -33,6 +33,8 @@ RULESET = RuleSet("hipaa", "HIPAA", _applies)
 )
 def _deid(ctx: Context):
     method = ctx.get("hipaa.deidentification", "none")
+    if not ctx.scanned:
+        return REVIEW, not_scanned("the 18 Safe Harbor identifiers were")
     ids = ctx.scan.safe_harbor
     if not ids:
         return PASS, ["none of the 18 Safe Harbor identifiers detected in the training data"]
@@ -55,6 +57,8 @@ def _deid(ctx: Context):
     "direct identifiers (names, SSN, contact details, record and account numbers) are not used as features",
 )
 def _minimum(ctx: Context):
+    if not ctx.scanned:
+        return REVIEW, not_scanned("the training features were")
     direct = [f for f in ctx.scan.direct_identifiers if set(f.safe_harbor) - {"R"}]
     quasi = [f for f in ctx.scan.findings if f.safe_harbor and not f.direct_identifier]
     if direct:
@@ -74,13 +78,18 @@ def _minimum(ctx: Context):
     "PHI is used for treatment, payment or health care operations, or under a patient authorization",
 )
 def _permitted(ctx: Context):
-    if not ctx.scan.safe_harbor:
+    if ctx.scanned and not ctx.scan.safe_harbor:
         return PASS, ["no identifiers detected: de-identified data is not restricted (164.514(a))"]
     purpose = ctx.get("hipaa.purpose")
     if purpose in TPO:
         return PASS, [f"use for {purpose} (164.506(c)) needs no authorization"]
     if ctx.has("hipaa.authorization"):
         return PASS, [f"patient authorization (164.508): {ctx.get('hipaa.authorization')}"]
+    if not ctx.scanned:
+        # Unscanned data may or may not be de-identified: a person has to say which.
+        return REVIEW, not_scanned("Safe Harbor identifiers were") + [
+            f"hipaa.purpose {purpose!r} is not treatment/payment/operations and no hipaa.authorization is given"
+        ]
     return FAIL, [f"hipaa.purpose {purpose!r} is not treatment/payment/operations and no hipaa.authorization is given"]
 
 
