@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("example", help="run the end-to-end examples (workflow, recommender, healthcare, fraud)")
     sub = p.add_subparsers(dest="example_command", metavar="COMMAND", required=True)
     c = sub.add_parser("list", help="the examples and what each shows")
+    c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(handler=_list)
     c = sub.add_parser(
         "run",
@@ -23,6 +25,9 @@ def add_parser(subparsers) -> None:
 def _list(args) -> int:
     from fastml.examples import EXAMPLES
 
+    if args.json:
+        print(json.dumps([{"name": name, "description": what} for name, (_, what) in EXAMPLES.items()], indent=2))
+        return 0
     for name, (_, what) in EXAMPLES.items():
         print(f"{name:<12} {what}")
     return 0

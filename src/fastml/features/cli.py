@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from fastml import jsonout
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("features", help="feature groups, training sets and the online store")
@@ -77,7 +79,7 @@ def _store():
 
 
 def _print(obj, as_json: bool, text: str) -> int:
-    print(json.dumps(obj, indent=2, default=str) if as_json else text)
+    print(jsonout.dumps(obj, indent=2, default=str) if as_json else text)
     return 0
 
 

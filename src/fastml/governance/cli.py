@@ -145,7 +145,14 @@ def _check(args) -> int:
     if args.schema:
         from pathlib import Path
 
-        schema = json.loads(Path(args.schema).read_text())
+        from fastml.errors import InvalidInput
+
+        try:
+            schema = json.loads(Path(args.schema).read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"schema file {args.schema} does not exist") from None
+        except ValueError as exc:  # not JSON, or not UTF-8 text
+            raise InvalidInput(f"schema file {args.schema}: not valid JSON: {exc}") from None
     sample = pii.load_sample(args.sample) if args.sample else None
     rulesets = [r.strip() for r in args.rulesets.split(",") if r.strip()] if args.rulesets else None
     rep = assess(card, schema=schema, sample=sample, rulesets=rulesets)
@@ -301,6 +308,7 @@ def _fairness(args) -> int:
 
 
 def _gate(args) -> int:
+    from fastml.errors import InvalidInput
     from fastml.governance.gates import PolicySet, configured_policy_path, evaluate
     from fastml.governance.report import build_report, to_html, to_json
     from fastml.registry import Registry
@@ -309,6 +317,8 @@ def _gate(args) -> int:
     policy = PolicySet.load(path) if path else PolicySet()
     with Registry() as reg:
         mv = reg.resolve(args.ref)
+        if args.stage not in reg.stages:
+            raise InvalidInput(f"unknown stage {args.stage!r}; stages: {reg.stages}")
     from fastml.governance.audit import AuditLog
 
     decision = evaluate(mv, args.stage, policy, audit=AuditLog())  # as attach() runs it

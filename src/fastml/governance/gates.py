@@ -135,9 +135,12 @@ class PolicySet:
         if not p.is_file():
             raise InvalidInput(f"policy file {p} does not exist")
         try:
-            data = tomllib.loads(p.read_text()) if p.suffix.lower() == ".toml" else json.loads(p.read_text())
+            text = p.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if p.suffix.lower() == ".toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInput(f"policy file {p}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"policy file {p}: not UTF-8 text: {exc}") from None
         return cls.from_dict(data, where=str(p))
 
     def to_dict(self) -> dict[str, Any]:

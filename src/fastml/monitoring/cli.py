@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from fastml import jsonout
+
 
 def add_parser(subparsers) -> None:
     mon = subparsers.add_parser("monitor", help="data drift, reports and explanations")
@@ -90,7 +92,7 @@ def _status(args: argparse.Namespace) -> int:
 
     with MonitoringStore(args.db) as store:
         doc = status_doc(store, args.model)
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    print(jsonout.dumps(doc, indent=2) if args.json else format_status(doc))
     return 0
 
 
@@ -150,7 +152,7 @@ def _drift(args: argparse.Namespace) -> int:
         all_statistics=args.all_statistics,
     )
     if args.json:
-        print(json.dumps(rep.to_dict(), indent=1))
+        print(jsonout.dumps(rep.to_dict(), indent=1))
     else:
         print(f"{'column':<24} {'kind':<12} {'method':<17} {'score':>12} {'threshold':>10}  drifted")
         for c in rep.columns:
@@ -206,7 +208,7 @@ def _report(args: argparse.Namespace) -> int:
         "share_drifted": data["drift"]["share_drifted"] if data["drift"] else None,
     }
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(jsonout.dumps(summary, indent=1))
     else:
         print(f"wrote {html_path}\nwrote {json_path}")
     return 0
@@ -245,7 +247,7 @@ def _store_report(args: argparse.Namespace) -> int:
             "alerts": len(data["alerts"]),
             "health": data["health"]["latest"],
         }
-        print(json.dumps(summary, indent=1))
+        print(jsonout.dumps(summary, indent=1))
     else:
         print(f"wrote {html_path}\nwrote {json_path}")
     return 0
@@ -256,6 +258,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from fastml.errors import InvalidInput
     from fastml.monitoring.explain import OnnxExplainer
 
     model = Path(args.model)
@@ -268,16 +271,28 @@ def _explain(args: argparse.Namespace) -> int:
     rows = np.column_stack([np.asarray(rows_cols[n], dtype=np.float32) for n in names])
     if args.background:
         bg_cols = read_table(args.background)
+        missing = [n for n in names if n not in bg_cols]
+        if missing:
+            raise InvalidInput(f"--background {args.background}: no column(s) {missing[:10]} of --rows {args.rows}")
         bg = np.column_stack([np.asarray(bg_cols[n], dtype=np.float32) for n in names])
     else:
         bg = rows
-    ex = OnnxExplainer(model, bg, output=args.output, class_index=args.class_index, feature_names=names, link=args.link)
-    res = ex.shap_values(rows)
+    try:
+        ex = OnnxExplainer(
+            model, bg, output=args.output, class_index=args.class_index, feature_names=names, link=args.link
+        )
+        res = ex.shap_values(rows)
+    except Exception as exc:
+        # ONNX Runtime's own errors (a file that is not ONNX, rows that do not fit the model's input) are the
+        # caller's input: one line naming the model, no traceback.
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise InvalidInput(f"{model}: {' '.join(str(exc).split())}") from None
     out = res.to_dict()
     if args.lime:
         out["lime_row0"] = ex.lime(rows[0], num_features=min(args.top, len(names)))
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(jsonout.dumps(out, indent=1))
         return 0
     print(
         f"explained output: {res.output} ({res.algorithm} SHAP, base value {res.base_value:.6g}, {rows.shape[0]} rows)"

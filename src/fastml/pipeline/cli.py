@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from fastml import jsonout
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="run a training pipeline (ten stages to a registered ONNX model)")
@@ -73,7 +75,7 @@ def _train(args) -> int:
 def _print_state(state: dict, as_json: bool, file=None) -> None:
     file = file or sys.stdout
     if as_json:
-        print(json.dumps(state, indent=2, default=str), file=file)
+        print(jsonout.dumps(state, indent=2, default=str), file=file)
         return
     from rich.console import Console
 

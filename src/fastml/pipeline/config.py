@@ -216,9 +216,11 @@ def load_config(path: str | Path) -> PipelineConfig:
     if not path.is_file():
         raise InvalidInput(f"pipeline config {path}: no such file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"pipeline config {path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"pipeline config {path}: not UTF-8 text: {exc}") from None
     return from_dict(data, base_dir=path.parent.resolve())
 
 

@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
     c.set_defaults(handler=_status)
 
     c = sub.add_parser("show", help="print the persisted deployment file")
+    c.add_argument("--json", action="store_true", help="print the persisted deployments as JSON")
     c.set_defaults(handler=_show)
 
 
@@ -111,7 +112,11 @@ def _apply_remote(args, specs: dict) -> int:
 
     headers = {"Content-Type": "application/toml"}
     if args.token_file:
-        headers["Authorization"] = "Bearer " + Path(args.token_file).read_text(encoding="utf-8").strip()
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"--token-file {args.token_file}: cannot read the token: {exc}") from None
+        headers["Authorization"] = "Bearer " + token
     applied = {}
     for name, spec in specs.items():
         url = f"{args.server.rstrip('/')}/v2/deployments/{quote(name, safe='')}"
@@ -218,11 +223,17 @@ def _status(args) -> int:
 
 
 def _show(args) -> int:
+    from fastml.errors import NotFound
     from fastml.serving import deployment_config as dconf
 
     path = dconf.state_path()
     if not path.exists():
-        print("no deployments (fastml deploy apply FILE)", file=sys.stderr)
-        return 1
-    sys.stdout.write(path.read_text(encoding="utf-8"))
+        raise NotFound("no deployments (fastml deploy apply FILE)")
+    text = path.read_text(encoding="utf-8")
+    if args.json:
+        import tomllib
+
+        print(json.dumps(tomllib.loads(text), indent=2))
+        return 0
+    sys.stdout.write(text)
     return 0
