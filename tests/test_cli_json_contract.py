@@ -273,3 +273,17 @@ def test_features_get_json_prints_null_for_a_stored_infinity(fastml_home, capsys
     code, out, err = _run(capsys, "features", "get", "driver:x,driver:y", "--key", "1", "--json")
     assert (code, err) == (0, "")
     assert _strict(out) == {"driver_id": ["1"], "x": [None], "y": [2.5]}
+
+
+def test_ray_status_at_an_address_nothing_listens_on_fails_at_once(capsys):
+    """ray.init retried such an address for minutes: the command looked hung."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    code, out, err = _run(capsys, "ray", "status", "--address", f"127.0.0.1:{port}", "--json")
+    assert time.monotonic() - t0 < 30
+    assert (code, out) == (2, "")
+    assert err.startswith(f"fastml: error: NotFound: no Ray cluster at '127.0.0.1:{port}': cannot connect: ")

@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
         },
     )
     targets = absolute_targets(args.targets)  # a bad target is refused before a cluster starts
+    _check_reachable(args.address)
     ray = _import_ray()
     stop = threading.Event()
     from fastml.serving.ray_predict import init_ray
@@ -110,9 +111,36 @@ def _serve(args: argparse.Namespace) -> int:
         ray.shutdown()
 
 
+# How long a named cluster address gets to accept a TCP connection before it counts as absent.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) cluster address that accepts no connection: ray.init keeps
+    retrying one for minutes, so a mistyped address looked like a hung command. ``auto`` is Ray's to find.
+
+    Raises:
+        NotFound: nothing listens there.
+    """
+    import socket
+
+    from fastml.errors import NotFound
+
+    if not address or address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: Ray reports what it makes of it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise NotFound(f"no Ray cluster at {address!r}: cannot connect: {exc.strerror or exc}") from None
+
+
 def _status(args: argparse.Namespace) -> int:
     from fastml.errors import NotFound
 
+    _check_reachable(args.address)
     ray = _import_ray()
     from ray import serve
 
