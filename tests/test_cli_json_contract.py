@@ -287,3 +287,32 @@ def test_ray_status_at_an_address_nothing_listens_on_fails_at_once(capsys):
     assert time.monotonic() - t0 < 30
     assert (code, out) == (2, "")
     assert err.startswith(f"fastml: error: NotFound: no Ray cluster at '127.0.0.1:{port}': cannot connect: ")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["audit", "verify", "--dir", "{missing}"],
+            "NotFound: no audit log at {missing}: the directory does not exist",
+        ),
+        (["audit", "log", "--dir", "{missing}"], "NotFound: no audit log at {missing}: the directory does not exist"),
+        (["audit", "head", "--dir", "{missing}"], "NotFound: no audit log at {missing}: the directory does not exist"),
+        (["monitor", "status", "--db", "{missing}"], "NotFound: no monitoring store at {missing}"),
+        (["monitor", "alerts", "--db", "{missing}"], "NotFound: no monitoring store at {missing}"),
+    ],
+)
+def test_a_mistyped_store_path_is_not_an_empty_store(tmp_path, capsys, argv, message):
+    """'audit verify --dir /typo' said 'audit log OK: 0 entries' (and created the directory)."""
+    missing = str(tmp_path / "typo")
+    code, out, err = _run(capsys, *(a.format(missing=missing) for a in argv))
+    assert (code, out, err.strip()) == (2, "", "fastml: error: " + message.format(missing=missing))
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("argv", [["audit", "log", "--tail", "-3"], ["registry", "events", "--limit", "-1"]])
+def test_negative_counts_are_refused(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "must be >= 0, got -" in capsys.readouterr().err

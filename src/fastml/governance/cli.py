@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -419,6 +420,14 @@ def _rules(args) -> int:
 # ----------------------------------------------------------------------------------------- audit
 
 
+def _count(text: str) -> int:
+    """An argparse type: an int >= 0 (a negative --tail printed nothing and exited 0)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _add_audit(subparsers) -> None:
     aud = subparsers.add_parser("audit", help="the tamper-evident audit log under $FASTML_HOME/audit")
     sub = aud.add_subparsers(dest="audit_cmd", metavar="COMMAND")
@@ -438,7 +447,7 @@ def _add_audit(subparsers) -> None:
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("log", parents=[common], help="show entries")
-    p.add_argument("--tail", type=int, metavar="N", help="only the last N")
+    p.add_argument("--tail", type=_count, metavar="N", help="only the last N")
     p.add_argument("--action", metavar="PREFIX", help="only actions starting with PREFIX")
     p.add_argument("--target", help="only this target")
     p.add_argument("--json", action="store_true")
@@ -465,10 +474,18 @@ def _add_audit(subparsers) -> None:
     p.set_defaults(handler=_record)
 
 
-def _audit_log(args):
+def _audit_log(args, *, reading: bool = True):
+    """The audit log of ``--dir`` (default the home's). A directory named for reading must exist: a mistyped
+    path would otherwise read as an empty log and verify as "OK: 0 entries"."""
     from fastml.governance.audit import AuditLog
 
-    return AuditLog(args.dir) if args.dir else AuditLog()
+    if not args.dir:
+        return AuditLog()
+    if reading and not Path(args.dir).is_dir():
+        from fastml.errors import NotFound
+
+        raise NotFound(f"no audit log at {args.dir}: the directory does not exist")
+    return AuditLog(args.dir)
 
 
 def _verify(args) -> int:
@@ -534,7 +551,7 @@ def _import_registry(args) -> int:
     from fastml.registry import Registry
 
     with Registry() as reg:
-        added = import_registry_events(reg, _audit_log(args))
+        added = import_registry_events(reg, _audit_log(args, reading=False))
     print(json.dumps({"added": added}) if args.json else f"imported {added} registry event(s)")
     return 0
 
@@ -550,7 +567,7 @@ def _record(args) -> int:
         except json.JSONDecodeError as exc:
             raise InvalidInput(f"--{name} is not valid JSON: {exc}") from None
 
-    entry = _audit_log(args).append(
+    entry = _audit_log(args, reading=False).append(
         args.action,
         target=args.target,
         before=parse("before", args.before),

@@ -222,6 +222,13 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _alerts(args: argparse.Namespace) -> int:
+    if args.db is not None:  # a store named for reading must exist: a mistyped path would read as no alerts
+        from pathlib import Path
+
+        from fastml.errors import NotFound
+
+        if not Path(args.db).is_file():
+            raise NotFound(f"no monitoring store at {args.db}")
     store = _store(args.db)
     if args.firing:
         events = [

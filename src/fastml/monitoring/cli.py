@@ -90,10 +90,24 @@ def _status(args: argparse.Namespace) -> int:
     from fastml.monitoring.live_status import format_status, status_doc
     from fastml.monitoring.store import MonitoringStore
 
+    _existing_db(args.db)
+
     with MonitoringStore(args.db) as store:
         doc = status_doc(store, args.model)
     print(jsonout.dumps(doc, indent=2) if args.json else format_status(doc))
     return 0
+
+
+def _existing_db(path: str | None) -> None:
+    """A store named with --db must exist: opening a mistyped path would create an empty store and report
+    nothing to see."""
+    if path is not None:
+        from pathlib import Path
+
+        from fastml.errors import NotFound
+
+        if not Path(path).is_file():
+            raise NotFound(f"no monitoring store at {path}")
 
 
 def read_table(path: str) -> dict:
@@ -229,6 +243,7 @@ def _store_report(args: argparse.Namespace) -> int:
     since, until = parse_time(args.since), parse_time(args.until)
     if since is not None and until is not None and since >= until:
         raise InvalidInput(f"--since ({args.since}) must be before --until ({args.until})")
+    _existing_db(args.db)
     with MonitoringStore(args.db) as store:
         title = None if args.title == "fastml monitoring report" else args.title
         page, data = store_report(store, args.model, since=since, until=until, title=title)

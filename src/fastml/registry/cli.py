@@ -3,8 +3,17 @@ lineage, history, verify (plus requests, delete, events). Read commands take ``-
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+
+def _count(text: str) -> int:
+    """An argparse type: an int >= 0 (a negative --limit or --after-id was taken and read nothing)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def add_parser(subparsers) -> None:
@@ -126,8 +135,8 @@ def add_parser(subparsers) -> None:
     c.add_argument("--at", default=None)
 
     c = cmd("events", _events, "the append-only event log", read=True)
-    c.add_argument("--after-id", type=int, default=0)
-    c.add_argument("--limit", type=int, default=100)
+    c.add_argument("--after-id", type=_count, default=0)
+    c.add_argument("--limit", type=_count, default=100)
 
     cmd("verify", _verify, "check every artifact against its recorded SHA-256 (exit 1 on problems)", read=True)
 
