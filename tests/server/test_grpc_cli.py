@@ -95,7 +95,9 @@ def test_perf_analyzer_grpc(served, tmp_path, mode):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Server:" in proc.stdout and "Inference count:" in proc.stdout, proc.stdout[-2000:]
     rows = list(csv.DictReader(out.open()))
-    assert [int(r["Concurrency"]) for r in rows] == [1, 4]
+    # perf_analyzer writes its CSV rows in throughput order, not concurrency order: on a loaded machine c=4 may
+    # measure below c=1.
+    assert sorted(int(r["Concurrency"]) for r in rows) == [1, 4]
     assert all(float(r["Inferences/Second"]) > 0 for r in rows)
 
 

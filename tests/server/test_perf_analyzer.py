@@ -53,7 +53,9 @@ def test_perf_analyzer_concurrency_1_and_8(server, tmp_path, binary):
     # Server-side statistics were collected (perf_analyzer read our statistics extension).
     assert "Server:" in proc.stdout and "Inference count:" in proc.stdout, proc.stdout[-2000:]
     rows = list(csv.DictReader(out.open()))
-    assert [int(r["Concurrency"]) for r in rows] == [1, 8]
+    # perf_analyzer writes its CSV rows in throughput order, not concurrency order: on a loaded machine the higher
+    # concurrency may measure below the lower one.
+    assert sorted(int(r["Concurrency"]) for r in rows) == [1, 8]
     for r in rows:
         assert float(r["Inferences/Second"]) > 0
         assert int(r["Server Queue"]) >= 0 and int(r["Server Compute Infer"]) > 0
