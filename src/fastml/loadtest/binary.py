@@ -154,7 +154,7 @@ class _Run:
         if outcome == "200":
             self.ok_s.append(finished - started)
             self.all_s.append(finished - started)
-        elif outcome.isdigit():
+        elif outcome.isdigit() or outcome == BAD_RESPONSE:
             self.all_s.append(finished - started)
 
     def error(self, outcome: str, detail: BaseException) -> None:

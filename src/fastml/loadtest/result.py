@@ -62,7 +62,7 @@ class LoadResult:
         outcomes: outcome -> count; HTTP status codes as strings ("200", "503"), plus the error
             kinds in :data:`ERROR_OUTCOMES`. Requests sent during warm-up are not counted.
         latency_ok_us: latencies of 2xx answers (open loop: from the scheduled send time).
-        latency_all_us: latencies of every HTTP answer, whatever its status.
+        latency_all_us: latencies of every HTTP answer, whatever its status (``bad_response`` included).
         late_starts: open loop only: requests sent after their scheduled time because no
             connection was free (the latency still counts from the scheduled time).
         error_samples: for connect errors and timeouts before a connection was had: the first
@@ -100,8 +100,9 @@ class LoadResult:
 
     @property
     def answered_per_s(self) -> float:
-        """HTTP answers of any status per second (what a server sheds with 503 counts here)."""
-        answered = sum(n for k, n in self.outcomes.items() if k.isdigit())
+        """HTTP answers of any status per second (what a server sheds with 503 counts here; so does a 2xx
+        whose body failed validation)."""
+        answered = sum(n for k, n in self.outcomes.items() if k.isdigit() or k == BAD_RESPONSE)
         return answered / self.duration_s if self.duration_s > 0 else 0.0
 
     def count(self, outcome: str | int) -> int:

@@ -68,11 +68,11 @@ class _Recorder:
         self.last_finish = max(self.last_finish, finished)
         latency_us = (finished - started) * 1e6
         status = resp.status
+        self.all.add(latency_us)  # every HTTP answer, a 2xx with a bad body included
         if 200 <= status < 300 and self.validate and not self._valid(resp):
             self.outcomes[BAD_RESPONSE] += 1
             return
         self.outcomes[str(status)] += 1
-        self.all.add(latency_us)
         if 200 <= status < 300:
             self.ok.add(latency_us)
 
@@ -191,6 +191,7 @@ async def run_closed_loop(
                         conn = None
                         recorder.error(started, clock(), CONNECT_ERROR, exc)
                         continue
+                    started = clock()  # latency counts from the send, not from (re)connecting
                 outcome = await _send(conn, wire, timeout_s)
                 finished = clock()
                 if isinstance(outcome, Response):

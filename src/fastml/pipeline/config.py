@@ -7,6 +7,7 @@ reported together in one :class:`~fastml.errors.InvalidInput`.
 from __future__ import annotations
 
 import hashlib
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,8 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         metrics = CLASSIFICATION_METRICS if cfg.task == "classification" else REGRESSION_METRICS
         if cfg.metric is not None and cfg.metric not in metrics:
             err("metric", f"{cfg.metric!r} is not a {cfg.task} metric; expected one of {sorted(metrics)}")
+    if not 0 <= cfg.seed <= 2**32 - 1:
+        err("seed", f"must be between 0 and 2**32 - 1, got {cfg.seed}")
     if cfg.threads < 1:
         err("threads", f"must be >= 1, got {cfg.threads}")
     if cfg.folds < 2:
@@ -286,12 +289,14 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         if kind not in ("number", "string"):
             err(f"validate.columns.{col}", f"{kind!r}: expected 'number' or 'string'")
     for col, rng in v.ranges.items():
-        if len(rng) != 2 or rng[0] > rng[1]:
+        if len(rng) != 2 or rng[0] > rng[1] or any(math.isnan(x) for x in rng):
             err(f"validate.ranges.{col}", f"expected [low, high] with low <= high, got {rng}")
     bars = CLASSIFICATION_METRICS if cfg.task == "classification" else REGRESSION_METRICS
-    for metric in cfg.register.require:
+    for metric, bar in cfg.register.require.items():
         if metric not in bars:
             err(f"register.require.{metric}", f"not a {cfg.task} metric; one of {list(bars)}")
+        elif not math.isfinite(bar):
+            err(f"register.require.{metric}", f"the bar must be a finite number, got {bar}")
     f = cfg.features
     if f.impute not in IMPUTES:
         err("features.impute", f"{f.impute!r} is not one of {list(IMPUTES)}")
@@ -315,6 +320,8 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         err("tune.sampler", f"{t.sampler!r} is not one of {list(SAMPLERS)}")
     if t.pruner not in PRUNERS:
         err("tune.pruner", f"{t.pruner!r} is not one of {list(PRUNERS)}")
+    if t.timeout_s is not None and not t.timeout_s > 0:
+        err("tune.timeout_s", f"must be > 0, got {t.timeout_s}")
     space = t.search_space if t.search_space is not None else (fam.default_space(cfg.task) if fam else {})
     for pname, ps in space.items():
         field = f"tune.search_space.{pname}"
@@ -326,8 +333,19 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         else:
             if ps.low is None or ps.high is None or ps.low > ps.high:
                 err(field, f"{ps.type} parameter needs low <= high, got low={ps.low} high={ps.high}")
+            elif not (math.isfinite(ps.low) and math.isfinite(ps.high)):
+                err(field, f"low and high must be finite, got low={ps.low} high={ps.high}")
+            elif ps.type == "int" and not (float(ps.low).is_integer() and float(ps.high).is_integer()):
+                err(field, f"int parameter needs whole-number low and high, got low={ps.low} high={ps.high}")
             elif ps.log and ps.low <= 0:
                 err(field, "log scale needs low > 0")
+            if ps.step is not None:
+                if not (math.isfinite(ps.step) and ps.step > 0):
+                    err(field, f"step must be > 0, got {ps.step}")
+                elif ps.type == "int" and not float(ps.step).is_integer():
+                    err(field, f"int parameter needs a whole-number step, got {ps.step}")
+                elif ps.log and (ps.type == "float" or ps.step != 1):
+                    err(field, "log scale cannot be combined with a step")
             if t.sampler == "grid" and ps.type == "float" and ps.step is None:
                 err(field, "the grid sampler needs 'choices' or a 'step' for float parameters")
     if fam is not None and cfg.task in fam.tasks:
@@ -338,7 +356,7 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
             unknown = fam.unknown_params(cfg.task, list(t.search_space))
             if unknown:
                 err("tune.search_space", f"unknown hyperparameters for {cfg.model.family}: {unknown}")
-    if cfg.export.parity_atol < 0 or cfg.export.parity_rtol < 0:
+    if not (cfg.export.parity_atol >= 0 and cfg.export.parity_rtol >= 0):
         err("export", "parity_atol and parity_rtol must be >= 0")
     if cfg.register.bump not in ("major", "minor", "patch"):
         err("register.bump", f"{cfg.register.bump!r} is not one of ['major', 'minor', 'patch']")

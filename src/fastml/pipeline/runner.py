@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
 
-from fastml.errors import FastMLError, InternalError, InvalidInput
+from fastml.errors import Conflict, FastMLError, InternalError, InvalidInput
 from fastml.pipeline.run import STAGES, Run, _now, create_run, load_run_config, open_run
 
 log = logging.getLogger("fastml.pipeline")
@@ -74,6 +77,24 @@ def _execute(run: Run, cfg, progress, workers: int) -> RunResult:
         raise InvalidInput(
             "tune.storage: 'memory' cannot be shared by --workers processes; use the default journal or a URL"
         )
+    # One process executes a run at a time: a second one (a resume while the first still runs) would
+    # mark the first's running trials failed and overwrite its stages' outputs.
+    lock_fd = os.open(run.dir / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise Conflict(f"run {run.run_id!r} is being executed by another process") from None
+    try:
+        run.state = json.loads((run.dir / "run.json").read_text())  # as the last executor left it
+        if run.state["status"] == "completed":
+            return _result(run)
+        return _execute_locked(run, cfg, progress, workers)
+    finally:
+        os.close(lock_fd)
+
+
+def _execute_locked(run: Run, cfg, progress, workers: int) -> RunResult:
     from fastml.pipeline import stages as stage_mod
     from fastml.pipeline.progress import LogProgress
 
