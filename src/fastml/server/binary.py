@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from fastml.client import wire
 from fastml.errors import FastMLError, InvalidInput, Unavailable
@@ -81,6 +82,11 @@ def _batch_frames(plane) -> int:
     return max(sizes)
 
 
+def _no_route(*args, **kwargs) -> None:
+    """The sink route of a draining connection: none (see :meth:`BinaryProtocol.close_when_idle`)."""
+    return None
+
+
 class _Call:
     """One in-flight request on the general path: answers its connection when the data plane's future settles."""
 
@@ -134,11 +140,13 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.frames_per_pass = lim.frames_per_pass or _batch_frames(self.plane)
         self.read_paused = False
         self.write_paused = False
-        self.closing = False  # no more requests are parsed (drain, fatal error, connection gone)
+        self.closing = False  # no more requests are parsed (fatal error, connection gone)
         self.eof = False  # the client half-closed: parse what it sent, answer it, then close
+        # Drain: reading goes on (new requests are refused with Unavailable); closes once nothing is in flight.
+        self.draining = False
         self._loop = asyncio.get_event_loop()
         # The data plane's route for a read's frames, told this loop (asking asyncio is a getpid syscall on 3.11).
-        self._sink_route = functools.partial(self.plane.sink_route, loop=self._loop)
+        self._sink_route: Callable[..., object] = functools.partial(self.plane.sink_route, loop=self._loop)
 
     # ----- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -247,8 +255,11 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             return
         plane = self.plane
         try:
-            if plane.draining:
+            if plane.draining or self.draining:
                 raise Unavailable("the server is shutting down")
+            if not inputs:  # as the HTTP and gRPC transports say it, once the model is known
+                plane.resolve(model, version)
+                raise InvalidInput("request has no inputs")
             if outputs is None:
                 entry = plane.resolve(model, version)
                 # Registered first: the engine holds the request from the submit on.
@@ -312,7 +323,7 @@ class BinaryProtocol(asyncio.BufferedProtocol):
                 self.answers.close()  # the last request of a closed connection: break the answers' cycle
             return
         self._write(frame)
-        if (self.closing or self.eof or self.read_paused) and not self.after_due:
+        if (self.closing or self.eof or self.draining or self.read_paused) and not self.after_due:
             self.after_due = True
             self._loop.call_soon(self._after_answers)
 
@@ -354,6 +365,8 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             self._maybe_close()
         elif self.read_paused:
             self._maybe_resume()
+        if self.draining:
+            self._maybe_close()
 
     def _after_answers(self) -> None:
         self.after_due = False
@@ -363,6 +376,8 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             self._maybe_close()
         elif self.read_paused:
             self._maybe_resume()
+        if self.draining:
+            self._maybe_close()
 
     # ----- writing and flow control ---------------------------------------------------------------
     def _write(self, frame: bytes) -> None:
@@ -428,11 +443,13 @@ class BinaryProtocol(asyncio.BufferedProtocol):
         self.transport.close()
 
     def close_when_idle(self) -> None:
-        """Drain: read no more requests; close once the in-flight ones are answered."""
-        self.closing = True
-        if self.transport is not None and not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+        """Drain: close once the in-flight requests are answered.
+
+        Reading goes on meanwhile and requests that arrive are answered with Unavailable: a socket closed
+        with unread bytes is reset by the kernel, which drops the answers the client has not received yet.
+        """
+        self.draining = True
+        self._sink_route = _no_route  # every request takes _infer, which refuses it
         self._maybe_close()
 
 
