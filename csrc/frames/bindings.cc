@@ -155,7 +155,9 @@ py::tuple frame_tuple(const Frame& f, py::handle base) {
 // header was there to read it) and for one frame refused whole (0, its request id when known, 400, message).
 py::object fatal_item(const uint8_t* at, size_t avail, int status, const std::string& error) {
   py::object rid = py::none();
-  if (avail >= kPrefixBytes + kHeaderBytes) {
+  uint32_t body = 0;
+  if (avail >= kPrefixBytes) std::memcpy(&body, at, 4);
+  if (avail >= kPrefixBytes + kHeaderBytes && body >= kHeaderBytes) {  // the id only from this frame's own header
     uint64_t id;
     std::memcpy(&id, at + kPrefixBytes + 8, 8);
     rid = py::int_(id);

@@ -215,8 +215,9 @@ Scan Parser::scan(const uint8_t* buf, size_t len, uint64_t* frame_bytes, int* st
   uint32_t body;
   std::memcpy(&body, buf, 4);
   // Magic and version first (once their bytes are here): a peer speaking another protocol (an HTTP client
-  // on the wrong port) is told so, rather than that its "length" is too large.
-  if (len >= kPrefixBytes + 4) {
+  // on the wrong port) is told so, rather than that its "length" is too large. Only bytes inside the declared
+  // frame are read: a length under 16 is its own error, not the next frame's magic or version.
+  if (len >= kPrefixBytes + 4 && body >= 4) {
     uint32_t magic;
     std::memcpy(&magic, buf + kPrefixBytes, 4);
     if (magic != kMagic) {
@@ -225,7 +226,7 @@ Scan Parser::scan(const uint8_t* buf, size_t len, uint64_t* frame_bytes, int* st
       return Scan::kFatal;
     }
   }
-  if (len >= kPrefixBytes + 5 && buf[kPrefixBytes + 4] != kVersion) {
+  if (len >= kPrefixBytes + 5 && body >= 5 && buf[kPrefixBytes + 4] != kVersion) {
     *status = 400;
     *error = "unsupported protocol version " + std::to_string(buf[kPrefixBytes + 4]) + " (this server speaks 1)";
     return Scan::kFatal;

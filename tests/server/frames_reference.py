@@ -158,10 +158,11 @@ def parse(buf: bytes, start: int, end: int, max_frames: int, limits: dict | None
         if avail < 4:
             return pos - start, items, 0, None
         (length,) = struct.unpack_from("<I", buf, pos)
-        rid = struct.unpack_from("<Q", buf, pos + 12)[0] if avail >= 20 else None
-        if avail >= 8 and buf[pos + 4 : pos + 8] != MAGIC:
+        # Only bytes inside the declared frame are read: a length under 16 is its own error.
+        rid = struct.unpack_from("<Q", buf, pos + 12)[0] if avail >= 20 and length >= 16 else None
+        if avail >= 8 and length >= 4 and buf[pos + 4 : pos + 8] != MAGIC:
             return pos - start, items, 0, (400, "magic", rid)
-        if avail >= 9 and buf[pos + 8] != 1:
+        if avail >= 9 and length >= 5 and buf[pos + 8] != 1:
             return pos - start, items, 0, (400, "version", rid)
         if length < 16:
             return pos - start, items, 0, (400, "short", rid)

@@ -209,6 +209,19 @@ def test_stream_breaking_frames_are_fatal(prefix, status, words):
     assert fatal[0] == reference(prefix + b"\0" * 64)[3][0]
 
 
+@pytest.mark.parametrize("length", [0, 4, 15])
+def test_a_length_under_the_header_is_its_own_error_not_the_next_frames(length):
+    """The magic, version and request id are read only inside the declared frame: a short length followed by a
+    good frame used to be reported as that frame's bad magic or version, with an id from its bytes."""
+    good = _frames.encode_request(7, "m", None, {"x": np.ones(2, np.int8)})
+    # The bytes the declared length covers are a valid start of a header (magic, then the version byte).
+    stream = struct.pack("<I", length) + b"FMLB\x01"[: min(length, 5)] + good
+    consumed, items, need, fatal = native(stream)
+    assert (consumed, items) == (0, [])
+    assert fatal == (400, f"frame length {length} is shorter than the 16-byte header", None)
+    assert reference(stream)[3] == (400, "short", None)
+
+
 def test_duplicate_tensor_names_and_trailing_garbage_are_refused():
     frame = bytearray(_frames.encode_request(5, "m", None, [("x", np.ones(2, np.int8)), ("x", np.ones(2, np.int8))]))
     assert native(frame)[1][0][:3] == (0, 5, 400) and "twice" in native(frame)[1][0][3]
