@@ -62,7 +62,8 @@ class AutoscaleConfig:
         """Refuse conflicting or meaningless settings, naming the flag.
 
         Raises:
-            InvalidInput: min < 1, min > max, a non-positive target or interval, a negative delay.
+            InvalidInput: min < 1, min > max, a non-positive target or interval, a negative delay, a NaN or an
+                infinite interval, delay or cool-down.
         """
         if self.min_workers < 1:
             raise InvalidInput(f"--min-workers must be >= 1, got {self.min_workers}")
@@ -74,12 +75,14 @@ class AutoscaleConfig:
             raise InvalidInput(f"--target-queue-us must be > 0, got {self.target_queue_us}")
         if not 0 <= self.tolerance < 1:
             raise InvalidInput(f"the autoscaler's tolerance must be in [0, 1), got {self.tolerance}")
-        if not self.interval_s > 0:
-            raise InvalidInput(f"--autoscale-interval-s must be > 0, got {self.interval_s}")
-        if self.scale_up_cooldown_s < 0:
-            raise InvalidInput(f"--scale-up-cooldown-s must be >= 0, got {self.scale_up_cooldown_s}")
-        if self.scale_down_delay_s < 0:
-            raise InvalidInput(f"--scale-down-delay-s must be >= 0, got {self.scale_down_delay_s}")
+        # Finite: an infinite interval never measures (nor replaces a dead worker), and a NaN delay or cool-down
+        # fails every comparison (no cool-down at all, or a window that never empties and never scales down).
+        if not 0 < self.interval_s < math.inf:
+            raise InvalidInput(f"--autoscale-interval-s must be a finite number > 0, got {self.interval_s}")
+        if not 0 <= self.scale_up_cooldown_s < math.inf:
+            raise InvalidInput(f"--scale-up-cooldown-s must be a finite number >= 0, got {self.scale_up_cooldown_s}")
+        if not 0 <= self.scale_down_delay_s < math.inf:
+            raise InvalidInput(f"--scale-down-delay-s must be a finite number >= 0, got {self.scale_down_delay_s}")
         return self
 
 
@@ -133,8 +136,9 @@ class AutoscalePolicy:
         if abs(ratio - 1.0) <= cfg.tolerance:
             want = measured
         else:
-            # The small epsilon keeps 2 workers * 1.5 = 3.0000000000000004 from asking for 4.
-            want = math.ceil(measured * ratio - 1e-9)
+            # The small epsilon keeps 2 workers * 1.5 = 3.0000000000000004 from asking for 4; an infinite signal
+            # (overloaded) asks for the most.
+            want = math.ceil(min(measured * ratio, cfg.max_workers) - 1e-9)
         return min(max(want, cfg.min_workers), cfg.max_workers), ratio
 
     def observe(self, now_s: float, sample: LoadSample | None) -> Decision:
@@ -150,6 +154,13 @@ class AutoscalePolicy:
             return Decision(
                 self.desired, HOLD, "no measurement this interval (no worker reported twice); keeping the count"
             )
+        if math.isnan(sample.utilization) or math.isnan(sample.queue_us):
+            return Decision(
+                self.desired,
+                HOLD,
+                f"no usable measurement this interval (utilization {sample.utilization}, queue {sample.queue_us} us);"
+                " keeping the count",
+            )
         want, ratio = self.proposal(sample)
         why = (
             f"utilization {sample.utilization:.2f} (target {cfg.target_utilization:.2f}), "
@@ -158,7 +169,9 @@ class AutoscalePolicy:
         )
         window = self._proposals
         window.append((now_s, want))
-        while window and window[0][0] < now_s - cfg.scale_down_delay_s:
+        # A proposal stands until the next one: keep the one in force when the window opened, so that an interval
+        # without samples (a worker starting or draining, no measurement) never counts as low load.
+        while len(window) > 1 and window[1][0] <= now_s - cfg.scale_down_delay_s:
             window.popleft()
         if want > self.desired:
             if now_s - self._last_up_s < cfg.scale_up_cooldown_s:
