@@ -92,6 +92,11 @@ RATE_MIN_SPAN_S = WINDOW_S
 # buffers meanwhile. Shorter gaps are the ordinary cost of reading; a gap that ends in a read long after the last
 # completion is the loop idling (a queue that drained, a quiet client), not a stall.
 STALL_MIN_S = 0.002
+# An estimate no busy window has renewed for this long (or for two windows' worth of completions at its rate, if
+# that is longer) is forgotten, as before the first one: it was measured on a load that is gone. Without this, a
+# rate learned on large requests (a 20,000-row request runs as hundreds of batches) shed the next one-row
+# requests for good: they drain the queue within a window, so they never record a window that would raise it.
+RATE_STALE_S = 1.0
 HINT_EPOCH_S = 1.0  # decoded deadlines are remembered for one to two of these epochs (the pre-decode hint)
 
 SHED_MESSAGE = "the server is overloaded: the expected queue wait exceeds the request's deadline; retry later"
@@ -125,6 +130,7 @@ class AdmissionGate:
         "_stall_cost_s",
         "_done_since_check",
         "_admitted",
+        "_rate_at_s",
     )
 
     def __init__(self, default_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
@@ -149,6 +155,15 @@ class AdmissionGate:
         self._done_since_check = 0  # completions since the last check
         # When each request in flight was admitted, oldest first (completions are taken as first in, first out).
         self._admitted: deque[float] = deque()
+        self._rate_at_s = 0.0  # when the last busy window was recorded
+
+    def _stale(self, now: float) -> bool:
+        """Forget an estimate that no window renewed for long (see :data:`RATE_STALE_S`); whether it was."""
+        if self._recent_rates and now - self._rate_at_s > max(RATE_STALE_S, 2 * RATE_MIN_COMPLETIONS / self.rate_per_s):
+            self._recent_rates.clear()
+            self.rate_per_s = 0.0
+            return True
+        return False
 
     def _deadline_hint_s(self, now: float, seen_s: float = 0.0) -> float:
         """The longest deadline decoded in this epoch and the last (``seen_s`` joins this epoch's first)."""
@@ -202,7 +217,7 @@ class AdmissionGate:
             # rate estimate says (the model got less CPU than when it was measured).
             self.shed += 1
             return True
-        if self.rate_per_s <= 0.0:
+        if self.rate_per_s <= 0.0 or self._stale(now):
             return False
         wait_s = inflight / self.rate_per_s
         # A request read within a stall's length after it may have waited that stall unread (reads after that
@@ -277,7 +292,7 @@ class AdmissionGate:
         if self._admitted and now - self._admitted[0] > bound_s:
             return MIN_INFLIGHT - 1  # the oldest in flight waited too long: admit() sheds above the floor
         rate = self.rate_per_s
-        if rate <= 0.0:
+        if rate <= 0.0 or self._stale(now):
             return 1 << 62
         unread_s = 0.0
         if now - self._stall_end_s < self._stall_s:
@@ -336,7 +351,7 @@ class AdmissionGate:
             done = self._window_done + 1
             elapsed = now - self._window_start
             if done >= RATE_MIN_COMPLETIONS and elapsed >= RATE_MIN_SPAN_S:
-                self._record(done / elapsed)
+                self._record(done / elapsed, now)
             self._window_start = now
             self._window_done = 0
             self._first_done_s = 0.0
@@ -347,14 +362,15 @@ class AdmissionGate:
             return
         if now - self._first_done_s < WINDOW_S or self._window_done < RATE_MIN_COMPLETIONS:
             return
-        self._record(self._window_done / (now - self._window_start))
+        self._record(self._window_done / (now - self._window_start), now)
         self._window_start = now
         self._window_done = 0
         self._first_done_s = 0.0
 
-    def _record(self, measured_per_s: float) -> None:
+    def _record(self, measured_per_s: float, now: float) -> None:
         self._recent_rates.append(measured_per_s)
         self.rate_per_s = max(self._recent_rates)
+        self._rate_at_s = now
 
 
 __all__ = [
@@ -364,6 +380,7 @@ __all__ = [
     "MIN_INFLIGHT",
     "RATE_MIN_COMPLETIONS",
     "RATE_MIN_SPAN_S",
+    "RATE_STALE_S",
     "RATE_WINDOWS",
     "SHED_MESSAGE",
     "STALL_MIN_S",
