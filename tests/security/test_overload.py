@@ -103,23 +103,6 @@ def test_gate_sheds_when_the_expected_wait_exceeds_the_deadline_share():
     assert gate.shed == 2
 
 
-class _Clock:
-    """A settable stand-in for perf_counter in fastml.serving.admission."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-@pytest.fixture
-def clock(monkeypatch) -> _Clock:
-    fake = _Clock()
-    monkeypatch.setattr(admission, "perf_counter", fake)
-    return fake
-
-
 def test_a_burst_is_admitted_but_a_standing_queue_above_the_target_is_shed(clock):
     rate = 40_000.0  # the target's worth (2,000 in flight) is above STANDING_MIN_INFLIGHT
     gate = AdmissionGate(default_deadline_s=10.0)

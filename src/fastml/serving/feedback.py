@@ -179,12 +179,11 @@ def _rows(values: list, path: Path) -> np.ndarray:
     """The ``row`` column: a row index within its request (0 .. MAX_ROWS - 1) on every line."""
     out = np.zeros(len(values), np.int32)
     for i, v in enumerate(values):
-        r = v
-        if isinstance(v, str):  # CSV reads a column holding one non-number as text: its numbers are fine
-            try:
-                r = int(v)
-            except ValueError:
-                pass
+        # CSV reads a column holding one non-number as text: its numbers are fine; the rest is refused below.
+        try:
+            r = int(v) if isinstance(v, str) else v
+        except ValueError:
+            r = v
         if type(r) is not int or not 0 <= r < MAX_ROWS:
             raise InvalidInput(
                 f"{path}: column 'row' must hold row indexes 0..{MAX_ROWS - 1}; line {i + 2} holds {v!r}"

@@ -9,29 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from fastml.serving import admission
 from fastml.serving.admission import MIN_INFLIGHT, RATE_STALE_S, WINDOW_S, AdmissionGate
 
 PIPELINE = 128  # the binary protocol's in-flight bound per connection
 BATCH = 64  # the model's max_batch_size
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
-@pytest.fixture
-def clock(monkeypatch) -> _Clock:
-    fake = _Clock()
-    monkeypatch.setattr(admission, "perf_counter", fake)
-    return fake
-
-
-def _learn_large_request_rate(gate: AdmissionGate, clock: _Clock) -> None:
+def _learn_large_request_rate(gate: AdmissionGate, clock) -> None:
     """Large requests pipelined at depth: 21 completions over 100 ms, one busy window recorded."""
     for inflight in range(40):
         gate.admit(inflight, None)
@@ -42,7 +26,7 @@ def _learn_large_request_rate(gate: AdmissionGate, clock: _Clock) -> None:
     assert gate.rate_per_s == pytest.approx(640 / 3)  # 16 completions over the 75 ms since the window opened
 
 
-def _pass(gate: AdmissionGate, clock: _Clock) -> int:
+def _pass(gate: AdmissionGate, clock) -> int:
     """One pipelined window of one-row requests: read together, run in batches of 64 within a millisecond (the
     queue drains each time, no window is recorded). Returns how many were shed."""
     shed_before = gate.shed
