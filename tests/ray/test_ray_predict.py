@@ -69,3 +69,13 @@ def test_bad_files_are_refused_before_a_job_starts(model_file, tmp_path):
     with pytest.raises(InvalidInput, match=r"takes 6 features but 5 columns of .*in\.parquet"):
         predict_file_ray(model_file, src, tmp_path / "out.parquet", key_columns=["id"])
     assert not list(tmp_path.glob("*out*"))
+    # The output may not be the input, nor a key column share a prediction's name: the ray engine refuses both
+    # as the local one does.
+    whole = tmp_path / "whole.parquet"
+    pq.write_table(table(10).rename_columns(["label", *[f"f{i}" for i in range(FEATURES)]]), whole)
+    before = whole.read_bytes()
+    with pytest.raises(InvalidInput, match=r"is the input file"):
+        predict_file_ray(model_file, whole, whole, key_columns=["label"])
+    with pytest.raises(InvalidInput, match=r"output column 'label' has the name of a key column"):
+        predict_file_ray(model_file, whole, tmp_path / "out.parquet", key_columns=["label"])
+    assert whole.read_bytes() == before and not list(tmp_path.glob("*out*"))

@@ -99,6 +99,37 @@ def test_a_failure_midway_leaves_no_output(model_file, tmp_path):
     del text
 
 
+def test_a_key_column_named_like_a_prediction_is_refused_not_replaced(model_file, tmp_path):
+    # The model's outputs are label and probabilities_0/1: a key column of either name would be overwritten by
+    # the prediction in the output, the keys lost without a word.
+    pkl, _ = model_file
+    src = tmp_path / "in.parquet"
+    pq.write_table(table(50).rename_columns(["label", *[f"f{i}" for i in range(FEATURES)]]), src)
+    with pytest.raises(InvalidInput, match=r"output column 'label' has the name of a key column"):
+        predict_file(pkl, src, tmp_path / "out.parquet", key_columns=["label"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == ["in.parquet"]
+    # Named as no output is, the same column is copied through.
+    report = predict_file(pkl, src, tmp_path / "out.parquet", columns=[f"f{i}" for i in range(FEATURES)])
+    assert report.output_columns == ["label", "probabilities_0", "probabilities_1"]
+
+
+def test_an_output_that_is_the_input_file_is_refused(model_file, tmp_path, capsys):
+    from fastml.cli import main
+
+    pkl, _ = model_file
+    src = tmp_path / "in.parquet"
+    pq.write_table(table(50), src)
+    before = src.read_bytes()
+    os.link(src, tmp_path / "same.parquet")
+    for out in (src, tmp_path / "." / "in.parquet", tmp_path / "same.parquet"):
+        with pytest.raises(InvalidInput, match=r"is the input file: the predictions would replace it"):
+            predict_file(pkl, src, out, key_columns=["id"])
+    assert main(["predict", str(pkl), "--input", str(src), "--output", str(src), "--key-columns", "id"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert src.read_bytes() == before  # the input is untouched
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == ["in.parquet", "same.parquet"]
+
+
 @pytest.mark.parametrize("name, content", [("empty.csv", b""), ("blank.csv", b"\n\n"), ("empty.parquet", b"")])
 def test_a_file_without_a_header_is_refused_naming_it(model_file, tmp_path, capsys, name, content):
     from fastml.cli import main

@@ -161,6 +161,42 @@ class _Plan:
             raise InvalidInput(
                 f"model input {absent[0]!r} is not a column of {source} (its columns: {', '.join(file_columns)})"
             )
+        # Known before any row is read where the outputs' widths are static; columns() checks again once a
+        # chunk's outputs give the dynamic ones.
+        self._check_output_names(self._static_output_names(sess.get_outputs()))
+
+    @staticmethod
+    def _static_output_names(outputs) -> list[str]:
+        names: list[str] = []
+        for out in outputs:
+            width = out.shape[1] if len(out.shape) == 2 else None
+            if len(out.shape) <= 1 or width == 1:
+                names.append(out.name)
+            elif isinstance(width, int) and width > 0:
+                names.extend(f"{out.name}_{k}" for k in range(width))
+        return names
+
+    def _check_output_names(self, output_names: list[str]) -> None:
+        """A prediction column named like a key column (or like another prediction column) would replace it in
+        the output: the key values would be lost without a word."""
+        seen = set(self.key_columns)
+        for name in output_names:
+            if name in seen:
+                what = "key column" if name in self.key_columns else "prediction column"
+                raise InvalidInput(
+                    f"the model's output column {name!r} has the name of a {what} of the output; "
+                    f"rename the input column or leave it out of the key columns"
+                )
+            seen.add(name)
+
+    def columns(self, batch, outputs: list[np.ndarray]) -> tuple[list[str], list]:
+        """``(names, arrays)`` of one chunk's output: its key columns, then the predictions."""
+        preds = self.output_columns(outputs)
+        self._check_output_names(list(preds))
+        names = list(self.key_columns) + list(preds)
+        arrays = [batch.column(batch.schema.get_field_index(k)) for k in self.key_columns]
+        arrays += [_arrow(values) for values in preds.values()]
+        return names, arrays
 
     @property
     def read_columns(self) -> list[str]:
@@ -434,6 +470,7 @@ def predict_file(
     if batch_rows is None:
         batch_rows = _default_rows(workers)
     src = _checked_source(input_path, batch_rows)
+    out = _checked_output(src, output_path)
     model_path, card_columns = resolve_model(ref)
     sess = _session(model_path)
     keys = list(key_columns or [])
@@ -452,7 +489,7 @@ def predict_file(
         # this thread is reading or writing.
         batch_rows = min(batch_rows, _rows_for_budget(sess, plan, max_memory_mb, chunks_alive=workers + 2))
     batch_rows = _even_rows(batch_rows, total, workers)
-    writer = _Writer(Path(output_path))
+    writer = _Writer(out)
     advance, close_bar = _progress(total, progress)
     rows = 0
     t0 = time.perf_counter()
@@ -518,6 +555,21 @@ def _checked_source(input_path: str | os.PathLike, batch_rows: int) -> Path:
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise InvalidInput(f"batch_rows must be an int >= 1, got {batch_rows!r}")
     return src
+
+
+def _checked_output(src: Path, output_path: str | os.PathLike) -> Path:
+    """The output file as a Path, once it is not the input: the output is renamed over its path at the end,
+    which would replace the input with its predictions.
+
+    Raises:
+        InvalidInput: the output names the input file (by any path or hard link).
+    """
+    out = Path(output_path)
+    if out.exists() and os.path.samefile(src, out):
+        raise InvalidInput(
+            f"output {str(out)!r} is the input file: the predictions would replace it; choose another output path"
+        )
+    return out
 
 
 def _with_features(src: Path, file_columns: list[str], keys: list[str], features: list[str], feature_store=None):
@@ -597,9 +649,8 @@ def _emit(writer: _Writer, plan: _Plan, batch, fut):
         outputs = fut.result()
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are about the data it was fed
         raise InvalidInput(f"the model failed on a chunk of {batch.num_rows} rows: {exc}") from exc
-    cols = {k: batch.column(batch.schema.get_field_index(k)) for k in plan.key_columns}
-    cols.update((name, _arrow(values)) for name, values in plan.output_columns(outputs).items())
-    table = pa.Table.from_arrays(list(cols.values()), names=list(cols))
+    names, arrays = plan.columns(batch, outputs)
+    table = pa.Table.from_arrays(arrays, names=names)
     writer.write(table)
     return table.schema
 

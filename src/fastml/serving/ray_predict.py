@@ -25,6 +25,7 @@ from fastml.serving.batch_predict import (
     DEFAULT_BATCH_ROWS,
     PredictReport,
     _card_columns,
+    _checked_output,
     _checked_source,
     _empty_schema,
     _join_features,
@@ -71,9 +72,8 @@ class _Scorer:
         if self.features:
             batch = _join_features(batch, self.store, self.features, self.plan.key_columns[0])
         outputs = self.sess.run(None, self.plan.feed(batch))
-        cols = {k: batch.column(batch.schema.get_field_index(k)) for k in self.plan.key_columns}
-        cols.update(self.plan.output_columns(outputs))
-        return pa.table(cols)
+        names, arrays = self.plan.columns(batch, outputs)
+        return pa.Table.from_arrays(arrays, names=names)
 
 
 def _one_batch(table):
@@ -129,6 +129,7 @@ def predict_file_ray(
     import onnxruntime as ort
 
     src = _checked_source(input_path, batch_rows)
+    out = _checked_output(src, output_path)
     if actors is not None and actors < 1:
         raise InvalidInput(f"actors must be >= 1, got {actors!r}")
     model_path, card_columns = resolve_model(ref)
@@ -151,7 +152,7 @@ def predict_file_ray(
     if not ray.is_initialized():
         init_ray(address=address, num_cpus=num_cpus)
         started = True
-    writer = _Writer(Path(output_path))
+    writer = _Writer(out)
     rows = 0
     out_schema = None
     t0 = time.perf_counter()
