@@ -153,6 +153,14 @@ def _run(argv: list[str] | None) -> int:
     except FastMLError as exc:
         print(f"fastml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
+    except BrokenPipeError:
+        raise  # main()'s: the reader went away
+    except OSError as exc:
+        if exc.errno is None:  # not a failed system call: a bug of ours, whose traceback is what a report needs
+            raise
+        # The machine refused: a full disk, a directory without write permission, a file gone mid-run.
+        print(f"fastml: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     if owns_process and getattr(args, "exit_when_done", False):
         # The command's work is written, closed and renamed, and nothing of its own is left to finalize: end
         # the process here instead of tearing the interpreter down (collecting a heap holding onnxruntime and

@@ -130,6 +130,36 @@ def test_an_output_that_is_the_input_file_is_refused(model_file, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == ["in.parquet", "same.parquet"]
 
 
+def test_an_output_that_cannot_be_a_file_is_refused_in_one_line(model_file, tmp_path, capsys):
+    from fastml.cli import main
+
+    pkl, _ = model_file
+    src = tmp_path / "in.parquet"
+    pq.write_table(table(50), src)
+    (tmp_path / "scored.parquet").mkdir()
+    # A directory was found only when the finished file was renamed onto it, after every row: a traceback.
+    with pytest.raises(InvalidInput, match=r"output '.*scored\.parquet' is a directory"):
+        predict_file(pkl, src, tmp_path / "scored.parquet", key_columns=["id"])
+    # A parent that is a file: the system's refusal, as one line with exit status 1.
+    argv = ["predict", str(pkl), "--input", str(src), "--output", str(src / "out.parquet"), "--key-columns", "id"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == f"fastml: error: FileExistsError: [Errno 17] File exists: '{src}'\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "fastml_home") == ["in.parquet", "scored.parquet"]
+    assert list((tmp_path / "scored.parquet").iterdir()) == []
+
+
+def test_a_column_named_twice_is_refused(model_file, tmp_path):
+    pkl, _ = model_file
+    src = tmp_path / "in.parquet"
+    pq.write_table(table(50), src)
+    with pytest.raises(InvalidInput, match=r"^key columns name 'id' more than once$"):
+        predict_file(pkl, src, tmp_path / "out.parquet", key_columns=["id", "id"])
+    # f0 twice and f7 left out: the width matches, the model would be fed the wrong features.
+    with pytest.raises(InvalidInput, match=r"^columns name 'f0' more than once$"):
+        predict_file(pkl, src, tmp_path / "out.parquet", columns=["f0", *[f"f{i}" for i in range(FEATURES - 1)]])
+    assert not (tmp_path / "out.parquet").exists()
+
+
 @pytest.mark.parametrize("name, content", [("empty.csv", b""), ("blank.csv", b"\n\n"), ("empty.parquet", b"")])
 def test_a_file_without_a_header_is_refused_naming_it(model_file, tmp_path, capsys, name, content):
     from fastml.cli import main

@@ -132,6 +132,12 @@ class _Plan:
         self.output_names = [o.name for o in sess.get_outputs()]
         self.key_columns = key_columns
         self.source = source
+        # A column named twice is a typo: twice among the keys it would be two output columns of one name, twice
+        # among the model's columns it would feed one feature in two places and leave another out.
+        for what, names_given in (("key columns", key_columns), ("columns", columns or [])):
+            twice = sorted({c for c in names_given if names_given.count(c) > 1})
+            if twice:
+                raise InvalidInput(f"{what} name {twice[0]!r} more than once")
         missing_keys = [c for c in key_columns if c not in file_columns]
         if missing_keys:
             raise InvalidInput(
@@ -562,9 +568,11 @@ def _checked_output(src: Path, output_path: str | os.PathLike) -> Path:
     which would replace the input with its predictions.
 
     Raises:
-        InvalidInput: the output names the input file (by any path or hard link).
+        InvalidInput: the output names the input file (by any path or hard link), or a directory.
     """
     out = Path(output_path)
+    if out.is_dir():  # found now, not when the finished file is renamed onto it after every row is scored
+        raise InvalidInput(f"output {str(out)!r} is a directory: name a .csv or .parquet file")
     if out.exists() and os.path.samefile(src, out):
         raise InvalidInput(
             f"output {str(out)!r} is the input file: the predictions would replace it; choose another output path"
