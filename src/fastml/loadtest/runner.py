@@ -221,15 +221,24 @@ async def _send(conn: HttpConnection, wire: bytes, timeout_s: float) -> Response
 
 
 class _ConnectionPool:
-    """Idle keep-alive connections, opened on demand up to ``max_connections``."""
+    """Idle keep-alive connections, opened on demand up to ``max_connections``.
+
+    A released connection (or, when it is closed, its slot) is handed straight to the oldest waiter
+    still waiting, not parked in the idle list with a bare wake-up: a woken waiter whose timeout or
+    cancel lands in the same loop iteration would take that wake-up with it, leaving the connection
+    idle while the next waiter sits out its whole timeout. A waiter that gives up after being handed
+    something passes it on. Invariant: the idle list is empty while anyone waits.
+    """
 
     def __init__(self, host: str, port: int, max_connections: int, keep_body: bool, ssl=None) -> None:
         self._host, self._port, self._keep_body, self._ssl = host, port, keep_body, ssl
         self._max = max_connections
         self._idle: list[HttpConnection] = []
-        self._total = 0  # open or opening
+        self._total = 0  # open, opening, or a slot handed to a waiter
         self.peak = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        # Each resolves to a connection, or to None: a free slot the waiter may open a connection in.
+        self._waiters: collections.deque[asyncio.Future[HttpConnection | None]] = collections.deque()
+        self._closed = False
 
     def has_free(self) -> bool:
         return bool(self._idle) or self._total < self._max
@@ -240,47 +249,73 @@ class _ConnectionPool:
             conn = self._idle.pop()
             if not conn.closed:
                 return conn
-            self._total -= 1
+            self._put(None)  # closed by the server while idle: its slot is free
         return None
 
     async def acquire(self) -> HttpConnection:
-        while True:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    return conn
-                self._total -= 1
-            if self._total < self._max:
-                self._total += 1
-                self.peak = max(self.peak, self._total)
-                try:
-                    return await open_connection(self._host, self._port, keep_body=self._keep_body, ssl=self._ssl)
-                except BaseException:
-                    self._total -= 1
-                    self._wake_one()
-                    raise
-            waiter = asyncio.get_running_loop().create_future()
+        """An idle connection, a new one (below the limit), or the next one released.
+
+        Raises:
+            ConnectionClosed: the pool is closed.
+            OSError: connecting failed.
+        """
+        if self._closed:
+            raise ConnectionClosed("the connection pool is closed")
+        conn = self.try_acquire()
+        if conn is not None:
+            return conn
+        if self._total < self._max:
+            self._total += 1
+            self.peak = max(self.peak, self._total)
+        else:
+            waiter: asyncio.Future[HttpConnection | None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            await waiter
+            try:
+                conn = await waiter
+            except asyncio.CancelledError:
+                # A cancel (or timeout) that lands after the hand-over but before this task ran: the
+                # connection or slot is ours, so pass it on rather than strand it.
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._put(waiter.result())
+                raise
+            if conn is not None and not conn.closed:
+                return conn
+            # Handed a slot, or a connection the server closed before we ran: open one in its place.
+        try:
+            return await open_connection(self._host, self._port, keep_body=self._keep_body, ssl=self._ssl)
+        except BaseException:
+            self._put(None)
+            raise
 
     def release(self, conn: HttpConnection) -> None:
-        if conn.closed:
+        self._put(None if conn.closed else conn)
+
+    def _put(self, conn: HttpConnection | None) -> None:
+        """Hand ``conn`` (None: a free slot) to the oldest live waiter, else make it idle (or free)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():  # a cancelled waiter leaves its future here, cancelled
+                waiter.set_result(conn)
+                return
+        if conn is None:
+            self._total -= 1
+        elif self._closed:  # released after close(): nobody will take it from the idle list
+            conn.close()
             self._total -= 1
         else:
             self._idle.append(conn)
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():  # skip waiters whose request already timed out
-                waiter.set_result(None)
-                return
 
     def close(self) -> None:
+        """Close the idle connections, fail the waiters, and close busy ones as they are released."""
+        self._closed = True
         for conn in self._idle:
             conn.close()
+        self._total -= len(self._idle)
         self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionClosed("the connection pool is closed"))
 
 
 async def run_open_loop(
@@ -355,8 +390,13 @@ async def run_open_loop(
             return
         if due >= recorder.measure_from:
             recorder.send_lag.add((sent_at - due) * 1e6)
-        outcome = await _send(conn, wire, max(deadline - sent_at, 1e-6))
-        pool.release(conn)
+        try:
+            outcome = await _send(conn, wire, max(deadline - sent_at, 1e-6))
+        except asyncio.CancelledError:
+            conn.close()  # the run was cancelled mid-request: a late answer would be out of step
+            raise
+        finally:
+            pool.release(conn)
         finished = clock()
         if isinstance(outcome, Response):
             recorder.response(due, finished, outcome)
@@ -366,25 +406,35 @@ async def run_open_loop(
     interval = 1.0 / rate_per_s
     index = 0
     try:
-        while True:
-            now = clock()
-            # Start every request already due (several per tick at high rates: sleeps are ~1 ms).
+        try:
             while True:
-                due = start + index * interval
-                if due > now:
-                    break
-                if due >= stop_at or (max_requests is not None and index >= max_requests):
-                    raise _Done
-                task = asyncio.get_running_loop().create_task(one(due))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                index += 1
-            await asyncio.sleep(start + index * interval - clock())
-    except _Done:
-        pass
-    if in_flight:
-        await asyncio.gather(*in_flight)
-    pool.close()
+                now = clock()
+                # Start every request already due (several per tick at high rates: sleeps are ~1 ms).
+                while True:
+                    due = start + index * interval
+                    if due > now:
+                        break
+                    if due >= stop_at or (max_requests is not None and index >= max_requests):
+                        raise _Done
+                    task = asyncio.get_running_loop().create_task(one(due))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    index += 1
+                await asyncio.sleep(start + index * interval - clock())
+        except _Done:
+            pass
+        if in_flight:
+            await asyncio.gather(*in_flight)
+    except BaseException:
+        # The run itself was cancelled (or failed): stop its requests too, so that none outlives it
+        # still loading the server or holding a connection open.
+        pending = list(in_flight)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
+    finally:
+        pool.close()
     return recorder.result("open", pool.peak, rate_per_s)
 
 
