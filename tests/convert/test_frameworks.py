@@ -131,6 +131,20 @@ def test_unsupported_file_names_the_file_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.pkl", "readme.bin"]
 
 
+def test_an_output_that_is_the_source_file_is_refused(data, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y, _, _ = data
+    src = tmp_path / "model.pkl"
+    src.write_bytes(pickle.dumps(LogisticRegression().fit(X, y)))
+    before = src.read_bytes()
+    # The ONNX was renamed over its path: the pickle was gone, replaced by its conversion.
+    for out in (src, tmp_path / "." / "model.pkl"):
+        with pytest.raises(InvalidInput, match=r"is the source model file: the ONNX would replace it"):
+            convert_file(src, out)
+    assert src.read_bytes() == before
+
+
 def test_parity_failure_names_the_max_abs_difference_and_writes_nothing(data, tmp_path):
     from sklearn.linear_model import LinearRegression
 

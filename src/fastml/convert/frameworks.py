@@ -359,6 +359,9 @@ def convert_file(
     if Path(output).is_dir():
         raise InvalidInput(f"output {str(output)!r} is a directory; give the ONNX file to write")
     path = Path(source)
+    if Path(output).exists() and path.exists() and os.path.samefile(path, output):
+        # The ONNX file is renamed over the output at the end: the source model would be gone.
+        raise InvalidInput(f"output {str(output)!r} is the source model file: the ONNX would replace it")
     fmt, obj = load_source(path)
     if fmt == "onnx":
         data = path.read_bytes()
