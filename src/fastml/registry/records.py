@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -90,6 +91,31 @@ def check_tags(tags) -> dict:
         if not isinstance(k, str) or not k or len(k) > 128 or not isinstance(v, str) or len(v) > 512:
             raise InvalidInput(f"tag {k!r}={v!r}: tags map non-empty names (<=128 chars) to strings (<=512 chars)")
     return tags
+
+
+# A feature reference as the feature store writes it: ``group:feature`` or ``group@v2:feature`` (the same
+# pattern as fastml.features.groups, which the registry, a lower layer, cannot import). Lineage readers skip
+# any other text, so a malformed ref accepted here would silently vanish from lineage.
+_FEATURE_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:@v[0-9]+)?:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_feature_refs(refs) -> list[str]:
+    """``refs`` (None means none) if every entry is a ``group:feature`` or ``group@vN:feature`` string;
+    else InvalidInput naming the first bad entry."""
+    refs = json_field(refs, "feature_refs", list)
+    for ref in refs:
+        if not isinstance(ref, str) or not _FEATURE_REF.match(ref):
+            raise InvalidInput(
+                f"feature_refs: {ref!r} is not a feature reference; expected 'group:feature' or "
+                "'group@v2:feature' (letters, digits and '_', not starting with a digit)"
+            )
+    return refs
+
+
+def same_person(name: str) -> str:
+    """The identity a typed user name stands for: stripped and casefolded, so "Alice" and "alice " are one
+    reviewer when the registry checks who may approve (records keep the names as written)."""
+    return name.strip().casefold()
 
 
 def parse_at(at) -> str:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fastml.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from fastml.registry import semver, signing, store
 from fastml.registry.catalog import Catalog
-from fastml.registry.records import ModelVersion, now
+from fastml.registry.records import ModelVersion, now, same_person
 from fastml.registry.refs import LATEST, Ref, check_alias, check_name
 
 _v, _m, _a = store.versions, store.models, store.aliases
@@ -219,15 +219,22 @@ class Stages:
         req = self._load_request(conn, request_id)  # re-read under the lock
         if req.status != "open":
             raise Conflict(f"request {request_id} is {req.status}; it cannot be {decision}d")
-        if decision == "approve" and reviewer == req.requester:
+        # Names are typed by people: "Alice" and "alice " are one person, so identities are compared
+        # casefolded (the records keep the names as written).
+        who = same_person(reviewer)
+        if decision == "approve" and who == same_person(req.requester):
             raise PermissionDenied(
-                f"{reviewer!r} requested request {request_id} and cannot approve it; approvals must come from other reviewers"
+                f"{reviewer!r} requested request {request_id} (as {req.requester!r}) and cannot approve it; "
+                "approvals must come from other reviewers"
             )
-        prior = conn.execute(
-            sa.select(_appr.c.decision).where(_appr.c.request_id == request_id, _appr.c.reviewer == reviewer)
-        ).scalar()
+        decided = conn.execute(
+            sa.select(_appr.c.reviewer, _appr.c.decision).where(_appr.c.request_id == request_id)
+        ).all()
+        prior = next((d for d in decided if same_person(d.reviewer) == who), None)
         if prior is not None:
-            raise Conflict(f"{reviewer!r} already decided on request {request_id} ({prior})")
+            raise Conflict(
+                f"{reviewer!r} already decided on request {request_id} ({prior.decision}, as {prior.reviewer!r})"
+            )
         conn.execute(
             _appr.insert().values(
                 request_id=request_id, reviewer=reviewer, decision=decision, comment=comment or "", at=now()

@@ -14,7 +14,7 @@ from fastml.registry import lineage as _lineage
 from fastml.registry import semver, store
 from fastml.registry import validate as _validate
 from fastml.registry.catalog import Catalog
-from fastml.registry.records import ModelVersion, check_metrics, check_tags, json_field, now
+from fastml.registry.records import ModelVersion, check_feature_refs, check_metrics, check_tags, json_field, now
 from fastml.registry.refs import check_name, parse_ref
 
 _v, _m, _t, _req = store.versions, store.models, store.version_tags, store.requests
@@ -173,9 +173,7 @@ class Versions:
             raise InvalidInput("description must be a string")
         signature = json_field(signature, "signature") if signature is not None else None
         model_card = json_field(model_card, "model_card") if model_card is not None else None
-        feature_refs = json_field(feature_refs, "feature_refs", list)
-        if not all(isinstance(f, str) and f for f in feature_refs):
-            raise InvalidInput(f"feature_refs must be a list of non-empty strings; got {feature_refs!r}")
+        feature_refs = check_feature_refs(feature_refs)
         if eval_results is not None:
             json_field(eval_results, "eval_results")
             _compare.check_eval_results(eval_results, f"{name} (new version)")
