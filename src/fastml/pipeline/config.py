@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import tomllib
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,35 @@ SCALINGS = ("auto", "standard", "minmax", "none")
 ENCODINGS = ("onehot", "ordinal")
 IMPUTES = ("median", "mean", "most_frequent")
 PARAM_TYPES = ("int", "float", "categorical")
+# The grid sampler enumerates every combination of grid values up front (Optuna lists them all), so a
+# grid larger than this is refused when the config loads instead of exhausting memory later.
+MAX_GRID_POINTS = 1_000_000
+# ONNX Runtime only guarantees support for the default domain from opset 7 on (skl2onnx writes opset 1
+# models that ONNX Runtime then cannot run); the top is what the installed onnx package knows.
+MIN_OPSET = 7
+
+
+def max_opset() -> int | None:
+    """The newest default-domain opset the installed onnx package supports (None without onnx)."""
+    try:
+        import onnx.defs
+    except ImportError:
+        return None
+    return int(onnx.defs.onnx_opset_version())
+
+
+def grid_count(ps) -> int:
+    """How many values the grid sampler takes for ``ps`` (a checked ParamSpec), computed arithmetically so
+    that a step tiny relative to its range is measured without building its list of values."""
+    if ps.type == "categorical":
+        return len(ps.choices or [])
+    if ps.type == "int":
+        return max(0, (int(ps.high) - int(ps.low)) // int(ps.step or 1) + 1)
+    ratio = (ps.high - ps.low) / ps.step
+    if not math.isfinite(ratio):  # a span near the float range, or a denormal step: count exactly
+        return math.floor((Fraction(ps.high) - Fraction(ps.low)) / Fraction(ps.step)) + 1
+    # The 1e-9 keeps a high that is a whole number of steps from low despite float rounding (as grid_of).
+    return int(math.floor(ratio + 1e-9)) + 1
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -323,8 +353,10 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
     if t.timeout_s is not None and not t.timeout_s > 0:
         err("tune.timeout_s", f"must be > 0, got {t.timeout_s}")
     space = t.search_space if t.search_space is not None else (fam.default_space(cfg.task) if fam else {})
+    grid_counts: dict[str, int] = {}
     for pname, ps in space.items():
         field = f"tune.search_space.{pname}"
+        n_errs = len(errs)
         if ps.type not in PARAM_TYPES:
             err(field, f"type {ps.type!r} is not one of {list(PARAM_TYPES)}")
         elif ps.type == "categorical":
@@ -348,6 +380,22 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
                     err(field, "log scale cannot be combined with a step")
             if t.sampler == "grid" and ps.type == "float" and ps.step is None:
                 err(field, "the grid sampler needs 'choices' or a 'step' for float parameters")
+        if t.sampler == "grid" and len(errs) == n_errs:
+            grid_counts[pname] = n = grid_count(ps)
+            if n > MAX_GRID_POINTS:
+                if ps.type == "categorical":
+                    what = f"{len(ps.choices or [])} choices"
+                else:
+                    what = f"step {ps.step or 1} over [{ps.low}, {ps.high}]"
+                err(
+                    field,
+                    f"the grid sampler would take {n} values ({what}); at most {MAX_GRID_POINTS} are allowed",
+                )
+    if grid_counts and all(n <= MAX_GRID_POINTS for n in grid_counts.values()):
+        total = math.prod(grid_counts.values())
+        if total > MAX_GRID_POINTS:
+            sizes = ", ".join(f"{k}: {n}" for k, n in grid_counts.items())
+            err("tune.search_space", f"the grid has {total} combinations ({sizes}); at most {MAX_GRID_POINTS}")
     if fam is not None and cfg.task in fam.tasks:
         unknown = fam.unknown_params(cfg.task, list(cfg.model.params))
         if unknown:
@@ -356,6 +404,10 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
             unknown = fam.unknown_params(cfg.task, list(t.search_space))
             if unknown:
                 err("tune.search_space", f"unknown hyperparameters for {cfg.model.family}: {unknown}")
+    top = max_opset()
+    if cfg.export.opset < MIN_OPSET or (top is not None and cfg.export.opset > top):
+        allowed = f"from {MIN_OPSET} to {top} (the newest the installed onnx supports)" if top else f">= {MIN_OPSET}"
+        err("export.opset", f"must be {allowed}, got {cfg.export.opset}")
     if not (cfg.export.parity_atol >= 0 and cfg.export.parity_rtol >= 0):
         err("export", "parity_atol and parity_rtol must be >= 0")
     if cfg.register.bump not in ("major", "minor", "patch"):

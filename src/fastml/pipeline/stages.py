@@ -290,7 +290,7 @@ def stage_tune(ctx: Context) -> dict:
             log.warning("tune: %d trial(s) left running by a crashed process marked failed", stale)
     n_total = cfg.tune.n_trials
     if cfg.tune.sampler == "grid":
-        n_total = min(n_total, int(np.prod([len(v) for v in tune.grid_of(tune.search_space(cfg)).values()])))
+        n_total = min(n_total, tune.grid_size(tune.search_space(cfg)))
     todo = tune.remaining_trials(study, n_total)
     ctx.progress.trials_started(n_total, n_total - todo)
     workers_info: list[dict] = []

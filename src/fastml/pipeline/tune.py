@@ -41,7 +41,28 @@ def suggest(trial, space: dict) -> dict:
     return params
 
 
+def grid_size(space: dict) -> int:
+    """How many combinations the grid sampler enumerates for ``space``, without building any of them."""
+    from fastml.pipeline.config import grid_count
+
+    return math.prod(grid_count(ps) for ps in space.values())
+
+
 def grid_of(space: dict) -> dict[str, list]:
+    """The grid sampler's values per parameter. Sizes are counted first, so an oversized grid (a step tiny
+    relative to its range) is refused before any list is built (configs are checked on load; this also
+    guards a config object built around that check)."""
+    from fastml.pipeline.config import MAX_GRID_POINTS, grid_count
+
+    counts = {name: grid_count(ps) for name, ps in space.items()}
+    for name, n in counts.items():
+        if n > MAX_GRID_POINTS:
+            raise InvalidInput(
+                f"tune.search_space.{name}: the grid sampler would take {n} values; at most {MAX_GRID_POINTS}"
+            )
+    total = math.prod(counts.values())
+    if total > MAX_GRID_POINTS:
+        raise InvalidInput(f"tune.search_space: the grid has {total} combinations; at most {MAX_GRID_POINTS}")
     grid = {}
     for name, ps in space.items():
         if ps.type == "categorical":
@@ -145,7 +166,9 @@ def open_study(cfg, storage, *, seed_offset: int = 0):
     return optuna.create_study(
         study_name=study_name(cfg),
         storage=storage,
-        sampler=make_sampler(cfg, cfg.seed + seed_offset),
+        # Worker samplers use seed + offset; wrapped into numpy's 0..2**32-1 so a seed near the top still
+        # works, while every seed that fitted before keeps exactly its stream (and its results).
+        sampler=make_sampler(cfg, (cfg.seed + seed_offset) % 2**32),
         pruner=make_pruner(cfg),
         direction=cfg.direction,
         load_if_exists=True,
