@@ -15,6 +15,7 @@ namespace fastml {
 namespace {
 
 constexpr const char* kMetaTable = "__fastml_tables__";
+constexpr uint32_t kTtlWidth = 2;  // a TTL row's values: the TTL's high and low 32 bits
 
 CacheStatus FromMdb(int rc, const std::string& what) {
   if (rc == MDB_SUCCESS) return CacheStatus::Ok();
@@ -87,7 +88,8 @@ CacheStatus FeatureCache::Open(const std::string& path, const Options& options, 
   };
   if ((rc = mdb_env_set_mapsize(env, options.map_size_bytes)) != MDB_SUCCESS) return fail(rc, "mdb_env_set_mapsize");
   if ((rc = mdb_env_set_maxreaders(env, options.max_readers)) != MDB_SUCCESS) return fail(rc, "mdb_env_set_maxreaders");
-  if ((rc = mdb_env_set_maxdbs(env, options.max_tables + 1)) != MDB_SUCCESS) return fail(rc, "mdb_env_set_maxdbs");
+  // + 2: the reserved tables (kMetaTable, kTtlTable) do not count against the group versions' max_tables.
+  if ((rc = mdb_env_set_maxdbs(env, options.max_tables + 2)) != MDB_SUCCESS) return fail(rc, "mdb_env_set_maxdbs");
   // MDB_NOTLS: read transactions are not bound to a thread, so pooled ones can be renewed anywhere.
   // MDB_NORDAHEAD: lookups are random point reads; read-ahead only pollutes the page cache.
   unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (options.sync ? 0u : unsigned(MDB_NOSYNC));
@@ -102,6 +104,23 @@ CacheStatus FeatureCache::Open(const std::string& path, const Options& options, 
   if ((rc = mdb_dbi_open(txn, kMetaTable, MDB_CREATE, &cache->meta_dbi_)) != MDB_SUCCESS) {
     mdb_txn_abort(txn);
     return FromMdb(rc, "mdb_dbi_open(meta)");
+  }
+  // The TTL table is opened here, before any reader exists, so every read transaction can use its handle;
+  // its width is recorded like any table's, so open_table(kTtlTable, 2) (how writers reach it) agrees.
+  {
+    const uint32_t width = kTtlWidth;
+    MDB_val name{std::strlen(kTtlTable), const_cast<char*>(kTtlTable)};
+    MDB_val stored;
+    rc = mdb_get(txn, cache->meta_dbi_, &name, &stored);
+    if (rc == MDB_NOTFOUND) {
+      MDB_val value{sizeof width, const_cast<uint32_t*>(&width)};
+      rc = mdb_put(txn, cache->meta_dbi_, &name, &value, 0);
+    }
+    if (rc == MDB_SUCCESS) rc = mdb_dbi_open(txn, kTtlTable, MDB_CREATE, &cache->ttl_dbi_);
+    if (rc != MDB_SUCCESS) {
+      mdb_txn_abort(txn);
+      return FromMdb(rc, std::string("open ") + kTtlTable);
+    }
   }
   if ((rc = mdb_txn_commit(txn)) != MDB_SUCCESS) return FromMdb(rc, "mdb_txn_commit(meta)");
   *out = std::move(cache);
@@ -437,6 +456,31 @@ template CacheStatus FeatureCache::GetMany<float>(const std::vector<ReadSpec>&, 
                                                   size_t, size_t, float*, uint8_t*, int64_t*, int64_t) const;
 template CacheStatus FeatureCache::GetMany<double>(const std::vector<ReadSpec>&, const std::vector<const KeyView*>&,
                                                    size_t, size_t, double*, uint8_t*, int64_t*, int64_t) const;
+
+CacheStatus FeatureCache::StoredTtl(MDB_txn* txn, const std::string& table_name, int64_t* ttl_us,
+                                    bool* found) const {
+  *found = false;
+  MDB_val key{table_name.size(), const_cast<char*>(table_name.data())};
+  MDB_val val;
+  const int rc = mdb_get(txn, ttl_dbi_, &key, &val);
+  if (rc == MDB_NOTFOUND) return CacheStatus::Ok();
+  if (rc != MDB_SUCCESS) return FromMdb(rc, std::string("mdb_get(") + kTtlTable + ")");
+  static const RowLayout layout(kTtlWidth);
+  const char* row = static_cast<const char*>(val.mv_data);
+  const char* vals = row + RowLayout::kHeaderBytes + layout.bitmap_bytes;
+  const double hi = val.mv_size == layout.row_bytes ? LoadF64(vals) : -1.0;
+  const double lo = val.mv_size == layout.row_bytes ? LoadF64(vals + sizeof(double)) : -1.0;
+  // Each half is a whole number in [0, 2^32) (hi below 2^31: a TTL is a non-negative int64); anything else
+  // was not written by OnlineStore.write_ttl.
+  if (!(hi >= 0.0 && hi < 2147483648.0 && lo >= 0.0 && lo < 4294967296.0) || hi != std::floor(hi) ||
+      lo != std::floor(lo)) {
+    return CacheStatus::Error(StatusCode::kIntegrity, std::string("online table '") + kTtlTable +
+                                                          "': the TTL row of '" + table_name + "' is not a TTL");
+  }
+  *ttl_us = int64_t((uint64_t(hi) << 32) | uint64_t(lo));
+  *found = true;
+  return CacheStatus::Ok();
+}
 
 CacheStatus FeatureCache::Count(const TableInfo& table, size_t* n) const {
   ReadTxn reader;

@@ -9,6 +9,13 @@
 //   offset 16  uint8   presence bitmap    bit i set = feature i has a value; padded to a multiple of 8
 //   then       float64 values[n_features] NaN where absent
 //
+// One reserved table, "__fastml_ttl__", holds each group version's current TTL, so a change made in place
+// (re-registering the group, from any process) reaches readers that built their plan before it (the serving
+// join reads it once per new snapshot, see StoredTtl): key = the group version's table name, row = the layout
+// above with two features, the TTL in microseconds split into its high and low 32 bits (each exact as a
+// double; 0 = never expires), and event_time_us = the revision (the metadata's update time), so a re-sync
+// never replaces a newer TTL with an older one.
+//
 // All integers are little-endian (the host order on every platform we build for). Writers use one
 // write transaction per PutMany and never replace a row with one whose event time is older; readers
 // use one read transaction per GetMany (pooled: see AcquireReader) and copy out of LMDB's pages before
@@ -147,6 +154,12 @@ class FeatureCache {
   CacheStatus AcquireReader(ReadTxn* out) const;
   void ReleaseReader(const ReadTxn& txn) const;
 
+  // The TTL stored for `table_name` in the reserved TTL table, read in `txn` (a transaction lent by
+  // AcquireReader): *found is false when none was stored (a store materialised before TTLs were kept here),
+  // and the caller keeps the TTL it was built with. kIntegrity for a row without the TTL layout.
+  static constexpr const char* kTtlTable = "__fastml_ttl__";
+  CacheStatus StoredTtl(MDB_txn* txn, const std::string& table_name, int64_t* ttl_us, bool* found) const;
+
   const std::string& path() const { return path_; }
   pid_t owner_pid() const { return owner_pid_; }
 
@@ -160,6 +173,7 @@ class FeatureCache {
   std::string path_;
   const pid_t owner_pid_;  // the process that opened env_; immutable
   MDB_dbi meta_dbi_ = 0;  // "__fastml_tables__": table name -> uint32 width
+  MDB_dbi ttl_dbi_ = 0;   // kTtlTable: table name -> TTL row (opened with the environment)
 
   std::mutex open_mutex_;  // guards tables_ and serialises mdb_dbi_open (LMDB requires it)
   std::unordered_map<std::string, TableInfo> tables_;

@@ -28,6 +28,7 @@ void JoinPlan::Finish() {
       request_columns.push_back(c);
     }
   }
+  ttls = std::make_shared<JoinTtls>(tables.size());
 }
 
 CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const std::vector<JoinKeys>& keys,
@@ -52,9 +53,39 @@ CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const 
   CacheStatus st = cache.AcquireReader(&reader);
   if (!st.ok()) return st;
   MDB_txn* const txn = reader.txn;
+
+  // Each table's TTL as the store holds it in this snapshot (a TTL changed in place after the plan was
+  // built applies from the next batch on), read once per new snapshot (JoinTtls).
+  const size_t n_tables = plan.tables.size();
+  constexpr size_t kInlineTables = 16;
+  int64_t inline_ttls[kInlineTables];
+  std::vector<int64_t> many_ttls(n_tables > kInlineTables ? n_tables : 0);
+  int64_t* const max_age_us = n_tables > kInlineTables ? many_ttls.data() : inline_ttls;
+  JoinTtls* const cached = plan.ttls.get();
+  const uint64_t snapshot = mdb_txn_id(txn);
+  if (cached != nullptr && cached->txn_id.load(std::memory_order_acquire) == snapshot) {
+    for (size_t t = 0; t < n_tables; ++t) max_age_us[t] = cached->max_age_us[t].load(std::memory_order_relaxed);
+  } else {
+    for (size_t t = 0; t < n_tables; ++t) {
+      bool found = false;
+      int64_t stored = 0;
+      st = cache.StoredTtl(txn, plan.tables[t].table.name, &stored, &found);
+      if (!st.ok()) {
+        cache.ReleaseReader(reader);
+        return st;
+      }
+      max_age_us[t] = found ? stored : plan.tables[t].max_age_us;
+    }
+    if (cached != nullptr) {
+      for (size_t t = 0; t < n_tables; ++t) cached->max_age_us[t].store(max_age_us[t], std::memory_order_relaxed);
+      cached->txn_id.store(snapshot, std::memory_order_release);
+    }
+  }
+
   char digits[24];
-  for (size_t t = 0; t < plan.tables.size(); ++t) {
+  for (size_t t = 0; t < n_tables; ++t) {
     const JoinTable& table = plan.tables[t];
+    const int64_t max_age = max_age_us[t];
     const RowLayout layout(table.table.n_features);
     const JoinKeys& key_input = keys[table.key_input];
     const std::vector<size_t>& cols = table_columns[t];
@@ -89,7 +120,7 @@ CacheStatus JoinFeatures(const FeatureCache& cache, const JoinPlan& plan, const 
         }
         int64_t event_time_us;
         std::memcpy(&event_time_us, row, sizeof event_time_us);
-        if (table.max_age_us > 0 && now_us - event_time_us > table.max_age_us) state = RowState::kStale;
+        if (max_age > 0 && now_us - event_time_us > max_age) state = RowState::kStale;
       }
       // Values are copied out of LMDB's page here, while the transaction is open.
       const unsigned char* bitmap =

@@ -12,8 +12,10 @@
 // releases the GIL around JoinFeatures.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "feature_cache.h"
@@ -31,7 +33,23 @@ enum class MissingPolicy : uint8_t {
 struct JoinTable {
   TableInfo table;
   uint32_t key_input = 0;  // index into JoinFeatures' `keys`
-  int64_t max_age_us = 0;  // TTL: a row with now - event_time > max_age_us is stale; 0 = never stale
+  // TTL when the plan was built: a row with now - event_time > TTL is stale; 0 = never stale. The TTL the
+  // store holds now (FeatureCache::StoredTtl) takes its place where there is one: a group's TTL can change
+  // in place while a served model keeps its plan.
+  int64_t max_age_us = 0;
+};
+
+// The stored TTLs of a plan's tables as of one LMDB snapshot (JoinPlan::ttls). A batch whose snapshot is
+// the cached one (no write committed since: the common case while serving) reuses them, so the TTL lookups
+// cost one atomic compare per batch; a newer snapshot reads them again (one point read per table). Threads
+// with different snapshots may overwrite each other's values: a batch then uses TTLs at most one commit
+// older or newer than its own snapshot's, never a made-up one.
+struct JoinTtls {
+  static constexpr uint64_t kNone = ~uint64_t(0);  // no snapshot cached yet (LMDB txn ids never get there)
+  std::atomic<uint64_t> txn_id{kNone};
+  std::unique_ptr<std::atomic<int64_t>[]> max_age_us;
+
+  explicit JoinTtls(size_t n_tables) : max_age_us(new std::atomic<int64_t>[n_tables]()) {}
 };
 
 // One output column: a stored feature (table >= 0) or a request-time value (table == -1).
@@ -49,6 +67,8 @@ struct JoinPlan {
   // request-time column, its output column. Built once, not per batch.
   std::vector<std::vector<size_t>> table_columns;
   std::vector<size_t> request_columns;
+  // Built by Finish(); shared by copies of the plan (they read the same tables).
+  std::shared_ptr<JoinTtls> ttls;
 
   // Call once after filling tables and columns (JoinFeatures reads the derived lists).
   void Finish();

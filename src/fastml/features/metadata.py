@@ -138,6 +138,14 @@ class MetadataStore:
             for r in rows
         ]
 
+    def ttl_revision(self, name: str, version: int) -> tuple[FeatureGroup, int]:
+        """The group version's definition and the time of its last update in microseconds, read together
+        (the online store's TTL row is written with them: a newer update's TTL always wins)."""
+        rows = self._read("SELECT spec, updated_at FROM group_versions WHERE name=? AND version=?", (name, version))
+        if not rows:
+            raise NotFound(f"feature group {name!r} has no version {version} in {self.path}")
+        return FeatureGroup.from_dict(json.loads(rows[0][0])), int(round(rows[0][1] * 1e6))
+
     def version_info(self, name: str, version: int) -> dict:
         rows = self._read(
             "SELECT created_at, updated_at, schema_hash FROM group_versions WHERE name=? AND version=?", (name, version)

@@ -122,6 +122,15 @@ def validate(group: FeatureGroup, table) -> pa.Table:
         columns.append(col)
         names.append(name)
     ts = timestamps_us(table, group.timestamp_column)
+    zero = np.flatnonzero(ts == 0)
+    if zero.size:
+        # 0 us is the online store's "no row" marker (a lookup's event time where there is no row): a row
+        # at exactly the epoch would read as missing. Refused here, before anything is written.
+        raise InvalidInput(
+            f"ingest into {group.name!r}: column {group.timestamp_column!r}: row {int(zero[0])} "
+            f"({zero.size} row(s) in all) has event time 1970-01-01T00:00:00Z, which the online store reserves "
+            "for 'no row'; use a later event time (earlier ones, before 1970, are accepted)"
+        )
     columns.append(pa.array(ts, type=pa.int64()).view(TS_TYPE))
     names.append(group.timestamp_column)
     for f in group.features:

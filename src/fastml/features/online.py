@@ -9,7 +9,7 @@ Values come back as float (float64 by default): int64 features as their value (e
 as 0/1, categorical strings as their code in the group version's vocabulary (``as_dict=True`` decodes
 them). Absent values are NaN with ``present`` False; a row older than the group's TTL reads as absent and
 is flagged ``stale`` (see :class:`OnlineValues`). ``event_time`` is microseconds since the epoch of the row
-each value came from (0 when there is none).
+each value came from (0 when there is none: writes refuse event time 0, so it never names a stored row).
 
 Across ``fork()``: LMDB forbids using or closing an environment in a child that inherited it. A child
 keeps the inherited caches referenced (never closed; the native cache also refuses to close one it did
@@ -30,6 +30,9 @@ from fastml.errors import InvalidInput, NotFound, Unavailable
 from fastml.features.groups import FeatureGroup, parse_ref, table_name
 
 BACKENDS = ("native", "reference")
+# The reserved table holding each group version's current TTL (csrc/feature_cache.h): the serving join reads
+# it per LMDB snapshot, so a TTL changed in place reaches a model that compiled its join before the change.
+TTL_TABLE = "__fastml_ttl__"
 
 # LMDB forbids opening one environment twice in a process (closing a second handle drops the first
 # one's locks), so caches are shared per (backend, path) and, as LMDB recommends, stay open for the
@@ -132,6 +135,8 @@ class Plan:
         self.refs = refs
         self.columns = columns  # per output column: {"ref", "name", "dtype", "group", "version", "feature"}
         self.key_entities = key_entities  # entity columns of each key set
+        # the groups keyed by each key set (named by a wrong-size key's error)
+        self.key_groups = [sorted({c["group"] for c in columns if c["entities"] == ents}) for ents in key_entities]
         self.vocab: dict[int, list[str]] = {}
         self.ttl_us = np.zeros(len(columns), np.int64)  # per output column: its group's TTL (0 = none)
         names = [c["name"] for c in columns]
@@ -221,6 +226,7 @@ class OnlineStore:
         values = np.ascontiguousarray(values, dtype=np.float64)
         present = np.ascontiguousarray(present, dtype=bool)
         event_time_us = np.ascontiguousarray(event_time_us, dtype=np.int64)
+        _refuse_blank_event_times(group, keys, event_time_us)  # before the transaction: nothing is written
         if isinstance(keys, (list, tuple)):
             return t.put(list(keys), values, present, event_time_us)
         import pyarrow as pa
@@ -235,6 +241,18 @@ class OnlineStore:
 
     def count(self, group: FeatureGroup, version: int) -> int:
         return self.table(group, version).count()
+
+    def write_ttl(self, group: FeatureGroup, version: int, revision_us: int) -> None:
+        """Store the group version's TTL in the reserved TTL table (``TTL_TABLE``), where the serving join reads
+        it, so a TTL changed in place reaches models already serving. ``revision_us`` orders the writes (the
+        metadata's update time): a stored row with a newer revision is kept, an equal one replaced."""
+        if self._generation != _fork_generation:
+            self._reopen_after_fork()
+        ttl_us = int(round(group.ttl_s * 1e6))
+        # high and low 32 bits: each exact as a float64 value (a TTL may use all 63 bits of an int64)
+        values = np.array([[ttl_us >> 32, ttl_us & 0xFFFFFFFF]], dtype=np.float64)
+        table = self._cache.impl.open_table(TTL_TABLE, 2)
+        table.put([table_name(group.name, version)], values, np.ones((1, 2), bool), np.array([revision_us], np.int64))
 
     # --- lookups --------------------------------------------------------------------------------
 
@@ -305,6 +323,7 @@ class OnlineStore:
                     "these features come from groups with different entity columns "
                     f"{plan.key_entities}; pass entity rows as dicts"
                 )
+            _check_key_parts(plan, entity_keys)
             return entity_keys
         sets = []
         for ents in plan.key_entities:
@@ -395,6 +414,65 @@ class OnlineStore:
             else:
                 out[plan.dict_names[j]] = [x if ok else None for x, ok in zip(v, m)]
         return out
+
+
+def _check_key_parts(plan: Plan, keys) -> None:
+    """Refuse keys whose number of parts is not the groups' number of entity columns.
+
+    Such a key encodes to bytes no row is stored under (composite keys are their parts joined by 0x1f), so
+    without this check it would read as a silent miss. The common shapes are checked with C-level passes (a
+    numpy array's dtype, ``set(map(type, keys))``, ``set(map(len, keys))``): no Python code runs per key; the
+    first offending key is searched for only once the lookup is known to be wrong.
+    """
+    ents = plan.key_entities[0]
+    n = len(ents)
+    if isinstance(keys, np.ndarray) and keys.dtype.kind != "O":
+        if n == 1 or keys.size == 0 or keys.ndim != 1:
+            return  # scalars: one part each (a 2-D array's rows are refused by the key encoder)
+        _raise_key_parts(plan, keys, 0)
+    try:
+        kinds = set(map(type, keys))
+    except TypeError:
+        return  # not iterable: the key encoder words it
+    tuples = [issubclass(k, tuple) for k in kinds]
+    if not any(tuples):
+        if n == 1 or not kinds:
+            return  # scalars (or no keys) for a one-column key
+    elif all(tuples) and set(map(len, keys)) == {n}:
+        return
+    for i, key in enumerate(keys):  # the lookup is refused: find the first key that is wrong
+        if (len(key) if isinstance(key, tuple) else 1) != n:
+            _raise_key_parts(plan, keys, i)
+
+
+def _raise_key_parts(plan: Plan, keys, i: int):
+    ents = list(plan.key_entities[0])
+    key = keys[i]
+    key = key.item() if isinstance(key, np.generic) else key
+    parts = len(key) if isinstance(key, tuple) else 1
+    groups = " and ".join(repr(g) for g in plan.key_groups[0])
+    noun = "group" if len(plan.key_groups[0]) == 1 else "groups"
+    shape = f"a ({', '.join(ents)}) tuple" if len(ents) > 1 else f"one {ents[0]} value, not a tuple"
+    raise InvalidInput(
+        f"feature {noun} {groups} {'is' if noun == 'group' else 'are'} keyed by {ents} ({len(ents)} "
+        f"part{'s' if len(ents) > 1 else ''}); entity key at position {i} has {parts} part{'s' if parts > 1 else ''}: "
+        f"{key!r}. Pass {shape} per entity, or entity rows as dicts"
+    )
+
+
+def _refuse_blank_event_times(group: FeatureGroup, keys, event_time_us: np.ndarray) -> None:
+    # event_time_us 0 is what a lookup returns for "no row" (and what the stale mask reads as no row), so a
+    # row stored at exactly 1970-01-01T00:00:00Z would read as missing. Ingest refuses such rows; this catches
+    # rows ingested before it did, and direct writes.
+    zero = np.flatnonzero(event_time_us == 0)
+    if zero.size:
+        i = int(zero[0])
+        key = keys[i] if isinstance(keys, (list, tuple)) else keys[i].as_py()
+        raise InvalidInput(
+            f"feature group {group.name!r}: column {group.timestamp_column!r}: the row of entity {key!r} (row {i}; "
+            f"{zero.size} row(s) in all) has event time 1970-01-01T00:00:00Z (0 us), which the online store "
+            "reads as 'no row'; re-ingest it with a later event time. Nothing was written"
+        )
 
 
 # --- serving joins ------------------------------------------------------------------------------
@@ -541,7 +619,9 @@ def compile_join(
         raise InvalidInput("serving joins need the native online store backend")
     if online._generation != _fork_generation:
         online._reopen_after_fork()
-    tables: list[tuple] = []  # (FeatureTable, key_input index, max_age_us)
+    # (FeatureTable, key_input index, max_age_us): the TTL now, which the native join uses only while the store
+    # holds none for the table (JoinTtls in csrc/feature_join.h reads the current one per snapshot)
+    tables: list[tuple] = []
     table_index: dict[tuple[str, int], int] = {}
     key_inputs: list[str] = list(declared_keys)
     key_dtypes: dict[str, str | None] = {}

@@ -195,7 +195,7 @@ class ReferenceFeatureCache:
             path,
             map_size=map_size_bytes,
             max_readers=max_readers,
-            max_dbs=max_tables + 1,
+            max_dbs=max_tables + 2,  # + the reserved tables (metadata, TTLs), as the native cache
             readahead=False,
             sync=sync,
             lock=True,

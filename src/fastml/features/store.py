@@ -71,7 +71,18 @@ class FeatureStore:
         if self._online is not None:
             # 'group:feature' may now mean a new version, or the same version has a new TTL
             self._online.refresh()
+        # The TTL may have changed in place: store it where serving joins compiled before now read it. Only
+        # in an online store that exists: a home holding just the offline store (a snapshot other pods
+        # materialise from) stays without one; materialize() writes the TTL when it creates it.
+        if self._online is not None or (self._online_path() / "data.mdb").exists():
+            self._sync_online_ttl(group.name, version)
         return version
+
+    def _sync_online_ttl(self, name: str, version: int) -> None:
+        """Write the group version's current TTL to the online store's TTL table (see ``OnlineStore.write_ttl``);
+        read from the metadata with its update time, so a slower writer never puts back an older TTL."""
+        g, revision_us = self.metadata.ttl_revision(name, version)
+        self.online.write_ttl(g, version, revision_us)
 
     def get_group(self, group) -> tuple[FeatureGroup, int]:
         """(definition, version) of ``group``: a name, ``name@v2`` or a FeatureGroup (its latest version)."""
@@ -239,15 +250,18 @@ class FeatureStore:
         if self._online is None:
             with self._lock:
                 if self._online is None:
-                    sub = "online" if self._online_backend == "native" else f"online_{self._online_backend}"
                     self._online = OnlineStore(
-                        self.root / sub,
+                        self._online_path(),
                         self.metadata.group,
                         self.metadata.vocab,
                         backend=self._online_backend,
                         **self._online_args,
                     )
         return self._online
+
+    def _online_path(self) -> Path:
+        """The online store's LMDB directory (one per backend)."""
+        return self.root / ("online" if self._online_backend == "native" else f"online_{self._online_backend}")
 
     def materialize(self, group, start=None, end=None) -> dict:
         """Write each entity's latest row (event time in [start, end)) to the online store.
@@ -265,6 +279,8 @@ class FeatureStore:
         rows = self._read(g, version, None, start_us, end_us)
         n_total = rows.num_rows
         online = self.online
+        # A store materialised before TTLs were kept in it gets its TTL row here
+        self._sync_online_ttl(g.name, version)
         if n_total == 0:
             online.table(g, version)
             self.metadata.record_materialization(g.name, version, start_us, end_us, 0, 0, 0)

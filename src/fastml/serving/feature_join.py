@@ -20,7 +20,9 @@ and while a prediction logger is attached (it logs the joined tensor, what the m
 
 Per feature, a policy says what a missing entity, a null value or a row older than the group's TTL
 becomes: ``nan``, ``default`` (the declared value) or ``error`` (the request is refused with a 400 naming
-the entity and the feature). Lookups are counted per feature and outcome (hit, missing, stale) for
+the entity and the feature). The TTL is the group's current one: a TTL changed in place (re-registering the
+group, from any process) applies from the next batch, without a reload (the native join reads it from the
+online store once per LMDB snapshot, see ``csrc/feature_join.h``). Lookups are counted per feature and outcome (hit, missing, stale) for
 ``fastml_feature_lookups_total``.
 """
 
