@@ -388,6 +388,16 @@ class AuditLog:
                     )
         if not seen_expected:
             return bad(None, None, f"no entry has the expected head hash {expected_head}: the chain was rewritten")
+        if self.anchor and anchored is None and (count or head is not None):
+            # Every anchored append stores the head, so a non-empty log without one means the anchor row (or
+            # its database file) was deleted: otherwise deleting it would silently disable the check that
+            # catches a rewritten log. An empty log without an anchor is a fresh one.
+            return bad(
+                None,
+                None,
+                f"the log has {count} entries but the registry database holds no anchored head for it: the anchor "
+                "was deleted, or the log was written with anchoring off (AuditLog(anchor=False))",
+            )
         if anchored is not None:
             problem = _anchor.signature_problem(self.directory, anchored)
             if problem is None and count < aseq:

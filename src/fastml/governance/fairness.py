@@ -4,7 +4,16 @@ Definitions follow fairlearn (``fairlearn.metrics``): a disparity over many grou
 spread *between groups* (``max - min`` for differences, ``min / max`` for ratios; the default) or the
 worst distance *to the overall* value (``max |g - overall|``; ``min`` of ``g / overall`` folded below 1).
 Equalized odds takes the worse of the TPR and FPR disparities; average odds takes their mean (fairlearn's
-``agg="mean"``). Rates whose denominator is empty are 0, as scikit-learn's confusion matrix gives them.
+``agg="mean"``).
+
+A rate whose denominator is empty is *undefined* (``NaN``, ``null`` in JSON): the TPR of a group with no
+positive labels, the FPR of a group with no negative labels, any rate of a group whose weights sum to 0.
+fairlearn (like scikit-learn) reports such a rate as 0, which can make an unfair model look fair (or a fair one
+unfair); here every disparity that needs an undefined rate is itself undefined, with a ``reason``, and an
+undefined metric never passes. So is a disparity over fewer than two groups (nothing is compared) and a
+ratio whose reference is 0 (``0 / 0``). Labels must be binary hard decisions: ``y_true`` and ``y_pred``
+together may hold at most two values and must contain ``pos_label``, so scores or a mistyped label are an
+error, not a report in which nobody is ever selected.
 
 For a named privileged / unprivileged pair the signed metrics use AIF360's conventions: every difference is
 ``unprivileged - privileged`` and disparate impact is ``unprivileged / privileged``, so a negative difference
@@ -65,7 +74,7 @@ class GroupStats:
     accuracy: float
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {k: _num(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
         d["key"] = [_plain(k) for k in self.key]
         return d
 
@@ -78,6 +87,7 @@ class MetricResult:
     value: float
     min: float | None
     max: float | None
+    reason: str | None = None  # why the value is undefined (None when it is defined)
 
     @property
     def passed(self) -> bool:
@@ -106,6 +116,7 @@ class MetricResult:
             "max": self.max,
             "passed": self.passed,
             "threshold": self.describe_bound(),
+            "reason": self.reason,
         }
 
 
@@ -130,7 +141,9 @@ class FairnessReport:
     def failures(self) -> list[str]:
         """One readable line per failing metric."""
         return [
-            f"{m.name} = {_fmt(m.value)} (required {m.describe_bound()})" for m in self.metrics.values() if not m.passed
+            f"{m.name} = {_fmt(m.value)} (required {m.describe_bound()})" + (f": {m.reason}" if m.reason else "")
+            for m in self.metrics.values()
+            if not m.passed
         ]
 
     def value(self, name: str) -> float:
@@ -182,12 +195,13 @@ def assess_fairness(
             ``{"name": None}`` drops the check.
         privileged, unprivileged: the AIF360-style pair: a group value, a tuple of values (one per column)
             or a mapping ``column -> value``. Both or neither.
-        sample_weight: optional weights per row.
+        sample_weight: optional weights per row (finite, >= 0).
         pos_label: the favourable label.
 
     Raises:
-        InvalidInput: lengths differ, an unknown method/metric, an empty input, or a pair group that does
-            not occur in the data.
+        InvalidInput: lengths differ, an unknown method/metric, an empty input, labels that are not binary
+            (more than two values, missing values, or no ``pos_label``), a negative or non-finite weight,
+            or a pair group that does not occur in the data.
     """
     if method not in METHODS:
         raise InvalidInput(f"method must be one of {METHODS}, got {method!r}")
@@ -202,6 +216,10 @@ def assess_fairness(
     w = np.ones(n, dtype=np.float64) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
     if w.shape[0] != n:
         raise InvalidInput(f"sample_weight has {w.shape[0]} rows, y_true has {n}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        # A negative weight can cancel a group's errors and NaN turns every rate into NaN without saying why.
+        raise InvalidInput("sample_weight must be finite and >= 0")
+    _check_binary(yt, yp, pos_label)
     t = yt == pos_label
     p = yp == pos_label
 
@@ -213,31 +231,37 @@ def assess_fairness(
         mask = group_ids == gid
         label = _label(names, key)
         gs = _stats(key, label, t[mask], p[mask], w[mask])
-        if gs.positives == 0:
-            warnings.append(f"group {label} has no positive labels; its TPR is taken as 0")
-        if gs.negatives == 0:
-            warnings.append(f"group {label} has no negative labels; its FPR is taken as 0")
+        if gs.weight == 0:
+            warnings.append(f"group {label} has total weight 0; all its rates are undefined")
+        else:
+            if gs.positives == 0:
+                warnings.append(f"group {label} has no positive labels; its TPR is undefined")
+            if gs.negatives == 0:
+                warnings.append(f"group {label} has no negative labels; its FPR is undefined")
         groups.append(gs)
     if len(groups) < 2:
-        warnings.append(f"only {len(groups)} group present; disparities are trivially 0")
+        warnings.append(f"only {len(groups)} group present; disparities are undefined")
 
-    sel = np.array([g.selection_rate for g in groups])
-    tpr = np.array([g.tpr for g in groups])
-    fpr = np.array([g.fpr for g in groups])
-    acc = np.array([g.accuracy for g in groups])
-
-    values: dict[str, float] = {}
-    values["demographic_parity_difference"] = _difference(sel, overall.selection_rate, method)
-    values["demographic_parity_ratio"] = _ratio(sel, overall.selection_rate, method)
+    # name -> (value, reason it is undefined or None)
+    results: dict[str, tuple[float, str | None]] = {}
+    results["demographic_parity_difference"] = _disparity(groups, overall, "selection_rate", method, ratio=False)
+    results["demographic_parity_ratio"] = _disparity(groups, overall, "selection_rate", method, ratio=True)
     # Disparate impact (four-fifths rule) is always measured against the most-favoured group.
-    values["disparate_impact"] = _ratio(sel, overall.selection_rate, "between_groups")
-    values["equal_opportunity_difference"] = _difference(tpr, overall.tpr, method)
-    values["equal_opportunity_ratio"] = _ratio(tpr, overall.tpr, method)
-    tpr_d, fpr_d = values["equal_opportunity_difference"], _difference(fpr, overall.fpr, method)
-    values["equalized_odds_difference"] = max(tpr_d, fpr_d)
-    values["equalized_odds_ratio"] = min(values["equal_opportunity_ratio"], _ratio(fpr, overall.fpr, method))
-    values["average_odds_difference"] = (tpr_d + fpr_d) / 2.0
-    values["accuracy_difference"] = _difference(acc, overall.accuracy, method)
+    results["disparate_impact"] = _disparity(groups, overall, "selection_rate", "between_groups", ratio=True)
+    results["equal_opportunity_difference"] = tpr_d = _disparity(groups, overall, "tpr", method, ratio=False)
+    results["equal_opportunity_ratio"] = tpr_r = _disparity(groups, overall, "tpr", method, ratio=True)
+    fpr_d = _disparity(groups, overall, "fpr", method, ratio=False)
+    fpr_r = _disparity(groups, overall, "fpr", method, ratio=True)
+    # Combined explicitly: Python's max()/min() silently skip a NaN that is not the first argument, which
+    # would let a defined TPR disparity stand in for an undefined FPR one.
+    results["equalized_odds_difference"] = _combine(max, tpr_d, fpr_d)
+    # A side whose rate is defined and 0 in every group (a perfect classifier's FPR) is 0/0 as a ratio, yet
+    # no group is treated differently there: it does not make the combined ratio undefined (as in fairlearn).
+    results["equalized_odds_ratio"] = _combine(
+        min, *[(1.0, None) if d[0] == 0 and math.isnan(r[0]) else r for d, r in ((tpr_d, tpr_r), (fpr_d, fpr_r))]
+    )
+    results["average_odds_difference"] = _combine(lambda a, b: (a + b) / 2.0, tpr_d, fpr_d)
+    results["accuracy_difference"] = _disparity(groups, overall, "accuracy", method, ratio=False)
 
     priv_label = unpriv_label = None
     if (privileged is None) != (unprivileged is None):
@@ -248,10 +272,14 @@ def assess_fairness(
         if pg is ug:
             raise InvalidInput("privileged and unprivileged name the same group")
         priv_label, unpriv_label = pg.label, ug.label
-        values.update(pair_metrics(pg, ug))
+        for name, v in pair_metrics(pg, ug).items():
+            results[name] = (v, _pair_reason(name, pg, ug) if math.isnan(v) else None)
 
     bounds = _merge_thresholds(thresholds)
-    metrics = {name: MetricResult(name, float(v), *_bounds_of(bounds.get(name))) for name, v in values.items()}
+    metrics = {
+        name: MetricResult(name, float(v), *_bounds_of(bounds.get(name)), reason=why)
+        for name, (v, why) in results.items()
+    }
     return FairnessReport(
         tuple(names), method, overall, tuple(groups), metrics, priv_label, unpriv_label, tuple(warnings)
     )
@@ -288,15 +316,94 @@ def check_values(values: Mapping[str, float], thresholds: Mapping[str, Any] | No
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def _check_binary(yt: np.ndarray, yp: np.ndarray, pos_label) -> None:
+    """Reject labels the binary metrics would silently misread (every non-``pos_label`` value is "negative")."""
+    values: set = set()
+    for name, arr in (("y_true", yt), ("y_pred", yp)):
+        if arr.dtype.kind == "f" and np.isnan(arr).any():
+            raise InvalidInput(f"{name} has missing (NaN) values")
+        if arr.dtype.kind == "O" and any(v is None or (isinstance(v, float) and math.isnan(v)) for v in arr):
+            raise InvalidInput(f"{name} has missing (None/NaN) values")
+        try:
+            values.update(_plain(v) for v in np.unique(arr))
+        except TypeError:  # unorderable mixed types
+            values.update(arr.tolist())
+    if len(values) > 2:
+        shown = sorted(map(repr, values))[:5]
+        raise InvalidInput(
+            f"fairness metrics need binary hard decisions, but y_true and y_pred hold {len(values)} distinct "
+            f"values ({', '.join(shown)}{', ...' if len(values) > 5 else ''}); threshold scores first"
+        )
+    if pos_label not in values:
+        raise InvalidInput(
+            f"pos_label {pos_label!r} occurs in neither y_true nor y_pred (values: {', '.join(sorted(map(repr, values)))}); "
+            "every row would count as unfavourable"
+        )
+
+
 def _stats(key: tuple, label: str, t: np.ndarray, p: np.ndarray, w: np.ndarray) -> GroupStats:
     total = float(w.sum())
     pos = float(w[t].sum())
     neg = float(w[~t].sum())
-    sel = float(w[p].sum()) / total if total > 0 else 0.0
-    tpr = float(w[t & p].sum()) / pos if pos > 0 else 0.0
-    fpr = float(w[~t & p].sum()) / neg if neg > 0 else 0.0
-    acc = float(w[t == p].sum()) / total if total > 0 else 0.0
+    # An empty denominator makes the rate undefined (NaN), not 0: 0 would read as a measured rate.
+    sel = float(w[p].sum()) / total if total > 0 else math.nan
+    tpr = float(w[t & p].sum()) / pos if pos > 0 else math.nan
+    fpr = float(w[~t & p].sum()) / neg if neg > 0 else math.nan
+    acc = float(w[t == p].sum()) / total if total > 0 else math.nan
     return GroupStats(key, label, int(t.shape[0]), total, pos, neg, sel, tpr, fpr, acc)
+
+
+_RATE_NAMES = {"selection_rate": "selection rate", "tpr": "TPR", "fpr": "FPR", "accuracy": "accuracy"}
+
+
+def _why_undefined(g: GroupStats, attr: str) -> str:
+    if g.weight == 0:
+        return "total weight 0"
+    return {"tpr": "no positive labels", "fpr": "no negative labels"}.get(attr, "no samples")
+
+
+def _disparity(
+    groups: Sequence[GroupStats], overall: GroupStats, attr: str, method: str, *, ratio: bool
+) -> tuple[float, str | None]:
+    """One difference or ratio of the rate ``attr`` across groups, and why it is undefined (or None)."""
+    rate = _RATE_NAMES[attr]
+    if len(groups) < 2:
+        return math.nan, f"only {len(groups)} group ({', '.join(g.label for g in groups)}): nothing to compare"
+    undefined = [g for g in groups if math.isnan(getattr(g, attr))]
+    if undefined:
+        # Leaving such a group out (or counting its rate as 0) would judge fairness without it.
+        listed = ", ".join(f"{g.label} ({_why_undefined(g, attr)})" for g in undefined)
+        return math.nan, f"the {rate} is undefined for group(s) {listed}"
+    vals = np.array([getattr(g, attr) for g in groups], dtype=np.float64)
+    ref = getattr(overall, attr)
+    if not ratio:
+        return _difference(vals, ref, method), None
+    value = _ratio(vals, ref, method)
+    if math.isnan(value):
+        if method == "between_groups":
+            return value, f"the {rate} is 0 in every group, so the ratio is 0/0"
+        return value, f"the overall {rate} is 0, so no ratio to it exists"
+    return value, None
+
+
+def _combine(op, a: tuple[float, str | None], b: tuple[float, str | None]) -> tuple[float, str | None]:
+    """``op`` of two disparities; undefined when either is (with both reasons)."""
+    if math.isnan(a[0]) or math.isnan(b[0]):
+        reasons = list(dict.fromkeys(r for r in (a[1], b[1]) if r))
+        return math.nan, "; ".join(reasons) or None
+    return float(op(a[0], b[0])), None
+
+
+def _pair_reason(name: str, pg: GroupStats, ug: GroupStats) -> str:
+    if name == "pair.disparate_impact" and pg.selection_rate == 0:
+        return f"the privileged group {pg.label}'s selection rate is 0"
+    parts = [
+        f"the {_RATE_NAMES[a]} of {g.label} is undefined ({_why_undefined(g, a)})"
+        for g in (pg, ug)
+        for a in _RATE_NAMES
+        if math.isnan(getattr(g, a))
+    ]
+    return "; ".join(parts)
 
 
 def _difference(vals: np.ndarray, overall: float, method: str) -> float:

@@ -169,11 +169,19 @@ _NAME_RES = [(cat, re.compile(rx)) for cat, rx in _NAME_PATTERNS]
 _VALUE_PATTERNS: list[tuple[str, re.Pattern]] = [
     ("email", re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")),
     ("ssn", re.compile(r"(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}")),
-    ("phone", re.compile(r"(\+?1[ .\-]?)?\(?\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}|\+[1-9]\d{7,14}")),
+    # North American numbers, and international ones written with "+", bare or grouped ("+44 20 7946 0958");
+    # the digit count of the latter (E.164: 8 to 15) is checked in classify_values.
+    (
+        "phone",
+        re.compile(
+            r"(\+?1[ .\-]?)?\(?\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}|\+[1-9]\d{7,14}|\+[1-9]\d{0,3}([ .\-]\d{1,6}){2,6}"
+        ),
+    ),
     (
         "date",
         re.compile(
-            r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])([T ][0-9:.]+Z?)?|"
+            # ISO 8601 date or timestamp, with "Z" or a UTC offset (what isoformat() writes for aware times).
+            r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])([T ][0-9:.]+(Z|[+\-]\d\d:?\d\d)?)?|"
             r"(0?[1-9]|1[0-2])/(0?[1-9]|[12]\d|3[01])/(19|20)\d\d"
         ),
     ),
@@ -182,12 +190,13 @@ _VALUE_PATTERNS: list[tuple[str, re.Pattern]] = [
         "ip_address",
         re.compile(
             r"((25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(25[0-5]|2[0-4]\d|1?\d?\d)|"
-            r"[0-9a-fA-F]{1,4}(:[0-9a-fA-F]{0,4}){2,7}"
+            r"[0-9a-fA-F]{0,4}(:[0-9a-fA-F]{0,4}){2,7}"
         ),
     ),
     ("url", re.compile(r"https?://[^\s]+|www\.[^\s]+")),
     ("vehicle_id", re.compile(r"[A-HJ-NPR-Z0-9]{17}")),
-    ("account_number", re.compile(r"\d{4}[ \-]?\d{4}[ \-]?\d{4}[ \-]?\d{1,7}")),
+    # 4-4-4-4 style cards, and American Express, printed 4-6-5 (both Luhn-checked in classify_values).
+    ("account_number", re.compile(r"\d{4}[ \-]?\d{4}[ \-]?\d{4}[ \-]?\d{1,7}|3[47]\d\d[ \-]?\d{6}[ \-]?\d{5}")),
 ]
 
 
@@ -308,7 +317,7 @@ def classify_values(values: Iterable[Any], min_match_fraction: float = 0.8) -> l
         return []
     out = []
     for cat, rx in _VALUE_PATTERNS:
-        matched = sum(1 for v in vals if rx.fullmatch(v) and (cat != "account_number" or _luhn(v)))
+        matched = sum(1 for v in vals if rx.fullmatch(v) and _confirmed(cat, v))
         if matched and matched / len(vals) >= min_match_fraction:
             out.append((cat, matched, len(vals)))
     # A 17-character all-digit string is not a VIN; VINs mix letters and digits.
@@ -459,6 +468,18 @@ def _read_sample(p) -> dict[str, list[Any]]:
 
         return pq.read_table(p).to_pydict()
     raise InvalidInput(f"sample file {p}: unsupported type {suffix!r} (use .csv, .jsonl or .parquet)")
+
+
+def _confirmed(cat: str, value: str) -> bool:
+    """Checks a pattern match cannot express."""
+    if cat == "account_number":
+        return _luhn(value)
+    if cat == "phone" and value.startswith("+"):
+        return 8 <= sum(c.isdigit() for c in value) <= 15  # E.164
+    if cat == "ip_address" and ":" in value:
+        # IPv6 has eight groups (seven colons) or "::"; without this, times like 12:30:45 were IP addresses.
+        return "::" in value or value.count(":") == 7
+    return True
 
 
 def _luhn(value: str) -> bool:
