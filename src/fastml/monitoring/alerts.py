@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 import operator
 import threading
 import time
@@ -87,12 +88,17 @@ class AlertRule:
             raise InvalidInput(f"rule {self.name!r}: comparison must be one of {list(_OPS)}, got {self.comparison!r}")
         if self.severity not in SEVERITIES:
             raise InvalidInput(f"rule {self.name!r}: severity must be one of {list(SEVERITIES)}, got {self.severity!r}")
-        if self.window_s < 0:
-            raise InvalidInput(f"rule {self.name!r}: window_s must be >= 0, got {self.window_s}")
-        if self.cooldown_s < 0:
-            raise InvalidInput(f"rule {self.name!r}: cooldown_s must be >= 0, got {self.cooldown_s}")
+        # NaN compares false with everything: a NaN threshold or window would make a rule that never fires
+        # (and a NaN cool-down one that never waits), silently; an infinite one is as useless. TOML has
+        # both (`nan`, `inf`), so they are refused here rather than trusted.
+        if not 0 <= self.window_s < math.inf:
+            raise InvalidInput(f"rule {self.name!r}: window_s must be finite and >= 0, got {self.window_s}")
+        if not 0 <= self.cooldown_s < math.inf:
+            raise InvalidInput(f"rule {self.name!r}: cooldown_s must be finite and >= 0, got {self.cooldown_s}")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)):
             raise InvalidInput(f"rule {self.name!r}: threshold must be a number, got {self.threshold!r}")
+        if not math.isfinite(self.threshold):
+            raise InvalidInput(f"rule {self.name!r}: threshold must be finite, got {self.threshold}")
 
     def applies_to(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -205,8 +211,8 @@ class AlertManager:
         for rule in self.rules:
             if not rule.applies_to(model):
                 continue
-            value = metrics.get(rule.metric)
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            value = _number(metrics.get(rule.metric))
+            if value is None:
                 continue
             st = self._state.setdefault((model, rule.name), _State())
             if rule.breached(value):
@@ -250,6 +256,18 @@ class AlertManager:
             model,
             d,
         )
+
+
+def _number(value: Any) -> float | None:
+    """A metric value as a float, or None when it says nothing (absent, a bool, not a number, NaN).
+
+    numpy scalars count as numbers: ``np.float32`` and ``np.int64`` are not ``float``/``int`` subclasses,
+    and a rule must not silently skip a p99 computed with numpy from a float32 latency array (numpy's
+    booleans are not ``numbers.Real``, so they are left out like Python's)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 class LogSink:
@@ -376,8 +394,9 @@ class PrometheusSink:
 
     def observe(self, metrics: Mapping[str, float | None]) -> None:
         for k, v in metrics.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v):
-                self.metric.labels(model=self.model, metric=k).set(v)
+            value = _number(v)
+            if value is not None:
+                self.metric.labels(model=self.model, metric=k).set(value)
 
     def send(self, event: AlertEvent) -> None:
         self.alert_firing.labels(model=event.model or self.model, rule=event.rule, severity=event.severity).set(
@@ -627,7 +646,7 @@ def window_metrics(result) -> dict[str, float | None]:
     }
     for k in QUALITY_METRICS:
         v = quality.get(k, extra.get(k))
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if isinstance(v, numbers.Real) and not isinstance(v, bool):  # numpy scalars too (see _number)
             out[k] = float(v)
     return out
 

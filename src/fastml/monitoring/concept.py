@@ -24,6 +24,9 @@ detection indices.
 
 :func:`error_stream` turns a prediction log with joined labels into the 0/1 stream DDM/EDDM/ADWIN watch,
 so performance drift is detected as soon as labels arrive.
+
+Every detector refuses a NaN or infinite value (InvalidInput) and keeps its state: fed on, a NaN would
+silently switch detection off for the rest of the stream.
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ class _Detector:
             if self.drift_detected:
                 out.append(i)
         return out
+
+
+def _finite(x: float) -> float:
+    """``x`` as a float, refusing NaN and ±inf: one NaN makes every running mean NaN, and since NaN compares
+    false with every bound the detector would never signal again (or, for DDM, fail with a TypeError)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise InvalidInput(f"concept drift detectors need finite values, got {x}")
+    return x
 
 
 class _Mean:
@@ -104,6 +116,7 @@ class DDM(_Detector):
         self._ps_min = math.inf
 
     def update(self, x: float) -> DDM:
+        x = _finite(x)
         if self.drift_detected:
             self._reset()
         self._p.update(x)
@@ -144,6 +157,7 @@ class EDDM(_Detector):
         self._p2s_max = -1.0
 
     def update(self, x: float) -> EDDM:
+        x = _finite(x)
         if self.drift_detected:
             self._reset()
         self._n += 1
@@ -205,6 +219,7 @@ class PageHinkley(_Detector):
         self._max_dec = -1.0
 
     def update(self, x: float) -> PageHinkley:
+        x = _finite(x)
         if self.drift_detected:
             self._reset()
         self._mean.update(x)
@@ -249,6 +264,7 @@ class HDDM_A(_Detector):  # noqa: N801 - the algorithm's published name
         return math.sqrt(1.0 / (2 * n) * math.log(1.0 / self.drift_confidence))
 
     def update(self, x: float) -> HDDM_A:
+        x = _finite(x)
         if self.drift_detected:
             self._reset()
         self._z_n += 1.0
@@ -311,6 +327,7 @@ class KSWIN(_Detector):
         self._rng = random.Random(self.seed)
 
     def update(self, x: float) -> KSWIN:
+        x = _finite(x)
         if self.drift_detected:
             self._reset()  # as river: a detection starts a new, empty window
         self.window.append(x)
@@ -400,6 +417,7 @@ class ADWIN(_Detector):
         return self.total / self.width if self.width else 0.0
 
     def update(self, x: float) -> ADWIN:
+        x = _finite(x)
         if self.drift_detected:
             self._reset()
         self._insert(x)

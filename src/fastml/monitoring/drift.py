@@ -11,7 +11,8 @@ method               definition                                                 
 ``chisquare``        Evidently's chi-square goodness of fit: current counts against reference     p < t
                      proportions scaled to the current size, over the union of categories
 ``chi2_contingency`` alibi-detect's test: scipy ``chi2_contingency`` on the 2 x K table of          p < t
-                     reference and current counts over the *reference* categories
+                     reference and current counts over the *reference* categories (no current
+                     value in any reference category: statistic inf, p-value 0)
 ``z``                Evidently's two-proportion z-test (first category, in sorted order, vs       p < t
                      the rest), two-sided
 ``psi``              population stability index on Evidently's bins (below), empty shares         v >= t
@@ -218,6 +219,12 @@ class _CategoricalPair:
 
         in_ref = np.isin(self.keys, self.ref_keys)
         table = np.vstack((self.ref_counts[in_ref], self.cur_counts[in_ref]))
+        if not table[1].any():
+            # Every current value is in a category the reference never saw: the windows are disjoint. scipy
+            # refuses the all-zero row (a zero expected frequency), and with one reference category the
+            # check below would call it "no drift"; the limit of the test is certain drift, as chisquare
+            # reports for disjoint windows.
+            return math.inf, 0.0
         if table.shape[1] < 2:
             return 0.0, 1.0  # a single reference category: nothing can differ in proportion
         res = chi2_contingency(table)
@@ -557,14 +564,22 @@ def _column_drift(
     ref: ColumnProfile, current: np.ndarray, method: str | None, threshold: float | None, all_statistics: bool
 ) -> ColumnDrift:
     if ref.kind == NUMERIC:
+        if current.dtype.kind == "O" and not categorical_values(current).size:
+            # An empty or all-missing column reads as objects (Arrow's null type: a CSV with a header and no
+            # rows, or an empty column), which is not text in a numeric column but a window with no values.
+            current = np.empty(0)
         if current.dtype.kind not in "iufb":
             raise InvalidInput(f"column {ref.name!r} is numeric in the reference but {current.dtype} in current")
-        pair = _NumericPair(ref.values, finite_sorted(current), ref.std, ref.n_unique)
-        if pair.cur.size == 0:
+        cur = finite_sorted(current)
+        if cur.size == 0:
             raise InvalidInput(f"column {ref.name!r}: no finite values in current")
+        pair = _NumericPair(ref.values, cur, ref.std, ref.n_unique)
         n_ref, n_cur = pair.ref.size, pair.cur.size
     else:
-        pair = _CategoricalPair.from_values(ref.categories, ref.counts, categorical_values(current))
+        values = categorical_values(current)
+        if values.size == 0:
+            raise InvalidInput(f"column {ref.name!r}: no non-missing values in current")
+        pair = _CategoricalPair.from_values(ref.categories, ref.counts, values)
         n_ref, n_cur = pair.n_ref, pair.n_cur
     chosen = method or default_method(ref.kind, n_ref, pair.n_values())
     if chosen not in METHODS:

@@ -16,11 +16,17 @@ Formula. Each available input becomes a penalty in [0, 1] that grows with how ba
 Properties (tested): 100 when the data are identical to the reference and nothing else is wrong; each
 penalty is non-decreasing in the badness of its input and the weights are fixed, so the score never rises
 when any input gets worse; it stays within [0, 100].
+
+A NaN input, a non-finite baseline or SLO, and a negative or non-finite weight are refused (InvalidInput):
+NaN compares false with everything, so it would otherwise become a NaN penalty that the final clip turns
+into a perfect 100. An infinite current value (``performance``, ``latency_p99_ms``) is a valid worst or best
+case and takes the limit of its penalty.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from fastml.errors import InvalidInput
 
@@ -74,9 +80,15 @@ def health_score(inputs: HealthInputs, weights: HealthWeights = HealthWeights())
     """Compute the health score (see the module docstring for the formula).
 
     Raises:
-        InvalidInput: no input given, a share/rate outside [0, 1], a non-positive SLO, or a
-            performance without a baseline.
+        InvalidInput: no input given, a NaN input, a share/rate outside [0, 1], a non-positive or
+            infinite SLO, a zero or infinite baseline, a performance without a baseline, or a negative or
+            non-finite weight.
     """
+    _check_weights(weights)
+    for name in ("drift_share", "performance", "baseline", "latency_p99_ms", "latency_slo_ms", "error_rate"):
+        value = getattr(inputs, name)
+        if value is not None and math.isnan(value):
+            raise InvalidInput(f"{name} is NaN: leave it out (None) when it is not known")
     pen: dict[str, float] = {}
     if inputs.drift_share is not None:
         if not 0 <= inputs.drift_share <= 1:
@@ -85,13 +97,15 @@ def health_score(inputs: HealthInputs, weights: HealthWeights = HealthWeights())
     if inputs.performance is not None or inputs.baseline is not None:
         if inputs.performance is None or inputs.baseline is None:
             raise InvalidInput("performance and baseline must be given together")
-        if inputs.baseline == 0:
-            raise InvalidInput("baseline must not be 0 (the drop is relative to it)")
+        if inputs.baseline == 0 or math.isinf(inputs.baseline):
+            raise InvalidInput(f"baseline must be finite and not 0 (the drop is relative to it), got {inputs.baseline}")
         drop = inputs.baseline - inputs.performance if inputs.higher_is_better else inputs.performance - inputs.baseline
         pen["performance"] = _clip01(drop / abs(inputs.baseline) / weights.max_relative_drop)
     if inputs.latency_p99_ms is not None:
-        if not inputs.latency_slo_ms or inputs.latency_slo_ms <= 0:
-            raise InvalidInput("latency_slo_ms must be > 0 when latency_p99_ms is given")
+        if not inputs.latency_slo_ms or not 0 < inputs.latency_slo_ms < math.inf:
+            raise InvalidInput(
+                f"latency_slo_ms must be finite and > 0 when latency_p99_ms is given, got {inputs.latency_slo_ms}"
+            )
         pen["latency"] = _clip01((inputs.latency_p99_ms - inputs.latency_slo_ms) / inputs.latency_slo_ms)
     if inputs.error_rate is not None:
         if not 0 <= inputs.error_rate <= 1:
@@ -105,6 +119,15 @@ def health_score(inputs: HealthInputs, weights: HealthWeights = HealthWeights())
         raise InvalidInput("health weights of the given inputs must sum to > 0")
     score = 100.0 * (1.0 - sum(w[k] * pen[k] for k in pen) / total)
     return HealthScore(max(0.0, min(100.0, score)), pen)
+
+
+def _check_weights(weights: HealthWeights) -> None:
+    for f in dataclasses.fields(weights):
+        v = getattr(weights, f.name)
+        # A negative weight would let a worse input raise the score; a zero scale divides by zero.
+        positive = f.name in ("max_relative_drop", "max_error_rate")
+        if not (0 < v < math.inf if positive else 0 <= v < math.inf):
+            raise InvalidInput(f"health weight {f.name} must be finite and {'> 0' if positive else '>= 0'}, got {v}")
 
 
 def baseline_from_registry(ref: str, metric: str, registry=None) -> float:

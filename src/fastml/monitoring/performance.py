@@ -71,6 +71,8 @@ def classification_metrics(
             rs.append(rc)
             fs.append(_f1(pr, rc))
         precision, recall, f1 = float(np.mean(ps)), float(np.mean(rs)), float(np.mean(fs))
+    if scores is not None and np.shape(scores) != y.shape:
+        raise InvalidInput(f"labels {y.shape} and scores {np.shape(scores)} differ in shape")
     auc = roc_auc(y, scores, positive) if scores is not None and binary else None
     return {
         "accuracy": float(np.mean(y == p)),
@@ -148,11 +150,21 @@ class PerformanceTracker:
         scores: Sequence | None = None,
         timestamps_s: Sequence[float] | float | None = None,
     ) -> None:
-        """Record labelled predictions (``scores``: positive-class probability, for AUC)."""
+        """Record labelled predictions (``scores``: positive-class probability, for AUC).
+
+        Raises:
+            InvalidInput: labels, predictions, scores or timestamps of different lengths, or a NaN label
+                (an outcome not known yet is left out, not recorded: it would count as a miss).
+        """
         y, p = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
         if y.shape != p.shape:
             raise InvalidInput(f"labels {y.shape} and predictions {p.shape} differ in shape")
+        if y.dtype.kind == "f" and np.isnan(y).any():
+            raise InvalidInput(f"labels hold {int(np.isnan(y).sum())} NaN value(s): record only known outcomes")
         s = np.full(y.shape, np.nan) if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
+        if s.shape != y.shape:
+            # zip() below would silently keep only the shorter run of outcomes.
+            raise InvalidInput(f"labels {y.shape} and scores {s.shape} differ in shape")
         ts = _times(timestamps_s, y.size)
         self._outcomes.extend(zip(ts, y.tolist(), p.tolist(), s.tolist()))
 
@@ -164,7 +176,10 @@ class PerformanceTracker:
     ) -> None:
         """Record served requests: latency and whether each failed."""
         lat = np.atleast_1d(np.asarray(latency_us, dtype=np.float64))
-        err = np.broadcast_to(np.asarray(errors, dtype=bool), lat.shape)
+        err = np.asarray(errors, dtype=bool)
+        if err.size not in (1, lat.size):
+            raise InvalidInput(f"{err.size} error flags for {lat.size} requests: give one for all or one each")
+        err = np.broadcast_to(err.reshape(-1) if err.ndim else err, lat.shape)
         self._requests.extend(zip(_times(timestamps_s, lat.size), lat.tolist(), err.tolist()))
 
     def _recent(self, items, now: float | None):
@@ -195,6 +210,8 @@ def _times(timestamps_s, n: int) -> list[float]:
     if timestamps_s is None:
         return [time.time()] * n
     ts = np.atleast_1d(np.asarray(timestamps_s, dtype=np.float64))
+    if ts.shape not in ((1,), (n,)):
+        raise InvalidInput(f"{ts.size} timestamps for {n} records: give one for all or one per record")
     return np.broadcast_to(ts, (n,)).tolist()
 
 

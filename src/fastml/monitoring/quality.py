@@ -190,7 +190,8 @@ def joined_rows(
 
 
 def concept_drift(joined: Joined, detectors: Mapping[str, Callable[[], Any]] | None = None) -> dict[str, list[int]]:
-    """Detection indices (positions in the joined stream) of each detector over ``joined.errors()``.
+    """Detection indices (positions in the joined stream) of each detector over ``joined.errors()``; rows
+    whose error is not finite (a NaN or infinite regression prediction) are skipped.
 
     Args:
         detectors: name -> factory; default every detector that suits the task (binary ones only for
@@ -201,7 +202,13 @@ def concept_drift(joined: Joined, detectors: Mapping[str, Callable[[], Any]] | N
         if joined.task == "classification":
             detectors = {**BINARY_DETECTORS, **detectors}
     stream = joined.errors()
-    return {name: make().detect(stream) for name, make in detectors.items()}
+    finite = np.isfinite(stream)
+    if finite.all():
+        return {name: make().detect(stream) for name, make in detectors.items()}
+    # A NaN or infinite prediction has no error to measure (the detectors refuse such values): skip those
+    # rows and report the detections at their positions in the joined stream.
+    at = np.flatnonzero(finite)
+    return {name: [int(at[i]) for i in make().detect(stream[finite])] for name, make in detectors.items()}
 
 
 def _metrics(joined: Joined, m: np.ndarray, positive: int) -> dict[str, Any]:
