@@ -12,7 +12,12 @@ With the source tree model at hand (``source_model=``), ``algorithm="tree"`` use
 (interventional, same background). In margin space (``link="logit"`` for a classifier's probability:
 the explained function is log(p / (1 - p)), the trees' raw output) TreeSHAP is exact and equals the
 model-agnostic values; in probability space shap's TreeExplainer rescales margin attributions, which is
-close to but not the same as the Shapley values of the probability.
+close to but not the same as the Shapley values of the probability. Tree values are checked for local
+accuracy against the source model's explained output (after the link): a model whose raw tree output is not
+that quantity (a random forest's raw output is the probability, not its logit) cannot be explained by
+TreeSHAP, so ``auto`` falls back to the kernel explainer and ``tree`` refuses.
+
+LIME fits its local linear model to the same explained output as SHAP (the chosen column, after the link).
 """
 
 from __future__ import annotations
@@ -126,6 +131,10 @@ class OnnxExplainer:
         bg = np.asarray(background, dtype=np.float32)
         if bg.ndim != 2 or bg.shape[0] == 0:
             raise InvalidInput(f"background must be a non-empty 2-D array, got shape {bg.shape}")
+        width = self.session.get_inputs()[names.index(self.input_name)].shape
+        if len(width) == 2 and isinstance(width[1], int) and width[1] != bg.shape[1]:
+            # ORT would refuse it on first use with its own exception type; say what is wrong here.
+            raise InvalidInput(f"background has {bg.shape[1]} features but the model's input takes {width[1]}")
         self.rng = np.random.default_rng(seed)
         self.seed = seed
         if bg.shape[0] > max_background:
@@ -194,11 +203,13 @@ class OnnxExplainer:
         import shap
 
         X = self._rows(X)
+        requested = algorithm
         if algorithm == "auto":
             algorithm = "tree" if self.source_model is not None else "kernel"
         if algorithm == "tree":
-            return self._tree_shap(X)
+            return self._tree_shap(X, fallback=requested == "auto", nsamples=nsamples)
         if algorithm == "kernel":
+            self._require_finite(X, "kernel SHAP")
             n = nsamples or (2**self.n_features if self.n_features <= 12 else 2 * self.n_features + 2048)
             explainer = shap.KernelExplainer(self.predict, self.background.astype(np.float64))
             state = np.random.get_state()
@@ -217,7 +228,7 @@ class OnnxExplainer:
             )
         raise InvalidInput(f"algorithm must be auto, kernel or tree, got {algorithm!r}")
 
-    def _tree_shap(self, X: np.ndarray) -> ShapResult:
+    def _tree_shap(self, X: np.ndarray, *, fallback: bool = False, nsamples: int | None = None) -> ShapResult:
         import shap
 
         if self.source_model is None:
@@ -231,21 +242,63 @@ class OnnxExplainer:
             feature_perturbation="interventional",
             model_output="probability" if classifier and self.link == "identity" else "raw",
         )
-        values = explainer.shap_values(X.astype(np.float64), check_additivity=False)
+        raw = explainer.shap_values(X.astype(np.float64), check_additivity=False)
         expected = np.asarray(explainer.expected_value, dtype=np.float64).reshape(-1)
-        values = np.asarray(values, dtype=np.float64)
-        if values.ndim == 3:  # (rows, features, classes)
-            k = self.class_index if self.class_index is not None else 0
-            values, base = values[:, :, k], expected[k]
-        elif isinstance(values, list):  # older shap: one array per class
-            k = self.class_index if self.class_index is not None else 0
-            values, base = np.asarray(values[k]), expected[k]
+        k = self.class_index if self.class_index is not None else 0
+        # The list test comes first: np.asarray of older shap's per-class list is (classes, rows, features),
+        # which the 3-D branch would slice along the wrong axes.
+        if isinstance(raw, list):  # older shap: one array per class
+            values, base = np.asarray(raw[k], dtype=np.float64), expected[k]
+        elif np.ndim(raw) == 3:  # (rows, features, classes)
+            values, base = np.asarray(raw, dtype=np.float64)[:, :, k], expected[k]
         else:
+            values = np.asarray(raw, dtype=np.float64)
             # one output: for a binary classifier it is the positive class
             base = expected[0]
             if classifier and self.class_index == 0:  # the single output is the positive class: mirror it
                 values, base = -values, (-base if self.link == "logit" else 1.0 - base)
+        # Local accuracy is what TreeSHAP promises; when it fails, the trees' output space is not the one
+        # explained (a forest's raw output with link="logit" is the probability), and the values would be
+        # attributions of another quantity under this output's label.
+        want = self._source_output(X)
+        got = values.sum(axis=1) + base
+        if not np.allclose(got, want, rtol=1e-5, atol=1e-5 * (1.0 + float(np.max(np.abs(want), initial=0.0)))):
+            if fallback:
+                return self.shap_values(X, algorithm="kernel", nsamples=nsamples)
+            worst = int(np.argmax(np.abs(got - want)))
+            raise InvalidInput(
+                f"TreeSHAP on {type(self.source_model).__name__} does not explain {self.output_label}: row {worst}'s "
+                f"values sum to {got[worst]:.6g} but the source model gives {want[worst]:.6g} (its raw tree output "
+                f"is not this quantity); use algorithm='kernel'"
+            )
         return ShapResult(values, float(base), self.feature_names, "tree", self.output_label)
+
+    def _source_output(self, X: np.ndarray) -> np.ndarray:
+        """The explained output computed by the source model (the quantity TreeSHAP values must add up to)."""
+        X64 = X.astype(np.float64)
+        k = self.class_index if self.class_index is not None else 0
+        if hasattr(self.source_model, "predict_proba"):
+            out = np.asarray(self.source_model.predict_proba(X64), dtype=np.float64)
+        else:
+            out = np.asarray(self.source_model.predict(X64), dtype=np.float64)
+        out = out.reshape(out.shape[0], -1)
+        out = out[:, k] if out.shape[1] > k else out[:, -1]
+        if self.link == "logit":
+            p = np.clip(out, 1e-12, 1 - 1e-12)
+            out = np.log(p / (1 - p))
+        return out
+
+    def _require_finite(self, X: np.ndarray, what: str) -> None:
+        """Kernel SHAP and LIME mix rows with the background: a NaN there is no value to mix (shap fails with a
+        bare ValueError, LIME's discretizer puts it in no bin), so refuse it by name."""
+        for name, arr in (("rows", X), ("background", self.background)):
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise InvalidInput(
+                    f"{what} needs finite values: {name} row {r}, feature {self.feature_names[c]!r} is {arr[r, c]}"
+                    f" ({int(bad.any(axis=1).sum())} {name} with NaN or inf)"
+                )
 
     def global_importance(self, X: Any, **kwargs) -> dict[str, float]:
         """Mean |SHAP| per feature over ``X``'s rows, largest first."""
@@ -255,12 +308,30 @@ class OnnxExplainer:
     def lime(
         self, row: Any, *, num_features: int = 10, num_samples: int = 2000, mode: str | None = None
     ) -> list[tuple[str, float]]:
-        """LIME explanation of one row: ``[(feature condition, weight), ...]`` by |weight|, for the explained
-        class (classification) or output (regression)."""
+        """LIME explanation of one row: ``[(feature condition, weight), ...]`` by |weight|.
+
+        The local model is fitted to the explained output, as SHAP's: the chosen column after the link (so
+        with ``link="logit"`` the weights are in log-odds). ``mode="classification"`` fits LIME's classifier
+        mode to the raw probabilities instead (same weights with the identity link); it is refused with another
+        link, which it would ignore, and for a 1-D output.
+        """
         from lime.lime_tabular import LimeTabularExplainer
 
-        r = self._rows(row)[0].astype(np.float64)
-        mode = mode or ("classification" if self.class_index is not None else "regression")
+        X = self._rows(row)
+        if X.shape[0] != 1:
+            raise InvalidInput(f"lime explains one row, got {X.shape[0]}")
+        self._require_finite(X, "LIME")
+        r = X[0].astype(np.float64)
+        # Regression over predict() by default: classifier mode would explain predict_all's raw columns, i.e.
+        # the probability even under link="logit", and treats a regressor's [N, 1] output as probabilities.
+        mode = mode or "regression"
+        if mode not in ("classification", "regression"):
+            raise InvalidInput(f"mode must be 'classification' or 'regression', got {mode!r}")
+        if mode == "classification" and (self.class_index is None or self.link != "identity"):
+            raise InvalidInput(
+                "LIME's classification mode explains a 2-D probability output with link='identity'; "
+                f"this explainer's output is {self.output_label} (use the default regression mode)"
+            )
         explainer = LimeTabularExplainer(
             self.background.astype(np.float64),
             feature_names=self.feature_names,
