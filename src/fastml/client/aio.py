@@ -37,6 +37,7 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.buffer = wire.FrameBuffer(chunk_bytes)
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, asyncio.Future] = {}
+        self.pings: set[int] = set()  # request ids of PINGs in flight: their answer is a PONG, not outputs
         self.next_id = 1
         self.out: list[bytes] = []
         self.flush_due = False
@@ -88,6 +89,10 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 fut.set_result(item[4])
                 continue
             try:
+                if item[1] in self.pings:
+                    wire.check_pong(item)
+                    fut.set_result(None)
+                    continue
                 fut.set_result(wire.result_of(item))
             except FastMLError as exc:
                 fut.set_exception(exc)
@@ -344,8 +349,8 @@ class AsyncClient:
             waiting.pop(rid, None)
             if timer is not None:
                 timer.cancel()
-            if self.retries <= 0 or _monotonic() + self.retry_backoff_s >= deadline:
-                raise
+            if self._closed or self.retries <= 0 or _monotonic() + self.retry_backoff_s >= deadline:
+                raise  # a closed client has no connection to retry on
             await asyncio.sleep(self.retry_backoff_s)
             return await self._infer_retrying(model, inputs, version, outputs, timeout_s, timeout_us, deadline, 1)
         except BaseException:
@@ -376,7 +381,7 @@ class AsyncClient:
                     conn.waiting.pop(rid, None)
             except Unavailable:
                 backoff_s = self.retry_backoff_s * 2**attempt
-                if attempt >= self.retries or time.monotonic() + backoff_s >= deadline:
+                if self._closed or attempt >= self.retries or time.monotonic() + backoff_s >= deadline:
                     raise
                 await asyncio.sleep(backoff_s)
                 attempt += 1
@@ -430,7 +435,7 @@ class AsyncClient:
             if not failed:
                 break
             backoff_s = self.retry_backoff_s * 2**attempt
-            if attempt >= self.retries or _monotonic() + backoff_s >= deadline:
+            if self._closed or attempt >= self.retries or _monotonic() + backoff_s >= deadline:
                 break  # the failed slots keep their Unavailable
             await asyncio.sleep(backoff_s)
             attempt += 1
@@ -477,6 +482,7 @@ class AsyncClient:
         rid = conn.new_id()
         fut = asyncio.get_running_loop().create_future()
         conn.waiting[rid] = fut
+        conn.pings.add(rid)
         t0 = time.perf_counter()
         conn.send(wire.encode_control(wire.PING, rid))
         try:
@@ -485,11 +491,16 @@ class AsyncClient:
             raise DeadlineExceeded(f"no PONG from {self.address} within {timeout_s:.3f} s") from None
         finally:
             conn.waiting.pop(rid, None)  # a PONG that never came must not stay in the connection's books
+            conn.pings.discard(rid)
         return time.perf_counter() - t0
 
     async def close(self) -> None:
         """Close every connection; calls still waiting fail with Unavailable."""
         self._closed = True
+        for i, opening in enumerate(self._opening):
+            if opening is not None:
+                opening.cancel()  # _connection turns this into Unavailable for the calls waiting on it
+            self._opening[i] = None
         for i, conn in enumerate(self._conns):
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
@@ -527,15 +538,32 @@ class AsyncClient:
             return conn
         opening = self._opening[i]
         if opening is None:
-            opening = asyncio.ensure_future(self._open())
+            opening = asyncio.ensure_future(self._open_slot(i))
+            opening.add_done_callback(_retrieve)
             self._opening[i] = opening
-            try:
-                conn = await opening
-            finally:
-                self._opening[i] = None
-            self._conns[i] = conn
-            return conn
-        return await asyncio.shield(opening)
+        # Every caller waits through a shield: the opening is shared, so cancelling the call that started it
+        # must not cancel it under the other calls waiting for the same connection.
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if opening.cancelled() and self._closed and (task is None or not task.cancelling()):
+                # close() cancelled the opening, not this call's caller: the closed client's error
+                raise Unavailable("the client is closed") from None
+            raise
+
+    async def _open_slot(self, i: int) -> _ClientProtocol:
+        """Open the connection of slot ``i`` and file it there (once, for every caller waiting on it)."""
+        try:
+            conn = await self._open()
+        finally:
+            self._opening[i] = None
+        if self._closed:  # closed meanwhile: a connection filed now would stay open in a closed client
+            if conn.transport is not None:
+                conn.transport.close()
+            raise Unavailable("the client is closed")
+        self._conns[i] = conn
+        return conn
 
     async def _open(self) -> _ClientProtocol:
         loop = asyncio.get_running_loop()
@@ -555,6 +583,12 @@ class AsyncClient:
         except (TimeoutError, OSError) as exc:
             raise Unavailable(f"cannot connect to {self.address}: {getattr(exc, 'strerror', None) or exc}") from None
         return proto
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark a shared opening's outcome as seen: with no caller left waiting, asyncio would log it as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _expire(fut: asyncio.Future, timeout_s: float) -> None:

@@ -269,9 +269,10 @@ class Client:
         conn = self._lease()
         t0 = time.perf_counter()
         rid = conn.new_id()
-        conn.exchange([(rid, wire.encode_control(wire.PING, rid))], deadline, 1)
+        answer = conn.exchange([(rid, wire.encode_control(wire.PING, rid))], deadline, 1)[rid]
         rtt = time.perf_counter() - t0
         self._release(conn)
+        wire.check_pong(answer)  # an error frame is not a round trip to report
         return rtt
 
     def close(self) -> None:

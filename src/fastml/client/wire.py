@@ -89,6 +89,16 @@ def result_of(item: tuple) -> dict:
     raise errors.InternalError(f"the server sent an unexpected frame of type {kind}")
 
 
+def check_pong(item: tuple) -> None:
+    """Accept a PING's answer: a PONG; an error frame raises its class, any other frame is InternalError."""
+    kind = item[0]
+    if kind == PONG:
+        return
+    if kind in (ERROR, INVALID):
+        result_of(item)  # raises the error the frame carries
+    raise errors.InternalError(f"the server answered a PING with a frame of type {kind}")
+
+
 def parse_address(address: str) -> tuple[str, object]:
     """``"host:port"``, ``"[v6]:port"``, ``"tcp://host:port"`` or ``"unix:/path"`` -> (family, sockaddr).
 
@@ -219,6 +229,7 @@ __all__ = [
     "PONG",
     "Parser",
     "VERSION",
+    "check_pong",
     "encode_control",
     "encode_error",
     "encode_request",
