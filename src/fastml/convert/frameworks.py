@@ -38,6 +38,8 @@ from fastml.errors import InvalidInput
 FORMATS = ("onnx", "sklearn", "xgboost", "lightgbm", "torch", "tensorflow")
 # Rows the parity check runs on when no sample is given: enough to cross many tree splits.
 PARITY_ROWS = 256
+# Default-sample rows copied with some values set to exactly 0 and (where the source model takes them) NaN.
+EDGE_ROWS = 64
 
 
 @dataclasses.dataclass
@@ -202,6 +204,8 @@ def _n_features(obj, fmt: str, path: Path) -> int:
 def _sample_rows(n_features: int, sample) -> np.ndarray:
     if sample is not None:
         x = _load_sample(sample) if isinstance(sample, (str, os.PathLike)) else np.asarray(sample)
+        if np.iscomplexobj(x):  # the cast below would drop the imaginary parts with only a warning
+            raise InvalidInput(f"sample rows must be real numbers; got {x.dtype}")
         try:
             x = np.ascontiguousarray(x, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -214,6 +218,30 @@ def _sample_rows(n_features: int, sample) -> np.ndarray:
         return x
     rng = np.random.default_rng(0)
     return rng.normal(size=(PARITY_ROWS, n_features)).astype(np.float32)
+
+
+def _with_edge_rows(x: np.ndarray, *, nan: bool) -> np.ndarray:
+    """``x`` plus rows holding exact zeros and, when ``nan``, NaNs: random normal rows never contain either,
+    yet tree models route both specially (missing values; LightGBM's ``zero_as_missing``), so a conversion
+    that gets that routing wrong would otherwise pass parity on the default sample."""
+    rng = np.random.default_rng(1)
+    base = x[:EDGE_ROWS]
+    parts = [x, np.zeros((1, x.shape[1]), np.float32), np.where(rng.random(base.shape) < 0.3, 0, base)]
+    if nan:
+        parts += [np.full((1, x.shape[1]), np.nan, np.float32), np.where(rng.random(base.shape) < 0.3, np.nan, base)]
+    return np.ascontiguousarray(np.concatenate(parts).astype(np.float32))
+
+
+def _takes_nan(obj, fmt: str, n_features: int) -> bool:
+    """Whether the source model predicts on a row with missing values (boosters always do; many scikit-learn
+    estimators raise)."""
+    if fmt != "sklearn":
+        return True
+    try:
+        _tree_reference(obj, fmt, np.full((1, n_features), np.nan, np.float32))
+    except Exception:  # noqa: BLE001 - scikit-learn's "Input X contains NaN" is a ValueError, others vary
+        return False
+    return True
 
 
 def _load_sample(path) -> np.ndarray:
@@ -284,8 +312,7 @@ def _torch_to_onnx(module, x: np.ndarray, opset: int):
     sample = torch.from_numpy(x[: max(2, min(len(x), 8))])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        probe = module(sample)
-        n_out = len(probe) if isinstance(probe, (tuple, list)) else 1
+        n_out = len(_torch_outputs(_torch_call(module, sample)))
         outputs = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
         try:
             torch.onnx.export(
@@ -303,13 +330,39 @@ def _torch_to_onnx(module, x: np.ndarray, opset: int):
     return onnx.load_from_string(buf.getvalue())
 
 
+def _torch_call(module, sample):
+    try:
+        return module(sample)
+    except Exception as exc:  # noqa: BLE001 - a sample of the wrong width, a module taking several inputs
+        raise InvalidInput(
+            f"{type(module).__name__} does not run on the sample rows (one float32 tensor of shape "
+            f"{list(sample.shape)}; modules with several inputs are not supported; give rows it takes with "
+            f"--sample FILE.npy): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _torch_outputs(out) -> list:
+    """A module's output as the flat list of tensors ``torch.onnx.export`` makes graph outputs of: tuples,
+    lists and dict values (in insertion order), nested, flattened depth-first."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _torch_outputs(o)]
+    if out is None:
+        return []
+    if not hasattr(out, "detach"):
+        raise InvalidInput(
+            f"a PyTorch module's output must be tensors (or tuples/dicts of them); got {type(out).__name__}"
+        )
+    return [out]
+
+
 def _torch_reference(module, x: np.ndarray) -> list[np.ndarray]:
     import torch
 
     with torch.no_grad():
-        out = module(torch.from_numpy(x))
-    outs = out if isinstance(out, (tuple, list)) else [out]
-    return [o.detach().cpu().numpy() for o in outs]
+        out = _torch_call(module, torch.from_numpy(x))
+    return [o.detach().cpu().numpy() for o in _torch_outputs(out)]
 
 
 def _torch_sample(module, sample, path: Path) -> np.ndarray:
@@ -354,8 +407,9 @@ def convert_file(
     import onnxruntime as ort
 
     for label, tol in (("atol", atol), ("rtol", rtol)):
-        if not (isinstance(tol, (int, float)) and tol >= 0):  # NaN fails this too
-            raise InvalidInput(f"parity tolerance {label} must be a number >= 0; got {tol!r}")
+        # NaN fails this too; inf would let every difference through, turning the parity check off.
+        if not (isinstance(tol, (int, float)) and 0 <= tol < float("inf")):
+            raise InvalidInput(f"parity tolerance {label} must be a finite number >= 0; got {tol!r}")
     if Path(output).is_dir():
         raise InvalidInput(f"output {str(output)!r} is a directory; give the ONNX file to write")
     path = Path(source)
@@ -375,6 +429,8 @@ def convert_file(
     else:
         n_features = _n_features(obj, fmt, path)
         x = _sample_rows(n_features, sample)
+        if sample is None:
+            x = _with_edge_rows(x, nan=_takes_nan(obj, fmt, n_features))
         onx = _tree_to_onnx(obj, fmt, n_features, opset)
         onx.graph.name = f"fastml_{type(obj).__name__}"  # skl2onnx names graphs with a random uuid
         data = onx.SerializeToString()
@@ -396,7 +452,12 @@ def convert_file(
         elif fmt == "tensorflow":
             pairs = list(zip(out_names, obj.reference(x)))
         else:
-            ref = _tree_reference(obj, fmt, x)
+            try:
+                ref = _tree_reference(obj, fmt, x)
+            except Exception as exc:  # noqa: BLE001 - e.g. scikit-learn refusing inf or NaN in the sample
+                raise InvalidInput(
+                    f"{str(path)!r}: the source model does not predict on the sample rows: {type(exc).__name__}: {exc}"
+                ) from exc
             pairs = [(_pick_output(k, ref[k], got), v) for k, v in ref.items()]
         for name, want in pairs:
             have = (

@@ -21,6 +21,7 @@ def register_converters() -> None:
 
     register_derived_converter()
     _patch_hist_gradient_boosting()
+    _patch_tree_missing_values()
     cls_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
     try:
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
@@ -74,6 +75,40 @@ def _patch_hist_gradient_boosting() -> None:
 
     fixed._fastml_fixed = True
     rf.add_tree_to_attribute_pairs_hist_gradient_boosting = fixed
+
+
+def _patch_tree_missing_values() -> None:
+    # scikit-learn trees (>= 1.3) send a NaN down the side recorded in tree_.missing_go_to_left (for a tree
+    # fitted without missing values: the child that saw more samples). skl2onnx 1.20 leaves
+    # nodes_missing_value_tracks_true at 0, so ONNX Runtime sends every NaN to the false (right) branch: the
+    # converted DecisionTree / RandomForest / ExtraTrees / GradientBoosting answers differently for any row
+    # with a missing value. Copy scikit-learn's direction onto each branch node the converter adds.
+    import skl2onnx.common.tree_ensemble as te
+    from skl2onnx.operator_converters import decision_tree, gradient_boosting, random_forest
+
+    orig = te.add_tree_to_attribute_pairs
+    if getattr(orig, "_fastml_fixed", False):
+        return
+
+    @functools.wraps(orig)
+    def fixed(attr_pairs, is_classifier, tree, *args, **kwargs):
+        key = "nodes_missing_value_tracks_true"
+        start = len(attr_pairs[key])
+        orig(attr_pairs, is_classifier, tree, *args, **kwargs)
+        go_left = getattr(tree, "missing_go_to_left", None)
+        if go_left is None:  # scikit-learn < 1.3: trees refuse NaN at predict time, nothing to match
+            return
+        tracks = attr_pairs[key]
+        for i in range(tree.node_count):
+            # A branch node's true child is its left child (BRANCH_LEQ), so "left" is "true".
+            is_branch = tree.children_left[i] > i or tree.children_right[i] > i
+            tracks[start + i] = int(bool(go_left[i])) if is_branch else 0
+
+    fixed._fastml_fixed = True
+    te.add_tree_to_attribute_pairs = fixed
+    for module in (decision_tree, gradient_boosting, random_forest):
+        # Each converter module imported the function by name; rebind it there too.
+        module.add_tree_to_attribute_pairs = fixed
 
 
 def initial_types(spec: InputSpec):
