@@ -44,6 +44,8 @@ def test_check_cards(capsys, tmp_path):
     assert "<!DOCTYPE html>" in html_path.read_text()
     rc, _, err = _run(capsys, "governance", "check", str(tmp_path / "nope.toml"))
     assert rc == 2 and "does not exist" in err
+    rc, _, err = _run(capsys, "governance", "check", str(tmp_path))  # a directory was said not to exist
+    assert rc == 2 and err == f"fastml: error: InvalidInput: model card {tmp_path} is a directory, not a file\n"
     rc, _, err = _run(capsys, "governance", "check", str(CARDS["credit"]), "--rulesets", "sox")
     assert rc == 2 and "unknown rule set" in err
 

@@ -198,7 +198,9 @@ def load_card(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     if not p.is_file():
-        raise InvalidInput(f"model card {p} does not exist")
+        raise InvalidInput(
+            f"model card {p} is a directory, not a file" if p.is_dir() else f"model card {p} does not exist"
+        )
     raw = p.read_bytes()
     try:
         if p.suffix.lower() == ".toml":
