@@ -84,6 +84,18 @@ def test_a_fatal_answer_retires_the_connection(server):
     assert srv.connections == 2
 
 
+def test_an_answer_to_another_request_id_fails_the_call_at_once(server):
+    # A server out of step answers an id this connection never sent: the call used to wait out its timeout
+    # (DeadlineExceeded) with the stray answer ignored; the stream is broken, so it fails with InternalError.
+    def wrong_id(conn, item):
+        conn.sendall(wire.encode_response(item[1] + 1000, item[2], "1", {k: np.array(v) for k, v in item[5].items()}))
+
+    srv = server(wrong_id)
+    with Client(srv.address, retries=0, timeout_s=2) as client:
+        with pytest.raises(errors.InternalError, match=r"answered request id \d+, which is not awaited"):
+            client.infer("m", {"x": np.ones((1, 2), np.float32)})
+
+
 def test_async_ping_timeout_is_deadline_exceeded_and_forgotten(server):
     srv = server(lambda conn, item: True)  # never answers a PING
 

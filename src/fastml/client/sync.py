@@ -137,6 +137,13 @@ class _Connection:
                         results[rid] = item
                     elif item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL:
                         raise wire.error_from_frame(item[3], item[2], item[4])
+                    else:
+                        # One exchange at a time per connection (a timed-out one closes it): an answer to a
+                        # request this exchange did not send, or answered already, means the stream is out of
+                        # step; waiting on would end only at the deadline.
+                        raise InternalError(
+                            f"{self.address} answered request id {rid}, which is not awaited on this connection"
+                        )
                 if fatal is not None:
                     raise InternalError(f"the server sent bytes that are not a frame: {fatal[1]}")
             if progressed:
