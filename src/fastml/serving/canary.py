@@ -105,6 +105,15 @@ class CanaryPolicy:
             raise InvalidInput(
                 f"steps_pct: increasing percentages within (0, 100] expected, got {list(self.steps_pct)}"
             )
+        # The router splits in basis points: a step is round(pct * 100) bp. A step that rounds to 0 bp sends the
+        # candidate nothing (the canary waits for candidate requests forever), and two steps that round to the
+        # same split would judge one split twice.
+        bps = [int(round(s * 100)) for s in steps]
+        if bps[0] < 1 or any(b <= a for a, b in zip(bps, bps[1:])):
+            raise InvalidInput(
+                f"steps_pct: each step must be a different split of at least 0.01 % (basis points), "
+                f"got {list(self.steps_pct)} -> {bps} bp"
+            )
         if self.interval_s is None and self.interval_requests is None:
             raise InvalidInput("interval_s / interval_requests: set at least one")
         if self.failures_to_rollback < 1:

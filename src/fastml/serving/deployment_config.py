@@ -169,9 +169,19 @@ def _spec(name: str, table, source: str) -> DeploymentSpec:
         spec = msgspec.convert(table, DeploymentSpec)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"{source}: {_where(str(exc), f'deployments.{name}')}") from None
-    spec = msgspec.structs.replace(spec, name=name)
+    spec = msgspec.structs.replace(spec, name=name, canary=_no_null_interval(spec.canary))
     check(spec, source)
     return spec
+
+
+def _no_null_interval(c: CanarySpec | None) -> CanarySpec | None:
+    """``interval_s = null`` (JSON: steps judged by request count only) as ``0.0``, which the controller treats the
+    same (a step's time is always over). TOML has no null: the persisted file would leave the field out and read
+    back the 300 s default, so other server processes and restarts would run another canary, and this process
+    would restart its own as changed at the next re-read of the file."""
+    if c is not None and c.interval_s is None and c.interval_requests is not None:
+        return msgspec.structs.replace(c, interval_s=0.0)
+    return c
 
 
 def parse_one(name: str, text: str | bytes, source: str = "request body") -> DeploymentSpec:
@@ -338,7 +348,7 @@ def dump(specs: dict[str, DeploymentSpec]) -> str:
             ]
         if spec.canary is not None:
             lines.append(f"[deployments.{_q(name)}.canary]")
-            for key, value in msgspec.structs.asdict(spec.canary).items():
+            for key, value in msgspec.structs.asdict(_no_null_interval(spec.canary)).items():
                 if value is not None:
                     lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")

@@ -172,17 +172,20 @@ class Target:
         name: the variant's name. model: its declared model (reference or served model name).
         index: position in the router's variant or shadow list. follows: the reference names an alias
         (polled). entry: the loaded ModelEntry (registry references), or None for a served model, which
-        is looked up in the ModelManager per request so repository reloads are followed too.
+        is looked up in the ModelManager per request so repository reloads are followed too. features: the
+        serving-config overrides of the variant's declared feature join ({} for none): every version the alias
+        moves to is loaded with them, as the first one was.
     """
 
-    __slots__ = ("name", "model", "index", "follows", "entry", "stats", "weight_or_share_bp")
+    __slots__ = ("name", "model", "index", "follows", "entry", "stats", "weight_or_share_bp", "features")
 
-    def __init__(self, name: str, model: str, index: int, follows: bool, entry, bp: int):
+    def __init__(self, name: str, model: str, index: int, follows: bool, entry, bp: int, features: dict | None = None):
         self.name = name
         self.model = model
         self.index = index
         self.follows = follows
         self.entry = entry
+        self.features = features or {}
         self.stats = VariantStats()
         self.weight_or_share_bp = bp
 
@@ -480,13 +483,14 @@ class DeploymentManager:
                             f"{where}.{kind}[{i}].features: {v.model!r} is a served model; declare its features "
                             "in its config.toml, or name a registry reference here"
                         )
+                    features = {} if self._served(v.model) else dconf.feature_overrides(v)
                     if self._served(v.model):
                         entry = None
                         current = self.manager.get(v.model)
                         follows = False
                     else:
                         mname, mversion = self._resolve(v.model, field)
-                        current = entry = self._load(mname, mversion, dconf.feature_overrides(v))
+                        current = entry = self._load(mname, mversion, features)
                         follows = "@" in v.model or not _is_ref(v.model)
                     sig = _signature(current)
                     if signature is None:
@@ -496,7 +500,7 @@ class DeploymentManager:
                             f"{field}: {v.model!r} has a different signature from {first}: "
                             f"{_describe(sig)} vs {_describe(signature)}"
                         )
-                    targets[kind].append(Target(v.name, v.model, i, follows, entry, bp))
+                    targets[kind].append(Target(v.name, v.model, i, follows, entry, bp, features))
             # Shadows pointing at the same loaded model as a variant mirror it onto itself.
             primary_entries = {id(t.current(self.manager)): t.name for t in targets["variants"]}
             for i, s in enumerate(targets["shadows"]):
@@ -744,7 +748,9 @@ class DeploymentManager:
                     if old is not None and (old.name, old.version) == (name, version):
                         continue
                     try:
-                        new = await loop.run_in_executor(None, self._load, name, version)
+                        # With the variant's feature join, as its first version was loaded: loaded plain, the new
+                        # version's signature (the feature columns, not the entity ids) never matches.
+                        new = await loop.run_in_executor(None, self._load, name, version, t.features)
                         if old is not None and _signature(new) != _signature(old):
                             raise InvalidInput(f"{t.model} now names {name}:{version}, whose signature differs")
                     except FastMLError as exc:
