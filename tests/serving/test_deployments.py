@@ -594,11 +594,31 @@ def test_variant_stats_fold_what_the_serving_path_appended():
     st.record_many_threadsafe(bulk)
     d = st.to_dict(samples=True)
     assert d["requests"] == 10_000 and d["errors"] == int((~ok).sum()) == st.errors
-    expected = np.bincount(np.searchsorted(LATENCY_BUCKETS_US, lat, side="left"), minlength=len(st.buckets))
+    # The histogram, the sum and the samples hold the answered requests' latencies only (failures count in
+    # requests and errors).
+    answered = lat[ok]
+    expected = np.bincount(np.searchsorted(LATENCY_BUCKETS_US, answered, side="left"), minlength=len(st.buckets))
     assert st.buckets == expected.tolist()
-    assert st.latency_sum_us == pytest.approx(lat.sum(), rel=1e-12)
+    assert st.latency_sum_us == pytest.approx(answered.sum(), rel=1e-12)
     # LATENCY_SAMPLES of the recorded latencies are kept for percentiles, whatever way they came in.
     samples = d["latency_samples_us"]
-    assert len(samples) == 4096 and set(samples) <= set(lat.tolist())
+    assert len(samples) == 4096 and set(samples) <= set(answered.tolist())
     assert d["latency"]["p99_us"] == pytest.approx(float(np.percentile(samples, 99)))
     assert st.to_dict()["requests"] == 10_000  # folding twice counts nothing twice
+
+
+def test_refused_requests_do_not_make_a_variant_look_faster():
+    # A refused request is recorded at 0 us: counted among the latencies, 90 refusals put a variant whose
+    # answers take 100 us at a p50 of 0, which the canary's latency guards would read as faster.
+    from fastml.serving.deployments import VariantStats
+
+    st = VariantStats()
+    for _ in range(10):
+        st.record_ok(100.0)
+    for _ in range(45):
+        st.record(0.0, False)
+    st.record_many_threadsafe([(0.0, False)] * 45)
+    d = st.to_dict(samples=True)
+    assert (d["requests"], d["errors"]) == (100, 90)
+    assert d["latency_samples_us"] == [100.0] * 10 and d["latency"]["p50_us"] == 100.0
+    assert sum(st.buckets) == 10 and st.latency_sum_us == 1000.0

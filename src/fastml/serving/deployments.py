@@ -65,6 +65,10 @@ class VariantStats:
     """Counters of one variant or shadow in this process: requests, errors, recent latencies (us), and a
     cumulative latency histogram (``LATENCY_BUCKETS_US``, then +Inf) with the latency sum.
 
+    Latencies are those of answered requests (as Triton's request duration counts only successes): a failed
+    request counts in ``requests`` and ``errors`` only. Refused requests are recorded at 0 us, so counting
+    them would make a candidate that fails fast look faster to the canary's p99 and Mann-Whitney guards.
+
     The serving path only appends: :attr:`record_ok` (a bound ``list.append``, no Python frame per request)
     for an answered request, :meth:`record` for a failed one, :meth:`record_threadsafe` from another thread
     (the shadow runner). Readers fold what was appended into the counters (:meth:`sync`, under a lock: the
@@ -73,7 +77,7 @@ class VariantStats:
     """
 
     __slots__ = (
-        "requests",
+        "_answered",
         "_errors",
         "_thread_errors",
         "latency_us",
@@ -88,7 +92,7 @@ class VariantStats:
     FOLD_EVERY = 4096
 
     def __init__(self):
-        self.requests = 0
+        self._answered = 0  # folded by sync: one per latency in the books
         self._errors = 0  # the event loop's thread (record)
         self._thread_errors = 0  # folded from the inbox (sync, under the lock)
         self.latency_us: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -103,10 +107,16 @@ class VariantStats:
     def errors(self) -> int:
         return self._errors + self._thread_errors
 
+    @property
+    def requests(self) -> int:
+        """Answered and failed requests (answered ones count once :meth:`sync` folds them in)."""
+        return self._answered + self.errors
+
     def record(self, latency_us: float, ok: bool) -> None:
-        """One answered (``ok``) or failed request (the event loop's thread)."""
+        """One answered (``ok``) or failed request (the event loop's thread); a failure's latency is not kept."""
         if not ok:
             self._errors += 1
+            return
         pending = self._pending
         pending.append(latency_us)
         if len(pending) >= self.FOLD_EVERY:
@@ -130,6 +140,7 @@ class VariantStats:
                 latency_us, ok = inbox.popleft()
                 if not ok:
                     self._thread_errors += 1
+                    continue
                 pending.append(latency_us)
             n = len(pending)
             if not n:
@@ -137,7 +148,7 @@ class VariantStats:
             # In place (the serving thread may append meanwhile; list slicing and deletion hold the GIL).
             values = pending[:n]
             del pending[:n]
-            self.requests += n
+            self._answered += n
             self.latency_us.extend(values)
             self.latency_sum_us += sum(values)
             buckets = self.buckets
