@@ -47,7 +47,7 @@ from fastml import errors
 from fastml._h2 import Session, encode_infer_response, parse_infer_request
 from fastml.errors import FastMLError, InvalidInput
 from fastml.server import auth as auth_mod
-from fastml.server.grpc_service import HealthServicer, InferenceServicer, decode_infer_request, grpc_status
+from fastml.server.grpc_service import HealthServicer, InferenceServicer, decode_for_plane, grpc_status
 from fastml.server.grpc_service import encode_infer_response as encode_infer_message
 from fastml.server.proto import grpc_service_pb2 as pb
 from fastml.server.tensors import NP_DTYPES, datatype_of, output_bytes
@@ -485,7 +485,7 @@ class GrpcConnection(asyncio.Protocol):
         Raises:
             FastMLError: the request is refused.
         """
-        req, out_shm = decode_infer_request(request, self.shm)
+        req, out_shm = decode_for_plane(self.plane, request, self.shm)
         if timeout_us is not None and "timeout" not in req.parameters:
             req.parameters["timeout"] = timeout_us
         return self.plane.submit(req), out_shm

@@ -163,6 +163,13 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
         shape = tuple(tensor.shape)
         count = _count(shape, where)
         region = shm_params.tensor_params(_params(tensor.parameters)) if tensor.parameters else None
+        if n_raw and tensor.HasField("contents"):
+            # Triton refuses it: with raw_input_contents present, typed contents would be silently dropped (or
+            # the raw entries would shift onto the wrong inputs).
+            raise InvalidInput(
+                f"contents field must not be specified when using raw_input_contents for '{name}' "
+                f"for model '{msg.model_name}'"
+            )
         if region is not None:
             inputs[name] = shm.input_view(region[0], region[1], region[2], dtype, shape, where)
         elif n_raw:
@@ -216,6 +223,26 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
         classify=classify,
     )
     return req, out_shm
+
+
+def decode_for_plane(plane, msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, dict | None]:
+    """:func:`decode_infer_request`, with a refused request answered and counted as HTTP answers and counts it:
+    an unknown or unloaded model (or version) is NOT_FOUND / UNAVAILABLE whatever else is wrong with the request,
+    and a malformed request to a served model is a failure in that model's statistics.
+
+    Raises:
+        NotFound / Unavailable: the model is not served. InvalidInput: a malformed request.
+    """
+    try:
+        return decode_infer_request(msg, shm)
+    except InvalidInput as exc:
+        name = msg.model_name
+        deployments = plane.deployments
+        if deployments is not None and name in deployments.table:
+            raise  # resolving a deployment takes a routing decision: nothing to count the refusal against
+        entry = plane.resolve(name, msg.model_version or None)  # raises NotFound / Unavailable first
+        plane.count_failure(entry, exc)
+        raise
 
 
 def encode_infer_response(resp, shm, out_shm: dict | None) -> pb.ModelInferResponse:
@@ -388,7 +415,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ----- inference -----------------------------------------------------------------------------
     async def _infer(self, request) -> pb.ModelInferResponse:
-        req, out_shm = decode_infer_request(request, self.shm)
+        req, out_shm = decode_for_plane(self.dataplane, request, self.shm)
         resp = await self.dataplane.submit(req)
         return encode_infer_response(resp, self.shm, out_shm)
 
@@ -534,6 +561,7 @@ __all__ = [
     "GrpcListener",
     "HealthServicer",
     "InferenceServicer",
+    "decode_for_plane",
     "decode_infer_request",
     "encode_infer_response",
     "grpc_status",

@@ -17,7 +17,11 @@ import numpy as np
 
 from fastml.errors import InvalidInput
 from fastml.serving.classification import requested_count
-from fastml.serving.dataplane import CONFIG_DTYPES, request_timeout_us  # noqa: F401 - CONFIG_DTYPES re-exported
+from fastml.serving.dataplane import (  # noqa: F401 - CONFIG_DTYPES re-exported
+    CONFIG_DTYPES,
+    check_classifiable,
+    request_timeout_us,
+)
 from fastml.serving.shm import shape_count
 
 # KServe datatype string -> numpy dtype (little-endian, as the binary extension requires).
@@ -349,6 +353,9 @@ def build_plan(req: InferRequestJSON, output_names: frozenset[str] | set[str], m
             # Refused as the data plane refuses it for gRPC and the binary protocol (Triton: a bad request).
             raise InvalidInput(f"an output is requested twice: {[name for name, _ in outs]}")
         plan.outputs = outs
+        if plan.classify:
+            # Refused here, before the model runs, so the refusal counts as a failure, not a success.
+            check_classifiable(output_names, plan.classify)
     # A plan with an id is reused only for the same header bytes, hence the same id: still cacheable.
     return plan
 

@@ -84,6 +84,42 @@ FAILURE_REASON: dict[type[FastMLError], str] = {
 }
 
 
+# Output datatypes Triton's classification extension refuses (no order or no fixed size); the same rule
+# fastml.serving.classification applies to the answer's arrays, checked here before the request runs.
+_UNCLASSIFIABLE = frozenset(("BOOL", "FP16", "BYTES"))
+
+
+class OutputNames(frozenset):
+    """A model's output names (``entry.cache["output_names"]``, what transports check requested outputs
+    against), carrying ``datatypes`` (name -> KServe datatype) so that a decoder holding only this set can refuse
+    a classification the output's type cannot give before the request runs (:func:`check_classifiable`)."""
+
+    datatypes: dict[str, str]
+
+    def __new__(cls, names, datatypes: dict[str, str]):
+        self = super().__new__(cls, names)
+        self.datatypes = datatypes
+        return self
+
+
+def check_classifiable(output_names, classify: dict[str, int]) -> None:
+    """Refuse, before the model runs, outputs asked to be classified whose datatype cannot be: refused only
+    after the run, the request would be answered 400 yet counted a success in the model's statistics.
+
+    Raises:
+        InvalidInput: Triton's message for an unsupported type.
+    """
+    datatypes = getattr(output_names, "datatypes", None)
+    if not datatypes:
+        return
+    for name in classify:
+        datatype = datatypes.get(name)
+        if datatype in _UNCLASSIFIABLE:
+            raise InvalidInput(
+                f"output {name!r}: class result not available for output due to unsupported type '{datatype}'"
+            )
+
+
 class InferRequest:
     """One inference request, as a transport decoded it.
 
@@ -156,20 +192,29 @@ class InferResponse:
 
 
 MAX_TIMEOUT_US = 86_400_000_000  # one day: a longer request deadline is a mistake
+_MAX_PRIORITY = 2**64 - 1  # Triton's priority is a uint64
 
 
 def request_timeout_us(params: dict, model_name: str) -> int | None:
     """Check the transport-neutral request parameters; return the ``timeout`` in microseconds or None.
 
     Raises:
-        InvalidInput: a sequence parameter (our models are stateless) or a timeout that is not a
-            non-negative integer.
+        InvalidInput: a sequence parameter (our models are stateless), a priority that is not a uint64, or a
+            timeout that is not a non-negative integer.
     """
     if not params:
         return None
     for key in _SEQUENCE_PARAMS:
         if key in params and params[key] not in (0, False, ""):
             raise InvalidInput(f"parameter {key!r}: model {model_name!r} is not a sequence model")
+    priority = params.get("priority")
+    if priority is not None and (
+        not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= _MAX_PRIORITY
+    ):
+        # Triton takes a uint64 only (HTTP and gRPC alike). Accepted and unused here (every request has the one
+        # default level, as on a Triton model without priority levels); a string, float or negative value is a
+        # client mistake to say, not to run as if it had been honoured.
+        raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
     timeout = params.get("timeout")
     if timeout is None:
         return None
@@ -311,10 +356,15 @@ class DataPlane:
         classify = req.classify
         if classify:
             unknown = [n for n in classify if n not in names]
-            if unknown:
-                exc = InvalidInput(f"output {unknown[0]!r} is to be classified but is not among the answered outputs")
+            try:
+                if unknown:
+                    raise InvalidInput(
+                        f"output {unknown[0]!r} is to be classified but is not among the answered outputs"
+                    )
+                check_classifiable(entry.cache["output_names"], classify)
+            except InvalidInput as exc:
                 self.count_failure(entry, exc)
-                raise exc
+                raise
         inner = self.submit_arrays(entry, req.inputs, timeout_us, req.id)
         outer = inner.get_loop().create_future()
         inner.add_done_callback(lambda fut: self._answer(entry, req.id, names, fut, outer, classify))
@@ -528,7 +578,6 @@ class DataPlane:
             native = d.transport_cache["native"] = deployments.native_routes(d)
         opened: dict = {}  # variant index -> its route this pass, or None
         name = d.name
-
         def choose():
             decisions = native.decisions
             index = decisions.pop() if decisions else native.redraw()  # redrawn in one native call when used up
@@ -847,7 +896,7 @@ class DataPlane:
         entry.cache["metadata"] = metadata
         entry.cache["config"] = config
         # Set last: its presence is what resolve() checks.
-        entry.cache["output_names"] = frozenset(outs)
+        entry.cache["output_names"] = OutputNames(outs, {t.name: t.datatype for t in sig.outputs})
 
 
 __all__ = [
@@ -856,6 +905,8 @@ __all__ = [
     "FAILURE_REASON",
     "InferRequest",
     "InferResponse",
+    "OutputNames",
+    "check_classifiable",
     "failure_reason",
     "model_snapshot",
     "model_statistics_from_snapshot",
