@@ -352,3 +352,34 @@ def test_new_weights_apply_to_the_next_native_request(manager, onnx_models):
     out, _ = _run(manager, Native, [_plain("split", x)] * 21, flip)
     variants = [hdr["parameters"]["variant"] for _, hdr, _ in _responses(out)]
     assert variants[1:] == ["right"] * 20
+
+
+class _Recorder:
+    """A prediction logger (what the live monitor attaches): its model has no native path."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def log(self, **_):
+        self.calls += 1
+
+
+def test_a_variant_the_native_path_cannot_take_keeps_its_share(manager, onnx_models):
+    """A 50/50 split whose 'right' model has a prediction logger: the native intake used to decline only the
+    requests drawn for 'right', and the Python path drew again for them, so 'right' got p^2 = 25 % of the
+    traffic. The whole deployment now goes through the Python path while a variant cannot be taken natively."""
+    x = _x(onnx_models)
+    n = 400
+    model = manager.get("b").model
+    recorder = _Recorder()
+    model.prediction_logger = recorder
+    try:
+        out, _ = _run(manager, Native, [_plain("split", x)] * n)
+    finally:
+        model.prediction_logger = None
+    variants = [hdr["parameters"]["variant"] for _, hdr, _ in _responses(out)]
+    assert len(variants) == n
+    right = variants.count("right")
+    # binomial(400, 0.5): outside 140..260 with p < 1e-9; at 25 % (100 expected) inside with p < 1e-5
+    assert 140 < right < 260
+    assert recorder.calls == right  # every request 'right' answered was logged

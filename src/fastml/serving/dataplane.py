@@ -561,8 +561,8 @@ class DataPlane:
         if version is not None or d.shadows:
             return None
         key = (d, timeout_us)
-        kept = self._variant_pass.get(key)
-        if kept is not None:
+        kept = self._variant_pass.get(key, _MISSING)
+        if kept is not _MISSING:
             return kept
         if not self._variant_pass_due:
             # Queued before a route schedules the model's flush: the pass's requests are recorded with the
@@ -578,6 +578,22 @@ class DataPlane:
             native = d.transport_cache["native"] = deployments.native_routes(d)
         opened: dict = {}  # variant index -> its route this pass, or None
         name = d.name
+        # Every variant that can be drawn is opened now. One the native path cannot take (a prediction logger, no
+        # native batcher, a model that failed to resolve) sends the whole deployment through the Python path for
+        # the pass: declining only the requests drawn for it would let the Python path draw again for them, and
+        # that variant would get p^2 of the traffic instead of p (1 % instead of 10 % of a 90/10 split).
+        for index, weight in enumerate(d.router.weights_bp):
+            if weight <= 0:
+                continue
+            try:
+                route = self._open_variant(native.token(index), name, timeout_us, loop)
+            except FastMLError:
+                route = None
+            if route is None:
+                self._variant_pass[key] = None
+                return None
+            opened[index] = route
+
         def choose():
             decisions = native.decisions
             index = decisions.pop() if decisions else native.redraw()  # redrawn in one native call when used up
