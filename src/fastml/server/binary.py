@@ -260,7 +260,8 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             if not inputs:  # as the HTTP and gRPC transports say it, once the model is known
                 plane.resolve(model, version)
                 raise InvalidInput("request has no inputs")
-            if outputs is None:
+            deployments = plane.deployments
+            if outputs is None and (deployments is None or model not in deployments.table):
                 entry = plane.resolve(model, version)
                 # Registered first: the engine holds the request from the submit on.
                 inflight[rid] = entry
@@ -277,6 +278,9 @@ class BinaryProtocol(asyncio.BufferedProtocol):
                 fut = plane.submit_arrays(entry, inputs, timeout_us or None)
                 call = _Call(self, rid, entry)
             else:
+                # Requested outputs, or a deployment: the data plane's general path, which routes a deployment's
+                # request and books it (the variant's requests, errors and latency that its canary judges, its
+                # shadows); the fast path above would only take a routing decision and submit to its model.
                 params = {"timeout": timeout_us} if timeout_us else {}
                 fut = plane.submit(
                     InferRequest(model, inputs, model_version=version, outputs=outputs, parameters=params)
