@@ -383,3 +383,30 @@ def test_a_variant_the_native_path_cannot_take_keeps_its_share(manager, onnx_mod
     # binomial(400, 0.5): outside 140..260 with p < 1e-9; at 25 % (100 expected) inside with p < 1e-5
     assert 140 < right < 260
     assert recorder.calls == right  # every request 'right' answered was logged
+
+
+def test_metadata_config_and_readiness_take_no_routing_decision(manager):
+    """Metadata, config and readiness of a deployment used to take (and count) a keyless routing decision: a
+    readiness probe every second inflated ``routed``, and the answer came from a variant drawn at random. They
+    now read the heaviest variant, and readiness asks every variant a request can be routed to."""
+
+    async def go(plane, dm):
+        for _ in range(50):
+            assert plane.model_ready("split")
+            plane.model_metadata("split")
+            plane.model_config("one")
+        names = {plane.model_metadata("one")["name"] for _ in range(20)}
+        counts = dm.table["split"].router.counts()["routed"], dm.table["one"].router.counts()["routed"]
+        b = manager.get("b").model
+        b.ready, was = False, b.ready
+        try:
+            # 'one' routes everything to 'a' ('idle' on 'b' has weight 0); 'split' sends half its requests to 'b'
+            ready = plane.model_ready("one"), plane.model_ready("split")
+        finally:
+            b.ready = was
+        return counts, names, ready
+
+    counts, names, ready = _on_plane(manager, go)
+    assert counts == ([0, 0], [0, 0])
+    assert names == {"a"}
+    assert ready == (True, False)

@@ -410,14 +410,14 @@ class Server:
         if kind == routes.SERVER_META:
             return 200, encode_json(plane.server_metadata()), _JSON
         if kind == routes.MODEL_META:
-            return 200, self.encoded(plane.resolve(name, version), "metadata"), _JSON
+            return 200, self.encoded(plane.resolve(name, version, route=False), "metadata"), _JSON
         if kind == routes.MODEL_READY:
             if plane.model_ready(name, version):
                 return 200, _EMPTY, b"text/plain"
-            entry = plane.resolve(name, version)
+            entry = plane.resolve(name, version, route=False)
             return 503, encode_json({"error": f"model {name!r} version {entry.version} is not ready"}), _JSON
         if kind == routes.MODEL_CONFIG:
-            return 200, self.encoded(plane.resolve(name, version), "config"), _JSON
+            return 200, self.encoded(plane.resolve(name, version, route=False), "config"), _JSON
         if kind == routes.MODEL_STATS:
             return 200, encode_json(plane.model_statistics(name, version)), _JSON
         if kind == routes.ALL_STATS:

@@ -258,7 +258,7 @@ class BinaryProtocol(asyncio.BufferedProtocol):
             if plane.draining or self.draining:
                 raise Unavailable("the server is shutting down")
             if not inputs:  # as the HTTP and gRPC transports say it, once the model is known
-                plane.resolve(model, version)
+                plane.resolve(model, version, route=False)  # NotFound first, and no routing decision counted
                 raise InvalidInput("request has no inputs")
             deployments = plane.deployments
             if outputs is None and (deployments is None or model not in deployments.table):

@@ -421,16 +421,21 @@ class DataPlane:
             outer.set_result(InferResponse(entry.name, entry.version, request_id, outputs))
 
     # ----- inference: the staged way in (hot paths) ---------------------------------------------------
-    def resolve(self, name: str, version: str | None = None):
+    def resolve(self, name: str, version: str | None = None, route: bool = True):
         """The :class:`fastml.serving.ModelEntry` serving ``name`` (latest version if ``version`` is None),
-        with the data plane's per-entry cache filled.
+        with the data plane's per-entry cache filled. For a deployment: a keyless routing decision's variant, or
+        with ``route=False`` (metadata, config, a check that the name exists) its heaviest variant, no decision
+        taken or counted.
 
         Raises:
             NotFound: unknown model or version. Unavailable: known but not loaded.
         """
         deployments = self.deployments
         if deployments is not None and name in deployments.table:
-            entry = deployments.resolve_entry(name)  # a keyless routing decision
+            if route:
+                entry = deployments.resolve_entry(name)  # a keyless routing decision
+            else:
+                entry = deployments.drawable_entries(name)[0]
         elif self.manager is None:
             raise NotFound(messages.unknown_model(name, version))
         else:
@@ -769,7 +774,13 @@ class DataPlane:
         Raises:
             NotFound: unknown model or version. Unavailable: known but not loaded.
         """
-        return bool(self.resolve(name, version).model.ready) and not self.draining
+        if self.draining:
+            return False
+        deployments = self.deployments
+        if deployments is not None and name in deployments.table:
+            # Ready when every variant a request can be routed to is: one that is not would fail its share.
+            return all(bool(e.model.ready) for e in deployments.drawable_entries(name))
+        return bool(self.resolve(name, version).model.ready)
 
     @property
     def extensions(self) -> list[str]:
@@ -784,11 +795,11 @@ class DataPlane:
 
     def model_metadata(self, name: str, version: str | None = None) -> dict:
         """KServe v2 model metadata: name, versions, platform, inputs and outputs with datatypes and shapes."""
-        return self.resolve(name, version).cache["metadata"]
+        return self.resolve(name, version, route=False).cache["metadata"]
 
     def model_config(self, name: str, version: str | None = None) -> dict:
         """Triton's model configuration JSON (what perf_analyzer and tritonclient read)."""
-        return self.resolve(name, version).cache["config"]
+        return self.resolve(name, version, route=False).cache["config"]
 
     def model_statistics(self, name: str | None = None, version: str | None = None) -> dict:
         """Triton statistics: ``{"model_stats": [...]}`` for every model, one model, or one version.

@@ -854,6 +854,21 @@ class DeploymentManager:
         t, _ = self.route(name)
         return t.current(self.manager)
 
+    def drawable_entries(self, name: str) -> list:
+        """The model entries of deployment ``name``'s variants that can be drawn (weight above 0), the heaviest
+        first, without a routing decision: for metadata, config and readiness, which must neither count as
+        routed requests (a readiness probe would inflate ``routed``) nor answer from a variant drawn at random.
+
+        Raises:
+            NotFound: no such deployment. Unavailable: a variant's model is not loaded.
+        """
+        d = self.table.get(name)
+        if d is None:
+            raise NotFound(f"unknown deployment {name!r}")
+        weights = d.router.weights_bp
+        order = sorted((i for i in range(len(d.variants)) if weights[i] > 0), key=lambda i: (-weights[i], i))
+        return [d.variants[i].current(self.manager) for i in order]
+
     def submit(self, plane, req: InferRequest) -> asyncio.Future:
         """Route ``req`` (addressed to a deployment) and submit it; the future resolves to an InferResponse
         naming the deployment, with parameter ``variant``. Shadow copies are submitted beside it."""
