@@ -229,3 +229,31 @@ def test_grpc_and_http_share_one_registry(srv, client):
     finally:
         client.unregister_system_shared_memory()
         obj.close()
+
+
+def test_refused_shared_memory_requests_count_as_the_models_failures(client):
+    # A malformed request through shared memory was answered 400 but missing from the model's statistics,
+    # which count every other refused HTTP (and gRPC) request as a failure.
+    def fails() -> int:
+        stats = client.get_inference_statistics("scale")["model_stats"]
+        return sum(int(s["inference_stats"]["fail"]["count"]) for s in stats)
+
+    key = f"/fastml-hcnt-{uuid.uuid4().hex[:8]}"
+    h = shm.create_shared_memory_region("c", key, 64)
+    try:
+        client.register_system_shared_memory("c", key, 64)
+        before = fails()
+        for setup in (
+            lambda i: i.set_shared_memory("nope", 16),
+            lambda i: i.set_shared_memory("c", 16, offset=60),
+            lambda i: i.set_shared_memory("c", 12),
+        ):
+            i = th.InferInput("x", [1, 4], "FP32")
+            setup(i)
+            with pytest.raises(InferenceServerException) as ei:
+                client.infer("scale", [i])
+            assert ei.value.status() == "400"
+        assert fails() == before + 3
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(h)

@@ -236,12 +236,7 @@ def decode_for_plane(plane, msg: pb.ModelInferRequest, shm) -> tuple[InferReques
     try:
         return decode_infer_request(msg, shm)
     except InvalidInput as exc:
-        name = msg.model_name
-        deployments = plane.deployments
-        if deployments is not None and name in deployments.table:
-            raise  # resolving a deployment takes a routing decision: nothing to count the refusal against
-        entry = plane.resolve(name, msg.model_version or None)  # raises NotFound / Unavailable first
-        plane.count_failure(entry, exc)
+        plane.count_refused(msg.model_name, msg.model_version or None, exc)  # raises NotFound / Unavailable first
         raise
 
 

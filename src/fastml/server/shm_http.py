@@ -250,7 +250,11 @@ def infer(conn, name: str, version: str | None, body: bytes, header_len: int, co
     server = conn.server
     plane = server.plane
     shm = plane.shm
-    request, out_specs, binary_default = decode(bytes(body[:header_len]), body, header_len, shm, name, version)
+    try:
+        request, out_specs, binary_default = decode(bytes(body[:header_len]), body, header_len, shm, name, version)
+    except InvalidInput as exc:
+        plane.count_refused(name, version, exc)  # in the model's statistics, as any other refused HTTP request
+        raise
     fut = plane.submit(request)
     slot = _Slot()
     conn.pending.append(slot)

@@ -757,6 +757,18 @@ class DataPlane:
         reason = failure_reason(exc)
         entry.failures[reason] = entry.failures.get(reason, 0) + 1
 
+    def count_refused(self, name: str, version: str | None, exc: BaseException) -> None:
+        """Count a request that a transport could not decode against the model it names, as the HTTP plan path
+        counts its own (nothing for a deployment: a refused request has no variant).
+
+        Raises:
+            NotFound / Unavailable: the model is not served (what the client must hear before ``exc``).
+        """
+        deployments = self.deployments
+        if deployments is not None and name in deployments.table:
+            return
+        self.count_failure(self.resolve(name, version), exc)
+
     # ----- health and metadata ------------------------------------------------------------------------
     def server_live(self) -> bool:
         """The process is up and answering (Triton: live even while draining)."""
