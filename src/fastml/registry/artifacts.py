@@ -13,6 +13,14 @@ only when it can take that lock exclusively, i.e. when no copy is in flight in a
 the lock of a process that dies, even by SIGKILL, so debris never waits for a timeout and a live copy is
 never removed under its writer. Re-storing content whose stored copy is corrupt replaces that copy (with the
 new one, after checking its hash) instead of keeping the bad file.
+
+Reads never follow a symbolic link below the root (the shard directory or the file itself): a link is reported
+as an integrity problem, even one pointing at identical bytes, because its target lives outside the store and
+can change after the check. Only a 64-hex-digit digest names a file, so no caller text becomes a path.
+
+:meth:`gc` and :meth:`put` share the lock: ``gc`` holds it exclusively while it deletes, and ``put`` refreshes the
+modification time of content it reuses while holding it shared, so a registration in flight (stored, not yet
+committed) is never collected from under its version row.
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
+import stat
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +39,7 @@ from pathlib import Path
 from fastml.errors import IntegrityError, InvalidInput, NotFound
 
 _CHUNK_BYTES = 1 << 20
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,25 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+def _sha256_fd(fd: int) -> tuple[str, int]:
+    """SHA-256 hex digest and size of an open file, read in chunks from its start (never whole in memory)."""
+    h = hashlib.sha256()
+    size = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, _CHUNK_BYTES):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def check_digest(sha256: str) -> str:
+    """``sha256`` if it is a lowercase SHA-256 hex digest, else InvalidInput: the only text that names a stored
+    file, so a digest taken from a tag or a request can never walk out of the store (``../..``)."""
+    if not isinstance(sha256, str) or not _DIGEST.fullmatch(sha256):
+        raise InvalidInput(f"not a sha256 digest (64 lowercase hex digits): {sha256!r}")
+    return sha256
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,15 +98,19 @@ class ArtifactStore:
         self.cleaned: list[dict] = []
 
     @contextlib.contextmanager
-    def _copy_lock(self, exclusive: bool):
-        """Hold ``<root>/.tmp.lock``: shared while copying (many writers at once), exclusive to sweep. Yields False
-        when ``exclusive`` and a copy is in flight (the lock is busy), else True."""
+    def _copy_lock(self, exclusive: bool, *, wait: bool = False):
+        """Hold ``<root>/.tmp.lock``: shared while storing (many writers at once), exclusive to sweep or gc. Yields
+        False when ``exclusive`` without ``wait`` and a copy is in flight (the lock is busy), else True."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".tmp.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                # A writer waits for a sweep in progress (short); a sweep never waits for writers.
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+                # A writer waits for a sweep in progress (short); a sweep never waits for writers; gc does (it
+                # must not delete a file a writer is reusing, and writers hold the lock only briefly).
+                mode = fcntl.LOCK_SH
+                if exclusive:
+                    mode = fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB
+                fcntl.flock(fd, mode)
             except BlockingIOError:
                 yield False
                 return
@@ -103,6 +138,7 @@ class ArtifactStore:
         return removed
 
     def path_for(self, sha256: str) -> Path:
+        check_digest(sha256)
         # One Path parse instead of two joins: this runs on every resolve().
         return Path(f"{self._root_text}/{sha256[:2]}/{sha256}")
 
@@ -114,17 +150,20 @@ class ArtifactStore:
         src = Path(source)
         if not src.is_file():
             raise InvalidInput(f"artifact {str(src)!r} is not a readable file")
-        # Fast path: identical content already stored (hash the source without writing anything).
+        # Hash the source without writing anything: identical content may already be stored.
         sha, size = sha256_file(src)
         final = self.path_for(sha)
-        corrupt = False
-        if final.is_file() and final.stat().st_size == size:
-            if sha256_file(final)[0] == sha:
-                return StoredArtifact(sha, size, final)
-            corrupt = True  # the stored copy no longer matches its name: replace it with this checked content
         with self._copy_lock(exclusive=False):
+            problem = self.check(sha, size)
+            if problem is None:
+                # Reused content gets a fresh modification time while the lock is held, so gc (which keeps files
+                # younger than its grace period) cannot delete it before the caller commits the row naming it.
+                os.utime(final, follow_symlinks=False)
+                return StoredArtifact(sha, size, final)
+            # Missing, or a stored copy that no longer matches its name (or is a link): replace it with this
+            # checked content.
             stored = self._copy(src, sha, size, final)
-        if corrupt:
+        if problem != "missing":
             self.cleaned.append({"kind": "repaired", "path": str(final), "size_bytes": size})
         return stored
 
@@ -143,6 +182,9 @@ class ArtifactStore:
             if h.hexdigest() != sha or copied != size:
                 raise IntegrityError(f"artifact {str(src)!r} changed while it was being copied; register again")
             final.parent.mkdir(parents=True, exist_ok=True)
+            if final.parent.is_symlink():
+                # The rename would land wherever the link points, outside the store.
+                raise IntegrityError(f"artifact directory {final.parent} is a symbolic link; refusing to store into it")
             os.replace(tmp, final)  # atomic: readers see nothing or the whole file
             _fsync_dir(final.parent)
         except BaseException:
@@ -160,16 +202,37 @@ class ArtifactStore:
             raise IntegrityError(f"artifact of {what} at {path} {problem}; refusing to load it")
         return path
 
-    def check(self, sha256: str, size_bytes: int) -> str | None:
-        """None when the stored file matches, else what is wrong ("missing", size or hash mismatch)."""
-        path = self.path_for(sha256)
+    def _open_stored(self, sha256: str) -> int:
+        """A read descriptor of the stored file, opened without following a link at the shard directory or the
+        file (OSError ELOOP/ENOTDIR for a link, FileNotFoundError when absent). O_NONBLOCK: a FIFO planted under
+        the name must not hang the reader; it is refused as not a regular file."""
+        dfd = os.open(f"{self._root_text}/{sha256[:2]}", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            actual_size = path.stat().st_size
+            return os.open(sha256, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+
+    def check(self, sha256: str, size_bytes: int) -> str | None:
+        """None when the stored file matches, else what is wrong ("missing", a link or other non-file, size or
+        hash mismatch, naming the expected and actual digests)."""
+        check_digest(sha256)
+        try:
+            fd = self._open_stored(sha256)
         except FileNotFoundError:
             return "missing"
+        except OSError as exc:  # ELOOP / ENOTDIR: a symbolic link where the file or its directory should be
+            return (
+                f"is not a plain file in the store ({exc.strerror}; links are never followed), expected sha256 {sha256}"
+            )
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return f"is not a regular file, expected sha256 {sha256}"
+            # Hashed through the descriptor just checked, so a rename in between cannot swap what is read.
+            actual_sha, actual_size = _sha256_fd(fd)
+        finally:
+            os.close(fd)
         if actual_size != size_bytes:
-            return f"has {actual_size} bytes, expected {size_bytes}"
-        actual_sha, _ = sha256_file(path)
+            return f"has {actual_size} bytes, expected {size_bytes} (has sha256 {actual_sha}, expected {sha256})"
         if actual_sha != sha256:
             return f"has sha256 {actual_sha}, expected {sha256}"
         return None
@@ -180,8 +243,12 @@ class ArtifactStore:
             return []
         out = []
         for sub in self.root.iterdir():
-            if sub.is_dir() and len(sub.name) == 2 and sub.name != ".t":
-                out.extend(p.name for p in sub.iterdir() if p.is_file() and len(p.name) == 64)
+            # A linked shard directory is not walked: gc would otherwise delete files wherever it points.
+            if sub.is_dir() and not sub.is_symlink() and len(sub.name) == 2 and sub.name != ".t":
+                # Links are listed too (never followed), so gc can remove an unreferenced one.
+                out.extend(
+                    p.name for p in sub.iterdir() if _DIGEST.fullmatch(p.name) and (p.is_symlink() or p.is_file())
+                )
         return sorted(out)
 
     def temporaries(self) -> list[Path]:
@@ -194,16 +261,23 @@ class ArtifactStore:
     def gc(self, referenced: set[str], *, older_than_s: float = 3600.0) -> list[str]:
         """Remove stored files no version references, and leftover temporaries, untouched for
         ``older_than_s`` (a younger file may belong to a registration in flight); returns removed hashes."""
-        import time
-
         cutoff = time.time() - older_than_s
         removed = []
-        for h in self.orphans(referenced):
-            path = self.path_for(h)
-            if path.stat().st_mtime <= cutoff:
-                path.unlink(missing_ok=True)
-                removed.append(h)
-        for tmp in self.temporaries():
-            if tmp.stat().st_mtime <= cutoff:
-                tmp.unlink(missing_ok=True)
+        # Exclusive: no put is between reusing a file (and refreshing its time) and returning it while we decide.
+        with self._copy_lock(exclusive=True, wait=True):
+            for h in self.orphans(referenced):
+                path = self.path_for(h)
+                try:
+                    mtime = os.lstat(path).st_mtime
+                except FileNotFoundError:
+                    continue
+                if mtime <= cutoff:
+                    path.unlink(missing_ok=True)
+                    removed.append(h)
+            for tmp in self.temporaries():
+                try:
+                    if tmp.stat().st_mtime <= cutoff:
+                        tmp.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    continue
         return removed
