@@ -116,5 +116,8 @@ def test_convert_to_a_directory_or_with_a_negative_tolerance_is_refused(capsys, 
     assert list(target.iterdir()) == []  # no temporary left beside it either
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     rc, _, err = _run(capsys, "convert", str(sklearn_pickle), "-o", str(tmp_path / "m.onnx"), "--atol", "-1")
-    assert (rc, err) == (2, "fastml: error: InvalidInput: parity tolerance atol must be a finite number >= 0; got -1.0\n")
+    assert (rc, err) == (
+        2,
+        "fastml: error: InvalidInput: parity tolerance atol must be a finite number >= 0; got -1.0\n",
+    )
     assert not (tmp_path / "m.onnx").exists()

@@ -20,8 +20,8 @@ DTYPES = ("float32", "float64", "int64", "bool", "string")
 """Feature dtypes. ``string`` is categorical: Parquet keeps the text; the online store keeps an int code
 from the group version's vocabulary (see docs/features.md)."""
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_REF = re.compile(r"^(?P<group>[A-Za-z_][A-Za-z0-9_]*)(?:@v(?P<version>[0-9]+))?:(?P<feature>[A-Za-z_][A-Za-z0-9_]*)$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+_REF = re.compile(r"^(?P<group>[A-Za-z_][A-Za-z0-9_]*)(?:@v(?P<version>[0-9]+))?:(?P<feature>[A-Za-z_][A-Za-z0-9_]*)\Z")
 RESERVED_COLUMNS = ("_ingest_seq", "_ingest_row")
 # The largest TTL in microseconds: what an int64 holds (the online store's and the joins' TTL type).
 MAX_TTL_US = 2**63 - 1

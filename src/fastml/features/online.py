@@ -695,4 +695,4 @@ def compile_join(
     return FeatureJoin(native, out_columns, key_inputs, dtypes, request_inputs)
 
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*\Z")

@@ -36,7 +36,7 @@ from typing import Any
 from fastml.errors import InvalidInput
 from fastml.governance.fairness import DEFAULT_THRESHOLDS, FairnessReport, check_values
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*\Z")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,7 +84,7 @@ def _tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
 
 # Triton's versions are digits; the registry's are semantic versions (with an optional pre-release and
 # build part), which fastml serve routes too.
-_VERSION = re.compile(r"^(?:\d+|\d+\.\d+\.\d+(?:-[0-9A-Za-z.\-]+)?(?:\+[0-9A-Za-z.\-]+)?)$")
+_VERSION = re.compile(r"^(?:\d+|\d+\.\d+\.\d+(?:-[0-9A-Za-z.\-]+)?(?:\+[0-9A-Za-z.\-]+)?)\Z")
 
 
 def check_version(version) -> str:

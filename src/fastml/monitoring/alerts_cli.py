@@ -21,7 +21,7 @@ import re
 import sys
 import time
 
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])\Z")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 

@@ -96,7 +96,7 @@ def check_tags(tags) -> dict:
 # A feature reference as the feature store writes it: ``group:feature`` or ``group@v2:feature`` (the same
 # pattern as fastml.features.groups, which the registry, a lower layer, cannot import). Lineage readers skip
 # any other text, so a malformed ref accepted here would silently vanish from lineage.
-_FEATURE_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:@v[0-9]+)?:[A-Za-z_][A-Za-z0-9_]*$")
+_FEATURE_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:@v[0-9]+)?:[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def check_feature_refs(refs) -> list[str]:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from fastml.errors import InvalidInput
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}$")
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127}\Z")
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}\Z")
 LATEST = "latest"
 
 

@@ -35,7 +35,7 @@ import msgspec
 from fastml.errors import InvalidInput
 
 TOTAL_BP = 10_000
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+\Z")
 FILE_NAME = "deployments.toml"
 
 
