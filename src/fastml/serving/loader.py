@@ -9,7 +9,7 @@ from fastml.errors import InvalidInput, NotFound
 
 # name, name@stage or name:version; a registry model name never contains '/' (paths do). A bare name
 # means name@latest, as MLflow's models:/name/latest (the highest live version).
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:(?P<sep>[@:])(?P<tag>[A-Za-z0-9_.\-+]+))?$")
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:(?P<sep>[@:])(?P<tag>[A-Za-z0-9_.\-+]+))?\Z")
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -33,7 +33,9 @@ def resolve_ref(ref: str):
 
     reg = Registry()
     mv = reg.resolve(ref)
-    return mv, Path(reg.artifact_path(ref))
+    # The artifact of the version resolved, by its pinned name: looked up by ``ref`` again, a stage or alias moved
+    # in between would load another version's file under this version's name.
+    return mv, Path(reg.artifact_path(mv.ref))
 
 
 def load_model(
