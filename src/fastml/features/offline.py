@@ -66,9 +66,9 @@ def _column(table: pa.Table, name: str) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def timestamps_us(table: pa.Table, name: str, what: str = "table") -> np.ndarray:
+def timestamps_us(table: pa.Table, name: str, what: str = "table", *, round_up: bool = False) -> np.ndarray:
     """The column as int64 microseconds since the epoch (UTC), read by :func:`fastml.features.timestamps.column_us`."""
-    return _timestamps.column_us(table, name, what)
+    return _timestamps.column_us(table, name, what, round_up=round_up)
 
 
 def key_strings(table: pa.Table, entities: tuple[str, ...], what: str = "table") -> pa.Array:
@@ -121,7 +121,9 @@ def validate(group: FeatureGroup, table) -> pa.Table:
             raise InvalidInput(f"column {name!r}: {col.null_count} null entity keys; entity keys must not be null")
         columns.append(col)
         names.append(name)
-    ts = timestamps_us(table, group.timestamp_column)
+    # Rounded up: a feature row stamped between two microseconds must not be visible to an entity row at
+    # the earlier one (entity rows round down), or a training set would see it before it happened.
+    ts = timestamps_us(table, group.timestamp_column, round_up=True)
     zero = np.flatnonzero(ts == 0)
     if zero.size:
         # 0 us is the online store's "no row" marker (a lookup's event time where there is no row): a row

@@ -47,7 +47,7 @@ def feature_stats(column: pa.Array | pa.ChunkedArray, dtype: str) -> dict:
             )
             return out
         p50, p90, p99 = np.quantile(x, [0.5, 0.9, 0.99])
-        counts, edges = np.histogram(x, bins=HISTOGRAM_BINS)
+        counts, edges = histogram(x)
         out.update(
             {
                 "mean": float(x.mean()),
@@ -74,6 +74,33 @@ def feature_stats(column: pa.Array | pa.ChunkedArray, dtype: str) -> dict:
     else:
         out.update({"distinct": int(pc.count_distinct(valid).as_py()) if len(valid) else 0, "top_k": _top_k(valid)})
     return out
+
+
+def histogram(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) of ``HISTOGRAM_BINS`` equal-width bins over the finite, non-empty ``x``.
+
+    numpy's histogram refuses data whose range float64 cannot split into that many distinct edges: all
+    values equal and large (one row of an int64 feature near 1e18), subnormals, or a range wider than the
+    largest float. Stats run after an ingest commits, so such a refusal would report a committed ingest as
+    failed and fail every later ingest of the version. There the edges are computed without overflow and
+    equal ones merged (all values equal: one bin ``[v, v]``); the last bin is closed, like numpy's.
+    """
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            counts, edges = np.histogram(x, bins=HISTOGRAM_BINS)
+        if np.all(np.isfinite(edges)):
+            return counts, edges
+    except ValueError:
+        pass
+    lo, hi = float(x.min()), float(x.max())
+    f = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    with np.errstate(over="ignore"):
+        # lo*(1-f) + hi*f never overflows where (hi - lo) would
+        edges = np.unique(np.clip(lo * (1.0 - f) + hi * f, lo, hi))
+    if len(edges) < 2:
+        edges = np.array([lo, hi])
+    bins = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+    return np.bincount(bins, minlength=len(edges) - 1), edges
 
 
 def _top_k(valid) -> list[list]:

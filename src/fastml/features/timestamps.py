@@ -5,11 +5,17 @@ one path accepts every path accepts. Accepted: ISO 8601 text with or without a z
 (``2026-01-20T18:58:00``, ``...+02:00``, ``...Z``, a bare date ``2026-01-20``), datetimes (naive ones are
 taken as UTC), dates, numpy ``datetime64`` and pandas ``Timestamp`` values, and Arrow timestamp or date
 columns. Text with an offset is converted to UTC (``18:58+02:00`` is ``16:58Z``).
+
+The store's resolution is 1 us. Sub-microsecond digits round an entity row's time (a training-set
+cutoff) down and a feature row's event time up (``round_up=True`` at ingest), so rounding can never make
+a row that happened after a cutoff visible at it. A value whose microseconds do not fit an int64 (a
+seconds-typed column holding microseconds, say) is refused instead of wrapping around to another time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +26,24 @@ from fastml.errors import InvalidInput
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = pa.timestamp("us")
 _US_UTC = pa.timestamp("us", tz="UTC")
+_NS = pa.timestamp("ns")
+_NS_UTC = pa.timestamp("ns", tz="UTC")
+_INT64_MAX = 2**63 - 1
+# Microseconds per unit of the Arrow types read as whole numbers (ns is divided, not multiplied).
+_US_PER_UNIT = {"s": 1_000_000, "ms": 1_000, "us": 1, "date32": 86_400_000_000, "date64": 1_000}
+# numpy datetime64 units: microseconds per unit, or units per microsecond for the finer ones.
+_NP_US = {
+    "W": 604_800_000_000,
+    "D": 86_400_000_000,
+    "h": 3_600_000_000,
+    "m": 60_000_000,
+    "s": 1_000_000,
+    "ms": 1_000,
+    "us": 1,
+}
+_NP_DIV = {"ns": 10**3, "ps": 10**6, "fs": 10**9, "as": 10**12}
+# The digits of an ISO 8601 fraction of a second beyond the sixth (what datetime.fromisoformat drops).
+_SUB_US = re.compile(r"[T ]\d\d:?\d\d:?\d\d[.,]\d{6}(\d+)")
 
 
 def to_us(value, what: str = "time") -> int | None:
@@ -41,8 +65,21 @@ def to_us(value, what: str = "time") -> int | None:
     if isinstance(value, np.datetime64):
         if np.isnat(value):
             raise InvalidInput(f"{what}: NaT is not a time")
-        return int(value.astype("datetime64[us]").astype(np.int64))
+        return _datetime64_us(value, what)
     raise InvalidInput(f"{what} {value!r} must be a datetime, an ISO 8601 string or microseconds since the epoch")
+
+
+def _datetime64_us(value: np.datetime64, what: str) -> int:
+    # numpy's astype("datetime64[us]") wraps around silently when the microseconds overflow int64 (a
+    # datetime64[s] holding microseconds lands in some other year), so the scaling is done in Python ints.
+    unit, count = np.datetime_data(value.dtype)
+    if unit in ("Y", "M"):  # calendar units: numpy converts them to days exactly
+        value, unit, count = value.astype("datetime64[D]"), "D", 1
+    n = int(value.astype(np.int64)) * count
+    us = n * _NP_US[unit] if unit in _NP_US else n // _NP_DIV[unit]  # floor, like the text path
+    if not -_INT64_MAX <= us <= _INT64_MAX:
+        raise InvalidInput(f"{what} {value!r} is out of range: microseconds since the epoch must fit an int64")
+    return us
 
 
 def _datetime_us(value: dt.datetime) -> int:
@@ -59,12 +96,16 @@ def _parse_text(text: str, what: str) -> dt.datetime:
         raise InvalidInput(f"{what} {text!r} is not an ISO 8601 date/time (like 2026-01-20T18:58:00Z)") from None
 
 
-def column_us(table: pa.Table, name: str, what: str = "table") -> np.ndarray:
+def column_us(table: pa.Table, name: str, what: str = "table", *, round_up: bool = False) -> np.ndarray:
     """Column ``name`` as int64 microseconds since the epoch (UTC).
 
+    Args:
+        round_up: round sub-microsecond digits up (feature rows' event times at ingest) instead of down
+            (entity rows' times): see the module docstring for why the two sides round apart.
+
     Raises:
-        InvalidInput: the column is missing, not a time, has nulls or holds text that is not ISO 8601
-            (the message names the column and the first bad row).
+        InvalidInput: the column is missing, not a time, has nulls, holds text that is not ISO 8601 or a
+            time whose microseconds do not fit an int64 (the message names the column and the first bad row).
     """
     if name not in table.column_names:
         raise InvalidInput(f"{what}: missing timestamp column {name!r}; columns: {table.column_names}")
@@ -72,30 +113,54 @@ def column_us(table: pa.Table, name: str, what: str = "table") -> np.ndarray:
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = col.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        col = _parse_column(col, name, what)
-    elif pa.types.is_date(t):
-        col = pc.cast(col, _US)
-    elif not pa.types.is_timestamp(t):
+        parsed = _parse_column(col, name, what)
+        if isinstance(parsed, tuple):  # parsed one value at a time: microseconds and "had more digits"
+            us, inexact = parsed
+            return us + inexact if round_up else us
+        col = parsed
+        t = col.type
+    if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
         raise InvalidInput(f"{what}: column {name!r}: expected a timestamp, got {t}")
     if col.null_count:
         raise InvalidInput(f"{what}: column {name!r}: {col.null_count} null timestamps; every row needs an event time")
-    # A zone-aware column is stored as UTC already; a naive one is taken as UTC. Sub-microsecond digits
-    # are dropped (the store's resolution is 1 us).
-    us = pc.cast(col, pa.timestamp("us", tz=getattr(col.type, "tz", None)), safe=False)
-    return us.view(pa.int64()).to_numpy(zero_copy_only=False)
+    # A zone-aware column holds UTC already; a naive one is taken as UTC. The scaling is done here rather
+    # than with an unsafe Arrow cast, which truncates toward zero (rounding pre-1970 times up) and wraps
+    # around on overflow.
+    unit = t.unit if pa.types.is_timestamp(t) else ("date32" if pa.types.is_date32(t) else "date64")
+    raw = col.view(pa.int32() if unit == "date32" else pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    if unit == "ns":
+        us, rem = np.divmod(raw, 1000)  # floor division: the remainder is never negative
+        return us + (rem != 0) if round_up else us
+    scale = _US_PER_UNIT[unit]
+    if scale == 1:
+        return raw
+    bad = np.flatnonzero(np.abs(raw) > _INT64_MAX // scale)
+    if bad.size:
+        raise InvalidInput(
+            f"{what}: column {name!r}: row {int(bad[0])} ({bad.size} row(s) in all) holds {int(raw[bad[0]])} "
+            f"in unit {unit!r}, which is out of range (microseconds since the epoch must fit an int64); "
+            "is the column's unit right?"
+        )
+    return raw * scale
 
 
-def _parse_column(col: pa.Array, name: str, what: str) -> pa.Array:
+def _parse_column(col: pa.Array, name: str, what: str) -> pa.Array | tuple[np.ndarray, np.ndarray]:
     """ISO 8601 text to timestamps: Arrow's vectorised casts for the usual all-naive or all-offset
-    columns, one value at a time only for a column that mixes them."""
-    for target in (_US, _US_UTC):
+    columns (nanoseconds first, so digits past the microsecond are kept for rounding; microseconds for
+    years outside 1677-2262), one value at a time only for a column that mixes them."""
+    for target in (_NS, _NS_UTC, _US, _US_UTC):
         try:
             return pc.cast(col, target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
     out = np.empty(len(col), np.int64)
+    inexact = np.zeros(len(col), np.int64)
     for i, text in enumerate(col.to_pylist()):
         if text is None:
             raise InvalidInput(f"{what}: column {name!r}: row {i} has no timestamp; every row needs an event time")
+        # fromisoformat drops digits past the sixth: that is a floor (the fraction counts up within its
+        # second), and whether any dropped digit is non-zero is what rounding up needs.
         out[i] = _datetime_us(_parse_text(text, f"{what}: column {name!r} row {i}:"))
-    return pa.array(out.view("datetime64[us]"), type=_US)
+        m = _SUB_US.search(text)
+        inexact[i] = bool(m and m.group(1).strip("0"))
+    return out, inexact
