@@ -133,3 +133,24 @@ def test_files_of_an_ingest_killed_before_commit_are_invisible_then_removed(fast
     fs.ingest("driver", driver_table([2], [0], [2]))
     assert not (fs.offline.version_dir("driver", 1) / files[0]).exists()
     assert sorted(fs.read_offline("driver").column("driver_id").to_pylist()) == ["1", "2"]
+
+
+def test_a_committed_ingest_is_reported_as_done_when_its_stats_fail(fastml_home, driver_group, monkeypatch):
+    # The stats are recomputed after the rows are committed; a failure there used to raise out of ingest(),
+    # so a caller saw a failed ingest whose rows were saved (and a retry would have stored them twice).
+    import fastml.features.stats as stats
+
+    fs = FeatureStore(fastml_home)
+    fs.register(driver_group)
+    fs.ingest("driver", driver_table([1], [0], [1]))
+
+    def broken(*a, **kw):
+        raise ValueError("Too many bins for data range")
+
+    monkeypatch.setattr(stats, "group_stats", broken)
+    result = fs.ingest("driver", driver_table([2, 3], [0, 1], [2, 3]))
+    assert result["rows"] == 2 and result["stats_error"] == "ValueError: Too many bins for data range"
+    monkeypatch.undo()
+    assert fs.stats("driver")["rows"] == 1  # the previous stats stand until the next ingest recomputes them
+    fs.ingest("driver", driver_table([4], [0], [4]))
+    assert fs.stats("driver")["rows"] == 4  # 1 + the 2 committed despite their stats + 1

@@ -10,6 +10,7 @@ fs.get_online(["driver:trips"], [1001, 1002])
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from fastml.features import timestamps as _timestamps
 from fastml.features.groups import FeatureGroup, parse_group_ref, parse_ref
 from fastml.features.metadata import MetadataStore
 from fastml.features.online import OnlineStore
+
+log = logging.getLogger(__name__)
 
 
 class FeatureStore:
@@ -106,7 +109,8 @@ class FeatureStore:
             source: what these rows came from (lineage); defaults to the group's ``source``.
 
         Returns:
-            ``{"group", "version", "seq", "rows", "files"}``.
+            ``{"group", "version", "seq", "rows", "files"}``, and ``"stats_error"`` when the rows were committed
+            but the group's stats could not be recomputed (they keep their previous value).
 
         Raises:
             InvalidInput: a missing column, a wrong type, a null key or timestamp (the message names the
@@ -124,8 +128,15 @@ class FeatureStore:
             self.offline.remove(g.name, version, files)
             self.metadata.abandon_ingest(seq)
             raise
-        self._update_stats(g, version)
-        return {"group": g.name, "version": version, "seq": seq, "rows": validated.num_rows, "files": files}
+        result = {"group": g.name, "version": version, "seq": seq, "rows": validated.num_rows, "files": files}
+        try:
+            self._update_stats(g, version)
+        except Exception as exc:  # noqa: BLE001 - the rows are committed; derived stats must not undo that
+            # Raised here, a committed ingest would read as failed (and be retried, duplicating its rows).
+            # The stats keep their previous value and the next ingest computes them again.
+            log.warning("ingest %d into %s@v%d: committed, but its stats failed: %s", seq, g.name, version, exc)
+            result["stats_error"] = f"{type(exc).__name__}: {exc}"
+        return result
 
     def _remove_dead_ingests(self, g: FeatureGroup, version: int, older_than_s: float = 3600.0) -> None:
         """Delete the files of ingests whose writer died (killed) before committing; they were never visible.
