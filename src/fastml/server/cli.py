@@ -211,6 +211,17 @@ def _serve(args) -> int:
     max_buffered = settings.max_buffered_bytes if args.max_buffered_bytes is None else args.max_buffered_bytes
     if max_buffered < 1:
         raise InvalidInput(f"--max-buffered-bytes must be >= 1, got {max_buffered}")
+    http_port = settings.http_port if args.http_port is None else args.http_port
+    metrics_port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    _check_ports(
+        {
+            # A port from the settings (FASTML_HTTP_PORT, the config file) is named as such: no flag was given.
+            "--http-port" if args.http_port is not None else "settings http_port": http_port,
+            "--metrics-port" if args.metrics_port is not None else "settings metrics_port": metrics_port,
+            "--grpc-port": args.grpc_port,
+            "--binary-port": args.binary_port,
+        }
+    )
     args.workers, autoscale = _workers(args)  # an int, and the autoscaler's settings with --workers auto
     if args.grpc_port == 0 and args.workers > 1:
         raise InvalidInput("--grpc-port 0 picks a different port in every worker; give a fixed port with --workers > 1")
@@ -248,8 +259,8 @@ def _serve(args) -> int:
     opts = ServeOptions(
         targets=list(args.targets),
         host=args.host,
-        http_port=settings.http_port if args.http_port is None else args.http_port,
-        metrics_port=settings.metrics_port if args.metrics_port is None else args.metrics_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
         workers=args.workers,
         autoscale=autoscale,
         grpc_port=args.grpc_port,
@@ -275,6 +286,33 @@ def _serve(args) -> int:
         monitor=monitor,
     )
     return serve(opts)
+
+
+def _check_ports(ports: dict[str, int | None]) -> None:
+    """Refuse, before any model loads, a port outside 0-65535 or one fixed port given to two listeners.
+
+    gRPC's listener takes a port modulo 65536 (``--grpc-port 70000`` would serve on 4464 without a word), the
+    others fail with a traceback. Two listeners on one port either fail after every model has loaded or, with
+    ``--workers`` > 1 (SO_REUSEPORT on every listener), both bind and the kernel hands each connection to one of
+    them at random: HTTP clients reaching the gRPC server. 0 (any free port) may repeat.
+
+    Args:
+        ports: flag -> port (None: that listener is off).
+
+    Raises:
+        InvalidInput: naming the flag(s).
+    """
+    from fastml.errors import InvalidInput
+
+    taken: dict[int, str] = {}
+    for flag, port in ports.items():
+        if port is None:
+            continue
+        if not 0 <= port <= 65535:
+            raise InvalidInput(f"{flag} must be a port between 0 and 65535 (0 = any free port), got {port}")
+        if port and port in taken:
+            raise InvalidInput(f"{taken[port]} and {flag} are both {port}: each listener needs its own port")
+        taken.setdefault(port, flag)
 
 
 def _admin_env(args) -> None:

@@ -15,6 +15,7 @@ server then joins them from the online store per request (fastml.serving.feature
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,14 @@ from fastml.errors import FastMLError, InvalidInput, NotFound
 from fastml.serving.feature_join import FeaturePolicy
 
 WARMUP_DIR = "warmup"
+MODEL_FILE = "model.onnx"
+
+# A version directory's name as Triton reads it: ASCII digits. Only the canonical spelling of a positive int64
+# is a version: "01" or "010" would be served as version 1 or 10 from a directory "1" or "10" that may not exist
+# (or hold another file), "0" is no version, and int() would read non-ASCII digits ("١") or fail on some ("²").
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+_VERSION = re.compile(r"[1-9][0-9]*", re.ASCII)
+_MAX_VERSION = 2**63 - 1  # Triton's versions are int64; clients parse them so
 
 
 class WarmupConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -148,12 +157,20 @@ def _validate(raw: dict, source: str) -> RepositoryConfig:
 def read_config(model_dir: Path) -> RepositoryConfig:
     """The model directory's config.toml as a RepositoryConfig (defaults if the file is absent)."""
     path = model_dir / "config.toml"
-    if not path.is_file():
+    if not path.exists():
         return RepositoryConfig()
+    # A config.toml that exists but cannot be read (a directory, no permission, not UTF-8) must fail this
+    # model, never serve it with the defaults nor stop the whole repository with a traceback.
+    if not path.is_file():
+        raise InvalidInput(f"{path}: not a file")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise InvalidInput(f"{path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path}: not UTF-8 text ({exc})") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot be read: {exc.strerror or exc}") from None
     return _validate(_pin_runner(raw), str(path))
 
 
@@ -181,17 +198,40 @@ def is_repository(path: Path) -> bool:
 
 
 def scan_model_dir(model_dir: Path) -> list[ModelSource]:
-    """Sources for the versions of one model directory, per its version policy (may be empty)."""
+    """Sources for the versions of one model directory, per its version policy (empty: no version directory,
+    so not a model).
+
+    Versions are the subdirectories named by a positive integer without leading zeros (others, "warmup" or
+    "backup", are not versions); the highest one is "latest" in numeric order (10 after 9).
+
+    Raises:
+        InvalidInput: a bad config.toml; a directory named by digits that is not a version ("0", "01"); a version
+            the policy serves without a model.onnx file. Each names the version and the file (whose path names the
+            model; callers add the model's name): serving the next lower version instead would answer with a model
+            the operator did not choose.
+    """
+    name = model_dir.name
     cfg = read_config(model_dir)
-    versions = sorted(
-        (int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / "model.onnx").is_file()),
-    )
+    versions: dict[int, Path] = {}
+    for p in model_dir.iterdir():
+        if not _DIGITS.fullmatch(p.name) or not p.is_dir():
+            continue
+        if not _VERSION.fullmatch(p.name) or int(p.name) > _MAX_VERSION:
+            raise InvalidInput(
+                f"version directory {p.name!r} ({p / MODEL_FILE}) is not a version: versions are "
+                f"1, 2, 3, ... without leading zeros, at most {_MAX_VERSION}"
+            )
+        versions[int(p.name)] = p
+    chosen = sorted(versions)
     if cfg.version_policy == "latest":
-        versions = versions[-1:]
-    return [
-        ModelSource(model_dir.name, str(v), str(model_dir / str(v) / "model.onnx"), cfg, model_dir=str(model_dir))
-        for v in versions
-    ]
+        chosen = chosen[-1:]
+    sources = []
+    for v in chosen:
+        path = versions[v] / MODEL_FILE
+        if not path.is_file():
+            raise InvalidInput(f"version {v}: {path} is not a file (each version holds a {MODEL_FILE})")
+        sources.append(ModelSource(name, str(v), str(path), cfg, model_dir=str(model_dir)))
+    return sources
 
 
 def scan_target(target: str) -> dict[str, list[ModelSource]]:
@@ -232,8 +272,8 @@ def scan_target(target: str) -> dict[str, list[ModelSource]]:
 
 def scan_repository(path: Path) -> tuple[dict[str, list[ModelSource]], dict[str, str]]:
     """Scan a repository directory model by model: ``(found, failed)`` where ``failed`` maps the name of
-    each model directory that cannot be served as configured (a bad config.toml) to the reason, so one
-    broken model does not hide the others. Model directories without versions are skipped."""
+    each model directory that cannot be served as configured (a bad config.toml, a bad version directory) to the
+    reason, so one broken model does not hide the others. Model directories without versions are skipped."""
     found: dict[str, list[ModelSource]] = {}
     failed: dict[str, str] = {}
     for model_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
