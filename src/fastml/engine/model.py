@@ -84,11 +84,18 @@ def _forget_loops_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_loops_after_fork)
 
 
+# The largest value the native core takes for an int option (int64_t): a larger Python int failed there with a
+# TypeError or OverflowError naming no option, instead of InvalidInput.
+_MAX_INT = 2**63 - 1
+
+
 def _timeout(value: int) -> int:
     """A per-call ``timeout_us``, checked as the ``timeout_us`` option is (the native core would read a negative
     one as no deadline, and refuse a float with a TypeError)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise InvalidInput(f"timeout_us must be an int >= 0; got {value!r}")
+    if value > _MAX_INT:
+        raise InvalidInput(f"timeout_us must be at most {_MAX_INT} (0 = no deadline); got {value!r}")
     return int(value)
 
 
@@ -161,6 +168,7 @@ class Model:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidInput(f"{field} must be an int >= {low}; got {value!r}")
+        _timeout(timeout_us)  # the default every request passes to the core: within its int64 too
         if runner not in RUNNERS:
             raise InvalidInput(f"runner must be one of {', '.join(RUNNERS)}; got {runner!r}")
         if batcher not in BATCHERS:
@@ -194,6 +202,9 @@ class Model:
         if runner == "loop" and batcher != "native":
             raise InvalidInput(f"model {name!r}: runner='loop' needs the native batcher (got batcher={batcher!r})")
         self.batch_log_failures = 0
+        # Per-request ``log`` calls that raised: the answer was computed, so the caller still gets it (a blocking
+        # predict used to raise the logger's error instead, while predict_async delivered), as for log_batch.
+        self.log_failures = 0
         self.prediction_logger = prediction_logger
         self._session = session
         # ONNX Runtime's Python run() re-checks the feed's names and ownership (~10 us a call, a fifth of the
@@ -612,15 +623,18 @@ class Model:
 
     def _log(self, arrays, result, t0_ns: int, request_id) -> None:
         named = dict(zip(self._input_names, arrays))
-        self.prediction_logger.log(
-            model=self.name,
-            version=self.version,
-            inputs=named,
-            outputs=result,
-            latency_us=(time.perf_counter_ns() - t0_ns) / 1000.0,
-            request_id=request_id,
-            variant=None,
-        )
+        try:
+            self.prediction_logger.log(
+                model=self.name,
+                version=self.version,
+                inputs=named,
+                outputs=result,
+                latency_us=(time.perf_counter_ns() - t0_ns) / 1000.0,
+                request_id=request_id,
+                variant=None,
+            )
+        except Exception:  # noqa: BLE001 - a logger's failure never fails the request it logs (log_failures)
+            self.log_failures += 1
 
     # ------------------------------------------------------------------ blocking
     def predict(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id: str | None = None):
@@ -840,12 +854,18 @@ class Model:
             arrays = tuple([inputs[n] for n in self._input_names])
         except KeyError:
             return False
+        if timeout_us is None:
+            timeout_us = self.timeout_us
+        elif isinstance(timeout_us, bool) or type(timeout_us) is not int or not 0 <= timeout_us <= _MAX_INT:
+            # Not the plain case: the core would read a negative timeout as no deadline at all (and refuse a
+            # float or an oversized int with a TypeError); submit words the error.
+            return False
         loop = _get_running_loop()
         queue = self._loops.get(loop)
         if queue is None:
             queue = self._attach(loop)
         try:
-            self._submit_async(queue, arrays, self.timeout_us if timeout_us is None else timeout_us, sink)
+            self._submit_async(queue, arrays, timeout_us, sink)
         except self._core_error as exc:
             if exc.args[0] == INVALID_INPUT:
                 return False
@@ -961,7 +981,11 @@ class Model:
         def on_done(index, done) -> None:
             state["pending"] -= 1
             if outer.done():
-                return  # failed or cancelled already: the rest of the chunks are not submitted
+                # Failed or cancelled already: the rest of the chunks are not submitted. This chunk's own error
+                # is marked as seen, else asyncio logs "Future exception was never retrieved" for it.
+                if not done.cancelled():
+                    done.exception()
+                return
             if done.cancelled():
                 outer.cancel()
                 return
@@ -998,6 +1022,9 @@ class Model:
 
         def settle(done):
             if outer.done():
+                # The caller cancelled: inner's error is marked as seen (no "never retrieved" log for it).
+                if not done.cancelled():
+                    done.exception()
                 return
             if done.cancelled():
                 outer.cancel()

@@ -8,6 +8,7 @@ refuses.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import os
 import threading
@@ -16,6 +17,11 @@ import time
 import numpy as np
 
 from fastml.engine.status import DEADLINE_EXCEEDED, INVALID_INPUT, OK, OVERLOADED, UNAVAILABLE
+
+# The native core's cap on a request's timeout (kMaxTimeoutUs, csrc/batcher.cc): 100 years. Uncapped, a timeout
+# near the int64 limit made the deadline thread's wait overflow (OverflowError) and killed it, so queued requests
+# no longer expired while the runners were busy.
+_MAX_TIMEOUT_US = 100 * 365 * 24 * 3600 * 1000 * 1000
 
 
 class CoreError(RuntimeError):
@@ -172,7 +178,7 @@ class ReferenceBatcher:
         r = _Request()
         r.future = future
         r.arrays, r.rows, r.key, r.queue = tuple(arrays), rows, key, queue
-        r.timeout_us = timeout_us if timeout_us and timeout_us > 0 else 0
+        r.timeout_us = min(timeout_us, _MAX_TIMEOUT_US) if timeout_us and timeout_us > 0 else 0
         r.event = threading.Event() if queue is None else None
         r.result = None
         with self._cv:
@@ -258,10 +264,15 @@ class ReferenceBatcher:
             except Exception as exc:  # noqa: BLE001 - becomes that future's exception
                 value, ok = exc, False
             fut = c[7]
-            if fut is None or fut.done():
+            if fut is None:
                 continue
+            # No fut.done() first: a transport's sink (Model.submit_sink) has set_result/set_exception only, and
+            # asking it raised here, leaving this and every later completion of the drain unsettled for good.
+            # As in the native core, a future cancelled meanwhile refuses with InvalidStateError.
             try:
                 fut.set_result(value) if ok else fut.set_exception(value)
+            except asyncio.InvalidStateError:
+                continue
             except BaseException as exc:  # noqa: BLE001 - the others are settled first
                 if first is None:
                     first = exc
