@@ -293,9 +293,14 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         bg = rows
     try:
-        ex = OnnxExplainer(
-            model, bg, output=args.output, class_index=args.class_index, feature_names=names, link=args.link
-        )
+        try:
+            ex = OnnxExplainer(
+                model, bg, output=args.output, class_index=args.class_index, feature_names=names, link=args.link
+            )
+        except InvalidInput as exc:
+            # The explainer names its background; on the command line that is a file: say which one.
+            source = f"--background {args.background}" if args.background else f"--rows {args.rows}"
+            raise InvalidInput(f"{model}: {source}: {exc}") from None
         res = ex.shap_values(rows)
     except Exception as exc:
         # ONNX Runtime's own errors (a file that is not ONNX, rows that do not fit the model's input) are the
