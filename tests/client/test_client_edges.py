@@ -4,65 +4,12 @@ client's ping times out with the fastml error class without leaving its request 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 
 import numpy as np
 import pytest
 
 from fastml import errors
 from fastml.client import AsyncClient, Client, wire
-
-
-class _Server:
-    """Answers each request with ``answer(conn, item)``; returns False to close the connection."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        parser, buf = wire.Parser(), wire.FrameBuffer(1 << 16)
-        with conn:
-            while True:
-                try:
-                    n = conn.recv_into(buf.get_buffer())
-                except OSError:
-                    return
-                if not n:
-                    return
-                buf.advance(n)
-                for item in buf.parse(parser, 1 << 20)[0]:
-                    if self.answer(conn, item) is False:
-                        return
-
-    def close(self):
-        self.sock.close()
-
-
-@pytest.fixture
-def server():
-    servers = []
-
-    def make(answer):
-        servers.append(_Server(answer))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 def _fatal_for_negative(conn, item):

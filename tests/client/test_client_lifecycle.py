@@ -5,8 +5,6 @@ for the same connection, and close() fails pending and opening calls at once wit
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 
 import numpy as np
 import pytest
@@ -17,58 +15,15 @@ from fastml.client import AsyncClient, Client, wire
 X = {"x": np.arange(4, dtype=np.float32).reshape(2, 2)}
 
 
-class _Server:
-    """Answers each frame with ``answer(item)`` (bytes, or None for silence); records whether each accepted
-    connection was closed by the client (``eof`` events, set when a read returns no bytes)."""
+def _replying(answer):
+    """An answer for :class:`scripted.ScriptedServer` from ``answer(item)``: bytes to send, or None for silence."""
 
-    def __init__(self, answer):
-        self.answer = answer
-        self.eof: list[threading.Event] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+    def reply(conn, item):
+        out = answer(item)
+        if out is not None:
+            conn.sendall(out)
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.eof.append(threading.Event())
-            threading.Thread(target=self._serve, args=(conn, self.eof[-1]), daemon=True).start()
-
-    def _serve(self, conn, eof):
-        parser, buf = wire.Parser(), wire.FrameBuffer(1 << 16)
-        with conn:
-            while True:
-                try:
-                    n = conn.recv_into(buf.get_buffer())
-                except OSError:
-                    return
-                if not n:
-                    eof.set()
-                    return
-                buf.advance(n)
-                for item in buf.parse(parser, 1 << 20)[0]:
-                    reply = self.answer(item)
-                    if reply is not None:
-                        conn.sendall(reply)
-
-    def close(self):
-        self.sock.close()
-
-
-@pytest.fixture
-def server():
-    servers = []
-
-    def make(answer):
-        servers.append(_Server(answer))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
+    return reply
 
 
 def _echo_or_pong(item):
@@ -78,7 +33,7 @@ def _echo_or_pong(item):
 
 
 def test_async_ping_returns_the_round_trip_of_a_pong(server):
-    srv = server(_echo_or_pong)
+    srv = server(_replying(_echo_or_pong))
 
     async def main():
         async with AsyncClient(srv.address, timeout_s=5) as client:
@@ -93,7 +48,7 @@ def test_async_ping_returns_the_round_trip_of_a_pong(server):
 
 
 def test_a_ping_answered_with_an_error_frame_raises_its_class(server):
-    srv = server(lambda item: wire.encode_error(item[1], 503, 7, "draining", 0))
+    srv = server(_replying(lambda item: wire.encode_error(item[1], 503, 7, "draining", 0)))
     with Client(srv.address, timeout_s=5) as client:
         with pytest.raises(errors.Unavailable, match="^draining$"):
             client.ping()
@@ -107,7 +62,7 @@ def test_a_ping_answered_with_an_error_frame_raises_its_class(server):
 
 
 def test_cancelling_the_call_that_opens_the_connection_leaves_the_other_calls_answered(server):
-    srv = server(_echo_or_pong)
+    srv = server(_replying(_echo_or_pong))
 
     async def main():
         async with AsyncClient(srv.address, retries=0, timeout_s=5) as client:
@@ -127,7 +82,7 @@ def test_cancelling_the_call_that_opens_the_connection_leaves_the_other_calls_an
 
 
 def test_close_while_a_connection_opens_fails_the_call_and_leaves_no_socket_open(server):
-    srv = server(_echo_or_pong)
+    srv = server(_replying(_echo_or_pong))
 
     async def main():
         client = AsyncClient(srv.address, retries=2, retry_backoff_s=0.001, timeout_s=5)
@@ -145,7 +100,7 @@ def test_close_while_a_connection_opens_fails_the_call_and_leaves_no_socket_open
 
 
 def test_close_fails_pending_calls_without_retrying_on_the_closed_client(server):
-    srv = server(lambda item: None)  # never answers: the calls are pending when the client closes
+    srv = server(lambda conn, item: None)  # never answers: the calls are pending when the client closes
 
     async def main():
         client = AsyncClient(srv.address, retries=2, retry_backoff_s=10, timeout_s=60)
