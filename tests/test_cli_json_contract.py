@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_onnx
 
 from fastml.cli import main
 
@@ -28,30 +29,12 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def _tiny_onnx(path: Path) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 1], [1.0] * 4)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
-        initializer=[w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture
 def churn(tmp_path):
     from fastml.registry import Registry
 
     with Registry() as reg:
-        reg.register("churn", _tiny_onnx(tmp_path / "a.onnx"), actor="ana")
+        reg.register("churn", tiny_onnx(tmp_path / "a.onnx"), actor="ana")
     return "churn:1.0.0"
 
 
@@ -146,7 +129,7 @@ def test_example_list_json(capsys):
 
 
 def test_monitor_explain_rows_that_do_not_fit_the_model(tmp_path, capsys):
-    model = _tiny_onnx(tmp_path / "m.onnx")
+    model = tiny_onnx(tmp_path / "m.onnx")
     (tmp_path / "rows.csv").write_text("a,b\n1,2\n3,4\n")
     code, out, err = _run(capsys, "monitor", "explain", str(model), "--rows", str(tmp_path / "rows.csv"))
     assert (code, out) == (2, "")
@@ -169,7 +152,7 @@ def test_monitor_explain_a_file_that_is_not_onnx(tmp_path, capsys):
 
 
 def test_monitor_explain_background_without_the_rows_columns(tmp_path, capsys):
-    model = _tiny_onnx(tmp_path / "m.onnx")
+    model = tiny_onnx(tmp_path / "m.onnx")
     (tmp_path / "rows.csv").write_text("a,b,c,d\n1,2,3,4\n")
     (tmp_path / "bg.csv").write_text("a,x\n1,2\n")
     code, out, err = _run(

@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import tiny_onnx
 
 from fastml.cli import main
-
-
-def _tiny_onnx(path: Path, scale: float) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 1], [scale] * 4)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
-        initializer=[w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture
@@ -34,8 +16,8 @@ def churn(tmp_path, fastml_home):
     from fastml.registry import Registry
 
     with Registry() as reg:
-        reg.register("churn", _tiny_onnx(tmp_path / "a.onnx", 1.0), actor="ana")
-        reg.register("churn", _tiny_onnx(tmp_path / "b.onnx", 2.0), actor="ana")  # 1.0.1: the latest
+        reg.register("churn", tiny_onnx(tmp_path / "a.onnx", 1.0), actor="ana")
+        reg.register("churn", tiny_onnx(tmp_path / "b.onnx", 2.0), actor="ana")  # 1.0.1: the latest
     return "churn"
 
 

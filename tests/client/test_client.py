@@ -17,58 +17,28 @@ from fastml.client import AsyncClient, Client, wire
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from binkit import InProcessServer, make_two_output_model  # noqa: E402
+from scripted import ScriptedServer  # noqa: E402
 
 
-class FakeServer:
-    """Accepts connections and answers each request frame with ``answer(n, item)`` (bytes or None = silence).
+class FakeServer(ScriptedServer):
+    """Answers each request frame with ``answer(n, item)`` (bytes or None = silence).
 
     ``n`` counts requests over every connection; ``answer`` may also return "close" to drop the connection.
     """
 
     def __init__(self, answer):
-        self.answer = answer
         self.requests = 0
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self._stop = False
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
 
-    def _accept(self):
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            t.start()
+        def reply(conn, item):
+            self.requests += 1
+            out = answer(self.requests, item)
+            if isinstance(out, str) and out == "close":
+                return False
+            if out is not None:
+                conn.sendall(out)
+            return True
 
-    def _serve(self, conn):
-        parser = wire.Parser()
-        buf = wire.FrameBuffer(1 << 16)
-        with conn:
-            while True:
-                try:
-                    n = conn.recv_into(buf.get_buffer())
-                except OSError:
-                    return
-                if not n:
-                    return
-                buf.advance(n)
-                items, _ = buf.parse(parser, 1 << 20)
-                for item in items:
-                    self.requests += 1
-                    reply = self.answer(self.requests, item)
-                    if reply == "close":
-                        return
-                    if reply is not None:
-                        conn.sendall(reply)
-
-    def close(self):
-        self._stop = True
-        self.sock.close()
+        super().__init__(reply)
 
 
 def echo(item) -> bytes:

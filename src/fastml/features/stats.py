@@ -91,7 +91,7 @@ def histogram(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if np.all(np.isfinite(edges)):
             return counts, edges
     except ValueError:
-        pass
+        pass  # numpy's "Too many bins for data range": the edges below are the fallback
     lo, hi = float(x.min()), float(x.max())
     f = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
     with np.errstate(over="ignore"):

@@ -422,7 +422,7 @@ async def run_open_loop(
                     index += 1
                 await asyncio.sleep(start + index * interval - clock())
         except _Done:
-            pass
+            pass  # the schedule is over (deadline or request count): wait for what is in flight
         if in_flight:
             await asyncio.gather(*in_flight)
     except BaseException:
