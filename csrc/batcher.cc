@@ -322,11 +322,15 @@ bool Batcher::NextBatch(int runner, BatchInfo* out, bool wait) {
         int64_t rows = 0;
         size_t n = 0;
         for (const auto& r : bucket->requests) {
+            // A request whose batch failed in the model runs alone (see CompleteBatch).
+            if (n > 0 && r->solo) break;
             if (rows + r->rows > options_.max_batch_size) break;
             rows += r->rows;
             ++n;
+            if (r->solo) break;
         }
-        const bool full = n < bucket->requests.size() || rows == options_.max_batch_size;
+        const bool full =
+            n < bucket->requests.size() || rows == options_.max_batch_size || bucket->requests.front()->solo;
         const int64_t age = now - bucket->requests.front()->enqueue_ns;
         if (wait && !full && delay_ns > 0 && age < delay_ns) {
             const int64_t remaining = delay_ns - age;
@@ -378,10 +382,14 @@ bool Batcher::TakeMore(int runner) {
     auto& q = it->second.requests;
     const int64_t now = SteadyNowNs();
     size_t n = 0;
+    if (slot.requests.front()->solo) return false;  // a request that runs alone takes no company
     while (!q.empty()) {
         const auto& r = q.front();
-        // An expired request is the deadline thread's to fail; it never rides along.
-        if (slot.rows + r->rows > options_.max_batch_size || (r->deadline_ns != 0 && r->deadline_ns <= now)) break;
+        // An expired request is the deadline thread's to fail; it never rides along; nor does one that runs alone.
+        if (slot.rows + r->rows > options_.max_batch_size || (r->deadline_ns != 0 && r->deadline_ns <= now) ||
+            r->solo) {
+            break;
+        }
         RemoveDeadlineLocked(*r);
         slot.queue_ns += now - r->enqueue_ns;
         slot.offsets.push_back(slot.rows);
@@ -487,6 +495,10 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
     RunnerSlot& slot = runners_[runner];
     if (slot.requests.empty()) throw std::logic_error("runner " + std::to_string(runner) + " has no batch");
     const int64_t start = SteadyNowNs();
+    if (status.code == StatusCode::kInternal && slot.requests.size() > 1 && RequeueAlone(slot)) {
+        slot.requests.clear();
+        return;
+    }
     if (!status.ok()) {
         std::vector<std::string> msgs(slot.requests.size(), status.message);
         Fail(slot.requests, status.code, msgs);
@@ -528,6 +540,30 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
     }
     out.Deliver();
     slot.requests.clear();
+}
+
+bool Batcher::RequeueAlone(RunnerSlot& slot) {
+    bool wake_deadlines = false;
+    {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (shutdown_) return false;
+        // Ahead of everything queued, in their order: their tickets are the oldest, so they are taken first.
+        auto& q = buckets_[slot.shape_key].requests;
+        for (auto it = slot.requests.rbegin(); it != slot.requests.rend(); ++it) {
+            Request& r = **it;
+            r.solo = true;
+            if (r.deadline_ns != 0) {
+                deadlines_.insert(r.deadline_ns);
+                wake_deadlines = wake_deadlines || r.deadline_ns < deadline_wake_ns_;
+            }
+            q.push_front(*it);
+        }
+        queued_ += static_cast<int64_t>(slot.requests.size());
+        stats_.pending = queued_;
+    }
+    if (wake_deadlines) deadline_cv_.notify_one();
+    work_cv_.notify_all();  // one batch each: every idle runner can take one
+    return true;
 }
 
 void Batcher::Fail(const std::vector<std::shared_ptr<Request>>& requests, StatusCode code,

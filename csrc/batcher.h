@@ -101,6 +101,9 @@ struct Request {
     int64_t enqueue_ns = 0;                        // steady clock; immutable after Submit
     int64_t deadline_ns = 0;                       // steady clock, 0 = none; immutable after Submit
     int64_t timeout_us = 0;                        // as submitted, for messages; immutable after Submit
+    // Guarded by the batcher's mu_: set when a batch holding this request failed in the model (kInternal);
+    // from then on the request runs in a batch of its own, so one request the model cannot run fails alone.
+    bool solo = false;
     std::shared_ptr<CompletionQueue> queue;        // null = blocking waiter; immutable after Submit
     // Opaque to the core: the submitter's handle (the bindings keep an owned reference to the caller's
     // future and arrays there and release it when the completion is consumed). Immutable after Submit.
@@ -203,7 +206,10 @@ class Batcher {
     void Gather(int runner, BatchInfo* out);
 
     // Ends runner `runner`'s current batch: every request gets `status` (OK: its row range of the
-    // batch outputs). Call without the GIL.
+    // batch outputs). A kInternal status (the model failed) on a batch of several requests fails none of
+    // them: they go back to the head of the queue, each to run in a batch of its own, so that a request the
+    // model cannot run fails alone and the others of its batch are answered (after shutdown they fail
+    // with `status`). Call without the GIL.
     void CompleteBatch(int runner, const Status& status);
 
     // Fails every queued request with Unavailable(reason), wakes and stops every runner's NextBatch,
@@ -235,6 +241,9 @@ class Batcher {
     // Under mu_: takes requests that expired by `now_ns` out of the queue.
     void TakeExpiredLocked(int64_t now_ns, std::vector<std::shared_ptr<Request>>* expired);
     void RemoveDeadlineLocked(const Request& r);
+    // Without mu_: puts the slot's requests back at the head of their bucket, each marked to run alone, with
+    // their deadlines. False (nothing moved) once shut down.
+    bool RequeueAlone(RunnerSlot& slot);
     // Without mu_: completes `requests` with an error and updates the failure counters.
     void Fail(const std::vector<std::shared_ptr<Request>>& requests, StatusCode code,
               const std::vector<std::string>& messages);

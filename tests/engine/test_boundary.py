@@ -201,7 +201,10 @@ def test_a_raising_make_error_still_settles_every_future(batcher, make_core):
     for fut in futs:
         core.submit_async(q, (rows(1),), 0, fut)
     core.next_batch(0)
-    core.complete(0, INTERNAL, "model fell over")
+    core.complete(0, INTERNAL, "model fell over")  # a batch of three: each goes back to run alone
+    for _ in futs:
+        core.next_batch(0)
+        core.complete(0, INTERNAL, "model fell over")
     calls = []
 
     def make_error(code, message):

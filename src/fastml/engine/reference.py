@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from fastml.engine.status import DEADLINE_EXCEEDED, INVALID_INPUT, OK, OVERLOADED, UNAVAILABLE
+from fastml.engine.status import DEADLINE_EXCEEDED, INTERNAL, INVALID_INPUT, OK, OVERLOADED, UNAVAILABLE
 
 # The native core's cap on a request's timeout (kMaxTimeoutUs, csrc/batcher.cc): 100 years. Uncapped, a timeout
 # near the int64 limit made the deadline thread's wait overflow (OverflowError) and killed it, so queued requests
@@ -81,6 +81,7 @@ class _Request:
         "event",
         "result",
         "future",
+        "solo",  # guarded by the batcher's _cv: its batch failed in the model, so it now runs alone
     )
 
 
@@ -181,6 +182,7 @@ class ReferenceBatcher:
         r.timeout_us = min(timeout_us, _MAX_TIMEOUT_US) if timeout_us and timeout_us > 0 else 0
         r.event = threading.Event() if queue is None else None
         r.result = None
+        r.solo = False
         with self._cv:
             if self._shutdown:
                 raise CoreError(UNAVAILABLE, f"model is shut down: {self._reason}")
@@ -346,11 +348,15 @@ class ReferenceBatcher:
                 bucket = self._buckets[key]
                 rows = n = 0
                 for r in bucket:
+                    if n and r.solo:  # a request whose batch failed in the model runs alone (see complete)
+                        break
                     if rows + r.rows > self._max_rows:
                         break
                     rows += r.rows
                     n += 1
-                full = n < len(bucket) or rows == self._max_rows
+                    if r.solo:
+                        break
+                full = n < len(bucket) or rows == self._max_rows or bucket[0].solo
                 age = now - bucket[0].enqueue_ns
                 if not full and self._delay_ns and age < self._delay_ns:
                     remaining = self._delay_ns - age
@@ -397,6 +403,8 @@ class ReferenceBatcher:
                 self._batch_outputs[batch_id] = [outputs, len(taken)]
         self._slots[runner] = None
         start = time.monotonic_ns()
+        if code == INTERNAL and len(taken) > 1 and self._requeue_alone(taken):
+            return
         if code != OK:
             self._fail(taken, code, [message] * len(taken))
             return
@@ -439,6 +447,21 @@ class ReferenceBatcher:
             r.event.set()
         else:
             groups.setdefault(id(r.queue), (r.queue, []))[1].append(c)
+
+    def _requeue_alone(self, taken: list[_Request]) -> bool:
+        """The requests of a batch the model failed on, back at the head of their bucket (their tickets are the
+        oldest), each to run alone, with their deadlines; False once shut down (they then fail as the batch did)."""
+        with self._cv:
+            if self._shutdown:
+                return False
+            for r in taken:
+                r.solo = True
+                if r.deadline_ns:
+                    heapq.heappush(self._deadlines, (r.deadline_ns, r.id))
+            self._buckets[taken[0].key] = taken + self._buckets.get(taken[0].key, [])
+            self._queued += len(taken)
+            self._cv.notify_all()
+        return True
 
     def _fail(self, requests: list[_Request], code: int, messages: list[str]) -> None:
         if not requests:

@@ -1,0 +1,144 @@
+"""A request the model cannot run fails alone: the other requests of its batch are run again one by one and
+answered (the batcher's contract, csrc/batcher.h CompleteBatch, on both batchers and every runner)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from fastml.engine.status import DEADLINE_EXCEEDED, INTERNAL, OK, UNAVAILABLE
+from fastml.errors import InternalError
+
+F32_4 = [("x", np.dtype(np.float32), [-1, 4])]
+
+
+def rows(n, start=0.0):
+    return np.arange(start, start + n * 4, dtype=np.float32).reshape(n, 4)
+
+
+def test_a_failed_batch_runs_its_requests_alone_and_only_the_failing_one_fails(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4, max_batch_size=8)
+    q = Queue()
+    a, b, c = rows(1), rows(2, 100), rows(1, 200)
+    ta, tb, tc = (core.submit_async(q, (x,), 0) for x in (a, b, c))
+    _, n, _ = core.next_batch(0)
+    assert n == 4
+    core.complete(0, INTERNAL, "model failed on a batch of 4 rows")
+    assert q.drain() == []  # nobody answered yet: the three go back to the queue
+    assert core.stats()["failures"] == 0 and core.stats()["pending"] == 3
+    late = core.submit_async(q, (rows(1, 300),), 0)  # queued behind them; never joins a lone request's batch
+
+    answered = {}
+    for expected, fail in ((a, False), (b, True), (c, False)):
+        _, n, arrays = core.next_batch(0)
+        np.testing.assert_array_equal(arrays[0], expected)  # alone, in their order
+        if fail:
+            core.complete(0, INTERNAL, "index 100 is out of range")
+        else:
+            core.complete(0, OK, "", [arrays[0].sum(axis=1)])
+        answered.update({d[0]: d for d in q.drain()})
+    assert {t: (answered[t][4], answered[t][5]) for t in (ta, tb, tc)} == {
+        ta: (OK, None),
+        tb: (INTERNAL, "index 100 is out of range"),
+        tc: (OK, None),
+    }
+    assert answered[ta][3] == 1 and answered[tc][3] == 1  # each its own batch of its own rows
+    _, n, arrays = core.next_batch(0)  # the late request batches as usual
+    np.testing.assert_array_equal(arrays[0], rows(1, 300))
+    core.complete(0, INTERNAL, "a lone request fails at once")
+    assert [(d[0], d[4]) for d in q.drain()] == [(late, INTERNAL)]
+    s = core.stats()
+    assert (s["requests"], s["failures"], s["batches"], s["pending"]) == (2, 2, 2, 0)
+    core.shutdown("done")
+
+
+def test_a_failure_other_than_the_models_fails_the_whole_batch(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    q = Queue()
+    core.submit_async(q, (rows(1),), 0)
+    core.submit_async(q, (rows(2),), 0)
+    core.next_batch(0)
+    core.complete(0, UNAVAILABLE, "model is closing")
+    assert [(d[4], d[5]) for d in q.drain()] == [(UNAVAILABLE, "model is closing")] * 2
+    assert core.stats()["failures"] == 2
+    core.shutdown("done")
+
+
+def test_after_shutdown_a_failed_batch_fails_every_request(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    q = Queue()
+    core.submit_async(q, (rows(1),), 0)
+    core.submit_async(q, (rows(1),), 0)
+    core.next_batch(0)
+    core.shutdown("going away")
+    core.complete(0, INTERNAL, "model exploded")
+    assert [(d[4], d[5]) for d in q.drain()] == [(INTERNAL, "model exploded")] * 2
+
+
+def test_requests_put_back_keep_their_deadlines(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    q = Queue()
+    core.submit_async(q, (rows(1),), 50_000)  # 50 ms
+    core.submit_async(q, (rows(1),), 50_000)
+    core.next_batch(0)
+    core.complete(0, INTERNAL, "model failed")
+    done, stop = [], time.monotonic() + 5
+    while len(done) < 2 and time.monotonic() < stop:  # the deadline thread fails them once 50 ms have passed
+        time.sleep(0.01)
+        done += q.drain()
+    assert [d[4] for d in done] == [DEADLINE_EXCEEDED] * 2
+    assert core.stats()["pending"] == 0
+    core.shutdown("done")
+
+
+@pytest.fixture(scope="module")
+def lookup_model(tmp_path_factory):
+    """ONNX model: X FP32 [N, 1] -> Y = TABLE[int(X)] FP32 [N, 1] over a 10-entry table: an index outside 0..9
+    makes ONNX Runtime fail the whole run (Gather checks its indices)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10], [float(10 * i) for i in range(10)])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["X"], ["idx"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "idx"], ["Y"], axis=0),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("lookup") / "lookup.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("batcher_kind, runner", [("native", "threads"), ("python", "threads"), ("native", "loop")])
+def test_a_bad_request_fails_alone_and_its_batch_mates_get_their_answers(lookup_model, batcher_kind, runner):
+    from fastml.engine import load_model
+
+    # Three rows fill a batch at once; the queue delay holds the first two until the third has come.
+    with load_model(
+        lookup_model, max_batch_size=3, max_queue_delay_us=500_000, batcher=batcher_kind, runner=runner
+    ) as model:
+
+        async def three():
+            return await asyncio.gather(
+                *(model.submit({"X": np.array([[v]], np.float32)}) for v in (1.0, 100.0, 2.0)),
+                return_exceptions=True,
+            )
+
+        first, bad, third = asyncio.run(three())
+        assert isinstance(bad, InternalError), bad
+        assert "failed on a batch of 1 rows" in str(bad) and "100" in str(bad), str(bad)  # ORT names the index
+        assert first["Y"].tolist() == [[10.0]] and third["Y"].tolist() == [[20.0]]
+        s = model.stats()
+        # One failed run of the three (not counted), then three runs of one: two answered, one failed.
+        assert (s["requests"], s["failures"], s["batches"]) == (2, 1, 2), s
