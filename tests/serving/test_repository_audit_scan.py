@@ -139,3 +139,13 @@ def test_unreadable_config_fails_its_model_only(tmp_path):
     }
     with pytest.raises(InvalidInput, match="not UTF-8"):
         read_config(tmp_path / "a")
+
+
+@pytest.mark.parametrize("name", ["my model", "caf\u00e9", "-lead", "a" * 129])
+def test_a_directory_whose_name_is_not_a_model_name_fails_by_that_name(tmp_path, name):
+    # Before: served at startup under a name that every load, unload or ready request then refused.
+    _onnx(tmp_path / name / "1" / "model.onnx", 2.0)
+    _onnx(tmp_path / "good" / "1" / "model.onnx", 3.0)
+    found, failed = scan_repository(tmp_path)
+    assert list(found) == ["good"]
+    assert list(failed) == [name] and "invalid model name" in failed[name]

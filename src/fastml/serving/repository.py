@@ -273,11 +273,16 @@ def scan_target(target: str) -> dict[str, list[ModelSource]]:
 def scan_repository(path: Path) -> tuple[dict[str, list[ModelSource]], dict[str, str]]:
     """Scan a repository directory model by model: ``(found, failed)`` where ``failed`` maps the name of
     each model directory that cannot be served as configured (a bad config.toml, a bad version directory) to the
-    reason, so one broken model does not hide the others. Model directories without versions are skipped."""
+    reason, so one broken model does not hide the others. Model directories without versions are skipped. A
+    directory whose name is not a model name (``my model``, ``ünïcode``) fails by that name: served, it could not
+    be loaded, unloaded or asked for by name, which every repository request checks."""
+    from fastml.serving.load_limits import validate_model_name
+
     found: dict[str, list[ModelSource]] = {}
     failed: dict[str, str] = {}
     for model_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
+            validate_model_name(model_dir.name)
             sources = scan_model_dir(model_dir)
         except FastMLError as exc:
             failed[model_dir.name] = str(exc)
