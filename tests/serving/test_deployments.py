@@ -209,7 +209,14 @@ def test_set_weights_is_atomic_and_validated(registry, x):
             dm.set_weights("fraud", {"candidate": 10000})
         with pytest.raises(NotFound):
             dm.set_weights("nope", {})
+        # Fractions are refused, not truncated: -0.5 used to pass as 0 and 10000.5 as 10000.
+        with pytest.raises(InvalidInput, match=r"weights_bp\['incumbent'\]: basis points must be a whole number"):
+            dm.set_weights("fraud", {"incumbent": -0.5, "candidate": 10000.5})
+        with pytest.raises(InvalidInput, match="whole number, got True"):
+            dm.set_weights("fraud", {"incumbent": True, "candidate": 9999})
         assert dm.variant_stats("fraud")["candidate"]["weight_bp"] == 10000
+        dm.set_weights("fraud", {"incumbent": 2500.0, "candidate": np.int64(7500)})  # whole numbers of any type
+        assert dm.variant_stats("fraud")["candidate"]["weight_bp"] == 7500
 
     run(scenario)
 

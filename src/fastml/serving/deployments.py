@@ -971,8 +971,8 @@ class DeploymentManager:
             for k, v in shadow_bp.items():
                 if k not in names:
                     raise InvalidInput(f"shadow_bp: {k!r} is not a shadow of deployment {deployment!r}")
-                shares[names[k]] = int(v)
-        d.router.set_weights([int(weights_bp[t.name]) for t in d.variants], shares)
+                shares[names[k]] = _basis_points("shadow_bp", k, v)
+        d.router.set_weights([_basis_points("weights_bp", t.name, weights_bp[t.name]) for t in d.variants], shares)
         native = d.transport_cache.get("native")
         if native is not None:
             native.reweighted()
@@ -1167,6 +1167,20 @@ def read_status(state_file: Path | None = None) -> dict:
         if canaries:
             out[name]["canary"] = canaries[0] if len(canaries) == 1 else canaries  # one per serving process
     return out
+
+
+def _basis_points(what: str, name: str, value) -> int:
+    """``value`` as whole basis points. A fraction is refused, not truncated: 5000.5 / 4999.5 would otherwise
+    become 5000 / 4999 and fail the sum with numbers the caller never gave, and -0.5 would pass as 0.
+
+    Raises:
+        InvalidInput: a bool, a non-number, or a number with a fractional part.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidInput(f"{what}[{name!r}]: basis points must be a whole number, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise InvalidInput(f"{what}[{name!r}]: basis points must be a whole number, got {value!r}")
+    return int(value)
 
 
 __all__ = ["Deployment", "DeploymentManager", "Target", "VariantStats", "read_status"]
