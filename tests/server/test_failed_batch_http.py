@@ -1,0 +1,76 @@
+"""Over HTTP, a request the model cannot run fails alone: its batch mates get their answers (JSON and the
+binary tensor extension, which the native intake hands to the batcher), and the server keeps serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+from serverkit import ServerProcess
+
+
+def _lookup_model(path) -> None:
+    """X FP32 [N, 1] -> Y = TABLE[int(X)] FP32 [N, 1], TABLE = 0, 10, ..., 90: ONNX Runtime fails the whole run on
+    an index outside 0..9."""
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10], [float(10 * i) for i in range(10)])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["X"], ["idx"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "idx"], ["Y"], axis=0),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True)
+    path.write_bytes(model.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def lookup_server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("lookup_repo")
+    _lookup_model(repo / "lookup" / "1" / "model.onnx")
+    # Three one-row requests fill a batch; the long queue delay holds the first ones until the third has come.
+    (repo / "lookup" / "config.toml").write_text(
+        'max_batch_size = 3\nmax_queue_delay_us = 2000000\nrunner = "threads"\n'
+    )
+    srv = ServerProcess([str(repo), "--http-port", "0"], tmp_path_factory.mktemp("home"))
+    # The batcher waits for company only once it has seen arrivals (its very first request goes at once): one
+    # request first, so that each test's three share a batch.
+    body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]}
+    assert srv.post("/v2/models/lookup/infer", body)[0] == 200
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_one_bad_request_fails_alone_and_its_batch_mates_are_answered(lookup_server, binary):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(lookup_server.url, concurrency=3)
+
+    def request(value: float):
+        x = httpclient.InferInput("X", [1, 1], "FP32")
+        x.set_data_from_numpy(np.array([[value]], np.float32), binary_data=binary)
+        return client.async_infer("lookup", [x], outputs=[httpclient.InferRequestedOutput("Y", binary_data=binary)])
+
+    def answer(pending):
+        try:
+            return pending.get_result().as_numpy("Y").tolist()
+        except InferenceServerException as exc:
+            return exc
+
+    first, bad, third = [answer(p) for p in [request(v) for v in (1.0, 100.0, 2.0)]]  # three in flight at once
+    assert first == [[10.0]] and third == [[20.0]]
+    assert isinstance(bad, InferenceServerException), bad
+    # Run alone, the bad request's error names its own batch of one row and ONNX Runtime's reason.
+    assert "failed on a batch of 1 rows" in bad.message() and "idx=100" in bad.message(), bad.message()
+    stats = client.get_inference_statistics("lookup")["model_stats"][0]["inference_stats"]
+    assert stats["fail"]["count"] >= 1
+    # And the server keeps serving: the next full batch is answered whole.
+    assert [answer(p) for p in [request(v) for v in (3.0, 4.0, 5.0)]] == [[[30.0]], [[40.0]], [[50.0]]]
+    client.close()
