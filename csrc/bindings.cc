@@ -1176,7 +1176,9 @@ bool AppendScalar(PyObject* item, std::string* arena) {
 }
 
 // Encodes a sequence of keys: str/bytes/int as is, a tuple as its components joined by 0x1f (the
-// same encoding fastml.features.offline.key_strings gives Arrow columns).
+// same encoding fastml.features.offline.key_strings gives Arrow columns). A part of a composite key (a tuple
+// of 2 or more) holding the byte 0x1f is refused: ("a\x1fb", "c") and ("a", "b\x1fc") would encode alike and
+// read or overwrite each other's row. A one-part key may hold it (a group's key arity is fixed).
 void EncodeKeys(py::handle keys, KeyBatch* out) {
   if (PyUnicode_Check(keys.ptr()) || PyBytes_Check(keys.ptr())) {
     RaiseInvalid("entity keys must be a sequence of keys, not a single string");
@@ -1200,7 +1202,12 @@ void EncodeKeys(py::handle keys, KeyBatch* out) {
       ok = m > 0;
       for (Py_ssize_t j = 0; ok && j < m; ++j) {
         if (j > 0) out->arena.push_back('\x1f');
+        const size_t part = out->arena.size();
         ok = AppendScalar(PyTuple_GET_ITEM(item, j), &out->arena);
+        if (ok && m > 1 && std::memchr(out->arena.data() + part, '\x1f', out->arena.size() - part) != nullptr) {
+          RaiseInvalid("entity key at position " + std::to_string(i) + ": part " + std::to_string(j) +
+                       " contains the byte 0x1f, which separates the parts of a composite key");
+        }
       }
     } else {
       ok = AppendScalar(item, &out->arena);

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +75,11 @@ def timestamps_us(table: pa.Table, name: str, what: str = "table", *, round_up: 
 def key_strings(table: pa.Table, entities: tuple[str, ...], what: str = "table") -> pa.Array:
     """Entity keys as one string column: the value's text, components joined by 0x1f when composite.
 
-    This is the exact byte encoding the online store keys rows on (csrc/bindings.cc EncodeKeys).
+    This is the exact byte encoding the online store keys rows on (csrc/bindings.cc EncodeKeys). A part of a
+    composite key holding the byte 0x1f is refused (see :func:`refuse_separator`).
     """
-    parts = []
+    parts: list[pa.Array] = []
+    texts: list[int] = []  # the parts that were strings (an integer's decimal text never holds 0x1f)
     for name in entities:
         if name not in table.column_names:
             raise InvalidInput(f"{what}: missing entity column {name!r}; columns: {table.column_names}")
@@ -86,13 +89,37 @@ def key_strings(table: pa.Table, entities: tuple[str, ...], what: str = "table")
             col = col.dictionary_decode()
             t = col.type
         if pa.types.is_integer(t) or pa.types.is_large_string(t):
+            if not pa.types.is_integer(t):
+                texts.append(len(parts))
             col = pc.cast(col, pa.string())
         elif not pa.types.is_string(t):
             raise InvalidInput(f"column {name!r}: entity keys must be strings or integers, got {t}")
+        else:
+            texts.append(len(parts))
         parts.append(col)
     if len(parts) == 1:
         return parts[0]
+    refuse_separator([parts[j] for j in texts], texts, entities, what)
     return pc.binary_join_element_wise(*parts, "\x1f")
+
+
+def refuse_separator(columns: list[pa.Array], positions: list[int], entities: Sequence[str], what: str) -> None:
+    """InvalidInput when a part of a composite key (``columns``: string key columns, part ``positions[j]`` of
+    ``entities``) holds the byte 0x1f, which joins the parts: ``("a\\x1fb", "c")`` and ``("a", "b\\x1fc")``
+    would be one key. Names the first such row and part. Arrow compute passes only, no Python code per row.
+    """
+    if len(entities) < 2:
+        return  # a one-part key may hold 0x1f: a group's key arity is fixed
+    hits = [pc.match_substring(col, "\x1f") for col in columns]
+    if not any(pc.any(h).as_py() for h in hits):
+        return
+    masks = [h.fill_null(False).to_numpy(zero_copy_only=False) for h in hits]
+    row = min(int(np.flatnonzero(m)[0]) for m in masks if m.any())
+    j = positions[next(k for k, m in enumerate(masks) if m[row])]
+    raise InvalidInput(
+        f"{what}: entity key at position {row}: part {j} (column {entities[j]!r}) contains the byte 0x1f, which "
+        f"separates the parts of a composite key {tuple(entities)}"
+    )
 
 
 def validate(group: FeatureGroup, table) -> pa.Table:
@@ -121,6 +148,8 @@ def validate(group: FeatureGroup, table) -> pa.Table:
             raise InvalidInput(f"column {name!r}: {col.null_count} null entity keys; entity keys must not be null")
         columns.append(col)
         names.append(name)
+    # Before anything is written: a composite key part holding 0x1f would be stored as another entity's key.
+    refuse_separator(columns, list(range(len(columns))), group.entities, f"ingest into {group.name!r}")
     # Rounded up: a feature row stamped between two microseconds must not be visible to an entity row at
     # the earlier one (entity rows round down), or a training set would see it before it happened.
     ts = timestamps_us(table, group.timestamp_column, round_up=True)

@@ -19,32 +19,58 @@ from fastml.errors import IntegrityError, InvalidInput
 
 _META = b"__fastml_tables__"
 _HEADER = struct.Struct("<qII")
+_SEP = b"\x1f"  # joins the parts of a composite key
 
 
-def encode_key(key) -> bytes:
-    """str -> UTF-8, bytes as is, int -> decimal, tuple -> components joined by 0x1f."""
+def encode_key(key, position: int = 0) -> bytes:
+    """str -> UTF-8, bytes as is, int -> decimal, tuple -> components joined by 0x1f.
+
+    A part of a composite key (a tuple of 2 or more) holding the byte 0x1f is refused (InvalidInput naming
+    ``position`` and the part): ``("a\\x1fb", "c")`` and ``("a", "b\\x1fc")`` would encode alike. A one-part
+    key may hold it (a group's key arity is fixed, so it cannot meet a composite key of its group).
+    """
+    parts = _parts(key)
+    if len(parts) > 1:
+        _refuse_separator(parts, position)
+    return _SEP.join(parts)
+
+
+def _parts(key) -> list[bytes]:
+    """The encoded parts of a key (one for a scalar); InvalidInput for a type that is not a key."""
     if isinstance(key, tuple):
         if not key:
             raise InvalidInput("entity key tuple must not be empty")
-        return b"\x1f".join(encode_key(k) for k in key)
+        return [encode_key(k) for k in key]
     if isinstance(key, str):
-        return key.encode()
+        return [key.encode()]
     if isinstance(key, bytes):
-        return key
+        return [key]
     if isinstance(key, (bool, int, np.integer)):
-        return str(int(key)).encode()
+        return [str(int(key)).encode()]
     raise InvalidInput(f"entity key {key!r} has type {type(key).__name__}; use str, int, bytes or a tuple of them")
+
+
+def _refuse_separator(parts: list[bytes], position: int) -> None:
+    for j, part in enumerate(parts):
+        if _SEP in part:
+            raise InvalidInput(
+                f"entity key at position {position}: part {j} contains the byte 0x1f, which separates the parts "
+                "of a composite key"
+            )
 
 
 def _encode_all(keys) -> list[bytes]:
     out = []
     for i, k in enumerate(keys):
         try:
-            out.append(encode_key(k))
+            parts = _parts(k)
         except InvalidInput:
             raise InvalidInput(
                 f"entity key at position {i} has type {type(k).__name__}; use str, int, bytes or a tuple of them"
             ) from None
+        if len(parts) > 1:
+            _refuse_separator(parts, i)  # before any transaction: nothing is written or read
+        out.append(_SEP.join(parts))
     return out
 
 

@@ -113,8 +113,8 @@ class FeatureStore:
             but the group's stats could not be recomputed (they keep their previous value).
 
         Raises:
-            InvalidInput: a missing column, a wrong type, a null key or timestamp (the message names the
-                column); nothing is written.
+            InvalidInput: a missing column, a wrong type, a null key or timestamp, a composite key part holding
+                the byte 0x1f (the message names the column); nothing is written.
         """
         g, version = self.get_group(group)
         validated = _offline.validate(g, table)
@@ -188,7 +188,7 @@ class FeatureStore:
             return hit[1], hit[2]
         rows = self._read(g, version, ingests=ingests)  # shared with materialize()'s whole-version reads
         if rows.num_rows:
-            f_keys = _offline.key_strings(rows, g.entities)
+            f_keys = _offline.key_strings(rows, g.entities, f"offline rows of {g.name!r}@v{version}")
             f_ts = rows.column(g.timestamp_column).combine_chunks().view(pa.int64()).to_numpy()
         else:
             f_keys, f_ts = pa.array([], pa.string()), np.empty(0, np.int64)
@@ -282,21 +282,24 @@ class FeatureStore:
         vocabulary, extended first. Returns ``{"entities", "written", "skipped_older"}``.
 
         Raises:
-            InvalidInput: ``start`` not before ``end`` (checked before anything is written or recorded).
+            InvalidInput: ``start`` not before ``end``, or a composite entity key part holding the byte 0x1f
+                (checked before anything is written or recorded).
         """
         g, version = self.get_group(group)
         start_us, end_us = _to_us(start), _to_us(end)
         _check_window(start, end, start_us, end_us)
         rows = self._read(g, version, None, start_us, end_us)
         n_total = rows.num_rows
+        # Before any write (the TTL row included): refuses a composite key part holding 0x1f, which rows
+        # ingested before ingest refused them may have.
+        keys = _offline.key_strings(rows, g.entities, f"materialize {g.name!r}@v{version}") if n_total else None
         online = self.online
         # A store materialised before TTLs were kept in it gets its TTL row here
         self._sync_online_ttl(g.name, version)
-        if n_total == 0:
+        if keys is None:
             online.table(g, version)
             self.metadata.record_materialization(g.name, version, start_us, end_us, 0, 0, 0)
             return {"group": g.name, "version": version, "entities": 0, "written": 0, "skipped_older": 0}
-        keys = _offline.key_strings(rows, g.entities)
         enc = keys.dictionary_encode()
         codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         ts = rows.column(g.timestamp_column).combine_chunks().view(pa.int64()).to_numpy()
