@@ -208,3 +208,65 @@ def test_cli_convert(data, tmp_path, fastml_home):
         check=False,
     )
     assert bad.returncode == 2 and "t.onnx.nope" in bad.stderr
+
+
+def _coded_rows(n: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """Two integer-coded categorical columns (0..3 and 10..12) and one numeric column, float32; a label."""
+    rng = np.random.default_rng(7)
+    x = np.column_stack([rng.integers(0, 4, n), rng.integers(10, 13, n), rng.normal(size=n)]).astype(np.float32)
+    return x, ((x[:, 0] == 2) ^ (x[:, 2] > 0)).astype(int)
+
+
+def _encoded_pipelines():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+    return {
+        "onehot_then_logistic": (make_pipeline(OneHotEncoder(), LogisticRegression()), [0, 1]),
+        "column_transformer": (
+            make_pipeline(
+                ColumnTransformer([("cat", OneHotEncoder(), [0, 1]), ("num", StandardScaler(), [2])]),
+                RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0),
+            ),
+            [0, 1, 2],
+        ),
+        "ordinal_in_a_pipeline_step": (
+            make_pipeline(
+                ColumnTransformer([("cat", make_pipeline(OrdinalEncoder()), slice(0, 2))], remainder="passthrough"),
+                LogisticRegression(),
+            ),
+            [0, 1, 2],
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["onehot_then_logistic", "column_transformer", "ordinal_in_a_pipeline_step"])
+def test_pipelines_that_encode_integer_categories_convert_with_the_default_sample(tmp_path, name):
+    # Before: the default parity rows were random normal values, which a one-hot encoder with
+    # handle_unknown="error" refuses ("Unknown Category"), so neither `fastml convert` without --sample nor
+    # convert-on-load could convert such a pipeline. The sample now draws those columns from the categories.
+    model, cols = _encoded_pipelines()[name]
+    x, y = _coded_rows()
+    model.fit(x[:, cols], y)
+    src = tmp_path / f"{name}.pkl"
+    src.write_bytes(pickle.dumps(model))
+    report = convert_file(src, tmp_path / f"{name}.onnx")
+    assert report.parity_rows > 0 and report.max_abs_diff <= 1e-4
+    sess = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(x[:, cols])})
+    np.testing.assert_array_equal(got[0], model.predict(x[:, cols]))
+    np.testing.assert_allclose(got[1], model.predict_proba(x[:, cols]), atol=1e-5)
+
+
+def test_edge_rows_leave_encoded_columns_alone():
+    from fastml.convert.frameworks import _with_edge_rows
+
+    x = np.full((70, 3), 5.0, np.float32)
+    plain = _with_edge_rows(x, nan=True)
+    assert (plain[70] == 0).all() and np.isnan(plain[70 + 1 + 64]).all()  # the all-zero and all-NaN rows
+    kept = _with_edge_rows(x, nan=True, keep=[1])
+    assert (kept[:, 1] == 5.0).all()  # column 1 keeps its (category) values in every edge row
+    np.testing.assert_array_equal(np.delete(kept, 1, axis=1), np.delete(plain, 1, axis=1))

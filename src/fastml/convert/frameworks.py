@@ -220,16 +220,86 @@ def _sample_rows(n_features: int, sample) -> np.ndarray:
     return rng.normal(size=(PARITY_ROWS, n_features)).astype(np.float32)
 
 
-def _with_edge_rows(x: np.ndarray, *, nan: bool) -> np.ndarray:
+def _with_edge_rows(x: np.ndarray, *, nan: bool, keep: list[int] | None = None) -> np.ndarray:
     """``x`` plus rows holding exact zeros and, when ``nan``, NaNs: random normal rows never contain either,
     yet tree models route both specially (missing values; LightGBM's ``zero_as_missing``), so a conversion
-    that gets that routing wrong would otherwise pass parity on the default sample."""
+    that gets that routing wrong would otherwise pass parity on the default sample. Columns in ``keep`` (read by a
+    category encoder, see :func:`_encoded_columns`) keep their values: a 0 that is not a category would fail both
+    models alike."""
     rng = np.random.default_rng(1)
     base = x[:EDGE_ROWS]
-    parts = [x, np.zeros((1, x.shape[1]), np.float32), np.where(rng.random(base.shape) < 0.3, 0, base)]
+    free = np.ones(x.shape[1], bool)
+    free[keep or []] = False
+
+    def edge(value, where) -> np.ndarray:
+        return np.where(where & free, value, base)
+
+    zeros = np.zeros((1, x.shape[1]), np.float32)
+    parts = [x, np.where(free, zeros, base[:1]), edge(0, rng.random(base.shape) < 0.3)]
     if nan:
-        parts += [np.full((1, x.shape[1]), np.nan, np.float32), np.where(rng.random(base.shape) < 0.3, np.nan, base)]
+        parts += [np.where(free, np.nan, base[:1]), edge(np.nan, rng.random(base.shape) < 0.3)]
     return np.ascontiguousarray(np.concatenate(parts).astype(np.float32))
+
+
+def _encoded_columns(obj, n_features: int) -> dict[int, np.ndarray]:
+    """Input column -> the categories a scikit-learn ``OneHotEncoder`` or ``OrdinalEncoder`` at the front of
+    ``obj`` (the model itself, a Pipeline's first step, or a ColumnTransformer's transformer over integer column
+    positions, itself possibly a Pipeline) knows for it, when they are numbers. Random normal rows hold values no
+    such encoder has seen: with ``handle_unknown="error"`` the source model and the converted graph both refuse
+    them, and the parity check could not run at all."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
+
+    def front(est):
+        while isinstance(est, Pipeline):
+            steps = [e for _, e in est.steps if e not in (None, "passthrough")]
+            if not steps:
+                return None
+            est = steps[0]
+        return est
+
+    def positions(cols) -> list[int] | None:
+        if isinstance(cols, slice):
+            return list(range(n_features))[cols]
+        arr = np.asarray(cols)
+        if arr.dtype == bool and arr.shape == (n_features,):
+            return [int(i) for i in np.flatnonzero(arr)]
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        return [int(i) % n_features for i in arr] if arr.dtype.kind in "iu" else None  # names: not positions
+
+    def categories(encoder, cols: list[int]) -> dict[int, np.ndarray]:
+        cats = getattr(encoder, "categories_", None)
+        if cats is None or len(cats) != len(cols):
+            return {}
+        return {c: np.asarray(k, np.float32) for c, k in zip(cols, cats) if np.asarray(k).dtype.kind in "iuf"}
+
+    est = front(obj)
+    if isinstance(est, (OneHotEncoder, OrdinalEncoder)):
+        return categories(est, list(range(n_features)))
+    found: dict[int, np.ndarray] = {}
+    if isinstance(est, ColumnTransformer):
+        for _, trans, cols in getattr(est, "transformers_", []):
+            enc = front(trans) if not isinstance(trans, str) else None
+            where = positions(cols) if isinstance(enc, (OneHotEncoder, OrdinalEncoder)) else None
+            if where:
+                found.update(categories(enc, where))
+    return found
+
+
+def _with_categories(x: np.ndarray, known: dict[int, np.ndarray]) -> np.ndarray:
+    """``x`` with each column in ``known`` drawn from its categories (every category at least once when there
+    are rows enough), the other columns as they are."""
+    if not known:
+        return x
+    x = x.copy()
+    rng = np.random.default_rng(2)
+    for col, cats in known.items():
+        values = np.resize(cats, len(x))  # each category in turn, then shuffled
+        rng.shuffle(values)
+        x[:, col] = values
+    return x
 
 
 def _takes_nan(obj, fmt: str, n_features: int) -> bool:
@@ -430,7 +500,9 @@ def convert_file(
         n_features = _n_features(obj, fmt, path)
         x = _sample_rows(n_features, sample)
         if sample is None:
-            x = _with_edge_rows(x, nan=_takes_nan(obj, fmt, n_features))
+            known = _encoded_columns(obj, n_features) if fmt == "sklearn" else {}
+            x = _with_categories(x, known)
+            x = _with_edge_rows(x, nan=_takes_nan(obj, fmt, n_features), keep=sorted(known))
         onx = _tree_to_onnx(obj, fmt, n_features, opset)
         onx.graph.name = f"fastml_{type(obj).__name__}"  # skl2onnx names graphs with a random uuid
         data = onx.SerializeToString()
