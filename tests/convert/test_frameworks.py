@@ -270,3 +270,24 @@ def test_edge_rows_leave_encoded_columns_alone():
     kept = _with_edge_rows(x, nan=True, keep=[1])
     assert (kept[:, 1] == 5.0).all()  # column 1 keeps its (category) values in every edge row
     np.testing.assert_array_equal(np.delete(kept, 1, axis=1), np.delete(plain, 1, axis=1))
+
+
+def test_a_column_transformer_picking_columns_by_name_is_refused_in_words(tmp_path):
+    # Before: skl2onnx's "Unable to find column name 'city' among names ['input']", naming neither the cause
+    # (the ONNX model takes one float matrix) nor the fix.
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    df = pd.DataFrame({"city": ["a", "b", "c", "a"] * 25, "x": np.arange(100, dtype=float)})
+    model = make_pipeline(
+        ColumnTransformer([("cat", OneHotEncoder(), ["city"]), ("num", StandardScaler(), ["x"])]),
+        LogisticRegression(),
+    ).fit(df, (df.x % 3 == 0).astype(int))
+    src = tmp_path / "named.pkl"
+    src.write_bytes(pickle.dumps(model))
+    with pytest.raises(InvalidInput, match=r"selects columns by name \('city'\).*select columns by position"):
+        convert_file(src, tmp_path / "named.onnx")
+    assert not (tmp_path / "named.onnx").exists()

@@ -322,6 +322,33 @@ def _load_sample(path) -> np.ndarray:
         raise InvalidInput(f"sample {str(path)!r} is not a readable .npy array: {exc}") from exc
 
 
+def _refuse_named_columns(obj) -> None:
+    """InvalidInput, in words, for a scikit-learn model fitted on a DataFrame whose ColumnTransformer picks
+    columns by name: the converted graph takes one float matrix (input ``input``), so there are no names to pick
+    by, and skl2onnx's own error ("Unable to find column name 'city' among names ['input']") says neither why nor
+    what to do."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    stack = [obj]
+    while stack:
+        est = stack.pop()
+        if isinstance(est, Pipeline):
+            stack.extend(e for _, e in est.steps)
+        elif isinstance(est, ColumnTransformer):
+            for _, trans, cols in getattr(est, "transformers_", est.transformers):
+                named = [cols] if isinstance(cols, str) else [c for c in np.ravel(cols) if isinstance(c, str)]
+                if named:
+                    raise InvalidInput(
+                        f"cannot convert {type(obj).__name__}: its ColumnTransformer selects columns by name "
+                        f"({', '.join(repr(str(c)) for c in named[:3])}), but the ONNX model takes one float matrix "
+                        "(input 'input', columns by position). Fit the pipeline on a numeric array and select "
+                        "columns by position; encode string columns as numbers first (an OrdinalEncoder fitted "
+                        "outside the model, or integer codes)"
+                    )
+                stack.append(trans)
+
+
 def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
     from fastml.convert.sklearn_export import register_converters
 
@@ -333,6 +360,7 @@ def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
 
         final = obj.steps[-1][1] if hasattr(obj, "steps") else obj
         options = {id(final): {"zipmap": False}} if is_classifier(final) else None
+        _refuse_named_columns(obj)
         try:
             return convert_sklearn(
                 obj,
