@@ -160,3 +160,24 @@ def test_a_missing_artifact_is_not_found_not_integrity(reg, artifact):
     reg.artifact_path(mv.ref).unlink()
     with pytest.raises(NotFound, match="missing"):
         reg.artifact_path(mv.ref)
+
+
+def test_artifact_bytes_are_the_checked_bytes_or_an_error(reg, artifact):
+    src = artifact("bytes", 4096)
+    mv = reg.register("m", src, actor="ana")
+    got_mv, data = reg.artifact_bytes("m@latest")
+    assert got_mv.ref == mv.ref and data == src.read_bytes()
+    stored = reg.artifact_path(mv.ref)
+    stored.chmod(0o644)
+    for changed, why in (
+        (data + b"x", "more than 4096 bytes"),  # grown: read stops one byte past the registered size
+        (data[:-1], "4095 bytes"),
+        (bytes([data[0] ^ 1]) + data[1:], "4096 bytes and sha256"),
+    ):
+        stored.write_bytes(changed)
+        with pytest.raises(IntegrityError, match=why) as err:
+            reg.artifact_bytes(mv.ref)
+        assert mv.sha256 in str(err.value) and "refusing to load it" in str(err.value)
+    stored.unlink()
+    with pytest.raises(NotFound, match="is missing"):
+        reg.artifact_bytes(mv.ref)

@@ -31,7 +31,9 @@ def test_a_reference_moved_mid_resolve_loads_the_version_it_named(fastml_home, t
     v1 = reg.register("churn", a)
     v2 = reg.register("churn", b)
     reg.set_alias("churn", "champion", v1.version)
-    resolve = Registry.resolve
+    from fastml.registry.catalog import Catalog
+
+    resolve = Catalog.resolve
 
     def resolve_then_move(self, ref):
         # The alias moves to v2 right after the loader resolved it to v1 (another process promoting).
@@ -40,8 +42,57 @@ def test_a_reference_moved_mid_resolve_loads_the_version_it_named(fastml_home, t
             Registry().set_alias("churn", "champion", v2.version)
         return got
 
-    monkeypatch.setattr(Registry, "resolve", resolve_then_move)
-    mv, path = resolve_ref("churn@champion")
+    monkeypatch.setattr(Catalog, "resolve", resolve_then_move)
+    mv, model = resolve_ref("churn@champion")
     # Before, the artifact was looked up by the reference a second time: v1's name and version, v2's file.
     assert mv.version == v1.version
-    assert path.read_bytes() == a.read_bytes() != b.read_bytes()
+    assert model.data == a.read_bytes() != b.read_bytes()
+    assert Registry().resolve("churn@champion").version == v2.version  # the alias did move meanwhile
+
+
+def _scale(path: Path, factor: float) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    c = helper.make_tensor("c", TensorProto.FLOAT, [], [factor])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "c"], ["y"])],
+        f"times_{factor}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+        initializer=[c],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_the_engine_runs_the_bytes_that_were_verified_not_the_file_found_later(fastml_home, tmp_path, monkeypatch):
+    # The stored file is replaced right after its checksum was checked (another process writing into the store).
+    # Before, the loader checked the file, then ONNX Runtime reopened it by its path and ran the replacement.
+    import numpy as np
+
+    from fastml.registry.artifacts import ArtifactStore
+    from fastml.serving.loader import load_model
+
+    good, other = _scale(tmp_path / "good.onnx", 1.0), _scale(tmp_path / "other.onnx", 2.0)
+    mv = Registry().register("churn", good)
+    stored = Registry().artifact_path(mv.ref)
+
+    def swapped_after(original):
+        def run(self, *args, **kwargs):
+            result = original(self, *args, **kwargs)
+            replacement = stored.with_name(stored.name + ".new")
+            replacement.write_bytes(other.read_bytes())
+            replacement.replace(stored)
+            return result
+
+        return run
+
+    monkeypatch.setattr(ArtifactStore, "check", swapped_after(ArtifactStore.check))
+    monkeypatch.setattr(ArtifactStore, "verified_bytes", swapped_after(ArtifactStore.verified_bytes))
+    x = np.ones((1, 3), np.float32)
+    with load_model(mv.ref, warmup=False) as model:
+        assert model.predict(x)["y"].tolist() == [[1.0, 1.0, 1.0]]  # the checked model, not the one times 2
+    assert stored.read_bytes() == other.read_bytes()  # the swap did happen

@@ -7,7 +7,17 @@ with load_model("model.onnx", max_batch_size=32) as model:
 """
 
 from fastml.engine.model import Model, load_model
+from fastml.engine.session import ModelBytes
 from fastml.engine.signature import DATATYPE_DTYPES, Signature, TensorSpec
 from fastml.engine.status import CORE_STATUS, status_error
 
-__all__ = ["load_model", "Model", "Signature", "TensorSpec", "DATATYPE_DTYPES", "CORE_STATUS", "status_error"]
+__all__ = [
+    "load_model",
+    "Model",
+    "ModelBytes",
+    "Signature",
+    "TensorSpec",
+    "DATATYPE_DTYPES",
+    "CORE_STATUS",
+    "status_error",
+]

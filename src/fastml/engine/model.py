@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastml.engine.session import create_session
+from fastml.engine.session import ModelBytes, create_session
 from fastml.engine.signature import Signature, signature_of
 from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
 from fastml.engine.warmup import check_samples, run_once, unsampled_inputs
@@ -1158,7 +1158,7 @@ def _concat(parts: list[dict], names: list[str]) -> dict[str, np.ndarray]:
 
 
 def load_model(
-    path: str | Path,
+    path: str | Path | ModelBytes,
     *,
     name: str | None = None,
     version: str = "1",
@@ -1182,15 +1182,23 @@ def load_model(
     thread. Needs the native batcher. ``runner="auto"`` picks "loop" when a full batch runs within
     AUTO_LOOP_MAX_BATCH_US (timed at load) and the batcher is native, else "threads".
 
+    ``path`` may be a :class:`fastml.engine.session.ModelBytes` (a model already read and checked, loaded from
+    its bytes; ``name`` is then required).
+
     Raises:
         NotFound: no such file.
         InvalidInput: a bad option, or a model fastml cannot serve (non-tensor outputs, fixed batch dim).
     """
-    path = Path(path)
+    if isinstance(path, ModelBytes):
+        if not name:
+            raise InvalidInput(f"load_model: a model loaded from bytes ({path.source}) needs a name")
+    else:
+        path = Path(path)
+        name = name or path.stem
     session = create_session(path, intra_op_threads=intra_op_threads, graph_optimization_level=graph_optimization_level)
     return Model(
         session,
-        name=name or path.stem,
+        name=name,
         version=version,
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,17 @@ from fastml.errors import InvalidInput, NotFound
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def create_session(path: str | Path, *, intra_op_threads: int = 1, graph_optimization_level: str = "all"):
+@dataclasses.dataclass(frozen=True)
+class ModelBytes:
+    """An ONNX model already read (and checked, e.g. against its registry checksum): loaded from ``data`` itself,
+    never by reopening a path that may hold another file by then. ``source`` names it in errors (a registry
+    reference, say)."""
+
+    source: str
+    data: bytes = dataclasses.field(repr=False)
+
+
+def create_session(path: str | Path | ModelBytes, *, intra_op_threads: int = 1, graph_optimization_level: str = "all"):
     """One onnxruntime.InferenceSession on the CPU provider, shared by every runner of a model.
 
     Raises:
@@ -21,9 +32,14 @@ def create_session(path: str | Path, *, intra_op_threads: int = 1, graph_optimiz
     """
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise NotFound(f"model file {str(path)!r} does not exist")
+    if isinstance(path, ModelBytes):
+        model: str | bytes = path.data
+        shown = path.source
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise NotFound(f"model file {str(path)!r} does not exist")
+        model, shown = str(path), str(path)
     if graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
         raise InvalidInput(
             f"graph_optimization_level must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}; "
@@ -43,9 +59,9 @@ def create_session(path: str | Path, *, intra_op_threads: int = 1, graph_optimiz
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[graph_optimization_level]
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
-        raise InvalidInput(f"cannot load {str(path)!r} with ONNX Runtime: {exc}") from exc
+        raise InvalidInput(f"cannot load {shown!r} with ONNX Runtime: {exc}") from exc
 
 
 def warmup_batch_sizes(max_batch_size: int) -> list[int]:

@@ -202,6 +202,48 @@ class ArtifactStore:
             raise IntegrityError(f"artifact of {what} at {path} {problem}; refusing to load it")
         return path
 
+    def verified_bytes(self, sha256: str, size_bytes: int, what: str) -> bytes:
+        """The stored file's bytes for ``sha256``, read once through one descriptor and checked (size and hash)
+        before they are returned: a loader that runs these bytes runs exactly what was verified, where reopening
+        the verified path would read whatever the name holds by then.
+
+        Raises:
+            NotFound: no such stored file. IntegrityError: a link or other non-file, or a size or hash that differs.
+        """
+        path = self.path_for(sha256)
+        check_digest(sha256)
+        try:
+            fd = self._open_stored(sha256)
+        except FileNotFoundError:
+            raise NotFound(f"artifact of {what} is missing: {path}") from None
+        except OSError as exc:
+            raise IntegrityError(
+                f"artifact of {what} at {path} is not a plain file in the store ({exc.strerror}; links are never "
+                "followed); refusing to load it"
+            ) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise IntegrityError(f"artifact of {what} at {path} is not a regular file; refusing to load it")
+            chunks, size = [], 0
+            # One byte more than expected tells a grown file from one of the right size.
+            while size <= size_bytes and (chunk := os.read(fd, min(_CHUNK_BYTES, size_bytes + 1 - size))):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if len(data) > size_bytes:  # only the first size + 1 bytes were read: their digest would mean nothing
+            found = f"more than {size_bytes} bytes"
+        else:
+            actual = hashlib.sha256(data).hexdigest()
+            if len(data) == size_bytes and actual == sha256:
+                return data
+            found = f"{len(data)} bytes and sha256 {actual}"
+        raise IntegrityError(
+            f"artifact of {what} at {path} has {found}, expected {size_bytes} bytes and sha256 {sha256}; "
+            "refusing to load it"
+        )
+
     def _open_stored(self, sha256: str) -> int:
         """A read descriptor of the stored file, opened without following a link at the shard directory or the
         file (OSError ELOOP/ENOTDIR for a link, FileNotFoundError when absent). O_NONBLOCK: a FIFO planted under

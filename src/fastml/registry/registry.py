@@ -98,6 +98,12 @@ class Registry:
         (``IntegrityError`` if the file changed)."""
         return self._versions.artifact_path(ref)
 
+    def artifact_bytes(self, ref: str) -> tuple[ModelVersion, bytes]:
+        """``(version, its ONNX file's bytes)``: ``ref`` resolved once and the file read once, checked against its
+        size and SHA-256 (``IntegrityError`` if it changed). Load these bytes rather than reopening
+        :meth:`artifact_path`'s file, which could be replaced between the check and the load."""
+        return self._versions.artifact_bytes(ref)
+
     def source_artifact_path(self, ref: str) -> Path:
         """The verified source-framework file registered with ``ref`` (``NotFound`` if none)."""
         return self._versions.source_artifact_path(ref)

@@ -47,6 +47,10 @@ class Versions:
         mv = self._c.resolve(ref)
         return self._c.artifacts.verified_path(mv.sha256, mv.size_bytes, mv.ref)
 
+    def artifact_bytes(self, ref: str) -> tuple[ModelVersion, bytes]:
+        mv = self._c.resolve(ref)
+        return mv, self._c.artifacts.verified_bytes(mv.sha256, mv.size_bytes, mv.ref)
+
     def source_artifact_path(self, ref: str) -> Path:
         mv = self._c.resolve(ref)
         if not mv.source_sha256:

@@ -88,9 +88,10 @@ class PredictReport:
         return {**dataclasses.asdict(self), "rows_per_s": self.rows_per_s}
 
 
-def resolve_model(ref: str | os.PathLike) -> tuple[Path, list[str] | None]:
+def resolve_model(ref: str | os.PathLike) -> tuple[Any, list[str] | None]:
     """``(ONNX path, feature columns or None)`` for a model file (any supported format, converted and
-    cached) or a registry reference (its card's numeric feature columns, when it has them)."""
+    cached) or a registry reference (a :class:`fastml.engine.session.ModelBytes` of its checked artifact, and its
+    card's numeric feature columns, when it has them)."""
     target = str(ref)
     # An existing path is a path (parse_target's first rule), known without importing the loader.
     if Path(target).exists():
@@ -118,10 +119,10 @@ def resolve_model(ref: str | os.PathLike) -> tuple[Path, list[str] | None]:
         return converted_path(path), None
     from fastml.serving.loader import resolve_ref
 
-    mv, path = resolve_ref(target)
+    mv, model = resolve_ref(target)
     card = getattr(mv, "model_card", None) or {}
     numeric = (card.get("features") or {}).get("numeric")
-    return Path(path), list(numeric) if numeric else None
+    return model, list(numeric) if numeric else None
 
 
 class _Plan:
@@ -603,7 +604,7 @@ def _with_features(src: Path, file_columns: list[str], keys: list[str], features
     return file_columns + [f for f in features if f not in file_columns], feature_store
 
 
-def _session(model_path: Path):
+def _session(model_path):
     """One ONNX Runtime session whose runs each compute on the calling thread (one intra-op thread): the
     scoring threads that share it make the parallelism, one chunk each."""
     import onnxruntime as ort
@@ -613,10 +614,14 @@ def _session(model_path: Path):
     # side by side keep every core busy without splitting each operator's rows between threads.
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    data = getattr(model_path, "data", None)  # a registry artifact's checked bytes (ModelBytes), loaded as read
     try:
-        return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            data if data is not None else str(model_path), opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's load errors are about the file
-        raise InvalidInput(f"{model_path}: ONNX Runtime cannot load this model: {exc}") from exc
+        shown = model_path.source if data is not None else model_path
+        raise InvalidInput(f"{shown}: ONNX Runtime cannot load this model: {exc}") from exc
 
 
 def _join_features(batch, store, features: list[str], key: str):

@@ -28,14 +28,15 @@ def parse_target(target: str) -> tuple[str, str]:
 
 
 def resolve_ref(ref: str):
-    """Resolve a registry reference to ``(ModelVersion, artifact Path)`` (artifact verified by sha256)."""
+    """Resolve a registry reference to ``(ModelVersion, ModelBytes)``: the artifact of the version ``ref`` resolves
+    to (resolved once: a stage or alias that moves meanwhile cannot swap in another version's file), read once and
+    checked against its size and sha256. The engine loads those bytes; reopening the checked file by its path would
+    load whatever the path holds by then."""
+    from fastml.engine.session import ModelBytes
     from fastml.registry import Registry
 
-    reg = Registry()
-    mv = reg.resolve(ref)
-    # The artifact of the version resolved, by its pinned name: looked up by ``ref`` again, a stage or alias moved
-    # in between would load another version's file under this version's name.
-    return mv, Path(reg.artifact_path(mv.ref))
+    mv, data = Registry().artifact_bytes(ref)
+    return mv, ModelBytes(f"{mv.ref} (sha256 {mv.sha256[:12]}...)", data)
 
 
 def load_model(
@@ -133,7 +134,7 @@ def _with_logger(kw: dict, log_predictions: bool | float) -> dict:
     return {**kw, "prediction_logger": PredictionLogger(sample_rate=rate)}
 
 
-def _engine_load(path: Path, kw: dict):
+def _engine_load(path, kw: dict):
     """engine.load_model with ``batcher="auto"``: the native batcher, or the Python one for models with
     BYTES (string) inputs, which the native batcher cannot batch."""
     from fastml.engine import load_model as engine_load
@@ -152,11 +153,14 @@ def _engine_load(path: Path, kw: dict):
     return engine_load(path, batcher="python", **kw)
 
 
-def _has_string_input(path: Path) -> bool:
+def _has_string_input(path) -> bool:
     import onnxruntime as ort
 
+    from fastml.engine.session import ModelBytes
+
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        model = path.data if isinstance(path, ModelBytes) else str(path)
+        sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - not a loadable model: the engine's InvalidInput says why
         return False
     return any(i.type == "tensor(string)" for i in sess.get_inputs())

@@ -133,7 +133,8 @@ def predict_file_ray(
     if actors is not None and actors < 1:
         raise InvalidInput(f"actors must be >= 1, got {actors!r}")
     model_path, card_columns = resolve_model(ref)
-    model_bytes = Path(model_path).read_bytes()
+    data = getattr(model_path, "data", None)  # a registry artifact's checked bytes (ModelBytes)
+    model_bytes = data if data is not None else Path(model_path).read_bytes()
     sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     keys = list(key_columns or [])
     file_columns, _, _ = _open(src, batch_rows)
