@@ -181,3 +181,25 @@ def test_artifact_bytes_are_the_checked_bytes_or_an_error(reg, artifact):
     stored.unlink()
     with pytest.raises(NotFound, match="is missing"):
         reg.artifact_bytes(mv.ref)
+
+
+def test_a_reference_without_a_size_tag_is_still_checked_against_its_digest(fastml_home, artifact, tmp_path):
+    # Before: with no reference_bytes tag (register_reference stores none), the file was read unchecked, so a
+    # replaced reference silently became the baseline every drift score was measured against.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fastml.registry import Registry
+    from fastml.serving.live_monitoring import register_reference, registry_reference
+
+    with Registry() as reg:
+        sha = register_reference("churn", {"x": [1.0, 2.0, 3.0, 4.0]}, registry=reg)
+        reg.register("churn", artifact("with_reference"), tags={"reference_sha256": sha}, actor="ana")
+        stored = reg.artifacts.path_for(sha)
+    profile, source = registry_reference("churn")
+    assert source == "registry:churn:1.0.0" and list(profile.columns) == ["x"]
+    pq.write_table(pa.table({"x": [100.0, 200.0]}), tmp_path / "other.parquet")
+    stored.chmod(0o644)
+    stored.write_bytes((tmp_path / "other.parquet").read_bytes())
+    with pytest.raises(IntegrityError, match=f"expected .*sha256 {sha}"):
+        registry_reference("churn")

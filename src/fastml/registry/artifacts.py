@@ -202,10 +202,11 @@ class ArtifactStore:
             raise IntegrityError(f"artifact of {what} at {path} {problem}; refusing to load it")
         return path
 
-    def verified_bytes(self, sha256: str, size_bytes: int, what: str) -> bytes:
+    def verified_bytes(self, sha256: str, size_bytes: int | None, what: str) -> bytes:
         """The stored file's bytes for ``sha256``, read once through one descriptor and checked (size and hash)
         before they are returned: a loader that runs these bytes runs exactly what was verified, where reopening
-        the verified path would read whatever the name holds by then.
+        the verified path would read whatever the name holds by then. ``size_bytes`` None: a size nobody
+        recorded (the hash is still checked; the file is read to its end).
 
         Raises:
             NotFound: no such stored file. IntegrityError: a link or other non-file, or a size or hash that differs.
@@ -226,12 +227,17 @@ class ArtifactStore:
                 raise IntegrityError(f"artifact of {what} at {path} is not a regular file; refusing to load it")
             chunks, size = [], 0
             # One byte more than expected tells a grown file from one of the right size.
-            while size <= size_bytes and (chunk := os.read(fd, min(_CHUNK_BYTES, size_bytes + 1 - size))):
+            limit = size_bytes + 1 if size_bytes is not None else None
+            while (limit is None or size < limit) and (
+                chunk := os.read(fd, _CHUNK_BYTES if limit is None else min(_CHUNK_BYTES, limit - size))
+            ):
                 chunks.append(chunk)
                 size += len(chunk)
         finally:
             os.close(fd)
         data = b"".join(chunks)
+        if size_bytes is None:
+            size_bytes = len(data)
         if len(data) > size_bytes:  # only the first size + 1 bytes were read: their digest would mean nothing
             found = f"more than {size_bytes} bytes"
         else:

@@ -212,14 +212,15 @@ def registry_reference(target: str) -> tuple[ReferenceProfile, str] | None:
     mv = reg.resolve(target)
     sha = (mv.tags or {}).get(REFERENCE_TAG)
     if sha:
-        size = int((mv.tags or {}).get(REFERENCE_SIZE_TAG, -1))
-        if size < 0:
-            path = reg.artifacts.path_for(sha)
-        else:
-            path = reg.artifacts.verified_path(sha, size, f"reference of {mv.ref}")
-        if not Path(path).is_file():
-            raise NotFound(f"reference of {mv.ref} ({sha[:12]}) is missing from the artifact store")
-        return _parquet_profile(path), f"registry:{mv.ref}"
+        # Read once and checked against the tag's digest (and size, when the version records it: references
+        # stored by register_reference carry no size tag), so the profile is built from exactly those bytes.
+        size_tag = (mv.tags or {}).get(REFERENCE_SIZE_TAG)
+        try:
+            size = int(size_tag) if size_tag is not None else None
+        except ValueError:
+            raise InvalidInput(f"{mv.ref}: tag {REFERENCE_SIZE_TAG}={size_tag!r} is not a byte count") from None
+        data = reg.artifacts.verified_bytes(sha, size, f"reference of {mv.ref}")
+        return _parquet_profile(data), f"registry:{mv.ref}"
     if mv.feature_refs:
         from fastml.features import FeatureStore
 
@@ -236,11 +237,16 @@ def registry_reference(target: str) -> tuple[ReferenceProfile, str] | None:
     return None
 
 
-def _parquet_profile(path: Path) -> ReferenceProfile:
-    """A profile of the Parquet rows at ``path`` (registry artifacts have no suffix to go by)."""
+def _parquet_profile(data: bytes) -> ReferenceProfile:
+    """A profile of the Parquet rows in ``data`` (a registry artifact's checked bytes)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return ReferenceProfile.from_data(pq.read_table(path))
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except pa.ArrowInvalid as exc:
+        raise InvalidInput(f"the stored reference is not a Parquet file: {exc}") from None
+    return ReferenceProfile.from_data(table)
 
 
 class LiveWiring:
