@@ -267,7 +267,7 @@ namespace {
 // a thread_local access in a shared library costs a call to __tls_get_addr).
 inline RouteDecision DecideWith(const RouterTable& t, const char* key, size_t key_len, Xoshiro256& rng) {
     RouteDecision d;
-    if (key != nullptr) {
+    if (key != nullptr && key_len > 0) {  // an empty key is no key: it would send every keyless client to one variant
         const uint64_t h = XXHash64(key, key_len, 0);
         d.variant = t.VariantOfBucket(KeyBucket(h));
         if (!t.shadow_bp.empty()) d.shadow_mask = t.ShadowMask(ShadowBucket(h));

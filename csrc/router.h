@@ -12,7 +12,8 @@
 //     independent bucket: SplitMix64's finaliser applied to h, modulo 10000; shadow s mirrors the request
 //     when that bucket < shadow_bp[s]. Any language reproduces both with xxHash64 and SplitMix64
 //     (src/fastml/serving/router_reference.py is the pure-Python reference).
-//   * without a key: the bucket comes from a per-thread xoshiro256** generator (seeded from
+//   * without a key (or with an empty one: a client that sends "" for users it does not know must not pin all of
+//     them to one variant): the bucket comes from a per-thread xoshiro256** generator (seeded from
 //     std::random_device and the thread's identity), mapped to [0, 10000) by multiply-shift.
 //
 // Concurrency: the weight table is immutable once published. Readers (Route, RouteMany) never take a

@@ -103,6 +103,20 @@ def test_single_keyless_routes_are_counted(make):
     assert sum(r.counts()["routed"]) == 2000
 
 
+def test_an_empty_routing_key_is_routed_as_no_key(make):
+    # Before: "" was hashed like any key, so every client sending an empty key (users it does not know) was
+    # pinned to one variant, whatever the split.
+    r = make(["a", "b"], [5000, 5000], ["s"], [5000])
+    n = 4000
+    singles = [r.route("") for _ in range(n)]
+    assert within_binomial(sum(v for v, _ in singles), n, 0.5)
+    assert within_binomial(sum(m for _, m in singles), n, 0.5)  # shadow copies too: a coin per request
+    out = np.empty(n, np.int32)
+    r.route_many(out, b"", np.zeros(n + 1, np.int64))  # n empty keys in one call
+    assert within_binomial(int(out.sum()), n, 0.5)
+    assert r.route("u1") == r.route("u1")  # a real key stays sticky
+
+
 def test_moving_weight_moves_only_the_buckets_that_changed_owner(make):
     ks = keys(20_000)
     data, offsets = ref.pack_keys(ks)

@@ -187,7 +187,7 @@ class ReferenceRouter:
 
     def _decide(self, table, key) -> tuple[int, int]:
         cum, shares, _ = table
-        if key is None:
+        if key is None or len(key) == 0:  # an empty key is no key (csrc/router.h)
             bucket, sbucket = self._rng.randrange(BUCKETS), self._rng.randrange(BUCKETS)
         else:
             bucket, sbucket = key_buckets(key)
