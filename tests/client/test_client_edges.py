@@ -75,3 +75,28 @@ def test_clients_refuse_bad_settings_when_built(kwargs, problem):
         with pytest.raises(errors.InvalidInput) as exc:
             cls("127.0.0.1:1", **kwargs)
         assert str(exc.value) == problem
+
+
+def test_the_async_client_retires_a_connection_on_its_fatal_answer(server):
+    # The server closes a connection after a FATAL answer, but its close can come after the answer has been read:
+    # the asyncio client used to send the next call on that connection, which then failed with Unavailable
+    # (with retries=0, a failed call). Like the sync client, it now stops using the connection at once.
+    import time as _time
+
+    def fatal_then_linger(conn, item):
+        if float(item[5]["x"].ravel()[0]) < 0:
+            conn.sendall(wire.encode_error(item[1], 413, 1, "frame too large", wire.FLAG_FATAL))
+            _time.sleep(0.5)  # reads nothing more, then closes
+            return False
+        return _fatal_for_negative(conn, item)
+
+    srv = server(fatal_then_linger)
+
+    async def main():
+        async with AsyncClient(srv.address, connections=1, retries=0, timeout_s=5) as client:
+            with pytest.raises(errors.InvalidInput, match="^frame too large$"):
+                await client.infer("m", {"x": np.full((1, 2), -1, np.float32)})
+            return await client.infer("m", {"x": np.ones((1, 2), np.float32)})
+
+    assert asyncio.run(main())["x"].tolist() == [[1.0, 1.0]]
+    assert srv.connections == 2

@@ -74,8 +74,13 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         self.buffer.advance(nbytes)
         items, fatal = self.buffer.parse(self.parser, 1 << 30)
         waiting = self.waiting
+        retire = False
         for item in items:
             fut = waiting.pop(item[1], None)
+            if item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL:
+                # The server closes the connection after a FATAL answer; its close may come later than the answer:
+                # no call may be sent on it meanwhile (it would fail with Unavailable).
+                retire = True
             if fut is None:
                 if item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL:
                     self._fail_all(wire.error_from_frame(item[3], item[2], item[4]))
@@ -98,6 +103,11 @@ class _ClientProtocol(asyncio.BufferedProtocol):
                 fut.set_exception(exc)
         if fatal is not None:
             self._fail_all(InternalError(f"the server sent bytes that are not a frame: {fatal[1]}"))
+        elif retire and self.transport is not None:
+            # Out of the pool now (the client opens another connection for the next call); connection_lost then
+            # fails whatever still waits on this one with Unavailable, which callers retry.
+            transport, self.transport = self.transport, None
+            transport.close()
 
     def eof_received(self) -> bool:
         return False  # the server closed: close our side too (connection_lost fails what is waiting)
