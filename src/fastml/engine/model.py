@@ -222,6 +222,8 @@ class Model:
         self._input_names = tuple(s.name for s in self.signature.inputs)
         self._output_names = [s.name for s in self.signature.outputs]
         self._n_inputs = len(self._input_names)
+        # String (BYTES) inputs: normalised to object arrays of str before they are queued (see _text_inputs).
+        self._text_names = tuple(s.name for s in self.signature.inputs if s.dtype == object)
         self.warmup_batch_sizes = (
             []
             if warmup is False or self.warmup_unsampled
@@ -550,6 +552,8 @@ class Model:
     # ------------------------------------------------------------------ inputs
     def _arrays(self, inputs) -> tuple:
         """Fast path: the arrays in input order; the core checks dtypes and shapes."""
+        if self._text_names:
+            inputs = self._text_inputs(inputs)
         if type(inputs) is dict:
             if len(inputs) == self._n_inputs:
                 try:
@@ -560,6 +564,32 @@ class Model:
         if type(inputs) is np.ndarray and self._n_inputs == 1:
             return (inputs,)
         return self._validate(inputs)
+
+    def _text_inputs(self, inputs):
+        """``inputs`` with each string input as ONNX Runtime reads it, an object array of ``str``: ONNX Runtime
+        turns a ``bytes`` element into its repr (``b"ok"`` becomes the text ``"b'ok'"``), silently, so bytes are
+        decoded as UTF-8 here; str and bytes arrays (numpy dtypes ``U`` and ``S``) become object arrays.
+
+        Raises:
+            InvalidInput: bytes that are not UTF-8, or an element that is neither str nor bytes (ONNX Runtime
+                would feed ``None`` to the model as the text "None").
+        """
+        if isinstance(inputs, np.ndarray):
+            if self._n_inputs != 1:
+                return inputs  # _validate words the error
+            return _as_text(inputs, self._input_names[0])
+        if not isinstance(inputs, dict):
+            return inputs
+        out = inputs
+        for name in self._text_names:
+            a = inputs.get(name)
+            if isinstance(a, np.ndarray):
+                b = _as_text(a, name)
+                if b is not a:
+                    if out is inputs:
+                        out = dict(inputs)  # never the caller's dict
+                    out[name] = b
+        return out
 
     def _validate(self, inputs, *, check_rows: bool = True) -> tuple:
         """Slow path: checks names, dtypes and shapes with messages naming the tensor; returns C-contiguous
@@ -802,6 +832,8 @@ class Model:
         if queue is None:
             queue = self._attach(loop)
         timeout_us = self.timeout_us if timeout_us is None else _timeout(timeout_us)
+        if self._text_names:
+            inputs = self._text_inputs(inputs)
         logger = self._logger
         # A batch logger sees the request in its batch (no per-request work); a logger that only reads the
         # answer (``observes_completions``) rides the native path with a done-callback instead of the chained
@@ -848,8 +880,8 @@ class Model:
         Raises:
             Overloaded (queue full), Unavailable (closed): as :meth:`submit`.
         """
-        if self._logger is not None or type(inputs) is not dict or len(inputs) != self._n_inputs:
-            return False
+        if self._logger is not None or type(inputs) is not dict or len(inputs) != self._n_inputs or self._text_names:
+            return False  # (string inputs: submit normalises them first)
         try:
             arrays = tuple([inputs[n] for n in self._input_names])
         except KeyError:
@@ -1150,6 +1182,29 @@ def _run_options():
     import onnxruntime as ort  # the session is an onnxruntime one: already imported
 
     return ort.RunOptions()
+
+
+def _as_text(a: np.ndarray, name: str) -> np.ndarray:
+    """``a`` as an object array of ``str`` (``a`` itself when it already is one): see Model._text_inputs."""
+    kind = a.dtype.kind
+    if kind == "U":
+        return a.astype(object)
+    if kind not in "SO":
+        return a  # the dtype check names the problem
+    types = set(map(type, a.flat))
+    if kind == "O" and all(issubclass(t, str) for t in types):
+        return a
+    bad = sorted(t.__name__ for t in types if not issubclass(t, (str, bytes)))
+    if bad:
+        raise InvalidInput(f"input '{name}': BYTES elements must be str or bytes, got {', '.join(bad)}")
+    flat = np.empty(a.size, dtype=object)
+    try:
+        flat[:] = [v.decode("utf-8") if isinstance(v, bytes) else v for v in a.flat]
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"input '{name}': a BYTES element is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    return flat.reshape(a.shape)
 
 
 def _concat(parts: list[dict], names: list[str]) -> dict[str, np.ndarray]:
