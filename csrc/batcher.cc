@@ -495,7 +495,8 @@ void Batcher::CompleteBatch(int runner, const Status& status) {
     RunnerSlot& slot = runners_[runner];
     if (slot.requests.empty()) throw std::logic_error("runner " + std::to_string(runner) + " has no batch");
     const int64_t start = SteadyNowNs();
-    if (status.code == StatusCode::kInternal && slot.requests.size() > 1 && RequeueAlone(slot)) {
+    if ((status.code == StatusCode::kInternal || status.code == StatusCode::kInvalidInput) &&
+        slot.requests.size() > 1 && RequeueAlone(slot)) {
         slot.requests.clear();
         return;
     }

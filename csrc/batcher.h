@@ -101,7 +101,8 @@ struct Request {
     int64_t enqueue_ns = 0;                        // steady clock; immutable after Submit
     int64_t deadline_ns = 0;                       // steady clock, 0 = none; immutable after Submit
     int64_t timeout_us = 0;                        // as submitted, for messages; immutable after Submit
-    // Guarded by the batcher's mu_: set when a batch holding this request failed in the model (kInternal);
+    // Guarded by the batcher's mu_: set when a batch holding this request failed in the model (kInternal or
+    // kInvalidInput);
     // from then on the request runs in a batch of its own, so one request the model cannot run fails alone.
     bool solo = false;
     std::shared_ptr<CompletionQueue> queue;        // null = blocking waiter; immutable after Submit
@@ -206,10 +207,10 @@ class Batcher {
     void Gather(int runner, BatchInfo* out);
 
     // Ends runner `runner`'s current batch: every request gets `status` (OK: its row range of the
-    // batch outputs). A kInternal status (the model failed) on a batch of several requests fails none of
-    // them: they go back to the head of the queue, each to run in a batch of its own, so that a request the
-    // model cannot run fails alone and the others of its batch are answered (after shutdown they fail
-    // with `status`). Call without the GIL.
+    // batch outputs). A kInternal status (the model failed) or kInvalidInput (the runtime refused the batch's
+    // data) on a batch of several requests fails none of them: they go back to the head of the queue, each to
+    // run in a batch of its own, so that a request the model cannot run fails alone and the others of its
+    // batch are answered (after shutdown they fail with `status`). Call without the GIL.
     void CompleteBatch(int runner, const Status& status);
 
     // Fails every queued request with Unavailable(reason), wakes and stops every runner's NextBatch,

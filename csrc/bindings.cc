@@ -337,6 +337,7 @@ struct PyBatcher {
             const int64_t rows = info.rows;
             py::list arrays = BatchViews(runner, info);
             std::string failure;
+            StatusCode code = StatusCode::kInternal;
             py::object outputs;
             try {
                 py::dict feed;
@@ -345,13 +346,19 @@ struct PyBatcher {
                 failure = OutputsProblem(outputs, output_names, rows, n_outputs);
                 if (!failure.empty()) failure = "RuntimeError: " + failure;
             } catch (py::error_already_set& e) {  // every failure must complete the batch (BaseException too)
-                failure = std::string(py::str(e.type().attr("__name__"))) + ": " + std::string(py::str(e.value()));
+                const std::string type_name = py::str(e.type().attr("__name__"));
+                failure = type_name + ": " + std::string(py::str(e.value()));
+                // ONNX Runtime refusing the data it was given (as fastml.engine.model._failure_code decides).
+                if (type_name == "InvalidArgument" &&
+                    std::string(py::str(e.type().attr("__module__"))).rfind("onnxruntime", 0) == 0) {
+                    code = StatusCode::kInvalidInput;
+                }
             }
             if (!failure.empty()) {
                 const std::string message = failed_prefix + std::to_string(rows) + " rows: " + failure;
                 {
                     py::gil_scoped_release nogil;
-                    core->CompleteBatch(runner, Status{StatusCode::kInternal, message});
+                    core->CompleteBatch(runner, Status{code, message});
                 }
             } else {
                 KeepOutputs(runner, 0, outputs);

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from fastml.engine.status import DEADLINE_EXCEEDED, INTERNAL, OK, UNAVAILABLE
-from fastml.errors import InternalError
+from fastml.engine.status import DEADLINE_EXCEEDED, INTERNAL, INVALID_INPUT, OK, UNAVAILABLE
+from fastml.errors import InvalidInput
 
 F32_4 = [("x", np.dtype(np.float32), [-1, 4])]
 
@@ -53,6 +53,30 @@ def test_a_failed_batch_runs_its_requests_alone_and_only_the_failing_one_fails(b
     s = core.stats()
     assert (s["requests"], s["failures"], s["batches"], s["pending"]) == (2, 2, 2, 0)
     core.shutdown("done")
+
+
+def test_a_batch_whose_data_the_runtime_refused_also_runs_its_requests_alone(batcher, make_core):
+    core, Queue, _ = make_core(batcher, F32_4)
+    q = Queue()
+    tickets = [core.submit_async(q, (rows(1, 10 * i),), 0) for i in range(2)]
+    core.next_batch(0)
+    core.complete(0, INVALID_INPUT, "indices out of range")
+    assert q.drain() == []
+    core.next_batch(0)
+    core.complete(0, INVALID_INPUT, "indices out of range")  # the first, alone: its own refusal
+    _, _, arrays = core.next_batch(0)
+    core.complete(0, OK, "", [arrays[0].sum(axis=1)])
+    assert sorted((d[0], d[4]) for d in q.drain()) == [(tickets[0], INVALID_INPUT), (tickets[1], OK)]
+    core.shutdown("done")
+
+
+def test_a_model_that_raises_something_else_fails_with_internal_error(tmp_path):
+    # Not the data's fault (here, a Python exception from a replaced run): InternalError, HTTP 500.
+    from fastml.engine.model import _failure_code
+    from fastml.engine.status import INTERNAL as internal
+
+    assert _failure_code(RuntimeError("boom")) == internal
+    assert _failure_code(type("InvalidArgument", (Exception,), {})()) == internal  # not ONNX Runtime's class
 
 
 def test_a_failure_other_than_the_models_fails_the_whole_batch(batcher, make_core):
@@ -136,7 +160,8 @@ def test_a_bad_request_fails_alone_and_its_batch_mates_get_their_answers(lookup_
             )
 
         first, bad, third = asyncio.run(three())
-        assert isinstance(bad, InternalError), bad
+        # ONNX Runtime's InvalidArgument is about the request's data: InvalidInput (HTTP 400), as Triton answers.
+        assert isinstance(bad, InvalidInput), bad
         assert "failed on a batch of 1 rows" in str(bad) and "100" in str(bad), str(bad)  # ORT names the index
         assert first["Y"].tolist() == [[10.0]] and third["Y"].tolist() == [[20.0]]
         s = model.stats()

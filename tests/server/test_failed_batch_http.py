@@ -67,8 +67,10 @@ def test_one_bad_request_fails_alone_and_its_batch_mates_are_answered(lookup_ser
     first, bad, third = [answer(p) for p in [request(v) for v in (1.0, 100.0, 2.0)]]  # three in flight at once
     assert first == [[10.0]] and third == [[20.0]]
     assert isinstance(bad, InferenceServerException), bad
-    # Run alone, the bad request's error names its own batch of one row and ONNX Runtime's reason.
+    # Run alone, the bad request's error names its own batch of one row and ONNX Runtime's reason, and it is a
+    # 400: ONNX Runtime refused the request's data (InvalidArgument), as Triton answers it.
     assert "failed on a batch of 1 rows" in bad.message() and "idx=100" in bad.message(), bad.message()
+    assert bad.status() == "400", bad.status()
     stats = client.get_inference_statistics("lookup")["model_stats"][0]["inference_stats"]
     assert stats["fail"]["count"] >= 1
     # And the server keeps serving: the next full batch is answered whole.

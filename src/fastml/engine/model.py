@@ -488,7 +488,7 @@ class Model:
             except BaseException as exc:  # noqa: BLE001 - every failure must complete the batch
                 batch = core.complete_next(
                     runner,
-                    INTERNAL,
+                    _failure_code(exc),
                     f"model {self.name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}",
                 )
                 continue
@@ -512,7 +512,9 @@ class Model:
                     raise RuntimeError(f"output '{out_name}' has shape {_shape(out.shape)} for a batch of {rows} rows")
         except BaseException as exc:  # noqa: BLE001 - every failure must complete the batch
             core.complete(
-                0, INTERNAL, f"model {self.name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}"
+                0,
+                _failure_code(exc),
+                f"model {self.name!r} failed on a batch of {rows} rows: {type(exc).__name__}: {exc}",
             )
             return
         tap = self._batch_logger
@@ -1182,6 +1184,17 @@ def _run_options():
     import onnxruntime as ort  # the session is an onnxruntime one: already imported
 
     return ort.RunOptions()
+
+
+def _failure_code(exc: BaseException) -> int:
+    """The status a failed batch completes with: INVALID_INPUT when ONNX Runtime refused the data it was given
+    (its InvalidArgument: an index out of range, a reshape the values do not fit), as Triton answers 400 for
+    it, else INTERNAL. Either way a batch of several requests runs again request by request (csrc/batcher.h), so
+    the refusal reaches only the request whose data it was about."""
+    t = type(exc)
+    if t.__name__ == "InvalidArgument" and t.__module__.startswith("onnxruntime"):
+        return INVALID_INPUT
+    return INTERNAL
 
 
 def _as_text(a: np.ndarray, name: str) -> np.ndarray:

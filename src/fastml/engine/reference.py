@@ -403,7 +403,7 @@ class ReferenceBatcher:
                 self._batch_outputs[batch_id] = [outputs, len(taken)]
         self._slots[runner] = None
         start = time.monotonic_ns()
-        if code == INTERNAL and len(taken) > 1 and self._requeue_alone(taken):
+        if code in (INTERNAL, INVALID_INPUT) and len(taken) > 1 and self._requeue_alone(taken):
             return
         if code != OK:
             self._fail(taken, code, [message] * len(taken))
