@@ -167,3 +167,36 @@ def test_a_bad_request_fails_alone_and_its_batch_mates_get_their_answers(lookup_
         s = model.stats()
         # One failed run of the three (not counted), then three runs of one: two answered, one failed.
         assert (s["requests"], s["failures"], s["batches"]) == (2, 1, 2), s
+
+
+@pytest.mark.parametrize(
+    "batcher_kind, runner, instances",
+    [("native", "threads", 2), ("python", "threads", 2), ("native", "loop", 1)],
+)
+def test_many_callers_with_some_bad_requests_each_get_their_own_answer(lookup_model, batcher_kind, runner, instances):
+    # 400 concurrent one-row requests, every seventh one out of range, through batches of up to 8 on two runner
+    # threads: every good request gets its value and every bad one its own refusal; nothing hangs.
+    from fastml.engine import load_model
+
+    values = [100.0 if i % 7 == 3 else float(i % 10) for i in range(400)]
+    with load_model(
+        lookup_model, max_batch_size=8, instances=instances, batcher=batcher_kind, runner=runner, max_queue_size=1024
+    ) as model:
+
+        async def all_of_them():
+            return await asyncio.wait_for(
+                asyncio.gather(
+                    *(model.submit({"X": np.array([[v]], np.float32)}) for v in values), return_exceptions=True
+                ),
+                timeout=60,
+            )
+
+        results = asyncio.run(all_of_them())
+        for v, r in zip(values, results):
+            if v == 100.0:
+                assert isinstance(r, InvalidInput) and "batch of 1 rows" in str(r), r
+            else:
+                assert not isinstance(r, BaseException) and r["Y"].tolist() == [[10.0 * v]], (v, r)
+        s = model.stats()
+        assert s["failures"] == values.count(100.0) and s["requests"] == len(values) - values.count(100.0)
+        assert s["pending"] == 0
