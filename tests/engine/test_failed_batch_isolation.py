@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from tiny_models import lookup_onnx
 
 from fastml.engine.status import DEADLINE_EXCEEDED, INTERNAL, INVALID_INPUT, OK, UNAVAILABLE
 from fastml.errors import InvalidInput
@@ -120,28 +121,7 @@ def test_requests_put_back_keep_their_deadlines(batcher, make_core):
 
 @pytest.fixture(scope="module")
 def lookup_model(tmp_path_factory):
-    """ONNX model: X FP32 [N, 1] -> Y = TABLE[int(X)] FP32 [N, 1] over a 10-entry table: an index outside 0..9
-    makes ONNX Runtime fail the whole run (Gather checks its indices)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    table = helper.make_tensor("table", TensorProto.FLOAT, [10], [float(10 * i) for i in range(10)])
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["X"], ["idx"], to=TensorProto.INT64),
-            helper.make_node("Gather", ["table", "idx"], ["Y"], axis=0),
-        ],
-        "lookup",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1])],
-        initializer=[table],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = tmp_path_factory.mktemp("lookup") / "lookup.onnx"
-    path.write_bytes(model.SerializeToString())
-    return path
+    return lookup_onnx(tmp_path_factory.mktemp("lookup") / "lookup.onnx")
 
 
 @pytest.mark.parametrize("batcher_kind, runner", [("native", "threads"), ("python", "threads"), ("native", "loop")])

@@ -5,34 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
 from serverkit import ServerProcess
-
-
-def _lookup_model(path) -> None:
-    """X FP32 [N, 1] -> Y = TABLE[int(X)] FP32 [N, 1], TABLE = 0, 10, ..., 90: ONNX Runtime fails the whole run on
-    an index outside 0..9."""
-    table = helper.make_tensor("table", TensorProto.FLOAT, [10], [float(10 * i) for i in range(10)])
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["X"], ["idx"], to=TensorProto.INT64),
-            helper.make_node("Gather", ["table", "idx"], ["Y"], axis=0),
-        ],
-        "lookup",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 1])],
-        initializer=[table],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True)
-    path.write_bytes(model.SerializeToString())
+from tiny_models import lookup_onnx
 
 
 @pytest.fixture(scope="module")
 def lookup_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("lookup_repo")
-    _lookup_model(repo / "lookup" / "1" / "model.onnx")
+    lookup_onnx(repo / "lookup" / "1" / "model.onnx")
     # Three one-row requests fill a batch; the long queue delay holds the first ones until the third has come.
     (repo / "lookup" / "config.toml").write_text(
         'max_batch_size = 3\nmax_queue_delay_us = 2000000\nrunner = "threads"\n'

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tiny_models import tiny_onnx
+
 from fastml.registry import Registry
 from fastml.serving.loader import resolve_ref
 
@@ -50,24 +52,6 @@ def test_a_reference_moved_mid_resolve_loads_the_version_it_named(fastml_home, t
     assert Registry().resolve("churn@champion").version == v2.version  # the alias did move meanwhile
 
 
-def _scale(path: Path, factor: float) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
-
-    c = helper.make_tensor("c", TensorProto.FLOAT, [], [factor])
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "c"], ["y"])],
-        f"times_{factor}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
-        initializer=[c],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_the_engine_runs_the_bytes_that_were_verified_not_the_file_found_later(fastml_home, tmp_path, monkeypatch):
     # The stored file is replaced right after its checksum was checked (another process writing into the store).
     # Before, the loader checked the file, then ONNX Runtime reopened it by its path and ran the replacement.
@@ -76,7 +60,7 @@ def test_the_engine_runs_the_bytes_that_were_verified_not_the_file_found_later(f
     from fastml.registry.artifacts import ArtifactStore
     from fastml.serving.loader import load_model
 
-    good, other = _scale(tmp_path / "good.onnx", 1.0), _scale(tmp_path / "other.onnx", 2.0)
+    good, other = tiny_onnx(tmp_path / "good.onnx", 1.0), tiny_onnx(tmp_path / "other.onnx", 2.0)
     mv = Registry().register("churn", good)
     stored = Registry().artifact_path(mv.ref)
 
@@ -92,7 +76,7 @@ def test_the_engine_runs_the_bytes_that_were_verified_not_the_file_found_later(f
 
     monkeypatch.setattr(ArtifactStore, "check", swapped_after(ArtifactStore.check))
     monkeypatch.setattr(ArtifactStore, "verified_bytes", swapped_after(ArtifactStore.verified_bytes))
-    x = np.ones((1, 3), np.float32)
+    x = np.ones((1, 4), np.float32)
     with load_model(mv.ref, warmup=False) as model:
-        assert model.predict(x)["y"].tolist() == [[1.0, 1.0, 1.0]]  # the checked model, not the one times 2
+        assert model.predict(x)["y"].tolist() == [[4.0]]  # the checked model, not the one times 2 (8.0)
     assert stored.read_bytes() == other.read_bytes()  # the swap did happen
