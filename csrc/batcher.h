@@ -102,8 +102,8 @@ struct Request {
     int64_t deadline_ns = 0;                       // steady clock, 0 = none; immutable after Submit
     int64_t timeout_us = 0;                        // as submitted, for messages; immutable after Submit
     // Guarded by the batcher's mu_: set when a batch holding this request failed in the model (kInternal or
-    // kInvalidInput);
-    // from then on the request runs in a batch of its own, so one request the model cannot run fails alone.
+    // kInvalidInput); from then on the request runs in a batch of its own, so one request the model cannot run
+    // fails alone.
     bool solo = false;
     std::shared_ptr<CompletionQueue> queue;        // null = blocking waiter; immutable after Submit
     // Opaque to the core: the submitter's handle (the bindings keep an owned reference to the caller's
