@@ -561,6 +561,7 @@ bool Batcher::RequeueAlone(RunnerSlot& slot) {
         }
         queued_ += static_cast<int64_t>(slot.requests.size());
         stats_.pending = queued_;
+        stats_.rerun_alone += static_cast<int64_t>(slot.requests.size());
     }
     if (wake_deadlines) deadline_cv_.notify_one();
     work_cv_.notify_all();  // one batch each: every idle runner can take one

@@ -169,6 +169,7 @@ struct BatcherStats {
     int64_t request_ns = 0;
     int64_t fail_ns = 0;
     int64_t last_inference_ms = 0;
+    int64_t rerun_alone = 0;  // requests put back to run alone after their batch failed in the model
     std::map<int64_t, BatchSizeStats> batch_stats;  // batch rows -> counters
 };
 

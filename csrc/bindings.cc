@@ -1094,6 +1094,7 @@ static void bind_batcher(py::module_& m) {
             d["request_ns"] = s.request_ns;
             d["fail_ns"] = s.fail_ns;
             d["last_inference_ms"] = s.last_inference_ms;
+            d["rerun_alone"] = s.rerun_alone;
             py::dict hist, per_size;
             for (const auto& [rows, b] : s.batch_stats) {
                 hist[py::int_(rows)] = b.count;

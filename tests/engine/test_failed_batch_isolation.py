@@ -53,6 +53,7 @@ def test_a_failed_batch_runs_its_requests_alone_and_only_the_failing_one_fails(b
     assert [(d[0], d[4]) for d in q.drain()] == [(late, INTERNAL)]
     s = core.stats()
     assert (s["requests"], s["failures"], s["batches"], s["pending"]) == (2, 2, 2, 0)
+    assert s["rerun_alone"] == 3  # the three of the failed batch; the late request never was
     core.shutdown("done")
 
 
@@ -146,7 +147,7 @@ def test_a_bad_request_fails_alone_and_its_batch_mates_get_their_answers(lookup_
         assert first["Y"].tolist() == [[10.0]] and third["Y"].tolist() == [[20.0]]
         s = model.stats()
         # One failed run of the three (not counted), then three runs of one: two answered, one failed.
-        assert (s["requests"], s["failures"], s["batches"]) == (2, 1, 2), s
+        assert (s["requests"], s["failures"], s["batches"], s["rerun_alone"]) == (2, 1, 2, 3), s
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ binary tensor extension, which the native intake hands to the batcher), and the 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from serverkit import ServerProcess
@@ -17,7 +19,7 @@ def lookup_server(tmp_path_factory):
     (repo / "lookup" / "config.toml").write_text(
         'max_batch_size = 3\nmax_queue_delay_us = 2000000\nrunner = "threads"\n'
     )
-    srv = ServerProcess([str(repo), "--http-port", "0"], tmp_path_factory.mktemp("home"))
+    srv = ServerProcess([str(repo), "--http-port", "0", "--metrics-port", "0"], tmp_path_factory.mktemp("home"))
     # The batcher waits for company only once it has seen arrivals (its very first request goes at once): one
     # request first, so that each test's three share a batch.
     body = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [0.0]}]}
@@ -53,6 +55,11 @@ def test_one_bad_request_fails_alone_and_its_batch_mates_are_answered(lookup_ser
     assert bad.status() == "400", bad.status()
     stats = client.get_inference_statistics("lookup")["model_stats"][0]["inference_stats"]
     assert stats["fail"]["count"] >= 1
+    # Operators see it: each request of the failed batch counted once as run again alone.
+    reruns = re.search(
+        r'fastml_inference_rerun_alone_total\{model="lookup",version="1"\} (\S+)', lookup_server.metrics()
+    )
+    assert reruns is not None and float(reruns.group(1)) >= 3
     # And the server keeps serving: the next full batch is answered whole.
     assert [answer(p) for p in [request(v) for v in (3.0, 4.0, 5.0)]] == [[[30.0]], [[40.0]], [[50.0]]]
     client.close()

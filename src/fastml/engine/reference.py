@@ -141,6 +141,7 @@ class ReferenceBatcher:
             "request_ns": 0,
             "fail_ns": 0,
             "last_inference_ms": 0,
+            "rerun_alone": 0,
         }
         self._batch_stats: dict[int, dict] = {}
         self._deadline_thread = threading.Thread(target=self._deadline_loop, name="fastml-ref-deadlines", daemon=True)
@@ -460,6 +461,7 @@ class ReferenceBatcher:
                     heapq.heappush(self._deadlines, (r.deadline_ns, r.id))
             self._buckets[taken[0].key] = taken + self._buckets.get(taken[0].key, [])
             self._queued += len(taken)
+            self._stats["rerun_alone"] += len(taken)
             self._cv.notify_all()
         return True
 

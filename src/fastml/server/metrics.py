@@ -60,6 +60,13 @@ COUNTERS = [
         1e-3,
         "Cumulative output extraction time (us).",
     ),
+    (
+        "fastml_inference_rerun_alone",
+        "-",  # Triton fails the whole batch
+        "rerun_alone",
+        1,
+        "Requests run again alone after their batch failed in the model (a request it could not run was in it).",
+    ),
 ]
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
