@@ -276,11 +276,11 @@ def _explain(args: argparse.Namespace) -> int:
     from fastml.errors import InvalidInput
     from fastml.monitoring.explain import OnnxExplainer
 
-    model = Path(args.model)
+    model: Path | bytes = Path(args.model)
     if not model.is_file():
         from fastml.registry import Registry
 
-        model = Registry().artifact_path(args.model)
+        _, model = Registry().artifact_bytes(args.model)  # explained as checked, never reopened
     rows_cols = read_table(args.rows)
     names = list(rows_cols)
     rows = np.column_stack([np.asarray(rows_cols[n], dtype=np.float32) for n in names])

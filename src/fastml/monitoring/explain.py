@@ -71,7 +71,7 @@ class OnnxExplainer:
     """Explain one output of an ONNX model.
 
     Args:
-        model: path to the ``.onnx`` file.
+        model: path to the ``.onnx`` file, or its bytes.
         background: (rows, features) background sample (the masker's reference data).
         input_name: model input to feed (default: the only/first input).
         output: output to explain (default: the first floating-point output, e.g. ``probabilities``).
@@ -87,7 +87,7 @@ class OnnxExplainer:
 
     def __init__(
         self,
-        model: str | Path,
+        model: str | Path | bytes,
         background: Any,
         *,
         input_name: str | None = None,
@@ -101,14 +101,18 @@ class OnnxExplainer:
     ):
         import onnxruntime as ort
 
-        path = Path(model)
-        if not path.is_file():
-            from fastml.errors import NotFound
+        if isinstance(model, bytes):  # an ONNX model already read (a registry artifact's checked bytes)
+            source: str | bytes = model
+        else:
+            path = Path(model)
+            if not path.is_file():
+                from fastml.errors import NotFound
 
-            raise NotFound(f"model file {path} does not exist")
+                raise NotFound(f"model file {path} does not exist")
+            source = str(path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1  # explanations run beside serving; stay off other cores
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]
         self.input_name = input_name or names[0]
