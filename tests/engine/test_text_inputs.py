@@ -70,3 +70,10 @@ def test_the_callers_arrays_and_dict_are_left_as_they_were(echo):
 def test_elements_that_are_not_text_are_refused(echo, element, problem):
     with pytest.raises(InvalidInput, match=problem):
         echo.predict({"text": np.array([[element]], dtype=object)})
+
+
+def test_a_request_over_max_batch_size_is_decoded_too(echo):
+    # Such a request is validated again and split into chunks; the chunks must carry the decoded text.
+    n = echo.max_batch_size * 2 + 3
+    given = np.array([[f"row{i}".encode()] for i in range(n)], dtype=object)
+    assert echo.predict({"text": given})["text_out"].ravel().tolist() == [f"row{i}" for i in range(n)]

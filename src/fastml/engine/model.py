@@ -553,9 +553,8 @@ class Model:
 
     # ------------------------------------------------------------------ inputs
     def _arrays(self, inputs) -> tuple:
-        """Fast path: the arrays in input order; the core checks dtypes and shapes."""
-        if self._text_names:
-            inputs = self._text_inputs(inputs)
+        """Fast path: the arrays in input order; the core checks dtypes and shapes. (String inputs were
+        normalised by the entry point, predict or submit, so that every path after it sees the same arrays.)"""
         if type(inputs) is dict:
             if len(inputs) == self._n_inputs:
                 try:
@@ -684,6 +683,8 @@ class Model:
             InvalidInput, Overloaded, DeadlineExceeded, Unavailable, InternalError.
         """
         outputs = self._check_outputs(outputs)
+        if self._text_names:
+            inputs = self._text_inputs(inputs)  # once: the chunked path below re-validates these same inputs
         arrays = self._arrays(inputs)
         t0 = time.perf_counter_ns()
         covered = self._logger is not None and self._batch_covers()
