@@ -1167,14 +1167,22 @@ bool AppendScalar(PyObject* item, std::string* arena) {
     return true;
   }
   if (PyIndex_Check(item) && !PyFloat_Check(item)) {  // int, numpy integers
-    long long v = PyLong_Check(item) ? PyLong_AsLongLong(item) : -1;
-    if (!PyLong_Check(item)) {
-      // PyNumber_Index returns a new reference: the py::object owns it and releases it on scope exit.
-      py::object as_int = py::reinterpret_steal<py::object>(PyNumber_Index(item));
-      if (!as_int) throw py::error_already_set();
-      v = PyLong_AsLongLong(as_int.ptr());
+    // PyNumber_Index returns a new reference: the py::object owns it and releases it on scope exit.
+    py::object as_int = PyLong_Check(item) ? py::reinterpret_borrow<py::object>(item)
+                                           : py::reinterpret_steal<py::object>(PyNumber_Index(item));
+    if (!as_int) throw py::error_already_set();
+    long long v = PyLong_AsLongLong(as_int.ptr());
+    if (v == -1 && PyErr_Occurred()) {
+      if (!PyErr_ExceptionMatches(PyExc_OverflowError)) throw py::error_already_set();
+      // Beyond long long (a uint64 id above INT64_MAX): its decimal text all the same, as ingest stores it.
+      PyErr_Clear();
+      py::str text(as_int);
+      Py_ssize_t size = 0;
+      const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
+      if (data == nullptr) throw py::error_already_set();
+      arena->append(data, size_t(size));
+      return true;
     }
-    if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
     char buf[24];
     auto res = std::to_chars(buf, buf + sizeof buf, v);
     arena->append(buf, size_t(res.ptr - buf));
@@ -1580,6 +1588,18 @@ void ConvertKeys(py::handle obj, size_t index, size_t rows, KeyInput* out) {
   }
   const char kind = a.dtype().kind();
   if (kind == 'i' || kind == 'u') {
+    if (kind == 'u' && a.itemsize() == 8) {
+      // A uint64 id above INT64_MAX would wrap to a negative id, another entity's row: refused.
+      auto u = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+      if (!u) throw py::error_already_set();
+      const uint64_t* p = u.data();
+      for (size_t i = 0; i < rows; ++i) {
+        if (p[i] > static_cast<uint64_t>(INT64_MAX)) {
+          RaiseInvalid("key input " + std::to_string(index) + ": id " + std::to_string(p[i]) + " at row " +
+                       std::to_string(i) + " is above the int64 range of entity ids");
+        }
+      }
+    }
     if (py::isinstance<py::array_t<int64_t>>(a) && (a.flags() & py::array::c_style)) {
       out->ids_owner = a;  // already int64 and contiguous: used as is, referenced while the GIL is released
       out->keys.ids = static_cast<const int64_t*>(a.data());

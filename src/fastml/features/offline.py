@@ -122,6 +122,27 @@ def refuse_separator(columns: list[pa.Array], positions: list[int], entities: Se
     )
 
 
+# The online store's key limit (LMDB's default maximum key size; csrc/feature_cache.cc refuses others).
+MAX_KEY_BYTES = 511
+
+
+def refuse_unstorable_keys(columns: list[pa.Array], entities: Sequence[str], what: str) -> None:
+    """InvalidInput naming the first row whose encoded key (``columns``: the key parts as strings, joined by 0x1f)
+    is empty or longer than MAX_KEY_BYTES: the online store cannot hold it, so once ingested every materialisation
+    of the group would fail on it."""
+    key = columns[0] if len(columns) == 1 else pc.binary_join_element_wise(*columns, "\x1f")
+    size = pc.binary_length(key)
+    bad = pc.or_(pc.less(size, 1), pc.greater(size, MAX_KEY_BYTES))
+    if not pc.any(bad).as_py():
+        return
+    row = int(np.flatnonzero(bad.fill_null(False).to_numpy(zero_copy_only=False))[0])
+    raise InvalidInput(
+        f"{what}: entity key at position {row} (column{'s' if len(entities) > 1 else ''} "
+        f"{', '.join(repr(e) for e in entities)}) is {size[row].as_py()} bytes; the online store holds keys of "
+        f"1..{MAX_KEY_BYTES} bytes"
+    )
+
+
 def validate(group: FeatureGroup, table) -> pa.Table:
     """Check and normalise an ingest table; raises InvalidInput naming the column and the problem.
 
@@ -150,6 +171,7 @@ def validate(group: FeatureGroup, table) -> pa.Table:
         names.append(name)
     # Before anything is written: a composite key part holding 0x1f would be stored as another entity's key.
     refuse_separator(columns, list(range(len(columns))), group.entities, f"ingest into {group.name!r}")
+    refuse_unstorable_keys(columns, group.entities, f"ingest into {group.name!r}")
     # Rounded up: a feature row stamped between two microseconds must not be visible to an entity row at
     # the earlier one (entity rows round down), or a training set would see it before it happened.
     ts = timestamps_us(table, group.timestamp_column, round_up=True)

@@ -564,15 +564,20 @@ class FeatureJoin:
 
 
 def _key_dtype(sample: list[bytes]) -> str | None:
-    """int64 when every sampled stored key is decimal integer text (how integer ids are stored), string
-    when one is not, None for an empty table."""
+    """int64 when every sampled stored key is an int64 id's text (how integer ids are stored), string when one
+    is not, None for an empty table."""
     if not sample:
         return None
-    for k in sample:
-        text = k[1:] if k[:1] == b"-" else k
-        if not text.isdigit():
-            return "string"
-    return "int64"
+    return "int64" if all(_is_int_text(k) for k in sample) else "string"
+
+
+def _is_int_text(key: bytes) -> bool:
+    """Whether ``key`` is text an int64 id is stored as: an optional '-', then digits with no leading zero, within
+    int64. String keys such as zip codes ('00501') are not: read as integers, id 501 would miss their rows."""
+    digits = key[1:] if key[:1] == b"-" else key
+    if not digits.isdigit() or (digits[:1] == b"0" and (len(digits) > 1 or key != digits)):
+        return False
+    return -(2**63) <= int(key) < 2**63
 
 
 def compile_join(

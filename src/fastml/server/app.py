@@ -27,7 +27,7 @@ import msgspec
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
 from fastml.server import auth as admin_auth
 from fastml.server import deploy_admin, http, http_native, routes, shm_http
-from fastml.server.metrics import make_registry, merge_snapshots
+from fastml.server.metrics import make_registry, merge_models, merge_snapshots
 from fastml.server.status import http_status
 from fastml.server.tensors import encode_json
 from fastml.serving.dataplane import EXTENSIONS, DataPlane, model_snapshot, model_statistics_from_snapshot
@@ -377,8 +377,14 @@ class Server:
         """This process's counters as a JSON-able dict (see fastml.server.metrics)."""
         responses = {str(k): v for k, v in self.status_counts.items()}
         responses["200"] = self.ok_count
+        entries = list(self.manager.entries()) if self.manager is not None else []
+        if self.plane.deployments is not None:
+            # The versions a deployment loaded for its variants are served too: their counters and feature
+            # lookups belong in /metrics beside the repository's models.
+            shown = {id(e) for e in entries}
+            entries += [e for e in self.plane.deployments.loaded_entries() if id(e) not in shown]
         return {
-            "models": [model_snapshot(e) for e in self.manager.entries()] if self.manager is not None else [],
+            "models": merge_models(model_snapshot(e) for e in entries),
             "server": {"inflight": self.inflight, "connections": len(self.connections), "responses": responses},
             "deployments": self.plane.deployments.metric_rows() if self.plane.deployments is not None else [],
             "monitoring": self.plane.monitor.metric_rows() if self.plane.monitor is not None else {},

@@ -71,9 +71,45 @@ COUNTERS = [
 BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
+def merge_models(snapshots) -> list[dict]:
+    """Model snapshots (:func:`fastml.serving.dataplane.model_snapshot`) with one per model/version: the counters
+    of the same version added up (several worker processes; a deployment's variant loaded beside the same
+    version from the repository), so no label set is exported twice."""
+    models: dict[tuple, dict] = {}
+    for m in snapshots:
+        key = (m["name"], m["version"])
+        cur = models.get(key)
+        if cur is None:
+            models[key] = {
+                **m,
+                "stats": dict(m["stats"]),
+                "batch_size_histogram": dict(m["batch_size_histogram"]),
+                "batch_stats": {k: dict(v) for k, v in m["batch_stats"].items()},
+                "server_failures": dict(m["server_failures"]),
+                "feature_lookups": feature_metrics.merge_into({}, m.get("feature_lookups") or {}),
+            }
+            continue
+        cur["feature_lookups"] = feature_metrics.merge_into(cur["feature_lookups"], m.get("feature_lookups") or {})
+        cur["ready"] = cur["ready"] and m["ready"]
+        cur["inflight"] += m["inflight"]
+        for k, v in m["stats"].items():
+            if isinstance(v, (int, float)):
+                cur["stats"][k] = (
+                    max(cur["stats"].get(k, 0), v) if k == "last_inference_ms" else cur["stats"].get(k, 0) + v
+                )
+        for k, v in m["batch_size_histogram"].items():
+            cur["batch_size_histogram"][k] = cur["batch_size_histogram"].get(k, 0) + v
+        for k, v in m["batch_stats"].items():
+            cur_b = cur["batch_stats"].setdefault(k, {})
+            for kk, vv in v.items():
+                cur_b[kk] = cur_b.get(kk, 0) + vv
+        for k, v in m["server_failures"].items():
+            cur["server_failures"][k] = cur["server_failures"].get(k, 0) + v
+    return list(models.values())
+
+
 def merge_snapshots(snapshots: list[dict]) -> dict:
     """Sum several processes' snapshots (same model/version -> counters added)."""
-    models: dict[tuple, dict] = {}
     server = {"inflight": 0, "connections": 0, "responses": {}, "workers": 0}
     for snap in snapshots:
         s = snap.get("server", {})
@@ -82,37 +118,8 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
         server["workers"] += 1
         for code, n in s.get("responses", {}).items():
             server["responses"][code] = server["responses"].get(code, 0) + n
-        for m in snap.get("models", []):
-            key = (m["name"], m["version"])
-            cur = models.get(key)
-            if cur is None:
-                models[key] = {
-                    **m,
-                    "stats": dict(m["stats"]),
-                    "batch_size_histogram": dict(m["batch_size_histogram"]),
-                    "batch_stats": {k: dict(v) for k, v in m["batch_stats"].items()},
-                    "server_failures": dict(m["server_failures"]),
-                    "feature_lookups": feature_metrics.merge_into({}, m.get("feature_lookups") or {}),
-                }
-                continue
-            cur["feature_lookups"] = feature_metrics.merge_into(cur["feature_lookups"], m.get("feature_lookups") or {})
-            cur["ready"] = cur["ready"] and m["ready"]
-            cur["inflight"] += m["inflight"]
-            for k, v in m["stats"].items():
-                if isinstance(v, (int, float)):
-                    cur["stats"][k] = (
-                        max(cur["stats"].get(k, 0), v) if k == "last_inference_ms" else cur["stats"].get(k, 0) + v
-                    )
-            for k, v in m["batch_size_histogram"].items():
-                cur["batch_size_histogram"][k] = cur["batch_size_histogram"].get(k, 0) + v
-            for k, v in m["batch_stats"].items():
-                cur_b = cur["batch_stats"].setdefault(k, {})
-                for kk, vv in v.items():
-                    cur_b[kk] = cur_b.get(kk, 0) + vv
-            for k, v in m["server_failures"].items():
-                cur["server_failures"][k] = cur["server_failures"].get(k, 0) + v
     return {
-        "models": list(models.values()),
+        "models": merge_models(m for snap in snapshots for m in snap.get("models", [])),
         "server": server,
         "deployments": deployment_metrics.merge_rows(snapshots),
         "monitoring": monitoring_metrics.merge_rows(snapshots),

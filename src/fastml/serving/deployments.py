@@ -445,6 +445,10 @@ class DeploymentManager:
             raise NotFound(f"{field}: {exc}") from None
         return mv.name, str(mv.version)
 
+    def loaded_entries(self) -> list:
+        """The model versions this manager loaded for its variants (registry references), for /metrics."""
+        return list(self._entries.values())
+
     def _load(self, name: str, version: str, features: dict | None = None):
         # A variant declaring features gets its own entry (the same model joined differently is another one).
         key = (name, version, msgspec.json.encode(features).decode()) if features else (name, version)

@@ -29,6 +29,8 @@ online store once per LMDB snapshot, see ``csrc/feature_join.h``). Lookups are c
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 
 import msgspec
 import numpy as np
@@ -43,34 +45,71 @@ class FeaturePolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     """What one feature gets when its value is missing or stale.
 
     Attributes:
-        on_missing: ``nan``, ``default`` or ``error``.
-        default: the value used by ``default``.
+        on_missing: ``nan``, ``default`` or ``error``; left out, ``default`` when a ``default`` is given (a
+            table ``{default = 4.0}`` means what the number ``4.0`` means), else ``nan``.
+        default: the value used by ``default`` (0.0 when left out).
     """
 
-    on_missing: str = "nan"
-    default: float = 0.0
+    on_missing: str | msgspec.UnsetType = msgspec.UNSET
+    default: float | msgspec.UnsetType = msgspec.UNSET
+
+    def resolved(self) -> tuple[str, float]:
+        """``(policy, default)`` with what was left out filled in."""
+        on_missing = self.on_missing
+        if isinstance(self.default, msgspec.UnsetType):
+            return ("nan" if isinstance(on_missing, msgspec.UnsetType) else on_missing), 0.0
+        return ("default" if isinstance(on_missing, msgspec.UnsetType) else on_missing), float(self.default)
+
+
+# The largest finite float32: the join fills the model's float32 input, so a larger default would become inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _checked_default(name: str, value) -> float:
+    """``value`` as the float the join writes, or InvalidInput naming the feature where a finite number would not
+    fit float32 (it would reach the model as +-inf). NaN and +-inf themselves are taken as given."""
+    try:
+        as_float: float | None = float(value)
+    except OverflowError:  # an int beyond float64 (10**400)
+        as_float = None
+    if as_float is None or (math.isfinite(as_float) and abs(as_float) > _FLOAT32_MAX):
+        raise InvalidInput(
+            f"feature_policy for {name!r}: default {value!r} does not fit the model's float32 input "
+            f"(at most {_FLOAT32_MAX:.6g} in magnitude); it would reach the model as infinity"
+        )
+    return as_float
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def normalize_policies(raw) -> dict[str, tuple[str, float]]:
     """``{feature: (policy, default)}`` from a config's ``feature_policy`` table: each value a policy name
-    (``"error"``), a ``{on_missing, default}`` table, a :class:`FeaturePolicy` or a number (the default
-    value, policy ``default``)."""
+    (``"error"``), a ``{on_missing, default}`` table (``{default = 4.0}`` alone is policy ``default``), a
+    :class:`FeaturePolicy` or a number (the default value, policy ``default``; numpy numbers too).
+
+    Raises:
+        InvalidInput: naming the feature: a value of another kind, an unknown table field, or a finite default
+            too large for float32.
+    """
     out: dict[str, tuple[str, float]] = {}
     for name, value in (raw or {}).items():
         if isinstance(value, FeaturePolicy):
-            out[name] = (value.on_missing, float(value.default))
+            policy, default = value.resolved()
         elif isinstance(value, str):
-            out[name] = (value, 0.0)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = ("default", float(value))
+            policy, default = value, 0.0
+        elif _is_number(value):
+            policy, default = "default", value
         elif isinstance(value, dict):
             try:
                 p = msgspec.convert(value, FeaturePolicy)
             except msgspec.ValidationError as exc:
                 raise InvalidInput(f"feature_policy for {name!r}: {exc}") from None
-            out[name] = (p.on_missing, float(p.default))
+            policy, default = p.resolved()
         else:
             raise InvalidInput(f"feature_policy for {name!r} must be a policy name, a number or a table, got {value!r}")
+        out[name] = (policy, _checked_default(name, default))
     return out
 
 
@@ -116,6 +155,15 @@ def build_join(
         policies=normalize_policies(feature_policy),
         default_policy=(default_policy, 0.0),
     )
+    # A request-time column named like an entity key input (a group's entity column when entity_key is left out)
+    # would make two inputs of one name: the INT64/BYTES ids and the FP32 values. No request could carry both.
+    clash = [c for c in join.columns if c.ref is None and c.name in join.key_inputs]
+    if clash:
+        keyed = next(c.name for c in join.columns if c.key_input == clash[0].name)
+        raise InvalidInput(
+            f"request-time feature {clash[0].name!r} has the name of the entity key input that feature {keyed!r} "
+            "is looked up by; rename the request-time input"
+        )
     for col in join.columns:
         if col.group is not None and not store.metadata.materializations(col.group, col.version):
             raise NotFound(
@@ -304,6 +352,11 @@ class FeatureJoinedModel:
         clash = sorted({s.name for s in self._passthrough} & set(names))
         if clash:
             raise InvalidInput(f"model {model.name!r}: input {clash[0]!r} is both a model input and a feature input")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InvalidInput(
+                f"model {model.name!r}: input {twice[0]!r} is both an entity key and a request-time input"
+            )
         key_specs = [
             TensorSpec(k, "INT64", [-1], np.dtype(np.int64))
             if d == "int64"

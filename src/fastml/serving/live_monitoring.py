@@ -264,12 +264,14 @@ class LiveWiring:
 
     def attach(self, entry) -> None:
         """Resolve ``entry``'s reference and install the tap; never raises (a reason is recorded instead)."""
-        model = entry.model
+        tapped = model = entry.model
         from fastml.serving.feature_join import FeatureJoinedModel
 
         if isinstance(model, FeatureJoinedModel):
             # A model joining its features in the server is watched on the joined input (what it saw), which is
-            # what its engine model logs: the reference names that input's columns, in order.
+            # what its engine model logs: the reference names that input's columns, in order. The tap is set on
+            # the joined model, which passes it down and switches its requests to the way that logs (a tap set
+            # on the engine model alone would leave them on the batched way, which logs nothing).
             model = model.model
         try:
             resolved = self._resolve(entry)
@@ -286,8 +288,8 @@ class LiveWiring:
             log.exception("live monitor: could not attach model %r", entry.name)
             self.monitor.disable(entry.name, f"internal error: {type(exc).__name__}: {exc}")
             return
-        if not isinstance(model.prediction_logger, MonitorTap):
-            model.prediction_logger = MonitorTap(self.monitor, model.prediction_logger)
+        if not isinstance(tapped.prediction_logger, MonitorTap):
+            tapped.prediction_logger = MonitorTap(self.monitor, tapped.prediction_logger)
 
     def _resolve(self, entry) -> tuple[ReferenceProfile, str] | None:
         given = self.references.get(entry.name)
