@@ -15,7 +15,12 @@ How file columns become model inputs:
   columns, or every column that is not a key column, in file order (must be F of them).
 
 Outputs: an ``[N]`` or ``[N, 1]`` output is one column named after it; ``[N, K]`` gives ``name_0 ..
-name_{K-1}``.
+name_{K-1}``; a per-row map of class to probability (scikit-learn's ZipMap, ``seq(map(...))``) gives one column
+``name_{class}`` per class.
+
+A null (an empty CSV cell) feeds a floating-point input as NaN; an integer, boolean or string input has no
+missing value, so a null for one is refused, naming the column (as is a fractional or non-finite value for an
+integer input, which a cast would change without a word).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -55,6 +62,9 @@ MIN_SPLIT_ROWS = 4_096
 # alone while the other core idled).
 TAIL_PIECES = 4
 MIN_TAIL_PIECE_ROWS = 1_024
+# A CSV file is parsed in blocks of this many bytes (at least; twice its header line where that is larger). Arrow
+# guesses each column's type from the first block (see _csv_column_types).
+CSV_BLOCK_BYTES = 1 << 22
 
 _ORT_NUMPY = {
     "tensor(float)": np.float32,
@@ -66,6 +76,10 @@ _ORT_NUMPY = {
     "tensor(float16)": np.float16,
     "tensor(int8)": np.int8,
     "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
 }
 
 
@@ -165,17 +179,54 @@ class _Plan:
             self.matrix_columns = list(cols)
         else:
             absent = [n for n in names if n not in file_columns]
+            if not absent:  # every input has its column: it is --columns that does not fit this model
+                raise InvalidInput(
+                    f"columns name the columns of a model with one [rows, features] input, but this model takes "
+                    f"{len(names)} inputs ({', '.join(names)}), each fed by the column of its name in {source}; "
+                    "leave out --columns"
+                )
             raise InvalidInput(
                 f"model input {absent[0]!r} is not a column of {source} (its columns: {', '.join(file_columns)})"
             )
+        # A name the file holds twice: which of the two feeds the model (or is copied to the output) would be
+        # Arrow's choice, not the user's (a Parquet file's batch refuses to pick one at all).
+        for c in self.read_columns:
+            if file_columns.count(c) > 1:
+                raise InvalidInput(
+                    f"column {c!r} appears {file_columns.count(c)} times in {source}: which one to read is "
+                    "ambiguous; give the columns distinct names"
+                )
+        for spec in self.inputs:
+            if spec.type not in _ORT_NUMPY:
+                raise InvalidInput(
+                    f"model input {spec.name!r} takes {spec.type}, which cannot be read from a file's column"
+                )
+        self.output_types = [o.type for o in sess.get_outputs()]
+        for name, kind in zip(self.output_names, self.output_types):
+            if not kind.startswith("tensor(") and not _is_zipmap(kind):
+                raise InvalidInput(
+                    f"the model's output {name!r} is {kind}, not a tensor with one row per input row: "
+                    "it cannot be written as columns"
+                )
         # Known before any row is read where the outputs' widths are static; columns() checks again once a
         # chunk's outputs give the dynamic ones.
         self._check_output_names(self._static_output_names(sess.get_outputs()))
+
+    def input_dtype(self, column: str):
+        """The numpy dtype of the model input that ``column`` feeds (None for a column feeding none)."""
+        if self.matrix_columns is not None:
+            return _ORT_NUMPY[self.inputs[0].type] if column in self.matrix_columns else None
+        for spec in self.inputs:
+            if spec.name == column:
+                return _ORT_NUMPY[spec.type]
+        return None
 
     @staticmethod
     def _static_output_names(outputs) -> list[str]:
         names: list[str] = []
         for out in outputs:
+            if not out.type.startswith("tensor("):  # a ZipMap's columns are named by the classes it returns
+                continue
             width = out.shape[1] if len(out.shape) == 2 else None
             if len(out.shape) <= 1 or width == 1:
                 names.append(out.name)
@@ -200,6 +251,12 @@ class _Plan:
         """``(names, arrays)`` of one chunk's output: its key columns, then the predictions."""
         preds = self.output_columns(outputs)
         self._check_output_names(list(preds))
+        for name, values in preds.items():
+            if len(values) != batch.num_rows:  # a value per chunk (a mean, a fixed-size tensor), not per row
+                raise InvalidInput(
+                    f"{self.source}: the model's output column {name!r} holds {len(values)} value(s) for a chunk of "
+                    f"{batch.num_rows} rows: only outputs with one value per row can be written beside the rows"
+                )
         names = list(self.key_columns) + list(preds)
         arrays = [batch.column(batch.schema.get_field_index(k)) for k in self.key_columns]
         arrays += [_arrow(values) for values in preds.values()]
@@ -237,13 +294,35 @@ class _Plan:
     def output_columns(self, outputs: list[np.ndarray]) -> dict[str, np.ndarray]:
         cols: dict[str, np.ndarray] = {}
         for name, arr in zip(self.output_names, outputs):
-            if arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1):
+            if isinstance(arr, list):  # a ZipMap: one {class: probability} per row
+                cols.update(_zipmap_columns(name, arr))
+            elif arr.ndim <= 1 or (arr.ndim == 2 and arr.shape[1] == 1):  # a 0-d output: columns() refuses it
                 cols[name] = arr.reshape(-1)
             else:
                 flat = arr.reshape(arr.shape[0], -1)
                 for k in range(flat.shape[1]):
                     cols[f"{name}_{k}"] = flat[:, k]
         return cols
+
+
+def _is_zipmap(onnx_type: str) -> bool:
+    """Whether an output of this ONNX Runtime type is a sequence of maps (scikit-learn's ZipMap of class
+    probabilities), which becomes one column per class."""
+    return onnx_type.startswith("seq(map(")
+
+
+def _zipmap_columns(name: str, rows: list) -> dict[str, np.ndarray]:
+    """``{name}_{class}`` columns of a ZipMap output (a list of ``{class: probability}`` dicts, one per row, each
+    with the same classes)."""
+    if not rows:
+        return {}
+    classes = list(rows[0])
+    try:
+        return {
+            f"{name}_{c}": np.fromiter((row[c] for row in rows), dtype=np.float32, count=len(rows)) for c in classes
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"the model's output {name!r} is not one map of the same classes per row: {exc}") from exc
 
 
 def _matrix(batch, names: list[str], dtype) -> np.ndarray | None:
@@ -264,14 +343,59 @@ def _matrix(batch, names: list[str], dtype) -> np.ndarray | None:
 
 
 def _column(batch, name: str, dtype) -> np.ndarray:
+    """One column as the model input's numpy dtype. A null becomes NaN for a floating-point input; for any other
+    input (integer, boolean, string) it is refused, as are the values a cast to an integer input would change."""
+    import pyarrow.types as pat
+
     col = batch.column(batch.schema.get_field_index(name))
+    dtype_name = "string" if dtype is object else np.dtype(dtype).name
+    floating = dtype is not object and np.issubdtype(dtype, np.floating)
+    if col.null_count and not floating:
+        raise InvalidInput(
+            f"column {name!r} is empty (null) in {col.null_count} of a chunk's {len(col)} rows, and the model input "
+            f"it feeds takes {dtype_name}, which has no missing value"
+        )
     if dtype is object:
         return np.asarray(col.cast("string").to_pylist(), dtype=object)
+    if pat.is_temporal(col.type):  # to_numpy gives datetime64 / timedelta64, whose cast is a count of some unit
+        raise InvalidInput(f"column {name!r} holds {col.type} values, and the model input it feeds takes numbers")
+    if floating and (pat.is_string(col.type) or pat.is_large_string(col.type)):
+        col = _missing_as_null(col)
     view = _numeric_view(col)
     try:
-        return (view if view is not None else col.to_numpy(zero_copy_only=False)).astype(dtype, copy=False)
+        if view is not None:
+            values = view
+        else:
+            values = col.to_numpy(zero_copy_only=False)
+            if col.null_count and values.dtype == object:  # strings, booleans, decimals: None where a null is
+                values[col.is_null().to_numpy(zero_copy_only=False)] = np.nan
+        if np.issubdtype(dtype, np.integer) and values.dtype.kind == "f":
+            values = values.astype(np.float64, copy=False)
+            bad = ~np.isfinite(values) | (values != np.trunc(values))
+            if bad.any():
+                raise InvalidInput(
+                    f"column {name!r} holds {float(values[bad][0])!r}, which is not a whole number, and the model "
+                    f"input it feeds takes {dtype_name}"
+                )
+        return values.astype(dtype, copy=False)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"column {name!r} cannot be read as {np.dtype(dtype).name}: {exc}") from exc
+        if isinstance(exc, InvalidInput):
+            raise
+        raise InvalidInput(f"column {name!r} cannot be read as {dtype_name}: {exc}") from exc
+
+
+def _missing_as_null(col):
+    """A text column (a Parquet string column, or a CSV column read as text) with the values a CSV reader takes for
+    a missing number (an empty cell, "NA", "NaN", "null", ...: Arrow's list) as nulls, which a floating-point input
+    reads as NaN, as it does a numeric column's empty cell."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv
+
+    missing = pc.is_in(pc.utf8_trim_whitespace(col), value_set=pa.array(csv.ConvertOptions().null_values))
+    if not pc.any(missing).as_py():
+        return col
+    return pc.if_else(missing, pa.scalar(None, col.type), col)
 
 
 def _numeric_view(col) -> np.ndarray | None:
@@ -320,27 +444,26 @@ def _open_columns(path: Path, batch_rows: int):
         # for a 58 MB file here), which would break the memory budget.
         pf = pq.ParquetFile(path, pre_buffer=False)
         names = pf.schema_arrow.names
-        return (
-            names,
-            lambda cols, rows=batch_rows: pf.iter_batches(batch_size=rows, columns=cols, use_threads=False),
-            pf.metadata.num_rows,
-        )
+
+        def batches(cols, rows=batch_rows, column_types=None):  # a Parquet file's types are its own
+            return pf.iter_batches(batch_size=rows, columns=cols, use_threads=False)
+
+        batches.sample_schema = pf.schema_arrow  # type: ignore[attr-defined]
+        return names, batches, pf.metadata.num_rows
     if suffix in (".csv", ".txt") or suffix == "":
         from pyarrow import csv
 
-        def header() -> list[str]:
-            with csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 16)) as r:
-                return r.schema.names
+        sample, header_block = _csv_header(path)
+        names = sample.names
+        # A block holds whole rows: one at least twice the size the header needed, so a wide file's rows fit.
+        block = max(CSV_BLOCK_BYTES, 2 * header_block)
 
-        names = header()
-
-        def batches(cols, rows=batch_rows):
-            conv = csv.ConvertOptions(include_columns=cols)
-            reader = csv.open_csv(path, read_options=csv.ReadOptions(block_size=1 << 22), convert_options=conv)
+        def batches(cols, rows=batch_rows, column_types=None):
+            conv = csv.ConvertOptions(include_columns=cols, column_types=column_types or {})
             # CSV blocks are sized in bytes: re-cut them into rows-row batches.
             pending: list = []
             have = 0
-            for b in reader:
+            for b in _csv_blocks(path, block, conv, names):
                 pending.append(b)
                 have += b.num_rows
                 while have >= rows:
@@ -351,8 +474,119 @@ def _open_columns(path: Path, batch_rows: int):
             if have:
                 yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
 
+        batches.sample_schema = sample  # type: ignore[attr-defined]
         return names, batches, None
     raise InvalidInput(f"{path}: input must be a .csv or .parquet file")
+
+
+class _CsvConversionError(Exception):
+    """A CSV value that does not fit the type its column was read as (the type guessed from the file's first
+    rows, or the one asked for): ``column`` names the column."""
+
+    def __init__(self, column: str, message: str):
+        super().__init__(message)
+        self.column = column
+
+
+class _ReadAgainAsText(Exception):
+    """Raised out of a scoring run to run it again with ``column`` read as text (see :func:`predict_file`)."""
+
+    def __init__(self, column: str):
+        super().__init__(column)
+        self.column = column
+
+
+_CSV_COLUMN_ERROR = re.compile(r"In CSV column #(\d+): (.*)", re.S)
+
+
+def _csv_blocks(path: Path, block: int, convert_options, names: list[str]):
+    """The record batches of a CSV file read in ``block``-byte blocks; a conversion error (Arrow's "In CSV column
+    #3: ...", numbered as the file's columns), in the first block or a later one, becomes a
+    :class:`_CsvConversionError` naming the column."""
+    import pyarrow as pa
+    from pyarrow import csv
+
+    reader = None
+    try:
+        reader = csv.open_csv(
+            path, read_options=csv.ReadOptions(block_size=block), convert_options=convert_options
+        )  # reads the first block
+        while True:
+            try:
+                b = reader.read_next_batch()
+            except StopIteration:
+                return
+            yield b
+    except pa.ArrowInvalid as exc:
+        m = _CSV_COLUMN_ERROR.match(str(exc))
+        if m is None or int(m.group(1)) >= len(names):
+            raise
+        raise _CsvConversionError(names[int(m.group(1))], m.group(2)) from exc
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+# The largest block tried for a CSV header line (see _csv_header): beyond it the first line is not a header.
+_MAX_HEADER_BLOCK = 1 << 28
+
+
+def _csv_header(path: Path):
+    """``(schema, block size)``: the CSV's columns with the types Arrow guesses from its first rows, read with
+    the smallest block (64 KiB, then four times larger) that holds the header line: a header of thousands of
+    long column names does not fit in 64 KiB, and Arrow then reports an empty block.
+
+    Raises:
+        pyarrow.ArrowInvalid: the file has no header (empty), or a header line Arrow cannot parse.
+    """
+    import pyarrow as pa
+    from pyarrow import csv
+
+    size = path.stat().st_size
+    block = 1 << 16
+    while True:
+        try:
+            with csv.open_csv(path, read_options=csv.ReadOptions(block_size=block)) as r:
+                return r.schema, block
+        except pa.ArrowInvalid as exc:
+            too_small = "cannot infer number of columns" in str(exc) or "straddl" in str(exc)
+            if not too_small or block >= min(size, _MAX_HEADER_BLOCK):
+                raise
+            block *= 4
+
+
+def _csv_column_types(plan: _Plan, sample, text_columns) -> dict:
+    """The types to read a CSV's columns as where the type Arrow would guess from the first block could not
+    hold the rows after it: Arrow fixes each column's type from the first block it reads, and a later value that
+    does not fit fails the whole file. A model input guessed as integers (or as nothing, every value empty)
+    is read as float64 when it feeds a floating-point input (then cast as before), as the input's type when it
+    feeds another; a key column with no value in the sample is read as text; ``text_columns`` as text."""
+    import pyarrow as pa
+    import pyarrow.types as pat
+
+    types = {}
+    for c in plan.read_columns:
+        if c in text_columns:
+            types[c] = pa.string()
+            continue
+        if c not in sample.names:  # a feature column joined from the store
+            continue
+        guessed = sample.field(c).type
+        dtype = plan.input_dtype(c)
+        if c in plan.key_columns or dtype is None:
+            # A key column keeps the guessed type in the output; if a later row does not fit it, the run starts
+            # again with the column read as text (predict_file).
+            if pat.is_null(guessed):
+                types[c] = pa.string()
+        elif dtype is object:
+            if not pat.is_string(guessed):
+                types[c] = pa.string()
+        elif np.issubdtype(dtype, np.floating):
+            if pat.is_null(guessed) or pat.is_integer(guessed):
+                types[c] = pa.float64()
+        elif pat.is_null(guessed):
+            types[c] = pa.from_numpy_dtype(np.dtype(dtype))
+    return types
 
 
 class _Writer:
@@ -465,14 +699,63 @@ def predict_file(
             has no value gets NaN). feature_store: the :class:`fastml.features.FeatureStore` (default: the
             one under FASTML_HOME).
 
+    A CSV column's type is the one Arrow guesses from the file's first rows (a model input of integers read as
+    float64 when it feeds a floating-point input). Where a later row holds a value that type cannot (a key of
+    digits, then one with letters), the file is scored again from the start with that column read as text: the
+    output is the same as for a file whose first rows had shown it.
+
     Raises:
-        InvalidInput: missing key or input columns (naming the column and the file), unsupported formats.
+        InvalidInput: missing key or input columns (naming the column and the file), unsupported formats, a
+            value the model input cannot take (naming the column and the file), a model failing on a chunk
+            (naming the file and the rows).
         NotFound: no such input file or model.
+    """
+    text_columns: frozenset[str] = frozenset()
+    while True:
+        try:
+            return _predict_file(
+                ref,
+                input_path,
+                output_path,
+                batch_rows=batch_rows,
+                key_columns=key_columns,
+                columns=columns,
+                max_memory_mb=max_memory_mb,
+                threads=threads,
+                progress=progress,
+                features=features,
+                feature_store=feature_store,
+                text_columns=text_columns,
+            )
+        except _ReadAgainAsText as again:  # nothing was written: the output is still the temporary file, removed
+            text_columns |= {again.column}
+
+
+def _predict_file(
+    ref,
+    input_path,
+    output_path,
+    *,
+    batch_rows,
+    key_columns,
+    columns,
+    max_memory_mb,
+    threads,
+    progress,
+    features,
+    feature_store,
+    text_columns: frozenset[str],
+) -> PredictReport:
+    """:func:`predict_file`, with the CSV columns in ``text_columns`` read as text.
+
+    Raises:
+        _ReadAgainAsText: a CSV value that does not fit its column's guessed type, in a column not read as text.
     """
     import pyarrow as pa
 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise InvalidInput(f"threads must be an int >= 1, got {threads!r}")
+    _check_memory_budget(max_memory_mb)
     workers = threads or os.cpu_count() or 1
     if batch_rows is None:
         batch_rows = _default_rows(workers)
@@ -510,28 +793,39 @@ def predict_file(
     # bound is in rows, so the pieces of the last chunks queue as their chunk would have).
     inflight_rows = 0
     read_rows = 0
+    # ONNX Runtime logs a failing run on stderr as well as raising it; the error is reported once, by _emit.
+    run_options = _quiet_run_options()
     try:
         read = [c for c in plan.read_columns if c not in features]
-        for batch in batches(read, batch_rows):
+        column_types = None
+        sample = getattr(batches, "sample_schema", None)
+        if total is None and sample is not None:  # a CSV file
+            column_types = _csv_column_types(plan, sample, text_columns)
+        for batch in batches(read, batch_rows, column_types=column_types):
             if features:
                 batch = _join_features(batch, feature_store, features, keys[0])
             for piece in _tail_pieces(batch, read_rows, total, batch_rows, workers):
-                inflight.append((piece, pool.submit(sess.run, None, plan.feed(piece))))
+                inflight.append((piece, pool.submit(sess.run, None, plan.feed(piece), run_options)))
                 inflight_rows += piece.num_rows
                 while inflight_rows > workers * batch_rows:
                     done, fut = inflight.popleft()
-                    out_schema = _emit(writer, plan, done, fut)
+                    out_schema = _emit(writer, plan, done, fut, rows)
                     inflight_rows -= done.num_rows
                     rows += done.num_rows
                     advance(done.num_rows)
             read_rows += batch.num_rows
         while inflight:
             done, fut = inflight.popleft()
-            out_schema = _emit(writer, plan, done, fut)
+            out_schema = _emit(writer, plan, done, fut, rows)
             rows += done.num_rows
             advance(done.num_rows)
-        writer.commit(out_schema or _empty_schema(plan, keys))
-    except pa.ArrowInvalid as exc:  # a value the column cannot hold, a ragged CSV row: the file's problem
+        writer.commit(out_schema or _empty_schema(plan, keys, sample))
+    except _CsvConversionError as exc:  # a later row's value that the type guessed from the first rows cannot hold
+        writer.abort()
+        if exc.column in text_columns:  # text holds any value: not expected, but never a loop
+            raise InvalidInput(f"{src}: column {exc.column!r}: {exc}") from exc
+        raise _ReadAgainAsText(exc.column) from exc
+    except pa.ArrowInvalid as exc:  # a ragged CSV row, a corrupt page: the file's problem
         writer.abort()
         raise InvalidInput(f"{src}: {exc}") from exc
     except BaseException:
@@ -562,6 +856,26 @@ def _checked_source(input_path: str | os.PathLike, batch_rows: int) -> Path:
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise InvalidInput(f"batch_rows must be an int >= 1, got {batch_rows!r}")
     return src
+
+
+def _check_memory_budget(max_memory_mb) -> None:
+    """Raises InvalidInput unless ``max_memory_mb`` is None or a finite number of megabytes > 0 (0 or a negative
+    budget gave one-row chunks, NaN and infinity a traceback)."""
+    if max_memory_mb is None:
+        return
+    ok = isinstance(max_memory_mb, (int, float)) and not isinstance(max_memory_mb, bool)
+    if not ok or not math.isfinite(max_memory_mb) or max_memory_mb <= 0:
+        raise InvalidInput(f"max_memory_mb must be a finite number of megabytes > 0, got {max_memory_mb!r}")
+
+
+def _quiet_run_options():
+    """ONNX Runtime run options that keep a failing run's log line (an ANSI-coloured copy of the error it raises)
+    off stderr."""
+    import onnxruntime as ort
+
+    opts = ort.RunOptions()
+    opts.log_severity_level = 4  # fatal only
+    return opts
 
 
 def _checked_output(src: Path, output_path: str | os.PathLike) -> Path:
@@ -655,13 +969,17 @@ def _card_columns(card_columns, file_columns) -> list[str] | None:
     return None
 
 
-def _emit(writer: _Writer, plan: _Plan, batch, fut):
+def _emit(writer: _Writer, plan: _Plan, batch, fut, start: int):
+    """Write the predictions for ``batch``, the file's rows from ``start`` (counted from 0)."""
     import pyarrow as pa
 
     try:
         outputs = fut.result()
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors are about the data it was fed
-        raise InvalidInput(f"the model failed on a chunk of {batch.num_rows} rows: {exc}") from exc
+        raise InvalidInput(
+            f"{plan.source}: the model failed on rows {start + 1}-{start + batch.num_rows} (data rows, counted from "
+            f"1): {exc}"
+        ) from exc
     names, arrays = plan.columns(batch, outputs)
     table = pa.Table.from_arrays(arrays, names=names)
     writer.write(table)
@@ -680,14 +998,38 @@ def _arrow(values: np.ndarray):
     return pa.array(values)
 
 
-def _empty_schema(plan: _Plan, keys: list[str]):
+def _empty_schema(plan: _Plan, keys: list[str], file_schema=None):
+    """The schema of an output without rows: the key columns with their types in ``file_schema`` (the input's, where
+    known and not null; else string), and one column per model output, of its element type."""
     import pyarrow as pa
+    import pyarrow.types as pat
 
-    return pa.schema([pa.field(k, pa.string()) for k in keys] + [pa.field(n, pa.float32()) for n in plan.output_names])
+    def key_type(k):
+        if file_schema is not None and file_schema.names.count(k) == 1:
+            t = file_schema.field(k).type
+            if not pat.is_null(t):
+                return t
+        return pa.string()
+
+    def output_type(kind: str):
+        dtype = _ORT_NUMPY.get(kind)
+        if dtype is None:  # a ZipMap's probabilities
+            return pa.float32()
+        return pa.string() if dtype is object else pa.from_numpy_dtype(np.dtype(dtype))
+
+    return pa.schema(
+        [pa.field(k, key_type(k)) for k in keys]
+        + [pa.field(n, output_type(t)) for n, t in zip(plan.output_names, getattr(plan, "output_types", []))]
+    )
 
 
 def _rows_for_budget(sess, plan: _Plan, max_memory_mb: float, chunks_alive: int = 2) -> int:
-    """Rows per chunk that keep ``chunks_alive`` chunks in flight within ``max_memory_mb``."""
+    """Rows per chunk that keep ``chunks_alive`` chunks in flight within ``max_memory_mb``.
+
+    Raises:
+        InvalidInput: a budget that is not a finite number > 0.
+    """
+    _check_memory_budget(max_memory_mb)
     width = len(plan.read_columns) + sum(_width(o.shape) for o in sess.get_outputs())
     per_row = max(1, width) * 8 * MEMORY_PER_CHUNK_ROW_BYTE * max(1, chunks_alive)
     return max(1, int(max_memory_mb * 2**20 // per_row))

@@ -80,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
             args.ref,
             args.input,
             args.output,
-            batch_rows=args.batch_rows or DEFAULT_BATCH_ROWS,
+            # --batch-rows 0 is refused as the local engine refuses it, not taken for the default
+            batch_rows=DEFAULT_BATCH_ROWS if args.batch_rows is None else args.batch_rows,
             key_columns=_split(args.key_columns),
             columns=_split(args.columns),
             max_memory_mb=args.max_memory_mb,
