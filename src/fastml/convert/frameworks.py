@@ -11,9 +11,18 @@ Supported sources (detected from the file's contents, not its suffix):
 * TensorFlow/Keras: ``.keras`` (and legacy ``.h5``) Keras files and SavedModel directories, with tf2onnx
   (the ``[tensorflow]`` extra; :mod:`fastml.convert.tensorflow_export`).
 
-Every conversion is checked against the source model on sample rows before the ONNX file is written;
-a parity failure raises ``InvalidInput`` naming the max absolute difference. The output is written to a
-temporary file beside it and renamed, so a failed conversion leaves nothing behind.
+Pickles are recognised whatever joblib compressor wrote them (zlib, gzip, bz2, xz, lzma, lz4) and in the old
+protocols 0 and 1, and torch.save files in the pre-1.6 format too. A scikit-learn classifier without
+``predict_proba`` (SVC, RidgeClassifier, Perceptron, LinearSVC...) gets outputs ``label`` and ``scores`` (its
+decision function). XGBoost models trained on a DataFrame (named features) convert too: the graph reads the
+columns by position, in training order.
+
+Every conversion is checked against the source model on sample rows before the ONNX file is written: every
+numeric output value within the tolerance, and a classifier's ``label`` equal to the source's predictions
+(except on rows where its two top scores tie within the tolerance). A parity failure raises ``InvalidInput``
+naming the max absolute difference, or the rows whose label differs. The output is written to a temporary file
+beside it and renamed, so a failed conversion leaves nothing behind. Each output's declared shape is set to the
+shape the graph really gives on the sample rows.
 
 Loading a pickle runs code from the file: convert only files you trust (a server never takes a file path
 from a request).
@@ -24,7 +33,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -143,14 +154,8 @@ def load_source(path: str | os.PathLike):
         except Exception as exc:  # noqa: BLE001
             raise InvalidInput(f"{str(path)!r}: JSON that XGBoost cannot load as a model: {exc}") from exc
         return "xgboost", booster
-    if head[:1] == b"\x80":  # pickle protocol 2+ (joblib writes plain pickles with numpy arrays inline)
-        import joblib
-
-        try:
-            obj = joblib.load(path)
-        except Exception as exc:  # noqa: BLE001 - a pickle of a class we cannot import, a truncated file...
-            raise InvalidInput(f"{str(path)!r}: a pickle that cannot be loaded: {type(exc).__name__}: {exc}") from exc
-        return _classify(obj, path)
+    if _is_pickle(head):
+        return _classify(_load_pickle(path), path)
     if _is_onnx(path):
         return "onnx", None
     raise InvalidInput(
@@ -163,6 +168,50 @@ def load_source(path: str | os.PathLike):
 def _read_prefix(path: Path, n: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
+
+
+# joblib's compressed files (``joblib.dump(obj, path, compress=...)``) start with the compressor's own magic, not
+# a pickle opcode: zlib (the default for ``compress=3``; its two-byte headers), gzip, bz2, xz, lzma, lz4.
+_COMPRESSED_MAGIC = (
+    b"\x78\x01",
+    b"\x78\x5e",
+    b"\x78\x9c",
+    b"\x78\xda",
+    b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ\x00",
+    b"]\x00\x00",
+    b'\x04"M\x18',
+)
+# Pickle protocols 0 and 1 (``pickle.dump(obj, f, protocol=0)``) have no PROTO opcode: an object of a class starts
+# with GLOBAL ``c<module>\n<name>\n`` (``ccopy_reg\n_reconstructor\n`` for scikit-learn estimators).
+_TEXT_PICKLE = re.compile(rb"c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n")
+# torch.save's legacy (pre-1.6, ``_use_new_zipfile_serialization=False``) format: a pickle of this number, then
+# the protocol version, system info and the object.
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _is_pickle(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a pickle or joblib file: protocol 2+ (``\\x80``), a joblib file
+    compressed with any of its compressors, or a protocol 0/1 pickle of an object."""
+    return head[:1] == b"\x80" or head.startswith(_COMPRESSED_MAGIC) or bool(_TEXT_PICKLE.match(head))
+
+
+def _load_pickle(path: Path):
+    import joblib
+
+    try:
+        obj = joblib.load(path)  # plain pickles too, and every compressor joblib.dump writes
+    except Exception as exc:  # noqa: BLE001 - a pickle of a class we cannot import, a truncated file...
+        raise InvalidInput(f"{str(path)!r}: a pickle that cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if type(obj) is int and obj == _TORCH_LEGACY_MAGIC:
+        import torch
+
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidInput(f"{str(path)!r}: a torch.save file that torch cannot load: {exc}") from exc
+    return obj
 
 
 def _classify(obj, path: Path) -> tuple[str, object]:
@@ -180,6 +229,11 @@ def _classify(obj, path: Path) -> tuple[str, object]:
         pass
     if hasattr(obj, "predict") and hasattr(obj, "get_params"):
         return "sklearn", obj  # scikit-learn API: estimators, pipelines, XGBoost/LightGBM wrappers
+    if isinstance(obj, dict) and obj and all(hasattr(v, "detach") for v in obj.values()):
+        raise InvalidInput(
+            f"{str(path)!r} holds a PyTorch state_dict (parameter tensors only, no module to run): save the module "
+            "itself, with torch.save(module, path) or torch.jit.script(module).save(path)"
+        )
     raise InvalidInput(
         f"{str(path)!r} holds a {module}.{type(obj).__name__}, which is not a supported model "
         "(scikit-learn estimator or pipeline, XGBoost/LightGBM model, PyTorch module)"
@@ -349,27 +403,133 @@ def _refuse_named_columns(obj) -> None:
                 stack.append(trans)
 
 
+def _describe(obj) -> str:
+    """``Pipeline(StandardScaler -> LogisticRegression)`` for a pipeline, else the class name: an error about a
+    step the converter refuses then names the whole model, not only its final estimator."""
+    steps = getattr(obj, "steps", None)
+    if isinstance(steps, list) and steps:
+        return f"{type(obj).__name__}({' -> '.join(type(e).__name__ for _, e in steps)})"
+    return type(obj).__name__
+
+
+def _final(obj):
+    return obj.steps[-1][1] if hasattr(obj, "steps") else obj
+
+
+def _xgboost_models(obj) -> list:
+    """XGBoost scikit-learn models in ``obj`` (itself, pipeline steps, nested estimators' parameters)."""
+    try:
+        from xgboost import XGBModel
+    except ImportError:
+        return []
+    found, seen, stack = [], set(), [obj]
+    while stack:
+        est = stack.pop()
+        if id(est) in seen:
+            continue
+        seen.add(id(est))
+        if isinstance(est, XGBModel):
+            found.append(est)
+            continue
+        stack.extend(e for _, e in getattr(est, "steps", None) or [] if not isinstance(e, str))
+        if hasattr(est, "get_params") and not isinstance(est, type):
+            try:
+                stack.extend(v for v in est.get_params(deep=False).values() if hasattr(v, "get_params"))
+            except Exception:  # noqa: BLE001 - a third-party estimator with an odd get_params
+                pass
+    return found
+
+
+def _without_xgboost_feature_names(obj, fmt: str):
+    """``obj``, or a copy whose XGBoost boosters have no feature names. XGBoost keeps the names of the columns it
+    was trained on (a pandas DataFrame), and onnxmltools' converter reads features only by the default names
+    ``f0``, ``f1``, ...: "Unable to interpret 'age', feature names should follow pattern 'f%d'". The ONNX graph
+    takes columns by position, which is the order the names came in, so dropping the names is exact."""
+    import copy
+
+    if fmt == "xgboost":
+        if not obj.feature_names:
+            return obj
+        booster = obj.copy()
+        booster.feature_names = None
+        return booster
+
+    def named(model) -> bool:
+        booster = getattr(model, "_Booster", None)  # None: not fitted (refused elsewhere, in words)
+        return booster is not None and bool(booster.feature_names)
+
+    if fmt != "sklearn" or not any(named(m) for m in _xgboost_models(obj)):
+        return obj
+    obj = copy.deepcopy(obj)
+    for model in _xgboost_models(obj):
+        if named(model):
+            model.get_booster().feature_names = None
+    return obj
+
+
+def _rename_output(onx, old: str, new: str) -> None:
+    for node in onx.graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    for out in onx.graph.output:
+        if out.name == old:
+            out.name = new
+
+
+def _sklearn_to_onnx(obj, n_features: int, opset: int):
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.base import is_classifier
+
+    from fastml.convert.sklearn_export import scaler_options
+
+    final = _final(obj)
+    if getattr(final, "_fastml_torch", False):
+        # fastml's own PyTorch MLP (what `fastml train` saves as model.joblib): skl2onnx has no converter for it.
+        from fastml.convert.spec import InputSpec
+        from fastml.convert.torch_export import torch_module_to_onnx, torch_pipeline_to_onnx
+
+        if not hasattr(obj, "steps") or len(obj.steps) == 1:
+            return torch_module_to_onnx(final, n_features, opset=opset, input_name="input")
+        return torch_pipeline_to_onnx(obj, InputSpec(tuple(f"f{i}" for i in range(n_features))), opset=opset)
+    options = scaler_options(obj)
+    kwargs = {
+        "initial_types": [("input", FloatTensorType([None, n_features]))],
+        "target_opset": {"": opset, "ai.onnx.ml": 3},
+    }
+    zipmap = {id(final): {"zipmap": False}} if is_classifier(final) else {}
+    with warnings.catch_warnings():
+        # skl2onnx reads attributes scikit-learn deprecates (SVC's probA_): noise for the person converting.
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            onx = convert_sklearn(obj, options={**options, **zipmap} or None, **kwargs)
+        except NameError as exc:
+            # A converter without a ZipMap (LinearSVC: "Option 'zipmap' not in [...]") already gives tensors.
+            if not zipmap or "zipmap" not in str(exc):
+                raise
+            onx = convert_sklearn(obj, options=options or None, **kwargs)
+    if is_classifier(final) and not hasattr(obj, "predict_proba"):
+        # skl2onnx names the decision-function scores of SVC, RidgeClassifier, Perceptron... "probabilities";
+        # served under that name, they would be read as probabilities.
+        _rename_output(onx, "probabilities", "scores")
+    return onx
+
+
 def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
     from fastml.convert.sklearn_export import register_converters
 
     register_converters()
+    obj = _without_xgboost_feature_names(obj, fmt)
     if fmt == "sklearn":
-        from skl2onnx import convert_sklearn
-        from skl2onnx.common.data_types import FloatTensorType
-        from sklearn.base import is_classifier
-
-        final = obj.steps[-1][1] if hasattr(obj, "steps") else obj
-        options = {id(final): {"zipmap": False}} if is_classifier(final) else None
         _refuse_named_columns(obj)
         try:
-            return convert_sklearn(
-                obj,
-                initial_types=[("input", FloatTensorType([None, n_features]))],
-                target_opset={"": opset, "ai.onnx.ml": 3},
-                options=options,
-            )
+            return _sklearn_to_onnx(obj, n_features, opset)
+        except InvalidInput:
+            raise
         except Exception as exc:  # noqa: BLE001 - skl2onnx raises many kinds for unsupported steps
-            raise InvalidInput(f"cannot convert {type(final).__name__} to ONNX: {type(exc).__name__}: {exc}") from exc
+            raise InvalidInput(
+                f"cannot convert {_describe(obj)} to ONNX: {type(exc).__name__}: {exc}{_hint(exc)}"
+            ) from exc
     from onnxmltools.convert.common.data_types import FloatTensorType as MLFloat
 
     types = [("input", MLFloat([None, n_features]))]
@@ -383,23 +543,82 @@ def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
 
         return convert_lightgbm(obj, initial_types=types, target_opset=opset, zipmap=False)
     except Exception as exc:  # noqa: BLE001
-        raise InvalidInput(f"cannot convert {fmt} {type(obj).__name__} to ONNX: {type(exc).__name__}: {exc}") from exc
+        raise InvalidInput(
+            f"cannot convert {fmt} {type(obj).__name__} to ONNX: {type(exc).__name__}: {exc}{_hint(exc)}"
+        ) from exc
+
+
+def _hint(exc: Exception) -> str:
+    if "gbtree_model_param" in str(exc):  # onnxmltools reads tree parameters that a gblinear booster lacks
+        return " (an XGBoost booster='gblinear' model: only tree boosters convert to ONNX)"
+    return ""
+
+
+def _xgboost_objective(booster) -> str:
+    import json
+
+    try:
+        return str(json.loads(booster.save_config())["learner"]["objective"]["name"])
+    except Exception:  # noqa: BLE001 - an old model without a readable config
+        return ""
 
 
 def _tree_reference(obj, fmt: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The source model's outputs on ``x``, named as the converted graph names them."""
+    """The source model's outputs on ``x``, named as the converted graph names them (``*``: the graph output of
+    that size, see :func:`_pick_output`). ``label`` is checked by :func:`_label_mismatches`, the others by value."""
     if fmt == "sklearn":
         from sklearn.base import is_classifier
 
-        final = obj.steps[-1][1] if hasattr(obj, "steps") else obj
-        if is_classifier(final):
-            return {"probabilities": np.asarray(obj.predict_proba(x))}
+        if is_classifier(_final(obj)):
+            label = np.asarray(obj.predict(x))
+            if hasattr(obj, "predict_proba"):
+                return {"probabilities": np.asarray(obj.predict_proba(x)), "label": label}
+            if hasattr(obj, "decision_function"):
+                return {"scores": np.asarray(obj.decision_function(x)), "label": label}
+            raise InvalidInput(
+                f"{_describe(obj)} has neither predict_proba nor decision_function: its converted scores could "
+                "not be checked"
+            )
         return {"variable": np.asarray(obj.predict(x)).reshape(len(x), -1)}
     if fmt == "xgboost":
         import xgboost
 
-        return {"*": np.asarray(obj.predict(xgboost.DMatrix(x)))}
+        # A booster trained on a DataFrame refuses a DMatrix without its feature names.
+        dm = xgboost.DMatrix(x, feature_names=obj.feature_names)
+        if _xgboost_objective(obj) == "multi:softmax":
+            # predict() gives class indices; the graph gives the label and the per-class margins.
+            return {"*": np.asarray(obj.predict(dm, output_margin=True)), "label": np.asarray(obj.predict(dm))}
+        return {"*": np.asarray(obj.predict(dm))}
     return {"*": np.asarray(obj.predict(x))}
+
+
+def _label_mismatches(got: np.ndarray, want: np.ndarray, scores: np.ndarray | None, atol: float, rtol: float):
+    """(rows whose label differs from the source's, rows where that is a tie): a row whose two top source scores
+    are within the tolerance of each other is a tie the float32 graph may break the other way. Labels compare
+    as strings when either side holds strings, else as numbers (a graph's int64 1 is the source's 1.0 or True)."""
+    got = np.asarray(got).reshape(-1)
+    want = np.asarray(want).reshape(-1)
+    if got.size != want.size:
+        raise InvalidInput(f"parity check failed: output 'label' has {got.size} values, the source model {want.size}")
+    if got.dtype.kind in "OUS" or want.dtype.kind in "OUS":
+        same = got.astype(str) == want.astype(str)
+    else:
+        same = got.astype(np.float64) == want.astype(np.float64)
+    tie = np.zeros(len(want), bool)
+    if scores is not None and len(scores) == len(want):
+        s = np.asarray(scores, np.float64).reshape(len(want), -1)
+        if s.shape[1] == 1:  # a binary decision function: the tie is at 0
+            s = np.hstack([-s, s])
+        top2 = np.sort(s, axis=1)[:, -2:]
+        tie = (top2[:, 1] - top2[:, 0]) <= 2 * (atol + rtol * np.abs(top2[:, 1]))
+    return ~same & ~tie, ~same & tie
+
+
+def _booster_labels(ref: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, class scores) a booster classifier's probabilities imply: P(class 1) > 0.5, or the argmax."""
+    p = np.asarray(ref["*"], np.float64)
+    scores = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p.reshape(len(p), -1)
+    return np.argmax(scores, axis=1), scores
 
 
 def _torch_to_onnx(module, x: np.ndarray, opset: int):
@@ -471,6 +690,11 @@ def _torch_sample(module, sample, path: Path) -> np.ndarray:
     for layer in module.modules():
         if isinstance(layer, torch.nn.Linear):
             return _sample_rows(layer.in_features, None)
+        # A TorchScript archive loads as ScriptModules (no torch.nn.Linear among them); a scripted or traced
+        # Linear keeps its class name and its weight [out_features, in_features].
+        weight = getattr(layer, "weight", None) if getattr(layer, "original_name", None) == "Linear" else None
+        if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+            return _sample_rows(int(weight.shape[1]), None)
     raise InvalidInput(f"{str(path)!r}: a PyTorch module needs a sample input (--sample FILE.npy) to be exported")
 
 
@@ -502,8 +726,6 @@ def convert_file(
         InvalidInput: an unsupported file, a model that cannot be converted, or a parity failure (naming
             the max absolute difference). Nothing is written then.
     """
-    import onnxruntime as ort
-
     for label, tol in (("atol", atol), ("rtol", rtol)):
         # NaN fails this too; inf would let every difference through, turning the parity check off.
         if not (isinstance(tol, (int, float)) and 0 <= tol < float("inf")):
@@ -514,6 +736,17 @@ def convert_file(
     if Path(output).exists() and path.exists() and os.path.samefile(path, output):
         # The ONNX file is renamed over the output at the end: the source model would be gone.
         raise InvalidInput(f"output {str(output)!r} is the source model file: the ONNX would replace it")
+    data, report = _convert(path, str(output), sample=sample, atol=atol, rtol=rtol, opset=opset)
+    _write_atomic(Path(output), data)
+    return report
+
+
+def _convert(
+    path: Path, output: str, *, sample, atol: float, rtol: float, opset: int
+) -> tuple[bytes, ConversionReport]:
+    """The parity-checked ONNX bytes for the model file ``path``, and the report naming ``output``."""
+    import onnxruntime as ort
+
     fmt, obj = load_source(path)
     if fmt == "onnx":
         data = path.read_bytes()
@@ -534,8 +767,11 @@ def convert_file(
         onx = _tree_to_onnx(obj, fmt, n_features, opset)
         onx.graph.name = f"fastml_{type(obj).__name__}"  # skl2onnx names graphs with a random uuid
         data = onx.SerializeToString()
+    opts = ort.SessionOptions()
+    # Errors only: a converter's wrong declared output shape (corrected below) would log a warning per run.
+    opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
         raise InvalidInput(f"{str(path)!r}: the converted graph does not load in ONNX Runtime: {exc}") from exc
     out_names = [o.name for o in sess.get_outputs()]
@@ -547,6 +783,8 @@ def convert_file(
             raise InvalidInput(
                 f"{str(path)!r}: the converted graph does not run on the sample rows (shape {list(x.shape)}): {exc}"
             ) from exc
+        shapes = {name: arr.shape for name, arr in got.items()}  # before _pick_output takes a column
+        labels = None
         if fmt == "torch":
             pairs = list(zip(out_names, _torch_reference(obj, x)))
         elif fmt == "tensorflow":
@@ -554,17 +792,24 @@ def convert_file(
         else:
             try:
                 ref = _tree_reference(obj, fmt, x)
+            except InvalidInput:
+                raise
             except Exception as exc:  # noqa: BLE001 - e.g. scikit-learn refusing inf or NaN in the sample
                 raise InvalidInput(
                     f"{str(path)!r}: the source model does not predict on the sample rows: {type(exc).__name__}: {exc}"
                 ) from exc
+            if "label" in ref:
+                labels = (ref.pop("label"), ref.get("probabilities", ref.get("scores", ref.get("*"))))
+            elif fmt != "sklearn" and "label" in got:
+                labels = _booster_labels(ref)
             pairs = [(_pick_output(k, ref[k], got), v) for k, v in ref.items()]
         for name, want in pairs:
-            have = (
-                np.asarray(got[name], dtype=np.float64).reshape(want.shape)
-                if got[name].size == want.size
-                else got[name]
-            )
+            have = got[name]
+            if have.size == 2 * want.size and want.ndim == 1 and have.shape == (len(want), 2):
+                # A binary decision function [N]; skl2onnx gives the scores of both classes, [-d, d] (SVC: [d, -d]).
+                flip = np.abs(have[:, 0] - want).max(initial=0) < np.abs(have[:, 1] - want).max(initial=0)
+                want = np.stack([want, -want] if flip else [-want, want], axis=1)
+            have = np.asarray(have, dtype=np.float64).reshape(want.shape) if have.size == want.size else have
             _check_sizes(have, want, f"output {name!r}")
             bad, diff = off_tolerance(have, want, atol, rtol)
             max_diff = max(max_diff, diff)
@@ -574,17 +819,71 @@ def convert_file(
                     f"{diff:.3g} (max abs difference; tolerance {atol:g} + {rtol:g}*|value|) on {int(bad.sum())} of "
                     f"{want.size} values"
                 )
-    _write_atomic(Path(output), data)
-    return ConversionReport(
+        if labels is not None:
+            if "label" not in got:
+                raise InvalidInput(
+                    f"{str(path)!r}: parity check failed: the converted classifier has no 'label' output"
+                )
+            wrong, _ = _label_mismatches(got["label"], labels[0], labels[1], atol, rtol)
+            if wrong.any():
+                i = int(np.flatnonzero(wrong)[0])
+                raise InvalidInput(
+                    f"{str(path)!r}: parity check failed: output 'label' differs from the source model's predictions "
+                    f"on {int(wrong.sum())} of {len(wrong)} rows (row {i}: {np.asarray(got['label']).reshape(-1)[i]!r}, "
+                    f"the source model {np.asarray(labels[0]).reshape(-1)[i]!r})"
+                )
+        data = _declare_output_shapes(data, shapes, len(x))
+    return data, ConversionReport(
         str(path),
         fmt,
         getattr(obj, "model_class", type(obj).__name__) if obj is not None else "ModelProto",
-        str(output),
+        output,
         0 if x is None else len(x),
         max_diff,
         [i.name for i in sess.get_inputs()],
         out_names,
     )
+
+
+def _declare_output_shapes(data: bytes, shapes: dict[str, tuple], rows: int) -> bytes:
+    """``data`` with each output's declared shape made what the graph really gives (batch dimension kept
+    symbolic). skl2onnx declares a multi-target regressor's ``variable`` [N, 1] and a binary RidgeClassifier's
+    scores [N, 2]; onnxmltools declares a LightGBM booster's ``label`` [1]: the model's signature then states a
+    wrong shape, and ONNX Runtime logs a VerifyOutputSizes warning on every run."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    changed = False
+    for out in model.graph.output:
+        actual = shapes.get(out.name)
+        if actual is None or not actual or actual[0] != rows or not out.type.HasField("tensor_type"):
+            continue
+        dims = out.type.tensor_type.shape.dim
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        fits = len(declared) == len(actual) and all(
+            d is None if i == 0 else d in (None, a) for i, (d, a) in enumerate(zip(declared, actual))
+        )
+        if fits:
+            continue
+        batch = dims[0].dim_param if len(dims) and dims[0].HasField("dim_param") else "N"
+        del dims[:]
+        for i, a in enumerate(actual):
+            dim = dims.add()
+            if i == 0:
+                dim.dim_param = batch
+            else:
+                dim.dim_value = int(a)
+        changed = True
+    if not changed:
+        return data
+    fixed = model.SerializeToString()
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(fixed, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - the runtime disagrees with the shapes seen: keep the converter's graph
+        return data
+    return fixed
 
 
 def _pick_output(key: str, want: np.ndarray, got: dict[str, np.ndarray]) -> str:
@@ -632,14 +931,57 @@ def needs_conversion(path: str | os.PathLike) -> bool:
             head = f.read(64)
     except OSError:
         return False  # missing or unreadable: the loader reports it
-    return head[:1] in (b"\x80", b"{") or head.startswith(
-        (b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion=", HDF5_MAGIC)
+    return (
+        head[:1] == b"{"
+        or _is_pickle(head)
+        or head.startswith((b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion=", HDF5_MAGIC))
     )
+
+
+# Bumped when a fix changes what conversion produces: entries cached by an earlier fastml are converted again.
+CACHE_VERSION = 2
+
+
+def _cache_hit(cached: Path, digest: str) -> bool:
+    """Whether ``cached`` is a whole conversion of the source with sha256 ``digest``, as this fastml converts: its
+    record (``<digest>.json``, written after the ONNX) names the ONNX file's own sha256 and the cache version. A
+    truncated, emptied or edited ONNX file, or one converted by an earlier version, is converted again."""
+    try:
+        record = json.loads(cached.with_suffix(".json").read_text())
+        return (
+            isinstance(record, dict)
+            and record.get("version") == CACHE_VERSION
+            and record.get("source_sha256") == digest
+            and record.get("onnx_sha256") == file_sha256(cached)
+        )
+    except (OSError, ValueError):
+        return False
+
+
+def _store_conversion(source: Path, shown: Path, cached: Path, digest: str, *, before_write=None) -> None:
+    """Convert ``source`` into the cache entry ``cached`` (ONNX, then its record; both renamed into place whole).
+    Messages name ``shown``, the file the caller gave, rather than a snapshot of it."""
+    try:
+        data, _ = _convert(source, str(cached), sample=None, atol=1e-4, rtol=1e-3, opset=17)
+    except InvalidInput as exc:
+        if source == shown:
+            raise
+        raise InvalidInput(str(exc).replace(str(source), str(shown))) from exc
+    if before_write is not None:
+        before_write()
+    _write_atomic(cached, data)
+    record = {"version": CACHE_VERSION, "source_sha256": digest, "onnx_sha256": hashlib.sha256(data).hexdigest()}
+    _write_atomic(cached.with_suffix(".json"), json.dumps(record).encode())
 
 
 def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Path:
     """An ONNX file for ``source``: the file itself when it is ONNX, else its conversion, cached under
-    ``$FASTML_HOME/converted/<sha256 of the source>.onnx`` (converted and parity-checked once per content).
+    ``$FASTML_HOME/converted/<sha256 of the source>.onnx`` (converted and parity-checked once per content; a
+    cached file that is not what was written there is converted again, see :func:`_cache_hit`).
+
+    A file is converted from a copy taken while its bytes are hashed, so the entry under a digest always holds the
+    conversion of exactly those bytes, even when the file is rewritten meanwhile (a retraining job saving over
+    it). A SavedModel directory is hashed again after conversion and refused if it changed.
 
     Raises:
         InvalidInput: unsupported file, failed conversion or parity check.
@@ -651,11 +993,34 @@ def converted_path(source: str | os.PathLike, *, home: Path | None = None) -> Pa
         from fastml.config import get_settings
 
         home = Path(get_settings().home)
+    cache = home / "converted"
     digest = tree_sha256(path) if path.is_dir() else file_sha256(path)
-    cached = home / "converted" / f"{digest}.onnx"
-    if cached.is_file():
+    cached = cache / f"{digest}.onnx"
+    if _cache_hit(cached, digest):
         return cached
-    convert_file(path, cached)
+    cache.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+
+        def unchanged() -> None:
+            if tree_sha256(path) != digest:
+                raise InvalidInput(f"{str(path)!r} changed while it was being converted; load it again")
+
+        _store_conversion(path, path, cached, digest, before_write=unchanged)
+        return cached
+    # The suffix stays: Keras loads a .keras or .h5 file only under its own suffix.
+    fd, snap = tempfile.mkstemp(prefix=".source.", suffix=path.suffix, dir=cache)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+        digest = h.hexdigest()  # the bytes converted, whatever the file holds now
+        cached = cache / f"{digest}.onnx"
+        if not _cache_hit(cached, digest):
+            _store_conversion(Path(snap), path, cached, digest)
+    finally:
+        Path(snap).unlink(missing_ok=True)
     return cached
 
 

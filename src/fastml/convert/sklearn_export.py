@@ -111,6 +111,32 @@ def _patch_tree_missing_values() -> None:
         module.add_tree_to_attribute_pairs = fixed
 
 
+def scaler_options(model) -> dict:
+    """skl2onnx options that make every ``StandardScaler`` in ``model`` compute as scikit-learn does.
+
+    scikit-learn subtracts the mean and divides by the scale in float32 for float32 input; skl2onnx's default
+    ONNX ``Scaler`` multiplies by the reciprocal of the scale, which is 1 ulp off on some values. A tree split
+    downstream whose threshold is such a value (XGBoost's thresholds are training values) then goes the other
+    way: a scaled XGBoost pipeline answered differently on 1-2% of its own training rows. ``div`` writes
+    ``Sub`` and ``Div``, the same float32 operations.
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    found: dict = {}
+    stack, seen = [model], set()
+    while stack:
+        est = stack.pop()
+        if id(est) in seen or est is None or isinstance(est, str):
+            continue
+        seen.add(id(est))
+        if isinstance(est, StandardScaler):
+            found[id(est)] = {"div": "div"}
+        stack.extend(e for _, e in getattr(est, "steps", None) or [])
+        stack.extend(t for _, t, _ in getattr(est, "transformers_", None) or [])
+        stack.extend(t for _, t in getattr(est, "transformer_list", None) or [])
+    return found
+
+
 def initial_types(spec: InputSpec):
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
@@ -128,13 +154,13 @@ def sklearn_to_onnx(pipeline, spec: InputSpec, *, opset: int = 17):
 
     register_converters()
     model = pipeline.steps[-1][1]
-    options = {id(model): {"zipmap": False}} if is_classifier(model) else None
+    options = {**scaler_options(pipeline), **({id(model): {"zipmap": False}} if is_classifier(model) else {})}
     try:
         return convert_sklearn(
             pipeline,
             initial_types=initial_types(spec),
             target_opset={"": opset, "ai.onnx.ml": 3},
-            options=options,
+            options=options or None,
         )
     except (RuntimeError, NotImplementedError, TypeError) as exc:
         raise InvalidInput(f"cannot convert {type(model).__name__} to ONNX: {exc}") from exc

@@ -68,7 +68,7 @@ def torch_pipeline_to_onnx(pipeline, spec: InputSpec, *, opset: int = 17):
     from skl2onnx import convert_sklearn
     from sklearn.pipeline import Pipeline
 
-    from fastml.convert.sklearn_export import initial_types, register_converters
+    from fastml.convert.sklearn_export import initial_types, register_converters, scaler_options
 
     register_converters()
     model = pipeline.steps[-1][1]
@@ -77,7 +77,12 @@ def torch_pipeline_to_onnx(pipeline, spec: InputSpec, *, opset: int = 17):
     if len(pipeline.steps) == 1:
         return net_graph
     pre = Pipeline(pipeline.steps[:-1]) if len(pipeline.steps) > 2 else pipeline.steps[0][1]
-    pre_graph = convert_sklearn(pre, initial_types=initial_types(spec), target_opset={"": opset, "ai.onnx.ml": 3})
+    pre_graph = convert_sklearn(
+        pre,
+        initial_types=initial_types(spec),
+        target_opset={"": opset, "ai.onnx.ml": 3},
+        options=scaler_options(pre) or None,
+    )
     pre_out = pre_graph.graph.output[0].name
     pre_graph = compose.add_prefix(pre_graph, prefix="pre_", rename_inputs=False, rename_outputs=True)
     net_graph = compose.add_prefix(net_graph, prefix="net_", rename_inputs=True, rename_outputs=False)
