@@ -7,11 +7,12 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
-from fastml.convert.frameworks import EDGE_ROWS, PARITY_ROWS, convert_file
+from fastml.convert.frameworks import EDGE_ROWS, PARITY_ROWS, SPLIT_RANGE_ROWS, convert_file
 from fastml.errors import InvalidInput
 
 
@@ -63,7 +64,8 @@ def test_scikit_learn_trees_send_missing_values_where_scikit_learn_does(rows, tm
     src.write_bytes(pickle.dumps(model))
     report = convert_file(src, tmp_path / "model.onnx")
     # The default parity sample now carries rows with zeros and NaNs for models that accept NaN.
-    assert report.parity_rows == PARITY_ROWS + 2 * (EDGE_ROWS + 1)
+    # ... and, for trees, rows within their split ranges.
+    assert report.parity_rows == PARITY_ROWS + 2 * (EDGE_ROWS + 1) + SPLIT_RANGE_ROWS
     got = run(tmp_path / "model.onnx", X_missing)
     if classifier:
         np.testing.assert_allclose(got["probabilities"], model.predict_proba(X_missing), atol=1e-5)
@@ -222,3 +224,38 @@ def test_complex_sample_rows_are_refused(rows, tmp_path):
     np.save(tmp_path / "c.npy", X[:4].astype(np.complex64) * (1 + 1j))
     with pytest.raises(InvalidInput, match="sample rows must be real numbers; got complex64"):
         convert_file(src, tmp_path / "r.onnx", sample=tmp_path / "c.npy")
+
+
+def test_trees_on_another_scale_are_checked_within_their_split_ranges(tmp_path, monkeypatch):
+    """Incomes of 20,000-120,000: random normal rows (and the zero and NaN rows) take the left branch of every
+    split, so a graph whose thresholds are all 5 % off passed parity. Rows drawn within the split ranges catch it."""
+    from sklearn.tree import DecisionTreeRegressor
+
+    from fastml.convert import frameworks
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(20_000, 120_000, size=(600, 3)).astype(np.float32)
+    y = (X[:, 0] > 60_000) + X[:, 1] / 1e5
+    src = tmp_path / "income.pkl"
+    src.write_bytes(pickle.dumps(DecisionTreeRegressor(max_depth=4, random_state=0).fit(X, y)))
+    real = frameworks._tree_to_onnx
+
+    def thresholds_off(*args, **kwargs):
+        onx = real(*args, **kwargs)
+        for node in onx.graph.node:
+            for attr in node.attribute if node.op_type.startswith("TreeEnsemble") else []:
+                if attr.name == "nodes_values":
+                    values = [v * 1.05 for v in attr.floats]
+                    del attr.floats[:]
+                    attr.floats.extend(values)
+        return onx
+
+    monkeypatch.setattr(frameworks, "_tree_to_onnx", thresholds_off)
+    with pytest.raises(InvalidInput, match="parity check failed"):
+        convert_file(src, tmp_path / "off.onnx")
+    assert not (tmp_path / "off.onnx").exists()
+    monkeypatch.undo()
+    report = convert_file(src, tmp_path / "income.onnx")
+    assert report.parity_rows == PARITY_ROWS + 2 * (EDGE_ROWS + 1) + SPLIT_RANGE_ROWS
+    thresholds = frameworks._split_thresholds(onnx.load(tmp_path / "income.onnx"), 3)
+    assert all(len(t) for t in thresholds[:2]) and thresholds[0].min() > 20_000

@@ -356,6 +356,71 @@ def _with_categories(x: np.ndarray, known: dict[int, np.ndarray]) -> np.ndarray:
     return x
 
 
+# Rows drawn within the trees' split ranges (see _with_split_range_rows).
+SPLIT_RANGE_ROWS = 128
+# Graph operators that hand the model input on unchanged in value (a tree ensemble behind them reads the input).
+_VALUE_PRESERVING_OPS = ("Cast", "Identity")
+
+
+def _split_thresholds(onx, n_features: int) -> list[np.ndarray]:
+    """Per input column, the split thresholds of the graph's tree ensembles that read the model input itself
+    (directly or through a Cast): empty for a column no such tree splits on, and for every column of a model whose
+    trees read a transformed input (a scaler's output: its thresholds are in another scale)."""
+    from onnx import numpy_helper
+
+    reads_input = {i.name for i in onx.graph.input[:1]}
+    for node in onx.graph.node:  # graph nodes are in topological order
+        if node.op_type in _VALUE_PRESERVING_OPS and node.input and node.input[0] in reads_input:
+            reads_input.update(node.output)
+    found: list[list[np.ndarray]] = [[] for _ in range(n_features)]
+    for node in onx.graph.node:
+        if not node.op_type.startswith("TreeEnsemble") or not node.input or node.input[0] not in reads_input:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "nodes_featureids" not in attrs or "nodes_modes" not in attrs:
+            continue  # ai.onnx.ml 5's TreeEnsemble keeps its splits elsewhere: no rows from it
+        feats = np.asarray(attrs["nodes_featureids"].ints, np.int64)
+        if "nodes_values" in attrs:
+            values = np.asarray(attrs["nodes_values"].floats, np.float64)
+        elif "nodes_values_as_tensor" in attrs:
+            values = numpy_helper.to_array(attrs["nodes_values_as_tensor"].t).astype(np.float64)
+        else:
+            continue
+        split = np.array([m != b"LEAF" for m in attrs["nodes_modes"].strings], bool)
+        if not (len(feats) == len(values) == len(split)):
+            continue
+        ok = split & (feats >= 0) & (feats < n_features) & np.isfinite(values)
+        for f in np.unique(feats[ok]):
+            found[int(f)].append(values[ok & (feats == f)])
+    return [np.unique(np.concatenate(v)) if v else np.empty(0) for v in found]
+
+
+def _with_split_range_rows(x: np.ndarray, onx, *, keep: list[int] | None = None) -> np.ndarray:
+    """``x`` plus SPLIT_RANGE_ROWS rows whose values lie within the range of each column's split thresholds
+    (uniform over it, widened by a tenth of its width each side). Random normal rows exercise a tree only where
+    its features are on that scale: for an income or an age every such row takes the same side of every split,
+    and most of the trees would go unchecked. Values are drawn between thresholds, not on them (there a float32
+    graph and a float64 source may round one threshold to either side of an input, which is not what parity is
+    checking). Columns in ``keep`` (category codes) and columns no tree splits on keep their random values."""
+    thresholds = _split_thresholds(onx, x.shape[1])
+    if not any(len(t) for t in thresholds):
+        return x
+    rng = np.random.default_rng(3)
+    rows = np.resize(x[: min(len(x), SPLIT_RANGE_ROWS)], (SPLIT_RANGE_ROWS, x.shape[1])).copy()
+    for col, t in enumerate(thresholds):
+        if not len(t) or col in (keep or []):
+            continue
+        lo, hi = float(t[0]), float(t[-1])
+        pad = max((hi - lo) * 0.1, abs(hi) * 1e-3, 1e-3)
+        drawn = rng.uniform(lo - pad, hi + pad, size=SPLIT_RANGE_ROWS)
+        # Off a threshold by more than float32 rounding: nudge a draw that lands on (or next to) one.
+        near = np.searchsorted(t, drawn).clip(1, len(t)) - 1
+        close = np.minimum(np.abs(drawn - t[near]), np.abs(drawn - t[np.minimum(near + 1, len(t) - 1)]))
+        drawn = np.where(close <= 1e-5 * np.maximum(1.0, np.abs(drawn)), drawn + pad * 1e-2, drawn)
+        rows[:, col] = drawn.astype(np.float32)
+    return np.ascontiguousarray(np.concatenate([x, rows]).astype(np.float32))
+
+
 def _takes_nan(obj, fmt: str, n_features: int) -> bool:
     """Whether the source model predicts on a row with missing values (boosters always do; many scikit-learn
     estimators raise)."""
@@ -765,6 +830,8 @@ def _convert(
             x = _with_categories(x, known)
             x = _with_edge_rows(x, nan=_takes_nan(obj, fmt, n_features), keep=sorted(known))
         onx = _tree_to_onnx(obj, fmt, n_features, opset)
+        if sample is None:
+            x = _with_split_range_rows(x, onx, keep=sorted(known))
         onx.graph.name = f"fastml_{type(obj).__name__}"  # skl2onnx names graphs with a random uuid
         data = onx.SerializeToString()
     opts = ort.SessionOptions()
