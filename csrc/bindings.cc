@@ -1537,6 +1537,16 @@ struct JoinCounters {
 // re-taking it costs more than the reads, and with other threads waiting it can cost a scheduler hand-off.
 constexpr size_t kHoldGilReads = 8;
 
+// What this thread's last counted run() added to a plan's counters, so that uncount_last() can take it back (a
+// batch the model then failed on is run again, request by request, and counted then). Per thread: a join and
+// the model run that follows it happen on one runner thread.
+struct LastJoinCount {
+  const void* plan = nullptr;
+  uint64_t rows = 0;
+  std::vector<uint64_t> missing, stale;
+};
+thread_local LastJoinCount last_join_count;
+
 struct PyJoinPlan {
   std::shared_ptr<fastml::FeatureCache> cache;
   fastml::JoinPlan plan;
@@ -1740,6 +1750,7 @@ static void bind_feature_join(py::module_& m) {
           [](const PyJoinPlan& p, py::dict inputs, int64_t now_us) -> py::tuple {
             // The serving hot path: one call per request, from the request's dict of arrays to the model input.
             if (p.key_names.empty()) RaiseInvalid("this plan was built without input names; use join()");
+            last_join_count.plan = nullptr;  // set again below once this run is counted
             const size_t width = p.plan.columns.size();
             std::vector<KeyInput> key_inputs(p.n_key_inputs);
             std::vector<fastml::JoinKeys> native_keys(p.n_key_inputs);
@@ -1798,6 +1809,11 @@ static void bind_feature_join(py::module_& m) {
               if (!st.ok()) return;
               JoinCounters& c = *p.counters;
               c.rows.fetch_add(rows, std::memory_order_relaxed);
+              LastJoinCount& last = last_join_count;
+              last.plan = &p;
+              last.rows = rows;
+              last.missing.assign(res.missing.begin(), res.missing.begin() + width);
+              last.stale.assign(res.stale.begin(), res.stale.begin() + width);
               for (size_t j = 0; j < width; ++j) {
                 if (res.missing[j]) c.missing[j].fetch_add(res.missing[j], std::memory_order_relaxed);
                 if (res.stale[j]) c.stale[j].fetch_add(res.stale[j], std::memory_order_relaxed);
@@ -1817,6 +1833,22 @@ static void bind_feature_join(py::module_& m) {
           "Build the model input from a request's dict of arrays (entity ids by key input name, request-time "
           "columns by name): (out [rows, F] float32, error_row, error_column, error_stale); lookup outcomes are "
           "added to counts().")
+      .def(
+          "uncount_last",
+          [](const PyJoinPlan& p) {
+            LastJoinCount& last = last_join_count;
+            if (last.plan != &p) return false;
+            JoinCounters& c = *p.counters;
+            c.rows.fetch_sub(last.rows, std::memory_order_relaxed);
+            for (size_t j = 0; j < last.missing.size(); ++j) {
+              if (last.missing[j]) c.missing[j].fetch_sub(last.missing[j], std::memory_order_relaxed);
+              if (last.stale[j]) c.stale[j].fetch_sub(last.stale[j], std::memory_order_relaxed);
+            }
+            last.plan = nullptr;
+            return true;
+          },
+          "Take back what this thread's last run() of this plan added to counts() (once); False when there is "
+          "nothing to take back.")
       .def(
           "counts",
           [](const PyJoinPlan& p) {

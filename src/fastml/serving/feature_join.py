@@ -194,6 +194,7 @@ class _JoinSession:
     def __init__(self, session, join, feature_input: str, passthrough_names: list[str]):
         self.session = session
         self._join_run = join.native.run
+        self._uncount_last = join.native.uncount_last
         self._feature_input = feature_input
         self._passthrough = list(passthrough_names)
         nodes = {n.name: n for n in session.get_inputs()}
@@ -226,9 +227,15 @@ class _JoinSession:
         model_feed = {self._feature_input: out}
         for name in self._passthrough:
             model_feed[name] = feed[name]
-        if self._native_run is not None:
-            return self._native_run(output_names, model_feed, self._run_options)
-        return self.session.run(output_names, model_feed)
+        try:
+            if self._native_run is not None:
+                return self._native_run(output_names, model_feed, self._run_options)
+            return self.session.run(output_names, model_feed)
+        except BaseException:
+            # The batcher puts a failed batch back and runs each of its requests again alone (joined and counted
+            # then): this batch's lookups are taken back, so they count once (the join just ran on this thread).
+            self._uncount_last()
+            raise
 
 
 def _run_options():
