@@ -127,3 +127,21 @@ def test_verify_reports_tampering_with_exit_1(cli, artifact, registry_url):
     report = json.loads(cli("verify", "--json", expect=1))
     assert report["ok"] is False and report["problems"][0]["ref"] == "m:1.0.0"
     assert "IntegrityError" not in cli("verify", expect=1)  # a table for humans
+
+
+def test_show_tells_the_source_file_a_converted_version_came_from(cli, tmp_path):
+    import hashlib
+    import pickle
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    src = tmp_path / "lr.pkl"
+    src.write_bytes(pickle.dumps(LogisticRegression().fit(x, x[:, 0] > 0)))
+    cli("register", "lr", str(src))
+    shown = dict(line.split(None, 1) for line in cli("show", "lr").splitlines() if len(line.split(None, 1)) == 2)
+    assert shown["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert shown["source_size_bytes"] == str(src.stat().st_size)
+    plain = cli("show", "lr", "--json")
+    assert json.loads(plain)["source_sha256"] == shown["source_sha256"]

@@ -253,6 +253,13 @@ def _show_version(mv, as_json: bool) -> None:
         if isinstance(value, (dict, list)):
             value = json.dumps(value, sort_keys=True)
         print(f"{key:20s} {'' if value is None else value}")
+    # The original framework file (a pickle converted on register) and the declared signature: shown when there
+    # is one, so the text view tells what --json tells about where the ONNX came from.
+    for key in ("source_sha256", "source_size_bytes", "source_path"):
+        if d.get(key) is not None:
+            print(f"{key:20s} {d[key]}")
+    if d.get("signature") is not None:
+        print(f"{'signature':20s} {json.dumps(d['signature'], sort_keys=True)}")
     print(f"{'model_card':20s} {'yes' if mv.model_card else 'none'}")
 
 
