@@ -18,7 +18,7 @@ from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
 from fastml.engine.warmup import check_samples, run_once, unsampled_inputs
 from fastml.engine.warmup import feed as warmup_feed
 from fastml.engine.warmup import run as run_warmup
-from fastml.errors import InvalidInput, Unavailable
+from fastml.errors import DeadlineExceeded, InvalidInput, Unavailable
 
 BATCHERS = ("native", "python", "auto")
 RUNNERS = ("threads", "loop", "auto")
@@ -289,6 +289,10 @@ class Model:
         # ONNX Runtime's bound run; the Python reference batcher has none.
         self._core_run_queued = getattr(self._core, "run_queued", None) if self._session_run is not None else None
         self._failed_prefix = f"model {self.name!r} failed on a batch of "
+        # A request over max_batch_size reaches the core as one request per chunk: [requests, failures] to add to
+        # the core's counters so that it counts once, as the statistics say (see _book_chunks).
+        self._chunk_books = [0, 0]
+        self._chunk_books_lock = threading.Lock()
         self._runners = (
             []
             if self._inline
@@ -731,20 +735,35 @@ class Model:
     def _predict_chunks(self, arrays, timeout) -> dict[str, np.ndarray]:
         """A request over max_batch_size, blocking: submitted as max_batch_size-row chunks (a bounded
         window of them in the queue), the outputs concatenated in row order. The first failed chunk's
-        error fails the request (after every submitted chunk is waited for, so none is left behind)."""
+        error fails the request (after every submitted chunk is waited for, so none is left behind).
+        The request's deadline (``timeout`` us from now, 0: none) is the whole request's: a chunk is given
+        what is left of it, and one with nothing left fails the request with DeadlineExceeded."""
         step = self.max_batch_size
         rows = arrays[0].shape[0]
+        deadline = _ChunkDeadline(timeout, rows)
         starts = iter(range(0, rows, step))
         pending: list = []
         parts: list[dict] = []
         error = None
-        for start in starts:
-            pending.append(self._submit_sync_checked(tuple(a[start : start + step] for a in arrays), timeout))
-            if len(pending) >= self._chunk_window():
-                break
+        outcome = "failed"
+
+        def submit(start) -> None:
+            chunk = tuple(a[start : start + step] for a in arrays)
+            pending.append(self._submit_sync_checked(chunk, deadline.left(start)))
+
+        try:
+            for start in starts:
+                submit(start)
+                if len(pending) >= self._chunk_window():
+                    break
+        except Exception as exc:  # noqa: BLE001 - the chunks already queued are waited for first
+            error = exc
+            if not pending:
+                outcome = None  # refused before any of it was queued, as a request of max_batch_size rows is
         while pending:
             self._drain_inline()
             code, message, result = self._core.wait(pending.pop(0))
+            self._book_chunks(not code, bool(code))
             if code and error is None:
                 error = status_error(code, message)
             if error is None:
@@ -752,13 +771,13 @@ class Model:
                 start = next(starts, None)
                 if start is not None:
                     try:
-                        pending.append(
-                            self._submit_sync_checked(tuple(a[start : start + step] for a in arrays), timeout)
-                        )
+                        submit(start)
                     except Exception as exc:  # noqa: BLE001 - waited-for chunks first, then this error
                         error = exc
         if error is not None:
+            self._book_chunks(0, 0, outcome)
             raise error
+        self._book_chunks(0, 0, "ok")
         return _concat(parts, self._output_names)
 
     def _submit_sync_checked(self, arrays, timeout):
@@ -991,9 +1010,12 @@ class Model:
     def _submit_chunks(self, loop, queue, arrays, timeout_us) -> asyncio.Future:
         """A request over max_batch_size, asyncio: max_batch_size-row chunks, a bounded window of them in
         the queue, each completion submitting the next; one future for the whole request, resolving to the
-        outputs concatenated in row order, or failing with the first failed chunk's error."""
+        outputs concatenated in row order, or failing with the first failed chunk's error. The deadline
+        (``timeout_us`` from now) is the whole request's, as in :meth:`_predict_chunks`."""
         step = self.max_batch_size
-        starts = iter(range(0, arrays[0].shape[0], step))
+        rows = arrays[0].shape[0]
+        deadline = _ChunkDeadline(timeout_us, rows)
+        starts = iter(range(0, rows, step))
         outer = loop.create_future()
         parts: dict[int, dict] = {}
         state = {"pending": 0, "submitted": 0}
@@ -1004,8 +1026,9 @@ class Model:
                 return False
             index = state["submitted"]
             fut = loop.create_future()
+            chunk = tuple(a[start : start + step] for a in arrays)
             try:
-                self._submit_async(queue, tuple(a[start : start + step] for a in arrays), timeout_us, fut)
+                self._submit_async(queue, chunk, deadline.left(start), fut)
             except self._core_error as exc:
                 raise status_error(*exc.args) from None
             state["submitted"] += 1
@@ -1013,38 +1036,41 @@ class Model:
             fut.add_done_callback(lambda done: on_done(index, done))
             return True
 
+        def fail(exc) -> None:
+            outer.set_exception(exc)
+            self._book_chunks(0, 0, "failed")
+
         def on_done(index, done) -> None:
             state["pending"] -= 1
+            exc = None if done.cancelled() else done.exception()  # (marks a late chunk's error as seen)
+            if not done.cancelled():
+                self._book_chunks(exc is None, exc is not None)
             if outer.done():
-                # Failed or cancelled already: the rest of the chunks are not submitted. This chunk's own error
-                # is marked as seen, else asyncio logs "Future exception was never retrieved" for it.
-                if not done.cancelled():
-                    done.exception()
-                return
+                return  # failed or cancelled already: the rest of the chunks are not submitted
             if done.cancelled():
                 outer.cancel()
                 return
-            exc = done.exception()
             if exc is not None:
-                outer.set_exception(exc)
+                fail(exc)
                 return
             parts[index] = done.result()
             try:
                 if submit_next():
                     self._schedule_flush(loop, queue)
             except Exception as exc2:  # noqa: BLE001 - e.g. Overloaded: the whole request fails with it
-                outer.set_exception(exc2)
+                fail(exc2)
                 return
             if state["pending"] == 0:
                 outer.set_result(_concat([parts[i] for i in range(state["submitted"])], self._output_names))
+                self._book_chunks(0, 0, "ok")
 
         try:
             for _ in range(self._chunk_window()):
                 if not submit_next():  # the first chunk's refusal raises here, synchronously, as for any request
                     break
         except BaseException:
-            # A later chunk refused (Overloaded): the caller gets the error, so the chunks already queued must not
-            # submit the rest when they complete (on_done stops once the request is settled).
+            # A later chunk refused (Overloaded): the caller gets the error (and counts it), so the chunks already
+            # queued must not submit the rest when they complete (on_done stops once the request is settled).
             outer.cancel()
             raise
         return outer
@@ -1123,7 +1149,25 @@ class Model:
     # ------------------------------------------------------------------ stats & lifecycle
     def stats(self) -> dict:
         """Cumulative counters (Triton statistics semantics, ns); see docs/engine.md."""
-        return self._core.stats()
+        stats = self._core.stats()
+        requests, failures = self._chunk_books
+        if requests or failures:
+            stats = dict(stats)
+            stats["requests"] += requests
+            stats["failures"] += failures
+        return stats
+
+    def _book_chunks(self, ok: int, failed: int, outcome: str | None = None) -> None:
+        """Counts a request over max_batch_size once: ``ok`` and ``failed`` of its chunks came back, each counted by
+        the core as a request of its own (taken back here); ``outcome``, once the whole request is settled, is what
+        it counts as: "ok" (one request), "failed" (one failure), or None (refused when submitted or cancelled:
+        counted where it was refused, as any request's refusal is)."""
+        requests = (outcome == "ok") - ok
+        failures = (outcome == "failed") - failed
+        if requests or failures:
+            with self._chunk_books_lock:
+                self._chunk_books[0] += requests
+                self._chunk_books[1] += failures
 
     def close(self) -> None:
         """Fails every pending request with Unavailable, stops and joins the runners. Idempotent."""
@@ -1219,6 +1263,36 @@ def _as_text(a: np.ndarray, name: str) -> np.ndarray:
             f"input '{name}': a BYTES element is not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
     return flat.reshape(a.shape)
+
+
+class _ChunkDeadline:
+    """The deadline of a request over max_batch_size, ``timeout_us`` (0: none) from its submission: what is left
+    of it for a chunk submitted now. A later chunk waits in the request's window, so its time in the queue starts
+    with the request's, not with its own submission."""
+
+    __slots__ = ("timeout_us", "rows", "t0")
+
+    def __init__(self, timeout_us: int, rows: int):
+        self.timeout_us = timeout_us
+        self.rows = rows
+        self.t0 = time.perf_counter_ns()
+
+    def left(self, start: int) -> int:
+        """Microseconds left for the chunk of rows from ``start`` (0 when the request has no deadline).
+
+        Raises:
+            DeadlineExceeded: nothing is left; the chunk and those after it never run.
+        """
+        if not self.timeout_us or start == 0:
+            return self.timeout_us
+        waited_us = (time.perf_counter_ns() - self.t0) // 1000
+        left = self.timeout_us - waited_us
+        if left <= 0:
+            raise DeadlineExceeded(
+                f"deadline of {self.timeout_us} us passed after {waited_us} us; rows {start} to {self.rows - 1} "
+                f"of the request's {self.rows} not run"
+            )
+        return left
 
 
 def _concat(parts: list[dict], names: list[str]) -> dict[str, np.ndarray]:
