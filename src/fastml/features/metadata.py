@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS ingests (
     source TEXT NOT NULL, created_at REAL NOT NULL, committed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS stats (
     name TEXT NOT NULL, version INTEGER NOT NULL, stats TEXT NOT NULL, computed_at REAL NOT NULL,
-    PRIMARY KEY (name, version));
+    n_ingests INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS vocab (
     name TEXT NOT NULL, version INTEGER NOT NULL, feature TEXT NOT NULL, value TEXT NOT NULL,
     code INTEGER NOT NULL, PRIMARY KEY (name, version, feature, value));
@@ -49,6 +49,13 @@ class MetadataStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            # A store made before stats recorded the ingests they were computed from.
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(stats)").fetchall()}
+            if "n_ingests" not in columns:
+                try:
+                    self._db.execute("ALTER TABLE stats ADD COLUMN n_ingests INTEGER NOT NULL DEFAULT 0")
+                except sqlite3.OperationalError:  # another process added it first
+                    pass
 
     def close(self) -> None:
         with self._lock:
@@ -209,12 +216,22 @@ class MetadataStore:
 
     # --- statistics -----------------------------------------------------------------------------
 
-    def put_stats(self, name: str, version: int, stats: dict) -> None:
-        self._tx(
-            lambda cur: cur.execute(
-                "INSERT OR REPLACE INTO stats VALUES (?,?,?,?)", (name, version, json.dumps(stats), time.time())
+    def put_stats(self, name: str, version: int, stats: dict, n_ingests: int) -> bool:
+        """Store ``stats`` computed from the version's first ``n_ingests`` committed ingests, unless the stored ones
+        were computed from more (committed ingests are never removed, so more is newer): two processes ingesting
+        at once each compute stats after their commit, and the one that read before the other's commit may write
+        last. Returns whether they were stored."""
+
+        def run(cur) -> bool:
+            cur.execute(
+                "INSERT INTO stats (name, version, stats, computed_at, n_ingests) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(name, version) DO UPDATE SET stats=excluded.stats, computed_at=excluded.computed_at, "
+                "n_ingests=excluded.n_ingests WHERE excluded.n_ingests >= stats.n_ingests",
+                (name, version, json.dumps(stats), time.time(), n_ingests),
             )
-        )
+            return cur.rowcount == 1
+
+        return self._tx(run)
 
     def get_stats(self, name: str, version: int) -> dict | None:
         rows = self._read("SELECT stats FROM stats WHERE name=? AND version=?", (name, version))

@@ -153,8 +153,12 @@ class FeatureStore:
     def _update_stats(self, g: FeatureGroup, version: int) -> None:
         from fastml.features.stats import group_stats
 
-        rows = self._read(g, version)  # the whole-version read, reused by training sets and materialize
-        self.metadata.put_stats(g.name, version, group_stats(g, rows))
+        # The committed ingests read, counted: stats from fewer ingests never replace stats from more.
+        ingests = self.metadata.ingests(g.name, version)
+        rows = self._read(
+            g, version, ingests=ingests
+        )  # the whole-version read, reused by training sets and materialize
+        self.metadata.put_stats(g.name, version, group_stats(g, rows), len(ingests))
 
     def _read(
         self,
