@@ -153,6 +153,17 @@ def request(method: str, url: str, data: bytes | None = None, headers: dict | No
         return status, body
 
 
+def feature_lookups(metrics_text: str) -> dict:
+    """``{(model, feature, outcome): count}`` from the fastml_feature_lookups_total lines of a /metrics page."""
+    out = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("fastml_feature_lookups_total{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
+            labels = {k: v.strip('"') for k, v in labels.items()}
+            out[(labels["model"], labels["feature"], labels["outcome"])] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def ort_reference(path: Path, x: np.ndarray) -> dict:
     import onnxruntime as ort
 

@@ -22,7 +22,7 @@ from fastml.errors import InvalidInput, NotFound
 from fastml.features import Feature, FeatureGroup, FeatureStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
-from serverkit import ServerProcess  # noqa: E402
+from serverkit import ServerProcess, feature_lookups  # noqa: E402
 
 FEATURES = ["driver:trips", "driver:rating", "distance_km", "driver:acceptance"]
 WEIGHTS = np.array([1.0, 10.0, 100.0, 1000.0], np.float32)
@@ -190,7 +190,7 @@ def test_error_policy_and_bad_inputs_are_400(server):
 
 
 def test_metrics_count_lookups_by_outcome(server):
-    before = _lookups(server.metrics())
+    before = feature_lookups(server.metrics())
     status, _ = _infer(
         server,
         "scored",
@@ -200,7 +200,7 @@ def test_metrics_count_lookups_by_outcome(server):
         ],
     )
     assert status == 200
-    after = _lookups(server.metrics())
+    after = feature_lookups(server.metrics())
 
     def delta(feature, outcome):
         key = ("scored", feature, outcome)
@@ -214,16 +214,6 @@ def test_metrics_count_lookups_by_outcome(server):
         2,
     )
     assert ("scored", "distance_km", "hit") not in after  # request-time values are not lookups
-
-
-def _lookups(text: str) -> dict:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("fastml_feature_lookups_total{"):
-            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
-            labels = {k: v.strip('"') for k, v in labels.items()}
-            out[(labels["model"], labels["feature"], labels["outcome"])] = float(line.rsplit(" ", 1)[1])
-    return out
 
 
 # ----- in process --------------------------------------------------------------------------------

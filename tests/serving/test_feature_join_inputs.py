@@ -30,7 +30,7 @@ from fastml.features import Feature, FeatureGroup, FeatureStore
 from fastml.serving.feature_join import FeaturePolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
-from serverkit import ROOT, ServerProcess  # noqa: E402
+from serverkit import ROOT, ServerProcess, feature_lookups  # noqa: E402
 
 HOUR, DAY = pd.Timedelta(hours=1), pd.Timedelta(days=1)
 DRV = ["trips", "rating", "acceptance", "active"]  # the drv group's features, in the group's order
@@ -670,16 +670,6 @@ def test_a_batch_run_again_alone_counts_its_lookups_once(truth, tmp_path):
         assert model.feature_lookups()["drv:trips"] == {"hit": 3, "missing": 0, "stale": 0}
 
 
-def _lookups(text: str) -> dict:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("fastml_feature_lookups_total{"):
-            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1 : line.index("}")].split(","))
-            labels = {k: v.strip('"') for k, v in labels.items()}
-            out[(labels["model"], labels["feature"], labels["outcome"])] = float(line.rsplit(" ", 1)[1])
-    return out
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A server over three joined models: ``ints`` (the batched way, max_batch_size 4, no logger), ``zones``
@@ -720,7 +710,7 @@ def test_http_batched_way_over_json_and_binary_with_lookup_counts(served):
     inputs = _request(REQUEST_IDS)
     want = _want(served.truth, INT_COLUMNS, inputs, INT_POLICY)
     n = len(REQUEST_IDS)
-    before = _lookups(served.metrics())
+    before = feature_lookups(served.metrics())
     bodies = [
         {
             "inputs": [
@@ -749,7 +739,7 @@ def test_http_batched_way_over_json_and_binary_with_lookup_counts(served):
         assert status == 200, out
         got = np.array([np.nan if v is None else v for v in out["outputs"][0]["data"]], np.float32).reshape(want.shape)
         np.testing.assert_array_equal(got, want)
-    after = _lookups(served.metrics())
+    after = feature_lookups(served.metrics())
     for ref in ("drv:trips", "drv:rating", "drv:acceptance", "drv:active"):
         for outcome, count in served.truth.outcomes(ref, REQUEST_IDS).items():
             key = ("ints", ref, outcome)
@@ -819,7 +809,7 @@ def test_a_deployment_variants_lookups_reach_metrics(fastml_home, tmp_path):
                 break
             time.sleep(0.2)
         assert status == 200, out
-        lookups = _lookups(srv.metrics())
+        lookups = feature_lookups(srv.metrics())
         assert sum(v for k, v in lookups.items() if k[1] == "drv:trips") >= 3, lookups
     finally:
         assert srv.stop() == 0

@@ -710,24 +710,32 @@ def predict_file(
             (naming the file and the rows).
         NotFound: no such input file or model.
     """
+    return scored_with_text_retry(
+        lambda text_columns: _predict_file(
+            ref,
+            input_path,
+            output_path,
+            batch_rows=batch_rows,
+            key_columns=key_columns,
+            columns=columns,
+            max_memory_mb=max_memory_mb,
+            threads=threads,
+            progress=progress,
+            features=features,
+            feature_store=feature_store,
+            text_columns=text_columns,
+        )
+    )
+
+
+def scored_with_text_retry(score):
+    """``score(text_columns)``, run again with one more CSV column read as text each time it raises
+    :class:`_ReadAgainAsText` (nothing was written then: the output is still the temporary file, removed)."""
     text_columns: frozenset[str] = frozenset()
     while True:
         try:
-            return _predict_file(
-                ref,
-                input_path,
-                output_path,
-                batch_rows=batch_rows,
-                key_columns=key_columns,
-                columns=columns,
-                max_memory_mb=max_memory_mb,
-                threads=threads,
-                progress=progress,
-                features=features,
-                feature_store=feature_store,
-                text_columns=text_columns,
-            )
-        except _ReadAgainAsText as again:  # nothing was written: the output is still the temporary file, removed
+            return score(text_columns)
+        except _ReadAgainAsText as again:
             text_columns |= {again.column}
 
 

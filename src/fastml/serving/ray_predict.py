@@ -46,6 +46,7 @@ from fastml.serving.batch_predict import (
     _with_features,
     _Writer,
     resolve_model,
+    scored_with_text_retry,
 )
 
 
@@ -209,26 +210,23 @@ def predict_file_ray(
     if actors is not None and actors < 1:
         raise InvalidInput(f"actors must be >= 1, got {actors!r}")
     cluster = _Cluster(address, num_cpus)
-    text_columns: frozenset[str] = frozenset()
     try:
-        while True:
-            try:
-                return _predict_file_ray(
-                    ref,
-                    input_path,
-                    output_path,
-                    batch_rows=batch_rows,
-                    key_columns=key_columns,
-                    columns=columns,
-                    max_memory_mb=max_memory_mb,
-                    threads=threads,
-                    features=features,
-                    actors=actors,
-                    cluster=cluster,
-                    text_columns=text_columns,
-                )
-            except _ReadAgainAsText as again:  # nothing was written: the output is still the temporary file, removed
-                text_columns |= {again.column}
+        return scored_with_text_retry(
+            lambda text_columns: _predict_file_ray(
+                ref,
+                input_path,
+                output_path,
+                batch_rows=batch_rows,
+                key_columns=key_columns,
+                columns=columns,
+                max_memory_mb=max_memory_mb,
+                threads=threads,
+                features=features,
+                actors=actors,
+                cluster=cluster,
+                text_columns=text_columns,
+            )
+        )
     finally:
         cluster.stop()
 
