@@ -233,6 +233,15 @@ def test_small_requests_alongside_a_split_one_get_their_own_rows(srv, repo):
         _assert_rows_equal(answers[i], _ort(repo / "multi" / "1" / "model.onnx", x), ["ya", "yb", "yc", "ysum"])
 
 
+def _names_row_2501(message: str) -> None:
+    """The error of a request whose row 2,501 (counted from 1) is bad names the rows of the batch holding it."""
+    import re
+
+    m = re.search(r"rows (\d+)-(\d+) of the request's (\d+)", message)
+    assert m is not None, message
+    assert int(m[1]) <= 2501 <= int(m[2]) and int(m[3]) == ROWS, message
+
+
 def test_a_split_request_counts_once_in_the_statistics(srv):
     """Good and bad 5,000-row requests over every transport: success counts requests (not batches), a request
     with one bad row in the middle is one failure, a 400 naming the row's problem, with no partial answer."""
@@ -259,16 +268,19 @@ def test_a_split_request_counts_once_in_the_statistics(srv):
     assert status == 200 and np.array_equal(np.array(answer["outputs"][0]["data"]).reshape(-1, 1), want)
     status, answer = _http_json(srv, "lookup", {"X": bad})
     assert status == 400 and list(answer) == ["error"] and "idx=42" in answer["error"]
+    _names_row_2501(answer["error"])
 
     assert np.array_equal(grpc_infer(good), want)
     with pytest.raises(InferenceServerException, match="idx=42") as err:
         grpc_infer(bad)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    _names_row_2501(str(err.value))
 
     with Client(srv.binary_url) as client:
         assert np.array_equal(client.infer("lookup", {"X": good})["Y"], want)
-        with pytest.raises(InvalidInput, match="idx=42"):
+        with pytest.raises(InvalidInput, match="idx=42") as bad_err:
             client.infer("lookup", {"X": bad})
+        _names_row_2501(str(bad_err.value))
         # The server keeps serving; and this answer comes after every chunk of the bad requests is back.
         assert np.array_equal(client.infer("lookup", {"X": good[:3]})["Y"], want[:3])
 
@@ -399,3 +411,17 @@ def test_a_chunk_refused_midway_is_one_failure_and_leaves_nothing_behind(tmp_pat
         assert stats["requests"] == (0 if how == "predict" else 1)
     finally:
         model.close()
+
+
+def test_in_process_a_bad_row_is_located_by_its_rows_in_the_request(tmp_path):
+    import asyncio
+
+    import fastml
+
+    x = np.zeros((50, 1), np.float32)
+    x[37, 0] = 42  # row 38 counted from 1: in the chunk of rows 33-40 at max_batch_size 8
+    with fastml.load_model(lookup_onnx(tmp_path / "l.onnx"), max_batch_size=8) as model:
+        with pytest.raises(InvalidInput, match=r"^rows 33-40 of the request's 50: .*idx=42"):
+            model.predict({"X": x})
+        with pytest.raises(InvalidInput, match=r"^rows 33-40 of the request's 50: .*idx=42"):
+            asyncio.run(model.predict_async({"X": x}))

@@ -18,7 +18,7 @@ from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
 from fastml.engine.warmup import check_samples, run_once, unsampled_inputs
 from fastml.engine.warmup import feed as warmup_feed
 from fastml.engine.warmup import run as run_warmup
-from fastml.errors import DeadlineExceeded, InvalidInput, Unavailable
+from fastml.errors import DeadlineExceeded, FastMLError, InvalidInput, Unavailable
 
 BATCHERS = ("native", "python", "auto")
 RUNNERS = ("threads", "loop", "auto")
@@ -749,7 +749,7 @@ class Model:
 
         def submit(start) -> None:
             chunk = tuple(a[start : start + step] for a in arrays)
-            pending.append(self._submit_sync_checked(chunk, deadline.left(start)))
+            pending.append((start, self._submit_sync_checked(chunk, deadline.left(start))))
 
         try:
             for start in starts:
@@ -762,10 +762,11 @@ class Model:
                 outcome = None  # refused before any of it was queued, as a request of max_batch_size rows is
         while pending:
             self._drain_inline()
-            code, message, result = self._core.wait(pending.pop(0))
+            chunk_start, ticket = pending.pop(0)
+            code, message, result = self._core.wait(ticket)
             self._book_chunks(not code, bool(code))
             if code and error is None:
-                error = status_error(code, message)
+                error = status_error(code, _in_rows(message, chunk_start, step, rows))
             if error is None:
                 parts.append(result)
                 start = next(starts, None)
@@ -1051,6 +1052,8 @@ class Model:
                 outer.cancel()
                 return
             if exc is not None:
+                if isinstance(exc, FastMLError):  # where in the request: its rows, not the chunk's
+                    exc = type(exc)(_in_rows(str(exc), index * step, step, rows))
                 fail(exc)
                 return
             parts[index] = done.result()
@@ -1263,6 +1266,11 @@ def _as_text(a: np.ndarray, name: str) -> np.ndarray:
             f"input '{name}': a BYTES element is not UTF-8 text ({exc.reason} at byte {exc.start})"
         ) from None
     return flat.reshape(a.shape)
+
+
+def _in_rows(message: str, start: int, step: int, rows: int) -> str:
+    """A chunk's error ``message`` located in its request: the rows (counted from 1) of the chunk from ``start``."""
+    return f"rows {start + 1}-{min(start + step, rows)} of the request's {rows}: {message}"
 
 
 class _ChunkDeadline:
