@@ -1537,15 +1537,16 @@ struct JoinCounters {
 // re-taking it costs more than the reads, and with other threads waiting it can cost a scheduler hand-off.
 constexpr size_t kHoldGilReads = 8;
 
-// What this thread's last counted run() added to a plan's counters, so that uncount_last() can take it back (a
+// This thread's last run(): its outcomes (the per-column counts keep their capacity, so no allocation per
+// request), and which plan counted them and for how many rows, so that uncount_last() can take them back (a
 // batch the model then failed on is run again, request by request, and counted then). Per thread: a join and
 // the model run that follows it happen on one runner thread.
-struct LastJoinCount {
-  const void* plan = nullptr;
+struct LastJoin {
+  fastml::JoinResult res;
+  const void* counted_plan = nullptr;  // null: nothing to take back
   uint64_t rows = 0;
-  std::vector<uint64_t> missing, stale;
 };
-thread_local LastJoinCount last_join_count;
+thread_local LastJoin last_join;
 
 struct PyJoinPlan {
   std::shared_ptr<fastml::FeatureCache> cache;
@@ -1750,7 +1751,7 @@ static void bind_feature_join(py::module_& m) {
           [](const PyJoinPlan& p, py::dict inputs, int64_t now_us) -> py::tuple {
             // The serving hot path: one call per request, from the request's dict of arrays to the model input.
             if (p.key_names.empty()) RaiseInvalid("this plan was built without input names; use join()");
-            last_join_count.plan = nullptr;  // set again below once this run is counted
+            last_join.counted_plan = nullptr;  // set again below once this run is counted
             const size_t width = p.plan.columns.size();
             std::vector<KeyInput> key_inputs(p.n_key_inputs);
             std::vector<fastml::JoinKeys> native_keys(p.n_key_inputs);
@@ -1801,19 +1802,15 @@ static void bind_feature_join(py::module_& m) {
             py::array_t<float> out({py::ssize_t(rows), py::ssize_t(width)});
             float* dst = out.mutable_data();
             const int64_t now = now_us == 0 ? fc_bind::NowUs() : now_us;
-            // Per thread, reused: its per-column count vectors keep their capacity (no allocation per request).
-            thread_local fastml::JoinResult res;
+            fastml::JoinResult& res = last_join.res;
             CacheStatus st;
             auto join = [&] {
               st = fastml::JoinFeatures(*p.cache, p.plan, native_keys, request_cols, rows, dst, now, &res);
               if (!st.ok()) return;
               JoinCounters& c = *p.counters;
               c.rows.fetch_add(rows, std::memory_order_relaxed);
-              LastJoinCount& last = last_join_count;
-              last.plan = &p;
-              last.rows = rows;
-              last.missing.assign(res.missing.begin(), res.missing.begin() + width);
-              last.stale.assign(res.stale.begin(), res.stale.begin() + width);
+              last_join.counted_plan = &p;
+              last_join.rows = rows;
               for (size_t j = 0; j < width; ++j) {
                 if (res.missing[j]) c.missing[j].fetch_add(res.missing[j], std::memory_order_relaxed);
                 if (res.stale[j]) c.stale[j].fetch_add(res.stale[j], std::memory_order_relaxed);
@@ -1836,15 +1833,15 @@ static void bind_feature_join(py::module_& m) {
       .def(
           "uncount_last",
           [](const PyJoinPlan& p) {
-            LastJoinCount& last = last_join_count;
-            if (last.plan != &p) return false;
+            LastJoin& last = last_join;
+            if (last.counted_plan != &p) return false;
             JoinCounters& c = *p.counters;
             c.rows.fetch_sub(last.rows, std::memory_order_relaxed);
-            for (size_t j = 0; j < last.missing.size(); ++j) {
-              if (last.missing[j]) c.missing[j].fetch_sub(last.missing[j], std::memory_order_relaxed);
-              if (last.stale[j]) c.stale[j].fetch_sub(last.stale[j], std::memory_order_relaxed);
+            for (size_t j = 0; j < p.plan.columns.size(); ++j) {
+              if (last.res.missing[j]) c.missing[j].fetch_sub(last.res.missing[j], std::memory_order_relaxed);
+              if (last.res.stale[j]) c.stale[j].fetch_sub(last.res.stale[j], std::memory_order_relaxed);
             }
-            last.plan = nullptr;
+            last.counted_plan = nullptr;
             return true;
           },
           "Take back what this thread's last run() of this plan added to counts() (once); False when there is "

@@ -54,8 +54,9 @@ class MetadataStore:
             if "n_ingests" not in columns:
                 try:
                     self._db.execute("ALTER TABLE stats ADD COLUMN n_ingests INTEGER NOT NULL DEFAULT 0")
-                except sqlite3.OperationalError:  # another process added it first
-                    pass
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # only another process adding it first is fine
+                        raise
 
     def close(self) -> None:
         with self._lock:

@@ -27,7 +27,7 @@ import msgspec
 from fastml.errors import FastMLError, InvalidInput, NotFound, Unavailable
 from fastml.server import auth as admin_auth
 from fastml.server import deploy_admin, http, http_native, routes, shm_http
-from fastml.server.metrics import make_registry, merge_models, merge_snapshots
+from fastml.server.metrics import make_registry, merge_snapshots
 from fastml.server.status import http_status
 from fastml.server.tensors import encode_json
 from fastml.serving.dataplane import EXTENSIONS, DataPlane, model_snapshot, model_statistics_from_snapshot
@@ -384,7 +384,7 @@ class Server:
             shown = {id(e) for e in entries}
             entries += [e for e in self.plane.deployments.loaded_entries() if id(e) not in shown]
         return {
-            "models": merge_models(model_snapshot(e) for e in entries),
+            "models": [model_snapshot(e) for e in entries],  # merged by model/version in merge_snapshots
             "server": {"inflight": self.inflight, "connections": len(self.connections), "responses": responses},
             "deployments": self.plane.deployments.metric_rows() if self.plane.deployments is not None else [],
             "monitoring": self.plane.monitor.metric_rows() if self.plane.monitor is not None else {},

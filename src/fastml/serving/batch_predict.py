@@ -1027,7 +1027,7 @@ def _empty_schema(plan: _Plan, keys: list[str], file_schema=None):
 
     return pa.schema(
         [pa.field(k, key_type(k)) for k in keys]
-        + [pa.field(n, output_type(t)) for n, t in zip(plan.output_names, getattr(plan, "output_types", []))]
+        + [pa.field(n, output_type(t)) for n, t in zip(plan.output_names, plan.output_types)]
     )
 
 
