@@ -46,7 +46,16 @@ def test_fastml_predict_engine_ray_gives_the_local_engines_predictions_row_by_ro
     src = tmp_path / "in.parquet"
     pq.write_table(table(5_003, seed=2), src, row_group_size=1000)  # several blocks: order across actors matters
     argv = ["predict", str(model_file), "--input", str(src), "--key-columns", "id", "--batch-rows", "700"]
+    ctx = ray_cluster.data.DataContext.get_current()
+
+    def settings():
+        return ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception
+
+    # The caller's own Ray Data settings (the process's current context) are not the job's ...
+    callers = (False, True, False)
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception = callers
     assert main([*argv, "--output", str(tmp_path / "ray.parquet"), "--engine", "ray", "--actors", "2", "--json"]) == 0
+    assert settings() == callers  # ... and are the caller's again once the job is done
     # The last line: Ray prints its own warnings (a busy node's worker start-up) to the driver's stdout.
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     local = predict_file(model_file, src, tmp_path / "local.parquet", batch_rows=700, key_columns=["id"])

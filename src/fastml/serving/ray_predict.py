@@ -19,6 +19,7 @@ readable at the same path by its workers, as on a shared file system).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -309,23 +310,32 @@ def _predict_file_ray(
     t0 = time.perf_counter()
     try:
         ray = cluster.start()
-        ds = _read(ray, src, read, csv_read)
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        pool = actors or max(1, int(cpus))
-        scored = ds.map_batches(
-            _Scorer,
-            fn_constructor_args=(ray.put(model_bytes), file_columns, keys, columns, str(src), threads or 1, features),
-            batch_size=batch_rows,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool),
-            num_cpus=_actor_cpus(cpus, pool),
-        )
-        for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if table.num_rows == 0:
-                continue
-            writer.write(table)
-            out_schema = table.schema
-            rows += table.num_rows
+        with _job_context(ray):
+            ds = _read(ray, src, read, csv_read)
+            cpus = float(ray.cluster_resources().get("CPU", 1))
+            pool = actors or max(1, int(cpus))
+            scored = ds.map_batches(
+                _Scorer,
+                fn_constructor_args=(
+                    ray.put(model_bytes),
+                    file_columns,
+                    keys,
+                    columns,
+                    str(src),
+                    threads or 1,
+                    features,
+                ),
+                batch_size=batch_rows,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=pool),
+                num_cpus=_actor_cpus(cpus, pool),
+            )
+            for table in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if table.num_rows == 0:
+                    continue
+                writer.write(table)
+                out_schema = table.schema
+                rows += table.num_rows
         writer.commit(out_schema or _empty_schema(plan, keys, sample))
     except BaseException as exc:
         writer.abort()
@@ -378,10 +388,12 @@ def _actor_cpus(cluster_cpus: float, actors: int) -> float:
     return min(1.0, max(0.1, (cluster_cpus - 1.0) / actors))
 
 
-def _read(ray, src: Path, columns: list[str], csv_read: dict | None = None):
-    """A Ray Dataset over the file's wanted columns, in file order: a Parquet file through Ray's reader, a CSV
-    file (``csv_read``: :func:`_read_csv`'s arguments) by one task reading it as the local engine does."""
+@contextlib.contextmanager
+def _job_context(ray):
+    """Ray Data's settings for the scoring job, while it runs; the caller's are put back afterwards (they are the
+    process's current DataContext, which an in-process caller's own datasets use too)."""
     ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception)
     # Blocks come back in input order: the output lines up with the input row for row, as the local engine's.
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False  # fastml predict prints its own one-line summary
@@ -389,6 +401,15 @@ def _read(ray, src: Path, columns: list[str], csv_read: dict | None = None):
     # "UDF failed to process a data block", which keeps only its traceback's text: an actor's InvalidInput
     # naming the file and the column is what the command reports.
     ctx.raise_original_map_exception = True
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.raise_original_map_exception = saved
+
+
+def _read(ray, src: Path, columns: list[str], csv_read: dict | None = None):
+    """A Ray Dataset over the file's wanted columns, in file order: a Parquet file through Ray's reader, a CSV
+    file (``csv_read``: :func:`_read_csv`'s arguments) by one task reading it as the local engine does."""
     if csv_read is None:
         return ray.data.read_parquet(str(src), columns=columns)
     # Ray's read_csv guesses each column's type from its own first block and turns a later value that does not
