@@ -130,18 +130,26 @@ def _ingest(args) -> int:
     from fastml.errors import InvalidInput
 
     path = args.path
+    store = _store()
+    g, _ = store.get_group(args.group)
     try:
         if path.endswith(".csv"):
+            import pyarrow as pa
             import pyarrow.csv as pcsv
 
-            table = pcsv.read_csv(path)
+            # Entity keys and categorical features are text: read them as written. Type inference would
+            # turn a key "00501" into the integer 501 (stored as the key "501") and refuse a categorical
+            # column whose values all look like numbers.
+            text = [*g.entities, *(f.name for f in g.features if f.dtype == "string")]
+            options = pcsv.ConvertOptions(column_types=dict.fromkeys(text, pa.string()))
+            table = pcsv.read_csv(path, convert_options=options)
         else:
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from exc
-    res = _store().ingest(args.group, table, source=args.source if args.source is not None else path)
+    res = store.ingest(args.group, table, source=args.source if args.source is not None else path)
     return _print(
         res, args.json, f"{res['group']}@v{res['version']}: ingested {res['rows']} rows (ingest {res['seq']})"
     )

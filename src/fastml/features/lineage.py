@@ -14,17 +14,25 @@ from fastml.features.metadata import MetadataStore
 
 
 def _registry_models(home) -> tuple[list, str | None]:
-    """(model versions, note). Reads the registry only where one exists; never creates one."""
+    """(model versions, note). Reads the registry of the feature store's ``home`` (the settings' home when None):
+    the configured ``registry_url``, else ``home/registry.db`` where it exists; never creates one."""
+    from pathlib import Path
+
     from fastml.config import get_settings
 
     settings = get_settings()
-    if not settings.registry_url and not (settings.home / "registry.db").exists():
-        return [], "no model registry in this FASTML_HOME"
+    home = settings.home if home is None else Path(home)
+    url = settings.registry_url or None
+    if url is None:
+        db = home / "registry.db"
+        if not db.exists():
+            return [], "no model registry in this FASTML_HOME"
+        url = f"sqlite:///{db}"
     try:
         from fastml.registry import Registry
     except ImportError as exc:  # the registry module is optional for the feature store
         return [], f"registry unavailable: {exc}"
-    reg = Registry()
+    reg = Registry(url, artifacts_dir=home / "artifacts")
     try:
         return reg.search(), None
     finally:

@@ -45,11 +45,12 @@ def to_arrow(table, what: str = "table") -> pa.Table:
     if isinstance(table, pa.RecordBatch):
         return pa.Table.from_batches([table])
     mod = type(table).__module__
-    if mod.startswith("pandas"):
+    if mod.startswith("pandas") and hasattr(table, "columns"):  # a DataFrame (a Series has no columns)
         arrays, names = [], []
-        for col in table.columns:
+        for i, col in enumerate(table.columns):
             try:
-                arrays.append(pa.array(table[col], from_pandas=True))
+                # By position: with a repeated column name, table[col] is a DataFrame, not the column.
+                arrays.append(pa.array(table.iloc[:, i], from_pandas=True))
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
                 raise InvalidInput(f"column {col!r}: cannot convert to Arrow: {exc}") from exc
             names.append(str(col))
@@ -62,7 +63,13 @@ def to_arrow(table, what: str = "table") -> pa.Table:
     raise InvalidInput(f"{what} must be a pyarrow Table or a pandas DataFrame, got {type(table).__name__}")
 
 
-def _column(table: pa.Table, name: str) -> pa.Array:
+def _other_text(t: pa.DataType) -> bool:
+    """Text in another layout than ``string``: ``large_string`` (pandas), ``string_view`` (Arrow's view type)."""
+    return pa.types.is_large_string(t) or _timestamps.is_string_view(t)
+
+
+def _column(table: pa.Table, name: str, what: str = "table") -> pa.Array:
+    _timestamps.refuse_repeated(table, name, what)
     col = table.column(name)
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
@@ -83,12 +90,12 @@ def key_strings(table: pa.Table, entities: tuple[str, ...], what: str = "table")
     for name in entities:
         if name not in table.column_names:
             raise InvalidInput(f"{what}: missing entity column {name!r}; columns: {table.column_names}")
-        col = _column(table, name)
+        col = _column(table, name, what)
         t = col.type
         if pa.types.is_dictionary(t):
             col = col.dictionary_decode()
             t = col.type
-        if pa.types.is_integer(t) or pa.types.is_large_string(t):
+        if pa.types.is_integer(t) or _other_text(t):
             if not pa.types.is_integer(t):
                 texts.append(len(parts))
             col = pc.cast(col, pa.string())
@@ -164,7 +171,7 @@ def validate(group: FeatureGroup, table) -> pa.Table:
         )
     columns, names = [], []
     for name in group.entities:
-        col = key_strings(table, (name,))
+        col = key_strings(table, (name,), f"ingest into {group.name!r}")
         if col.null_count:
             raise InvalidInput(f"column {name!r}: {col.null_count} null entity keys; entity keys must not be null")
         columns.append(col)
@@ -174,7 +181,7 @@ def validate(group: FeatureGroup, table) -> pa.Table:
     refuse_unstorable_keys(columns, group.entities, f"ingest into {group.name!r}")
     # Rounded up: a feature row stamped between two microseconds must not be visible to an entity row at
     # the earlier one (entity rows round down), or a training set would see it before it happened.
-    ts = timestamps_us(table, group.timestamp_column, round_up=True)
+    ts = timestamps_us(table, group.timestamp_column, f"ingest into {group.name!r}", round_up=True)
     zero = np.flatnonzero(ts == 0)
     if zero.size:
         # 0 us is the online store's "no row" marker (a lookup's event time where there is no row): a row
@@ -187,7 +194,7 @@ def validate(group: FeatureGroup, table) -> pa.Table:
     columns.append(pa.array(ts, type=pa.int64()).view(TS_TYPE))
     names.append(group.timestamp_column)
     for f in group.features:
-        columns.append(_cast_feature(_column(table, f.name), f.name, f.dtype))
+        columns.append(_cast_feature(_column(table, f.name, f"ingest into {group.name!r}"), f.name, f.dtype))
         names.append(f.name)
     return pa.Table.from_arrays(columns, names=names)
 
@@ -208,7 +215,7 @@ def _cast_feature(col: pa.Array, name: str, dtype: str) -> pa.Array:
     elif dtype == "bool":
         ok = pa.types.is_boolean(t)
     else:
-        ok = pa.types.is_string(t) or pa.types.is_large_string(t)
+        ok = pa.types.is_string(t) or _other_text(t)
     if not ok:
         raise InvalidInput(f"column {name!r}: expected {dtype}, got {t}")
     try:

@@ -46,6 +46,19 @@ _NP_DIV = {"ns": 10**3, "ps": 10**6, "fs": 10**9, "as": 10**12}
 _SUB_US = re.compile(r"[T ]\d\d:?\d\d:?\d\d[.,]\d{6}(\d+)")
 
 
+def is_string_view(t: pa.DataType) -> bool:
+    """Whether ``t`` is Arrow's ``string_view`` (pyarrow 16 and later have it)."""
+    check = getattr(pa.types, "is_string_view", None)
+    return check is not None and check(t)
+
+
+def refuse_repeated(table: pa.Table, name: str, what: str = "table") -> None:
+    """InvalidInput when the table has several columns named ``name``: which one is meant is unknown."""
+    n = len(table.schema.get_all_field_indices(name))
+    if n > 1:
+        raise InvalidInput(f"{what}: column {name!r} appears {n} times; give each column a distinct name")
+
+
 def to_us(value, what: str = "time") -> int | None:
     """One time as microseconds since the epoch (UTC); None stays None; an int is already microseconds.
 
@@ -59,7 +72,10 @@ def to_us(value, what: str = "time") -> int | None:
     if isinstance(value, str):
         value = _parse_text(value, what)
     if isinstance(value, dt.datetime):  # pandas Timestamp is a datetime too
-        return _datetime_us(value)
+        us = _datetime_us(value)
+        if not isinstance(us, int):  # pandas.NaT is a datetime whose arithmetic gives NaN, not a time
+            raise InvalidInput(f"{what}: NaT is not a time")
+        return us
     if isinstance(value, dt.date):
         return (dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(microseconds=1)
     if isinstance(value, np.datetime64):
@@ -109,10 +125,13 @@ def column_us(table: pa.Table, name: str, what: str = "table", *, round_up: bool
     """
     if name not in table.column_names:
         raise InvalidInput(f"{what}: missing timestamp column {name!r}; columns: {table.column_names}")
+    refuse_repeated(table, name, what)
     col = table.column(name)
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = col.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or is_string_view(t):
+        if is_string_view(t):  # Arrow has no cast from the view layout to timestamps
+            col = pc.cast(col, pa.string())
         parsed = _parse_column(col, name, what)
         if isinstance(parsed, tuple):  # parsed one value at a time: microseconds and "had more digits"
             us, inexact = parsed
