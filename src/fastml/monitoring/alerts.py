@@ -191,25 +191,31 @@ class AlertManager:
         *,
         model: str = "",
         details: Mapping[str, Any] | None = None,
+        base_model: str | None = None,
     ) -> list[AlertEvent]:
         """Check every rule that applies to ``model`` against ``metrics``; return (and send) the events this
         evaluation produced. A metric that is absent, None or NaN leaves its rule's state unchanged.
 
         Args:
             details: JSON-able context carried on the events (window id, small-window flag, ...).
+            base_model: the served model when ``model`` names one of its deployment variants
+                (``"fraud/canary"``): a rule for ``models = ["fraud"]`` applies to its variants too.
         """
         with self._lock:
-            return self._evaluate(metrics, now, model, details)
+            return self._evaluate(metrics, now, model, details, base_model)
 
-    def _evaluate(self, metrics, now, model, details) -> list[AlertEvent]:
+    def _evaluate(self, metrics, now, model, details, base_model=None) -> list[AlertEvent]:
         now = time.time() if now is None else now
         for sink in self.sinks:
             observe = getattr(sink, "observe", None)
             if observe is not None:
-                observe(metrics)
+                if getattr(sink, "observes_model", False):  # the metrics are this model's (gauge labels)
+                    observe(metrics, model=model)
+                else:
+                    observe(metrics)
         events = []
         for rule in self.rules:
-            if not rule.applies_to(model):
+            if not (rule.applies_to(model) or (base_model is not None and rule.applies_to(base_model))):
                 continue
             value = _number(metrics.get(rule.metric))
             if value is None:
@@ -392,11 +398,15 @@ class PrometheusSink:
             f"{prefix}_metric", "Last evaluated monitoring metric value", ["model", "metric"], registry=registry
         )
 
-    def observe(self, metrics: Mapping[str, float | None]) -> None:
+    observes_model = True  # AlertManager hands observe() the model the metrics were evaluated for
+
+    def observe(self, metrics: Mapping[str, float | None], model: str = "") -> None:
+        # One sink serves every model a manager evaluates: label the values with the model they belong to, or
+        # two models' metrics overwrite each other under the sink's default label.
         for k, v in metrics.items():
             value = _number(v)
             if value is not None:
-                self.metric.labels(model=self.model, metric=k).set(value)
+                self.metric.labels(model=model or self.model, metric=k).set(value)
 
     def send(self, event: AlertEvent) -> None:
         self.alert_firing.labels(model=event.model or self.model, rule=event.rule, severity=event.severity).set(
@@ -517,7 +527,8 @@ def rules_from_dicts(items: Sequence[Mapping[str, Any]], where: str = "rules") -
         if missing:
             raise InvalidInput(f"{at}: missing {missing}")
         models = d.get("models", ())
-        if isinstance(models, str) or not all(isinstance(m, str) for m in models):
+        # TOML gives a list; a number would fail with a TypeError and a table would become its keys.
+        if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) for m in models):
             raise InvalidInput(f"{at}.models: must be a list of model names")
         labels = d.get("labels", {})
         if not isinstance(labels, Mapping):
@@ -585,10 +596,12 @@ def load_webhooks(path: str | Path | None, *, background: bool = False) -> list[
             secret = str(h["secret"])
         else:
             raise InvalidInput(f"{at}: give secret_env (or secret): deliveries are signed")
+        timeout_s = h.get("timeout_s", 5.0)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+            # a string failed with a bare ValueError; nan or a negative number failed every delivery, silently
+            raise InvalidInput(f"{at}: timeout_s must be a finite number of seconds > 0, got {timeout_s!r}")
         try:
-            out.append(
-                WebhookSink(str(h["url"]), secret, timeout_s=float(h.get("timeout_s", 5.0)), background=background)
-            )
+            out.append(WebhookSink(str(h["url"]), secret, timeout_s=float(timeout_s), background=background))
         except InvalidInput as exc:
             raise InvalidInput(f"{at}: {exc}") from None
     return out
@@ -673,7 +686,10 @@ class WindowAlerts:
             "drifted_features": result.drifted_features(),
         }
         model = result.model if not result.variant else f"{result.model}/{result.variant}"
-        return self.manager.evaluate(window_metrics(result), now=result.end_ts, model=model, details=details)
+        # State stays per variant, but a rule naming the model (models = ["fraud"]) watches its variants too.
+        return self.manager.evaluate(
+            window_metrics(result), now=result.end_ts, model=model, details=details, base_model=result.model
+        )
 
     def metric_rows(self) -> list[dict]:
         """``fastml_alerts_firing`` rows: every (model, rule) seen, 1 while firing."""

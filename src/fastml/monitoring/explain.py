@@ -118,6 +118,15 @@ class OnnxExplainer:
         self.input_name = input_name or names[0]
         if self.input_name not in names:
             raise InvalidInput(f"model has no input {self.input_name!r}; inputs are {names}")
+        input_type = inputs[names.index(self.input_name)].type
+        if input_type not in _INPUT_DTYPES:
+            raise InvalidInput(
+                f"input {self.input_name!r} is {input_type}: explanations perturb feature values, which needs a "
+                f"float or double input"
+            )
+        # Rows and background are fed in the input's own type: a model converted from float64 data takes
+        # tensor(double), which ORT refuses as float32 (and float32 rounding would explain other rows).
+        self.dtype = _INPUT_DTYPES[input_type]
         outs = {o.name: o for o in self.session.get_outputs()}
         if output is None:
             output = next((n for n, o in outs.items() if _is_float_tensor(o.type)), None)
@@ -132,7 +141,7 @@ class OnnxExplainer:
         if not _is_float_tensor(outs[output].type):
             raise InvalidInput(f"output {output!r} is {outs[output].type}, not a floating-point tensor")
         self.output = output
-        bg = np.asarray(background, dtype=np.float32)
+        bg = np.asarray(background, dtype=self.dtype)
         if bg.ndim != 2 or bg.shape[0] == 0:
             raise InvalidInput(f"background must be a non-empty 2-D array, got shape {bg.shape}")
         width = self.session.get_inputs()[names.index(self.input_name)].shape
@@ -168,7 +177,7 @@ class OnnxExplainer:
 
     # ----------------------------------------------------------------------------------- predictions
     def _run(self, X: np.ndarray) -> np.ndarray:
-        out = self.session.run([self.output], {self.input_name: np.ascontiguousarray(X, dtype=np.float32)})[0]
+        out = self.session.run([self.output], {self.input_name: np.ascontiguousarray(X, dtype=self.dtype)})[0]
         return np.asarray(out)
 
     def predict(self, X: Any) -> np.ndarray:
@@ -186,7 +195,7 @@ class OnnxExplainer:
         return out if out.ndim == 2 else out.reshape(-1, 1)
 
     def _rows(self, X: Any) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
+        X = np.asarray(X, dtype=self.dtype)
         if X.ndim == 1:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -351,6 +360,9 @@ class OnnxExplainer:
             return [(name, float(w)) for name, w in exp.as_list(label=label)]
         exp = explainer.explain_instance(r, self.predict, num_features=num_features, num_samples=num_samples)
         return [(name, float(w)) for name, w in exp.as_list()]
+
+
+_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
 def _is_float_tensor(onnx_type: str) -> bool:

@@ -14,6 +14,7 @@ version in the registry as an ordinary artifact.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,16 @@ def finite_sorted(values: np.ndarray) -> np.ndarray:
     return np.sort(v)
 
 
+def _is_missing(v: Any, pandas_missing: tuple) -> bool:
+    """None, pandas' ``NA``/``NaT``, and NaN or ±inf floats: values Evidently drops before every test."""
+    if v is None or any(v is m for m in pandas_missing):
+        return True
+    return isinstance(v, (float, np.floating)) and not np.isfinite(v)
+
+
 def categorical_values(values: np.ndarray) -> np.ndarray:
-    """Non-missing values of a categorical column as a numpy string array."""
+    """Non-missing values of a categorical column as a numpy string array (None, NaN, ±inf and pandas'
+    ``NA``/``NaT`` are missing: Evidently drops them, and as strings they would be categories of their own)."""
     if values.dtype.kind in "US":
         return values.astype(str)
     if values.dtype.kind == "b":
@@ -128,10 +137,14 @@ def categorical_values(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
         # A column of whole numbers turns float once it holds a NaN (pandas, Arrow nulls): 1.0 must be the
         # same category as the integer reference's 1, as it is in Evidently's value counts.
-        v = values[~np.isnan(values)]
-        whole = np.isfinite(v) & (v == np.round(v))
+        v = values[np.isfinite(values)]
+        whole = v == np.round(v)
         return np.asarray([str(int(x)) if w else str(x) for x, w in zip(v.tolist(), whole.tolist())], dtype=str)
-    keep = np.array([not (v is None or (isinstance(v, float) and v != v)) for v in values], dtype=bool)
+    # pandas' nullable dtypes ("string", "boolean", convert_dtypes()) hand out pd.NA in object arrays; an array
+    # can only hold it when pandas is loaded, so pandas is not imported here for it.
+    pd = sys.modules.get("pandas")
+    pandas_missing = (pd.NA, pd.NaT) if pd is not None and hasattr(pd, "NA") else ()
+    keep = np.array([not _is_missing(v, pandas_missing) for v in values], dtype=bool)
     return np.asarray([str(v) for v in values[keep]], dtype=str)
 
 

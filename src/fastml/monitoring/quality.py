@@ -101,7 +101,12 @@ def _column(table, name: str) -> np.ndarray:
 
     col = table[name].combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, col.type.list_size).astype(np.float64)
+        values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        if col.type.list_size == 1:
+            # A [N, 1] output (a scikit-learn regressor's "variable", a sigmoid's probability) is one value per
+            # row, not one class score: its argmax would make every prediction class 0.
+            return values
+        return values.reshape(-1, col.type.list_size)
     return col.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
@@ -285,7 +290,13 @@ def refresh(
     **join_kwargs,
 ) -> list[dict]:
     """Join, compute the windows of ``model`` over the range and store them (replacing earlier versions of
-    the same windows, which grow as late outcomes arrive); returns the windows."""
+    the same windows, which grow as late outcomes arrive); returns the windows.
+
+    ``since`` is moved back to the start of its window: a look-back that begins inside a window would compute
+    it from its tail alone and replace the whole window stored earlier with that part (the server refreshes
+    the last hour on every feedback call, so every window would end up stored from its last seconds)."""
+    if since is not None and window_s > 0:
+        since = math.floor(since / window_s) * window_s
     joined = joined_rows(model, directory=directory, since=since, until=until, **join_kwargs)
     wins = quality_windows(joined, window_s=window_s)
     if store is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from fastml import jsonout
 from fastml.monitoring.drift import DriftReport, sturges_edges
 from fastml.monitoring.profile import NUMERIC, ReferenceProfile, as_columns, categorical_values, finite_sorted
 
@@ -312,7 +313,14 @@ figure {{ margin: 0; }} figure svg {{ max-width: 520px; height: auto; }} .score 
 {"".join(sections)}
 </body></html>
 """
-    return page, json.loads(json.dumps(data, default=_json_default))
+    return page, _json_twin(data)
+
+
+def _json_twin(data: dict) -> dict:
+    """``data`` as plain JSON values: numpy scalars and arrays converted, and NaN and infinities (a chi-square
+    statistic of a category the reference never saw is infinite) as None, because ``json.dumps`` would write
+    them as ``NaN`` / ``Infinity``, which strict JSON parsers (``jq``, browsers' ``JSON.parse``) refuse."""
+    return jsonout.finite(json.loads(json.dumps(data, default=_json_default)))
 
 
 def _json_default(o):
@@ -338,7 +346,7 @@ def write_report(out_dir: str | Path, reference: Any, current: Any | None = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in (("report.html", page), ("report.json", json.dumps(data, indent=1))):
+    for name, text in (("report.html", page), ("report.json", jsonout.dumps(data, indent=1))):
         p = out / name
         tmp = p.with_name(p.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
@@ -541,7 +549,7 @@ figure {{ margin: 0; }} figure svg {{ max-width: 520px; height: auto; }} .score 
 {"".join(sections)}
 </body></html>
 """
-    return page, json.loads(json.dumps(data, default=_json_default))
+    return page, _json_twin(data)
 
 
 def write_pages(out_dir: str | Path, page: str, data: dict) -> tuple[Path, Path]:
@@ -549,7 +557,7 @@ def write_pages(out_dir: str | Path, page: str, data: dict) -> tuple[Path, Path]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in (("report.html", page), ("report.json", json.dumps(data, indent=1))):
+    for name, text in (("report.html", page), ("report.json", jsonout.dumps(data, indent=1))):
         p = out / name
         tmp = p.with_name(p.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
