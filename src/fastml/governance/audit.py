@@ -338,6 +338,16 @@ class AuditLog:
                         seq,
                         f"entry at line {lineno} (seq {seq}) was modified: its content does not match its hash",
                     )
+                if raw != canonical_bytes(entry) + b"\n":
+                    # append writes exactly the canonical bytes. Any other spelling of the same content was
+                    # edited by hand: a duplicate key puts a forged value before the real one (a parser that
+                    # keeps the first occurrence shows the forgery, the hash check sees the original).
+                    return bad(
+                        lineno,
+                        seq,
+                        f"entry at line {lineno} (seq {seq}) was modified: the line is not the canonical form "
+                        "append writes (duplicate keys, reordered keys or extra whitespace)",
+                    )
                 if seq != expected_seq:
                     return bad(
                         lineno,

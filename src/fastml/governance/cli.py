@@ -261,11 +261,19 @@ def _fairness(args) -> int:
             raise InvalidInput(f"--threshold {t!r}: {value!r} is not a number") from None
     y_true, y_pred = cols[args.y_true], cols[args.y_pred]
     pos = args.pos_label
-    if y_true.dtype.kind in "iufb":
+    if y_true.dtype.kind in "iufb" and len(y_true):
         try:
-            pos = type(y_true.flat[0].item())(float(pos)) if len(y_true) else pos
+            number = float(pos)
         except ValueError:
             raise InvalidInput(f"--pos-label {pos!r} is not a number but the labels are") from None
+        label_type = type(y_true.flat[0].item())
+        converted = label_type(number)
+        if float(converted) != number:
+            # int("0.5") would silently make 0 the favourable label, and bool(2) would make it True.
+            raise InvalidInput(
+                f"--pos-label {pos!r} is not a value of column {args.y_true!r} ({label_type.__name__} labels)"
+            )
+        pos = converted
     sensitive = {c: cols[c].astype(str) for c in args.sensitive}
     n = len(args.sensitive)
     rep = assess_fairness(

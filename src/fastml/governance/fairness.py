@@ -57,6 +57,11 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
     "pair.error_rate_difference": {"min": -0.1, "max": 0.1},
 }
 
+# Rates are ratios of counts, so a disparity that is exactly on a bound comes out a rounding error beside it
+# (0.8 - 0.7 = 0.10000000000000009, 0.6 / 0.75 = 0.7999999999999999). A value within this distance of a bound
+# is on it: a selection-rate gap of exactly 10 points meets "<= 0.1", a ratio of exactly 4/5 the four-fifths rule.
+BOUND_TOLERANCE = 1e-9
+
 
 @dataclasses.dataclass(frozen=True)
 class GroupStats:
@@ -75,7 +80,9 @@ class GroupStats:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: _num(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
-        d["key"] = [_plain(k) for k in self.key]
+        # A missing value in a numeric sensitive column is its own group with key NaN: JSON has no NaN, so the
+        # key is written as null (the label keeps "nan"), else the report and recorded evidence cannot be written.
+        d["key"] = [_num(_plain(k)) for k in self.key]
         return d
 
 
@@ -93,9 +100,9 @@ class MetricResult:
     def passed(self) -> bool:
         if self.value is None or math.isnan(self.value):
             return False  # an undefined disparity (e.g. every rate 0) is not evidence of fairness
-        if self.min is not None and self.value < self.min:
+        if self.min is not None and self.value < self.min - BOUND_TOLERANCE:
             return False
-        if self.max is not None and self.value > self.max:
+        if self.max is not None and self.value > self.max + BOUND_TOLERANCE:
             return False
         return True
 
@@ -508,16 +515,30 @@ def _merge_thresholds(overrides: Mapping[str, Any] | None) -> dict[str, dict[str
             extra = set(spec) - {"min", "max"}
             if extra:
                 raise InvalidInput(f"threshold for {name!r} may only have 'min'/'max', got {sorted(extra)}")
-            bounds[name] = {k: float(v) for k, v in spec.items() if v is not None}
+            bounds[name] = {k: _bound(name, k, v) for k, v in spec.items() if v is not None}
         elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
             # A bare number replaces the default's single bound (max for differences, min for ratios).
             default = DEFAULT_THRESHOLDS[name]
             if len(default) != 1:
                 raise InvalidInput(f"threshold for {name!r} needs {{'min': .., 'max': ..}}, not a number")
-            bounds[name] = {next(iter(default)): float(spec)}
+            side = next(iter(default))
+            bounds[name] = {side: _bound(name, side, spec)}
         else:
             raise InvalidInput(f"threshold for {name!r} must be a number, a {{min,max}} table or null; got {spec!r}")
     return bounds
+
+
+def _bound(name: str, side: str, value: Any) -> float:
+    """One bound as a float. NaN is refused: every comparison with it is false, so it would pass any value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidInput(f"threshold {side} for {name!r} must be a number, got {value!r}")
+    try:
+        bound = float(value)
+    except ValueError:
+        raise InvalidInput(f"threshold {side} for {name!r} must be a number, got {value!r}") from None
+    if math.isnan(bound):
+        raise InvalidInput(f"threshold {side} for {name!r} is NaN, which no value fails; use null to drop the check")
+    return bound
 
 
 def _bounds_of(b: Mapping[str, float] | None) -> tuple[float | None, float | None]:

@@ -310,6 +310,16 @@ def evaluate(
     evidence = evidence or EvidenceStore()
     stored = evidence.load(name, version)
     fairness = None
+    if stored is not None and audit is not None:
+        # The audit log vouches for the evidence only if the log itself is intact: a line added to it by hand
+        # (which _audited_digest would read like any other) could otherwise vouch for edited evidence.
+        check = audit.verify()
+        if not check.ok:
+            reasons.append(
+                f"fairness evidence for {name}:{version} cannot be checked: the audit log fails verification "
+                f"({check.problem})"
+            )
+            return GateDecision(name, version, target_stage, False, tuple(reasons), report, None)
     audited = _audited_digest(audit, name, version) if stored is not None and audit is not None else None
     if stored is not None and audit is not None and audited != evidence.digest(name, version):
         # Evidence that the audit log does not vouch for is not evidence (it may have been edited by hand).

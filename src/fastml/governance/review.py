@@ -12,6 +12,7 @@ confidence and the features the model saw), never a file path.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import sqlite3
@@ -94,6 +95,18 @@ class ReviewQueue:
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction (the connection autocommits otherwise): committed when the block ends,
+        rolled back when it raises."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def __enter__(self) -> ReviewQueue:
         return self
 
@@ -145,26 +158,27 @@ class ReviewQueue:
             prediction_json, features_json = json.dumps(_plain(prediction)), json.dumps(feats)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"review: prediction and features must be JSON values: {exc}") from None
-        try:
-            cur = self._db.execute(
-                "INSERT INTO review_items (created_at, model, request_id, prediction, confidence, reason, features,"
-                " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    _now(),
-                    model,
-                    request_id,
-                    prediction_json,
-                    confidence,
-                    reason,
-                    features_json,
-                    OPEN,
-                ),
-            )
-        except sqlite3.IntegrityError:
-            raise Conflict(f"review: request {request_id!r} of model {model!r} is already queued") from None
-        assert cur.lastrowid is not None  # an INSERT into a rowid table always sets it
-        item = self.get(cur.lastrowid)
-        self._log("enqueue", item, actor, reason=reason)
+        with self._transaction():  # the item and its audit entry, or neither
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO review_items (created_at, model, request_id, prediction, confidence, reason, features,"
+                    " status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        _now(),
+                        model,
+                        request_id,
+                        prediction_json,
+                        confidence,
+                        reason,
+                        features_json,
+                        OPEN,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"review: request {request_id!r} of model {model!r} is already queued") from None
+            assert cur.lastrowid is not None  # an INSERT into a rowid table always sets it
+            item = self.get(cur.lastrowid)
+            self._log("enqueue", item, actor, reason=reason)
         return item
 
     def get(self, item_id: int) -> ReviewItem:
@@ -210,16 +224,18 @@ class ReviewQueue:
         if decision == OVERRIDDEN and label is None:
             raise InvalidInput("review: an override needs the label the reviewer decided on (--label)")
         final = item.prediction if decision == CONFIRMED else _plain(label)
-        # Only an open item changes: the WHERE clause makes two concurrent resolutions leave one winner.
-        cur = self._db.execute(
-            "UPDATE review_items SET status = ?, final_label = ?, reviewer = ?, note = ?, resolved_at = ?"
-            " WHERE id = ? AND status = ?",
-            (decision, json.dumps(final), reviewer, note, _now(), int(item_id), OPEN),
-        )
-        if cur.rowcount != 1:
-            raise Conflict(f"review item {item_id} is already {item.status} (by {item.reviewer})")
-        resolved = self.get(item_id)
-        self._log("resolve", resolved, reviewer, decision=decision, note=note)
+        # A resolution that cannot be audited is not made: the update commits only after its audit entry.
+        with self._transaction():
+            # Only an open item changes: the WHERE clause makes two concurrent resolutions leave one winner.
+            cur = self._db.execute(
+                "UPDATE review_items SET status = ?, final_label = ?, reviewer = ?, note = ?, resolved_at = ?"
+                " WHERE id = ? AND status = ?",
+                (decision, json.dumps(final), reviewer, note, _now(), int(item_id), OPEN),
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"review item {item_id} is already {item.status} (by {item.reviewer})")
+            resolved = self.get(item_id)
+            self._log("resolve", resolved, reviewer, decision=decision, note=note)
         return resolved
 
     def counts(self) -> dict[str, int]:

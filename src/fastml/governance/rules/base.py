@@ -88,6 +88,12 @@ class Context:
     def personal_data(self) -> bool:
         return bool(self.get("personal_data")) or bool(self.scan.findings)
 
+    @property
+    def personal_data_unknown(self) -> bool:
+        """The card does not say whether it processes personal data and no training column was scanned:
+        nothing shows there is none, so the privacy rule sets cannot be skipped as not applicable."""
+        return self.get("personal_data") is None and not self.scanned
+
     @functools.cached_property
     def special_categories(self) -> set[str]:
         declared = {str(s) for s in self.get("special_category_data", [])}

@@ -15,6 +15,11 @@ def _applies(ctx: Context) -> tuple[bool, str]:
     if "US-CA" not in ctx.jurisdictions:
         return False, f"jurisdictions {sorted(ctx.jurisdictions) or '[]'} do not include California (US-CA)"
     if not ctx.personal_data:
+        if ctx.personal_data_unknown:
+            return True, (
+                "personal_data is not declared and no training-data schema was scanned: personal information of "
+                "California residents cannot be ruled out (declare personal_data = false if there is none)"
+            )
         return False, "no personal information declared or detected"
     return True, "personal information of California residents"
 
@@ -113,6 +118,11 @@ def _rights(ctx: Context):
     "opt-out or human appeal, and access to the logic",
 )
 def _admt(ctx: Context):
+    if ctx.automated and ctx.get("significant_effect") is None:
+        return REVIEW, [
+            "automated decisions, but the card does not say whether they are significant decisions "
+            "(significant_effect): the ADMT rules may apply"
+        ]
     if not ctx.adm_significant:
         return PASS, ["no automated significant decisions about consumers"]
     if ctx.get("ccpa.admt_notice") and (ctx.has("contest_process") or ctx.get("ccpa.admt_opt_out")):

@@ -72,13 +72,14 @@ def classify(ctx: Context) -> tuple[str, str]:
     """The risk tier the card's use case and text point to, with the reason.
 
     Returns ``(tier, reason)``; tier ``"review"`` when only a health-care setting suggests a possible
-    medical device and the card does not say whether it is one.
+    medical device and the card does not say whether it is one, or when the card's ``use_case`` is not a
+    known code and nothing else points to a tier. An unknown code does not hide what the free text says
+    (AIA-6 fails on the code itself, see :func:`unknown_use_case`).
     """
     declared_use = ctx.get("use_case")
+    unknown = unknown_use_case(ctx)
     hits: list[tuple[str, str]] = []
-    if declared_use:
-        if declared_use not in USE_CASES:
-            return "invalid", f"use_case {declared_use!r} is not a known code"
+    if declared_use and not unknown:
         hits.append((USE_CASES[declared_use][0], f"use_case {declared_use}: {USE_CASES[declared_use][1]}"))
     text = ctx.text()
     for rx, code in _KEYWORDS:
@@ -90,6 +91,8 @@ def classify(ctx: Context) -> tuple[str, str]:
     if medical is True:
         hits.append(("high", f"medical device: {USE_CASES['medical_device'][1]}"))
     if not hits:
+        if unknown:
+            return "review", f"{unknown}, so the risk tier cannot be derived from it"
         if medical is None and (_HEALTH.search(text) or ctx.domain == "healthcare"):
             return (
                 "review",
@@ -98,6 +101,14 @@ def classify(ctx: Context) -> tuple[str, str]:
         return "minimal", "no Art. 5 practice, Annex III use or Annex I product"
     tier, why = max(hits, key=lambda h: TIERS.index(h[0]))
     return tier, why
+
+
+def unknown_use_case(ctx: Context) -> str | None:
+    """Why the card's ``use_case`` is not a code of :data:`USE_CASES` (None when it is one, or is not set)."""
+    declared_use = ctx.get("use_case")
+    if declared_use and declared_use not in USE_CASES:
+        return f"use_case {declared_use!r} is not a known code"
+    return None
 
 
 def _applies(ctx: Context) -> tuple[bool, str]:
@@ -123,6 +134,10 @@ def _prohibited(ctx: Context):
     tier, why = classify(ctx)
     if tier == "unacceptable":
         return FAIL, [f"prohibited practice: {why}"]
+    unknown = unknown_use_case(ctx)
+    if unknown:
+        # A misspelled code ("social-scoring") says nothing about the use: not evidence that it is allowed.
+        return REVIEW, [f"{unknown}: whether the use is a prohibited practice cannot be derived from it"]
     return PASS, ["no prohibited practice identified"]
 
 
@@ -133,10 +148,11 @@ def _prohibited(ctx: Context):
     "the risk tier derived from the use case (Annex III, Annex I) matches the tier the card declares",
 )
 def _tier(ctx: Context):
+    unknown = unknown_use_case(ctx)
+    if unknown:
+        return FAIL, [unknown + f"; known codes: {', '.join(sorted(USE_CASES))}"]
     tier, why = classify(ctx)
     declared = ctx.get("eu_ai_act.risk_tier")
-    if tier == "invalid":
-        return FAIL, [why + f"; known codes: {', '.join(sorted(USE_CASES))}"]
     if tier == "review":
         return REVIEW, [why]
     ev = [f"derived tier: {tier} ({why})"]

@@ -26,6 +26,11 @@ def _applies(ctx: Context) -> tuple[bool, str]:
     if not ctx.eu_markets:
         return False, f"jurisdictions {sorted(ctx.jurisdictions) or '[]'} include no EU/EEA market"
     if not ctx.personal_data:
+        if ctx.personal_data_unknown:
+            return True, (
+                "personal_data is not declared and no training-data schema was scanned: personal data of people "
+                "in the EU/EEA cannot be ruled out (declare personal_data = false if there is none)"
+            )
         return False, "no personal data declared or detected"
     return True, "personal data of people in the EU/EEA"
 
@@ -40,6 +45,8 @@ RULESET = RuleSet("gdpr", "GDPR", _applies)
     "personal data detected in the training schema is declared in the card (personal_data, data_categories)",
 )
 def _declared(ctx: Context):
+    if ctx.personal_data_unknown:
+        return REVIEW, ["the card does not declare personal_data"] + not_scanned("personal data was")
     found = ctx.scan.findings
     if found and not ctx.get("personal_data"):
         return FAIL, [
@@ -145,6 +152,12 @@ def _special(ctx: Context):
     "or substantial public interest (Art. 22(4))",
 )
 def _adm(ctx: Context):
+    if ctx.automated and ctx.get("significant_effect") is None:
+        # Unstated is not "no": Art. 22 is engaged by the effect, and the card is silent about it.
+        return REVIEW, [
+            "solely automated decisions, but the card does not say whether they have a legal or similarly "
+            "significant effect (significant_effect): Art. 22 may be engaged"
+        ]
     if not ctx.adm_significant:
         why = (
             "decisions are not solely automated"
@@ -195,6 +208,11 @@ def _dpia(ctx: Context):
     tier, why = classify(ctx)
     if tier == "high":
         triggers.append(f"EU AI Act high-risk use ({why})")
+    if not triggers and ctx.automated and ctx.get("significant_effect") is None and not ctx.has("dpia_reference"):
+        return REVIEW, [
+            "solely automated decisions whose effect the card does not state (significant_effect): a DPIA is "
+            "required if they have a legal or similarly significant effect (Art. 35(3)(a))"
+        ]
     if not triggers:
         return PASS, [
             "no DPIA trigger: "
