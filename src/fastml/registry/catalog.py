@@ -30,6 +30,7 @@ _v, _m, _a, _ev = store.versions, store.models, store.aliases, store.events
 # Statements on the hot paths are built once; values travel as parameters, so SQLAlchemy reuses the
 # compiled statement instead of rebuilding and re-hashing an expression tree on every call.
 _INS_EVENT = _ev.insert().returning(_ev.c.id)
+_MAX_ACTOR = 128
 _SEL_MODEL_ID = sa.select(_m.c.id).where(_m.c.name == sa.bindparam("name"))
 
 
@@ -57,6 +58,15 @@ class Catalog:
         settings = get_settings()
         self.url = url or settings.registry_db_url
         self.default_actor = settings.actor
+        # A bare string is iterable too: stages="production" would become the stages p, r, o, ...
+        for what, value in (("stages", stages), ("protected", protected), ("exclusive", exclusive)):
+            if isinstance(value, str):
+                shape = (
+                    "a dict {stage: approvals} or a list of stage names"
+                    if what == "protected"
+                    else "a list of stage names"
+                )
+                raise InvalidInput(f"{what} must be {shape}, not the string {value!r}")
         self.stages = list(stages or DEFAULT_STAGES)
         if len(self.stages) < 2 or len(set(self.stages)) != len(self.stages):
             raise InvalidInput(f"stages must be at least two distinct names; got {self.stages}")
@@ -75,6 +85,11 @@ class Catalog:
                 raise InvalidInput(f"protected stage {s!r} needs a positive number of approvals; got {n!r}")
         self.protected: dict[str, int] = dict(protected)
         self.exclusive = set(self.protected if exclusive is None else exclusive)
+        for s in sorted(self.exclusive - set(self.stages)):
+            # A misspelt name would silently leave the real stage non-exclusive (two production versions).
+            raise InvalidInput(
+                f"exclusive stage {s!r} is not one of the stages {self.stages}{close_matches(s, self.stages)}"
+            )
         self.initial_stage, self.archive_stage = self.stages[0], self.stages[-1]
         for s in (self.initial_stage, self.archive_stage):
             if s in self.protected or s in self.exclusive:
@@ -103,7 +118,10 @@ class Catalog:
         actor = actor or self.default_actor
         if not isinstance(actor, str) or not actor.strip():
             raise InvalidInput("actor must be a non-empty name")
-        return actor.strip()
+        actor = actor.strip()
+        if len(actor) > _MAX_ACTOR:  # the width of every actor/reviewer/requester column
+            raise InvalidInput(f"actor name {actor[:40]!r}... is too long: at most {_MAX_ACTOR} characters")
+        return actor
 
     def check_stage(self, stage: str) -> None:
         if stage not in self.stages:

@@ -445,7 +445,10 @@ def _alias(args) -> int:
     if args.delete:
         reg.delete_alias(args.name, args.alias, actor=args.actor)
         reg.close()
-        print(f"deleted alias {args.name}@{args.alias}")
+        if args.json:
+            _print_json({"name": args.name, "alias": args.alias, "deleted": True})
+        else:
+            print(f"deleted alias {args.name}@{args.alias}")
         return 0
     if not args.version:
         raise InvalidInput("alias needs a VERSION (or --delete)")

@@ -29,19 +29,49 @@ BOOTSTRAP_RESAMPLES = 10_000
 _MCNEMAR_EXACT_BELOW = 25
 
 
+def _only_bools(values: list | tuple) -> bool:
+    """True when every entry is a boolean or the integer 0 or 1 (numpy decides in one pass; an empty or nested
+    list passes here and is refused by the caller's shape check)."""
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # ragged: some entry is a list
+        return False
+    if arr.dtype == np.bool_ or arr.size == 0:
+        return True
+    return arr.dtype.kind in "iu" and bool(np.isin(arr, (0, 1)).all())
+
+
 def _values(results: dict, what: str) -> tuple[str, np.ndarray, list | None]:
     if not isinstance(results, dict):
         raise InvalidInput(f"eval_results of {what} must be a dict; got {type(results).__name__}")
     ids = results.get("example_ids")
     if "correct" in results:
-        kind, vals = "correct", np.asarray(results["correct"], dtype=bool)
+        correct = results["correct"]
+        # np.asarray(..., dtype=bool) would read any non-empty string ("no", "false") and any non-zero number as
+        # a correct prediction: only booleans (or 0/1) say right or wrong.
+        if isinstance(correct, (list, tuple)) and not _only_bools(correct):
+            bad = next(
+                (x for x in correct if not (isinstance(x, (bool, np.bool_)) or (type(x) is int and x in (0, 1)))),
+                correct,
+            )
+            raise InvalidInput(f"eval_results of {what}: 'correct' holds {bad!r}; use true/false (or 1/0) per example")
+        kind, vals = "correct", np.asarray(correct, dtype=bool)
     elif "y_true" in results and "y_pred" in results:
         yt, yp = np.asarray(results["y_true"]), np.asarray(results["y_pred"])
         if yt.shape != yp.shape:
-            raise InvalidInput(f"eval_results of {what}: y_true has {yt.shape[0]} values, y_pred {yp.shape[0]}")
+            raise InvalidInput(
+                f"eval_results of {what}: y_true has shape {list(yt.shape)}, y_pred {list(yp.shape)}; "
+                "both must be flat lists of the same length"
+            )
         kind, vals = "correct", yt == yp
     elif "scores" in results:
-        kind, vals = "scores", np.asarray(results["scores"], dtype=np.float64)
+        try:
+            vals = np.asarray(results["scores"], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"eval_results of {what}: 'scores' must be numbers, one per example ({exc})") from None
+        if vals.ndim == 1 and not np.all(np.isfinite(vals)):
+            raise InvalidInput(f"eval_results of {what}: 'scores' must be finite numbers")
+        kind = "scores"
     else:
         raise InvalidInput(
             f"eval_results of {what} need 'correct', 'y_true'+'y_pred' or 'scores'; got keys {sorted(results)}"
@@ -51,8 +81,16 @@ def _values(results: dict, what: str) -> tuple[str, np.ndarray, list | None]:
     hib = results.get("higher_is_better")
     if hib is not None and not isinstance(hib, bool):
         raise InvalidInput(f"eval_results of {what}: higher_is_better must be true or false")
-    if ids is not None and len(ids) != vals.size:
-        raise InvalidInput(f"eval_results of {what}: {len(ids)} example_ids for {vals.size} values")
+    if ids is not None:
+        if not isinstance(ids, (list, tuple)) or not {type(k) for k in ids} <= {str, int}:
+            raise InvalidInput(f"eval_results of {what}: example_ids must be a list of strings or integers")
+        if len(ids) != vals.size:
+            raise InvalidInput(f"eval_results of {what}: {len(ids)} example_ids for {vals.size} values")
+        # Ids align two result sets; a repeated id would pair one example with several and count it many times.
+        if len(set(ids)) != len(ids):
+            seen: set = set()
+            dup = next(k for k in ids if k in seen or seen.add(k))
+            raise InvalidInput(f"eval_results of {what}: example_id {dup!r} appears more than once; ids must be unique")
     return kind, vals, ids
 
 

@@ -124,12 +124,16 @@ def parse_at(at) -> str:
     if isinstance(at, str):
         text = at.strip()
         try:
-            if len(text) == 10:
-                at = date.fromisoformat(text)
-            else:
+            # Any date-only form ("2026-11-29", "20261129", "2026-W48-7") is a day and means its end; only
+            # text with a time is a moment (datetime.fromisoformat would read "20261129" as that day's midnight).
+            at = date.fromisoformat(text)
+        except ValueError:
+            try:
                 at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise InvalidInput(f"invalid time {text!r}: use ISO-8601 like 2026-11-29 or 2026-11-29T20:00:00Z") from exc
+            except ValueError as exc:
+                raise InvalidInput(
+                    f"invalid time {text!r}: use ISO-8601 like 2026-11-29 or 2026-11-29T20:00:00Z"
+                ) from exc
     if isinstance(at, datetime):
         at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
         return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -24,6 +24,8 @@ _SEMVER = re.compile(
 # Numbers are zero-padded to this many digits inside sort keys.
 _NUM_DIGITS = 12
 _MAX_NUM = 10**_NUM_DIGITS - 1
+# The database columns holding a version's text and its sort key are 200 characters wide.
+_MAX_TEXT = 200
 BUMPS = ("major", "minor", "patch")
 
 
@@ -101,7 +103,14 @@ def parse(text: str) -> SemVer:
     for n in (major, minor, patch, *(int(p) for p in pre if p.isdigit())):
         if n > _MAX_NUM:
             raise InvalidInput(f"invalid version {text!r}: numbers above {_MAX_NUM} are not supported")
-    return SemVer(major, minor, patch, pre, m.group(5) or "")
+    v = SemVer(major, minor, patch, pre, m.group(5) or "")
+    if len(str(v)) > _MAX_TEXT or len(sort_key(v)) > _MAX_TEXT:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InvalidInput(
+            f"invalid version {shown!r}: too long ({len(str(v))} characters, sort key {len(sort_key(v))}); a "
+            f"version and its sort key must fit in {_MAX_TEXT} characters (use fewer pre-release identifiers)"
+        )
+    return v
 
 
 def sort_key(v: SemVer) -> str:

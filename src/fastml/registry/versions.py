@@ -379,6 +379,11 @@ class Versions:
             raise InvalidInput("compare() needs at least two references")
         if not isinstance(metric, str) or not metric:
             raise InvalidInput("metric must be a metric name")
+        if not isinstance(higher_is_better, bool):
+            raise InvalidInput(f"higher_is_better must be True or False; got {higher_is_better!r}")
+        # alpha=5 (meant as 5%) would call every difference significant: it is a probability.
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise InvalidInput(f"alpha must be a significance level between 0 and 1 (e.g. 0.05); got {alpha!r}")
         mvs = [self._c.resolve(r) for r in refs]
         if len({mv.id for mv in mvs}) != len(mvs):
             raise InvalidInput(f"compare() got the same version twice: {[mv.ref for mv in mvs]}")
