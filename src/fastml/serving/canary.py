@@ -21,6 +21,8 @@ candidate's model into ``promote_stage``: the request is made by ``requester`` a
 actor ``canary-controller``. Where the stage needs more approvals than that one, the promotion waits for
 people (``awaiting_approval``); the registry's gates still run and can refuse it (``promotion_blocked``).
 Every start, step, breach, rollback and promotion goes to the audit log (:mod:`fastml.governance.audit`).
+A split set by anyone else while the canary runs (``set_weights`` by hand) is a person's decision: the next
+check ends the canary (``stopped``, audited) and leaves that split as it is, neither stepping nor rolling back.
 
 The clock, the observation and the guard evaluation are injectable, so tests drive a canary to every
 outcome deterministically without sleeping.
@@ -118,6 +120,26 @@ class CanaryPolicy:
             raise InvalidInput("interval_s / interval_requests: set at least one")
         if self.failures_to_rollback < 1:
             raise InvalidInput("failures_to_rollback: must be >= 1")
+        # NaN fails every comparison: a NaN threshold breaches its guard at every check (a sure rollback), and a
+        # NaN in a [canary] table never equals itself, so the deployment would count as changed at every re-read
+        # of the file (its counters reset, its canary restarted). A negative count or interval is a typo.
+        for name in (
+            "interval_s",
+            "interval_requests",
+            "min_requests",
+            "min_feedback",
+            "max_error_rate",
+            "max_error_rate_increase",
+            "max_p99_ratio",
+            "min_slowdown_ratio",
+        ):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise InvalidInput(f"{name}: must be >= 0, got {value}")
+        for name in ("latency_alpha", "quality_alpha"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise InvalidInput(f"{name}: must be within (0, 1), got {value}")
 
 
 @dataclass
@@ -138,7 +160,7 @@ class CheckResult:
     state: str
     step: int
     candidate_pct: float
-    action: str  # wait, hold, breach, rollback, step, promote
+    action: str  # wait, hold, breach, rollback, step, promote, stop
     guards: list[Guard] = field(default_factory=list)
     reason: str = ""
 
@@ -275,6 +297,7 @@ class CanaryController:
         self.reason = ""
         self.request_id: int | None = None
         self.history: list[dict] = []
+        self._set_bp: int | None = None  # the candidate's share (bp) this controller set last
         self._step_started = 0.0
         self._step_base: dict[str, dict] = {}
         self._task: asyncio.Task | None = None
@@ -333,6 +356,7 @@ class CanaryController:
 
     def _set_candidate_bp(self, bp: int) -> None:
         self.deployments.set_weights(self.deployment, {self.baseline: TOTAL_BP - bp, self.candidate: bp})
+        self._set_bp = bp
 
     def _split(self, bp: int) -> dict:
         return {self.baseline: TOTAL_BP - bp, self.candidate: bp}
@@ -433,6 +457,9 @@ class CanaryController:
             return self._poll_approval()
         if self.state != RUNNING:
             return self._record("hold", [], f"canary is {self.state}")
+        live = self._current_split()
+        if self._set_bp is not None and live != self._split(self._set_bp):
+            return self._changed_by_hand(live)
         obs = self._observe()
         base, cand = self._window(obs)
         if cand["requests"] < self.policy.min_requests:
@@ -460,6 +487,15 @@ class CanaryController:
             r.guards = guards
             return r
         return self._promote(guards)
+
+    def _changed_by_hand(self, live: dict) -> CheckResult:
+        """Someone else set the split while the canary ran (an operator's decision): end the canary and leave
+        their weights as they are; stepping up or rolling back would overwrite them."""
+        self.state = STOPPED
+        self.reason = f"the split was changed outside the canary to {live}; the canary leaves it as it is"
+        self.audit("stop", before=self._split(self._set_bp), after=live, details={"reason": self.reason})
+        log.warning("canary %s of deployment %s stopped: %s", self.candidate, self.deployment, self.reason)
+        return self._record("stop", [], self.reason)
 
     def _rollback(self, broken: list[Guard], reason: str) -> CheckResult:
         before = self._split(int(round(self.policy.steps_pct[self.step] * 100)))

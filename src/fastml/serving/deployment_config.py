@@ -283,8 +283,8 @@ def _check_canary(spec: DeploymentSpec, where: str) -> None:
             raise InvalidInput(f"{where}.{key}: {getattr(c, key)!r} is not a variant of the deployment ({names})")
     if c.baseline == c.candidate:
         raise InvalidInput(f"{where}.candidate: must differ from the baseline")
-    if not c.check_interval_s > 0:
-        raise InvalidInput(f"{where}.check_interval_s: must be > 0, got {c.check_interval_s}")
+    if not 0 < c.check_interval_s < float("inf"):
+        raise InvalidInput(f"{where}.check_interval_s: must be a finite number > 0, got {c.check_interval_s}")
     from fastml.serving.canary import CanaryPolicy  # the policy's own checks, named from the file's root
 
     try:
@@ -385,8 +385,15 @@ def _toml_value(value) -> str:
     return repr(value)
 
 
+# Control characters a TOML basic string must escape (tab may stay as it is).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _s(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # Besides the quote and the backslash, control characters are escaped: written raw, the persisted file would
+    # not read back, and every server on this home would keep failing on it.
+    out = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", out) + '"'
 
 
 def _q(name: str) -> str:

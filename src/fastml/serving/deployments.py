@@ -725,6 +725,24 @@ class DeploymentManager:
         except FileNotFoundError:
             sig = None
         if sig != self._state_sig:
+            # Read and applied under the admin lock: an admin change (put/delete) in between would otherwise be
+            # applied, then undone by this older read of the file, and its own write (whose signature it records)
+            # would never be re-read: the process would serve without it while the file holds it.
+            async with self._admin_lock_():
+                await self._reread_state_file()
+        if any(t.follows for d in self.table.values() for t in d.variants + d.shadows):
+            await self.follow_aliases()
+        if self.table:
+            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot)
+
+    async def _reread_state_file(self) -> None:
+        """Apply the state file if it changed since it was last applied or written here (admin lock held)."""
+        try:
+            st = self.state_file.stat()
+            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except FileNotFoundError:
+            sig = None
+        if sig != self._state_sig:
             self._state_sig = sig
             if sig is not None:
                 try:
@@ -734,10 +752,6 @@ class DeploymentManager:
                 except FastMLError as exc:
                     self.last_error = str(exc)
                     log.error("deployments in %s not applied, the running ones are kept: %s", self.state_file, exc)
-        if any(t.follows for d in self.table.values() for t in d.variants + d.shadows):
-            await self.follow_aliases()
-        if self.table:
-            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot)
 
     async def follow_aliases(self) -> int:
         """Swap every variant whose alias now names another version; returns how many swapped."""
@@ -1184,6 +1198,8 @@ def _basis_points(what: str, name: str, value) -> int:
         raise InvalidInput(f"{what}[{name!r}]: basis points must be a whole number, got {value!r}")
     if isinstance(value, (float, np.floating)) and not float(value).is_integer():
         raise InvalidInput(f"{what}[{name!r}]: basis points must be a whole number, got {value!r}")
+    if not 0 <= value <= dconf.TOTAL_BP:  # before the core, which cannot even take a number past 32 bits
+        raise InvalidInput(f"{what}[{name!r}]: {value!r} is outside 0..10000 basis points")
     return int(value)
 
 

@@ -119,7 +119,7 @@ def pack_keys(keys) -> tuple[bytes, np.ndarray]:
 
 def check_weights(weights_bp, n: int, field: str = "weights_bp") -> list[int]:
     """Validate integer basis-point weights for ``n`` variants (the core applies the same rules)."""
-    w = [int(x) for x in weights_bp]
+    w = [_whole(x, f"{field}[{i}]") for i, x in enumerate(weights_bp)]
     if len(w) != n:
         raise InvalidInput(f"{field}: {len(w)} weights for {n} variants")
     for i, x in enumerate(w):
@@ -128,6 +128,16 @@ def check_weights(weights_bp, n: int, field: str = "weights_bp") -> list[int]:
     if sum(w) != BUCKETS:
         raise InvalidInput(f"{field} sum to {sum(w)}, not 10000 basis points")
     return w
+
+
+def _whole(x, field: str) -> int:
+    """``x`` as an integer; a fraction, NaN or a non-number is refused, not truncated (``int(-0.5)`` is 0, so
+    ``[-0.5, 10000.5]`` would pass as ``[0, 10000]``)."""
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)) and float(x).is_integer():
+        return int(x)
+    raise InvalidInput(f"{field} = {x!r} is not a whole number of basis points")
 
 
 class ReferenceRouter:
@@ -160,7 +170,7 @@ class ReferenceRouter:
 
     def _set(self, weights_bp, shadow_bp) -> None:
         w = check_weights(weights_bp, len(self.variants))
-        s = [int(x) for x in shadow_bp]
+        s = [_whole(x, f"shadow_bp[{i}]") for i, x in enumerate(shadow_bp)]
         if len(s) != len(self.shadows):
             raise InvalidInput(f"shadow_bp: {len(s)} shares for {len(self.shadows)} shadows")
         for i, x in enumerate(s):
@@ -187,10 +197,11 @@ class ReferenceRouter:
 
     def _decide(self, table, key) -> tuple[int, int]:
         cum, shares, _ = table
-        if key is None or len(key) == 0:  # an empty key is no key (csrc/router.h)
+        data = None if key is None else key_bytes(key)  # InvalidInput for a key of another type, as the core
+        if not data:  # an empty key is no key (csrc/router.h)
             bucket, sbucket = self._rng.randrange(BUCKETS), self._rng.randrange(BUCKETS)
         else:
-            bucket, sbucket = key_buckets(key)
+            bucket, sbucket = key_buckets(data)
         variant = next(i for i, c in enumerate(cum) if bucket < c)
         mask = 0
         for s, share in enumerate(shares):
