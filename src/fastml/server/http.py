@@ -297,6 +297,14 @@ def response_encoding(accept_encoding: bytes | None) -> bytes | None:
     return result
 
 
+def routed_header_key(route: tuple, entry, arrays: list, shapes: tuple) -> tuple:
+    """The key of a deployment's pre-encoded response header. A deployment's plans (and so their headers) outlive
+    the model entries that answer them: a variant naming a served model answers from whichever version is loaded,
+    so the key holds what the header states besides the shapes: the variant, the model version and the output
+    datatypes."""
+    return (route[1], entry.version, tuple([a.dtype for a in arrays]), shapes)
+
+
 def encode_infer_response(
     entry, plan, outputs: dict, encoding: bytes | None, conn_hdr: bytes, route: tuple | None = None
 ) -> bytes:
@@ -318,7 +326,7 @@ def encode_infer_response(
     arrays = [outputs[name] for name, _ in specs]
     key = tuple([a.shape for a in arrays])
     if route is not None:
-        key = (route[1], key)
+        key = routed_header_key(route, entry, arrays, key)
         conn_hdr = conn_hdr + route[2]
     header = plan.response_headers.get(key)
     if header is not None:

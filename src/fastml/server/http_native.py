@@ -34,6 +34,7 @@ from fastml.server.http import (
     _Slot,
     encode_infer_response,
     error_response,
+    routed_header_key,
     shed_response,
 )
 from fastml.server.status import http_status
@@ -368,7 +369,8 @@ class NativeHttpProtocol(HttpProtocol):
         specs = plan.outputs
         if specs is None:
             specs = [(name, plan.all_binary) for name in entry.cache["output_names_ordered"]]
-        key = tuple([outputs[name].shape for name, _ in specs])
+        arrays = [outputs[name] for name, _ in specs]
+        key = tuple([a.shape for a in arrays])
         if variant is not None:
-            key = (variant[1], key)
+            key = routed_header_key(variant, entry, arrays, key)
         return data, plan.response_headers.get(key), True

@@ -9,6 +9,7 @@ body with ``np.frombuffer`` and reuses a pre-encoded response header. Every malf
 
 from __future__ import annotations
 
+import json
 import struct
 from typing import Any
 
@@ -83,13 +84,37 @@ encode_json = _encoder.encode
 
 
 def decode_request(header: bytes | memoryview) -> InferRequestJSON:
-    """Decode the JSON part of an inference request."""
+    """Decode the JSON part of an inference request.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` are read as numbers, as Triton reads them (its JSON parser runs with
+    rapidjson's ``kParseNanAndInfFlag``) and as tritonclient writes them for non-finite FP32/FP64 data (Python's
+    ``json.dumps``); msgspec refuses them, so such a header is read again by Python's parser.
+    """
     try:
         return _request_decoder.decode(header)
     except msgspec.DecodeError as exc:
-        raise InvalidInput(f"malformed inference request JSON: {exc}") from None
+        req = _decode_non_finite(header)
+        if req is None:
+            raise InvalidInput(f"malformed inference request JSON: {exc}") from None
+        return req
     except RecursionError:  # JSON nested hundreds deep: malformed for us, never a 500
         raise InvalidInput("malformed inference request JSON: nested too deeply") from None
+
+
+def _decode_non_finite(header: bytes | memoryview) -> InferRequestJSON | None:
+    """The request of a header holding the ``NaN`` / ``Infinity`` tokens msgspec refuses, or None when it holds
+    none or is not JSON anyway (the caller then reports msgspec's error)."""
+    raw = bytes(header)
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    try:
+        return msgspec.convert(doc, InferRequestJSON)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"malformed inference request JSON: {exc}") from None
 
 
 _MAX_NDIM = 32  # numpy's own limit is 64; no model input has more than a handful of dimensions
@@ -430,10 +455,18 @@ def output_bytes(arr: np.ndarray, datatype: str) -> bytes:
     return arr.tobytes()
 
 
-def output_json_data(arr: np.ndarray, datatype: str) -> list:
-    """The flat row-major JSON ``data`` list of one output tensor."""
+def output_json_data(arr: np.ndarray, datatype: str) -> list | msgspec.Raw:
+    """The flat row-major JSON ``data`` list of one output tensor.
+
+    Non-finite floating-point values are written ``NaN``, ``Infinity`` and ``-Infinity``, as Triton writes them
+    (rapidjson's ``kWriteNanAndInfFlag``) and as tritonclient reads them: msgspec would write ``null``, which a
+    client reads back as NaN, turning an infinity into NaN. Such data comes back as pre-encoded JSON.
+    """
     if datatype == "BYTES":
         return [x.decode("utf-8", "replace") if isinstance(x, (bytes, bytearray)) else str(x) for x in arr.reshape(-1)]
     if datatype == "FP16":
         arr = arr.astype(np.float32)
-    return arr.reshape(-1).tolist()
+    values = arr.reshape(-1).tolist()
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        return msgspec.Raw(json.dumps(values, separators=(",", ":")).encode())
+    return values
