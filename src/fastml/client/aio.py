@@ -127,6 +127,12 @@ class _ClientProtocol(asyncio.BufferedProtocol):
         waiting = self.waiting
         while dq and dq[0][1] not in waiting:
             dq.popleft()  # answered calls leave from the front as answers arrive (mostly in order)
+        if len(dq) > 2 * len(waiting) + 64:
+            # A call still waiting at the front (a slow or never answered one) would keep the entry of every call
+            # answered behind it until its own deadline: drop those (amortized O(1) per call; order is kept).
+            live = [e for e in dq if e[1] in waiting]
+            dq.clear()
+            dq.extend(live)
         if dq and deadline < dq[-1][0]:
             return self._loop.call_later(max(timeout_s, 0), _expire, waiting[rid], timeout_s)
         dq.append((deadline, rid, timeout_s))
@@ -554,13 +560,18 @@ class AsyncClient:
         # Every caller waits through a shield: the opening is shared, so cancelling the call that started it
         # must not cancel it under the other calls waiting for the same connection.
         try:
-            return await asyncio.shield(opening)
+            conn = await asyncio.shield(opening)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if opening.cancelled() and self._closed and (task is None or not task.cancelling()):
                 # close() cancelled the opening, not this call's caller: the closed client's error
                 raise Unavailable("the client is closed") from None
             raise
+        if conn.transport is None:
+            # Lost between its opening and this caller's wake-up (a server that accepts and closes at once): a
+            # request written on it would be dropped unsent and its call would wait out its whole timeout.
+            raise conn.lost or Unavailable(f"connection to {self.address} lost")
+        return conn
 
     async def _open_slot(self, i: int) -> _ClientProtocol:
         """Open the connection of slot ``i`` and file it there (once, for every caller waiting on it)."""

@@ -74,31 +74,51 @@ class _Connection:
         self.broken = True
         self.sock.close()
 
-    def exchange(self, frames: Sequence[tuple[int, bytes]], deadline: float, window: int) -> dict[int, tuple]:
-        """Send ``(request id, frame)`` pairs, at most ``window`` unanswered at a time; return id -> item.
-
-        Raises:
-            DeadlineExceeded: not every answer arrived by ``deadline`` (time.monotonic()).
-            Unavailable: the connection failed or the server closed it.
-        """
+    def idle_ok(self) -> bool:
+        """Whether a pooled connection is still usable: an idle connection has nothing to read, so a readable one
+        was closed by the server (it restarted, or dropped idle connections) or carries bytes nobody asked for."""
+        if self.broken:
+            return False
+        if not self.poller.poll(0):
+            return True
         try:
-            results = self._exchange(frames, deadline, window)
-        except FastMLError:
+            self.sock.recv(1)  # b"" (closed) or a byte out of step: either way the connection is done
+        except _WOULD_BLOCK:
+            return True  # TLS records that carry no data (a TLS 1.3 session ticket): still alive
+        except OSError:
+            pass
+        self.close()
+        return False
+
+    def exchange(
+        self, frames: Sequence[tuple[int, bytes]], deadline: float, window: int
+    ) -> tuple[dict, Exception | None]:
+        """Send ``(request id, frame)`` pairs, at most ``window`` unanswered at a time.
+
+        Returns (request id -> item for every answer received, the error of the requests left unanswered or
+        None): DeadlineExceeded when not every answer arrived by ``deadline`` (time.monotonic()), Unavailable
+        when the connection failed, the server closed it or retired it with a FATAL answer. The answers
+        received before a failure are kept (only the unanswered requests are retried or failed).
+        """
+        results: dict[int, tuple] = {}
+        error: Exception | None = None
+        try:
+            self._exchange(frames, deadline, window, results)
+        except FastMLError as exc:
             self.close()  # a half-finished exchange leaves unread answers: the connection is done
-            raise
+            error = exc
         except OSError as exc:
             self.close()
-            raise Unavailable(f"connection to {self.address} failed: {exc.strerror or exc}") from None
+            error = Unavailable(f"connection to {self.address} failed: {exc.strerror or exc}")
         if any(item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL for item in results.values()):
             # The server closes the connection after a FATAL answer (e.g. a frame over its size limit):
             # pooled, it would fail the next call with Unavailable.
             self.close()
-        return results
+        return results, error
 
-    def _exchange(self, frames, deadline, window) -> dict[int, tuple]:
+    def _exchange(self, frames, deadline, window, results: dict[int, tuple]) -> None:
         sock, buffer, parser = self.sock, self.buffer, self.parser
         queue = deque(frames)
-        results: dict[int, tuple] = {}
         outstanding: set[int] = set()
         wanted = len(frames)
         sending: memoryview | None = None
@@ -130,11 +150,13 @@ class _Connection:
                 progressed = True
                 buffer.advance(n)
                 items, fatal = buffer.parse(parser, 1 << 30)
+                retired = False
                 for item in items:
                     rid = item[1]
                     if rid in outstanding:
                         outstanding.discard(rid)
                         results[rid] = item
+                        retired = retired or bool(item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL)
                     elif item[0] == wire.ERROR and item[5] & wire.FLAG_FATAL:
                         raise wire.error_from_frame(item[3], item[2], item[4])
                     else:
@@ -146,6 +168,10 @@ class _Connection:
                         )
                 if fatal is not None:
                     raise InternalError(f"the server sent bytes that are not a frame: {fatal[1]}")
+                if retired and len(results) < wanted:
+                    # The server closes the connection after a FATAL answer and answers nothing more on it:
+                    # the requests still unanswered go to a fresh connection (waiting would end in a bare EOF).
+                    raise Unavailable(f"{self.address} closed the connection after a fatal error")
             if progressed:
                 continue
             remaining_s = deadline - time.monotonic()
@@ -155,7 +181,6 @@ class _Connection:
                 )
             self.poller.modify(sock.fileno(), select.POLLIN | (select.POLLOUT if sending is not None else 0))
             self.poller.poll(max(1, int(remaining_s * 1000) + 1))
-        return results
 
 
 class Client:
@@ -192,6 +217,9 @@ class Client:
     ):
         wire.parse_address(address)  # refuse a malformed address now, not on first use
         wire.check_settings(timeout_s, connect_timeout_s, retries, retry_backoff_s)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            # 0 sent nothing and waited out every call's timeout (DeadlineExceeded, with the server idle)
+            raise InvalidInput(f"window must be an int >= 1, got {window!r}")
         self.tls = tls
         self.address = address
         self.timeout_s = timeout_s
@@ -250,7 +278,7 @@ class Client:
         attempt = 0
         while True:
             try:
-                failed = self._attempt(model, version, outputs, timeout_us, todo, pending, results, deadline)
+                failed = self._attempt(model, version, outputs, timeout_us, todo, pending, results, deadline, attempt)
             except Unavailable as exc:
                 failed, error = pending, exc
             else:
@@ -276,9 +304,12 @@ class Client:
         conn = self._lease()
         t0 = time.perf_counter()
         rid = conn.new_id()
-        answer = conn.exchange([(rid, wire.encode_control(wire.PING, rid))], deadline, 1)[rid]
+        answers, error = conn.exchange([(rid, wire.encode_control(wire.PING, rid))], deadline, 1)
         rtt = time.perf_counter() - t0
         self._release(conn)
+        if error is not None:
+            raise error
+        answer = answers[rid]
         wire.check_pong(answer)  # an error frame is not a round trip to report
         return rtt
 
@@ -297,9 +328,11 @@ class Client:
         self.close()
 
     # ----- internals ------------------------------------------------------------------------------
-    def _attempt(self, model, version, outputs, timeout_us, todo, pending, results, deadline) -> list[int]:
-        """One try over the ``pending`` indexes; fills ``results``; returns the indexes refused as Unavailable."""
-        conn = self._lease()
+    def _attempt(self, model, version, outputs, timeout_us, todo, pending, results, deadline, attempt=0) -> list[int]:
+        """One try over the ``pending`` indexes; fills ``results``; returns the indexes refused as Unavailable.
+
+        A retry (``attempt`` > 0) goes to a fresh connection, as documented, not to another pooled one."""
+        conn = self._lease(fresh=attempt > 0)
         frames = []
         index_of = {}
         for i in pending:
@@ -310,12 +343,14 @@ class Client:
                 self._release(conn)
                 raise InvalidInput(f"request {i}: {exc}") from None
             index_of[rid] = i
-        answers = conn.exchange(frames, deadline, self.window)
+        answers, error = conn.exchange(frames, deadline, self.window)
         self._release(conn)
         failed = []
-        for rid, item in answers.items():
-            i = index_of[rid]
+        for rid, i in index_of.items():
+            item = answers.get(rid)
             try:
+                if item is None:
+                    raise error  # unanswered: the connection's error (timeout, connection failed or retired)
                 results[i] = wire.result_of(item)
             except FastMLError as exc:
                 results[i] = exc
@@ -323,12 +358,16 @@ class Client:
                     failed.append(i)
         return failed
 
-    def _lease(self) -> _Connection:
-        with self._lock:
-            if self._closed:
-                raise Unavailable("the client is closed")
-            if self._idle:
-                return self._idle.pop()
+    def _lease(self, fresh: bool = False) -> _Connection:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise Unavailable("the client is closed")
+                if fresh or not self._idle:
+                    break
+                conn = self._idle.pop()
+            if conn.idle_ok():  # else the server closed it while it was idle: try the next one
+                return conn
         return _Connection(self.address, self.connect_timeout_s, self._parser, self.chunk_bytes, self.tls)
 
     def _release(self, conn: _Connection) -> None:

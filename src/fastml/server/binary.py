@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import socket
+import stat
 from collections.abc import Callable
 
 from fastml.client import wire
@@ -501,8 +502,17 @@ class BinaryListener:
         return self.port
 
     async def start_unix(self, path: str) -> str:
-        """Listen on the Unix socket ``path`` (a stale socket file left by a dead server is replaced)."""
+        """Listen on the Unix socket ``path`` (a stale socket file left by a dead server is replaced).
+
+        Raises:
+            InvalidInput: ``path`` exists and is not a socket (a file or directory is never replaced).
+            Unavailable: another server listens there, or the socket cannot be made.
+        """
         if os.path.exists(path):
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                # Only a socket can be a dead server's leftover: a regular file there (a typo in
+                # --binary-socket) would be deleted and replaced.
+                raise InvalidInput(f"cannot listen on {path}: it exists and is not a socket")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(path)
