@@ -410,3 +410,22 @@ def test_metadata_config_and_readiness_take_no_routing_decision(manager):
     assert counts == ([0, 0], [0, 0])
     assert names == {"a"}
     assert ready == (True, False)
+
+
+@pytest.mark.parametrize("cls", ["python", "native"])
+def test_a_version_in_the_url_of_a_deployment_is_a_404_on_both_paths(manager, onnx_models, cls):
+    # A deployment has no versions of its own (its answers name the variant's): a version in the URL was ignored,
+    # and the router's choice answered 200, also for a version no variant has.
+    x = _x(onnx_models)
+    chunks = [
+        _plain("one", x).replace(b"/one/", b"/one/versions/7/"),
+        _plain("one", x).replace(b"/one/", b"/one/versions/1/"),
+        _req("GET", "/v2/models/one/versions/7", b"", {}),
+        _req("GET", "/v2/models/one/versions/7/ready", b"", {}),
+        _plain("one", x),  # the connection keeps serving, and without a version the deployment answers
+    ]
+    out, _ = _run(manager, reference.HttpProtocol if cls == "python" else Native, chunks)
+    heads = [r.split(b"\r\n", 1)[0] for r in out.split(b"HTTP/1.1 ")[1:]]
+    assert [h.split(b" ")[0] for h in heads] == [b"404", b"404", b"404", b"404", b"200"]
+    first = json.loads(out.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1 ")[0])
+    assert first["error"].startswith("Request for unknown model: 'one' version 7 is not found: 'one' is a deployment")

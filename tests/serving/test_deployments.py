@@ -197,6 +197,27 @@ def test_variant_parameter_pins_one(registry, x, direct):
     run(scenario)
 
 
+def test_a_version_asked_of_a_deployment_is_not_found(registry, x):
+    # Answers name the variant's version; a version in the URL picked nothing and was ignored (200 from whichever
+    # variant the router chose, also for a version no variant has).
+    async def scenario(plane, dm):
+        await dm.apply_text(AB)
+        for version in ("7", "1.0.0", "2.0.0"):
+            asked = InferRequest("fraud", {"input": x}, model_version=version, outputs=["probabilities"])
+            with pytest.raises(
+                NotFound, match=rf"^Request for unknown model: 'fraud' version {version} is not found: "
+            ):
+                plane.submit(asked)
+            with pytest.raises(NotFound, match=r"'fraud' is a deployment, which has no versions of its own"):
+                plane.resolve("fraud", version, route=False)
+        assert dm.variant_stats("fraud")["incumbent"]["routed"] == 0  # nothing was routed or counted
+        resp = await plane.infer(req("fraud", x, variant="candidate"))  # the way to ask for one variant
+        assert resp.model_version == "2.0.0"
+        assert plane.resolve("fraud", "", route=False) is not None  # no version: the deployment itself
+
+    run(scenario)
+
+
 def test_set_weights_is_atomic_and_validated(registry, x):
     async def scenario(plane, dm):
         await dm.apply_text(AB)

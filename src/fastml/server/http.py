@@ -47,6 +47,7 @@ from fastml.server.tensors import (
 )
 from fastml.serving.admission import SHED_MESSAGE
 from fastml.serving.classification import classify_outputs
+from fastml.serving.dataplane import refuse_deployment_version
 
 log = logging.getLogger("fastml.server")
 
@@ -812,6 +813,10 @@ class HttpProtocol:
         if deployments is not None:
             d = deployments.table.get(name)
             if d is not None:
+                try:
+                    refuse_deployment_version(name, version)
+                except FastMLError as exc:
+                    raise _Reject(http_status(exc), str(exc)) from None
                 self._infer_routed(deployments, d, body, conn_hdr)
                 return
         try:

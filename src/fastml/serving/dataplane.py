@@ -347,6 +347,7 @@ class DataPlane:
         """
         deployments = self.deployments
         if deployments is not None and req.model_name in deployments.table:
+            refuse_deployment_version(req.model_name, req.model_version)
             return deployments.submit(self, req)  # routes, then comes back through submit_to
         return self.submit_to(self.resolve(req.model_name, req.model_version), req)
 
@@ -432,6 +433,7 @@ class DataPlane:
         """
         deployments = self.deployments
         if deployments is not None and name in deployments.table:
+            refuse_deployment_version(name, version)
             if route:
                 entry = deployments.resolve_entry(name)  # a keyless routing decision
             else:
@@ -790,6 +792,7 @@ class DataPlane:
             return False
         deployments = self.deployments
         if deployments is not None and name in deployments.table:
+            refuse_deployment_version(name, version)
             # Ready when every variant a request can be routed to is: one that is not would fail its share.
             return all(bool(e.model.ready) for e in deployments.drawable_entries(name))
         return bool(self.resolve(name, version).model.ready)
@@ -936,6 +939,21 @@ class DataPlane:
         entry.cache["config"] = config
         # Set last: its presence is what resolve() checks.
         entry.cache["output_names"] = OutputNames(outs, {t.name: t.datatype for t in sig.outputs})
+
+
+def refuse_deployment_version(name: str, version) -> None:
+    """A deployment has no versions of its own: its answers name the version of the variant that answered, and a
+    request picks a variant with the ``variant`` parameter. A version in the URL (``/v2/models/<deployment>/
+    versions/7/infer``) was ignored, answering 200 from whichever variant the router chose.
+
+    Raises:
+        NotFound: ``version`` is given (not None or "").
+    """
+    if version is not None and version != "":
+        raise NotFound(
+            f"{messages.unknown_model(name, version)}: {name!r} is a deployment, which has no versions of its own "
+            "(its answers name the variant's version; pick a variant with the 'variant' parameter)"
+        )
 
 
 __all__ = [
