@@ -66,7 +66,14 @@ def _train(args) -> int:
         state = result.state
     except FastMLError:
         if args.run_id or args.resume:
-            _print_state(open_run(args.run_id or args.resume).state, args.json, file=sys.stderr)
+            # The run may not exist (a bad config is refused before it is created): then the original
+            # error is the one to report, not a NotFound about the run.
+            try:
+                state = open_run(args.run_id or args.resume).state
+            except FastMLError:
+                state = None
+            if state is not None:
+                _print_state(state, args.json, file=sys.stderr)
         raise
     _print_state(state, args.json)
     return 0

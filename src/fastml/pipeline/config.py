@@ -334,6 +334,24 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         err("features.scaling", f"{f.scaling!r} is not one of {list(SCALINGS)}")
     if f.encoding not in ENCODINGS:
         err("features.encoding", f"{f.encoding!r} is not one of {list(ENCODINGS)}")
+    # Declared feature columns: the target as a feature leaks the label into the model; a column in both
+    # lists (or twice in one) makes the ColumnTransformer emit duplicate columns and every trial fail.
+    declared = {"numeric": f.numeric, "categorical": f.categorical}
+    for kind, cols in declared.items():
+        if cols is None:
+            continue
+        if cfg.data.target in cols:
+            err(f"features.{kind}", f"lists the target column {cfg.data.target!r}; it cannot be a feature")
+        dropped = [c for c in cols if c in cfg.data.drop]
+        if dropped:
+            err(f"features.{kind}", f"lists column(s) {dropped} that data.drop removes")
+        twice = sorted({c for c in cols if cols.count(c) > 1})
+        if twice:
+            err(f"features.{kind}", f"lists column(s) {twice} more than once")
+    if f.numeric is not None and f.categorical is not None:
+        both = [c for c in f.numeric if c in f.categorical]
+        if both:
+            err("features", f"column(s) {both} are declared both numeric and categorical")
     from fastml.convert.spec import DERIVED_OPS
 
     for i, d in enumerate(f.derived):
@@ -410,6 +428,16 @@ def validate_config(cfg: PipelineConfig) -> PipelineConfig:
         err("export.opset", f"must be {allowed}, got {cfg.export.opset}")
     if not (cfg.export.parity_atol >= 0 and cfg.export.parity_rtol >= 0):
         err("export", "parity_atol and parity_rtol must be >= 0")
+    if cfg.register.enabled:
+        # The registry checks the name only in stage 10, after all the training, and a resumed run reloads
+        # the same config: a name it refuses would leave the run unable to finish.
+        from fastml.registry.refs import check_name
+
+        field = "register.model_name" if cfg.register.model_name is not None else "name"
+        try:
+            check_name(cfg.register.model_name if cfg.register.model_name is not None else cfg.name)
+        except InvalidInput as exc:
+            err(field, str(exc))
     if cfg.register.bump not in ("major", "minor", "patch"):
         err("register.bump", f"{cfg.register.bump!r} is not one of ['major', 'minor', 'patch']")
     if errs:

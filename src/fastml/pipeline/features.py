@@ -30,7 +30,18 @@ def infer_spec(frame, cfg) -> InputSpec:
             and (fc.categorical is None or c not in fc.categorical)
         ]
     )
-    categorical = fc.categorical if fc.categorical is not None else [c for c in cols if c not in numeric]
+    # Inferred categorical columns are the non-numeric ones (as documented): with only ``numeric`` declared,
+    # the undeclared numeric columns are left out, not one-hot encoded value by value.
+    categorical = (
+        fc.categorical
+        if fc.categorical is not None
+        else [
+            c
+            for c in cols
+            if c not in numeric
+            and not (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))
+        ]
+    )
     missing = [c for c in [*numeric, *categorical] if c not in frame.columns]
     if missing:
         raise InvalidInput(f"features: columns {missing} are not in the data (columns: {list(frame.columns)})")

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,12 @@ def stage_ingest(ctx: Context) -> dict:
         frame = frame.drop(columns=[ts.timestamp_column])
         source = f"feature store training set ({len(ts.features)} features, entities {ent_path})"
         feature_refs = list(ts.features)
+    # A name in data.drop that is not a column (a typo) would leave the column it meant (an id, a leaky
+    # field) among the features without a word; the timestamp of a training set is already dropped.
+    already = {cfg.data.training_set.timestamp_column} if cfg.data.training_set is not None else set()
+    unknown = [c for c in cfg.data.drop if c not in frame.columns and c not in already]
+    if unknown:
+        raise InvalidInput(f"data.drop: column(s) {unknown} are not in the data (columns: {list(frame.columns)})")
     frame = frame.drop(columns=[c for c in cfg.data.drop if c in frame.columns])
     frame.columns = [str(c) for c in frame.columns]
     out = ctx.out("ingest")
@@ -177,12 +184,14 @@ def validation_checks(frame, cfg) -> list[dict]:
             continue
         vals = pd.to_numeric(frame[col], errors="coerce")
         bad = int(((vals < lo) | (vals > hi)).sum())
-        add(
-            "range",
-            col,
-            bad == 0,
-            f"{bad} value(s) outside [{lo:g}, {hi:g}]" if bad else f"all within [{lo:g}, {hi:g}]",
-        )
+        # Values that are not numbers cannot be within the range (coerced to NaN they compared as neither
+        # below nor above it, so a range on a text column used to pass).
+        not_num = int((vals.isna() & frame[col].notna()).sum())
+        if not_num:
+            detail = f"{not_num} value(s) are not numbers" + (f", {bad} outside [{lo:g}, {hi:g}]" if bad else "")
+        else:
+            detail = f"{bad} value(s) outside [{lo:g}, {hi:g}]" if bad else f"all within [{lo:g}, {hi:g}]"
+        add("range", col, bad == 0 and not_num == 0, detail)
     if target in frame.columns and len(frame):
         y = frame[target].dropna()
         if cfg.task == "classification":
@@ -204,7 +213,38 @@ def validation_checks(frame, cfg) -> list[dict]:
                     counts.min() >= cfg.folds + 1,
                     f"smallest class has {int(counts.min())} rows (needs at least folds + 1 = {cfg.folds + 1} for stratified CV and holdout)",
                 )
+                if cfg.model.family == "xgboost":
+                    # XGBClassifier refuses any other labels, so every trial would fail inside tuning.
+                    labels = list(counts.index)
+                    ok = set(labels) == set(range(len(labels)))
+                    shown = sorted(labels, key=str)[:10]
+                    add(
+                        "class_labels",
+                        target,
+                        ok,
+                        f"model.family 'xgboost' needs class labels 0..{len(labels) - 1}"
+                        + ("" if ok else f"; found {shown} (encode the target, or use lightgbm)"),
+                    )
+                if cfg.model.family == "torch_mlp":
+                    # The ONNX export of the MLP carries the labels as an INT64 tensor; found after training.
+                    ok = pd.api.types.is_integer_dtype(frame[target]) or pd.api.types.is_bool_dtype(frame[target])
+                    add(
+                        "class_labels",
+                        target,
+                        ok,
+                        "model.family 'torch_mlp' needs integer class labels"
+                        + ("" if ok else f"; the target has dtype {frame[target].dtype} (encode it as integers)"),
+                    )
         else:
+            # k-fold CV runs on the training split (what the holdout leaves: train_test_split rounds the
+            # holdout up); fewer rows than folds would fail inside tuning.
+            n_train = len(y) - math.ceil(cfg.split.holdout_fraction * len(y))
+            add(
+                "rows",
+                None,
+                n_train >= cfg.folds,
+                f"{n_train} training row(s) after the holdout (need at least folds = {cfg.folds})",
+            )
             ok = pd.api.types.is_numeric_dtype(frame[target])
             add(
                 "schema",

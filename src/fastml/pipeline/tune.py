@@ -163,7 +163,7 @@ def study_name(cfg) -> str:
 def open_study(cfg, storage, *, seed_offset: int = 0):
     import optuna
 
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=study_name(cfg),
         storage=storage,
         # Worker samplers use seed + offset; wrapped into numpy's 0..2**32-1 so a seed near the top still
@@ -173,6 +173,21 @@ def open_study(cfg, storage, *, seed_offset: int = 0):
         direction=cfg.direction,
         load_if_exists=True,
     )
+    # An existing study (a reused ``study_name`` on shared storage) keeps its own direction and trials:
+    # joining one made for another metric or model would count its values as this run's and pick the
+    # "best" by the wrong direction, without running a trial.
+    want = {"task": cfg.task, "family": cfg.model.family, "metric": cfg.metric_name}
+    have = study.user_attrs.get("fastml")
+    direction = study.direction.name.lower()
+    if have is None and direction == cfg.direction:
+        study.set_user_attr("fastml", want)
+    elif have != want or direction != cfg.direction:
+        was = have or {"direction": direction}
+        raise InvalidInput(
+            f"tune.study_name: study {study.study_name!r} in the tune storage was made for {was}; this config "
+            f"tunes {want} ({cfg.direction}). Use another study_name."
+        )
+    return study
 
 
 def fold_indices(cfg, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
