@@ -11,7 +11,8 @@ Series (``variant`` is "" outside deployments):
 - ``fastml_drift_detected{model,variant,feature}``: 1 when the feature's primary statistic detected drift;
 - ``fastml_health_score{model,variant}``: 0-100 (fastml.monitoring.health);
 - ``fastml_alerts_firing{model,rule,severity}``: 1 while the alert rule fires for the model (``model/variant``
-  inside deployments), 0 once it resolved (fastml.monitoring.alerts; any worker firing makes it 1);
+  inside deployments), 0 once it resolved (fastml.monitoring.alerts; any live worker firing makes it 1, a
+  worker that exited no longer does);
 - ``fastml_monitor_dropped_total``: batches the monitor dropped because its queue was full;
 - ``fastml_monitor_windows_total``, ``fastml_monitor_failures_total``, ``fastml_monitor_cpu_seconds_total``;
 - ``fastml_monitor_rows_total`` (rows summarised) and ``fastml_monitor_sampled_out_rows_total`` (rows the
@@ -57,7 +58,13 @@ def merge_rows(snapshots: list[dict]) -> dict:
             hkey = (r["model"], r["variant"])
             if hkey not in health or r["end_ts"] >= health[hkey]["end_ts"]:
                 health[hkey] = r
+        # The retired counters of exited workers (fastml.server.workers.fold_retired; they carry "folded") keep
+        # the alert series but not its state: that process is gone, so a rule firing there when it exited must
+        # not stay firing (the maximum over workers) once the live workers resolved it.
+        retired = "folded" in snap
         for r in mon.get("alerts", []):
+            if retired:
+                r = {**r, "firing": 0.0}
             akey = (r["model"], r["rule"], r["severity"])
             if akey not in alerts or r["firing"] > alerts[akey]["firing"]:
                 alerts[akey] = r
