@@ -101,6 +101,11 @@ class _Driver(asyncio.BufferedProtocol):
                 run.record(started, now, PROTOCOL_ERROR)
             self.send()
         if fatal is not None:
+            # Bytes that are not protocol frames: what is in flight is a protocol error, not a connection
+            # the server closed (connection_lost, which follows, then finds nothing left to count).
+            for started in self.started.values():
+                run.record(started, now, PROTOCOL_ERROR)
+            self.started.clear()
             self.transport.close()
 
     def expire(self, now: float, timeout_s: float) -> None:

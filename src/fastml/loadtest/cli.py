@@ -43,7 +43,7 @@ def fetch_model_metadata(
 
     Raises:
         NotFound: the server answers 404.
-        Unavailable: the server cannot be reached or answers another error.
+        Unavailable: the server cannot be reached, answers another error, or answers something other than JSON.
     """
     import http.client
     from urllib.parse import quote
@@ -67,7 +67,10 @@ def fetch_model_metadata(
         raise NotFound(f"model {model!r} not found at http://{host}:{port} ({body[:200]!r})")
     if resp.status != 200:
         raise Unavailable(f"GET {path} answered {resp.status}: {body[:200]!r}")
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError: not a KServe v2 server
+        raise Unavailable(f"GET {path} answered 200 with a body that is not JSON: {body[:200]!r}") from None
 
 
 _DESCRIPTION = (
@@ -198,6 +201,12 @@ def _run(args: argparse.Namespace) -> int:
     from fastml.loadtest.protocol import build_infer_request, random_inputs
     from fastml.loadtest.runner import run, run_closed_loop, run_open_loop
 
+    # The load shape is checked before anything is read or written: a --rate that silently ran a closed
+    # loop would report what a server sustains as if it were latency at that arrival rate.
+    if args.mode == "open" and args.rate is None:
+        raise InvalidInput("--mode open needs --rate")
+    if args.mode != "open" and args.rate is not None:
+        raise InvalidInput("--rate sets an open loop's arrival rate: add --mode open (the default is closed loop)")
     binary = is_binary_url(args.url)
     if binary:
         if args.metadata_url is None and not args.input_npy:
@@ -233,8 +242,11 @@ def _run(args: argparse.Namespace) -> int:
         binary_output=not args.json_outputs,
     )
     if args.save_body:
-        with open(args.save_body, "wb") as fh:
-            fh.write(request.body)
+        try:
+            with open(args.save_body, "wb") as fh:
+                fh.write(request.body)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write --save-body {args.save_body!r}: {exc}") from None
         print(
             f"wrote {len(request.body)} bytes to {args.save_body}; "
             f"Inference-Header-Content-Length: {request.header_length}",
@@ -251,16 +263,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.mode == "closed":
         coro = run_closed_loop(host, port, request, concurrency=args.concurrency, ssl=meta_tls, **common)
     else:
-        if args.rate is None:
-            raise InvalidInput("--mode open needs --rate")
         coro = run_open_loop(
             host, port, request, rate_per_s=args.rate, max_connections=args.max_connections, ssl=meta_tls, **common
         )
-    result = run(coro)
+    return _report(args, run(coro))
+
+
+def _report(args: argparse.Namespace, result) -> int:
+    """Print the result; exit status 1 when not one counted request reached the server."""
+    from fastml.loadtest.result import CONNECT_ERROR
+
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(result.format_text())
+    if result.sent and result.count(CONNECT_ERROR) == result.sent:
+        print(f"loadtest: error: cannot reach {args.url}: every request was a connect error", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -290,8 +309,4 @@ def _run_binary(args: argparse.Namespace, inputs: dict) -> int:
             ssl=tls_context(args, args.url, "url"),
         )
     )
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(result.format_text())
-    return 0
+    return _report(args, result)

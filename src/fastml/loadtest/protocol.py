@@ -191,17 +191,28 @@ def parse_infer_response(body: bytes, header_length: int | None) -> dict[str, np
     offset = header_length
     result: dict[str, np.ndarray] = {}
     for out in header["outputs"]:
+        if not isinstance(out, dict):
+            raise InvalidInput(f"response output is not an object: {out!r}")
         name, datatype, shape = out.get("name"), out.get("datatype"), out.get("shape")
-        if not isinstance(name, str) or not isinstance(shape, list):
-            raise InvalidInput(f"response output lacks a name or shape: {out!r}")
-        size = (out.get("parameters") or {}).get("binary_data_size")
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or not all(type(d) is int and d >= 0 for d in shape)
+        ):
+            raise InvalidInput(f"response output lacks a name or a shape of non-negative integers: {out!r}")
+        parameters = out.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput(f"output {name!r}: parameters is not an object: {parameters!r}")
+        size = parameters.get("binary_data_size")
         if size is None:
-            if datatype == "BYTES":
-                result[name] = np.array(out.get("data", []), dtype=np.object_).reshape(shape)
-            else:
-                dtype = _numpy_dtype(datatype)
+            dtype = np.dtype(np.object_) if datatype == "BYTES" else _numpy_dtype(datatype)
+            try:
                 result[name] = np.array(out.get("data", []), dtype=dtype).reshape(shape)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise InvalidInput(f"output {name!r}: JSON data does not fit shape {shape} {datatype}: {exc}") from None
             continue
+        if type(size) is not int or size < 0:
+            raise InvalidInput(f"output {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
         if offset + size > len(body):
             raise InvalidInput(f"output {name!r} needs {size} bytes at {offset}, body has {len(body)}")
         raw = body[offset : offset + size]
@@ -238,6 +249,8 @@ def _decode_bytes_tensor(raw: bytes, shape: list) -> np.ndarray:
             raise InvalidInput("BYTES tensor: element runs past the end")
         items.append(raw[pos : pos + length])
         pos += length
+    if len(items) != (int(np.prod(shape)) if shape else 1):
+        raise InvalidInput(f"BYTES tensor: {len(items)} elements do not fit shape {shape}")
     return np.array(items, dtype=np.object_).reshape(shape)
 
 
@@ -265,6 +278,8 @@ def random_inputs(metadata: Mapping, *, batch_size: int = 1, seed: int = 0) -> d
         name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
         if not isinstance(name, str) or not isinstance(shape, list):
             raise InvalidInput(f"input metadata lacks a name or shape: {spec!r}")
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= -1 for d in shape):
+            raise InvalidInput(f"input {name!r}: shape {shape} must hold integers >= 0 (or -1 for a variable dim)")
         dims = [(batch_size if i == 0 else 1) if d == -1 else int(d) for i, d in enumerate(shape)]
         if datatype == "BYTES":
             arrays[name] = np.array([b"x%d" % i for i in range(int(np.prod(dims)))], dtype=np.object_).reshape(dims)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import TypeVar
@@ -111,6 +112,10 @@ def _check_bounds(max_requests: int | None, duration_s: float | None, timeout_s:
         raise InvalidInput("a load test needs max_requests or duration_s (or both): it must end")
     if max_requests is not None and max_requests < 1:
         raise InvalidInput(f"max_requests must be >= 1, got {max_requests}")
+    # NaN passes every comparison below and never reaches a deadline; infinity is no bound either.
+    for name, value in (("duration_s", duration_s), ("timeout_s", timeout_s), ("warmup_s", warmup_s)):
+        if value is not None and not math.isfinite(value):
+            raise InvalidInput(f"{name} must be a finite number of seconds, got {value}")
     if duration_s is not None and duration_s <= 0:
         raise InvalidInput(f"duration_s must be > 0, got {duration_s}")
     if timeout_s <= 0:
@@ -354,8 +359,8 @@ async def run_open_loop(
     Raises:
         InvalidInput: a non-positive rate or max_connections, no bound, or a bad bound or timeout.
     """
-    if not rate_per_s > 0:
-        raise InvalidInput(f"rate_per_s must be > 0, got {rate_per_s}")
+    if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise InvalidInput(f"rate_per_s must be a finite number > 0, got {rate_per_s}")
     if max_connections < 1:
         raise InvalidInput(f"max_connections must be >= 1, got {max_connections}")
     _check_bounds(max_requests, duration_s, timeout_s, warmup_s)
