@@ -68,7 +68,11 @@ class TlsConfig:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+            # An encrypted key would make OpenSSL prompt for its passphrase on the terminal (a server that hangs
+            # before it listens, once per worker); refuse it with the file named instead.
+            ctx.load_cert_chain(self.cert_file, self.key_file, password=self._encrypted_key)
+        except InvalidInput:
+            raise
         except FileNotFoundError as exc:
             raise InvalidInput(f"TLS: no such file {exc.filename or self.cert_file}") from None
         except (ssl.SSLError, OSError) as exc:
@@ -82,6 +86,12 @@ class TlsConfig:
                 raise InvalidInput(f"TLS: cannot read client CA {self.client_ca_file}: {_reason(exc)}") from None
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+    def _encrypted_key(self):
+        raise InvalidInput(
+            f"TLS: the key {self.key_file} is encrypted (it needs a passphrase): give the server an unencrypted "
+            "key, e.g. `openssl pkey -in KEY -out KEY.plain`, and keep it mode 600"
+        )
 
     def grpc_credentials(self):
         """``grpc.ServerCredentials`` with the same certificate, key and (optionally required) client CA."""

@@ -36,15 +36,20 @@ BYTE_SIZE_PARAM = "shared_memory_byte_size"
 
 _KEY = re.compile(r"/?[^/\x00]{1,255}")
 MAX_SHAPE_ELEMENTS = 2**48  # a shape's product over its non-zero dimensions; numpy cannot describe more
+MAX_SHAPE_DIMS = 32  # numpy's own limit is 64; no model input has more than a handful of dimensions
 
 
 def shape_count(shape, where: str) -> int:
     """Elements of a tensor of ``shape``.
 
     Raises:
-        InvalidInput: a negative dimension, or a shape too large to describe even when another dimension is
-        0 (numpy refuses to build such an array, empty or not).
+        InvalidInput: more than ``MAX_SHAPE_DIMS`` dimensions, a negative dimension, or a shape too large to
+        describe even when another dimension is 0 (numpy refuses to build such an array, empty or not).
     """
+    if len(shape) > MAX_SHAPE_DIMS:
+        # Every transport's shapes come through here (shared-memory inputs, gRPC raw contents): a rank numpy
+        # cannot build would otherwise surface as an internal error when the array is reshaped.
+        raise InvalidInput(f"{where}: shape has {len(shape)} dimensions; at most {MAX_SHAPE_DIMS} are allowed")
     count, extent = 1, 1
     for d in shape:
         d = int(d)
@@ -283,7 +288,8 @@ class SharedMemoryRegistry:
 def _write(region: Region, start: int, byte_size: int, data: bytes | np.ndarray, where: str) -> int:
     """Copies ``data`` to ``start`` of ``region``'s mapping, a window of ``byte_size`` bytes checked by the caller."""
     if isinstance(data, np.ndarray):
-        buf = memoryview(np.ascontiguousarray(data)).cast("B")
+        # Flattened first: memoryview cannot cast a view with a zero in its shape (an output of no rows).
+        buf = memoryview(np.ascontiguousarray(data).reshape(-1)).cast("B")
     else:
         buf = memoryview(data)
     n = buf.nbytes
