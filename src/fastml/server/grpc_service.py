@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import grpc
 import numpy as np
@@ -35,7 +36,7 @@ from fastml.server.proto import grpc_service_pb2_grpc as pb_grpc
 from fastml.server.tensors import NP_DTYPES, datatype_of, decode_bytes_tensor, output_bytes
 from fastml.serving import shm as shm_params
 from fastml.serving.classification import requested_count
-from fastml.serving.dataplane import InferRequest
+from fastml.serving.dataplane import MAX_TIMEOUT_US, InferRequest
 from fastml.serving.shm import SharedMemoryRegistry
 
 log = logging.getLogger("fastml.server.grpc")
@@ -81,6 +82,7 @@ _CONTENTS = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+_CONTENT_FIELDS = tuple(dict.fromkeys(_CONTENTS.values()))
 _NO_MODEL = "(no model)"
 
 
@@ -113,6 +115,14 @@ def _typed_input(tensor, datatype: str, shape: tuple, count: int, where: str) ->
     field = _CONTENTS.get(datatype)
     if field is None:
         raise InvalidInput(f"{where}: {datatype} has no typed contents field; send it in raw_input_contents")
+    for other in _CONTENT_FIELDS:
+        # Triton refuses values in a field of another type; reading only the datatype's own field would
+        # silently drop them.
+        if other != field and len(getattr(tensor.contents, other)):
+            raise InvalidInput(
+                f"{where}: unexpected explicit tensor data in contents.{other}; a {datatype} tensor's values go "
+                f"in contents.{field}"
+            )
     values = getattr(tensor.contents, field)
     if len(values) != count:
         raise InvalidInput(f"{where}: shape {list(shape)} needs {count} elements, contents.{field} has {len(values)}")
@@ -171,6 +181,12 @@ def decode_infer_request(msg: pb.ModelInferRequest, shm) -> tuple[InferRequest, 
                 f"for model '{msg.model_name}'"
             )
         if region is not None:
+            if tensor.HasField("contents"):
+                # Triton refuses it too: the contents would be silently dropped for the region's bytes.
+                raise InvalidInput(
+                    f"unexpected 'content' provided when using shared memory for input tensor '{name}' "
+                    f"for model '{msg.model_name}'"
+                )
             inputs[name] = shm.input_view(region[0], region[1], region[2], dtype, shape, where)
         elif n_raw:
             # Triton's rule: raw_input_contents holds one entry per input that is not in shared memory.
@@ -266,6 +282,18 @@ def encode_infer_response(resp, shm, out_shm: dict | None) -> pb.ModelInferRespo
         else:
             raw.append(data)
     return msg
+
+
+def _deadline_us(context) -> int | None:
+    """What is left of a call's deadline (the client's ``grpc-timeout``) in whole microseconds, at least 1 and at
+    most the data plane's longest timeout; None when the call has none. It becomes the request's ``timeout``
+    parameter unless the request names one, as on the native listener, so the data plane sheds a request that
+    cannot be answered in time instead of running it."""
+    remaining = getattr(context, "time_remaining", None)
+    remaining = remaining() if remaining is not None else None
+    if remaining is None:
+        return None
+    return min(max(1, math.ceil(remaining * 1e6)), MAX_TIMEOUT_US)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -409,28 +437,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             )
 
     # ----- inference -----------------------------------------------------------------------------
-    async def _infer(self, request) -> pb.ModelInferResponse:
+    async def _infer(self, request, timeout_us: int | None = None) -> pb.ModelInferResponse:
         req, out_shm = decode_for_plane(self.dataplane, request, self.shm)
+        if timeout_us is not None and "timeout" not in req.parameters:
+            req.parameters["timeout"] = timeout_us
         resp = await self.dataplane.submit(req)
         return encode_infer_response(resp, self.shm, out_shm)
 
     async def ModelInfer(self, request, context):
         try:
-            return await self._infer(request)
+            return await self._infer(request, _deadline_us(context))
         except Exception as exc:  # noqa: BLE001
             await self._abort(context, exc)
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Bidirectional stream: every request is answered on the stream as soon as it completes (answers
         may overtake each other; the response id says which request it answers); a failed request is
-        answered with ``error_message`` and the stream goes on."""
+        answered with ``error_message`` and the stream goes on; a message that does not parse ends the stream
+        INVALID_ARGUMENT once the requests before it are answered."""
         answers: asyncio.Queue = asyncio.Queue()
         end = object()
         inflight: set[asyncio.Task] = set()
+        failed: list[BaseException] = []  # what ended the reading early (a message that does not parse)
 
-        async def one(request):
+        async def one(request, timeout_us):
             try:
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request)))
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, timeout_us)))
             except Exception as exc:  # noqa: BLE001 - the stream survives a failed request
                 if not isinstance(exc, FastMLError):
                     log.error("internal error in a gRPC stream request", exc_info=exc)
@@ -441,10 +473,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def read():
             try:
-                async for request in request_iterator:
-                    task = asyncio.get_running_loop().create_task(one(request))
-                    inflight.add(task)
-                    task.add_done_callback(inflight.discard)
+                try:
+                    async for request in request_iterator:
+                        if isinstance(request, _Unparsed):
+                            # What follows it cannot be trusted: the stream ends INVALID_ARGUMENT (as on the native
+                            # listener), once the requests before it are answered.
+                            failed.append(InvalidInput(request.message))
+                            break
+                        # each request gets what is left of the stream's deadline
+                        task = asyncio.get_running_loop().create_task(one(request, _deadline_us(context)))
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                except Exception as exc:  # noqa: BLE001 - the stream ends with it, never OK as if it were complete
+                    failed.append(exc)
                 if inflight:
                     await asyncio.gather(*inflight, return_exceptions=True)
             finally:
@@ -457,6 +498,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if item is end:
                     break
                 yield item
+            if failed:
+                await self._abort(context, failed[0])
         finally:
             reader.cancel()
             for task in list(inflight):
@@ -464,6 +507,57 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 HEALTH_SERVICES = ("", "inference.GRPCInferenceService")  # the names Health/Check answers for
+
+
+class _Unparsed:
+    """A request message that protobuf could not parse, as grpcio's listener hands it to the servicer (grpcio
+    itself would answer UNKNOWN, and end a stream OK as if it were complete): the call ends INVALID_ARGUMENT
+    with the native listener's message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _parse_interceptor():
+    """A ``grpc.aio`` server interceptor: a unary request or a ModelStreamInfer message that does not parse is
+    INVALID_ARGUMENT ("<Method> request does not parse: ..."), as on the native listener."""
+
+    def safe(deserializer, what: str):
+        def parse(data: bytes):
+            try:
+                return deserializer(data)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, whatever its runtime
+                return _Unparsed(f"{what} does not parse: {exc}")
+
+        return parse
+
+    def refuse_unparsed(behavior):
+        async def unary(request, context):
+            if isinstance(request, _Unparsed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await behavior(request, context)
+
+        return unary
+
+    class _ParseInterceptor(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation, details):
+            handler = await continuation(details)
+            if handler is None or handler.request_deserializer is None:
+                return handler
+            method = details.method.rsplit("/", 1)[-1]
+            if not handler.request_streaming and not handler.response_streaming:
+                what = "ModelInferRequest" if method == "ModelInfer" else f"{method} request"
+                return handler._replace(
+                    request_deserializer=safe(handler.request_deserializer, what),
+                    unary_unary=refuse_unparsed(handler.unary_unary),
+                )
+            if method == "ModelStreamInfer":  # its servicer method ends the stream on an _Unparsed message
+                return handler._replace(request_deserializer=safe(handler.request_deserializer, "ModelInferRequest"))
+            return handler
+
+    return _ParseInterceptor()
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
@@ -518,7 +612,7 @@ class GrpcListener:
         from fastml.server import auth
 
         server = grpc.aio.server(
-            interceptors=[auth.grpc_interceptor(auth.of_plane(self.dataplane))],
+            interceptors=[auth.grpc_interceptor(auth.of_plane(self.dataplane)), _parse_interceptor()],
             options=[
                 ("grpc.max_receive_message_length", self.max_message_bytes),
                 ("grpc.max_send_message_length", self.max_message_bytes),
