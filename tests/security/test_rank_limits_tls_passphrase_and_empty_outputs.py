@@ -180,3 +180,21 @@ def test_an_encrypted_tls_key_is_refused_naming_the_file(tmp_path):
     )
     with pytest.raises(InvalidInput, match="KEY_VALUES_MISMATCH|does not match|cannot use certificate"):
         TlsConfig.from_options(str(pki["server_cert"]), str(other), None)
+
+
+@pytest.mark.parametrize(
+    "shape", [[1] * RANK, [0, 2**62], [2**31, 0, 2**31]], ids=["rank-70", "zero-by-huge", "huge-zero"]
+)
+def test_native_grpc_raw_contents_with_a_shape_numpy_cannot_build_is_invalid_argument(srv, shape):
+    """The native listener reads raw contents on its own plain path, whose parser checks a shape's product only
+    without a zero dimension: these shapes failed in numpy's reshape as INTERNAL."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    req = service_pb2.ModelInferRequest(model_name="scale")
+    req.inputs.add(name="x", datatype="FP32", shape=shape)
+    req.raw_input_contents.append(b"" if 0 in shape else np.float32(1).tobytes())
+    with grpc.insecure_channel(srv.grpc_url) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "input 'x'" in info.value.details()

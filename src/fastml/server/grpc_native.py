@@ -52,6 +52,7 @@ from fastml.server.grpc_service import encode_infer_response as encode_infer_mes
 from fastml.server.proto import grpc_service_pb2 as pb
 from fastml.server.tensors import NP_DTYPES, datatype_of, output_bytes
 from fastml.serving.dataplane import MAX_TIMEOUT_US, InferRequest
+from fastml.serving.shm import MAX_SHAPE_DIMS, shape_count
 
 log = logging.getLogger("fastml.server.grpc")
 
@@ -417,6 +418,10 @@ class GrpcConnection(asyncio.Protocol):
             dtype = NP_DTYPES.get(datatype)
             if dtype is None or name in inputs:
                 return None
+            if count == 0 or len(shape) > MAX_SHAPE_DIMS:
+                # The parser checks a shape's product only without a zero dimension: [0, 2**62] or a rank numpy
+                # cannot build would fail in reshape as an internal error. Refused by name, as on the other paths.
+                shape_count(shape, f"input '{name}'")
             inputs[name] = np.frombuffer(payload, dtype, count, offset).reshape(shape)
         plane = self.plane
         deployments = plane.deployments
