@@ -69,11 +69,11 @@ def _train(args) -> int:
             # The run may not exist (a bad config is refused before it is created): then the original
             # error is the one to report, not a NotFound about the run.
             try:
-                state = open_run(args.run_id or args.resume).state
+                failed_state = open_run(args.run_id or args.resume).state
             except FastMLError:
-                state = None
-            if state is not None:
-                _print_state(state, args.json, file=sys.stderr)
+                failed_state = None
+            if failed_state is not None:
+                _print_state(failed_state, args.json, file=sys.stderr)
         raise
     _print_state(state, args.json)
     return 0

@@ -459,7 +459,7 @@ class CanaryController:
             return self._record("hold", [], f"canary is {self.state}")
         live = self._current_split()
         if self._set_bp is not None and live != self._split(self._set_bp):
-            return self._changed_by_hand(live)
+            return self._changed_by_hand(self._set_bp, live)
         obs = self._observe()
         base, cand = self._window(obs)
         if cand["requests"] < self.policy.min_requests:
@@ -488,12 +488,12 @@ class CanaryController:
             return r
         return self._promote(guards)
 
-    def _changed_by_hand(self, live: dict) -> CheckResult:
+    def _changed_by_hand(self, set_bp: int, live: dict) -> CheckResult:
         """Someone else set the split while the canary ran (an operator's decision): end the canary and leave
         their weights as they are; stepping up or rolling back would overwrite them."""
         self.state = STOPPED
         self.reason = f"the split was changed outside the canary to {live}; the canary leaves it as it is"
-        self.audit("stop", before=self._split(self._set_bp), after=live, details={"reason": self.reason})
+        self.audit("stop", before=self._split(set_bp), after=live, details={"reason": self.reason})
         log.warning("canary %s of deployment %s stopped: %s", self.candidate, self.deployment, self.reason)
         return self._record("stop", [], self.reason)
 
