@@ -18,6 +18,7 @@ not open) and every ``OnlineStore`` reopens its environment lazily on first use 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -105,6 +106,10 @@ class OnlineValues(tuple):
         self._now_us = now_us
         self._stale = None
         return self
+
+    def __reduce__(self):
+        # pickle, copy and deepcopy rebuild it through __new__ (a tuple subclass would pass one argument)
+        return (OnlineValues, (self[0], self[1], self[2], self._ttl_us, self._now_us))
 
     @property
     def values(self) -> np.ndarray:
@@ -228,7 +233,8 @@ class OnlineStore:
         event_time_us = np.ascontiguousarray(event_time_us, dtype=np.int64)
         _refuse_blank_event_times(group, keys, event_time_us)  # before the transaction: nothing is written
         if isinstance(keys, (list, tuple)):
-            return t.put(list(keys), values, present, event_time_us)
+            with _utf8_keys():  # encoded before the transaction: nothing is written
+                return t.put(list(keys), values, present, event_time_us)
         import pyarrow as pa
 
         arr = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
@@ -264,8 +270,13 @@ class OnlineStore:
     def plan(self, features) -> Plan:
         if self._generation != _fork_generation:
             self._reopen_after_fork()
-        key = (features,) if isinstance(features, str) else tuple(features)
-        p = self._plans.get(key)
+        try:
+            key = (features,) if isinstance(features, str) else tuple(features)
+            p = self._plans.get(key)
+        except TypeError:  # not a list, or a list holding a list: no reference can be unhashable
+            raise InvalidInput(
+                f"features must be a list of references like 'group:feature', got {features!r}"
+            ) from None
         if p is None:
             p = self._build_plan(key)
             with self._lock:
@@ -311,12 +322,25 @@ class OnlineStore:
         """Keys in the plan's shape: one list, or one list per key set (for groups with other entities)."""
         if isinstance(entity_keys, dict):  # columns: {"driver_id": [...], ...}
             rows, cols = None, entity_keys
+            _check_columns(entity_keys)
         elif hasattr(entity_keys, "columns") and hasattr(entity_keys, "to_dict"):  # a pandas DataFrame
             rows, cols = None, {c: entity_keys[c].tolist() for c in entity_keys.columns}
         elif isinstance(entity_keys, (str, bytes)) or not hasattr(entity_keys, "__len__"):
             raise InvalidInput(f"entity keys must be a list of keys (or of entity-row dicts), got {entity_keys!r}")
+        elif isinstance(entity_keys, np.ndarray) and entity_keys.ndim != 1:
+            # a 2-D array is not a list of composite keys: its rows would reach the key encoder as arrays
+            raise InvalidInput(
+                f"entity keys must be a 1-D list or array of keys, got a numpy array of shape {entity_keys.shape}; "
+                "pass composite keys as tuples, or entity rows as dicts"
+            )
         elif isinstance(entity_keys, list) and entity_keys and isinstance(entity_keys[0], dict):  # Feast rows
             rows, cols = entity_keys, None
+            if not all(issubclass(k, dict) for k in set(map(type, rows))):  # C-level pass, no Python per row
+                i = next(i for i, r in enumerate(rows) if not isinstance(r, dict))
+                raise InvalidInput(
+                    f"entity rows: the first is a dict, so every one must be; row {i} is {type(rows[i]).__name__} "
+                    f"{rows[i]!r}"
+                )
         else:
             if len(plan.key_entities) != 1:
                 raise InvalidInput(
@@ -343,9 +367,11 @@ class OnlineStore:
         Args:
             features: feature references (``group:feature`` / ``group@v2:feature``), output column order.
             entity_keys: keys (str, int, or tuples for composite keys), or entity rows as dicts.
-            as_dict: return Feast's ``to_dict()`` shape instead of arrays.
-            as_float32: values as float32 (what models take) instead of float64.
-            now_us: the "now" for TTL checks (default: the clock).
+            as_dict: return Feast's ``to_dict()`` shape instead of arrays: the entity-row columns as given,
+                then one column per feature (``group__feature`` where another group or an entity-row column
+                has the feature's name); values are Python ints, floats, bools and strings, None when absent.
+            as_float32: values as float32 (what models take) instead of float64; ignored with ``as_dict``.
+            now_us: the "now" for TTL checks, an integer (default 0: the clock).
 
         Returns:
             An :class:`OnlineValues`: ``(values [n, f], present [n, f] bool, event_time_us [n, f] int64)``
@@ -353,8 +379,14 @@ class OnlineStore:
         """
         plan = self.plan(features)
         # One "now" for the native TTL check and the stale mask, so the two always agree.
+        now_us = _check_now(now_us)
         now = now_us if now_us else time.time_ns() // 1000
-        values, present, event_time = plan.native.get(self._key_lists(plan, entity_keys), as_float32, now)
+        # The dict holds Python ints and floats: decoded from float64, so as_float32 cannot round them
+        # (int64 16777217 would read 16777216, a float64 0.1 would read 0.10000000149011612).
+        as_float32 = as_float32 and not as_dict
+        key_lists = self._key_lists(plan, entity_keys)
+        with _utf8_keys():
+            values, present, event_time = plan.native.get(key_lists, as_float32, now)
         if not as_dict:
             return OnlineValues(values, present, event_time, plan.ttl_us, now)
         return self._as_dict(plan, entity_keys, values, present)
@@ -373,7 +405,9 @@ class OnlineStore:
         The serving hook: call it with the batch's key list and a slice of the model input.
         """
         plan = self.plan(features)
-        return plan.native.get_into(self._key_lists(plan, keys), out, present, event_time, now_us)
+        key_lists = self._key_lists(plan, keys)
+        with _utf8_keys():
+            return plan.native.get_into(key_lists, out, present, event_time, _check_now(now_us))
 
     def _decode_vocab(self, plan: Plan, j: int, codes: np.ndarray) -> list[str]:
         col = plan.columns[j]
@@ -401,19 +435,70 @@ class OnlineStore:
         # Column-wise Python lists once; per-element work is plain Python, no numpy scalar access.
         vals_t = values.T.tolist()
         pres_t = present.T.tolist()
+        echoed = set(out)  # entity (and other entity-row) columns: a feature never replaces one
         for j, col in enumerate(plan.columns):
             v, m = vals_t[j], pres_t[j]
             dtype = col["dtype"]
+            name = plan.dict_names[j]
+            if name in echoed:
+                # a feature named like an entity-row column (another group's entity, a label): qualified
+                # as when two groups share a feature name, rather than overwriting the entity ids
+                qualified = name != col["name"]  # already group__feature: add the version
+                name = f"{col['group']}_v{col['version']}__{col['name']}" if qualified else f"{col['group']}__{name}"
+                if name in echoed:
+                    raise InvalidInput(
+                        f"feature {col['ref']!r}: its output column {name!r} is also a column of the entity rows"
+                    )
             if dtype == "string":
                 codes = [int(x) if ok else -1 for x, ok in zip(v, m)]
-                out[plan.dict_names[j]] = self._decode_vocab(plan, j, np.asarray(codes, dtype=np.int64))
+                out[name] = self._decode_vocab(plan, j, np.asarray(codes, dtype=np.int64))
             elif dtype == "int64":
-                out[plan.dict_names[j]] = [int(x) if ok else None for x, ok in zip(v, m)]
+                out[name] = [int(x) if ok else None for x, ok in zip(v, m)]
             elif dtype == "bool":
-                out[plan.dict_names[j]] = [x != 0 if ok else None for x, ok in zip(v, m)]
+                out[name] = [x != 0 if ok else None for x, ok in zip(v, m)]
             else:
-                out[plan.dict_names[j]] = [x if ok else None for x, ok in zip(v, m)]
+                out[name] = [x if ok else None for x, ok in zip(v, m)]
         return out
+
+
+@contextlib.contextmanager
+def _utf8_keys():
+    """A str key that is not valid Unicode (a lone surrogate) cannot be encoded as the UTF-8 text keys are stored
+    as: InvalidInput naming it, rather than the codec's UnicodeEncodeError."""
+    try:
+        yield
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"entity key {exc.object!r} cannot be encoded as UTF-8 ({exc.reason}); keys are stored as UTF-8 text"
+        ) from None
+
+
+def _check_now(now_us) -> int:
+    """``now_us`` as an int (0 or None: the clock); anything but an integer is refused, naming it."""
+    if now_us is None:
+        return 0
+    if isinstance(now_us, bool) or not isinstance(now_us, (int, np.integer)):
+        raise InvalidInput(
+            f"now_us must be an integer number of microseconds since the epoch (0: the clock), got {now_us!r} "
+            f"({type(now_us).__name__})"
+        )
+    return int(now_us)
+
+
+def _check_columns(cols: dict) -> None:
+    """Entity rows given as a dict of columns: every column a list (or array) of the same length, or the
+    composite keys zipped from them (and the dict echoed by ``as_dict``) would silently lose rows."""
+    lengths = {}
+    for name, col in cols.items():
+        if isinstance(col, (str, bytes, dict)) or not hasattr(col, "__len__"):
+            raise InvalidInput(
+                f"entity rows: column {name!r} must be a list of values (one per entity row), got {col!r}"
+            )
+        lengths[name] = len(col)
+    if len(set(lengths.values())) > 1:
+        raise InvalidInput(
+            f"entity rows: columns have different lengths {lengths}; give every column one value per row"
+        )
 
 
 def _check_key_parts(plan: Plan, keys) -> None:
