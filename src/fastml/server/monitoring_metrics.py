@@ -58,13 +58,9 @@ def merge_rows(snapshots: list[dict]) -> dict:
             hkey = (r["model"], r["variant"])
             if hkey not in health or r["end_ts"] >= health[hkey]["end_ts"]:
                 health[hkey] = r
-        # The retired counters of exited workers (fastml.server.workers.fold_retired; they carry "folded") keep
-        # the alert series but not its state: that process is gone, so a rule firing there when it exited must
-        # not stay firing (the maximum over workers) once the live workers resolved it.
-        retired = "folded" in snap
+        # The retired counters of exited workers carry their alert series with the state zeroed
+        # (fastml.server.workers.fold_retired): any live worker firing makes the series 1, an exited one does not.
         for r in mon.get("alerts", []):
-            if retired:
-                r = {**r, "firing": 0.0}
             akey = (r["model"], r["rule"], r["severity"])
             if akey not in alerts or r["firing"] > alerts[akey]["firing"]:
                 alerts[akey] = r

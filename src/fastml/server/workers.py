@@ -194,6 +194,7 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path, wid: int) -> int:
     from fastml.server.metrics import merge_snapshots
     from fastml.serving import ModelManager
 
+    supervisor = os.getppid()  # this process's parent changes if the supervisor dies (see write_snapshots)
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
     server = Server(
@@ -237,6 +238,12 @@ async def _worker(opts: ServeOptions, snapshot_dir: Path, wid: int) -> int:
         while True:
             _write_atomic(me, json.dumps(snapshot()))
             await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+            if os.getppid() != supervisor and not stop.is_set():
+                # The supervisor is gone (killed: it had no chance to stop us). Stop as on SIGTERM rather than
+                # serve on, orphaned, on a port that a new supervisor may bind again (SO_REUSEPORT would then
+                # spread its connections over these old workers too).
+                print(f"fastml serve worker {os.getpid()}: supervisor exited; stopping", file=sys.stderr, flush=True)
+                stop.set()
 
     snap_task = loop.create_task(write_snapshots())
     print(f"READY {os.getpid()} {server.http_port}", flush=True)
@@ -330,8 +337,9 @@ def _read_json(path: Path) -> dict | None:
         return None  # absent, or being replaced right now; the next read sees it
 
 
-def live_snapshots(snapshot_dir: Path) -> dict[int, dict]:
-    """The latest snapshot of every worker not yet folded into ``retired.json``, by worker id."""
+def _live_and_retired(snapshot_dir: Path) -> tuple[dict[int, dict], dict | None]:
+    """The latest snapshot of every worker not yet folded, by worker id, and the one ``retired.json`` read
+    that decided it (summing a later read of it would count a worker folded in between twice)."""
     out = {}
     # Workers first, then the retired file: a worker folded in between is found in the retired list and
     # dropped here, so it is counted exactly once whichever way the race goes.
@@ -342,21 +350,26 @@ def live_snapshots(snapshot_dir: Path) -> dict[int, dict]:
     retired = _read_json(snapshot_dir / RETIRED)
     for wid in retired["folded"] if retired else ():
         out.pop(wid, None)
-    return out
+    return out, retired
+
+
+def live_snapshots(snapshot_dir: Path) -> dict[int, dict]:
+    """The latest snapshot of every worker not yet folded into ``retired.json``, by worker id."""
+    return _live_and_retired(snapshot_dir)[0]
 
 
 def read_snapshots(snapshot_dir: Path) -> list[dict]:
-    """Every snapshot to sum: the live workers' and the counters of those that exited."""
-    live = live_snapshots(snapshot_dir)
-    retired = _read_json(snapshot_dir / RETIRED)
+    """Every snapshot to sum: the live workers' and the counters of those that exited (one consistent read)."""
+    live, retired = _live_and_retired(snapshot_dir)
     return list(live.values()) + ([retired] if retired else [])
 
 
 def fold_retired(snapshot_dir: Path, wid: int) -> None:
     """Add an exited worker's last counters to ``retired.json`` and remove its snapshot (supervisor only).
 
-    Gauges (in flight, pending, connections) are zeroed: the process is gone. The new retired file lists
-    the worker before its snapshot is removed (see :func:`live_snapshots`)."""
+    Gauges (in flight, pending, connections, alert states) are zeroed: the process is gone, so a rule that
+    fired there when it exited must not stay firing once the live workers resolved it. The new retired file
+    lists the worker before its snapshot is removed (see :func:`live_snapshots`)."""
     from fastml.server.metrics import merge_snapshots
 
     path = snapshot_dir / f"worker-{wid}.json"
@@ -367,6 +380,8 @@ def fold_retired(snapshot_dir: Path, wid: int) -> None:
         for m in last.get("models", []):
             m["inflight"] = 0
             m["stats"]["pending"] = 0
+        for r in (last.get("monitoring") or {}).get("alerts", []):
+            r["firing"] = 0.0
         merged = merge_snapshots([retired, last])
     else:
         merged = dict(retired)  # it exited before its first snapshot: nothing to add
@@ -468,8 +483,7 @@ class _Supervisor:
         """What the supervisor's /metrics reports: the sum over workers plus the worker counts."""
         from fastml.server.metrics import merge_snapshots
 
-        live = live_snapshots(self.snapshot_dir)
-        retired = _read_json(self.snapshot_dir / RETIRED)
+        live, retired = _live_and_retired(self.snapshot_dir)
         snap = merge_snapshots(list(live.values()) + ([retired] if retired else []))
         snap["server"]["workers"] = len(live)
         snap["workers"] = {"desired": self.desired, "current": self.count(SERVING), "decisions": dict(self.decisions)}
@@ -598,10 +612,26 @@ async def _supervise(opts: ServeOptions) -> int:
     snapshot_dir = Path(tempfile.mkdtemp(prefix="fastml-serve-"))
     sup = _Supervisor(opts, port, snapshot_dir)
     loop = asyncio.get_running_loop()
+    # Before the first worker starts: a SIGTERM while they load must stop them too (the default action would
+    # end this process alone and leave a worker that already serves running, orphaned, on the port).
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         # All at once: each worker's start is mostly its own model loading, on its own core.
-        started = await asyncio.gather(*(sup.start_worker() for _ in range(sup.desired)), return_exceptions=True)
-        failed = [r for r in started if isinstance(r, BaseException)]
+        starting = asyncio.gather(*(sup.start_worker() for _ in range(sup.desired)), return_exceptions=True)
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():  # stopped while starting: the workers stop as they would once serving
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)  # the starts still waiting end here
+            codes = await sup.stop_all(opts.grace_period_s)
+            reserve.close()
+            shutil.rmtree(snapshot_dir, ignore_errors=True)
+            print(f"fastml serve: stopped while starting (worker exit codes {codes})", flush=True)
+            return 0 if all(c == 0 for c in codes) else 1
+        failed = [r for r in starting.result() if isinstance(r, BaseException)]
         if failed:
             raise failed[0]
     except BaseException:
@@ -627,9 +657,6 @@ async def _supervise(opts: ServeOptions) -> int:
     if opts.binary_port is not None:
         print(f"fastml serve: binary {opts.host}:{opts.binary_port}", flush=True)
 
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     controller = loop.create_task(sup.control(stop))
     await stop.wait()
     controller.cancel()
