@@ -155,6 +155,10 @@ class Fraud:
         self.sizes = sizes
         self.world = World(sizes)
         self.server: ServerProcess | None = None
+        # The audit log may hold earlier runs' entries (same FASTML_HOME): this run's come after this mark.
+        from fastml.governance.audit import AuditLog
+
+        self.audit_mark = sum(1 for _ in AuditLog().entries())
 
     # ------------------------------------------------------------------------------------------ 1
     def feature_store(self, s: Step) -> None:
@@ -374,6 +378,9 @@ class Fraud:
 
     # ------------------------------------------------------------------------------------------ 8
     def monitor(self, s: Step) -> None:
+        # The monitoring store may hold earlier runs' windows and alerts (same FASTML_HOME) and other models'
+        # windows (its ids count across models): this run's are those stored after this mark.
+        last_window, last_alert = self._store_marks()
         n_normal = self.sizes.window_rows * self.sizes.normal_windows
         n_drift = self.sizes.window_rows * self.sizes.drift_windows
         frame, _ = self.world.transactions(n_normal + n_drift, since_day=DAYS - 1)
@@ -387,29 +394,34 @@ class Fraud:
         for lo in range(0, n_normal + n_drift, batch):
             hi = lo + batch
             self._score(cards[lo:hi], amount[lo:hi], hour[lo:hi])
-        alerts = self._wait_for_alert()
+        alerts = self._wait_for_alert(last_alert)
         status = json.loads(fastml_cli("monitor", "status", "--json").stdout)
         fired = [a for a in alerts if a.get("rule") == "data_drift" and a.get("model") == MODEL]
         detail = fired[0].get("details", {}) if fired else {}
         drifted = sorted(detail.get("drifted_features", []))
-        s.figure("alerts", [f"{a.get('rule')}:{a.get('status')}" for a in alerts])
-        s.figure("drifted_features", drifted)
-        s.figure("status", status if len(json.dumps(status)) < 2000 else "see fastml monitor status")
-        s.figure("alert_window", detail.get("window_id"))
         from fastml.config import get_settings
         from fastml.examples import pictures
         from fastml.monitoring.store import MonitoringStore
 
         store = MonitoringStore(Path(get_settings().home) / "monitoring.db")
         try:
-            shares = [w.drift_share or 0.0 for w in store.windows(MODEL)]
+            windows = [w for w in store.windows(MODEL) if w.id is not None and w.id > last_window]
         finally:
             store.close()
+        shares = [w.drift_share or 0.0 for w in windows]
+        ids = [w.id for w in windows]
+        # The alert's window as this run's window number (1 = the first window of this run's traffic).
+        alert_window = ids.index(detail["window_id"]) + 1 if detail.get("window_id") in ids else None
+        s.figure("alerts", [f"{a.get('rule')}:{a.get('status')}" for a in alerts])
+        s.figure("drifted_features", drifted)
+        s.figure("status", status if len(json.dumps(status)) < 2000 else "see fastml monitor status")
+        s.figure("alert_window", alert_window)
         s.figure("window_drift_shares", shares)
-        picture = pictures.live_drift(self.out / "reports" / "live_drift.png", shares, 0.3, detail.get("window_id"))
+        picture = pictures.live_drift(self.out / "reports" / "live_drift.png", shares, 0.3, alert_window)
         s.file("live drift picture", picture)
         s.check(bool(fired), "the data_drift alert fires on the planted card-testing burst")
-        s.check(detail.get("window_id", 0) > self.sizes.normal_windows, "no alert while the traffic was normal")
+        s.check(alert_window is not None, "the alert is on a window of this run's traffic")
+        s.check((alert_window or 0) > self.sizes.normal_windows, "no alert while the traffic was normal")
         s.check({"amount", "hour"} <= set(drifted), f"the alert names the drifted request features: {drifted}")
 
     # ------------------------------------------------------------------------------------------ 9
@@ -424,7 +436,7 @@ class Fraud:
         if proc.returncode == 0:
             s.file("monitoring report", html / "report.html")
         verdict = AuditLog().verify()
-        actions = sorted({e["action"] for e in AuditLog().entries()})
+        actions = sorted({e["action"] for e in list(AuditLog().entries())[self.audit_mark :]})
         s.figure("audit_actions", actions)
         s.check(verdict.ok, f"audit log verifies ({verdict.entries} entries)")
         s.check("governance.gate.allow" in actions, "the production gate's decision is on record")
@@ -452,15 +464,30 @@ class Fraud:
         cols = {"amount": amount, "hour": hour, **{f: values[:, j] for j, f in enumerate(CARD_FEATURES)}}
         return np.column_stack([cols[c] for c in self.columns]).astype(np.float32)
 
-    def _wait_for_alert(self, timeout_s: float = 120.0) -> list[dict]:
+    def _wait_for_alert(self, after_id: int, timeout_s: float = 120.0) -> list[dict]:
+        """The alerts stored after alert ``after_id``, once a ``data_drift`` one is among them (or the deadline)."""
         # Windows close on the server's monitor thread; poll the monitoring store with a deadline.
         deadline = time.monotonic() + timeout_s
         while True:
             alerts = json.loads(fastml_cli("monitor", "alerts", "--json").stdout)
             alerts = alerts if isinstance(alerts, list) else alerts.get("alerts", [])
+            alerts = [a for a in alerts if int(a.get("id", 0)) > after_id]
             if any(a.get("rule") == "data_drift" for a in alerts) or time.monotonic() > deadline:
                 return alerts
             time.sleep(0.5)
+
+    def _store_marks(self) -> tuple[int, int]:
+        """The newest window id and alert id in the monitoring store (0 when it has none)."""
+        from fastml.config import get_settings
+        from fastml.monitoring.store import MonitoringStore
+
+        store = MonitoringStore(Path(get_settings().home) / "monitoring.db")
+        try:
+            windows = store.windows(with_drift=False, limit=1)
+            alerts = store.alerts()
+        finally:
+            store.close()
+        return max((w.id or 0 for w in windows), default=0), max((int(a["id"]) for a in alerts), default=0)
 
     def close(self) -> None:
         if self.server is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,14 @@ def _pipeline(path: Path, n_trials: int) -> dict:
 
 
 class Healthcare(ServedExample[Sizes]):
+    def __init__(self, out_dir: Path, sizes: Sizes) -> None:
+        super().__init__(out_dir, sizes)
+        # A run can share its FASTML_HOME with earlier runs: request ids carry this run's tag (the review
+        # queue holds one item per model and request id for good), and the audit and review figures count
+        # this run's entries only.
+        self.run_tag = uuid.uuid4().hex[:8]
+        self.audit_mark = _audit_length()
+
     # ------------------------------------------------------------------------------------------ 1
     def generate(self, s: Step) -> None:
         data = self.out / "data"
@@ -177,6 +186,14 @@ class Healthcare(ServedExample[Sizes]):
         from fastml.pipeline import train
         from fastml.registry.registry import Registry
 
+        def versions() -> list[str]:
+            with Registry() as reg:
+                try:
+                    return [mv.version for mv in reg.list_versions(MODEL)]
+                except NotFound:
+                    return []
+
+        before = versions()
         try:
             train(_pipeline(self.degraded_csv, self.sizes.n_trials), progress=False)
             refused = None
@@ -184,12 +201,7 @@ class Healthcare(ServedExample[Sizes]):
             refused = str(exc)
         s.figure("refusal", refused)
         s.check(refused is not None and f"below the bar {BAR}" in refused, f"the pipeline refused: {refused}")
-        with Registry() as reg:
-            try:
-                versions = reg.list_versions(MODEL)
-            except NotFound:
-                versions = []
-        s.check(not versions, "nothing was registered")
+        s.check(versions() == before, "nothing was registered")
         AuditLog().append(
             "pipeline.register.refused", target=MODEL, details={"reason": refused, "data": self.degraded_csv.name}
         )
@@ -259,25 +271,27 @@ class Healthcare(ServedExample[Sizes]):
         name = MODEL
         X = self.patients[CLINICAL].to_numpy(np.float32)
         queued, additive_err, plain_outputs, pictured = 0, 0.0, None, None
+        mine: set[int] = set()
         with ReviewQueue() as queue:
             for i in range(len(X)):
-                rid = f"patient-{i}"
+                rid = f"patient-{i}-{self.run_tag}"
                 explain = i > 0  # the first request asks for the prediction only
                 wanted = ["label", "probabilities"] + (["shap_values"] if explain else [])
                 inp = httpclient.InferInput("input", [1, len(CLINICAL)], "FP32")
                 inp.set_data_from_numpy(X[i : i + 1])
                 outs = [httpclient.InferRequestedOutput(o) for o in wanted]
                 res = self.client.infer(name, [inp], outputs=outs, request_id=rid)
+                p = res.as_numpy("probabilities")[0]
+                confidence = float(p.max())
+                phi: np.ndarray | None = None
                 if not explain:
                     plain_outputs = sorted(o["name"] for o in res.get_response()["outputs"])
-                    continue
-                p = res.as_numpy("probabilities")[0]
-                phi = res.as_numpy("shap_values")[0]
-                logit = float(_log_odds(p)[0])
-                if logit == logit:  # not saturated
-                    additive_err = max(additive_err, abs(self.base_logit + float(phi.sum()) - logit))
-                confidence = float(p.max())
-                if pictured is None and confidence < CONFIDENCE_THRESHOLD:
+                else:
+                    phi = res.as_numpy("shap_values")[0]
+                    logit = float(_log_odds(p)[0])
+                    if logit == logit:  # not saturated
+                        additive_err = max(additive_err, abs(self.base_logit + float(phi.sum()) - logit))
+                if phi is not None and pictured is None and confidence < CONFIDENCE_THRESHOLD:
                     from fastml.examples import pictures
 
                     pictured = pictures.explanation(
@@ -287,12 +301,14 @@ class Healthcare(ServedExample[Sizes]):
                         f"{rid}: p(diabetes) {p[1]:.2f}, sent to review",
                     )
                     s.file("explanation picture", pictured)
+                # Every prediction is judged on its confidence, explained or not (the reason then names the
+                # two largest contributions when the request asked for them).
                 if confidence < CONFIDENCE_THRESHOLD:
-                    top = np.argsort(-np.abs(phi))[:2]
-                    reason = f"confidence {confidence:.2f} < {CONFIDENCE_THRESHOLD}; " + ", ".join(
-                        f"{CLINICAL[j]} {phi[j]:+.2f}" for j in top
-                    )
-                    queue.add(
+                    reason = f"confidence {confidence:.2f} < {CONFIDENCE_THRESHOLD}"
+                    if phi is not None:
+                        top = np.argsort(-np.abs(phi))[:2]
+                        reason += "; " + ", ".join(f"{CLINICAL[j]} {phi[j]:+.2f}" for j in top)
+                    item = queue.add(
                         MODEL,
                         rid,
                         int(res.as_numpy("label")[0]),
@@ -302,7 +318,8 @@ class Healthcare(ServedExample[Sizes]):
                         actor="diagnosis-service",
                     )
                     queued += 1
-            self.open_items = queue.list()
+                    mine.add(item.id)
+            self.open_items = [item for item in queue.list() if item.id in mine]
         s.figure("predictions", len(X))
         s.figure("queued_for_review", queued)
         s.figure("max_additivity_error_logit", additive_err)
@@ -326,10 +343,13 @@ class Healthcare(ServedExample[Sizes]):
             ids = [str(i.id) for i in confirm]
             fastml_cli("review", "resolve", *ids, "--decision", "confirmed", "--reviewer", "dr-okafor")
         left = json.loads(fastml_cli("review", "list", "--json").stdout)
-        done = json.loads(fastml_cli("review", "list", "--status", "all", "--json").stdout)
+        routed = {i.id for i in items}  # this run's items (the queue keeps earlier runs' too)
+        everything = json.loads(fastml_cli("review", "list", "--status", "all", "--json").stdout)
+        done = [d for d in everything if d["id"] in routed]
         s.figure("resolved", len(done))
         s.figure("overridden", sum(d["status"] == "overridden" for d in done))
         s.check(not left, "no item left open")
+        s.check(len(done) == len(items), "every routed prediction resolved")
         s.check(all(d["reviewer"] == "dr-okafor" for d in done), "every item resolved by a named reviewer")
 
     # ------------------------------------------------------------------------------------------ 8
@@ -342,7 +362,7 @@ class Healthcare(ServedExample[Sizes]):
         fastml_cli("audit", "import-registry")  # the registry's own events join the chain
         log = AuditLog()
         verdict = log.verify()
-        actions = [e["action"] for e in log.entries()]
+        actions = [e["action"] for e in log.entries()][self.audit_mark :]  # this run's entries
         counts = {a: actions.count(a) for a in sorted(set(actions))}
         export = self.out / "reports" / "audit.jsonl"
         fastml_cli("audit", "export", "--format", "jsonl", "--out", str(export))
@@ -354,6 +374,13 @@ class Healthcare(ServedExample[Sizes]):
         s.check(any(a.startswith("registry.") for a in actions), "the registrations are on record")
         n = len(self.open_items)
         s.check(counts.get("review.enqueue") == n and counts.get("review.resolve") == n, "every review on record")
+
+
+def _audit_length() -> int:
+    """How many entries the audit log holds now (a run counts the entries after this mark as its own)."""
+    from fastml.governance.audit import AuditLog
+
+    return sum(1 for _ in AuditLog().entries())
 
 
 # Float32 probabilities pin the log-odds down only away from 0 and 1: rows whose smaller probability is under

@@ -56,6 +56,7 @@ class ServerProcess:
                 return match.group(1)
         self.proc.kill()
         self.proc.wait()
+        self.proc.stdout.close()
         self._log.close()
         tail = self.log_path.read_text()[-2000:]
         raise FastMLError(f"fastml serve did not start (log {self.log_path}):\n{tail}")
@@ -76,6 +77,8 @@ class ServerProcess:
             self.proc.kill()
             code = self.proc.wait()
         self._drain.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
         return code
 
