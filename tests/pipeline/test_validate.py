@@ -77,3 +77,16 @@ def test_runs_show_unknown_run():
 
     with pytest.raises(NotFound, match="run 'nope' not found"):
         open_run("nope")
+
+
+@pytest.mark.parametrize("run_id", ["../x", "..", "a/b", "/tmp/x", ""])
+def test_a_run_id_that_is_not_one_folder_name_is_refused(run_id, tmp_path, monkeypatch):
+    # fastml runs show / fastml train --resume ../x read (and resumed) a run directory outside the runs root.
+    from fastml.pipeline import open_run
+    from fastml.pipeline.run import runs_root
+
+    outside = runs_root().parent / "x"  # what "../x" names: a run directory outside the runs root
+    outside.mkdir(parents=True, exist_ok=True)
+    (outside / "run.json").write_text('{"run_id": "x", "status": "failed"}')
+    with pytest.raises(InvalidInput, match=r"run id .*: use letters, digits, '-' and '_' only"):
+        open_run(run_id)

@@ -72,10 +72,20 @@ class Run:
         self.save()
 
 
-def create_run(cfg, run_id: str | None = None) -> Run:
-    run_id = run_id or new_run_id()
-    if not run_id.replace("-", "").replace("_", "").isalnum():
+def _check_run_id(run_id) -> str:
+    """``run_id`` once it names a folder directly under the runs root: letters, digits, '-' and '_' only (a
+    '../x' would reach a run directory elsewhere).
+
+    Raises:
+        InvalidInput: any other id.
+    """
+    if not isinstance(run_id, str) or not run_id.replace("-", "").replace("_", "").isalnum():
         raise InvalidInput(f"run id {run_id!r}: use letters, digits, '-' and '_' only")
+    return run_id
+
+
+def create_run(cfg, run_id: str | None = None) -> Run:
+    run_id = _check_run_id(run_id or new_run_id())
     d = runs_root() / run_id
     if d.exists():
         raise InvalidInput(f"run {run_id!r} already exists; use resume")
@@ -99,7 +109,7 @@ def create_run(cfg, run_id: str | None = None) -> Run:
 
 
 def open_run(run_id: str) -> Run:
-    d = runs_root() / run_id
+    d = runs_root() / _check_run_id(run_id)
     try:
         state = json.loads((d / "run.json").read_text())
     except FileNotFoundError:
