@@ -338,3 +338,29 @@ def test_cli_pos_label_that_is_no_label_value_is_refused_not_truncated(tmp_path,
         assert main([*argv, "--pos-label", good, "--json"]) in (0, 1)
         doc = json.loads(capsys.readouterr().out)
         assert doc["fairness"]["overall"]["positives"] == 3.0
+
+
+def test_two_writers_of_the_same_evidence_each_commit_a_whole_file(tmp_path, monkeypatch):
+    """Two processes recording evidence for one version: the second starts while the first is between its write
+    and its rename. With one shared temporary name the second truncated and renamed the first's file, and the
+    first's rename then found nothing (FileNotFoundError)."""
+    import json as _json
+    import os as _os
+
+    from fastml.governance import gates
+
+    store = gates.EvidenceStore(tmp_path)
+    real_fsync = _os.fsync
+    interleaved = []
+
+    def fsync_then_other_writer(fd):
+        real_fsync(fd)
+        if not interleaved:  # the first writer, between its write and its rename
+            interleaved.append(True)
+            store.save("m", "1.0.0", {"writer": "second"})
+
+    monkeypatch.setattr(gates.os, "fsync", fsync_then_other_writer)
+    store.save("m", "1.0.0", {"writer": "first"})
+    path = tmp_path / "m" / "1.0.0" / "fairness.json"
+    assert _json.loads(path.read_text()) == {"writer": "first"}  # the last rename wins, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["fairness.json"]  # no temporary file left

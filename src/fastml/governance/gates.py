@@ -169,13 +169,19 @@ class EvidenceStore:
     def save(self, name: str, version: str, report: Mapping[str, Any]) -> Path:
         path = self._path(name, version)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # A temporary file of this writer's own: with one shared name, two processes recording evidence for the
+        # same version truncated each other's file, and the second rename found nothing to rename.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         data = json.dumps(report, indent=2, allow_nan=False).encode()
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # readers see the old evidence or the new, never half
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)  # readers see the old evidence or the new, never half
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     def digest(self, name: str, version: str) -> str | None:
