@@ -660,8 +660,7 @@ class DeploymentManager:
     async def _persist(self, specs: dict[str, dconf.DeploymentSpec]) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, dconf.write_atomic, self.state_file, dconf.dump(specs))
-        st = self.state_file.stat()
-        self._state_sig = (st.st_mtime_ns, st.st_size, st.st_ino)  # our own write: nothing to re-apply
+        self._state_sig = self._state_file_sig()  # our own write: nothing to re-apply
 
     async def apply_text(self, text: str, source: str = "deployments") -> None:
         """Parse and :meth:`apply` a deployment file's text."""
@@ -719,12 +718,7 @@ class DeploymentManager:
 
     async def poll_once(self) -> None:
         """One poll: apply the state file if it changed, swap variants whose alias moved, write the snapshot."""
-        try:
-            st = self.state_file.stat()
-            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            sig = None
-        if sig != self._state_sig:
+        if self._state_file_sig() != self._state_sig:
             # Read and applied under the admin lock: an admin change (put/delete) in between would otherwise be
             # applied, then undone by this older read of the file, and its own write (whose signature it records)
             # would never be re-read: the process would serve without it while the file holds it.
@@ -735,13 +729,17 @@ class DeploymentManager:
         if self.table:
             await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot)
 
-    async def _reread_state_file(self) -> None:
-        """Apply the state file if it changed since it was last applied or written here (admin lock held)."""
+    def _state_file_sig(self) -> tuple | None:
+        """What tells the state file changed: (mtime ns, size, inode), None while there is none."""
         try:
             st = self.state_file.stat()
-            sig = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
-            sig = None
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def _reread_state_file(self) -> None:
+        """Apply the state file if it changed since it was last applied or written here (admin lock held)."""
+        sig = self._state_file_sig()
         if sig != self._state_sig:
             self._state_sig = sig
             if sig is not None:
