@@ -86,7 +86,7 @@ class _Connection:
         except _WOULD_BLOCK:
             return True  # TLS records that carry no data (a TLS 1.3 session ticket): still alive
         except OSError:
-            pass
+            pass  # reset by the server: done as well, closed below like a clean close
         self.close()
         return False
 

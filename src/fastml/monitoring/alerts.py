@@ -207,12 +207,9 @@ class AlertManager:
     def _evaluate(self, metrics, now, model, details, base_model=None) -> list[AlertEvent]:
         now = time.time() if now is None else now
         for sink in self.sinks:
-            observe = getattr(sink, "observe", None)
+            observe = getattr(sink, "observe", None)  # optional: sinks that export the metrics' values
             if observe is not None:
-                if getattr(sink, "observes_model", False):  # the metrics are this model's (gauge labels)
-                    observe(metrics, model=model)
-                else:
-                    observe(metrics)
+                observe(metrics, model=model)  # the model they were evaluated for (gauge labels)
         events = []
         for rule in self.rules:
             if not (rule.applies_to(model) or (base_model is not None and rule.applies_to(base_model))):
@@ -397,8 +394,6 @@ class PrometheusSink:
         self.metric = Gauge(
             f"{prefix}_metric", "Last evaluated monitoring metric value", ["model", "metric"], registry=registry
         )
-
-    observes_model = True  # AlertManager hands observe() the model the metrics were evaluated for
 
     def observe(self, metrics: Mapping[str, float | None], model: str = "") -> None:
         # One sink serves every model a manager evaluates: label the values with the model they belong to, or
