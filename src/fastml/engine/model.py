@@ -673,7 +673,8 @@ class Model:
 
     # ------------------------------------------------------------------ blocking
     def predict(self, inputs, outputs=None, timeout_us: int | None = None, *, request_id: str | None = None):
-        """Runs one request (any rows up to max_batch_size) and blocks until its outputs are ready.
+        """Runs one request (any number of rows: more than max_batch_size run as several batches) and blocks
+        until its outputs are ready.
 
         Args:
             inputs: one array (one-input models) or a dict name -> array; leading dim = rows.
@@ -775,11 +776,16 @@ class Model:
                         submit(start)
                     except Exception as exc:  # noqa: BLE001 - waited-for chunks first, then this error
                         error = exc
+        if error is None:
+            try:
+                result = _concat(parts, self._output_names, step, rows)
+            except InvalidInput as exc:  # the chunks' outputs do not join: the request fails as a whole
+                error = exc
         if error is not None:
             self._book_chunks(0, 0, outcome)
             raise error
         self._book_chunks(0, 0, "ok")
-        return _concat(parts, self._output_names)
+        return result
 
     def _submit_sync_checked(self, arrays, timeout):
         try:
@@ -1064,7 +1070,12 @@ class Model:
                 fail(exc2)
                 return
             if state["pending"] == 0:
-                outer.set_result(_concat([parts[i] for i in range(state["submitted"])], self._output_names))
+                try:
+                    result = _concat([parts[i] for i in range(state["submitted"])], self._output_names, step, rows)
+                except InvalidInput as exc3:  # settled either way: an exception here would leave it pending
+                    fail(exc3)
+                    return
+                outer.set_result(result)
                 self._book_chunks(0, 0, "ok")
 
         try:
@@ -1075,6 +1086,9 @@ class Model:
             # A later chunk refused (Overloaded): the caller gets the error (and counts it), so the chunks already
             # queued must not submit the rest when they complete (on_done stops once the request is settled).
             outer.cancel()
+            if state["submitted"]:
+                # They still run (with the inline runner, only in a flush: submit, which schedules it, raises).
+                self._schedule_flush(loop, queue)
             raise
         return outer
 
@@ -1297,15 +1311,34 @@ class _ChunkDeadline:
         left = self.timeout_us - waited_us
         if left <= 0:
             raise DeadlineExceeded(
-                f"deadline of {self.timeout_us} us passed after {waited_us} us; rows {start} to {self.rows - 1} "
+                f"deadline of {self.timeout_us} us passed after {waited_us} us; rows {start + 1}-{self.rows} "
                 f"of the request's {self.rows} not run"
             )
         return left
 
 
-def _concat(parts: list[dict], names: list[str]) -> dict[str, np.ndarray]:
-    """The outputs of a request's chunks, joined along the row axis in chunk order."""
-    return {n: np.concatenate([p[n] for p in parts], axis=0) for n in names}
+def _concat(parts: list[dict], names: list[str], step: int, rows: int) -> dict[str, np.ndarray]:
+    """The outputs of a request's chunks (of ``step`` rows, ``rows`` in all), joined along the row axis in chunk
+    order.
+
+    Raises:
+        InvalidInput: an output whose shape past the row axis differs between chunks (a width that depends on
+            the batch's data): no one array holds them, and padding would invent values the model never gave.
+    """
+    joined = {}
+    for n in names:
+        arrays = [p[n] for p in parts]
+        first = arrays[0].shape[1:]
+        for i, a in enumerate(arrays):
+            if a.shape[1:] != first:
+                raise InvalidInput(
+                    f"output '{n}' has shape {_shape(a.shape)} for rows {i * step + 1}-{min((i + 1) * step, rows)} "
+                    f"of the request's {rows} but {_shape(arrays[0].shape)} for rows 1-{step}: its batches of at "
+                    f"most max_batch_size {step} rows cannot be joined into one answer; send at most {step} rows "
+                    "per request"
+                )
+        joined[n] = np.concatenate(arrays, axis=0)
+    return joined
 
 
 def load_model(

@@ -467,8 +467,11 @@ class DataPlane:
                 fut = model.submit(inputs, timeout_us, request_id=request_id)
         except InvalidInput as exc:
             self.count_failure(entry, exc)
-            # Say it in Triton's words where Triton has words for it (clients match on them).
-            triton = messages.input_error(entry.name, model.signature, inputs, model.max_batch_size, request_id)
+            # Say it in Triton's words where Triton has words for it (clients match on them). The engine runs a
+            # request over max_batch_size as several batches: its batch size is never what is wrong with it.
+            triton = messages.input_error(
+                entry.name, model.signature, inputs, model.max_batch_size, request_id, splits_batches=True
+            )
             if triton is None:
                 raise
             raise InvalidInput(triton) from None

@@ -148,6 +148,8 @@ def input_error(
     inputs: Mapping[str, np.ndarray | tuple[str, Sequence[int]]],
     max_batch_size: int,
     request_id: str | None = None,
+    *,
+    splits_batches: bool = False,
 ) -> str | None:
     """The first problem with a request's inputs, in Triton's words and Triton's order; None if the names,
     datatypes, shapes and batch size all fit the signature.
@@ -159,6 +161,8 @@ def input_error(
             (in request order).
         max_batch_size: the model's; 0 means the model does not batch (shapes are compared whole).
         request_id: the request's ``id``, for Triton's ``[request id: ...]`` prefix.
+        splits_batches: the caller runs a batch over ``max_batch_size`` as several (fastml's engine does), so
+            a large batch is no problem to report: the request's real one (a datatype, a shape) is.
     """
     declared = {name: (v if isinstance(v, tuple) else (datatype_of(v), tuple(v.shape))) for name, v in inputs.items()}
     expected_names = [s.name for s in signature.inputs]
@@ -180,7 +184,7 @@ def input_error(
                 batch = int(shape[0])
             elif int(shape[0]) != batch:
                 return batch_mismatch(name, model, request_id)
-    if batching and batch is not None and batch > max_batch_size:
+    if batching and not splits_batches and batch is not None and batch > max_batch_size:
         return batch_too_large(max_batch_size, model, request_id)
     for name in got:
         spec = specs[name]
