@@ -82,3 +82,21 @@ def test_close_ends_a_gather_at_once(started):
     assert runner._thread is not None and not runner._thread.is_alive()
     # The gathering copy was either run as close() woke the runner or shed by close(): never lost.
     assert len(target.stats.records) + len(shed) == 2
+
+
+def test_a_batch_failed_by_one_copy_fails_that_copy_only(started):
+    runner, model, shed, d, target, entry, x = started
+
+    def run_batch(arrays):  # refuses any batch holding a NaN, as a model refuses one request's data
+        model.batches.append(len(arrays[0]))
+        if np.isnan(arrays[0]).any():
+            raise ValueError("NaN in the input")
+        return [arrays[0][:, :1] * 2]
+
+    model.run_batch = run_batch
+    bad = np.full((1, 3), np.nan, np.float32)
+    for i, arr in enumerate((x, bad, x, x)):
+        assert runner.offer(d, target, entry, {"input": arr}, f"r{i + 1}")
+    assert runner.wait_idle(30.0)
+    assert model.batches == [1, 4, 1, 1, 1, 1]  # the failed batch of 4, then each copy alone
+    assert target.stats.records == [True, True, False, True, True] and shed == []

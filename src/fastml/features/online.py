@@ -750,14 +750,17 @@ def compile_join(
         t = table_index.get((group.name, version))
         if t is None:
             table = online.table(group, version)
+            # A guess from the first keys in byte order: string keys that all look like integers up front
+            # ("1000".."1019", then "abc") read as int64. Keys are stored as text, so a declared "string" serves
+            # any group (the id "1003" finds the key "1003"); only int64 over string keys cannot be served.
             stored = _key_dtype(table.sample_keys(16))
-            if entity_dtype is not None and stored is not None and stored != entity_dtype:
+            if entity_dtype == "int64" and stored == "string":
                 raise InvalidInput(
-                    f"feature {name!r}: group {group.name!r} stores {stored} entity keys, but the entity key "
-                    f"{ent!r} is declared {entity_dtype}"
+                    f"feature {name!r}: group {group.name!r} stores string entity keys, but the entity key "
+                    f"{ent!r} is declared int64"
                 )
             seen = key_dtypes.get(ent)
-            if seen is not None and stored is not None and seen != stored:
+            if entity_dtype is None and seen is not None and stored is not None and seen != stored:
                 raise InvalidInput(
                     f"feature {name!r}: group {group.name!r} stores {stored} keys for {ent!r}, others {seen}"
                 )

@@ -139,20 +139,37 @@ def build_join(
 
     Raises:
         InvalidInput / NotFound: naming the feature (unknown feature or group, a group never
-        materialised, a key dtype mismatch, a bad policy).
+        materialised, a key dtype mismatch, a bad policy, a policy for a request-time input, one stored feature
+        listed twice under any spelling, a declaration that is not a list of strings).
     """
     from fastml.features import FeatureStore
     from fastml.features.online import compile_join
 
+    if isinstance(features, (str, bytes)):
+        # list("driver:trips") is its characters: "features list 'r' twice" would say nothing of the mistake.
+        raise InvalidInput(
+            f"features must be a list of feature references and input names, got the string {features!r}"
+        )
     if not features:
         raise InvalidInput("features must list at least one feature")
+    features = list(features)
+    odd = next((i for i, f in enumerate(features) if not isinstance(f, str)), None)
+    if odd is not None:
+        raise InvalidInput(
+            f"features[{odd}] is {features[odd]!r} ({type(features[odd]).__name__}); each feature is a reference "
+            "('group:feature') or a request-time input name, a string"
+        )
+    keys = _as_list(entity_key) if entity_key is None or isinstance(entity_key, (str, list, tuple)) else [entity_key]
+    if any(not isinstance(k, str) or not k for k in keys):  # 5, [None]: a TypeError deep in the compile before
+        raise InvalidInput(f"entity_key must be an input name or a list of them, got {entity_key!r}")
     store = feature_store if isinstance(feature_store, FeatureStore) else FeatureStore(feature_store)
+    policies = normalize_policies(feature_policy)
     join = compile_join(
         store.online,
-        list(features),
-        entity_key=_as_list(entity_key) or None,
+        features,
+        entity_key=keys or None,
         entity_dtype=entity_dtype or None,
-        policies=normalize_policies(feature_policy),
+        policies=policies,
         default_policy=(default_policy, 0.0),
     )
     # A request-time column named like an entity key input (a group's entity column when entity_key is left out)
@@ -163,6 +180,28 @@ def build_join(
         raise InvalidInput(
             f"request-time feature {clash[0].name!r} has the name of the entity key input that feature {keyed!r} "
             "is looked up by; rename the request-time input"
+        )
+    # The same stored feature under two spellings (driver:trips and driver@v1:trips while v1 is the newest, or
+    # driver@v01:trips): compile_join compares the strings only. Two columns of the model reading one value is a
+    # declaration mistake (the column meant is missing), as listing one reference twice is.
+    seen: dict[tuple, str] = {}
+    for col in join.columns:
+        if col.ref is None:
+            continue
+        first = seen.setdefault((col.group, col.version, col.ref.feature), col.name)
+        if first != col.name:
+            raise InvalidInput(
+                f"features list feature {col.ref.feature!r} of group {col.group}@v{col.version} twice: as "
+                f"{first!r} and as {col.name!r}"
+            )
+    # A policy says what a stored feature's missing or stale value becomes; a request-time value is never looked
+    # up, so a policy naming one would be silently ignored (and an "error" one would only cost the batched way).
+    request_time = {c.name for c in join.columns if c.ref is None}
+    ignored = sorted(request_time & set(policies))
+    if ignored:
+        raise InvalidInput(
+            f"feature_policy names {ignored[0]!r}, a request-time input: policies apply to features read from the "
+            "online store (a request-time value is used as sent)"
         )
     for col in join.columns:
         if col.group is not None and not store.metadata.materializations(col.group, col.version):
@@ -244,6 +283,12 @@ def _run_options():
     return ort.RunOptions()
 
 
+class _NotQueued(InvalidInput):
+    """The batched way's engine model refused a request's inputs before queueing it (ids of another integer type,
+    ``[n, 1]`` shapes, a missing or extra input): the per-request way takes or words them. Told apart from an
+    InvalidInput after the run (the model refusing the data it ran on), which is the request's answer."""
+
+
 @functools.cache
 def _batch_model_class():
     """The engine model class of the batched way (defined on first use: fastml.engine.model is imported lazily).
@@ -256,6 +301,14 @@ def _batch_model_class():
 
     class JoinBatchModel(Model):
         per_request_submit = None  # FeatureJoinedModel._submit_per_request, set once the wrapper is built
+
+        def _validate(self, inputs, *, check_rows: bool = True) -> tuple:
+            # Every refusal of the inputs before queueing comes through here (the native intake's refusal is
+            # worded by it): marked, so predict hands only these to the per-request way.
+            try:
+                return super()._validate(inputs, check_rows=check_rows)
+            except InvalidInput as exc:
+                raise _NotQueued(str(exc)) from None
 
         def submit(self, inputs, timeout_us=None, *, outputs=None, request_id=None):
             try:
@@ -396,6 +449,8 @@ class FeatureJoinedModel:
         """
         if type(inputs) is not dict or len(inputs) != self._n_inputs:
             inputs = self._check_names(inputs)
+        if self._passthrough:
+            self._check_passthrough(inputs)
         # One native call: checks the key and request-time arrays, joins, counts the outcomes.
         out, error_row, error_col, error_stale = self._run(inputs, 0)
         if error_row >= 0:
@@ -407,6 +462,24 @@ class FeatureJoinedModel:
             feed[s.name] = inputs[s.name]
         return feed
 
+    def _check_passthrough(self, inputs: dict) -> None:
+        """The model's other inputs are there, with the entity ids' row count: checked before any lookup (a
+        refused request counts none), and worded in the request's terms. Without it a misnamed one was a KeyError
+        (HTTP 500) after the join, and one of another row count reached ONNX Runtime beside the joined tensor
+        (``run_batch``: broadcast onto every row, another row's value)."""
+        for s in self._passthrough:
+            if s.name not in inputs:  # as many inputs as expected, one of another name
+                self._check_names(inputs)
+        key = self.join.key_inputs[0]
+        ids = inputs.get(key)
+        if not isinstance(ids, np.ndarray) or not (ids.ndim == 1 or (ids.ndim == 2 and ids.shape[1] == 1)):
+            return  # the native join words it
+        rows = ids.shape[0]
+        for s in self._passthrough:
+            a = inputs[s.name]
+            if isinstance(a, np.ndarray) and a.ndim > 0 and a.shape[0] != rows:
+                raise InvalidInput(f"input {s.name!r} has {a.shape[0]} rows but input {key!r} has {rows}")
+
     def _check_names(self, inputs) -> dict:
         if isinstance(inputs, np.ndarray) and len(self._key_specs) == 1 and self._n_inputs == 1:
             return {self._key_specs[0].name: inputs}
@@ -415,6 +488,8 @@ class FeatureJoinedModel:
         expected = [s.name for s in self.signature.inputs]
         unknown = sorted(set(inputs) - set(expected))
         missing = [n for n in expected if n not in inputs]
+        if not unknown and not missing:
+            return dict(inputs)  # a dict subclass (OrderedDict) of the right names: refused with no reason before
         problems = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
         raise InvalidInput(
             f"model {self.model.name!r} expects inputs {expected}; " + "; ".join(p for p in problems if p)
@@ -464,8 +539,11 @@ class FeatureJoinedModel:
         if self._use_batched():
             try:
                 return self.batched.predict(inputs, outputs, timeout_us, request_id=request_id)
-            except InvalidInput:
+            except _NotQueued:
                 pass  # as in submit: the per-request way takes or words it
+            # Any other InvalidInput is the model's answer to a request it ran (ONNX Runtime refusing its data) or
+            # one the per-request way would refuse alike (an unknown output): raised as it is. Run again the
+            # per-request way, the request failed twice and its lookups, taken back by the batched way, counted.
         return self.model.predict(self.build(inputs), outputs, timeout_us, request_id=request_id)
 
     def run_batch(self, arrays) -> list[np.ndarray]:
@@ -499,7 +577,7 @@ class FeatureJoinedModel:
         if self._use_batched():
             try:
                 return await self.batched.predict_async(inputs, outputs, timeout_us, request_id=request_id)
-            except InvalidInput:
+            except _NotQueued:
                 pass  # raised before queueing; as in submit, the per-request way takes or words it
         return await self._predict_async_per_request(inputs, outputs, timeout_us, request_id)
 

@@ -230,6 +230,13 @@ class ShadowRunner:
                 c.deployment.router.count_shadow_shed(c.shadow.index)
             return
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted and logged, never raised
+            if len(group) > 1:
+                # One copy's data (an entity missing under an "error" feature policy, a value the model refuses)
+                # fails the whole batch: each copy runs alone, as the batcher reruns a failed batch's requests,
+                # so only the copies at fault count as failures.
+                for c in group:
+                    self._run_group([c])
+                return
             self._failed(group, f"{type(exc).__name__}: {exc}")
             return
         queued_ns = np.fromiter([c.queued_ns for c in group], np.int64, len(group))
