@@ -188,7 +188,8 @@ def test_a_header_without_rows_scores_to_an_empty_output(model_file, tmp_path, s
     report = predict_file(pkl, src, tmp_path / "out.csv", key_columns=["id"])
     assert report.rows == 0
     out = pacsv.read_csv(tmp_path / "out.csv")
-    assert out.num_rows == 0 and out.column_names == ["id", "label", "probabilities"]
+    # the columns a file with rows gets: the days without rows concatenate with the others
+    assert out.num_rows == 0 and out.column_names == ["id", "label", "probabilities_0", "probabilities_1"]
 
 
 RSS_SCRIPT = textwrap.dedent(

@@ -20,7 +20,8 @@ name_{K-1}``; a per-row map of class to probability (scikit-learn's ZipMap, ``se
 
 A null (an empty CSV cell) feeds a floating-point input as NaN; an integer, boolean or string input has no
 missing value, so a null for one is refused, naming the column (as is a fractional or non-finite value for an
-integer input, which a cast would change without a word).
+integer input, a value outside its range, and anything but 0, 1 or a boolean's text for a boolean input, which a
+cast would change without a word).
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ class _Plan:
                     f"model input {spec.name!r} takes {spec.type}, which cannot be read from a file's column"
                 )
         self.output_types = [o.type for o in sess.get_outputs()]
+        self.output_shapes = [o.shape for o in sess.get_outputs()]
         for name, kind in zip(self.output_names, self.output_types):
             if not kind.startswith("tensor(") and not _is_zipmap(kind):
                 raise InvalidInput(
@@ -348,7 +350,8 @@ def _matrix(batch, names: list[str], dtype) -> np.ndarray | None:
 
 def _column(batch, name: str, dtype) -> np.ndarray:
     """One column as the model input's numpy dtype. A null becomes NaN for a floating-point input; for any other
-    input (integer, boolean, string) it is refused, as are the values a cast to an integer input would change."""
+    input (integer, boolean, string) it is refused, as are the values a cast to an integer or boolean input would
+    change (see _check_cast)."""
     import pyarrow.types as pat
 
     col = batch.column(batch.schema.get_field_index(name))
@@ -365,6 +368,8 @@ def _column(batch, name: str, dtype) -> np.ndarray:
         raise InvalidInput(f"column {name!r} holds {col.type} values, and the model input it feeds takes numbers")
     if floating and (pat.is_string(col.type) or pat.is_large_string(col.type)):
         col = _missing_as_null(col)
+    if dtype is np.bool_ and _is_text(col.type):
+        col = _text_as_bool(col, name)  # numpy's cast of the text "false" is True (a non-empty string)
     view = _numeric_view(col)
     try:
         if view is not None:
@@ -373,19 +378,70 @@ def _column(batch, name: str, dtype) -> np.ndarray:
             values = col.to_numpy(zero_copy_only=False)
             if col.null_count and values.dtype == object:  # strings, booleans, decimals: None where a null is
                 values[col.is_null().to_numpy(zero_copy_only=False)] = np.nan
-        if np.issubdtype(dtype, np.integer) and values.dtype.kind == "f":
-            values = values.astype(np.float64, copy=False)
-            bad = ~np.isfinite(values) | (values != np.trunc(values))
-            if bad.any():
-                raise InvalidInput(
-                    f"column {name!r} holds {float(values[bad][0])!r}, which is not a whole number, and the model "
-                    f"input it feeds takes {dtype_name}"
-                )
+        _check_cast(values, dtype, name, dtype_name)
         return values.astype(dtype, copy=False)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: text of a number beyond the type
         if isinstance(exc, InvalidInput):
             raise
         raise InvalidInput(f"column {name!r} cannot be read as {dtype_name}: {exc}") from exc
+
+
+def _check_cast(values: np.ndarray, dtype, name: str, dtype_name: str) -> None:
+    """Raises InvalidInput where casting numeric ``values`` to the integer or boolean ``dtype`` would change a value
+    without a word: a fraction, NaN or infinity for an integer, a value outside the integer's range (3e9 for an
+    int32 became -2147483648, 300 for a uint8 became 44, -1 for a uint32 became 4294967295), anything but 0 and 1
+    for a boolean (2 became True)."""
+    kind = values.dtype.kind
+    if kind not in "iuf" or not len(values):
+        return
+    taken = f"and the model input it feeds takes {dtype_name}"
+    if dtype is np.bool_:
+        bad = (values != 0) & (values != 1)
+        if bad.any():
+            raise InvalidInput(f"column {name!r} holds {values[bad][0].item()!r}, which is not 0 or 1, {taken}")
+        return
+    if not np.issubdtype(dtype, np.integer) or np.can_cast(values.dtype, dtype):
+        return
+    info = np.iinfo(dtype)
+    if kind == "f":
+        v = values.astype(np.float64, copy=False)
+        bad = ~np.isfinite(v) | (v != np.trunc(v))
+        if bad.any():
+            raise InvalidInput(f"column {name!r} holds {float(v[bad][0])!r}, which is not a whole number, {taken}")
+        # info.max + 1 is a power of two, exact in float64 (info.max itself is not, for 64-bit types)
+        bad = (v < float(info.min)) | (v >= float(info.max) + 1)
+        first = float(v[bad][0]) if bad.any() else None
+    else:
+        lo, hi = int(values.min()), int(values.max())
+        first = lo if lo < info.min else hi if hi > info.max else None
+    if first is not None:
+        raise InvalidInput(
+            f"column {name!r} holds {first!r}, which is outside the range of {dtype_name} "
+            f"({info.min} to {info.max}), {taken}"
+        )
+
+
+def _is_text(arrow_type) -> bool:
+    import pyarrow.types as pat
+
+    if pat.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pat.is_string(arrow_type) or pat.is_large_string(arrow_type)
+
+
+def _text_as_bool(col, name: str):
+    """A text column feeding a boolean input, parsed as Arrow parses a CSV's booleans ("true", "False", "1",
+    "0", ...).
+
+    Raises:
+        InvalidInput: a value that is no boolean, naming the column.
+    """
+    import pyarrow as pa
+
+    try:
+        return col.cast(pa.bool_())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InvalidInput(f"column {name!r} cannot be read as bool: {exc}") from exc
 
 
 def _missing_as_null(col):
@@ -612,6 +668,10 @@ class _Writer:
             raise InvalidInput(f"{output}: output must end in .csv or .parquet")
         self.output = output
         self.csv = suffix == ".csv"
+        # The directories made for the output, removed again (when still empty) if the run fails; not where the
+        # path goes back up ("new/.."): removing what it names is no undoing of what was made.
+        ups = ".." in output.parent.parts
+        self.made_dirs = [] if ups else [d for d in (output.parent, *output.parent.parents) if not d.exists()]
         output.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = _exclusive_file(output.parent, f".{output.name}.", ".tmp")
         self.writer: Any = None
@@ -642,15 +702,22 @@ class _Writer:
             except Exception:  # noqa: BLE001 - already failing; the temporary file goes either way
                 pass
         Path(self.tmp).unlink(missing_ok=True)
+        for d in self.made_dirs:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:  # not empty (something else wrote there meanwhile), or already gone
+                break
 
 
 def _exclusive_file(directory: Path, prefix: str, suffix: str) -> str:
     """Create a new, empty file with a random name in ``directory`` (as ``tempfile.mkstemp`` does, whose import
-    pulls in shutil, bz2, lzma and random: ~15 ms of every command's start) and return its path."""
+    pulls in shutil, bz2, lzma and random: ~15 ms of every command's start) and return its path. Unlike mkstemp's,
+    its mode is the one the umask gives a new file (0644 under umask 022): it becomes the output, which was left
+    readable by its owner alone (0600) where a file written by pyarrow or pandas is not."""
     for _ in range(100):
         path = directory / f"{prefix}{os.urandom(6).hex()}{suffix}"
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
         return str(path)
@@ -793,7 +860,7 @@ def _predict_file(
         sess,
         file_columns,
         keys,
-        columns if columns is not None else _card_columns(card_columns, file_columns),
+        columns if columns is not None else _card_columns(card_columns, file_columns, sess.get_inputs()),
         str(src),
     )
     if max_memory_mb is not None:
@@ -822,10 +889,16 @@ def _predict_file(
         column_types = None
         sample = getattr(batches, "sample_schema", None)
         if total is None and sample is not None:  # a CSV file
-            column_types = _csv_column_types(plan, sample, text_columns)
+            entity_text = {keys[0]} if features and _string_entity_keys(feature_store, features) else set()
+            column_types = _csv_column_types(plan, sample, text_columns | entity_text)
         for batch in batches(read, batch_rows, column_types=column_types):
             if features:
-                batch = _join_features(batch, feature_store, features, keys[0])
+                try:
+                    batch = _join_features(batch, feature_store, features, keys[0])
+                except InvalidInput as exc:  # the store counts positions within the chunk: name the file's rows
+                    raise InvalidInput(
+                        f"{src}: rows {read_rows + 1}-{read_rows + batch.num_rows} (data rows, counted from 1): {exc}"
+                    ) from exc
             for piece in _tail_pieces(batch, read_rows, total, batch_rows, workers):
                 inflight.append((piece, pool.submit(sess.run, None, plan.feed(piece), run_options)))
                 inflight_rows += piece.num_rows
@@ -841,7 +914,8 @@ def _predict_file(
             out_schema = _emit(writer, plan, done, fut, rows)
             rows += done.num_rows
             advance(done.num_rows)
-        writer.commit(out_schema or _empty_schema(plan, keys, sample))
+        # no rows: the columns come from the model's description
+        writer.commit(out_schema or _empty_schema(plan, keys, sample, _zipmap_classes(model_path, plan)))
     except _CsvConversionError as exc:  # a later row's value that the type guessed from the first rows cannot hold
         writer.abort()
         if exc.column in text_columns:  # text holds any value: not expected, but never a loop
@@ -870,9 +944,11 @@ def _checked_source(input_path: str | os.PathLike, batch_rows: int) -> Path:
     """The input file as a Path, once it exists and ``batch_rows`` is a whole number >= 1.
 
     Raises:
-        NotFound: no such input file. InvalidInput: a bad ``batch_rows``.
+        NotFound: no such input file. InvalidInput: a directory, or a bad ``batch_rows``.
     """
     src = Path(input_path)
+    if src.is_dir():  # it exists: "does not exist" would send the user looking for a typo
+        raise InvalidInput(f"input {str(src)!r} is a directory: name a .csv or .parquet file")
     if not src.is_file():
         raise NotFound(f"input file {str(src)!r} does not exist")
     if not isinstance(batch_rows, int) or batch_rows < 1:
@@ -910,7 +986,9 @@ def _checked_output(src: Path, output_path: str | os.PathLike) -> Path:
     out = Path(output_path)
     if out.is_dir():  # found now, not when the finished file is renamed onto it after every row is scored
         raise InvalidInput(f"output {str(out)!r} is a directory: name a .csv or .parquet file")
-    if out.exists() and os.path.samefile(src, out):
+    # Where the path leads once the writer has made its missing directories: "new/../in.csv" names the input
+    # although it does not exist yet (no "new" to go back up from), and the rename at the end replaced the input.
+    if os.path.realpath(out) == os.path.realpath(src) or (out.exists() and os.path.samefile(src, out)):
         raise InvalidInput(
             f"output {str(out)!r} is the input file: the predictions would replace it; choose another output path"
         )
@@ -960,13 +1038,46 @@ def _session(model_path):
         raise InvalidInput(f"{shown}: ONNX Runtime cannot load this model: {exc}") from exc
 
 
+def _string_entity_keys(store, features: list[str]) -> bool:
+    """Whether a group of ``features`` stores string entity keys (zip codes such as "00501"): a CSV's key column is
+    then read as text, as the serving join reads a request's keys. Arrow reads a column of digits as integers, and
+    "00501" was looked up as 501, a miss: NaN features without a word (and the key written as 501)."""
+    from fastml.features.online import compile_join
+
+    try:
+        join = compile_join(store.online, list(features))
+    except InvalidInput:  # a store without the serving join (another backend, a composite key): keys as read
+        return False
+    return "string" in join.key_dtypes
+
+
 def _join_features(batch, store, features: list[str], key: str):
-    """``batch`` with one float32 column per feature reference, looked up by the entity keys in ``key``."""
+    """``batch`` with one float32 column per feature reference, looked up by the entity keys in ``key``. A row
+    without a key (null) has no entity: its features are NaN, as for an entity the store does not have (the
+    store refused the whole lookup, naming a position within the chunk and neither the file nor the column).
+
+    Raises:
+        InvalidInput: a key the store cannot look up (a float, a timestamp), naming the key column.
+    """
     import pyarrow as pa
 
-    keys = batch.column(batch.schema.get_field_index(key)).to_pylist()
-    values, present = store.get_online(features, keys, as_float32=True)[:2]
-    values = np.where(present, values, np.float32(np.nan))
+    col = batch.column(batch.schema.get_field_index(key))
+    valid = None
+    if col.null_count:
+        valid = col.is_valid()
+        col = col.filter(valid)
+        valid = valid.to_numpy(zero_copy_only=False)
+    values = np.full((len(col), len(features)), np.float32(np.nan), dtype=np.float32)
+    if len(col):
+        try:
+            found, present = store.get_online(features, col.to_pylist(), as_float32=True)[:2]
+        except InvalidInput as exc:
+            raise InvalidInput(f"key column {key!r} holds entity keys the feature store cannot look up: {exc}") from exc
+        values = np.where(present, found, np.float32(np.nan)).astype(np.float32, copy=False)
+    if valid is not None:
+        values_of_rows = np.full((batch.num_rows, len(features)), np.float32(np.nan), dtype=np.float32)
+        values_of_rows[valid] = values
+        values = values_of_rows
     arrays = list(batch.columns) + [pa.array(values[:, j]) for j in range(len(features))]
     return pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + features)
 
@@ -984,8 +1095,16 @@ def _tail_pieces(batch, start: int, total: int | None, batch_rows: int, workers:
     return [batch.slice(offset, step) for offset in range(0, n, step)]
 
 
-def _card_columns(card_columns, file_columns) -> list[str] | None:
-    # The registered feature names are used only when the file has them all (else: file order).
+def _card_columns(card_columns, file_columns, inputs=None) -> list[str] | None:
+    """The registered model card's feature columns, where they choose the columns of the model's one [N, F]
+    input: the file has them all (else: file order), and, given the model's ``inputs``, it is such a model whose
+    input is not a column of the file. A model of one input per column (a pipeline's numeric and categorical
+    columns) is fed by name: its card's numeric columns were taken for --columns, and the run refused ("leave
+    out --columns") a reference whose file scored."""
+    if inputs is not None:
+        one_matrix = len(inputs) == 1 and len(inputs[0].shape) == 2
+        if not one_matrix or all(i.name in file_columns for i in inputs):
+            return None
     if card_columns and all(c in file_columns for c in card_columns):
         return card_columns
     return None
@@ -1020,9 +1139,39 @@ def _arrow(values: np.ndarray):
     return pa.array(values)
 
 
-def _empty_schema(plan: _Plan, keys: list[str], file_schema=None):
+def _zipmap_classes(model_path, plan: _Plan) -> dict[str, list]:
+    """``{output name: class labels}`` of the model's ZipMap outputs, read from its graph (ONNX Runtime does not
+    describe them): the columns a ZipMap output gives a file with rows. Empty without one, or without the onnx
+    package to read the graph."""
+    if not any(_is_zipmap(kind) for kind in plan.output_types):
+        return {}
+    try:
+        import onnx
+        from onnx import helper
+    except ImportError:
+        return {}
+    data = getattr(model_path, "data", None)  # a registry artifact's checked bytes (ModelBytes)
+    try:
+        model = onnx.load_from_string(data) if data is not None else onnx.load(str(model_path))
+    except Exception:  # noqa: BLE001 - ONNX Runtime loaded it; without the classes the output keeps one column
+        return {}
+    classes: dict[str, list] = {}
+    for node in model.graph.node:
+        if node.op_type != "ZipMap" or node.output[0] not in plan.output_names:
+            continue
+        for attr in node.attribute:
+            if attr.name in ("classlabels_strings", "classlabels_int64s"):
+                labels = helper.get_attribute_value(attr)
+                # in the order of ONNX Runtime's maps (sorted), which a chunk's columns follow
+                classes[node.output[0]] = sorted(c.decode() if isinstance(c, bytes) else c for c in labels)
+    return classes
+
+
+def _empty_schema(plan: _Plan, keys: list[str], file_schema=None, zipmap_classes: dict | None = None):
     """The schema of an output without rows: the key columns with their types in ``file_schema`` (the input's, where
-    known and not null; else string), and one column per model output, of its element type."""
+    known and not null; else string), and the columns each model output gives a chunk, of its element type: one,
+    ``name_0 ..`` for a [N, K] output, ``name_{class}`` for a ZipMap output whose classes ``zipmap_classes`` holds
+    (see _zipmap_classes)."""
     import pyarrow as pa
     import pyarrow.types as pat
 
@@ -1039,10 +1188,27 @@ def _empty_schema(plan: _Plan, keys: list[str], file_schema=None):
             return pa.float32()
         return pa.string() if dtype is object else pa.from_numpy_dtype(np.dtype(dtype))
 
-    return pa.schema(
-        [pa.field(k, key_type(k)) for k in keys]
-        + [pa.field(n, output_type(t)) for n, t in zip(plan.output_names, plan.output_types)]
-    )
+    fields = [pa.field(k, key_type(k)) for k in keys]
+    classes = zipmap_classes or {}
+    for name, kind, shape in zip(plan.output_names, plan.output_types, plan.output_shapes):
+        # The columns a chunk's output gives (see _Plan.output_columns): probabilities_0 ... for a [N, K] output of
+        # a static K, not one column "probabilities" that no file with rows has.
+        if name in classes:
+            fields += [pa.field(f"{name}_{c}", pa.float32()) for c in classes[name]]
+            continue
+        fields += [pa.field(n, output_type(kind)) for n in _empty_output_names(name, kind, shape)]
+    return pa.schema(fields)
+
+
+def _empty_output_names(name: str, kind: str, shape) -> list[str]:
+    """The output columns of the model output ``name`` as far as its type and shape tell them without a row: one
+    column, or ``name_0 .. name_{K-1}`` for an output of K > 1 values per row (K known)."""
+    dims = list(shape or [])[1:]
+    if not kind.startswith("tensor(") or not dims or dims == [1]:
+        return [name]
+    if not all(isinstance(d, int) and d > 0 for d in dims):  # a dynamic width: the rows would tell it
+        return [name]
+    return [f"{name}_{k}" for k in range(math.prod(dims))]
 
 
 def _rows_for_budget(sess, plan: _Plan, max_memory_mb: float, chunks_alive: int = 2) -> int:

@@ -44,8 +44,10 @@ from fastml.serving.batch_predict import (
     _ReadAgainAsText,
     _rows_for_budget,
     _session,
+    _string_entity_keys,
     _with_features,
     _Writer,
+    _zipmap_classes,
     resolve_model,
     scored_with_text_retry,
 )
@@ -289,8 +291,8 @@ def _predict_file_ray(
     sample = getattr(batches, "sample_schema", None)  # the file's schema (a CSV's: its first rows' types)
     features = list(features or [])
     # Unknown groups or features are refused before the job starts; each actor opens its own store.
-    file_columns, _ = _with_features(src, file_columns, keys, features)
-    columns = columns if columns is not None else _card_columns(card_columns, file_columns)
+    file_columns, store = _with_features(src, file_columns, keys, features)
+    columns = columns if columns is not None else _card_columns(card_columns, file_columns, sess.get_inputs())
     plan = _Plan(sess, file_columns, keys, columns, str(src))  # the same checks as the local engine, up front
     if max_memory_mb is not None:
         batch_rows = min(batch_rows, _rows_for_budget(sess, plan, max_memory_mb))
@@ -302,7 +304,12 @@ def _predict_file_ray(
             "block": max(batch_predict.CSV_BLOCK_BYTES, 2 * _csv_header(src)[1]),
             "names": list(sample.names),
             "include": read,
-            "column_types": _csv_column_types(plan, sample, text_columns),
+            # A string-keyed group's keys ("00501") are read as text, as the local engine reads them.
+            "column_types": _csv_column_types(
+                plan,
+                sample,
+                text_columns | ({keys[0]} if features and _string_entity_keys(store, features) else set()),
+            ),
         }
     writer = _Writer(out)  # an output of another format is refused before a cluster starts
     rows = 0
@@ -336,7 +343,7 @@ def _predict_file_ray(
                 writer.write(table)
                 out_schema = table.schema
                 rows += table.num_rows
-        writer.commit(out_schema or _empty_schema(plan, keys, sample))
+        writer.commit(out_schema or _empty_schema(plan, keys, sample, _zipmap_classes(model_path, plan)))
     except BaseException as exc:
         writer.abort()
         if not isinstance(exc, Exception):
