@@ -14,8 +14,9 @@ Supported sources (detected from the file's contents, not its suffix):
 Pickles are recognised whatever joblib compressor wrote them (zlib, gzip, bz2, xz, lzma, lz4) and in the old
 protocols 0 and 1, and torch.save files in the pre-1.6 format too. A scikit-learn classifier without
 ``predict_proba`` (SVC, RidgeClassifier, Perceptron, LinearSVC...) gets outputs ``label`` and ``scores`` (its
-decision function). XGBoost models trained on a DataFrame (named features) convert too: the graph reads the
-columns by position, in training order.
+decision function; for two classes either the one column ``d`` or ``[-d, d]``, a column per class in ``classes_``
+order). XGBoost models trained on a DataFrame (named features) convert too: the graph reads the columns by
+position, in training order.
 
 Every conversion is checked against the source model on sample rows before the ONNX file is written: every
 numeric output value within the tolerance, and a classifier's ``label`` equal to the source's predictions
@@ -342,6 +343,31 @@ def _encoded_columns(obj, n_features: int) -> dict[int, np.ndarray]:
     return found
 
 
+def _lightgbm_categories(obj, fmt: str, n_features: int) -> dict[int, np.ndarray]:
+    """Input column -> its categories, for the categorical features of a LightGBM model (a ``Booster`` or the
+    scikit-learn model itself, trained with ``categorical_feature``). LightGBM reads such a column's value as an
+    integer category (2.37 is category 2), the converted graph compares it with each category for equality: they
+    agree on the values the model is served, categories, and the parity rows must hold those, not random reals."""
+    booster = obj if fmt == "lightgbm" else None
+    if fmt == "sklearn" and (type(obj).__module__ or "").startswith("lightgbm"):
+        booster = getattr(obj, "_Booster", None)
+    if booster is None:
+        return {}
+    try:
+        dump = booster.dump_model(num_iteration=1)  # the feature information; one iteration of trees
+        infos = [dump["feature_infos"][name] for name in dump["feature_names"]]
+    except Exception:  # noqa: BLE001 - an older LightGBM's dump without per-feature information
+        return {}
+    if len(infos) != n_features:
+        return {}
+    found = {}
+    for col, info in enumerate(infos):
+        values = info.get("values") if isinstance(info, dict) else None
+        if values:  # only categorical features list their values; numeric ones give a range
+            found[col] = np.asarray(sorted(values), np.float32)
+    return found
+
+
 def _with_categories(x: np.ndarray, known: dict[int, np.ndarray]) -> np.ndarray:
     """``x`` with each column in ``known`` drawn from its categories (every category at least once when there
     are rows enough), the other columns as they are."""
@@ -468,6 +494,62 @@ def _refuse_named_columns(obj) -> None:
                 stack.append(trans)
 
 
+def _with_positional_columns(obj):
+    """``obj``, or a copy whose ColumnTransformers select their columns by lists of non-negative positions.
+    scikit-learn also reads a boolean mask, a numpy array of positions, a negative position and a slice with a
+    negative or open end as positions; skl2onnx does not ("Unable to find column name np.True_ among names
+    ['input']", "Input 1 (i=-1, end=5) is not available"), so such a pipeline could not be converted."""
+    import copy
+
+    from sklearn.compose import ColumnTransformer
+
+    def columns(cols, n: int) -> list[int] | None:
+        """The positions ``cols`` selects among ``n`` columns, when it is positions that skl2onnx misreads."""
+        if isinstance(cols, slice):
+            fine = all(isinstance(v, (int, type(None))) and (v is None or v >= 0) for v in (cols.start, cols.step))
+            if fine and isinstance(cols.stop, int) and 0 <= cols.stop <= n:
+                return None
+            return list(range(n))[cols]
+        if isinstance(cols, str) or cols is None:
+            return None
+        arr = np.asarray(cols)
+        if arr.dtype == bool and arr.shape == (n,):
+            return [int(i) for i in np.flatnonzero(arr)]
+        if arr.dtype.kind not in "iu" or arr.ndim > 1:
+            return None
+        if all(type(c) is int and c >= 0 for c in (cols if isinstance(cols, list) else [cols])):
+            return None  # Python ints: read as positions (numpy integers are looked up as names)
+        return [int(i) % n for i in arr.reshape(-1)]
+
+    def transformers(root):
+        stack, seen = [root], set()
+        while stack:
+            est = stack.pop()
+            if id(est) in seen or est is None or isinstance(est, str):
+                continue
+            seen.add(id(est))
+            if isinstance(est, ColumnTransformer):
+                yield est
+            stack.extend(e for _, e in getattr(est, "steps", None) or [])
+            stack.extend(t for _, t, _ in getattr(est, "transformers_", None) or [])
+            stack.extend(t for _, t in getattr(est, "transformer_list", None) or [])
+
+    def misread(ct) -> bool:
+        n = getattr(ct, "n_features_in_", None)
+        return n is not None and any(columns(c, n) is not None for _, _, c in ct.transformers_)
+
+    if not any(misread(ct) for ct in transformers(obj)):
+        return obj
+    obj = copy.deepcopy(obj)
+    for ct in transformers(obj):
+        if misread(ct):
+            n = ct.n_features_in_
+            ct.transformers_ = [
+                (name, trans, c if columns(c, n) is None else columns(c, n)) for name, trans, c in ct.transformers_
+            ]
+    return obj
+
+
 def _describe(obj) -> str:
     """``Pipeline(StandardScaler -> LogisticRegression)`` for a pipeline, else the class name: an error about a
     step the converter refuses then names the whole model, not only its final estimator."""
@@ -587,6 +669,7 @@ def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
     obj = _without_xgboost_feature_names(obj, fmt)
     if fmt == "sklearn":
         _refuse_named_columns(obj)
+        obj = _with_positional_columns(obj)
         try:
             return _sklearn_to_onnx(obj, n_features, opset)
         except InvalidInput:
@@ -614,8 +697,8 @@ def _tree_to_onnx(obj, fmt: str, n_features: int, opset: int):
 
 
 def _hint(exc: Exception) -> str:
-    if "gbtree_model_param" in str(exc):  # onnxmltools reads tree parameters that a gblinear booster lacks
-        return " (an XGBoost booster='gblinear' model: only tree boosters convert to ONNX)"
+    if "gbtree_model_param" in str(exc):  # onnxmltools reads tree parameters where only a gbtree booster has them
+        return " (an XGBoost model with booster='gblinear' or booster='dart': only booster='gbtree' converts to ONNX)"
     return ""
 
 
@@ -797,6 +880,14 @@ def convert_file(
             raise InvalidInput(f"parity tolerance {label} must be a finite number >= 0; got {tol!r}")
     if Path(output).is_dir():
         raise InvalidInput(f"output {str(output)!r} is a directory; give the ONNX file to write")
+    if os.fspath(output).endswith(("/", os.sep)):
+        # Path() drops the slash: "out/" would be written as a file named "out", "model.pkl/" over the model.
+        raise InvalidInput(f"output {str(output)!r} names a directory (trailing slash); give the ONNX file to write")
+    for parent in Path(output).absolute().parents:  # the nearest one that exists must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise InvalidInput(f"output {str(output)!r}: {str(parent)!r} is not a directory")
+            break
     path = Path(source)
     if Path(output).exists() and path.exists() and os.path.samefile(path, output):
         # The ONNX file is renamed over the output at the end: the source model would be gone.
@@ -827,6 +918,7 @@ def _convert(
         x = _sample_rows(n_features, sample)
         if sample is None:
             known = _encoded_columns(obj, n_features) if fmt == "sklearn" else {}
+            known.update(_lightgbm_categories(obj, fmt, n_features))
             x = _with_categories(x, known)
             x = _with_edge_rows(x, nan=_takes_nan(obj, fmt, n_features), keep=sorted(known))
         onx = _tree_to_onnx(obj, fmt, n_features, opset)
@@ -873,9 +965,13 @@ def _convert(
         for name, want in pairs:
             have = got[name]
             if have.size == 2 * want.size and want.ndim == 1 and have.shape == (len(want), 2):
-                # A binary decision function [N]; skl2onnx gives the scores of both classes, [-d, d] (SVC: [d, -d]).
-                flip = np.abs(have[:, 0] - want).max(initial=0) < np.abs(have[:, 1] - want).max(initial=0)
-                want = np.stack([want, -want] if flip else [-want, want], axis=1)
+                # A binary decision function [N]; skl2onnx gives the scores of both classes, column j for
+                # classes_[j]: [-d, d]. Its SVC and NuSVC give [d, -d], whose arg-max is the other class on every
+                # row: that output is negated, so the scores read as every other classifier's do.
+                if np.abs(have[:, 0] - want).max(initial=0) < np.abs(have[:, 1] - want).max(initial=0):
+                    data = _negate_output(data, name)
+                    have = got[name] = -have
+                want = np.stack([-want, want], axis=1)
             have = np.asarray(have, dtype=np.float64).reshape(want.shape) if have.size == want.size else have
             _check_sizes(have, want, f"output {name!r}")
             bad, diff = off_tolerance(have, want, atol, rtol)
@@ -953,6 +1049,25 @@ def _declare_output_shapes(data: bytes, shapes: dict[str, tuple], rows: int) -> 
     return fixed
 
 
+def _negate_output(data: bytes, name: str) -> bytes:
+    """``data`` with the graph output ``name`` negated: the node that made it now makes an inner tensor, and a
+    ``Neg`` node gives the output its old name."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    taken = {t for node in graph.node for t in [*node.input, *node.output]}
+    taken.update(t.name for t in [*graph.input, *graph.initializer, *graph.output])
+    inner = f"{name}_before_neg"
+    while inner in taken:
+        inner += "_"
+    for node in graph.node:
+        node.output[:] = [inner if o == name else o for o in node.output]
+        node.input[:] = [inner if i == name else i for i in node.input]
+    graph.node.append(onnx.helper.make_node("Neg", [inner], [name], name=inner + "_Neg"))
+    return model.SerializeToString()
+
+
 def _pick_output(key: str, want: np.ndarray, got: dict[str, np.ndarray]) -> str:
     """The converted output matching a source prediction: by name, else the first float output of its size
     (onnxmltools names booster outputs per objective)."""
@@ -1006,7 +1121,7 @@ def needs_conversion(path: str | os.PathLike) -> bool:
 
 
 # Bumped when a fix changes what conversion produces: entries cached by an earlier fastml are converted again.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def _cache_hit(cached: Path, digest: str) -> bool:

@@ -14,6 +14,8 @@ which extra to install.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +59,28 @@ class TFSource:
         """Rows for the parity check: ``sample`` (an array or ``.npy`` path), else random normal rows of the
         input's shape (which must then be known beyond the batch dimension)."""
         dtype = self.input_dtype.as_numpy_dtype
-        if sample is not None:
-            x = np.load(sample) if isinstance(sample, (str, os.PathLike)) else np.asarray(sample)
-            return np.ascontiguousarray(x, dtype=dtype)
         dims = self.input_shape[1:]
+        if sample is not None:
+            from fastml.convert.frameworks import _load_sample
+
+            x = _load_sample(sample) if isinstance(sample, (str, os.PathLike)) else np.asarray(sample)
+            if np.iscomplexobj(x) and not np.issubdtype(dtype, np.complexfloating):
+                raise InvalidInput(f"sample rows must be real numbers; got {x.dtype}")
+            try:
+                x = np.ascontiguousarray(x, dtype=dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInput(f"sample rows must be {np.dtype(dtype).name} values: {exc}") from exc
+            # Checked here: TensorFlow's and ONNX Runtime's refusals are tracebacks about tensors, not the file.
+            if (
+                x.ndim != len(self.input_shape)
+                or not len(x)
+                or any(d not in (None, n) for d, n in zip(dims, x.shape[1:]))
+            ):
+                want = ["rows", *("any" if d is None else d for d in dims)]
+                raise InvalidInput(
+                    f"sample rows must be a non-empty array of the model's input shape {want}; got shape {list(x.shape)}"
+                )
+            return x
         if any(d is None for d in dims):
             raise InvalidInput(
                 f"the model's input shape {list(self.input_shape)} has unknown dimensions beyond the batch: "
@@ -126,8 +146,18 @@ def load_keras(path: Path) -> TFSource:
     tf = _import_tf()
     import keras
 
+    with open(path, "rb") as f:
+        suffix = ".h5" if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC else ".keras"
     try:
-        model = keras.models.load_model(str(path), compile=False)
+        if Path(path).suffix in ((".h5", ".hdf5") if suffix == ".h5" else (".keras",)):  # as Keras checks them
+            model = keras.models.load_model(str(path), compile=False)
+        else:
+            # Keras loads a file only under its format's suffix; the format was told from the contents (a
+            # registry artifact or a renamed file has another suffix, or none).
+            with tempfile.TemporaryDirectory(prefix="fastml-keras-") as tmp:
+                named = Path(tmp) / f"model{suffix}"
+                shutil.copyfile(path, named)
+                model = keras.models.load_model(str(named), compile=False)
     except Exception as exc:  # noqa: BLE001 - reported as the file's problem
         raise InvalidInput(f"{str(path)!r}: a Keras model file that Keras cannot load: {exc}") from exc
     inputs = list(model.inputs or [])
@@ -138,6 +168,8 @@ def load_keras(path: Path) -> TFSource:
 
     def run(x):
         out = model(x, training=False)
+        if isinstance(out, dict):  # a functional model with named outputs: in key order, as a SavedModel's
+            return [out[k] for k in sorted(out)]
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     return TFSource(tf.function(run), shape, dtype, type(model).__name__)
