@@ -503,6 +503,8 @@ def _with_positional_columns(obj):
 
     from sklearn.compose import ColumnTransformer
 
+    from fastml.convert.sklearn_export import nested_estimators
+
     def columns(cols, n: int) -> list[int] | None:
         """The positions ``cols`` selects among ``n`` columns, when it is positions that skl2onnx misreads."""
         if isinstance(cols, slice):
@@ -522,17 +524,7 @@ def _with_positional_columns(obj):
         return [int(i) % n for i in arr.reshape(-1)]
 
     def transformers(root):
-        stack, seen = [root], set()
-        while stack:
-            est = stack.pop()
-            if id(est) in seen or est is None or isinstance(est, str):
-                continue
-            seen.add(id(est))
-            if isinstance(est, ColumnTransformer):
-                yield est
-            stack.extend(e for _, e in getattr(est, "steps", None) or [])
-            stack.extend(t for _, t, _ in getattr(est, "transformers_", None) or [])
-            stack.extend(t for _, t in getattr(est, "transformer_list", None) or [])
+        return (est for est in nested_estimators(root) if isinstance(est, ColumnTransformer))
 
     def misread(ct) -> bool:
         n = getattr(ct, "n_features_in_", None)

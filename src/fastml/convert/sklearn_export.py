@@ -122,19 +122,22 @@ def scaler_options(model) -> dict:
     """
     from sklearn.preprocessing import StandardScaler
 
-    found: dict = {}
+    return {id(est): {"div": "div"} for est in nested_estimators(model) if isinstance(est, StandardScaler)}
+
+
+def nested_estimators(model):
+    """Each estimator of a fitted scikit-learn ``model`` once: itself, and what its Pipeline steps, fitted
+    ColumnTransformer transformers and FeatureUnion parts hold, however deep ("drop" and "passthrough" left out)."""
     stack, seen = [model], set()
     while stack:
         est = stack.pop()
         if id(est) in seen or est is None or isinstance(est, str):
             continue
         seen.add(id(est))
-        if isinstance(est, StandardScaler):
-            found[id(est)] = {"div": "div"}
+        yield est
         stack.extend(e for _, e in getattr(est, "steps", None) or [])
         stack.extend(t for _, t, _ in getattr(est, "transformers_", None) or [])
         stack.extend(t for _, t in getattr(est, "transformer_list", None) or [])
-    return found
 
 
 def initial_types(spec: InputSpec):
