@@ -2,7 +2,8 @@
 (their arg-max the other class on every row); ColumnTransformer positions given as masks, numpy arrays or
 negative numbers, and LightGBM categorical features, refused though they convert exactly; output paths that
 failed after the conversion (or wrote a file where a directory was meant); a parity failure that must leave
-nothing behind; and Keras models whose sample rows, named outputs or file suffix ended in an error."""
+nothing behind; Keras models whose sample rows, named outputs or file suffix ended in an error; and converted
+files left readable by their owner alone."""
 
 from __future__ import annotations
 
@@ -279,3 +280,23 @@ def test_keras_file_without_its_suffix_converts_and_loads(keras_files, tmp_path)
         np.testing.assert_allclose(run(tmp_path / "out.onnx", xs)["output"], want, atol=1e-5)
     with fastml.load_model(str(bare)) as served:
         np.testing.assert_allclose(served.predict(xs)["output"], want, atol=1e-5)
+
+
+def test_a_converted_model_and_its_cache_entry_get_the_mode_the_umask_gives(rows, tmp_path):
+    import os
+    import stat
+
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = rows
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(LogisticRegression().fit(X, y)))
+    old = os.umask(0o022)
+    try:
+        convert_file(tmp_path / "m.pkl", tmp_path / "m.onnx")
+        cached = converted_path(tmp_path / "m.pkl", home=tmp_path / "home")
+    finally:
+        os.umask(old)
+    # mkstemp's 0600 left them unreadable to a server running as another user
+    assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".m.onnx.*"))  # no temporary file left beside the output

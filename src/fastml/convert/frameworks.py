@@ -1079,8 +1079,20 @@ def _pick_output(key: str, want: np.ndarray, got: dict[str, np.ndarray]) -> str:
 
 
 def _write_atomic(output: Path, data: bytes) -> None:
+    """``data`` written to a temporary file beside ``output``, flushed to disk, and renamed onto it. The file gets
+    the mode the umask gives a new file (0644 under umask 022), as a model file written by any other tool does:
+    mkstemp's 0600 left a converted model (and the conversion cache) unreadable to a server running as another
+    user."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    for _ in range(100):
+        tmp = str(output.parent / f".{output.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary file name in {output.parent}")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
