@@ -23,7 +23,9 @@ method               definition                                                 
 
 Bins (Evidently's ``get_binned_data``): a numeric column whose reference has more than 20 distinct values
 is cut at ``numpy.histogram_bin_edges(reference + current, "sturges")``; otherwise every distinct value
-is its own bin. Missing values and ±inf are dropped from both sides before any test.
+is its own bin. Missing values and ±inf are dropped from both sides before any test. A float32 current
+column (a served model's input, as its prediction log holds it) is compared with the reference's values
+rounded to float32 (:func:`detect_drift`), so a float64 0.7 and its served 0.69999999 are one value.
 
 Default method (Evidently's ``get_default_stattest``), with n_values the distinct values of reference
 and current together: reference <= 1,000 rows: numeric with n_values > 5 -> ``ks``; otherwise
@@ -331,7 +333,38 @@ def _any_pair(reference, current, kind: str | None):
         return _numeric_pair(reference, current)
     r = categorical_values(reference)
     ku, kc = np.unique(r, return_counts=True)
+    _check_comparable(None, ku, current)
     return _CategoricalPair.from_values(ku, kc, categorical_values(current))
+
+
+def _is_number_text(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_comparable(column: str | None, ref_categories: np.ndarray, current: np.ndarray) -> None:
+    """Refuse numbers in current against a reference of text categories only.
+
+    A number's category is its decimal text ("1"), which never equals a category such as "north" or "True": every
+    such comparison reported certain drift (disjoint windows) on data that may well match. It happens when a
+    feature served from the online store (a string as its vocabulary code, a bool as 0/1: what the model saw and
+    its prediction log holds) is compared with a reference of the offline store's strings and booleans.
+    """
+    if current.dtype.kind not in "iuf" or not ref_categories.size:
+        return
+    if any(_is_number_text(str(c)) for c in ref_categories):
+        return
+    where = f"column {column!r}" if column is not None else "current"
+    shown = [str(c) for c in ref_categories[:5]]
+    raise InvalidInput(
+        f"{where}: the reference's categories are text ({shown}{' ...' if ref_categories.size > 5 else ''}) but "
+        f"the current values are numbers ({current.dtype}), which can never match them; compare like with like "
+        "(a string feature reaches a served model, and its prediction log, as its online vocabulary code and a "
+        "bool as 0/1: decode them, or profile the reference from the same encoding)"
+    )
 
 
 def _as_categories(pair):
@@ -560,6 +593,23 @@ def detect_drift(
     return DriftReport(results, drift_share)
 
 
+def _reference_at_precision_of(ref: ColumnProfile, cur: np.ndarray, dtype: np.dtype) -> _NumericPair:
+    """The pair of ``ref``'s values and ``cur``, the reference rounded to float32 when current is float32.
+
+    A served model takes float32, so its prediction log (and a feature-joined model's joined values) holds float32
+    values, while a reference of training rows or of the offline store holds float64: 0.7 is served as 0.69999999.
+    Compared as they are, a feature with a few distinct values had disjoint bins and shifted ties, so the same data
+    was reported as certain drift (KS p ~1e-6, PSI ~15). The reference is compared at the current values' precision
+    instead (float32 rounding keeps the sorted order); values beyond float32's range keep the exact comparison.
+    """
+    if dtype == np.float32:
+        with np.errstate(over="ignore"):
+            rounded = ref.values.astype(np.float32).astype(np.float64)
+        if np.isfinite(rounded).all() and not np.array_equal(rounded, ref.values):
+            return _NumericPair(rounded, cur)
+    return _NumericPair(ref.values, cur, ref.std, ref.n_unique)
+
+
 def _column_drift(
     ref: ColumnProfile, current: np.ndarray, method: str | None, threshold: float | None, all_statistics: bool
 ) -> ColumnDrift:
@@ -573,12 +623,13 @@ def _column_drift(
         cur = finite_sorted(current)
         if cur.size == 0:
             raise InvalidInput(f"column {ref.name!r}: no finite values in current")
-        pair = _NumericPair(ref.values, cur, ref.std, ref.n_unique)
+        pair = _reference_at_precision_of(ref, cur, current.dtype)
         n_ref, n_cur = pair.ref.size, pair.cur.size
     else:
         values = categorical_values(current)
         if values.size == 0:
             raise InvalidInput(f"column {ref.name!r}: no non-missing values in current")
+        _check_comparable(ref.name, ref.categories, current)
         pair = _CategoricalPair.from_values(ref.categories, ref.counts, values)
         n_ref, n_cur = pair.n_ref, pair.n_cur
     chosen = method or default_method(ref.kind, n_ref, pair.n_values())

@@ -23,7 +23,7 @@ LIME fits its local linear model to the same explained output as SHAP (the chose
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,16 @@ class OnnxExplainer:
         if not _is_float_tensor(outs[output].type):
             raise InvalidInput(f"output {output!r} is {outs[output].type}, not a floating-point tensor")
         self.output = output
+        others = [i.name for i in inputs if i.name != self.input_name]
+        if others:
+            # ORT would refuse every run with a bare ValueError: explanations perturb one input's features, so the
+            # model's other inputs (a feature-joined model's pass-through inputs) have no values to run with.
+            raise InvalidInput(
+                f"model has inputs {names}: explanations feed only {self.input_name!r} and cannot give the others "
+                f"{others} values; export a model whose only input is the explained feature tensor"
+            )
+        if feature_names is not None:
+            background = _by_name(background, list(feature_names), "background")
         bg = np.asarray(background, dtype=self.dtype)
         if bg.ndim != 2 or bg.shape[0] == 0:
             raise InvalidInput(f"background must be a non-empty 2-D array, got shape {bg.shape}")
@@ -195,7 +205,7 @@ class OnnxExplainer:
         return out if out.ndim == 2 else out.reshape(-1, 1)
 
     def _rows(self, X: Any) -> np.ndarray:
-        X = np.asarray(X, dtype=self.dtype)
+        X = np.asarray(_by_name(X, self.feature_names, "rows"), dtype=self.dtype)
         if X.ndim == 1:
             X = X[None, :]
         if X.ndim != 2 or X.shape[1] != self.n_features:
@@ -363,6 +373,37 @@ class OnnxExplainer:
 
 
 _INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+def _by_name(X: Any, feature_names: list[str], what: str) -> Any:
+    """Named data (a pandas DataFrame or Series, a mapping of columns such as ``tensor_columns`` returns) as its
+    feature columns in ``feature_names``' order; anything else as it is (positional).
+
+    ``np.asarray`` of a DataFrame takes its columns in the frame's order, whatever their names: a frame whose
+    columns were the features in another order was explained as other rows, under the declared names.
+
+    Raises:
+        InvalidInput: named data that holds some of the features but not all (naming the missing ones), or a
+            mapping without every feature.
+    """
+    if isinstance(X, Mapping):
+        names = [str(k) for k in X]
+        missing = [n for n in feature_names if n not in X]
+        if missing:
+            raise InvalidInput(f"{what}: no column(s) {missing[:10]} of the features {feature_names}; got {names[:10]}")
+        return np.column_stack([np.asarray(X[n]).reshape(-1) for n in feature_names])
+    if hasattr(X, "iloc") and hasattr(X, "to_numpy"):  # pandas
+        is_frame = hasattr(X, "columns")
+        labels = list(X.columns) if is_frame else list(X.index)
+        present = [n for n in feature_names if n in labels]
+        if len(present) == len(feature_names):
+            return X[feature_names] if is_frame else X[feature_names].to_numpy()
+        if present:
+            missing = [n for n in feature_names if n not in labels]
+            raise InvalidInput(
+                f"{what}: no column(s) {missing[:10]} of the features {feature_names}; got {labels[:10]}"
+            )
+    return X
 
 
 def _is_float_tensor(onnx_type: str) -> bool:

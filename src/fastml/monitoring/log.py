@@ -559,7 +559,15 @@ def read_log(
             }
         )
     else:
-        table = pa.concat_tables(tables, promote_options="default")
+        # Versions of one model may log a tensor in another float type (a model converted from float64 data takes
+        # tensor(double)): "permissive" widens float to double where "default" refused the whole read.
+        try:
+            table = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            raise InvalidInput(
+                f"prediction log {directory} ({pattern}): segments log a column in types that cannot be read "
+                f"together ({' '.join(str(exc).split())}); read one model and version at a time (model=, version=)"
+            ) from None
     if since is not None:
         table = table.filter(
             pc.greater_equal(table["timestamp"], pa.scalar(int(since * 1e6), pa.timestamp("us", tz="UTC")))
@@ -612,16 +620,37 @@ def tensor_columns(table, tensor: str = "input.input", names: Sequence[str] | No
         names: feature names for the tensor's flattened positions; default ``<tensor>[<j>]``.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if tensor not in table.column_names:
         raise InvalidInput(f"log has no column {tensor!r}; columns are {table.column_names}")
     col = table[tensor].combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        # Segments with different widths of this tensor read together (two versions of a model whose inputs
+        # differ): its positions are not the same features from row to row.
+        widths = sorted(set(pc.list_value_length(col).drop_null().to_pylist()))
+        raise InvalidInput(
+            f"{tensor}: rows of different widths {widths} (models or versions with different inputs read together); "
+            "read one model version at a time"
+        )
     if pa.types.is_fixed_size_list(col.type):
         width = col.type.list_size
-        matrix = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
         labels = list(names) if names is not None else [f"{tensor}[{j}]" for j in range(width)]
         if len(labels) != width:
             raise InvalidInput(f"{tensor}: {len(labels)} names for {width} features")
+        if col.null_count:
+            # Rows whose segment has no such tensor (another model or layout read together, a shadow's log of
+            # other inputs): flatten() skips them, which shifted every later row onto another row's request and
+            # label. They are NaN here, so the arrays stay aligned with the table's rows.
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            values = col.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+            matrix = np.full((len(col), width), np.nan, dtype=np.result_type(values.dtype, np.float32))
+            matrix[valid] = values
+        else:
+            matrix = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
         return {n: matrix[:, j] for j, n in enumerate(labels)}
+    if names is not None and len(names) != 1:
+        # A scalar column is one feature: the first of several names would label it silently.
+        raise InvalidInput(f"{tensor}: {len(names)} names for 1 feature (the column holds one value per row)")
     label = names[0] if names else tensor
     return {label: col.to_numpy(zero_copy_only=False)}
