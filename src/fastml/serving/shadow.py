@@ -224,7 +224,7 @@ class ShadowRunner:
                 self._failed(group, f"input {exc} missing")
                 return
         try:
-            outputs = model.run_batch(arrays)
+            outputs, logged = _run(model, names, arrays)
         except Unavailable:  # the model was closed meanwhile (a deployment re-applied, an alias followed)
             for c in group:
                 c.deployment.router.count_shadow_shed(c.shadow.index)
@@ -245,7 +245,7 @@ class ShadowRunner:
         if logger is not None:
             for c in group:
                 c.rows = _rows(c.inputs)
-            _log_answers(logger, model, names, group, outputs, latencies)
+            _log_answers(logger, model, group, logged, outputs, latencies)
         # A group's copies come from one shadow unless two deployments mirror to the same model: then one call
         # records them all (deque.extend over a zip: no Python step per copy).
         first = group[0].shadow
@@ -266,17 +266,33 @@ class ShadowRunner:
         )
 
 
-def _log_answers(logger, model, names: list[str], group: list[_Copy], outputs, latencies: list[float]) -> None:
-    """Hand a group's answers to the model's prediction logger: each copy's inputs, its rows of the outputs and
-    its latency, labelled with its shadow's name. One ``log_many`` call where the logger has it and the copies
-    share a shadow, else ``log`` per copy. A logger's failure never fails a copy."""
+def _run(model, names: list[str], arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """``(outputs, the inputs to log)`` of one run of ``arrays`` (the group's rows, in ``names``' order). A model
+    with joined features is joined here and its inner model run on the joined tensor, which is what it logs: the
+    values the model saw, as its primary answers log them (its entity ids said nothing a monitor or an explanation
+    of the shadow could use)."""
+    from fastml.serving.feature_join import FeatureJoinedModel
+
+    if isinstance(model, FeatureJoinedModel):
+        feed = model.build(dict(zip(names, arrays)))
+        inner = [s.name for s in model.model.signature.inputs]
+        return model.model.run_batch([feed[n] for n in inner]), {n: feed[n] for n in inner}
+    return model.run_batch(arrays), dict(zip(names, arrays))
+
+
+def _log_answers(logger, model, group: list[_Copy], logged: dict[str, np.ndarray], outputs, latencies) -> None:
+    """Hand a group's answers to the model's prediction logger: each copy's rows of the ``logged`` inputs and of
+    the outputs, and its latency, labelled with its shadow's name. One ``log_many`` call where the logger has it
+    and the copies share a shadow, else ``log`` per copy. A logger's failure never fails a copy."""
     out_names = [s.name for s in model.signature.outputs]
     answers = []
     start = 0
     for c, latency_us in zip(group, latencies):
         end = start + c.rows
         outs = {k: o[start:end] for k, o in zip(out_names, outputs)}
-        answers.append((c, {k: c.inputs[k] for k in names}, outs, latency_us))
+        # a group of one logs its inputs whole (a model that does not batch may take arrays without a row axis)
+        ins = logged if len(group) == 1 else {k: v[start:end] for k, v in logged.items()}
+        answers.append((c, ins, outs, latency_us))
         start = end
     log_many = getattr(logger, "log_many", None)
     first = group[0].shadow
