@@ -350,6 +350,35 @@ def test_deployment_variant_declares_its_features(local):
         dconf.parse(DEPLOYMENT.replace("features = [", "# features = ["))
 
 
+def test_a_refusal_names_the_input_at_fault_not_an_entity_key_of_another_integer_type(local):
+    from fastml.registry import Registry
+    from fastml.serving.dataplane import DataPlane, InferRequest
+    from fastml.serving.deployments import DeploymentManager
+    from fastml.serving.manager import ModelManager
+
+    Registry().register("eta", local, version="1.0.0")
+
+    async def main():
+        manager = ModelManager([])
+        plane = DataPlane(manager)
+        dm = DeploymentManager(manager, poll_interval_s=3600)
+        plane.deployments = dm
+        try:
+            await dm.apply_text(DEPLOYMENT)
+            ids = np.array([1, 4], np.int32)  # entity keys take ids of any integer type
+            ok = await plane.infer(InferRequest("eta", {"driver_id": ids, "distance_km": np.array([1, 2], np.float32)}))
+            with pytest.raises(InvalidInput) as err:
+                plane.submit(InferRequest("eta", {"driver_id": ids, "distance_km": np.array([1, 2], np.int32)}))
+            return ok.outputs["y"][:, 0], str(err.value)
+        finally:
+            await dm.stop()
+
+    y, message = asyncio.run(main())
+    assert y == pytest.approx([11 + 45 + 100 + 250, 40 - 10 + 200 + 125])
+    # the INT32 ids were blamed ("input 'driver_id' data-type is 'INT32'") though the model took them
+    assert "inference input 'distance_km' data-type is 'INT32'" in message and "driver_id" not in message
+
+
 def test_workers_lookup_counts_are_summed():
     from fastml.server.metrics import make_registry, merge_snapshots
 

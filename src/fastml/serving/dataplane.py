@@ -469,8 +469,16 @@ class DataPlane:
             self.count_failure(entry, exc)
             # Say it in Triton's words where Triton has words for it (clients match on them). The engine runs a
             # request over max_batch_size as several batches: its batch size is never what is wrong with it.
+            # A joined model's entity key inputs take ids of any integer datatype.
+            keys = getattr(getattr(model, "join", None), "key_inputs", ())
             triton = messages.input_error(
-                entry.name, model.signature, inputs, model.max_batch_size, request_id, splits_batches=True
+                entry.name,
+                model.signature,
+                inputs,
+                model.max_batch_size,
+                request_id,
+                splits_batches=True,
+                integer_inputs=keys,
             )
             if triton is None:
                 raise

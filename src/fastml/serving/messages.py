@@ -13,7 +13,7 @@ every request; this runs when they have already refused one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -150,6 +150,7 @@ def input_error(
     request_id: str | None = None,
     *,
     splits_batches: bool = False,
+    integer_inputs: Collection[str] = (),
 ) -> str | None:
     """The first problem with a request's inputs, in Triton's words and Triton's order; None if the names,
     datatypes, shapes and batch size all fit the signature.
@@ -163,6 +164,8 @@ def input_error(
         request_id: the request's ``id``, for Triton's ``[request id: ...]`` prefix.
         splits_batches: the caller runs a batch over ``max_batch_size`` as several (fastml's engine does), so
             a large batch is no problem to report: the request's real one (a datatype, a shape) is.
+        integer_inputs: INT64 inputs that take ids of any integer datatype (a joined model's entity keys): one of
+            those in INT32 is no problem to report, another input's datatype is.
     """
     declared = {name: (v if isinstance(v, tuple) else (datatype_of(v), tuple(v.shape))) for name, v in inputs.items()}
     expected_names = [s.name for s in signature.inputs]
@@ -189,7 +192,9 @@ def input_error(
     for name in got:
         spec = specs[name]
         datatype, shape = declared[name]
-        if datatype != spec.datatype:
+        if datatype != spec.datatype and not (
+            name in integer_inputs and spec.datatype == "INT64" and datatype.startswith(("INT", "UINT"))
+        ):
             return wrong_datatype(name, datatype, model, spec.datatype, request_id)
         want = list(spec.shape[1:]) if batching else list(spec.shape)
         have = list(shape[1:]) if batching else list(shape)
