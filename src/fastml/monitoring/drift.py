@@ -600,14 +600,25 @@ def _reference_at_precision_of(ref: ColumnProfile, cur: np.ndarray, dtype: np.dt
     values, while a reference of training rows or of the offline store holds float64: 0.7 is served as 0.69999999.
     Compared as they are, a feature with a few distinct values had disjoint bins and shifted ties, so the same data
     was reported as certain drift (KS p ~1e-6, PSI ~15). The reference is compared at the current values' precision
-    instead (float32 rounding keeps the sorted order); values beyond float32's range keep the exact comparison.
+    instead (float32 rounding keeps the sorted order); values beyond float32's range keep the exact comparison. The
+    same holds for float64 values that are all float32 values (see _float32_values).
     """
-    if dtype == np.float32:
+    if dtype == np.float32 or _float32_values(cur):
         with np.errstate(over="ignore"):
             rounded = ref.values.astype(np.float32).astype(np.float64)
         if np.isfinite(rounded).all() and not np.array_equal(rounded, ref.values):
             return _NumericPair(rounded, cur)
     return _NumericPair(ref.values, cur, ref.std, ref.n_unique)
+
+
+def _float32_values(values: np.ndarray) -> bool:
+    """Whether every one of the (finite) ``values`` is a float32 value: a served model's inputs after a cast to
+    float64 (the live monitor's windows keep float64). Rounding a reference to float32 for them only merges
+    reference values closer than float32's precision, which such values cannot tell apart anyway."""
+    if values.dtype != np.float64 or not values.size:
+        return False
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(values.astype(np.float32).astype(np.float64), values))
 
 
 def _column_drift(
