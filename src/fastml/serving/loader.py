@@ -10,6 +10,8 @@ from fastml.errors import InvalidInput, NotFound
 # name, name@stage or name:version; a registry model name never contains '/' (paths do). A bare name
 # means name@latest, as MLflow's models:/name/latest (the highest live version).
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:(?P<sep>[@:])(?P<tag>[A-Za-z0-9_.\-+]+))?\Z")
+# Suffixes of the framework model files that serving converts on load (docs/predict.md).
+_MODEL_FILE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".keras", ".h5", ".ubj")
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -35,7 +37,16 @@ def resolve_ref(ref: str):
     from fastml.engine.session import ModelBytes
     from fastml.registry import Registry
 
-    mv, data = Registry().artifact_bytes(ref)
+    try:
+        mv, data = Registry().artifact_bytes(ref)
+    except NotFound as exc:
+        # A bare word with a model file's suffix (``model.pkl``) is most likely a mistyped path: say so, rather
+        # than only that no such model is registered. A registered model of that name still resolves.
+        if "@" not in ref and ":" not in ref and ref.lower().endswith(_MODEL_FILE_SUFFIXES):
+            raise NotFound(
+                f"{ref!r} is not an existing file (looked in {Path.cwd()}), and not a registry reference either: {exc}"
+            ) from None
+        raise
     return mv, ModelBytes(f"{mv.ref} (sha256 {mv.sha256[:12]}...)", data)
 
 
@@ -115,7 +126,14 @@ def load_model(
         from fastml.convert.frameworks import converted_path, needs_conversion
 
         if needs_conversion(path):
-            path = converted_path(path)
+            try:
+                path = converted_path(path)
+            except InvalidInput as exc:
+                # Some conversion errors name the model class only ("cannot convert Pipeline(...)"): the caller
+                # must learn which file failed, as for every other refusal.
+                if str(path) in str(exc):
+                    raise
+                raise InvalidInput(f"{str(path)!r}: {exc}") from exc
         return _engine_load(path, _with_logger(engine_kwargs, log_predictions))
     mv, path = resolve_ref(target)
     engine_kwargs.setdefault("name", mv.name)

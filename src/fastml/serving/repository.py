@@ -180,7 +180,8 @@ class ModelSource:
 
     Attributes:
         name: model name as served. version: version string (a directory name, "1" for a lone file, or the
-        registry's version). target: the .onnx path or registry reference. config: serving settings.
+        registry's version). target: the .onnx path, or the registry reference ``name:version`` of the version
+        the given reference resolved to. config: serving settings.
     """
 
     name: str
@@ -242,13 +243,18 @@ def scan_target(target: str) -> dict[str, list[ModelSource]]:
     kind, _ = parse_target(target)
     if kind == "ref":
         mv, _path = resolve_ref(target)
-        return {mv.name: [ModelSource(mv.name, str(mv.version), target, RepositoryConfig(), is_ref=True)]}
+        # The source names the exact version resolved here, not the stage or alias: loaded later, the reference
+        # could resolve to another version (a promotion in between) and be served under this version's number.
+        # A reload scans the target again, so it still follows the stage or alias.
+        pinned = f"{mv.name}:{mv.version}"
+        return {mv.name: [ModelSource(mv.name, str(mv.version), pinned, RepositoryConfig(), is_ref=True)]}
     path = Path(target)
     if path.is_file():
         from fastml.convert.frameworks import needs_conversion
 
         # A scikit-learn, XGBoost, LightGBM or PyTorch file is converted on load (fastml.serving.loader).
-        if path.suffix != ".onnx" and not needs_conversion(path):
+        # ".ONNX" too: the suffix is matched as parse_target matches it, without case.
+        if path.suffix.lower() != ".onnx" and not needs_conversion(path):
             raise InvalidInput(
                 f"{target}: expected an .onnx file, a model repository directory, a registry reference or a "
                 "scikit-learn, XGBoost, LightGBM or PyTorch model file"
