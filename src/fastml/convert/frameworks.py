@@ -155,7 +155,7 @@ def load_source(path: str | os.PathLike):
         except Exception as exc:  # noqa: BLE001
             raise InvalidInput(f"{str(path)!r}: JSON that XGBoost cannot load as a model: {exc}") from exc
         return "xgboost", booster
-    if _is_pickle(head):
+    if is_pickle(head):
         return _classify(_load_pickle(path), path)
     if _is_onnx(path):
         return "onnx", None
@@ -192,7 +192,7 @@ _TEXT_PICKLE = re.compile(rb"c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n")
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-def _is_pickle(head: bytes) -> bool:
+def is_pickle(head: bytes) -> bool:
     """Whether a file starting with ``head`` is a pickle or joblib file: protocol 2+ (``\\x80``), a joblib file
     compressed with any of its compressors, or a protocol 0/1 pickle of an object."""
     return head[:1] == b"\x80" or head.startswith(_COMPRESSED_MAGIC) or bool(_TEXT_PICKLE.match(head))
@@ -1119,7 +1119,7 @@ def needs_conversion(path: str | os.PathLike) -> bool:
         return False  # missing or unreadable: the loader reports it
     return (
         head[:1] == b"{"
-        or _is_pickle(head)
+        or is_pickle(head)
         or head.startswith((b"PK\x03\x04", b"tree\nversion=", b"tree\r\nversion=", HDF5_MAGIC))
     )
 
@@ -1216,6 +1216,7 @@ __all__ = [
     "convert_file",
     "converted_path",
     "file_sha256",
+    "is_pickle",
     "load_source",
     "needs_conversion",
     "tree_sha256",

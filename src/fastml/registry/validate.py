@@ -95,11 +95,14 @@ def check_source(source: str | os.PathLike, what: str = "source artifact") -> No
         except ValueError as exc:
             raise InvalidInput(f"{what} {str(path)!r} is not JSON: {exc}") from None
     elif suffix in _ZIP_SUFFIXES or suffix in _PICKLE_SUFFIXES:
+        from fastml.convert.frameworks import is_pickle
+
         with open(path, "rb") as fh:
-            head = fh.read(2)
-        is_pickle = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+            head = fh.read(64)
+        # What conversion reads as a pickle: protocol 2+, a compressed joblib file (joblib.dump(..., compress=3)),
+        # a protocol 0/1 pickle. Only protocol 2+ passed here, so a valid model.pkl was refused after converting.
         if not (suffix in _ZIP_SUFFIXES and zipfile.is_zipfile(path)) and not (
-            suffix in _PICKLE_SUFFIXES and is_pickle
+            suffix in _PICKLE_SUFFIXES and is_pickle(head)
         ):
             kinds = " or ".join(
                 k for k, s in (("a zip archive", _ZIP_SUFFIXES), ("a pickle", _PICKLE_SUFFIXES)) if suffix in s

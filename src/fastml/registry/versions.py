@@ -8,7 +8,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from fastml.errors import Conflict, InvalidInput, NotFound
+from fastml.errors import Conflict, IntegrityError, InvalidInput, NotFound
 from fastml.registry import compare as _compare
 from fastml.registry import lineage as _lineage
 from fastml.registry import semver, store
@@ -192,15 +192,30 @@ class Versions:
         # by content hash); the ONNX is the artifact and the original file is kept as the source artifact.
         from fastml.convert.frameworks import converted_path, needs_conversion
 
+        converted_from: str | None = None  # the sha256 of the bytes the ONNX was converted from (its cache name)
         if needs_conversion(artifact):
             source_artifact = artifact if source_artifact is None else source_artifact
+            one_file = Path(artifact).is_file()  # a SavedModel directory is hashed as a tree
             artifact = converted_path(artifact)
+            converted_from = Path(artifact).stem if one_file else None
         # Checked before anything is copied or recorded: a refused file leaves no trace.
         self._check_file(artifact, _validate.check_onnx)
         if source_artifact is not None:
             self._check_file(source_artifact, _validate.check_source)
+        if wanted is not None:
+            # A number taken is refused before the files are stored (they would stay unreferenced until gc); the
+            # transaction checks again, for a registration racing this one.
+            with c.engine.connect() as conn:
+                self._refuse_taken(conn, c.model_id_or_none(conn, name), name, wanted)
         stored = c.artifacts.put(artifact)
         source = c.artifacts.put(source_artifact) if source_artifact is not None else None
+        if converted_from is not None and source is not None and source.sha256 != converted_from:
+            # The file was saved over (a training job writing it again) between its conversion and its copy: the
+            # version would serve one model and keep another as its source, and verify() could not tell.
+            raise IntegrityError(
+                f"{str(source_artifact)!r} changed while it was being registered (converted from sha256 "
+                f"{converted_from[:12]}..., stored {source.sha256[:12]}...); register it again"
+            )
 
         pending: list = []
         with store.write_transaction(c.engine) as conn:
@@ -211,10 +226,7 @@ class Versions:
                 top = conn.execute(_SEL_TOP_VERSION, {"mid": mid}).scalar()
                 wanted = semver.parse(top).bump(bump) if top else semver.SemVer(1, 0, 0)
             key = semver.sort_key(wanted)
-            clash = conn.execute(_SEL_CLASH, {"mid": mid, "key": key}).first()
-            if clash is not None:
-                note = " (deleted; version numbers are never reused)" if clash.deleted_at else ""
-                raise Conflict(f"model {name!r} already has version {clash.version}{note}")
+            self._refuse_taken(conn, mid, name, wanted)
             created = now()
             vid = conn.execute(
                 _INS_VERSION,
@@ -307,6 +319,16 @@ class Versions:
             if len(self._checked_files) >= _MAX_CHECKED_FILES:
                 self._checked_files.clear()
             self._checked_files.add(key)
+
+    @staticmethod
+    def _refuse_taken(conn, mid: int | None, name: str, wanted) -> None:
+        """Raises Conflict when model ``mid`` (None: not created yet) has, or had, version ``wanted``."""
+        if mid is None:
+            return
+        clash = conn.execute(_SEL_CLASH, {"mid": mid, "key": semver.sort_key(wanted)}).first()
+        if clash is not None:
+            note = " (deleted; version numbers are never reused)" if clash.deleted_at else ""
+            raise Conflict(f"model {name!r} already has version {clash.version}{note}")
 
     def _get_or_create_model(self, conn, name: str, actor: str) -> int:
         mid = self._c.model_id_or_none(conn, name)
