@@ -298,12 +298,17 @@ class ModelManager:
         validate_model_name(name)  # before anything, so a bad name is not even recorded as failed
         async with self._lock_():
             served = name in self.models
+            declared: dict = {}
             try:
                 sources = [self._apply_overrides(s) for s in self._sources_for(name)]
                 if config_json is not None:
-                    extra = _config_overrides(config_json, name)
+                    extra, declared = _parse_load_config(config_json, name)
                     for s in sources:
                         s.config = s.config.with_overrides(extra)
+                    if sources and "version_policy" in declared:
+                        _check_version_policy(declared["version_policy"], sources[0].config.version_policy)
+                    if sources and "default_queue_policy" in declared:
+                        _check_queue_policy(declared["default_queue_policy"], sources[0].config)
             except InvalidInput as exc:
                 # A bad config.toml marks a model that is not served; a bad load request changes nothing.
                 if not served and config_json is None:
@@ -323,6 +328,14 @@ class ModelManager:
                 # the reason in the repository index.
                 if not served and isinstance(exc, Exception):
                     self.failed[name] = {version: _reason(exc)}
+                raise
+            try:
+                for e in new:
+                    _check_declared_tensors(declared, e)
+            except InvalidInput:
+                # The request described another model than the file holds: refused, and nothing changes.
+                for e in new:
+                    e.model.close()
                 raise
             for e in new:
                 self._run_install_hooks(e)
@@ -434,7 +447,8 @@ def _load_error(failures: list[tuple[str, str, str, BaseException | None]], stri
 # What a load's ModelConfig may set (docs/server.md). The other fields GET .../config reports may be sent back, so that
 # a config read, edited and sent back loads (what Triton's clients do); those naming the model file, its runtime and
 # where it runs must keep the values fastml reports (a request never chooses a file), and those describing the
-# model file (its inputs, outputs, version policy) are its own, not a load's. Anything else, or a field of another
+# model file (its inputs, outputs, version policy) are its own, not a load's: sent, they must agree with the model
+# (a 400 naming the field otherwise; ``parameters`` is reported, not checked). Anything else, or a field of another
 # shape, is a 400 naming it, as Triton refuses a malformed config, never a 200 that ignores it.
 _CONFIG_SETS = "max_batch_size, dynamic_batching.max_queue_delay_microseconds and instance_group[0].count"
 _CONFIG_FIXED = {"platform": "onnxruntime_onnx", "backend": "onnxruntime", "default_model_filename": "model.onnx"}
@@ -442,7 +456,11 @@ _CONFIG_DESCRIBES = ("version_policy", "input", "output", "parameters")
 _GROUP_KINDS = ("KIND_CPU", "KIND_AUTO")
 
 
-def _config_overrides(config_json: str, name: str) -> dict:
+def _parse_load_config(config_json: str, name: str) -> tuple[dict, dict]:
+    """``(overrides, declared)``: the RepositoryConfig fields the load sets, and the fields that describe the model
+    (``version_policy``, ``input``, ``output``) as sent, which must agree with the model (see :func:`_check_version_policy`
+    and :func:`_check_declared_tensors`): a load that names other versions or other tensors is refused, never
+    answered 200 while serving what the repository holds."""
     try:
         cfg = json.loads(config_json)
     except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nesting thousands deep
@@ -456,6 +474,7 @@ def _config_overrides(config_json: str, name: str) -> dict:
             raise InvalidInput(f"load parameter 'config.{field}' must be {value!r} when given: a load cannot change it")
     # Every value is bounds-checked here, before any model is built (fastml.serving.load_limits).
     out: dict = {}
+    declared_queue = None
     if "max_batch_size" in cfg:
         out["max_batch_size"] = check_override("max_batch_size", cfg["max_batch_size"])
     if "dynamic_batching" in cfg:
@@ -464,6 +483,8 @@ def _config_overrides(config_json: str, name: str) -> dict:
         )
         if "max_queue_delay_microseconds" in db:
             out["max_queue_delay_us"] = check_override("max_queue_delay_us", db["max_queue_delay_microseconds"])
+        if "default_queue_policy" in db:
+            declared_queue = db["default_queue_policy"]
     if "instance_group" in cfg:
         ig = cfg["instance_group"]
         if not isinstance(ig, list) or len(ig) != 1:
@@ -476,7 +497,95 @@ def _config_overrides(config_json: str, name: str) -> dict:
             )
         if "count" in group:
             out["instances"] = check_override("instances", group["count"])
-    return out
+    declared = {k: cfg[k] for k in ("version_policy", "input", "output") if k in cfg}
+    if declared_queue is not None:
+        declared["default_queue_policy"] = declared_queue
+    return out, declared
+
+
+_QUEUE_FIELDS = ("timeout_action", "default_timeout_microseconds", "allow_timeout_override", "max_queue_size")
+
+
+def _check_queue_policy(sent, config: RepositoryConfig) -> None:
+    """Refuse a load's ``config.dynamic_batching.default_queue_policy`` unless each field it gives is what
+    ``GET .../config`` reports: the queue size and default timeout come from config.toml (a load cannot set them),
+    so another value would be answered 200 and ignored."""
+    where = "config.dynamic_batching.default_queue_policy"
+    sent = _config_object(sent, where, _QUEUE_FIELDS)
+    served = {
+        "timeout_action": "REJECT",
+        "default_timeout_microseconds": config.timeout_us,
+        "allow_timeout_override": True,
+        "max_queue_size": config.max_queue_size,
+    }
+    for field, value in served.items():
+        if field not in sent:
+            continue
+        got = sent[field]
+        # Protobuf's JSON form writes 64-bit integers as strings ("0"); both spellings of the served value pass.
+        same = got is value if isinstance(value, bool) else not isinstance(got, bool) and got in (value, str(value))
+        if not same:
+            raise InvalidInput(
+                f"load parameter '{where}.{field}' must be {json.dumps(value)} when given, the value the model "
+                f"serves with (max_queue_size and timeout_us come from config.toml): a load may set {_CONFIG_SETS}"
+            )
+
+
+def _check_version_policy(sent, policy: str) -> None:
+    """Refuse a load's ``config.version_policy`` unless it is the one the model serves by (what ``GET .../config``
+    reports): the versions served come from the model's config.toml, so another policy (``all`` for a
+    ``latest`` model, ``specific``, ``latest`` of several) would be answered 200 while serving other versions."""
+    if policy == "latest":
+        ok = sent in ({"latest": {}}, {"latest": {"num_versions": 1}})
+        shown = '{"latest": {"num_versions": 1}}'
+    else:
+        ok = sent == {"all": {}}
+        shown = '{"all": {}}'
+    if not ok:
+        raise InvalidInput(
+            f"load parameter 'config.version_policy' must be {shown} when given: the model's config.toml serves "
+            f"version_policy = {policy!r}, and a load cannot change which versions are served"
+        )
+
+
+def _check_declared_tensors(declared: dict, entry: ModelEntry) -> None:
+    """Refuse a load whose ``config.input`` / ``config.output`` describe tensors the loaded model does not have
+    (a name it lacks, another ``data_type``, other ``dims``) as Triton refuses a config that does not match the
+    model file; the fields that agree (a config read with ``GET .../config`` and sent back) pass."""
+    from fastml.serving.dataplane import CONFIG_DTYPES
+
+    sig = entry.model.signature
+    mbs = int(entry.model.max_batch_size)
+    for field, specs in (("input", sig.inputs), ("output", sig.outputs)):
+        if field not in declared:
+            continue
+        sent = declared[field]
+        if not isinstance(sent, list):
+            raise InvalidInput(f"load parameter 'config.{field}' must be a list, got {_kind(sent)}")
+        have = {t.name: t for t in specs}
+        for i, item in enumerate(sent):
+            where = f"config.{field}[{i}]"
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InvalidInput(f"load parameter '{where}' must be a JSON object with a 'name'")
+            t = have.get(item["name"])
+            if t is None:
+                raise InvalidInput(
+                    f"load parameter '{where}.name': model {entry.name!r} version {entry.version} has no {field} "
+                    f"{item['name'][:80]!r} (its {field}s: {', '.join(sorted(have))})"
+                )
+            dtype = CONFIG_DTYPES.get(t.datatype, t.datatype)
+            if "data_type" in item and item["data_type"] != dtype:
+                raise InvalidInput(
+                    f"load parameter '{where}.data_type' of {t.name!r} must be {dtype!r}, the model's: a load cannot "
+                    "change it"
+                )
+            shape = [int(d) for d in t.shape]
+            dims = shape[1:] if mbs > 0 and shape else shape
+            if "dims" in item and item["dims"] != dims:
+                raise InvalidInput(
+                    f"load parameter '{where}.dims' of {t.name!r} must be {dims} (without the batch dimension when "
+                    "max_batch_size > 0), the model's: a load cannot change them"
+                )
 
 
 def _config_object(value, where: str, fields: tuple[str, ...]) -> dict:

@@ -15,6 +15,7 @@ server then joins them from the online store per request (fastml.serving.feature
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import numpy as np
 
 from fastml.errors import FastMLError, InvalidInput, NotFound
 from fastml.serving.feature_join import FeaturePolicy
+
+log = logging.getLogger("fastml.serving.repository")
 
 WARMUP_DIR = "warmup"
 MODEL_FILE = "model.onnx"
@@ -135,10 +138,11 @@ def _validate(raw: dict, source: str) -> RepositoryConfig:
         cfg = msgspec.convert(raw, RepositoryConfig)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"{source}: {exc}") from None
-    if cfg.max_batch_size < 0 or cfg.instances < 1 or cfg.max_queue_delay_us < 0 or cfg.max_queue_size < 1:
-        raise InvalidInput(
-            f"{source}: need max_batch_size >= 0, instances >= 1, max_queue_delay_us >= 0, max_queue_size >= 1"
-        )
+    # The engine batches at least one row: Triton's max_batch_size = 0 ("does not batch") has no meaning here, and
+    # accepted by the scan it only failed later, at load, without naming this file.
+    for name, low in (("max_batch_size", 1), ("instances", 1), ("max_queue_delay_us", 0), ("max_queue_size", 1)):
+        if getattr(cfg, name) < low:
+            raise InvalidInput(f"{source}: {name} must be >= {low}, got {getattr(cfg, name)}")
     if cfg.batcher not in ("auto", "native", "python"):
         raise InvalidInput(f"{source}: batcher must be 'auto', 'native' or 'python', got {cfg.batcher!r}")
     if cfg.runner not in ("auto", "threads", "loop"):
@@ -158,6 +162,14 @@ def read_config(model_dir: Path) -> RepositoryConfig:
     """The model directory's config.toml as a RepositoryConfig (defaults if the file is absent)."""
     path = model_dir / "config.toml"
     if not path.exists():
+        if (model_dir / "config.pbtxt").exists():
+            # A Triton repository moved over: its max_batch_size, version policy and instance groups would be
+            # ignored without a word.
+            log.warning(
+                "%s is not read (fastml reads config.toml): model %r is served with the defaults",
+                model_dir / "config.pbtxt",
+                model_dir.name,
+            )
         return RepositoryConfig()
     # A config.toml that exists but cannot be read (a directory, no permission, not UTF-8) must fail this
     # model, never serve it with the defaults nor stop the whole repository with a traceback.
@@ -215,7 +227,9 @@ def scan_model_dir(model_dir: Path) -> list[ModelSource]:
     cfg = read_config(model_dir)
     versions: dict[int, Path] = {}
     for p in model_dir.iterdir():
-        if not _DIGITS.fullmatch(p.name) or not p.is_dir():
+        # A version linked elsewhere whose target is gone (an unmounted volume) is still a version, so it fails
+        # below rather than letting the next lower version be served as the latest.
+        if not _DIGITS.fullmatch(p.name) or not (p.is_dir() or p.is_symlink()):
             continue
         if not _VERSION.fullmatch(p.name) or int(p.name) > _MAX_VERSION:
             raise InvalidInput(
