@@ -79,6 +79,19 @@ _loop_caching_models: weakref.WeakSet = weakref.WeakSet()
 def _forget_loops_after_fork() -> None:
     for model in list(_loop_caching_models):
         model._fast_loop = None
+        if model._runners and not model._closed:
+            # Its runner threads stayed in the parent: a request queued here would wait for ever. The model is
+            # unavailable in the child (load it again there); the core is left alone, since a mutex of the
+            # batcher may have been held by a parent thread at the fork.
+            model._closed = True
+            model.ready = False
+            model._closed_reason = (
+                f"model {model.name!r} was loaded before this process forked and its runner threads are in the "
+                "parent: load it again in this process"
+            )
+            model._loops = {}
+            model._loop_watches = {}
+            model._loops_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_loops_after_fork)
@@ -168,6 +181,8 @@ class Model:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidInput(f"{field} must be an int >= {low}; got {value!r}")
+            if value > _MAX_INT and field != "timeout_us":  # the core's int64 (timeout_us: _timeout words it)
+                raise InvalidInput(f"{field} must be at most {_MAX_INT}; got {value!r}")
         _timeout(timeout_us)  # the default every request passes to the core: within its int64 too
         if runner not in RUNNERS:
             raise InvalidInput(f"runner must be one of {', '.join(RUNNERS)}; got {runner!r}")
@@ -197,7 +212,15 @@ class Model:
             self.warmup_note = "declared samples" if self._warmup_samples else "zeros"
         self.runner_note = ""
         if runner == "auto":
-            runner = self._pick_runner(session, batcher, max_batch_size)
+            try:
+                runner = self._pick_runner(session, batcher, max_batch_size)
+            except InvalidInput as exc:
+                # The timing runs the model on warm-up inputs (zeros): a model refusing them is refused at load
+                # with warm-up on, as the warm-up itself would be; with warm-up off it loads with the safe runner.
+                if warmup is not False:
+                    raise InvalidInput(f"model {name!r}: {exc}") from None
+                runner = "threads"
+                self.runner_note = f"threads, the safe default: timing on zeros failed ({exc})"
         self.runner = runner
         if runner == "loop" and batcher != "native":
             raise InvalidInput(f"model {name!r}: runner='loop' needs the native batcher (got batcher={batcher!r})")
@@ -224,11 +247,14 @@ class Model:
         self._n_inputs = len(self._input_names)
         # String (BYTES) inputs: normalised to object arrays of str before they are queued (see _text_inputs).
         self._text_names = tuple(s.name for s in self.signature.inputs if s.dtype == object)
-        self.warmup_batch_sizes = (
-            []
-            if warmup is False or self.warmup_unsampled
-            else run_warmup(session, self.signature, max_batch_size, self._warmup_samples)
-        )
+        try:
+            self.warmup_batch_sizes = (
+                []
+                if warmup is False or self.warmup_unsampled
+                else run_warmup(session, self.signature, max_batch_size, self._warmup_samples)
+            )
+        except InvalidInput as exc:  # the warm-up's words name no model: a server loading several says which
+            raise InvalidInput(f"model {name!r}: {exc}") from None
 
         specs = [(s.name, s.dtype, s.shape) for s in self.signature.inputs]
         if batcher == "native":
@@ -280,6 +306,7 @@ class Model:
         self._fast_loop: tuple | None = None
         _loop_caching_models.add(self)
         self._closed = False
+        self._closed_reason = f"model {name!r} is closed"
         self._inline = runner == "loop"
         # Loops with a flush scheduled (call_soon) and not yet run; touched on each loop's own thread only.
         self._flush_due: set = set()
@@ -687,6 +714,8 @@ class Model:
         Raises:
             InvalidInput, Overloaded, DeadlineExceeded, Unavailable, InternalError.
         """
+        if self._closed and self._runners:  # closed by a fork (see _forget_loops_after_fork): nothing would run it
+            raise Unavailable(self._closed_reason)
         outputs = self._check_outputs(outputs)
         if self._text_names:
             inputs = self._text_inputs(inputs)  # once: the chunked path below re-validates these same inputs
@@ -796,7 +825,7 @@ class Model:
     # ------------------------------------------------------------------ asyncio
     def _attach(self, loop: asyncio.AbstractEventLoop):
         if self._closed:
-            raise Unavailable(f"model {self.name!r} is closed")
+            raise Unavailable(self._closed_reason)
         with self._loops_lock:
             # Loops closed without shutting down their async generators (a bare loop.close()).
             closed = [
@@ -1197,9 +1226,15 @@ class Model:
             if t is not threading.current_thread():
                 t.join()
         flush = getattr(self.prediction_logger, "flush", None)  # optional in the logger contract
-        if flush is not None:
-            # Records of this model's last requests reach the log files before the process may exit.
-            flush()
+        try:
+            if flush is not None:
+                # Records of this model's last requests reach the log files before the process may exit.
+                flush()
+        finally:  # a logger's failure is raised, after the loops are let go (a second close() does nothing)
+            self._release_loops()
+
+    def _release_loops(self) -> None:
+        """Detach every event loop's completion queue (close()'s last step)."""
         with self._loops_lock:
             loops = list(self._loops.items())
             self._loops.clear()

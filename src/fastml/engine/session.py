@@ -11,6 +11,8 @@ from fastml.engine.signature import Signature
 from fastml.errors import InvalidInput, NotFound
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+# ONNX Runtime's intra_op_num_threads is a C int.
+_MAX_THREADS = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +30,7 @@ def create_session(path: str | Path | ModelBytes, *, intra_op_threads: int = 1, 
 
     Raises:
         NotFound: the file does not exist.
-        InvalidInput: bad options, or the file is not a model ONNX Runtime can load.
+        InvalidInput: bad options, a directory, or the file is not a model ONNX Runtime can load.
     """
     import onnxruntime as ort
 
@@ -37,6 +39,12 @@ def create_session(path: str | Path | ModelBytes, *, intra_op_threads: int = 1, 
         shown = path.source
     else:
         path = Path(path)
+        if path.is_dir():
+            # It exists: "does not exist" sent the caller looking for a typo. A model repository's version
+            # directory holds the file as model.onnx.
+            inside = path / "model.onnx"
+            hint = f": load {str(inside)!r}" if inside.is_file() else ""
+            raise InvalidInput(f"model path {str(path)!r} is a directory, not an ONNX model file{hint}")
         if not path.is_file():
             raise NotFound(f"model file {str(path)!r} does not exist")
         model, shown = str(path), str(path)
@@ -45,8 +53,16 @@ def create_session(path: str | Path | ModelBytes, *, intra_op_threads: int = 1, 
             f"graph_optimization_level must be one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}; "
             f"got {graph_optimization_level!r}"
         )
-    if not isinstance(intra_op_threads, int) or intra_op_threads < 0:
-        raise InvalidInput(f"intra_op_threads must be an int >= 0 (0 = one per core); got {intra_op_threads!r}")
+    # bool is an int to Python, not a thread count; ONNX Runtime's option is a C int: a larger value raised its
+    # TypeError naming no option.
+    if (
+        not isinstance(intra_op_threads, int)
+        or isinstance(intra_op_threads, bool)
+        or not 0 <= intra_op_threads <= _MAX_THREADS
+    ):
+        raise InvalidInput(
+            f"intra_op_threads must be an int from 0 to {_MAX_THREADS} (0 = one per core); got {intra_op_threads!r}"
+        )
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     # Runners give parallelism across batches; inside one batch the graph runs sequentially.
