@@ -2,7 +2,8 @@
 
 Each group lives beside its module (``fastml/<module>/cli.py``) and exposes ``add_parser(subparsers)``;
 this file only lists them, so ``fastml --help`` imports nothing heavy. Every handler returns an exit
-code; fastml errors are printed as one line and exit 2 (bad input) or 1 (anything else).
+code; fastml errors are printed as one line and exit 2 (bad input) or 1 (anything else), and Ctrl-C ends a
+command with one line and status 130.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def _version() -> str:
 # process ended by SIGPIPE (128 + 13).
 EXIT_BROKEN_PIPE = 141
 
+# Exit status of a command stopped by Ctrl-C: what a shell reports for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``fastml`` command; returns its exit code."""
@@ -123,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         # "Exception ignored ... BrokenPipeError" on the way out.
         _silence_stdout()
         return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        # Ctrl-C: the user stopped the command. A traceback of wherever it happened to be is noise, not a
+        # report; one line on stderr and the status a shell gives a process ended by SIGINT.
+        try:
+            print("fastml: interrupted", file=sys.stderr)
+        except (OSError, ValueError):
+            pass
+        return EXIT_INTERRUPTED
 
 
 def _silence_stdout() -> None:
@@ -141,7 +153,9 @@ def _run(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help()
+        # A group named without its subcommand (`fastml monitor`): that group's help, which lists its subcommands.
+        # The top level's would list only the groups loaded for this command line (here: monitor alone).
+        (_group_parser(parser, getattr(args, "group", None)) or parser).print_help()
         return 2
     from fastml.errors import FastMLError, InvalidInput, NotFound
 
@@ -155,6 +169,18 @@ def _run(argv: list[str] | None) -> int:
         return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
     except BrokenPipeError:
         raise  # main()'s: the reader went away
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").partition(".")[0]
+        if not package or package == "fastml":
+            raise  # a module of fastml itself: a broken install or a bug, whose traceback a report needs
+        # An optional package this command needs (a training or conversion library, a database driver) is
+        # not installed: the environment's state, not a fault of fastml, and one line says what to install.
+        print(
+            f"fastml: error: ModuleNotFoundError: {exc}: this command needs the optional package {package!r}, "
+            "which is not installed",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as exc:
         if exc.errno is None:  # not a failed system call: a bug of ours, whose traceback is what a report needs
             raise
@@ -174,6 +200,16 @@ def _run(argv: list[str] | None) -> int:
             code = EXIT_BROKEN_PIPE
         os._exit(code)
     return code
+
+
+def _group_parser(parser: argparse.ArgumentParser, group: str | None) -> argparse.ArgumentParser | None:
+    """The parser of ``group`` (a subcommand of ``parser``), or None."""
+    if group is None:
+        return None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(group)
+    return None
 
 
 def _audit_append(action: str, **fields: Any) -> dict[str, Any]:

@@ -145,3 +145,31 @@ def test_a_pickle_that_cannot_be_converted_is_named_when_loaded(tmp_path):
     path.write_bytes(pickle.dumps(model))
     with pytest.raises(InvalidInput, match=r"logged\.pkl.*FunctionTransformer"):
         fastml.load_model(str(path))
+
+
+def test_resolving_references_leaves_no_registry_connection_open(fastml_home, tmp_path):
+    import gc
+    import os
+    import pickle
+
+    from sklearn.linear_model import LogisticRegression
+
+    from fastml.registry import Registry
+    from fastml.serving.loader import resolve_ref
+
+    X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(LogisticRegression().fit(X, (X[:, 0] > 0).astype(int))))
+    with Registry() as registry:
+        registry.register("fdm", tmp_path / "m.pkl")
+    resolve_ref("fdm@latest")
+    was = gc.isenabled()
+    gc.disable()  # a leaked registry is closed only when the collector finds it
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            resolve_ref("fdm@latest")
+        grown = len(os.listdir("/proc/self/fd")) - before
+    finally:
+        if was:
+            gc.enable()
+    assert grown == 0  # two descriptors per call were left open before

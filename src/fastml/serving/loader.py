@@ -38,7 +38,8 @@ def resolve_ref(ref: str):
     from fastml.registry import Registry
 
     try:
-        mv, data = Registry().artifact_bytes(ref)
+        with Registry() as registry:  # closed at once: a server resolving many references kept their connections
+            mv, data = registry.artifact_bytes(ref)
     except NotFound as exc:
         # A bare word with a model file's suffix (``model.pkl``) is most likely a mistyped path: say so, rather
         # than only that no such model is registered. A registered model of that name still resolves.
