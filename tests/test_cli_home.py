@@ -72,3 +72,17 @@ def test_a_missing_serve_target_says_where_it_looked(tmp_path, monkeypatch):
     with pytest.raises(NotFound) as err:
         parse_target("modle.onnx")  # a mistyped path is not taken for a model name
     assert "'modle.onnx'" in str(err.value) and os.fspath(tmp_path) in str(err.value)
+
+
+def test_a_named_config_file_that_is_missing_or_not_utf8_is_refused_by_name(tmp_path):
+    from fastml.config import load_settings
+    from fastml.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"config file .*nope\.toml \(FASTML_CONFIG\): no such file"):
+        load_settings({"HOME": str(tmp_path), "FASTML_CONFIG": str(tmp_path / "nope.toml")})  # was: the defaults
+    with pytest.raises(InvalidInput, match="no such file"):
+        load_settings({"HOME": str(tmp_path), "FASTML_CONFIG": str(tmp_path)})  # a directory
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('user = "Ren\xe9"\n'.encode("latin-1"))
+    with pytest.raises(InvalidInput, match=r"config file .*latin1\.toml: .*utf-8"):  # was: a UnicodeDecodeError
+        load_settings({"HOME": str(tmp_path), "FASTML_CONFIG": str(latin1)})

@@ -94,11 +94,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     home = Path(env["FASTML_HOME"]) if env.get("FASTML_HOME") else default_home(env)
     cfg_path = Path(env["FASTML_CONFIG"]) if env.get("FASTML_CONFIG") else home / "config.toml"
+    if env.get("FASTML_CONFIG") and not cfg_path.is_file():
+        # Named on purpose: a typo or a directory would otherwise run every command on the defaults, silently.
+        raise InvalidInput(f"config file {cfg_path} (FASTML_CONFIG): no such file")
     if cfg_path.is_file():
         with open(cfg_path, "rb") as fh:
             try:
                 data = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as exc:
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # tomllib reads UTF-8 only
                 raise InvalidInput(f"config file {cfg_path}: {exc}") from exc
         for key, raw in data.items():
             if key not in fields:

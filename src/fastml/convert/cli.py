@@ -6,6 +6,14 @@ import argparse
 import json
 
 
+def _opset(text: str) -> int:
+    """An argparse type: an ONNX opset a converter can target (--opset 0 or -3 wrote a model claiming it)."""
+    value = int(text)
+    if value < 7:
+        raise argparse.ArgumentTypeError(f"must be an ONNX opset >= 7, got {value}")
+    return value
+
+
 def add_parser(subparsers) -> None:
     """Register ``fastml convert``."""
     p = subparsers.add_parser(
@@ -23,7 +31,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sample", default=None, help=".npy file of input rows for the parity check / PyTorch export")
     p.add_argument("--atol", type=float, default=1e-4, help="parity absolute tolerance (default 1e-4)")
     p.add_argument("--rtol", type=float, default=1e-3, help="parity relative tolerance (default 1e-3)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (default 17; at least 7)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.set_defaults(handler=_run)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -179,8 +180,14 @@ def _watch(args: argparse.Namespace) -> int:
     from fastml.errors import InvalidInput
     from fastml.monitoring.alerts import AlertManager, load_rules
 
-    if args.interval_s <= 0 or (args.duration_s is not None and args.duration_s < 0):
-        raise InvalidInput("--interval-s must be > 0 and --duration-s >= 0")
+    # NaN compares false with everything: --duration-s nan watched for ever (a CI job hung), --interval-s nan spun.
+    if not (math.isfinite(args.interval_s) and args.interval_s > 0) or (
+        args.duration_s is not None and not (math.isfinite(args.duration_s) and args.duration_s >= 0)
+    ):
+        raise InvalidInput(
+            f"--interval-s must be a finite number > 0 and --duration-s a finite number >= 0; got "
+            f"{args.interval_s} and {args.duration_s}"
+        )
     rules = load_rules(args.rules)
     store = _store(args.db)
     watcher = Watcher(

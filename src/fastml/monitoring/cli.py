@@ -20,6 +20,14 @@ import json
 from fastml import jsonout
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an int >= 1 (--top -1 showed every feature but the last, and LIME failed on 0)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_parser(subparsers) -> None:
     mon = subparsers.add_parser("monitor", help="data drift, reports and explanations")
     sub = mon.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND")
@@ -69,7 +77,7 @@ def add_parser(subparsers) -> None:
     e.add_argument("--class-index", type=int, help="column of a 2-D output (default: last)")
     e.add_argument("--link", choices=["identity", "logit"], default="identity")
     e.add_argument("--lime", action="store_true", help="also explain the first row with LIME")
-    e.add_argument("--top", type=int, default=10, help="features shown in the text output")
+    e.add_argument("--top", type=_at_least_one, default=10, help="features shown in the text output (>= 1)")
     e.add_argument("--json", action="store_true", help="print JSON (values per row and global importance)")
     e.set_defaults(handler=_explain)
 
