@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except FastMLError as exc:
         print(f"loadtest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (InvalidInput, NotFound)) else 1
+    except KeyboardInterrupt:  # Ctrl-C under `python -m fastml.loadtest`: as `fastml` ends any command (130)
+        print("loadtest: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run(args: argparse.Namespace) -> int:
