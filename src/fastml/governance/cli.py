@@ -497,7 +497,15 @@ def _audit_log(args, *, reading: bool = True):
 
 
 def _verify(args) -> int:
-    res = _audit_log(args).verify(expected_head=args.expect_head)
+    from fastml.errors import InvalidInput
+
+    head = args.expect_head
+    if head is not None and (len(head) != 64 or any(c not in "0123456789abcdef" for c in head)):
+        # Not a hash `fastml audit head` prints: "the chain was rewritten" (exit 1) would blame the log for a typo.
+        raise InvalidInput(
+            f"--expect-head must be a 64-digit lowercase hex hash, as `fastml audit head` prints; got {head!r}"
+        )
+    res = _audit_log(args).verify(expected_head=head)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2))
     elif res.ok:

@@ -128,6 +128,8 @@ def read_table(path: str) -> dict:
     from fastml.monitoring.profile import as_columns
 
     p = Path(path)
+    if p.is_dir():  # it exists: "does not exist" would send the user looking for a typo
+        raise InvalidInput(f"{p} is a directory: name a .csv, .parquet or .npy file")
     if not p.is_file():
         raise NotFound(f"file {p} does not exist")
     suffix = p.suffix.lower()
