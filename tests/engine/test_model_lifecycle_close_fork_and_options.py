@@ -1,5 +1,5 @@
 """Model lifecycle as a Triton/BentoML user drives it: load options refused by name, close() with requests queued and
-running (and with a logger whose flush fails), a forked child, warm-up failures naming the model, stats after a
+running (and with a logger whose flush fails), a forked child, stats after a
 known sequence of outcomes, many threads and event loops against a direct ONNX Runtime run."""
 
 from __future__ import annotations
@@ -256,13 +256,6 @@ def test_a_directory_is_refused_as_a_directory_not_as_missing(tmp_path, rowsum4)
         load_model(version)
     with load_model(version / "model.onnx", warmup=False) as model:  # the hint's path loads
         assert model.name == "model"
-
-
-def test_a_warm_up_failure_names_the_model(refuses_zeros):
-    with pytest.raises(InvalidInput, match=r"^model 'refuses' : |^model '[^']+': warm-up failed"):
-        load_model(refuses_zeros, name="refuses", runner="threads")
-    with pytest.raises(InvalidInput, match=r"^model 'refuses': "):  # runner="auto" times it on zeros first
-        load_model(refuses_zeros, name="refuses", runner="auto")
 
 
 @pytest.mark.parametrize("field", ["max_queue_delay_us", "max_queue_size", "instances"])

@@ -20,7 +20,7 @@ def test_serve_freezes_what_start_up_made_and_collects_what_serving_makes(onnx_m
         started.append(self)
         return await start(self)
 
-    async def instead_of_a_signal() -> None:
+    async def instead_of_a_signal(stop) -> None:
         tracked = {id(o) for o in gc.get_objects()}
         seen["frozen"] = gc.get_freeze_count()
         seen["server_scanned"] = [id(s) in tracked for s in started]
@@ -92,3 +92,33 @@ def test_a_model_unloaded_after_the_freeze_is_freed(onnx_models, tmp_path):
             manager.close()
 
     assert uvloop.run(scenario()) == (True, True)
+
+
+def test_a_sigterm_as_soon_as_the_server_started_drains_it(onnx_models, tmp_path):
+    """SIGTERM sent the moment the server has started (a caller reading the startup line, then stopping it) drains
+    it and exits 0: the handler used to be installed after the startup line, and such a signal killed it (-15)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import uvloop
+        from fastml.server import workers
+        from fastml.server.app import Server
+
+        start = Server.start
+
+        async def start_then_signalled(self):
+            await start(self)
+            os.kill(os.getpid(), signal.SIGTERM)  # before the startup line is printed
+
+        Server.start = start_then_signalled
+        opts = workers.ServeOptions([{str(onnx_models["mlp"])!r}], http_port=0, metrics_port=None)
+        sys.exit(uvloop.run(workers._single(opts)))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fastml serve: stopped (drained)" in proc.stdout

@@ -218,7 +218,7 @@ class Model:
                 # The timing runs the model on warm-up inputs (zeros): a model refusing them is refused at load
                 # with warm-up on, as the warm-up itself would be; with warm-up off it loads with the safe runner.
                 if warmup is not False:
-                    raise InvalidInput(f"model {name!r}: {exc}") from None
+                    raise
                 runner = "threads"
                 self.runner_note = f"threads, the safe default: timing on zeros failed ({exc})"
         self.runner = runner
@@ -247,14 +247,11 @@ class Model:
         self._n_inputs = len(self._input_names)
         # String (BYTES) inputs: normalised to object arrays of str before they are queued (see _text_inputs).
         self._text_names = tuple(s.name for s in self.signature.inputs if s.dtype == object)
-        try:
-            self.warmup_batch_sizes = (
-                []
-                if warmup is False or self.warmup_unsampled
-                else run_warmup(session, self.signature, max_batch_size, self._warmup_samples)
-            )
-        except InvalidInput as exc:  # the warm-up's words name no model: a server loading several says which
-            raise InvalidInput(f"model {name!r}: {exc}") from None
+        self.warmup_batch_sizes = (
+            []
+            if warmup is False or self.warmup_unsampled
+            else run_warmup(session, self.signature, max_batch_size, self._warmup_samples)
+        )
 
         specs = [(s.name, s.dtype, s.shape) for s in self.signature.inputs]
         if batcher == "native":

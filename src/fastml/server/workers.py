@@ -142,11 +142,18 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT, installed on the running loop. Installed before the startup line is
+    printed: a caller that signals the server as soon as it reads the line (a test, a supervisor) found the
+    default action still in place and killed it (exit -15) instead of draining it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _wait_for_signal(stop: asyncio.Event) -> None:
     await stop.wait()
 
 
@@ -154,6 +161,7 @@ async def _single(opts: ServeOptions) -> int:
     from fastml.server.app import Server
     from fastml.serving import ModelManager
 
+    stop = _stop_on_signals()  # a SIGTERM while loading or starting stops the server once it has started
     manager = ModelManager(opts.targets, opts.overrides, drain_timeout_s=opts.grace_period_s)
     manager.load_all(exit_on_error=opts.exit_on_error)
     server = Server(
@@ -180,7 +188,7 @@ async def _single(opts: ServeOptions) -> int:
         print(f"fastml serve: binary {opts.host}:{server.binary_port}", flush=True)
     if server.binary_socket is not None:
         print(f"fastml serve: binary unix:{server.binary_socket}", flush=True)
-    await _wait_for_signal()
+    await _wait_for_signal(stop)
     clean = await server.drain(opts.grace_period_s)
     manager.close()
     _close_monitor(server)
