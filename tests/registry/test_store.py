@@ -67,6 +67,15 @@ def test_bad_urls_are_invalid_input(url):
         store.create_engine(url)
 
 
+def test_a_plain_postgresql_url_uses_the_installed_driver():
+    # SQLAlchemy 2.1 reads postgresql:// as psycopg 3, which fastml does not install: the documented URL failed
+    engine = store.create_engine("postgresql://ana@127.0.0.1:1/reg")  # no connection is made here
+    assert engine.dialect.driver == "psycopg2"
+    assert engine.url.render_as_string(hide_password=False) == "postgresql+psycopg2://ana@127.0.0.1:1/reg"
+    explicit = store.create_engine("postgresql+psycopg2://ana@127.0.0.1:1/reg")
+    assert explicit.dialect.driver == "psycopg2"
+
+
 def test_registry_url_from_settings(fastml_home, monkeypatch):
     from fastml.config import reset_settings
 

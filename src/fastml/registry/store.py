@@ -265,7 +265,11 @@ def create_engine(url: str) -> sa.Engine:
 
         return engine
     if backend == "postgresql":
-        return sa.create_engine(url, pool_pre_ping=True, **_json_codec())
+        if parsed.drivername == "postgresql":
+            # The driver fastml installs (psycopg2-binary): SQLAlchemy 2.1 takes a bare postgresql:// URL for
+            # psycopg 3, which is not installed, so the documented URL failed. An explicit +driver is kept.
+            parsed = parsed.set(drivername="postgresql+psycopg2")
+        return sa.create_engine(parsed, pool_pre_ping=True, **_json_codec())
     raise InvalidInput(f"registry URL {url!r}: unsupported backend {backend!r}; use sqlite or postgresql")
 
 
