@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         # report; one line on stderr and the status a shell gives a process ended by SIGINT.
         try:
             print("fastml: interrupted", file=sys.stderr)
-        except (OSError, ValueError):
+        except (OSError, ValueError):  # stderr closed too: the exit status alone says it
             pass
         return EXIT_INTERRUPTED
 

@@ -554,8 +554,14 @@ class FeatureJoinedModel:
         Raises:
             InvalidInput: as :meth:`build` (an ``error`` policy hit refuses the whole call).
         """
+        return self.run_batch_seen(arrays)[0]
+
+    def run_batch_seen(self, arrays) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """:meth:`run_batch`, and the inputs the wrapped model ran on (the joined tensor and the passthrough
+        inputs, by its input names): what a prediction log records for this model (a shadow copy's log)."""
         feed = self.build(dict(zip((s.name for s in self.signature.inputs), arrays)))
-        return self.model.run_batch([feed[s.name] for s in self.model.signature.inputs])
+        seen = {s.name: feed[s.name] for s in self.model.signature.inputs}
+        return self.model.run_batch(list(seen.values())), seen
 
     def submit_sink(self, inputs, timeout_us: int | None, sink) -> bool:
         """:meth:`fastml.engine.Model.submit_sink` on the batched way; False (use :meth:`submit`) otherwise."""

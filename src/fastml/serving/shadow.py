@@ -268,15 +268,11 @@ class ShadowRunner:
 
 def _run(model, names: list[str], arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """``(outputs, the inputs to log)`` of one run of ``arrays`` (the group's rows, in ``names``' order). A model
-    with joined features is joined here and its inner model run on the joined tensor, which is what it logs: the
-    values the model saw, as its primary answers log them (its entity ids said nothing a monitor or an explanation
-    of the shadow could use)."""
-    from fastml.serving.feature_join import FeatureJoinedModel
-
-    if isinstance(model, FeatureJoinedModel):
-        feed = model.build(dict(zip(names, arrays)))
-        inner = [s.name for s in model.model.signature.inputs]
-        return model.model.run_batch([feed[n] for n in inner]), {n: feed[n] for n in inner}
+    with joined features logs the values its inner model saw (``run_batch_seen``), as its primary answers log
+    them: its entity ids said nothing a monitor or an explanation of the shadow could use."""
+    seen = getattr(model, "run_batch_seen", None)
+    if seen is not None:
+        return seen(arrays)
     return model.run_batch(arrays), dict(zip(names, arrays))
 
 
