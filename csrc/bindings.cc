@@ -2274,6 +2274,84 @@ static void bind_monitor_window(py::module_& m) {
 }
 // ===== end monitor window section =====
 
+// ===== tree ensemble section (csrc/tree_ensemble.h): the native tree kernel of batch scoring =====
+#include "tree_ensemble.h"
+
+static void bind_tree_ensemble(py::module_& m) {
+    using fastml::TreeEnsemble;
+    py::class_<TreeEnsemble>(m, "TreeEnsemble",
+                             "A compiled ONNX-ML tree ensemble scored natively (see csrc/tree_ensemble.h).")
+        .def(py::init([](const py::buffer& model) {
+                 py::buffer_info info = model.request();
+                 if (info.ndim != 1 || info.itemsize != 1 || (info.size > 1 && info.strides[0] != 1)) {
+                     status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                            "model: expected the ONNX file's bytes"));
+                 }
+                 std::unique_ptr<TreeEnsemble> e;
+                 fastml::Status st;
+                 {
+                     py::gil_scoped_release nogil;  // parsing reads only the buffer `model` keeps alive
+                     st = TreeEnsemble::FromOnnx(static_cast<const uint8_t*>(info.ptr),
+                                                 static_cast<size_t>(info.size), &e);
+                 }
+                 if (!st.ok()) status_py::Raise(st);
+                 return e;
+             }),
+             py::arg("model"),
+             "Compiles a serialized ONNX model; InvalidInput names why one is not a tree ensemble evaluated here.")
+        .def(
+            "predict",
+            [](const TreeEnsemble& self, const py::array& x) {
+                if (!py::isinstance<py::array_t<float>>(x) || x.ndim() != 2 ||
+                    !(x.flags() & py::array::c_style)) {
+                    status_py::Raise(fastml::Status::Error(fastml::StatusCode::kInvalidInput,
+                                                           "expected a C-contiguous 2-D float32 array"));
+                }
+                const int64_t rows = x.shape(0);
+                const int64_t cols = x.shape(1);
+                if (cols < self.min_features()) {
+                    status_py::Raise(fastml::Status::Error(
+                        fastml::StatusCode::kInvalidInput,
+                        "rows have " + std::to_string(cols) + " columns; the trees read column " +
+                            std::to_string(self.min_features() - 1)));
+                }
+                py::array_t<float> scores({rows, self.n_scores()});
+                py::object labels = py::none();
+                int64_t* label_data = nullptr;
+                if (self.classifier()) {
+                    py::array_t<int64_t> l(rows);
+                    label_data = l.mutable_data();
+                    labels = std::move(l);
+                }
+                float* score_data = scores.mutable_data();
+                const float* in = static_cast<const float*>(x.data());
+                {
+                    py::gil_scoped_release nogil;  // pure native work on buffers held by `x`, `scores`, `labels`
+                    self.Predict(in, rows, cols, score_data, label_data);
+                }
+                return py::make_tuple(labels, scores);
+            },
+            py::arg("x"), "(labels or None, scores) for the rows of a 2-D float32 array.")
+        .def("splits",
+             [](const TreeEnsemble& self) {
+                 std::vector<int32_t> features;
+                 std::vector<float> thresholds;
+                 self.Splits(&features, &thresholds);
+                 return py::make_tuple(py::array_t<int32_t>(features.size(), features.data()),
+                                       py::array_t<float>(thresholds.size(), thresholds.data()));
+             },
+             "(feature, threshold) of every branch, as two arrays.")
+        .def_property_readonly("classifier", &TreeEnsemble::classifier)
+        .def_property_readonly("n_scores", &TreeEnsemble::n_scores)
+        .def_property_readonly("min_features", &TreeEnsemble::min_features)
+        .def_property_readonly("n_trees", &TreeEnsemble::n_trees)
+        .def_property_readonly("n_nodes", &TreeEnsemble::n_nodes)
+        .def_property_readonly("input_name", &TreeEnsemble::input_name)
+        .def_property_readonly("outputs", &TreeEnsemble::outputs,
+                               "[(graph output name, index into predict's (labels, scores) or (scores,))]");
+}
+// ===== end tree ensemble section =====
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "fastml native core: micro-batcher and LMDB feature cache";
     status_py::bind_status(m);
@@ -2282,4 +2360,5 @@ PYBIND11_MODULE(_core, m) {
     bind_feature_join(m);
     bind_router(m);
     bind_monitor_window(m);
+    bind_tree_ensemble(m);
 }

@@ -461,7 +461,16 @@ def test_the_json_summary_and_the_output_in_input_order(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert set(summary) == {"input", "output", "rows", "batch_rows", "seconds", "output_columns", "rows_per_s"}
+    assert set(summary) == {
+        "input",
+        "output",
+        "rows",
+        "batch_rows",
+        "seconds",
+        "output_columns",
+        "rows_per_s",
+        "scorer",
+    }
     assert summary["rows"] == n and summary["output_columns"] == ["id", "y"]
     assert summary["output"] == str(tmp_path / "sub" / "dir" / "out.csv") and summary["batch_rows"] <= 1000
     out = pacsv.read_csv(

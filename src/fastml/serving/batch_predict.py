@@ -98,6 +98,8 @@ class PredictReport:
     batch_rows: int
     seconds: float
     output_columns: list[str]
+    # What scored the chunks: "native-trees" (fastml's tree kernel, for one-tree-ensemble models) or "onnxruntime".
+    scorer: str = "onnxruntime"
 
     @property
     def rows_per_s(self) -> float:
@@ -760,6 +762,7 @@ def predict_file(
     progress: bool = False,
     features: list[str] | None = None,
     feature_store=None,
+    native_trees: bool = True,
 ) -> PredictReport:
     """Score ``input_path`` with the model ``ref`` and write ``output_path``.
 
@@ -779,6 +782,9 @@ def predict_file(
             keyed by the first key column, and added as columns named by the reference (a row whose entity
             has no value gets NaN). feature_store: the :class:`fastml.features.FeatureStore` (default: the
             one under FASTML_HOME).
+        native_trees: score a model that is one tree ensemble (gradient boosting, a random forest) with fastml's
+            native tree kernel where it gives ONNX Runtime's results on probe rows (about twice the rows per
+            core-second); False keeps ONNX Runtime's operator. ``PredictReport.scorer`` says which scored.
 
     A CSV column's type is the one Arrow guesses from the file's first rows (a model input of integers read as
     float64 when it feeds a floating-point input). Where a later row holds a value that type cannot (a key of
@@ -804,6 +810,7 @@ def predict_file(
             progress=progress,
             features=features,
             feature_store=feature_store,
+            native_trees=native_trees,
             text_columns=text_columns,
         )
     )
@@ -833,6 +840,7 @@ def _predict_file(
     progress,
     features,
     feature_store,
+    native_trees: bool,
     text_columns: frozenset[str],
 ) -> PredictReport:
     """:func:`predict_file`, with the CSV columns in ``text_columns`` read as text.
@@ -851,7 +859,7 @@ def _predict_file(
     src = _checked_source(input_path, batch_rows)
     out = _checked_output(src, output_path)
     model_path, card_columns = resolve_model(ref)
-    sess = _session(model_path)
+    sess = _session(model_path, native_trees=native_trees)
     keys = list(key_columns or [])
     file_columns, batches, total = _open(src, batch_rows)
     features = list(features or [])
@@ -937,6 +945,7 @@ def _predict_file(
         batch_rows,
         time.perf_counter() - t0,
         list(out_schema.names) if out_schema is not None else [],
+        scorer_name(sess),
     )
 
 
@@ -1018,9 +1027,11 @@ def _with_features(src: Path, file_columns: list[str], keys: list[str], features
     return file_columns + [f for f in features if f not in file_columns], feature_store
 
 
-def _session(model_path):
+def _session(model_path, *, native_trees: bool = False):
     """One ONNX Runtime session whose runs each compute on the calling thread (one intra-op thread): the
-    scoring threads that share it make the parallelism, one chunk each."""
+    scoring threads that share it make the parallelism, one chunk each. With ``native_trees``, a model that is one
+    tree ensemble is scored by the native tree kernel behind the session's face, where it agrees with ONNX Runtime
+    (:mod:`fastml.engine.native_trees`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -1029,13 +1040,40 @@ def _session(model_path):
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     data = getattr(model_path, "data", None)  # a registry artifact's checked bytes (ModelBytes), loaded as read
+    shown = model_path.source if data is not None else model_path
+    if data is None and native_trees:
+        data = _tree_model_bytes(model_path)  # both read the same bytes, never a file replaced in between
     try:
-        return ort.InferenceSession(
+        sess = ort.InferenceSession(
             data if data is not None else str(model_path), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's load errors are about the file
-        shown = model_path.source if data is not None else model_path
         raise InvalidInput(f"{shown}: ONNX Runtime cannot load this model: {exc}") from exc
+    if native_trees and data is not None:
+        from fastml.engine.native_trees import tree_session
+
+        return tree_session(sess, data)
+    return sess
+
+
+def _tree_model_bytes(path) -> bytes | None:
+    """The ONNX file's bytes if it may be a tree ensemble, else None (a large network is not read twice).
+
+    A serialized model writes its graph's first node early: inputs, outputs, name and operator type precede the
+    node's attributes, so a tree-ensemble operator's name shows within the first kilobytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64 * 1024)
+            if b"TreeEnsemble" not in head:
+                return None
+            return head + f.read()
+    except OSError:  # ONNX Runtime, loading the path, reports it
+        return None
+
+
+def scorer_name(sess) -> str:
+    """What scores a session's chunks: ``native-trees`` or ``onnxruntime``."""
+    return "native-trees" if getattr(sess, "kernel", None) is not None else "onnxruntime"
 
 
 def _string_entity_keys(store, features: list[str]) -> bool:

@@ -60,6 +60,12 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--actors", type=int, default=None, help="--engine ray: scoring actors (default: the cluster's CPUs)"
     )
+    p.add_argument(
+        "--no-native-trees",
+        action="store_true",
+        help="score tree ensembles with ONNX Runtime's operator, not fastml's native tree kernel (used by default "
+        "where it gives ONNX Runtime's results)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     p.set_defaults(handler=_run)
@@ -88,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
             threads=args.threads,
             features=_split(args.features),
             actors=args.actors,
+            native_trees=not args.no_native_trees,
             address=args.ray_address,
         )
         return _print(report, args)
@@ -108,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress and sys.stderr.isatty(),
         features=_split(args.features),
+        native_trees=not args.no_native_trees,
     )
     # The output is committed (closed and renamed) and this process scored it alone: the console script may end
     # the process at once instead of tearing the interpreter down (a Ray job keeps its exit handlers).
@@ -176,6 +184,6 @@ def _print(report, args: argparse.Namespace) -> int:
     else:
         print(
             f"wrote {report.rows:,} rows to {report.output} ({report.rows_per_s:,.0f} rows/s, "
-            f"{report.batch_rows:,} rows per chunk)"
+            f"{report.batch_rows:,} rows per chunk, scored by {report.scorer})"
         )
     return 0

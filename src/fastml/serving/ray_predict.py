@@ -50,6 +50,7 @@ from fastml.serving.batch_predict import (
     _zipmap_classes,
     resolve_model,
     scored_with_text_retry,
+    scorer_name,
 )
 
 
@@ -60,10 +61,11 @@ class _Scorer:
         model_bytes: the ONNX model. file_columns, key_columns, columns, source: as for the driver's plan
             (rebuilt here: ONNX Runtime's input descriptions do not pickle). threads: intra-op threads.
         features: feature references joined from the online feature store (FASTML_HOME of the actor) by the
-            first key column, or empty.
+            first key column, or empty. native_trees: score with the native tree kernel where it agrees with ONNX
+            Runtime here (:mod:`fastml.engine.native_trees`).
     """
 
-    def __init__(self, model_bytes, file_columns, key_columns, columns, source, threads, features):
+    def __init__(self, model_bytes, file_columns, key_columns, columns, source, threads, features, native_trees):
         import onnxruntime as ort
         import ray
 
@@ -72,6 +74,10 @@ class _Scorer:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         self.sess = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        if native_trees:
+            from fastml.engine.native_trees import tree_session
+
+            self.sess = tree_session(self.sess, model_bytes)
         self.run_options = _quiet_run_options()
         self.plan = _Plan(self.sess, file_columns, key_columns, columns, source)
         self.features = list(features)
@@ -188,6 +194,7 @@ def predict_file_ray(
     actors: int | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
+    native_trees: bool = True,
 ) -> PredictReport:
     """Score ``input_path`` with the model ``ref`` as a Ray Data job and write ``output_path``.
 
@@ -199,6 +206,8 @@ def predict_file_ray(
         address: Ray cluster to run on (None: a local cluster started and stopped here, or the one this
             process already initialised).
         num_cpus: CPUs of a local cluster started here (default: every core).
+        native_trees: as for the local engine; each actor compares the native tree kernel with ONNX Runtime again
+            before it uses it (its machine may have another ONNX Runtime).
 
     A CSV file is read as the local engine reads it: in blocks of the same size, each column's type guessed from
     the first block (a model input of integers read as float64 where it feeds a floating-point input), and the
@@ -227,6 +236,7 @@ def predict_file_ray(
                 features=features,
                 actors=actors,
                 cluster=cluster,
+                native_trees=native_trees,
                 text_columns=text_columns,
             )
         )
@@ -272,6 +282,7 @@ def _predict_file_ray(
     features,
     actors,
     cluster: _Cluster,
+    native_trees: bool,
     text_columns: frozenset[str],
 ) -> PredictReport:
     """:func:`predict_file_ray`, with the CSV columns in ``text_columns`` read as text.
@@ -283,7 +294,8 @@ def _predict_file_ray(
     out = _checked_output(src, output_path)
     model_path, card_columns = resolve_model(ref)
     # Loaded here first, as the local engine loads it: a file ONNX Runtime cannot load is refused naming it.
-    sess = _session(model_path)
+    sess = _session(model_path, native_trees=native_trees)
+    native_trees = scorer_name(sess) == "native-trees"  # the actors try it only where the driver could use it
     data = getattr(model_path, "data", None)  # a registry artifact's checked bytes (ModelBytes)
     model_bytes = data if data is not None else Path(model_path).read_bytes()
     keys = list(key_columns or [])
@@ -331,6 +343,7 @@ def _predict_file_ray(
                     str(src),
                     threads or 1,
                     features,
+                    native_trees and (threads or 1) == 1,  # the kernel scores on one thread per call
                 ),
                 batch_size=batch_rows,
                 batch_format="pyarrow",
@@ -364,6 +377,7 @@ def _predict_file_ray(
         batch_rows,
         time.perf_counter() - t0,
         list(out_schema.names) if out_schema is not None else [],
+        scorer_name(sess) if (threads or 1) == 1 else "onnxruntime",
     )
 
 
