@@ -504,6 +504,23 @@ def test_feeds_the_kernel_does_not_take_go_to_onnxruntime_with_its_errors():
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
     only = scored.run(["probabilities"], {"X": x})
     assert len(only) == 1 and only[0].shape == (20, 2)
+    twice = scored.run(["label", "label"], {"X": x})
+    np.testing.assert_array_equal(twice[0], twice[1])
+    assert not np.shares_memory(twice[0], twice[1])
+    empty = scored.run(None, {"X": np.zeros((0, F), dtype=np.float32)})  # ONNX Runtime's own answer
+    assert empty[0].shape == (0,) and empty[1].shape == (0, 2)
+
+
+def test_a_model_with_a_fixed_row_count_keeps_onnxruntimes_check():
+    m = onnx.load_from_string(ensemble("TreeEnsembleRegressor", n_out=1, classes="all"))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    model = m.SerializeToString()
+    scored = tree_session(_session(model), model)
+    x = rows(4)
+    if isinstance(scored, TreeSession):  # the probe's 512 rows cannot run on it: ONNX Runtime keeps it
+        np.testing.assert_allclose(scored.run(None, {"X": x})[0], _session(model).run(None, {"X": x})[0], rtol=1e-6)
+    with pytest.raises(Exception, match="(?i)dim|shape|index"):
+        scored.run(None, {"X": rows(5)})
 
 
 def test_a_kernel_that_differs_from_onnxruntime_is_not_used():
@@ -514,6 +531,15 @@ def test_a_kernel_that_differs_from_onnxruntime_is_not_used():
     assert tree_session(sess_b, a) is sess_b
     k = _core.TreeEnsemble(a)
     assert "differs" in disagreement(sess_b, TreeSession(sess_b, k), probe_rows(k, F))
+
+
+def test_probe_rows_for_a_wide_input_touch_only_the_features_read():
+    k = _core.TreeEnsemble(ensemble("TreeEnsembleRegressor", n_out=1, classes="all"))
+    x = probe_rows(k, 5000)
+    read = set(k.splits()[0].tolist())
+    assert x.shape == (512, 5000) and x.flags.c_contiguous
+    assert all(np.isnan(x[:, f]).any() for f in read)
+    assert not np.isnan(x[:, [f for f in range(5000) if f not in read]]).any()
 
 
 def test_probe_rows_sit_on_and_beside_the_thresholds():

@@ -41,6 +41,8 @@ class TreeSession:
         (inp,) = session.get_inputs()
         self._input = inp.name
         self._width = inp.shape[1]
+        # A model declaring a fixed row count: ONNX Runtime refuses other counts, and so does this face.
+        self._rows = inp.shape[0] if isinstance(inp.shape[0], int) else None
         self._outputs = [o.name for o in session.get_outputs()]
 
     def get_inputs(self):
@@ -58,6 +60,8 @@ class TreeSession:
             or x.dtype != np.float32
             or x.ndim != 2
             or x.shape[1] != self._width
+            or x.shape[0] == 0
+            or (self._rows is not None and x.shape[0] != self._rows)
             or not x.flags.c_contiguous
             or not set(names) <= set(self._outputs)
         ):
@@ -106,21 +110,23 @@ def probe_rows(kernel, width: int, rows: int = PROBE_ROWS, seed: int = 0) -> np.
     """Rows whose values sit on, just above and just below the trees' split thresholds (and NaN, and values far
     from any split), so that every comparison the kernel makes is tried on its edge. Deterministic for a seed."""
     features, thresholds = kernel.splits()
-    u = _uniform(rows * width * 4, seed).reshape(4, rows, width)
-    x = ((u[0] - 0.5) * 8.0).astype(np.float32)  # away from the splits: [-4, 4)
+    # away from the splits, in [-4, 4): a block of 64 columns repeated, so a wide input costs no more to build
+    block = ((_uniform(rows * min(width, 64), seed).reshape(rows, -1) - 0.5) * 8.0).astype(np.float32)
+    x = np.tile(block, (1, -(-width // block.shape[1])))[:, :width].copy()
     order = np.argsort(features, kind="stable")
     features, thresholds = features[order], thresholds[order]
     # the features read, from the sorted array (np.unique imports numpy.ma: ~10 ms of every command's start)
     for f in features[np.flatnonzero(np.diff(features, prepend=-1))]:
         values = thresholds[np.searchsorted(features, f, "left") : np.searchsorted(features, f, "right")]
-        picked = values[(u[1][:, f] * len(values)).astype(np.int64)]
-        side = (u[2][:, f] * 3).astype(np.int64)  # on the threshold, the float above, the float below
+        u = _uniform(rows * 3, seed + 1 + int(f)).reshape(3, rows)
+        picked = values[(u[0] * len(values)).astype(np.int64)]
+        side = (u[1] * 3).astype(np.int64)  # on the threshold, the float above, the float below
         picked = np.where(side == 1, np.nextafter(picked, np.float32(np.inf)), picked)
         picked = np.where(side == 2, np.nextafter(picked, np.float32(-np.inf)), picked)
-        keep = u[3][:, f] < 0.8
+        keep = u[2] < 0.8
         x[keep, f] = picked[keep]
-    x[u[3] > 0.95] = np.nan
-    return np.ascontiguousarray(x, dtype=np.float32)
+        x[u[2] > 0.95, f] = np.nan
+    return x
 
 
 def _uniform(n: int, seed: int) -> np.ndarray:
