@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from fastml.errors import InvalidInput
     from fastml.loadtest.protocol import build_infer_request, random_inputs
-    from fastml.loadtest.runner import run, run_closed_loop, run_open_loop
+    from fastml.loadtest.runner import check_load_shape, run, run_closed_loop, run_open_loop
 
     # The load shape is checked before anything is read or written: a --rate that silently ran a closed
     # loop would report what a server sustains as if it were latency at that arrival rate.
@@ -210,6 +210,19 @@ def _run(args: argparse.Namespace) -> int:
         raise InvalidInput("--mode open needs --rate")
     if args.mode != "open" and args.rate is not None:
         raise InvalidInput("--rate sets an open loop's arrival rate: add --mode open (the default is closed loop)")
+    # So are the numbers, before the server is asked for metadata: a bad -n or -b is the caller's to fix
+    # whether or not the server answers.
+    if args.batch_size < 1:
+        raise InvalidInput(f"-b/--batch-size must be >= 1, got {args.batch_size}")
+    check_load_shape(
+        concurrency=args.concurrency,
+        rate_per_s=args.rate,
+        max_connections=args.max_connections,
+        max_requests=args.requests,
+        duration_s=_duration_s(args),
+        timeout_s=args.timeout_s,
+        warmup_s=args.warmup_s,
+    )
     binary = is_binary_url(args.url)
     if binary:
         if args.metadata_url is None and not args.input_npy:
@@ -255,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
             f"Inference-Header-Content-Length: {request.header_length}",
             file=sys.stderr,
         )
-    duration_s = args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
+    duration_s = _duration_s(args)
     common = dict(
         max_requests=args.requests,
         duration_s=duration_s,
@@ -270,6 +283,11 @@ def _run(args: argparse.Namespace) -> int:
             host, port, request, rate_per_s=args.rate, max_connections=args.max_connections, ssl=meta_tls, **common
         )
     return _report(args, run(coro))
+
+
+def _duration_s(args: argparse.Namespace) -> float | None:
+    """--duration-s, or 10 s when neither it nor -n bounds the run."""
+    return args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
 
 
 def _report(args: argparse.Namespace, result) -> int:
@@ -294,7 +312,7 @@ def _run_binary(args: argparse.Namespace, inputs: dict) -> int:
     if args.mode != "closed":
         raise InvalidInput("the binary protocol driver runs closed loop only (--mode closed)")
     address = args.url[len("tcp://") :] if args.url.startswith(("tcp://", "tls://")) else args.url
-    duration_s = args.duration_s if args.duration_s is not None or args.requests is not None else 10.0
+    duration_s = _duration_s(args)
     result = run(
         run_binary_closed_loop(
             address,

@@ -107,6 +107,33 @@ class _Recorder:
         )
 
 
+def check_load_shape(
+    *,
+    concurrency: int,
+    rate_per_s: float | None,
+    max_connections: int,
+    max_requests: int | None,
+    duration_s: float | None,
+    timeout_s: float,
+    warmup_s: float,
+) -> None:
+    """The checks :func:`run_closed_loop` (``rate_per_s`` None) or :func:`run_open_loop` make of their options, for a
+    caller that wants them before it contacts the server (the CLI reads model metadata first).
+
+    Raises:
+        InvalidInput: as those functions raise it.
+    """
+    if rate_per_s is None:
+        if concurrency < 1:
+            raise InvalidInput(f"concurrency must be >= 1, got {concurrency}")
+    else:
+        if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
+            raise InvalidInput(f"rate_per_s must be a finite number > 0, got {rate_per_s}")
+        if max_connections < 1:
+            raise InvalidInput(f"max_connections must be >= 1, got {max_connections}")
+    _check_bounds(max_requests, duration_s, timeout_s, warmup_s)
+
+
 def _check_bounds(max_requests: int | None, duration_s: float | None, timeout_s: float, warmup_s: float) -> None:
     if max_requests is None and duration_s is None:
         raise InvalidInput("a load test needs max_requests or duration_s (or both): it must end")
