@@ -98,14 +98,22 @@ def _runs_list(args) -> int:
     from fastml.pipeline.run import list_runs
 
     runs = list_runs()
+    # A run.json written by an older fastml, or edited by hand, may lack a field: the list shows it empty.
     rows = [
         {
-            "run_id": r["run_id"],
-            "name": r["name"],
-            "status": r["status"],
+            "run_id": r.get("run_id"),
+            "name": r.get("name"),
+            "status": r.get("status"),
             "family": r.get("family"),
-            "created_at": r["created_at"],
-            "last_stage": next((s["name"] for s in reversed(r["stages"]) if s["status"] == "completed"), None),
+            "created_at": r.get("created_at"),
+            "last_stage": next(
+                (
+                    s.get("name")
+                    for s in reversed(r.get("stages") or [])
+                    if isinstance(s, dict) and s.get("status") == "completed"
+                ),
+                None,
+            ),
             "model_ref": (r.get("summary") or {}).get("model_ref"),
         }
         for r in runs

@@ -133,7 +133,9 @@ def list_runs() -> list[dict]:
             f = d / "run.json"
             if f.is_file():
                 try:
-                    out.append(json.loads(f.read_text()))
-                except json.JSONDecodeError:
+                    state = json.loads(f.read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     continue
-    return sorted(out, key=lambda s: s.get("created_at", ""), reverse=True)
+                if isinstance(state, dict):  # a run.json holding a list or a number is not a run
+                    out.append(state)
+    return sorted(out, key=lambda s: str(s.get("created_at") or ""), reverse=True)
