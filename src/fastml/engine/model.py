@@ -15,7 +15,7 @@ import numpy as np
 from fastml.engine.session import ModelBytes, create_session
 from fastml.engine.signature import Signature, signature_of
 from fastml.engine.status import INTERNAL, INVALID_INPUT, OK, status_error
-from fastml.engine.warmup import check_samples, run_once, unsampled_inputs
+from fastml.engine.warmup import check_samples, run_once, unsampled_inputs, warmup_rows
 from fastml.engine.warmup import feed as warmup_feed
 from fastml.engine.warmup import run as run_warmup
 from fastml.errors import DeadlineExceeded, FastMLError, InvalidInput, Unavailable
@@ -340,7 +340,9 @@ class Model:
             return "threads"
         if batcher != "native":
             return "threads"
-        feed = warmup_feed(self.signature, max_batch_size, self._warmup_samples)
+        # the largest warm-up batch: max_batch_size rows unless their inputs would pass the warm-up's memory cap
+        rows = warmup_rows(self.signature, max_batch_size)
+        feed = warmup_feed(self.signature, rows, self._warmup_samples)
         limit_ns = AUTO_LOOP_MAX_BATCH_US * 1000
         # CPU time, not wall time: on a busy machine a preempted run measured by the clock picked runner threads
         # for the MLP (~15 us a batch) at random. One intra-op thread runs the model on this thread, so this
@@ -351,7 +353,7 @@ class Model:
         clock = time.thread_time_ns if one_thread else time.process_time_ns
         for _ in range(10):
             t0 = clock()
-            run_once(session, feed, max_batch_size, bool(self._warmup_samples))
+            run_once(session, feed, rows, bool(self._warmup_samples))
             took = clock() - t0
             if took <= limit_ns:
                 return "loop"

@@ -5,9 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
-from fastml.engine.signature import Signature
 from fastml.errors import InvalidInput, NotFound
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -78,43 +75,3 @@ def create_session(path: str | Path | ModelBytes, *, intra_op_threads: int = 1, 
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
         raise InvalidInput(f"cannot load {shown!r} with ONNX Runtime: {exc}") from exc
-
-
-def warmup_batch_sizes(max_batch_size: int) -> list[int]:
-    """The batch sizes a model will see most: powers of two up to max_batch_size, and max_batch_size."""
-    sizes, n = [], 1
-    while n < max_batch_size:
-        sizes.append(n)
-        n *= 2
-    sizes.append(max_batch_size)
-    return sizes
-
-
-def example_inputs(signature: Signature, rows: int) -> dict[str, np.ndarray]:
-    """Zero-filled inputs of `rows` rows (dynamic non-batch dims become 1)."""
-    feed = {}
-    for spec in signature.inputs:
-        shape = [rows] + [d if d > 0 else 1 for d in spec.shape[1:]]
-        feed[spec.name] = np.full(shape, "", dtype=object) if spec.dtype == object else np.zeros(shape, spec.dtype)
-    return feed
-
-
-def warm_up(session, signature: Signature, max_batch_size: int) -> list[int]:
-    """Runs the session once per warm-up batch size so first requests do not pay for allocation.
-
-    Also checks that every output has one row per input row: the batcher hands each request a row range
-    of the batch outputs, which is only right for batch-major outputs.
-
-    Raises:
-        InvalidInput: an output's leading dimension does not follow the batch.
-    """
-    sizes = warmup_batch_sizes(max_batch_size)
-    for rows in sizes:
-        outputs = session.run(None, example_inputs(signature, rows))
-        for spec, out in zip(signature.outputs, outputs):
-            if np.ndim(out) == 0 or out.shape[0] != rows:
-                raise InvalidInput(
-                    f"output '{spec.name}' has shape {list(np.shape(out))} for a batch of {rows} rows; fastml "
-                    "needs outputs with one row per input row"
-                )
-    return sizes

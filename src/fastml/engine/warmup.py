@@ -69,14 +69,36 @@ def feed(signature: Signature, rows: int, samples: Mapping[str, np.ndarray]) -> 
     out = {}
     for spec in signature.inputs:
         sample = samples.get(spec.name)
-        if sample is not None:
-            out[spec.name] = np.ascontiguousarray(np.take(sample, np.arange(rows) % sample.shape[0], axis=0))
-        elif spec.datatype == "BYTES":
-            raise InvalidInput(f"input '{spec.name}' is BYTES and has no warm-up sample")
-        else:
-            shape = [rows] + [d if d > 0 else 1 for d in spec.shape[1:]]
-            out[spec.name] = np.zeros(shape, spec.dtype)
+        try:
+            if sample is not None:
+                out[spec.name] = np.ascontiguousarray(np.take(sample, np.arange(rows) % sample.shape[0], axis=0))
+            elif spec.datatype == "BYTES":
+                raise InvalidInput(f"input '{spec.name}' is BYTES and has no warm-up sample")
+            else:
+                shape = [rows] + [d if d > 0 else 1 for d in spec.shape[1:]]
+                out[spec.name] = np.zeros(shape, spec.dtype)
+        except MemoryError:  # a max_batch_size far past what the machine holds (2**40 rows)
+            raise InvalidInput(
+                f"warm-up cannot allocate a batch of {rows:,} rows for input '{spec.name}' (max_batch_size): "
+                "lower max_batch_size, or load with warmup=False"
+            ) from None
     return out
+
+
+# A warm-up batch is made and run whole. Past this many bytes of inputs its rows are not worth their memory: a
+# max_batch_size of 2**31 rows was OOM-killed on a 24 GiB machine, 2**40 asked numpy for terabytes. Larger batches
+# pay for their allocation on first use instead.
+WARMUP_MAX_BYTES = 64 * 2**20
+_BYTES_PER_STRING = 64  # an estimate for a BYTES element: its object pointer and a short string
+
+
+def warmup_rows(signature: Signature, max_batch_size: int) -> int:
+    """The largest warm-up batch: max_batch_size rows, or fewer where their inputs would pass WARMUP_MAX_BYTES."""
+    per_row = 0
+    for spec in signature.inputs:
+        elements = int(np.prod([d if d > 0 else 1 for d in spec.shape[1:]], dtype=np.int64))
+        per_row += elements * (_BYTES_PER_STRING if spec.datatype == "BYTES" else np.dtype(spec.dtype).itemsize)
+    return max(1, min(max_batch_size, WARMUP_MAX_BYTES // max(per_row, 1)))
 
 
 def batch_sizes(max_batch_size: int) -> list[int]:
@@ -103,14 +125,15 @@ def run_once(session, inputs: dict[str, np.ndarray], rows: int, sampled: bool) -
 
 
 def run(session, signature: Signature, max_batch_size: int, samples: Mapping[str, np.ndarray]) -> list[int]:
-    """Runs the session once per warm-up batch size so first requests do not pay for allocation, and checks
+    """Runs the session once per warm-up batch size (powers of two up to :func:`warmup_rows`, then it) so first
+    requests do not pay for allocation, and checks
     that every output has one row per input row (the batcher hands each request a row range of the batch
     outputs, which is only right for batch-major outputs).
 
     Raises:
         InvalidInput: the model fails on its warm-up inputs, or an output does not follow the batch.
     """
-    sizes = batch_sizes(max_batch_size)
+    sizes = batch_sizes(warmup_rows(signature, max_batch_size))
     for rows in sizes:
         outputs = run_once(session, feed(signature, rows, samples), rows, bool(samples))
         for spec, out in zip(signature.outputs, outputs):
