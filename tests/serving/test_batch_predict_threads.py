@@ -102,7 +102,8 @@ IMPORTS_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
     from fastml.cli import main
-    heavy = ["asyncio", "fastml.serving.manager", "fastml.engine", "fastml.convert.frameworks", "onnx", "sklearn",
+    # (fastml.engine's package resolves its names lazily: its casting check and tree kernel cost nothing more)
+    heavy = ["asyncio", "fastml.serving.manager", "fastml.engine.model", "fastml.convert.frameworks", "onnx", "sklearn",
              "pandas", "scipy", "fastml.registry"]
     real_exit = os._exit
     def record_exit(code):  # the command ends its process itself once the output is committed

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fastml.engine.casting import check_cast
 from fastml.engine.signature import Signature, TensorSpec
 from fastml.errors import InvalidInput
 
@@ -49,6 +50,7 @@ def _fit(spec: TensorSpec, sample) -> np.ndarray:
     else:
         if arr.dtype.kind in "OSU":
             raise InvalidInput(f"{where}: input is {spec.datatype}, sample holds strings")
+        check_cast(arr, spec.dtype, where, spec.datatype)  # 1.5 for an INT64 input was warmed up as 1
         arr = arr.astype(spec.dtype)
     inner = list(spec.shape[1:])
     if arr.ndim != len(spec.shape):

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from fastml.engine.casting import check_cast
 from fastml.errors import InvalidInput, NotFound
 
 # Bytes of working memory per byte of a row's inputs and outputs, per chunk alive: the Arrow batch, the
@@ -353,7 +354,7 @@ def _matrix(batch, names: list[str], dtype) -> np.ndarray | None:
 def _column(batch, name: str, dtype) -> np.ndarray:
     """One column as the model input's numpy dtype. A null becomes NaN for a floating-point input; for any other
     input (integer, boolean, string) it is refused, as are the values a cast to an integer or boolean input would
-    change (see _check_cast)."""
+    change (see fastml.engine.casting.check_cast)."""
     import pyarrow.types as pat
 
     col = batch.column(batch.schema.get_field_index(name))
@@ -380,47 +381,12 @@ def _column(batch, name: str, dtype) -> np.ndarray:
             values = col.to_numpy(zero_copy_only=False)
             if col.null_count and values.dtype == object:  # strings, booleans, decimals: None where a null is
                 values[col.is_null().to_numpy(zero_copy_only=False)] = np.nan
-        _check_cast(values, dtype, name, dtype_name)
+        check_cast(values, dtype, f"column {name!r}", dtype_name)
         return values.astype(dtype, copy=False)
     except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: text of a number beyond the type
         if isinstance(exc, InvalidInput):
             raise
         raise InvalidInput(f"column {name!r} cannot be read as {dtype_name}: {exc}") from exc
-
-
-def _check_cast(values: np.ndarray, dtype, name: str, dtype_name: str) -> None:
-    """Raises InvalidInput where casting numeric ``values`` to the integer or boolean ``dtype`` would change a value
-    without a word: a fraction, NaN or infinity for an integer, a value outside the integer's range (3e9 for an
-    int32 became -2147483648, 300 for a uint8 became 44, -1 for a uint32 became 4294967295), anything but 0 and 1
-    for a boolean (2 became True)."""
-    kind = values.dtype.kind
-    if kind not in "iuf" or not len(values):
-        return
-    taken = f"and the model input it feeds takes {dtype_name}"
-    if dtype is np.bool_:
-        bad = (values != 0) & (values != 1)
-        if bad.any():
-            raise InvalidInput(f"column {name!r} holds {values[bad][0].item()!r}, which is not 0 or 1, {taken}")
-        return
-    if not np.issubdtype(dtype, np.integer) or np.can_cast(values.dtype, dtype):
-        return
-    info = np.iinfo(dtype)
-    if kind == "f":
-        v = values.astype(np.float64, copy=False)
-        bad = ~np.isfinite(v) | (v != np.trunc(v))
-        if bad.any():
-            raise InvalidInput(f"column {name!r} holds {float(v[bad][0])!r}, which is not a whole number, {taken}")
-        # info.max + 1 is a power of two, exact in float64 (info.max itself is not, for 64-bit types)
-        bad = (v < float(info.min)) | (v >= float(info.max) + 1)
-        first = float(v[bad][0]) if bad.any() else None
-    else:
-        lo, hi = int(values.min()), int(values.max())
-        first = lo if lo < info.min else hi if hi > info.max else None
-    if first is not None:
-        raise InvalidInput(
-            f"column {name!r} holds {first!r}, which is outside the range of {dtype_name} "
-            f"({info.min} to {info.max}), {taken}"
-        )
 
 
 def _is_text(arrow_type) -> bool:
