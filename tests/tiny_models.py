@@ -1,5 +1,6 @@
-"""Tiny ONNX models for tests: ``tiny_onnx`` (``y = input @ [scale] * 4`` over a float32 [N, 4] input) and
-``lookup_onnx`` (a table lookup that ONNX Runtime refuses for an index out of range)."""
+"""Tiny ONNX models for tests: ``tiny_onnx`` (``y = input @ [scale] * 4`` over a float32 [N, 4] input),
+``identity_onnx`` (``y = x`` of any element type) and ``lookup_onnx`` (a table lookup that ONNX Runtime refuses
+for an index out of range)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,24 @@ def tiny_onnx(path: Path, scale: float = 1.0) -> Path:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
         initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def identity_onnx(path: Path, elem_type: int | None = None, width: int = 3) -> Path:
+    """x [N, width] -> y = Identity(x), of ``elem_type`` (an onnx.TensorProto type; default FLOAT)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    elem_type = TensorProto.FLOAT if elem_type is None else elem_type
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", elem_type, [None, width])],
+        [helper.make_tensor_value_info("y", elem_type, [None, width])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

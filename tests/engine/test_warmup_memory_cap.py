@@ -5,9 +5,8 @@ that still cannot be allocated is an InvalidInput naming max_batch_size."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from tiny_models import identity_onnx
 
 from fastml.engine import load_model
 from fastml.engine.signature import Signature, TensorSpec
@@ -17,17 +16,7 @@ from fastml.errors import InvalidInput
 
 @pytest.fixture
 def identity(tmp_path):
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / "identity.onnx"
-    onnx.save(model, path)
-    return path
+    return identity_onnx(tmp_path / "identity.onnx")
 
 
 @pytest.mark.parametrize("runner", ["threads", "auto"])

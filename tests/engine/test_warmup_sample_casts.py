@@ -5,27 +5,13 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
+from tiny_models import identity_onnx
 
 from fastml.engine import load_model
 from fastml.engine.casting import check_cast
 from fastml.errors import InvalidInput
-
-
-def _identity(tmp_path, elem_type, name):
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", elem_type, [None, 2])],
-        [helper.make_tensor_value_info("y", elem_type, [None, 2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path / f"{name}.onnx"
-    onnx.save(model, path)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -42,14 +28,14 @@ def _identity(tmp_path, elem_type, name):
     ],
 )
 def test_a_sample_the_cast_would_change_is_refused(tmp_path, elem_type, sample, words):
-    path = _identity(tmp_path, elem_type, "m")
+    path = identity_onnx(tmp_path / "m.onnx", elem_type, width=2)
     with pytest.raises(InvalidInput, match="warm-up sample for input 'x'") as err:
         load_model(path, warmup={"x": np.array(sample)})
     assert words in str(err.value)
 
 
 def test_samples_that_fit_are_warmed_up_and_served(tmp_path):
-    path = _identity(tmp_path, TensorProto.INT64, "m")
+    path = identity_onnx(tmp_path / "m.onnx", TensorProto.INT64, width=2)
     with load_model(path, warmup={"x": np.array([[1.0, 2.0], [3.0, -4.0]])}, max_batch_size=4) as model:
         out = model.predict({"x": np.array([[7, 8]], dtype=np.int64)})["y"]
         np.testing.assert_array_equal(out, [[7, 8]])

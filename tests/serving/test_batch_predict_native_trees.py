@@ -98,3 +98,48 @@ def test_cli_reports_the_scorer_and_no_native_trees_keeps_onnxruntime(models, pa
         runs[bool(flag)] = (json.loads(proc.stdout)["scorer"], out.read_bytes())
     assert runs[False][0] == "native-trees" and runs[True][0] == "onnxruntime"
     assert runs[False][1] == runs[True][1]  # the CSV files are byte for byte the same
+
+
+def test_a_tree_model_with_weights_stored_beside_it_loads_from_its_path(tmp_path, parquet):
+    # A scale in front of the trees, its weights saved as external data: the kernel does not take the graph, and
+    # ONNX Runtime must load the file by its path (from the bytes alone it cannot find the weights).
+    import onnx
+    import onnx.numpy_helper
+    from onnx import TensorProto, helper
+
+    src, x = parquet
+    scale = onnx.numpy_helper.from_array(np.linspace(0.5, 1.5, FEATURES, dtype=np.float32), "scale")  # raw data
+    trees = helper.make_node(
+        "TreeEnsembleRegressor",
+        ["scaled"],
+        ["variable"],
+        domain="ai.onnx.ml",
+        n_targets=1,
+        nodes_treeids=[0, 0, 0],
+        nodes_nodeids=[0, 1, 2],
+        nodes_featureids=[0, 0, 0],
+        nodes_values=[0.0, 0.0, 0.0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"],
+        nodes_truenodeids=[1, 0, 0],
+        nodes_falsenodeids=[2, 0, 0],
+        target_treeids=[0, 0],
+        target_nodeids=[1, 2],
+        target_ids=[0, 0],
+        target_weights=[-1.0, 1.0],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "scale"], ["scaled"]), trees],
+        "scaled_trees",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, FEATURES])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
+        initializer=[scale],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "scaled.onnx", save_as_external_data=True, location="scaled.weights", size_threshold=0)
+    assert (tmp_path / "scaled.weights").is_file()
+
+    report = predict_file(tmp_path / "scaled.onnx", src, tmp_path / "out.parquet", columns=[f"f{i}" for i in range(5)])
+    assert report.scorer == "onnxruntime" and report.rows == len(x)
+    got = pq.read_table(tmp_path / "out.parquet").column("variable").to_numpy()
+    np.testing.assert_array_equal(got, np.where(x[:, 0] * 0.5 <= 0.0, -1.0, 1.0).astype(np.float32))

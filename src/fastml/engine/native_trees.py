@@ -73,16 +73,25 @@ class TreeSession:
         return [by_name[n] if names.index(n) == k else by_name[n].copy() for k, n in enumerate(names)]
 
 
-def tree_session(session, model: bytes):
-    """``session`` scored by the native tree kernel where that gives ONNX Runtime's results (a :class:`TreeSession`),
-    else ``session`` itself. ``model`` is the ONNX file's bytes that ``session`` was loaded from."""
+def native_kernel(model: bytes):
+    """The compiled kernel (``fastml._core.TreeEnsemble``) of an ONNX file's bytes, or None where the kernel does not
+    evaluate that model (the reason is logged at debug level)."""
     from fastml import _core
     from fastml.errors import InvalidInput
 
     try:
-        kernel = _core.TreeEnsemble(model)
+        return _core.TreeEnsemble(model)
     except InvalidInput as exc:
         log.debug("ONNX Runtime scores this model: %s", exc)
+        return None
+
+
+def tree_session(session, model):
+    """``session`` scored by the native tree kernel where that gives ONNX Runtime's results (a :class:`TreeSession`),
+    else ``session`` itself. ``model``: the ONNX file's bytes that ``session`` was loaded from, or the kernel
+    :func:`native_kernel` compiled from them."""
+    kernel = native_kernel(model) if isinstance(model, (bytes, bytearray, memoryview)) else model
+    if kernel is None:
         return session
     inputs = session.get_inputs()
     outputs = {o.name for o in session.get_outputs()}

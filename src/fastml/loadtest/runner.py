@@ -124,14 +124,22 @@ def check_load_shape(
         InvalidInput: as those functions raise it.
     """
     if rate_per_s is None:
-        if concurrency < 1:
-            raise InvalidInput(f"concurrency must be >= 1, got {concurrency}")
+        _check_closed_loop(concurrency)
     else:
-        if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
-            raise InvalidInput(f"rate_per_s must be a finite number > 0, got {rate_per_s}")
-        if max_connections < 1:
-            raise InvalidInput(f"max_connections must be >= 1, got {max_connections}")
+        _check_open_loop(rate_per_s, max_connections)
     _check_bounds(max_requests, duration_s, timeout_s, warmup_s)
+
+
+def _check_closed_loop(concurrency: int) -> None:
+    if concurrency < 1:
+        raise InvalidInput(f"concurrency must be >= 1, got {concurrency}")
+
+
+def _check_open_loop(rate_per_s: float, max_connections: int) -> None:
+    if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
+        raise InvalidInput(f"rate_per_s must be a finite number > 0, got {rate_per_s}")
+    if max_connections < 1:
+        raise InvalidInput(f"max_connections must be >= 1, got {max_connections}")
 
 
 def _check_bounds(max_requests: int | None, duration_s: float | None, timeout_s: float, warmup_s: float) -> None:
@@ -193,8 +201,7 @@ async def run_closed_loop(
     Raises:
         InvalidInput: concurrency < 1, no bound, or a non-positive bound or timeout.
     """
-    if concurrency < 1:
-        raise InvalidInput(f"concurrency must be >= 1, got {concurrency}")
+    _check_closed_loop(concurrency)
     _check_bounds(max_requests, duration_s, timeout_s, warmup_s)
     wire = _wire(request)
     # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
@@ -386,10 +393,7 @@ async def run_open_loop(
     Raises:
         InvalidInput: a non-positive rate or max_connections, no bound, or a bad bound or timeout.
     """
-    if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
-        raise InvalidInput(f"rate_per_s must be a finite number > 0, got {rate_per_s}")
-    if max_connections < 1:
-        raise InvalidInput(f"max_connections must be >= 1, got {max_connections}")
+    _check_open_loop(rate_per_s, max_connections)
     _check_bounds(max_requests, duration_s, timeout_s, warmup_s)
     wire = _wire(request)
     # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.

@@ -1007,18 +1007,26 @@ def _session(model_path, *, native_trees: bool = False):
     opts.inter_op_num_threads = 1
     data = getattr(model_path, "data", None)  # a registry artifact's checked bytes (ModelBytes), loaded as read
     shown = model_path.source if data is not None else model_path
-    if data is None and native_trees:
-        data = _tree_model_bytes(model_path)  # both read the same bytes, never a file replaced in between
+    kernel = None
+    if native_trees:
+        from fastml.engine.native_trees import native_kernel
+
+        model_bytes = data if data is not None else _tree_model_bytes(model_path)
+        kernel = native_kernel(model_bytes) if model_bytes is not None else None
+        if kernel is not None:
+            # ONNX Runtime loads the very bytes the kernel was compiled from, never a file replaced in between (a
+            # graph the kernel takes has no initializers, so none are stored beside the file)
+            data = model_bytes
     try:
         sess = ort.InferenceSession(
             data if data is not None else str(model_path), opts, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's load errors are about the file
         raise InvalidInput(f"{shown}: ONNX Runtime cannot load this model: {exc}") from exc
-    if native_trees and data is not None:
+    if kernel is not None:
         from fastml.engine.native_trees import tree_session
 
-        return tree_session(sess, data)
+        return tree_session(sess, kernel)
     return sess
 
 

@@ -295,7 +295,9 @@ def _predict_file_ray(
     model_path, card_columns = resolve_model(ref)
     # Loaded here first, as the local engine loads it: a file ONNX Runtime cannot load is refused naming it.
     sess = _session(model_path, native_trees=native_trees)
-    native_trees = scorer_name(sess) == "native-trees"  # the actors try it only where the driver could use it
+    # The actors try the kernel only where the driver could use it, and where each runs one thread: the kernel
+    # scores on the calling thread, and ONNX Runtime's intra-op pool is otherwise the parallelism.
+    native_trees = scorer_name(sess) == "native-trees" and (threads or 1) == 1
     data = getattr(model_path, "data", None)  # a registry artifact's checked bytes (ModelBytes)
     model_bytes = data if data is not None else Path(model_path).read_bytes()
     keys = list(key_columns or [])
@@ -343,7 +345,7 @@ def _predict_file_ray(
                     str(src),
                     threads or 1,
                     features,
-                    native_trees and (threads or 1) == 1,  # the kernel scores on one thread per call
+                    native_trees,
                 ),
                 batch_size=batch_rows,
                 batch_format="pyarrow",
@@ -377,7 +379,7 @@ def _predict_file_ray(
         batch_rows,
         time.perf_counter() - t0,
         list(out_schema.names) if out_schema is not None else [],
-        scorer_name(sess) if (threads or 1) == 1 else "onnxruntime",
+        "native-trees" if native_trees else "onnxruntime",
     )
 
 
